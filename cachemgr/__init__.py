@@ -1,0 +1,33 @@
+"""cachemgr: keeps a download directory from filling the disk (TTL expiry, quota eviction).
+
+The domain library: settings, Redis keys and books, disk scanning, locks, policies. It imports
+neither Flask nor Celery; `workers/` and `api/` are thin adapters over it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachemgr.cache import DiskCache
+from cachemgr.errors import CacheError, NotOnDisk, NotTracked, Overlap, PathError
+from cachemgr.settings import Settings, SettingsError
+from cachemgr.store import connect
+
+__all__ = [
+    "CacheError",
+    "DiskCache",
+    "NotOnDisk",
+    "NotTracked",
+    "Overlap",
+    "PathError",
+    "Settings",
+    "SettingsError",
+    "connect",
+    "open_cache",
+]
+
+
+def open_cache(settings: Settings | None = None, client: Any = None) -> DiskCache:
+    """A DiskCache from the environment's settings, connected to REDIS_URL unless given a client."""
+    settings = settings or Settings.from_env()
+    return DiskCache(settings, client if client is not None else connect(settings.redis_url))

@@ -1,0 +1,259 @@
+"""DiskCache: the operations of one cache node, over the books (store.py) and the disk."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cachemgr import paths, scanner, trash
+from cachemgr.errors import NotOnDisk, NotTracked, Overlap
+from cachemgr.keys import Keys
+from cachemgr.locks import Lock
+from cachemgr.records import Entry, iso
+from cachemgr.settings import Settings
+from cachemgr.store import Store
+
+log = logging.getLogger("cachemgr")
+
+
+class DiskCache:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+        access_log_maxlen: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.root = settings.root
+        self.keys = Keys(settings.key_prefix)
+        self.client = client
+        self.clock = clock
+        self.store = Store(
+            client,
+            self.keys,
+            policy=settings.disk_cache_eviction_policy,
+            ttl_seconds=settings.disk_cache_ttl_seconds,
+            events_maxlen=settings.disk_cache_events_maxlen,
+            access_log_maxlen=access_log_maxlen,
+        )
+        # Called with a path right before its files go: tests pause or kill a worker here.
+        self.before_delete: Callable[[str], None] | None = None
+
+    def lock(self, path: str) -> Lock:
+        return Lock(
+            self.client, self.keys.lock(path), self.settings.disk_cache_lock_timeout_seconds * 1000
+        )
+
+    # -- registration ---------------------------------------------------------------------
+    def register(self, path: str) -> dict[str, Any]:
+        """Scan a directory under the root and put it on the books (idempotent)."""
+        rel = paths.normalize(path)
+        location = paths.existing_directory(self.root, rel)
+        lock = self.lock(rel)
+        if not lock.acquire():
+            self.store.count("skipped_locked")
+            return {"status": "skipped", "reason": "locked", "path": rel}
+        try:
+            found = scanner.scan(location, collect_subdirs=True)
+            others = paths.ancestors(rel) + [f"{rel}/{sub}" for sub in found.subdirs]
+            outcome = self.store.register(
+                rel,
+                found.size_bytes,
+                found.file_count,
+                now=self.clock(),
+                must_not_be_tracked=others,
+            )
+        finally:
+            lock.release()
+        if outcome[0] == "overlap":
+            raise Overlap(f"{rel!r} overlaps {outcome[1]!r}, which is tracked on its own")
+        total = self.store.total_bytes()
+        log.info(
+            "registered %s: %d bytes, %d files (cache total %d bytes)",
+            rel,
+            found.size_bytes,
+            found.file_count,
+            total,
+        )
+        return {
+            "status": "registered",
+            "path": rel,
+            "new": bool(int(outcome[1])),
+            "size_bytes": found.size_bytes,
+            "file_count": found.file_count,
+            "delta_bytes": int(outcome[2]),
+            "total_bytes": total,
+            "over_threshold": total > self.settings.threshold_bytes,
+        }
+
+    def register_latest(self) -> dict[str, Any]:
+        """The seed's DownloadService.register_completed_download(): the newest directory."""
+        newest = scanner.newest_directory(self.root, self.settings.disk_cache_entry_depth)
+        if newest is None:
+            raise NotOnDisk(f"no download directory under the cache root {str(self.root)!r}")
+        return self.register(newest)
+
+    # -- access ---------------------------------------------------------------------------
+    def access(self, path: str, *, miss_bytes: int = 0) -> dict[str, Any]:
+        rel = paths.normalize(path)
+        hit = bool(self.store.access(rel, now=self.clock(), miss_bytes=miss_bytes))
+        return {"path": rel, "hit": hit}
+
+    # -- removal --------------------------------------------------------------------------
+    def remove(self, path: str, *, remove_files: bool = False) -> dict[str, Any]:
+        """Untrack a directory, and delete its files when asked (never a pinned one's)."""
+        rel = paths.normalize(path)
+        location = paths.resolve(self.root, rel) if remove_files else None
+        lock = self.lock(rel)
+        if not lock.acquire():
+            self.store.count("skipped_locked")
+            return {"status": "skipped", "reason": "locked", "path": rel}
+        try:
+            deleting = remove_files and location is not None and paths.kind(location) == "dir"
+            outcome = self.store.claim(
+                rel,
+                "removed",
+                now=self.clock(),
+                honour_pins=remove_files,
+                deleting_files=deleting,
+            )
+            if outcome[0] == "gone":
+                raise NotTracked(f"directory is not tracked: {rel!r}")
+            if outcome[0] != "ok":
+                return {"status": "skipped", "reason": outcome[0], "path": rel}
+            if deleting and location is not None:
+                self._delete_files(rel, location)
+        finally:
+            lock.release()
+        size = int(outcome[1])
+        log.info("removed %s from the cache (%d bytes, files deleted: %s)", rel, size, deleting)
+        return {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
+
+    def _delete_files(self, rel: str, location: Any) -> None:
+        if self.before_delete is not None:
+            self.before_delete(rel)
+        trash.discard(self.root, location)
+        self.store.finish_deletion(rel)
+
+    def take(self, entry: Entry, reason: str, *, min_age_seconds: int = 0) -> str:
+        """Delete a chosen directory if it is still what was chosen; returns `ok` or why not.
+
+        Under the directory's lock, the claim re-checks atomically that the entry has the same
+        registration and last access and is not pinned; only then do its files go.
+        """
+        lock = self.lock(entry.path)
+        if not lock.acquire():
+            self.store.count("skipped_locked")
+            return "locked"
+        try:
+            try:
+                location = paths.resolve(self.root, entry.path)
+                on_disk = paths.kind(location)
+            except paths.PathError:
+                location, on_disk = None, "unsafe"  # a parent became a symlink out of the root
+            outcome = self.store.claim(
+                entry.path,
+                reason,
+                now=self.clock(),
+                expect_registered=entry.registered,
+                expect_last_access=entry.last_access,
+                deleting_files=on_disk == "dir",
+                min_age_seconds=min_age_seconds,
+            )
+            if outcome[0] != "ok":
+                return str(outcome[0])
+            if on_disk == "dir" and location is not None:
+                self._delete_files(entry.path, location)
+            else:
+                log.warning(
+                    "%s: %s was no longer a directory (%s); untracked only",
+                    reason,
+                    entry.path,
+                    on_disk,
+                )
+            return "ok"
+        finally:
+            lock.release()
+
+    # -- pins -----------------------------------------------------------------------------
+    def pin(self, path: str, ttl_seconds: int) -> dict[str, Any]:
+        """A lease: the directory is neither evicted nor expired until it lapses."""
+        rel = paths.normalize(path)
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be > 0")
+        until = self.clock() + ttl_seconds
+        self.store.pin(rel, until)
+        return {"path": rel, "pinned_until": iso(until)}
+
+    def unpin(self, path: str) -> dict[str, Any]:
+        rel = paths.normalize(path)
+        return {"path": rel, "unpinned": bool(self.store.unpin(rel))}
+
+    # -- reads ----------------------------------------------------------------------------
+    def info(self, path: str) -> Entry:
+        rel = paths.normalize(path)
+        entry = self.store.info(rel)
+        if entry is None:
+            raise NotTracked(f"directory is not tracked: {rel!r}")
+        return entry
+
+    def stats(self) -> dict[str, Any]:
+        s = self.settings
+        total = self.store.total_bytes()
+        count = self.store.count_entries()
+        counters, since_reset = self.store.counters()
+        status = "ok"
+        if total > s.disk_cache_max_bytes:
+            status = "over_quota"
+        elif total > s.threshold_bytes:
+            status = "evicting"
+        last = self.client.hgetall(self.keys.last_cleanup)
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:
+            free = None
+        return {
+            "node": s.node,
+            "enabled": s.enable_disk_cache_management,
+            "total_bytes": total,
+            "directory_count": count,
+            "max_bytes": s.disk_cache_max_bytes,
+            "threshold_bytes": s.threshold_bytes,
+            "target_bytes": s.target_bytes,
+            "usage_percent": round(100.0 * total / s.disk_cache_max_bytes, 2),
+            "quota_status": status,
+            **counters,
+            "hit_ratio": _ratio(counters["hits"], counters["misses"]),
+            "byte_hit_ratio": _ratio(counters["hit_bytes"], counters["missed_bytes"]),
+            "since_reset": {
+                **since_reset,
+                "reset_at": iso(since_reset["reset_at"]),
+                "hit_ratio": _ratio(since_reset["hits"], since_reset["misses"]),
+                "byte_hit_ratio": _ratio(since_reset["hit_bytes"], since_reset["missed_bytes"]),
+            },
+            "pinned_count": self.store.pinned_count(self.clock()),
+            "scheduler_running": self.scheduler_running(),
+            "eviction_policy": s.disk_cache_eviction_policy,
+            "ttl_seconds": s.disk_cache_ttl_seconds,
+            "free_disk_bytes": free,
+            "initialized": bool(self.client.exists(self.keys.initialized)),
+            "last_cleanup": last or None,
+        }
+
+    # -- the scheduler switch -------------------------------------------------------------
+    def scheduler_running(self) -> bool:
+        return self.client.get(self.keys.scheduler) != "stopped"
+
+    def set_scheduler(self, running: bool) -> dict[str, Any]:
+        self.client.set(self.keys.scheduler, "running" if running else "stopped")
+        log.info("scheduler %s", "started" if running else "stopped")
+        return {"scheduler_running": running}
+
+
+def _ratio(good: int, bad: int) -> float | None:
+    return round(good / (good + bad), 6) if good + bad else None

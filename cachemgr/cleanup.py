@@ -1,0 +1,258 @@
+"""Cleanup passes: TTL sweep, quota enforcement, and the cleanup that runs both.
+
+Each pass works in batches and is bounded by DISK_CACHE_MAX_EVICTIONS_PER_RUN and a time
+budget; it reports `more` when it stopped with work left, so the caller can continue later.
+A dry run goes through the same loop and decisions, only without taking anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cachemgr import trash
+from cachemgr.cache import DiskCache
+from cachemgr.locks import Lock
+from cachemgr.reconcile import reconcile, recover_unfinished
+from cachemgr.records import Entry, PassResult, Removal
+
+log = logging.getLogger("cachemgr")
+
+DEFAULT_TIME_BUDGET = 60.0
+
+
+def _run_pass(
+    cache: DiskCache,
+    result: PassResult,
+    fetch: Callable[[int, int], list[Entry]],
+    reason: str,
+    *,
+    bytes_needed: int | None,
+    dry_run: bool,
+    min_age_seconds: int,
+    time_budget: float,
+) -> PassResult:
+    """Take entries in the order `fetch(limit, offset)` gives until enough bytes are freed.
+
+    `bytes_needed` None means take every entry fetch returns (the sweep).
+    """
+    s = cache.settings
+    now = cache.clock()
+    started = time.monotonic()
+    usage = result.usage_before
+    freed, offset = 0, 0
+    while True:
+        if bytes_needed is not None and freed >= bytes_needed:
+            break
+        if len(result.removed) >= s.disk_cache_max_evictions_per_run or (
+            time.monotonic() - started > time_budget
+        ):
+            result.more = True
+            break
+        batch = fetch(s.disk_cache_batch_size, offset)
+        if not batch:
+            break
+        for entry in batch:
+            if bytes_needed is not None and freed >= bytes_needed:
+                break
+            if len(result.removed) >= s.disk_cache_max_evictions_per_run:
+                break
+            outcome = _decide(cache, entry, reason, now, min_age_seconds, dry_run)
+            if outcome == "ok":
+                freed += entry.size_bytes
+                usage -= entry.size_bytes
+                result.removed.append(Removal(entry.path, entry.size_bytes, reason, usage))
+                if dry_run:
+                    offset += 1  # nothing left the books, so the next one is further on
+                continue
+            offset += 1
+            getattr(result, f"skipped_{outcome}", result.skipped_changed).append(entry.path)
+    result.usage_after = usage if dry_run else cache.store.total_bytes()
+    return result
+
+
+def _decide(
+    cache: DiskCache, entry: Entry, reason: str, now: float, min_age: int, dry_run: bool
+) -> str:
+    if entry.pinned(now):
+        if not dry_run:
+            cache.store.count("skipped_pinned")
+        return "pinned"
+    if min_age and entry.registered_at > now - min_age:
+        return "young"
+    if dry_run:
+        return "ok"
+    outcome = cache.take(entry, reason, min_age_seconds=min_age)
+    if outcome == "ok":
+        log.info("%s %s (%d bytes)", reason, entry.path, entry.size_bytes)
+    return "changed" if outcome == "gone" else outcome
+
+
+def sweep(
+    cache: DiskCache, *, dry_run: bool = False, time_budget: float = DEFAULT_TIME_BUDGET
+) -> PassResult:
+    """Delete every directory not accessed for DISK_CACHE_TTL_SECONDS (oldest first)."""
+    cutoff = cache.clock() - cache.settings.disk_cache_ttl_seconds
+    result = PassResult("sweep", usage_before=cache.store.total_bytes(), dry_run=dry_run)
+    return _run_pass(
+        cache,
+        result,
+        lambda limit, offset: cache.store.expired(cutoff, limit, offset),
+        "expired",
+        bytes_needed=None,
+        dry_run=dry_run,
+        min_age_seconds=0,
+        time_budget=time_budget,
+    )
+
+
+def bytes_to_free(cache: DiskCache, total: int) -> int:
+    """Above the threshold: down to the target. Below the free-space floor: up to the floor."""
+    s = cache.settings
+    need = total - s.target_bytes if total > s.threshold_bytes else 0
+    if s.disk_cache_min_free_bytes:
+        try:
+            free = shutil.disk_usage(cache.root).free
+        except OSError:
+            free = s.disk_cache_min_free_bytes
+        if free < s.disk_cache_min_free_bytes:
+            need = max(need, s.disk_cache_min_free_bytes - free)
+    return max(need, 0)
+
+
+def enforce_quota(
+    cache: DiskCache,
+    *,
+    dry_run: bool = False,
+    usage: int | None = None,
+    time_budget: float = DEFAULT_TIME_BUDGET,
+) -> PassResult:
+    """Evict by the active policy once usage passes threshold x max, down to target x max."""
+    total = cache.store.total_bytes() if usage is None else usage
+    result = PassResult("evict", usage_before=total, usage_after=total, dry_run=dry_run)
+    need = bytes_to_free(cache, total)
+    if need <= 0:
+        return result
+    if not dry_run:
+        log.info(
+            "quota: %d bytes used, threshold %d: evicting %d bytes (%s)",
+            total,
+            cache.settings.threshold_bytes,
+            need,
+            cache.settings.disk_cache_eviction_policy,
+        )
+    _run_pass(
+        cache,
+        result,
+        cache.store.victims,
+        "evicted",
+        bytes_needed=need,
+        dry_run=dry_run,
+        min_age_seconds=cache.settings.disk_cache_min_age_seconds,
+        time_budget=time_budget,
+    )
+    if not dry_run and result.usage_after > cache.settings.threshold_bytes and not result.more:
+        log.warning(
+            "quota: still %d bytes used after eviction (pinned %d, locked %d, young %d)",
+            result.usage_after,
+            len(result.skipped_pinned),
+            len(result.skipped_locked),
+            len(result.skipped_young),
+        )
+    return result
+
+
+def cleanup(
+    cache: DiskCache,
+    *,
+    periodic: bool = False,
+    dry_run: bool = False,
+    time_budget: float = DEFAULT_TIME_BUDGET,
+) -> dict[str, Any]:
+    """Sweep, then enforce the quota; one at a time across all workers.
+
+    A periodic cleanup honours the scheduler switch; a manual one does not. Before anything is
+    evicted, books that Redis lost (a FLUSHALL, a restart without persistence) are rebuilt.
+    """
+    if not cache.settings.enable_disk_cache_management:
+        return {"status": "disabled"}
+    if periodic and not cache.scheduler_running():
+        return {"status": "skipped", "reason": "scheduler stopped"}
+    if dry_run:
+        expired = sweep(cache, dry_run=True)
+        evicted = enforce_quota(cache, dry_run=True, usage=expired.usage_after)
+        return {"status": "planned", "sweep": expired.to_dict(), "evict": evicted.to_dict()}
+    lock = Lock(cache.client, cache.keys.cleanup_lock, int(max(time_budget * 4, 60) * 1000))
+    if not lock.acquire():
+        return {"status": "skipped", "reason": "another cleanup is running"}
+    started = time.time()
+    try:
+        recovered = recover_unfinished(cache)
+        emptied = trash.empty(cache.root)
+        if not cache.client.exists(cache.keys.initialized):
+            log.warning("cache books are empty or new: reconciling with the disk before evicting")
+            reconcile(cache)
+        lapsed = cache.store.drop_lapsed_pins(cache.clock())
+        cache.store.ensure_policy()
+        expired = sweep(cache, time_budget=time_budget)
+        evicted = enforce_quota(cache, time_budget=time_budget)
+    except Exception as exc:
+        _record(cache, started, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        log.exception("cleanup failed")
+        raise
+    finally:
+        lock.release()
+    result = {
+        "status": "done",
+        "sweep": expired.to_dict(),
+        "evict": evicted.to_dict(),
+        "recovered": recovered,
+        "trash_emptied": emptied,
+        "pins_lapsed": lapsed,
+        "more": expired.more or evicted.more,
+        "duration_seconds": round(time.time() - started, 3),
+    }
+    _record(cache, started, result)
+    log.info(
+        "cleanup: %d expired, %d evicted, %d bytes freed, usage %d bytes",
+        len(expired.removed),
+        len(evicted.removed),
+        expired.bytes_freed + evicted.bytes_freed,
+        evicted.usage_after,
+    )
+    return result
+
+
+def _record(cache: DiskCache, started: float, result: dict[str, Any]) -> None:
+    """Keep the last outcome and a capped history of counter samples (the status page's)."""
+    counters, _ = cache.store.counters()
+    sample = {"time": started, "total_bytes": cache.store.total_bytes(), **counters}
+    pipe = cache.client.pipeline(transaction=False)
+    pipe.delete(cache.keys.last_cleanup)
+    pipe.hset(
+        cache.keys.last_cleanup,
+        mapping={
+            "time": f"{started:.3f}",
+            "status": str(result.get("status")),
+            "duration_seconds": f"{time.time() - started:.3f}",
+            "error": str(result.get("error", "")),
+        },
+    )
+    pipe.lpush(cache.keys.history, json.dumps(sample))
+    pipe.ltrim(cache.keys.history, 0, 287)
+    if result.get("status") == "failed":
+        pipe.xadd(
+            cache.keys.events,
+            {
+                "event": "cleanup_failed",
+                "error": str(result.get("error")),
+                "time": f"{started:.3f}",
+            },
+            maxlen=cache.settings.disk_cache_events_maxlen,
+            approximate=True,
+        )
+    pipe.execute()

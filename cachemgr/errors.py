@@ -1,0 +1,33 @@
+"""The errors cachemgr raises on purpose; each carries a one-line message for users."""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """Base of the errors an adapter turns into a clear answer (HTTP code, exit code)."""
+
+    code = "cache_error"
+
+
+class PathError(CacheError, ValueError):
+    """A path cachemgr refuses (absolute, `..`, NUL, outside the root...): a 400."""
+
+    code = "bad_path"
+
+
+class NotTracked(CacheError, LookupError):
+    """The directory is not in the books: a 404."""
+
+    code = "not_tracked"
+
+
+class NotOnDisk(CacheError, LookupError):
+    """The directory does not exist under the cache root: a 404."""
+
+    code = "not_on_disk"
+
+
+class Overlap(CacheError):
+    """The directory contains, or is inside, a directory tracked on its own: a 409."""
+
+    code = "overlap"

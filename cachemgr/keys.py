@@ -1,0 +1,112 @@
+"""Every Redis key cachemgr uses, in one place.
+
+With an empty prefix the names are exactly the seed's (`dir:{path}`, `cache:lru`, `cache:bytes`,
+`lock:dir:{path}`). A named node gets the prefix `{node}:`, one hash tag, so that all of a node's
+keys live on one Redis Cluster shard and every multi-key script stays legal there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = ""
+
+    def dir(self, path: str) -> str:
+        """String, value = registration time (epoch seconds); Redis TTL = the cache TTL."""
+        return f"{self.prefix}dir:{path}"
+
+    def lock(self, path: str) -> str:
+        """String, the lock of one directory while it is scanned, evicted or removed."""
+        return f"{self.prefix}lock:dir:{path}"
+
+    @property
+    def lru(self) -> str:
+        """ZSET path -> last access time. With one TTL for all, also the index by expiry."""
+        return f"{self.prefix}cache:lru"
+
+    @property
+    def bytes(self) -> str:
+        """String, total bytes of all tracked directories."""
+        return f"{self.prefix}cache:bytes"
+
+    @property
+    def entries(self) -> str:
+        """HASH path -> packed record `size files registered hits` (see records.py)."""
+        return f"{self.prefix}cache:entries"
+
+    @property
+    def stats(self) -> str:
+        """HASH of counters since the cache was created: hits, misses, evictions..."""
+        return f"{self.prefix}cache:stats"
+
+    @property
+    def stats_since_reset(self) -> str:
+        """HASH of the same counters since the last reset, plus `reset_at`."""
+        return f"{self.prefix}cache:stats:since_reset"
+
+    @property
+    def pins(self) -> str:
+        """ZSET path -> lease expiry time; a pinned directory is never evicted or expired."""
+        return f"{self.prefix}cache:pins"
+
+    @property
+    def deleting(self) -> str:
+        """HASH path -> bytes: untracked, its files not yet gone (a crash finishes them later)."""
+        return f"{self.prefix}cache:deleting"
+
+    @property
+    def policy(self) -> str:
+        """ZSET used by the active eviction policy (unused by lru, which orders by cache:lru)."""
+        return f"{self.prefix}cache:policy"
+
+    def policy_aux(self, name: str) -> str:
+        """Extra structures a policy needs (queues, hands, ghosts), named by the policy."""
+        return f"{self.prefix}cache:policy:{name}"
+
+    @property
+    def policy_name(self) -> str:
+        """String, the policy whose structures are built (to notice a switch)."""
+        return f"{self.prefix}cache:policy_name"
+
+    @property
+    def scheduler(self) -> str:
+        """String `running` or `stopped`: the switch that periodic cleanups honour."""
+        return f"{self.prefix}cache:scheduler"
+
+    @property
+    def cleanup_lock(self) -> str:
+        """String, held while a cleanup runs so that only one runs at a time."""
+        return f"{self.prefix}lock:cache:cleanup"
+
+    @property
+    def last_cleanup(self) -> str:
+        """HASH: time, duration and outcome of the last cleanup."""
+        return f"{self.prefix}cache:last_cleanup"
+
+    @property
+    def initialized(self) -> str:
+        """String, set once the books match the disk; missing after a FLUSHALL."""
+        return f"{self.prefix}cache:initialized"
+
+    @property
+    def events(self) -> str:
+        """STREAM (capped) of evictions, expiries, removals and failures."""
+        return f"{self.prefix}cache:events"
+
+    @property
+    def accesses(self) -> str:
+        """STREAM (capped, opt-in) of accesses, for trace export."""
+        return f"{self.prefix}cache:accesses"
+
+    @property
+    def history(self) -> str:
+        """LIST (capped) of counter samples taken by each cleanup, for the status page."""
+        return f"{self.prefix}cache:history"
+
+    @property
+    def nodes(self) -> str:
+        """HASH node -> JSON of its heartbeat; shared by all nodes, so never prefixed."""
+        return "cachemgr:nodes"

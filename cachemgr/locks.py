@@ -1,0 +1,64 @@
+"""Redis locks with a timeout and an owner: only the holder of the token can release one."""
+
+from __future__ import annotations
+
+import secrets
+from types import TracebackType
+from typing import Any
+
+# KEYS[1] lock key; ARGV[1] owner token. Deletes the key only if we still own it.
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS[1] lock key; ARGV[1] owner token, ARGV[2] new timeout in ms. Extends only our own lock.
+EXTEND_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class LockNotAcquired(RuntimeError):
+    """Somebody else holds the lock; callers skip the work rather than wait."""
+
+
+class Lock:
+    """`SET key token NX PX timeout`; the seed's value "locked" is kept as the token's prefix."""
+
+    def __init__(self, client: Any, key: str, timeout_ms: int) -> None:
+        self.client = client
+        self.key = key
+        self.timeout_ms = timeout_ms
+        self.token = f"locked:{secrets.token_hex(8)}"
+        self._release = client.register_script(RELEASE_LUA)
+        self._extend = client.register_script(EXTEND_LUA)
+
+    def acquire(self) -> bool:
+        return bool(self.client.set(self.key, self.token, nx=True, px=self.timeout_ms))
+
+    def release(self) -> bool:
+        return bool(self._release(keys=[self.key], args=[self.token]))
+
+    def extend(self, timeout_ms: int | None = None) -> bool:
+        return bool(self._extend(keys=[self.key], args=[self.token, timeout_ms or self.timeout_ms]))
+
+    def held(self) -> bool:
+        return bool(self.client.get(self.key) == self.token)
+
+    def __enter__(self) -> Lock:
+        if not self.acquire():
+            raise LockNotAcquired(self.key)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -1,0 +1,101 @@
+"""Path safety: every path cachemgr touches is a checked path relative to the cache root."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cachemgr.errors import NotOnDisk, PathError
+
+TRASH_DIR = ".cachemgr-trash"
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+
+
+def normalize(path: str) -> str:
+    """Check a relative path by its text alone (no disk access) and return its canonical form.
+
+    Refuses absolute paths, `..` and `.` components, empty components, NUL bytes, names that
+    no filesystem takes, the root itself and the trash folder.
+    """
+    if not isinstance(path, str):
+        raise PathError("path must be a string")
+    if "\x00" in path:
+        raise PathError("path contains a NUL byte")
+    if path.startswith("/") or path.startswith("\\"):
+        raise PathError(f"path must be relative to the cache root, got absolute {path!r}")
+    stripped = path.rstrip("/")
+    if stripped in ("", "."):
+        raise PathError("path names the cache root itself")
+    try:
+        encoded = stripped.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PathError("path is not valid UTF-8") from None
+    if len(encoded) > MAX_PATH_BYTES:
+        raise PathError(f"path is longer than {MAX_PATH_BYTES} bytes")
+    parts = stripped.split("/")
+    for part in parts:
+        if part == "":
+            raise PathError(f"path has an empty component: {path!r}")
+        if part in (".", ".."):
+            raise PathError(f"path may not contain {part!r} components: {path!r}")
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise PathError(f"a path component is longer than {MAX_NAME_BYTES} bytes")
+    if parts[0] == TRASH_DIR:
+        raise PathError("path is inside cachemgr's trash folder")
+    return stripped
+
+
+def ancestors(path: str) -> list[str]:
+    """`a/b/c` -> [`a`, `a/b`]: the paths that would contain this one."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def resolve(root: Path, path: str) -> Path:
+    """The absolute location of a checked path; refuses one that leaves the root via a symlink.
+
+    The last component itself is not followed: a symlink there is returned as the link, so a
+    deletion removes the link and never what it points to.
+    """
+    rel = normalize(path)
+    real_root = Path(os.path.realpath(root))
+    target = real_root / rel
+    parent = Path(os.path.realpath(target.parent))
+    if parent != real_root and real_root not in parent.parents:
+        raise PathError(f"path leaves the cache root through a symlink: {path!r}")
+    if parent.relative_to(real_root).parts[:1] == (TRASH_DIR,):
+        raise PathError("path is inside cachemgr's trash folder")
+    return parent / target.name
+
+
+def kind(location: Path) -> str:
+    """`dir`, `missing` or `other` (a file, a symlink...), without following a symlink."""
+    try:
+        st = os.lstat(location)
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return "other"  # a symlink loop in a parent, a name too long...
+    return "dir" if stat.S_ISDIR(st.st_mode) else "other"
+
+
+def existing_directory(root: Path, path: str) -> Path:
+    """Resolve a path that must be a real directory now (not a symlink, not a file)."""
+    location = resolve(root, path)
+    try:
+        st = os.lstat(location)
+    except FileNotFoundError:
+        raise NotOnDisk(f"directory not found under the cache root: {path!r}") from None
+    except OSError as exc:
+        raise PathError(f"cannot inspect {path!r}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise PathError(f"path is a symlink, not a directory: {path!r}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise PathError(f"path is not a directory: {path!r}")
+    return location
+
+
+def relative(root: Path, location: Path) -> str:
+    return Path(location).relative_to(Path(os.path.realpath(root))).as_posix()

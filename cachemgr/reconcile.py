@@ -1,0 +1,139 @@
+"""Reconcile the books with the disk, as nginx's cache loader rebuilds its index on start.
+
+Walks the entry depth of the root: directories on disk but not tracked are registered, entries
+whose directory is gone are untracked, sizes that drifted are corrected, `cache:bytes` is
+recomputed from the records, and the trash is emptied. A dry run reports the same plan and
+changes nothing. Reconcile is the only operation that marks the books as initialized.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from cachemgr import paths, scanner, trash
+from cachemgr.cache import DiskCache
+from cachemgr.errors import CacheError
+from cachemgr.locks import Lock
+
+log = logging.getLogger("cachemgr")
+
+Progress = Callable[[int, int, str], None]  # (done, total, path)
+
+
+class ReconcileBusy(CacheError):
+    code = "busy"
+
+
+def recover_unfinished(cache: DiskCache) -> list[str]:
+    """Finish what a crash interrupted: entries untracked for deletion whose files remain.
+
+    Such a directory is put back on the books rather than deleted: the next pass decides again,
+    with fresh checks, whether it should go.
+    """
+    recovered = []
+    for path in cache.store.unfinished_deletions():
+        try:
+            location = paths.resolve(cache.root, path)
+        except CacheError:
+            cache.store.finish_deletion(path)
+            continue
+        if paths.kind(location) == "dir" and not cache.store.tracked([path])[0]:
+            try:
+                cache.register(path)
+                recovered.append(path)
+            except CacheError as exc:
+                log.warning("could not re-register %s after a crash: %s", path, exc)
+        cache.store.finish_deletion(path)
+    return recovered
+
+
+def reconcile(
+    cache: DiskCache, *, dry_run: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
+    lock = Lock(cache.client, cache.keys.lock("*reconcile*"), 15 * 60 * 1000)
+    if not dry_run and not lock.acquire():
+        raise ReconcileBusy("a reconcile is already running")
+    try:
+        return _reconcile(cache, dry_run=dry_run, progress=progress)
+    finally:
+        if not dry_run:
+            lock.release()
+
+
+def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) -> dict[str, Any]:
+    store = cache.store
+    records = store.all_records()
+    on_disk = list(scanner.directories_at_depth(cache.root, cache.settings.disk_cache_entry_depth))
+    tracked = set(records)
+    # A directory at the entry depth that holds tracked entries, or sits inside one, is covered.
+    covering = {a for p in tracked for a in paths.ancestors(p)}
+    untracked = [
+        d
+        for d in on_disk
+        if d not in tracked
+        and d not in covering
+        and not any(a in tracked for a in paths.ancestors(d))
+    ]
+    report: dict[str, Any] = {
+        "dry_run": dry_run,
+        "registered": [],
+        "untracked": [],
+        "resized": [],
+        "errors": [],
+    }
+    work = sorted(tracked) + untracked
+    for done, path in enumerate(work, 1):
+        if progress:
+            progress(done, len(work), path)
+        try:
+            _reconcile_one(cache, path, records.get(path), dry_run, report)
+        except CacheError as exc:
+            report["errors"].append({"path": path, "error": str(exc)})
+    if dry_run:
+        report["bytes_before"] = store.total_bytes()
+        report["trash_items"] = trash.pending(cache.root)
+    else:
+        report["trash_items"] = trash.empty(cache.root)
+        report["bytes_before"], report["bytes_after"] = store.recount()
+        cache.client.set(cache.keys.initialized, "1")
+        store.ensure_policy()
+        log.info(
+            "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",
+            len(report["registered"]),
+            len(report["untracked"]),
+            len(report["resized"]),
+            report["bytes_before"],
+            report["bytes_after"],
+        )
+    return report
+
+
+def _reconcile_one(
+    cache: DiskCache,
+    path: str,
+    record: tuple[int, int, str, int] | None,
+    dry_run: bool,
+    report: dict[str, Any],
+) -> None:
+    location = paths.resolve(cache.root, path)
+    exists = paths.kind(location) == "dir"
+    if record is None:
+        if dry_run:
+            report["registered"].append(path)
+        elif cache.register(path).get("status") == "registered":
+            report["registered"].append(path)
+        return
+    if not exists:
+        if dry_run or cache.store.claim(
+            path, "vanished", honour_pins=False, deleting_files=False
+        )[0] == "ok":
+            report["untracked"].append(path)
+        return
+    found = scanner.scan(location)
+    size, files = record[0], record[1]
+    if (found.size_bytes, found.file_count) != (size, files):
+        report["resized"].append({"path": path, "old_bytes": size, "new_bytes": found.size_bytes})
+        if not dry_run:
+            cache.store.resize(path, found.size_bytes, found.file_count)

@@ -1,0 +1,111 @@
+"""The per-directory record and the shapes that operations return."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds -> ISO 8601 in UTC, e.g. `2026-11-25T19:07:05.123000+00:00`."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+def pack(size: int, files: int, registered: str, hits: int) -> str:
+    """One hash field per directory keeps Redis memory low; the Lua scripts use the same layout."""
+    return f"{size} {files} {registered} {hits}"
+
+
+def unpack(raw: str) -> tuple[int, int, str, int]:
+    size, files, registered, hits = raw.split(" ")
+    return int(size), int(files), registered, int(hits)
+
+
+@dataclass
+class Entry:
+    path: str
+    size_bytes: int
+    file_count: int
+    registered: str  # as stored: the identity compare-before-delete checks
+    last_access: float
+    hits: int
+    ttl_seconds: int
+    pinned_until: float | None = None
+
+    @property
+    def registered_at(self) -> float:
+        return float(self.registered)
+
+    @property
+    def expires_at(self) -> float:
+        return self.last_access + self.ttl_seconds
+
+    def pinned(self, now: float) -> bool:
+        return self.pinned_until is not None and self.pinned_until > now
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size_bytes": self.size_bytes,
+            "file_count": self.file_count,
+            "registered_at": iso(self.registered_at),
+            "last_access": iso(self.last_access),
+            "expires_at": iso(self.expires_at),
+            "hits": self.hits,
+            "pinned_until": iso(self.pinned_until),
+        }
+
+
+@dataclass
+class Removal:
+    """One directory a sweep or an eviction took (or, in a plan, would take)."""
+
+    path: str
+    size_bytes: int
+    reason: str
+    usage_after: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PassResult:
+    """What a sweep or an eviction did: counts, bytes and the paths, in order."""
+
+    kind: str
+    removed: list[Removal] = field(default_factory=list)
+    skipped_locked: list[str] = field(default_factory=list)
+    skipped_pinned: list[str] = field(default_factory=list)
+    skipped_changed: list[str] = field(default_factory=list)
+    skipped_young: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    usage_before: int = 0
+    usage_after: int = 0
+    more: bool = False  # stopped by a bound (batch, time) with work left
+    dry_run: bool = False
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(r.size_bytes for r in self.removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "dry_run": self.dry_run,
+            "count": len(self.removed),
+            "bytes_freed": self.bytes_freed,
+            "paths": [r.path for r in self.removed],
+            "plan": [r.to_dict() for r in self.removed],
+            "skipped_locked": self.skipped_locked,
+            "skipped_pinned": self.skipped_pinned,
+            "skipped_changed": self.skipped_changed,
+            "skipped_young": self.skipped_young,
+            "errors": self.errors,
+            "usage_before": self.usage_before,
+            "usage_after": self.usage_after,
+            "more": self.more,
+        }

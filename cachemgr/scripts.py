@@ -1,0 +1,174 @@
+"""The Lua scripts that change the books, one per operation, so that each change is atomic.
+
+Every script gets the same KEYS layout (COMMON_KEYS), so that one script serves every policy:
+a policy adds its own Lua at the `--@on_insert`, `--@on_hit` and `--@on_remove` marks, and may
+use its own keys, appended as KEYS[12..] and seen as AUX[1..]. A record is the string
+`size files registered hits` (records.py).
+"""
+
+from __future__ import annotations
+
+# KEYS[1] cache:entries      KEYS[2] cache:lru          KEYS[3] cache:bytes
+# KEYS[4] cache:stats        KEYS[5] stats since reset  KEYS[6] cache:pins
+# KEYS[7] cache:deleting     KEYS[8] cache:policy       KEYS[9] dir:{path} (or unused)
+# KEYS[10] cache:events      KEYS[11] cache:accesses    KEYS[12..] the policy's own keys
+COMMON_KEYS = 11
+
+PRELUDE = """
+local AUX = {}
+for i = 12, #KEYS do AUX[#AUX + 1] = KEYS[i] end
+local function count(field, n)
+  if n ~= 0 then
+    redis.call('HINCRBY', KEYS[4], field, n)
+    redis.call('HINCRBY', KEYS[5], field, n)
+  end
+end
+local function parse(rec)
+  local size, files, reg, hits = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$')
+  return tonumber(size), tonumber(files), reg, tonumber(hits)
+end
+"""
+
+# Register or re-register one scanned directory.
+# ARGV[1] path  ARGV[2] size  ARGV[3] files  ARGV[4] now  ARGV[5] ttl seconds
+# ARGV[6..] paths that must not be tracked (ancestors and subdirectories: no double counting)
+# Returns {'overlap', other} or {'ok', new (1/0), byte delta}.
+REGISTER = (
+    PRELUDE
+    + """
+local path, size, files, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+for i = 6, #ARGV do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return {'overlap', ARGV[i]} end
+end
+local old = redis.call('HGET', KEYS[1], path)
+local hits, delta, new = 0, size, 1
+if old then
+  local osize, ofiles, oreg, ohits = parse(old)
+  hits, delta, new = ohits, size - osize, 0
+end
+redis.call('HSET', KEYS[1], path, size .. ' ' .. files .. ' ' .. now .. ' ' .. hits)
+redis.call('ZADD', KEYS[2], now, path)
+redis.call('SET', KEYS[9], now, 'EX', ttl)
+redis.call('INCRBY', KEYS[3], delta)
+redis.call('HDEL', KEYS[7], path)
+count('registrations', 1)
+--@on_insert
+return {'ok', new, delta}
+"""
+)
+
+# Record one access: a hit renews the TTL and moves the directory to the front.
+# ARGV[1] path  ARGV[2] now  ARGV[3] ttl seconds  ARGV[4] bytes a miss had to fetch (0 unknown)
+# ARGV[5] access-log cap (0: no log)
+# Returns 1 for a hit, 0 for a miss.
+ACCESS = (
+    PRELUDE
+    + """
+local path, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local rec = redis.call('HGET', KEYS[1], path)
+local logcap = tonumber(ARGV[5])
+if not rec then
+  local missed = tonumber(ARGV[4])
+  count('misses', 1)
+  count('missed_bytes', missed)
+  if logcap > 0 then
+    redis.call('XADD', KEYS[11], 'MAXLEN', '~', logcap, '*', 't', now, 'path', path,
+      'size', missed, 'hit', 0)
+  end
+  return 0
+end
+local size, files, reg, hits = parse(rec)
+redis.call('HSET', KEYS[1], path, size .. ' ' .. files .. ' ' .. reg .. ' ' .. (hits + 1))
+redis.call('ZADD', KEYS[2], now, path)
+if redis.call('EXPIRE', KEYS[9], ttl) == 0 then
+  redis.call('SET', KEYS[9], reg, 'EX', ttl)
+end
+count('hits', 1)
+count('hit_bytes', size)
+if logcap > 0 then
+  redis.call('XADD', KEYS[11], 'MAXLEN', '~', logcap, '*', 't', now, 'path', path,
+    'size', size, 'hit', 1)
+end
+--@on_hit
+return 1
+"""
+)
+
+# Take one directory off the books, if it is still the one the caller chose.
+# ARGV[1] path  ARGV[2] reason: evicted | expired | removed  ARGV[3] now
+# ARGV[4] expected registration ('' = any)  ARGV[5] expected last access ('' = any)
+# ARGV[6] honour pins (1/0)  ARGV[7] files will be deleted (1/0: journal it in cache:deleting)
+# ARGV[8] grace period after registration in seconds  ARGV[9] events stream cap
+# Returns {'ok', size, files} or {reason-for-skip}: gone | changed | pinned | young.
+CLAIM = (
+    PRELUDE
+    + """
+local path, reason, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local rec = redis.call('HGET', KEYS[1], path)
+if not rec then return {'gone'} end
+local size, files, reg, hits = parse(rec)
+if ARGV[4] ~= '' and reg ~= ARGV[4] then return {'changed'} end
+if ARGV[5] ~= '' then
+  local last = redis.call('ZSCORE', KEYS[2], path)
+  if (not last) or tonumber(last) ~= tonumber(ARGV[5]) then return {'changed'} end
+end
+if ARGV[6] == '1' then
+  local pin = redis.call('ZSCORE', KEYS[6], path)
+  if pin and tonumber(pin) > now then return {'pinned'} end
+end
+if tonumber(ARGV[8]) > 0 and tonumber(reg) > now - tonumber(ARGV[8]) then return {'young'} end
+redis.call('HDEL', KEYS[1], path)
+redis.call('ZREM', KEYS[2], path)
+redis.call('DEL', KEYS[9])
+redis.call('DECRBY', KEYS[3], size)
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[7], path, size)
+  count('bytes_freed', size)
+end
+local counter = {evicted = 'evictions', expired = 'expirations', removed = 'removals'}
+count(counter[reason] or reason, 1)
+redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[9], '*', 'event', reason, 'path', path,
+  'size', size, 'files_deleted', ARGV[7], 'time', ARGV[3])
+--@on_remove
+return {'ok', size, files}
+"""
+)
+
+# Put a lease on a directory (tracked or about to be) until ARGV[2]; 0 removes it.
+# KEYS[1] cache:pins  ARGV[1] path  ARGV[2] lease expiry (epoch seconds) or 0
+PIN = """
+if tonumber(ARGV[2]) == 0 then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+# Correct a tracked directory's size after a rescan, keeping its times and hits.
+# KEYS[1] cache:entries  KEYS[2] cache:bytes  ARGV[1] path  ARGV[2] size  ARGV[3] files
+# Returns the byte delta, or false when the path is not tracked.
+RESIZE = """
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if not rec then return false end
+local size, files, reg, hits = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$')
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. reg .. ' ' .. hits)
+local delta = tonumber(ARGV[2]) - tonumber(size)
+redis.call('INCRBY', KEYS[2], delta)
+return delta
+"""
+
+# Recompute cache:bytes from the records: O(n), for reconcile only, never a steady-state path.
+# KEYS[1] cache:entries  KEYS[2] cache:bytes. Returns {old total, new total}.
+RECOUNT = """
+local total = 0
+local values = redis.call('HVALS', KEYS[1])
+for i = 1, #values do total = total + tonumber(string.match(values[i], '^(%S+)')) end
+local old = tonumber(redis.call('GET', KEYS[2]) or '0')
+redis.call('SET', KEYS[2], total)
+return {old, total}
+"""
+
+
+def compose(template: str, hooks: dict[str, str]) -> str:
+    """Splice a policy's Lua into a script at its `--@name` marks."""
+    for mark, code in hooks.items():
+        template = template.replace(f"--@{mark}", code)
+    return template

@@ -1,0 +1,333 @@
+"""The books in Redis: every read and every atomic change of cachemgr's keys.
+
+Methods that change or read a single thing accept an optional `pipeline`, so that callers can
+batch many of them into one round trip; they then return the pipeline's pending result.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from cachemgr import scripts
+from cachemgr.keys import Keys
+from cachemgr.policies import POLICIES, Policy
+from cachemgr.records import Entry, unpack
+
+COUNTERS = (
+    "hits",
+    "misses",
+    "hit_bytes",
+    "missed_bytes",
+    "registrations",
+    "evictions",
+    "expirations",
+    "removals",
+    "bytes_freed",
+    "skipped_locked",
+    "skipped_pinned",
+)
+
+
+def connect(url: str) -> Any:
+    """A client as cachemgr needs it: str replies, bounded timeouts, keep-alive."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+
+
+def now_str(now: float | None = None) -> str:
+    """Times travel to Lua as strings with microseconds, so comparisons are exact."""
+    return f"{time.time() if now is None else now:.6f}"
+
+
+def encode_cursor(score: float, member: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r}\n{member}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        score, member = base64.urlsafe_b64decode(cursor.encode()).decode().split("\n", 1)
+        return float(score), member
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"invalid cursor {cursor!r}") from exc
+
+
+class Store:
+    def __init__(
+        self,
+        client: Any,  # a redis.Redis made with decode_responses=True (see connect)
+        keys: Keys | None = None,
+        *,
+        policy: str = "lru",
+        ttl_seconds: int = 86400,
+        events_maxlen: int = 10000,
+        access_log_maxlen: int = 0,
+    ) -> None:
+        self.client: Any = client
+        self.keys = keys or Keys()
+        self.ttl_seconds = ttl_seconds
+        self.events_maxlen = events_maxlen
+        self.access_log_maxlen = access_log_maxlen
+        self.policy: Policy = POLICIES[policy]
+        self._register = client.register_script(self.policy.script(scripts.REGISTER))
+        self._access = client.register_script(self.policy.script(scripts.ACCESS))
+        self._claim = client.register_script(self.policy.script(scripts.CLAIM))
+        self._victims = client.register_script(self.policy.victims_script)
+        self._rebuild = client.register_script(self.policy.rebuild_script)
+        self._pin = client.register_script(scripts.PIN)
+        self._resize = client.register_script(scripts.RESIZE)
+        self._recount = client.register_script(scripts.RECOUNT)
+
+    # -- keys ---------------------------------------------------------------------------
+    def script_keys(self, path: str | None = None) -> list[str]:
+        k = self.keys
+        return [
+            k.entries,
+            k.lru,
+            k.bytes,
+            k.stats,
+            k.stats_since_reset,
+            k.pins,
+            k.deleting,
+            k.policy,
+            k.dir(path) if path is not None else k.dir(""),
+            k.events,
+            k.accesses,
+            *(k.policy_aux(f"{self.policy.name}:{name}") for name in self.policy.aux),
+        ]
+
+    # -- changes ------------------------------------------------------------------------
+    def register(
+        self,
+        path: str,
+        size: int,
+        files: int,
+        *,
+        now: float | None = None,
+        must_not_be_tracked: Sequence[str] = (),
+        pipeline: Any = None,
+    ) -> Any:
+        """Returns ['ok', new, delta] or ['overlap', other_path]."""
+        return self._register(
+            keys=self.script_keys(path),
+            args=[path, size, files, now_str(now), self.ttl_seconds, *must_not_be_tracked],
+            client=pipeline or self.client,
+        )
+
+    def access(
+        self, path: str, *, now: float | None = None, miss_bytes: int = 0, pipeline: Any = None
+    ) -> Any:
+        """One round trip: 1 for a hit, 0 for a miss."""
+        return self._access(
+            keys=self.script_keys(path),
+            args=[path, now_str(now), self.ttl_seconds, miss_bytes, self.access_log_maxlen],
+            client=pipeline or self.client,
+        )
+
+    def access_many(self, paths: Iterable[str], *, now: float | None = None) -> list[int]:
+        """A batch of accesses in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for path in paths:
+            self.access(path, now=now, pipeline=pipe)
+        return [int(x) for x in pipe.execute()]
+
+    def claim(
+        self,
+        path: str,
+        reason: str,
+        *,
+        now: float | None = None,
+        expect_registered: str = "",
+        expect_last_access: float | None = None,
+        honour_pins: bool = True,
+        deleting_files: bool = True,
+        min_age_seconds: int = 0,
+        pipeline: Any = None,
+    ) -> Any:
+        """Take a directory off the books if it is unchanged: ['ok', size, files] or [why]."""
+        return self._claim(
+            keys=self.script_keys(path),
+            args=[
+                path,
+                reason,
+                now_str(now),
+                expect_registered,
+                "" if expect_last_access is None else repr(expect_last_access),
+                int(honour_pins),
+                int(deleting_files),
+                min_age_seconds,
+                self.events_maxlen,
+            ],
+            client=pipeline or self.client,
+        )
+
+    def finish_deletion(self, path: str, pipeline: Any = None) -> Any:
+        return (pipeline or self.client).hdel(self.keys.deleting, path)
+
+    def unfinished_deletions(self) -> dict[str, int]:
+        return {p: int(s) for p, s in self.client.hgetall(self.keys.deleting).items()}
+
+    def pin(self, path: str, until: float, pipeline: Any = None) -> Any:
+        client = pipeline or self.client
+        return self._pin(keys=[self.keys.pins], args=[path, repr(until)], client=client)
+
+    def unpin(self, path: str, pipeline: Any = None) -> Any:
+        return self._pin(keys=[self.keys.pins], args=[path, 0], client=pipeline or self.client)
+
+    def drop_lapsed_pins(self, now: float | None = None) -> int:
+        return int(self.client.zremrangebyscore(self.keys.pins, "-inf", now or time.time()))
+
+    def count(self, field: str, n: int = 1, pipeline: Any = None) -> None:
+        pipe = pipeline or self.client.pipeline(transaction=False)
+        pipe.hincrby(self.keys.stats, field, n)
+        pipe.hincrby(self.keys.stats_since_reset, field, n)
+        if pipeline is None:
+            pipe.execute()
+
+    def reset_stats(self, now: float | None = None) -> None:
+        pipe = self.client.pipeline()
+        pipe.delete(self.keys.stats_since_reset)
+        pipe.hset(self.keys.stats_since_reset, "reset_at", now_str(now))
+        pipe.execute()
+
+    def resize(self, path: str, size: int, files: int) -> int | None:
+        delta = self._resize(keys=[self.keys.entries, self.keys.bytes], args=[path, size, files])
+        return None if delta is None else int(delta)
+
+    def recount(self) -> tuple[int, int]:
+        old, new = self._recount(keys=[self.keys.entries, self.keys.bytes])
+        return int(old), int(new)
+
+    def rebuild_policy(self, batch: int = 1000) -> int:
+        """Carry every tracked entry over into the active policy's structures."""
+        done, first, offset = 0, True, 0
+        while True:
+            paths = self.client.zrange(self.keys.lru, offset, offset + batch - 1)
+            if not paths and not first:
+                break
+            self._rebuild(keys=self.script_keys(), args=[int(first), *paths])
+            done += len(paths)
+            offset += batch
+            first = False
+            if len(paths) < batch:
+                break
+        self.client.set(self.keys.policy_name, self.policy.name)
+        return done
+
+    def ensure_policy(self) -> bool:
+        """Rebuild when the policy changed since the structures were built; True if it did."""
+        if self.client.get(self.keys.policy_name) == self.policy.name:
+            return False
+        self.rebuild_policy()
+        return True
+
+    # -- reads --------------------------------------------------------------------------
+    def _entries(self, items: Sequence[tuple[str, float]]) -> list[Entry]:
+        """Records and pins for (path, last access) pairs, in one round trip."""
+        if not items:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        paths = [p for p, _ in items]
+        pipe.hmget(self.keys.entries, paths)
+        for p in paths:
+            pipe.zscore(self.keys.pins, p)
+        raw, *pins = pipe.execute()
+        out = []
+        for (path, last), rec, pin in zip(items, raw, pins, strict=True):
+            if rec is None:
+                continue  # removed between the two reads
+            size, files, registered, hits = unpack(rec)
+            out.append(
+                Entry(path, size, files, registered, last, hits, self.ttl_seconds, pin)
+            )
+        return out
+
+    def info(self, path: str) -> Entry | None:
+        last = self.client.zscore(self.keys.lru, path)
+        if last is None:
+            return None
+        found = self._entries([(path, last)])
+        return found[0] if found else None
+
+    def page(self, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:
+        """Entries by last access, newest first; the cursor is (score, path) of the last one."""
+        lru = self.keys.lru
+        if cursor is None:
+            items = self.client.zrevrange(lru, 0, limit, withscores=True)
+        else:
+            score, member = decode_cursor(cursor)
+            ties = int(self.client.zcount(lru, score, score))
+            raw = self.client.zrevrangebyscore(
+                lru, score, "-inf", start=0, num=limit + ties + 1, withscores=True
+            )
+            # Ties at `score` come in descending member order; keep those after the cursor.
+            items = [(m, s) for m, s in raw if s < score or m < member]
+        more = len(items) > limit
+        items = items[:limit]
+        next_cursor = encode_cursor(items[-1][1], items[-1][0]) if more and items else None
+        return self._entries(items), next_cursor
+
+    def expired(self, cutoff: float, limit: int, offset: int = 0) -> list[Entry]:
+        """Entries last accessed before `cutoff`, oldest first: O(log n + limit)."""
+        items = self.client.zrangebyscore(
+            self.keys.lru, "-inf", f"({cutoff!r}", start=offset, num=limit, withscores=True
+        )
+        return self._entries(items)
+
+    def victims(self, limit: int, offset: int = 0) -> list[Entry]:
+        """The active policy's next victims, best first."""
+        paths = self._victims(keys=self.script_keys(), args=[limit, offset])
+        if not paths:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for p in paths:
+            pipe.zscore(self.keys.lru, p)
+        scores = pipe.execute()
+        return self._entries([(p, s) for p, s in zip(paths, scores, strict=True) if s is not None])
+
+    def total_bytes(self) -> int:
+        return int(self.client.get(self.keys.bytes) or 0)
+
+    def count_entries(self) -> int:
+        return int(self.client.hlen(self.keys.entries))
+
+    def tracked(self, paths: Sequence[str]) -> list[bool]:
+        if not paths:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for p in paths:
+            pipe.hexists(self.keys.entries, p)
+        return [bool(x) for x in pipe.execute()]
+
+    def all_records(self, batch: int = 1000) -> dict[str, tuple[int, int, str, int]]:
+        """Every record (HSCAN): for reconcile and audits, never on a steady-state path."""
+        return {p: unpack(r) for p, r in self.client.hscan_iter(self.keys.entries, count=batch)}
+
+    def counters(self) -> tuple[dict[str, int], dict[str, Any]]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.stats)
+        pipe.hgetall(self.keys.stats_since_reset)
+        overall, since = pipe.execute()
+        total = {c: int(overall.get(c, 0)) for c in COUNTERS}
+        recent: dict[str, Any] = {c: int(since.get(c, 0)) for c in COUNTERS}
+        recent["reset_at"] = float(since["reset_at"]) if "reset_at" in since else None
+        return total, recent
+
+    def pinned_count(self, now: float | None = None) -> int:
+        return int(self.client.zcount(self.keys.pins, f"({now or time.time()!r}", "+inf"))
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        out = []
+        for ident, fields in self.client.xrevrange(self.keys.events, count=limit):
+            out.append({"id": ident, **fields})
+        return out

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: set-up (venv, install, Redis) then the whole suite. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+bash scripts/ensure-redis.sh
+.venv/bin/ruff check .
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"

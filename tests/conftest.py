@@ -1,0 +1,80 @@
+"""Fixtures: a real Redis (own key prefix, cleaned up), real directory trees, a canary outside."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cachemgr import DiskCache, Settings, connect
+
+REDIS_URL = os.environ.get("CACHEMGR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def make_tree(root: Path, rel: str, files: int = 1, size: int = 4096) -> Path:
+    """A directory with `files` files of `size` bytes each (written, so blocks are allocated)."""
+    d = root / rel
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        (d / f"track{i:02d}.mp3").write_bytes(b"\x01" * size)
+    return d
+
+
+def cleanup_prefix(client, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    client = connect(REDIS_URL)
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(redis_client) -> Iterator[str]:
+    p = f"t{uuid.uuid4().hex[:10]}:"
+    yield p
+    cleanup_prefix(redis_client, p)
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Iterator[Path]:
+    """Files outside the root that no test may ever delete."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "canary.txt").write_text("must survive")
+    (outside / "nested").mkdir()
+    (outside / "nested" / "keep.bin").write_bytes(b"x" * 100)
+    yield outside
+    assert (outside / "canary.txt").read_text() == "must survive"
+    assert (outside / "nested" / "keep.bin").exists()
+
+
+@pytest.fixture
+def root(tmp_path: Path, canary: Path) -> Path:
+    r = tmp_path / "downloads"
+    r.mkdir()
+    return r
+
+
+@pytest.fixture
+def settings(root: Path, prefix: str) -> Settings:
+    return Settings(
+        disk_cache_root=str(root),
+        redis_url=REDIS_URL,
+        disk_cache_key_prefix=prefix,
+        disk_cache_max_bytes=100 * 4096,
+        disk_cache_node="testnode",
+    ).validate()
+
+
+@pytest.fixture
+def cache(settings: Settings, redis_client) -> DiskCache:
+    return DiskCache(settings, redis_client)

@@ -1,0 +1,280 @@
+"""The core operations against the real Redis and real directory trees."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cachemgr import DiskCache, NotOnDisk, NotTracked, Overlap, connect
+from cachemgr.cleanup import cleanup, enforce_quota, sweep
+from cachemgr.keys import Keys
+from tests.conftest import REDIS_URL, make_tree
+
+UNIT = 5 * 4096  # four 4 KiB files and the directory's own block
+
+
+class Clock:
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def fill(cache: DiskCache, root, n: int, clock: Clock | None = None) -> list[str]:
+    names = []
+    for i in range(n):
+        name = f"album{i:02d}"
+        make_tree(root, name, files=4, size=4096)
+        cache.register(name)
+        if clock:
+            clock.t += 1
+        names.append(name)
+    return names
+
+
+def test_register_scans_and_tracks(cache, root):
+    make_tree(root, "artist/album", files=4)
+    result = cache.register("artist/album/")
+    assert result["status"] == "registered" and result["new"] is True
+    assert result["size_bytes"] == UNIT and result["file_count"] == 4
+    info = cache.info("artist/album")
+    assert info.size_bytes == UNIT and info.hits == 0
+    assert cache.store.total_bytes() == UNIT
+
+
+def test_registering_again_replaces_the_size_and_never_counts_twice(cache, root):
+    d = make_tree(root, "a", files=4)
+    cache.register("a")
+    (d / "track03.mp3").unlink()
+    again = cache.register("a")
+    assert again["new"] is False and again["delta_bytes"] == -4096
+    assert cache.store.total_bytes() == UNIT - 4096
+    assert cache.store.count_entries() == 1
+
+
+def test_overlapping_registrations_are_refused(cache, root):
+    make_tree(root, "artist/album")
+    cache.register("artist/album")
+    with pytest.raises(Overlap):
+        cache.register("artist")
+    make_tree(root, "x/y")
+    cache.register("x")
+    with pytest.raises(Overlap):
+        cache.register("x/y")
+
+
+def test_register_of_missing_directory_is_not_on_disk(cache):
+    with pytest.raises(NotOnDisk):
+        cache.register("nothing-here")
+
+
+def test_register_latest_takes_the_newest_directory(cache, root):
+    make_tree(root, "first")
+    time.sleep(0.02)
+    make_tree(root, "second")
+    assert cache.register_latest()["path"] == "second"
+
+
+def test_register_latest_on_empty_root_says_so(cache):
+    with pytest.raises(NotOnDisk, match="no download directory"):
+        cache.register_latest()
+
+
+def test_access_counts_hits_and_misses_and_renews(cache, root):
+    clock = Clock()
+    cache.clock = clock
+    make_tree(root, "a", files=4)
+    cache.register("a")
+    clock.t += 100
+    assert cache.access("a")["hit"] is True
+    assert cache.access("missing", miss_bytes=1234)["hit"] is False
+    info = cache.info("a")
+    assert info.hits == 1 and info.last_access == pytest.approx(clock.t)
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["hit_bytes"], stats["missed_bytes"]) == (
+        1,
+        1,
+        UNIT,
+        1234,
+    )
+    assert 86000 < cache.client.ttl(cache.keys.dir("a")) <= 86400
+
+
+def test_remove_untracks_and_optionally_deletes(cache, root):
+    make_tree(root, "keep")
+    make_tree(root, "gone")
+    cache.register("keep")
+    cache.register("gone")
+    assert cache.remove("keep")["files_deleted"] is False
+    assert (root / "keep").is_dir()
+    assert cache.remove("gone", remove_files=True)["files_deleted"] is True
+    assert not (root / "gone").exists()
+    assert cache.store.total_bytes() == 0
+    with pytest.raises(NotTracked):
+        cache.remove("gone")
+    assert not any((root / ".cachemgr-trash").iterdir())
+
+
+def test_paged_list_by_last_access_newest_first(cache, root):
+    clock = Clock()
+    cache.clock = clock
+    names = fill(cache, root, 7, clock)
+    seen, cursor = [], None
+    while True:
+        page, cursor = cache.store.page(3, cursor)
+        seen += [e.path for e in page]
+        if cursor is None:
+            break
+    assert seen == list(reversed(names))
+
+
+def test_paged_list_with_ties_loses_nothing(cache, root):
+    clock = Clock()
+    cache.clock = clock
+    names = fill(cache, root, 5)  # all at the same instant
+    seen, cursor = [], None
+    while True:
+        page, cursor = cache.store.page(2, cursor)
+        seen += [e.path for e in page]
+        if cursor is None:
+            break
+    assert sorted(seen) == names and len(seen) == 5
+
+
+def test_quota_90_to_80_with_exact_bytes(cache, root):
+    clock = Clock()
+    cache.clock = clock
+    names = fill(cache, root, 18, clock)
+    assert cache.store.total_bytes() == 18 * UNIT == cache.settings.threshold_bytes
+    assert enforce_quota(cache).removed == []  # at the threshold is not past it
+    make_tree(root, "album18", files=4)
+    cache.register("album18")
+    clock.t += 1
+    cache.access("album00")  # now the most recent: survives
+    result = enforce_quota(cache)
+    assert [r.path for r in result.removed] == ["album01", "album02", "album03"]
+    assert result.bytes_freed == 3 * UNIT
+    assert cache.store.total_bytes() == 16 * UNIT == cache.settings.target_bytes
+    assert (root / "album00").is_dir() and not (root / "album01").exists()
+    assert cache.stats()["evictions"] == 3
+    assert names
+
+
+def test_sweep_expires_with_a_short_ttl(settings, redis_client, root):
+    cache = DiskCache(settings.with_(disk_cache_ttl_seconds=1), redis_client)
+    make_tree(root, "old")
+    cache.register("old")
+    assert 0 < redis_client.ttl(cache.keys.dir("old")) <= 1
+    time.sleep(1.2)
+    make_tree(root, "fresh")
+    cache.register("fresh")
+    result = sweep(cache)
+    assert [r.path for r in result.removed] == ["old"]
+    assert not (root / "old").exists() and (root / "fresh").is_dir()
+    assert cache.stats()["expirations"] == 1
+
+
+def test_locked_directory_is_skipped_not_waited_on(cache, root):
+    clock = Clock()
+    cache.clock = clock
+    fill(cache, root, 19, clock)
+    held = cache.lock("album00")
+    assert held.acquire()
+    result = enforce_quota(cache)
+    assert "album00" in result.skipped_locked
+    assert (root / "album00").is_dir()
+    assert result.bytes_freed >= 3 * UNIT
+    held.release()
+
+
+def test_lock_has_a_timeout_and_only_its_owner_releases_it(cache):
+    a = cache.lock("x")
+    a.timeout_ms = 200
+    assert a.acquire()
+    b = cache.lock("x")
+    assert not b.acquire()
+    assert b.release() is False and a.held()
+    time.sleep(0.3)
+    assert b.acquire()
+    assert a.release() is False and b.held()
+
+
+def test_pinned_directory_is_never_evicted_or_expired(settings, redis_client, root):
+    cache = DiskCache(settings.with_(disk_cache_ttl_seconds=1), redis_client)
+    fill(cache, root, 19)
+    cache.pin("album00", 60)
+    time.sleep(1.1)
+    result = sweep(cache)
+    assert "album00" in result.skipped_pinned
+    assert (root / "album00").is_dir()
+    assert cache.info("album00").pinned(time.time())
+
+
+def test_compare_before_delete_skips_an_entry_accessed_since_it_was_chosen(cache, root):
+    fill(cache, root, 2)
+    chosen = cache.store.victims(1)[0]
+    cache.access(chosen.path)
+    assert cache.take(chosen, "evicted") == "changed"
+    assert (root / chosen.path).is_dir()
+
+
+def test_a_directory_replaced_by_a_file_is_untracked_without_deleting_the_file(cache, root):
+    import shutil
+
+    fill(cache, root, 1)
+    shutil.rmtree(root / "album00")
+    (root / "album00").write_text("now a file")
+    chosen = cache.store.victims(1)[0]
+    assert cache.take(chosen, "evicted") == "ok"
+    assert (root / "album00").read_text() == "now a file"
+    assert cache.store.total_bytes() == 0
+
+
+def test_stats_fields(cache, root):
+    fill(cache, root, 2)
+    s = cache.stats()
+    assert s["total_bytes"] == 2 * UNIT and s["directory_count"] == 2
+    assert s["max_bytes"] == 100 * 4096
+    assert s["usage_percent"] == round(100 * 2 * UNIT / (100 * 4096), 2)
+    assert s["quota_status"] == "ok" and s["scheduler_running"] is True
+
+
+def test_cleanup_runs_one_at_a_time(cache, root):
+    fill(cache, root, 1)
+    from cachemgr.locks import Lock
+
+    other = Lock(cache.client, cache.keys.cleanup_lock, 5000)
+    assert other.acquire()
+    assert cleanup(cache) == {"status": "skipped", "reason": "another cleanup is running"}
+    other.release()
+    assert cleanup(cache)["status"] == "done"
+
+
+def test_dry_run_plan_equals_the_act(cache, root):
+    clock = Clock()
+    cache.clock = clock
+    fill(cache, root, 22, clock)
+    plan = cleanup(cache, dry_run=True)
+    act = cleanup(cache)
+    assert plan["evict"]["plan"] == act["evict"]["plan"]
+    assert plan["evict"]["usage_after"] == act["evict"]["usage_after"]
+
+
+def test_seed_key_names_with_an_empty_prefix(settings, root):
+    client = connect(REDIS_URL.rsplit("/", 1)[0] + "/14")
+    client.flushdb()
+    try:
+        cache = DiskCache(settings.with_(disk_cache_key_prefix="", disk_cache_node=""), client)
+        make_tree(root, "artist/album")
+        cache.register("artist/album")
+        keys = set(client.keys("*"))
+        assert {"dir:artist/album", "cache:lru", "cache:bytes"} <= keys
+        assert client.type("cache:lru") == "zset" and client.ttl("dir:artist/album") > 0
+        assert float(client.get("dir:artist/album")) == pytest.approx(time.time(), abs=5)
+        assert int(client.get("cache:bytes")) == cache.info("artist/album").size_bytes
+        assert Keys().lock("a") == "lock:dir:a"
+    finally:
+        client.flushdb()
+        client.close()

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import shutil
+
+from cachemgr.cleanup import cleanup
+from cachemgr.reconcile import reconcile, recover_unfinished
+from tests.conftest import make_tree
+
+
+def test_reconcile_registers_untracks_resizes_and_recounts(cache, root):
+    make_tree(root, "tracked", files=2)
+    make_tree(root, "vanishes")
+    cache.register("tracked")
+    cache.register("vanishes")
+    make_tree(root, "new-on-disk")
+    shutil.rmtree(root / "vanishes")
+    (root / "tracked" / "extra").write_bytes(b"x" * 8192)
+    cache.client.set(cache.keys.bytes, 1)  # drifted
+    (root / ".cachemgr-trash").mkdir()
+    (root / ".cachemgr-trash" / "leftover").write_text("x")
+
+    plan = reconcile(cache, dry_run=True)
+    assert plan["registered"] == ["new-on-disk"] and plan["untracked"] == ["vanishes"]
+    assert [r["path"] for r in plan["resized"]] == ["tracked"]
+    assert cache.store.total_bytes() == 1  # a dry run changes nothing
+
+    report = reconcile(cache)
+    assert report["registered"] == ["new-on-disk"] and report["untracked"] == ["vanishes"]
+    assert report["trash_items"] == 1
+    records = cache.store.all_records()
+    assert set(records) == {"tracked", "new-on-disk"}
+    assert cache.store.total_bytes() == sum(r[0] for r in records.values())
+    assert report["bytes_after"] == cache.store.total_bytes()
+
+
+def test_flushed_books_are_rebuilt_before_anything_is_evicted(cache, root):
+    for i in range(3):
+        make_tree(root, f"a{i}")
+        cache.register(f"a{i}")
+    reconcile(cache)
+    before = cache.store.all_records()
+    for key in cache.client.scan_iter(match=f"{cache.keys.prefix}*"):
+        cache.client.delete(key)  # what FLUSHALL does to our keys
+    result = cleanup(cache)
+    assert result["status"] == "done"
+    after = cache.store.all_records()
+    assert {p: r[:2] for p, r in after.items()} == {p: r[:2] for p, r in before.items()}
+    assert all((root / p).is_dir() for p in before)
+
+
+def test_an_interrupted_deletion_is_put_back_on_the_books(cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    entry = cache.store.victims(1)[0]
+    cache.store.claim("a", "evicted", expect_registered=entry.registered)  # crash right after
+    assert cache.store.count_entries() == 0
+    assert cache.store.unfinished_deletions() == {"a": entry.size_bytes}
+    assert recover_unfinished(cache) == ["a"]
+    assert cache.store.tracked(["a"]) == [True] and cache.store.unfinished_deletions() == {}
