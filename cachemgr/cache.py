@@ -245,6 +245,19 @@ class DiskCache:
             "last_cleanup": last or None,
         }
 
+    def publish_config(self) -> None:
+        """Let pipeline clients, which read no settings, record accesses the way workers do."""
+        s = self.settings
+        self.client.hset(
+            self.keys.config,
+            mapping={
+                "ttl_seconds": s.disk_cache_ttl_seconds,
+                "policy": s.disk_cache_eviction_policy,
+                "root": str(self.root),
+                "node": s.node,
+            },
+        )
+
     # -- the scheduler switch -------------------------------------------------------------
     def scheduler_running(self) -> bool:
         return self.client.get(self.keys.scheduler) != "stopped"

@@ -110,6 +110,14 @@ def sweep(
     )
 
 
+def _sweep_or_nothing(cache: DiskCache, wanted: bool, **kwargs: Any) -> PassResult:
+    if wanted:
+        return sweep(cache, **kwargs)
+    total = cache.store.total_bytes()
+    dry_run = bool(kwargs.get("dry_run", False))
+    return PassResult("sweep", usage_before=total, usage_after=total, dry_run=dry_run)
+
+
 def bytes_to_free(cache: DiskCache, total: int) -> int:
     """Above the threshold: down to the target. Below the free-space floor: up to the floor."""
     s = cache.settings
@@ -130,11 +138,12 @@ def enforce_quota(
     dry_run: bool = False,
     usage: int | None = None,
     time_budget: float = DEFAULT_TIME_BUDGET,
+    skip: bool = False,
 ) -> PassResult:
     """Evict by the active policy once usage passes threshold x max, down to target x max."""
     total = cache.store.total_bytes() if usage is None else usage
     result = PassResult("evict", usage_before=total, usage_after=total, dry_run=dry_run)
-    need = bytes_to_free(cache, total)
+    need = 0 if skip else bytes_to_free(cache, total)
     if need <= 0:
         return result
     if not dry_run:
@@ -171,9 +180,11 @@ def cleanup(
     *,
     periodic: bool = False,
     dry_run: bool = False,
+    sweep_expired: bool = True,
+    enforce: bool = True,
     time_budget: float = DEFAULT_TIME_BUDGET,
 ) -> dict[str, Any]:
-    """Sweep, then enforce the quota; one at a time across all workers.
+    """Sweep, then enforce the quota (either may be left out); one at a time across workers.
 
     A periodic cleanup honours the scheduler switch; a manual one does not. Before anything is
     evicted, books that Redis lost (a FLUSHALL, a restart without persistence) are rebuilt.
@@ -183,8 +194,8 @@ def cleanup(
     if periodic and not cache.scheduler_running():
         return {"status": "skipped", "reason": "scheduler stopped"}
     if dry_run:
-        expired = sweep(cache, dry_run=True)
-        evicted = enforce_quota(cache, dry_run=True, usage=expired.usage_after)
+        expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
+        evicted = enforce_quota(cache, dry_run=True, usage=expired.usage_after, skip=not enforce)
         return {"status": "planned", "sweep": expired.to_dict(), "evict": evicted.to_dict()}
     lock = Lock(cache.client, cache.keys.cleanup_lock, int(max(time_budget * 4, 60) * 1000))
     if not lock.acquire():
@@ -198,8 +209,8 @@ def cleanup(
             reconcile(cache)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         cache.store.ensure_policy()
-        expired = sweep(cache, time_budget=time_budget)
-        evicted = enforce_quota(cache, time_budget=time_budget)
+        expired = _sweep_or_nothing(cache, sweep_expired, time_budget=time_budget)
+        evicted = enforce_quota(cache, time_budget=time_budget, skip=not enforce)
     except Exception as exc:
         _record(cache, started, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         log.exception("cleanup failed")

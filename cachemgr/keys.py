@@ -77,6 +77,11 @@ class Keys:
         return f"{self.prefix}cache:scheduler"
 
     @property
+    def config(self) -> str:
+        """HASH: the node's TTL, policy and root, published by its workers for pipeline clients."""
+        return f"{self.prefix}cache:config"
+
+    @property
     def cleanup_lock(self) -> str:
         """String, held while a cleanup runs so that only one runs at a time."""
         return f"{self.prefix}lock:cache:cleanup"

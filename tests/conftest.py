@@ -12,6 +12,11 @@ import pytest
 from cachemgr import DiskCache, Settings, connect
 
 REDIS_URL = os.environ.get("CACHEMGR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The test worker's broker and results live in a database of their own. Set before celeryconfig
+# is imported: CELERY_BROKER_URL in the environment wins over conf.update().
+BROKER_URL = os.environ.setdefault("CELERY_BROKER_URL", REDIS_URL.rsplit("/", 1)[0] + "/11")
+os.environ.setdefault("CELERY_RESULT_BACKEND", REDIS_URL.rsplit("/", 1)[0] + "/11")
+os.environ.pop("DISK_CACHE_NODE", None)
 
 
 def make_tree(root: Path, rel: str, files: int = 1, size: int = 4096) -> Path:
@@ -78,3 +83,39 @@ def settings(root: Path, prefix: str) -> Settings:
 @pytest.fixture
 def cache(settings: Settings, redis_client) -> DiskCache:
     return DiskCache(settings, redis_client)
+
+
+@pytest.fixture(scope="session")
+def worker_app():
+    """A real Celery worker in this process (threads pool), for the whole session."""
+    import celery.contrib.testing.tasks  # noqa: F401  (start_worker's ping task)
+    from celery.contrib.testing.worker import start_worker
+
+    from workers.app import app
+
+    if BROKER_URL.startswith("redis"):
+        broker = connect(BROKER_URL)
+        broker.flushdb()  # stale messages from an earlier run
+        broker.close()
+    with start_worker(app, pool="threads", concurrency=4, loglevel="WARNING", shutdown_timeout=30):
+        yield app
+
+
+@pytest.fixture
+def worker(worker_app, cache):
+    """The session worker, serving this test's cache (root, key prefix)."""
+    from workers import tasks
+
+    tasks.configure(cache)
+    yield worker_app
+    tasks.configure(None)
+
+
+@pytest.fixture
+def pipeline(cache, worker):
+    """The download pipeline's client, as a pipeline would build it: broker URL and node keys."""
+    from workers.client import CacheClient
+
+    client = CacheClient(BROKER_URL, redis_url=REDIS_URL, key_prefix=cache.keys.prefix)
+    yield client
+    client.close()

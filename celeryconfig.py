@@ -1,0 +1,44 @@
+"""Celery configuration, read from the environment (the same variables as cachemgr's settings).
+
+Broker and result backend default to REDIS_URL; JSON only; task events on so that Flower sees
+every task; late acknowledgement for the idempotent tasks (set per task in workers/tasks.py);
+the beat schedule sends `cachemgr.cleanup` every DISK_CACHE_CLEANUP_INTERVAL seconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cachemgr.settings import parse_duration
+
+_redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url
+result_backend = os.environ.get("CELERY_RESULT_BACKEND") or _redis_url
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+result_expires = 24 * 3600
+result_extended = True  # Flower and /cache/tasks show the task's name and arguments
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+task_reject_on_worker_lost = True
+broker_connection_retry_on_startup = True
+broker_transport_options = {"visibility_timeout": 3600}
+worker_hijack_root_logger = False
+timezone = "UTC"
+
+_interval = parse_duration(os.environ.get("DISK_CACHE_CLEANUP_INTERVAL") or "3600")
+_node = os.environ.get("DISK_CACHE_NODE", "")
+
+beat_schedule = {
+    "cachemgr-periodic-cleanup": {
+        "task": "cachemgr.cleanup",
+        "schedule": float(_interval),
+        "kwargs": {"periodic": True},
+        # A cleanup that waits longer than an interval is stale: the next one will come.
+        "options": {"expires": float(_interval)},
+    },
+}

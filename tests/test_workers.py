@@ -1,0 +1,179 @@
+"""Every task end to end through a real worker, sent by name as the pipeline sends them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cachemgr import DiskCache
+from tests.conftest import make_tree
+
+UNIT = 5 * 4096
+WAIT = 20
+
+
+def test_register_and_touch_by_name(pipeline, cache, root):
+    make_tree(root, "artist/album", files=4)
+    result = pipeline.register("artist/album").get(timeout=WAIT)
+    assert result["status"] == "registered" and result["size_bytes"] == UNIT
+    assert cache.info("artist/album").size_bytes == UNIT
+    assert pipeline.touch("artist/album").get(timeout=WAIT) == {"path": "artist/album", "hit": True}
+    assert pipeline.touch("nope", 99).get(timeout=WAIT)["hit"] is False
+    stats = cache.stats()
+    assert stats["hits"] == 1 and stats["misses"] == 1 and stats["missed_bytes"] == 99
+
+
+def test_register_completed_download(pipeline, cache, root):
+    make_tree(root, "older")
+    time.sleep(0.02)
+    make_tree(root, "latest")
+    assert pipeline.register_completed_download().get(timeout=WAIT)["path"] == "latest"
+    assert cache.store.tracked(["latest", "older"]) == [True, False]
+
+
+def test_remove_by_name_with_and_without_files(pipeline, cache, root):
+    make_tree(root, "a")
+    make_tree(root, "b")
+    cache.register("a")
+    cache.register("b")
+    assert pipeline.send("remove_directory", "a").get(timeout=WAIT)["files_deleted"] is False
+    assert (root / "a").is_dir()
+    assert pipeline.remove("b", remove_files=True).get(timeout=WAIT)["files_deleted"] is True
+    assert not (root / "b").exists()
+    assert cache.store.count_entries() == 0
+
+
+def test_cleanup_task_expires_and_evicts_real_directories(
+    worker, pipeline, settings, redis_client, root
+):
+    from workers import tasks
+
+    cache = DiskCache(settings.with_(disk_cache_ttl_seconds=1), redis_client)
+    tasks.configure(cache)
+    make_tree(root, "stale", files=4)
+    cache.register("stale")
+    time.sleep(1.1)
+    for i in range(19):
+        make_tree(root, f"fresh{i:02d}", files=4)
+        cache.register(f"fresh{i:02d}")
+    result = pipeline.send("cleanup").get(timeout=WAIT)
+    assert result["sweep"]["paths"] == ["stale"]
+    assert result["evict"]["paths"] == ["fresh00", "fresh01", "fresh02"]
+    assert not (root / "stale").exists() and not (root / "fresh00").exists()
+    assert cache.store.total_bytes() == 16 * UNIT
+
+
+def test_sweep_and_enforce_tasks(pipeline, cache, root):
+    for i in range(19):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    assert pipeline.send("sweep_expired").get(timeout=WAIT)["sweep"]["count"] == 0
+    assert pipeline.send("enforce_quota").get(timeout=WAIT)["evict"]["count"] == 3
+
+
+def test_two_cleanups_at_once_one_is_skipped(pipeline, cache, root):
+    for i in range(20):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    cache.before_delete = lambda path: time.sleep(0.3)
+    first, second = pipeline.cleanup(), pipeline.cleanup()
+    results = [first.get(timeout=WAIT), second.get(timeout=WAIT)]
+    statuses = sorted(r["status"] for r in results)
+    assert statuses == ["done", "skipped"]
+    skipped = next(r for r in results if r["status"] == "skipped")
+    assert skipped["reason"] == "another cleanup is running"
+
+
+def test_stop_scheduler_then_periodic_cleanup_deletes_nothing(pipeline, cache, root):
+    for i in range(20):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    cache.set_scheduler(False)
+    assert cache.stats()["scheduler_running"] is False
+    periodic = pipeline.send("cleanup", periodic=True).get(timeout=WAIT)
+    assert periodic == {"status": "skipped", "reason": "scheduler stopped"}
+    assert cache.store.count_entries() == 20
+    cache.set_scheduler(True)
+    assert pipeline.send("cleanup", periodic=True).get(timeout=WAIT)["evict"]["count"] == 4
+
+
+def test_manual_cleanup_ignores_the_scheduler_switch(pipeline, cache, root):
+    for i in range(20):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    cache.set_scheduler(False)
+    assert pipeline.cleanup().get(timeout=WAIT)["evict"]["count"] == 4
+
+
+def test_disabled_switch_turns_everything_off(worker, pipeline, settings, redis_client, root):
+    from workers import tasks
+
+    off = DiskCache(settings.with_(enable_disk_cache_management=False), redis_client)
+    tasks.configure(off)
+    make_tree(root, "a")
+    for name, args in [
+        ("register_directory", ("a",)),
+        ("register_completed_download", ()),
+        ("touch_directory", ("a",)),
+        ("remove_directory", ("a", True)),
+        ("sweep_expired", ()),
+        ("enforce_quota", ()),
+        ("cleanup", ()),
+        ("reconcile", ()),
+    ]:
+        assert pipeline.send(name, *args).get(timeout=WAIT) == {"status": "disabled"}, name
+    assert (root / "a").is_dir() and off.store.count_entries() == 0
+
+
+def test_a_bad_path_fails_at_once_with_a_clear_message(pipeline):
+    started = time.monotonic()
+    result = pipeline.send("register_directory", "../etc")
+    with pytest.raises(Exception) as err:
+        result.get(timeout=WAIT)
+    assert "'..'" in str(err.value)
+    assert result.state == "FAILURE"
+    assert time.monotonic() - started < WAIT  # no retry with backoff happened
+
+
+def test_pins_through_tasks(pipeline, cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    assert pipeline.pin("a", 60).get(timeout=WAIT)["path"] == "a"
+    assert cache.info("a").pinned(time.time())
+    assert pipeline.unpin("a").get(timeout=WAIT)["unpinned"] is True
+    assert not cache.info("a").pinned(time.time())
+
+
+def test_direct_access_and_batch_use_the_same_books(pipeline, cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    assert pipeline.access("a") is True
+    assert pipeline.access_many(["a", "b", "a"]) == [True, False, True]
+    assert cache.info("a").hits == 3 and cache.stats()["misses"] == 1
+
+
+def test_the_worker_emits_task_events(worker, pipeline, cache, root):
+    seen: list[str] = []
+
+    def capture() -> None:
+        with worker.connection_for_read() as conn:
+            recv = worker.events.Receiver(
+                conn, handlers={"task-succeeded": lambda e: seen.append(e["uuid"])}
+            )
+            try:
+                recv.capture(limit=None, timeout=5, wakeup=True)
+            except TimeoutError:
+                pass
+
+    listener = threading.Thread(target=capture, daemon=True)
+    listener.start()
+    time.sleep(0.5)
+    make_tree(root, "a")
+    result = pipeline.register("a")
+    result.get(timeout=WAIT)
+    deadline = time.monotonic() + 5
+    while result.id not in seen and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert result.id in seen

@@ -1,0 +1,1 @@
+"""Celery adapters over the cachemgr core: the app, the tasks, and the pipeline client."""

@@ -1,0 +1,127 @@
+"""The pipeline client: what a download pipeline imports to talk to cachemgr.
+
+It sends tasks by name (it imports neither the worker code nor its settings), and records
+accesses - the hot path, every play of a track - either as a task or directly in Redis in one
+round trip, with the same atomic script the workers use, or batched in one round trip.
+
+    from workers.client import CacheClient
+    cache = CacheClient("redis://127.0.0.1:6379/0")
+    cache.register("artist/album")          # a finished download (a task)
+    cache.access("artist/album")            # a play: True for a hit (direct, one round trip)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from cachemgr.keys import Keys
+from cachemgr.paths import normalize
+from cachemgr.store import Store, connect
+
+
+class CacheClient:
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        redis_url: str | None = None,
+        key_prefix: str | None = None,
+        node: str | None = None,
+        queue: str | None = None,
+        backend: str | None = None,
+    ) -> None:
+        """`broker_url` defaults to CELERY_BROKER_URL, then REDIS_URL; `redis_url` (the books)
+        to REDIS_URL, then the broker's URL. A `node` routes disk tasks to that node's queue and
+        uses its keys; `key_prefix` overrides the keys' prefix."""
+        env = os.environ
+        default_redis = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.broker_url = broker_url or env.get("CELERY_BROKER_URL") or default_redis
+        self.redis_url = redis_url or env.get("REDIS_URL") or (
+            self.broker_url if self.broker_url.startswith("redis") else default_redis
+        )
+        self.node = node
+        self.queue = queue or (f"cachemgr.{node}" if node else None)
+        prefix = key_prefix if key_prefix is not None else (f"{{{node}}}:" if node else "")
+        self.keys = Keys(prefix)
+        self.app = Celery(
+            "cachemgr-client",
+            broker=self.broker_url,
+            backend=backend or env.get("CELERY_RESULT_BACKEND") or self.redis_url,
+        )
+        self.app.conf.update(task_serializer="json", accept_content=["json"])
+        self._redis: Any = None
+        self._store: Store | None = None
+
+    # -- tasks ----------------------------------------------------------------------------
+    def send(self, name: str, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Send `cachemgr.<name>` with these arguments; returns Celery's AsyncResult."""
+        options = {"queue": self.queue} if self.queue else {}
+        return self.app.send_task(f"cachemgr.{name}", args=args, kwargs=kwargs, **options)
+
+    def register(self, path: str) -> AsyncResult:
+        return self.send("register_directory", normalize(path))
+
+    def register_completed_download(self) -> AsyncResult:
+        return self.send("register_completed_download")
+
+    def touch(self, path: str, miss_bytes: int = 0) -> AsyncResult:
+        return self.send("touch_directory", normalize(path), miss_bytes)
+
+    def remove(self, path: str, remove_files: bool = False) -> AsyncResult:
+        return self.send("remove_directory", normalize(path), remove_files)
+
+    def pin(self, path: str, ttl_seconds: int = 3600) -> AsyncResult:
+        """A lease while a download is written or a file streamed; renew it before it lapses."""
+        return self.send("pin_directory", normalize(path), ttl_seconds)
+
+    def unpin(self, path: str) -> AsyncResult:
+        return self.send("unpin_directory", normalize(path))
+
+    def cleanup(self) -> AsyncResult:
+        return self.send("cleanup")
+
+    # -- the direct path ------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        """A Store with the node's TTL and policy, as its workers published them."""
+        if self._store is None:
+            self._redis = connect(self.redis_url)
+            config = self._redis.hgetall(self.keys.config)
+            self._store = Store(
+                self._redis,
+                self.keys,
+                policy=config.get("policy", "lru"),
+                ttl_seconds=int(config.get("ttl_seconds", 86400)),
+            )
+        return self._store
+
+    def refresh(self) -> None:
+        """Re-read the node's published TTL and policy (after a change of settings)."""
+        self._store = None
+
+    def access(self, path: str, miss_bytes: int = 0) -> bool:
+        """Record an access in one round trip; True for a hit."""
+        return bool(self.store.access(normalize(path), miss_bytes=miss_bytes))
+
+    def access_many(self, paths: Iterable[str]) -> list[bool]:
+        """Record a batch of accesses in one round trip."""
+        return [bool(hit) for hit in self.store.access_many(normalize(p) for p in paths)]
+
+    def pin_now(self, path: str, ttl_seconds: int = 3600) -> None:
+        """Pin directly in Redis (no worker needed), e.g. before a download starts writing."""
+        import time
+
+        self.store.pin(normalize(path), time.time() + ttl_seconds)
+
+    def unpin_now(self, path: str) -> None:
+        self.store.unpin(normalize(path))
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+        self.app.close()

@@ -1,0 +1,149 @@
+"""The Celery tasks: the contract the download pipeline codes against (stable names).
+
+Each task is a thin call into cachemgr. A bad path fails at once with a clear message and no
+retry; a lost Redis connection is retried with exponential backoff. Late acknowledgement is on
+for the idempotent tasks, so a worker that dies mid-task leaves the task to another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Task
+
+from cachemgr import DiskCache, Settings, connect
+from cachemgr import cleanup as passes
+from cachemgr.reconcile import reconcile as reconcile_books
+from workers.app import app
+
+log = logging.getLogger("cachemgr.workers")
+
+_cache: DiskCache | None = None
+
+RETRY = {
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
+IDEMPOTENT = {"acks_late": True, **RETRY}
+
+
+def get_cache() -> DiskCache:
+    """The worker process's DiskCache, built from the environment on first use."""
+    global _cache
+    if _cache is None:
+        configure(DiskCache(settings := Settings.from_env(), connect(settings.redis_url)))
+    assert _cache is not None
+    return _cache
+
+
+def configure(cache: DiskCache | None) -> None:
+    """Use this DiskCache in the tasks (tests, `cachemgr up`); None forgets it."""
+    global _cache
+    _cache = cache
+    if cache is None:
+        return
+    pause = os.environ.get("CACHEMGR_TEST_PAUSE_BEFORE_DELETE")
+    if pause:  # fault tests: hold a deletion open so the test can kill the worker there
+        cache.before_delete = lambda path: time.sleep(float(pause))
+    cache.publish_config()
+
+
+def _enabled(cache: DiskCache) -> bool:
+    return cache.settings.enable_disk_cache_management
+
+
+DISABLED = {"status": "disabled"}
+
+
+@app.task(name="cachemgr.register_directory", **IDEMPOTENT)
+def register_directory(path: str) -> dict[str, Any]:
+    cache = get_cache()
+    if not _enabled(cache):
+        return DISABLED
+    result = cache.register(path)
+    if result.get("over_threshold"):
+        enforce_quota.delay()
+    return result
+
+
+@app.task(name="cachemgr.register_completed_download", **IDEMPOTENT)
+def register_completed_download() -> dict[str, Any]:
+    cache = get_cache()
+    if not _enabled(cache):
+        return DISABLED
+    result = cache.register_latest()
+    if result.get("over_threshold"):
+        enforce_quota.delay()
+    return result
+
+
+@app.task(name="cachemgr.touch_directory", **RETRY)
+def touch_directory(path: str, miss_bytes: int = 0) -> dict[str, Any]:
+    cache = get_cache()
+    if not _enabled(cache):
+        return DISABLED
+    return cache.access(path, miss_bytes=miss_bytes)
+
+
+@app.task(name="cachemgr.remove_directory", **IDEMPOTENT)
+def remove_directory(path: str, remove_files: bool = False) -> dict[str, Any]:
+    cache = get_cache()
+    if not _enabled(cache):
+        return DISABLED
+    return cache.remove(path, remove_files=remove_files)
+
+
+def _cleanup(task: Task, *, sweep: bool, enforce: bool, periodic: bool, dry_run: bool) -> Any:
+    result = passes.cleanup(
+        get_cache(), periodic=periodic, dry_run=dry_run, sweep_expired=sweep, enforce=enforce
+    )
+    if result.get("more"):
+        # Bounded pass: hand the rest to a fresh task rather than hold this worker.
+        task.apply_async(kwargs={"periodic": periodic}, countdown=1)
+        result["continued"] = True
+    return result
+
+
+@app.task(name="cachemgr.sweep_expired", bind=True, **IDEMPOTENT)
+def sweep_expired(self: Task, periodic: bool = False, dry_run: bool = False) -> Any:
+    return _cleanup(self, sweep=True, enforce=False, periodic=periodic, dry_run=dry_run)
+
+
+@app.task(name="cachemgr.enforce_quota", bind=True, **IDEMPOTENT)
+def enforce_quota(self: Task, periodic: bool = False, dry_run: bool = False) -> Any:
+    return _cleanup(self, sweep=False, enforce=True, periodic=periodic, dry_run=dry_run)
+
+
+@app.task(name="cachemgr.cleanup", bind=True, **IDEMPOTENT)
+def cleanup(self: Task, periodic: bool = False, dry_run: bool = False) -> Any:
+    return _cleanup(self, sweep=True, enforce=True, periodic=periodic, dry_run=dry_run)
+
+
+@app.task(name="cachemgr.reconcile", **IDEMPOTENT)
+def reconcile(dry_run: bool = False) -> dict[str, Any]:
+    cache = get_cache()
+    if not _enabled(cache):
+        return DISABLED
+    return reconcile_books(cache, dry_run=dry_run)
+
+
+@app.task(name="cachemgr.pin_directory", **IDEMPOTENT)
+def pin_directory(path: str, ttl_seconds: int = 3600) -> dict[str, Any]:
+    return get_cache().pin(path, ttl_seconds)
+
+
+@app.task(name="cachemgr.unpin_directory", **IDEMPOTENT)
+def unpin_directory(path: str) -> dict[str, Any]:
+    return get_cache().unpin(path)
+
+
+@app.task(name="cachemgr.noop")
+def noop() -> None:
+    """Does nothing: the benchmark's baseline for a task's own cost."""
