@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from urllib.parse import unquote
 
 from cachemgr.errors import NotOnDisk, PathError
 
@@ -40,11 +41,22 @@ def normalize(path: str) -> str:
             raise PathError(f"path has an empty component: {path!r}")
         if part in (".", ".."):
             raise PathError(f"path may not contain {part!r} components: {path!r}")
+        if "%" in part and _fully_unquoted(part) in (".", ".."):
+            raise PathError(f"path contains percent-encoded traversal: {path!r}")
         if len(part.encode("utf-8")) > MAX_NAME_BYTES:
             raise PathError(f"a path component is longer than {MAX_NAME_BYTES} bytes")
     if parts[0] == TRASH_DIR:
         raise PathError("path is inside cachemgr's trash folder")
     return stripped
+
+
+def _fully_unquoted(text: str) -> str:
+    for _ in range(5):  # double (or deeper) encoding
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text.split("/")[0] if "/" in text else text
 
 
 def ancestors(path: str) -> list[str]:

@@ -76,7 +76,6 @@ def settings(root: Path, prefix: str) -> Settings:
         redis_url=REDIS_URL,
         disk_cache_key_prefix=prefix,
         disk_cache_max_bytes=100 * 4096,
-        disk_cache_node="testnode",
     ).validate()
 
 
@@ -119,3 +118,29 @@ def pipeline(cache, worker):
     client = CacheClient(BROKER_URL, redis_url=REDIS_URL, key_prefix=cache.keys.prefix)
     yield client
     client.close()
+
+
+@pytest.fixture
+def app(settings, redis_client, worker):
+    """flaskr-style: the app under test, its writes served by the session worker."""
+    from api import create_app
+
+    return create_app(
+        {
+            "TESTING": True,
+            "CACHEMGR_SETTINGS": settings,
+            "REDIS_CLIENT": redis_client,
+            "CELERY_BROKER_URL": BROKER_URL,
+            "CELERY_RESULT_BACKEND": os.environ["CELERY_RESULT_BACKEND"],
+        }
+    )
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()

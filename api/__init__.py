@@ -1,0 +1,116 @@
+"""The REST API: a thin Flask app over cachemgr (reads) and the Celery tasks (writes)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from typing import Any
+
+import swagger_ui_bundle
+from flask import Flask, jsonify, request, send_from_directory
+from flask_smorest import Api
+
+from api.errors import body, register_error_handlers
+from api.extensions import CacheExtension, state
+from api.schemas import ApiErrorSchema
+
+log = logging.getLogger("cachemgr.api")
+
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class CacheApi(Api):
+    ERROR_SCHEMA = ApiErrorSchema  # our error body: {status, code, message, errors}
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="cachemgr",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="/swagger-ui/",  # served below: no outside network
+        DISK_CACHE_API_TOKEN=os.environ.get("DISK_CACHE_API_TOKEN", ""),
+        DISK_CACHE_API_READ_AUTH=os.environ.get("DISK_CACHE_API_READ_AUTH", "false").lower()
+        in ("1", "true", "yes", "on"),
+        CELERY_BROKER_URL=None,
+        CELERY_RESULT_BACKEND=None,
+        FLOWER_URL=os.environ.get("FLOWER_URL", "http://127.0.0.1:5555"),
+    )
+    if config:
+        app.config.update(config)
+    CacheExtension(app)
+    api = CacheApi(app)
+    api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    from api.routes import blp
+
+    api.register_blueprint(blp)
+    register_error_handlers(app)
+    from api.cli import COMMANDS
+
+    for command in COMMANDS:
+        app.cli.add_command(command)
+    _auth(app)
+    _health(app)
+
+    @app.get("/swagger-ui/<path:filename>")
+    def swagger_assets(filename: str) -> Any:
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+
+    return app
+
+
+def _auth(app: Flask) -> None:
+    """With DISK_CACHE_API_TOKEN set, writes (and reads, if asked) need the bearer token."""
+
+    @app.before_request
+    def check_token() -> Any:
+        token = app.config["DISK_CACHE_API_TOKEN"]
+        if not token or request.path in ("/healthz", "/readyz"):
+            return None
+        if request.method not in WRITE_METHODS and not app.config["DISK_CACHE_API_READ_AUTH"]:
+            return None
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return body(401, "unauthorized", "missing or wrong bearer token")
+        return None
+
+
+def _health(app: Flask) -> None:
+    @app.get("/healthz")
+    def healthz() -> Any:
+        """The process is up."""
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        """Redis and the broker answer, the root exists, management is enabled."""
+        checks: dict[str, str] = {}
+        st = state()
+        try:
+            st.cache.client.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # any failure here is a "not ready", said plainly
+            checks["redis"] = f"unreachable: {exc}"
+        try:
+            with st.tasks.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"unreachable: {exc}"
+        root = st.cache.root
+        checks["root"] = "ok" if root.is_dir() else f"downloads directory {root} does not exist"
+        checks["enabled"] = (
+            "ok"
+            if st.cache.settings.enable_disk_cache_management
+            else "ENABLE_DISK_CACHE_MANAGEMENT is false: the cache manages nothing"
+        )
+        ready = all(v == "ok" for v in checks.values())
+        return jsonify({"status": "ok" if ready else "unavailable", "checks": checks}), (
+            200 if ready else 503
+        )

@@ -1,0 +1,382 @@
+"""The `cachemgr` command: admin CLI, `serve` (the web process) and `up` (the whole system).
+
+Reads go straight to Redis; writes send the same tasks as the API (or run inline with --now).
+Output is a table on a terminal and JSON with --json or when piped. Exit codes: 0 done,
+1 failed or skipped, 2 bad usage or bad path, 3 not found, 4 Redis or broker unreachable,
+5 bad configuration. A user error is one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import redis
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+from kombu.exceptions import OperationalError
+
+from api import stack
+from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
+from cachemgr.cleanup import cleanup as run_cleanup
+from cachemgr.reconcile import reconcile as run_reconcile
+from cachemgr.records import Entry
+from cachemgr.settings import parse_duration, parse_size
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3, 4, 5
+
+
+class Fail(click.ClickException):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every expected error into one line and an exit code scripts can rely on."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (NotTracked, NotOnDisk) as exc:
+            raise Fail(str(exc), EXIT_NOT_FOUND) from None
+        except (PathError, ValueError) as exc:
+            raise Fail(str(exc), EXIT_USAGE) from None
+        except CacheError as exc:
+            raise Fail(str(exc), EXIT_FAILED) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise Fail(f"Redis cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
+        except OperationalError as exc:
+            raise Fail(f"the Celery broker cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
+        except SettingsError as exc:
+            raise Fail(str(exc), EXIT_CONFIG) from None
+
+    return wrapper
+
+
+def _state() -> Any:
+    return current_app.extensions["cachemgr"]
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def human_age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def emit(data: Any, as_json: bool | None, table: Callable[[Any], None]) -> None:
+    """JSON when asked or when stdout is not a terminal; a table otherwise."""
+    if as_json or (as_json is None and not sys.stdout.isatty()):
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        table(data)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, default=None, help="JSON output.")
+now_option = click.option("--now", is_flag=True, help="Do it in this process, not via a worker.")
+
+
+def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
+    result = _state().tasks.send(name, *args, **kwargs)
+    try:
+        return result.get(timeout=120)
+    except CacheError:
+        raise
+    except Exception as exc:
+        if type(exc).__name__ in ("NotTracked", "NotOnDisk"):
+            raise Fail(str(exc), EXIT_NOT_FOUND) from None
+        if type(exc).__name__ == "PathError":
+            raise Fail(str(exc), EXIT_USAGE) from None
+        raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
+
+
+def _skipped(result: Any) -> None:
+    if isinstance(result, dict) and result.get("status") in ("skipped", "disabled"):
+        raise Fail(f"{result['status']}: {result.get('reason', '')}".rstrip(": "), EXIT_FAILED)
+
+
+@click.command()
+@json_option
+@with_appcontext
+@friendly
+def stats(as_json: bool | None) -> None:
+    """Usage against the quota, hit ratios and counters."""
+    s = _state().cache.stats()
+
+    def table(s: dict[str, Any]) -> None:
+        ratio = s["hit_ratio"]
+        rows = [
+            ("node", s["node"]),
+            ("usage", f"{human_bytes(s['total_bytes'])} of {human_bytes(s['max_bytes'])} "
+                      f"({s['usage_percent']}%), {s['quota_status']}"),
+            ("watermarks", f"evict above {human_bytes(s['threshold_bytes'])}, "
+                           f"down to {human_bytes(s['target_bytes'])}"),
+            ("directories", s["directory_count"]),
+            ("hits / misses", f"{s['hits']} / {s['misses']}"
+                              f" ({'-' if ratio is None else f'{100 * ratio:.1f}%'} hit ratio)"),
+            ("bytes hit / missed", f"{human_bytes(s['hit_bytes'])} / "
+                                   f"{human_bytes(s['missed_bytes'])}"),
+            ("evictions", s["evictions"]),
+            ("expirations", s["expirations"]),
+            ("bytes freed", human_bytes(s["bytes_freed"])),
+            ("pinned", s["pinned_count"]),
+            ("policy", s["eviction_policy"]),
+            ("scheduler", "running" if s["scheduler_running"] else "stopped"),
+        ]  # fmt: skip
+        for label, value in rows:
+            click.echo(f"{label:<20} {value}")
+
+    emit(s, as_json, table)
+
+
+def _entry_rows(entries: list[Entry]) -> None:
+    now = time.time()
+    click.echo(f"{'SIZE':>10}  {'FILES':>5}  {'HITS':>5}  {'IDLE':>6}  PATH")
+    for e in entries:
+        pin = "  (pinned)" if e.pinned(now) else ""
+        click.echo(
+            f"{human_bytes(e.size_bytes):>10}  {e.file_count:>5}  {e.hits:>5}  "
+            f"{human_age(now - e.last_access):>6}  {e.path}{pin}"
+        )
+
+
+@click.command("ls")
+@click.option("--larger-than", help="Only directories larger than this (e.g. 1GB).")
+@click.option("--idle-for", help="Only directories not accessed for this long (e.g. 7d).")
+@click.option("--sort", type=click.Choice(["last-access", "size", "hits"]), default="last-access")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+@json_option
+@with_appcontext
+@friendly
+def ls(
+    larger_than: str | None, idle_for: str | None, sort: str, limit: int | None, as_json: Any
+) -> None:
+    """List cached directories (newest access first by default)."""
+    min_size = parse_size(larger_than) if larger_than else None
+    idle = parse_duration(idle_for) if idle_for else None
+    store, now = _state().cache.store, time.time()
+    entries: list[Entry] = []
+    cursor = None
+    while True:
+        page, cursor = store.page(1000, cursor)
+        entries += [
+            e
+            for e in page
+            if (min_size is None or e.size_bytes > min_size)
+            and (idle is None or now - e.last_access >= idle)
+        ]
+        if cursor is None:
+            break
+    if sort == "size":
+        entries.sort(key=lambda e: e.size_bytes, reverse=True)
+    elif sort == "hits":
+        entries.sort(key=lambda e: e.hits, reverse=True)
+    entries = entries[:limit] if limit else entries
+    emit([e.to_dict() for e in entries], as_json, lambda _: _entry_rows(entries))
+
+
+@click.command()
+@click.argument("path")
+@json_option
+@with_appcontext
+@friendly
+def info(path: str, as_json: Any) -> None:
+    """One cached directory."""
+    entry = _state().cache.info(path)
+    emit(entry.to_dict(), as_json, lambda d: [click.echo(f"{k:<14} {v}") for k, v in d.items()])
+
+
+def _kv(data: dict[str, Any]) -> None:
+    for k, v in data.items():
+        click.echo(f"{k:<14} {v}")
+
+
+@click.command()
+@click.argument("path")
+@now_option
+@json_option
+@with_appcontext
+@friendly
+def register(path: str, now: bool, as_json: Any) -> None:
+    """Register a directory under the cache root."""
+    cache = _state().cache
+    result = cache.register(path) if now else _wait_task("register_directory", path)
+    _skipped(result)
+    emit(result, as_json, _kv)
+
+
+@click.command()
+@click.argument("path")
+@click.option("--files", is_flag=True, help="Delete the directory from disk too.")
+@now_option
+@json_option
+@with_appcontext
+@friendly
+def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
+    """Stop tracking a directory (and delete it with --files)."""
+    cache = _state().cache
+    if now:
+        result = cache.remove(path, remove_files=files)
+    else:
+        cache.info(path)  # not tracked: say so now, not after a round trip through a worker
+        result = _wait_task("remove_directory", path, files)
+    _skipped(result)
+    emit(result, as_json, _kv)
+
+
+def _plan_table(result: dict[str, Any]) -> None:
+    for part in ("sweep", "evict"):
+        p = result.get(part) or {}
+        verb = "would free" if p.get("dry_run") else "freed"
+        click.echo(f"{part}: {p.get('count', 0)} directories, {verb} "
+                   f"{human_bytes(p.get('bytes_freed', 0))}, "
+                   f"usage {human_bytes(p.get('usage_before'))} -> "
+                   f"{human_bytes(p.get('usage_after'))}")
+        for r in p.get("plan", []):
+            click.echo(f"  {r['reason']:<8} {human_bytes(r['size_bytes']):>10}  "
+                       f"-> {human_bytes(r['usage_after']):>10}  {r['path']}")
+        for why in ("pinned", "locked", "young", "changed"):
+            if p.get(f"skipped_{why}"):
+                click.echo(f"  skipped ({why}): {', '.join(p[f'skipped_{why}'])}")
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Show what would expire and be evicted.")
+@now_option
+@json_option
+@with_appcontext
+@friendly
+def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
+    """Sweep expired directories, then enforce the quota."""
+    cache = _state().cache
+    if dry_run or now:
+        result = run_cleanup(cache, dry_run=dry_run)
+    else:
+        result = _wait_task("cleanup")
+    _skipped(result)
+    emit(result, as_json, _plan_table)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Report the differences, change nothing.")
+@now_option
+@json_option
+@with_appcontext
+@friendly
+def reconcile(dry_run: bool, now: bool, as_json: Any) -> None:
+    """Compare the books with the disk and fix them."""
+    cache = _state().cache
+    if dry_run or now:
+        with click.progressbar(length=1, label="walking", file=sys.stderr) as bar:
+
+            def progress(done: int, total: int, path: str) -> None:
+                bar.length = total
+                bar.update(1)
+
+            result = run_reconcile(cache, dry_run=dry_run, progress=progress)
+    else:
+        result = _wait_task("reconcile")
+    emit(result, as_json, _kv)
+
+
+@click.command()
+@click.argument("path")
+@click.option("--ttl", "ttl", default="1h", help="Lease length (e.g. 30m); renew before it lapses.")
+@with_appcontext
+@friendly
+def pin(path: str, ttl: str) -> None:
+    """Pin a directory: never evicted or expired while the lease holds."""
+    click.echo(json.dumps(_state().cache.pin(path, parse_duration(ttl))))
+
+
+@click.command()
+@click.argument("path")
+@with_appcontext
+@friendly
+def unpin(path: str) -> None:
+    """Remove a directory's pin."""
+    click.echo(json.dumps(_state().cache.unpin(path)))
+
+
+@click.command()
+@click.option("--limit", type=click.IntRange(min=1), default=20)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
+@with_appcontext
+@friendly
+def events(limit: int, follow: bool) -> None:
+    """Evictions, expiries, removals and failed cleanups (JSON lines)."""
+    store = _state().cache.store
+    latest = list(reversed(store.events(limit)))
+    for event in latest:
+        click.echo(json.dumps(event))
+    if not follow:
+        return
+    last_id = latest[-1]["id"] if latest else "$"
+    while True:
+        for _, items in store.client.xread({store.keys.events: last_id}, block=5000) or []:
+            for ident, fields in items:
+                click.echo(json.dumps({"id": ident, **fields}))
+                last_id = ident
+
+
+@click.command()
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=int(os.environ.get("WEB_CONCURRENCY", 2))
+)
+def serve(workers: int) -> None:
+    """Serve the API under gunicorn ($PORT or 8080; loopback only without a token)."""
+    argv = stack.serve_command(workers)
+    os.execv(argv[0], argv)
+
+
+@click.command()
+@click.option("--flower", is_flag=True, help="Also start Flower on 127.0.0.1:5555.")
+def up(flower: bool) -> None:
+    """Start the whole system here: Redis (embedded when REDIS_URL is unset), API, worker, beat."""
+    stack.up(flower=flower)
+
+
+COMMANDS = [stats, ls, info, register, rm, cleanup, reconcile, pin, unpin, events]
+
+
+def _create_app() -> Any:
+    from api import create_app
+
+    try:
+        return create_app()
+    except SettingsError as exc:
+        raise Fail(str(exc), EXIT_CONFIG) from None
+
+
+main = FlaskGroup(
+    name="cachemgr",
+    help="cachemgr: keep a download directory from filling the disk.",
+    create_app=_create_app,
+    add_default_commands=False,
+    add_version_option=False,
+    load_dotenv=False,
+)
+for command in [*COMMANDS, serve, up]:
+    main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Every error is JSON with a code and a message: never an HTML page or a traceback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from flask import Flask, jsonify
+from kombu.exceptions import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from cachemgr import errors
+from cachemgr.reconcile import ReconcileBusy
+
+log = logging.getLogger("cachemgr.api")
+
+STATUS = {
+    errors.PathError: 400,
+    errors.NotTracked: 404,
+    errors.NotOnDisk: 404,
+    errors.Overlap: 409,
+    ReconcileBusy: 409,
+}
+# A task that failed in the worker comes back as an exception rebuilt from its class name.
+STATUS_BY_NAME = {cls.__name__: code for cls, code in STATUS.items()}
+
+
+def body(status: int, code: str, message: str, **extra: Any) -> tuple[Any, int]:
+    return jsonify({"status": status, "code": code, "message": message, **extra}), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(errors.CacheError)
+    def cache_error(exc: errors.CacheError) -> tuple[Any, int]:
+        return body(STATUS.get(type(exc), 400), exc.code, str(exc))
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def redis_down(exc: Exception) -> tuple[Any, int]:
+        log.error("redis unreachable: %s", exc)
+        return body(503, "redis_unavailable", f"Redis cannot be reached: {exc}")
+
+    @app.errorhandler(OperationalError)
+    def broker_down(exc: Exception) -> tuple[Any, int]:
+        log.error("broker unreachable: %s", exc)
+        return body(503, "broker_unavailable", f"the Celery broker cannot be reached: {exc}")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Any, int]:
+        status = exc.code or 500
+        data = getattr(exc, "data", None) or {}
+        messages = data.get("messages") if isinstance(data, dict) else None
+        message = exc.description or exc.name
+        if messages:
+            # flask-smorest/webargs: {"query": {"limit": ["Must be ..."]}} -> one clear line
+            flat = [
+                f"{field}: {' '.join(map(str, problems))}"
+                for where in messages.values()
+                for field, problems in where.items()
+            ]
+            message = "invalid parameter - " + "; ".join(flat)
+            return body(status, "bad_parameter", message, errors=messages)
+        code = exc.name.lower().replace(" ", "_")
+        return body(status, code, message)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Any, int]:
+        log.exception("unexpected error")
+        return body(500, "internal_error", f"{type(exc).__name__}: {exc}")

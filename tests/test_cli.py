@@ -1,0 +1,89 @@
+"""Every CLI command against the real Redis (click's runner), with JSON output and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import make_tree
+
+
+def run(runner, *args):
+    return runner.invoke(args=list(args))
+
+
+def test_stats_json_and_table(runner, cache, root):
+    make_tree(root, "a", files=4)
+    cache.register("a")
+    result = run(runner, "stats", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["directory_count"] == 1
+    table = run(runner, "stats")  # the runner is not a terminal: JSON by default
+    assert json.loads(table.stdout)["total_bytes"] == 5 * 4096
+
+
+def test_ls_filters_and_sorts(runner, cache, root):
+    make_tree(root, "small", files=1)
+    make_tree(root, "big", files=8)
+    cache.register("small")
+    cache.register("big")
+    cache.access("small")
+    out = json.loads(run(runner, "ls", "--json").stdout)
+    assert [d["path"] for d in out] == ["small", "big"]
+    out = json.loads(run(runner, "ls", "--sort", "size", "--json").stdout)
+    assert [d["path"] for d in out] == ["big", "small"]
+    out = json.loads(run(runner, "ls", "--larger-than", "20KiB", "--json").stdout)
+    assert [d["path"] for d in out] == ["big"]
+    out = json.loads(run(runner, "ls", "--idle-for", "1d", "--json").stdout)
+    assert out == []
+    out = json.loads(run(runner, "ls", "--sort", "hits", "--json").stdout)
+    assert out[0]["path"] == "small"
+
+
+def test_info_register_rm_via_worker_and_inline(runner, cache, root):
+    make_tree(root, "a")
+    make_tree(root, "b")
+    assert run(runner, "register", "a", "--json").exit_code == 0
+    assert run(runner, "register", "b", "--now", "--json").exit_code == 0
+    assert json.loads(run(runner, "info", "a", "--json").stdout)["path"] == "a"
+    assert run(runner, "rm", "a", "--files").exit_code == 0
+    assert not (root / "a").exists()
+    assert run(runner, "rm", "b", "--now").exit_code == 0 and (root / "b").is_dir()
+
+
+def test_exit_codes_and_one_line_errors(runner, root):
+    bad = run(runner, "info", "../etc")
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert bad.output.strip().count("\n") == 0
+    missing = run(runner, "info", "nope")
+    assert missing.exit_code == 3 and "not tracked" in missing.output
+    assert run(runner, "register", "nope", "--now").exit_code == 3
+    assert run(runner, "ls", "--larger-than", "12XB").exit_code == 2
+
+
+def test_cleanup_dry_run_matches_the_act(runner, cache, root):
+    for i in range(20):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    plan = json.loads(run(runner, "cleanup", "--dry-run", "--json").stdout)
+    assert cache.store.count_entries() == 20
+    act = json.loads(run(runner, "cleanup", "--json").stdout)
+    assert plan["evict"]["plan"] == act["evict"]["plan"] and len(act["evict"]["plan"]) == 4
+
+
+def test_reconcile_dry_run_and_now(runner, cache, root):
+    make_tree(root, "found")
+    plan = json.loads(run(runner, "reconcile", "--dry-run", "--json").stdout)
+    assert plan["registered"] == ["found"] and cache.store.count_entries() == 0
+    done = run(runner, "reconcile", "--now", "--json")
+    assert done.exit_code == 0 and cache.store.count_entries() == 1
+
+
+def test_pin_unpin_and_events(runner, cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    assert run(runner, "pin", "a", "--ttl", "10m").exit_code == 0
+    assert cache.info("a").pinned_until is not None
+    assert run(runner, "unpin", "a").exit_code == 0
+    cache.remove("a")
+    lines = run(runner, "events", "--limit", "5").output.strip().splitlines()
+    assert json.loads(lines[-1])["event"] == "removed"
