@@ -37,7 +37,8 @@ class CacheClient:
     ) -> None:
         """`broker_url` defaults to CELERY_BROKER_URL, then REDIS_URL; `redis_url` (the books)
         to REDIS_URL, then the broker's URL. A `node` routes disk tasks to that node's queue and
-        uses its keys; `key_prefix` overrides the keys' prefix."""
+        uses its keys; `key_prefix` overrides the keys' prefix. Note Celery's own rule: a
+        CELERY_BROKER_URL (or CELERY_RESULT_BACKEND) in the environment wins over arguments."""
         env = os.environ
         default_redis = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         self.broker_url = broker_url or env.get("CELERY_BROKER_URL") or default_redis
