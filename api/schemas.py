@@ -54,6 +54,9 @@ class StatsSchema(SinceResetSchema):
     free_disk_bytes = fields.Integer(allow_none=True)
     initialized = fields.Boolean()
     last_cleanup = fields.Dict(allow_none=True)
+    warnings = fields.List(
+        fields.String(), metadata={"description": "what an operator should look at, in words"}
+    )
 
 
 class DirectorySchema(Schema):

@@ -10,6 +10,7 @@ from typing import Any
 
 from cachemgr import paths, scanner, trash
 from cachemgr.errors import NotOnDisk, NotTracked, Overlap
+from cachemgr.health import diagnose
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.records import Entry, iso
@@ -217,7 +218,7 @@ class DiskCache:
             free = shutil.disk_usage(self.root).free
         except OSError:
             free = None
-        return {
+        stats = {
             "node": s.node,
             "enabled": s.enable_disk_cache_management,
             "total_bytes": total,
@@ -244,6 +245,8 @@ class DiskCache:
             "initialized": bool(self.client.exists(self.keys.initialized)),
             "last_cleanup": last or None,
         }
+        stats["warnings"] = diagnose(stats, s.disk_cache_cleanup_interval, self.clock())
+        return stats
 
     def publish_config(self) -> None:
         """Let pipeline clients, which read no settings, record accesses the way workers do."""

@@ -278,3 +278,22 @@ def test_seed_key_names_with_an_empty_prefix(settings, root):
     finally:
         client.flushdb()
         client.close()
+
+
+def test_common_issues_show_up_as_clear_messages(settings, redis_client, root):
+    from cachemgr.cleanup import cleanup
+
+    off = DiskCache(settings.with_(enable_disk_cache_management=False), redis_client)
+    assert any("ENABLE_DISK_CACHE_MANAGEMENT is false" in w for w in off.stats()["warnings"])
+    cache = DiskCache(settings, redis_client)
+    fill(cache, root, 1)
+    assert any("no cleanup has run yet" in w for w in cache.stats()["warnings"])
+    cleanup(cache)
+    assert cache.stats()["warnings"] == []
+    cache.set_scheduler(False)
+    assert any("scheduler is stopped" in w for w in cache.stats()["warnings"])
+    cache.set_scheduler(True)
+    cache.client.set(cache.keys.bytes, cache.settings.disk_cache_max_bytes + 1)
+    assert any(w.startswith("over quota") for w in cache.stats()["warnings"])
+    cache.client.hset(cache.keys.last_cleanup, mapping={"time": "1", "status": "done"})
+    assert any("no cleanup for" in w for w in cache.stats()["warnings"])

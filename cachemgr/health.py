@@ -1,0 +1,53 @@
+"""Diagnosis: the seed's "common issues", each turned into a clear message.
+
+`diagnose(stats)` reads a stats dict (DiskCache.stats) and says, in plain words, what an
+operator should look at: the cache switched off, usage over the quota, the scheduler stopped,
+cleanups that stopped coming (beat down) or failing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = None) -> list[str]:
+    now = time.time() if now is None else now
+    problems: list[str] = []
+    if not stats.get("enabled", True):
+        problems.append(
+            "cache not working: ENABLE_DISK_CACHE_MANAGEMENT is false, nothing is tracked"
+        )
+    if stats["quota_status"] == "over_quota":
+        problems.append(
+            f"over quota: {stats['total_bytes']} of {stats['max_bytes']} bytes used; run a manual "
+            "cleanup, lower DISK_CACHE_TTL_SECONDS, or check for pinned directories"
+        )
+    elif stats["quota_status"] == "evicting":
+        problems.append(
+            f"usage {stats['usage_percent']}% is above the eviction threshold: the next cleanup "
+            "evicts least recently used directories"
+        )
+    if not stats.get("scheduler_running", True):
+        problems.append(
+            "directories are not being cleaned: the scheduler is stopped "
+            "(POST /cache/start-scheduler)"
+        )
+    last = stats.get("last_cleanup") or {}
+    if last.get("status") == "failed":
+        problems.append(f"the last cleanup failed: {last.get('error') or 'see the worker log'}")
+    last_time = float(last["time"]) if last.get("time") else None
+    if stats.get("directory_count") and stats.get("scheduler_running", True):
+        if last_time is None:
+            problems.append("no cleanup has run yet: check that celery beat and a worker are up")
+        elif now - last_time > 2 * cleanup_interval:
+            problems.append(
+                f"no cleanup for {int(now - last_time)} s (interval {cleanup_interval} s): "
+                "check that celery beat and a worker are running"
+            )
+    if not stats.get("initialized", True) and stats.get("directory_count") == 0:
+        problems.append(
+            "the books are empty: if the downloads directory holds data, run reconcile "
+            "(the next cleanup does it first)"
+        )
+    return problems
