@@ -33,6 +33,12 @@ timezone = "UTC"
 _interval = parse_duration(os.environ.get("DISK_CACHE_CLEANUP_INTERVAL") or "3600")
 _node = os.environ.get("DISK_CACHE_NODE", "")
 
+# A named node's workers consume its own queue (and send continuations there); a single node
+# keeps Celery's default queue, so a plain client that knows only a task name reaches it.
+task_default_queue = os.environ.get("CACHEMGR_QUEUE") or (
+    f"cachemgr.{_node}" if _node else "celery"
+)
+
 beat_schedule = {
     "cachemgr-periodic-cleanup": {
         "task": "cachemgr.cleanup",

@@ -46,6 +46,14 @@ def register_error_handlers(app: Flask) -> None:
         log.error("broker unreachable: %s", exc)
         return body(503, "broker_unavailable", f"the Celery broker cannot be reached: {exc}")
 
+    @app.errorhandler(RuntimeError)
+    def runtime_error(exc: RuntimeError) -> tuple[Any, int]:
+        # Celery's Redis result backend gives up reconnecting with a bare RuntimeError.
+        if "result store" in str(exc) or "Celery" in str(exc):
+            log.error("result backend unreachable: %s", exc)
+            return body(503, "backend_unavailable", "the Celery result backend cannot be reached")
+        return unexpected(exc)
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Any, int]:
         status = exc.code or 500

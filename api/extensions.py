@@ -30,7 +30,8 @@ class CacheExtension:
             app.config.get("CELERY_BROKER_URL"),
             redis_url=settings.redis_url,
             key_prefix=settings.key_prefix,
-            queue=f"cachemgr.{settings.disk_cache_node}" if settings.disk_cache_node else None,
+            queue=app.config.get("CELERY_TASK_QUEUE")
+            or (f"cachemgr.{settings.disk_cache_node}" if settings.disk_cache_node else None),
             backend=app.config.get("CELERY_RESULT_BACKEND"),
         )
         app.extensions["cachemgr"] = CacheState(DiskCache(settings, client), tasks)

@@ -187,6 +187,10 @@ class DiskCache:
         rel = paths.normalize(path)
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be > 0")
+        # A pin may precede the directory (a download about to be written), but never names
+        # a file or a symlink.
+        if paths.kind(paths.resolve(self.root, rel)) == "other":
+            raise paths.PathError(f"path is not a directory: {rel!r}")
         until = self.clock() + ttl_seconds
         self.store.pin(rel, until)
         return {"path": rel, "pinned_until": iso(until)}

@@ -35,10 +35,12 @@ def _run_pass(
     dry_run: bool,
     min_age_seconds: int,
     time_budget: float,
+    heartbeat: Callable[[], object] | None,
 ) -> PassResult:
     """Take entries in the order `fetch(limit, offset)` gives until enough bytes are freed.
 
-    `bytes_needed` None means take every entry fetch returns (the sweep).
+    `bytes_needed` None means take every entry fetch returns (the sweep). `heartbeat` runs
+    before each batch: it keeps the cleanup lock alive while the pass makes progress.
     """
     s = cache.settings
     now = cache.clock()
@@ -53,6 +55,8 @@ def _run_pass(
         ):
             result.more = True
             break
+        if heartbeat is not None:
+            heartbeat()
         batch = fetch(s.disk_cache_batch_size, offset)
         if not batch:
             break
@@ -93,7 +97,11 @@ def _decide(
 
 
 def sweep(
-    cache: DiskCache, *, dry_run: bool = False, time_budget: float = DEFAULT_TIME_BUDGET
+    cache: DiskCache,
+    *,
+    dry_run: bool = False,
+    time_budget: float = DEFAULT_TIME_BUDGET,
+    heartbeat: Callable[[], object] | None = None,
 ) -> PassResult:
     """Delete every directory not accessed for DISK_CACHE_TTL_SECONDS (oldest first)."""
     cutoff = cache.clock() - cache.settings.disk_cache_ttl_seconds
@@ -107,6 +115,7 @@ def sweep(
         dry_run=dry_run,
         min_age_seconds=0,
         time_budget=time_budget,
+        heartbeat=heartbeat,
     )
 
 
@@ -118,10 +127,15 @@ def _sweep_or_nothing(cache: DiskCache, wanted: bool, **kwargs: Any) -> PassResu
     return PassResult("sweep", usage_before=total, usage_after=total, dry_run=dry_run)
 
 
-def bytes_to_free(cache: DiskCache, total: int) -> int:
-    """Above the threshold: down to the target. Below the free-space floor: up to the floor."""
+def bytes_to_free(cache: DiskCache, total: int, resume: bool = False) -> int:
+    """Above the threshold: down to the target. Below the free-space floor: up to the floor.
+
+    `resume` continues an eviction that a bound interrupted: down to the target even when
+    usage is already back under the threshold.
+    """
     s = cache.settings
-    need = total - s.target_bytes if total > s.threshold_bytes else 0
+    started = total > s.threshold_bytes or (resume and total > s.target_bytes)
+    need = total - s.target_bytes if started else 0
     if s.disk_cache_min_free_bytes:
         try:
             free = shutil.disk_usage(cache.root).free
@@ -139,11 +153,13 @@ def enforce_quota(
     usage: int | None = None,
     time_budget: float = DEFAULT_TIME_BUDGET,
     skip: bool = False,
+    resume: bool = False,
+    heartbeat: Callable[[], object] | None = None,
 ) -> PassResult:
     """Evict by the active policy once usage passes threshold x max, down to target x max."""
     total = cache.store.total_bytes() if usage is None else usage
     result = PassResult("evict", usage_before=total, usage_after=total, dry_run=dry_run)
-    need = 0 if skip else bytes_to_free(cache, total)
+    need = 0 if skip else bytes_to_free(cache, total, resume)
     if need <= 0:
         return result
     if not dry_run:
@@ -163,6 +179,7 @@ def enforce_quota(
         dry_run=dry_run,
         min_age_seconds=cache.settings.disk_cache_min_age_seconds,
         time_budget=time_budget,
+        heartbeat=heartbeat,
     )
     if not dry_run and result.usage_after > cache.settings.threshold_bytes and not result.more:
         log.warning(
@@ -182,6 +199,7 @@ def cleanup(
     dry_run: bool = False,
     sweep_expired: bool = True,
     enforce: bool = True,
+    resume: bool = False,
     time_budget: float = DEFAULT_TIME_BUDGET,
 ) -> dict[str, Any]:
     """Sweep, then enforce the quota (either may be left out); one at a time across workers.
@@ -197,7 +215,10 @@ def cleanup(
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
         evicted = enforce_quota(cache, dry_run=True, usage=expired.usage_after, skip=not enforce)
         return {"status": "planned", "sweep": expired.to_dict(), "evict": evicted.to_dict()}
-    lock = Lock(cache.client, cache.keys.cleanup_lock, int(max(time_budget * 4, 60) * 1000))
+    # Short timeout, renewed per batch: a crashed worker blocks the next cleanup only briefly.
+    lock = Lock(
+        cache.client, cache.keys.cleanup_lock, cache.settings.disk_cache_lock_timeout_seconds * 1000
+    )
     if not lock.acquire():
         return {"status": "skipped", "reason": "another cleanup is running"}
     started = time.time()
@@ -209,8 +230,12 @@ def cleanup(
             reconcile(cache)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         cache.store.ensure_policy()
-        expired = _sweep_or_nothing(cache, sweep_expired, time_budget=time_budget)
-        evicted = enforce_quota(cache, time_budget=time_budget, skip=not enforce)
+        expired = _sweep_or_nothing(
+            cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
+        )
+        evicted = enforce_quota(
+            cache, time_budget=time_budget, skip=not enforce, resume=resume, heartbeat=lock.extend
+        )
     except Exception as exc:
         _record(cache, started, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         log.exception("cleanup failed")

@@ -52,11 +52,19 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
 def reconcile(
     cache: DiskCache, *, dry_run: bool = False, progress: Progress | None = None
 ) -> dict[str, Any]:
-    lock = Lock(cache.client, cache.keys.lock("*reconcile*"), 15 * 60 * 1000)
+    timeout_ms = cache.settings.disk_cache_lock_timeout_seconds * 1000
+    lock = Lock(cache.client, cache.keys.lock("*reconcile*"), timeout_ms)
     if not dry_run and not lock.acquire():
         raise ReconcileBusy("a reconcile is already running")
+
+    def tick(done: int, total: int, path: str) -> None:
+        if not dry_run and done % 100 == 0:
+            lock.extend()  # alive while it makes progress; lapses soon after a crash
+        if progress:
+            progress(done, total, path)
+
     try:
-        return _reconcile(cache, dry_run=dry_run, progress=progress)
+        return _reconcile(cache, dry_run=dry_run, progress=tick)
     finally:
         if not dry_run:
             lock.release()

@@ -17,6 +17,9 @@ REDIS_URL = os.environ.get("CACHEMGR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 BROKER_URL = os.environ.setdefault("CELERY_BROKER_URL", REDIS_URL.rsplit("/", 1)[0] + "/11")
 os.environ.setdefault("CELERY_RESULT_BACKEND", REDIS_URL.rsplit("/", 1)[0] + "/11")
 os.environ.pop("DISK_CACHE_NODE", None)
+# A queue of this session's own: concurrent test runs on one machine share the broker database,
+# and must never consume each other's tasks.
+TEST_QUEUE = f"cachemgr-test-{uuid.uuid4().hex[:8]}"
 
 
 def make_tree(root: Path, rel: str, files: int = 1, size: int = 4096) -> Path:
@@ -92,10 +95,7 @@ def worker_app():
 
     from workers.app import app
 
-    if BROKER_URL.startswith("redis"):
-        broker = connect(BROKER_URL)
-        broker.flushdb()  # stale messages from an earlier run
-        broker.close()
+    app.conf.task_default_queue = TEST_QUEUE  # also where continuations are sent
     with start_worker(app, pool="threads", concurrency=4, loglevel="WARNING", shutdown_timeout=30):
         yield app
 
@@ -107,6 +107,7 @@ def worker(worker_app, cache):
 
     tasks.configure(cache)
     yield worker_app
+    worker_app.control.purge()  # what this test enqueued and never waited for
     tasks.configure(None)
 
 
@@ -115,7 +116,9 @@ def pipeline(cache, worker):
     """The download pipeline's client, as a pipeline would build it: broker URL and node keys."""
     from workers.client import CacheClient
 
-    client = CacheClient(BROKER_URL, redis_url=REDIS_URL, key_prefix=cache.keys.prefix)
+    client = CacheClient(
+        BROKER_URL, redis_url=REDIS_URL, key_prefix=cache.keys.prefix, queue=TEST_QUEUE
+    )
     yield client
     client.close()
 
@@ -132,6 +135,7 @@ def app(settings, redis_client, worker):
             "REDIS_CLIENT": redis_client,
             "CELERY_BROKER_URL": BROKER_URL,
             "CELERY_RESULT_BACKEND": os.environ["CELERY_RESULT_BACKEND"],
+            "CELERY_TASK_QUEUE": TEST_QUEUE,
         }
     )
 

@@ -54,7 +54,22 @@ class CacheClient:
             broker=self.broker_url,
             backend=backend or env.get("CELERY_RESULT_BACKEND") or self.redis_url,
         )
-        self.app.conf.update(task_serializer="json", accept_content=["json"])
+        self.app.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            # Fail fast when the broker is down: the API answers 503 rather than hang.
+            broker_connection_timeout=3,
+            task_publish_retry_policy={
+                "max_retries": 2,
+                "interval_start": 0,
+                "interval_step": 0.5,
+                "interval_max": 1,
+            },
+            result_backend_transport_options={
+                "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
+            },
+            redis_socket_connect_timeout=3,
+        )
         self._redis: Any = None
         self._store: Store | None = None
 

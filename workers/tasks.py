@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from cachemgr import DiskCache, Settings, connect
+from cachemgr import CacheError, DiskCache, Settings, connect
 from cachemgr import cleanup as passes
 from cachemgr.reconcile import reconcile as reconcile_books
 from workers.app import app
@@ -24,7 +24,9 @@ log = logging.getLogger("cachemgr.workers")
 
 _cache: DiskCache | None = None
 
-RETRY = {
+RETRY: dict[str, Any] = {
+    # Expected refusals (bad path, not tracked...) are logged in one line, not as a traceback.
+    "throws": (CacheError,),
     "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
     "retry_backoff": True,
     "retry_backoff_max": 60,
@@ -100,30 +102,49 @@ def remove_directory(path: str, remove_files: bool = False) -> dict[str, Any]:
     return cache.remove(path, remove_files=remove_files)
 
 
-def _cleanup(task: Task, *, sweep: bool, enforce: bool, periodic: bool, dry_run: bool) -> Any:
+def _cleanup(
+    task: Task, *, sweep: bool, enforce: bool, periodic: bool, dry_run: bool, resume: bool
+) -> Any:
     result = passes.cleanup(
-        get_cache(), periodic=periodic, dry_run=dry_run, sweep_expired=sweep, enforce=enforce
+        get_cache(),
+        periodic=periodic,
+        dry_run=dry_run,
+        sweep_expired=sweep,
+        enforce=enforce,
+        resume=resume,
     )
     if result.get("more"):
         # Bounded pass: hand the rest to a fresh task rather than hold this worker.
-        task.apply_async(kwargs={"periodic": periodic}, countdown=1)
+        task.apply_async(kwargs={"periodic": periodic, "resume": True}, countdown=1)
         result["continued"] = True
     return result
 
 
 @app.task(name="cachemgr.sweep_expired", bind=True, **IDEMPOTENT)
-def sweep_expired(self: Task, periodic: bool = False, dry_run: bool = False) -> Any:
-    return _cleanup(self, sweep=True, enforce=False, periodic=periodic, dry_run=dry_run)
+def sweep_expired(
+    self: Task, periodic: bool = False, dry_run: bool = False, resume: bool = False
+) -> Any:
+    return _cleanup(
+        self, sweep=True, enforce=False, periodic=periodic, dry_run=dry_run, resume=resume
+    )
 
 
 @app.task(name="cachemgr.enforce_quota", bind=True, **IDEMPOTENT)
-def enforce_quota(self: Task, periodic: bool = False, dry_run: bool = False) -> Any:
-    return _cleanup(self, sweep=False, enforce=True, periodic=periodic, dry_run=dry_run)
+def enforce_quota(
+    self: Task, periodic: bool = False, dry_run: bool = False, resume: bool = False
+) -> Any:
+    return _cleanup(
+        self, sweep=False, enforce=True, periodic=periodic, dry_run=dry_run, resume=resume
+    )
 
 
 @app.task(name="cachemgr.cleanup", bind=True, **IDEMPOTENT)
-def cleanup(self: Task, periodic: bool = False, dry_run: bool = False) -> Any:
-    return _cleanup(self, sweep=True, enforce=True, periodic=periodic, dry_run=dry_run)
+def cleanup(
+    self: Task, periodic: bool = False, dry_run: bool = False, resume: bool = False
+) -> Any:
+    return _cleanup(
+        self, sweep=True, enforce=True, periodic=periodic, dry_run=dry_run, resume=resume
+    )
 
 
 @app.task(name="cachemgr.reconcile", **IDEMPOTENT)

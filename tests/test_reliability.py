@@ -1,0 +1,263 @@
+"""Reliability under real processes: concurrency, a worker killed mid-eviction, Redis flushed,
+Redis down and back. Each test is bounded; all are marked slow."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cachemgr import CacheError, DiskCache, connect, scanner
+from cachemgr.reconcile import reconcile
+from tests.conftest import REDIS_URL, make_tree
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).parent.parent
+BROKER = REDIS_URL.rsplit("/", 1)[0] + "/12"  # a broker of their own: not the session worker's
+QUEUE = f"reliability-{os.getpid()}"  # and a queue of their own, in case two runs share a machine
+
+
+def worker_env(settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DISK_CACHE_"))}
+    env.update(
+        REDIS_URL=REDIS_URL,
+        CELERY_BROKER_URL=BROKER,
+        CELERY_RESULT_BACKEND=BROKER,
+        DISK_CACHE_ROOT=settings.disk_cache_root,
+        DISK_CACHE_KEY_PREFIX=settings.key_prefix,
+        DISK_CACHE_MAX_BYTES=str(settings.disk_cache_max_bytes),
+        CACHEMGR_QUEUE=QUEUE,
+        **extra,
+    )
+    return env
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "prefork", "-c", "2",
+         "-l", "WARNING", "-n", f"reliability-{time.monotonic_ns()}@%h", "--without-mingle",
+         "--without-gossip"],
+        env=env, cwd=REPO, start_new_session=True,
+    )  # fmt: skip
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def client_for_workers(cache):
+    from workers.client import CacheClient
+
+    old = {k: os.environ.pop(k, None) for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
+    client = CacheClient(
+        BROKER, redis_url=REDIS_URL, key_prefix=cache.keys.prefix, backend=BROKER, queue=QUEUE
+    )
+    yield client
+    client.close()
+    for k, v in old.items():
+        if v is not None:
+            os.environ[k] = v
+
+
+def assert_books_match_disk(cache: DiskCache, root: Path) -> None:
+    records = cache.store.all_records()
+    assert cache.store.total_bytes() == sum(r[0] for r in records.values())
+    for path, (size, files, _, _) in records.items():
+        assert (root / path).is_dir(), f"tracked {path} is gone from disk"
+        found = scanner.scan(root / path)
+        assert (found.size_bytes, found.file_count) == (size, files), path
+
+
+def test_concurrency_soak(settings, redis_client, root, client_for_workers):
+    cache = DiskCache(settings.with_(disk_cache_max_bytes=40 * 5 * 4096), redis_client)
+    names = [f"album{i:02d}" for i in range(60)]
+    for name in names:
+        make_tree(root, name, files=4)
+    cache.register("album00")
+    cache.pin("album00", 600)  # held for the whole run: must never go
+    proc = start_worker(worker_env(cache.settings))
+    client = client_for_workers
+    stop_at = time.monotonic() + 18
+    registered: Counter[str] = Counter()
+    errors: list[str] = []
+    pending = []
+    lock = threading.Lock()
+
+    def actor(seed: int) -> None:
+        rnd = random.Random(seed)
+        while time.monotonic() < stop_at:
+            name = rnd.choice(names[1:])
+            op = rnd.random()
+            try:
+                if op < 0.35:
+                    make_tree(root, name, files=4)
+                    result = client.register(name)
+                    with lock:
+                        pending.append((name, result))
+                elif op < 0.65:
+                    client.access(name)
+                elif op < 0.75:
+                    client.pin_now(name, 2)
+                elif op < 0.85:
+                    with lock:
+                        pending.append(("", client.remove(name, remove_files=rnd.random() < 0.5)))
+                else:
+                    with lock:
+                        pending.append(("", client.cleanup()))
+            except (CacheError, FileNotFoundError):
+                pass  # refusals, and our own make_tree racing with a deletion
+            except Exception as exc:  # anything else is a defect the test must show
+                errors.append(repr(exc))
+            time.sleep(rnd.random() * 0.02)
+
+    threads = [threading.Thread(target=actor, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        for name, result in pending:
+            try:
+                value = result.get(timeout=60, propagate=False)
+            except Exception as exc:
+                errors.append(f"task lost: {exc!r}")
+                continue
+            if name and isinstance(value, dict) and value.get("status") == "registered":
+                registered[name] += 1
+        assert client.cleanup().get(timeout=60)["status"] in ("done", "skipped")
+    finally:
+        stop(proc)
+    assert errors == []
+    cache.store.drop_lapsed_pins()
+    assert (root / "album00").is_dir() and cache.store.tracked(["album00"]) == [True]
+    assert_books_match_disk(cache, root)
+    deletions = Counter(
+        e["path"] for e in cache.store.events(100000) if e.get("files_deleted") == "1"
+    )
+    for path, n in deletions.items():
+        assert n <= registered[path] + (path == "album00"), f"{path} deleted more often than made"
+
+
+def test_worker_killed_mid_eviction(settings, redis_client, root, client_for_workers):
+    cache = DiskCache(settings.with_(disk_cache_lock_timeout_seconds=2), redis_client)
+    for i in range(20):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    env = worker_env(cache.settings, DISK_CACHE_LOCK_TIMEOUT_SECONDS="2")
+    paused = start_worker({**env, "CACHEMGR_TEST_PAUSE_BEFORE_DELETE": "60"})
+    try:
+        client_for_workers.cleanup()
+        deadline = time.monotonic() + 30
+        while not cache.store.unfinished_deletions() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cache.store.unfinished_deletions(), "the worker never reached the deletion"
+    finally:
+        stop(paused, signal.SIGKILL)
+    time.sleep(2.5)  # the dead worker's locks lapse
+    fresh = start_worker(env)
+    try:
+        result = client_for_workers.cleanup().get(timeout=60)
+    finally:
+        stop(fresh)
+    assert result["status"] == "done"
+    assert result["recovered"]  # the interrupted directory was put back, then judged again
+    assert cache.store.unfinished_deletions() == {}
+    assert not any((root / ".cachemgr-trash").iterdir())
+    assert cache.store.total_bytes() <= cache.settings.threshold_bytes
+    assert_books_match_disk(cache, root)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own, without persistence, that the test may flush or stop."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                return proc
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    state = {"proc": start(), "url": f"redis://127.0.0.1:{port}/0", "start": start}
+    yield state
+    state["proc"].terminate()
+    state["proc"].wait()
+
+
+def test_flushall_then_reconcile_restores_byte_for_byte(settings, root, own_redis):
+    from api import create_app
+
+    client = connect(own_redis["url"])
+    cache = DiskCache(settings, client)
+    for i in range(12):
+        make_tree(root, f"d{i:02d}", files=1 + i % 4)
+        cache.register(f"d{i:02d}")
+    before = {p: r[:2] for p, r in cache.store.all_records().items()}
+    total = cache.store.total_bytes()
+    app = create_app({"CACHEMGR_SETTINGS": settings, "REDIS_CLIENT": client,
+                      "CELERY_BROKER_URL": own_redis["url"]})  # fmt: skip
+    web = app.test_client()
+    client.flushall()
+    for url in ("/cache/stats", "/cache/directories", "/cache/directories/d01", "/readyz"):
+        status = web.get(url).status_code
+        assert status in (200, 404, 503), (url, status)
+    assert web.get("/cache/stats").get_json()["total_bytes"] == 0
+    report = reconcile(cache)
+    assert sorted(report["registered"]) == sorted(before)
+    assert {p: r[:2] for p, r in cache.store.all_records().items()} == before
+    assert cache.store.total_bytes() == total
+
+
+def test_redis_down_answers_503_and_recovers(settings, root, own_redis, monkeypatch):
+    from api import create_app
+
+    # Celery lets CELERY_BROKER_URL win over the app's config: this test's broker is its own.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+    client = connect(own_redis["url"])
+    app = create_app({"CACHEMGR_SETTINGS": settings, "REDIS_CLIENT": client,
+                      "CELERY_BROKER_URL": own_redis["url"],
+                      "CELERY_RESULT_BACKEND": own_redis["url"]})  # fmt: skip
+    web = app.test_client()
+    make_tree(root, "a")
+    assert web.get("/cache/stats").status_code == 200
+    own_redis["proc"].terminate()
+    own_redis["proc"].wait()
+    for method, url in (("get", "/cache/stats"), ("post", "/cache/register/a"),
+                        ("post", "/cache/cleanup"), ("get", "/readyz")):  # fmt: skip
+        r = getattr(web, method)(url)
+        assert r.status_code == 503, (url, r.status_code, r.get_data(as_text=True))
+        assert r.get_json()["status"] in (503, "unavailable")
+    own_redis["proc"] = own_redis["start"]()
+    deadline = time.monotonic() + 10
+    while web.get("/cache/stats").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert web.get("/cache/stats").status_code == 200
+    assert web.post("/cache/register/a").status_code == 202
