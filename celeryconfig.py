@@ -39,12 +39,18 @@ task_default_queue = os.environ.get("CACHEMGR_QUEUE") or (
     f"cachemgr.{_node}" if _node else "celery"
 )
 
+# One beat can drive several nodes: DISK_CACHE_NODES=a,b sends each node's periodic cleanup
+# to that node's queue. Without it, the cleanup goes to this process's default queue.
+_beat_nodes = [n for n in os.environ.get("DISK_CACHE_NODES", "").split(",") if n.strip()]
+_targets = {f"cachemgr.{n.strip()}": n.strip() for n in _beat_nodes} or {task_default_queue: ""}
+
 beat_schedule = {
-    "cachemgr-periodic-cleanup": {
+    f"cachemgr-periodic-cleanup{'-' + node if node else ''}": {
         "task": "cachemgr.cleanup",
         "schedule": float(_interval),
         "kwargs": {"periodic": True},
         # A cleanup that waits longer than an interval is stale: the next one will come.
-        "options": {"expires": float(_interval)},
-    },
+        "options": {"expires": float(_interval), "queue": queue},
+    }
+    for queue, node in _targets.items()
 }

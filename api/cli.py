@@ -349,9 +349,10 @@ def serve(workers: int) -> None:
 
 @click.command()
 @click.option("--flower", is_flag=True, help="Also start Flower on 127.0.0.1:5555.")
-def up(flower: bool) -> None:
+@click.option("--nodes", type=click.IntRange(1, 16), default=1, help="Local cache nodes to run.")
+def up(flower: bool, nodes: int) -> None:
     """Start the whole system here: Redis (embedded when REDIS_URL is unset), API, worker, beat."""
-    stack.up(flower=flower)
+    stack.up(flower=flower, nodes=nodes)
 
 
 COMMANDS = [stats, ls, info, register, rm, cleanup, reconcile, pin, unpin, events]

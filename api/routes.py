@@ -19,6 +19,7 @@ from api.schemas import (
     EventArgs,
     EventListSchema,
     ListArgs,
+    NodeArgs,
     PinArgs,
     RemoveArgs,
     SchedulerSchema,
@@ -26,8 +27,9 @@ from api.schemas import (
     TaskSchema,
     WaitArgs,
 )
-from cachemgr import NotTracked, paths
+from cachemgr import DiskCache, NotTracked, paths
 from cachemgr.cleanup import cleanup as cleanup_plan
+from cachemgr.nodes import queue_for
 
 blp = Blueprint("cache", __name__, url_prefix="/cache", description="Cache status and control")
 ARGS = {"location": "query", "error_status_code": 400}
@@ -55,20 +57,37 @@ def task_reply(result: AsyncResult, wait: float) -> Any:
     return reply, 200
 
 
-def checked(path: str) -> str:
+def node_cache(args: dict[str, Any]) -> DiskCache:
+    """The DiskCache of the node the request names (`?node=`), this API's own by default."""
+    return cache().for_node(args.get("node"))
+
+
+def send(args: dict[str, Any], name: str, *task_args: Any, **task_kwargs: Any) -> Any:
+    """Enqueue a task on the queue of the node the request names."""
+    target = node_cache(args)
+    tasks = state().tasks
+    queue = tasks.queue if target is cache() else queue_for(target.settings)
+    return task_reply(tasks.send_to(queue, name, *task_args, **task_kwargs), args["wait"])
+
+
+def checked(path: str, target: DiskCache) -> str:
     """Refuse a bad path with a 400 before anything is enqueued."""
     rel = paths.normalize(path)
-    paths.resolve(cache().root, rel)
+    paths.resolve(target.root, rel)
     return rel
 
 
 @blp.route("/stats")
 class Stats(MethodView):
+    @blp.arguments(NodeArgs, **ARGS)
     @blp.response(200, StatsSchema)
     @blp.alt_response(503, schema=ErrorSchema)
-    def get(self) -> Any:
-        """Current cache usage statistics."""
-        return cache().stats()
+    def get(self, args: dict[str, Any]) -> Any:
+        """Usage statistics: this node's, every node's (`nodes`) and their totals (`cluster`);
+        with ?node=, that node's alone."""
+        if args["node"]:
+            return node_cache(args).stats()
+        return cache().cluster_stats()
 
 
 @blp.route("/directories")
@@ -79,7 +98,7 @@ class Directories(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """Cached directories by last access, newest first, a page at a time."""
         try:
-            entries, cursor = cache().store.page(args["limit"], args["cursor"])
+            entries, cursor = node_cache(args).store.page(args["limit"], args["cursor"])
         except ValueError as exc:
             return body(400, "bad_parameter", str(exc))
         return {"directories": [e.to_dict() for e in entries], "next_cursor": cursor}
@@ -87,12 +106,13 @@ class Directories(MethodView):
 
 @blp.route("/directories/<path:path>")
 class Directory(MethodView):
+    @blp.arguments(NodeArgs, **ARGS)
     @blp.response(200, DirectorySchema)
     @blp.alt_response(404, schema=ErrorSchema)
     @blp.alt_response(400, schema=ErrorSchema)
-    def get(self, path: str) -> Any:
+    def get(self, args: dict[str, Any], path: str) -> Any:
         """One cached directory."""
-        return cache().info(path).to_dict()
+        return node_cache(args).info(path).to_dict()
 
     @blp.arguments(RemoveArgs, **ARGS)
     @blp.response(202, TaskSchema)
@@ -100,10 +120,11 @@ class Directory(MethodView):
     @blp.alt_response(404, schema=ErrorSchema)
     def delete(self, args: dict[str, Any], path: str) -> Any:
         """Remove a directory from tracking, and from disk with ?remove_files=true."""
-        rel = checked(path)
-        if not cache().store.tracked([rel])[0]:
+        target = node_cache(args)
+        rel = checked(path, target)
+        if not target.store.tracked([rel])[0]:
             raise NotTracked(f"directory is not tracked: {rel!r}")
-        return task_reply(state().tasks.remove(rel, args["remove_files"]), args["wait"])
+        return send(args, "remove_directory", rel, args["remove_files"])
 
 
 @blp.route("/directories/<path:path>/pin")
@@ -113,14 +134,15 @@ class Pin(MethodView):
     @blp.alt_response(200, schema=TaskSchema)
     def post(self, args: dict[str, Any], path: str) -> Any:
         """Pin a directory for ttl_seconds: it is neither evicted nor expired meanwhile."""
-        return task_reply(state().tasks.pin(checked(path), args["ttl_seconds"]), args["wait"])
+        rel = checked(path, node_cache(args))
+        return send(args, "pin_directory", rel, args["ttl_seconds"])
 
     @blp.arguments(WaitArgs, **ARGS)
     @blp.response(202, TaskSchema)
     @blp.alt_response(200, schema=TaskSchema)
     def delete(self, args: dict[str, Any], path: str) -> Any:
         """Remove a directory's pin."""
-        return task_reply(state().tasks.unpin(checked(path)), args["wait"])
+        return send(args, "unpin_directory", checked(path, node_cache(args)))
 
 
 @blp.route("/register/<path:path>")
@@ -131,9 +153,11 @@ class Register(MethodView):
     @blp.alt_response(404, schema=ErrorSchema)
     def post(self, args: dict[str, Any], path: str) -> Any:
         """Register a directory under the cache root."""
-        rel = checked(path)
-        paths.existing_directory(cache().root, rel)
-        return task_reply(state().tasks.register(rel), args["wait"])
+        target = node_cache(args)
+        rel = checked(path, target)
+        if target.root.is_dir():  # another host's root is checked by that node's worker
+            paths.existing_directory(target.root, rel)
+        return send(args, "register_directory", rel)
 
 
 @blp.route("/cleanup")
@@ -144,9 +168,9 @@ class Cleanup(MethodView):
     def post(self, args: dict[str, Any]) -> Any:
         """Sweep expired directories, then enforce the quota. ?dry_run=true answers the plan."""
         if args["dry_run"]:
-            plan = cleanup_plan(cache(), dry_run=True)
+            plan = cleanup_plan(node_cache(args), dry_run=True)
             return {"task_id": "", "state": "SUCCESS", "result": plan}, 200
-        return task_reply(state().tasks.cleanup(), args["wait"])
+        return send(args, "cleanup")
 
 
 @blp.route("/reconcile")
@@ -156,23 +180,25 @@ class Reconcile(MethodView):
     @blp.alt_response(200, schema=TaskSchema)
     def post(self, args: dict[str, Any]) -> Any:
         """Compare the books with the disk and fix them (or, with ?dry_run=true, report)."""
-        return task_reply(state().tasks.send("reconcile", dry_run=args["dry_run"]), args["wait"])
+        return send(args, "reconcile", dry_run=args["dry_run"])
 
 
 @blp.route("/start-scheduler")
 class StartScheduler(MethodView):
+    @blp.arguments(NodeArgs, **ARGS)
     @blp.response(200, SchedulerSchema)
-    def post(self) -> Any:
+    def post(self, args: dict[str, Any]) -> Any:
         """Let periodic cleanups run (the switch lives in Redis; no restart needed)."""
-        return cache().set_scheduler(True)
+        return node_cache(args).set_scheduler(True)
 
 
 @blp.route("/stop-scheduler")
 class StopScheduler(MethodView):
+    @blp.arguments(NodeArgs, **ARGS)
     @blp.response(200, SchedulerSchema)
-    def post(self) -> Any:
+    def post(self, args: dict[str, Any]) -> Any:
         """Make periodic cleanups skip; manual cleanups still run."""
-        return cache().set_scheduler(False)
+        return node_cache(args).set_scheduler(False)
 
 
 @blp.route("/tasks/<task_id>")
@@ -195,4 +221,4 @@ class Events(MethodView):
     @blp.response(200, EventListSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """The latest evictions, expiries, removals and failed cleanups, newest first."""
-        return {"events": cache().store.events(args["limit"])}
+        return {"events": node_cache(args).store.events(args["limit"])}

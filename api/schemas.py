@@ -54,6 +54,10 @@ class StatsSchema(SinceResetSchema):
     free_disk_bytes = fields.Integer(allow_none=True)
     initialized = fields.Boolean()
     last_cleanup = fields.Dict(allow_none=True)
+    up = fields.Boolean(metadata={"description": "a worker of the node is alive"})
+    last_cleanup_age_seconds = fields.Float(allow_none=True)
+    cluster = fields.Dict(metadata={"description": "totals over every node"})
+    nodes = fields.List(fields.Dict(), metadata={"description": "each node's own stats"})
     warnings = fields.List(
         fields.String(), metadata={"description": "what an operator should look at, in words"}
     )
@@ -101,7 +105,15 @@ class EventListSchema(Schema):
     events = fields.List(fields.Nested(EventSchema), required=True)
 
 
-class WaitArgs(Schema):
+class NodeArgs(Schema):
+    node = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,100}$"),
+        metadata={"description": "the cache node (default: this API's own)"},
+    )
+
+
+class WaitArgs(NodeArgs):
     wait = fields.Float(
         load_default=0,
         validate=validate.Range(min=0, max=MAX_WAIT_SECONDS),
@@ -109,7 +121,7 @@ class WaitArgs(Schema):
     )
 
 
-class ListArgs(Schema):
+class ListArgs(NodeArgs):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
     cursor = fields.String(load_default=None, allow_none=True)
 
@@ -128,5 +140,5 @@ class PinArgs(WaitArgs):
     )
 
 
-class EventArgs(Schema):
+class EventArgs(NodeArgs):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))

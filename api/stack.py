@@ -66,8 +66,12 @@ def _start_embedded_redis(state: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise click.ClickException(f"the embedded redis-server did not start on port {port}")
 
 
-def up(flower: bool) -> None:
-    """Start Redis (when REDIS_URL is unset), the API, a worker and beat; stop all on Ctrl-C."""
+def up(flower: bool, nodes: int = 1) -> None:
+    """Start Redis (when REDIS_URL is unset), the API, workers and beat; stop all on Ctrl-C.
+
+    With `nodes` > 1, each node `node1..N` gets its own root under DISK_CACHE_ROOT, its own
+    worker on its own queue, and one beat drives all of them; the API serves node1 by default.
+    """
     STATE_DIR.mkdir(exist_ok=True)
     env = dict(os.environ)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -86,19 +90,34 @@ def up(flower: bool) -> None:
         raise click.ClickException(str(exc)) from None
     host, port, _ = web_bind()
     celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
-    commands = [
-        ("web", [sys.executable, "-m", "api.cli", "serve", "--workers", "2"], env),
-        ("worker", [*celery, "worker", "-l", "INFO", "-c", "2", "-n", "cachemgr@%h"], env),
-        ("beat", [*celery, "beat", "-l", "INFO", "-s", str(STATE_DIR / "beat-schedule")], env),
-    ]
+    names = [f"node{i}" for i in range(1, nodes + 1)] if nodes > 1 else [""]
+    node_env = {
+        name: {**env, "DISK_CACHE_NODE": name, "DISK_CACHE_ROOT": str(root / name)}
+        if name
+        else env
+        for name in names
+    }
+    for penv in node_env.values():
+        Path(penv["DISK_CACHE_ROOT"]).mkdir(parents=True, exist_ok=True)
+    beat_env = {**env, "DISK_CACHE_NODES": ",".join(names)} if nodes > 1 else env
+    commands = [("web", [sys.executable, "-m", "api.cli", "serve", "--workers", "2"],
+                 node_env[names[0]])]  # fmt: skip
+    for name in names:
+        worker = [*celery, "worker", "-l", "INFO", "-c", "2", "-n", f"cachemgr-{name or 'main'}@%h"]
+        commands.append((f"worker {name}".strip(), worker, node_env[name]))
+    commands.append(
+        ("beat", [*celery, "beat", "-l", "INFO", "-s", str(STATE_DIR / "beat-schedule")], beat_env)
+    )
     if flower:
         commands.append(("flower", [*celery, "flower", "--port=5555", "--address=127.0.0.1"], env))
     for name, argv, penv in commands:
         procs.append((name, subprocess.Popen(argv, env=penv, start_new_session=True)))
     click.echo(f"api     http://{host}:{port}/ (docs /docs, stats /cache/stats)")
-    click.echo(f"root    {root}")
-    click.echo("worker  celery -A workers.app (2 processes); beat every "
-               f"{env.get('DISK_CACHE_CLEANUP_INTERVAL', '3600')} s")
+    for name in names:
+        label = f"node {name}" if name else "root"
+        click.echo(f"{label:<7} {node_env[name]['DISK_CACHE_ROOT']}")
+    interval = env.get("DISK_CACHE_CLEANUP_INTERVAL", "3600")
+    click.echo(f"worker  2 processes for each of {len(names)} node(s); beat every {interval} s")
     if flower:
         click.echo("flower  http://127.0.0.1:5555/")
     click.echo("Ctrl-C stops everything.")

@@ -13,6 +13,7 @@ from cachemgr.errors import NotOnDisk, NotTracked, Overlap
 from cachemgr.health import diagnose
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
+from cachemgr.nodes import NodeRegistry, aggregate
 from cachemgr.records import Entry, iso
 from cachemgr.settings import Settings
 from cachemgr.store import Store
@@ -44,6 +45,10 @@ class DiskCache:
         )
         # Called with a path right before its files go: tests pause or kill a worker here.
         self.before_delete: Callable[[str], None] | None = None
+
+    @property
+    def registry(self) -> NodeRegistry:
+        return NodeRegistry(self.client, self.settings.disk_cache_cluster)
 
     def lock(self, path: str) -> Lock:
         return Lock(
@@ -253,7 +258,8 @@ class DiskCache:
         return stats
 
     def publish_config(self) -> None:
-        """Let pipeline clients, which read no settings, record accesses the way workers do."""
+        """Let pipeline clients and the control plane, which read no settings, see this node."""
+        self.registry.publish(self.settings)
         s = self.settings
         self.client.hset(
             self.keys.config,
@@ -264,6 +270,30 @@ class DiskCache:
                 "node": s.node,
             },
         )
+
+    def for_node(self, node: str | None) -> DiskCache:
+        """This node's DiskCache, or another node's (built from what its workers published)."""
+        if not node or node == self.settings.node:
+            return self
+        other = self.registry.settings_for(node, self.settings)
+        if other is None:
+            raise NotTracked(f"unknown node {node!r}: no worker of it has ever started")
+        return DiskCache(other, self.client, clock=self.clock)
+
+    def cluster_stats(self) -> dict[str, Any]:
+        """Every node's stats, each with up/down and the age of its last cleanup, and totals."""
+        registry = self.registry
+        names = sorted(set(registry.entries()) | {self.settings.node})
+        alive = registry.alive(names)
+        nodes = []
+        now = self.clock()
+        for name in names:
+            stats = self.for_node(name).stats()
+            last = (stats.get("last_cleanup") or {}).get("time")
+            stats["up"] = alive.get(name, False)
+            stats["last_cleanup_age_seconds"] = round(now - float(last), 1) if last else None
+            nodes.append(stats)
+        return {**self.stats(), "cluster": aggregate(nodes), "nodes": nodes}
 
     # -- the scheduler switch -------------------------------------------------------------
     def scheduler_running(self) -> bool:

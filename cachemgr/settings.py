@@ -100,6 +100,7 @@ class Settings:
     disk_cache_entry_depth: int = 1
     disk_cache_events_maxlen: int = 10000
     disk_cache_node: str = ""
+    disk_cache_cluster: str = "cachemgr"
 
     def validate(self) -> Settings:
         def fail(name: str, value: Any, why: str) -> None:

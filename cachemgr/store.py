@@ -34,7 +34,20 @@ COUNTERS = (
 
 
 def connect(url: str) -> Any:
-    """A client as cachemgr needs it: str replies, bounded timeouts, keep-alive."""
+    """A client as cachemgr needs it: str replies, bounded timeouts, keep-alive.
+
+    `redis+cluster://host:port` (or `rediss+cluster://`) connects to a Redis Cluster; every
+    multi-key script then runs on one shard, since a node's keys share one hash tag.
+    """
+    if "+cluster://" in url:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(
+            url.replace("+cluster://", "://", 1),
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+        )
     return redis.Redis.from_url(
         url,
         decode_responses=True,

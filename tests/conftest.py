@@ -79,6 +79,7 @@ def settings(root: Path, prefix: str) -> Settings:
         redis_url=REDIS_URL,
         disk_cache_key_prefix=prefix,
         disk_cache_max_bytes=100 * 4096,
+        disk_cache_cluster=prefix.rstrip(":"),
     ).validate()
 
 

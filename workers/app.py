@@ -2,7 +2,57 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_ready, worker_shutting_down
 
 app = Celery("cachemgr", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
+
+log = logging.getLogger("cachemgr.workers")
+HEARTBEAT_SECONDS = 10
+_stop = threading.Event()
+
+
+def _beat_forever() -> None:
+    from workers.tasks import current_cache
+
+    while not _stop.wait(HEARTBEAT_SECONDS):
+        cache = current_cache()
+        if cache is not None:
+            try:
+                cache.registry.heartbeat(cache.settings.node)
+            except Exception as exc:  # Redis away: the node shows down until it is back
+                log.warning("node heartbeat failed: %s", exc)
+
+
+@worker_ready.connect
+def announce(**_: Any) -> None:
+    """Say which node this worker serves, and keep saying it is alive."""
+    from workers.tasks import get_cache
+
+    try:
+        cache = get_cache()
+        cache.registry.heartbeat(cache.settings.node)
+    except Exception as exc:  # bad settings are reported by the tasks themselves, in one line
+        log.error("worker cannot serve a node: %s", exc)
+        return
+    log.info("serving node %s (root %s)", cache.settings.node, cache.root)
+    _stop.clear()
+    threading.Thread(target=_beat_forever, name="cachemgr-heartbeat", daemon=True).start()
+
+
+@worker_shutting_down.connect
+def goodbye(**_: Any) -> None:
+    from workers.tasks import current_cache
+
+    _stop.set()
+    cache = current_cache()
+    if cache is not None:
+        try:
+            cache.registry.mark_down(cache.settings.node)
+        except Exception as exc:
+            log.warning("could not mark node down: %s", exc)

@@ -76,7 +76,11 @@ class CacheClient:
     # -- tasks ----------------------------------------------------------------------------
     def send(self, name: str, *args: Any, **kwargs: Any) -> AsyncResult:
         """Send `cachemgr.<name>` with these arguments; returns Celery's AsyncResult."""
-        options = {"queue": self.queue} if self.queue else {}
+        return self.send_to(self.queue, name, *args, **kwargs)
+
+    def send_to(self, queue: str | None, name: str, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Send to a given queue (another node's): `cachemgr.<node>`."""
+        options = {"queue": queue} if queue else {}
         return self.app.send_task(f"cachemgr.{name}", args=args, kwargs=kwargs, **options)
 
     def register(self, path: str) -> AsyncResult:

@@ -45,6 +45,10 @@ def get_cache() -> DiskCache:
     return _cache
 
 
+def current_cache() -> DiskCache | None:
+    return _cache
+
+
 def configure(cache: DiskCache | None) -> None:
     """Use this DiskCache in the tasks (tests, `cachemgr up`); None forgets it."""
     global _cache

@@ -1,0 +1,108 @@
+"""Nodes: many cache roots (one per host) under one control plane.
+
+Each node's workers publish what the node is (root, key prefix, queue, quota, TTL, policy) in
+the shared hash `{cluster}:nodes`, and keep `{cluster}:alive:{node}` alive with a short TTL
+while they run: a node whose workers are gone shows as down. `{cluster}` is
+DISK_CACHE_CLUSTER (default `cachemgr`). The API and the CLI read any node's
+books through a DiskCache built from its published settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+from cachemgr.settings import Settings
+
+ALIVE_TTL_SECONDS = 30
+
+
+def queue_for(settings: Settings) -> str:
+    """A named node's own queue; an unnamed single node uses Celery's default queue."""
+    return f"cachemgr.{settings.disk_cache_node}" if settings.disk_cache_node else "celery"
+
+
+class NodeRegistry:
+    def __init__(self, client: Any, cluster: str = "cachemgr") -> None:
+        self.client = client
+        self.nodes_key = f"{cluster}:nodes"
+        self.cluster = cluster
+
+    def alive_key(self, node: str) -> str:
+        return f"{self.cluster}:alive:{node}"
+
+    def publish(self, settings: Settings, now: float | None = None) -> None:
+        entry = {
+            "node": settings.node,
+            "root": str(settings.root),
+            "key_prefix": settings.key_prefix,
+            "queue": queue_for(settings),
+            "max_bytes": settings.disk_cache_max_bytes,
+            "threshold": settings.disk_cache_lru_eviction_threshold,
+            "target": settings.disk_cache_lru_eviction_target,
+            "ttl_seconds": settings.disk_cache_ttl_seconds,
+            "cleanup_interval": settings.disk_cache_cleanup_interval,
+            "policy": settings.disk_cache_eviction_policy,
+            "named": bool(settings.disk_cache_node),
+            "published_at": time.time() if now is None else now,
+        }
+        self.client.hset(self.nodes_key, settings.node, json.dumps(entry))
+
+    def heartbeat(self, node: str, ttl: int = ALIVE_TTL_SECONDS) -> None:
+        self.client.set(self.alive_key(node), f"{time.time():.3f}", ex=ttl)
+
+    def mark_down(self, node: str) -> None:
+        self.client.delete(self.alive_key(node))
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        return {node: json.loads(raw) for node, raw in self.client.hgetall(self.nodes_key).items()}
+
+    def alive(self, nodes: list[str]) -> dict[str, bool]:
+        if not nodes:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.exists(self.alive_key(node))
+        return {node: bool(up) for node, up in zip(nodes, pipe.execute(), strict=True)}
+
+    def forget(self, node: str) -> None:
+        self.client.hdel(self.nodes_key, node)
+        self.mark_down(node)
+
+    def settings_for(self, node: str, base: Settings) -> Settings | None:
+        """Another node's settings as it published them (its root may not exist here)."""
+        entry = self.entries().get(node)
+        if entry is None:
+            return None
+        return replace(
+            base,
+            disk_cache_node=node if entry.get("named", True) else "",
+            disk_cache_root=entry["root"],
+            disk_cache_key_prefix=entry["key_prefix"],
+            disk_cache_max_bytes=int(entry["max_bytes"]),
+            disk_cache_lru_eviction_threshold=float(entry["threshold"]),
+            disk_cache_lru_eviction_target=float(entry["target"]),
+            disk_cache_ttl_seconds=int(entry["ttl_seconds"]),
+            disk_cache_cleanup_interval=int(entry["cleanup_interval"]),
+            disk_cache_eviction_policy=entry["policy"],
+        ).validate()
+
+
+def aggregate(per_node: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cluster totals: sums of bytes, counts and counters; the worst quota status."""
+    summed = (
+        "total_bytes directory_count max_bytes threshold_bytes target_bytes hits misses "
+        "hit_bytes missed_bytes registrations evictions expirations removals bytes_freed "
+        "skipped_locked skipped_pinned pinned_count"
+    ).split()
+    total: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in per_node) for k in summed}
+    total["usage_percent"] = (
+        round(100.0 * total["total_bytes"] / total["max_bytes"], 2) if total["max_bytes"] else 0.0
+    )
+    order = ["ok", "evicting", "over_quota"]
+    total["quota_status"] = max((s["quota_status"] for s in per_node), key=order.index)
+    looked = total["hits"] + total["misses"]
+    total["hit_ratio"] = round(total["hits"] / looked, 6) if looked else None
+    return total
