@@ -14,6 +14,7 @@ from flask_smorest import Api
 from api.errors import body, register_error_handlers
 from api.extensions import CacheExtension, state
 from api.schemas import ApiErrorSchema
+from cachemgr.logs import configure_logging
 
 log = logging.getLogger("cachemgr.api")
 
@@ -25,6 +26,7 @@ class CacheApi(Api):
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
+    configure_logging()
     app = Flask(__name__)
     app.config.update(
         API_TITLE="cachemgr",
@@ -49,6 +51,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from api.routes import blp
 
     api.register_blueprint(blp)
+    from api import metrics, status
+
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(status.bp)
     register_error_handlers(app)
     from api.cli import COMMANDS
 

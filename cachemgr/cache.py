@@ -85,6 +85,7 @@ class DiskCache:
             found.size_bytes,
             found.file_count,
             total,
+            extra={"event": "registered", "path": rel, "size_bytes": found.size_bytes},
         )
         return {
             "status": "registered",
@@ -137,7 +138,13 @@ class DiskCache:
         finally:
             lock.release()
         size = int(outcome[1])
-        log.info("removed %s from the cache (%d bytes, files deleted: %s)", rel, size, deleting)
+        log.info(
+            "removed %s from the cache (%d bytes, files deleted: %s)",
+            rel,
+            size,
+            deleting,
+            extra={"event": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting},
+        )
         return {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
 
     def _delete_files(self, rel: str, location: Any) -> None:

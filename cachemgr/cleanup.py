@@ -92,7 +92,13 @@ def _decide(
         return "ok"
     outcome = cache.take(entry, reason, min_age_seconds=min_age)
     if outcome == "ok":
-        log.info("%s %s (%d bytes)", reason, entry.path, entry.size_bytes)
+        log.info(
+            "%s %s (%d bytes)",
+            reason,
+            entry.path,
+            entry.size_bytes,
+            extra={"event": reason, "path": entry.path, "size_bytes": entry.size_bytes},
+        )
     return "changed" if outcome == "gone" else outcome
 
 
@@ -238,7 +244,7 @@ def cleanup(
         )
     except Exception as exc:
         _record(cache, started, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-        log.exception("cleanup failed")
+        log.exception("cleanup failed", extra={"event": "cleanup_failed"})
         raise
     finally:
         lock.release()

@@ -7,7 +7,9 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import setup_logging, worker_ready, worker_shutting_down
+
+from cachemgr.logs import configure_logging
 
 app = Celery("cachemgr", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
@@ -15,6 +17,12 @@ app.config_from_object("celeryconfig")
 log = logging.getLogger("cachemgr.workers")
 HEARTBEAT_SECONDS = 10
 _stop = threading.Event()
+
+
+@setup_logging.connect
+def _logging(loglevel: Any = None, **_: Any) -> None:
+    """Celery leaves logging to us: plain text, or JSON with DISK_CACHE_LOG_FORMAT=json."""
+    configure_logging(level=loglevel)
 
 
 def _beat_forever() -> None:

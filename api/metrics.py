@@ -1,0 +1,243 @@
+"""`GET /metrics`: the cache's figures for Prometheus, read from Redis at scrape time.
+
+Every number comes from the books in Redis (the same `DiskCache.stats()` that `/cache/stats`
+answers), none from process memory: under several gunicorn workers, each answering a scrape in
+turn, the counters never go backwards and never split between processes. So a custom Collector,
+not prometheus-client's Counter objects (those count what one process did), and a registry of
+its own, without the default process/platform collectors, whose values would change with
+whichever worker happened to answer.
+
+If Redis cannot be reached the scrape still succeeds, with `cachemgr_up 0` and nothing else, so
+that an alert can tell "Redis is down" from "the API is down".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, request
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from api.extensions import cache
+from cachemgr import DiskCache
+
+log = logging.getLogger("cachemgr.api")
+
+bp = Blueprint("metrics", __name__)
+
+# How far back `cachemgr_over_threshold_since_timestamp_seconds` looks: the history is capped
+# at 288 samples by cleanup.py, one per cleanup.
+HISTORY_SAMPLES = 288
+
+# (metric name without _total, stats field, help)
+COUNTERS = (
+    ("cachemgr_hits", "hits", "Accesses that found their directory in the cache."),
+    ("cachemgr_misses", "misses", "Accesses that did not find their directory in the cache."),
+    ("cachemgr_hit_bytes", "hit_bytes", "Bytes served from the cache (size of each hit)."),
+    ("cachemgr_missed_bytes", "missed_bytes", "Bytes that misses had to fetch, when reported."),
+    ("cachemgr_registrations", "registrations", "Directories registered (or re-registered)."),
+    ("cachemgr_freed_bytes", "bytes_freed", "Bytes whose files were deleted from the disk."),
+)
+# The removal counters share one family, told apart by the reason the CLAIM script records.
+REMOVALS = (("evicted", "evictions"), ("expired", "expirations"), ("removed", "removals"))
+SKIPS = (("locked", "skipped_locked"), ("pinned", "skipped_pinned"))
+
+
+class CacheCollector(Collector):
+    def __init__(self, disk_cache: DiskCache) -> None:
+        self.cache = disk_cache
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("cachemgr_up", "1 if Redis answered this scrape, else 0.")
+        try:
+            stats = self.cache.stats()
+            history = self._history()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("metrics: Redis unreachable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from self._info(stats)
+        yield from self._gauges(stats, history)
+        yield from self._counters(stats)
+
+    def _history(self) -> list[dict[str, Any]]:
+        raw = self.cache.client.lrange(self.cache.keys.history, 0, HISTORY_SAMPLES - 1)
+        samples = []
+        for item in raw:
+            try:
+                samples.append(json.loads(item))
+            except ValueError:
+                continue  # one bad sample must not cost the scrape
+        return samples
+
+    def _info(self, stats: dict[str, Any]) -> Iterator[Metric]:
+        info = InfoMetricFamily("cachemgr_cache", "The node this API serves and its policy.")
+        info.add_metric(
+            [],
+            {
+                "node": str(stats["node"]),
+                "eviction_policy": str(stats["eviction_policy"]),
+                "root": str(self.cache.root),
+            },
+        )
+        yield info
+
+    def _gauges(self, stats: dict[str, Any], history: list[dict[str, Any]]) -> Iterator[Metric]:
+        s = self.cache.settings
+
+        def gauge(name: str, doc: str, value: float | None) -> Metric | None:
+            if value is None:
+                return None
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], float(value))
+            return g
+
+        last = stats.get("last_cleanup") or {}
+        since = over_threshold_since(history, stats["total_bytes"], stats["threshold_bytes"])
+        found = [
+            gauge("cachemgr_enabled", "1 if cache management is enabled.", stats["enabled"]),
+            gauge(
+                "cachemgr_usage_bytes", "Bytes of all tracked directories.", stats["total_bytes"]
+            ),
+            gauge("cachemgr_directories", "Tracked directories.", stats["directory_count"]),
+            gauge("cachemgr_max_bytes", "The quota (DISK_CACHE_MAX_BYTES).", stats["max_bytes"]),
+            gauge(
+                "cachemgr_threshold_bytes",
+                "Usage above which eviction starts (threshold x max).",
+                stats["threshold_bytes"],
+            ),
+            gauge(
+                "cachemgr_target_bytes",
+                "Usage eviction brings the cache down to (target x max).",
+                stats["target_bytes"],
+            ),
+            gauge(
+                "cachemgr_usage_ratio",
+                "Usage as a fraction of the quota (1 = full).",
+                stats["total_bytes"] / stats["max_bytes"],
+            ),
+            gauge(
+                "cachemgr_pinned_directories",
+                "Directories with a lease that keeps them from eviction and expiry.",
+                stats["pinned_count"],
+            ),
+            gauge(
+                "cachemgr_free_disk_bytes",
+                "Free bytes on the file system of the cache root.",
+                stats.get("free_disk_bytes"),
+            ),
+            gauge(
+                "cachemgr_scheduler_running",
+                "1 if periodic cleanups run, 0 if the scheduler switch is stopped.",
+                stats["scheduler_running"],
+            ),
+            gauge(
+                "cachemgr_initialized",
+                "1 once the books match the disk; 0 after Redis lost them.",
+                stats["initialized"],
+            ),
+            gauge(
+                "cachemgr_cleanup_interval_seconds",
+                "DISK_CACHE_CLEANUP_INTERVAL as this API sees it.",
+                s.disk_cache_cleanup_interval,
+            ),
+            gauge(
+                "cachemgr_last_cleanup_timestamp_seconds",
+                "When the last cleanup started (Unix time).",
+                _float(last.get("time")),
+            ),
+            gauge(
+                "cachemgr_last_cleanup_duration_seconds",
+                "How long the last cleanup took.",
+                _float(last.get("duration_seconds")),
+            ),
+            gauge(
+                "cachemgr_last_cleanup_success",
+                "1 if the last cleanup finished, 0 if it failed.",
+                None if not last else float(last.get("status") != "failed"),
+            ),
+            gauge(
+                "cachemgr_over_threshold_since_timestamp_seconds",
+                "Usage is above the threshold now, and was at the end of every cleanup since "
+                "this time (Unix time); absent while usage is at or below the threshold.",
+                since,
+            ),
+        ]
+        yield from (g for g in found if g is not None)
+
+    def _counters(self, stats: dict[str, Any]) -> Iterator[Metric]:
+        for name, field, doc in COUNTERS:
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], float(stats[field]))
+            yield c
+        removed = CounterMetricFamily(
+            "cachemgr_directories_removed",
+            "Directories taken off the books: evicted (quota), expired (TTL), removed (asked).",
+            labels=["reason"],
+        )
+        for reason, field in REMOVALS:
+            removed.add_metric([reason], float(stats[field]))
+        yield removed
+        skipped = CounterMetricFamily(
+            "cachemgr_skipped",
+            "Directories a cleanup or removal left alone: locked by another worker, or pinned.",
+            labels=["reason"],
+        )
+        for reason, field in SKIPS:
+            skipped.add_metric([reason], float(stats[field]))
+        yield skipped
+
+
+def over_threshold_since(
+    history: list[dict[str, Any]], total_bytes: int, threshold_bytes: int
+) -> float | None:
+    """The start of the run of newest history samples (newest first) above the threshold.
+
+    Lets an alert say "above the threshold for longer than two cleanup intervals" whatever the
+    interval is, which a fixed `for:` cannot. With no sample above it yet, the run starts now:
+    None here, and the caller's alert then waits for the next cleanup to show one.
+    """
+    if total_bytes <= threshold_bytes:
+        return None
+    since = None
+    for sample in history:
+        try:
+            over = int(sample["total_bytes"]) > threshold_bytes
+            at = float(sample["time"])
+        except (KeyError, TypeError, ValueError):
+            break
+        if not over:
+            break
+        since = at
+    return since
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def registry_for(disk_cache: DiskCache) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CacheCollector(disk_cache))
+    return registry
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format, or OpenMetrics when the scraper asks for it."""
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encoder(registry_for(cache())), content_type=content_type)

@@ -1,0 +1,347 @@
+"""`GET /`: the status page, for a person at a glance (a phone will do).
+
+Rendered on the server from the same reads as `/cache/stats` (so the page and the API never
+disagree), with charts drawn as inline SVG from the counter samples each cleanup pushes to
+`cache:history`. No CDN and no outside request: the CSS and the small script are served from
+api/static; the page works without the script, which only keeps times relative and, when asked,
+refreshes the page in place.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from flask import Blueprint, current_app, render_template
+
+from api.extensions import cache
+from cachemgr import DiskCache
+from cachemgr.records import Entry, iso, unpack
+
+bp = Blueprint("status", __name__)
+
+TOP = 8  # rows in each directory table
+EVENTS = 10
+# The largest directories need a full scan of the records (there is no index by size): bounded,
+# so that the page stays quick on a cache of millions; the page says when it was cut short.
+SCAN_LIMIT = 100_000
+HISTORY_SAMPLES = 288  # what cleanup.py keeps
+CHART_W, CHART_H = 320, 96
+PAD_X, PAD_Y = 2, 6
+
+
+# -- formatting (Jinja filters) -------------------------------------------------------------
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "–"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"
+
+
+def human_count(n: float | None) -> str:
+    return "–" if n is None else f"{int(n):,}"
+
+
+def percent(ratio: float | None, digits: int = 1) -> str:
+    return "–" if ratio is None else f"{100 * ratio:.{digits}f} %"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = abs(float(seconds))
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 60:
+        return f"{s:.1f} s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            parts.append(f"{int(s // size)}{unit}")
+            s %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts)
+
+
+def ago(ts: float | None, now: float) -> str:
+    """Server-side text for a <time>; status.js keeps it current while the page stays open."""
+    if ts is None:
+        return "never"
+    delta = now - ts
+    if abs(delta) < 5:
+        return "just now"
+    # Whole seconds, as status.js writes them: the text must not change style on its first tick.
+    text = f"{abs(delta):.0f} s" if abs(delta) < 60 else human_duration(abs(delta))
+    return f"{text} ago" if delta > 0 else f"in {text}"
+
+
+# -- charts ---------------------------------------------------------------------------------
+@dataclass
+class Chart:
+    """An inline SVG line chart: polylines (a gap where a value is missing), guides, dots."""
+
+    segments: list[str]
+    area: str
+    guides: list[dict[str, Any]]
+    points: list[dict[str, Any]]
+    width: int = CHART_W
+    height: int = CHART_H
+
+    @property
+    def empty(self) -> bool:
+        return not self.points
+
+
+def _y(value: float, lo: float, hi: float) -> float:
+    span = (hi - lo) or 1.0
+    return round(PAD_Y + (CHART_H - 2 * PAD_Y) * (1 - (value - lo) / span), 1)
+
+
+def chart(
+    times: list[float],
+    values: list[float | None],
+    *,
+    lo: float,
+    hi: float,
+    guides: dict[str, float] | None = None,
+    label: Any = str,
+) -> Chart:
+    n = len(values)
+    step = (CHART_W - 2 * PAD_X) / max(n - 1, 1)
+    segments: list[str] = []
+    current: list[str] = []
+    points: list[dict[str, Any]] = []
+    for i, (t, v) in enumerate(zip(times, values, strict=True)):
+        if v is None or not math.isfinite(v):
+            if current:
+                segments.append(" ".join(current))
+            current = []
+            continue
+        x = round(PAD_X + i * step if n > 1 else CHART_W / 2, 1)
+        y = _y(min(max(v, lo), hi), lo, hi)
+        current.append(f"{x},{y}")
+        points.append({"x": x, "y": y, "title": f"{label(v)} · {iso(t)}"})
+    if current:
+        segments.append(" ".join(current))
+    # The area under the longest run, for a little weight under the line.
+    area = ""
+    if segments:
+        longest = max(segments, key=lambda s: s.count(" "))
+        xs = [p.split(",")[0] for p in longest.split(" ")]
+        bottom = CHART_H - PAD_Y
+        area = f"M{xs[0]},{bottom} L{longest.replace(' ', ' L')} L{xs[-1]},{bottom} Z"
+    lines = [
+        {"name": name, "y": _y(v, lo, hi), "label": label(v)}
+        for name, v in (guides or {}).items()
+        if lo <= v <= hi
+    ]
+    return Chart(segments, area, lines, points)
+
+
+def history(disk_cache: DiskCache) -> list[dict[str, Any]]:
+    """The counter samples, oldest first; a sample that does not parse is left out."""
+    raw = disk_cache.client.lrange(disk_cache.keys.history, 0, HISTORY_SAMPLES - 1)
+    samples = []
+    for item in reversed(raw):
+        try:
+            sample = json.loads(item)
+            float(sample["time"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        samples.append(sample)
+    return samples
+
+
+def interval_ratios(samples: list[dict[str, Any]]) -> list[float | None]:
+    """The hit ratio between consecutive samples: what changed in each interval, not the mean
+    since the cache began, which hides a fall. None where nothing was accessed, or where the
+    counters went back (Redis lost them), as Prometheus' rate() treats a reset."""
+    out: list[float | None] = []
+    for before, after in zip(samples, samples[1:], strict=False):
+        hits = int(after.get("hits", 0)) - int(before.get("hits", 0))
+        misses = int(after.get("misses", 0)) - int(before.get("misses", 0))
+        out.append(hits / (hits + misses) if hits >= 0 and misses >= 0 and hits + misses else None)
+    return out
+
+
+# -- directories ----------------------------------------------------------------------------
+def largest(disk_cache: DiskCache, n: int = TOP) -> tuple[list[Entry], bool]:
+    """The n largest tracked directories, and whether the scan was cut at SCAN_LIMIT."""
+    seen = 0
+    sizes: list[tuple[int, str, str]] = []
+    cut = False
+    for path, rec in disk_cache.client.hscan_iter(disk_cache.keys.entries, count=1000):
+        seen += 1
+        if seen > SCAN_LIMIT:
+            cut = True
+            break
+        try:
+            size = unpack(rec)[0]
+        except ValueError:
+            continue
+        item = (size, path, rec)
+        if len(sizes) < n:
+            heapq.heappush(sizes, item)
+        elif item > sizes[0]:
+            heapq.heapreplace(sizes, item)
+    top = sorted(sizes, reverse=True)
+    if not top:
+        return [], cut
+    pipe = disk_cache.client.pipeline(transaction=False)
+    for _, path, _ in top:
+        pipe.zscore(disk_cache.keys.lru, path)
+        pipe.zscore(disk_cache.keys.pins, path)
+    scores = pipe.execute()
+    out = []
+    for i, (_, path, rec) in enumerate(top):
+        last, pin = scores[2 * i], scores[2 * i + 1]
+        if last is None:
+            continue  # removed since the scan
+        size, files, registered, hits = unpack(rec)
+        ttl = disk_cache.settings.disk_cache_ttl_seconds
+        out.append(Entry(path, size, files, registered, float(last), hits, ttl, pin))
+    return out, cut
+
+
+def stalest(disk_cache: DiskCache, n: int = TOP) -> list[Entry]:
+    """Least recently accessed first: the next to expire, whatever the eviction policy."""
+    return disk_cache.store.expired(math.inf, n)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
+    now = disk_cache.clock()
+    stats = disk_cache.stats()
+    s = disk_cache.settings
+    samples = history(disk_cache)
+    times = [float(x["time"]) for x in samples]
+    ratios = interval_ratios(samples)
+    max_bytes = stats["max_bytes"]
+    scale = max(max_bytes, stats["total_bytes"])  # over quota, the bar still fits
+    # The samples, then usage now: the chart ends where the bar beside it stands.
+    usage_times = [*times, now]
+    usage_values: list[float | None] = [float(x.get("total_bytes", 0)) for x in samples]
+    usage_values.append(float(stats["total_bytes"]))
+    usage_hi = float(max([max_bytes, *(v or 0 for v in usage_values)]))
+    last = stats.get("last_cleanup") or {}
+    last_time = _float(last.get("time"))
+    interval = s.disk_cache_cleanup_interval
+    events = disk_cache.store.events(EVENTS)
+    for event in events:
+        event["at"] = _float(event.get("time"))
+        event["size_bytes"] = int(event["size"]) if str(event.get("size", "")).isdigit() else None
+    big, cut = largest(disk_cache)
+    return {
+        "stats": stats,
+        "now": now,
+        "generated_at": iso(now),
+        "flower_url": flower_url,
+        "bar": {
+            "fill": 100.0 * stats["total_bytes"] / scale,
+            "target": 100.0 * stats["target_bytes"] / scale,
+            "threshold": 100.0 * stats["threshold_bytes"] / scale,
+            "max": 100.0 * max_bytes / scale,
+        },
+        "ratio_chart": chart(
+            times[1:],
+            ratios,
+            lo=0.0,
+            hi=1.0,
+            guides={"50 %": 0.5},
+            label=percent,
+        ),
+        "usage_chart": chart(
+            usage_times if samples else [],
+            usage_values if samples else [],
+            lo=0.0,
+            hi=usage_hi,
+            guides={
+                "threshold": float(stats["threshold_bytes"]),
+                "target": float(stats["target_bytes"]),
+            },
+            label=human_bytes,
+        ),
+        "usage_top": usage_hi,
+        "samples": len(samples),
+        "first_sample": times[0] if times else None,
+        "last_sample": times[-1] if times else None,
+        "largest": big,
+        "largest_cut": cut,
+        "scan_limit": SCAN_LIMIT,
+        "stalest": stalest(disk_cache),
+        "events": events,
+        # Half an interval of grace: beat's timer and a long cleanup both drift a little.
+        "overdue": last_time is not None
+        and stats["scheduler_running"]
+        and now > last_time + interval * 1.5,
+        "cleanup": {
+            "time": last_time,
+            "status": last.get("status"),
+            "duration": _float(last.get("duration_seconds")),
+            "error": last.get("error") or "",
+            "interval": interval,
+            "max_evictions": s.disk_cache_max_evictions_per_run,
+            "next": (last_time + interval)
+            if last_time is not None and stats["scheduler_running"]
+            else None,
+        },
+    }
+
+
+@bp.app_template_filter("bytes")
+def _bytes_filter(n: float | None) -> str:
+    return human_bytes(n)
+
+
+@bp.app_template_filter("count")
+def _count_filter(n: float | None) -> str:
+    return human_count(n)
+
+
+@bp.app_template_filter("percent")
+def _percent_filter(ratio: float | None, digits: int = 1) -> str:
+    return percent(ratio, digits)
+
+
+@bp.app_template_filter("duration")
+def _duration_filter(seconds: float | None) -> str:
+    return human_duration(seconds)
+
+
+@bp.app_template_filter("iso")
+def _iso_filter(ts: float | None) -> str:
+    return iso(ts) or ""
+
+
+@bp.app_template_global("ago")
+def _ago(ts: float | None, now: float | None = None) -> str:
+    return ago(ts, time.time() if now is None else now)
+
+
+@bp.get("/")
+def index() -> Any:
+    """The status page."""
+    flower = current_app.config.get("FLOWER_URL") or ""
+    try:
+        ctx = page_context(cache(), flower)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # A person gets a page that says what is wrong, not the API's JSON error body.
+        page = render_template("status_down.html", error=str(exc), flower_url=flower)
+        return page, 503
+    return render_template("status.html", **ctx)

@@ -1,0 +1,133 @@
+"""Logging for every cachemgr process: one JSON object a line, or plain text for a terminal.
+
+`DISK_CACHE_LOG_FORMAT=json` makes each record one line with `time`, `level`, `logger`,
+`message` and whatever the caller passed as `extra=`, so that a log shipper can index an
+eviction's path and size without a regular expression. Anything else gives plain text, with
+the same extra fields appended as `key=value`. `DISK_CACHE_LOG_LEVEL` sets the level (INFO).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import IO, Any
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Attributes every LogRecord has; whatever else a record carries came in through `extra=`.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",  # Python 3.12 adds it to every record; it is no extra field
+}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record and per line: a traceback is a field, never extra lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in extra_fields(record).items():
+            # An extra never overwrites the four fields a reader relies on being there.
+            out[key if key not in out else f"extra_{key}"] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        # default=str: a Path or a datetime in `extra` must not cost the whole line.
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """The usual one-line text, with extra fields appended so text loses nothing JSON has."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = extra_fields(record)
+        if not extras:
+            return line
+        first, newline, rest = line.partition("\n")
+        pairs = " ".join(f"{k}={_text_value(v)}" for k, v in extras.items())
+        return f"{first} {pairs}{newline}{rest}"
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler configure_logging installs (a second call replaces it, by this class).
+
+    Without an explicit stream it writes to whatever sys.stderr is at the time of each record,
+    not the one at set-up: pytest and gunicorn swap sys.stderr, and a handler holding the old,
+    closed one would fail on every line.
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._follow = stream is None
+        super().__init__(stream)
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr if self._follow else self._stream
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        self._stream = value
+
+
+def log_format(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    value = env.get("DISK_CACHE_LOG_FORMAT", "").strip().lower()
+    return "json" if value == "json" else "text"
+
+
+def configure_logging(
+    *,
+    fmt: str | None = None,
+    level: str | int | None = None,
+    stream: IO[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> logging.Handler:
+    """Install one handler on the root logger (replacing the one an earlier call installed).
+
+    Safe to call from every entry point (app factory, worker start-up, CLI): the root logger
+    ends up with exactly one cachemgr handler, whichever ran first. Handlers that others put on
+    the root logger (pytest's, gunicorn's) are left alone.
+    """
+    env = os.environ if environ is None else environ
+    chosen = (fmt or log_format(env)).lower()
+    if chosen not in FORMATS:
+        raise ValueError(f"unknown log format {chosen!r} (known: {', '.join(FORMATS)})")
+    if level is None:
+        level = env.get("DISK_CACHE_LOG_LEVEL", "").strip().upper() or "INFO"
+    elif isinstance(level, str):
+        level = level.upper()
+    handler = _Handler(stream)
+    handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

@@ -1,0 +1,122 @@
+"""configure_logging: JSON lines with DISK_CACHE_LOG_FORMAT=json, plain text otherwise."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cachemgr.logs import configure_logging
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    """Leave the root logger as the test found it, for the tests that come after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def lines(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+def test_json_line_has_the_four_fields_and_the_extras(restore_root: None) -> None:
+    out = io.StringIO()
+    configure_logging(stream=out, environ={"DISK_CACHE_LOG_FORMAT": "json"})
+    logging.getLogger("cachemgr").info(
+        "evicted %s (%d bytes)",
+        "artist/album",
+        4096,
+        extra={"event": "evicted", "path": "artist/album", "size_bytes": 4096, "at": Path("/x")},
+    )
+    [line] = lines(out)
+    record = json.loads(line)
+    assert record["level"] == "INFO"
+    assert record["logger"] == "cachemgr"
+    assert record["message"] == "evicted artist/album (4096 bytes)"
+    assert record["time"].endswith("+00:00")
+    assert record["event"] == "evicted" and record["size_bytes"] == 4096
+    assert record["at"] == "/x"  # not JSON by nature: written as text, the line survives
+
+
+def test_json_exception_stays_on_one_line(restore_root: None) -> None:
+    out = io.StringIO()
+    configure_logging(stream=out, fmt="json")
+    try:
+        raise RuntimeError("disk on fire\nsecond line")
+    except RuntimeError:
+        logging.getLogger("cachemgr").exception("cleanup failed", extra={"event": "failed"})
+    [line] = lines(out)
+    record = json.loads(line)
+    assert record["level"] == "ERROR" and record["event"] == "failed"
+    assert "RuntimeError: disk on fire" in record["exception"]
+
+
+def test_an_extra_named_like_a_field_does_not_replace_it(restore_root: None) -> None:
+    out = io.StringIO()
+    configure_logging(stream=out, fmt="json")
+    logging.getLogger("cachemgr.api").warning("hello", extra={"level": "shadow", "time": 1})
+    record = json.loads(lines(out)[0])
+    assert record["level"] == "WARNING" and record["extra_level"] == "shadow"
+    assert record["extra_time"] == 1
+
+
+def test_text_by_default_with_extras_as_key_value(restore_root: None) -> None:
+    out = io.StringIO()
+    configure_logging(stream=out, environ={})
+    logging.getLogger("cachemgr").info("expired %s", "a b", extra={"path": "a b", "size": 7})
+    [line] = lines(out)
+    assert " INFO cachemgr: expired a b " in line
+    assert line.endswith('path="a b" size=7')
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(line)
+
+
+def test_level_from_the_environment_and_one_handler_after_many_calls(
+    restore_root: None,
+) -> None:
+    first = io.StringIO()
+    configure_logging(stream=first, fmt="json")
+    out = io.StringIO()
+    configure_logging(stream=out, environ={"DISK_CACHE_LOG_FORMAT": "JSON",
+                                           "DISK_CACHE_LOG_LEVEL": "warning"})  # fmt: skip
+    log = logging.getLogger("cachemgr")
+    log.info("not shown")
+    log.warning("shown")
+    assert [json.loads(x)["message"] for x in lines(out)] == ["shown"]
+    assert first.getvalue() == ""  # the first handler was replaced, not kept beside
+
+
+def test_unknown_format_is_refused(restore_root: None) -> None:
+    with pytest.raises(ValueError, match="unknown log format"):
+        configure_logging(fmt="xml")
+
+
+def test_without_a_stream_it_follows_sys_stderr(
+    restore_root: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging(fmt="json")
+    logging.getLogger("cachemgr").warning("to stderr")
+    assert json.loads(capsys.readouterr().err.splitlines()[-1])["message"] == "to stderr"
+
+
+def test_the_app_factory_logs_json_when_the_environment_asks(
+    restore_root: None,
+    settings: object,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from api import create_app
+
+    monkeypatch.setenv("DISK_CACHE_LOG_FORMAT", "json")
+    create_app({"CACHEMGR_SETTINGS": settings})
+    logging.getLogger("cachemgr.api").warning("ready", extra={"port": 8080})
+    record = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert record["logger"] == "cachemgr.api" and record["port"] == 8080

@@ -1,0 +1,222 @@
+"""Many nodes under one control plane: routing by queue, keys under each node's hash tag, down
+detection, RabbitMQ as the broker, and a Redis Cluster of three masters."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cachemgr import DiskCache, Settings, connect
+from cachemgr.cleanup import enforce_quota
+from tests.conftest import REDIS_URL, cleanup_prefix, make_tree
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).parent.parent
+RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
+UNIT = 5 * 4096
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def node_worker(node: str, root: Path, cluster: str, broker: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DISK_CACHE_"))}
+    env.update(
+        REDIS_URL=REDIS_URL,
+        CELERY_BROKER_URL=broker,
+        CELERY_RESULT_BACKEND=REDIS_URL.rsplit("/", 1)[0] + "/12",
+        DISK_CACHE_NODE=node,
+        DISK_CACHE_CLUSTER=cluster,
+        DISK_CACHE_ROOT=str(root),
+        DISK_CACHE_MAX_BYTES=str(100 * 4096),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "prefork", "-c", "1",
+         "-l", "WARNING", "-n", f"{node}@%h", "--without-mingle", "--without-gossip"],
+        env=env, cwd=REPO, start_new_session=True,
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def two_nodes(tmp_path, redis_client, monkeypatch):
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+    tag = uuid.uuid4().hex[:6]
+    cluster = f"tc{tag}"
+    nodes = {}
+    for name in ("a", "b"):
+        root = tmp_path / name
+        root.mkdir()
+        node = f"{name}{tag}"
+        settings = Settings(
+            disk_cache_root=str(root), redis_url=REDIS_URL, disk_cache_node=node,
+            disk_cache_cluster=cluster, disk_cache_max_bytes=100 * 4096,
+        ).validate()  # fmt: skip
+        nodes[name] = DiskCache(settings, redis_client)
+    yield nodes
+    for cache in nodes.values():
+        cleanup_prefix(redis_client, cache.keys.prefix)
+    cleanup_prefix(redis_client, cluster)
+
+
+def run_two_node_flow(nodes: dict[str, DiskCache], broker: str) -> None:
+    from api import create_app
+
+    a, b = nodes["a"], nodes["b"]
+    cluster = a.settings.disk_cache_cluster
+    backend = REDIS_URL.rsplit("/", 1)[0] + "/12"
+    workers = {n: node_worker(c.settings.node, c.root, cluster, broker) for n, c in nodes.items()}
+    try:
+        app = create_app(
+            {
+                "CACHEMGR_SETTINGS": a.settings,
+                "REDIS_CLIENT": a.client,
+                "CELERY_BROKER_URL": broker,
+                "CELERY_RESULT_BACKEND": backend,
+            }
+        )
+        web = app.test_client()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stats = web.get("/cache/stats").get_json()
+            if len(stats["nodes"]) == 2 and all(n["up"] for n in stats["nodes"]):
+                break
+            time.sleep(0.3)
+        assert sorted(n["node"] for n in stats["nodes"]) == sorted(
+            c.settings.node for c in nodes.values()
+        )
+        # A registration for node b goes to b's queue, is done by b's worker, lands in b's keys.
+        make_tree(b.root, "album", files=4)
+        r = web.post(f"/cache/register/album?node={b.settings.node}&wait=30")
+        assert r.status_code == 200, r.get_json()
+        assert b.store.tracked(["album"]) == [True] and a.store.tracked(["album"]) == [False]
+        assert all(k.startswith(f"{{{b.settings.node}}}:") for k in a.client.keys("*album*")
+                   if "album" in k and not k.startswith("celery"))  # fmt: skip
+        # Quota pressure on a never deletes on b.
+        for i in range(20):
+            make_tree(a.root, f"d{i:02d}", files=4)
+            r = web.post(f"/cache/register/d{i:02d}?wait=30")
+            assert r.status_code == 200, r.get_json()
+        # Registrations past the threshold already enqueued an eviction; a cleanup finishes it.
+        assert web.post("/cache/cleanup?wait=30").get_json()["result"]["status"] in (
+            "done",
+            "skipped",
+        )
+        deadline = time.monotonic() + 20
+        while a.store.total_bytes() > a.settings.threshold_bytes and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert a.stats()["evictions"] > 0 and b.stats()["evictions"] == 0
+        assert (b.root / "album").is_dir() and b.store.total_bytes() == UNIT
+        assert a.store.total_bytes() <= a.settings.threshold_bytes
+        totals = web.get("/cache/stats").get_json()["cluster"]
+        assert totals["total_bytes"] == a.store.total_bytes() + b.store.total_bytes()
+        # Stopping b's worker marks b down while a goes on.
+        stop(workers["b"])
+        down = {n["node"]: n["up"] for n in web.get("/cache/stats").get_json()["nodes"]}
+        assert down == {a.settings.node: True, b.settings.node: False}
+        make_tree(a.root, "after", files=1)
+        assert web.post("/cache/register/after?wait=30").status_code == 200
+    finally:
+        for proc in workers.values():
+            stop(proc)
+
+
+def test_two_nodes_on_one_machine(two_nodes):
+    run_two_node_flow(two_nodes, REDIS_URL.rsplit("/", 1)[0] + "/12")
+
+
+@pytest.mark.skipif(not answers(5672), reason="RabbitMQ is not running on 127.0.0.1:5672")
+def test_two_nodes_with_rabbitmq_as_the_broker(two_nodes):
+    run_two_node_flow(two_nodes, RABBIT)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
+        pytest.skip("redis-server is not installed")
+    ports, procs = [], []
+    import random
+
+    # The cluster bus listens on port + 10000: stay well below 55535.
+    candidates = [p for p in random.sample(range(21000, 29000), 50) if not answers(p)]
+    candidates = [p for p in candidates if not answers(p + 10000)]
+    for i in range(3):
+        port = candidates[i]
+        work = tmp_path / f"n{i}"
+        work.mkdir()
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", str(work / "nodes.conf"), "--save", "", "--appendonly", "no",
+             "--dir", str(work)], stdout=subprocess.DEVNULL,
+        ))  # fmt: skip
+        ports.append(port)
+    for port in ports:
+        for _ in range(100):
+            if answers(port):
+                break
+            time.sleep(0.05)
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+         "--cluster-replicas", "0", "--cluster-yes"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    for _ in range(100):
+        out = subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"],
+                             capture_output=True, text=True).stdout  # fmt: skip
+        if "cluster_state:ok" in out:
+            break
+        time.sleep(0.1)
+    yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    for proc in procs:
+        proc.terminate()
+        proc.wait()
+
+
+def test_redis_cluster_across_shards(redis_cluster, tmp_path):
+    client = connect(redis_cluster)
+    caches = {}
+    for name in ("alpha", "beta", "gamma"):
+        root = tmp_path / name
+        root.mkdir()
+        settings = Settings(
+            disk_cache_root=str(root), redis_url=redis_cluster, disk_cache_node=name,
+            disk_cache_max_bytes=100 * 4096,
+        ).validate()  # fmt: skip
+        caches[name] = DiskCache(settings, client)
+    slots = {client.keyslot(c.keys.lru) for c in caches.values()}
+    assert len(slots) == 3
+    shards = {client.nodes_manager.get_node_from_slot(s).name for s in slots}
+    assert len(shards) >= 2  # the nodes' books live on different masters
+    for cache in caches.values():
+        for i in range(20):
+            make_tree(cache.root, f"d{i:02d}", files=4)
+            cache.register(f"d{i:02d}")
+        assert cache.access("d00")["hit"] is True
+        result = enforce_quota(cache)
+        assert [r.path for r in result.removed] == ["d01", "d02", "d03", "d04"]
+        assert cache.store.total_bytes() == 16 * UNIT
+        cache.publish_config()
+    stats = caches["alpha"].cluster_stats()
+    assert stats["cluster"]["total_bytes"] == 3 * 16 * UNIT
+    assert stats["cluster"]["evictions"] == 12

@@ -1,0 +1,246 @@
+"""The status page at `/`: through Flask's client, and in a real headless Chromium.
+
+The browser tests serve the app with werkzeug on 127.0.0.1 and let Debian's chromium load it,
+dump the DOM after the page's script ran, and take screenshots (desktop and phone). They are
+skipped only when chromium is absent; scripts/ensure-chromium.sh installs it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import threading
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.serving import make_server
+
+from api.status import chart, human_bytes, human_count, interval_ratios, percent
+from cachemgr import DiskCache
+from cachemgr.cleanup import cleanup
+from tests.conftest import make_tree
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium is not installed: run scripts/ensure-chromium.sh (Debian package chromium)",
+)
+FLOWER = "http://flower.example.invalid:5555/"
+
+
+class Page(HTMLParser):
+    """What the tests read off the page: data-stat values and texts, links, assets, rows."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.stats: dict[str, str] = {}
+        self.texts: dict[str, str] = {}
+        self.links: list[str] = []
+        self.assets: list[str] = []
+        self.classes: list[str] = []
+        self.times: list[tuple[str, str]] = []  # (datetime, title) of each <time>
+        self._open: list[tuple[str, str]] = []  # (tag, data-stat) of open elements
+        self.text = ""
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if "data-stat" in a:
+            self.stats[a["data-stat"]] = a.get("data-value", "")
+            self.texts[a["data-stat"]] = ""
+        if tag == "a" and "href" in a:
+            self.links.append(a["href"])
+        if tag in ("script", "img", "iframe") and a.get("src"):
+            self.assets.append(a["src"])
+        if tag == "link" and a.get("href"):
+            self.assets.append(a["href"])
+        self.classes.extend(a.get("class", "").split())
+        if tag == "time":
+            self.times.append((a.get("datetime", ""), a.get("title", "")))
+        self._open.append((tag, a.get("data-stat", "")))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._open:
+            if self._open.pop()[0] == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        self.text += data
+        for _, stat in self._open:
+            if stat:
+                self.texts[stat] += data
+
+
+def busy(cache: DiskCache, root: Path, rounds: int = 12) -> None:
+    """History with a changing hit ratio, evictions, an expiry, a removal and a pin."""
+    for i in range(20):
+        make_tree(root, f"artist{i % 4}/album{i:02d}", files=1 + i % 5)
+        cache.register(f"artist{i % 4}/album{i:02d}")
+    cache.pin("artist0/album00", 3600)
+    for r in range(rounds):
+        for _ in range(3 + (r * 7) % 9):
+            cache.access("artist1/album01")
+        for j in range(1 + (r * 5) % 6):
+            cache.access(f"gone/{r}-{j}", miss_bytes=4096)
+        cleanup(cache)
+    for i in range(20, 24):
+        make_tree(root, f"big/album{i:02d}", files=8)
+        cache.register(f"big/album{i:02d}")
+    cleanup(cache)  # over the threshold now: evictions
+    cache.remove("artist3/album19", remove_files=True)
+
+
+def stats_of(client: Any) -> dict[str, Any]:
+    data: dict[str, Any] = client.get("/cache/stats").get_json()
+    return data
+
+
+def check_numbers(page: Page, stats: dict[str, Any]) -> None:
+    """Every figure on the page is the one /cache/stats gives, exactly and as written."""
+    exact = ("total_bytes", "max_bytes", "threshold_bytes", "target_bytes", "directory_count",
+             "pinned_count", "hits", "misses", "evictions", "expirations", "removals",
+             "bytes_freed", "hit_bytes", "missed_bytes", "skipped_locked", "skipped_pinned",
+             "usage_percent", "hit_ratio", "byte_hit_ratio")  # fmt: skip
+    for field in exact:
+        assert field in page.stats, field
+        assert float(page.stats[field]) == stats[field], field
+    assert page.stats["quota_status"] == stats["quota_status"]
+    assert page.stats["scheduler_running"] == str(stats["scheduler_running"]).lower()
+    assert page.stats["node"] == stats["node"]
+    for field in ("total_bytes", "max_bytes", "threshold_bytes", "target_bytes", "bytes_freed"):
+        assert page.texts[field].strip() == human_bytes(stats[field]), field
+    for field in ("directory_count", "hits", "misses", "evictions", "expirations", "removals"):
+        assert page.texts[field].strip() == human_count(stats[field]), field
+    assert page.texts["hit_ratio"].strip() == percent(stats["hit_ratio"])
+    assert page.texts["usage_percent"].strip() == f"{stats['usage_percent']} %"
+
+
+# -- through Flask's client -----------------------------------------------------------------
+def test_page_shows_what_cache_stats_shows(app, client, cache, root):
+    app.config["FLOWER_URL"] = FLOWER
+    busy(cache, root)
+    r = client.get("/")
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    page = Page(r.get_data(as_text=True))
+    stats = stats_of(client)
+    check_numbers(page, stats)
+    assert stats["evictions"] > 0 and stats["removals"] > 0
+    assert FLOWER in page.links and "/docs" in page.links and "/metrics" in page.links
+    assert "Largest directories" in page.text and "big/album23" in page.text
+    assert "artist3/album19" in page.text  # the removal, in the events list
+    assert "ev-evicted" in page.classes and "line" in page.classes  # events and a chart
+    for asset in page.assets:  # nothing from another host: no CDN
+        if asset.startswith("data:"):
+            continue  # inline, fetched from nowhere
+        assert asset.startswith("/") and not asset.startswith("//"), asset
+        assert client.get(asset).status_code == 200, asset
+
+
+def test_an_empty_cache_renders_with_empty_states(client):
+    r = client.get("/")
+    assert r.status_code == 200
+    page = Page(r.get_data(as_text=True))
+    assert page.stats["total_bytes"] == "0" and page.stats["hit_ratio"] == ""
+    assert "Nothing tracked yet." in page.text and "No samples yet" in page.text
+    assert page.texts["hit_ratio"].strip() == "–"
+
+
+def test_a_failed_cleanup_and_a_stopped_scheduler_show(client, cache):
+    cache.set_scheduler(False)
+    cache.client.hset(
+        cache.keys.last_cleanup,
+        mapping={"time": "1800000000.000", "status": "failed", "duration_seconds": "0.250",
+                 "error": "OSError: disk gone"},
+    )  # fmt: skip
+    page = Page(client.get("/").get_data(as_text=True))
+    assert page.stats["scheduler_running"] == "false"
+    assert "Stopped" in page.text and "OSError: disk gone" in page.text
+    assert "not while stopped" in page.text and "st-failed" in page.classes
+
+
+def test_hit_ratio_per_interval_skips_resets_and_idle_intervals():
+    samples = [
+        {"hits": 0, "misses": 0},
+        {"hits": 9, "misses": 1},  # 0.9
+        {"hits": 9, "misses": 1},  # idle: no point
+        {"hits": 10, "misses": 4},  # 0.25
+        {"hits": 2, "misses": 0},  # counters went back (Redis lost them): no point
+    ]
+    assert interval_ratios(samples) == [0.9, None, 0.25, None]
+    c = chart([1.0, 2.0, 3.0, 4.0], [0.9, None, 0.25, None], lo=0, hi=1, label=percent)
+    assert len(c.segments) == 2 and len(c.points) == 2  # a gap, not a line through nothing
+    assert c.points[0]["y"] < c.points[1]["y"]  # SVG y grows downwards: 90 % is higher
+
+
+# -- in a real browser ----------------------------------------------------------------------
+@pytest.fixture
+def server(app) -> Iterator[str]:
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    thread.join()
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    profile = tmp_path / "chromium-profile"
+    argv = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
+        # Anything but the test server fails to resolve: the page must need no outside host.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--user-data-dir={profile}", *args,
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=180)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+@needs_chromium
+def test_page_in_chromium_shows_the_stats_and_is_screenshotted(
+    app, server, client, cache, root, tmp_path
+):
+    app.config["FLOWER_URL"] = FLOWER
+    busy(cache, root)
+    stats = stats_of(client)
+    dom = chromium(tmp_path, "--virtual-time-budget=2000", "--dump-dom", f"{server}/")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = Page(dom.stdout)
+    check_numbers(page, stats)
+    assert FLOWER in page.links and "/docs" in page.links
+    # status.js ran: the server titles each <time> with its ISO form, the script with the
+    # browser's local form.
+    assert page.times and all(title and title != stamp for stamp, title in page.times)
+
+    shots = {"desktop": (1280, 1400), "phone": (390, 1800)}
+    for name, (w, h) in shots.items():
+        shot = tmp_path / f"status-{name}.png"
+        done = chromium(tmp_path, f"--screenshot={shot}", f"--window-size={w},{h}", f"{server}/")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert png_size(shot) == (w, h)
+        assert shot.stat().st_size > 10_000  # a drawn page, not an empty canvas
+
+
+def test_redis_down_is_a_503_page_that_says_so(settings):
+    from api import create_app
+    from cachemgr import connect
+
+    app = create_app(
+        {"CACHEMGR_SETTINGS": settings, "REDIS_CLIENT": connect("redis://127.0.0.1:1/0"),
+         "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+    )  # fmt: skip
+    r = app.test_client().get("/")
+    assert r.status_code == 503 and r.mimetype == "text/html"
+    assert "Redis unreachable" in r.get_data(as_text=True)
