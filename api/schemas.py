@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from cachemgr.store import COUNTERS
+
 MAX_WAIT_SECONDS = 60
 
 
@@ -17,21 +19,16 @@ class ApiErrorSchema(Schema):
 ErrorSchema = ApiErrorSchema
 
 
-class SinceResetSchema(Schema):
-    hits = fields.Integer()
-    misses = fields.Integer()
-    hit_bytes = fields.Integer()
-    missed_bytes = fields.Integer()
-    registrations = fields.Integer()
-    evictions = fields.Integer()
-    expirations = fields.Integer()
-    removals = fields.Integer()
-    bytes_freed = fields.Integer()
-    skipped_locked = fields.Integer()
-    skipped_pinned = fields.Integer()
-    hit_ratio = fields.Float(allow_none=True)
-    byte_hit_ratio = fields.Float(allow_none=True)
-    reset_at = fields.String(allow_none=True)
+# The counters are named once, in cachemgr.store.COUNTERS.
+SinceResetSchema = Schema.from_dict(
+    {
+        **{name: fields.Integer() for name in COUNTERS},
+        "hit_ratio": fields.Float(allow_none=True),
+        "byte_hit_ratio": fields.Float(allow_none=True),
+        "reset_at": fields.String(allow_none=True),
+    },
+    name="SinceResetSchema",
+)
 
 
 class StatsSchema(SinceResetSchema):
