@@ -38,7 +38,17 @@ def connect(url: str) -> Any:
 
     `redis+cluster://host:port` (or `rediss+cluster://`) connects to a Redis Cluster; every
     multi-key script then runs on one shard, since a node's keys share one hash tag.
+    `redis+sentinel://host:port[,host:port]/master_name[/db]` asks Sentinel for the master.
     """
+    if url.startswith("redis+sentinel://"):
+        from redis.sentinel import Sentinel
+
+        hosts, _, rest = url.removeprefix("redis+sentinel://").partition("/")
+        master, _, db = rest.partition("/")
+        sentinels = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts.split(",")]
+        return Sentinel(sentinels, socket_timeout=5).master_for(
+            master or "mymaster", db=int(db or 0), decode_responses=True, socket_timeout=10
+        )
     if "+cluster://" in url:
         from redis.cluster import RedisCluster
 

@@ -220,3 +220,43 @@ def test_redis_cluster_across_shards(redis_cluster, tmp_path):
     stats = caches["alpha"].cluster_stats()
     assert stats["cluster"]["total_bytes"] == 3 * 16 * UNIT
     assert stats["cluster"]["evictions"] == 12
+
+
+def test_redis_sentinel_url_reaches_the_master(tmp_path):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    master_port, sentinel_port = ports
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
+    )
+    procs = [
+        subprocess.Popen(["redis-server", "--port", str(master_port), "--bind", "127.0.0.1",
+                          "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL),
+        subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL),
+    ]  # fmt: skip
+    try:
+        for port in ports:
+            for _ in range(100):
+                if answers(port):
+                    break
+                time.sleep(0.05)
+        client = connect(f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0")
+        root = tmp_path / "root"
+        root.mkdir()
+        cache = DiskCache(Settings(disk_cache_root=str(root)).validate(), client)
+        make_tree(root, "album", files=4)
+        assert cache.register("album")["size_bytes"] == UNIT
+        assert cache.access("album")["hit"] is True
+        direct = connect(f"redis://127.0.0.1:{master_port}/0")
+        assert int(direct.get("cache:bytes")) == UNIT  # the books are on the master
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
