@@ -297,3 +297,17 @@ def test_common_issues_show_up_as_clear_messages(settings, redis_client, root):
     assert any(w.startswith("over quota") for w in cache.stats()["warnings"])
     cache.client.hset(cache.keys.last_cleanup, mapping={"time": "1", "status": "done"})
     assert any("no cleanup for" in w for w in cache.stats()["warnings"])
+
+
+def test_a_lease_that_is_not_renewed_lapses(cache, root):
+    clock = Clock(time.time())
+    cache.clock = clock
+    fill(cache, root, 19)
+    cache.pin("album00", 5)
+    assert "album00" in enforce_quota(cache).skipped_pinned
+    clock.t += 6  # the holder did not renew
+    for i in range(4):
+        make_tree(root, f"extra{i}", files=4)
+        cache.register(f"extra{i}")
+    result = enforce_quota(cache)
+    assert "album00" in [r.path for r in result.removed]
