@@ -146,6 +146,23 @@ def test_two_nodes_on_one_machine(two_nodes):
     run_two_node_flow(two_nodes, REDIS_URL.rsplit("/", 1)[0] + "/12")
 
 
+def test_the_pipeline_client_learns_the_node_from_the_path(two_nodes):
+    from cachemgr import PathError
+    from workers.client import CacheClient
+
+    b = two_nodes["b"]
+    for cache in two_nodes.values():
+        cache.publish_config()
+    client = CacheClient(REDIS_URL, redis_url=REDIS_URL, cluster=b.settings.disk_cache_cluster)
+    node_client, rel = client.for_path(str(b.root / "artist" / "album"))
+    assert (node_client.node, rel) == (b.settings.node, "artist/album")
+    assert node_client.queue == f"cachemgr.{b.settings.node}"
+    assert node_client.keys.prefix == b.keys.prefix
+    with pytest.raises(PathError):
+        client.for_path("/somewhere/else")
+    client.close()
+
+
 @pytest.mark.skipif(not answers(5672), reason="RabbitMQ is not running on 127.0.0.1:5672")
 def test_two_nodes_with_rabbitmq_as_the_broker(two_nodes):
     run_two_node_flow(two_nodes, RABBIT)

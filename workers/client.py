@@ -19,7 +19,9 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from cachemgr.errors import PathError
 from cachemgr.keys import Keys
+from cachemgr.nodes import NodeRegistry
 from cachemgr.paths import normalize
 from cachemgr.store import Store, connect
 
@@ -34,6 +36,7 @@ class CacheClient:
         node: str | None = None,
         queue: str | None = None,
         backend: str | None = None,
+        cluster: str = "cachemgr",
     ) -> None:
         """`broker_url` defaults to CELERY_BROKER_URL, then REDIS_URL; `redis_url` (the books)
         to REDIS_URL, then the broker's URL. A `node` routes disk tasks to that node's queue and
@@ -46,6 +49,8 @@ class CacheClient:
             self.broker_url if self.broker_url.startswith("redis") else default_redis
         )
         self.node = node
+        self.cluster = cluster
+        self.backend = backend
         self.queue = queue or (f"cachemgr.{node}" if node else None)
         prefix = key_prefix if key_prefix is not None else (f"{{{node}}}:" if node else "")
         self.keys = Keys(prefix)
@@ -106,19 +111,41 @@ class CacheClient:
         return self.send("cleanup")
 
     # -- the direct path ------------------------------------------------------------------
+    def _books(self) -> Any:
+        if self._redis is None:
+            self._redis = connect(self.redis_url)
+        return self._redis
+
     @property
     def store(self) -> Store:
         """A Store with the node's TTL and policy, as its workers published them."""
         if self._store is None:
-            self._redis = connect(self.redis_url)
-            config = self._redis.hgetall(self.keys.config)
+            config = self._books().hgetall(self.keys.config)
             self._store = Store(
-                self._redis,
+                self._books(),
                 self.keys,
                 policy=config.get("policy", "lru"),
                 ttl_seconds=int(config.get("ttl_seconds", 86400)),
             )
         return self._store
+
+    def for_path(self, absolute_path: str) -> tuple[CacheClient, str]:
+        """Learn the node from a path's root: a client for that node, and the relative path."""
+        target = os.path.realpath(absolute_path)
+        for node, entry in NodeRegistry(self._books(), self.cluster).entries().items():
+            root = entry["root"]
+            if target.startswith(root.rstrip("/") + "/"):
+                client = CacheClient(
+                    self.broker_url,
+                    redis_url=self.redis_url,
+                    key_prefix=entry["key_prefix"],
+                    queue=entry["queue"],
+                    backend=self.backend,
+                    cluster=self.cluster,
+                )
+                client.node = node
+                return client, normalize(target[len(root.rstrip("/")) + 1 :])
+        raise PathError(f"no cache node's root holds {absolute_path!r}")
 
     def refresh(self) -> None:
         """Re-read the node's published TTL and policy (after a change of settings)."""
