@@ -188,26 +188,28 @@ def redis_cluster(tmp_path):
              "--dir", str(work)], stdout=subprocess.DEVNULL,
         ))  # fmt: skip
         ports.append(port)
-    for port in ports:
+    try:
+        for port in ports:
+            for _ in range(100):
+                if answers(port):
+                    break
+                time.sleep(0.05)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
         for _ in range(100):
-            if answers(port):
+            out = subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"],
+                                 capture_output=True, text=True).stdout  # fmt: skip
+            if "cluster_state:ok" in out:
                 break
-            time.sleep(0.05)
-    subprocess.run(
-        ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-         "--cluster-replicas", "0", "--cluster-yes"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    for _ in range(100):
-        out = subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"],
-                             capture_output=True, text=True).stdout  # fmt: skip
-        if "cluster_state:ok" in out:
-            break
-        time.sleep(0.1)
-    yield f"redis+cluster://127.0.0.1:{ports[0]}"
-    for proc in procs:
-        proc.terminate()
-        proc.wait()
+            time.sleep(0.1)
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
 
 
 def test_redis_cluster_across_shards(redis_cluster, tmp_path):
