@@ -103,3 +103,56 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_up_with_two_nodes(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "REDIS_URL"))}
+    env.update(
+        DISK_CACHE_ROOT=str(tmp_path / "downloads"),
+        CACHEMGR_STATE_DIR=str(tmp_path / "state"),
+        CACHEMGR_REDIS_PORT=str(_free_port()),
+        PORT=str(port),
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "up", "--nodes", "2"],
+        env=env, cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                stats = wait_for(f"{base}/cache/stats", timeout=5)
+                if sorted((n["node"], n["up"]) for n in stats["nodes"]) == [
+                    ("node1", True),
+                    ("node2", True),
+                ]:
+                    break
+            except AssertionError:
+                pass
+            time.sleep(0.5)
+        assert [n["node"] for n in stats["nodes"] if n["up"]] == ["node1", "node2"]
+        album = tmp_path / "downloads" / "node2" / "album"
+        album.mkdir()
+        (album / "t.mp3").write_bytes(b"x" * 5000)
+        request = urllib.request.Request(
+            f"{base}/cache/register/album?node=node2&wait=30", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=40) as r:
+            assert json.loads(r.read())["result"]["status"] == "registered"
+        node2 = wait_for(f"{base}/cache/directories?node=node2")
+        node1 = wait_for(f"{base}/cache/directories?node=node1")
+        assert [d["path"] for d in node2["directories"]] == ["album"]
+        assert node1["directories"] == []
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            output, _ = up.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            output = ""
+    assert up.returncode == 0, output
