@@ -25,6 +25,7 @@ from kombu.exceptions import OperationalError
 from api import stack
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
 from cachemgr.cleanup import cleanup as run_cleanup
+from cachemgr.logs import configure_logging
 from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry
 from cachemgr.settings import parse_duration, parse_size
@@ -143,6 +144,8 @@ def stats(as_json: bool | None) -> None:
         ]  # fmt: skip
         for label, value in rows:
             click.echo(f"{label:<20} {value}")
+        for warning in s.get("warnings", []):
+            click.secho(f"warning: {warning}", fg="yellow")
 
     emit(s, as_json, table)
 
@@ -362,9 +365,12 @@ def _create_app() -> Any:
     from api import create_app
 
     try:
-        return create_app()
-    except SettingsError as exc:
+        app = create_app()
+    except (SettingsError, ValueError) as exc:
         raise Fail(str(exc), EXIT_CONFIG) from None
+    # A command's output is its answer: INFO lines only when asked for.
+    configure_logging(level=os.environ.get("DISK_CACHE_LOG_LEVEL") or "WARNING")
+    return app
 
 
 main = FlaskGroup(
