@@ -23,6 +23,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from kombu.exceptions import OperationalError
 
 from api import stack
+from api.humanize import human_bytes
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.logs import configure_logging
@@ -64,16 +65,6 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _state() -> Any:
     return current_app.extensions["cachemgr"]
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def human_age(seconds: float) -> str:

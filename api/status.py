@@ -9,7 +9,6 @@ refreshes the page in place.
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 import time
@@ -20,8 +19,9 @@ import redis
 from flask import Blueprint, current_app, render_template
 
 from api.extensions import cache
+from api.humanize import human_bytes, human_count, human_duration, percent
 from cachemgr import DiskCache
-from cachemgr.records import Entry, iso, unpack
+from cachemgr.records import Entry, iso
 
 bp = Blueprint("status", __name__)
 
@@ -33,44 +33,6 @@ SCAN_LIMIT = 100_000
 HISTORY_SAMPLES = 288  # what cleanup.py keeps
 CHART_W, CHART_H = 320, 96
 PAD_X, PAD_Y = 2, 6
-
-
-# -- formatting (Jinja filters) -------------------------------------------------------------
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} PiB"
-
-
-def human_count(n: float | None) -> str:
-    return "–" if n is None else f"{int(n):,}"
-
-
-def percent(ratio: float | None, digits: int = 1) -> str:
-    return "–" if ratio is None else f"{100 * ratio:.{digits}f} %"
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    s = abs(float(seconds))
-    if s < 1:
-        return f"{s * 1000:.0f} ms"
-    if s < 60:
-        return f"{s:.1f} s"
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            parts.append(f"{int(s // size)}{unit}")
-            s %= size
-        if len(parts) == 2:
-            break
-    return " ".join(parts)
 
 
 def ago(ts: float | None, now: float) -> str:
@@ -177,40 +139,7 @@ def interval_ratios(samples: list[dict[str, Any]]) -> list[float | None]:
 # -- directories ----------------------------------------------------------------------------
 def largest(disk_cache: DiskCache, n: int = TOP) -> tuple[list[Entry], bool]:
     """The n largest tracked directories, and whether the scan was cut at SCAN_LIMIT."""
-    seen = 0
-    sizes: list[tuple[int, str, str]] = []
-    cut = False
-    for path, rec in disk_cache.client.hscan_iter(disk_cache.keys.entries, count=1000):
-        seen += 1
-        if seen > SCAN_LIMIT:
-            cut = True
-            break
-        try:
-            size = unpack(rec)[0]
-        except ValueError:
-            continue
-        item = (size, path, rec)
-        if len(sizes) < n:
-            heapq.heappush(sizes, item)
-        elif item > sizes[0]:
-            heapq.heapreplace(sizes, item)
-    top = sorted(sizes, reverse=True)
-    if not top:
-        return [], cut
-    pipe = disk_cache.client.pipeline(transaction=False)
-    for _, path, _ in top:
-        pipe.zscore(disk_cache.keys.lru, path)
-        pipe.zscore(disk_cache.keys.pins, path)
-    scores = pipe.execute()
-    out = []
-    for i, (_, path, rec) in enumerate(top):
-        last, pin = scores[2 * i], scores[2 * i + 1]
-        if last is None:
-            continue  # removed since the scan
-        size, files, registered, hits = unpack(rec)
-        ttl = disk_cache.settings.disk_cache_ttl_seconds
-        out.append(Entry(path, size, files, registered, float(last), hits, ttl, pin))
-    return out, cut
+    return disk_cache.store.largest(n, SCAN_LIMIT)
 
 
 def stalest(disk_cache: DiskCache, n: int = TOP) -> list[Entry]:

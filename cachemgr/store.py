@@ -7,6 +7,7 @@ batch many of them into one round trip; they then return the pipeline's pending 
 from __future__ import annotations
 
 import base64
+import heapq
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -317,6 +318,35 @@ class Store:
             pipe.zscore(self.keys.lru, p)
         scores = pipe.execute()
         return self._entries([(p, s) for p, s in zip(paths, scores, strict=True) if s is not None])
+
+    def largest(self, n: int, scan_limit: int = 100_000) -> tuple[list[Entry], bool]:
+        """The n largest entries, and whether the scan stopped at `scan_limit` records.
+
+        There is no index by size (it would cost memory on every entry), so this is a bounded
+        HSCAN for status pages, never a steady-state path.
+        """
+        top: list[tuple[int, str]] = []
+        cut = False
+        for seen, (path, rec) in enumerate(
+            self.client.hscan_iter(self.keys.entries, count=1000), 1
+        ):
+            if seen > scan_limit:
+                cut = True
+                break
+            item = (unpack(rec)[0], path)
+            if len(top) < n:
+                heapq.heappush(top, item)
+            elif item > top[0]:
+                heapq.heapreplace(top, item)
+        paths = [p for _, p in sorted(top, reverse=True)]
+        if not paths:
+            return [], cut
+        pipe = self.client.pipeline(transaction=False)
+        for p in paths:
+            pipe.zscore(self.keys.lru, p)
+        scores = pipe.execute()
+        items = [(p, s) for p, s in zip(paths, scores, strict=True) if s is not None]
+        return self._entries(items), cut
 
     def total_bytes(self) -> int:
         return int(self.client.get(self.keys.bytes) or 0)

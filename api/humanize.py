@@ -1,0 +1,40 @@
+"""Numbers for people: sizes, counts, ratios and durations, for the CLI and the status page."""
+
+from __future__ import annotations
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "–"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"
+
+
+def human_count(n: float | None) -> str:
+    return "–" if n is None else f"{int(n):,}"
+
+
+def percent(ratio: float | None, digits: int = 1) -> str:
+    return "–" if ratio is None else f"{100 * ratio:.{digits}f} %"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = abs(float(seconds))
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 60:
+        return f"{s:.1f} s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            parts.append(f"{int(s // size)}{unit}")
+            s %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts)
