@@ -156,3 +156,52 @@ def test_up_with_two_nodes(tmp_path: Path, monkeypatch):
             up.kill()
             output = ""
     assert up.returncode == 0, output
+
+
+def test_procfile_runs_under_honcho(tmp_path: Path, monkeypatch):
+    """Every Procfile process starts (web answers on $PORT) and honcho stops them all."""
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+    from tests.conftest import REDIS_URL
+
+    root = tmp_path / "downloads"
+    root.mkdir()
+    port = _free_port()
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DISK_CACHE_"))}
+    env.update(
+        PATH=f"{venv_bin}:{env.get('PATH', '')}",
+        REDIS_URL=REDIS_URL,
+        CELERY_BROKER_URL=REDIS_URL.rsplit("/", 1)[0] + "/12",
+        CACHEMGR_QUEUE=f"honcho-{port}",
+        DISK_CACHE_ROOT=str(root),
+        DISK_CACHE_KEY_PREFIX=f"honcho{port}:",
+        CACHEMGR_STATE_DIR=str(tmp_path / "state"),
+        FLOWER_PORT=str(_free_port()),
+    )
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "start", "-p", str(port)],
+        env=env, cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert wait_for(f"http://127.0.0.1:{port}/cache/stats")["directory_count"] == 0
+        children = psutil.Process(honcho.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in children)
+        for needed in ("gunicorn", "worker", "beat", "flower"):
+            assert needed in names, needed
+    finally:
+        honcho.send_signal(signal.SIGINT)
+        try:
+            output, _ = honcho.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            output = ""
+        from cachemgr import connect
+
+        client = connect(REDIS_URL)
+        for key in client.scan_iter(match=f"honcho{port}:*"):
+            client.delete(key)
+    time.sleep(0.5)
+    alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], output
