@@ -188,12 +188,24 @@ def enforce_quota(
         heartbeat=heartbeat,
     )
     if not dry_run and result.usage_after > cache.settings.threshold_bytes and not result.more:
+        # Like kubelet's FreeDiskSpaceFailed: say loudly that the quota could not be met.
+        why = {
+            "usage_after": result.usage_after,
+            "pinned": len(result.skipped_pinned),
+            "locked": len(result.skipped_locked),
+            "young": len(result.skipped_young),
+        }
         log.warning(
-            "quota: still %d bytes used after eviction (pinned %d, locked %d, young %d)",
-            result.usage_after,
-            len(result.skipped_pinned),
-            len(result.skipped_locked),
-            len(result.skipped_young),
+            "quota: could not free enough, still %(usage_after)d bytes used after eviction "
+            "(skipped: pinned %(pinned)d, locked %(locked)d, young %(young)d)",
+            why,
+            extra={"event": "eviction_short"},
+        )
+        cache.client.xadd(
+            cache.keys.events,
+            {"event": "eviction_short", "time": f"{cache.clock():.3f}", **why},
+            maxlen=cache.settings.disk_cache_events_maxlen,
+            approximate=True,
         )
     return result
 

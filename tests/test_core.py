@@ -201,6 +201,16 @@ def test_lock_has_a_timeout_and_only_its_owner_releases_it(cache):
     assert a.release() is False and b.held()
 
 
+def test_an_eviction_that_cannot_reach_the_target_says_so(cache, root):
+    fill(cache, root, 19)
+    for i in range(19):
+        cache.pin(f"album{i:02d}", 60)
+    result = enforce_quota(cache)
+    assert result.removed == [] and len(result.skipped_pinned) == 19
+    event = cache.store.events(1)[0]
+    assert event["event"] == "eviction_short" and event["pinned"] == "19"
+
+
 def test_pinned_directory_is_never_evicted_or_expired(settings, redis_client, root):
     cache = DiskCache(settings.with_(disk_cache_ttl_seconds=1), redis_client)
     fill(cache, root, 19)
