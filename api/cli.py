@@ -23,6 +23,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from kombu.exceptions import OperationalError
 
 from api import stack
+from api.cli_sim import simulate_command, trace_group
 from api.humanize import human_bytes
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
 from cachemgr.cleanup import cleanup as run_cleanup
@@ -372,7 +373,7 @@ main = FlaskGroup(
     add_version_option=False,
     load_dotenv=False,
 )
-for command in [*COMMANDS, serve, up]:
+for command in [*COMMANDS, serve, up, simulate_command, trace_group]:
     main.add_command(command)
 
 

@@ -1,17 +1,37 @@
 """Eviction policies: one registry maps a policy name to its behaviour.
 
 A policy is Lua spliced into the core scripts (scripts.py) plus a script that names the next
-victims. The hooks see the locals `path`, `size`, `now`, `hits` and `reg`. The core keeps
+victims. The hooks see the locals `path`, `size`, `now` and `hits` (and `reason` in the
+claim); `reg` exists only in the rebuild, so a hook reads the registration from the record.
+The core keeps
 `cache:lru` for every policy (the seed's key, and the expiry index), so `lru` needs no hook.
 
-Switching policy on a running cache rebuilds the new policy's structures from the records:
-`fifo` orders by registration time, `lfu` by hit count then last access, `lru` by last access.
+Switching policy on a running cache (Store.ensure_policy / rebuild_policy) drops the new
+policy's structures and carries every tracked entry over from the records, oldest access first,
+through the policy's own insert hook: `fifo` orders by registration time, `lfu` by hit count
+then last access, `lru` by last access (nothing to rebuild). `sieve` queues the entries by last
+access with every visited bit clear and the hand at the oldest; `s3fifo` and `s3fifo-lg` put
+them through admission as if newly registered in that order (about a tenth of the bytes in the
+small queue, the rest in main, all counters zero, an empty ghost); `2q` puts them all in its
+FIFO (Ain), oldest access first, with an empty ghost; `gdsf` and `gdsf-bytes`
+give each entry the priority of its recorded hit count + 1, the inflation L reset to 0.
+The records themselves (sizes, hits, times) are untouched: only the old policy's own history
+(visited bits, queues, ghosts, L) is lost.
+
+Every hook and victims script is O(log n) per entry touched. SIEVE's hand and S3-FIFO's
+reinsertions may pass several entries on one eviction, but each entry passed was paid for by
+an earlier hit (a visited bit, a clock count of at most 3), so the cost per access and per
+eviction is O(log n) amortized; nothing scans the cache. S3-FIFO's victims script works out the
+reinsertions without making them, so reading victims repeatedly without claiming any repeats
+that walk; claiming makes it once. The Lua of the newer policies is in policy_lua.py, the
+reference models of all of them in models.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cachemgr import policy_lua as lua
 from cachemgr.scripts import COMMON_KEYS, PRELUDE, compose
 
 
@@ -82,7 +102,13 @@ FIFO = Policy(
     name="fifo",
     description="first registered, first evicted; accesses do not reorder",
     victims=_HEAD_OF_POLICY_ZSET,
-    on_insert="redis.call('ZADD', KEYS[8], 'NX', reg, path)",
+    # The registration time from the record: REGISTER has no `reg` local, REBUILD does.
+    on_insert="""
+do
+  local _, _, registered = parse(redis.call('HGET', KEYS[1], path))
+  redis.call('ZADD', KEYS[8], 'NX', registered, path)
+end
+""",
     on_remove="redis.call('ZREM', KEYS[8], path)",
 )
 
@@ -96,7 +122,65 @@ LFU = Policy(
     on_remove="redis.call('ZREM', KEYS[8], path)",
 )
 
-POLICIES: dict[str, Policy] = {p.name: p for p in (LRU, FIFO, LFU)}
+SIEVE = Policy(
+    name="sieve",
+    description="SIEVE (NSDI'24): FIFO order, a visited bit per hit, a hand that spares visited",
+    victims=lua.SIEVE_VICTIMS,
+    on_insert=lua.SIEVE_ON_INSERT,
+    on_hit=lua.SIEVE_ON_HIT,
+    on_remove=lua.SIEVE_ON_REMOVE,
+    aux=lua.SIEVE_AUX,
+)
+
+S3FIFO = Policy(
+    name="s3fifo",
+    description="S3-FIFO (SOSP'23): small probationary FIFO, main 2-bit-clock FIFO, ghost",
+    aux=lua.S3FIFO_AUX,
+    **lua.s3fifo_lua(small=(1, 10), ghost=(9, 10)),
+)
+
+# The same with a ghost remembering twice the cache's bytes: evicted directories that come
+# back within two cache-fulls skip probation. Best for byte miss ratio on the traces measured.
+S3FIFO_LG = Policy(
+    name="s3fifo-lg",
+    description="S3-FIFO with a large ghost (2x the cache): the recommended policy for audio",
+    aux=lua.S3FIFO_AUX,
+    **lua.s3fifo_lua(small=(1, 10), ghost=(2, 1)),
+)
+
+TWOQ = Policy(
+    name="2q",
+    description="2Q: a FIFO for new entries, a ghost of those it evicted, an LRU for returns",
+    victims=lua.TWOQ_VICTIMS,
+    on_insert=lua.TWOQ_ON_INSERT,
+    on_hit=lua.TWOQ_ON_HIT,
+    on_remove=lua.TWOQ_ON_REMOVE,
+    aux=lua.TWOQ_AUX,
+)
+
+GDSF = Policy(
+    name="gdsf",
+    description="GreedyDual-Size-Frequency, cost 1: favours small, popular entries (objects)",
+    victims=lua.GDSF_VICTIMS,
+    on_insert=lua.gdsf_priority("hits + 1", cost_is_size=False),
+    on_hit=lua.gdsf_priority("hits + 2", cost_is_size=False),
+    on_remove=lua.GDSF_ON_REMOVE,
+    aux=lua.GDSF_AUX,
+)
+
+GDSF_BYTES = Policy(
+    name="gdsf-bytes",
+    description="GreedyDual-Size-Frequency, cost = size: LFU with aging (bytes)",
+    victims=lua.GDSF_VICTIMS,
+    on_insert=lua.gdsf_priority("hits + 1", cost_is_size=True),
+    on_hit=lua.gdsf_priority("hits + 2", cost_is_size=True),
+    on_remove=lua.GDSF_ON_REMOVE,
+    aux=lua.GDSF_AUX,
+)
+
+POLICIES: dict[str, Policy] = {
+    p.name: p for p in (LRU, FIFO, LFU, SIEVE, S3FIFO, S3FIFO_LG, TWOQ, GDSF, GDSF_BYTES)
+}
 
 __all__ = ["COMMON_KEYS", "POLICIES", "Policy", "register_policy"]
 

@@ -249,8 +249,17 @@ class Store:
         return done
 
     def ensure_policy(self) -> bool:
-        """Rebuild when the policy changed since the structures were built; True if it did."""
-        if self.client.get(self.keys.policy_name) == self.policy.name:
+        """Rebuild when the policy changed since the structures were built; True if it did.
+
+        With no name recorded yet, structures that exist were built by the registrations of
+        this very policy (its hooks ran on each one): adopt them rather than wipe its history.
+        """
+        recorded = self.client.get(self.keys.policy_name)
+        if recorded == self.policy.name:
+            return False
+        own = [self.keys.policy] + self.script_keys()[scripts.COMMON_KEYS :]
+        if recorded is None and self.client.exists(*own):
+            self.client.set(self.keys.policy_name, self.policy.name)
             return False
         self.rebuild_policy()
         return True

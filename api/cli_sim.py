@@ -1,0 +1,211 @@
+"""`cachemgr simulate TRACE` and `cachemgr trace export`: pick a policy and a quota from evidence.
+
+Plain click objects (`simulate_command`, `trace_group`), registered on the main CLI. Every
+expected error is one line (click.ClickException), never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from typing import Any, TextIO
+
+import click
+import redis
+
+from cachemgr.keys import Keys
+from cachemgr.models import MODELS
+from cachemgr.settings import Settings, SettingsError
+from cachemgr.simulate import BOUNDS, format_table, parse_size, plot, simulate
+from cachemgr.store import connect
+from cachemgr.traces import FORMATS, TraceError, read_trace
+
+
+@click.command("simulate")
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    help=f"Policy to replay (repeatable; default all: {', '.join(MODELS)}).",
+)
+@click.option(
+    "--size",
+    "sizes",
+    multiple=True,
+    help="Cache size: 1% / 10% of the working set, or 128MiB, 2GB, bytes (repeatable; "
+    "default 1%, 5%, 10%).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Trace format (default: from the file name: .bin oracleGeneral, .csv, else text).",
+)
+@click.option("--bounds/--no-bounds", default=True, help="Also compute Belady, BeladySize, PFOO-L.")
+@click.option("--limit", type=int, default=None, help="Replay only the first N requests.")
+@click.option(
+    "--threshold",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Evict once usage passes this share of the size (cachemgr's own: 0.9).",
+)
+@click.option(
+    "--target",
+    type=float,
+    default=None,
+    help="...down to this share (default: the threshold; cachemgr's own: 0.8).",
+)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG plot.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def simulate_command(
+    trace: str,
+    policies: tuple[str, ...],
+    sizes: tuple[str, ...],
+    fmt: str | None,
+    bounds: bool,
+    limit: int | None,
+    threshold: float,
+    target: float | None,
+    plot_path: str | None,
+    as_json: bool,
+) -> None:
+    """Replay TRACE through the policies at several cache sizes; print miss ratios."""
+    chosen = list(dict.fromkeys(policies)) or list(MODELS)
+    unknown = [p for p in chosen if p not in MODELS]
+    if unknown:
+        raise click.ClickException(f"unknown policy {unknown[0]!r} (known: {', '.join(MODELS)})")
+    try:
+        parsed = [parse_size(s) for s in (sizes or ("1%", "5%", "10%"))]
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if limit is not None and limit <= 0:
+        raise click.ClickException("--limit must be > 0")
+    target = threshold if target is None else target
+    if not 0 < target <= threshold <= 1:
+        raise click.ClickException("need 0 < --target <= --threshold <= 1")
+    try:
+        data = read_trace(trace, fmt)
+    except TraceError as exc:
+        raise click.ClickException(str(exc)) from None
+    if limit:
+        data = data.head(limit)
+    results = simulate(
+        data,
+        chosen,
+        parsed,
+        with_bounds=BOUNDS if bounds else (),
+        progress=not as_json,
+        threshold=threshold,
+        target=target,
+    )
+    if plot_path:
+        try:
+            plot(results, plot_path, title=data.name)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot write the plot {plot_path}: {exc}") from None
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "trace": data.name,
+                    "requests": len(data),
+                    "objects": data.objects,
+                    "working_set_bytes": data.working_set_bytes(),
+                    "results": [r.to_dict() for r in results],
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(
+        f"{data.name}: {len(data):,} requests, {data.objects:,} objects, "
+        f"working set {data.working_set_bytes():,} bytes"
+    )
+    click.echo(format_table(results))
+    if plot_path:
+        click.echo(f"plot written to {plot_path}")
+
+
+@click.group("trace")
+def trace_group() -> None:
+    """The access log: an opt-in, capped Redis stream of every access (Store access_log_maxlen)."""
+
+
+def _keys_and_client(redis_url: str | None, prefix: str | None) -> tuple[Keys, Any]:
+    if redis_url is None or prefix is None:
+        try:
+            settings = Settings.from_env(require_root=False)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
+        redis_url = redis_url or settings.redis_url
+        prefix = settings.disk_cache_key_prefix if prefix is None else prefix
+    return Keys(prefix), connect(redis_url)
+
+
+def export_rows(client: Any, keys: Keys, out: TextIO, count: int | None = None) -> int:
+    """Write the stream as CSV `timestamp,path,size,hit`, oldest first; return rows written."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["timestamp", "path", "size", "hit"])
+    written, start = 0, "-"
+    while count is None or written < count:
+        batch = 1000 if count is None else min(1000, count - written)
+        chunk = client.xrange(keys.accesses, min=start, max="+", count=batch)
+        if not chunk:
+            break
+        for _ident, fields in chunk:
+            writer.writerow(
+                [
+                    fields.get("t", ""),
+                    fields.get("path", ""),
+                    fields.get("size", "0"),
+                    fields.get("hit", "0"),
+                ]
+            )
+        written += len(chunk)
+        start = "(" + chunk[-1][0]
+        if len(chunk) < batch:
+            break
+    return written
+
+
+@trace_group.command("export")
+@click.option("--redis-url", default=None, help="Default: REDIS_URL from the environment.")
+@click.option(
+    "--prefix", default=None, help="Key prefix of the node (default: DISK_CACHE_KEY_PREFIX)."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+    default="-",
+    help="CSV file to write (default: standard output).",
+)
+@click.option("--count", type=int, default=None, help="At most this many accesses (oldest first).")
+def export_command(
+    redis_url: str | None, prefix: str | None, output: str, count: int | None
+) -> None:
+    """Write the access log as CSV timestamp,path,size,hit, for `cachemgr simulate`."""
+    if count is not None and count <= 0:
+        raise click.ClickException("--count must be > 0")
+    keys, client = _keys_and_client(redis_url, prefix)
+    try:
+        if output == "-":
+            n = export_rows(client, keys, sys.stdout, count)
+        else:
+            with open(output, "w", newline="", encoding="utf-8") as fh:
+                n = export_rows(client, keys, fh, count)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise click.ClickException(f"Redis cannot be reached: {exc}") from None
+    except redis.ResponseError as exc:
+        raise click.ClickException(f"cannot read {keys.accesses}: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc}") from None
+    if output != "-":
+        click.echo(f"{n} accesses written to {output}", err=True)
+
+
+__all__ = ["export_rows", "simulate_command", "trace_group"]

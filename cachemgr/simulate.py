@@ -1,0 +1,439 @@
+"""Replay a trace through the policy models at several cache sizes, beside offline bounds.
+
+The models use classic cache semantics (threshold = target = 1.0; an object larger than the
+whole cache passes without being cached), so the figures compare with libCacheSim's. Bounds:
+
+- Belady: evict the object requested furthest in the future (bypass allowed); the optimum for
+  equal sizes, a strong reference for variable ones.
+- BeladySize: evict the object with the largest size x time-to-next-request, chosen among a
+  seeded sample of 64 as libCacheSim does.
+- PFOO-L (Berger, Beckmann, Harchol-Balter, SIGMETRICS'18): a lower bound on the miss ratio of
+  any policy. Each request followed by another for the same object is an interval costing
+  size x distance; the cheapest intervals whose summed cost fits in capacity x trace length are
+  hits. For the byte miss ratio the intervals are taken shortest first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+import numpy as np
+
+from cachemgr.models import MODELS, make_model
+from cachemgr.traces import Trace, next_access
+
+BOUNDS = ("belady", "belady-size", "pfoo-l")
+CHUNK = 1 << 16
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+}
+
+
+@dataclass(frozen=True)
+class CacheSize:
+    """A size as the user wrote it: absolute bytes, or a fraction of the working set."""
+
+    text: str
+    bytes: int | None = None
+    fraction: float | None = None
+
+    def resolve(self, working_set: int) -> int:
+        if self.bytes is not None:
+            return self.bytes
+        assert self.fraction is not None
+        return max(1, int(working_set * self.fraction))
+
+
+def parse_size(text: str) -> CacheSize:
+    """`10%` (of the working set), `128MiB`, `1.5GB`, `4096` (bytes)."""
+    raw = text.strip()
+    if raw.endswith("%"):
+        try:
+            pct = float(raw[:-1])
+        except ValueError:
+            raise ValueError(f"bad cache size {text!r}") from None
+        if not 0 < pct <= 100:
+            raise ValueError(f"cache size {text!r}: a percentage must be in (0, 100]")
+        return CacheSize(raw, fraction=pct / 100)
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([A-Za-z]*)", raw)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"bad cache size {text!r} (use e.g. 1%, 10%, 128MiB, 2GB, 4096)")
+    n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if n <= 0:
+        raise ValueError(f"cache size {text!r} must be > 0")
+    return CacheSize(raw, bytes=n)
+
+
+@dataclass
+class Result:
+    policy: str
+    size: str
+    capacity: int
+    requests: int
+    misses: int
+    miss_bytes: int
+    total_bytes: int
+    seconds: float
+
+    @property
+    def object_miss_ratio(self) -> float:
+        return self.misses / self.requests if self.requests else 0.0
+
+    @property
+    def byte_miss_ratio(self) -> float:
+        return self.miss_bytes / self.total_bytes if self.total_bytes else 0.0
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(
+            object_miss_ratio=round(self.object_miss_ratio, 6),
+            byte_miss_ratio=round(self.byte_miss_ratio, 6),
+            requests_per_second=round(self.requests_per_second),
+        )
+        return d
+
+
+Progress = Callable[[int], None]
+
+
+class ProgressBar:
+    """A one-line bar on stderr for long replays; silent when stderr is not a terminal."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.started = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * int(frac * 30)
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        self.stream.write(f"\r{self.label:<24} [{bar:<30}] {frac:6.1%} {rate:,.0f} req/s")
+        if self.done >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def replay(
+    policy: str,
+    trace: Trace,
+    capacity: int,
+    *,
+    size_label: str = "",
+    progress: Progress | None = None,
+    threshold: float = 1.0,
+    target: float = 1.0,
+) -> Result:
+    """One policy at one size through the whole trace.
+
+    threshold/target below 1.0 replay cachemgr's own hysteresis (evict once usage passes
+    threshold x size, down to target x size) as DISK_CACHE_LRU_EVICTION_THRESHOLD/_TARGET set it.
+    """
+    model = make_model(policy, capacity, admit_larger=False, threshold=threshold, target=target)
+    request = model.request
+    ids, sizes = trace.ids, trace.sizes
+    misses = miss_bytes = 0
+    started = time.perf_counter()
+    for lo in range(0, len(ids), CHUNK):
+        sz = sizes[lo : lo + CHUNK]
+        hits = np.fromiter(map(request, ids[lo : lo + CHUNK].tolist(), sz.tolist()), dtype=bool)
+        missed = ~hits
+        misses += int(missed.sum())
+        miss_bytes += int(sz[missed].sum())
+        if progress:
+            progress(len(sz))
+    return Result(
+        policy,
+        size_label or str(capacity),
+        capacity,
+        len(ids),
+        misses,
+        miss_bytes,
+        int(sizes.sum()),
+        time.perf_counter() - started,
+    )
+
+
+# -- offline bounds ---------------------------------------------------------------------------
+
+
+def belady(trace: Trace, capacity: int, nxt: np.ndarray | None = None) -> tuple[int, int]:
+    """Misses and missed bytes of furthest-next-request-first, with bypass."""
+    nxt = next_access(trace.ids) if nxt is None else nxt
+    never = len(trace) + 1
+    in_cache: dict[int, int] = {}  # key -> its next request
+    sizes_of: dict[int, int] = {}
+    heap: list[tuple[int, int]] = []  # (-next request, key), lazily invalidated
+    total = misses = miss_bytes = 0
+    for i, (k, s, n) in enumerate(
+        zip(trace.ids.tolist(), trace.sizes.tolist(), nxt.tolist(), strict=True)
+    ):
+        n = never if n < 0 else n
+        if k in in_cache:
+            in_cache[k] = n
+            heapq.heappush(heap, (-n, k))
+            continue
+        misses += 1
+        miss_bytes += s
+        if s > capacity or n == never:
+            continue  # never useful to keep
+        in_cache[k] = n
+        sizes_of[k] = s
+        heapq.heappush(heap, (-n, k))
+        total += s
+        while total > capacity:
+            negn, v = heapq.heappop(heap)
+            if in_cache.get(v) != -negn:
+                continue
+            del in_cache[v]
+            total -= sizes_of.pop(v)
+        del i
+    return misses, miss_bytes
+
+
+def belady_size(
+    trace: Trace, capacity: int, nxt: np.ndarray | None = None, *, sample: int = 64, seed: int = 1
+) -> tuple[int, int]:
+    """Misses and missed bytes evicting the largest size x distance among a random sample."""
+    nxt = next_access(trace.ids) if nxt is None else nxt
+    rng = random.Random(seed)
+    never = float(len(trace) + 1) * 4
+    keys: list[int] = []
+    pos: dict[int, int] = {}
+    next_of: dict[int, float] = {}
+    sizes_of: dict[int, int] = {}
+    total = misses = miss_bytes = 0
+    for i, (k, s, n) in enumerate(
+        zip(trace.ids.tolist(), trace.sizes.tolist(), nxt.tolist(), strict=True)
+    ):
+        nn = never if n < 0 else float(n)
+        if k in pos:
+            next_of[k] = nn
+            continue
+        misses += 1
+        miss_bytes += s
+        if s > capacity or n < 0:
+            continue
+        pos[k] = len(keys)
+        keys.append(k)
+        next_of[k] = nn
+        sizes_of[k] = s
+        total += s
+        while total > capacity:
+            picks = keys if len(keys) <= sample else rng.sample(keys, sample)
+            v = max(picks, key=lambda x: sizes_of[x] * (next_of[x] - i))
+            j = pos.pop(v)
+            last = keys.pop()
+            if last != v:
+                keys[j] = last
+                pos[last] = j
+            total -= sizes_of.pop(v)
+            del next_of[v]
+    return misses, miss_bytes
+
+
+def pfoo_l(trace: Trace, capacity: int, nxt: np.ndarray | None = None) -> tuple[float, float]:
+    """(object, byte) miss-ratio lower bounds."""
+    nxt = next_access(trace.ids) if nxt is None else nxt
+    n = len(trace)
+    has = nxt >= 0
+    idx = np.nonzero(has)[0]
+    dist = (nxt[has] - idx).astype(np.float64)
+    size = trace.sizes[has].astype(np.float64)
+    budget = float(capacity) * n
+    cost = size * dist
+
+    # A fractional knapsack: the intervals that fit whole, plus the share of the next one that
+    # the budget left covers (without it the greedy answer is not a bound).
+    def take(order: np.ndarray, value: np.ndarray) -> float:
+        spent = np.cumsum(cost[order])
+        whole = int(np.searchsorted(spent, budget, side="right"))
+        got = float(value[order[:whole]].sum())
+        if whole < len(order):
+            left = budget - (float(spent[whole - 1]) if whole else 0.0)
+            nxt_cost = float(cost[order[whole]])
+            if nxt_cost > 0:
+                got += float(value[order[whole]]) * left / nxt_cost
+        return got
+
+    obj_hits = take(np.argsort(cost, kind="stable"), np.ones_like(cost))
+    # A hit saves the bytes of the request it serves (sizes may change between requests).
+    served = trace.sizes[nxt[has]].astype(np.float64)
+    byte_hits = take(np.argsort(dist, kind="stable"), served)
+
+    total_bytes = float(trace.sizes.sum())
+    return 1 - obj_hits / n, (1 - byte_hits / total_bytes) if total_bytes else 0.0
+
+
+def bounds(
+    trace: Trace, capacity: int, size_label: str = "", which: Iterable[str] = BOUNDS
+) -> list[Result]:
+    nxt = next_access(trace.ids)
+    out = []
+    total = int(trace.sizes.sum())
+    for name in which:
+        started = time.perf_counter()
+        if name == "belady":
+            m, b = belady(trace, capacity, nxt)
+        elif name == "belady-size":
+            m, b = belady_size(trace, capacity, nxt)
+        elif name == "pfoo-l":
+            om, bm = pfoo_l(trace, capacity, nxt)
+            m, b = round(om * len(trace)), round(bm * total)
+        else:
+            raise ValueError(f"unknown bound {name!r} (known: {', '.join(BOUNDS)})")
+        out.append(
+            Result(
+                name,
+                size_label or str(capacity),
+                capacity,
+                len(trace),
+                m,
+                b,
+                total,
+                time.perf_counter() - started,
+            )
+        )
+    return out
+
+
+def simulate(
+    trace: Trace,
+    policies: Sequence[str],
+    sizes: Sequence[CacheSize],
+    *,
+    with_bounds: Iterable[str] = BOUNDS,
+    progress: bool = False,
+    threshold: float = 1.0,
+    target: float = 1.0,
+) -> list[Result]:
+    """Every policy and bound at every size, in that order."""
+    if not 0 < target <= threshold <= 1:
+        raise ValueError("need 0 < target <= threshold <= 1")
+    unknown = [p for p in policies if p not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown policy {unknown[0]!r} (known: {', '.join(MODELS)})")
+    wss = trace.working_set_bytes()
+    which = list(with_bounds)
+    show = progress and len(trace) * len(policies) >= 500_000
+    results: list[Result] = []
+    for cs in sizes:
+        cap = cs.resolve(wss)
+        for p in policies:
+            bar = ProgressBar(len(trace), f"{p} @ {cs.text}") if show else None
+            results.append(
+                replay(
+                    p,
+                    trace,
+                    cap,
+                    size_label=cs.text,
+                    progress=bar,
+                    threshold=threshold,
+                    target=target,
+                )
+            )
+        results.extend(bounds(trace, cap, cs.text, which))
+    return results
+
+
+def format_table(results: Sequence[Result], baseline: str = "lru") -> str:
+    """Object and byte miss ratios per size, with the byte ratio's change against LRU."""
+    base = {(r.size, r.policy): r for r in results}
+    lines = [
+        f"{'size':>9} {'capacity':>12} {'policy':<12} {'obj miss':>8} {'byte miss':>9} "
+        f"{'bytes vs lru':>12} {'req/s':>10}"
+    ]
+    for r in results:
+        ref = base.get((r.size, baseline))
+        delta = ""
+        if ref and ref.miss_bytes:
+            delta = f"{(r.miss_bytes - ref.miss_bytes) / ref.miss_bytes:+.1%}"
+        rate = "" if r.policy in BOUNDS else f"{r.requests_per_second:,.0f}"
+        lines.append(
+            f"{r.size:>9} {human(r.capacity):>12} {r.policy:<12} {r.object_miss_ratio:8.4f} "
+            f"{r.byte_miss_ratio:9.4f} {delta:>12} {rate:>10}"
+        )
+    return "\n".join(lines)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}TiB"
+
+
+def plot(results: Sequence[Result], path: str, title: str = "") -> None:
+    """Miss ratio against cache size, one line per policy; the area between the PFOO-L lower
+    bound and the best offline policy is shaded (the optimum lies there)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    caps = sorted({r.capacity for r in results})
+    by = {(r.policy, r.capacity): r for r in results}
+    policies = list(dict.fromkeys(r.policy for r in results if r.policy not in BOUNDS))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    unit, scale = ("GiB", 2**30) if caps and caps[-1] >= 10 * 2**30 else ("MiB", 2**20)
+    x = [c / scale for c in caps]
+    for ax, attr, label in (
+        (axes[0], "object_miss_ratio", "object miss ratio"),
+        (axes[1], "byte_miss_ratio", "byte miss ratio"),
+    ):
+        lower = [getattr(by[("pfoo-l", c)], attr) if ("pfoo-l", c) in by else None for c in caps]
+        offline = [
+            min(getattr(by[(b, c)], attr) for b in ("belady", "belady-size") if (b, c) in by)
+            if any((b, c) in by for b in ("belady", "belady-size"))
+            else None
+            for c in caps
+        ]
+        if all(v is not None for v in lower + offline):
+            ax.fill_between(
+                x, lower, offline, color="grey", alpha=0.25, label="PFOO-L .. best offline"
+            )
+            ax.plot(x, lower, color="grey", linestyle=":", linewidth=1)
+        for p in policies:
+            pts = [(c / scale, getattr(by[(p, c)], attr)) for c in caps if (p, c) in by]
+            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", markersize=3, label=p)
+        ax.set_xscale("log" if len(caps) > 1 and caps[-1] / caps[0] > 20 else "linear")
+        ax.set_xlabel(f"cache size ({unit})")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,183 @@
+"""Request traces for the simulator: libCacheSim oracleGeneral, `time id size` text, CSV.
+
+A trace is three parallel sequences (times, integer object ids, sizes in bytes). Paths in a
+CSV trace (cachemgr's own export) are mapped to integer ids in order of first appearance.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import lzma
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+ORACLE_GENERAL = np.dtype(
+    [("time", "<u4"), ("id", "<u8"), ("size", "<u4"), ("next", "<i8")]
+)  # 24-byte little-endian records, as libCacheSim writes them
+
+FORMATS = ("oracle", "text", "csv")
+
+
+class TraceError(ValueError):
+    """A trace that cannot be read: the message names the file and the reason."""
+
+
+@dataclass
+class Trace:
+    name: str
+    times: np.ndarray  # float64 seconds (or the trace's own clock)
+    ids: np.ndarray  # int64
+    sizes: np.ndarray  # int64 bytes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def objects(self) -> int:
+        return len(np.unique(self.ids))
+
+    def working_set_bytes(self) -> int:
+        """Bytes of all distinct objects, each at the size of its first request."""
+        _, first = np.unique(self.ids, return_index=True)
+        return int(self.sizes[first].sum())
+
+    def head(self, n: int) -> Trace:
+        return Trace(self.name, self.times[:n], self.ids[:n], self.sizes[:n])
+
+
+def detect_format(path: str | Path) -> str:
+    name = str(path).lower()
+    for suffix in (".xz", ".gz"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(".bin") or "oraclegeneral" in name:
+        return "oracle"
+    return "text"
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".xz":
+        return io.TextIOWrapper(lzma.open(path, "rb"), encoding="utf-8")
+    return path.open("r", encoding="utf-8")
+
+
+def read_oracle_general(path: str | Path) -> Trace:
+    p = Path(path)
+    raw = p.read_bytes() if p.suffix != ".xz" else lzma.decompress(p.read_bytes())
+    if len(raw) % ORACLE_GENERAL.itemsize:
+        raise TraceError(
+            f"{p}: {len(raw)} bytes is not a whole number of 24-byte oracleGeneral records"
+        )
+    rec = np.frombuffer(raw, dtype=ORACLE_GENERAL)
+    return Trace(
+        p.name,
+        rec["time"].astype(np.float64),
+        rec["id"].astype(np.int64),
+        rec["size"].astype(np.int64),
+    )
+
+
+def read_text(path: str | Path) -> Trace:
+    """One request a line: `time id size` (whitespace separated; ids may be any token)."""
+    p = Path(path)
+    times: list[float] = []
+    keys: list[str] = []
+    sizes: list[int] = []
+    with _open_text(p) as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) < 3:
+                raise TraceError(f"{p}:{lineno}: expected `time id size`, got {line.strip()!r}")
+            try:
+                times.append(float(parts[0]))
+                sizes.append(int(parts[2]))
+            except ValueError:
+                raise TraceError(f"{p}:{lineno}: bad number in {line.strip()!r}") from None
+            keys.append(parts[1])
+    return _from_keys(p.name, times, keys, sizes)
+
+
+def read_csv(path: str | Path) -> Trace:
+    """CSV with a header naming `timestamp`, `path` and `size` (cachemgr trace export)."""
+    p = Path(path)
+    times: list[float] = []
+    keys: list[str] = []
+    sizes: list[int] = []
+    with _open_text(p) as fh:
+        reader = csv.DictReader(fh)
+        missing = {"timestamp", "path", "size"} - set(reader.fieldnames or ())
+        if missing:
+            raise TraceError(f"{p}: CSV header lacks {', '.join(sorted(missing))}")
+        for row in reader:
+            try:
+                times.append(float(row["timestamp"]))
+                sizes.append(int(float(row["size"])))
+            except (TypeError, ValueError):
+                raise TraceError(f"{p}:{reader.line_num}: bad row {row!r}") from None
+            keys.append(row["path"])
+    # The access log writes 0 for a miss whose size the pipeline did not know: take the
+    # path's largest known size instead, so the miss costs what fetching it really costs.
+    known: dict[str, int] = {}
+    for k, s in zip(keys, sizes, strict=True):
+        if s > known.get(k, 0):
+            known[k] = s
+    sizes = [s or known.get(k, 0) for k, s in zip(keys, sizes, strict=True)]
+    return _from_keys(p.name, times, keys, sizes)
+
+
+def _from_keys(name: str, times: list[float], keys: list[str], sizes: list[int]) -> Trace:
+    ids: dict[str, int] = {}
+    out = np.fromiter((ids.setdefault(k, len(ids)) for k in keys), dtype=np.int64, count=len(keys))
+    return Trace(name, np.asarray(times, dtype=np.float64), out, np.asarray(sizes, dtype=np.int64))
+
+
+def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
+    p = Path(path)
+    if not p.is_file():
+        raise TraceError(f"{p}: no such file")
+    fmt = fmt or detect_format(p)
+    readers: dict[str, Any] = {"oracle": read_oracle_general, "text": read_text, "csv": read_csv}
+    if fmt not in readers:
+        raise TraceError(f"unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
+    try:
+        trace: Trace = readers[fmt](p)
+    except (OSError, lzma.LZMAError, UnicodeDecodeError) as exc:
+        raise TraceError(f"{p}: {exc}") from None
+    if len(trace) == 0:
+        raise TraceError(f"{p}: no requests")
+    if (trace.sizes < 0).any():
+        raise TraceError(f"{p}: negative sizes")
+    return trace
+
+
+def iter_requests(trace: Trace) -> Iterator[tuple[int, int]]:
+    yield from zip(trace.ids.tolist(), trace.sizes.tolist(), strict=True)
+
+
+def next_access(ids: np.ndarray) -> np.ndarray:
+    """For each request, the index of the next request for the same object (-1: none)."""
+    n = len(ids)
+    order = np.lexsort((np.arange(n), ids))  # by object, then by time
+    nxt = np.full(n, -1, dtype=np.int64)
+    same = ids[order[1:]] == ids[order[:-1]]
+    nxt[order[:-1][same]] = order[1:][same]
+    return nxt
+
+
+def write_oracle_general(trace: Trace, path: str | Path) -> None:
+    """The trace as libCacheSim's oracleGeneral binary (next access in virtual time)."""
+    rec = np.zeros(len(trace), dtype=ORACLE_GENERAL)
+    rec["time"] = trace.times.astype(np.uint32)
+    rec["id"] = trace.ids.astype(np.uint64)
+    rec["size"] = trace.sizes.astype(np.uint32)
+    rec["next"] = next_access(trace.ids)
+    Path(path).write_bytes(rec.tobytes())

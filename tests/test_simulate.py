@@ -1,0 +1,216 @@
+"""The simulator and the access-log export, through their click commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from api.cli_sim import simulate_command, trace_group
+from cachemgr.keys import Keys
+from cachemgr.models import MODELS
+from cachemgr.simulate import ProgressBar, belady, parse_size, pfoo_l, replay
+from cachemgr.store import Store
+from cachemgr.traces import Trace, read_trace, write_oracle_general
+from tests.conftest import REDIS_URL
+
+CLOUD = Path("/work/shared/traces/cloudPhysicsIO.oracleGeneral.bin")
+
+
+def synthetic(n: int = 3000, objects: int = 300, seed: int = 7) -> list[tuple[int, int, int]]:
+    rng = random.Random(seed)
+    sizes = {i: rng.randint(100, 5000) for i in range(objects)}
+    weights = [1 / (i + 1) for i in range(objects)]
+    ids = rng.choices(range(objects), weights=weights, k=n)
+    return [(t, i, sizes[i]) for t, i in enumerate(ids)]
+
+
+@pytest.fixture
+def text_trace(tmp_path: Path) -> Path:
+    p = tmp_path / "small.txt"
+    p.write_text("".join(f"{t} {i} {s}\n" for t, i, s in synthetic()))
+    return p
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(simulate_command, list(args))
+    return result.exit_code, result.output
+
+
+def test_simulate_prints_every_policy_and_the_bounds(text_trace):
+    code, out = run(str(text_trace), "--size", "5%", "--size", "20KiB")
+    assert code == 0, out
+    for name in (*MODELS, "belady", "belady-size", "pfoo-l"):
+        assert f" {name} " in out
+    assert "3,000 requests" in out
+
+
+def test_simulate_json_and_plot(text_trace, tmp_path):
+    png = tmp_path / "curves.png"
+    code, out = run(
+        str(text_trace),
+        "--policy",
+        "lru",
+        "--policy",
+        "s3fifo",
+        "--size",
+        "2%",
+        "--size",
+        "10%",
+        "--json",
+        "--plot",
+        str(png),
+    )
+    assert code == 0, out
+    data = json.loads(out)
+    rows = {(r["policy"], r["size"]): r for r in data["results"]}
+    assert set(p for p, _ in rows) == {"lru", "s3fifo", "belady", "belady-size", "pfoo-l"}
+    for size in ("2%", "10%"):
+        lower = rows[("pfoo-l", size)]
+        for p in ("lru", "s3fifo", "belady"):
+            assert rows[(p, size)]["object_miss_ratio"] >= lower["object_miss_ratio"] - 1e-9
+            assert rows[(p, size)]["byte_miss_ratio"] >= lower["byte_miss_ratio"] - 1e-9
+    assert rows[("lru", "10%")]["misses"] <= rows[("lru", "2%")]["misses"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_three_formats_give_the_same_answer(tmp_path):
+    reqs = synthetic(1500)
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"{t} {i} {s}\n" for t, i, s in reqs))
+    with (tmp_path / "t.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "path", "size", "hit"])
+        w.writerows([(t, f"album/{i}", s, 0) for t, i, s in reqs])
+    write_oracle_general(read_trace(text), tmp_path / "t.oracleGeneral.bin")
+    answers = set()
+    for name in ("t.txt", "t.csv", "t.oracleGeneral.bin"):
+        code, out = run(str(tmp_path / name), "--policy", "sieve", "--size", "7%", "--json")
+        assert code == 0, out
+        r = json.loads(out)["results"]
+        answers.add(tuple((x["policy"], x["misses"], x["miss_bytes"]) for x in r))
+    assert len(answers) == 1
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["/nonexistent/trace.bin"], "no such file"),
+        (["{trace}", "--size", "12 parsecs"], "bad cache size"),
+        (["{trace}", "--size", "250%"], "percentage"),
+        (["{trace}", "--policy", "mru"], "unknown policy"),
+        (["{bad}"], "24-byte"),
+    ],
+)
+def test_simulate_errors_are_one_line(text_trace, tmp_path, args, message):
+    bad = tmp_path / "broken.bin"
+    bad.write_bytes(b"\x00" * 25)
+    args = [a.format(trace=text_trace, bad=bad) for a in args]
+    code, out = run(*args)
+    assert code == 1
+    assert message in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_sizes_parse():
+    assert parse_size("128MiB").bytes == 128 * 2**20
+    assert parse_size("2GB").bytes == 2 * 10**9
+    assert parse_size("10%").fraction == pytest.approx(0.1)
+    assert parse_size("4096").bytes == 4096
+
+
+def test_bounds_order_on_a_synthetic_trace(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("".join(f"{t} {i} {s}\n" for t, i, s in synthetic(4000, 400)))
+    trace: Trace = read_trace(p)
+    cap = trace.working_set_bytes() // 10
+    lru = replay("lru", trace, cap)
+    opt_misses, _ = belady(trace, cap)
+    obj_lb, byte_lb = pfoo_l(trace, cap)
+    assert obj_lb * len(trace) <= opt_misses <= lru.misses
+    assert byte_lb <= lru.byte_miss_ratio
+
+
+@pytest.mark.skipif(not CLOUD.exists(), reason="shared traces not present")
+def test_lru_and_fifo_give_libcachesim_miss_counts_on_cloudphysics():
+    # libCacheSim's test/test_evictionAlgo.c numbers (and libcachesim 0.3.5 on PyPI).
+    code, out = run(
+        str(CLOUD),
+        "--policy",
+        "lru",
+        "--size",
+        "128MiB",
+        "--size",
+        "1GiB",
+        "--no-bounds",
+        "--json",
+    )
+    assert code == 0, out
+    misses = {r["size"]: r["misses"] for r in json.loads(out)["results"]}
+    assert misses == {"128MiB": 93374, "1GiB": 71704}
+
+
+def test_trace_export_writes_the_access_log(redis_client, prefix, tmp_path):
+    store = Store(redis_client, Keys(prefix), access_log_maxlen=1000)
+    store.access("a/one", now=100.0, miss_bytes=5000)
+    store.register("a/one", 5000, 3, now=101.0)
+    store.access("a/one", now=102.0)
+    store.access("b/two", now=103.0)  # a miss of unknown size
+    out = tmp_path / "log.csv"
+    result = CliRunner().invoke(
+        trace_group, ["export", "--redis-url", REDIS_URL, "--prefix", prefix, "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["path"], r["size"], r["hit"]) for r in rows] == [
+        ("a/one", "5000", "0"),
+        ("a/one", "5000", "1"),
+        ("b/two", "0", "0"),
+    ]
+    assert float(rows[1]["timestamp"]) == 102.0
+    # ...and the export is a trace the simulator reads.
+    code, text = run(str(out), "--policy", "lru", "--size", "1MiB", "--no-bounds")
+    assert code == 0, text
+
+
+def test_trace_export_when_redis_is_down(tmp_path):
+    result = CliRunner().invoke(
+        trace_group, ["export", "--redis-url", "redis://127.0.0.1:1/0", "--prefix", "x:"]
+    )
+    assert result.exit_code == 1
+    assert "Redis cannot be reached" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.1, 0.5, 0.9])
+def test_pfoo_l_is_below_belady_even_when_sizes_change(fraction):
+    rng = random.Random(3)
+    ids = [rng.choice(range(200)) if rng.random() < 0.8 else 1000 + i for i in range(3000)]
+    # An object's size changes now and then, as in the adaptsize trace.
+    sizes = [100 + (k * 37) % 900 + (rng.randint(0, 50) if rng.random() < 0.1 else 0) for k in ids]
+    trace = Trace("t", np.arange(3000, dtype=float), np.array(ids, dtype=np.int64), np.array(sizes))
+    cap = int(trace.working_set_bytes() * fraction)
+    misses, miss_bytes = belady(trace, cap)
+    obj_lb, byte_lb = pfoo_l(trace, cap)
+    assert obj_lb <= misses / len(trace) + 1e-12
+    assert byte_lb <= miss_bytes / int(trace.sizes.sum()) + 1e-12
+
+
+def test_progress_bar_draws_on_a_terminal_only(text_trace):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    trace = read_trace(text_trace)
+    shown, hidden = Terminal(), io.StringIO()
+    for stream in (shown, hidden):
+        bar = ProgressBar(len(trace), "lru @ 5%", stream=stream)
+        replay("lru", trace, trace.working_set_bytes() // 20, progress=bar)
+    assert "100.0%" in shown.getvalue() and shown.getvalue().endswith("\n")
+    assert hidden.getvalue() == ""
