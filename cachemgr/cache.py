@@ -28,7 +28,6 @@ class DiskCache:
         client: Any,
         *,
         clock: Callable[[], float] = time.time,
-        access_log_maxlen: int = 0,
     ) -> None:
         self.settings = settings
         self.root = settings.root
@@ -41,7 +40,7 @@ class DiskCache:
             policy=settings.disk_cache_eviction_policy,
             ttl_seconds=settings.disk_cache_ttl_seconds,
             events_maxlen=settings.disk_cache_events_maxlen,
-            access_log_maxlen=access_log_maxlen,
+            access_log_maxlen=settings.disk_cache_access_log_maxlen,
         )
         # Called with a path right before its files go: tests pause or kill a worker here.
         self.before_delete: Callable[[str], None] | None = None
@@ -275,6 +274,7 @@ class DiskCache:
                 "policy": s.disk_cache_eviction_policy,
                 "root": str(self.root),
                 "node": s.node,
+                "access_log_maxlen": s.disk_cache_access_log_maxlen,
             },
         )
 

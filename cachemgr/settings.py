@@ -99,6 +99,7 @@ class Settings:
     disk_cache_lock_timeout_seconds: int = 300
     disk_cache_entry_depth: int = 1
     disk_cache_events_maxlen: int = 10000
+    disk_cache_access_log_maxlen: int = 0  # 0: no access log; else the stream's cap
     disk_cache_node: str = ""
     disk_cache_cluster: str = "cachemgr"
 
@@ -125,6 +126,7 @@ class Settings:
         for name in (
             "disk_cache_min_age_seconds",
             "disk_cache_min_free_bytes",
+            "disk_cache_access_log_maxlen",
         ):
             if getattr(self, name) < 0:
                 fail(name, getattr(self, name), "must be >= 0")
@@ -215,6 +217,7 @@ _PARSERS: dict[str, Any] = {
     "disk_cache_lock_timeout_seconds": parse_duration,
     "disk_cache_entry_depth": int,
     "disk_cache_events_maxlen": int,
+    "disk_cache_access_log_maxlen": int,
 }
 
 

@@ -177,3 +177,30 @@ def test_the_worker_emits_task_events(worker, pipeline, cache, root):
     while result.id not in seen and time.monotonic() < deadline:
         time.sleep(0.1)
     assert result.id in seen
+
+
+def test_the_access_log_is_opt_in_and_capped(worker, settings, redis_client, root):
+    from tests.conftest import BROKER_URL, REDIS_URL, TEST_QUEUE
+    from workers import tasks
+    from workers.client import CacheClient
+
+    cache = DiskCache(settings.with_(disk_cache_access_log_maxlen=50), redis_client)
+    tasks.configure(cache)  # publishes the cap for pipeline clients
+    make_tree(root, "a")
+    cache.register("a")
+    client = CacheClient(BROKER_URL, redis_url=REDIS_URL, key_prefix=cache.keys.prefix,
+                         queue=TEST_QUEUE)  # fmt: skip
+    for _ in range(200):
+        client.access("a")
+    client.access("gone", miss_bytes=7)
+    log = redis_client.xrevrange(cache.keys.accesses, count=1)
+    assert log[0][1]["path"] == "gone" and log[0][1]["hit"] == "0" and log[0][1]["size"] == "7"
+    assert redis_client.xlen(cache.keys.accesses) < 200  # capped (approximately, as XADD ~)
+    client.close()
+
+
+def test_no_access_log_by_default(cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    cache.access("a")
+    assert cache.client.exists(cache.keys.accesses) == 0

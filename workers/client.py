@@ -126,6 +126,7 @@ class CacheClient:
                 self.keys,
                 policy=config.get("policy", "lru"),
                 ttl_seconds=int(config.get("ttl_seconds", 86400)),
+                access_log_maxlen=int(config.get("access_log_maxlen", 0)),
             )
         return self._store
 
