@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cachemgr import paths, scanner, trash
-from cachemgr.errors import NotOnDisk, NotTracked, Overlap
+from cachemgr.errors import DeleteFailed, NotOnDisk, NotTracked, Overlap
 from cachemgr.health import diagnose
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
@@ -72,9 +72,13 @@ class DiskCache:
                 found.file_count,
                 now=self.clock(),
                 must_not_be_tracked=others,
+                lock_token=lock.token,
             )
         finally:
             lock.release()
+        if outcome[0] == "lock_lost":
+            # The scan outlived the lock and another worker may have acted meanwhile.
+            return {"status": "skipped", "reason": "lock lost during the scan", "path": rel}
         if outcome[0] == "overlap":
             raise Overlap(f"{rel!r} overlaps {outcome[1]!r}, which is tracked on its own")
         total = self.store.total_bytes()
@@ -111,8 +115,13 @@ class DiskCache:
         return {"path": rel, "hit": hit}
 
     # -- removal --------------------------------------------------------------------------
-    def remove(self, path: str, *, remove_files: bool = False) -> dict[str, Any]:
-        """Untrack a directory, and delete its files when asked (never a pinned one's)."""
+    def remove(
+        self, path: str, *, remove_files: bool = False, missing_ok: bool = False
+    ) -> dict[str, Any]:
+        """Untrack a directory, and delete its files when asked (never a pinned one's).
+
+        `missing_ok` makes a second removal of the same path (a redelivered task) a no-op.
+        """
         rel = paths.normalize(path)
         location = paths.resolve(self.root, rel) if remove_files else None
         lock = self.lock(rel)
@@ -120,20 +129,23 @@ class DiskCache:
             self.store.count("skipped_locked")
             return {"status": "skipped", "reason": "locked", "path": rel}
         try:
-            deleting = remove_files and location is not None and paths.kind(location) == "dir"
+            deleting = location is not None and paths.kind(location) == "dir"
             outcome = self.store.claim(
                 rel,
                 "removed",
                 now=self.clock(),
                 honour_pins=remove_files,
                 deleting_files=deleting,
+                lock_token=lock.token,
             )
             if outcome[0] == "gone":
+                if missing_ok:
+                    return {"status": "not_tracked", "path": rel}
                 raise NotTracked(f"directory is not tracked: {rel!r}")
             if outcome[0] != "ok":
                 return {"status": "skipped", "reason": outcome[0], "path": rel}
-            if deleting and location is not None:
-                self._delete_files(rel, location)
+            if deleting:
+                self._delete_files(rel)
         finally:
             lock.release()
         size = int(outcome[1])
@@ -146,17 +158,24 @@ class DiskCache:
         )
         return {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
 
-    def _delete_files(self, rel: str, location: Any) -> None:
-        if self.before_delete is not None:
-            self.before_delete(rel)
-        trash.discard(self.root, location)
-        self.store.finish_deletion(rel)
+    def _delete_files(self, rel: str) -> None:
+        """Delete a claimed directory's files; if they cannot go, put it back on the books."""
+        try:
+            if self.before_delete is not None:
+                self.before_delete(rel)
+            trash.discard(self.root, rel)
+        except OSError as exc:
+            self.store.restore(rel, now=self.clock())
+            log.error("could not delete %s, kept on the books: %s", rel, exc)
+            raise DeleteFailed(f"could not delete {rel!r}: {exc.strerror or exc}") from None
+        self.store.finish_deletion(rel, now=self.clock())
 
     def take(self, entry: Entry, reason: str, *, min_age_seconds: int = 0) -> str:
         """Delete a chosen directory if it is still what was chosen; returns `ok` or why not.
 
         Under the directory's lock, the claim re-checks atomically that the entry has the same
-        registration and last access and is not pinned; only then do its files go.
+        registration and last access, is not pinned and the lock is still ours; only then do
+        its files go. Raises DeleteFailed (the entry stays on the books) when they cannot.
         """
         lock = self.lock(entry.path)
         if not lock.acquire():
@@ -164,10 +183,9 @@ class DiskCache:
             return "locked"
         try:
             try:
-                location = paths.resolve(self.root, entry.path)
-                on_disk = paths.kind(location)
+                on_disk = paths.kind(paths.resolve(self.root, entry.path))
             except paths.PathError:
-                location, on_disk = None, "unsafe"  # a parent became a symlink out of the root
+                on_disk = "unsafe"  # a parent became a symlink since registration
             outcome = self.store.claim(
                 entry.path,
                 reason,
@@ -176,11 +194,12 @@ class DiskCache:
                 expect_last_access=entry.last_access,
                 deleting_files=on_disk == "dir",
                 min_age_seconds=min_age_seconds,
+                lock_token=lock.token,
             )
             if outcome[0] != "ok":
                 return str(outcome[0])
-            if on_disk == "dir" and location is not None:
-                self._delete_files(entry.path, location)
+            if on_disk == "dir":
+                self._delete_files(entry.path)
             else:
                 log.warning(
                     "%s: %s was no longer a directory (%s); untracked only",

@@ -16,6 +16,7 @@ from typing import Any
 
 from cachemgr import trash
 from cachemgr.cache import DiskCache
+from cachemgr.errors import DeleteFailed
 from cachemgr.locks import Lock
 from cachemgr.reconcile import reconcile, recover_unfinished
 from cachemgr.records import Entry, PassResult, Removal
@@ -23,6 +24,7 @@ from cachemgr.records import Entry, PassResult, Removal
 log = logging.getLogger("cachemgr")
 
 DEFAULT_TIME_BUDGET = 60.0
+CLEANUP_LOCK_SECONDS = 30
 
 
 def _run_pass(
@@ -55,8 +57,10 @@ def _run_pass(
         ):
             result.more = True
             break
-        if heartbeat is not None:
-            heartbeat()
+        if heartbeat is not None and heartbeat() is False:
+            # The cleanup lock lapsed: another cleanup may be running; stop rather than race.
+            result.errors.append("cleanup lock lost: stopped early")
+            break
         batch = fetch(s.disk_cache_batch_size, offset)
         if not batch:
             break
@@ -65,7 +69,12 @@ def _run_pass(
                 break
             if len(result.removed) >= s.disk_cache_max_evictions_per_run:
                 break
-            outcome = _decide(cache, entry, reason, now, min_age_seconds, dry_run)
+            try:
+                outcome = _decide(cache, entry, reason, now, min_age_seconds, dry_run)
+            except DeleteFailed as exc:  # kept on the books; the others still go
+                result.errors.append(str(exc))
+                offset += 1
+                continue
             if outcome == "ok":
                 freed += entry.size_bytes
                 usage -= entry.size_bytes
@@ -99,7 +108,7 @@ def _decide(
             entry.size_bytes,
             extra={"event": reason, "path": entry.path, "size_bytes": entry.size_bytes},
         )
-    return "changed" if outcome == "gone" else outcome
+    return {"gone": "changed", "lock_lost": "locked"}.get(outcome, outcome)
 
 
 def sweep(
@@ -234,25 +243,33 @@ def cleanup(
         evicted = enforce_quota(cache, dry_run=True, usage=expired.usage_after, skip=not enforce)
         return {"status": "planned", "sweep": expired.to_dict(), "evict": evicted.to_dict()}
     # Short timeout, renewed per batch: a crashed worker blocks the next cleanup only briefly.
-    lock = Lock(
-        cache.client, cache.keys.cleanup_lock, cache.settings.disk_cache_lock_timeout_seconds * 1000
-    )
+    timeout = min(CLEANUP_LOCK_SECONDS, cache.settings.disk_cache_lock_timeout_seconds)
+    lock = Lock(cache.client, cache.keys.cleanup_lock, timeout * 1000)
     if not lock.acquire():
         return {"status": "skipped", "reason": "another cleanup is running"}
     started = time.time()
     try:
         recovered = recover_unfinished(cache)
         emptied = trash.empty(cache.root)
+        rebuilt = False
         if not cache.client.exists(cache.keys.initialized):
             log.warning("cache books are empty or new: reconciling with the disk before evicting")
-            reconcile(cache)
+            rebuilt = bool(reconcile(cache, heartbeat=lock.extend)["registered"])
+            if rebuilt:
+                # Pins were lost with the books; their holders renew them within a lease, so
+                # eviction waits for the next cleanup rather than take a directory in use.
+                log.warning("books rebuilt from the disk: eviction waits for the next cleanup")
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         cache.store.ensure_policy()
         expired = _sweep_or_nothing(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
         evicted = enforce_quota(
-            cache, time_budget=time_budget, skip=not enforce, resume=resume, heartbeat=lock.extend
+            cache,
+            time_budget=time_budget,
+            skip=rebuilt or not enforce,
+            resume=resume,
+            heartbeat=lock.extend,
         )
     except Exception as exc:
         _record(cache, started, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
@@ -265,6 +282,7 @@ def cleanup(
         "sweep": expired.to_dict(),
         "evict": evicted.to_dict(),
         "recovered": recovered,
+        "rebuilt": rebuilt,
         "trash_emptied": emptied,
         "pins_lapsed": lapsed,
         "more": expired.more or evicted.more,

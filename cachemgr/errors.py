@@ -31,3 +31,9 @@ class Overlap(CacheError):
     """The directory contains, or is inside, a directory tracked on its own: a 409."""
 
     code = "overlap"
+
+
+class DeleteFailed(CacheError):
+    """A directory's files could not be deleted; it stays on the books: a 500 with a reason."""
+
+    code = "delete_failed"

@@ -87,6 +87,11 @@ class Keys:
         return f"{self.prefix}lock:cache:cleanup"
 
     @property
+    def reconcile_lock(self) -> str:
+        """String, held while a reconcile runs."""
+        return f"{self.prefix}lock:cache:reconcile"
+
+    @property
     def last_cleanup(self) -> str:
         """HASH: time, duration and outcome of the last cleanup."""
         return f"{self.prefix}cache:last_cleanup"

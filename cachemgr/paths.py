@@ -66,20 +66,21 @@ def ancestors(path: str) -> list[str]:
 
 
 def resolve(root: Path, path: str) -> Path:
-    """The absolute location of a checked path; refuses one that leaves the root via a symlink.
+    """The absolute location of a checked path. Refuses a path with a symlink in any parent.
 
-    The last component itself is not followed: a symlink there is returned as the link, so a
-    deletion removes the link and never what it points to.
+    A symlinked parent is refused even when it points inside the root: it would make two
+    names for one directory (counted twice, a pin on one name not protecting the other). The
+    last component itself is not followed: a symlink there is returned as the link.
     """
     rel = normalize(path)
     real_root = Path(os.path.realpath(root))
     target = real_root / rel
     parent = Path(os.path.realpath(target.parent))
-    if parent != real_root and real_root not in parent.parents:
-        raise PathError(f"path leaves the cache root through a symlink: {path!r}")
-    if parent.relative_to(real_root).parts[:1] == (TRASH_DIR,):
-        raise PathError("path is inside cachemgr's trash folder")
-    return parent / target.name
+    if parent != target.parent:
+        inside = parent == real_root or real_root in parent.parents
+        where = "inside" if inside else "out of"
+        raise PathError(f"path goes through a symlink ({where} the cache root): {path!r}")
+    return target
 
 
 def kind(location: Path) -> str:

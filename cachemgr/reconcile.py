@@ -27,39 +27,50 @@ class ReconcileBusy(CacheError):
 
 
 def recover_unfinished(cache: DiskCache) -> list[str]:
-    """Finish what a crash interrupted: entries untracked for deletion whose files remain.
+    """Finish what a crash interrupted: directories claimed for deletion (cache:deleting).
 
-    Such a directory is put back on the books rather than deleted: the next pass decides again,
-    with fresh checks, whether it should go.
+    One whose files are still there is put back on the books exactly as it was (the next pass
+    decides again, with fresh checks); one whose files are gone is counted as deleted. An entry
+    whose directory lock is still held (the crashed worker's, until it lapses) waits.
     """
     recovered = []
     for path in cache.store.unfinished_deletions():
-        try:
-            location = paths.resolve(cache.root, path)
-        except CacheError:
-            cache.store.finish_deletion(path)
+        lock = cache.lock(path)
+        if not lock.acquire():
             continue
-        if paths.kind(location) == "dir" and not cache.store.tracked([path])[0]:
+        try:
             try:
-                cache.register(path)
-                recovered.append(path)
-            except CacheError as exc:
-                log.warning("could not re-register %s after a crash: %s", path, exc)
-        cache.store.finish_deletion(path)
+                on_disk = paths.kind(paths.resolve(cache.root, path))
+            except CacheError:
+                on_disk = "unsafe"
+            if on_disk == "dir":
+                if cache.store.restore(path, now=cache.clock()):
+                    recovered.append(path)
+            else:
+                cache.store.finish_deletion(path, now=cache.clock())
+        finally:
+            lock.release()
     return recovered
 
 
 def reconcile(
-    cache: DiskCache, *, dry_run: bool = False, progress: Progress | None = None
+    cache: DiskCache,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    heartbeat: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
+    """`heartbeat` (the caller's own lock, a cleanup's) is kept alive as the walk goes."""
     timeout_ms = cache.settings.disk_cache_lock_timeout_seconds * 1000
-    lock = Lock(cache.client, cache.keys.lock("*reconcile*"), timeout_ms)
+    lock = Lock(cache.client, cache.keys.reconcile_lock, timeout_ms)
     if not dry_run and not lock.acquire():
         raise ReconcileBusy("a reconcile is already running")
 
     def tick(done: int, total: int, path: str) -> None:
         if not dry_run and done % 100 == 0:
             lock.extend()  # alive while it makes progress; lapses soon after a crash
+            if heartbeat is not None:
+                heartbeat()
         if progress:
             progress(done, total, path)
 
@@ -133,15 +144,40 @@ def _reconcile_one(
         elif cache.register(path).get("status") == "registered":
             report["registered"].append(path)
         return
-    if not exists:
-        if dry_run or cache.store.claim(
-            path, "vanished", honour_pins=False, deleting_files=False
-        )[0] == "ok":
-            report["untracked"].append(path)
+    if dry_run:
+        _compare(cache, path, location, exists, record, report)
         return
+    lock = cache.lock(path)  # a registration or deletion of this path waits, and vice versa
+    if not lock.acquire():
+        report["errors"].append({"path": path, "error": "locked by another worker; next time"})
+        return
+    try:
+        change = _compare(cache, path, location, exists, record, report)
+        if change == "vanished":
+            cache.store.claim(path, "vanished", honour_pins=False, deleting_files=False,
+                              expect_registered=record[2], lock_token=lock.token)  # fmt: skip
+        elif isinstance(change, tuple):
+            cache.store.resize(path, *change)
+    finally:
+        lock.release()
+
+
+def _compare(
+    cache: DiskCache,
+    path: str,
+    location: Any,
+    exists: bool,
+    record: tuple[int, int, str, int],
+    report: dict[str, Any],
+) -> str | tuple[int, int] | None:
+    """What differs between a record and its directory: `vanished`, (size, files) or None."""
+    if not exists:
+        report["untracked"].append(path)
+        return "vanished"
     found = scanner.scan(location)
-    size, files = record[0], record[1]
-    if (found.size_bytes, found.file_count) != (size, files):
-        report["resized"].append({"path": path, "old_bytes": size, "new_bytes": found.size_bytes})
-        if not dry_run:
-            cache.store.resize(path, found.size_bytes, found.file_count)
+    if (found.size_bytes, found.file_count) == (record[0], record[1]):
+        return None
+    report["resized"].append(
+        {"path": path, "old_bytes": record[0], "new_bytes": found.size_bytes}
+    )
+    return found.size_bytes, found.file_count

@@ -2,7 +2,7 @@
 
 Every script gets the same KEYS layout (COMMON_KEYS), so that one script serves every policy:
 a policy adds its own Lua at the `--@on_insert`, `--@on_hit` and `--@on_remove` marks, and may
-use its own keys, appended as KEYS[12..] and seen as AUX[1..]. A record is the string
+use its own keys, appended as KEYS[13..] and seen as AUX[1..]. A record is the string
 `size files registered hits` (records.py).
 """
 
@@ -11,12 +11,13 @@ from __future__ import annotations
 # KEYS[1] cache:entries      KEYS[2] cache:lru          KEYS[3] cache:bytes
 # KEYS[4] cache:stats        KEYS[5] stats since reset  KEYS[6] cache:pins
 # KEYS[7] cache:deleting     KEYS[8] cache:policy       KEYS[9] dir:{path} (or unused)
-# KEYS[10] cache:events      KEYS[11] cache:accesses    KEYS[12..] the policy's own keys
-COMMON_KEYS = 11
+# KEYS[10] cache:events      KEYS[11] cache:accesses    KEYS[12] lock:dir:{path} (or unused)
+# KEYS[13..] the policy's own keys
+COMMON_KEYS = 12
 
 PRELUDE = """
 local AUX = {}
-for i = 12, #KEYS do AUX[#AUX + 1] = KEYS[i] end
+for i = 13, #KEYS do AUX[#AUX + 1] = KEYS[i] end
 local function count(field, n)
   if n ~= 0 then
     redis.call('HINCRBY', KEYS[4], field, n)
@@ -27,17 +28,27 @@ local function parse(rec)
   local size, files, reg, hits = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$')
   return tonumber(size), tonumber(files), reg, tonumber(hits)
 end
+-- Sizes stay the strings they came as: Lua would print a big number as %.14g.
+local function raw(rec)
+  return string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$')
+end
+-- The caller's lock must still be ours: a lock that lapsed mid-work may now be another's.
+local function lock_lost(token)
+  return token ~= '' and redis.call('GET', KEYS[12]) ~= token
+end
 """
 
 # Register or re-register one scanned directory.
 # ARGV[1] path  ARGV[2] size  ARGV[3] files  ARGV[4] now  ARGV[5] ttl seconds
-# ARGV[6..] paths that must not be tracked (ancestors and subdirectories: no double counting)
-# Returns {'overlap', other} or {'ok', new (1/0), byte delta}.
+# ARGV[6] lock token ('' = none held)
+# ARGV[7..] paths that must not be tracked (ancestors and subdirectories: no double counting)
+# Returns {'overlap', other}, {'lock_lost'} or {'ok', new (1/0), byte delta}.
 REGISTER = (
     PRELUDE
     + """
 local path, size, files, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-for i = 6, #ARGV do
+if lock_lost(ARGV[6]) then return {'lock_lost'} end
+for i = 7, #ARGV do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return {'overlap', ARGV[i]} end
 end
 local old = redis.call('HGET', KEYS[1], path)
@@ -46,7 +57,7 @@ if old then
   local osize, ofiles, oreg, ohits = parse(old)
   hits, delta, new = ohits, size - osize, 0
 end
-redis.call('HSET', KEYS[1], path, size .. ' ' .. files .. ' ' .. now .. ' ' .. hits)
+redis.call('HSET', KEYS[1], path, ARGV[2] .. ' ' .. files .. ' ' .. now .. ' ' .. hits)
 redis.call('ZADD', KEYS[2], now, path)
 redis.call('SET', KEYS[9], now, 'EX', ttl)
 redis.call('INCRBY', KEYS[3], delta)
@@ -73,12 +84,13 @@ if not rec then
   count('missed_bytes', missed)
   if logcap > 0 then
     redis.call('XADD', KEYS[11], 'MAXLEN', '~', logcap, '*', 't', now, 'path', path,
-      'size', missed, 'hit', 0)
+      'size', ARGV[4], 'hit', 0)
   end
   return 0
 end
-local size, files, reg, hits = parse(rec)
-redis.call('HSET', KEYS[1], path, size .. ' ' .. files .. ' ' .. reg .. ' ' .. (hits + 1))
+local size_s, files_s, reg, hits_s = raw(rec)
+local size, hits = tonumber(size_s), tonumber(hits_s)
+redis.call('HSET', KEYS[1], path, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
 redis.call('ZADD', KEYS[2], now, path)
 if redis.call('EXPIRE', KEYS[9], ttl) == 0 then
   redis.call('SET', KEYS[9], reg, 'EX', ttl)
@@ -87,29 +99,44 @@ count('hits', 1)
 count('hit_bytes', size)
 if logcap > 0 then
   redis.call('XADD', KEYS[11], 'MAXLEN', '~', logcap, '*', 't', now, 'path', path,
-    'size', size, 'hit', 1)
+    'size', size_s, 'hit', 1)
 end
 --@on_hit
 return 1
 """
 )
 
+_EVENT = """
+local function event(kind, path, size, deleted, now)
+  redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[9], '*', 'event', kind, 'path', path,
+    'size', size, 'files_deleted', deleted, 'time', now)
+end
+local counter = {evicted = 'evictions', expired = 'expirations', removed = 'removals',
+  vanished = 'vanished'}
+"""
+
 # Take one directory off the books, if it is still the one the caller chose.
-# ARGV[1] path  ARGV[2] reason: evicted | expired | removed  ARGV[3] now
+# ARGV[1] path  ARGV[2] reason: evicted | expired | removed | vanished  ARGV[3] now
 # ARGV[4] expected registration ('' = any)  ARGV[5] expected last access ('' = any)
-# ARGV[6] honour pins (1/0)  ARGV[7] files will be deleted (1/0: journal it in cache:deleting)
+# ARGV[6] honour pins (1/0)  ARGV[7] files will be deleted (1/0)
 # ARGV[8] grace period after registration in seconds  ARGV[9] events stream cap
-# Returns {'ok', size, files} or {reason-for-skip}: gone | changed | pinned | young.
+# ARGV[10] lock token ('' = none held)
+# With files to delete, the entry moves to the journal cache:deleting (its record and last
+# access, so it can be put back) and is counted by FINISH once the files are gone; otherwise
+# it is counted now. Returns {'ok', size, files} or {why}: gone | changed | pinned | young |
+# lock_lost.
 CLAIM = (
     PRELUDE
+    + _EVENT
     + """
 local path, reason, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if lock_lost(ARGV[10]) then return {'lock_lost'} end
 local rec = redis.call('HGET', KEYS[1], path)
 if not rec then return {'gone'} end
 local size, files, reg, hits = parse(rec)
 if ARGV[4] ~= '' and reg ~= ARGV[4] then return {'changed'} end
+local last = redis.call('ZSCORE', KEYS[2], path)
 if ARGV[5] ~= '' then
-  local last = redis.call('ZSCORE', KEYS[2], path)
   if (not last) or tonumber(last) ~= tonumber(ARGV[5]) then return {'changed'} end
 end
 if ARGV[6] == '1' then
@@ -122,15 +149,57 @@ redis.call('ZREM', KEYS[2], path)
 redis.call('DEL', KEYS[9])
 redis.call('DECRBY', KEYS[3], size)
 if ARGV[7] == '1' then
-  redis.call('HSET', KEYS[7], path, size)
-  count('bytes_freed', size)
+  redis.call('HSET', KEYS[7], path, rec .. ' ' .. (last or ARGV[3]) .. ' ' .. reason)
+else
+  count(counter[reason] or reason, 1)
+  event(reason, path, size, 0, ARGV[3])
 end
-local counter = {evicted = 'evictions', expired = 'expirations', removed = 'removals'}
-count(counter[reason] or reason, 1)
-redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[9], '*', 'event', reason, 'path', path,
-  'size', size, 'files_deleted', ARGV[7], 'time', ARGV[3])
 --@on_remove
 return {'ok', size, files}
+"""
+)
+
+# The files of a claimed directory are gone: count it and close its journal entry.
+# ARGV[1] path  ARGV[2] now  ARGV[9] events stream cap (ARGV[3..8] unused)
+# Returns 1, or 0 when the journal had no such entry.
+FINISH = (
+    PRELUDE
+    + _EVENT
+    + """
+local path = ARGV[1]
+local entry = redis.call('HGET', KEYS[7], path)
+if not entry then return 0 end
+local size_s, files_s, reg, hits_s, last, reason = string.match(entry,
+  '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+redis.call('HDEL', KEYS[7], path)
+count(counter[reason] or reason, 1)
+count('bytes_freed', tonumber(size_s))
+event(reason, path, size_s, 1, ARGV[2])
+return 1
+"""
+)
+
+# Put a claimed directory back on the books exactly as it was: its deletion failed, or a
+# crash interrupted it before its files went. Skipped if the path was registered since.
+# ARGV[1] path  ARGV[2] now  ARGV[3] ttl seconds
+# Returns 1 when put back, 0 otherwise.
+RESTORE = (
+    PRELUDE
+    + """
+local path, now = ARGV[1], ARGV[2]
+local entry = redis.call('HGET', KEYS[7], path)
+redis.call('HDEL', KEYS[7], path)
+if not entry or redis.call('HEXISTS', KEYS[1], path) == 1 then return 0 end
+local size_s, files_s, reg, hits_s, last = string.match(entry,
+  '^(%S+) (%S+) (%S+) (%S+) (%S+) %S+$')
+local size, hits = tonumber(size_s), tonumber(hits_s)
+redis.call('HSET', KEYS[1], path, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. hits_s)
+redis.call('ZADD', KEYS[2], last, path)
+local left = math.floor(tonumber(last) + tonumber(ARGV[3]) - tonumber(now))
+if left > 0 then redis.call('SET', KEYS[9], reg, 'EX', left) end
+redis.call('INCRBY', KEYS[3], size_s)
+--@on_insert
+return 1
 """
 )
 
@@ -165,6 +234,34 @@ local old = tonumber(redis.call('GET', KEYS[2]) or '0')
 redis.call('SET', KEYS[2], total)
 return {old, total}
 """
+
+
+def victims_snapshot(victims: str) -> str:
+    """Wrap a policy's victims chunk so that each victim comes with its last access, record and
+    pin, read in the same atomic call: an access after the choice then fails the claim's check.
+
+    Returns a flat list: path, last access, record, pin ('' for none), path, ...
+    """
+    return (
+        PRELUDE
+        + "local function pick()\n"
+        + victims
+        + """
+end
+local out = {}
+for _, p in ipairs(pick()) do
+  local last = redis.call('ZSCORE', KEYS[2], p)
+  local rec = redis.call('HGET', KEYS[1], p)
+  if last and rec then
+    out[#out + 1] = p
+    out[#out + 1] = last
+    out[#out + 1] = rec
+    out[#out + 1] = redis.call('ZSCORE', KEYS[6], p) or ''
+  end
+end
+return out
+"""
+    )
 
 
 def compose(template: str, hooks: dict[str, str]) -> str:

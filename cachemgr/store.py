@@ -31,6 +31,7 @@ COUNTERS = (
     "bytes_freed",
     "skipped_locked",
     "skipped_pinned",
+    "vanished",
 )
 
 
@@ -106,7 +107,9 @@ class Store:
         self._register = client.register_script(self.policy.script(scripts.REGISTER))
         self._access = client.register_script(self.policy.script(scripts.ACCESS))
         self._claim = client.register_script(self.policy.script(scripts.CLAIM))
-        self._victims = client.register_script(self.policy.victims_script)
+        self._finish = client.register_script(scripts.FINISH)
+        self._restore = client.register_script(self.policy.script(scripts.RESTORE))
+        self._victims = client.register_script(scripts.victims_snapshot(self.policy.victims))
         self._rebuild = client.register_script(self.policy.rebuild_script)
         self._pin = client.register_script(scripts.PIN)
         self._resize = client.register_script(scripts.RESIZE)
@@ -127,6 +130,7 @@ class Store:
             k.dir(path) if path is not None else k.dir(""),
             k.events,
             k.accesses,
+            k.lock(path) if path is not None else k.lock(""),
             *(k.policy_aux(f"{self.policy.name}:{name}") for name in self.policy.aux),
         ]
 
@@ -139,12 +143,21 @@ class Store:
         *,
         now: float | None = None,
         must_not_be_tracked: Sequence[str] = (),
+        lock_token: str = "",
         pipeline: Any = None,
     ) -> Any:
-        """Returns ['ok', new, delta] or ['overlap', other_path]."""
+        """Returns ['ok', new, delta], ['overlap', other_path] or ['lock_lost']."""
         return self._register(
             keys=self.script_keys(path),
-            args=[path, size, files, now_str(now), self.ttl_seconds, *must_not_be_tracked],
+            args=[
+                path,
+                size,
+                files,
+                now_str(now),
+                self.ttl_seconds,
+                lock_token,
+                *must_not_be_tracked,
+            ],
             client=pipeline or self.client,
         )
 
@@ -176,9 +189,14 @@ class Store:
         honour_pins: bool = True,
         deleting_files: bool = True,
         min_age_seconds: int = 0,
+        lock_token: str = "",
         pipeline: Any = None,
     ) -> Any:
-        """Take a directory off the books if it is unchanged: ['ok', size, files] or [why]."""
+        """Take a directory off the books if it is unchanged: ['ok', size, files] or [why].
+
+        With `deleting_files`, the entry waits in the journal until `finish_deletion` (its
+        files are gone) or `restore` (they could not be deleted).
+        """
         return self._claim(
             keys=self.script_keys(path),
             args=[
@@ -191,15 +209,27 @@ class Store:
                 int(deleting_files),
                 min_age_seconds,
                 self.events_maxlen,
+                lock_token,
             ],
             client=pipeline or self.client,
         )
 
-    def finish_deletion(self, path: str, pipeline: Any = None) -> Any:
-        return (pipeline or self.client).hdel(self.keys.deleting, path)
+    def finish_deletion(self, path: str, *, now: float | None = None) -> bool:
+        """The claimed directory's files are gone: count it, close its journal entry."""
+        args = [path, now_str(now), "", "", "", "", "", "", self.events_maxlen]
+        return bool(self._finish(keys=self.script_keys(path), args=args))
+
+    def restore(self, path: str, *, now: float | None = None) -> bool:
+        """Put a claimed directory back exactly as it was (its files are still there)."""
+        args = [path, now_str(now), self.ttl_seconds]
+        return bool(self._restore(keys=self.script_keys(path), args=args))
 
     def unfinished_deletions(self) -> dict[str, int]:
-        return {p: int(s) for p, s in self.client.hgetall(self.keys.deleting).items()}
+        """Journal entries: path -> bytes, claimed for deletion and not yet finished."""
+        return {
+            p: int(entry.split(" ", 1)[0])
+            for p, entry in self.client.hgetall(self.keys.deleting).items()
+        }
 
     def pin(self, path: str, until: float, pipeline: Any = None) -> Any:
         client = pipeline or self.client
@@ -319,14 +349,18 @@ class Store:
 
     def victims(self, limit: int, offset: int = 0) -> list[Entry]:
         """The active policy's next victims, best first."""
-        paths = self._victims(keys=self.script_keys(), args=[limit, offset])
-        if not paths:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for p in paths:
-            pipe.zscore(self.keys.lru, p)
-        scores = pipe.execute()
-        return self._entries([(p, s) for p, s in zip(paths, scores, strict=True) if s is not None])
+        flat = self._victims(keys=self.script_keys(), args=[limit, offset])
+        out = []
+        for i in range(0, len(flat), 4):
+            path, last, rec, pin = flat[i : i + 4]
+            size, files, registered, hits = unpack(rec)
+            out.append(
+                Entry(
+                    path, size, files, registered, float(last), hits, self.ttl_seconds,
+                    float(pin) if pin else None,
+                )  # fmt: skip
+            )
+        return out
 
     def largest(self, n: int, scan_limit: int = 100_000) -> tuple[list[Entry], bool]:
         """The n largest entries, and whether the scan stopped at `scan_limit` records.

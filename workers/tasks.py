@@ -103,7 +103,7 @@ def remove_directory(path: str, remove_files: bool = False) -> dict[str, Any]:
     cache = get_cache()
     if not _enabled(cache):
         return DISABLED
-    return cache.remove(path, remove_files=remove_files)
+    return cache.remove(path, remove_files=remove_files, missing_ok=True)
 
 
 def _cleanup(
@@ -118,8 +118,10 @@ def _cleanup(
         resume=resume,
     )
     if result.get("more"):
-        # Bounded pass: hand the rest to a fresh task rather than hold this worker.
-        task.apply_async(kwargs={"periodic": periodic, "resume": True}, countdown=1)
+        # Bounded pass: hand the rest to a fresh task rather than hold this worker. Only an
+        # eviction that was cut short resumes down to the target without passing the threshold.
+        evicting = bool(result.get("evict", {}).get("more"))
+        task.apply_async(kwargs={"periodic": periodic, "resume": evicting}, countdown=1)
         result["continued"] = True
     return result
 
@@ -161,12 +163,18 @@ def reconcile(dry_run: bool = False) -> dict[str, Any]:
 
 @app.task(name="cachemgr.pin_directory", **IDEMPOTENT)
 def pin_directory(path: str, ttl_seconds: int = 3600) -> dict[str, Any]:
-    return get_cache().pin(path, ttl_seconds)
+    cache = get_cache()
+    if not _enabled(cache):
+        return DISABLED
+    return cache.pin(path, ttl_seconds)
 
 
 @app.task(name="cachemgr.unpin_directory", **IDEMPOTENT)
 def unpin_directory(path: str) -> dict[str, Any]:
-    return get_cache().unpin(path)
+    cache = get_cache()
+    if not _enabled(cache):
+        return DISABLED
+    return cache.unpin(path)
 
 
 @app.task(name="cachemgr.noop")

@@ -1,0 +1,105 @@
+"""Regressions for the holes an independent review found (each failed before its fix)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from cachemgr import PathError
+from cachemgr.cleanup import enforce_quota
+from cachemgr.reconcile import recover_unfinished
+from tests.conftest import make_tree
+
+
+def test_a_parent_swapped_for_a_symlink_before_the_rename_deletes_nothing_outside(
+    cache, root, canary
+):
+    make_tree(root, "a/x", files=2)
+    (canary / "x").mkdir()
+    (canary / "x" / "keep").write_text("outside")
+    cache.register("a/x")
+    entry = cache.store.victims(1)[0]
+
+    def swap(path: str) -> None:
+        shutil.rmtree(root / "a")
+        os.symlink(canary, root / "a")
+
+    cache.before_delete = swap
+    with pytest.raises(Exception, match="could not delete"):
+        cache.take(entry, "evicted")
+    assert (canary / "x" / "keep").read_text() == "outside"
+    assert cache.store.tracked(["a/x"]) == [True]  # kept on the books, not silently lost
+
+
+def test_a_symlinked_parent_inside_the_root_is_refused(cache, root):
+    make_tree(root, "real/x")
+    os.symlink(root / "real", root / "link")
+    cache.register("real/x")
+    with pytest.raises(PathError, match="symlink"):
+        cache.register("link/x")
+    assert cache.store.total_bytes() == cache.info("real/x").size_bytes
+
+
+def test_a_lock_lost_during_the_scan_does_not_put_a_deleted_directory_back(
+    cache, root, monkeypatch
+):
+    from cachemgr import scanner
+
+    make_tree(root, "a")
+    real_scan = scanner.scan
+
+    def slow_scan(location, **kwargs):
+        found = real_scan(location, **kwargs)
+        cache.client.set(cache.keys.lock("a"), "locked:someone-else")  # ours lapsed, theirs now
+        return found
+
+    monkeypatch.setattr(scanner, "scan", slow_scan)
+    result = cache.register("a")
+    assert result["status"] == "skipped" and "lock" in result["reason"]
+    assert cache.store.tracked(["a"]) == [False]
+
+
+def test_an_undeletable_directory_keeps_its_books_and_the_cleanup_goes_on(cache, root):
+    for i in range(20):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    (root / ".cachemgr-trash").write_text("not a folder")  # every rename into it fails
+    result = enforce_quota(cache)
+    assert result.removed == [] and len(result.errors) >= 1
+    assert "could not delete" in result.errors[0]
+    assert cache.store.count_entries() == 20 and cache.store.unfinished_deletions() == {}
+    records = cache.store.all_records()
+    assert cache.store.total_bytes() == sum(r[0] for r in records.values())
+
+
+def test_recovery_waits_while_the_crashed_workers_lock_is_held(cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    entry = cache.store.victims(1)[0]
+    cache.store.claim("a", "evicted", expect_registered=entry.registered)
+    held = cache.lock("a")
+    assert held.acquire()
+    assert recover_unfinished(cache) == []
+    assert cache.store.unfinished_deletions() == {"a": entry.size_bytes}  # not dropped
+    held.release()
+    assert recover_unfinished(cache) == ["a"]
+    restored = cache.info("a")
+    assert (restored.registered, restored.last_access) == (entry.registered, entry.last_access)
+
+
+def test_big_sizes_survive_lua_number_formatting(cache):
+    big = 123_456_789_012_345
+    cache.store.register("huge", big, 3)
+    cache.store.access("huge")
+    assert cache.info("huge").size_bytes == big and cache.store.total_bytes() == big
+
+
+def test_victims_come_with_their_own_snapshot(cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    entry = cache.store.victims(1)[0]
+    assert entry.last_access == cache.info("a").last_access
+    cache.access("a")  # played after the choice: the claim must refuse
+    assert cache.take(entry, "evicted") == "changed" and (root / "a").is_dir()
