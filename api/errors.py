@@ -20,6 +20,7 @@ STATUS = {
     errors.NotTracked: 404,
     errors.NotOnDisk: 404,
     errors.Overlap: 409,
+    errors.DeleteFailed: 500,
     ReconcileBusy: 409,
 }
 # A task that failed in the worker comes back as an exception rebuilt from its class name.

@@ -49,6 +49,7 @@ class StatsSchema(SinceResetSchema):
     eviction_policy = fields.String()
     ttl_seconds = fields.Integer()
     free_disk_bytes = fields.Integer(allow_none=True)
+    min_free_bytes = fields.Integer()
     initialized = fields.Boolean()
     last_cleanup = fields.Dict(allow_none=True)
     up = fields.Boolean(metadata={"description": "a worker of the node is alive"})

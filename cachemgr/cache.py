@@ -276,6 +276,7 @@ class DiskCache:
             "eviction_policy": s.disk_cache_eviction_policy,
             "ttl_seconds": s.disk_cache_ttl_seconds,
             "free_disk_bytes": free,
+            "min_free_bytes": s.disk_cache_min_free_bytes,
             "initialized": bool(self.client.exists(self.keys.initialized)),
             "last_cleanup": last or None,
         }

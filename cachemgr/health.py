@@ -28,6 +28,13 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             f"usage {stats['usage_percent']}% is above the eviction threshold: the next cleanup "
             "evicts least recently used directories"
         )
+    floor = stats.get("min_free_bytes") or 0
+    free = stats.get("free_disk_bytes")
+    if floor and free is not None and free < floor:
+        problems.append(
+            f"the disk holding the cache has {free} bytes free, under DISK_CACHE_MIN_FREE_BYTES "
+            f"({floor}): the next cleanup evicts to make room"
+        )
     if not stats.get("scheduler_running", True):
         problems.append(
             "directories are not being cleaned: the scheduler is stopped "

@@ -307,6 +307,8 @@ def test_common_issues_show_up_as_clear_messages(settings, redis_client, root):
     assert any(w.startswith("over quota") for w in cache.stats()["warnings"])
     cache.client.hset(cache.keys.last_cleanup, mapping={"time": "1", "status": "done"})
     assert any("no cleanup for" in w for w in cache.stats()["warnings"])
+    low = DiskCache(settings.with_(disk_cache_min_free_bytes=2**62), redis_client)
+    assert any("DISK_CACHE_MIN_FREE_BYTES" in w for w in low.stats()["warnings"])
 
 
 def test_a_lease_that_is_not_renewed_lapses(cache, root):
