@@ -107,11 +107,14 @@ def _skipped(result: Any) -> None:
 
 
 @click.command()
+@click.option("--reset", is_flag=True, help="Start the since-reset figures afresh first.")
 @json_option
 @with_appcontext
 @friendly
-def stats(as_json: bool | None) -> None:
+def stats(reset: bool, as_json: bool | None) -> None:
     """Usage against the quota, hit ratios and counters."""
+    if reset:
+        _state().cache.reset_stats()
     s = _state().cache.stats()
 
     def table(s: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from api.schemas import (
     PinArgs,
     RemoveArgs,
     SchedulerSchema,
+    SinceResetSchema,
     StatsSchema,
     TaskSchema,
     WaitArgs,
@@ -88,6 +89,15 @@ class Stats(MethodView):
         if args["node"]:
             return node_cache(args).stats()
         return cache().cluster_stats()
+
+
+@blp.route("/stats/reset")
+class StatsReset(MethodView):
+    @blp.arguments(NodeArgs, **ARGS)
+    @blp.response(200, SinceResetSchema)
+    def post(self, args: dict[str, Any]) -> Any:
+        """Start the "since reset" figures afresh (hits, misses, bytes, ratios)."""
+        return node_cache(args).reset_stats()
 
 
 @blp.route("/directories")

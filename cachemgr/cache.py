@@ -283,6 +283,12 @@ class DiskCache:
         stats["warnings"] = diagnose(stats, s.disk_cache_cleanup_interval, self.clock())
         return stats
 
+    def reset_stats(self) -> dict[str, Any]:
+        """Start the "since reset" hit/miss figures afresh; the overall ones go on."""
+        self.store.reset_stats(self.clock())
+        log.info("statistics reset")
+        return self.stats()["since_reset"]
+
     def publish_config(self) -> None:
         """Let pipeline clients and the control plane, which read no settings, see this node."""
         self.registry.publish(self.settings)

@@ -43,9 +43,12 @@ class Keys:
         return f"{self.prefix}cache:stats"
 
     @property
-    def stats_since_reset(self) -> str:
-        """HASH of the same counters since the last reset, plus `reset_at`."""
-        return f"{self.prefix}cache:stats:since_reset"
+    def stats_baseline(self) -> str:
+        """HASH: the counters as they were at the last reset, plus `reset_at`.
+
+        "Since the reset" is the difference, so an access bumps one hash, not two.
+        """
+        return f"{self.prefix}cache:stats:baseline"
 
     @property
     def pins(self) -> str:

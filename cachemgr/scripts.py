@@ -9,7 +9,7 @@ use its own keys, appended as KEYS[13..] and seen as AUX[1..]. A record is the s
 from __future__ import annotations
 
 # KEYS[1] cache:entries      KEYS[2] cache:lru          KEYS[3] cache:bytes
-# KEYS[4] cache:stats        KEYS[5] stats since reset  KEYS[6] cache:pins
+# KEYS[4] cache:stats        KEYS[5] (unused)           KEYS[6] cache:pins
 # KEYS[7] cache:deleting     KEYS[8] cache:policy       KEYS[9] dir:{path} (or unused)
 # KEYS[10] cache:events      KEYS[11] cache:accesses    KEYS[12] lock:dir:{path} (or unused)
 # KEYS[13..] the policy's own keys
@@ -21,7 +21,6 @@ for i = 13, #KEYS do AUX[#AUX + 1] = KEYS[i] end
 local function count(field, n)
   if n ~= 0 then
     redis.call('HINCRBY', KEYS[4], field, n)
-    redis.call('HINCRBY', KEYS[5], field, n)
   end
 end
 local function parse(rec)
@@ -233,6 +232,17 @@ for i = 1, #values do total = total + tonumber(string.match(values[i], '^(%S+)')
 local old = tonumber(redis.call('GET', KEYS[2]) or '0')
 redis.call('SET', KEYS[2], total)
 return {old, total}
+"""
+
+
+# Reset the "since reset" counters: keep a copy of the counters as they are now.
+# KEYS[1] cache:stats  KEYS[2] cache:stats:baseline  ARGV[1] now
+RESET_STATS = """
+local now = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[2])
+if #now > 0 then redis.call('HSET', KEYS[2], unpack(now)) end
+redis.call('HSET', KEYS[2], 'reset_at', ARGV[1])
+return 1
 """
 
 

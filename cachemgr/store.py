@@ -114,6 +114,7 @@ class Store:
         self._pin = client.register_script(scripts.PIN)
         self._resize = client.register_script(scripts.RESIZE)
         self._recount = client.register_script(scripts.RECOUNT)
+        self._reset_stats = client.register_script(scripts.RESET_STATS)
 
     # -- keys ---------------------------------------------------------------------------
     def script_keys(self, path: str | None = None) -> list[str]:
@@ -123,7 +124,7 @@ class Store:
             k.lru,
             k.bytes,
             k.stats,
-            k.stats_since_reset,
+            k.stats_baseline,
             k.pins,
             k.deleting,
             k.policy,
@@ -244,15 +245,12 @@ class Store:
     def count(self, field: str, n: int = 1, pipeline: Any = None) -> None:
         pipe = pipeline or self.client.pipeline(transaction=False)
         pipe.hincrby(self.keys.stats, field, n)
-        pipe.hincrby(self.keys.stats_since_reset, field, n)
         if pipeline is None:
             pipe.execute()
 
     def reset_stats(self, now: float | None = None) -> None:
-        pipe = self.client.pipeline()
-        pipe.delete(self.keys.stats_since_reset)
-        pipe.hset(self.keys.stats_since_reset, "reset_at", now_str(now))
-        pipe.execute()
+        """Start the "since reset" counters from zero (the overall ones go on)."""
+        self._reset_stats(keys=[self.keys.stats, self.keys.stats_baseline], args=[now_str(now)])
 
     def resize(self, path: str, size: int, files: int) -> int | None:
         delta = self._resize(keys=[self.keys.entries, self.keys.bytes], args=[path, size, files])
@@ -412,11 +410,11 @@ class Store:
     def counters(self) -> tuple[dict[str, int], dict[str, Any]]:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.stats)
-        pipe.hgetall(self.keys.stats_since_reset)
-        overall, since = pipe.execute()
+        pipe.hgetall(self.keys.stats_baseline)
+        overall, base = pipe.execute()
         total = {c: int(overall.get(c, 0)) for c in COUNTERS}
-        recent: dict[str, Any] = {c: int(since.get(c, 0)) for c in COUNTERS}
-        recent["reset_at"] = float(since["reset_at"]) if "reset_at" in since else None
+        recent: dict[str, Any] = {c: total[c] - int(base.get(c, 0)) for c in COUNTERS}
+        recent["reset_at"] = float(base["reset_at"]) if "reset_at" in base else None
         return total, recent
 
     def pinned_count(self, now: float | None = None) -> int:

@@ -200,3 +200,14 @@ def test_openapi_and_docs_are_served_locally(client):
     page = client.get("/docs").get_data(as_text=True)
     assert "/swagger-ui/swagger-ui-bundle.js" in page and "https://" not in page
     assert client.get("/swagger-ui/swagger-ui-bundle.js").status_code == 200
+
+
+def test_stats_reset_endpoint_and_cli(client, runner, cache, root):
+    registered(cache, root, "a")
+    cache.access("a")
+    assert client.post("/cache/stats/reset").get_json()["hits"] == 0
+    assert client.get("/cache/stats").get_json()["hits"] == 1
+    cache.access("a")
+    assert client.get("/cache/stats").get_json()["since_reset"]["hits"] == 1
+    assert runner.invoke(args=["stats", "--reset", "--json"]).exit_code == 0
+    assert client.get("/cache/stats").get_json()["since_reset"]["hits"] == 0

@@ -323,3 +323,21 @@ def test_a_lease_that_is_not_renewed_lapses(cache, root):
         cache.register(f"extra{i}")
     result = enforce_quota(cache)
     assert "album00" in [r.path for r in result.removed]
+
+
+def test_statistics_overall_and_since_a_reset(cache, root):
+    fill(cache, root, 1)
+    cache.access("album00")
+    cache.access("nope", miss_bytes=100)
+    since = cache.reset_stats()
+    assert since["hits"] == 0 and since["reset_at"] is not None
+    cache.access("album00")
+    cache.access("album00")
+    cache.access("nope", miss_bytes=50)
+    s = cache.stats()
+    assert (s["hits"], s["misses"], s["missed_bytes"]) == (3, 2, 150)
+    r = s["since_reset"]
+    assert (r["hits"], r["misses"], r["hit_bytes"], r["missed_bytes"]) == (2, 1, 2 * UNIT, 50)
+    assert r["hit_ratio"] == round(2 / 3, 6) and r["byte_hit_ratio"] == round(
+        2 * UNIT / (2 * UNIT + 50), 6
+    )
