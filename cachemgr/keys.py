@@ -15,7 +15,7 @@ class Keys:
     prefix: str = ""
 
     def dir(self, path: str) -> str:
-        """String, value = registration time (epoch seconds); Redis TTL = the cache TTL."""
+        """String, value = registration time (whole epoch seconds); Redis TTL = the cache TTL."""
         return f"{self.prefix}dir:{path}"
 
     def lock(self, path: str) -> str:

@@ -31,6 +31,10 @@ end
 local function raw(rec)
   return string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$')
 end
+-- dir:{path} holds whole seconds: Redis keeps an integer inside the key's object, no string.
+local function seconds(t)
+  return string.match(t, '^%d+')
+end
 -- The caller's lock must still be ours: a lock that lapsed mid-work may now be another's.
 local function lock_lost(token)
   return token ~= '' and redis.call('GET', KEYS[12]) ~= token
@@ -58,7 +62,7 @@ if old then
 end
 redis.call('HSET', KEYS[1], path, ARGV[2] .. ' ' .. files .. ' ' .. now .. ' ' .. hits)
 redis.call('ZADD', KEYS[2], now, path)
-redis.call('SET', KEYS[9], now, 'EX', ttl)
+redis.call('SET', KEYS[9], seconds(now), 'EX', ttl)
 redis.call('INCRBY', KEYS[3], delta)
 redis.call('HDEL', KEYS[7], path)
 count('registrations', 1)
@@ -92,7 +96,7 @@ local size, hits = tonumber(size_s), tonumber(hits_s)
 redis.call('HSET', KEYS[1], path, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
 redis.call('ZADD', KEYS[2], now, path)
 if redis.call('EXPIRE', KEYS[9], ttl) == 0 then
-  redis.call('SET', KEYS[9], reg, 'EX', ttl)
+  redis.call('SET', KEYS[9], seconds(reg), 'EX', ttl)
 end
 count('hits', 1)
 count('hit_bytes', size)
@@ -195,7 +199,7 @@ local size, hits = tonumber(size_s), tonumber(hits_s)
 redis.call('HSET', KEYS[1], path, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. hits_s)
 redis.call('ZADD', KEYS[2], last, path)
 local left = math.floor(tonumber(last) + tonumber(ARGV[3]) - tonumber(now))
-if left > 0 then redis.call('SET', KEYS[9], reg, 'EX', left) end
+if left > 0 then redis.call('SET', KEYS[9], seconds(reg), 'EX', left) end
 redis.call('INCRBY', KEYS[3], size_s)
 --@on_insert
 return 1
