@@ -105,7 +105,9 @@ class Store:
         self.access_log_maxlen = access_log_maxlen
         self.policy: Policy = POLICIES[policy]
         self._register = client.register_script(self.policy.script(scripts.REGISTER))
-        self._access = client.register_script(self.policy.script(scripts.ACCESS))
+        self._access = client.register_script(
+            scripts.with_baked_keys(self.policy.script(scripts.ACCESS), self.script_keys(""))
+        )
         self._claim = client.register_script(self.policy.script(scripts.CLAIM))
         self._finish = client.register_script(scripts.FINISH)
         self._restore = client.register_script(self.policy.script(scripts.RESTORE))
@@ -167,7 +169,7 @@ class Store:
     ) -> Any:
         """One round trip: 1 for a hit, 0 for a miss."""
         return self._access(
-            keys=self.script_keys(path),
+            keys=[self.keys.entries],
             args=[path, now_str(now), self.ttl_seconds, miss_bytes, self.access_log_maxlen],
             client=pipeline or self.client,
         )
