@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cachemgr import policy_lua as lua
+from cachemgr import policy_lua_s3fifo as s3
 from cachemgr.scripts import COMMON_KEYS, PRELUDE, compose
 
 
@@ -52,10 +53,6 @@ class Policy:
 
     def script(self, template: str) -> str:
         return compose(template, self.hooks)
-
-    @property
-    def victims_script(self) -> str:
-        return PRELUDE + self.victims
 
     @property
     def rebuild_script(self) -> str:
@@ -135,8 +132,8 @@ SIEVE = Policy(
 S3FIFO = Policy(
     name="s3fifo",
     description="S3-FIFO (SOSP'23): small probationary FIFO, main 2-bit-clock FIFO, ghost",
-    aux=lua.S3FIFO_AUX,
-    **lua.s3fifo_lua(small=(1, 10), ghost=(9, 10)),
+    aux=s3.S3FIFO_AUX,
+    **s3.s3fifo_lua(small=(1, 10), ghost=(9, 10)),
 )
 
 # The same with a ghost remembering twice the cache's bytes: evicted directories that come
@@ -144,8 +141,8 @@ S3FIFO = Policy(
 S3FIFO_LG = Policy(
     name="s3fifo-lg",
     description="S3-FIFO with a large ghost (2x the cache): the recommended policy for audio",
-    aux=lua.S3FIFO_AUX,
-    **lua.s3fifo_lua(small=(1, 10), ghost=(2, 1)),
+    aux=s3.S3FIFO_AUX,
+    **s3.s3fifo_lua(small=(1, 10), ghost=(2, 1)),
 )
 
 TWOQ = Policy(
