@@ -337,7 +337,10 @@ def events(limit: int, follow: bool) -> None:
 
 @click.command()
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=int(os.environ.get("WEB_CONCURRENCY", 2))
+    "--workers",
+    type=click.IntRange(min=1),
+    # gunicorn's own advice, 2 x cores + 1: requests wait on Redis, and the GIL is per process
+    default=int(os.environ.get("WEB_CONCURRENCY") or 2 * (os.cpu_count() or 1) + 1),
 )
 def serve(workers: int) -> None:
     """Serve the API under gunicorn ($PORT or 8080; loopback only without a token)."""

@@ -239,15 +239,13 @@ class DiskCache:
 
     def stats(self) -> dict[str, Any]:
         s = self.settings
-        total = self.store.total_bytes()
-        count = self.store.count_entries()
-        counters, since_reset = self.store.counters()
+        snap = self.store.snapshot(self.clock())
+        total, counters, since_reset = snap["total_bytes"], snap["counters"], snap["since_reset"]
         status = "ok"
         if total > s.disk_cache_max_bytes:
             status = "over_quota"
         elif total > s.threshold_bytes:
             status = "evicting"
-        last = self.client.hgetall(self.keys.last_cleanup)
         try:
             free = shutil.disk_usage(self.root).free
         except OSError:
@@ -256,7 +254,7 @@ class DiskCache:
             "node": s.node,
             "enabled": s.enable_disk_cache_management,
             "total_bytes": total,
-            "directory_count": count,
+            "directory_count": snap["directory_count"],
             "max_bytes": s.disk_cache_max_bytes,
             "threshold_bytes": s.threshold_bytes,
             "target_bytes": s.target_bytes,
@@ -271,14 +269,14 @@ class DiskCache:
                 "hit_ratio": _ratio(since_reset["hits"], since_reset["misses"]),
                 "byte_hit_ratio": _ratio(since_reset["hit_bytes"], since_reset["missed_bytes"]),
             },
-            "pinned_count": self.store.pinned_count(self.clock()),
-            "scheduler_running": self.scheduler_running(),
+            "pinned_count": snap["pinned_count"],
+            "scheduler_running": snap["scheduler_running"],
             "eviction_policy": s.disk_cache_eviction_policy,
             "ttl_seconds": s.disk_cache_ttl_seconds,
             "free_disk_bytes": free,
             "min_free_bytes": s.disk_cache_min_free_bytes,
-            "initialized": bool(self.client.exists(self.keys.initialized)),
-            "last_cleanup": last or None,
+            "initialized": snap["initialized"],
+            "last_cleanup": snap["last_cleanup"],
         }
         stats["warnings"] = diagnose(stats, s.disk_cache_cleanup_interval, self.clock())
         return stats
@@ -304,11 +302,13 @@ class DiskCache:
             },
         )
 
-    def for_node(self, node: str | None) -> DiskCache:
+    def for_node(
+        self, node: str | None, entries: dict[str, dict[str, Any]] | None = None
+    ) -> DiskCache:
         """This node's DiskCache, or another node's (built from what its workers published)."""
         if not node or node == self.settings.node:
             return self
-        other = self.registry.settings_for(node, self.settings)
+        other = self.registry.settings_for(node, self.settings, entries)
         if other is None:
             raise NotTracked(f"unknown node {node!r}: no worker of it has ever started")
         return DiskCache(other, self.client, clock=self.clock)
@@ -316,17 +316,19 @@ class DiskCache:
     def cluster_stats(self) -> dict[str, Any]:
         """Every node's stats, each with up/down and the age of its last cleanup, and totals."""
         registry = self.registry
-        names = sorted(set(registry.entries()) | {self.settings.node})
+        entries = registry.entries()
+        names = sorted(set(entries) | {self.settings.node})
         alive = registry.alive(names)
         nodes = []
         now = self.clock()
         for name in names:
-            stats = self.for_node(name).stats()
+            stats = self.for_node(name, entries).stats()
             last = (stats.get("last_cleanup") or {}).get("time")
             stats["up"] = alive.get(name, False)
             stats["last_cleanup_age_seconds"] = round(now - float(last), 1) if last else None
             nodes.append(stats)
-        return {**self.stats(), "cluster": aggregate(nodes), "nodes": nodes}
+        own = next(n for n in nodes if n["node"] == self.settings.node)
+        return {**own, "cluster": aggregate(nodes), "nodes": nodes}
 
     # -- the scheduler switch -------------------------------------------------------------
     def scheduler_running(self) -> bool:

@@ -71,9 +71,11 @@ class NodeRegistry:
         self.client.hdel(self.nodes_key, node)
         self.mark_down(node)
 
-    def settings_for(self, node: str, base: Settings) -> Settings | None:
+    def settings_for(
+        self, node: str, base: Settings, entries: dict[str, dict[str, Any]] | None = None
+    ) -> Settings | None:
         """Another node's settings as it published them (its root may not exist here)."""
-        entry = self.entries().get(node)
+        entry = (self.entries() if entries is None else entries).get(node)
         if entry is None:
             return None
         return replace(

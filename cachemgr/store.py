@@ -413,11 +413,33 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.stats)
         pipe.hgetall(self.keys.stats_baseline)
-        overall, base = pipe.execute()
-        total = {c: int(overall.get(c, 0)) for c in COUNTERS}
-        recent: dict[str, Any] = {c: total[c] - int(base.get(c, 0)) for c in COUNTERS}
-        recent["reset_at"] = float(base["reset_at"]) if "reset_at" in base else None
-        return total, recent
+        return _since(*pipe.execute())
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """Everything the stats show, read in one round trip."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(k.bytes)
+        pipe.hlen(k.entries)
+        pipe.hgetall(k.stats)
+        pipe.hgetall(k.stats_baseline)
+        pipe.hgetall(k.last_cleanup)
+        pipe.exists(k.initialized)
+        pipe.get(k.scheduler)
+        pipe.zcount(k.pins, f"({now or time.time()!r}", "+inf")
+        total, count, overall, base, last, initialized, scheduler, pinned = pipe.execute()
+        counters, since_reset = _since(overall, base)
+        return {
+            "total_bytes": int(total or 0),
+            "directory_count": int(count),
+            "counters": counters,
+            "since_reset": since_reset,
+            "last_cleanup": last or None,
+            "initialized": bool(initialized),
+            "scheduler_running": scheduler != "stopped",
+            "pinned_count": int(pinned),
+        }
+
 
     def pinned_count(self, now: float | None = None) -> int:
         return int(self.client.zcount(self.keys.pins, f"({now or time.time()!r}", "+inf"))
@@ -427,3 +449,13 @@ class Store:
         for ident, fields in self.client.xrevrange(self.keys.events, count=limit):
             out.append({"id": ident, **fields})
         return out
+
+
+def _since(
+    overall: dict[str, str], base: dict[str, str]
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Counters overall, and since the reset (the difference from its baseline)."""
+    total = {c: int(overall.get(c, 0)) for c in COUNTERS}
+    recent: dict[str, Any] = {c: total[c] - int(base.get(c, 0)) for c in COUNTERS}
+    recent["reset_at"] = float(base["reset_at"]) if "reset_at" in base else None
+    return total, recent
