@@ -20,10 +20,11 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 result_expires = 24 * 3600
-result_extended = True  # Flower and /cache/tasks show the task's name and arguments
 worker_send_task_events = True
 task_send_sent_event = True
-task_track_started = True
+# No STARTED state and no extended results: each would cost one more write per task, and Flower
+# gets names, arguments and results from the task events.
+task_track_started = False
 task_reject_on_worker_lost = True
 broker_connection_retry_on_startup = True
 broker_transport_options = {"visibility_timeout": 3600}
