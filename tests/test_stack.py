@@ -32,6 +32,16 @@ def port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def interrupt(proc: subprocess.Popen[str]) -> str:
+    """Ctrl-C, as a person would; returns what the process printed."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return ""
+
+
 def wait_for(url: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -87,12 +97,7 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 4  # redis, web (+ its gunicorn workers), worker, beat
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            output, _ = up.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            output = ""
+        output = interrupt(up)
     assert up.returncode == 0, output
     time.sleep(0.5)
     alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
@@ -149,12 +154,7 @@ def test_up_with_two_nodes(tmp_path: Path, monkeypatch):
         assert [d["path"] for d in node2["directories"]] == ["album"]
         assert node1["directories"] == []
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            output, _ = up.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            output = ""
+        output = interrupt(up)
     assert up.returncode == 0, output
 
 
