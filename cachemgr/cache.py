@@ -64,7 +64,10 @@ class DiskCache:
             self.store.count("skipped_locked")
             return {"status": "skipped", "reason": "locked", "path": rel}
         try:
-            found = scanner.scan(location, collect_subdirs=True)
+            try:
+                found = scanner.scan(location, collect_subdirs=True)
+            except OSError as exc:  # replaced by a symlink or removed since the check
+                raise paths.PathError(f"{rel!r} changed while it was scanned: {exc}") from None
             others = paths.ancestors(rel) + [f"{rel}/{sub}" for sub in found.subdirs]
             outcome = self.store.register(
                 rel,
@@ -81,7 +84,7 @@ class DiskCache:
             return {"status": "skipped", "reason": "lock lost during the scan", "path": rel}
         if outcome[0] == "overlap":
             raise Overlap(f"{rel!r} overlaps {outcome[1]!r}, which is tracked on its own")
-        total = self.store.total_bytes()
+        total = int(outcome[3])  # the script's own INCRBY: no extra round trip
         log.info(
             "registered %s: %d bytes, %d files (cache total %d bytes)",
             rel,

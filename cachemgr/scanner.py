@@ -23,45 +23,67 @@ class ScanResult:
     subdirs: list[str] = field(default_factory=list)
 
 
+_IFMT = 0o170000  # stat.S_IFMT as a mask
+_IFDIR = stat.S_IFDIR
+_IFREG = stat.S_IFREG
+# Every directory is opened relative to its parent's descriptor with O_NOFOLLOW, and its entries
+# stat'ed relative to its own (fstatat), as `du` does: the kernel resolves one name per entry,
+# and a directory swapped for a symlink mid-walk is skipped, never followed out of the tree.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     """Allocated bytes and regular-file count of a directory tree, the directory itself included.
 
     `subdirs` (relative to `location`) is filled when asked, so that a registration can check
-    that no directory inside is tracked on its own.
+    that no directory inside is tracked on its own. Raises OSError (ELOOP) when `location`
+    itself is a symlink.
     """
-    result = ScanResult()
-    top = os.fspath(location)
-    st = os.lstat(top)
-    result.size_bytes = st.st_blocks * 512
+    top = os.open(location, _DIR_FLAGS)
+    blocks = os.fstat(top).st_blocks
+    files = 0
+    subdirs: list[str] = []
     seen: set[tuple[int, int]] = set()
-    stack = [top]
-    prefix_len = len(top) + 1
-    while stack:
-        current = stack.pop()
-        try:
-            it = os.scandir(current)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue  # vanished or unreadable while we walked: count what we can see
-        with it:
-            for entry in it:
+    # One frame per directory on the current path: descriptors open = depth, not breadth.
+    frames = [(top, os.scandir(top), "")]
+    try:
+        while frames:
+            fd, entries, rel = frames[-1]
+            entry = next(entries, None)
+            if entry is None:
+                entries.close()
+                os.close(fd)
+                frames.pop()
+                continue
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            kind = est.st_mode & _IFMT
+            if kind == _IFDIR:
+                blocks += est.st_blocks
+                sub = f"{rel}/{entry.name}" if rel else entry.name
+                if collect_subdirs:
+                    subdirs.append(sub)
                 try:
-                    est = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
+                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # vanished, unreadable or replaced: count what we can see
+                frames.append((child, os.scandir(child), sub))
+                continue
+            if est.st_nlink > 1:
+                ident = (est.st_dev, est.st_ino)
+                if ident in seen:
                     continue
-                mode = est.st_mode
-                if est.st_nlink > 1 and not stat.S_ISDIR(mode):
-                    ident = (est.st_dev, est.st_ino)
-                    if ident in seen:
-                        continue
-                    seen.add(ident)
-                result.size_bytes += est.st_blocks * 512
-                if stat.S_ISDIR(mode):
-                    stack.append(entry.path)
-                    if collect_subdirs:
-                        result.subdirs.append(entry.path[prefix_len:])
-                elif stat.S_ISREG(mode):
-                    result.file_count += 1
-    return result
+                seen.add(ident)
+            blocks += est.st_blocks
+            if kind == _IFREG:
+                files += 1
+    finally:
+        for fd, entries, _ in frames:
+            entries.close()
+            os.close(fd)
+    return ScanResult(size_bytes=blocks * 512, file_count=files, subdirs=subdirs)
 
 
 def directories_at_depth(root: Path, depth: int) -> Iterator[str]:

@@ -45,7 +45,8 @@ end
 # ARGV[1] path  ARGV[2] size  ARGV[3] files  ARGV[4] now  ARGV[5] ttl seconds
 # ARGV[6] lock token ('' = none held)
 # ARGV[7..] paths that must not be tracked (ancestors and subdirectories: no double counting)
-# Returns {'overlap', other}, {'lock_lost'} or {'ok', new (1/0), byte delta}.
+# Returns {'overlap', other}, {'lock_lost'} or
+# {'ok', new (1/0), byte delta, cache:bytes after}.
 REGISTER = (
     PRELUDE
     + """
@@ -63,11 +64,11 @@ end
 redis.call('HSET', KEYS[1], path, ARGV[2] .. ' ' .. files .. ' ' .. now .. ' ' .. hits)
 redis.call('ZADD', KEYS[2], now, path)
 redis.call('SET', KEYS[9], seconds(now), 'EX', ttl)
-redis.call('INCRBY', KEYS[3], delta)
+local total_after = redis.call('INCRBY', KEYS[3], delta)
 redis.call('HDEL', KEYS[7], path)
 count('registrations', 1)
 --@on_insert
-return {'ok', new, delta}
+return {'ok', new, delta, total_after}
 """
 )
 
@@ -106,6 +107,55 @@ if logcap > 0 then
 end
 --@on_hit
 return 1
+"""
+)
+
+# Record a batch of accesses in one call: one EVALSHA per batch instead of one per access.
+# Registered through with_baked_keys with path_arg=1 and ARGV[1] = '', so that KEYS[9] is the
+# bare `dir:` prefix each path is appended to. KEYS[1] cache:entries.
+# ARGV[1] ''  ARGV[2] now  ARGV[3] ttl seconds  ARGV[4] access-log cap (0: no log)
+# ARGV[5..] paths. Returns one 1 (hit) or 0 (miss) per path, with ACCESS's effects for each.
+ACCESS_MANY = (
+    PRELUDE
+    + """
+local now, ttl, logcap = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local dir_prefix = KEYS[9]
+local out, nhits, nbytes, nmisses = {}, 0, 0, 0
+for j = 5, #ARGV do
+  local path = ARGV[j]
+  local dirkey = dir_prefix .. path
+  local rec = redis.call('HGET', KEYS[1], path)
+  if not rec then
+    nmisses = nmisses + 1
+    out[#out + 1] = 0
+    if logcap > 0 then
+      redis.call('XADD', KEYS[11], 'MAXLEN', '~', logcap, '*', 't', now, 'path', path,
+        'size', 0, 'hit', 0)
+    end
+  else
+    local size_s, files_s, reg, hits_s = raw(rec)
+    local size, hits = tonumber(size_s), tonumber(hits_s)
+    redis.call('HSET', KEYS[1], path, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
+    redis.call('ZADD', KEYS[2], now, path)
+    if redis.call('EXPIRE', dirkey, ttl) == 0 then
+      redis.call('SET', dirkey, seconds(reg), 'EX', ttl)
+    end
+    nhits = nhits + 1
+    nbytes = nbytes + size
+    out[#out + 1] = 1
+    if logcap > 0 then
+      redis.call('XADD', KEYS[11], 'MAXLEN', '~', logcap, '*', 't', now, 'path', path,
+        'size', size_s, 'hit', 1)
+    end
+    do
+--@on_hit
+    end
+  end
+end
+count('hits', nhits)
+count('hit_bytes', nbytes)
+count('misses', nmisses)
+return out
 """
 )
 

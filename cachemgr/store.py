@@ -108,6 +108,11 @@ class Store:
         self._access = client.register_script(
             scripts.with_baked_keys(self.policy.script(scripts.ACCESS), self.script_keys(""))
         )
+        self._access_many = client.register_script(
+            scripts.with_baked_keys(
+                self.policy.script(scripts.ACCESS_MANY), self.script_keys("")
+            )
+        )
         self._claim = client.register_script(self.policy.script(scripts.CLAIM))
         self._finish = client.register_script(scripts.FINISH)
         self._restore = client.register_script(self.policy.script(scripts.RESTORE))
@@ -174,12 +179,28 @@ class Store:
             client=pipeline or self.client,
         )
 
-    def access_many(self, paths: Iterable[str], *, now: float | None = None) -> list[int]:
-        """A batch of accesses in one round trip."""
+    def access_many(
+        self, paths: Iterable[str], *, now: float | None = None, chunk: int = 200
+    ) -> list[int]:
+        """A batch of accesses in one round trip: one script call per `chunk` paths.
+
+        An EVALSHA per access costs the client the packing of each call and Redis a script
+        set-up each (52,000 accesses/s against 165,000 pipelined ZADDs). `chunk` bounds how
+        long one call holds Redis (about 2 ms for 200 at 10^6 entries).
+        """
+        todo = list(paths)
+        if not todo:
+            return []
+        stamp = now_str(now)
         pipe = self.client.pipeline(transaction=False)
-        for path in paths:
-            self.access(path, now=now, pipeline=pipe)
-        return [int(x) for x in pipe.execute()]
+        for start in range(0, len(todo), chunk):
+            self._access_many(
+                keys=[self.keys.entries],
+                args=["", stamp, self.ttl_seconds, self.access_log_maxlen,
+                      *todo[start : start + chunk]],
+                client=pipe,
+            )  # fmt: skip
+        return [int(x) for result in pipe.execute() for x in result]
 
     def claim(
         self,

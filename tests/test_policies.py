@@ -198,3 +198,22 @@ def test_sieve_hand_laps_when_every_entry_was_visited(redis_client, prefix):
     assert store.access("c", now=T0 + 20) == 1 and model.request("c", 10)
     model.evict_down_to(10)
     assert [e.path for e in store.victims(10)] == [model.evicted[-1], "c"]
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_a_batch_of_accesses_does_what_single_accesses_do(redis_client, name):
+    one, many = (Store(redis_client, Keys(f"b{uuid.uuid4().hex[:8]}:"), policy=name)
+                 for _ in range(2))  # fmt: skip
+    try:
+        for store in (one, many):
+            for i in range(6):
+                store.register(f"d{i}", 1000 * (i + 1), 1, now=100.0 + i)
+        trace = ["d1", "d3", "x", "d1", "d5", "d0", "y", "d3"]
+        singles = [int(one.access(p, now=200.0)) for p in trace]
+        assert many.access_many(trace, now=200.0) == singles
+        assert one.counters()[0] == many.counters()[0]
+        assert one.all_records() == many.all_records()
+        assert [e.path for e in one.victims(6)] == [e.path for e in many.victims(6)]
+    finally:
+        cleanup_prefix(redis_client, one.keys.prefix)
+        cleanup_prefix(redis_client, many.keys.prefix)

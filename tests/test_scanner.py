@@ -37,3 +37,28 @@ def test_directories_at_depth_skip_trash_and_files(root):
     (root / ".cachemgr-trash").mkdir()
     assert list(scanner.directories_at_depth(root, 1)) == ["a", "b"]
     assert list(scanner.directories_at_depth(root, 2)) == ["a/x"]
+
+
+def test_a_symlinked_top_is_refused_and_nothing_outside_is_counted(root, canary):
+    import pytest
+
+    os.symlink(canary, root / "s")
+    with pytest.raises(OSError):
+        scanner.scan(root / "s")
+    d = make_tree(root, "real", files=1)
+    os.symlink(canary, d / "inner")  # a symlink inside is counted as itself, not followed
+    assert scanner.scan(d).file_count == 1
+
+
+def test_a_deep_tree_keeps_few_descriptors_open(root):
+    deep = root / "deep"
+    path = deep
+    for i in range(60):
+        path = path / f"level{i}"
+    path.mkdir(parents=True)
+    (path / "f").write_bytes(b"x")
+    wide = root / "wide"
+    for i in range(1500):  # more than the usual 1024 open files, were they all held at once
+        (wide / f"d{i}").mkdir(parents=True)
+    assert scanner.scan(deep).file_count == 1
+    assert len(scanner.scan(wide, collect_subdirs=True).subdirs) == 1500
