@@ -291,7 +291,36 @@ class SIEVE(Model):
             self.head = o
 
 
-class S3FIFO(Model):
+class _Ghost(Model):
+    """A byte-bounded FIFO of evicted keys, shared by S3-FIFO and 2Q."""
+
+    ghost_share = (1, 2)  # the ghost keeps at most this share of the bytes held
+
+    def __init__(self, capacity: int, **kw: Any) -> None:
+        super().__init__(capacity, **kw)
+        self.ghost: OrderedDict[Key, int] = OrderedDict()
+        self.gb = 0
+
+    def _recalled(self, key: Key) -> bool:
+        """True (and forgotten) when the key was evicted not long ago."""
+        gsize = self.ghost.pop(key, None)
+        if gsize is None:
+            return False
+        self.gb -= gsize
+        return True
+
+    def _remember(self, key: Key, size: int, held: int) -> None:
+        gn, gd = self.ghost_share
+        if gd * size > gn * held:
+            return
+        ghost = self.ghost
+        while ghost and gd * (self.gb + size) > gn * held:
+            self.gb -= ghost.popitem(last=False)[1]
+        ghost[key] = size
+        self.gb += size
+
+
+class S3FIFO(_Ghost):
     """S3-FIFO (SOSP'23): a small FIFO (10%), a main FIFO with a 2-bit clock, and a ghost.
 
     New objects enter the small queue, or the main one when their key is in the ghost. The small
@@ -313,9 +342,8 @@ class S3FIFO(Model):
         super().__init__(capacity, **kw)
         self.small: OrderedDict[Key, None] = OrderedDict()
         self.main: OrderedDict[Key, None] = OrderedDict()
-        self.ghost: OrderedDict[Key, int] = OrderedDict()
         self.freq: dict[Key, int] = {}
-        self.sb = self.mb = self.gb = 0
+        self.sb = self.mb = 0
         self.has_evicted = False
 
     def _hit(self, key: Key) -> None:
@@ -323,9 +351,7 @@ class S3FIFO(Model):
 
     def _insert(self, key: Key, size: int) -> None:
         self.freq[key] = 0
-        gsize = self.ghost.pop(key, None)
-        if gsize is not None:
-            self.gb -= gsize
+        if self._recalled(key):
             self.main[key] = None
             self.mb += size
         else:
@@ -382,19 +408,9 @@ class S3FIFO(Model):
                     self.mb += s
                     continue
                 del freq[key]
-                self._remember(key, s)
+                self._remember(key, s, self.sb + self.mb)
                 return key
 
-    def _remember(self, key: Key, size: int) -> None:
-        t = self.sb + self.mb
-        gn, gd = self.ghost_share
-        if gd * size > gn * t:
-            return
-        ghost = self.ghost
-        while ghost and gd * (self.gb + size) > gn * t:
-            self.gb -= ghost.popitem(last=False)[1]
-        ghost[key] = size
-        self.gb += size
 
 
 class S3FIFOLargeGhost(S3FIFO):
@@ -404,7 +420,7 @@ class S3FIFOLargeGhost(S3FIFO):
     ghost_share = (2, 1)
 
 
-class TwoQ(Model):
+class TwoQ(_Ghost):
     """2Q (VLDB'94, as libCacheSim has it): new entries wait in a FIFO (Ain); one evicted from
     there is remembered in a ghost (Aout), and on its return goes to an LRU (Am). Ain is evicted
     while it holds more than a quarter of the bytes, else Am; the ghost keeps the newest half.
@@ -416,17 +432,14 @@ class TwoQ(Model):
         super().__init__(capacity, **kw)
         self.ain: OrderedDict[Key, None] = OrderedDict()
         self.am: OrderedDict[Key, None] = OrderedDict()
-        self.ghost: OrderedDict[Key, int] = OrderedDict()
-        self.ab = self.mb = self.gb = 0
+        self.ab = self.mb = 0
 
     def _hit(self, key: Key) -> None:
         if key in self.am:
             self.am.move_to_end(key)
 
     def _insert(self, key: Key, size: int) -> None:
-        gsize = self.ghost.pop(key, None)
-        if gsize is not None:
-            self.gb -= gsize
+        if self._recalled(key):
             self.am[key] = None
             self.mb += size
         else:
@@ -438,13 +451,7 @@ class TwoQ(Model):
         if 4 * self.ab > self.ab + self.mb:
             key = self.ain.popitem(last=False)[0]
             self.ab -= size[key]
-            t = self.ab + self.mb
-            s = size[key]
-            if 2 * s <= t:
-                while self.ghost and 2 * (self.gb + s) > t:
-                    self.gb -= self.ghost.popitem(last=False)[1]
-                self.ghost[key] = s
-                self.gb += s
+            self._remember(key, size[key], self.ab + self.mb)
             return key
         key = self.am.popitem(last=False)[0]
         self.mb -= size[key]

@@ -30,6 +30,12 @@ def answers(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def wait_answering(ports: list[int], seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not all(answers(p) for p in ports) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def node_worker(node: str, root: Path, cluster: str, broker: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DISK_CACHE_"))}
     env.update(
@@ -189,11 +195,7 @@ def redis_cluster(tmp_path):
         ))  # fmt: skip
         ports.append(port)
     try:
-        for port in ports:
-            for _ in range(100):
-                if answers(port):
-                    break
-                time.sleep(0.05)
+        wait_answering(ports)
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
              "--cluster-replicas", "0", "--cluster-yes"],
@@ -261,11 +263,7 @@ def test_redis_sentinel_url_reaches_the_master(tmp_path):
         subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL),
     ]  # fmt: skip
     try:
-        for port in ports:
-            for _ in range(100):
-                if answers(port):
-                    break
-                time.sleep(0.05)
+        wait_answering(ports)
         client = connect(f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0")
         root = tmp_path / "root"
         root.mkdir()
