@@ -108,7 +108,3 @@ def existing_directory(root: Path, path: str) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise PathError(f"path is not a directory: {path!r}")
     return location
-
-
-def relative(root: Path, location: Path) -> str:
-    return Path(location).relative_to(Path(os.path.realpath(root))).as_posix()

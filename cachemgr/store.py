@@ -462,9 +462,6 @@ class Store:
         }
 
 
-    def pinned_count(self, now: float | None = None) -> int:
-        return int(self.client.zcount(self.keys.pins, f"({now or time.time()!r}", "+inf"))
-
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         out = []
         for ident, fields in self.client.xrevrange(self.keys.events, count=limit):
