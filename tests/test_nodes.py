@@ -174,6 +174,31 @@ def test_two_nodes_with_rabbitmq_as_the_broker(two_nodes):
     run_two_node_flow(two_nodes, RABBIT)
 
 
+def create_cluster(ports: list[int], attempts: int = 3) -> None:
+    """`redis-cli --cluster create`, again from clean nodes if a loaded machine made it fail."""
+    out = None
+    for _ in range(attempts):
+        for port in ports:  # each node answers PING before we ask it to join
+            for _ in range(100):
+                ping = subprocess.run(["redis-cli", "-p", str(port), "ping"],
+                                      capture_output=True, text=True)  # fmt: skip
+                if ping.stdout.strip() == "PONG":
+                    break
+                time.sleep(0.05)
+        out = subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if out.returncode == 0:
+            return
+        for port in ports:
+            subprocess.run(["redis-cli", "-p", str(port), "cluster", "reset", "hard"],
+                           capture_output=True)  # fmt: skip
+        time.sleep(1)
+    raise AssertionError(f"redis-cli --cluster create failed: {out and (out.stdout, out.stderr)}")
+
+
 @pytest.fixture
 def redis_cluster(tmp_path):
     if not shutil.which("redis-server") or not shutil.which("redis-cli"):
@@ -181,8 +206,9 @@ def redis_cluster(tmp_path):
     ports, procs = [], []
     import random
 
-    # The cluster bus listens on port + 10000: stay well below 55535.
-    candidates = [p for p in random.sample(range(21000, 29000), 50) if not answers(p)]
+    # The cluster bus listens on port + 10000: keep both below the ephemeral range (32768+),
+    # where client sockets of other tests could hold the bus port.
+    candidates = [p for p in random.sample(range(12000, 22000), 50) if not answers(p)]
     candidates = [p for p in candidates if not answers(p + 10000)]
     for i in range(3):
         port = candidates[i]
@@ -196,11 +222,7 @@ def redis_cluster(tmp_path):
         ports.append(port)
     try:
         wait_answering(ports)
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+        create_cluster(ports)
         for _ in range(100):
             out = subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"],
                                  capture_output=True, text=True).stdout  # fmt: skip
