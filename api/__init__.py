@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
 import os
@@ -70,8 +71,22 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+def _presented_token(header: str) -> str:
+    """The token from `Bearer <token>`, or the password of HTTP Basic (what a browser sends)."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return ""
+    return ""
+
+
 def _auth(app: Flask) -> None:
-    """With DISK_CACHE_API_TOKEN set, writes (and reads, if asked) need the bearer token."""
+    """With DISK_CACHE_API_TOKEN set, writes (and reads, if asked) need the token: as a bearer
+    token, or as the password of HTTP Basic so that a browser can open the status page."""
 
     @app.before_request
     def check_token() -> Any:
@@ -80,10 +95,11 @@ def _auth(app: Flask) -> None:
             return None
         if request.method not in WRITE_METHODS and not app.config["DISK_CACHE_API_READ_AUTH"]:
             return None
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return body(401, "unauthorized", "missing or wrong bearer token")
+        given = _presented_token(request.headers.get("Authorization", ""))
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            response, status = body(401, "unauthorized", "missing or wrong bearer token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="cachemgr", Basic realm="cachemgr"'
+            return response, status
         return None
 
 

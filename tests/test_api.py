@@ -168,8 +168,15 @@ def test_writes_need_the_token_when_one_is_set(app, client, root):
     assert ok.status_code == 200
     assert client.get("/cache/stats").status_code == 200  # reads stay open
     app.config["DISK_CACHE_API_READ_AUTH"] = True
-    assert client.get("/cache/stats").status_code == 401
+    denied = client.get("/cache/stats")
+    assert denied.status_code == 401 and "Basic" in denied.headers["WWW-Authenticate"]
     assert client.get("/healthz").status_code == 200
+    import base64
+
+    browser = {"Authorization": "Basic " + base64.b64encode(b"me:s3cret").decode()}
+    assert client.get("/", headers=browser).status_code == 200  # the status page in a browser
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"me:nope").decode()}
+    assert client.get("/", headers=wrong).status_code == 401
 
 
 def test_health_and_readiness(client):
