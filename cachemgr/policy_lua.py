@@ -19,7 +19,7 @@ with %.17g.
 
 from __future__ import annotations
 
-from cachemgr.policy_lua_s3fifo import CURSOR
+from cachemgr.policy_lua_s3fifo import CURSOR, remember_in_ghost
 
 # -- SIEVE ---------------------------------------------------------------------------------
 # AUX[1] zset of unvisited entries, AUX[2] zset of visited entries, both scored by insertion
@@ -214,7 +214,8 @@ return out
 """
 )
 
-TWOQ_ON_REMOVE = """
+TWOQ_ON_REMOVE = (
+    """
 do
   local in_ain = redis.call('ZSCORE', AUX[1], path)
   local in_am = redis.call('ZSCORE', AUX[2], path)
@@ -226,22 +227,10 @@ do
     redis.call('HINCRBY', AUX[6], in_ain and 'ab' or 'mb', -psize)
     if in_ain and reason == 'evicted' then
       -- remembered in the ghost, which keeps the newest half of the bytes held
-      local m = redis.call('HMGET', AUX[6], 'ab', 'mb', 'gb')
-      local t = tonumber(m[1] or '0') + tonumber(m[2] or '0')
-      local gb = tonumber(m[3] or '0')
-      if 2 * psize <= t then
-        while 2 * (gb + psize) > t do
-          local old = redis.call('ZRANGE', AUX[3], 0, 0)[1]
-          if not old then break end
-          gb = gb - tonumber(redis.call('HGET', AUX[5], old) or '0')
-          redis.call('ZREM', AUX[3], old)
-          redis.call('HDEL', AUX[5], old)
-        end
-        redis.call('ZADD', AUX[3], redis.call('HINCRBY', AUX[6], 'seq', 1), path)
-        redis.call('HSET', AUX[5], path, psize)
-        redis.call('HSET', AUX[6], 'gb', gb + psize)
-      end
-    end
+"""
+    + remember_in_ghost(ghost=3, sizes=5, meta=6, held=("ab", "mb"), share=("1", "2"))
+    + """    end
   end
 end
 """
+)

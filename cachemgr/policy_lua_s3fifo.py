@@ -63,6 +63,34 @@ local function peek(c)
 end
 """
 
+def remember_in_ghost(
+    *, ghost: int, sizes: int, meta: int, held: tuple[str, str], share: tuple[str, str]
+) -> str:
+    """Lua that remembers `path` (of `psize` bytes) in a byte-bounded ghost, oldest out first.
+
+    The ghost keeps at most share[0]/share[1] of the bytes held (the sum of the two `held`
+    fields of AUX[meta]); AUX[ghost] is a zset by sequence, AUX[sizes] a hash of sizes.
+    Shared by S3-FIFO and 2Q, as models._Ghost is.
+    """
+    gn, gd = share
+    return f"""      local m = redis.call('HMGET', AUX[{meta}], '{held[0]}', '{held[1]}', 'gb')
+      local t = tonumber(m[1] or '0') + tonumber(m[2] or '0')
+      local gb = tonumber(m[3] or '0')
+      if {gd} * psize <= {gn} * t then
+        while {gd} * (gb + psize) > {gn} * t do
+          local old = redis.call('ZRANGE', AUX[{ghost}], 0, 0)[1]
+          if not old then break end
+          gb = gb - tonumber(redis.call('HGET', AUX[{sizes}], old) or '0')
+          redis.call('ZREM', AUX[{ghost}], old)
+          redis.call('HDEL', AUX[{sizes}], old)
+        end
+        redis.call('ZADD', AUX[{ghost}], redis.call('HINCRBY', AUX[{meta}], 'seq', 1), path)
+        redis.call('HSET', AUX[{sizes}], path, psize)
+        redis.call('HSET', AUX[{meta}], 'gb', gb + psize)
+      end
+"""
+
+
 # S3-FIFO's helpers. Until the first eviction every new entry waits in the small queue; the first
 # eviction settles the queues as if the small one had filled first: the oldest entries up to
 # its share of the bytes stay, the rest move to main in order (models.S3FIFO._settle).
@@ -228,22 +256,9 @@ S3FIFO_ON_REMOVE = (
     redis.call('HINCRBY', AUX[7], in_small and 'sb' or 'mb', -psize)
     if in_small and reason == 'evicted' then
       -- remembered in the ghost, which keeps the newest @GN@/@GD@ of the bytes held
-      local m = redis.call('HMGET', AUX[7], 'sb', 'mb', 'gb')
-      local t = tonumber(m[1] or '0') + tonumber(m[2] or '0')
-      local gb = tonumber(m[3] or '0')
-      if @GD@ * psize <= @GN@ * t then
-        while @GD@ * (gb + psize) > @GN@ * t do
-          local old = redis.call('ZRANGE', AUX[3], 0, 0)[1]
-          if not old then break end
-          gb = gb - tonumber(redis.call('HGET', AUX[6], old) or '0')
-          redis.call('ZREM', AUX[3], old)
-          redis.call('HDEL', AUX[6], old)
-        end
-        redis.call('ZADD', AUX[3], redis.call('HINCRBY', AUX[7], 'seq', 1), path)
-        redis.call('HSET', AUX[6], path, psize)
-        redis.call('HSET', AUX[7], 'gb', gb + psize)
-      end
-    end
+"""
+    + remember_in_ghost(ghost=3, sizes=6, meta=7, held=("sb", "mb"), share=("@GN@", "@GD@"))
+    + """    end
   end
 end
 """
