@@ -14,6 +14,7 @@ from cachemgr.health import diagnose
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.nodes import NodeRegistry, aggregate
+from cachemgr.reads import Batch, Reader, run
 from cachemgr.records import Entry, iso
 from cachemgr.settings import Settings
 from cachemgr.store import Store
@@ -240,9 +241,11 @@ class DiskCache:
             raise NotTracked(f"directory is not tracked: {rel!r}")
         return entry
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, snap: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The stats; `snap` is the store's snapshot when the caller already read it."""
         s = self.settings
-        snap = self.store.snapshot(self.clock())
+        if snap is None:
+            snap = self.store.snapshot(self.clock())
         total, counters, since_reset = snap["total_bytes"], snap["counters"], snap["since_reset"]
         status = "ok"
         if total > s.disk_cache_max_bytes:
@@ -317,21 +320,45 @@ class DiskCache:
         return DiskCache(other, self.client, clock=self.clock)
 
     def cluster_stats(self) -> dict[str, Any]:
-        """Every node's stats, each with up/down and the age of its last cleanup, and totals."""
-        registry = self.registry
-        entries = registry.entries()
-        names = sorted(set(entries) | {self.settings.node})
-        alive = registry.alive(names)
-        nodes = []
+        """Every node's stats, each with up/down and the age of its last cleanup, and totals.
+
+        A single node's are read in one round trip; other nodes' in one more, once the
+        registry has named them."""
+        registry, own = self.registry, self.settings.node
         now = self.clock()
-        for name in names:
-            stats = self.for_node(name, entries).stats()
+
+        def own_reads(batch: Batch) -> Reader[tuple[dict[str, Any], ...]]:
+            read_entries = registry.queue_entries(batch)
+            read_alive = registry.queue_alive(batch, [own])
+            read_snap = self.store.queue_snapshot(batch, now)
+            return lambda replies: (read_entries(replies), read_alive(replies), read_snap(replies))
+
+        entries, alive, own_snap = run(self.client, own_reads)
+        caches = {name: self.for_node(name, entries) for name in sorted(set(entries) - {own})}
+        snaps = {own: own_snap}
+
+        def other_reads(batch: Batch) -> Reader[tuple[dict[str, bool], dict[str, Any]]]:
+            read_alive = registry.queue_alive(batch, list(caches))
+            queued = {name: c.store.queue_snapshot(batch, now) for name, c in caches.items()}
+            return lambda replies: (
+                read_alive(replies),
+                {name: read(replies) for name, read in queued.items()},
+            )
+
+        if caches:
+            up, more = run(self.client, other_reads)
+            alive.update(up)
+            snaps.update(more)
+        caches[own] = self
+        nodes = []
+        for name in sorted(caches):
+            stats = caches[name].stats(snaps[name])
             last = (stats.get("last_cleanup") or {}).get("time")
             stats["up"] = alive.get(name, False)
             stats["last_cleanup_age_seconds"] = round(now - float(last), 1) if last else None
             nodes.append(stats)
-        own = next(n for n in nodes if n["node"] == self.settings.node)
-        return {**own, "cluster": aggregate(nodes), "nodes": nodes}
+        mine = next(n for n in nodes if n["node"] == own)
+        return {**mine, "cluster": aggregate(nodes), "nodes": nodes}
 
     # -- the scheduler switch -------------------------------------------------------------
     def scheduler_running(self) -> bool:

@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from cachemgr.reads import Batch, Reader, run
 from cachemgr.settings import Settings
 
 ALIVE_TTL_SECONDS = 30
@@ -57,15 +58,19 @@ class NodeRegistry:
         self.client.delete(self.alive_key(node))
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        return {node: json.loads(raw) for node, raw in self.client.hgetall(self.nodes_key).items()}
+        return run(self.client, self.queue_entries)
+
+    def queue_entries(self, batch: Batch) -> Reader[dict[str, dict[str, Any]]]:
+        batch.pipe.hgetall(self.nodes_key)
+        return lambda replies: {node: json.loads(raw) for node, raw in next(replies).items()}
 
     def alive(self, nodes: list[str]) -> dict[str, bool]:
-        if not nodes:
-            return {}
-        pipe = self.client.pipeline(transaction=False)
+        return run(self.client, lambda batch: self.queue_alive(batch, nodes))
+
+    def queue_alive(self, batch: Batch, nodes: list[str]) -> Reader[dict[str, bool]]:
         for node in nodes:
-            pipe.exists(self.alive_key(node))
-        return {node: bool(up) for node, up in zip(nodes, pipe.execute(), strict=True)}
+            batch.pipe.exists(self.alive_key(node))
+        return lambda replies: {node: bool(next(replies)) for node in nodes}
 
     def forget(self, node: str) -> None:
         self.client.hdel(self.nodes_key, node)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import heapq
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -17,6 +17,7 @@ import redis
 from cachemgr import scripts
 from cachemgr.keys import Keys
 from cachemgr.policies import POLICIES, Policy
+from cachemgr.reads import Batch, Reader, run
 from cachemgr.records import Entry, unpack
 
 COUNTERS = (
@@ -109,9 +110,7 @@ class Store:
             scripts.with_baked_keys(self.policy.script(scripts.ACCESS), self.script_keys(""))
         )
         self._access_many = client.register_script(
-            scripts.with_baked_keys(
-                self.policy.script(scripts.ACCESS_MANY), self.script_keys("")
-            )
+            scripts.with_baked_keys(self.policy.script(scripts.ACCESS_MANY), self.script_keys(""))
         )
         self._claim = client.register_script(self.policy.script(scripts.CLAIM))
         self._finish = client.register_script(scripts.FINISH)
@@ -122,6 +121,7 @@ class Store:
         self._resize = client.register_script(scripts.RESIZE)
         self._recount = client.register_script(scripts.RECOUNT)
         self._reset_stats = client.register_script(scripts.RESET_STATS)
+        self._snapshot = client.register_script(scripts.SNAPSHOT)
 
     # -- keys ---------------------------------------------------------------------------
     def script_keys(self, path: str | None = None) -> list[str]:
@@ -331,9 +331,7 @@ class Store:
             if rec is None:
                 continue  # removed between the two reads
             size, files, registered, hits = unpack(rec)
-            out.append(
-                Entry(path, size, files, registered, last, hits, self.ttl_seconds, pin)
-            )
+            out.append(Entry(path, size, files, registered, last, hits, self.ttl_seconds, pin))
         return out
 
     def info(self, path: str) -> Entry | None:
@@ -377,7 +375,13 @@ class Store:
             size, files, registered, hits = unpack(rec)
             out.append(
                 Entry(
-                    path, size, files, registered, float(last), hits, self.ttl_seconds,
+                    path,
+                    size,
+                    files,
+                    registered,
+                    float(last),
+                    hits,
+                    self.ttl_seconds,
                     float(pin) if pin else None,
                 )  # fmt: skip
             )
@@ -438,29 +442,29 @@ class Store:
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         """Everything the stats show, read in one round trip."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(k.bytes)
-        pipe.hlen(k.entries)
-        pipe.hgetall(k.stats)
-        pipe.hgetall(k.stats_baseline)
-        pipe.hgetall(k.last_cleanup)
-        pipe.exists(k.initialized)
-        pipe.get(k.scheduler)
-        pipe.zcount(k.pins, f"({now or time.time()!r}", "+inf")
-        total, count, overall, base, last, initialized, scheduler, pinned = pipe.execute()
-        counters, since_reset = _since(overall, base)
-        return {
-            "total_bytes": int(total or 0),
-            "directory_count": int(count),
-            "counters": counters,
-            "since_reset": since_reset,
-            "last_cleanup": last or None,
-            "initialized": bool(initialized),
-            "scheduler_running": scheduler != "stopped",
-            "pinned_count": int(pinned),
-        }
+        return run(self.client, lambda batch: self.queue_snapshot(batch, now))
 
+    def queue_snapshot(self, batch: Batch, now: float | None = None) -> Reader[dict[str, Any]]:
+        k = self.keys
+        keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
+        keys += [k.scheduler, k.pins]
+        batch.script(self._snapshot, keys, [repr(now or time.time())])
+
+        def read(replies: Iterator[Any]) -> dict[str, Any]:
+            total, count, overall, base, last, initialized, scheduler, pinned = next(replies)
+            counters, since_reset = _since(_pairs(overall), _pairs(base))
+            return {
+                "total_bytes": int(total),
+                "directory_count": int(count),
+                "counters": counters,
+                "since_reset": since_reset,
+                "last_cleanup": _pairs(last) or None,
+                "initialized": bool(initialized),
+                "scheduler_running": scheduler != "stopped",
+                "pinned_count": int(pinned),
+            }
+
+        return read
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         out = []
@@ -469,9 +473,11 @@ class Store:
         return out
 
 
-def _since(
-    overall: dict[str, str], base: dict[str, str]
-) -> tuple[dict[str, int], dict[str, Any]]:
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _since(overall: dict[str, str], base: dict[str, str]) -> tuple[dict[str, int], dict[str, Any]]:
     """Counters overall, and since the reset (the difference from its baseline)."""
     total = {c: int(overall.get(c, 0)) for c in COUNTERS}
     recent: dict[str, Any] = {c: total[c] - int(base.get(c, 0)) for c in COUNTERS}

@@ -251,6 +251,16 @@ def test_stats_fields(cache, root):
     assert s["quota_status"] == "ok" and s["scheduler_running"] is True
 
 
+def test_stats_read_in_one_round_trip_survive_a_script_flush(cache, root):
+    fill(cache, root, 2)
+    before = cache.cluster_stats()
+    cache.client.script_flush()  # a restarted Redis has no scripts: the read loads its own
+    after = cache.cluster_stats()
+    assert after["total_bytes"] == before["total_bytes"] == 2 * UNIT
+    assert after["directory_count"] == 2 and after["nodes"][0]["node"] == cache.settings.node
+    assert after["cluster"]["total_bytes"] == 2 * UNIT
+
+
 def test_cleanup_runs_one_at_a_time(cache, root):
     fill(cache, root, 1)
     from cachemgr.locks import Lock
