@@ -7,8 +7,8 @@ from typing import Any
 from celery.result import AsyncResult
 from flask import Response, jsonify, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
+from api.arguments import CacheBlueprint
 from api.errors import STATUS_BY_NAME, body
 from api.extensions import cache, state
 from api.schemas import (
@@ -32,7 +32,7 @@ from cachemgr import DiskCache, NotTracked, paths
 from cachemgr.cleanup import cleanup as cleanup_plan
 from cachemgr.nodes import queue_for
 
-blp = Blueprint("cache", __name__, url_prefix="/cache", description="Cache status and control")
+blp = CacheBlueprint("cache", __name__, url_prefix="/cache", description="Cache status and control")
 # Schemas are passed as instances: webargs would build a class anew on every request.
 ARGS = {"location": "query", "error_status_code": 400}
 

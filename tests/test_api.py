@@ -218,3 +218,47 @@ def test_stats_reset_endpoint_and_cli(client, runner, cache, root):
     assert client.get("/cache/stats").get_json()["since_reset"]["hits"] == 1
     assert runner.invoke(args=["stats", "--reset", "--json"]).exit_code == 0
     assert client.get("/cache/stats").get_json()["since_reset"]["hits"] == 0
+
+
+def test_query_parser_defaults_are_fresh_and_required_arguments_still_fail():
+    from flask import Flask
+    from flask.views import MethodView
+    from flask_smorest import Api
+    from marshmallow import Schema, fields
+
+    from api.arguments import CacheBlueprint
+
+    class Optional(Schema):
+        limit = fields.Integer(load_default=10)
+        tags = fields.List(fields.String(), load_default=list)
+
+    class Needed(Schema):
+        name = fields.String(required=True)
+
+    app = Flask("t")
+    app.config.update(API_TITLE="t", API_VERSION="1", OPENAPI_VERSION="3.0.3")
+    api = Api(app)
+    blp = CacheBlueprint("t", "t", url_prefix="/t")
+
+    @blp.route("/optional")
+    class Opt(MethodView):
+        @blp.arguments(Optional(), location="query")
+        def get(self, args):
+            args["tags"].append("seen")  # must not leak into the next request's defaults
+            return args
+
+    @blp.route("/needed")
+    class Need(MethodView):
+        @blp.arguments(Needed(), location="query", error_status_code=400)
+        def get(self, args):
+            return args
+
+    api.register_blueprint(blp)
+    c = app.test_client()
+    assert c.get("/t/optional").get_json() == {"limit": 10, "tags": ["seen"]}
+    assert c.get("/t/optional").get_json() == {"limit": 10, "tags": ["seen"]}
+    assert c.get("/t/optional?limit=3").get_json() == {"limit": 3, "tags": ["seen"]}
+    assert c.get("/t/optional?limit=x").status_code == 422
+    for _ in range(2):
+        assert c.get("/t/needed").status_code == 400
+    assert c.get("/t/needed?name=a").get_json() == {"name": "a"}
