@@ -2,7 +2,8 @@
 
 Size is allocated bytes (st_blocks x 512), what `du` reports and what fills the disk: a sparse
 or compressed file costs less than its length, a 1-byte file costs a whole block. Each inode is
-counted once (hard links), symlinks are never followed, and no subprocess is used.
+counted once (hard links), symlinks are never followed, and no subprocess is used. The loop
+over one directory's entries is in C (_scandir.c) when the install built it, else in Python.
 """
 
 from __future__ import annotations
@@ -44,46 +45,78 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     files = 0
     subdirs: list[str] = []
     seen: set[tuple[int, int]] = set()
-    # One frame per directory on the current path: descriptors open = depth, not breadth.
-    frames = [(top, os.scandir(top), "")]
+    # One frame per directory on the current path, with the names of its subdirectories not
+    # yet walked: descriptors open = depth, not breadth.
+    frames: list[tuple[int, str, list[str]]] = []
+
+    def read(fd: int, rel: str) -> None:
+        nonlocal blocks, files
+        frames.append((fd, rel, []))  # first, so that the finally below closes it
+        b, f, subs, linked = scan_dir(fd)
+        blocks += b
+        files += f
+        for dev, ino, blk, regular in linked:
+            if (dev, ino) not in seen:
+                seen.add((dev, ino))
+                blocks += blk
+                files += regular
+        names = frames[-1][2]
+        for name, blk in subs:
+            blocks += blk
+            names.append(name)
+            if collect_subdirs:
+                subdirs.append(f"{rel}/{name}" if rel else name)
+        names.reverse()  # popped from the end: walked in directory order
+
     try:
+        read(top, "")
         while frames:
-            fd, entries, rel = frames[-1]
-            entry = next(entries, None)
-            if entry is None:
-                entries.close()
+            fd, rel, names = frames[-1]
+            if not names:
                 os.close(fd)
                 frames.pop()
                 continue
+            name = names.pop()
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue  # vanished, unreadable or replaced: count what we can see
+            read(child, f"{rel}/{name}" if rel else name)
+    finally:
+        for fd, _, _ in frames:
+            os.close(fd)
+    return ScanResult(size_bytes=blocks * 512, file_count=files, subdirs=subdirs)
+
+
+def scan_dir_py(fd: int) -> tuple[int, int, list[tuple[str, int]], list[tuple[int, int, int, int]]]:
+    """One directory's entries (see _scandir.c, which does the same without Python objects
+    per entry): blocks and regular files of the entries that are neither directories nor
+    hard-linked, [(name, blocks)] of the subdirectories, [(dev, ino, blocks, is_regular)] of
+    the hard-linked."""
+    blocks = files = 0
+    subs: list[tuple[str, int]] = []
+    linked: list[tuple[int, int, int, int]] = []
+    with os.scandir(fd) as entries:  # scandir works on a duplicate of fd
+        for entry in entries:
             try:
                 est = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
             kind = est.st_mode & _IFMT
             if kind == _IFDIR:
+                subs.append((entry.name, est.st_blocks))
+            elif est.st_nlink > 1:
+                linked.append((est.st_dev, est.st_ino, est.st_blocks, int(kind == _IFREG)))
+            else:
                 blocks += est.st_blocks
-                sub = f"{rel}/{entry.name}" if rel else entry.name
-                if collect_subdirs:
-                    subdirs.append(sub)
-                try:
-                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
-                except OSError:
-                    continue  # vanished, unreadable or replaced: count what we can see
-                frames.append((child, os.scandir(child), sub))
-                continue
-            if est.st_nlink > 1:
-                ident = (est.st_dev, est.st_ino)
-                if ident in seen:
-                    continue
-                seen.add(ident)
-            blocks += est.st_blocks
-            if kind == _IFREG:
-                files += 1
-    finally:
-        for fd, entries, _ in frames:
-            entries.close()
-            os.close(fd)
-    return ScanResult(size_bytes=blocks * 512, file_count=files, subdirs=subdirs)
+                files += kind == _IFREG
+    return blocks, files, subs, linked
+
+
+try:  # the C loop, when the install could build it (setup.py)
+    from cachemgr._scandir import scan_dir
+except ImportError:  # pragma: no cover - a machine without a C compiler
+    scan_dir = scan_dir_py
 
 
 def directories_at_depth(root: Path, depth: int) -> Iterator[str]:

@@ -3,8 +3,31 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
+
 from cachemgr import scanner
 from tests.conftest import make_tree
+
+# The scanner's inner loop comes in C (when the install built it) and in Python; every test
+# below runs with each.
+LOOPS = [pytest.param(scanner.scan_dir_py, id="python")]
+try:
+    from cachemgr._scandir import scan_dir as c_scan_dir
+
+    LOOPS.append(pytest.param(c_scan_dir, id="c"))
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(autouse=True, params=LOOPS)
+def loop(request, monkeypatch):
+    monkeypatch.setattr(scanner, "scan_dir", request.param)
+    return request.param
+
+
+def test_the_c_loop_was_built():
+    """The install builds it wherever there is a C compiler, as on every CI machine."""
+    assert any(p.id == "c" for p in LOOPS)
 
 
 def du_bytes(path) -> int:
@@ -18,9 +41,34 @@ def test_size_matches_du_with_hard_links_counted_once(root):
     (d / "sub").mkdir()
     (d / "sub" / "small").write_bytes(b"a")
     os.symlink("/etc/passwd", d / "link")  # never followed
-    result = scanner.scan(d)
+    os.link(d / "sub" / "small", d / "small-again")  # linked across directories
+    os.mkfifo(d / "fifo")  # counted in bytes (none), not as a file
+    with open(d / "sparse", "wb") as f:
+        f.truncate(10**7)  # ten MB long, nothing allocated
+    result = scanner.scan(d, collect_subdirs=True)
     assert result.size_bytes == du_bytes(d)
-    assert result.file_count == 4  # 3 tracks + small; the hard link is the same inode
+    assert result.file_count == 5  # 3 tracks, small, sparse; a hard link is the same inode
+    assert result.subdirs == ["sub"]
+
+
+def test_one_directory_read_by_the_loop(root, loop):
+    d = make_tree(root, "album", files=2, size=5000)
+    (d / "cd1").mkdir()
+    os.link(d / "track00.mp3", d / "again.mp3")
+    os.symlink("track01.mp3", d / "alias")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        blocks, files, subs, linked = loop(fd)
+        assert loop(fd)[1] == files  # the caller's descriptor is neither moved nor closed
+    finally:
+        os.close(fd)
+    st = {n: os.lstat(d / n) for n in ("track01.mp3", "alias", "cd1", "track00.mp3")}
+    assert files == 1 and blocks == st["track01.mp3"].st_blocks + st["alias"].st_blocks
+    assert subs == [("cd1", st["cd1"].st_blocks)]
+    one = (st["track00.mp3"].st_dev, st["track00.mp3"].st_ino, st["track00.mp3"].st_blocks, 1)
+    assert sorted(linked) == [one, one]
+    with pytest.raises(OSError):
+        loop(10**6)  # not a descriptor
 
 
 def test_newest_directory_is_the_latest_download(root):

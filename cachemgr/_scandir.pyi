@@ -1,0 +1,3 @@
+def scan_dir(
+    fd: int, /
+) -> tuple[int, int, list[tuple[str, int]], list[tuple[int, int, int, int]]]: ...
