@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cachemgr import paths, scanner, trash
@@ -17,7 +17,7 @@ from cachemgr.nodes import NodeRegistry, aggregate
 from cachemgr.reads import Batch, Reader, run
 from cachemgr.records import Entry, iso
 from cachemgr.settings import Settings
-from cachemgr.store import Store
+from cachemgr.store import Store, same_server
 
 log = logging.getLogger("cachemgr")
 
@@ -322,39 +322,39 @@ class DiskCache:
     def cluster_stats(self) -> dict[str, Any]:
         """Every node's stats, each with up/down and the age of its last cleanup, and totals.
 
-        A single node's are read in one round trip; other nodes' in one more, once the
-        registry has named them."""
+        A single node's are read in one call to Redis (the registry with them, unless a Redis
+        Cluster keeps it on another shard); other nodes' in one more round trip."""
         registry, own = self.registry, self.settings.node
         now = self.clock()
+        registry_key = registry.nodes_key if same_server(self.client) else None
 
-        def own_reads(batch: Batch) -> Reader[tuple[dict[str, Any], ...]]:
-            read_entries = registry.queue_entries(batch)
-            read_alive = registry.queue_alive(batch, [own])
-            read_snap = self.store.queue_snapshot(batch, now)
-            return lambda replies: (read_entries(replies), read_alive(replies), read_snap(replies))
+        def own_reads(batch: Batch) -> Reader[tuple[dict[str, Any], dict[str, Any]]]:
+            read_entries = None if registry_key else registry.queue_entries(batch)
+            read_snap = self.store.queue_snapshot(batch, now, registry_key)
 
-        entries, alive, own_snap = run(self.client, own_reads)
+            def read(replies: Iterator[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+                entries = read_entries(replies) if read_entries else None
+                snap = read_snap(replies)
+                return (registry.parse(snap["registry"]) if entries is None else entries), snap
+
+            return read
+
+        entries, own_snap = run(self.client, own_reads)
         caches = {name: self.for_node(name, entries) for name in sorted(set(entries) - {own})}
         snaps = {own: own_snap}
 
-        def other_reads(batch: Batch) -> Reader[tuple[dict[str, bool], dict[str, Any]]]:
-            read_alive = registry.queue_alive(batch, list(caches))
+        def other_reads(batch: Batch) -> Reader[dict[str, dict[str, Any]]]:
             queued = {name: c.store.queue_snapshot(batch, now) for name, c in caches.items()}
-            return lambda replies: (
-                read_alive(replies),
-                {name: read(replies) for name, read in queued.items()},
-            )
+            return lambda replies: {name: read(replies) for name, read in queued.items()}
 
         if caches:
-            up, more = run(self.client, other_reads)
-            alive.update(up)
-            snaps.update(more)
+            snaps.update(run(self.client, other_reads))
         caches[own] = self
         nodes = []
         for name in sorted(caches):
             stats = caches[name].stats(snaps[name])
             last = (stats.get("last_cleanup") or {}).get("time")
-            stats["up"] = alive.get(name, False)
+            stats["up"] = snaps[name]["up"]
             stats["last_cleanup_age_seconds"] = round(now - float(last), 1) if last else None
             nodes.append(stats)
         mine = next(n for n in nodes if n["node"] == own)

@@ -120,6 +120,12 @@ class Keys:
         return f"{self.prefix}cache:history"
 
     @property
+    def alive(self) -> str:
+        """String with a short TTL that the node's workers renew: the node is up while it exists.
+        Among the node's own keys, so that the stats script reads it in the same call."""
+        return f"{self.prefix}cache:alive"
+
+    @property
     def nodes(self) -> str:
         """HASH node -> JSON of its heartbeat; shared by all nodes, so never prefixed."""
         return "cachemgr:nodes"

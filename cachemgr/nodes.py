@@ -1,8 +1,8 @@
 """Nodes: many cache roots (one per host) under one control plane.
 
 Each node's workers publish what the node is (root, key prefix, queue, quota, TTL, policy) in
-the shared hash `{cluster}:nodes`, and keep `{cluster}:alive:{node}` alive with a short TTL
-while they run: a node whose workers are gone shows as down. `{cluster}` is
+the shared hash `{cluster}:nodes`, and keep the node's own `cache:alive` key alive with a short
+TTL while they run: a node whose workers are gone shows as down. `{cluster}` is
 DISK_CACHE_CLUSTER (default `cachemgr`). The API and the CLI read any node's
 books through a DiskCache built from its published settings.
 """
@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from cachemgr.keys import Keys
 from cachemgr.reads import Batch, Reader, run
 from cachemgr.settings import Settings
 
@@ -30,9 +31,6 @@ class NodeRegistry:
         self.client = client
         self.nodes_key = f"{cluster}:nodes"
         self.cluster = cluster
-
-    def alive_key(self, node: str) -> str:
-        return f"{self.cluster}:alive:{node}"
 
     def publish(self, settings: Settings, now: float | None = None) -> None:
         entry = {
@@ -51,30 +49,22 @@ class NodeRegistry:
         }
         self.client.hset(self.nodes_key, settings.node, json.dumps(entry))
 
-    def heartbeat(self, node: str, ttl: int = ALIVE_TTL_SECONDS) -> None:
-        self.client.set(self.alive_key(node), f"{time.time():.3f}", ex=ttl)
+    def heartbeat(self, keys: Keys, ttl: int = ALIVE_TTL_SECONDS) -> None:
+        self.client.set(keys.alive, f"{time.time():.3f}", ex=ttl)
 
-    def mark_down(self, node: str) -> None:
-        self.client.delete(self.alive_key(node))
+    def mark_down(self, keys: Keys) -> None:
+        self.client.delete(keys.alive)
 
     def entries(self) -> dict[str, dict[str, Any]]:
         return run(self.client, self.queue_entries)
 
     def queue_entries(self, batch: Batch) -> Reader[dict[str, dict[str, Any]]]:
-        batch.pipe.hgetall(self.nodes_key)
-        return lambda replies: {node: json.loads(raw) for node, raw in next(replies).items()}
+        batch.command("HGETALL", self.nodes_key)
+        return lambda replies: self.parse(next(replies))
 
-    def alive(self, nodes: list[str]) -> dict[str, bool]:
-        return run(self.client, lambda batch: self.queue_alive(batch, nodes))
-
-    def queue_alive(self, batch: Batch, nodes: list[str]) -> Reader[dict[str, bool]]:
-        for node in nodes:
-            batch.pipe.exists(self.alive_key(node))
-        return lambda replies: {node: bool(next(replies)) for node in nodes}
-
-    def forget(self, node: str) -> None:
-        self.client.hdel(self.nodes_key, node)
-        self.mark_down(node)
+    @staticmethod
+    def parse(raw: dict[str, str]) -> dict[str, dict[str, Any]]:
+        return {node: json.loads(entry) for node, entry in raw.items()}
 
     def settings_for(
         self, node: str, base: Settings, entries: dict[str, dict[str, Any]] | None = None

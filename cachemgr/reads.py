@@ -16,25 +16,36 @@ Reader = Callable[[Iterator[Any]], T]
 
 
 class Batch:
-    def __init__(self, client: Any) -> None:
-        self.pipe = client.pipeline(transaction=False)
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
         self.scripts: list[Any] = []
+
+    def command(self, *args: Any) -> None:
+        self.commands.append(args)
 
     def script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
         """Queue a registered script by its SHA: a pipeline holding Script objects first asks
         Redis whether they are loaded, one more round trip on every read."""
         self.scripts.append(script)
-        self.pipe.evalsha(script.sha, len(keys), *keys, *args)
+        self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def execute(self, client: Any) -> list[Any]:
+        if len(self.commands) == 1:  # a pipeline costs the client more than one plain call
+            return [client.execute_command(*self.commands[0])]
+        pipe = client.pipeline(transaction=False)
+        for args in self.commands:
+            pipe.execute_command(*args)
+        return list(pipe.execute())
 
 
 def run(client: Any, build: Callable[[Batch], Reader[T]]) -> T:
     """Queue with `build`, execute in one round trip, read. A Redis that lost its scripts
     (restarted, SCRIPT FLUSH) gets them again and the batch runs once more."""
     for attempt in range(2):
-        batch = Batch(client)
+        batch = Batch()
         read = build(batch)
         try:
-            replies = batch.pipe.execute()
+            replies = batch.execute(client)
         except NoScriptError:
             if attempt:
                 raise

@@ -303,7 +303,9 @@ return 1
 # Everything the stats show, in one call (a pipeline of eight reads costs the client more).
 # KEYS[1] cache:bytes  KEYS[2] cache:entries  KEYS[3] cache:stats  KEYS[4] cache:stats:baseline
 # KEYS[5] cache:last_cleanup  KEYS[6] cache:initialized  KEYS[7] cache:scheduler
-# KEYS[8] cache:pins  ARGV[1] now: pins that end later are counted
+# KEYS[8] cache:pins  KEYS[9] cache:alive
+# KEYS[10] (optional) the node registry, read here too when it lives on the same server
+# ARGV[1] now: pins that end later are counted
 SNAPSHOT = """
 return {
   redis.call('GET', KEYS[1]) or '0',
@@ -314,6 +316,8 @@ return {
   redis.call('EXISTS', KEYS[6]),
   redis.call('GET', KEYS[7]) or '',
   redis.call('ZCOUNT', KEYS[8], '(' .. ARGV[1], '+inf'),
+  redis.call('EXISTS', KEYS[9]),
+  KEYS[10] and redis.call('HGETALL', KEYS[10]) or {},
 }
 """
 

@@ -36,6 +36,13 @@ COUNTERS = (
 )
 
 
+def same_server(client: Any) -> bool:
+    """False for a Redis Cluster client, whose keys of different hash tags may live apart."""
+    from redis.cluster import RedisCluster
+
+    return not isinstance(client, RedisCluster)
+
+
 def connect(url: str) -> Any:
     """A client as cachemgr needs it: str replies, bounded timeouts, keep-alive.
 
@@ -444,14 +451,20 @@ class Store:
         """Everything the stats show, read in one round trip."""
         return run(self.client, lambda batch: self.queue_snapshot(batch, now))
 
-    def queue_snapshot(self, batch: Batch, now: float | None = None) -> Reader[dict[str, Any]]:
+    def queue_snapshot(
+        self, batch: Batch, now: float | None = None, registry: str | None = None
+    ) -> Reader[dict[str, Any]]:
+        """`registry`: the node registry's key, to read it in the same call (same server only);
+        its raw fields come back as `registry`."""
         k = self.keys
         keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
-        keys += [k.scheduler, k.pins]
+        keys += [k.scheduler, k.pins, k.alive, *([registry] if registry else [])]
         batch.script(self._snapshot, keys, [repr(now or time.time())])
 
         def read(replies: Iterator[Any]) -> dict[str, Any]:
-            total, count, overall, base, last, initialized, scheduler, pinned = next(replies)
+            total, count, overall, base, last, initialized, scheduler, pinned, up, nodes = next(
+                replies
+            )
             counters, since_reset = _since(_pairs(overall), _pairs(base))
             return {
                 "total_bytes": int(total),
@@ -462,6 +475,8 @@ class Store:
                 "initialized": bool(initialized),
                 "scheduler_running": scheduler != "stopped",
                 "pinned_count": int(pinned),
+                "up": bool(up),
+                "registry": _pairs(nodes),
             }
 
         return read

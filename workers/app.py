@@ -32,7 +32,7 @@ def _beat_forever() -> None:
         cache = current_cache()
         if cache is not None:
             try:
-                cache.registry.heartbeat(cache.settings.node)
+                cache.registry.heartbeat(cache.keys)
             except Exception as exc:  # Redis away: the node shows down until it is back
                 log.warning("node heartbeat failed: %s", exc)
 
@@ -44,7 +44,7 @@ def announce(**_: Any) -> None:
 
     try:
         cache = get_cache()
-        cache.registry.heartbeat(cache.settings.node)
+        cache.registry.heartbeat(cache.keys)
     except Exception as exc:  # bad settings are reported by the tasks themselves, in one line
         log.error("worker cannot serve a node: %s", exc)
         return
@@ -61,6 +61,6 @@ def goodbye(**_: Any) -> None:
     cache = current_cache()
     if cache is not None:
         try:
-            cache.registry.mark_down(cache.settings.node)
+            cache.registry.mark_down(cache.keys)
         except Exception as exc:
             log.warning("could not mark node down: %s", exc)
