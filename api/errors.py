@@ -20,6 +20,7 @@ STATUS = {
     errors.NotTracked: 404,
     errors.NotOnDisk: 404,
     errors.Overlap: 409,
+    errors.RecordCollision: 409,
     errors.DeleteFailed: 500,
     ReconcileBusy: 409,
 }

@@ -9,13 +9,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cachemgr import paths, scanner, trash
-from cachemgr.errors import DeleteFailed, NotOnDisk, NotTracked, Overlap
+from cachemgr.errors import DeleteFailed, NotOnDisk, NotTracked, Overlap, RecordCollision
 from cachemgr.health import diagnose
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.nodes import NodeRegistry, aggregate
 from cachemgr.reads import Batch, Reader, run
-from cachemgr.records import Entry, iso
+from cachemgr.records import Entry, iso, record_id
 from cachemgr.settings import Settings
 from cachemgr.store import Store, same_server
 
@@ -85,6 +85,11 @@ class DiskCache:
             return {"status": "skipped", "reason": "lock lost during the scan", "path": rel}
         if outcome[0] == "overlap":
             raise Overlap(f"{rel!r} overlaps {outcome[1]!r}, which is tracked on its own")
+        if outcome[0] == "collision":
+            raise RecordCollision(
+                f"{rel!r} cannot be tracked: its record id {record_id(rel)} is another tracked "
+                "directory's (a 72-bit SHA-1 prefix collision); rename one of them"
+            )
         total = int(outcome[3])  # the script's own INCRBY: no extra round trip
         log.info(
             "registered %s: %d bytes, %d files (cache total %d bytes)",

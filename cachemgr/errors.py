@@ -33,6 +33,12 @@ class Overlap(CacheError):
     code = "overlap"
 
 
+class RecordCollision(CacheError):
+    """Two paths with the same record id (records.record_id): the second is refused, a 409."""
+
+    code = "record_id_collision"
+
+
 class DeleteFailed(CacheError):
     """A directory's files could not be deleted; it stays on the books: a 500 with a reason."""
 

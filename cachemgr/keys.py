@@ -34,7 +34,8 @@ class Keys:
 
     @property
     def entries(self) -> str:
-        """HASH path -> packed record `size files registered hits` (see records.py)."""
+        """HASH record id (records.record_id(path): 12 characters) -> packed record
+        `size files registered hits` (see records.py)."""
         return f"{self.prefix}cache:entries"
 
     @property

@@ -87,14 +87,19 @@ class NodeRegistry:
         ).validate()
 
 
+SUMMED = (
+    "total_bytes directory_count max_bytes threshold_bytes target_bytes hits misses "
+    "hit_bytes missed_bytes registrations evictions expirations removals bytes_freed "
+    "skipped_locked skipped_pinned pinned_count"
+).split()
+
+
 def aggregate(per_node: list[dict[str, Any]]) -> dict[str, Any]:
     """Cluster totals: sums of bytes, counts and counters; the worst quota status."""
-    summed = (
-        "total_bytes directory_count max_bytes threshold_bytes target_bytes hits misses "
-        "hit_bytes missed_bytes registrations evictions expirations removals bytes_freed "
-        "skipped_locked skipped_pinned pinned_count"
-    ).split()
-    total: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in per_node) for k in summed}
+    total: dict[str, Any] = dict.fromkeys(SUMMED, 0)
+    for stats in per_node:
+        for k in SUMMED:
+            total[k] += int(stats.get(k) or 0)
     total["usage_percent"] = (
         round(100.0 * total["total_bytes"] / total["max_bytes"], 2) if total["max_bytes"] else 0.0
     )

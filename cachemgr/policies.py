@@ -70,7 +70,7 @@ if ARGV[1] == '1' then
 end
 for i = 2, #ARGV do
   local path = ARGV[i]
-  local rec = redis.call('HGET', KEYS[1], path)
+  local rec = record(path)
   if rec then
     local size, files, reg, hits = parse(rec)
     local now = redis.call('ZSCORE', KEYS[2], path)
@@ -102,7 +102,7 @@ FIFO = Policy(
     # The registration time from the record: REGISTER has no `reg` local, REBUILD does.
     on_insert="""
 do
-  local _, _, registered = parse(redis.call('HGET', KEYS[1], path))
+  local _, _, registered = parse(record(path))
   redis.call('ZADD', KEYS[8], 'NX', registered, path)
 end
 """,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +14,13 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+def record_id(path: str) -> str:
+    """The field a path's record has in cache:entries: 12 base64 characters of its SHA-1
+    (72 bits). The Lua `rid` in scripts.py computes the same; a collision is refused at
+    registration, never silently merged."""
+    return base64.b64encode(hashlib.sha1(path.encode()).digest()[:9]).decode()
 
 
 def pack(size: int, files: int, registered: str, hits: int) -> str:

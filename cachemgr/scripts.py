@@ -3,7 +3,7 @@
 Every script gets the same KEYS layout (COMMON_KEYS), so that one script serves every policy:
 a policy adds its own Lua at the `--@on_insert`, `--@on_hit` and `--@on_remove` marks, and may
 use its own keys, appended as KEYS[13..] and seen as AUX[1..]. A record is the string
-`size files registered hits` (records.py).
+`size files registered hits` (records.py), under the path's id (`record(path)` below).
 """
 
 from __future__ import annotations
@@ -22,6 +22,32 @@ local function count(field, n)
   if n ~= 0 then
     redis.call('HINCRBY', KEYS[4], field, n)
   end
+end
+-- A record's field is not its path but the path's id (records.record_id): 12 base64
+-- characters of its SHA-1. A 40-character field costs Redis a 48-byte allocation per
+-- directory, the id a 16-byte one.
+local function b64(v)  -- one base64 digit, as its character code
+  if v < 26 then return v + 65 elseif v < 52 then return v + 71 elseif v < 62 then return v - 4 end
+  return v == 62 and 43 or 47
+end
+-- Three 24-bit numbers and one string.char: building strings in a loop costs twice as much.
+local function rid(p)
+  local h, f = redis.sha1hex(p), math.floor
+  local x = tonumber(string.sub(h, 1, 6), 16)
+  local y = tonumber(string.sub(h, 7, 12), 16)
+  local z = tonumber(string.sub(h, 13, 18), 16)
+  return string.char(
+    b64(f(x / 262144)), b64(f(x / 4096) % 64), b64(f(x / 64) % 64), b64(x % 64),
+    b64(f(y / 262144)), b64(f(y / 4096) % 64), b64(f(y / 64) % 64), b64(y % 64),
+    b64(f(z / 262144)), b64(f(z / 4096) % 64), b64(f(z / 64) % 64), b64(z % 64))
+end
+-- A tracked path's record and id. The record counts only while the path is in cache:lru
+-- (KEYS[2]): two paths whose ids collide (72 bits) never read each other's.
+local function record(p)
+  local id = rid(p)
+  local rec = redis.call('HGET', KEYS[1], id)
+  if rec and not redis.call('ZSCORE', KEYS[2], p) then rec = false end
+  return rec, id
 end
 local function parse(rec)
   local size, files, reg, hits = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$')
@@ -45,7 +71,8 @@ end
 # ARGV[1] path  ARGV[2] size  ARGV[3] files  ARGV[4] now  ARGV[5] ttl seconds
 # ARGV[6] lock token ('' = none held)
 # ARGV[7..] paths that must not be tracked (ancestors and subdirectories: no double counting)
-# Returns {'overlap', other}, {'lock_lost'} or
+# Returns {'overlap', other}, {'lock_lost'}, {'collision'} (the path's record id is another
+# tracked path's: records.record_id) or
 # {'ok', new (1/0), byte delta, cache:bytes after}.
 REGISTER = (
     PRELUDE
@@ -53,15 +80,16 @@ REGISTER = (
 local path, size, files, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 if lock_lost(ARGV[6]) then return {'lock_lost'} end
 for i = 7, #ARGV do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return {'overlap', ARGV[i]} end
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then return {'overlap', ARGV[i]} end
 end
-local old = redis.call('HGET', KEYS[1], path)
+local old, id = record(path)
+if not old and redis.call('HEXISTS', KEYS[1], id) == 1 then return {'collision'} end
 local hits, delta, new = 0, size, 1
 if old then
   local osize, ofiles, oreg, ohits = parse(old)
   hits, delta, new = ohits, size - osize, 0
 end
-redis.call('HSET', KEYS[1], path, ARGV[2] .. ' ' .. files .. ' ' .. now .. ' ' .. hits)
+redis.call('HSET', KEYS[1], id, ARGV[2] .. ' ' .. files .. ' ' .. now .. ' ' .. hits)
 redis.call('ZADD', KEYS[2], now, path)
 redis.call('SET', KEYS[9], seconds(now), 'EX', ttl)
 local total_after = redis.call('INCRBY', KEYS[3], delta)
@@ -80,7 +108,7 @@ ACCESS = (
     PRELUDE
     + """
 local path, now, ttl = ARGV[1], ARGV[2], ARGV[3]
-local rec = redis.call('HGET', KEYS[1], path)
+local rec, id = record(path)
 local logcap = tonumber(ARGV[5])
 if not rec then
   local missed = tonumber(ARGV[4])
@@ -94,7 +122,7 @@ if not rec then
 end
 local size_s, files_s, reg, hits_s = raw(rec)
 local size, hits = tonumber(size_s), tonumber(hits_s)
-redis.call('HSET', KEYS[1], path, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
+redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
 redis.call('ZADD', KEYS[2], now, path)
 if redis.call('EXPIRE', KEYS[9], ttl) == 0 then
   redis.call('SET', KEYS[9], seconds(reg), 'EX', ttl)
@@ -124,7 +152,7 @@ local out, nhits, nbytes, nmisses = {}, 0, 0, 0
 for j = 5, #ARGV do
   local path = ARGV[j]
   local dirkey = dir_prefix .. path
-  local rec = redis.call('HGET', KEYS[1], path)
+  local rec, id = record(path)
   if not rec then
     nmisses = nmisses + 1
     out[#out + 1] = 0
@@ -135,7 +163,7 @@ for j = 5, #ARGV do
   else
     local size_s, files_s, reg, hits_s = raw(rec)
     local size, hits = tonumber(size_s), tonumber(hits_s)
-    redis.call('HSET', KEYS[1], path, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
+    redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
     redis.call('ZADD', KEYS[2], now, path)
     if redis.call('EXPIRE', dirkey, ttl) == 0 then
       redis.call('SET', dirkey, seconds(reg), 'EX', ttl)
@@ -184,7 +212,7 @@ CLAIM = (
     + """
 local path, reason, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if lock_lost(ARGV[10]) then return {'lock_lost'} end
-local rec = redis.call('HGET', KEYS[1], path)
+local rec, id = record(path)
 if not rec then return {'gone'} end
 local size, files, reg, hits = parse(rec)
 if ARGV[4] ~= '' and reg ~= ARGV[4] then return {'changed'} end
@@ -197,7 +225,7 @@ if ARGV[6] == '1' then
   if pin and tonumber(pin) > now then return {'pinned'} end
 end
 if tonumber(ARGV[8]) > 0 and tonumber(reg) > now - tonumber(ARGV[8]) then return {'young'} end
-redis.call('HDEL', KEYS[1], path)
+redis.call('HDEL', KEYS[1], id)
 redis.call('ZREM', KEYS[2], path)
 redis.call('DEL', KEYS[9])
 redis.call('DECRBY', KEYS[3], size)
@@ -242,11 +270,13 @@ RESTORE = (
 local path, now = ARGV[1], ARGV[2]
 local entry = redis.call('HGET', KEYS[7], path)
 redis.call('HDEL', KEYS[7], path)
-if not entry or redis.call('HEXISTS', KEYS[1], path) == 1 then return 0 end
+local id = rid(path)
+-- Registered again since (or, with ids colliding, another path holds the id): keep that.
+if not entry or redis.call('HEXISTS', KEYS[1], id) == 1 then return 0 end
 local size_s, files_s, reg, hits_s, last = string.match(entry,
   '^(%S+) (%S+) (%S+) (%S+) (%S+) %S+$')
 local size, hits = tonumber(size_s), tonumber(hits_s)
-redis.call('HSET', KEYS[1], path, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. hits_s)
+redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. hits_s)
 redis.call('ZADD', KEYS[2], last, path)
 local left = math.floor(tonumber(last) + tonumber(ARGV[3]) - tonumber(now))
 if left > 0 then redis.call('SET', KEYS[9], seconds(reg), 'EX', left) end
@@ -265,17 +295,20 @@ return 1
 """
 
 # Correct a tracked directory's size after a rescan, keeping its times and hits.
-# KEYS[1] cache:entries  KEYS[2] cache:bytes  ARGV[1] path  ARGV[2] size  ARGV[3] files
-# Returns the byte delta, or false when the path is not tracked.
-RESIZE = """
-local rec = redis.call('HGET', KEYS[1], ARGV[1])
+# KEYS[1] cache:entries  KEYS[2] cache:lru  KEYS[3] cache:bytes  ARGV[1] path  ARGV[2] size
+# ARGV[3] files. Returns the byte delta, or false when the path is not tracked.
+RESIZE = (
+    PRELUDE
+    + """
+local rec, id = record(ARGV[1])
 if not rec then return false end
-local size, files, reg, hits = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$')
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. reg .. ' ' .. hits)
+local size, files, reg, hits = raw(rec)
+redis.call('HSET', KEYS[1], id, ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. reg .. ' ' .. hits)
 local delta = tonumber(ARGV[2]) - tonumber(size)
-redis.call('INCRBY', KEYS[2], delta)
+redis.call('INCRBY', KEYS[3], delta)
 return delta
 """
+)
 
 # Recompute cache:bytes from the records: O(n), for reconcile only, never a steady-state path.
 # KEYS[1] cache:entries  KEYS[2] cache:bytes. Returns {old total, new total}.
@@ -360,8 +393,8 @@ end
 local out = {}
 for _, p in ipairs(pick()) do
   local last = redis.call('ZSCORE', KEYS[2], p)
-  local rec = redis.call('HGET', KEYS[1], p)
-  if last and rec then
+  local rec = last and redis.call('HGET', KEYS[1], rid(p))
+  if rec then
     out[#out + 1] = p
     out[#out + 1] = last
     out[#out + 1] = rec

@@ -18,7 +18,7 @@ from cachemgr import scripts
 from cachemgr.keys import Keys
 from cachemgr.policies import POLICIES, Policy
 from cachemgr.reads import Batch, Reader, run
-from cachemgr.records import Entry, unpack
+from cachemgr.records import Entry, record_id, unpack
 
 COUNTERS = (
     "hits",
@@ -161,7 +161,8 @@ class Store:
         lock_token: str = "",
         pipeline: Any = None,
     ) -> Any:
-        """Returns ['ok', new, delta], ['overlap', other_path] or ['lock_lost']."""
+        """Returns ['ok', new, delta, total], ['overlap', other_path], ['collision'] or
+        ['lock_lost']."""
         return self._register(
             keys=self.script_keys(path),
             args=[
@@ -283,7 +284,8 @@ class Store:
         self._reset_stats(keys=[self.keys.stats, self.keys.stats_baseline], args=[now_str(now)])
 
     def resize(self, path: str, size: int, files: int) -> int | None:
-        delta = self._resize(keys=[self.keys.entries, self.keys.bytes], args=[path, size, files])
+        k = self.keys
+        delta = self._resize(keys=[k.entries, k.lru, k.bytes], args=[path, size, files])
         return None if delta is None else int(delta)
 
     def recount(self) -> tuple[int, int]:
@@ -329,7 +331,7 @@ class Store:
             return []
         pipe = self.client.pipeline(transaction=False)
         paths = [p for p, _ in items]
-        pipe.hmget(self.keys.entries, paths)
+        pipe.hmget(self.keys.entries, [record_id(p) for p in paths])
         for p in paths:
             pipe.zscore(self.keys.pins, p)
         raw, *pins = pipe.execute()
@@ -398,13 +400,11 @@ class Store:
         """The n largest entries, and whether the scan stopped at `scan_limit` records.
 
         There is no index by size (it would cost memory on every entry), so this is a bounded
-        HSCAN for status pages, never a steady-state path.
+        scan for status pages, never a steady-state path.
         """
         top: list[tuple[int, str]] = []
         cut = False
-        for seen, (path, rec) in enumerate(
-            self.client.hscan_iter(self.keys.entries, count=1000), 1
-        ):
+        for seen, (path, rec) in enumerate(self._scan_records(), 1):
             if seen > scan_limit:
                 cut = True
                 break
@@ -432,14 +432,27 @@ class Store:
     def tracked(self, paths: Sequence[str]) -> list[bool]:
         if not paths:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for p in paths:
-            pipe.hexists(self.keys.entries, p)
-        return [bool(x) for x in pipe.execute()]
+        return [s is not None for s in self.client.zmscore(self.keys.lru, list(paths))]
+
+    def _scan_records(self, batch: int = 1000) -> Iterator[tuple[str, str]]:
+        """(path, record) of every tracked directory: ZSCAN of cache:lru, records by HMGET.
+        O(n), for reconcile and status pages, never a steady-state path."""
+        chunk: list[str] = []
+        for path, _ in self.client.zscan_iter(self.keys.lru, count=batch):
+            chunk.append(path)
+            if len(chunk) == batch:
+                yield from self._with_records(chunk)
+                chunk = []
+        yield from self._with_records(chunk)
+
+    def _with_records(self, paths: list[str]) -> Iterator[tuple[str, str]]:
+        if paths:
+            recs = self.client.hmget(self.keys.entries, [record_id(p) for p in paths])
+            yield from ((p, r) for p, r in zip(paths, recs, strict=True) if r is not None)
 
     def all_records(self, batch: int = 1000) -> dict[str, tuple[int, int, str, int]]:
         """Every record (HSCAN): for reconcile and audits, never on a steady-state path."""
-        return {p: unpack(r) for p, r in self.client.hscan_iter(self.keys.entries, count=batch)}
+        return {p: unpack(r) for p, r in self._scan_records(batch)}
 
     def counters(self) -> tuple[dict[str, int], dict[str, Any]]:
         pipe = self.client.pipeline(transaction=False)

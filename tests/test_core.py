@@ -351,3 +351,39 @@ def test_statistics_overall_and_since_a_reset(cache, root):
     assert r["hit_ratio"] == round(2 / 3, 6) and r["byte_hit_ratio"] == round(
         2 * UNIT / (2 * UNIT + 50), 6
     )
+
+
+def test_record_ids_match_between_python_and_lua(cache):
+    from cachemgr.records import record_id
+    from cachemgr.scripts import PRELUDE
+
+    paths = ["a", "album/cd1", "Björk – Homogenic (1997) [FLAC]", "x" * 300, "日本/歌"]
+    lua = cache.client.register_script(
+        PRELUDE + "local out = {} for i = 1, #ARGV do out[i] = rid(ARGV[i]) end return out"
+    )
+    assert lua(keys=cache.store.script_keys(""), args=paths) == [record_id(p) for p in paths]
+    assert all(len(record_id(p)) == 12 for p in paths)
+
+
+def test_records_are_filed_under_short_ids_and_a_colliding_id_is_refused(cache, root):
+    from cachemgr.errors import RecordCollision
+    from cachemgr.records import record_id
+
+    make_tree(root, "kept")
+    make_tree(root, "newcomer")
+    cache.register("kept")
+    keys = cache.keys
+    assert cache.client.hkeys(keys.entries) == [record_id("kept")]
+    # Pretend "newcomer" shares its id with a tracked directory: put a record there that is
+    # not newcomer's (newcomer is not in cache:lru).
+    foreign = "4096 1 1700000000.000000 7"
+    cache.client.hset(keys.entries, record_id("newcomer"), foreign)
+    with pytest.raises(RecordCollision, match="newcomer"):
+        cache.register("newcomer")
+    assert cache.store.access("newcomer") == 0  # a miss: the other's record is not read
+    assert cache.store.claim("newcomer", "removed", deleting_files=False)[0] == "gone"
+    with pytest.raises(NotTracked):
+        cache.remove("newcomer")
+    assert cache.client.hget(keys.entries, record_id("newcomer")) == foreign  # untouched
+    assert cache.store.tracked(["kept", "newcomer"]) == [True, False]
+    assert set(cache.store.all_records()) == {"kept"}
