@@ -249,6 +249,7 @@ def cleanup(
         return {"status": "skipped", "reason": "another cleanup is running"}
     started = time.time()
     try:
+        cache.store.ensure_record_ids()  # before anything reads a record
         recovered = recover_unfinished(cache)
         emptied = trash.empty(cache.root)
         rebuilt = False

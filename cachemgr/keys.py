@@ -121,6 +121,11 @@ class Keys:
         return f"{self.prefix}cache:history"
 
     @property
+    def format(self) -> str:
+        """String: the layout of the books (records.RECORD_FORMAT), to notice old books."""
+        return f"{self.prefix}cache:format"
+
+    @property
     def alive(self) -> str:
         """String with a short TTL that the node's workers renew: the node is up while it exists.
         Among the node's own keys, so that the stats script reads it in the same call."""

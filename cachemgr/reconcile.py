@@ -83,6 +83,8 @@ def reconcile(
 
 def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) -> dict[str, Any]:
     store = cache.store
+    if not dry_run:
+        store.ensure_record_ids()
     records = store.all_records()
     on_disk = list(scanner.directories_at_depth(cache.root, cache.settings.disk_cache_entry_depth))
     tracked = set(records)

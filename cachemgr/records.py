@@ -16,6 +16,10 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
 
+# cache:format once records are filed under record_id; books without it may hold them by path.
+RECORD_FORMAT = "records-by-id"
+
+
 def record_id(path: str) -> str:
     """The field a path's record has in cache:entries: 12 base64 characters of its SHA-1
     (72 bits). The Lua `rid` in scripts.py computes the same; a collision is refused at

@@ -322,6 +322,27 @@ return {old, total}
 """
 
 
+# Refile records that books written before record ids keep under their path.
+# KEYS: COMMON_KEYS layout  ARGV[1..] fields of cache:entries
+# Returns how many moved. A field that is a tracked path is an old one: an id is not a path.
+REFILE = (
+    PRELUDE
+    + """
+local moved = 0
+for i = 1, #ARGV do
+  local field = ARGV[i]
+  local id = rid(field)
+  if id ~= field and redis.call('ZSCORE', KEYS[2], field) then
+    local rec = redis.call('HGET', KEYS[1], field)
+    redis.call('HDEL', KEYS[1], field)
+    if rec and redis.call('HSETNX', KEYS[1], id, rec) == 1 then moved = moved + 1 end
+  end
+end
+return moved
+"""
+)
+
+
 # Reset the "since reset" counters: keep a copy of the counters as they are now.
 # KEYS[1] cache:stats  KEYS[2] cache:stats:baseline  ARGV[1] now
 RESET_STATS = """

@@ -18,7 +18,7 @@ from cachemgr import scripts
 from cachemgr.keys import Keys
 from cachemgr.policies import POLICIES, Policy
 from cachemgr.reads import Batch, Reader, run
-from cachemgr.records import Entry, record_id, unpack
+from cachemgr.records import RECORD_FORMAT, Entry, record_id, unpack
 
 COUNTERS = (
     "hits",
@@ -129,6 +129,7 @@ class Store:
         self._recount = client.register_script(scripts.RECOUNT)
         self._reset_stats = client.register_script(scripts.RESET_STATS)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
+        self._refile = client.register_script(scripts.REFILE)
 
     # -- keys ---------------------------------------------------------------------------
     def script_keys(self, path: str | None = None) -> list[str]:
@@ -307,6 +308,22 @@ class Store:
                 break
         self.client.set(self.keys.policy_name, self.policy.name)
         return done
+
+    def ensure_record_ids(self, batch: int = 1000) -> int:
+        """Books written before records were filed by id keep them under their paths: refile
+        them, once (cache:format marks it done). Returns how many records moved."""
+        if self.client.get(self.keys.format) == RECORD_FORMAT:
+            return 0
+        moved, fields = 0, []
+        for field, _ in self.client.hscan_iter(self.keys.entries, count=batch):
+            fields.append(field)  # the script tells an old path from an id
+            if len(fields) >= batch:
+                moved += int(self._refile(keys=self.script_keys(), args=fields))
+                fields = []
+        if fields:
+            moved += int(self._refile(keys=self.script_keys(), args=fields))
+        self.client.set(self.keys.format, RECORD_FORMAT)
+        return moved
 
     def ensure_policy(self) -> bool:
         """Rebuild when the policy changed since the structures were built; True if it did.

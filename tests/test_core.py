@@ -387,3 +387,26 @@ def test_records_are_filed_under_short_ids_and_a_colliding_id_is_refused(cache, 
     assert cache.client.hget(keys.entries, record_id("newcomer")) == foreign  # untouched
     assert cache.store.tracked(["kept", "newcomer"]) == [True, False]
     assert set(cache.store.all_records()) == {"kept"}
+
+
+def test_books_of_an_older_version_are_refiled_by_id_once(cache, root):
+    from cachemgr.records import RECORD_FORMAT, record_id
+
+    make_tree(root, "old/album")
+    make_tree(root, "new")
+    cache.register("new")
+    keys = cache.keys
+    # What an older cachemgr left: the record under the path itself, no format mark.
+    cache.client.delete(keys.format)
+    cache.client.hset(keys.entries, "old/album", f"{UNIT} 4 1700000000.000000 3")
+    cache.client.zadd(keys.lru, {"old/album": 1700000000.0})
+    cache.client.incrby(keys.bytes, UNIT)
+    assert cache.store.ensure_record_ids() == 1
+    assert cache.client.hget(keys.entries, record_id("old/album")) is not None
+    assert not cache.client.hexists(keys.entries, "old/album")
+    entry = cache.store.info("old/album")
+    assert entry is not None and entry.hits == 3 and entry.size_bytes == UNIT
+    assert cache.store.info("new") is not None  # records already by id stay where they are
+    assert cache.client.get(keys.format) == RECORD_FORMAT
+    assert cache.store.ensure_record_ids() == 0  # once
+    assert cache.store.total_bytes() == cache.store.info("new").size_bytes + UNIT

@@ -44,6 +44,7 @@ def announce(**_: Any) -> None:
 
     try:
         cache = get_cache()
+        cache.store.ensure_record_ids()  # books of an older cachemgr: before any task runs
         cache.registry.heartbeat(cache.keys)
     except Exception as exc:  # bad settings are reported by the tasks themselves, in one line
         log.error("worker cannot serve a node: %s", exc)
