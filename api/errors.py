@@ -32,6 +32,13 @@ def body(status: int, code: str, message: str, **extra: Any) -> tuple[Any, int]:
     return jsonify({"status": status, "code": code, "message": message, **extra}), status
 
 
+def _raised_in(exc: BaseException, module_prefix: str) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(module_prefix)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(errors.CacheError)
     def cache_error(exc: errors.CacheError) -> tuple[Any, int]:
@@ -50,8 +57,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RuntimeError)
     def runtime_error(exc: RuntimeError) -> tuple[Any, int]:
-        # Celery's Redis result backend gives up reconnecting with a bare RuntimeError.
-        if "result store" in str(exc) or "Celery" in str(exc):
+        # Celery's Redis result backend gives up reconnecting with a bare RuntimeError: tell it
+        # by where it was raised, not by its wording.
+        if _raised_in(exc, "celery.backends."):
             log.error("result backend unreachable: %s", exc)
             return body(503, "backend_unavailable", "the Celery result backend cannot be reached")
         return unexpected(exc)

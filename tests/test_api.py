@@ -262,3 +262,22 @@ def test_query_parser_defaults_are_fresh_and_required_arguments_still_fail():
     for _ in range(2):
         assert c.get("/t/needed").status_code == 400
     assert c.get("/t/needed?name=a").get_json() == {"name": "a"}
+
+
+def test_a_runtime_error_of_the_result_backend_is_503_and_others_are_500(app):
+    scope: dict = {"__name__": "celery.backends.asynchronous"}
+    exec("def give_up():\n    raise RuntimeError('Retry limit exceeded')", scope)
+
+    @app.get("/test-backend-down")
+    def backend_down():
+        scope["give_up"]()
+
+    @app.get("/test-other-runtime-error")
+    def other():
+        raise RuntimeError("Celery says something else")  # same words, raised elsewhere
+
+    c = app.test_client()
+    r = c.get("/test-backend-down")
+    assert r.status_code == 503 and r.get_json()["code"] == "backend_unavailable"
+    r = c.get("/test-other-runtime-error")
+    assert r.status_code == 500 and r.get_json()["code"] == "internal_error"
