@@ -31,7 +31,7 @@ from cachemgr.traces import Trace, read_trace, write_oracle_general
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 MIB = 2**20
-RECOMMENDED = "s3fifo-lg"
+RECOMMENDED = "s3fifo-a"
 MB = 10**6
 # Our name -> libcachesim class name, for the policies both implement.
 LIBCACHESIM = {
@@ -441,10 +441,14 @@ def main(argv: list[str] | None = None) -> int:
             f"Of the policies that are nowhere more than 1% worse than LRU, this run ranks "
             f"`{best}` first by the {why}"
             + (
-                ". S3-FIFO's small queue keeps directories asked for once out of the main "
-                "queue, and a ghost that remembers twice the cache's bytes sends a directory "
-                "that comes back after eviction straight to main; in Redis each access and "
-                "eviction costs O(log n) amortized"
+                ". Like S3-FIFO it keeps directories asked for once in a small queue, out of "
+                "main's way, but it sizes that queue from the evidence (a directory evicted from "
+                "the small queue that comes back lengthens it, one evicted from main shortens it, "
+                "within 5-25% of the bytes), and it orders main by hits weighted against size "
+                "(about size^-1/4) with aging, so that one large directory does not push out "
+                "many smaller ones asked for as often; its ghost remembers the victims of both "
+                "queues, twice the cache's bytes. In Redis each access and eviction costs "
+                "O(log n) amortized; `s3fifo-lg`, the previous recommendation, remains available"
                 if best == RECOMMENDED
                 else f". README recommends `{RECOMMENDED}`: revisit that"
             )

@@ -3,12 +3,12 @@
 Each model replays requests with the same process as the real system: a hit updates the
 policy; a miss registers the object; then, when the total passes threshold x capacity, entries
 are evicted in policy order until the total is at most target x capacity. The simulator uses
-threshold = target = 1.0, the classic cache. The Lua in policies.py / policy_lua.py makes the
+threshold = target = 1.0, the classic cache. The Lua in policies.py / policy_lua*.py makes the
 same decisions (tests/test_policies.py replays random traces through both).
 
 Keys may be any hashable that orders consistently; ties in priority orders are broken by the
-key, as a Redis sorted set breaks them by member (GDSF breaks them by update order, as the Lua
-does with a sequence prefix on the member and as libCacheSim does).
+key, as a Redis sorted set breaks them by member (GDSF and s3fifo-a's main break them by update
+order, as the Lua does with a sequence prefix on the member and as libCacheSim does).
 """
 
 from __future__ import annotations
@@ -291,176 +291,22 @@ class SIEVE(Model):
             self.head = o
 
 
-class _Ghost(Model):
-    """A byte-bounded FIFO of evicted keys, shared by S3-FIFO and 2Q."""
-
-    ghost_share = (1, 2)  # the ghost keeps at most this share of the bytes held
-
-    def __init__(self, capacity: int, **kw: Any) -> None:
-        super().__init__(capacity, **kw)
-        self.ghost: OrderedDict[Key, int] = OrderedDict()
-        self.gb = 0
-
-    def _recalled(self, key: Key) -> bool:
-        """True (and forgotten) when the key was evicted not long ago."""
-        gsize = self.ghost.pop(key, None)
-        if gsize is None:
-            return False
-        self.gb -= gsize
-        return True
-
-    def _remember(self, key: Key, size: int, held: int) -> None:
-        gn, gd = self.ghost_share
-        if gd * size > gn * held:
-            return
-        ghost = self.ghost
-        while ghost and gd * (self.gb + size) > gn * held:
-            self.gb -= ghost.popitem(last=False)[1]
-        ghost[key] = size
-        self.gb += size
+MODELS: dict[str, Callable[..., Model]] = {}
 
 
-class S3FIFO(_Ghost):
-    """S3-FIFO (SOSP'23): a small FIFO (10%), a main FIFO with a 2-bit clock, and a ghost.
-
-    New objects enter the small queue, or the main one when their key is in the ghost. The small
-    queue's head moves to main if it was hit at least twice, else it is evicted and remembered in
-    the ghost (90% of the cache, in bytes). Main's head is reinserted with its counter decreased
-    while the counter is positive. The shares are of the bytes the cache holds at the time,
-    since the books in Redis know no capacity (_settle explains the warm-up); comparisons stay
-    in integers so that Lua and Python decide alike.
-    """
-
-    name = "s3fifo"
-    # Shares as (numerator, denominator), so both languages compare integers.
-    small_share = (1, 10)
-    ghost_share = (9, 10)
-    promote_at = 2  # hits in the small queue that earn a place in main
-    freq_cap = 3  # main's clock counter saturates here (2 bits)
-
-    def __init__(self, capacity: int, **kw: Any) -> None:
-        super().__init__(capacity, **kw)
-        self.small: OrderedDict[Key, None] = OrderedDict()
-        self.main: OrderedDict[Key, None] = OrderedDict()
-        self.freq: dict[Key, int] = {}
-        self.sb = self.mb = 0
-        self.has_evicted = False
-
-    def _hit(self, key: Key) -> None:
-        self.freq[key] += 1
-
-    def _insert(self, key: Key, size: int) -> None:
-        self.freq[key] = 0
-        if self._recalled(key):
-            self.main[key] = None
-            self.mb += size
-        else:
-            self.small[key] = None
-            self.sb += size
-
-    def _settle(self) -> None:
-        """The first eviction ends the warm-up, in which every new entry waited in the small
-        queue: as if the small queue had filled first, its oldest entries up to its share of
-        the bytes stay and the rest move to main in order (libCacheSim's S3-FIFO sends new
-        objects to main once the small queue is full, before its first eviction)."""
-        self.has_evicted = True
-        sn, sd = self.small_share
-        t = self.sb + self.mb
-        acc, moved = 0, []
-        for key in self.small:
-            if sd * acc >= sn * t:
-                moved.append(key)
-            else:
-                acc += self.sizes[key]
-        for key in moved:
-            del self.small[key]
-            self.main[key] = None
-        self.mb += self.sb - acc
-        self.sb = acc
-
-    def _evict(self) -> Key:
-        if not self.has_evicted:
-            self._settle()
-        small, main, freq, sizes = self.small, self.main, self.freq, self.sizes
-        sn, sd = self.small_share
-        cap = self.freq_cap
-        while True:
-            t = self.sb + self.mb
-            if self.sb == 0 or sd * self.sb < sn * t:
-                while True:
-                    key = next(iter(main))
-                    f = freq[key]
-                    if f >= 1:
-                        main.move_to_end(key)
-                        freq[key] = min(f, cap) - 1
-                        continue
-                    del main[key], freq[key]
-                    self.mb -= sizes[key]
-                    return key
-            while self.sb > 0:
-                key = next(iter(small))
-                s = sizes[key]
-                del small[key]
-                self.sb -= s
-                if freq[key] >= self.promote_at:
-                    main[key] = None
-                    freq[key] = 0
-                    self.mb += s
-                    continue
-                del freq[key]
-                self._remember(key, s, self.sb + self.mb)
-                return key
+def register_model(*models: type[Model]) -> None:
+    """Add models to the registry, in order (models_s3fifo.py adds its own)."""
+    for m in models:
+        MODELS[m.name] = m
 
 
+register_model(LRU, FIFO, LFU, SIEVE)
+# The queue-and-ghost family (S3-FIFO, its variants, 2Q) subclasses Model, so it lives in
+# models_s3fifo.py and registers itself: here, when this module is imported first; at its own
+# end, when it is (this import is then a no-op and the family comes after gdsf).
+import cachemgr.models_s3fifo  # noqa: E402, F401
 
-class S3FIFOLargeGhost(S3FIFO):
-    """S3-FIFO whose ghost remembers twice the bytes held (policies.S3FIFO_LG)."""
-
-    name = "s3fifo-lg"
-    ghost_share = (2, 1)
-
-
-class TwoQ(_Ghost):
-    """2Q (VLDB'94, as libCacheSim has it): new entries wait in a FIFO (Ain); one evicted from
-    there is remembered in a ghost (Aout), and on its return goes to an LRU (Am). Ain is evicted
-    while it holds more than a quarter of the bytes, else Am; the ghost keeps the newest half.
-    Shares are of the bytes held, as for S3-FIFO."""
-
-    name = "2q"
-
-    def __init__(self, capacity: int, **kw: Any) -> None:
-        super().__init__(capacity, **kw)
-        self.ain: OrderedDict[Key, None] = OrderedDict()
-        self.am: OrderedDict[Key, None] = OrderedDict()
-        self.ab = self.mb = 0
-
-    def _hit(self, key: Key) -> None:
-        if key in self.am:
-            self.am.move_to_end(key)
-
-    def _insert(self, key: Key, size: int) -> None:
-        if self._recalled(key):
-            self.am[key] = None
-            self.mb += size
-        else:
-            self.ain[key] = None
-            self.ab += size
-
-    def _evict(self) -> Key:
-        size = self.sizes
-        if 4 * self.ab > self.ab + self.mb:
-            key = self.ain.popitem(last=False)[0]
-            self.ab -= size[key]
-            self._remember(key, size[key], self.ab + self.mb)
-            return key
-        key = self.am.popitem(last=False)[0]
-        self.mb -= size[key]
-        return key
-
-
-MODELS: dict[str, Callable[..., Model]] = {
-    m.name: m for m in (LRU, FIFO, LFU, SIEVE, S3FIFO, S3FIFOLargeGhost, TwoQ, GDSF, GDSFBytes)
-}
+register_model(GDSF, GDSFBytes)
 
 
 def make_model(name: str, capacity: int, **kw: Any) -> Model:
@@ -471,4 +317,4 @@ def make_model(name: str, capacity: int, **kw: Any) -> Model:
     return factory(capacity, **kw)
 
 
-__all__ = ["MODELS", "Model", "make_model"]
+__all__ = ["MODELS", "Model", "make_model", "register_model"]

@@ -12,19 +12,26 @@ through the policy's own insert hook: `fifo` orders by registration time, `lfu` 
 then last access, `lru` by last access (nothing to rebuild). `sieve` queues the entries by last
 access with every visited bit clear and the hand at the oldest; `s3fifo` and `s3fifo-lg` put
 them through admission as if newly registered in that order (about a tenth of the bytes in the
-small queue, the rest in main, all counters zero, an empty ghost); `2q` puts them all in its
-FIFO (Ain), oldest access first, with an empty ghost; `gdsf` and `gdsf-bytes`
-give each entry the priority of its recorded hit count + 1, the inflation L reset to 0.
-The records themselves (sizes, hits, times) are untouched: only the old policy's own history
-(visited bits, queues, ghosts, L) is lost.
+small queue, the rest in main, all counters zero, an empty ghost). `s3fifo-a` does the same
+but keeps each entry's recorded hit count as its frequency: the first eviction after the switch
+leaves the least recently used tenth of the bytes in the small queue (where an entry with hits
+goes on to main when it reaches the head) and scores the rest into main by hits and size, the
+least recently used first among equal scores; the ghost starts empty, T at a tenth of the bytes
+held and L at 0. `2q` puts them all in its FIFO (Ain), oldest access first, with an empty
+ghost; `gdsf` and `gdsf-bytes` give each entry the priority of its recorded hit count + 1, the
+inflation L reset to 0. The records themselves (sizes, hits, times) are untouched: only the
+old policy's own history (visited bits, queues, ghosts, L) is lost.
 
 Every hook and victims script is O(log n) per entry touched. SIEVE's hand and S3-FIFO's
 reinsertions may pass several entries on one eviction, but each entry passed was paid for by
-an earlier hit (a visited bit, a clock count of at most 3), so the cost per access and per
-eviction is O(log n) amortized; nothing scans the cache. S3-FIFO's victims script works out the
-reinsertions without making them, so reading victims repeatedly without claiming any repeats
-that walk; claiming makes it once. The Lua of the newer policies is in policy_lua.py, the
-reference models of all of them in models.py.
+an earlier hit (a visited bit, a clock count of at most 3; for `s3fifo-a`, whose main never
+reinserts, the hit that promotes an entry out of the small queue), so the cost per access and
+per eviction is O(log n) amortized. Nothing scans the cache but the S3-FIFO family's warm-up
+settle, which the first eviction makes once (it moves most of the small queue into main). The
+victims scripts work moves out without making them, so reading victims repeatedly without
+claiming any repeats that work (the settle included, until the first claim); claiming makes it
+once. The Lua of the newer policies is in policy_lua.py, policy_lua_s3fifo.py and
+policy_lua_s3fifo_a.py, the reference models of all of them in models.py and models_s3fifo.py.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from dataclasses import dataclass, field
 
 from cachemgr import policy_lua as lua
 from cachemgr import policy_lua_s3fifo as s3
+from cachemgr import policy_lua_s3fifo_a as s3a
 from cachemgr.scripts import COMMON_KEYS, PRELUDE, compose
 
 
@@ -140,9 +148,19 @@ S3FIFO = Policy(
 # back within two cache-fulls skip probation. Best for byte miss ratio on the traces measured.
 S3FIFO_LG = Policy(
     name="s3fifo-lg",
-    description="S3-FIFO with a large ghost (2x the cache): the recommended policy for audio",
+    description="S3-FIFO with a large ghost (2x the cache): good for the byte miss ratio",
     aux=s3.S3FIFO_AUX,
     **s3.s3fifo_lua(small=(1, 10), ghost=(2, 1)),
+)
+
+# S3-FIFO whose small queue's share adapts to the ghost's returns (ARC-style, in bytes) and
+# whose main queue is a size-aware LFU with aging: the best byte and object miss ratios of the
+# policies measured (docs/policies.md), at the cost of one zset update per hit in main.
+S3FIFO_A = Policy(
+    name="s3fifo-a",
+    description="S3-FIFO with an adaptive small queue and a size-aware LFU main: recommended",
+    aux=s3a.S3FIFO_A_AUX,
+    **s3a.s3fifo_a_lua(),
 )
 
 TWOQ = Policy(
@@ -176,7 +194,7 @@ GDSF_BYTES = Policy(
 )
 
 POLICIES: dict[str, Policy] = {
-    p.name: p for p in (LRU, FIFO, LFU, SIEVE, S3FIFO, S3FIFO_LG, TWOQ, GDSF, GDSF_BYTES)
+    p.name: p for p in (LRU, FIFO, LFU, SIEVE, S3FIFO, S3FIFO_LG, S3FIFO_A, TWOQ, GDSF, GDSF_BYTES)
 }
 
 __all__ = ["COMMON_KEYS", "POLICIES", "Policy", "register_policy"]

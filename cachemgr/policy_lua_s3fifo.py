@@ -195,17 +195,19 @@ local function s3_simulate(n)
 end
 """
 
-S3FIFO_VICTIMS = (
-    S3FIFO_COMMON
-    + S3FIFO_SIMULATE
-    + """
+def victims_of(simulate: str) -> str:
+    """The victims chunk of a policy whose Lua function `simulate(n)` names its next n victims
+    without moving anything: ARGV[1] how many, ARGV[2] how many to skip."""
+    return f"""
 local n, off = tonumber(ARGV[1]), tonumber(ARGV[2])
-local victims = s3_simulate(n + off)
-local out = {}
+local victims = {simulate}(n + off)
+local out = {{}}
 for i = off + 1, #victims do out[#out + 1] = victims[i] end
 return out
 """
-)
+
+
+S3FIFO_VICTIMS = S3FIFO_COMMON + S3FIFO_SIMULATE + victims_of("s3_simulate")
 
 S3FIFO_ON_REMOVE = (
     "do\n"
@@ -280,15 +282,21 @@ def s3fifo_lua(
         "@PROMOTE@": promote_at,
         "@CAP@": freq_cap,
     }
+    return filled(
+        values,
+        victims=S3FIFO_VICTIMS,
+        on_insert=S3FIFO_ON_INSERT,
+        on_hit=S3FIFO_ON_HIT,
+        on_remove=S3FIFO_ON_REMOVE,
+    )
+
+
+def filled(values: dict[str, int], **chunks: str) -> dict[str, str]:
+    """Each Lua chunk with its @MARK@ placeholders replaced by the integer parameters."""
 
     def fill(text: str) -> str:
         for mark, value in values.items():
             text = text.replace(mark, str(int(value)))
         return text
 
-    return {
-        "victims": fill(S3FIFO_VICTIMS),
-        "on_insert": fill(S3FIFO_ON_INSERT),
-        "on_hit": S3FIFO_ON_HIT,
-        "on_remove": fill(S3FIFO_ON_REMOVE),
-    }
+    return {name: fill(text) for name, text in chunks.items()}

@@ -217,3 +217,84 @@ def test_a_batch_of_accesses_does_what_single_accesses_do(redis_client, name):
     finally:
         cleanup_prefix(redis_client, one.keys.prefix)
         cleanup_prefix(redis_client, many.keys.prefix)
+
+
+# -- s3fifo-a's own mechanics ------------------------------------------------------------------
+def _s3a_meta(redis_client, store: Store) -> dict[str, str]:
+    return redis_client.hgetall(store.keys.policy_aux("s3fifo-a:meta"))
+
+
+def test_s3fifo_a_small_queue_target_follows_the_ghost(redis_client, prefix):
+    # The first eviction sets T to a tenth of the bytes held (115 -> 11): small (a, b: 25 bytes)
+    # is over it, so a goes. a's return grows T by its size (21): small (b, 15) is now under it,
+    # so main gives the next victim (c), where a fixed T would take b. c's return shrinks T by
+    # 4 x 10, clamped to a twentieth of the bytes held (5): small gives the next one (b).
+    sizes = {"a": 10, "b": 15, **{k: 10 for k in "cdefghijk"}}
+    trace = [(k, sizes[k]) for k in "abcdefghijkac"]
+    store = Store(redis_client, Keys(prefix), policy="s3fifo-a")
+    model = make_model("s3fifo-a", 105, record_evictions=True)
+    assert model.evicted is not None
+    steps = [(0, 10, [], None), (10, 11, ["a"], 11), (11, 12, ["c"], 21), (12, 13, ["b"], 5)]
+    for start, end, evicted, t in steps:
+        got = replay_store(store, trace[start:end], 105, 1, start=start)
+        before = len(model.evicted)
+        for key, size in trace[start:end]:
+            model.request(key, size)
+        assert got[-1] == (False, evicted) and model.evicted[before:] == evicted
+        meta = _s3a_meta(redis_client, store)
+        assert model.T == t and (int(meta["T"]) if "T" in meta else None) == t
+
+
+def test_s3fifo_a_main_is_ordered_by_hits_and_size(redis_client, prefix):
+    # Main's score is L + hits x 2^24 // isqrt(isqrt(size)): 16 B weigh 2^23 a hit, 10 kB 2^24/10.
+    # So x (10 kB, 3 hits) goes before y (16 B, 1 hit), and w (10 kB, 1 hit) before both: FIFO
+    # would give z x y w, LFU z y w x. f stays in small when the warm-up settles.
+    store = Store(redis_client, Keys(prefix), policy="s3fifo-a")
+    model = make_model("s3fifo-a", 10**6, record_evictions=True)
+    assert model.evicted is not None
+    requests = [("f", 3000), ("z", 16), ("x", 10000), ("y", 16), ("w", 10000)]
+    requests += [(k, 0) for k in "xxxyw"]
+    for i, (key, size) in enumerate(requests):
+        if not store.access(key, now=T0 + i):
+            store.register(key, size, 1, now=T0 + i)
+        model.request(key, size)
+
+    def evict_one(expect: str) -> None:
+        assert store.victims(1)[0].path == expect
+        assert store.claim(expect, "evicted", deleting_files=False)[0] == "ok"
+        model.evict_down_to(model.total - 1)
+        assert model.evicted is not None and model.evicted[-1] == expect
+
+    assert [e.path for e in store.victims(10)] == ["f", "z", "w", "x", "y"]
+    for key in ("f", "z", "w"):
+        evict_one(key)
+    main = redis_client.zrange(store.keys.policy_aux("s3fifo-a:main"), 0, -1, withscores=True)
+    assert [(m[16:], int(p)) for m, p in main] == [("x", 3 * 1677721), ("y", 8388608)]
+    # L is now w's score: a hit scores x again from there, 4 hits (8388605) stay under y, 5 not.
+    assert int(_s3a_meta(redis_client, store)["L"]) == model.L == 1677721
+    for i, order in enumerate((["x", "y"], ["y", "x"])):
+        assert store.access("x", now=T0 + 20 + i) and model.request("x", 10000)
+        assert [e.path for e in store.victims(10)] == order
+    evict_one("y")
+
+
+def test_s3fifo_a_removal_that_is_not_an_eviction(redis_client, prefix):
+    # Expiry or removal takes an entry off its queue with none of an eviction's effects: no
+    # promotions, no ghost entry (its return is new, in small), L and T unchanged.
+    store = Store(redis_client, Keys(prefix), policy="s3fifo-a")
+    keys = [f"k{(i * 7) % 23:02d}" if i % 2 else f"k{i % 3:02d}" for i in range(80)]
+    replay_store(store, [(k, 5 + int(k[1:]) % 17) for k in keys], 100, 2)
+    meta = _s3a_meta(redis_client, store)
+    small = store.keys.policy_aux("s3fifo-a:small")
+    in_main = list(redis_client.hkeys(store.keys.policy_aux("s3fifo-a:members")))
+    in_small = redis_client.zrange(small, 0, -1)
+    assert in_main and in_small
+    for path, reason in ((in_main[0], "removed"), (in_small[-1], "expired")):
+        assert store.claim(path, reason, deleting_files=False)[0] == "ok"
+    after = _s3a_meta(redis_client, store)
+    assert {k: after[k] for k in ("T", "L", "gb")} == {k: meta[k] for k in ("T", "L", "gb")}
+    assert int(after["sb"]) + int(after["mb"]) == store.total_bytes()
+    assert {e.path for e in store.victims(100)} == _tracked(store)
+    store.register(in_main[0], 5, 1, now=T0 + 100)
+    assert redis_client.zrange(small, -1, -1) == [in_main[0]]
+    assert _s3a_meta(redis_client, store)["T"] == meta["T"]
