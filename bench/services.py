@@ -287,6 +287,7 @@ def api_figures(
         wait_port(bare_port, 60, bare)
         stats_url = f"http://127.0.0.1:{api_port}/cache/stats"
         bare_url = f"http://127.0.0.1:{bare_port}/bare"
+        ping_url = f"http://127.0.0.1:{bare_port}/bare-redis"
         paths_file = workdir / "wrk-paths.txt"
         tracked = books.zrange("cache:lru", 0, -1)
         if not tracked:
@@ -295,11 +296,11 @@ def api_figures(
         wrk_env = {**os.environ, "BENCH_WRK_PATHS": str(paths_file)}
         dir_url = f"http://127.0.0.1:{api_port}"
         script = REPO / "bench" / "wrk_paths.lua"
-        for url in (stats_url, bare_url):  # let every gunicorn worker import and connect
+        for url in (stats_url, bare_url, ping_url):  # every gunicorn worker imports, connects
             _wrk(url, 1)
         _wrk(dir_url, 1, script, wrk_env)
         before = commandstats(books.info("commandstats"))
-        runs: dict[str, list[dict]] = {"stats": [], "bare": [], "dir": []}
+        runs: dict[str, list[dict]] = {"stats": [], "bare": [], "ping": [], "dir": []}
 
         def keep(name: str, fn: Any) -> Any:
             def run() -> float:
@@ -314,6 +315,7 @@ def api_figures(
             {
                 "stats": keep("stats", lambda: _wrk(stats_url, secs)),
                 "bare": keep("bare", lambda: _wrk(bare_url, secs)),
+                "ping": keep("ping", lambda: _wrk(ping_url, secs)),
                 "dir": keep("dir", lambda: _wrk(dir_url, secs, script, wrk_env)),
             },
             sizes.wrk_rounds,
@@ -341,6 +343,12 @@ def api_figures(
     )
     found.figures["api_vs_bare_flask"] = ratio(stats, bare_rps)
     found.baselines["api_vs_bare_flask"] = f"{stats:,.0f} vs bare Flask {bare_rps:,.0f} req/s"
+    ping_rps = median(r["rps"] for r in runs["ping"])
+    found.figures["api_vs_one_redis_call"] = ratio(stats, ping_rps)
+    found.baselines["api_vs_one_redis_call"] = (
+        f"{stats:,.0f} vs {ping_rps:,.0f} req/s (bare Flask + one PING: "
+        f"{ratio(ping_rps, bare_rps):.2f} x bare)"
+    )
     found.figures["api_p99_ms"] = p99
     bare_p99 = median(r["p99_ms"] for r in runs["bare"])
     found.baselines["api_p99_ms"] = (
