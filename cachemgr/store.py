@@ -361,11 +361,17 @@ class Store:
         return out
 
     def info(self, path: str) -> Entry | None:
-        last = self.client.zscore(self.keys.lru, path)
-        if last is None:
+        """One tracked directory, read in one round trip."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zscore(k.lru, path)
+        pipe.hget(k.entries, record_id(path))
+        pipe.zscore(k.pins, path)
+        last, rec, pin = pipe.execute()
+        if last is None or rec is None:  # a record counts only while its path is in cache:lru
             return None
-        found = self._entries([(path, last)])
-        return found[0] if found else None
+        size, files, registered, hits = unpack(rec)
+        return Entry(path, size, files, registered, last, hits, self.ttl_seconds, pin)
 
     def page(self, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:
         """Entries by last access, newest first; the cursor is (score, path) of the last one."""
