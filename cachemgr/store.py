@@ -352,13 +352,17 @@ class Store:
         for p in paths:
             pipe.zscore(self.keys.pins, p)
         raw, *pins = pipe.execute()
-        out = []
-        for (path, last), rec, pin in zip(items, raw, pins, strict=True):
-            if rec is None:
-                continue  # removed between the two reads
-            size, files, registered, hits = unpack(rec)
-            out.append(Entry(path, size, files, registered, last, hits, self.ttl_seconds, pin))
-        return out
+        return [
+            self._entry(path, last, rec, pin)
+            for (path, last), rec, pin in zip(items, raw, pins, strict=True)
+            if rec is not None  # removed between the two reads
+        ]
+
+    def _entry(self, path: str, last: Any, rec: str, pin: Any) -> Entry:
+        """An Entry from its path, last access, packed record and pin ('' or None for none)."""
+        size, files, registered, hits = unpack(rec)
+        pinned = float(pin) if pin else None
+        return Entry(path, size, files, registered, float(last), hits, self.ttl_seconds, pinned)
 
     def info(self, path: str) -> Entry | None:
         """One tracked directory, read in one round trip."""
@@ -370,8 +374,7 @@ class Store:
         last, rec, pin = pipe.execute()
         if last is None or rec is None:  # a record counts only while its path is in cache:lru
             return None
-        size, files, registered, hits = unpack(rec)
-        return Entry(path, size, files, registered, last, hits, self.ttl_seconds, pin)
+        return self._entry(path, last, rec, pin)
 
     def page(self, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:
         """Entries by last access, newest first; the cursor is (score, path) of the last one."""
@@ -401,23 +404,7 @@ class Store:
     def victims(self, limit: int, offset: int = 0) -> list[Entry]:
         """The active policy's next victims, best first."""
         flat = self._victims(keys=self.script_keys(), args=[limit, offset])
-        out = []
-        for i in range(0, len(flat), 4):
-            path, last, rec, pin = flat[i : i + 4]
-            size, files, registered, hits = unpack(rec)
-            out.append(
-                Entry(
-                    path,
-                    size,
-                    files,
-                    registered,
-                    float(last),
-                    hits,
-                    self.ttl_seconds,
-                    float(pin) if pin else None,
-                )  # fmt: skip
-            )
-        return out
+        return [self._entry(*flat[i : i + 4]) for i in range(0, len(flat), 4)]
 
     def largest(self, n: int, scan_limit: int = 100_000) -> tuple[list[Entry], bool]:
         """The n largest entries, and whether the scan stopped at `scan_limit` records.
