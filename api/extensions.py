@@ -24,17 +24,17 @@ class FastJSONProvider(DefaultJSONProvider):
     """orjson for replies: the stats reply (2.6 KB) encodes in 2 µs instead of 22.
     What orjson cannot encode goes through Flask's own rules."""
 
+    def _encode(self, obj: Any) -> bytes:
+        return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS)
+
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         if kwargs:  # a caller asked for stdlib options (indent, sort_keys...)
             return super().dumps(obj, **kwargs)
-        return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS).decode()
+        return self._encode(obj).decode()
 
     def response(self, *args: Any, **kwargs: Any) -> Any:
         obj = self._prepare_response_obj(args, kwargs)
-        return current_app.response_class(
-            orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS),
-            mimetype=self.mimetype,
-        )
+        return current_app.response_class(self._encode(obj), mimetype=self.mimetype)
 
 
 class CacheExtension:
