@@ -185,6 +185,9 @@ def enforce_quota(
             need,
             cache.settings.disk_cache_eviction_policy,
         )
+    if not dry_run:
+        # A warm-up the first eviction would settle in one long script: settle it in batches.
+        cache.store.settle(cache.settings.disk_cache_batch_size, step=heartbeat)
     _run_pass(
         cache,
         result,

@@ -26,11 +26,15 @@ Every hook and victims script is O(log n) per entry touched. SIEVE's hand and S3
 reinsertions may pass several entries on one eviction, but each entry passed was paid for by
 an earlier hit (a visited bit, a clock count of at most 3; for `s3fifo-a`, whose main never
 reinserts, the hit that promotes an entry out of the small queue), so the cost per access and
-per eviction is O(log n) amortized. Nothing scans the cache but the S3-FIFO family's warm-up
-settle, which the first eviction makes once (it moves most of the small queue into main). The
-victims scripts work moves out without making them, so reading victims repeatedly without
-claiming any repeats that work (the settle included, until the first claim); claiming makes it
-once. The Lua of the newer policies is in policy_lua.py, policy_lua_s3fifo.py and
+per eviction is O(log n) amortized. The one walk over many entries is the S3-FIFO family's
+warm-up settle, made once before the first eviction (it moves most of the small queue into
+main): Store.settle runs it in steps of a batch each, so no call holds Redis for long (one
+call held it for seconds at 10^6 entries). A claim that finds it not done (nobody settled
+first) finishes it itself. Before the settle, the victims scripts work it out on a copy,
+reading the oldest tenth of the small queue each time; while it is half done, they refuse
+(SETTLING) and Store.victims helps finish it. The victims scripts work moves out without
+making them, so reading victims repeatedly without claiming any repeats that work; claiming
+makes it once. The Lua of the newer policies is in policy_lua.py, policy_lua_s3fifo.py and
 policy_lua_s3fifo_a.py, the reference models of all of them in models.py and models_s3fifo.py.
 """
 
@@ -54,6 +58,9 @@ class Policy:
     on_hit: str = ""
     on_remove: str = ""
     aux: tuple[str, ...] = field(default_factory=tuple)
+    # Lua defining settle_step(budget) -> 1 while work is left: a warm-up the first eviction
+    # must settle, done in bounded steps beforehand (Store.settle).
+    settle: str = ""
 
     @property
     def hooks(self) -> dict[str, str]:

@@ -91,6 +91,81 @@ def remember_in_ghost(
 """
 
 
+def settle_steps(*, meta: int, limit: str, stays: str, move: str, finish: str = "") -> str:
+    """Lua `settle_step(budget)`: the warm-up settle (see S3FIFO_COMMON) in steps of at most
+    `budget` entries, so that no call holds Redis for long (one call at 10^6 entries held it
+    for seconds). Returns 1 while work is left, 2 from the step that finishes, 0 when there
+    was nothing to do.
+
+    The first step freezes the settle as of now: the newest small entry (`st_to`; entries
+    registered later stay small) and `limit`, a Lua expression of the bytes held `t`. Steps
+    then walk small oldest first while `stays` (of `acc`, the bytes kept so far, and `limit`)
+    holds, and move the rest, a chunk at a time, by `move` (a Lua block given `ps` and `sizes`,
+    which adds them to main); the queues' byte counts follow each chunk. The last step sets
+    `evicted` and the fields of `finish` (Lua HSET arguments, `lim` in scope). AUX[1] is the
+    small queue, AUX[5] the sizes, AUX[meta] the policy's counters.
+    """
+    return f"""
+local function settle_num(x) return string.format('%.0f', x) end
+local function settle_step(budget)
+  local M = AUX[{meta}]
+  local m = redis.call('HMGET', M, 'evicted', 'st_to', 'st_limit', 'st_acc', 'st_at', 'st_from',
+    'sb', 'mb')
+  if m[1] then return 0 end
+  local to, lim, acc, at, from = m[2], tonumber(m[3] or '0'), tonumber(m[4] or '0'), m[5], m[6]
+  if not to then
+    to = redis.call('ZRANGE', AUX[1], -1, -1, 'WITHSCORES')[2] or '0'
+    local t = tonumber(m[7] or '0') + tonumber(m[8] or '0')
+    lim, acc, at = {limit}, 0, ''
+    redis.call('HSET', M, 'st_to', to, 'st_limit', settle_num(lim), 'st_acc', 0, 'st_at', '')
+  end
+  if not from then
+    -- walk: the oldest entries stay while they hold less than the limit
+    local lo = (at == '') and '-inf' or ('(' .. at)
+    local chunk = redis.call('ZRANGEBYSCORE', AUX[1], lo, to, 'WITHSCORES', 'LIMIT', 0, budget)
+    local n = #chunk / 2
+    if n > 0 then
+      local ps = {{}}
+      for i = 1, n do ps[i] = chunk[2 * i - 1] end
+      local sizes = redis.call('HMGET', AUX[5], unpack(ps))
+      for i = 1, n do
+        if not ({stays}) then from = at break end
+        acc, at = acc + tonumber(sizes[i] or '0'), chunk[2 * i]
+      end
+    end
+    if not from and n < budget then from = at end
+    if from then
+      redis.call('HSET', M, 'st_from', from)
+    else
+      redis.call('HSET', M, 'st_acc', settle_num(acc), 'st_at', at)
+    end
+    return 1
+  end
+  -- move: the rest, oldest first, to main
+  local lo = (from == '') and '-inf' or ('(' .. from)
+  local ps = redis.call('ZRANGEBYSCORE', AUX[1], lo, to, 'LIMIT', 0, budget)
+  if #ps > 0 then
+    local sizes = redis.call('HMGET', AUX[5], unpack(ps))
+    local moved = 0
+    for i = 1, #ps do
+      sizes[i] = tonumber(sizes[i] or '0')
+      moved = moved + sizes[i]
+    end
+    {move}
+    redis.call('ZREM', AUX[1], unpack(ps))
+    redis.call('HINCRBY', M, 'sb', settle_num(-moved))
+    redis.call('HINCRBY', M, 'mb', settle_num(moved))
+  end
+  if #ps < budget then
+    redis.call('HSET', M, 'evicted', 1{finish})
+    redis.call('HDEL', M, 'st_to', 'st_limit', 'st_acc', 'st_at', 'st_from')
+    return 2
+  end
+  return 1
+end
+"""
+
+
 # S3-FIFO's helpers. Until the first eviction every new entry waits in the small queue; the first
 # eviction settles the queues as if the small one had filled first: the oldest entries up to
 # its share of the bytes stay, the rest move to main in order (models.S3FIFO._settle).
@@ -195,10 +270,26 @@ local function s3_simulate(n)
 end
 """
 
-def victims_of(simulate: str) -> str:
+# The settle of S3FIFO_COMMON in steps (each moved entry gets the next sequence in main).
+S3FIFO_SETTLE = settle_steps(
+    meta=7,
+    limit="t",
+    stays="@SD@ * acc < @SN@ * lim",
+    move="""for _, p in ipairs(ps) do
+      redis.call('ZADD', AUX[2], redis.call('HINCRBY', AUX[7], 'seq', 1), p)
+    end""",
+)
+
+
+def victims_of(simulate: str, meta: int) -> str:
     """The victims chunk of a policy whose Lua function `simulate(n)` names its next n victims
-    without moving anything: ARGV[1] how many, ARGV[2] how many to skip."""
+    without moving anything: ARGV[1] how many, ARGV[2] how many to skip. While a warm-up settle
+    is half done (AUX[meta] has `st_to`) it raises SETTLING: Store.victims finishes the settle
+    in bounded steps and asks again."""
     return f"""
+if redis.call('HEXISTS', AUX[{meta}], 'st_to') == 1 then
+  error({{err = 'SETTLING the warm-up settle is half done: run the settle steps first'}})
+end
 local n, off = tonumber(ARGV[1]), tonumber(ARGV[2])
 local victims = {simulate}(n + off)
 local out = {{}}
@@ -207,31 +298,21 @@ return out
 """
 
 
-S3FIFO_VICTIMS = S3FIFO_COMMON + S3FIFO_SIMULATE + victims_of("s3_simulate")
+S3FIFO_VICTIMS = S3FIFO_COMMON + S3FIFO_SIMULATE + victims_of("s3_simulate", meta=7)
 
 S3FIFO_ON_REMOVE = (
     "do\n"
     + S3FIFO_COMMON
     + S3FIFO_SIMULATE
+    + S3FIFO_SETTLE
     + """
   local in_small = redis.call('ZSCORE', AUX[1], path)
   local in_main = redis.call('ZSCORE', AUX[2], path)
   if in_small or in_main then
     if reason == 'evicted' then
-      local m = redis.call('HMGET', AUX[7], 'sb', 'mb', 'evicted')
-      if not m[3] then
-        -- the first eviction: settle the warm-up (once; each entry moves at most once)
-        local sb, mb = tonumber(m[1] or '0'), tonumber(m[2] or '0')
-        local keep, acc = s3_settle_point(sb, mb)
-        while true do
-          local rest = redis.call('ZRANGE', AUX[1], keep, keep + CHUNK - 1)
-          if #rest == 0 then break end
-          for _, p in ipairs(rest) do
-            redis.call('ZADD', AUX[2], redis.call('HINCRBY', AUX[7], 'seq', 1), p)
-          end
-          redis.call('ZREMRANGEBYRANK', AUX[1], keep, keep + #rest - 1)
-        end
-        redis.call('HSET', AUX[7], 'sb', acc, 'mb', mb + sb - acc, 'evicted', 1)
+      if redis.call('HEXISTS', AUX[7], 'evicted') == 0 then
+        -- the first eviction and nobody settled the warm-up in steps first: settle it here
+        while settle_step(1000) == 1 do end
       end
       local _, moves = s3_simulate(1)
       for _, mv in ipairs(moves) do
@@ -288,6 +369,7 @@ def s3fifo_lua(
         on_insert=S3FIFO_ON_INSERT,
         on_hit=S3FIFO_ON_HIT,
         on_remove=S3FIFO_ON_REMOVE,
+        settle=S3FIFO_SETTLE,
     )
 
 

@@ -12,7 +12,7 @@ back to Redis are formatted with %.0f: Lua would print a big one as %.14g.
 
 from __future__ import annotations
 
-from cachemgr.policy_lua_s3fifo import CURSOR, filled, victims_of
+from cachemgr.policy_lua_s3fifo import CURSOR, filled, settle_steps, victims_of
 
 # AUX[1] small zset (by sequence), AUX[2] main zset (by P; a member is the 16-hex-digit sequence
 # of its last scoring followed by the path, so equal scores go oldest first, as the model's
@@ -268,35 +268,41 @@ local function s3a_simulate(n)
 end
 """
 
-S3FIFO_A_VICTIMS = S3FIFO_A_COMMON + S3FIFO_A_SIMULATE + victims_of("s3a_simulate")
+S3FIFO_A_VICTIMS = S3FIFO_A_COMMON + S3FIFO_A_SIMULATE + victims_of("s3a_simulate", meta=8)
+
+# s3a_settle in steps: T starts at @IN@/@ID@ of the bytes held; the moved entries are scored
+# into main from L and their hits, each with the next sequence. Needs SCORE.
+S3FIFO_A_SETTLE_STEPS = settle_steps(
+    meta=8,
+    limit="math.floor(@IN@ * t / @ID@)",
+    stays="acc < lim",
+    move="""local L = tonumber(redis.call('HGET', AUX[8], 'L') or '0')
+    local f = redis.call('HMGET', AUX[4], unpack(ps))
+    local seq = redis.call('HINCRBY', AUX[8], 'seq', #ps) - #ps
+    local scored, members = {}, {}
+    for i, p in ipairs(ps) do
+      local mp = s3a_member(seq + i, p)
+      scored[2 * i - 1] = s3a_num(s3a_score(L, tonumber(f[i] or '0'), sizes[i]))
+      scored[2 * i], members[2 * i - 1], members[2 * i] = mp, p, mp
+    end
+    redis.call('ZADD', AUX[2], unpack(scored))
+    redis.call('HSET', AUX[7], unpack(members))""",
+    finish=", 'T', settle_num(lim)",
+)
 
 S3FIFO_A_ON_REMOVE = (
     "do\n"
     + S3FIFO_A_COMMON
     + S3FIFO_A_SIMULATE
+    + S3FIFO_A_SETTLE_STEPS
     + """
   local in_small = redis.call('ZSCORE', AUX[1], path)
   local member = redis.call('HGET', AUX[7], path)
   if in_small or member then
     if reason == 'evicted' then
-      local m = redis.call('HMGET', AUX[8], 'sb', 'mb', 'evicted', 'L')
-      if not m[3] then
-        -- the first eviction: settle the warm-up (once; each entry moves at most once)
-        local sb, mb, L = tonumber(m[1] or '0'), tonumber(m[2] or '0'), tonumber(m[4] or '0')
-        local T, keep, acc = s3a_settle(sb, mb, function(ps, sizes, freqs)
-          local seq = redis.call('HINCRBY', AUX[8], 'seq', #ps) - #ps
-          local scored, members = {}, {}
-          for i, p in ipairs(ps) do
-            local mp = s3a_member(seq + i, p)
-            scored[2 * i - 1], scored[2 * i] = s3a_num(s3a_score(L, freqs[i], sizes[i])), mp
-            members[2 * i - 1], members[2 * i] = p, mp
-          end
-          redis.call('ZADD', AUX[2], unpack(scored))
-          redis.call('HSET', AUX[7], unpack(members))
-        end)
-        redis.call('ZREMRANGEBYRANK', AUX[1], keep, -1)
-        redis.call('HSET', AUX[8], 'sb', s3a_num(acc), 'mb', s3a_num(mb + sb - acc),
-          'evicted', 1, 'T', s3a_num(T))
+      if redis.call('HEXISTS', AUX[8], 'evicted') == 0 then
+        -- the first eviction and nobody settled the warm-up in steps first: settle it here
+        while settle_step(1000) == 1 do end
       end
       local _, moves, T = s3a_simulate(1)
       for _, mv in ipairs(moves) do
@@ -382,4 +388,5 @@ def s3fifo_a_lua(
         on_insert=S3FIFO_A_ON_INSERT,
         on_hit=S3FIFO_A_ON_HIT,
         on_remove=S3FIFO_A_ON_REMOVE,
+        settle=SCORE + S3FIFO_A_SETTLE_STEPS,
     )

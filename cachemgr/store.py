@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import heapq
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -123,6 +123,9 @@ class Store:
         self._finish = client.register_script(scripts.FINISH)
         self._restore = client.register_script(self.policy.script(scripts.RESTORE))
         self._victims = client.register_script(scripts.victims_snapshot(self.policy.victims))
+        self._settle = self.policy.settle and client.register_script(
+            scripts.PRELUDE + self.policy.settle + "\nreturn settle_step(tonumber(ARGV[1]))"
+        )
         self._rebuild = client.register_script(self.policy.rebuild_script)
         self._pin = client.register_script(scripts.PIN)
         self._resize = client.register_script(scripts.RESIZE)
@@ -403,8 +406,27 @@ class Store:
 
     def victims(self, limit: int, offset: int = 0) -> list[Entry]:
         """The active policy's next victims, best first."""
-        flat = self._victims(keys=self.script_keys(), args=[limit, offset])
+        try:
+            flat = self._victims(keys=self.script_keys(), args=[limit, offset])
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("SETTLING"):
+                raise
+            self.settle()  # someone's settle is half done: help finish it, then ask again
+            flat = self._victims(keys=self.script_keys(), args=[limit, offset])
         return [self._entry(*flat[i : i + 4]) for i in range(0, len(flat), 4)]
+
+    def settle(self, batch: int = 1000, step: Callable[[], object] | None = None) -> int:
+        """Settle the policy's warm-up before the first eviction, `batch` entries per call
+        (policies.py says which policies have one). `step` runs after each call (the cleanup
+        keeps its lock alive with it). Returns how many calls did work: 0 when settled before."""
+        calls, keys = 0, self.script_keys()
+        while self._settle and (done := self._settle(keys=keys, args=[batch])):
+            calls += 1
+            if step is not None:
+                step()
+            if done == 2:
+                break
+        return calls
 
     def largest(self, n: int, scan_limit: int = 100_000) -> tuple[list[Entry], bool]:
         """The n largest entries, and whether the scan stopped at `scan_limit` records.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,9 +28,11 @@ def replay_store(
     batch: int,
     start: int = 0,
     target: float = 1.0,
+    settle_batch: int = 0,
 ) -> list[tuple[bool, list[str]]]:
     """The cleanup's loop in miniature: victims in batches, claimed in the order given; past
-    the capacity, evict down to target x capacity."""
+    the capacity, evict down to target x capacity (with `settle_batch`, settling the warm-up
+    in steps of that many first, as enforce_quota does)."""
     low = int(capacity * target)
     out = []
     for i, (key, size) in enumerate(trace, start):
@@ -40,6 +43,8 @@ def replay_store(
             assert store.register(key, size, 1, now=now)[0] == "ok"
             total = store.total_bytes()
             low_now = low if total > capacity else total
+            if settle_batch and total > low_now:
+                store.settle(settle_batch)
             while total > low_now:
                 victims = store.victims(batch, 0)
                 assert victims, "bytes above capacity but the policy names no victim"
@@ -96,15 +101,17 @@ def test_every_policy_has_a_model():
     batch=st.integers(1, 4),
     # Below 1.0, cachemgr's hysteresis: several victims per pass, SIEVE's hand laps.
     target=st.sampled_from([1.0, 1.0, 0.8, 0.5]),
+    # The warm-up settled by the first claim itself (0) or beforehand in steps of 1 or 3.
+    settle_batch=st.sampled_from([0, 0, 1, 3]),
 )
-def test_redis_matches_the_model(redis_client, name, trace, capacity, batch, target):
+def test_redis_matches_the_model(redis_client, name, trace, capacity, batch, target, settle_batch):
     # The same key must always have the same size, as a directory does between requests.
     sizes: dict[str, int] = {}
     trace = [(k, sizes.setdefault(k, s)) for k, s in trace]
     prefix = f"t{uuid.uuid4().hex[:10]}:"
     try:
         store = Store(redis_client, Keys(prefix), policy=name)
-        got = replay_store(store, trace, capacity, batch, target=target)
+        got = replay_store(store, trace, capacity, batch, target=target, settle_batch=settle_batch)
         want = replay_model(name, trace, capacity, target=target)
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert g == w, f"request {i} {trace[i]}: redis {g} model {w}"
@@ -217,6 +224,107 @@ def test_a_batch_of_accesses_does_what_single_accesses_do(redis_client, name):
     finally:
         cleanup_prefix(redis_client, one.keys.prefix)
         cleanup_prefix(redis_client, many.keys.prefix)
+
+
+# -- the S3-FIFO family's warm-up settle ---------------------------------------------------------
+SETTLED = [n for n in NAMES if POLICIES[n].settle]
+
+
+def _queues(redis_client, store: Store) -> tuple[list[str], list[str], dict[str, str]]:
+    aux = store.keys.policy_aux
+    name = store.policy.name
+    main = redis_client.zrange(aux(f"{name}:main"), 0, -1)
+    if name == "s3fifo-a":  # a member of main is its 16-digit sequence, then the path
+        main = [m[16:] for m in main]
+    meta = redis_client.hgetall(aux(f"{name}:meta"))
+    return redis_client.zrange(aux(f"{name}:small"), 0, -1), main, meta
+
+
+def _warm(redis_client, prefix: str, name: str, n: int = 60) -> Store:
+    store = Store(redis_client, Keys(prefix), policy=name)
+    for i in range(n):
+        store.register(f"d{i:03d}", 3 + (i * 7) % 11, 1, now=T0 + i)
+        if i % 4 == 0:
+            store.access(f"d{i // 2:03d}", now=T0 + i)
+    return store
+
+
+def test_the_family_is_what_has_a_settle():
+    assert SETTLED == ["s3fifo", "s3fifo-a", "s3fifo-lg"]
+
+
+@pytest.mark.parametrize("name", SETTLED)
+def test_warm_up_settles_in_bounded_steps_as_one_claim_would(redis_client, name):
+    stepped, inline = f"t{uuid.uuid4().hex[:10]}:", f"t{uuid.uuid4().hex[:10]}:"
+    try:
+        a, b = _warm(redis_client, stepped, name), _warm(redis_client, inline, name)
+        small_before = len(_queues(redis_client, a)[0])
+        sizes: list[int] = []
+        calls = a.settle(4, step=lambda: sizes.append(len(_queues(redis_client, a)[0])))
+        # a walk over the kept ones, then the moves: never more than 4 entries a call
+        moved = [x - y for x, y in zip([small_before, *sizes], sizes, strict=False)]
+        assert calls == len(sizes) >= 1 + (small_before - sizes[-1]) // 4
+        assert max(moved) <= 4 and sizes[-1] < small_before
+        assert a.settle(4) == 0  # settled once
+        # The same queues, counts and victims as the first claim settling it all at once.
+        first = b.victims(1)[0].path
+        assert b.claim(first, "evicted", deleting_files=False)[0] == "ok"
+        assert a.victims(1)[0].path == first
+        assert a.claim(first, "evicted", deleting_files=False)[0] == "ok"
+        qa, qb = _queues(redis_client, a), _queues(redis_client, b)
+        assert qa[:2] == qb[:2]
+        assert {k: v for k, v in qa[2].items() if k != "seq"} == {
+            k: v for k, v in qb[2].items() if k != "seq"
+        }
+        assert not any(k.startswith("st_") for k in qa[2])
+        assert [e.path for e in a.victims(100)] == [e.path for e in b.victims(100)]
+    finally:
+        cleanup_prefix(redis_client, stepped)
+        cleanup_prefix(redis_client, inline)
+
+
+@pytest.mark.parametrize("name", SETTLED)
+def test_a_half_done_settle_keeps_the_books_and_is_finished_by_who_reads(
+    redis_client, prefix, name
+):
+    store = _warm(redis_client, prefix, name)
+    script_keys = store.script_keys()
+    assert store._settle(keys=script_keys, args=[5]) == 1  # begun, not done
+    assert store._settle(keys=script_keys, args=[5]) == 1
+    # Traffic meanwhile: a registration after the settle began stays in the small queue,
+    # a hit counts, a removal leaves the books exact.
+    assert store.register("late", 9, 1, now=T0 + 100)[0] == "ok"
+    assert store.access("d001", now=T0 + 101) == 1
+    assert store.claim("d002", "removed", deleting_files=False)[0] == "ok"
+    victims = [e.path for e in store.victims(100)]  # SETTLING: helps finish, then reads
+    small, main, meta = _queues(redis_client, store)
+    assert "evicted" in meta and not any(k.startswith("st_") for k in meta)
+    assert "late" in small and "late" not in main
+    assert sorted(small + main) == sorted(_tracked(store)) == sorted(victims)
+    assert int(meta["sb"]) + int(meta["mb"]) == store.total_bytes()
+    assert int(meta["sb"]) == sum(int(store.info(p).size_bytes) for p in small)
+
+
+def test_enforce_quota_settles_the_warm_up_in_batches(settings, redis_client, root):
+    cache = DiskCache(
+        settings.with_(disk_cache_eviction_policy="s3fifo", disk_cache_batch_size=3), redis_client
+    )
+    for i in range(30):
+        make_tree(root, f"album{i:02d}", files=4, size=4096)
+        cache.register(f"album{i:02d}")
+    settle_calls: list[int] = []
+    real = cache.store.settle
+
+    def spy(batch: int = 1000, step: Any = None) -> int:
+        settle_calls.append(batch)
+        return real(batch, step)
+
+    cache.store.settle = spy  # type: ignore[method-assign]
+    assert enforce_quota(cache, dry_run=True).removed
+    assert settle_calls == [] and "evicted" not in _queues(redis_client, cache.store)[2]
+    result = enforce_quota(cache)
+    assert settle_calls == [3] and result.removed
+    assert "evicted" in _queues(redis_client, cache.store)[2]
 
 
 # -- s3fifo-a's own mechanics ------------------------------------------------------------------
