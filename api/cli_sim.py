@@ -14,11 +14,11 @@ from typing import Any, TextIO
 import click
 import redis
 
+from cachemgr.connection import connect
 from cachemgr.keys import Keys
 from cachemgr.models import MODELS
 from cachemgr.settings import Settings, SettingsError
 from cachemgr.simulate import BOUNDS, format_table, parse_size, plot, simulate
-from cachemgr.store import connect
 from cachemgr.traces import FORMATS, TraceError, read_trace
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from cachemgr.store import COUNTERS
+from cachemgr.counters import COUNTERS
 
 MAX_WAIT_SECONDS = 60
 
@@ -19,7 +19,7 @@ class ApiErrorSchema(Schema):
 ErrorSchema = ApiErrorSchema
 
 
-# The counters are named once, in cachemgr.store.COUNTERS.
+# The counters are named once, in cachemgr.counters.COUNTERS.
 SinceResetSchema = Schema.from_dict(
     {
         **{name: fields.Integer() for name in COUNTERS},

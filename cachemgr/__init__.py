@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from cachemgr.cache import DiskCache
+from cachemgr.connection import connect
 from cachemgr.errors import CacheError, NotOnDisk, NotTracked, Overlap, PathError
 from cachemgr.settings import Settings, SettingsError
-from cachemgr.store import connect
 
 __all__ = [
     "CacheError",

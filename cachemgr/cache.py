@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cachemgr import paths, scanner, trash
+from cachemgr.connection import same_server
 from cachemgr.errors import DeleteFailed, NotOnDisk, NotTracked, Overlap, RecordCollision
 from cachemgr.health import diagnose
 from cachemgr.keys import Keys
@@ -17,7 +18,7 @@ from cachemgr.nodes import NodeRegistry, aggregate
 from cachemgr.reads import Batch, Reader, run
 from cachemgr.records import Entry, iso, record_id
 from cachemgr.settings import Settings
-from cachemgr.store import Store, same_server
+from cachemgr.store import Store
 
 log = logging.getLogger("cachemgr")
 

@@ -15,67 +15,11 @@ from typing import Any
 import redis
 
 from cachemgr import scripts
+from cachemgr.counters import pairs, since_reset
 from cachemgr.keys import Keys
 from cachemgr.policies import POLICIES, Policy
 from cachemgr.reads import Batch, Reader, run
 from cachemgr.records import RECORD_FORMAT, Entry, record_id, unpack
-
-COUNTERS = (
-    "hits",
-    "misses",
-    "hit_bytes",
-    "missed_bytes",
-    "registrations",
-    "evictions",
-    "expirations",
-    "removals",
-    "bytes_freed",
-    "skipped_locked",
-    "skipped_pinned",
-    "vanished",
-)
-
-
-def same_server(client: Any) -> bool:
-    """False for a Redis Cluster client, whose keys of different hash tags may live apart."""
-    from redis.cluster import RedisCluster
-
-    return not isinstance(client, RedisCluster)
-
-
-def connect(url: str) -> Any:
-    """A client as cachemgr needs it: str replies, bounded timeouts, keep-alive.
-
-    `redis+cluster://host:port` (or `rediss+cluster://`) connects to a Redis Cluster; every
-    multi-key script then runs on one shard, since a node's keys share one hash tag.
-    `redis+sentinel://host:port[,host:port]/master_name[/db]` asks Sentinel for the master.
-    """
-    if url.startswith("redis+sentinel://"):
-        from redis.sentinel import Sentinel
-
-        hosts, _, rest = url.removeprefix("redis+sentinel://").partition("/")
-        master, _, db = rest.partition("/")
-        sentinels = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts.split(",")]
-        return Sentinel(sentinels, socket_timeout=5).master_for(
-            master or "mymaster", db=int(db or 0), decode_responses=True, socket_timeout=10
-        )
-    if "+cluster://" in url:
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(
-            url.replace("+cluster://", "://", 1),
-            decode_responses=True,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-        )
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry_on_timeout=True,
-    )
 
 
 def now_str(now: float | None = None) -> str:
@@ -490,7 +434,7 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.stats)
         pipe.hgetall(self.keys.stats_baseline)
-        return _since(*pipe.execute())
+        return since_reset(*pipe.execute())
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         """Everything the stats show, read in one round trip."""
@@ -510,18 +454,18 @@ class Store:
             total, count, overall, base, last, initialized, scheduler, pinned, up, nodes = next(
                 replies
             )
-            counters, since_reset = _since(_pairs(overall), _pairs(base))
+            counters, recent = since_reset(pairs(overall), pairs(base))
             return {
                 "total_bytes": int(total),
                 "directory_count": int(count),
                 "counters": counters,
-                "since_reset": since_reset,
-                "last_cleanup": _pairs(last) or None,
+                "since_reset": recent,
+                "last_cleanup": pairs(last) or None,
                 "initialized": bool(initialized),
                 "scheduler_running": scheduler != "stopped",
                 "pinned_count": int(pinned),
                 "up": bool(up),
-                "registry": _pairs(nodes),
+                "registry": pairs(nodes),
             }
 
         return read
@@ -531,15 +475,3 @@ class Store:
         for ident, fields in self.client.xrevrange(self.keys.events, count=limit):
             out.append({"id": ident, **fields})
         return out
-
-
-def _pairs(flat: list[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _since(overall: dict[str, str], base: dict[str, str]) -> tuple[dict[str, int], dict[str, Any]]:
-    """Counters overall, and since the reset (the difference from its baseline)."""
-    total = {c: int(overall.get(c, 0)) for c in COUNTERS}
-    recent: dict[str, Any] = {c: total[c] - int(base.get(c, 0)) for c in COUNTERS}
-    recent["reset_at"] = float(base["reset_at"]) if "reset_at" in base else None
-    return total, recent

@@ -19,11 +19,12 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from cachemgr.connection import connect
 from cachemgr.errors import PathError
 from cachemgr.keys import Keys
 from cachemgr.nodes import NodeRegistry
 from cachemgr.paths import normalize
-from cachemgr.store import Store, connect
+from cachemgr.store import Store
 
 
 class CacheClient:

@@ -1,0 +1,49 @@
+"""Connecting to Redis: one server, a Redis Cluster or a Sentinel-watched master."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+
+def same_server(client: Any) -> bool:
+    """False for a Redis Cluster client, whose keys of different hash tags may live apart."""
+    from redis.cluster import RedisCluster
+
+    return not isinstance(client, RedisCluster)
+
+
+def connect(url: str) -> Any:
+    """A client as cachemgr needs it: str replies, bounded timeouts, keep-alive.
+
+    `redis+cluster://host:port` (or `rediss+cluster://`) connects to a Redis Cluster; every
+    multi-key script then runs on one shard, since a node's keys share one hash tag.
+    `redis+sentinel://host:port[,host:port]/master_name[/db]` asks Sentinel for the master.
+    """
+    if url.startswith("redis+sentinel://"):
+        from redis.sentinel import Sentinel
+
+        hosts, _, rest = url.removeprefix("redis+sentinel://").partition("/")
+        master, _, db = rest.partition("/")
+        sentinels = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts.split(",")]
+        return Sentinel(sentinels, socket_timeout=5).master_for(
+            master or "mymaster", db=int(db or 0), decode_responses=True, socket_timeout=10
+        )
+    if "+cluster://" in url:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(
+            url.replace("+cluster://", "://", 1),
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+        )
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
