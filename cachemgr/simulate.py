@@ -1,23 +1,13 @@
 """Replay a trace through the policy models at several cache sizes, beside offline bounds.
 
 The models use classic cache semantics (threshold = target = 1.0; an object larger than the
-whole cache passes without being cached), so the figures compare with libCacheSim's. Bounds:
-
-- Belady: evict the object requested furthest in the future (bypass allowed); the optimum for
-  equal sizes, a strong reference for variable ones.
-- BeladySize: evict the object with the largest size x time-to-next-request, chosen among a
-  seeded sample of 64 as libCacheSim does.
-- PFOO-L (Berger, Beckmann, Harchol-Balter, SIGMETRICS'18): a lower bound on the miss ratio of
-  any policy. Each request followed by another for the same object is an interval costing
-  size x distance; the cheapest intervals whose summed cost fits in capacity x trace length are
-  hits. For the byte miss ratio the intervals are taken shortest first.
+whole cache passes without being cached), so the figures compare with libCacheSim's. The
+bounds are computed in bounds.py.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
-import random
 import re
 import sys
 import time
@@ -27,6 +17,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from cachemgr.bounds import belady, belady_size, pfoo_l
 from cachemgr.models import MODELS, make_model
 from cachemgr.traces import Trace, next_access
 
@@ -185,114 +176,6 @@ def replay(
 
 
 # -- offline bounds ---------------------------------------------------------------------------
-
-
-def belady(trace: Trace, capacity: int, nxt: np.ndarray | None = None) -> tuple[int, int]:
-    """Misses and missed bytes of furthest-next-request-first, with bypass."""
-    nxt = next_access(trace.ids) if nxt is None else nxt
-    never = len(trace) + 1
-    in_cache: dict[int, int] = {}  # key -> its next request
-    sizes_of: dict[int, int] = {}
-    heap: list[tuple[int, int]] = []  # (-next request, key), lazily invalidated
-    total = misses = miss_bytes = 0
-    for i, (k, s, n) in enumerate(
-        zip(trace.ids.tolist(), trace.sizes.tolist(), nxt.tolist(), strict=True)
-    ):
-        n = never if n < 0 else n
-        if k in in_cache:
-            in_cache[k] = n
-            heapq.heappush(heap, (-n, k))
-            continue
-        misses += 1
-        miss_bytes += s
-        if s > capacity or n == never:
-            continue  # never useful to keep
-        in_cache[k] = n
-        sizes_of[k] = s
-        heapq.heappush(heap, (-n, k))
-        total += s
-        while total > capacity:
-            negn, v = heapq.heappop(heap)
-            if in_cache.get(v) != -negn:
-                continue
-            del in_cache[v]
-            total -= sizes_of.pop(v)
-        del i
-    return misses, miss_bytes
-
-
-def belady_size(
-    trace: Trace, capacity: int, nxt: np.ndarray | None = None, *, sample: int = 64, seed: int = 1
-) -> tuple[int, int]:
-    """Misses and missed bytes evicting the largest size x distance among a random sample."""
-    nxt = next_access(trace.ids) if nxt is None else nxt
-    rng = random.Random(seed)
-    never = float(len(trace) + 1) * 4
-    keys: list[int] = []
-    pos: dict[int, int] = {}
-    next_of: dict[int, float] = {}
-    sizes_of: dict[int, int] = {}
-    total = misses = miss_bytes = 0
-    for i, (k, s, n) in enumerate(
-        zip(trace.ids.tolist(), trace.sizes.tolist(), nxt.tolist(), strict=True)
-    ):
-        nn = never if n < 0 else float(n)
-        if k in pos:
-            next_of[k] = nn
-            continue
-        misses += 1
-        miss_bytes += s
-        if s > capacity or n < 0:
-            continue
-        pos[k] = len(keys)
-        keys.append(k)
-        next_of[k] = nn
-        sizes_of[k] = s
-        total += s
-        while total > capacity:
-            picks = keys if len(keys) <= sample else rng.sample(keys, sample)
-            v = max(picks, key=lambda x: sizes_of[x] * (next_of[x] - i))
-            j = pos.pop(v)
-            last = keys.pop()
-            if last != v:
-                keys[j] = last
-                pos[last] = j
-            total -= sizes_of.pop(v)
-            del next_of[v]
-    return misses, miss_bytes
-
-
-def pfoo_l(trace: Trace, capacity: int, nxt: np.ndarray | None = None) -> tuple[float, float]:
-    """(object, byte) miss-ratio lower bounds."""
-    nxt = next_access(trace.ids) if nxt is None else nxt
-    n = len(trace)
-    has = nxt >= 0
-    idx = np.nonzero(has)[0]
-    dist = (nxt[has] - idx).astype(np.float64)
-    size = trace.sizes[has].astype(np.float64)
-    budget = float(capacity) * n
-    cost = size * dist
-
-    # A fractional knapsack: the intervals that fit whole, plus the share of the next one that
-    # the budget left covers (without it the greedy answer is not a bound).
-    def take(order: np.ndarray, value: np.ndarray) -> float:
-        spent = np.cumsum(cost[order])
-        whole = int(np.searchsorted(spent, budget, side="right"))
-        got = float(value[order[:whole]].sum())
-        if whole < len(order):
-            left = budget - (float(spent[whole - 1]) if whole else 0.0)
-            nxt_cost = float(cost[order[whole]])
-            if nxt_cost > 0:
-                got += float(value[order[whole]]) * left / nxt_cost
-        return got
-
-    obj_hits = take(np.argsort(cost, kind="stable"), np.ones_like(cost))
-    # A hit saves the bytes of the request it serves (sizes may change between requests).
-    served = trace.sizes[nxt[has]].astype(np.float64)
-    byte_hits = take(np.argsort(dist, kind="stable"), served)
-
-    total_bytes = float(trace.sizes.sum())
-    return 1 - obj_hits / n, (1 - byte_hits / total_bytes) if total_bytes else 0.0
 
 
 def bounds(

@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from api.cli_sim import simulate_command, trace_group
+from cachemgr.bounds import belady, pfoo_l
 from cachemgr.keys import Keys
 from cachemgr.models import MODELS
-from cachemgr.simulate import ProgressBar, belady, parse_size, pfoo_l, replay
+from cachemgr.simulate import ProgressBar, parse_size, replay
 from cachemgr.store import Store
 from cachemgr.traces import Trace, read_trace, write_oracle_general
 from tests.conftest import REDIS_URL
