@@ -187,6 +187,8 @@ def enforce_quota(
         )
     if not dry_run:
         # A warm-up the first eviction would settle in one long script: settle it in batches.
+        # (A dry run leaves it; but one that meets a settle half done helps finish it, which
+        # moves nothing off the books: Store.victims.)
         cache.store.settle(cache.settings.disk_cache_batch_size, step=heartbeat)
     _run_pass(
         cache,

@@ -14,7 +14,8 @@ offset (cleanup._run_pass) counts on.
 
 Hook locals: path, size, hits, now (and reason in CLAIM; `reg` only in REBUILD). AUX[i] are
 the policy's keys. Numbers that go back to Redis are integers well below 2^53, or formatted
-with %.17g.
+with %.17g. A size is negated as `0 - size`: `-size` of an empty directory (0 bytes on tmpfs)
+is -0, which reaches Redis as '-0' and HINCRBY refuses it.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ do
     if gsize then
       redis.call('ZREM', AUX[3], path)
       redis.call('HDEL', AUX[5], path)
-      redis.call('HINCRBY', AUX[6], 'gb', -tonumber(gsize))
+      redis.call('HINCRBY', AUX[6], 'gb', 0 - tonumber(gsize))
     end
     local seq = redis.call('HINCRBY', AUX[6], 'seq', 1)
     redis.call('ZADD', gsize and AUX[2] or AUX[1], seq, path)
@@ -224,7 +225,7 @@ do
     redis.call('ZREM', AUX[1], path)
     redis.call('ZREM', AUX[2], path)
     redis.call('HDEL', AUX[4], path)
-    redis.call('HINCRBY', AUX[6], in_ain and 'ab' or 'mb', -psize)
+    redis.call('HINCRBY', AUX[6], in_ain and 'ab' or 'mb', 0 - psize)
     if in_ain and reason == 'evicted' then
       -- remembered in the ghost, which keeps the newest half of the bytes held
 """

@@ -29,7 +29,7 @@ do
     if gsize then
       redis.call('ZREM', AUX[3], path)
       redis.call('HDEL', AUX[6], path)
-      redis.call('HINCRBY', AUX[7], 'gb', -tonumber(gsize))
+      redis.call('HINCRBY', AUX[7], 'gb', 0 - tonumber(gsize))
       to_main = true
     end
     local seq = redis.call('HINCRBY', AUX[7], 'seq', 1)
@@ -106,12 +106,19 @@ def settle_steps(*, meta: int, limit: str, stays: str, move: str, finish: str = 
     small queue, AUX[5] the sizes, AUX[meta] the policy's counters.
     """
     return f"""
-local function settle_num(x) return string.format('%.0f', x) end
+local function settle_num(x) return string.format('%.0f', x + 0) end  -- + 0: no '-0'
+local ST = {{'st_to', 'st_limit', 'st_acc', 'st_at', 'st_from'}}
 local function settle_step(budget)
+  -- at most 1000 a call: Lua's unpack takes no more than about 8000 values
+  budget = math.max(1, math.min(tonumber(budget) or 1, 1000))
   local M = AUX[{meta}]
   local m = redis.call('HMGET', M, 'evicted', 'st_to', 'st_limit', 'st_acc', 'st_at', 'st_from',
     'sb', 'mb')
-  if m[1] then return 0 end
+  if m[1] then
+    -- settled; a settle state left beside it (an older cachemgr settled in one go) is stale
+    if m[2] then redis.call('HDEL', M, unpack(ST)) end
+    return 0
+  end
   local to, lim, acc, at, from = m[2], tonumber(m[3] or '0'), tonumber(m[4] or '0'), m[5], m[6]
   if not to then
     to = redis.call('ZRANGE', AUX[1], -1, -1, 'WITHSCORES')[2] or '0'
@@ -158,7 +165,7 @@ local function settle_step(budget)
   end
   if #ps < budget then
     redis.call('HSET', M, 'evicted', 1{finish})
-    redis.call('HDEL', M, 'st_to', 'st_limit', 'st_acc', 'st_at', 'st_from')
+    redis.call('HDEL', M, unpack(ST))
     return 2
   end
   return 1
@@ -284,11 +291,14 @@ S3FIFO_SETTLE = settle_steps(
 def victims_of(simulate: str, meta: int) -> str:
     """The victims chunk of a policy whose Lua function `simulate(n)` names its next n victims
     without moving anything: ARGV[1] how many, ARGV[2] how many to skip. While a warm-up settle
-    is half done (AUX[meta] has `st_to`) it raises SETTLING: Store.victims finishes the settle
-    in bounded steps and asks again."""
+    is half done (AUX[meta] has `st_to` and no `evicted`) it raises SETTLING: Store.victims
+    finishes the settle in bounded steps and asks again."""
     return f"""
-if redis.call('HEXISTS', AUX[{meta}], 'st_to') == 1 then
-  error({{err = 'SETTLING the warm-up settle is half done: run the settle steps first'}})
+do
+  local st = redis.call('HMGET', AUX[{meta}], 'st_to', 'evicted')
+  if st[1] and not st[2] then
+    error({{err = 'SETTLING the warm-up settle is half done: run the settle steps first'}})
+  end
 end
 local n, off = tonumber(ARGV[1]), tonumber(ARGV[2])
 local victims = {simulate}(n + off)
@@ -321,7 +331,7 @@ S3FIFO_ON_REMOVE = (
         if mv[1] == 's' then
           local s = size_of(p)
           redis.call('ZREM', AUX[1], p)
-          redis.call('HINCRBY', AUX[7], 'sb', -s)
+          redis.call('HINCRBY', AUX[7], 'sb', 0 - s)
           redis.call('HINCRBY', AUX[7], 'mb', s)
           redis.call('HSET', AUX[4], p, 0)
         else
@@ -336,7 +346,7 @@ S3FIFO_ON_REMOVE = (
     redis.call('ZREM', AUX[2], path)
     redis.call('HDEL', AUX[4], path)
     redis.call('HDEL', AUX[5], path)
-    redis.call('HINCRBY', AUX[7], in_small and 'sb' or 'mb', -psize)
+    redis.call('HINCRBY', AUX[7], in_small and 'sb' or 'mb', 0 - psize)
     if in_small and reason == 'evicted' then
       -- remembered in the ghost, which keeps the newest @GN@/@GD@ of the bytes held
 """

@@ -34,7 +34,7 @@ local function s3a_score(L, f, size)
   local w = math.floor(16777216 / math.max(1, s3a_isqrt(s3a_isqrt(math.max(size, 1)))))
   return L + math.min(f, @CAP@) * w
 end
-local function s3a_num(x) return string.format('%.0f', x) end
+local function s3a_num(x) return string.format('%.0f', x + 0) end  -- + 0: no '-0'
 local function s3a_member(seq, p) return string.format('%016x', seq) .. p end
 """
 

@@ -360,15 +360,15 @@ class Store:
         return [self._entry(*flat[i : i + 4]) for i in range(0, len(flat), 4)]
 
     def settle(self, batch: int = 1000, step: Callable[[], object] | None = None) -> int:
-        """Settle the policy's warm-up before the first eviction, `batch` entries per call
-        (policies.py says which policies have one). `step` runs after each call (the cleanup
-        keeps its lock alive with it). Returns how many calls did work: 0 when settled before."""
+        """Settle the policy's warm-up before the first eviction, `batch` entries per call (at
+        most 1000; policies.py says which policies have one). `step` runs after each call: the
+        cleanup's heartbeat, which keeps its lock alive; False from it (the lock is lost) stops
+        here, and whoever settles next goes on from there. Returns how many calls did work:
+        0 when settled before."""
         calls, keys = 0, self.script_keys()
         while self._settle and (done := self._settle(keys=keys, args=[batch])):
             calls += 1
-            if step is not None:
-                step()
-            if done == 2:
+            if done == 2 or (step is not None and step() is False):
                 break
         return calls
 

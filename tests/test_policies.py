@@ -261,6 +261,7 @@ def test_warm_up_settles_in_bounded_steps_as_one_claim_would(redis_client, name)
         small_before = len(_queues(redis_client, a)[0])
         sizes: list[int] = []
         calls = a.settle(4, step=lambda: sizes.append(len(_queues(redis_client, a)[0])))
+        sizes.append(len(_queues(redis_client, a)[0]))  # the step runs between calls
         # a walk over the kept ones, then the moves: never more than 4 entries a call
         moved = [x - y for x, y in zip([small_before, *sizes], sizes, strict=False)]
         assert calls == len(sizes) >= 1 + (small_before - sizes[-1]) // 4
@@ -303,6 +304,51 @@ def test_a_half_done_settle_keeps_the_books_and_is_finished_by_who_reads(
     assert sorted(small + main) == sorted(_tracked(store)) == sorted(victims)
     assert int(meta["sb"]) + int(meta["mb"]) == store.total_bytes()
     assert int(meta["sb"]) == sum(int(store.info(p).size_bytes) for p in small)
+
+
+@pytest.mark.parametrize("name", SETTLED)
+def test_settle_steps_are_capped_and_stop_when_the_lock_is_lost(redis_client, prefix, name):
+    store = _warm(redis_client, prefix, name, n=2100)
+    small_before = len(_queues(redis_client, store)[0])
+    # A batch bigger than Lua's unpack allows is cut to 1000 a call; a lost lock stops it.
+    assert store.settle(10**6, step=lambda: False) == 1
+    small, _, meta = _queues(redis_client, store)
+    assert "st_to" in meta and small_before - len(small) <= 1000
+    assert store.settle(10**6) >= 2 and "evicted" in _queues(redis_client, store)[2]
+    assert sorted(e.path for e in store.victims(3000)) == sorted(_tracked(store))
+
+
+@pytest.mark.parametrize("name", SETTLED)
+def test_a_stale_settle_state_beside_a_settled_one_is_dropped(redis_client, prefix, name):
+    # An older cachemgr settling in one script sets `evicted` and knows nothing of st_*.
+    store = _warm(redis_client, prefix, name)
+    assert store.settle(3, step=lambda: False) == 1
+    meta_key = store.keys.policy_aux(f"{name}:meta")
+    redis_client.hset(meta_key, "evicted", 1)
+    assert store.victims(1)  # not SETTLING
+    assert store.settle(3) == 0
+    assert not any(k.startswith("st_") for k in redis_client.hkeys(meta_key))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_directories_are_evicted_and_removed(redis_client, prefix, name):
+    # 0 bytes (an empty directory on tmpfs): -0 must not reach HINCRBY as '-0'.
+    store = Store(redis_client, Keys(prefix), policy=name)
+    sizes = {"e0": 0, "e1": 0, "e2": 0, "e3": 5, "e4": 0, "e5": 7}
+    for i, (path, size) in enumerate(sizes.items()):
+        assert store.register(path, size, 0, now=T0 + i)[0] == "ok"
+    store.settle(2)
+    first = store.victims(1)[0].path
+    assert store.claim(first, "evicted", deleting_files=False)[0] == "ok"
+    empty = next(p for p in sorted(_tracked(store)) if sizes[p] == 0)
+    assert store.claim(empty, "removed", deleting_files=False)[0] == "ok"
+    assert store.register(first, sizes[first], 0, now=T0 + 10)[0] == "ok"  # back (the ghost)
+    tracked = _tracked(store)
+    assert store.total_bytes() == sum(sizes[p] for p in tracked)
+    # Every entry with bytes can still be chosen (with only 0 bytes left to free, a policy
+    # that counts bytes may stop naming the empty ones: evicting them would free nothing).
+    named = {e.path for e in store.victims(10)}
+    assert {p for p in tracked if sizes[p]} <= named <= tracked
 
 
 def test_enforce_quota_settles_the_warm_up_in_batches(settings, redis_client, root):
