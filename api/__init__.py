@@ -29,6 +29,9 @@ class CacheApi(Api):
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     configure_logging()
     app = Flask(__name__)
+    # `/cache/directories//etc` must be refused (api/errors.py: a 400, absolute path), not be
+    # merged into `/cache/directories/etc` by a 308 that a client following redirects obeys.
+    app.url_map.merge_slashes = False
     app.config.update(
         API_TITLE="cachemgr",
         API_VERSION="1.0",

@@ -13,9 +13,17 @@ IMMUTABLE = (str, int, float, bool, type(None))
 
 
 class QueryParser(FlaskParser):
-    """webargs' Flask parser, except that a request without a query string loads as its
-    schema's defaults, worked out once per schema: most reads carry no arguments, and loading
-    an empty query through marshmallow cost a seventh of a `GET /cache/stats`."""
+    """webargs' Flask parser, except that an unknown query argument is refused (a 400 that
+    names it: `?dryRun=true` must not run a real cleanup), and that a request without a query
+    string loads as its schema's defaults, worked out once per schema: most reads carry no
+    arguments, and loading an empty query through marshmallow cost a seventh of a
+    `GET /cache/stats`."""
+
+    DEFAULT_UNKNOWN_BY_LOCATION = {
+        **FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+        "query": ma.RAISE,
+        "querystring": ma.RAISE,
+    }
 
     def __init__(self) -> None:
         super().__init__()

@@ -24,6 +24,7 @@ from kombu.exceptions import OperationalError
 
 from api import stack
 from api.cli_sim import simulate_command, trace_group
+from api.errors import raised_in
 from api.humanize import human_bytes
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
 from cachemgr.cleanup import cleanup as run_cleanup
@@ -50,6 +51,8 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except (NotTracked, NotOnDisk) as exc:
             raise Fail(str(exc), EXIT_NOT_FOUND) from None
+        except SettingsError as exc:  # a ValueError too: caught first
+            raise Fail(str(exc), EXIT_CONFIG) from None
         except (PathError, ValueError) as exc:
             raise Fail(str(exc), EXIT_USAGE) from None
         except CacheError as exc:
@@ -58,8 +61,11 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
             raise Fail(f"Redis cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
         except OperationalError as exc:
             raise Fail(f"the Celery broker cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
-        except SettingsError as exc:
-            raise Fail(str(exc), EXIT_CONFIG) from None
+        except RuntimeError as exc:
+            # Celery's Redis result backend gives up reconnecting with a bare RuntimeError.
+            if not raised_in(exc, "celery.backends."):
+                raise
+            raise Fail("the Celery result backend cannot be reached", EXIT_UNAVAILABLE) from None
 
     return wrapper
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 import click
@@ -20,6 +21,15 @@ from cachemgr.models import MODELS
 from cachemgr.settings import Settings, SettingsError
 from cachemgr.simulate import BOUNDS, format_table, parse_size, plot, simulate
 from cachemgr.traces import FORMATS, TraceError, read_trace
+
+
+class Refused(click.ClickException):
+    """One line, and the main CLI's exit code for it: 2 bad usage or input, 4 Redis
+    unreachable, 5 bad configuration (1, click's own, is left for failures)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @click.command("simulate")
@@ -77,20 +87,20 @@ def simulate_command(
     chosen = list(dict.fromkeys(policies)) or list(MODELS)
     unknown = [p for p in chosen if p not in MODELS]
     if unknown:
-        raise click.ClickException(f"unknown policy {unknown[0]!r} (known: {', '.join(MODELS)})")
+        raise Refused(f"unknown policy {unknown[0]!r} (known: {', '.join(MODELS)})")
     try:
         parsed = [parse_size(s) for s in (sizes or ("1%", "5%", "10%"))]
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise Refused(str(exc)) from None
     if limit is not None and limit <= 0:
-        raise click.ClickException("--limit must be > 0")
+        raise Refused("--limit must be > 0")
     target = threshold if target is None else target
     if not 0 < target <= threshold <= 1:
-        raise click.ClickException("need 0 < --target <= --threshold <= 1")
+        raise Refused("need 0 < --target <= --threshold <= 1")
     try:
         data = read_trace(trace, fmt)
     except TraceError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise Refused(str(exc)) from None
     if limit:
         data = data.head(limit)
     results = simulate(
@@ -106,7 +116,7 @@ def simulate_command(
         try:
             plot(results, plot_path, title=data.name)
         except (OSError, ValueError) as exc:
-            raise click.ClickException(f"cannot write the plot {plot_path}: {exc}") from None
+            raise Refused(f"cannot write the plot {plot_path}: {exc}") from None
     if as_json:
         click.echo(
             json.dumps(
@@ -140,10 +150,17 @@ def _keys_and_client(redis_url: str | None, prefix: str | None) -> tuple[Keys, A
         try:
             settings = Settings.from_env(require_root=False)
         except SettingsError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise Refused(str(exc), 5) from None
         redis_url = redis_url or settings.redis_url
         prefix = settings.disk_cache_key_prefix if prefix is None else prefix
-    return Keys(prefix), connect(redis_url)
+    try:
+        client = connect(redis_url)
+        client.ping()  # before the output file is opened: a failure must not empty it
+    except ValueError as exc:
+        raise Refused(f"bad Redis URL {redis_url!r}: {exc}") from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise Refused(f"Redis cannot be reached: {exc}", 4) from None
+    return Keys(prefix), client
 
 
 def export_rows(client: Any, keys: Keys, out: TextIO, count: int | None = None) -> int:
@@ -190,20 +207,25 @@ def export_command(
 ) -> None:
     """Write the access log as CSV timestamp,path,size,hit, for `cachemgr simulate`."""
     if count is not None and count <= 0:
-        raise click.ClickException("--count must be > 0")
+        raise Refused("--count must be > 0")
     keys, client = _keys_and_client(redis_url, prefix)
+    part = Path(f"{output}.part")
     try:
         if output == "-":
             n = export_rows(client, keys, sys.stdout, count)
         else:
-            with open(output, "w", newline="", encoding="utf-8") as fh:
+            # Written aside and renamed once complete: a failure leaves the old file as it was.
+            with part.open("w", newline="", encoding="utf-8") as fh:
                 n = export_rows(client, keys, fh, count)
+            part.replace(output)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise click.ClickException(f"Redis cannot be reached: {exc}") from None
+        raise Refused(f"Redis cannot be reached: {exc}", 4) from None
     except redis.ResponseError as exc:
         raise click.ClickException(f"cannot read {keys.accesses}: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc}") from None
+    finally:
+        part.unlink(missing_ok=True)
     if output != "-":
         click.echo(f"{n} accesses written to {output}", err=True)
 

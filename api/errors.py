@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from kombu.exceptions import OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -32,7 +32,8 @@ def body(status: int, code: str, message: str, **extra: Any) -> tuple[Any, int]:
     return jsonify({"status": status, "code": code, "message": message, **extra}), status
 
 
-def _raised_in(exc: BaseException, module_prefix: str) -> bool:
+def raised_in(exc: BaseException, module_prefix: str) -> bool:
+    """Whether the innermost frame of the exception's traceback is in that module tree."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
@@ -59,7 +60,7 @@ def register_error_handlers(app: Flask) -> None:
     def runtime_error(exc: RuntimeError) -> tuple[Any, int]:
         # Celery's Redis result backend gives up reconnecting with a bare RuntimeError: tell it
         # by where it was raised, not by its wording.
-        if _raised_in(exc, "celery.backends."):
+        if raised_in(exc, "celery.backends."):
             log.error("result backend unreachable: %s", exc)
             return body(503, "backend_unavailable", "the Celery result backend cannot be reached")
         return unexpected(exc)
@@ -79,6 +80,9 @@ def register_error_handlers(app: Flask) -> None:
             ]
             message = "invalid parameter - " + "; ".join(flat)
             return body(status, "bad_parameter", message, errors=messages)
+        if status == 404 and request.path.startswith("/cache/") and "//" in request.path:
+            # `/cache/directories//etc` (or %2F): an absolute path, which no route takes
+            return body(400, "bad_path", f"absolute path or empty segment in {request.path!r}")
         code = exc.name.lower().replace(" ", "_")
         return body(status, code, message)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.counters import COUNTERS
 
 MAX_WAIT_SECONDS = 60
@@ -134,7 +135,7 @@ class DryRunArgs(WaitArgs):
 
 class PinArgs(WaitArgs):
     ttl_seconds = fields.Integer(
-        load_default=3600, validate=validate.Range(min=1, max=7 * 86400)
+        load_default=3600, validate=validate.Range(min=1, max=MAX_PIN_SECONDS)
     )
 
 

@@ -23,6 +23,19 @@ from cachemgr.store import Store
 log = logging.getLogger("cachemgr")
 
 
+# A pin is a lease its holder renews while it needs the directory: a week at most, so that a
+# forgotten pin cannot keep a directory (and its bytes) forever.
+MAX_PIN_SECONDS = 7 * 86400
+
+
+def check_pin_ttl(ttl_seconds: float) -> None:
+    if not 0 < ttl_seconds <= MAX_PIN_SECONDS:
+        raise ValueError(
+            f"ttl_seconds must be more than 0 and at most {MAX_PIN_SECONDS} (a week), "
+            f"got {ttl_seconds!r}: renew a pin before it lapses instead"
+        )
+
+
 class DiskCache:
     def __init__(
         self,
@@ -222,11 +235,10 @@ class DiskCache:
             lock.release()
 
     # -- pins -----------------------------------------------------------------------------
-    def pin(self, path: str, ttl_seconds: int) -> dict[str, Any]:
+    def pin(self, path: str, ttl_seconds: float) -> dict[str, Any]:
         """A lease: the directory is neither evicted nor expired until it lapses."""
         rel = paths.normalize(path)
-        if ttl_seconds <= 0:
-            raise ValueError("ttl_seconds must be > 0")
+        check_pin_ttl(ttl_seconds)
         # A pin may precede the directory (a download about to be written), but never names
         # a file or a symlink.
         if paths.kind(paths.resolve(self.root, rel)) == "other":

@@ -13,7 +13,11 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds -> ISO 8601 in UTC, e.g. `2026-11-25T19:07:05.123000+00:00`."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+    try:
+        return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+    except (ValueError, OverflowError, OSError):
+        # Beyond what a datetime holds (a pin from before pins had a limit): the last one.
+        return datetime.max.replace(tzinfo=UTC).isoformat()
 
 
 # cache:format once records are filed under record_id; books without it may hold them by path.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import heapq
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -34,9 +35,12 @@ def encode_cursor(score: float, member: str) -> str:
 def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         score, member = base64.urlsafe_b64decode(cursor.encode()).decode().split("\n", 1)
-        return float(score), member
+        value = float(score)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
+    if math.isnan(value):  # Redis refuses a nan bound
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return value, member
 
 
 class Store:

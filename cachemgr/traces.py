@@ -7,12 +7,13 @@ CSV trace (cachemgr's own export) are mapped to integer ids in order of first ap
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import lzma
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -62,15 +63,23 @@ def detect_format(path: str | Path) -> str:
     return "text"
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_binary(path: Path) -> IO[bytes]:
+    """The file, decompressed when its name ends in .xz or .gz."""
     if path.suffix == ".xz":
-        return io.TextIOWrapper(lzma.open(path, "rb"), encoding="utf-8")
-    return path.open("r", encoding="utf-8")
+        return lzma.open(path, "rb")
+    if path.suffix == ".gz":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return path.open("rb")
+
+
+def _open_text(path: Path) -> IO[str]:
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8")
 
 
 def read_oracle_general(path: str | Path) -> Trace:
     p = Path(path)
-    raw = p.read_bytes() if p.suffix != ".xz" else lzma.decompress(p.read_bytes())
+    with _open_binary(p) as fh:
+        raw = fh.read()
     if len(raw) % ORACLE_GENERAL.itemsize:
         raise TraceError(
             f"{p}: {len(raw)} bytes is not a whole number of 24-byte oracleGeneral records"
@@ -150,8 +159,10 @@ def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
         raise TraceError(f"unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
     try:
         trace: Trace = readers[fmt](p)
-    except (OSError, lzma.LZMAError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as exc:
         raise TraceError(f"{p}: {exc}") from None
+    except OverflowError:
+        raise TraceError(f"{p}: a size or time out of range (sizes must fit in 63 bits)") from None
     if len(trace) == 0:
         raise TraceError(f"{p}: no requests")
     if (trace.sizes < 0).any():

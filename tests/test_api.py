@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -281,3 +282,56 @@ def test_a_runtime_error_of_the_result_backend_is_503_and_others_are_500(app):
     assert r.status_code == 503 and r.get_json()["code"] == "backend_unavailable"
     r = c.get("/test-other-runtime-error")
     assert r.status_code == 500 and r.get_json()["code"] == "internal_error"
+
+
+@pytest.mark.parametrize(
+    "method,url",
+    [("post", "/cache/cleanup?dryRun=true&wait=10"), ("get", "/cache/stats?bogus=1"),
+     ("delete", "/cache/directories/old?remove-files=true")],
+)  # fmt: skip
+def test_an_unknown_query_argument_is_refused_and_nothing_runs(client, cache, root, method, url):
+    # A misspelt dry_run must not run a real cleanup.
+    make_tree(root, "old")
+    cache.register("old")
+    r = getattr(client, method)(url)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    body = r.get_json()
+    assert body["code"] == "bad_parameter"
+    name = url.split("?")[1].split("=")[0]
+    assert name in body["message"] or name in json.dumps(body["errors"])
+    assert (root / "old").is_dir() and cache.store.info("old") is not None
+
+
+@pytest.mark.parametrize("url", ["/cache/directories//etc", "/cache/directories/%2Fetc"])
+def test_an_absolute_path_is_refused_not_redirected_into_the_root(client, cache, root, url):
+    # Merging the slashes answered a 308 to /cache/directories/etc: a client following it
+    # would have deleted <root>/etc.
+    make_tree(root, "etc")
+    cache.register("etc")
+    r = client.delete(url + "?remove_files=true")
+    assert r.status_code == 400 and r.get_json()["code"] == "bad_path", r.get_data(as_text=True)
+    assert (root / "etc").is_dir() and cache.store.info("etc") is not None
+
+
+def test_a_nan_cursor_is_a_bad_parameter(client):
+    import base64
+
+    cursor = base64.urlsafe_b64encode(b"nan\nx").decode()
+    r = client.get(f"/cache/directories?cursor={cursor}")
+    assert r.status_code == 400 and r.get_json()["code"] == "bad_parameter"
+
+
+def test_a_pin_beyond_the_limit_is_refused_and_an_old_one_still_reads(client, cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    r = client.post("/cache/directories/a/pin?ttl_seconds=100000000")
+    assert r.status_code == 400 and r.get_json()["code"] == "bad_parameter"
+    with pytest.raises(ValueError, match="at most 604800"):
+        cache.pin("a", 10**9)
+    assert cache.client.zscore(cache.keys.pins, "a") is None
+    # A pin stored before pins had a limit, beyond what a datetime holds, still reads.
+    cache.client.zadd(cache.keys.pins, {"a": 6.07e11})
+    for url in ("/cache/directories", "/cache/directories/a", "/"):
+        assert client.get(url).status_code == 200, url
+    info = client.get("/cache/directories/a").get_json()
+    assert info["pinned_until"].startswith("9999-12-31")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import make_tree
 
 
@@ -58,6 +60,35 @@ def test_exit_codes_and_one_line_errors(runner, root):
     assert missing.exit_code == 3 and "not tracked" in missing.output
     assert run(runner, "register", "nope", "--now").exit_code == 3
     assert run(runner, "ls", "--larger-than", "12XB").exit_code == 2
+
+
+def test_a_pin_beyond_a_week_is_refused_in_one_line_and_not_stored(runner, cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    for ttl in ("1000000w", "99999999999999999999w", "0s"):
+        result = run(runner, "pin", "a", "--ttl", ttl)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "ttl_seconds" in result.output and result.output.strip().count("\n") == 0
+    assert cache.client.zscore(cache.keys.pins, "a") is None
+    assert run(runner, "info", "a").exit_code == 0
+
+
+def test_an_unreachable_result_backend_is_exit_4_in_one_line():
+    import click
+
+    from api.cli import friendly
+
+    scope: dict = {"__name__": "celery.backends.asynchronous"}
+    exec("def give_up():\n    raise RuntimeError('Retry limit exceeded')", scope)
+    with pytest.raises(click.ClickException) as caught:
+        friendly(scope["give_up"])()
+    assert caught.value.exit_code == 4 and "result backend" in caught.value.message
+
+    def other() -> None:
+        raise RuntimeError("Retry limit exceeded")  # the same words, raised elsewhere
+
+    with pytest.raises(RuntimeError):
+        friendly(other)()
 
 
 def test_cleanup_dry_run_matches_the_act(runner, cache, root):

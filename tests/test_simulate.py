@@ -107,6 +107,8 @@ def test_the_three_formats_give_the_same_answer(tmp_path):
         (["{trace}", "--size", "12 parsecs"], "bad cache size"),
         (["{trace}", "--size", "250%"], "percentage"),
         (["{trace}", "--policy", "mru"], "unknown policy"),
+        (["{trace}", "--size", "-5MiB"], "bad cache size"),
+        (["{trace}", "--limit", "0"], "--limit"),
         (["{bad}"], "24-byte"),
     ],
 )
@@ -115,7 +117,7 @@ def test_simulate_errors_are_one_line(text_trace, tmp_path, args, message):
     bad.write_bytes(b"\x00" * 25)
     args = [a.format(trace=text_trace, bad=bad) for a in args]
     code, out = run(*args)
-    assert code == 1
+    assert code == 2  # the main CLI's "bad usage or path"
     assert message in out and "Traceback" not in out
     assert len(out.strip().splitlines()) == 1
 
@@ -181,12 +183,57 @@ def test_trace_export_writes_the_access_log(redis_client, prefix, tmp_path):
     assert code == 0, text
 
 
-def test_trace_export_when_redis_is_down(tmp_path):
+def test_trace_export_when_redis_is_down_keeps_the_old_file(tmp_path):
+    out = tmp_path / "precious.csv"
+    out.write_text("timestamp,path,size,hit\n1,a,5,0\n")
     result = CliRunner().invoke(
-        trace_group, ["export", "--redis-url", "redis://127.0.0.1:1/0", "--prefix", "x:"]
+        trace_group,
+        ["export", "--redis-url", "redis://127.0.0.1:1/0", "--prefix", "x:", "-o", str(out)],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # the main CLI's "Redis or broker unreachable"
     assert "Redis cannot be reached" in result.output and "Traceback" not in result.output
+    assert out.read_text() == "timestamp,path,size,hit\n1,a,5,0\n"
+    assert list(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.parametrize(
+    "url", ["notaurl", "redis+sentinel://host:notaport/m"]
+)
+def test_trace_export_with_a_bad_redis_url_says_so(url):
+    result = CliRunner().invoke(trace_group, ["export", "--redis-url", url, "--prefix", "x:"])
+    assert result.exit_code == 2, result.output
+    assert "bad Redis URL" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "row,why", [("1,a,inf", "out of range"), ("1,a,99999999999999999999999", "out of range")]
+)
+def test_a_trace_with_an_impossible_size_is_refused(tmp_path, row, why):
+    p = tmp_path / "t.csv"
+    p.write_text(f"timestamp,path,size\n0,b,5\n{row}\n")
+    code, out = run(str(p))
+    assert code == 2 and why in out and "Traceback" not in out
+
+
+def test_gzipped_traces_read_as_their_plain_selves(tmp_path):
+    import gzip
+
+    reqs = synthetic(800)
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"{t} {i} {s}\n" for t, i, s in reqs))
+    write_oracle_general(read_trace(text), tmp_path / "t.oracleGeneral.bin")
+    answers = set()
+    for name in ("t.txt", "t.oracleGeneral.bin"):
+        plain = tmp_path / name
+        packed = tmp_path / f"{name}.gz"
+        packed.write_bytes(gzip.compress(plain.read_bytes()))
+        for path in (plain, packed):
+            code, out = run(str(path), "--policy", "lru", "--size", "5%", "--json")
+            assert code == 0, out
+            r = json.loads(out)["results"]
+            answers.add(tuple((x["policy"], x["misses"], x["miss_bytes"]) for x in r))
+    assert len(answers) == 1
 
 
 @pytest.mark.parametrize("fraction", [0.02, 0.1, 0.5, 0.9])

@@ -19,6 +19,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from cachemgr.cache import check_pin_ttl
 from cachemgr.connection import connect
 from cachemgr.errors import PathError
 from cachemgr.keys import Keys
@@ -165,6 +166,7 @@ class CacheClient:
         """Pin directly in Redis (no worker needed), e.g. before a download starts writing."""
         import time
 
+        check_pin_ttl(ttl_seconds)
         self.store.pin(normalize(path), time.time() + ttl_seconds)
 
     def unpin_now(self, path: str) -> None:
