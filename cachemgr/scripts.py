@@ -59,7 +59,7 @@ local function raw(rec)
 end
 -- dir:{path} holds whole seconds: Redis keeps an integer inside the key's object, no string.
 local function seconds(t)
-  return string.match(t, '^%d+')
+  return string.match(t, '^-?%d+')
 end
 -- The caller's lock must still be ours: a lock that lapsed mid-work may now be another's.
 local function lock_lost(token)
@@ -252,6 +252,11 @@ local entry = redis.call('HGET', KEYS[7], path)
 if not entry then return 0 end
 local size_s, files_s, reg, hits_s, last, reason = string.match(entry,
   '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+if not size_s then
+  -- the journal's first format held the size alone, and no reason
+  size_s, reason = string.match(entry, '^(%d+)$'), 'removed'
+  if not size_s then return redis.error_reply('ERR unreadable journal entry for ' .. path) end
+end
 redis.call('HDEL', KEYS[7], path)
 count(counter[reason] or reason, 1)
 count('bytes_freed', tonumber(size_s))
@@ -275,6 +280,9 @@ local id = rid(path)
 if not entry or redis.call('HEXISTS', KEYS[1], id) == 1 then return 0 end
 local size_s, files_s, reg, hits_s, last = string.match(entry,
   '^(%S+) (%S+) (%S+) (%S+) (%S+) %S+$')
+-- The journal's first format held the size alone: too little to put the record back, so
+-- the directory (still on disk) waits for reconcile to register it again.
+if not size_s then return 0 end
 local size, hits = tonumber(size_s), tonumber(hits_s)
 redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. hits_s)
 redis.call('ZADD', KEYS[2], last, path)
@@ -294,18 +302,24 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
 
-# Correct a tracked directory's size after a rescan, keeping its times and hits.
-# KEYS[1] cache:entries  KEYS[2] cache:lru  KEYS[3] cache:bytes  ARGV[1] path  ARGV[2] size
-# ARGV[3] files. Returns the byte delta, or false when the path is not tracked.
+# Correct a tracked directory's size after a rescan, keeping its times and hits. The policy
+# hears of it as of a registration again (its own byte counts and sizes follow), at the
+# directory's last access.
+# KEYS: COMMON_KEYS layout  ARGV[1] path  ARGV[2] size  ARGV[3] files
+# Returns the byte delta, or false when the path is not tracked.
 RESIZE = (
     PRELUDE
     + """
-local rec, id = record(ARGV[1])
+local path = ARGV[1]
+local rec, id = record(path)
 if not rec then return false end
-local size, files, reg, hits = raw(rec)
-redis.call('HSET', KEYS[1], id, ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. reg .. ' ' .. hits)
-local delta = tonumber(ARGV[2]) - tonumber(size)
+local old_size, _, reg, hits_s = raw(rec)
+redis.call('HSET', KEYS[1], id, ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. reg .. ' ' .. hits_s)
+local size, hits = tonumber(ARGV[2]), tonumber(hits_s)
+local now = redis.call('ZSCORE', KEYS[2], path)
+local delta = size - tonumber(old_size)
 redis.call('INCRBY', KEYS[3], delta)
+--@on_insert
 return delta
 """
 )

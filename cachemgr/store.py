@@ -76,7 +76,7 @@ class Store:
         )
         self._rebuild = client.register_script(self.policy.rebuild_script)
         self._pin = client.register_script(scripts.PIN)
-        self._resize = client.register_script(scripts.RESIZE)
+        self._resize = client.register_script(self.policy.script(scripts.RESIZE))
         self._recount = client.register_script(scripts.RECOUNT)
         self._reset_stats = client.register_script(scripts.RESET_STATS)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
@@ -236,8 +236,8 @@ class Store:
         self._reset_stats(keys=[self.keys.stats, self.keys.stats_baseline], args=[now_str(now)])
 
     def resize(self, path: str, size: int, files: int) -> int | None:
-        k = self.keys
-        delta = self._resize(keys=[k.entries, k.lru, k.bytes], args=[path, size, files])
+        """A rescan's size for a tracked directory; the byte delta, or None if untracked."""
+        delta = self._resize(keys=self.script_keys(path), args=[path, size, files])
         return None if delta is None else int(delta)
 
     def recount(self) -> tuple[int, int]:

@@ -410,3 +410,26 @@ def test_books_of_an_older_version_are_refiled_by_id_once(cache, root):
     assert cache.client.get(keys.format) == RECORD_FORMAT
     assert cache.store.ensure_record_ids() == 0  # once
     assert cache.store.total_bytes() == cache.store.info("new").size_bytes + UNIT
+
+
+def test_journal_entries_of_the_first_format_finish_and_restore_without_loss(cache, root):
+    # The journal once held `path -> bytes` alone: finishing counts the bytes freed; restoring
+    # leaves the directory, still on disk, to reconcile (too little to rebuild its record).
+    for name in ("done", "back"):
+        make_tree(root, name)
+        cache.client.hset(cache.keys.deleting, name, "4096")
+    before = cache.store.counters()[0]
+    assert cache.store.finish_deletion("done") is True
+    after = cache.store.counters()[0]
+    assert after["bytes_freed"] == before["bytes_freed"] + 4096
+    assert after["removals"] == before["removals"] + 1
+    assert cache.store.restore("back") is False
+    assert cache.store.unfinished_deletions() == {}
+    assert cache.store.info("back") is None and (root / "back").is_dir()
+
+
+def test_a_registration_time_before_1970_is_written_whole(cache, root):
+    make_tree(root, "old")
+    assert cache.store.register("old", 4096, 1, now=-5.5)[0] == "ok"
+    assert cache.store.total_bytes() == 4096
+    assert cache.client.get(cache.keys.dir("old")) == "-5"

@@ -351,6 +351,32 @@ def test_empty_directories_are_evicted_and_removed(redis_client, prefix, name):
     assert {p for p in tracked if sizes[p]} <= named <= tracked
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_resize_reaches_the_policy_books(redis_client, prefix, name):
+    # Reconcile's rescan corrects sizes: the policy's own byte counts must follow, or the
+    # bytes it cannot see can never be evicted.
+    store = Store(redis_client, Keys(prefix), policy=name)
+    sizes = {"a": 0, "b": 0, "c": 10, "d": 7}
+    for i, (path, size) in enumerate(sizes.items()):
+        store.register(path, size, 1, now=T0 + i)
+    store.access("c", now=T0 + 10)
+    for path, size in (("a", 10**9), ("b", 10**9), ("c", 3)):
+        assert store.resize(path, size, 2) == size - sizes[path]
+        sizes[path] = size
+    assert store.resize("nope", 5, 1) is None
+    assert store.total_bytes() == sum(sizes.values())
+    meta = redis_client.hgetall(store.keys.policy_aux(f"{name}:meta"))
+    held = [int(meta[f]) for f in ("sb", "ab", "mb") if f in meta]
+    if held:
+        assert sum(held) == store.total_bytes()
+    assert {e.path for e in store.victims(10)} == set(sizes)
+    while store.total_bytes() > 0:  # everything can be evicted, down to nothing
+        store.settle()
+        victim = store.victims(1)[0]
+        assert store.claim(victim.path, "evicted", deleting_files=False)[0] == "ok"
+    assert store.count_entries() == 0
+
+
 def test_enforce_quota_settles_the_warm_up_in_batches(settings, redis_client, root):
     cache = DiskCache(
         settings.with_(disk_cache_eviction_policy="s3fifo", disk_cache_batch_size=3), redis_client
