@@ -133,6 +133,8 @@ class DiskCache:
 
     # -- access ---------------------------------------------------------------------------
     def access(self, path: str, *, miss_bytes: int = 0) -> dict[str, Any]:
+        """A hit renews the directory; a miss counts `miss_bytes`, what the pipeline had to
+        fetch (0 when it does not know)."""
         rel = paths.normalize(path)
         hit = bool(self.store.access(rel, now=self.clock(), miss_bytes=miss_bytes))
         return {"path": rel, "hit": hit}
