@@ -3,7 +3,9 @@
 A policy is Lua spliced into the core scripts (scripts.py) plus a script that names the next
 victims. The hooks see the locals `path`, `size`, `now` and `hits` (and `reason` in the
 claim); `reg` exists only in the rebuild, so a hook reads the registration from the record.
-The core keeps
+A rescan's new size (RESIZE) reaches `on_insert` as a registration again; a claimed directory
+put back (RESTORE: its deletion failed) runs `on_restore`, then `on_insert`: the policies with
+a ghost forget it there first, since the victim's return is no request. The core keeps
 `cache:lru` for every policy (the seed's key, and the expiry index), so `lru` needs no hook.
 
 Switching policy on a running cache (Store.ensure_policy / rebuild_policy) drops the new
@@ -57,6 +59,8 @@ class Policy:
     on_insert: str = ""
     on_hit: str = ""
     on_remove: str = ""
+    # Runs before on_insert when a claimed directory is put back (its deletion failed).
+    on_restore: str = ""
     aux: tuple[str, ...] = field(default_factory=tuple)
     # Lua defining settle_step(budget) -> 1 while work is left: a warm-up the first eviction
     # must settle, done in bounded steps beforehand (Store.settle).
@@ -64,7 +68,12 @@ class Policy:
 
     @property
     def hooks(self) -> dict[str, str]:
-        return {"on_insert": self.on_insert, "on_hit": self.on_hit, "on_remove": self.on_remove}
+        return {
+            "on_insert": self.on_insert,
+            "on_hit": self.on_hit,
+            "on_remove": self.on_remove,
+            "on_restore": self.on_restore,
+        }
 
     def script(self, template: str) -> str:
         return compose(template, self.hooks)
@@ -177,6 +186,7 @@ TWOQ = Policy(
     on_insert=lua.TWOQ_ON_INSERT,
     on_hit=lua.TWOQ_ON_HIT,
     on_remove=lua.TWOQ_ON_REMOVE,
+    on_restore=lua.TWOQ_ON_RESTORE,
     aux=lua.TWOQ_AUX,
 )
 

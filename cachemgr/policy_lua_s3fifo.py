@@ -173,6 +173,23 @@ end
 """
 
 
+def forget_in_ghost(*, ghost: int, sizes: int, meta: int, size_of: str = "tonumber(g)") -> str:
+    """Lua that forgets `path` in the ghost (its bytes off the meta's `gb`), if it is there.
+
+    A restore (the eviction's deletion failed) puts back the victim itself: it is no return,
+    and must not be taken for one. `size_of` reads the size from the ghost's value `g`."""
+    return f"""
+do
+  local g = redis.call('HGET', AUX[{sizes}], path)
+  if g then
+    redis.call('ZREM', AUX[{ghost}], path)
+    redis.call('HDEL', AUX[{sizes}], path)
+    redis.call('HINCRBY', AUX[{meta}], 'gb', string.format('%.0f', 0 - {size_of}))
+  end
+end
+"""
+
+
 # S3-FIFO's helpers. Until the first eviction every new entry waits in the small queue; the first
 # eviction settles the queues as if the small one had filled first: the oldest entries up to
 # its share of the bytes stay, the rest move to main in order (models.S3FIFO._settle).
@@ -379,6 +396,7 @@ def s3fifo_lua(
         on_insert=S3FIFO_ON_INSERT,
         on_hit=S3FIFO_ON_HIT,
         on_remove=S3FIFO_ON_REMOVE,
+        on_restore=forget_in_ghost(ghost=3, sizes=6, meta=7),
         settle=S3FIFO_SETTLE,
     )
 

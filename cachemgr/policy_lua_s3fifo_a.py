@@ -12,7 +12,13 @@ back to Redis are formatted with %.0f: Lua would print a big one as %.14g.
 
 from __future__ import annotations
 
-from cachemgr.policy_lua_s3fifo import CURSOR, filled, settle_steps, victims_of
+from cachemgr.policy_lua_s3fifo import (
+    CURSOR,
+    filled,
+    forget_in_ghost,
+    settle_steps,
+    victims_of,
+)
 
 # AUX[1] small zset (by sequence), AUX[2] main zset (by P; a member is the 16-hex-digit sequence
 # of its last scoring followed by the path, so equal scores go oldest first, as the model's
@@ -388,5 +394,6 @@ def s3fifo_a_lua(
         on_insert=S3FIFO_A_ON_INSERT,
         on_hit=S3FIFO_A_ON_HIT,
         on_remove=S3FIFO_A_ON_REMOVE,
+        on_restore=forget_in_ghost(ghost=3, sizes=6, meta=8, size_of="tonumber(string.sub(g, 2))"),
         settle=SCORE + S3FIFO_A_SETTLE_STEPS,
     )

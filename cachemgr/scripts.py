@@ -1,8 +1,8 @@
 """The Lua scripts that change the books, one per operation, so that each change is atomic.
 
 Every script gets the same KEYS layout (COMMON_KEYS), so that one script serves every policy:
-a policy adds its own Lua at the `--@on_insert`, `--@on_hit` and `--@on_remove` marks, and may
-use its own keys, appended as KEYS[13..] and seen as AUX[1..]. A record is the string
+a policy adds its own Lua at the `--@on_insert`, `--@on_hit`, `--@on_remove` and `--@on_restore`
+marks, and may use its own keys, appended as KEYS[13..] and seen as AUX[1..]. A record is the string
 `size files registered hits` (records.py), under the path's id (`record(path)` below).
 """
 
@@ -289,6 +289,7 @@ redis.call('ZADD', KEYS[2], last, path)
 local left = math.floor(tonumber(last) + tonumber(ARGV[3]) - tonumber(now))
 if left > 0 then redis.call('SET', KEYS[9], seconds(reg), 'EX', left) end
 redis.call('INCRBY', KEYS[3], size_s)
+--@on_restore
 --@on_insert
 return 1
 """

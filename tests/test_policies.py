@@ -377,6 +377,35 @@ def test_a_resize_reaches_the_policy_books(redis_client, prefix, name):
     assert store.count_entries() == 0
 
 
+GHOSTED = {"2q": ("aout", "meta"), "s3fifo": ("ghost", "meta"), "s3fifo-lg": ("ghost", "meta"),
+           "s3fifo-a": ("ghost", "meta")}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(GHOSTED))
+def test_a_restored_victim_is_not_taken_for_a_return_from_the_ghost(redis_client, prefix, name):
+    # The eviction's deletion failed: the victim is put back as it was, a newcomer again, not
+    # promoted past probation as a directory asked for again would be (nor, for s3fifo-a,
+    # teaching T that the small queue is too short).
+    store = Store(redis_client, Keys(prefix), policy=name)
+    for i in range(12):
+        store.register(f"d{i:02d}", 10 + i, 1, now=T0 + i)
+    store.settle()
+    victim = store.victims(1)[0]
+    assert store.claim(victim.path, "evicted", deleting_files=True)[0] == "ok"
+    ghost_key, meta_key = (store.keys.policy_aux(f"{name}:{k}") for k in GHOSTED[name])
+    assert redis_client.zscore(ghost_key, victim.path) is not None  # remembered as evicted
+    meta_before = redis_client.hgetall(meta_key)
+    assert store.restore(victim.path) is True
+    meta = redis_client.hgetall(meta_key)
+    assert redis_client.zscore(ghost_key, victim.path) is None
+    assert int(meta.get("gb", 0)) == int(meta_before.get("gb", 0)) - victim.size_bytes
+    assert meta.get("T") == meta_before.get("T")
+    small = "ain" if name == "2q" else "small"
+    assert redis_client.zscore(store.keys.policy_aux(f"{name}:{small}"), victim.path) is not None
+    assert store.total_bytes() == sum(10 + i for i in range(12))
+    assert {e.path for e in store.victims(20)} == _tracked(store)
+
+
 def test_enforce_quota_settles_the_warm_up_in_batches(settings, redis_client, root):
     cache = DiskCache(
         settings.with_(disk_cache_eviction_policy="s3fifo", disk_cache_batch_size=3), redis_client
