@@ -22,6 +22,7 @@ STATUS = {
     errors.Overlap: 409,
     errors.RecordCollision: 409,
     errors.DeleteFailed: 500,
+    errors.RootMissing: 503,
     ReconcileBusy: 409,
 }
 # A task that failed in the worker comes back as an exception rebuilt from its class name.

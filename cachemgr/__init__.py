@@ -10,7 +10,7 @@ from typing import Any
 
 from cachemgr.cache import DiskCache
 from cachemgr.connection import connect
-from cachemgr.errors import CacheError, NotOnDisk, NotTracked, Overlap, PathError
+from cachemgr.errors import CacheError, NotOnDisk, NotTracked, Overlap, PathError, RootMissing
 from cachemgr.settings import Settings, SettingsError
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "NotTracked",
     "Overlap",
     "PathError",
+    "RootMissing",
     "Settings",
     "SettingsError",
     "connect",

@@ -10,7 +10,14 @@ from typing import Any
 
 from cachemgr import paths, scanner, trash
 from cachemgr.connection import same_server
-from cachemgr.errors import DeleteFailed, NotOnDisk, NotTracked, Overlap, RecordCollision
+from cachemgr.errors import (
+    DeleteFailed,
+    NotOnDisk,
+    NotTracked,
+    Overlap,
+    RecordCollision,
+    RootMissing,
+)
 from cachemgr.health import diagnose
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
@@ -64,6 +71,15 @@ class DiskCache:
     def registry(self) -> NodeRegistry:
         return NodeRegistry(self.client, self.settings.disk_cache_cluster)
 
+    def check_root(self) -> None:
+        """Raise RootMissing unless the root is a directory: a pass over a missing root (an
+        unmounted disk) would find every directory gone and untrack them all."""
+        if not self.root.is_dir():
+            raise RootMissing(
+                f"the cache root {str(self.root)!r} is not a directory (is the disk mounted?): "
+                "no cleanup or reconcile runs until it is back"
+            )
+
     def lock(self, path: str) -> Lock:
         return Lock(
             self.client, self.keys.lock(path), self.settings.disk_cache_lock_timeout_seconds * 1000
@@ -83,7 +99,10 @@ class DiskCache:
                 found = scanner.scan(location, collect_subdirs=True)
             except OSError as exc:  # replaced by a symlink or removed since the check
                 raise paths.PathError(f"{rel!r} changed while it was scanned: {exc}") from None
-            others = paths.ancestors(rel) + [f"{rel}/{sub}" for sub in found.subdirs]
+            # A subdirectory whose name is not UTF-8 can never be tracked (no Redis key names
+            # it): it cannot overlap, and sending it would fail the registration.
+            subdirs = [s for s in found.subdirs if _encodable(s)]
+            others = paths.ancestors(rel) + [f"{rel}/{sub}" for sub in subdirs]
             outcome = self.store.register(
                 rel,
                 found.size_bytes,
@@ -184,15 +203,25 @@ class DiskCache:
         return {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
 
     def _delete_files(self, rel: str) -> None:
-        """Delete a claimed directory's files; if they cannot go, put it back on the books."""
+        """Delete a claimed directory's files. If it cannot be moved out of its place, put it
+        back on the books; once moved into the trash it is gone from the cache, and what could
+        not be deleted waits there for the next cleanup's `trash.empty`."""
         try:
             if self.before_delete is not None:
                 self.before_delete(rel)
-            trash.discard(self.root, rel)
+            left = trash.discard(self.root, rel)
         except OSError as exc:
             self.store.restore(rel, now=self.clock())
             log.error("could not delete %s, kept on the books: %s", rel, exc)
             raise DeleteFailed(f"could not delete {rel!r}: {exc.strerror or exc}") from None
+        if left:
+            log.warning(
+                "%s: moved to the trash, but %d item(s) could not be deleted yet (%s)",
+                rel,
+                len(left),
+                left[0],
+                extra={"event": "trash_left", "path": rel},
+            )
         self.store.finish_deletion(rel, now=self.clock())
 
     def take(self, entry: Entry, reason: str, *, min_age_seconds: int = 0) -> str:
@@ -392,3 +421,11 @@ class DiskCache:
 
 def _ratio(good: int, bad: int) -> float | None:
     return round(good / (good + bad), 6) if good + bad else None
+
+
+def _encodable(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # surrogate escapes of a name that is not UTF-8
+        return False
+    return True

@@ -16,9 +16,9 @@ from typing import Any
 
 from cachemgr import trash
 from cachemgr.cache import DiskCache
-from cachemgr.errors import DeleteFailed
+from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Lock
-from cachemgr.reconcile import reconcile, recover_unfinished
+from cachemgr.reconcile import ReconcileBusy, reconcile, recover_unfinished
 from cachemgr.records import Entry, PassResult, Removal
 
 log = logging.getLogger("cachemgr")
@@ -243,6 +243,13 @@ def cleanup(
         return {"status": "disabled"}
     if periodic and not cache.scheduler_running():
         return {"status": "skipped", "reason": "scheduler stopped"}
+    try:
+        cache.check_root()
+    except RootMissing as exc:
+        if not dry_run:
+            _record(cache, time.time(), {"status": "failed", "error": str(exc)})
+        log.error("cleanup refused: %s", exc, extra={"event": "cleanup_failed"})
+        raise
     if dry_run:
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
         evicted = enforce_quota(cache, dry_run=True, usage=expired.usage_after, skip=not enforce)
@@ -260,7 +267,12 @@ def cleanup(
         rebuilt = False
         if not cache.client.exists(cache.keys.initialized):
             log.warning("cache books are empty or new: reconciling with the disk before evicting")
-            rebuilt = bool(reconcile(cache, heartbeat=lock.extend)["registered"])
+            try:
+                rebuilt = bool(reconcile(cache, heartbeat=lock.extend)["registered"])
+            except ReconcileBusy:
+                # someone's reconcile is rebuilding the books: evicting before it ends would
+                # go by half of them
+                return {"status": "skipped", "reason": "a reconcile is rebuilding the books"}
             if rebuilt:
                 # Pins were lost with the books; their holders renew them within a lease, so
                 # eviction waits for the next cleanup rather than take a directory in use.

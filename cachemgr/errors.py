@@ -43,3 +43,10 @@ class DeleteFailed(CacheError):
     """A directory's files could not be deleted; it stays on the books: a 500 with a reason."""
 
     code = "delete_failed"
+
+
+class RootMissing(CacheError):
+    """The cache root is not a directory (an unmounted disk?): no pass runs, a 503. Passing
+    over an empty root would untrack every directory as vanished."""
+
+    code = "root_missing"

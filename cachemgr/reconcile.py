@@ -61,6 +61,7 @@ def reconcile(
     heartbeat: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """`heartbeat` (the caller's own lock, a cleanup's) is kept alive as the walk goes."""
+    cache.check_root()
     timeout_ms = cache.settings.disk_cache_lock_timeout_seconds * 1000
     lock = Lock(cache.client, cache.keys.reconcile_lock, timeout_ms)
     if not dry_run and not lock.acquire():
@@ -87,7 +88,28 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         store.ensure_record_ids()
     records = store.all_records()
     on_disk = list(scanner.directories_at_depth(cache.root, cache.settings.disk_cache_entry_depth))
-    tracked = set(records)
+    report: dict[str, Any] = {
+        "dry_run": dry_run,
+        "registered": [],
+        "untracked": [],
+        "resized": [],
+        "errors": [],
+    }
+    total = len(records) + len(on_disk)
+
+    def one(done: int, path: str) -> None:
+        if progress:
+            progress(done, total, path)
+        try:
+            _reconcile_one(cache, path, records.get(path), dry_run, report)
+        except (CacheError, OSError) as exc:  # one unreadable directory stops nothing else
+            report["errors"].append({"path": path, "error": str(exc)})
+
+    for done, path in enumerate(sorted(records), 1):
+        one(done, path)
+    # What is untracked is worked out once the vanished entries are gone: a directory that only
+    # covered a vanished entry is then registered in this same pass.
+    tracked = set(records) - set(report["untracked"])
     # A directory at the entry depth that holds tracked entries, or sits inside one, is covered.
     covering = {a for p in tracked for a in paths.ancestors(p)}
     untracked = [
@@ -97,21 +119,8 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         and d not in covering
         and not any(a in tracked for a in paths.ancestors(d))
     ]
-    report: dict[str, Any] = {
-        "dry_run": dry_run,
-        "registered": [],
-        "untracked": [],
-        "resized": [],
-        "errors": [],
-    }
-    work = sorted(tracked) + untracked
-    for done, path in enumerate(work, 1):
-        if progress:
-            progress(done, len(work), path)
-        try:
-            _reconcile_one(cache, path, records.get(path), dry_run, report)
-        except CacheError as exc:
-            report["errors"].append({"path": path, "error": str(exc)})
+    for done, path in enumerate(untracked, len(records) + 1):
+        one(done, path)
     if dry_run:
         report["bytes_before"] = store.total_bytes()
         report["trash_items"] = trash.pending(cache.root)
@@ -138,8 +147,14 @@ def _reconcile_one(
     dry_run: bool,
     report: dict[str, Any],
 ) -> None:
-    location = paths.resolve(cache.root, path)
-    exists = paths.kind(location) == "dir"
+    try:
+        location: Any = paths.resolve(cache.root, path)
+        exists = paths.kind(location) == "dir"
+    except paths.PathError:
+        if record is None:
+            raise
+        # a parent became a symlink: the directory is gone from under the root, as take() says
+        location, exists = None, False
     if record is None:
         if dry_run:
             report["registered"].append(path)

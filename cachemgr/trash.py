@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import re
 import shutil
 import stat
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from cachemgr.paths import TRASH_DIR
 
+log = logging.getLogger("cachemgr")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -48,19 +52,57 @@ def _trash_fd(root_fd: int) -> Iterator[int]:
         yield fd
 
 
-def _remove(name: str, dir_fd: int) -> None:
+def _remove(name: str, dir_fd: int) -> list[str]:
     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)
+        return _rmtree(name, dir_fd)
+    os.unlink(name, dir_fd=dir_fd)
+    return []
+
+
+def mount_points_under(path: Path) -> list[str]:
+    """Mount points at or below `path` (/proc/self/mountinfo). `rmtree` would go down into a
+    bind mount and delete what it shows, which lives outside the root; st_dev cannot tell a
+    bind mount of the same filesystem."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    top = os.path.realpath(path)
+    found = []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if point == top or point.startswith(top.rstrip("/") + "/"):
+                found.append(point)
+    return found
+
+
+def _rmtree(name: str, dir_fd: int) -> list[str]:
+    """Delete a tree in the trash; what could not go is returned, not raised: it stays in the
+    trash for the next `empty`. Gone already (another cleanup's `empty`) is not an error."""
+    problems: list[str] = []
+
+    def failed(_func: object, path: str, exc: BaseException) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            problems.append(f"{path}: {exc}")
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(name, dir_fd=dir_fd, onexc=failed)
     else:
-        os.unlink(name, dir_fd=dir_fd)
+        shutil.rmtree(name, dir_fd=dir_fd, onerror=lambda f, p, info: failed(f, p, info[1]))
+    return problems
 
 
-def discard(root: Path, rel: str) -> None:
-    """Rename `root/rel` into the trash, then delete it; raises OSError when it cannot.
-
-    Raises NotADirectory, leaving everything in place, when `rel` is no longer a directory.
-    """
+def discard(root: Path, rel: str) -> list[str]:
+    """Rename `root/rel` into the trash, then delete it. Raises OSError, leaving everything in
+    place, when the rename cannot be made (NotADirectory when `rel` is no longer a directory,
+    EBUSY when a mount point is inside). Once renamed, the directory is gone from the root:
+    what the deletion could not remove stays in the trash and is returned (for the log)."""
+    mounts = mount_points_under(root / rel)
+    if mounts:
+        raise OSError(errno.EBUSY, f"a mount point is inside ({mounts[0]}); not deleted")
     parts = rel.split("/")
     with contextlib.ExitStack() as stack:
         root_fd = stack.enter_context(_opened(root))
@@ -78,23 +120,37 @@ def discard(root: Path, rel: str) -> None:
             # Swapped between the check and the rename: put it back, delete nothing.
             os.rename(name, parts[-1], src_dir_fd=trash_fd, dst_dir_fd=parent_fd)
             raise NotADirectory(f"{rel!r} changed while it was being deleted")
-        shutil.rmtree(name, dir_fd=trash_fd)
+        return _rmtree(name, trash_fd)
 
 
 def empty(root: Path) -> int:
-    """Delete whatever a crash left in the trash; returns how many items went."""
+    """Delete whatever a crash or a failed deletion left in the trash; returns how many items
+    went. An item that cannot go (or holds a mount point) is logged and left for next time:
+    one stuck item must not stop every cleanup."""
+    removed = 0
     try:
         with _opened(root) as root_fd, _opened(TRASH_DIR, dir_fd=root_fd) as trash_fd:
-            names = os.listdir(trash_fd)
-            for name in names:
-                _remove(name, trash_fd)
-            return len(names)
+            for name in os.listdir(trash_fd):
+                mounts = mount_points_under(trash_dir(root) / name)
+                try:
+                    if mounts:
+                        raise OSError(errno.EBUSY, f"a mount point is inside ({mounts[0]})")
+                    problems = _remove(name, trash_fd)
+                except FileNotFoundError:
+                    continue  # another deletion or cleanup got there first
+                except OSError as exc:
+                    problems = [str(exc)]
+                if problems:
+                    log.warning("trash: %s left in place: %s", name, "; ".join(problems[:3]))
+                else:
+                    removed += 1
     except (FileNotFoundError, NotADirectoryError):
-        return 0
+        return removed
     except OSError as exc:  # a symlinked trash (ELOOP) is never followed
         if exc.errno == errno.ELOOP:
-            return 0
+            return removed
         raise
+    return removed
 
 
 def pending(root: Path) -> int:

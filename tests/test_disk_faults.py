@@ -1,0 +1,171 @@
+"""Disk faults a cleanup or reconcile meets: deletions that fail half way, mount points, a
+missing root, unreadable or odd directories. Real Redis, real directories."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cachemgr import RootMissing, trash
+from cachemgr.cleanup import cleanup
+from cachemgr.reconcile import reconcile
+from tests.conftest import make_tree
+
+
+def _fail_rmtree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rmtree reports one file it could not delete (as an immutable file would) and deletes
+    nothing: the tree stays where it is."""
+
+    def rmtree(path: str, dir_fd: int | None = None, **handlers: object) -> None:
+        handler = handlers.get("onexc") or handlers.get("onerror")
+        err = PermissionError(1, "Operation not permitted", "track00.mp3")
+        if "onexc" in handlers:
+            handler(os.unlink, path, err)  # type: ignore[operator]
+        else:
+            handler(os.unlink, path, (PermissionError, err, None))  # type: ignore[operator]
+
+    monkeypatch.setattr(trash.shutil, "rmtree", rmtree)
+
+
+def test_a_deletion_failing_after_the_rename_untracks_and_the_trash_retries(
+    cache, root, monkeypatch
+):
+    make_tree(root, "a", files=2)
+    make_tree(root, "b")
+    cache.register("a")
+    cache.register("b")
+    _fail_rmtree(monkeypatch)
+    assert cache.remove("a", remove_files=True)["status"] == "removed"
+    # Gone from its place and from the books (not put back at a path where it no longer is).
+    assert not (root / "a").exists() and cache.store.info("a") is None
+    assert cache.store.unfinished_deletions() == {} and trash.pending(root) == 1
+    # A stuck trash item stops no cleanup; it goes once it can.
+    assert trash.empty(root) == 0
+    assert cleanup(cache)["status"] == "done"
+    monkeypatch.undo()
+    assert trash.empty(root) == 1 and trash.pending(root) == 0
+    assert cache.store.total_bytes() == cache.info("b").size_bytes
+
+
+@pytest.fixture
+def bind_mount(tmp_path: Path):
+    """Mount `outside` at a point inside the root; skipped where mounting is not allowed."""
+    def mount(source: Path, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+
+    yield mount
+    # wherever they ended up (a rename moves a mount point along)
+    for target in sorted(trash.mount_points_under(tmp_path), reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+def test_a_directory_holding_a_mount_point_is_not_deleted(cache, root, tmp_path, bind_mount):
+    outside = tmp_path / "mounted-source"
+    outside.mkdir()
+    (outside / "keep.bin").write_bytes(b"x" * 100)
+    make_tree(root, "a")
+    bind_mount(outside, root / "a" / "mnt")
+    cache.register("a")
+    with pytest.raises(Exception, match="mount point"):
+        cache.remove("a", remove_files=True)
+    assert (outside / "keep.bin").read_bytes() == b"x" * 100
+    assert cache.store.info("a") is not None and (root / "a").is_dir()
+    # ...nor a trash item that holds one (moved there by hand, or by an older cachemgr).
+    (root / trash.TRASH_DIR).mkdir(exist_ok=True)
+    subprocess.run(["umount", str(root / "a" / "mnt")], check=True)
+    make_tree(root, "b")
+    (root / "b").rename(root / trash.TRASH_DIR / "b")
+    bind_mount(outside, root / trash.TRASH_DIR / "b" / "mnt")
+    assert trash.empty(root) == 0
+    assert (outside / "keep.bin").exists()
+
+
+def test_a_missing_root_stops_every_pass_and_untracks_nothing(cache, root):
+    for name in ("a", "b"):
+        make_tree(root, name)
+        cache.register(name)
+    cache.client.set(cache.keys.initialized, "1")
+    away = root.with_name("unmounted")
+    root.rename(away)
+    try:
+        for run in (lambda: cleanup(cache), lambda: reconcile(cache)):
+            with pytest.raises(RootMissing, match="mounted"):
+                run()
+        assert cache.store.count_entries() == 2
+        assert cache.client.hget(cache.keys.last_cleanup, "status") == "failed"
+    finally:
+        away.rename(root)
+    assert cleanup(cache)["status"] == "done" and cache.store.count_entries() == 2
+
+
+def test_reconcile_goes_on_past_an_unreadable_directory(cache, root, monkeypatch):
+    from cachemgr import scanner
+
+    for name in ("a", "b", "c"):
+        make_tree(root, name)
+        cache.register(name)
+        make_tree(root, name, files=2)  # grown since: a resize for reconcile to make
+    real = scanner.scan
+
+    def scan(location, **kw):
+        if Path(location).name == "b":
+            raise PermissionError(13, "Permission denied", str(location))
+        return real(location, **kw)
+
+    monkeypatch.setattr(scanner, "scan", scan)
+    report = reconcile(cache)
+    assert [e["path"] for e in report["errors"]] == ["b"]
+    assert sorted(r["path"] for r in report["resized"]) == ["a", "c"]
+    assert cache.client.exists(cache.keys.initialized)
+
+
+def test_an_entry_whose_parent_became_a_symlink_is_untracked(settings, redis_client, root,
+                                                               tmp_path, canary):  # fmt: skip
+    from cachemgr import DiskCache
+
+    cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+    make_tree(root, "x/y")
+    cache.register("x/y")
+    outside = tmp_path / "elsewhere"
+    make_tree(outside, "y")
+    shutil.rmtree(root / "x")
+    (root / "x").symlink_to(outside)
+    report = reconcile(cache)
+    assert report["untracked"] == ["x/y"] and report["errors"] == []
+    assert cache.store.count_entries() == 0 and (outside / "y").is_dir() and canary.exists()
+
+
+def test_one_reconcile_registers_what_only_covered_a_vanished_entry(cache, root):
+    # Entry depth 1, but x/y was registered on its own; x/y is renamed to x/z.
+    make_tree(root, "x/y")
+    cache.register("x/y")
+    (root / "x" / "y").rename(root / "x" / "z")
+    report = reconcile(cache)
+    assert report["untracked"] == ["x/y"] and report["registered"] == ["x"]
+    assert cache.info("x").size_bytes > 0
+
+
+def test_a_cleanup_waits_while_a_reconcile_rebuilds_the_books(cache, root):
+    from cachemgr.locks import Lock
+
+    make_tree(root, "a")
+    busy = Lock(cache.client, cache.keys.reconcile_lock, 10_000)
+    assert busy.acquire()
+    try:
+        result = cleanup(cache)
+    finally:
+        busy.release()
+    assert result == {"status": "skipped", "reason": "a reconcile is rebuilding the books"}
+
+
+def test_a_subdirectory_named_in_no_utf8_does_not_stop_a_registration(cache, root):
+    make_tree(root, "a")
+    os.mkdir(os.path.join(os.fsencode(root / "a"), b"\xff\xfe"))
+    assert cache.register("a")["status"] == "registered"
