@@ -158,6 +158,17 @@ class CacheCollector(Collector):
                 _float(last.get("time")),
             ),
             gauge(
+                "cachemgr_last_periodic_cleanup_timestamp_seconds",
+                "When beat's last cleanup started (Unix time); quota passes that registrations "
+                "trigger do not count.",
+                _float(last.get("periodic_time")),
+            ),
+            gauge(
+                "cachemgr_worker_up",
+                "1 while a worker of this node sends heartbeats, 0 when none does.",
+                stats.get("up"),
+            ),
+            gauge(
                 "cachemgr_last_cleanup_duration_seconds",
                 "How long the last cleanup took.",
                 _float(last.get("duration_seconds")),

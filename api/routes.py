@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from flask import Response, jsonify, url_for
 from flask.views import MethodView
@@ -55,7 +56,7 @@ def task_reply(result: AsyncResult, wait: float) -> Any:
         return reply, 202
     try:
         value = result.get(timeout=wait, propagate=False)
-    except TimeoutError:
+    except (TimeoutError, CeleryTimeout):  # Celery raises its own class, not the builtin
         return reply, 202
     reply["state"] = result.state
     if result.failed():

@@ -332,6 +332,7 @@ class DiskCache:
             "min_free_bytes": s.disk_cache_min_free_bytes,
             "initialized": snap["initialized"],
             "last_cleanup": snap["last_cleanup"],
+            "up": snap["up"],
         }
         stats["warnings"] = diagnose(stats, s.disk_cache_cleanup_interval, self.clock())
         return stats

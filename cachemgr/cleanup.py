@@ -228,6 +228,7 @@ def cleanup(
     cache: DiskCache,
     *,
     periodic: bool = False,
+    automatic: bool = False,
     dry_run: bool = False,
     sweep_expired: bool = True,
     enforce: bool = True,
@@ -236,18 +237,19 @@ def cleanup(
 ) -> dict[str, Any]:
     """Sweep, then enforce the quota (either may be left out); one at a time across workers.
 
-    A periodic cleanup honours the scheduler switch; a manual one does not. Before anything is
+    A periodic cleanup (beat's) and an automatic one (a registration that passed the
+    threshold) honour the scheduler switch; a manual one does not. Before anything is
     evicted, books that Redis lost (a FLUSHALL, a restart without persistence) are rebuilt.
     """
     if not cache.settings.enable_disk_cache_management:
         return {"status": "disabled"}
-    if periodic and not cache.scheduler_running():
+    if (periodic or automatic) and not cache.scheduler_running():
         return {"status": "skipped", "reason": "scheduler stopped"}
     try:
         cache.check_root()
     except RootMissing as exc:
         if not dry_run:
-            _record(cache, time.time(), {"status": "failed", "error": str(exc)})
+            _record(cache, time.time(), {"status": "failed", "error": str(exc)}, periodic)
         log.error("cleanup refused: %s", exc, extra={"event": "cleanup_failed"})
         raise
     if dry_run:
@@ -290,7 +292,8 @@ def cleanup(
             heartbeat=lock.extend,
         )
     except Exception as exc:
-        _record(cache, started, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        failed = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        _record(cache, started, failed, periodic)
         log.exception("cleanup failed", extra={"event": "cleanup_failed"})
         raise
     finally:
@@ -306,7 +309,7 @@ def cleanup(
         "more": expired.more or evicted.more,
         "duration_seconds": round(time.time() - started, 3),
     }
-    _record(cache, started, result)
+    _record(cache, started, result, periodic)
     log.info(
         "cleanup: %d expired, %d evicted, %d bytes freed, usage %d bytes",
         len(expired.removed),
@@ -317,12 +320,15 @@ def cleanup(
     return result
 
 
-def _record(cache: DiskCache, started: float, result: dict[str, Any]) -> None:
-    """Keep the last outcome and a capped history of counter samples (the status page's)."""
+def _record(
+    cache: DiskCache, started: float, result: dict[str, Any], periodic: bool = False
+) -> None:
+    """Keep the last outcome and a capped history of counter samples (the status page's).
+    `periodic_time` is the last one beat started: quota passes that registrations trigger
+    must not hide a beat that stopped."""
     counters, _ = cache.store.counters()
     sample = {"time": started, "total_bytes": cache.store.total_bytes(), **counters}
     pipe = cache.client.pipeline(transaction=False)
-    pipe.delete(cache.keys.last_cleanup)
     pipe.hset(
         cache.keys.last_cleanup,
         mapping={
@@ -330,6 +336,7 @@ def _record(cache: DiskCache, started: float, result: dict[str, Any]) -> None:
             "status": str(result.get("status")),
             "duration_seconds": f"{time.time() - started:.3f}",
             "error": str(result.get("error", "")),
+            **({"periodic_time": f"{started:.3f}"} if periodic else {}),
         },
     )
     pipe.lpush(cache.keys.history, json.dumps(sample))

@@ -43,14 +43,24 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
     last = stats.get("last_cleanup") or {}
     if last.get("status") == "failed":
         problems.append(f"the last cleanup failed: {last.get('error') or 'see the worker log'}")
-    last_time = float(last["time"]) if last.get("time") else None
+    if stats.get("up") is False:
+        problems.append(
+            f"cache not working: no worker of node {stats.get('node') or '(unnamed)'} is alive "
+            "(no heartbeat): start one (celery -A workers.app worker); registrations and "
+            "cleanups wait in the queue"
+        )
+    # Beat's own runs: quota passes that registrations trigger must not hide a stopped beat.
+    last_time = float(last["periodic_time"]) if last.get("periodic_time") else None
     if stats.get("directory_count") and stats.get("scheduler_running", True):
         if last_time is None:
-            problems.append("no cleanup has run yet: check that celery beat and a worker are up")
+            problems.append(
+                "no periodic cleanup has run yet: check that celery beat and a worker are up"
+            )
         elif now - last_time > 2 * cleanup_interval:
             problems.append(
-                f"no cleanup for {int(now - last_time)} s (interval {cleanup_interval} s): "
-                "check that celery beat and a worker are running"
+                f"no periodic cleanup for {int(now - last_time)} s (interval {cleanup_interval} "
+                "s): directories are not being cleaned; check that celery beat and a worker "
+                "are running"
             )
     if not stats.get("initialized", True) and stats.get("directory_count") == 0:
         problems.append(

@@ -45,7 +45,7 @@ def test_every_metric_in_every_expression_is_exported(client, cache):
 
     cache.client.set(cache.keys.initialized, "1")
     cache.client.set(cache.keys.bytes, cache.settings.threshold_bytes + 1)
-    cleanup(cache, enforce=False)
+    cleanup(cache, enforce=False, periodic=True)  # as beat runs it
     text = client.get("/metrics").get_data(as_text=True)
     exported = set()
     for family in text_string_to_metric_families(text):

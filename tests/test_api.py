@@ -335,3 +335,16 @@ def test_a_pin_beyond_the_limit_is_refused_and_an_old_one_still_reads(client, ca
         assert client.get(url).status_code == 200, url
     info = client.get("/cache/directories/a").get_json()
     assert info["pinned_until"].startswith("9999-12-31")
+
+
+def test_a_wait_that_runs_out_answers_202_with_the_task(app, client, root, monkeypatch):
+    # Celery's result.get raises celery.exceptions.TimeoutError, not the builtin one.
+    import uuid
+
+    tasks = app.extensions["cachemgr"].tasks
+    never = tasks.app.AsyncResult(f"never-{uuid.uuid4()}")
+    monkeypatch.setattr(tasks, "send_to", lambda *a, **k: never)
+    make_tree(root, "slow")
+    r = client.post("/cache/register/slow?wait=0.3")
+    assert r.status_code == 202, r.get_data(as_text=True)
+    assert r.get_json()["task_id"] == never.id and r.get_json()["state"] == "PENDING"

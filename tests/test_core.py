@@ -307,16 +307,28 @@ def test_common_issues_show_up_as_clear_messages(settings, redis_client, root):
     assert any("ENABLE_DISK_CACHE_MANAGEMENT is false" in w for w in off.stats()["warnings"])
     cache = DiskCache(settings, redis_client)
     fill(cache, root, 1)
-    assert any("no cleanup has run yet" in w for w in cache.stats()["warnings"])
-    cleanup(cache)
+    warnings = cache.stats()["warnings"]
+    assert any("no periodic cleanup has run yet" in w for w in warnings)
+    assert any("no worker of node" in w and "is alive" in w for w in warnings)
+    cache.registry.heartbeat(cache.keys)  # a worker is up
+    cleanup(cache)  # a manual (or quota) pass does not show that beat runs
+    assert any("no periodic cleanup has run yet" in w for w in cache.stats()["warnings"])
+    cleanup(cache, periodic=True)
     assert cache.stats()["warnings"] == []
+    cache.registry.mark_down(cache.keys)  # the last worker stopped
+    assert any("no worker of node" in w for w in cache.stats()["warnings"])
+    cache.registry.heartbeat(cache.keys)
     cache.set_scheduler(False)
     assert any("scheduler is stopped" in w for w in cache.stats()["warnings"])
     cache.set_scheduler(True)
     cache.client.set(cache.keys.bytes, cache.settings.disk_cache_max_bytes + 1)
     assert any(w.startswith("over quota") for w in cache.stats()["warnings"])
-    cache.client.hset(cache.keys.last_cleanup, mapping={"time": "1", "status": "done"})
-    assert any("no cleanup for" in w for w in cache.stats()["warnings"])
+    # beat stopped long ago; a recent manual pass does not hide it
+    recent = f"{time.time():.3f}"
+    cache.client.hset(
+        cache.keys.last_cleanup, mapping={"periodic_time": "1", "time": recent, "status": "done"}
+    )
+    assert any("no periodic cleanup for" in w for w in cache.stats()["warnings"])
     low = DiskCache(settings.with_(disk_cache_min_free_bytes=2**62), redis_client)
     assert any("DISK_CACHE_MIN_FREE_BYTES" in w for w in low.stats()["warnings"])
 

@@ -76,6 +76,7 @@ def test_metrics_match_cache_stats(client, cache, root):
         "cachemgr_pinned_directories": "pinned_count",
         "cachemgr_scheduler_running": "scheduler_running",
         "cachemgr_enabled": "enabled",
+        "cachemgr_worker_up": "up",
     }
     for metric, field in gauges.items():
         assert value(samples, metric) == float(stats[field]), metric
@@ -106,6 +107,8 @@ def test_metrics_match_cache_stats(client, cache, root):
     duration = value(samples, "cachemgr_last_cleanup_duration_seconds")
     assert duration == float(last["duration_seconds"])
     assert value(samples, "cachemgr_last_cleanup_success") == 1
+    periodic = samples.get(("cachemgr_last_periodic_cleanup_timestamp_seconds", ()))
+    assert periodic == (float(last["periodic_time"]) if "periodic_time" in last else None)
     interval = value(samples, "cachemgr_cleanup_interval_seconds")
     assert interval == cache.settings.disk_cache_cleanup_interval
 

@@ -99,6 +99,22 @@ def test_stop_scheduler_then_periodic_cleanup_deletes_nothing(pipeline, cache, r
     assert pipeline.send("cleanup", periodic=True).get(timeout=WAIT)["evict"]["count"] == 4
 
 
+def test_a_stopped_scheduler_also_stops_evictions_that_registrations_trigger(
+    pipeline, cache, root
+):
+    for i in range(19):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    cache.set_scheduler(False)
+    make_tree(root, "last", files=4)
+    result = pipeline.register("last").get(timeout=WAIT)
+    assert result["over_threshold"] is True
+    automatic = pipeline.send("enforce_quota", automatic=True).get(timeout=WAIT)
+    assert automatic == {"status": "skipped", "reason": "scheduler stopped"}
+    time.sleep(0.5)  # the one the registration sent has run too
+    assert cache.store.count_entries() == 20
+
+
 def test_manual_cleanup_ignores_the_scheduler_switch(pipeline, cache, root):
     for i in range(20):
         make_tree(root, f"d{i:02d}", files=4)

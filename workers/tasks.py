@@ -75,7 +75,7 @@ def register_directory(path: str) -> dict[str, Any]:
         return DISABLED
     result = cache.register(path)
     if result.get("over_threshold"):
-        enforce_quota.delay()
+        enforce_quota.delay(automatic=True)
     return result
 
 
@@ -86,7 +86,7 @@ def register_completed_download() -> dict[str, Any]:
         return DISABLED
     result = cache.register_latest()
     if result.get("over_threshold"):
-        enforce_quota.delay()
+        enforce_quota.delay(automatic=True)
     return result
 
 
@@ -107,11 +107,19 @@ def remove_directory(path: str, remove_files: bool = False) -> dict[str, Any]:
 
 
 def _cleanup(
-    task: Task, *, sweep: bool, enforce: bool, periodic: bool, dry_run: bool, resume: bool
+    task: Task,
+    *,
+    sweep: bool,
+    enforce: bool,
+    periodic: bool,
+    dry_run: bool,
+    resume: bool,
+    automatic: bool = False,
 ) -> Any:
     result = passes.cleanup(
         get_cache(),
         periodic=periodic,
+        automatic=automatic,
         dry_run=dry_run,
         sweep_expired=sweep,
         enforce=enforce,
@@ -121,36 +129,40 @@ def _cleanup(
         # Bounded pass: hand the rest to a fresh task rather than hold this worker. Only an
         # eviction that was cut short resumes down to the target without passing the threshold.
         evicting = bool(result.get("evict", {}).get("more"))
-        task.apply_async(kwargs={"periodic": periodic, "resume": evicting}, countdown=1)
+        task.apply_async(
+            kwargs={"periodic": periodic, "automatic": automatic, "resume": evicting}, countdown=1
+        )
         result["continued"] = True
     return result
 
 
-@app.task(name="cachemgr.sweep_expired", bind=True, **IDEMPOTENT)
-def sweep_expired(
-    self: Task, periodic: bool = False, dry_run: bool = False, resume: bool = False
-) -> Any:
-    return _cleanup(
-        self, sweep=True, enforce=False, periodic=periodic, dry_run=dry_run, resume=resume
-    )
+def _pass_task(name: str, *, sweep: bool, enforce: bool) -> Task:
+    """The three cleanup tasks differ only in which passes they run."""
+
+    @app.task(name=f"cachemgr.{name}", bind=True, **IDEMPOTENT)
+    def run(
+        self: Task,
+        periodic: bool = False,
+        dry_run: bool = False,
+        resume: bool = False,
+        automatic: bool = False,
+    ) -> Any:
+        return _cleanup(
+            self,
+            sweep=sweep,
+            enforce=enforce,
+            periodic=periodic,
+            dry_run=dry_run,
+            resume=resume,
+            automatic=automatic,
+        )
+
+    return run
 
 
-@app.task(name="cachemgr.enforce_quota", bind=True, **IDEMPOTENT)
-def enforce_quota(
-    self: Task, periodic: bool = False, dry_run: bool = False, resume: bool = False
-) -> Any:
-    return _cleanup(
-        self, sweep=False, enforce=True, periodic=periodic, dry_run=dry_run, resume=resume
-    )
-
-
-@app.task(name="cachemgr.cleanup", bind=True, **IDEMPOTENT)
-def cleanup(
-    self: Task, periodic: bool = False, dry_run: bool = False, resume: bool = False
-) -> Any:
-    return _cleanup(
-        self, sweep=True, enforce=True, periodic=periodic, dry_run=dry_run, resume=resume
-    )
+sweep_expired = _pass_task("sweep_expired", sweep=True, enforce=False)
+enforce_quota = _pass_task("enforce_quota", sweep=False, enforce=True)
+cleanup = _pass_task("cleanup", sweep=True, enforce=True)
 
 
 @app.task(name="cachemgr.reconcile", **IDEMPOTENT)
