@@ -42,13 +42,25 @@ def _run_pass(
     """Take entries in the order `fetch(limit, offset)` gives until enough bytes are freed.
 
     `bytes_needed` None means take every entry fetch returns (the sweep). `heartbeat` runs
-    before each batch: it keeps the cleanup lock alive while the pass makes progress.
+    before each batch and each deletion: it keeps the cleanup lock alive while the pass makes
+    progress, and a False from it (the lock lapsed) stops the pass.
     """
     s = cache.settings
     now = cache.clock()
     started = time.monotonic()
     usage = result.usage_before
     freed, offset = 0, 0
+
+    stopped = False
+
+    def lost() -> bool:
+        nonlocal stopped
+        if not stopped and heartbeat is not None and heartbeat() is False:
+            # The cleanup lock lapsed: another cleanup may be running; stop rather than race.
+            result.errors.append("cleanup lock lost: stopped early")
+            stopped = True
+        return stopped
+
     while True:
         if bytes_needed is not None and freed >= bytes_needed:
             break
@@ -57,9 +69,7 @@ def _run_pass(
         ):
             result.more = True
             break
-        if heartbeat is not None and heartbeat() is False:
-            # The cleanup lock lapsed: another cleanup may be running; stop rather than race.
-            result.errors.append("cleanup lock lost: stopped early")
+        if lost():
             break
         batch = fetch(s.disk_cache_batch_size, offset)
         if not batch:
@@ -69,6 +79,8 @@ def _run_pass(
                 break
             if len(result.removed) >= s.disk_cache_max_evictions_per_run:
                 break
+            if not dry_run and lost():  # renewed before each deletion: a batch of slow
+                break  # deletions must not outlast the lock and let a second cleanup in
             try:
                 outcome = _decide(cache, entry, reason, now, min_age_seconds, dry_run)
             except DeleteFailed as exc:  # kept on the books; the others still go

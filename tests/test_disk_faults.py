@@ -169,3 +169,24 @@ def test_a_subdirectory_named_in_no_utf8_does_not_stop_a_registration(cache, roo
     make_tree(root, "a")
     os.mkdir(os.path.join(os.fsencode(root / "a"), b"\xff\xfe"))
     assert cache.register("a")["status"] == "registered"
+
+
+def test_a_pass_renews_its_lock_before_each_deletion_and_stops_when_it_is_lost(cache, root):
+    # A batch of slow deletions must not outlast the cleanup lock: a second cleanup could then
+    # start and evict too much. The heartbeat runs before each deletion; False stops the pass.
+    from cachemgr.cleanup import enforce_quota
+
+    for i in range(20):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    beats: list[int] = []
+
+    def heartbeat() -> bool:
+        beats.append(cache.store.count_entries())
+        return len(beats) < 3  # the lock lapses at the third renewal
+
+    result = enforce_quota(cache, heartbeat=heartbeat)
+    assert result.errors == ["cleanup lock lost: stopped early"]
+    # one renewal before the batch, one before the first deletion, lost before the second
+    assert len(result.removed) == 1 and beats == [20, 20, 19]
+    assert cache.store.count_entries() == 19
