@@ -31,7 +31,16 @@ broker_transport_options = {"visibility_timeout": 3600}
 worker_hijack_root_logger = False
 timezone = "UTC"
 
-_interval = parse_duration(os.environ.get("DISK_CACHE_CLEANUP_INTERVAL") or "3600")
+try:
+    _interval = parse_duration(os.environ.get("DISK_CACHE_CLEANUP_INTERVAL") or "3600")
+    if _interval < 1:
+        raise ValueError("must be at least 1 s")
+except ValueError as exc:
+    # One line, not a traceback (and no flood of cleanups from an interval of 0).
+    raise SystemExit(
+        f"cachemgr: DISK_CACHE_CLEANUP_INTERVAL="
+        f"{os.environ.get('DISK_CACHE_CLEANUP_INTERVAL')!r}: {exc}"
+    ) from None
 _node = os.environ.get("DISK_CACHE_NODE", "")
 
 # A named node's workers consume its own queue (and send continuations there); a single node

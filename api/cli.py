@@ -26,7 +26,7 @@ from api import stack
 from api.cli_sim import simulate_command, trace_group
 from api.errors import raised_in
 from api.humanize import human_bytes
-from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
+from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, Settings, SettingsError
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.logs import configure_logging
 from cachemgr.reconcile import reconcile as run_reconcile
@@ -350,7 +350,11 @@ def events(limit: int, follow: bool) -> None:
 )
 def serve(workers: int) -> None:
     """Serve the API under gunicorn ($PORT or 8080; loopback only without a token)."""
-    argv = stack.serve_command(workers)
+    try:
+        Settings.from_env()  # each gunicorn worker would fail on it with a traceback
+        argv = stack.serve_command(workers)
+    except SettingsError as exc:
+        raise Fail(str(exc), EXIT_CONFIG) from None
     os.execv(argv[0], argv)
 
 

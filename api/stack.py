@@ -12,12 +12,19 @@ from pathlib import Path
 
 import click
 
+from cachemgr.settings import SettingsError
+
 STATE_DIR = Path(os.environ.get("CACHEMGR_STATE_DIR", ".cachemgr-state"))
 
 
 def web_bind() -> tuple[str, int, str | None]:
     """Loopback only unless a token protects the writes; the note says so at start-up."""
-    port = int(os.environ.get("PORT") or 8080)
+    try:
+        port = int(os.environ.get("PORT") or 8080)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise SettingsError(f"PORT={os.environ.get('PORT')!r}: not a port number") from None
     if os.environ.get("DISK_CACHE_API_TOKEN"):
         return os.environ.get("HOST", "0.0.0.0"), port, None
     note = "DISK_CACHE_API_TOKEN is not set: the API listens on 127.0.0.1 only"
@@ -84,10 +91,11 @@ def up(flower: bool, nodes: int = 1) -> None:
         click.echo(f"redis   {env['REDIS_URL']} (embedded, data in {STATE_DIR}/)")
     root = Path(env.setdefault("DISK_CACHE_ROOT", str(Path("downloads").resolve())))
     root.mkdir(parents=True, exist_ok=True)
-    from cachemgr import Settings, SettingsError
+    from cachemgr import Settings
 
     try:
         Settings.from_env(env)
+        web_bind()
     except SettingsError as exc:
         _stop(procs)
         raise click.ClickException(str(exc)) from None

@@ -299,3 +299,18 @@ def test_redis_sentinel_url_reaches_the_master(tmp_path):
         for proc in procs:
             proc.terminate()
             proc.wait()
+
+
+def test_a_worker_announces_its_node_once_redis_answers(settings, redis_client, root):
+    # A worker that started while the books' Redis was away announces itself at a later
+    # heartbeat, instead of serving tasks as a node nobody can see.
+    from cachemgr import DiskCache, connect
+    from workers.app import _announce
+
+    away = DiskCache(settings, connect("redis://127.0.0.1:1/0"))
+    assert _announce(away) is False
+    cache = DiskCache(settings, redis_client)
+    assert not redis_client.exists(cache.keys.alive)
+    assert _announce(cache) is True
+    assert redis_client.exists(cache.keys.alive) and redis_client.exists(cache.keys.config)
+    assert settings.node in cache.registry.entries()

@@ -85,3 +85,37 @@ def test_a_named_node_gets_one_hash_tag(tmp_path):
     s = Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path), "DISK_CACHE_NODE": "alpha"})
     assert s.key_prefix == "{alpha}:"
     assert s.node == "alpha"
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    full = {**os.environ, **env}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=repo, env=full, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    return done.returncode, done.stderr.strip()
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "0.5"])
+def test_beat_refuses_a_bad_cleanup_interval_in_one_line(value):
+    # celeryconfig is what beat (and every worker) loads: an interval of 0 flooded the queue.
+    code, err = _run(["-c", "import celeryconfig"], {"DISK_CACHE_CLEANUP_INTERVAL": value})
+    assert code == 1 and "Traceback" not in err, err
+    assert err.splitlines() == [err] and "DISK_CACHE_CLEANUP_INTERVAL" in err and value in err
+
+
+@pytest.mark.parametrize(
+    "env,name",
+    [({"DISK_CACHE_TTL_SECONDS": "abc"}, "DISK_CACHE_TTL_SECONDS"), ({"PORT": "abc"}, "PORT")],
+)
+def test_serve_refuses_bad_settings_in_one_line_before_starting(tmp_path, env, name):
+    full = {"DISK_CACHE_ROOT": str(tmp_path), **env}
+    code, err = _run(["-m", "api.cli", "serve"], full)
+    assert code == 5 and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and name in err

@@ -230,3 +230,24 @@ def test_no_access_log_by_default(cache, root):
     cache.register("a")
     cache.access("a")
     assert cache.client.exists(cache.keys.accesses) == 0
+
+
+def test_a_worker_with_bad_settings_stops_in_one_line(tmp_path):
+    # Rather than say "ready" and fail every task it is sent with a traceback.
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "DISK_CACHE_ROOT": str(tmp_path),
+        "DISK_CACHE_TTL_SECONDS": "abc",
+        "CACHEMGR_QUEUE": f"badsettings-{os.getpid()}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "solo",
+         "-n", f"badsettings-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
+        env=env, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    log = done.stdout + done.stderr
+    assert "worker stopping: DISK_CACHE_TTL_SECONDS='abc'" in log, log[-2000:]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 from typing import Any
 
@@ -10,6 +12,7 @@ from celery import Celery
 from celery.signals import setup_logging, worker_ready, worker_shutting_down
 
 from cachemgr.logs import configure_logging
+from cachemgr.settings import SettingsError
 
 app = Celery("cachemgr", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
@@ -25,33 +28,53 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
     configure_logging(level=loglevel)
 
 
-def _beat_forever() -> None:
-    from workers.tasks import current_cache
+def _announce(cache: Any) -> bool:
+    """Publish the node (its settings, the queue it reads), bring older books up to date and
+    say it is alive; False while Redis cannot be reached."""
+    try:
+        cache.publish_config()
+        cache.store.ensure_record_ids()  # books of an older cachemgr: before any task runs
+        cache.registry.heartbeat(cache.keys)
+    except Exception as exc:  # Redis away: tried again at each heartbeat until it is back
+        log.error("worker cannot announce node %s yet: %s", cache.settings.node, exc)
+        return False
+    log.info("serving node %s (root %s)", cache.settings.node, cache.root)
+    return True
 
+
+def _beat_forever(cache: Any, announced: bool) -> None:
     while not _stop.wait(HEARTBEAT_SECONDS):
-        cache = current_cache()
-        if cache is not None:
-            try:
-                cache.registry.heartbeat(cache.keys)
-            except Exception as exc:  # Redis away: the node shows down until it is back
-                log.warning("node heartbeat failed: %s", exc)
+        if not announced:
+            announced = _announce(cache)
+            continue
+        try:
+            cache.registry.heartbeat(cache.keys)
+        except Exception as exc:  # Redis away: the node shows down until it is back
+            log.warning("node heartbeat failed: %s", exc)
 
 
 @worker_ready.connect
 def announce(**_: Any) -> None:
-    """Say which node this worker serves, and keep saying it is alive."""
+    """Say which node this worker serves, and keep saying it is alive. A worker whose settings
+    are wrong stops at once, in one line, rather than fail every task it is sent."""
     from workers.tasks import get_cache
 
     try:
         cache = get_cache()
-        cache.store.ensure_record_ids()  # books of an older cachemgr: before any task runs
-        cache.registry.heartbeat(cache.keys)
-    except Exception as exc:  # bad settings are reported by the tasks themselves, in one line
-        log.error("worker cannot serve a node: %s", exc)
+    except SettingsError as exc:
+        log.critical("worker stopping: %s", exc)
+        os.kill(os.getpid(), signal.SIGTERM)
         return
-    log.info("serving node %s (root %s)", cache.settings.node, cache.root)
+    except Exception as exc:  # the cache is built lazily: tasks try again
+        log.error("worker cannot serve a node yet: %s", exc)
+        return
     _stop.clear()
-    threading.Thread(target=_beat_forever, name="cachemgr-heartbeat", daemon=True).start()
+    threading.Thread(
+        target=_beat_forever,
+        args=(cache, _announce(cache)),
+        name="cachemgr-heartbeat",
+        daemon=True,
+    ).start()
 
 
 @worker_shutting_down.connect

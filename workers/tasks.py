@@ -7,6 +7,7 @@ for the idempotent tasks, so a worker that dies mid-task leaves the task to anot
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from cachemgr import CacheError, DiskCache, Settings, connect
+from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect
 from cachemgr import cleanup as passes
 from cachemgr.reconcile import reconcile as reconcile_books
 from workers.app import app
@@ -26,7 +27,7 @@ _cache: DiskCache | None = None
 
 RETRY: dict[str, Any] = {
     # Expected refusals (bad path, not tracked...) are logged in one line, not as a traceback.
-    "throws": (CacheError,),
+    "throws": (CacheError, SettingsError),
     "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
     "retry_backoff": True,
     "retry_backoff_max": 60,
@@ -50,7 +51,8 @@ def current_cache() -> DiskCache | None:
 
 
 def configure(cache: DiskCache | None) -> None:
-    """Use this DiskCache in the tasks (tests, `cachemgr up`); None forgets it."""
+    """Use this DiskCache in the tasks (tests, `cachemgr up`); None forgets it. The worker
+    publishes the node when it is ready (workers/app.py), again until Redis answers."""
     global _cache
     _cache = cache
     if cache is None:
@@ -58,7 +60,8 @@ def configure(cache: DiskCache | None) -> None:
     pause = os.environ.get("CACHEMGR_TEST_PAUSE_BEFORE_DELETE")
     if pause:  # fault tests: hold a deletion open so the test can kill the worker there
         cache.before_delete = lambda path: time.sleep(float(pause))
-    cache.publish_config()
+    with contextlib.suppress(redis.RedisError):  # not yet: announced at each heartbeat
+        cache.publish_config()
 
 
 def _enabled(cache: DiskCache) -> bool:
