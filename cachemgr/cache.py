@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -294,7 +295,8 @@ class DiskCache:
         """The stats; `snap` is the store's snapshot when the caller already read it."""
         s = self.settings
         if snap is None:
-            snap = self.store.snapshot(self.clock())
+            registry = self.registry.nodes_key if same_server(self.client) else None
+            snap = self.store.snapshot(self.clock(), registry)
         total, counters, since_reset = snap["total_bytes"], snap["counters"], snap["since_reset"]
         status = "ok"
         if total > s.disk_cache_max_bytes:
@@ -305,9 +307,12 @@ class DiskCache:
             free = shutil.disk_usage(self.root).free
         except OSError:
             free = None
+        # The workers' own switch, as they published it: theirs is the one tasks obey.
+        published = snap.get("registry", {}).get(s.node)
+        workers_on = json.loads(published).get("enabled", True) if published else True
         stats = {
             "node": s.node,
-            "enabled": s.enable_disk_cache_management,
+            "enabled": s.enable_disk_cache_management and workers_on,
             "total_bytes": total,
             "directory_count": snap["directory_count"],
             "max_bytes": s.disk_cache_max_bytes,

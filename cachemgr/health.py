@@ -16,7 +16,8 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
     problems: list[str] = []
     if not stats.get("enabled", True):
         problems.append(
-            "cache not working: ENABLE_DISK_CACHE_MANAGEMENT is false, nothing is tracked"
+            "cache not working: ENABLE_DISK_CACHE_MANAGEMENT is false (here or on the node's "
+            "workers), nothing is tracked"
         )
     if stats["quota_status"] == "over_quota":
         problems.append(

@@ -44,6 +44,7 @@ class NodeRegistry:
             "ttl_seconds": settings.disk_cache_ttl_seconds,
             "cleanup_interval": settings.disk_cache_cleanup_interval,
             "policy": settings.disk_cache_eviction_policy,
+            "enabled": settings.enable_disk_cache_management,
             "named": bool(settings.disk_cache_node),
             "published_at": time.time() if now is None else now,
         }
@@ -84,6 +85,7 @@ class NodeRegistry:
             disk_cache_ttl_seconds=int(entry["ttl_seconds"]),
             disk_cache_cleanup_interval=int(entry["cleanup_interval"]),
             disk_cache_eviction_policy=entry["policy"],
+            enable_disk_cache_management=bool(entry.get("enabled", True)),
         ).validate()
 
 

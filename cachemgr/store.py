@@ -443,9 +443,9 @@ class Store:
         pipe.hgetall(self.keys.stats_baseline)
         return since_reset(*pipe.execute())
 
-    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+    def snapshot(self, now: float | None = None, registry: str | None = None) -> dict[str, Any]:
         """Everything the stats show, read in one round trip."""
-        return run(self.client, lambda batch: self.queue_snapshot(batch, now))
+        return run(self.client, lambda batch: self.queue_snapshot(batch, now, registry))
 
     def queue_snapshot(
         self, batch: Batch, now: float | None = None, registry: str | None = None

@@ -306,6 +306,14 @@ def test_common_issues_show_up_as_clear_messages(settings, redis_client, root):
     off = DiskCache(settings.with_(enable_disk_cache_management=False), redis_client)
     assert any("ENABLE_DISK_CACHE_MANAGEMENT is false" in w for w in off.stats()["warnings"])
     cache = DiskCache(settings, redis_client)
+    # The workers of this node run with management off (their tasks do nothing): the API,
+    # whose own switch is on, says so too.
+    off.registry.publish(off.settings)
+    stats = cache.stats()
+    assert stats["enabled"] is False
+    assert any("ENABLE_DISK_CACHE_MANAGEMENT is false" in w for w in stats["warnings"])
+    cache.registry.publish(cache.settings)
+    assert cache.stats()["enabled"] is True
     fill(cache, root, 1)
     warnings = cache.stats()["warnings"]
     assert any("no periodic cleanup has run yet" in w for w in warnings)
