@@ -116,6 +116,7 @@ def configure_logging(
     the root logger (pytest's, gunicorn's) are left alone.
     """
     env = os.environ if environ is None else environ
+    asked = env.get("DISK_CACHE_LOG_FORMAT", "").strip().lower()
     chosen = (fmt or log_format(env)).lower()
     if chosen not in FORMATS:
         raise ValueError(f"unknown log format {chosen!r} (known: {', '.join(FORMATS)})")
@@ -130,4 +131,10 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    if not fmt and asked and asked not in FORMATS:
+        logging.getLogger("cachemgr").warning(
+            "DISK_CACHE_LOG_FORMAT=%r is not a log format (%s): logging as text",
+            asked,
+            " or ".join(FORMATS),
+        )
     return handler

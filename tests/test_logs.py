@@ -99,6 +99,15 @@ def test_unknown_format_is_refused(restore_root: None) -> None:
         configure_logging(fmt="xml")
 
 
+def test_an_unknown_format_in_the_environment_says_so_and_logs_text(restore_root: None) -> None:
+    out = io.StringIO()
+    configure_logging(stream=out, environ={"DISK_CACHE_LOG_FORMAT": "xml"})
+    [line] = lines(out)
+    assert "DISK_CACHE_LOG_FORMAT='xml' is not a log format (text or json)" in line
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(line)
+
+
 def test_without_a_stream_it_follows_sys_stderr(
     restore_root: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

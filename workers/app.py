@@ -25,7 +25,8 @@ _stop = threading.Event()
 @setup_logging.connect
 def _logging(loglevel: Any = None, **_: Any) -> None:
     """Celery leaves logging to us: plain text, or JSON with DISK_CACHE_LOG_FORMAT=json."""
-    configure_logging(level=loglevel)
+    # DISK_CACHE_LOG_LEVEL, when set, wins over Celery's -l (the Procfile's INFO).
+    configure_logging(level=os.environ.get("DISK_CACHE_LOG_LEVEL") or loglevel)
 
 
 def _announce(cache: Any) -> bool:
