@@ -268,7 +268,8 @@ class DiskCache:
 
     # -- pins -----------------------------------------------------------------------------
     def pin(self, path: str, ttl_seconds: float) -> dict[str, Any]:
-        """A lease: the directory is neither evicted nor expired until it lapses."""
+        """A lease: the directory is neither evicted nor expired until it lapses. A path inside
+        a tracked directory pins that directory (`path` in the reply names it)."""
         rel = paths.normalize(path)
         check_pin_ttl(ttl_seconds)
         # A pin may precede the directory (a download about to be written), but never names
@@ -276,12 +277,14 @@ class DiskCache:
         if paths.kind(paths.resolve(self.root, rel)) == "other":
             raise paths.PathError(f"path is not a directory: {rel!r}")
         until = self.clock() + ttl_seconds
-        self.store.pin(rel, until)
-        return {"path": rel, "pinned_until": iso(until)}
+        target = self.store.covering(rel)
+        self.store.pin(target, until)
+        return {"path": target, "pinned_until": iso(until)}
 
     def unpin(self, path: str) -> dict[str, Any]:
-        rel = paths.normalize(path)
-        return {"path": rel, "unpinned": bool(self.store.unpin(rel))}
+        """Ends the lease `pin` made for the same path."""
+        target = self.store.covering(paths.normalize(path))
+        return {"path": target, "unpinned": bool(self.store.unpin(target))}
 
     # -- reads ----------------------------------------------------------------------------
     def info(self, path: str) -> Entry:

@@ -80,7 +80,10 @@ REGISTER = (
 local path, size, files, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 if lock_lost(ARGV[6]) then return {'lock_lost'} end
 for i = 7, #ARGV do
-  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then return {'overlap', ARGV[i]} end
+  -- tracked, or claimed and not yet deleted (the journal): its recovery may put it back
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) or redis.call('HEXISTS', KEYS[7], ARGV[i]) == 1 then
+    return {'overlap', ARGV[i]}
+  end
 end
 local old, id = record(path)
 if not old and redis.call('HEXISTS', KEYS[1], id) == 1 then return {'collision'} end

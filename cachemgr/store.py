@@ -18,6 +18,7 @@ import redis
 from cachemgr import scripts
 from cachemgr.counters import pairs, since_reset
 from cachemgr.keys import Keys
+from cachemgr.paths import ancestors
 from cachemgr.policies import POLICIES, Policy
 from cachemgr.reads import Batch, Reader, run
 from cachemgr.records import RECORD_FORMAT, Entry, record_id, unpack
@@ -411,6 +412,13 @@ class Store:
 
     def count_entries(self) -> int:
         return int(self.client.hlen(self.keys.entries))
+
+    def covering(self, path: str) -> str:
+        """The tracked directory that holds `path` (itself, or a tracked ancestor): what a pin
+        on a path inside a tracked directory must name to protect it."""
+        above = ancestors(path)
+        found = [p for p, hit in zip(above, self.tracked(above), strict=True) if hit]
+        return found[0] if found else path
 
     def tracked(self, paths: Sequence[str]) -> list[bool]:
         if not paths:

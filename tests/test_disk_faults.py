@@ -190,3 +190,34 @@ def test_a_pass_renews_its_lock_before_each_deletion_and_stops_when_it_is_lost(c
     # one renewal before the batch, one before the first deletion, lost before the second
     assert len(result.removed) == 1 and beats == [20, 20, 19]
     assert cache.store.count_entries() == 19
+
+
+def test_a_directory_in_the_deletion_journal_blocks_its_parent(cache, root):
+    # A crash in the middle of deleting a/b leaves it in the journal; registering `a` then
+    # would count a/b twice once recovery puts it back.
+    from cachemgr import Overlap
+    from cachemgr.reconcile import recover_unfinished
+
+    make_tree(root, "a/b", files=2)
+    cache.register("a/b")
+    assert cache.store.claim("a/b", "evicted", deleting_files=True)[0] == "ok"  # then a crash
+    with pytest.raises(Overlap, match="a/b"):
+        cache.register("a")
+    assert recover_unfinished(cache) == ["a/b"]
+    assert cache.store.total_bytes() == cache.info("a/b").size_bytes
+    with pytest.raises(Overlap):
+        cache.register("a")
+
+
+def test_a_pin_inside_a_tracked_directory_protects_that_directory(settings, redis_client, root):
+    from cachemgr import DiskCache
+    from cachemgr.cleanup import sweep
+
+    now = [1_800_000_000.0]
+    cache = DiskCache(settings.with_(disk_cache_ttl_seconds=1), redis_client, clock=lambda: now[0])
+    make_tree(root, "album/disc1")
+    cache.register("album")
+    assert cache.pin("album/disc1", 3600)["path"] == "album"
+    now[0] += 100  # long expired, still pinned
+    assert sweep(cache).skipped_pinned == ["album"] and (root / "album").is_dir()
+    assert cache.unpin("album/disc1") == {"path": "album", "unpinned": True}

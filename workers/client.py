@@ -167,10 +167,10 @@ class CacheClient:
         import time
 
         check_pin_ttl(ttl_seconds)
-        self.store.pin(normalize(path), time.time() + ttl_seconds)
+        self.store.pin(self.store.covering(normalize(path)), time.time() + ttl_seconds)
 
     def unpin_now(self, path: str) -> None:
-        self.store.unpin(normalize(path))
+        self.store.unpin(self.store.covering(normalize(path)))
 
     def close(self) -> None:
         if self._redis is not None:
