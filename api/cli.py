@@ -281,11 +281,14 @@ def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Report the differences, change nothing.")
+@click.option(
+    "--force", is_flag=True, help="Go on over an empty root (downloads removed on purpose)."
+)
 @now_option
 @json_option
 @with_appcontext
 @friendly
-def reconcile(dry_run: bool, now: bool, as_json: Any) -> None:
+def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
     """Compare the books with the disk and fix them."""
     cache = _state().cache
     if dry_run or now:
@@ -295,9 +298,9 @@ def reconcile(dry_run: bool, now: bool, as_json: Any) -> None:
                 bar.length = total
                 bar.update(1)
 
-            result = run_reconcile(cache, dry_run=dry_run, progress=progress)
+            result = run_reconcile(cache, dry_run=dry_run, progress=progress, force=force)
     else:
-        result = _wait_task("reconcile")
+        result = _wait_task("reconcile", force=force)
     emit(result, as_json, _kv)
 
 

@@ -22,6 +22,7 @@ from api.schemas import (
     ListArgs,
     NodeArgs,
     PinArgs,
+    ReconcileArgs,
     RemoveArgs,
     SchedulerSchema,
     SinceResetSchema,
@@ -194,12 +195,13 @@ class Cleanup(MethodView):
 
 @blp.route("/reconcile")
 class Reconcile(MethodView):
-    @blp.arguments(DryRunArgs(), **ARGS)
+    @blp.arguments(ReconcileArgs(), **ARGS)
     @blp.response(202, TaskSchema)
     @blp.alt_response(200, schema=TaskSchema)
     def post(self, args: dict[str, Any]) -> Any:
-        """Compare the books with the disk and fix them (or, with ?dry_run=true, report)."""
-        return send(args, "reconcile", dry_run=args["dry_run"])
+        """Compare the books with the disk and fix them (or, with ?dry_run=true, report).
+        ?force=true goes on over an empty root (the downloads were removed on purpose)."""
+        return send(args, "reconcile", dry_run=args["dry_run"], force=args["force"])
 
 
 @blp.route("/start-scheduler")
@@ -216,7 +218,8 @@ class StopScheduler(MethodView):
     @blp.arguments(NodeArgs(), **ARGS)
     @blp.response(200, SchedulerSchema)
     def post(self, args: dict[str, Any]) -> Any:
-        """Make periodic cleanups skip; manual cleanups still run."""
+        """Make periodic cleanups, and the evictions registrations trigger, skip; manual
+        cleanups still run."""
         return node_cache(args).set_scheduler(False)
 
 

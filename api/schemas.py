@@ -133,6 +133,13 @@ class DryRunArgs(WaitArgs):
     dry_run = fields.Boolean(load_default=False)
 
 
+class ReconcileArgs(DryRunArgs):
+    force = fields.Boolean(
+        load_default=False,
+        metadata={"description": "go on over an empty root while directories are tracked"},
+    )
+
+
 class PinArgs(WaitArgs):
     ttl_seconds = fields.Integer(
         load_default=3600, validate=validate.Range(min=1, max=MAX_PIN_SECONDS)

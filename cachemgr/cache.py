@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -72,14 +73,25 @@ class DiskCache:
     def registry(self) -> NodeRegistry:
         return NodeRegistry(self.client, self.settings.disk_cache_cluster)
 
-    def check_root(self) -> None:
-        """Raise RootMissing unless the root is a directory: a pass over a missing root (an
-        unmounted disk) would find every directory gone and untrack them all."""
+    def check_root(self, *, allow_empty: bool = False) -> None:
+        """Raise RootMissing unless the root is a directory that holds something while the
+        books track directories: a pass over a missing root (an unmounted disk), or over the
+        empty mount point left behind, would find every directory gone and untrack them all."""
         if not self.root.is_dir():
             raise RootMissing(
                 f"the cache root {str(self.root)!r} is not a directory (is the disk mounted?): "
                 "no cleanup or reconcile runs until it is back"
             )
+        if allow_empty or not self.store.count_entries():
+            return
+        with os.scandir(self.root) as it:
+            if any(e.name != paths.TRASH_DIR for e in it):
+                return
+        raise RootMissing(
+            f"the cache root {str(self.root)!r} is empty while {self.store.count_entries()} "
+            "directories are tracked (is the disk mounted?): no cleanup or reconcile runs; if "
+            "the downloads were removed on purpose, run `cachemgr reconcile --force`"
+        )
 
     def lock(self, path: str) -> Lock:
         return Lock(
@@ -282,9 +294,10 @@ class DiskCache:
         return {"path": target, "pinned_until": iso(until)}
 
     def unpin(self, path: str) -> dict[str, Any]:
-        """Ends the lease `pin` made for the same path."""
-        target = self.store.covering(paths.normalize(path))
-        return {"path": target, "unpinned": bool(self.store.unpin(target))}
+        """Ends a lease on that very directory. A pin made through a path inside a tracked
+        directory is not ended here (another holder's lease may be the same entry): it lapses."""
+        rel = paths.normalize(path)
+        return {"path": rel, "unpinned": bool(self.store.unpin(rel))}
 
     # -- reads ----------------------------------------------------------------------------
     def info(self, path: str) -> Entry:

@@ -317,6 +317,8 @@ def cleanup(
         "recovered": recovered,
         "rebuilt": rebuilt,
         "trash_emptied": emptied,
+        # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
+        "trash_left": trash.pending(cache.root),
         "pins_lapsed": lapsed,
         "more": expired.more or evicted.more,
         "duration_seconds": round(time.time() - started, 3),
@@ -348,6 +350,7 @@ def _record(
             "status": str(result.get("status")),
             "duration_seconds": f"{time.time() - started:.3f}",
             "error": str(result.get("error", "")),
+            "trash_left": str(result.get("trash_left", 0)),
             **({"periodic_time": f"{started:.3f}"} if periodic else {}),
         },
     )

@@ -42,6 +42,13 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "(POST /cache/start-scheduler)"
         )
     last = stats.get("last_cleanup") or {}
+    stuck = int(last.get("trash_left") or 0)
+    if stuck:
+        problems.append(
+            f"{stuck} item(s) in the trash (.cachemgr-trash) could not be deleted: their bytes "
+            "still fill the disk but are no longer counted; see the worker log (permissions, "
+            "immutable files, mount points)"
+        )
     if last.get("status") == "failed":
         problems.append(f"the last cleanup failed: {last.get('error') or 'see the worker log'}")
     if stats.get("up") is False:

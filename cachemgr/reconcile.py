@@ -59,9 +59,12 @@ def reconcile(
     dry_run: bool = False,
     progress: Progress | None = None,
     heartbeat: Callable[[], object] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """`heartbeat` (the caller's own lock, a cleanup's) is kept alive as the walk goes."""
-    cache.check_root()
+    """`heartbeat` (the caller's own lock, a cleanup's) is kept alive as the walk goes.
+    `force`: go on over an empty root though the books track directories (they were removed
+    on purpose); without it that looks like an unmounted disk and is refused."""
+    cache.check_root(allow_empty=force)
     timeout_ms = cache.settings.disk_cache_lock_timeout_seconds * 1000
     lock = Lock(cache.client, cache.keys.reconcile_lock, timeout_ms)
     if not dry_run and not lock.acquire():

@@ -302,7 +302,8 @@ return 1
 # KEYS[1] cache:pins  ARGV[1] path  ARGV[2] lease expiry (epoch seconds) or 0
 PIN = """
 if tonumber(ARGV[2]) == 0 then return redis.call('ZREM', KEYS[1], ARGV[1]) end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+-- GT: of two holders' leases on one directory the later one stands
+redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
 return 1
 """
 

@@ -60,23 +60,28 @@ def _remove(name: str, dir_fd: int) -> list[str]:
     return []
 
 
-def mount_points_under(path: Path) -> list[str]:
-    """Mount points at or below `path` (/proc/self/mountinfo). `rmtree` would go down into a
-    bind mount and delete what it shows, which lives outside the root; st_dev cannot tell a
-    bind mount of the same filesystem."""
+def mount_points() -> list[str]:
+    """Every mount point of this process (/proc/self/mountinfo; none where it is missing)."""
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
         return []
-    top = os.path.realpath(path)
-    found = []
+    points = []
     for line in lines:
         fields = line.split(" ")
         if len(fields) > 4:
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-            if point == top or point.startswith(top.rstrip("/") + "/"):
-                found.append(point)
-    return found
+            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return points
+
+
+def mount_points_under(path: Path, points: list[str] | None = None) -> list[str]:
+    """Mount points at or below `path`. `rmtree` would go down into a bind mount and delete
+    what it shows, which lives outside the root; st_dev cannot tell a bind mount of the same
+    filesystem. `points`: mount_points(), when the caller checks many paths."""
+    top = os.path.realpath(path)
+    inside = top.rstrip("/") + "/"
+    return [p for p in (mount_points() if points is None else points)
+            if p == top or p.startswith(inside)]  # fmt: skip
 
 
 def _rmtree(name: str, dir_fd: int) -> list[str]:
@@ -115,7 +120,10 @@ def discard(root: Path, rel: str) -> list[str]:
         trash_fd = stack.enter_context(_trash_fd(root_fd))
         name = uuid.uuid4().hex
         os.rename(parts[-1], name, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
-        moved = os.stat(name, dir_fd=trash_fd, follow_symlinks=False)
+        try:
+            moved = os.stat(name, dir_fd=trash_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return []  # a cleanup emptying the trash got there first: deleted all the same
         if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
             # Swapped between the check and the rename: put it back, delete nothing.
             os.rename(name, parts[-1], src_dir_fd=trash_fd, dst_dir_fd=parent_fd)
@@ -130,8 +138,9 @@ def empty(root: Path) -> int:
     removed = 0
     try:
         with _opened(root) as root_fd, _opened(TRASH_DIR, dir_fd=root_fd) as trash_fd:
+            points = mount_points()
             for name in os.listdir(trash_fd):
-                mounts = mount_points_under(trash_dir(root) / name)
+                mounts = mount_points_under(trash_dir(root) / name, points)
                 try:
                     if mounts:
                         raise OSError(errno.EBUSY, f"a mount point is inside ({mounts[0]})")

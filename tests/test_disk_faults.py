@@ -43,11 +43,14 @@ def test_a_deletion_failing_after_the_rename_untracks_and_the_trash_retries(
     # Gone from its place and from the books (not put back at a path where it no longer is).
     assert not (root / "a").exists() and cache.store.info("a") is None
     assert cache.store.unfinished_deletions() == {} and trash.pending(root) == 1
-    # A stuck trash item stops no cleanup; it goes once it can.
+    # A stuck trash item stops no cleanup, is shown (its bytes fill the disk, uncounted),
+    # and goes once it can.
     assert trash.empty(root) == 0
-    assert cleanup(cache)["status"] == "done"
+    assert cleanup(cache)["trash_left"] == 1
+    assert any("1 item(s) in the trash" in w for w in cache.stats()["warnings"])
     monkeypatch.undo()
-    assert trash.empty(root) == 1 and trash.pending(root) == 0
+    assert cleanup(cache)["trash_emptied"] == 1 and trash.pending(root) == 0
+    assert not any("in the trash" in w for w in cache.stats()["warnings"])
     assert cache.store.total_bytes() == cache.info("b").size_bytes
 
 
@@ -220,4 +223,28 @@ def test_a_pin_inside_a_tracked_directory_protects_that_directory(settings, redi
     assert cache.pin("album/disc1", 3600)["path"] == "album"
     now[0] += 100  # long expired, still pinned
     assert sweep(cache).skipped_pinned == ["album"] and (root / "album").is_dir()
-    assert cache.unpin("album/disc1") == {"path": "album", "unpinned": True}
+    # Another holder's longer lease on the same directory is neither cut short nor ended.
+    assert cache.pin("album", 7200)["path"] == "album"
+    assert cache.pin("album/disc1", 60)["path"] == "album"
+    assert cache.client.zscore(cache.keys.pins, "album") == now[0] + 7200
+    assert cache.unpin("album/disc1") == {"path": "album/disc1", "unpinned": False}
+    assert cache.unpin("album") == {"path": "album", "unpinned": True}
+
+
+def test_an_empty_mount_point_is_taken_for_an_unmounted_disk_unless_forced(cache, root, runner):
+    # The root is the mount point: unmounted, it is an empty directory, not a missing one.
+    for name in ("a", "b"):
+        make_tree(root, name)
+        cache.register(name)
+    cache.client.set(cache.keys.initialized, "1")
+    for name in ("a", "b"):
+        shutil.rmtree(root / name)
+    for run in (lambda: cleanup(cache), lambda: reconcile(cache)):
+        with pytest.raises(RootMissing, match="empty while 2 directories are tracked"):
+            run()
+    assert cache.store.count_entries() == 2
+    refused = runner.invoke(args=["reconcile", "--now"])
+    assert refused.exit_code == 1 and "reconcile --force" in refused.output
+    forced = runner.invoke(args=["reconcile", "--now", "--force", "--json"])
+    assert forced.exit_code == 0, forced.output
+    assert cache.store.count_entries() == 0 and cache.store.total_bytes() == 0

@@ -251,3 +251,4 @@ def test_a_worker_with_bad_settings_stops_in_one_line(tmp_path):
     )  # fmt: skip
     log = done.stdout + done.stderr
     assert "worker stopping: DISK_CACHE_TTL_SECONDS='abc'" in log, log[-2000:]
+    assert done.returncode == 5  # a supervisor must not read it as success

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging, worker_ready, worker_shutting_down
+from celery.worker import state
 
 from cachemgr.logs import configure_logging
 from cachemgr.settings import SettingsError
@@ -19,6 +19,7 @@ app.config_from_object("celeryconfig")
 
 log = logging.getLogger("cachemgr.workers")
 HEARTBEAT_SECONDS = 10
+EXIT_BAD_SETTINGS = 5
 _stop = threading.Event()
 
 
@@ -64,7 +65,7 @@ def announce(**_: Any) -> None:
         cache = get_cache()
     except SettingsError as exc:
         log.critical("worker stopping: %s", exc)
-        os.kill(os.getpid(), signal.SIGTERM)
+        state.should_stop = EXIT_BAD_SETTINGS  # the worker's exit code, as the CLI's
         return
     except Exception as exc:  # the cache is built lazily: tasks try again
         log.error("worker cannot serve a node yet: %s", exc)

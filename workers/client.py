@@ -170,7 +170,7 @@ class CacheClient:
         self.store.pin(self.store.covering(normalize(path)), time.time() + ttl_seconds)
 
     def unpin_now(self, path: str) -> None:
-        self.store.unpin(self.store.covering(normalize(path)))
+        self.store.unpin(normalize(path))
 
     def close(self) -> None:
         if self._redis is not None:

@@ -169,11 +169,11 @@ cleanup = _pass_task("cleanup", sweep=True, enforce=True)
 
 
 @app.task(name="cachemgr.reconcile", **IDEMPOTENT)
-def reconcile(dry_run: bool = False) -> dict[str, Any]:
+def reconcile(dry_run: bool = False, force: bool = False) -> dict[str, Any]:
     cache = get_cache()
     if not _enabled(cache):
         return DISABLED
-    return reconcile_books(cache, dry_run=dry_run)
+    return reconcile_books(cache, dry_run=dry_run, force=force)
 
 
 @app.task(name="cachemgr.pin_directory", **IDEMPOTENT)
