@@ -132,6 +132,12 @@ class Keys:
         return f"{self.prefix}cache:alive"
 
     @property
+    def workers(self) -> str:
+        """ZSET worker (host:pid) -> its last heartbeat: the last of them to stop takes the
+        node down at once; one of several stopping does not."""
+        return f"{self.prefix}cache:workers"
+
+    @property
     def nodes(self) -> str:
         """HASH node -> JSON of its heartbeat; shared by all nodes, so never prefixed."""
         return "cachemgr:nodes"

@@ -20,6 +20,18 @@ from cachemgr.settings import Settings
 
 ALIVE_TTL_SECONDS = 30
 
+# A worker leaves its node: the node's flag goes with the last live worker.
+# KEYS[1] cache:workers  KEYS[2] cache:alive  ARGV[1] worker ('' : the node goes down)
+# ARGV[2] oldest heartbeat of a live worker
+LEAVE = """
+if ARGV[1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+if ARGV[1] == '' or redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], '+inf') == 0 then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+
 
 def queue_for(settings: Settings) -> str:
     """A named node's own queue; an unnamed single node uses Celery's default queue."""
@@ -50,11 +62,19 @@ class NodeRegistry:
         }
         self.client.hset(self.nodes_key, settings.node, json.dumps(entry))
 
-    def heartbeat(self, keys: Keys, ttl: int = ALIVE_TTL_SECONDS) -> None:
-        self.client.set(keys.alive, f"{time.time():.3f}", ex=ttl)
+    def heartbeat(self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS) -> None:
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(keys.alive, f"{now:.3f}", ex=ttl)
+        if worker:
+            pipe.zadd(keys.workers, {worker: now})
+            pipe.expire(keys.workers, 2 * ttl)
+        pipe.execute()
 
-    def mark_down(self, keys: Keys) -> None:
-        self.client.delete(keys.alive)
+    def mark_down(self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS) -> None:
+        """A worker stops: the node is down at once if it was the last of the node's workers
+        still beating (a worker that died without a word lapses after `ttl`)."""
+        self.client.eval(LEAVE, 2, keys.workers, keys.alive, worker, f"{time.time() - ttl:.3f}")
 
     def entries(self) -> dict[str, dict[str, Any]]:
         return run(self.client, self.queue_entries)

@@ -323,7 +323,11 @@ def test_common_issues_show_up_as_clear_messages(settings, redis_client, root):
     assert any("no periodic cleanup has run yet" in w for w in cache.stats()["warnings"])
     cleanup(cache, periodic=True)
     assert cache.stats()["warnings"] == []
-    cache.registry.mark_down(cache.keys)  # the last worker stopped
+    cache.registry.heartbeat(cache.keys, "host:1")  # two workers of the node beat
+    cache.registry.heartbeat(cache.keys, "host:2")
+    cache.registry.mark_down(cache.keys, "host:1")  # one stops: the node is still up
+    assert not any("no worker of node" in w for w in cache.stats()["warnings"])
+    cache.registry.mark_down(cache.keys, "host:2")  # the last one stops: down at once
     assert any("no worker of node" in w for w in cache.stats()["warnings"])
     cache.registry.heartbeat(cache.keys)
     cache.set_scheduler(False)

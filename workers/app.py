@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from typing import Any
 
@@ -19,6 +20,7 @@ app.config_from_object("celeryconfig")
 
 log = logging.getLogger("cachemgr.workers")
 HEARTBEAT_SECONDS = 10
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # the main process: it runs the heartbeat
 EXIT_BAD_SETTINGS = 5
 _stop = threading.Event()
 
@@ -36,7 +38,7 @@ def _announce(cache: Any) -> bool:
     try:
         cache.publish_config()
         cache.store.ensure_record_ids()  # books of an older cachemgr: before any task runs
-        cache.registry.heartbeat(cache.keys)
+        cache.registry.heartbeat(cache.keys, WORKER)
     except Exception as exc:  # Redis away: tried again at each heartbeat until it is back
         log.error("worker cannot announce node %s yet: %s", cache.settings.node, exc)
         return False
@@ -50,7 +52,7 @@ def _beat_forever(cache: Any, announced: bool) -> None:
             announced = _announce(cache)
             continue
         try:
-            cache.registry.heartbeat(cache.keys)
+            cache.registry.heartbeat(cache.keys, WORKER)
         except Exception as exc:  # Redis away: the node shows down until it is back
             log.warning("node heartbeat failed: %s", exc)
 
@@ -87,6 +89,6 @@ def goodbye(**_: Any) -> None:
     cache = current_cache()
     if cache is not None:
         try:
-            cache.registry.mark_down(cache.keys)
+            cache.registry.mark_down(cache.keys, WORKER)
         except Exception as exc:
             log.warning("could not mark node down: %s", exc)
