@@ -3,6 +3,7 @@ client (writes, enqueued to the workers). Set up in init_app, as Flask's tutoria
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,7 @@ class CacheExtension:
             redis_url=settings.redis_url,
             key_prefix=settings.key_prefix,
             queue=app.config.get("CELERY_TASK_QUEUE")
+            or os.environ.get("CACHEMGR_QUEUE")  # as celeryconfig: the workers' own override
             or (f"cachemgr.{settings.disk_cache_node}" if settings.disk_cache_node else None),
             backend=app.config.get("CELERY_RESULT_BACKEND"),
         )

@@ -77,7 +77,11 @@ def send(args: dict[str, Any], name: str, *task_args: Any, **task_kwargs: Any) -
     """Enqueue a task on the queue of the node the request names."""
     target = node_cache(args)
     tasks = state().tasks
-    queue = tasks.queue if target is cache() else queue_for(target.settings)
+    if target is cache():
+        queue = tasks.queue
+    else:  # the queue the node's workers published (CACHEMGR_QUEUE may override its own)
+        entry = cache().registry.entries().get(target.settings.node) or {}
+        queue = entry.get("queue") or queue_for(target.settings)
     return task_reply(tasks.send_to(queue, name, *task_args, **task_kwargs), args["wait"])
 
 

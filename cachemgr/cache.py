@@ -364,9 +364,10 @@ class DiskCache:
         log.info("statistics reset")
         return self.stats()["since_reset"]
 
-    def publish_config(self) -> None:
-        """Let pipeline clients and the control plane, which read no settings, see this node."""
-        self.registry.publish(self.settings)
+    def publish_config(self, queue: str | None = None) -> None:
+        """Let pipeline clients and the control plane, which read no settings, see this node
+        (and `queue`, the one its workers consume)."""
+        self.registry.publish(self.settings, queue=queue)
         s = self.settings
         self.client.hset(
             self.keys.config,

@@ -44,12 +44,16 @@ class NodeRegistry:
         self.nodes_key = f"{cluster}:nodes"
         self.cluster = cluster
 
-    def publish(self, settings: Settings, now: float | None = None) -> None:
+    def publish(
+        self, settings: Settings, now: float | None = None, queue: str | None = None
+    ) -> None:
+        """`queue`: the one the node's workers consume (CACHEMGR_QUEUE may override the
+        node's own), where every other process sends the node's tasks."""
         entry = {
             "node": settings.node,
             "root": str(settings.root),
             "key_prefix": settings.key_prefix,
-            "queue": queue_for(settings),
+            "queue": queue or queue_for(settings),
             "max_bytes": settings.disk_cache_max_bytes,
             "threshold": settings.disk_cache_lru_eviction_threshold,
             "target": settings.disk_cache_lru_eviction_target,

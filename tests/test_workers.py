@@ -252,3 +252,10 @@ def test_a_worker_with_bad_settings_stops_in_one_line(tmp_path):
     log = done.stdout + done.stderr
     assert "worker stopping: DISK_CACHE_TTL_SECONDS='abc'" in log, log[-2000:]
     assert done.returncode == 5  # a supervisor must not read it as success
+
+
+def test_the_node_is_published_with_the_queue_its_workers_consume(worker, cache):
+    # CACHEMGR_QUEUE (here the tests' own queue) overrides the node's queue: every other
+    # process (the pipeline's for_path, the API's ?node=) must send there, not to cachemgr.<node>.
+    entry = cache.registry.entries()[cache.settings.node]
+    assert entry["queue"] == worker.conf.task_default_queue != "celery"

@@ -36,7 +36,7 @@ def _announce(cache: Any) -> bool:
     """Publish the node (its settings, the queue it reads), bring older books up to date and
     say it is alive; False while Redis cannot be reached."""
     try:
-        cache.publish_config()
+        cache.publish_config(queue=app.conf.task_default_queue)
         cache.store.ensure_record_ids()  # books of an older cachemgr: before any task runs
         cache.registry.heartbeat(cache.keys, WORKER)
     except Exception as exc:  # Redis away: tried again at each heartbeat until it is back

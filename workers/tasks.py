@@ -61,7 +61,7 @@ def configure(cache: DiskCache | None) -> None:
     if pause:  # fault tests: hold a deletion open so the test can kill the worker there
         cache.before_delete = lambda path: time.sleep(float(pause))
     with contextlib.suppress(redis.RedisError):  # not yet: announced at each heartbeat
-        cache.publish_config()
+        cache.publish_config(queue=app.conf.task_default_queue)
 
 
 def _enabled(cache: DiskCache) -> bool:
