@@ -412,7 +412,12 @@ class DiskCache:
             return read
 
         entries, own_snap = run(self.client, own_reads)
-        caches = {name: self.for_node(name, entries) for name in sorted(set(entries) - {own})}
+        # An entry with this node's key prefix is this node's books under another name: an
+        # unnamed node's workers publish their own host name (another container's, or an
+        # earlier one's), and counting it apart would double every total.
+        books = self.keys.prefix
+        others = [n for n, e in entries.items() if n != own and e.get("key_prefix") != books]
+        caches = {name: self.for_node(name, entries) for name in sorted(others)}
         snaps = {own: own_snap}
 
         def other_reads(batch: Batch) -> Reader[dict[str, dict[str, Any]]]:

@@ -457,3 +457,16 @@ def test_a_registration_time_before_1970_is_written_whole(cache, root):
     assert cache.store.register("old", 4096, 1, now=-5.5)[0] == "ok"
     assert cache.store.total_bytes() == 4096
     assert cache.client.get(cache.keys.dir("old")) == "-5"
+
+
+def test_an_unnamed_node_published_under_other_host_names_is_counted_once(cache, root):
+    # Web and worker in different containers (or a recreated worker container): the unnamed
+    # node's workers published their own host names, for the same books.
+    fill(cache, root, 2)
+    cache.registry.publish(cache.settings)
+    raw = cache.client.hget(cache.registry.nodes_key, cache.settings.node)
+    for host in ("worker-container-1", "worker-container-2"):
+        cache.client.hset(cache.registry.nodes_key, host, raw)
+    stats = cache.cluster_stats()
+    assert [n["node"] for n in stats["nodes"]] == [cache.settings.node]
+    assert stats["cluster"]["total_bytes"] == stats["total_bytes"] == cache.store.total_bytes()
