@@ -62,6 +62,11 @@ local function seconds(t)
   return string.match(t, '^-?%d+')
 end
 -- The caller's lock must still be ours: a lock that lapsed mid-work may now be another's.
+-- Streams are trimmed to their cap: approximately (whole nodes of about 100 entries, cheap)
+-- for a big cap, exactly for a small one, which approximate trimming would not hold.
+local function trim(cap)
+  return tonumber(cap) < 1000 and '=' or '~'
+end
 local function lock_lost(token)
   return token ~= '' and redis.call('GET', KEYS[12]) ~= token
 end
@@ -118,7 +123,7 @@ if not rec then
   count('misses', 1)
   count('missed_bytes', missed)
   if logcap > 0 then
-    redis.call('XADD', KEYS[11], 'MAXLEN', '~', logcap, '*', 't', now, 'path', path,
+    redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
       'size', ARGV[4], 'hit', 0)
   end
   return 0
@@ -133,7 +138,7 @@ end
 count('hits', 1)
 count('hit_bytes', size)
 if logcap > 0 then
-  redis.call('XADD', KEYS[11], 'MAXLEN', '~', logcap, '*', 't', now, 'path', path,
+  redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
     'size', size_s, 'hit', 1)
 end
 --@on_hit
@@ -160,7 +165,7 @@ for j = 5, #ARGV do
     nmisses = nmisses + 1
     out[#out + 1] = 0
     if logcap > 0 then
-      redis.call('XADD', KEYS[11], 'MAXLEN', '~', logcap, '*', 't', now, 'path', path,
+      redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
         'size', 0, 'hit', 0)
     end
   else
@@ -175,7 +180,7 @@ for j = 5, #ARGV do
     nbytes = nbytes + size
     out[#out + 1] = 1
     if logcap > 0 then
-      redis.call('XADD', KEYS[11], 'MAXLEN', '~', logcap, '*', 't', now, 'path', path,
+      redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
         'size', size_s, 'hit', 1)
     end
     do
@@ -192,7 +197,7 @@ return out
 
 _EVENT = """
 local function event(kind, path, size, deleted, now)
-  redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[9], '*', 'event', kind, 'path', path,
+  redis.call('XADD', KEYS[10], 'MAXLEN', trim(ARGV[9]), ARGV[9], '*', 'event', kind, 'path', path,
     'size', size, 'files_deleted', deleted, 'time', now)
 end
 local counter = {evicted = 'evictions', expired = 'expirations', removed = 'removals',

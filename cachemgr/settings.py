@@ -34,6 +34,8 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+MAX_BYTES = 2**63 - 1
+
 class SettingsError(ValueError):
     """A setting has a value cachemgr cannot run with; the message is one line."""
 
@@ -111,6 +113,9 @@ class Settings:
             fail("disk_cache_ttl_seconds", self.disk_cache_ttl_seconds, "must be > 0")
         if self.disk_cache_max_bytes <= 0:
             fail("disk_cache_max_bytes", self.disk_cache_max_bytes, "must be > 0")
+        for name in ("disk_cache_max_bytes", "disk_cache_min_free_bytes"):
+            if getattr(self, name) > MAX_BYTES:  # Redis counts bytes in 64-bit integers
+                fail(name, getattr(self, name), f"must be at most {MAX_BYTES} (8 EiB)")
         if self.disk_cache_cleanup_interval <= 0:
             fail("disk_cache_cleanup_interval", self.disk_cache_cleanup_interval, "must be > 0")
         threshold = self.disk_cache_lru_eviction_threshold

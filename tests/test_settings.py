@@ -119,3 +119,10 @@ def test_serve_refuses_bad_settings_in_one_line_before_starting(tmp_path, env, n
     code, err = _run(["-m", "api.cli", "serve"], full)
     assert code == 5 and "Traceback" not in err, err
     assert len(err.splitlines()) == 1 and name in err
+
+
+def test_a_quota_beyond_what_redis_counts_is_refused(tmp_path):
+    # 100000000 TiB passed before, then broke GET /cache/stats (a 64-bit overflow).
+    with pytest.raises(SettingsError, match="DISK_CACHE_MAX_BYTES=.*at most 9223372036854775807"):
+        Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path),
+                           "DISK_CACHE_MAX_BYTES": "100000000TiB"})  # fmt: skip

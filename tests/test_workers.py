@@ -221,8 +221,18 @@ def test_the_access_log_is_opt_in_and_capped(worker, settings, redis_client, roo
     client.access("gone", miss_bytes=7)
     log = redis_client.xrevrange(cache.keys.accesses, count=1)
     assert log[0][1]["path"] == "gone" and log[0][1]["hit"] == "0" and log[0][1]["size"] == "7"
-    assert redis_client.xlen(cache.keys.accesses) < 200  # capped (approximately, as XADD ~)
+    assert redis_client.xlen(cache.keys.accesses) == 50  # a small cap is held exactly
     client.close()
+    # ...through the batch path too, and the events stream with a small cap likewise.
+    batch = DiskCache(settings.with_(disk_cache_access_log_maxlen=5), redis_client)
+    batch.store.access_many(["a"] * 300)
+    assert redis_client.xlen(cache.keys.accesses) == 5
+    few = DiskCache(settings.with_(disk_cache_events_maxlen=3), redis_client)
+    for i in range(20):
+        make_tree(root, f"e{i:02d}")
+        few.register(f"e{i:02d}")
+        few.remove(f"e{i:02d}")
+    assert redis_client.xlen(cache.keys.events) == 3
 
 
 def test_no_access_log_by_default(cache, root):
