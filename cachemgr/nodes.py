@@ -116,7 +116,7 @@ class NodeRegistry:
 SUMMED = (
     "total_bytes directory_count max_bytes threshold_bytes target_bytes hits misses "
     "hit_bytes missed_bytes registrations evictions expirations removals bytes_freed "
-    "skipped_locked skipped_pinned pinned_count"
+    "skipped_locked skipped_pinned vanished pinned_count"
 ).split()
 
 
@@ -131,6 +131,8 @@ def aggregate(per_node: list[dict[str, Any]]) -> dict[str, Any]:
     )
     order = ["ok", "evicting", "over_quota"]
     total["quota_status"] = max((s["quota_status"] for s in per_node), key=order.index)
-    looked = total["hits"] + total["misses"]
-    total["hit_ratio"] = round(total["hits"] / looked, 6) if looked else None
+    for ratio, good, bad in (("hit_ratio", "hits", "misses"),
+                             ("byte_hit_ratio", "hit_bytes", "missed_bytes")):  # fmt: skip
+        looked = total[good] + total[bad]
+        total[ratio] = round(total[good] / looked, 6) if looked else None
     return total

@@ -467,6 +467,11 @@ def test_an_unnamed_node_published_under_other_host_names_is_counted_once(cache,
     raw = cache.client.hget(cache.registry.nodes_key, cache.settings.node)
     for host in ("worker-container-1", "worker-container-2"):
         cache.client.hset(cache.registry.nodes_key, host, raw)
+    cache.access("album00")
+    cache.access("never-seen", miss_bytes=3 * 4096)
     stats = cache.cluster_stats()
     assert [n["node"] for n in stats["nodes"]] == [cache.settings.node]
     assert stats["cluster"]["total_bytes"] == stats["total_bytes"] == cache.store.total_bytes()
+    # the cluster's totals carry both ratios, as each node's stats do
+    for ratio in ("hit_ratio", "byte_hit_ratio"):
+        assert stats["cluster"][ratio] == stats[ratio] is not None, ratio
