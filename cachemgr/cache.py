@@ -58,6 +58,9 @@ class DiskCache:
         self.keys = Keys(settings.key_prefix)
         self.client = client
         self.clock = clock
+        # False for another node's cache (for_node): its root is a path on another host, so
+        # this host's free space says nothing of it.
+        self.local = True
         self.store = Store(
             client,
             self.keys,
@@ -320,7 +323,7 @@ class DiskCache:
         elif total > s.threshold_bytes:
             status = "evicting"
         try:
-            free = shutil.disk_usage(self.root).free
+            free = shutil.disk_usage(self.root).free if self.local else None
         except OSError:
             free = None
         # The workers' own switch, as they published it: theirs is the one tasks obey.
@@ -389,7 +392,9 @@ class DiskCache:
         other = self.registry.settings_for(node, self.settings, entries)
         if other is None:
             raise NotTracked(f"unknown node {node!r}: no worker of it has ever started")
-        return DiskCache(other, self.client, clock=self.clock)
+        remote = DiskCache(other, self.client, clock=self.clock)
+        remote.local = False
+        return remote
 
     def cluster_stats(self) -> dict[str, Any]:
         """Every node's stats, each with up/down and the age of its last cleanup, and totals.

@@ -475,3 +475,14 @@ def test_an_unnamed_node_published_under_other_host_names_is_counted_once(cache,
     # the cluster's totals carry both ratios, as each node's stats do
     for ratio in ("hit_ratio", "byte_hit_ratio"):
         assert stats["cluster"][ratio] == stats[ratio] is not None, ratio
+
+
+def test_another_nodes_free_space_is_not_taken_from_this_host(cache, root):
+    # Its root is a path on another host: this host's free space says nothing of it.
+    other = cache.settings.with_(
+        disk_cache_node="elsewhere", disk_cache_key_prefix=cache.keys.prefix + "x:"
+    )
+    cache.registry.publish(other.with_(disk_cache_root=str(root)))
+    remote = cache.for_node("elsewhere")
+    assert remote.stats()["free_disk_bytes"] is None
+    assert cache.stats()["free_disk_bytes"] > 0
