@@ -75,13 +75,13 @@ def node_cache(args: dict[str, Any]) -> DiskCache:
 
 def send(args: dict[str, Any], name: str, *task_args: Any, **task_kwargs: Any) -> Any:
     """Enqueue a task on the queue of the node the request names."""
-    target = node_cache(args)
-    tasks = state().tasks
-    if target is cache():
+    tasks, own, node = state().tasks, cache(), args.get("node")
+    if not node or node == own.settings.node:
         queue = tasks.queue
     else:  # the queue the node's workers published (CACHEMGR_QUEUE may override its own)
-        entry = cache().registry.entries().get(target.settings.node) or {}
-        queue = entry.get("queue") or queue_for(target.settings)
+        entries = own.registry.entries()  # read once: for the node's settings and its queue
+        target = own.for_node(node, entries)
+        queue = entries[node].get("queue") or queue_for(target.settings)
     return task_reply(tasks.send_to(queue, name, *task_args, **task_kwargs), args["wait"])
 
 

@@ -85,13 +85,14 @@ class DiskCache:
                 f"the cache root {str(self.root)!r} is not a directory (is the disk mounted?): "
                 "no cleanup or reconcile runs until it is back"
             )
-        if allow_empty or not self.store.count_entries():
+        tracked = 0 if allow_empty else self.store.count_entries()
+        if not tracked:
             return
         with os.scandir(self.root) as it:
             if any(e.name != paths.TRASH_DIR for e in it):
                 return
         raise RootMissing(
-            f"the cache root {str(self.root)!r} is empty while {self.store.count_entries()} "
+            f"the cache root {str(self.root)!r} is empty while {tracked} "
             "directories are tracked (is the disk mounted?): no cleanup or reconcile runs; if "
             "the downloads were removed on purpose, run `cachemgr reconcile --force`"
         )

@@ -98,7 +98,7 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         "resized": [],
         "errors": [],
     }
-    total = len(records) + len(on_disk)
+    total = len(records) + len(on_disk)  # until the untracked ones are known
 
     def one(done: int, path: str) -> None:
         if progress:
@@ -122,6 +122,7 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         and d not in covering
         and not any(a in tracked for a in paths.ancestors(d))
     ]
+    total = len(records) + len(untracked)
     for done, path in enumerate(untracked, len(records) + 1):
         one(done, path)
     if dry_run:
