@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 
 def same_server(client: Any) -> bool:
     """False for a Redis Cluster client, whose keys of different hash tags may live apart."""
-    from redis.cluster import RedisCluster
-
     return not isinstance(client, RedisCluster)
 
 
@@ -31,8 +30,6 @@ def connect(url: str) -> Any:
             master or "mymaster", db=int(db or 0), decode_responses=True, socket_timeout=10
         )
     if "+cluster://" in url:
-        from redis.cluster import RedisCluster
-
         return RedisCluster.from_url(
             url.replace("+cluster://", "://", 1),
             decode_responses=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -76,7 +77,9 @@ def parse_bool(text: str | bool) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+@functools.cache
 def _default_node() -> str:
+    # Read once: a node whose name changed while it runs would split its books in two.
     return socket.gethostname() or "local"
 
 
