@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from cachemgr.cache import MAX_PIN_SECONDS
-from cachemgr.counters import COUNTERS
+from cachemgr.stats import COUNTERS
 
 MAX_WAIT_SECONDS = 60
 
@@ -20,7 +20,7 @@ class ApiErrorSchema(Schema):
 ErrorSchema = ApiErrorSchema
 
 
-# The counters are named once, in cachemgr.counters.COUNTERS.
+# The counters are named once, in cachemgr.stats.COUNTERS.
 SinceResetSchema = Schema.from_dict(
     {
         **{name: fields.Integer() for name in COUNTERS},

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from cachemgr import paths, scanner, trash
-from cachemgr.connection import same_server
+from cachemgr import paths, scanner, stats, trash
 from cachemgr.errors import (
     DeleteFailed,
     NotOnDisk,
@@ -20,11 +17,9 @@ from cachemgr.errors import (
     RecordCollision,
     RootMissing,
 )
-from cachemgr.health import diagnose
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
-from cachemgr.nodes import NodeRegistry, aggregate
-from cachemgr.reads import Batch, Reader, run
+from cachemgr.nodes import NodeRegistry
 from cachemgr.records import Entry, iso, record_id
 from cachemgr.settings import Settings
 from cachemgr.store import Store
@@ -312,61 +307,10 @@ class DiskCache:
         return entry
 
     def stats(self, snap: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The stats; `snap` is the store's snapshot when the caller already read it."""
-        s = self.settings
-        if snap is None:
-            registry = self.registry.nodes_key if same_server(self.client) else None
-            snap = self.store.snapshot(self.clock(), registry)
-        total, counters, since_reset = snap["total_bytes"], snap["counters"], snap["since_reset"]
-        status = "ok"
-        if total > s.disk_cache_max_bytes:
-            status = "over_quota"
-        elif total > s.threshold_bytes:
-            status = "evicting"
-        try:
-            free = shutil.disk_usage(self.root).free if self.local else None
-        except OSError:
-            free = None
-        # The workers' own switch, as they published it: theirs is the one tasks obey.
-        published = snap.get("registry", {}).get(s.node)
-        workers_on = json.loads(published).get("enabled", True) if published else True
-        stats = {
-            "node": s.node,
-            "enabled": s.enable_disk_cache_management and workers_on,
-            "total_bytes": total,
-            "directory_count": snap["directory_count"],
-            "max_bytes": s.disk_cache_max_bytes,
-            "threshold_bytes": s.threshold_bytes,
-            "target_bytes": s.target_bytes,
-            "usage_percent": round(100.0 * total / s.disk_cache_max_bytes, 2),
-            "quota_status": status,
-            **counters,
-            "hit_ratio": _ratio(counters["hits"], counters["misses"]),
-            "byte_hit_ratio": _ratio(counters["hit_bytes"], counters["missed_bytes"]),
-            "since_reset": {
-                **since_reset,
-                "reset_at": iso(since_reset["reset_at"]),
-                "hit_ratio": _ratio(since_reset["hits"], since_reset["misses"]),
-                "byte_hit_ratio": _ratio(since_reset["hit_bytes"], since_reset["missed_bytes"]),
-            },
-            "pinned_count": snap["pinned_count"],
-            "scheduler_running": snap["scheduler_running"],
-            "eviction_policy": s.disk_cache_eviction_policy,
-            "ttl_seconds": s.disk_cache_ttl_seconds,
-            "free_disk_bytes": free,
-            "min_free_bytes": s.disk_cache_min_free_bytes,
-            "initialized": snap["initialized"],
-            "last_cleanup": snap["last_cleanup"],
-            "up": snap["up"],
-        }
-        stats["warnings"] = diagnose(stats, s.disk_cache_cleanup_interval, self.clock())
-        return stats
+        return stats.node_stats(self, snap)
 
     def reset_stats(self) -> dict[str, Any]:
-        """Start the "since reset" hit/miss figures afresh; the overall ones go on."""
-        self.store.reset_stats(self.clock())
-        log.info("statistics reset")
-        return self.stats()["since_reset"]
+        return stats.reset_stats(self)
 
     def publish_config(self, queue: str | None = None) -> None:
         """Let pipeline clients and the control plane, which read no settings, see this node
@@ -398,50 +342,7 @@ class DiskCache:
         return remote
 
     def cluster_stats(self) -> dict[str, Any]:
-        """Every node's stats, each with up/down and the age of its last cleanup, and totals.
-
-        A single node's are read in one call to Redis (the registry with them, unless a Redis
-        Cluster keeps it on another shard); other nodes' in one more round trip."""
-        registry, own = self.registry, self.settings.node
-        now = self.clock()
-        registry_key = registry.nodes_key if same_server(self.client) else None
-
-        def own_reads(batch: Batch) -> Reader[tuple[dict[str, Any], dict[str, Any]]]:
-            read_entries = None if registry_key else registry.queue_entries(batch)
-            read_snap = self.store.queue_snapshot(batch, now, registry_key)
-
-            def read(replies: Iterator[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-                entries = read_entries(replies) if read_entries else None
-                snap = read_snap(replies)
-                return (registry.parse(snap["registry"]) if entries is None else entries), snap
-
-            return read
-
-        entries, own_snap = run(self.client, own_reads)
-        # An entry with this node's key prefix is this node's books under another name: an
-        # unnamed node's workers publish their own host name (another container's, or an
-        # earlier one's), and counting it apart would double every total.
-        books = self.keys.prefix
-        others = [n for n, e in entries.items() if n != own and e.get("key_prefix") != books]
-        caches = {name: self.for_node(name, entries) for name in sorted(others)}
-        snaps = {own: own_snap}
-
-        def other_reads(batch: Batch) -> Reader[dict[str, dict[str, Any]]]:
-            queued = {name: c.store.queue_snapshot(batch, now) for name, c in caches.items()}
-            return lambda replies: {name: read(replies) for name, read in queued.items()}
-
-        if caches:
-            snaps.update(run(self.client, other_reads))
-        caches[own] = self
-        nodes = []
-        for name in sorted(caches):
-            stats = caches[name].stats(snaps[name])
-            last = (stats.get("last_cleanup") or {}).get("time")
-            stats["up"] = snaps[name]["up"]
-            stats["last_cleanup_age_seconds"] = round(now - float(last), 1) if last else None
-            nodes.append(stats)
-        mine = next(n for n in nodes if n["node"] == own)
-        return {**mine, "cluster": aggregate(nodes), "nodes": nodes}
+        return stats.cluster_stats(self)
 
     # -- the scheduler switch -------------------------------------------------------------
     def scheduler_running(self) -> bool:
@@ -451,10 +352,6 @@ class DiskCache:
         self.client.set(self.keys.scheduler, "running" if running else "stopped")
         log.info("scheduler %s", "started" if running else "stopped")
         return {"scheduler_running": running}
-
-
-def _ratio(good: int, bad: int) -> float | None:
-    return round(good / (good + bad), 6) if good + bad else None
 
 
 def _encodable(name: str) -> bool:

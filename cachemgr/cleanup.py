@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import trash
+from cachemgr import migrations, stats, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Lock
@@ -275,7 +275,7 @@ def cleanup(
         return {"status": "skipped", "reason": "another cleanup is running"}
     started = time.time()
     try:
-        cache.store.ensure_record_ids()  # before anything reads a record
+        migrations.ensure_record_ids(cache.store)  # before anything reads a record
         recovered = recover_unfinished(cache)
         emptied = trash.empty(cache.root)
         rebuilt = False
@@ -292,7 +292,7 @@ def cleanup(
                 # eviction waits for the next cleanup rather than take a directory in use.
                 log.warning("books rebuilt from the disk: eviction waits for the next cleanup")
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
-        cache.store.ensure_policy()
+        migrations.ensure_policy(cache.store)
         expired = _sweep_or_nothing(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
@@ -340,7 +340,7 @@ def _record(
     """Keep the last outcome and a capped history of counter samples (the status page's).
     `periodic_time` is the last one beat started: quota passes that registrations trigger
     must not hide a beat that stopped."""
-    counters, _ = cache.store.counters()
+    counters, _ = stats.counters(cache.store)
     sample = {"time": started, "total_bytes": cache.store.total_bytes(), **counters}
     pipe = cache.client.pipeline(transaction=False)
     pipe.hset(

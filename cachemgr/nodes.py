@@ -111,28 +111,3 @@ class NodeRegistry:
             disk_cache_eviction_policy=entry["policy"],
             enable_disk_cache_management=bool(entry.get("enabled", True)),
         ).validate()
-
-
-SUMMED = (
-    "total_bytes directory_count max_bytes threshold_bytes target_bytes hits misses "
-    "hit_bytes missed_bytes registrations evictions expirations removals bytes_freed "
-    "skipped_locked skipped_pinned vanished pinned_count"
-).split()
-
-
-def aggregate(per_node: list[dict[str, Any]]) -> dict[str, Any]:
-    """Cluster totals: sums of bytes, counts and counters; the worst quota status."""
-    total: dict[str, Any] = dict.fromkeys(SUMMED, 0)
-    for stats in per_node:
-        for k in SUMMED:
-            total[k] += int(stats.get(k) or 0)
-    total["usage_percent"] = (
-        round(100.0 * total["total_bytes"] / total["max_bytes"], 2) if total["max_bytes"] else 0.0
-    )
-    order = ["ok", "evicting", "over_quota"]
-    total["quota_status"] = max((s["quota_status"] for s in per_node), key=order.index)
-    for ratio, good, bad in (("hit_ratio", "hits", "misses"),
-                             ("byte_hit_ratio", "hit_bytes", "missed_bytes")):  # fmt: skip
-        looked = total[good] + total[bad]
-        total[ratio] = round(total[good] / looked, 6) if looked else None
-    return total

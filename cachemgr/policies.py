@@ -8,10 +8,10 @@ put back (RESTORE: its deletion failed) runs `on_restore`, then `on_insert`: the
 a ghost forget it there first, since the victim's return is no request. The core keeps
 `cache:lru` for every policy (the seed's key, and the expiry index), so `lru` needs no hook.
 
-Switching policy on a running cache (Store.ensure_policy / rebuild_policy) drops the new
-policy's structures and carries every tracked entry over from the records, oldest access first,
-through the policy's own insert hook: `fifo` orders by registration time, `lfu` by hit count
-then last access, `lru` by last access (nothing to rebuild). `sieve` queues the entries by last
+Switching policy on a running cache (migrations.py) drops the new policy's structures and
+carries every tracked entry over from the records, oldest access first, through the policy's
+own insert hook: `fifo` orders by registration time, `lfu` by hit count then last access, `lru`
+by last access (nothing to rebuild). `sieve` queues the entries by last
 access with every visited bit clear and the hand at the oldest; `s3fifo` and `s3fifo-lg` put
 them through admission as if newly registered in that order (about a tenth of the bytes in the
 small queue, the rest in main, all counters zero, an empty ghost). `s3fifo-a` does the same

@@ -157,7 +157,8 @@ return members
 # merge of the two queues' heads.
 TWOQ_AUX = ("ain", "am", "aout", "size", "ghostsize", "meta")
 
-TWOQ_ON_INSERT = """
+TWOQ_ON_INSERT = (
+    """
 do
   local in_ain = redis.call('ZSCORE', AUX[1], path)
   local in_am = redis.call('ZSCORE', AUX[2], path)
@@ -166,19 +167,17 @@ do
     redis.call('HINCRBY', AUX[6], in_ain and 'ab' or 'mb', size - old)
     redis.call('HSET', AUX[4], path, size)
   else
-    local gsize = redis.call('HGET', AUX[5], path)
-    if gsize then
-      redis.call('ZREM', AUX[3], path)
-      redis.call('HDEL', AUX[5], path)
-      redis.call('HINCRBY', AUX[6], 'gb', 0 - tonumber(gsize))
-    end
+"""
+    + forget_in_ghost(ghost=3, sizes=5, meta=6, scoped=False)
+    + """
     local seq = redis.call('HINCRBY', AUX[6], 'seq', 1)
-    redis.call('ZADD', gsize and AUX[2] or AUX[1], seq, path)
-    redis.call('HINCRBY', AUX[6], gsize and 'mb' or 'ab', size)
+    redis.call('ZADD', g and AUX[2] or AUX[1], seq, path)
+    redis.call('HINCRBY', AUX[6], g and 'mb' or 'ab', size)
     redis.call('HSET', AUX[4], path, size)
   end
 end
 """
+)
 
 TWOQ_ON_RESTORE = forget_in_ghost(ghost=3, sizes=5, meta=6)
 

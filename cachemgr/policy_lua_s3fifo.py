@@ -14,7 +14,28 @@ from __future__ import annotations
 # s3fifo_lua(), and compared in integers as in models.S3FIFO.
 S3FIFO_AUX = ("small", "main", "ghost", "freq", "size", "ghostsize", "meta")
 
-S3FIFO_ON_INSERT = """
+
+def forget_in_ghost(
+    *, ghost: int, sizes: int, meta: int, size_of: str = "tonumber(g)", scoped: bool = True
+) -> str:
+    """Lua that forgets `path` in the ghost (its bytes off the meta's `gb`), if it is there.
+
+    An insert hook runs it `scoped=False` and goes on with the ghost's value in the local `g`
+    (nil when `path` was not there): a return from the ghost is a hit on an evicted entry. A
+    restore (the eviction's deletion failed) puts back the victim itself: it is no return, and
+    is only forgotten. `size_of` reads the size from `g`."""
+    body = f"""local g = redis.call('HGET', AUX[{sizes}], path)
+if g then
+  redis.call('ZREM', AUX[{ghost}], path)
+  redis.call('HDEL', AUX[{sizes}], path)
+  redis.call('HINCRBY', AUX[{meta}], 'gb', string.format('%.0f', 0 - {size_of}))
+end
+"""
+    return f"do\n{body}end\n" if scoped else body
+
+
+S3FIFO_ON_INSERT = (
+    """
 do
   local in_small = redis.call('ZSCORE', AUX[1], path)
   local in_main = redis.call('ZSCORE', AUX[2], path)
@@ -24,22 +45,19 @@ do
     redis.call('HINCRBY', AUX[7], in_small and 'sb' or 'mb', size - old)
     redis.call('HSET', AUX[5], path, size)
   else
-    local to_main = false
-    local gsize = redis.call('HGET', AUX[6], path)
-    if gsize then
-      redis.call('ZREM', AUX[3], path)
-      redis.call('HDEL', AUX[6], path)
-      redis.call('HINCRBY', AUX[7], 'gb', 0 - tonumber(gsize))
-      to_main = true
-    end
+"""
+    + forget_in_ghost(ghost=3, sizes=6, meta=7, scoped=False)
+    + """
+    -- back from the ghost: straight to main
     local seq = redis.call('HINCRBY', AUX[7], 'seq', 1)
-    redis.call('ZADD', to_main and AUX[2] or AUX[1], seq, path)
-    redis.call('HINCRBY', AUX[7], to_main and 'mb' or 'sb', size)
+    redis.call('ZADD', g and AUX[2] or AUX[1], seq, path)
+    redis.call('HINCRBY', AUX[7], g and 'mb' or 'sb', size)
     redis.call('HSET', AUX[4], path, 0)
     redis.call('HSET', AUX[5], path, size)
   end
 end
 """
+)
 
 S3FIFO_ON_HIT = """
 if redis.call('HEXISTS', AUX[4], path) == 1 then redis.call('HINCRBY', AUX[4], path, 1) end
@@ -62,6 +80,7 @@ local function peek(c)
   return c.buf[c.i]
 end
 """
+
 
 def remember_in_ghost(
     *, ghost: int, sizes: int, meta: int, held: tuple[str, str], share: tuple[str, str]
@@ -169,23 +188,6 @@ local function settle_step(budget)
     return 2
   end
   return 1
-end
-"""
-
-
-def forget_in_ghost(*, ghost: int, sizes: int, meta: int, size_of: str = "tonumber(g)") -> str:
-    """Lua that forgets `path` in the ghost (its bytes off the meta's `gb`), if it is there.
-
-    A restore (the eviction's deletion failed) puts back the victim itself: it is no return,
-    and must not be taken for one. `size_of` reads the size from the ghost's value `g`."""
-    return f"""
-do
-  local g = redis.call('HGET', AUX[{sizes}], path)
-  if g then
-    redis.call('ZREM', AUX[{ghost}], path)
-    redis.call('HDEL', AUX[{sizes}], path)
-    redis.call('HINCRBY', AUX[{meta}], 'gb', string.format('%.0f', 0 - {size_of}))
-  end
 end
 """
 

@@ -44,6 +44,9 @@ local function s3a_num(x) return string.format('%.0f', x + 0) end  -- + 0: no '-
 local function s3a_member(seq, p) return string.format('%016x', seq) .. p end
 """
 
+# A ghost's value is the queue it was evicted from ('s' or 'm') and its size.
+GHOST_SIZE = "tonumber(string.sub(g, 2))"
+
 S3FIFO_A_ON_INSERT = (
     "do\n"
     + SCORE
@@ -59,12 +62,11 @@ S3FIFO_A_ON_INSERT = (
     -- The record's hit count: 0 when new, the entry's history when carried over or restored.
     local f = hits
     local seq = redis.call('HINCRBY', AUX[8], 'seq', 1)
-    local g = redis.call('HGET', AUX[6], path)
+"""
+    + forget_in_ghost(ghost=3, sizes=6, meta=8, size_of=GHOST_SIZE, scoped=False)
+    + """
     if g then
       -- evicted not long ago: T learns which queue was too short, and the entry skips small
-      redis.call('ZREM', AUX[3], path)
-      redis.call('HDEL', AUX[6], path)
-      redis.call('HINCRBY', AUX[8], 'gb', s3a_num(-tonumber(string.sub(g, 2))))
       if redis.call('HEXISTS', AUX[8], 'T') == 1 then
         local step = (string.sub(g, 1, 1) == 's') and size or -@STEP@ * size
         redis.call('HINCRBY', AUX[8], 'T', s3a_num(step))
@@ -394,6 +396,6 @@ def s3fifo_a_lua(
         on_insert=S3FIFO_A_ON_INSERT,
         on_hit=S3FIFO_A_ON_HIT,
         on_remove=S3FIFO_A_ON_REMOVE,
-        on_restore=forget_in_ghost(ghost=3, sizes=6, meta=8, size_of="tonumber(string.sub(g, 2))"),
+        on_restore=forget_in_ghost(ghost=3, sizes=6, meta=8, size_of=GHOST_SIZE),
         settle=SCORE + S3FIFO_A_SETTLE_STEPS,
     )

@@ -6,6 +6,7 @@ batch, and each reader takes its own replies, in order, from one shared iterator
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -13,6 +14,15 @@ from redis.exceptions import NoScriptError
 
 T = TypeVar("T")
 Reader = Callable[[Iterator[Any]], T]
+
+
+class Lua:
+    """A script as a module constant, known by its SHA before any client has seen it; `run`
+    loads it into a Redis that lacks it."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.sha = hashlib.sha1(script.encode()).hexdigest()
 
 
 class Batch:
@@ -54,3 +64,13 @@ def run(client: Any, build: Callable[[Batch], Reader[T]]) -> T:
             continue
         return read(iter(replies))
     raise AssertionError("unreachable")
+
+
+def call(client: Any, script: Lua, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """One script, one round trip (loaded first if Redis lacks it)."""
+
+    def build(batch: Batch) -> Reader[Any]:
+        batch.script(script, keys, args)
+        return next
+
+    return run(client, build)

@@ -12,12 +12,24 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import paths, scanner, trash
+from cachemgr import migrations, paths, scanner, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import CacheError
 from cachemgr.locks import Lock
+from cachemgr.reads import Lua, call
 
 log = logging.getLogger("cachemgr")
+
+# Recompute cache:bytes from the records: O(n), for reconcile only, never a steady-state path.
+# KEYS[1] cache:entries  KEYS[2] cache:bytes. Returns {old total, new total}.
+RECOUNT = Lua("""
+local total = 0
+local values = redis.call('HVALS', KEYS[1])
+for i = 1, #values do total = total + tonumber(string.match(values[i], '^(%S+)')) end
+local old = tonumber(redis.call('GET', KEYS[2]) or '0')
+redis.call('SET', KEYS[2], total)
+return {old, total}
+""")
 
 Progress = Callable[[int, int, str], None]  # (done, total, path)
 
@@ -88,7 +100,7 @@ def reconcile(
 def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) -> dict[str, Any]:
     store = cache.store
     if not dry_run:
-        store.ensure_record_ids()
+        migrations.ensure_record_ids(store)
     records = store.all_records()
     on_disk = list(scanner.directories_at_depth(cache.root, cache.settings.disk_cache_entry_depth))
     report: dict[str, Any] = {
@@ -130,9 +142,10 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         report["trash_items"] = trash.pending(cache.root)
     else:
         report["trash_items"] = trash.empty(cache.root)
-        report["bytes_before"], report["bytes_after"] = store.recount()
+        old, new = call(cache.client, RECOUNT, [cache.keys.entries, cache.keys.bytes], [])
+        report["bytes_before"], report["bytes_after"] = int(old), int(new)
         cache.client.set(cache.keys.initialized, "1")
-        store.ensure_policy()
+        migrations.ensure_policy(store)
         log.info(
             "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",
             len(report["registered"]),

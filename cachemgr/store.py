@@ -16,12 +16,10 @@ from typing import Any
 import redis
 
 from cachemgr import scripts
-from cachemgr.counters import pairs, since_reset
 from cachemgr.keys import Keys
 from cachemgr.paths import ancestors
 from cachemgr.policies import POLICIES, Policy
-from cachemgr.reads import Batch, Reader, run
-from cachemgr.records import RECORD_FORMAT, Entry, record_id, unpack
+from cachemgr.records import Entry, record_id, unpack
 
 
 def now_str(now: float | None = None) -> str:
@@ -75,13 +73,8 @@ class Store:
         self._settle = self.policy.settle and client.register_script(
             scripts.PRELUDE + self.policy.settle + "\nreturn settle_step(tonumber(ARGV[1]))"
         )
-        self._rebuild = client.register_script(self.policy.rebuild_script)
         self._pin = client.register_script(scripts.PIN)
         self._resize = client.register_script(self.policy.script(scripts.RESIZE))
-        self._recount = client.register_script(scripts.RECOUNT)
-        self._reset_stats = client.register_script(scripts.RESET_STATS)
-        self._snapshot = client.register_script(scripts.SNAPSHOT)
-        self._refile = client.register_script(scripts.REFILE)
 
     # -- keys ---------------------------------------------------------------------------
     def script_keys(self, path: str | None = None) -> list[str]:
@@ -235,66 +228,10 @@ class Store:
         if pipeline is None:
             pipe.execute()
 
-    def reset_stats(self, now: float | None = None) -> None:
-        """Start the "since reset" counters from zero (the overall ones go on)."""
-        self._reset_stats(keys=[self.keys.stats, self.keys.stats_baseline], args=[now_str(now)])
-
     def resize(self, path: str, size: int, files: int) -> int | None:
         """A rescan's size for a tracked directory; the byte delta, or None if untracked."""
         delta = self._resize(keys=self.script_keys(path), args=[path, size, files])
         return None if delta is None else int(delta)
-
-    def recount(self) -> tuple[int, int]:
-        old, new = self._recount(keys=[self.keys.entries, self.keys.bytes])
-        return int(old), int(new)
-
-    def rebuild_policy(self, batch: int = 1000) -> int:
-        """Carry every tracked entry over into the active policy's structures."""
-        done, first, offset = 0, True, 0
-        while True:
-            paths = self.client.zrange(self.keys.lru, offset, offset + batch - 1)
-            if not paths and not first:
-                break
-            self._rebuild(keys=self.script_keys(), args=[int(first), *paths])
-            done += len(paths)
-            offset += batch
-            first = False
-            if len(paths) < batch:
-                break
-        self.client.set(self.keys.policy_name, self.policy.name)
-        return done
-
-    def ensure_record_ids(self, batch: int = 1000) -> int:
-        """Books written before records were filed by id keep them under their paths: refile
-        them, once (cache:format marks it done). Returns how many records moved."""
-        if self.client.get(self.keys.format) == RECORD_FORMAT:
-            return 0
-        moved, fields = 0, []
-        for field, _ in self.client.hscan_iter(self.keys.entries, count=batch):
-            fields.append(field)  # the script tells an old path from an id
-            if len(fields) >= batch:
-                moved += int(self._refile(keys=self.script_keys(), args=fields))
-                fields = []
-        if fields:
-            moved += int(self._refile(keys=self.script_keys(), args=fields))
-        self.client.set(self.keys.format, RECORD_FORMAT)
-        return moved
-
-    def ensure_policy(self) -> bool:
-        """Rebuild when the policy changed since the structures were built; True if it did.
-
-        With no name recorded yet, structures that exist were built by the registrations of
-        this very policy (its hooks ran on each one): adopt them rather than wipe its history.
-        """
-        recorded = self.client.get(self.keys.policy_name)
-        if recorded == self.policy.name:
-            return False
-        own = [self.keys.policy] + self.script_keys()[scripts.COMMON_KEYS :]
-        if recorded is None and self.client.exists(*own):
-            self.client.set(self.keys.policy_name, self.policy.name)
-            return False
-        self.rebuild_policy()
-        return True
 
     # -- reads --------------------------------------------------------------------------
     def _entries(self, items: Sequence[tuple[str, float]]) -> list[Entry]:
@@ -444,46 +381,6 @@ class Store:
     def all_records(self, batch: int = 1000) -> dict[str, tuple[int, int, str, int]]:
         """Every record (HSCAN): for reconcile and audits, never on a steady-state path."""
         return {p: unpack(r) for p, r in self._scan_records(batch)}
-
-    def counters(self) -> tuple[dict[str, int], dict[str, Any]]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(self.keys.stats)
-        pipe.hgetall(self.keys.stats_baseline)
-        return since_reset(*pipe.execute())
-
-    def snapshot(self, now: float | None = None, registry: str | None = None) -> dict[str, Any]:
-        """Everything the stats show, read in one round trip."""
-        return run(self.client, lambda batch: self.queue_snapshot(batch, now, registry))
-
-    def queue_snapshot(
-        self, batch: Batch, now: float | None = None, registry: str | None = None
-    ) -> Reader[dict[str, Any]]:
-        """`registry`: the node registry's key, to read it in the same call (same server only);
-        its raw fields come back as `registry`."""
-        k = self.keys
-        keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
-        keys += [k.scheduler, k.pins, k.alive, *([registry] if registry else [])]
-        batch.script(self._snapshot, keys, [repr(now or time.time())])
-
-        def read(replies: Iterator[Any]) -> dict[str, Any]:
-            total, count, overall, base, last, initialized, scheduler, pinned, up, nodes = next(
-                replies
-            )
-            counters, recent = since_reset(pairs(overall), pairs(base))
-            return {
-                "total_bytes": int(total),
-                "directory_count": int(count),
-                "counters": counters,
-                "since_reset": recent,
-                "last_cleanup": pairs(last) or None,
-                "initialized": bool(initialized),
-                "scheduler_running": scheduler != "stopped",
-                "pinned_count": int(pinned),
-                "up": bool(up),
-                "registry": pairs(nodes),
-            }
-
-        return read
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         out = []

@@ -9,6 +9,8 @@ import pytest
 from cachemgr import DiskCache, NotOnDisk, NotTracked, Overlap, connect
 from cachemgr.cleanup import cleanup, enforce_quota, sweep
 from cachemgr.keys import Keys
+from cachemgr.migrations import ensure_record_ids
+from cachemgr.stats import counters
 from tests.conftest import REDIS_URL, make_tree
 
 UNIT = 5 * 4096  # four 4 KiB files and the directory's own block
@@ -425,14 +427,14 @@ def test_books_of_an_older_version_are_refiled_by_id_once(cache, root):
     cache.client.hset(keys.entries, "old/album", f"{UNIT} 4 1700000000.000000 3")
     cache.client.zadd(keys.lru, {"old/album": 1700000000.0})
     cache.client.incrby(keys.bytes, UNIT)
-    assert cache.store.ensure_record_ids() == 1
+    assert ensure_record_ids(cache.store) == 1
     assert cache.client.hget(keys.entries, record_id("old/album")) is not None
     assert not cache.client.hexists(keys.entries, "old/album")
     entry = cache.store.info("old/album")
     assert entry is not None and entry.hits == 3 and entry.size_bytes == UNIT
     assert cache.store.info("new") is not None  # records already by id stay where they are
     assert cache.client.get(keys.format) == RECORD_FORMAT
-    assert cache.store.ensure_record_ids() == 0  # once
+    assert ensure_record_ids(cache.store) == 0  # once
     assert cache.store.total_bytes() == cache.store.info("new").size_bytes + UNIT
 
 
@@ -442,9 +444,9 @@ def test_journal_entries_of_the_first_format_finish_and_restore_without_loss(cac
     for name in ("done", "back"):
         make_tree(root, name)
         cache.client.hset(cache.keys.deleting, name, "4096")
-    before = cache.store.counters()[0]
+    before = counters(cache.store)[0]
     assert cache.store.finish_deletion("done") is True
-    after = cache.store.counters()[0]
+    after = counters(cache.store)[0]
     assert after["bytes_freed"] == before["bytes_freed"] + 4096
     assert after["removals"] == before["removals"] + 1
     assert cache.store.restore("back") is False

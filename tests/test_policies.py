@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from cachemgr import DiskCache
 from cachemgr.cleanup import enforce_quota
 from cachemgr.keys import Keys
+from cachemgr.migrations import ensure_policy
 from cachemgr.models import MODELS, make_model
 from cachemgr.policies import POLICIES
+from cachemgr.stats import counters
 from cachemgr.store import Store
 from tests.conftest import cleanup_prefix, make_tree
 
@@ -134,14 +136,14 @@ def test_switching_policy_on_a_running_cache(redis_client, prefix, old, new):
     trace = [(k, 5 + int(k[1:]) % 17) for k in keys]
     first, second = trace[:60], trace[60:]
     before = Store(redis_client, Keys(prefix), policy=old)
-    before.ensure_policy()
+    ensure_policy(before)
     replay_store(before, first, 100, 2)
     tracked = _tracked(before)
     total = before.total_bytes()
 
     after = Store(redis_client, Keys(prefix), policy=new)
-    assert after.ensure_policy() is True
-    assert after.ensure_policy() is False  # built once
+    assert ensure_policy(after) is True
+    assert ensure_policy(after) is False  # built once
     # Every tracked entry was carried over, nothing else, and the books did not move.
     assert {e.path for e in after.victims(1000)} == tracked
     assert after.total_bytes() == total and _tracked(after) == tracked
@@ -218,7 +220,7 @@ def test_a_batch_of_accesses_does_what_single_accesses_do(redis_client, name):
         trace = ["d1", "d3", "x", "d1", "d5", "d0", "y", "d3"]
         singles = [int(one.access(p, now=200.0)) for p in trace]
         assert many.access_many(trace, now=200.0) == singles
-        assert one.counters()[0] == many.counters()[0]
+        assert counters(one)[0] == counters(many)[0]
         assert one.all_records() == many.all_records()
         assert [e.path for e in one.victims(6)] == [e.path for e in many.victims(6)]
     finally:

@@ -12,6 +12,7 @@ from celery import Celery
 from celery.signals import setup_logging, worker_ready, worker_shutting_down
 from celery.worker import state
 
+from cachemgr import migrations
 from cachemgr.logs import configure_logging
 from cachemgr.settings import SettingsError
 
@@ -37,7 +38,7 @@ def _announce(cache: Any) -> bool:
     say it is alive; False while Redis cannot be reached."""
     try:
         cache.publish_config(queue=app.conf.task_default_queue)
-        cache.store.ensure_record_ids()  # books of an older cachemgr: before any task runs
+        migrations.ensure_record_ids(cache.store)  # older books: before any task runs
         cache.registry.heartbeat(cache.keys, WORKER)
     except Exception as exc:  # Redis away: tried again at each heartbeat until it is back
         log.error("worker cannot announce node %s yet: %s", cache.settings.node, exc)

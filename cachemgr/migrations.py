@@ -1,0 +1,86 @@
+"""Carrying books over: into the structures of the policy chosen now, and from the record
+layout of an older cachemgr. Each runs in batches and is done once: a marker key says so."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cachemgr.reads import Lua, call
+from cachemgr.records import RECORD_FORMAT
+from cachemgr.scripts import COMMON_KEYS, PRELUDE
+
+if TYPE_CHECKING:
+    from cachemgr.store import Store
+
+# Refile records that books written before record ids keep under their path.
+# KEYS: COMMON_KEYS layout  ARGV[1..] fields of cache:entries
+# Returns how many moved. A field that is a tracked path is an old one: an id is not a path.
+REFILE = Lua(
+    PRELUDE
+    + """
+local moved = 0
+for i = 1, #ARGV do
+  local field = ARGV[i]
+  local id = rid(field)
+  if id ~= field and redis.call('ZSCORE', KEYS[2], field) then
+    local rec = redis.call('HGET', KEYS[1], field)
+    redis.call('HDEL', KEYS[1], field)
+    if rec and redis.call('HSETNX', KEYS[1], id, rec) == 1 then moved = moved + 1 end
+  end
+end
+return moved
+"""
+)
+
+
+def rebuild_policy(store: Store, batch: int = 1000) -> int:
+    """Carry every tracked entry over into the active policy's structures, oldest access
+    first (policies.py says how each policy takes them)."""
+    rebuild = Lua(store.policy.rebuild_script)
+    done, first, offset = 0, True, 0
+    while True:
+        paths = store.client.zrange(store.keys.lru, offset, offset + batch - 1)
+        if not paths and not first:
+            break
+        call(store.client, rebuild, store.script_keys(), [int(first), *paths])
+        done += len(paths)
+        offset += batch
+        first = False
+        if len(paths) < batch:
+            break
+    store.client.set(store.keys.policy_name, store.policy.name)
+    return done
+
+
+def ensure_policy(store: Store) -> bool:
+    """Rebuild when the policy changed since the structures were built; True if it did.
+
+    With no name recorded yet, structures that exist were built by the registrations of
+    this very policy (its hooks ran on each one): adopt them rather than wipe its history.
+    """
+    recorded = store.client.get(store.keys.policy_name)
+    if recorded == store.policy.name:
+        return False
+    own = [store.keys.policy] + store.script_keys()[COMMON_KEYS:]
+    if recorded is None and store.client.exists(*own):
+        store.client.set(store.keys.policy_name, store.policy.name)
+        return False
+    rebuild_policy(store)
+    return True
+
+
+def ensure_record_ids(store: Store, batch: int = 1000) -> int:
+    """Books written before records were filed by id keep them under their paths: refile
+    them, once (cache:format marks it done). Returns how many records moved."""
+    if store.client.get(store.keys.format) == RECORD_FORMAT:
+        return 0
+    moved, fields = 0, []
+    for field, _ in store.client.hscan_iter(store.keys.entries, count=batch):
+        fields.append(field)  # the script tells an old path from an id
+        if len(fields) >= batch:
+            moved += int(call(store.client, REFILE, store.script_keys(), fields))
+            fields = []
+    if fields:
+        moved += int(call(store.client, REFILE, store.script_keys(), fields))
+    store.client.set(store.keys.format, RECORD_FORMAT)
+    return moved

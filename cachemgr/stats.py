@@ -1,0 +1,258 @@
+"""The stats: counters in `cache:stats`, the figures since a reset, one node's stats and the
+cluster's, each read from Redis in one round trip."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from cachemgr.connection import same_server
+from cachemgr.health import diagnose
+from cachemgr.reads import Batch, Lua, Reader, call, run
+from cachemgr.records import iso
+
+if TYPE_CHECKING:
+    from cachemgr.cache import DiskCache
+    from cachemgr.store import Store
+
+log = logging.getLogger("cachemgr")
+
+# Every counter, named once: the Lua scripts count under these names, the API's schema lists
+# them from here.
+COUNTERS = (
+    "hits",
+    "misses",
+    "hit_bytes",
+    "missed_bytes",
+    "registrations",
+    "evictions",
+    "expirations",
+    "removals",
+    "bytes_freed",
+    "skipped_locked",
+    "skipped_pinned",
+    "vanished",
+)
+
+# What the cluster's totals add up over its nodes.
+SUMMED = (
+    "total_bytes directory_count max_bytes threshold_bytes target_bytes "
+    + " ".join(COUNTERS)
+    + " pinned_count"
+).split()
+
+# Everything the stats show, in one call (a pipeline of eight reads costs the client more).
+# KEYS[1] cache:bytes  KEYS[2] cache:entries  KEYS[3] cache:stats  KEYS[4] cache:stats:baseline
+# KEYS[5] cache:last_cleanup  KEYS[6] cache:initialized  KEYS[7] cache:scheduler
+# KEYS[8] cache:pins  KEYS[9] cache:alive
+# KEYS[10] (optional) the node registry, read here too when it lives on the same server
+# ARGV[1] now: pins that end later are counted
+SNAPSHOT = Lua("""
+return {
+  redis.call('GET', KEYS[1]) or '0',
+  redis.call('HLEN', KEYS[2]),
+  redis.call('HGETALL', KEYS[3]),
+  redis.call('HGETALL', KEYS[4]),
+  redis.call('HGETALL', KEYS[5]),
+  redis.call('EXISTS', KEYS[6]),
+  redis.call('GET', KEYS[7]) or '',
+  redis.call('ZCOUNT', KEYS[8], '(' .. ARGV[1], '+inf'),
+  redis.call('EXISTS', KEYS[9]),
+  KEYS[10] and redis.call('HGETALL', KEYS[10]) or {},
+}
+""")
+
+# Reset the "since reset" counters: keep a copy of the counters as they are now.
+# KEYS[1] cache:stats  KEYS[2] cache:stats:baseline  ARGV[1] now
+RESET = Lua("""
+local now = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[2])
+if #now > 0 then redis.call('HSET', KEYS[2], unpack(now)) end
+redis.call('HSET', KEYS[2], 'reset_at', ARGV[1])
+return 1
+""")
+
+
+def pairs(flat: list[str]) -> dict[str, str]:
+    """A hash as HGETALL inside Lua returns it (a flat list), as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def since_reset(
+    overall: dict[str, str], base: dict[str, str]
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Counters overall, and since the reset (the difference from its baseline)."""
+    total = {c: int(overall.get(c, 0)) for c in COUNTERS}
+    recent: dict[str, Any] = {c: total[c] - int(base.get(c, 0)) for c in COUNTERS}
+    recent["reset_at"] = float(base["reset_at"]) if "reset_at" in base else None
+    return total, recent
+
+
+def counters(store: Store) -> tuple[dict[str, int], dict[str, Any]]:
+    """The counters overall and since the reset."""
+    pipe = store.client.pipeline(transaction=False)
+    pipe.hgetall(store.keys.stats)
+    pipe.hgetall(store.keys.stats_baseline)
+    return since_reset(*pipe.execute())
+
+
+def reset(store: Store, now: float) -> None:
+    call(store.client, RESET, [store.keys.stats, store.keys.stats_baseline], [f"{now:.6f}"])
+
+
+def queue_snapshot(
+    store: Store, batch: Batch, now: float, registry: str | None = None
+) -> Reader[dict[str, Any]]:
+    """Everything a node's stats show. `registry`: the node registry's key, to read it in the
+    same call (same server only); its raw fields come back as `registry`."""
+    k = store.keys
+    keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
+    keys += [k.scheduler, k.pins, k.alive, *([registry] if registry else [])]
+    batch.script(SNAPSHOT, keys, [repr(now)])
+
+    def read(replies: Iterator[Any]) -> dict[str, Any]:
+        total, count, overall, base, last, initialized, scheduler, pinned, up, nodes = next(replies)
+        counts, recent = since_reset(pairs(overall), pairs(base))
+        return {
+            "total_bytes": int(total),
+            "directory_count": int(count),
+            "counters": counts,
+            "since_reset": recent,
+            "last_cleanup": pairs(last) or None,
+            "initialized": bool(initialized),
+            "scheduler_running": scheduler != "stopped",
+            "pinned_count": int(pinned),
+            "up": bool(up),
+            "registry": pairs(nodes),
+        }
+
+    return read
+
+
+def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One node's stats; `snap` is its snapshot when the caller already read it."""
+    s = cache.settings
+    if snap is None:
+        registry = cache.registry.nodes_key if same_server(cache.client) else None
+        now = cache.clock()
+        snap = run(cache.client, lambda batch: queue_snapshot(cache.store, batch, now, registry))
+    total, counts, recent = snap["total_bytes"], snap["counters"], snap["since_reset"]
+    status = "ok"
+    if total > s.disk_cache_max_bytes:
+        status = "over_quota"
+    elif total > s.threshold_bytes:
+        status = "evicting"
+    try:
+        free = shutil.disk_usage(cache.root).free if cache.local else None
+    except OSError:
+        free = None
+    # The workers' own switch, as they published it: theirs is the one tasks obey.
+    published = snap.get("registry", {}).get(s.node)
+    workers_on = json.loads(published).get("enabled", True) if published else True
+    stats = {
+        "node": s.node,
+        "enabled": s.enable_disk_cache_management and workers_on,
+        "total_bytes": total,
+        "directory_count": snap["directory_count"],
+        "max_bytes": s.disk_cache_max_bytes,
+        "threshold_bytes": s.threshold_bytes,
+        "target_bytes": s.target_bytes,
+        "usage_percent": round(100.0 * total / s.disk_cache_max_bytes, 2),
+        "quota_status": status,
+        **counts,
+        "hit_ratio": _ratio(counts["hits"], counts["misses"]),
+        "byte_hit_ratio": _ratio(counts["hit_bytes"], counts["missed_bytes"]),
+        "since_reset": {
+            **recent,
+            "reset_at": iso(recent["reset_at"]),
+            "hit_ratio": _ratio(recent["hits"], recent["misses"]),
+            "byte_hit_ratio": _ratio(recent["hit_bytes"], recent["missed_bytes"]),
+        },
+        "pinned_count": snap["pinned_count"],
+        "scheduler_running": snap["scheduler_running"],
+        "eviction_policy": s.disk_cache_eviction_policy,
+        "ttl_seconds": s.disk_cache_ttl_seconds,
+        "free_disk_bytes": free,
+        "min_free_bytes": s.disk_cache_min_free_bytes,
+        "initialized": snap["initialized"],
+        "last_cleanup": snap["last_cleanup"],
+        "up": snap["up"],
+    }
+    stats["warnings"] = diagnose(stats, s.disk_cache_cleanup_interval, cache.clock())
+    return stats
+
+
+def reset_stats(cache: DiskCache) -> dict[str, Any]:
+    """Start the "since reset" hit/miss figures afresh; the overall ones go on."""
+    reset(cache.store, cache.clock())
+    log.info("statistics reset")
+    return node_stats(cache)["since_reset"]
+
+
+def cluster_stats(cache: DiskCache) -> dict[str, Any]:
+    """Every node's stats, each with up/down and the age of its last cleanup, and totals.
+
+    A single node's are read in one call to Redis (the registry with them, unless a Redis
+    Cluster keeps it on another shard); other nodes' in one more round trip."""
+    registry, own = cache.registry, cache.settings.node
+    now = cache.clock()
+    registry_key = registry.nodes_key if same_server(cache.client) else None
+
+    def own_reads(batch: Batch) -> Reader[tuple[dict[str, Any], dict[str, Any]]]:
+        read_entries = None if registry_key else registry.queue_entries(batch)
+        read_snap = queue_snapshot(cache.store, batch, now, registry_key)
+
+        def read(replies: Iterator[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            entries = read_entries(replies) if read_entries else None
+            snap = read_snap(replies)
+            return (registry.parse(snap["registry"]) if entries is None else entries), snap
+
+        return read
+
+    entries, own_snap = run(cache.client, own_reads)
+    # An entry with this node's key prefix is this node's books under another name: an
+    # unnamed node's workers publish their own host name (another container's, or an
+    # earlier one's), and counting it apart would double every total.
+    books = cache.keys.prefix
+    others = [n for n, e in entries.items() if n != own and e.get("key_prefix") != books]
+    caches = {name: cache.for_node(name, entries) for name in sorted(others)}
+    snaps = {own: own_snap}
+
+    def other_reads(batch: Batch) -> Reader[dict[str, dict[str, Any]]]:
+        queued = {name: queue_snapshot(c.store, batch, now) for name, c in caches.items()}
+        return lambda replies: {name: read(replies) for name, read in queued.items()}
+
+    if caches:
+        snaps.update(run(cache.client, other_reads))
+    caches[own] = cache
+    nodes = []
+    for name in sorted(caches):
+        stats = node_stats(caches[name], snaps[name])
+        last = (stats.get("last_cleanup") or {}).get("time")
+        stats["last_cleanup_age_seconds"] = round(now - float(last), 1) if last else None
+        nodes.append(stats)
+    mine = next(n for n in nodes if n["node"] == own)
+    return {**mine, "cluster": aggregate(nodes), "nodes": nodes}
+
+
+def aggregate(per_node: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cluster totals: sums of bytes, counts and counters; the worst quota status."""
+    total: dict[str, Any] = dict.fromkeys(SUMMED, 0)
+    for stats in per_node:
+        for k in SUMMED:
+            total[k] += int(stats.get(k) or 0)
+    total["usage_percent"] = (
+        round(100.0 * total["total_bytes"] / total["max_bytes"], 2) if total["max_bytes"] else 0.0
+    )
+    order = ["ok", "evicting", "over_quota"]
+    total["quota_status"] = max((s["quota_status"] for s in per_node), key=order.index)
+    total["hit_ratio"] = _ratio(total["hits"], total["misses"])
+    total["byte_hit_ratio"] = _ratio(total["hit_bytes"], total["missed_bytes"])
+    return total
+
+
+def _ratio(good: int, bad: int) -> float | None:
+    return round(good / (good + bad), 6) if good + bad else None
