@@ -17,6 +17,7 @@ log = logging.getLogger("cachemgr.api")
 
 STATUS = {
     errors.PathError: 400,
+    errors.BadArgument: 400,
     errors.NotTracked: 404,
     errors.NotOnDisk: 404,
     errors.Overlap: 409,

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import paths, scanner, stats, trash
+from cachemgr import checks, paths, scanner, stats, trash
 from cachemgr.errors import (
     DeleteFailed,
     NotOnDisk,
@@ -33,11 +33,8 @@ MAX_PIN_SECONDS = 7 * 86400
 
 
 def check_pin_ttl(ttl_seconds: float) -> None:
-    if not 0 < ttl_seconds <= MAX_PIN_SECONDS:
-        raise ValueError(
-            f"ttl_seconds must be more than 0 and at most {MAX_PIN_SECONDS} (a week), "
-            f"got {ttl_seconds!r}: renew a pin before it lapses instead"
-        )
+    hint = " (a week: renew a pin rather than make it long)"
+    checks.seconds("ttl_seconds", ttl_seconds, high=MAX_PIN_SECONDS, hint=hint)
 
 
 class DiskCache:
@@ -178,6 +175,10 @@ class DiskCache:
 
         `missing_ok` makes a second removal of the same path (a redelivered task) a no-op.
         """
+        # A truthy "0" would delete the files of a pinned directory: pins bind only removals
+        # that delete.
+        checks.flag("remove_files", remove_files)
+        checks.flag("missing_ok", missing_ok)
         rel = paths.normalize(path)
         location = paths.resolve(self.root, rel) if remove_files else None
         lock = self.lock(rel)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import migrations, stats, trash
+from cachemgr import checks, migrations, stats, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Lock
@@ -253,6 +253,10 @@ def cleanup(
     threshold) honour the scheduler switch; a manual one does not. Before anything is
     evicted, books that Redis lost (a FLUSHALL, a restart without persistence) are rebuilt.
     """
+    flags = {"periodic": periodic, "automatic": automatic, "dry_run": dry_run}
+    flags |= {"sweep_expired": sweep_expired, "enforce": enforce, "resume": resume}
+    for name, value in flags.items():
+        checks.flag(name, value)
     if not cache.settings.enable_disk_cache_management:
         return {"status": "disabled"}
     if (periodic or automatic) and not cache.scheduler_running():

@@ -9,6 +9,12 @@ class CacheError(Exception):
     code = "cache_error"
 
 
+class BadArgument(CacheError, ValueError):
+    """A value of the wrong type or out of range (a task's argument, mostly): a 400."""
+
+    code = "bad_argument"
+
+
 class PathError(CacheError, ValueError):
     """A path cachemgr refuses (absolute, `..`, NUL, outside the root...): a 400."""
 

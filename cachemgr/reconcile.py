@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import migrations, paths, scanner, trash
+from cachemgr import checks, migrations, paths, scanner, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import CacheError
 from cachemgr.locks import Lock
@@ -76,6 +76,8 @@ def reconcile(
     """`heartbeat` (the caller's own lock, a cleanup's) is kept alive as the walk goes.
     `force`: go on over an empty root though the books track directories (they were removed
     on purpose); without it that looks like an unmounted disk and is refused."""
+    checks.flag("dry_run", dry_run)
+    checks.flag("force", force)
     cache.check_root(allow_empty=force)
     timeout_ms = cache.settings.disk_cache_lock_timeout_seconds * 1000
     lock = Lock(cache.client, cache.keys.reconcile_lock, timeout_ms)

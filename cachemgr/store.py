@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from cachemgr import scripts
+from cachemgr import checks, scripts
 from cachemgr.keys import Keys
 from cachemgr.paths import ancestors
 from cachemgr.policies import POLICIES, Policy
@@ -127,9 +127,7 @@ class Store:
         self, path: str, *, now: float | None = None, miss_bytes: int = 0, pipeline: Any = None
     ) -> Any:
         """One round trip: 1 for a hit, 0 for a miss."""
-        if isinstance(miss_bytes, bool) or not isinstance(miss_bytes, int) or miss_bytes < 0:
-            # checked here: the script would count the miss before failing on it
-            raise ValueError(f"miss_bytes must be a whole number of bytes >= 0, got {miss_bytes!r}")
+        checks.whole("miss_bytes", miss_bytes)  # here: the script counts the miss first
         return self._access(
             keys=[self.keys.entries],
             args=[path, now_str(now), self.ttl_seconds, miss_bytes, self.access_log_maxlen],

@@ -154,7 +154,7 @@ def test_a_bad_path_fails_at_once_with_a_clear_message(pipeline):
     assert time.monotonic() - started < WAIT  # no retry with backoff happened
 
 
-@pytest.mark.parametrize("bad", ["abc", 1.5, -1, True])
+@pytest.mark.parametrize("bad", ["abc", 1.5, -1, True, 2**62])
 def test_a_bad_miss_size_fails_the_touch_and_counts_nothing(pipeline, cache, bad):
     before = counters(cache.store)[0]
     result = pipeline.send("touch_directory", "never-seen", bad)
@@ -162,6 +162,42 @@ def test_a_bad_miss_size_fails_the_touch_and_counts_nothing(pipeline, cache, bad
         result.get(timeout=WAIT)
     assert "miss_bytes" in str(err.value) and result.state == "FAILURE"
     assert counters(cache.store)[0] == before  # the miss was not half counted
+
+
+@pytest.mark.parametrize("flag", ["0", 0.5, 1, None, "false"])
+def test_a_flag_that_is_not_a_boolean_is_refused_and_nothing_is_deleted(pipeline, cache, root, flag):
+    make_tree(root, "p")
+    cache.register("p")
+    cache.pin("p", 3600)
+    result = pipeline.send("remove_directory", "p", flag)
+    with pytest.raises(Exception) as err:
+        result.get(timeout=WAIT)
+    assert "remove_files must be true or false" in str(err.value)
+    assert (root / "p").is_dir() and cache.store.tracked(["p"]) == [True]
+
+
+def test_reconcile_refuses_a_force_that_is_not_a_boolean(pipeline, cache, root):
+    make_tree(root, "x")
+    cache.register("x")
+    for child in (root / "x").iterdir():
+        child.unlink()
+    (root / "x").rmdir()  # the root is empty, as an unmounted disk leaves it
+    result = pipeline.send("reconcile", force="false")
+    with pytest.raises(Exception) as err:
+        result.get(timeout=WAIT)
+    assert "force must be true or false" in str(err.value)
+    assert cache.store.tracked(["x"]) == [True]  # the books were not emptied
+
+
+@pytest.mark.parametrize("ttl", ["10", None, True, float("nan"), 0, 8 * 86400])
+def test_a_bad_pin_ttl_is_refused_in_one_line(pipeline, cache, root, ttl):
+    make_tree(root, "a")
+    cache.register("a")
+    result = pipeline.send("pin_directory", "a", ttl)
+    with pytest.raises(Exception) as err:
+        result.get(timeout=WAIT)
+    assert "ttl_seconds must be a number of seconds" in str(err.value)
+    assert cache.info("a").pinned_until is None
 
 
 def test_pins_through_tasks(pipeline, cache, root):

@@ -1,0 +1,39 @@
+"""Checks of the values an adapter passes in (a task's JSON arguments above all): a wrong type
+or an absurd number is refused with a one-line message before anything changes. JSON gives
+"0" or 0.5 where a flag was meant, and Lua's numbers are doubles."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cachemgr.errors import BadArgument
+
+# Lua's numbers are doubles: a whole number past 2^53 loses its last digits on the way through
+# a script (and Redis then refuses it as "not an integer").
+MAX_EXACT = 2**53
+
+
+def flag(name: str, value: Any) -> bool:
+    """`value` if it is a real boolean: "0", 0.5 and None are not."""
+    if not isinstance(value, bool):
+        raise BadArgument(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def whole(name: str, value: Any, *, low: int = 0, high: int = MAX_EXACT) -> int:
+    """`value` if it is a whole number (not a boolean) from `low` to `high`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadArgument(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
+def seconds(name: str, value: Any, *, high: float, hint: str = "") -> float:
+    """`value` if it is a number of seconds more than 0 and at most `high`."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or math.isnan(value) or not 0 < value <= high:
+        raise BadArgument(
+            f"{name} must be a number of seconds more than 0 and at most {high:g}{hint}, "
+            f"got {value!r}"
+        )
+    return float(value)
