@@ -50,7 +50,7 @@ def _run_pass(
     started = time.monotonic()
     usage = result.usage_before
     freed, offset = 0, 0
-
+    moved: set[str] = set()  # skipped as changed: they left their place in the order
     stopped = False
 
     def lost() -> bool:
@@ -94,8 +94,16 @@ def _run_pass(
                 if dry_run:
                     offset += 1  # nothing left the books, so the next one is further on
                 continue
+            if outcome == "changed" and entry.path not in moved:
+                # Accessed, registered again or gone since the fetch: it is no longer at this
+                # place, the next candidate is. Once only: an order that an access does not
+                # change (fifo) gives it again, and it is then passed over.
+                moved.add(entry.path)
+                result.skipped_changed.append(entry.path)
+                continue
             offset += 1
-            getattr(result, f"skipped_{outcome}", result.skipped_changed).append(entry.path)
+            if outcome != "changed":
+                getattr(result, f"skipped_{outcome}", result.skipped_changed).append(entry.path)
     result.usage_after = usage if dry_run else cache.store.total_bytes()
     return result
 
@@ -295,6 +303,7 @@ def cleanup(
                 # Pins were lost with the books; their holders renew them within a lease, so
                 # eviction waits for the next cleanup rather than take a directory in use.
                 log.warning("books rebuilt from the disk: eviction waits for the next cleanup")
+        migrations.ensure_pin_index(cache.store)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         migrations.ensure_policy(cache.store)
         expired = _sweep_or_nothing(

@@ -57,6 +57,12 @@ class Keys:
         return f"{self.prefix}cache:pins"
 
     @property
+    def pin_paths(self) -> str:
+        """ZSET of the pinned paths, all scored 0: ordered by name, so that the pins inside a
+        directory are one range (ZRANGEBYLEX), whatever their leases."""
+        return f"{self.prefix}cache:pins:paths"
+
+    @property
     def deleting(self) -> str:
         """HASH path -> bytes: untracked, its files not yet gone (a crash finishes them later)."""
         return f"{self.prefix}cache:deleting"

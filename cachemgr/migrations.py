@@ -1,5 +1,6 @@
-"""Carrying books over: into the structures of the policy chosen now, and from the record
-layout of an older cachemgr. Each runs in batches and is done once: a marker key says so."""
+"""Carrying books over: into the structures of the policy chosen now, and from the layout of
+an older cachemgr (records by path, pins without their index). Each runs in batches and once:
+a marker key, or the index itself, says it is done."""
 
 from __future__ import annotations
 
@@ -37,17 +38,29 @@ def rebuild_policy(store: Store, batch: int = 1000) -> int:
     """Carry every tracked entry over into the active policy's structures, oldest access
     first (policies.py says how each policy takes them)."""
     rebuild = Lua(store.policy.rebuild_script)
-    done, first, offset = 0, True, 0
+    lru, done, first = store.keys.lru, 0, True
+    after: tuple[float, str] | None = None
     while True:
-        paths = store.client.zrange(store.keys.lru, offset, offset + batch - 1)
-        if not paths and not first:
+        # By (last access, path), not by rank: an access moves an entry to the end, and an
+        # offset would then skip one that was not carried yet. An entry accessed after it was
+        # carried comes again, and its insert hook takes it as a registration again.
+        if after is None:
+            items = store.client.zrange(lru, 0, batch - 1, withscores=True)
+        else:
+            score, member = after
+            ties = int(store.client.zcount(lru, score, score))
+            raw = store.client.zrangebyscore(
+                lru, score, "+inf", start=0, num=batch + ties, withscores=True
+            )
+            items = [(m, s) for m, s in raw if s > score or m > member][:batch]
+        if not items and not first:
             break
-        call(store.client, rebuild, store.script_keys(), [int(first), *paths])
-        done += len(paths)
-        offset += batch
+        call(store.client, rebuild, store.script_keys(), [int(first), *(m for m, _ in items)])
+        done += len(items)
         first = False
-        if len(paths) < batch:
+        if len(items) < batch:
             break
+        after = (items[-1][1], items[-1][0])
     store.client.set(store.keys.policy_name, store.policy.name)
     return done
 
@@ -84,3 +97,17 @@ def ensure_record_ids(store: Store, batch: int = 1000) -> int:
         moved += int(call(store.client, REFILE, store.script_keys(), fields))
     store.client.set(store.keys.format, RECORD_FORMAT)
     return moved
+
+
+def ensure_pin_index(store: Store, batch: int = 1000) -> int:
+    """Pins made before cache:pins:paths existed get their place in it. Returns how many.
+
+    Leases are few (each lasts a week at most), so this reads them all, once: the index
+    exists from then on."""
+    k = store.keys
+    if store.client.exists(k.pin_paths) or not store.client.exists(k.pins):
+        return 0
+    pinned = store.client.zrange(k.pins, 0, -1)
+    for i in range(0, len(pinned), batch):
+        store.client.zadd(k.pin_paths, dict.fromkeys(pinned[i : i + batch], 0))
+    return len(pinned)

@@ -74,6 +74,7 @@ class Store:
             scripts.PRELUDE + self.policy.settle + "\nreturn settle_step(tonumber(ARGV[1]))"
         )
         self._pin = client.register_script(scripts.PIN)
+        self._drop_lapsed_pins = client.register_script(scripts.DROP_LAPSED_PINS)
         self._resize = client.register_script(self.policy.script(scripts.RESIZE))
 
     # -- keys ---------------------------------------------------------------------------
@@ -84,7 +85,7 @@ class Store:
             k.lru,
             k.bytes,
             k.stats,
-            k.stats_baseline,
+            k.pin_paths,
             k.pins,
             k.deleting,
             k.policy,
@@ -212,13 +213,20 @@ class Store:
 
     def pin(self, path: str, until: float, pipeline: Any = None) -> Any:
         client = pipeline or self.client
-        return self._pin(keys=[self.keys.pins], args=[path, repr(until)], client=client)
+        keys = [self.keys.pins, self.keys.pin_paths]
+        return self._pin(keys=keys, args=[path, repr(until)], client=client)
 
     def unpin(self, path: str, pipeline: Any = None) -> Any:
-        return self._pin(keys=[self.keys.pins], args=[path, 0], client=pipeline or self.client)
+        keys = [self.keys.pins, self.keys.pin_paths]
+        return self._pin(keys=keys, args=[path, 0], client=pipeline or self.client)
 
-    def drop_lapsed_pins(self, now: float | None = None) -> int:
-        return int(self.client.zremrangebyscore(self.keys.pins, "-inf", now or time.time()))
+    def drop_lapsed_pins(self, now: float | None = None, batch: int = 1000) -> int:
+        keys, cutoff, dropped = [self.keys.pins, self.keys.pin_paths], now or time.time(), 0
+        while n := int(self._drop_lapsed_pins(keys=keys, args=[repr(cutoff), batch])):
+            dropped += n
+            if n < batch:
+                break
+        return dropped
 
     def count(self, field: str, n: int = 1, pipeline: Any = None) -> None:
         pipe = pipeline or self.client.pipeline(transaction=False)

@@ -145,6 +145,31 @@ def test_paged_list_with_ties_loses_nothing(cache, root):
     assert sorted(seen) == names and len(seen) == 5
 
 
+def test_a_victim_played_just_before_its_claim_gives_its_place_to_the_next(
+    settings, redis_client, root
+):
+    # 4 albums, threshold at 3, target at 2.67: two go, fetched one per batch.
+    tight = settings.with_(disk_cache_max_bytes=int(3 * UNIT / 0.9), disk_cache_batch_size=1)
+    clock = Clock()
+    cache = DiskCache(tight, redis_client, clock=clock)
+    fill(cache, root, 4, clock)
+    real = cache.store.victims
+
+    def victims_then_play(limit: int, offset: int = 0) -> list:
+        batch = real(limit, offset)
+        if batch and batch[0].path == "album00":
+            clock.t += 1
+            cache.access("album00")  # played between the choice and the claim
+        return batch
+
+    cache.store.victims = victims_then_play  # type: ignore[method-assign]
+    result = enforce_quota(cache)
+    # Once album00 was played, album01 and album02 are the least recently used (an offset
+    # moved past album00's old place would take album02 and album03).
+    assert [r.path for r in result.removed] == ["album01", "album02"]
+    assert result.skipped_changed == ["album00"]
+
+
 def test_quota_90_to_80_with_exact_bytes(cache, root):
     clock = Clock()
     cache.clock = clock

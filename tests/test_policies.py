@@ -128,6 +128,31 @@ def _tracked(store: Store) -> set[str]:
     return set(store.all_records())
 
 
+def test_a_switch_carries_over_entries_that_are_accessed_while_it_runs(
+    redis_client, prefix, monkeypatch
+):
+    from cachemgr import migrations
+
+    before = Store(redis_client, Keys(prefix), policy="lru")
+    for i in range(30):
+        assert before.register(f"d{i:02d}", 10, 1, now=T0 + i)[0] == "ok"
+    after = Store(redis_client, Keys(prefix), policy="fifo")
+    real_call, accesses = migrations.call, iter(range(1000))
+
+    def call_then_access(*args: Any) -> Any:
+        out = real_call(*args)
+        # Between two batches the pipeline plays the oldest entries (they move to the end).
+        for path in ("d00", "d01", "d02"):
+            after.access(path, now=T0 + 100 + next(accesses))
+        return out
+
+    monkeypatch.setattr(migrations, "call", call_then_access)
+    assert migrations.rebuild_policy(after, batch=4) >= 30
+    victims = [e.path for e in after.victims(100)]
+    # Every entry is in fifo's queue, by registration time: none was skipped by the accesses.
+    assert victims == [f"d{i:02d}" for i in range(30)]
+
+
 # Every policy is switched to once and from once (each from its neighbour in the list).
 @pytest.mark.parametrize("old,new", [(NAMES[i - 1], NAMES[i]) for i in range(len(NAMES))])
 def test_switching_policy_on_a_running_cache(redis_client, prefix, old, new):

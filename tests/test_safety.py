@@ -107,3 +107,60 @@ def test_a_bounded_pass_continues_in_a_new_task(worker, pipeline, settings, redi
     while cache.store.total_bytes() > cache.settings.target_bytes and time.monotonic() < deadline:
         time.sleep(0.1)
     assert cache.store.total_bytes() == cache.settings.target_bytes  # 4 evicted in two passes
+
+
+def _evict_all(settings, redis_client) -> DiskCache:
+    """A cache whose quota (1 byte) makes every tracked directory a victim."""
+    tight = settings.with_(disk_cache_max_bytes=1)
+    cache = DiskCache(tight, redis_client)
+    enforce_quota(cache)
+    return cache
+
+
+def test_a_pin_made_before_its_parent_was_registered_protects_the_parent(
+    settings, redis_client, root
+):
+    cache = DiskCache(settings, redis_client)
+    assert cache.pin("artist/album", 3600)["path"] == "artist/album"  # not written yet
+    make_tree(root, "artist/album")
+    cache.register("artist")  # tracked above the pin, as a reconcile at depth 1 would
+    cache = _evict_all(settings, redis_client)
+    assert (root / "artist/album").is_dir() and cache.store.tracked(["artist"]) == [True]
+    assert cache.stats()["skipped_pinned"] >= 1
+    cache.unpin("artist/album")
+    cache = _evict_all(settings, redis_client)
+    assert not (root / "artist").exists() and cache.store.count_entries() == 0
+
+
+def test_a_pin_on_a_directory_above_tracked_ones_protects_them(settings, redis_client, root):
+    cache = DiskCache(settings, redis_client)
+    for name in ("artist/one", "artist/two", "artistic"):
+        make_tree(root, name)
+        cache.register(name)
+    assert cache.pin("artist", 3600)["path"] == "artist"
+    skipped = {"status": "skipped", "reason": "pinned", "path": "artist/one"}
+    assert cache.remove("artist/one", remove_files=True) == skipped
+    cache = _evict_all(settings, redis_client)
+    # `artistic` only shares a prefix of its name with the pinned directory.
+    assert cache.store.tracked(["artist/one", "artist/two", "artistic"]) == [True, True, False]
+    assert (root / "artist/one").is_dir() and not (root / "artistic").exists()
+
+
+def test_the_pin_index_follows_pins_unpins_and_lapses(settings, redis_client, root):
+    from cachemgr.migrations import ensure_pin_index
+
+    now = [1_800_000_000.0]
+    cache = DiskCache(settings, redis_client, clock=lambda: now[0])
+    k = cache.keys
+    cache.pin("a", 60)
+    cache.pin("b/c", 3600)
+    assert cache.client.zrange(k.pin_paths, 0, -1) == ["a", "b/c"]
+    cache.unpin("b/c")
+    assert cache.client.zrange(k.pin_paths, 0, -1) == ["a"]
+    assert cache.store.drop_lapsed_pins(now[0] + 61, batch=1) == 1
+    assert cache.client.exists(k.pins, k.pin_paths) == 0
+    # Books of an older cachemgr: pins without the index get it once.
+    cache.client.zadd(k.pins, {"x/y": now[0] + 600, "z": now[0] + 600})
+    assert ensure_pin_index(cache.store) == 2
+    assert ensure_pin_index(cache.store) == 0
+    assert cache.client.zrange(k.pin_paths, 0, -1) == ["x/y", "z"]

@@ -39,6 +39,7 @@ def _announce(cache: Any) -> bool:
     try:
         cache.publish_config(queue=app.conf.task_default_queue)
         migrations.ensure_record_ids(cache.store)  # older books: before any task runs
+        migrations.ensure_pin_index(cache.store)
         cache.registry.heartbeat(cache.keys, WORKER)
     except Exception as exc:  # Redis away: tried again at each heartbeat until it is back
         log.error("worker cannot announce node %s yet: %s", cache.settings.node, exc)
