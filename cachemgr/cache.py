@@ -37,6 +37,11 @@ def check_pin_ttl(ttl_seconds: float) -> None:
     checks.seconds("ttl_seconds", ttl_seconds, high=MAX_PIN_SECONDS, hint=hint)
 
 
+# How long a registration waits, in steps, for a directory above it to be registered or
+# deleted: a scan of an album takes well under a second.
+REGISTER_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+
 class DiskCache:
     def __init__(
         self,
@@ -112,19 +117,27 @@ class DiskCache:
             # it): it cannot overlap, and sending it would fail the registration.
             subdirs = [s for s in found.subdirs if _encodable(s)]
             others = paths.ancestors(rel) + [f"{rel}/{sub}" for sub in subdirs]
-            outcome = self.store.register(
-                rel,
-                found.size_bytes,
-                found.file_count,
-                now=self.clock(),
-                must_not_be_tracked=others,
-                lock_token=lock.token,
-            )
+            for pause in (*REGISTER_WAITS, None):
+                outcome = self.store.register(
+                    rel,
+                    found.size_bytes,
+                    found.file_count,
+                    now=self.clock(),
+                    must_not_be_tracked=others,
+                    lock_token=lock.token,
+                )
+                if outcome[0] != "busy" or pause is None:
+                    break
+                time.sleep(pause)  # a directory above is being registered or deleted
         finally:
             lock.release()
         if outcome[0] == "lock_lost":
             # The scan outlived the lock and another worker may have acted meanwhile.
             return {"status": "skipped", "reason": "lock lost during the scan", "path": rel}
+        if outcome[0] == "busy":
+            self.store.count("skipped_locked")
+            reason = f"{outcome[1]!r} above it is still being registered or deleted"
+            return {"status": "skipped", "reason": reason, "path": rel}
         if outcome[0] == "overlap":
             raise Overlap(f"{rel!r} overlaps {outcome[1]!r}, which is tracked on its own")
         if outcome[0] == "collision":

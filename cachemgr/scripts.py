@@ -76,14 +76,23 @@ end
 # ARGV[1] path  ARGV[2] size  ARGV[3] files  ARGV[4] now  ARGV[5] ttl seconds
 # ARGV[6] lock token ('' = none held)
 # ARGV[7..] paths that must not be tracked (ancestors and subdirectories: no double counting)
-# Returns {'overlap', other}, {'lock_lost'}, {'collision'} (the path's record id is another
-# tracked path's: records.record_id) or
+# Returns {'overlap', other}, {'lock_lost'}, {'busy', above} (a directory above holds its lock),
+# {'collision'} (the path's record id is another tracked path's: records.record_id) or
 # {'ok', new (1/0), byte delta, cache:bytes after}.
 REGISTER = (
     PRELUDE
     + """
 local path, size, files, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 if lock_lost(ARGV[6]) then return {'lock_lost'} end
+-- A directory above that holds its lock is being registered (its scan may have missed this
+-- one: both would be tracked) or deleted: the caller waits for it.
+local lock_prefix = string.sub(KEYS[12], 1, #KEYS[12] - #path)
+local slash = string.find(path, '/', 1, true)
+while slash do
+  local above = string.sub(path, 1, slash - 1)
+  if redis.call('EXISTS', lock_prefix .. above) == 1 then return {'busy', above} end
+  slash = string.find(path, '/', slash + 1, true)
+end
 for i = 7, #ARGV do
   -- tracked, or claimed and not yet deleted (the journal): its recovery may put it back
   if redis.call('ZSCORE', KEYS[2], ARGV[i]) or redis.call('HEXISTS', KEYS[7], ARGV[i]) == 1 then

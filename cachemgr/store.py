@@ -108,8 +108,8 @@ class Store:
         lock_token: str = "",
         pipeline: Any = None,
     ) -> Any:
-        """Returns ['ok', new, delta, total], ['overlap', other_path], ['collision'] or
-        ['lock_lost']."""
+        """Returns ['ok', new, delta, total], ['overlap', other_path], ['busy', above],
+        ['collision'] or ['lock_lost']."""
         return self._register(
             keys=self.script_keys(path),
             args=[

@@ -164,3 +164,55 @@ def test_the_pin_index_follows_pins_unpins_and_lapses(settings, redis_client, ro
     assert ensure_pin_index(cache.store) == 2
     assert ensure_pin_index(cache.store) == 0
     assert cache.client.zrange(k.pin_paths, 0, -1) == ["x/y", "z"]
+
+
+def test_a_directory_registered_during_its_parents_scan_is_not_tracked_twice(
+    settings, redis_client, root, monkeypatch
+):
+    import threading
+
+    from cachemgr import Overlap
+    from cachemgr import cache as cache_module
+
+    cache = DiskCache(settings, redis_client)
+    make_tree(root, "a")
+    real_scan, outcome = cache_module.scanner.scan, {}
+
+    def child_registered(child: DiskCache) -> None:
+        try:
+            outcome["child"] = child.register("a/b")
+        except Overlap as exc:
+            outcome["child"] = exc
+
+    def scan_then_a_child_arrives(location, **kwargs):
+        found = real_scan(location, **kwargs)
+        if location.name == "a":  # the parent's scan is done; a download lands inside it
+            make_tree(root, "a/b")
+            worker = threading.Thread(
+                target=child_registered, args=(DiskCache(settings, redis_client),)
+            )
+            worker.start()
+            worker.join(0.3)
+            outcome["waited"] = worker.is_alive()
+            outcome["thread"] = worker
+        return found
+
+    monkeypatch.setattr(cache_module.scanner, "scan", scan_then_a_child_arrives)
+    assert cache.register("a")["status"] == "registered"
+    outcome["thread"].join(10)
+    assert outcome["waited"] is True  # it waited for the parent's registration
+    assert isinstance(outcome["child"], Overlap)  # then found the parent tracked
+    assert cache.store.tracked(["a", "a/b"]) == [True, False]
+
+
+def test_a_registration_waits_only_so_long_for_a_directory_above(cache, root, monkeypatch):
+    from cachemgr import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "REGISTER_WAITS", (0.01, 0.01))
+    make_tree(root, "x/y")
+    cache.client.set(cache.keys.lock("x"), "someone else", px=10_000)
+    result = cache.register("x/y")
+    assert result["status"] == "skipped" and "'x' above it" in result["reason"]
+    assert cache.store.tracked(["x/y"]) == [False]
+    cache.client.delete(cache.keys.lock("x"))
+    assert cache.register("x/y")["status"] == "registered"

@@ -165,7 +165,9 @@ def test_a_bad_miss_size_fails_the_touch_and_counts_nothing(pipeline, cache, bad
 
 
 @pytest.mark.parametrize("flag", ["0", 0.5, 1, None, "false"])
-def test_a_flag_that_is_not_a_boolean_is_refused_and_nothing_is_deleted(pipeline, cache, root, flag):
+def test_a_flag_that_is_not_a_boolean_is_refused_and_nothing_is_deleted(
+    pipeline, cache, root, flag
+):
     make_tree(root, "p")
     cache.register("p")
     cache.pin("p", 3600)
