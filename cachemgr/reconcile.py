@@ -59,7 +59,10 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
                 if cache.store.restore(path, now=cache.clock()):
                     recovered.append(path)
             else:
-                cache.store.finish_deletion(path, now=cache.clock())
+                # Missing: its files went (into the trash, or gone). Anything else is not ours
+                # to count as freed: it vanished from the books.
+                deleted = on_disk == "missing"
+                cache.store.finish_deletion(path, now=cache.clock(), deleted=deleted)
         finally:
             lock.release()
     return recovered

@@ -276,8 +276,10 @@ return {'ok', size, files}
 """
 )
 
-# The files of a claimed directory are gone: count it and close its journal entry.
-# ARGV[1] path  ARGV[2] now  ARGV[9] events stream cap (ARGV[3..8] unused)
+# The files of a claimed directory are gone: count it and close its journal entry. With
+# ARGV[3] '0' they were not deleted by us (no longer a directory under the root: a file or a
+# symlinked parent took its place): counted as vanished, no bytes freed.
+# ARGV[1] path  ARGV[2] now  ARGV[3] deleted (1/0)  ARGV[9] events stream cap (ARGV[4..8] unused)
 # Returns 1, or 0 when the journal had no such entry.
 FINISH = (
     PRELUDE
@@ -294,6 +296,11 @@ if not size_s then
   if not size_s then return redis.error_reply('ERR unreadable journal entry for ' .. path) end
 end
 redis.call('HDEL', KEYS[7], path)
+if ARGV[3] == '0' then
+  count('vanished', 1)
+  event('vanished', path, size_s, 0, ARGV[2])
+  return 1
+end
 count(counter[reason] or reason, 1)
 count('bytes_freed', tonumber(size_s))
 event(reason, path, size_s, 1, ARGV[2])

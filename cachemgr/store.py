@@ -194,9 +194,12 @@ class Store:
             client=pipeline or self.client,
         )
 
-    def finish_deletion(self, path: str, *, now: float | None = None) -> bool:
-        """The claimed directory's files are gone: count it, close its journal entry."""
-        args = [path, now_str(now), "", "", "", "", "", "", self.events_maxlen]
+    def finish_deletion(
+        self, path: str, *, now: float | None = None, deleted: bool = True
+    ) -> bool:
+        """The claimed directory's files are gone: count it, close its journal entry.
+        `deleted` False: they went otherwise (the path is no directory now), a vanished one."""
+        args = [path, now_str(now), int(deleted), "", "", "", "", "", self.events_maxlen]
         return bool(self._finish(keys=self.script_keys(path), args=args))
 
     def restore(self, path: str, *, now: float | None = None) -> bool:

@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,12 @@ from cachemgr.paths import TRASH_DIR
 
 log = logging.getLogger("cachemgr")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# A deletion's slot in the trash while it checks what it moved; one older than IN_FLIGHT_AGE
+# seconds is a crash's leftover, and goes like any other item.
+IN_FLIGHT = ".in-flight-"
+IN_FLIGHT_AGE = 60.0
 
 
 class NotADirectory(OSError):
@@ -118,17 +125,37 @@ def discard(root: Path, rel: str) -> list[str]:
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectory(f"{rel!r} is no longer a directory")
         trash_fd = stack.enter_context(_trash_fd(root_fd))
-        name = uuid.uuid4().hex
-        os.rename(parts[-1], name, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
-        try:
-            moved = os.stat(name, dir_fd=trash_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return []  # a cleanup emptying the trash got there first: deleted all the same
-        if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
-            # Swapped between the check and the rename: put it back, delete nothing.
-            os.rename(name, parts[-1], src_dir_fd=trash_fd, dst_dir_fd=parent_fd)
-            raise NotADirectory(f"{rel!r} changed while it was being deleted")
+        # Moved into a slot of its own that `empty` leaves alone while it is new: what was
+        # moved is checked there first, and must still be there to be put back.
+        slot = f"{IN_FLIGHT}{uuid.uuid4().hex}"
+        os.mkdir(slot, dir_fd=trash_fd)
+        with _opened(slot, dir_fd=trash_fd) as slot_fd:
+            try:
+                os.rename(parts[-1], "d", src_dir_fd=parent_fd, dst_dir_fd=slot_fd)
+            except OSError:
+                os.rmdir(slot, dir_fd=trash_fd)
+                raise
+            moved = os.stat("d", dir_fd=slot_fd, follow_symlinks=False)
+            if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
+                # Swapped between the check and the rename: put it back, delete nothing.
+                os.rename("d", parts[-1], src_dir_fd=slot_fd, dst_dir_fd=parent_fd)
+                os.rmdir(slot, dir_fd=trash_fd)
+                raise NotADirectory(f"{rel!r} changed while it was being deleted")
+        # Checked: from here it is trash like any other, which any `empty` may finish.
+        name = slot.removeprefix(IN_FLIGHT)
+        os.rename(slot, name, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
         return _rmtree(name, trash_fd)
+
+
+def _in_flight(name: str, trash_fd: int) -> bool:
+    """A slot whose deletion is still checking what it moved (see `discard`)."""
+    if not name.startswith(IN_FLIGHT):
+        return False
+    try:
+        st = os.stat(name, dir_fd=trash_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True  # gone already: nothing to do
+    return time.time() - st.st_mtime < IN_FLIGHT_AGE
 
 
 def empty(root: Path) -> int:
@@ -140,6 +167,8 @@ def empty(root: Path) -> int:
         with _opened(root) as root_fd, _opened(TRASH_DIR, dir_fd=root_fd) as trash_fd:
             points = mount_points()
             for name in os.listdir(trash_fd):
+                if _in_flight(name, trash_fd):
+                    continue
                 mounts = mount_points_under(trash_dir(root) / name, points)
                 try:
                     if mounts:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,35 @@ def test_an_empty_mount_point_is_taken_for_an_unmounted_disk_unless_forced(cache
     forced = runner.invoke(args=["reconcile", "--now", "--force", "--json"])
     assert forced.exit_code == 0, forced.output
     assert cache.store.count_entries() == 0 and cache.store.total_bytes() == 0
+
+
+def test_a_directory_swapped_in_while_another_cleanup_empties_the_trash_is_kept(
+    root, monkeypatch
+):
+    """The swap guard holds even when a concurrent `empty` runs right after the rename."""
+    make_tree(root, "x", files=2)
+    real_rename, calls = os.rename, []
+
+    def swap_rename_then_empty(src, dst, **kwargs):
+        if not calls:  # discard's rename: a new download takes x's place just before it
+            calls.append(src)
+            real_rename(root / "x", root / "x-old")
+            make_tree(root, "x", files=3)
+            real_rename(src, dst, **kwargs)
+            trash.empty(root)  # another worker's cleanup
+            return None
+        return real_rename(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "rename", swap_rename_then_empty)
+    with pytest.raises(trash.NotADirectory, match="changed while it was being deleted"):
+        trash.discard(root, "x")
+    monkeypatch.undo()
+    assert len(list((root / "x").iterdir())) == 3  # the new download, put back whole
+    assert trash.pending(root) == 0
+    # A crash's leftover slot is left alone while new, emptied once old.
+    slot = trash.trash_dir(root) / f"{trash.IN_FLIGHT}leftover"
+    make_tree(root, f"{trash.TRASH_DIR}/{slot.name}/d")
+    assert trash.empty(root) == 0 and slot.exists()
+    old = time.time() - trash.IN_FLIGHT_AGE - 1
+    os.utime(slot, (old, old))
+    assert trash.empty(root) == 1 and not slot.exists()

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from cachemgr.cleanup import cleanup
 from cachemgr.reconcile import reconcile, recover_unfinished
 from tests.conftest import make_tree
@@ -46,6 +48,25 @@ def test_flushed_books_are_rebuilt_before_anything_is_evicted(cache, root):
     after = cache.store.all_records()
     assert {p: r[:2] for p, r in after.items()} == {p: r[:2] for p, r in before.items()}
     assert all((root / p).is_dir() for p in before)
+
+
+@pytest.mark.parametrize("now_there", ["missing", "a file"])
+def test_an_interrupted_deletion_whose_directory_is_gone_is_closed(cache, root, now_there):
+    make_tree(root, "a")
+    cache.register("a")
+    size = cache.info("a").size_bytes
+    cache.store.claim("a", "evicted", deleting_files=True)  # a crash before the files went
+    shutil.rmtree(root / "a")
+    if now_there == "a file":  # not ours to count as freed: something else took its place
+        (root / "a").write_text("someone else's")
+    assert recover_unfinished(cache) == []
+    stats = cache.stats()
+    assert cache.store.unfinished_deletions() == {}
+    if now_there == "missing":
+        assert (stats["evictions"], stats["bytes_freed"], stats["vanished"]) == (1, size, 0)
+    else:
+        assert (stats["evictions"], stats["bytes_freed"], stats["vanished"]) == (0, 0, 1)
+        assert (root / "a").read_text() == "someone else's"
 
 
 def test_an_interrupted_deletion_is_put_back_on_the_books(cache, root):
