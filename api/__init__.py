@@ -16,6 +16,7 @@ from api.errors import body, register_error_handlers
 from api.extensions import CacheExtension, state
 from api.schemas import ApiErrorSchema
 from cachemgr.logs import configure_logging
+from cachemgr.settings import SettingsError, log_level, parse_bool
 
 log = logging.getLogger("cachemgr.api")
 
@@ -26,8 +27,22 @@ class CacheApi(Api):
     ERROR_SCHEMA = ApiErrorSchema  # our error body: {status, code, message, errors}
 
 
+def api_settings() -> dict[str, Any]:
+    """The API's own settings from the environment, checked like cachemgr's: a READ_AUTH of
+    `maybe` silently meant false, reads open to all."""
+    raw = os.environ.get("DISK_CACHE_API_READ_AUTH") or "false"
+    try:
+        read_auth = parse_bool(raw)
+    except ValueError as exc:
+        raise SettingsError(f"DISK_CACHE_API_READ_AUTH={raw!r}: {exc}") from None
+    return {
+        "DISK_CACHE_API_TOKEN": os.environ.get("DISK_CACHE_API_TOKEN", ""),
+        "DISK_CACHE_API_READ_AUTH": read_auth,
+    }
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    configure_logging()
+    configure_logging(level=log_level())
     app = Flask(__name__)
     # `/cache/directories//etc` must be refused (api/errors.py: a 400, absolute path), not be
     # merged into `/cache/directories/etc` by a 308 that a client following redirects obeys.
@@ -40,9 +55,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="/swagger-ui/",  # served below: no outside network
-        DISK_CACHE_API_TOKEN=os.environ.get("DISK_CACHE_API_TOKEN", ""),
-        DISK_CACHE_API_READ_AUTH=os.environ.get("DISK_CACHE_API_READ_AUTH", "false").lower()
-        in ("1", "true", "yes", "on"),
+        **api_settings(),
         CELERY_BROKER_URL=None,
         CELERY_RESULT_BACKEND=None,
         FLOWER_URL=os.environ.get("FLOWER_URL", "http://127.0.0.1:5555"),
@@ -52,9 +65,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     CacheExtension(app)
     api = CacheApi(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    from api.routes import blp
+    from api.routes import blp, empty_path
 
     api.register_blueprint(blp)
+    # On the app, not the documented blueprint: these are errors, not endpoints.
+    empty = {"/cache/register/": ["POST"], "/cache/directories/": ["GET", "DELETE"]}
+    for rule, methods in empty.items():
+        app.add_url_rule(rule, f"empty_path:{rule}", empty_path, methods=methods)
     from api import metrics, status
 
     app.register_blueprint(metrics.bp)

@@ -22,18 +22,22 @@ from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 from kombu.exceptions import OperationalError
 
-from api import stack
+from api import api_settings, stack
 from api.cli_sim import simulate_command, trace_group
 from api.errors import raised_in
 from api.humanize import human_bytes
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, Settings, SettingsError
+from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.logs import configure_logging
 from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry
-from cachemgr.settings import parse_duration, parse_size
+from cachemgr.settings import log_level, parse_duration, parse_size, quoted
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3, 4, 5
+# The API's own limit for GET /cache/events; a COUNT past 2^63 was a Redis error's traceback.
+MAX_EVENTS = 10000
+MAX_WEB_WORKERS = 1024
 
 
 class Fail(click.ClickException):
@@ -68,6 +72,14 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
             raise Fail("the Celery result backend cannot be reached", EXIT_UNAVAILABLE) from None
 
     return wrapper
+
+
+def _option(option: str, text: str, parse: Callable[[str], int]) -> int:
+    """An option's value parsed, or one line naming the option and what was typed (exit 2)."""
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise Fail(f"{option} {quoted(text)}: {exc}", EXIT_USAGE) from None
 
 
 def _state() -> Any:
@@ -174,8 +186,8 @@ def ls(
     larger_than: str | None, idle_for: str | None, sort: str, limit: int | None, as_json: Any
 ) -> None:
     """List cached directories (newest access first by default)."""
-    min_size = parse_size(larger_than) if larger_than else None
-    idle = parse_duration(idle_for) if idle_for else None
+    min_size = _option("--larger-than", larger_than, parse_size) if larger_than else None
+    idle = _option("--idle-for", idle_for, parse_duration) if idle_for else None
     store, now = _state().cache.store, time.time()
     entries: list[Entry] = []
     cursor = None
@@ -311,7 +323,15 @@ def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
 @friendly
 def pin(path: str, ttl: str) -> None:
     """Pin a directory: never evicted or expired while the lease holds."""
-    click.echo(json.dumps(_state().cache.pin(path, parse_duration(ttl))))
+    seconds = _option("--ttl", ttl, functools.partial(parse_duration, high=None))
+    if seconds > MAX_PIN_SECONDS:
+        # Said here, with the text typed: the domain's own message would quote a 400-digit int.
+        raise Fail(
+            f"--ttl {quoted(ttl)}: ttl_seconds must be at most {MAX_PIN_SECONDS} s "
+            "(a week: renew a pin rather than make it long)",
+            EXIT_USAGE,
+        )
+    click.echo(json.dumps(_state().cache.pin(path, seconds)))
 
 
 @click.command()
@@ -324,7 +344,7 @@ def unpin(path: str) -> None:
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(min=1), default=20)
+@click.option("--limit", type=click.IntRange(1, MAX_EVENTS), default=20)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
 @with_appcontext
 @friendly
@@ -344,18 +364,26 @@ def events(limit: int, follow: bool) -> None:
                 last_id = ident
 
 
+def _web_workers() -> int:
+    """WEB_CONCURRENCY, read when `serve` runs: read at import, a bad value broke every command."""
+    # gunicorn's own advice, 2 x cores + 1: requests wait on Redis, and the GIL is per process
+    default = min(2 * (os.cpu_count() or 1) + 1, MAX_WEB_WORKERS)
+    return stack.whole_env("WEB_CONCURRENCY", default, 1, MAX_WEB_WORKERS)
+
+
 @click.command()
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
-    # gunicorn's own advice, 2 x cores + 1: requests wait on Redis, and the GIL is per process
-    default=int(os.environ.get("WEB_CONCURRENCY") or 2 * (os.cpu_count() or 1) + 1),
+    type=click.IntRange(1, MAX_WEB_WORKERS),
+    default=None,
+    help="gunicorn worker processes (default: $WEB_CONCURRENCY, else 2 x cores + 1).",
 )
-def serve(workers: int) -> None:
+def serve(workers: int | None) -> None:
     """Serve the API under gunicorn ($PORT or 8080; loopback only without a token)."""
     try:
         Settings.from_env()  # each gunicorn worker would fail on it with a traceback
-        argv = stack.serve_command(workers)
+        api_settings()
+        argv = stack.serve_command(workers or _web_workers())
     except SettingsError as exc:
         raise Fail(str(exc), EXIT_CONFIG) from None
     os.execv(argv[0], argv)
@@ -366,7 +394,10 @@ def serve(workers: int) -> None:
 @click.option("--nodes", type=click.IntRange(1, 16), default=1, help="Local cache nodes to run.")
 def up(flower: bool, nodes: int) -> None:
     """Start the whole system here: Redis (embedded when REDIS_URL is unset), API, worker, beat."""
-    stack.up(flower=flower, nodes=nodes)
+    try:
+        stack.up(flower=flower, nodes=nodes)
+    except SettingsError as exc:
+        raise Fail(str(exc), EXIT_CONFIG) from None
 
 
 COMMANDS = [stats, ls, info, register, rm, cleanup, reconcile, pin, unpin, events]
@@ -377,10 +408,10 @@ def _create_app() -> Any:
 
     try:
         app = create_app()
+        # A command's output is its answer: INFO lines only when asked for.
+        configure_logging(level=log_level(default="WARNING"))
     except (SettingsError, ValueError) as exc:
         raise Fail(str(exc), EXIT_CONFIG) from None
-    # A command's output is its answer: INFO lines only when asked for.
-    configure_logging(level=os.environ.get("DISK_CACHE_LOG_LEVEL") or "WARNING")
     return app
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,7 +22,7 @@ from cachemgr.connection import connect
 from cachemgr.keys import Keys
 from cachemgr.models import MODELS
 from cachemgr.settings import Settings, SettingsError
-from cachemgr.simulate import BOUNDS, format_table, parse_size, plot, simulate
+from cachemgr.simulate import BOUNDS, CacheSize, format_table, parse_size, plot, simulate
 from cachemgr.traces import FORMATS, TraceError, read_trace
 
 
@@ -30,6 +33,14 @@ class Refused(click.ClickException):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def _cache_size(text: str) -> CacheSize:
+    """A --size, refused in one line when it is not one or is beyond 2^63 - 1 bytes."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
 
 
 @click.command("simulate")
@@ -88,10 +99,7 @@ def simulate_command(
     unknown = [p for p in chosen if p not in MODELS]
     if unknown:
         raise Refused(f"unknown policy {unknown[0]!r} (known: {', '.join(MODELS)})")
-    try:
-        parsed = [parse_size(s) for s in (sizes or ("1%", "5%", "10%"))]
-    except ValueError as exc:
-        raise Refused(str(exc)) from None
+    parsed = [_cache_size(s) for s in (sizes or ("1%", "5%", "10%"))]
     if limit is not None and limit <= 0:
         raise Refused("--limit must be > 0")
     target = threshold if target is None else target
@@ -189,6 +197,33 @@ def export_rows(client: Any, keys: Keys, out: TextIO, count: int | None = None) 
     return written
 
 
+def _file_mode(target: Path) -> int:
+    """The mode the finished file gets: the old file's, else what open() would have given
+    (mkstemp's own 0600 would hide an export the user meant to share)."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _export_to_file(client: Any, keys: Keys, target: Path, count: int | None) -> int:
+    """Written aside under a name of its own and renamed once complete: a failure leaves the
+    old file as it was, and no file of the user's (`out.csv.part`) is ever overwritten."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    part = Path(name)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            n = export_rows(client, keys, fh, count)
+        part.chmod(_file_mode(target))
+        part.replace(target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return n
+
+
 @trace_group.command("export")
 @click.option("--redis-url", default=None, help="Default: REDIS_URL from the environment.")
 @click.option(
@@ -209,23 +244,18 @@ def export_command(
     if count is not None and count <= 0:
         raise Refused("--count must be > 0")
     keys, client = _keys_and_client(redis_url, prefix)
-    part = Path(f"{output}.part")
     try:
         if output == "-":
+            # Standard output has nothing to keep safe: no file aside, none to clean up.
             n = export_rows(client, keys, sys.stdout, count)
         else:
-            # Written aside and renamed once complete: a failure leaves the old file as it was.
-            with part.open("w", newline="", encoding="utf-8") as fh:
-                n = export_rows(client, keys, fh, count)
-            part.replace(output)
+            n = _export_to_file(client, keys, Path(output), count)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise Refused(f"Redis cannot be reached: {exc}", 4) from None
     except redis.ResponseError as exc:
         raise click.ClickException(f"cannot read {keys.accesses}: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc}") from None
-    finally:
-        part.unlink(missing_ok=True)
     if output != "-":
         click.echo(f"{n} accesses written to {output}", err=True)
 

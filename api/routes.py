@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
-from flask import Response, jsonify, url_for
+from flask import Response, jsonify, request, url_for
 from flask.views import MethodView
 
 from api.arguments import CacheBlueprint
@@ -37,6 +38,28 @@ from cachemgr.nodes import queue_for
 blp = CacheBlueprint("cache", __name__, url_prefix="/cache", description="Cache status and control")
 # Schemas are passed as instances: webargs would build a class anew on every request.
 ARGS = {"location": "query", "error_status_code": 400}
+
+
+@blp.before_request
+def utf8_path() -> Any:
+    """Refuse a path whose percent-encoding is not UTF-8: werkzeug makes `%ff` into U+FFFD,
+    another path than the one the client named, and one no directory on disk has."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
+    if "%" not in raw:
+        # Nothing percent-encoded (most requests), or a server that keeps no raw URI, where
+        # werkzeug's own decoding stands.
+        return None
+    try:
+        unquote_to_bytes(raw.partition("?")[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        return body(400, "bad_path", "the path is not valid UTF-8 once percent-decoded")
+    return None
+
+
+def empty_path() -> Any:
+    """`POST /cache/register/`, `DELETE /cache/directories/`: no route takes an empty path,
+    and a 404 "not found" told the client nothing of what was wrong."""
+    return body(400, "bad_path", f"empty path in {request.path!r}: name a directory under the root")
 
 
 def prepared(data: dict[str, Any]) -> Response:

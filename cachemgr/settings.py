@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 GIB = 1024**3
 
@@ -34,14 +37,28 @@ _NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-
+# Redis counts bytes in signed 64-bit integers.
 MAX_BYTES = 2**63 - 1
+# Long enough for any real TTL or interval, short enough that an expiry time stays a date
+# Python can print and a Redis EX / PX stays in range.
+MAX_DURATION = 10 * 365 * 86400
+MAX_LOCK_TIMEOUT = 86400  # a lock outliving its holder by more than a day is a stuck lock
+MAX_BATCH_SIZE = 100_000  # entries per round trip: more would block Redis for seconds
+MAX_EVICTIONS_PER_RUN = 10_000_000
+MAX_ENTRY_DEPTH = 100  # levels below the root; a path deeper than this is no download
+MAX_STREAM_LEN = 10**8  # events and access log: 10^8 entries is already gigabytes of Redis
+# Digits read of a number: every bound here has at most 19, and a 5000-digit value would
+# otherwise reach int()'s own limit, with a message about Python rather than the setting.
+_MAX_DIGITS = 40
+
 
 class SettingsError(ValueError):
     """A setting has a value cachemgr cannot run with; the message is one line."""
 
 
-def _number_with_unit(text: str, units: Mapping[str, int], what: str) -> int:
+def _number_with_unit(text: str, units: Mapping[str, int], what: str) -> Fraction:
+    """The exact value of `1.5KiB`, `24h`...: Fraction, not float, so that 2^63 - 1 stays itself
+    and a 400-digit number is a number too large rather than an OverflowError."""
     match = _NUMBER_UNIT.match(str(text))
     if not match:
         raise ValueError(f"not a {what}: {text!r}")
@@ -49,21 +66,63 @@ def _number_with_unit(text: str, units: Mapping[str, int], what: str) -> int:
     factor = units.get(unit.lower())
     if factor is None:
         raise ValueError(f"unknown unit {unit!r} in {text!r}")
-    return int(float(number) * factor)
+    whole, _, decimals = number.partition(".")
+    if len(decimals) > _MAX_DIGITS:
+        raise ValueError(f"too many decimals in {text!r}")
+    if len(whole.lstrip("0")) > _MAX_DIGITS:
+        # Beyond every bound: the caller's "must be at most" says so, without reading it all.
+        return Fraction(10**_MAX_DIGITS)
+    return Fraction(number) * factor
 
 
-def parse_size(text: str | int) -> int:
-    """Bytes from `10737418240`, `10GiB`, `500MB` (SI and binary units)."""
+def _size(text: str | int) -> int:
+    """Bytes, exactly, unbounded: Settings.validate names the bound and quotes the text.
+    A fraction of a byte (`1.1MiB`) is dropped."""
     if isinstance(text, int):
         return text
-    return _number_with_unit(text, _SIZE_UNITS, "size")
+    return int(_number_with_unit(text, _SIZE_UNITS, "size"))
 
 
-def parse_duration(text: str | int) -> int:
-    """Seconds from `86400`, `90s`, `15m`, `24h`, `7d`."""
+def _duration(text: str | int) -> int:
+    """Whole seconds, exactly, unbounded. A fraction of a second (`0.5`, `1.9s`) is refused,
+    not rounded: 0.5 once became 0 and was refused as "must be > 0", 1.9 silently 1."""
     if isinstance(text, int):
         return text
-    return _number_with_unit(text, _DURATION_UNITS, "duration")
+    value = _number_with_unit(text, _DURATION_UNITS, "duration")
+    if value.denominator != 1:
+        raise ValueError(f"not a whole number of seconds: {text!r}")
+    return int(value)
+
+
+def parse_size(text: str | int, *, high: int | None = MAX_BYTES) -> int:
+    """Bytes from `10737418240`, `10GiB`, `500MB` (SI and binary units); at most `high`
+    (2^63 - 1: Redis counts bytes in 64 bits)."""
+    value = _size(text)
+    if high is not None and value > high:
+        note = " (8 EiB)" if high == MAX_BYTES else ""
+        raise ValueError(f"must be at most {high} bytes{note}")
+    return value
+
+
+def parse_duration(text: str | int, *, high: int | None = MAX_DURATION) -> int:
+    """Whole seconds from `86400`, `90s`, `1.5m`, `24h`, `7d`; at most `high` (10 years)."""
+    value = _duration(text)
+    if high is not None and value > high:
+        note = " (10 years)" if high == MAX_DURATION else ""
+        raise ValueError(f"must be at most {high} s{note}")
+    return value
+
+
+def parse_count(text: str | int) -> int:
+    """A whole number written in digits: `200`, not `2e2` nor `200.5`."""
+    if isinstance(text, int):
+        return text
+    digits = str(text).strip()
+    if not re.fullmatch(r"[0-9]+", digits):
+        raise ValueError(f"not a whole number: {text!r}")
+    if len(digits.lstrip("0")) > _MAX_DIGITS:
+        return 10**_MAX_DIGITS  # beyond every bound, as in _number_with_unit
+    return int(digits)
 
 
 def parse_bool(text: str | bool) -> bool:
@@ -108,19 +167,39 @@ class Settings:
     disk_cache_node: str = ""
     disk_cache_cluster: str = "cachemgr"
 
-    def validate(self) -> Settings:
-        def fail(name: str, value: Any, why: str) -> None:
-            raise SettingsError(f"{name.upper()}={value!r}: {why}")
+    def validate(self, typed: Mapping[str, str] | None = None) -> Settings:
+        """Refuse a value cachemgr cannot run with. `typed`: the environment's text of each
+        field read from it, which the message quotes rather than the converted value."""
 
-        if self.disk_cache_ttl_seconds <= 0:
-            fail("disk_cache_ttl_seconds", self.disk_cache_ttl_seconds, "must be > 0")
-        if self.disk_cache_max_bytes <= 0:
-            fail("disk_cache_max_bytes", self.disk_cache_max_bytes, "must be > 0")
-        for name in ("disk_cache_max_bytes", "disk_cache_min_free_bytes"):
-            if getattr(self, name) > MAX_BYTES:  # Redis counts bytes in 64-bit integers
-                fail(name, getattr(self, name), f"must be at most {MAX_BYTES} (8 EiB)")
-        if self.disk_cache_cleanup_interval <= 0:
-            fail("disk_cache_cleanup_interval", self.disk_cache_cleanup_interval, "must be > 0")
+        def fail(name: str, value: Any, why: str) -> None:
+            shown = _shown(typed[name]) if typed and name in typed else repr(value)
+            if name == "redis_url":  # its password must not reach a log or a terminal
+                shown = repr(_without_password(self.redis_url))
+            raise SettingsError(f"{name.upper()}={shown}: {why}")
+
+        # (name, low, high, how high reads): a value past `high` passed start-up, then broke
+        # the books half-way (SET EX, PX out of range) or a reply (64-bit JSON integers).
+        bounds: tuple[tuple[str, int, int, str], ...] = (
+            ("disk_cache_ttl_seconds", 1, MAX_DURATION, "s (10 years)"),
+            ("disk_cache_max_bytes", 1, MAX_BYTES, "(8 EiB)"),
+            ("disk_cache_cleanup_interval", 1, MAX_DURATION, "s (10 years)"),
+            ("disk_cache_min_age_seconds", 0, MAX_DURATION, "s (10 years)"),
+            ("disk_cache_min_free_bytes", 0, MAX_BYTES, "(8 EiB)"),
+            ("disk_cache_max_evictions_per_run", 1, MAX_EVICTIONS_PER_RUN, ""),
+            ("disk_cache_batch_size", 1, MAX_BATCH_SIZE, ""),
+            ("disk_cache_lock_timeout_seconds", 1, MAX_LOCK_TIMEOUT, "s (a day)"),
+            ("disk_cache_entry_depth", 1, MAX_ENTRY_DEPTH, ""),
+            ("disk_cache_events_maxlen", 1, MAX_STREAM_LEN, ""),
+            ("disk_cache_access_log_maxlen", 0, MAX_STREAM_LEN, ""),
+        )
+        for name, low, high, unit in bounds:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                fail(name, value, "must be a whole number")
+            if value < low:
+                fail(name, value, "must be > 0" if low == 1 else f"must be >= {low}")
+            if value > high:
+                fail(name, value, f"must be at most {high} {unit}".rstrip())
         threshold = self.disk_cache_lru_eviction_threshold
         if not 0 < threshold <= 1:
             fail("disk_cache_lru_eviction_threshold", threshold, "must be in (0, 1]")
@@ -131,22 +210,6 @@ class Settings:
                 target,
                 f"must be in (0, DISK_CACHE_LRU_EVICTION_THRESHOLD={threshold}]",
             )
-        for name in (
-            "disk_cache_min_age_seconds",
-            "disk_cache_min_free_bytes",
-            "disk_cache_access_log_maxlen",
-        ):
-            if getattr(self, name) < 0:
-                fail(name, getattr(self, name), "must be >= 0")
-        for name in (
-            "disk_cache_max_evictions_per_run",
-            "disk_cache_batch_size",
-            "disk_cache_lock_timeout_seconds",
-            "disk_cache_entry_depth",
-            "disk_cache_events_maxlen",
-        ):
-            if getattr(self, name) < 1:
-                fail(name, getattr(self, name), "must be >= 1")
         from cachemgr.policies import POLICIES  # late: policies import settings' neighbours
 
         if self.disk_cache_eviction_policy not in POLICIES:
@@ -159,6 +222,9 @@ class Settings:
             fail("disk_cache_key_prefix", self.disk_cache_key_prefix, "use letters, digits, _.:{}-")
         if not re.fullmatch(r"[A-Za-z0-9_.-]*", self.disk_cache_node):
             fail("disk_cache_node", self.disk_cache_node, "use letters, digits, _.-")
+        problem = redis_url_problem(self.redis_url)
+        if problem:
+            fail("redis_url", self.redis_url, problem)
         return self
 
     def check_root(self) -> Settings:
@@ -207,25 +273,26 @@ class Settings:
             if raw is None or raw == "" and f.name not in ("disk_cache_key_prefix",):
                 continue
             values[f.name] = _convert(f.name, raw)
-        settings = cls(**values).validate()
+        typed = {f.name: env[f.name.upper()] for f in fields(cls) if f.name in values}
+        settings = cls(**values).validate(typed)
         return settings.check_root() if require_root else settings
 
 
 _PARSERS: dict[str, Any] = {
     "enable_disk_cache_management": parse_bool,
-    "disk_cache_ttl_seconds": parse_duration,
-    "disk_cache_max_bytes": parse_size,
-    "disk_cache_cleanup_interval": parse_duration,
+    "disk_cache_ttl_seconds": _duration,
+    "disk_cache_max_bytes": _size,
+    "disk_cache_cleanup_interval": _duration,
     "disk_cache_lru_eviction_threshold": float,
     "disk_cache_lru_eviction_target": float,
-    "disk_cache_min_age_seconds": parse_duration,
-    "disk_cache_min_free_bytes": parse_size,
-    "disk_cache_max_evictions_per_run": int,
-    "disk_cache_batch_size": int,
-    "disk_cache_lock_timeout_seconds": parse_duration,
-    "disk_cache_entry_depth": int,
-    "disk_cache_events_maxlen": int,
-    "disk_cache_access_log_maxlen": int,
+    "disk_cache_min_age_seconds": _duration,
+    "disk_cache_min_free_bytes": _size,
+    "disk_cache_max_evictions_per_run": parse_count,
+    "disk_cache_batch_size": parse_count,
+    "disk_cache_lock_timeout_seconds": _duration,
+    "disk_cache_entry_depth": parse_count,
+    "disk_cache_events_maxlen": parse_count,
+    "disk_cache_access_log_maxlen": parse_count,
 }
 
 
@@ -233,8 +300,68 @@ def _convert(name: str, raw: str) -> Any:
     parser = _PARSERS.get(name, str)
     text = raw.strip()
     if text.startswith("-") and parser is not str:
-        raise SettingsError(f"{name.upper()}={raw!r}: must not be negative")
+        raise SettingsError(f"{name.upper()}={quoted(raw)}: must not be negative")
     try:
         return parser(text)
     except ValueError as exc:
-        raise SettingsError(f"{name.upper()}={raw!r}: {exc}") from None
+        raise SettingsError(f"{name.upper()}={quoted(raw)}: {exc}") from None
+
+
+def quoted(text: str) -> str:
+    """repr(text), cut short when absurdly long: a 400-digit number is recognisable by its
+    start and its length, and the message stays one readable line."""
+    if len(text) > 40:
+        return f"{text[:20]!r}... ({len(text)} characters)"
+    return repr(text)
+
+
+def _shown(text: str) -> str:
+    """The user's own text in a message: bare when it is a plain number (`=0.95`, as the
+    README shows), quoted otherwise, so that spaces and empty values stay visible."""
+    if len(text) <= 40 and re.fullmatch(r"[0-9][0-9.]*[A-Za-z]*", text):
+        return text
+    return quoted(text)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why redis-py would misread the URL, if it would: a database that is not a number
+    (`/abc`) is silently database 0 there, another node's books."""
+    parts = urlsplit(url)
+    if parts.scheme == "redis+sentinel":
+        hosts, _, rest = url.removeprefix("redis+sentinel://").partition("/")
+        for host in hosts.split(","):
+            if not host.rpartition(":")[2].isdigit():
+                return f"sentinel {host!r} needs a numeric port (host:port)"
+        db = rest.partition("/")[2]
+    else:
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError as exc:
+            return f"not a Redis URL ({exc})"
+        db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    dbs = [db] if db else []
+    dbs += parse_qs(parts.query).get("db", [])
+    for value in dbs:
+        if not value.isascii() or not value.isdigit():
+            return f"the database {value!r} is not a number"
+    return None
+
+
+def log_level(environ: Mapping[str, str] | None = None, default: str = "INFO") -> str:
+    """DISK_CACHE_LOG_LEVEL, checked: logging's own error names neither the setting nor the
+    levels it knows."""
+    env = os.environ if environ is None else environ
+    raw = env.get("DISK_CACHE_LOG_LEVEL") or ""
+    level = raw.strip().upper() or default
+    if level not in logging.getLevelNamesMapping():
+        known = "DEBUG, INFO, WARNING, ERROR, CRITICAL"
+        raise SettingsError(f"DISK_CACHE_LOG_LEVEL={raw!r}: not a log level ({known})")
+    return level

@@ -13,12 +13,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any, TextIO
 
 import numpy as np
 
 from cachemgr.bounds import belady, belady_size, pfoo_l
 from cachemgr.models import MODELS, make_model
+from cachemgr.settings import MAX_BYTES, quoted
 from cachemgr.traces import Trace, next_access
 
 BOUNDS = ("belady", "belady-size", "pfoo-l")
@@ -71,9 +73,14 @@ def parse_size(text: str) -> CacheSize:
     m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([A-Za-z]*)", raw)
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"bad cache size {text!r} (use e.g. 1%, 10%, 128MiB, 2GB, 4096)")
-    n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if len(m.group(1)) > 40:  # past any bound below; Fraction would read every digit
+        raise ValueError(f"cache size {quoted(text)}: must be at most {MAX_BYTES} bytes (8 EiB)")
+    # Exact, not float: 2^63 - 1 stays itself, and a huge number is too large, not infinity.
+    n = int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
     if n <= 0:
         raise ValueError(f"cache size {text!r} must be > 0")
+    if n > MAX_BYTES:
+        raise ValueError(f"cache size {quoted(text)}: must be at most {MAX_BYTES} bytes (8 EiB)")
     return CacheSize(raw, bytes=n)
 
 

@@ -348,3 +348,77 @@ def test_a_wait_that_runs_out_answers_202_with_the_task(app, client, root, monke
     r = client.post("/cache/register/slow?wait=0.3")
     assert r.status_code == 202, r.get_data(as_text=True)
     assert r.get_json()["task_id"] == never.id and r.get_json()["state"] == "PENDING"
+
+
+@pytest.mark.parametrize(
+    "method,url,name",
+    [
+        ("post", "/cache/cleanup?dry_run=false&dry_run=true&wait=10", "dry_run"),
+        ("get", "/cache/directories?limit=5&limit=abc", "limit"),
+        ("get", "/cache/stats?node=a&node=a", "node"),
+        ("delete", "/cache/directories/d00?remove_files=false&remove_files=true&wait=10",
+         "remove_files"),
+    ],
+)  # fmt: skip
+def test_a_repeated_query_argument_is_refused_and_nothing_runs(client, cache, root, method, url,
+                                                                name):  # fmt: skip
+    # webargs took the first of them: `dry_run=false&dry_run=true` ran a real cleanup.
+    registered(cache, root, *[f"d{i:02d}" for i in range(20)])  # past the threshold
+    r = getattr(client, method)(url)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    body = r.get_json()
+    assert body["code"] == "bad_parameter" and name in body["message"]
+    assert "more than once" in body["message"]
+    assert cache.store.count_entries() == 20 and (root / "d00").is_dir()
+
+
+@pytest.mark.parametrize(
+    "method,url", [("post", "/cache/register/"), ("delete", "/cache/directories/"),
+                   ("get", "/cache/directories/")]
+)  # fmt: skip
+def test_an_empty_path_is_a_bad_path_not_a_404(client, method, url):
+    r = getattr(client, method)(url)
+    assert r.status_code == 400 and r.get_json()["code"] == "bad_path", r.get_data(as_text=True)
+    assert "empty path" in r.get_json()["message"]
+
+
+@pytest.mark.parametrize(
+    "method,url",
+    [("get", "/cache/directories/%ff"), ("post", "/cache/register/a%ffb"),
+     ("delete", "/cache/directories/x/%c3%28?remove_files=true")],
+)  # fmt: skip
+def test_a_path_that_is_not_utf8_is_refused(client, cache, root, method, url):
+    # werkzeug made `%ff` into U+FFFD: silently another path than the one named.
+    make_tree(root, "\ufffd")
+    cache.register("\ufffd")
+    r = getattr(client, method)(url)
+    assert r.status_code == 400 and r.get_json()["code"] == "bad_path", r.get_data(as_text=True)
+    assert "UTF-8" in r.get_json()["message"]
+    assert cache.store.info("\ufffd") is not None
+
+
+def test_a_utf8_path_still_reads(client, cache, root):
+    registered(cache, root, "café")
+    r = client.get("/cache/directories/caf%C3%A9")
+    assert r.status_code == 200 and r.get_json()["path"] == "café"
+
+
+@pytest.mark.parametrize(
+    "env,name",
+    [
+        ({"DISK_CACHE_TTL_SECONDS": str(10**30)}, "DISK_CACHE_TTL_SECONDS"),
+        ({"DISK_CACHE_MAX_BYTES": "9" * 400}, "DISK_CACHE_MAX_BYTES"),
+        ({"DISK_CACHE_API_READ_AUTH": "maybe"}, "DISK_CACHE_API_READ_AUTH"),
+        ({"DISK_CACHE_LOG_LEVEL": "BOGUS"}, "DISK_CACHE_LOG_LEVEL"),
+    ],
+)
+def test_create_app_refuses_bad_settings_with_a_settings_error(monkeypatch, root, env, name):
+    # A TTL of 10^30 started, then made GET /cache/stats a 500; 400 digits an OverflowError.
+    from api import create_app
+    from cachemgr import SettingsError
+
+    monkeypatch.setenv("DISK_CACHE_ROOT", str(root))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError, match=f"^{name}="):
+        create_app()

@@ -118,3 +118,55 @@ def test_pin_unpin_and_events(runner, cache, root):
     cache.remove("a")
     lines = run(runner, "events", "--limit", "5").output.strip().splitlines()
     assert json.loads(lines[-1])["event"] == "removed"
+
+
+HUGE = "9" * 400
+
+
+@pytest.mark.parametrize(
+    "args,option",
+    [
+        (["ls", "--larger-than", HUGE], "--larger-than"),
+        (["ls", "--larger-than", "9223372036854775808"], "--larger-than"),
+        (["ls", "--idle-for", HUGE], "--idle-for"),
+        (["ls", "--idle-for", "3651d"], "--idle-for"),
+        (["ls", "--idle-for", "0.5"], "--idle-for"),
+        (["pin", "a", "--ttl", HUGE], "--ttl"),
+    ],
+)
+def test_huge_option_values_are_one_line_usage_errors(runner, args, option):
+    # OverflowError tracebacks before: int(float("9" * 400)).
+    result = run(runner, *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip().count("\n") == 0 and option in result.output
+    assert len(result.output) < 200
+
+
+def test_an_events_limit_past_what_redis_takes_is_a_usage_error(runner, cache, root):
+    # XREVRANGE's COUNT overflowed: a redis ResponseError traceback.
+    result = run(runner, "events", "--limit", "99999999999999999999")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "--limit" in result.output and "10000" in result.output
+    assert run(runner, "events", "--limit", "10000").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "env,name",
+    [
+        ({"DISK_CACHE_MAX_BYTES": HUGE}, "DISK_CACHE_MAX_BYTES"),
+        ({"DISK_CACHE_TTL_SECONDS": HUGE}, "DISK_CACHE_TTL_SECONDS"),
+        ({"DISK_CACHE_CLEANUP_INTERVAL": HUGE}, "DISK_CACHE_CLEANUP_INTERVAL"),
+        ({"DISK_CACHE_LOG_LEVEL": "BOGUS"}, "DISK_CACHE_LOG_LEVEL='BOGUS': not a log level"),
+        ({"DISK_CACHE_API_READ_AUTH": "maybe"}, "DISK_CACHE_API_READ_AUTH='maybe'"),
+        ({"REDIS_URL": "redis://127.0.0.1:6379/abc"}, "REDIS_URL="),
+    ],
+)
+def test_bad_settings_stop_every_command_in_one_line_with_exit_5(tmp_path, env, name):
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    full = {"DISK_CACHE_ROOT": str(tmp_path), **env}
+    result = CliRunner().invoke(main, ["stats"], env=full)
+    assert result.exit_code == 5 and "Traceback" not in result.output, result.output
+    assert result.output.strip().count("\n") == 0 and name in result.output

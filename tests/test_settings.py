@@ -58,7 +58,8 @@ def test_durations_take_units():
     [
         ({"DISK_CACHE_TTL_SECONDS": "-5"}, "DISK_CACHE_TTL_SECONDS='-5'"),
         ({"DISK_CACHE_LRU_EVICTION_THRESHOLD": "1.5"}, "DISK_CACHE_LRU_EVICTION_THRESHOLD=1.5"),
-        ({"DISK_CACHE_LRU_EVICTION_THRESHOLD": "0"}, "DISK_CACHE_LRU_EVICTION_THRESHOLD=0.0"),
+        # The text as typed, not the converted 0.0.
+        ({"DISK_CACHE_LRU_EVICTION_THRESHOLD": "0"}, "DISK_CACHE_LRU_EVICTION_THRESHOLD=0:"),
         (
             {"DISK_CACHE_LRU_EVICTION_TARGET": "0.95"},
             "DISK_CACHE_LRU_EVICTION_TARGET=0.95",
@@ -126,3 +127,184 @@ def test_a_quota_beyond_what_redis_counts_is_refused(tmp_path):
     with pytest.raises(SettingsError, match="DISK_CACHE_MAX_BYTES=.*at most 9223372036854775807"):
         Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path),
                            "DISK_CACHE_MAX_BYTES": "100000000TiB"})  # fmt: skip
+
+
+HUGE = "9" * 400
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DISK_CACHE_MAX_BYTES", "DISK_CACHE_TTL_SECONDS", "DISK_CACHE_CLEANUP_INTERVAL",
+        "DISK_CACHE_MIN_AGE_SECONDS", "DISK_CACHE_MIN_FREE_BYTES", "DISK_CACHE_BATCH_SIZE",
+        "DISK_CACHE_LOCK_TIMEOUT_SECONDS", "DISK_CACHE_EVENTS_MAXLEN",
+        "DISK_CACHE_ACCESS_LOG_MAXLEN", "DISK_CACHE_MAX_EVICTIONS_PER_RUN",
+        "DISK_CACHE_ENTRY_DEPTH",
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_a_huge_number_is_a_settings_error_naming_the_setting(tmp_path, name, digits):
+    # int(float(...)) raised OverflowError: a traceback from the CLI and from create_app().
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path), name: "9" * digits})
+    message = str(err.value)
+    assert message.startswith(f"{name}='99999") and "must be at most" in message
+    assert "\n" not in message and len(message) < 200
+
+
+@pytest.mark.parametrize(
+    "name,value,bound",
+    [
+        # Each passed start-up, then broke the books or the API half-way.
+        ("DISK_CACHE_TTL_SECONDS", "99999999999999999", "315360000 s (10 years)"),
+        ("DISK_CACHE_TTL_SECONDS", str(10**30), "315360000 s (10 years)"),
+        ("DISK_CACHE_CLEANUP_INTERVAL", "3651d", "315360000 s (10 years)"),
+        ("DISK_CACHE_LOCK_TIMEOUT_SECONDS", "99999999999999999", "86400 s (a day)"),
+        ("DISK_CACHE_LOCK_TIMEOUT_SECONDS", "2d", "86400 s (a day)"),
+        ("DISK_CACHE_BATCH_SIZE", "100001", "100000"),
+        ("DISK_CACHE_EVENTS_MAXLEN", "100000001", "100000000"),
+        ("DISK_CACHE_ACCESS_LOG_MAXLEN", "100000001", "100000000"),
+        ("DISK_CACHE_MAX_EVICTIONS_PER_RUN", "99999999999", "10000000"),
+        ("DISK_CACHE_ENTRY_DEPTH", "101", "100"),
+    ],
+)
+def test_settings_past_their_upper_bound_are_refused(tmp_path, name, value, bound):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path), name: value})
+    assert str(err.value) == f"{name}={value}: must be at most {bound}"
+
+
+def test_settings_at_their_upper_bound_are_taken(tmp_path):
+    s = Settings.from_env({
+        "DISK_CACHE_ROOT": str(tmp_path), "DISK_CACHE_TTL_SECONDS": "3650d",
+        "DISK_CACHE_LOCK_TIMEOUT_SECONDS": "1d", "DISK_CACHE_BATCH_SIZE": "100000",
+        "DISK_CACHE_EVENTS_MAXLEN": "100000000",
+    })  # fmt: skip
+    assert s.disk_cache_ttl_seconds == 3650 * 86400 and s.disk_cache_lock_timeout_seconds == 86400
+    with pytest.raises(SettingsError, match="DISK_CACHE_BATCH_SIZE=100001: must be at most"):
+        s.with_(disk_cache_batch_size=100001)  # the same bounds for settings made in code
+
+
+def test_the_documented_maximum_quota_is_taken_exactly(tmp_path):
+    # float() made it 2^63 and refused it as "=9223372036854775808: must be at most ...807".
+    env = {"DISK_CACHE_ROOT": str(tmp_path), "DISK_CACHE_MAX_BYTES": "9223372036854775807"}
+    assert Settings.from_env(env).disk_cache_max_bytes == 2**63 - 1
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({**env, "DISK_CACHE_MAX_BYTES": "9223372036854775808"})
+    assert str(err.value).startswith("DISK_CACHE_MAX_BYTES=9223372036854775808: must be at most")
+    assert parse_size("1.5KiB") == 1536 and parse_size("1.1MiB") == 1153433
+
+
+@pytest.mark.parametrize("value", ["0.5", "1.9", "1.9s", "0.01m"])
+def test_a_fraction_of_a_second_is_refused_not_truncated(tmp_path, value):
+    # 0.5 became 0 ("=0: must be > 0"), 1.9 silently 1.
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path), "DISK_CACHE_TTL_SECONDS": value})
+    assert str(err.value) == (
+        f"DISK_CACHE_TTL_SECONDS={value!r}: not a whole number of seconds: {value!r}"
+    )
+    assert parse_duration("1.5m") == 90
+
+
+@pytest.mark.parametrize(
+    "name,value", [("DISK_CACHE_BATCH_SIZE", "2.5"), ("DISK_CACHE_EVENTS_MAXLEN", "1e4")]
+)
+def test_a_count_must_be_written_in_digits(tmp_path, name, value):
+    with pytest.raises(SettingsError, match=f"{name}='{value}': not a whole number"):
+        Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path), name: value})
+
+
+@pytest.mark.parametrize(
+    "url,why",
+    [
+        ("redis://127.0.0.1:6379/abc", "the database 'abc' is not a number"),
+        ("redis://:secret@127.0.0.1:6379/abc", "the database 'abc' is not a number"),
+        ("redis://127.0.0.1:6379/0?db=x", "the database 'x' is not a number"),
+        ("redis://127.0.0.1:port/0", "not a Redis URL"),
+        ("redis+sentinel://h:26379/mymaster/x", "the database 'x' is not a number"),
+        ("unix:///run/redis.sock?db=x", "the database 'x' is not a number"),
+    ],
+)
+def test_a_redis_url_whose_database_is_not_a_number_is_refused(tmp_path, url, why):
+    # redis-py reads `/abc` as database 0: another node's books, silently.
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path), "REDIS_URL": url})
+    assert str(err.value).startswith("REDIS_URL=") and why in str(err.value)
+    assert "secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/3", "rediss://u:p@h:6380/1?ssl_cert_reqs=none",
+        "redis+sentinel://a:26379,b:26380/mymaster/2", "redis+cluster://h:7000",
+        "unix:///run/redis.sock?db=2",
+    ],
+)  # fmt: skip
+def test_good_redis_urls_are_taken(tmp_path, url):
+    assert Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path), "REDIS_URL": url}).redis_url == url
+
+
+def test_a_bad_log_level_names_the_setting_and_the_levels():
+    from cachemgr.settings import log_level
+
+    assert log_level({"DISK_CACHE_LOG_LEVEL": "debug"}) == "DEBUG"
+    assert log_level({}, default="WARNING") == "WARNING"
+    with pytest.raises(SettingsError) as err:
+        log_level({"DISK_CACHE_LOG_LEVEL": "BOGUS"})
+    assert str(err.value) == (
+        "DISK_CACHE_LOG_LEVEL='BOGUS': not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)"
+    )
+
+
+@pytest.mark.parametrize("value", [HUGE, "99999999999999999", "1.5"])
+def test_beat_refuses_a_huge_or_fractional_interval_in_one_line(value):
+    code, err = _run(["-c", "import celeryconfig"], {"DISK_CACHE_CLEANUP_INTERVAL": value})
+    assert code == 1 and "Traceback" not in err, err
+    assert err.splitlines() == [err] and "DISK_CACHE_CLEANUP_INTERVAL" in err
+
+
+@pytest.mark.parametrize(
+    "env,name",
+    [
+        ({"WEB_CONCURRENCY": "abc"}, "WEB_CONCURRENCY"),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"),
+        ({"WEB_THREADS": "x"}, "WEB_THREADS"),
+        ({"DISK_CACHE_API_READ_AUTH": "maybe"}, "DISK_CACHE_API_READ_AUTH"),
+        ({"DISK_CACHE_MAX_BYTES": HUGE}, "DISK_CACHE_MAX_BYTES"),
+    ],
+)
+def test_serve_refuses_bad_process_settings_in_one_line(tmp_path, env, name):
+    code, err = _run(["-m", "api.cli", "serve"], {"DISK_CACHE_ROOT": str(tmp_path), **env})
+    assert code == 5 and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and name in err
+
+
+def test_a_bad_web_concurrency_breaks_nothing_but_serve(tmp_path):
+    # It was read when api.cli was imported: every command and create_app() failed on it.
+    from tests.conftest import REDIS_URL
+
+    env = {"WEB_CONCURRENCY": "abc", "DISK_CACHE_ROOT": str(tmp_path), "REDIS_URL": REDIS_URL}
+    code, err = _run(["-c", "from api import create_app; create_app()"], env)
+    assert code == 0, err
+    code, err = _run(["-m", "api.cli", "stats", "--help"], env)
+    assert code == 0, err
+
+
+def test_up_refuses_a_bad_embedded_redis_port_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(CACHEMGR_REDIS_PORT="abc", CACHEMGR_STATE_DIR=str(tmp_path / "state"),
+               DISK_CACHE_ROOT=str(tmp_path))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "up"], cwd=Path(__file__).resolve().parents[1],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    err = done.stderr.strip()
+    assert done.returncode == 5 and "Traceback" not in err, err
+    assert err.splitlines() == [err] and "CACHEMGR_REDIS_PORT='abc'" in err
+    assert not (tmp_path / "state").exists()  # refused before anything was started or made

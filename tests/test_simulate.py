@@ -264,3 +264,63 @@ def test_progress_bar_draws_on_a_terminal_only(text_trace):
         replay("lru", trace, trace.working_set_bytes() // 20, progress=bar)
     assert "100.0%" in shown.getvalue() and shown.getvalue().endswith("\n")
     assert hidden.getvalue() == ""
+
+
+def test_trace_export_to_stdout_leaves_a_users_dash_part_file_alone(
+    redis_client, prefix, tmp_path, monkeypatch
+):
+    # `-o -` once wrote `./-.part` aside and unlinked it: a user's file of that name was lost.
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "-.part"
+    mine.write_text("mine")
+    Store(redis_client, Keys(prefix), access_log_maxlen=10).access("a", now=1.0, miss_bytes=5)
+    result = CliRunner().invoke(
+        trace_group, ["export", "--redis-url", REDIS_URL, "--prefix", prefix]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "timestamp,path,size,hit"
+    assert mine.read_text() == "mine" and sorted(tmp_path.iterdir()) == [mine]
+
+
+def test_trace_export_to_a_file_leaves_a_users_part_file_alone(redis_client, prefix, tmp_path):
+    out, mine = tmp_path / "out.csv", tmp_path / "out.csv.part"
+    mine.write_text("mine")
+    Store(redis_client, Keys(prefix), access_log_maxlen=10).access("a", now=1.0, miss_bytes=5)
+    result = CliRunner().invoke(
+        trace_group, ["export", "--redis-url", REDIS_URL, "--prefix", prefix, "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert mine.read_text() == "mine" and out.read_text().count("\n") == 2
+    assert sorted(tmp_path.iterdir()) == [out, mine]
+
+
+def test_a_failed_trace_export_keeps_the_old_file_and_leaves_no_part(
+    redis_client, prefix, tmp_path
+):
+    # The stream's key holding a string: XRANGE fails after the file aside was opened.
+    redis_client.set(Keys(prefix).accesses, "not a stream")
+    out = tmp_path / "out.csv"
+    out.write_text("old")
+    result = CliRunner().invoke(
+        trace_group, ["export", "--redis-url", REDIS_URL, "--prefix", prefix, "-o", str(out)]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert out.read_text() == "old" and list(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.parametrize(
+    "size", ["9" * 400, "9" * 5000, "99999999999999999999999", "9223372036854775808", "9e18GiB"]
+)
+def test_a_cache_size_past_what_a_64_bit_count_holds_is_refused(text_trace, size):
+    # float("9" * 400) is infinity: int() of it was an OverflowError traceback.
+    code, out = run(str(text_trace), "--policy", "lru", "--no-bounds", "--size", size)
+    assert code == 2 and "Traceback" not in out, out
+    assert out.strip().count("\n") == 0 and len(out) < 200
+
+
+def test_the_largest_cache_size_is_taken_exactly(text_trace):
+    code, out = run(
+        str(text_trace), "--policy", "lru", "--no-bounds", "--size", "9223372036854775807", "--json"
+    )
+    assert code == 0, out
+    assert json.loads(out)["results"][0]["capacity"] == 2**63 - 1

@@ -281,16 +281,24 @@ def test_no_access_log_by_default(cache, root):
     assert cache.client.exists(cache.keys.accesses) == 0
 
 
-def test_a_worker_with_bad_settings_stops_in_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "setting,said",
+    [
+        ("DISK_CACHE_TTL_SECONDS=abc", "DISK_CACHE_TTL_SECONDS='abc'"),
+        ("DISK_CACHE_LOG_LEVEL=BOGUS", "DISK_CACHE_LOG_LEVEL='BOGUS': not a log level"),
+    ],
+)
+def test_a_worker_with_bad_settings_stops_in_one_line(tmp_path, setting, said):
     # Rather than say "ready" and fail every task it is sent with a traceback.
     import os
     import subprocess
     import sys
 
+    name, _, value = setting.partition("=")
     env = {
         **os.environ,
         "DISK_CACHE_ROOT": str(tmp_path),
-        "DISK_CACHE_TTL_SECONDS": "abc",
+        name: value,
         "CACHEMGR_QUEUE": f"badsettings-{os.getpid()}",
     }
     done = subprocess.run(
@@ -299,7 +307,7 @@ def test_a_worker_with_bad_settings_stops_in_one_line(tmp_path):
         env=env, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     log = done.stdout + done.stderr
-    assert "worker stopping: DISK_CACHE_TTL_SECONDS='abc'" in log, log[-2000:]
+    assert f"worker stopping: {said}" in log and "Traceback" not in log, log[-2000:]
     assert done.returncode == 5  # a supervisor must not read it as success
 
 

@@ -14,7 +14,7 @@ from celery.worker import state
 
 from cachemgr import migrations
 from cachemgr.logs import configure_logging
-from cachemgr.settings import SettingsError
+from cachemgr.settings import SettingsError, log_level
 
 app = Celery("cachemgr", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
@@ -24,13 +24,21 @@ HEARTBEAT_SECONDS = 10
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # the main process: it runs the heartbeat
 EXIT_BAD_SETTINGS = 5
 _stop = threading.Event()
+_bad_settings: list[SettingsError] = []  # found while logging was set up
 
 
 @setup_logging.connect
 def _logging(loglevel: Any = None, **_: Any) -> None:
     """Celery leaves logging to us: plain text, or JSON with DISK_CACHE_LOG_FORMAT=json."""
     # DISK_CACHE_LOG_LEVEL, when set, wins over Celery's -l (the Procfile's INFO).
-    configure_logging(level=os.environ.get("DISK_CACHE_LOG_LEVEL") or loglevel)
+    try:
+        # Celery gives -l as a number (20) or a name.
+        given = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
+        level = log_level(default=str(given or "INFO"))
+    except SettingsError as exc:  # logging is needed to say so: the worker stops when ready
+        _bad_settings.append(exc)
+        level = "INFO"
+    configure_logging(level=level)
 
 
 def _announce(cache: Any) -> bool:
@@ -66,6 +74,8 @@ def announce(**_: Any) -> None:
     from workers.tasks import get_cache
 
     try:
+        if _bad_settings:
+            raise _bad_settings[0]
         cache = get_cache()
     except SettingsError as exc:
         log.critical("worker stopping: %s", exc)
