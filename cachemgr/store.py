@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from cachemgr import checks, scripts
+from cachemgr import checks, pins, scripts
 from cachemgr.keys import Keys
 from cachemgr.paths import ancestors
 from cachemgr.policies import POLICIES, Policy
@@ -73,8 +73,8 @@ class Store:
         self._settle = self.policy.settle and client.register_script(
             scripts.PRELUDE + self.policy.settle + "\nreturn settle_step(tonumber(ARGV[1]))"
         )
-        self._pin = client.register_script(scripts.PIN)
-        self._drop_lapsed_pins = client.register_script(scripts.DROP_LAPSED_PINS)
+        self._pin = client.register_script(pins.PIN)
+        self._drop_lapsed_pins = client.register_script(pins.DROP_LAPSED_PINS)
         self._resize = client.register_script(self.policy.script(scripts.RESIZE))
 
     # -- keys ---------------------------------------------------------------------------
