@@ -20,7 +20,7 @@ is -0, which reaches Redis as '-0' and HINCRBY refuses it.
 
 from __future__ import annotations
 
-from cachemgr.policy_lua_s3fifo import CURSOR, forget_in_ghost, remember_in_ghost
+from cachemgr.policy_lua_parts import CURSOR, forget_in_ghost, remember_in_ghost
 
 # -- SIEVE ---------------------------------------------------------------------------------
 # AUX[1] zset of unvisited entries, AUX[2] zset of visited entries, both scored by insertion

@@ -12,7 +12,7 @@ back to Redis are formatted with %.0f: Lua would print a big one as %.14g.
 
 from __future__ import annotations
 
-from cachemgr.policy_lua_s3fifo import (
+from cachemgr.policy_lua_parts import (
     CURSOR,
     filled,
     forget_in_ghost,
