@@ -17,6 +17,7 @@ from api.extensions import CacheExtension, state
 from api.schemas import ApiErrorSchema
 from cachemgr.logs import configure_logging
 from cachemgr.settings import SettingsError, log_level, parse_bool
+from cachemgr.stats import disabled_where
 
 log = logging.getLogger("cachemgr.api")
 
@@ -147,11 +148,15 @@ def _health(app: Flask) -> None:
             checks["broker"] = f"unreachable: {exc}"
         root = st.cache.root
         checks["root"] = "ok" if root.is_dir() else f"downloads directory {root} does not exist"
-        checks["enabled"] = (
-            "ok"
-            if st.cache.settings.enable_disk_cache_management
-            else "ENABLE_DISK_CACHE_MANAGEMENT is false: the cache manages nothing"
-        )
+        try:
+            off = disabled_where(st.cache)
+            checks["enabled"] = (
+                f"ENABLE_DISK_CACHE_MANAGEMENT is false {off}: the cache manages nothing"
+                if off
+                else "ok"
+            )
+        except Exception as exc:  # Redis away: said by the redis check already
+            checks["enabled"] = f"unknown: {exc}"
         ready = all(v == "ok" for v in checks.values())
         return jsonify({"status": "ok" if ready else "unavailable", "checks": checks}), (
             200 if ready else 503

@@ -235,12 +235,7 @@ def enforce_quota(
             why,
             extra={"event": "eviction_short"},
         )
-        cache.client.xadd(
-            cache.keys.events,
-            {"event": "eviction_short", "time": f"{cache.clock():.3f}", **why},
-            maxlen=cache.settings.disk_cache_events_maxlen,
-            approximate=True,
-        )
+        cache.store.add_event({"event": "eviction_short", "time": f"{cache.clock():.3f}", **why})
     return result
 
 
@@ -293,8 +288,13 @@ def cleanup(
         rebuilt = False
         if not cache.client.exists(cache.keys.initialized):
             log.warning("cache books are empty or new: reconciling with the disk before evicting")
+            # Books that were empty and now hold what the disk has were lost (FLUSHALL, a
+            # restart without persistence), pins with them. Books the pipeline has been
+            # filling (a new install) lost nothing: eviction goes ahead.
+            was_empty = cache.store.count_entries() == 0
             try:
-                rebuilt = bool(reconcile(cache, heartbeat=lock.extend)["registered"])
+                found = reconcile(cache, heartbeat=lock.extend)["registered"]
+                rebuilt = was_empty and bool(found)
             except ReconcileBusy:
                 # someone's reconcile is rebuilding the books: evicting before it ends would
                 # go by half of them
@@ -370,14 +370,6 @@ def _record(
     pipe.lpush(cache.keys.history, json.dumps(sample))
     pipe.ltrim(cache.keys.history, 0, 287)
     if result.get("status") == "failed":
-        pipe.xadd(
-            cache.keys.events,
-            {
-                "event": "cleanup_failed",
-                "error": str(result.get("error")),
-                "time": f"{started:.3f}",
-            },
-            maxlen=cache.settings.disk_cache_events_maxlen,
-            approximate=True,
-        )
+        failure = {"event": "cleanup_failed", "error": str(result.get("error"))}
+        cache.store.add_event({**failure, "time": f"{started:.3f}"}, pipeline=pipe)
     pipe.execute()

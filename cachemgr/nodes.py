@@ -99,15 +99,27 @@ class NodeRegistry:
         if entry is None:
             return None
         return replace(
-            base,
+            enforced(base, entry),
             disk_cache_node=node if entry.get("named", True) else "",
             disk_cache_root=entry["root"],
             disk_cache_key_prefix=entry["key_prefix"],
-            disk_cache_max_bytes=int(entry["max_bytes"]),
-            disk_cache_lru_eviction_threshold=float(entry["threshold"]),
-            disk_cache_lru_eviction_target=float(entry["target"]),
-            disk_cache_ttl_seconds=int(entry["ttl_seconds"]),
-            disk_cache_cleanup_interval=int(entry["cleanup_interval"]),
-            disk_cache_eviction_policy=entry["policy"],
             enable_disk_cache_management=bool(entry.get("enabled", True)),
         ).validate()
+
+
+# What a node's workers publish of the settings they enforce: entry field -> Settings field.
+ENFORCED = {
+    "max_bytes": ("disk_cache_max_bytes", int),
+    "threshold": ("disk_cache_lru_eviction_threshold", float),
+    "target": ("disk_cache_lru_eviction_target", float),
+    "ttl_seconds": ("disk_cache_ttl_seconds", int),
+    "cleanup_interval": ("disk_cache_cleanup_interval", int),
+    "policy": ("disk_cache_eviction_policy", str),
+}
+
+
+def enforced(base: Settings, entry: dict[str, Any]) -> Settings:
+    """`base` with the quota, TTL, interval and policy a node's workers published: what they
+    enforce, whatever another process's environment says."""
+    changes = {field: kind(entry[key]) for key, (field, kind) in ENFORCED.items() if key in entry}
+    return replace(base, **changes)

@@ -180,8 +180,12 @@ def _reconcile_one(
     if record is None:
         if dry_run:
             report["registered"].append(path)
-        elif cache.register(path).get("status") == "registered":
-            report["registered"].append(path)
+        else:
+            done = cache.register(path)
+            # Not new: the pipeline's own registration got there first (on a new install the
+            # two race): it was on the books already.
+            if done.get("status") == "registered" and done.get("new"):
+                report["registered"].append(path)
         return
     if dry_run:
         _compare(cache, path, location, exists, record, report)

@@ -274,6 +274,13 @@ class Settings:
                 continue
             values[f.name] = _convert(f.name, raw)
         typed = {f.name: env[f.name.upper()] for f in fields(cls) if f.name in values}
+        threshold = values.get("disk_cache_lru_eviction_threshold")
+        default_target = cls.disk_cache_lru_eviction_target
+        if "disk_cache_lru_eviction_target" not in values and threshold is not None:
+            # The spec names the threshold alone: set at or under the default target, the
+            # target follows it at the seed's ratio (80/90) rather than stop start-up.
+            if 0 < threshold <= default_target:
+                values["disk_cache_lru_eviction_target"] = round(threshold * 8 / 9, 6)
         settings = cls(**values).validate(typed)
         return settings.check_root() if require_root else settings
 

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from cachemgr.connection import same_server
 from cachemgr.health import diagnose
+from cachemgr.nodes import ENFORCED, enforced
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.records import iso
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
+    from cachemgr.settings import Settings
     from cachemgr.store import Store
 
 log = logging.getLogger("cachemgr")
@@ -134,11 +136,14 @@ def queue_snapshot(
 
 def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str, Any]:
     """One node's stats; `snap` is its snapshot when the caller already read it."""
-    s = cache.settings
     if snap is None:
         registry = cache.registry.nodes_key if same_server(cache.client) else None
         now = cache.clock()
         snap = run(cache.client, lambda batch: queue_snapshot(cache.store, batch, now, registry))
+    # The workers' own settings, as they published them: theirs are the ones they enforce.
+    published = snap.get("registry", {}).get(cache.settings.node)
+    entry = json.loads(published) if published else {}
+    s = enforced(cache.settings, entry)
     total, counts, recent = snap["total_bytes"], snap["counters"], snap["since_reset"]
     status = "ok"
     if total > s.disk_cache_max_bytes:
@@ -149,12 +154,9 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         free = shutil.disk_usage(cache.root).free if cache.local else None
     except OSError:
         free = None
-    # The workers' own switch, as they published it: theirs is the one tasks obey.
-    published = snap.get("registry", {}).get(s.node)
-    workers_on = json.loads(published).get("enabled", True) if published else True
     stats = {
         "node": s.node,
-        "enabled": s.enable_disk_cache_management and workers_on,
+        "enabled": s.enable_disk_cache_management and entry.get("enabled", True),
         "total_bytes": total,
         "directory_count": snap["directory_count"],
         "max_bytes": s.disk_cache_max_bytes,
@@ -182,7 +184,31 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         "up": snap["up"],
     }
     stats["warnings"] = diagnose(stats, s.disk_cache_cleanup_interval, cache.clock())
+    stats["warnings"] += _differences(cache.settings, s)
     return stats
+
+
+def disabled_where(cache: DiskCache) -> str | None:
+    """Where ENABLE_DISK_CACHE_MANAGEMENT is false, if it is: here, or on the node's workers
+    (whose switch the tasks obey); None when management is on."""
+    if not cache.settings.enable_disk_cache_management:
+        return "in this process"
+    published = cache.client.hget(cache.registry.nodes_key, cache.settings.node)
+    if published and not json.loads(published).get("enabled", True):
+        return "on the node's workers"
+    return None
+
+
+def _differences(here: Settings, workers: Settings) -> list[str]:
+    """A process whose environment disagrees with the workers' says so: the stats show the
+    workers' values, and a cleanup sent from here runs with theirs."""
+    return [
+        f"this process has {field.upper()}={getattr(here, field)} but the node's workers run "
+        f"with {getattr(workers, field)}: the stats show the workers' (they enforce it); give "
+        "every process the same environment"
+        for field, _ in ENFORCED.values()
+        if getattr(here, field) != getattr(workers, field)
+    ]
 
 
 def reset_stats(cache: DiskCache) -> dict[str, Any]:

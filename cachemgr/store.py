@@ -391,6 +391,12 @@ class Store:
         """Every record (HSCAN): for reconcile and audits, never on a steady-state path."""
         return {p: unpack(r) for p, r in self._scan_records(batch)}
 
+    def add_event(self, fields: dict[str, Any], pipeline: Any = None) -> Any:
+        """One event from Python, capped as the scripts cap theirs (exactly under 1000)."""
+        cap = self.events_maxlen
+        client = pipeline or self.client
+        return client.xadd(self.keys.events, fields, maxlen=cap, approximate=cap >= 1000)
+
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         out = []
         for ident, fields in self.client.xrevrange(self.keys.events, count=limit):

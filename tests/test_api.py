@@ -186,6 +186,29 @@ def test_health_and_readiness(client):
     assert ready["status"] == "ok" and ready["checks"]["redis"] == "ok"
 
 
+def test_stats_and_readiness_go_by_what_the_workers_enforce(client, cache, settings):
+    from cachemgr.nodes import NodeRegistry
+
+    # The node's workers run with another quota and TTL, and with management off.
+    theirs = settings.with_(
+        disk_cache_max_bytes=2**20, disk_cache_ttl_seconds=3600, enable_disk_cache_management=False
+    )
+    registry = NodeRegistry(cache.client, settings.disk_cache_cluster)
+    as_published = cache.client.hget(registry.nodes_key, settings.node)  # the test worker's
+    registry.publish(theirs)
+    stats = client.get("/cache/stats").get_json()
+    assert (stats["max_bytes"], stats["ttl_seconds"], stats["enabled"]) == (2**20, 3600, False)
+    assert stats["threshold_bytes"] == int(2**20 * settings.disk_cache_lru_eviction_threshold)
+    said = [w for w in stats["warnings"] if "but the node's workers run with" in w]
+    assert len(said) == 2 and any("DISK_CACHE_MAX_BYTES" in w for w in said)
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "false on the node's workers" in ready.get_json()["checks"]["enabled"]
+    cache.client.hset(registry.nodes_key, settings.node, as_published)
+    assert client.get("/readyz").status_code == 200
+    assert not [w for w in client.get("/cache/stats").get_json()["warnings"] if "workers run" in w]
+
+
 def test_redis_down_is_503_json_and_recovers(settings):
     from api import create_app
     from cachemgr import connect

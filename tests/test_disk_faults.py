@@ -281,3 +281,17 @@ def test_a_directory_swapped_in_while_another_cleanup_empties_the_trash_is_kept(
     old = time.time() - trash.IN_FLIGHT_AGE - 1
     os.utime(slot, (old, old))
     assert trash.empty(root) == 1 and not slot.exists()
+
+
+def test_refused_cleanups_keep_the_events_stream_within_its_small_cap(settings, redis_client, root):
+    from cachemgr import DiskCache
+
+    cache = DiskCache(settings.with_(disk_cache_events_maxlen=3), redis_client)
+    make_tree(root, "a")
+    cache.register("a")
+    shutil.rmtree(root / "a")  # an empty root while tracked: each cleanup is refused, logged
+    for _ in range(20):
+        with pytest.raises(RootMissing):
+            cleanup(cache)
+    assert cache.client.xlen(cache.keys.events) == 3
+    assert cache.store.events(1)[0]["event"] == "cleanup_failed"

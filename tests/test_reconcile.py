@@ -35,6 +35,23 @@ def test_reconcile_registers_untracks_resizes_and_recounts(cache, root):
     assert report["bytes_after"] == cache.store.total_bytes()
 
 
+def test_a_new_install_past_its_threshold_evicts_at_its_first_cleanup(settings, redis_client, root):
+    from cachemgr import DiskCache
+
+    # Quota for 3 albums; the pipeline registered 4, one more landed unregistered yet.
+    unit = 5 * 4096
+    tight = settings.with_(disk_cache_max_bytes=int(3 * unit / 0.9))
+    cache = DiskCache(tight, redis_client)
+    for i in range(4):
+        make_tree(root, f"d{i}", files=4, size=4096)
+        cache.register(f"d{i}")
+    make_tree(root, "d4", files=4, size=4096)
+    assert not cache.client.exists(cache.keys.initialized)  # never reconciled: a new install
+    result = cleanup(cache)
+    assert result["rebuilt"] is False and result["evict"]["count"] >= 1
+    assert cache.store.total_bytes() <= cache.settings.target_bytes
+
+
 def test_flushed_books_are_rebuilt_before_anything_is_evicted(cache, root):
     for i in range(3):
         make_tree(root, f"a{i}")

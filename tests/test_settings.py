@@ -54,6 +54,22 @@ def test_durations_take_units():
 
 
 @pytest.mark.parametrize(
+    "threshold,target", [("0.7", 0.622222), ("0.8", 0.711111), ("0.85", 0.8), ("0.95", 0.8)]
+)
+def test_a_threshold_set_alone_brings_the_target_along(tmp_path, threshold, target):
+    env = {"DISK_CACHE_ROOT": str(tmp_path), "DISK_CACHE_LRU_EVICTION_THRESHOLD": threshold}
+    s = Settings.from_env(env)
+    assert s.disk_cache_lru_eviction_target == target
+    # Both given: taken as they are, and a target above the threshold still refused.
+    env["DISK_CACHE_LRU_EVICTION_TARGET"] = "0.75"
+    if float(threshold) >= 0.75:
+        assert Settings.from_env(env).disk_cache_lru_eviction_target == 0.75
+    else:
+        with pytest.raises(SettingsError, match="DISK_CACHE_LRU_EVICTION_TARGET=0.75"):
+            Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
     "env,names",
     [
         ({"DISK_CACHE_TTL_SECONDS": "-5"}, "DISK_CACHE_TTL_SECONDS='-5'"),

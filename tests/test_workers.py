@@ -316,3 +316,28 @@ def test_the_node_is_published_with_the_queue_its_workers_consume(worker, cache)
     # process (the pipeline's for_path, the API's ?node=) must send there, not to cachemgr.<node>.
     entry = cache.registry.entries()[cache.settings.node]
     assert entry["queue"] == worker.conf.task_default_queue != "celery"
+
+
+def test_a_failed_task_is_logged_as_a_warning_by_cachemgr(pipeline):
+    import logging
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Keep(level=logging.WARNING)
+    logger = logging.getLogger("cachemgr.workers")
+    logger.addHandler(handler)
+    try:
+        result = pipeline.send("register_directory", "not-on-disk")
+        with pytest.raises(Exception, match="not-on-disk"):
+            result.get(timeout=WAIT)
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)  # the signal runs in the worker's thread
+    finally:
+        logger.removeHandler(handler)
+    [record] = [r for r in seen if "register_directory failed" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "NotOnDisk" in record.getMessage()

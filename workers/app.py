@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_ready, worker_shutting_down
+from celery.signals import setup_logging, task_failure, worker_ready, worker_shutting_down
 from celery.worker import state
 
 from cachemgr import migrations
@@ -65,6 +65,20 @@ def _beat_forever(cache: Any, announced: bool) -> None:
             cache.registry.heartbeat(cache.keys, WORKER)
         except Exception as exc:  # Redis away: the node shows down until it is back
             log.warning("node heartbeat failed: %s", exc)
+
+
+@task_failure.connect
+def _refused(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+    """A failed task is an error condition the operator must see: Celery logs the refusals it
+    expects (a bad path, not tracked...) at INFO only, under its own logger."""
+    name = getattr(sender, "name", "?")
+    log.warning(
+        "task %s failed: %s: %s",
+        name,
+        type(exception).__name__,
+        exception,
+        extra={"event": "task_failed", "task": name},
+    )
 
 
 @worker_ready.connect
