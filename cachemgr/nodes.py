@@ -122,4 +122,6 @@ def enforced(base: Settings, entry: dict[str, Any]) -> Settings:
     """`base` with the quota, TTL, interval and policy a node's workers published: what they
     enforce, whatever another process's environment says."""
     changes = {field: kind(entry[key]) for key, (field, kind) in ENFORCED.items() if key in entry}
+    if all(getattr(base, field) == value for field, value in changes.items()):
+        return base  # the usual case, on every stats read: a copy costs more than the check
     return replace(base, **changes)

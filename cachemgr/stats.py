@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachemgr.connection import same_server
 from cachemgr.health import diagnose
-from cachemgr.nodes import ENFORCED, enforced
+from cachemgr.nodes import ENFORCED, NodeRegistry, enforced
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.records import iso
 
@@ -109,7 +109,7 @@ def queue_snapshot(
     store: Store, batch: Batch, now: float, registry: str | None = None
 ) -> Reader[dict[str, Any]]:
     """Everything a node's stats show. `registry`: the node registry's key, to read it in the
-    same call (same server only); its raw fields come back as `registry`."""
+    same call (same server only); its entries come back as `registry`."""
     k = store.keys
     keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
     keys += [k.scheduler, k.pins, k.alive, *([registry] if registry else [])]
@@ -128,7 +128,7 @@ def queue_snapshot(
             "scheduler_running": scheduler != "stopped",
             "pinned_count": int(pinned),
             "up": bool(up),
-            "registry": pairs(nodes),
+            "registry": NodeRegistry.parse(pairs(nodes)),
         }
 
     return read
@@ -141,8 +141,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         now = cache.clock()
         snap = run(cache.client, lambda batch: queue_snapshot(cache.store, batch, now, registry))
     # The workers' own settings, as they published them: theirs are the ones they enforce.
-    published = snap.get("registry", {}).get(cache.settings.node)
-    entry = json.loads(published) if published else {}
+    entry = snap.get("registry", {}).get(cache.settings.node) or {}
     s = enforced(cache.settings, entry)
     total, counts, recent = snap["total_bytes"], snap["counters"], snap["since_reset"]
     status = "ok"
@@ -234,7 +233,7 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
         def read(replies: Iterator[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             entries = read_entries(replies) if read_entries else None
             snap = read_snap(replies)
-            return (registry.parse(snap["registry"]) if entries is None else entries), snap
+            return (snap["registry"] if entries is None else entries), snap
 
         return read
 
