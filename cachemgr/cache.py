@@ -103,29 +103,15 @@ class DiskCache:
     def register(self, path: str) -> dict[str, Any]:
         """Scan a directory under the root and put it on the books (idempotent)."""
         rel = paths.normalize(path)
-        location = paths.existing_directory(self.root, rel)
+        paths.existing_directory(self.root, rel)
         lock = self.lock(rel)
         if not lock.acquire():
             self.store.count("skipped_locked")
             return {"status": "skipped", "reason": "locked", "path": rel}
         try:
-            try:
-                found = scanner.scan(location, collect_subdirs=True)
-            except OSError as exc:  # replaced by a symlink or removed since the check
-                raise paths.PathError(f"{rel!r} changed while it was scanned: {exc}") from None
-            # A subdirectory whose name is not UTF-8 can never be tracked (no Redis key names
-            # it): it cannot overlap, and sending it would fail the registration.
-            subdirs = [s for s in found.subdirs if _encodable(s)]
-            others = paths.ancestors(rel) + [f"{rel}/{sub}" for sub in subdirs]
             for pause in (*REGISTER_WAITS, None):
-                outcome = self.store.register(
-                    rel,
-                    found.size_bytes,
-                    found.file_count,
-                    now=self.clock(),
-                    must_not_be_tracked=others,
-                    lock_token=lock.token,
-                )
+                # Scanned again after each wait: a deletion above may have taken it meanwhile.
+                found, outcome = self._scan_and_book(rel, lock.token)
                 if outcome[0] != "busy" or pause is None:
                     break
                 time.sleep(pause)  # a directory above is being registered or deleted
@@ -164,6 +150,26 @@ class DiskCache:
             "total_bytes": total,
             "over_threshold": total > self.settings.threshold_bytes,
         }
+
+    def _scan_and_book(self, rel: str, token: str) -> tuple[scanner.ScanResult, Any]:
+        location = paths.existing_directory(self.root, rel)
+        try:
+            found = scanner.scan(location, collect_subdirs=True)
+        except OSError as exc:  # replaced by a symlink or removed since the check
+            raise paths.PathError(f"{rel!r} changed while it was scanned: {exc}") from None
+        # A subdirectory whose name is not UTF-8 can never be tracked (no Redis key names it):
+        # it cannot overlap, and sending it would fail the registration.
+        subdirs = [s for s in found.subdirs if _encodable(s)]
+        others = paths.ancestors(rel) + [f"{rel}/{sub}" for sub in subdirs]
+        outcome = self.store.register(
+            rel,
+            found.size_bytes,
+            found.file_count,
+            now=self.clock(),
+            must_not_be_tracked=others,
+            lock_token=token,
+        )
+        return found, outcome
 
     def register_latest(self) -> dict[str, Any]:
         """The seed's DownloadService.register_completed_download(): the newest directory."""

@@ -4,7 +4,6 @@ or an absurd number is refused with a one-line message before anything changes. 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from cachemgr.errors import BadArgument
@@ -17,23 +16,30 @@ MAX_EXACT = 2**53
 def flag(name: str, value: Any) -> bool:
     """`value` if it is a real boolean: "0", 0.5 and None are not."""
     if not isinstance(value, bool):
-        raise BadArgument(f"{name} must be true or false, got {value!r}")
+        raise BadArgument(f"{name} must be true or false, got {_shown(value)}")
     return value
 
 
 def whole(name: str, value: Any, *, low: int = 0, high: int = MAX_EXACT) -> int:
     """`value` if it is a whole number (not a boolean) from `low` to `high`."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise BadArgument(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+        shown = _shown(value)
+        raise BadArgument(f"{name} must be a whole number from {low} to {high}, got {shown}")
     return value
 
 
 def seconds(name: str, value: Any, *, high: float, hint: str = "") -> float:
     """`value` if it is a number of seconds more than 0 and at most `high`."""
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or math.isnan(value) or not 0 < value <= high:
+    if not ok or not 0 < value <= high:  # NaN fails the comparison too
         raise BadArgument(
             f"{name} must be a number of seconds more than 0 and at most {high:g}{hint}, "
-            f"got {value!r}"
+            f"got {_shown(value)}"
         )
     return float(value)
+
+
+def _shown(value: Any) -> str:
+    """The value in a one-line message: a 400-digit number by its start and its length."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"

@@ -50,7 +50,7 @@ def _run_pass(
     started = time.monotonic()
     usage = result.usage_before
     freed, offset = 0, 0
-    moved: set[str] = set()  # skipped as changed: they left their place in the order
+    seen: set[str] = set()  # decided in this pass: one that comes back is passed over
     stopped = False
 
     def lost() -> bool:
@@ -81,6 +81,10 @@ def _run_pass(
                 break
             if not dry_run and lost():  # renewed before each deletion: a batch of slow
                 break  # deletions must not outlast the lock and let a second cleanup in
+            if entry.path in seen:
+                offset += 1  # still in its place (below): decided once is enough
+                continue
+            seen.add(entry.path)
             try:
                 outcome = _decide(cache, entry, reason, now, min_age_seconds, dry_run)
             except DeleteFailed as exc:  # kept on the books; the others still go
@@ -94,16 +98,14 @@ def _run_pass(
                 if dry_run:
                     offset += 1  # nothing left the books, so the next one is further on
                 continue
-            if outcome == "changed" and entry.path not in moved:
-                # Accessed, registered again or gone since the fetch: it is no longer at this
-                # place, the next candidate is. Once only: an order that an access does not
-                # change (fifo) gives it again, and it is then passed over.
-                moved.add(entry.path)
+            if outcome == "changed":
+                # Accessed, registered again or gone since the fetch: it has left this place
+                # in the order, and the next candidate is here now. Where it has not (fifo
+                # keeps an accessed entry in place), it comes back and is passed over then.
                 result.skipped_changed.append(entry.path)
                 continue
             offset += 1
-            if outcome != "changed":
-                getattr(result, f"skipped_{outcome}", result.skipped_changed).append(entry.path)
+            getattr(result, f"skipped_{outcome}", result.skipped_changed).append(entry.path)
     result.usage_after = usage if dry_run else cache.store.total_bytes()
     return result
 

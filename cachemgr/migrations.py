@@ -99,15 +99,11 @@ def ensure_record_ids(store: Store, batch: int = 1000) -> int:
     return moved
 
 
-def ensure_pin_index(store: Store, batch: int = 1000) -> int:
-    """Pins made before cache:pins:paths existed get their place in it. Returns how many.
+def ensure_pin_index(store: Store) -> int:
+    """Make cache:pins:paths name exactly the pinned paths; returns how many.
 
-    Leases are few (each lasts a week at most), so this reads them all, once: the index
-    exists from then on."""
+    Pins made before the index existed, or by a pipeline client of an older cachemgr, are
+    only in cache:pins: each cleanup and each worker's start rebuilds the index from it, in
+    one atomic command (leases are few: each lasts a week at most)."""
     k = store.keys
-    if store.client.exists(k.pin_paths) or not store.client.exists(k.pins):
-        return 0
-    pinned = store.client.zrange(k.pins, 0, -1)
-    for i in range(0, len(pinned), batch):
-        store.client.zadd(k.pin_paths, dict.fromkeys(pinned[i : i + batch], 0))
-    return len(pinned)
+    return int(store.client.zunionstore(k.pin_paths, {k.pins: 0}))

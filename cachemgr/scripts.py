@@ -86,20 +86,20 @@ REGISTER = (
     + """
 local path, size, files, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 if lock_lost(ARGV[6]) then return {'lock_lost'} end
+for i = 7, #ARGV do
+  -- tracked, or claimed and not yet deleted (the journal): its recovery may put it back
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) or redis.call('HEXISTS', KEYS[7], ARGV[i]) == 1 then
+    return {'overlap', ARGV[i]}
+  end
+end
 -- A directory above that holds its lock is being registered (its scan may have missed this
--- one: both would be tracked) or deleted: the caller waits for it.
+-- one: both would be tracked) or deleted: the caller waits for it, then scans again.
 local lock_prefix = string.sub(KEYS[12], 1, #KEYS[12] - #path)
 local slash = string.find(path, '/', 1, true)
 while slash do
   local above = string.sub(path, 1, slash - 1)
   if redis.call('EXISTS', lock_prefix .. above) == 1 then return {'busy', above} end
   slash = string.find(path, '/', slash + 1, true)
-end
-for i = 7, #ARGV do
-  -- tracked, or claimed and not yet deleted (the journal): its recovery may put it back
-  if redis.call('ZSCORE', KEYS[2], ARGV[i]) or redis.call('HEXISTS', KEYS[7], ARGV[i]) == 1 then
-    return {'overlap', ARGV[i]}
-  end
 end
 local old, id = record(path)
 if not old and redis.call('HEXISTS', KEYS[1], id) == 1 then return {'collision'} end

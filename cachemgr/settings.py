@@ -280,7 +280,8 @@ class Settings:
             # The spec names the threshold alone: set at or under the default target, the
             # target follows it at the seed's ratio (80/90) rather than stop start-up.
             if 0 < threshold <= default_target:
-                values["disk_cache_lru_eviction_target"] = round(threshold * 8 / 9, 6)
+                target = threshold * 8 / 9
+                values["disk_cache_lru_eviction_target"] = round(target, 6) or target
         settings = cls(**values).validate(typed)
         return settings.check_root() if require_root else settings
 

@@ -192,7 +192,9 @@ def empty(root: Path) -> int:
 
 
 def pending(root: Path) -> int:
-    target = trash_dir(root)
-    if not target.is_dir() or target.is_symlink():
+    """Items `empty` would take: a deletion still checking what it moved is not one."""
+    try:
+        with _opened(root) as root_fd, _opened(TRASH_DIR, dir_fd=root_fd) as trash_fd:
+            return sum(1 for name in os.listdir(trash_fd) if not _in_flight(name, trash_fd))
+    except OSError:  # no trash, or a symlinked one (never followed)
         return 0
-    return sum(1 for _ in target.iterdir())

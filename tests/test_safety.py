@@ -159,11 +159,17 @@ def test_the_pin_index_follows_pins_unpins_and_lapses(settings, redis_client, ro
     assert cache.client.zrange(k.pin_paths, 0, -1) == ["a"]
     assert cache.store.drop_lapsed_pins(now[0] + 61, batch=1) == 1
     assert cache.client.exists(k.pins, k.pin_paths) == 0
-    # Books of an older cachemgr: pins without the index get it once.
+    # Pins of an older client (only in cache:pins), beside an indexed one and a stray entry:
+    # the index is rebuilt to name exactly the pinned paths.
+    cache.pin("new", 600)
     cache.client.zadd(k.pins, {"x/y": now[0] + 600, "z": now[0] + 600})
-    assert ensure_pin_index(cache.store) == 2
-    assert ensure_pin_index(cache.store) == 0
-    assert cache.client.zrange(k.pin_paths, 0, -1) == ["x/y", "z"]
+    cache.client.zadd(k.pin_paths, {"stray": 0})
+    assert ensure_pin_index(cache.store) == 3
+    assert cache.client.zrange(k.pin_paths, 0, -1) == ["new", "x/y", "z"]
+    assert cache.store.claim("x", "evicted")[0] == "gone"  # untracked: nothing to claim
+    make_tree(root, "x/y")
+    cache.register("x")
+    assert cache.store.claim("x", "evicted", honour_pins=True)[0] == "pinned"
 
 
 def test_a_directory_registered_during_its_parents_scan_is_not_tracked_twice(
@@ -216,3 +222,54 @@ def test_a_registration_waits_only_so_long_for_a_directory_above(cache, root, mo
     assert cache.store.tracked(["x/y"]) == [False]
     cache.client.delete(cache.keys.lock("x"))
     assert cache.register("x/y")["status"] == "registered"
+
+
+def test_a_registration_that_waited_on_a_deletion_above_does_not_track_a_deleted_directory(
+    cache, root
+):
+    import threading
+
+    from cachemgr import NotOnDisk, Overlap
+
+    make_tree(root, "a/b")
+    cache.register("a")
+    cache.before_delete = lambda path: time.sleep(0.3)  # the deletion of `a` takes a while
+    remover = threading.Thread(target=cache.remove, args=("a",), kwargs={"remove_files": True})
+    remover.start()
+    time.sleep(0.05)
+    with pytest.raises((NotOnDisk, Overlap)):  # waited, then found a/b gone (or a journaled)
+        cache.register("a/b")
+    remover.join()
+    assert not (root / "a").exists() and cache.store.count_entries() == 0
+    assert cache.store.total_bytes() == 0
+
+
+def test_an_entry_that_comes_back_in_the_same_pass_is_decided_once(settings, redis_client, root):
+    from cachemgr.cleanup import enforce_quota
+
+    tight = settings.with_(
+        disk_cache_max_bytes=10 * 5 * 4096,
+        disk_cache_eviction_policy="fifo",
+        disk_cache_batch_size=2,
+        disk_cache_lru_eviction_threshold=0.3,
+        disk_cache_lru_eviction_target=0.2,
+    )
+    cache = DiskCache(tight, redis_client)
+    for name in "ABCDE":
+        make_tree(root, name, files=4, size=4096)
+        cache.register(name)
+        time.sleep(0.002)
+    cache.pin("B", 3600)
+    real, played = cache.store.victims, []
+
+    def victims_then_play_the_first(limit: int, offset: int = 0) -> list:
+        batch = real(limit, offset)
+        if not played:
+            played.append(cache.access("A"))  # fifo keeps A in its place
+        return batch
+
+    cache.store.victims = victims_then_play_the_first  # type: ignore[method-assign]
+    result = enforce_quota(cache)
+    assert result.skipped_pinned == ["B"] and result.skipped_changed == ["A"]
+    assert [r.path for r in result.removed] == ["C", "D", "E"]
+    assert cache.stats()["skipped_pinned"] == 1
