@@ -125,3 +125,13 @@ def enforced(base: Settings, entry: dict[str, Any]) -> Settings:
     if all(getattr(base, field) == value for field, value in changes.items()):
         return base  # the usual case, on every stats read: a copy costs more than the check
     return replace(base, **changes)
+
+
+def own_entry(entries: dict[str, dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """This node's entry: by its name, else the newest with its key prefix (an unnamed node's
+    workers publish under their own host name, which is not this process's)."""
+    entry = entries.get(settings.node)
+    if entry is None:
+        same = [e for e in entries.values() if e.get("key_prefix") == settings.key_prefix]
+        entry = max(same, key=lambda e: float(e.get("published_at", 0)), default=None)
+    return entry or {}

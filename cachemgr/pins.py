@@ -3,7 +3,8 @@
 A pin names a path (tracked or about to be) with a lease expiry in `cache:pins`; the same path
 is in `cache:pins:paths`, ordered by name, so that the pins inside a directory are one range.
 Holders renew their leases; the cleanup drops lapsed ones. The claim (scripts.CLAIM) refuses
-a directory while a live lease names it, a directory above it or one inside it.
+a directory while a live lease names it, a directory above it or one inside it, and the
+reads report that lease (LEASE_AROUND).
 """
 
 from __future__ import annotations
@@ -32,25 +33,28 @@ end
 return #lapsed
 """
 
-# Lua for CLAIM: is `path` protected at `now`? KEYS[5] cache:pins:paths  KEYS[6] cache:pins
-PINNED_AROUND = """
--- A live lease on the path, on a directory above it or on one inside it protects it: a pin
--- may precede its directory, and a directory may be registered above a pinned one later.
-local function pinned_around(path, now)
-  local function live(p)
+# Lua for the claim and the reads: the latest lease that protects `path` (a string, nil for
+# none): one on it, on a directory above it or on one inside it. A pin may precede its
+# directory, and a directory may be registered above a pinned one later. It is live while
+# later than now: the claim compares it, and so does a pass deciding from a read (a dry run
+# then plans what the real run does).  KEYS[5] cache:pins:paths  KEYS[6] cache:pins
+LEASE_AROUND = """
+local function lease_around(path)
+  local best, best_s = nil, nil
+  local function take(p)
     local lease = redis.call('ZSCORE', KEYS[6], p)
-    return lease and tonumber(lease) > now
+    if lease and (not best or tonumber(lease) > best) then best, best_s = tonumber(lease), lease end
   end
-  if live(path) then return true end
+  take(path)
   local i = string.find(path, '/', 1, true)
   while i do
-    if live(string.sub(path, 1, i - 1)) then return true end
+    take(string.sub(path, 1, i - 1))
     i = string.find(path, '/', i + 1, true)
   end
   -- '0' follows '/': the range holds exactly the paths that start with path .. '/'
   for _, p in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. path .. '/', '(' .. path .. '0')) do
-    if live(p) then return true end
+    take(p)
   end
-  return false
+  return best_s
 end
 """

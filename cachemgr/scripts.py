@@ -8,7 +8,7 @@ marks, and may use its own keys, appended as KEYS[13..] and seen as AUX[1..]. A 
 
 from __future__ import annotations
 
-from cachemgr.pins import PINNED_AROUND
+from cachemgr.pins import LEASE_AROUND
 
 # KEYS[1] cache:entries      KEYS[2] cache:lru          KEYS[3] cache:bytes
 # KEYS[4] cache:stats        KEYS[5] cache:pins:paths   KEYS[6] cache:pins
@@ -228,7 +228,7 @@ local counter = {evicted = 'evictions', expired = 'expirations', removed = 'remo
 CLAIM = (
     PRELUDE
     + _EVENT
-    + PINNED_AROUND
+    + LEASE_AROUND
     + """
 local path, reason, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if lock_lost(ARGV[10]) then return {'lock_lost'} end
@@ -240,7 +240,8 @@ local last = redis.call('ZSCORE', KEYS[2], path)
 if ARGV[5] ~= '' then
   if (not last) or tonumber(last) ~= tonumber(ARGV[5]) then return {'changed'} end
 end
-if ARGV[6] == '1' and pinned_around(path, now) then
+local lease = ARGV[6] == '1' and lease_around(path)
+if lease and tonumber(lease) > now then
   count('skipped_pinned', 1)
   return {'pinned'}
 end
@@ -371,10 +372,11 @@ def victims_snapshot(victims: str) -> str:
     """Wrap a policy's victims chunk so that each victim comes with its last access, record and
     pin, read in the same atomic call: an access after the choice then fails the claim's check.
 
-    Returns a flat list: path, last access, record, pin ('' for none), path, ...
+    Returns a flat list: path, last access, record, lease ('' for none: pins.LEASE_AROUND), ...
     """
     return (
         PRELUDE
+        + LEASE_AROUND
         + "local function pick()\n"
         + victims
         + """
@@ -387,7 +389,7 @@ for _, p in ipairs(pick()) do
     out[#out + 1] = p
     out[#out + 1] = last
     out[#out + 1] = rec
-    out[#out + 1] = redis.call('ZSCORE', KEYS[6], p) or ''
+    out[#out + 1] = lease_around(p) or ''
   end
 end
 return out
@@ -400,3 +402,24 @@ def compose(template: str, hooks: dict[str, str]) -> str:
     for mark, code in hooks.items():
         template = template.replace(f"--@{mark}", code)
     return template
+
+
+# The books' view of some paths, in one call. KEYS: COMMON_KEYS layout  ARGV: paths
+# Returns, for each path: last access, record, lease (pins.LEASE_AROUND), '' for none; the
+# record only while the path is in cache:lru.
+ENTRIES = (
+    PRELUDE
+    + LEASE_AROUND
+    + """
+local out = {}
+for i = 1, #ARGV do
+  local p = ARGV[i]
+  local last = redis.call('ZSCORE', KEYS[2], p)
+  local rec = last and redis.call('HGET', KEYS[1], rid(p))
+  out[#out + 1] = last or ''
+  out[#out + 1] = rec or ''
+  out[#out + 1] = rec and lease_around(p) or ''
+end
+return out
+"""
+)

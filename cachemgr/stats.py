@@ -3,7 +3,6 @@ cluster's, each read from Redis in one round trip."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachemgr.connection import same_server
 from cachemgr.health import diagnose
-from cachemgr.nodes import ENFORCED, NodeRegistry, enforced
+from cachemgr.nodes import ENFORCED, NodeRegistry, enforced, own_entry
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.records import iso
 
@@ -140,8 +139,10 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         registry = cache.registry.nodes_key if same_server(cache.client) else None
         now = cache.clock()
         snap = run(cache.client, lambda batch: queue_snapshot(cache.store, batch, now, registry))
+        if registry is None:  # a Redis Cluster keeps the registry on another shard
+            snap["registry"] = cache.registry.entries()
     # The workers' own settings, as they published them: theirs are the ones they enforce.
-    entry = snap.get("registry", {}).get(cache.settings.node) or {}
+    entry = own_entry(snap.get("registry", {}), cache.settings)
     s = enforced(cache.settings, entry)
     total, counts, recent = snap["total_bytes"], snap["counters"], snap["since_reset"]
     status = "ok"
@@ -192,8 +193,7 @@ def disabled_where(cache: DiskCache) -> str | None:
     (whose switch the tasks obey); None when management is on."""
     if not cache.settings.enable_disk_cache_management:
         return "in this process"
-    published = cache.client.hget(cache.registry.nodes_key, cache.settings.node)
-    if published and not json.loads(published).get("enabled", True):
+    if not own_entry(cache.registry.entries(), cache.settings).get("enabled", True):
         return "on the node's workers"
     return None
 
@@ -238,6 +238,7 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
         return read
 
     entries, own_snap = run(cache.client, own_reads)
+    own_snap["registry"] = entries
     # An entry with this node's key prefix is this node's books under another name: an
     # unnamed node's workers publish their own host name (another container's, or an
     # earlier one's), and counting it apart would double every total.

@@ -70,6 +70,7 @@ class Store:
         self._finish = client.register_script(scripts.FINISH)
         self._restore = client.register_script(self.policy.script(scripts.RESTORE))
         self._victims = client.register_script(scripts.victims_snapshot(self.policy.victims))
+        self._read_entries = client.register_script(scripts.ENTRIES)
         self._settle = self.policy.settle and client.register_script(
             scripts.PRELUDE + self.policy.settle + "\nreturn settle_step(tonumber(ARGV[1]))"
         )
@@ -244,38 +245,29 @@ class Store:
 
     # -- reads --------------------------------------------------------------------------
     def _entries(self, items: Sequence[tuple[str, float]]) -> list[Entry]:
-        """Records and pins for (path, last access) pairs, in one round trip."""
+        """The entries of (path, last access) pairs as the books have them now (records,
+        leases), in one round trip; one that left the books since is left out."""
         if not items:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        paths = [p for p, _ in items]
-        pipe.hmget(self.keys.entries, [record_id(p) for p in paths])
-        for p in paths:
-            pipe.zscore(self.keys.pins, p)
-        raw, *pins = pipe.execute()
+        flat = self._read_entries(keys=self.script_keys(), args=[p for p, _ in items])
         return [
-            self._entry(path, last, rec, pin)
-            for (path, last), rec, pin in zip(items, raw, pins, strict=True)
-            if rec is not None  # removed between the two reads
+            self._entry(path, last, rec, lease)
+            for (path, _), (last, rec, lease) in zip(
+                items, zip(flat[::3], flat[1::3], flat[2::3], strict=True), strict=True
+            )
+            if rec  # removed between the two reads
         ]
 
     def _entry(self, path: str, last: Any, rec: str, pin: Any) -> Entry:
-        """An Entry from its path, last access, packed record and pin ('' or None for none)."""
+        """An Entry from its path, last access, packed record and lease ('' or None: none)."""
         size, files, registered, hits = unpack(rec)
         pinned = float(pin) if pin else None
         return Entry(path, size, files, registered, float(last), hits, self.ttl_seconds, pinned)
 
     def info(self, path: str) -> Entry | None:
         """One tracked directory, read in one round trip."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zscore(k.lru, path)
-        pipe.hget(k.entries, record_id(path))
-        pipe.zscore(k.pins, path)
-        last, rec, pin = pipe.execute()
-        if last is None or rec is None:  # a record counts only while its path is in cache:lru
-            return None
-        return self._entry(path, last, rec, pin)
+        found = self._entries([(path, 0.0)])
+        return found[0] if found else None
 
     def page(self, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:
         """Entries by last access, newest first; the cursor is (score, path) of the last one."""

@@ -209,6 +209,28 @@ def test_stats_and_readiness_go_by_what_the_workers_enforce(client, cache, setti
     assert not [w for w in client.get("/cache/stats").get_json()["warnings"] if "workers run" in w]
 
 
+def test_an_unnamed_nodes_workers_on_another_host_are_found_by_key_prefix(client, cache, settings):
+    from cachemgr.nodes import NodeRegistry
+
+    registry = NodeRegistry(cache.client, settings.disk_cache_cluster)
+    as_published = cache.client.hget(registry.nodes_key, settings.node)
+    cache.client.hdel(registry.nodes_key, settings.node)
+    # Same books (key prefix), published under the workers' own host name.
+    theirs = settings.with_(
+        disk_cache_node="", disk_cache_ttl_seconds=60, enable_disk_cache_management=False
+    )
+    entry = {**json.loads(as_published), "node": "worker-host", "ttl_seconds": 60,
+             "enabled": False, "key_prefix": theirs.key_prefix}  # fmt: skip
+    cache.client.hset(registry.nodes_key, "worker-host", json.dumps(entry))
+    try:
+        stats = client.get("/cache/stats").get_json()
+        assert stats["ttl_seconds"] == 60 and stats["enabled"] is False
+        assert client.get("/readyz").status_code == 503
+    finally:
+        cache.client.hdel(registry.nodes_key, "worker-host")
+        cache.client.hset(registry.nodes_key, settings.node, as_published)
+
+
 def test_redis_down_is_503_json_and_recovers(settings):
     from api import create_app
     from cachemgr import connect

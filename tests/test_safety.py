@@ -273,3 +273,21 @@ def test_an_entry_that_comes_back_in_the_same_pass_is_decided_once(settings, red
     assert result.skipped_pinned == ["B"] and result.skipped_changed == ["A"]
     assert [r.path for r in result.removed] == ["C", "D", "E"]
     assert cache.stats()["skipped_pinned"] == 1
+
+
+def test_a_dry_run_and_the_listing_see_the_pins_around_a_directory(settings, redis_client, root):
+    from cachemgr.cleanup import cleanup
+
+    tight = settings.with_(disk_cache_max_bytes=1)
+    cache = DiskCache(tight, redis_client)
+    cache.pin("a/x", 3600)  # before its parent was registered
+    for name in ("a/x", "b"):
+        make_tree(root, name)
+    cache.register("a")
+    cache.register("b")
+    lease = cache.client.zscore(cache.keys.pins, "a/x")
+    assert cache.info("a").pinned_until == lease and cache.info("b").pinned_until is None
+    planned = cleanup(cache, dry_run=True)["evict"]
+    done = cleanup(cache)["evict"]
+    assert planned["paths"] == done["paths"] == ["b"]
+    assert planned["skipped_pinned"] == done["skipped_pinned"] == ["a"]
