@@ -54,6 +54,9 @@ task_default_queue = os.environ.get("CACHEMGR_QUEUE") or (
 _beat_nodes = [n for n in os.environ.get("DISK_CACHE_NODES", "").split(",") if n.strip()]
 _targets = {f"cachemgr.{n.strip()}": n.strip() for n in _beat_nodes} or {task_default_queue: ""}
 
+# Follows each node's published queue at every send (workers/beat.py).
+beat_scheduler = "workers.beat:NodeScheduler"
+
 beat_schedule = {
     f"cachemgr-periodic-cleanup{'-' + node if node else ''}": {
         "task": "cachemgr.cleanup",

@@ -51,9 +51,10 @@ class CacheExtension:
             app.config.get("CELERY_BROKER_URL"),
             redis_url=settings.redis_url,
             key_prefix=settings.key_prefix,
-            queue=app.config.get("CELERY_TASK_QUEUE")
-            or os.environ.get("CACHEMGR_QUEUE")  # as celeryconfig: the workers' own override
-            or (f"cachemgr.{settings.disk_cache_node}" if settings.disk_cache_node else None),
+            # A named node's queue is the one its workers published (CACHEMGR_QUEUE there);
+            # set here, CACHEMGR_QUEUE wins, as in celeryconfig.
+            node=settings.disk_cache_node or None,
+            queue=app.config.get("CELERY_TASK_QUEUE") or os.environ.get("CACHEMGR_QUEUE"),
             backend=app.config.get("CELERY_RESULT_BACKEND"),
         )
         app.extensions["cachemgr"] = CacheState(DiskCache(settings, client), tasks)

@@ -66,14 +66,22 @@ class NodeRegistry:
         }
         self.client.hset(self.nodes_key, settings.node, json.dumps(entry))
 
-    def heartbeat(self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS) -> None:
+    def heartbeat(
+        self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS, node: str = ""
+    ) -> bool:
+        """Say the node is alive. With `node`: False when its entry or its config is gone (the
+        books were flushed), for the worker to publish them again."""
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.alive, f"{now:.3f}", ex=ttl)
         if worker:
             pipe.zadd(keys.workers, {worker: now})
             pipe.expire(keys.workers, 2 * ttl)
-        pipe.execute()
+        if node:
+            pipe.hexists(self.nodes_key, node)
+            pipe.exists(keys.config)
+        replies = pipe.execute()
+        return not node or all(replies[-2:])
 
     def mark_down(self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS) -> None:
         """A worker stops: the node is down at once if it was the last of the node's workers

@@ -169,6 +169,31 @@ def test_the_pipeline_client_learns_the_node_from_the_path(two_nodes):
     client.close()
 
 
+def test_a_client_named_for_a_node_follows_what_its_workers_published(two_nodes):
+    from cachemgr import PathError
+    from workers.client import CacheClient
+
+    a, b = two_nodes["a"], two_nodes["b"]
+    cluster = b.settings.disk_cache_cluster
+    b.registry.publish(b.settings, queue="b-own-queue")  # its workers' CACHEMGR_QUEUE
+    client = CacheClient(REDIS_URL, redis_url=REDIS_URL, node=b.settings.node, cluster=cluster)
+    assert client.queue == "b-own-queue" and client.keys.prefix == b.keys.prefix
+    unknown = CacheClient(REDIS_URL, redis_url=REDIS_URL, node="nobody", cluster=cluster)
+    assert unknown.queue == "cachemgr.nobody" and unknown.keys.prefix == "{nobody}:"
+    # Two hosts that mount their caches at the same path: the path cannot name the node.
+    a.registry.publish(a.settings.with_(disk_cache_root=str(b.root)))
+    with pytest.raises(PathError, match="use CacheClient"):
+        client.for_path(str(b.root / "artist" / "album"))
+    # Nested roots: the innermost holds the path.
+    inner = b.root / "inner"
+    inner.mkdir()
+    a.registry.publish(a.settings.with_(disk_cache_root=str(inner)))
+    node_client, rel = client.for_path(str(inner / "x" / "y"))
+    assert (node_client.node, rel) == (a.settings.node, "x/y")
+    for c in (client, unknown, node_client):
+        c.close()
+
+
 @pytest.mark.skipif(not answers(5672), reason="RabbitMQ is not running on 127.0.0.1:5672")
 def test_two_nodes_with_rabbitmq_as_the_broker(two_nodes):
     run_two_node_flow(two_nodes, RABBIT)
@@ -314,3 +339,39 @@ def test_a_worker_announces_its_node_once_redis_answers(settings, redis_client, 
     assert _announce(cache) is True
     assert redis_client.exists(cache.keys.alive) and redis_client.exists(cache.keys.config)
     assert settings.node in cache.registry.entries()
+
+
+def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
+    settings, redis_client, monkeypatch, tmp_path
+):
+    from celery import Celery
+    from celery.beat import PersistentScheduler
+
+    from cachemgr.nodes import NodeRegistry
+    from tests.conftest import REDIS_URL
+    from workers.beat import NODE_ENTRY, NodeScheduler
+
+    NodeRegistry(redis_client, settings.disk_cache_cluster).publish(
+        settings.with_(disk_cache_node="far"), queue="far-queue"  # its workers' CACHEMGR_QUEUE
+    )
+    monkeypatch.setenv("REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("DISK_CACHE_CLUSTER", settings.disk_cache_cluster)
+    sent: list[dict] = []
+
+    def send(self, entry, producer=None, advance=True, **kwargs):
+        sent.append(dict(entry.options))
+
+    monkeypatch.setattr(PersistentScheduler, "apply_async", send)
+    app = Celery("beat-test")
+    scheduler = NodeScheduler(app=app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
+    for node in ("far", "unknown"):
+        entry = scheduler.Entry(
+            name=f"{NODE_ENTRY}{node}",
+            task="cachemgr.cleanup",
+            schedule=60.0,
+            options={"queue": f"cachemgr.{node}"},
+            app=app,
+        )
+        scheduler.apply_async(entry)
+    # A node not published yet keeps the configured queue.
+    assert sent == [{"queue": "far-queue"}, {"queue": "cachemgr.unknown"}]

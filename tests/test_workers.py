@@ -341,3 +341,53 @@ def test_a_failed_task_is_logged_as_a_warning_by_cachemgr(pipeline):
         logger.removeHandler(handler)
     [record] = [r for r in seen if "register_directory failed" in r.getMessage()]
     assert record.levelno == logging.WARNING and "NotOnDisk" in record.getMessage()
+
+
+def test_the_heartbeat_publishes_a_flushed_node_again_and_never_outlives_a_shutdown(
+    settings, redis_client, monkeypatch
+):
+    import threading
+
+    from workers import app as worker_app
+    from workers import tasks
+
+    cache = DiskCache(settings, redis_client)
+    monkeypatch.setattr(worker_app, "HEARTBEAT_SECONDS", 0.05)
+    built = iter([RuntimeError("the Redis Cluster does not answer yet"), cache])
+
+    def get_cache_once_redis_answers() -> DiskCache:
+        got = next(built, cache)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    monkeypatch.setattr(tasks, "get_cache", get_cache_once_redis_answers)
+    monkeypatch.setattr(tasks, "current_cache", lambda: cache)
+    worker_app._stop.clear()
+    # Started while the cache could not be built: it is built and announced by the beats.
+    beating = threading.Thread(target=worker_app._beat_forever, args=(None, False), daemon=True)
+    beating.start()
+    registry, node = cache.registry, settings.node
+    deadline = time.monotonic() + 5
+    while not redis_client.hexists(registry.nodes_key, node) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert redis_client.hexists(registry.nodes_key, node) and redis_client.exists(cache.keys.alive)
+    # The books are flushed: the next beats publish the node and its config again.
+    redis_client.delete(registry.nodes_key, cache.keys.config)
+    deadline = time.monotonic() + 5
+    while not redis_client.exists(cache.keys.config) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert redis_client.hexists(registry.nodes_key, node) and redis_client.exists(cache.keys.config)
+    # A beat slowed down in flight while the worker shuts down: the node stays down after.
+    real_heartbeat = type(registry).heartbeat
+
+    def slow_heartbeat(self, *args, **kwargs):
+        time.sleep(0.2)
+        return real_heartbeat(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(registry), "heartbeat", slow_heartbeat)
+    time.sleep(0.1)  # a beat is now in flight
+    worker_app.goodbye()
+    beating.join(5)
+    time.sleep(0.3)
+    assert not beating.is_alive() and not redis_client.exists(cache.keys.alive)

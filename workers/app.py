@@ -25,6 +25,7 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"  # the main process: it runs th
 EXIT_BAD_SETTINGS = 5
 _stop = threading.Event()
 _bad_settings: list[SettingsError] = []  # found while logging was set up
+_beating = threading.Lock()
 
 
 @setup_logging.connect
@@ -57,14 +58,33 @@ def _announce(cache: Any) -> bool:
 
 
 def _beat_forever(cache: Any, announced: bool) -> None:
+    """`cache` None: it could not be built yet (a Redis Cluster that does not answer at start):
+    built, then announced, at the next beats."""
+    from workers.tasks import get_cache
+
     while not _stop.wait(HEARTBEAT_SECONDS):
+        if cache is None:
+            try:
+                cache = get_cache()
+            except Exception as exc:
+                log.warning("worker cannot serve a node yet: %s", exc)
+                continue
         if not announced:
             announced = _announce(cache)
             continue
-        try:
-            cache.registry.heartbeat(cache.keys, WORKER)
-        except Exception as exc:  # Redis away: the node shows down until it is back
-            log.warning("node heartbeat failed: %s", exc)
+        with _beating:  # a shutdown marks the node down after this beat, never before it
+            if _stop.is_set():
+                break
+            try:
+                published = cache.registry.heartbeat(cache.keys, WORKER, node=cache.settings.node)
+            except Exception as exc:  # Redis away: the node shows down until it is back
+                log.warning("node heartbeat failed: %s", exc)
+                continue
+        if not published:
+            # The books were flushed (FLUSHALL, a restart without persistence): the node's
+            # entry and config went with them, and clients route by them.
+            log.warning("node %s was no longer published: announcing it again", cache.settings.node)
+            announced = _announce(cache)
 
 
 @task_failure.connect
@@ -95,13 +115,13 @@ def announce(**_: Any) -> None:
         log.critical("worker stopping: %s", exc)
         state.should_stop = EXIT_BAD_SETTINGS  # the worker's exit code, as the CLI's
         return
-    except Exception as exc:  # the cache is built lazily: tasks try again
+    except Exception as exc:  # the cache is built lazily: tasks and the heartbeat try again
         log.error("worker cannot serve a node yet: %s", exc)
-        return
+        cache = None
     _stop.clear()
     threading.Thread(
         target=_beat_forever,
-        args=(cache, _announce(cache)),
+        args=(cache, cache is not None and _announce(cache)),
         name="cachemgr-heartbeat",
         daemon=True,
     ).start()
@@ -114,7 +134,8 @@ def goodbye(**_: Any) -> None:
     _stop.set()
     cache = current_cache()
     if cache is not None:
-        try:
-            cache.registry.mark_down(cache.keys, WORKER)
-        except Exception as exc:
-            log.warning("could not mark node down: %s", exc)
+        with _beating:  # a beat in flight lands first: it must not bring the node back up
+            try:
+                cache.registry.mark_down(cache.keys, WORKER)
+            except Exception as exc:
+                log.warning("could not mark node down: %s", exc)

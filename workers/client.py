@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.result import AsyncResult
 
@@ -41,9 +42,11 @@ class CacheClient:
         cluster: str = "cachemgr",
     ) -> None:
         """`broker_url` defaults to CELERY_BROKER_URL, then REDIS_URL; `redis_url` (the books)
-        to REDIS_URL, then the broker's URL. A `node` routes disk tasks to that node's queue and
-        uses its keys; `key_prefix` overrides the keys' prefix. Note Celery's own rule: a
-        CELERY_BROKER_URL (or CELERY_RESULT_BACKEND) in the environment wins over arguments."""
+        to REDIS_URL, then the broker's URL. A `node` routes disk tasks to the queue its workers
+        published and uses its keys (read from the registry on first use; `cachemgr.<node>`
+        and `{node}:` before any worker of it has started); `queue` and `key_prefix` override
+        them. Note Celery's own rule: a CELERY_BROKER_URL (or CELERY_RESULT_BACKEND) in the
+        environment wins over arguments."""
         env = os.environ
         default_redis = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         self.broker_url = broker_url or env.get("CELERY_BROKER_URL") or default_redis
@@ -53,9 +56,8 @@ class CacheClient:
         self.node = node
         self.cluster = cluster
         self.backend = backend
-        self.queue = queue or (f"cachemgr.{node}" if node else None)
-        prefix = key_prefix if key_prefix is not None else (f"{{{node}}}:" if node else "")
-        self.keys = Keys(prefix)
+        self._queue, self._prefix = queue, key_prefix
+        self._route: tuple[str | None, Keys] | None = None
         self.app = Celery(
             "cachemgr-client",
             broker=self.broker_url,
@@ -79,6 +81,35 @@ class CacheClient:
         )
         self._redis: Any = None
         self._store: Store | None = None
+
+    # -- routing --------------------------------------------------------------------------
+    def _routing(self) -> tuple[str | None, Keys]:
+        if self._route is None:
+            queue, prefix = self._queue, self._prefix
+            found = True
+            if self.node and (queue is None or prefix is None):
+                try:
+                    entry = NodeRegistry(self._books(), self.cluster).entries().get(self.node)
+                except redis.RedisError:  # the broker may still take tasks: the defaults
+                    entry, found = None, False
+                entry = entry or {}
+                queue = queue or entry.get("queue") or f"cachemgr.{self.node}"
+                if prefix is None:
+                    prefix = entry.get("key_prefix", f"{{{self.node}}}:")
+            route = (queue, Keys(prefix or ""))
+            if not found:
+                return route  # asked again next time, once Redis answers
+            self._route = route
+        return self._route
+
+    @property
+    def queue(self) -> str | None:
+        """Where this client's tasks go: the node's published queue, or Celery's default."""
+        return self._routing()[0]
+
+    @property
+    def keys(self) -> Keys:
+        return self._routing()[1]
 
     # -- tasks ----------------------------------------------------------------------------
     def send(self, name: str, *args: Any, **kwargs: Any) -> AsyncResult:
@@ -135,20 +166,33 @@ class CacheClient:
     def for_path(self, absolute_path: str) -> tuple[CacheClient, str]:
         """Learn the node from a path's root: a client for that node, and the relative path."""
         target = os.path.realpath(absolute_path)
-        for node, entry in NodeRegistry(self._books(), self.cluster).entries().items():
-            root = entry["root"]
-            if target.startswith(root.rstrip("/") + "/"):
-                client = CacheClient(
-                    self.broker_url,
-                    redis_url=self.redis_url,
-                    key_prefix=entry["key_prefix"],
-                    queue=entry["queue"],
-                    backend=self.backend,
-                    cluster=self.cluster,
-                )
-                client.node = node
-                return client, normalize(target[len(root.rstrip("/")) + 1 :])
-        raise PathError(f"no cache node's root holds {absolute_path!r}")
+        entries = NodeRegistry(self._books(), self.cluster).entries()
+        holding = {
+            node: entry["root"].rstrip("/")
+            for node, entry in entries.items()
+            if target.startswith(entry["root"].rstrip("/") + "/")
+        }
+        if not holding:
+            raise PathError(f"no cache node's root holds {absolute_path!r}")
+        root = max(holding.values(), key=len)  # nested roots: the innermost holds it
+        nodes = sorted(n for n, r in holding.items() if r == root)
+        if len(nodes) > 1:
+            # Hosts that mount their caches at the same path: the path cannot say which.
+            raise PathError(
+                f"{absolute_path!r} is under the root of nodes {', '.join(nodes)} (the same "
+                "path on several hosts): use CacheClient(node=...)"
+            )
+        entry = entries[nodes[0]]
+        client = CacheClient(
+            self.broker_url,
+            redis_url=self.redis_url,
+            key_prefix=entry["key_prefix"],
+            queue=entry["queue"],
+            backend=self.backend,
+            cluster=self.cluster,
+        )
+        client.node = nodes[0]
+        return client, normalize(target[len(root) + 1 :])
 
     def refresh(self) -> None:
         """Re-read the node's published TTL and policy (after a change of settings)."""

@@ -1,0 +1,48 @@
+"""Beat's scheduler: each node's periodic cleanup goes to the queue that node's workers
+published (CACHEMGR_QUEUE may have made it another than `cachemgr.<node>`), read at each
+send, so a node whose workers move to another queue is followed without restarting beat."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.beat import PersistentScheduler, ScheduleEntry
+
+from cachemgr.connection import connect
+from cachemgr.nodes import NodeRegistry
+from cachemgr.settings import Settings
+
+log = logging.getLogger("cachemgr.workers")
+
+# celeryconfig's name for a node's periodic cleanup (DISK_CACHE_NODES); the suffix is the node.
+NODE_ENTRY = "cachemgr-periodic-cleanup-"
+
+
+class NodeScheduler(PersistentScheduler):
+    _registry: NodeRegistry | None = None
+
+    def published_queue(self, node: str) -> str | None:
+        """The queue `node`'s workers read, as they published it; None when unknown."""
+        try:
+            if self._registry is None:
+                settings = Settings.from_env(require_root=False)
+                self._registry = NodeRegistry(
+                    connect(settings.redis_url), settings.disk_cache_cluster
+                )
+            entry = self._registry.entries().get(node)
+        except Exception as exc:  # Redis away: the queue of the schedule, as configured
+            log.warning("beat: cannot read node %s's queue (%s): sending as configured", node, exc)
+            return None
+        return str(entry["queue"]) if entry and entry.get("queue") else None
+
+    def apply_async(
+        self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any
+    ) -> Any:
+        if entry.name and entry.name.startswith(NODE_ENTRY):
+            node = entry.name[len(NODE_ENTRY) :]
+            queue = self.published_queue(node)
+            if queue and queue != entry.options.get("queue"):
+                log.info("beat: node %s's workers read %s: its cleanups go there", node, queue)
+                entry.options["queue"] = queue
+        return super().apply_async(entry, producer, advance, **kwargs)
