@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,13 +29,15 @@ from prometheus_client.registry import Collector
 
 from api.extensions import cache
 from cachemgr import DiskCache
+from cachemgr.nodes import enforced, own_entry
 
 log = logging.getLogger("cachemgr.api")
 
 bp = Blueprint("metrics", __name__)
 
 # How far back `cachemgr_over_threshold_since_timestamp_seconds` looks: the history is capped
-# at 288 samples by cleanup.py, one per cleanup.
+# at 288 samples by cleanup.py, one per cleanup, the quota passes that registrations trigger
+# included (under steady registrations that is well under a day).
 HISTORY_SAMPLES = 288
 
 # (metric name without _total, stats field, help)
@@ -60,6 +63,7 @@ class CacheCollector(Collector):
         try:
             stats = self.cache.stats()
             history = self._history()
+            interval = cleanup_interval(self.cache, stats)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("metrics: Redis unreachable: %s", exc)
             up.add_metric([], 0)
@@ -68,7 +72,7 @@ class CacheCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from self._info(stats)
-        yield from self._gauges(stats, history)
+        yield from self._gauges(stats, history, interval)
         yield from self._counters(stats)
 
     def _history(self) -> list[dict[str, Any]]:
@@ -86,16 +90,16 @@ class CacheCollector(Collector):
         info.add_metric(
             [],
             {
-                "node": str(stats["node"]),
-                "eviction_policy": str(stats["eviction_policy"]),
-                "root": str(self.cache.root),
+                "node": label_value(stats["node"]),
+                "eviction_policy": label_value(stats["eviction_policy"]),
+                "root": label_value(self.cache.root),
             },
         )
         yield info
 
-    def _gauges(self, stats: dict[str, Any], history: list[dict[str, Any]]) -> Iterator[Metric]:
-        s = self.cache.settings
-
+    def _gauges(
+        self, stats: dict[str, Any], history: list[dict[str, Any]], interval: int
+    ) -> Iterator[Metric]:
         def gauge(name: str, doc: str, value: float | None) -> Metric | None:
             if value is None:
                 return None
@@ -149,8 +153,8 @@ class CacheCollector(Collector):
             ),
             gauge(
                 "cachemgr_cleanup_interval_seconds",
-                "DISK_CACHE_CLEANUP_INTERVAL as this API sees it.",
-                s.disk_cache_cleanup_interval,
+                "DISK_CACHE_CLEANUP_INTERVAL as the node's workers published it.",
+                interval,
             ),
             gauge(
                 "cachemgr_last_cleanup_timestamp_seconds",
@@ -181,7 +185,9 @@ class CacheCollector(Collector):
             gauge(
                 "cachemgr_over_threshold_since_timestamp_seconds",
                 "Usage is above the threshold now, and was at the end of every cleanup since "
-                "this time (Unix time); absent while usage is at or below the threshold.",
+                "this time (Unix time), as far back as the last 288 cleanups go (quota passes "
+                "included: a few hours under steady registrations); absent while usage is at "
+                "or below the threshold.",
                 since,
             ),
         ]
@@ -215,9 +221,10 @@ def over_threshold_since(
 ) -> float | None:
     """The start of the run of newest history samples (newest first) above the threshold.
 
-    Lets an alert say "above the threshold for longer than two cleanup intervals" whatever the
-    interval is, which a fixed `for:` cannot. With no sample above it yet, the run starts now:
-    None here, and the caller's alert then waits for the next cleanup to show one.
+    With no sample above it yet, the run starts now: None here. The history is capped, and
+    every quota pass a registration triggers pushes a sample, so a run as old as the history
+    reads as the oldest sample's time: a lower bound that slides forward, which is why the
+    alerts go by Prometheus' own record of usage (min_over_time), not by this gauge.
     """
     if total_bytes <= threshold_bytes:
         return None
@@ -232,6 +239,30 @@ def over_threshold_since(
             break
         since = at
     return since
+
+
+def cleanup_interval(disk_cache: DiskCache, stats: dict[str, Any]) -> int:
+    """The cleanup interval the node's workers published: the schedule they and the alerts go
+    by, whatever this process's environment says."""
+    if stats.get("cleanup_interval_seconds") is not None:
+        return int(stats["cleanup_interval_seconds"])
+    # The stats dict does not carry it yet: the same lookup node_stats makes for the quota.
+    settings = disk_cache.settings
+    entry = own_entry(disk_cache.registry.entries(), settings)
+    return enforced(settings, entry).disk_cache_cleanup_interval
+
+
+def label_value(value: Any) -> str:
+    """A label value that encodes as UTF-8. Python keeps an undecodable byte of a file name or
+    an environment variable as a lone surrogate, which no exposition can encode (the whole
+    scrape would fail); such a byte is written out as a backslash escape (`x` and two hex
+    digits), so that two roots still read apart."""
+    name = value if isinstance(value, str | bytes | os.PathLike) else str(value)
+    try:
+        raw = os.fsencode(name)  # back to the bytes the name was decoded from
+    except UnicodeEncodeError:  # a surrogate that no file name decoded to
+        raw = str(name).encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _float(value: Any) -> float | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -20,6 +20,7 @@ from flask import Blueprint, current_app, render_template
 
 from api.extensions import cache
 from api.humanize import human_bytes, human_count, human_duration, percent
+from api.metrics import cleanup_interval
 from cachemgr import DiskCache
 from cachemgr.records import Entry, iso
 
@@ -142,9 +143,13 @@ def largest(disk_cache: DiskCache, n: int = TOP) -> tuple[list[Entry], bool]:
     return disk_cache.store.largest(n, SCAN_LIMIT)
 
 
-def stalest(disk_cache: DiskCache, n: int = TOP) -> list[Entry]:
-    """Least recently accessed first: the next to expire, whatever the eviction policy."""
-    return disk_cache.store.expired(math.inf, n)
+def stalest(disk_cache: DiskCache, n: int = TOP, ttl: int | None = None) -> list[Entry]:
+    """Least recently accessed first: the next to expire, whatever the eviction policy.
+    `ttl`: the one the node's workers expire by (the stats'), when this process has another."""
+    entries = disk_cache.store.expired(math.inf, n)
+    if ttl is None:
+        return entries
+    return [replace(e, ttl_seconds=ttl) if e.ttl_seconds != ttl else e for e in entries]
 
 
 def _float(value: Any) -> float | None:
@@ -170,7 +175,11 @@ def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
     usage_hi = float(max([max_bytes, *(v or 0 for v in usage_values)]))
     last = stats.get("last_cleanup") or {}
     last_time = _float(last.get("time"))
-    interval = s.disk_cache_cleanup_interval
+    # Beat's schedule runs from its own last run: the quota passes that registrations trigger
+    # also record `time`, and would push "next" ever later while beat stays down.
+    periodic_time = _float(last.get("periodic_time"))
+    interval = cleanup_interval(disk_cache, stats)  # the workers', as the stats' quota and TTL
+    running = bool(stats["scheduler_running"])
     events = disk_cache.store.events(EVENTS)
     for event in events:
         event["at"] = _float(event.get("time"))
@@ -213,22 +222,19 @@ def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
         "largest": big,
         "largest_cut": cut,
         "scan_limit": SCAN_LIMIT,
-        "stalest": stalest(disk_cache),
+        "stalest": stalest(disk_cache, ttl=int(stats["ttl_seconds"])),
         "events": events,
         # Half an interval of grace: beat's timer and a long cleanup both drift a little.
-        "overdue": last_time is not None
-        and stats["scheduler_running"]
-        and now > last_time + interval * 1.5,
+        "overdue": periodic_time is not None and running and now > periodic_time + interval * 1.5,
         "cleanup": {
             "time": last_time,
+            "periodic_time": periodic_time,
             "status": last.get("status"),
             "duration": _float(last.get("duration_seconds")),
             "error": last.get("error") or "",
             "interval": interval,
             "max_evictions": s.disk_cache_max_evictions_per_run,
-            "next": (last_time + interval)
-            if last_time is not None and stats["scheduler_running"]
-            else None,
+            "next": periodic_time + interval if periodic_time is not None and running else None,
         },
     }
 

@@ -17,9 +17,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import over_threshold_since
-from cachemgr import DiskCache
+from cachemgr import DiskCache, Settings
 from cachemgr.cleanup import cleanup, sweep
-from tests.conftest import make_tree
+from tests.conftest import BROKER_URL, make_tree
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -36,6 +36,17 @@ def scrape(client: Any, accept: str = "") -> tuple[Samples, Any]:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
+
+
+def app_without_worker(settings: Settings, redis_client: Any) -> Any:
+    """An API on these settings with no worker of its own: the registry holds only what a
+    test publishes there, and no heartbeat rewrites it meanwhile."""
+    from api import create_app
+
+    return create_app(
+        {"TESTING": True, "CACHEMGR_SETTINGS": settings, "REDIS_CLIENT": redis_client,
+         "CELERY_BROKER_URL": BROKER_URL}
+    )  # fmt: skip
 
 
 def busy_cache(cache: DiskCache, root: Any) -> None:
@@ -111,6 +122,41 @@ def test_metrics_match_cache_stats(client, cache, root):
     assert periodic == (float(last["periodic_time"]) if "periodic_time" in last else None)
     interval = value(samples, "cachemgr_cleanup_interval_seconds")
     assert interval == cache.settings.disk_cache_cleanup_interval
+
+
+def test_metrics_go_by_what_the_workers_enforce(settings, redis_client, cache):
+    """The workers publish another quota, TTL, interval and policy than this API's environment
+    has: /metrics shows theirs, as /cache/stats does (they are the ones enforced)."""
+    theirs = settings.with_(
+        disk_cache_max_bytes=2**20, disk_cache_ttl_seconds=7200,
+        disk_cache_cleanup_interval=600, disk_cache_eviction_policy="fifo",
+    )  # fmt: skip
+    cache.registry.publish(theirs)
+    client = app_without_worker(settings, redis_client).test_client()
+    samples, _ = scrape(client)
+    stats = client.get("/cache/stats").get_json()
+    assert (stats["max_bytes"], stats["eviction_policy"]) == (2**20, "fifo")
+    assert value(samples, "cachemgr_cleanup_interval_seconds") == 600
+    assert value(samples, "cachemgr_max_bytes") == 2**20
+    assert value(samples, "cachemgr_threshold_bytes") == stats["threshold_bytes"]
+    assert value(samples, "cachemgr_target_bytes") == stats["target_bytes"]
+    info = value(samples, "cachemgr_cache_info", node=stats["node"], eviction_policy="fifo",
+                 root=str(cache.root))  # fmt: skip
+    assert info == 1
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text"])
+def test_a_root_whose_name_is_not_utf8_still_scrapes(settings, redis_client, tmp_path, accept):
+    odd = tmp_path / "x\udcff"  # the byte 0xff of a file name, as Python decodes it
+    odd.mkdir()
+    client = app_without_worker(settings.with_(disk_cache_root=str(odd)), redis_client)
+    r = client.test_client().get("/metrics", headers={"Accept": accept} if accept else {})
+    assert r.status_code == 200
+    text = r.get_data().decode("utf-8")  # valid UTF-8 throughout
+    parse = om_families if accept else text_string_to_metric_families
+    roots = [s.labels["root"] for f in parse(text) for s in f.samples
+             if s.name == "cachemgr_cache_info"]  # fmt: skip
+    assert roots == [f"{tmp_path}/x\\xff"]  # the byte, written out: still tells roots apart
 
 
 def test_counters_are_the_same_from_every_worker_process(app, client, cache, root):

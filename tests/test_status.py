@@ -7,10 +7,12 @@ skipped only when chromium is absent; scripts/ensure-chromium.sh installs it.
 
 from __future__ import annotations
 
+import math
 import shutil
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,9 +22,10 @@ import pytest
 from werkzeug.serving import make_server
 
 from api.status import chart, human_bytes, human_count, interval_ratios, percent
-from cachemgr import DiskCache
+from cachemgr import DiskCache, Settings
 from cachemgr.cleanup import cleanup
-from tests.conftest import make_tree
+from cachemgr.records import iso
+from tests.conftest import BROKER_URL, make_tree
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -43,7 +46,10 @@ class Page(HTMLParser):
         self.assets: list[str] = []
         self.classes: list[str] = []
         self.times: list[tuple[str, str]] = []  # (datetime, title) of each <time>
-        self._open: list[tuple[str, str]] = []  # (tag, data-stat) of open elements
+        self.cleanup: dict[str, str] = {}  # data-cleanup -> data-value (the Scheduler card)
+        self.warnings: list[str] = []  # the text of each element marked data-warning
+        # (tag, data-stat, index in self.warnings or -1) of open elements
+        self._open: list[tuple[str, str, int]] = []
         self.text = ""
         self.feed(html)
 
@@ -61,7 +67,13 @@ class Page(HTMLParser):
         self.classes.extend(a.get("class", "").split())
         if tag == "time":
             self.times.append((a.get("datetime", ""), a.get("title", "")))
-        self._open.append((tag, a.get("data-stat", "")))
+        if "data-cleanup" in a:
+            self.cleanup[a["data-cleanup"]] = a.get("data-value", "")
+        warning = -1
+        if "data-warning" in a:
+            warning = len(self.warnings)
+            self.warnings.append("")
+        self._open.append((tag, a.get("data-stat", ""), warning))
 
     def handle_endtag(self, tag: str) -> None:
         while self._open:
@@ -70,9 +82,11 @@ class Page(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self.text += data
-        for _, stat in self._open:
+        for _, stat, warning in self._open:
             if stat:
                 self.texts[stat] += data
+            if warning >= 0:
+                self.warnings[warning] += data
 
 
 def busy(cache: DiskCache, root: Path, rounds: int = 12) -> None:
@@ -160,6 +174,81 @@ def test_a_failed_cleanup_and_a_stopped_scheduler_show(client, cache):
     assert page.stats["scheduler_running"] == "false"
     assert "Stopped" in page.text and "OSError: disk gone" in page.text
     assert "not while stopped" in page.text and "st-failed" in page.classes
+
+
+def app_without_worker(settings: Settings, redis_client: Any) -> Any:
+    """An API with no worker of its own: the node is down unless a test says otherwise, and
+    the registry holds only what a test publishes there."""
+    from api import create_app
+
+    return create_app(
+        {"TESTING": True, "CACHEMGR_SETTINGS": settings, "REDIS_CLIENT": redis_client,
+         "CELERY_BROKER_URL": BROKER_URL}
+    )  # fmt: skip
+
+
+def last_cleanup(cache: DiskCache, at: float, periodic_at: float | None) -> None:
+    """What cleanup.py records: `time` of any cleanup, `periodic_time` of beat's last one."""
+    mapping = {"time": f"{at:.3f}", "status": "done", "duration_seconds": "0.100"}
+    if periodic_at is not None:
+        mapping["periodic_time"] = f"{periodic_at:.3f}"
+    cache.client.hset(cache.keys.last_cleanup, mapping=mapping)
+
+
+def test_page_goes_by_the_interval_and_ttl_the_workers_enforce(settings, redis_client, cache, root):
+    """This API's environment says 1 h and 1 d; the node's workers run every 10 min with a 2 h
+    TTL: the page shows theirs, as /cache/stats does."""
+    assert (settings.disk_cache_cleanup_interval, settings.disk_cache_ttl_seconds) == (3600, 86400)
+    cache.registry.publish(
+        settings.with_(disk_cache_cleanup_interval=600, disk_cache_ttl_seconds=7200)
+    )
+    make_tree(root, "a")
+    cache.register("a")
+    now = time.time()
+    last_cleanup(cache, now - 60, now - 60)
+    client = app_without_worker(settings, redis_client).test_client()
+    page = Page(client.get("/").get_data(as_text=True))
+    assert stats_of(client)["ttl_seconds"] == 7200
+    assert page.cleanup["interval"] == "600"
+    assert float(page.cleanup["next"]) == round(now - 60, 3) + 600
+    assert "TTL 2h" in page.text and "Every10m" in page.text.replace(" ", "")
+    last_access = cache.store.expired(math.inf, 1)[0].last_access
+    expires = iso(last_access + 7200)
+    assert (expires, expires) in page.times  # the stalest table's "Expires" column
+
+
+def test_next_cleanup_follows_beats_periodic_run_not_the_last_automatic_pass(
+    settings, redis_client, cache
+):
+    """Beat's last run 2 h ago, a quota pass a registration triggered 1 min ago: with a 1 h
+    interval the periodic cleanup is overdue, not due in 59 min."""
+    now = time.time()
+    last_cleanup(cache, now - 60, now - 7200)
+    page = Page(app_without_worker(settings, redis_client).test_client().get("/").text)
+    assert float(page.cleanup["next"]) == round(now - 7200, 3) + 3600
+    assert float(page.cleanup["periodic"]) == round(now - 7200, 3)
+    assert "late" in page.classes and "overdue" in page.text
+    assert "in 58m" not in page.text and "in 59m" not in page.text
+
+
+def test_page_shows_the_node_down_and_every_warning(settings, redis_client, cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    client = app_without_worker(settings, redis_client).test_client()
+    stats = stats_of(client)
+    assert stats["up"] is False and len(stats["warnings"]) >= 2  # no worker, no periodic run
+    page = Page(client.get("/").get_data(as_text=True))
+    assert page.stats["up"] == "false" and "down" in page.texts["up"].lower()
+    assert [w.strip() for w in page.warnings] == stats["warnings"]
+    # A worker beats and beat has run: the node is up and nothing is listed.
+    cache.registry.heartbeat(cache.keys)
+    now = time.time()
+    last_cleanup(cache, now - 60, now - 60)
+    stats = stats_of(client)
+    assert stats["up"] is True and stats["warnings"] == []
+    page = Page(client.get("/").get_data(as_text=True))
+    assert page.stats["up"] == "true" and "down" not in page.texts["up"].lower()
+    assert page.warnings == []
 
 
 def test_hit_ratio_per_interval_skips_resets_and_idle_intervals():
