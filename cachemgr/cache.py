@@ -155,6 +155,8 @@ class DiskCache:
         location = paths.existing_directory(self.root, rel)
         try:
             found = scanner.scan(location, collect_subdirs=True)
+        except scanner.TooDeep as exc:
+            raise paths.PathError(f"{rel!r} cannot be sized: {exc.strerror}") from None
         except OSError as exc:  # replaced by a symlink or removed since the check
             raise paths.PathError(f"{rel!r} changed while it was scanned: {exc}") from None
         # A subdirectory whose name is not UTF-8 can never be tracked (no Redis key names it):

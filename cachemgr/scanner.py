@@ -8,6 +8,7 @@ over one directory's entries is in C (_scandir.c) when the install built it, els
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -15,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cachemgr.paths import TRASH_DIR
+
+
+class TooDeep(OSError):
+    """A tree the scan cannot follow to its bottom: its size would be too small."""
 
 
 @dataclass
@@ -52,7 +57,11 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     def read(fd: int, rel: str) -> None:
         nonlocal blocks, files
         frames.append((fd, rel, []))  # first, so that the finally below closes it
-        b, f, subs, linked = scan_dir(fd)
+        try:
+            b, f, subs, linked = scan_dir(fd)  # which opens one more descriptor
+        except OSError as exc:
+            _refuse_if_too_deep(exc, len(frames))
+            raise
         blocks += b
         files += f
         for dev, ino, blk, regular in linked:
@@ -79,13 +88,24 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
             name = names.pop()
             try:
                 child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError:
+            except OSError as exc:
+                _refuse_if_too_deep(exc, len(frames))
                 continue  # vanished, unreadable or replaced: count what we can see
             read(child, f"{rel}/{name}" if rel else name)
     finally:
         for fd, _, _ in frames:
             os.close(fd)
     return ScanResult(size_bytes=blocks * 512, file_count=files, subdirs=subdirs)
+
+
+def _refuse_if_too_deep(exc: OSError, depth: int) -> None:
+    """Out of descriptors (one per level): skipping the rest would undercount in silence."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        raise TooDeep(
+            exc.errno,
+            f"the tree is deeper ({depth} levels) than the open-file limit lets a scan follow; "
+            "raise it (ulimit -n) or flatten the tree",
+        ) from None
 
 
 def scan_dir_py(fd: int) -> tuple[int, int, list[tuple[str, int]], list[tuple[int, int, int, int]]]:

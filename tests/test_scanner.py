@@ -110,3 +110,27 @@ def test_a_deep_tree_keeps_few_descriptors_open(root):
         (wide / f"d{i}").mkdir(parents=True)
     assert scanner.scan(deep).file_count == 1
     assert len(scanner.scan(wide, collect_subdirs=True).subdirs) == 1500
+
+
+def test_a_tree_deeper_than_the_open_file_limit_is_refused_not_undercounted(root, cache):
+    import resource
+
+    from cachemgr import PathError
+
+    path = root / "deep"
+    for i in range(40):
+        path = path / "d"
+    path.mkdir(parents=True)
+    (path / "f").write_bytes(b"x" * 8192)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    used = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 20, hard))  # room for 20 levels
+    try:
+        with pytest.raises(scanner.TooDeep, match="deeper"):
+            scanner.scan(root / "deep")
+        with pytest.raises(PathError, match="cannot be sized"):
+            cache.register("deep")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert cache.store.tracked(["deep"]) == [False]
+    assert scanner.scan(root / "deep").file_count == 1
