@@ -29,7 +29,6 @@ from prometheus_client.registry import Collector
 
 from api.extensions import cache
 from cachemgr import DiskCache
-from cachemgr.nodes import enforced, own_entry
 
 log = logging.getLogger("cachemgr.api")
 
@@ -63,7 +62,7 @@ class CacheCollector(Collector):
         try:
             stats = self.cache.stats()
             history = self._history()
-            interval = cleanup_interval(self.cache, stats)
+            interval = int(stats["cleanup_interval_seconds"])  # the workers'
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("metrics: Redis unreachable: %s", exc)
             up.add_metric([], 0)
@@ -239,17 +238,6 @@ def over_threshold_since(
             break
         since = at
     return since
-
-
-def cleanup_interval(disk_cache: DiskCache, stats: dict[str, Any]) -> int:
-    """The cleanup interval the node's workers published: the schedule they and the alerts go
-    by, whatever this process's environment says."""
-    if stats.get("cleanup_interval_seconds") is not None:
-        return int(stats["cleanup_interval_seconds"])
-    # The stats dict does not carry it yet: the same lookup node_stats makes for the quota.
-    settings = disk_cache.settings
-    entry = own_entry(disk_cache.registry.entries(), settings)
-    return enforced(settings, entry).disk_cache_cleanup_interval
 
 
 def label_value(value: Any) -> str:

@@ -49,6 +49,7 @@ class StatsSchema(SinceResetSchema):
     scheduler_running = fields.Boolean(required=True)
     eviction_policy = fields.String()
     ttl_seconds = fields.Integer()
+    cleanup_interval_seconds = fields.Integer()
     free_disk_bytes = fields.Integer(allow_none=True)
     min_free_bytes = fields.Integer()
     initialized = fields.Boolean()

@@ -20,7 +20,6 @@ from flask import Blueprint, current_app, render_template
 
 from api.extensions import cache
 from api.humanize import human_bytes, human_count, human_duration, percent
-from api.metrics import cleanup_interval
 from cachemgr import DiskCache
 from cachemgr.records import Entry, iso
 
@@ -178,7 +177,7 @@ def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
     # Beat's schedule runs from its own last run: the quota passes that registrations trigger
     # also record `time`, and would push "next" ever later while beat stays down.
     periodic_time = _float(last.get("periodic_time"))
-    interval = cleanup_interval(disk_cache, stats)  # the workers', as the stats' quota and TTL
+    interval = int(stats["cleanup_interval_seconds"])  # the workers', as the quota and TTL
     running = bool(stats["scheduler_running"])
     events = disk_cache.store.events(EVENTS)
     for event in events:

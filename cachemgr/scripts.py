@@ -119,15 +119,39 @@ return {'ok', new, delta, total_after}
 """
 )
 
+# A path inside a tracked directory is a play of that directory: the pipeline may name a disc
+# or a folder below the directory the cache tracks (DISK_CACHE_ENTRY_DEPTH), and the play must
+# keep that directory. Looked for on a miss only: (tracked path, record, id), or nil.
+WITHIN_TRACKED = """
+local function within_tracked(path)
+  local i = string.find(path, '/', 1, true)
+  while i do
+    local above = string.sub(path, 1, i - 1)
+    local rec, id = record(above)
+    if rec then return above, rec, id end
+    i = string.find(path, '/', i + 1, true)
+  end
+  return nil
+end
+"""
+
 # Record one access: a hit renews the TTL and moves the directory to the front.
 # ARGV[1] path  ARGV[2] now  ARGV[3] ttl seconds  ARGV[4] bytes a miss had to fetch (0 unknown)
 # ARGV[5] access-log cap (0: no log)
-# Returns 1 for a hit, 0 for a miss.
+# Returns 1 for a hit (of the path, or of the tracked directory that holds it), 0 for a miss.
 ACCESS = (
     PRELUDE
+    + WITHIN_TRACKED
     + """
 local path, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local rec, id = record(path)
+if not rec then
+  local above, arec, aid = within_tracked(path)
+  if above then
+    KEYS[9] = string.sub(KEYS[9], 1, #KEYS[9] - #path) .. above
+    path, rec, id = above, arec, aid
+  end
+end
 local logcap = tonumber(ARGV[5])
 if not rec then
   local missed = tonumber(ARGV[4])
@@ -164,14 +188,19 @@ return 1
 # ARGV[5..] paths. Returns one 1 (hit) or 0 (miss) per path, with ACCESS's effects for each.
 ACCESS_MANY = (
     PRELUDE
+    + WITHIN_TRACKED
     + """
 local now, ttl, logcap = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local dir_prefix = KEYS[9]
 local out, nhits, nbytes, nmisses = {}, 0, 0, 0
 for j = 5, #ARGV do
   local path = ARGV[j]
-  local dirkey = dir_prefix .. path
   local rec, id = record(path)
+  if not rec then
+    local above, arec, aid = within_tracked(path)
+    if above then path, rec, id = above, arec, aid end
+  end
+  local dirkey = dir_prefix .. path
   if not rec then
     nmisses = nmisses + 1
     out[#out + 1] = 0

@@ -177,6 +177,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         "scheduler_running": snap["scheduler_running"],
         "eviction_policy": s.disk_cache_eviction_policy,
         "ttl_seconds": s.disk_cache_ttl_seconds,
+        "cleanup_interval_seconds": s.disk_cache_cleanup_interval,
         "free_disk_bytes": free,
         "min_free_bytes": s.disk_cache_min_free_bytes,
         "initialized": snap["initialized"],

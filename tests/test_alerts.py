@@ -39,8 +39,8 @@ def test_the_alerts_the_issue_asks_for_are_there():
 
 
 def test_every_metric_in_every_expression_is_exported(client, cache):
-    # Some gauges exist only after a cleanup, and the over-threshold one only while usage is
-    # above the threshold: books marked initialized, so that the cleanup keeps the fake usage.
+    # Some gauges exist only after a cleanup (beat's, for the periodic one): books marked
+    # initialized, so that the cleanup keeps the fake usage above the threshold.
     from cachemgr.cleanup import cleanup
 
     cache.client.set(cache.keys.initialized, "1")
@@ -71,3 +71,50 @@ def test_promtool_checks_the_rules_and_runs_their_unit_tests():
         timeout=120,
     )
     assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+def promtool_case(name: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run one named group of deploy/prometheus-alerts.test.yml on its own, so that a pytest
+    failure names the case."""
+    assert PROMTOOL is not None
+    doc = yaml.safe_load(RULE_TESTS.read_text())
+    cases = [case for case in doc["tests"] if case.get("name") == name]
+    assert len(cases) == 1, name
+    one = tmp_path / "case.test.yml"
+    one.write_text(yaml.safe_dump({**doc, "rule_files": [str(RULES)], "tests": cases}))
+    return subprocess.run(
+        [PROMTOOL, "test", "rules", one.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_alerts_do_not_miss_a_beat_that_never_ran_or_a_sliding_history():
+    """Without promtool, the shape of the fixes at least: the usage alert goes by Prometheus'
+    own record (the since-gauge's history reaches back too little under steady
+    registrations), and an absent periodic timestamp has a rule of its own, with a `for:`."""
+    usage = [r for r in rules() if r.get("alert") == "CacheUsageAboveThreshold"]
+    assert usage and all("over_threshold_since" not in r["expr"] for r in usage)
+    assert any("_over_time(" in r["expr"] or r.get("for") for r in usage)
+    never = [
+        r
+        for r in rules()
+        if r.get("alert") == "CacheCleanupNotRunning"
+        and re.search(r"unless\s+cachemgr_last_periodic_cleanup_timestamp_seconds|absent\(",
+                      r["expr"])
+    ]  # fmt: skip
+    assert len(never) == 1 and never[0].get("for")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
+def test_usage_alert_fires_under_steady_registrations(tmp_path):
+    done = promtool_case("usage above the threshold under steady registrations", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
+def test_cleanup_not_running_fires_when_no_periodic_run_was_ever_recorded(tmp_path):
+    done = promtool_case("no periodic cleanup ever recorded", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr

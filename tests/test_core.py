@@ -513,3 +513,23 @@ def test_another_nodes_free_space_is_not_taken_from_this_host(cache, root):
     remote = cache.for_node("elsewhere")
     assert remote.stats()["free_disk_bytes"] is None
     assert cache.stats()["free_disk_bytes"] > 0
+
+
+def test_a_play_below_a_tracked_directory_keeps_that_directory(cache, root):
+    clock = Clock()
+    cache.clock = clock
+    make_tree(root, "artist/disc1", files=2)
+    cache.register("artist")
+    registered = cache.info("artist").last_access
+    clock.t += 10
+    assert cache.access("artist/disc1") == {"path": "artist/disc1", "hit": True}
+    entry = cache.info("artist")
+    assert entry.hits == 1 and entry.last_access == registered + 10
+    assert cache.client.ttl(cache.keys.dir("artist")) > 0
+    assert not cache.client.exists(cache.keys.dir("artist/disc1"))  # no key of its own
+    clock.t += 10
+    hits = cache.store.access_many(["artist/disc1/track", "artistic", "artist"], now=clock.t)
+    assert [bool(h) for h in hits] == [True, False, True]
+    assert cache.info("artist").hits == 3 and cache.store.tracked(["artist/disc1"]) == [False]
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"]) == (3, 1)

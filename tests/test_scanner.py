@@ -118,7 +118,7 @@ def test_a_tree_deeper_than_the_open_file_limit_is_refused_not_undercounted(root
     from cachemgr import PathError
 
     path = root / "deep"
-    for i in range(40):
+    for _ in range(40):
         path = path / "d"
     path.mkdir(parents=True)
     (path / "f").write_bytes(b"x" * 8192)
