@@ -103,7 +103,6 @@ class DiskCache:
     def register(self, path: str) -> dict[str, Any]:
         """Scan a directory under the root and put it on the books (idempotent)."""
         rel = paths.normalize(path)
-        paths.existing_directory(self.root, rel)
         lock = self.lock(rel)
         if not lock.acquire():
             self.store.count("skipped_locked")

@@ -363,7 +363,9 @@ def test_the_heartbeat_publishes_a_flushed_node_again_and_never_outlives_a_shutd
 
     monkeypatch.setattr(tasks, "get_cache", get_cache_once_redis_answers)
     monkeypatch.setattr(tasks, "current_cache", lambda: cache)
-    worker_app._stop.clear()
+    # This test's own switch and lock: the module's are left as they were.
+    monkeypatch.setattr(worker_app, "_stop", threading.Event())
+    monkeypatch.setattr(worker_app, "_beating", threading.Lock())
     # Started while the cache could not be built: it is built and announced by the beats.
     beating = threading.Thread(target=worker_app._beat_forever, args=(None, False), daemon=True)
     beating.start()

@@ -14,6 +14,7 @@ from celery.worker import state
 
 from cachemgr import migrations
 from cachemgr.logs import configure_logging
+from cachemgr.records import RECORD_FORMAT
 from cachemgr.settings import SettingsError, log_level
 
 app = Celery("cachemgr", include=["workers.tasks"])
@@ -42,12 +43,16 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
     configure_logging(level=level)
 
 
-def _announce(cache: Any) -> bool:
+def _announce(cache: Any, flushed: bool = False) -> bool:
     """Publish the node (its settings, the queue it reads), bring older books up to date and
-    say it is alive; False while Redis cannot be reached."""
+    say it is alive; False while Redis cannot be reached. `flushed`: the books were emptied
+    while this worker ran, so whatever they hold now is in this version's layout."""
     try:
         cache.publish_config(queue=app.conf.task_default_queue)
-        migrations.ensure_record_ids(cache.store)  # older books: before any task runs
+        if flushed:  # marked, not walked: a steady-state worker never scans the books
+            cache.client.set(cache.keys.format, RECORD_FORMAT, nx=True)
+        else:
+            migrations.ensure_record_ids(cache.store)  # older books: before any task runs
         migrations.ensure_pin_index(cache.store)
         cache.registry.heartbeat(cache.keys, WORKER)
     except Exception as exc:  # Redis away: tried again at each heartbeat until it is back
@@ -84,7 +89,7 @@ def _beat_forever(cache: Any, announced: bool) -> None:
             # The books were flushed (FLUSHALL, a restart without persistence): the node's
             # entry and config went with them, and clients route by them.
             log.warning("node %s was no longer published: announcing it again", cache.settings.node)
-            announced = _announce(cache)
+            announced = _announce(cache, flushed=True)
 
 
 @task_failure.connect
