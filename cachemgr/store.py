@@ -244,19 +244,24 @@ class Store:
         return None if delta is None else int(delta)
 
     # -- reads --------------------------------------------------------------------------
-    def _entries(self, items: Sequence[tuple[str, float]]) -> list[Entry]:
-        """The entries of (path, last access) pairs as the books have them now (records,
-        leases), in one round trip; one that left the books since is left out."""
-        if not items:
-            return []
-        flat = self._read_entries(keys=self.script_keys(), args=[p for p, _ in items])
-        return [
-            self._entry(path, last, rec, lease)
-            for (path, _), (last, rec, lease) in zip(
-                items, zip(flat[::3], flat[1::3], flat[2::3], strict=True), strict=True
-            )
-            if rec  # removed between the two reads
-        ]
+    def _entries(
+        self, items: Sequence[tuple[str, float | None]], chunk: int = 1000
+    ) -> list[Entry]:
+        """The entries of (path, last access) pairs with their records and leases, one script
+        call per `chunk` paths (Redis stays free between them); one that left the books since
+        is left out. The last access is the one given: the time the caller chose the entry
+        by, which the claim compares (an expired entry played since must not be taken);
+        None takes the books' own."""
+        out: list[Entry] = []
+        for i in range(0, len(items), chunk):
+            part = items[i : i + chunk]
+            flat = self._read_entries(keys=self.script_keys(), args=[p for p, _ in part])
+            for (path, given), last, rec, lease in zip(
+                part, flat[::3], flat[1::3], flat[2::3], strict=True
+            ):
+                if rec:  # removed between the two reads otherwise
+                    out.append(self._entry(path, last if given is None else given, rec, lease))
+        return out
 
     def _entry(self, path: str, last: Any, rec: str, pin: Any) -> Entry:
         """An Entry from its path, last access, packed record and lease ('' or None: none)."""
@@ -266,7 +271,7 @@ class Store:
 
     def info(self, path: str) -> Entry | None:
         """One tracked directory, read in one round trip."""
-        found = self._entries([(path, 0.0)])
+        found = self._entries([(path, None)])
         return found[0] if found else None
 
     def page(self, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:

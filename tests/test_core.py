@@ -257,6 +257,28 @@ def test_compare_before_delete_skips_an_entry_accessed_since_it_was_chosen(cache
     assert (root / chosen.path).is_dir()
 
 
+def test_an_expired_entry_played_between_the_sweeps_read_and_its_claim_stays(
+    settings, redis_client, root
+):
+    from cachemgr.cleanup import sweep
+
+    clock = Clock()
+    cache = DiskCache(settings.with_(disk_cache_ttl_seconds=60), redis_client, clock=clock)
+    fill(cache, root, 2, clock)
+    clock.t += 600  # both long expired
+    real, played = cache.store._read_entries, []
+
+    def played_then_read(*args, **kwargs):
+        if not played:  # a play between choosing the expired and reading their records
+            played.append(cache.access("album00"))
+        return real(*args, **kwargs)
+
+    cache.store._read_entries = played_then_read
+    result = sweep(cache)
+    assert [r.path for r in result.removed] == ["album01"]
+    assert result.skipped_changed == ["album00"] and (root / "album00").is_dir()
+
+
 def test_a_directory_replaced_by_a_file_is_untracked_without_deleting_the_file(cache, root):
     import shutil
 
