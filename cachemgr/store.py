@@ -300,7 +300,9 @@ class Store:
         return self._entries(items)
 
     def victims(self, limit: int, offset: int = 0) -> list[Entry]:
-        """The active policy's next victims, best first."""
+        """The active policy's next victims, best first: at most 1000 a call, each read with
+        its record and the leases around it in the same script, which Redis runs alone."""
+        limit = min(limit, 1000)
         try:
             flat = self._victims(keys=self.script_keys(), args=[limit, offset])
         except redis.ResponseError as exc:

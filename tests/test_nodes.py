@@ -180,6 +180,16 @@ def test_a_client_named_for_a_node_follows_what_its_workers_published(two_nodes)
     assert client.queue == "b-own-queue" and client.keys.prefix == b.keys.prefix
     unknown = CacheClient(REDIS_URL, redis_url=REDIS_URL, node="nobody", cluster=cluster)
     assert unknown.queue == "cachemgr.nobody" and unknown.keys.prefix == "{nobody}:"
+    # Its workers publish later: followed from then on, not stuck on the default.
+    b.registry.publish(b.settings.with_(disk_cache_node="nobody"), queue="nobody-queue")
+    assert unknown.queue == "nobody-queue"
+    b.registry.publish(b.settings.with_(disk_cache_node="nobody"), queue="moved")
+    unknown.refresh()
+    assert unknown.queue == "moved"
+    # The books on a Redis Cluster that does not answer: tasks still go, by the defaults.
+    away = CacheClient(REDIS_URL, redis_url="redis+cluster://127.0.0.1:1", node="n1")
+    assert away.queue == "cachemgr.n1" and away.keys.prefix == "{n1}:"
+    away.close()
     # Two hosts that mount their caches at the same path: the path cannot name the node.
     a.registry.publish(a.settings.with_(disk_cache_root=str(b.root)))
     with pytest.raises(PathError, match="use CacheClient"):
@@ -375,3 +385,12 @@ def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
         scheduler.apply_async(entry)
     # A node not published yet keeps the configured queue.
     assert sent == [{"queue": "far-queue"}, {"queue": "cachemgr.unknown"}]
+    # One beat per node (DISK_CACHE_NODE, no CACHEMGR_QUEUE here): its own entry follows too.
+    monkeypatch.setenv("DISK_CACHE_NODE", "far")
+    monkeypatch.delenv("CACHEMGR_QUEUE", raising=False)
+    own = scheduler.Entry(
+        name=NODE_ENTRY.rstrip("-"), task="cachemgr.cleanup", schedule=60.0,
+        options={"queue": "cachemgr.far"}, app=app,
+    )  # fmt: skip
+    scheduler.apply_async(own)
+    assert sent[-1] == {"queue": "far-queue"}

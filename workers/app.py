@@ -75,7 +75,10 @@ def _beat_forever(cache: Any, announced: bool) -> None:
                 log.warning("worker cannot serve a node yet: %s", exc)
                 continue
         if not announced:
-            announced = _announce(cache)
+            with _beating:  # as a beat: an announce ends with one
+                if _stop.is_set():
+                    break
+                announced = _announce(cache)
             continue
         with _beating:  # a shutdown marks the node down after this beat, never before it
             if _stop.is_set():
@@ -89,7 +92,10 @@ def _beat_forever(cache: Any, announced: bool) -> None:
             # The books were flushed (FLUSHALL, a restart without persistence): the node's
             # entry and config went with them, and clients route by them.
             log.warning("node %s was no longer published: announcing it again", cache.settings.node)
-            announced = _announce(cache, flushed=True)
+            with _beating:
+                if _stop.is_set():
+                    break
+                announced = _announce(cache, flushed=True)
 
 
 @task_failure.connect

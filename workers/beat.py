@@ -5,6 +5,7 @@ send, so a node whose workers move to another queue is followed without restarti
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
@@ -36,11 +37,20 @@ class NodeScheduler(PersistentScheduler):
             return None
         return str(entry["queue"]) if entry and entry.get("queue") else None
 
+    def node_of(self, name: str) -> str | None:
+        """The node an entry's cleanup is for: named in it (DISK_CACHE_NODES), or this beat's
+        own DISK_CACHE_NODE when no CACHEMGR_QUEUE was given here (one beat per node)."""
+        if name.startswith(NODE_ENTRY):
+            return name[len(NODE_ENTRY) :]
+        if name == NODE_ENTRY.rstrip("-") and not os.environ.get("CACHEMGR_QUEUE"):
+            return os.environ.get("DISK_CACHE_NODE") or None
+        return None
+
     def apply_async(
         self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any
     ) -> Any:
-        if entry.name and entry.name.startswith(NODE_ENTRY):
-            node = entry.name[len(NODE_ENTRY) :]
+        node = self.node_of(entry.name or "")
+        if node:
             queue = self.published_queue(node)
             if queue and queue != entry.options.get("queue"):
                 log.info("beat: node %s's workers read %s: its cleanups go there", node, queue)

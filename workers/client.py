@@ -16,7 +16,6 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.result import AsyncResult
 
@@ -90,8 +89,10 @@ class CacheClient:
             if self.node and (queue is None or prefix is None):
                 try:
                     entry = NodeRegistry(self._books(), self.cluster).entries().get(self.node)
-                except redis.RedisError:  # the broker may still take tasks: the defaults
-                    entry, found = None, False
+                except Exception:  # books away (a Cluster raises its own): the defaults
+                    entry = None
+                # Not published yet (its workers have not started): asked again next time.
+                found = entry is not None
                 entry = entry or {}
                 queue = queue or entry.get("queue") or f"cachemgr.{self.node}"
                 if prefix is None:
@@ -195,8 +196,9 @@ class CacheClient:
         return client, normalize(target[len(root) + 1 :])
 
     def refresh(self) -> None:
-        """Re-read the node's published TTL and policy (after a change of settings)."""
+        """Re-read what the node's workers published: TTL, policy, queue and keys."""
         self._store = None
+        self._route = None
 
     def access(self, path: str, miss_bytes: int = 0) -> bool:
         """Record an access in one round trip; True for a hit."""
