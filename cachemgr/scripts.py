@@ -397,58 +397,8 @@ def _lua_str(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def victims_snapshot(victims: str) -> str:
-    """Wrap a policy's victims chunk so that each victim comes with its last access, record and
-    pin, read in the same atomic call: an access after the choice then fails the claim's check.
-
-    Returns a flat list: path, last access, record, lease ('' for none: pins.LEASE_AROUND), ...
-    """
-    return (
-        PRELUDE
-        + LEASE_AROUND
-        + "local function pick()\n"
-        + victims
-        + """
-end
-local out = {}
-for _, p in ipairs(pick()) do
-  local last = redis.call('ZSCORE', KEYS[2], p)
-  local rec = last and redis.call('HGET', KEYS[1], rid(p))
-  if rec then
-    out[#out + 1] = p
-    out[#out + 1] = last
-    out[#out + 1] = rec
-    out[#out + 1] = lease_around(p) or ''
-  end
-end
-return out
-"""
-    )
-
-
 def compose(template: str, hooks: dict[str, str]) -> str:
     """Splice a policy's Lua into a script at its `--@name` marks."""
     for mark, code in hooks.items():
         template = template.replace(f"--@{mark}", code)
     return template
-
-
-# The books' view of some paths, in one call. KEYS: COMMON_KEYS layout  ARGV: paths
-# Returns, for each path: last access, record, lease (pins.LEASE_AROUND), '' for none; the
-# record only while the path is in cache:lru.
-ENTRIES = (
-    PRELUDE
-    + LEASE_AROUND
-    + """
-local out = {}
-for i = 1, #ARGV do
-  local p = ARGV[i]
-  local last = redis.call('ZSCORE', KEYS[2], p)
-  local rec = last and redis.call('HGET', KEYS[1], rid(p))
-  out[#out + 1] = last or ''
-  out[#out + 1] = rec or ''
-  out[#out + 1] = rec and lease_around(p) or ''
-end
-return out
-"""
-)

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from cachemgr import checks, pins, scripts
+from cachemgr import checks, listing, pins, scripts
 from cachemgr.keys import Keys
 from cachemgr.paths import ancestors
 from cachemgr.policies import POLICIES, Policy
@@ -69,8 +69,8 @@ class Store:
         self._claim = client.register_script(self.policy.script(scripts.CLAIM))
         self._finish = client.register_script(scripts.FINISH)
         self._restore = client.register_script(self.policy.script(scripts.RESTORE))
-        self._victims = client.register_script(scripts.victims_snapshot(self.policy.victims))
-        self._read_entries = client.register_script(scripts.ENTRIES)
+        self._victims = client.register_script(listing.victims_snapshot(self.policy.victims))
+        self._read_entries = client.register_script(listing.ENTRIES)
         self._settle = self.policy.settle and client.register_script(
             scripts.PRELUDE + self.policy.settle + "\nreturn settle_step(tonumber(ARGV[1]))"
         )
