@@ -283,10 +283,10 @@ def _plan_table(result: dict[str, Any]) -> None:
 def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
     """Sweep expired directories, then enforce the quota."""
     cache = _state().cache
-    if dry_run or now:
+    if now:
         result = run_cleanup(cache, dry_run=dry_run)
-    else:
-        result = _wait_task("cleanup")
+    else:  # the worker plans too: with the settings and policy it enforces, not this shell's
+        result = _wait_task("cleanup", dry_run=dry_run)
     _skipped(result)
     emit(result, as_json, _plan_table)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -148,7 +149,17 @@ class DiskCache:
             "delta_bytes": int(outcome[2]),
             "total_bytes": total,
             "over_threshold": total > self.settings.threshold_bytes,
+            "low_disk": self._low_disk(),
         }
+
+    def _low_disk(self) -> bool:
+        """The filesystem has less free space than DISK_CACHE_MIN_FREE_BYTES: a quota pass is
+        due even under the quota (the disk fills with other files too)."""
+        floor = self.settings.disk_cache_min_free_bytes
+        try:
+            return bool(floor) and shutil.disk_usage(self.root).free < floor
+        except OSError:
+            return False
 
     def _scan_and_book(self, rel: str, token: str) -> tuple[scanner.ScanResult, Any]:
         location = paths.existing_directory(self.root, rel)

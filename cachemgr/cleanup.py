@@ -27,6 +27,9 @@ DEFAULT_TIME_BUDGET = 60.0
 CLEANUP_LOCK_SECONDS = 30
 
 
+LOCK_LOST = "cleanup lock lost: stopped early"
+
+
 def _run_pass(
     cache: DiskCache,
     result: PassResult,
@@ -38,6 +41,8 @@ def _run_pass(
     min_age_seconds: int,
     time_budget: float,
     heartbeat: Callable[[], object] | None,
+    usage: int | None = None,
+    seen: set[str] | None = None,
 ) -> PassResult:
     """Take entries in the order `fetch(limit, offset)` gives until enough bytes are freed.
 
@@ -48,16 +53,17 @@ def _run_pass(
     s = cache.settings
     now = cache.clock()
     started = time.monotonic()
-    usage = result.usage_before
+    usage = result.usage_before if usage is None else usage
     freed, offset = 0, 0
-    seen: set[str] = set()  # decided in this pass: one that comes back is passed over
+    # Decided in this pass (and the rounds before it): one that comes back is passed over.
+    seen = set() if seen is None else seen
     stopped = False
 
     def lost() -> bool:
         nonlocal stopped
         if not stopped and heartbeat is not None and heartbeat() is False:
             # The cleanup lock lapsed: another cleanup may be running; stop rather than race.
-            result.errors.append("cleanup lock lost: stopped early")
+            result.errors.append(LOCK_LOST)
             stopped = True
         return stopped
 
@@ -212,17 +218,30 @@ def enforce_quota(
         # (A dry run leaves it; but one that meets a settle half done helps finish it, which
         # moves nothing off the books: Store.victims.)
         cache.store.settle(cache.settings.disk_cache_batch_size, step=heartbeat)
-    _run_pass(
-        cache,
-        result,
-        cache.store.victims,
-        "evicted",
-        bytes_needed=need,
-        dry_run=dry_run,
-        min_age_seconds=cache.settings.disk_cache_min_age_seconds,
-        time_budget=time_budget,
-        heartbeat=heartbeat,
-    )
+    started, usage, seen = time.monotonic(), total, set[str]()
+    while True:
+        done = len(result.removed)
+        _run_pass(
+            cache,
+            result,
+            cache.store.victims,
+            "evicted",
+            bytes_needed=need,
+            dry_run=dry_run,
+            min_age_seconds=cache.settings.disk_cache_min_age_seconds,
+            time_budget=max(0.0, time_budget - (time.monotonic() - started)),
+            heartbeat=heartbeat,
+            usage=usage,
+            seen=seen,
+        )
+        if dry_run or result.more or len(result.removed) == done or LOCK_LOST in result.errors:
+            break
+        # Registrations that came while this pass ran had their own quota passes skipped
+        # (this one held the lock): what they brought past the threshold goes too.
+        usage = cache.store.total_bytes()
+        need = bytes_to_free(cache, usage)
+        if need <= 0:
+            break
     if not dry_run and result.usage_after > cache.settings.threshold_bytes and not result.more:
         # Like kubelet's FreeDiskSpaceFailed: say loudly that the quota could not be met.
         why = {
@@ -274,6 +293,9 @@ def cleanup(
         log.error("cleanup refused: %s", exc, extra={"event": "cleanup_failed"})
         raise
     if dry_run:
+        # Right after a policy switch the real run builds the new policy's structures before
+        # it evicts: so does the plan (derived structures; the records do not change).
+        migrations.ensure_policy(cache.store)
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
         evicted = enforce_quota(cache, dry_run=True, usage=expired.usage_after, skip=not enforce)
         return {"status": "planned", "sweep": expired.to_dict(), "evict": evicted.to_dict()}

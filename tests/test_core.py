@@ -555,3 +555,58 @@ def test_a_play_below_a_tracked_directory_keeps_that_directory(cache, root):
     assert cache.info("artist").hits == 3 and cache.store.tracked(["artist/disc1"]) == [False]
     stats = cache.stats()
     assert (stats["hits"], stats["misses"]) == (3, 1)
+
+
+def test_registrations_during_a_quota_pass_are_evicted_by_that_pass(settings, redis_client, root):
+    # 10 albums of quota; 12 registered; while the pass evicts, 3 more arrive (their own quota
+    # passes would find the lock taken): the pass goes on until usage is back under threshold.
+    tight = settings.with_(disk_cache_max_bytes=10 * UNIT, disk_cache_batch_size=1)
+    clock = Clock()
+    cache = DiskCache(tight, redis_client, clock=clock)
+    fill(cache, root, 12, clock)
+    real, arrived = cache.store.victims, []
+
+    def victims_while_downloads_land(limit: int, offset: int = 0) -> list:
+        if len(arrived) < 3:
+            name = f"late{len(arrived)}"
+            make_tree(root, name, files=4, size=4096)
+            clock.t += 1
+            cache.register(name)
+            arrived.append(name)
+        return real(limit, offset)
+
+    cache.store.victims = victims_while_downloads_land  # type: ignore[method-assign]
+    result = enforce_quota(cache)
+    assert len(arrived) == 3 and not result.more
+    assert cache.store.total_bytes() <= cache.settings.target_bytes
+    assert [r.path for r in result.removed][:4] == ["album00", "album01", "album02", "album03"]
+
+
+def test_a_registration_on_a_disk_short_of_free_space_asks_for_a_quota_pass(cache, root):
+    import shutil
+
+    free = shutil.disk_usage(root).free
+    make_tree(root, "a")
+    assert cache.register("a")["low_disk"] is False
+    short = DiskCache(cache.settings.with_(disk_cache_min_free_bytes=free * 2), cache.client)
+    result = short.register("a")
+    assert result["low_disk"] is True and result["over_threshold"] is False
+
+
+def test_a_dry_run_right_after_a_policy_switch_plans_what_the_real_run_does(
+    settings, redis_client, root
+):
+    from cachemgr.cleanup import cleanup
+
+    clock = Clock()
+    before = DiskCache(settings.with_(disk_cache_eviction_policy="lru"), redis_client, clock=clock)
+    fill(before, root, 12, clock)
+    cleanup(before)  # the lru structures are the ones built
+    for name in ("album00", "album01"):
+        clock.t += 1
+        before.access(name)  # fifo and lru now disagree on the order
+    tight = settings.with_(disk_cache_eviction_policy="fifo", disk_cache_max_bytes=10 * UNIT)
+    after = DiskCache(tight, redis_client, clock=clock)
+    plan = cleanup(after, dry_run=True)["evict"]["paths"]
+    act = cleanup(after)["evict"]["paths"]
+    assert plan == act and act[:2] == ["album00", "album01"]

@@ -77,7 +77,7 @@ def register_directory(path: str) -> dict[str, Any]:
     if not _enabled(cache):
         return DISABLED
     result = cache.register(path)
-    if result.get("over_threshold"):
+    if result.get("over_threshold") or result.get("low_disk"):
         enforce_quota.delay(automatic=True)
     return result
 
@@ -88,7 +88,7 @@ def register_completed_download() -> dict[str, Any]:
     if not _enabled(cache):
         return DISABLED
     result = cache.register_latest()
-    if result.get("over_threshold"):
+    if result.get("over_threshold") or result.get("low_disk"):
         enforce_quota.delay(automatic=True)
     return result
 
