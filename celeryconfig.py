@@ -27,7 +27,10 @@ task_send_sent_event = True
 task_track_started = False
 task_reject_on_worker_lost = True
 broker_connection_retry_on_startup = True
-broker_transport_options = {"visibility_timeout": 3600}
+# A Redis broker hands a dead worker's unacknowledged tasks to another after this long: ten
+# minutes, well past a cleanup's time budget (60 s), not the hour a lost registration waited.
+# A reconcile that runs longer is delivered twice and the second refused (ReconcileBusy).
+broker_transport_options = {"visibility_timeout": 600}
 worker_hijack_root_logger = False
 timezone = "UTC"
 

@@ -18,7 +18,7 @@ from cachemgr import checks, migrations, stats, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Lock
-from cachemgr.reconcile import ReconcileBusy, reconcile, recover_unfinished
+from cachemgr.reconcile import ReconcileBusy, adopt_untracked, reconcile, recover_unfinished
 from cachemgr.records import Entry, PassResult, Removal
 
 log = logging.getLogger("cachemgr")
@@ -327,6 +327,7 @@ def cleanup(
                 # Pins were lost with the books; their holders renew them within a lease, so
                 # eviction waits for the next cleanup rather than take a directory in use.
                 log.warning("books rebuilt from the disk: eviction waits for the next cleanup")
+        adopted = adopt_untracked(cache) if periodic and not rebuilt else []
         migrations.ensure_pin_index(cache.store)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         migrations.ensure_policy(cache.store)
@@ -353,6 +354,7 @@ def cleanup(
         "evict": evicted.to_dict(),
         "recovered": recovered,
         "rebuilt": rebuilt,
+        "adopted": adopted,
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
         "trash_left": trash.pending(cache.root),
