@@ -18,7 +18,7 @@ from cachemgr import checks, migrations, stats, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Lock
-from cachemgr.reconcile import ReconcileBusy, adopt_untracked, reconcile, recover_unfinished
+from cachemgr.reconcile import ReconcileBusy, reconcile, recover_unfinished
 from cachemgr.records import Entry, PassResult, Removal
 
 log = logging.getLogger("cachemgr")
@@ -238,10 +238,12 @@ def enforce_quota(
             break
         # Registrations that came while this pass ran had their own quota passes skipped
         # (this one held the lock): what they brought past the threshold goes too.
+        # Past the threshold only: a free-space floor that deletions do not lift (hard links,
+        # files held open, a disk filled by others) must not empty the cache round by round.
         usage = cache.store.total_bytes()
-        need = bytes_to_free(cache, usage)
-        if need <= 0:
+        if usage <= cache.settings.threshold_bytes:
             break
+        need = usage - cache.settings.target_bytes
     if not dry_run and result.usage_after > cache.settings.threshold_bytes and not result.more:
         # Like kubelet's FreeDiskSpaceFailed: say loudly that the quota could not be met.
         why = {
@@ -293,12 +295,17 @@ def cleanup(
         log.error("cleanup refused: %s", exc, extra={"event": "cleanup_failed"})
         raise
     if dry_run:
-        # Right after a policy switch the real run builds the new policy's structures before
-        # it evicts: so does the plan (derived structures; the records do not change).
-        migrations.ensure_policy(cache.store)
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
         evicted = enforce_quota(cache, dry_run=True, usage=expired.usage_after, skip=not enforce)
-        return {"status": "planned", "sweep": expired.to_dict(), "evict": evicted.to_dict()}
+        # A plan changes nothing, not even the policy's structures: right after a switch, the
+        # real run rebuilds them first and may choose otherwise. Said, not hidden.
+        pending = cache.client.get(cache.keys.policy_name) not in (None, cache.store.policy.name)
+        return {
+            "status": "planned",
+            "sweep": expired.to_dict(),
+            "evict": evicted.to_dict(),
+            "policy_switch_pending": pending,
+        }
     # Short timeout, renewed per batch: a crashed worker blocks the next cleanup only briefly.
     timeout = min(CLEANUP_LOCK_SECONDS, cache.settings.disk_cache_lock_timeout_seconds)
     lock = Lock(cache.client, cache.keys.cleanup_lock, timeout * 1000)
@@ -327,7 +334,6 @@ def cleanup(
                 # Pins were lost with the books; their holders renew them within a lease, so
                 # eviction waits for the next cleanup rather than take a directory in use.
                 log.warning("books rebuilt from the disk: eviction waits for the next cleanup")
-        adopted = adopt_untracked(cache) if periodic and not rebuilt else []
         migrations.ensure_pin_index(cache.store)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         migrations.ensure_policy(cache.store)
@@ -354,7 +360,6 @@ def cleanup(
         "evict": evicted.to_dict(),
         "recovered": recovered,
         "rebuilt": rebuilt,
-        "adopted": adopted,
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
         "trash_left": trash.pending(cache.root),

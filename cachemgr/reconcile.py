@@ -9,8 +9,6 @@ changes nothing. Reconcile is the only operation that marks the books as initial
 from __future__ import annotations
 
 import logging
-import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -68,37 +66,6 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
         finally:
             lock.release()
     return recovered
-
-
-def adopt_untracked(cache: DiskCache, *, min_age: float = 600.0, limit: int = 1000) -> list[str]:
-    """Register directories at the entry depth that the books do not know, at most `limit`:
-    a registration task lost with its worker (a message taken from the queue just before a
-    kill -9) would leave one on disk, uncounted and never evicted. One changed in the last
-    `min_age` seconds may be a download still being written: its own registration comes."""
-    root, depth = cache.root, cache.settings.disk_cache_entry_depth
-    cutoff, adopted = time.time() - min_age, list[str]()
-    on_disk = list(scanner.directories_at_depth(root, depth))
-    for i in range(0, len(on_disk), 1000):
-        chunk = on_disk[i : i + 1000]
-        for path, tracked in zip(chunk, cache.store.tracked(chunk), strict=True):
-            if tracked or len(adopted) >= limit:
-                continue
-            try:
-                if os.lstat(root / path).st_mtime > cutoff:
-                    continue
-                done = cache.register(path)  # refused (Overlap) when it holds tracked ones
-            except (CacheError, OSError):
-                continue
-            if done.get("status") == "registered" and done.get("new"):
-                adopted.append(path)
-    if adopted:
-        log.warning(
-            "adopted %d untracked directories (their registrations were lost): %s",
-            len(adopted),
-            ", ".join(adopted[:5]) + (" ..." if len(adopted) > 5 else ""),
-            extra={"event": "adopted", "count": len(adopted)},
-        )
-    return adopted
 
 
 def reconcile(

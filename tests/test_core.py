@@ -593,20 +593,48 @@ def test_a_registration_on_a_disk_short_of_free_space_asks_for_a_quota_pass(cach
     assert result["low_disk"] is True and result["over_threshold"] is False
 
 
-def test_a_dry_run_right_after_a_policy_switch_plans_what_the_real_run_does(
+def test_a_dry_run_right_after_a_policy_switch_changes_nothing_and_says_so(
     settings, redis_client, root
 ):
     from cachemgr.cleanup import cleanup
 
     clock = Clock()
-    before = DiskCache(settings.with_(disk_cache_eviction_policy="lru"), redis_client, clock=clock)
+    before = DiskCache(settings.with_(disk_cache_eviction_policy="2q"), redis_client, clock=clock)
     fill(before, root, 12, clock)
-    cleanup(before)  # the lru structures are the ones built
-    for name in ("album00", "album01"):
-        clock.t += 1
-        before.access(name)  # fifo and lru now disagree on the order
+    cleanup(before)  # the 2q structures are the ones built
     tight = settings.with_(disk_cache_eviction_policy="fifo", disk_cache_max_bytes=10 * UNIT)
     after = DiskCache(tight, redis_client, clock=clock)
-    plan = cleanup(after, dry_run=True)["evict"]["paths"]
-    act = cleanup(after)["evict"]["paths"]
-    assert plan == act and act[:2] == ["album00", "album01"]
+    plan = cleanup(after, dry_run=True)
+    assert plan["policy_switch_pending"] is True
+    assert redis_client.get(after.keys.policy_name) == "2q"  # the plan rebuilt nothing
+    assert cleanup(after)["evict"]["count"] >= 1
+    assert cleanup(after, dry_run=True)["policy_switch_pending"] is False
+
+
+def test_a_free_space_floor_deletions_cannot_lift_does_not_empty_the_cache(
+    settings, redis_client, root, tmp_path
+):
+    import os
+    import shutil
+
+    # Albums whose files are hard links to a library outside the root: deleting them frees no
+    # space, so the floor stays unmet after the first round.
+    library = tmp_path / "library"
+    library.mkdir()
+    clock = Clock()
+    for i in range(10):
+        make_tree(root, f"album{i:02d}", files=0)
+        target = library / f"t{i}"
+        target.write_bytes(b"x" * 4096)
+        os.link(target, root / f"album{i:02d}" / "track")
+    sized = DiskCache(settings, redis_client, clock=clock)
+    for i in range(10):
+        sized.register(f"album{i:02d}")
+        clock.t += 1
+    size = sized.info("album00").size_bytes
+    floor = shutil.disk_usage(root).free + 3 * size
+    low = settings.with_(disk_cache_min_free_bytes=floor, disk_cache_max_bytes=100 * size)
+    result = enforce_quota(DiskCache(low, redis_client, clock=clock))
+    # One round sized by the floor (3 albums), not round after round until nothing is left.
+    assert [r.path for r in result.removed] == ["album00", "album01", "album02"]
+    assert sized.store.count_entries() == 7

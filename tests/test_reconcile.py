@@ -95,21 +95,3 @@ def test_an_interrupted_deletion_is_put_back_on_the_books(cache, root):
     assert cache.store.unfinished_deletions() == {"a": entry.size_bytes}
     assert recover_unfinished(cache) == ["a"]
     assert cache.store.tracked(["a"]) == [True] and cache.store.unfinished_deletions() == {}
-
-
-def test_a_periodic_cleanup_adopts_a_directory_whose_registration_was_lost(cache, root):
-    import os
-    import time
-
-    for name in ("tracked", "lost", "still-writing"):
-        make_tree(root, name)
-    cache.register("tracked")
-    cache.client.set(cache.keys.initialized, "1")
-    old = time.time() - 3600
-    for name in ("tracked", "lost"):
-        os.utime(root / name, (old, old))
-    result = cleanup(cache, periodic=True)
-    assert result["adopted"] == ["lost"]
-    assert cache.store.tracked(["lost", "still-writing"]) == [True, False]
-    assert cache.store.total_bytes() == sum(r[0] for r in cache.store.all_records().values())
-    assert cleanup(cache)["adopted"] == []  # a manual or automatic cleanup does not look
