@@ -74,28 +74,28 @@ def _beat_forever(cache: Any, announced: bool) -> None:
             except Exception as exc:
                 log.warning("worker cannot serve a node yet: %s", exc)
                 continue
-        if not announced:
-            with _beating:  # as a beat: an announce ends with one
-                if _stop.is_set():
-                    break
-                announced = _announce(cache)
-            continue
         with _beating:  # a shutdown marks the node down after this beat, never before it
             if _stop.is_set():
                 break
-            try:
-                published = cache.registry.heartbeat(cache.keys, WORKER, node=cache.settings.node)
-            except Exception as exc:  # Redis away: the node shows down until it is back
-                log.warning("node heartbeat failed: %s", exc)
-                continue
-        if not published:
-            # The books were flushed (FLUSHALL, a restart without persistence): the node's
-            # entry and config went with them, and clients route by them.
-            log.warning("node %s was no longer published: announcing it again", cache.settings.node)
-            with _beating:
-                if _stop.is_set():
-                    break
-                announced = _announce(cache, flushed=True)
+            announced = _beat_once(cache, announced)
+
+
+def _beat_once(cache: Any, announced: bool) -> bool:
+    """One beat: announce the node until that works, then say it is alive; whether the node
+    stands announced after it."""
+    if not announced:
+        return _announce(cache)
+    try:
+        published = cache.registry.heartbeat(cache.keys, WORKER, node=cache.settings.node)
+    except Exception as exc:  # Redis away: the node shows down until it is back
+        log.warning("node heartbeat failed: %s", exc)
+        return True
+    if published:
+        return True
+    # The books were flushed (FLUSHALL, a restart without persistence): the node's entry and
+    # config went with them, and clients route by them.
+    log.warning("node %s was no longer published: announcing it again", cache.settings.node)
+    return _announce(cache, flushed=True)
 
 
 @task_failure.connect

@@ -71,15 +71,20 @@ def _enabled(cache: DiskCache) -> bool:
 DISABLED = {"status": "disabled"}
 
 
+def _quota_pass_if_due(registered: dict[str, Any]) -> dict[str, Any]:
+    """A registration past the threshold, or on a disk short of its free-space floor, sends
+    a quota pass."""
+    if registered.get("over_threshold") or registered.get("low_disk"):
+        enforce_quota.delay(automatic=True)
+    return registered
+
+
 @app.task(name="cachemgr.register_directory", **IDEMPOTENT)
 def register_directory(path: str) -> dict[str, Any]:
     cache = get_cache()
     if not _enabled(cache):
         return DISABLED
-    result = cache.register(path)
-    if result.get("over_threshold") or result.get("low_disk"):
-        enforce_quota.delay(automatic=True)
-    return result
+    return _quota_pass_if_due(cache.register(path))
 
 
 @app.task(name="cachemgr.register_completed_download", **IDEMPOTENT)
@@ -87,10 +92,7 @@ def register_completed_download() -> dict[str, Any]:
     cache = get_cache()
     if not _enabled(cache):
         return DISABLED
-    result = cache.register_latest()
-    if result.get("over_threshold") or result.get("low_disk"):
-        enforce_quota.delay(automatic=True)
-    return result
+    return _quota_pass_if_due(cache.register_latest())
 
 
 @app.task(name="cachemgr.touch_directory", **RETRY)
