@@ -202,6 +202,8 @@ def disabled_where(cache: DiskCache) -> str | None:
 def _differences(here: Settings, workers: Settings) -> list[str]:
     """A process whose environment disagrees with the workers' says so: the stats show the
     workers' values, and a cleanup sent from here runs with theirs."""
+    if here is workers:  # `enforced` found nothing to change
+        return []
     return [
         f"this process has {field.upper()}={getattr(here, field)} but the node's workers run "
         f"with {getattr(workers, field)}: the stats show the workers' (they enforce it); give "

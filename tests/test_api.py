@@ -467,3 +467,19 @@ def test_create_app_refuses_bad_settings_with_a_settings_error(monkeypatch, root
         monkeypatch.setenv(key, value)
     with pytest.raises(SettingsError, match=f"^{name}="):
         create_app()
+
+
+def test_plain_views_are_recognised_once_and_coroutines_still_wrapped(app):
+    calls = []
+
+    def view():
+        return "ok"
+
+    async def coroutine():
+        return "ok"
+
+    assert app.ensure_sync(view) is view and app.ensure_sync(view) is view
+    app.async_to_sync = lambda func: calls.append(func) or func  # asgiref is not installed
+    app.ensure_sync(coroutine)
+    app.ensure_sync(coroutine)
+    assert calls == [coroutine, coroutine]  # a coroutine is wrapped every time

@@ -3,6 +3,7 @@ detection, RabbitMQ as the broker, and a Redis Cluster of three masters."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -394,3 +395,15 @@ def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
     )  # fmt: skip
     scheduler.apply_async(own)
     assert sent[-1] == {"queue": "far-queue"}
+
+
+def test_registry_entries_are_decoded_once_per_text_and_handed_out_as_copies():
+    from cachemgr.nodes import NodeRegistry
+
+    text = json.dumps({"node": "a", "max_bytes": 10, "policy": "lru"})
+    first = NodeRegistry.parse({"a": text})
+    first["a"]["max_bytes"] = 99  # a caller's change stays its own
+    again = NodeRegistry.parse({"a": text})
+    assert again["a"]["max_bytes"] == 10 and again["a"] is not first["a"]
+    republished = NodeRegistry.parse({"a": text.replace("10", "20")})
+    assert republished["a"]["max_bytes"] == 20
