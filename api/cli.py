@@ -1,9 +1,8 @@
 """The `cachemgr` command: admin CLI, `serve` (the web process) and `up` (the whole system).
 
 Reads go straight to Redis; writes send the same tasks as the API (or run inline with --now).
-Output is a table on a terminal and JSON with --json or when piped. Exit codes: 0 done,
-1 failed or skipped, 2 bad usage or bad path, 3 not found, 4 Redis or broker unreachable,
-5 bad configuration. A user error is one line, never a traceback.
+Output is a table on a terminal and JSON with --json or when piped. A user error is one
+line and an exit code (api/cli_errors.py), never a traceback.
 """
 
 from __future__ import annotations
@@ -17,16 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import redis
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
-from kombu.exceptions import OperationalError
 
 from api import api_settings, stack
+from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail, friendly
 from api.cli_sim import simulate_command, trace_group
-from api.errors import raised_in
 from api.humanize import human_bytes
-from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, Settings, SettingsError
+from cachemgr import CacheError, Settings, SettingsError
 from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.logs import configure_logging
@@ -34,44 +31,9 @@ from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry
 from cachemgr.settings import log_level, parse_duration, parse_size, quoted
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3, 4, 5
 # The API's own limit for GET /cache/events; a COUNT past 2^63 was a Redis error's traceback.
 MAX_EVENTS = 10000
 MAX_WEB_WORKERS = 1024
-
-
-class Fail(click.ClickException):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.exit_code = code
-
-
-def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn every expected error into one line and an exit code scripts can rely on."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (NotTracked, NotOnDisk) as exc:
-            raise Fail(str(exc), EXIT_NOT_FOUND) from None
-        except SettingsError as exc:  # a ValueError too: caught first
-            raise Fail(str(exc), EXIT_CONFIG) from None
-        except (PathError, ValueError) as exc:
-            raise Fail(str(exc), EXIT_USAGE) from None
-        except CacheError as exc:
-            raise Fail(str(exc), EXIT_FAILED) from None
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise Fail(f"Redis cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
-        except OperationalError as exc:
-            raise Fail(f"the Celery broker cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
-        except RuntimeError as exc:
-            # Celery's Redis result backend gives up reconnecting with a bare RuntimeError.
-            if not raised_in(exc, "celery.backends."):
-                raise
-            raise Fail("the Celery result backend cannot be reached", EXIT_UNAVAILABLE) from None
-
-    return wrapper
 
 
 def _option(option: str, text: str, parse: Callable[[str], int]) -> int:

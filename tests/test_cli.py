@@ -76,7 +76,7 @@ def test_a_pin_beyond_a_week_is_refused_in_one_line_and_not_stored(runner, cache
 def test_an_unreachable_result_backend_is_exit_4_in_one_line():
     import click
 
-    from api.cli import friendly
+    from api.cli_errors import friendly
 
     scope: dict = {"__name__": "celery.backends.asynchronous"}
     exec("def give_up():\n    raise RuntimeError('Retry limit exceeded')", scope)

@@ -1,0 +1,52 @@
+"""How a CLI command fails: one line on stderr and an exit code scripts can rely on, never
+a traceback. 0 done, 1 failed or skipped, 2 bad usage or bad path, 3 not found, 4 Redis or
+broker unreachable, 5 bad configuration."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import click
+import redis
+from kombu.exceptions import OperationalError
+
+from api.errors import raised_in
+from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3, 4, 5
+
+
+class Fail(click.ClickException):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every expected error into one line and an exit code scripts can rely on."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (NotTracked, NotOnDisk) as exc:
+            raise Fail(str(exc), EXIT_NOT_FOUND) from None
+        except SettingsError as exc:  # a ValueError too: caught first
+            raise Fail(str(exc), EXIT_CONFIG) from None
+        except (PathError, ValueError) as exc:
+            raise Fail(str(exc), EXIT_USAGE) from None
+        except CacheError as exc:
+            raise Fail(str(exc), EXIT_FAILED) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise Fail(f"Redis cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
+        except OperationalError as exc:
+            raise Fail(f"the Celery broker cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
+        except RuntimeError as exc:
+            # Celery's Redis result backend gives up reconnecting with a bare RuntimeError.
+            if not raised_in(exc, "celery.backends."):
+                raise
+            raise Fail("the Celery result backend cannot be reached", EXIT_UNAVAILABLE) from None
+
+    return wrapper
