@@ -370,10 +370,17 @@ def test_the_heartbeat_publishes_a_flushed_node_again_and_never_outlives_a_shutd
     beating = threading.Thread(target=worker_app._beat_forever, args=(None, False), daemon=True)
     beating.start()
     registry, node = cache.registry, settings.node
+
+    def announced() -> bool:  # published first, then alive: wait for both
+        return bool(
+            redis_client.hexists(registry.nodes_key, node)
+            and redis_client.exists(cache.keys.alive)
+        )
+
     deadline = time.monotonic() + 5
-    while not redis_client.hexists(registry.nodes_key, node) and time.monotonic() < deadline:
+    while not announced() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert redis_client.hexists(registry.nodes_key, node) and redis_client.exists(cache.keys.alive)
+    assert announced()
     # The books are flushed: the next beats publish the node and its config again.
     redis_client.delete(registry.nodes_key, cache.keys.config)
     deadline = time.monotonic() + 5
