@@ -18,7 +18,7 @@ from cachemgr import checks, migrations, stats, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Lock
-from cachemgr.reconcile import ReconcileBusy, reconcile, recover_unfinished
+from cachemgr.reconcile import ReconcileBusy, books_were_lost, reconcile, recover_unfinished
 from cachemgr.records import Entry, PassResult, Removal
 
 log = logging.getLogger("cachemgr")
@@ -198,11 +198,20 @@ def enforce_quota(
     skip: bool = False,
     resume: bool = False,
     heartbeat: Callable[[], object] | None = None,
+    planned: PassResult | None = None,
+    owed: int | None = None,
 ) -> PassResult:
-    """Evict by the active policy once usage passes threshold x max, down to target x max."""
+    """Evict by the active policy once usage passes threshold x max, down to target x max.
+    `planned`: a dry run's sweep, whose directories this plan does not take again. `owed`:
+    what the pass a bound interrupted still had to free (its `owed`), at most."""
     total = cache.store.total_bytes() if usage is None else usage
     result = PassResult("evict", usage_before=total, usage_after=total, dry_run=dry_run)
     need = 0 if skip else bytes_to_free(cache, total, resume)
+    if owed is not None:
+        # Measured again, a free-space floor that deletions cannot lift (hard links, files
+        # held open) would ask each continuation for as much again, and a chain of them
+        # emptied the cache where one unbounded pass took a few.
+        need = min(need, owed)
     if need <= 0:
         return result
     if not dry_run:
@@ -218,9 +227,10 @@ def enforce_quota(
         # (A dry run leaves it; but one that meets a settle half done helps finish it, which
         # moves nothing off the books: Store.victims.)
         cache.store.settle(cache.settings.disk_cache_batch_size, step=heartbeat)
-    started, usage, seen = time.monotonic(), total, set[str]()
+    started, usage = time.monotonic(), total
+    seen = {r.path for r in planned.removed} if planned else set[str]()
     while True:
-        done = len(result.removed)
+        done, freed = len(result.removed), result.bytes_freed
         _run_pass(
             cache,
             result,
@@ -234,6 +244,8 @@ def enforce_quota(
             usage=usage,
             seen=seen,
         )
+        if result.more:
+            result.owed = max(0, need - (result.bytes_freed - freed))
         if dry_run or result.more or len(result.removed) == done or LOCK_LOST in result.errors:
             break
         # Registrations that came while this pass ran had their own quota passes skipped
@@ -271,6 +283,7 @@ def cleanup(
     sweep_expired: bool = True,
     enforce: bool = True,
     resume: bool = False,
+    owed: int | None = None,
     time_budget: float = DEFAULT_TIME_BUDGET,
 ) -> dict[str, Any]:
     """Sweep, then enforce the quota (either may be left out); one at a time across workers.
@@ -278,11 +291,14 @@ def cleanup(
     A periodic cleanup (beat's) and an automatic one (a registration that passed the
     threshold) honour the scheduler switch; a manual one does not. Before anything is
     evicted, books that Redis lost (a FLUSHALL, a restart without persistence) are rebuilt.
+    `resume` and `owed` continue an eviction a bound cut short (its result's `more`, `owed`).
     """
     flags = {"periodic": periodic, "automatic": automatic, "dry_run": dry_run}
     flags |= {"sweep_expired": sweep_expired, "enforce": enforce, "resume": resume}
     for name, value in flags.items():
         checks.flag(name, value)
+    if owed is not None:
+        checks.whole("owed", owed)
     if not cache.settings.enable_disk_cache_management:
         return {"status": "disabled"}
     if (periodic or automatic) and not cache.scheduler_running():
@@ -296,7 +312,9 @@ def cleanup(
         raise
     if dry_run:
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
-        evicted = enforce_quota(cache, dry_run=True, usage=expired.usage_after, skip=not enforce)
+        evicted = enforce_quota(
+            cache, dry_run=True, usage=expired.usage_after, skip=not enforce, planned=expired
+        )
         # A plan changes nothing, not even the policy's structures: right after a switch, the
         # real run rebuilds them first and may choose otherwise. Said, not hidden.
         pending = cache.client.get(cache.keys.policy_name) not in (None, cache.store.policy.name)
@@ -319,13 +337,12 @@ def cleanup(
         rebuilt = False
         if not cache.client.exists(cache.keys.initialized):
             log.warning("cache books are empty or new: reconciling with the disk before evicting")
-            # Books that were empty and now hold what the disk has were lost (FLUSHALL, a
-            # restart without persistence), pins with them. Books the pipeline has been
-            # filling (a new install) lost nothing: eviction goes ahead.
-            was_empty = cache.store.count_entries() == 0
+            # Books that were lost (FLUSHALL, a restart without persistence) lost the pins with
+            # them, even when the pipeline registered a download since. Books a new install's
+            # pipeline has been filling lost nothing: eviction goes ahead.
+            lost = books_were_lost(cache)
             try:
-                found = reconcile(cache, heartbeat=lock.extend)["registered"]
-                rebuilt = was_empty and bool(found)
+                rebuilt = bool(reconcile(cache, heartbeat=lock.extend)["registered"]) and lost
             except ReconcileBusy:
                 # someone's reconcile is rebuilding the books: evicting before it ends would
                 # go by half of them
@@ -345,6 +362,7 @@ def cleanup(
             time_budget=time_budget,
             skip=rebuilt or not enforce,
             resume=resume,
+            owed=owed,
             heartbeat=lock.extend,
         )
     except Exception as exc:
@@ -376,6 +394,18 @@ def cleanup(
         evicted.usage_after,
     )
     return result
+
+
+def continuation(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The arguments of the cleanup that goes on where a bounded one stopped (None: done).
+    Only an eviction cut short resumes, down to the target without passing the threshold
+    again, and for no more than it still owed."""
+    if not result.get("more"):
+        return None
+    evict = result.get("evict", {})
+    if not evict.get("more"):
+        return {"resume": False}
+    return {"resume": True, "owed": int(evict.get("owed", 0))}
 
 
 def _record(

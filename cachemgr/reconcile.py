@@ -38,6 +38,23 @@ class ReconcileBusy(CacheError):
     code = "busy"
 
 
+# A file in the root saying that books were kept for it: books found missing later were lost
+# (FLUSHALL, Redis restarted without persistence), not new, whatever was registered since.
+BOOKS_MARKER = ".cachemgr-books"
+
+
+def _remember_books(cache: DiskCache) -> None:
+    try:
+        (cache.root / BOOKS_MARKER).write_text(f"books: {cache.keys.prefix}cache:*\n")
+    except OSError as exc:  # a read-only root: told apart by what the books hold instead
+        log.debug("cannot mark the root as having books: %s", exc)
+
+
+def books_were_lost(cache: DiskCache) -> bool:
+    """Books not initialized that were kept before: the root says so, or they are empty."""
+    return (cache.root / BOOKS_MARKER).is_file() or cache.store.count_entries() == 0
+
+
 def recover_unfinished(cache: DiskCache) -> list[str]:
     """Finish what a crash interrupted: directories claimed for deletion (cache:deleting).
 
@@ -150,6 +167,7 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         old, new = call(cache.client, RECOUNT, [cache.keys.entries, cache.keys.bytes], [])
         report["bytes_before"], report["bytes_after"] = int(old), int(new)
         cache.client.set(cache.keys.initialized, "1")
+        _remember_books(cache)
         migrations.ensure_policy(store)
         log.info(
             "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",

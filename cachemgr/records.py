@@ -103,6 +103,7 @@ class PassResult:
     usage_before: int = 0
     usage_after: int = 0
     more: bool = False  # stopped by a bound (batch, time) with work left
+    owed: int = 0  # with `more`: the bytes it still had to free
     dry_run: bool = False
 
     @property
@@ -125,4 +126,5 @@ class PassResult:
             "usage_before": self.usage_before,
             "usage_after": self.usage_after,
             "more": self.more,
+            "owed": self.owed,
         }

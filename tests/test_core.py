@@ -638,3 +638,65 @@ def test_a_free_space_floor_deletions_cannot_lift_does_not_empty_the_cache(
     # One round sized by the floor (3 albums), not round after round until nothing is left.
     assert [r.path for r in result.removed] == ["album00", "album01", "album02"]
     assert sized.store.count_entries() == 7
+
+
+def test_a_dry_run_does_not_plan_an_expired_directory_twice(cache, root):
+    clock = Clock()
+    cache.clock = clock
+    names = fill(cache, root, 22, clock)
+    clock.t += cache.settings.disk_cache_ttl_seconds + 10
+    for name in names[2:]:  # all but the two oldest are played again: those two expire
+        cache.access(name)
+    plan = cleanup(cache, dry_run=True)
+    assert plan["sweep"]["paths"] == names[:2]
+    # The plan's quota pass took them again (still on the books in a dry run): it counted
+    # their bytes twice and named other victims than the real run.
+    assert not set(plan["sweep"]["paths"]) & set(plan["evict"]["paths"])
+    act = cleanup(cache)
+    assert [plan[k]["paths"] for k in ("sweep", "evict")] == [
+        act[k]["paths"] for k in ("sweep", "evict")
+    ]
+    assert plan["evict"]["usage_after"] == act["evict"]["usage_after"]
+
+
+def test_a_floor_deletions_cannot_lift_takes_as_few_through_bounded_continuations(
+    settings, redis_client, root, tmp_path
+):
+    import os
+    import shutil
+
+    from cachemgr.cleanup import continuation
+    from cachemgr.reconcile import reconcile
+
+    library = tmp_path / "library"
+    library.mkdir()
+    for i in range(10):
+        make_tree(root, f"album{i:02d}", files=0)
+        (library / f"t{i}").write_bytes(b"x" * 4096)
+        os.link(library / f"t{i}", root / f"album{i:02d}" / "track")
+    taken = {}
+    for bound in (1000, 1):
+        cache = DiskCache(settings, redis_client)
+        for i in range(10):
+            if not (root / f"album{i:02d}").is_dir():
+                make_tree(root, f"album{i:02d}", files=0)
+                os.link(library / f"t{i}", root / f"album{i:02d}" / "track")
+            cache.register(f"album{i:02d}")
+        reconcile(cache)  # before the floor is measured: it writes to the root
+        size = cache.info("album00").size_bytes
+        floor = shutil.disk_usage(root).free + 3 * size
+        low = DiskCache(
+            settings.with_(disk_cache_min_free_bytes=floor, disk_cache_max_evictions_per_run=bound),
+            redis_client,
+        )
+        # As the worker chains its tasks (workers.tasks._cleanup): each bounded run hands
+        # what it still owed to the next; measured again, the floor asked for it all again.
+        went: list[str] = []
+        rest: dict | None = {}
+        while rest is not None and len(went) < 20:
+            result = cleanup(low, **rest)
+            went += result["evict"]["paths"]
+            rest = continuation(result)
+        taken[bound] = went
+    assert taken[1000] == ["album00", "album01", "album02"]
+    assert len(taken[1]) == 3  # it took all ten, one task after another

@@ -407,3 +407,52 @@ def test_registry_entries_are_decoded_once_per_text_and_handed_out_as_copies():
     assert again["a"]["max_bytes"] == 10 and again["a"] is not first["a"]
     republished = NodeRegistry.parse({"a": text.replace("10", "20")})
     assert republished["a"]["max_bytes"] == 20
+
+
+def test_a_client_used_before_its_node_was_published_follows_it_on_the_direct_path(
+    settings, redis_client, root, prefix
+):
+    from cachemgr.cleanup import enforce_quota as evict
+    from workers.client import CacheClient
+
+    node = f"late{uuid.uuid4().hex[:8]}"
+    client = CacheClient(REDIS_URL, redis_url=REDIS_URL, node=node, cluster=prefix.rstrip(":"))
+    try:
+        assert client.access("artist/album") is False  # a play before any worker of the node
+        cache = DiskCache(settings.with_(disk_cache_node=node), redis_client)
+        cache.publish_config(queue=f"cachemgr.{node}")  # its workers: their own key prefix
+        make_tree(root, "artist/album", files=4)
+        cache.register("artist/album")
+        # The direct path kept the default keys: plays were misses, pins protected nothing.
+        assert client.access("artist/album") is True and cache.info("artist/album").hits == 1
+        client.pin_now("artist/album", ttl_seconds=600)
+        for i in range(25):
+            make_tree(root, f"other{i:02d}", files=4)
+            cache.register(f"other{i:02d}")
+        evict(cache)
+        assert (root / "artist" / "album").is_dir(), "a pinned directory was evicted"
+    finally:
+        client.close()
+        cleanup_prefix(redis_client, f"{{{node}}}:")
+
+
+def test_a_client_that_found_no_config_looks_again_after_a_while(
+    cache, root, redis_client, monkeypatch
+):
+    from workers import client as client_module
+    from workers.client import CacheClient
+
+    redis_client.delete(cache.keys.config)  # no worker has published it yet
+    client = CacheClient(REDIS_URL, redis_url=REDIS_URL, key_prefix=cache.keys.prefix)
+    try:
+        assert client.store.policy.name == "lru"  # the defaults meanwhile
+        monkeypatch.setattr(client_module, "CONFIG_RETRY_SECONDS", 0.0)
+        client.refresh()
+        assert client.store.policy.name == "lru"  # still missing: looked at again next time
+        redis_client.hset(cache.keys.config, mapping={"policy": "sieve", "ttl_seconds": 60})
+        assert client.store.policy.name == "sieve" and client.store.ttl_seconds == 60
+        redis_client.delete(cache.keys.config)
+        assert client.store.policy.name == "sieve"  # once found, kept (refresh() reads again)
+    finally:
+        client.close()
+        cache.publish_config()

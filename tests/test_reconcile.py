@@ -95,3 +95,24 @@ def test_an_interrupted_deletion_is_put_back_on_the_books(cache, root):
     assert cache.store.unfinished_deletions() == {"a": entry.size_bytes}
     assert recover_unfinished(cache) == ["a"]
     assert cache.store.tracked(["a"]) == [True] and cache.store.unfinished_deletions() == {}
+
+
+def test_books_lost_then_one_registration_still_evict_nothing_at_the_rebuild(
+    cache, root, redis_client, prefix
+):
+    from tests.conftest import cleanup_prefix
+    from tests.test_core import fill
+
+    fill(cache, root, 22)
+    cleanup(cache)  # reconciled (books kept from now on), evicted down to the target
+    left = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    cache.pin(left[0], 3600)  # a stream holds the oldest
+    for i in range(22, 26):
+        make_tree(root, f"album{i:02d}", files=4)
+    cleanup_prefix(redis_client, prefix)  # FLUSHALL, the pin with it
+    cache.register("album25")  # the pipeline goes on before the next cleanup
+    result = cleanup(cache)
+    # Books not empty, so the run was taken for a new install's: it evicted the directory
+    # pinned before the loss, before its holder could renew the pin.
+    assert result["rebuilt"] is True and result["evict"]["paths"] == []
+    assert (root / left[0]).is_dir()

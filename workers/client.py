@@ -13,6 +13,7 @@ round trip, with the same atomic script the workers use, or batched in one round
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,6 +27,10 @@ from cachemgr.keys import Keys
 from cachemgr.nodes import NodeRegistry
 from cachemgr.paths import normalize
 from cachemgr.store import Store
+
+# How long a client that found no published config (no worker started yet) keeps the defaults
+# before it looks again: not on every access, the hot path.
+CONFIG_RETRY_SECONDS = 5.0
 
 
 class CacheClient:
@@ -80,6 +85,7 @@ class CacheClient:
         )
         self._redis: Any = None
         self._store: Store | None = None
+        self._unsure_until: float | None = None
 
     # -- routing --------------------------------------------------------------------------
     def _routing(self) -> tuple[str | None, Keys]:
@@ -153,16 +159,23 @@ class CacheClient:
     @property
     def store(self) -> Store:
         """A Store with the node's TTL and policy, as its workers published them."""
-        if self._store is None:
-            config = self._books().hgetall(self.keys.config)
-            self._store = Store(
-                self._books(),
-                self.keys,
-                policy=config.get("policy", "lru"),
-                ttl_seconds=int(config.get("ttl_seconds", 86400)),
-                access_log_maxlen=int(config.get("access_log_maxlen", 0)),
-            )
-        return self._store
+        unsure = self._unsure_until is not None and time.monotonic() >= self._unsure_until
+        if self._store is not None and not unsure:
+            return self._store
+        keys = self.keys
+        config = self._books().hgetall(keys.config)
+        store = Store(
+            self._books(),
+            keys,
+            policy=config.get("policy", "lru"),
+            ttl_seconds=int(config.get("ttl_seconds", 86400)),
+            access_log_maxlen=int(config.get("access_log_maxlen", 0)),
+        )
+        # No worker has published the config yet: the defaults, read again in a while.
+        self._unsure_until = None if config else time.monotonic() + CONFIG_RETRY_SECONDS
+        if self._route is not None:  # kept once the route is settled: until the node's
+            self._store = store  # workers publish it, its keys may not be the ones to use
+        return store
 
     def for_path(self, absolute_path: str) -> tuple[CacheClient, str]:
         """Learn the node from a path's root: a client for that node, and the relative path."""

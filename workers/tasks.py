@@ -119,6 +119,7 @@ def _cleanup(
     periodic: bool,
     dry_run: bool,
     resume: bool,
+    owed: int | None = None,
     automatic: bool = False,
 ) -> Any:
     result = passes.cleanup(
@@ -129,13 +130,13 @@ def _cleanup(
         sweep_expired=sweep,
         enforce=enforce,
         resume=resume,
+        owed=owed,
     )
-    if result.get("more"):
-        # Bounded pass: hand the rest to a fresh task rather than hold this worker. Only an
-        # eviction that was cut short resumes down to the target without passing the threshold.
-        evicting = bool(result.get("evict", {}).get("more"))
+    rest = passes.continuation(result)
+    if rest is not None:
+        # Bounded pass: hand the rest to a fresh task rather than hold this worker.
         task.apply_async(
-            kwargs={"periodic": periodic, "automatic": automatic, "resume": evicting}, countdown=1
+            kwargs={"periodic": periodic, "automatic": automatic, **rest}, countdown=1
         )
         result["continued"] = True
     return result
@@ -151,6 +152,7 @@ def _pass_task(name: str, *, sweep: bool, enforce: bool) -> Task:
         dry_run: bool = False,
         resume: bool = False,
         automatic: bool = False,
+        owed: int | None = None,
     ) -> Any:
         return _cleanup(
             self,
@@ -159,6 +161,7 @@ def _pass_task(name: str, *, sweep: bool, enforce: bool) -> Task:
             periodic=periodic,
             dry_run=dry_run,
             resume=resume,
+            owed=owed,
             automatic=automatic,
         )
 
