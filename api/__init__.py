@@ -81,7 +81,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         **api_settings(),
         CELERY_BROKER_URL=None,
         CELERY_RESULT_BACKEND=None,
-        FLOWER_URL=os.environ.get("FLOWER_URL", "http://127.0.0.1:5555"),
+        # The status page's link: where the Procfile's (or `up --flower`'s) Flower listens.
+        FLOWER_URL=os.environ.get("FLOWER_URL")
+        or f"http://127.0.0.1:{os.environ.get('FLOWER_PORT') or 5555}",
     )
     if config:
         app.config.update(config)

@@ -1,4 +1,4 @@
-"""The `cachemgr` command: admin CLI, `serve` (the web process) and `up` (the whole system).
+"""The `cachemgr` command: the admin CLI, with `serve` and `up` (api/cli_stack.py).
 
 Reads go straight to Redis; writes send the same tasks as the API (or run inline with --now).
 Output is a table on a terminal and JSON with --json or when piped. A user error is one
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,11 +18,11 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
-from api import api_settings, stack
 from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail, friendly
 from api.cli_sim import simulate_command, trace_group
+from api.cli_stack import serve, up
 from api.humanize import human_bytes
-from cachemgr import CacheError, Settings, SettingsError
+from cachemgr import CacheError, SettingsError
 from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.logs import configure_logging
@@ -33,7 +32,6 @@ from cachemgr.settings import log_level, parse_duration, parse_size, quoted
 
 # The API's own limit for GET /cache/events; a COUNT past 2^63 was a Redis error's traceback.
 MAX_EVENTS = 10000
-MAX_WEB_WORKERS = 1024
 
 
 def _option(option: str, text: str, parse: Callable[[str], int]) -> int:
@@ -55,9 +53,13 @@ def human_age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+def _json_wanted(as_json: bool | None) -> bool:
+    return bool(as_json or (as_json is None and not sys.stdout.isatty()))
+
+
 def emit(data: Any, as_json: bool | None, table: Callable[[Any], None]) -> None:
     """JSON when asked or when stdout is not a terminal; a table otherwise."""
-    if as_json or (as_json is None and not sys.stdout.isatty()):
+    if _json_wanted(as_json):
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         table(data)
@@ -81,9 +83,18 @@ def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
         raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
 
 
-def _skipped(result: Any) -> None:
-    if isinstance(result, dict) and result.get("status") in ("skipped", "disabled"):
-        raise Fail(f"{result['status']}: {result.get('reason', '')}".rstrip(": "), EXIT_FAILED)
+def _skipped(result: Any, as_json: bool | None) -> None:
+    """A skipped or disabled operation fails (exit 1), its result still printed as JSON when
+    JSON is wanted: a script reading stdout gets an answer."""
+    status = result.get("status") if isinstance(result, dict) else None
+    if status not in ("skipped", "disabled"):
+        return
+    if _json_wanted(as_json):
+        click.echo(json.dumps(result, indent=2, default=str))
+    reason = result.get("reason") or (
+        "ENABLE_DISK_CACHE_MANAGEMENT is false" if status == "disabled" else ""
+    )
+    raise Fail(f"{status}: {reason}".rstrip(": "), EXIT_FAILED)
 
 
 @click.command()
@@ -197,7 +208,7 @@ def register(path: str, now: bool, as_json: Any) -> None:
     """Register a directory under the cache root."""
     cache = _state().cache
     result = cache.register(path) if now else _wait_task("register_directory", path)
-    _skipped(result)
+    _skipped(result, as_json)
     emit(result, as_json, _kv)
 
 
@@ -216,7 +227,7 @@ def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
     else:
         cache.info(path)  # not tracked: say so now, not after a round trip through a worker
         result = _wait_task("remove_directory", path, files)
-    _skipped(result)
+    _skipped(result, as_json)
     emit(result, as_json, _kv)
 
 
@@ -249,7 +260,7 @@ def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
         result = run_cleanup(cache, dry_run=dry_run)
     else:  # the worker plans too: with the settings and policy it enforces, not this shell's
         result = _wait_task("cleanup", dry_run=dry_run)
-    _skipped(result)
+    _skipped(result, as_json)
     emit(result, as_json, _plan_table)
 
 
@@ -265,7 +276,11 @@ def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
 def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
     """Compare the books with the disk and fix them."""
     cache = _state().cache
-    if dry_run or now:
+    if not (dry_run or now):
+        result = _wait_task("reconcile", force=force)
+    elif not sys.stderr.isatty():  # a bar is for a person: in a log it was a bare "walking"
+        result = run_reconcile(cache, dry_run=dry_run, force=force)
+    else:
         with click.progressbar(length=1, label="walking", file=sys.stderr) as bar:
 
             def progress(done: int, total: int, path: str) -> None:
@@ -273,17 +288,17 @@ def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
                 bar.update(1)
 
             result = run_reconcile(cache, dry_run=dry_run, progress=progress, force=force)
-    else:
-        result = _wait_task("reconcile", force=force)
+    _skipped(result, as_json)
     emit(result, as_json, _kv)
 
 
 @click.command()
 @click.argument("path")
 @click.option("--ttl", "ttl", default="1h", help="Lease length (e.g. 30m); renew before it lapses.")
+@json_option
 @with_appcontext
 @friendly
-def pin(path: str, ttl: str) -> None:
+def pin(path: str, ttl: str, as_json: Any) -> None:
     """Pin a directory: never evicted or expired while the lease holds."""
     seconds = _option("--ttl", ttl, functools.partial(parse_duration, high=None))
     if seconds > MAX_PIN_SECONDS:
@@ -293,24 +308,30 @@ def pin(path: str, ttl: str) -> None:
             "(a week: renew a pin rather than make it long)",
             EXIT_USAGE,
         )
-    click.echo(json.dumps(_state().cache.pin(path, seconds)))
+    result = _state().cache.pin(path, seconds)
+    _skipped(result, as_json)
+    emit(result, as_json, _kv)
 
 
 @click.command()
 @click.argument("path")
+@json_option
 @with_appcontext
 @friendly
-def unpin(path: str) -> None:
+def unpin(path: str, as_json: Any) -> None:
     """Remove a directory's pin."""
-    click.echo(json.dumps(_state().cache.unpin(path)))
+    result = _state().cache.unpin(path)
+    _skipped(result, as_json)
+    emit(result, as_json, _kv)
 
 
 @click.command()
 @click.option("--limit", type=click.IntRange(1, MAX_EVENTS), default=20)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (always: the events' format).")
 @with_appcontext
 @friendly
-def events(limit: int, follow: bool) -> None:
+def events(limit: int, follow: bool, as_json: bool) -> None:
     """Evictions, expiries, removals and failed cleanups (JSON lines)."""
     store = _state().cache.store
     latest = list(reversed(store.events(limit)))
@@ -324,42 +345,6 @@ def events(limit: int, follow: bool) -> None:
             for ident, fields in items:
                 click.echo(json.dumps({"id": ident, **fields}))
                 last_id = ident
-
-
-def _web_workers() -> int:
-    """WEB_CONCURRENCY, read when `serve` runs: read at import, a bad value broke every command."""
-    # gunicorn's own advice, 2 x cores + 1: requests wait on Redis, and the GIL is per process
-    default = min(2 * (os.cpu_count() or 1) + 1, MAX_WEB_WORKERS)
-    return stack.whole_env("WEB_CONCURRENCY", default, 1, MAX_WEB_WORKERS)
-
-
-@click.command()
-@click.option(
-    "--workers",
-    type=click.IntRange(1, MAX_WEB_WORKERS),
-    default=None,
-    help="gunicorn worker processes (default: $WEB_CONCURRENCY, else 2 x cores + 1).",
-)
-def serve(workers: int | None) -> None:
-    """Serve the API under gunicorn ($PORT or 8080; loopback only without a token)."""
-    try:
-        Settings.from_env()  # each gunicorn worker would fail on it with a traceback
-        api_settings()
-        argv = stack.serve_command(workers or _web_workers())
-    except SettingsError as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
-    os.execv(argv[0], argv)
-
-
-@click.command()
-@click.option("--flower", is_flag=True, help="Also start Flower on 127.0.0.1:5555.")
-@click.option("--nodes", type=click.IntRange(1, 16), default=1, help="Local cache nodes to run.")
-def up(flower: bool, nodes: int) -> None:
-    """Start the whole system here: Redis (embedded when REDIS_URL is unset), API, worker, beat."""
-    try:
-        stack.up(flower=flower, nodes=nodes)
-    except SettingsError as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
 
 
 COMMANDS = [stats, ls, info, register, rm, cleanup, reconcile, pin, unpin, events]

@@ -31,7 +31,8 @@ def human_duration(seconds: float | None) -> str:
     if s < 60:
         return f"{s:.1f} s"
     parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    # The two largest units, seconds included: a TTL of 90 s showed as "1m".
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if s >= size:
             parts.append(f"{int(s // size)}{unit}")
             s %= size

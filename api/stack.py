@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from cachemgr.logs import configure_logging
 from cachemgr.settings import SettingsError, parse_count
 
 STATE_DIR = Path(os.environ.get("CACHEMGR_STATE_DIR", ".cachemgr-state"))
@@ -49,8 +51,9 @@ def whole_env(name: str, default: int, low: int, high: int) -> int:
 def serve_command(workers: int) -> list[str]:
     threads = whole_env("WEB_THREADS", 1, 1, 1024)
     host, port, note = web_bind()
-    if note:
-        click.echo(f"cachemgr: {note}", err=True)
+    if note:  # before gunicorn takes over: in cachemgr's log format, JSON when asked
+        configure_logging(level="INFO")
+        logging.getLogger("cachemgr.api").warning(note)
     return [
         sys.executable, "-m", "gunicorn", "api.wsgi:app",
         # One thread per process: the threads of a process share its GIL, whose 5 ms
@@ -58,6 +61,7 @@ def serve_command(workers: int) -> list[str]:
         "--bind", f"{host}:{port}", "--workers", str(workers),
         "--threads", str(threads),
         "--access-logfile", "-", "--graceful-timeout", "10",
+        "--logger-class", "api.gunicorn_logs.CacheLogger",  # JSON lines when asked
     ]  # fmt: skip
 
 
@@ -100,6 +104,7 @@ def up(flower: bool, nodes: int = 1) -> None:
     """
     if not os.environ.get("REDIS_URL"):
         whole_env("CACHEMGR_REDIS_PORT", 0, 1, 65535)  # before anything is started or made
+    flower_port = whole_env("FLOWER_PORT", 5555, 1, 65535)  # as the Procfile's flower line
     STATE_DIR.mkdir(exist_ok=True)
     env = dict(os.environ)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -138,7 +143,9 @@ def up(flower: bool, nodes: int = 1) -> None:
         ("beat", [*celery, "beat", "-l", "INFO", "-s", str(STATE_DIR / "beat-schedule")], beat_env)
     )
     if flower:
-        commands.append(("flower", [*celery, "flower", "--port=5555", "--address=127.0.0.1"], env))
+        commands.append(
+            ("flower", [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"], env)
+        )
     for name, argv, penv in commands:
         procs.append((name, subprocess.Popen(argv, env=penv, start_new_session=True)))
     click.echo(f"api     http://{host}:{port}/ (docs /docs, stats /cache/stats)")
@@ -148,7 +155,7 @@ def up(flower: bool, nodes: int = 1) -> None:
     interval = env.get("DISK_CACHE_CLEANUP_INTERVAL", "3600")
     click.echo(f"worker  2 processes for each of {len(names)} node(s); beat every {interval} s")
     if flower:
-        click.echo("flower  http://127.0.0.1:5555/")
+        click.echo(f"flower  http://127.0.0.1:{flower_port}/")
     click.echo("Ctrl-C stops everything.")
     stopping = False
 

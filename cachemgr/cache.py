@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from cachemgr import checks, paths, scanner, stats, trash
 from cachemgr.errors import (
@@ -41,6 +42,24 @@ def check_pin_ttl(ttl_seconds: float) -> None:
 # How long a registration waits, in steps, for a directory above it to be registered or
 # deleted: a scan of an album takes well under a second.
 REGISTER_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+# What every operation that would change the books or the disk answers when
+# ENABLE_DISK_CACHE_MANAGEMENT is false: the tasks, the CLI's --now and the cleanups alike.
+DISABLED: dict[str, str] = {"status": "disabled"}
+
+Operation = TypeVar("Operation", bound=Callable[..., dict[str, Any]])
+
+
+def switched(operation: Operation) -> Operation:
+    """Off (ENABLE_DISK_CACHE_MANAGEMENT false): the operation does nothing and says so."""
+
+    @functools.wraps(operation)
+    def run(cache: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not cache.settings.enable_disk_cache_management:
+            return dict(DISABLED)
+        return operation(cache, *args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 class DiskCache:
@@ -101,6 +120,7 @@ class DiskCache:
         )
 
     # -- registration ---------------------------------------------------------------------
+    @switched
     def register(self, path: str) -> dict[str, Any]:
         """Scan a directory under the root and put it on the books (idempotent)."""
         rel = paths.normalize(path)
@@ -183,6 +203,7 @@ class DiskCache:
         )
         return found, outcome
 
+    @switched
     def register_latest(self) -> dict[str, Any]:
         """The seed's DownloadService.register_completed_download(): the newest directory."""
         newest = scanner.newest_directory(self.root, self.settings.disk_cache_entry_depth)
@@ -191,6 +212,7 @@ class DiskCache:
         return self.register(newest)
 
     # -- access ---------------------------------------------------------------------------
+    @switched
     def access(self, path: str, *, miss_bytes: int = 0) -> dict[str, Any]:
         """A hit renews the directory; a miss counts `miss_bytes`, what the pipeline had to
         fetch (0 when it does not know)."""
@@ -199,6 +221,7 @@ class DiskCache:
         return {"path": rel, "hit": hit}
 
     # -- removal --------------------------------------------------------------------------
+    @switched
     def remove(
         self, path: str, *, remove_files: bool = False, missing_ok: bool = False
     ) -> dict[str, Any]:
@@ -310,6 +333,7 @@ class DiskCache:
             lock.release()
 
     # -- pins -----------------------------------------------------------------------------
+    @switched
     def pin(self, path: str, ttl_seconds: float) -> dict[str, Any]:
         """A lease: the directory is neither evicted nor expired until it lapses. A path inside
         a tracked directory pins that directory (`path` in the reply names it)."""
@@ -324,6 +348,7 @@ class DiskCache:
         self.store.pin(target, until)
         return {"path": target, "pinned_until": iso(until)}
 
+    @switched
     def unpin(self, path: str) -> dict[str, Any]:
         """Ends a lease on that very directory. A pin made through a path inside a tracked
         directory is not ended here (another holder's lease may be the same entry): it lapses."""

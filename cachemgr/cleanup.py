@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cachemgr import checks, migrations, stats, trash
-from cachemgr.cache import DiskCache
+from cachemgr.cache import DISABLED, DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Lock
 from cachemgr.reconcile import ReconcileBusy, books_were_lost, reconcile, recover_unfinished
@@ -300,7 +300,7 @@ def cleanup(
     if owed is not None:
         checks.whole("owed", owed)
     if not cache.settings.enable_disk_cache_management:
-        return {"status": "disabled"}
+        return dict(DISABLED)
     if (periodic or automatic) and not cache.scheduler_running():
         return {"status": "skipped", "reason": "scheduler stopped"}
     try:

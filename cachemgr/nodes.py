@@ -61,6 +61,7 @@ class NodeRegistry:
             "ttl_seconds": settings.disk_cache_ttl_seconds,
             "cleanup_interval": settings.disk_cache_cleanup_interval,
             "policy": settings.disk_cache_eviction_policy,
+            "min_free_bytes": settings.disk_cache_min_free_bytes,
             "enabled": settings.enable_disk_cache_management,
             "named": bool(settings.disk_cache_node),
             "published_at": time.time() if now is None else now,
@@ -126,6 +127,7 @@ ENFORCED = {
     "ttl_seconds": ("disk_cache_ttl_seconds", int),
     "cleanup_interval": ("disk_cache_cleanup_interval", int),
     "policy": ("disk_cache_eviction_policy", str),
+    "min_free_bytes": ("disk_cache_min_free_bytes", int),
 }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cachemgr import checks, migrations, paths, scanner, trash
-from cachemgr.cache import DiskCache
+from cachemgr.cache import DiskCache, switched
 from cachemgr.errors import CacheError
 from cachemgr.locks import Lock
 from cachemgr.reads import Lua, call
@@ -85,6 +85,7 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
     return recovered
 
 
+@switched
 def reconcile(
     cache: DiskCache,
     *,
@@ -123,6 +124,7 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
     store = cache.store
     if not dry_run:
         migrations.ensure_record_ids(store)
+    bytes_before = store.total_bytes()  # what the books said before any fix, dry run or not
     records = store.all_records()
     on_disk = list(scanner.directories_at_depth(cache.root, cache.settings.disk_cache_entry_depth))
     report: dict[str, Any] = {
@@ -159,13 +161,13 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
     total = len(records) + len(untracked)
     for done, path in enumerate(untracked, len(records) + 1):
         one(done, path)
+    report["bytes_before"] = bytes_before
     if dry_run:
-        report["bytes_before"] = store.total_bytes()
         report["trash_items"] = trash.pending(cache.root)
     else:
         report["trash_items"] = trash.empty(cache.root)
-        old, new = call(cache.client, RECOUNT, [cache.keys.entries, cache.keys.bytes], [])
-        report["bytes_before"], report["bytes_after"] = int(old), int(new)
+        _, new = call(cache.client, RECOUNT, [cache.keys.entries, cache.keys.bytes], [])
+        report["bytes_after"] = int(new)
         cache.client.set(cache.keys.initialized, "1")
         _remember_books(cache)
         migrations.ensure_policy(store)

@@ -191,7 +191,10 @@ def test_stats_and_readiness_go_by_what_the_workers_enforce(client, cache, setti
 
     # The node's workers run with another quota and TTL, and with management off.
     theirs = settings.with_(
-        disk_cache_max_bytes=2**20, disk_cache_ttl_seconds=3600, enable_disk_cache_management=False
+        disk_cache_max_bytes=2**20,
+        disk_cache_ttl_seconds=3600,
+        disk_cache_min_free_bytes=12345,
+        enable_disk_cache_management=False,
     )
     registry = NodeRegistry(cache.client, settings.disk_cache_cluster)
     as_published = cache.client.hget(registry.nodes_key, settings.node)  # the test worker's
@@ -199,8 +202,9 @@ def test_stats_and_readiness_go_by_what_the_workers_enforce(client, cache, setti
     stats = client.get("/cache/stats").get_json()
     assert (stats["max_bytes"], stats["ttl_seconds"], stats["enabled"]) == (2**20, 3600, False)
     assert stats["threshold_bytes"] == int(2**20 * settings.disk_cache_lru_eviction_threshold)
+    assert stats["min_free_bytes"] == 12345  # the floor they keep
     said = [w for w in stats["warnings"] if "but the node's workers run with" in w]
-    assert len(said) == 2 and any("DISK_CACHE_MAX_BYTES" in w for w in said)
+    assert len(said) == 3 and any("DISK_CACHE_MIN_FREE_BYTES" in w for w in said)
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert "false on the node's workers" in ready.get_json()["checks"]["enabled"]

@@ -170,3 +170,39 @@ def test_bad_settings_stop_every_command_in_one_line_with_exit_5(tmp_path, env, 
     result = CliRunner().invoke(main, ["stats"], env=full)
     assert result.exit_code == 5 and "Traceback" not in result.output, result.output
     assert result.output.strip().count("\n") == 0 and name in result.output
+
+
+def test_management_off_stops_the_inline_writes_too(settings, redis_client, worker, root):
+    from api import create_app
+
+    off = settings.with_(enable_disk_cache_management=False)
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": off, "REDIS_CLIENT": redis_client})
+    runner = app.test_cli_runner()
+    make_tree(root, "a")
+    # --now ran the domain directly and registered, deleted and reconciled all the same.
+    for args in (
+        ("register", "a", "--now"),
+        ("rm", "a", "--files", "--now"),
+        ("reconcile", "--now"),
+        ("cleanup", "--now"),
+        ("pin", "a"),
+        ("unpin", "a"),
+    ):
+        result = run(runner, *args, "--json")
+        assert result.exit_code == 1, args
+        assert json.loads(result.stdout) == {"status": "disabled"}, args
+        assert "disabled: ENABLE_DISK_CACHE_MANAGEMENT is false" in result.stderr, args
+    assert (root / "a").is_dir()
+    assert redis_client.hlen(app.extensions["cachemgr"].cache.keys.entries) == 0
+
+
+def test_pin_unpin_and_events_take_json_like_the_others(runner, cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    pinned = run(runner, "pin", "a", "--ttl", "10m", "--json")
+    assert pinned.exit_code == 0 and json.loads(pinned.stdout)["path"] == "a"
+    assert json.loads(run(runner, "unpin", "a", "--json").stdout)["unpinned"] is True
+    cache.remove("a")
+    events = run(runner, "events", "--json")
+    assert events.exit_code == 0
+    assert json.loads(events.stdout.splitlines()[-1])["event"] == "removed"

@@ -129,3 +129,20 @@ def test_the_app_factory_logs_json_when_the_environment_asks(
     logging.getLogger("cachemgr.api").warning("ready", extra={"port": 8080})
     record = json.loads(capsys.readouterr().err.splitlines()[-1])
     assert record["logger"] == "cachemgr.api" and record["port"] == 8080
+
+
+def test_the_web_process_logs_gunicorns_own_lines_as_json_when_asked(monkeypatch):
+    from gunicorn.config import Config
+
+    from api.gunicorn_logs import CacheLogger
+
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    said = '"GET / HTTP/1.1" 200'
+    record = logging.LogRecord("gunicorn.access", logging.INFO, "", 0, said, (), None)
+    monkeypatch.setenv("DISK_CACHE_LOG_FORMAT", "json")
+    for logger in (CacheLogger(cfg).error_log, CacheLogger(cfg).access_log):
+        line = logger.handlers[0].format(record)
+        assert json.loads(line)["message"] == said
+    monkeypatch.setenv("DISK_CACHE_LOG_FORMAT", "text")
+    assert not CacheLogger(cfg).access_log.handlers[0].format(record).startswith("{")

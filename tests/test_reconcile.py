@@ -33,6 +33,8 @@ def test_reconcile_registers_untracks_resizes_and_recounts(cache, root):
     assert set(records) == {"tracked", "new-on-disk"}
     assert cache.store.total_bytes() == sum(r[0] for r in records.values())
     assert report["bytes_after"] == cache.store.total_bytes()
+    # What the books said before the run, in both: the real run reported its halfway total.
+    assert plan["bytes_before"] == report["bytes_before"] == 1
 
 
 def test_a_new_install_past_its_threshold_evicts_at_its_first_cleanup(settings, redis_client, root):

@@ -333,3 +333,11 @@ def test_redis_down_is_a_503_page_that_says_so(settings):
     r = app.test_client().get("/")
     assert r.status_code == 503 and r.mimetype == "text/html"
     assert "Redis unreachable" in r.get_data(as_text=True)
+
+
+def test_durations_on_the_page_keep_their_seconds():
+    from api.humanize import human_duration
+
+    assert human_duration(90) == "1m 30s"  # a 90 s TTL showed as "1m"
+    assert human_duration(3600) == "1h" and human_duration(86400 + 3661) == "1d 1h"
+    assert human_duration(12.5) == "12.5 s" and human_duration(0.25) == "250 ms"

@@ -308,6 +308,7 @@ def test_a_worker_with_bad_settings_stops_in_one_line(tmp_path, setting, said):
     )  # fmt: skip
     log = done.stdout + done.stderr
     assert f"worker stopping: {said}" in log and "Traceback" not in log, log[-2000:]
+    assert " ready." not in log  # it said ready after saying it was stopping
     assert done.returncode == 5  # a supervisor must not read it as success
 
 

@@ -9,13 +9,19 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, task_failure, worker_ready, worker_shutting_down
+from celery.signals import (
+    celeryd_after_setup,
+    setup_logging,
+    task_failure,
+    worker_ready,
+    worker_shutting_down,
+)
 from celery.worker import state
 
 from cachemgr import migrations
 from cachemgr.logs import configure_logging
 from cachemgr.records import RECORD_FORMAT
-from cachemgr.settings import SettingsError, log_level
+from cachemgr.settings import Settings, SettingsError, log_level
 
 app = Celery("cachemgr", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
@@ -110,6 +116,19 @@ def _refused(sender: Any = None, exception: BaseException | None = None, **_: An
         exception,
         extra={"event": "task_failed", "task": name},
     )
+
+
+@celeryd_after_setup.connect
+def _settings_or_stop(**_: Any) -> None:
+    """A worker with a bad setting stops before its banner and its "ready" line, in one line
+    and with exit code 5 (Celery's worker program; the test workers do not send this)."""
+    try:
+        if _bad_settings:
+            raise _bad_settings[0]
+        Settings.from_env()
+    except SettingsError as exc:
+        log.critical("worker stopping: %s", exc)
+        raise SystemExit(EXIT_BAD_SETTINGS) from None
 
 
 @worker_ready.connect

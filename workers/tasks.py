@@ -64,13 +64,6 @@ def configure(cache: DiskCache | None) -> None:
         cache.publish_config(queue=app.conf.task_default_queue)
 
 
-def _enabled(cache: DiskCache) -> bool:
-    return cache.settings.enable_disk_cache_management
-
-
-DISABLED = {"status": "disabled"}
-
-
 def _quota_pass_if_due(registered: dict[str, Any]) -> dict[str, Any]:
     """A registration past the threshold, or on a disk short of its free-space floor, sends
     a quota pass."""
@@ -81,34 +74,22 @@ def _quota_pass_if_due(registered: dict[str, Any]) -> dict[str, Any]:
 
 @app.task(name="cachemgr.register_directory", **IDEMPOTENT)
 def register_directory(path: str) -> dict[str, Any]:
-    cache = get_cache()
-    if not _enabled(cache):
-        return DISABLED
-    return _quota_pass_if_due(cache.register(path))
+    return _quota_pass_if_due(get_cache().register(path))
 
 
 @app.task(name="cachemgr.register_completed_download", **IDEMPOTENT)
 def register_completed_download() -> dict[str, Any]:
-    cache = get_cache()
-    if not _enabled(cache):
-        return DISABLED
-    return _quota_pass_if_due(cache.register_latest())
+    return _quota_pass_if_due(get_cache().register_latest())
 
 
 @app.task(name="cachemgr.touch_directory", **RETRY)
 def touch_directory(path: str, miss_bytes: int = 0) -> dict[str, Any]:
-    cache = get_cache()
-    if not _enabled(cache):
-        return DISABLED
-    return cache.access(path, miss_bytes=miss_bytes)
+    return get_cache().access(path, miss_bytes=miss_bytes)
 
 
 @app.task(name="cachemgr.remove_directory", **IDEMPOTENT)
 def remove_directory(path: str, remove_files: bool = False) -> dict[str, Any]:
-    cache = get_cache()
-    if not _enabled(cache):
-        return DISABLED
-    return cache.remove(path, remove_files=remove_files, missing_ok=True)
+    return get_cache().remove(path, remove_files=remove_files, missing_ok=True)
 
 
 def _cleanup(
@@ -176,25 +157,17 @@ cleanup = _pass_task("cleanup", sweep=True, enforce=True)
 @app.task(name="cachemgr.reconcile", **IDEMPOTENT)
 def reconcile(dry_run: bool = False, force: bool = False) -> dict[str, Any]:
     cache = get_cache()
-    if not _enabled(cache):
-        return DISABLED
     return reconcile_books(cache, dry_run=dry_run, force=force)
 
 
 @app.task(name="cachemgr.pin_directory", **IDEMPOTENT)
 def pin_directory(path: str, ttl_seconds: int = 3600) -> dict[str, Any]:
-    cache = get_cache()
-    if not _enabled(cache):
-        return DISABLED
-    return cache.pin(path, ttl_seconds)
+    return get_cache().pin(path, ttl_seconds)
 
 
 @app.task(name="cachemgr.unpin_directory", **IDEMPOTENT)
 def unpin_directory(path: str) -> dict[str, Any]:
-    cache = get_cache()
-    if not _enabled(cache):
-        return DISABLED
-    return cache.unpin(path)
+    return get_cache().unpin(path)
 
 
 @app.task(name="cachemgr.noop")
