@@ -22,6 +22,7 @@ STATUS = {
     errors.NotOnDisk: 404,
     errors.Overlap: 409,
     errors.RecordCollision: 409,
+    errors.BeingDeleted: 409,
     errors.DeleteFailed: 500,
     errors.RootMissing: 503,
     ReconcileBusy: 409,

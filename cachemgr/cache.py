@@ -256,7 +256,10 @@ class DiskCache:
             if outcome[0] != "ok":
                 return {"status": "skipped", "reason": outcome[0], "path": rel}
             if deleting:
-                self._delete_files(rel)
+                try:
+                    self._delete_files(rel)
+                except trash.Kept as kept:
+                    return {"status": "skipped", "reason": kept.why, "path": rel}
         finally:
             lock.release()
         size = int(outcome[1])
@@ -272,11 +275,24 @@ class DiskCache:
     def _delete_files(self, rel: str) -> None:
         """Delete a claimed directory's files. If it cannot be moved out of its place, put it
         back on the books; once moved into the trash it is gone from the cache, and what could
-        not be deleted waits there for the next cleanup's `trash.empty`."""
+        not be deleted waits there for the next cleanup's `trash.empty`. Raises trash.Kept
+        when, moved aside, it turned out no longer ours to delete (pinned since the claim:
+        put back on the books; put back by another: left to them)."""
+
+        def still_ours() -> str | None:
+            why = self.store.still_ours(rel, self.clock())
+            return None if why == "ok" else why
+
         try:
             if self.before_delete is not None:
                 self.before_delete(rel)
-            left = trash.discard(self.root, rel)
+            left = trash.discard(self.root, rel, still_ours)
+        except trash.Kept as kept:
+            if kept.why == "pinned":
+                self.store.restore(rel, now=self.clock())
+                self.store.count("skipped_pinned")
+            log.info("%s: not deleted, %s since it was chosen", rel, kept.why)
+            raise
         except OSError as exc:
             self.store.restore(rel, now=self.clock())
             log.error("could not delete %s, kept on the books: %s", rel, exc)
@@ -305,8 +321,11 @@ class DiskCache:
         try:
             try:
                 on_disk = paths.kind(paths.resolve(self.root, entry.path))
-            except paths.PathError:
-                on_disk = "unsafe"  # a parent became a symlink since registration
+            except paths.PathError as exc:
+                # A parent became a symlink since registration: what is behind it is not ours
+                # to judge from here. Kept on the books (reconcile decides), the pass goes on.
+                log.warning("%s: %s kept on the books: %s", reason, entry.path, exc)
+                return "unsafe"
             outcome = self.store.claim(
                 entry.path,
                 reason,
@@ -320,7 +339,10 @@ class DiskCache:
             if outcome[0] != "ok":
                 return str(outcome[0])
             if on_disk == "dir":
-                self._delete_files(entry.path)
+                try:
+                    self._delete_files(entry.path)
+                except trash.Kept as kept:
+                    return "pinned" if kept.why == "pinned" else "changed"
             else:
                 log.warning(
                     "%s: %s was no longer a directory (%s); untracked only",

@@ -39,6 +39,13 @@ class Overlap(CacheError):
     code = "overlap"
 
 
+class BeingDeleted(CacheError):
+    """A pin asked for a directory being deleted (or one above or inside it): a 409. Pin it
+    again once the deletion is over: a new download there is registered anew."""
+
+    code = "being_deleted"
+
+
 class RecordCollision(CacheError):
     """Two paths with the same record id (records.record_id): the second is refused, a 409."""
 

@@ -9,16 +9,32 @@ reads report that lease (LEASE_AROUND).
 
 from __future__ import annotations
 
-# Put a lease on a directory (tracked or about to be) until ARGV[2]; 0 removes it.
-# KEYS[1] cache:pins  KEYS[2] cache:pins:paths  ARGV[1] path  ARGV[2] lease expiry or 0
+# Put a lease on a directory (tracked or about to be) until ARGV[2]; 0 removes it. Refused
+# while the directory, one above it or one inside it is being deleted (in cache:deleting):
+# the claim checked the leases before, and a lease granted now would protect nothing.
+# KEYS[1] cache:pins  KEYS[2] cache:pins:paths  KEYS[3] cache:deleting
+# ARGV[1] path  ARGV[2] lease expiry or 0. Returns 1 (0: no lease to remove), or the path
+# being deleted as {path}.
 PIN = """
 if tonumber(ARGV[2]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return redis.call('ZREM', KEYS[1], ARGV[1])
 end
+local path = ARGV[1]
+if redis.call('HEXISTS', KEYS[3], path) == 1 then return {path} end
+local i = string.find(path, '/', 1, true)
+while i do
+  local above = string.sub(path, 1, i - 1)
+  if redis.call('HEXISTS', KEYS[3], above) == 1 then return {above} end
+  i = string.find(path, '/', i + 1, true)
+end
+local prefix = path .. '/'  -- the journal holds the deletions in flight: a few
+for _, p in ipairs(redis.call('HKEYS', KEYS[3])) do
+  if string.sub(p, 1, #prefix) == prefix then return {p} end
+end
 -- GT: of two holders' leases on one directory the later one stands
-redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('ZADD', KEYS[1], 'GT', ARGV[2], path)
+redis.call('ZADD', KEYS[2], 0, path)
 return 1
 """
 
@@ -57,4 +73,18 @@ local function lease_around(path)
   end
   return best_s
 end
+"""
+
+# A deletion that moved a claimed directory out of its place (trash.discard) goes on only
+# while the directory is still its own to delete: no live lease around it (a pin granted
+# between the claim and the move), and no record of it (a recovery that put it back while
+# this worker stalled past its lock, or a registration since). KEYS as scripts.COMMON_KEYS
+# (KEYS[1] cache:entries, KEYS[2] cache:lru, KEYS[5] cache:pins:paths, KEYS[6] cache:pins).
+# ARGV[1] path  ARGV[2] now. Returns 'ok', 'pinned' or 'taken'.
+STILL_OURS = """
+local path, now = ARGV[1], tonumber(ARGV[2])
+if record(path) then return 'taken' end
+local lease = lease_around(path)
+if lease and tonumber(lease) > now then return 'pinned' end
+return 'ok'
 """

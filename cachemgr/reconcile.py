@@ -71,8 +71,8 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
             try:
                 on_disk = paths.kind(paths.resolve(cache.root, path))
             except CacheError:
-                on_disk = "unsafe"
-            if on_disk == "dir":
+                on_disk = "unsafe"  # a parent became a symlink: not ours to judge, kept
+            if on_disk in ("dir", "unsafe"):
                 if cache.store.restore(path, now=cache.clock()):
                     recovered.append(path)
             else:

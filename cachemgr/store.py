@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from cachemgr import checks, listing, pins, scripts
+from cachemgr.errors import BeingDeleted
 from cachemgr.keys import Keys
 from cachemgr.paths import ancestors
 from cachemgr.policies import POLICIES, Policy
@@ -75,6 +76,9 @@ class Store:
             scripts.PRELUDE + self.policy.settle + "\nreturn settle_step(tonumber(ARGV[1]))"
         )
         self._pin = client.register_script(pins.PIN)
+        self._still_ours = client.register_script(
+            scripts.PRELUDE + pins.LEASE_AROUND + pins.STILL_OURS
+        )
         self._drop_lapsed_pins = client.register_script(pins.DROP_LAPSED_PINS)
         self._resize = client.register_script(self.policy.script(scripts.RESIZE))
 
@@ -216,13 +220,25 @@ class Store:
         }
 
     def pin(self, path: str, until: float, pipeline: Any = None) -> Any:
+        """Raises BeingDeleted when a directory at, above or inside `path` is being deleted
+        (in a pipeline: its reply is that path, as [path])."""
         client = pipeline or self.client
-        keys = [self.keys.pins, self.keys.pin_paths]
-        return self._pin(keys=keys, args=[path, repr(until)], client=client)
+        keys = [self.keys.pins, self.keys.pin_paths, self.keys.deleting]
+        done = self._pin(keys=keys, args=[path, repr(until)], client=client)
+        if pipeline is None and isinstance(done, list):
+            raise BeingDeleted(
+                f"{done[0]!r} is being deleted: pin {path!r} again once it is gone"
+            )
+        return done
 
     def unpin(self, path: str, pipeline: Any = None) -> Any:
-        keys = [self.keys.pins, self.keys.pin_paths]
+        keys = [self.keys.pins, self.keys.pin_paths, self.keys.deleting]
         return self._pin(keys=keys, args=[path, 0], client=pipeline or self.client)
+
+    def still_ours(self, path: str, now: float) -> str:
+        """Whether a claimed directory, moved out of its place, may go: `ok`, `pinned` or
+        `taken` (pins.STILL_OURS)."""
+        return str(self._still_ours(keys=self.script_keys(path), args=[path, now_str(now)]))
 
     def drop_lapsed_pins(self, now: float | None = None, batch: int = 1000) -> int:
         keys, cutoff, dropped = [self.keys.pins, self.keys.pin_paths], now or time.time(), 0

@@ -4,7 +4,7 @@ A directory is first renamed into the trash (atomic, same filesystem), then dele
 never sees a half-deleted tracked directory, and a crash leaves only trash, which the next
 cleanup empties. Every step works on directory descriptors opened with O_NOFOLLOW from the
 root down, so a parent swapped for a symlink between a check and the rename makes the rename
-fail instead of moving something outside the root; `shutil.rmtree` does not follow symlinks.
+fail instead of moving something outside the root; the removal (`_rmtree`) never follows one.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import errno
 import logging
 import os
 import re
-import shutil
 import stat
-import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cachemgr.paths import TRASH_DIR
@@ -51,11 +49,19 @@ def _opened(path: str | Path, dir_fd: int | None = None) -> Iterator[int]:
         os.close(fd)
 
 
+def _same_device(fd: int, root_fd: int) -> None:
+    """The trash must be the root's own folder: one that is a mount point (a bind mount of
+    something elsewhere) would have that emptied."""
+    if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev:
+        raise OSError(errno.EXDEV, "the trash is a mount point; not used")
+
+
 @contextlib.contextmanager
 def _trash_fd(root_fd: int) -> Iterator[int]:
     with contextlib.suppress(FileExistsError):
         os.mkdir(TRASH_DIR, dir_fd=root_fd)
     with _opened(TRASH_DIR, dir_fd=root_fd) as fd:  # a symlinked trash fails here (ELOOP)
+        _same_device(fd, root_fd)
         yield fd
 
 
@@ -93,25 +99,73 @@ def mount_points_under(path: Path, points: list[str] | None = None) -> list[str]
 
 def _rmtree(name: str, dir_fd: int) -> list[str]:
     """Delete a tree in the trash; what could not go is returned, not raised: it stays in the
-    trash for the next `empty`. Gone already (another cleanup's `empty`) is not an error."""
+    trash for the next `empty`. Gone already (another cleanup's `empty`) is not an error.
+
+    Without recursion (shutil.rmtree recursed once per level: a tree a thousand levels deep
+    raised RecursionError, which every handler let through), on descriptors opened without
+    following symlinks, never into another device."""
     problems: list[str] = []
-
-    def failed(_func: object, path: str, exc: BaseException) -> None:
-        if not isinstance(exc, FileNotFoundError):
-            problems.append(f"{path}: {exc}")
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(name, dir_fd=dir_fd, onexc=failed)
-    else:
-        shutil.rmtree(name, dir_fd=dir_fd, onerror=lambda f, p, info: failed(f, p, info[1]))
+    top = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    device = os.fstat(top).st_dev
+    # Each level: its descriptor, its name in its parent, the parent's descriptor, and the
+    # names in it that could not go (not tried again when the level is read again).
+    stack: list[tuple[int, str, int, set[str]]] = [(top, name, dir_fd, set())]
+    while stack:
+        fd, here, parent, stuck = stack[-1]
+        child: int | None = None
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if entry.name in stuck:
+                    continue
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        os.unlink(entry.name, dir_fd=fd)
+                        continue
+                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    if os.fstat(child).st_dev != device:
+                        os.close(child)
+                        child = None
+                        raise OSError(errno.EXDEV, "a mount point; not entered")
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:  # EMFILE past the descriptor limit too: left there
+                    problems.append(f"{here}/{entry.name}: {exc}")
+                    stuck.add(entry.name)
+                    continue
+                stack.append((child, entry.name, fd, set()))
+                break
+        if child is not None:
+            continue
+        stack.pop()
+        os.close(fd)
+        try:
+            os.rmdir(here, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if not stuck:
+                problems.append(f"{here}: {exc}")
+            if stack:
+                stack[-1][3].add(here)
     return problems
 
 
-def discard(root: Path, rel: str) -> list[str]:
+class Kept(Exception):
+    """The deletion was called off once the directory was moved aside (`still_ours` said
+    why): it is back in its place."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def discard(root: Path, rel: str, still_ours: Callable[[], str | None] | None = None) -> list[str]:
     """Rename `root/rel` into the trash, then delete it. Raises OSError, leaving everything in
     place, when the rename cannot be made (NotADirectory when `rel` is no longer a directory,
-    EBUSY when a mount point is inside). Once renamed, the directory is gone from the root:
-    what the deletion could not remove stays in the trash and is returned (for the log)."""
+    EBUSY when a mount point is inside). `still_ours`, asked once the directory is moved aside
+    and before anything is deleted, may call it off (a reason: Kept, and it is put back). Once
+    renamed, the directory is gone from the root: what the deletion could not remove stays in
+    the trash and is returned (for the log)."""
     mounts = mount_points_under(root / rel)
     if mounts:
         raise OSError(errno.EBUSY, f"a mount point is inside ({mounts[0]}); not deleted")
@@ -141,6 +195,11 @@ def discard(root: Path, rel: str) -> list[str]:
                 os.rename("d", parts[-1], src_dir_fd=slot_fd, dst_dir_fd=parent_fd)
                 os.rmdir(slot, dir_fd=trash_fd)
                 raise NotADirectory(f"{rel!r} changed while it was being deleted")
+            why = still_ours() if still_ours is not None else None
+            if why:  # pinned, or put back on the books by another, since the claim
+                os.rename("d", parts[-1], src_dir_fd=slot_fd, dst_dir_fd=parent_fd)
+                os.rmdir(slot, dir_fd=trash_fd)
+                raise Kept(why)
         # Checked: from here it is trash like any other, which any `empty` may finish.
         name = slot.removeprefix(IN_FLIGHT)
         os.rename(slot, name, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
@@ -166,6 +225,13 @@ def empty(root: Path) -> int:
     try:
         with _opened(root) as root_fd, _opened(TRASH_DIR, dir_fd=root_fd) as trash_fd:
             points = mount_points()
+            try:
+                _same_device(trash_fd, root_fd)
+                if os.path.realpath(trash_dir(root)) in points:  # a bind mount: same st_dev
+                    raise OSError(errno.EXDEV, "the trash is a mount point; not used")
+            except OSError as exc:
+                log.error("trash %s not emptied: %s", trash_dir(root), exc.strerror)
+                return 0
             for name in os.listdir(trash_fd):
                 if _in_flight(name, trash_fd):
                     continue

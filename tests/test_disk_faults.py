@@ -18,18 +18,13 @@ from tests.conftest import make_tree
 
 
 def _fail_rmtree(monkeypatch: pytest.MonkeyPatch) -> None:
-    """rmtree reports one file it could not delete (as an immutable file would) and deletes
-    nothing: the tree stays where it is."""
+    """The trash's removal reports one file it could not delete (as an immutable file would)
+    and deletes nothing: the tree stays where it is."""
 
-    def rmtree(path: str, dir_fd: int | None = None, **handlers: object) -> None:
-        handler = handlers.get("onexc") or handlers.get("onerror")
-        err = PermissionError(1, "Operation not permitted", "track00.mp3")
-        if "onexc" in handlers:
-            handler(os.unlink, path, err)  # type: ignore[operator]
-        else:
-            handler(os.unlink, path, (PermissionError, err, None))  # type: ignore[operator]
+    def rmtree(name: str, dir_fd: int) -> list[str]:
+        return [f"{name}/track00.mp3: [Errno 1] Operation not permitted"]
 
-    monkeypatch.setattr(trash.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(trash, "_rmtree", rmtree)
 
 
 def test_a_deletion_failing_after_the_rename_untracks_and_the_trash_retries(

@@ -1,0 +1,209 @@
+"""Deletion under races and hostile trees: a pin, a paused worker, a deep tree, a trash that is
+a mount point, a parent swapped for a symlink (each a promise of README's guarantees)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+
+import pytest
+
+from cachemgr import DiskCache, trash
+from cachemgr.cleanup import cleanup
+from cachemgr.errors import BeingDeleted, DeleteFailed
+from cachemgr.reconcile import recover_unfinished
+from tests.conftest import make_tree
+
+
+@pytest.fixture(autouse=True)
+def _rm_deep(tmp_path):
+    """pytest's own clean-up (shutil.rmtree) cannot remove a deep tree on 3.11: rm can."""
+    yield
+    import subprocess
+
+    subprocess.run(["rm", "-rf", str(tmp_path)], check=False)
+
+
+def _deep_tree(root, rel: str, depth: int) -> None:
+    top = root / rel
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    fds = [fd]
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fds[-1])
+            fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        with open(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fds[-1]), "wb") as f:
+            f.write(b"x" * 4096)
+    finally:
+        for d in fds[1:]:
+            os.close(d)
+        os.close(fd)
+
+
+def _books_exact(cache: DiskCache) -> None:
+    records = cache.store.all_records()
+    assert cache.store.total_bytes() == sum(r[0] for r in records.values())
+    for path in records:
+        assert (cache.root / path).is_dir(), f"{path} tracked but not on disk"
+
+
+# --- 1. a deep tree: shutil.rmtree (recursive in 3.11) raises RecursionError, not OSError ----
+
+def test_deep_tree_removal_fails_cleanly(cache, root):
+    """Deleting a registered (scannable) deep tree must succeed or raise DeleteFailed."""
+    _deep_tree(root, "deep", 1200)
+    assert cache.register("deep")["status"] == "registered"
+    try:
+        cache.remove("deep", remove_files=True)
+    except DeleteFailed:
+        pass  # acceptable: kept on the books
+    # whatever happened, the journal must not be left dangling by a half-done removal
+    assert cache.store.unfinished_deletions() == {}
+
+
+def test_deep_tree_in_trash_does_not_stop_every_cleanup(cache, root):
+    """README: 'what could not be deleted there is ... retried by each cleanup's trash.empty,
+    one stuck item never stopping a pass'."""
+    make_tree(root, "old", files=2)
+    cache.register("old")
+    (root / trash.TRASH_DIR).mkdir()
+    _deep_tree(root / trash.TRASH_DIR, "leftover", 1200)
+    # make "old" expired
+    late = DiskCache(cache.settings, cache.client,
+                     clock=lambda: time.time() + cache.settings.disk_cache_ttl_seconds + 10)
+    result = cleanup(late)  # must not raise: the stuck item is logged and left
+    assert result["status"] == "done"
+    assert result["sweep"]["paths"] == ["old"] and not (root / "old").exists()
+
+
+# --- 2. a pin asked for between the claim and the rename ------------------------------------
+
+@pytest.mark.parametrize("asked", ["artist/album", "artist/album/new-rip", "artist"])
+def test_a_pin_asked_for_during_a_deletion_is_refused(cache, root, asked):
+    """The claim checked the leases; a pin granted after it answered pinned_until, and the
+    directory went all the same. Now it is refused while the deletion is in flight."""
+    make_tree(root, "artist/album", files=3)
+    cache.register("artist/album")
+    refused: list[BaseException] = []
+
+    def pipeline_pins(rel: str) -> None:  # the pipeline, from another thread, in the window
+        def pin() -> None:
+            try:
+                cache.pin(asked, 600)
+            except BeingDeleted as exc:
+                refused.append(exc)
+
+        t = threading.Thread(target=pin)
+        t.start()
+        t.join()
+
+    cache.before_delete = pipeline_pins
+    assert cache.take(cache.store.victims(1)[0], "evicted") == "ok"
+    assert len(refused) == 1 and "is being deleted" in str(refused[0])
+    assert not (root / "artist" / "album").exists()
+    assert cache.pin(asked, 600)["path"] == asked  # once it is gone, a pin is taken again
+
+
+def test_a_lease_that_appears_during_a_deletion_keeps_the_directory(cache, root):
+    """A lease written past the claim (an older client's pin, which does not look at the
+    deletions in flight) is seen once the directory is moved aside: it goes back, whole."""
+    make_tree(root, "album", files=3)
+    cache.register("album")
+    before = cache.info("album")
+
+    def old_client_pins(rel: str) -> None:
+        cache.client.zadd(cache.keys.pins, {"album": time.time() + 600})
+        cache.client.zadd(cache.keys.pin_paths, {"album": 0})
+
+    cache.before_delete = old_client_pins
+    assert cache.take(cache.store.victims(1)[0], "evicted") == "pinned"
+    assert (root / "album" / "track00.mp3").exists()
+    assert cache.info("album").size_bytes == before.size_bytes
+    _books_exact(cache)
+    assert cache.store.unfinished_deletions() == {}
+
+
+# --- 3. a paused (not crashed) worker whose directory lock lapsed ---------------------------
+
+def test_recovery_racing_a_paused_worker_leaves_books_exact(settings, redis_client, root):
+    """recover_unfinished restores a claimed entry whose lock lapsed while the claiming worker
+    was only paused; the worker then deletes the files: a tracked path with no directory."""
+    s = dataclasses.replace(settings, disk_cache_lock_timeout_seconds=1)
+    cache = DiskCache(s, redis_client)
+    other = DiskCache(s, redis_client)  # another worker's cleanup
+    make_tree(root, "album", files=3)
+    cache.register("album")
+    recovered = []
+
+    def paused(rel: str) -> None:
+        time.sleep(1.3)  # a GC pause / SIGSTOP / VM freeze longer than the lock timeout
+        recovered.extend(recover_unfinished(other))
+
+    cache.before_delete = paused
+    entry = cache.store.victims(1)[0]
+    cache.take(entry, "evicted")
+    assert recovered == ["album"]  # the other worker put it back on the books...
+    _books_exact(cache)  # ...and the paused worker then deleted its files
+
+
+def test_deep_tree_evicted_then_every_cleanup_fails(cache, root):
+    """A deep download, once expired, makes the cleanup raise RecursionError, and every later
+    cleanup too (trash.empty catches only OSError): nothing else expires any more."""
+    _deep_tree(root, "deep", 1200)
+    cache.register("deep")
+    make_tree(root, "old", files=2)
+    cache.register("old")
+    late = DiskCache(cache.settings, cache.client,
+                     clock=lambda: time.time() + cache.settings.disk_cache_ttl_seconds + 10)
+    errors = []
+    for _ in range(2):
+        try:
+            cleanup(late)
+        except RecursionError as exc:
+            errors.append(exc)
+    assert not errors, f"{len(errors)} of 2 cleanups raised RecursionError"
+    assert not (root / "old").exists()
+
+
+# --- 4. the trash itself a mount point ------------------------------------------------------
+
+def _can_mount() -> bool:
+    return os.geteuid() == 0 and os.path.exists("/proc/self/mountinfo")
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs root for a bind mount")
+def test_trash_that_is_a_mount_point_is_not_emptied(root, tmp_path):
+    """README: 'A directory with a mount point inside ... is not deleted ... and the trash is
+    emptied the same way'. A bind mount on the trash folder itself is not looked for."""
+    import subprocess
+
+    victim = tmp_path / "victim"  # under /tmp, outside the root
+    (victim / "precious").mkdir(parents=True)
+    (victim / "precious" / "data.txt").write_text("outside the root")
+    (root / trash.TRASH_DIR).mkdir()
+    subprocess.run(["mount", "--bind", str(victim), str(root / trash.TRASH_DIR)], check=True)
+    try:
+        trash.empty(root)
+    finally:
+        subprocess.run(["umount", str(root / trash.TRASH_DIR)], check=True)
+    assert (victim / "precious" / "data.txt").exists(), "outside data deleted through the trash"
+
+
+# --- 5. a parent swapped for a symlink before take()'s check --------------------------------
+
+def test_parent_swapped_before_the_check_keeps_the_books(cache, root, tmp_path):
+    """README: 'if it cannot be moved out of its place (permissions, a mount point inside, a
+    parent swapped for a symlink) it is put back on the books exactly as it was'. Swapped
+    between the check and the rename it is (test_review_fixes); swapped just before the
+    check, the entry is dropped from the books while its files stay on disk, uncounted."""
+    make_tree(root, "a/x", files=2)
+    cache.register("a/x")
+    entry = cache.store.victims(1)[0]
+    os.rename(root / "a", root / "a.real")  # e.g. the library being reorganised
+    os.symlink(root / "a.real", root / "a")
+    cache.take(entry, "evicted")
+    assert (root / "a.real" / "x" / "track00.mp3").exists()  # nothing deleted, as promised
+    assert cache.store.tracked(["a/x"]) == [True], "dropped from the books, files kept"
