@@ -17,6 +17,7 @@ from flask_smorest import Api
 from api.errors import body, register_error_handlers
 from api.extensions import CacheExtension, state
 from api.schemas import ApiErrorSchema
+from cachemgr.errors import RootMissing
 from cachemgr.logs import configure_logging
 from cachemgr.settings import SettingsError, log_level, parse_bool
 from cachemgr.stats import disabled_where
@@ -172,6 +173,13 @@ def _health(app: Flask) -> None:
             checks["broker"] = f"unreachable: {exc}"
         root = st.cache.root
         checks["root"] = "ok" if root.is_dir() else f"downloads directory {root} does not exist"
+        if checks["root"] == "ok":
+            try:  # the empty mount point an unmounted disk leaves: every cleanup refuses it
+                st.cache.check_root()
+            except RootMissing as exc:
+                checks["root"] = str(exc)
+            except Exception:  # Redis away: said by the redis check already
+                pass
         try:
             off = disabled_where(st.cache)
             checks["enabled"] = (

@@ -31,6 +31,25 @@ STATUS = {
 STATUS_BY_NAME = {cls.__name__: code for cls, code in STATUS.items()}
 
 
+# Replies of a Redis that is there but cannot serve (a script running past its limit, a cluster
+# or replica down, loading, read-only, an ACL refusal): unavailable, like a refused connection.
+UNAVAILABLE_REPLIES = (
+    "BUSY", "CLUSTERDOWN", "LOADING", "MASTERDOWN", "MISCONF", "NOAUTH", "NOPERM", "READONLY",
+    "TRYAGAIN", "WRONGPASS",
+)  # fmt: skip
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """Whether a Redis error means the books cannot be read now (a 503), not a bug (a 500)."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return True
+    if isinstance(exc, redis.ResponseError):
+        return str(exc).split(" ", 1)[0].upper() in UNAVAILABLE_REPLIES or isinstance(
+            exc, redis.exceptions.ClusterDownError | redis.exceptions.NoPermissionError
+        )
+    return False
+
+
 def body(status: int, code: str, message: str, **extra: Any) -> tuple[Any, int]:
     return jsonify({"status": status, "code": code, "message": message, **extra}), status
 
@@ -48,9 +67,10 @@ def register_error_handlers(app: Flask) -> None:
     def cache_error(exc: errors.CacheError) -> tuple[Any, int]:
         return body(STATUS.get(type(exc), 400), exc.code, str(exc))
 
-    @app.errorhandler(redis.ConnectionError)
-    @app.errorhandler(redis.TimeoutError)
+    @app.errorhandler(redis.RedisError)
     def redis_down(exc: Exception) -> tuple[Any, int]:
+        if not redis_unavailable(exc):
+            return unexpected(exc)
         log.error("redis unreachable: %s", exc)
         return body(503, "redis_unavailable", f"Redis cannot be reached: {exc}")
 

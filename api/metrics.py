@@ -27,8 +27,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from api.errors import redis_unavailable
 from api.extensions import cache
+from api.schemas import NODE_NAME
 from cachemgr import DiskCache
+from cachemgr.errors import BadArgument
 
 log = logging.getLogger("cachemgr.api")
 
@@ -60,10 +63,12 @@ class CacheCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("cachemgr_up", "1 if Redis answered this scrape, else 0.")
         try:
-            stats = self.cache.stats()
+            stats = self.cache.cluster_stats()  # this node's, and whether every node is up
             history = self._history()
             interval = int(stats["cleanup_interval_seconds"])  # the workers'
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
+            if not redis_unavailable(exc):
+                raise
             log.warning("metrics: Redis unreachable: %s", exc)
             up.add_metric([], 0)
             yield up
@@ -72,7 +77,19 @@ class CacheCollector(Collector):
         yield up
         yield from self._info(stats)
         yield from self._gauges(stats, history, interval)
+        yield from self._nodes(stats)
         yield from self._counters(stats)
+
+    def _nodes(self, stats: dict[str, Any]) -> Iterator[Metric]:
+        g = GaugeMetricFamily(
+            "cachemgr_node_up",
+            "1 while a worker of the node sends heartbeats, 0 when none does: every node "
+            "in the registry, so that one scraped API watches them all.",
+            labels=["node"],
+        )
+        for node in stats.get("nodes", []):
+            g.add_metric([label_value(node["node"])], float(bool(node.get("up"))))
+        yield g
 
     def _history(self) -> list[dict[str, Any]]:
         raw = self.cache.client.lrange(self.cache.keys.history, 0, HISTORY_SAMPLES - 1)
@@ -141,6 +158,11 @@ class CacheCollector(Collector):
                 stats.get("free_disk_bytes"),
             ),
             gauge(
+                "cachemgr_min_free_bytes",
+                "DISK_CACHE_MIN_FREE_BYTES of the node's workers (0: no floor).",
+                stats.get("min_free_bytes") or 0,
+            ),
+            gauge(
                 "cachemgr_scheduler_running",
                 "1 if periodic cleanups run, 0 if the scheduler switch is stopped.",
                 stats["scheduler_running"],
@@ -165,6 +187,12 @@ class CacheCollector(Collector):
                 "When beat's last cleanup started (Unix time); quota passes that registrations "
                 "trigger do not count.",
                 _float(last.get("periodic_time")),
+            ),
+            gauge(
+                "cachemgr_periodic_overdue",
+                "1 when beat's cleanups are late: none for two intervals since the last one, "
+                "the workers' start or the scheduler's start (the stats' warning, the page).",
+                stats.get("periodic_overdue"),
             ),
             gauge(
                 "cachemgr_worker_up",
@@ -268,6 +296,10 @@ def registry_for(disk_cache: DiskCache) -> CollectorRegistry:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text format, or OpenMetrics when the scraper asks for it."""
+    """Prometheus text format, or OpenMetrics when the scraper asks for it; `?node=NAME` for
+    another node's figures, as every endpoint takes it."""
+    node = request.args.get("node") or None
+    if node is not None and not NODE_NAME.fullmatch(node):
+        raise BadArgument(f"node: not a node name: {node!r}")
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encoder(registry_for(cache())), content_type=content_type)
+    return Response(encoder(registry_for(cache().for_node(node))), content_type=content_type)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from marshmallow import Schema, fields, validate
 
 from cachemgr.cache import MAX_PIN_SECONDS
@@ -47,6 +49,9 @@ class StatsSchema(SinceResetSchema):
     since_reset = fields.Nested(SinceResetSchema)
     pinned_count = fields.Integer()
     scheduler_running = fields.Boolean(required=True)
+    periodic_overdue = fields.Boolean(
+        metadata={"description": "beat's cleanups are late (two intervals without one)"}
+    )
     eviction_policy = fields.String()
     ttl_seconds = fields.Integer()
     cleanup_interval_seconds = fields.Integer()
@@ -99,16 +104,24 @@ class EventSchema(Schema):
     time = fields.String()
     files_deleted = fields.String()
     error = fields.String()
+    # eviction_short: usage after the pass, and what it had to leave
+    usage_after = fields.String()
+    pinned = fields.String()
+    locked = fields.String()
+    young = fields.String()
 
 
 class EventListSchema(Schema):
     events = fields.List(fields.Nested(EventSchema), required=True)
 
 
+NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")  # a node's name, wherever ?node= is taken
+
+
 class NodeArgs(Schema):
     node = fields.String(
         load_default=None,
-        validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,100}$"),
+        validate=validate.Regexp(NODE_NAME),
         metadata={"description": "the cache node (default: this API's own)"},
     )
 

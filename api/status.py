@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from flask import Blueprint, current_app, render_template
 
+from api.errors import redis_unavailable
 from api.extensions import cache
 from api.humanize import human_bytes, human_count, human_duration, percent
 from cachemgr import DiskCache
@@ -160,7 +161,7 @@ def _float(value: Any) -> float | None:
 
 def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
     now = disk_cache.clock()
-    stats = disk_cache.stats()
+    stats = disk_cache.cluster_stats()  # this node's, with what is wrong on the others
     s = disk_cache.settings
     samples = history(disk_cache)
     times = [float(x["time"]) for x in samples]
@@ -223,8 +224,8 @@ def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
         "scan_limit": SCAN_LIMIT,
         "stalest": stalest(disk_cache, ttl=int(stats["ttl_seconds"])),
         "events": events,
-        # Half an interval of grace: beat's timer and a long cleanup both drift a little.
-        "overdue": periodic_time is not None and running and now > periodic_time + interval * 1.5,
+        # The same judgement as the stats' warning (cachemgr.health.overdue).
+        "overdue": periodic_time is not None and bool(stats.get("periodic_overdue")),
         "cleanup": {
             "time": last_time,
             "periodic_time": periodic_time,
@@ -274,7 +275,9 @@ def index() -> Any:
     flower = current_app.config.get("FLOWER_URL") or ""
     try:
         ctx = page_context(cache(), flower)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except redis.RedisError as exc:
+        if not redis_unavailable(exc):
+            raise
         # A person gets a page that says what is wrong, not the API's JSON error body.
         page = render_template("status_down.html", error=str(exc), flower_url=flower)
         return page, 503

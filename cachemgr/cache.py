@@ -106,7 +106,7 @@ class DiskCache:
         if not tracked:
             return
         with os.scandir(self.root) as it:
-            if any(e.name != paths.TRASH_DIR for e in it):
+            if any(e.name not in (paths.TRASH_DIR, paths.BOOKS_MARKER) for e in it):
                 return
         raise RootMissing(
             f"the cache root {str(self.root)!r} is empty while {tracked} "
@@ -428,7 +428,9 @@ class DiskCache:
         return self.client.get(self.keys.scheduler) != "stopped"
 
     def set_scheduler(self, running: bool) -> dict[str, Any]:
-        self.client.set(self.keys.scheduler, "running" if running else "stopped")
+        # Started: when (beat's runs were skipped while stopped; the next is an interval away).
+        value = f"running {self.clock():.3f}" if running else "stopped"
+        self.client.set(self.keys.scheduler, value)
         log.info("scheduler %s", "started" if running else "stopped")
         return {"scheduler_running": running}
 

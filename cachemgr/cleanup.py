@@ -270,6 +270,7 @@ def enforce_quota(
             why,
             extra={"event": "eviction_short"},
         )
+        result.short = f"pinned {why['pinned']}, locked {why['locked']}, young {why['young']}"
         cache.store.add_event({"event": "eviction_short", "time": f"{cache.clock():.3f}", **why})
     return result
 
@@ -425,6 +426,7 @@ def _record(
             "duration_seconds": f"{time.time() - started:.3f}",
             "error": str(result.get("error", "")),
             "trash_left": str(result.get("trash_left", 0)),
+            "evict_short": str((result.get("evict") or {}).get("short", "")),
             **({"periodic_time": f"{started:.3f}"} if periodic else {}),
         },
     )

@@ -10,24 +10,38 @@ from __future__ import annotations
 import time
 from typing import Any
 
+# After how many cleanup intervals without a periodic cleanup the stats, the status page and
+# the alert say beat or the workers are not running (one late run is no problem).
+OVERDUE_INTERVALS = 2
+
 
 def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = None) -> list[str]:
+    """What an operator should look at; `stats["periodic_overdue"]` (stats.node_stats, by
+    `periodic_overdue` below) says whether beat's cleanups are late."""
     now = time.time() if now is None else now
     problems: list[str] = []
-    if not stats.get("enabled", True):
+    enabled = stats.get("enabled", True)
+    if not enabled:
         problems.append(
-            "cache not working: ENABLE_DISK_CACHE_MANAGEMENT is false (here or on the node's "
-            "workers), nothing is tracked"
+            "cache not working: ENABLE_DISK_CACHE_MANAGEMENT is false (the node's workers', or "
+            "this process's until they publish theirs): nothing is registered, cleaned or evicted"
         )
     if stats["quota_status"] == "over_quota":
         problems.append(
             f"over quota: {stats['total_bytes']} of {stats['max_bytes']} bytes used; run a manual "
             "cleanup, lower DISK_CACHE_TTL_SECONDS, or check for pinned directories"
         )
-    elif stats["quota_status"] == "evicting":
+    short = (stats.get("last_cleanup") or {}).get("evict_short")
+    if stats["total_bytes"] > stats["threshold_bytes"] and short:
+        problems.append(
+            f"usage {stats['usage_percent']}% is above the eviction threshold and the last "
+            f"quota pass could not bring it down (skipped: {short}): eviction cannot free more "
+            "while those stay; see `cachemgr events`"
+        )
+    elif stats["quota_status"] == "evicting" and stats["total_bytes"] > stats["threshold_bytes"]:
         problems.append(
             f"usage {stats['usage_percent']}% is above the eviction threshold: the next cleanup "
-            "evicts least recently used directories"
+            f"evicts by the {stats.get('eviction_policy', 'lru')} policy"
         )
     floor = stats.get("min_free_bytes") or 0
     free = stats.get("free_disk_bytes")
@@ -59,12 +73,12 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
         )
     # Beat's own runs: quota passes that registrations trigger must not hide a stopped beat.
     last_time = float(last["periodic_time"]) if last.get("periodic_time") else None
-    if stats.get("directory_count") and stats.get("scheduler_running", True):
+    if stats.get("periodic_overdue"):
         if last_time is None:
             problems.append(
                 "no periodic cleanup has run yet: check that celery beat and a worker are up"
             )
-        elif now - last_time > 2 * cleanup_interval:
+        else:
             problems.append(
                 f"no periodic cleanup for {int(now - last_time)} s (interval {cleanup_interval} "
                 "s): directories are not being cleaned; check that celery beat and a worker "
@@ -76,3 +90,24 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "(the next cleanup does it first)"
         )
     return problems
+
+
+def periodic_overdue(
+    stats: dict[str, Any],
+    interval: int,
+    now: float,
+    workers_since: float | None = None,
+    scheduler_since: float | None = None,
+) -> bool:
+    """Beat's cleanups are late: none for OVERDUE_INTERVALS intervals since the last one (or,
+    before any, since the node's workers started) and since the scheduler was last started
+    (runs are skipped while it is stopped), while management is on, the scheduler runs and
+    something is tracked. One judgement for the stats' warning, the status page and the
+    alert (`cachemgr_periodic_overdue`)."""
+    if not (stats.get("enabled", True) and stats.get("scheduler_running", True)):
+        return False
+    if not stats.get("directory_count"):
+        return False
+    last = (stats.get("last_cleanup") or {}).get("periodic_time")
+    due_from = max(float(last) if last else (workers_since or 0.0), scheduler_since or 0.0)
+    return now - due_from > OVERDUE_INTERVALS * interval

@@ -128,6 +128,7 @@ ENFORCED = {
     "cleanup_interval": ("disk_cache_cleanup_interval", int),
     "policy": ("disk_cache_eviction_policy", str),
     "min_free_bytes": ("disk_cache_min_free_bytes", int),
+    "enabled": ("enable_disk_cache_management", bool),
 }
 
 

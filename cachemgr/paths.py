@@ -10,6 +10,9 @@ from urllib.parse import unquote
 from cachemgr.errors import NotOnDisk, PathError
 
 TRASH_DIR = ".cachemgr-trash"
+# A file in the root saying that books were kept for it: books found missing later were lost
+# (FLUSHALL, Redis restarted without persistence), not new (cleanup, reconcile).
+BOOKS_MARKER = ".cachemgr-books"
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 

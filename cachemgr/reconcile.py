@@ -38,21 +38,16 @@ class ReconcileBusy(CacheError):
     code = "busy"
 
 
-# A file in the root saying that books were kept for it: books found missing later were lost
-# (FLUSHALL, Redis restarted without persistence), not new, whatever was registered since.
-BOOKS_MARKER = ".cachemgr-books"
-
-
 def _remember_books(cache: DiskCache) -> None:
     try:
-        (cache.root / BOOKS_MARKER).write_text(f"books: {cache.keys.prefix}cache:*\n")
+        (cache.root / paths.BOOKS_MARKER).write_text(f"books: {cache.keys.prefix}cache:*\n")
     except OSError as exc:  # a read-only root: told apart by what the books hold instead
         log.debug("cannot mark the root as having books: %s", exc)
 
 
 def books_were_lost(cache: DiskCache) -> bool:
     """Books not initialized that were kept before: the root says so, or they are empty."""
-    return (cache.root / BOOKS_MARKER).is_file() or cache.store.count_entries() == 0
+    return (cache.root / paths.BOOKS_MARKER).is_file() or cache.store.count_entries() == 0
 
 
 def recover_unfinished(cache: DiskCache) -> list[str]:

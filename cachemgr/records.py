@@ -104,6 +104,7 @@ class PassResult:
     usage_after: int = 0
     more: bool = False  # stopped by a bound (batch, time) with work left
     owed: int = 0  # with `more`: the bytes it still had to free
+    short: str = ""  # an eviction that could not get below the threshold: what it skipped
     dry_run: bool = False
 
     @property
@@ -127,4 +128,5 @@ class PassResult:
             "usage_after": self.usage_after,
             "more": self.more,
             "owed": self.owed,
+            "short": self.short,
         }

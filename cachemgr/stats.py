@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from cachemgr.connection import same_server
-from cachemgr.health import diagnose
+from cachemgr.health import diagnose, periodic_overdue
 from cachemgr.nodes import ENFORCED, NodeRegistry, enforced, own_entry
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.records import iso
@@ -125,6 +125,7 @@ def queue_snapshot(
             "last_cleanup": pairs(last) or None,
             "initialized": bool(initialized),
             "scheduler_running": scheduler != "stopped",
+            "scheduler_started": _started(scheduler),
             "pinned_count": int(pinned),
             "up": bool(up),
             "registry": NodeRegistry.parse(pairs(nodes)),
@@ -145,18 +146,19 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     entry = own_entry(snap.get("registry", {}), cache.settings)
     s = enforced(cache.settings, entry)
     total, counts, recent = snap["total_bytes"], snap["counters"], snap["since_reset"]
-    status = "ok"
-    if total > s.disk_cache_max_bytes:
-        status = "over_quota"
-    elif total > s.threshold_bytes:
-        status = "evicting"
     try:
         free = shutil.disk_usage(cache.root).free if cache.local else None
     except OSError:
         free = None
+    floor = s.disk_cache_min_free_bytes
+    status = "ok"
+    if total > s.disk_cache_max_bytes:
+        status = "over_quota"
+    elif total > s.threshold_bytes or (floor and free is not None and free < floor):
+        status = "evicting"  # past the threshold, or short of the free-space floor
     stats = {
         "node": s.node,
-        "enabled": s.enable_disk_cache_management and entry.get("enabled", True),
+        "enabled": s.enable_disk_cache_management,  # the workers' switch, when published
         "total_bytes": total,
         "directory_count": snap["directory_count"],
         "max_bytes": s.disk_cache_max_bytes,
@@ -184,19 +186,35 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         "last_cleanup": snap["last_cleanup"],
         "up": snap["up"],
     }
-    stats["warnings"] = diagnose(stats, s.disk_cache_cleanup_interval, cache.clock())
+    interval, now = s.disk_cache_cleanup_interval, cache.clock()
+    stats["periodic_overdue"] = periodic_overdue(
+        stats,
+        interval,
+        now,
+        workers_since=float(entry.get("published_at") or 0) or None,
+        scheduler_since=snap.get("scheduler_started"),
+    )
+    stats["warnings"] = diagnose(stats, interval, now)
     stats["warnings"] += _differences(cache.settings, s)
     return stats
 
 
+def _started(scheduler: str) -> float | None:
+    """When the scheduler was last started (`running <time>`), if it says."""
+    _, _, at = scheduler.partition(" ")
+    try:
+        return float(at) if at else None
+    except ValueError:
+        return None
+
+
 def disabled_where(cache: DiskCache) -> str | None:
-    """Where ENABLE_DISK_CACHE_MANAGEMENT is false, if it is: here, or on the node's workers
-    (whose switch the tasks obey); None when management is on."""
-    if not cache.settings.enable_disk_cache_management:
-        return "in this process"
-    if not own_entry(cache.registry.entries(), cache.settings).get("enabled", True):
-        return "on the node's workers"
-    return None
+    """Where ENABLE_DISK_CACHE_MANAGEMENT is false, if it is: on the node's workers (whose
+    switch the tasks obey, once they published it), else in this process; None when on."""
+    entry = own_entry(cache.registry.entries(), cache.settings)
+    if "enabled" in entry:  # theirs decides: the API's own switch changes nothing they do
+        return None if entry["enabled"] else "on the node's workers"
+    return None if cache.settings.enable_disk_cache_management else "in this process"
 
 
 def _differences(here: Settings, workers: Settings) -> list[str]:
@@ -264,7 +282,14 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
         stats["last_cleanup_age_seconds"] = round(now - float(last), 1) if last else None
         nodes.append(stats)
     mine = next(n for n in nodes if n["node"] == own)
-    return {**mine, "cluster": aggregate(nodes), "nodes": nodes}
+    # What is wrong on another node is said here too: one API (and its page) watches them all.
+    elsewhere = [f"node {n['node']}: {w}" for n in nodes if n is not mine for w in n["warnings"]]
+    return {
+        **mine,
+        "warnings": mine["warnings"] + elsewhere,
+        "cluster": aggregate(nodes),
+        "nodes": nodes,
+    }
 
 
 def aggregate(per_node: list[dict[str, Any]]) -> dict[str, Any]:

@@ -204,7 +204,8 @@ def test_stats_and_readiness_go_by_what_the_workers_enforce(client, cache, setti
     assert stats["threshold_bytes"] == int(2**20 * settings.disk_cache_lru_eviction_threshold)
     assert stats["min_free_bytes"] == 12345  # the floor they keep
     said = [w for w in stats["warnings"] if "but the node's workers run with" in w]
-    assert len(said) == 3 and any("DISK_CACHE_MIN_FREE_BYTES" in w for w in said)
+    assert len(said) == 4 and any("DISK_CACHE_MIN_FREE_BYTES" in w for w in said)
+    assert any("ENABLE_DISK_CACHE_MANAGEMENT" in w for w in said)
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert "false on the node's workers" in ready.get_json()["checks"]["enabled"]

@@ -364,6 +364,10 @@ def test_common_issues_show_up_as_clear_messages(settings, redis_client, root):
     cache.registry.publish(cache.settings)
     assert cache.stats()["enabled"] is True
     fill(cache, root, 1)
+    # Workers just started: beat's first run is an interval away, nothing is missed yet.
+    assert not any("periodic cleanup" in w for w in cache.stats()["warnings"])
+    interval = cache.settings.disk_cache_cleanup_interval
+    cache.registry.publish(cache.settings, now=time.time() - 3 * interval)  # long since
     warnings = cache.stats()["warnings"]
     assert any("no periodic cleanup has run yet" in w for w in warnings)
     assert any("no worker of node" in w and "is alive" in w for w in warnings)
@@ -382,6 +386,9 @@ def test_common_issues_show_up_as_clear_messages(settings, redis_client, root):
     cache.set_scheduler(False)
     assert any("scheduler is stopped" in w for w in cache.stats()["warnings"])
     cache.set_scheduler(True)
+    # Started again just now: beat's runs were skipped while stopped, none is missed yet.
+    assert not any("periodic cleanup" in w for w in cache.stats()["warnings"])
+    cache.client.set(cache.keys.scheduler, f"running {time.time() - 3 * interval:.3f}")
     cache.client.set(cache.keys.bytes, cache.settings.disk_cache_max_bytes + 1)
     assert any(w.startswith("over quota") for w in cache.stats()["warnings"])
     # beat stopped long ago; a recent manual pass does not hide it

@@ -220,13 +220,16 @@ def test_page_goes_by_the_interval_and_ttl_the_workers_enforce(settings, redis_c
 def test_next_cleanup_follows_beats_periodic_run_not_the_last_automatic_pass(
     settings, redis_client, cache
 ):
-    """Beat's last run 2 h ago, a quota pass a registration triggered 1 min ago: with a 1 h
-    interval the periodic cleanup is overdue, not due in 59 min."""
+    """Beat's last run 2.5 h ago, a quota pass a registration triggered 1 min ago: with a 1 h
+    interval the periodic cleanup is overdue (two intervals: the stats' own judgement), not
+    due in 59 min."""
+    make_tree(cache.root, "a")
+    cache.register("a")
     now = time.time()
-    last_cleanup(cache, now - 60, now - 7200)
+    last_cleanup(cache, now - 60, now - 9000)
     page = Page(app_without_worker(settings, redis_client).test_client().get("/").text)
-    assert float(page.cleanup["next"]) == round(now - 7200, 3) + 3600
-    assert float(page.cleanup["periodic"]) == round(now - 7200, 3)
+    assert float(page.cleanup["next"]) == round(now - 9000, 3) + 3600
+    assert float(page.cleanup["periodic"]) == round(now - 9000, 3)
     assert "late" in page.classes and "overdue" in page.text
     assert "in 58m" not in page.text and "in 59m" not in page.text
 

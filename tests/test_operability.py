@@ -1,0 +1,315 @@
+"""What an operator sees in concrete situations: the stats' warnings, /readyz, /metrics, the
+status page and the alert rules, each against the others and the docs (README "Troubleshooting",
+deploy/README.md)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from cachemgr import DiskCache, Settings
+from tests.conftest import BROKER_URL, make_tree
+
+ALERTS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus-alerts.yml"
+
+
+def app_for(settings: Settings, redis_client: Any) -> Any:
+    from api import create_app
+
+    return create_app(
+        {"TESTING": True, "CACHEMGR_SETTINGS": settings, "REDIS_CLIENT": redis_client,
+         "CELERY_BROKER_URL": BROKER_URL}
+    )  # fmt: skip
+
+
+def metrics_of(client: Any, path: str = "/metrics") -> dict[str, float]:
+    r = client.get(path)
+    assert r.status_code == 200, r.get_data(as_text=True)[:300]
+    out = {}
+    for fam in text_string_to_metric_families(r.get_data(as_text=True)):
+        for s in fam.samples:
+            lab = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{lab}}}" if lab else s.name] = s.value
+    return out
+
+
+def page_warnings(client: Any) -> list[str]:
+    html = client.get("/").get_data(as_text=True)
+    return [
+        re.sub(r"\s+", " ", w).strip()
+        for w in re.findall(r"<li data-warning>(.*?)</li>", html, re.S)
+    ]
+
+
+def last_cleanup(
+    cache: DiskCache, at: float, periodic_at: float | None, status: str = "done"
+) -> None:
+    mapping = {"time": f"{at:.3f}", "status": status, "duration_seconds": "0.100", "error": ""}
+    if periodic_at is not None:
+        mapping["periodic_time"] = f"{periodic_at:.3f}"
+    cache.client.hset(cache.keys.last_cleanup, mapping=mapping)
+
+
+def healthy(cache: DiskCache, settings: Settings, root: Path) -> None:
+    """A node whose worker beats and whose beat ran 10 s ago, with one directory."""
+    cache.registry.publish(settings)
+    cache.registry.heartbeat(cache.keys)
+    make_tree(root, "a")
+    cache.register("a")
+    now = time.time()
+    last_cleanup(cache, now - 10, now - 10)
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load(ALERTS.read_text())
+    return [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
+
+
+# -- (g) two named nodes, one down ------------------------------------------------------------
+@pytest.fixture
+def two_nodes(settings, redis_client, tmp_path, prefix):
+    ra, rb = tmp_path / "ra", tmp_path / "rb"
+    ra.mkdir()
+    rb.mkdir()
+    sa = settings.with_(
+        disk_cache_node="a", disk_cache_key_prefix=f"{prefix}a:", disk_cache_root=str(ra)
+    )
+    sb = settings.with_(
+        disk_cache_node="b", disk_cache_key_prefix=f"{prefix}b:", disk_cache_root=str(rb)
+    )
+    ca, cb = DiskCache(sa, redis_client), DiskCache(sb, redis_client)
+    ca.registry.publish(sa)
+    cb.registry.publish(sb)
+    ca.registry.heartbeat(ca.keys)  # only a's worker beats: b is down
+    make_tree(ra, "x")
+    ca.register("x")
+    make_tree(rb, "y")
+    cb.register("y")
+    now = time.time()
+    last_cleanup(ca, now - 10, now - 10)
+    last_cleanup(cb, now - 10, now - 10)
+    return app_for(sa, redis_client).test_client()
+
+
+def test_other_node_down_reaches_top_level_warnings_and_page(two_nodes):
+    stats = two_nodes.get("/cache/stats").get_json()
+    b = next(n for n in stats["nodes"] if n["node"] == "b")
+    assert b["up"] is False and b["warnings"]  # only here
+    # What an operator reads first (top-level warnings, the status page) says nothing of b.
+    assert any("node b" in w for w in stats["warnings"]), stats["warnings"]
+    assert any("node b" in w for w in page_warnings(two_nodes))
+
+
+def test_metrics_show_the_down_node(two_nodes):
+    """README Troubleshooting: no worker -> `cachemgr_worker_up 0`. With one web process for
+    all nodes (README "Deployment"), node b's worker_up is exported nowhere."""
+    m = metrics_of(two_nodes)
+    assert any("node=b" in k for k in m), sorted(m)
+
+
+def test_metrics_honours_node_query(two_nodes):
+    """README: "Every endpoint takes ?node=NAME". /metrics?node=b silently answers node a."""
+    m = metrics_of(two_nodes, "/metrics?node=b")
+    info = [k for k in m if k.startswith("cachemgr_cache_info")]
+    assert info and "node=b" in info[0], info
+    assert m["cachemgr_worker_up"] == 0
+
+
+# -- (d) the last cleanup failed: root is an empty mount point ---------------------------------
+def test_readyz_fails_when_cleanups_refuse_an_empty_root(settings, redis_client, cache, root):
+    from cachemgr.cleanup import cleanup
+    from cachemgr.errors import RootMissing
+
+    healthy(cache, settings, root)
+    shutil.rmtree(root / "a")  # the disk is unmounted: an empty mount point is left
+    with pytest.raises(RootMissing):
+        cleanup(cache, periodic=True)
+    client = app_for(settings, redis_client).test_client()
+    stats = client.get("/cache/stats").get_json()
+    assert stats["last_cleanup"]["status"] == "failed"
+    r = client.get("/readyz")
+    # README: "/readyz fails when ... the downloads directory is missing"; every cleanup and
+    # reconcile refuses this root (RootMissing), yet readyz says root ok.
+    assert r.status_code == 503, r.get_json()
+
+
+# -- (e) no worker alive ---------------------------------------------------------------------
+def test_an_alert_watches_every_nodes_workers():
+    assert any("cachemgr_node_up" in r["expr"] for r in alert_rules())
+
+
+# -- (f) management disabled -------------------------------------------------------------------
+def test_disabled_workers_do_not_also_blame_beat(settings, redis_client, cache, root):
+    cache.registry.publish(settings.with_(enable_disk_cache_management=False))
+    cache.registry.heartbeat(cache.keys)
+    make_tree(root, "a")
+    cache.register("a")
+    stats = app_for(settings, redis_client).test_client().get("/cache/stats").get_json()
+    assert stats["enabled"] is False
+    # A disabled worker never records a cleanup, so this one is a false lead (and the alert
+    # CacheCleanupNotRunning is, rightly, gated on cachemgr_enabled == 1).
+    assert not any("celery beat" in w for w in stats["warnings"]), stats["warnings"]
+
+
+def test_disabled_on_the_api_only_does_not_say_nothing_is_tracked(
+    settings, redis_client, cache, root
+):
+    """The workers run with management on and do everything (last cleanup done); only the API's
+    environment says false. Surfaces say "nothing is tracked", readyz 503, cachemgr_enabled 0
+    (which silences CacheCleanupNotRunning for a node whose workers do run)."""
+    healthy(cache, settings, root)
+    client = app_for(settings.with_(enable_disk_cache_management=False), redis_client).test_client()
+    stats = client.get("/cache/stats").get_json()
+    m = metrics_of(client)
+    assert m["cachemgr_enabled"] == 1, (
+        "the workers enforce management; the API switch changes nothing"
+    )
+    assert not any("nothing is tracked" in w for w in stats["warnings"]), stats["warnings"]
+
+
+# -- (c) beat not running; (b) scheduler stopped ------------------------------------------------
+def test_one_overdue_judgement_across_page_warnings_metrics_and_alert(
+    settings, redis_client, cache, root
+):
+    """The page turned red after 1.5 intervals, the warnings after 2, the alert after 3."""
+    healthy(cache, settings, root)
+    client = app_for(settings, redis_client).test_client()
+    for late in (1.75, 2.5):
+        now = time.time()
+        last_cleanup(cache, now - 60, now - late * 3600)
+        html = client.get("/").get_data(as_text=True)
+        stats = client.get("/cache/stats").get_json()
+        warned = any("no periodic cleanup" in w for w in stats["warnings"])
+        assert ("overdue" in html) == warned == stats["periodic_overdue"] == (late > 2)
+        assert metrics_of(client)["cachemgr_periodic_overdue"] == float(late > 2)
+    rule = next(r for r in alert_rules() if r["alert"] == "CacheCleanupNotRunning")
+    assert "cachemgr_periodic_overdue" in rule["expr"]
+
+
+def test_a_fresh_node_is_not_told_beat_is_missing_before_one_interval(
+    settings, redis_client, cache, root
+):
+    """Workers and beat just started: beat's first run comes one interval later. The warning
+    fires at once; the alert waits 3 h (its `for:`)."""
+    cache.registry.publish(settings)
+    cache.registry.heartbeat(cache.keys)
+    make_tree(root, "a")
+    cache.register("a")
+    stats = app_for(settings, redis_client).test_client().get("/cache/stats").get_json()
+    assert not any("no periodic cleanup" in w for w in stats["warnings"]), stats["warnings"]
+
+
+def test_starting_the_scheduler_again_does_not_blame_beat(settings, redis_client, cache, root):
+    """Stopped for 2.5 intervals (beat's runs were skipped, not recorded), then started: the
+    warning (and, past 3 intervals, the alert) blames beat at once, before beat's next run."""
+    healthy(cache, settings, root)
+    now = time.time()
+    last_cleanup(cache, now - 60, now - 2.5 * 3600)
+    client = app_for(settings, redis_client).test_client()
+    cache.set_scheduler(False)
+    assert not any("celery beat" in w for w in client.get("/cache/stats").get_json()["warnings"])
+    cache.set_scheduler(True)
+    warnings = client.get("/cache/stats").get_json()["warnings"]
+    assert not any("celery beat" in w for w in warnings), warnings
+
+
+# -- (a) quota ------------------------------------------------------------------------------
+def test_evicting_warning_names_the_active_policy(settings, redis_client, root):
+    s = settings.with_(disk_cache_eviction_policy="fifo")
+    c = DiskCache(s, redis_client)
+    c.registry.publish(s)
+    c.registry.heartbeat(c.keys)
+    for i in range(46):  # 376832 bytes: above the threshold (368640), under the quota
+        make_tree(root, f"d{i:02d}")
+        c.register(f"d{i:02d}")
+    stats = app_for(s, redis_client).test_client().get("/cache/stats").get_json()
+    assert stats["quota_status"] == "evicting"
+    assert not any("least recently used" in w for w in stats["warnings"]), stats["warnings"]
+
+
+def test_evicting_warning_does_not_promise_what_the_last_pass_could_not_do(
+    settings, redis_client, cache, root
+):
+    from cachemgr.cleanup import cleanup
+
+    healthy(cache, settings, root)
+    for i in range(46):
+        make_tree(root, f"d{i:02d}")
+        cache.register(f"d{i:02d}")
+        cache.pin(f"d{i:02d}", 600)
+    cleanup(cache)  # evicts nothing: everything pinned (event eviction_short)
+    client = app_for(settings, redis_client).test_client()
+    stats = client.get("/cache/stats").get_json()
+    assert stats["quota_status"] == "evicting"
+    assert not any("the next cleanup evicts" in w for w in stats["warnings"]), stats["warnings"]
+
+
+def test_eviction_short_event_keeps_its_reasons_in_the_api(settings, redis_client, cache, root):
+    from cachemgr.cleanup import cleanup
+
+    healthy(cache, settings, root)
+    for i in range(46):
+        make_tree(root, f"d{i:02d}")
+        cache.register(f"d{i:02d}")
+        cache.pin(f"d{i:02d}", 600)
+    cleanup(cache)
+    raw = cache.store.events(1)[0]
+    assert raw["event"] == "eviction_short" and "pinned" in raw  # recorded in Redis
+    client = app_for(settings, redis_client).test_client()
+    ev = client.get("/cache/events?limit=1").get_json()["events"][0]
+    assert ev["event"] == "eviction_short"
+    # cleanup.py records why (usage_after, pinned, locked, young); the API's schema drops it.
+    assert "pinned" in ev, ev
+
+
+# -- (i) low free disk ----------------------------------------------------------------------
+def test_low_free_disk_shows_outside_the_warnings(settings, redis_client, cache, root):
+    healthy(cache, settings, root)
+    free = shutil.disk_usage(root).free
+    cache.registry.publish(settings.with_(disk_cache_min_free_bytes=free * 2))  # a worker setting
+    client = app_for(settings, redis_client).test_client()
+    stats = client.get("/cache/stats").get_json()
+    assert any("DISK_CACHE_MIN_FREE_BYTES" in w and "free" in w for w in stats["warnings"])
+    m = metrics_of(client)
+    problems = {
+        "no cachemgr_min_free_bytes metric": "cachemgr_min_free_bytes" not in m,
+        "no alert on free disk": not any("free_disk" in r["expr"] for r in alert_rules()),
+        f"quota_status {stats['quota_status']!r} while evicting for space": stats["quota_status"]
+        == "ok",
+    }
+    assert not any(problems.values()), problems
+
+
+# -- (h) Redis answers with an error (cluster down, ACL, busy script) --------------------------
+@pytest.mark.parametrize(
+    "exc",
+    [redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"),
+     redis.exceptions.ResponseError("BUSY Redis is busy running a script")],
+)  # fmt: skip
+def test_redis_error_replies_are_redis_unavailable(settings, redis_client, monkeypatch, exc):
+    import cachemgr.stats
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise exc
+
+    client = app_for(settings, redis_client).test_client()
+    monkeypatch.setattr(cachemgr.stats, "run", boom)
+    r, s, p = client.get("/metrics"), client.get("/cache/stats"), client.get("/")
+    seen = {
+        "/metrics": (r.status_code, "cachemgr_up 0.0" in r.get_data(as_text=True)),
+        "/cache/stats": (s.status_code, (s.get_json() or {}).get("code")),
+        "/": (p.status_code, p.content_type.split(";")[0]),
+    }
+    assert seen == {
+        "/metrics": (200, True),
+        "/cache/stats": (503, "redis_unavailable"),
+        "/": (503, "text/html"),
+    }, seen
