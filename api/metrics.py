@@ -13,7 +13,6 @@ that an alert can tell "Redis is down" from "the API is down".
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -30,17 +29,12 @@ from prometheus_client.registry import Collector
 from api.errors import redis_unavailable
 from api.extensions import cache
 from api.schemas import NODE_NAME
-from cachemgr import DiskCache
+from cachemgr import DiskCache, history
 from cachemgr.errors import BadArgument
 
 log = logging.getLogger("cachemgr.api")
 
 bp = Blueprint("metrics", __name__)
-
-# How far back `cachemgr_over_threshold_since_timestamp_seconds` looks: the history is capped
-# at 288 samples by cleanup.py, one per cleanup, the quota passes that registrations trigger
-# included (under steady registrations that is well under a day).
-HISTORY_SAMPLES = 288
 
 # (metric name without _total, stats field, help)
 COUNTERS = (
@@ -92,14 +86,8 @@ class CacheCollector(Collector):
         yield g
 
     def _history(self) -> list[dict[str, Any]]:
-        raw = self.cache.client.lrange(self.cache.keys.history, 0, HISTORY_SAMPLES - 1)
-        samples = []
-        for item in raw:
-            try:
-                samples.append(json.loads(item))
-            except ValueError:
-                continue  # one bad sample must not cost the scrape
-        return samples
+        """Newest first, as over_threshold_since reads them."""
+        return list(reversed(history.samples(self.cache)))
 
     def _info(self, stats: dict[str, Any]) -> Iterator[Metric]:
         info = InfoMetricFamily("cachemgr_cache", "The node this API serves and its policy.")

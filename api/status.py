@@ -9,7 +9,6 @@ refreshes the page in place.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from api.errors import redis_unavailable
 from api.extensions import cache
 from api.humanize import human_bytes, human_count, human_duration, percent
 from cachemgr import DiskCache
+from cachemgr import history as cleanup_history
 from cachemgr.records import Entry, iso
 
 bp = Blueprint("status", __name__)
@@ -31,7 +31,6 @@ EVENTS = 10
 # The largest directories need a full scan of the records (there is no index by size): bounded,
 # so that the page stays quick on a cache of millions; the page says when it was cut short.
 SCAN_LIMIT = 100_000
-HISTORY_SAMPLES = 288  # what cleanup.py keeps
 CHART_W, CHART_H = 320, 96
 PAD_X, PAD_Y = 2, 6
 
@@ -112,17 +111,7 @@ def chart(
 
 
 def history(disk_cache: DiskCache) -> list[dict[str, Any]]:
-    """The counter samples, oldest first; a sample that does not parse is left out."""
-    raw = disk_cache.client.lrange(disk_cache.keys.history, 0, HISTORY_SAMPLES - 1)
-    samples = []
-    for item in reversed(raw):
-        try:
-            sample = json.loads(item)
-            float(sample["time"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        samples.append(sample)
-    return samples
+    return cleanup_history.samples(disk_cache)
 
 
 def interval_ratios(samples: list[dict[str, Any]]) -> list[float | None]:

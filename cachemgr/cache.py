@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from cachemgr import checks, paths, scanner, stats, trash
 from cachemgr.errors import (
@@ -25,6 +24,7 @@ from cachemgr.nodes import NodeRegistry
 from cachemgr.records import Entry, iso, record_id
 from cachemgr.settings import Settings
 from cachemgr.store import Store
+from cachemgr.switch import switched
 
 log = logging.getLogger("cachemgr")
 
@@ -43,23 +43,6 @@ def check_pin_ttl(ttl_seconds: float) -> None:
 # deleted: a scan of an album takes well under a second.
 REGISTER_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
-# What every operation that would change the books or the disk answers when
-# ENABLE_DISK_CACHE_MANAGEMENT is false: the tasks, the CLI's --now and the cleanups alike.
-DISABLED: dict[str, str] = {"status": "disabled"}
-
-Operation = TypeVar("Operation", bound=Callable[..., dict[str, Any]])
-
-
-def switched(operation: Operation) -> Operation:
-    """Off (ENABLE_DISK_CACHE_MANAGEMENT false): the operation does nothing and says so."""
-
-    @functools.wraps(operation)
-    def run(cache: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if not cache.settings.enable_disk_cache_management:
-            return dict(DISABLED)
-        return operation(cache, *args, **kwargs)
-
-    return run  # type: ignore[return-value]
 
 
 class DiskCache:

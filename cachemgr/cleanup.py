@@ -7,19 +7,19 @@ A dry run goes through the same loop and decisions, only without taking anything
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, migrations, stats, trash
-from cachemgr.cache import DISABLED, DiskCache
+from cachemgr import checks, history, migrations, trash
+from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Lock
 from cachemgr.reconcile import ReconcileBusy, books_were_lost, reconcile, recover_unfinished
 from cachemgr.records import Entry, PassResult, Removal
+from cachemgr.switch import DISABLED
 
 log = logging.getLogger("cachemgr")
 
@@ -308,7 +308,7 @@ def cleanup(
         cache.check_root()
     except RootMissing as exc:
         if not dry_run:
-            _record(cache, time.time(), {"status": "failed", "error": str(exc)}, periodic)
+            history.record(cache, time.time(), {"status": "failed", "error": str(exc)}, periodic)
         log.error("cleanup refused: %s", exc, extra={"event": "cleanup_failed"})
         raise
     if dry_run:
@@ -368,7 +368,7 @@ def cleanup(
         )
     except Exception as exc:
         failed = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        _record(cache, started, failed, periodic)
+        history.record(cache, started, failed, periodic)
         log.exception("cleanup failed", extra={"event": "cleanup_failed"})
         raise
     finally:
@@ -386,7 +386,7 @@ def cleanup(
         "more": expired.more or evicted.more,
         "duration_seconds": round(time.time() - started, 3),
     }
-    _record(cache, started, result, periodic)
+    history.record(cache, started, result, periodic)
     log.info(
         "cleanup: %d expired, %d evicted, %d bytes freed, usage %d bytes",
         len(expired.removed),
@@ -407,32 +407,3 @@ def continuation(result: dict[str, Any]) -> dict[str, Any] | None:
     if not evict.get("more"):
         return {"resume": False}
     return {"resume": True, "owed": int(evict.get("owed", 0))}
-
-
-def _record(
-    cache: DiskCache, started: float, result: dict[str, Any], periodic: bool = False
-) -> None:
-    """Keep the last outcome and a capped history of counter samples (the status page's).
-    `periodic_time` is the last one beat started: quota passes that registrations trigger
-    must not hide a beat that stopped."""
-    counters, _ = stats.counters(cache.store)
-    sample = {"time": started, "total_bytes": cache.store.total_bytes(), **counters}
-    pipe = cache.client.pipeline(transaction=False)
-    pipe.hset(
-        cache.keys.last_cleanup,
-        mapping={
-            "time": f"{started:.3f}",
-            "status": str(result.get("status")),
-            "duration_seconds": f"{time.time() - started:.3f}",
-            "error": str(result.get("error", "")),
-            "trash_left": str(result.get("trash_left", 0)),
-            "evict_short": str((result.get("evict") or {}).get("short", "")),
-            **({"periodic_time": f"{started:.3f}"} if periodic else {}),
-        },
-    )
-    pipe.lpush(cache.keys.history, json.dumps(sample))
-    pipe.ltrim(cache.keys.history, 0, 287)
-    if result.get("status") == "failed":
-        failure = {"event": "cleanup_failed", "error": str(result.get("error"))}
-        cache.store.add_event({**failure, "time": f"{started:.3f}"}, pipeline=pipe)
-    pipe.execute()

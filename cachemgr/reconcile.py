@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from cachemgr import checks, migrations, paths, scanner, trash
-from cachemgr.cache import DiskCache, switched
+from cachemgr.cache import DiskCache
 from cachemgr.errors import CacheError
 from cachemgr.locks import Lock
 from cachemgr.reads import Lua, call
+from cachemgr.switch import switched
 
 log = logging.getLogger("cachemgr")
 

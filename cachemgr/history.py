@@ -1,0 +1,61 @@
+"""The record of cleanups: the last one's outcome (`cache:last_cleanup`, which the stats, the
+status page and the alerts read) and a capped history of counter samples (`cache:history`, the
+page's charts)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from cachemgr import stats
+
+if TYPE_CHECKING:
+    from cachemgr.cache import DiskCache
+
+# One sample per cleanup, the quota passes that registrations trigger included.
+HISTORY_SAMPLES = 288
+
+
+def record(
+    cache: DiskCache, started: float, result: dict[str, Any], periodic: bool = False
+) -> None:
+    """Keep the last outcome and a capped history of counter samples (the status page's).
+    `periodic_time` is the last one beat started: quota passes that registrations trigger
+    must not hide a beat that stopped."""
+    counters, _ = stats.counters(cache.store)
+    sample = {"time": started, "total_bytes": cache.store.total_bytes(), **counters}
+    pipe = cache.client.pipeline(transaction=False)
+    pipe.hset(
+        cache.keys.last_cleanup,
+        mapping={
+            "time": f"{started:.3f}",
+            "status": str(result.get("status")),
+            "duration_seconds": f"{time.time() - started:.3f}",
+            "error": str(result.get("error", "")),
+            "trash_left": str(result.get("trash_left", 0)),
+            "evict_short": str((result.get("evict") or {}).get("short", "")),
+            **({"periodic_time": f"{started:.3f}"} if periodic else {}),
+        },
+    )
+    pipe.lpush(cache.keys.history, json.dumps(sample))
+    pipe.ltrim(cache.keys.history, 0, HISTORY_SAMPLES - 1)
+    if result.get("status") == "failed":
+        failure = {"event": "cleanup_failed", "error": str(result.get("error"))}
+        cache.store.add_event({**failure, "time": f"{started:.3f}"}, pipeline=pipe)
+    pipe.execute()
+
+
+def samples(cache: DiskCache) -> list[dict[str, Any]]:
+    """The counter samples, oldest first; one that does not parse is left out (it must not
+    cost a scrape or the page)."""
+    raw = cache.client.lrange(cache.keys.history, 0, HISTORY_SAMPLES - 1)
+    found = []
+    for item in reversed(raw):
+        try:
+            sample = json.loads(item)
+            float(sample["time"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        found.append(sample)
+    return found

@@ -1,0 +1,25 @@
+"""ENABLE_DISK_CACHE_MANAGEMENT: off, every operation that would change the books or the disk
+does nothing and says so, whoever asks (a task, the CLI's --now, a cleanup)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+# What such an operation answers.
+DISABLED: dict[str, str] = {"status": "disabled"}
+
+Operation = TypeVar("Operation", bound=Callable[..., dict[str, Any]])
+
+
+def switched(operation: Operation) -> Operation:
+    """Off (ENABLE_DISK_CACHE_MANAGEMENT false): the operation does nothing and says so."""
+
+    @functools.wraps(operation)
+    def run(cache: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not cache.settings.enable_disk_cache_management:
+            return dict(DISABLED)
+        return operation(cache, *args, **kwargs)
+
+    return run  # type: ignore[return-value]
