@@ -223,7 +223,10 @@ class DiskCache:
             self.store.count("skipped_locked")
             return {"status": "skipped", "reason": "locked", "path": rel}
         try:
-            deleting = location is not None and paths.kind(location) == "dir"
+            on_disk = paths.kind(location) if location is not None else None
+            if on_disk == "unknown":
+                raise DeleteFailed(f"cannot inspect {rel!r} now (permissions, I/O): kept")
+            deleting = on_disk == "dir"
             outcome = self.store.claim(
                 rel,
                 "removed",
@@ -309,6 +312,9 @@ class DiskCache:
                 # to judge from here. Kept on the books (reconcile decides), the pass goes on.
                 log.warning("%s: %s kept on the books: %s", reason, entry.path, exc)
                 return "unsafe"
+            if on_disk == "unknown":  # EACCES, EIO: not to be taken for gone
+                log.warning("%s: %s kept on the books: cannot inspect it now", reason, entry.path)
+                return "unknown"
             outcome = self.store.claim(
                 entry.path,
                 reason,

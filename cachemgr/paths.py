@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -87,13 +88,16 @@ def resolve(root: Path, path: str) -> Path:
 
 
 def kind(location: Path) -> str:
-    """`dir`, `missing` or `other` (a file, a symlink...), without following a symlink."""
+    """`dir`, `missing`, `other` (a file, a symlink...), without following a symlink, or
+    `unknown` when it cannot be told now (EACCES, EIO...): nobody may take that for gone."""
     try:
         st = os.lstat(location)
     except FileNotFoundError:
         return "missing"
-    except OSError:
-        return "other"  # a symlink loop in a parent, a name too long...
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG):
+            return "other"  # a file where a parent was, a symlink loop, a name too long
+        return "unknown"
     return "dir" if stat.S_ISDIR(st.st_mode) else "other"
 
 

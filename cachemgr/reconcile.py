@@ -68,6 +68,8 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
                 on_disk = paths.kind(paths.resolve(cache.root, path))
             except CacheError:
                 on_disk = "unsafe"  # a parent became a symlink: not ours to judge, kept
+            if on_disk == "unknown":  # cannot be told now (EACCES, EIO): next time
+                continue
             if on_disk in ("dir", "unsafe"):
                 if cache.store.restore(path, now=cache.clock()):
                     recovered.append(path)
@@ -187,7 +189,11 @@ def _reconcile_one(
 ) -> None:
     try:
         location: Any = paths.resolve(cache.root, path)
-        exists = paths.kind(location) == "dir"
+        on_disk = paths.kind(location)
+        if on_disk == "unknown":
+            report["errors"].append({"path": path, "error": "cannot inspect it now; kept"})
+            return
+        exists = on_disk == "dir"
     except paths.PathError:
         if record is None:
             raise

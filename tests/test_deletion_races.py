@@ -207,3 +207,37 @@ def test_parent_swapped_before_the_check_keeps_the_books(cache, root, tmp_path):
     cache.take(entry, "evicted")
     assert (root / "a.real" / "x" / "track00.mp3").exists()  # nothing deleted, as promised
     assert cache.store.tracked(["a/x"]) == [True], "dropped from the books, files kept"
+
+
+# --- 6. a directory that cannot be inspected now (EACCES, EIO) ------------------------------
+
+
+def test_a_directory_that_cannot_be_inspected_now_is_never_taken_for_gone(
+    cache, root, monkeypatch
+):
+    from cachemgr import paths as paths_module
+    from cachemgr.reconcile import reconcile
+
+    make_tree(root, "album", files=3)
+    cache.register("album")
+    before = cache.info("album")
+    real_lstat = os.lstat
+
+    def refused(path, *args, **kwargs):  # a permission or I/O error on this one directory
+        if str(path).endswith("/album"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(paths_module.os, "lstat", refused)
+    # It was untracked as "no longer a directory": off the books, its files left uncounted.
+    assert cache.take(cache.store.victims(1)[0], "evicted") == "unknown"
+    with pytest.raises(DeleteFailed):
+        cache.remove("album", remove_files=True)
+    report = reconcile(cache)
+    assert report["untracked"] == [] and report["errors"][0]["path"] == "album"
+    cache.store.claim("album", "evicted", deleting_files=True)  # a crash mid-deletion
+    assert recover_unfinished(cache) == [] and "album" in cache.store.unfinished_deletions()
+    monkeypatch.undo()
+    assert recover_unfinished(cache) == ["album"]
+    assert cache.info("album").size_bytes == before.size_bytes
+    _books_exact(cache)
