@@ -172,8 +172,11 @@ def _keys_and_client(redis_url: str | None, prefix: str | None) -> tuple[Keys, A
 
 
 def export_rows(client: Any, keys: Keys, out: TextIO, count: int | None = None) -> int:
-    """Write the stream as CSV `timestamp,path,size,hit`, oldest first; return rows written."""
+    """Write the stream as CSV `timestamp,path,size,hit`, oldest first; return rows written.
+    Lines end in \n; a path holding a \r or \n is quoted (with "\n" as the line terminator
+    the csv module quoted only \n, and a \r in a path split its row)."""
     writer = csv.writer(out, lineterminator="\n")
+    carriage = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)  # rows with a \r
     writer.writerow(["timestamp", "path", "size", "hit"])
     written, start = 0, "-"
     while count is None or written < count:
@@ -182,13 +185,9 @@ def export_rows(client: Any, keys: Keys, out: TextIO, count: int | None = None) 
         if not chunk:
             break
         for _ident, fields in chunk:
-            writer.writerow(
-                [
-                    fields.get("t", ""),
-                    fields.get("path", ""),
-                    fields.get("size", "0"),
-                    fields.get("hit", "0"),
-                ]
+            path = fields.get("path", "")
+            (carriage if "\r" in path else writer).writerow(
+                [fields.get("t", ""), path, fields.get("size", "0"), fields.get("hit", "0")]
             )
         written += len(chunk)
         start = "(" + chunk[-1][0]
@@ -210,7 +209,17 @@ def _file_mode(target: Path) -> int:
 
 def _export_to_file(client: Any, keys: Keys, target: Path, count: int | None) -> int:
     """Written aside under a name of its own and renamed once complete: a failure leaves the
-    old file as it was, and no file of the user's (`out.csv.part`) is ever overwritten."""
+    old file as it was, and no file of the user's (`out.csv.part`) is ever overwritten. A
+    symlink is followed (the file it names is replaced, not the link); what is not a regular
+    file (a named pipe, /dev/stdout, a process substitution) is written into directly."""
+    target = Path(os.path.realpath(target))
+    try:
+        regular = stat.S_ISREG(target.stat().st_mode)
+    except FileNotFoundError:
+        regular = True  # a new file
+    if not regular:
+        with target.open("w", newline="", encoding="utf-8") as fh:
+            return export_rows(client, keys, fh, count)
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     part = Path(name)
     try:

@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import lzma
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,10 @@ class Trace:
         return Trace(self.name, self.times[:n], self.ids[:n], self.sizes[:n])
 
 
+# What a trace's objects may add up to: the replay sums sizes in 64-bit integers.
+MAX_TOTAL_BYTES = 2**63 - 1
+
+
 def detect_format(path: str | Path) -> str:
     name = str(path).lower()
     for suffix in (".xz", ".gz"):
@@ -65,15 +70,18 @@ def detect_format(path: str | Path) -> str:
 
 def _open_binary(path: Path) -> IO[bytes]:
     """The file, decompressed when its name ends in .xz or .gz."""
-    if path.suffix == ".xz":
+    suffix = path.suffix.lower()  # as detect_format: T.BIN.XZ is compressed too
+    if suffix == ".xz":
         return lzma.open(path, "rb")
-    if path.suffix == ".gz":
+    if suffix == ".gz":
         return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb")
 
 
 def _open_text(path: Path) -> IO[str]:
-    return io.TextIOWrapper(_open_binary(path), encoding="utf-8")
+    # newline="": the csv module reads a quoted \r or \r\n inside a path as it is (paths
+    # that differ only there were merged into one object).
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="")
 
 
 def read_oracle_general(path: str | Path) -> Trace:
@@ -126,13 +134,16 @@ def read_csv(path: str | Path) -> Trace:
         missing = {"timestamp", "path", "size"} - set(reader.fieldnames or ())
         if missing:
             raise TraceError(f"{p}: CSV header lacks {', '.join(sorted(missing))}")
-        for row in reader:
-            try:
-                times.append(float(row["timestamp"]))
-                sizes.append(int(float(row["size"])))
-            except (TypeError, ValueError):
-                raise TraceError(f"{p}:{reader.line_num}: bad row {row!r}") from None
-            keys.append(row["path"])
+        try:
+            for row in reader:
+                try:
+                    times.append(float(row["timestamp"]))
+                    sizes.append(int(float(row["size"])))
+                except (TypeError, ValueError):
+                    raise TraceError(f"{p}:{reader.line_num}: bad row {row!r}") from None
+                keys.append(row["path"])
+        except csv.Error as exc:  # a field past the csv module's limit, a stray quote...
+            raise TraceError(f"{p}:{reader.line_num}: {exc}") from None
     # The access log writes 0 for a miss whose size the pipeline did not know: take the
     # path's largest known size instead, so the miss costs what fetching it really costs.
     known: dict[str, int] = {}
@@ -159,7 +170,7 @@ def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
         raise TraceError(f"unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
     try:
         trace: Trace = readers[fmt](p)
-    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, UnicodeDecodeError) as exc:
         raise TraceError(f"{p}: {exc}") from None
     except OverflowError:
         raise TraceError(f"{p}: a size or time out of range (sizes must fit in 63 bits)") from None
@@ -167,6 +178,10 @@ def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
         raise TraceError(f"{p}: no requests")
     if (trace.sizes < 0).any():
         raise TraceError(f"{p}: negative sizes")
+    # Every request's size summed (in doubles: a guard, fast): past 63 bits the replay's
+    # int64 sums would wrap silently into a wrong table.
+    if float(trace.sizes.sum(dtype=np.float64)) > MAX_TOTAL_BYTES:
+        raise TraceError(f"{p}: the requests' sizes add up past 2^63 - 1 bytes")
     return trace
 
 

@@ -619,27 +619,24 @@ def test_a_dry_run_right_after_a_policy_switch_changes_nothing_and_says_so(
 
 
 def test_a_free_space_floor_deletions_cannot_lift_does_not_empty_the_cache(
-    settings, redis_client, root, tmp_path
+    settings, redis_client, root, monkeypatch
 ):
-    import os
     import shutil
+    from collections import namedtuple
 
-    # Albums whose files are hard links to a library outside the root: deleting them frees no
-    # space, so the floor stays unmet after the first round.
-    library = tmp_path / "library"
-    library.mkdir()
+    # Deleting frees no space (hard links to a library elsewhere, files held open): the
+    # floor stays unmet after the first round. Fixed here, so other processes' writes do not
+    # move it.
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**12, 10**12 - 10**6, 10**6))
     clock = Clock()
-    for i in range(10):
-        make_tree(root, f"album{i:02d}", files=0)
-        target = library / f"t{i}"
-        target.write_bytes(b"x" * 4096)
-        os.link(target, root / f"album{i:02d}" / "track")
     sized = DiskCache(settings, redis_client, clock=clock)
     for i in range(10):
+        make_tree(root, f"album{i:02d}", files=1)
         sized.register(f"album{i:02d}")
         clock.t += 1
     size = sized.info("album00").size_bytes
-    floor = shutil.disk_usage(root).free + 3 * size
+    floor = 10**6 + 3 * size
     low = settings.with_(disk_cache_min_free_bytes=floor, disk_cache_max_bytes=100 * size)
     result = enforce_quota(DiskCache(low, redis_client, clock=clock))
     # One round sized by the floor (3 albums), not round after round until nothing is left.
@@ -667,33 +664,28 @@ def test_a_dry_run_does_not_plan_an_expired_directory_twice(cache, root):
 
 
 def test_a_floor_deletions_cannot_lift_takes_as_few_through_bounded_continuations(
-    settings, redis_client, root, tmp_path
+    settings, redis_client, root, monkeypatch
 ):
-    import os
     import shutil
+    from collections import namedtuple
 
     from cachemgr.cleanup import continuation
-    from cachemgr.reconcile import reconcile
 
-    library = tmp_path / "library"
-    library.mkdir()
-    for i in range(10):
-        make_tree(root, f"album{i:02d}", files=0)
-        (library / f"t{i}").write_bytes(b"x" * 4096)
-        os.link(library / f"t{i}", root / f"album{i:02d}" / "track")
+    # A disk whose free space deletions do not lift (hard links, files held open, a disk
+    # filled by others), fixed here so that other processes' writes do not move it.
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**12, 10**12 - 10**6, 10**6))
     taken = {}
     for bound in (1000, 1):
         cache = DiskCache(settings, redis_client)
         for i in range(10):
-            if not (root / f"album{i:02d}").is_dir():
-                make_tree(root, f"album{i:02d}", files=0)
-                os.link(library / f"t{i}", root / f"album{i:02d}" / "track")
+            make_tree(root, f"album{i:02d}", files=1)
             cache.register(f"album{i:02d}")
-        reconcile(cache)  # before the floor is measured: it writes to the root
         size = cache.info("album00").size_bytes
-        floor = shutil.disk_usage(root).free + 3 * size
         low = DiskCache(
-            settings.with_(disk_cache_min_free_bytes=floor, disk_cache_max_evictions_per_run=bound),
+            settings.with_(
+                disk_cache_min_free_bytes=10**6 + 3 * size, disk_cache_max_evictions_per_run=bound
+            ),
             redis_client,
         )
         # As the worker chains its tasks (workers.tasks._cleanup): each bounded run hands
