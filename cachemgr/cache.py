@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cachemgr import checks, paths, scanner, stats, trash
@@ -280,6 +281,12 @@ class DiskCache:
             log.info("%s: not deleted, %s since it was chosen", rel, kept.why)
             raise
         except OSError as exc:
+            if _gone(self.root, rel):
+                # Removed meanwhile (by hand, by the pipeline): nothing to put back, and a
+                # directory registered above it since would overlap the restored entry.
+                self.store.finish_deletion(rel, now=self.clock(), deleted=False)
+                log.warning("%s was gone before its deletion: counted as vanished", rel)
+                return
             self.store.restore(rel, now=self.clock())
             log.error("could not delete %s, kept on the books: %s", rel, exc)
             raise DeleteFailed(f"could not delete {rel!r}: {exc.strerror or exc}") from None
@@ -422,6 +429,13 @@ class DiskCache:
         self.client.set(self.keys.scheduler, value)
         log.info("scheduler %s", "started" if running else "stopped")
         return {"scheduler_running": running}
+
+
+def _gone(root: Path, rel: str) -> bool:
+    try:
+        return paths.kind(paths.resolve(root, rel)) == "missing"
+    except paths.PathError:
+        return False  # a parent swapped for a symlink: not ours to call gone
 
 
 def _encodable(name: str) -> bool:

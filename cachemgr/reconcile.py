@@ -147,6 +147,13 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
     # What is untracked is worked out once the vanished entries are gone: a directory that only
     # covered a vanished entry is then registered in this same pass.
     tracked = set(records) - set(report["untracked"])
+    # One tracked directory inside another (the outer registered while the inner was gone
+    # from disk, which is all its scan could see): the inner's bytes counted twice. The outer
+    # stays, its scan counts them once.
+    for path in sorted(p for p in tracked if any(a in tracked for a in paths.ancestors(p))):
+        if dry_run or _untrack_inside(cache, path, records[path]):
+            report["untracked"].append(path)
+            tracked.discard(path)
     # A directory at the entry depth that holds tracked entries, or sits inside one, is covered.
     covering = {a for p in tracked for a in paths.ancestors(p)}
     untracked = [
@@ -178,6 +185,19 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
             report["bytes_after"],
         )
     return report
+
+
+def _untrack_inside(cache: DiskCache, path: str, record: tuple[int, int, str, int]) -> bool:
+    lock = cache.lock(path)
+    if not lock.acquire():
+        return False
+    try:
+        done = cache.store.claim(path, "vanished", honour_pins=False, deleting_files=False,
+                                 expect_registered=record[2], lock_token=lock.token)  # fmt: skip
+    finally:
+        lock.release()
+    log.warning("reconcile: %s untracked: it is inside a tracked directory", path)
+    return bool(done[0] == "ok")
 
 
 def _reconcile_one(
