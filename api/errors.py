@@ -43,10 +43,13 @@ def redis_unavailable(exc: BaseException) -> bool:
     """Whether a Redis error means the books cannot be read now (a 503), not a bug (a 500)."""
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return True
+    e = redis.exceptions
+    if isinstance(exc, e.ReadOnlyError | e.TryAgainError | e.ClusterDownError | e.OutOfMemoryError):
+        return True  # redis-py strips the reply's code from these messages
+    if isinstance(exc, e.NoPermissionError | e.AuthenticationError | e.AuthorizationError):
+        return True
     if isinstance(exc, redis.ResponseError):
-        return str(exc).split(" ", 1)[0].upper() in UNAVAILABLE_REPLIES or isinstance(
-            exc, redis.exceptions.ClusterDownError | redis.exceptions.NoPermissionError
-        )
+        return str(exc).split(" ", 1)[0].upper() in UNAVAILABLE_REPLIES
     return False
 
 

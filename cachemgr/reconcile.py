@@ -17,7 +17,7 @@ from cachemgr.cache import DiskCache
 from cachemgr.errors import CacheError
 from cachemgr.locks import Lock
 from cachemgr.reads import Lua, call
-from cachemgr.switch import switched
+from cachemgr.switch import DISABLED
 
 log = logging.getLogger("cachemgr")
 
@@ -83,7 +83,6 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
     return recovered
 
 
-@switched
 def reconcile(
     cache: DiskCache,
     *,
@@ -97,6 +96,8 @@ def reconcile(
     on purpose); without it that looks like an unmounted disk and is refused."""
     checks.flag("dry_run", dry_run)
     checks.flag("force", force)
+    if not dry_run and not cache.settings.enable_disk_cache_management:
+        return dict(DISABLED)  # a plan changes nothing: it is a read, and reads still work
     cache.check_root(allow_empty=force)
     timeout_ms = cache.settings.disk_cache_lock_timeout_seconds * 1000
     lock = Lock(cache.client, cache.keys.reconcile_lock, timeout_ms)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from cachemgr.connection import same_server
+from cachemgr.errors import CacheError
 from cachemgr.health import diagnose, periodic_overdue
 from cachemgr.nodes import ENFORCED, NodeRegistry, enforced, own_entry
 from cachemgr.reads import Batch, Lua, Reader, call, run
@@ -265,7 +266,13 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
     # earlier one's), and counting it apart would double every total.
     books = cache.keys.prefix
     others = [n for n, e in entries.items() if n != own and e.get("key_prefix") != books]
-    caches = {name: cache.for_node(name, entries) for name in sorted(others)}
+    caches, unreadable = {}, []
+    for name in sorted(others):
+        try:
+            caches[name] = cache.for_node(name, entries)
+        except (CacheError, KeyError, TypeError, ValueError) as exc:
+            # One node's bad or older entry must not cost every node's stats, metrics, page.
+            unreadable.append(f"node {name}: its published settings cannot be read ({exc})")
     snaps = {own: own_snap}
 
     def other_reads(batch: Batch) -> Reader[dict[str, dict[str, Any]]]:
@@ -286,7 +293,7 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
     elsewhere = [f"node {n['node']}: {w}" for n in nodes if n is not mine for w in n["warnings"]]
     return {
         **mine,
-        "warnings": mine["warnings"] + elsewhere,
+        "warnings": mine["warnings"] + elsewhere + unreadable,
         "cluster": aggregate(nodes),
         "nodes": nodes,
     }

@@ -105,7 +105,12 @@ def _rmtree(name: str, dir_fd: int) -> list[str]:
     raised RecursionError, which every handler let through), on descriptors opened without
     following symlinks, never into another device."""
     problems: list[str] = []
-    top = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        top = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:  # EMFILE...: left in the trash, said, not raised
+        return [f"{name}: {exc}"]
     device = os.fstat(top).st_dev
     # Each level: its descriptor, its name in its parent, the parent's descriptor, and the
     # names in it that could not go (not tried again when the level is read again).
@@ -195,10 +200,16 @@ def discard(root: Path, rel: str, still_ours: Callable[[], str | None] | None = 
                 os.rename("d", parts[-1], src_dir_fd=slot_fd, dst_dir_fd=parent_fd)
                 os.rmdir(slot, dir_fd=trash_fd)
                 raise NotADirectory(f"{rel!r} changed while it was being deleted")
-            why = still_ours() if still_ours is not None else None
+            failure: Exception | None = None
+            try:
+                why = still_ours() if still_ours is not None else None
+            except Exception as exc:  # Redis away: nothing is deleted unchecked
+                why, failure = "unchecked", exc
             if why:  # pinned, or put back on the books by another, since the claim
                 os.rename("d", parts[-1], src_dir_fd=slot_fd, dst_dir_fd=parent_fd)
                 os.rmdir(slot, dir_fd=trash_fd)
+                if failure is not None:
+                    raise failure  # the journal keeps it: crash recovery puts it back
                 raise Kept(why)
         # Checked: from here it is trash like any other, which any `empty` may finish.
         name = slot.removeprefix(IN_FLIGHT)
