@@ -16,7 +16,7 @@ from typing import Any
 from cachemgr import checks, history, migrations, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
-from cachemgr.locks import Lock
+from cachemgr.locks import Keeper, Lock
 from cachemgr.reconcile import ReconcileBusy, books_were_lost, reconcile, recover_unfinished
 from cachemgr.records import Entry, PassResult, Removal
 from cachemgr.switch import DISABLED
@@ -25,9 +25,13 @@ log = logging.getLogger("cachemgr")
 
 DEFAULT_TIME_BUDGET = 60.0
 CLEANUP_LOCK_SECONDS = 30
+# How long a cleanup's lock is kept for it in the background (Keeper); a cleanup hung past
+# that lets the next one in, and stops at its own next renewal.
+CLEANUP_MAX_HOLD_SECONDS = 600
 
 
 LOCK_LOST = "cleanup lock lost: stopped early"
+CLEANUP_BUSY = "another cleanup is running"
 
 
 def _run_pass(
@@ -256,7 +260,8 @@ def enforce_quota(
         if usage <= cache.settings.threshold_bytes:
             break
         need = usage - cache.settings.target_bytes
-    if not dry_run and result.usage_after > cache.settings.threshold_bytes and not result.more:
+    short = result.usage_after > cache.settings.threshold_bytes and not result.more
+    if not dry_run and short and LOCK_LOST not in result.errors:  # a lost lock is said already
         # Like kubelet's FreeDiskSpaceFailed: say loudly that the quota could not be met.
         why = {
             "usage_after": result.usage_after,
@@ -329,8 +334,10 @@ def cleanup(
     timeout = min(CLEANUP_LOCK_SECONDS, cache.settings.disk_cache_lock_timeout_seconds)
     lock = Lock(cache.client, cache.keys.cleanup_lock, timeout * 1000)
     if not lock.acquire():
-        return {"status": "skipped", "reason": "another cleanup is running"}
+        return {"status": "skipped", "reason": CLEANUP_BUSY}
     started = time.time()
+    # Renewed in the background too: one deletion longer than the lock let a second cleanup in.
+    keeper = Keeper(lock, every=timeout / 3, at_most=CLEANUP_MAX_HOLD_SECONDS).start()
     try:
         migrations.ensure_record_ids(cache.store)  # before anything reads a record
         recovered = recover_unfinished(cache)
@@ -372,6 +379,7 @@ def cleanup(
         log.exception("cleanup failed", extra={"event": "cleanup_failed"})
         raise
     finally:
+        keeper.stop()
         lock.release()
     result = {
         "status": "done",
@@ -397,10 +405,16 @@ def cleanup(
     return result
 
 
-def continuation(result: dict[str, Any]) -> dict[str, Any] | None:
+def continuation(
+    result: dict[str, Any], *, resume: bool = False, owed: int | None = None
+) -> dict[str, Any] | None:
     """The arguments of the cleanup that goes on where a bounded one stopped (None: done).
     Only an eviction cut short resumes, down to the target without passing the threshold
-    again, and for no more than it still owed."""
+    again, and for no more than it still owed. A resumed one (`resume`, `owed`: its own
+    arguments) that found another cleanup running tries again: that one starts only past the
+    threshold, and what was owed below it would never be freed."""
+    if result.get("status") == "skipped" and result.get("reason") == CLEANUP_BUSY and resume:
+        return {"resume": True, **({"owed": owed} if owed is not None else {})}
     if not result.get("more"):
         return None
     evict = result.get("evict", {})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from types import TracebackType
 from typing import Any
 
@@ -62,3 +64,34 @@ class Lock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class Keeper:
+    """Renews a lock from a thread every `every` seconds, for at most `at_most` seconds: work
+    that cannot renew it itself (one long deletion, a recovery) does not let it lapse and a
+    second holder in; a hung one does not hold it forever. Stops at the first failed renewal
+    (lost, or Redis away: the lock then lapses, as it would)."""
+
+    def __init__(self, lock: Lock, *, every: float, at_most: float) -> None:
+        self.lock, self.every, self.at_most = lock, every, at_most
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._renew, name="cachemgr-lock-keeper", daemon=True
+        )
+
+    def _renew(self) -> None:
+        deadline = time.monotonic() + self.at_most
+        while not self._stop.wait(self.every) and time.monotonic() < deadline:
+            try:
+                if not self.lock.extend():
+                    return
+            except Exception:  # Redis away: the holder finds out at its own next renewal
+                return
+
+    def start(self) -> Keeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

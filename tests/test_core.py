@@ -699,3 +699,39 @@ def test_a_floor_deletions_cannot_lift_takes_as_few_through_bounded_continuation
         taken[bound] = went
     assert taken[1000] == ["album00", "album01", "album02"]
     assert len(taken[1]) == 3  # it took all ten, one task after another
+
+
+def test_a_resumed_eviction_that_meets_another_cleanup_tries_again(cache, root):
+    from cachemgr.cleanup import CLEANUP_BUSY, continuation
+    from cachemgr.locks import Lock
+
+    held = Lock(cache.client, cache.keys.cleanup_lock, 5000)
+    assert held.acquire()
+    try:
+        result = cleanup(cache, resume=True, owed=4096)
+    finally:
+        held.release()
+    assert result == {"status": "skipped", "reason": CLEANUP_BUSY}
+    # Dropped, what it owed below the threshold was never freed: the next cleanups start
+    # only past the threshold.
+    assert continuation(result, resume=True, owed=4096) == {"resume": True, "owed": 4096}
+    assert continuation(result) is None  # beat's or a registration's: the holder does it
+
+
+def test_one_deletion_longer_than_the_cleanup_lock_keeps_others_out(
+    settings, redis_client, root
+):
+    short = DiskCache(settings.with_(disk_cache_lock_timeout_seconds=1), redis_client)
+    fill(short, root, 22)
+    other: list[dict] = []
+
+    def slow_deletion(rel: str) -> None:  # a big directory on a slow disk: 1.6 s > the lock
+        if not other:
+            time.sleep(1.6)
+            other.append(cleanup(DiskCache(short.settings, redis_client)))
+
+    short.before_delete = slow_deletion
+    result = cleanup(short)
+    assert other[0] == {"status": "skipped", "reason": "another cleanup is running"}
+    assert "cleanup lock lost: stopped early" not in result["evict"]["errors"]
+    assert result["evict"]["count"] >= 1

@@ -363,10 +363,13 @@ def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
     from workers.beat import NODE_ENTRY, NodeScheduler
 
     NodeRegistry(redis_client, settings.disk_cache_cluster).publish(
-        settings.with_(disk_cache_node="far"), queue="far-queue"  # its workers' CACHEMGR_QUEUE
+        settings.with_(disk_cache_node="far"),
+        queue="far-queue",  # its workers' CACHEMGR_QUEUE
     )
     monkeypatch.setenv("REDIS_URL", REDIS_URL)
     monkeypatch.setenv("DISK_CACHE_CLUSTER", settings.disk_cache_cluster)
+    # A bad setting beat does not use: it sent every cleanup to a queue nobody read.
+    monkeypatch.setenv("DISK_CACHE_TTL_SECONDS", "abc")
     sent: list[dict] = []
 
     def send(self, entry, producer=None, advance=True, **kwargs):
@@ -456,3 +459,37 @@ def test_a_client_that_found_no_config_looks_again_after_a_while(
     finally:
         client.close()
         cache.publish_config()
+
+
+def test_for_path_takes_the_live_node_of_a_root_another_left(
+    settings, redis_client, tmp_path, prefix
+):
+    from workers.client import CacheClient
+
+    cluster = prefix.rstrip(":")
+    live = DiskCache(
+        settings.with_(
+            disk_cache_node="live", disk_cache_key_prefix="{live}:", disk_cache_cluster=cluster
+        ),
+        redis_client,
+    )
+    gone = DiskCache(
+        settings.with_(
+            disk_cache_node="gone", disk_cache_key_prefix="{gone}:", disk_cache_cluster=cluster
+        ),
+        redis_client,
+    )
+    for node in (live, gone):  # one root: a node renamed, its old entry left behind
+        node.registry.publish(node.settings)
+    live.registry.heartbeat(live.keys)
+    client = CacheClient(REDIS_URL, redis_url=REDIS_URL, cluster=cluster)
+    try:
+        target, rel = client.for_path(str(live.root / "artist" / "album"))
+        assert (target.node, rel) == ("live", "artist/album")
+        gone.registry.heartbeat(gone.keys)  # both alive: the path cannot say which
+        with pytest.raises(Exception, match="several hosts"):
+            client.for_path(str(live.root / "artist" / "album"))
+    finally:
+        client.close()
+        cleanup_prefix(redis_client, "{live}:")
+        cleanup_prefix(redis_client, "{gone}:")

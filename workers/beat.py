@@ -27,9 +27,12 @@ class NodeScheduler(PersistentScheduler):
         """The queue `node`'s workers read, as they published it; None when unknown."""
         try:
             if self._registry is None:
-                settings = Settings.from_env(require_root=False)
+                # Only where the registry lives: a bad setting beat does not use (a TTL) must
+                # not send every node's cleanup to a queue nobody reads.
+                env, defaults = os.environ, Settings()
                 self._registry = NodeRegistry(
-                    connect(settings.redis_url), settings.disk_cache_cluster
+                    connect(env.get("REDIS_URL") or defaults.redis_url),
+                    env.get("DISK_CACHE_CLUSTER") or defaults.disk_cache_cluster,
                 )
             entry = self._registry.entries().get(node)
         except Exception as exc:  # Redis away: the queue of the schedule, as configured

@@ -191,6 +191,11 @@ class CacheClient:
         root = max(holding.values(), key=len)  # nested roots: the innermost holds it
         nodes = sorted(n for n, r in holding.items() if r == root)
         if len(nodes) > 1:
+            # A node renamed or retired stays in the registry: the one alive there is it.
+            books = self._books()
+            alive = [n for n in nodes if books.exists(Keys(entries[n]["key_prefix"]).alive)]
+            nodes = alive if len(alive) == 1 else nodes
+        if len(nodes) > 1:
             # Hosts that mount their caches at the same path: the path cannot say which.
             raise PathError(
                 f"{absolute_path!r} is under the root of nodes {', '.join(nodes)} (the same "

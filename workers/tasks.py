@@ -113,11 +113,12 @@ def _cleanup(
         resume=resume,
         owed=owed,
     )
-    rest = passes.continuation(result)
+    rest = passes.continuation(result, resume=resume, owed=owed)
     if rest is not None:
-        # Bounded pass: hand the rest to a fresh task rather than hold this worker.
+        # Bounded pass (or a resumed one that met another cleanup): hand the rest to a fresh
+        # task rather than hold this worker.
         task.apply_async(
-            kwargs={"periodic": periodic, "automatic": automatic, **rest}, countdown=1
+            kwargs={"periodic": periodic, "automatic": automatic, **rest}, countdown=2
         )
         result["continued"] = True
     return result
