@@ -7,7 +7,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from cachemgr import checks, paths, scanner, stats, trash
@@ -43,7 +42,6 @@ def check_pin_ttl(ttl_seconds: float) -> None:
 # How long a registration waits, in steps, for a directory above it to be registered or
 # deleted: a scan of an album takes well under a second.
 REGISTER_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
-
 
 
 class DiskCache:
@@ -157,13 +155,19 @@ class DiskCache:
         }
 
     def _low_disk(self) -> bool:
-        """The filesystem has less free space than DISK_CACHE_MIN_FREE_BYTES: a quota pass is
-        due even under the quota (the disk fills with other files too)."""
+        """A quota pass is due even under the quota (the disk fills with other files too)."""
+        return self.free_space_short() > 0
+
+    def free_space_short(self) -> int:
+        """Bytes the filesystem lacks to keep DISK_CACHE_MIN_FREE_BYTES free (0: no floor, room
+        enough, or the free space cannot be read)."""
         floor = self.settings.disk_cache_min_free_bytes
+        if not floor:
+            return 0
         try:
-            return bool(floor) and shutil.disk_usage(self.root).free < floor
+            return max(0, floor - shutil.disk_usage(self.root).free)
         except OSError:
-            return False
+            return 0
 
     def _scan_and_book(self, rel: str, token: str) -> tuple[scanner.ScanResult, Any]:
         location = paths.existing_directory(self.root, rel)
@@ -281,7 +285,7 @@ class DiskCache:
             log.info("%s: not deleted, %s since it was chosen", rel, kept.why)
             raise
         except OSError as exc:
-            if _gone(self.root, rel):
+            if paths.kind_at(self.root, rel) == "missing":
                 # Removed meanwhile (by hand, by the pipeline): nothing to put back, and a
                 # directory registered above it since would overlap the restored entry.
                 self.store.finish_deletion(rel, now=self.clock(), deleted=False)
@@ -312,16 +316,13 @@ class DiskCache:
             self.store.count("skipped_locked")
             return "locked"
         try:
-            try:
-                on_disk = paths.kind(paths.resolve(self.root, entry.path))
-            except paths.PathError as exc:
-                # A parent became a symlink since registration: what is behind it is not ours
-                # to judge from here. Kept on the books (reconcile decides), the pass goes on.
-                log.warning("%s: %s kept on the books: %s", reason, entry.path, exc)
-                return "unsafe"
-            if on_disk == "unknown":  # EACCES, EIO: not to be taken for gone
-                log.warning("%s: %s kept on the books: cannot inspect it now", reason, entry.path)
-                return "unknown"
+            on_disk = paths.kind_at(self.root, entry.path)
+            if on_disk in ("unsafe", "unknown"):
+                # A parent became a symlink since registration, or EACCES/EIO: not to be taken
+                # for gone. Kept on the books (reconcile decides), the pass goes on.
+                why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
+                log.warning("%s: %s kept on the books: %s", reason, entry.path, why)
+                return on_disk
             outcome = self.store.claim(
                 entry.path,
                 reason,
@@ -429,13 +430,6 @@ class DiskCache:
         self.client.set(self.keys.scheduler, value)
         log.info("scheduler %s", "started" if running else "stopped")
         return {"scheduler_running": running}
-
-
-def _gone(root: Path, rel: str) -> bool:
-    try:
-        return paths.kind(paths.resolve(root, rel)) == "missing"
-    except paths.PathError:
-        return False  # a parent swapped for a symlink: not ours to call gone
 
 
 def _encodable(name: str) -> bool:

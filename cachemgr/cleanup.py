@@ -8,7 +8,6 @@ A dry run goes through the same loop and decisions, only without taking anything
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +27,6 @@ CLEANUP_LOCK_SECONDS = 30
 # How long a cleanup's lock is kept for it in the background (Keeper); a cleanup hung past
 # that lets the next one in, and stops at its own next renewal.
 CLEANUP_MAX_HOLD_SECONDS = 600
-
 
 LOCK_LOST = "cleanup lock lost: stopped early"
 CLEANUP_BUSY = "another cleanup is running"
@@ -183,14 +181,7 @@ def bytes_to_free(cache: DiskCache, total: int, resume: bool = False) -> int:
     s = cache.settings
     started = total > s.threshold_bytes or (resume and total > s.target_bytes)
     need = total - s.target_bytes if started else 0
-    if s.disk_cache_min_free_bytes:
-        try:
-            free = shutil.disk_usage(cache.root).free
-        except OSError:
-            free = s.disk_cache_min_free_bytes
-        if free < s.disk_cache_min_free_bytes:
-            need = max(need, s.disk_cache_min_free_bytes - free)
-    return max(need, 0)
+    return max(need, cache.free_space_short(), 0)
 
 
 def enforce_quota(

@@ -20,8 +20,7 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
     `periodic_overdue` below) says whether beat's cleanups are late."""
     now = time.time() if now is None else now
     problems: list[str] = []
-    enabled = stats.get("enabled", True)
-    if not enabled:
+    if not stats.get("enabled", True):
         problems.append(
             "cache not working: ENABLE_DISK_CACHE_MANAGEMENT is false (the node's workers', or "
             "this process's until they publish theirs): nothing is registered, cleaned or evicted"
@@ -32,13 +31,14 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "cleanup, lower DISK_CACHE_TTL_SECONDS, or check for pinned directories"
         )
     short = (stats.get("last_cleanup") or {}).get("evict_short")
-    if stats["total_bytes"] > stats["threshold_bytes"] and short:
+    above = stats["total_bytes"] > stats["threshold_bytes"]
+    if above and short:
         problems.append(
             f"usage {stats['usage_percent']}% is above the eviction threshold and the last "
             f"quota pass could not bring it down (skipped: {short}): eviction cannot free more "
             "while those stay; see `cachemgr events`"
         )
-    elif stats["quota_status"] == "evicting" and stats["total_bytes"] > stats["threshold_bytes"]:
+    elif above and stats["quota_status"] == "evicting":
         problems.append(
             f"usage {stats['usage_percent']}% is above the eviction threshold: the next cleanup "
             f"evicts by the {stats.get('eviction_policy', 'lru')} policy"

@@ -101,6 +101,15 @@ def kind(location: Path) -> str:
     return "dir" if stat.S_ISDIR(st.st_mode) else "other"
 
 
+def kind_at(root: Path, path: str) -> str:
+    """`kind` of a checked path under the root, or `unsafe` when a parent is a symlink now
+    (what is behind it is not ours to judge)."""
+    try:
+        return kind(resolve(root, path))
+    except PathError:
+        return "unsafe"
+
+
 def existing_directory(root: Path, path: str) -> Path:
     """Resolve a path that must be a real directory now (not a symlink, not a file)."""
     location = resolve(root, path)

@@ -64,10 +64,7 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
         if not lock.acquire():
             continue
         try:
-            try:
-                on_disk = paths.kind(paths.resolve(cache.root, path))
-            except CacheError:
-                on_disk = "unsafe"  # a parent became a symlink: not ours to judge, kept
+            on_disk = paths.kind_at(cache.root, path)  # `unsafe`: a symlinked parent, kept
             if on_disk == "unknown":  # cannot be told now (EACCES, EIO): next time
                 continue
             if on_disk in ("dir", "unsafe"):

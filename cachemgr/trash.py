@@ -195,22 +195,22 @@ def discard(root: Path, rel: str, still_ours: Callable[[], str | None] | None = 
                 os.rmdir(slot, dir_fd=trash_fd)
                 raise
             moved = os.stat("d", dir_fd=slot_fd, follow_symlinks=False)
+            # Why it goes back in its place, deleting nothing; None: it is ours to delete.
+            refused: Exception | None = None
             if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
-                # Swapped between the check and the rename: put it back, delete nothing.
+                # Swapped between the check and the rename.
+                refused = NotADirectory(f"{rel!r} changed while it was being deleted")
+            elif still_ours is not None:
+                try:
+                    why = still_ours()
+                except Exception as exc:  # Redis away: the journal keeps it for recovery
+                    refused = exc
+                else:  # pinned, or put back on the books by another, since the claim
+                    refused = Kept(why) if why else None
+            if refused is not None:
                 os.rename("d", parts[-1], src_dir_fd=slot_fd, dst_dir_fd=parent_fd)
                 os.rmdir(slot, dir_fd=trash_fd)
-                raise NotADirectory(f"{rel!r} changed while it was being deleted")
-            failure: Exception | None = None
-            try:
-                why = still_ours() if still_ours is not None else None
-            except Exception as exc:  # Redis away: nothing is deleted unchecked
-                why, failure = "unchecked", exc
-            if why:  # pinned, or put back on the books by another, since the claim
-                os.rename("d", parts[-1], src_dir_fd=slot_fd, dst_dir_fd=parent_fd)
-                os.rmdir(slot, dir_fd=trash_fd)
-                if failure is not None:
-                    raise failure  # the journal keeps it: crash recovery puts it back
-                raise Kept(why)
+                raise refused
         # Checked: from here it is trash like any other, which any `empty` may finish.
         name = slot.removeprefix(IN_FLIGHT)
         os.rename(slot, name, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)

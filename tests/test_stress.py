@@ -145,12 +145,9 @@ def run_hunt(redis_client, tmp: Path, seed: int, seconds: float, *, chaos: bool 
                 elif op == "remove_files":
                     r = cache.remove(name, remove_files=True, missing_ok=True)
                     note(f"remove_files {name} -> {r.get('status')} {r.get('reason', '')}")
-                elif op == "evict":
-                    r = enforce_quota(cache)
-                    note(f"evict -> {[x.path for x in r.removed]}")
-                elif op == "sweep":
-                    r = sweep(cache)
-                    note(f"sweep -> {[x.path for x in r.removed]}")
+                elif op in ("evict", "sweep"):
+                    r = (enforce_quota if op == "evict" else sweep)(cache)
+                    note(f"{op} -> {[x.path for x in r.removed]}")
                 elif op == "cleanup":
                     r = cleanup(cache)
                     note(f"cleanup -> {r.get('status')}")
