@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask import request
 from flask_smorest import Blueprint
 from webargs.flaskparser import FlaskParser
+
+from api.extensions import this_request
 
 IMMUTABLE = (str, int, float, bool, type(None))
 
@@ -42,7 +43,7 @@ class QueryParser(FlaskParser):
             kwargs.get("location") == "query"
             and not kwargs.get("validate")
             and isinstance(argmap, ma.Schema)
-            and not request.query_string
+            and not this_request().query_string
         )
         if not plain:
             return super().parse(argmap, req, **kwargs)

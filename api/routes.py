@@ -7,12 +7,12 @@ from urllib.parse import unquote_to_bytes
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
-from flask import Response, jsonify, request, url_for
+from flask import Response, request, url_for
 from flask.views import MethodView as FlaskMethodView
 
 from api.arguments import CacheBlueprint
 from api.errors import STATUS_BY_NAME, body
-from api.extensions import cache, state
+from api.extensions import cache, state, this_app, this_request
 from api.schemas import (
     DirectoryListSchema,
     DirectorySchema,
@@ -42,6 +42,15 @@ class MethodView(FlaskMethodView):
 
     init_every_request = False
 
+    def dispatch_request(self, **kwargs: Any) -> Any:
+        """Flask's, reading the request and the app once (see api.extensions.this_app)."""
+        method = this_request().method
+        meth = getattr(self, method.lower(), None)
+        if meth is None and method == "HEAD":
+            meth = getattr(self, "get", None)
+        assert meth is not None, f"Unimplemented method {method!r}"
+        return this_app().ensure_sync(meth)(**kwargs)
+
 
 blp = CacheBlueprint("cache", __name__, url_prefix="/cache", description="Cache status and control")
 # Schemas are passed as instances: webargs would build a class anew on every request.
@@ -52,7 +61,8 @@ ARGS = {"location": "query", "error_status_code": 400}
 def utf8_path() -> Any:
     """Refuse a path whose percent-encoding is not UTF-8: werkzeug makes `%ff` into U+FFFD,
     another path than the one the client named, and one no directory on disk has."""
-    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
+    environ = this_request().environ
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
     if "%" not in raw:
         # Nothing percent-encoded (most requests), or a server that keeps no raw URI, where
         # werkzeug's own decoding stands.
@@ -74,7 +84,7 @@ def prepared(data: dict[str, Any]) -> Response:
     """JSON of a dict the domain already shaped as its schema says, without the schema's dump:
     on the hottest reads that dump cost a quarter of the request. tests/test_schemathesis.py
     checks every reply against the OpenAPI schema."""
-    return jsonify(data)
+    return this_app().json.response(data)
 
 
 def task_reply(result: AsyncResult, wait: float) -> Any:

@@ -47,22 +47,24 @@ SUMMED = (
 ).split()
 
 # Everything the stats show, in one call (a pipeline of eight reads costs the client more).
+# The four strings are read by one MGET: each redis.call costs Redis about 1.5 µs.
 # KEYS[1] cache:bytes  KEYS[2] cache:entries  KEYS[3] cache:stats  KEYS[4] cache:stats:baseline
 # KEYS[5] cache:last_cleanup  KEYS[6] cache:initialized  KEYS[7] cache:scheduler
 # KEYS[8] cache:pins  KEYS[9] cache:alive
 # KEYS[10] (optional) the node registry, read here too when it lives on the same server
 # ARGV[1] now: pins that end later are counted
 SNAPSHOT = Lua("""
+local s = redis.call('MGET', KEYS[1], KEYS[6], KEYS[7], KEYS[9])
 return {
-  redis.call('GET', KEYS[1]) or '0',
+  s[1] or '0',
   redis.call('HLEN', KEYS[2]),
   redis.call('HGETALL', KEYS[3]),
   redis.call('HGETALL', KEYS[4]),
   redis.call('HGETALL', KEYS[5]),
-  redis.call('EXISTS', KEYS[6]),
-  redis.call('GET', KEYS[7]) or '',
+  s[2] and 1 or 0,
+  s[3] or '',
   redis.call('ZCOUNT', KEYS[8], '(' .. ARGV[1], '+inf'),
-  redis.call('EXISTS', KEYS[9]),
+  s[4] and 1 or 0,
   KEYS[10] and redis.call('HGETALL', KEYS[10]) or {},
 }
 """)
