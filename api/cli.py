@@ -347,7 +347,17 @@ def events(limit: int, follow: bool, as_json: bool) -> None:
                 last_id = ident
 
 
-COMMANDS = [stats, ls, info, register, rm, cleanup, reconcile, pin, unpin, events]
+@click.command("forget-node")
+@click.argument("name")
+@json_option
+@with_appcontext
+@friendly
+def forget_node(name: str, as_json: Any) -> None:
+    """Forget a node taken out of service (its books stay in Redis); refused while it is up."""
+    emit(_state().cache.registry.forget(name), as_json, _kv)
+
+
+COMMANDS = [stats, ls, info, register, rm, cleanup, reconcile, pin, unpin, events, forget_node]
 
 
 def _create_app() -> Any:

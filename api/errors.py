@@ -23,6 +23,7 @@ STATUS = {
     errors.Overlap: 409,
     errors.RecordCollision: 409,
     errors.BeingDeleted: 409,
+    errors.NodeAlive: 409,
     errors.DeleteFailed: 500,
     errors.RootMissing: 503,
     ReconcileBusy: 409,

@@ -20,6 +20,7 @@ from api.schemas import (
     ErrorSchema,
     EventArgs,
     EventListSchema,
+    ForgottenSchema,
     ListArgs,
     NodeArgs,
     PinArgs,
@@ -266,6 +267,17 @@ class StopScheduler(MethodView):
         """Make periodic cleanups, and the evictions registrations trigger, skip; manual
         cleanups still run."""
         return node_cache(args).set_scheduler(False)
+
+
+@blp.route("/nodes/<name>")
+class Node(MethodView):
+    @blp.response(200, ForgottenSchema)
+    @blp.alt_response(404, schema=ErrorSchema)
+    @blp.alt_response(409, schema=ErrorSchema)
+    def delete(self, name: str) -> Any:
+        """Forget a node taken out of service: it leaves the stats, metrics and alerts; its
+        books stay in Redis. Refused (409) while a worker of it is up."""
+        return cache().registry.forget(name)
 
 
 @blp.route("/tasks/<task_id>")

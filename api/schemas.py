@@ -92,6 +92,11 @@ class TaskSchema(Schema):
     error = fields.String(allow_none=True)
 
 
+class ForgottenSchema(Schema):
+    node = fields.String(required=True)
+    forgotten = fields.Boolean(required=True)
+
+
 class SchedulerSchema(Schema):
     scheduler_running = fields.Boolean(required=True)
 

@@ -46,6 +46,13 @@ class BeingDeleted(CacheError):
     code = "being_deleted"
 
 
+class NodeAlive(CacheError):
+    """A node asked to be forgotten still has a live worker, which would publish it again at
+    its next heartbeat: a 409. Stop its workers first."""
+
+    code = "node_alive"
+
+
 class RecordCollision(CacheError):
     """Two paths with the same record id (records.record_id): the second is refused, a 409."""
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from dataclasses import replace
 from typing import Any
 
+from cachemgr.errors import NodeAlive, NotTracked
 from cachemgr.keys import Keys
-from cachemgr.reads import Batch, Reader, run
+from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.settings import Settings
+
+log = logging.getLogger("cachemgr")
 
 ALIVE_TTL_SECONDS = 30
 
@@ -32,6 +36,17 @@ if ARGV[1] == '' or redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], '+inf') == 0 t
 end
 return 0
 """
+
+
+# Forget a node's entry, unless it is the one its live workers keep published.
+# KEYS[1] {cluster}:nodes  KEYS[2] the node's cache:alive
+# ARGV[1] node  ARGV[2] '1' when the entry is the newest published with its key prefix
+# Returns 1 forgotten, 0 no such entry, -1 alive (its workers would publish it again)
+FORGET = Lua("""
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+return redis.call('HDEL', KEYS[1], ARGV[1])
+""")
 
 
 def queue_for(settings: Settings) -> str:
@@ -90,6 +105,34 @@ class NodeRegistry:
         still beating (a worker that died without a word lapses after `ttl`)."""
         self.client.eval(LEAVE, 2, keys.workers, keys.alive, worker, f"{time.time() - ttl:.3f}")
 
+    def forget(self, node: str) -> dict[str, Any]:
+        """Take a node out of the registry (one taken out of service): it leaves the stats, the
+        metrics and the alerts. Its books stay in Redis, and its workers, if they ever run
+        again, publish it again. Refused while the node is up; an older entry of the same
+        books (an unnamed node's previous host name) can go at any time."""
+        entries = self.entries()
+        entry = entries.get(node)
+        if entry is None:
+            raise NotTracked(f"unknown node {node!r}: it is not in {self.nodes_key}")
+        prefix = str(entry.get("key_prefix", ""))
+        current = newest(entries, prefix) is entry
+        keys = [self.nodes_key, Keys(prefix).alive]
+        done = call(self.client, FORGET, keys, [node, "1" if current else "0"])
+        if done == -1:
+            raise NodeAlive(
+                f"node {node!r} is up (a worker beat within {ALIVE_TTL_SECONDS} s) and would "
+                "publish itself again: stop its workers first"
+            )
+        if done == 0:  # forgotten meanwhile by someone else
+            raise NotTracked(f"unknown node {node!r}: it is not in {self.nodes_key}")
+        log.info(
+            "node %s forgotten (its books, prefix %r, stay in Redis)",
+            node,
+            prefix,
+            extra={"event": "node_forgotten", "node": node},
+        )
+        return {"node": node, "forgotten": True}
+
     def entries(self) -> dict[str, dict[str, Any]]:
         return run(self.client, self.queue_entries)
 
@@ -146,9 +189,14 @@ def own_entry(entries: dict[str, dict[str, Any]], settings: Settings) -> dict[st
     workers publish under their own host name, which is not this process's)."""
     entry = entries.get(settings.node)
     if entry is None:
-        same = [e for e in entries.values() if e.get("key_prefix") == settings.key_prefix]
-        entry = max(same, key=lambda e: float(e.get("published_at", 0)), default=None)
+        entry = newest(entries, settings.key_prefix)
     return entry or {}
+
+
+def newest(entries: dict[str, dict[str, Any]], prefix: str) -> dict[str, Any] | None:
+    """The entry published last for the books under `prefix`."""
+    same = [e for e in entries.values() if e.get("key_prefix") == prefix]
+    return max(same, key=lambda e: float(e.get("published_at", 0)), default=None)
 
 
 @functools.lru_cache(maxsize=256)
