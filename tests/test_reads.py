@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.retry import Retry
 
 from cachemgr import connect, reads
 from cachemgr.reads import Lua, call, single
@@ -53,11 +56,44 @@ def test_a_script_reply_is_the_same_as_redis_pys(
     assert single(client, ("GET", f"{prefix}k")) == "1"
 
 
-def test_a_lost_connection_is_dropped_and_the_command_sent_again(
-    client: Any, prefix: str
-) -> None:
+COUNT = Lua("return redis.call('INCR', KEYS[1])")
+
+
+def _sends_after_a_lost_reply(client: Any, key: str, through: str) -> tuple[Any, int]:
+    """Run a counting script whose first reply is lost; (what the call gave, times it ran)."""
+    client.script_load(COUNT.script)
+    _spoil_next_read(client, RedisConnectionError("Connection reset by peer"))
+    try:
+        if through == "single":
+            got: Any = single(client, ("EVALSHA", COUNT.sha, 1, key))
+        else:
+            got = client.execute_command("EVALSHA", COUNT.sha, 1, key)
+    except RedisConnectionError as exc:
+        got = exc
+    return got, int(client.get(key) or 0)
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_lost_reply_is_sent_again_as_often_as_redis_py_would(prefix: str, retries: int) -> None:
+    """A write script must not run more often than through execute_command (Sentinel's
+    clients retry nothing: a resend would run it twice)."""
+    outcomes = {}
+    for through in ("single", "execute_command"):
+        client = redis.Redis.from_url(
+            REDIS_URL, decode_responses=True, retry=Retry(NoBackoff(), retries)
+        )
+        outcomes[through] = _sends_after_a_lost_reply(client, f"{prefix}{through}", through)
+        client.close()
+    (mine, ran_mine), (theirs, ran_theirs) = outcomes["single"], outcomes["execute_command"]
+    assert ran_mine == ran_theirs == retries + 1
+    assert type(mine) is type(theirs)  # both raise, or both give the second run's reply
+    if retries:
+        assert mine == theirs == 2
+
+
+def test_a_lost_connection_is_dropped_and_not_handed_out_again(client: Any, prefix: str) -> None:
     spoiled = _spoil_next_read(client, RedisConnectionError("Connection reset by peer"))
-    assert call(client, ECHO, [f"{prefix}k"], ["y"]) == [f"{prefix}k", "y", 0]
+    assert call(client, ECHO, [f"{prefix}k"], ["y"]) == [f"{prefix}k", "y", 0]  # retried
     assert len(spoiled) == 1 and spoiled[0].fileno() == -1  # closed, not read again
     assert client.ping()
 
