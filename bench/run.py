@@ -53,6 +53,40 @@ def machine(redis_version: str) -> dict[str, Any]:
     }
 
 
+def python_loop_ms() -> float:
+    """How fast this host runs plain Python now: the best of three sums of 3·10^6 integers."""
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(range(3_000_000))
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
+def host_speed(report: dict[str, Any]) -> str | None:
+    """The run's own yardsticks, to compare runs by before comparing absolute figures: the
+    machines are shared, and one ran 3.5 times slower on sockets than another the same day."""
+    details, parts = report["details"], []
+    rates = details.get("access_rates") or {}
+    if rates:
+        parts.append(
+            f"one client's ZADD round trips {rates['zadd']:,.0f}/s, "
+            f"pipelined {rates['zadd_batched']:,.0f}/s"
+        )
+    noop = [r["per_s"] for r in (details.get("celery") or {}).get("noop", [])]
+    if noop:
+        parts.append(f"Celery no-op tasks {sum(noop) / len(noop):,.0f}/s")
+    bare = [r["rps"] for r in (details.get("wrk") or {}).get("bare", [])]
+    if bare:
+        parts.append(f"bare Flask {sorted(bare)[len(bare) // 2]:,.0f} req/s")
+    loop = report["machine"].get("python_loop_ms")
+    if loop is not None:
+        parts.append(f"Python summing 3·10^6 integers {loop} ms")
+    if not parts:
+        return None
+    return "Host speed in this run (compare runs by these first): " + "; ".join(parts)
+
+
 def _phase(name: str, errors: dict[str, str], fn: Callable[[], Any]) -> Any:
     started = time.monotonic()
     print(f"bench: {name} ...", file=sys.stderr, flush=True)
@@ -75,6 +109,7 @@ def measure(sizes: Sizes, workdir: Path, profile: Path | None = None) -> dict[st
     try:
         server = RedisServer(procs, workdir)
         info = machine(server.version())
+        info["python_loop_ms"] = python_loop_ms()
         admin = server.client(0)
         admin.config_resetstat()
         admin.slowlog_reset()
@@ -135,6 +170,9 @@ def render(report: dict[str, Any], *, markdown: bool = False) -> str:
     if mem:
         lines.append("Redis bytes per entry by key family (MEMORY USAGE on samples): "
                      + "; ".join(f"{k} {v:.0f}" for k, v in mem.items()) + ".")
+    speed = host_speed(report)
+    if speed:
+        lines.append(speed + ".")
     m = report["machine"]
     lines.append(
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, redis-server "

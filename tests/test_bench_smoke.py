@@ -107,4 +107,8 @@ def test_books_and_scan_figures_on_tiny_sizes(tmp_path: Path) -> None:
         "machine": {"cores": 2, "cpu": "", "memory_gib": 1, "redis": "7", "python": "3"},
         "seconds": 1.0,
     }
-    assert "access_flatness" in render(report)
+    text = render(report)
+    assert "access_flatness" in text
+    # The run's own yardsticks, measured in this run: how fast the host was.
+    zadd = found.details["access_rates"]["zadd"]
+    assert f"one client's ZADD round trips {zadd:,.0f}/s" in text
