@@ -735,3 +735,20 @@ def test_one_deletion_longer_than_the_cleanup_lock_keeps_others_out(
     assert other[0] == {"status": "skipped", "reason": "another cleanup is running"}
     assert "cleanup lock lost: stopped early" not in result["evict"]["errors"]
     assert result["evict"]["count"] >= 1
+
+
+def test_cluster_totals_add_every_nodes_figures_and_keep_the_worst_status() -> None:
+    from cachemgr.stats import COUNTERS, SUMMED, aggregate, since_reset
+
+    def node(k: int, status: str) -> dict:
+        return {**{name: k * (i + 1) for i, name in enumerate(SUMMED)}, "quota_status": status}
+
+    total = aggregate([node(1, "ok"), node(2, "over_quota"), node(3, "evicting")])
+    assert {k: total[k] for k in SUMMED} == {name: 6 * (i + 1) for i, name in enumerate(SUMMED)}
+    assert total["quota_status"] == "over_quota"
+    assert total["usage_percent"] == round(100.0 * total["total_bytes"] / total["max_bytes"], 2)
+    counts, recent = since_reset({"hits": "5", "misses": "2", "unknown": "9"}, {})
+    assert counts == {**dict.fromkeys(COUNTERS, 0), "hits": 5, "misses": 2}
+    assert recent == {**counts, "reset_at": None}
+    counts, recent = since_reset({"hits": "5"}, {"hits": "3", "reset_at": "10.5"})
+    assert recent["hits"] == 2 and recent["misses"] == 0 and recent["reset_at"] == 10.5
