@@ -178,9 +178,11 @@ ENFORCED = {
 def enforced(base: Settings, entry: dict[str, Any]) -> Settings:
     """`base` with the quota, TTL, interval and policy a node's workers published: what they
     enforce, whatever another process's environment says."""
+    if all(key not in entry or entry[key] == getattr(base, f) for key, (f, _) in ENFORCED.items()):
+        return base  # the usual case, on every stats read: the values as JSON gave them
     changes = {field: kind(entry[key]) for key, (field, kind) in ENFORCED.items() if key in entry}
     if all(getattr(base, field) == value for field, value in changes.items()):
-        return base  # the usual case, on every stats read: a copy costs more than the check
+        return base  # equal once converted (an older worker's "0.9" for 0.9)
     return replace(base, **changes)
 
 

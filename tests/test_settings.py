@@ -324,3 +324,16 @@ def test_up_refuses_a_bad_embedded_redis_port_in_one_line(tmp_path):
     assert done.returncode == 5 and "Traceback" not in err, err
     assert err.splitlines() == [err] and "CACHEMGR_REDIS_PORT='abc'" in err
     assert not (tmp_path / "state").exists()  # refused before anything was started or made
+
+
+def test_the_workers_published_settings_replace_this_processs_only_where_they_differ():
+    from cachemgr.nodes import enforced
+
+    base = Settings(disk_cache_root="/tmp")
+    published = {"max_bytes": base.disk_cache_max_bytes, "threshold": 0.9, "policy": "lru",
+                 "enabled": True, "node": "elsewhere", "root": "/other"}  # fmt: skip
+    assert enforced(base, published) is base  # the usual case: nothing copied
+    assert enforced(base, {**published, "threshold": "0.9"}) is base  # equal once converted
+    theirs = enforced(base, {**published, "max_bytes": 5 * 2**30, "ttl_seconds": 60})
+    assert theirs.disk_cache_max_bytes == 5 * 2**30 and theirs.disk_cache_ttl_seconds == 60
+    assert theirs.disk_cache_root == base.disk_cache_root  # only what the workers enforce
