@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.books import Findings, run_books
-from bench.core import FIGURE_KEYS, FIGURES, FULL_WALKS, Sizes, commandstats, table
+from bench.core import FIGURE_KEYS, FIGURES, FULL_WALKS, Sizes, commandstats, median, table
 from bench.infra import Processes, RedisServer, ensure_tools, memory_scratch
 from bench.services import api_figures, celery_figures, scan_figure
 
@@ -77,8 +77,8 @@ def host_speed(report: dict[str, Any]) -> str | None:
     if noop:
         parts.append(f"Celery no-op tasks {sum(noop) / len(noop):,.0f}/s")
     bare = [r["rps"] for r in (details.get("wrk") or {}).get("bare", [])]
-    if bare:
-        parts.append(f"bare Flask {sorted(bare)[len(bare) // 2]:,.0f} req/s")
+    if bare:  # the median, as api_vs_bare_flask's baseline (an even count: not the larger)
+        parts.append(f"bare Flask {median(bare):,.0f} req/s")
     loop = report["machine"].get("python_loop_ms")
     if loop is not None:
         parts.append(f"Python summing 3·10^6 integers {loop} ms")

@@ -110,10 +110,11 @@ class NodeRegistry:
         metrics and the alerts. Its books stay in Redis, and its workers, if they ever run
         again, publish it again. Refused while the node is up; an older entry of the same
         books (an unnamed node's previous host name) can go at any time."""
+        unknown = NotTracked(f"unknown node {node!r}: it is not in {self.nodes_key}")
         entries = self.entries()
         entry = entries.get(node)
         if entry is None:
-            raise NotTracked(f"unknown node {node!r}: it is not in {self.nodes_key}")
+            raise unknown
         prefix = str(entry.get("key_prefix", ""))
         current = newest(entries, prefix) is entry
         keys = [self.nodes_key, Keys(prefix).alive]
@@ -124,7 +125,7 @@ class NodeRegistry:
                 "publish itself again: stop its workers first"
             )
         if done == 0:  # forgotten meanwhile by someone else
-            raise NotTracked(f"unknown node {node!r}: it is not in {self.nodes_key}")
+            raise unknown
         log.info(
             "node %s forgotten (its books, prefix %r, stay in Redis)",
             node,
