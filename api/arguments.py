@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import marshmallow as ma
@@ -60,3 +63,25 @@ class QueryParser(FlaskParser):
 
 class CacheBlueprint(Blueprint):
     ARGUMENTS_PARSER = QueryParser()
+
+
+def lean(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A view that returns its own Response and takes one argument schema, run under one
+    wrapper instead of the five that webargs and flask-smorest stack (each reads werkzeug
+    proxies; together about a tenth of a `GET /cache/stats`). The arguments are parsed by the
+    same parser, from the location and with the error status its OpenAPI doc names, and the doc
+    (`_apidoc`, read when the blueprint is registered) stays as flask-smorest built it."""
+    doc = view._apidoc  # type: ignore[attr-defined]
+    (param,) = doc["arguments"]["parameters"]
+    (status,) = doc["arguments"]["responses"]  # the status webargs gives a bad argument
+    schema, location = param["schema"], param["in"]
+    parse = CacheBlueprint.ARGUMENTS_PARSER.parse
+    func = inspect.unwrap(view)
+
+    @functools.wraps(func)
+    def wrapper(self: Any, **kwargs: Any) -> Any:
+        args = parse(schema, this_request(), location=location, error_status_code=status)
+        return func(self, args, **kwargs)
+
+    wrapper._apidoc = doc  # type: ignore[attr-defined]
+    return wrapper

@@ -510,3 +510,26 @@ def test_replies_encode_str_keys_fast_and_other_keys_as_flask_does(tmp_path) -> 
     }
     with pytest.raises(TypeError):
         provider._encode({"x": object()})
+
+
+def test_lean_views_run_under_one_wrapper_with_their_doc_and_arguments(client, cache, root):
+    # The two hottest reads skip webargs' and flask-smorest's stack of wrappers: their OpenAPI
+    # doc, their query arguments and their bad-argument 400 must be what the stack gave.
+    from api.routes import Directory, Stats
+
+    for view in (Stats.get, Directory.get):
+        assert not hasattr(view.__wrapped__, "__wrapped__")  # one wrapper, then the view
+    spec = client.get("/openapi.json").get_json()["paths"]
+    for path in ("/cache/stats", "/cache/directories/{path}"):
+        op = spec[path]["get"]
+        assert "node" in [p["name"] for p in op["parameters"] if p["in"] == "query"], op
+        assert {"200", "400"} <= set(op["responses"]), op["responses"]
+    assert "Stats" in json.dumps(spec["/cache/stats"]["get"]["responses"]["200"])
+    make_tree(root, "a")
+    cache.register("a")
+    own = cache.settings.node
+    assert client.get(f"/cache/stats?node={own}").get_json()["node"] == own
+    assert client.get(f"/cache/directories/a?node={own}").get_json()["path"] == "a"
+    for url in ("/cache/directories/a?nod=x", "/cache/stats?node=a&node=b"):
+        r = client.get(url)
+        assert r.status_code == 400 and r.get_json()["code"] == "bad_parameter", url
