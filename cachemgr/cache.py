@@ -9,9 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, paths, scanner, stats, trash
+from cachemgr import checks, deletion, paths, scanner, stats
 from cachemgr.errors import (
-    DeleteFailed,
     NotOnDisk,
     NotTracked,
     Overlap,
@@ -208,7 +207,7 @@ class DiskCache:
         hit = bool(self.store.access(rel, now=self.clock(), miss_bytes=miss_bytes))
         return {"path": rel, "hit": hit}
 
-    # -- removal --------------------------------------------------------------------------
+    # -- removal (cachemgr/deletion.py) ---------------------------------------------------
     @switched
     def remove(
         self, path: str, *, remove_files: bool = False, missing_ok: bool = False
@@ -217,139 +216,11 @@ class DiskCache:
 
         `missing_ok` makes a second removal of the same path (a redelivered task) a no-op.
         """
-        # A truthy "0" would delete the files of a pinned directory: pins bind only removals
-        # that delete.
-        checks.flag("remove_files", remove_files)
-        checks.flag("missing_ok", missing_ok)
-        rel = paths.normalize(path)
-        location = paths.resolve(self.root, rel) if remove_files else None
-        lock = self.lock(rel)
-        if not lock.acquire():
-            self.store.count("skipped_locked")
-            return {"status": "skipped", "reason": "locked", "path": rel}
-        try:
-            on_disk = paths.kind(location) if location is not None else None
-            if on_disk == "unknown":
-                raise DeleteFailed(f"cannot inspect {rel!r} now (permissions, I/O): kept")
-            deleting = on_disk == "dir"
-            outcome = self.store.claim(
-                rel,
-                "removed",
-                now=self.clock(),
-                honour_pins=remove_files,
-                deleting_files=deleting,
-                lock_token=lock.token,
-            )
-            if outcome[0] == "gone":
-                if missing_ok:
-                    return {"status": "not_tracked", "path": rel}
-                raise NotTracked(f"directory is not tracked: {rel!r}")
-            if outcome[0] != "ok":
-                return {"status": "skipped", "reason": outcome[0], "path": rel}
-            if deleting:
-                try:
-                    self._delete_files(rel)
-                except trash.Kept as kept:
-                    return {"status": "skipped", "reason": kept.why, "path": rel}
-        finally:
-            lock.release()
-        size = int(outcome[1])
-        log.info(
-            "removed %s from the cache (%d bytes, files deleted: %s)",
-            rel,
-            size,
-            deleting,
-            extra={"event": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting},
-        )
-        return {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
-
-    def _delete_files(self, rel: str) -> None:
-        """Delete a claimed directory's files. If it cannot be moved out of its place, put it
-        back on the books; once moved into the trash it is gone from the cache, and what could
-        not be deleted waits there for the next cleanup's `trash.empty`. Raises trash.Kept
-        when, moved aside, it turned out no longer ours to delete (pinned since the claim:
-        put back on the books; put back by another: left to them)."""
-
-        def still_ours() -> str | None:
-            why = self.store.still_ours(rel, self.clock())
-            return None if why == "ok" else why
-
-        try:
-            if self.before_delete is not None:
-                self.before_delete(rel)
-            left = trash.discard(self.root, rel, still_ours)
-        except trash.Kept as kept:
-            if kept.why == "pinned":
-                self.store.restore(rel, now=self.clock())
-                self.store.count("skipped_pinned")
-            log.info("%s: not deleted, %s since it was chosen", rel, kept.why)
-            raise
-        except OSError as exc:
-            if paths.kind_at(self.root, rel) == "missing":
-                # Removed meanwhile (by hand, by the pipeline): nothing to put back, and a
-                # directory registered above it since would overlap the restored entry.
-                self.store.finish_deletion(rel, now=self.clock(), deleted=False)
-                log.warning("%s was gone before its deletion: counted as vanished", rel)
-                return
-            self.store.restore(rel, now=self.clock())
-            log.error("could not delete %s, kept on the books: %s", rel, exc)
-            raise DeleteFailed(f"could not delete {rel!r}: {exc.strerror or exc}") from None
-        if left:
-            log.warning(
-                "%s: moved to the trash, but %d item(s) could not be deleted yet (%s)",
-                rel,
-                len(left),
-                left[0],
-                extra={"event": "trash_left", "path": rel},
-            )
-        self.store.finish_deletion(rel, now=self.clock())
+        return deletion.remove(self, path, remove_files=remove_files, missing_ok=missing_ok)
 
     def take(self, entry: Entry, reason: str, *, min_age_seconds: int = 0) -> str:
-        """Delete a chosen directory if it is still what was chosen; returns `ok` or why not.
-
-        Under the directory's lock, the claim re-checks atomically that the entry has the same
-        registration and last access, is not pinned and the lock is still ours; only then do
-        its files go. Raises DeleteFailed (the entry stays on the books) when they cannot.
-        """
-        lock = self.lock(entry.path)
-        if not lock.acquire():
-            self.store.count("skipped_locked")
-            return "locked"
-        try:
-            on_disk = paths.kind_at(self.root, entry.path)
-            if on_disk in ("unsafe", "unknown"):
-                # A parent became a symlink since registration, or EACCES/EIO: not to be taken
-                # for gone. Kept on the books (reconcile decides), the pass goes on.
-                why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
-                log.warning("%s: %s kept on the books: %s", reason, entry.path, why)
-                return on_disk
-            outcome = self.store.claim(
-                entry.path,
-                reason,
-                now=self.clock(),
-                expect_registered=entry.registered,
-                expect_last_access=entry.last_access,
-                deleting_files=on_disk == "dir",
-                min_age_seconds=min_age_seconds,
-                lock_token=lock.token,
-            )
-            if outcome[0] != "ok":
-                return str(outcome[0])
-            if on_disk == "dir":
-                try:
-                    self._delete_files(entry.path)
-                except trash.Kept as kept:
-                    return "pinned" if kept.why == "pinned" else "changed"
-            else:
-                log.warning(
-                    "%s: %s was no longer a directory (%s); untracked only",
-                    reason,
-                    entry.path,
-                    on_disk,
-                )
-            return "ok"
-        finally:
-            lock.release()
+        """Delete a directory a cleanup chose if it is still what was chosen; `ok` or why not."""
+        return deletion.take(self, entry, reason, min_age_seconds=min_age_seconds)
 
     # -- pins -----------------------------------------------------------------------------
     @switched

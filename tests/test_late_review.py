@@ -28,7 +28,7 @@ def test_rmtree_of_a_name_already_gone_is_not_an_error(root):
 def test_removal_racing_a_trash_empty_is_counted_as_removed(cache, root, monkeypatch):
     """remove() holds no cleanup lock: a cleanup's trash.empty may take the renamed slot before
     discard's own _rmtree opens it. shutil.rmtree ignored that; the new _rmtree raises
-    FileNotFoundError, _delete_files takes it for 'gone before its deletion' -> vanished."""
+    FileNotFoundError, deletion.delete_files takes it for 'gone before its deletion' -> vanished."""
     make_tree(root, "album", files=2)
     size = cache.register("album")["size_bytes"]
     real = trash._rmtree

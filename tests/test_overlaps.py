@@ -21,7 +21,7 @@ def test_restore_of_a_vanished_child_overlaps_its_registered_parent(settings, re
     """I4 (and double counting): worker 1 deletes a/b; between its claim and the move into the
     trash a/b disappears (the pipeline or an operator removes it), and worker 2 registers `a`
     (its scan sees no b, and REGISTER only looks in the journal for what the scan saw). The
-    move fails with ENOENT, and _delete_files puts a/b back on the books (RESTORE checks no
+    move fails with ENOENT, and deletion.delete_files puts a/b back on the books (RESTORE checks no
     overlap): a and a/b are both tracked. Once a/b is downloaded again, reconcile keeps both
     and counts b's bytes twice."""
     w1 = DiskCache(settings, redis_client)

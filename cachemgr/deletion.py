@@ -1,0 +1,157 @@
+"""Taking a directory off the books and its files off the disk: a removal asked for by name,
+and a directory a cleanup chose (expired or evicted), re-checked before its files go."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from cachemgr import checks, paths, trash
+from cachemgr.errors import DeleteFailed, NotTracked
+
+if TYPE_CHECKING:
+    from cachemgr.cache import DiskCache
+    from cachemgr.records import Entry
+
+log = logging.getLogger("cachemgr")
+
+
+def remove(
+    cache: DiskCache, path: str, *, remove_files: bool = False, missing_ok: bool = False
+) -> dict[str, Any]:
+    """DiskCache.remove: untrack a directory, delete its files when asked."""
+    # A truthy "0" would delete the files of a pinned directory: pins bind only removals
+    # that delete.
+    checks.flag("remove_files", remove_files)
+    checks.flag("missing_ok", missing_ok)
+    rel = paths.normalize(path)
+    location = paths.resolve(cache.root, rel) if remove_files else None
+    lock = cache.lock(rel)
+    if not lock.acquire():
+        cache.store.count("skipped_locked")
+        return {"status": "skipped", "reason": "locked", "path": rel}
+    try:
+        on_disk = paths.kind(location) if location is not None else None
+        if on_disk == "unknown":
+            raise DeleteFailed(f"cannot inspect {rel!r} now (permissions, I/O): kept")
+        deleting = on_disk == "dir"
+        outcome = cache.store.claim(
+            rel,
+            "removed",
+            now=cache.clock(),
+            honour_pins=remove_files,
+            deleting_files=deleting,
+            lock_token=lock.token,
+        )
+        if outcome[0] == "gone":
+            if missing_ok:
+                return {"status": "not_tracked", "path": rel}
+            raise NotTracked(f"directory is not tracked: {rel!r}")
+        if outcome[0] != "ok":
+            return {"status": "skipped", "reason": outcome[0], "path": rel}
+        if deleting:
+            try:
+                delete_files(cache, rel)
+            except trash.Kept as kept:
+                return {"status": "skipped", "reason": kept.why, "path": rel}
+    finally:
+        lock.release()
+    size = int(outcome[1])
+    log.info(
+        "removed %s from the cache (%d bytes, files deleted: %s)",
+        rel,
+        size,
+        deleting,
+        extra={"event": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting},
+    )
+    return {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
+
+
+def delete_files(cache: DiskCache, rel: str) -> None:
+    """Delete a claimed directory's files. If it cannot be moved out of its place, put it
+    back on the books; once moved into the trash it is gone from the cache, and what could
+    not be deleted waits there for the next cleanup's `trash.empty`. Raises trash.Kept
+    when, moved aside, it turned out no longer ours to delete (pinned since the claim:
+    put back on the books; put back by another: left to them)."""
+
+    def still_ours() -> str | None:
+        why = cache.store.still_ours(rel, cache.clock())
+        return None if why == "ok" else why
+
+    try:
+        if cache.before_delete is not None:
+            cache.before_delete(rel)
+        left = trash.discard(cache.root, rel, still_ours)
+    except trash.Kept as kept:
+        if kept.why == "pinned":
+            cache.store.restore(rel, now=cache.clock())
+            cache.store.count("skipped_pinned")
+        log.info("%s: not deleted, %s since it was chosen", rel, kept.why)
+        raise
+    except OSError as exc:
+        if paths.kind_at(cache.root, rel) == "missing":
+            # Removed meanwhile (by hand, by the pipeline): nothing to put back, and a
+            # directory registered above it since would overlap the restored entry.
+            cache.store.finish_deletion(rel, now=cache.clock(), deleted=False)
+            log.warning("%s was gone before its deletion: counted as vanished", rel)
+            return
+        cache.store.restore(rel, now=cache.clock())
+        log.error("could not delete %s, kept on the books: %s", rel, exc)
+        raise DeleteFailed(f"could not delete {rel!r}: {exc.strerror or exc}") from None
+    if left:
+        log.warning(
+            "%s: moved to the trash, but %d item(s) could not be deleted yet (%s)",
+            rel,
+            len(left),
+            left[0],
+            extra={"event": "trash_left", "path": rel},
+        )
+    cache.store.finish_deletion(rel, now=cache.clock())
+
+
+def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 0) -> str:
+    """Delete a directory a cleanup chose if it is still what was chosen; `ok` or why not.
+
+    Under the directory's lock, the claim re-checks atomically that the entry has the same
+    registration and last access, is not pinned and the lock is still ours; only then do
+    its files go. Raises DeleteFailed (the entry stays on the books) when they cannot.
+    """
+    lock = cache.lock(entry.path)
+    if not lock.acquire():
+        cache.store.count("skipped_locked")
+        return "locked"
+    try:
+        on_disk = paths.kind_at(cache.root, entry.path)
+        if on_disk in ("unsafe", "unknown"):
+            # A parent became a symlink since registration, or EACCES/EIO: not to be taken
+            # for gone. Kept on the books (reconcile decides), the pass goes on.
+            why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
+            log.warning("%s: %s kept on the books: %s", reason, entry.path, why)
+            return on_disk
+        outcome = cache.store.claim(
+            entry.path,
+            reason,
+            now=cache.clock(),
+            expect_registered=entry.registered,
+            expect_last_access=entry.last_access,
+            deleting_files=on_disk == "dir",
+            min_age_seconds=min_age_seconds,
+            lock_token=lock.token,
+        )
+        if outcome[0] != "ok":
+            return str(outcome[0])
+        if on_disk == "dir":
+            try:
+                delete_files(cache, entry.path)
+            except trash.Kept as kept:
+                return "pinned" if kept.why == "pinned" else "changed"
+        else:
+            log.warning(
+                "%s: %s was no longer a directory (%s); untracked only",
+                reason,
+                entry.path,
+                on_disk,
+            )
+        return "ok"
+    finally:
+        lock.release()
