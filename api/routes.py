@@ -10,7 +10,7 @@ from celery.result import AsyncResult
 from flask import Response, request, url_for
 from flask.views import MethodView as FlaskMethodView
 
-from api.arguments import CacheBlueprint, lean
+from api.arguments import CacheBlueprint
 from api.errors import STATUS_BY_NAME, body
 from api.extensions import cache, state, this_app, this_request
 from api.schemas import (
@@ -136,7 +136,7 @@ def checked(path: str, target: DiskCache) -> str:
 
 @blp.route("/stats")
 class Stats(MethodView):
-    @lean
+    @blp.lean
     @blp.arguments(NodeArgs(), **ARGS)
     @blp.response(200, StatsSchema)
     @blp.alt_response(503, schema=ErrorSchema)
@@ -173,7 +173,7 @@ class Directories(MethodView):
 
 @blp.route("/directories/<path:path>")
 class Directory(MethodView):
-    @lean
+    @blp.lean
     @blp.arguments(NodeArgs(), **ARGS)
     @blp.response(200, DirectorySchema)
     @blp.alt_response(404, schema=ErrorSchema)

@@ -533,3 +533,36 @@ def test_lean_views_run_under_one_wrapper_with_their_doc_and_arguments(client, c
     for url in ("/cache/directories/a?nod=x", "/cache/stats?node=a&node=b"):
         r = client.get(url)
         assert r.status_code == 400 and r.get_json()["code"] == "bad_parameter", url
+
+
+def test_lean_refuses_what_it_would_skip():
+    # Everything under lean() is skipped at run time: an ETag, another status, a schema dump
+    # or an async view would vanish silently while the doc still promised them.
+    import marshmallow as ma
+    from flask import Flask
+
+    from api.arguments import CacheBlueprint
+    from api.routes import ARGS
+    from api.schemas import NodeArgs
+
+    class Out(ma.Schema):
+        n = ma.fields.Int()
+
+    bp = CacheBlueprint("scratch", __name__)
+
+    def view(self, args):
+        return {"n": 1}
+
+    async def coroutine(self, args):
+        return {"n": 1}
+
+    with pytest.raises(TypeError, match="etag"):
+        bp.lean(bp.etag(bp.arguments(NodeArgs(), **ARGS)(bp.response(200, Out)(view))))
+    with pytest.raises(TypeError, match="status other than 200"):
+        bp.lean(bp.arguments(NodeArgs(), **ARGS)(bp.response(201, Out)(view)))
+    with pytest.raises(TypeError, match="async"):
+        bp.lean(bp.arguments(NodeArgs(), **ARGS)(bp.response(200, Out)(coroutine)))
+    wrapped = bp.lean(bp.arguments(NodeArgs(), **ARGS)(bp.response(200, Out)(view)))
+    with Flask(__name__).test_request_context("/"):
+        with pytest.raises(TypeError, match="must return a Response"):
+            wrapped(None)
