@@ -75,7 +75,7 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(10_000, 100_000, 1000, 3, 1500, 0.5, 200, 100, 2000, 2, 2)
+        return cls(10_000, 100_000, 1000, 2, 1000, 0.5, 200, 100, 1000, 1, 2)
 
     @classmethod
     def tiny(cls) -> Sizes:
