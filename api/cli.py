@@ -7,6 +7,7 @@ line and an exit code (api/cli_errors.py), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 
 import click
 from flask import current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import FlaskGroup, ScriptInfo, with_appcontext
 
 from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail, friendly
 from api.cli_sim import simulate_command, trace_group
@@ -25,10 +26,11 @@ from api.humanize import human_bytes
 from cachemgr import CacheError, SettingsError
 from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
+from cachemgr.cleanup import quota_pass_due
 from cachemgr.logs import configure_logging
 from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry
-from cachemgr.settings import log_level, parse_duration, parse_size, quoted
+from cachemgr.settings import Settings, log_level, parse_duration, parse_size, quoted
 
 # The API's own limit for GET /cache/events; a COUNT past 2^63 was a Redis error's traceback.
 MAX_EVENTS = 10000
@@ -207,7 +209,12 @@ def _kv(data: dict[str, Any]) -> None:
 def register(path: str, now: bool, as_json: Any) -> None:
     """Register a directory under the cache root."""
     cache = _state().cache
-    result = cache.register(path) if now else _wait_task("register_directory", path)
+    if now:
+        result = cache.register(path)
+        if quota_pass_due(result):  # as the task does: the workers evict
+            _state().tasks.send("enforce_quota", automatic=True)
+    else:
+        result = _wait_task("register_directory", path)
     _skipped(result, as_json)
     emit(result, as_json, _kv)
 
@@ -360,11 +367,22 @@ def forget_node(name: str, as_json: Any) -> None:
 COMMANDS = [stats, ls, info, register, rm, cleanup, reconcile, pin, unpin, events, forget_node]
 
 
+# Commands that only read the books: a root gone since the workers started (an unmounted disk)
+# is for them to show (the stats warn), not a setting that stops them.
+READS = {"stats", "ls", "info", "events"}
+# Flask's own options, which mean nothing here (and -A reads like celery's -A workers.app).
+FLASK_ONLY = {"env_file", "app", "debug"}
+
+
 def _create_app() -> Any:
     from api import create_app
 
+    ctx = click.get_current_context(silent=True)
+    config = None
     try:
-        app = create_app()
+        if ctx is not None and ctx.info_name in READS:
+            config = {"CACHEMGR_SETTINGS": Settings.from_env(require_root=False)}
+        app = create_app(config)
         # A command's output is its answer: INFO lines only when asked for.
         configure_logging(level=log_level(default="WARNING"))
     except (SettingsError, ValueError) as exc:
@@ -372,7 +390,31 @@ def _create_app() -> Any:
     return app
 
 
-main = FlaskGroup(
+class CacheGroup(FlaskGroup):
+    """Flask's command group, without its own options, and without loading the app to list or
+    find a command: a bad setting printed a traceback above `--help`, and `cachemgr nosuch`
+    answered with the bad setting instead of "No such command"."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.params = [p for p in self.params if p.name not in FLASK_ONLY]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(self.commands)
+        with contextlib.suppress(Fail):  # the app's own (flask-smorest's `openapi`) if it loads
+            names.update(ctx.ensure_object(ScriptInfo).load_app().cli.list_commands(ctx))
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:
+            return self.commands[name]
+        try:
+            return super().get_command(ctx, name)
+        except Fail:  # the app cannot load: only our own commands are known
+            return None
+
+
+main = CacheGroup(
     name="cachemgr",
     help="cachemgr: keep a download directory from filling the disk.",
     create_app=_create_app,

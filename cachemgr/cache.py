@@ -16,6 +16,7 @@ from cachemgr.errors import (
     Overlap,
     RecordCollision,
     RootMissing,
+    root_missing,
 )
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
@@ -79,10 +80,7 @@ class DiskCache:
         books track directories: a pass over a missing root (an unmounted disk), or over the
         empty mount point left behind, would find every directory gone and untrack them all."""
         if not self.root.is_dir():
-            raise RootMissing(
-                f"the cache root {str(self.root)!r} is not a directory (is the disk mounted?): "
-                "no cleanup or reconcile runs until it is back"
-            )
+            raise RootMissing(root_missing(self.root))
         tracked = 0 if allow_empty else self.store.count_entries()
         if not tracked:
             return

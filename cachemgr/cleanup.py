@@ -172,6 +172,12 @@ def _sweep_or_nothing(cache: DiskCache, wanted: bool, **kwargs: Any) -> PassResu
     return PassResult("sweep", usage_before=total, usage_after=total, dry_run=dry_run)
 
 
+def quota_pass_due(registered: dict[str, Any]) -> bool:
+    """A registration past the threshold, or on a disk short of its free-space floor, wants a
+    quota pass (the workers run it: a task, or the CLI's `register --now`, sends it)."""
+    return bool(registered.get("over_threshold") or registered.get("low_disk"))
+
+
 def bytes_to_free(cache: DiskCache, total: int, resume: bool = False) -> int:
     """Above the threshold: down to the target. Below the free-space floor: up to the floor.
 

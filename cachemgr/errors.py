@@ -70,3 +70,11 @@ class RootMissing(CacheError):
     over an empty root would untrack every directory as vanished."""
 
     code = "root_missing"
+
+
+def root_missing(root: object) -> str:
+    """What a missing cache root means, said the same by a refused pass and by the stats."""
+    return (
+        f"the cache root {str(root)!r} is not a directory (is the disk mounted?): "
+        "no cleanup or reconcile runs until it is back"
+    )

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from cachemgr.connection import same_server
-from cachemgr.errors import CacheError
+from cachemgr.errors import CacheError, root_missing
 from cachemgr.health import diagnose, periodic_overdue
 from cachemgr.nodes import ENFORCED, NodeRegistry, enforced, own_entry
 from cachemgr.reads import Batch, Lua, Reader, call, run
@@ -156,10 +156,12 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     entry = own_entry(snap.get("registry", {}), cache.settings)
     s = enforced(cache.settings, entry)
     total, counts, recent = snap["total_bytes"], snap["counters"], snap["since_reset"]
+    missing = False
     try:
         free = shutil.disk_usage(cache.root).free if cache.local else None
     except OSError:
         free = None
+        missing = not cache.root.is_dir()
     floor = s.disk_cache_min_free_bytes
     status = "ok"
     if total > s.disk_cache_max_bytes:
@@ -205,6 +207,8 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         scheduler_since=snap.get("scheduler_started"),
     )
     stats["warnings"] = diagnose(stats, interval, now)
+    if missing:  # the seed's "check downloads directory exists", on the host that reads it
+        stats["warnings"].insert(0, f"cache not working: {root_missing(cache.root)}")
     stats["warnings"] += _differences(cache.settings, s)
     return stats
 

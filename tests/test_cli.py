@@ -206,3 +206,58 @@ def test_pin_unpin_and_events_take_json_like_the_others(runner, cache, root):
     events = run(runner, "events", "--json")
     assert events.exit_code == 0
     assert json.loads(events.stdout.splitlines()[-1])["event"] == "removed"
+
+
+def test_help_and_an_unknown_command_need_no_good_settings(tmp_path):
+    # A new user's first `cachemgr --help`, in a directory without ./downloads, printed a
+    # traceback above the help; `cachemgr nosuch` answered with the missing root.
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    env = {"DISK_CACHE_ROOT": str(tmp_path / "missing")}
+    helped = CliRunner().invoke(main, ["--help"], env=env)
+    assert helped.exit_code == 0 and "Traceback" not in helped.output, helped.output
+    assert "stats" in helped.output and "--app" not in helped.output  # not Flask's options
+    unknown = CliRunner().invoke(main, ["nosuch"], env=env)
+    assert unknown.exit_code == 2 and "No such command 'nosuch'" in unknown.output
+
+
+def test_reads_work_with_the_root_gone_and_the_stats_say_so(settings, root):
+    # An unmounted disk: the stats are what an operator reads to find out, so they must run.
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    env = {
+        "DISK_CACHE_ROOT": str(root / "unmounted"),
+        "REDIS_URL": settings.redis_url,
+        "DISK_CACHE_KEY_PREFIX": settings.key_prefix,
+    }
+    result = CliRunner().invoke(main, ["stats", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    warnings = json.loads(result.stdout)["warnings"]
+    assert any("is not a directory (is the disk mounted?)" in w for w in warnings), warnings
+    assert CliRunner().invoke(main, ["ls", "--json"], env=env).exit_code == 0
+    write = CliRunner().invoke(main, ["register", "a", "--now"], env=env)
+    assert write.exit_code == 5 and "DISK_CACHE_ROOT=" in write.output  # writes still refuse
+
+
+def test_register_now_past_the_threshold_sends_a_quota_pass_as_the_task_does(
+    runner, cache, root
+):
+    # `register --now` put the directory on the books and stopped there: usage stayed over the
+    # threshold (found by exploratory testing), where a registration through a worker evicts.
+    import time
+
+    for i in range(10):
+        make_tree(root, f"d{i:02d}", files=9)  # 40 KiB each with the directory, quota 400 KiB
+    for i in range(9):
+        cache.register(f"d{i:02d}")  # at the threshold, not above it
+    result = run(runner, "register", "d09", "--now", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["over_threshold"] is True
+    deadline = time.monotonic() + 20
+    while (root / "d01").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (root / "d00").exists() and not (root / "d01").exists()  # least recently used
+    assert (root / "d02").is_dir() and cache.store.total_bytes() <= cache.settings.target_bytes

@@ -401,3 +401,28 @@ def test_the_heartbeat_publishes_a_flushed_node_again_and_never_outlives_a_shutd
     beating.join(5)
     time.sleep(0.3)
     assert not beating.is_alive() and not redis_client.exists(cache.keys.alive)
+
+
+def test_a_fresh_worker_process_meets_a_root_gone_since_start_as_a_failed_cleanup(
+    monkeypatch, settings, root
+):
+    # A prefork child builds its cache on its first task. With the disk unmounted since the
+    # worker started, that build refused the root as a bad setting: the cleanup answered a
+    # 500-like task failure and no failed pass was recorded (found by exploratory testing).
+    from cachemgr import RootMissing
+    from workers import tasks
+
+    monkeypatch.setenv("DISK_CACHE_ROOT", str(root))
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("DISK_CACHE_KEY_PREFIX", settings.key_prefix)
+    away = root.with_name("unmounted")
+    root.rename(away)
+    tasks.configure(None)
+    try:
+        with pytest.raises(RootMissing, match="mounted"):
+            tasks.cleanup.run()
+        cache = tasks.get_cache()
+        assert cache.client.hget(cache.keys.last_cleanup, "status") == "failed"
+    finally:
+        tasks.configure(None)
+        away.rename(root)

@@ -38,10 +38,14 @@ IDEMPOTENT = {"acks_late": True, **RETRY}
 
 
 def get_cache() -> DiskCache:
-    """The worker process's DiskCache, built from the environment on first use."""
+    """The worker process's DiskCache, built from the environment on first use. The root was
+    checked when the worker started (workers/app.py); one gone since (an unmounted disk) is for
+    each operation to meet and report (a cleanup's RootMissing is recorded as a failed pass),
+    not a bad setting that fails every task of a process that had run none yet."""
     global _cache
     if _cache is None:
-        configure(DiskCache(settings := Settings.from_env(), connect(settings.redis_url)))
+        settings = Settings.from_env(require_root=False)
+        configure(DiskCache(settings, connect(settings.redis_url)))
     assert _cache is not None
     return _cache
 
@@ -65,9 +69,7 @@ def configure(cache: DiskCache | None) -> None:
 
 
 def _quota_pass_if_due(registered: dict[str, Any]) -> dict[str, Any]:
-    """A registration past the threshold, or on a disk short of its free-space floor, sends
-    a quota pass."""
-    if registered.get("over_threshold") or registered.get("low_disk"):
+    if passes.quota_pass_due(registered):
         enforce_quota.delay(automatic=True)
     return registered
 
