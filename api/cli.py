@@ -72,6 +72,15 @@ now_option = click.option("--now", is_flag=True, help="Do it in this process, no
 
 
 def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Send a task to this node's workers and wait for its answer; none of them alive (no
+    heartbeat) is said at once, and nothing is queued to run behind the user's back later."""
+    cache = _state().cache
+    if not cache.client.exists(cache.keys.alive):
+        raise Fail(
+            f"no worker of node {cache.settings.node} is alive (no heartbeat): start one "
+            "(celery -A workers.app worker), or do it in this process with --now",
+            EXIT_FAILED,
+        )
     result = _state().tasks.send(name, *args, **kwargs)
     try:
         return result.get(timeout=120)

@@ -112,6 +112,8 @@ def up(flower: bool, nodes: int = 1) -> None:
         redis_proc, env["REDIS_URL"] = _start_embedded_redis(STATE_DIR)
         procs.append(("redis", redis_proc))
         click.echo(f"redis   {env['REDIS_URL']} (embedded, data in {STATE_DIR}/)")
+        # The CLI in another shell reads REDIS_URL; unset, it would ask 127.0.0.1:6379.
+        click.echo(f"        in another shell: export REDIS_URL={env['REDIS_URL']}")
     root = Path(env.setdefault("DISK_CACHE_ROOT", str(Path("downloads").resolve())))
     root.mkdir(parents=True, exist_ok=True)
     from cachemgr import Settings

@@ -107,6 +107,7 @@ def worker(worker_app, cache):
     from workers import tasks
 
     tasks.configure(cache)
+    cache.registry.heartbeat(cache.keys)  # as a worker of this test's node does when ready
     yield worker_app
     worker_app.control.purge()  # what this test enqueued and never waited for
     tasks.configure(None)

@@ -261,3 +261,18 @@ def test_register_now_past_the_threshold_sends_a_quota_pass_as_the_task_does(
         time.sleep(0.05)
     assert not (root / "d00").exists() and not (root / "d01").exists()  # least recently used
     assert (root / "d02").is_dir() and cache.store.total_bytes() <= cache.settings.target_bytes
+
+
+def test_a_write_through_the_workers_fails_at_once_when_none_is_alive(runner, cache, root):
+    # It waited two minutes in silence, and the task ran whenever a worker came up.
+    import time
+
+    make_tree(root, "a")
+    cache.client.delete(cache.keys.alive)
+    started = time.monotonic()
+    result = run(runner, "register", "a")
+    assert result.exit_code == 1 and time.monotonic() - started < 5
+    assert "no worker of node" in result.output and "--now" in result.output
+    time.sleep(1)  # a task sent all the same would have been run by now (the worker is up)
+    assert cache.store.info("a") is None  # nothing queued behind the user's back
+    assert run(runner, "register", "a", "--now").exit_code == 0

@@ -105,6 +105,8 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
     finally:
         output = interrupt(up)
     assert up.returncode == 0, output
+    # The CLI in another shell finds the embedded Redis only through REDIS_URL: say it.
+    assert f"export REDIS_URL=redis://127.0.0.1:{env['CACHEMGR_REDIS_PORT']}/0" in output
     time.sleep(0.5)
     alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], [p.cmdline() for p in alive]
