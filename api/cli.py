@@ -363,6 +363,16 @@ def events(limit: int, follow: bool, as_json: bool) -> None:
                 last_id = ident
 
 
+@click.command()
+@click.argument("action", type=click.Choice(["start", "stop"]))
+@json_option
+@with_appcontext
+@friendly
+def scheduler(action: str, as_json: Any) -> None:
+    """Let periodic cleanups run (start), or make them skip (stop); manual ones still run."""
+    emit(_state().cache.set_scheduler(action == "start"), as_json, _kv)
+
+
 @click.command("forget-node")
 @click.argument("name")
 @json_option
@@ -373,7 +383,9 @@ def forget_node(name: str, as_json: Any) -> None:
     emit(_state().cache.registry.forget(name), as_json, _kv)
 
 
-COMMANDS = [stats, ls, info, register, rm, cleanup, reconcile, pin, unpin, events, forget_node]
+COMMANDS = [
+    stats, ls, info, register, rm, cleanup, reconcile, pin, unpin, events, scheduler, forget_node
+]
 
 
 # Commands that only read the books: a root gone since the workers started (an unmounted disk)

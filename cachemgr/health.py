@@ -53,7 +53,7 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
     if not stats.get("scheduler_running", True):
         problems.append(
             "directories are not being cleaned: the scheduler is stopped "
-            "(POST /cache/start-scheduler)"
+            "(`cachemgr scheduler start`, or POST /cache/start-scheduler)"
         )
     last = stats.get("last_cleanup") or {}
     stuck = int(last.get("trash_left") or 0)

@@ -276,3 +276,14 @@ def test_a_write_through_the_workers_fails_at_once_when_none_is_alive(runner, ca
     time.sleep(1)  # a task sent all the same would have been run by now (the worker is up)
     assert cache.store.info("a") is None  # nothing queued behind the user's back
     assert run(runner, "register", "a", "--now").exit_code == 0
+
+
+def test_scheduler_stop_and_start_from_the_cli(runner, cache):
+    # The stats' warning for a stopped scheduler names a command the CLI did not have.
+    stopped = run(runner, "scheduler", "stop", "--json")
+    assert stopped.exit_code == 0 and json.loads(stopped.stdout) == {"scheduler_running": False}
+    warnings = json.loads(run(runner, "stats", "--json").stdout)["warnings"]
+    assert any("`cachemgr scheduler start`" in w for w in warnings), warnings
+    assert not cache.scheduler_running()
+    assert run(runner, "scheduler", "start").exit_code == 0 and cache.scheduler_running()
+    assert run(runner, "scheduler", "pause").exit_code == 2
