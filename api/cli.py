@@ -172,7 +172,7 @@ def ls(
     """List cached directories (newest access first by default)."""
     min_size = _option("--larger-than", larger_than, parse_size) if larger_than else None
     idle = _option("--idle-for", idle_for, parse_duration) if idle_for else None
-    store, now = _state().cache.store, time.time()
+    store, now = _state().cache.enforcing().store, time.time()  # the workers' TTL
     entries: list[Entry] = []
     cursor = None
     while True:
@@ -200,7 +200,7 @@ def ls(
 @friendly
 def info(path: str, as_json: Any) -> None:
     """One cached directory."""
-    entry = _state().cache.info(path)
+    entry = _state().cache.enforcing().info(path)  # expires_at by the workers' TTL
     emit(entry.to_dict(), as_json, lambda d: [click.echo(f"{k:<14} {v}") for k, v in d.items()])
 
 

@@ -20,7 +20,7 @@ from cachemgr.errors import (
 )
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
-from cachemgr.nodes import NodeRegistry
+from cachemgr.nodes import NodeRegistry, enforced, own_entry
 from cachemgr.records import Entry, iso, record_id
 from cachemgr.settings import Settings
 from cachemgr.store import Store
@@ -285,6 +285,17 @@ class DiskCache:
         remote = DiskCache(other, self.client, clock=self.clock)
         remote.local = False
         return remote
+
+    def enforcing(self) -> DiskCache:
+        """This node's cache with the settings its workers published (theirs decide expiry,
+        the quota and the policy): a shell whose DISK_CACHE_TTL_SECONDS differs showed expiry
+        times of its own. Itself when they agree or have published nothing."""
+        theirs = enforced(self.settings, own_entry(self.registry.entries(), self.settings))
+        if theirs is self.settings:
+            return self
+        other = DiskCache(theirs, self.client, clock=self.clock)
+        other.local = self.local
+        return other
 
     def cluster_stats(self) -> dict[str, Any]:
         return stats.cluster_stats(self)

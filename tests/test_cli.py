@@ -287,3 +287,26 @@ def test_scheduler_stop_and_start_from_the_cli(runner, cache):
     assert not cache.scheduler_running()
     assert run(runner, "scheduler", "start").exit_code == 0 and cache.scheduler_running()
     assert run(runner, "scheduler", "pause").exit_code == 2
+
+
+def test_info_and_ls_show_expiry_by_the_workers_ttl(settings, redis_client, cache, root):
+    # A shell whose DISK_CACHE_TTL_SECONDS differs from the workers' showed an expiry time
+    # already past for a directory Redis keeps a day more (the sweep goes by the workers').
+    from datetime import datetime
+
+    from api import create_app
+
+    make_tree(root, "a")
+    cache.register("a")
+    cache.publish_config()  # the workers' settings: a day
+    shell = settings.with_(disk_cache_ttl_seconds=100)
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": shell, "REDIS_CLIENT": redis_client})
+    runner = app.test_cli_runner()
+    info = json.loads(run(runner, "info", "a", "--json").stdout)
+    listed = json.loads(run(runner, "ls", "--json").stdout)
+
+    def ttl(entry):
+        parse = datetime.fromisoformat
+        return (parse(entry["expires_at"]) - parse(entry["last_access"])).total_seconds()
+
+    assert ttl(info) == ttl(listed[0]) == settings.disk_cache_ttl_seconds
