@@ -56,9 +56,10 @@ class CacheExtension:
             key_prefix=settings.key_prefix,
             # A named node's queue is the one its workers published (CACHEMGR_QUEUE there);
             # set here, CACHEMGR_QUEUE wins, as in celeryconfig.
-            node=settings.disk_cache_node or None,
+            node=settings.disk_cache_node,
             queue=app.config.get("CELERY_TASK_QUEUE") or os.environ.get("CACHEMGR_QUEUE"),
             backend=app.config.get("CELERY_RESULT_BACKEND"),
+            cluster=settings.disk_cache_cluster,
         )
         app.extensions["cachemgr"] = CacheState(DiskCache(settings, client), tasks)
 

@@ -493,3 +493,30 @@ def test_for_path_takes_the_live_node_of_a_root_another_left(
         client.close()
         cleanup_prefix(redis_client, "{live}:")
         cleanup_prefix(redis_client, "{gone}:")
+
+
+def test_a_client_given_nothing_routes_by_the_workers_environment(
+    cache, root, monkeypatch, redis_client
+):
+    # With CACHEMGR_QUEUE and a key prefix set for the workers, a pipeline run in the same
+    # environment sent its tasks to the default queue nobody consumed and counted its plays
+    # under unprefixed keys, answering "miss" for every play (found by exploratory testing).
+    from workers.client import CacheClient
+
+    monkeypatch.setenv("CACHEMGR_QUEUE", "our-queue")
+    monkeypatch.setenv("DISK_CACHE_KEY_PREFIX", cache.keys.prefix)
+    monkeypatch.setenv("DISK_CACHE_CLUSTER", cache.settings.disk_cache_cluster)
+    make_tree(root, "a")
+    cache.register("a")
+    client = CacheClient(REDIS_URL, redis_url=REDIS_URL)
+    try:
+        assert client.queue == "our-queue" and client.keys.prefix == cache.keys.prefix
+        assert client.cluster == cache.settings.disk_cache_cluster
+        assert client.access("a") is True and cache.info("a").hits == 1
+    finally:
+        client.close()
+    explicit = CacheClient(REDIS_URL, redis_url=REDIS_URL, queue="theirs", key_prefix="")
+    try:  # arguments still win over the environment
+        assert explicit.queue == "theirs" and explicit.keys.prefix == ""
+    finally:
+        explicit.close()
