@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import redis
+from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from flask import Flask, jsonify, request
 from kombu.exceptions import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -66,7 +67,23 @@ def raised_in(exc: BaseException, module_prefix: str) -> bool:
     return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(module_prefix)
 
 
+class BackendRestartNoise(logging.Filter):
+    """Drops Celery's CRITICAL "The Celery application must be restarted" when its Redis result
+    backend gives up reconnecting: here the request that met it answers 503 (the CLI exits 4),
+    logged in our own words, and the next one reconnects; no restart is needed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg is not E_RETRY_LIMIT_EXCEEDED
+
+
+BACKEND_NOISE = BackendRestartNoise()
+
+
 def register_error_handlers(app: Flask) -> None:
+    backend_log = logging.getLogger("celery.backends.asynchronous")
+    if BACKEND_NOISE not in backend_log.filters:
+        backend_log.addFilter(BACKEND_NOISE)
+
     @app.errorhandler(errors.CacheError)
     def cache_error(exc: errors.CacheError) -> tuple[Any, int]:
         return body(STATUS.get(type(exc), 400), exc.code, str(exc))
@@ -88,7 +105,7 @@ def register_error_handlers(app: Flask) -> None:
         # Celery's Redis result backend gives up reconnecting with a bare RuntimeError: tell it
         # by where it was raised, not by its wording.
         if raised_in(exc, "celery.backends."):
-            log.error("result backend unreachable: %s", exc)
+            log.error("Celery's result backend (Redis) cannot be reached: answered 503")
             return body(503, "backend_unavailable", "the Celery result backend cannot be reached")
         return unexpected(exc)
 

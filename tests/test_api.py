@@ -566,3 +566,18 @@ def test_lean_refuses_what_it_would_skip():
     with Flask(__name__).test_request_context("/"):
         with pytest.raises(TypeError, match="must return a Response"):
             wrapped(None)
+
+
+def test_celerys_must_be_restarted_line_is_not_shown_for_a_backend_that_comes_back(app, caplog):
+    # The request that met the lost backend answers 503 and the next reconnects: Celery's
+    # CRITICAL "The Celery application must be restarted" told the user something untrue.
+    import logging
+
+    from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
+
+    backend_log = logging.getLogger("celery.backends.asynchronous")
+    with caplog.at_level(logging.INFO):
+        backend_log.critical(E_RETRY_LIMIT_EXCEEDED)
+        backend_log.critical("something else the backend says")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["something else the backend says"]
