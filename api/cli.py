@@ -16,10 +16,19 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import redis
 from flask import current_app
 from flask.cli import FlaskGroup, ScriptInfo, with_appcontext
 
-from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail, friendly
+from api.cli_errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Fail,
+    friendly,
+)
 from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
 from api.humanize import human_bytes
@@ -408,6 +417,8 @@ def _create_app() -> Any:
         configure_logging(level=log_level(default="WARNING"))
     except (SettingsError, ValueError) as exc:
         raise Fail(str(exc), EXIT_CONFIG) from None
+    except redis.ConnectionError as exc:  # a Redis Cluster's client asks for its nodes at once
+        raise Fail(f"Redis cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
     return app
 
 

@@ -267,6 +267,15 @@ def export_command(
         raise click.ClickException(f"cannot write {output}: {exc}") from None
     if output != "-":
         click.echo(f"{n} accesses written to {output}", err=True)
+    if n == 0:  # a header alone said nothing of why
+        maxlen = client.hget(keys.config, "access_log_maxlen")
+        click.echo(
+            "no accesses: the access log is off (DISK_CACHE_ACCESS_LOG_MAXLEN is 0 for the "
+            "node's workers; set it there to record them)"
+            if maxlen in (None, "0")
+            else "no accesses recorded yet",
+            err=True,
+        )
 
 
 __all__ = ["export_rows", "simulate_command", "trace_group"]

@@ -6,6 +6,7 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 
 def same_server(client: Any) -> bool:
@@ -30,12 +31,17 @@ def connect(url: str) -> Any:
             master or "mymaster", db=int(db or 0), decode_responses=True, socket_timeout=10
         )
     if "+cluster://" in url:
-        return RedisCluster.from_url(
-            url.replace("+cluster://", "://", 1),
-            decode_responses=True,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-        )
+        try:
+            return RedisCluster.from_url(
+                url.replace("+cluster://", "://", 1),
+                decode_responses=True,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+            )
+        except RedisClusterException as exc:
+            # redis-py asks the cluster for its nodes here, and says it with an exception of
+            # its own that callers of a client (CLI, worker, API) do not take for Redis down.
+            raise redis.ConnectionError(str(exc)) from exc
     return redis.Redis.from_url(
         url,
         decode_responses=True,

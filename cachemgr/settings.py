@@ -339,10 +339,17 @@ def _without_password(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+# What cachemgr.connection.connect understands (redis, rediss and unix are redis-py's own).
+REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster", "unix")
+
+
 def redis_url_problem(url: str) -> str | None:
     """Why redis-py would misread the URL, if it would: a database that is not a number
     (`/abc`) is silently database 0 there, another node's books."""
     parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        known = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+        return f"not a Redis URL: it must start with one of {known}"
     if parts.scheme == "redis+sentinel":
         hosts, _, rest = url.removeprefix("redis+sentinel://").partition("/")
         for host in hosts.split(","):

@@ -237,12 +237,17 @@ def _differences(here: Settings, workers: Settings) -> list[str]:
     if here is workers:  # `enforced` found nothing to change
         return []
     return [
-        f"this process has {field.upper()}={getattr(here, field)} but the node's workers run "
-        f"with {getattr(workers, field)}: the stats show the workers' (they enforce it); give "
-        "every process the same environment"
+        f"this process has {field.upper()}={_env(getattr(here, field))} but the node's workers "
+        f"run with {_env(getattr(workers, field))}: the stats show the workers' (they enforce "
+        "it); give every process the same environment"
         for field, _ in ENFORCED.values()
         if getattr(here, field) != getattr(workers, field)
     ]
+
+
+def _env(value: Any) -> str:
+    """A setting as one writes it in the environment (`false`, not Python's `False`)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def reset_stats(cache: DiskCache) -> dict[str, Any]:

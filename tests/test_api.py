@@ -205,7 +205,9 @@ def test_stats_and_readiness_go_by_what_the_workers_enforce(client, cache, setti
     assert stats["min_free_bytes"] == 12345  # the floor they keep
     said = [w for w in stats["warnings"] if "but the node's workers run with" in w]
     assert len(said) == 4 and any("DISK_CACHE_MIN_FREE_BYTES" in w for w in said)
-    assert any("ENABLE_DISK_CACHE_MANAGEMENT" in w for w in said)
+    # Spelled as one writes it in the environment, not as Python prints a bool.
+    assert any("ENABLE_DISK_CACHE_MANAGEMENT=true but the node's workers run with false" in w
+               for w in said), said  # fmt: skip
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert "false on the node's workers" in ready.get_json()["checks"]["enabled"]

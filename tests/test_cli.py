@@ -159,6 +159,8 @@ def test_an_events_limit_past_what_redis_takes_is_a_usage_error(runner, cache, r
         ({"DISK_CACHE_LOG_LEVEL": "BOGUS"}, "DISK_CACHE_LOG_LEVEL='BOGUS': not a log level"),
         ({"DISK_CACHE_API_READ_AUTH": "maybe"}, "DISK_CACHE_API_READ_AUTH='maybe'"),
         ({"REDIS_URL": "redis://127.0.0.1:6379/abc"}, "REDIS_URL="),
+        ({"REDIS_URL": "notaurl"}, "REDIS_URL='notaurl': not a Redis URL: it must start with"),
+        ({"REDIS_URL": "foo://x"}, "redis+sentinel://, redis+cluster://"),
     ],
 )
 def test_bad_settings_stop_every_command_in_one_line_with_exit_5(tmp_path, env, name):
@@ -310,3 +312,16 @@ def test_info_and_ls_show_expiry_by_the_workers_ttl(settings, redis_client, cach
         return (parse(entry["expires_at"]) - parse(entry["last_access"])).total_seconds()
 
     assert ttl(info) == ttl(listed[0]) == settings.disk_cache_ttl_seconds
+
+
+def test_an_unreachable_redis_cluster_is_exit_4_in_one_line(tmp_path):
+    # redis-py's cluster client asks for the nodes when it is made, with an exception of its
+    # own: it came out as a traceback.
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    env = {"DISK_CACHE_ROOT": str(tmp_path), "REDIS_URL": "redis+cluster://127.0.0.1:1"}
+    result = CliRunner().invoke(main, ["stats"], env=env)
+    assert result.exit_code == 4 and "Traceback" not in result.output, result.output
+    assert result.output.strip().count("\n") == 0 and "Redis cannot be reached" in result.output

@@ -183,6 +183,17 @@ def test_trace_export_writes_the_access_log(redis_client, prefix, tmp_path):
     assert code == 0, text
 
 
+def test_an_empty_export_says_whether_the_access_log_is_off(redis_client, prefix):
+    # A header alone, with the log off, left the user to guess why.
+    args = ["export", "--redis-url", REDIS_URL, "--prefix", prefix]
+    off = CliRunner().invoke(trace_group, args)
+    assert off.exit_code == 0 and off.stdout == "timestamp,path,size,hit\n"
+    assert "the access log is off (DISK_CACHE_ACCESS_LOG_MAXLEN" in off.stderr
+    redis_client.hset(f"{prefix}cache:config", "access_log_maxlen", "1000")  # the workers' own
+    on = CliRunner().invoke(trace_group, args)
+    assert on.exit_code == 0 and "no accesses recorded yet" in on.stderr
+
+
 def test_trace_export_when_redis_is_down_keeps_the_old_file(tmp_path):
     out = tmp_path / "precious.csv"
     out.write_text("timestamp,path,size,hit\n1,a,5,0\n")
