@@ -95,7 +95,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     api.register_blueprint(blp)
     # On the app, not the documented blueprint: these are errors, not endpoints.
-    empty = {"/cache/register/": ["POST"], "/cache/directories/": ["GET", "DELETE"]}
+    empty = {
+        "/cache/register": ["POST"],  # werkzeug sent it on to the rule below with a 308
+        "/cache/register/": ["POST"],
+        "/cache/directories/": ["GET", "DELETE"],
+    }
     for rule, methods in empty.items():
         app.add_url_rule(rule, f"empty_path:{rule}", empty_path, methods=methods)
     from api import metrics, status

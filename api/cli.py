@@ -326,6 +326,8 @@ def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
 def pin(path: str, ttl: str, as_json: Any) -> None:
     """Pin a directory: never evicted or expired while the lease holds."""
     seconds = _option("--ttl", ttl, functools.partial(parse_duration, high=None))
+    if seconds <= 0:
+        raise Fail(f"--ttl {quoted(ttl)}: must be more than 0 s", EXIT_USAGE)
     if seconds > MAX_PIN_SECONDS:
         # Said here, with the text typed: the domain's own message would quote a 400-digit int.
         raise Fail(

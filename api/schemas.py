@@ -126,7 +126,9 @@ NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")  # a node's name, wherever ?n
 class NodeArgs(Schema):
     node = fields.String(
         load_default=None,
-        validate=validate.Regexp(NODE_NAME),
+        validate=validate.Regexp(
+            NODE_NAME, error="a node's name: 1 to 100 of letters, digits, '_', '.' and '-'"
+        ),
         metadata={"description": "the cache node (default: this API's own)"},
     )
 

@@ -48,9 +48,22 @@ def whole_env(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def check_free(host: str, port: int) -> None:
+    """A port another process holds, said in one line: gunicorn retried it for a while, an
+    error line each time, then exited 1."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds it
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            problem = f"cannot listen on {host}:{port} ({exc.strerror})"
+            raise SettingsError(f"PORT={port}: {problem}") from None
+
+
 def serve_command(workers: int) -> list[str]:
     threads = whole_env("WEB_THREADS", 1, 1, 1024)
     host, port, note = web_bind()
+    check_free(host, port)
     if note:  # before gunicorn takes over: in cachemgr's log format, JSON when asked
         configure_logging(level="INFO")
         logging.getLogger("cachemgr.api").warning(note)
@@ -61,6 +74,8 @@ def serve_command(workers: int) -> list[str]:
         "--bind", f"{host}:{port}", "--workers", str(workers),
         "--threads", str(threads),
         "--access-logfile", "-", "--graceful-timeout", "10",
+        # gunicorn's most (its default, 4094, answered a 4 KB directory name with HTML 414).
+        "--limit-request-line", "8190",
         "--logger-class", "api.gunicorn_logs.CacheLogger",  # JSON lines when asked
     ]  # fmt: skip
 

@@ -130,7 +130,9 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         "resized": [],
         "errors": [],
     }
-    total = len(records) + len(on_disk)  # until the untracked ones are known
+    # Until the untracked ones are known: those on disk not on the books (counting the tracked
+    # twice left the CLI's bar at 50% when nothing was untracked).
+    total = len(records) + len(set(on_disk).difference(records))
 
     def one(done: int, path: str) -> None:
         if progress:

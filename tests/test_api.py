@@ -426,7 +426,7 @@ def test_a_repeated_query_argument_is_refused_and_nothing_runs(client, cache, ro
 
 @pytest.mark.parametrize(
     "method,url", [("post", "/cache/register/"), ("delete", "/cache/directories/"),
-                   ("get", "/cache/directories/")]
+                   ("get", "/cache/directories/"), ("post", "/cache/register")]
 )  # fmt: skip
 def test_an_empty_path_is_a_bad_path_not_a_404(client, method, url):
     r = getattr(client, method)(url)
@@ -583,3 +583,8 @@ def test_celerys_must_be_restarted_line_is_not_shown_for_a_backend_that_comes_ba
         backend_log.critical("something else the backend says")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["something else the backend says"]
+
+
+def test_an_empty_node_says_what_a_node_name_is(client):
+    r = client.get("/cache/stats?node=")
+    assert r.status_code == 400 and "1 to 100 of letters, digits" in r.get_json()["message"]

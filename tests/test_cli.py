@@ -68,7 +68,7 @@ def test_a_pin_beyond_a_week_is_refused_in_one_line_and_not_stored(runner, cache
     for ttl in ("1000000w", "99999999999999999999w", "0s"):
         result = run(runner, "pin", "a", "--ttl", ttl)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-        assert "ttl_seconds" in result.output and result.output.strip().count("\n") == 0
+        assert f"--ttl '{ttl}'" in result.output and result.output.strip().count("\n") == 0
     assert cache.client.zscore(cache.keys.pins, "a") is None
     assert run(runner, "info", "a").exit_code == 0
 
@@ -325,3 +325,9 @@ def test_an_unreachable_redis_cluster_is_exit_4_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["stats"], env=env)
     assert result.exit_code == 4 and "Traceback" not in result.output, result.output
     assert result.output.strip().count("\n") == 0 and "Redis cannot be reached" in result.output
+
+
+def test_pin_names_the_option_the_user_typed(runner, cache, root):
+    make_tree(root, "a")
+    result = run(runner, "pin", "a", "--ttl", "0")
+    assert result.exit_code == 2 and "--ttl '0': must be more than 0 s" in result.output

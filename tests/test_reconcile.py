@@ -118,3 +118,15 @@ def test_books_lost_then_one_registration_still_evict_nothing_at_the_rebuild(
     # pinned before the loss, before its holder could renew the pin.
     assert result["rebuilt"] is True and result["evict"]["paths"] == []
     assert (root / left[0]).is_dir()
+
+
+def test_reconcile_progress_reaches_its_total(cache, root):
+    # The total counted tracked directories twice (books and disk): the CLI's bar stopped
+    # at 50% when nothing was untracked.
+    for name in ("a", "b", "c"):
+        make_tree(root, name)
+        cache.register(name)
+    make_tree(root, "new")  # on disk, not on the books
+    calls: list[tuple[int, int]] = []
+    reconcile(cache, progress=lambda done, total, path: calls.append((done, total)))
+    assert calls[-1] == (4, 4) and all(total == 4 for _, total in calls), calls

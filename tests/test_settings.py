@@ -296,6 +296,21 @@ def test_serve_refuses_bad_process_settings_in_one_line(tmp_path, env, name):
     assert len(err.splitlines()) == 1 and name in err
 
 
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path):
+    # gunicorn tried the port again and again, an error line each time, then exited 1.
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code, err = _run(
+            ["-m", "api.cli", "serve"], {"DISK_CACHE_ROOT": str(tmp_path), "PORT": str(port)}
+        )
+    assert code == 5 and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and f"PORT={port}: cannot listen on 127.0.0.1:{port}" in err
+
+
 def test_a_bad_web_concurrency_breaks_nothing_but_serve(tmp_path):
     # It was read when api.cli was imported: every command and create_app() failed on it.
     from tests.conftest import REDIS_URL
