@@ -19,6 +19,7 @@ import click
 import redis
 from flask import current_app
 from flask.cli import FlaskGroup, ScriptInfo, with_appcontext
+from kombu.exceptions import OperationalError
 
 from api.cli_errors import (
     EXIT_CONFIG,
@@ -31,8 +32,9 @@ from api.cli_errors import (
 )
 from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
+from api.errors import raised_in
 from api.humanize import human_bytes
-from cachemgr import CacheError, SettingsError
+from cachemgr import CacheError, DiskCache, SettingsError
 from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.cleanup import quota_pass_due
@@ -80,11 +82,15 @@ json_option = click.option("--json", "as_json", is_flag=True, default=None, help
 now_option = click.option("--now", is_flag=True, help="Do it in this process, not via a worker.")
 
 
+def _worker_alive(cache: DiskCache) -> bool:
+    return bool(cache.client.exists(cache.keys.alive))
+
+
 def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
     """Send a task to this node's workers and wait for its answer; none of them alive (no
     heartbeat) is said at once, and nothing is queued to run behind the user's back later."""
     cache = _state().cache
-    if not cache.client.exists(cache.keys.alive):
+    if not _worker_alive(cache):
         raise Fail(
             f"no worker of node {cache.settings.node} is alive (no heartbeat): start one "
             "(celery -A workers.app worker), or do it in this process with --now",
@@ -95,6 +101,10 @@ def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
         return result.get(timeout=120)
     except CacheError:
         raise
+    except RuntimeError as exc:
+        if raised_in(exc, "celery.backends."):
+            raise  # the result backend gave up: `friendly` says so (exit 4)
+        raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
     except Exception as exc:
         if type(exc).__name__ in ("NotTracked", "NotOnDisk"):
             raise Fail(str(exc), EXIT_NOT_FOUND) from None
@@ -218,6 +228,19 @@ def _kv(data: dict[str, Any]) -> None:
         click.echo(f"{k:<14} {v}")
 
 
+def _send_quota_pass(cache: DiskCache) -> None:
+    """Past the threshold: the workers evict, as after a task's registration. Best effort: the
+    directory is registered already, and a broker or worker away is said, not a failure."""
+    hint = "run `cachemgr cleanup --now` to evict here"
+    if not _worker_alive(cache):
+        click.echo(f"past the threshold, and no worker of the node is alive: {hint}", err=True)
+        return
+    try:
+        _state().tasks.send("enforce_quota", automatic=True)
+    except OperationalError as exc:
+        click.echo(f"past the threshold; no quota pass could be sent ({exc}): {hint}", err=True)
+
+
 @click.command()
 @click.argument("path")
 @now_option
@@ -229,8 +252,8 @@ def register(path: str, now: bool, as_json: Any) -> None:
     cache = _state().cache
     if now:
         result = cache.register(path)
-        if quota_pass_due(result):  # as the task does: the workers evict
-            _state().tasks.send("enforce_quota", automatic=True)
+        if quota_pass_due(result):
+            _send_quota_pass(cache)
     else:
         result = _wait_task("register_directory", path)
     _skipped(result, as_json)
@@ -399,9 +422,9 @@ COMMANDS = [
 ]
 
 
-# Commands that only read the books: a root gone since the workers started (an unmounted disk)
-# is for them to show (the stats warn), not a setting that stops them.
-READS = {"stats", "ls", "info", "events"}
+# Commands that only touch the books in Redis: a root gone since the workers started (an
+# unmounted disk) is for them to show (the stats warn), not a setting that stops them.
+READS = {"stats", "ls", "info", "events", "scheduler", "forget-node"}
 # Flask's own options, which mean nothing here (and -A reads like celery's -A workers.app).
 FLASK_ONLY = {"env_file", "app", "debug"}
 
@@ -444,8 +467,12 @@ class CacheGroup(FlaskGroup):
             return self.commands[name]
         try:
             return super().get_command(ctx, name)
-        except Fail:  # the app cannot load: only our own commands are known
-            return None
+        except Fail as exc:  # the app cannot load: it may hold the command (`openapi`)
+            raise Fail(
+                f"{name!r} is not one of cachemgr's own commands, and the app that may hold it "
+                f"cannot load: {exc.message}",
+                exc.exit_code,
+            ) from None
 
 
 main = CacheGroup(

@@ -51,10 +51,17 @@ def whole_env(name: str, default: int, low: int, high: int) -> int:
 def check_free(host: str, port: int) -> None:
     """A port another process holds, said in one line: gunicorn retried it for a while, an
     error line each time, then exited 1."""
-    with socket.socket() as s:
+    try:
+        found = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        return  # a host that does not resolve: gunicorn's own error says so
+    family, _, _, _, address = found[0]  # an IPv6 HOST (`::`) binds as gunicorn binds it
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds it
         try:
-            s.bind((host, port))
+            s.bind(address)
         except OSError as exc:
             problem = f"cannot listen on {host}:{port} ({exc.strerror})"
             raise SettingsError(f"PORT={port}: {problem}") from None

@@ -116,6 +116,19 @@ def reconcile(
             lock.release()
 
 
+def _untracked(on_disk: list[str], tracked: set[str]) -> list[str]:
+    """Directories at the entry depth the books do not cover: neither tracked, nor holding a
+    tracked entry, nor inside one."""
+    covering = {a for p in tracked for a in paths.ancestors(p)}
+    return [
+        d
+        for d in on_disk
+        if d not in tracked
+        and d not in covering
+        and not any(a in tracked for a in paths.ancestors(d))
+    ]
+
+
 def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) -> dict[str, Any]:
     store = cache.store
     if not dry_run:
@@ -130,9 +143,9 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         "resized": [],
         "errors": [],
     }
-    # Until the untracked ones are known: those on disk not on the books (counting the tracked
-    # twice left the CLI's bar at 50% when nothing was untracked).
-    total = len(records) + len(set(on_disk).difference(records))
+    # Until the vanished are known: counting the tracked twice (on the books and on disk) left
+    # the CLI's bar at 50% when nothing was untracked.
+    total = len(records) + len(_untracked(on_disk, set(records)))
 
     def one(done: int, path: str) -> None:
         if progress:
@@ -154,15 +167,7 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         if dry_run or _untrack_inside(cache, path, records[path]):
             report["untracked"].append(path)
             tracked.discard(path)
-    # A directory at the entry depth that holds tracked entries, or sits inside one, is covered.
-    covering = {a for p in tracked for a in paths.ancestors(p)}
-    untracked = [
-        d
-        for d in on_disk
-        if d not in tracked
-        and d not in covering
-        and not any(a in tracked for a in paths.ancestors(d))
-    ]
+    untracked = _untracked(on_disk, tracked)
     total = len(records) + len(untracked)
     for done, path in enumerate(untracked, len(records) + 1):
         one(done, path)

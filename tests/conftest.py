@@ -107,7 +107,8 @@ def worker(worker_app, cache):
     from workers import tasks
 
     tasks.configure(cache)
-    cache.registry.heartbeat(cache.keys)  # as a worker of this test's node does when ready
+    # As a worker of this test's node does when ready (and goes on doing: an hour here).
+    cache.registry.heartbeat(cache.keys, ttl=3600)
     yield worker_app
     worker_app.control.purge()  # what this test enqueued and never waited for
     tasks.configure(None)

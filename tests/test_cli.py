@@ -221,8 +221,25 @@ def test_help_and_an_unknown_command_need_no_good_settings(tmp_path):
     helped = CliRunner().invoke(main, ["--help"], env=env)
     assert helped.exit_code == 0 and "Traceback" not in helped.output, helped.output
     assert "stats" in helped.output and "--app" not in helped.output  # not Flask's options
+    # A name not of ours may be the app's (flask-smorest's `openapi`), which cannot load here:
+    # both are said, with the bad setting's exit code.
+    for name in ("nosuch", "openapi"):
+        unknown = CliRunner().invoke(main, [name], env=env)
+        assert unknown.exit_code == 5 and "Traceback" not in unknown.output, unknown.output
+        assert f"'{name}' is not one of cachemgr's own commands" in unknown.output
+        assert "DISK_CACHE_ROOT=" in unknown.output
+
+
+def test_an_unknown_command_with_good_settings_is_no_such_command(tmp_path):
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    env = {"DISK_CACHE_ROOT": str(tmp_path)}
     unknown = CliRunner().invoke(main, ["nosuch"], env=env)
     assert unknown.exit_code == 2 and "No such command 'nosuch'" in unknown.output
+    spec = CliRunner().invoke(main, ["openapi", "print"], env=env)  # the app's own command
+    assert spec.exit_code == 0 and '"openapi"' in spec.output, spec.output
 
 
 def test_reads_work_with_the_root_gone_and_the_stats_say_so(settings, root):
@@ -331,3 +348,53 @@ def test_pin_names_the_option_the_user_typed(runner, cache, root):
     make_tree(root, "a")
     result = run(runner, "pin", "a", "--ttl", "0")
     assert result.exit_code == 2 and "--ttl '0': must be more than 0 s" in result.output
+
+
+def test_register_now_past_the_threshold_registers_even_when_no_pass_can_be_sent(
+    runner, cache, root, monkeypatch
+):
+    # The quota pass is best effort: the directory is on the books either way, and the user
+    # is told how to evict by hand.
+    from kombu.exceptions import OperationalError
+
+    from api.cli import _state
+
+    for i in range(10):
+        make_tree(root, f"d{i:02d}", files=9)
+    for i in range(9):
+        cache.register(f"d{i:02d}")
+    with runner.app.app_context():
+        tasks = _state().tasks
+    sent: list[str] = []
+
+    def broker_down(name, *args, **kwargs):
+        sent.append(name)
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(tasks, "send", broker_down)
+    result = run(runner, "register", "d09", "--now", "--json")
+    assert result.exit_code == 0 and cache.store.info("d09") is not None, result.output
+    assert sent == ["enforce_quota"] and "cachemgr cleanup --now" in result.stderr
+    cache.client.delete(cache.keys.alive)  # no worker: nothing is sent at all
+    cache.remove("d09")
+    sent.clear()
+    result = run(runner, "register", "d09", "--now", "--json")
+    assert result.exit_code == 0 and sent == [] and "no worker of the node" in result.stderr
+
+
+def test_a_result_backend_that_gives_up_is_exit_4(runner, cache, root, monkeypatch):
+    # Celery's "Retry limit exceeded ... must be restarted" came out as exit 1 in its words.
+    from api.cli import _state
+
+    scope: dict = {"__name__": "celery.backends.asynchronous"}
+    exec("def give_up(**kw):\n    raise RuntimeError('Retry limit exceeded')", scope)
+
+    class Result:
+        get = staticmethod(scope["give_up"])
+
+    with runner.app.app_context():
+        monkeypatch.setattr(_state().tasks, "send", lambda *a, **k: Result())
+    make_tree(root, "a")
+    result = run(runner, "register", "a")
+    assert result.exit_code == 4 and "result backend cannot be reached" in result.output
+    assert "restarted" not in result.output

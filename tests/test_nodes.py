@@ -520,3 +520,11 @@ def test_a_client_given_nothing_routes_by_the_workers_environment(
         assert explicit.queue == "theirs" and explicit.keys.prefix == ""
     finally:
         explicit.close()
+    # A node named routes by what it published (or its defaults), never by this shell's
+    # queue and prefix, which are another node's: tasks for B went to A's workers.
+    monkeypatch.setenv("DISK_CACHE_NODE", "A")
+    other = CacheClient(REDIS_URL, redis_url=REDIS_URL, node="B")
+    try:
+        assert other.queue == "cachemgr.B" and other.keys.prefix == "{B}:"
+    finally:
+        other.close()

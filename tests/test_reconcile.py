@@ -127,6 +127,8 @@ def test_reconcile_progress_reaches_its_total(cache, root):
         make_tree(root, name)
         cache.register(name)
     make_tree(root, "new")  # on disk, not on the books
+    make_tree(root, "artist/album")
+    cache.register("artist/album")  # "artist", on disk, covers it: nothing to register there
     calls: list[tuple[int, int]] = []
     reconcile(cache, progress=lambda done, total, path: calls.append((done, total)))
-    assert calls[-1] == (4, 4) and all(total == 4 for _, total in calls), calls
+    assert calls[-1] == (5, 5) and all(total == 5 for _, total in calls), calls

@@ -311,6 +311,23 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path):
     assert len(err.splitlines()) == 1 and f"PORT={port}: cannot listen on 127.0.0.1:{port}" in err
 
 
+def test_the_port_check_binds_an_ipv6_host_as_gunicorn_does():
+    # An IPv4 socket refused HOST=:: ("Name or service not known") though gunicorn serves it.
+    import socket
+
+    from api.stack import check_free
+    from cachemgr import SettingsError
+
+    with socket.socket(socket.AF_INET6) as held:
+        held.bind(("::1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(SettingsError, match=f"PORT={port}: cannot listen on"):
+            check_free("[::1]", port)
+    check_free("::", port)  # free again: no error
+    check_free("[::]", port)
+
+
 def test_a_bad_web_concurrency_breaks_nothing_but_serve(tmp_path):
     # It was read when api.cli was imported: every command and create_app() failed on it.
     from tests.conftest import REDIS_URL

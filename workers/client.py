@@ -49,16 +49,19 @@ class CacheClient:
         to REDIS_URL, then the broker's URL. A `node` routes disk tasks to the queue its workers
         published and uses its keys (read from the registry on first use; `cachemgr.<node>`
         and `{node}:` before any worker of it has started); `queue` and `key_prefix` override
-        them. Not given, `node`, `queue`, `key_prefix` and `cluster` are read from the
-        environment the workers read them from (DISK_CACHE_NODE, CACHEMGR_QUEUE,
-        DISK_CACHE_KEY_PREFIX, DISK_CACHE_CLUSTER): a pipeline run with the workers'
-        environment sends where they listen. Note Celery's own rule: a CELERY_BROKER_URL (or
-        CELERY_RESULT_BACKEND) in the environment wins over arguments."""
+        them. With no `node` given, `node`, `queue` and `key_prefix` not given are read from
+        the environment the workers read them from (DISK_CACHE_NODE, CACHEMGR_QUEUE,
+        DISK_CACHE_KEY_PREFIX), and `cluster` from DISK_CACHE_CLUSTER: a pipeline run with the
+        workers' environment sends where they listen. Note Celery's own rule: a
+        CELERY_BROKER_URL (or CELERY_RESULT_BACKEND) in the environment wins over arguments."""
         env = os.environ
-        node = (env.get("DISK_CACHE_NODE") if node is None else node) or None
-        queue = (env.get("CACHEMGR_QUEUE") if queue is None else queue) or None
-        if key_prefix is None:
-            key_prefix = env.get("DISK_CACHE_KEY_PREFIX") or None
+        if node is None:  # a node given routes by what it published, never by this shell's
+            node = env.get("DISK_CACHE_NODE") or None
+            if queue is None:
+                queue = env.get("CACHEMGR_QUEUE") or None
+            if key_prefix is None:
+                key_prefix = env.get("DISK_CACHE_KEY_PREFIX") or None
+        node = node or None
         cluster = cluster or env.get("DISK_CACHE_CLUSTER") or "cachemgr"
         default_redis = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         self.broker_url = broker_url or env.get("CELERY_BROKER_URL") or default_redis
