@@ -7,7 +7,6 @@ line and an exit code (api/cli_errors.py), never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import sys
@@ -16,32 +15,30 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import redis
 from flask import current_app
-from flask.cli import FlaskGroup, ScriptInfo, with_appcontext
+from flask.cli import with_appcontext
 from kombu.exceptions import OperationalError
 
 from api.cli_errors import (
-    EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
-    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     Fail,
     friendly,
 )
+from api.cli_group import CacheGroup, create_cli_app
 from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
+from api.cli_tables import entry_rows, kv, plan_table
 from api.errors import raised_in
 from api.humanize import human_bytes
-from cachemgr import CacheError, DiskCache, SettingsError
+from cachemgr import CacheError, DiskCache
 from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.cleanup import quota_pass_due
-from cachemgr.logs import configure_logging
 from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry
-from cachemgr.settings import Settings, log_level, parse_duration, parse_size, quoted
+from cachemgr.settings import parse_duration, parse_size, quoted
 
 # The API's own limit for GET /cache/events; a COUNT past 2^63 was a Redis error's traceback.
 MAX_EVENTS = 10000
@@ -57,13 +54,6 @@ def _option(option: str, text: str, parse: Callable[[str], int]) -> int:
 
 def _state() -> Any:
     return current_app.extensions["cachemgr"]
-
-
-def human_age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def _json_wanted(as_json: bool | None) -> bool:
@@ -166,17 +156,6 @@ def stats(reset: bool, as_json: bool | None) -> None:
     emit(s, as_json, table)
 
 
-def _entry_rows(entries: list[Entry]) -> None:
-    now = time.time()
-    click.echo(f"{'SIZE':>10}  {'FILES':>5}  {'HITS':>5}  {'IDLE':>6}  PATH")
-    for e in entries:
-        pin = "  (pinned)" if e.pinned(now) else ""
-        click.echo(
-            f"{human_bytes(e.size_bytes):>10}  {e.file_count:>5}  {e.hits:>5}  "
-            f"{human_age(now - e.last_access):>6}  {e.path}{pin}"
-        )
-
-
 @click.command("ls")
 @click.option("--larger-than", help="Only directories larger than this (e.g. 1GB).")
 @click.option("--idle-for", help="Only directories not accessed for this long (e.g. 7d).")
@@ -209,7 +188,7 @@ def ls(
     elif sort == "hits":
         entries.sort(key=lambda e: e.hits, reverse=True)
     entries = entries[:limit] if limit else entries
-    emit([e.to_dict() for e in entries], as_json, lambda _: _entry_rows(entries))
+    emit([e.to_dict() for e in entries], as_json, lambda _: entry_rows(entries))
 
 
 @click.command()
@@ -221,11 +200,6 @@ def info(path: str, as_json: Any) -> None:
     """One cached directory."""
     entry = _state().cache.enforcing().info(path)  # expires_at by the workers' TTL
     emit(entry.to_dict(), as_json, lambda d: [click.echo(f"{k:<14} {v}") for k, v in d.items()])
-
-
-def _kv(data: dict[str, Any]) -> None:
-    for k, v in data.items():
-        click.echo(f"{k:<14} {v}")
 
 
 def _send_quota_pass(cache: DiskCache) -> None:
@@ -257,7 +231,7 @@ def register(path: str, now: bool, as_json: Any) -> None:
     else:
         result = _wait_task("register_directory", path)
     _skipped(result, as_json)
-    emit(result, as_json, _kv)
+    emit(result, as_json, kv)
 
 
 @click.command()
@@ -276,23 +250,7 @@ def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
         cache.info(path)  # not tracked: say so now, not after a round trip through a worker
         result = _wait_task("remove_directory", path, files)
     _skipped(result, as_json)
-    emit(result, as_json, _kv)
-
-
-def _plan_table(result: dict[str, Any]) -> None:
-    for part in ("sweep", "evict"):
-        p = result.get(part) or {}
-        verb = "would free" if p.get("dry_run") else "freed"
-        click.echo(f"{part}: {p.get('count', 0)} directories, {verb} "
-                   f"{human_bytes(p.get('bytes_freed', 0))}, "
-                   f"usage {human_bytes(p.get('usage_before'))} -> "
-                   f"{human_bytes(p.get('usage_after'))}")
-        for r in p.get("plan", []):
-            click.echo(f"  {r['reason']:<8} {human_bytes(r['size_bytes']):>10}  "
-                       f"-> {human_bytes(r['usage_after']):>10}  {r['path']}")
-        for why in ("pinned", "locked", "young", "changed"):
-            if p.get(f"skipped_{why}"):
-                click.echo(f"  skipped ({why}): {', '.join(p[f'skipped_{why}'])}")
+    emit(result, as_json, kv)
 
 
 @click.command()
@@ -309,7 +267,7 @@ def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
     else:  # the worker plans too: with the settings and policy it enforces, not this shell's
         result = _wait_task("cleanup", dry_run=dry_run)
     _skipped(result, as_json)
-    emit(result, as_json, _plan_table)
+    emit(result, as_json, plan_table)
 
 
 @click.command()
@@ -337,7 +295,7 @@ def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
 
             result = run_reconcile(cache, dry_run=dry_run, progress=progress, force=force)
     _skipped(result, as_json)
-    emit(result, as_json, _kv)
+    emit(result, as_json, kv)
 
 
 @click.command()
@@ -360,7 +318,7 @@ def pin(path: str, ttl: str, as_json: Any) -> None:
         )
     result = _state().cache.pin(path, seconds)
     _skipped(result, as_json)
-    emit(result, as_json, _kv)
+    emit(result, as_json, kv)
 
 
 @click.command()
@@ -372,7 +330,7 @@ def unpin(path: str, as_json: Any) -> None:
     """Remove a directory's pin."""
     result = _state().cache.unpin(path)
     _skipped(result, as_json)
-    emit(result, as_json, _kv)
+    emit(result, as_json, kv)
 
 
 @click.command()
@@ -404,7 +362,7 @@ def events(limit: int, follow: bool, as_json: bool) -> None:
 @friendly
 def scheduler(action: str, as_json: Any) -> None:
     """Let periodic cleanups run (start), or make them skip (stop); manual ones still run."""
-    emit(_state().cache.set_scheduler(action == "start"), as_json, _kv)
+    emit(_state().cache.set_scheduler(action == "start"), as_json, kv)
 
 
 @click.command("forget-node")
@@ -414,7 +372,7 @@ def scheduler(action: str, as_json: Any) -> None:
 @friendly
 def forget_node(name: str, as_json: Any) -> None:
     """Forget a node taken out of service (its books stay in Redis); refused while it is up."""
-    emit(_state().cache.registry.forget(name), as_json, _kv)
+    emit(_state().cache.registry.forget(name), as_json, kv)
 
 
 COMMANDS = [
@@ -422,63 +380,10 @@ COMMANDS = [
 ]
 
 
-# Commands that only touch the books in Redis: a root gone since the workers started (an
-# unmounted disk) is for them to show (the stats warn), not a setting that stops them.
-READS = {"stats", "ls", "info", "events", "scheduler", "forget-node"}
-# Flask's own options, which mean nothing here (and -A reads like celery's -A workers.app).
-FLASK_ONLY = {"env_file", "app", "debug"}
-
-
-def _create_app() -> Any:
-    from api import create_app
-
-    ctx = click.get_current_context(silent=True)
-    config = None
-    try:
-        if ctx is not None and ctx.info_name in READS:
-            config = {"CACHEMGR_SETTINGS": Settings.from_env(require_root=False)}
-        app = create_app(config)
-        # A command's output is its answer: INFO lines only when asked for.
-        configure_logging(level=log_level(default="WARNING"))
-    except (SettingsError, ValueError) as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
-    except redis.ConnectionError as exc:  # a Redis Cluster's client asks for its nodes at once
-        raise Fail(f"Redis cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
-    return app
-
-
-class CacheGroup(FlaskGroup):
-    """Flask's command group, without its own options, and without loading the app to list or
-    find a command: a bad setting printed a traceback above `--help`, and `cachemgr nosuch`
-    answered with the bad setting instead of "No such command"."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.params = [p for p in self.params if p.name not in FLASK_ONLY]
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        names = set(self.commands)
-        with contextlib.suppress(Fail):  # the app's own (flask-smorest's `openapi`) if it loads
-            names.update(ctx.ensure_object(ScriptInfo).load_app().cli.list_commands(ctx))
-        return sorted(names)
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.commands:
-            return self.commands[name]
-        try:
-            return super().get_command(ctx, name)
-        except Fail as exc:  # the app cannot load: it may hold the command (`openapi`)
-            raise Fail(
-                f"{name!r} is not one of cachemgr's own commands, and the app that may hold it "
-                f"cannot load: {exc.message}",
-                exc.exit_code,
-            ) from None
-
-
 main = CacheGroup(
     name="cachemgr",
     help="cachemgr: keep a download directory from filling the disk.",
-    create_app=_create_app,
+    create_app=create_cli_app,
     add_default_commands=False,
     add_version_option=False,
     load_dotenv=False,

@@ -1,0 +1,66 @@
+"""The `cachemgr` command group: how it finds its app and its commands."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import click
+import redis
+from flask.cli import FlaskGroup, ScriptInfo
+
+from api.cli_errors import EXIT_CONFIG, EXIT_UNAVAILABLE, Fail
+from cachemgr.logs import configure_logging
+from cachemgr.settings import Settings, SettingsError, log_level
+
+# Commands that only touch the books in Redis: a root gone since the workers started (an
+# unmounted disk) is for them to show (the stats warn), not a setting that stops them.
+READS = {"stats", "ls", "info", "events", "scheduler", "forget-node"}
+# Flask's own options, which mean nothing here (and -A reads like celery's -A workers.app).
+FLASK_ONLY = {"env_file", "app", "debug"}
+
+
+def create_cli_app() -> Any:
+    from api import create_app
+
+    ctx = click.get_current_context(silent=True)
+    config = None
+    try:
+        if ctx is not None and ctx.info_name in READS:
+            config = {"CACHEMGR_SETTINGS": Settings.from_env(require_root=False)}
+        app = create_app(config)
+        # A command's output is its answer: INFO lines only when asked for.
+        configure_logging(level=log_level(default="WARNING"))
+    except (SettingsError, ValueError) as exc:
+        raise Fail(str(exc), EXIT_CONFIG) from None
+    except redis.ConnectionError as exc:  # a Redis Cluster's client asks for its nodes at once
+        raise Fail(f"Redis cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
+    return app
+
+
+class CacheGroup(FlaskGroup):
+    """Flask's command group, without its own options, and without loading the app to list or
+    find a command: a bad setting printed a traceback above `--help`, and `cachemgr nosuch`
+    answered with the bad setting instead of "No such command"."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.params = [p for p in self.params if p.name not in FLASK_ONLY]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(self.commands)
+        with contextlib.suppress(Fail):  # the app's own (flask-smorest's `openapi`) if it loads
+            names.update(ctx.ensure_object(ScriptInfo).load_app().cli.list_commands(ctx))
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:
+            return self.commands[name]
+        try:
+            return super().get_command(ctx, name)
+        except Fail as exc:  # the app cannot load: it may hold the command (`openapi`)
+            raise Fail(
+                f"{name!r} is not one of cachemgr's own commands, and the app that may hold it "
+                f"cannot load: {exc.message}",
+                exc.exit_code,
+            ) from None

@@ -1,0 +1,54 @@
+"""The CLI's tables, for a person at a terminal (JSON otherwise: api/cli.py's `emit`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from api.humanize import human_bytes
+from cachemgr.records import Entry
+
+
+def human_age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def entry_rows(entries: list[Entry]) -> None:
+    now = time.time()
+    click.echo(f"{'SIZE':>10}  {'FILES':>5}  {'HITS':>5}  {'IDLE':>6}  PATH")
+    for e in entries:
+        pin = "  (pinned)" if e.pinned(now) else ""
+        click.echo(
+            f"{human_bytes(e.size_bytes):>10}  {e.file_count:>5}  {e.hits:>5}  "
+            f"{human_age(now - e.last_access):>6}  {e.path}{pin}"
+        )
+
+
+def kv(data: dict[str, Any]) -> None:
+    for k, v in data.items():
+        click.echo(f"{k:<14} {v}")
+
+
+def plan_table(result: dict[str, Any]) -> None:
+    for part in ("sweep", "evict"):
+        p = result.get(part) or {}
+        verb = "would free" if p.get("dry_run") else "freed"
+        click.echo(
+            f"{part}: {p.get('count', 0)} directories, {verb} "
+            f"{human_bytes(p.get('bytes_freed', 0))}, "
+            f"usage {human_bytes(p.get('usage_before'))} -> "
+            f"{human_bytes(p.get('usage_after'))}"
+        )
+        for r in p.get("plan", []):
+            click.echo(
+                f"  {r['reason']:<8} {human_bytes(r['size_bytes']):>10}  "
+                f"-> {human_bytes(r['usage_after']):>10}  {r['path']}"
+            )
+        for why in ("pinned", "locked", "young", "changed"):
+            if p.get(f"skipped_{why}"):
+                click.echo(f"  skipped ({why}): {', '.join(p[f'skipped_{why}'])}")
