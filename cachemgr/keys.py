@@ -8,10 +8,14 @@ keys live on one Redis Cluster shard and every multi-key script stays legal ther
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
 class Keys:
+    """A node's key names. Each fixed name is worked out once per instance (cached_property):
+    the hot reads name nine of them on every call."""
+
     prefix: str = ""
 
     def dir(self, path: str) -> str:
@@ -22,28 +26,28 @@ class Keys:
         """String, the lock of one directory while it is scanned, evicted or removed."""
         return f"{self.prefix}lock:dir:{path}"
 
-    @property
+    @cached_property
     def lru(self) -> str:
         """ZSET path -> last access time. With one TTL for all, also the index by expiry."""
         return f"{self.prefix}cache:lru"
 
-    @property
+    @cached_property
     def bytes(self) -> str:
         """String, total bytes of all tracked directories."""
         return f"{self.prefix}cache:bytes"
 
-    @property
+    @cached_property
     def entries(self) -> str:
         """HASH record id (records.record_id(path): 12 characters) -> packed record
         `size files registered hits` (see records.py)."""
         return f"{self.prefix}cache:entries"
 
-    @property
+    @cached_property
     def stats(self) -> str:
         """HASH of counters since the cache was created: hits, misses, evictions..."""
         return f"{self.prefix}cache:stats"
 
-    @property
+    @cached_property
     def stats_baseline(self) -> str:
         """HASH: the counters as they were at the last reset, plus `reset_at`.
 
@@ -51,23 +55,23 @@ class Keys:
         """
         return f"{self.prefix}cache:stats:baseline"
 
-    @property
+    @cached_property
     def pins(self) -> str:
         """ZSET path -> lease expiry time; a pinned directory is never evicted or expired."""
         return f"{self.prefix}cache:pins"
 
-    @property
+    @cached_property
     def pin_paths(self) -> str:
         """ZSET of the pinned paths, all scored 0: ordered by name, so that the pins inside a
         directory are one range (ZRANGEBYLEX), whatever their leases."""
         return f"{self.prefix}cache:pins:paths"
 
-    @property
+    @cached_property
     def deleting(self) -> str:
         """HASH path -> bytes: untracked, its files not yet gone (a crash finishes them later)."""
         return f"{self.prefix}cache:deleting"
 
-    @property
+    @cached_property
     def policy(self) -> str:
         """ZSET used by the active eviction policy (unused by lru, which orders by cache:lru)."""
         return f"{self.prefix}cache:policy"
@@ -76,74 +80,74 @@ class Keys:
         """Extra structures a policy needs (queues, hands, ghosts), named by the policy."""
         return f"{self.prefix}cache:policy:{name}"
 
-    @property
+    @cached_property
     def policy_name(self) -> str:
         """String, the policy whose structures are built (to notice a switch)."""
         return f"{self.prefix}cache:policy_name"
 
-    @property
+    @cached_property
     def scheduler(self) -> str:
         """String `running` or `stopped`: the switch that periodic cleanups honour."""
         return f"{self.prefix}cache:scheduler"
 
-    @property
+    @cached_property
     def config(self) -> str:
         """HASH: the node's TTL, policy and root, published by its workers for pipeline clients."""
         return f"{self.prefix}cache:config"
 
-    @property
+    @cached_property
     def cleanup_lock(self) -> str:
         """String, held while a cleanup runs so that only one runs at a time."""
         return f"{self.prefix}lock:cache:cleanup"
 
-    @property
+    @cached_property
     def reconcile_lock(self) -> str:
         """String, held while a reconcile runs."""
         return f"{self.prefix}lock:cache:reconcile"
 
-    @property
+    @cached_property
     def last_cleanup(self) -> str:
         """HASH: time, duration and outcome of the last cleanup."""
         return f"{self.prefix}cache:last_cleanup"
 
-    @property
+    @cached_property
     def initialized(self) -> str:
         """String, set once the books match the disk; missing after a FLUSHALL."""
         return f"{self.prefix}cache:initialized"
 
-    @property
+    @cached_property
     def events(self) -> str:
         """STREAM (capped) of evictions, expiries, removals and failures."""
         return f"{self.prefix}cache:events"
 
-    @property
+    @cached_property
     def accesses(self) -> str:
         """STREAM (capped, opt-in) of accesses, for trace export."""
         return f"{self.prefix}cache:accesses"
 
-    @property
+    @cached_property
     def history(self) -> str:
         """LIST (capped) of counter samples taken by each cleanup, for the status page."""
         return f"{self.prefix}cache:history"
 
-    @property
+    @cached_property
     def format(self) -> str:
         """String: the layout of the books (records.RECORD_FORMAT), to notice old books."""
         return f"{self.prefix}cache:format"
 
-    @property
+    @cached_property
     def alive(self) -> str:
         """String with a short TTL that the node's workers renew: the node is up while it exists.
         Among the node's own keys, so that the stats script reads it in the same call."""
         return f"{self.prefix}cache:alive"
 
-    @property
+    @cached_property
     def workers(self) -> str:
         """ZSET worker (host:pid) -> its last heartbeat: the last of them to stop takes the
         node down at once; one of several stopping does not."""
         return f"{self.prefix}cache:workers"
 
-    @property
+    @cached_property
     def nodes(self) -> str:
         """HASH node -> JSON of its heartbeat; shared by all nodes, so never prefixed."""
         return "cachemgr:nodes"

@@ -47,6 +47,9 @@ SUMMED = (
     + " pinned_count"
 ).split()
 _summed = operator.itemgetter(*SUMMED)  # one node's, in that order, read in one call
+# The cluster's totals: the sums, and what is worked out from them as a node works out its own.
+TOTALS = (*SUMMED, "usage_percent", "quota_status", "hit_ratio", "byte_hit_ratio")
+_totals = operator.itemgetter(*TOTALS)
 
 # Everything the stats show, in one call (a pipeline of eight reads costs the client more).
 # The four strings are read by one MGET: each redis.call costs Redis about 1.5 µs.
@@ -319,6 +322,13 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
 
 def aggregate(per_node: list[dict[str, Any]]) -> dict[str, Any]:
     """Cluster totals: sums of bytes, counts and counters; the worst quota status."""
+    if len(per_node) == 1:  # one node (most deployments): its totals are its own figures
+        return dict(zip(TOTALS, _totals(per_node[0]), strict=True))
+    return summed(per_node)
+
+
+def summed(per_node: list[dict[str, Any]]) -> dict[str, Any]:
+    """`aggregate` worked out over any number of nodes."""
     columns = zip(*map(_summed, per_node), strict=True)  # every node_stats has each
     total: dict[str, Any] = dict(zip(SUMMED, map(sum, columns), strict=True))
     total["usage_percent"] = (

@@ -752,3 +752,16 @@ def test_cluster_totals_add_every_nodes_figures_and_keep_the_worst_status() -> N
     assert recent == {**counts, "reset_at": None}
     counts, recent = since_reset({"hits": "5"}, {"hits": "3", "reset_at": "10.5"})
     assert recent["hits"] == 2 and recent["misses"] == 0 and recent["reset_at"] == 10.5
+
+
+def test_one_nodes_cluster_totals_are_its_own_figures(cache, root) -> None:
+    # The single-node shortcut must give exactly what summing over one node gives.
+    from cachemgr.stats import aggregate, node_stats, summed
+
+    make_tree(root, "a", files=3)
+    cache.register("a")
+    cache.access("a")
+    cache.access("nope", miss_bytes=500)
+    mine = node_stats(cache)
+    assert aggregate([mine]) == summed([mine])
+    assert aggregate([mine])["hit_ratio"] == 0.5 and aggregate([mine])["total_bytes"] > 0
