@@ -72,15 +72,11 @@ json_option = click.option("--json", "as_json", is_flag=True, default=None, help
 now_option = click.option("--now", is_flag=True, help="Do it in this process, not via a worker.")
 
 
-def _worker_alive(cache: DiskCache) -> bool:
-    return bool(cache.client.exists(cache.keys.alive))
-
-
 def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
     """Send a task to this node's workers and wait for its answer; none of them alive (no
     heartbeat) is said at once, and nothing is queued to run behind the user's back later."""
     cache = _state().cache
-    if not _worker_alive(cache):
+    if not cache.registry.alive(cache.keys):
         raise Fail(
             f"no worker of node {cache.settings.node} is alive (no heartbeat): start one "
             "(celery -A workers.app worker), or do it in this process with --now",
@@ -206,7 +202,7 @@ def _send_quota_pass(cache: DiskCache) -> None:
     """Past the threshold: the workers evict, as after a task's registration. Best effort: the
     directory is registered already, and a broker or worker away is said, not a failure."""
     hint = "run `cachemgr cleanup --now` to evict here"
-    if not _worker_alive(cache):
+    if not cache.registry.alive(cache.keys):
         click.echo(f"past the threshold, and no worker of the node is alive: {hint}", err=True)
         return
     try:

@@ -83,6 +83,10 @@ class NodeRegistry:
         }
         self.client.hset(self.nodes_key, settings.node, json.dumps(entry))
 
+    def alive(self, keys: Keys) -> bool:
+        """Whether a worker of the node with these keys beat within the heartbeat's TTL."""
+        return bool(self.client.exists(keys.alive))
+
     def heartbeat(
         self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS, node: str = ""
     ) -> bool:

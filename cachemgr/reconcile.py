@@ -145,7 +145,8 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
     }
     # Until the vanished are known: counting the tracked twice (on the books and on disk) left
     # the CLI's bar at 50% when nothing was untracked.
-    total = len(records) + len(_untracked(on_disk, set(records)))
+    untracked = _untracked(on_disk, set(records))
+    total = len(records) + len(untracked)
 
     def one(done: int, path: str) -> None:
         if progress:
@@ -167,8 +168,9 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         if dry_run or _untrack_inside(cache, path, records[path]):
             report["untracked"].append(path)
             tracked.discard(path)
-    untracked = _untracked(on_disk, tracked)
-    total = len(records) + len(untracked)
+    if tracked != set(records):  # some vanished or were inside others: worked out again
+        untracked = _untracked(on_disk, tracked)
+        total = len(records) + len(untracked)
     for done, path in enumerate(untracked, len(records) + 1):
         one(done, path)
     report["bytes_before"] = bytes_before

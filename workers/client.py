@@ -203,8 +203,8 @@ class CacheClient:
         nodes = sorted(n for n, r in holding.items() if r == root)
         if len(nodes) > 1:
             # A node renamed or retired stays in the registry: the one alive there is it.
-            books = self._books()
-            alive = [n for n in nodes if books.exists(Keys(entries[n]["key_prefix"]).alive)]
+            registry = NodeRegistry(self._books(), self.cluster)
+            alive = [n for n in nodes if registry.alive(Keys(entries[n]["key_prefix"]))]
             nodes = alive if len(alive) == 1 else nodes
         if len(nodes) > 1:
             # Hosts that mount their caches at the same path: the path cannot say which.
