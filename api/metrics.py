@@ -168,13 +168,13 @@ class CacheCollector(Collector):
             gauge(
                 "cachemgr_last_cleanup_timestamp_seconds",
                 "When the last cleanup started (Unix time).",
-                _float(last.get("time")),
+                last.get("time"),
             ),
             gauge(
                 "cachemgr_last_periodic_cleanup_timestamp_seconds",
                 "When beat's last cleanup started (Unix time); quota passes that registrations "
                 "trigger do not count.",
-                _float(last.get("periodic_time")),
+                last.get("periodic_time"),
             ),
             gauge(
                 "cachemgr_periodic_overdue",
@@ -190,7 +190,7 @@ class CacheCollector(Collector):
             gauge(
                 "cachemgr_last_cleanup_duration_seconds",
                 "How long the last cleanup took.",
-                _float(last.get("duration_seconds")),
+                last.get("duration_seconds"),
             ),
             gauge(
                 "cachemgr_last_cleanup_success",
@@ -267,13 +267,6 @@ def label_value(value: Any) -> str:
     except UnicodeEncodeError:  # a surrogate that no file name decoded to
         raw = str(name).encode("utf-8", "backslashreplace")
     return raw.decode("utf-8", "backslashreplace")
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def registry_for(disk_cache: DiskCache) -> CollectorRegistry:

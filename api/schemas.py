@@ -34,6 +34,21 @@ SinceResetSchema = Schema.from_dict(
 )
 
 
+class LastCleanupSchema(Schema):
+    time = fields.Float(allow_none=True, metadata={"description": "when it started, epoch seconds"})
+    at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    status = fields.String(allow_none=True, metadata={"description": "done or failed"})
+    duration_seconds = fields.Float(allow_none=True)
+    error = fields.String(allow_none=True)
+    trash_left = fields.Integer(metadata={"description": "trash items it could not delete"})
+    evict_short = fields.String(
+        allow_none=True, metadata={"description": "what kept eviction above the threshold"}
+    )
+    periodic_time = fields.Float(
+        allow_none=True, metadata={"description": "when beat's last periodic cleanup started"}
+    )
+
+
 class StatsSchema(SinceResetSchema):
     node = fields.String()
     enabled = fields.Boolean()
@@ -58,7 +73,7 @@ class StatsSchema(SinceResetSchema):
     free_disk_bytes = fields.Integer(allow_none=True)
     min_free_bytes = fields.Integer()
     initialized = fields.Boolean()
-    last_cleanup = fields.Dict(allow_none=True)
+    last_cleanup = fields.Nested(LastCleanupSchema, allow_none=True)
     up = fields.Boolean(metadata={"description": "a worker of the node is alive"})
     last_cleanup_age_seconds = fields.Float(allow_none=True)
     cluster = fields.Dict(metadata={"description": "totals over every node"})

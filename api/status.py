@@ -22,7 +22,7 @@ from api.extensions import cache
 from api.humanize import human_bytes, human_count, human_duration, percent
 from cachemgr import DiskCache
 from cachemgr import history as cleanup_history
-from cachemgr.records import Entry, iso
+from cachemgr.records import Entry, iso, number
 
 bp = Blueprint("status", __name__)
 
@@ -141,13 +141,6 @@ def stalest(disk_cache: DiskCache, n: int = TOP, ttl: int | None = None) -> list
     return [replace(e, ttl_seconds=ttl) if e.ttl_seconds != ttl else e for e in entries]
 
 
-def _float(value: Any) -> float | None:
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
     now = disk_cache.clock()
     stats = disk_cache.cluster_stats()  # this node's, with what is wrong on the others
@@ -163,15 +156,15 @@ def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
     usage_values.append(float(stats["total_bytes"]))
     usage_hi = float(max([max_bytes, *(v or 0 for v in usage_values)]))
     last = stats.get("last_cleanup") or {}
-    last_time = _float(last.get("time"))
+    last_time = last.get("time")
     # Beat's schedule runs from its own last run: the quota passes that registrations trigger
     # also record `time`, and would push "next" ever later while beat stays down.
-    periodic_time = _float(last.get("periodic_time"))
+    periodic_time = last.get("periodic_time")
     interval = int(stats["cleanup_interval_seconds"])  # the workers', as the quota and TTL
     running = bool(stats["scheduler_running"])
     events = disk_cache.store.events(EVENTS)
     for event in events:
-        event["at"] = _float(event.get("time"))
+        event["at"] = number(event.get("time"))
         event["size_bytes"] = int(event["size"]) if str(event.get("size", "")).isdigit() else None
     big, cut = largest(disk_cache)
     return {
@@ -219,7 +212,7 @@ def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
             "time": last_time,
             "periodic_time": periodic_time,
             "status": last.get("status"),
-            "duration": _float(last.get("duration_seconds")),
+            "duration": last.get("duration_seconds"),
             "error": last.get("error") or "",
             "interval": interval,
             "max_evictions": s.disk_cache_max_evictions_per_run,

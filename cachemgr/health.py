@@ -56,7 +56,7 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "(`cachemgr scheduler start`, or POST /cache/start-scheduler)"
         )
     last = stats.get("last_cleanup") or {}
-    stuck = int(last.get("trash_left") or 0)
+    stuck = last.get("trash_left") or 0
     if stuck:
         problems.append(
             f"{stuck} item(s) in the trash (.cachemgr-trash) could not be deleted: their bytes "
@@ -72,7 +72,7 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "cleanups wait in the queue"
         )
     # Beat's own runs: quota passes that registrations trigger must not hide a stopped beat.
-    last_time = float(last["periodic_time"]) if last.get("periodic_time") else None
+    last_time = last.get("periodic_time")
     if stats.get("periodic_overdue"):
         if last_time is None:
             problems.append(
@@ -109,5 +109,5 @@ def periodic_overdue(
     if not stats.get("directory_count"):
         return False
     last = (stats.get("last_cleanup") or {}).get("periodic_time")
-    due_from = max(float(last) if last else (workers_since or 0.0), scheduler_since or 0.0)
+    due_from = max(last if last is not None else (workers_since or 0.0), scheduler_since or 0.0)
     return now - due_from > OVERDUE_INTERVALS * interval

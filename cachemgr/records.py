@@ -130,3 +130,29 @@ class PassResult:
             "owed": self.owed,
             "short": self.short,
         }
+
+
+def number(value: Any, kind: type[float] | type[int] = float) -> float | int | None:
+    """A number read back from Redis (where it is a string), or None when absent or unreadable."""
+    try:
+        return None if value in (None, "") else kind(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
+    """The last cleanup's outcome (`cache:last_cleanup`, written by history.record) with its
+    numbers typed: Redis hands every field back as a string. None before the first cleanup."""
+    if not raw:
+        return None
+    started = number(raw.get("time"))
+    return {
+        "time": started,
+        "at": iso(started),
+        "status": raw.get("status") or None,
+        "duration_seconds": number(raw.get("duration_seconds")),
+        "error": raw.get("error") or None,
+        "trash_left": number(raw.get("trash_left"), int) or 0,
+        "evict_short": raw.get("evict_short") or None,
+        "periodic_time": number(raw.get("periodic_time")),
+    }

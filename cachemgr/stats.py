@@ -14,7 +14,7 @@ from cachemgr.errors import CacheError, root_missing
 from cachemgr.health import diagnose, periodic_overdue
 from cachemgr.nodes import ENFORCED, NodeRegistry, enforced, own_entry
 from cachemgr.reads import Batch, Lua, Reader, call, run
-from cachemgr.records import iso
+from cachemgr.records import iso, last_cleanup
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -135,7 +135,7 @@ def queue_snapshot(
             "directory_count": int(count),
             "counters": counts,
             "since_reset": recent,
-            "last_cleanup": pairs(last) or None,
+            "last_cleanup": last_cleanup(pairs(last)),
             "initialized": bool(initialized),
             "scheduler_running": scheduler != "stopped",
             "scheduler_started": _started(scheduler),
@@ -307,7 +307,7 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
     for name in sorted(caches):
         stats = node_stats(caches[name], snaps[name])
         last = (stats.get("last_cleanup") or {}).get("time")
-        stats["last_cleanup_age_seconds"] = round(now - float(last), 1) if last else None
+        stats["last_cleanup_age_seconds"] = round(now - last, 1) if last is not None else None
         nodes.append(stats)
     mine = next(n for n in nodes if n["node"] == own)
     # What is wrong on another node is said here too: one API (and its page) watches them all.
