@@ -36,7 +36,6 @@ SinceResetSchema = Schema.from_dict(
 
 class LastCleanupSchema(Schema):
     time = fields.Float(allow_none=True, metadata={"description": "when it started, epoch seconds"})
-    at = fields.String(allow_none=True, metadata={"format": "date-time"})
     status = fields.String(allow_none=True, metadata={"description": "done or failed"})
     duration_seconds = fields.Float(allow_none=True)
     error = fields.String(allow_none=True)

@@ -145,10 +145,8 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
     numbers typed: Redis hands every field back as a string. None before the first cleanup."""
     if not raw:
         return None
-    started = number(raw.get("time"))
     return {
-        "time": started,
-        "at": iso(started),
+        "time": number(raw.get("time")),
         "status": raw.get("status") or None,
         "duration_seconds": number(raw.get("duration_seconds")),
         "error": raw.get("error") or None,
