@@ -29,16 +29,18 @@ from api.cli_errors import (
 from api.cli_group import CacheGroup, create_cli_app
 from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
-from api.cli_tables import entry_rows, kv, plan_table
+from api.cli_tables import entry_rows, hits_and_misses, kv, plan_table
 from api.errors import raised_in
 from api.humanize import human_bytes
 from cachemgr import CacheError, DiskCache
 from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.cleanup import quota_pass_due
+from cachemgr.nodes import differing
 from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry
 from cachemgr.settings import parse_duration, parse_size, quoted
+from cachemgr.stats import env_value
 
 # The API's own limit for GET /cache/events; a COUNT past 2^63 was a Redis error's traceback.
 MAX_EVENTS = 10000
@@ -99,6 +101,23 @@ def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
         raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
 
 
+def _acting() -> DiskCache:
+    """The cache a write done here (--now) acts on: with the quota, TTL and policy the node's
+    workers enforce, not this shell's (which once evicted by a quota of its own, or rebuilt
+    another policy's structures). A difference is said on stderr."""
+    cache = _state().cache
+    if not cache.settings.enable_disk_cache_management:
+        return cache  # switched off here: nothing is done here, whatever the workers say
+    theirs = cache.enforcing()
+    for name, mine, workers in differing(cache.settings, theirs.settings):
+        click.echo(
+            f"note: the node's workers run with {name}={env_value(workers)} (this shell: "
+            f"{env_value(mine)}): done here with theirs",
+            err=True,
+        )
+    return theirs
+
+
 def _skipped(result: Any, as_json: bool | None) -> None:
     """A skipped or disabled operation fails (exit 1), its result still printed as JSON when
     JSON is wanted: a script reading stdout gets an answer."""
@@ -125,7 +144,7 @@ def stats(reset: bool, as_json: bool | None) -> None:
     s = _state().cache.stats()
 
     def table(s: dict[str, Any]) -> None:
-        ratio = s["hit_ratio"]
+        recent = s["since_reset"]
         rows = [
             ("node", s["node"]),
             ("usage", f"{human_bytes(s['total_bytes'])} of {human_bytes(s['max_bytes'])} "
@@ -133,10 +152,9 @@ def stats(reset: bool, as_json: bool | None) -> None:
             ("watermarks", f"evict above {human_bytes(s['threshold_bytes'])}, "
                            f"down to {human_bytes(s['target_bytes'])}"),
             ("directories", s["directory_count"]),
-            ("hits / misses", f"{s['hits']} / {s['misses']}"
-                              f" ({'-' if ratio is None else f'{100 * ratio:.1f}%'} hit ratio)"),
-            ("bytes hit / missed", f"{human_bytes(s['hit_bytes'])} / "
-                                   f"{human_bytes(s['missed_bytes'])}"),
+            ("hits / misses", hits_and_misses(s)),
+            *([("  since reset", hits_and_misses(recent)), ("  reset at", recent["reset_at"])]
+              if recent.get("reset_at") else []),
             ("evictions", s["evictions"]),
             ("expirations", s["expirations"]),
             ("bytes freed", human_bytes(s["bytes_freed"])),
@@ -219,8 +237,8 @@ def _send_quota_pass(cache: DiskCache) -> None:
 @friendly
 def register(path: str, now: bool, as_json: Any) -> None:
     """Register a directory under the cache root."""
-    cache = _state().cache
     if now:
+        cache = _acting()
         result = cache.register(path)
         if quota_pass_due(result):
             _send_quota_pass(cache)
@@ -239,11 +257,10 @@ def register(path: str, now: bool, as_json: Any) -> None:
 @friendly
 def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
     """Stop tracking a directory (and delete it with --files)."""
-    cache = _state().cache
     if now:
-        result = cache.remove(path, remove_files=files)
+        result = _acting().remove(path, remove_files=files)
     else:
-        cache.info(path)  # not tracked: say so now, not after a round trip through a worker
+        _state().cache.info(path)  # not tracked: said now, not after a worker's round trip
         result = _wait_task("remove_directory", path, files)
     _skipped(result, as_json)
     emit(result, as_json, kv)
@@ -257,9 +274,8 @@ def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
 @friendly
 def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
     """Sweep expired directories, then enforce the quota."""
-    cache = _state().cache
     if now:
-        result = run_cleanup(cache, dry_run=dry_run)
+        result = run_cleanup(_acting(), dry_run=dry_run)
     else:  # the worker plans too: with the settings and policy it enforces, not this shell's
         result = _wait_task("cleanup", dry_run=dry_run)
     _skipped(result, as_json)
@@ -277,12 +293,12 @@ def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
 @friendly
 def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
     """Compare the books with the disk and fix them."""
-    cache = _state().cache
     if not (dry_run or now):
         result = _wait_task("reconcile", force=force)
     elif not sys.stderr.isatty():  # a bar is for a person: in a log it was a bare "walking"
-        result = run_reconcile(cache, dry_run=dry_run, force=force)
+        result = run_reconcile(_acting(), dry_run=dry_run, force=force)
     else:
+        cache = _acting()
         with click.progressbar(length=1, label="walking", file=sys.stderr) as bar:
 
             def progress(done: int, total: int, path: str) -> None:

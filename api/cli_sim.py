@@ -9,21 +9,24 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import stat
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import click
 import redis
 
+from api.humanize import counted
 from cachemgr.connection import connect
 from cachemgr.keys import Keys
 from cachemgr.models import MODELS
 from cachemgr.settings import Settings, SettingsError
 from cachemgr.simulate import BOUNDS, CacheSize, format_table, parse_size, plot, simulate
-from cachemgr.traces import FORMATS, TraceError, read_trace
+from cachemgr.traces import FORMATS, Trace, TraceError, read_trace
 
 
 class Refused(click.ClickException):
@@ -43,8 +46,17 @@ def _cache_size(text: str) -> CacheSize:
         raise Refused(str(exc)) from None
 
 
+def _read_stdin(fmt: str | None) -> Trace:
+    """`-`: the trace from standard input (text unless --format says otherwise), through a
+    file aside, as every reader takes a path."""
+    with tempfile.NamedTemporaryFile(prefix="cachemgr-trace-") as aside:
+        shutil.copyfileobj(click.get_binary_stream("stdin"), aside)
+        aside.flush()
+        return replace(read_trace(aside.name, fmt or "text"), name="stdin")
+
+
 @click.command("simulate")
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option(
     "--policy",
     "policies",
@@ -94,19 +106,23 @@ def simulate_command(
     plot_path: str | None,
     as_json: bool,
 ) -> None:
-    """Replay TRACE through the policies at several cache sizes; print miss ratios."""
+    """Replay TRACE (a file, or - for standard input) through the policies at several cache
+    sizes; print miss ratios."""
     chosen = list(dict.fromkeys(policies)) or list(MODELS)
     unknown = [p for p in chosen if p not in MODELS]
     if unknown:
         raise Refused(f"unknown policy {unknown[0]!r} (known: {', '.join(MODELS)})")
-    parsed = [_cache_size(s) for s in (sizes or ("1%", "5%", "10%"))]
+    parsed = [_cache_size(s) for s in dict.fromkeys(sizes or ("1%", "5%", "10%"))]
+    if plot_path and not Path(plot_path).absolute().parent.is_dir():
+        # Said before the replay, not after minutes of it (with --json, nothing was printed).
+        raise Refused(f"cannot write the plot {plot_path}: no directory {Path(plot_path).parent}")
     if limit is not None and limit <= 0:
         raise Refused("--limit must be > 0")
     target = threshold if target is None else target
     if not 0 < target <= threshold <= 1:
         raise Refused("need 0 < --target <= --threshold <= 1")
     try:
-        data = read_trace(trace, fmt)
+        data = _read_stdin(fmt) if trace == "-" else read_trace(trace, fmt)
     except TraceError as exc:
         raise Refused(str(exc)) from None
     if limit:
@@ -140,7 +156,7 @@ def simulate_command(
         )
         return
     click.echo(
-        f"{data.name}: {len(data):,} requests, {data.objects:,} objects, "
+        f"{data.name}: {counted(len(data), 'request')}, {counted(data.objects, 'object')}, "
         f"working set {data.working_set_bytes():,} bytes"
     )
     click.echo(format_table(results))
@@ -150,7 +166,8 @@ def simulate_command(
 
 @click.group("trace")
 def trace_group() -> None:
-    """The access log: an opt-in, capped Redis stream of every access (Store access_log_maxlen)."""
+    """The access log: an opt-in, capped Redis stream of every access (set
+    DISK_CACHE_ACCESS_LOG_MAXLEN on the node's workers to record it)."""
 
 
 def _keys_and_client(redis_url: str | None, prefix: str | None) -> tuple[Keys, Any]:
@@ -160,7 +177,7 @@ def _keys_and_client(redis_url: str | None, prefix: str | None) -> tuple[Keys, A
         except SettingsError as exc:
             raise Refused(str(exc), 5) from None
         redis_url = redis_url or settings.redis_url
-        prefix = settings.disk_cache_key_prefix if prefix is None else prefix
+        prefix = settings.key_prefix if prefix is None else prefix  # a named node's {n}:
     try:
         client = connect(redis_url)
         client.ping()  # before the output file is opened: a failure must not empty it
@@ -236,7 +253,10 @@ def _export_to_file(client: Any, keys: Keys, target: Path, count: int | None) ->
 @trace_group.command("export")
 @click.option("--redis-url", default=None, help="Default: REDIS_URL from the environment.")
 @click.option(
-    "--prefix", default=None, help="Key prefix of the node (default: DISK_CACHE_KEY_PREFIX)."
+    "--prefix",
+    default=None,
+    help="Key prefix of the node (default: the node's, from DISK_CACHE_KEY_PREFIX or "
+    "DISK_CACHE_NODE).",
 )
 @click.option(
     "-o",
@@ -252,6 +272,8 @@ def export_command(
     """Write the access log as CSV timestamp,path,size,hit, for `cachemgr simulate`."""
     if count is not None and count <= 0:
         raise Refused("--count must be > 0")
+    if output != "-" and not Path(output).absolute().parent.is_dir():
+        raise Refused(f"cannot write {output}: no directory {Path(output).absolute().parent}")
     keys, client = _keys_and_client(redis_url, prefix)
     try:
         if output == "-":
@@ -263,12 +285,14 @@ def export_command(
         raise Refused(f"Redis cannot be reached: {exc}", 4) from None
     except redis.ResponseError as exc:
         raise click.ClickException(f"cannot read {keys.accesses}: {exc}") from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc}") from None
+    except OSError as exc:  # its strerror: the whole exception names the file written aside
+        raise Refused(f"cannot write {output}: {exc.strerror or exc}") from None
     if output != "-":
-        click.echo(f"{n} accesses written to {output}", err=True)
+        click.echo(f"{counted(n, 'access')} written to {output}", err=True)
+    maxlen = client.hget(keys.config, "access_log_maxlen")
+    if n and maxlen in (None, "0"):
+        click.echo("the access log is off now: these accesses were recorded before", err=True)
     if n == 0:  # a header alone said nothing of why
-        maxlen = client.hget(keys.config, "access_log_maxlen")
         click.echo(
             "no accesses: the access log is off (DISK_CACHE_ACCESS_LOG_MAXLEN is 0 for the "
             "node's workers; set it there to record them)"

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from api.humanize import human_bytes
+from api.humanize import counted, human_bytes, percent
 from cachemgr.records import Entry
 
 
@@ -34,12 +34,21 @@ def kv(data: dict[str, Any]) -> None:
         click.echo(f"{k:<14} {v}")
 
 
+def hits_and_misses(c: dict[str, Any]) -> str:
+    """Hits and misses by directories and by bytes, with both ratios."""
+    return (
+        f"{c['hits']} / {c['misses']} ({percent(c['hit_ratio'])} of requests), "
+        f"{human_bytes(c['hit_bytes'])} / {human_bytes(c['missed_bytes'])} "
+        f"({percent(c['byte_hit_ratio'])} of bytes)"
+    )
+
+
 def plan_table(result: dict[str, Any]) -> None:
     for part in ("sweep", "evict"):
         p = result.get(part) or {}
         verb = "would free" if p.get("dry_run") else "freed"
         click.echo(
-            f"{part}: {p.get('count', 0)} directories, {verb} "
+            f"{part}: {counted(p.get('count', 0), 'directory')}, {verb} "
             f"{human_bytes(p.get('bytes_freed', 0))}, "
             f"usage {human_bytes(p.get('usage_before'))} -> "
             f"{human_bytes(p.get('usage_after'))}"
@@ -52,3 +61,10 @@ def plan_table(result: dict[str, Any]) -> None:
         for why in ("pinned", "locked", "young", "changed"):
             if p.get(f"skipped_{why}"):
                 click.echo(f"  skipped ({why}): {', '.join(p[f'skipped_{why}'])}")
+    if result.get("policy_switch_pending"):
+        click.echo(
+            "policy switch pending: this plan read the new policy's structures, which the next "
+            "real cleanup builds first from the records; its evictions may differ"
+        )
+    if result.get("policy_rebuilt"):
+        click.echo("policy structures rebuilt from the records (see `cachemgr events`)")

@@ -18,6 +18,17 @@ def human_count(n: float | None) -> str:
     return "–" if n is None else f"{int(n):,}"
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 directory`, `2 directories`, `1,000 requests`."""
+    if n == 1:
+        return f"1 {noun}"
+    if noun.endswith("y"):
+        plural = noun[:-1] + "ies"
+    else:
+        plural = noun + ("es" if noun.endswith(("s", "x")) else "s")
+    return f"{n:,} {plural}"
+
+
 def percent(ratio: float | None, digits: int = 1) -> str:
     return "–" if ratio is None else f"{100 * ratio:.{digits}f} %"
 

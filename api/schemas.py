@@ -128,6 +128,10 @@ class EventSchema(Schema):
     pinned = fields.String()
     locked = fields.String()
     young = fields.String()
+    # policy_switched: the policy before, the one now, and how many directories it took over
+    previous = fields.String()
+    policy = fields.String()
+    carried = fields.String()
 
 
 class EventListSchema(Schema):

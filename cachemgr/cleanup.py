@@ -358,7 +358,7 @@ def cleanup(
                 log.warning("books rebuilt from the disk: eviction waits for the next cleanup")
         migrations.ensure_pin_index(cache.store)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
-        migrations.ensure_policy(cache.store)
+        switched = migrations.ensure_policy(cache.store)
         expired = _sweep_or_nothing(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
@@ -384,6 +384,7 @@ def cleanup(
         "evict": evicted.to_dict(),
         "recovered": recovered,
         "rebuilt": rebuilt,
+        "policy_rebuilt": switched,  # the policy's structures, built anew from the records
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
         "trash_left": trash.pending(cache.root),

@@ -4,14 +4,19 @@ a marker key, or the index itself, says it is done."""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING
 
+from cachemgr.policies import POLICIES
 from cachemgr.reads import Lua, call
 from cachemgr.records import RECORD_FORMAT
 from cachemgr.scripts import COMMON_KEYS, PRELUDE
 
 if TYPE_CHECKING:
     from cachemgr.store import Store
+
+log = logging.getLogger("cachemgr")
 
 # Refile records that books written before record ids keep under their path.
 # KEYS: COMMON_KEYS layout  ARGV[1..] fields of cache:entries
@@ -68,17 +73,34 @@ def rebuild_policy(store: Store, batch: int = 1000) -> int:
 def ensure_policy(store: Store) -> bool:
     """Rebuild when the policy changed since the structures were built; True if it did.
 
-    With no name recorded yet, structures that exist were built by the registrations of
-    this very policy (its hooks ran on each one): adopt them rather than wipe its history.
+    With no name recorded, structures that exist were built by books older than the name
+    (Store.register records it now before its first hook): adopt them rather than wipe their
+    history. A switch is logged and kept as an event; the old policy's own structures go.
     """
     recorded = store.client.get(store.keys.policy_name)
-    if recorded == store.policy.name:
+    new = store.policy.name
+    if recorded == new:
         return False
     own = [store.keys.policy] + store.script_keys()[COMMON_KEYS:]
     if recorded is None and store.client.exists(*own):
-        store.client.set(store.keys.policy_name, store.policy.name)
+        store.client.set(store.keys.policy_name, new)
         return False
-    rebuild_policy(store)
+    carried = rebuild_policy(store)
+    if recorded is None:  # new books: nothing was switched
+        return True
+    old = POLICIES.get(recorded)
+    stale = [store.keys.policy_aux(f"{recorded}:{name}") for name in (old.aux if old else ())]
+    if stale:
+        store.client.unlink(*stale)  # a ghost can be large: freed in the background
+    log.info(
+        "eviction policy switched from %s to %s: %d directories carried over",
+        recorded,
+        new,
+        carried,
+        extra={"event": "policy_switched"},
+    )
+    event = {"event": "policy_switched", "previous": recorded, "policy": new, "carried": carried}
+    store.add_event({**event, "time": f"{time.time():.3f}"})
     return True
 
 

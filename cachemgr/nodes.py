@@ -191,6 +191,17 @@ def enforced(base: Settings, entry: dict[str, Any]) -> Settings:
     return replace(base, **changes)
 
 
+def differing(here: Settings, workers: Settings) -> list[tuple[str, Any, Any]]:
+    """(setting's environment name, this process's value, the workers') where they differ."""
+    if here is workers:  # `enforced` found nothing to change
+        return []
+    return [
+        (field.upper(), getattr(here, field), getattr(workers, field))
+        for field, _ in ENFORCED.values()
+        if getattr(here, field) != getattr(workers, field)
+    ]
+
+
 def own_entry(entries: dict[str, dict[str, Any]], settings: Settings) -> dict[str, Any]:
     """This node's entry: by its name, else the newest with its key prefix (an unnamed node's
     workers publish under their own host name, which is not this process's)."""

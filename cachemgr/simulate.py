@@ -59,9 +59,22 @@ class CacheSize:
         return max(1, int(working_set * self.fraction))
 
 
+TOO_LARGE = f"must be at most {MAX_BYTES} bytes (just under 8 EiB)"
+
+
 def parse_size(text: str) -> CacheSize:
-    """`10%` (of the working set), `128MiB`, `1.5GB`, `4096` (bytes)."""
+    """`10%` or `0.1` (of the working set), `128MiB`, `1.5GB`, `4096` (bytes)."""
     raw = text.strip()
+    if re.fullmatch(r"0?\.[0-9]+", raw):  # a fraction, as 5% is
+        fraction = float(raw)
+        if fraction <= 0:
+            raise ValueError(f"cache size {text!r}: a fraction of the working set must be > 0")
+        return CacheSize(raw, fraction=fraction)
+    if re.fullmatch(r"[0-9]*\.[0-9]+", raw):
+        raise ValueError(
+            f"cache size {text!r}: bytes are whole; for a share of the working set write a "
+            "fraction under 1 (0.05) or a percentage (5%), else give a unit (1.5GB)"
+        )
     if raw.endswith("%"):
         try:
             pct = float(raw[:-1])
@@ -74,13 +87,13 @@ def parse_size(text: str) -> CacheSize:
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"bad cache size {text!r} (use e.g. 1%, 10%, 128MiB, 2GB, 4096)")
     if len(m.group(1)) > 40:  # past any bound below; Fraction would read every digit
-        raise ValueError(f"cache size {quoted(text)}: must be at most {MAX_BYTES} bytes (8 EiB)")
+        raise ValueError(f"cache size {quoted(text)}: {TOO_LARGE}")
     # Exact, not float: 2^63 - 1 stays itself, and a huge number is too large, not infinity.
     n = int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
     if n <= 0:
         raise ValueError(f"cache size {text!r} must be > 0")
     if n > MAX_BYTES:
-        raise ValueError(f"cache size {quoted(text)}: must be at most {MAX_BYTES} bytes (8 EiB)")
+        raise ValueError(f"cache size {quoted(text)}: {TOO_LARGE}")
     return CacheSize(raw, bytes=n)
 
 

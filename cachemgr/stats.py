@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from cachemgr.connection import same_server
 from cachemgr.errors import CacheError, root_missing
 from cachemgr.health import diagnose, periodic_overdue
-from cachemgr.nodes import ENFORCED, NodeRegistry, enforced, own_entry
+from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.records import iso, last_cleanup
 
@@ -99,7 +99,9 @@ def since_reset(
         if name in total:
             total[name] = int(value)
     recent: dict[str, Any] = (
-        {c: total[c] - int(base.get(c, 0)) for c in COUNTERS} if base else dict(total)
+        # Never below 0: counters set back by hand (or restored from an older dump) would
+        # otherwise show -10 hits and a ratio past 1.
+        {c: max(0, total[c] - int(base.get(c, 0))) for c in COUNTERS} if base else dict(total)
     )
     recent["reset_at"] = float(base["reset_at"]) if "reset_at" in base else None
     return total, recent
@@ -237,18 +239,15 @@ def disabled_where(cache: DiskCache) -> str | None:
 def _differences(here: Settings, workers: Settings) -> list[str]:
     """A process whose environment disagrees with the workers' says so: the stats show the
     workers' values, and a cleanup sent from here runs with theirs."""
-    if here is workers:  # `enforced` found nothing to change
-        return []
     return [
-        f"this process has {field.upper()}={_env(getattr(here, field))} but the node's workers "
-        f"run with {_env(getattr(workers, field))}: the stats show the workers' (they enforce "
-        "it); give every process the same environment"
-        for field, _ in ENFORCED.values()
-        if getattr(here, field) != getattr(workers, field)
+        f"this process has {name}={env_value(mine)} but the node's workers run with "
+        f"{env_value(theirs)}: the stats show the workers' (they enforce it); give every "
+        "process the same environment"
+        for name, mine, theirs in differing(here, workers)
     ]
 
 
-def _env(value: Any) -> str:
+def env_value(value: Any) -> str:
     """A setting as one writes it in the environment (`false`, not Python's `False`)."""
     return str(value).lower() if isinstance(value, bool) else str(value)
 

@@ -61,6 +61,7 @@ class Store:
         self.access_log_maxlen = access_log_maxlen
         self.policy: Policy = POLICIES[policy]
         self._register = client.register_script(self.policy.script(scripts.REGISTER))
+        self._named = False  # cache:policy_name set, if unset, before this store's first hook
         self._access = client.register_script(
             scripts.with_baked_keys(self.policy.script(scripts.ACCESS), self.script_keys(""))
         )
@@ -115,6 +116,11 @@ class Store:
     ) -> Any:
         """Returns ['ok', new, delta, total], ['overlap', other_path], ['busy', above],
         ['collision'] or ['lock_lost']."""
+        if not self._named:
+            # Whose structures the hooks build is then known at the next switch: fifo's and
+            # lfu's share cache:policy, and an lfu that adopted fifo's read times as hits.
+            self.client.set(self.keys.policy_name, self.policy.name, nx=True)
+            self._named = True
         return self._register(
             keys=self.script_keys(path),
             args=[

@@ -80,8 +80,9 @@ def _open_binary(path: Path) -> IO[bytes]:
 
 def _open_text(path: Path) -> IO[str]:
     # newline="": the csv module reads a quoted \r or \r\n inside a path as it is (paths
-    # that differ only there were merged into one object).
-    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="")
+    # that differ only there were merged into one object). utf-8-sig: the byte-order mark
+    # spreadsheets write before the header is not part of its first name.
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", newline="")
 
 
 def read_oracle_general(path: str | Path) -> Trace:
@@ -131,14 +132,19 @@ def read_csv(path: str | Path) -> Trace:
     sizes: list[int] = []
     with _open_text(p) as fh:
         reader = csv.DictReader(fh)
-        missing = {"timestamp", "path", "size"} - set(reader.fieldnames or ())
+        found = list(reader.fieldnames or ())
+        reader.fieldnames = [name.strip().lower() for name in found]  # `Timestamp, Path`
+        missing = {"timestamp", "path", "size"} - set(reader.fieldnames)
         if missing:
-            raise TraceError(f"{p}: CSV header lacks {', '.join(sorted(missing))}")
+            raise TraceError(
+                f"{p}: the CSV header lacks {', '.join(sorted(missing))} (its first line "
+                f"reads {','.join(found)!r}; it must name timestamp,path,size)"
+            )
         try:
             for row in reader:
                 try:
                     times.append(float(row["timestamp"]))
-                    sizes.append(int(float(row["size"])))
+                    sizes.append(int(row["size"]))  # whole bytes, as in the text format
                 except (TypeError, ValueError):
                     raise TraceError(f"{p}:{reader.line_num}: bad row {row!r}") from None
                 keys.append(row["path"])
@@ -162,8 +168,10 @@ def _from_keys(name: str, times: list[float], keys: list[str], sizes: list[int])
 
 def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise TraceError(f"{p}: no such file")
+    if p.is_dir():
+        raise TraceError(f"{p}: is a directory, not a trace file")
     fmt = fmt or detect_format(p)
     readers: dict[str, Any] = {"oracle": read_oracle_general, "text": read_text, "csv": read_csv}
     if fmt not in readers:
@@ -176,8 +184,9 @@ def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
         raise TraceError(f"{p}: a size or time out of range (sizes must fit in 63 bits)") from None
     if len(trace) == 0:
         raise TraceError(f"{p}: no requests")
-    if (trace.sizes < 0).any():
-        raise TraceError(f"{p}: negative sizes")
+    negative = np.flatnonzero(trace.sizes < 0)
+    if len(negative):
+        raise TraceError(f"{p}: negative size at request {int(negative[0]) + 1}")
     # Every request's size summed (in doubles: a guard, fast): past 63 bits the replay's
     # int64 sums would wrap silently into a wrong table.
     if float(trace.sizes.sum(dtype=np.float64)) > MAX_TOTAL_BYTES:

@@ -398,3 +398,52 @@ def test_a_result_backend_that_gives_up_is_exit_4(runner, cache, root, monkeypat
     result = run(runner, "register", "a")
     assert result.exit_code == 4 and "result backend cannot be reached" in result.output
     assert "restarted" not in result.output
+
+
+def test_inline_writes_use_the_workers_quota_and_policy(settings, redis_client, root):
+    """A shell whose environment differs (a quota of 1 MB, another policy) once evicted by its
+    own quota and rebuilt its own policy's structures: --now acts with the workers'."""
+    from api import create_app
+    from cachemgr import DiskCache
+    from tests.conftest import BROKER_URL
+
+    workers = settings.with_(disk_cache_eviction_policy="s3fifo-a")
+    theirs = DiskCache(workers, redis_client)
+    theirs.registry.publish(workers)
+    for name in ("a", "b", "c"):
+        make_tree(root, name, files=4)
+        theirs.register(name)
+    shell = settings.with_(disk_cache_max_bytes=5 * 4096, disk_cache_eviction_policy="lru")
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": shell, "REDIS_CLIENT": redis_client,
+                      "CELERY_BROKER_URL": BROKER_URL})  # fmt: skip
+    result = run(app.test_cli_runner(), "cleanup", "--now", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["evict"]["count"] == 0  # under the workers' quota
+    assert redis_client.get(theirs.keys.policy_name) == "s3fifo-a"
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert any("DISK_CACHE_MAX_BYTES=" in n and "this shell: 20480" in n for n in notes)
+    assert any("DISK_CACHE_EVICTION_POLICY=s3fifo-a (this shell: lru)" in n for n in notes)
+
+
+def test_tables_show_the_since_reset_figures_and_a_pending_switch(
+    runner, cache, root, monkeypatch
+):
+    import api.cli
+
+    monkeypatch.setattr(api.cli, "_json_wanted", lambda as_json: bool(as_json))  # a terminal
+    make_tree(root, "a", files=4)
+    cache.register("a")
+    cache.access("a")
+    cache.access("gone", miss_bytes=4096)
+    before = run(runner, "stats").stdout
+    assert "hits / misses        1 / 1 (50.0 % of requests)" in before
+    assert "since reset" not in before
+    cache.access("a")
+    after = run(runner, "stats", "--reset").stdout
+    assert "2 / 1 (66.7 % of requests)" in after  # overall
+    assert "  since reset        0 / 0 (– of requests)" in after and "  reset at" in after
+    # A plan made right after a policy switch says it read structures the real run rebuilds.
+    redis_client = cache.client
+    redis_client.set(cache.keys.policy_name, "fifo")
+    plan = run(runner, "cleanup", "--dry-run", "--now").stdout
+    assert "evict: 0 directories" in plan and "policy switch pending" in plan

@@ -614,8 +614,34 @@ def test_a_dry_run_right_after_a_policy_switch_changes_nothing_and_says_so(
     plan = cleanup(after, dry_run=True)
     assert plan["policy_switch_pending"] is True
     assert redis_client.get(after.keys.policy_name) == "2q"  # the plan rebuilt nothing
-    assert cleanup(after)["evict"]["count"] >= 1
+    done = cleanup(after)
+    assert done["evict"]["count"] >= 1 and done["policy_rebuilt"] is True
     assert cleanup(after, dry_run=True)["policy_switch_pending"] is False
+    # The switch is said (an event beside the log line) and 2q's own structures are gone.
+    switch = [e for e in after.store.events(100) if e["event"] == "policy_switched"]
+    assert [(e["previous"], e["policy"], e["carried"]) for e in switch] == [("2q", "fifo", "12")]
+    assert not redis_client.keys(after.keys.policy_aux("2q:*"))
+    assert cleanup(after)["policy_rebuilt"] is False
+
+
+def test_a_switch_before_any_cleanup_rebuilds_what_the_registrations_built(
+    settings, redis_client, root
+):
+    """fifo's registrations fill cache:policy with registration times; an lfu that adopted
+    them as hit counts evicted the one directory that had hits."""
+    from cachemgr.cleanup import cleanup
+
+    clock = Clock()
+    fifo = DiskCache(settings.with_(disk_cache_eviction_policy="fifo"), redis_client, clock=clock)
+    names = fill(fifo, root, 5, clock)
+    for _ in range(3):
+        fifo.access(names[0])
+    tight = settings.with_(disk_cache_eviction_policy="lfu", disk_cache_max_bytes=4 * UNIT)
+    lfu = DiskCache(tight, redis_client, clock=clock)
+    assert cleanup(lfu, dry_run=True)["policy_switch_pending"] is True
+    evicted = cleanup(lfu)["evict"]["paths"]
+    assert evicted and names[0] not in evicted
+    assert evicted == names[1 : 1 + len(evicted)]  # no hits: the oldest access goes first
 
 
 def test_a_free_space_floor_deletions_cannot_lift_does_not_empty_the_cache(

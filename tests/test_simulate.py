@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
@@ -110,6 +111,9 @@ def test_the_three_formats_give_the_same_answer(tmp_path):
         (["{trace}", "--size", "-5MiB"], "bad cache size"),
         (["{trace}", "--limit", "0"], "--limit"),
         (["{bad}"], "24-byte"),
+        (["{trace}", "--size", "1.5"], "bytes are whole"),
+        (["{trace}", "--size", "0.0"], "must be > 0"),
+        (["{trace}", "--plot", "/nonexistent/curves.png", "--json"], "no directory"),
     ],
 )
 def test_simulate_errors_are_one_line(text_trace, tmp_path, args, message):
@@ -127,6 +131,45 @@ def test_sizes_parse():
     assert parse_size("2GB").bytes == 2 * 10**9
     assert parse_size("10%").fraction == pytest.approx(0.1)
     assert parse_size("4096").bytes == 4096
+    assert parse_size("0.05").fraction == parse_size(".05").fraction == pytest.approx(0.05)
+
+
+def test_sizes_given_twice_are_replayed_once_and_fractions_match_percentages(text_trace):
+    code, out = run(str(text_trace), "--policy", "lru", "--size", "5%", "--size", "5%",
+                    "--size", "0.05", "--no-bounds", "--json")  # fmt: skip
+    assert code == 0, out
+    rows = json.loads(out)["results"]
+    assert [r["size"] for r in rows] == ["5%", "0.05"]
+    assert rows[0]["capacity"] == rows[1]["capacity"]
+
+
+def test_csv_headers_as_spreadsheets_write_them(tmp_path):
+    plain = tmp_path / "plain.csv"
+    plain.write_text("timestamp,path,size\n0,a,5\n1,b,7\n2,a,5\n")
+    excel = tmp_path / "excel.csv"  # a byte-order mark, capitals and spaces
+    excel.write_bytes(b"\xef\xbb\xbfTimestamp, Path ,SIZE\r\n0,a,5\r\n1,b,7\r\n2,a,5\r\n")
+    a, b = read_trace(plain), read_trace(excel)
+    assert a.ids.tolist() == b.ids.tolist() and a.sizes.tolist() == b.sizes.tolist()
+    headless = tmp_path / "headless.csv"
+    headless.write_text("0,a,5\n1,b,7\n")
+    code, out = run(str(headless))
+    assert code == 2 and "its first line reads '0,a,5'" in out
+
+
+def test_a_trace_can_come_from_standard_input(text_trace):
+    data = Path(text_trace).read_text()
+    result = CliRunner().invoke(
+        simulate_command, ["-", "--policy", "lru", "--no-bounds", "--json"], input=data
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["requests"] == len(data.splitlines())
+
+
+def test_a_negative_size_names_its_request(tmp_path):
+    p = tmp_path / "neg.txt"
+    p.write_text("0 a 5\n1 b 7\n2 c -3\n")
+    code, out = run(str(p))
+    assert code == 2 and "negative size at request 3" in out
 
 
 def test_bounds_order_on_a_synthetic_trace(tmp_path):
@@ -194,6 +237,31 @@ def test_an_empty_export_says_whether_the_access_log_is_off(redis_client, prefix
     assert on.exit_code == 0 and "no accesses recorded yet" in on.stderr
 
 
+def test_trace_export_reads_the_named_nodes_log(redis_client, monkeypatch):
+    """DISK_CACHE_NODE=n1 alone: the log is under {n1}:, as the node's workers keep it."""
+    node = f"exp{os.getpid()}"
+    store = Store(redis_client, Keys(f"{{{node}}}:"), access_log_maxlen=10)
+    try:
+        store.access("x", now=5.0, miss_bytes=10)
+        monkeypatch.setenv("DISK_CACHE_NODE", node)
+        monkeypatch.delenv("DISK_CACHE_KEY_PREFIX", raising=False)
+        monkeypatch.setenv("REDIS_URL", REDIS_URL)
+        result = CliRunner().invoke(trace_group, ["export"])
+        assert result.exit_code == 0, result.output
+        assert [line.split(",")[1:] for line in result.stdout.splitlines()[1:]] == [
+            ["x", "10", "0"]
+        ]
+    finally:
+        redis_client.delete(store.keys.accesses, store.keys.stats)
+
+
+def test_trace_export_into_a_missing_directory_says_so(tmp_path):
+    out = tmp_path / "nope" / "log.csv"
+    result = CliRunner().invoke(trace_group, ["export", "--redis-url", REDIS_URL, "-o", str(out)])
+    assert result.exit_code == 2 and "no directory" in result.output
+    assert ".part" not in result.output
+
+
 def test_trace_export_when_redis_is_down_keeps_the_old_file(tmp_path):
     out = tmp_path / "precious.csv"
     out.write_text("timestamp,path,size,hit\n1,a,5,0\n")
@@ -218,7 +286,7 @@ def test_trace_export_with_a_bad_redis_url_says_so(url):
 
 
 @pytest.mark.parametrize(
-    "row,why", [("1,a,inf", "out of range"), ("1,a,99999999999999999999999", "out of range")]
+    "row,why", [("1,a,inf", "bad row"), ("1,a,99999999999999999999999", "out of range")]
 )
 def test_a_trace_with_an_impossible_size_is_refused(tmp_path, row, why):
     p = tmp_path / "t.csv"
