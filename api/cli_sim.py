@@ -67,8 +67,8 @@ def _read_stdin(fmt: str | None) -> Trace:
     "--size",
     "sizes",
     multiple=True,
-    help="Cache size: 1% / 10% of the working set, or 128MiB, 2GB, bytes (repeatable; "
-    "default 1%, 5%, 10%).",
+    help="Cache size: 1% / 10% (or 0.01 / 0.1) of the working set, or 128MiB (= 128M), 2GB "
+    "(decimal), bytes (repeatable; default 1%, 5%, 10%).",
 )
 @click.option(
     "--format",
@@ -108,7 +108,7 @@ def simulate_command(
 ) -> None:
     """Replay TRACE (a file, or - for standard input) through the policies at several cache
     sizes; print miss ratios."""
-    chosen = list(dict.fromkeys(policies)) or list(MODELS)
+    chosen = list(dict.fromkeys(p.strip().lower() for p in policies)) or list(MODELS)
     unknown = [p for p in chosen if p not in MODELS]
     if unknown:
         raise Refused(f"unknown policy {unknown[0]!r} (known: {', '.join(MODELS)})")

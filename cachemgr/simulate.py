@@ -41,6 +41,12 @@ _UNITS = {
     "t": 1024**4,
     "tib": 1024**4,
     "tb": 1000**4,
+    "p": 1024**5,
+    "pib": 1024**5,
+    "pb": 1000**5,
+    "e": 1024**6,
+    "eib": 1024**6,
+    "eb": 1000**6,
 }
 
 
@@ -272,8 +278,9 @@ def simulate(
 def format_table(results: Sequence[Result], baseline: str = "lru") -> str:
     """Object and byte miss ratios per size, with the byte ratio's change against LRU."""
     base = {(r.size, r.policy): r for r in results}
+    w = max([9, *(len(r.size) for r in results)])  # a size typed as 19 digits
     lines = [
-        f"{'size':>9} {'capacity':>12} {'policy':<12} {'obj miss':>8} {'byte miss':>9} "
+        f"{'size':>{w}} {'capacity':>12} {'policy':<12} {'obj miss':>8} {'byte miss':>9} "
         f"{'bytes vs lru':>12} {'req/s':>10}"
     ]
     for r in results:
@@ -283,24 +290,25 @@ def format_table(results: Sequence[Result], baseline: str = "lru") -> str:
             delta = f"{(r.miss_bytes - ref.miss_bytes) / ref.miss_bytes:+.1%}"
         rate = "" if r.policy in BOUNDS else f"{r.requests_per_second:,.0f}"
         lines.append(
-            f"{r.size:>9} {human(r.capacity):>12} {r.policy:<12} {r.object_miss_ratio:8.4f} "
+            f"{r.size:>{w}} {human(r.capacity):>12} {r.policy:<12} {r.object_miss_ratio:8.4f} "
             f"{r.byte_miss_ratio:9.4f} {delta:>12} {rate:>10}"
         )
     return "\n".join(lines)
 
 
 def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
-    return f"{n:.1f}TiB"
+    return f"{n:.1f}EiB"
 
 
 def plot(results: Sequence[Result], path: str, title: str = "") -> None:
     """Miss ratio against cache size, one line per policy; the area between the PFOO-L lower
     bound and the best offline policy is shaded (the optimum lies there)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -308,7 +316,7 @@ def plot(results: Sequence[Result], path: str, title: str = "") -> None:
     caps = sorted({r.capacity for r in results})
     by = {(r.policy, r.capacity): r for r in results}
     policies = list(dict.fromkeys(r.policy for r in results if r.policy not in BOUNDS))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), sharex=True)
     unit, scale = ("GiB", 2**30) if caps and caps[-1] >= 10 * 2**30 else ("MiB", 2**20)
     x = [c / scale for c in caps]
     for ax, attr, label in (
@@ -331,10 +339,15 @@ def plot(results: Sequence[Result], path: str, title: str = "") -> None:
             pts = [(c / scale, getattr(by[(p, c)], attr)) for c in caps if (p, c) in by]
             ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", markersize=3, label=p)
         ax.set_xscale("log" if len(caps) > 1 and caps[-1] / caps[0] > 20 else "linear")
+        # Ticks at the sizes replayed, in plain numbers: a log axis's own minor labels
+        # (3x10^1, 4x10^1...) ran into each other.
+        ax.set_xticks(x)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(f"cache size ({unit})")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # off the lines
     if title:
         fig.suptitle(title)
     fig.tight_layout()
