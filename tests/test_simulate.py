@@ -403,3 +403,13 @@ def test_the_largest_cache_size_is_taken_exactly(text_trace):
     )
     assert code == 0, out
     assert json.loads(out)["results"][0]["capacity"] == 2**63 - 1
+
+
+def test_policy_names_in_any_case_and_sizes_in_exbibytes(text_trace):
+    from cachemgr.simulate import human
+
+    code, out = run(str(text_trace), "--policy", " LRU", "--size", "1EiB", "--no-bounds")
+    assert code == 0, out
+    row = out.splitlines()[-1].split()
+    assert row[:3] == ["1EiB", "1.0EiB", "lru"]
+    assert human(2**63 - 1) == "8.0EiB" and human(1536) == "1.5KiB"
