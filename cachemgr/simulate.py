@@ -304,6 +304,11 @@ def human(n: float) -> str:
     return f"{n:.1f}EiB"
 
 
+def _tick(value: float, _pos: int) -> str:
+    """19.4, 198, 1,984: three figures, never an exponent."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def plot(results: Sequence[Result], path: str, title: str = "") -> None:
     """Miss ratio against cache size, one line per policy; the area between the PFOO-L lower
     bound and the best offline policy is shaded (the optimum lies there)."""
@@ -342,7 +347,7 @@ def plot(results: Sequence[Result], path: str, title: str = "") -> None:
         # Ticks at the sizes replayed, in plain numbers: a log axis's own minor labels
         # (3x10^1, 4x10^1...) ran into each other.
         ax.set_xticks(x)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_tick))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(f"cache size ({unit})")
         ax.set_ylabel(label)
