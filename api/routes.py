@@ -286,7 +286,8 @@ class Node(MethodView):
 class Task(MethodView):
     @blp.response(200, TaskSchema)
     def get(self, task_id: str) -> Any:
-        """A task's state and, once it is done, its result."""
+        """A task's state and, once it is done, its result. Celery answers PENDING for an id
+        it never saw, or whose result expired (after a day), as for a task still queued."""
         result = AsyncResult(task_id, app=state().tasks.app)
         reply: dict[str, Any] = {"task_id": task_id, "state": result.state}
         if result.failed():
