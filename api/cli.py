@@ -36,11 +36,9 @@ from cachemgr import CacheError, DiskCache
 from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.cleanup import quota_pass_due
-from cachemgr.nodes import differing
 from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry
-from cachemgr.settings import parse_duration, parse_size, quoted
-from cachemgr.stats import env_value
+from cachemgr.settings import env_value, parse_duration, parse_size, quoted
 
 # The API's own limit for GET /cache/events; a COUNT past 2^63 was a Redis error's traceback.
 MAX_EVENTS = 10000
@@ -103,16 +101,19 @@ def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
 
 def _acting() -> DiskCache:
     """The cache a write done here (--now) acts on: with the quota, TTL and policy the node's
-    workers enforce, not this shell's (which once evicted by a quota of its own, or rebuilt
-    another policy's structures). A difference is said on stderr."""
+    workers published (DiskCache.acting), each difference from this shell's said on stderr."""
     cache = _state().cache
-    if not cache.settings.enable_disk_cache_management:
-        return cache  # switched off here: nothing is done here, whatever the workers say
-    theirs = cache.enforcing()
-    for name, mine, workers in differing(cache.settings, theirs.settings):
+    theirs, differences = cache.acting()
+    for name, mine, workers in differences:
         click.echo(
             f"note: the node's workers run with {name}={env_value(workers)} (this shell: "
             f"{env_value(mine)}): done here with theirs",
+            err=True,
+        )
+    if differences and not cache.registry.alive(cache.keys):
+        click.echo(
+            "note: no worker of the node is alive; these are the settings its workers last "
+            f"published (`cachemgr forget-node {cache.settings.node}` drops them)",
             err=True,
         )
     return theirs

@@ -26,7 +26,14 @@ from cachemgr.keys import Keys
 from cachemgr.models import MODELS
 from cachemgr.settings import Settings, SettingsError
 from cachemgr.simulate import BOUNDS, CacheSize, format_table, parse_size, plot, simulate
-from cachemgr.traces import FORMATS, Trace, TraceError, read_trace
+from cachemgr.traces import (
+    FORMATS,
+    Trace,
+    TraceError,
+    compression_suffix,
+    read_trace,
+    sniff_format,
+)
 
 
 class Refused(click.ClickException):
@@ -47,12 +54,21 @@ def _cache_size(text: str) -> CacheSize:
 
 
 def _read_stdin(fmt: str | None) -> Trace:
-    """`-`: the trace from standard input (text unless --format says otherwise), through a
-    file aside, as every reader takes a path."""
-    with tempfile.NamedTemporaryFile(prefix="cachemgr-trace-") as aside:
-        shutil.copyfileobj(click.get_binary_stream("stdin"), aside)
+    """`-`: the trace from standard input, through a file aside (every reader takes a path),
+    compressed or not, CSV (an export piped in) or text unless --format says otherwise."""
+    stream = sys.stdin.buffer
+    head = stream.read(8)
+    with tempfile.NamedTemporaryFile(
+        prefix="cachemgr-trace-", suffix=compression_suffix(head)
+    ) as aside:
+        aside.write(head)
+        shutil.copyfileobj(stream, aside)
         aside.flush()
-        return replace(read_trace(aside.name, fmt or "text"), name="stdin")
+        try:
+            trace = read_trace(aside.name, fmt or sniff_format(aside.name))
+        except TraceError as exc:  # named as the user knows it, not by the file aside
+            raise TraceError(str(exc).replace(aside.name, "stdin")) from None
+    return replace(trace, name="stdin")
 
 
 @click.command("simulate")
@@ -281,6 +297,7 @@ def export_command(
             n = export_rows(client, keys, sys.stdout, count)
         else:
             n = _export_to_file(client, keys, Path(output), count)
+        maxlen = client.hget(keys.config, "access_log_maxlen")  # the workers' published one
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise Refused(f"Redis cannot be reached: {exc}", 4) from None
     except redis.ResponseError as exc:
@@ -289,8 +306,7 @@ def export_command(
         raise Refused(f"cannot write {output}: {exc.strerror or exc}") from None
     if output != "-":
         click.echo(f"{counted(n, 'access')} written to {output}", err=True)
-    maxlen = client.hget(keys.config, "access_log_maxlen")
-    if n and maxlen in (None, "0"):
+    if n and maxlen == "0":
         click.echo("the access log is off now: these accesses were recorded before", err=True)
     if n == 0:  # a header alone said nothing of why
         click.echo(

@@ -165,7 +165,8 @@ class Directories(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """Cached directories by last access, newest first, a page at a time."""
         try:
-            entries, cursor = node_cache(args).store.page(args["limit"], args["cursor"])
+            store = node_cache(args).enforcing().store  # expiry by the workers' TTL
+            entries, cursor = store.page(args["limit"], args["cursor"])
         except ValueError as exc:
             return body(400, "bad_parameter", str(exc))
         return {"directories": [e.to_dict() for e in entries], "next_cursor": cursor}
@@ -236,7 +237,8 @@ class Cleanup(MethodView):
     def post(self, args: dict[str, Any]) -> Any:
         """Sweep expired directories, then enforce the quota. ?dry_run=true answers the plan."""
         if args["dry_run"]:
-            plan = cleanup_plan(node_cache(args), dry_run=True)
+            # With the quota and policy the workers enforce, as the real run will.
+            plan = cleanup_plan(node_cache(args).acting()[0], dry_run=True)
             return {"task_id": "", "state": "SUCCESS", "result": plan}, 200
         return send(args, "cleanup")
 

@@ -20,7 +20,7 @@ from cachemgr.errors import (
 )
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
-from cachemgr.nodes import NodeRegistry, enforced, own_entry
+from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
 from cachemgr.records import Entry, iso, record_id
 from cachemgr.settings import Settings
 from cachemgr.store import Store
@@ -296,6 +296,15 @@ class DiskCache:
         other = DiskCache(theirs, self.client, clock=self.clock)
         other.local = self.local
         return other
+
+    def acting(self) -> tuple[DiskCache, list[tuple[str, Any, Any]]]:
+        """The cache a write or plan made in this process acts on, and where this process's
+        settings differ from the workers' ones it takes (`nodes.differing`). Switched off
+        here, nothing is done here, whatever the workers say: itself."""
+        if not self.settings.enable_disk_cache_management:
+            return self, []
+        theirs = self.enforcing()
+        return theirs, differing(self.settings, theirs.settings)
 
     def cluster_stats(self) -> dict[str, Any]:
         return stats.cluster_stats(self)

@@ -71,11 +71,13 @@ def rebuild_policy(store: Store, batch: int = 1000) -> int:
 
 
 def ensure_policy(store: Store) -> bool:
-    """Rebuild when the policy changed since the structures were built; True if it did.
+    """Rebuild when the policy changed since the structures were built; True if it did so
+    for a switch (not for new books).
 
     With no name recorded, structures that exist were built by books older than the name
-    (Store.register records it now before its first hook): adopt them rather than wipe their
-    history. A switch is logged and kept as an event; the old policy's own structures go.
+    (Store.register records it before a store's first hook, and at the first directory of
+    empty books): adopt them rather than wipe their history. A switch is logged and kept as
+    an event; the old policy's own structures go. Cleanups alone call this, under their lock.
     """
     recorded = store.client.get(store.keys.policy_name)
     new = store.policy.name
@@ -87,7 +89,7 @@ def ensure_policy(store: Store) -> bool:
         return False
     carried = rebuild_policy(store)
     if recorded is None:  # new books: nothing was switched
-        return True
+        return False
     old = POLICIES.get(recorded)
     stale = [store.keys.policy_aux(f"{recorded}:{name}") for name in (old.aux if old else ())]
     if stale:

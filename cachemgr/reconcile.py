@@ -182,7 +182,6 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         report["bytes_after"] = int(new)
         cache.client.set(cache.keys.initialized, "1")
         _remember_books(cache)
-        migrations.ensure_policy(store)
         log.info(
             "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",
             len(report["registered"]),

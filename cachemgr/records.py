@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -135,9 +136,11 @@ class PassResult:
 def number(value: Any, kind: type[float] | type[int] = float) -> float | int | None:
     """A number read back from Redis (where it is a string), or None when absent or unreadable."""
     try:
-        return None if value in (None, "") else kind(float(value))
-    except (TypeError, ValueError, OverflowError):
+        found = None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
         return None
+    # NaN and infinity are not JSON: `cachemgr stats --json | jq` would refuse the output.
+    return kind(found) if found is not None and math.isfinite(found) else None
 
 
 def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:

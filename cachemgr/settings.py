@@ -323,6 +323,11 @@ def quoted(text: str) -> str:
     return repr(text)
 
 
+def env_value(value: Any) -> str:
+    """A setting as one writes it in the environment (`false`, not Python's `False`)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _shown(text: str) -> str:
     """The user's own text in a message: bare when it is a plain number (`=0.95`, as the
     README shows), quoted otherwise, so that spaces and empty values stay visible."""

@@ -15,6 +15,7 @@ from cachemgr.health import diagnose, periodic_overdue
 from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.records import iso, last_cleanup
+from cachemgr.settings import env_value
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -245,11 +246,6 @@ def _differences(here: Settings, workers: Settings) -> list[str]:
         "process the same environment"
         for name, mine, theirs in differing(here, workers)
     ]
-
-
-def env_value(value: Any) -> str:
-    """A setting as one writes it in the environment (`false`, not Python's `False`)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def reset_stats(cache: DiskCache) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class Store:
             # lfu's share cache:policy, and an lfu that adopted fifo's read times as hits.
             self.client.set(self.keys.policy_name, self.policy.name, nx=True)
             self._named = True
-        return self._register(
+        outcome = self._register(
             keys=self.script_keys(path),
             args=[
                 path,
@@ -134,6 +134,10 @@ class Store:
             ],
             client=pipeline or self.client,
         )
+        if pipeline is None and outcome[0] == "ok" and int(outcome[2]) == int(outcome[3]):
+            # The first directory of empty books: new, or flushed since this store named them.
+            self.client.set(self.keys.policy_name, self.policy.name, nx=True)
+        return outcome
 
     def access(
         self, path: str, *, now: float | None = None, miss_bytes: int = 0, pipeline: Any = None

@@ -68,6 +68,27 @@ def detect_format(path: str | Path) -> str:
     return "text"
 
 
+# The first bytes of a compressed stream -> the suffix _open_binary knows it by.
+MAGIC = {b"\xfd7zXZ\x00": ".xz", b"\x1f\x8b": ".gz"}
+
+
+def compression_suffix(head: bytes) -> str:
+    """`.xz` or `.gz` when these first bytes start such a stream, else ""."""
+    return next((suffix for magic, suffix in MAGIC.items() if head.startswith(magic)), "")
+
+
+def sniff_format(path: str | Path) -> str:
+    """`csv` when the first line names the CSV columns (cachemgr trace export), else `text`:
+    for a trace whose name says nothing (standard input). oracleGeneral is binary and has
+    no header to know it by: its file name, or --format, says so."""
+    try:
+        with _open_text(Path(path)) as fh:
+            first = fh.readline(4096).lower()
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, UnicodeDecodeError):
+        return "text"  # read_trace then says what is wrong with it
+    return "csv" if "," in first and "timestamp" in first else "text"
+
+
 def _open_binary(path: Path) -> IO[bytes]:
     """The file, decompressed when its name ends in .xz or .gz."""
     suffix = path.suffix.lower()  # as detect_format: T.BIN.XZ is compressed too

@@ -423,6 +423,15 @@ def test_inline_writes_use_the_workers_quota_and_policy(settings, redis_client, 
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     assert any("DISK_CACHE_MAX_BYTES=" in n and "this shell: 20480" in n for n in notes)
     assert any("DISK_CACHE_EVICTION_POLICY=s3fifo-a (this shell: lru)" in n for n in notes)
+    assert any("no worker of the node is alive" in n and "forget-node" in n for n in notes)
+    # A registration past the shell's quota but under the workers' sends no quota pass.
+    make_tree(root, "d", files=4)
+    registered = run(app.test_cli_runner(), "register", "d", "--now", "--json")
+    assert registered.exit_code == 0, registered.output
+    assert "past the threshold" not in registered.stderr and "note:" in registered.stderr
+    theirs.registry.heartbeat(theirs.keys)  # a worker alive: its settings are current
+    alive = run(app.test_cli_runner(), "cleanup", "--now", "--json")
+    assert "no worker of the node is alive" not in alive.stderr and "note:" in alive.stderr
 
 
 def test_tables_show_the_since_reset_figures_and_a_pending_switch(

@@ -611,6 +611,7 @@ def test_a_dry_run_right_after_a_policy_switch_changes_nothing_and_says_so(
     cleanup(before)  # the 2q structures are the ones built
     tight = settings.with_(disk_cache_eviction_policy="fifo", disk_cache_max_bytes=10 * UNIT)
     after = DiskCache(tight, redis_client, clock=clock)
+    assert redis_client.keys(before.keys.policy_aux("2q:*"))  # 2q's own, to be dropped
     plan = cleanup(after, dry_run=True)
     assert plan["policy_switch_pending"] is True
     assert redis_client.get(after.keys.policy_name) == "2q"  # the plan rebuilt nothing
@@ -642,6 +643,21 @@ def test_a_switch_before_any_cleanup_rebuilds_what_the_registrations_built(
     evicted = cleanup(lfu)["evict"]["paths"]
     assert evicted and names[0] not in evicted
     assert evicted == names[1 : 1 + len(evicted)]  # no hits: the oldest access goes first
+
+
+def test_books_flushed_under_a_running_store_are_named_again(settings, redis_client, root):
+    """A long-lived worker named the books once; after they are lost (a Redis restart without
+    persistence) its first registration into the empty books names them again."""
+    lfu = DiskCache(settings.with_(disk_cache_eviction_policy="lfu"), redis_client)
+    fill(lfu, root, 2)
+    assert redis_client.get(lfu.keys.policy_name) == "lfu"
+    redis_client.delete(*redis_client.keys(f"{lfu.keys.prefix}*"))
+    lfu.register("album00")
+    assert redis_client.get(lfu.keys.policy_name) == "lfu"
+    lfu.register("album01")  # books not empty: nothing to name, the name stays
+    redis_client.set(lfu.keys.policy_name, "fifo")
+    lfu.register("album01")
+    assert redis_client.get(lfu.keys.policy_name) == "fifo"
 
 
 def test_a_free_space_floor_deletions_cannot_lift_does_not_empty_the_cache(

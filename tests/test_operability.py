@@ -142,6 +142,9 @@ def test_last_cleanup_reads_back_typed(settings, redis_client, cache, root):
     odd = parse({"time": "soon", "trash_left": "x", "duration_seconds": "1e400", "status": ""})
     assert odd is not None
     assert (odd["time"], odd["trash_left"], odd["status"]) == (None, 0, None)
+    assert odd["duration_seconds"] is None  # 1e400 is infinity: not a number JSON can hold
+    nan = parse({"time": "nan", "trash_left": "inf"})
+    assert nan is not None and nan["time"] is None and nan["trash_left"] == 0
 
 
 # -- (d) the last cleanup failed: root is an empty mount point ---------------------------------
@@ -334,3 +337,25 @@ def test_redis_error_replies_are_redis_unavailable(settings, redis_client, monke
         "/cache/stats": (503, "redis_unavailable"),
         "/": (503, "text/html"),
     }, seen
+
+
+def test_the_apis_dry_run_plans_with_the_workers_quota_and_policy(
+    settings, redis_client, cache, root
+):
+    """An API deployed without the workers' environment planned by its own quota and said a
+    policy switch was pending on every dry run; the real cleanup, theirs, did otherwise."""
+    from cachemgr.cleanup import cleanup
+
+    workers = settings.with_(disk_cache_eviction_policy="s3fifo-a")
+    theirs = DiskCache(workers, redis_client)
+    theirs.registry.publish(workers)
+    for name in ("a", "b", "c"):
+        make_tree(root, name, files=4)
+        theirs.register(name)
+    cleanup(theirs)
+    api = settings.with_(disk_cache_max_bytes=5 * 4096, disk_cache_eviction_policy="lru")
+    r = app_for(api, redis_client).test_client().post("/cache/cleanup?dry_run=true")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    plan = r.get_json()["result"]
+    assert plan["evict"]["count"] == 0 and plan["policy_switch_pending"] is False
+    assert redis_client.get(theirs.keys.policy_name) == "s3fifo-a"

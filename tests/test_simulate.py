@@ -165,6 +165,21 @@ def test_a_trace_can_come_from_standard_input(text_trace):
     assert json.loads(result.stdout)["requests"] == len(data.splitlines())
 
 
+def test_an_export_piped_in_reads_as_csv_compressed_or_not(tmp_path):
+    import lzma
+
+    rows = "timestamp,path,size,hit\n1.0,a,5,0\n2.0,b,7,0\n3.0,a,5,1\n"
+    for data in (rows.encode(), lzma.compress(rows.encode())):
+        result = CliRunner().invoke(
+            simulate_command, ["-", "--policy", "lru", "--no-bounds", "--json"], input=data
+        )
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.stdout)
+        assert (out["trace"], out["requests"], out["objects"]) == ("stdin", 3, 2)
+    bad = CliRunner().invoke(simulate_command, ["-", "--no-bounds"], input="1 a\n")
+    assert bad.exit_code == 2 and "stdin:1: expected `time id size`" in bad.output
+
+
 def test_a_negative_size_names_its_request(tmp_path):
     p = tmp_path / "neg.txt"
     p.write_text("0 a 5\n1 b 7\n2 c -3\n")
