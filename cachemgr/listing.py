@@ -1,8 +1,11 @@
 """The reads that list tracked directories as the passes decide on them: each entry with its
 record and the leases around it (pins.LEASE_AROUND), read in one script so that what a pass
-decides on is one moment of the books."""
+decides on is one moment of the books; and the cursor of a listing's pages."""
 
 from __future__ import annotations
+
+import base64
+import math
 
 from cachemgr.pins import LEASE_AROUND
 from cachemgr.scripts import PRELUDE
@@ -56,3 +59,19 @@ end
 return out
 """
 )
+
+
+# A page's cursor: (last access, path) of its last entry, opaque to the client.
+def encode_cursor(score: float, member: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r}\n{member}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        score, member = base64.urlsafe_b64decode(cursor.encode()).decode().split("\n", 1)
+        value = float(score)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"invalid cursor {cursor!r}") from exc
+    if math.isnan(value):  # Redis refuses a nan bound
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return value, member

@@ -6,9 +6,7 @@ batch many of them into one round trip; they then return the pipeline's pending 
 
 from __future__ import annotations
 
-import base64
 import heapq
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -26,21 +24,6 @@ from cachemgr.records import Entry, record_id, unpack
 def now_str(now: float | None = None) -> str:
     """Times travel to Lua as strings with microseconds, so comparisons are exact."""
     return f"{time.time() if now is None else now:.6f}"
-
-
-def encode_cursor(score: float, member: str) -> str:
-    return base64.urlsafe_b64encode(f"{score!r}\n{member}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        score, member = base64.urlsafe_b64decode(cursor.encode()).decode().split("\n", 1)
-        value = float(score)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc
-    if math.isnan(value):  # Redis refuses a nan bound
-        raise ValueError(f"invalid cursor {cursor!r}")
-    return value, member
 
 
 class Store:
@@ -306,7 +289,7 @@ class Store:
         if cursor is None:
             items = self.client.zrevrange(lru, 0, limit, withscores=True)
         else:
-            score, member = decode_cursor(cursor)
+            score, member = listing.decode_cursor(cursor)
             ties = int(self.client.zcount(lru, score, score))
             raw = self.client.zrevrangebyscore(
                 lru, score, "-inf", start=0, num=limit + ties + 1, withscores=True
@@ -315,7 +298,7 @@ class Store:
             items = [(m, s) for m, s in raw if s < score or m < member]
         more = len(items) > limit
         items = items[:limit]
-        next_cursor = encode_cursor(items[-1][1], items[-1][0]) if more and items else None
+        next_cursor = listing.encode_cursor(items[-1][1], items[-1][0]) if more and items else None
         return self._entries(items), next_cursor
 
     def expired(self, cutoff: float, limit: int, offset: int = 0) -> list[Entry]:
