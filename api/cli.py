@@ -35,7 +35,7 @@ from api.humanize import human_bytes
 from cachemgr import CacheError, DiskCache
 from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
-from cachemgr.cleanup import quota_pass_due
+from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry
 from cachemgr.settings import env_value, parse_duration, parse_size, quoted

@@ -100,8 +100,9 @@ class DiskCache:
 
     # -- registration ---------------------------------------------------------------------
     @switched
-    def register(self, path: str) -> dict[str, Any]:
-        """Scan a directory under the root and put it on the books (idempotent)."""
+    def register(self, path: str, at: float | None = None) -> dict[str, Any]:
+        """Scan a directory under the root and put it on the books (idempotent). `at`: the
+        access (and registration) time to book, for a reconcile's rebuild; else now."""
         rel = paths.normalize(path)
         lock = self.lock(rel)
         if not lock.acquire():
@@ -110,7 +111,7 @@ class DiskCache:
         try:
             for pause in (*REGISTER_WAITS, None):
                 # Scanned again after each wait: a deletion above may have taken it meanwhile.
-                found, outcome = self._scan_and_book(rel, lock.token)
+                found, outcome = self._scan_and_book(rel, lock.token, at)
                 if outcome[0] != "busy" or pause is None:
                     break
                 time.sleep(pause)  # a directory above is being registered or deleted
@@ -166,7 +167,9 @@ class DiskCache:
         except OSError:
             return 0
 
-    def _scan_and_book(self, rel: str, token: str) -> tuple[scanner.ScanResult, Any]:
+    def _scan_and_book(
+        self, rel: str, token: str, at: float | None = None
+    ) -> tuple[scanner.ScanResult, Any]:
         location = paths.existing_directory(self.root, rel)
         try:
             found = scanner.scan(location, collect_subdirs=True)
@@ -182,7 +185,7 @@ class DiskCache:
             rel,
             found.size_bytes,
             found.file_count,
-            now=self.clock(),
+            now=self.clock() if at is None else at,
             must_not_be_tracked=others,
             lock_token=token,
         )

@@ -16,6 +16,7 @@ from cachemgr import checks, history, migrations, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Keeper, Lock
+from cachemgr.quota import bytes_to_free, evict_held
 from cachemgr.reconcile import ReconcileBusy, books_were_lost, reconcile, recover_unfinished
 from cachemgr.records import Entry, PassResult, Removal
 from cachemgr.switch import DISABLED
@@ -172,24 +173,6 @@ def _sweep_or_nothing(cache: DiskCache, wanted: bool, **kwargs: Any) -> PassResu
     return PassResult("sweep", usage_before=total, usage_after=total, dry_run=dry_run)
 
 
-def quota_pass_due(registered: dict[str, Any]) -> bool:
-    """A registration past the threshold, or on a disk short of its free-space floor, wants a
-    quota pass (the workers run it: a task, or the CLI's `register --now`, sends it)."""
-    return bool(registered.get("over_threshold") or registered.get("low_disk"))
-
-
-def bytes_to_free(cache: DiskCache, total: int, resume: bool = False) -> int:
-    """Above the threshold: down to the target. Below the free-space floor: up to the floor.
-
-    `resume` continues an eviction that a bound interrupted: down to the target even when
-    usage is already back under the threshold.
-    """
-    s = cache.settings
-    started = total > s.threshold_bytes or (resume and total > s.target_bytes)
-    need = total - s.target_bytes if started else 0
-    return max(need, cache.free_space_short(), 0)
-
-
 def enforce_quota(
     cache: DiskCache,
     *,
@@ -315,8 +298,13 @@ def cleanup(
         raise
     if dry_run:
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
+        held = evict_held(cache)
         evicted = enforce_quota(
-            cache, dry_run=True, usage=expired.usage_after, skip=not enforce, planned=expired
+            cache,
+            dry_run=True,
+            usage=expired.usage_after,
+            skip=not enforce or held is not None,
+            planned=expired,
         )
         # A plan changes nothing, not even the policy's structures: right after a switch, the
         # real run rebuilds them first and may choose otherwise. Said, not hidden.
@@ -325,6 +313,7 @@ def cleanup(
             "status": "planned",
             "sweep": expired.to_dict(),
             "evict": evicted.to_dict(),
+            "evict_held_until": held,
             "policy_switch_pending": pending,
         }
     # Short timeout, renewed per batch: a crashed worker blocks the next cleanup only briefly.
@@ -354,18 +343,25 @@ def cleanup(
                 return {"status": "skipped", "reason": "a reconcile is rebuilding the books"}
             if rebuilt:
                 # Pins were lost with the books; their holders renew them within a lease, so
-                # eviction waits for the next cleanup rather than take a directory in use.
-                log.warning("books rebuilt from the disk: eviction waits for the next cleanup")
+                # eviction waits a cleanup interval rather than take a directory in use: the
+                # quota passes that registrations send meanwhile wait too.
+                hold = cache.settings.disk_cache_cleanup_interval
+                cache.client.set(cache.keys.evict_hold, f"{time.time() + hold:.3f}", ex=hold)
+                log.warning(
+                    "books rebuilt from the disk: eviction waits %d s for pins to be renewed",
+                    hold,
+                )
         migrations.ensure_pin_index(cache.store)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         switched = migrations.ensure_policy(cache.store)
         expired = _sweep_or_nothing(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
+        held = None if rebuilt else evict_held(cache)
         evicted = enforce_quota(
             cache,
             time_budget=time_budget,
-            skip=rebuilt or not enforce,
+            skip=rebuilt or held is not None or not enforce,
             resume=resume,
             owed=owed,
             heartbeat=lock.extend,
@@ -384,6 +380,7 @@ def cleanup(
         "evict": evicted.to_dict(),
         "recovered": recovered,
         "rebuilt": rebuilt,
+        "evict_held_until": held,
         "policy_rebuilt": switched,  # the policy's structures, built anew from the records
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)

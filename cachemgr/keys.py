@@ -116,6 +116,12 @@ class Keys:
         return f"{self.prefix}cache:initialized"
 
     @cached_property
+    def evict_hold(self) -> str:
+        """String with a TTL: the books were rebuilt from the disk, and eviction waits until it
+        lapses (the pins were lost with the books; their holders renew them meanwhile)."""
+        return f"{self.prefix}cache:evict_hold"
+
+    @cached_property
     def events(self) -> str:
         """STREAM (capped) of evictions, expiries, removals and failures."""
         return f"{self.prefix}cache:events"

@@ -148,11 +148,15 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
     untracked = _untracked(on_disk, set(records))
     total = len(records) + len(untracked)
 
+    # Not yet initialized: books lost (or new) being rebuilt from the disk.
+    rebuilding = not dry_run and not cache.client.exists(cache.keys.initialized)
+    times: dict[str, float] = {}
+
     def one(done: int, path: str) -> None:
         if progress:
             progress(done, total, path)
         try:
-            _reconcile_one(cache, path, records.get(path), dry_run, report)
+            _reconcile_one(cache, path, records.get(path), dry_run, report, times.get(path))
         except (CacheError, OSError) as exc:  # one unreadable directory stops nothing else
             report["errors"].append({"path": path, "error": str(exc)})
 
@@ -171,6 +175,8 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
     if tracked != set(records):  # some vanished or were inside others: worked out again
         untracked = _untracked(on_disk, tracked)
         total = len(records) + len(untracked)
+    if rebuilding:
+        times = _found_again(cache, untracked)
     for done, path in enumerate(untracked, len(records) + 1):
         one(done, path)
     report["bytes_before"] = bytes_before
@@ -206,12 +212,33 @@ def _untrack_inside(cache: DiskCache, path: str, record: tuple[int, int, str, in
     return bool(done[0] == "ok")
 
 
+def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
+    """The access times to book for directories a rebuild finds on disk: older than anything
+    registered or played since the books were lost (stamped `now`, they outranked those, and
+    LRU evicted the pipeline's newest downloads first), oldest download (mtime) first, and no
+    more than half a TTL back, so that none expires at once for having been found late."""
+    now = cache.clock()
+    oldest = cache.client.zrange(cache.keys.lru, 0, 0, withscores=True)
+    first = min(oldest[0][1], now) if oldest else now
+    start = max(first, now - cache.settings.disk_cache_ttl_seconds / 2)
+
+    def mtime(path: str) -> float:
+        try:
+            return (cache.root / path).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    ordered = sorted(found, key=mtime)
+    return {path: start - 0.001 * (len(ordered) - i) for i, path in enumerate(ordered)}
+
+
 def _reconcile_one(
     cache: DiskCache,
     path: str,
     record: tuple[int, int, str, int] | None,
     dry_run: bool,
     report: dict[str, Any],
+    at: float | None = None,
 ) -> None:
     try:
         location: Any = paths.resolve(cache.root, path)
@@ -229,7 +256,7 @@ def _reconcile_one(
         if dry_run:
             report["registered"].append(path)
         else:
-            done = cache.register(path)
+            done = cache.register(path, at=at)
             # Not new: the pipeline's own registration got there first (on a new install the
             # two race): it was on the books already.
             if done.get("status") == "registered" and done.get("new"):

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from cachemgr import paths
 from cachemgr.connection import same_server
 from cachemgr.errors import CacheError, root_missing
 from cachemgr.health import diagnose, periodic_overdue
@@ -215,6 +216,15 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     stats["warnings"] = diagnose(stats, interval, now)
     if missing:  # the seed's "check downloads directory exists", on the host that reads it
         stats["warnings"].insert(0, f"cache not working: {root_missing(cache.root)}")
+    if not snap["initialized"] and stats["directory_count"] and cache.local:
+        # Books kept before (the root says so) and gone since: what was registered after the
+        # loss is all they count until the next cleanup rebuilds them from the disk.
+        if (cache.root / paths.BOOKS_MARKER).is_file():
+            stats["warnings"].append(
+                "the books were lost (Redis lost its data?) and hold only what was registered "
+                "since: usage is undercounted until the next cleanup rebuilds them from the "
+                "disk (`cachemgr cleanup` or reconcile now)"
+            )
     stats["warnings"] += _differences(cache.settings, s)
     return stats
 

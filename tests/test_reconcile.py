@@ -113,11 +113,26 @@ def test_books_lost_then_one_registration_still_evict_nothing_at_the_rebuild(
         make_tree(root, f"album{i:02d}", files=4)
     cleanup_prefix(redis_client, prefix)  # FLUSHALL, the pin with it
     cache.register("album25")  # the pipeline goes on before the next cleanup
+    # The stats said "ok" and warned of nothing, counting only album25.
+    assert any("the books were lost" in w for w in cache.stats()["warnings"])
     result = cleanup(cache)
     # Books not empty, so the run was taken for a new install's: it evicted the directory
     # pinned before the loss, before its holder could renew the pin.
     assert result["rebuilt"] is True and result["evict"]["paths"] == []
     assert (root / left[0]).is_dir()
+    # The quota pass the pipeline's next registration sends came 6 ms later and evicted the
+    # streamed album all the same: eviction waits a cleanup interval for pins to be renewed.
+    make_tree(root, "album26", files=4)
+    cache.register("album26")
+    held = cleanup(cache, automatic=True, sweep_expired=False)
+    assert held["evict"]["paths"] == [] and held["evict_held_until"] > cache.clock()
+    assert cleanup(cache, dry_run=True)["evict"]["paths"] == []  # the plan says the same
+    cache.pin(left[0], 3600)  # its holder renews the lease
+    redis_client.delete(cache.keys.evict_hold)  # the interval has passed
+    after = cleanup(cache)
+    assert after["evict"]["paths"] and left[0] not in after["evict"]["paths"]
+    assert after["evict_held_until"] is None and (root / left[0]).is_dir()
+    assert not any("the books were lost" in w for w in cache.stats()["warnings"])
 
 
 def test_reconcile_progress_reaches_its_total(cache, root):
@@ -132,3 +147,30 @@ def test_reconcile_progress_reaches_its_total(cache, root):
     calls: list[tuple[int, int]] = []
     reconcile(cache, progress=lambda done, total, path: calls.append((done, total)))
     assert calls[-1] == (5, 5) and all(total == 5 for _, total in calls), calls
+
+
+def test_directories_found_again_rank_older_than_what_came_since_the_loss(
+    cache, root, redis_client, prefix
+):
+    """Stamped with the rebuild's `now`, the directories found again on disk outranked the
+    pipeline's downloads registered since the books were lost: LRU evicted those first."""
+    import os
+
+    from tests.conftest import cleanup_prefix
+
+    for i, name in enumerate(("old-b", "old-a", "old-c")):
+        make_tree(root, name)
+        os.utime(root / name, (1_000_000 + i, 1_000_000 + i))  # downloaded in this order
+    cache.register("old-b")
+    cleanup(cache)  # reconciled: the books are kept from now on
+    cleanup_prefix(redis_client, prefix)  # FLUSHALL
+    for name in ("new-1", "new-2"):
+        make_tree(root, name)
+        cache.register(name)  # the pipeline goes on
+    assert cleanup(cache)["rebuilt"] is True
+    order = [path for path, _ in redis_client.zrange(cache.keys.lru, 0, -1, withscores=True)]
+    assert order == ["old-b", "old-a", "old-c", "new-1", "new-2"]
+    # None expires for having been found late: each keeps at least half a TTL.
+    assert cleanup(cache, dry_run=True)["sweep"]["count"] == 0
+    oldest = redis_client.zrange(cache.keys.lru, 0, 0, withscores=True)[0][1]
+    assert oldest >= cache.clock() - cache.settings.disk_cache_ttl_seconds / 2 - 1

@@ -18,6 +18,7 @@ from celery import Task
 
 from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect
 from cachemgr import cleanup as passes
+from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as reconcile_books
 from workers.app import app
 
@@ -69,7 +70,7 @@ def configure(cache: DiskCache | None) -> None:
 
 
 def _quota_pass_if_due(registered: dict[str, Any]) -> dict[str, Any]:
-    if passes.quota_pass_due(registered):
+    if quota_pass_due(registered):
         enforce_quota.delay(automatic=True)
     return registered
 

@@ -1,0 +1,39 @@
+"""How much a quota pass must free, whether one is due, and whether eviction may run now."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cachemgr.cache import DiskCache
+
+log = logging.getLogger("cachemgr")
+
+
+def bytes_to_free(cache: DiskCache, total: int, resume: bool = False) -> int:
+    """Above the threshold: down to the target. Below the free-space floor: up to the floor.
+
+    `resume` continues an eviction that a bound interrupted: down to the target even when
+    usage is already back under the threshold.
+    """
+    s = cache.settings
+    started = total > s.threshold_bytes or (resume and total > s.target_bytes)
+    need = total - s.target_bytes if started else 0
+    return max(need, cache.free_space_short(), 0)
+
+
+def quota_pass_due(registered: dict[str, Any]) -> bool:
+    """A registration past the threshold, or on a disk short of its free-space floor, wants a
+    quota pass (the workers run it: a task, or the CLI's `register --now`, sends it)."""
+    return bool(registered.get("over_threshold") or registered.get("low_disk"))
+
+
+def evict_held(cache: DiskCache) -> float | None:
+    """Until when eviction waits after the books were rebuilt from the disk (None: it does
+    not). A disk short of its free-space floor is not held: the disk must not fill."""
+    until = cache.client.get(cache.keys.evict_hold)
+    if until is None or cache.free_space_short() > 0:
+        return None
+    log.info("eviction held until %s: the books were rebuilt from the disk", until)
+    return float(until)
