@@ -61,6 +61,8 @@ def plan_table(result: dict[str, Any]) -> None:
         for why in ("pinned", "locked", "young", "changed"):
             if p.get(f"skipped_{why}"):
                 click.echo(f"  skipped ({why}): {', '.join(p[f'skipped_{why}'])}")
+        if p.get("vanished"):
+            click.echo(f"  gone from disk already, untracked: {', '.join(p['vanished'])}")
     if result.get("policy_switch_pending"):
         click.echo(
             "policy switch pending: this plan read the new policy's structures, which the next "

@@ -107,6 +107,11 @@ def _run_pass(
                 if dry_run:
                     offset += 1  # nothing left the books, so the next one is further on
                 continue
+            if outcome == "vanished":  # off the books, but nothing was there to free
+                freed += entry.size_bytes
+                usage -= entry.size_bytes
+                result.vanished.append(entry.path)
+                continue
             if outcome == "changed":
                 # Accessed, registered again or gone since the fetch: it has left this place
                 # in the order, and the next candidate is here now. Where it has not (fifo

@@ -128,9 +128,10 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
             log.warning("%s: %s kept on the books: %s", reason, entry.path, why)
             return on_disk
+        gone = on_disk != "dir"  # its files went without us: vanished, nothing freed
         outcome = cache.store.claim(
             entry.path,
-            reason,
+            "vanished" if gone else reason,
             now=cache.clock(),
             expect_registered=entry.registered,
             expect_last_access=entry.last_access,
@@ -147,11 +148,12 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
                 return "pinned" if kept.why == "pinned" else "changed"
         else:
             log.warning(
-                "%s: %s was no longer a directory (%s); untracked only",
+                "%s: %s was no longer a directory (%s); untracked, counted as vanished",
                 reason,
                 entry.path,
                 on_disk,
             )
+            return "vanished"
         return "ok"
     finally:
         lock.release()

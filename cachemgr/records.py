@@ -100,6 +100,7 @@ class PassResult:
     skipped_pinned: list[str] = field(default_factory=list)
     skipped_changed: list[str] = field(default_factory=list)
     skipped_young: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)  # gone from disk already: untracked
     errors: list[str] = field(default_factory=list)
     usage_before: int = 0
     usage_after: int = 0
@@ -124,6 +125,7 @@ class PassResult:
             "skipped_pinned": self.skipped_pinned,
             "skipped_changed": self.skipped_changed,
             "skipped_young": self.skipped_young,
+            "vanished": self.vanished,
             "errors": self.errors,
             "usage_before": self.usage_before,
             "usage_after": self.usage_after,

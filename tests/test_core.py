@@ -286,9 +286,31 @@ def test_a_directory_replaced_by_a_file_is_untracked_without_deleting_the_file(c
     shutil.rmtree(root / "album00")
     (root / "album00").write_text("now a file")
     chosen = cache.store.victims(1)[0]
-    assert cache.take(chosen, "evicted") == "ok"
+    assert cache.take(chosen, "evicted") == "vanished"
     assert (root / "album00").read_text() == "now a file"
     assert cache.store.total_bytes() == 0
+    # Counted as what it was: gone without us, no eviction and no bytes freed.
+    stats = cache.stats()
+    assert (stats["vanished"], stats["evictions"], stats["bytes_freed"]) == (1, 0, 0)
+
+
+def test_a_pass_that_meets_a_directory_gone_from_disk_does_not_call_it_freed(
+    settings, redis_client, root
+):
+    import shutil
+
+    from cachemgr import DiskCache
+    from cachemgr.cleanup import cleanup
+    from cachemgr.reconcile import reconcile
+
+    cache = DiskCache(settings.with_(disk_cache_max_bytes=int(2 * UNIT / 0.9)), redis_client)
+    names = fill(cache, root, 3)
+    reconcile(cache)  # books initialized: the cleanup will not reconcile first
+    shutil.rmtree(root / names[0])  # deleted by hand; the books still count it
+    evict = cleanup(cache)["evict"]
+    assert evict["vanished"] == [names[0]] and names[0] not in evict["paths"]
+    assert evict["bytes_freed"] == sum(r["size_bytes"] for r in evict["plan"])
+    assert cache.stats()["vanished"] == 1
 
 
 def test_stats_fields(cache, root):

@@ -71,7 +71,7 @@ def test_unicode_forms_and_a_directory_swapped_for_a_file(cache, root):
     shutil.rmtree(root / nfd)
     (root / nfd).write_text("a file now")
     victim = next(e for e in cache.store.victims(10) if e.path == nfd)
-    assert cache.take(victim, "evicted") == "ok"
+    assert cache.take(victim, "evicted") == "vanished"
     assert (root / nfd).read_text() == "a file now" and (root / nfc).is_dir()
 
 
