@@ -140,7 +140,7 @@ class DiskCache:
             total,
             extra={"event": "registered", "path": rel, "size_bytes": found.size_bytes},
         )
-        return {
+        reply = {
             "status": "registered",
             "path": rel,
             "new": bool(int(outcome[1])),
@@ -151,6 +151,16 @@ class DiskCache:
             "over_threshold": total > self.settings.threshold_bytes,
             "low_disk": self._low_disk(),
         }
+        depth = self.settings.disk_cache_entry_depth
+        if rel.count("/") + 1 != depth:
+            # Booked all the same (the pipeline decides what a download is), but reconcile
+            # walks the entry depth only: after a loss of the books, its siblings go uncounted.
+            reply["warning"] = (
+                f"{rel!r} is {rel.count('/') + 1} level(s) deep, DISK_CACHE_ENTRY_DEPTH is "
+                f"{depth}: reconcile only finds directories at that depth; set it to match"
+            )
+            log.warning("registered %s", reply["warning"], extra={"event": "depth_mismatch"})
+        return reply
 
     def _low_disk(self) -> bool:
         """A quota pass is due even under the quota (the disk fills with other files too)."""

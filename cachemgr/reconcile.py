@@ -196,6 +196,15 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
             report["bytes_before"],
             report["bytes_after"],
         )
+    if report["errors"]:  # said in the log too, not only in a task's result nobody reads
+        first = report["errors"][0]
+        log.warning(
+            "reconcile: %d directories left as they were, e.g. %r: %s",
+            len(report["errors"]),
+            first["path"],
+            first["error"],
+            extra={"event": "reconcile_errors"},
+        )
     return report
 
 

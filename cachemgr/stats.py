@@ -307,6 +307,8 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
 
     if caches:
         snaps.update(run(cache.client, other_reads))
+        for name in caches:  # when their workers published: an overdue beat counts from then
+            snaps[name]["registry"] = entries
     caches[own] = cache
     nodes = []
     for name in sorted(caches):

@@ -829,3 +829,14 @@ def test_one_nodes_cluster_totals_are_its_own_figures(cache, root) -> None:
     mine = node_stats(cache)
     assert aggregate([mine]) == summed([mine])
     assert aggregate([mine])["hit_ratio"] == 0.5 and aggregate([mine])["total_bytes"] > 0
+
+
+def test_a_registration_off_the_entry_depth_is_booked_and_warned_of(settings, redis_client, root):
+    from cachemgr import DiskCache
+
+    make_tree(root, "art/alb1")
+    shallow = DiskCache(settings.with_(disk_cache_entry_depth=1), redis_client)
+    done = shallow.register("art/alb1")
+    assert done["status"] == "registered" and "DISK_CACHE_ENTRY_DEPTH is 1" in done["warning"]
+    deep = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+    assert "warning" not in deep.register("art/alb1")

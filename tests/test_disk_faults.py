@@ -290,3 +290,16 @@ def test_refused_cleanups_keep_the_events_stream_within_its_small_cap(settings, 
             cleanup(cache)
     assert cache.client.xlen(cache.keys.events) == 3
     assert cache.store.events(1)[0]["event"] == "cleanup_failed"
+
+
+def test_a_directory_reconcile_cannot_book_is_said_in_the_log(cache, root, caplog):
+    """A download named in no UTF-8 can never be on the books: the reconcile's result said
+    so, its log line counted '0 registered' and nothing else."""
+    from cachemgr.reconcile import reconcile
+
+    os.mkdir(os.path.join(os.fsencode(root), b"alb\xff"))
+    with caplog.at_level("WARNING", logger="cachemgr"):
+        report = reconcile(cache)
+    assert report["errors"] and "UTF-8" in report["errors"][0]["error"]
+    warned = [r for r in caplog.records if getattr(r, "event", "") == "reconcile_errors"]
+    assert len(warned) == 1 and "UTF-8" in warned[0].getMessage()

@@ -359,3 +359,19 @@ def test_the_apis_dry_run_plans_with_the_workers_quota_and_policy(
     plan = r.get_json()["result"]
     assert plan["evict"]["count"] == 0 and plan["policy_switch_pending"] is False
     assert redis_client.get(theirs.keys.policy_name) == "s3fifo-a"
+
+
+def test_another_nodes_overdue_beat_counts_from_its_workers_start(
+    two_nodes, redis_client, prefix
+):
+    """Just started, with no periodic cleanup yet: not overdue, in the cluster's stats as in
+    its own (?node=b). Read without the registry, the cluster counted from the epoch."""
+    from cachemgr.keys import Keys
+
+    redis_client.delete(Keys(f"{prefix}b:").last_cleanup)
+    cluster = next(
+        n for n in two_nodes.get("/cache/stats").get_json()["nodes"] if n["node"] == "b"
+    )
+    own = two_nodes.get("/cache/stats?node=b").get_json()
+    assert cluster["periodic_overdue"] is own["periodic_overdue"] is False
+    assert not any("no periodic cleanup" in w for w in cluster["warnings"])
