@@ -240,13 +240,14 @@ class DiskCache:
         a tracked directory pins that directory (`path` in the reply names it)."""
         rel = paths.normalize(path)
         check_pin_ttl(ttl_seconds)
-        # A pin may precede the directory (a download about to be written), but never names
-        # a file or a symlink.
-        if paths.kind(paths.resolve(self.root, rel)) == "other":
-            raise paths.PathError(f"path is not a directory: {rel!r}")
-        until = self.clock() + ttl_seconds
         target = self.store.covering(rel)
-        self.store.pin(target, until)
+        # A pin may precede the directory (a download about to be written), but never names
+        # a file or a symlink of its own; a track inside a tracked album pins the album, as
+        # the pipeline client's pin_now does.
+        if target == rel and paths.kind(paths.resolve(self.root, rel)) == "other":
+            raise paths.PathError(f"path is not a directory: {rel!r}")
+        # The lease in force: another holder's later one stands (ZADD GT), and is the answer.
+        until = float(self.store.pin(target, self.clock() + ttl_seconds))
         return {"path": target, "pinned_until": iso(until)}
 
     @switched

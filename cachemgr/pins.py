@@ -32,10 +32,10 @@ local prefix = path .. '/'  -- the journal holds the deletions in flight: a few
 for _, p in ipairs(redis.call('HKEYS', KEYS[3])) do
   if string.sub(p, 1, #prefix) == prefix then return {p} end
 end
--- GT: of two holders' leases on one directory the later one stands
+-- GT: of two holders' leases on one directory the later one stands; the one in force returns
 redis.call('ZADD', KEYS[1], 'GT', ARGV[2], path)
 redis.call('ZADD', KEYS[2], 0, path)
-return 1
+return redis.call('ZSCORE', KEYS[1], path)
 """
 
 # Forget leases that lapsed before ARGV[1], at most ARGV[2] of them; returns how many.

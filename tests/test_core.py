@@ -10,6 +10,7 @@ from cachemgr import DiskCache, NotOnDisk, NotTracked, Overlap, connect
 from cachemgr.cleanup import cleanup, enforce_quota, sweep
 from cachemgr.keys import Keys
 from cachemgr.migrations import ensure_record_ids
+from cachemgr.paths import PathError
 from cachemgr.stats import counters
 from tests.conftest import REDIS_URL, make_tree
 
@@ -840,3 +841,18 @@ def test_a_registration_off_the_entry_depth_is_booked_and_warned_of(settings, re
     assert done["status"] == "registered" and "DISK_CACHE_ENTRY_DEPTH is 1" in done["warning"]
     deep = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
     assert "warning" not in deep.register("art/alb1")
+
+
+def test_a_pin_answers_the_lease_in_force_and_a_track_pins_its_album(cache, root):
+    make_tree(root, "album", files=2)
+    cache.register("album")
+    long = cache.pin("album", 600)
+    short = cache.pin("album", 2)  # another holder's shorter lease: the longer one stands
+    assert short["pinned_until"] == long["pinned_until"] == cache.info("album").to_dict()[
+        "pinned_until"
+    ]
+    track = next(p.name for p in (root / "album").iterdir() if p.is_file())
+    assert cache.pin(f"album/{track}", 900)["path"] == "album"  # as the client's pin_now
+    (root / "loose.flac").write_text("x")
+    with pytest.raises(PathError):
+        cache.pin("loose.flac", 60)  # a file of its own is no directory to pin
