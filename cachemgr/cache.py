@@ -111,7 +111,10 @@ class DiskCache:
         try:
             for pause in (*REGISTER_WAITS, None):
                 # Scanned again after each wait: a deletion above may have taken it meanwhile.
-                found, outcome = self._scan_and_book(rel, lock.token, at)
+                try:
+                    found, outcome = self._scan_and_book(rel, lock.token, at)
+                except NotOnDisk as exc:
+                    raise NotOnDisk(f"{exc}{self._vanished(rel, lock.token)}") from None
                 if outcome[0] != "busy" or pause is None:
                     break
                 time.sleep(pause)  # a directory above is being registered or deleted
@@ -161,6 +164,20 @@ class DiskCache:
             )
             log.warning("registered %s", reply["warning"], extra={"event": "depth_mismatch"})
         return reply
+
+    def _vanished(self, rel: str, token: str) -> str:
+        """A registration of a tracked directory gone from disk: the books counted it still
+        (a hit for every access, bytes never there): off them now, as reconcile would, once
+        the root is known to be mounted (RootMissing otherwise: nothing is untracked)."""
+        self.check_root()
+        taken = self.store.claim(
+            rel, "vanished", now=self.clock(), honour_pins=False, deleting_files=False,
+            lock_token=token,
+        )  # fmt: skip
+        if taken[0] != "ok":
+            return ""
+        log.warning("%s was tracked but is gone from disk: counted as vanished", rel)
+        return "; it was tracked: taken off the books (counted as vanished)"
 
     def _low_disk(self) -> bool:
         """A quota pass is due even under the quota (the disk fills with other files too)."""

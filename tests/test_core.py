@@ -856,3 +856,27 @@ def test_a_pin_answers_the_lease_in_force_and_a_track_pins_its_album(cache, root
     (root / "loose.flac").write_text("x")
     with pytest.raises(PathError):
         cache.pin("loose.flac", 60)  # a file of its own is no directory to pin
+
+
+def test_registering_a_tracked_directory_gone_from_disk_takes_it_off_the_books(cache, root):
+    import shutil
+
+    from cachemgr.errors import RootMissing
+
+    for name in ("kept", "gone"):
+        make_tree(root, name)
+        cache.register(name)
+    shutil.rmtree(root / "gone")
+    with pytest.raises(NotOnDisk, match="taken off the books"):
+        cache.register("gone")
+    assert cache.store.tracked(["gone", "kept"]) == [False, True]
+    kept = cache.info("kept").size_bytes
+    assert cache.stats()["vanished"] == 1 and cache.store.total_bytes() == kept
+    with pytest.raises(NotOnDisk) as never:  # never tracked: nothing to take off
+        cache.register("never")
+    assert "books" not in str(never.value)
+    # An unmounted disk (an empty mount point) untracks nothing: it is said instead.
+    shutil.rmtree(root / "kept")
+    with pytest.raises(RootMissing):
+        cache.register("kept")
+    assert cache.store.tracked(["kept"]) == [True]
