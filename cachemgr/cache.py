@@ -109,6 +109,8 @@ class DiskCache:
             self.store.count("skipped_locked")
             return {"status": "skipped", "reason": "locked", "path": rel}
         try:
+            if at is not None and self.store.tracked([rel])[0]:
+                at = None  # registered meanwhile (the pipeline, during a rebuild): now it is
             for pause in (*REGISTER_WAITS, None):
                 # Scanned again after each wait: a deletion above may have taken it meanwhile.
                 try:
@@ -170,6 +172,8 @@ class DiskCache:
         (a hit for every access, bytes never there): off them now, as reconcile would, once
         the root is known to be mounted (RootMissing otherwise: nothing is untracked)."""
         self.check_root()
+        if paths.kind_at(self.root, rel) != "missing":  # back already (a download replaced)
+            return ""
         taken = self.store.claim(
             rel, "vanished", now=self.clock(), honour_pins=False, deleting_files=False,
             lock_token=token,

@@ -303,7 +303,7 @@ def cleanup(
         raise
     if dry_run:
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
-        held = evict_held(cache)
+        held = evict_held(cache) if periodic or automatic else None
         evicted = enforce_quota(
             cache,
             dry_run=True,
@@ -346,23 +346,14 @@ def cleanup(
                 # someone's reconcile is rebuilding the books: evicting before it ends would
                 # go by half of them
                 return {"status": "skipped", "reason": "a reconcile is rebuilding the books"}
-            if rebuilt:
-                # Pins were lost with the books; their holders renew them within a lease, so
-                # eviction waits a cleanup interval rather than take a directory in use: the
-                # quota passes that registrations send meanwhile wait too.
-                hold = cache.settings.disk_cache_cleanup_interval
-                cache.client.set(cache.keys.evict_hold, f"{time.time() + hold:.3f}", ex=hold)
-                log.warning(
-                    "books rebuilt from the disk: eviction waits %d s for pins to be renewed",
-                    hold,
-                )
+            # Rebuilt: reconcile set the hold (cache:evict_hold) that keeps eviction waiting.
         migrations.ensure_pin_index(cache.store)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         switched = migrations.ensure_policy(cache.store)
         expired = _sweep_or_nothing(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
-        held = None if rebuilt else evict_held(cache)
+        held = evict_held(cache) if periodic or automatic else None  # a manual one evicts
         evicted = enforce_quota(
             cache,
             time_budget=time_budget,

@@ -129,6 +129,8 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             log.warning("%s: %s kept on the books: %s", reason, entry.path, why)
             return on_disk
         gone = on_disk != "dir"  # its files went without us: vanished, nothing freed
+        if on_disk == "missing":
+            cache.check_root()  # an unmount since the pass began: RootMissing, nothing untracked
         outcome = cache.store.claim(
             entry.path,
             "vanished" if gone else reason,

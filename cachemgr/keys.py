@@ -117,8 +117,9 @@ class Keys:
 
     @cached_property
     def evict_hold(self) -> str:
-        """String with a TTL: the books were rebuilt from the disk, and eviction waits until it
-        lapses (the pins were lost with the books; their holders renew them meanwhile)."""
+        """String with a TTL: the books were rebuilt from the disk, and periodic and automatic
+        eviction waits until it lapses (the pins were lost with the books; their holders renew
+        them meanwhile)."""
         return f"{self.prefix}cache:evict_hold"
 
     @cached_property

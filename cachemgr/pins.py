@@ -13,8 +13,8 @@ from __future__ import annotations
 # while the directory, one above it or one inside it is being deleted (in cache:deleting):
 # the claim checked the leases before, and a lease granted now would protect nothing.
 # KEYS[1] cache:pins  KEYS[2] cache:pins:paths  KEYS[3] cache:deleting
-# ARGV[1] path  ARGV[2] lease expiry or 0. Returns 1 (0: no lease to remove), or the path
-# being deleted as {path}.
+# ARGV[1] path  ARGV[2] lease expiry or 0. Returns the lease in force (its expiry, as a
+# string), 1 or 0 for a removal (0: no lease to remove), or the path being deleted as {path}.
 PIN = """
 if tonumber(ARGV[2]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])

@@ -30,8 +30,10 @@ def quota_pass_due(registered: dict[str, Any]) -> bool:
 
 
 def evict_held(cache: DiskCache) -> float | None:
-    """Until when eviction waits after the books were rebuilt from the disk (None: it does
-    not). A disk short of its free-space floor is not held: the disk must not fill."""
+    """Until when periodic and automatic eviction wait after the books were rebuilt from the
+    disk (None: they do not). Not on a disk short of its free-space floor (the disk must not
+    fill), whatever the quota says (it is a budget: one interval over it costs no data, a
+    streamed album taken would); a manual cleanup is not held."""
     until = cache.client.get(cache.keys.evict_hold)
     if until is None or cache.free_space_short() > 0:
         return None

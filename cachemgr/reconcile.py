@@ -9,6 +9,7 @@ changes nothing. Reconcile is the only operation that marks the books as initial
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -148,8 +149,14 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
     untracked = _untracked(on_disk, set(records))
     total = len(records) + len(untracked)
 
-    # Not yet initialized: books lost (or new) being rebuilt from the disk.
-    rebuilding = not dry_run and not cache.client.exists(cache.keys.initialized)
+    # Books kept before (the root's marker says so) and lost since: being rebuilt from the
+    # disk. A new install's reconcile is no rebuild: what it finds is booked as now.
+    started = cache.clock()
+    rebuilding = (
+        not dry_run
+        and not cache.client.exists(cache.keys.initialized)
+        and (cache.root / paths.BOOKS_MARKER).is_file()
+    )
     times: dict[str, float] = {}
 
     def one(done: int, path: str) -> None:
@@ -179,6 +186,13 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         times = _found_again(cache, untracked)
     for done, path in enumerate(untracked, len(records) + 1):
         one(done, path)
+    if rebuilding and report["registered"]:
+        # Pins were lost with the books; their holders renew them within a lease: eviction
+        # waits until just before the next periodic cleanup (beat's, an interval after this
+        # one started), the quota passes that registrations send meanwhile too.
+        hold = max(1, int(started + cache.settings.disk_cache_cleanup_interval - 1 - time.time()))
+        cache.client.set(cache.keys.evict_hold, f"{time.time() + hold:.3f}", ex=hold)
+        log.warning("books rebuilt from the disk: eviction waits %d s for pins to be renewed", hold)
     report["bytes_before"] = bytes_before
     if dry_run:
         report["trash_items"] = trash.pending(cache.root)
@@ -227,9 +241,9 @@ def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
     LRU evicted the pipeline's newest downloads first), oldest download (mtime) first, and no
     more than half a TTL back, so that none expires at once for having been found late."""
     now = cache.clock()
+    floor = now - cache.settings.disk_cache_ttl_seconds / 2
     oldest = cache.client.zrange(cache.keys.lru, 0, 0, withscores=True)
-    first = min(oldest[0][1], now) if oldest else now
-    start = max(first, now - cache.settings.disk_cache_ttl_seconds / 2)
+    start = max(min(oldest[0][1], now) if oldest else now, floor)
 
     def mtime(path: str) -> float:
         try:
@@ -237,8 +251,11 @@ def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
         except OSError:
             return 0.0
 
-    ordered = sorted(found, key=mtime)
-    return {path: start - 0.001 * (len(ordered) - i) for i, path in enumerate(ordered)}
+    # One written since (a download not registered yet) is booked as now, as any other; a
+    # second's slack for file systems whose clocks are coarse.
+    ordered = sorted((p for p in found if mtime(p) < start - 1), key=mtime)
+    n = len(ordered)
+    return {path: max(floor, start - 0.001 * (n - i)) for i, path in enumerate(ordered)}
 
 
 def _reconcile_one(

@@ -126,10 +126,12 @@ def test_books_lost_then_one_registration_still_evict_nothing_at_the_rebuild(
     cache.register("album26")
     held = cleanup(cache, automatic=True, sweep_expired=False)
     assert held["evict"]["paths"] == [] and held["evict_held_until"] > cache.clock()
-    assert cleanup(cache, dry_run=True)["evict"]["paths"] == []  # the plan says the same
+    # Until just before the next periodic cleanup, an interval after the rebuild started.
+    ttl = redis_client.ttl(cache.keys.evict_hold)
+    assert 0 < ttl < cache.settings.disk_cache_cleanup_interval
+    assert cleanup(cache, periodic=True)["evict"]["paths"] == []
     cache.pin(left[0], 3600)  # its holder renews the lease
-    redis_client.delete(cache.keys.evict_hold)  # the interval has passed
-    after = cleanup(cache)
+    after = cleanup(cache)  # a manual cleanup is the operator's word: it is not held
     assert after["evict"]["paths"] and left[0] not in after["evict"]["paths"]
     assert after["evict_held_until"] is None and (root / left[0]).is_dir()
     assert not any("the books were lost" in w for w in cache.stats()["warnings"])
@@ -174,3 +176,67 @@ def test_directories_found_again_rank_older_than_what_came_since_the_loss(
     assert cleanup(cache, dry_run=True)["sweep"]["count"] == 0
     oldest = redis_client.zrange(cache.keys.lru, 0, 0, withscores=True)[0][1]
     assert oldest >= cache.clock() - cache.settings.disk_cache_ttl_seconds / 2 - 1
+
+
+def test_a_reconcile_run_by_hand_after_a_loss_holds_eviction_too(
+    cache, root, redis_client, prefix
+):
+    """The stats tell the operator to rebuild: a reconcile run alone set no hold, and the
+    directories it found again (ranked oldest) went first at the next quota pass."""
+    from tests.conftest import cleanup_prefix
+    from tests.test_core import fill
+
+    names = fill(cache, root, 22)
+    cleanup(cache)
+    kept = sorted(p.name for p in root.iterdir() if p.name in names)
+    cache.pin(kept[0], 3600)
+    cleanup_prefix(redis_client, prefix)  # FLUSHALL, the pin with it
+    make_tree(root, "new-1", files=4)
+    cache.register("new-1")
+    assert reconcile(cache)["registered"]
+    assert redis_client.ttl(cache.keys.evict_hold) > 0
+    make_tree(root, "new-2", files=4)
+    cache.register("new-2")
+    assert cleanup(cache, automatic=True, sweep_expired=False)["evict"]["paths"] == []
+    assert (root / kept[0]).is_dir()
+
+
+def test_a_new_installs_reconcile_books_what_it_finds_as_now_and_holds_nothing(cache, root):
+    """No marker, no lost books: a directory the pipeline is about to register was booked
+    as the oldest of all, and the next quota pass deleted it before its registration."""
+    make_tree(root, "a")
+    cache.register("a")
+    make_tree(root, "b")  # on disk, its registration still on its way
+    before = cache.clock()
+    assert reconcile(cache)["registered"] == ["b"]
+    assert cache.info("b").last_access >= before
+    assert not cache.client.exists(cache.keys.evict_hold)
+
+
+def test_the_rebuild_keeps_what_the_pipeline_registers_meanwhile_and_what_is_new(
+    cache, root, redis_client, prefix
+):
+    import os
+
+    from tests.conftest import cleanup_prefix
+
+    for name in ("old", "busy"):
+        make_tree(root, name)
+        os.utime(root / name, (1_000_000, 1_000_000))
+    cache.register("old")
+    cleanup(cache)  # the marker: books kept from now on
+    cleanup_prefix(redis_client, prefix)
+    make_tree(root, "first")
+    cache.register("first")  # after the loss
+    make_tree(root, "fresh")  # written since: a download not registered yet
+    before = cache.clock()
+
+    def pipeline_meanwhile(done: int, total: int, path: str) -> None:
+        if path == "busy" and not cache.store.tracked(["busy"])[0]:
+            cache.register("busy")  # the pipeline, while the rebuild walks
+
+    reconcile(cache, progress=pipeline_meanwhile)
+    order = [p for p, _ in redis_client.zrange(cache.keys.lru, 0, -1, withscores=True)]
+    assert order[0] == "old"  # found again: older than anything since the loss
+    assert cache.info("busy").last_access >= before  # the pipeline's own time stands
+    assert cache.info("fresh").last_access >= before  # booked as now, not as found again
