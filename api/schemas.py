@@ -75,6 +75,10 @@ class StatsSchema(SinceResetSchema):
     last_cleanup = fields.Nested(LastCleanupSchema, allow_none=True)
     up = fields.Boolean(metadata={"description": "a worker of the node is alive"})
     last_cleanup_age_seconds = fields.Float(allow_none=True)
+    evict_held_until = fields.Float(
+        allow_none=True,
+        metadata={"description": "epoch seconds: periodic and automatic eviction waits until"},
+    )
     cluster = fields.Dict(metadata={"description": "totals over every node"})
     nodes = fields.List(fields.Dict(), metadata={"description": "each node's own stats"})
     warnings = fields.List(

@@ -84,6 +84,13 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
                 "s): directories are not being cleaned; check that celery beat and a worker "
                 "are running"
             )
+    held = stats.get("evict_held_until")
+    if held and held > now:
+        problems.append(
+            f"eviction is held for {int(held - now)} s more: the books were rebuilt from the "
+            "disk and pins lost with them are being renewed; periodic and automatic passes "
+            "wait, a manual `cachemgr cleanup` evicts now"
+        )
     if not stats.get("initialized", True) and stats.get("directory_count") == 0:
         problems.append(
             "the books are empty: if the downloads directory holds data, run reconcile "

@@ -57,11 +57,11 @@ _totals = operator.itemgetter(*TOTALS)
 # The four strings are read by one MGET: each redis.call costs Redis about 1.5 µs.
 # KEYS[1] cache:bytes  KEYS[2] cache:entries  KEYS[3] cache:stats  KEYS[4] cache:stats:baseline
 # KEYS[5] cache:last_cleanup  KEYS[6] cache:initialized  KEYS[7] cache:scheduler
-# KEYS[8] cache:pins  KEYS[9] cache:alive
-# KEYS[10] (optional) the node registry, read here too when it lives on the same server
+# KEYS[8] cache:pins  KEYS[9] cache:alive  KEYS[10] cache:evict_hold
+# KEYS[11] (optional) the node registry, read here too when it lives on the same server
 # ARGV[1] now: pins that end later are counted
 SNAPSHOT = Lua("""
-local s = redis.call('MGET', KEYS[1], KEYS[6], KEYS[7], KEYS[9])
+local s = redis.call('MGET', KEYS[1], KEYS[6], KEYS[7], KEYS[9], KEYS[10])
 return {
   s[1] or '0',
   redis.call('HLEN', KEYS[2]),
@@ -72,7 +72,8 @@ return {
   s[3] or '',
   redis.call('ZCOUNT', KEYS[8], '(' .. ARGV[1], '+inf'),
   s[4] and 1 or 0,
-  KEYS[10] and redis.call('HGETALL', KEYS[10]) or {},
+  s[5] or '',
+  KEYS[11] and redis.call('HGETALL', KEYS[11]) or {},
 }
 """)
 
@@ -128,11 +129,13 @@ def queue_snapshot(
     same call (same server only); its entries come back as `registry`."""
     k = store.keys
     keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
-    keys += [k.scheduler, k.pins, k.alive, *([registry] if registry else [])]
+    keys += [k.scheduler, k.pins, k.alive, k.evict_hold, *([registry] if registry else [])]
     batch.script(SNAPSHOT, keys, [repr(now)])
 
     def read(replies: Iterator[Any]) -> dict[str, Any]:
-        total, count, overall, base, last, initialized, scheduler, pinned, up, nodes = next(replies)
+        total, count, overall, base, last, initialized, scheduler, pinned, up, hold, nodes = next(
+            replies
+        )
         counts, recent = since_reset(pairs(overall), pairs(base))
         return {
             "total_bytes": int(total),
@@ -145,6 +148,7 @@ def queue_snapshot(
             "scheduler_started": _started(scheduler),
             "pinned_count": int(pinned),
             "up": bool(up),
+            "evict_held_until": float(hold) if hold else None,
             "registry": NodeRegistry.parse(pairs(nodes)),
         }
 
@@ -204,6 +208,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         "initialized": snap["initialized"],
         "last_cleanup": snap["last_cleanup"],
         "up": snap["up"],
+        "evict_held_until": snap["evict_held_until"],
     }
     interval, now = s.disk_cache_cleanup_interval, cache.clock()
     stats["periodic_overdue"] = periodic_overdue(

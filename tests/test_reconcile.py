@@ -129,6 +129,9 @@ def test_books_lost_then_one_registration_still_evict_nothing_at_the_rebuild(
     # Until just before the next periodic cleanup, an interval after the rebuild started.
     ttl = redis_client.ttl(cache.keys.evict_hold)
     assert 0 < ttl < cache.settings.disk_cache_cleanup_interval
+    stats = cache.stats()  # said where an operator looks
+    assert stats["evict_held_until"] == held["evict_held_until"]
+    assert any("eviction is held" in w for w in stats["warnings"])
     assert cleanup(cache, periodic=True)["evict"]["paths"] == []
     cache.pin(left[0], 3600)  # its holder renews the lease
     after = cleanup(cache)  # a manual cleanup is the operator's word: it is not held
