@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, history, migrations, trash
+from cachemgr import checks, history, migrations, paths, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Keeper, Lock
 from cachemgr.quota import bytes_to_free, evict_held
-from cachemgr.reconcile import ReconcileBusy, books_were_lost, reconcile, recover_unfinished
+from cachemgr.reconcile import ReconcileBusy, reconcile, recover_unfinished, remember_books
 from cachemgr.records import Entry, PassResult, Removal
 from cachemgr.switch import DISABLED
 
@@ -339,14 +339,15 @@ def cleanup(
             # Books that were lost (FLUSHALL, a restart without persistence) lost the pins with
             # them, even when the pipeline registered a download since. Books a new install's
             # pipeline has been filling lost nothing: eviction goes ahead.
-            lost = books_were_lost(cache)
             try:
-                rebuilt = bool(reconcile(cache, heartbeat=lock.extend)["registered"]) and lost
+                rebuilt = reconcile(cache, heartbeat=lock.extend, started=started)["rebuilt"]
             except ReconcileBusy:
                 # someone's reconcile is rebuilding the books: evicting before it ends would
                 # go by half of them
                 return {"status": "skipped", "reason": "a reconcile is rebuilding the books"}
             # Rebuilt: reconcile set the hold (cache:evict_hold) that keeps eviction waiting.
+        elif not (cache.root / paths.BOOKS_MARKER).is_file():
+            remember_books(cache)  # books kept since before the marker existed (an upgrade)
         migrations.ensure_pin_index(cache.store)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         switched = migrations.ensure_policy(cache.store)
@@ -354,6 +355,10 @@ def cleanup(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
         held = evict_held(cache) if periodic or automatic else None  # a manual one evicts
+        if held is None and not (periodic or automatic) and cache.client.exists(
+            cache.keys.evict_hold
+        ):
+            log.warning("manual cleanup: evicting although eviction is held after a rebuild")
         evicted = enforce_quota(
             cache,
             time_budget=time_budget,

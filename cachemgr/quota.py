@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,11 +32,26 @@ def quota_pass_due(registered: dict[str, Any]) -> bool:
 
 def evict_held(cache: DiskCache) -> float | None:
     """Until when periodic and automatic eviction wait after the books were rebuilt from the
-    disk (None: they do not). Not on a disk short of its free-space floor (the disk must not
-    fill), whatever the quota says (it is a budget: one interval over it costs no data, a
-    streamed album taken would); a manual cleanup is not held."""
+    disk (None: they do not). Not on a disk short of its free-space floor, or, with none set,
+    under 5% free (the disk must not fill), whatever the quota says (a budget: one interval
+    over it costs no data, a streamed album taken would); a manual cleanup is not held."""
     until = cache.client.get(cache.keys.evict_hold)
-    if until is None or cache.free_space_short() > 0:
+    if until is None or cache.free_space_short() > 0 or _nearly_full(cache):
         return None
     log.info("eviction held until %s: the books were rebuilt from the disk", until)
     return float(until)
+
+
+# With no DISK_CACHE_MIN_FREE_BYTES set, the hold still gives way when the disk is this full.
+NEARLY_FULL = 0.05
+
+
+def _nearly_full(cache: DiskCache) -> bool:
+    """Under 5% of the disk free and no free-space floor set to say otherwise."""
+    if cache.settings.disk_cache_min_free_bytes or not cache.local:
+        return False
+    try:
+        usage = shutil.disk_usage(cache.root)
+    except OSError:
+        return False
+    return usage.free < NEARLY_FULL * usage.total

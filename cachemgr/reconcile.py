@@ -40,7 +40,8 @@ class ReconcileBusy(CacheError):
     code = "busy"
 
 
-def _remember_books(cache: DiskCache) -> None:
+def remember_books(cache: DiskCache) -> None:
+    """Mark the root as having books kept in Redis: their loss is then told from a new install."""
     try:
         (cache.root / paths.BOOKS_MARKER).write_text(f"books: {cache.keys.prefix}cache:*\n")
     except OSError as exc:  # a read-only root: told apart by what the books hold instead
@@ -88,10 +89,13 @@ def reconcile(
     progress: Progress | None = None,
     heartbeat: Callable[[], object] | None = None,
     force: bool = False,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """`heartbeat` (the caller's own lock, a cleanup's) is kept alive as the walk goes.
     `force`: go on over an empty root though the books track directories (they were removed
-    on purpose); without it that looks like an unmounted disk and is refused."""
+    on purpose); without it that looks like an unmounted disk and is refused. `started`: when
+    the cleanup that runs this began (a rebuild's hold counts from it), else now."""
+    started = time.time() if started is None else started
     checks.flag("dry_run", dry_run)
     checks.flag("force", force)
     if not dry_run and not cache.settings.enable_disk_cache_management:
@@ -111,7 +115,7 @@ def reconcile(
             progress(done, total, path)
 
     try:
-        return _reconcile(cache, dry_run=dry_run, progress=tick)
+        return _reconcile(cache, dry_run=dry_run, progress=tick, started=started)
     finally:
         if not dry_run:
             lock.release()
@@ -130,7 +134,9 @@ def _untracked(on_disk: list[str], tracked: set[str]) -> list[str]:
     ]
 
 
-def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) -> dict[str, Any]:
+def _reconcile(
+    cache: DiskCache, *, dry_run: bool, progress: Progress | None, started: float
+) -> dict[str, Any]:
     store = cache.store
     if not dry_run:
         migrations.ensure_record_ids(store)
@@ -149,14 +155,15 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
     untracked = _untracked(on_disk, set(records))
     total = len(records) + len(untracked)
 
-    # Books kept before (the root's marker says so) and lost since: being rebuilt from the
-    # disk. A new install's reconcile is no rebuild: what it finds is booked as now.
-    started = cache.clock()
+    # Books lost (books_were_lost: the root's marker, or books empty) being rebuilt from the
+    # disk. A new install's reconcile, whose pipeline has been filling the books, is none:
+    # what it finds is booked as now and nothing is held.
     rebuilding = (
         not dry_run
         and not cache.client.exists(cache.keys.initialized)
-        and (cache.root / paths.BOOKS_MARKER).is_file()
+        and books_were_lost(cache)
     )
+    report["rebuilt"] = False
     times: dict[str, float] = {}
 
     def one(done: int, path: str) -> None:
@@ -187,10 +194,13 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
     for done, path in enumerate(untracked, len(records) + 1):
         one(done, path)
     if rebuilding and report["registered"]:
+        report["rebuilt"] = True
         # Pins were lost with the books; their holders renew them within a lease: eviction
-        # waits until just before the next periodic cleanup (beat's, an interval after this
-        # one started), the quota passes that registrations send meanwhile too.
-        hold = max(1, int(started + cache.settings.disk_cache_cleanup_interval - 1 - time.time()))
+        # waits until just before the next periodic cleanup (beat's, an interval after the
+        # one that began this), the quota passes that registrations send meanwhile too.
+        interval = cache.settings.disk_cache_cleanup_interval
+        until = started + interval - max(1, min(60, interval // 10))
+        hold = max(1, int(until - time.time()))
         cache.client.set(cache.keys.evict_hold, f"{time.time() + hold:.3f}", ex=hold)
         log.warning("books rebuilt from the disk: eviction waits %d s for pins to be renewed", hold)
     report["bytes_before"] = bytes_before
@@ -201,7 +211,7 @@ def _reconcile(cache: DiskCache, *, dry_run: bool, progress: Progress | None) ->
         _, new = call(cache.client, RECOUNT, [cache.keys.entries, cache.keys.bytes], [])
         report["bytes_after"] = int(new)
         cache.client.set(cache.keys.initialized, "1")
-        _remember_books(cache)
+        remember_books(cache)
         log.info(
             "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",
             len(report["registered"]),
@@ -243,7 +253,8 @@ def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
     now = cache.clock()
     floor = now - cache.settings.disk_cache_ttl_seconds / 2
     oldest = cache.client.zrange(cache.keys.lru, 0, 0, withscores=True)
-    start = max(min(oldest[0][1], now) if oldest else now, floor)
+    since = min(oldest[0][1], now) if oldest else now  # the first booked since the loss
+    start = max(since, floor)
 
     def mtime(path: str) -> float:
         try:
@@ -253,7 +264,7 @@ def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
 
     # One written since (a download not registered yet) is booked as now, as any other; a
     # second's slack for file systems whose clocks are coarse.
-    ordered = sorted((p for p in found if mtime(p) < start - 1), key=mtime)
+    ordered = sorted((p for p in found if mtime(p) < since - 1), key=mtime)
     n = len(ordered)
     return {path: max(floor, start - 0.001 * (n - i)) for i, path in enumerate(ordered)}
 

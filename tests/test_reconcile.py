@@ -243,3 +243,25 @@ def test_the_rebuild_keeps_what_the_pipeline_registers_meanwhile_and_what_is_new
     assert order[0] == "old"  # found again: older than anything since the loss
     assert cache.info("busy").last_access >= before  # the pipeline's own time stands
     assert cache.info("fresh").last_access >= before  # booked as now, not as found again
+
+
+def test_books_lost_without_the_marker_are_held_too_and_an_upgrade_gets_the_marker(
+    cache, root, redis_client, prefix
+):
+    from cachemgr import paths
+    from tests.conftest import cleanup_prefix
+    from tests.test_core import fill
+
+    fill(cache, root, 22)
+    cleanup(cache)
+    marker = root / paths.BOOKS_MARKER
+    marker.unlink()  # books kept since before the marker existed
+    cleanup(cache)  # an upgraded install's cleanup marks the root
+    assert marker.is_file()
+    marker.unlink()  # a root the marker could not be written to
+    cleanup_prefix(redis_client, prefix)
+    assert cleanup(cache, periodic=True)["rebuilt"] is True  # empty books: lost all the same
+    assert redis_client.ttl(cache.keys.evict_hold) > 0
+    make_tree(root, "late", files=4)
+    cache.register("late")
+    assert cleanup(cache, automatic=True, sweep_expired=False)["evict"]["paths"] == []
