@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -135,14 +134,14 @@ class PassResult:
         }
 
 
-def number(value: Any, kind: type[float] | type[int] = float) -> float | int | None:
-    """A number read back from Redis (where it is a string), or None when absent or unreadable."""
+def number(value: Any) -> float | None:
+    """A number read back from Redis (where it is a string), or None when absent, unreadable,
+    NaN or infinite (not JSON: `cachemgr stats --json | jq` would refuse the output)."""
     try:
-        found = None if value in (None, "") else float(value)
+        found = float(value)
     except (TypeError, ValueError):
         return None
-    # NaN and infinity are not JSON: `cachemgr stats --json | jq` would refuse the output.
-    return kind(found) if found is not None and math.isfinite(found) else None
+    return found if found - found == 0 else None  # NaN - NaN and inf - inf are NaN
 
 
 def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
@@ -155,7 +154,7 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
         "status": raw.get("status") or None,
         "duration_seconds": number(raw.get("duration_seconds")),
         "error": raw.get("error") or None,
-        "trash_left": number(raw.get("trash_left"), int) or 0,
+        "trash_left": int(number(raw.get("trash_left")) or 0),
         "evict_short": raw.get("evict_short") or None,
         "periodic_time": number(raw.get("periodic_time")),
     }
