@@ -303,7 +303,7 @@ def cleanup(
         raise
     if dry_run:
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
-        held = evict_held(cache) if periodic or automatic else None
+        held = evict_held(cache, scheduled=periodic or automatic)
         evicted = enforce_quota(
             cache,
             dry_run=True,
@@ -354,11 +354,7 @@ def cleanup(
         expired = _sweep_or_nothing(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
-        held = evict_held(cache) if periodic or automatic else None  # a manual one evicts
-        if held is None and not (periodic or automatic) and cache.client.exists(
-            cache.keys.evict_hold
-        ):
-            log.warning("manual cleanup: evicting although eviction is held after a rebuild")
+        held = evict_held(cache, scheduled=periodic or automatic)  # a manual one evicts
         evicted = enforce_quota(
             cache,
             time_budget=time_budget,

@@ -30,12 +30,16 @@ def quota_pass_due(registered: dict[str, Any]) -> bool:
     return bool(registered.get("over_threshold") or registered.get("low_disk"))
 
 
-def evict_held(cache: DiskCache) -> float | None:
-    """Until when periodic and automatic eviction wait after the books were rebuilt from the
-    disk (None: they do not). Not on a disk short of its free-space floor, or, with none set,
-    under 5% free (the disk must not fill), whatever the quota says (a budget: one interval
-    over it costs no data, a streamed album taken would); a manual cleanup is not held."""
+def evict_held(cache: DiskCache, scheduled: bool) -> float | None:
+    """Until when periodic and automatic (`scheduled`) eviction wait after the books were
+    rebuilt from the disk (None: they do not). Not on a disk short of its free-space floor,
+    or, with none set, under 5% free (the disk must not fill), whatever the quota says (a
+    budget: one interval over it costs no data, a streamed album taken would); a manual
+    cleanup is not held, and says so."""
     until = cache.client.get(cache.keys.evict_hold)
+    if until is not None and not scheduled:
+        log.warning("manual cleanup: not held, though eviction is held after a rebuild")
+        return None
     if until is None or cache.free_space_short() > 0 or _nearly_full(cache):
         return None
     log.info("eviction held until %s: the books were rebuilt from the disk", until)

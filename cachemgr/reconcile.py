@@ -262,9 +262,10 @@ def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
         except OSError:
             return 0.0
 
+    written = {path: mtime(path) for path in found}  # one stat each
     # One written since (a download not registered yet) is booked as now, as any other; a
     # second's slack for file systems whose clocks are coarse.
-    ordered = sorted((p for p in found if mtime(p) < since - 1), key=mtime)
+    ordered = sorted((p for p in found if written[p] < since - 1), key=written.__getitem__)
     n = len(ordered)
     return {path: max(floor, start - 0.001 * (n - i)) for i, path in enumerate(ordered)}
 

@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,18 @@ def make_tree(root: Path, rel: str, files: int = 1, size: int = 4096) -> Path:
     for i in range(files):
         (d / f"track{i:02d}.mp3").write_bytes(b"\x01" * size)
     return d
+
+
+def published_workers(settings: Settings, redis_client: Any, root: Path) -> DiskCache:
+    """The node's workers as they published themselves (s3fifo-a, the fixture's quota), with
+    three albums registered: what a shell or an API of another environment must act by."""
+    workers = settings.with_(disk_cache_eviction_policy="s3fifo-a")
+    theirs = DiskCache(workers, redis_client)
+    theirs.registry.publish(workers)
+    for name in ("a", "b", "c"):
+        make_tree(root, name, files=4)
+        theirs.register(name)
+    return theirs
 
 
 def cleanup_prefix(client, prefix: str) -> None:

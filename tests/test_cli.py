@@ -404,15 +404,9 @@ def test_inline_writes_use_the_workers_quota_and_policy(settings, redis_client, 
     """A shell whose environment differs (a quota of 1 MB, another policy) once evicted by its
     own quota and rebuilt its own policy's structures: --now acts with the workers'."""
     from api import create_app
-    from cachemgr import DiskCache
-    from tests.conftest import BROKER_URL
+    from tests.conftest import BROKER_URL, published_workers
 
-    workers = settings.with_(disk_cache_eviction_policy="s3fifo-a")
-    theirs = DiskCache(workers, redis_client)
-    theirs.registry.publish(workers)
-    for name in ("a", "b", "c"):
-        make_tree(root, name, files=4)
-        theirs.register(name)
+    theirs = published_workers(settings, redis_client, root)
     shell = settings.with_(disk_cache_max_bytes=5 * 4096, disk_cache_eviction_policy="lru")
     app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": shell, "REDIS_CLIENT": redis_client,
                       "CELERY_BROKER_URL": BROKER_URL})  # fmt: skip

@@ -345,13 +345,9 @@ def test_the_apis_dry_run_plans_with_the_workers_quota_and_policy(
     """An API deployed without the workers' environment planned by its own quota and said a
     policy switch was pending on every dry run; the real cleanup, theirs, did otherwise."""
     from cachemgr.cleanup import cleanup
+    from tests.conftest import published_workers
 
-    workers = settings.with_(disk_cache_eviction_policy="s3fifo-a")
-    theirs = DiskCache(workers, redis_client)
-    theirs.registry.publish(workers)
-    for name in ("a", "b", "c"):
-        make_tree(root, name, files=4)
-        theirs.register(name)
+    theirs = published_workers(settings, redis_client, root)
     cleanup(theirs)
     api = settings.with_(disk_cache_max_bytes=5 * 4096, disk_cache_eviction_policy="lru")
     r = app_for(api, redis_client).test_client().post("/cache/cleanup?dry_run=true")
