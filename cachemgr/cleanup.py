@@ -16,7 +16,7 @@ from cachemgr import checks, history, migrations, paths, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Keeper, Lock
-from cachemgr.quota import bytes_to_free, evict_held
+from cachemgr.quota import Hold, Need, bytes_to_free, evict_held
 from cachemgr.reconcile import ReconcileBusy, reconcile, recover_unfinished, remember_books
 from cachemgr.records import Entry, PassResult, Removal
 from cachemgr.switch import DISABLED
@@ -39,7 +39,7 @@ def _run_pass(
     fetch: Callable[[int, int], list[Entry]],
     reason: str,
     *,
-    bytes_needed: int | None,
+    bytes_needed: Need | None,
     dry_run: bool,
     min_age_seconds: int,
     time_budget: float,
@@ -57,7 +57,8 @@ def _run_pass(
     now = cache.clock()
     started = time.monotonic()
     usage = result.usage_before if usage is None else usage
-    freed, offset = 0, 0
+    # Off the books, and of those deleted here (a vanished directory frees no disk space).
+    freed, deleted, offset = 0, 0, 0
     # Decided in this pass (and the rounds before it): one that comes back is passed over.
     seen = set() if seen is None else seen
     stopped = False
@@ -70,8 +71,11 @@ def _run_pass(
             stopped = True
         return stopped
 
+    def enough() -> bool:
+        return bytes_needed is not None and bytes_needed.met(freed, deleted)
+
     while True:
-        if bytes_needed is not None and freed >= bytes_needed:
+        if enough():
             break
         if len(result.removed) >= s.disk_cache_max_evictions_per_run or (
             time.monotonic() - started > time_budget
@@ -84,7 +88,7 @@ def _run_pass(
         if not batch:
             break
         for entry in batch:
-            if bytes_needed is not None and freed >= bytes_needed:
+            if enough():
                 break
             if len(result.removed) >= s.disk_cache_max_evictions_per_run:
                 break
@@ -102,6 +106,7 @@ def _run_pass(
                 continue
             if outcome == "ok":
                 freed += entry.size_bytes
+                deleted += entry.size_bytes
                 usage -= entry.size_bytes
                 result.removed.append(Removal(entry.path, entry.size_bytes, reason, usage))
                 if dry_run:
@@ -189,26 +194,29 @@ def enforce_quota(
     heartbeat: Callable[[], object] | None = None,
     planned: PassResult | None = None,
     owed: int | None = None,
+    held: Hold | None = None,
 ) -> PassResult:
     """Evict by the active policy once usage passes threshold x max, down to target x max.
     `planned`: a dry run's sweep, whose directories this plan does not take again. `owed`:
-    what the pass a bound interrupted still had to free (its `owed`), at most."""
+    what the pass a bound interrupted still had to free (its `owed`), at most. `held`: eviction
+    waits (quota.evict_held), but for the disk's shortfall of free space when it is short."""
     total = cache.store.total_bytes() if usage is None else usage
     result = PassResult("evict", usage_before=total, usage_after=total, dry_run=dry_run)
-    need = 0 if skip else bytes_to_free(cache, total, resume)
+    skip = skip or (held is not None and not held.short)
+    need = Need() if skip else bytes_to_free(cache, total, resume, floor_only=held is not None)
     if owed is not None:
         # Measured again, a free-space floor that deletions cannot lift (hard links, files
         # held open) would ask each continuation for as much again, and a chain of them
         # emptied the cache where one unbounded pass took a few.
-        need = min(need, owed)
-    if need <= 0:
+        need = need.at_most(owed)
+    if need.total <= 0:
         return result
     if not dry_run:
         log.info(
             "quota: %d bytes used, threshold %d: evicting %d bytes (%s)",
             total,
             cache.settings.threshold_bytes,
-            need,
+            need.total,
             cache.settings.disk_cache_eviction_policy,
         )
     if not dry_run:
@@ -234,7 +242,7 @@ def enforce_quota(
             seen=seen,
         )
         if result.more:
-            result.owed = max(0, need - (result.bytes_freed - freed))
+            result.owed = max(0, need.total - (result.bytes_freed - freed))
         if dry_run or result.more or len(result.removed) == done or LOCK_LOST in result.errors:
             break
         # Registrations that came while this pass ran had their own quota passes skipped
@@ -242,9 +250,9 @@ def enforce_quota(
         # Past the threshold only: a free-space floor that deletions do not lift (hard links,
         # files held open, a disk filled by others) must not empty the cache round by round.
         usage = cache.store.total_bytes()
-        if usage <= cache.settings.threshold_bytes:
+        if usage <= cache.settings.threshold_bytes or held is not None:
             break
-        need = usage - cache.settings.target_bytes
+        need = Need(usage - cache.settings.target_bytes)
     short = result.usage_after > cache.settings.threshold_bytes and not result.more
     if not dry_run and short and LOCK_LOST not in result.errors:  # a lost lock is said already
         # Like kubelet's FreeDiskSpaceFailed: say loudly that the quota could not be met.
@@ -308,7 +316,8 @@ def cleanup(
             cache,
             dry_run=True,
             usage=expired.usage_after,
-            skip=not enforce or held is not None,
+            skip=not enforce,
+            held=held,
             planned=expired,
         )
         # A plan changes nothing, not even the policy's structures: right after a switch, the
@@ -318,7 +327,7 @@ def cleanup(
             "status": "planned",
             "sweep": expired.to_dict(),
             "evict": evicted.to_dict(),
-            "evict_held_until": held,
+            "evict_held_until": held.until if held else None,
             "policy_switch_pending": pending,
         }
     # Short timeout, renewed per batch: a crashed worker blocks the next cleanup only briefly.
@@ -354,11 +363,13 @@ def cleanup(
         expired = _sweep_or_nothing(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
-        held = evict_held(cache, scheduled=periodic or automatic)  # a manual one evicts
+        # A manual one evicts, unless it rebuilt the books itself.
+        held = evict_held(cache, scheduled=periodic or automatic or rebuilt)
         evicted = enforce_quota(
             cache,
             time_budget=time_budget,
-            skip=rebuilt or held is not None or not enforce,
+            skip=not enforce,
+            held=held,
             resume=resume,
             owed=owed,
             heartbeat=lock.extend,
@@ -377,7 +388,7 @@ def cleanup(
         "evict": evicted.to_dict(),
         "recovered": recovered,
         "rebuilt": rebuilt,
-        "evict_held_until": held,
+        "evict_held_until": held.until if held else None,
         "policy_rebuilt": switched,  # the policy's structures, built anew from the records
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -12,16 +13,41 @@ if TYPE_CHECKING:
 log = logging.getLogger("cachemgr")
 
 
-def bytes_to_free(cache: DiskCache, total: int, resume: bool = False) -> int:
+@dataclass(frozen=True)
+class Need:
+    """What a quota pass must free: booked bytes, and bytes the disk lacks. A directory found
+    gone from disk (vanished) leaves the books but frees nothing on the disk."""
+
+    books: int = 0
+    disk: int = 0
+
+    @property
+    def total(self) -> int:
+        return max(self.books, self.disk, 0)
+
+    def met(self, booked: int, deleted: int) -> bool:
+        """`booked`: bytes taken off the books; `deleted`: of those, bytes deleted here."""
+        return booked >= self.books and deleted >= self.disk
+
+    def at_most(self, owed: int) -> Need:
+        return Need(min(self.books, owed), min(self.disk, owed))
+
+
+def bytes_to_free(
+    cache: DiskCache, total: int, resume: bool = False, floor_only: bool = False
+) -> Need:
     """Above the threshold: down to the target. Below the free-space floor: up to the floor.
 
     `resume` continues an eviction that a bound interrupted: down to the target even when
-    usage is already back under the threshold.
+    usage is already back under the threshold. `floor_only`: eviction is held, but the disk
+    is short (evict_held): only the disk's shortfall goes.
     """
     s = cache.settings
+    short = cache.free_space_short()
+    if floor_only:
+        return Need(0, max(short, _nearly_full_short(cache)))
     started = total > s.threshold_bytes or (resume and total > s.target_bytes)
-    need = total - s.target_bytes if started else 0
-    return max(need, cache.free_space_short(), 0)
+    return Need(total - s.target_bytes if started else 0, short)
 
 
 def quota_pass_due(registered: dict[str, Any]) -> bool:
@@ -30,32 +56,49 @@ def quota_pass_due(registered: dict[str, Any]) -> bool:
     return bool(registered.get("over_threshold") or registered.get("low_disk"))
 
 
-def evict_held(cache: DiskCache, scheduled: bool) -> float | None:
-    """Until when periodic and automatic (`scheduled`) eviction wait after the books were
-    rebuilt from the disk (None: they do not). Not on a disk short of its free-space floor,
-    or, with none set, under 5% free (the disk must not fill), whatever the quota says (a
-    budget: one interval over it costs no data, a streamed album taken would); a manual
-    cleanup is not held, and says so."""
+@dataclass(frozen=True)
+class Hold:
+    """Eviction waits after the books were rebuilt from the disk (pins went with the old
+    books), `until` just before the next periodic cleanup. `short`: the disk is short of its
+    floor, so its shortfall is evicted through the hold, and no more."""
+
+    until: float
+    short: bool = False
+
+
+def evict_held(cache: DiskCache, scheduled: bool) -> Hold | None:
+    """Whether periodic and automatic (`scheduled`) eviction waits (None: it does not). A
+    manual cleanup is not held, and says so. On a disk short of its free-space floor, or, with
+    none set, under 5% free, the hold gives way to the shortfall (the disk must not fill),
+    whatever the quota says (a budget: one interval over it costs no data, a streamed album
+    taken would)."""
     until = cache.client.get(cache.keys.evict_hold)
-    if until is not None and not scheduled:
+    if until is None:
+        return None
+    if not scheduled:
         log.warning("manual cleanup: not held, though eviction is held after a rebuild")
         return None
-    if until is None or cache.free_space_short() > 0 or _nearly_full(cache):
-        return None
+    if cache.free_space_short() > 0 or _nearly_full_short(cache) > 0:
+        log.warning(
+            "eviction held until %s after a rebuild, but the disk is short of free space: "
+            "evicting the shortfall only",
+            until,
+        )
+        return Hold(float(until), short=True)
     log.info("eviction held until %s: the books were rebuilt from the disk", until)
-    return float(until)
+    return Hold(float(until))
 
 
 # With no DISK_CACHE_MIN_FREE_BYTES set, the hold still gives way when the disk is this full.
 NEARLY_FULL = 0.05
 
 
-def _nearly_full(cache: DiskCache) -> bool:
-    """Under 5% of the disk free and no free-space floor set to say otherwise."""
+def _nearly_full_short(cache: DiskCache) -> int:
+    """Bytes the disk lacks for 5% free, when no free-space floor is set to say otherwise."""
     if cache.settings.disk_cache_min_free_bytes or not cache.local:
-        return False
+        return 0
     try:
         usage = shutil.disk_usage(cache.root)
     except OSError:
-        return False
-    return usage.free < NEARLY_FULL * usage.total
+        return 0
+    return max(0, int(NEARLY_FULL * usage.total) - usage.free)

@@ -1,0 +1,127 @@
+"""How much a quota pass frees: the quota, the free-space floor, and the hold after a rebuild."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import namedtuple
+
+import pytest
+
+from cachemgr import DiskCache
+from cachemgr.cleanup import cleanup, continuation, enforce_quota
+from cachemgr.reconcile import reconcile
+from tests.conftest import make_tree
+from tests.test_core import UNIT, Clock, fill
+
+DiskUsage = namedtuple("DiskUsage", "total used free")
+
+
+def fixed_disk(monkeypatch: pytest.MonkeyPatch, total: int, free: int) -> None:
+    """A disk whose free space deletions do not lift (hard links to a library elsewhere,
+    files held open, a disk filled by others), and that other processes' writes do not move."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: DiskUsage(total, total - free, free))
+
+
+def held_books(cache: DiskCache, root, n: int) -> list[str]:
+    """n albums on kept books, oldest first, with eviction held as after a rebuild."""
+    reconcile(cache)  # books kept from now on: a cleanup does not rebuild them
+    cache.clock = Clock()
+    names = fill(cache, root, n, cache.clock)
+    cache.client.set(cache.keys.evict_hold, f"{time.time() + 600:.3f}", ex=600)
+    return names
+
+
+def test_a_free_space_floor_deletions_cannot_lift_does_not_empty_the_cache(
+    settings, redis_client, root, monkeypatch
+):
+    fixed_disk(monkeypatch, 10**12, 10**6)
+    clock = Clock()
+    sized = DiskCache(settings, redis_client, clock=clock)
+    for i in range(10):
+        make_tree(root, f"album{i:02d}", files=1)
+        sized.register(f"album{i:02d}")
+        clock.t += 1
+    size = sized.info("album00").size_bytes
+    floor = 10**6 + 3 * size
+    low = settings.with_(disk_cache_min_free_bytes=floor, disk_cache_max_bytes=100 * size)
+    result = enforce_quota(DiskCache(low, redis_client, clock=clock))
+    # One round sized by the floor (3 albums), not round after round until nothing is left.
+    assert [r.path for r in result.removed] == ["album00", "album01", "album02"]
+    assert sized.store.count_entries() == 7
+
+
+def test_a_floor_deletions_cannot_lift_takes_as_few_through_bounded_continuations(
+    settings, redis_client, root, monkeypatch
+):
+    fixed_disk(monkeypatch, 10**12, 10**6)
+    taken = {}
+    for bound in (1000, 1):
+        cache = DiskCache(settings, redis_client)
+        for i in range(10):
+            make_tree(root, f"album{i:02d}", files=1)
+            cache.register(f"album{i:02d}")
+        size = cache.info("album00").size_bytes
+        low = DiskCache(
+            settings.with_(
+                disk_cache_min_free_bytes=10**6 + 3 * size, disk_cache_max_evictions_per_run=bound
+            ),
+            redis_client,
+        )
+        # As the worker chains its tasks (workers.tasks._cleanup): each bounded run hands
+        # what it still owed to the next; measured again, the floor asked for it all again.
+        went: list[str] = []
+        rest: dict | None = {}
+        while rest is not None and len(went) < 20:
+            result = cleanup(low, **rest)
+            went += result["evict"]["paths"]
+            rest = continuation(result)
+        taken[bound] = went
+    assert taken[1000] == ["album00", "album01", "album02"]
+    assert len(taken[1]) == 3  # it took all ten, one task after another
+
+
+def test_a_directory_gone_from_disk_frees_nothing_towards_the_floor(
+    settings, redis_client, root, monkeypatch
+):
+    """A tracked directory deleted by hand leaves the books but frees no disk space: counted
+    towards the floor's shortfall, it left the disk short after the pass."""
+    fixed_disk(monkeypatch, 10**12, 10**6)
+    cache = DiskCache(
+        settings.with_(disk_cache_min_free_bytes=10**6 + UNIT + UNIT // 2), redis_client
+    )
+    cache.clock = Clock()
+    fill(cache, root, 5, cache.clock)
+    shutil.rmtree(root / "album00")
+    result = enforce_quota(cache)
+    assert result.vanished == ["album00"]
+    assert [r.path for r in result.removed] == ["album01", "album02"]
+    assert not (root / "album02").exists() and (root / "album03").is_dir()
+
+
+def test_a_held_pass_on_a_disk_short_of_its_floor_frees_the_shortfall_only(
+    settings, redis_client, root, monkeypatch
+):
+    """The disk's shortfall lifts the hold after a rebuild; the pass went on down to the
+    quota's target, taking albums whose pins had gone with the old books."""
+    fixed_disk(monkeypatch, 10**12, 10**6)
+    cache = DiskCache(settings.with_(disk_cache_min_free_bytes=10**6 + UNIT + 1), redis_client)
+    names = held_books(cache, root, 22)  # past the threshold: the quota would take six
+    result = cleanup(cache, automatic=True, sweep_expired=False)
+    assert result["evict"]["paths"] == names[:2]
+    assert result["evict_held_until"] > time.time()
+    assert result["more"] is False and continuation(result) is None
+    monkeypatch.undo()
+    held = cleanup(cache, periodic=True, sweep_expired=False)  # room again: held
+    assert held["evict"]["paths"] == [] and held["evict_held_until"] > time.time()
+    assert cleanup(cache, sweep_expired=False)["evict"]["count"] == 20 - 16  # manual: target
+
+
+def test_a_held_pass_with_no_floor_set_frees_up_to_five_percent(cache, root, monkeypatch):
+    total = 10**9
+    fixed_disk(monkeypatch, total, total // 20 - UNIT - UNIT // 2)  # 1.5 albums short of 5%
+    names = held_books(cache, root, 22)
+    result = cleanup(cache, periodic=True, sweep_expired=False)
+    assert result["evict"]["paths"] == names[:2]
+    fixed_disk(monkeypatch, total, total // 20)
+    assert cleanup(cache, periodic=True, sweep_expired=False)["evict"]["paths"] == []
