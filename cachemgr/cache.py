@@ -39,8 +39,8 @@ def check_pin_ttl(ttl_seconds: float) -> None:
     checks.seconds("ttl_seconds", ttl_seconds, high=MAX_PIN_SECONDS, hint=hint)
 
 
-# How long a registration waits, in steps, for a directory above it to be registered or
-# deleted: a scan of an album takes well under a second.
+# How long a registration waits, in steps, for its directory, or one above it, to be
+# registered or deleted: a scan of an album takes well under a second.
 REGISTER_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
@@ -105,7 +105,9 @@ class DiskCache:
         access (and registration) time to book, for a reconcile's rebuild; else now."""
         rel = paths.normalize(path)
         lock = self.lock(rel)
-        if not lock.acquire():
+        # Held by a reconcile booking it, or a twin registration: theirs may be a scan of a
+        # download still being written, so this one scans again once they are done.
+        if not lock.acquire_within(REGISTER_WAITS):
             self.store.count("skipped_locked")
             return {"status": "skipped", "reason": "locked", "path": rel}
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
@@ -42,6 +43,15 @@ class Lock:
 
     def acquire(self) -> bool:
         return bool(self.client.set(self.key, self.token, nx=True, px=self.timeout_ms))
+
+    def acquire_within(self, waits: Iterable[float]) -> bool:
+        """Try again after each pause of `waits` before giving up."""
+        for pause in (*waits, None):
+            if self.acquire():
+                return True
+            if pause is not None:
+                time.sleep(pause)
+        return False
 
     def release(self) -> bool:
         return bool(self._release(keys=[self.key], args=[self.token]))

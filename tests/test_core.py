@@ -217,6 +217,29 @@ def test_locked_directory_is_skipped_not_waited_on(cache, root):
     held.release()
 
 
+def test_a_registration_waits_for_its_directorys_lock_and_scans_after_it(cache, root):
+    """A reconcile booking the directory held its lock: the pipeline's registration of the
+    finished download answered "skipped: locked", and the books kept the reconcile's scan of
+    a download still being written."""
+    import threading
+
+    make_tree(root, "album", files=1)
+    held = cache.lock("album")
+    assert held.acquire()
+
+    def finish() -> None:
+        time.sleep(0.3)
+        (root / "album" / "last.flac").write_bytes(b"x" * 8192)
+        held.release()
+
+    writer = threading.Thread(target=finish)
+    writer.start()
+    result = cache.register("album")
+    writer.join()
+    assert result["status"] == "registered"
+    assert result["file_count"] == 2 and cache.info("album").file_count == 2
+
+
 def test_lock_has_a_timeout_and_only_its_owner_releases_it(cache):
     a = cache.lock("x")
     a.timeout_ms = 200
