@@ -84,7 +84,16 @@ def serve_command(workers: int) -> list[str]:
         # gunicorn's most (its default, 4094, answered a 4 KB directory name with HTML 414).
         "--limit-request-line", "8190",
         "--logger-class", "api.gunicorn_logs.CacheLogger",  # JSON lines when asked
+        # gunicorn 25.1's control socket, $HOME/.gunicorn/gunicorn.ctl by default: unused
+        # here, shared by two `serve` on one host, and unwritable for a service user.
+        *(["--no-control-socket"] if gunicorn_version() >= (25, 1) else []),
     ]  # fmt: skip
+
+
+def gunicorn_version() -> tuple[int, ...]:
+    import gunicorn
+
+    return tuple(gunicorn.version_info)
 
 
 def _free_port() -> int:

@@ -67,6 +67,7 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
         CACHEMGR_STATE_DIR=str(tmp_path / "state"),
         CACHEMGR_REDIS_PORT=str(_free_port()),
         PORT="8080",
+        HOME=str(tmp_path / "home"),
     )
     up = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "up"],
@@ -90,7 +91,7 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
         broker = f"redis://127.0.0.1:{env['CACHEMGR_REDIS_PORT']}/0"
         client = CacheClient(broker, redis_url=broker, backend=broker)
         # The seed's examples include POST /cache/cleanup, whose reconcile registers "album"
-        # too: while it holds the directory's lock, a registration is skipped, so try again.
+        # too: a registration waits for its lock, at most 3 s, then is skipped: try again.
         for _ in range(20):
             result = client.register("album").get(timeout=60)
             if result["status"] != "skipped":
@@ -102,6 +103,8 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
         client.close()
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 4  # redis, web (+ its gunicorn workers), worker, beat
+        # gunicorn's control socket: shared by two `serve` on a host, unwritable for some.
+        assert not (tmp_path / "home" / ".gunicorn").exists()
     finally:
         output = interrupt(up)
     assert up.returncode == 0, output
