@@ -253,7 +253,8 @@ def enforce_quota(
         if usage <= cache.settings.threshold_bytes or held is not None:
             break
         need = Need(usage - cache.settings.target_bytes)
-    short = result.usage_after > cache.settings.threshold_bytes and not result.more
+    # A held pass stops at the disk's shortfall, above the threshold by design.
+    short = result.usage_after > cache.settings.threshold_bytes and not result.more and not held
     if not dry_run and short and LOCK_LOST not in result.errors:  # a lost lock is said already
         # Like kubelet's FreeDiskSpaceFailed: say loudly that the quota could not be met.
         why = {
@@ -342,14 +343,15 @@ def cleanup(
         migrations.ensure_record_ids(cache.store)  # before anything reads a record
         recovered = recover_unfinished(cache)
         emptied = trash.empty(cache.root)
-        rebuilt = False
+        rebuilt, rebuilt_until = False, None
         if not cache.client.exists(cache.keys.initialized):
             log.warning("cache books are empty or new: reconciling with the disk before evicting")
             # Books that were lost (FLUSHALL, a restart without persistence) lost the pins with
             # them, even when the pipeline registered a download since. Books a new install's
             # pipeline has been filling lost nothing: eviction goes ahead.
             try:
-                rebuilt = reconcile(cache, heartbeat=lock.extend, started=started)["rebuilt"]
+                rebuilding = reconcile(cache, heartbeat=lock.extend, started=started)
+                rebuilt, rebuilt_until = rebuilding["rebuilt"], rebuilding.get("held_until")
             except ReconcileBusy:
                 # someone's reconcile is rebuilding the books: evicting before it ends would
                 # go by half of them
@@ -364,7 +366,7 @@ def cleanup(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
         # A manual one evicts, unless it rebuilt the books itself.
-        held = evict_held(cache, scheduled=periodic or automatic or rebuilt)
+        held = evict_held(cache, scheduled=periodic or automatic, rebuilt_until=rebuilt_until)
         evicted = enforce_quota(
             cache,
             time_budget=time_budget,
@@ -421,6 +423,9 @@ def continuation(
     if not result.get("more"):
         return None
     evict = result.get("evict", {})
+    # Held (after a rebuild), the rest waits as well: as a quota pass, even if a manual
+    # cleanup was held for having rebuilt the books itself.
+    held = {"automatic": True} if result.get("evict_held_until") is not None else {}
     if not evict.get("more"):
-        return {"resume": False}
-    return {"resume": True, "owed": int(evict.get("owed", 0))}
+        return {"resume": False, **held}
+    return {"resume": True, "owed": int(evict.get("owed", 0)), **held}

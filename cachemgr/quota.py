@@ -66,16 +66,20 @@ class Hold:
     short: bool = False
 
 
-def evict_held(cache: DiskCache, scheduled: bool) -> Hold | None:
+def evict_held(
+    cache: DiskCache, scheduled: bool, rebuilt_until: float | None = None
+) -> Hold | None:
     """Whether periodic and automatic (`scheduled`) eviction waits (None: it does not). A
-    manual cleanup is not held, and says so. On a disk short of its free-space floor, or, with
-    none set, under 5% free, the hold gives way to the shortfall (the disk must not fill),
-    whatever the quota says (a budget: one interval over it costs no data, a streamed album
-    taken would)."""
-    until = cache.client.get(cache.keys.evict_hold)
+    manual cleanup is not held, and says so, unless it rebuilt the books itself
+    (`rebuilt_until`: the hold it set, whose key may lapse before this reads it). On a disk
+    short of its free-space floor, or, with none set, under 5% free, the hold gives way to the
+    shortfall (the disk must not fill), whatever the quota says (a budget: one interval over
+    it costs no data, a streamed album taken would)."""
+    stored = cache.client.get(cache.keys.evict_hold)
+    until = float(stored) if stored is not None else rebuilt_until
     if until is None:
         return None
-    if not scheduled:
+    if not scheduled and rebuilt_until is None:
         log.warning("manual cleanup: not held, though eviction is held after a rebuild")
         return None
     if cache.free_space_short() > 0 or _nearly_full_short(cache) > 0:
@@ -84,9 +88,9 @@ def evict_held(cache: DiskCache, scheduled: bool) -> Hold | None:
             "evicting the shortfall only",
             until,
         )
-        return Hold(float(until), short=True)
+        return Hold(until, short=True)
     log.info("eviction held until %s: the books were rebuilt from the disk", until)
-    return Hold(float(until))
+    return Hold(until)
 
 
 # With no DISK_CACHE_MIN_FREE_BYTES set, the hold still gives way when the disk is this full.

@@ -201,7 +201,8 @@ def _reconcile(
         interval = cache.settings.disk_cache_cleanup_interval
         until = started + interval - max(1, min(60, interval // 10))
         hold = max(1, int(until - time.time()))
-        cache.client.set(cache.keys.evict_hold, f"{time.time() + hold:.3f}", ex=hold)
+        report["held_until"] = time.time() + hold
+        cache.client.set(cache.keys.evict_hold, f"{report['held_until']:.3f}", ex=hold)
         log.warning("books rebuilt from the disk: eviction waits %d s for pins to be renewed", hold)
     report["bytes_before"] = bytes_before
     if dry_run:

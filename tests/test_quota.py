@@ -125,3 +125,51 @@ def test_a_held_pass_with_no_floor_set_frees_up_to_five_percent(cache, root, mon
     assert result["evict"]["paths"] == names[:2]
     fixed_disk(monkeypatch, total, total // 20)
     assert cleanup(cache, periodic=True, sweep_expired=False)["evict"]["paths"] == []
+
+
+def test_a_cleanup_that_rebuilt_the_books_on_a_short_disk_frees_the_shortfall_only(
+    settings, redis_client, root, prefix, monkeypatch
+):
+    """Held for having rebuilt the books, even when the hold's key (a second, when the
+    rebuild took nearly an interval) lapsed before the pass read it: it evicted to the target."""
+    from cachemgr import migrations
+    from tests.conftest import cleanup_prefix
+
+    cache = DiskCache(settings.with_(disk_cache_min_free_bytes=10**6 + UNIT + 1), redis_client)
+    reconcile(cache)  # the books are kept: the root's marker says so
+    cleanup_prefix(redis_client, prefix)  # FLUSHALL
+    for i in range(22):
+        make_tree(root, f"album{i:02d}", files=4, size=4096)
+    ensure_policy = migrations.ensure_policy
+
+    def lapse(store):  # the hold's key lapses between the rebuild and the quota pass
+        redis_client.delete(cache.keys.evict_hold)
+        return ensure_policy(store)
+
+    monkeypatch.setattr(migrations, "ensure_policy", lapse)
+    fixed_disk(monkeypatch, 10**12, 10**6)
+    result = cleanup(cache, sweep_expired=False)  # manual, but it rebuilt the books itself
+    assert result["rebuilt"] is True and result["evict"]["count"] == 2
+    assert result["evict_held_until"] > time.time()
+    # Stopped at the shortfall above the threshold by design: not a pass that fell short.
+    assert result["evict"]["short"] == ""
+    assert not any("could not bring it down" in w for w in cache.stats()["warnings"])
+
+
+def test_a_held_pass_cut_short_goes_on_held(settings, redis_client, root, monkeypatch):
+    """The continuation of a manual cleanup held for its own rebuild ran as manual: not held,
+    it went on towards the target after the disk had room again."""
+    fixed_disk(monkeypatch, 10**12, 10**6)
+    cache = DiskCache(
+        settings.with_(
+            disk_cache_min_free_bytes=10**6 + 2 * UNIT + 1, disk_cache_max_evictions_per_run=1
+        ),
+        redis_client,
+    )
+    names = held_books(cache, root, 22)
+    first = cleanup(cache, automatic=True, sweep_expired=False)
+    assert first["evict"]["paths"] == names[:1]
+    rest = continuation(first)
+    assert rest is not None and rest["automatic"] is True and rest["resume"] is True
+    monkeypatch.undo()  # room again: the hold stands
+    assert cleanup(cache, sweep_expired=False, **rest)["evict"]["paths"] == []
