@@ -135,13 +135,31 @@ local function within_tracked(path)
 end
 """
 
+# A store that outlived a policy switch (a pipeline's client) must not feed another policy's
+# structures, nor leave the new one blind to its hits unsaid: where cache:policy_name names
+# another policy than the one whose hooks this script carries, a hit skips its on_hit and
+# answers 2 (STALE_HIT), so that the caller reads the policy again. Store fills in the mark.
+POLICY_IN_FORCE = """
+local policy_key, policy_self = nil, nil
+--@policy_in_force
+local named
+local function policy_stale()
+  if not policy_key then return false end
+  if named == nil then named = redis.call('GET', policy_key) end
+  return named ~= false and named ~= policy_self
+end
+"""
+STALE_HIT = 2
+
 # Record one access: a hit renews the TTL and moves the directory to the front.
 # ARGV[1] path  ARGV[2] now  ARGV[3] ttl seconds  ARGV[4] bytes a miss had to fetch (0 unknown)
 # ARGV[5] access-log cap (0: no log)
-# Returns 1 for a hit (of the path, or of the tracked directory that holds it), 0 for a miss.
+# Returns 1 for a hit (of the path, or of the tracked directory that holds it), 0 for a miss,
+# 2 for a hit whose policy hook was not this script's to run (POLICY_IN_FORCE).
 ACCESS = (
     PRELUDE
     + WITHIN_TRACKED
+    + POLICY_IN_FORCE
     + """
 local path, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local rec, id = record(path)
@@ -176,6 +194,7 @@ if logcap > 0 then
   redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
     'size', size_s, 'hit', 1)
 end
+if policy_stale() then return 2 end  -- STALE_HIT
 --@on_hit
 return 1
 """
@@ -185,10 +204,12 @@ return 1
 # Registered through with_baked_keys with path_arg=1 and ARGV[1] = '', so that KEYS[9] is the
 # bare `dir:` prefix each path is appended to. KEYS[1] cache:entries.
 # ARGV[1] ''  ARGV[2] now  ARGV[3] ttl seconds  ARGV[4] access-log cap (0: no log)
-# ARGV[5..] paths. Returns one 1 (hit) or 0 (miss) per path, with ACCESS's effects for each.
+# ARGV[5..] paths. Returns one 1 (hit), 0 (miss) or 2 (ACCESS's) per path, with ACCESS's
+# effects for each.
 ACCESS_MANY = (
     PRELUDE
     + WITHIN_TRACKED
+    + POLICY_IN_FORCE
     + """
 local now, ttl, logcap = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local dir_prefix = KEYS[9]
@@ -223,7 +244,9 @@ for j = 5, #ARGV do
       redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
         'size', size_s, 'hit', 1)
     end
-    do
+    if policy_stale() then
+      out[#out] = 2  -- STALE_HIT
+    else
 --@on_hit
     end
   end
@@ -387,13 +410,13 @@ def with_baked_keys(script: str, common: list[str], path_arg: int = 1) -> str:
         if i == 1:
             continue
         if i in (9, 12):  # dir:{path}, lock:dir:{path}: the names end where the path goes
-            lines.append(f"KEYS[{i}] = {_lua_str(name)} .. ARGV[{path_arg}]")
+            lines.append(f"KEYS[{i}] = {lua_str(name)} .. ARGV[{path_arg}]")
         else:
-            lines.append(f"KEYS[{i}] = {_lua_str(name)}")
+            lines.append(f"KEYS[{i}] = {lua_str(name)}")
     return "\n".join(lines) + "\n" + script
 
 
-def _lua_str(text: str) -> str:
+def lua_str(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

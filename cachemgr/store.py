@@ -45,11 +45,11 @@ class Store:
         self.policy: Policy = POLICIES[policy]
         self._register = client.register_script(self.policy.script(scripts.REGISTER))
         self._named = False  # cache:policy_name set, if unset, before this store's first hook
-        self._access = client.register_script(
-            scripts.with_baked_keys(self.policy.script(scripts.ACCESS), self.script_keys(""))
-        )
-        self._access_many = client.register_script(
-            scripts.with_baked_keys(self.policy.script(scripts.ACCESS_MANY), self.script_keys(""))
+        self._access, self._access_many = (
+            client.register_script(
+                scripts.with_baked_keys(self.policy_in_force(template), self.script_keys(""))
+            )
+            for template in (scripts.ACCESS, scripts.ACCESS_MANY)
         )
         self._claim = client.register_script(self.policy.script(scripts.CLAIM))
         self._finish = client.register_script(scripts.FINISH)
@@ -65,6 +65,13 @@ class Store:
         )
         self._drop_lapsed_pins = client.register_script(pins.DROP_LAPSED_PINS)
         self._resize = client.register_script(self.policy.script(scripts.RESIZE))
+
+    def policy_in_force(self, template: str) -> str:
+        """An access script with this policy's hooks, which it runs only while this policy's
+        structures are the ones built (scripts.POLICY_IN_FORCE)."""
+        key, name = scripts.lua_str(self.keys.policy_name), scripts.lua_str(self.policy.name)
+        fill = {"policy_in_force": f"policy_key, policy_self = {key}, {name}"}
+        return scripts.compose(self.policy.script(template), fill)
 
     # -- keys ---------------------------------------------------------------------------
     def script_keys(self, path: str | None = None) -> list[str]:

@@ -15,6 +15,7 @@ from cachemgr.keys import Keys
 from cachemgr.migrations import ensure_policy
 from cachemgr.models import MODELS, make_model
 from cachemgr.policies import POLICIES
+from cachemgr.scripts import COMMON_KEYS, STALE_HIT
 from cachemgr.stats import counters
 from cachemgr.store import Store
 from tests.conftest import cleanup_prefix, make_tree
@@ -536,3 +537,44 @@ def test_s3fifo_a_removal_that_is_not_an_eviction(redis_client, prefix):
     store.register(in_main[0], 5, 1, now=T0 + 100)
     assert redis_client.zrange(small, -1, -1) == [in_main[0]]
     assert _s3a_meta(redis_client, store)["T"] == meta["T"]
+
+
+@pytest.mark.parametrize("old,new", [("lru", "s3fifo-a"), ("s3fifo-a", "lfu"), ("lfu", "lru")])
+def test_a_store_that_outlived_a_switch_feeds_no_policy_and_its_client_reads_again(
+    settings, redis_client, root, old, new
+):
+    """A pipeline's client kept the policy it first read: after a switch its plays ran the
+    old policy's hooks (lfu's set grew again under lru) and the new policy never saw them."""
+    from workers.client import CacheClient
+
+    workers = DiskCache(settings.with_(disk_cache_eviction_policy=old), redis_client)
+    for i in range(6):
+        make_tree(root, f"album{i}", files=1)
+        workers.register(f"album{i}")
+    workers.publish_config()
+    client = CacheClient(
+        settings.redis_url, redis_url=settings.redis_url, key_prefix=workers.keys.prefix
+    )
+    assert client.access("album1") and client.store.policy.name == old
+
+    switched = DiskCache(settings.with_(disk_cache_eviction_policy=new), redis_client)
+    switched.publish_config()  # the workers restarted with the new policy
+    assert ensure_policy(switched.store) is True  # their next cleanup built its structures
+    own = [switched.keys.policy, *workers.store.script_keys()[COMMON_KEYS:]]
+    own += switched.store.script_keys()[COMMON_KEYS:]
+    before = {key: redis_client.dump(key) for key in own}
+    stale = Store(redis_client, workers.keys, policy=old)
+    assert stale.access("album2") == STALE_HIT and stale.access_many(["album3", "nope"]) == [
+        STALE_HIT,
+        0,
+    ]
+    assert {key: redis_client.dump(key) for key in own} == before  # no policy was fed
+    assert redis_client.zscore(workers.keys.lru, "album2") is not None  # the hit still counts
+    assert counters(stale)[0]["hits"] == 3
+
+    assert client.access("album1") is True  # answered 2: the client reads the policy again
+    assert client.store.policy.name == new
+    assert client.access("album4") is True
+    if new != "lru":  # the new policy hears it (lru orders by cache:lru alone)
+        assert {key: redis_client.dump(key) for key in own} != before
+    client.close()

@@ -26,6 +26,7 @@ from cachemgr.errors import PathError
 from cachemgr.keys import Keys
 from cachemgr.nodes import NodeRegistry
 from cachemgr.paths import normalize
+from cachemgr.scripts import STALE_HIT
 from cachemgr.store import Store
 
 # How long a client that found no published config (no worker started yet) keeps the defaults
@@ -97,6 +98,7 @@ class CacheClient:
         self._redis: Any = None
         self._store: Store | None = None
         self._unsure_until: float | None = None
+        self._policy_read_at = float("-inf")
 
     # -- routing --------------------------------------------------------------------------
     def _routing(self) -> tuple[str | None, Keys]:
@@ -231,11 +233,24 @@ class CacheClient:
 
     def access(self, path: str, miss_bytes: int = 0) -> bool:
         """Record an access in one round trip; True for a hit."""
-        return bool(self.store.access(normalize(path), miss_bytes=miss_bytes))
+        hit = self.store.access(normalize(path), miss_bytes=miss_bytes)
+        self._policy_check([hit])
+        return bool(hit)
 
     def access_many(self, paths: Iterable[str]) -> list[bool]:
         """Record a batch of accesses in one round trip."""
-        return [bool(hit) for hit in self.store.access_many(normalize(p) for p in paths)]
+        hits = self.store.access_many(normalize(p) for p in paths)
+        self._policy_check(hits)
+        return [bool(hit) for hit in hits]
+
+    def _policy_check(self, hits: list[int]) -> None:
+        """The books run another policy than this client's store (the workers switched it):
+        read what they published again, at most every few seconds. (A store of the new
+        policy hears the same until the next cleanup builds its structures, and keeps it.)"""
+        now = time.monotonic()
+        if STALE_HIT in hits and now - self._policy_read_at >= CONFIG_RETRY_SECONDS:
+            self._policy_read_at = now
+            self._store = None  # the route stays
 
     def pin_now(self, path: str, ttl_seconds: int = 3600) -> None:
         """Pin directly in Redis (no worker needed), e.g. before a download starts writing."""
