@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, deletion, paths, scanner, stats
+from cachemgr import checks, deletion, marker, paths, scanner, stats
 from cachemgr.errors import (
     NotOnDisk,
     NotTracked,
@@ -78,9 +78,18 @@ class DiskCache:
     def check_root(self, *, allow_empty: bool = False) -> None:
         """Raise RootMissing unless the root is a directory that holds something while the
         books track directories: a pass over a missing root (an unmounted disk), or over the
-        empty mount point left behind, would find every directory gone and untrack them all."""
+        empty mount point left behind, would find every directory gone and untrack them all.
+        Nor a root that is not the directory the books were kept for (marker.py): the mount
+        point written to meanwhile. `allow_empty` (reconcile --force) takes the root as it is."""
         if not self.root.is_dir():
             raise RootMissing(root_missing(self.root))
+        swapped = None if allow_empty else marker.swapped(self)
+        if swapped:
+            raise RootMissing(
+                f"the cache root {str(self.root)!r} is not the directory these books were kept "
+                f"for: {swapped} (is the disk mounted?): no cleanup or reconcile runs; if it "
+                "was replaced on purpose, run `cachemgr reconcile --force`"
+            )
         tracked = 0 if allow_empty else self.store.count_entries()
         if not tracked:
             return

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, history, migrations, paths, trash
+from cachemgr import checks, history, marker, migrations, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Keeper, Lock
 from cachemgr.quota import Hold, Need, bytes_to_free, evict_held
-from cachemgr.reconcile import ReconcileBusy, reconcile, recover_unfinished, remember_books
+from cachemgr.reconcile import ReconcileBusy, reconcile, recover_unfinished
 from cachemgr.records import Entry, PassResult, Removal
 from cachemgr.switch import DISABLED
 
@@ -357,8 +357,8 @@ def cleanup(
                 # go by half of them
                 return {"status": "skipped", "reason": "a reconcile is rebuilding the books"}
             # Rebuilt: reconcile set the hold (cache:evict_hold) that keeps eviction waiting.
-        elif not (cache.root / paths.BOOKS_MARKER).is_file():
-            remember_books(cache)  # books kept since before the marker existed (an upgrade)
+        elif not marker.marked(cache):
+            marker.remember(cache)  # books kept since before the marker named its root
         migrations.ensure_pin_index(cache.store)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         switched = migrations.ensure_policy(cache.store)

@@ -116,6 +116,12 @@ class Keys:
         return f"{self.prefix}cache:initialized"
 
     @cached_property
+    def root_mark(self) -> str:
+        """String: the token the root's marker file holds, naming the directory these books
+        were kept for (marker.py)."""
+        return f"{self.prefix}cache:root_mark"
+
+    @cached_property
     def evict_hold(self) -> str:
         """String with a TTL: the books were rebuilt from the disk, and periodic and automatic
         eviction waits until it lapses (the pins were lost with the books; their holders renew

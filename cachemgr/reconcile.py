@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, migrations, paths, scanner, trash
+from cachemgr import checks, marker, migrations, paths, scanner, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import CacheError
 from cachemgr.locks import Lock
@@ -38,19 +38,6 @@ Progress = Callable[[int, int, str], None]  # (done, total, path)
 
 class ReconcileBusy(CacheError):
     code = "busy"
-
-
-def remember_books(cache: DiskCache) -> None:
-    """Mark the root as having books kept in Redis: their loss is then told from a new install."""
-    try:
-        (cache.root / paths.BOOKS_MARKER).write_text(f"books: {cache.keys.prefix}cache:*\n")
-    except OSError as exc:  # a read-only root: told apart by what the books hold instead
-        log.debug("cannot mark the root as having books: %s", exc)
-
-
-def books_were_lost(cache: DiskCache) -> bool:
-    """Books not initialized that were kept before: the root says so, or they are empty."""
-    return (cache.root / paths.BOOKS_MARKER).is_file() or cache.store.count_entries() == 0
 
 
 def recover_unfinished(cache: DiskCache) -> list[str]:
@@ -161,7 +148,7 @@ def _reconcile(
     rebuilding = (
         not dry_run
         and not cache.client.exists(cache.keys.initialized)
-        and books_were_lost(cache)
+        and marker.books_were_lost(cache)
     )
     report["rebuilt"] = False
     times: dict[str, float] = {}
@@ -212,7 +199,7 @@ def _reconcile(
         _, new = call(cache.client, RECOUNT, [cache.keys.entries, cache.keys.bytes], [])
         report["bytes_after"] = int(new)
         cache.client.set(cache.keys.initialized, "1")
-        remember_books(cache)
+        marker.remember(cache)
         log.info(
             "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",
             len(report["registered"]),

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import paths
+from cachemgr import marker
 from cachemgr.connection import same_server
 from cachemgr.errors import CacheError, root_missing
 from cachemgr.health import diagnose, periodic_overdue
@@ -224,7 +224,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     if not snap["initialized"] and stats["directory_count"] and cache.local:
         # Books kept before (the root says so) and gone since: what was registered after the
         # loss is all they count until the next cleanup rebuilds them from the disk.
-        if (cache.root / paths.BOOKS_MARKER).is_file():
+        if marker.present(cache):
             stats["warnings"].append(
                 "the books were lost (Redis lost its data?) and hold only what was registered "
                 "since: usage is undercounted until the next cleanup rebuilds them from the "

@@ -588,3 +588,19 @@ def test_celerys_must_be_restarted_line_is_not_shown_for_a_backend_that_comes_ba
 def test_an_empty_node_says_what_a_node_name_is(client):
     r = client.get("/cache/stats?node=")
     assert r.status_code == 400 and "1 to 100 of letters, digits" in r.get_json()["message"]
+
+
+def test_readyz_fails_on_a_root_that_is_not_the_books_own(client, cache, root):
+    """The mount point an unmounted disk leaves, written to meanwhile: /readyz said ok."""
+    from cachemgr.cleanup import cleanup
+    from tests.conftest import make_tree
+
+    make_tree(root, "album", files=1)
+    cache.register("album")
+    cleanup(cache)  # the books are kept, the root's marker names them
+    assert client.get("/readyz").status_code == 200
+    root.rename(root.with_name("downloads.mounted"))
+    make_tree(root, "written-meanwhile", files=1)
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "not the directory these books were kept for" in ready.get_json()["checks"]["root"]

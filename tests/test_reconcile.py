@@ -256,8 +256,9 @@ def test_books_lost_without_the_marker_are_held_too_and_an_upgrade_gets_the_mark
     cleanup(cache)
     marker = root / paths.BOOKS_MARKER
     marker.unlink()  # books kept since before the marker existed
+    redis_client.delete(cache.keys.root_mark)  # ... and before it named its root
     cleanup(cache)  # an upgraded install's cleanup marks the root
-    assert marker.is_file()
+    assert marker.is_file() and redis_client.exists(cache.keys.root_mark)
     marker.unlink()  # a root the marker could not be written to
     cleanup_prefix(redis_client, prefix)
     assert cleanup(cache, periodic=True)["rebuilt"] is True  # empty books: lost all the same
@@ -265,3 +266,46 @@ def test_books_lost_without_the_marker_are_held_too_and_an_upgrade_gets_the_mark
     make_tree(root, "late", files=4)
     cache.register("late")
     assert cleanup(cache, automatic=True, sweep_expired=False)["evict"]["paths"] == []
+
+
+@pytest.mark.parametrize("how", ["a new directory", "another cache's"])
+def test_a_root_swapped_under_the_books_is_refused_until_reconcile_force(
+    cache, root, redis_client, how
+):
+    """An unmounted disk's mount point, written to by the pipeline meanwhile, is not empty:
+    the passes over it untracked each download they could not see there, and said nothing."""
+    from cachemgr import paths
+    from cachemgr.errors import RootMissing
+    from tests.test_core import fill
+
+    names = fill(cache, root, 6)
+    cleanup(cache)  # the books are kept, and the root's marker names them
+    away = root.with_name("downloads.mounted")
+    root.rename(away)  # the disk is unmounted: its mount point shows
+    root.mkdir()
+    if how == "another cache's":
+        (root / paths.BOOKS_MARKER).write_text("books: cache:*\nroot: 0123456789abcdef\n")
+    make_tree(root, "written-meanwhile", files=1)
+    for run in (lambda: cleanup(cache), lambda: reconcile(cache)):
+        with pytest.raises(RootMissing, match="not the directory these books were kept for"):
+            run()
+    assert sorted(cache.store.all_records()) == sorted(names)  # nothing untracked
+    warnings = cache.stats()["warnings"]
+    assert any("the last cleanup failed" in w and "is the disk mounted" in w for w in warnings)
+    root.rename(root.with_name("downloads.aside"))
+    away.rename(root)  # mounted again: everything goes on
+    assert cleanup(cache)["status"] == "done"
+    assert sorted(cache.store.all_records()) == sorted(names)
+
+
+def test_reconcile_force_adopts_a_root_replaced_on_purpose(cache, root, redis_client):
+    from cachemgr import paths
+    from tests.test_core import fill
+
+    fill(cache, root, 3)
+    cleanup(cache)
+    (root / paths.BOOKS_MARKER).unlink()  # say, restored from a backup without it
+    with pytest.raises(Exception, match="marker .cachemgr-books is missing"):
+        cleanup(cache)
+    assert reconcile(cache, force=True)["untracked"] == []
+    assert cleanup(cache)["status"] == "done"  # the root is marked as the books' again
