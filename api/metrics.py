@@ -46,7 +46,12 @@ COUNTERS = (
     ("cachemgr_freed_bytes", "bytes_freed", "Bytes whose files were deleted from the disk."),
 )
 # The removal counters share one family, told apart by the reason the CLAIM script records.
-REMOVALS = (("evicted", "evictions"), ("expired", "expirations"), ("removed", "removals"))
+REMOVALS = (
+    ("evicted", "evictions"),
+    ("expired", "expirations"),
+    ("removed", "removals"),
+    ("vanished", "vanished"),
+)
 SKIPS = (("locked", "skipped_locked"), ("pinned", "skipped_pinned"))
 
 
@@ -215,7 +220,8 @@ class CacheCollector(Collector):
             yield c
         removed = CounterMetricFamily(
             "cachemgr_directories_removed",
-            "Directories taken off the books: evicted (quota), expired (TTL), removed (asked).",
+            "Directories taken off the books: evicted (quota), expired (TTL), removed (asked), "
+            "vanished (found gone from disk: nothing freed).",
             labels=["reason"],
         )
         for reason, field in REMOVALS:

@@ -167,15 +167,27 @@ class DiskCache:
             "over_threshold": total > self.settings.threshold_bytes,
             "low_disk": self._low_disk(),
         }
+        notes = []
         depth = self.settings.disk_cache_entry_depth
         if rel.count("/") + 1 != depth:
             # Booked all the same (the pipeline decides what a download is), but reconcile
             # walks the entry depth only: after a loss of the books, its siblings go uncounted.
-            reply["warning"] = (
+            notes.append((
+                "depth_mismatch",
                 f"{rel!r} is {rel.count('/') + 1} level(s) deep, DISK_CACHE_ENTRY_DEPTH is "
-                f"{depth}: reconcile only finds directories at that depth; set it to match"
-            )
-            log.warning("registered %s", reply["warning"], extra={"event": "depth_mismatch"})
+                f"{depth}: reconcile only finds directories at that depth; set it to match",
+            ))  # fmt: skip
+        if found.unreadable:
+            notes.append((
+                "unreadable",
+                f"{len(found.unreadable)} subdirectory(ies) of {rel!r} could not be read (e.g. "
+                f"{found.unreadable[0]!r}: permissions?): its size counts only what could be; "
+                "make them readable to the workers and register it again",
+            ))  # fmt: skip
+        for event, note in notes:
+            log.warning("registered %s", note, extra={"event": event, "path": rel})
+        if notes:
+            reply["warning"] = "; ".join(note for _, note in notes)
         return reply
 
     def _vanished(self, rel: str, token: str) -> str:

@@ -150,10 +150,12 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
                 return "pinned" if kept.why == "pinned" else "changed"
         else:
             log.warning(
-                "%s: %s was no longer a directory (%s); untracked, counted as vanished",
-                reason,
+                "vanished: %s was no longer a directory (%s) when it was to be %s; untracked, "
+                "nothing freed",
                 entry.path,
                 on_disk,
+                reason,
+                extra={"event": "vanished", "path": entry.path},
             )
             return "vanished"
         return "ok"

@@ -59,11 +59,17 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
             if on_disk in ("dir", "unsafe"):
                 if cache.store.restore(path, now=cache.clock()):
                     recovered.append(path)
+                    log.warning("deletion of %s interrupted (a crash?): back on the books", path)
             else:
                 # Missing: its files went (into the trash, or gone). Anything else is not ours
                 # to count as freed: it vanished from the books.
                 deleted = on_disk == "missing"
                 cache.store.finish_deletion(path, now=cache.clock(), deleted=deleted)
+                log.warning(
+                    "deletion of %s interrupted (a crash?): finished, %s",
+                    path,
+                    "its files were gone" if deleted else f"counted as vanished ({on_disk})",
+                )
         finally:
             lock.release()
     return recovered

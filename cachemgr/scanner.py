@@ -27,6 +27,8 @@ class ScanResult:
     size_bytes: int = 0
     file_count: int = 0
     subdirs: list[str] = field(default_factory=list)
+    # Subdirectories that could not be opened (permissions, I/O errors): not counted.
+    unreadable: list[str] = field(default_factory=list)
 
 
 _IFMT = 0o170000  # stat.S_IFMT as a mask
@@ -49,6 +51,7 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     blocks = os.fstat(top).st_blocks
     files = 0
     subdirs: list[str] = []
+    unreadable: list[str] = []
     seen: set[tuple[int, int]] = set()
     # One frame per directory on the current path, with the names of its subdirectories not
     # yet walked: descriptors open = depth, not breadth.
@@ -90,12 +93,18 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
                 child = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 _refuse_if_too_deep(exc, len(frames))
+                if exc.errno in UNREADABLE:  # said by the caller: its size is too small
+                    unreadable.append(f"{rel}/{name}" if rel else name)
                 continue  # vanished, unreadable or replaced: count what we can see
             read(child, f"{rel}/{name}" if rel else name)
     finally:
         for fd, _, _ in frames:
             os.close(fd)
-    return ScanResult(size_bytes=blocks * 512, file_count=files, subdirs=subdirs)
+    return ScanResult(blocks * 512, files, subdirs, unreadable)
+
+
+# Not vanished (ENOENT) nor replaced by a symlink (ELOOP): there, but its content not seen.
+UNREADABLE = (errno.EACCES, errno.EPERM, errno.EIO)
 
 
 def _refuse_if_too_deep(exc: OSError, depth: int) -> None:

@@ -840,3 +840,31 @@ def test_registering_a_tracked_directory_gone_from_disk_takes_it_off_the_books(c
     with pytest.raises(RootMissing):
         cache.register("kept")
     assert cache.store.tracked(["kept"]) == [True]
+
+
+def test_a_subdirectory_that_cannot_be_read_is_warned_of(cache, root, monkeypatch, caplog):
+    """Sized without it, in silence: an INFO line gave the smaller size as the album's."""
+    import errno
+    import os
+
+    from cachemgr import scanner
+
+    make_tree(root, "album/disc2", files=2)
+    (root / "album" / "cover.jpg").write_bytes(b"x" * 4096)
+    real_open = os.open
+
+    def refuse(path, flags, *args, **kwargs):  # what EACCES does for a worker not root
+        if path == "disc2":
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(scanner.os, "open", refuse)
+    done = cache.register("album")
+    assert done["status"] == "registered" and done["file_count"] == 1
+    assert "1 subdirectory(ies) of 'album' could not be read (e.g. 'disc2'" in done["warning"]
+    assert any(
+        r.levelname == "WARNING" and "could not be read" in r.message for r in caplog.records
+    )
+    monkeypatch.undo()
+    assert "warning" not in cache.register("album")  # readable again: no warning, every file
+    assert cache.info("album").file_count == 3

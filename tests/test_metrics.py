@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,13 +12,14 @@ import sys
 import time
 import urllib.request
 from typing import Any
+from unittest import mock
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.metrics import over_threshold_since
-from cachemgr import DiskCache, Settings
+from api.metrics import REMOVALS, over_threshold_since
+from cachemgr import DiskCache, NotOnDisk, Settings
 from cachemgr.cleanup import cleanup, sweep
 from tests.conftest import BROKER_URL, make_tree
 
@@ -50,8 +52,9 @@ def app_without_worker(settings: Settings, redis_client: Any) -> Any:
 
 
 def busy_cache(cache: DiskCache, root: Any) -> None:
-    """Every counter above zero: hits, misses, evictions, expiries, removals and both skips."""
-    for i in range(20):
+    """Every counter above zero: hits, misses, evictions, expiries, removals, vanished
+    directories and both skips."""
+    for i in range(21):
         make_tree(root, f"d{i:02d}", files=4)
         cache.register(f"d{i:02d}")
     cache.access("d05")
@@ -60,10 +63,14 @@ def busy_cache(cache: DiskCache, root: Any) -> None:
     cache.access("never-seen", miss_bytes=12345)
     cache.pin("d00", 600)
     cache.remove("d19", remove_files=True)
+    shutil.rmtree(root / "d17")  # by hand: registered again, it leaves the books as vanished
+    with pytest.raises(NotOnDisk):
+        cache.register("d17")
     lock = cache.lock("d18")
     assert lock.acquire()
     try:
-        assert cache.register("d18")["reason"] == "locked"
+        with mock.patch("cachemgr.cache.REGISTER_WAITS", ()):  # skipped at once, not in 3 s
+            assert cache.register("d18")["reason"] == "locked"
     finally:
         lock.release()
     cleanup(cache)  # over the threshold: evicts by LRU, skipping the pinned d00
@@ -104,9 +111,9 @@ def test_metrics_match_cache_stats(client, cache, root):
     for metric, field in counters.items():
         assert value(samples, metric) == stats[field] > 0, metric
     removed = "cachemgr_directories_removed_total"
-    for reason, field in (("evicted", "evictions"), ("expired", "expirations"),
-                          ("removed", "removals")):  # fmt: skip
+    for reason, field in REMOVALS:
         assert value(samples, removed, reason=reason) == stats[field] > 0, reason
+    assert {reason for reason, _ in REMOVALS} == {"evicted", "expired", "removed", "vanished"}
     for reason in ("locked", "pinned"):
         skipped = value(samples, "cachemgr_skipped_total", reason=reason)
         assert skipped == stats[f"skipped_{reason}"] > 0, reason

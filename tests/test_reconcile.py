@@ -70,7 +70,9 @@ def test_flushed_books_are_rebuilt_before_anything_is_evicted(cache, root):
 
 
 @pytest.mark.parametrize("now_there", ["missing", "a file"])
-def test_an_interrupted_deletion_whose_directory_is_gone_is_closed(cache, root, now_there):
+def test_an_interrupted_deletion_whose_directory_is_gone_is_closed(
+    cache, root, now_there, caplog
+):
     make_tree(root, "a")
     cache.register("a")
     size = cache.info("a").size_bytes
@@ -79,6 +81,8 @@ def test_an_interrupted_deletion_whose_directory_is_gone_is_closed(cache, root, 
     if now_there == "a file":  # not ours to count as freed: something else took its place
         (root / "a").write_text("someone else's")
     assert recover_unfinished(cache) == []
+    said = "its files were gone" if now_there == "missing" else "counted as vanished (other)"
+    assert f"deletion of a interrupted (a crash?): finished, {said}" in caplog.text
     stats = cache.stats()
     assert cache.store.unfinished_deletions() == {}
     if now_there == "missing":
@@ -88,7 +92,7 @@ def test_an_interrupted_deletion_whose_directory_is_gone_is_closed(cache, root, 
         assert (root / "a").read_text() == "someone else's"
 
 
-def test_an_interrupted_deletion_is_put_back_on_the_books(cache, root):
+def test_an_interrupted_deletion_is_put_back_on_the_books(cache, root, caplog):
     make_tree(root, "a")
     cache.register("a")
     entry = cache.store.victims(1)[0]
@@ -96,6 +100,7 @@ def test_an_interrupted_deletion_is_put_back_on_the_books(cache, root):
     assert cache.store.count_entries() == 0
     assert cache.store.unfinished_deletions() == {"a": entry.size_bytes}
     assert recover_unfinished(cache) == ["a"]
+    assert "deletion of a interrupted (a crash?): back on the books" in caplog.text
     assert cache.store.tracked(["a"]) == [True] and cache.store.unfinished_deletions() == {}
 
 
