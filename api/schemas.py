@@ -40,6 +40,10 @@ class LastCleanupSchema(Schema):
     duration_seconds = fields.Float(allow_none=True)
     error = fields.String(allow_none=True)
     trash_left = fields.Integer(metadata={"description": "trash items it could not delete"})
+    delete_failed = fields.Integer(
+        metadata={"description": "directories it chose and could not delete (kept on the books)"}
+    )
+    delete_failed_example = fields.String(allow_none=True, metadata={"description": "one of them"})
     evict_short = fields.String(
         allow_none=True, metadata={"description": "what kept eviction above the threshold"}
     )

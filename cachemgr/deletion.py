@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import checks, paths, trash
-from cachemgr.errors import DeleteFailed, NotTracked
+from cachemgr.errors import DELETE_FAILED, DeleteFailed, NotTracked
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -97,7 +97,7 @@ def delete_files(cache: DiskCache, rel: str) -> None:
             return
         cache.store.restore(rel, now=cache.clock())
         log.error("could not delete %s, kept on the books: %s", rel, exc)
-        raise DeleteFailed(f"could not delete {rel!r}: {exc.strerror or exc}") from None
+        raise DeleteFailed(f"{DELETE_FAILED} {rel!r}: {exc.strerror or exc}") from None
     if left:
         log.warning(
             "%s: moved to the trash, but %d item(s) could not be deleted yet (%s)",

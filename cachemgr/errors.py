@@ -59,6 +59,10 @@ class RecordCollision(CacheError):
     code = "record_id_collision"
 
 
+# How a DeleteFailed's message starts: the record of a cleanup counts them by it.
+DELETE_FAILED = "could not delete"
+
+
 class DeleteFailed(CacheError):
     """A directory's files could not be deleted; it stays on the books: a 500 with a reason."""
 

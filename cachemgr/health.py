@@ -63,6 +63,13 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "still fill the disk but are no longer counted; see the worker log (permissions, "
             "immutable files, mount points)"
         )
+    undeleted = last.get("delete_failed") or 0
+    if undeleted:
+        problems.append(
+            f"the last cleanup could not delete {undeleted} directory(ies) it chose, e.g. "
+            f"{last.get('delete_failed_example')}: they stay on the books and on the disk, "
+            "and it tries again each time; see the worker log (permissions, immutable files)"
+        )
     if last.get("status") == "failed":
         problems.append(f"the last cleanup failed: {last.get('error') or 'see the worker log'}")
     if stats.get("up") is False:

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import stats
+from cachemgr.errors import DELETE_FAILED
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -24,6 +25,12 @@ def record(
     `periodic_time` is the last one beat started: quota passes that registrations trigger
     must not hide a beat that stopped."""
     counters, _ = stats.counters(cache.store)
+    undeleted = [
+        error
+        for part in ("sweep", "evict")
+        for error in (result.get(part) or {}).get("errors", [])
+        if error.startswith(DELETE_FAILED)
+    ]
     sample = {"time": started, "total_bytes": cache.store.total_bytes(), **counters}
     pipe = cache.client.pipeline(transaction=False)
     pipe.hset(
@@ -34,6 +41,8 @@ def record(
             "duration_seconds": f"{time.time() - started:.3f}",
             "error": str(result.get("error", "")),
             "trash_left": str(result.get("trash_left", 0)),
+            "delete_failed": str(len(undeleted)),
+            "delete_failed_example": undeleted[0] if undeleted else "",
             "evict_short": str((result.get("evict") or {}).get("short", "")),
             **({"periodic_time": f"{started:.3f}"} if periodic else {}),
         },

@@ -74,6 +74,27 @@ def test_an_undeletable_directory_keeps_its_books_and_the_cleanup_goes_on(cache,
     assert cache.store.total_bytes() == sum(r[0] for r in records.values())
 
 
+def test_directories_a_cleanup_could_not_delete_are_warned_of(cache, root):
+    """Logged as an ERROR on every pass, while the stats and the page warned of nothing."""
+    from cachemgr.cleanup import cleanup
+
+    for i in range(20):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    (root / ".cachemgr-trash").write_text("not a folder")  # every rename into it fails
+    result = cleanup(cache)
+    failed = len(result["evict"]["errors"])
+    assert failed >= 1 and result["evict"]["count"] == 0
+    stats = cache.stats()
+    assert stats["last_cleanup"]["delete_failed"] == failed
+    assert stats["last_cleanup"]["delete_failed_example"].startswith("could not delete 'd00'")
+    assert any(f"could not delete {failed} directory(ies)" in w for w in stats["warnings"])
+    (root / ".cachemgr-trash").unlink()
+    assert cleanup(cache)["evict"]["count"] >= 1
+    assert cache.stats()["last_cleanup"]["delete_failed"] == 0
+    assert not any("could not delete" in w for w in cache.stats()["warnings"])
+
+
 def test_recovery_waits_while_the_crashed_workers_lock_is_held(cache, root):
     make_tree(root, "a")
     cache.register("a")
