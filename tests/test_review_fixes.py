@@ -61,11 +61,16 @@ def test_a_lock_lost_during_the_scan_does_not_put_a_deleted_directory_back(
     assert cache.store.tracked(["a"]) == [False]
 
 
-def test_an_undeletable_directory_keeps_its_books_and_the_cleanup_goes_on(cache, root):
+def undeletable(cache, root) -> None:
+    """Twenty directories past the threshold, none of which can be deleted."""
     for i in range(20):
         make_tree(root, f"d{i:02d}", files=4)
         cache.register(f"d{i:02d}")
     (root / ".cachemgr-trash").write_text("not a folder")  # every rename into it fails
+
+
+def test_an_undeletable_directory_keeps_its_books_and_the_cleanup_goes_on(cache, root):
+    undeletable(cache, root)
     result = enforce_quota(cache)
     assert result.removed == [] and len(result.errors) >= 1
     assert "could not delete" in result.errors[0]
@@ -78,10 +83,7 @@ def test_directories_a_cleanup_could_not_delete_are_warned_of(cache, root):
     """Logged as an ERROR on every pass, while the stats and the page warned of nothing."""
     from cachemgr.cleanup import cleanup
 
-    for i in range(20):
-        make_tree(root, f"d{i:02d}", files=4)
-        cache.register(f"d{i:02d}")
-    (root / ".cachemgr-trash").write_text("not a folder")  # every rename into it fails
+    undeletable(cache, root)
     result = cleanup(cache)
     failed = len(result["evict"]["errors"])
     assert failed >= 1 and result["evict"]["count"] == 0
