@@ -24,7 +24,10 @@ from cachemgr.switch import DISABLED
 log = logging.getLogger("cachemgr")
 
 DEFAULT_TIME_BUDGET = 60.0
-CLEANUP_LOCK_SECONDS = 30
+# Renewed every third of it while the cleanup runs. A worker killed mid-cleanup holds it this
+# long, and the quota passes that registrations send meanwhile are skipped: the disk fills by
+# the ingest rate times this (30 s let a fault soak reach 155% of the quota).
+CLEANUP_LOCK_SECONDS = 10
 # How long a cleanup's lock is kept for it in the background (Keeper); a cleanup hung past
 # that lets the next one in, and stops at its own next renewal.
 CLEANUP_MAX_HOLD_SECONDS = 600
