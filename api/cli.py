@@ -311,13 +311,17 @@ def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
     emit(result, as_json, kv)
 
 
+HOLDER_HELP = "Whose lease (a stream's id): unpin --holder ends it alone; none: anyone's."
+
+
 @click.command()
 @click.argument("path")
 @click.option("--ttl", "ttl", default="1h", help="Lease length (e.g. 30m); renew before it lapses.")
+@click.option("--holder", default=None, help=HOLDER_HELP)
 @json_option
 @with_appcontext
 @friendly
-def pin(path: str, ttl: str, as_json: Any) -> None:
+def pin(path: str, ttl: str, holder: str | None, as_json: Any) -> None:
     """Pin a directory: never evicted or expired while the lease holds."""
     seconds = _option("--ttl", ttl, functools.partial(parse_duration, high=None))
     if seconds <= 0:
@@ -329,19 +333,20 @@ def pin(path: str, ttl: str, as_json: Any) -> None:
             "(a week: renew a pin rather than make it long)",
             EXIT_USAGE,
         )
-    result = _state().cache.pin(path, seconds)
+    result = _state().cache.pin(path, seconds, holder)
     _skipped(result, as_json)
     emit(result, as_json, kv)
 
 
 @click.command()
 @click.argument("path")
+@click.option("--holder", default=None, help=HOLDER_HELP)
 @json_option
 @with_appcontext
 @friendly
-def unpin(path: str, as_json: Any) -> None:
-    """Remove a directory's pin."""
-    result = _state().cache.unpin(path)
+def unpin(path: str, holder: str | None, as_json: Any) -> None:
+    """End a holder's lease on a directory (--holder), or every lease on it."""
+    result = _state().cache.unpin(path, holder)
     _skipped(result, as_json)
     emit(result, as_json, kv)
 

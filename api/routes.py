@@ -30,11 +30,13 @@ from api.schemas import (
     SinceResetSchema,
     StatsSchema,
     TaskSchema,
+    UnpinArgs,
     WaitArgs,
 )
 from cachemgr import DiskCache, NotTracked, paths
 from cachemgr.cleanup import cleanup as cleanup_plan
 from cachemgr.nodes import queue_for
+from workers.client import holder_kwargs
 
 
 class MethodView(FlaskMethodView):
@@ -204,14 +206,16 @@ class Pin(MethodView):
     def post(self, args: dict[str, Any], path: str) -> Any:
         """Pin a directory for ttl_seconds: it is neither evicted nor expired meanwhile."""
         rel = checked(path, node_cache(args))
-        return send(args, "pin_directory", rel, args["ttl_seconds"])
+        ttl, who = args["ttl_seconds"], holder_kwargs(args.get("holder"))
+        return send(args, "pin_directory", rel, ttl, **who)
 
-    @blp.arguments(WaitArgs(), **ARGS)
+    @blp.arguments(UnpinArgs(), **ARGS)
     @blp.response(202, TaskSchema)
     @blp.alt_response(200, schema=TaskSchema)
     def delete(self, args: dict[str, Any], path: str) -> Any:
-        """Remove a directory's pin."""
-        return send(args, "unpin_directory", checked(path, node_cache(args)))
+        """End a holder's lease on a directory (?holder=), or every lease on it."""
+        rel = checked(path, node_cache(args))
+        return send(args, "unpin_directory", rel, **holder_kwargs(args.get("holder")))
 
 
 @blp.route("/register/<path:path>")

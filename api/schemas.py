@@ -7,6 +7,7 @@ import re
 from marshmallow import Schema, fields, validate
 
 from cachemgr.cache import MAX_PIN_SECONDS
+from cachemgr.checks import MAX_HOLDER
 from cachemgr.stats import COUNTERS
 
 MAX_WAIT_SECONDS = 60
@@ -187,7 +188,17 @@ class ReconcileArgs(DryRunArgs):
     )
 
 
-class PinArgs(WaitArgs):
+class UnpinArgs(WaitArgs):
+    holder = fields.String(
+        validate=validate.And(
+            validate.Length(min=1, max=MAX_HOLDER),
+            validate.Predicate("isprintable", error="holder must be printable characters"),
+        ),
+        metadata={"description": "the holder whose lease ends (a stream's id); none: every lease"},
+    )
+
+
+class PinArgs(UnpinArgs):
     ttl_seconds = fields.Integer(
         load_default=3600, validate=validate.Range(min=1, max=MAX_PIN_SECONDS)
     )

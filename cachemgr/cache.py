@@ -279,27 +279,33 @@ class DiskCache:
 
     # -- pins -----------------------------------------------------------------------------
     @switched
-    def pin(self, path: str, ttl_seconds: float) -> dict[str, Any]:
+    def pin(self, path: str, ttl_seconds: float, holder: str | None = None) -> dict[str, Any]:
         """A lease: the directory is neither evicted nor expired until it lapses. A path inside
-        a tracked directory pins that directory (`path` in the reply names it)."""
+        a tracked directory pins that directory (`path` in the reply names it). A `holder`
+        that names itself renews, shortens and ends its own lease only (pins.PIN)."""
         rel = paths.normalize(path)
         check_pin_ttl(ttl_seconds)
+        who = checks.holder(holder)
         target = self.store.covering(rel)
         # A pin may precede the directory (a download about to be written), but never names
         # a file or a symlink of its own; a track inside a tracked album pins the album, as
         # the pipeline client's pin_now does.
         if target == rel and paths.kind(paths.resolve(self.root, rel)) == "other":
             raise paths.PathError(f"path is not a directory: {rel!r}")
-        # The lease in force: another holder's later one stands (ZADD GT), and is the answer.
-        until = float(self.store.pin(target, self.clock() + ttl_seconds))
+        # The lease in force: another holder's later one stands, and is the answer.
+        now = self.clock()
+        until = float(self.store.pin(target, now + ttl_seconds, who, now=now))
         return {"path": target, "pinned_until": iso(until)}
 
     @switched
-    def unpin(self, path: str) -> dict[str, Any]:
-        """Ends a lease on that very directory. A pin made through a path inside a tracked
-        directory is not ended here (another holder's lease may be the same entry): it lapses."""
+    def unpin(self, path: str, holder: str | None = None) -> dict[str, Any]:
+        """Ends `holder`'s lease on that very directory, or, with none named, every lease on
+        it; `pinned_until` is the lease still in force (other holders'). A pin made through a
+        path inside a tracked directory is not ended here (another holder's lease may be the
+        same entry): it lapses."""
         rel = paths.normalize(path)
-        return {"path": rel, "unpinned": bool(self.store.unpin(rel))}
+        had, rest = self.store.unpin(rel, checks.holder(holder), now=self.clock())
+        return {"path": rel, "unpinned": bool(had), "pinned_until": iso(rest and float(rest))}
 
     # -- reads ----------------------------------------------------------------------------
     def info(self, path: str) -> Entry:

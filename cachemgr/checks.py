@@ -39,6 +39,23 @@ def seconds(name: str, value: Any, *, high: float, hint: str = "") -> float:
     return float(value)
 
 
+# A pin holder's name: a stream, a job, a host; what a log line can show.
+MAX_HOLDER = 200
+
+
+def holder(value: Any) -> str:
+    """A pin holder's name: None or '' for anyone's lease, else a string of at most 200
+    printable characters."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_HOLDER or not value.isprintable():
+        raise BadArgument(
+            f"holder must be a name of at most {MAX_HOLDER} printable characters, "
+            f"got {_shown(value)}"
+        )
+    return value
+
+
 def _shown(value: Any) -> str:
     """The value in a one-line message: a 400-digit number by its start and its length."""
     text = repr(value)

@@ -115,6 +115,11 @@ class Keys:
         """String, set once the books match the disk; missing after a FLUSHALL."""
         return f"{self.prefix}cache:initialized"
 
+    def pin_holders(self, path: str) -> str:
+        """HASH holder -> lease expiry, of the leases on one directory (pins.PIN); '' is a
+        lease no holder named. cache:pins keeps the latest of them."""
+        return f"{self.prefix}pin:{path}"
+
     @cached_property
     def root_mark(self) -> str:
         """String: the token the root's marker file holds, naming the directory these books

@@ -2,25 +2,62 @@
 
 A pin names a path (tracked or about to be) with a lease expiry in `cache:pins`; the same path
 is in `cache:pins:paths`, ordered by name, so that the pins inside a directory are one range.
-Holders renew their leases; the cleanup drops lapsed ones. The claim (scripts.CLAIM) refuses
+Holders renew their leases; the cleanup drops lapsed ones. A holder that names itself has a
+lease of its own (`pin:{path}`, holder -> expiry), which it renews, shortens or ends without
+ending another's; `cache:pins` keeps the latest lease in force. The claim (scripts.CLAIM) refuses
 a directory while a live lease names it, a directory above it or one inside it, and the
 reads report that lease (LEASE_AROUND).
 """
 
 from __future__ import annotations
 
-# Put a lease on a directory (tracked or about to be) until ARGV[2]; 0 removes it. Refused
-# while the directory, one above it or one inside it is being deleted (in cache:deleting):
-# the claim checked the leases before, and a lease granted now would protect nothing.
-# KEYS[1] cache:pins  KEYS[2] cache:pins:paths  KEYS[3] cache:deleting
-# ARGV[1] path  ARGV[2] lease expiry or 0. Returns the lease in force (its expiry, as a
-# string), 1 or 0 for a removal (0: no lease to remove), or the path being deleted as {path}.
+# Put a holder's lease on a directory (tracked or about to be) until ARGV[2]; 0 ends it.
+# Refused while the directory, one above it or one inside it is being deleted (in
+# cache:deleting): the claim checked the leases before, and a lease granted now would protect
+# nothing. A lease no holder named ('') is anyone's: of two, the later stands, and ending it
+# ends every lease on the directory; a named holder's is its own to renew, shorten or end.
+# KEYS[1] cache:pins  KEYS[2] cache:pins:paths  KEYS[3] cache:deleting  KEYS[4] pin:{path}
+# ARGV[1] path  ARGV[2] lease expiry or 0  ARGV[3] holder or ''  ARGV[4] now
+# Returns the lease in force (its expiry, as a string); for an end, {1 or 0 (whether there
+# was one), the lease still in force or false}; or the path being deleted as {path}.
 PIN = """
-if tonumber(ARGV[2]) == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return redis.call('ZREM', KEYS[1], ARGV[1])
+local path, holder, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
+if redis.call('EXISTS', KEYS[4]) == 0 then  -- a lease from before holders were kept: anyone's
+  local old = redis.call('ZSCORE', KEYS[1], path)
+  if old then redis.call('HSET', KEYS[4], '', old) end
 end
-local path = ARGV[1]
+-- The latest lease in force, kept in cache:pins (lapsed holders forgotten); none: no pin.
+local function settle()
+  local best, best_s = nil, nil
+  local flat = redis.call('HGETALL', KEYS[4])
+  for i = 1, #flat, 2 do
+    local t = tonumber(flat[i + 1])
+    if t <= now then
+      redis.call('HDEL', KEYS[4], flat[i])
+    elseif not best or t > best then
+      best, best_s = t, flat[i + 1]
+    end
+  end
+  if not best then
+    redis.call('DEL', KEYS[4])
+    redis.call('ZREM', KEYS[2], path)
+    redis.call('ZREM', KEYS[1], path)
+    return false
+  end
+  redis.call('ZADD', KEYS[1], best_s, path)
+  redis.call('ZADD', KEYS[2], 0, path)
+  redis.call('EXPIREAT', KEYS[4], math.floor(best) + 1)
+  return best_s
+end
+if tonumber(ARGV[2]) == 0 then
+  if holder == '' then
+    redis.call('DEL', KEYS[4])
+    redis.call('ZREM', KEYS[2], path)
+    return {redis.call('ZREM', KEYS[1], path), false}
+  end
+  local had = redis.call('HDEL', KEYS[4], holder)
+  return {had, settle()}
+end
 if redis.call('HEXISTS', KEYS[3], path) == 1 then return {path} end
 local i = string.find(path, '/', 1, true)
 while i do
@@ -32,10 +69,11 @@ local prefix = path .. '/'  -- the journal holds the deletions in flight: a few
 for _, p in ipairs(redis.call('HKEYS', KEYS[3])) do
   if string.sub(p, 1, #prefix) == prefix then return {p} end
 end
--- GT: of two holders' leases on one directory the later one stands; the one in force returns
-redis.call('ZADD', KEYS[1], 'GT', ARGV[2], path)
-redis.call('ZADD', KEYS[2], 0, path)
-return redis.call('ZSCORE', KEYS[1], path)
+local mine = redis.call('HGET', KEYS[4], holder)
+if holder ~= '' or not mine or tonumber(ARGV[2]) > tonumber(mine) then
+  redis.call('HSET', KEYS[4], holder, ARGV[2])
+end
+return settle()
 """
 
 # Forget leases that lapsed before ARGV[1], at most ARGV[2] of them; returns how many.

@@ -219,21 +219,43 @@ class Store:
             for p, entry in self.client.hgetall(self.keys.deleting).items()
         }
 
-    def pin(self, path: str, until: float, pipeline: Any = None) -> Any:
-        """Raises BeingDeleted when a directory at, above or inside `path` is being deleted
-        (in a pipeline: its reply is that path, as [path])."""
-        client = pipeline or self.client
-        keys = [self.keys.pins, self.keys.pin_paths, self.keys.deleting]
-        done = self._pin(keys=keys, args=[path, repr(until)], client=client)
+    def pin(
+        self,
+        path: str,
+        until: float,
+        holder: str = "",
+        *,
+        now: float | None = None,
+        pipeline: Any = None,
+    ) -> Any:
+        """`holder`'s lease until `until` ('' : anyone's); the lease in force comes back.
+        Raises BeingDeleted when a directory at, above or inside `path` is being deleted (in a
+        pipeline: its reply is that path, as [path])."""
+        done = self._pin(
+            keys=self._pin_keys(path),
+            args=[path, repr(until), holder, now_str(now)],
+            client=pipeline or self.client,
+        )
         if pipeline is None and isinstance(done, list):
             raise BeingDeleted(
                 f"{done[0]!r} is being deleted: pin {path!r} again once it is gone"
             )
         return done
 
-    def unpin(self, path: str, pipeline: Any = None) -> Any:
-        keys = [self.keys.pins, self.keys.pin_paths, self.keys.deleting]
-        return self._pin(keys=keys, args=[path, 0], client=pipeline or self.client)
+    def unpin(
+        self, path: str, holder: str = "", *, now: float | None = None, pipeline: Any = None
+    ) -> Any:
+        """End `holder`'s lease ('' : every lease on it): [whether there was one, the lease
+        still in force or None]."""
+        return self._pin(
+            keys=self._pin_keys(path),
+            args=[path, 0, holder, now_str(now)],
+            client=pipeline or self.client,
+        )
+
+    def _pin_keys(self, path: str) -> list[str]:
+        k = self.keys
+        return [k.pins, k.pin_paths, k.deleting, k.pin_holders(path)]
 
     def still_ours(self, path: str, now: float) -> str:
         """Whether a claimed directory, moved out of its place, may go: `ok`, `pinned` or

@@ -223,8 +223,9 @@ def test_a_pin_inside_a_tracked_directory_protects_that_directory(settings, redi
     assert cache.pin("album", 7200)["path"] == "album"
     assert cache.pin("album/disc1", 60)["path"] == "album"
     assert cache.client.zscore(cache.keys.pins, "album") == now[0] + 7200
-    assert cache.unpin("album/disc1") == {"path": "album/disc1", "unpinned": False}
-    assert cache.unpin("album") == {"path": "album", "unpinned": True}
+    none = {"pinned_until": None}
+    assert cache.unpin("album/disc1") == {"path": "album/disc1", "unpinned": False, **none}
+    assert cache.unpin("album") == {"path": "album", "unpinned": True, **none}
 
 
 def test_an_empty_mount_point_is_taken_for_an_unmounted_disk_unless_forced(cache, root, runner):

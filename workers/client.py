@@ -20,6 +20,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from cachemgr import checks
 from cachemgr.cache import check_pin_ttl
 from cachemgr.connection import connect
 from cachemgr.errors import PathError
@@ -32,6 +33,12 @@ from cachemgr.store import Store
 # How long a client that found no published config (no worker started yet) keeps the defaults
 # before it looks again: not on every access, the hot path.
 CONFIG_RETRY_SECONDS = 5.0
+
+
+def holder_kwargs(holder: str | None) -> dict[str, str]:
+    """A task's `holder` argument, sent only when named: a worker from before holders takes
+    the task as it was."""
+    return {"holder": holder} if holder else {}
 
 
 class CacheClient:
@@ -153,12 +160,14 @@ class CacheClient:
     def remove(self, path: str, remove_files: bool = False) -> AsyncResult:
         return self.send("remove_directory", normalize(path), remove_files)
 
-    def pin(self, path: str, ttl_seconds: int = 3600) -> AsyncResult:
-        """A lease while a download is written or a file streamed; renew it before it lapses."""
-        return self.send("pin_directory", normalize(path), ttl_seconds)
+    def pin(self, path: str, ttl_seconds: int = 3600, holder: str | None = None) -> AsyncResult:
+        """A lease while a download is written or a file streamed; renew it before it lapses.
+        A `holder` (a stream's id) ends its own lease with unpin, not another holder's."""
+        return self.send("pin_directory", normalize(path), ttl_seconds, **holder_kwargs(holder))
 
-    def unpin(self, path: str) -> AsyncResult:
-        return self.send("unpin_directory", normalize(path))
+    def unpin(self, path: str, holder: str | None = None) -> AsyncResult:
+        """End `holder`'s lease; with none named, every lease on the directory."""
+        return self.send("unpin_directory", normalize(path), **holder_kwargs(holder))
 
     def cleanup(self) -> AsyncResult:
         return self.send("cleanup")
@@ -252,15 +261,14 @@ class CacheClient:
             self._policy_read_at = now
             self._store = None  # the route stays
 
-    def pin_now(self, path: str, ttl_seconds: int = 3600) -> None:
+    def pin_now(self, path: str, ttl_seconds: int = 3600, holder: str | None = None) -> None:
         """Pin directly in Redis (no worker needed), e.g. before a download starts writing."""
-        import time
-
         check_pin_ttl(ttl_seconds)
-        self.store.pin(self.store.covering(normalize(path)), time.time() + ttl_seconds)
+        now, who = time.time(), checks.holder(holder)
+        self.store.pin(self.store.covering(normalize(path)), now + ttl_seconds, who, now=now)
 
-    def unpin_now(self, path: str) -> None:
-        self.store.unpin(normalize(path))
+    def unpin_now(self, path: str, holder: str | None = None) -> None:
+        self.store.unpin(normalize(path), checks.holder(holder))
 
     def close(self) -> None:
         if self._redis is not None:

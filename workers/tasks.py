@@ -165,13 +165,13 @@ def reconcile(dry_run: bool = False, force: bool = False) -> dict[str, Any]:
 
 
 @app.task(name="cachemgr.pin_directory", **IDEMPOTENT)
-def pin_directory(path: str, ttl_seconds: int = 3600) -> dict[str, Any]:
-    return get_cache().pin(path, ttl_seconds)
+def pin_directory(path: str, ttl_seconds: int = 3600, holder: str | None = None) -> dict[str, Any]:
+    return get_cache().pin(path, ttl_seconds, holder)
 
 
 @app.task(name="cachemgr.unpin_directory", **IDEMPOTENT)
-def unpin_directory(path: str) -> dict[str, Any]:
-    return get_cache().unpin(path)
+def unpin_directory(path: str, holder: str | None = None) -> dict[str, Any]:
+    return get_cache().unpin(path, holder)
 
 
 @app.task(name="cachemgr.noop")

@@ -1,0 +1,106 @@
+"""Pins held by named holders: each renews, shortens and ends its own lease, never another's."""
+
+from __future__ import annotations
+
+import pytest
+
+from cachemgr import DiskCache
+from cachemgr.cleanup import enforce_quota
+from cachemgr.errors import BadArgument
+from cachemgr.records import iso
+from tests.conftest import make_tree
+from tests.test_core import Clock, fill
+
+
+@pytest.fixture
+def clocked(cache: DiskCache) -> DiskCache:
+    cache.clock = Clock()
+    return cache
+
+
+def test_an_unpin_ends_its_holders_lease_only(clocked, root):
+    """Three streams pinned one album; the first to finish unpinned it, which ended every
+    lease, and a quota pass took the album 2 s later while another still streamed it."""
+    cache = clocked
+    names = fill(cache, root, 22, cache.clock)  # past the threshold: the oldest go first
+    now = cache.clock.t
+    assert cache.pin(names[0], 600, "stream-1")["pinned_until"] == iso(now + 600)
+    assert cache.pin(names[0], 60, "stream-2")["pinned_until"] == iso(now + 600)
+    done = cache.unpin(names[0], "stream-1")
+    assert done == {"path": names[0], "unpinned": True, "pinned_until": iso(now + 60)}
+    result = enforce_quota(cache)
+    assert names[0] in result.skipped_pinned and (root / names[0]).is_dir()
+    assert cache.unpin(names[0], "stream-1")["unpinned"] is False  # ended already
+    assert cache.unpin(names[0], "stream-2") == {
+        "path": names[0],
+        "unpinned": True,
+        "pinned_until": None,
+    }
+    assert cache.info(names[0]).pinned_until is None
+    assert not cache.client.exists(cache.keys.pin_holders(names[0]))
+
+
+def test_a_holder_shortens_its_own_lease_and_anyones_keeps_the_later(clocked, root):
+    cache, now = clocked, clocked.clock.t
+    make_tree(root, "a")
+    cache.register("a")
+    cache.pin("a", 600, "stream-1")
+    assert cache.pin("a", 30, "stream-1")["pinned_until"] == iso(now + 30)  # its own: as said
+    cache.pin("a", 600)  # anyone's (no holder named): of two, the later stands
+    assert cache.pin("a", 60)["pinned_until"] == iso(now + 600)
+    assert cache.client.ttl(cache.keys.pin_holders("a")) > 0  # it goes with its last lease
+    cache.clock.t += 100  # stream-1's lease lapsed: forgotten at the next change
+    cache.pin("a", 600, "stream-2")
+    assert set(cache.client.hkeys(cache.keys.pin_holders("a"))) == {"", "stream-2"}
+    # Anyone's end (no holder named) ends every lease, as it did before holders.
+    assert cache.unpin("a") == {"path": "a", "unpinned": True, "pinned_until": None}
+    assert cache.info("a").pinned_until is None
+
+
+def test_a_lease_from_before_holders_is_anyones(clocked, root):
+    cache, now = clocked, clocked.clock.t
+    make_tree(root, "a")
+    cache.register("a")
+    cache.client.zadd(cache.keys.pins, {"a": now + 900})  # written by an older version
+    cache.client.zadd(cache.keys.pin_paths, {"a": 0})
+    cache.pin("a", 60, "stream-1")
+    assert cache.unpin("a", "stream-1")["pinned_until"] == iso(now + 900)  # the old one stands
+
+
+@pytest.mark.parametrize("bad", ["x" * 201, "tab\there", 42, ""])
+def test_a_bad_holder_is_refused(clocked, root, bad):
+    make_tree(root, "a")
+    clocked.register("a")
+    if bad == "":  # empty is no holder named: anyone's lease
+        assert clocked.pin("a", 60, bad)["path"] == "a"
+        return
+    with pytest.raises(BadArgument, match="holder must be a name"):
+        clocked.pin("a", 60, bad)
+    assert clocked.info("a").pinned_until is None
+
+
+def test_holders_through_the_api_the_tasks_and_the_client(client, cache, root, pipeline):
+    make_tree(root, "a")
+    cache.register("a")
+    url = "/cache/directories/a/pin?wait=10"
+    for who in ("s1", "s2"):
+        assert client.post(f"{url}&ttl_seconds=600&holder={who}").status_code == 200
+    ended = client.delete(f"{url}&holder=s1").get_json()["result"]
+    assert ended["unpinned"] is True and ended["pinned_until"] is not None  # s2's stands
+    bad = client.post(f"{url}&holder=%01")
+    assert bad.status_code == 400 and "holder" in bad.get_data(as_text=True)
+    pipeline.pin_now("a", 600, holder="s3")
+    pipeline.unpin_now("a", holder="s2")
+    assert cache.info("a").pinned_until is not None  # s3's
+    assert pipeline.unpin("a", holder="s3").get(timeout=10)["pinned_until"] is None
+    assert cache.info("a").pinned_until is None
+
+
+def test_holders_through_the_cli(runner, cache, root):
+    make_tree(root, "a")
+    cache.register("a")
+    for who in ("s1", "s2"):
+        assert runner.invoke(args=["pin", "a", "--ttl", "10m", "--holder", who]).exit_code == 0
+    ended = runner.invoke(args=["unpin", "a", "--holder", "s1", "--json"])
+    assert ended.exit_code == 0 and '"unpinned": true' in ended.output
+    assert cache.info("a").pinned_until is not None
