@@ -45,6 +45,10 @@ class LastCleanupSchema(Schema):
         metadata={"description": "directories it chose and could not delete (kept on the books)"}
     )
     delete_failed_example = fields.String(allow_none=True, metadata={"description": "one of them"})
+    untracked = fields.Integer(
+        metadata={"description": "directories at the entry depth not on the books (beat's last)"}
+    )
+    untracked_example = fields.String(allow_none=True, metadata={"description": "one of them"})
     evict_short = fields.String(
         allow_none=True, metadata={"description": "what kept eviction above the threshold"}
     )

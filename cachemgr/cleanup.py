@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, history, marker, migrations, trash
+from cachemgr import audit, checks, history, marker, migrations, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed, RootMissing
 from cachemgr.locks import Keeper, Lock
@@ -387,6 +387,8 @@ def cleanup(
     finally:
         keeper.stop()
         lock.release()
+    # Beat's, once an interval: downloads no registration booked, said.
+    unbooked = {"untracked": _untracked(cache)} if periodic else {}
     result = {
         "status": "done",
         "sweep": expired.to_dict(),
@@ -401,6 +403,7 @@ def cleanup(
         "pins_lapsed": lapsed,
         "more": expired.more or evicted.more,
         "duration_seconds": round(time.time() - started, 3),
+        **unbooked,
     }
     history.record(cache, started, result, periodic)
     log.info(
@@ -411,6 +414,26 @@ def cleanup(
         evicted.usage_after,
     )
     return result
+
+
+def _untracked(cache: DiskCache) -> dict[str, Any] | None:
+    """audit.untracked, for directories untouched for an interval (at least an hour: a long
+    download writes into files, which leaves its directory's time as it was)."""
+    quiet = max(cache.settings.disk_cache_cleanup_interval, 3600)
+    try:
+        found = audit.untracked(cache, older_than=time.time() - quiet)
+    except OSError as exc:  # the root unreadable now: said in the log, the cleanup stands
+        log.warning("could not look for untracked directories: %s", exc)
+        return None
+    if found["count"]:
+        log.warning(
+            "%d directories in the root are not on the books, e.g. %r: their bytes are not "
+            "counted against the quota; `cachemgr reconcile` books them",
+            found["count"],
+            found["examples"][0],
+            extra={"event": "untracked"},
+        )
+    return found
 
 
 def continuation(

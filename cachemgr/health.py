@@ -63,6 +63,13 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "still fill the disk but are no longer counted; see the worker log (permissions, "
             "immutable files, mount points)"
         )
+    unbooked = last.get("untracked") or 0
+    if unbooked:
+        problems.append(
+            f"{unbooked} directory(ies) in the root are not on the books, e.g. "
+            f"{last.get('untracked_example')!r} (lost registrations?): their bytes fill the "
+            "disk but are not counted against the quota; `cachemgr reconcile` books them"
+        )
     undeleted = last.get("delete_failed") or 0
     if undeleted:
         problems.append(

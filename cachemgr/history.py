@@ -45,6 +45,8 @@ def record(
             "delete_failed_example": undeleted[0] if undeleted else "",
             "evict_short": str((result.get("evict") or {}).get("short", "")),
             **({"periodic_time": f"{started:.3f}"} if periodic else {}),
+            # Looked for by beat's cleanups only: the others leave the last count as it was.
+            **_untracked(result.get("untracked")),
         },
     )
     pipe.lpush(cache.keys.history, json.dumps(sample))
@@ -53,6 +55,13 @@ def record(
         failure = {"event": "cleanup_failed", "error": str(result.get("error"))}
         cache.store.add_event({**failure, "time": f"{started:.3f}"}, pipeline=pipe)
     pipe.execute()
+
+
+def _untracked(found: dict[str, Any] | None) -> dict[str, str]:
+    if not found:
+        return {}
+    example = found["examples"][0] if found["examples"] else ""
+    return {"untracked": str(found["count"]), "untracked_example": example}
 
 
 def samples(cache: DiskCache) -> list[dict[str, Any]]:

@@ -157,6 +157,8 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
         "trash_left": int(number(raw.get("trash_left")) or 0),
         "delete_failed": int(number(raw.get("delete_failed")) or 0),
         "delete_failed_example": raw.get("delete_failed_example") or None,
+        "untracked": int(number(raw.get("untracked")) or 0),
+        "untracked_example": raw.get("untracked_example") or None,
         "evict_short": raw.get("evict_short") or None,
         "periodic_time": number(raw.get("periodic_time")),
     }
