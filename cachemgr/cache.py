@@ -299,13 +299,15 @@ class DiskCache:
 
     @switched
     def unpin(self, path: str, holder: str | None = None) -> dict[str, Any]:
-        """Ends `holder`'s lease on that very directory, or, with none named, every lease on
-        it; `pinned_until` is the lease still in force (other holders'). A pin made through a
-        path inside a tracked directory is not ended here (another holder's lease may be the
-        same entry): it lapses."""
-        rel = paths.normalize(path)
-        had, rest = self.store.unpin(rel, checks.holder(holder), now=self.clock())
-        return {"path": rel, "unpinned": bool(had), "pinned_until": iso(rest and float(rest))}
+        """Ends `holder`'s lease, or, with none named, every lease on that very directory;
+        `pinned_until` is the lease still in force (other holders'). A named holder's lease
+        made through a path inside a tracked directory is on that directory, and ended
+        there; a lease that named no holder is not ended through a path inside (it may be
+        another's too): it lapses."""
+        rel, who = paths.normalize(path), checks.holder(holder)
+        target = self.store.covering(rel) if who else rel
+        had, rest = self.store.unpin(target, who, now=self.clock())
+        return {"path": target, "unpinned": bool(had), "pinned_until": iso(rest and float(rest))}
 
     # -- reads ----------------------------------------------------------------------------
     def info(self, path: str) -> Entry:

@@ -39,7 +39,8 @@ def seconds(name: str, value: Any, *, high: float, hint: str = "") -> float:
     return float(value)
 
 
-# A pin holder's name: a stream, a job, a host; what a log line can show.
+# A pin holder's name: one per stream or job (two streams under one name end each other's
+# lease); what a log line can show.
 MAX_HOLDER = 200
 
 

@@ -73,8 +73,8 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
     undeleted = last.get("delete_failed") or 0
     if undeleted:
         problems.append(
-            f"the last cleanup could not delete {undeleted} directory(ies) it chose, e.g. "
-            f"{last.get('delete_failed_example')}: they stay on the books and on the disk, "
+            f"the last cleanup could not delete {undeleted} directory(ies) it chose "
+            f"({last.get('delete_failed_example')}): they stay on the books and on the disk, "
             "and it tries again each time; see the worker log (permissions, immutable files)"
         )
     if last.get("status") == "failed":

@@ -79,8 +79,8 @@ class Lock:
 class Keeper:
     """Renews a lock from a thread every `every` seconds, for at most `at_most` seconds: work
     that cannot renew it itself (one long deletion, a recovery) does not let it lapse and a
-    second holder in; a hung one does not hold it forever. Stops at the first failed renewal
-    (lost, or Redis away: the lock then lapses, as it would)."""
+    second holder in; a hung one does not hold it forever. Stops once the lock is lost; Redis
+    away, it tries again at the next beat until the lock would have lapsed."""
 
     def __init__(self, lock: Lock, *, every: float, at_most: float) -> None:
         self.lock, self.every, self.at_most = lock, every, at_most
@@ -91,12 +91,15 @@ class Keeper:
 
     def _renew(self) -> None:
         deadline = time.monotonic() + self.at_most
+        lapses = time.monotonic() + self.lock.timeout_ms / 1000
         while not self._stop.wait(self.every) and time.monotonic() < deadline:
             try:
                 if not self.lock.extend():
                     return
-            except Exception:  # Redis away: the holder finds out at its own next renewal
-                return
+                lapses = time.monotonic() + self.lock.timeout_ms / 1000
+            except Exception:  # Redis away a moment (a failover): again, while it may help
+                if time.monotonic() >= lapses:
+                    return
 
     def start(self) -> Keeper:
         self._thread.start()

@@ -9,6 +9,7 @@ not see there.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from typing import TYPE_CHECKING
 
@@ -25,19 +26,44 @@ ROOT_LINE = "root: "
 def remember(cache: DiskCache) -> None:
     """Mark the root as the one these books are kept for (the token kept, if there is one)."""
     token = cache.client.get(cache.keys.root_mark) or secrets.token_hex(8)
-    text = f"books: {cache.keys.prefix}cache:*\n{ROOT_LINE}{token}\n"
+    if _token_line(cache) == token:
+        return
     try:
-        (cache.root / paths.BOOKS_MARKER).write_text(text)
+        _write(cache, token)
     except OSError as exc:  # a read-only root: told apart by what the books hold instead
         log.debug("cannot mark the root as having books: %s", exc)
         return
     # Only once the file holds it: a token the root cannot show would refuse every pass.
-    cache.client.set(cache.keys.root_mark, token)
+    # Two first markings at once (a cleanup and a reconcile: other locks) agree on one.
+    if not cache.client.set(cache.keys.root_mark, token, nx=True):
+        won = cache.client.get(cache.keys.root_mark)
+        if won and won != token:
+            _write(cache, won)
+
+
+def _write(cache: DiskCache, token: str) -> None:
+    """Whole or not at all (a rename): a check reading it meanwhile sees the old or the new."""
+    marker = cache.root / paths.BOOKS_MARKER
+    aside = marker.with_name(f"{paths.BOOKS_MARKER}.{os.getpid()}.tmp")
+    aside.write_text(f"books: {cache.keys.prefix}cache:*\n{ROOT_LINE}{token}\n")
+    os.replace(aside, marker)
+
+
+def _token_line(cache: DiskCache) -> str | None:
+    """The token the marker holds; None when there is none (absent, unreadable, written by
+    a version from before tokens)."""
+    try:
+        lines = (cache.root / paths.BOOKS_MARKER).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return next((ln[len(ROOT_LINE) :] for ln in lines if ln.startswith(ROOT_LINE)), None)
 
 
 def marked(cache: DiskCache) -> bool:
-    """The books know their root's token (books kept since before it, an upgrade, do not)."""
-    return bool(cache.client.exists(cache.keys.root_mark))
+    """The root's marker holds the token the books keep (books kept since before tokens, or
+    a marker rewritten by an older version, do not: the next cleanup marks it again)."""
+    token = cache.client.get(cache.keys.root_mark)
+    return token is not None and _token_line(cache) == token
 
 
 def present(cache: DiskCache) -> bool:
@@ -55,12 +81,9 @@ def swapped(cache: DiskCache) -> str | None:
     token = cache.client.get(cache.keys.root_mark)
     if token is None:
         return None
-    try:
-        lines = (cache.root / paths.BOOKS_MARKER).read_text().splitlines()
-    except FileNotFoundError:
+    if not present(cache):
         return f"its marker {paths.BOOKS_MARKER} is missing"
-    except (OSError, UnicodeDecodeError):
+    found = _token_line(cache)
+    if found is None or found == token:  # an older version's marker: cannot tell
         return None
-    if f"{ROOT_LINE}{token}" not in lines:
-        return f"its marker {paths.BOOKS_MARKER} names other books"
-    return None
+    return f"its marker {paths.BOOKS_MARKER} names other books"

@@ -70,6 +70,10 @@ def rebuild_policy(store: Store, batch: int = 1000) -> int:
     return done
 
 
+# cache:policy_name while a switch rebuilds: `old>new` (no policy's name holds '>').
+SWITCHING = ">"
+
+
 def ensure_policy(store: Store) -> bool:
     """Rebuild when the policy changed since the structures were built; True if it did so
     for a switch (not for new books).
@@ -83,6 +87,13 @@ def ensure_policy(store: Store) -> bool:
     new = store.policy.name
     if recorded == new:
         return False
+    if recorded is not None:
+        # Named as in passage while the structures are rebuilt in batches: every store's
+        # access script then finds the name not its own and runs no hook, as a client of the
+        # old policy would meanwhile into structures being rebuilt. A switch a crash cut
+        # short is named so still, and done again.
+        recorded = recorded.partition(SWITCHING)[0]
+        store.client.set(store.keys.policy_name, f"{recorded}{SWITCHING}{new}")
     own = [store.keys.policy] + store.script_keys()[COMMON_KEYS:]
     if recorded is None and store.client.exists(*own):
         store.client.set(store.keys.policy_name, new)

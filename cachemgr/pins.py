@@ -22,9 +22,17 @@ from __future__ import annotations
 # was one), the lease still in force or false}; or the path being deleted as {path}.
 PIN = """
 local path, holder, now = ARGV[1], ARGV[3], tonumber(ARGV[4])
-if redis.call('EXISTS', KEYS[4]) == 0 then  -- a lease from before holders were kept: anyone's
-  local old = redis.call('ZSCORE', KEYS[1], path)
-  if old then redis.call('HSET', KEYS[4], '', old) end
+-- A live lease in cache:pins that no holder's is (written by a client from before holders,
+-- which knows nothing of pin:{path}) is anyone's: kept as such, the later of two.
+local function adopt()
+  local cur = redis.call('ZSCORE', KEYS[1], path)
+  if not cur or tonumber(cur) <= now then return end
+  local flat = redis.call('HGETALL', KEYS[4])
+  for i = 2, #flat, 2 do
+    if tonumber(flat[i]) == tonumber(cur) then return end
+  end
+  local anyone = redis.call('HGET', KEYS[4], '')
+  if not anyone or tonumber(cur) > tonumber(anyone) then redis.call('HSET', KEYS[4], '', cur) end
 end
 -- The latest lease in force, kept in cache:pins (lapsed holders forgotten); none: no pin.
 local function settle()
@@ -46,7 +54,8 @@ local function settle()
   end
   redis.call('ZADD', KEYS[1], best_s, path)
   redis.call('ZADD', KEYS[2], 0, path)
-  redis.call('EXPIREAT', KEYS[4], math.floor(best) + 1)
+  -- By the caller's clock, as the leases are (Redis's may differ): a second past the last.
+  redis.call('PEXPIRE', KEYS[4], math.ceil((best - now) * 1000) + 1000)
   return best_s
 end
 if tonumber(ARGV[2]) == 0 then
@@ -55,6 +64,7 @@ if tonumber(ARGV[2]) == 0 then
     redis.call('ZREM', KEYS[2], path)
     return {redis.call('ZREM', KEYS[1], path), false}
   end
+  adopt()
   local had = redis.call('HDEL', KEYS[4], holder)
   return {had, settle()}
 end
@@ -69,6 +79,7 @@ local prefix = path .. '/'  -- the journal holds the deletions in flight: a few
 for _, p in ipairs(redis.call('HKEYS', KEYS[3])) do
   if string.sub(p, 1, #prefix) == prefix then return {p} end
 end
+adopt()  -- after the checks above: a pin refused leaves nothing behind
 local mine = redis.call('HGET', KEYS[4], holder)
 if holder ~= '' or not mine or tonumber(ARGV[2]) > tonumber(mine) then
   redis.call('HSET', KEYS[4], holder, ARGV[2])

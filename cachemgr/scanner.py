@@ -64,6 +64,9 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
             b, f, subs, linked = scan_dir(fd)  # which opens one more descriptor
         except OSError as exc:
             _refuse_if_too_deep(exc, len(frames))
+            if rel and exc.errno in UNREADABLE:  # opened, but its entries cannot be read:
+                unreadable.append(rel)  # its frame, left empty, is closed below
+                return
             raise
         blocks += b
         files += f

@@ -868,3 +868,46 @@ def test_a_subdirectory_that_cannot_be_read_is_warned_of(cache, root, monkeypatc
     monkeypatch.undo()
     assert "warning" not in cache.register("album")  # readable again: no warning, every file
     assert cache.info("album").file_count == 3
+
+
+def test_a_subdirectory_opened_but_not_listable_is_warned_of_too(cache, root, monkeypatch):
+    """Read but no execute permission (chmod -R 644): it opened, its entries could not be
+    stat'ed, and the registration failed as 'changed while it was scanned'."""
+    import errno
+    import os
+
+    from cachemgr import scanner
+
+    make_tree(root, "album/disc2", files=2)
+    real = scanner.scan_dir
+
+    def refuse(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/disc2"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(fd)
+
+    monkeypatch.setattr(scanner, "scan_dir", refuse)
+    done = cache.register("album")
+    assert done["status"] == "registered" and "'disc2'" in done["warning"]
+
+
+def test_the_lock_keeper_rides_out_a_moment_without_redis():
+    from cachemgr.locks import Keeper
+
+    class Flaky:
+        timeout_ms = 1000
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def extend(self) -> bool:
+            self.calls += 1
+            if self.calls == 2:
+                raise ConnectionError("failover")
+            return True
+
+    lock = Flaky()
+    keeper = Keeper(lock, every=0.05, at_most=5).start()  # type: ignore[arg-type]
+    time.sleep(0.5)
+    keeper.stop()
+    assert lock.calls > 3  # it stopped at the first error: a second cleanup came in

@@ -104,3 +104,52 @@ def test_holders_through_the_cli(runner, cache, root):
     ended = runner.invoke(args=["unpin", "a", "--holder", "s1", "--json"])
     assert ended.exit_code == 0 and '"unpinned": true' in ended.output
     assert cache.info("a").pinned_until is not None
+
+
+def test_a_lease_an_older_client_wrote_beside_the_holders_stands(clocked, root):
+    """An older client's pin_now writes cache:pins alone: a holder's unpin rebuilt the lease
+    from the holders it knew and dropped the older client's hour."""
+    cache, now = clocked, clocked.clock.t
+    make_tree(root, "a")
+    cache.register("a")
+    cache.pin("a", 60, "stream-1")
+    cache.client.zadd(cache.keys.pins, {"a": now + 3600}, gt=True)  # the older client's
+    assert cache.unpin("a", "stream-1")["pinned_until"] == iso(now + 3600)
+    cache.pin("a", 30, "stream-2")
+    assert cache.info("a").pinned_until == now + 3600
+
+
+def test_a_refused_pin_leaves_no_holders_behind(clocked, root):
+    from cachemgr.errors import BeingDeleted
+
+    cache = clocked
+    make_tree(root, "a")
+    cache.register("a")
+    cache.client.zadd(cache.keys.pins, {"a": cache.clock.t + 60})  # an older client's lease
+    cache.store.claim("a", "evicted", honour_pins=False)  # being deleted
+    with pytest.raises(BeingDeleted):
+        cache.pin("a", 60, "stream-1")
+    assert not cache.client.exists(cache.keys.pin_holders("a"))
+
+
+def test_a_holder_ends_through_a_path_inside_what_it_pinned_through_it(clocked, root):
+    cache, now = clocked, clocked.clock.t
+    make_tree(root, "album/disc1")
+    cache.register("album")
+    assert cache.pin("album/disc1", 600, "stream-1")["path"] == "album"
+    cache.pin("album", 60, "stream-2")
+    done = cache.unpin("album/disc1", "stream-1")
+    assert done == {"path": "album", "unpinned": True, "pinned_until": iso(now + 60)}
+
+
+def test_the_holders_last_as_long_as_their_leases_by_the_callers_clock(cache, root):
+    """Kept until the last lease by Redis's clock: a caller 2 minutes behind lost its
+    holders at once, and its own unpin then ended nothing."""
+    import time
+
+    cache.clock = Clock(time.time() - 120)
+    make_tree(root, "a")
+    cache.register("a")
+    cache.pin("a", 60, "stream-1")
+    assert 59 <= cache.client.ttl(cache.keys.pin_holders("a")) <= 61
+    assert cache.unpin("a", "stream-1")["unpinned"] is True

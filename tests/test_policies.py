@@ -578,3 +578,40 @@ def test_a_store_that_outlived_a_switch_feeds_no_policy_and_its_client_reads_aga
     if new != "lru":  # the new policy hears it (lru orders by cache:lru alone)
         assert {key: redis_client.dump(key) for key in own} != before
     client.close()
+
+
+def test_no_store_feeds_the_structures_while_a_switch_rebuilds_them(
+    redis_client, prefix, monkeypatch
+):
+    """The name changed only after the last batch: an old lfu client's hit between batches
+    left its score in the rebuilt fifo queue, where it stayed last in the order for good."""
+    from cachemgr import migrations
+
+    keys = Keys(prefix)
+    old = Store(redis_client, keys, policy="lfu")
+    ensure_policy(old)
+    replay_store(old, [(f"d{i}", 5) for i in range(6)] + [("d5", 5)] * 3, 1000, 2)
+    new = Store(redis_client, keys, policy="fifo")
+    real = migrations.rebuild_policy
+    seen: list[Any] = []
+
+    def between_batches(store: Store, batch: int = 1000) -> int:
+        seen.append(redis_client.get(keys.policy_name))
+        seen.append(old.access("d5"))  # a client of the old policy, mid-switch
+        return real(store, batch)
+
+    monkeypatch.setattr(migrations, "rebuild_policy", between_batches)
+    assert ensure_policy(new) is True
+    assert seen == ["lfu>fifo", STALE_HIT]
+    assert redis_client.get(keys.policy_name) == "fifo"
+
+
+def test_a_switch_a_crash_cut_short_is_done_again(redis_client, prefix):
+    keys = Keys(prefix)
+    old = Store(redis_client, keys, policy="lfu")
+    ensure_policy(old)
+    replay_store(old, [(f"d{i}", 5) for i in range(4)], 1000, 2)
+    redis_client.set(keys.policy_name, "lfu>fifo")  # the rebuild died before its end
+    assert ensure_policy(Store(redis_client, keys, policy="fifo")) is True
+    assert redis_client.get(keys.policy_name) == "fifo"
+    assert old.access("d1") == STALE_HIT

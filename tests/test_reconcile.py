@@ -314,3 +314,18 @@ def test_reconcile_force_adopts_a_root_replaced_on_purpose(cache, root, redis_cl
         cleanup(cache)
     assert reconcile(cache, force=True)["untracked"] == []
     assert cleanup(cache)["status"] == "done"  # the root is marked as the books' again
+
+
+def test_a_marker_an_older_version_rewrote_is_marked_again_not_refused(cache, root):
+    """An older worker's reconcile (a rolling upgrade, a rollback) rewrites the marker
+    without its token: every new cleanup then refused the root as another cache's."""
+    from cachemgr import marker, paths
+    from tests.test_core import fill
+
+    fill(cache, root, 3)
+    cleanup(cache)
+    (root / paths.BOOKS_MARKER).write_text(f"books: {cache.keys.prefix}cache:*\n")  # the old
+    assert marker.swapped(cache) is None and not marker.marked(cache)
+    assert cleanup(cache)["status"] == "done"
+    assert marker.marked(cache)  # marked again, with the books' own token
+    assert not list(root.glob(f"{paths.BOOKS_MARKER}.*"))  # written aside, then renamed

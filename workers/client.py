@@ -37,7 +37,7 @@ CONFIG_RETRY_SECONDS = 5.0
 
 def holder_kwargs(holder: str | None) -> dict[str, str]:
     """A task's `holder` argument, sent only when named: a worker from before holders takes
-    the task as it was."""
+    a task that names none (one that names a holder it fails: upgrade the workers first)."""
     return {"holder": holder} if holder else {}
 
 
