@@ -5,13 +5,17 @@ could take a download still being written)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import scanner
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
+
+log = logging.getLogger("cachemgr")
 
 EXAMPLES = 3
 # How far below an untracked directory to look for tracked ones (a registration off the
@@ -44,6 +48,26 @@ def untracked(cache: DiskCache, *, older_than: float, batch: int = 1000) -> dict
             check()
     check()
     return {"count": count, "examples": found}
+
+
+def report(cache: DiskCache) -> dict[str, Any] | None:
+    """`untracked`, for directories untouched for an interval (at least an hour: a long
+    download writes into files, which leaves its directory's time as it was)."""
+    quiet = max(cache.settings.disk_cache_cleanup_interval, 3600)
+    try:
+        found = untracked(cache, older_than=time.time() - quiet)
+    except OSError as exc:  # the root unreadable now: said in the log, the cleanup stands
+        log.warning("could not look for untracked directories: %s", exc)
+        return None
+    if found["count"]:
+        log.warning(
+            "%d directories in the root are not on the books, e.g. %r: their bytes are not "
+            "counted against the quota; `cachemgr reconcile` books them",
+            found["count"],
+            found["examples"][0],
+            extra={"event": "untracked"},
+        )
+    return found
 
 
 def _settled(cache: DiskCache, path: str, older_than: float) -> bool:

@@ -14,11 +14,12 @@ from typing import Any
 
 from cachemgr import audit, checks, history, marker, migrations, trash
 from cachemgr.cache import DiskCache
-from cachemgr.errors import DeleteFailed, RootMissing
+from cachemgr.errors import RootMissing
 from cachemgr.locks import Keeper, Lock
+from cachemgr.passes import LOCK_LOST, run_pass
 from cachemgr.quota import Hold, Need, bytes_to_free, evict_held
 from cachemgr.reconcile import ReconcileBusy, reconcile, recover_unfinished
-from cachemgr.records import Entry, PassResult, Removal
+from cachemgr.records import PassResult
 from cachemgr.switch import DISABLED
 
 log = logging.getLogger("cachemgr")
@@ -32,127 +33,7 @@ CLEANUP_LOCK_SECONDS = 10
 # that lets the next one in, and stops at its own next renewal.
 CLEANUP_MAX_HOLD_SECONDS = 600
 
-LOCK_LOST = "cleanup lock lost: stopped early"
 CLEANUP_BUSY = "another cleanup is running"
-
-
-def _run_pass(
-    cache: DiskCache,
-    result: PassResult,
-    fetch: Callable[[int, int], list[Entry]],
-    reason: str,
-    *,
-    bytes_needed: Need | None,
-    dry_run: bool,
-    min_age_seconds: int,
-    time_budget: float,
-    heartbeat: Callable[[], object] | None,
-    usage: int | None = None,
-    seen: set[str] | None = None,
-) -> PassResult:
-    """Take entries in the order `fetch(limit, offset)` gives until enough bytes are freed.
-
-    `bytes_needed` None means take every entry fetch returns (the sweep). `heartbeat` runs
-    before each batch and each deletion: it keeps the cleanup lock alive while the pass makes
-    progress, and a False from it (the lock lapsed) stops the pass.
-    """
-    s = cache.settings
-    now = cache.clock()
-    started = time.monotonic()
-    usage = result.usage_before if usage is None else usage
-    # Off the books, and of those deleted here (a vanished directory frees no disk space).
-    freed, deleted, offset = 0, 0, 0
-    # Decided in this pass (and the rounds before it): one that comes back is passed over.
-    seen = set() if seen is None else seen
-    stopped = False
-
-    def lost() -> bool:
-        nonlocal stopped
-        if not stopped and heartbeat is not None and heartbeat() is False:
-            # The cleanup lock lapsed: another cleanup may be running; stop rather than race.
-            result.errors.append(LOCK_LOST)
-            stopped = True
-        return stopped
-
-    def enough() -> bool:
-        return bytes_needed is not None and bytes_needed.met(freed, deleted)
-
-    while True:
-        if enough():
-            break
-        if len(result.removed) >= s.disk_cache_max_evictions_per_run or (
-            time.monotonic() - started > time_budget
-        ):
-            result.more = True
-            break
-        if lost():
-            break
-        batch = fetch(s.disk_cache_batch_size, offset)
-        if not batch:
-            break
-        for entry in batch:
-            if enough():
-                break
-            if len(result.removed) >= s.disk_cache_max_evictions_per_run:
-                break
-            if not dry_run and lost():  # renewed before each deletion: a batch of slow
-                break  # deletions must not outlast the lock and let a second cleanup in
-            if entry.path in seen:
-                offset += 1  # still in its place (below): decided once is enough
-                continue
-            seen.add(entry.path)
-            try:
-                outcome = _decide(cache, entry, reason, now, min_age_seconds, dry_run)
-            except DeleteFailed as exc:  # kept on the books; the others still go
-                result.errors.append(str(exc))
-                offset += 1
-                continue
-            if outcome == "ok":
-                freed += entry.size_bytes
-                deleted += entry.size_bytes
-                usage -= entry.size_bytes
-                result.removed.append(Removal(entry.path, entry.size_bytes, reason, usage))
-                if dry_run:
-                    offset += 1  # nothing left the books, so the next one is further on
-                continue
-            if outcome == "vanished":  # off the books, but nothing was there to free
-                freed += entry.size_bytes
-                usage -= entry.size_bytes
-                result.vanished.append(entry.path)
-                continue
-            if outcome == "changed":
-                # Accessed, registered again or gone since the fetch: it has left this place
-                # in the order, and the next candidate is here now. Where it has not (fifo
-                # keeps an accessed entry in place), it comes back and is passed over then.
-                result.skipped_changed.append(entry.path)
-                continue
-            offset += 1
-            getattr(result, f"skipped_{outcome}", result.skipped_changed).append(entry.path)
-    result.usage_after = usage if dry_run else cache.store.total_bytes()
-    return result
-
-
-def _decide(
-    cache: DiskCache, entry: Entry, reason: str, now: float, min_age: int, dry_run: bool
-) -> str:
-    if entry.pinned(now):
-        if not dry_run:
-            cache.store.count("skipped_pinned")
-        return "pinned"
-    if min_age and entry.registered_at > now - min_age:
-        return "young"
-    if dry_run:
-        return "ok"
-    outcome = cache.take(entry, reason, min_age_seconds=min_age)
-    if outcome == "ok":
-        log.info(
-            "%s %s (%d bytes)",
-            reason,
-            entry.path,
-            entry.size_bytes,
-            extra={"event": reason, "path": entry.path, "size_bytes": entry.size_bytes},
-        )
-    return {"gone": "changed", "lock_lost": "locked"}.get(outcome, outcome)
 
 
 def sweep(
@@ -165,7 +46,7 @@ def sweep(
     """Delete every directory not accessed for DISK_CACHE_TTL_SECONDS (oldest first)."""
     cutoff = cache.clock() - cache.settings.disk_cache_ttl_seconds
     result = PassResult("sweep", usage_before=cache.store.total_bytes(), dry_run=dry_run)
-    return _run_pass(
+    return run_pass(
         cache,
         result,
         lambda limit, offset: cache.store.expired(cutoff, limit, offset),
@@ -231,7 +112,7 @@ def enforce_quota(
     seen = {r.path for r in planned.removed} if planned else set[str]()
     while True:
         done, freed = len(result.removed), result.bytes_freed
-        _run_pass(
+        run_pass(
             cache,
             result,
             cache.store.victims,
@@ -388,7 +269,7 @@ def cleanup(
         keeper.stop()
         lock.release()
     # Beat's, once an interval: downloads no registration booked, said.
-    unbooked = {"untracked": _untracked(cache)} if periodic else {}
+    unbooked = {"untracked": audit.report(cache)} if periodic else {}
     result = {
         "status": "done",
         "sweep": expired.to_dict(),
@@ -414,26 +295,6 @@ def cleanup(
         evicted.usage_after,
     )
     return result
-
-
-def _untracked(cache: DiskCache) -> dict[str, Any] | None:
-    """audit.untracked, for directories untouched for an interval (at least an hour: a long
-    download writes into files, which leaves its directory's time as it was)."""
-    quiet = max(cache.settings.disk_cache_cleanup_interval, 3600)
-    try:
-        found = audit.untracked(cache, older_than=time.time() - quiet)
-    except OSError as exc:  # the root unreadable now: said in the log, the cleanup stands
-        log.warning("could not look for untracked directories: %s", exc)
-        return None
-    if found["count"]:
-        log.warning(
-            "%d directories in the root are not on the books, e.g. %r: their bytes are not "
-            "counted against the quota; `cachemgr reconcile` books them",
-            found["count"],
-            found["examples"][0],
-            extra={"event": "untracked"},
-        )
-    return found
 
 
 def continuation(

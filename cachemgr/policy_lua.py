@@ -10,7 +10,7 @@ changes nothing, and claiming victims in the order given reproduces the model ex
 claimed out of order (the ones before it were pinned or changed) is removed without moving
 SIEVE's hand past them; S3-FIFO still makes the moves that precede its next natural victim.
 Either way the skipped entries stay at the head of the order, which is what the cleanup's
-offset (cleanup._run_pass) counts on.
+offset (passes.run_pass) counts on.
 
 Hook locals: path, size, hits, now (and reason in CLAIM; `reg` only in REBUILD). AUX[i] are
 the policy's keys. Numbers that go back to Redis are integers well below 2^53, or formatted
