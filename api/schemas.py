@@ -197,6 +197,7 @@ class UnpinArgs(WaitArgs):
         validate=validate.And(
             validate.Length(min=1, max=MAX_HOLDER),
             validate.Predicate("isprintable", error="holder must be printable characters"),
+            validate.Predicate("strip", error="holder must not be blank"),
         ),
         metadata={"description": "the holder whose lease ends (a stream's id); none: every lease"},
     )

@@ -185,7 +185,7 @@ class DiskCache:
                 "make them readable to the workers and register it again",
             ))  # fmt: skip
         for event, note in notes:
-            log.warning("registered %s", note, extra={"event": event, "path": rel})
+            log.warning("registration of %s: %s", rel, note, extra={"event": event, "path": rel})
         if notes:
             reply["warning"] = "; ".join(note for _, note in notes)
         return reply
@@ -229,6 +229,8 @@ class DiskCache:
             found = scanner.scan(location, collect_subdirs=True)
         except scanner.TooDeep as exc:
             raise paths.PathError(f"{rel!r} cannot be sized: {exc.strerror}") from None
+        except PermissionError as exc:
+            raise paths.PathError(f"{rel!r} cannot be read by the worker: {exc}") from None
         except OSError as exc:  # replaced by a symlink or removed since the check
             raise paths.PathError(f"{rel!r} changed while it was scanned: {exc}") from None
         # A subdirectory whose name is not UTF-8 can never be tracked (no Redis key names it):
@@ -305,8 +307,12 @@ class DiskCache:
         there; a lease that named no holder is not ended through a path inside (it may be
         another's too): it lapses."""
         rel, who = paths.normalize(path), checks.holder(holder)
-        target = self.store.covering(rel) if who else rel
-        had, rest = self.store.unpin(target, who, now=self.clock())
+        target, now = rel, self.clock()
+        had, rest = self.store.unpin(rel, who, now=now)
+        if who and not had and (covering := self.store.covering(rel)) != rel:
+            # Pinned through a path inside, after its directory was registered: held there.
+            target = covering
+            had, rest = self.store.unpin(covering, who, now=now)
         return {"path": target, "unpinned": bool(had), "pinned_until": iso(rest and float(rest))}
 
     # -- reads ----------------------------------------------------------------------------

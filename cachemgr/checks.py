@@ -45,11 +45,16 @@ MAX_HOLDER = 200
 
 
 def holder(value: Any) -> str:
-    """A pin holder's name: None or '' for anyone's lease, else a string of at most 200
-    printable characters."""
+    """A pin holder's name: None for anyone's lease, else a string of 1 to 200 printable
+    characters, not all blank (an unset $STREAM_ID, passed as '', ended every stream's lease)."""
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value) > MAX_HOLDER or not value.isprintable():
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > MAX_HOLDER
+        or not value.isprintable()
+    ):
         raise BadArgument(
             f"holder must be a name of at most {MAX_HOLDER} printable characters, "
             f"got {_shown(value)}"
@@ -60,4 +65,5 @@ def holder(value: Any) -> str:
 def _shown(value: Any) -> str:
     """The value in a one-line message: a 400-digit number by its start and its length."""
     text = repr(value)
-    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+    size = len(value) if isinstance(value, str) else len(text)
+    return text if len(text) <= 40 else f"{text[:20]}... ({size} characters)"

@@ -25,6 +25,8 @@ def remove(
     checks.flag("remove_files", remove_files)
     checks.flag("missing_ok", missing_ok)
     rel = paths.normalize(path)
+    if remove_files:  # not on a root that is not the books' (a mount point, unmounted)
+        cache.check_root()
     location = paths.resolve(cache.root, rel) if remove_files else None
     lock = cache.lock(rel)
     if not lock.acquire():

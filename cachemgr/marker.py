@@ -23,9 +23,12 @@ log = logging.getLogger("cachemgr")
 ROOT_LINE = "root: "
 
 
-def remember(cache: DiskCache) -> None:
-    """Mark the root as the one these books are kept for (the token kept, if there is one)."""
-    token = cache.client.get(cache.keys.root_mark) or secrets.token_hex(8)
+def remember(cache: DiskCache, anew: bool = False) -> None:
+    """Mark the root as the one these books are kept for (the token kept, if there is one;
+    `anew`: a root adopted on purpose gets its own, so that the one it replaced, should it
+    come back, is told apart)."""
+    token = None if anew else cache.client.get(cache.keys.root_mark)
+    token = token or secrets.token_hex(8)
     if _token_line(cache) == token:
         return
     try:
@@ -35,7 +38,7 @@ def remember(cache: DiskCache) -> None:
         return
     # Only once the file holds it: a token the root cannot show would refuse every pass.
     # Two first markings at once (a cleanup and a reconcile: other locks) agree on one.
-    if not cache.client.set(cache.keys.root_mark, token, nx=True):
+    if not cache.client.set(cache.keys.root_mark, token, nx=not anew):
         won = cache.client.get(cache.keys.root_mark)
         if won and won != token:
             _write(cache, won)

@@ -108,7 +108,7 @@ def reconcile(
             progress(done, total, path)
 
     try:
-        return _reconcile(cache, dry_run=dry_run, progress=tick, started=started)
+        return _reconcile(cache, dry_run=dry_run, progress=tick, started=started, force=force)
     finally:
         if not dry_run:
             lock.release()
@@ -128,7 +128,7 @@ def _untracked(on_disk: list[str], tracked: set[str]) -> list[str]:
 
 
 def _reconcile(
-    cache: DiskCache, *, dry_run: bool, progress: Progress | None, started: float
+    cache: DiskCache, *, dry_run: bool, progress: Progress | None, started: float, force: bool
 ) -> dict[str, Any]:
     store = cache.store
     if not dry_run:
@@ -205,7 +205,9 @@ def _reconcile(
         _, new = call(cache.client, RECOUNT, [cache.keys.entries, cache.keys.bytes], [])
         report["bytes_after"] = int(new)
         cache.client.set(cache.keys.initialized, "1")
-        marker.remember(cache)
+        marker.remember(cache, anew=force)
+        # What beat's last cleanup found untracked is booked now: its warning goes with it.
+        cache.client.hset(cache.keys.last_cleanup, mapping={"untracked": "0"})
         log.info(
             "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",
             len(report["registered"]),

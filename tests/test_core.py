@@ -911,3 +911,18 @@ def test_the_lock_keeper_rides_out_a_moment_without_redis():
     time.sleep(0.5)
     keeper.stop()
     assert lock.calls > 3  # it stopped at the first error: a second cleanup came in
+
+
+def test_a_directory_the_worker_cannot_read_is_said_so(cache, root, monkeypatch):
+    """It was 'changed while it was scanned: Permission denied'."""
+    import errno
+
+    from cachemgr import scanner
+
+    def refuse(location, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(location))
+
+    make_tree(root, "locked", files=1)
+    monkeypatch.setattr(scanner, "scan", refuse)
+    with pytest.raises(PathError, match="'locked' cannot be read by the worker"):
+        cache.register("locked")

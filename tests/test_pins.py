@@ -67,16 +67,17 @@ def test_a_lease_from_before_holders_is_anyones(clocked, root):
     assert cache.unpin("a", "stream-1")["pinned_until"] == iso(now + 900)  # the old one stands
 
 
-@pytest.mark.parametrize("bad", ["x" * 201, "tab\there", 42, ""])
+@pytest.mark.parametrize("bad", ["x" * 201, "tab\there", 42, "", "  "])
 def test_a_bad_holder_is_refused(clocked, root, bad):
+    """An empty one (an unset $STREAM_ID) read as no holder named: its unpin ended every
+    stream's lease."""
     make_tree(root, "a")
     clocked.register("a")
-    if bad == "":  # empty is no holder named: anyone's lease
-        assert clocked.pin("a", 60, bad)["path"] == "a"
-        return
-    with pytest.raises(BadArgument, match="holder must be a name"):
-        clocked.pin("a", 60, bad)
-    assert clocked.info("a").pinned_until is None
+    clocked.pin("a", 60, "stream-1")
+    for act in (lambda: clocked.pin("a", 60, bad), lambda: clocked.unpin("a", bad)):
+        with pytest.raises(BadArgument, match="holder must be a name"):
+            act()
+    assert clocked.info("a").pinned_until == clocked.clock.t + 60
 
 
 def test_holders_through_the_api_the_tasks_and_the_client(client, cache, root, pipeline):
@@ -153,3 +154,34 @@ def test_the_holders_last_as_long_as_their_leases_by_the_callers_clock(cache, ro
     cache.pin("a", 60, "stream-1")
     assert 59 <= cache.client.ttl(cache.keys.pin_holders("a")) <= 61
     assert cache.unpin("a", "stream-1")["unpinned"] is True
+
+
+def test_a_holder_ends_a_lease_it_took_before_the_download_was_registered(clocked, root):
+    """Pinned before the download existed, then registered above it: the holder's unpin
+    went to the album and ended nothing, and the lease held it for its whole length."""
+    cache = clocked
+    cache.pin("artist/new/disc1", 300, "stream-1")  # a pin may precede its directory
+    make_tree(root, "artist/new/disc1", files=1)
+    cache.register("artist/new")
+    assert cache.info("artist/new").pinned_until is not None
+    done = cache.unpin("artist/new/disc1", "stream-1")
+    assert done["unpinned"] is True and done["path"] == "artist/new/disc1"
+    assert cache.info("artist/new").pinned_until is None
+
+
+def test_an_empty_holder_is_refused_by_the_client_the_api_and_the_cli(
+    client, cache, root, pipeline, runner
+):
+    make_tree(root, "a")
+    cache.register("a")
+    cache.pin("a", 600, "stream-1")
+    for holder in ("", "  "):
+        with pytest.raises(BadArgument):
+            pipeline.unpin("a", holder=holder)
+        with pytest.raises(BadArgument):
+            pipeline.unpin_now("a", holder=holder)
+        answer = client.delete(f"/cache/directories/a/pin?wait=10&holder={holder}")
+        assert answer.status_code == 400 and "holder" in answer.get_data(as_text=True)
+        said = runner.invoke(args=["unpin", "a", "--holder", holder])
+        assert said.exit_code == 2 and "holder must be a name" in said.output
+    assert cache.info("a").pinned_until is not None  # stream-1's lease stands

@@ -329,3 +329,53 @@ def test_a_marker_an_older_version_rewrote_is_marked_again_not_refused(cache, ro
     assert cleanup(cache)["status"] == "done"
     assert marker.marked(cache)  # marked again, with the books' own token
     assert not list(root.glob(f"{paths.BOOKS_MARKER}.*"))  # written aside, then renamed
+
+
+def test_a_forced_adoption_tells_the_root_it_replaced_apart(cache, root):
+    """reconcile --force kept the token: the disk it replaced, mounted again, was taken for
+    the books' own, which now described the other disk."""
+    from cachemgr import marker, paths
+    from cachemgr.errors import RootMissing
+    from tests.test_core import fill
+
+    fill(cache, root, 2)
+    cleanup(cache)
+    away = root.with_name("downloads.old-disk")
+    root.rename(away)
+    make_tree(root, "other/album", files=1)
+    reconcile(cache, force=True)  # the new disk adopted on purpose
+    assert marker.swapped(cache) is None
+    root.rename(root.with_name("downloads.new-disk"))
+    away.rename(root)  # the old disk comes back
+    with pytest.raises(RootMissing, match="names other books"):
+        cleanup(cache)
+    assert (root / paths.BOOKS_MARKER).is_file()
+
+
+def test_remove_with_files_is_refused_on_a_root_that_is_not_the_books(cache, root):
+    from cachemgr.errors import RootMissing
+
+    make_tree(root, "album", files=1)
+    cache.register("album")
+    cleanup(cache)
+    root.rename(root.with_name("downloads.mounted"))
+    make_tree(root, "album", files=1)  # a same-named directory on the mount point
+    with pytest.raises(RootMissing):
+        cache.remove("album", remove_files=True)
+    assert (root / "album").is_dir() and cache.store.tracked(["album"]) == [True]
+
+
+def test_reconcile_clears_the_untracked_warning_it_answers(cache, root):
+    import os
+    import time
+
+    make_tree(root, "booked", files=1)
+    cache.register("booked")
+    cleanup(cache)
+    make_tree(root, "lost", files=1)
+    then = time.time() - 7200
+    os.utime(root / "lost", (then, then))
+    cleanup(cache, periodic=True)
+    assert any("not on the books" in w for w in cache.stats()["warnings"])
+    reconcile(cache)
+    assert not any("not on the books" in w for w in cache.stats()["warnings"])

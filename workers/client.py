@@ -37,8 +37,9 @@ CONFIG_RETRY_SECONDS = 5.0
 
 def holder_kwargs(holder: str | None) -> dict[str, str]:
     """A task's `holder` argument, sent only when named: a worker from before holders takes
-    a task that names none (one that names a holder it fails: upgrade the workers first)."""
-    return {"holder": holder} if holder else {}
+    a task that names none (one that names a holder it fails: upgrade the workers first).
+    An empty name is refused here (sent as none, its unpin would end every lease)."""
+    return {} if holder is None else {"holder": checks.holder(holder)}
 
 
 class CacheClient:
