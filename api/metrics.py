@@ -203,6 +203,17 @@ class CacheCollector(Collector):
                 None if not last else float(last.get("status") != "failed"),
             ),
             gauge(
+                "cachemgr_untracked_directories",
+                "Directories at the entry depth not on the books, as beat's last cleanup found "
+                "them (lost registrations: their bytes are not counted; reconcile books them).",
+                last.get("untracked") if last else None,
+            ),
+            gauge(
+                "cachemgr_delete_failed_directories",
+                "Directories the last cleanup chose and could not delete (kept on the books).",
+                last.get("delete_failed") if last else None,
+            ),
+            gauge(
                 "cachemgr_over_threshold_since_timestamp_seconds",
                 "Usage is above the threshold now, and was at the end of every cleanup since "
                 "this time (Unix time), as far back as the last 288 cleanups go (quota passes "

@@ -64,3 +64,14 @@ def test_a_cleanup_stands_when_the_root_cannot_be_listed(settings, redis_client,
     monkeypatch.setattr(audit.scanner, "directories_at_depth", unreadable)
     result = cleanup(cache, periodic=True)
     assert result["status"] == "done" and result["untracked"] is None
+
+
+def test_metrics_count_what_is_not_on_the_books(client, cache, root):
+    make_tree(root, "booked", files=1)
+    cache.register("booked")
+    cleanup(cache)
+    make_tree(root, "lost", files=1)
+    aged(root, "lost")
+    cleanup(cache, periodic=True)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "cachemgr_untracked_directories 1.0" in text

@@ -125,6 +125,8 @@ def test_metrics_match_cache_stats(client, cache, root):
     duration = value(samples, "cachemgr_last_cleanup_duration_seconds")
     assert duration == last["duration_seconds"]
     assert value(samples, "cachemgr_last_cleanup_success") == 1
+    assert value(samples, "cachemgr_untracked_directories") == last["untracked"]
+    assert value(samples, "cachemgr_delete_failed_directories") == last["delete_failed"]
     periodic = samples.get(("cachemgr_last_periodic_cleanup_timestamp_seconds", ()))
     assert periodic == last["periodic_time"]
     interval = value(samples, "cachemgr_cleanup_interval_seconds")
