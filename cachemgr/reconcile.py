@@ -206,8 +206,10 @@ def _reconcile(
         report["bytes_after"] = int(new)
         cache.client.set(cache.keys.initialized, "1")
         marker.remember(cache, anew=force)
-        # What beat's last cleanup found untracked is booked now: its warning goes with it.
-        cache.client.hset(cache.keys.last_cleanup, mapping={"untracked": "0"})
+        # What beat's last cleanup found untracked is booked now: its warning goes with it
+        # (a record only where there is one: none before the first cleanup).
+        if cache.client.hget(cache.keys.last_cleanup, "untracked") not in (None, "0"):
+            cache.client.hset(cache.keys.last_cleanup, "untracked", "0")
         log.info(
             "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",
             len(report["registered"]),

@@ -379,3 +379,9 @@ def test_reconcile_clears_the_untracked_warning_it_answers(cache, root):
     assert any("not on the books" in w for w in cache.stats()["warnings"])
     reconcile(cache)
     assert not any("not on the books" in w for w in cache.stats()["warnings"])
+
+
+def test_a_reconcile_before_any_cleanup_makes_no_cleanup_record(cache, root):
+    make_tree(root, "album", files=1)
+    reconcile(cache)
+    assert cache.stats()["last_cleanup"] is None
