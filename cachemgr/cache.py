@@ -75,22 +75,23 @@ class DiskCache:
     def registry(self) -> NodeRegistry:
         return NodeRegistry(self.client, self.settings.disk_cache_cluster)
 
-    def check_root(self, *, allow_empty: bool = False) -> None:
+    def check_root(self, *, allow_empty: bool = False, force: bool = False) -> None:
         """Raise RootMissing unless the root is a directory that holds something while the
         books track directories: a pass over a missing root (an unmounted disk), or over the
         empty mount point left behind, would find every directory gone and untrack them all.
         Nor a root that is not the directory the books were kept for (marker.py): the mount
-        point written to meanwhile. `allow_empty` (reconcile --force) takes the root as it is."""
+        point written to meanwhile. `allow_empty`: an empty root is no sign (a removal of the
+        last download); `force` (reconcile --force) takes the root as it is."""
         if not self.root.is_dir():
             raise RootMissing(root_missing(self.root))
-        swapped = None if allow_empty else marker.swapped(self)
+        swapped = None if force else marker.swapped(self)
         if swapped:
             raise RootMissing(
                 f"the cache root {str(self.root)!r} is not the directory these books were kept "
                 f"for: {swapped} (is the disk mounted?): no cleanup or reconcile runs; if it "
                 "was replaced on purpose, run `cachemgr reconcile --force`"
             )
-        tracked = 0 if allow_empty else self.store.count_entries()
+        tracked = 0 if allow_empty or force else self.store.count_entries()
         if not tracked:
             return
         with os.scandir(self.root) as it:
@@ -307,13 +308,8 @@ class DiskCache:
         there; a lease that named no holder is not ended through a path inside (it may be
         another's too): it lapses."""
         rel, who = paths.normalize(path), checks.holder(holder)
-        target, now = rel, self.clock()
-        had, rest = self.store.unpin(rel, who, now=now)
-        if who and not had and (covering := self.store.covering(rel)) != rel:
-            # Pinned through a path inside, after its directory was registered: held there.
-            target = covering
-            had, rest = self.store.unpin(covering, who, now=now)
-        return {"path": target, "unpinned": bool(had), "pinned_until": iso(rest and float(rest))}
+        target, had, rest = self.store.end_lease(rel, who, now=self.clock())
+        return {"path": target, "unpinned": had, "pinned_until": iso(rest)}
 
     # -- reads ----------------------------------------------------------------------------
     def info(self, path: str) -> Entry:

@@ -26,7 +26,7 @@ def remove(
     checks.flag("missing_ok", missing_ok)
     rel = paths.normalize(path)
     if remove_files:  # not on a root that is not the books' (a mount point, unmounted)
-        cache.check_root()
+        cache.check_root(allow_empty=True)
     location = paths.resolve(cache.root, rel) if remove_files else None
     lock = cache.lock(rel)
     if not lock.acquire():

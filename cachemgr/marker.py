@@ -35,6 +35,8 @@ def remember(cache: DiskCache, anew: bool = False) -> None:
         _write(cache, token)
     except OSError as exc:  # a read-only root: told apart by what the books hold instead
         log.debug("cannot mark the root as having books: %s", exc)
+        if anew:  # adopted on purpose, and cannot say so: not refused for the old token
+            cache.client.delete(cache.keys.root_mark)
         return
     # Only once the file holds it: a token the root cannot show would refuse every pass.
     # Two first markings at once (a cleanup and a reconcile: other locks) agree on one.

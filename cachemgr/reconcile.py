@@ -93,7 +93,7 @@ def reconcile(
     checks.flag("force", force)
     if not dry_run and not cache.settings.enable_disk_cache_management:
         return dict(DISABLED)  # a plan changes nothing: it is a read, and reads still work
-    cache.check_root(allow_empty=force)
+    cache.check_root(force=force)
     timeout_ms = cache.settings.disk_cache_lock_timeout_seconds * 1000
     lock = Lock(cache.client, cache.keys.reconcile_lock, timeout_ms)
     if not dry_run and not lock.acquire():

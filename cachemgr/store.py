@@ -253,6 +253,22 @@ class Store:
             client=pipeline or self.client,
         )
 
+    def end_lease(
+        self, path: str, holder: str, *, now: float | None = None
+    ) -> tuple[str, bool, float | None]:
+        """End `holder`'s leases on `path` and, for a named holder, on the tracked directory
+        that covers it (a pin through a path inside lands there once that one is tracked; a
+        lease from before stays on the path): (where one ended, whether one did, the latest
+        lease still in force on either)."""
+        had, rest = self.unpin(path, holder, now=now)
+        where, ended, left = path, bool(had), [float(rest)] if rest else []
+        if holder and (covering := self.covering(path)) != path:
+            had, rest = self.unpin(covering, holder, now=now)
+            where = covering if had else where
+            ended = ended or bool(had)
+            left += [float(rest)] if rest else []
+        return where, ended, max(left, default=None)
+
     def _pin_keys(self, path: str) -> list[str]:
         k = self.keys
         return [k.pins, k.pin_paths, k.deleting, k.pin_holders(path)]

@@ -185,3 +185,29 @@ def test_an_empty_holder_is_refused_by_the_client_the_api_and_the_cli(
         said = runner.invoke(args=["unpin", "a", "--holder", holder])
         assert said.exit_code == 2 and "holder must be a name" in said.output
     assert cache.info("a").pinned_until is not None  # stream-1's lease stands
+
+
+def test_a_holders_unpin_ends_its_leases_on_the_path_and_on_the_album(clocked, root, pipeline):
+    """pin_now before the download (on the path), a renewal after its registration (on the
+    album): the unpin ended the first and said null while the album stayed pinned."""
+    cache = clocked
+    cache.pin("artist/new/disc1", 3600, "s1")
+    make_tree(root, "artist/new/disc1", files=1)
+    cache.register("artist/new")
+    assert cache.pin("artist/new/disc1", 3000, "s1")["path"] == "artist/new"  # the renewal
+    done = cache.unpin("artist/new/disc1", "s1")
+    assert done["unpinned"] is True and done["pinned_until"] is None
+    assert cache.info("artist/new").pinned_until is None
+    pipeline.pin_now("artist/new/disc1", 600, holder="s2")  # on the album, as tracked
+    pipeline.unpin_now("artist/new/disc1", holder="s2")
+    assert cache.info("artist/new").pinned_until is None
+
+
+def test_removing_the_last_download_with_its_files_is_not_taken_for_an_unmount(cache, root):
+    import shutil
+
+    make_tree(root, "only", files=1)
+    cache.register("only")
+    shutil.rmtree(root / "only")  # by hand: the root is empty now
+    assert cache.remove("only", remove_files=True)["path"] == "only"
+    assert cache.store.tracked(["only"]) == [False]

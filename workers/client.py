@@ -269,7 +269,7 @@ class CacheClient:
         self.store.pin(self.store.covering(normalize(path)), now + ttl_seconds, who, now=now)
 
     def unpin_now(self, path: str, holder: str | None = None) -> None:
-        self.store.unpin(normalize(path), checks.holder(holder))
+        self.store.end_lease(normalize(path), checks.holder(holder), now=time.time())
 
     def close(self) -> None:
         if self._redis is not None:
