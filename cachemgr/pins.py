@@ -34,6 +34,12 @@ local function adopt()
   local anyone = redis.call('HGET', KEYS[4], '')
   if not anyone or tonumber(cur) > tonumber(anyone) then redis.call('HSET', KEYS[4], '', cur) end
 end
+-- No lease left on the path: 1 if cache:pins had one.
+local function drop()
+  redis.call('DEL', KEYS[4])
+  redis.call('ZREM', KEYS[2], path)
+  return redis.call('ZREM', KEYS[1], path)
+end
 -- The latest lease in force, kept in cache:pins (lapsed holders forgotten); none: no pin.
 local function settle()
   local best, best_s = nil, nil
@@ -47,9 +53,7 @@ local function settle()
     end
   end
   if not best then
-    redis.call('DEL', KEYS[4])
-    redis.call('ZREM', KEYS[2], path)
-    redis.call('ZREM', KEYS[1], path)
+    drop()
     return false
   end
   redis.call('ZADD', KEYS[1], best_s, path)
@@ -59,11 +63,7 @@ local function settle()
   return best_s
 end
 if tonumber(ARGV[2]) == 0 then
-  if holder == '' then
-    redis.call('DEL', KEYS[4])
-    redis.call('ZREM', KEYS[2], path)
-    return {redis.call('ZREM', KEYS[1], path), false}
-  end
+  if holder == '' then return {drop(), false} end
   adopt()
   local had = redis.call('HDEL', KEYS[4], holder)
   return {had, settle()}
