@@ -2,13 +2,15 @@
  * cachemgr.scanner in C. os.scandir + DirEntry.stat cost about a microsecond of Python objects
  * per entry on top of the fstatat itself; `du` pays only the system calls.
  *
- * scan_dir(fd) -> (blocks, files, subdirs, linked)
+ * scan_dir(fd) -> (blocks, files, subdirs, linked, changed)
  *   fd       an open directory descriptor; it is duplicated, never closed or moved
  *   blocks   st_blocks summed over the entries that are neither directories nor hard-linked
  *   files    regular files among those
  *   subdirs  [(name, st_blocks)] of the entries that are directories
  *   linked   [(st_dev, st_ino, st_blocks, is_regular)] of non-directories with st_nlink > 1,
  *            left to the caller, which counts each inode once across the whole tree
+ *   changed  the newest st_ctime among all the entries (0.0 when there are none), as
+ *            os.stat_result.st_ctime computes it
  * An entry that vanishes between readdir and fstatat is skipped, as os.scandir's caller does.
  */
 #define PY_SSIZE_T_CLEAN
@@ -36,6 +38,7 @@ static PyObject *scan_dir(PyObject *self, PyObject *args) {
     rewinddir(dir); /* a duplicate shares the offset: start from the first entry */
     PyObject *subdirs = PyList_New(0), *linked = PyList_New(0);
     unsigned long long blocks = 0, files = 0;
+    double changed = 0.0;
     if (subdirs == NULL || linked == NULL) goto fail;
     for (;;) {
         errno = 0;
@@ -55,6 +58,8 @@ static PyObject *scan_dir(PyObject *self, PyObject *args) {
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
             goto fail;
         }
+        double ctime = (double)st.st_ctim.tv_sec + (double)st.st_ctim.tv_nsec * 1e-9;
+        if (ctime > changed) changed = ctime;
         PyObject *item = NULL;
         if (S_ISDIR(st.st_mode)) {
             item = Py_BuildValue("(O&K)", PyUnicode_DecodeFSDefault, name,
@@ -75,8 +80,9 @@ static PyObject *scan_dir(PyObject *self, PyObject *args) {
         Py_XDECREF(item);
         goto fail;
     }
+    rewinddir(dir); /* leaves the caller's offset where it found it, as os.scandir does */
     closedir(dir);
-    PyObject *out = Py_BuildValue("(KKNN)", blocks, files, subdirs, linked);
+    PyObject *out = Py_BuildValue("(KKNNd)", blocks, files, subdirs, linked, changed);
     return out;
 fail:
     closedir(dir);
@@ -86,7 +92,8 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"scan_dir", scan_dir, METH_VARARGS, "One directory's entries: (blocks, files, subdirs, linked)."},
+    {"scan_dir", scan_dir, METH_VARARGS,
+     "One directory's entries: (blocks, files, subdirs, linked, changed)."},
     {NULL, NULL, 0, NULL},
 };
 

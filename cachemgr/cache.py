@@ -39,6 +39,8 @@ def check_pin_ttl(ttl_seconds: float) -> None:
     checks.seconds("ttl_seconds", ttl_seconds, high=MAX_PIN_SECONDS, hint=hint)
 
 
+# The time a registration books: now (None), a given time, or one read off the scan.
+Booking = float | Callable[[scanner.ScanResult], float] | None
 # How long a registration waits, in steps, for its directory, or one above it, to be
 # registered or deleted: a scan of an album takes well under a second.
 REGISTER_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
@@ -110,9 +112,10 @@ class DiskCache:
 
     # -- registration ---------------------------------------------------------------------
     @switched
-    def register(self, path: str, at: float | None = None) -> dict[str, Any]:
+    def register(self, path: str, at: Booking = None) -> dict[str, Any]:
         """Scan a directory under the root and put it on the books (idempotent). `at`: the
-        access (and registration) time to book, for a reconcile's rebuild; else now."""
+        access (and registration) time to book, or how to work it out from the scan, for a
+        reconcile; else now."""
         rel = paths.normalize(path)
         lock = self.lock(rel)
         # Held by a reconcile booking it, or a twin registration: theirs may be a scan of a
@@ -223,7 +226,7 @@ class DiskCache:
             return 0
 
     def _scan_and_book(
-        self, rel: str, token: str, at: float | None = None
+        self, rel: str, token: str, at: Booking = None
     ) -> tuple[scanner.ScanResult, Any]:
         location = paths.existing_directory(self.root, rel)
         try:
@@ -242,7 +245,7 @@ class DiskCache:
             rel,
             found.size_bytes,
             found.file_count,
-            now=self.clock() if at is None else at,
+            now=self.clock() if at is None else at(found) if callable(at) else at,
             must_not_be_tracked=others,
             lock_token=token,
         )

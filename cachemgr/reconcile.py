@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cachemgr import checks, marker, migrations, paths, scanner, trash
-from cachemgr.cache import DiskCache
+from cachemgr.cache import Booking, DiskCache
 from cachemgr.errors import CacheError
 from cachemgr.locks import Lock
 from cachemgr.reads import Lua, call
@@ -162,8 +162,9 @@ def _reconcile(
     def one(done: int, path: str) -> None:
         if progress:
             progress(done, total, path)
+        at = times.get(path) if rebuilding else _as_written(cache)
         try:
-            _reconcile_one(cache, path, records.get(path), dry_run, report, times.get(path))
+            _reconcile_one(cache, path, records.get(path), dry_run, report, at)
         except (CacheError, OSError) as exc:  # one unreadable directory stops nothing else
             report["errors"].append({"path": path, "error": str(exc)})
 
@@ -268,13 +269,26 @@ def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
     return {path: max(floor, start - 0.001 * (n - i)) for i, path in enumerate(ordered)}
 
 
+def _as_written(cache: DiskCache) -> Callable[[scanner.ScanResult], float]:
+    """The access time to book for a directory that a plain reconcile finds (its registration
+    lost, or never sent): when its tree was last written. Booked as now, an album downloaded
+    weeks ago outranked the pipeline's newest downloads, which LRU then evicted first. No more
+    than half a TTL back, so that none expires at once for having been found late."""
+
+    def at(found: scanner.ScanResult) -> float:
+        now = cache.clock()
+        return min(now, max(found.changed, now - cache.settings.disk_cache_ttl_seconds / 2))
+
+    return at
+
+
 def _reconcile_one(
     cache: DiskCache,
     path: str,
     record: tuple[int, int, str, int] | None,
     dry_run: bool,
     report: dict[str, Any],
-    at: float | None = None,
+    at: Booking = None,
 ) -> None:
     try:
         location: Any = paths.resolve(cache.root, path)

@@ -29,6 +29,9 @@ class ScanResult:
     subdirs: list[str] = field(default_factory=list)
     # Subdirectories that could not be opened (permissions, I/O errors): not counted.
     unreadable: list[str] = field(default_factory=list)
+    # The newest st_ctime in the tree, the directory itself included: when it was last written.
+    # Not st_mtime, which a downloader may set to the file's own date (curl -R, wget -N).
+    changed: float = 0.0
 
 
 _IFMT = 0o170000  # stat.S_IFMT as a mask
@@ -48,7 +51,9 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     itself is a symlink.
     """
     top = os.open(location, _DIR_FLAGS)
-    blocks = os.fstat(top).st_blocks
+    st = os.fstat(top)
+    blocks = st.st_blocks
+    changed = st.st_ctime
     files = 0
     subdirs: list[str] = []
     unreadable: list[str] = []
@@ -58,10 +63,10 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     frames: list[tuple[int, str, list[str]]] = []
 
     def read(fd: int, rel: str) -> None:
-        nonlocal blocks, files
+        nonlocal blocks, files, changed
         frames.append((fd, rel, []))  # first, so that the finally below closes it
         try:
-            b, f, subs, linked = scan_dir(fd)  # which opens one more descriptor
+            b, f, subs, linked, newest = scan_dir(fd)  # which opens one more descriptor
         except OSError as exc:
             _refuse_if_too_deep(exc, len(frames))
             if rel and exc.errno in UNREADABLE:  # opened, but its entries cannot be read:
@@ -70,6 +75,7 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
             raise
         blocks += b
         files += f
+        changed = max(changed, newest)
         for dev, ino, blk, regular in linked:
             if (dev, ino) not in seen:
                 seen.add((dev, ino))
@@ -103,11 +109,13 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     finally:
         for fd, _, _ in frames:
             os.close(fd)
-    return ScanResult(blocks * 512, files, subdirs, unreadable)
+    return ScanResult(blocks * 512, files, subdirs, unreadable, changed)
 
 
 # Not vanished (ENOENT) nor replaced by a symlink (ELOOP): there, but its content not seen.
 UNREADABLE = (errno.EACCES, errno.EPERM, errno.EIO)
+
+DirEntries = tuple[int, int, list[tuple[str, int]], list[tuple[int, int, int, int]], float]
 
 
 def _refuse_if_too_deep(exc: OSError, depth: int) -> None:
@@ -120,12 +128,13 @@ def _refuse_if_too_deep(exc: OSError, depth: int) -> None:
         ) from None
 
 
-def scan_dir_py(fd: int) -> tuple[int, int, list[tuple[str, int]], list[tuple[int, int, int, int]]]:
+def scan_dir_py(fd: int) -> DirEntries:
     """One directory's entries (see _scandir.c, which does the same without Python objects
     per entry): blocks and regular files of the entries that are neither directories nor
     hard-linked, [(name, blocks)] of the subdirectories, [(dev, ino, blocks, is_regular)] of
-    the hard-linked."""
+    the hard-linked, and the newest st_ctime of them all."""
     blocks = files = 0
+    changed = 0.0
     subs: list[tuple[str, int]] = []
     linked: list[tuple[int, int, int, int]] = []
     with os.scandir(fd) as entries:  # scandir works on a duplicate of fd
@@ -135,6 +144,7 @@ def scan_dir_py(fd: int) -> tuple[int, int, list[tuple[str, int]], list[tuple[in
             except FileNotFoundError:
                 continue
             kind = est.st_mode & _IFMT
+            changed = max(changed, est.st_ctime)
             if kind == _IFDIR:
                 subs.append((entry.name, est.st_blocks))
             elif est.st_nlink > 1:
@@ -142,7 +152,7 @@ def scan_dir_py(fd: int) -> tuple[int, int, list[tuple[str, int]], list[tuple[in
             else:
                 blocks += est.st_blocks
                 files += kind == _IFREG
-    return blocks, files, subs, linked
+    return blocks, files, subs, linked, changed
 
 
 try:  # the C loop, when the install could build it (setup.py)

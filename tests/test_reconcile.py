@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from cachemgr import scanner
 from cachemgr.cleanup import cleanup
 from cachemgr.reconcile import reconcile, recover_unfinished
 from tests.conftest import make_tree
@@ -215,10 +216,52 @@ def test_a_new_installs_reconcile_books_what_it_finds_as_now_and_holds_nothing(c
     make_tree(root, "a")
     cache.register("a")
     make_tree(root, "b")  # on disk, its registration still on its way
-    before = cache.clock()
     assert reconcile(cache)["registered"] == ["b"]
-    assert cache.info("b").last_access >= before
+    assert cache.info("b").last_access > cache.info("a").last_access  # as written: just now
     assert not cache.client.exists(cache.keys.evict_hold)
+
+
+def test_a_plain_reconcile_books_what_it_finds_when_it_was_written(cache, root, redis_client):
+    """Booked as now, albums whose registrations were lost an hour earlier outranked the pipeline's
+    downloads of the last hour, and the next quota pass evicted those first."""
+    import os
+    import time
+
+    from cachemgr.cache import DiskCache
+
+    for name in ("lost-1", "lost-2"):
+        make_tree(root, name)
+        os.utime(root / name / "track00.mp3", (1, 1))  # curl -R: the files' own dates
+        time.sleep(0.02)
+    written = {n: scanner.scan(root / n).changed for n in ("lost-1", "lost-2")}
+    day = 3600.0  # an hour later, well within half the TTL
+    later = DiskCache(cache.settings, cache.client, clock=lambda: time.time() + day)
+    for name in ("new-1", "new-2"):
+        make_tree(root, name)
+        later.register(name)  # the pipeline an hour later, the lost ones not registered
+    assert later.settings.disk_cache_ttl_seconds > 2 * day
+    assert sorted(reconcile(later)["registered"]) == ["lost-1", "lost-2"]
+    order = [p for p, _ in redis_client.zrange(later.keys.lru, 0, -1, withscores=True)]
+    assert order == ["lost-1", "lost-2", "new-1", "new-2"]
+    assert [later.info(n).last_access for n in written] == pytest.approx(list(written.values()))
+    assert not later.client.exists(later.keys.evict_hold)  # not a loss of the books
+
+
+def test_a_plain_reconcile_books_nothing_more_than_half_a_ttl_back(cache, root):
+    """So that none expires at the next sweep for having been found late."""
+    import time
+
+    from cachemgr.cache import DiskCache
+
+    ttl = cache.settings.disk_cache_ttl_seconds
+    make_tree(root, "a")
+    cache.register("a")
+    make_tree(root, "lost")
+    now = time.time() + 2 * ttl
+    later = DiskCache(cache.settings, cache.client, clock=lambda: now)
+    assert reconcile(later)["registered"] == ["lost"]
+    assert later.info("lost").last_access == pytest.approx(now - ttl / 2)
+    assert cleanup(later, dry_run=True)["sweep"]["paths"] == ["a"]
 
 
 def test_the_rebuild_keeps_what_the_pipeline_registers_meanwhile_and_what_is_new(

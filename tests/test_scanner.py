@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -58,17 +59,35 @@ def test_one_directory_read_by_the_loop(root, loop):
     os.symlink("track01.mp3", d / "alias")
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        blocks, files, subs, linked = loop(fd)
+        blocks, files, subs, linked, changed = loop(fd)
         assert loop(fd)[1] == files  # the caller's descriptor is neither moved nor closed
+        assert scanner.scan_dir_py(fd)[1] == files  # nor by the C loop, for os.scandir's sake
     finally:
         os.close(fd)
-    st = {n: os.lstat(d / n) for n in ("track01.mp3", "alias", "cd1", "track00.mp3")}
+    names = ("track01.mp3", "alias", "cd1", "track00.mp3", "again.mp3")
+    st = {n: os.lstat(d / n) for n in names}
+    assert changed == max(s.st_ctime for s in st.values())
     assert files == 1 and blocks == st["track01.mp3"].st_blocks + st["alias"].st_blocks
     assert subs == [("cd1", st["cd1"].st_blocks)]
     one = (st["track00.mp3"].st_dev, st["track00.mp3"].st_ino, st["track00.mp3"].st_blocks, 1)
     assert sorted(linked) == [one, one]
     with pytest.raises(OSError):
         loop(10**6)  # not a descriptor
+
+
+def test_changed_is_the_newest_inode_change_in_the_tree(root):
+    """When the tree was last written, which a downloader's preserved mtimes do not hide."""
+    d = make_tree(root, "album/cd1", files=2)
+    os.utime(d / "track00.mp3", (1, 1))  # curl -R: the file's own date; its ctime is now
+
+    def newest() -> float:
+        return max(os.lstat(p).st_ctime for p in [root / "album", *(root / "album").rglob("*")])
+
+    first = scanner.scan(root / "album").changed
+    assert first == newest()
+    time.sleep(0.02)
+    (d / "late.flac").write_bytes(b"x")  # the last file of a download, two levels down
+    assert scanner.scan(root / "album").changed == newest() > first
 
 
 def test_newest_directory_is_the_latest_download(root):
