@@ -191,7 +191,8 @@ def cleanup(
         cache.check_root()
     except RootMissing as exc:
         if not dry_run:
-            history.record(cache, time.time(), {"status": "failed", "error": str(exc)}, periodic)
+            refused = {"status": "failed", "error": str(exc), "error_code": exc.code}
+            history.record(cache, time.time(), refused, periodic)
         log.error("cleanup refused: %s", exc, extra={"event": "cleanup_failed"})
         raise
     if dry_run:

@@ -9,13 +9,26 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import stats
-from cachemgr.errors import DELETE_FAILED
+from cachemgr.errors import DELETE_FAILED, RootMissing
+from cachemgr.reads import Lua, call
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
 
 # One sample per cleanup, the quota passes that registrations trigger included.
 HISTORY_SAMPLES = 288
+
+# Mark the last cleanup's failure resolved, if it is still the one named (a cleanup recorded
+# since, refused again or not, stands).
+# KEYS[1] cache:last_cleanup  ARGV[1] the failure's code. Returns 1 if marked, else 0.
+RESOLVE = Lua("""
+if redis.call('HGET', KEYS[1], 'status') == 'failed'
+    and redis.call('HGET', KEYS[1], 'error_code') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'status', 'resolved', 'error', '', 'error_code', '')
+  return 1
+end
+return 0
+""")
 
 
 def record(
@@ -40,6 +53,7 @@ def record(
             "status": str(result.get("status")),
             "duration_seconds": f"{time.time() - started:.3f}",
             "error": str(result.get("error", "")),
+            "error_code": str(result.get("error_code", "")),
             "trash_left": str(result.get("trash_left", 0)),
             "delete_failed": str(len(undeleted)),
             "delete_failed_example": undeleted[0] if undeleted else "",
@@ -55,6 +69,12 @@ def record(
         failure = {"event": "cleanup_failed", "error": str(result.get("error"))}
         cache.store.add_event({**failure, "time": f"{started:.3f}"}, pipeline=pipe)
     pipe.execute()
+
+
+def root_mended(cache: DiskCache) -> bool:
+    """A reconcile has checked (or adopted) the root: a last cleanup refused for the root no
+    longer reads as failed, which the stats and /readyz said for up to an interval more."""
+    return bool(call(cache.client, RESOLVE, [cache.keys.last_cleanup], [RootMissing.code]))
 
 
 def _untracked(found: dict[str, Any] | None) -> dict[str, str]:

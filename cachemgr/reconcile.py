@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, marker, migrations, paths, scanner, trash
+from cachemgr import checks, history, marker, migrations, paths, scanner, trash
 from cachemgr.cache import Booking, DiskCache
 from cachemgr.errors import CacheError
 from cachemgr.locks import Lock
@@ -207,6 +207,8 @@ def _reconcile(
         report["bytes_after"] = int(new)
         cache.client.set(cache.keys.initialized, "1")
         marker.remember(cache, anew=force)
+        if history.root_mended(cache):
+            log.info("reconcile: the last cleanup's refusal (the cache root) is resolved")
         # What beat's last cleanup found untracked is booked now: its warning goes with it
         # (a record only where there is one: none before the first cleanup).
         if cache.client.hget(cache.keys.last_cleanup, "untracked") not in (None, "0"):

@@ -356,7 +356,27 @@ def test_reconcile_force_adopts_a_root_replaced_on_purpose(cache, root, redis_cl
     with pytest.raises(Exception, match="marker .cachemgr-books is missing"):
         cleanup(cache)
     assert reconcile(cache, force=True)["untracked"] == []
+    # The refusal is resolved at once: the stats and /readyz said "the last cleanup failed"
+    # for up to an interval more.
+    last = cache.stats()["last_cleanup"]
+    assert last["status"] == "resolved" and last["error"] is None
+    assert not any("last cleanup failed" in w for w in cache.stats()["warnings"])
     assert cleanup(cache)["status"] == "done"  # the root is marked as the books' again
+
+
+def test_a_reconcile_resolves_no_failure_but_the_roots(cache, root):
+    from cachemgr import history
+    from tests.test_core import fill
+
+    fill(cache, root, 2)
+    history.record(cache, 1.0, {"status": "failed", "error": "ConnectionError: gone"})
+    reconcile(cache)
+    assert cache.stats()["last_cleanup"]["status"] == "failed"  # not the root's: stands
+    history.record(cache, 2.0, {"status": "failed", "error": "x", "error_code": "root_missing"})
+    reconcile(cache, dry_run=True)
+    assert cache.stats()["last_cleanup"]["status"] == "failed"  # a dry run changes nothing
+    reconcile(cache)
+    assert cache.stats()["last_cleanup"]["status"] == "resolved"
 
 
 def test_a_marker_an_older_version_rewrote_is_marked_again_not_refused(cache, root):
