@@ -214,7 +214,17 @@ def ls(
 def info(path: str, as_json: Any) -> None:
     """One cached directory."""
     entry = _state().cache.enforcing().info(path)  # expires_at by the workers' TTL
-    emit(entry.to_dict(), as_json, lambda d: [click.echo(f"{k:<14} {v}") for k, v in d.items()])
+
+    def lines(d: dict[str, Any]) -> None:
+        for key, value in d.items():
+            if key == "holders":  # one lease a line, under the field's name
+                value = "\n".join(
+                    f"{'':<15}" * bool(i) + f"{h['holder'] or '(none named)'} until {h['until']}"
+                    for i, h in enumerate(value)
+                ) or "none"
+            click.echo(f"{key:<14} {value}")
+
+    emit(entry.to_dict(), as_json, lines)
 
 
 def _send_quota_pass(cache: DiskCache) -> None:

@@ -96,6 +96,11 @@ class StatsSchema(SinceResetSchema):
     )
 
 
+class LeaseSchema(Schema):
+    holder = fields.String(allow_none=True, metadata={"description": "null: none named"})
+    until = fields.String(required=True, metadata={"format": "date-time"})
+
+
 class DirectorySchema(Schema):
     path = fields.String(required=True)
     size_bytes = fields.Integer(required=True)
@@ -105,6 +110,10 @@ class DirectorySchema(Schema):
     expires_at = fields.String(required=True, metadata={"format": "date-time"})
     hits = fields.Integer()
     pinned_until = fields.String(allow_none=True, metadata={"format": "date-time"})
+    holders = fields.List(
+        fields.Nested(LeaseSchema),
+        metadata={"description": "the leases on this directory itself (one directory's read)"},
+    )
 
 
 class DirectoryListSchema(Schema):

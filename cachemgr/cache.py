@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, deletion, marker, paths, scanner, stats
+from cachemgr import checks, deletion, marker, paths, pins, scanner, stats
 from cachemgr.errors import (
     NotOnDisk,
     NotTracked,
@@ -320,6 +320,7 @@ class DiskCache:
         entry = self.store.info(rel)
         if entry is None:
             raise NotTracked(f"directory is not tracked: {rel!r}")
+        entry.holders = pins.holders(self.client, self.keys, rel, self.clock())
         return entry
 
     def stats(self, snap: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class Entry:
     hits: int
     ttl_seconds: int
     pinned_until: float | None = None
+    # The leases on this directory itself, holder -> expiry ('': none named), where read.
+    holders: dict[str, float] | None = None
 
     @property
     def registered_at(self) -> float:
@@ -73,7 +75,13 @@ class Entry:
             "expires_at": iso(self.expires_at),
             "hits": self.hits,
             "pinned_until": iso(self.pinned_until),
+            **({} if self.holders is None else {"holders": self._holders()}),
         }
+
+    def _holders(self) -> list[dict[str, Any]]:
+        """Latest lease first; a lease no holder named has `holder` null."""
+        ranked = sorted((self.holders or {}).items(), key=lambda item: (-item[1], item[0]))
+        return [{"holder": who or None, "until": iso(until)} for who, until in ranked]
 
 
 @dataclass

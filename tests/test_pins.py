@@ -211,3 +211,45 @@ def test_removing_the_last_download_with_its_files_is_not_taken_for_an_unmount(c
     shutil.rmtree(root / "only")  # by hand: the root is empty now
     assert cache.remove("only", remove_files=True)["path"] == "only"
     assert cache.store.tracked(["only"]) == [False]
+
+
+def test_a_directorys_read_lists_its_holders(clocked, root, client, runner):
+    """Who holds an album was nowhere to be seen: an operator could not tell which stream
+    kept it, nor whether an older client's lease did."""
+    cache, now = clocked, clocked.clock.t
+    make_tree(root, "a")
+    cache.register("a")
+    assert cache.info("a").holders == {}
+    cache.pin("a", 600, "stream-1")
+    cache.pin("a", 60, "stream-2")
+    cache.client.zadd(cache.keys.pins, {"a": now + 3600}, gt=True)  # an older client's
+    assert cache.info("a").holders == {"stream-1": now + 600, "stream-2": now + 60, "": now + 3600}
+    cache.clock.t += 100  # stream-2's lapsed: not in force, not listed
+    assert cache.info("a").to_dict()["holders"] == [
+        {"holder": None, "until": iso(now + 3600)},
+        {"holder": "stream-1", "until": iso(now + 600)},
+    ]
+    assert "holders" not in cache.store.info("a").to_dict()  # listings do not read them
+    cache.unpin("a")
+    assert cache.info("a").holders == {}
+
+
+def test_holders_through_the_api_and_the_cli(cache, root, client, runner, monkeypatch):
+    import api.cli
+
+    monkeypatch.setattr(api.cli, "_json_wanted", lambda as_json: bool(as_json))  # a terminal
+    make_tree(root, "a")
+    cache.register("a")
+    cache.pin("a", 600, "stream-1")
+    reply = client.get("/cache/directories/a").get_json()
+    assert [h["holder"] for h in reply["holders"]] == ["stream-1"]
+    shown = runner.invoke(args=["info", "a"])
+    assert shown.exit_code == 0
+    assert "holders        stream-1 until " in shown.output
+    cache.pin("a", 60, "stream-2")
+    two = runner.invoke(args=["info", "a"]).output.splitlines()
+    at = next(i for i, line in enumerate(two) if line.startswith("holders"))
+    assert two[at + 1].startswith(" " * 15 + "stream-2 until ")  # one lease a line
+    cache.unpin("a", "stream-2")
+    cache.unpin("a", "stream-1")
+    assert "holders        none" in runner.invoke(args=["info", "a"]).output
