@@ -209,6 +209,17 @@ class CacheCollector(Collector):
                 last.get("untracked") if last else None,
             ),
             gauge(
+                "cachemgr_stray_files",
+                "Files at or above the entry depth outside every download directory, as "
+                "beat's last cleanup found them (never counted nor deleted).",
+                last.get("stray_files") if last else None,
+            ),
+            gauge(
+                "cachemgr_stray_bytes",
+                "Bytes those stray files hold.",
+                last.get("stray_bytes") if last else None,
+            ),
+            gauge(
                 "cachemgr_delete_failed_directories",
                 "Directories the last cleanup chose and could not delete (kept on the books).",
                 last.get("delete_failed") if last else None,

@@ -1,16 +1,16 @@
 """The periodic look for downloads the books do not know: directories at the entry depth that
 no registration booked (a task lost with its broker, a registration that failed), whose bytes
 fill the disk uncounted. Said, not booked: `cachemgr reconcile` books them (adopting them here
-could take a download still being written)."""
+could take a download still being written). Files met on the way, outside every download
+directory, are counted too: no pass deletes them."""
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import scanner
+from cachemgr import paths, scanner
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -18,14 +18,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("cachemgr")
 
 EXAMPLES = 3
+# Stray files are warned of once they hold this share of the quota: below it (an artist's
+# cover art beside its albums) they are only counted.
+STRAY_SHARE = 0.01
 # How far below an untracked directory to look for tracked ones (a registration off the
 # entry depth books `artist/album` under an untracked `artist`: that one is accounted for).
 INSIDE_DEPTH = 3
 
 
-def untracked(cache: DiskCache, *, older_than: float, batch: int = 1000) -> dict[str, Any]:
+def untracked(
+    cache: DiskCache, *, older_than: float, batch: int = 1000, others: list[str] | None = None
+) -> dict[str, Any]:
     """Directories at the entry depth, untouched since `older_than` (mtime: not being
-    written), that are not tracked, nor inside or around a tracked one: {count, examples}."""
+    written), that are not tracked, nor inside or around a tracked one: {count, examples}.
+    `others` gets the files met on the way (scanner.directories_at_depth)."""
     found: list[str] = []
     count = 0
     chunk: list[str] = []
@@ -42,7 +48,8 @@ def untracked(cache: DiskCache, *, older_than: float, batch: int = 1000) -> dict
                 found.append(path)
         chunk.clear()
 
-    for path in scanner.directories_at_depth(cache.root, cache.settings.disk_cache_entry_depth):
+    depth = cache.settings.disk_cache_entry_depth
+    for path in scanner.directories_at_depth(cache.root, depth, others=others):
         chunk.append(path)
         if len(chunk) >= batch:
             check()
@@ -50,15 +57,60 @@ def untracked(cache: DiskCache, *, older_than: float, batch: int = 1000) -> dict
     return {"count": count, "examples": found}
 
 
+def strays(cache: DiskCache, found: list[str], *, older_than: float) -> dict[str, Any]:
+    """Files and symlinks at or above the entry depth (`root/stray.flac`, a download's files
+    written beside its directory), outside every tracked directory and untouched since
+    `older_than` (ctime too: a file being written): no pass counts or deletes them.
+    {files, bytes (allocated), example}."""
+    files = size = 0
+    example = None
+    for i in range(0, len(found), 1000):
+        chunk = found[i : i + 1000]
+        above = sorted({a for path in chunk for a in paths.ancestors(path)})
+        tracked = {a for a, hit in zip(above, cache.store.tracked(above), strict=True) if hit}
+        for path in chunk:
+            if any(a in tracked for a in paths.ancestors(path)):
+                continue  # inside a directory registered off the entry depth: counted there
+            try:
+                st = os.lstat(cache.root / path)
+            except OSError:  # gone meanwhile
+                continue
+            if max(st.st_mtime, st.st_ctime) >= older_than:
+                continue
+            files += 1
+            size += st.st_blocks * 512
+            example = example or path
+    return {"files": files, "bytes": size, "example": example}
+
+
+def strays_matter(stray_bytes: int, max_bytes: int) -> bool:
+    return stray_bytes >= STRAY_SHARE * max_bytes
+
+
 def report(cache: DiskCache) -> dict[str, Any] | None:
     """`untracked`, for directories untouched for an interval (at least an hour: a long
-    download writes into files, which leaves its directory's time as it was)."""
-    quiet = max(cache.settings.disk_cache_cleanup_interval, 3600)
+    download writes into files, which leaves its directory's time as it was), and `strays`
+    (as `stray`), the files met on the way."""
+    since = cache.clock() - max(cache.settings.disk_cache_cleanup_interval, 3600)
+    others: list[str] = []
     try:
-        found = untracked(cache, older_than=time.time() - quiet)
+        found = untracked(cache, older_than=since, others=others)
+        found["stray"] = strays(cache, others, older_than=since)
     except OSError as exc:  # the root unreadable now: said in the log, the cleanup stands
         log.warning("could not look for untracked directories: %s", exc)
         return None
+    stray = found["stray"]
+    if stray["files"]:
+        matters = strays_matter(stray["bytes"], cache.settings.disk_cache_max_bytes)
+        log.log(
+            logging.WARNING if matters else logging.INFO,
+            "%d files (%d bytes) in the root are outside every download directory, e.g. %r: "
+            "no cleanup counts or deletes them; move them into a download or remove them",
+            stray["files"],
+            stray["bytes"],
+            stray["example"],
+            extra={"event": "stray_files"},
+        )
     if found["count"]:
         log.warning(
             "%d directories in the root are not on the books, e.g. %r: their bytes are not "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from cachemgr import audit
+
 # After how many cleanup intervals without a periodic cleanup the stats, the status page and
 # the alert say beat or the workers are not running (one late run is no problem).
 OVERDUE_INTERVALS = 2
@@ -69,6 +71,13 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             f"{unbooked} directory(ies) in the root are not on the books, e.g. "
             f"{last.get('untracked_example')!r} (lost registrations?): their bytes fill the "
             "disk but are not counted against the quota; `cachemgr reconcile` books them"
+        )
+    stray = last.get("stray_files") or 0
+    if stray and audit.strays_matter(last.get("stray_bytes") or 0, stats["max_bytes"]):
+        problems.append(
+            f"{stray} file(s) in the root ({last.get('stray_bytes') or 0} bytes) are outside "
+            f"every download directory, e.g. {last.get('stray_example')!r}: no cleanup counts "
+            "or deletes them; move them into a download or remove them"
         )
     undeleted = last.get("delete_failed") or 0
     if undeleted:

@@ -81,7 +81,14 @@ def _untracked(found: dict[str, Any] | None) -> dict[str, str]:
     if not found:
         return {}
     example = found["examples"][0] if found["examples"] else ""
-    return {"untracked": str(found["count"]), "untracked_example": example}
+    stray = found.get("stray") or {"files": 0, "bytes": 0, "example": None}
+    return {
+        "untracked": str(found["count"]),
+        "untracked_example": example,
+        "stray_files": str(stray["files"]),
+        "stray_bytes": str(stray["bytes"]),
+        "stray_example": stray["example"] or "",
+    }
 
 
 def samples(cache: DiskCache) -> list[dict[str, Any]]:

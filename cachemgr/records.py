@@ -167,6 +167,9 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
         "delete_failed_example": raw.get("delete_failed_example") or None,
         "untracked": int(number(raw.get("untracked")) or 0),
         "untracked_example": raw.get("untracked_example") or None,
+        "stray_files": int(number(raw.get("stray_files")) or 0),
+        "stray_bytes": int(number(raw.get("stray_bytes")) or 0),
+        "stray_example": raw.get("stray_example") or None,
         "evict_short": raw.get("evict_short") or None,
         "periodic_time": number(raw.get("periodic_time")),
     }

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachemgr.paths import TRASH_DIR
+from cachemgr.paths import BOOKS_MARKER, TRASH_DIR
 
 
 class TooDeep(OSError):
@@ -161,8 +161,12 @@ except ImportError:  # pragma: no cover - a machine without a C compiler
     scan_dir = scan_dir_py
 
 
-def directories_at_depth(root: Path, depth: int) -> Iterator[str]:
-    """Relative paths of the real directories `depth` levels below the root (trash excluded)."""
+def directories_at_depth(
+    root: Path, depth: int, *, others: list[str] | None = None
+) -> Iterator[str]:
+    """Relative paths of the real directories `depth` levels below the root (trash excluded).
+    `others`, when given, gets the entries on the way that are not directories (files,
+    symlinks), the root's own bookkeeping (BOOKS_MARKER and its temporaries) left out."""
     level = [""]
     for _ in range(depth):
         below: list[str] = []
@@ -177,6 +181,8 @@ def directories_at_depth(root: Path, depth: int) -> Iterator[str]:
                         continue
                     if entry.is_dir(follow_symlinks=False):
                         below.append(f"{rel}/{entry.name}" if rel else entry.name)
+                    elif others is not None and (rel or not entry.name.startswith(BOOKS_MARKER)):
+                        others.append(f"{rel}/{entry.name}" if rel else entry.name)
         level = below
     yield from sorted(level)
 

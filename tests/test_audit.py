@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
-from cachemgr import DiskCache
-from cachemgr.audit import untracked
+from cachemgr import DiskCache, scanner
+from cachemgr.audit import strays, untracked
 from cachemgr.cleanup import cleanup
 from cachemgr.reconcile import reconcile
 from tests.conftest import make_tree
@@ -39,7 +40,7 @@ def test_beats_cleanup_says_what_is_not_on_the_books_until_reconcile(cache, root
     make_tree(root, "lost", files=1)
     aged(root, "lost")
     result = cleanup(cache, periodic=True)
-    assert result["untracked"] == {"count": 1, "examples": ["lost"]}
+    assert result["untracked"]["count"] == 1 and result["untracked"]["examples"] == ["lost"]
     assert "1 directories in the root are not on the books, e.g. 'lost'" in caplog.text
     stats = cache.stats()
     assert stats["last_cleanup"]["untracked"] == 1
@@ -72,6 +73,61 @@ def test_metrics_count_what_is_not_on_the_books(client, cache, root):
     cleanup(cache)
     make_tree(root, "lost", files=1)
     aged(root, "lost")
-    cleanup(cache, periodic=True)
+    (root / "stray.flac").write_bytes(b"x")
+    later = DiskCache(cache.settings, cache.client, clock=lambda: time.time() + 2 * HOUR)
+    cleanup(later, periodic=True)
     text = client.get("/metrics").get_data(as_text=True)
     assert "cachemgr_untracked_directories 1.0" in text
+    assert "cachemgr_stray_files 1.0" in text
+    assert f"cachemgr_stray_bytes {float(os.lstat(root / 'stray.flac').st_blocks * 512)}" in text
+
+
+def test_stray_files_outside_every_download_are_counted(settings, redis_client, root):
+    """`root/stray.flac` and a download's files written beside its directory filled the
+    disk uncounted and were never deleted, and nothing said so."""
+    cache = DiskCache(dataclasses.replace(settings, disk_cache_entry_depth=2), redis_client)
+    for name in ("artist/album", "loose/track", "off-depth/cd1"):
+        make_tree(root, name, files=1)
+    (root / "stray.flac").write_bytes(b"x" * 9000)
+    (root / "artist" / "cover.jpg").write_bytes(b"x" * 100)
+    (root / "loose" / "track.flac").write_bytes(b"x" * 5000)
+    (root / "off-depth" / "track.flac").write_bytes(b"x")  # inside a tracked directory
+    os.symlink("/etc/passwd", root / "artist" / "link")
+    cache.register("artist/album")
+    cache.register("off-depth")  # off the entry depth: its files are counted there
+    cleanup(cache)  # the marker: the root's own, never a stray
+    others: list[str] = []
+    found = list(scanner.directories_at_depth(root, 2, others=others))
+    assert found == ["artist/album", "loose/track", "off-depth/cd1"]
+    assert sorted(others) == [
+        "artist/cover.jpg", "artist/link", "loose/track.flac", "off-depth/track.flac", "stray.flac"
+    ]  # fmt: skip
+    assert strays(cache, others, older_than=time.time() - HOUR)["files"] == 0  # all new
+    later = strays(cache, others, older_than=time.time() + 1)
+    sizes = [os.lstat(root / p).st_blocks * 512 for p in ("artist/cover.jpg", "artist/link")]
+    sizes += [os.lstat(root / p).st_blocks * 512 for p in ("loose/track.flac", "stray.flac")]
+    assert later == {"files": 4, "bytes": sum(sizes), "example": later["example"]}
+    assert later["example"] in others
+
+
+def test_beats_cleanup_warns_of_stray_files_that_fill_the_quota(
+    settings, redis_client, root, caplog
+):
+    make_tree(root, "booked", files=1)
+    (root / "cover.jpg").write_bytes(b"x" * 100)
+    # A node of its own: the stats read the quota its workers published otherwise.
+    settings = dataclasses.replace(settings, disk_cache_max_bytes=10 * 2**20, disk_cache_node="s")
+    cache = DiskCache(settings, redis_client, clock=lambda: time.time() + 2 * HOUR)
+    cache.register("booked")
+    cleanup(cache, periodic=True)
+    last = cache.stats()["last_cleanup"]
+    assert (last["stray_files"], last["stray_example"]) == (1, "cover.jpg")
+    assert last["stray_bytes"] < 0.01 * settings.disk_cache_max_bytes  # a cover: counted only
+    assert not any("outside every download" in w for w in cache.stats()["warnings"])
+    (root / "album.zip").write_bytes(b"x" * (settings.disk_cache_max_bytes // 50))
+    os.utime(root / "album.zip", (1, 1))
+    cleanup(cache, periodic=True)
+    assert cache.stats()["last_cleanup"]["stray_files"] == 2
+    warnings = cache.stats()["warnings"]
+    assert any("2 file(s) in the root" in w and "outside every download" in w for w in warnings)
+    assert "2 files" in caplog.text and "outside every download directory" in caplog.text
