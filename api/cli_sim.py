@@ -83,8 +83,8 @@ def _read_stdin(fmt: str | None) -> Trace:
     "--size",
     "sizes",
     multiple=True,
-    help="Cache size: 1% / 10% (or 0.01 / 0.1) of the working set, or 128MiB (= 128M), 2GB "
-    "(decimal), bytes (repeatable; default 1%, 5%, 10%).",
+    help="Cache size: 1% / 10% (or 0.01 / 0.1) of the working set, or 128MiB (binary), 2GB "
+    "(= 2G, decimal, as in the settings), bytes (repeatable; default 1%, 5%, 10%).",
 )
 @click.option(
     "--format",

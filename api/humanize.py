@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
+from cachemgr import units
+
 
 def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} PiB"
+    return "–" if n is None else units.human_bytes(n)
 
 
 def human_count(n: float | None) -> str:

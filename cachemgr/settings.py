@@ -9,31 +9,14 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from cachemgr import units
+
 GIB = 1024**3
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -47,57 +30,16 @@ MAX_BATCH_SIZE = 100_000  # entries per round trip: more would block Redis for s
 MAX_EVICTIONS_PER_RUN = 10_000_000
 MAX_ENTRY_DEPTH = 100  # levels below the root; a path deeper than this is no download
 MAX_STREAM_LEN = 10**8  # events and access log: 10^8 entries is already gigabytes of Redis
-# Digits read of a number: every bound here has at most 19, and a 5000-digit value would
-# otherwise reach int()'s own limit, with a message about Python rather than the setting.
-_MAX_DIGITS = 40
 
 
 class SettingsError(ValueError):
     """A setting has a value cachemgr cannot run with; the message is one line."""
 
 
-def _number_with_unit(text: str, units: Mapping[str, int], what: str) -> Fraction:
-    """The exact value of `1.5KiB`, `24h`...: Fraction, not float, so that 2^63 - 1 stays itself
-    and a 400-digit number is a number too large rather than an OverflowError."""
-    match = _NUMBER_UNIT.match(str(text))
-    if not match:
-        raise ValueError(f"not a {what}: {text!r}")
-    number, unit = match.groups()
-    factor = units.get(unit.lower())
-    if factor is None:
-        raise ValueError(f"unknown unit {unit!r} in {text!r}")
-    whole, _, decimals = number.partition(".")
-    if len(decimals) > _MAX_DIGITS:
-        raise ValueError(f"too many decimals in {text!r}")
-    if len(whole.lstrip("0")) > _MAX_DIGITS:
-        # Beyond every bound: the caller's "must be at most" says so, without reading it all.
-        return Fraction(10**_MAX_DIGITS)
-    return Fraction(number) * factor
-
-
-def _size(text: str | int) -> int:
-    """Bytes, exactly, unbounded: Settings.validate names the bound and quotes the text.
-    A fraction of a byte (`1.1MiB`) is dropped."""
-    if isinstance(text, int):
-        return text
-    return int(_number_with_unit(text, _SIZE_UNITS, "size"))
-
-
-def _duration(text: str | int) -> int:
-    """Whole seconds, exactly, unbounded. A fraction of a second (`0.5`, `1.9s`) is refused,
-    not rounded: 0.5 once became 0 and was refused as "must be > 0", 1.9 silently 1."""
-    if isinstance(text, int):
-        return text
-    value = _number_with_unit(text, _DURATION_UNITS, "duration")
-    if value.denominator != 1:
-        raise ValueError(f"not a whole number of seconds: {text!r}")
-    return int(value)
-
-
 def parse_size(text: str | int, *, high: int | None = MAX_BYTES) -> int:
-    """Bytes from `10737418240`, `10GiB`, `500MB` (SI and binary units); at most `high`
+    """Bytes from `10737418240`, `10GiB`, `500MB` (units.SIZE_UNITS); at most `high`
     (2^63 - 1: Redis counts bytes in 64 bits)."""
-    value = _size(text)
+    value = units.size(text)
     if high is not None and value > high:
         note = " (8 EiB)" if high == MAX_BYTES else ""
         raise ValueError(f"must be at most {high} bytes{note}")
@@ -106,7 +48,7 @@ def parse_size(text: str | int, *, high: int | None = MAX_BYTES) -> int:
 
 def parse_duration(text: str | int, *, high: int | None = MAX_DURATION) -> int:
     """Whole seconds from `86400`, `90s`, `1.5m`, `24h`, `7d`; at most `high` (10 years)."""
-    value = _duration(text)
+    value = units.duration(text)
     if high is not None and value > high:
         note = " (10 years)" if high == MAX_DURATION else ""
         raise ValueError(f"must be at most {high} s{note}")
@@ -120,8 +62,8 @@ def parse_count(text: str | int) -> int:
     digits = str(text).strip()
     if not re.fullmatch(r"[0-9]+", digits):
         raise ValueError(f"not a whole number: {text!r}")
-    if len(digits.lstrip("0")) > _MAX_DIGITS:
-        return 10**_MAX_DIGITS  # beyond every bound, as in _number_with_unit
+    if len(digits.lstrip("0")) > units.MAX_DIGITS:
+        return 10**units.MAX_DIGITS  # beyond every bound, as in units.number_with_unit
     return int(digits)
 
 
@@ -288,16 +230,16 @@ class Settings:
 
 _PARSERS: dict[str, Any] = {
     "enable_disk_cache_management": parse_bool,
-    "disk_cache_ttl_seconds": _duration,
-    "disk_cache_max_bytes": _size,
-    "disk_cache_cleanup_interval": _duration,
+    "disk_cache_ttl_seconds": units.duration,
+    "disk_cache_max_bytes": units.size,
+    "disk_cache_cleanup_interval": units.duration,
     "disk_cache_lru_eviction_threshold": float,
     "disk_cache_lru_eviction_target": float,
-    "disk_cache_min_age_seconds": _duration,
-    "disk_cache_min_free_bytes": _size,
+    "disk_cache_min_age_seconds": units.duration,
+    "disk_cache_min_free_bytes": units.size,
     "disk_cache_max_evictions_per_run": parse_count,
     "disk_cache_batch_size": parse_count,
-    "disk_cache_lock_timeout_seconds": _duration,
+    "disk_cache_lock_timeout_seconds": units.duration,
     "disk_cache_entry_depth": parse_count,
     "disk_cache_events_maxlen": parse_count,
     "disk_cache_access_log_maxlen": parse_count,

@@ -13,11 +13,11 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from typing import Any, TextIO
 
 import numpy as np
 
+from cachemgr import units
 from cachemgr.bounds import belady, belady_size, pfoo_l
 from cachemgr.models import MODELS, make_model
 from cachemgr.settings import MAX_BYTES, quoted
@@ -25,30 +25,6 @@ from cachemgr.traces import Trace, next_access
 
 BOUNDS = ("belady", "belady-size", "pfoo-l")
 CHUNK = 1 << 16
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kib": 1024,
-    "kb": 1000,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "mb": 1000**2,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "gb": 1000**3,
-    "t": 1024**4,
-    "tib": 1024**4,
-    "tb": 1000**4,
-    "p": 1024**5,
-    "pib": 1024**5,
-    "pb": 1000**5,
-    "e": 1024**6,
-    "eib": 1024**6,
-    "eb": 1000**6,
-}
-
 
 @dataclass(frozen=True)
 class CacheSize:
@@ -89,13 +65,11 @@ def parse_size(text: str) -> CacheSize:
         if not 0 < pct <= 100:
             raise ValueError(f"cache size {text!r}: a percentage must be in (0, 100]")
         return CacheSize(raw, fraction=pct / 100)
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([A-Za-z]*)", raw)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"bad cache size {text!r} (use e.g. 1%, 10%, 128MiB, 2GB, 4096)")
-    if len(m.group(1)) > 40:  # past any bound below; Fraction would read every digit
-        raise ValueError(f"cache size {quoted(text)}: {TOO_LARGE}")
-    # Exact, not float: 2^63 - 1 stays itself, and a huge number is too large, not infinity.
-    n = int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
+    try:  # the settings' own units: `2G` is the same size in a quota and here
+        n = units.size(raw)
+    except ValueError:
+        example = "use e.g. 1%, 10%, 128MiB, 2GB, 4096"
+        raise ValueError(f"bad cache size {text!r} ({example})") from None
     if n <= 0:
         raise ValueError(f"cache size {text!r} must be > 0")
     if n > MAX_BYTES:
@@ -297,11 +271,8 @@ def format_table(results: Sequence[Result], baseline: str = "lru") -> str:
 
 
 def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n:.1f}EiB"
+    """`1.5KiB`: a table's column, without the space."""
+    return units.human_bytes(n, sep="")
 
 
 def _tick(value: float, _pos: int) -> str:

@@ -42,10 +42,20 @@ def test_every_setting_is_read_from_the_environment(tmp_path):
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("10GiB", 10 * GIB), ("500MB", 500_000_000), ("1024", 1024), ("1.5KiB", 1536), ("2 kb", 2000)],
-)
+    [("10GiB", 10 * GIB), ("500MB", 500_000_000), ("1024", 1024), ("1.5KiB", 1536), ("2 kb", 2000),
+     ("10G", 10**10), ("1EiB", 2**60), ("2pb", 2 * 10**15)],
+)  # fmt: skip
 def test_sizes_take_units(text, expected):
     assert parse_size(text) == expected
+
+
+def test_a_size_means_the_same_in_a_setting_and_in_the_simulator():
+    """`--size 10G` was 10 GiB in the simulator and 10^10 bytes in DISK_CACHE_MAX_BYTES: a
+    quota picked from a simulation came out 7% larger than the cache simulated."""
+    from cachemgr.simulate import parse_size as cache_size
+
+    for text in ("10G", "128M", "128MiB", "2GB", "1.5KiB", "4096", "1EiB"):
+        assert cache_size(text).bytes == parse_size(text), text
 
 
 def test_durations_take_units():
