@@ -213,7 +213,7 @@ def ls(
 @friendly
 def info(path: str, as_json: Any) -> None:
     """One cached directory."""
-    entry = _state().cache.enforcing().info(path)  # expires_at by the workers' TTL
+    entry = _state().cache.info(path)  # expires_at by the workers' TTL
 
     def lines(d: dict[str, Any]) -> None:
         for key, value in d.items():

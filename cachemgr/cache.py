@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cachemgr import checks, deletion, marker, paths, pins, scanner, stats
@@ -21,6 +21,7 @@ from cachemgr.errors import (
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
+from cachemgr.reads import Batch, Reader, run
 from cachemgr.records import Entry, iso, record_id
 from cachemgr.settings import Settings
 from cachemgr.store import Store
@@ -316,11 +317,28 @@ class DiskCache:
 
     # -- reads ----------------------------------------------------------------------------
     def info(self, path: str) -> Entry:
+        """One tracked directory with the leases on it, its expiry by the TTL the node's
+        workers published (theirs decide it), in one round trip."""
         rel = paths.normalize(path)
-        entry = self.store.info(rel)
+
+        def build(batch: Batch) -> Reader[Entry | None]:
+            entry = self.store.queue_info(batch, rel)
+            held = pins.queue_holders(batch, self.keys, rel, self.clock())
+            published = self.registry.queue_entries(batch)
+
+            def read(replies: Iterator[Any]) -> Entry | None:
+                found, leases, entries = entry(replies), held(replies), published(replies)
+                if found is not None:
+                    found.holders = leases
+                    theirs = enforced(self.settings, own_entry(entries, self.settings))
+                    found.ttl_seconds = theirs.disk_cache_ttl_seconds
+                return found
+
+            return read
+
+        entry = run(self.client, build)
         if entry is None:
             raise NotTracked(f"directory is not tracked: {rel!r}")
-        entry.holders = pins.holders(self.client, self.keys, rel, self.clock())
         return entry
 
     def stats(self, snap: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from cachemgr.errors import BeingDeleted
 from cachemgr.keys import Keys
 from cachemgr.paths import ancestors
 from cachemgr.policies import POLICIES, Policy
+from cachemgr.reads import Batch, Reader, run
 from cachemgr.records import Entry, record_id, unpack
 
 
@@ -325,8 +326,16 @@ class Store:
 
     def info(self, path: str) -> Entry | None:
         """One tracked directory, read in one round trip."""
-        found = self._entries([(path, None)])
-        return found[0] if found else None
+        return run(self.client, lambda batch: self.queue_info(batch, path))
+
+    def queue_info(self, batch: Batch, path: str) -> Reader[Entry | None]:
+        batch.script(self._read_entries, self.script_keys(), [path])
+
+        def read(replies: Iterator[Any]) -> Entry | None:
+            last, rec, lease = next(replies)
+            return self._entry(path, last, rec, lease) if rec else None
+
+        return read
 
     def page(self, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:
         """Entries by last access, newest first; the cursor is (score, path) of the last one."""

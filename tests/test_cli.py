@@ -329,6 +329,9 @@ def test_info_and_ls_show_expiry_by_the_workers_ttl(settings, redis_client, cach
         return (parse(entry["expires_at"]) - parse(entry["last_access"])).total_seconds()
 
     assert ttl(info) == ttl(listed[0]) == settings.disk_cache_ttl_seconds
+    # The API's read said the API's own TTL.
+    reply = app.test_client().get("/cache/directories/a").get_json()
+    assert ttl(reply) == settings.disk_cache_ttl_seconds
 
 
 def test_an_unreachable_redis_cluster_is_exit_4_in_one_line(tmp_path):
