@@ -141,6 +141,7 @@ def _reconcile(
         "registered": [],
         "untracked": [],
         "resized": [],
+        "unreadable": [],
         "errors": [],
     }
     # Until the vanished are known: counting the tracked twice (on the books and on disk) left
@@ -220,6 +221,16 @@ def _reconcile(
             len(report["resized"]),
             report["bytes_before"],
             report["bytes_after"],
+        )
+    if report["unreadable"]:
+        first = report["unreadable"][0]
+        log.warning(
+            "reconcile: %d tracked directories hold subdirectories the worker cannot read, "
+            "e.g. %r in %r (permissions?): their sizes count only what it can",
+            len(report["unreadable"]),
+            first["example"],
+            first["path"],
+            extra={"event": "unreadable"},
         )
     if report["errors"]:  # said in the log too, not only in a task's result nobody reads
         first = report["errors"][0]
@@ -345,6 +356,8 @@ def _compare(
         report["untracked"].append(path)
         return "vanished"
     found = scanner.scan(location)
+    if found.unreadable:  # its size counts only what the worker can read: said, each time
+        report["unreadable"].append({"path": path, "example": found.unreadable[0]})
     if (found.size_bytes, found.file_count) == (record[0], record[1]):
         return None
     report["resized"].append(

@@ -865,6 +865,14 @@ def test_a_subdirectory_that_cannot_be_read_is_warned_of(cache, root, monkeypatc
     assert any(
         r.levelname == "WARNING" and "could not be read" in r.message for r in caplog.records
     )
+    # After the registration's warning the undercount went on in silence: a reconcile says it.
+    from cachemgr.reconcile import reconcile
+
+    for dry_run in (True, False):
+        found = reconcile(cache, dry_run=dry_run)
+        assert found["unreadable"] == [{"path": "album", "example": "disc2"}]
+        assert found["resized"] == []
+    assert "hold subdirectories the worker cannot read, e.g. 'disc2' in 'album'" in caplog.text
     monkeypatch.undo()
     assert "warning" not in cache.register("album")  # readable again: no warning, every file
     assert cache.info("album").file_count == 3
