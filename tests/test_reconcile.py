@@ -448,3 +448,22 @@ def test_a_reconcile_before_any_cleanup_makes_no_cleanup_record(cache, root):
     make_tree(root, "album", files=1)
     reconcile(cache)
     assert cache.stats()["last_cleanup"] is None
+
+
+def test_a_cleanup_during_a_forced_adoption_is_skipped_not_failed(cache, root):
+    """reconcile --force writes the marker, then the books' token: a cleanup that read the
+    two between those failed with "names other books", which the stats then said."""
+    from cachemgr import paths
+    from cachemgr.errors import RootMissing
+    from tests.test_core import fill
+
+    fill(cache, root, 2)
+    cleanup(cache)
+    (root / paths.BOOKS_MARKER).write_text("books: x\nroot: 0123456789abcdef\n")  # the new
+    cache.client.set(cache.keys.reconcile_lock, "someone", px=5000)  # the reconcile's
+    done = cleanup(cache, periodic=True)
+    assert done["status"] == "skipped" and "reconcile is running" in done["reason"]
+    assert cache.stats()["last_cleanup"]["status"] == "done"  # no failure recorded
+    cache.client.delete(cache.keys.reconcile_lock)
+    with pytest.raises(RootMissing, match="names other books"):
+        cleanup(cache, periodic=True)  # none running: the root is refused, as before
