@@ -38,7 +38,13 @@ SinceResetSchema = Schema.from_dict(
 
 class LastCleanupSchema(Schema):
     time = fields.Float(allow_none=True, metadata={"description": "when it started, epoch seconds"})
-    status = fields.String(allow_none=True, metadata={"description": "done or failed"})
+    status = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "done, failed, or resolved (refused for the root, which a reconcile "
+            "has since checked or adopted)"
+        },
+    )
     duration_seconds = fields.Float(allow_none=True)
     error = fields.String(allow_none=True)
     trash_left = fields.Integer(metadata={"description": "trash items it could not delete"})
@@ -50,6 +56,14 @@ class LastCleanupSchema(Schema):
         metadata={"description": "directories at the entry depth not on the books (beat's last)"}
     )
     untracked_example = fields.String(allow_none=True, metadata={"description": "one of them"})
+    stray_files = fields.Integer(
+        metadata={
+            "description": "files at or above the entry depth outside every download directory "
+            "(beat's last)"
+        }
+    )
+    stray_bytes = fields.Integer(metadata={"description": "the bytes those files hold"})
+    stray_example = fields.String(allow_none=True, metadata={"description": "one of them"})
     evict_short = fields.String(
         allow_none=True, metadata={"description": "what kept eviction above the threshold"}
     )
@@ -99,6 +113,10 @@ class StatsSchema(SinceResetSchema):
 class LeaseSchema(Schema):
     holder = fields.String(allow_none=True, metadata={"description": "null: none named"})
     until = fields.String(required=True, metadata={"format": "date-time"})
+    path = fields.String(
+        required=True,
+        metadata={"description": "where the lease is: the directory, or a path above or inside it"},
+    )
 
 
 class DirectorySchema(Schema):
@@ -112,7 +130,7 @@ class DirectorySchema(Schema):
     pinned_until = fields.String(allow_none=True, metadata={"format": "date-time"})
     holders = fields.List(
         fields.Nested(LeaseSchema),
-        metadata={"description": "the leases on this directory itself (one directory's read)"},
+        metadata={"description": "the leases in force on it, above it or inside it, latest first"},
     )
 
 

@@ -6,10 +6,10 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, deletion, marker, paths, pins, scanner, stats
+from cachemgr import checks, deletion, listing, marker, paths, scanner, stats
 from cachemgr.errors import (
     NotOnDisk,
     NotTracked,
@@ -21,7 +21,6 @@ from cachemgr.errors import (
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
-from cachemgr.reads import Batch, Reader, run
 from cachemgr.records import Entry, iso, record_id
 from cachemgr.settings import Settings
 from cachemgr.store import Store
@@ -317,26 +316,10 @@ class DiskCache:
 
     # -- reads ----------------------------------------------------------------------------
     def info(self, path: str) -> Entry:
-        """One tracked directory with the leases on it, its expiry by the TTL the node's
-        workers published (theirs decide it), in one round trip."""
+        """One tracked directory, with the leases in force around it and its expiry by the TTL
+        the node's workers published (listing.directory)."""
         rel = paths.normalize(path)
-
-        def build(batch: Batch) -> Reader[Entry | None]:
-            entry = self.store.queue_info(batch, rel)
-            held = pins.queue_holders(batch, self.keys, rel, self.clock())
-            published = self.registry.queue_entries(batch)
-
-            def read(replies: Iterator[Any]) -> Entry | None:
-                found, leases, entries = entry(replies), held(replies), published(replies)
-                if found is not None:
-                    found.holders = leases
-                    theirs = enforced(self.settings, own_entry(entries, self.settings))
-                    found.ttl_seconds = theirs.disk_cache_ttl_seconds
-                return found
-
-            return read
-
-        entry = run(self.client, build)
+        entry = listing.directory(self.store, rel, self.clock())
         if entry is None:
             raise NotTracked(f"directory is not tracked: {rel!r}")
         return entry

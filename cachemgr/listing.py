@@ -6,9 +6,17 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
+from cachemgr import pins
 from cachemgr.pins import LEASE_AROUND
+from cachemgr.reads import Batch, Lua, Reader, call, run
+from cachemgr.records import Entry, Lease
 from cachemgr.scripts import PRELUDE
+
+if TYPE_CHECKING:
+    from cachemgr.store import Store
 
 
 def victims_snapshot(victims: str) -> str:
@@ -59,6 +67,79 @@ end
 return out
 """
 )
+
+
+# One directory's read (listing.directory): its view as ENTRIES gives it, the TTL its workers
+# published, the leases named on it, and the other pinned paths around it (above, inside).
+# KEYS[1] cache:entries  KEYS[2] cache:lru  KEYS[5] cache:pins:paths  KEYS[6] cache:pins (the
+# COMMON_KEYS places)  KEYS[7] cache:config  KEYS[8] pin:{path}   ARGV[1] path
+# Returns false for an untracked path, else {last access, record, lease around or '', TTL
+# or '', its lease in cache:pins or '', {holder, expiry, ...}, {other path, lease, ...}}.
+DIRECTORY = Lua(
+    PRELUDE
+    + LEASE_AROUND
+    + """
+local path = ARGV[1]
+local last = redis.call('ZSCORE', KEYS[2], path)
+local rec = last and redis.call('HGET', KEYS[1], rid(path))
+if not rec then return false end
+local others = {}
+local function note(p)
+  local lease = redis.call('ZSCORE', KEYS[6], p)
+  if lease then others[#others + 1] = p; others[#others + 1] = lease end
+end
+local i = string.find(path, '/', 1, true)
+while i do
+  note(string.sub(path, 1, i - 1))
+  i = string.find(path, '/', i + 1, true)
+end
+for _, p in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. path .. '/', '(' .. path .. '0')) do
+  note(p)
+end
+return {last, rec, lease_around(path) or '', redis.call('HGET', KEYS[7], 'ttl_seconds') or '',
+        redis.call('ZSCORE', KEYS[6], path) or '', redis.call('HGETALL', KEYS[8]), others}
+"""
+)
+
+
+def directory(store: Store, path: str, now: float) -> Entry | None:
+    """One tracked directory with every lease in force on it, above it or inside it (each
+    with its holder and path), its expiry by the TTL its workers published: one round trip,
+    and one more only when a path around it is pinned."""
+    k = store.keys
+    keys = [k.entries, k.lru, k.bytes, k.stats, k.pin_paths, k.pins, k.config, k.pin_holders(path)]
+    reply = call(store.client, DIRECTORY, keys, [path])
+    if not reply:
+        return None
+    last, rec, lease, ttl, own, named, around = reply
+    entry = store.entry(path, last, rec, lease)
+    if ttl:
+        entry.ttl_seconds = int(ttl)
+    leases = [Lease(h, t, path) for h, t in pins.in_force(pairs(named), own, now).items()]
+    others = [(p, lease) for p, lease in pairs(around).items() if float(lease) > now]
+    if others:  # a pin taken on a path inside before it was registered, or on one above
+
+        def build(batch: Batch) -> Reader[list[Lease]]:
+            for p, _ in others:
+                batch.command("HGETALL", k.pin_holders(p))
+
+            def read(replies: Iterator[Any]) -> list[Lease]:
+                return [
+                    Lease(h, t, p)
+                    for p, latest in others
+                    for h, t in pins.in_force(next(replies), latest, now).items()
+                ]
+
+            return read
+
+        leases += run(store.client, build)
+    entry.holders = sorted(leases, key=lambda x: (-x.until, x.holder, x.path))
+    return entry
+
+
+def pairs(flat: list[Any]) -> dict[str, Any]:
+    """A flat Lua reply [k1, v1, k2, v2...] as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 # A page's cursor: (last access, path) of its last entry, opaque to the client.

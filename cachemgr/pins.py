@@ -11,28 +11,17 @@ reads report that lease (LEASE_AROUND).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from cachemgr.keys import Keys
-    from cachemgr.reads import Batch, Reader
+from typing import Any
 
 
-def queue_holders(batch: Batch, keys: Keys, path: str, now: float) -> Reader[dict[str, float]]:
-    """The leases in force on one directory, holder -> expiry ('': one no holder named,
-    or one an older client wrote to cache:pins alone, as PIN's adopt() takes it)."""
-    batch.command("HGETALL", keys.pin_holders(path))
-    batch.command("ZSCORE", keys.pins, path)
-
-    def read(replies: Iterator[Any]) -> dict[str, float]:
-        named, latest = next(replies), next(replies)
-        found = {holder: float(until) for holder, until in named.items() if float(until) > now}
-        if latest is not None and float(latest) > now and float(latest) not in found.values():
-            found[""] = max(found.get("", 0.0), float(latest))
-        return found
-
-    return read
+def in_force(named: dict[str, Any], latest: Any, now: float) -> dict[str, float]:
+    """The leases in force on one path, holder -> expiry, from its `pin:{path}` hash and its
+    lease in cache:pins ('': one no holder named, or one an older client wrote to cache:pins
+    alone, as PIN's adopt() takes it)."""
+    found = {holder: float(until) for holder, until in named.items() if float(until) > now}
+    if latest not in (None, "") and float(latest) > now and float(latest) not in found.values():
+        found[""] = max(found.get("", 0.0), float(latest))
+    return found
 
 
 # Put a holder's lease on a directory (tracked or about to be) until ARGV[2]; 0 ends it.

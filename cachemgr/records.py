@@ -6,7 +6,7 @@ import base64
 import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def iso(ts: float | None) -> str | None:
@@ -41,6 +41,12 @@ def unpack(raw: str) -> tuple[int, int, str, int]:
     return int(size), int(files), registered, int(hits)
 
 
+class Lease(NamedTuple):
+    holder: str  # '': none named
+    until: float
+    path: str  # the directory's own, or a path above or inside it
+
+
 @dataclass
 class Entry:
     path: str
@@ -51,8 +57,8 @@ class Entry:
     hits: int
     ttl_seconds: int
     pinned_until: float | None = None
-    # The leases on this directory itself, holder -> expiry ('': none named), where read.
-    holders: dict[str, float] | None = None
+    # The leases in force on it, above it and inside it, where read (listing.directory).
+    holders: list[Lease] | None = None
 
     @property
     def registered_at(self) -> float:
@@ -79,9 +85,11 @@ class Entry:
         }
 
     def _holders(self) -> list[dict[str, Any]]:
-        """Latest lease first; a lease no holder named has `holder` null."""
-        ranked = sorted((self.holders or {}).items(), key=lambda item: (-item[1], item[0]))
-        return [{"holder": who or None, "until": iso(until)} for who, until in ranked]
+        """A lease no holder named has `holder` null; `path` is where the lease is."""
+        return [
+            {"holder": lease.holder or None, "until": iso(lease.until), "path": lease.path}
+            for lease in self.holders or []
+        ]
 
 
 @dataclass

@@ -18,7 +18,6 @@ from cachemgr.errors import BeingDeleted
 from cachemgr.keys import Keys
 from cachemgr.paths import ancestors
 from cachemgr.policies import POLICIES, Policy
-from cachemgr.reads import Batch, Reader, run
 from cachemgr.records import Entry, record_id, unpack
 
 
@@ -315,10 +314,10 @@ class Store:
                 part, flat[::3], flat[1::3], flat[2::3], strict=True
             ):
                 if rec:  # removed between the two reads otherwise
-                    out.append(self._entry(path, last if given is None else given, rec, lease))
+                    out.append(self.entry(path, last if given is None else given, rec, lease))
         return out
 
-    def _entry(self, path: str, last: Any, rec: str, pin: Any) -> Entry:
+    def entry(self, path: str, last: Any, rec: str, pin: Any) -> Entry:
         """An Entry from its path, last access, packed record and lease ('' or None: none)."""
         size, files, registered, hits = unpack(rec)
         pinned = float(pin) if pin else None
@@ -326,16 +325,8 @@ class Store:
 
     def info(self, path: str) -> Entry | None:
         """One tracked directory, read in one round trip."""
-        return run(self.client, lambda batch: self.queue_info(batch, path))
-
-    def queue_info(self, batch: Batch, path: str) -> Reader[Entry | None]:
-        batch.script(self._read_entries, self.script_keys(), [path])
-
-        def read(replies: Iterator[Any]) -> Entry | None:
-            last, rec, lease = next(replies)
-            return self._entry(path, last, rec, lease) if rec else None
-
-        return read
+        found = self._entries([(path, None)])
+        return found[0] if found else None
 
     def page(self, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:
         """Entries by last access, newest first; the cursor is (score, path) of the last one."""
@@ -373,7 +364,7 @@ class Store:
                 raise
             self.settle()  # someone's settle is half done: help finish it, then ask again
             flat = self._victims(keys=self.script_keys(), args=[limit, offset])
-        return [self._entry(*flat[i : i + 4]) for i in range(0, len(flat), 4)]
+        return [self.entry(*flat[i : i + 4]) for i in range(0, len(flat), 4)]
 
     def settle(self, batch: int = 1000, step: Callable[[], object] | None = None) -> int:
         """Settle the policy's warm-up before the first eviction, `batch` entries per call (at

@@ -216,22 +216,45 @@ def test_removing_the_last_download_with_its_files_is_not_taken_for_an_unmount(c
 def test_a_directorys_read_lists_its_holders(clocked, root, client, runner):
     """Who holds an album was nowhere to be seen: an operator could not tell which stream
     kept it, nor whether an older client's lease did."""
+    from cachemgr.records import Lease
+
     cache, now = clocked, clocked.clock.t
     make_tree(root, "a")
     cache.register("a")
-    assert cache.info("a").holders == {}
+    assert cache.info("a").holders == []
     cache.pin("a", 600, "stream-1")
     cache.pin("a", 60, "stream-2")
     cache.client.zadd(cache.keys.pins, {"a": now + 3600}, gt=True)  # an older client's
-    assert cache.info("a").holders == {"stream-1": now + 600, "stream-2": now + 60, "": now + 3600}
+    assert cache.info("a").holders == [
+        Lease("", now + 3600, "a"),
+        Lease("stream-1", now + 600, "a"),
+        Lease("stream-2", now + 60, "a"),
+    ]
     cache.clock.t += 100  # stream-2's lapsed: not in force, not listed
     assert cache.info("a").to_dict()["holders"] == [
-        {"holder": None, "until": iso(now + 3600)},
-        {"holder": "stream-1", "until": iso(now + 600)},
+        {"holder": None, "until": iso(now + 3600), "path": "a"},
+        {"holder": "stream-1", "until": iso(now + 600), "path": "a"},
     ]
     assert "holders" not in cache.store.info("a").to_dict()  # listings do not read them
     cache.unpin("a")
-    assert cache.info("a").holders == {}
+    assert cache.info("a").holders == []
+
+
+def test_a_directorys_holders_include_leases_inside_and_above_it(clocked, root):
+    """A stream pinned a track's folder before its album was registered: the album read
+    pinned_until, and its holders were empty."""
+    from cachemgr.records import Lease
+
+    cache, now = clocked, clocked.clock.t
+    cache.pin("artist/album/cd1", 600, "stream-9")  # before the download: a lease waiting
+    cache.pin("artist", 300, "stream-8")
+    make_tree(root, "artist/album/cd1")
+    cache.register("artist/album")
+    entry = cache.info("artist/album")
+    assert entry.pinned_until == now + 600
+    assert entry.holders == [
+        Lease("stream-9", now + 600, "artist/album/cd1"), Lease("stream-8", now + 300, "artist")
+    ]  # fmt: skip
 
 
 def test_holders_through_the_api_and_the_cli(cache, root, client, runner, monkeypatch):
