@@ -38,14 +38,14 @@ def untracked(
 
     def check() -> None:
         nonlocal count
-        for path, tracked in zip(chunk, cache.store.tracked(chunk), strict=True):
+        for path, tracked in zip(chunk, _tracked(cache, chunk), strict=True):
             if tracked or not _settled(cache, path, older_than):
                 continue
-            if cache.store.covering(path) != path or _holds_tracked(cache, path):
+            if any(_tracked(cache, paths.ancestors(path))) or _holds_tracked(cache, path):
                 continue
             count += 1
             if len(found) < EXAMPLES:
-                found.append(path)
+                found.append(paths.shown(path))
         chunk.clear()
 
     depth = cache.settings.disk_cache_entry_depth
@@ -67,7 +67,7 @@ def strays(cache: DiskCache, found: list[str], *, older_than: float) -> dict[str
     for i in range(0, len(found), 1000):
         chunk = found[i : i + 1000]
         above = sorted({a for path in chunk for a in paths.ancestors(path)})
-        tracked = {a for a, hit in zip(above, cache.store.tracked(above), strict=True) if hit}
+        tracked = {a for a, hit in zip(above, _tracked(cache, above), strict=True) if hit}
         for path in chunk:
             if any(a in tracked for a in paths.ancestors(path)):
                 continue  # inside a directory registered off the entry depth: counted there
@@ -79,7 +79,7 @@ def strays(cache: DiskCache, found: list[str], *, older_than: float) -> dict[str
                 continue
             files += 1
             size += st.st_blocks * 512
-            example = example or path
+            example = example or paths.shown(path)
     return {"files": files, "bytes": size, "example": example}
 
 
@@ -98,6 +98,9 @@ def report(cache: DiskCache) -> dict[str, Any] | None:
         found["stray"] = strays(cache, others, older_than=since)
     except OSError as exc:  # the root unreadable now: said in the log, the cleanup stands
         log.warning("could not look for untracked directories: %s", exc)
+        return None
+    except Exception:  # a look, after the cleanup's work: it must not fail the cleanup
+        log.exception("could not look for untracked directories")
         return None
     stray = found["stray"]
     if stray["files"]:
@@ -122,6 +125,14 @@ def report(cache: DiskCache) -> dict[str, Any] | None:
     return found
 
 
+def _tracked(cache: DiskCache, names: list[str]) -> list[bool]:
+    """store.tracked, for names off the disk: one that is not UTF-8 cannot be tracked (no
+    Redis key names it), and sending it failed every periodic cleanup."""
+    ok = [name for name in names if paths.encodable(name)]
+    hits = dict(zip(ok, cache.store.tracked(ok), strict=True))
+    return [hits.get(name, False) for name in names]
+
+
 def _settled(cache: DiskCache, path: str, older_than: float) -> bool:
     try:
         return os.lstat(cache.root / path).st_mtime < older_than
@@ -134,6 +145,6 @@ def _holds_tracked(cache: DiskCache, path: str) -> bool:
         inside = [f"{path}/{sub}" for sub in scanner.directories_at_depth(cache.root / path, depth)]
         if not inside:
             return False
-        if any(cache.store.tracked(inside)):
+        if any(_tracked(cache, inside)):
             return True
     return False

@@ -239,7 +239,7 @@ class DiskCache:
             raise paths.PathError(f"{rel!r} changed while it was scanned: {exc}") from None
         # A subdirectory whose name is not UTF-8 can never be tracked (no Redis key names it):
         # it cannot overlap, and sending it would fail the registration.
-        subdirs = [s for s in found.subdirs if _encodable(s)]
+        subdirs = [s for s in found.subdirs if paths.encodable(s)]
         others = paths.ancestors(rel) + [f"{rel}/{sub}" for sub in subdirs]
         outcome = self.store.register(
             rel,
@@ -392,11 +392,3 @@ class DiskCache:
         self.client.set(self.keys.scheduler, value)
         log.info("scheduler %s", "started" if running else "stopped")
         return {"scheduler_running": running}
-
-
-def _encodable(name: str) -> bool:
-    try:
-        name.encode()
-    except UnicodeEncodeError:  # surrogate escapes of a name that is not UTF-8
-        return False
-    return True

@@ -63,6 +63,21 @@ def _fully_unquoted(text: str) -> str:
     return text.split("/")[0] if "/" in text else text
 
 
+def encodable(name: str) -> bool:
+    """False for a name read off the disk that is not UTF-8 (its surrogate escapes)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(name: str) -> str:
+    """A name read off the disk, as text that Redis and a log take: bytes that are not UTF-8
+    as backslash escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def ancestors(path: str) -> list[str]:
     """`a/b/c` -> [`a`, `a/b`]: the paths that would contain this one."""
     parts = path.split("/")

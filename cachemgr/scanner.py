@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachemgr.paths import BOOKS_MARKER, TRASH_DIR
-
 
 class TooDeep(OSError):
     """A tree the scan cannot follow to its bottom: its size would be too small."""
@@ -112,6 +110,8 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     return ScanResult(blocks * 512, files, subdirs, unreadable, changed)
 
 
+LOST_FOUND = "lost+found"  # what fsck recovers, in the root of every ext2/3/4 file system
+
 # Not vanished (ENOENT) nor replaced by a symlink (ELOOP): there, but its content not seen.
 UNREADABLE = (errno.EACCES, errno.EPERM, errno.EIO)
 
@@ -164,9 +164,11 @@ except ImportError:  # pragma: no cover - a machine without a C compiler
 def directories_at_depth(
     root: Path, depth: int, *, others: list[str] | None = None
 ) -> Iterator[str]:
-    """Relative paths of the real directories `depth` levels below the root (trash excluded).
+    """Relative paths of the real directories `depth` levels below the root. Hidden names
+    (a downloader's partial `.incoming`, `.Trash-1000`, our own trash and marker) and the
+    root's `lost+found` are no downloads: reconcile booked them, and evicted them first.
     `others`, when given, gets the entries on the way that are not directories (files,
-    symlinks), the root's own bookkeeping (BOOKS_MARKER and its temporaries) left out."""
+    symlinks)."""
     level = [""]
     for _ in range(depth):
         below: list[str] = []
@@ -177,11 +179,11 @@ def directories_at_depth(
                 continue
             with it:
                 for entry in it:
-                    if not rel and entry.name == TRASH_DIR:
+                    if entry.name.startswith(".") or (not rel and entry.name == LOST_FOUND):
                         continue
                     if entry.is_dir(follow_symlinks=False):
                         below.append(f"{rel}/{entry.name}" if rel else entry.name)
-                    elif others is not None and (rel or not entry.name.startswith(BOOKS_MARKER)):
+                    elif others is not None:
                         others.append(f"{rel}/{entry.name}" if rel else entry.name)
         level = below
     yield from sorted(level)

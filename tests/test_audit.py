@@ -131,3 +131,24 @@ def test_beats_cleanup_warns_of_stray_files_that_fill_the_quota(
     warnings = cache.stats()["warnings"]
     assert any("2 file(s) in the root" in w and "outside every download" in w for w in warnings)
     assert "2 files" in caplog.text and "outside every download directory" in caplog.text
+
+
+def test_names_that_are_not_utf8_are_counted_not_a_failed_cleanup(settings, redis_client, root):
+    """A stray `\xff-stray.flac` (a Latin-1 name) failed every periodic cleanup, after its
+    deletions, with a UnicodeEncodeError: nothing was recorded, and beat looked down."""
+    make_tree(root, "booked", files=1)
+    bad_file = os.path.join(os.fsencode(root), b"caf\xe9.flac")
+    with open(bad_file, "wb") as f:
+        f.write(b"x" * 100)
+    bad_dir = os.path.join(os.fsencode(root), b"\xff-album")
+    os.mkdir(bad_dir)
+    os.utime(bad_dir, (1, 1))
+    cache = DiskCache(settings, redis_client, clock=lambda: time.time() + 2 * HOUR)
+    cache.register("booked")
+    result = cleanup(cache, periodic=True)
+    assert result["status"] == "done"
+    assert result["untracked"]["count"] == 1
+    assert result["untracked"]["examples"] == ["\\xff-album"]
+    last = cache.stats()["last_cleanup"]
+    assert (last["stray_files"], last["stray_example"]) == (1, "caf\\xe9.flac")
+    assert last["untracked_example"] == "\\xff-album"

@@ -467,3 +467,10 @@ def test_a_cleanup_during_a_forced_adoption_is_skipped_not_failed(cache, root):
     cache.client.delete(cache.keys.reconcile_lock)
     with pytest.raises(RootMissing, match="names other books"):
         cleanup(cache, periodic=True)  # none running: the root is refused, as before
+
+
+def test_reconcile_books_no_lost_found_nor_hidden_directories(cache, root):
+    for name in ("lost+found", ".Trash-1000/files", "album"):
+        make_tree(root, name, files=1)
+    assert reconcile(cache)["registered"] == ["album"]
+    assert sorted(cache.store.all_records()) == ["album"]

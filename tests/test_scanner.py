@@ -106,6 +106,19 @@ def test_directories_at_depth_skip_trash_and_files(root):
     assert list(scanner.directories_at_depth(root, 2)) == ["a/x"]
 
 
+def test_directories_at_depth_skip_what_is_no_download(root):
+    """An ext4 root's lost+found and a desktop's .Trash-1000 were booked by reconcile as
+    downloads (and, oldest, evicted first); a downloader's .partial too, mid-download."""
+    for name in ("lost+found", ".Trash-1000/files", ".partial-123", "album", "a/lost+found",
+                 "a/.hidden"):  # fmt: skip
+        (root / name).mkdir(parents=True)
+    (root / ".DS_Store").write_bytes(b"x")
+    others: list[str] = []
+    assert list(scanner.directories_at_depth(root, 1, others=others)) == ["a", "album"]
+    assert others == []
+    assert list(scanner.directories_at_depth(root, 2)) == ["a/lost+found"]  # the root's only
+
+
 def test_a_symlinked_top_is_refused_and_nothing_outside_is_counted(root, canary):
     import pytest
 
