@@ -304,19 +304,22 @@ def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
 @friendly
 def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
     """Compare the books with the disk and fix them."""
-    if not (dry_run or now):
-        result = _wait_task("reconcile", force=force)
-    elif not sys.stderr.isatty():  # a bar is for a person: in a log it was a bare "walking"
-        result = run_reconcile(_acting(), dry_run=dry_run, force=force)
+    if not now:  # the worker plans too: it sees the disk as it does (its user, its mount)
+        result = _wait_task("reconcile", dry_run=dry_run, force=force)
     else:
         cache = _acting()
-        with click.progressbar(length=1, label="walking", file=sys.stderr) as bar:
+        if not sys.stderr.isatty():  # a bar is for a person: in a log it was a bare "walking"
+            result = run_reconcile(cache, dry_run=dry_run, force=force)
+        else:
+            with click.progressbar(length=1, label="walking", file=sys.stderr) as bar:
 
-            def progress(done: int, total: int, path: str) -> None:
-                bar.length = total
-                bar.update(1)
+                def progress(done: int, total: int, path: str) -> None:
+                    bar.length = total
+                    bar.update(1)
 
-            result = run_reconcile(cache, dry_run=dry_run, progress=progress, force=force)
+                result = run_reconcile(cache, dry_run=dry_run, progress=progress, force=force)
+        if quota_pass_due(result):
+            _send_quota_pass(cache)
     _skipped(result, as_json)
     emit(result, as_json, kv)
 

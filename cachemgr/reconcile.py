@@ -206,6 +206,10 @@ def _reconcile(
         report["trash_items"] = trash.empty(cache.root)
         _, new = call(cache.client, RECOUNT, [cache.keys.entries, cache.keys.bytes], [])
         report["bytes_after"] = int(new)
+        # What it booked may pass the threshold, as a registration may: the caller sends the
+        # quota pass (quota.quota_pass_due), or the disk stayed over it until beat's next run.
+        report["over_threshold"] = report["bytes_after"] > cache.settings.threshold_bytes
+        report["low_disk"] = cache.free_space_short() > 0
         cache.client.set(cache.keys.initialized, "1")
         marker.remember(cache, anew=force)
         if history.root_mended(cache):

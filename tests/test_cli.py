@@ -101,12 +101,38 @@ def test_cleanup_dry_run_matches_the_act(runner, cache, root):
     assert plan["evict"]["plan"] == act["evict"]["plan"] and len(act["evict"]["plan"]) == 4
 
 
-def test_reconcile_dry_run_and_now(runner, cache, root):
+def test_reconcile_dry_run_and_now(runner, cache, root, monkeypatch):
+    import api.cli
+
     make_tree(root, "found")
+    sent = []
+    real = api.cli._wait_task
+    monkeypatch.setattr(api.cli, "_wait_task", lambda *a, **k: sent.append(a) or real(*a, **k))
     plan = json.loads(run(runner, "reconcile", "--dry-run", "--json").stdout)
     assert plan["registered"] == ["found"] and cache.store.count_entries() == 0
+    # Planned by the worker, which sees the disk as the real run does (its user, its mount):
+    # the shell's plan said "resized" where the worker's said "unreadable".
+    assert sent == [("reconcile",)]
     done = run(runner, "reconcile", "--now", "--json")
     assert done.exit_code == 0 and cache.store.count_entries() == 1
+
+
+def test_reconcile_now_past_the_threshold_sends_a_quota_pass(runner, cache, root):
+    import time
+
+    from cachemgr.cleanup import cleanup
+
+    make_tree(root, "d00", files=9)  # 40 KiB each with the directory, quota 400 KiB
+    cache.register("d00")
+    cleanup(cache)  # the marker: a plain reconcile below, not a rebuild (which holds)
+    for i in range(1, 12):
+        make_tree(root, f"d{i:02d}", files=9)  # lost registrations
+    result = run(runner, "reconcile", "--now", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["over_threshold"] is True
+    deadline = time.monotonic() + 20
+    while cache.store.total_bytes() > cache.settings.target_bytes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.store.total_bytes() <= cache.settings.target_bytes
 
 
 def test_pin_unpin_and_events(runner, cache, root):

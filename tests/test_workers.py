@@ -426,3 +426,21 @@ def test_a_fresh_worker_process_meets_a_root_gone_since_start_as_a_failed_cleanu
     finally:
         tasks.configure(None)
         away.rename(root)
+
+
+def test_a_reconcile_that_books_past_the_threshold_sends_a_quota_pass(pipeline, cache, root):
+    """Lost downloads booked by reconcile took usage past the quota, and the disk stayed
+    there until beat's next periodic cleanup (an hour by default)."""
+    from cachemgr.cleanup import cleanup
+
+    make_tree(root, "d00", files=9)  # 40 KiB each with the directory, quota 400 KiB
+    cache.register("d00")
+    cleanup(cache)  # the marker: a plain reconcile below, not a rebuild
+    for i in range(1, 12):
+        make_tree(root, f"d{i:02d}", files=9)  # lost registrations
+    done = pipeline.send("reconcile").get(timeout=WAIT)
+    assert done["over_threshold"] is True and len(done["registered"]) == 11
+    deadline = time.monotonic() + 20
+    while cache.store.total_bytes() > cache.settings.target_bytes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.store.total_bytes() <= cache.settings.target_bytes

@@ -69,10 +69,10 @@ def configure(cache: DiskCache | None) -> None:
         cache.publish_config(queue=app.conf.task_default_queue)
 
 
-def _quota_pass_if_due(registered: dict[str, Any]) -> dict[str, Any]:
-    if quota_pass_due(registered):
+def _quota_pass_if_due(booked: dict[str, Any]) -> dict[str, Any]:
+    if quota_pass_due(booked):
         enforce_quota.delay(automatic=True)
-    return registered
+    return booked
 
 
 @app.task(name="cachemgr.register_directory", **IDEMPOTENT)
@@ -160,8 +160,7 @@ cleanup = _pass_task("cleanup", sweep=True, enforce=True)
 
 @app.task(name="cachemgr.reconcile", **IDEMPOTENT)
 def reconcile(dry_run: bool = False, force: bool = False) -> dict[str, Any]:
-    cache = get_cache()
-    return reconcile_books(cache, dry_run=dry_run, force=force)
+    return _quota_pass_if_due(reconcile_books(get_cache(), dry_run=dry_run, force=force))
 
 
 @app.task(name="cachemgr.pin_directory", **IDEMPOTENT)
