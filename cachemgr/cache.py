@@ -16,6 +16,7 @@ from cachemgr.errors import (
     Overlap,
     RecordCollision,
     RootMissing,
+    RootSwapped,
     root_missing,
 )
 from cachemgr.keys import Keys
@@ -88,7 +89,7 @@ class DiskCache:
             raise RootMissing(root_missing(self.root))
         swapped = None if force else marker.swapped(self)
         if swapped:
-            raise RootMissing(
+            raise RootSwapped(
                 f"the cache root {str(self.root)!r} is not the directory these books were kept "
                 f"for: {swapped} (is the disk mounted?): no cleanup or reconcile runs; if it "
                 "was replaced on purpose, run `cachemgr reconcile --force`"

@@ -14,7 +14,7 @@ from typing import Any
 
 from cachemgr import audit, checks, history, marker, migrations, trash
 from cachemgr.cache import DiskCache
-from cachemgr.errors import RootMissing
+from cachemgr.errors import RootMissing, RootSwapped
 from cachemgr.locks import Keeper, Lock
 from cachemgr.passes import LOCK_LOST, run_pass
 from cachemgr.quota import Hold, Need, bytes_to_free, evict_held
@@ -34,7 +34,15 @@ CLEANUP_LOCK_SECONDS = 10
 CLEANUP_MAX_HOLD_SECONDS = 600
 
 CLEANUP_BUSY = "another cleanup is running"
-RECONCILE_RUNNING = "a reconcile is running: the root is checked again by the next cleanup"
+RECONCILE_RUNNING = "a reconcile is adopting the root: the next cleanup checks it again"
+
+
+def _refused(cache: DiskCache) -> RootMissing | None:
+    try:
+        cache.check_root()
+    except RootMissing as exc:
+        return exc
+    return None
 
 
 def sweep(
@@ -188,20 +196,21 @@ def cleanup(
         return dict(DISABLED)
     if (periodic or automatic) and not cache.scheduler_running():
         return {"status": "skipped", "reason": "scheduler stopped"}
-    try:
-        cache.check_root()
-    except RootMissing as exc:
+    refused = _refused(cache)
+    if isinstance(refused, RootSwapped) and not dry_run:
+        # reconcile --force adopting the root writes the marker, then the books' token: read
+        # between the two, the root looked like another cache's. One running has checked the
+        # root itself; one that ended meanwhile has its root read again.
         if cache.client.exists(cache.keys.reconcile_lock):
-            # A reconcile --force adopting the root writes the marker, then the books' token:
-            # read between the two, the root looked like another cache's. The reconcile has
-            # checked the root itself; the next cleanup judges it again.
-            log.info("cleanup skipped: a reconcile is running (%s)", exc)
+            log.info("cleanup skipped: a reconcile is running (%s)", refused)
             return {"status": "skipped", "reason": RECONCILE_RUNNING}
+        refused = _refused(cache)
+    if refused is not None:
         if not dry_run:
-            refused = {"status": "failed", "error": str(exc), "error_code": exc.code}
-            history.record(cache, time.time(), refused, periodic)
-        log.error("cleanup refused: %s", exc, extra={"event": "cleanup_failed"})
-        raise
+            failed = {"status": "failed", "error": str(refused), "error_code": refused.code}
+            history.record(cache, time.time(), failed, periodic)
+        log.error("cleanup refused: %s", refused, extra={"event": "cleanup_failed"})
+        raise refused
     if dry_run:
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
         held = evict_held(cache, scheduled=periodic or automatic)
@@ -269,7 +278,9 @@ def cleanup(
             heartbeat=lock.extend,
         )
     except Exception as exc:
+        # The root gone mid-pass (deletion.take) is resolved by a reconcile, as a refusal is.
         failed = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        failed["error_code"] = getattr(exc, "code", "")
         history.record(cache, started, failed, periodic)
         log.exception("cleanup failed", extra={"event": "cleanup_failed"})
         raise

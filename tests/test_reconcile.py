@@ -462,11 +462,54 @@ def test_a_cleanup_during_a_forced_adoption_is_skipped_not_failed(cache, root):
     (root / paths.BOOKS_MARKER).write_text("books: x\nroot: 0123456789abcdef\n")  # the new
     cache.client.set(cache.keys.reconcile_lock, "someone", px=5000)  # the reconcile's
     done = cleanup(cache, periodic=True)
-    assert done["status"] == "skipped" and "reconcile is running" in done["reason"]
+    assert done["status"] == "skipped" and "reconcile is adopting the root" in done["reason"]
     assert cache.stats()["last_cleanup"]["status"] == "done"  # no failure recorded
+    with pytest.raises(RootMissing, match="names other books"):
+        cleanup(cache, dry_run=True)  # a plan records nothing: the refusal is said
     cache.client.delete(cache.keys.reconcile_lock)
     with pytest.raises(RootMissing, match="names other books"):
         cleanup(cache, periodic=True)  # none running: the root is refused, as before
+
+
+def test_an_unmounted_root_during_a_reconcile_is_a_failure_all_the_same(cache, root):
+    """Only a marker read between a forced adoption's two writes is skipped: an empty mount
+    point while some reconcile runs was said at INFO, and never recorded."""
+    from cachemgr.errors import RootMissing
+    from tests.test_core import fill
+
+    fill(cache, root, 2)
+    cleanup(cache)
+    for p in root.iterdir():
+        if p.is_dir():
+            shutil.rmtree(p)  # the mount point, with the marker copied over (say)
+    cache.client.set(cache.keys.reconcile_lock, "someone", px=5000)
+    with pytest.raises(RootMissing, match="is empty while 2 directories are tracked"):
+        cleanup(cache, periodic=True)
+    assert cache.stats()["last_cleanup"]["status"] == "failed"
+
+
+def test_a_root_lost_in_the_middle_of_a_cleanup_is_resolved_by_a_reconcile(
+    cache, root, monkeypatch
+):
+    """Unmounted mid-pass (deletion.take's own check), the failure had no code, and "the last
+    cleanup failed" stayed after the reconcile that found the root back."""
+    from cachemgr import cleanup as cleanup_module
+    from cachemgr.errors import RootMissing
+    from tests.test_core import fill
+
+    fill(cache, root, 2)
+    cleanup(cache)
+
+    def unmounted(*args, **kwargs):
+        raise RootMissing("the cache root is not a directory (is the disk mounted?)")
+
+    monkeypatch.setattr(cleanup_module, "_sweep_or_nothing", unmounted)
+    with pytest.raises(RootMissing):
+        cleanup(cache)
+    assert cache.stats()["last_cleanup"]["status"] == "failed"
+    monkeypatch.undo()
+    reconcile(cache)
+    assert cache.stats()["last_cleanup"]["status"] == "resolved"
 
 
 def test_reconcile_books_no_lost_found_nor_hidden_directories(cache, root):
