@@ -217,7 +217,7 @@ def info(path: str, as_json: Any) -> None:
 
     def lines(d: dict[str, Any]) -> None:
         for key, value in d.items():
-            if key == "holders":  # one lease a line, under the field's name
+            if key == "holders":
                 value = "\n".join(
                     f"{'':<15}" * bool(i) + f"{h['holder'] or '(none named)'} until {h['until']}"
                     for i, h in enumerate(value)

@@ -3,7 +3,8 @@
  * per entry on top of the fstatat itself; `du` pays only the system calls.
  *
  * scan_dir(fd) -> (blocks, files, subdirs, linked, changed)
- *   fd       an open directory descriptor; it is duplicated, never closed or moved
+ *   fd       an open directory descriptor; it is duplicated, never closed, and its offset
+ *            (which the duplicate shares) is left at the start
  *   blocks   st_blocks summed over the entries that are neither directories nor hard-linked
  *   files    regular files among those
  *   subdirs  [(name, st_blocks)] of the entries that are directories
@@ -80,11 +81,12 @@ static PyObject *scan_dir(PyObject *self, PyObject *args) {
         Py_XDECREF(item);
         goto fail;
     }
-    rewinddir(dir); /* leaves the caller's offset where it found it, as os.scandir does */
+    rewinddir(dir); /* the shared offset back at the start, where os.scandir expects it */
     closedir(dir);
     PyObject *out = Py_BuildValue("(KKNNd)", blocks, files, subdirs, linked, changed);
     return out;
 fail:
+    rewinddir(dir);
     closedir(dir);
     Py_XDECREF(subdirs);
     Py_XDECREF(linked);
@@ -99,4 +101,13 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scandir", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__scandir(void) { return PyModule_Create(&module); }
+/* VERSION: the shape of scan_dir's reply. A module built from an older source (an install
+ * not rebuilt after an update) lacks it or differs, and the scanner uses its Python loop. */
+PyMODINIT_FUNC PyInit__scandir(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 2) != 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

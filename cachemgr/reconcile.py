@@ -151,7 +151,7 @@ def _reconcile(
 
     # Books lost (books_were_lost: the root's marker, or books empty) being rebuilt from the
     # disk. A new install's reconcile, whose pipeline has been filling the books, is none:
-    # what it finds is booked as now and nothing is held.
+    # what it finds is booked when it was written (_as_written) and nothing is held.
     rebuilding = (
         not dry_run
         and not cache.client.exists(cache.keys.initialized)
@@ -279,8 +279,8 @@ def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
             return 0.0
 
     written = {path: mtime(path) for path in found}  # one stat each
-    # One written since (a download not registered yet) is booked as now, as any other; a
-    # second's slack for file systems whose clocks are coarse.
+    # One written since (a download not registered yet) is booked as now; a second's slack
+    # for file systems whose clocks are coarse.
     ordered = sorted((p for p in found if written[p] < since - 1), key=written.__getitem__)
     n = len(ordered)
     return {path: max(floor, start - 0.001 * (n - i)) for i, path in enumerate(ordered)}

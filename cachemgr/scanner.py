@@ -155,9 +155,13 @@ def scan_dir_py(fd: int) -> DirEntries:
     return blocks, files, subs, linked, changed
 
 
-try:  # the C loop, when the install could build it (setup.py)
-    from cachemgr._scandir import scan_dir
-except ImportError:  # pragma: no cover - a machine without a C compiler
+SCAN_DIR_VERSION = 2  # the shape of scan_dir's reply, as _scandir.c's VERSION says it
+try:  # the C loop, when the install could build it (setup.py) from this source
+    from cachemgr._scandir import VERSION, scan_dir
+
+    if VERSION != SCAN_DIR_VERSION:  # pragma: no cover - built from an older source
+        raise ImportError(f"cachemgr._scandir is version {VERSION}")
+except ImportError:  # pragma: no cover - no C compiler, or not rebuilt since an update
     scan_dir = scan_dir_py
 
 

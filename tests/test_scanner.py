@@ -166,3 +166,20 @@ def test_a_tree_deeper_than_the_open_file_limit_is_refused_not_undercounted(root
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert cache.store.tracked(["deep"]) == [False]
     assert scanner.scan(root / "deep").file_count == 1
+
+
+def test_a_c_loop_built_from_an_older_source_is_not_used():
+    """An install not rebuilt after an update kept the 4-value loop: every registration then
+    failed with "not enough values to unpack". The Python loop takes over."""
+    import sys
+
+    code = (
+        "import sys, types\n"
+        "old = types.ModuleType('cachemgr._scandir')\n"
+        "old.scan_dir = lambda fd: (0, 0, [], [])\n"
+        "sys.modules['cachemgr._scandir'] = old\n"
+        "from cachemgr import scanner\n"
+        "print(scanner.scan_dir is scanner.scan_dir_py)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
