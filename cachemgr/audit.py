@@ -31,7 +31,8 @@ def untracked(
 ) -> dict[str, Any]:
     """Directories at the entry depth, untouched since `older_than` (mtime: not being
     written), that are not tracked, nor inside or around a tracked one: {count, examples}.
-    `others` gets the files met on the way (scanner.directories_at_depth)."""
+    `others` gets the files met on the way (scanner.directories_at_depth); `unlisted`, the
+    directories above the entry depth that could not be listed (with one example)."""
     found: list[str] = []
     count = 0
     chunk: list[str] = []
@@ -49,12 +50,14 @@ def untracked(
         chunk.clear()
 
     depth = cache.settings.disk_cache_entry_depth
-    for path in scanner.directories_at_depth(cache.root, depth, others=others):
+    blocked: list[str] = []
+    for path in scanner.directories_at_depth(cache.root, depth, others=others, blocked=blocked):
         chunk.append(path)
         if len(chunk) >= batch:
             check()
     check()
-    return {"count": count, "examples": found}
+    unlisted = {"count": len(blocked), "example": paths.shown(blocked[0]) if blocked else None}
+    return {"count": count, "examples": found, "unlisted": unlisted}
 
 
 def strays(cache: DiskCache, found: list[str], *, older_than: float) -> dict[str, Any]:
@@ -102,6 +105,14 @@ def report(cache: DiskCache) -> dict[str, Any] | None:
     except Exception:  # a look, after the cleanup's work: it must not fail the cleanup
         log.exception("could not look for untracked directories")
         return None
+    if found["unlisted"]["count"]:
+        log.warning(
+            "%d directories in the root cannot be listed, e.g. %r (permissions?): the "
+            "downloads inside them are neither counted nor cleaned",
+            found["unlisted"]["count"],
+            found["unlisted"]["example"],
+            extra={"event": "unlisted"},
+        )
     stray = found["stray"]
     if stray["files"]:
         matters = strays_matter(stray["bytes"], cache.settings.disk_cache_max_bytes)

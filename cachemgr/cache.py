@@ -193,6 +193,8 @@ class DiskCache:
             log.warning("registration of %s: %s", rel, note, extra={"event": event, "path": rel})
         if notes:
             reply["warning"] = "; ".join(note for _, note in notes)
+        if found.unreadable:
+            reply["unreadable"] = found.unreadable[:10]
         return reply
 
     def _vanished(self, rel: str, token: str) -> str:

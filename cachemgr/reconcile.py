@@ -135,7 +135,9 @@ def _reconcile(
         migrations.ensure_record_ids(store)
     bytes_before = store.total_bytes()  # what the books said before any fix, dry run or not
     records = store.all_records()
-    on_disk = list(scanner.directories_at_depth(cache.root, cache.settings.disk_cache_entry_depth))
+    blocked: list[str] = []
+    depth = cache.settings.disk_cache_entry_depth
+    on_disk = list(scanner.directories_at_depth(cache.root, depth, blocked=blocked))
     report: dict[str, Any] = {
         "dry_run": dry_run,
         "registered": [],
@@ -144,6 +146,9 @@ def _reconcile(
         "unreadable": [],
         "errors": [],
     }
+    for path in blocked:  # what is inside is not seen: neither booked nor untracked
+        error = "cannot be listed (permissions?): the downloads inside it are not seen"
+        report["errors"].append({"path": path, "error": error})
     # Until the vanished are known: counting the tracked twice (on the books and on disk) left
     # the CLI's bar at 50% when nothing was untracked.
     untracked = _untracked(on_disk, set(records))
@@ -328,6 +333,8 @@ def _reconcile_one(
             # two race): it was on the books already.
             if done.get("status") == "registered" and done.get("new"):
                 report["registered"].append(path)
+            if done.get("unreadable"):
+                report["unreadable"].append({"path": path, "example": done["unreadable"][0]})
         return
     if dry_run:
         _compare(cache, path, location, exists, record, report)

@@ -166,20 +166,24 @@ except ImportError:  # pragma: no cover - no C compiler, or not rebuilt since an
 
 
 def directories_at_depth(
-    root: Path, depth: int, *, others: list[str] | None = None
+    root: Path, depth: int, *, others: list[str] | None = None, blocked: list[str] | None = None
 ) -> Iterator[str]:
     """Relative paths of the real directories `depth` levels below the root. Hidden names
     (a downloader's partial `.incoming`, `.Trash-1000`, our own trash and marker) and the
     root's `lost+found` are no downloads: reconcile booked them, and evicted them first.
     `others`, when given, gets the entries on the way that are not directories (files,
-    symlinks)."""
+    symlinks); `blocked`, the directories above the entry depth that could not be listed."""
     level = [""]
     for _ in range(depth):
         below: list[str] = []
         for rel in level:
             try:
                 it = os.scandir(root / rel if rel else root)
-            except (FileNotFoundError, NotADirectoryError, PermissionError):
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # gone meanwhile
+            except PermissionError:
+                if blocked is not None and rel:
+                    blocked.append(rel)
                 continue
             with it:
                 for entry in it:

@@ -28,7 +28,8 @@ def test_only_settled_directories_the_books_do_not_cover_are_counted(cache, root
     cache.register("artist/album")  # off the entry depth: its `artist` is accounted for
     aged(root, "booked", "lost-1", "lost-2", "artist")  # "writing" changed a moment ago
     found = untracked(cache, older_than=time.time() - HOUR, batch=2)
-    assert found == {"count": 2, "examples": ["lost-1", "lost-2"]}
+    assert found["count"] == 2 and found["examples"] == ["lost-1", "lost-2"]
+    assert found["unlisted"] == {"count": 0, "example": None}
 
 
 def test_beats_cleanup_says_what_is_not_on_the_books_until_reconcile(cache, root, caplog):
@@ -152,3 +153,33 @@ def test_names_that_are_not_utf8_are_counted_not_a_failed_cleanup(settings, redi
     last = cache.stats()["last_cleanup"]
     assert (last["stray_files"], last["stray_example"]) == (1, "caf\\xe9.flac")
     assert last["untracked_example"] == "\\xff-album"
+
+
+def test_a_directory_above_the_entry_depth_that_cannot_be_listed_is_said(
+    settings, redis_client, root, monkeypatch, caplog
+):
+    """`chmod 000 artist`: its albums were neither booked by reconcile nor counted by the
+    audit, and nothing said so."""
+    import errno
+
+    from cachemgr import scanner
+
+    cache = DiskCache(dataclasses.replace(settings, disk_cache_entry_depth=2), redis_client)
+    make_tree(root, "artist/album", files=1)
+    make_tree(root, "open/album", files=1)
+    real = os.scandir
+
+    def refuse(path):
+        if str(path).endswith("/artist"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(scanner.os, "scandir", refuse)
+    found = untracked(cache, older_than=time.time() + 1)
+    assert found["unlisted"] == {"count": 1, "example": "artist"}
+    report = reconcile(cache)
+    assert report["registered"] == ["open/album"]
+    assert report["errors"] == [{"path": "artist", "error": (
+        "cannot be listed (permissions?): the downloads inside it are not seen")}]  # fmt: skip
+    cleanup(cache, periodic=True)
+    assert "1 directories in the root cannot be listed, e.g. 'artist'" in caplog.text

@@ -872,6 +872,11 @@ def test_a_subdirectory_that_cannot_be_read_is_warned_of(cache, root, monkeypatc
         found = reconcile(cache, dry_run=dry_run)
         assert found["unreadable"] == [{"path": "album", "example": "disc2"}]
         assert found["resized"] == []
+    # One the reconcile books itself is named too (it was only in the registration's log).
+    make_tree(root, "other/disc2", files=1)
+    found = reconcile(cache)
+    assert found["registered"] == ["other"]
+    assert {"path": "other", "example": "disc2"} in found["unreadable"]
     assert "hold subdirectories the worker cannot read, e.g. 'disc2' in 'album'" in caplog.text
     monkeypatch.undo()
     assert "warning" not in cache.register("album")  # readable again: no warning, every file
