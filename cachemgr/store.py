@@ -257,16 +257,21 @@ class Store:
         self, path: str, holder: str, *, now: float | None = None
     ) -> tuple[str, bool, float | None]:
         """End `holder`'s leases on `path` and, for a named holder, on the tracked directory
-        that covers it (a pin through a path inside lands there once that one is tracked; a
-        lease from before stays on the path): (where one ended, whether one did, the latest
-        lease still in force on either)."""
+        that covers it and on the paths inside that one (a pin through a path inside lands on
+        the directory once it is tracked; one taken before stays on its path): (where one
+        ended, whether one did, the latest lease still in force on those)."""
         had, rest = self.unpin(path, holder, now=now)
         where, ended, left = path, bool(had), [float(rest)] if rest else []
-        if holder and (covering := self.covering(path)) != path:
-            had, rest = self.unpin(covering, holder, now=now)
-            where = covering if had else where
-            ended = ended or bool(had)
-            left += [float(rest)] if rest else []
+        if not holder:
+            return where, ended, max(left, default=None)
+        covering = self.covering(path)
+        inside = self.client.zrangebylex(self.keys.pin_paths, f"[{covering}/", f"({covering}0")
+        for other in [covering, *inside]:
+            if other != path:
+                had, rest = self.unpin(other, holder, now=now)
+                where = other if had and not ended else where
+                ended = ended or bool(had)
+                left += [float(rest)] if rest else []
         return where, ended, max(left, default=None)
 
     def _pin_keys(self, path: str) -> list[str]:

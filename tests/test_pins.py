@@ -143,6 +143,21 @@ def test_a_holder_ends_through_a_path_inside_what_it_pinned_through_it(clocked, 
     assert done == {"path": "album", "unpinned": True, "pinned_until": iso(now + 60)}
 
 
+def test_a_holder_ends_its_lease_taken_inside_before_the_registration(clocked, root):
+    """Pinned on a disc's folder before the album was registered: the holder's unpin of the
+    album answered "unpinned": false, and the album stayed pinned."""
+    cache, now = clocked, clocked.clock.t
+    cache.pin("q/alb/disc1", 600, "early")
+    cache.pin("q/alb/disc2", 900, "other")
+    make_tree(root, "q/alb/disc1")
+    cache.register("q/alb")
+    done = cache.unpin("q/alb", "early")
+    assert done == {"path": "q/alb/disc1", "unpinned": True, "pinned_until": iso(now + 900)}
+    assert [lease.holder for lease in cache.info("q/alb").holders] == ["other"]
+    assert cache.unpin("q/alb", "other")["pinned_until"] is None
+    assert cache.info("q/alb").pinned_until is None
+
+
 def test_the_holders_last_as_long_as_their_leases_by_the_callers_clock(cache, root):
     """Kept until the last lease by Redis's clock: a caller 2 minutes behind lost its
     holders at once, and its own unpin then ended nothing."""
