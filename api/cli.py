@@ -29,7 +29,7 @@ from api.cli_errors import (
 from api.cli_group import CacheGroup, create_cli_app
 from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
-from api.cli_tables import entry_rows, hits_and_misses, kv, plan_table
+from api.cli_tables import entry_rows, hits_and_misses, kv, last_cleanup_rows, plan_table
 from api.errors import raised_in
 from api.humanize import human_bytes
 from cachemgr import CacheError, DiskCache
@@ -162,6 +162,7 @@ def stats(reset: bool, as_json: bool | None) -> None:
             ("pinned", s["pinned_count"]),
             ("policy", s["eviction_policy"]),
             ("scheduler", "running" if s["scheduler_running"] else "stopped"),
+            *last_cleanup_rows(s.get("last_cleanup"), time.time()),
         ]  # fmt: skip
         for label, value in rows:
             click.echo(f"{label:<20} {value}")

@@ -18,6 +18,23 @@ def human_age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+def last_cleanup_rows(last: dict[str, Any] | None, now: float) -> list[tuple[str, str]]:
+    """The last cleanup as the stats table shows it: status, how long ago, its error; the
+    stray files it counted, which warn only once they hold 1% of the quota."""
+    if not last:
+        return [("last cleanup", "none yet")]
+    said = [str(last.get("status") or "unknown")]
+    if last.get("time") is not None:
+        said.append(f"{human_age(max(0.0, now - last['time']))} ago")
+    if last.get("error"):
+        said.append(str(last["error"]))
+    rows = [("last cleanup", ", ".join(said))]
+    if last.get("stray_files"):
+        stray = f"{last['stray_files']} ({human_bytes(last.get('stray_bytes'))})"
+        rows.append(("stray files", f"{stray}, e.g. {last.get('stray_example')}"))
+    return rows
+
+
 def entry_rows(entries: list[Entry]) -> None:
     now = time.time()
     click.echo(f"{'SIZE':>10}  {'FILES':>5}  {'HITS':>5}  {'IDLE':>6}  PATH")

@@ -470,6 +470,18 @@ def test_tables_show_the_since_reset_figures_and_a_pending_switch(
     before = run(runner, "stats").stdout
     assert "hits / misses        1 / 1 (50.0 % of requests)" in before
     assert "since reset" not in before
+    assert "last cleanup         none yet" in before
+    import time
+
+    from cachemgr import history
+
+    history.record(cache, time.time() - 90, {"status": "failed", "error": "RootMissing: x"})
+    shown = run(runner, "stats").stdout  # `resolved` was seen only in the JSON
+    assert "last cleanup         failed, 1.5m ago, RootMissing: x" in shown
+    stray = {"files": 2, "bytes": 8192, "example": "x.flac"}
+    history.record(cache, time.time(), {"status": "done", "untracked": {
+        "count": 0, "examples": [], "stray": stray}})  # fmt: skip
+    assert "stray files          2 (8.0 KiB), e.g. x.flac" in run(runner, "stats").stdout
     cache.access("a")
     after = run(runner, "stats", "--reset").stdout
     assert "2 / 1 (66.7 % of requests)" in after  # overall
