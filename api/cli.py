@@ -184,8 +184,9 @@ def ls(
     larger_than: str | None, idle_for: str | None, sort: str, limit: int | None, as_json: Any
 ) -> None:
     """List cached directories (newest access first by default)."""
-    min_size = _option("--larger-than", larger_than, parse_size) if larger_than else None
-    idle = _option("--idle-for", idle_for, parse_duration) if idle_for else None
+    # '' is a value (an unset variable in a script), refused as one: not "no filter".
+    min_size = None if larger_than is None else _option("--larger-than", larger_than, parse_size)
+    idle = None if idle_for is None else _option("--idle-for", idle_for, parse_duration)
     store, now = _state().cache.enforcing().store, time.time()  # the workers' TTL
     entries: list[Entry] = []
     cursor = None

@@ -41,7 +41,7 @@ class CacheSize:
         return max(1, int(working_set * self.fraction))
 
 
-TOO_LARGE = f"must be at most {MAX_BYTES} bytes (just under 8 EiB)"
+TOO_LARGE = f"must be at most {MAX_BYTES} bytes (8 EiB)"
 
 
 def parse_size(text: str) -> CacheSize:

@@ -157,6 +157,8 @@ HUGE = "9" * 400
         (["ls", "--idle-for", HUGE], "--idle-for"),
         (["ls", "--idle-for", "3651d"], "--idle-for"),
         (["ls", "--idle-for", "0.5"], "--idle-for"),
+        (["ls", "--larger-than", ""], "--larger-than"),  # an unset variable: not "no filter"
+        (["ls", "--idle-for", ""], "--idle-for"),
         (["pin", "a", "--ttl", HUGE], "--ttl"),
     ],
 )
