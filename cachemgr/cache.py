@@ -89,7 +89,10 @@ class DiskCache:
             raise RootMissing(root_missing(self.root))
         swapped = None if force else marker.swapped(self)
         if swapped:
-            raise RootSwapped(
+            # Another cache's disk, or a marker read between a forced adoption's two writes
+            # (cleanup tells those apart); a missing marker is an unmounted disk's mount point.
+            refusal = RootSwapped if swapped == marker.OTHER_BOOKS else RootMissing
+            raise refusal(
                 f"the cache root {str(self.root)!r} is not the directory these books were kept "
                 f"for: {swapped} (is the disk mounted?): no cleanup or reconcile runs; if it "
                 "was replaced on purpose, run `cachemgr reconcile --force`"

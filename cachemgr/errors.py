@@ -77,7 +77,7 @@ class RootMissing(CacheError):
 
 
 class RootSwapped(RootMissing):
-    """The root's marker is missing or names other books: not the directory they were kept for."""
+    """The root's marker names other books: not the directory they were kept for."""
 
 
 def root_missing(root: object) -> str:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cachemgr")
 
 ROOT_LINE = "root: "
+OTHER_BOOKS = f"its marker {paths.BOOKS_MARKER} names other books"
 
 
 def remember(cache: DiskCache, anew: bool = False) -> None:
@@ -91,4 +92,4 @@ def swapped(cache: DiskCache) -> str | None:
     found = _token_line(cache)
     if found is None or found == token:  # an older version's marker: cannot tell
         return None
-    return f"its marker {paths.BOOKS_MARKER} names other books"
+    return OTHER_BOOKS

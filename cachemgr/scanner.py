@@ -110,7 +110,16 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     return ScanResult(blocks * 512, files, subdirs, unreadable, changed)
 
 
-LOST_FOUND = "lost+found"  # what fsck recovers, in the root of every ext2/3/4 file system
+# What a root holds that is no download: cachemgr's own (.cachemgr-trash, .cachemgr-books and
+# its temporaries), a desktop's trash (.Trash, .Trash-1000), and lost+found, in the root of
+# every ext2/3/4 file system.
+_NOT_DOWNLOADS = (".cachemgr-", ".Trash")
+LOST_FOUND = "lost+found"
+
+
+def not_a_download(name: str) -> bool:
+    """A name in the root that is the root's own, not a download."""
+    return name == LOST_FOUND or name.startswith(_NOT_DOWNLOADS)
 
 # Not vanished (ENOENT) nor replaced by a symlink (ELOOP): there, but its content not seen.
 UNREADABLE = (errno.EACCES, errno.EPERM, errno.EIO)
@@ -168,9 +177,10 @@ except ImportError:  # pragma: no cover - no C compiler, or not rebuilt since an
 def directories_at_depth(
     root: Path, depth: int, *, others: list[str] | None = None, blocked: list[str] | None = None
 ) -> Iterator[str]:
-    """Relative paths of the real directories `depth` levels below the root. Hidden names
-    (a downloader's partial `.incoming`, `.Trash-1000`, our own trash and marker) and the
-    root's `lost+found` are no downloads: reconcile booked them, and evicted them first.
+    """Relative paths of the real directories `depth` levels below the root. The root's
+    own (cachemgr's trash and marker, a desktop's `.Trash-1000`, a file system's
+    `lost+found`) are no downloads: reconcile booked them, and evicted them first. Other
+    names starting with a dot are downloads like any ("...And Justice for All").
     `others`, when given, gets the entries on the way that are not directories (files,
     symlinks); `blocked`, the directories above the entry depth that could not be listed."""
     level = [""]
@@ -187,7 +197,7 @@ def directories_at_depth(
                 continue
             with it:
                 for entry in it:
-                    if entry.name.startswith(".") or (not rel and entry.name == LOST_FOUND):
+                    if not rel and not_a_download(entry.name):
                         continue
                     if entry.is_dir(follow_symlinks=False):
                         below.append(f"{rel}/{entry.name}" if rel else entry.name)

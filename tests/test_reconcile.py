@@ -474,9 +474,14 @@ def test_a_cleanup_during_a_forced_adoption_is_skipped_not_failed(cache, root):
         cleanup(cache, periodic=True)  # none running: the root is refused, as before
 
 
-def test_an_unmounted_root_during_a_reconcile_is_a_failure_all_the_same(cache, root):
+@pytest.mark.parametrize("marker_left", [True, False])
+def test_an_unmounted_root_during_a_reconcile_is_a_failure_all_the_same(
+    cache, root, marker_left
+):
     """Only a marker read between a forced adoption's two writes is skipped: an empty mount
-    point while some reconcile runs was said at INFO, and never recorded."""
+    point (or one written to, without the marker) while some reconcile runs was said at
+    INFO, and never recorded."""
+    from cachemgr import paths
     from cachemgr.errors import RootMissing
     from tests.test_core import fill
 
@@ -484,9 +489,13 @@ def test_an_unmounted_root_during_a_reconcile_is_a_failure_all_the_same(cache, r
     cleanup(cache)
     for p in root.iterdir():
         if p.is_dir():
-            shutil.rmtree(p)  # the mount point, with the marker copied over (say)
+            shutil.rmtree(p)
+    if not marker_left:
+        (root / paths.BOOKS_MARKER).unlink()
+        make_tree(root, "written-meanwhile", files=1)
     cache.client.set(cache.keys.reconcile_lock, "someone", px=5000)
-    with pytest.raises(RootMissing, match="is empty while 2 directories are tracked"):
+    said = "is empty while 2 directories are tracked" if marker_left else "marker .* is missing"
+    with pytest.raises(RootMissing, match=said):
         cleanup(cache, periodic=True)
     assert cache.stats()["last_cleanup"]["status"] == "failed"
 

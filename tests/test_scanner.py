@@ -108,15 +108,18 @@ def test_directories_at_depth_skip_trash_and_files(root):
 
 def test_directories_at_depth_skip_what_is_no_download(root):
     """An ext4 root's lost+found and a desktop's .Trash-1000 were booked by reconcile as
-    downloads (and, oldest, evicted first); a downloader's .partial too, mid-download."""
-    for name in ("lost+found", ".Trash-1000/files", ".partial-123", "album", "a/lost+found",
-                 "a/.hidden"):  # fmt: skip
+    downloads (and, oldest, evicted first). A dot starts album names too."""
+    for name in ("lost+found", ".Trash-1000/files", ".cachemgr-trash/x", "...And Justice for All",
+                 "album", "a/lost+found", "a/.hidden"):  # fmt: skip
         (root / name).mkdir(parents=True)
+    (root / ".cachemgr-books").write_bytes(b"x")
     (root / ".DS_Store").write_bytes(b"x")
     others: list[str] = []
-    assert list(scanner.directories_at_depth(root, 1, others=others)) == ["a", "album"]
-    assert others == []
-    assert list(scanner.directories_at_depth(root, 2)) == ["a/lost+found"]  # the root's only
+    found = list(scanner.directories_at_depth(root, 1, others=others))
+    assert found == ["...And Justice for All", "a", "album"]
+    assert others == [".DS_Store"]
+    assert list(scanner.directories_at_depth(root, 2)) == ["a/.hidden", "a/lost+found"]
+    assert scanner.newest_directory(root) in found
 
 
 def test_a_symlinked_top_is_refused_and_nothing_outside_is_counted(root, canary):
