@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, deletion, listing, marker, paths, scanner, stats
+from cachemgr import checks, deletion, listing, marker, paths, pins, scanner, stats
 from cachemgr.errors import (
     NotOnDisk,
     NotTracked,
@@ -317,7 +317,7 @@ class DiskCache:
         there; a lease that named no holder is not ended through a path inside (it may be
         another's too): it lapses."""
         rel, who = paths.normalize(path), checks.holder(holder)
-        target, had, rest = self.store.end_lease(rel, who, now=self.clock())
+        target, had, rest = pins.end_lease(self.store, rel, who, self.clock())
         return {"path": target, "unpinned": had, "pinned_until": iso(rest)}
 
     # -- reads ----------------------------------------------------------------------------

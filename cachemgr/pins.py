@@ -11,7 +11,14 @@ reads report that lease (LEASE_AROUND).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from cachemgr.paths import ancestors
+from cachemgr.reads import Batch, Lua, Reader, run
+
+if TYPE_CHECKING:
+    from cachemgr.store import Store
 
 
 def in_force(named: dict[str, Any], latest: Any, now: float) -> dict[str, float]:
@@ -150,3 +157,44 @@ local lease = lease_around(path)
 if lease and tonumber(lease) > now then return 'pinned' end
 return 'ok'
 """
+
+
+# The latest lease that protects a path (LEASE_AROUND), read after the unpins in one batch.
+# KEYS[5] cache:pins:paths  KEYS[6] cache:pins (their COMMON_KEYS places; 1-4 unused)
+# ARGV[1] path. Returns the lease (a string) or false.
+LEASE_NOW = Lua(LEASE_AROUND + "\nreturn lease_around(ARGV[1]) or false\n")
+
+
+def end_lease(store: Store, path: str, holder: str, now: float) -> tuple[str, bool, float | None]:
+    """End `holder`'s leases on `path` ('': every lease on it) and, for a named holder, on the
+    tracked directory that covers it and on the paths inside that one (a pin through a path
+    inside lands on the directory once it is tracked; one taken before the registration
+    stays on its path): (the directory, whether a lease ended, the latest lease still in
+    force on it, above it or inside it). Three round trips at most, the ends in one."""
+    where, targets = path, [path]
+    if holder:
+        above = ancestors(path)
+        hits = store.tracked([*above, path])
+        where = next((p for p, hit in zip(above, hits, strict=False) if hit), path)
+        if where != path or hits[-1]:  # an untracked path's inside is other downloads
+            k = store.keys
+            inside = store.client.zrangebylex(k.pin_paths, f"[{where}/", f"({where}0")
+            targets = list(dict.fromkeys([path, where, *inside]))
+    k = store.keys
+    around = [k.entries, k.lru, k.bytes, k.stats, k.pin_paths, k.pins]
+
+    def build(batch: Batch) -> Reader[tuple[bool, Any]]:
+        for target in targets:
+            args = [target, 0, holder, f"{now:.6f}"]
+            batch.script(store.pin_script, store.pin_keys(target), args)
+        batch.script(LEASE_NOW, around, [where])
+
+        def read(replies: Iterator[Any]) -> tuple[bool, Any]:
+            ended = [bool(next(replies)[0]) for _ in targets]
+            return any(ended), next(replies)
+
+        return read
+
+    ended, lease = run(store.client, build)
+    live = float(lease) if lease and float(lease) > now else None
+    return where, ended, live

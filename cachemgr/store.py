@@ -59,7 +59,7 @@ class Store:
         self._settle = self.policy.settle and client.register_script(
             scripts.PRELUDE + self.policy.settle + "\nreturn settle_step(tonumber(ARGV[1]))"
         )
-        self._pin = client.register_script(pins.PIN)
+        self.pin_script = client.register_script(pins.PIN)
         self._still_ours = client.register_script(
             scripts.PRELUDE + pins.LEASE_AROUND + pins.STILL_OURS
         )
@@ -231,8 +231,8 @@ class Store:
         """`holder`'s lease until `until` ('' : anyone's); the lease in force comes back.
         Raises BeingDeleted when a directory at, above or inside `path` is being deleted (in a
         pipeline: its reply is that path, as [path])."""
-        done = self._pin(
-            keys=self._pin_keys(path),
+        done = self.pin_script(
+            keys=self.pin_keys(path),
             args=[path, repr(until), holder, now_str(now)],
             client=pipeline or self.client,
         )
@@ -247,34 +247,13 @@ class Store:
     ) -> Any:
         """End `holder`'s lease ('' : every lease on it): [whether there was one, the lease
         still in force or None]."""
-        return self._pin(
-            keys=self._pin_keys(path),
+        return self.pin_script(
+            keys=self.pin_keys(path),
             args=[path, 0, holder, now_str(now)],
             client=pipeline or self.client,
         )
 
-    def end_lease(
-        self, path: str, holder: str, *, now: float | None = None
-    ) -> tuple[str, bool, float | None]:
-        """End `holder`'s leases on `path` and, for a named holder, on the tracked directory
-        that covers it and on the paths inside that one (a pin through a path inside lands on
-        the directory once it is tracked; one taken before stays on its path): (where one
-        ended, whether one did, the latest lease still in force on those)."""
-        had, rest = self.unpin(path, holder, now=now)
-        where, ended, left = path, bool(had), [float(rest)] if rest else []
-        if not holder:
-            return where, ended, max(left, default=None)
-        covering = self.covering(path)
-        inside = self.client.zrangebylex(self.keys.pin_paths, f"[{covering}/", f"({covering}0")
-        for other in [covering, *inside]:
-            if other != path:
-                had, rest = self.unpin(other, holder, now=now)
-                where = other if had and not ended else where
-                ended = ended or bool(had)
-                left += [float(rest)] if rest else []
-        return where, ended, max(left, default=None)
-
-    def _pin_keys(self, path: str) -> list[str]:
+    def pin_keys(self, path: str) -> list[str]:
         k = self.keys
         return [k.pins, k.pin_paths, k.deleting, k.pin_holders(path)]
 

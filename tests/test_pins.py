@@ -152,7 +152,7 @@ def test_a_holder_ends_its_lease_taken_inside_before_the_registration(clocked, r
     make_tree(root, "q/alb/disc1")
     cache.register("q/alb")
     done = cache.unpin("q/alb", "early")
-    assert done == {"path": "q/alb/disc1", "unpinned": True, "pinned_until": iso(now + 900)}
+    assert done == {"path": "q/alb", "unpinned": True, "pinned_until": iso(now + 900)}
     assert [lease.holder for lease in cache.info("q/alb").holders] == ["other"]
     assert cache.unpin("q/alb", "other")["pinned_until"] is None
     assert cache.info("q/alb").pinned_until is None
@@ -180,7 +180,7 @@ def test_a_holder_ends_a_lease_it_took_before_the_download_was_registered(clocke
     cache.register("artist/new")
     assert cache.info("artist/new").pinned_until is not None
     done = cache.unpin("artist/new/disc1", "stream-1")
-    assert done["unpinned"] is True and done["path"] == "artist/new/disc1"
+    assert done["unpinned"] is True and done["path"] == "artist/new"  # the directory
     assert cache.info("artist/new").pinned_until is None
 
 
@@ -291,3 +291,28 @@ def test_holders_through_the_api_and_the_cli(cache, root, client, runner, monkey
     cache.unpin("a", "stream-2")
     cache.unpin("a", "stream-1")
     assert "holders        none" in runner.invoke(args=["info", "a"]).output
+
+
+def test_an_unpin_answers_the_lease_that_still_protects_the_directory(clocked, root):
+    """A lease above it still held the album while the unpin answered pinned_until null."""
+    cache, now = clocked, clocked.clock.t
+    make_tree(root, "artD/alb1")
+    cache.register("artD/alb1")
+    cache.pin("artD", 600, "above1")
+    cache.pin("artD/alb1", 60)
+    done = cache.unpin("artD/alb1")
+    assert done == {"path": "artD/alb1", "unpinned": True, "pinned_until": iso(now + 600)}
+    assert cache.info("artD/alb1").pinned_until == now + 600
+
+
+def test_a_holders_unpin_of_an_untracked_parent_leaves_the_downloads_inside_it(clocked, root):
+    """`unpin artist --holder H` ended H's leases on every album under the artist."""
+    cache, now = clocked, clocked.clock.t
+    for name in ("artist/a1", "artist/a2"):
+        make_tree(root, name)
+        cache.register(name)
+        cache.pin(name, 600, "H")
+    cache.pin("artist", 60, "H")
+    assert cache.unpin("artist", "H")["unpinned"] is True
+    assert cache.info("artist/a1").pinned_until == now + 600
+    assert cache.info("artist/a2").pinned_until == now + 600

@@ -20,7 +20,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from cachemgr import checks
+from cachemgr import checks, pins
 from cachemgr.cache import check_pin_ttl
 from cachemgr.connection import connect
 from cachemgr.errors import PathError
@@ -269,7 +269,7 @@ class CacheClient:
         self.store.pin(self.store.covering(normalize(path)), now + ttl_seconds, who, now=now)
 
     def unpin_now(self, path: str, holder: str | None = None) -> None:
-        self.store.end_lease(normalize(path), checks.holder(holder), now=time.time())
+        pins.end_lease(self.store, normalize(path), checks.holder(holder), time.time())
 
     def close(self) -> None:
         if self._redis is not None:
