@@ -222,6 +222,7 @@ def info(path: str, as_json: Any) -> None:
             if key == "holders":
                 value = "\n".join(
                     f"{'':<15}" * bool(i) + f"{h['holder'] or '(none named)'} until {h['until']}"
+                    + (f" on {h['path']}" if h["path"] != d["path"] else "")
                     for i, h in enumerate(value)
                 ) or "none"
             click.echo(f"{key:<14} {value}")

@@ -3,6 +3,7 @@ client (writes, enqueued to the workers). Set up in init_app, as Flask's tutoria
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,12 @@ class FastJSONProvider(DefaultJSONProvider):
         try:  # str keys only, as every reply of ours: orjson's check for others costs it 80%
             return orjson.dumps(obj, default=self.default)
         except orjson.JSONEncodeError:
-            return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS)
+            try:
+                return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS)
+            except orjson.JSONEncodeError:
+                # A name off the disk that is not UTF-8 (a lone surrogate), in a task's result:
+                # escaped as \udcff, as the stdlib writes it, rather than a 500.
+                return json.dumps(obj, default=self.default, ensure_ascii=True).encode()
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         if kwargs:  # a caller asked for stdlib options (indent, sort_keys...)

@@ -32,15 +32,19 @@ def untracked(
     """Directories at the entry depth, untouched since `older_than` (mtime: not being
     written), that are not tracked, nor inside or around a tracked one: {count, examples}.
     `others` gets the files met on the way (scanner.directories_at_depth); `unlisted`, the
-    directories above the entry depth that could not be listed (with one example)."""
+    directories above the entry depth that could not be listed, `unnamable`, those whose
+    names are not UTF-8, which no reconcile can book (each with one example)."""
     found: list[str] = []
     count = 0
     chunk: list[str] = []
 
+    unnamable: list[str] = []
+
     def check() -> None:
         nonlocal count
+        unnamable.extend(paths.shown(path) for path in chunk if not paths.encodable(path))
         for path, tracked in zip(chunk, _tracked(cache, chunk), strict=True):
-            if tracked or not _settled(cache, path, older_than):
+            if tracked or not paths.encodable(path) or not _settled(cache, path, older_than):
                 continue
             if any(_tracked(cache, paths.ancestors(path))) or _holds_tracked(cache, path):
                 continue
@@ -57,7 +61,8 @@ def untracked(
             check()
     check()
     unlisted = {"count": len(blocked), "example": paths.shown(blocked[0]) if blocked else None}
-    return {"count": count, "examples": found, "unlisted": unlisted}
+    misnamed = {"count": len(unnamable), "example": unnamable[0] if unnamable else None}
+    return {"count": count, "examples": found, "unlisted": unlisted, "unnamable": misnamed}
 
 
 def strays(cache: DiskCache, found: list[str], *, older_than: float) -> dict[str, Any]:
@@ -105,6 +110,15 @@ def report(cache: DiskCache) -> dict[str, Any] | None:
     except Exception:  # a look, after the cleanup's work: it must not fail the cleanup
         log.exception("could not look for untracked directories")
         return None
+    if found["unnamable"]["count"]:
+        log.warning(
+            "%d directories in the root have names that are not UTF-8, e.g. '%s': cachemgr "
+            "cannot book them (no Redis key can name them), so their bytes are never counted "
+            "nor cleaned; rename them",
+            found["unnamable"]["count"],
+            found["unnamable"]["example"],
+            extra={"event": "unnamable"},
+        )
     if found["unlisted"]["count"]:
         log.warning(
             "%d directories in the root cannot be listed, e.g. %r (permissions?): the "

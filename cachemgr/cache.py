@@ -185,19 +185,20 @@ class DiskCache:
                 f"{rel!r} is {rel.count('/') + 1} level(s) deep, DISK_CACHE_ENTRY_DEPTH is "
                 f"{depth}: reconcile only finds directories at that depth; set it to match",
             ))  # fmt: skip
-        if found.unreadable:
+        unreadable = [paths.shown(name) for name in found.unreadable[:10]]
+        if unreadable:
             notes.append((
                 "unreadable",
                 f"{len(found.unreadable)} subdirectory(ies) of {rel!r} could not be read (e.g. "
-                f"{found.unreadable[0]!r}: permissions?): its size counts only what could be; "
+                f"{unreadable[0]!r}: permissions?): its size counts only what could be; "
                 "make them readable to the workers and register it again",
             ))  # fmt: skip
         for event, note in notes:
             log.warning("registration of %s: %s", rel, note, extra={"event": event, "path": rel})
         if notes:
             reply["warning"] = "; ".join(note for _, note in notes)
-        if found.unreadable:
-            reply["unreadable"] = found.unreadable[:10]
+        if unreadable:
+            reply["unreadable"] = unreadable
         return reply
 
     def _vanished(self, rel: str, token: str) -> str:

@@ -38,13 +38,16 @@ return 0
 """
 
 
-# Forget a node's entry, unless it is the one its live workers keep published.
-# KEYS[1] {cluster}:nodes  KEYS[2] the node's cache:alive
+# Forget a node's entry, unless it is the one its live workers keep published; the newest
+# takes the books' published config (cache:config: TTL, policy, root) with it, which one
+# directory's read goes by.
+# KEYS[1] {cluster}:nodes  KEYS[2] the node's cache:alive  KEYS[3] the node's cache:config
 # ARGV[1] node  ARGV[2] '1' when the entry is the newest published with its key prefix
 # Returns 1 forgotten, 0 no such entry, -1 alive (its workers would publish it again)
 FORGET = Lua("""
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
 return redis.call('HDEL', KEYS[1], ARGV[1])
 """)
 
@@ -121,7 +124,7 @@ class NodeRegistry:
             raise unknown
         prefix = str(entry.get("key_prefix", ""))
         current = newest(entries, prefix) is entry
-        keys = [self.nodes_key, Keys(prefix).alive]
+        keys = [self.nodes_key, Keys(prefix).alive, Keys(prefix).config]
         done = call(self.client, FORGET, keys, [node, "1" if current else "0"])
         if done == -1:
             raise NodeAlive(

@@ -9,6 +9,7 @@ changes nothing. Reconcile is the only operation that marks the books as initial
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -148,7 +149,7 @@ def _reconcile(
     }
     for path in blocked:  # what is inside is not seen: neither booked nor untracked
         error = "cannot be listed (permissions?): the downloads inside it are not seen"
-        report["errors"].append({"path": path, "error": error})
+        _said(report, "errors", path, error=error)
     # Until the vanished are known: counting the tracked twice (on the books and on disk) left
     # the CLI's bar at 50% when nothing was untracked.
     untracked = _untracked(on_disk, set(records))
@@ -172,7 +173,7 @@ def _reconcile(
         try:
             _reconcile_one(cache, path, records.get(path), dry_run, report, at)
         except (CacheError, OSError) as exc:  # one unreadable directory stops nothing else
-            report["errors"].append({"path": path, "error": str(exc)})
+            _said(report, "errors", path, error=str(exc))
 
     for done, path in enumerate(sorted(records), 1):
         one(done, path)
@@ -253,6 +254,13 @@ def _reconcile(
     return report
 
 
+def _said(report: dict[str, Any], part: str, path: str, **what: str) -> None:
+    """One item of the report's `errors` or `unreadable`: names read off the disk that are not
+    UTF-8 shown with backslash escapes (raw, no JSON encoder took the reply: the API's 500)."""
+    shown = {key: paths.shown(value) for key, value in what.items()}
+    report[part].append({"path": paths.shown(path), **shown})
+
+
 def _untrack_inside(cache: DiskCache, path: str, record: tuple[int, int, str, int]) -> bool:
     lock = cache.lock(path)
     if not lock.acquire():
@@ -316,7 +324,7 @@ def _reconcile_one(
         location: Any = paths.resolve(cache.root, path)
         on_disk = paths.kind(location)
         if on_disk == "unknown":
-            report["errors"].append({"path": path, "error": "cannot inspect it now; kept"})
+            _said(report, "errors", path, error="cannot inspect it now; kept")
             return
         exists = on_disk == "dir"
     except paths.PathError:
@@ -326,6 +334,11 @@ def _reconcile_one(
         location, exists = None, False
     if record is None:
         if dry_run:
+            try:  # the real run's scan opens it first: a plan must not book what it cannot
+                os.close(os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
+            except OSError as exc:
+                _said(report, "errors", path, error=f"cannot be read by the worker: {exc}")
+                return
             report["registered"].append(path)
         else:
             done = cache.register(path, at=at)
@@ -334,14 +347,14 @@ def _reconcile_one(
             if done.get("status") == "registered" and done.get("new"):
                 report["registered"].append(path)
             if done.get("unreadable"):
-                report["unreadable"].append({"path": path, "example": done["unreadable"][0]})
+                _said(report, "unreadable", path, example=done["unreadable"][0])
         return
     if dry_run:
         _compare(cache, path, location, exists, record, report)
         return
     lock = cache.lock(path)  # a registration or deletion of this path waits, and vice versa
     if not lock.acquire():
-        report["errors"].append({"path": path, "error": "locked by another worker; next time"})
+        _said(report, "errors", path, error="locked by another worker; next time")
         return
     try:
         change = _compare(cache, path, location, exists, record, report)
@@ -368,7 +381,7 @@ def _compare(
         return "vanished"
     found = scanner.scan(location)
     if found.unreadable:  # its size counts only what the worker can read: said, each time
-        report["unreadable"].append({"path": path, "example": found.unreadable[0]})
+        _said(report, "unreadable", path, example=found.unreadable[0])
     if (found.size_bytes, found.file_count) == (record[0], record[1]):
         return None
     report["resized"].append(

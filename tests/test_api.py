@@ -604,3 +604,13 @@ def test_readyz_fails_on_a_root_that_is_not_the_books_own(client, cache, root):
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert "not the directory these books were kept for" in ready.get_json()["checks"]["root"]
+
+
+def test_a_reply_holding_a_name_that_is_not_utf8_is_sent_not_a_500(app):
+    """orjson refuses lone surrogates (a name off the disk): a task's result with one was a
+    500 for good. Escaped as the stdlib writes them instead."""
+    import json
+
+    with app.app_context():
+        body = app.json.response({"path": "\udcff-album", "n": 1}).get_data()
+    assert json.loads(body) == {"path": "\udcff-album", "n": 1}

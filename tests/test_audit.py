@@ -134,9 +134,12 @@ def test_beats_cleanup_warns_of_stray_files_that_fill_the_quota(
     assert "2 files" in caplog.text and "outside every download directory" in caplog.text
 
 
-def test_names_that_are_not_utf8_are_counted_not_a_failed_cleanup(settings, redis_client, root):
+def test_names_that_are_not_utf8_are_said_not_a_failed_cleanup(
+    settings, redis_client, root, caplog, client
+):
     """A stray `\xff-stray.flac` (a Latin-1 name) failed every periodic cleanup, after its
-    deletions, with a UnicodeEncodeError: nothing was recorded, and beat looked down."""
+    deletions, with a UnicodeEncodeError: nothing was recorded, and beat looked down. Such a
+    directory was then counted untracked, with advice (reconcile) that cannot book it."""
     make_tree(root, "booked", files=1)
     bad_file = os.path.join(os.fsencode(root), b"caf\xe9.flac")
     with open(bad_file, "wb") as f:
@@ -148,11 +151,18 @@ def test_names_that_are_not_utf8_are_counted_not_a_failed_cleanup(settings, redi
     cache.register("booked")
     result = cleanup(cache, periodic=True)
     assert result["status"] == "done"
-    assert result["untracked"]["count"] == 1
-    assert result["untracked"]["examples"] == ["\\xff-album"]
+    assert result["untracked"]["count"] == 0
+    assert result["untracked"]["unnamable"] == {"count": 1, "example": "\\xff-album"}
+    assert "names that are not UTF-8, e.g. '\\xff-album'" in caplog.text and "rename" in caplog.text
     last = cache.stats()["last_cleanup"]
     assert (last["stray_files"], last["stray_example"]) == (1, "caf\\xe9.flac")
-    assert last["untracked_example"] == "\\xff-album"
+    # A reconcile's report names it readably, and the API can send it (a 500 before).
+    report = reconcile(cache)
+    assert {"path": "\\xff-album", "error": "path is not valid UTF-8"} in report["errors"]
+    reply = client.post("/cache/reconcile?wait=10")
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    errors = reply.get_json()["result"]["errors"]
+    assert any(e["path"] == "\\xff-album" for e in errors)
 
 
 def test_a_directory_above_the_entry_depth_that_cannot_be_listed_is_said(

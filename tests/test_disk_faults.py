@@ -307,3 +307,25 @@ def test_a_directory_reconcile_cannot_book_is_said_in_the_log(cache, root, caplo
     assert report["errors"] and "UTF-8" in report["errors"][0]["error"]
     warned = [r for r in caplog.records if getattr(r, "event", "") == "reconcile_errors"]
     assert len(warned) == 1 and "UTF-8" in warned[0].getMessage()
+
+
+def test_a_plan_does_not_book_a_new_directory_the_worker_cannot_read(cache, root, monkeypatch):
+    """The dry run listed a mode-000 album as registered; the real run refused it."""
+    import errno
+
+    from cachemgr import reconcile as reconcile_module
+
+    make_tree(root, "open")
+    make_tree(root, "locked")
+    real = os.open
+
+    def refuse(path, flags, *args, **kwargs):
+        if str(path).endswith("/locked"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(reconcile_module.os, "open", refuse)
+    plan = reconcile(cache, dry_run=True)
+    assert plan["registered"] == ["open"]
+    assert [e["path"] for e in plan["errors"]] == ["locked"]
+    assert "cannot be read by the worker" in plan["errors"][0]["error"]

@@ -41,7 +41,11 @@ def names(client: Any) -> list[str]:
 
 def test_a_down_node_is_forgotten_and_its_books_stay(nodes):
     a, b = nodes["a"], nodes["b"]
+    b.publish_config()
     assert a.registry.forget("b") == {"node": "b", "forgotten": True}
+    # Its published TTL went with it: one directory's read went by the forgotten workers'
+    # TTL while `ls` went by this process's.
+    assert not b.client.exists(b.keys.config)
     assert "b" not in a.registry.entries()
     assert b.store.info("x") is not None  # its books are untouched
     with pytest.raises(NotTracked, match="unknown node 'b'"):
@@ -64,7 +68,9 @@ def test_an_older_entry_of_live_books_can_go(settings, redis_client, root, prefi
         entry.update(published_at=at, named=False)
         redis_client.hset(registry.nodes_key, host, json.dumps(entry))
     registry.heartbeat(cache.keys)
+    cache.client.hset(cache.keys.config, "ttl_seconds", 100)  # what new-host's workers publish
     assert registry.forget("old-host")["forgotten"] is True
+    assert cache.client.exists(cache.keys.config)  # the live books' config stays
     with pytest.raises(NodeAlive):
         registry.forget("new-host")  # the live one
     assert list(registry.entries()) == ["new-host"]

@@ -285,9 +285,16 @@ def test_holders_through_the_api_and_the_cli(cache, root, client, runner, monkey
     assert shown.exit_code == 0
     assert "holders        stream-1 until " in shown.output
     cache.pin("a", 60, "stream-2")
+    import time
+
+    # Taken inside before the registration (a pin now lands on the album): its path is said.
+    cache.store.pin("a/disc1", time.time() + 30, "stream-3", now=time.time())
     two = runner.invoke(args=["info", "a"]).output.splitlines()
     at = next(i for i, line in enumerate(two) if line.startswith("holders"))
     assert two[at + 1].startswith(" " * 15 + "stream-2 until ")  # one lease a line
+    assert two[at + 2].startswith(" " * 15 + "stream-3 until ")
+    assert two[at + 2].endswith(" on a/disc1")
+    cache.store.unpin("a/disc1")
     cache.unpin("a", "stream-2")
     cache.unpin("a", "stream-1")
     assert "holders        none" in runner.invoke(args=["info", "a"]).output
