@@ -29,9 +29,8 @@ from api.cli_errors import (
 from api.cli_group import CacheGroup, create_cli_app
 from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
-from api.cli_tables import entry_rows, hits_and_misses, kv, last_cleanup_rows, plan_table
+from api.cli_tables import entry_rows, kv, plan_table, stats_table
 from api.errors import raised_in
-from api.humanize import human_bytes
 from cachemgr import CacheError, DiskCache
 from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
@@ -144,32 +143,7 @@ def stats(reset: bool, as_json: bool | None) -> None:
         _state().cache.reset_stats()
     s = _state().cache.stats()
 
-    def table(s: dict[str, Any]) -> None:
-        recent = s["since_reset"]
-        rows = [
-            ("node", s["node"]),
-            ("usage", f"{human_bytes(s['total_bytes'])} of {human_bytes(s['max_bytes'])} "
-                      f"({s['usage_percent']}%), {s['quota_status']}"),
-            ("watermarks", f"evict above {human_bytes(s['threshold_bytes'])}, "
-                           f"down to {human_bytes(s['target_bytes'])}"),
-            ("directories", s["directory_count"]),
-            ("hits / misses", hits_and_misses(s)),
-            *([("  since reset", hits_and_misses(recent)), ("  reset at", recent["reset_at"])]
-              if recent.get("reset_at") else []),
-            ("evictions", s["evictions"]),
-            ("expirations", s["expirations"]),
-            ("bytes freed", human_bytes(s["bytes_freed"])),
-            ("pinned", s["pinned_count"]),
-            ("policy", s["eviction_policy"]),
-            ("scheduler", "running" if s["scheduler_running"] else "stopped"),
-            *last_cleanup_rows(s.get("last_cleanup"), time.time()),
-        ]  # fmt: skip
-        for label, value in rows:
-            click.echo(f"{label:<20} {value}")
-        for warning in s.get("warnings", []):
-            click.secho(f"warning: {warning}", fg="yellow")
-
-    emit(s, as_json, table)
+    emit(s, as_json, stats_table)
 
 
 @click.command("ls")

@@ -87,3 +87,30 @@ def plan_table(result: dict[str, Any]) -> None:
         )
     if result.get("policy_rebuilt"):
         click.echo("policy structures rebuilt from the records (see `cachemgr events`)")
+
+
+def stats_table(s: dict[str, Any]) -> None:
+    """`cachemgr stats` at a terminal."""
+    recent = s["since_reset"]
+    rows = [
+        ("node", s["node"]),
+        ("usage", f"{human_bytes(s['total_bytes'])} of {human_bytes(s['max_bytes'])} "
+                  f"({s['usage_percent']}%), {s['quota_status']}"),
+        ("watermarks", f"evict above {human_bytes(s['threshold_bytes'])}, "
+                       f"down to {human_bytes(s['target_bytes'])}"),
+        ("directories", s["directory_count"]),
+        ("hits / misses", hits_and_misses(s)),
+        *([("  since reset", hits_and_misses(recent)), ("  reset at", recent["reset_at"])]
+          if recent.get("reset_at") else []),
+        ("evictions", s["evictions"]),
+        ("expirations", s["expirations"]),
+        ("bytes freed", human_bytes(s["bytes_freed"])),
+        ("pinned", s["pinned_count"]),
+        ("policy", s["eviction_policy"]),
+        ("scheduler", "running" if s["scheduler_running"] else "stopped"),
+        *last_cleanup_rows(s.get("last_cleanup"), time.time()),
+    ]  # fmt: skip
+    for label, value in rows:
+        click.echo(f"{label:<20} {value}")
+    for warning in s.get("warnings", []):
+        click.secho(f"warning: {warning}", fg="yellow")

@@ -64,6 +64,14 @@ class LastCleanupSchema(Schema):
     )
     stray_bytes = fields.Integer(metadata={"description": "the bytes those files hold"})
     stray_example = fields.String(allow_none=True, metadata={"description": "one of them"})
+    unlisted = fields.Integer(
+        metadata={"description": "directories above the entry depth that cannot be listed"}
+    )
+    unlisted_example = fields.String(allow_none=True, metadata={"description": "one of them"})
+    unnamable = fields.Integer(
+        metadata={"description": "directories whose names are not UTF-8 (cannot be booked)"}
+    )
+    unnamable_example = fields.String(allow_none=True, metadata={"description": "one of them"})
     evict_short = fields.String(
         allow_none=True, metadata={"description": "what kept eviction above the threshold"}
     )

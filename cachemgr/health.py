@@ -79,6 +79,18 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             f"every download directory, e.g. {last.get('stray_example')!r}: no cleanup counts "
             "or deletes them; move them into a download or remove them"
         )
+    if last.get("unlisted"):
+        problems.append(
+            f"{last['unlisted']} directory(ies) in the root cannot be listed, e.g. "
+            f"'{last.get('unlisted_example')}' (permissions?): the downloads inside them are "
+            "neither counted nor cleaned; make them readable to the workers"
+        )
+    if last.get("unnamable"):
+        problems.append(
+            f"{last['unnamable']} directory(ies) in the root have names that are not UTF-8, "
+            f"e.g. '{last.get('unnamable_example')}': cachemgr cannot book them, so their "
+            "bytes are never counted nor cleaned; rename them"
+        )
     undeleted = last.get("delete_failed") or 0
     if undeleted:
         problems.append(

@@ -82,12 +82,18 @@ def _untracked(found: dict[str, Any] | None) -> dict[str, str]:
         return {}
     example = found["examples"][0] if found["examples"] else ""
     stray = found.get("stray") or {"files": 0, "bytes": 0, "example": None}
+    none: dict[str, Any] = {"count": 0, "example": None}
+    unlisted, unnamable = found.get("unlisted") or none, found.get("unnamable") or none
     return {
         "untracked": str(found["count"]),
         "untracked_example": example,
         "stray_files": str(stray["files"]),
         "stray_bytes": str(stray["bytes"]),
         "stray_example": stray["example"] or "",
+        "unlisted": str(unlisted["count"]),
+        "unlisted_example": str(unlisted["example"] or ""),
+        "unnamable": str(unnamable["count"]),
+        "unnamable_example": str(unnamable["example"] or ""),
     }
 
 

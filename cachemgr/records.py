@@ -178,6 +178,10 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
         "stray_files": int(number(raw.get("stray_files")) or 0),
         "stray_bytes": int(number(raw.get("stray_bytes")) or 0),
         "stray_example": raw.get("stray_example") or None,
+        "unlisted": int(number(raw.get("unlisted")) or 0),
+        "unlisted_example": raw.get("unlisted_example") or None,
+        "unnamable": int(number(raw.get("unnamable")) or 0),
+        "unnamable_example": raw.get("unnamable_example") or None,
         "evict_short": raw.get("evict_short") or None,
         "periodic_time": number(raw.get("periodic_time")),
     }

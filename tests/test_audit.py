@@ -154,6 +154,8 @@ def test_names_that_are_not_utf8_are_said_not_a_failed_cleanup(
     assert result["untracked"]["count"] == 0
     assert result["untracked"]["unnamable"] == {"count": 1, "example": "\\xff-album"}
     assert "names that are not UTF-8, e.g. '\\xff-album'" in caplog.text and "rename" in caplog.text
+    said = [w for w in cache.stats()["warnings"] if "not UTF-8" in w]
+    assert said and "e.g. '\\xff-album'" in said[0] and "rename them" in said[0]
     last = cache.stats()["last_cleanup"]
     assert (last["stray_files"], last["stray_example"]) == (1, "caf\\xe9.flac")
     # A reconcile's report names it readably, and the API can send it (a 500 before).
@@ -193,3 +195,6 @@ def test_a_directory_above_the_entry_depth_that_cannot_be_listed_is_said(
         "cannot be listed (permissions?): the downloads inside it are not seen")}]  # fmt: skip
     cleanup(cache, periodic=True)
     assert "1 directories in the root cannot be listed, e.g. 'artist'" in caplog.text
+    last = cache.stats()["last_cleanup"]
+    assert (last["unlisted"], last["unlisted_example"]) == (1, "artist")
+    assert any("cannot be listed, e.g. 'artist'" in w for w in cache.stats()["warnings"])
