@@ -42,7 +42,11 @@ def untracked(
 
     def check() -> None:
         nonlocal count
-        unnamable.extend(paths.shown(path) for path in chunk if not paths.encodable(path))
+        unnamable.extend(
+            paths.shown(path)
+            for path in chunk
+            if not paths.encodable(path) and not any(_tracked(cache, paths.ancestors(path)))
+        )  # inside a directory registered off the entry depth: counted there
         for path, tracked in zip(chunk, _tracked(cache, chunk), strict=True):
             if tracked or not paths.encodable(path) or not _settled(cache, path, older_than):
                 continue

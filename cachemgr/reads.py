@@ -48,10 +48,28 @@ class Batch:
     def execute(self, client: Any) -> list[Any]:
         if len(self.commands) == 1:  # a pipeline costs the client more than one plain call
             return [single(client, self.commands[0])]
+        replies = self._pipelined(client, self.commands)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            # A Redis that lost some of the scripts (restarted, SCRIPT FLUSH) ran the rest:
+            # the writes among those must not run twice (an unpin's second run ended
+            # nothing and said so), so only what failed runs again, once they are loaded.
+            for script in self.scripts:
+                client.script_load(script.script)
+            again = self._pipelined(client, [self.commands[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    @staticmethod
+    def _pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
-        for args in self.commands:
+        for args in commands:
             pipe.execute_command(*args)
-        return list(pipe.execute())
+        return list(pipe.execute(raise_on_error=False))
 
 
 def single(client: Any, args: tuple[Any, ...]) -> Any:

@@ -109,6 +109,10 @@ def reconcile(
             progress(done, total, path)
 
     try:
+        if force and not dry_run:
+            # Adopted before the walk, not after it: the cleanups that beat sends during a long
+            # walk found the new disk's marker missing, and each was recorded as failed.
+            marker.remember(cache, anew=True)
         return _reconcile(cache, dry_run=dry_run, progress=tick, started=started, force=force)
     finally:
         if not dry_run:
@@ -217,7 +221,7 @@ def _reconcile(
         report["over_threshold"] = report["bytes_after"] > cache.settings.threshold_bytes
         report["low_disk"] = cache.free_space_short() > 0
         cache.client.set(cache.keys.initialized, "1")
-        marker.remember(cache, anew=force)
+        marker.remember(cache)  # a forced one adopted the root before its walk
         if history.root_mended(cache):
             log.info("reconcile: the last cleanup's refusal (the cache root) is resolved")
         # What beat's last cleanup found untracked is booked now: its warning goes with it

@@ -242,17 +242,6 @@ class Store:
             )
         return done
 
-    def unpin(
-        self, path: str, holder: str = "", *, now: float | None = None, pipeline: Any = None
-    ) -> Any:
-        """End `holder`'s lease ('' : every lease on it): [whether there was one, the lease
-        still in force or None]."""
-        return self.pin_script(
-            keys=self.pin_keys(path),
-            args=[path, 0, holder, now_str(now)],
-            client=pipeline or self.client,
-        )
-
     def pin_keys(self, path: str) -> list[str]:
         k = self.keys
         return [k.pins, k.pin_paths, k.deleting, k.pin_holders(path)]

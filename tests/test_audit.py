@@ -198,3 +198,15 @@ def test_a_directory_above_the_entry_depth_that_cannot_be_listed_is_said(
     last = cache.stats()["last_cleanup"]
     assert (last["unlisted"], last["unlisted_example"]) == (1, "artist")
     assert any("cannot be listed, e.g. 'artist'" in w for w in cache.stats()["warnings"])
+
+
+def test_a_name_that_is_not_utf8_inside_a_tracked_directory_is_no_warning(
+    settings, redis_client, root
+):
+    """`artist` registered off the entry depth counts `artist/caf\\xe9`: "rename them, their
+    bytes are never counted" was false."""
+    cache = DiskCache(dataclasses.replace(settings, disk_cache_entry_depth=2), redis_client)
+    make_tree(root, "artist", files=1)
+    os.mkdir(os.path.join(os.fsencode(root), b"artist", b"caf\xe9"))
+    cache.register("artist")
+    assert untracked(cache, older_than=time.time() + 1)["unnamable"]["count"] == 0

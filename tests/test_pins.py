@@ -294,7 +294,9 @@ def test_holders_through_the_api_and_the_cli(cache, root, client, runner, monkey
     assert two[at + 1].startswith(" " * 15 + "stream-2 until ")  # one lease a line
     assert two[at + 2].startswith(" " * 15 + "stream-3 until ")
     assert two[at + 2].endswith(" on a/disc1")
-    cache.store.unpin("a/disc1")
+    from cachemgr import pins
+
+    pins.end_lease(cache.store, "a/disc1", "", time.time())
     cache.unpin("a", "stream-2")
     cache.unpin("a", "stream-1")
     assert "holders        none" in runner.invoke(args=["info", "a"]).output
@@ -323,3 +325,15 @@ def test_a_holders_unpin_of_an_untracked_parent_leaves_the_downloads_inside_it(c
     assert cache.unpin("artist", "H")["unpinned"] is True
     assert cache.info("artist/a1").pinned_until == now + 600
     assert cache.info("artist/a2").pinned_until == now + 600
+
+
+def test_an_unpin_after_redis_lost_some_scripts_says_what_it_ended(clocked, root):
+    """PIN loaded, the lease read not (a restart, then a pin): the batch's ends ran, the read
+    failed with NOSCRIPT, the whole batch ran again, and the unpin said it ended nothing."""
+    cache = clocked
+    make_tree(root, "album")
+    cache.register("album")
+    cache.pin("album", 600, "H")
+    cache.client.script_flush()  # the whole server's: every client loads its own again
+    cache.pin("album", 600, "H")  # loads PIN alone
+    assert cache.unpin("album", "H") == {"path": "album", "unpinned": True, "pinned_until": None}

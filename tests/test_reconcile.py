@@ -529,3 +529,26 @@ def test_reconcile_books_no_lost_found_nor_hidden_directories(cache, root):
         make_tree(root, name, files=1)
     assert reconcile(cache)["registered"] == ["album"]
     assert sorted(cache.store.all_records()) == ["album"]
+
+
+def test_cleanups_during_a_forced_adoption_are_not_failures(cache, root):
+    """The new disk has no marker; reconcile --force wrote one only after its walk, so each
+    of beat's cleanups during a long walk was recorded as failed and fired the alert."""
+    from tests.test_core import fill
+
+    fill(cache, root, 2)
+    cleanup(cache)
+    away = root.with_name("downloads.old-disk")
+    root.rename(away)
+    for name in ("n1", "n2", "n3"):
+        make_tree(root, name, files=1)  # the new disk, no marker
+    seen = []
+
+    def beat_meanwhile(done: int, total: int, path: str) -> None:
+        if not seen:
+            seen.append(cleanup(cache, periodic=True)["status"])
+
+    reconcile(cache, force=True, progress=beat_meanwhile)
+    assert seen == ["done"]
+    assert cache.stats()["last_cleanup"]["status"] == "done"
+    assert sorted(cache.store.all_records()) == ["n1", "n2", "n3"]
