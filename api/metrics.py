@@ -220,6 +220,17 @@ class CacheCollector(Collector):
                 last.get("stray_bytes") if last else None,
             ),
             gauge(
+                "cachemgr_unlisted_directories",
+                "Directories above the entry depth that beat's last cleanup could not list "
+                "(the downloads inside are neither counted nor cleaned).",
+                last.get("unlisted") if last else None,
+            ),
+            gauge(
+                "cachemgr_unnamable_directories",
+                "Directories whose names are not UTF-8, which cannot be booked (beat's last).",
+                last.get("unnamable") if last else None,
+            ),
+            gauge(
                 "cachemgr_delete_failed_directories",
                 "Directories the last cleanup chose and could not delete (kept on the books).",
                 last.get("delete_failed") if last else None,

@@ -261,10 +261,20 @@ class DiskCache:
     @switched
     def register_latest(self) -> dict[str, Any]:
         """The seed's DownloadService.register_completed_download(): the newest directory."""
-        newest = scanner.newest_directory(self.root, self.settings.disk_cache_entry_depth)
+        blocked: list[str] = []
+        depth = self.settings.disk_cache_entry_depth
+        newest = scanner.newest_directory(self.root, depth, blocked=blocked)
         if newest is None:
             raise NotOnDisk(f"no download directory under the cache root {str(self.root)!r}")
-        return self.register(newest)
+        done = self.register(newest)
+        if blocked:  # the newest may be in there: an older one was booked again, said so
+            note = (
+                f"{len(blocked)} directory(ies) above the entry depth cannot be listed, e.g. "
+                f"{paths.shown(blocked[0])!r}: the newest download may be inside; register it "
+                "by its path"
+            )
+            done["warning"] = "; ".join(filter(None, [done.get("warning"), note]))
+        return done
 
     # -- access ---------------------------------------------------------------------------
     @switched

@@ -341,7 +341,8 @@ def _reconcile_one(
             try:  # the real run's scan opens it first: a plan must not book what it cannot
                 os.close(os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
             except OSError as exc:
-                _said(report, "errors", path, error=f"cannot be read by the worker: {exc}")
+                error = f"{path!r} cannot be read by the worker: {exc}"  # as register says
+                _said(report, "errors", path, error=error)
                 return
             report["registered"].append(path)
         else:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cachemgr.paths import encodable
+
 
 class TooDeep(OSError):
     """A tree the scan cannot follow to its bottom: its size would be too small."""
@@ -208,16 +210,24 @@ def directories_at_depth(
 
 
 def newest_directory(
-    root: Path, depth: int = 1, *, key: Callable[[os.stat_result], float] | None = None
+    root: Path,
+    depth: int = 1,
+    *,
+    key: Callable[[os.stat_result], float] | None = None,
+    blocked: list[str] | None = None,
 ) -> str | None:
     """The most recently created directory at the entry depth: the seed's "latest download".
+    A name that is not UTF-8 is never it (it cannot be booked: picked, it failed every
+    registration until something newer came). `blocked` as in directories_at_depth.
 
     Linux exposes no birth time through os.stat, so "created" is the newest st_ctime, which a
     directory gets when it is made and when its entries change, as a download writes it.
     """
     pick = key or (lambda st: st.st_ctime)
     best: tuple[float, str] | None = None
-    for rel in directories_at_depth(root, depth):
+    for rel in directories_at_depth(root, depth, blocked=blocked):
+        if not encodable(rel):
+            continue
         try:
             when = pick(os.lstat(root / rel))
         except FileNotFoundError:

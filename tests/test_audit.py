@@ -15,6 +15,22 @@ from tests.conftest import make_tree
 HOUR = 3600
 
 
+def unlistable(monkeypatch, name: str) -> None:
+    """The scanner's walks meet `name` as a worker without the right to list it would."""
+    import errno
+
+    from cachemgr import scanner
+
+    real = os.scandir
+
+    def refuse(path):
+        if str(path).endswith(f"/{name}"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(scanner.os, "scandir", refuse)
+
+
 def aged(root, *names: str, seconds: float = 2 * HOUR) -> None:
     then = time.time() - seconds
     for name in names:
@@ -172,21 +188,12 @@ def test_a_directory_above_the_entry_depth_that_cannot_be_listed_is_said(
 ):
     """`chmod 000 artist`: its albums were neither booked by reconcile nor counted by the
     audit, and nothing said so."""
-    import errno
 
-    from cachemgr import scanner
 
     cache = DiskCache(dataclasses.replace(settings, disk_cache_entry_depth=2), redis_client)
     make_tree(root, "artist/album", files=1)
     make_tree(root, "open/album", files=1)
-    real = os.scandir
-
-    def refuse(path):
-        if str(path).endswith("/artist"):
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real(path)
-
-    monkeypatch.setattr(scanner.os, "scandir", refuse)
+    unlistable(monkeypatch, "artist")
     found = untracked(cache, older_than=time.time() + 1)
     assert found["unlisted"] == {"count": 1, "example": "artist"}
     report = reconcile(cache)
@@ -197,6 +204,10 @@ def test_a_directory_above_the_entry_depth_that_cannot_be_listed_is_said(
     assert "1 directories in the root cannot be listed, e.g. 'artist'" in caplog.text
     last = cache.stats()["last_cleanup"]
     assert (last["unlisted"], last["unlisted_example"]) == (1, "artist")
+    from api.metrics import CacheCollector
+
+    gauges = {m.name: m.samples[0].value for m in CacheCollector(cache).collect() if m.samples}
+    assert gauges["cachemgr_unlisted_directories"] == 1
     assert any("cannot be listed, e.g. 'artist'" in w for w in cache.stats()["warnings"])
 
 
@@ -210,3 +221,19 @@ def test_a_name_that_is_not_utf8_inside_a_tracked_directory_is_no_warning(
     os.mkdir(os.path.join(os.fsencode(root), b"artist", b"caf\xe9"))
     cache.register("artist")
     assert untracked(cache, older_than=time.time() + 1)["unnamable"]["count"] == 0
+
+
+def test_register_latest_says_when_the_newest_may_be_where_it_cannot_look(
+    settings, redis_client, root, monkeypatch
+):
+    """The newest download sat in a directory the worker could not list: an older one was
+    booked again, in silence."""
+
+
+    cache = DiskCache(dataclasses.replace(settings, disk_cache_entry_depth=2), redis_client)
+    make_tree(root, "open/album", files=1)
+    make_tree(root, "Locked/album", files=1)
+    unlistable(monkeypatch, "Locked")
+    done = cache.register_latest()
+    assert done["path"] == "open/album"
+    assert "cannot be listed, e.g. 'Locked'" in done["warning"]

@@ -213,8 +213,11 @@ def test_a_holders_unpin_ends_its_leases_on_the_path_and_on_the_album(clocked, r
     done = cache.unpin("artist/new/disc1", "s1")
     assert done["unpinned"] is True and done["pinned_until"] is None
     assert cache.info("artist/new").pinned_until is None
-    pipeline.pin_now("artist/new/disc1", 600, holder="s2")  # on the album, as tracked
-    pipeline.unpin_now("artist/new/disc1", holder="s2")
+    pinned = pipeline.pin_now("artist/new/disc1", 600, holder="s2")  # on the album
+    assert pinned["path"] == "artist/new" and pinned["pinned_until"] is not None
+    assert pipeline.unpin_now("artist/new/disc1", holder="s2") == {
+        "path": "artist/new", "unpinned": True, "pinned_until": None
+    }  # fmt: skip
     assert cache.info("artist/new").pinned_until is None
 
 

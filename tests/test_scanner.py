@@ -186,3 +186,12 @@ def test_a_c_loop_built_from_an_older_source_is_not_used():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_the_newest_directory_is_never_one_that_cannot_be_booked(root):
+    """A newest directory whose name is not UTF-8 failed register_completed_download, and
+    every one after it, until something newer came."""
+    (root / "album").mkdir()
+    time.sleep(0.02)
+    os.mkdir(os.path.join(os.fsencode(root), b"\xff-x"))
+    assert scanner.newest_directory(root) == "album"

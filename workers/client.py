@@ -27,6 +27,7 @@ from cachemgr.errors import PathError
 from cachemgr.keys import Keys
 from cachemgr.nodes import NodeRegistry
 from cachemgr.paths import normalize
+from cachemgr.records import iso
 from cachemgr.scripts import STALE_HIT
 from cachemgr.store import Store
 
@@ -262,14 +263,22 @@ class CacheClient:
             self._policy_read_at = now
             self._store = None  # the route stays
 
-    def pin_now(self, path: str, ttl_seconds: int = 3600, holder: str | None = None) -> None:
-        """Pin directly in Redis (no worker needed), e.g. before a download starts writing."""
+    def pin_now(
+        self, path: str, ttl_seconds: int = 3600, holder: str | None = None
+    ) -> dict[str, Any]:
+        """Pin directly in Redis (no worker needed), e.g. before a download starts writing;
+        the reply is the pin task's."""
         check_pin_ttl(ttl_seconds)
         now, who = time.time(), checks.holder(holder)
-        self.store.pin(self.store.covering(normalize(path)), now + ttl_seconds, who, now=now)
+        target = self.store.covering(normalize(path))
+        until = self.store.pin(target, now + ttl_seconds, who, now=now)
+        return {"path": target, "pinned_until": iso(float(until))}
 
-    def unpin_now(self, path: str, holder: str | None = None) -> None:
-        pins.end_lease(self.store, normalize(path), checks.holder(holder), time.time())
+    def unpin_now(self, path: str, holder: str | None = None) -> dict[str, Any]:
+        """The unpin task's work and reply, directly in Redis."""
+        now = time.time()
+        target, had, rest = pins.end_lease(self.store, normalize(path), checks.holder(holder), now)
+        return {"path": target, "unpinned": had, "pinned_until": iso(rest)}
 
     def close(self) -> None:
         if self._redis is not None:
