@@ -38,17 +38,14 @@ return 0
 """
 
 
-# Forget a node's entry, unless it is the one its live workers keep published; the newest
-# takes the books' published config (cache:config: TTL, policy, root) with it, which one
-# directory's read goes by.
-# KEYS[1] {cluster}:nodes  KEYS[2] the node's cache:alive  KEYS[3] the node's cache:config
-# ARGV[1] node  ARGV[2] '1' when the entry is the newest published with its key prefix
-# Returns 1 forgotten, 0 no such entry, -1 alive (its workers would publish it again)
-FORGET = Lua("""
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
-return redis.call('HDEL', KEYS[1], ARGV[1])
+# A node's published config (TTL, policy, root: what one directory's read goes by) goes with
+# its last entry, unless a worker came up meanwhile. On the node's own keys only (one hash tag:
+# one Redis Cluster shard); the registry's entry is taken apart (HDEL).
+# KEYS[1] the node's cache:alive  KEYS[2] the node's cache:config. Returns 1 taken, 0 alive.
+DROP_CONFIG = Lua("""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
 """)
 
 
@@ -124,15 +121,18 @@ class NodeRegistry:
             raise unknown
         prefix = str(entry.get("key_prefix", ""))
         current = newest(entries, prefix) is entry
-        keys = [self.nodes_key, Keys(prefix).alive, Keys(prefix).config]
-        done = call(self.client, FORGET, keys, [node, "1" if current else "0"])
-        if done == -1:
+        books = Keys(prefix)
+        # A worker that beats between this check and the HDEL publishes its node again at its
+        # next beat (10 s): the entry is the workers' to keep, never lost for good.
+        if current and self.client.exists(books.alive):
             raise NodeAlive(
                 f"node {node!r} is up (a worker beat within {ALIVE_TTL_SECONDS} s) and would "
                 "publish itself again: stop its workers first"
             )
-        if done == 0:  # forgotten meanwhile by someone else
+        if not self.client.hdel(self.nodes_key, node):  # forgotten meanwhile by someone else
             raise unknown
+        if current:
+            call(self.client, DROP_CONFIG, [books.alive, books.config], [])
         log.info(
             "node %s forgotten (its books, prefix %r, stay in Redis)",
             node,
