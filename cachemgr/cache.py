@@ -262,18 +262,28 @@ class DiskCache:
     def register_latest(self) -> dict[str, Any]:
         """The seed's DownloadService.register_completed_download(): the newest directory."""
         blocked: list[str] = []
+        passed: list[str] = []
         depth = self.settings.disk_cache_entry_depth
-        newest = scanner.newest_directory(self.root, depth, blocked=blocked)
+        newest = scanner.newest_directory(self.root, depth, blocked=blocked, passed_over=passed)
+        notes = []
+        if passed:  # an older one is booked again (as just played): said, not in silence
+            notes.append(
+                f"the newest directory, '{paths.shown(passed[0])}', has a name that is not "
+                "UTF-8 and cannot be booked: rename it"
+            )
+        if blocked:  # the newest may be in there
+            notes.append(
+                f"{len(blocked)} directory(ies) above the entry depth cannot be listed, e.g. "
+                f"'{paths.shown(blocked[0])}': the newest download may be inside; register it "
+                "by its path"
+            )
+        for note in notes:
+            log.warning("register_completed_download: %s", note, extra={"event": "latest"})
         if newest is None:
             raise NotOnDisk(f"no download directory under the cache root {str(self.root)!r}")
         done = self.register(newest)
-        if blocked:  # the newest may be in there: an older one was booked again, said so
-            note = (
-                f"{len(blocked)} directory(ies) above the entry depth cannot be listed, e.g. "
-                f"{paths.shown(blocked[0])!r}: the newest download may be inside; register it "
-                "by its path"
-            )
-            done["warning"] = "; ".join(filter(None, [done.get("warning"), note]))
+        if notes:
+            done["warning"] = "; ".join([*filter(None, [done.get("warning")]), *notes])
         return done
 
     # -- access ---------------------------------------------------------------------------

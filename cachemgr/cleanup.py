@@ -197,14 +197,15 @@ def cleanup(
     if (periodic or automatic) and not cache.scheduler_running():
         return {"status": "skipped", "reason": "scheduler stopped"}
     refused = _refused(cache)
-    if isinstance(refused, RootSwapped) and not dry_run:
-        # reconcile --force adopting the root writes the marker, then the books' token: read
-        # between the two, the root looked like another cache's. One running has checked the
-        # root itself; one that ended meanwhile has its root read again.
-        if cache.client.exists(cache.keys.reconcile_lock):
-            log.info("cleanup skipped: a reconcile is running (%s)", refused)
+    if refused is not None and not dry_run:
+        # A reconcile --force adopting the root: until its end the root has no marker (a new
+        # disk), is empty (downloads removed on purpose), or has just been marked while the
+        # books' token is not yet written. One that ended meanwhile has its root read again.
+        if cache.client.exists(cache.keys.adopting):
+            log.info("cleanup skipped: a reconcile is adopting the root (%s)", refused)
             return {"status": "skipped", "reason": RECONCILE_RUNNING}
-        refused = _refused(cache)
+        if isinstance(refused, RootSwapped):
+            refused = _refused(cache)
     if refused is not None:
         if not dry_run:
             failed = {"status": "failed", "error": str(refused), "error_code": refused.code}

@@ -106,6 +106,12 @@ class Keys:
         return f"{self.prefix}lock:cache:reconcile"
 
     @cached_property
+    def adopting(self) -> str:
+        """String with the reconcile lock's TTL, set while a `reconcile --force` adopts the
+        root: cleanups meanwhile skip their root check's refusal instead of failing."""
+        return f"{self.prefix}cache:adopting"
+
+    @cached_property
     def last_cleanup(self) -> str:
         """HASH: time, duration and outcome of the last cleanup."""
         return f"{self.prefix}cache:last_cleanup"

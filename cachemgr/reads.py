@@ -34,16 +34,21 @@ class Lua:
 class Batch:
     def __init__(self) -> None:
         self.commands: list[tuple[Any, ...]] = []
+        self.writes: list[bool] = []
         self.scripts: list[Any] = []
 
-    def command(self, *args: Any) -> None:
+    def command(self, *args: Any, writes: bool = False) -> None:
         self.commands.append(args)
+        self.writes.append(writes)
 
-    def script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
+    def script(
+        self, script: Any, keys: Sequence[str], args: Sequence[Any], *, writes: bool = False
+    ) -> None:
         """Queue a registered script by its SHA: a pipeline holding Script objects first asks
-        Redis whether they are loaded, one more round trip on every read."""
+        Redis whether they are loaded, one more round trip on every read. `writes`: it
+        changes the books (see execute)."""
         self.scripts.append(script)
-        self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+        self.command("EVALSHA", script.sha, len(keys), *keys, *args, writes=writes)
 
     def execute(self, client: Any) -> list[Any]:
         if len(self.commands) == 1:  # a pipeline costs the client more than one plain call
@@ -51,13 +56,19 @@ class Batch:
         replies = self._pipelined(client, self.commands)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
-            # A Redis that lost some of the scripts (restarted, SCRIPT FLUSH) ran the rest:
-            # the writes among those must not run twice (an unpin's second run ended
-            # nothing and said so), so only what failed runs again, once they are loaded.
+            # A Redis that lost some of the scripts (restarted, SCRIPT FLUSH) ran the rest.
+            # Run again, once they are loaded, what failed and every read after it (it read
+            # the books before that failed write), never a write that ran: an unpin's second
+            # run ended nothing and said so.
             for script in self.scripts:
                 client.script_load(script.script)
-            again = self._pipelined(client, [self.commands[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
+            again = [
+                i
+                for i in range(missing[0], len(self.commands))
+                if i in missing or not self.writes[i]
+            ]
+            for i, reply in zip(again, self._pipelined(client, [self.commands[i] for i in again]),
+                                strict=True):  # fmt: skip
                 replies[i] = reply
         for reply in replies:
             if isinstance(reply, Exception):
@@ -109,14 +120,15 @@ def single(client: Any, args: tuple[Any, ...]) -> Any:
 
 def run(client: Any, build: Callable[[Batch], Reader[T]]) -> T:
     """Queue with `build`, execute in one round trip, read. A Redis that lost its scripts
-    (restarted, SCRIPT FLUSH) gets them again and the batch runs once more."""
+    (restarted, SCRIPT FLUSH) gets them again: a single command runs once more, a batch runs
+    again what it must (Batch.execute)."""
     for attempt in range(2):
         batch = Batch()
         read = build(batch)
         try:
             replies = batch.execute(client)
         except NoScriptError:
-            if attempt:
+            if attempt or len(batch.commands) > 1:  # a batch's writes may have run
                 raise
             for script in batch.scripts:
                 client.script_load(script.script)

@@ -100,21 +100,28 @@ def reconcile(
     if not dry_run and not lock.acquire():
         raise ReconcileBusy("a reconcile is already running")
 
+    adopting = force and not dry_run
+    # The root is adopted at the end, once the walk is done (one cut short leaves it refused,
+    # as before); the cleanups that beat sends meanwhile skip their refusal instead of each
+    # being recorded as failed (a new disk has no marker yet, an emptied one is empty).
+    if adopting:
+        cache.client.set(cache.keys.adopting, lock.token, px=timeout_ms)
+
     def tick(done: int, total: int, path: str) -> None:
         if not dry_run and done % 100 == 0:
             lock.extend()  # alive while it makes progress; lapses soon after a crash
+            if adopting:
+                cache.client.pexpire(cache.keys.adopting, timeout_ms)
             if heartbeat is not None:
                 heartbeat()
         if progress:
             progress(done, total, path)
 
     try:
-        if force and not dry_run:
-            # Adopted before the walk, not after it: the cleanups that beat sends during a long
-            # walk found the new disk's marker missing, and each was recorded as failed.
-            marker.remember(cache, anew=True)
         return _reconcile(cache, dry_run=dry_run, progress=tick, started=started, force=force)
     finally:
+        if adopting:
+            cache.client.delete(cache.keys.adopting)
         if not dry_run:
             lock.release()
 
@@ -221,7 +228,7 @@ def _reconcile(
         report["over_threshold"] = report["bytes_after"] > cache.settings.threshold_bytes
         report["low_disk"] = cache.free_space_short() > 0
         cache.client.set(cache.keys.initialized, "1")
-        marker.remember(cache)  # a forced one adopted the root before its walk
+        marker.remember(cache, anew=force)
         if history.root_mended(cache):
             log.info("reconcile: the last cleanup's refusal (the cache root) is resolved")
         # What beat's last cleanup found untracked is booked now: its warning goes with it

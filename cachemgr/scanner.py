@@ -215,23 +215,29 @@ def newest_directory(
     *,
     key: Callable[[os.stat_result], float] | None = None,
     blocked: list[str] | None = None,
+    passed_over: list[str] | None = None,
 ) -> str | None:
     """The most recently created directory at the entry depth: the seed's "latest download".
     A name that is not UTF-8 is never it (it cannot be booked: picked, it failed every
-    registration until something newer came). `blocked` as in directories_at_depth.
+    registration until something newer came); `passed_over` gets the newest such, if newer
+    than the one picked. `blocked` as in directories_at_depth.
 
     Linux exposes no birth time through os.stat, so "created" is the newest st_ctime, which a
     directory gets when it is made and when its entries change, as a download writes it.
     """
     pick = key or (lambda st: st.st_ctime)
     best: tuple[float, str] | None = None
+    unbookable: tuple[float, str] | None = None
     for rel in directories_at_depth(root, depth, blocked=blocked):
-        if not encodable(rel):
-            continue
         try:
             when = pick(os.lstat(root / rel))
         except FileNotFoundError:
             continue
-        if best is None or when > best[0]:
+        if not encodable(rel):
+            if unbookable is None or when > unbookable[0]:
+                unbookable = (when, rel)
+        elif best is None or when > best[0]:
             best = (when, rel)
+    if passed_over is not None and unbookable and (best is None or unbookable[0] > best[0]):
+        passed_over.append(unbookable[1])
     return best[1] if best else None

@@ -172,6 +172,7 @@ def test_names_that_are_not_utf8_are_said_not_a_failed_cleanup(
     assert "names that are not UTF-8, e.g. '\\xff-album'" in caplog.text and "rename" in caplog.text
     said = [w for w in cache.stats()["warnings"] if "not UTF-8" in w]
     assert said and "e.g. '\\xff-album'" in said[0] and "rename them" in said[0]
+    assert "cachemgr_unnamable_directories 1.0" in client.get("/metrics").get_data(as_text=True)
     last = cache.stats()["last_cleanup"]
     assert (last["stray_files"], last["stray_example"]) == (1, "caf\\xe9.flac")
     # A reconcile's report names it readably, and the API can send it (a 500 before).
@@ -237,3 +238,9 @@ def test_register_latest_says_when_the_newest_may_be_where_it_cannot_look(
     done = cache.register_latest()
     assert done["path"] == "open/album"
     assert "cannot be listed, e.g. 'Locked'" in done["warning"]
+    monkeypatch.undo()
+    time.sleep(0.02)
+    os.mkdir(os.path.join(os.fsencode(root), b"new", ))
+    os.mkdir(os.path.join(os.fsencode(root), b"new", b"\xff-x"))  # the newest, unbookable
+    done = cache.register_latest()
+    assert "the newest directory, 'new/\\xff-x', has a name that is not UTF-8" in done["warning"]

@@ -340,3 +340,10 @@ def test_an_unpin_after_redis_lost_some_scripts_says_what_it_ended(clocked, root
     cache.client.script_flush()  # the whole server's: every client loads its own again
     cache.pin("album", 600, "H")  # loads PIN alone
     assert cache.unpin("album", "H") == {"path": "album", "unpinned": True, "pinned_until": None}
+    # The other way round: the read after the failed end read the lease it was to end.
+    from cachemgr import pins
+
+    cache.pin("album", 600, "H")
+    cache.client.script_flush()
+    cache.client.script_load(pins.LEASE_NOW.script)
+    assert cache.unpin("album", "H") == {"path": "album", "unpinned": True, "pinned_until": None}

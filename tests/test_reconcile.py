@@ -463,13 +463,13 @@ def test_a_cleanup_during_a_forced_adoption_is_skipped_not_failed(cache, root):
     fill(cache, root, 2)
     cleanup(cache)
     (root / paths.BOOKS_MARKER).write_text("books: x\nroot: 0123456789abcdef\n")  # the new
-    cache.client.set(cache.keys.reconcile_lock, "someone", px=5000)  # the reconcile's
+    cache.client.set(cache.keys.adopting, "someone", px=5000)  # the forced reconcile's
     done = cleanup(cache, periodic=True)
     assert done["status"] == "skipped" and "reconcile is adopting the root" in done["reason"]
     assert cache.stats()["last_cleanup"]["status"] == "done"  # no failure recorded
     with pytest.raises(RootMissing, match="names other books"):
         cleanup(cache, dry_run=True)  # a plan records nothing: the refusal is said
-    cache.client.delete(cache.keys.reconcile_lock)
+    cache.client.delete(cache.keys.adopting)
     with pytest.raises(RootMissing, match="names other books"):
         cleanup(cache, periodic=True)  # none running: the root is refused, as before
 
@@ -531,17 +531,22 @@ def test_reconcile_books_no_lost_found_nor_hidden_directories(cache, root):
     assert sorted(cache.store.all_records()) == ["album"]
 
 
-def test_cleanups_during_a_forced_adoption_are_not_failures(cache, root):
-    """The new disk has no marker; reconcile --force wrote one only after its walk, so each
-    of beat's cleanups during a long walk was recorded as failed and fired the alert."""
+@pytest.mark.parametrize("new_disk", [True, False])
+def test_cleanups_during_a_forced_adoption_are_not_failures(cache, root, new_disk):
+    """A new disk has no marker and an emptied root is empty until reconcile --force ends:
+    each of beat's cleanups during a long walk was recorded as failed, and fired the alert."""
     from tests.test_core import fill
 
     fill(cache, root, 2)
     cleanup(cache)
-    away = root.with_name("downloads.old-disk")
-    root.rename(away)
-    for name in ("n1", "n2", "n3"):
-        make_tree(root, name, files=1)  # the new disk, no marker
+    if new_disk:
+        root.rename(root.with_name("downloads.old-disk"))
+        for name in ("n1", "n2", "n3"):
+            make_tree(root, name, files=1)  # the new disk, no marker
+    else:
+        for p in root.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p)  # the downloads removed on purpose
     seen = []
 
     def beat_meanwhile(done: int, total: int, path: str) -> None:
@@ -549,6 +554,28 @@ def test_cleanups_during_a_forced_adoption_are_not_failures(cache, root):
             seen.append(cleanup(cache, periodic=True)["status"])
 
     reconcile(cache, force=True, progress=beat_meanwhile)
-    assert seen == ["done"]
-    assert cache.stats()["last_cleanup"]["status"] == "done"
-    assert sorted(cache.store.all_records()) == ["n1", "n2", "n3"]
+    assert seen == ["skipped"]
+    assert cache.stats()["last_cleanup"]["status"] == "done"  # the one before: no failure
+    assert cleanup(cache, periodic=True)["status"] == "done"  # adopted: cleanups go on
+    assert sorted(cache.store.all_records()) == (["n1", "n2", "n3"] if new_disk else [])
+
+
+def test_a_forced_adoption_cut_short_leaves_the_root_refused(cache, root):
+    """Adopted before its walk, a reconcile --force interrupted (the wrong disk: Ctrl-C) left
+    the mount point adopted, and cleanups untracked the real disk's downloads."""
+    from cachemgr.errors import RootMissing
+    from tests.test_core import fill
+
+    fill(cache, root, 2)
+    cleanup(cache)
+    root.rename(root.with_name("downloads.real-disk"))
+    make_tree(root, "written-meanwhile", files=1)
+
+    def interrupted(done: int, total: int, path: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reconcile(cache, force=True, progress=interrupted)
+    assert not cache.client.exists(cache.keys.adopting)
+    with pytest.raises(RootMissing, match="is missing"):
+        cleanup(cache, periodic=True)

@@ -194,4 +194,6 @@ def test_the_newest_directory_is_never_one_that_cannot_be_booked(root):
     (root / "album").mkdir()
     time.sleep(0.02)
     os.mkdir(os.path.join(os.fsencode(root), b"\xff-x"))
-    assert scanner.newest_directory(root) == "album"
+    passed: list[str] = []
+    assert scanner.newest_directory(root, passed_over=passed) == "album"
+    assert [os.fsencode(p) for p in passed] == [b"\xff-x"]  # said by register_latest
