@@ -16,7 +16,6 @@ from cachemgr.errors import (
     Overlap,
     RecordCollision,
     RootMissing,
-    RootSwapped,
     root_missing,
 )
 from cachemgr.keys import Keys
@@ -89,10 +88,7 @@ class DiskCache:
             raise RootMissing(root_missing(self.root))
         swapped = None if force else marker.swapped(self)
         if swapped:
-            # Another cache's disk, or a marker read between a forced adoption's two writes
-            # (cleanup tells those apart); a missing marker is an unmounted disk's mount point.
-            refusal = RootSwapped if swapped == marker.OTHER_BOOKS else RootMissing
-            raise refusal(
+            raise RootMissing(
                 f"the cache root {str(self.root)!r} is not the directory these books were kept "
                 f"for: {swapped} (is the disk mounted?): no cleanup or reconcile runs; if it "
                 "was replaced on purpose, run `cachemgr reconcile --force`"
@@ -280,7 +276,8 @@ class DiskCache:
         for note in notes:
             log.warning("register_completed_download: %s", note, extra={"event": "latest"})
         if newest is None:
-            raise NotOnDisk(f"no download directory under the cache root {str(self.root)!r}")
+            said = "".join(f"; {note}" for note in notes)
+            raise NotOnDisk(f"no download directory under the cache root {str(self.root)!r}{said}")
         done = self.register(newest)
         if notes:
             done["warning"] = "; ".join([*filter(None, [done.get("warning")]), *notes])

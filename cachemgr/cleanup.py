@@ -14,7 +14,7 @@ from typing import Any
 
 from cachemgr import audit, checks, history, marker, migrations, trash
 from cachemgr.cache import DiskCache
-from cachemgr.errors import RootMissing, RootSwapped
+from cachemgr.errors import RootMissing
 from cachemgr.locks import Keeper, Lock
 from cachemgr.passes import LOCK_LOST, run_pass
 from cachemgr.quota import Hold, Need, bytes_to_free, evict_held
@@ -203,9 +203,10 @@ def cleanup(
         # books' token is not yet written. One that ended meanwhile has its root read again.
         if cache.client.exists(cache.keys.adopting):
             log.info("cleanup skipped: a reconcile is adopting the root (%s)", refused)
-            return {"status": "skipped", "reason": RECONCILE_RUNNING}
-        if isinstance(refused, RootSwapped):
-            refused = _refused(cache)
+            skipped = {"status": "skipped", "reason": RECONCILE_RUNNING}
+            history.record(cache, time.time(), skipped, periodic)  # beat's, not overdue
+            return skipped
+        refused = _refused(cache)
     if refused is not None:
         if not dry_run:
             failed = {"status": "failed", "error": str(refused), "error_code": refused.code}

@@ -76,10 +76,6 @@ class RootMissing(CacheError):
     code = "root_missing"
 
 
-class RootSwapped(RootMissing):
-    """The root's marker names other books: not the directory they were kept for."""
-
-
 def root_missing(root: object) -> str:
     """What a missing cache root means, said the same by a refused pass and by the stats."""
     return (

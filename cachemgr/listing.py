@@ -121,7 +121,7 @@ def directory(store: Store, path: str, now: float) -> Entry | None:
 
         def build(batch: Batch) -> Reader[list[Lease]]:
             for p, _ in others:
-                batch.command("HGETALL", k.pin_holders(p))
+                batch.command("HGETALL", k.pin_holders(p), writes=False)
 
             def read(replies: Iterator[Any]) -> list[Lease]:
                 return [

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("cachemgr")
 
 ROOT_LINE = "root: "
-OTHER_BOOKS = f"its marker {paths.BOOKS_MARKER} names other books"
 
 
 def remember(cache: DiskCache, anew: bool = False) -> None:
@@ -92,4 +91,4 @@ def swapped(cache: DiskCache) -> str | None:
     found = _token_line(cache)
     if found is None or found == token:  # an older version's marker: cannot tell
         return None
-    return OTHER_BOOKS
+    return f"its marker {paths.BOOKS_MARKER} names other books"

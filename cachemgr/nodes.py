@@ -145,7 +145,7 @@ class NodeRegistry:
         return run(self.client, self.queue_entries)
 
     def queue_entries(self, batch: Batch) -> Reader[dict[str, dict[str, Any]]]:
-        batch.command("HGETALL", self.nodes_key)
+        batch.command("HGETALL", self.nodes_key, writes=False)
         return lambda replies: self.parse(next(replies))
 
     @staticmethod

@@ -186,8 +186,8 @@ def end_lease(store: Store, path: str, holder: str, now: float) -> tuple[str, bo
     def build(batch: Batch) -> Reader[tuple[bool, Any]]:
         for target in targets:
             args = [target, 0, holder, f"{now:.6f}"]
-            batch.script(store.pin_script, store.pin_keys(target), args, writes=True)
-        batch.script(LEASE_NOW, around, [where])
+            batch.script(store.pin_script, store.pin_keys(target), args)
+        batch.script(LEASE_NOW, around, [where], writes=False)
 
         def read(replies: Iterator[Any]) -> tuple[bool, Any]:
             ended = [bool(next(replies)[0]) for _ in targets]

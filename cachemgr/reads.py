@@ -37,16 +37,17 @@ class Batch:
         self.writes: list[bool] = []
         self.scripts: list[Any] = []
 
-    def command(self, *args: Any, writes: bool = False) -> None:
+    def command(self, *args: Any, writes: bool = True) -> None:
+        """`writes=False` for a read, which execute may run again; a write never runs twice."""
         self.commands.append(args)
         self.writes.append(writes)
 
     def script(
-        self, script: Any, keys: Sequence[str], args: Sequence[Any], *, writes: bool = False
+        self, script: Any, keys: Sequence[str], args: Sequence[Any], *, writes: bool = True
     ) -> None:
         """Queue a registered script by its SHA: a pipeline holding Script objects first asks
-        Redis whether they are loaded, one more round trip on every read. `writes`: it
-        changes the books (see execute)."""
+        Redis whether they are loaded, one more round trip on every read. `writes` as in
+        command."""
         self.scripts.append(script)
         self.command("EVALSHA", script.sha, len(keys), *keys, *args, writes=writes)
 

@@ -35,6 +35,7 @@ return {old, total}
 """)
 
 Progress = Callable[[int, int, str], None]  # (done, total, path)
+ADOPTING_SECONDS = 60  # cache:adopting's life, renewed at every entry of a forced walk
 
 
 class ReconcileBusy(CacheError):
@@ -103,27 +104,31 @@ def reconcile(
     adopting = force and not dry_run
     # The root is adopted at the end, once the walk is done (one cut short leaves it refused,
     # as before); the cleanups that beat sends meanwhile skip their refusal instead of each
-    # being recorded as failed (a new disk has no marker yet, an emptied one is empty).
-    if adopting:
-        cache.client.set(cache.keys.adopting, lock.token, px=timeout_ms)
+    # being recorded as failed (a new disk has no marker yet, an emptied one is empty). Set
+    # for a short while and renewed at every entry: a crashed walk's lapses within that.
+    def adopt() -> None:
+        if adopting:
+            cache.client.set(cache.keys.adopting, lock.token, px=ADOPTING_SECONDS * 1000)
 
     def tick(done: int, total: int, path: str) -> None:
+        adopt()
         if not dry_run and done % 100 == 0:
             lock.extend()  # alive while it makes progress; lapses soon after a crash
-            if adopting:
-                cache.client.pexpire(cache.keys.adopting, timeout_ms)
             if heartbeat is not None:
                 heartbeat()
         if progress:
             progress(done, total, path)
 
     try:
+        adopt()
         return _reconcile(cache, dry_run=dry_run, progress=tick, started=started, force=force)
     finally:
-        if adopting:
-            cache.client.delete(cache.keys.adopting)
-        if not dry_run:
-            lock.release()
+        try:
+            if adopting and cache.client.get(cache.keys.adopting) == lock.token:
+                cache.client.delete(cache.keys.adopting)
+        finally:
+            if not dry_run:
+                lock.release()
 
 
 def _untracked(on_disk: list[str], tracked: set[str]) -> list[str]:

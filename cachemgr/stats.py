@@ -130,7 +130,7 @@ def queue_snapshot(
     k = store.keys
     keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
     keys += [k.scheduler, k.pins, k.alive, k.evict_hold, *([registry] if registry else [])]
-    batch.script(SNAPSHOT, keys, [repr(now)])
+    batch.script(SNAPSHOT, keys, [repr(now)], writes=False)
 
     def read(replies: Iterator[Any]) -> dict[str, Any]:
         total, count, overall, base, last, initialized, scheduler, pinned, up, hold, nodes = next(

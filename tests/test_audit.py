@@ -244,3 +244,13 @@ def test_register_latest_says_when_the_newest_may_be_where_it_cannot_look(
     os.mkdir(os.path.join(os.fsencode(root), b"new", b"\xff-x"))  # the newest, unbookable
     done = cache.register_latest()
     assert "the newest directory, 'new/\\xff-x', has a name that is not UTF-8" in done["warning"]
+
+
+def test_register_latest_over_a_root_of_unbookable_names_says_why(cache, root):
+    import pytest
+
+    from cachemgr.errors import NotOnDisk
+
+    os.mkdir(os.path.join(os.fsencode(root), b"\xff-only"))
+    with pytest.raises(NotOnDisk, match="has a name that is not UTF-8 and cannot be booked"):
+        cache.register_latest()

@@ -466,7 +466,8 @@ def test_a_cleanup_during_a_forced_adoption_is_skipped_not_failed(cache, root):
     cache.client.set(cache.keys.adopting, "someone", px=5000)  # the forced reconcile's
     done = cleanup(cache, periodic=True)
     assert done["status"] == "skipped" and "reconcile is adopting the root" in done["reason"]
-    assert cache.stats()["last_cleanup"]["status"] == "done"  # no failure recorded
+    last = cache.stats()["last_cleanup"]
+    assert last["status"] == "skipped" and last["periodic_time"]  # no failure; beat ran
     with pytest.raises(RootMissing, match="names other books"):
         cleanup(cache, dry_run=True)  # a plan records nothing: the refusal is said
     cache.client.delete(cache.keys.adopting)
@@ -478,9 +479,9 @@ def test_a_cleanup_during_a_forced_adoption_is_skipped_not_failed(cache, root):
 def test_an_unmounted_root_during_a_reconcile_is_a_failure_all_the_same(
     cache, root, marker_left
 ):
-    """Only a marker read between a forced adoption's two writes is skipped: an empty mount
-    point (or one written to, without the marker) while some reconcile runs was said at
-    INFO, and never recorded."""
+    """Only a forced reconcile's adoption skips a refused cleanup: an empty mount point (or
+    one written to, without the marker) while a plain reconcile runs was said at INFO, and
+    never recorded."""
     from cachemgr import paths
     from cachemgr.errors import RootMissing
     from tests.test_core import fill
@@ -555,7 +556,7 @@ def test_cleanups_during_a_forced_adoption_are_not_failures(cache, root, new_dis
 
     reconcile(cache, force=True, progress=beat_meanwhile)
     assert seen == ["skipped"]
-    assert cache.stats()["last_cleanup"]["status"] == "done"  # the one before: no failure
+    assert cache.stats()["last_cleanup"]["status"] == "skipped"  # not failed
     assert cleanup(cache, periodic=True)["status"] == "done"  # adopted: cleanups go on
     assert sorted(cache.store.all_records()) == (["n1", "n2", "n3"] if new_disk else [])
 
@@ -579,3 +580,35 @@ def test_a_forced_adoption_cut_short_leaves_the_root_refused(cache, root):
     assert not cache.client.exists(cache.keys.adopting)
     with pytest.raises(RootMissing, match="is missing"):
         cleanup(cache, periodic=True)
+
+
+def test_the_adoption_mark_lapses_soon_after_a_crash(cache, root):
+    """Left behind by a killed worker, it hid every refusal (an unmounted disk too) for the
+    lock's whole timeout, five minutes by default."""
+    from cachemgr.reconcile import ADOPTING_SECONDS
+
+    make_tree(root, "a", files=1)
+    ttls = []
+    reconcile(cache, force=True, progress=lambda *_: ttls.append(
+        cache.client.pttl(cache.keys.adopting)))  # fmt: skip
+    assert ttls and all(0 < t <= ADOPTING_SECONDS * 1000 for t in ttls)
+    assert not cache.client.exists(cache.keys.adopting)
+
+
+def test_a_refusal_read_as_the_adoption_ends_is_read_again(cache, root, monkeypatch):
+    """The marker read just before a forced reconcile wrote it, the adoption mark read just
+    after it was gone: the cleanup was recorded as failed over a root adopted meanwhile."""
+    from cachemgr import cleanup as cleanup_module
+    from cachemgr.errors import RootMissing
+
+    make_tree(root, "a", files=1)
+    cleanup(cache)
+    real, calls = cleanup_module._refused, []
+
+    def refused_once(c):
+        calls.append(1)
+        return RootMissing("its marker .cachemgr-books is missing") if len(calls) == 1 else real(c)
+
+    monkeypatch.setattr(cleanup_module, "_refused", refused_once)
+    assert cleanup(cache, periodic=True)["status"] == "done"
+    assert len(calls) == 2
