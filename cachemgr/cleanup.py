@@ -203,9 +203,9 @@ def cleanup(
         # books' token is not yet written. One that ended meanwhile has its root read again.
         if cache.client.exists(cache.keys.adopting):
             log.info("cleanup skipped: a reconcile is adopting the root (%s)", refused)
-            skipped = {"status": "skipped", "reason": RECONCILE_RUNNING}
-            history.record(cache, time.time(), skipped, periodic)  # beat's, not overdue
-            return skipped
+            if periodic:  # beat ran: not overdue; the last cleanup's outcome stands
+                history.beat_ran(cache, time.time())
+            return {"status": "skipped", "reason": RECONCILE_RUNNING}
         refused = _refused(cache)
     if refused is not None:
         if not dry_run:

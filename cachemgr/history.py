@@ -71,6 +71,12 @@ def record(
     pipe.execute()
 
 
+def beat_ran(cache: DiskCache, started: float) -> None:
+    """Beat's cleanup ran and was skipped (a root being adopted): it is not overdue, and the
+    last real cleanup's outcome (its errors, what it could not delete) stands."""
+    cache.client.hset(cache.keys.last_cleanup, "periodic_time", f"{started:.3f}")
+
+
 def root_mended(cache: DiskCache) -> bool:
     """A reconcile has checked (or adopted) the root: a last cleanup refused for the root no
     longer reads as failed, which the stats and /readyz said for up to an interval more."""

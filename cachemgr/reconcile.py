@@ -17,7 +17,7 @@ from typing import Any
 from cachemgr import checks, history, marker, migrations, paths, scanner, trash
 from cachemgr.cache import Booking, DiskCache
 from cachemgr.errors import CacheError
-from cachemgr.locks import Lock
+from cachemgr.locks import Keeper, Lock
 from cachemgr.reads import Lua, call
 from cachemgr.switch import DISABLED
 
@@ -35,7 +35,8 @@ return {old, total}
 """)
 
 Progress = Callable[[int, int, str], None]  # (done, total, path)
-ADOPTING_SECONDS = 60  # cache:adopting's life, renewed at every entry of a forced walk
+ADOPTING_SECONDS = 60  # cache:adopting's life, renewed from a thread while a forced walk runs
+MAX_WALK_SECONDS = 86400  # a forced walk that hangs longer no longer keeps cleanups skipping
 
 
 class ReconcileBusy(CacheError):
@@ -101,17 +102,7 @@ def reconcile(
     if not dry_run and not lock.acquire():
         raise ReconcileBusy("a reconcile is already running")
 
-    adopting = force and not dry_run
-    # The root is adopted at the end, once the walk is done (one cut short leaves it refused,
-    # as before); the cleanups that beat sends meanwhile skip their refusal instead of each
-    # being recorded as failed (a new disk has no marker yet, an emptied one is empty). Set
-    # for a short while and renewed at every entry: a crashed walk's lapses within that.
-    def adopt() -> None:
-        if adopting:
-            cache.client.set(cache.keys.adopting, lock.token, px=ADOPTING_SECONDS * 1000)
-
     def tick(done: int, total: int, path: str) -> None:
-        adopt()
         if not dry_run and done % 100 == 0:
             lock.extend()  # alive while it makes progress; lapses soon after a crash
             if heartbeat is not None:
@@ -119,13 +110,25 @@ def reconcile(
         if progress:
             progress(done, total, path)
 
+    # The root is adopted at the end, once the walk is done (one cut short leaves it refused,
+    # as before); the cleanups that beat sends meanwhile skip their refusal instead of each
+    # being recorded as failed (a new disk has no marker yet, an emptied one is empty). The
+    # mark is kept alive from a thread, through slow scans too: a crashed walk's lapses soon.
+    adopting = Lock(cache.client, cache.keys.adopting, int(ADOPTING_SECONDS * 1000))
+    keeper = None
     try:
-        adopt()
+        if force and not dry_run:
+            # Taken over, not waited for: a crashed walk's mark is no one's (this holds the
+            # reconcile lock), and lapses by itself anyway.
+            cache.client.set(adopting.key, adopting.token, px=adopting.timeout_ms)
+            keeper = Keeper(adopting, every=ADOPTING_SECONDS / 4, at_most=MAX_WALK_SECONDS)
+            keeper.start()
         return _reconcile(cache, dry_run=dry_run, progress=tick, started=started, force=force)
     finally:
         try:
-            if adopting and cache.client.get(cache.keys.adopting) == lock.token:
-                cache.client.delete(cache.keys.adopting)
+            if keeper is not None:
+                keeper.stop()
+                adopting.release()
         finally:
             if not dry_run:
                 lock.release()
