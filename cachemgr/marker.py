@@ -21,6 +21,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("cachemgr")
 
 ROOT_LINE = "root: "
+# The books' token after a forced adoption was cut short: no marker holds it, so neither the
+# disk being adopted nor the one it replaced is taken for the books', which the walk had
+# half rewritten (the old disk's downloads untracked, the new one's partly booked).
+CUT_SHORT = "cut-short:"
+
+
+def cut_short(cache: DiskCache) -> None:
+    """Set as a forced adoption begins; its end writes the new token over it."""
+    token = cache.client.get(cache.keys.root_mark) or ""
+    if not token.startswith(CUT_SHORT):
+        cache.client.set(cache.keys.root_mark, f"{CUT_SHORT}{token}")
 
 
 def remember(cache: DiskCache, anew: bool = False) -> None:
@@ -86,6 +97,11 @@ def swapped(cache: DiskCache) -> str | None:
     token = cache.client.get(cache.keys.root_mark)
     if token is None:
         return None
+    if token.startswith(CUT_SHORT):
+        return (
+            "a reconcile --force was cut short and left the books half rewritten (no disk "
+            "matches them now); run it again over the disk you mean"
+        )
     if not present(cache):
         return f"its marker {paths.BOOKS_MARKER} is missing"
     found = _token_line(cache)

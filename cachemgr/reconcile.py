@@ -123,6 +123,9 @@ def reconcile(
             cache.client.set(adopting.key, adopting.token, px=adopting.timeout_ms)
             keeper = Keeper(adopting, every=ADOPTING_SECONDS / 4, at_most=MAX_WALK_SECONDS)
             keeper.start()
+            # Until its end, no disk is the books': a walk cut short (Ctrl-C, a crash) has
+            # half rewritten them, and the disk it replaced, mounted again, was taken for theirs.
+            marker.cut_short(cache)
         return _reconcile(cache, dry_run=dry_run, progress=tick, started=started, force=force)
     finally:
         try:

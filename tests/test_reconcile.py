@@ -568,19 +568,35 @@ def test_a_forced_adoption_cut_short_leaves_the_root_refused(cache, root):
     from cachemgr.errors import RootMissing
     from tests.test_core import fill
 
-    fill(cache, root, 2)
+    names = sorted(fill(cache, root, 2))
     cleanup(cache)
-    root.rename(root.with_name("downloads.real-disk"))
-    make_tree(root, "written-meanwhile", files=1)
+    real = root.with_name("downloads.real-disk")
+    root.rename(real)
+    for name in ("w1", "w2", "w3"):
+        make_tree(root, name, files=1)  # the wrong disk
+    calls = []
 
     def interrupted(done: int, total: int, path: str) -> None:
-        raise KeyboardInterrupt
+        calls.append(path)
+        if len(calls) == 4:  # the real disk's two untracked, one of the wrong one's booked
+            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         reconcile(cache, force=True, progress=interrupted)
     assert not cache.client.exists(cache.keys.adopting)
-    with pytest.raises(RootMissing, match="is missing"):
+    with pytest.raises(RootMissing, match="was cut short"):
         cleanup(cache, periodic=True)
+    # The real disk back: its books were half rewritten, so it is refused too (it was taken
+    # for the books' own, and the downloads the walk had untracked stayed off them).
+    root.rename(root.with_name("downloads.wrong-disk"))
+    real.rename(root)
+    with pytest.raises(RootMissing, match="run it again over the disk you mean"):
+        cleanup(cache, periodic=True)
+    with pytest.raises(RootMissing):
+        reconcile(cache)
+    reconcile(cache, force=True)
+    assert sorted(cache.store.all_records()) == names
+    assert cleanup(cache, periodic=True)["status"] == "done"
 
 
 def test_the_adoption_mark_lapses_soon_after_a_crash(cache, root, monkeypatch):
