@@ -72,8 +72,9 @@ def record(
 
 
 def beat_ran(cache: DiskCache, started: float) -> None:
-    """Beat's cleanup ran and was skipped (a root being adopted): it is not overdue, and the
-    last real cleanup's outcome (its errors, what it could not delete) stands."""
+    """Beat's cleanup ran and was skipped (a root being adopted, another cleanup running): it
+    is not overdue, and the last real cleanup's outcome (its errors, what it could not
+    delete) stands."""
     cache.client.hset(cache.keys.last_cleanup, "periodic_time", f"{started:.3f}")
 
 

@@ -639,3 +639,20 @@ def test_a_refusal_read_as_the_adoption_ends_is_read_again(cache, root, monkeypa
     monkeypatch.setattr(cleanup_module, "_refused", refused_once)
     assert cleanup(cache, periodic=True)["status"] == "done"
     assert len(calls) == 2
+
+
+def test_beats_cleanup_skipped_for_another_cleanup_still_counts_as_run(cache, root):
+    """A chain of quota passes held the cleanup lock at beat's times: beat's skipped runs
+    left periodic_time behind, and the stats would have called beat overdue."""
+    make_tree(root, "a", files=1)
+    cleanup(cache)
+    before = cache.stats()["last_cleanup"]
+    cache.client.set(cache.keys.cleanup_lock, "a quota pass", px=5000)
+    try:
+        done = cleanup(cache, periodic=True)
+    finally:
+        cache.client.delete(cache.keys.cleanup_lock)
+    assert done == {"status": "skipped", "reason": "another cleanup is running"}
+    after = cache.stats()["last_cleanup"]
+    assert after["periodic_time"] and after["periodic_time"] > (before["periodic_time"] or 0)
+    assert after["status"] == before["status"] == "done"  # the last outcome stands
