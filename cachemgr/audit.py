@@ -37,20 +37,18 @@ def untracked(
     found: list[str] = []
     count = 0
     chunk: list[str] = []
-
     unnamable: list[str] = []
 
     def check() -> None:
         nonlocal count
-        unnamable.extend(
-            paths.shown(path)
-            for path in chunk
-            if not paths.encodable(path) and not any(_tracked(cache, paths.ancestors(path)))
-        )  # inside a directory registered off the entry depth: counted there
+        covered = _covered(cache, chunk)  # inside one registered off the entry depth
         for path, tracked in zip(chunk, _tracked(cache, chunk), strict=True):
-            if tracked or not paths.encodable(path) or not _settled(cache, path, older_than):
+            if tracked or path in covered:
                 continue
-            if any(_tracked(cache, paths.ancestors(path))) or _holds_tracked(cache, path):
+            if not paths.encodable(path):
+                unnamable.append(paths.shown(path))
+                continue
+            if not _settled(cache, path, older_than) or _holds_tracked(cache, path):
                 continue
             count += 1
             if len(found) < EXAMPLES:
@@ -78,11 +76,10 @@ def strays(cache: DiskCache, found: list[str], *, older_than: float) -> dict[str
     example = None
     for i in range(0, len(found), 1000):
         chunk = found[i : i + 1000]
-        above = sorted({a for path in chunk for a in paths.ancestors(path)})
-        tracked = {a for a, hit in zip(above, _tracked(cache, above), strict=True) if hit}
+        covered = _covered(cache, chunk)  # inside one registered off the entry depth
         for path in chunk:
-            if any(a in tracked for a in paths.ancestors(path)):
-                continue  # inside a directory registered off the entry depth: counted there
+            if path in covered:
+                continue
             try:
                 st = os.lstat(cache.root / path)
             except OSError:  # gone meanwhile
@@ -160,6 +157,14 @@ def _tracked(cache: DiskCache, names: list[str]) -> list[bool]:
     ok = [name for name in names if paths.encodable(name)]
     hits = dict(zip(ok, cache.store.tracked(ok), strict=True))
     return [hits.get(name, False) for name in names]
+
+
+def _covered(cache: DiskCache, names: list[str]) -> set[str]:
+    """The names inside a tracked directory (one registered off the entry depth): counted
+    there. One read for them all."""
+    above = sorted({a for name in names for a in paths.ancestors(name)})
+    tracked = {a for a, hit in zip(above, _tracked(cache, above), strict=True) if hit}
+    return {name for name in names if any(a in tracked for a in paths.ancestors(name))}
 
 
 def _settled(cache: DiskCache, path: str, older_than: float) -> bool:

@@ -107,8 +107,8 @@ class Keys:
 
     @cached_property
     def adopting(self) -> str:
-        """String with the reconcile lock's TTL, set while a `reconcile --force` adopts the
-        root: cleanups meanwhile skip their root check's refusal instead of failing."""
+        """String, a lock kept alive while a `reconcile --force` walks the root it adopts:
+        cleanups meanwhile skip their root check's refusal instead of failing."""
         return f"{self.prefix}cache:adopting"
 
     @cached_property

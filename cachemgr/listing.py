@@ -69,15 +69,15 @@ return out
 )
 
 
-# One directory's read (listing.directory): its view as ENTRIES gives it, the TTL its workers
-# published, the leases named on it, and the other pinned paths around it (above, inside).
+# One directory's read (listing.directory): its record, the TTL its workers published, the
+# leases named on it, and the other pinned paths around it (above, inside): the lease that
+# protects it (LEASE_AROUND's) is the latest of its own and those.
 # KEYS[1] cache:entries  KEYS[2] cache:lru  KEYS[5] cache:pins:paths  KEYS[6] cache:pins (the
 # COMMON_KEYS places)  KEYS[7] cache:config  KEYS[8] pin:{path}   ARGV[1] path
-# Returns false for an untracked path, else {last access, record, lease around or '', TTL
-# or '', its lease in cache:pins or '', {holder, expiry, ...}, {other path, lease, ...}}.
+# Returns false for an untracked path, else {last access, record, TTL or '', its lease in
+# cache:pins or '', {holder, expiry, ...}, {other path, lease, ...}}.
 DIRECTORY = Lua(
     PRELUDE
-    + LEASE_AROUND
     + """
 local path = ARGV[1]
 local last = redis.call('ZSCORE', KEYS[2], path)
@@ -96,7 +96,7 @@ end
 for _, p in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. path .. '/', '(' .. path .. '0')) do
   note(p)
 end
-return {last, rec, lease_around(path) or '', redis.call('HGET', KEYS[7], 'ttl_seconds') or '',
+return {last, rec, redis.call('HGET', KEYS[7], 'ttl_seconds') or '',
         redis.call('ZSCORE', KEYS[6], path) or '', redis.call('HGETALL', KEYS[8]), others}
 """
 )
@@ -107,16 +107,18 @@ def directory(store: Store, path: str, now: float) -> Entry | None:
     with its holder and path), its expiry by the TTL its workers published: one round trip,
     and one more only when a path around it is pinned."""
     k = store.keys
-    keys = [k.entries, k.lru, k.bytes, k.stats, k.pin_paths, k.pins, k.config, k.pin_holders(path)]
+    keys = [*store.lease_keys(), k.config, k.pin_holders(path)]
     reply = call(store.client, DIRECTORY, keys, [path])
     if not reply:
         return None
-    last, rec, lease, ttl, own, named, around = reply
-    entry = store.entry(path, last, rec, lease)
+    last, rec, ttl, own, named, around = reply
+    leased = pairs(around)
+    protecting = max([float(t) for t in [own, *leased.values()] if t], default=None)
+    entry = store.entry(path, last, rec, protecting)
     if ttl:
         entry.ttl_seconds = int(ttl)
     leases = [Lease(h, t, path) for h, t in pins.in_force(pairs(named), own, now).items()]
-    others = [(p, lease) for p, lease in pairs(around).items() if float(lease) > now]
+    others = [(p, lease) for p, lease in leased.items() if float(lease) > now]
     if others:  # a pin taken on a path inside before it was registered, or on one above
 
         def build(batch: Batch) -> Reader[list[Lease]]:

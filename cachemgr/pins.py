@@ -177,17 +177,15 @@ def end_lease(store: Store, path: str, holder: str, now: float) -> tuple[str, bo
         hits = store.tracked([*above, path])
         where = next((p for p, hit in zip(above, hits, strict=False) if hit), path)
         if where != path or hits[-1]:  # an untracked path's inside is other downloads
-            k = store.keys
-            inside = store.client.zrangebylex(k.pin_paths, f"[{where}/", f"({where}0")
+            pinned = store.keys.pin_paths
+            inside = store.client.zrangebylex(pinned, f"[{where}/", f"({where}0")
             targets = list(dict.fromkeys([path, where, *inside]))
-    k = store.keys
-    around = [k.entries, k.lru, k.bytes, k.stats, k.pin_paths, k.pins]
 
     def build(batch: Batch) -> Reader[tuple[bool, Any]]:
         for target in targets:
             args = [target, 0, holder, f"{now:.6f}"]
             batch.script(store.pin_script, store.pin_keys(target), args)
-        batch.script(LEASE_NOW, around, [where], writes=False)
+        batch.script(LEASE_NOW, store.lease_keys(), [where], writes=False)
 
         def read(replies: Iterator[Any]) -> tuple[bool, Any]:
             ended = [bool(next(replies)[0]) for _ in targets]

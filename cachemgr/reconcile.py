@@ -187,11 +187,12 @@ def _reconcile(
     )
     report["rebuilt"] = False
     times: dict[str, float] = {}
+    as_written = _as_written(cache)
 
     def one(done: int, path: str) -> None:
         if progress:
             progress(done, total, path)
-        at = times.get(path) if rebuilding else _as_written(cache)
+        at = times.get(path) if rebuilding else as_written
         try:
             _reconcile_one(cache, path, records.get(path), dry_run, report, at)
         except (CacheError, OSError) as exc:  # one unreadable directory stops nothing else

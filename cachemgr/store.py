@@ -74,15 +74,16 @@ class Store:
         return scripts.compose(self.policy.script(template), fill)
 
     # -- keys ---------------------------------------------------------------------------
+    def lease_keys(self) -> list[str]:
+        """The first six COMMON_KEYS places: enough for a script that reads records and the
+        leases around a path (pins.LEASE_AROUND, listing.DIRECTORY)."""
+        k = self.keys
+        return [k.entries, k.lru, k.bytes, k.stats, k.pin_paths, k.pins]
+
     def script_keys(self, path: str | None = None) -> list[str]:
         k = self.keys
         return [
-            k.entries,
-            k.lru,
-            k.bytes,
-            k.stats,
-            k.pin_paths,
-            k.pins,
+            *self.lease_keys(),
             k.deleting,
             k.policy,
             k.dir(path) if path is not None else k.dir(""),
