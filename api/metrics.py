@@ -53,6 +53,38 @@ REMOVALS = (
     ("vanished", "vanished"),
 )
 SKIPS = (("locked", "skipped_locked"), ("pinned", "skipped_pinned"))
+# What the last cleanup counted (cache:last_cleanup), as gauges: name, field, help.
+LAST_CLEANUP_COUNTS = (
+    (
+        "cachemgr_untracked_directories",
+        "untracked",
+        "Directories at the entry depth not on the books, as beat's last cleanup found them "
+        "(lost registrations: their bytes are not counted; reconcile books them).",
+    ),
+    (
+        "cachemgr_stray_files",
+        "stray_files",
+        "Files at or above the entry depth outside every download directory, as beat's last "
+        "cleanup found them (never counted nor deleted).",
+    ),
+    ("cachemgr_stray_bytes", "stray_bytes", "Bytes those stray files hold."),
+    (
+        "cachemgr_unlisted_directories",
+        "unlisted",
+        "Directories above the entry depth that beat's last cleanup could not list (the "
+        "downloads inside are neither counted nor cleaned).",
+    ),
+    (
+        "cachemgr_unnamable_directories",
+        "unnamable",
+        "Directories whose names are not UTF-8, which cannot be booked (beat's last).",
+    ),
+    (
+        "cachemgr_delete_failed_directories",
+        "delete_failed",
+        "Directories the last cleanup chose and could not delete (kept on the books).",
+    ),
+)
 
 
 class CacheCollector(Collector):
@@ -202,39 +234,7 @@ class CacheCollector(Collector):
                 "1 if the last cleanup finished, 0 if it failed.",
                 None if not last else float(last.get("status") != "failed"),
             ),
-            gauge(
-                "cachemgr_untracked_directories",
-                "Directories at the entry depth not on the books, as beat's last cleanup found "
-                "them (lost registrations: their bytes are not counted; reconcile books them).",
-                last.get("untracked") if last else None,
-            ),
-            gauge(
-                "cachemgr_stray_files",
-                "Files at or above the entry depth outside every download directory, as "
-                "beat's last cleanup found them (never counted nor deleted).",
-                last.get("stray_files") if last else None,
-            ),
-            gauge(
-                "cachemgr_stray_bytes",
-                "Bytes those stray files hold.",
-                last.get("stray_bytes") if last else None,
-            ),
-            gauge(
-                "cachemgr_unlisted_directories",
-                "Directories above the entry depth that beat's last cleanup could not list "
-                "(the downloads inside are neither counted nor cleaned).",
-                last.get("unlisted") if last else None,
-            ),
-            gauge(
-                "cachemgr_unnamable_directories",
-                "Directories whose names are not UTF-8, which cannot be booked (beat's last).",
-                last.get("unnamable") if last else None,
-            ),
-            gauge(
-                "cachemgr_delete_failed_directories",
-                "Directories the last cleanup chose and could not delete (kept on the books).",
-                last.get("delete_failed") if last else None,
-            ),
+            *(gauge(name, doc, last.get(field)) for name, field, doc in LAST_CLEANUP_COUNTS),
             gauge(
                 "cachemgr_over_threshold_since_timestamp_seconds",
                 "Usage is above the threshold now, and was at the end of every cleanup since "

@@ -36,6 +36,11 @@ SinceResetSchema = Schema.from_dict(
 )
 
 
+def _one_of_them() -> fields.String:
+    """A count's example, as last_cleanup gives one beside each count."""
+    return fields.String(allow_none=True, metadata={"description": "one of them"})
+
+
 class LastCleanupSchema(Schema):
     time = fields.Float(allow_none=True, metadata={"description": "when it started, epoch seconds"})
     status = fields.String(
@@ -51,11 +56,11 @@ class LastCleanupSchema(Schema):
     delete_failed = fields.Integer(
         metadata={"description": "directories it chose and could not delete (kept on the books)"}
     )
-    delete_failed_example = fields.String(allow_none=True, metadata={"description": "one of them"})
+    delete_failed_example = _one_of_them()
     untracked = fields.Integer(
         metadata={"description": "directories at the entry depth not on the books (beat's last)"}
     )
-    untracked_example = fields.String(allow_none=True, metadata={"description": "one of them"})
+    untracked_example = _one_of_them()
     stray_files = fields.Integer(
         metadata={
             "description": "files at or above the entry depth outside every download directory "
@@ -63,15 +68,15 @@ class LastCleanupSchema(Schema):
         }
     )
     stray_bytes = fields.Integer(metadata={"description": "the bytes those files hold"})
-    stray_example = fields.String(allow_none=True, metadata={"description": "one of them"})
+    stray_example = _one_of_them()
     unlisted = fields.Integer(
         metadata={"description": "directories above the entry depth that cannot be listed"}
     )
-    unlisted_example = fields.String(allow_none=True, metadata={"description": "one of them"})
+    unlisted_example = _one_of_them()
     unnamable = fields.Integer(
         metadata={"description": "directories whose names are not UTF-8 (cannot be booked)"}
     )
-    unnamable_example = fields.String(allow_none=True, metadata={"description": "one of them"})
+    unnamable_example = _one_of_them()
     evict_short = fields.String(
         allow_none=True, metadata={"description": "what kept eviction above the threshold"}
     )
