@@ -32,6 +32,7 @@ from api.cli_stack import serve, up
 from api.cli_tables import entry_rows, kv, plan_table, stats_table
 from api.errors import raised_in
 from cachemgr import CacheError, DiskCache
+from cachemgr import events as event_log
 from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.quota import quota_pass_due
@@ -350,17 +351,13 @@ def unpin(path: str, holder: str | None, as_json: Any) -> None:
 def events(limit: int, follow: bool, as_json: bool) -> None:
     """Evictions, expiries, removals and failed cleanups (JSON lines)."""
     store = _state().cache.store
-    latest = list(reversed(store.events(limit)))
+    latest = list(reversed(event_log.latest(store, limit)))
     for event in latest:
         click.echo(json.dumps(event))
     if not follow:
         return
-    last_id = latest[-1]["id"] if latest else "$"
-    while True:
-        for _, items in store.client.xread({store.keys.events: last_id}, block=5000) or []:
-            for ident, fields in items:
-                click.echo(json.dumps({"id": ident, **fields}))
-                last_id = ident
+    for event in event_log.follow(store, latest[-1]["id"] if latest else "$"):
+        click.echo(json.dumps(event))
 
 
 @click.command()

@@ -34,6 +34,7 @@ from api.schemas import (
     WaitArgs,
 )
 from cachemgr import DiskCache, NotTracked, paths
+from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as cleanup_plan
 from cachemgr.nodes import queue_for
 from workers.client import holder_kwargs
@@ -309,4 +310,4 @@ class Events(MethodView):
     @blp.response(200, EventListSchema)
     def get(self, args: dict[str, Any]) -> Any:
         """The latest evictions, expiries, removals and failed cleanups, newest first."""
-        return {"events": node_cache(args).store.events(args["limit"])}
+        return {"events": event_log.latest(node_cache(args).store, args["limit"])}

@@ -20,7 +20,8 @@ from flask import Blueprint, current_app, render_template
 from api.errors import redis_unavailable
 from api.extensions import cache
 from api.humanize import human_bytes, human_count, human_duration, percent
-from cachemgr import DiskCache
+from cachemgr import DiskCache, listing
+from cachemgr import events as event_log
 from cachemgr import history as cleanup_history
 from cachemgr.records import Entry, iso, number
 
@@ -129,7 +130,7 @@ def interval_ratios(samples: list[dict[str, Any]]) -> list[float | None]:
 # -- directories ----------------------------------------------------------------------------
 def largest(disk_cache: DiskCache, n: int = TOP) -> tuple[list[Entry], bool]:
     """The n largest tracked directories, and whether the scan was cut at SCAN_LIMIT."""
-    return disk_cache.store.largest(n, SCAN_LIMIT)
+    return listing.largest(disk_cache.store, n, SCAN_LIMIT)
 
 
 def stalest(disk_cache: DiskCache, n: int = TOP, ttl: int | None = None) -> list[Entry]:
@@ -162,7 +163,7 @@ def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
     periodic_time = last.get("periodic_time")
     interval = int(stats["cleanup_interval_seconds"])  # the workers', as the quota and TTL
     running = bool(stats["scheduler_running"])
-    events = disk_cache.store.events(EVENTS)
+    events = event_log.latest(disk_cache.store, EVENTS)
     for event in events:
         event["at"] = number(event.get("time"))
         event["size_bytes"] = int(event["size"]) if str(event.get("size", "")).isdigit() else None

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, deletion, listing, marker, paths, pins, scanner, stats
+from cachemgr import checks, deletion, listing, marker, paths, pins, quota, scanner, stats
 from cachemgr.errors import (
     NotOnDisk,
     NotTracked,
     Overlap,
     RecordCollision,
-    RootMissing,
-    root_missing,
 )
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
@@ -78,32 +74,7 @@ class DiskCache:
         return NodeRegistry(self.client, self.settings.disk_cache_cluster)
 
     def check_root(self, *, allow_empty: bool = False, force: bool = False) -> None:
-        """Raise RootMissing unless the root is a directory that holds something while the
-        books track directories: a pass over a missing root (an unmounted disk), or over the
-        empty mount point left behind, would find every directory gone and untrack them all.
-        Nor a root that is not the directory the books were kept for (marker.py): the mount
-        point written to meanwhile. `allow_empty`: an empty root is no sign (a removal of the
-        last download); `force` (reconcile --force) takes the root as it is."""
-        if not self.root.is_dir():
-            raise RootMissing(root_missing(self.root))
-        swapped = None if force else marker.swapped(self)
-        if swapped:
-            raise RootMissing(
-                f"the cache root {str(self.root)!r} is not the directory these books were kept "
-                f"for: {swapped} (is the disk mounted?): no cleanup or reconcile runs; if it "
-                "was replaced on purpose, run `cachemgr reconcile --force`"
-            )
-        tracked = 0 if allow_empty or force else self.store.count_entries()
-        if not tracked:
-            return
-        with os.scandir(self.root) as it:
-            if any(e.name not in (paths.TRASH_DIR, paths.BOOKS_MARKER) for e in it):
-                return
-        raise RootMissing(
-            f"the cache root {str(self.root)!r} is empty while {tracked} "
-            "directories are tracked (is the disk mounted?): no cleanup or reconcile runs; if "
-            "the downloads were removed on purpose, run `cachemgr reconcile --force`"
-        )
+        marker.check_root(self, allow_empty=allow_empty, force=force)
 
     def lock(self, path: str) -> Lock:
         return Lock(
@@ -169,7 +140,7 @@ class DiskCache:
             "delta_bytes": int(outcome[2]),
             "total_bytes": total,
             "over_threshold": total > self.settings.threshold_bytes,
-            "low_disk": self._low_disk(),
+            "low_disk": self.free_space_short() > 0,
         }
         notes = []
         depth = self.settings.disk_cache_entry_depth
@@ -213,20 +184,8 @@ class DiskCache:
         log.warning("%s was tracked but is gone from disk: counted as vanished", rel)
         return "; it was tracked: taken off the books (counted as vanished)"
 
-    def _low_disk(self) -> bool:
-        """A quota pass is due even under the quota (the disk fills with other files too)."""
-        return self.free_space_short() > 0
-
     def free_space_short(self) -> int:
-        """Bytes the filesystem lacks to keep DISK_CACHE_MIN_FREE_BYTES free (0: no floor, room
-        enough, or the free space cannot be read)."""
-        floor = self.settings.disk_cache_min_free_bytes
-        if not floor:
-            return 0
-        try:
-            return max(0, floor - shutil.disk_usage(self.root).free)
-        except OSError:
-            return 0
+        return quota.free_space_short(self.settings)
 
     def _scan_and_book(
         self, rel: str, token: str, at: Booking = None

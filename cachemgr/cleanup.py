@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import audit, checks, history, marker, migrations, trash
+from cachemgr import audit, checks, events, history, marker, migrations, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import RootMissing
 from cachemgr.locks import Keeper, Lock
@@ -163,7 +163,7 @@ def enforce_quota(
             extra={"event": "eviction_short"},
         )
         result.short = f"pinned {why['pinned']}, locked {why['locked']}, young {why['young']}"
-        cache.store.add_event({"event": "eviction_short", "time": f"{cache.clock():.3f}", **why})
+        events.add(cache.store, {"event": "eviction_short", "time": f"{cache.clock():.3f}", **why})
     return result
 
 

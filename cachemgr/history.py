@@ -8,7 +8,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import stats
+from cachemgr import events, stats
 from cachemgr.errors import DELETE_FAILED, RootMissing
 from cachemgr.reads import Lua, call
 
@@ -67,7 +67,7 @@ def record(
     pipe.ltrim(cache.keys.history, 0, HISTORY_SAMPLES - 1)
     if result.get("status") == "failed":
         failure = {"event": "cleanup_failed", "error": str(result.get("error"))}
-        cache.store.add_event({**failure, "time": f"{started:.3f}"}, pipeline=pipe)
+        events.add(cache.store, {**failure, "time": f"{started:.3f}"}, pipeline=pipe)
     pipe.execute()
 
 

@@ -5,6 +5,7 @@ decides on is one moment of the books; and the cursor of a listing's pages."""
 from __future__ import annotations
 
 import base64
+import heapq
 import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cachemgr import pins
 from cachemgr.pins import LEASE_AROUND
 from cachemgr.reads import Batch, Lua, Reader, call, run
-from cachemgr.records import Entry, Lease
+from cachemgr.records import Entry, Lease, unpack
 from cachemgr.scripts import PRELUDE
 
 if TYPE_CHECKING:
@@ -158,3 +159,28 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     if math.isnan(value):  # Redis refuses a nan bound
         raise ValueError(f"invalid cursor {cursor!r}")
     return value, member
+
+
+def largest(store: Store, n: int, scan_limit: int = 100_000) -> tuple[list[Entry], bool]:
+    """The n largest entries, and whether the scan stopped at `scan_limit` records.
+
+    There is no index by size (it would cost memory on every entry), so this is a bounded
+    scan for status pages, never a steady-state path.
+    """
+    top: list[tuple[int, str]] = []
+    cut = False
+    for seen, (path, rec) in enumerate(store.scan_records(), 1):
+        if seen > scan_limit:
+            cut = True
+            break
+        item = (unpack(rec)[0], path)
+        if len(top) < n:
+            heapq.heappush(top, item)
+        elif item > top[0]:
+            heapq.heapreplace(top, item)
+    paths = [p for _, p in sorted(top, reverse=True)]
+    if not paths:
+        return [], cut
+    scores = store.client.zmscore(store.keys.lru, paths)
+    items = [(p, s) for p, s in zip(paths, scores, strict=True) if s is not None]
+    return store.entries(items), cut

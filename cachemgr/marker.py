@@ -14,6 +14,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from cachemgr import paths
+from cachemgr.errors import RootMissing, root_missing
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -108,3 +109,32 @@ def swapped(cache: DiskCache) -> str | None:
     if found is None or found == token:  # an older version's marker: cannot tell
         return None
     return f"its marker {paths.BOOKS_MARKER} names other books"
+
+
+def check_root(cache: DiskCache, *, allow_empty: bool = False, force: bool = False) -> None:
+    """Raise RootMissing unless the root is a directory that holds something while the
+    books track directories: a pass over a missing root (an unmounted disk), or over the
+    empty mount point left behind, would find every directory gone and untrack them all.
+    Nor a root that is not the directory the books were kept for (no marker of theirs): the
+    mount point written to meanwhile. `allow_empty`: an empty root is no sign (a removal of the
+    last download); `force` (reconcile --force) takes the root as it is."""
+    if not cache.root.is_dir():
+        raise RootMissing(root_missing(cache.root))
+    other = None if force else swapped(cache)
+    if other:
+        raise RootMissing(
+            f"the cache root {str(cache.root)!r} is not the directory these books were kept "
+            f"for: {other} (is the disk mounted?): no cleanup or reconcile runs; if it "
+            "was replaced on purpose, run `cachemgr reconcile --force`"
+        )
+    tracked = 0 if allow_empty or force else cache.store.count_entries()
+    if not tracked:
+        return
+    with os.scandir(cache.root) as it:
+        if any(e.name not in (paths.TRASH_DIR, paths.BOOKS_MARKER) for e in it):
+            return
+    raise RootMissing(
+        f"the cache root {str(cache.root)!r} is empty while {tracked} "
+        "directories are tracked (is the disk mounted?): no cleanup or reconcile runs; if "
+        "the downloads were removed on purpose, run `cachemgr reconcile --force`"
+    )

@@ -8,6 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from cachemgr import events
 from cachemgr.policies import POLICIES
 from cachemgr.reads import Lua, call
 from cachemgr.records import RECORD_FORMAT
@@ -113,7 +114,7 @@ def ensure_policy(store: Store) -> bool:
         extra={"event": "policy_switched"},
     )
     event = {"event": "policy_switched", "previous": recorded, "policy": new, "carried": carried}
-    store.add_event({**event, "time": f"{time.time():.3f}"})
+    events.add(store, {**event, "time": f"{time.time():.3f}"})
     return True
 
 

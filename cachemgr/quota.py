@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
+    from cachemgr.settings import Settings
 
 log = logging.getLogger("cachemgr")
 
@@ -106,3 +107,15 @@ def _nearly_full_short(cache: DiskCache) -> int:
     except OSError:
         return 0
     return max(0, int(NEARLY_FULL * usage.total) - usage.free)
+
+
+def free_space_short(settings: Settings) -> int:
+    """Bytes the filesystem lacks to keep DISK_CACHE_MIN_FREE_BYTES free (0: no floor, room
+    enough, or the free space cannot be read)."""
+    floor = settings.disk_cache_min_free_bytes
+    if not floor:
+        return 0
+    try:
+        return max(0, floor - shutil.disk_usage(settings.root).free)
+    except OSError:
+        return 0

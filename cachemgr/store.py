@@ -6,7 +6,6 @@ batch many of them into one round trip; they then return the pipeline's pending 
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -272,7 +271,7 @@ class Store:
         return None if delta is None else int(delta)
 
     # -- reads --------------------------------------------------------------------------
-    def _entries(
+    def entries(
         self, items: Sequence[tuple[str, float | None]], chunk: int = 1000
     ) -> list[Entry]:
         """The entries of (path, last access) pairs with their records and leases, one script
@@ -299,7 +298,7 @@ class Store:
 
     def info(self, path: str) -> Entry | None:
         """One tracked directory, read in one round trip."""
-        found = self._entries([(path, None)])
+        found = self.entries([(path, None)])
         return found[0] if found else None
 
     def page(self, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:
@@ -318,14 +317,14 @@ class Store:
         more = len(items) > limit
         items = items[:limit]
         next_cursor = listing.encode_cursor(items[-1][1], items[-1][0]) if more and items else None
-        return self._entries(items), next_cursor
+        return self.entries(items), next_cursor
 
     def expired(self, cutoff: float, limit: int, offset: int = 0) -> list[Entry]:
         """Entries last accessed before `cutoff`, oldest first: O(log n + limit)."""
         items = self.client.zrangebyscore(
             self.keys.lru, "-inf", f"({cutoff!r}", start=offset, num=limit, withscores=True
         )
-        return self._entries(items)
+        return self.entries(items)
 
     def victims(self, limit: int, offset: int = 0) -> list[Entry]:
         """The active policy's next victims, best first: at most 1000 a call, each read with
@@ -353,33 +352,6 @@ class Store:
                 break
         return calls
 
-    def largest(self, n: int, scan_limit: int = 100_000) -> tuple[list[Entry], bool]:
-        """The n largest entries, and whether the scan stopped at `scan_limit` records.
-
-        There is no index by size (it would cost memory on every entry), so this is a bounded
-        scan for status pages, never a steady-state path.
-        """
-        top: list[tuple[int, str]] = []
-        cut = False
-        for seen, (path, rec) in enumerate(self._scan_records(), 1):
-            if seen > scan_limit:
-                cut = True
-                break
-            item = (unpack(rec)[0], path)
-            if len(top) < n:
-                heapq.heappush(top, item)
-            elif item > top[0]:
-                heapq.heapreplace(top, item)
-        paths = [p for _, p in sorted(top, reverse=True)]
-        if not paths:
-            return [], cut
-        pipe = self.client.pipeline(transaction=False)
-        for p in paths:
-            pipe.zscore(self.keys.lru, p)
-        scores = pipe.execute()
-        items = [(p, s) for p, s in zip(paths, scores, strict=True) if s is not None]
-        return self._entries(items), cut
-
     def total_bytes(self) -> int:
         return int(self.client.get(self.keys.bytes) or 0)
 
@@ -398,7 +370,7 @@ class Store:
             return []
         return [s is not None for s in self.client.zmscore(self.keys.lru, list(paths))]
 
-    def _scan_records(self, batch: int = 1000) -> Iterator[tuple[str, str]]:
+    def scan_records(self, batch: int = 1000) -> Iterator[tuple[str, str]]:
         """(path, record) of every tracked directory: ZSCAN of cache:lru, records by HMGET.
         O(n), for reconcile and status pages, never a steady-state path."""
         chunk: list[str] = []
@@ -416,16 +388,4 @@ class Store:
 
     def all_records(self, batch: int = 1000) -> dict[str, tuple[int, int, str, int]]:
         """Every record (HSCAN): for reconcile and audits, never on a steady-state path."""
-        return {p: unpack(r) for p, r in self._scan_records(batch)}
-
-    def add_event(self, fields: dict[str, Any], pipeline: Any = None) -> Any:
-        """One event from Python, capped as the scripts cap theirs (exactly under 1000)."""
-        cap = self.events_maxlen
-        client = pipeline or self.client
-        return client.xadd(self.keys.events, fields, maxlen=cap, approximate=cap >= 1000)
-
-    def events(self, limit: int = 100) -> list[dict[str, Any]]:
-        out = []
-        for ident, fields in self.client.xrevrange(self.keys.events, count=limit):
-            out.append({"id": ident, **fields})
-        return out
+        return {p: unpack(r) for p, r in self.scan_records(batch)}

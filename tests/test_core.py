@@ -7,6 +7,7 @@ import time
 import pytest
 
 from cachemgr import DiskCache, NotOnDisk, NotTracked, Overlap, connect
+from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup, enforce_quota, sweep
 from cachemgr.keys import Keys
 from cachemgr.migrations import ensure_record_ids
@@ -258,7 +259,7 @@ def test_an_eviction_that_cannot_reach_the_target_says_so(cache, root):
         cache.pin(f"album{i:02d}", 60)
     result = enforce_quota(cache)
     assert result.removed == [] and len(result.skipped_pinned) == 19
-    event = cache.store.events(1)[0]
+    event = event_log.latest(cache.store, 1)[0]
     assert event["event"] == "eviction_short" and event["pinned"] == "19"
 
 
@@ -666,7 +667,7 @@ def test_a_dry_run_right_after_a_policy_switch_changes_nothing_and_says_so(
     assert done["evict"]["count"] >= 1 and done["policy_rebuilt"] is True
     assert cleanup(after, dry_run=True)["policy_switch_pending"] is False
     # The switch is said (an event beside the log line) and 2q's own structures are gone.
-    switch = [e for e in after.store.events(100) if e["event"] == "policy_switched"]
+    switch = [e for e in event_log.latest(after.store, 100) if e["event"] == "policy_switched"]
     assert [(e["previous"], e["policy"], e["carried"]) for e in switch] == [("2q", "fifo", "12")]
     assert not redis_client.keys(after.keys.policy_aux("2q:*"))
     assert cleanup(after)["policy_rebuilt"] is False

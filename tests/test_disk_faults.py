@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cachemgr import RootMissing, trash
+from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup
 from cachemgr.reconcile import reconcile
 from tests.conftest import make_tree
@@ -293,7 +294,7 @@ def test_refused_cleanups_keep_the_events_stream_within_its_small_cap(settings, 
         with pytest.raises(RootMissing):
             cleanup(cache)
     assert cache.client.xlen(cache.keys.events) == 3
-    assert cache.store.events(1)[0]["event"] == "cleanup_failed"
+    assert event_log.latest(cache.store, 1)[0]["event"] == "cleanup_failed"
 
 
 def test_a_directory_reconcile_cannot_book_is_said_in_the_log(cache, root, caplog):

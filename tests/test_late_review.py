@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from cachemgr import DiskCache, trash
+from cachemgr import events as event_log
 from cachemgr.reconcile import reconcile
 from tests.conftest import make_tree
 
@@ -40,7 +41,7 @@ def test_removal_racing_a_trash_empty_is_counted_as_removed(cache, root, monkeyp
     monkeypatch.setattr(trash, "_rmtree", raced)
     out = cache.remove("album", remove_files=True)
     counters = cache.client.hgetall(cache.keys.stats)
-    events = [e["event"] for e in cache.store.events(10)]
+    events = [e["event"] for e in event_log.latest(cache.store, 10)]
     assert out["status"] == "removed"
     assert int(counters.get("bytes_freed", 0)) == size, (counters, events)
     assert "removed" in events and "vanished" not in events, events

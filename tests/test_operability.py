@@ -16,6 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachemgr import DiskCache, Settings
+from cachemgr import events as event_log
 from tests.conftest import BROKER_URL, make_tree
 
 ALERTS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus-alerts.yml"
@@ -285,7 +286,7 @@ def test_eviction_short_event_keeps_its_reasons_in_the_api(settings, redis_clien
         cache.register(f"d{i:02d}")
         cache.pin(f"d{i:02d}", 600)
     cleanup(cache)
-    raw = cache.store.events(1)[0]
+    raw = event_log.latest(cache.store, 1)[0]
     assert raw["event"] == "eviction_short" and "pinned" in raw  # recorded in Redis
     client = app_for(settings, redis_client).test_client()
     ev = client.get("/cache/events?limit=1").get_json()["events"][0]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cachemgr import CacheError, DiskCache, connect, scanner
+from cachemgr import events as event_log
 from cachemgr.reconcile import reconcile
 from tests.conftest import REDIS_URL, make_tree
 
@@ -151,7 +152,7 @@ def test_concurrency_soak(settings, redis_client, root, client_for_workers):
     assert (root / "album00").is_dir() and cache.store.tracked(["album00"]) == [True]
     assert_books_match_disk(cache, root)
     deletions = Counter(
-        e["path"] for e in cache.store.events(100000) if e.get("files_deleted") == "1"
+        e["path"] for e in event_log.latest(cache.store, 100000) if e.get("files_deleted") == "1"
     )
     for path, n in deletions.items():
         assert n <= registered[path] + (path == "album00"), f"{path} deleted more often than made"
