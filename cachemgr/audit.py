@@ -25,6 +25,28 @@ STRAY_SHARE = 0.01
 # entry depth books `artist/album` under an untracked `artist`: that one is accounted for).
 INSIDE_DEPTH = 3
 
+# What the look found, in one wording for the worker's log and the stats' warnings (health.py).
+# Examples are quoted, not repr'd: an escaped name's backslashes stay single.
+SAID = {
+    "untracked": "{count} directory(ies) in the root are not on the books, e.g. '{example}' "
+    "(lost registrations?): their bytes fill the disk but are not counted against the quota; "
+    "`cachemgr reconcile` books them",
+    "stray_files": "{count} file(s) in the root ({bytes} bytes) are outside every download "
+    "directory, e.g. '{example}': no cleanup counts or deletes them; move them into a download "
+    "or remove them",
+    "unlisted": "{count} directory(ies) in the root cannot be listed, e.g. '{example}' "
+    "(permissions?): the downloads inside them are neither counted nor cleaned; make them "
+    "readable to the workers",
+    "unnamable": "{count} directory(ies) in the root have names that are not UTF-8, e.g. "
+    "'{example}': cachemgr cannot book them (no Redis key can name them), so their bytes are "
+    "never counted nor cleaned; rename them",
+}
+
+
+def said(kind: str, count: int, example: str | None, size: int = 0) -> str:
+    """SAID[kind] for `count` of them (`size`: their bytes, for stray files)."""
+    return SAID[kind].format(count=count, example=example, bytes=size)
+
 
 def untracked(
     cache: DiskCache, *, older_than: float, batch: int = 1000, others: list[str] | None = None
@@ -111,43 +133,21 @@ def report(cache: DiskCache) -> dict[str, Any] | None:
     except Exception:  # a look, after the cleanup's work: it must not fail the cleanup
         log.exception("could not look for untracked directories")
         return None
-    if found["unnamable"]["count"]:
-        log.warning(
-            "%d directories in the root have names that are not UTF-8, e.g. '%s': cachemgr "
-            "cannot book them (no Redis key can name them), so their bytes are never counted "
-            "nor cleaned; rename them",
-            found["unnamable"]["count"],
-            found["unnamable"]["example"],
-            extra={"event": "unnamable"},
-        )
-    if found["unlisted"]["count"]:
-        log.warning(
-            "%d directories in the root cannot be listed, e.g. %r (permissions?): the "
-            "downloads inside them are neither counted nor cleaned",
-            found["unlisted"]["count"],
-            found["unlisted"]["example"],
-            extra={"event": "unlisted"},
-        )
     stray = found["stray"]
-    if stray["files"]:
-        matters = strays_matter(stray["bytes"], cache.settings.disk_cache_max_bytes)
-        log.log(
-            logging.WARNING if matters else logging.INFO,
-            "%d files (%d bytes) in the root are outside every download directory, e.g. %r: "
-            "no cleanup counts or deletes them; move them into a download or remove them",
-            stray["files"],
-            stray["bytes"],
-            stray["example"],
-            extra={"event": "stray_files"},
+    for kind, count, example in (
+        ("unnamable", found["unnamable"]["count"], found["unnamable"]["example"]),
+        ("unlisted", found["unlisted"]["count"], found["unlisted"]["example"]),
+        ("stray_files", stray["files"], stray["example"]),
+        ("untracked", found["count"], (found["examples"] or [None])[0]),
+    ):
+        if not count:
+            continue
+        # Stray files under their share of the quota are counted, not warned of.
+        quiet = kind == "stray_files" and not strays_matter(
+            stray["bytes"], cache.settings.disk_cache_max_bytes
         )
-    if found["count"]:
-        log.warning(
-            "%d directories in the root are not on the books, e.g. %r: their bytes are not "
-            "counted against the quota; `cachemgr reconcile` books them",
-            found["count"],
-            found["examples"][0],
-            extra={"event": "untracked"},
-        )
+        message = said(kind, count, example, stray["bytes"])
+        log.log(logging.INFO if quiet else logging.WARNING, "%s", message, extra={"event": kind})
     return found
 
 

@@ -196,7 +196,7 @@ class DiskCache:
         except scanner.TooDeep as exc:
             raise paths.PathError(f"{rel!r} cannot be sized: {exc.strerror}") from None
         except PermissionError as exc:
-            raise paths.PathError(f"{rel!r} cannot be read by the worker: {exc}") from None
+            raise paths.PathError(scanner.cannot_read(rel, exc)) from None
         except OSError as exc:  # replaced by a symlink or removed since the check
             raise paths.PathError(f"{rel!r} changed while it was scanned: {exc}") from None
         # A subdirectory whose name is not UTF-8 can never be tracked (no Redis key names it):

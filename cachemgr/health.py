@@ -65,32 +65,14 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "still fill the disk but are no longer counted; see the worker log (permissions, "
             "immutable files, mount points)"
         )
-    unbooked = last.get("untracked") or 0
-    if unbooked:
-        problems.append(
-            f"{unbooked} directory(ies) in the root are not on the books, e.g. "
-            f"{last.get('untracked_example')!r} (lost registrations?): their bytes fill the "
-            "disk but are not counted against the quota; `cachemgr reconcile` books them"
-        )
-    stray = last.get("stray_files") or 0
-    if stray and audit.strays_matter(last.get("stray_bytes") or 0, stats["max_bytes"]):
-        problems.append(
-            f"{stray} file(s) in the root ({last.get('stray_bytes') or 0} bytes) are outside "
-            f"every download directory, e.g. {last.get('stray_example')!r}: no cleanup counts "
-            "or deletes them; move them into a download or remove them"
-        )
-    if last.get("unlisted"):
-        problems.append(
-            f"{last['unlisted']} directory(ies) in the root cannot be listed, e.g. "
-            f"'{last.get('unlisted_example')}' (permissions?): the downloads inside them are "
-            "neither counted nor cleaned; make them readable to the workers"
-        )
-    if last.get("unnamable"):
-        problems.append(
-            f"{last['unnamable']} directory(ies) in the root have names that are not UTF-8, "
-            f"e.g. '{last.get('unnamable_example')}': cachemgr cannot book them, so their "
-            "bytes are never counted nor cleaned; rename them"
-        )
+    stray_bytes = last.get("stray_bytes") or 0
+    for kind in ("untracked", "stray_files", "unlisted", "unnamable"):
+        count = last.get(kind) or 0
+        if kind == "stray_files" and not audit.strays_matter(stray_bytes, stats["max_bytes"]):
+            continue  # counted, not warned of (cover art beside the albums)
+        if count:
+            example = last.get(f"{kind.removesuffix('_files')}_example")
+            problems.append(audit.said(kind, count, example, stray_bytes))
     undeleted = last.get("delete_failed") or 0
     if undeleted:
         problems.append(

@@ -15,6 +15,9 @@ TRASH_DIR = ".cachemgr-trash"
 # (FLUSHALL, Redis restarted without persistence), not new (cleanup, reconcile).
 BOOKS_MARKER = ".cachemgr-books"
 MAX_PATH_BYTES = 4096
+# How every walk opens a directory (scans, the trash): never through a symlink, so a directory
+# swapped for one mid-walk is skipped, never followed out of the tree.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_NAME_BYTES = 255
 
 

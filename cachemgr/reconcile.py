@@ -9,7 +9,6 @@ changes nothing. Reconcile is the only operation that marks the books as initial
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -358,10 +357,9 @@ def _reconcile_one(
     if record is None:
         if dry_run:
             try:  # the real run's scan opens it first: a plan must not book what it cannot
-                os.close(os.open(location, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
+                scanner.check_readable(location)
             except OSError as exc:
-                error = f"{path!r} cannot be read by the worker: {exc}"  # as register says
-                _said(report, "errors", path, error=error)
+                _said(report, "errors", path, error=scanner.cannot_read(path, exc))
                 return
             report["registered"].append(path)
         else:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachemgr.paths import encodable
+from cachemgr.paths import DIR_FLAGS, encodable
 
 
 class TooDeep(OSError):
@@ -37,10 +37,19 @@ class ScanResult:
 _IFMT = 0o170000  # stat.S_IFMT as a mask
 _IFDIR = stat.S_IFDIR
 _IFREG = stat.S_IFREG
-# Every directory is opened relative to its parent's descriptor with O_NOFOLLOW, and its entries
-# stat'ed relative to its own (fstatat), as `du` does: the kernel resolves one name per entry,
-# and a directory swapped for a symlink mid-walk is skipped, never followed out of the tree.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Every directory is opened relative to its parent's descriptor (paths.DIR_FLAGS), and its
+# entries stat'ed relative to its own (fstatat), as `du` does: the kernel resolves one name per
+# entry.
+
+
+def cannot_read(rel: str, exc: OSError) -> str:
+    """What a registration, and a reconcile's plan, say of a directory the worker cannot open."""
+    return f"{rel!r} cannot be read by the worker: {exc}"
+
+
+def check_readable(location: Path | str) -> None:
+    """Raise the OSError a scan of `location` would meet opening it (a plan's check)."""
+    os.close(os.open(location, DIR_FLAGS))
 
 
 def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
@@ -50,7 +59,7 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     that no directory inside is tracked on its own. Raises OSError (ELOOP) when `location`
     itself is a symlink.
     """
-    top = os.open(location, _DIR_FLAGS)
+    top = os.open(location, DIR_FLAGS)
     st = os.fstat(top)
     blocks = st.st_blocks
     changed = st.st_ctime
@@ -99,7 +108,7 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
                 continue
             name = names.pop()
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 _refuse_if_too_deep(exc, len(frames))
                 if exc.errno in UNREADABLE:  # said by the caller: its size is too small

@@ -20,10 +20,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cachemgr.paths import TRASH_DIR
+from cachemgr.paths import DIR_FLAGS, TRASH_DIR
 
 log = logging.getLogger("cachemgr")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # A deletion's slot in the trash while it checks what it moved; one older than IN_FLIGHT_AGE
@@ -42,7 +41,7 @@ def trash_dir(root: Path) -> Path:
 
 @contextlib.contextmanager
 def _opened(path: str | Path, dir_fd: int | None = None) -> Iterator[int]:
-    fd = os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+    fd = os.open(path, DIR_FLAGS, dir_fd=dir_fd)
     try:
         yield fd
     finally:
@@ -106,7 +105,7 @@ def _rmtree(name: str, dir_fd: int) -> list[str]:
     following symlinks, never into another device."""
     problems: list[str] = []
     try:
-        top = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        top = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return []
     except OSError as exc:  # EMFILE...: left in the trash, said, not raised
@@ -126,7 +125,7 @@ def _rmtree(name: str, dir_fd: int) -> list[str]:
                     if not entry.is_dir(follow_symlinks=False):
                         os.unlink(entry.name, dir_fd=fd)
                         continue
-                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
                     if os.fstat(child).st_dev != device:
                         os.close(child)
                         child = None

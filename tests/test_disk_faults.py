@@ -314,8 +314,6 @@ def test_a_plan_does_not_book_a_new_directory_the_worker_cannot_read(cache, root
     """The dry run listed a mode-000 album as registered; the real run refused it."""
     import errno
 
-    from cachemgr import reconcile as reconcile_module
-
     make_tree(root, "open")
     make_tree(root, "locked")
     real = os.open
@@ -325,7 +323,7 @@ def test_a_plan_does_not_book_a_new_directory_the_worker_cannot_read(cache, root
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(reconcile_module.os, "open", refuse)
+    monkeypatch.setattr(os, "open", refuse)
     plan = reconcile(cache, dry_run=True)
     assert plan["registered"] == ["open"]
     assert [e["path"] for e in plan["errors"]] == ["locked"]
