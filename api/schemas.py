@@ -77,6 +77,13 @@ class LastCleanupSchema(Schema):
         metadata={"description": "directories whose names are not UTF-8 (cannot be booked)"}
     )
     unnamable_example = _one_of_them()
+    audit_error = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "why beat's last look for untracked directories and stray files "
+            "failed: the counts above are from an earlier one"
+        },
+    )
     evict_short = fields.String(
         allow_none=True, metadata={"description": "what kept eviction above the threshold"}
     )

@@ -118,10 +118,11 @@ def strays_matter(stray_bytes: int, max_bytes: int) -> bool:
     return stray_bytes >= STRAY_SHARE * max_bytes
 
 
-def report(cache: DiskCache) -> dict[str, Any] | None:
+def report(cache: DiskCache) -> dict[str, Any]:
     """`untracked`, for directories untouched for an interval (at least an hour: a long
     download writes into files, which leaves its directory's time as it was), and `strays`
-    (as `stray`), the files met on the way."""
+    (as `stray`), the files met on the way. A look that failed is `{"error": why}`: the
+    counts before it stand, said to be old."""
     since = cache.clock() - max(cache.settings.disk_cache_cleanup_interval, 3600)
     others: list[str] = []
     try:
@@ -129,10 +130,10 @@ def report(cache: DiskCache) -> dict[str, Any] | None:
         found["stray"] = strays(cache, others, older_than=since)
     except OSError as exc:  # the root unreadable now: said in the log, the cleanup stands
         log.warning("could not look for untracked directories: %s", exc)
-        return None
-    except Exception:  # a look, after the cleanup's work: it must not fail the cleanup
+        return {"error": str(exc)}
+    except Exception as exc:  # a look, after the cleanup's work: it must not fail the cleanup
         log.exception("could not look for untracked directories")
-        return None
+        return {"error": f"{type(exc).__name__}: {exc}"}
     stray = found["stray"]
     for kind, count, example in (
         ("unnamable", found["unnamable"]["count"], found["unnamable"]["example"]),

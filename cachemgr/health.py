@@ -65,6 +65,12 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "still fill the disk but are no longer counted; see the worker log (permissions, "
             "immutable files, mount points)"
         )
+    if last.get("audit_error"):
+        problems.append(
+            "the last look for directories not on the books failed "
+            f"({last['audit_error']}): the counts of untracked directories and stray files are "
+            "from an earlier cleanup; see the worker log"
+        )
     stray_bytes = last.get("stray_bytes") or 0
     for kind in ("untracked", "stray_files", "unlisted", "unnamable"):
         count = last.get(kind) or 0

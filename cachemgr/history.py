@@ -87,11 +87,14 @@ def root_mended(cache: DiskCache) -> bool:
 def _untracked(found: dict[str, Any] | None) -> dict[str, str]:
     if not found:
         return {}
+    if "error" in found:  # the counts of the last look that worked stand, said to be old
+        return {"audit_error": found["error"]}
     example = found["examples"][0] if found["examples"] else ""
     stray = found.get("stray") or {"files": 0, "bytes": 0, "example": None}
     none: dict[str, Any] = {"count": 0, "example": None}
     unlisted, unnamable = found.get("unlisted") or none, found.get("unnamable") or none
     return {
+        "audit_error": "",
         "untracked": str(found["count"]),
         "untracked_example": example,
         "stray_files": str(stray["files"]),

@@ -182,6 +182,7 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
         "unlisted_example": raw.get("unlisted_example") or None,
         "unnamable": int(number(raw.get("unnamable")) or 0),
         "unnamable_example": raw.get("unnamable_example") or None,
+        "audit_error": raw.get("audit_error") or None,
         "evict_short": raw.get("evict_short") or None,
         "periodic_time": number(raw.get("periodic_time")),
     }
