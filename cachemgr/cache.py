@@ -335,9 +335,14 @@ class DiskCache:
         """This node's DiskCache, or another node's (built from what its workers published)."""
         if not node or node == self.settings.node:
             return self
-        other = self.registry.settings_for(node, self.settings, entries)
+        known = self.registry.entries() if entries is None else entries
+        other = self.registry.settings_for(node, self.settings, known)
         if other is None:
-            raise NotTracked(f"unknown node {node!r}: no worker of it has ever started")
+            names = ", ".join(repr(n) for n in sorted(known)) or "none"
+            raise NotTracked(
+                f"unknown node {node!r}: no worker of it has started, or it was forgotten "
+                f"(`cachemgr forget-node`); known nodes: {names}"
+            )
         remote = DiskCache(other, self.client, clock=self.clock)
         remote.local = False
         return remote

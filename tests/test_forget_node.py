@@ -50,6 +50,8 @@ def test_a_down_node_is_forgotten_and_its_books_stay(nodes):
     assert b.store.info("x") is not None  # its books are untouched
     with pytest.raises(NotTracked, match="unknown node 'b'"):
         a.registry.forget("b")
+    with pytest.raises(NotTracked, match=r"or it was forgotten .*known nodes: 'a'$"):
+        a.for_node("b")
 
 
 def test_a_node_that_is_up_is_refused(nodes):
