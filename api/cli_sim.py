@@ -164,6 +164,7 @@ def simulate_command(
                     "trace": data.name,
                     "requests": len(data),
                     "objects": data.objects,
+                    "resized_requests": data.resized(),
                     "working_set_bytes": data.working_set_bytes(),
                     "results": [r.to_dict() for r in results],
                 },
@@ -175,6 +176,15 @@ def simulate_command(
         f"{data.name}: {counted(len(data), 'request')}, {counted(data.objects, 'object')}, "
         f"working set {data.working_set_bytes():,} bytes"
     )
+    resized = data.resized()
+    if resized:
+        click.echo(
+            f"note: {counted(resized, 'request')} {'asks' if resized == 1 else 'ask'} for an "
+            "object at another size than its "
+            "last request: as in libCacheSim, a hit counts the request's bytes while the "
+            "cached copy keeps the size it was admitted at, and the PFOO-L bound prices each "
+            "object at its smallest size"
+        )
     click.echo(format_table(results))
     if plot_path:
         click.echo(f"plot written to {plot_path}")

@@ -102,7 +102,13 @@ def pfoo_l(trace: Trace, capacity: int, nxt: np.ndarray | None = None) -> tuple[
     has = nxt >= 0
     idx = np.nonzero(has)[0]
     dist = (nxt[has] - idx).astype(np.float64)
-    size = trace.sizes[has].astype(np.float64)
+    # Each object priced at its smallest size: a cached copy keeps the size it was admitted
+    # at (Trace.resized), so with sizes that change the bound must not price it higher than
+    # any policy's copy, or it is no bound (it came out above LRU).
+    _, obj = np.unique(trace.ids, return_inverse=True)
+    smallest = np.full(int(obj.max()) + 1, np.inf)
+    np.minimum.at(smallest, obj, trace.sizes.astype(np.float64))
+    size = smallest[obj[has]]
     budget = float(capacity) * n
     cost = size * dist
 
@@ -120,9 +126,12 @@ def pfoo_l(trace: Trace, capacity: int, nxt: np.ndarray | None = None) -> tuple[
         return got
 
     obj_hits = take(np.argsort(cost, kind="stable"), np.ones_like(cost))
-    # A hit saves the bytes of the request it serves (sizes may change between requests).
+    # A hit saves the bytes of the request it serves; the best bytes per unit of budget come
+    # first (by distance alone while sizes stay put: served / cost is then 1 / distance).
     served = trace.sizes[nxt[has]].astype(np.float64)
-    byte_hits = take(np.argsort(dist, kind="stable"), served)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        price = np.where(served > 0, cost / served, np.inf)
+    byte_hits = take(np.argsort(price, kind="stable"), served)
 
     total_bytes = float(trace.sizes.sum())
     return 1 - obj_hits / n, (1 - byte_hits / total_bytes) if total_bytes else 0.0

@@ -48,6 +48,14 @@ class Trace:
         _, first = np.unique(self.ids, return_index=True)
         return int(self.sizes[first].sum())
 
+    def resized(self) -> int:
+        """Requests whose size differs from their object's previous request's. As in
+        libCacheSim, a hit on one counts the request's bytes while the cached copy keeps the
+        size it was admitted at (a rescanned directory, a new version of a web object)."""
+        order = np.lexsort((np.arange(len(self)), self.ids))  # by object, then by time
+        ids, sizes = self.ids[order], self.sizes[order]
+        return int(((ids[1:] == ids[:-1]) & (sizes[1:] != sizes[:-1])).sum())
+
     def head(self, n: int) -> Trace:
         return Trace(self.name, self.times[:n], self.ids[:n], self.sizes[:n])
 
