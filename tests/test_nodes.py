@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -528,3 +529,44 @@ def test_a_client_given_nothing_routes_by_the_workers_environment(
         assert other.queue == "cachemgr.B" and other.keys.prefix == "{B}:"
     finally:
         other.close()
+
+
+def test_a_long_lived_client_follows_the_workers_ttl_and_access_log(
+    cache, root, redis_client, monkeypatch
+):
+    """Workers restarted with another TTL or access-log cap, the same policy: a client made
+    before kept the config it read first (a day's TTL, no log) until the pipeline restarted."""
+    from workers import client as client_module
+    from workers.client import CacheClient
+
+    make_tree(root, "album", files=1)
+    cache.register("album")
+    redis_client.hset(cache.keys.config, mapping={"ttl_seconds": 86400, "access_log_maxlen": 0})
+    client = CacheClient(REDIS_URL, redis_url=REDIS_URL, key_prefix=cache.keys.prefix)
+    try:
+        assert client.access("album") is True
+        assert redis_client.xlen(cache.keys.accesses) == 0
+        redis_client.hset(cache.keys.config, mapping={"ttl_seconds": 7200, "access_log_maxlen": 50})
+        assert client.access("album") is True
+        assert redis_client.xlen(cache.keys.accesses) == 0  # within CONFIG_REFRESH_SECONDS
+        step = client_module.CONFIG_REFRESH_SECONDS + 1
+        now = [time.monotonic() + step]
+        clock = types.SimpleNamespace(monotonic=lambda: now[0], time=time.time)
+        monkeypatch.setattr(client_module, "time", clock)  # the client's clock only
+        assert client.access("album") is True
+        assert redis_client.xlen(cache.keys.accesses) == 1
+        assert 7100 < redis_client.ttl(cache.keys.dir("album")) <= 7200
+        built = client.store
+        now[0] += step
+        redis_client.hset(cache.keys.config, "access_log_maxlen", 0)
+        assert client.store is not built and client.store.access_log_maxlen == 0
+        built = client.store
+        now[0] += step
+        assert client.store is built  # read again, unchanged: not rebuilt
+        now[0] += step
+        redis_client.delete(cache.keys.config)  # gone (a FLUSHDB): the last one stays
+        assert client.store is built and client.store.ttl_seconds == 7200
+    finally:
+        client.close()
+        redis_client.delete(cache.keys.accesses)
+        cache.publish_config()

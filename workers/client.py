@@ -34,6 +34,10 @@ from cachemgr.store import Store
 # How long a client that found no published config (no worker started yet) keeps the defaults
 # before it looks again: not on every access, the hot path.
 CONFIG_RETRY_SECONDS = 5.0
+# How long it keeps what the workers published (TTL, policy, access log) before it reads it
+# again: a worker restarted with another TTL or access-log cap is followed within this, by one
+# HGETALL, with no restart of the pipeline.
+CONFIG_REFRESH_SECONDS = 10.0
 
 
 def holder_kwargs(holder: str | None) -> dict[str, str]:
@@ -106,7 +110,8 @@ class CacheClient:
         )
         self._redis: Any = None
         self._store: Store | None = None
-        self._unsure_until: float | None = None
+        self._config: dict[str, str] | None = None
+        self._config_due = float("-inf")
         self._policy_read_at = float("-inf")
 
     # -- routing --------------------------------------------------------------------------
@@ -182,12 +187,19 @@ class CacheClient:
 
     @property
     def store(self) -> Store:
-        """A Store with the node's TTL and policy, as its workers published them."""
-        unsure = self._unsure_until is not None and time.monotonic() >= self._unsure_until
-        if self._store is not None and not unsure:
+        """A Store with the node's TTL, policy and access-log cap as its workers published
+        them, read again every CONFIG_REFRESH_SECONDS (the defaults until they publish, read
+        again every CONFIG_RETRY_SECONDS); rebuilt only when what they published changed. Once
+        found, a config gone (a FLUSHDB, a forgotten node) leaves the last one in force."""
+        now = time.monotonic()
+        if self._store is not None and now < self._config_due:
             return self._store
         keys = self.keys
         config = self._books().hgetall(keys.config)
+        self._config_due = now + (CONFIG_REFRESH_SECONDS if config else CONFIG_RETRY_SECONDS)
+        same = config == self._config or (not config and self._config is not None)
+        if self._store is not None and same and self._store.keys == keys:
+            return self._store
         store = Store(
             self._books(),
             keys,
@@ -195,8 +207,7 @@ class CacheClient:
             ttl_seconds=int(config.get("ttl_seconds", 86400)),
             access_log_maxlen=int(config.get("access_log_maxlen", 0)),
         )
-        # No worker has published the config yet: the defaults, read again in a while.
-        self._unsure_until = None if config else time.monotonic() + CONFIG_RETRY_SECONDS
+        self._config = config
         if self._route is not None:  # kept once the route is settled: until the node's
             self._store = store  # workers publish it, its keys may not be the ones to use
         return store
@@ -241,6 +252,7 @@ class CacheClient:
         """Re-read what the node's workers published: TTL, policy, queue and keys."""
         self._store = None
         self._route = None
+        self._config_due = float("-inf")
 
     def access(self, path: str, miss_bytes: int = 0) -> bool:
         """Record an access in one round trip; True for a hit."""
@@ -261,7 +273,7 @@ class CacheClient:
         now = time.monotonic()
         if STALE_HIT in hits and now - self._policy_read_at >= CONFIG_RETRY_SECONDS:
             self._policy_read_at = now
-            self._store = None  # the route stays
+            self._config_due = now  # read again on the next access; the route stays
 
     def pin_now(
         self, path: str, ttl_seconds: int = 3600, holder: str | None = None
