@@ -347,6 +347,14 @@ class DiskCache:
         remote.local = False
         return remote
 
+    def with_policy(self, name: str) -> DiskCache:
+        """This node's cache acting by another eviction policy (the one in force)."""
+        other = DiskCache(
+            self.settings.with_(disk_cache_eviction_policy=name), self.client, clock=self.clock
+        )
+        other.local, other.before_delete = self.local, self.before_delete
+        return other
+
     def enforcing(self) -> DiskCache:
         """This node's cache with the settings its workers published (theirs decide expiry,
         the quota and the policy): a shell whose DISK_CACHE_TTL_SECONDS differs showed expiry

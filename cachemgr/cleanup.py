@@ -214,6 +214,13 @@ def cleanup(
         log.error("cleanup refused: %s", refused, extra={"event": "cleanup_failed"})
         raise refused
     if dry_run:
+        # A plan changes nothing, not even the policy's structures: right after a switch it
+        # goes by the policy in force (the new one's are not built: it planned nothing), and
+        # the real run, which rebuilds them first, may choose otherwise. Said, not hidden.
+        pending = cache.client.get(cache.keys.policy_name) not in (None, cache.store.policy.name)
+        older = migrations.in_force(cache.store)
+        if older:
+            cache = cache.with_policy(older)
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
         held = evict_held(cache, scheduled=periodic or automatic)
         evicted = enforce_quota(
@@ -224,9 +231,6 @@ def cleanup(
             held=held,
             planned=expired,
         )
-        # A plan changes nothing, not even the policy's structures: right after a switch, the
-        # real run rebuilds them first and may choose otherwise. Said, not hidden.
-        pending = cache.client.get(cache.keys.policy_name) not in (None, cache.store.policy.name)
         return {
             "status": "planned",
             "sweep": expired.to_dict(),
@@ -266,6 +270,21 @@ def cleanup(
             marker.remember(cache)  # books kept since before the marker named its root
         migrations.ensure_pin_index(cache.store)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
+        kept = migrations.held(cache.store, cache.registry.live_workers(cache.keys))
+        if kept:
+            own, cache = cache.store.policy.name, cache.with_policy(kept)
+            carried = migrations.rebuild_in_force(cache.store)
+            log.warning(
+                "cleanup acts by the eviction policy in force, %s, not this worker's %s: a "
+                "live worker of the node runs %s (a rolling restart, or workers set apart?); "
+                "its structures were rebuilt (%d directories), and the switch waits until the "
+                "last of those workers stops",
+                kept,
+                own,
+                kept,
+                carried,
+                extra={"event": "policy_held"},
+            )
         switched = migrations.ensure_policy(cache.store)
         expired = _sweep_or_nothing(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend

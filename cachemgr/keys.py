@@ -172,6 +172,13 @@ class Keys:
         return f"{self.prefix}cache:workers"
 
     @cached_property
+    def worker_settings(self) -> str:
+        """HASH worker (host:pid) -> the settings it enforces (JSON, nodes.ENFORCED), renewed
+        with its heartbeat: workers of one node that disagree are said, and a cleanup does not
+        switch the policy away from one a live worker runs."""
+        return f"{self.prefix}cache:worker_settings"
+
+    @cached_property
     def nodes(self) -> str:
         """HASH node -> JSON of its heartbeat; shared by all nodes, so never prefixed."""
         return "cachemgr:nodes"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cachemgr import events
 from cachemgr.policies import POLICIES
@@ -75,6 +75,36 @@ def rebuild_policy(store: Store, batch: int = 1000) -> int:
 SWITCHING = ">"
 
 
+def in_force(store: Store) -> str | None:
+    """The policy whose structures are built, when it is not this store's: None when it is,
+    for new books, and while a switch is under way (the switch is finished first)."""
+    recorded = store.client.get(store.keys.policy_name)
+    if recorded is None or recorded == store.policy.name or SWITCHING in recorded:
+        return None
+    return str(recorded)
+
+
+def held(store: Store, live: dict[str, dict[str, Any]]) -> str | None:
+    """The policy in force when a live worker of the node runs it (`live`: NodeRegistry.
+    live_workers) and this store's is another: a cleanup then acts by it rather than switch.
+    Workers of two policies (a rolling restart, or one set apart by mistake) switched back
+    and forth at each cleanup, each time rebuilding the structures and losing their history;
+    the switch happens once the last worker of the old policy stops."""
+    recorded = in_force(store)
+    if recorded and any(entry.get("policy") == recorded for entry in live.values()):
+        return recorded
+    return None
+
+
+def rebuild_in_force(store: Store) -> int:
+    """Rebuild this store's policy, the one in force, from the records: a worker of another
+    policy fed its own structures, not these, with its registrations. Named as in passage
+    meanwhile, as a switch is (no client feeds structures being rebuilt)."""
+    name = store.policy.name
+    store.client.set(store.keys.policy_name, f"{name}{SWITCHING}{name}")
+    return rebuild_policy(store)
+
+
 def ensure_policy(store: Store) -> bool:
     """Rebuild when the policy changed since the structures were built; True if it did so
     for a switch (not for new books).
@@ -100,7 +130,7 @@ def ensure_policy(store: Store) -> bool:
         store.client.set(store.keys.policy_name, new)
         return False
     carried = rebuild_policy(store)
-    if recorded is None:  # new books: nothing was switched
+    if recorded is None or recorded == new:  # new books, or a rebuild a crash cut short
         return False
     old = POLICIES.get(recorded)
     stale = [store.keys.policy_aux(f"{recorded}:{name}") for name in (old.aux if old else ())]

@@ -26,10 +26,13 @@ log = logging.getLogger("cachemgr")
 ALIVE_TTL_SECONDS = 30
 
 # A worker leaves its node: the node's flag goes with the last live worker.
-# KEYS[1] cache:workers  KEYS[2] cache:alive  ARGV[1] worker ('' : the node goes down)
-# ARGV[2] oldest heartbeat of a live worker
+# KEYS[1] cache:workers  KEYS[2] cache:alive  KEYS[3] cache:worker_settings
+# ARGV[1] worker ('' : the node goes down)  ARGV[2] oldest heartbeat of a live worker
 LEAVE = """
-if ARGV[1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
 if ARGV[1] == '' or redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], '+inf') == 0 then
   redis.call('DEL', KEYS[2])
   return 1
@@ -70,14 +73,7 @@ class NodeRegistry:
             "root": str(settings.root),
             "key_prefix": settings.key_prefix,
             "queue": queue or queue_for(settings),
-            "max_bytes": settings.disk_cache_max_bytes,
-            "threshold": settings.disk_cache_lru_eviction_threshold,
-            "target": settings.disk_cache_lru_eviction_target,
-            "ttl_seconds": settings.disk_cache_ttl_seconds,
-            "cleanup_interval": settings.disk_cache_cleanup_interval,
-            "policy": settings.disk_cache_eviction_policy,
-            "min_free_bytes": settings.disk_cache_min_free_bytes,
-            "enabled": settings.enable_disk_cache_management,
+            **enforced_entry(settings),
             "named": bool(settings.disk_cache_node),
             "published_at": time.time() if now is None else now,
         }
@@ -88,16 +84,26 @@ class NodeRegistry:
         return bool(self.client.exists(keys.alive))
 
     def heartbeat(
-        self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS, node: str = ""
+        self,
+        keys: Keys,
+        worker: str = "",
+        ttl: int = ALIVE_TTL_SECONDS,
+        node: str = "",
+        settings: Settings | None = None,
     ) -> bool:
-        """Say the node is alive. With `node`: False when its entry or its config is gone (the
-        books were flushed), for the worker to publish them again."""
+        """Say the node is alive, and with `settings` what this worker enforces. With `node`:
+        False when its entry or its config is gone (the books were flushed), for the worker to
+        publish them again."""
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.alive, f"{now:.3f}", ex=ttl)
         if worker:
             pipe.zadd(keys.workers, {worker: now})
             pipe.expire(keys.workers, 2 * ttl)
+            if settings is not None:
+                own = json.dumps(enforced_entry(settings), sort_keys=True)
+                pipe.hset(keys.worker_settings, worker, own)
+                pipe.expire(keys.worker_settings, 2 * ttl)
         if node:
             pipe.hexists(self.nodes_key, node)
             pipe.exists(keys.config)
@@ -107,7 +113,20 @@ class NodeRegistry:
     def mark_down(self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS) -> None:
         """A worker stops: the node is down at once if it was the last of the node's workers
         still beating (a worker that died without a word lapses after `ttl`)."""
-        self.client.eval(LEAVE, 2, keys.workers, keys.alive, worker, f"{time.time() - ttl:.3f}")
+        oldest = f"{time.time() - ttl:.3f}"
+        self.client.eval(LEAVE, 3, keys.workers, keys.alive, keys.worker_settings, worker, oldest)
+
+    def live_workers(self, keys: Keys, ttl: int = ALIVE_TTL_SECONDS) -> dict[str, dict[str, Any]]:
+        """The node's workers that beat within `ttl`, each with the settings it enforces
+        ({} for one from before they were published)."""
+        live = self.client.zrangebyscore(keys.workers, f"{time.time() - ttl:.3f}", "+inf")
+        found = self.client.hmget(keys.worker_settings, live) if live else []
+        return self.parse_workers(live, found)
+
+    @staticmethod
+    def parse_workers(live: list[str], found: list[str | None]) -> dict[str, dict[str, Any]]:
+        """Live workers with the settings each published ({} for one from before they were)."""
+        return {w: dict(_decoded(s)) if s else {} for w, s in zip(live, found, strict=True)}
 
     def forget(self, node: str) -> dict[str, Any]:
         """Take a node out of the registry (one taken out of service): it leaves the stats, the
@@ -181,6 +200,24 @@ ENFORCED = {
     "min_free_bytes": ("disk_cache_min_free_bytes", int),
     "enabled": ("enable_disk_cache_management", bool),
 }
+
+
+def enforced_entry(settings: Settings) -> dict[str, Any]:
+    """The settings a node's workers enforce, as they publish them (ENFORCED's names)."""
+    return {key: getattr(settings, field) for key, (field, _) in ENFORCED.items()}
+
+
+def split(workers: dict[str, dict[str, Any]]) -> dict[str, dict[Any, list[str]]]:
+    """Where live workers of one node disagree: setting -> value -> the workers with it."""
+    out: dict[str, dict[Any, list[str]]] = {}
+    for key in ENFORCED:
+        values: dict[Any, list[str]] = {}
+        for worker, entry in sorted(workers.items()):
+            if key in entry:
+                values.setdefault(entry[key], []).append(worker)
+        if len(values) > 1:
+            out[key] = values
+    return out
 
 
 def enforced(base: Settings, entry: dict[str, Any]) -> Settings:

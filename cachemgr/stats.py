@@ -13,7 +13,15 @@ from cachemgr import marker
 from cachemgr.connection import same_server
 from cachemgr.errors import CacheError, root_missing
 from cachemgr.health import diagnose, periodic_overdue
-from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
+from cachemgr.nodes import (
+    ALIVE_TTL_SECONDS,
+    ENFORCED,
+    NodeRegistry,
+    differing,
+    enforced,
+    own_entry,
+    split,
+)
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.records import iso, last_cleanup
 from cachemgr.settings import env_value
@@ -57,10 +65,15 @@ _totals = operator.itemgetter(*TOTALS)
 # The four strings are read by one MGET: each redis.call costs Redis about 1.5 µs.
 # KEYS[1] cache:bytes  KEYS[2] cache:entries  KEYS[3] cache:stats  KEYS[4] cache:stats:baseline
 # KEYS[5] cache:last_cleanup  KEYS[6] cache:initialized  KEYS[7] cache:scheduler
-# KEYS[8] cache:pins  KEYS[9] cache:alive  KEYS[10] cache:evict_hold
-# KEYS[11] (optional) the node registry, read here too when it lives on the same server
-# ARGV[1] now: pins that end later are counted
+# KEYS[8] cache:pins  KEYS[9] cache:alive  KEYS[10] cache:evict_hold  KEYS[11] cache:workers
+# KEYS[12] cache:worker_settings
+# KEYS[13] (optional) the node registry, read here too when it lives on the same server
+# ARGV[1] now: pins that end later are counted  ARGV[2] the oldest heartbeat of a live worker
 SNAPSHOT = Lua("""
+local live = redis.call('ZRANGEBYSCORE', KEYS[11], ARGV[2], '+inf')
+local own = {}
+if #live > 0 then own = redis.call('HMGET', KEYS[12], unpack(live)) end
+for i = 1, #live do own[i] = own[i] or '' end
 local s = redis.call('MGET', KEYS[1], KEYS[6], KEYS[7], KEYS[9], KEYS[10])
 return {
   s[1] or '0',
@@ -73,7 +86,9 @@ return {
   redis.call('ZCOUNT', KEYS[8], '(' .. ARGV[1], '+inf'),
   s[4] and 1 or 0,
   s[5] or '',
-  KEYS[11] and redis.call('HGETALL', KEYS[11]) or {},
+  KEYS[13] and redis.call('HGETALL', KEYS[13]) or {},
+  live,
+  own,
 }
 """)
 
@@ -129,13 +144,16 @@ def queue_snapshot(
     same call (same server only); its entries come back as `registry`."""
     k = store.keys
     keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
-    keys += [k.scheduler, k.pins, k.alive, k.evict_hold, *([registry] if registry else [])]
-    batch.script(SNAPSHOT, keys, [repr(now)], writes=False)
+    keys += [k.scheduler, k.pins, k.alive, k.evict_hold, k.workers, k.worker_settings]
+    keys += [registry] if registry else []
+    oldest = f"{now - ALIVE_TTL_SECONDS:.3f}"
+    batch.script(SNAPSHOT, keys, [repr(now), oldest], writes=False)
 
     def read(replies: Iterator[Any]) -> dict[str, Any]:
-        total, count, overall, base, last, initialized, scheduler, pinned, up, hold, nodes = next(
-            replies
-        )
+        total, count, overall, base, last, initialized, scheduler, pinned, up, hold = (
+            reply := next(replies)
+        )[:10]
+        nodes, live, own = reply[10:]
         counts, recent = since_reset(pairs(overall), pairs(base))
         return {
             "total_bytes": int(total),
@@ -150,6 +168,7 @@ def queue_snapshot(
             "up": bool(up),
             "evict_held_until": float(hold) if hold else None,
             "registry": NodeRegistry.parse(pairs(nodes)),
+            "workers": NodeRegistry.parse_workers(live, own),
         }
 
     return read
@@ -231,7 +250,26 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
                 "disk (`cachemgr cleanup` or reconcile now)"
             )
     stats["warnings"] += _differences(cache.settings, s)
+    stats["warnings"] += _workers_apart(snap.get("workers") or {})
     return stats
+
+
+def _workers_apart(workers: dict[str, dict[str, Any]]) -> list[str]:
+    """Live workers of this node that enforce different settings (a rolling restart, or
+    one started with another environment): said, one line for them all."""
+    apart = split(workers)
+    if not apart:
+        return []
+    said = "; ".join(
+        f"{ENFORCED[key][0].upper()}: "
+        + ", ".join(f"{env_value(value)} ({', '.join(names)})" for value, names in values.items())
+        for key, values in apart.items()
+    )
+    return [
+        f"the node's live workers run different settings ({said}): each enforces its own; "
+        "cleanups keep the eviction policy in force while a worker of it is alive; give them "
+        "one environment (or finish the rolling restart)"
+    ]
 
 
 def _started(scheduler: str) -> float | None:

@@ -615,3 +615,62 @@ def test_a_switch_a_crash_cut_short_is_done_again(redis_client, prefix):
     assert ensure_policy(Store(redis_client, keys, policy="fifo")) is True
     assert redis_client.get(keys.policy_name) == "fifo"
     assert old.access("d1") == STALE_HIT
+
+
+def test_workers_of_two_policies_hold_the_one_in_force_rather_than_switch_back_and_forth(
+    settings, redis_client, root, caplog
+):
+    """A rolling restart (lfu workers, then sieve ones), both alive for a while: each cleanup
+    switched the policy to its worker's own, back and forth, rebuilding the structures each
+    time and losing their history, and nothing said the workers disagreed."""
+    from cachemgr import events as event_log
+    from cachemgr.cleanup import cleanup
+
+    lfu = DiskCache(settings.with_(disk_cache_eviction_policy="lfu"), redis_client)
+    sieve = DiskCache(settings.with_(disk_cache_eviction_policy="sieve"), redis_client)
+    for i in range(20):
+        make_tree(root, f"old{i:02d}", files=4)
+        lfu.register(f"old{i:02d}")
+    cleanup(lfu)  # lfu's structures built (books new: no switch)
+    registry = lfu.registry
+    registry.heartbeat(lfu.keys, "host-a:1", settings=lfu.settings)
+    registry.heartbeat(sieve.keys, "host-b:2", settings=sieve.settings)
+    for i in range(15):  # the new worker's registrations feed sieve's hooks, not lfu's
+        make_tree(root, f"new{i:02d}", files=4)
+        sieve.register(f"new{i:02d}")
+    assert sieve.store.total_bytes() > settings.disk_cache_max_bytes
+    for _ in range(3):
+        done = cleanup(sieve)
+        assert done["status"] == "done"
+        assert redis_client.get(lfu.keys.policy_name) == "lfu"
+        cleanup(lfu)
+    assert not [e for e in event_log.latest(lfu.store, 100) if e["event"] == "policy_switched"]
+    assert "acts by the eviction policy in force, lfu, not this worker's sieve" in caplog.text
+    assert lfu.store.total_bytes() <= settings.disk_cache_max_bytes
+    # Every tracked directory is in lfu's structures: none is out of eviction's reach.
+    assert {e.path for e in lfu.store.victims(1000)} == _tracked(lfu.store)
+    said = [w for w in lfu.stats()["warnings"] if "live workers run different settings" in w]
+    assert len(said) == 1
+    assert "DISK_CACHE_EVICTION_POLICY: lfu (host-a:1), sieve (host-b:2)" in said[0]
+    registry.mark_down(lfu.keys, "host-a:1")  # the last lfu worker stops: the switch goes on
+    cleanup(sieve)
+    assert redis_client.get(lfu.keys.policy_name) == "sieve"
+    assert [e["event"] for e in event_log.latest(lfu.store, 100)].count("policy_switched") == 1
+    assert not any("different settings" in w for w in sieve.stats()["warnings"])
+
+
+def test_a_plan_right_after_a_switch_goes_by_the_policy_in_force(settings, redis_client, root):
+    """The new policy's structures are built by the real run: the plan found no victims in
+    them and planned nothing while the disk was over its quota."""
+    from cachemgr.cleanup import cleanup
+
+    lfu = DiskCache(settings.with_(disk_cache_eviction_policy="lfu"), redis_client)
+    for i in range(30):
+        make_tree(root, f"d{i:02d}", files=4)
+        lfu.register(f"d{i:02d}")
+    migrations_ensure = ensure_policy(lfu.store)
+    assert migrations_ensure is False  # new books: built, not switched
+    fifo = DiskCache(settings.with_(disk_cache_eviction_policy="fifo"), redis_client)
+    plan = cleanup(fifo, dry_run=True)
+    assert plan["policy_switch_pending"] is True and plan["evict"]["count"] > 0
+    assert redis_client.get(lfu.keys.policy_name) == "lfu"  # a plan changed nothing

@@ -60,7 +60,7 @@ def _announce(cache: Any, flushed: bool = False) -> bool:
         else:
             migrations.ensure_record_ids(cache.store)  # older books: before any task runs
         migrations.ensure_pin_index(cache.store)
-        cache.registry.heartbeat(cache.keys, WORKER)
+        cache.registry.heartbeat(cache.keys, WORKER, settings=cache.settings)
     except Exception as exc:  # Redis away: tried again at each heartbeat until it is back
         log.error("worker cannot announce node %s yet: %s", cache.settings.node, exc)
         return False
@@ -92,7 +92,9 @@ def _beat_once(cache: Any, announced: bool) -> bool:
     if not announced:
         return _announce(cache)
     try:
-        published = cache.registry.heartbeat(cache.keys, WORKER, node=cache.settings.node)
+        published = cache.registry.heartbeat(
+            cache.keys, WORKER, node=cache.settings.node, settings=cache.settings
+        )
     except Exception as exc:  # Redis away: the node shows down until it is back
         log.warning("node heartbeat failed: %s", exc)
         return True
