@@ -12,7 +12,7 @@ import click
 import redis
 from kombu.exceptions import OperationalError
 
-from api.errors import raised_in
+from api.errors import raised_in, redis_unavailable
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3, 4, 5
@@ -41,6 +41,10 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
             raise Fail(str(exc), EXIT_FAILED) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Fail(f"Redis cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
+        except redis.RedisError as exc:  # out of memory, read-only, loading...: not a bug
+            if not redis_unavailable(exc):
+                raise
+            raise Fail(f"Redis refuses it now: {exc}", EXIT_UNAVAILABLE) from None
         except OperationalError as exc:
             raise Fail(f"the Celery broker cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
         except RuntimeError as exc:

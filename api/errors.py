@@ -36,8 +36,8 @@ STATUS_BY_NAME = {cls.__name__: code for cls, code in STATUS.items()}
 # Replies of a Redis that is there but cannot serve (a script running past its limit, a cluster
 # or replica down, loading, read-only, an ACL refusal): unavailable, like a refused connection.
 UNAVAILABLE_REPLIES = (
-    "BUSY", "CLUSTERDOWN", "LOADING", "MASTERDOWN", "MISCONF", "NOAUTH", "NOPERM", "READONLY",
-    "TRYAGAIN", "WRONGPASS",
+    "BUSY", "CLUSTERDOWN", "LOADING", "MASTERDOWN", "MISCONF", "NOAUTH", "NOPERM", "OOM",
+    "READONLY", "TRYAGAIN", "WRONGPASS",
 )  # fmt: skip
 
 
@@ -51,7 +51,12 @@ def redis_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, e.NoPermissionError | e.AuthenticationError | e.AuthorizationError):
         return True
     if isinstance(exc, redis.ResponseError):
-        return str(exc).split(" ", 1)[0].upper() in UNAVAILABLE_REPLIES
+        text = str(exc)
+        if text.split(" ", 1)[0].upper() in UNAVAILABLE_REPLIES:
+            return True
+        # A script's error wraps the reply that failed it: "Error running script ... -OOM
+        # command not allowed when used memory > 'maxmemory'" (a full Redis, a 500 before).
+        return any(f"-{code} " in text for code in UNAVAILABLE_REPLIES)
     return False
 
 

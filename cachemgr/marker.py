@@ -117,7 +117,18 @@ def check_root(cache: DiskCache, *, allow_empty: bool = False, force: bool = Fal
     empty mount point left behind, would find every directory gone and untrack them all.
     Nor a root that is not the directory the books were kept for (no marker of theirs): the
     mount point written to meanwhile. `allow_empty`: an empty root is no sign (a removal of the
-    last download); `force` (reconcile --force) takes the root as it is."""
+    last download); `force` (reconcile --force) takes the root as it is. A root the worker
+    may not read is refused too, by name (a PermissionError had failed every cleanup unsaid)."""
+    try:
+        _check_root(cache, allow_empty=allow_empty, force=force)
+    except PermissionError as exc:
+        raise RootMissing(
+            f"the cache root {str(cache.root)!r} cannot be read by this process "
+            f"({exc.strerror}: permissions?): no cleanup or reconcile runs until it can"
+        ) from None
+
+
+def _check_root(cache: DiskCache, *, allow_empty: bool, force: bool) -> None:
     if not cache.root.is_dir():
         raise RootMissing(root_missing(cache.root))
     other = None if force else swapped(cache)

@@ -493,3 +493,26 @@ def test_tables_show_the_since_reset_figures_and_a_pending_switch(
     redis_client.set(cache.keys.policy_name, "fifo")
     plan = run(runner, "cleanup", "--dry-run", "--now").stdout
     assert "evict: 0 directories" in plan and "policy switch pending" in plan
+
+
+def test_a_redis_out_of_memory_is_exit_4_in_one_line(runner, cache, root, monkeypatch):
+    """maxmemory reached with noeviction: `register --now` and `pin` printed tracebacks."""
+    import redis
+
+    from cachemgr.store import Store
+
+    make_tree(root, "a")
+    script_oom = redis.ResponseError(
+        "Error running script (call to f_0a1b): @user_script:12: @user_script: 12: -OOM "
+        "command not allowed when used memory > 'maxmemory'."
+    )
+    for failure in (script_oom, redis.exceptions.OutOfMemoryError("command not allowed")):
+
+        def full(*args, failure=failure, **kwargs):
+            raise failure
+
+        monkeypatch.setattr(Store, "register", full)
+        result = run(runner, "register", "--now", "a")
+        assert result.exit_code == 4 and "Traceback" not in result.output, result.output
+        assert "Redis refuses it now" in result.output
+        assert result.output.strip().count("\n") == 0

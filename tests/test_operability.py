@@ -166,6 +166,36 @@ def test_readyz_fails_when_cleanups_refuse_an_empty_root(settings, redis_client,
     assert r.status_code == 503, r.get_json()
 
 
+def test_a_root_the_worker_may_not_read_fails_cleanups_by_name(
+    settings, redis_client, cache, root, monkeypatch
+):
+    """chmod 000 on the root (a worker without root's override): every cleanup raised a bare
+    PermissionError, recorded nothing (the last one stood 'done'), /readyz said root ok,
+    and the only warning blamed beat."""
+    import errno
+
+    from cachemgr import marker
+    from cachemgr.cleanup import cleanup
+    from cachemgr.errors import RootMissing
+
+    healthy(cache, settings, root)
+    cleanup(cache)  # the books are kept: the root carries their marker
+
+    def refused(_cache):
+        raise PermissionError(errno.EACCES, "Permission denied", str(root / ".cachemgr-books"))
+
+    monkeypatch.setattr(marker, "present", refused)  # what stat'ing in the root meets then
+    with pytest.raises(RootMissing, match=r"cannot be read by this process \(Permission"):
+        cleanup(cache, periodic=True)
+    client = app_for(settings, redis_client).test_client()
+    last = client.get("/cache/stats").get_json()["last_cleanup"]
+    assert last["status"] == "failed" and "cannot be read" in last["error"]
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "cannot be read" in str(r.get_json())
+    monkeypatch.undo()
+    assert cleanup(cache, periodic=True)["status"] == "done"  # readable again: it recovers
+
+
 # -- (e) no worker alive ---------------------------------------------------------------------
 def test_an_alert_watches_every_nodes_workers():
     assert any("cachemgr_node_up" in r["expr"] for r in alert_rules())
@@ -317,7 +347,11 @@ def test_low_free_disk_shows_outside_the_warnings(settings, redis_client, cache,
 @pytest.mark.parametrize(
     "exc",
     [redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"),
-     redis.exceptions.ResponseError("BUSY Redis is busy running a script")],
+     redis.exceptions.ResponseError("BUSY Redis is busy running a script"),
+     redis.exceptions.ResponseError(
+         "Error running script (call to f_0a1b): @user_script:12: @user_script: 12: -OOM "
+         "command not allowed when used memory > 'maxmemory'."
+     )],
 )  # fmt: skip
 def test_redis_error_replies_are_redis_unavailable(settings, redis_client, monkeypatch, exc):
     import cachemgr.stats
