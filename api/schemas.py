@@ -114,6 +114,10 @@ class StatsSchema(SinceResetSchema):
     ttl_seconds = fields.Integer()
     cleanup_interval_seconds = fields.Integer()
     free_disk_bytes = fields.Integer(allow_none=True)
+    disk_bytes = fields.Integer(
+        allow_none=True,
+        metadata={"description": "the size of the filesystem holding the cache (this host's)"},
+    )
     min_free_bytes = fields.Integer()
     initialized = fields.Boolean()
     last_cleanup = fields.Nested(LastCleanupSchema, allow_none=True)

@@ -17,6 +17,10 @@ from cachemgr import audit
 OVERDUE_INTERVALS = 2
 
 
+# With no free-space floor set, a disk with less than this share free is said to be nearly full.
+NEARLY_FULL_SHARE = 0.02
+
+
 def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = None) -> list[str]:
     """What an operator should look at; `stats["periodic_overdue"]` (stats.node_stats, by
     `periodic_overdue` below) says whether beat's cleanups are late."""
@@ -46,11 +50,23 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             f"evicts by the {stats.get('eviction_policy', 'lru')} policy"
         )
     floor = stats.get("min_free_bytes") or 0
-    free = stats.get("free_disk_bytes")
+    free, disk = stats.get("free_disk_bytes"), stats.get("disk_bytes")
     if floor and free is not None and free < floor:
         problems.append(
             f"the disk holding the cache has {free} bytes free, under DISK_CACHE_MIN_FREE_BYTES "
             f"({floor}): the next cleanup evicts to make room"
+        )
+    elif not floor and free is not None and disk and free < NEARLY_FULL_SHARE * disk:
+        problems.append(
+            f"the disk holding the cache is nearly full ({free} of {disk} bytes free) and "
+            "DISK_CACHE_MIN_FREE_BYTES is not set: cleanups evict by the quota alone; set it "
+            "(e.g. to 5% of the disk) so that they make room"
+        )
+    if disk and stats["max_bytes"] > disk:
+        problems.append(
+            f"DISK_CACHE_MAX_BYTES ({stats['max_bytes']}) is larger than the filesystem holding "
+            f"the cache ({disk} bytes): the disk fills before the quota is reached; set it "
+            "below the disk's size, or set DISK_CACHE_MIN_FREE_BYTES"
         )
     if not stats.get("scheduler_running", True):
         problems.append(

@@ -187,10 +187,11 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     s = enforced(cache.settings, entry)
     total, counts, recent = snap["total_bytes"], snap["counters"], snap["since_reset"]
     missing = False
+    free = disk = None
     try:
-        free = shutil.disk_usage(cache.root).free if cache.local else None
+        if cache.local:
+            disk, _, free = shutil.disk_usage(cache.root)
     except OSError:
-        free = None
         missing = not cache.root.is_dir()
     floor = s.disk_cache_min_free_bytes
     status = "ok"
@@ -223,6 +224,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         "ttl_seconds": s.disk_cache_ttl_seconds,
         "cleanup_interval_seconds": s.disk_cache_cleanup_interval,
         "free_disk_bytes": free,
+        "disk_bytes": disk,
         "min_free_bytes": s.disk_cache_min_free_bytes,
         "initialized": snap["initialized"],
         "last_cleanup": snap["last_cleanup"],

@@ -164,3 +164,20 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
+
+
+@pytest.fixture
+def roomy_disk(monkeypatch) -> None:
+    """The stats see a roomy disk under the cache root (a test of "no warnings" must not
+    depend on how full this machine's disk is); a missing root still fails as it would."""
+    import shutil
+
+    import cachemgr.stats
+
+    real = shutil.disk_usage
+
+    def roomy(path):
+        real(path)
+        return shutil._ntuple_diskusage(2**40, 2**38, 2**40 - 2**38)
+
+    monkeypatch.setattr(cachemgr.stats.shutil, "disk_usage", roomy)

@@ -397,7 +397,7 @@ def test_seed_key_names_with_an_empty_prefix(settings, root):
         client.close()
 
 
-def test_common_issues_show_up_as_clear_messages(settings, redis_client, root):
+def test_common_issues_show_up_as_clear_messages(settings, redis_client, root, roomy_disk):
     from cachemgr.cleanup import cleanup
 
     off = DiskCache(settings.with_(enable_disk_cache_management=False), redis_client)

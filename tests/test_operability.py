@@ -406,3 +406,39 @@ def test_another_nodes_overdue_beat_counts_from_its_workers_start(
     own = two_nodes.get("/cache/stats?node=b").get_json()
     assert cluster["periodic_overdue"] is own["periodic_overdue"] is False
     assert not any("no periodic cleanup" in w for w in cluster["warnings"])
+
+
+def test_a_disk_nearly_full_or_smaller_than_the_quota_is_said_without_a_floor(
+    settings, redis_client, cache, root, monkeypatch
+):
+    """A 20 MiB disk under a 50 MiB quota, no DISK_CACHE_MIN_FREE_BYTES: at 100% of the disk
+    the stats said ok, warned of nothing, and no alert could fire."""
+    import shutil
+
+    import cachemgr.stats
+
+    healthy(cache, settings, root)
+    disk = settings.disk_cache_max_bytes // 2
+    real = shutil.disk_usage
+    free = [disk // 4]
+
+    def small(path):
+        real(path)
+        return shutil._ntuple_diskusage(disk, disk - free[0], free[0])
+
+    monkeypatch.setattr(cachemgr.stats.shutil, "disk_usage", small)
+    stats = cache.stats()
+    assert stats["disk_bytes"] == disk
+    larger = [w for w in stats["warnings"] if "larger than the filesystem" in w]
+    assert len(larger) == 1 and "DISK_CACHE_MAX_BYTES" in larger[0]
+    assert not any("nearly full" in w for w in stats["warnings"])  # a quarter free
+    free[0] = 0
+    said = [w for w in cache.stats()["warnings"] if "nearly full" in w]
+    assert len(said) == 1 and "DISK_CACHE_MIN_FREE_BYTES is not set" in said[0]
+    floored = DiskCache(settings.with_(disk_cache_min_free_bytes=4096), redis_client)
+    floored.registry.publish(floored.settings)  # the workers run with a floor
+    warnings = floored.stats()["warnings"]  # the floor's own warning says it instead
+    assert not any("nearly full" in w for w in warnings)
+    assert any("under DISK_CACHE_MIN_FREE_BYTES" in w for w in warnings)
+    client = app_for(settings, redis_client).test_client()
+    assert client.get("/cache/stats").get_json()["disk_bytes"] == disk

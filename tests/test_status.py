@@ -234,7 +234,9 @@ def test_next_cleanup_follows_beats_periodic_run_not_the_last_automatic_pass(
     assert "in 58m" not in page.text and "in 59m" not in page.text
 
 
-def test_page_shows_the_node_down_and_every_warning(settings, redis_client, cache, root):
+def test_page_shows_the_node_down_and_every_warning(
+    settings, redis_client, cache, root, roomy_disk
+):
     make_tree(root, "a")
     cache.register("a")
     client = app_without_worker(settings, redis_client).test_client()
