@@ -152,6 +152,15 @@ class DiskCache:
                 f"{rel!r} is {rel.count('/') + 1} level(s) deep, DISK_CACHE_ENTRY_DEPTH is "
                 f"{depth}: reconcile only finds directories at that depth; set it to match",
             ))  # fmt: skip
+        target = self.settings.target_bytes
+        if found.size_bytes > target:
+            # The quota too small for the downloads: the next pass evicts it at once.
+            notes.append((
+                "larger_than_quota",
+                f"{rel!r} holds {found.size_bytes} bytes, more than the eviction target "
+                f"({target} bytes of DISK_CACHE_MAX_BYTES {self.settings.disk_cache_max_bytes}): "
+                "the next quota pass evicts it unless it is pinned; raise the quota",
+            ))  # fmt: skip
         unreadable = [paths.shown(name) for name in found.unreadable[:10]]
         if unreadable:
             notes.append((

@@ -173,3 +173,17 @@ def test_a_held_pass_cut_short_goes_on_held(settings, redis_client, root, monkey
     assert rest is not None and rest["automatic"] is True and rest["resume"] is True
     monkeypatch.undo()  # room again: the hold stands
     assert cleanup(cache, sweep_expired=False, **rest)["evict"]["paths"] == []
+
+
+def test_a_download_larger_than_the_eviction_target_is_said_when_registered(cache, root, caplog):
+    """A 3 MB download under a 2 MiB quota registered as any other and was evicted two
+    seconds later, with INFO lines only: the quota too small for the downloads, unsaid."""
+    target = cache.settings.target_bytes
+    make_tree(root, "huge", files=target // 4096 + 2)
+    make_tree(root, "small", files=1)
+    done = cache.register("huge")
+    assert done["status"] == "registered"
+    assert "more than the eviction target" in done["warning"]
+    assert "raise the quota" in done["warning"]
+    assert "more than the eviction target" in caplog.text
+    assert "warning" not in cache.register("small")

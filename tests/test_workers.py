@@ -444,3 +444,13 @@ def test_a_reconcile_that_books_past_the_threshold_sends_a_quota_pass(pipeline, 
     while cache.store.total_bytes() > cache.settings.target_bytes and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cache.store.total_bytes() <= cache.settings.target_bytes
+
+
+def test_tasks_retry_through_minutes_of_redis_away():
+    """Eight jittered retries gave up after 30-65 s of Redis away: a queued registration was
+    lost to a restart. The budget must span several minutes on average (jitter draws each
+    wait between 0 and its step: half of it on average)."""
+    from workers.tasks import RETRY
+
+    steps = [min(2**k, RETRY["retry_backoff_max"]) for k in range(RETRY["max_retries"])]
+    assert sum(steps) / 2 >= 5 * 60

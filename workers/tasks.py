@@ -33,7 +33,9 @@ RETRY: dict[str, Any] = {
     "retry_backoff": True,
     "retry_backoff_max": 60,
     "retry_jitter": True,
-    "max_retries": 8,
+    # Backoff to a minute, jittered: about 7 minutes of Redis away in all (a restart, a
+    # failover). Eight retries gave up after 30-65 s, and a queued registration was lost.
+    "max_retries": 20,
 }
 IDEMPOTENT = {"acks_late": True, **RETRY}
 
