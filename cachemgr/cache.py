@@ -68,6 +68,8 @@ class DiskCache:
         )
         # Called with a path right before its files go: tests pause or kill a worker here.
         self.before_delete: Callable[[str], None] | None = None
+        # The books' root token as last read, and when to read it again (marker.py).
+        self.root_token: tuple[str, float] = ("", float("-inf"))
 
     @property
     def registry(self) -> NodeRegistry:
@@ -199,6 +201,7 @@ class DiskCache:
     def _scan_and_book(
         self, rel: str, token: str, at: Booking = None
     ) -> tuple[scanner.ScanResult, Any]:
+        marker.check_registering(self)
         location = paths.existing_directory(self.root, rel)
         try:
             found = scanner.scan(location, collect_subdirs=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from typing import TYPE_CHECKING
 
 from cachemgr import paths
@@ -92,10 +93,11 @@ def books_were_lost(cache: DiskCache) -> bool:
     return present(cache) or cache.store.count_entries() == 0
 
 
-def swapped(cache: DiskCache) -> str | None:
+def swapped(cache: DiskCache, token: str | None = None) -> str | None:
     """Why the root is not the directory these books were kept for (None: it is, or that
-    cannot be told: no token, an unreadable marker)."""
-    token = cache.client.get(cache.keys.root_mark)
+    cannot be told: no token, an unreadable marker). `token`: the books' own, when the
+    caller read it already."""
+    token = cache.client.get(cache.keys.root_mark) if token is None else token
     if token is None:
         return None
     if token.startswith(CUT_SHORT):
@@ -109,6 +111,38 @@ def swapped(cache: DiskCache) -> str | None:
     if found is None or found == token:  # an older version's marker: cannot tell
         return None
     return f"its marker {paths.BOOKS_MARKER} names other books"
+
+
+# How long a worker trusts the books' token it read (a registration checks the root against
+# it): a mismatch is read again before anything is refused.
+TOKEN_SECONDS = 10.0
+
+
+def check_registering(cache: DiskCache) -> None:
+    """Raise RootMissing when a registration would book a directory of a root that is not the
+    books' (the mount point an unmounted disk left, written to meanwhile): booked, it stayed on
+    the books once the disk was back, a download that does not exist there. One file read a
+    registration; Redis only every TOKEN_SECONDS, or on a mismatch. Not while a forced
+    adoption runs (its own registrations book the disk it adopts)."""
+    now = time.monotonic()
+    token, due = cache.root_token
+    fresh = now >= due
+    if fresh:
+        token = cache.client.get(cache.keys.root_mark) or ""
+        cache.root_token = (token, now + TOKEN_SECONDS)
+    if not token or token.startswith(CUT_SHORT):
+        return
+    other = swapped(cache, token)
+    if other and not fresh:  # an adoption may have ended since the token was read
+        token = cache.client.get(cache.keys.root_mark) or ""
+        cache.root_token = (token, now + TOKEN_SECONDS)
+        other = swapped(cache, token) if token and not token.startswith(CUT_SHORT) else None
+    if other:
+        raise RootMissing(
+            f"the cache root {str(cache.root)!r} is not the directory these books were kept "
+            f"for: {other} (is the disk mounted?): no registration is booked; if it was "
+            "replaced on purpose, run `cachemgr reconcile --force`"
+        )
 
 
 def check_root(cache: DiskCache, *, allow_empty: bool = False, force: bool = False) -> None:

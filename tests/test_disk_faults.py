@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cachemgr import RootMissing, trash
+from cachemgr import DiskCache, RootMissing, trash
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup
 from cachemgr.reconcile import reconcile
@@ -103,6 +103,32 @@ def test_a_missing_root_stops_every_pass_and_untracks_nothing(cache, root):
     finally:
         away.rename(root)
     assert cleanup(cache)["status"] == "done" and cache.store.count_entries() == 2
+
+
+def test_a_registration_on_a_root_that_is_not_the_books_is_refused(settings, redis_client, root):
+    """The disk unmounted and its mount point written to: a registration there was booked,
+    and stayed on the books, a download that does not exist, once the disk was back."""
+    worker = DiskCache(settings, redis_client)
+    make_tree(root, "a")
+    worker.register("a")
+    cleanup(worker)  # the books are kept: the root carries their marker
+    away = root.with_name("unmounted")
+    root.rename(away)
+    root.mkdir()  # the empty mount point, where a download is then written
+    make_tree(root, "newalbum")
+    try:
+        later = DiskCache(settings, redis_client)  # a worker that read no token yet
+        token = redis_client.get(worker.keys.root_mark)
+        worker.root_token = (token, float("inf"))  # one that read it a moment ago
+        for cache in (later, worker):
+            with pytest.raises(RootMissing, match="not the directory these books were kept"):
+                cache.register("newalbum")
+        assert sorted(worker.store.all_records()) == ["a"]  # nothing booked
+    finally:
+        shutil.rmtree(root)
+        away.rename(root)
+    make_tree(root, "b")
+    assert worker.register("b")["status"] == "registered"  # its own disk back: booked
 
 
 def test_reconcile_goes_on_past_an_unreadable_directory(cache, root, monkeypatch):
