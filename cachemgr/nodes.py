@@ -24,6 +24,23 @@ from cachemgr.settings import Settings
 log = logging.getLogger("cachemgr")
 
 ALIVE_TTL_SECONDS = 30
+# A process whose clock is further than this from Redis's is said to be skewed: every time on
+# the books (a play, a registration, an expiry's cutoff) is the clock of the process that wrote
+# or read it.
+CLOCK_SKEW_SECONDS = 5.0
+
+
+def clock_skew(client: Any) -> float:
+    """How far this host's clock is ahead of Redis's (negative: behind), in seconds; the round
+    trip's half is allowed for. 0 when it cannot be read (a proxy without TIME): the check
+    must never cost a heartbeat or a play."""
+    before = time.time()
+    try:
+        seconds, micros = client.time()
+    except Exception:  # a cluster client's own errors too: no skew is said
+        return 0.0
+    after = time.time()
+    return (before + after) / 2 - (seconds + micros / 1e6)
 
 # A worker leaves its node: the node's flag goes with the last live worker.
 # KEYS[1] cache:workers  KEYS[2] cache:alive  KEYS[3] cache:worker_settings
@@ -94,6 +111,7 @@ class NodeRegistry:
         """Say the node is alive, and with `settings` what this worker enforces. With `node`:
         False when its entry or its config is gone (the books were flushed), for the worker to
         publish them again."""
+        skew = clock_skew(self.client) if worker and settings is not None else 0.0
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.alive, f"{now:.3f}", ex=ttl)
@@ -101,9 +119,11 @@ class NodeRegistry:
             pipe.zadd(keys.workers, {worker: now})
             pipe.expire(keys.workers, 2 * ttl)
             if settings is not None:
-                own = json.dumps(enforced_entry(settings), sort_keys=True)
-                pipe.hset(keys.worker_settings, worker, own)
+                own = {**enforced_entry(settings), "clock_skew": round(skew, 1)}
+                pipe.hset(keys.worker_settings, worker, json.dumps(own, sort_keys=True))
                 pipe.expire(keys.worker_settings, 2 * ttl)
+                if abs(skew) > CLOCK_SKEW_SECONDS:
+                    log.warning("%s", skewed(f"worker {worker}", skew))
         if node:
             pipe.hexists(self.nodes_key, node)
             pipe.exists(keys.config)
@@ -200,6 +220,17 @@ ENFORCED = {
     "min_free_bytes": ("disk_cache_min_free_bytes", int),
     "enabled": ("enable_disk_cache_management", bool),
 }
+
+
+def skewed(who: str, skew: float) -> str:
+    """What a clock `skew` seconds off Redis's means, said the same by a worker's log, the
+    pipeline client's and the stats."""
+    way = "ahead of" if skew > 0 else "behind"
+    return (
+        f"the clock of {who} is {abs(skew):.0f} s {way} Redis's: plays, registrations and "
+        "expiry go by each process's own clock (a host behind books plays as older, one ahead "
+        "expires directories early); synchronise the clocks (NTP)"
+    )
 
 
 def enforced_entry(settings: Settings) -> dict[str, Any]:

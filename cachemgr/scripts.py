@@ -151,6 +151,16 @@ end
 """
 STALE_HIT = 2
 
+# A play never moves a directory's last access back: a pipeline host whose clock is behind
+# booked a play as an hour ago, and the next sweep expired the album just played.
+NOT_BEFORE = """
+local function not_before(path, now)
+  local last = redis.call('ZSCORE', KEYS[2], path)
+  if last and tonumber(last) > tonumber(now) then return last end
+  return now
+end
+"""
+
 # Record one access: a hit renews the TTL and moves the directory to the front.
 # ARGV[1] path  ARGV[2] now  ARGV[3] ttl seconds  ARGV[4] bytes a miss had to fetch (0 unknown)
 # ARGV[5] access-log cap (0: no log)
@@ -160,6 +170,7 @@ ACCESS = (
     PRELUDE
     + WITHIN_TRACKED
     + POLICY_IN_FORCE
+    + NOT_BEFORE
     + """
 local path, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local rec, id = record(path)
@@ -183,6 +194,7 @@ if not rec then
 end
 local size_s, files_s, reg, hits_s = raw(rec)
 local size, hits = tonumber(size_s), tonumber(hits_s)
+now = not_before(path, now)
 redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
 redis.call('ZADD', KEYS[2], now, path)
 if redis.call('EXPIRE', KEYS[9], ttl) == 0 then
@@ -210,6 +222,7 @@ ACCESS_MANY = (
     PRELUDE
     + WITHIN_TRACKED
     + POLICY_IN_FORCE
+    + NOT_BEFORE
     + """
 local now, ttl, logcap = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local dir_prefix = KEYS[9]
@@ -232,6 +245,7 @@ for j = 5, #ARGV do
   else
     local size_s, files_s, reg, hits_s = raw(rec)
     local size, hits = tonumber(size_s), tonumber(hits_s)
+    local now = not_before(path, now)
     redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
     redis.call('ZADD', KEYS[2], now, path)
     if redis.call('EXPIRE', dirkey, ttl) == 0 then

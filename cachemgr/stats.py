@@ -15,11 +15,13 @@ from cachemgr.errors import CacheError, root_missing
 from cachemgr.health import diagnose, periodic_overdue
 from cachemgr.nodes import (
     ALIVE_TTL_SECONDS,
+    CLOCK_SKEW_SECONDS,
     ENFORCED,
     NodeRegistry,
     differing,
     enforced,
     own_entry,
+    skewed,
     split,
 )
 from cachemgr.reads import Batch, Lua, Reader, call, run
@@ -252,7 +254,13 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
                 "disk (`cachemgr cleanup` or reconcile now)"
             )
     stats["warnings"] += _differences(cache.settings, s)
-    stats["warnings"] += _workers_apart(snap.get("workers") or {})
+    workers = snap.get("workers") or {}
+    stats["warnings"] += _workers_apart(workers)
+    stats["warnings"] += [
+        skewed(f"worker {name}", float(own["clock_skew"]))
+        for name, own in sorted(workers.items())
+        if abs(float(own.get("clock_skew") or 0)) > CLOCK_SKEW_SECONDS
+    ]
     return stats
 
 

@@ -940,3 +940,18 @@ def test_a_directory_the_worker_cannot_read_is_said_so(cache, root, monkeypatch)
     monkeypatch.setattr(scanner, "scan", refuse)
     with pytest.raises(PathError, match="'locked' cannot be read by the worker"):
         cache.register("locked")
+
+
+def test_a_play_from_a_host_whose_clock_is_behind_does_not_age_the_directory(cache, root):
+    """A pipeline host an hour behind booked a play as an hour ago: the album's last access
+    went back past its registration and the next sweep expired the album just played."""
+    make_tree(root, "album")
+    cache.register("album")
+    booked = cache.client.zscore(cache.keys.lru, "album")
+    assert cache.store.access("album", now=booked - 3600) == 1  # a hit all the same
+    assert cache.client.zscore(cache.keys.lru, "album") == booked
+    assert cache.store.access_many(["album", "nope"], now=booked - 3600) == [1, 0]
+    assert cache.client.zscore(cache.keys.lru, "album") == booked
+    assert cache.info("album").hits == 2
+    assert cache.store.access("album", now=booked + 10) == 1  # a later play moves it on
+    assert cache.client.zscore(cache.keys.lru, "album") == booked + 10

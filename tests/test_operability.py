@@ -442,3 +442,30 @@ def test_a_disk_nearly_full_or_smaller_than_the_quota_is_said_without_a_floor(
     assert any("under DISK_CACHE_MIN_FREE_BYTES" in w for w in warnings)
     client = app_for(settings, redis_client).test_client()
     assert client.get("/cache/stats").get_json()["disk_bytes"] == disk
+
+
+def test_a_worker_whose_clock_is_off_is_said(
+    settings, redis_client, cache, root, monkeypatch, caplog
+):
+    """Every time on the books is the clock of the process that wrote it: a worker an hour
+    ahead expired directories early, and nothing said so."""
+    import types
+
+    from cachemgr import nodes
+
+    now = time.time()
+    behind = types.SimpleNamespace(time=lambda: (int(now - 3600), 0))
+    assert 3590 < nodes.clock_skew(behind) < 3610  # this host an hour ahead of that Redis
+
+    def broken():
+        raise redis.ResponseError("unknown command 'TIME'")
+
+    assert nodes.clock_skew(types.SimpleNamespace(time=broken)) == 0.0  # never a failed beat
+    healthy(cache, settings, root)
+    cache.registry.heartbeat(cache.keys, "host-a:1", settings=cache.settings)
+    assert not any("clock" in w for w in cache.stats()["warnings"])
+    monkeypatch.setattr(nodes, "clock_skew", lambda client: 3600.0)
+    cache.registry.heartbeat(cache.keys, "host-b:2", settings=cache.settings)
+    said = [w for w in cache.stats()["warnings"] if "clock" in w]
+    assert len(said) == 1 and "worker host-b:2 is 3600 s ahead of Redis's" in said[0]
+    assert "worker host-b:2 is 3600 s ahead" in caplog.text  # the worker's log says it too

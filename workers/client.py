@@ -12,6 +12,7 @@ round trip, with the same atomic script the workers use, or batched in one round
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -25,11 +26,13 @@ from cachemgr.cache import check_pin_ttl
 from cachemgr.connection import connect
 from cachemgr.errors import PathError
 from cachemgr.keys import Keys
-from cachemgr.nodes import NodeRegistry
+from cachemgr.nodes import CLOCK_SKEW_SECONDS, NodeRegistry, clock_skew, skewed
 from cachemgr.paths import normalize
 from cachemgr.records import iso
 from cachemgr.scripts import STALE_HIT
 from cachemgr.store import Store
+
+log = logging.getLogger("cachemgr")
 
 # How long a client that found no published config (no worker started yet) keeps the defaults
 # before it looks again: not on every access, the hot path.
@@ -113,6 +116,7 @@ class CacheClient:
         self._config: dict[str, str] | None = None
         self._config_due = float("-inf")
         self._policy_read_at = float("-inf")
+        self._clock_checked = False
 
     # -- routing --------------------------------------------------------------------------
     def _routing(self) -> tuple[str | None, Keys]:
@@ -197,6 +201,11 @@ class CacheClient:
         keys = self.keys
         config = self._books().hgetall(keys.config)
         self._config_due = now + (CONFIG_REFRESH_SECONDS if config else CONFIG_RETRY_SECONDS)
+        if not self._clock_checked:  # once: the plays it books carry this host's time
+            self._clock_checked = True
+            skew = clock_skew(self._books())
+            if abs(skew) > CLOCK_SKEW_SECONDS:
+                log.warning("%s", skewed("this pipeline host", skew))
         same = config == self._config or (not config and self._config is not None)
         if self._store is not None and same and self._store.keys == keys:
             return self._store
