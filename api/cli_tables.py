@@ -82,8 +82,14 @@ def plan_table(result: dict[str, Any]) -> None:
             click.echo(f"  gone from disk already, untracked: {', '.join(p['vanished'])}")
     if result.get("policy_switch_pending"):
         click.echo(
-            "policy switch pending: this plan read the new policy's structures, which the next "
-            "real cleanup builds first from the records; its evictions may differ"
+            "policy switch pending: this plan goes by the policy still in force; the next real "
+            "cleanup switches first (the new policy's structures built from the records), and "
+            "its evictions may differ"
+        )
+    if result.get("policy_held"):
+        click.echo(
+            f"the node's live workers run different eviction policies: cleanups act by "
+            f"{result['policy_held']}, the one in force, until they agree"
         )
     if result.get("policy_rebuilt"):
         click.echo("policy structures rebuilt from the records (see `cachemgr events`)")

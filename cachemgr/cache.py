@@ -161,7 +161,8 @@ class DiskCache:
                 "larger_than_quota",
                 f"{rel!r} holds {found.size_bytes} bytes, more than the eviction target "
                 f"({target} bytes of DISK_CACHE_MAX_BYTES {self.settings.disk_cache_max_bytes}): "
-                "the next quota pass evicts it unless it is pinned; raise the quota",
+                "no quota pass can bring usage under the target while it stays, and the next "
+                "evicts the other directories, then it (unless pinned or young); raise the quota",
             ))  # fmt: skip
         unreadable = [paths.shown(name) for name in found.unreadable[:10]]
         if unreadable:

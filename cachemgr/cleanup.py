@@ -217,7 +217,9 @@ def cleanup(
         # A plan changes nothing, not even the policy's structures: right after a switch it
         # goes by the policy in force (the new one's are not built: it planned nothing), and
         # the real run, which rebuilds them first, may choose otherwise. Said, not hidden.
-        pending = cache.client.get(cache.keys.policy_name) not in (None, cache.store.policy.name)
+        kept = migrations.held(cache.store, cache.registry.live_workers(cache.keys))
+        named = cache.client.get(cache.keys.policy_name)
+        pending = not kept and named not in (None, cache.store.policy.name)
         older = migrations.in_force(cache.store)
         if older:
             cache = cache.with_policy(older)
@@ -237,6 +239,7 @@ def cleanup(
             "evict": evicted.to_dict(),
             "evict_held_until": held.until if held else None,
             "policy_switch_pending": pending,
+            "policy_held": kept,
         }
     # Short timeout, renewed per batch: a crashed worker blocks the next cleanup only briefly.
     timeout = min(CLEANUP_LOCK_SECONDS, cache.settings.disk_cache_lock_timeout_seconds)
@@ -272,17 +275,18 @@ def cleanup(
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
         kept = migrations.held(cache.store, cache.registry.live_workers(cache.keys))
         if kept:
-            own, cache = cache.store.policy.name, cache.with_policy(kept)
+            own = cache.store.policy.name
+            cache = cache if own == kept else cache.with_policy(kept)
             carried = migrations.rebuild_in_force(cache.store)
             log.warning(
-                "cleanup acts by the eviction policy in force, %s, not this worker's %s: a "
-                "live worker of the node runs %s (a rolling restart, or workers set apart?); "
-                "its structures were rebuilt (%d directories), and the switch waits until the "
-                "last of those workers stops",
-                kept,
+                "the node's live workers run different eviction policies (this one %s; a "
+                "rolling restart, or workers set apart?): cleanups act by the one in force, "
+                "%s, rebuilding its structures from the records first (%d directories), until "
+                "the last worker of %s stops; then the switch happens",
                 own,
                 kept,
                 carried,
+                kept,
                 extra={"event": "policy_held"},
             )
         switched = migrations.ensure_policy(cache.store)
@@ -320,6 +324,7 @@ def cleanup(
         "rebuilt": rebuilt,
         "evict_held_until": held.until if held else None,
         "policy_rebuilt": switched,  # the policy's structures, built anew from the records
+        "policy_held": kept,  # the node's workers disagree: acted by the one in force
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
         "trash_left": trash.pending(cache.root),

@@ -75,24 +75,44 @@ def rebuild_policy(store: Store, batch: int = 1000) -> int:
 SWITCHING = ">"
 
 
-def in_force(store: Store) -> str | None:
-    """The policy whose structures are built, when it is not this store's: None when it is,
-    for new books, and while a switch is under way (the switch is finished first)."""
-    recorded = store.client.get(store.keys.policy_name)
-    if recorded is None or recorded == store.policy.name or SWITCHING in recorded:
+def recorded(store: Store) -> str | None:
+    """The policy whose structures are built: None for new books and while a switch to
+    another is under way; a rebuild of the one in force cut short (`a>a`) names it."""
+    name = store.client.get(store.keys.policy_name)
+    if name is None:
         return None
-    return str(recorded)
+    old, _, new = str(name).partition(SWITCHING)
+    return old if not new or new == old else None
+
+
+def to_feed(published: str | None, named: str | None) -> str:
+    """The policy a pipeline's store runs: the one whose structures are built (`named`:
+    cache:policy_name), which its plays must feed, else the one the workers published. While
+    the workers disagree, or before their first cleanup switched, the published one is not
+    in force: a client of it fed no policy at all."""
+    old, _, new = (named or "").partition(SWITCHING)
+    if old in POLICIES and (not new or new == old):
+        return old
+    return published if published in POLICIES else "lru"
+
+
+def in_force(store: Store) -> str | None:
+    """The policy in force when it is not this store's (None when it is, or see recorded)."""
+    name = recorded(store)
+    return name if name != store.policy.name else None
 
 
 def held(store: Store, live: dict[str, dict[str, Any]]) -> str | None:
-    """The policy in force when a live worker of the node runs it (`live`: NodeRegistry.
-    live_workers) and this store's is another: a cleanup then acts by it rather than switch.
-    Workers of two policies (a rolling restart, or one set apart by mistake) switched back
-    and forth at each cleanup, each time rebuilding the structures and losing their history;
-    the switch happens once the last worker of the old policy stops."""
-    recorded = in_force(store)
-    if recorded and any(entry.get("policy") == recorded for entry in live.values()):
-        return recorded
+    """The policy in force while the node's live workers (`live`: NodeRegistry.live_workers)
+    run it and another: every cleanup then acts by it, whichever worker runs it, and rebuilds
+    its structures first (rebuild_in_force), since the others' registrations fed their own
+    policy's hooks. Workers of two policies (a rolling restart, or one set apart by mistake)
+    had switched it back and forth at each cleanup; the switch now happens once the last
+    worker of the old policy stops."""
+    name = recorded(store)
+    running = {entry["policy"] for entry in live.values() if entry.get("policy")}
+    if name and name in running and running != {name}:
+        return name
     return None
 
 

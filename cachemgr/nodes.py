@@ -241,6 +241,8 @@ def enforced_entry(settings: Settings) -> dict[str, Any]:
 def split(workers: dict[str, dict[str, Any]]) -> dict[str, dict[Any, list[str]]]:
     """Where live workers of one node disagree: setting -> value -> the workers with it."""
     out: dict[str, dict[Any, list[str]]] = {}
+    if len(workers) < 2:  # every stats read asks: one worker cannot disagree
+        return out
     for key in ENFORCED:
         values: dict[Any, list[str]] = {}
         for worker, entry in sorted(workers.items()):

@@ -625,6 +625,7 @@ def test_workers_of_two_policies_hold_the_one_in_force_rather_than_switch_back_a
     time and losing their history, and nothing said the workers disagreed."""
     from cachemgr import events as event_log
     from cachemgr.cleanup import cleanup
+    from workers.client import CacheClient
 
     lfu = DiskCache(settings.with_(disk_cache_eviction_policy="lfu"), redis_client)
     sieve = DiskCache(settings.with_(disk_cache_eviction_policy="sieve"), redis_client)
@@ -635,23 +636,38 @@ def test_workers_of_two_policies_hold_the_one_in_force_rather_than_switch_back_a
     registry = lfu.registry
     registry.heartbeat(lfu.keys, "host-a:1", settings=lfu.settings)
     registry.heartbeat(sieve.keys, "host-b:2", settings=sieve.settings)
+    sieve.publish_config()  # the newest workers published theirs
     for i in range(15):  # the new worker's registrations feed sieve's hooks, not lfu's
         make_tree(root, f"new{i:02d}", files=4)
         sieve.register(f"new{i:02d}")
     assert sieve.store.total_bytes() > settings.disk_cache_max_bytes
-    for _ in range(3):
-        done = cleanup(sieve)
-        assert done["status"] == "done"
-        assert redis_client.get(lfu.keys.policy_name) == "lfu"
-        cleanup(lfu)
-    assert not [e for e in event_log.latest(lfu.store, 100) if e["event"] == "policy_switched"]
-    assert "acts by the eviction policy in force, lfu, not this worker's sieve" in caplog.text
+    plan = cleanup(sieve, dry_run=True)
+    assert plan["policy_held"] == "lfu" and plan["policy_switch_pending"] is False
+    # The in-force worker's cleanup first: it must see the other's registrations too.
+    assert cleanup(lfu)["policy_held"] == "lfu"
     assert lfu.store.total_bytes() <= settings.disk_cache_max_bytes
     # Every tracked directory is in lfu's structures: none is out of eviction's reach.
     assert {e.path for e in lfu.store.victims(1000)} == _tracked(lfu.store)
+    for _ in range(2):
+        assert cleanup(sieve)["status"] == "done"
+        assert redis_client.get(lfu.keys.policy_name) == "lfu"
+    assert not [e for e in event_log.latest(lfu.store, 100) if e["event"] == "policy_switched"]
+    assert "cleanups act by the one in force, lfu" in caplog.text
+    # A pipeline client follows the structures in force, not the newest publisher's policy.
+    client = CacheClient(
+        settings.redis_url, redis_url=settings.redis_url, key_prefix=lfu.keys.prefix
+    )
+    try:
+        assert client.store.policy.name == "lfu"
+    finally:
+        client.close()
     said = [w for w in lfu.stats()["warnings"] if "live workers run different settings" in w]
     assert len(said) == 1
     assert "DISK_CACHE_EVICTION_POLICY: lfu (host-a:1), sieve (host-b:2)" in said[0]
+    # A rebuild cut short (lfu>lfu) still holds: it is not taken for a switch under way.
+    redis_client.set(lfu.keys.policy_name, "lfu>lfu")
+    cleanup(sieve)
+    assert redis_client.get(lfu.keys.policy_name) == "lfu"
     registry.mark_down(lfu.keys, "host-a:1")  # the last lfu worker stops: the switch goes on
     cleanup(sieve)
     assert redis_client.get(lfu.keys.policy_name) == "sieve"

@@ -450,7 +450,14 @@ def test_tasks_retry_through_minutes_of_redis_away():
     """Eight jittered retries gave up after 30-65 s of Redis away: a queued registration was
     lost to a restart. The budget must span several minutes on average (jitter draws each
     wait between 0 and its step: half of it on average)."""
-    from workers.tasks import RETRY
+    import redis
 
-    steps = [min(2**k, RETRY["retry_backoff_max"]) for k in range(RETRY["max_retries"])]
-    assert sum(steps) / 2 >= 5 * 60
+    import workers.tasks  # noqa: F401 - registers the tasks
+    from workers.app import app
+
+    for name in ("register_directory", "cleanup", "pin_directory", "touch_directory"):
+        task = app.tasks[f"cachemgr.{name}"]
+        assert redis.ConnectionError in task.autoretry_for, name
+        assert task.retry_backoff and task.retry_jitter, name
+        steps = [min(2**k, task.retry_backoff_max) for k in range(task.max_retries)]
+        assert sum(steps) / 2 >= 5 * 60, name

@@ -26,6 +26,7 @@ from cachemgr.cache import check_pin_ttl
 from cachemgr.connection import connect
 from cachemgr.errors import PathError
 from cachemgr.keys import Keys
+from cachemgr.migrations import to_feed
 from cachemgr.nodes import CLOCK_SKEW_SECONDS, NodeRegistry, clock_skew, skewed
 from cachemgr.paths import normalize
 from cachemgr.records import iso
@@ -191,22 +192,29 @@ class CacheClient:
 
     @property
     def store(self) -> Store:
-        """A Store with the node's TTL, policy and access-log cap as its workers published
-        them, read again every CONFIG_REFRESH_SECONDS (the defaults until they publish, read
-        again every CONFIG_RETRY_SECONDS); rebuilt only when what they published changed. Once
-        found, a config gone (a FLUSHDB, a forgotten node) leaves the last one in force."""
+        """A Store with the node's TTL and access-log cap as its workers published them, and
+        the policy in force (migrations.to_feed), read again every CONFIG_REFRESH_SECONDS (the
+        defaults until they publish, read again every CONFIG_RETRY_SECONDS: on every access
+        while a named node's route is not settled); rebuilt only when what it read changed.
+        Once found, a config gone (a FLUSHDB, a forgotten node) leaves the last one in force."""
         now = time.monotonic()
         if self._store is not None and now < self._config_due:
             return self._store
         keys = self.keys
-        config = self._books().hgetall(keys.config)
+        pipe = self._books().pipeline(transaction=False)
+        pipe.hgetall(keys.config)
+        pipe.get(keys.policy_name)
+        config, named = pipe.execute()
+        config = config or self._config or {}  # gone (a FLUSHDB): the last one stays
+        if config:
+            config["policy"] = to_feed(config.get("policy"), named)
         self._config_due = now + (CONFIG_REFRESH_SECONDS if config else CONFIG_RETRY_SECONDS)
         if not self._clock_checked:  # once: the plays it books carry this host's time
             self._clock_checked = True
             skew = clock_skew(self._books())
             if abs(skew) > CLOCK_SKEW_SECONDS:
                 log.warning("%s", skewed("this pipeline host", skew))
-        same = config == self._config or (not config and self._config is not None)
+        same = config == self._config
         if self._store is not None and same and self._store.keys == keys:
             return self._store
         store = Store(
