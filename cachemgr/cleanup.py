@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import audit, checks, events, history, marker, migrations, trash
+from cachemgr import audit, checks, events, history, marker, migrations, recheck, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import RootMissing
 from cachemgr.locks import Keeper, Lock
@@ -290,6 +290,9 @@ def cleanup(
                 extra={"event": "policy_held"},
             )
         switched = migrations.ensure_policy(cache.store)
+        # Beat's: the sizes of directories used lately, before the quota is weighed.
+        window = 2 * cache.settings.disk_cache_cleanup_interval
+        rechecked = recheck.recent(cache, window) if periodic else None
         expired = _sweep_or_nothing(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
@@ -325,6 +328,7 @@ def cleanup(
         "evict_held_until": held.until if held else None,
         "policy_rebuilt": switched,  # the policy's structures, built anew from the records
         "policy_held": kept,  # the node's workers disagree: acted by the one in force
+        "rechecked": rechecked,  # beat's: directories used lately, rescanned
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
         "trash_left": trash.pending(cache.root),

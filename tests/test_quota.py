@@ -187,3 +187,27 @@ def test_a_download_larger_than_the_eviction_target_is_said_when_registered(cach
     assert "raise the quota" in done["warning"]
     assert "more than the eviction target" in caplog.text
     assert "warning" not in cache.register("small")
+
+
+def test_beats_cleanup_books_a_download_that_grew_after_its_registration(cache, root, caplog):
+    """register_completed_download took an album still being written: the books kept its
+    first 100 KB while 3 MB filled the disk, past the quota with the stats saying ok."""
+    make_tree(root, "writing", files=1)
+    make_tree(root, "done", files=1)
+    cache.register("writing")
+    cache.register("done")
+    # Played before the window (two cleanup intervals), within the TTL.
+    idle = 3 * cache.settings.disk_cache_cleanup_interval
+    cache.client.zadd(cache.keys.lru, {"done": time.time() - idle})
+    cleanup(cache)  # the books are kept from now on (no reconcile walks the disk below)
+    first = {name: cache.info(name).size_bytes for name in ("writing", "done")}
+    make_tree(root / "writing", "disc2", files=5)  # the rest of the download arrives
+    make_tree(root / "done", "extra", files=2)  # changed too, but not used lately
+    done = cleanup(cache, periodic=True)
+    assert done["rechecked"] == {"checked": 1, "resized": 1}
+    assert cache.info("writing").size_bytes >= first["writing"] + 5 * 4096
+    assert cache.info("done").size_bytes == first["done"]  # outside the window: reconcile's
+    booked = [cache.info(name).size_bytes for name in ("writing", "done")]
+    assert cache.store.total_bytes() == sum(booked)
+    assert "writing changed since it was booked" in caplog.text
+    assert cleanup(cache)["rechecked"] is None  # a manual cleanup does not rescan
