@@ -14,7 +14,7 @@ from typing import Any
 
 from cachemgr import audit, checks, events, history, marker, migrations, recheck, trash
 from cachemgr.cache import DiskCache
-from cachemgr.errors import RootMissing
+from cachemgr.errors import DELETE_FAILED, RootMissing
 from cachemgr.locks import Keeper, Lock
 from cachemgr.passes import LOCK_LOST, run_pass
 from cachemgr.quota import Hold, Need, bytes_to_free, evict_held
@@ -155,14 +155,21 @@ def enforce_quota(
             "pinned": len(result.skipped_pinned),
             "locked": len(result.skipped_locked),
             "young": len(result.skipped_young),
+            # Chosen and not deletable (permissions, immutable files): said, not hidden
+            # behind the pins, which the message had blamed alone.
+            "undeletable": sum(e.startswith(DELETE_FAILED) for e in result.errors),
         }
         log.warning(
             "quota: could not free enough, still %(usage_after)d bytes used after eviction "
-            "(skipped: pinned %(pinned)d, locked %(locked)d, young %(young)d)",
+            "(skipped: pinned %(pinned)d, locked %(locked)d, young %(young)d, could not "
+            "delete %(undeletable)d)",
             why,
             extra={"event": "eviction_short"},
         )
-        result.short = f"pinned {why['pinned']}, locked {why['locked']}, young {why['young']}"
+        result.short = (
+            f"pinned {why['pinned']}, locked {why['locked']}, young {why['young']}, "
+            f"could not delete {why['undeletable']}"
+        )
         events.add(cache.store, {"event": "eviction_short", "time": f"{cache.clock():.3f}", **why})
     return result
 

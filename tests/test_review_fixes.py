@@ -91,6 +91,9 @@ def test_directories_a_cleanup_could_not_delete_are_warned_of(cache, root):
     assert stats["last_cleanup"]["delete_failed"] == failed
     assert stats["last_cleanup"]["delete_failed_example"].startswith("could not delete 'd00'")
     assert any(f"could not delete {failed} directory(ies)" in w for w in stats["warnings"])
+    # The pass fell short because of them, not of pins (the warning had blamed pinned 0).
+    short = stats["last_cleanup"]["evict_short"]
+    assert short is not None and f"could not delete {failed}" in short, short
     (root / ".cachemgr-trash").unlink()
     assert cleanup(cache)["evict"]["count"] >= 1
     assert cache.stats()["last_cleanup"]["delete_failed"] == 0
