@@ -129,6 +129,8 @@ def simulate_command(
     if unknown:
         raise Refused(f"unknown policy {unknown[0]!r} (known: {', '.join(MODELS)})")
     parsed = [_cache_size(s) for s in dict.fromkeys(sizes or ("1%", "5%", "10%"))]
+    if plot_path == "":
+        raise Refused("--plot needs a file name (e.g. --plot curves.png)")
     if plot_path and not Path(plot_path).absolute().parent.is_dir():
         # Said before the replay, not after minutes of it (with --json, nothing was printed).
         raise Refused(f"cannot write the plot {plot_path}: no directory {Path(plot_path).parent}")

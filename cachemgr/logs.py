@@ -60,6 +60,12 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # One record, one line: a directory named with a newline split "evicted new\nline"
+        # into two lines, the second a forged entry. A traceback still follows on its own.
+        line = super().formatMessage(record)
+        return line.replace("\r", "\\r").replace("\n", "\\n")
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = extra_fields(record)

@@ -79,6 +79,23 @@ def test_text_by_default_with_extras_as_key_value(restore_root: None) -> None:
         json.loads(line)
 
 
+def test_a_name_with_a_newline_stays_on_its_line_in_text(restore_root: None) -> None:
+    """A directory named "new\nline" split an eviction's line in two, the second one a line
+    the name's author wrote; a traceback still follows on lines of its own."""
+    out = io.StringIO()
+    configure_logging(stream=out, environ={})
+    log = logging.getLogger("cachemgr")
+    log.info("evicted %s (%d bytes)", "new\n2026-01-01 ERROR forged", 8192, extra={"path": "a\nb"})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("cleanup failed")
+    first, *rest = lines(out)
+    assert first.count("\n") == 0 and "evicted new\\n2026-01-01 ERROR forged (8192 bytes)" in first
+    assert first.endswith('path="a\\nb"')
+    assert "cleanup failed" in rest[0] and any("ValueError: boom" in line for line in rest)
+
+
 def test_level_from_the_environment_and_one_handler_after_many_calls(
     restore_root: None,
 ) -> None:

@@ -114,6 +114,7 @@ def test_the_three_formats_give_the_same_answer(tmp_path):
         (["{trace}", "--size", "1.5"], "bytes are whole"),
         (["{trace}", "--size", "0.0"], "must be > 0"),
         (["{trace}", "--plot", "/nonexistent/curves.png", "--json"], "no directory"),
+        (["{trace}", "--plot", ""], "--plot needs a file name"),
     ],
 )
 def test_simulate_errors_are_one_line(text_trace, tmp_path, args, message):
