@@ -461,3 +461,14 @@ def test_tasks_retry_through_minutes_of_redis_away():
         assert task.retry_backoff and task.retry_jitter, name
         steps = [min(2**k, task.retry_backoff_max) for k in range(task.max_retries)]
         assert sum(steps) / 2 >= 5 * 60, name
+
+
+def test_a_cleanup_task_sent_a_wrong_argument_names_the_task():
+    """It said `_pass_task.<locals>.run() got an unexpected keyword argument 'bogus'`."""
+    import pytest
+
+    from workers.tasks import cleanup, enforce_quota
+
+    for task, name in ((cleanup, "cachemgr.cleanup"), (enforce_quota, "cachemgr.enforce_quota")):
+        with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword argument"):
+            task.run(bogus=1)

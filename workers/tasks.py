@@ -132,7 +132,6 @@ def _cleanup(
 def _pass_task(name: str, *, sweep: bool, enforce: bool) -> Task:
     """The three cleanup tasks differ only in which passes they run."""
 
-    @app.task(name=f"cachemgr.{name}", bind=True, **IDEMPOTENT)
     def run(
         self: Task,
         periodic: bool = False,
@@ -152,7 +151,11 @@ def _pass_task(name: str, *, sweep: bool, enforce: bool) -> Task:
             automatic=automatic,
         )
 
-    return run
+    # Named in an argument error: "cachemgr.cleanup() got an unexpected keyword argument",
+    # not "_pass_task.<locals>.run()".
+    run.__qualname__ = f"cachemgr.{name}"
+    task: Task = app.task(name=f"cachemgr.{name}", bind=True, **IDEMPOTENT)(run)
+    return task
 
 
 sweep_expired = _pass_task("sweep_expired", sweep=True, enforce=False)
