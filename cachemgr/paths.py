@@ -24,8 +24,9 @@ MAX_NAME_BYTES = 255
 def normalize(path: str) -> str:
     """Check a relative path by its text alone (no disk access) and return its canonical form.
 
-    Refuses absolute paths, `..` and `.` components, empty components, NUL bytes, names that
-    no filesystem takes, the root itself and the trash folder.
+    Refuses absolute paths, `..` and `.` components, empty components (`a//b`; trailing
+    slashes, as a shell completes a directory, are taken off), NUL bytes, names that no
+    filesystem takes, the root itself and the trash folder.
     """
     if not isinstance(path, str):
         raise PathError("path must be a string")
