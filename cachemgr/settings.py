@@ -173,7 +173,8 @@ class Settings:
         """Refuse a root that does not exist: the seed's "downloads directory exists" check."""
         if not Path(self.disk_cache_root).is_dir():
             raise SettingsError(
-                f"DISK_CACHE_ROOT={self.disk_cache_root!r}: directory does not exist"
+                f"DISK_CACHE_ROOT={self.disk_cache_root!r}: directory does not exist (a "
+                "disk not mounted, or a wrong setting?)"
             )
         return self
 
