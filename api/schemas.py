@@ -193,6 +193,7 @@ class EventSchema(Schema):
     pinned = fields.String()
     locked = fields.String()
     young = fields.String()
+    undeletable = fields.String()
     # policy_switched: the policy before, the one now, and how many directories it took over
     previous = fields.String()
     policy = fields.String()

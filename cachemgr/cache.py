@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, deletion, listing, marker, paths, pins, quota, scanner, stats
+import redis
+
+from cachemgr import (
+    checks,
+    deletion,
+    listing,
+    marker,
+    paths,
+    pins,
+    quota,
+    recheck,
+    scanner,
+    stats,
+)
 from cachemgr.errors import (
     NotOnDisk,
     NotTracked,
@@ -216,15 +230,27 @@ class DiskCache:
         # it cannot overlap, and sending it would fail the registration.
         subdirs = [s for s in found.subdirs if paths.encodable(s)]
         others = paths.ancestors(rel) + [f"{rel}/{sub}" for sub in subdirs]
-        outcome = self.store.register(
+        booked = self.clock() if at is None else at(found) if callable(at) else at
+        book = functools.partial(
+            self.store.register,
             rel,
             found.size_bytes,
             found.file_count,
-            now=self.clock() if at is None else at(found) if callable(at) else at,
+            now=booked,
             must_not_be_tracked=others,
             lock_token=token,
         )
-        return found, outcome
+        pipe = self.client.pipeline(transaction=False)  # one round trip for both
+        book(pipeline=pipe)
+        recheck.remember(self, rel, booked, pipe)
+        try:
+            return found, self.store.named_if_first(pipe.execute()[0])
+        except redis.exceptions.NoScriptError:
+            # A Redis Cluster's pipeline loads no script: the registration did not run; alone,
+            # the call loads it.
+            outcome = book()
+            recheck.remember(self, rel, booked, self.client)
+            return found, outcome
 
     @switched
     def register_latest(self) -> dict[str, Any]:

@@ -225,8 +225,11 @@ def cleanup(
         # goes by the policy in force (the new one's are not built: it planned nothing), and
         # the real run, which rebuilds them first, may choose otherwise. Said, not hidden.
         kept = migrations.held(cache.store, cache.registry.live_workers(cache.keys))
-        named = cache.client.get(cache.keys.policy_name)
-        pending = not kept and named not in (None, cache.store.policy.name)
+        # Pending: books named (not new) for another policy than this one, or a switch to
+        # another under way; a rebuild of this one cut short (`a>a`) is none.
+        raw = cache.client.get(cache.keys.policy_name)
+        named = migrations.recorded(cache.store)
+        pending = not kept and raw is not None and named != cache.store.policy.name
         older = migrations.in_force(cache.store)
         if older:
             cache = cache.with_policy(older)

@@ -172,6 +172,12 @@ class Keys:
         return f"{self.prefix}cache:workers"
 
     @cached_property
+    def recent(self) -> str:
+        """ZSET path -> the time a registration booked it, the newest RECENT_CAP (recheck.py):
+        beat rescans those of the last two intervals (a download still being written)."""
+        return f"{self.prefix}cache:recent"
+
+    @cached_property
     def worker_settings(self) -> str:
         """HASH worker (host:pid) -> the settings it enforces (JSON, nodes.ENFORCED), renewed
         with its heartbeat: workers of one node that disagree are said, and a cleanup does not

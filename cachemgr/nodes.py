@@ -30,6 +30,18 @@ ALIVE_TTL_SECONDS = 30
 CLOCK_SKEW_SECONDS = 5.0
 
 
+# A warning repeated at every beat is said once in this many seconds (the stats say it always).
+REPEAT_SECONDS = 600.0
+_said_at: dict[str, float] = {}
+
+
+def _due(what: str, now: float) -> bool:
+    if now - _said_at.get(what, float("-inf")) < REPEAT_SECONDS:
+        return False
+    _said_at[what] = now
+    return True
+
+
 def clock_skew(client: Any) -> float:
     """How far this host's clock is ahead of Redis's (negative: behind), in seconds; the round
     trip's half is allowed for. 0 when it cannot be read (a proxy without TIME): the check
@@ -122,7 +134,7 @@ class NodeRegistry:
                 own = {**enforced_entry(settings), "clock_skew": round(skew, 1)}
                 pipe.hset(keys.worker_settings, worker, json.dumps(own, sort_keys=True))
                 pipe.expire(keys.worker_settings, 2 * ttl)
-                if abs(skew) > CLOCK_SKEW_SECONDS:
+                if abs(skew) > CLOCK_SKEW_SECONDS and _due(f"skew:{worker}", now):
                     log.warning("%s", skewed(f"worker {worker}", skew))
         if node:
             pipe.hexists(self.nodes_key, node)

@@ -1,8 +1,11 @@
-"""Beat's recheck of the directories used lately: a download registered while still being
-written (register_completed_download takes the newest directory, which may be one) grows
-after its scan, and the books count what was there then: the disk passed the quota while the
-stats said ok, and its eviction freed more than it counted. Bounded: the most recently used
-RECHECK_LIMIT directories, those used within the window, rescanned and resized."""
+"""Beat's recheck of the directories registered lately: a download registered while still
+being written (register_completed_download takes the newest directory, which may be one)
+grows after its scan, and the books count what was there then: the disk passed the quota
+while the stats said ok, and its eviction freed more than it counted. Bounded: registrations
+are remembered in `cache:recent` (the newest RECENT_CAP), and each beat rescans those of its
+window, at most RECHECK_LIMIT, without taking their locks (a registration never waits for
+it); scripts.RESIZE applies a size only if the directory was not registered again since the
+scan and nobody holds its lock."""
 
 from __future__ import annotations
 
@@ -16,40 +19,45 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cachemgr")
 
+RECENT_CAP = 1000
 RECHECK_LIMIT = 100
 
 
+def remember(cache: DiskCache, path: str, booked: float, pipeline: Any) -> None:
+    """Note a registration (with the time it booked) on `pipeline`, or a client."""
+    pipeline.zadd(cache.keys.recent, {path: booked})
+    pipeline.zremrangebyrank(cache.keys.recent, 0, -RECENT_CAP - 1)
+
+
 def recent(cache: DiskCache, within: float, limit: int = RECHECK_LIMIT) -> dict[str, Any]:
-    """Rescan the directories used in the last `within` seconds (at most `limit`, the most
-    recent first) and book the size found; {"checked", "resized"}. A directory locked by a
-    registration or deletion, or gone meanwhile, is passed over: the next one looks again."""
+    """Rescan the directories registered in the last `within` seconds (at most `limit`, the
+    newest first) and book the size found; {"checked", "resized"}. One registered again,
+    locked, or gone meanwhile is left as it is: the next beat looks again."""
     since = cache.clock() - within
-    items = cache.client.zrevrangebyscore(
-        cache.keys.lru, "+inf", f"({since!r}", start=0, num=limit, withscores=True
+    names = cache.client.zrevrangebyscore(
+        cache.keys.recent, "+inf", f"({since!r}", start=0, num=limit
     )
     checked = resized = 0
-    for entry in cache.store.entries(items):
-        lock = cache.lock(entry.path)
-        if not lock.acquire():
-            continue
+    for entry in cache.store.entries([(name, None) for name in names]):
         try:
             found = scanner.scan(paths.resolve(cache.root, entry.path))
-            checked += 1
-            if (found.size_bytes, found.file_count) == (entry.size_bytes, entry.file_count):
-                continue
-            if cache.store.resize(entry.path, found.size_bytes, found.file_count) is None:
-                continue  # taken off the books meanwhile
-            resized += 1
-            log.warning(
-                "%s changed since it was booked: %d -> %d bytes (a download still being "
-                "written when it was registered?): booked anew",
-                entry.path,
-                entry.size_bytes,
-                found.size_bytes,
-                extra={"event": "resized", "path": entry.path, "size_bytes": found.size_bytes},
-            )
         except (OSError, paths.PathError):  # gone, swapped, unreadable: a pass sees to it
             continue
-        finally:
-            lock.release()
+        checked += 1
+        if (found.size_bytes, found.file_count) == (entry.size_bytes, entry.file_count):
+            continue
+        delta = cache.store.resize(
+            entry.path, found.size_bytes, found.file_count, registered=entry.registered
+        )
+        if not delta:  # registered again, locked, untracked since the scan; or no change
+            continue
+        resized += 1
+        log.warning(
+            "%s changed since it was booked: %d -> %d bytes (a download still being written "
+            "when it was registered?): booked anew",
+            entry.path,
+            entry.size_bytes,
+            found.size_bytes,
+            extra={"event": "resized", "path": entry.path, "size_bytes": found.size_bytes},
+        )
     return {"checked": checked, "resized": resized}

@@ -384,7 +384,7 @@ def _reconcile_one(
             cache.store.claim(path, "vanished", honour_pins=False, deleting_files=False,
                               expect_registered=record[2], lock_token=lock.token)  # fmt: skip
         elif isinstance(change, tuple):
-            cache.store.resize(path, *change)
+            cache.store.resize(path, *change, registered=record[2], lock_token=lock.token)
     finally:
         lock.release()
 

@@ -124,8 +124,12 @@ class Store:
             ],
             client=pipeline or self.client,
         )
-        if pipeline is None and outcome[0] == "ok" and int(outcome[2]) == int(outcome[3]):
-            # The first directory of empty books: new, or flushed since this store named them.
+        return outcome if pipeline is not None else self.named_if_first(outcome)
+
+    def named_if_first(self, outcome: Any) -> Any:
+        """A registration's outcome, once the policy is named if it was the first directory
+        of empty books (new, or flushed since this store named them)."""
+        if outcome[0] == "ok" and int(outcome[2]) == int(outcome[3]):
             self.client.set(self.keys.policy_name, self.policy.name, nx=True)
         return outcome
 
@@ -265,9 +269,14 @@ class Store:
         if pipeline is None:
             pipe.execute()
 
-    def resize(self, path: str, size: int, files: int) -> int | None:
-        """A rescan's size for a tracked directory; the byte delta, or None if untracked."""
-        delta = self._resize(keys=self.script_keys(path), args=[path, size, files])
+    def resize(
+        self, path: str, size: int, files: int, *, registered: str = "", lock_token: str = ""
+    ) -> int | None:
+        """A rescan's size for a tracked directory; the byte delta, or None when untracked,
+        registered again since (`registered`: the registration the scan was of) or locked by
+        another (scripts.RESIZE)."""
+        args = [path, size, files, registered, lock_token]
+        delta = self._resize(keys=self.script_keys(path), args=args)
         return None if delta is None else int(delta)
 
     # -- reads --------------------------------------------------------------------------

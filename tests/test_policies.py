@@ -690,3 +690,29 @@ def test_a_plan_right_after_a_switch_goes_by_the_policy_in_force(settings, redis
     plan = cleanup(fifo, dry_run=True)
     assert plan["policy_switch_pending"] is True and plan["evict"]["count"] > 0
     assert redis_client.get(lfu.keys.policy_name) == "lfu"  # a plan changed nothing
+
+
+def test_the_pipeline_client_runs_the_policy_in_force_with_no_config_published(
+    settings, redis_client, root
+):
+    """No config published (or gone: a FLUSHDB, a forgotten node): the client ran lru over
+    books of sieve, and, once it had kept a config, never followed a switch (every hit fed
+    no policy)."""
+    from workers.client import CacheClient
+
+    sieve = DiskCache(settings.with_(disk_cache_eviction_policy="sieve"), redis_client)
+    make_tree(root, "album", files=1)
+    sieve.register("album")
+    ensure_policy(sieve.store)
+    redis_client.delete(sieve.keys.config)
+    client = CacheClient(
+        settings.redis_url, redis_url=settings.redis_url, key_prefix=sieve.keys.prefix
+    )
+    try:
+        assert client.store.policy.name == "sieve"
+        lfu = DiskCache(settings.with_(disk_cache_eviction_policy="lfu"), redis_client)
+        assert ensure_policy(lfu.store) is True  # switched while no config is published
+        assert client.access("album") is True  # a stale hit: the client reads again
+        assert client.store.policy.name == "lfu"
+    finally:
+        client.close()

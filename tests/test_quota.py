@@ -189,25 +189,55 @@ def test_a_download_larger_than_the_eviction_target_is_said_when_registered(cach
     assert "warning" not in cache.register("small")
 
 
-def test_beats_cleanup_books_a_download_that_grew_after_its_registration(cache, root, caplog):
+def test_beats_cleanup_books_a_download_that_grew_after_its_registration(
+    settings, redis_client, root, caplog
+):
     """register_completed_download took an album still being written: the books kept its
-    first 100 KB while 3 MB filled the disk, past the quota with the stats saying ok."""
-    make_tree(root, "writing", files=1)
+    first 100 KB while 3 MB filled the disk, past the quota with the stats saying ok. Picked
+    by registration, not by play: a hundred plays of other albums hid it."""
+    cache = DiskCache(settings.with_(disk_cache_max_bytes=10**9), redis_client)
     make_tree(root, "done", files=1)
-    cache.register("writing")
     cache.register("done")
-    # Played before the window (two cleanup intervals), within the TTL.
+    # Registered before the window (two cleanup intervals), within the TTL.
     idle = 3 * cache.settings.disk_cache_cleanup_interval
-    cache.client.zadd(cache.keys.lru, {"done": time.time() - idle})
+    cache.client.zadd(cache.keys.recent, {"done": time.time() - idle})
+    for i in range(120):
+        make_tree(root, f"p{i:03d}", files=1)
+        cache.register(f"p{i:03d}")
+    make_tree(root, "writing", files=1)
+    cache.register("writing")
     cleanup(cache)  # the books are kept from now on (no reconcile walks the disk below)
+    for i in range(120):  # plays of the others, each after the download's registration
+        cache.access(f"p{i:03d}")
     first = {name: cache.info(name).size_bytes for name in ("writing", "done")}
     make_tree(root / "writing", "disc2", files=5)  # the rest of the download arrives
-    make_tree(root / "done", "extra", files=2)  # changed too, but not used lately
+    make_tree(root / "done", "extra", files=2)  # changed too, but booked long ago
     done = cleanup(cache, periodic=True)
-    assert done["rechecked"] == {"checked": 1, "resized": 1}
+    assert done["rechecked"] == {"checked": 100, "resized": 1}
     assert cache.info("writing").size_bytes >= first["writing"] + 5 * 4096
     assert cache.info("done").size_bytes == first["done"]  # outside the window: reconcile's
-    booked = [cache.info(name).size_bytes for name in ("writing", "done")]
+    booked = [r[0] for r in cache.store.all_records().values()]
     assert cache.store.total_bytes() == sum(booked)
     assert "writing changed since it was booked" in caplog.text
     assert cleanup(cache)["rechecked"] is None  # a manual cleanup does not rescan
+
+
+def test_a_rescan_never_overwrites_a_newer_registration_nor_a_locked_directory(cache, root):
+    """A scan that outlived its moment: the directory removed and registered anew meanwhile
+    (the books took the stale size), or being registered or deleted by another worker now."""
+    make_tree(root, "a", files=1)
+    cache.register("a")
+    entry = cache.info("a")
+    stale = entry.registered
+    cache.register("a")  # registered again since the scan began
+    assert cache.store.resize("a", 10**6, 9, registered=stale) is None
+    assert cache.info("a").size_bytes == entry.size_bytes
+    lock = cache.lock("a")
+    assert lock.acquire()  # a registration or deletion holds it
+    try:
+        fresh = cache.info("a").registered
+        assert cache.store.resize("a", 10**6, 9, registered=fresh) is None
+        assert cache.store.resize("a", 10**6, 9, registered=fresh, lock_token=lock.token)
+    finally:
+        lock.release()
+    assert cache.info("a").size_bytes == 10**6

@@ -471,4 +471,7 @@ def test_a_cleanup_task_sent_a_wrong_argument_names_the_task():
 
     for task, name in ((cleanup, "cachemgr.cleanup"), (enforce_quota, "cachemgr.enforce_quota")):
         with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword argument"):
-            task.run(bogus=1)
+            task.run(bogus=1)  # in the worker
+        short = name.removeprefix("cachemgr.")
+        with pytest.raises(TypeError, match=rf"^{short}\(\) got an unexpected keyword argument"):
+            task.apply_async(kwargs={"bogus": 1})  # checked before it is sent

@@ -204,11 +204,12 @@ class CacheClient:
         pipe = self._books().pipeline(transaction=False)
         pipe.hgetall(keys.config)
         pipe.get(keys.policy_name)
-        config, named = pipe.execute()
-        config = config or self._config or {}  # gone (a FLUSHDB): the last one stays
-        if config:
-            config["policy"] = to_feed(config.get("policy"), named)
-        self._config_due = now + (CONFIG_REFRESH_SECONDS if config else CONFIG_RETRY_SECONDS)
+        published, named = pipe.execute()
+        self._config_due = now + (CONFIG_REFRESH_SECONDS if published else CONFIG_RETRY_SECONDS)
+        # Gone (a FLUSHDB, a forgotten node): the last one stays. A copy: the one kept is
+        # what the next read compares with.
+        config = dict(published or self._config or {})
+        config["policy"] = to_feed(config.get("policy"), named)
         if not self._clock_checked:  # once: the plays it books carry this host's time
             self._clock_checked = True
             skew = clock_skew(self._books())

@@ -153,7 +153,7 @@ def _pass_task(name: str, *, sweep: bool, enforce: bool) -> Task:
 
     # Named in an argument error: "cachemgr.cleanup() got an unexpected keyword argument",
     # not "_pass_task.<locals>.run()".
-    run.__qualname__ = f"cachemgr.{name}"
+    run.__qualname__, run.__name__ = f"cachemgr.{name}", name
     task: Task = app.task(name=f"cachemgr.{name}", bind=True, **IDEMPOTENT)(run)
     return task
 
