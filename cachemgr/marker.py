@@ -130,19 +130,25 @@ def check_registering(cache: DiskCache) -> None:
     if fresh:
         token = cache.client.get(cache.keys.root_mark) or ""
         cache.root_token = (token, now + TOKEN_SECONDS)
-    if not token or token.startswith(CUT_SHORT):
+    if not token or _adopting(cache, token):
         return
     other = swapped(cache, token)
     if other and not fresh:  # an adoption may have ended since the token was read
         token = cache.client.get(cache.keys.root_mark) or ""
         cache.root_token = (token, now + TOKEN_SECONDS)
-        other = swapped(cache, token) if token and not token.startswith(CUT_SHORT) else None
+        other = swapped(cache, token) if token and not _adopting(cache, token) else None
     if other:
         raise RootMissing(
             f"the cache root {str(cache.root)!r} is not the directory these books were kept "
             f"for: {other} (is the disk mounted?): no registration is booked; if it was "
             "replaced on purpose, run `cachemgr reconcile --force`"
         )
+
+
+def _adopting(cache: DiskCache, token: str) -> bool:
+    """A forced adoption is walking the root now (its own registrations book the disk it
+    adopts); one cut short is not, and refuses registrations as cleanups do."""
+    return token.startswith(CUT_SHORT) and bool(cache.client.exists(cache.keys.adopting))
 
 
 def check_root(cache: DiskCache, *, allow_empty: bool = False, force: bool = False) -> None:

@@ -122,13 +122,16 @@ class NodeRegistry:
     ) -> bool:
         """Say the node is alive, and with `settings` what this worker enforces. With `node`:
         False when its entry or its config is gone (the books were flushed), for the worker to
-        publish them again."""
+        publish them again. A worker's beat is dated by Redis's clock (its own less the skew
+        measured): one an hour behind had counted as dead, its skew unsaid. Workers gone for
+        two TTLs are dropped from cache:workers (a killed one stayed for good)."""
         skew = clock_skew(self.client) if worker and settings is not None else 0.0
-        now = time.time()
+        now = time.time() - skew
         pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.alive, f"{now:.3f}", ex=ttl)
         if worker:
             pipe.zadd(keys.workers, {worker: now})
+            pipe.zremrangebyscore(keys.workers, "-inf", f"({now - 2 * ttl:.3f}")
             pipe.expire(keys.workers, 2 * ttl)
             if settings is not None:
                 own = {**enforced_entry(settings), "clock_skew": round(skew, 1)}
@@ -145,13 +148,14 @@ class NodeRegistry:
     def mark_down(self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS) -> None:
         """A worker stops: the node is down at once if it was the last of the node's workers
         still beating (a worker that died without a word lapses after `ttl`)."""
-        oldest = f"{time.time() - ttl:.3f}"
+        oldest = f"{time.time() - clock_skew(self.client) - ttl:.3f}"  # beats are Redis-dated
         self.client.eval(LEAVE, 3, keys.workers, keys.alive, keys.worker_settings, worker, oldest)
 
     def live_workers(self, keys: Keys, ttl: int = ALIVE_TTL_SECONDS) -> dict[str, dict[str, Any]]:
         """The node's workers that beat within `ttl`, each with the settings it enforces
         ({} for one from before they were published)."""
-        live = self.client.zrangebyscore(keys.workers, f"{time.time() - ttl:.3f}", "+inf")
+        oldest = time.time() - clock_skew(self.client) - ttl  # beats are dated by Redis's clock
+        live = self.client.zrangebyscore(keys.workers, f"{oldest:.3f}", "+inf")
         found = self.client.hmget(keys.worker_settings, live) if live else []
         return self.parse_workers(live, found)
 

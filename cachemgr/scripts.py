@@ -74,6 +74,16 @@ local function lock_lost(token)
 end
 """
 
+# A play, or a registration again, never moves a directory's last access back: a host whose
+# clock is behind booked it as an hour ago, and the next sweep expired the album just played.
+NOT_BEFORE = """
+local function not_before(path, now)
+  local last = redis.call('ZSCORE', KEYS[2], path)
+  if last and tonumber(last) > tonumber(now) then return last end
+  return now
+end
+"""
+
 # Register or re-register one scanned directory.
 # ARGV[1] path  ARGV[2] size  ARGV[3] files  ARGV[4] now  ARGV[5] ttl seconds
 # ARGV[6] lock token ('' = none held)
@@ -83,6 +93,7 @@ end
 # {'ok', new (1/0), byte delta, cache:bytes after}.
 REGISTER = (
     PRELUDE
+    + NOT_BEFORE
     + """
 local path, size, files, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 if lock_lost(ARGV[6]) then return {'lock_lost'} end
@@ -107,6 +118,7 @@ local hits, delta, new = 0, size, 1
 if old then
   local osize, ofiles, oreg, ohits = parse(old)
   hits, delta, new = ohits, size - osize, 0
+  now = not_before(path, now)
 end
 redis.call('HSET', KEYS[1], id, ARGV[2] .. ' ' .. files .. ' ' .. now .. ' ' .. hits)
 redis.call('ZADD', KEYS[2], now, path)
@@ -151,15 +163,6 @@ end
 """
 STALE_HIT = 2
 
-# A play never moves a directory's last access back: a pipeline host whose clock is behind
-# booked a play as an hour ago, and the next sweep expired the album just played.
-NOT_BEFORE = """
-local function not_before(path, now)
-  local last = redis.call('ZSCORE', KEYS[2], path)
-  if last and tonumber(last) > tonumber(now) then return last end
-  return now
-end
-"""
 
 # Record one access: a hit renews the TTL and moves the directory to the front.
 # ARGV[1] path  ARGV[2] now  ARGV[3] ttl seconds  ARGV[4] bytes a miss had to fetch (0 unknown)

@@ -955,3 +955,17 @@ def test_a_play_from_a_host_whose_clock_is_behind_does_not_age_the_directory(cac
     assert cache.info("album").hits == 2
     assert cache.store.access("album", now=booked + 10) == 1  # a later play moves it on
     assert cache.client.zscore(cache.keys.lru, "album") == booked + 10
+
+
+def test_a_registration_again_from_a_worker_whose_clock_is_behind_does_not_age_it(
+    settings, redis_client, root
+):
+    """A worker an hour behind registered an album again (registration is idempotent): its
+    last access went an hour back and the next sweep expired it."""
+    make_tree(root, "album")
+    DiskCache(settings, redis_client).register("album")
+    keys = DiskCache(settings, redis_client).keys
+    booked = redis_client.zscore(keys.lru, "album")
+    behind = DiskCache(settings, redis_client, clock=lambda: booked - 3600)
+    assert behind.register("album")["status"] == "registered"
+    assert redis_client.zscore(keys.lru, "album") == booked

@@ -354,3 +354,24 @@ def test_a_plan_does_not_book_a_new_directory_the_worker_cannot_read(cache, root
     assert plan["registered"] == ["open"]
     assert [e["path"] for e in plan["errors"]] == ["locked"]
     assert "cannot be read by the worker" in plan["errors"][0]["error"]
+
+
+def test_after_a_forced_adoption_cut_short_registrations_are_refused_as_cleanups_are(
+    settings, redis_client, root
+):
+    """The books' token read `cut-short:` (a reconcile --force stopped midway): cleanups were
+    refused, but a registration on any disk was booked."""
+    worker = DiskCache(settings, redis_client)
+    make_tree(root, "a")
+    worker.register("a")
+    cleanup(worker)  # the root carries the books' marker
+    token = redis_client.get(worker.keys.root_mark)
+    redis_client.set(worker.keys.root_mark, f"cut-short:{token}")
+    make_tree(root, "b")
+    with pytest.raises(RootMissing, match="cut short"):
+        DiskCache(settings, redis_client).register("b")
+    redis_client.set(worker.keys.adopting, "someone", ex=60)  # an adoption walks it now
+    try:
+        assert DiskCache(settings, redis_client).register("b")["status"] == "registered"
+    finally:
+        redis_client.delete(worker.keys.adopting)

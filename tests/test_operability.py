@@ -464,8 +464,19 @@ def test_a_worker_whose_clock_is_off_is_said(
     healthy(cache, settings, root)
     cache.registry.heartbeat(cache.keys, "host-a:1", settings=cache.settings)
     assert not any("clock" in w for w in cache.stats()["warnings"])
-    monkeypatch.setattr(nodes, "clock_skew", lambda client: 3600.0)
-    cache.registry.heartbeat(cache.keys, "host-b:2", settings=cache.settings)
+    real = time.time
+    with monkeypatch.context() as ahead:  # that worker's host an hour ahead
+        ahead.setattr(nodes, "time", types.SimpleNamespace(time=lambda: real() + 3600))
+        cache.registry.heartbeat(cache.keys, "host-b:2", settings=cache.settings)
+    # Its beat is dated by Redis's clock: alive, not an hour in the future (nor, behind,
+    # an hour dead, its skew unsaid).
+    beat = redis_client.zscore(cache.keys.workers, "host-b:2")
+    assert abs(beat - time.time()) < 5
     said = [w for w in cache.stats()["warnings"] if "clock" in w]
     assert len(said) == 1 and "worker host-b:2 is 3600 s ahead of Redis's" in said[0]
     assert "worker host-b:2 is 3600 s ahead" in caplog.text  # the worker's log says it too
+    with monkeypatch.context() as behind:
+        behind.setattr(nodes, "time", types.SimpleNamespace(time=lambda: real() - 3600))
+        cache.registry.heartbeat(cache.keys, "host-c:3", settings=cache.settings)
+    assert "host-c:3" in cache.registry.live_workers(cache.keys)
+    assert any("host-c:3 is 3600 s behind" in w for w in cache.stats()["warnings"])

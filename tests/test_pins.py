@@ -353,3 +353,33 @@ def test_an_unpin_after_redis_lost_some_scripts_says_what_it_ended(clocked, root
     cache.pin("album", 600, "H")
     monkeypatch.setattr(cache.store, "pin_script", cache.client.register_script(unseen(pins.PIN)))
     assert cache.unpin("album", "H") == {"path": "album", "unpinned": True, "pinned_until": None}
+
+
+def test_a_pipeline_host_whose_clock_is_behind_pins_by_redis_time(cache, root, monkeypatch):
+    """pin_now from a host an hour behind granted a lease that had run out an hour before
+    and answered success: the album streamed unprotected."""
+    import time
+    import types
+
+    from tests.conftest import REDIS_URL
+    from workers import client as client_module
+    from workers.client import CacheClient
+
+    make_tree(root, "album")
+    cache.register("album")
+    real = time.time
+    behind = types.SimpleNamespace(time=lambda: real() - 3600, monotonic=time.monotonic)
+    monkeypatch.setattr(client_module, "time", behind)  # this pipeline host's clock
+    client = CacheClient(REDIS_URL, redis_url=REDIS_URL, key_prefix=cache.keys.prefix)
+    monkeypatch.setattr(client_module, "clock_skew", lambda redis_client: -3600.0)  # measured
+    try:
+        client.pin_now("album", 600, holder="stream-9")
+        holders = cache.info("album").holders
+        assert [h.holder for h in holders] == ["stream-9"]
+        assert 500 < holders[0].until - real() <= 600  # by Redis's clock, not an hour ago
+        booked = cache.client.zscore(cache.keys.lru, "album")
+        assert client.access("album") is True
+        assert cache.client.zscore(cache.keys.lru, "album") >= booked  # never back
+        assert abs(cache.client.zscore(cache.keys.lru, "album") - real()) < 5
+    finally:
+        client.close()

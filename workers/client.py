@@ -117,7 +117,10 @@ class CacheClient:
         self._config: dict[str, str] | None = None
         self._config_due = float("-inf")
         self._policy_read_at = float("-inf")
-        self._clock_checked = False
+        # This host's clock less Redis's, measured at each read of the config: the times this
+        # client books (plays, leases) go by Redis's clock, as the workers' beats do.
+        self._skew = 0.0
+        self._skew_said = False
 
     # -- routing --------------------------------------------------------------------------
     def _routing(self) -> tuple[str | None, Keys]:
@@ -210,11 +213,10 @@ class CacheClient:
         # what the next read compares with.
         config = dict(published or self._config or {})
         config["policy"] = to_feed(config.get("policy"), named)
-        if not self._clock_checked:  # once: the plays it books carry this host's time
-            self._clock_checked = True
-            skew = clock_skew(self._books())
-            if abs(skew) > CLOCK_SKEW_SECONDS:
-                log.warning("%s", skewed("this pipeline host", skew))
+        self._skew = clock_skew(self._books())
+        if abs(self._skew) > CLOCK_SKEW_SECONDS and not self._skew_said:
+            self._skew_said = True  # said once; the times it books are corrected all along
+            log.warning("%s", skewed("this pipeline host", self._skew))
         same = config == self._config
         if self._store is not None and same and self._store.keys == keys:
             return self._store
@@ -274,15 +276,21 @@ class CacheClient:
 
     def access(self, path: str, miss_bytes: int = 0) -> bool:
         """Record an access in one round trip; True for a hit."""
-        hit = self.store.access(normalize(path), miss_bytes=miss_bytes)
+        store = self.store
+        hit = store.access(normalize(path), miss_bytes=miss_bytes, now=self._now())
         self._policy_check([hit])
         return bool(hit)
 
     def access_many(self, paths: Iterable[str]) -> list[bool]:
         """Record a batch of accesses in one round trip."""
-        hits = self.store.access_many(normalize(p) for p in paths)
+        store = self.store
+        hits = store.access_many((normalize(p) for p in paths), now=self._now())
         self._policy_check(hits)
         return [bool(hit) for hit in hits]
+
+    def _now(self) -> float:
+        """Now by Redis's clock (this host's, less the skew last measured)."""
+        return time.time() - self._skew
 
     def _policy_check(self, hits: list[int]) -> None:
         """The books run another policy than this client's store (the workers switched it):
@@ -299,15 +307,16 @@ class CacheClient:
         """Pin directly in Redis (no worker needed), e.g. before a download starts writing;
         the reply is the pin task's."""
         check_pin_ttl(ttl_seconds)
-        now, who = time.time(), checks.holder(holder)
-        target = self.store.covering(normalize(path))
-        until = self.store.pin(target, now + ttl_seconds, who, now=now)
+        store, who = self.store, checks.holder(holder)
+        now = self._now()  # a host an hour behind granted a lease already run out
+        target = store.covering(normalize(path))
+        until = store.pin(target, now + ttl_seconds, who, now=now)
         return {"path": target, "pinned_until": iso(float(until))}
 
     def unpin_now(self, path: str, holder: str | None = None) -> dict[str, Any]:
         """The unpin task's work and reply, directly in Redis."""
-        now = time.time()
-        target, had, rest = pins.end_lease(self.store, normalize(path), checks.holder(holder), now)
+        store, who = self.store, checks.holder(holder)
+        target, had, rest = pins.end_lease(store, normalize(path), who, self._now())
         return {"path": target, "unpinned": had, "pinned_until": iso(rest)}
 
     def close(self) -> None:
