@@ -352,9 +352,10 @@ class DiskCache:
     def reset_stats(self) -> dict[str, Any]:
         return stats.reset_stats(self)
 
-    def publish_config(self, queue: str | None = None) -> None:
+    def publish_config(self, queue: str | None = None, worker: str = "") -> None:
         """Let pipeline clients and the control plane, which read no settings, see this node
-        (and `queue`, the one its workers consume)."""
+        (and `queue`, the one its workers consume); `worker`: the one publishing, whose
+        settings stand until it stops (nodes.NodeRegistry.publisher_gone)."""
         self.registry.publish(self.settings, queue=queue)
         s = self.settings
         self.client.hset(
@@ -365,6 +366,7 @@ class DiskCache:
                 "root": str(self.root),
                 "node": s.node,
                 "access_log_maxlen": s.disk_cache_access_log_maxlen,
+                "worker": worker,
             },
         )
 

@@ -151,6 +151,15 @@ class NodeRegistry:
         oldest = f"{time.time() - clock_skew(self.client) - ttl:.3f}"  # beats are Redis-dated
         self.client.eval(LEAVE, 3, keys.workers, keys.alive, keys.worker_settings, worker, oldest)
 
+    def publisher_gone(self, keys: Keys, worker: str) -> bool:
+        """Whether the node's published settings are those of a worker that stopped (not
+        `worker`): a worker started with a TTL of 60 s and stopped again left them standing,
+        and a `cleanup --now` expired by them what the live workers keep for an hour."""
+        publisher = self.client.hget(keys.config, "worker")
+        if publisher == worker:
+            return False
+        return not publisher or publisher not in self.live_workers(keys)
+
     def live_workers(self, keys: Keys, ttl: int = ALIVE_TTL_SECONDS) -> dict[str, dict[str, Any]]:
         """The node's workers that beat within `ttl`, each with the settings it enforces
         ({} for one from before they were published)."""

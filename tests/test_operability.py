@@ -480,3 +480,29 @@ def test_a_worker_whose_clock_is_off_is_said(
         cache.registry.heartbeat(cache.keys, "host-c:3", settings=cache.settings)
     assert "host-c:3" in cache.registry.live_workers(cache.keys)
     assert any("host-c:3 is 3600 s behind" in w for w in cache.stats()["warnings"])
+
+
+def test_a_stopped_workers_settings_do_not_stand_for_the_node(settings, redis_client, root):
+    """A worker started with a TTL of 60 s and stopped again: its published settings stood,
+    and `cleanup --now` (which acts by the workers' settings) expired by them directories the
+    live worker keeps for an hour."""
+    from workers import app as worker_app
+
+    live = DiskCache(settings.with_(disk_cache_ttl_seconds=3600), redis_client)
+    gone = DiskCache(settings.with_(disk_cache_ttl_seconds=60), redis_client)
+    live.publish_config(worker=worker_app.WORKER)
+    assert worker_app._beat_once(live, announced=True)
+    gone.publish_config(worker="other-host:4242")  # started later, then stopped: no beat
+    theirs, _ = live.acting()
+    assert theirs.settings.disk_cache_ttl_seconds == 60  # what stood until now
+    assert worker_app._beat_once(live, announced=True)  # the live worker's next beat
+    assert redis_client.hget(live.keys.config, "ttl_seconds") == "3600"
+    theirs, _ = live.acting()
+    assert theirs.settings.disk_cache_ttl_seconds == 3600
+    redis_client.hdel(live.keys.config, "worker")  # an older version's config names none
+    assert worker_app._beat_once(live, announced=True)
+    assert redis_client.hget(live.keys.config, "worker") == worker_app.WORKER
+    live.registry.heartbeat(gone.keys, "other-host:4242", settings=gone.settings)  # alive now
+    gone.publish_config(worker="other-host:4242")
+    assert worker_app._beat_once(live, announced=True)
+    assert redis_client.hget(live.keys.config, "ttl_seconds") == "60"  # its publisher lives

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -54,7 +55,7 @@ def _announce(cache: Any, flushed: bool = False) -> bool:
     say it is alive; False while Redis cannot be reached. `flushed`: the books were emptied
     while this worker ran, so whatever they hold now is in this version's layout."""
     try:
-        cache.publish_config(queue=app.conf.task_default_queue)
+        cache.publish_config(queue=app.conf.task_default_queue, worker=WORKER)
         if flushed:  # marked, not walked: a steady-state worker never scans the books
             cache.client.set(cache.keys.format, RECORD_FORMAT, nx=True)
         else:
@@ -95,9 +96,15 @@ def _beat_once(cache: Any, announced: bool) -> bool:
         published = cache.registry.heartbeat(
             cache.keys, WORKER, node=cache.settings.node, settings=cache.settings
         )
+        gone = published and cache.registry.publisher_gone(cache.keys, WORKER)
     except Exception as exc:  # Redis away: the node shows down until it is back
         log.warning("node heartbeat failed: %s", exc)
         return True
+    if gone:  # the settings standing were a stopped worker's: this one's stand now
+        with contextlib.suppress(Exception):  # tried again at the next beat
+            cache.publish_config(queue=app.conf.task_default_queue, worker=WORKER)
+            log.info("node %s: published this worker's settings (the publisher stopped)",
+                     cache.settings.node)  # fmt: skip
     if published:
         return True
     # The books were flushed (FLUSHALL, a restart without persistence): the node's entry and

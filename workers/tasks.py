@@ -20,7 +20,7 @@ from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect
 from cachemgr import cleanup as passes
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as reconcile_books
-from workers.app import app
+from workers.app import WORKER, app
 
 log = logging.getLogger("cachemgr.workers")
 
@@ -68,7 +68,7 @@ def configure(cache: DiskCache | None) -> None:
     if pause:  # fault tests: hold a deletion open so the test can kill the worker there
         cache.before_delete = lambda path: time.sleep(float(pause))
     with contextlib.suppress(redis.RedisError):  # not yet: announced at each heartbeat
-        cache.publish_config(queue=app.conf.task_default_queue)
+        cache.publish_config(queue=app.conf.task_default_queue, worker=WORKER)
 
 
 def _quota_pass_if_due(booked: dict[str, Any]) -> dict[str, Any]:
