@@ -129,8 +129,10 @@ def simulate_command(
     if unknown:
         raise Refused(f"unknown policy {unknown[0]!r} (known: {', '.join(MODELS)})")
     parsed = [_cache_size(s) for s in dict.fromkeys(sizes or ("1%", "5%", "10%"))]
-    if plot_path == "":
+    if plot_path is not None and not Path(plot_path).name.strip():
         raise Refused("--plot needs a file name (e.g. --plot curves.png)")
+    if plot_path and not Path(plot_path).suffix:
+        plot_path += ".png"  # what matplotlib writes: the path said after is the one written
     if plot_path and not Path(plot_path).absolute().parent.is_dir():
         # Said before the replay, not after minutes of it (with --json, nothing was printed).
         raise Refused(f"cannot write the plot {plot_path}: no directory {Path(plot_path).parent}")

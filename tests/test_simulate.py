@@ -115,6 +115,7 @@ def test_the_three_formats_give_the_same_answer(tmp_path):
         (["{trace}", "--size", "0.0"], "must be > 0"),
         (["{trace}", "--plot", "/nonexistent/curves.png", "--json"], "no directory"),
         (["{trace}", "--plot", ""], "--plot needs a file name"),
+        (["{trace}", "--plot", " "], "--plot needs a file name"),
     ],
 )
 def test_simulate_errors_are_one_line(text_trace, tmp_path, args, message):
@@ -465,3 +466,11 @@ def test_simulate_says_when_requests_change_an_objects_size(tmp_path):
     assert float(lower[3]) <= float(lru[3])  # object miss ratio: the bound is one
     code, out = run(str(p), "--policy", "lru", "--size", "15", "--json")
     assert json.loads(out)["resized_requests"] == 1
+
+
+def test_a_plot_named_without_a_suffix_is_said_as_written(text_trace, tmp_path):
+    curves = str(tmp_path / "curves")
+    code, out = run(str(text_trace), "--policy", "lru", "--size", "5%", "--plot", curves)
+    assert code == 0, out
+    assert (tmp_path / "curves.png").is_file()
+    assert f"plot written to {tmp_path / 'curves.png'}" in out
