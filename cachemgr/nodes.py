@@ -252,9 +252,10 @@ def skewed(who: str, skew: float) -> str:
     pipeline client's and the stats."""
     way = "ahead of" if skew > 0 else "behind"
     return (
-        f"the clock of {who} is {abs(skew):.0f} s {way} Redis's: plays, registrations and "
-        "expiry go by each process's own clock (a host behind books plays as older, one ahead "
-        "expires directories early); synchronise the clocks (NTP)"
+        f"the clock of {who} is {abs(skew):.0f} s {way} Redis's: registrations and expiry go "
+        "by the workers' own clocks (one behind books new downloads as older, one ahead "
+        "expires directories early; plays and leases are corrected); synchronise the clocks "
+        "(NTP)"
     )
 
 

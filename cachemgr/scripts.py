@@ -396,7 +396,8 @@ return 1
 # hears of it as of a registration again (its own byte counts and sizes follow), at the
 # directory's last access.
 # KEYS: COMMON_KEYS layout  ARGV[1] path  ARGV[2] size  ARGV[3] files
-# ARGV[4] the registration time the scan was of ('' = any)  ARGV[5] the caller's lock token
+# ARGV[4] the record the scan was of, `size files registered` ('' = any)
+# ARGV[5] the caller's lock token
 # ('' = it holds none: then nobody may hold the directory's lock, a registration or deletion)
 # Returns the byte delta, or false when the path is not tracked, was registered again since
 # the scan, or is (no longer) the caller's to change: a stale scan never overwrites a newer one.
@@ -411,8 +412,10 @@ elseif redis.call('EXISTS', KEYS[12]) == 1 then
 end
 local rec, id = record(path)
 if not rec then return false end
-local old_size, _, reg, hits_s = raw(rec)
-if (ARGV[4] or '') ~= '' and reg ~= ARGV[4] then return false end
+local old_size, old_files, reg, hits_s = raw(rec)
+if (ARGV[4] or '') ~= '' and old_size .. ' ' .. old_files .. ' ' .. reg ~= ARGV[4] then
+  return false
+end
 redis.call('HSET', KEYS[1], id, ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. reg .. ' ' .. hits_s)
 local size, hits = tonumber(ARGV[2]), tonumber(hits_s)
 local now = redis.call('ZSCORE', KEYS[2], path)

@@ -70,9 +70,12 @@ _totals = operator.itemgetter(*TOTALS)
 # KEYS[8] cache:pins  KEYS[9] cache:alive  KEYS[10] cache:evict_hold  KEYS[11] cache:workers
 # KEYS[12] cache:worker_settings
 # KEYS[13] (optional) the node registry, read here too when it lives on the same server
-# ARGV[1] now: pins that end later are counted  ARGV[2] the oldest heartbeat of a live worker
+# ARGV[1] now: pins that end later are counted  ARGV[2] how old a live worker's beat may be, in
+# seconds of Redis's clock (beats are dated by it: nodes.heartbeat), not this host's
 SNAPSHOT = Lua("""
-local live = redis.call('ZRANGEBYSCORE', KEYS[11], ARGV[2], '+inf')
+local t = redis.call('TIME')
+local oldest = tonumber(t[1]) + tonumber(t[2]) / 1000000 - tonumber(ARGV[2])
+local live = redis.call('ZRANGEBYSCORE', KEYS[11], oldest, '+inf')
 local own = {}
 if #live > 0 then own = redis.call('HMGET', KEYS[12], unpack(live)) end
 for i = 1, #live do own[i] = own[i] or '' end
@@ -148,8 +151,7 @@ def queue_snapshot(
     keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
     keys += [k.scheduler, k.pins, k.alive, k.evict_hold, k.workers, k.worker_settings]
     keys += [registry] if registry else []
-    oldest = f"{now - ALIVE_TTL_SECONDS:.3f}"
-    batch.script(SNAPSHOT, keys, [repr(now), oldest], writes=False)
+    batch.script(SNAPSHOT, keys, [repr(now), ALIVE_TTL_SECONDS], writes=False)
 
     def read(replies: Iterator[Any]) -> dict[str, Any]:
         total, count, overall, base, last, initialized, scheduler, pinned, up, hold = (

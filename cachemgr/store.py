@@ -270,12 +270,12 @@ class Store:
             pipe.execute()
 
     def resize(
-        self, path: str, size: int, files: int, *, registered: str = "", lock_token: str = ""
+        self, path: str, size: int, files: int, *, was: str = "", lock_token: str = ""
     ) -> int | None:
         """A rescan's size for a tracked directory; the byte delta, or None when untracked,
-        registered again since (`registered`: the registration the scan was of) or locked by
-        another (scripts.RESIZE)."""
-        args = [path, size, files, registered, lock_token]
+        changed since (`was`: the record the scan was of, `size files registered`) or locked
+        by another (scripts.RESIZE)."""
+        args = [path, size, files, was, lock_token]
         delta = self._resize(keys=self.script_keys(path), args=args)
         return None if delta is None else int(delta)
 

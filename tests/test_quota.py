@@ -228,16 +228,18 @@ def test_a_rescan_never_overwrites_a_newer_registration_nor_a_locked_directory(c
     make_tree(root, "a", files=1)
     cache.register("a")
     entry = cache.info("a")
-    stale = entry.registered
-    cache.register("a")  # registered again since the scan began
-    assert cache.store.resize("a", 10**6, 9, registered=stale) is None
-    assert cache.info("a").size_bytes == entry.size_bytes
+    stale = f"{entry.size_bytes} {entry.file_count} {entry.registered}"
+    make_tree(root, "a/more", files=2)
+    cache.register("a")  # registered again since the scan began, at another size
+    assert cache.store.resize("a", 10**6, 9, was=stale) is None
+    assert cache.info("a").size_bytes > entry.size_bytes  # the newer registration's
     lock = cache.lock("a")
     assert lock.acquire()  # a registration or deletion holds it
     try:
-        fresh = cache.info("a").registered
-        assert cache.store.resize("a", 10**6, 9, registered=fresh) is None
-        assert cache.store.resize("a", 10**6, 9, registered=fresh, lock_token=lock.token)
+        now = cache.info("a")
+        fresh = f"{now.size_bytes} {now.file_count} {now.registered}"
+        assert cache.store.resize("a", 10**6, 9, was=fresh) is None
+        assert cache.store.resize("a", 10**6, 9, was=fresh, lock_token=lock.token)
     finally:
         lock.release()
     assert cache.info("a").size_bytes == 10**6
