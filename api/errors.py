@@ -51,7 +51,9 @@ def redis_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, e.NoPermissionError | e.AuthenticationError | e.AuthorizationError):
         return True
     if isinstance(exc, redis.ResponseError):
-        text = str(exc)
+        # A pipeline's error names its command first: "Command # 1 (...) of pipeline caused
+        # error: MISCONF ..." (a registration is one).
+        text = str(exc).rpartition(" of pipeline caused error: ")[2]
         if text.split(" ", 1)[0].upper() in UNAVAILABLE_REPLIES:
             return True
         # A script's error wraps the reply that failed it: "Error running script ... -OOM

@@ -241,13 +241,13 @@ class DiskCache:
             lock_token=token,
         )
         pipe = self.client.pipeline(transaction=False)  # one round trip for both
-        book(pipeline=pipe)
+        book(queued=pipe)
         recheck.remember(self, rel, booked, pipe)
         try:
             return found, self.store.named_if_first(pipe.execute()[0])
         except redis.exceptions.NoScriptError:
-            # A Redis Cluster's pipeline loads no script: the registration did not run; alone,
-            # the call loads it.
+            # The script not loaded yet (a new or restarted Redis): the registration did not
+            # run; alone, the call loads it.
             outcome = book()
             recheck.remember(self, rel, booked, self.client)
             return found, outcome

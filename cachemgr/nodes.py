@@ -129,8 +129,11 @@ class NodeRegistry:
         now = time.time() - skew
         pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.alive, f"{now:.3f}", ex=ttl)
+        dead_at = None
         if worker:
             pipe.zadd(keys.workers, {worker: now})
+            dead_at = len(pipe)
+            pipe.zrangebyscore(keys.workers, "-inf", f"({now - 2 * ttl:.3f}")
             pipe.zremrangebyscore(keys.workers, "-inf", f"({now - 2 * ttl:.3f}")
             pipe.expire(keys.workers, 2 * ttl)
             if settings is not None:
@@ -143,6 +146,9 @@ class NodeRegistry:
             pipe.hexists(self.nodes_key, node)
             pipe.exists(keys.config)
         replies = pipe.execute()
+        dead = replies[dead_at] if dead_at is not None else []
+        if dead:  # their settings too (each restart had added a field for good)
+            self.client.hdel(keys.worker_settings, *dead)
         return not node or all(replies[-2:])
 
     def mark_down(self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS) -> None:

@@ -103,27 +103,24 @@ class Store:
         must_not_be_tracked: Sequence[str] = (),
         lock_token: str = "",
         pipeline: Any = None,
+        queued: Any = None,
     ) -> Any:
         """Returns ['ok', new, delta, total], ['overlap', other_path], ['busy', above],
-        ['collision'] or ['lock_lost']."""
+        ['collision'] or ['lock_lost']; with `pipeline` or `queued` (a pipeline, the script by
+        its SHA alone) the pending reply."""
         if not self._named:
             # Whose structures the hooks build is then known at the next switch: fifo's and
             # lfu's share cache:policy, and an lfu that adopted fifo's read times as hits.
             self.client.set(self.keys.policy_name, self.policy.name, nx=True)
             self._named = True
-        outcome = self._register(
-            keys=self.script_keys(path),
-            args=[
-                path,
-                size,
-                files,
-                now_str(now),
-                self.ttl_seconds,
-                lock_token,
-                *must_not_be_tracked,
-            ],
-            client=pipeline or self.client,
-        )
+        keys = self.script_keys(path)
+        args = [path, size, files, now_str(now), self.ttl_seconds, lock_token]
+        args += must_not_be_tracked
+        if queued is not None:
+            # By its SHA alone: handed the Script, redis-py's pipeline first asks SCRIPT
+            # EXISTS, a round trip more; a NoScriptError is the caller's to handle.
+            return queued.evalsha(self._register.sha, len(keys), *keys, *args)
+        outcome = self._register(keys=keys, args=args, client=pipeline or self.client)
         return outcome if pipeline is not None else self.named_if_first(outcome)
 
     def named_if_first(self, outcome: Any) -> Any:

@@ -969,3 +969,27 @@ def test_a_registration_again_from_a_worker_whose_clock_is_behind_does_not_age_i
     behind = DiskCache(settings, redis_client, clock=lambda: booked - 3600)
     assert behind.register("album")["status"] == "registered"
     assert redis_client.zscore(keys.lru, "album") == booked
+
+
+def test_a_registration_is_one_round_trip_and_survives_a_script_not_loaded(cache, root):
+    """Booking and noting it for the recheck go in one pipeline: handed the script object,
+    redis-py's pipeline first sent SCRIPT EXISTS (a round trip more on every registration);
+    a Redis that lost its scripts makes the pipeline fail before the booking runs, and the
+    registration is then sent alone, once."""
+
+    def script_exists_calls() -> int:
+        stats = cache.client.info("commandstats")
+        return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
+
+    make_tree(root, "a")
+    make_tree(root, "b")
+    cache.register("a")  # the scripts are loaded
+    before = script_exists_calls()
+    cache.register("a")
+    assert script_exists_calls() == before
+    registrations = cache.stats()["registrations"]
+    cache.store._register.sha = "0" * 40  # as if Redis had lost it (a restart)
+    done = cache.register("b")
+    assert done["status"] == "registered" and done["new"] is True
+    assert cache.stats()["registrations"] == registrations + 1  # booked once, not twice
+    assert cache.client.zscore(cache.keys.recent, "b") is not None

@@ -351,6 +351,10 @@ def test_low_free_disk_shows_outside_the_warnings(settings, redis_client, cache,
      redis.exceptions.ResponseError(
          "Error running script (call to f_0a1b): @user_script:12: @user_script: 12: -OOM "
          "command not allowed when used memory > 'maxmemory'."
+     ),
+     redis.exceptions.ResponseError(
+         "Command # 1 (EVALSHA 0a1b 12 cache:entries) of pipeline caused error: MISCONF "
+         "Redis is configured to save RDB snapshots, but it's currently unable to persist"
      )],
 )  # fmt: skip
 def test_redis_error_replies_are_redis_unavailable(settings, redis_client, monkeypatch, exc):
@@ -506,3 +510,16 @@ def test_a_stopped_workers_settings_do_not_stand_for_the_node(settings, redis_cl
     gone.publish_config(worker="other-host:4242")
     assert worker_app._beat_once(live, announced=True)
     assert redis_client.hget(live.keys.config, "ttl_seconds") == "60"  # its publisher lives
+
+
+def test_a_killed_workers_entries_go_after_two_ttls(settings, redis_client, cache):
+    """A worker killed with -9 never says it leaves: its entry in cache:workers and its
+    settings stayed for good, a field more at every restart."""
+    from cachemgr.nodes import ALIVE_TTL_SECONDS
+
+    long_ago = time.time() - 3 * ALIVE_TTL_SECONDS
+    redis_client.zadd(cache.keys.workers, {"host:999": long_ago})
+    redis_client.hset(cache.keys.worker_settings, "host:999", "{}")
+    cache.registry.heartbeat(cache.keys, "host:1", settings=cache.settings)
+    assert redis_client.zrange(cache.keys.workers, 0, -1) == ["host:1"]
+    assert redis_client.hkeys(cache.keys.worker_settings) == ["host:1"]
