@@ -371,7 +371,6 @@ def test_a_pipeline_host_whose_clock_is_behind_pins_by_redis_time(cache, root, m
     behind = types.SimpleNamespace(time=lambda: real() - 3600, monotonic=time.monotonic)
     monkeypatch.setattr(client_module, "time", behind)  # this pipeline host's clock
     client = CacheClient(REDIS_URL, redis_url=REDIS_URL, key_prefix=cache.keys.prefix)
-    monkeypatch.setattr(client_module, "clock_skew", lambda redis_client: -3600.0)  # measured
     try:
         client.pin_now("album", 600, holder="stream-9")
         holders = cache.info("album").holders

@@ -27,7 +27,7 @@ from cachemgr.connection import connect
 from cachemgr.errors import PathError
 from cachemgr.keys import Keys
 from cachemgr.migrations import to_feed
-from cachemgr.nodes import CLOCK_SKEW_SECONDS, NodeRegistry, clock_skew, skewed
+from cachemgr.nodes import CLOCK_SKEW_SECONDS, NodeRegistry, skewed
 from cachemgr.paths import normalize
 from cachemgr.records import iso
 from cachemgr.scripts import STALE_HIT
@@ -207,13 +207,20 @@ class CacheClient:
         pipe = self._books().pipeline(transaction=False)
         pipe.hgetall(keys.config)
         pipe.get(keys.policy_name)
-        published, named = pipe.execute()
+        pipe.time()  # the clock's skew, in the same round trip
+        before = time.time()
+        published, named, clock = pipe.execute(raise_on_error=False)
+        after = time.time()
+        for reply in (published, named):
+            if isinstance(reply, Exception):
+                raise reply
         self._config_due = now + (CONFIG_REFRESH_SECONDS if published else CONFIG_RETRY_SECONDS)
         # Gone (a FLUSHDB, a forgotten node): the last one stays. A copy: the one kept is
         # what the next read compares with.
         config = dict(published or self._config or {})
         config["policy"] = to_feed(config.get("policy"), named)
-        self._skew = clock_skew(self._books())
+        if not isinstance(clock, Exception):  # a proxy without TIME: no skew is said
+            self._skew = (before + after) / 2 - (clock[0] + clock[1] / 1e6)
         if abs(self._skew) > CLOCK_SKEW_SECONDS and not self._skew_said:
             self._skew_said = True  # said once; the times it books are corrected all along
             log.warning("%s", skewed("this pipeline host", self._skew))
