@@ -70,6 +70,20 @@ return 0
 """
 
 
+# Workers whose last beat is older than ARGV[1] (two TTLs: killed, never said they left) go,
+# with their settings (each restart had added a field for good); in one script, so that a
+# paused worker beating again meanwhile keeps what it has just written.
+# KEYS[1] cache:workers  KEYS[2] cache:worker_settings  ARGV[1] the cutoff. Returns how many.
+PRUNE = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+  redis.call('HDEL', KEYS[2], unpack(dead))
+end
+return #dead
+"""
+
+
 # A node's published config (TTL, policy, root: what one directory's read goes by) goes with
 # its last entry, unless a worker came up meanwhile. On the node's own keys only (one hash tag:
 # one Redis Cluster shard); the registry's entry is taken apart (HDEL).
@@ -129,12 +143,10 @@ class NodeRegistry:
         now = time.time() - skew
         pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.alive, f"{now:.3f}", ex=ttl)
-        dead_at = None
         if worker:
             pipe.zadd(keys.workers, {worker: now})
-            dead_at = len(pipe)
-            pipe.zrangebyscore(keys.workers, "-inf", f"({now - 2 * ttl:.3f}")
-            pipe.zremrangebyscore(keys.workers, "-inf", f"({now - 2 * ttl:.3f}")
+            cutoff = f"{now - 2 * ttl:.3f}"
+            pipe.eval(PRUNE, 2, keys.workers, keys.worker_settings, cutoff)
             pipe.expire(keys.workers, 2 * ttl)
             if settings is not None:
                 own = {**enforced_entry(settings), "clock_skew": round(skew, 1)}
@@ -146,9 +158,6 @@ class NodeRegistry:
             pipe.hexists(self.nodes_key, node)
             pipe.exists(keys.config)
         replies = pipe.execute()
-        dead = replies[dead_at] if dead_at is not None else []
-        if dead:  # their settings too (each restart had added a field for good)
-            self.client.hdel(keys.worker_settings, *dead)
         return not node or all(replies[-2:])
 
     def mark_down(self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS) -> None:

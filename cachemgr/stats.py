@@ -70,11 +70,12 @@ _totals = operator.itemgetter(*TOTALS)
 # KEYS[8] cache:pins  KEYS[9] cache:alive  KEYS[10] cache:evict_hold  KEYS[11] cache:workers
 # KEYS[12] cache:worker_settings
 # KEYS[13] (optional) the node registry, read here too when it lives on the same server
-# ARGV[1] now: pins that end later are counted  ARGV[2] how old a live worker's beat may be, in
-# seconds of Redis's clock (beats are dated by it: nodes.heartbeat), not this host's
+# ARGV[1] how old a live worker's beat may be, in seconds. Now is Redis's clock (TIME), not
+# this host's: beats are dated by it (nodes.heartbeat), and pins in force are those ending later.
 SNAPSHOT = Lua("""
 local t = redis.call('TIME')
-local oldest = tonumber(t[1]) + tonumber(t[2]) / 1000000 - tonumber(ARGV[2])
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local oldest = now - tonumber(ARGV[1])
 local live = redis.call('ZRANGEBYSCORE', KEYS[11], oldest, '+inf')
 local own = {}
 if #live > 0 then own = redis.call('HMGET', KEYS[12], unpack(live)) end
@@ -88,7 +89,7 @@ return {
   redis.call('HGETALL', KEYS[5]),
   s[2] and 1 or 0,
   s[3] or '',
-  redis.call('ZCOUNT', KEYS[8], '(' .. ARGV[1], '+inf'),
+  redis.call('ZCOUNT', KEYS[8], '(' .. now, '+inf'),
   s[4] and 1 or 0,
   s[5] or '',
   KEYS[13] and redis.call('HGETALL', KEYS[13]) or {},
@@ -143,7 +144,7 @@ def reset(store: Store, now: float) -> None:
 
 
 def queue_snapshot(
-    store: Store, batch: Batch, now: float, registry: str | None = None
+    store: Store, batch: Batch, registry: str | None = None
 ) -> Reader[dict[str, Any]]:
     """Everything a node's stats show. `registry`: the node registry's key, to read it in the
     same call (same server only); its entries come back as `registry`."""
@@ -151,7 +152,7 @@ def queue_snapshot(
     keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
     keys += [k.scheduler, k.pins, k.alive, k.evict_hold, k.workers, k.worker_settings]
     keys += [registry] if registry else []
-    batch.script(SNAPSHOT, keys, [repr(now), ALIVE_TTL_SECONDS], writes=False)
+    batch.script(SNAPSHOT, keys, [ALIVE_TTL_SECONDS], writes=False)
 
     def read(replies: Iterator[Any]) -> dict[str, Any]:
         total, count, overall, base, last, initialized, scheduler, pinned, up, hold = (
@@ -182,8 +183,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     """One node's stats; `snap` is its snapshot when the caller already read it."""
     if snap is None:
         registry = cache.registry.nodes_key if same_server(cache.client) else None
-        now = cache.clock()
-        snap = run(cache.client, lambda batch: queue_snapshot(cache.store, batch, now, registry))
+        snap = run(cache.client, lambda batch: queue_snapshot(cache.store, batch, registry))
         if registry is None:  # a Redis Cluster keeps the registry on another shard
             snap["registry"] = cache.registry.entries()
     # The workers' own settings, as they published them: theirs are the ones they enforce.
@@ -331,7 +331,7 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
 
     def own_reads(batch: Batch) -> Reader[tuple[dict[str, Any], dict[str, Any]]]:
         read_entries = None if registry_key else registry.queue_entries(batch)
-        read_snap = queue_snapshot(cache.store, batch, now, registry_key)
+        read_snap = queue_snapshot(cache.store, batch, registry_key)
 
         def read(replies: Iterator[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             entries = read_entries(replies) if read_entries else None
@@ -357,7 +357,7 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
     snaps = {own: own_snap}
 
     def other_reads(batch: Batch) -> Reader[dict[str, dict[str, Any]]]:
-        queued = {name: queue_snapshot(c.store, batch, now) for name, c in caches.items()}
+        queued = {name: queue_snapshot(c.store, batch) for name, c in caches.items()}
         return lambda replies: {name: read(replies) for name, read in queued.items()}
 
     if caches:
