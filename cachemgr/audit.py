@@ -48,6 +48,21 @@ def said(kind: str, count: int, example: str | None, size: int = 0) -> str:
     return SAID[kind].format(count=count, example=example, bytes=size)
 
 
+def findings(
+    found: dict[str, tuple[int, str | None]], stray_bytes: int, max_bytes: int
+) -> list[tuple[str, str, bool]]:
+    """(kind, what SAID says, loud) for each kind found (`found`: kind -> count, example):
+    stray files under their share of the quota are counted, not warned of (cover art beside
+    the albums)."""
+    out = []
+    for kind in SAID:
+        count, example = found.get(kind, (0, None))
+        if count:
+            loud = kind != "stray_files" or strays_matter(stray_bytes, max_bytes)
+            out.append((kind, said(kind, count, example, stray_bytes), loud))
+    return out
+
+
 def untracked(
     cache: DiskCache, *, older_than: float, batch: int = 1000, others: list[str] | None = None
 ) -> dict[str, Any]:
@@ -135,20 +150,15 @@ def report(cache: DiskCache) -> dict[str, Any]:
         log.exception("could not look for untracked directories")
         return {"error": f"{type(exc).__name__}: {exc}"}
     stray = found["stray"]
-    for kind, count, example in (
-        ("unnamable", found["unnamable"]["count"], found["unnamable"]["example"]),
-        ("unlisted", found["unlisted"]["count"], found["unlisted"]["example"]),
-        ("stray_files", stray["files"], stray["example"]),
-        ("untracked", found["count"], (found["examples"] or [None])[0]),
-    ):
-        if not count:
-            continue
-        # Stray files under their share of the quota are counted, not warned of.
-        quiet = kind == "stray_files" and not strays_matter(
-            stray["bytes"], cache.settings.disk_cache_max_bytes
-        )
-        message = said(kind, count, example, stray["bytes"])
-        log.log(logging.INFO if quiet else logging.WARNING, "%s", message, extra={"event": kind})
+    counts = {
+        "untracked": (found["count"], (found["examples"] or [None])[0]),
+        "stray_files": (stray["files"], stray["example"]),
+        "unlisted": (found["unlisted"]["count"], found["unlisted"]["example"]),
+        "unnamable": (found["unnamable"]["count"], found["unnamable"]["example"]),
+    }
+    max_bytes = cache.settings.disk_cache_max_bytes
+    for kind, message, loud in findings(counts, stray["bytes"], max_bytes):
+        log.log(logging.WARNING if loud else logging.INFO, "%s", message, extra={"event": kind})
     return found
 
 

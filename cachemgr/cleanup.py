@@ -224,15 +224,14 @@ def cleanup(
         # A plan changes nothing, not even the policy's structures: right after a switch it
         # goes by the policy in force (the new one's are not built: it planned nothing), and
         # the real run, which rebuilds them first, may choose otherwise. Said, not hidden.
-        kept = migrations.held(cache.store, cache.registry.live_workers(cache.keys))
+        raw = cache.client.get(cache.keys.policy_name)
+        named = migrations.built(raw)
+        kept = migrations.held(named, cache.registry.live_workers(cache.keys))
         # Pending: books named (not new) for another policy than this one, or a switch to
         # another under way; a rebuild of this one cut short (`a>a`) is none.
-        raw = cache.client.get(cache.keys.policy_name)
-        named = migrations.recorded(cache.store)
         pending = not kept and raw is not None and named != cache.store.policy.name
-        older = migrations.in_force(cache.store)
-        if older:
-            cache = cache.with_policy(older)
+        if named and named != cache.store.policy.name:
+            cache = cache.with_policy(named)
         expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
         held = evict_held(cache, scheduled=periodic or automatic)
         evicted = enforce_quota(
@@ -283,7 +282,8 @@ def cleanup(
             marker.remember(cache)  # books kept since before the marker named its root
         migrations.ensure_pin_index(cache.store)
         lapsed = cache.store.drop_lapsed_pins(cache.clock())
-        kept = migrations.held(cache.store, cache.registry.live_workers(cache.keys))
+        live = cache.registry.live_workers(cache.keys)
+        kept = migrations.held(migrations.recorded(cache.store), live)
         if kept:
             own = cache.store.policy.name
             cache = cache if own == kept else cache.with_policy(kept)
@@ -300,7 +300,7 @@ def cleanup(
                 extra={"event": "policy_held"},
             )
         switched = migrations.ensure_policy(cache.store)
-        # Beat's: the sizes of directories used lately, before the quota is weighed.
+        # Beat's: the sizes of directories registered lately, before the quota is weighed.
         window = 2 * cache.settings.disk_cache_cleanup_interval
         rechecked = recheck.recent(cache, window) if periodic else None
         expired = _sweep_or_nothing(
@@ -338,7 +338,7 @@ def cleanup(
         "evict_held_until": held.until if held else None,
         "policy_rebuilt": switched,  # the policy's structures, built anew from the records
         "policy_held": kept,  # the node's workers disagree: acted by the one in force
-        "rechecked": rechecked,  # beat's: directories used lately, rescanned
+        "rechecked": rechecked,  # beat's: directories registered lately, rescanned
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
         "trash_left": trash.pending(cache.root),

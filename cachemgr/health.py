@@ -87,14 +87,12 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             f"({last['audit_error']}): the counts of untracked directories and stray files are "
             "from an earlier cleanup; see the worker log"
         )
-    stray_bytes = last.get("stray_bytes") or 0
-    for kind in ("untracked", "stray_files", "unlisted", "unnamable"):
-        count = last.get(kind) or 0
-        if kind == "stray_files" and not audit.strays_matter(stray_bytes, stats["max_bytes"]):
-            continue  # counted, not warned of (cover art beside the albums)
-        if count:
-            example = last.get(f"{kind.removesuffix('_files')}_example")
-            problems.append(audit.said(kind, count, example, stray_bytes))
+    found = {
+        kind: (last.get(kind) or 0, last.get(f"{kind.removesuffix('_files')}_example"))
+        for kind in audit.SAID
+    }
+    findings = audit.findings(found, last.get("stray_bytes") or 0, stats["max_bytes"])
+    problems += [message for _, message, loud in findings if loud]
     undeleted = last.get("delete_failed") or 0
     if undeleted:
         problems.append(

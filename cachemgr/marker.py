@@ -124,31 +124,35 @@ def check_registering(cache: DiskCache) -> None:
     the books once the disk was back, a download that does not exist there. One file read a
     registration; Redis only every TOKEN_SECONDS, or on a mismatch. Not while a forced
     adoption runs (its own registrations book the disk it adopts)."""
-    now = time.monotonic()
     token, due = cache.root_token
-    fresh = now >= due
-    if fresh:
-        token = cache.client.get(cache.keys.root_mark) or ""
-        cache.root_token = (token, now + TOKEN_SECONDS)
-    if not token or _adopting(cache, token):
-        return
-    other = swapped(cache, token)
+    fresh = time.monotonic() >= due
+    other = _refusal(cache, _read_token(cache) if fresh else token)
     if other and not fresh:  # an adoption may have ended since the token was read
-        token = cache.client.get(cache.keys.root_mark) or ""
-        cache.root_token = (token, now + TOKEN_SECONDS)
-        other = swapped(cache, token) if token and not _adopting(cache, token) else None
+        other = _refusal(cache, _read_token(cache))
     if other:
-        raise RootMissing(
-            f"the cache root {str(cache.root)!r} is not the directory these books were kept "
-            f"for: {other} (is the disk mounted?): no registration is booked; if it was "
-            "replaced on purpose, run `cachemgr reconcile --force`"
-        )
+        raise RootMissing(_not_theirs(cache, other, "no registration is booked"))
 
 
-def _adopting(cache: DiskCache, token: str) -> bool:
-    """A forced adoption is walking the root now (its own registrations book the disk it
-    adopts); one cut short is not, and refuses registrations as cleanups do."""
-    return token.startswith(CUT_SHORT) and bool(cache.client.exists(cache.keys.adopting))
+def _read_token(cache: DiskCache) -> str:
+    token = cache.client.get(cache.keys.root_mark) or ""
+    cache.root_token = (token, time.monotonic() + TOKEN_SECONDS)
+    return token
+
+
+def _refusal(cache: DiskCache, token: str) -> str | None:
+    """Why a registration is refused under the books' `token` (swapped), if it is: never
+    with no token, nor while a forced adoption walks the root now (its own registrations
+    book the disk it adopts); one cut short refuses them, as cleanups are refused."""
+    adopting = token.startswith(CUT_SHORT) and bool(cache.client.exists(cache.keys.adopting))
+    return None if not token or adopting else swapped(cache, token)
+
+
+def _not_theirs(cache: DiskCache, why: str, refused: str) -> str:
+    return (
+        f"the cache root {str(cache.root)!r} is not the directory these books were kept "
+        f"for: {why} (is the disk mounted?): {refused}; if it was replaced on purpose, run "
+        "`cachemgr reconcile --force`"
+    )
 
 
 def check_root(cache: DiskCache, *, allow_empty: bool = False, force: bool = False) -> None:
@@ -173,11 +177,7 @@ def _check_root(cache: DiskCache, *, allow_empty: bool, force: bool) -> None:
         raise RootMissing(root_missing(cache.root))
     other = None if force else swapped(cache)
     if other:
-        raise RootMissing(
-            f"the cache root {str(cache.root)!r} is not the directory these books were kept "
-            f"for: {other} (is the disk mounted?): no cleanup or reconcile runs; if it "
-            "was replaced on purpose, run `cachemgr reconcile --force`"
-        )
+        raise RootMissing(_not_theirs(cache, other, "no cleanup or reconcile runs"))
     tracked = 0 if allow_empty or force else cache.store.count_entries()
     if not tracked:
         return

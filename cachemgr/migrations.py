@@ -75,14 +75,17 @@ def rebuild_policy(store: Store, batch: int = 1000) -> int:
 SWITCHING = ">"
 
 
+def built(named: str | None) -> str | None:
+    """The policy whose structures are built, from cache:policy_name as read (`named`): None
+    for new books and while a switch to another is under way; a rebuild of the one in force
+    cut short (`a>a`) names it."""
+    old, _, new = (named or "").partition(SWITCHING)
+    return old if old and (not new or new == old) else None
+
+
 def recorded(store: Store) -> str | None:
-    """The policy whose structures are built: None for new books and while a switch to
-    another is under way; a rebuild of the one in force cut short (`a>a`) names it."""
-    name = store.client.get(store.keys.policy_name)
-    if name is None:
-        return None
-    old, _, new = str(name).partition(SWITCHING)
-    return old if not new or new == old else None
+    """`built`, read from the books."""
+    return built(store.client.get(store.keys.policy_name))
 
 
 def to_feed(published: str | None, named: str | None) -> str:
@@ -90,26 +93,19 @@ def to_feed(published: str | None, named: str | None) -> str:
     cache:policy_name), which its plays must feed, else the one the workers published. While
     the workers disagree, or before their first cleanup switched, the published one is not
     in force: a client of it fed no policy at all."""
-    old, _, new = (named or "").partition(SWITCHING)
-    if old in POLICIES and (not new or new == old):
-        return old
-    return published if published in POLICIES else "lru"
+    for name in (built(named), published):
+        if name in POLICIES:
+            return name
+    return "lru"
 
 
-def in_force(store: Store) -> str | None:
-    """The policy in force when it is not this store's (None when it is, or see recorded)."""
-    name = recorded(store)
-    return name if name != store.policy.name else None
-
-
-def held(store: Store, live: dict[str, dict[str, Any]]) -> str | None:
-    """The policy in force while the node's live workers (`live`: NodeRegistry.live_workers)
-    run it and another: every cleanup then acts by it, whichever worker runs it, and rebuilds
-    its structures first (rebuild_in_force), since the others' registrations fed their own
-    policy's hooks. Workers of two policies (a rolling restart, or one set apart by mistake)
-    had switched it back and forth at each cleanup; the switch now happens once the last
-    worker of the old policy stops."""
-    name = recorded(store)
+def held(name: str | None, live: dict[str, dict[str, Any]]) -> str | None:
+    """The policy in force (`name`: `built`) while the node's live workers (`live`:
+    NodeRegistry.live_workers) run it and another: every cleanup then acts by it, whichever
+    worker runs it, and rebuilds its structures first (rebuild_in_force), since the others'
+    registrations fed their own policy's hooks. Workers of two policies (a rolling restart, or
+    one set apart by mistake) had switched it back and forth at each cleanup; the switch now
+    happens once the last worker of the old policy stops."""
     running = {entry["policy"] for entry in live.values() if entry.get("policy")}
     if name and name in running and running != {name}:
         return name

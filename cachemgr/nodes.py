@@ -48,11 +48,21 @@ def clock_skew(client: Any) -> float:
     must never cost a heartbeat or a play."""
     before = time.time()
     try:
-        seconds, micros = client.time()
+        reply = client.time()
     except Exception:  # a cluster client's own errors too: no skew is said
         return 0.0
-    after = time.time()
+    return skew_of(before, time.time(), reply)
+
+
+def skew_of(before: float, after: float, reply: tuple[int, int]) -> float:
+    """The skew from a TIME reply read between `before` and `after` (this host's clock)."""
+    seconds, micros = reply
     return (before + after) / 2 - (seconds + micros / 1e6)
+
+
+def redis_now(client: Any) -> float:
+    """Now by Redis's clock, which dates workers' beats (this host's when TIME is refused)."""
+    return time.time() - clock_skew(client)
 
 # A worker leaves its node: the node's flag goes with the last live worker.
 # KEYS[1] cache:workers  KEYS[2] cache:alive  KEYS[3] cache:worker_settings
@@ -163,7 +173,7 @@ class NodeRegistry:
     def mark_down(self, keys: Keys, worker: str = "", ttl: int = ALIVE_TTL_SECONDS) -> None:
         """A worker stops: the node is down at once if it was the last of the node's workers
         still beating (a worker that died without a word lapses after `ttl`)."""
-        oldest = f"{time.time() - clock_skew(self.client) - ttl:.3f}"  # beats are Redis-dated
+        oldest = f"{redis_now(self.client) - ttl:.3f}"
         self.client.eval(LEAVE, 3, keys.workers, keys.alive, keys.worker_settings, worker, oldest)
 
     def publisher_gone(self, keys: Keys, worker: str) -> bool:
@@ -178,7 +188,7 @@ class NodeRegistry:
     def live_workers(self, keys: Keys, ttl: int = ALIVE_TTL_SECONDS) -> dict[str, dict[str, Any]]:
         """The node's workers that beat within `ttl`, each with the settings it enforces
         ({} for one from before they were published)."""
-        oldest = time.time() - clock_skew(self.client) - ttl  # beats are dated by Redis's clock
+        oldest = redis_now(self.client) - ttl
         live = self.client.zrangebyscore(keys.workers, f"{oldest:.3f}", "+inf")
         found = self.client.hmget(keys.worker_settings, live) if live else []
         return self.parse_workers(live, found)

@@ -46,7 +46,7 @@ def recent(cache: DiskCache, within: float, limit: int = RECHECK_LIMIT) -> dict[
         checked += 1
         if (found.size_bytes, found.file_count) == (entry.size_bytes, entry.file_count):
             continue
-        was = f"{entry.size_bytes} {entry.file_count} {entry.registered}"
+        was = (entry.size_bytes, entry.file_count, entry.registered)
         delta = cache.store.resize(entry.path, found.size_bytes, found.file_count, was=was)
         if not delta:  # registered again, locked, untracked since the scan; or no change
             continue

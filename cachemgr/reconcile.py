@@ -384,8 +384,7 @@ def _reconcile_one(
             cache.store.claim(path, "vanished", honour_pins=False, deleting_files=False,
                               expect_registered=record[2], lock_token=lock.token)  # fmt: skip
         elif isinstance(change, tuple):
-            was = f"{record[0]} {record[1]} {record[2]}"
-            cache.store.resize(path, *change, was=was, lock_token=lock.token)
+            cache.store.resize(path, *change, was=record[:3], lock_token=lock.token)
     finally:
         lock.release()
 

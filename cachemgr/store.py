@@ -267,12 +267,18 @@ class Store:
             pipe.execute()
 
     def resize(
-        self, path: str, size: int, files: int, *, was: str = "", lock_token: str = ""
+        self,
+        path: str,
+        size: int,
+        files: int,
+        *,
+        was: tuple[int, int, str] | None = None,
+        lock_token: str = "",
     ) -> int | None:
         """A rescan's size for a tracked directory; the byte delta, or None when untracked,
-        changed since (`was`: the record the scan was of, `size files registered`) or locked
+        changed since (`was`: the record the scan was of, size, files, registered) or locked
         by another (scripts.RESIZE)."""
-        args = [path, size, files, was, lock_token]
+        args = [path, size, files, " ".join(map(str, was)) if was else "", lock_token]
         delta = self._resize(keys=self.script_keys(path), args=args)
         return None if delta is None else int(delta)
 

@@ -228,7 +228,7 @@ def test_a_rescan_never_overwrites_a_newer_registration_nor_a_locked_directory(c
     make_tree(root, "a", files=1)
     cache.register("a")
     entry = cache.info("a")
-    stale = f"{entry.size_bytes} {entry.file_count} {entry.registered}"
+    stale = (entry.size_bytes, entry.file_count, entry.registered)
     make_tree(root, "a/more", files=2)
     cache.register("a")  # registered again since the scan began, at another size
     assert cache.store.resize("a", 10**6, 9, was=stale) is None
@@ -237,7 +237,7 @@ def test_a_rescan_never_overwrites_a_newer_registration_nor_a_locked_directory(c
     assert lock.acquire()  # a registration or deletion holds it
     try:
         now = cache.info("a")
-        fresh = f"{now.size_bytes} {now.file_count} {now.registered}"
+        fresh = (now.size_bytes, now.file_count, now.registered)
         assert cache.store.resize("a", 10**6, 9, was=fresh) is None
         assert cache.store.resize("a", 10**6, 9, was=fresh, lock_token=lock.token)
     finally:

@@ -27,7 +27,7 @@ from cachemgr.connection import connect
 from cachemgr.errors import PathError
 from cachemgr.keys import Keys
 from cachemgr.migrations import to_feed
-from cachemgr.nodes import CLOCK_SKEW_SECONDS, NodeRegistry, skewed
+from cachemgr.nodes import CLOCK_SKEW_SECONDS, NodeRegistry, skew_of, skewed
 from cachemgr.paths import normalize
 from cachemgr.records import iso
 from cachemgr.scripts import STALE_HIT
@@ -220,7 +220,7 @@ class CacheClient:
         config = dict(published or self._config or {})
         config["policy"] = to_feed(config.get("policy"), named)
         if not isinstance(clock, Exception):  # a proxy without TIME: no skew is said
-            self._skew = (before + after) / 2 - (clock[0] + clock[1] / 1e6)
+            self._skew = skew_of(before, after, clock)
         if abs(self._skew) > CLOCK_SKEW_SECONDS and not self._skew_said:
             self._skew_said = True  # said once; the times it books are corrected all along
             log.warning("%s", skewed("this pipeline host", self._skew))
