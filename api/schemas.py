@@ -110,7 +110,12 @@ class StatsSchema(SinceResetSchema):
     periodic_overdue = fields.Boolean(
         metadata={"description": "beat's cleanups are late (two intervals without one)"}
     )
-    eviction_policy = fields.String()
+    eviction_policy = fields.String(
+        metadata={
+            "description": "the policy cleanups evict by: the workers', or while the node's "
+            "live workers run different ones, the one in force"
+        }
+    )
     ttl_seconds = fields.Integer()
     cleanup_interval_seconds = fields.Integer()
     free_disk_bytes = fields.Integer(allow_none=True)

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import marker
+from cachemgr import marker, migrations
 from cachemgr.connection import same_server
 from cachemgr.errors import CacheError, root_missing
 from cachemgr.health import diagnose, periodic_overdue
@@ -153,12 +153,14 @@ def queue_snapshot(
     keys += [k.scheduler, k.pins, k.alive, k.evict_hold, k.workers, k.worker_settings]
     keys += [registry] if registry else []
     batch.script(SNAPSHOT, keys, [ALIVE_TTL_SECONDS], writes=False)
+    batch.command("GET", k.policy_name, writes=False)
 
     def read(replies: Iterator[Any]) -> dict[str, Any]:
         total, count, overall, base, last, initialized, scheduler, pinned, up, hold = (
             reply := next(replies)
         )[:10]
         nodes, live, own = reply[10:]
+        built = migrations.built(next(replies))
         counts, recent = since_reset(pairs(overall), pairs(base))
         return {
             "total_bytes": int(total),
@@ -173,7 +175,9 @@ def queue_snapshot(
             "up": bool(up),
             "evict_held_until": float(hold) if hold else None,
             "registry": NodeRegistry.parse(pairs(nodes)),
-            "workers": NodeRegistry.parse_workers(live, own),
+            "workers": (workers := NodeRegistry.parse_workers(live, own)),
+            # While the live workers disagree, cleanups act by the policy in force.
+            "policy_held": migrations.held(built, workers),
         }
 
     return read
@@ -224,7 +228,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         },
         "pinned_count": snap["pinned_count"],
         "scheduler_running": snap["scheduler_running"],
-        "eviction_policy": s.disk_cache_eviction_policy,
+        "eviction_policy": snap.get("policy_held") or s.disk_cache_eviction_policy,
         "ttl_seconds": s.disk_cache_ttl_seconds,
         "cleanup_interval_seconds": s.disk_cache_cleanup_interval,
         "free_disk_bytes": free,

@@ -664,6 +664,8 @@ def test_workers_of_two_policies_hold_the_one_in_force_rather_than_switch_back_a
     said = [w for w in lfu.stats()["warnings"] if "live workers run different settings" in w]
     assert len(said) == 1
     assert "DISK_CACHE_EVICTION_POLICY: lfu (host-a:1), sieve (host-b:2)" in said[0]
+    # The stats name the policy cleanups act by, not the one published last.
+    assert sieve.stats()["eviction_policy"] == "lfu"
     # A rebuild cut short (lfu>lfu) still holds: it is not taken for a switch under way.
     redis_client.set(lfu.keys.policy_name, "lfu>lfu")
     cleanup(sieve)
@@ -672,7 +674,9 @@ def test_workers_of_two_policies_hold_the_one_in_force_rather_than_switch_back_a
     cleanup(sieve)
     assert redis_client.get(lfu.keys.policy_name) == "sieve"
     assert [e["event"] for e in event_log.latest(lfu.store, 100)].count("policy_switched") == 1
-    assert not any("different settings" in w for w in sieve.stats()["warnings"])
+    after = sieve.stats()
+    assert not any("different settings" in w for w in after["warnings"])
+    assert after["eviction_policy"] == "sieve"
 
 
 def test_a_plan_right_after_a_switch_goes_by_the_policy_in_force(settings, redis_client, root):
