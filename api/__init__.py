@@ -13,6 +13,7 @@ from typing import Any
 import swagger_ui_bundle
 from flask import Flask, jsonify, request, send_from_directory
 from flask_smorest import Api
+from werkzeug.routing import PathConverter
 
 from api.errors import body, register_error_handlers
 from api.extensions import CacheExtension, state
@@ -65,12 +66,20 @@ def api_settings() -> dict[str, Any]:
     }
 
 
+class AnyPath(PathConverter):
+    """Werkzeug's `path`, newlines included: a directory may be named with one, and
+    `/cache/directories/a%0Ab` answered Flask's own 404 for a tracked `a\nb`."""
+
+    regex = "[^/](?s:.*?)"
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     configure_logging(level=log_level())
     app = CacheFlask(__name__)
     # `/cache/directories//etc` must be refused (api/errors.py: a 400, absolute path), not be
     # merged into `/cache/directories/etc` by a 308 that a client following redirects obeys.
     app.url_map.merge_slashes = False
+    app.url_map.converters["path"] = AnyPath
     app.config.update(
         API_TITLE="cachemgr",
         API_VERSION="1.0",

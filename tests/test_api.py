@@ -614,3 +614,15 @@ def test_a_reply_holding_a_name_that_is_not_utf8_is_sent_not_a_500(app):
     with app.app_context():
         body = app.json.response({"path": "\udcff-album", "n": 1}).get_data()
     assert json.loads(body) == {"path": "\udcff-album", "n": 1}
+
+
+def test_a_directory_named_with_a_newline_is_reached_by_every_route(client, cache, root):
+    """Werkzeug's `path` stops at a newline: `/cache/directories/a%0Ab` answered Flask's own
+    404 for a tracked `a\\nb`, which could then be neither read, pinned nor removed."""
+    registered(cache, root, "a\nb")
+    assert client.get("/cache/directories/a%0Ab").get_json()["path"] == "a\nb"
+    assert client.post("/cache/directories/a%0Ab/pin?ttl_seconds=60&wait=10").status_code == 200
+    assert client.get("/cache/directories/a%0Ab").get_json()["pinned_until"] is not None
+    assert client.delete("/cache/directories/a%0Ab/pin?wait=10").status_code == 200
+    assert client.delete("/cache/directories/a%0Ab?wait=10").status_code == 200
+    assert client.get("/cache/directories/a%0Ab").get_json()["code"] == "not_tracked"
