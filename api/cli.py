@@ -33,8 +33,8 @@ from api.cli_tables import entry_rows, kv, plan_table, stats_table
 from api.errors import raised_in
 from cachemgr import CacheError, DiskCache
 from cachemgr import events as event_log
-from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.cleanup import cleanup as run_cleanup
+from cachemgr.pins import MAX_PIN_SECONDS
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry

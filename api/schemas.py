@@ -7,8 +7,8 @@ import re
 from marshmallow import Schema, ValidationError, fields, validate
 
 from cachemgr import checks
-from cachemgr.cache import MAX_PIN_SECONDS
 from cachemgr.errors import BadArgument
+from cachemgr.pins import MAX_PIN_SECONDS
 from cachemgr.stats import COUNTERS
 
 MAX_WAIT_SECONDS = 60

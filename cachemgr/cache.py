@@ -2,58 +2,34 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from cachemgr import (
     checks,
+    cluster,
     deletion,
     listing,
     marker,
     paths,
     pins,
     quota,
-    recheck,
-    scanner,
+    registration,
     stats,
 )
-from cachemgr.errors import (
-    NotOnDisk,
-    NotTracked,
-    Overlap,
-    RecordCollision,
-)
+from cachemgr.errors import NotTracked
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
-from cachemgr.records import Entry, iso, record_id
+from cachemgr.records import Entry, iso
+from cachemgr.registration import Booking
 from cachemgr.settings import Settings
 from cachemgr.store import Store
 from cachemgr.switch import switched
 
 log = logging.getLogger("cachemgr")
-
-
-# A pin is a lease its holder renews while it needs the directory: a week at most, so that a
-# forgotten pin cannot keep a directory (and its bytes) forever.
-MAX_PIN_SECONDS = 7 * 86400
-
-
-def check_pin_ttl(ttl_seconds: float) -> None:
-    hint = " (a week: renew a pin rather than make it long)"
-    checks.seconds("ttl_seconds", ttl_seconds, high=MAX_PIN_SECONDS, hint=hint)
-
-
-# The time a registration books: now (None), a given time, or one read off the scan.
-Booking = float | Callable[[scanner.ScanResult], float] | None
-# How long a registration waits, in steps, for its directory, or one above it, to be
-# registered or deleted: a scan of an album takes well under a second.
-REGISTER_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
 class DiskCache:
@@ -97,189 +73,21 @@ class DiskCache:
             self.client, self.keys.lock(path), self.settings.disk_cache_lock_timeout_seconds * 1000
         )
 
-    # -- registration ---------------------------------------------------------------------
+    # -- registration (cachemgr/registration.py) ------------------------------------------
     @switched
     def register(self, path: str, at: Booking = None) -> dict[str, Any]:
         """Scan a directory under the root and put it on the books (idempotent). `at`: the
         access (and registration) time to book, or how to work it out from the scan, for a
         reconcile; else now."""
-        rel = paths.normalize(path)
-        lock = self.lock(rel)
-        # Held by a reconcile booking it, or a twin registration: theirs may be a scan of a
-        # download still being written, so this one scans again once they are done.
-        if not lock.acquire_within(REGISTER_WAITS):
-            self.store.count("skipped_locked")
-            return {"status": "skipped", "reason": "locked", "path": rel}
-        try:
-            if at is not None and self.store.tracked([rel])[0]:
-                at = None  # registered meanwhile (the pipeline, during a rebuild): now it is
-            for pause in (*REGISTER_WAITS, None):
-                # Scanned again after each wait: a deletion above may have taken it meanwhile.
-                try:
-                    found, outcome = self._scan_and_book(rel, lock.token, at)
-                except NotOnDisk as exc:
-                    raise NotOnDisk(f"{exc}{self._vanished(rel, lock.token)}") from None
-                if outcome[0] != "busy" or pause is None:
-                    break
-                time.sleep(pause)  # a directory above is being registered or deleted
-        finally:
-            lock.release()
-        if outcome[0] == "lock_lost":
-            # The scan outlived the lock and another worker may have acted meanwhile.
-            return {"status": "skipped", "reason": "lock lost during the scan", "path": rel}
-        if outcome[0] == "busy":
-            self.store.count("skipped_locked")
-            reason = f"{outcome[1]!r} above it is still being registered or deleted"
-            return {"status": "skipped", "reason": reason, "path": rel}
-        if outcome[0] == "overlap":
-            raise Overlap(f"{rel!r} overlaps {outcome[1]!r}, which is tracked on its own")
-        if outcome[0] == "collision":
-            raise RecordCollision(
-                f"{rel!r} cannot be tracked: its record id {record_id(rel)} is another tracked "
-                "directory's (a 72-bit SHA-1 prefix collision); rename one of them"
-            )
-        total = int(outcome[3])  # the script's own INCRBY: no extra round trip
-        log.info(
-            "registered %s: %d bytes, %d files (cache total %d bytes)",
-            rel,
-            found.size_bytes,
-            found.file_count,
-            total,
-            extra={"event": "registered", "path": rel, "size_bytes": found.size_bytes},
-        )
-        reply = {
-            "status": "registered",
-            "path": rel,
-            "new": bool(int(outcome[1])),
-            "size_bytes": found.size_bytes,
-            "file_count": found.file_count,
-            "delta_bytes": int(outcome[2]),
-            "total_bytes": total,
-            "over_threshold": total > self.settings.threshold_bytes,
-            "low_disk": self.free_space_short() > 0,
-        }
-        notes = []
-        depth = self.settings.disk_cache_entry_depth
-        if rel.count("/") + 1 != depth:
-            # Booked all the same (the pipeline decides what a download is), but reconcile
-            # walks the entry depth only: after a loss of the books, its siblings go uncounted.
-            notes.append((
-                "depth_mismatch",
-                f"{rel!r} is {rel.count('/') + 1} level(s) deep, DISK_CACHE_ENTRY_DEPTH is "
-                f"{depth}: reconcile only finds directories at that depth; set it to match",
-            ))  # fmt: skip
-        target = self.settings.target_bytes
-        if found.size_bytes > target:
-            # The quota too small for the downloads: the next pass evicts it at once.
-            notes.append((
-                "larger_than_quota",
-                f"{rel!r} holds {found.size_bytes} bytes, more than the eviction target "
-                f"({target} bytes of DISK_CACHE_MAX_BYTES {self.settings.disk_cache_max_bytes}): "
-                "no quota pass can bring usage under the target while it stays, and the next "
-                "evicts the other directories, then it (unless pinned or young); raise the quota",
-            ))  # fmt: skip
-        unreadable = [paths.shown(name) for name in found.unreadable[:10]]
-        if unreadable:
-            notes.append((
-                "unreadable",
-                f"{len(found.unreadable)} subdirectory(ies) of {rel!r} could not be read (e.g. "
-                f"{unreadable[0]!r}: permissions?): its size counts only what could be; "
-                "make them readable to the workers and register it again",
-            ))  # fmt: skip
-        for event, note in notes:
-            log.warning("registration of %s: %s", rel, note, extra={"event": event, "path": rel})
-        if notes:
-            reply["warning"] = "; ".join(note for _, note in notes)
-        if unreadable:
-            reply["unreadable"] = unreadable
-        return reply
-
-    def _vanished(self, rel: str, token: str) -> str:
-        """A registration of a tracked directory gone from disk: the books counted it still
-        (a hit for every access, bytes never there): off them now, as reconcile would, once
-        the root is known to be mounted (RootMissing otherwise: nothing is untracked)."""
-        self.check_root()
-        if paths.kind_at(self.root, rel) != "missing":  # back already (a download replaced)
-            return ""
-        taken = self.store.claim(
-            rel, "vanished", now=self.clock(), honour_pins=False, deleting_files=False,
-            lock_token=token,
-        )  # fmt: skip
-        if taken[0] != "ok":
-            return ""
-        log.warning("%s was tracked but is gone from disk: counted as vanished", rel)
-        return "; it was tracked: taken off the books (counted as vanished)"
-
-    def free_space_short(self) -> int:
-        return quota.free_space_short(self.settings)
-
-    def _scan_and_book(
-        self, rel: str, token: str, at: Booking = None
-    ) -> tuple[scanner.ScanResult, Any]:
-        marker.check_registering(self)
-        location = paths.existing_directory(self.root, rel)
-        try:
-            found = scanner.scan(location, collect_subdirs=True)
-        except scanner.TooDeep as exc:
-            raise paths.PathError(f"{rel!r} cannot be sized: {exc.strerror}") from None
-        except PermissionError as exc:
-            raise paths.PathError(scanner.cannot_read(rel, exc)) from None
-        except OSError as exc:  # replaced by a symlink or removed since the check
-            raise paths.PathError(f"{rel!r} changed while it was scanned: {exc}") from None
-        # A subdirectory whose name is not UTF-8 can never be tracked (no Redis key names it):
-        # it cannot overlap, and sending it would fail the registration.
-        subdirs = [s for s in found.subdirs if paths.encodable(s)]
-        others = paths.ancestors(rel) + [f"{rel}/{sub}" for sub in subdirs]
-        booked = self.clock() if at is None else at(found) if callable(at) else at
-        book = functools.partial(
-            self.store.register,
-            rel,
-            found.size_bytes,
-            found.file_count,
-            now=booked,
-            must_not_be_tracked=others,
-            lock_token=token,
-        )
-        pipe = self.client.pipeline(transaction=False)  # one round trip for both
-        book(queued=pipe)
-        recheck.remember(self, rel, booked, pipe)
-        try:
-            return found, self.store.named_if_first(pipe.execute()[0])
-        except redis.exceptions.NoScriptError:
-            # The script not loaded yet (a new or restarted Redis): the registration did not
-            # run; alone, the call loads it.
-            outcome = book()
-            recheck.remember(self, rel, booked, self.client)
-            return found, outcome
+        return registration.register(self, path, at)
 
     @switched
     def register_latest(self) -> dict[str, Any]:
         """The seed's DownloadService.register_completed_download(): the newest directory."""
-        blocked: list[str] = []
-        passed: list[str] = []
-        depth = self.settings.disk_cache_entry_depth
-        newest = scanner.newest_directory(self.root, depth, blocked=blocked, passed_over=passed)
-        notes = []
-        if passed:  # an older one is booked again (as just played): said, not in silence
-            notes.append(
-                f"the newest directory, '{paths.shown(passed[0])}', has a name that is not "
-                "UTF-8 and cannot be booked: rename it"
-            )
-        if blocked:  # the newest may be in there
-            notes.append(
-                f"{len(blocked)} directory(ies) above the entry depth cannot be listed, e.g. "
-                f"'{paths.shown(blocked[0])}': the newest download may be inside; register it "
-                "by its path"
-            )
-        for note in notes:
-            log.warning("register_completed_download: %s", note, extra={"event": "latest"})
-        if newest is None:
-            said = "".join(f"; {note}" for note in notes)
-            raise NotOnDisk(f"no download directory under the cache root {str(self.root)!r}{said}")
-        done = self.register(newest)
-        if notes:
-            done["warning"] = "; ".join([*filter(None, [done.get("warning")]), *notes])
-        return done
+        return registration.register_latest(self)
+
+    def free_space_short(self) -> int:
+        return quota.free_space_short(self.settings)
 
     # -- access ---------------------------------------------------------------------------
     @switched
@@ -312,7 +120,7 @@ class DiskCache:
         a tracked directory pins that directory (`path` in the reply names it). A `holder`
         that names itself renews, shortens and ends its own lease only (pins.PIN)."""
         rel = paths.normalize(path)
-        check_pin_ttl(ttl_seconds)
+        pins.check_ttl(ttl_seconds)
         who = checks.holder(holder)
         target = self.store.covering(rel)
         # A pin may precede the directory (a download about to be written), but never names
@@ -417,7 +225,7 @@ class DiskCache:
         return theirs, differing(self.settings, theirs.settings)
 
     def cluster_stats(self) -> dict[str, Any]:
-        return stats.cluster_stats(self)
+        return cluster.cluster_stats(self)
 
     # -- the scheduler switch -------------------------------------------------------------
     def scheduler_running(self) -> bool:

@@ -14,11 +14,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from cachemgr import checks
 from cachemgr.paths import ancestors
 from cachemgr.reads import Batch, Lua, Reader, run
 
 if TYPE_CHECKING:
     from cachemgr.store import Store
+
+# A pin is a lease its holder renews while it needs the directory: a week at most, so that a
+# forgotten pin cannot keep a directory (and its bytes) forever.
+MAX_PIN_SECONDS = 7 * 86400
+
+
+def check_ttl(ttl_seconds: float) -> None:
+    hint = " (a week: renew a pin rather than make it long)"
+    checks.seconds("ttl_seconds", ttl_seconds, high=MAX_PIN_SECONDS, hint=hint)
 
 
 def in_force(named: dict[str, Any], latest: Any, now: float) -> dict[str, float]:

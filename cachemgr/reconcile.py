@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from cachemgr import checks, history, marker, migrations, paths, scanner, trash
-from cachemgr.cache import Booking, DiskCache
+from cachemgr.cache import DiskCache
 from cachemgr.errors import CacheError
 from cachemgr.locks import Keeper, Lock
 from cachemgr.reads import Lua, call
+from cachemgr.registration import Booking
 from cachemgr.switch import DISABLED
 
 log = logging.getLogger("cachemgr")

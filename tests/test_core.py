@@ -764,7 +764,8 @@ def test_one_deletion_longer_than_the_cleanup_lock_keeps_others_out(
 
 
 def test_cluster_totals_add_every_nodes_figures_and_keep_the_worst_status() -> None:
-    from cachemgr.stats import COUNTERS, SUMMED, aggregate, since_reset
+    from cachemgr.cluster import SUMMED, aggregate
+    from cachemgr.stats import COUNTERS, since_reset
 
     def node(k: int, status: str) -> dict:
         return {**{name: k * (i + 1) for i, name in enumerate(SUMMED)}, "quota_status": status}
@@ -782,7 +783,8 @@ def test_cluster_totals_add_every_nodes_figures_and_keep_the_worst_status() -> N
 
 def test_one_nodes_cluster_totals_are_its_own_figures(cache, root) -> None:
     # The single-node shortcut must give exactly what summing over one node gives.
-    from cachemgr.stats import aggregate, node_stats, summed
+    from cachemgr.cluster import aggregate, summed
+    from cachemgr.stats import node_stats
 
     make_tree(root, "a", files=3)
     cache.register("a")

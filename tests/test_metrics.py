@@ -69,7 +69,7 @@ def busy_cache(cache: DiskCache, root: Any) -> None:
     lock = cache.lock("d18")
     assert lock.acquire()
     try:
-        with mock.patch("cachemgr.cache.REGISTER_WAITS", ()):  # skipped at once, not in 3 s
+        with mock.patch("cachemgr.registration.REGISTER_WAITS", ()):  # skipped at once, not in 3 s
             assert cache.register("d18")["reason"] == "locked"
     finally:
         lock.release()

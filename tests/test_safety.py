@@ -178,7 +178,7 @@ def test_a_directory_registered_during_its_parents_scan_is_not_tracked_twice(
     import threading
 
     from cachemgr import Overlap
-    from cachemgr import cache as cache_module
+    from cachemgr import registration as cache_module
 
     cache = DiskCache(settings, redis_client)
     make_tree(root, "a")
@@ -212,7 +212,7 @@ def test_a_directory_registered_during_its_parents_scan_is_not_tracked_twice(
 
 
 def test_a_registration_waits_only_so_long_for_a_directory_above(cache, root, monkeypatch):
-    from cachemgr import cache as cache_module
+    from cachemgr import registration as cache_module
 
     monkeypatch.setattr(cache_module, "REGISTER_WAITS", (0.01, 0.01))
     make_tree(root, "x/y")

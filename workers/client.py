@@ -22,7 +22,6 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from cachemgr import checks, pins
-from cachemgr.cache import check_pin_ttl
 from cachemgr.connection import connect
 from cachemgr.errors import PathError
 from cachemgr.keys import Keys
@@ -313,7 +312,7 @@ class CacheClient:
     ) -> dict[str, Any]:
         """Pin directly in Redis (no worker needed), e.g. before a download starts writing;
         the reply is the pin task's."""
-        check_pin_ttl(ttl_seconds)
+        pins.check_ttl(ttl_seconds)
         store, who = self.store, checks.holder(holder)
         now = self._now()  # a host an hour behind granted a lease already run out
         target = store.covering(normalize(path))
