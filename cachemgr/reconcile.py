@@ -293,8 +293,10 @@ def _untrack_inside(cache: DiskCache, path: str, record: tuple[int, int, str, in
                                  expect_registered=record[2], lock_token=lock.token)  # fmt: skip
     finally:
         lock.release()
+    if done[0] != "ok":  # registered again or removed meanwhile: not this pass's to say
+        return False
     log.warning("reconcile: %s untracked: it is inside a tracked directory", path)
-    return bool(done[0] == "ok")
+    return True
 
 
 def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
@@ -373,41 +375,60 @@ def _reconcile_one(
                 _said(report, "unreadable", path, example=done["unreadable"][0])
         return
     if dry_run:
-        _compare(cache, path, location, exists, record, report)
+        _report(report, path, record, _compare(path, location, exists, record, report))
         return
     lock = cache.lock(path)  # a registration or deletion of this path waits, and vice versa
     if not lock.acquire():
         _said(report, "errors", path, error="locked by another worker; next time")
         return
     try:
-        change = _compare(cache, path, location, exists, record, report)
+        change = _compare(path, location, exists, record, report)
         if change == "vanished":
-            cache.store.claim(path, "vanished", honour_pins=False, deleting_files=False,
-                              expect_registered=record[2], lock_token=lock.token)  # fmt: skip
+            done = cache.store.claim(
+                path, "vanished", honour_pins=False, deleting_files=False,
+                expect_registered=record[2], lock_token=lock.token,
+            )  # fmt: skip
+            applied = done[0] == "ok"
         elif isinstance(change, tuple):
-            cache.store.resize(path, *change, was=record[:3], lock_token=lock.token)
+            delta = cache.store.resize(path, *change, was=record[:3], lock_token=lock.token)
+            applied = delta is not None
+        else:
+            return
     finally:
         lock.release()
+    if applied:  # else changed by another meanwhile (registered again, removed): theirs stands
+        _report(report, path, record, change)
+    else:
+        _said(report, "errors", path, error="changed by another meanwhile; left as it is now")
+
+
+def _report(
+    report: dict[str, Any], path: str, record: tuple[int, int, str, int], change: Change
+) -> None:
+    """A change made (or, in a plan, to be made) in the report."""
+    if change == "vanished":
+        report["untracked"].append(path)
+    elif isinstance(change, tuple):
+        report["resized"].append({"path": path, "old_bytes": record[0], "new_bytes": change[0]})
+
+
+# What differs between a record and its directory: gone from disk, a new size, or nothing.
+Change = str | tuple[int, int] | None
 
 
 def _compare(
-    cache: DiskCache,
     path: str,
     location: Any,
     exists: bool,
     record: tuple[int, int, str, int],
     report: dict[str, Any],
-) -> str | tuple[int, int] | None:
+) -> Change:
     """What differs between a record and its directory: `vanished`, (size, files) or None."""
     if not exists:
-        report["untracked"].append(path)
         return "vanished"
     found = scanner.scan(location)
     if found.unreadable:  # its size counts only what the worker can read: said, each time
         _said(report, "unreadable", path, example=found.unreadable[0])
     if (found.size_bytes, found.file_count) == (record[0], record[1]):
         return None
-    report["resized"].append(
-        {"path": path, "old_bytes": record[0], "new_bytes": found.size_bytes}
-    )
     return found.size_bytes, found.file_count

@@ -656,3 +656,30 @@ def test_beats_cleanup_skipped_for_another_cleanup_still_counts_as_run(cache, ro
     after = cache.stats()["last_cleanup"]
     assert after["periodic_time"] and after["periodic_time"] > (before["periodic_time"] or 0)
     assert after["status"] == before["status"] == "done"  # the last outcome stands
+
+
+def test_a_resize_lost_to_a_registration_meanwhile_is_not_reported_as_made(
+    cache, root, monkeypatch
+):
+    """The records are read before each directory's lock is taken: a registration in
+    between stands (RESIZE refuses a record that changed), and the report had still listed
+    the resize the books never saw."""
+    make_tree(root, "album", files=2)
+    cache.register("album")
+    (root / "album" / "extra").write_bytes(b"x" * 8192)
+    real_scan = scanner.scan
+
+    def registered_meanwhile(location, *args, **kwargs):
+        found = real_scan(location, *args, **kwargs)
+        if location.name == "album" and not args and not kwargs:  # reconcile's rescan
+            # the pipeline's registration, booked between the records read and the lock
+            cache.store.register("album", 1234, 1, now=cache.clock() + 1)
+        return found
+
+    monkeypatch.setattr(scanner, "scan", registered_meanwhile)
+    report = reconcile(cache)
+    assert report["resized"] == []
+    assert report["errors"] == [
+        {"path": "album", "error": "changed by another meanwhile; left as it is now"}
+    ]
+    assert cache.store.all_records()["album"][:2] == (1234, 1)  # the registration stands
