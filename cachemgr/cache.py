@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 from cachemgr import (
-    checks,
     cluster,
     deletion,
     listing,
@@ -23,7 +22,7 @@ from cachemgr.errors import NotTracked
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
-from cachemgr.records import Entry, iso
+from cachemgr.records import Entry
 from cachemgr.registration import Booking
 from cachemgr.settings import Settings
 from cachemgr.store import Store
@@ -119,19 +118,15 @@ class DiskCache:
         """A lease: the directory is neither evicted nor expired until it lapses. A path inside
         a tracked directory pins that directory (`path` in the reply names it). A `holder`
         that names itself renews, shortens and ends its own lease only (pins.PIN)."""
-        rel = paths.normalize(path)
-        pins.check_ttl(ttl_seconds)
-        who = checks.holder(holder)
-        target = self.store.covering(rel)
-        # A pin may precede the directory (a download about to be written), but never names
-        # a file or a symlink of its own; a track inside a tracked album pins the album, as
-        # the pipeline client's pin_now does.
-        if target == rel and paths.kind(paths.resolve(self.root, rel)) == "other":
-            raise paths.PathError(f"path is not a directory: {rel!r}")
-        # The lease in force: another holder's later one stands, and is the answer.
-        now = self.clock()
-        until = float(self.store.pin(target, now + ttl_seconds, who, now=now))
-        return {"path": target, "pinned_until": iso(until)}
+
+        def on_disk(rel: str, target: str) -> None:
+            # A pin may precede the directory (a download about to be written), but never
+            # names a file or a symlink of its own; a track inside a tracked album pins the
+            # album, as the pipeline client's pin_now does.
+            if target == rel and paths.kind(paths.resolve(self.root, rel)) == "other":
+                raise paths.PathError(f"path is not a directory: {rel!r}")
+
+        return pins.grant(self.store, path, ttl_seconds, holder, self.clock(), on_disk)
 
     @switched
     def unpin(self, path: str, holder: str | None = None) -> dict[str, Any]:
@@ -140,9 +135,7 @@ class DiskCache:
         made through a path inside a tracked directory is on that directory, and ended
         there; a lease that named no holder is not ended through a path inside (it may be
         another's too): it lapses."""
-        rel, who = paths.normalize(path), checks.holder(holder)
-        target, had, rest = pins.end_lease(self.store, rel, who, self.clock())
-        return {"path": target, "unpinned": had, "pinned_until": iso(rest)}
+        return pins.end(self.store, path, holder, self.clock())
 
     # -- reads ----------------------------------------------------------------------------
     def info(self, path: str) -> Entry:

@@ -15,10 +15,11 @@ from typing import Any
 from cachemgr import audit, checks, events, history, marker, migrations, recheck, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DELETE_FAILED, RootMissing
+from cachemgr.journal import recover_unfinished
 from cachemgr.locks import Keeper, Lock
 from cachemgr.passes import LOCK_LOST, run_pass
 from cachemgr.quota import Hold, Need, bytes_to_free, evict_held
-from cachemgr.reconcile import ReconcileBusy, reconcile, recover_unfinished
+from cachemgr.reconcile import ReconcileBusy, reconcile
 from cachemgr.records import PassResult
 from cachemgr.switch import DISABLED
 
@@ -211,13 +212,13 @@ def cleanup(
         if cache.client.exists(cache.keys.adopting):
             log.info("cleanup skipped: a reconcile is adopting the root (%s)", refused)
             if periodic:  # beat ran: not overdue; the last cleanup's outcome stands
-                history.beat_ran(cache, time.time())
+                history.beat_ran(cache, cache.clock())
             return {"status": "skipped", "reason": RECONCILE_RUNNING}
         refused = _refused(cache)
     if refused is not None:
         if not dry_run:
             failed = {"status": "failed", "error": str(refused), "error_code": refused.code}
-            history.record(cache, time.time(), failed, periodic)
+            history.record(cache, cache.clock(), failed, periodic)
         log.error("cleanup refused: %s", refused, extra={"event": "cleanup_failed"})
         raise refused
     if dry_run:
@@ -255,9 +256,9 @@ def cleanup(
     lock = Lock(cache.client, cache.keys.cleanup_lock, timeout * 1000)
     if not lock.acquire():
         if periodic:  # another is cleaning (a chain of quota passes): beat is not overdue
-            history.beat_ran(cache, time.time())
+            history.beat_ran(cache, cache.clock())
         return {"status": "skipped", "reason": CLEANUP_BUSY}
-    started = time.time()
+    started, began = cache.clock(), time.monotonic()  # when, by the cache's clock; how long
     # Renewed in the background too: one deletion longer than the lock let a second cleanup in.
     keeper = Keeper(lock, every=timeout / 3, at_most=CLEANUP_MAX_HOLD_SECONDS).start()
     try:
@@ -299,7 +300,7 @@ def cleanup(
                 kept,
                 extra={"event": "policy_held"},
             )
-        switched = migrations.ensure_policy(cache.store)
+        switched = migrations.ensure_policy(cache.store, cache.clock())
         # Beat's: the sizes of directories registered lately, before the quota is weighed.
         window = 2 * cache.settings.disk_cache_cleanup_interval
         rechecked = recheck.recent(cache, window) if periodic else None
@@ -344,7 +345,7 @@ def cleanup(
         "trash_left": trash.pending(cache.root),
         "pins_lapsed": lapsed,
         "more": expired.more or evicted.more,
-        "duration_seconds": round(time.time() - started, 3),
+        "duration_seconds": round(time.monotonic() - began, 3),
         **unbooked,
     }
     history.record(cache, started, result, periodic)

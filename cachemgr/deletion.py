@@ -126,10 +126,11 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
         on_disk = paths.kind_at(cache.root, entry.path)
         if on_disk in ("unsafe", "unknown"):
             # A parent became a symlink since registration, or EACCES/EIO: not to be taken
-            # for gone. Kept on the books (reconcile decides), the pass goes on.
+            # for gone. Kept on the books (reconcile decides), the pass goes on, and counts
+            # it among what it could not delete (a short quota pass had blamed nothing).
             why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
             log.warning("%s: %s kept on the books: %s", reason, entry.path, why)
-            return on_disk
+            raise DeleteFailed(f"{DELETE_FAILED} {entry.path!r}: {why}; kept on the books")
         gone = on_disk != "dir"  # its files went without us: vanished, nothing freed
         if on_disk == "missing":
             cache.check_root()  # an unmount since the pass began: RootMissing, nothing untracked

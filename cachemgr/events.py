@@ -1,5 +1,5 @@
 """The events stream (`cache:events`): evictions, expiries, removals, failed cleanups. The
-scripts append theirs in Lua (scripts._EVENT); these are Python's, and the readers."""
+scripts append theirs in Lua (journal._EVENT); these are Python's, and the readers."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ page's charts)."""
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import events, stats
@@ -51,7 +50,7 @@ def record(
         mapping={
             "time": f"{started:.3f}",
             "status": str(result.get("status")),
-            "duration_seconds": f"{time.time() - started:.3f}",
+            "duration_seconds": f"{float(result.get('duration_seconds') or 0):.3f}",
             "error": str(result.get("error", "")),
             "error_code": str(result.get("error_code", "")),
             "trash_left": str(result.get("trash_left", 0)),

@@ -68,7 +68,8 @@ class Keys:
 
     @cached_property
     def deleting(self) -> str:
-        """HASH path -> bytes: untracked, its files not yet gone (a crash finishes them later)."""
+        """HASH path -> `size files registered hits last reason` (the claim's journal; older
+        books: the size alone): untracked, its files not yet gone (a crash finishes them)."""
         return f"{self.prefix}cache:deleting"
 
     @cached_property
@@ -92,7 +93,8 @@ class Keys:
 
     @cached_property
     def config(self) -> str:
-        """HASH: the node's TTL, policy and root, published by its workers for pipeline clients."""
+        """HASH: the node's TTL, policy, root, node, access-log cap and publishing worker,
+        published by its workers for pipeline clients."""
         return f"{self.prefix}cache:config"
 
     @cached_property
@@ -184,7 +186,8 @@ class Keys:
         switch the policy away from one a live worker runs."""
         return f"{self.prefix}cache:worker_settings"
 
-    @cached_property
-    def nodes(self) -> str:
-        """HASH node -> JSON of its heartbeat; shared by all nodes, so never prefixed."""
-        return "cachemgr:nodes"
+    @staticmethod
+    def nodes(cluster: str) -> str:
+        """HASH node -> JSON of what its workers published; shared by the cluster's nodes
+        (DISK_CACHE_CLUSTER), so never prefixed."""
+        return f"{cluster}:nodes"

@@ -1,6 +1,7 @@
 """Carrying books over: into the structures of the policy chosen now, and from the layout of
-an older cachemgr (records by path, pins without their index). Each runs in batches and once:
-a marker key, or the index itself, says it is done."""
+an older cachemgr (records by path, pins without their index). Each runs in batches; the
+rebuild and the refiling once (a marker key says they are done), the pin index at every
+cleanup (one command: leases are few)."""
 
 from __future__ import annotations
 
@@ -121,9 +122,9 @@ def rebuild_in_force(store: Store) -> int:
     return rebuild_policy(store)
 
 
-def ensure_policy(store: Store) -> bool:
+def ensure_policy(store: Store, now: float | None = None) -> bool:
     """Rebuild when the policy changed since the structures were built; True if it did so
-    for a switch (not for new books).
+    for a switch (not for new books). `now` (the cache's clock) dates the switch's event.
 
     With no name recorded, structures that exist were built by books older than the name
     (Store.register records it before a store's first hook, and at the first directory of
@@ -160,7 +161,7 @@ def ensure_policy(store: Store) -> bool:
         extra={"event": "policy_switched"},
     )
     event = {"event": "policy_switched", "previous": recorded, "policy": new, "carried": carried}
-    events.add(store, {**event, "time": f"{time.time():.3f}"})
+    events.add(store, {**event, "time": f"{time.time() if now is None else now:.3f}"})
     return True
 
 

@@ -67,7 +67,7 @@ def redis_now(client: Any) -> float:
 # A worker leaves its node: the node's flag goes with the last live worker.
 # KEYS[1] cache:workers  KEYS[2] cache:alive  KEYS[3] cache:worker_settings
 # ARGV[1] worker ('' : the node goes down)  ARGV[2] oldest heartbeat of a live worker
-LEAVE = """
+LEAVE = Lua("""
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
@@ -77,13 +77,14 @@ if ARGV[1] == '' or redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], '+inf') == 0 t
   return 1
 end
 return 0
-"""
+""")
 
 
 # Workers whose last beat is older than ARGV[1] (two TTLs: killed, never said they left) go,
 # with their settings (each restart had added a field for good); in one script, so that a
 # paused worker beating again meanwhile keeps what it has just written.
 # KEYS[1] cache:workers  KEYS[2] cache:worker_settings  ARGV[1] the cutoff. Returns how many.
+# Sent whole (EVAL) in the heartbeat's pipeline: a Redis that lost its scripts still beats.
 PRUNE = """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 if #dead > 0 then
@@ -113,7 +114,7 @@ def queue_for(settings: Settings) -> str:
 class NodeRegistry:
     def __init__(self, client: Any, cluster: str = "cachemgr") -> None:
         self.client = client
-        self.nodes_key = f"{cluster}:nodes"
+        self.nodes_key = Keys.nodes(cluster)
         self.cluster = cluster
 
     def publish(
@@ -174,7 +175,7 @@ class NodeRegistry:
         """A worker stops: the node is down at once if it was the last of the node's workers
         still beating (a worker that died without a word lapses after `ttl`)."""
         oldest = f"{redis_now(self.client) - ttl:.3f}"
-        self.client.eval(LEAVE, 3, keys.workers, keys.alive, keys.worker_settings, worker, oldest)
+        call(self.client, LEAVE, [keys.workers, keys.alive, keys.worker_settings], [worker, oldest])
 
     def publisher_gone(self, keys: Keys, worker: str) -> bool:
         """Whether the node's published settings are those of a worker that stopped (not

@@ -112,7 +112,12 @@ def run_pass(
                 result.skipped_changed.append(entry.path)
                 continue
             offset += 1
-            getattr(result, f"skipped_{outcome}", result.skipped_changed).append(entry.path)
+            skipped = {
+                "locked": result.skipped_locked,
+                "pinned": result.skipped_pinned,
+                "young": result.skipped_young,
+            }
+            skipped[outcome].append(entry.path)  # every other outcome is handled above
     result.usage_after = usage if dry_run else cache.store.total_bytes()
     return result
 

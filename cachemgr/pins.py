@@ -4,19 +4,20 @@ A pin names a path (tracked or about to be) with a lease expiry in `cache:pins`;
 is in `cache:pins:paths`, ordered by name, so that the pins inside a directory are one range.
 Holders renew their leases; the cleanup drops lapsed ones. A holder that names itself has a
 lease of its own (`pin:{path}`, holder -> expiry), which it renews, shortens or ends without
-ending another's; `cache:pins` keeps the latest lease in force. The claim (scripts.CLAIM) refuses
+ending another's; `cache:pins` keeps the latest lease in force. The claim (journal.CLAIM) refuses
 a directory while a live lease names it, a directory above it or one inside it, and the
 reads report that lease (LEASE_AROUND).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import checks
-from cachemgr.paths import ancestors
+from cachemgr.paths import ancestors, normalize
 from cachemgr.reads import Batch, Lua, Reader, run
+from cachemgr.records import iso
 
 if TYPE_CHECKING:
     from cachemgr.store import Store
@@ -29,6 +30,32 @@ MAX_PIN_SECONDS = 7 * 86400
 def check_ttl(ttl_seconds: float) -> None:
     hint = " (a week: renew a pin rather than make it long)"
     checks.seconds("ttl_seconds", ttl_seconds, high=MAX_PIN_SECONDS, hint=hint)
+
+
+def grant(
+    store: Store,
+    path: str,
+    ttl_seconds: float,
+    holder: str | None,
+    now: float,
+    check: Callable[[str, str], None] | None = None,
+) -> dict[str, Any]:
+    """A lease until `now` + `ttl_seconds` on `path`, or on the tracked directory that holds
+    it; the reply names that directory and the lease in force there (another holder's later
+    one stands). `check(path, directory)` may refuse it first."""
+    check_ttl(ttl_seconds)
+    rel, who = normalize(path), checks.holder(holder)
+    target = store.covering(rel)
+    if check is not None:
+        check(rel, target)
+    until = float(store.pin(target, now + ttl_seconds, who, now=now))
+    return {"path": target, "pinned_until": iso(until)}
+
+
+def end(store: Store, path: str, holder: str | None, now: float) -> dict[str, Any]:
+    """`end_lease`, with its reply: the directory, whether a lease ended, the one in force."""
+    target, had, rest = end_lease(store, normalize(path), checks.holder(holder), now)
+    return {"path": target, "unpinned": had, "pinned_until": iso(rest)}
 
 
 def in_force(named: dict[str, Any], latest: Any, now: float) -> dict[str, float]:

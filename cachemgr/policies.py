@@ -2,7 +2,7 @@
 
 A policy is Lua spliced into the core scripts (scripts.py) plus a script that names the next
 victims. The hooks see the locals `path`, `size`, `now` and `hits` (and `reason` in the
-claim); `reg` exists only in the rebuild, so a hook reads the registration from the record.
+claim); REGISTER has no `reg`, so an insert hook reads the registration from the record.
 A rescan's new size (RESIZE) reaches `on_insert` as a registration again; a claimed directory
 put back (RESTORE: its deletion failed) runs `on_restore`, then `on_insert`: the policies with
 a ghost forget it there first, since the victim's return is no request. The core keeps
@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from cachemgr import policy_lua as lua
 from cachemgr import policy_lua_s3fifo as s3
 from cachemgr import policy_lua_s3fifo_a as s3a
-from cachemgr.scripts import COMMON_KEYS, PRELUDE, compose
+from cachemgr.scripts import PRELUDE, compose
 
 
 @dataclass(frozen=True)
@@ -214,10 +214,4 @@ POLICIES: dict[str, Policy] = {
     p.name: p for p in (LRU, FIFO, LFU, SIEVE, S3FIFO, S3FIFO_LG, S3FIFO_A, TWOQ, GDSF, GDSF_BYTES)
 }
 
-__all__ = ["COMMON_KEYS", "POLICIES", "Policy", "register_policy"]
-
-
-def register_policy(policy: Policy) -> Policy:
-    """Add a policy to the registry (used by modules that define more policies)."""
-    POLICIES[policy.name] = policy
-    return policy
+__all__ = ["POLICIES", "Policy"]

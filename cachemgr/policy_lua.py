@@ -12,10 +12,10 @@ SIEVE's hand past them; S3-FIFO still makes the moves that precede its next natu
 Either way the skipped entries stay at the head of the order, which is what the cleanup's
 offset (passes.run_pass) counts on.
 
-Hook locals: path, size, hits, now (and reason in CLAIM; `reg` only in REBUILD). AUX[i] are
-the policy's keys. Numbers that go back to Redis are integers well below 2^53, or formatted
-with %.17g. A size is negated as `0 - size`: `-size` of an empty directory (0 bytes on tmpfs)
-is -0, which reaches Redis as '-0' and HINCRBY refuses it.
+Hook locals: path, size, hits, now (and reason in CLAIM; `reg` in every script but
+REGISTER). AUX[i] are the policy's keys. Numbers that go back to Redis are integers well
+below 2^53, or formatted with %.17g. A size is negated as `0 - size`: `-size` of an empty
+directory (0 bytes on tmpfs) is -0, which reaches Redis as '-0' and HINCRBY refuses it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ changes nothing. Reconcile is the only operation that marks the books as initial
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,41 +42,6 @@ class ReconcileBusy(CacheError):
     code = "busy"
 
 
-def recover_unfinished(cache: DiskCache) -> list[str]:
-    """Finish what a crash interrupted: directories claimed for deletion (cache:deleting).
-
-    One whose files are still there is put back on the books exactly as it was (the next pass
-    decides again, with fresh checks); one whose files are gone is counted as deleted. An entry
-    whose directory lock is still held (the crashed worker's, until it lapses) waits.
-    """
-    recovered = []
-    for path in cache.store.unfinished_deletions():
-        lock = cache.lock(path)
-        if not lock.acquire():
-            continue
-        try:
-            on_disk = paths.kind_at(cache.root, path)  # `unsafe`: a symlinked parent, kept
-            if on_disk == "unknown":  # cannot be told now (EACCES, EIO): next time
-                continue
-            if on_disk in ("dir", "unsafe"):
-                if cache.store.restore(path, now=cache.clock()):
-                    recovered.append(path)
-                    log.warning("deletion of %s interrupted (a crash?): back on the books", path)
-            else:
-                # Missing: its files went (into the trash, or gone). Anything else is not ours
-                # to count as freed: it vanished from the books.
-                deleted = on_disk == "missing"
-                cache.store.finish_deletion(path, now=cache.clock(), deleted=deleted)
-                log.warning(
-                    "deletion of %s interrupted (a crash?): finished, %s",
-                    path,
-                    "its files were gone" if deleted else f"counted as vanished ({on_disk})",
-                )
-        finally:
-            lock.release()
-    return recovered
-
-
 def reconcile(
     cache: DiskCache,
     *,
@@ -91,7 +55,7 @@ def reconcile(
     `force`: go on over an empty root though the books track directories (they were removed
     on purpose); without it that looks like an unmounted disk and is refused. `started`: when
     the cleanup that runs this began (a rebuild's hold counts from it), else now."""
-    started = time.time() if started is None else started
+    started = cache.clock() if started is None else started
     checks.flag("dry_run", dry_run)
     checks.flag("force", force)
     if not dry_run and not cache.settings.enable_disk_cache_management:
@@ -224,8 +188,9 @@ def _reconcile(
         # one that began this), the quota passes that registrations send meanwhile too.
         interval = cache.settings.disk_cache_cleanup_interval
         until = started + interval - max(1, min(60, interval // 10))
-        hold = max(1, int(until - time.time()))
-        report["held_until"] = time.time() + hold
+        now = cache.clock()
+        hold = max(1, int(until - now))
+        report["held_until"] = now + hold
         cache.client.set(cache.keys.evict_hold, f"{report['held_until']:.3f}", ex=hold)
         log.warning("books rebuilt from the disk: eviction waits %d s for pins to be renewed", hold)
     report["bytes_before"] = bytes_before

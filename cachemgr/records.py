@@ -31,12 +31,9 @@ def record_id(path: str) -> str:
     return base64.b64encode(hashlib.sha1(path.encode()).digest()[:9]).decode()
 
 
-def pack(size: int, files: int, registered: str, hits: int) -> str:
-    """One hash field per directory keeps Redis memory low; the Lua scripts use the same layout."""
-    return f"{size} {files} {registered} {hits}"
-
-
 def unpack(raw: str) -> tuple[int, int, str, int]:
+    """One hash field per directory keeps Redis memory low: `size files registered hits`,
+    written by the Lua scripts."""
     size, files, registered, hits = raw.split(" ")
     return int(size), int(files), registered, int(hits)
 

@@ -1,4 +1,5 @@
-"""The Lua scripts that change the books, one per operation, so that each change is atomic.
+"""The Lua scripts that change the books, one per operation, so that each change is atomic
+(a deletion's, which go through the journal, are in journal.py).
 
 Every script gets the same KEYS layout (COMMON_KEYS), so that one script serves every policy:
 a policy adds its own Lua at the `--@on_insert`, `--@on_hit`, `--@on_remove` and `--@on_restore`
@@ -7,8 +8,6 @@ marks, and may use its own keys, appended as KEYS[13..] and seen as AUX[1..]. A 
 """
 
 from __future__ import annotations
-
-from cachemgr.pins import LEASE_AROUND
 
 # KEYS[1] cache:entries      KEYS[2] cache:lru          KEYS[3] cache:bytes
 # KEYS[4] cache:stats        KEYS[5] cache:pins:paths   KEYS[6] cache:pins
@@ -63,12 +62,12 @@ end
 local function seconds(t)
   return string.match(t, '^-?%d+')
 end
--- The caller's lock must still be ours: a lock that lapsed mid-work may now be another's.
 -- Streams are trimmed to their cap: approximately (whole nodes of about 100 entries, cheap)
 -- for a big cap, exactly for a small one, which approximate trimming would not hold.
 local function trim(cap)
   return tonumber(cap) < 1000 and '=' or '~'
 end
+-- The caller's lock must still be ours: a lock that lapsed mid-work may now be another's.
 local function lock_lost(token)
   return token ~= '' and redis.call('GET', KEYS[12]) ~= token
 end
@@ -165,6 +164,7 @@ STALE_HIT = 2
 
 
 # Record one access: a hit renews the TTL and moves the directory to the front.
+# Registered through with_baked_keys: KEYS[1] cache:entries, the others written in.
 # ARGV[1] path  ARGV[2] now  ARGV[3] ttl seconds  ARGV[4] bytes a miss had to fetch (0 unknown)
 # ARGV[5] access-log cap (0: no log)
 # Returns 1 for a hit (of the path, or of the tracked directory that holds it), 0 for a miss,
@@ -272,123 +272,6 @@ count('hits', nhits)
 count('hit_bytes', nbytes)
 count('misses', nmisses)
 return out
-"""
-)
-
-_EVENT = """
-local function event(kind, path, size, deleted, now)
-  redis.call('XADD', KEYS[10], 'MAXLEN', trim(ARGV[9]), ARGV[9], '*', 'event', kind, 'path', path,
-    'size', size, 'files_deleted', deleted, 'time', now)
-end
-local counter = {evicted = 'evictions', expired = 'expirations', removed = 'removals',
-  vanished = 'vanished'}
-"""
-
-# Take one directory off the books, if it is still the one the caller chose.
-# ARGV[1] path  ARGV[2] reason: evicted | expired | removed | vanished  ARGV[3] now
-# ARGV[4] expected registration ('' = any)  ARGV[5] expected last access ('' = any)
-# ARGV[6] honour pins (1/0)  ARGV[7] files will be deleted (1/0)
-# ARGV[8] grace period after registration in seconds  ARGV[9] events stream cap
-# ARGV[10] lock token ('' = none held)
-# With files to delete, the entry moves to the journal cache:deleting (its record and last
-# access, so it can be put back) and is counted by FINISH once the files are gone; otherwise
-# it is counted now. Returns {'ok', size, files} or {why}: gone | changed | pinned | young |
-# lock_lost.
-CLAIM = (
-    PRELUDE
-    + _EVENT
-    + LEASE_AROUND
-    + """
-local path, reason, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-if lock_lost(ARGV[10]) then return {'lock_lost'} end
-local rec, id = record(path)
-if not rec then return {'gone'} end
-local size, files, reg, hits = parse(rec)
-if ARGV[4] ~= '' and reg ~= ARGV[4] then return {'changed'} end
-local last = redis.call('ZSCORE', KEYS[2], path)
-if ARGV[5] ~= '' then
-  if (not last) or tonumber(last) ~= tonumber(ARGV[5]) then return {'changed'} end
-end
-local lease = ARGV[6] == '1' and lease_around(path)
-if lease and tonumber(lease) > now then
-  count('skipped_pinned', 1)
-  return {'pinned'}
-end
-if tonumber(ARGV[8]) > 0 and tonumber(reg) > now - tonumber(ARGV[8]) then return {'young'} end
-redis.call('HDEL', KEYS[1], id)
-redis.call('ZREM', KEYS[2], path)
-redis.call('DEL', KEYS[9])
-redis.call('DECRBY', KEYS[3], size)
-if ARGV[7] == '1' then
-  redis.call('HSET', KEYS[7], path, rec .. ' ' .. (last or ARGV[3]) .. ' ' .. reason)
-else
-  count(counter[reason] or reason, 1)
-  event(reason, path, size, 0, ARGV[3])
-end
---@on_remove
-return {'ok', size, files}
-"""
-)
-
-# The files of a claimed directory are gone: count it and close its journal entry. With
-# ARGV[3] '0' they were not deleted by us (no longer a directory under the root: a file or a
-# symlinked parent took its place): counted as vanished, no bytes freed.
-# ARGV[1] path  ARGV[2] now  ARGV[3] deleted (1/0)  ARGV[9] events stream cap (ARGV[4..8] unused)
-# Returns 1, or 0 when the journal had no such entry.
-FINISH = (
-    PRELUDE
-    + _EVENT
-    + """
-local path = ARGV[1]
-local entry = redis.call('HGET', KEYS[7], path)
-if not entry then return 0 end
-local size_s, files_s, reg, hits_s, last, reason = string.match(entry,
-  '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
-if not size_s then
-  -- the journal's first format held the size alone, and no reason
-  size_s, reason = string.match(entry, '^(%d+)$'), 'removed'
-  if not size_s then return redis.error_reply('ERR unreadable journal entry for ' .. path) end
-end
-redis.call('HDEL', KEYS[7], path)
-if ARGV[3] == '0' then
-  count('vanished', 1)
-  event('vanished', path, size_s, 0, ARGV[2])
-  return 1
-end
-count(counter[reason] or reason, 1)
-count('bytes_freed', tonumber(size_s))
-event(reason, path, size_s, 1, ARGV[2])
-return 1
-"""
-)
-
-# Put a claimed directory back on the books exactly as it was: its deletion failed, or a
-# crash interrupted it before its files went. Skipped if the path was registered since.
-# ARGV[1] path  ARGV[2] now  ARGV[3] ttl seconds
-# Returns 1 when put back, 0 otherwise.
-RESTORE = (
-    PRELUDE
-    + """
-local path, now = ARGV[1], ARGV[2]
-local entry = redis.call('HGET', KEYS[7], path)
-redis.call('HDEL', KEYS[7], path)
-local id = rid(path)
--- Registered again since (or, with ids colliding, another path holds the id): keep that.
-if not entry or redis.call('HEXISTS', KEYS[1], id) == 1 then return 0 end
-local size_s, files_s, reg, hits_s, last = string.match(entry,
-  '^(%S+) (%S+) (%S+) (%S+) (%S+) %S+$')
--- The journal's first format held the size alone: too little to put the record back, so
--- the directory (still on disk) waits for reconcile to register it again.
-if not size_s then return 0 end
-local size, hits = tonumber(size_s), tonumber(hits_s)
-redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. hits_s)
-redis.call('ZADD', KEYS[2], last, path)
-local left = math.floor(tonumber(last) + tonumber(ARGV[3]) - tonumber(now))
-if left > 0 then redis.call('SET', KEYS[9], seconds(reg), 'EX', left) end
-redis.call('INCRBY', KEYS[3], size_s)
---@on_restore
---@on_insert
-return 1
 """
 )
 

@@ -52,7 +52,7 @@ COUNTERS = (
 )
 
 # Everything the stats show, in one call (a pipeline of eight reads costs the client more).
-# The four strings are read by one MGET: each redis.call costs Redis about 1.5 µs.
+# The five strings are read by one MGET: each redis.call costs Redis about 1.5 µs.
 # KEYS[1] cache:bytes  KEYS[2] cache:entries  KEYS[3] cache:stats  KEYS[4] cache:stats:baseline
 # KEYS[5] cache:last_cleanup  KEYS[6] cache:initialized  KEYS[7] cache:scheduler
 # KEYS[8] cache:pins  KEYS[9] cache:alive  KEYS[10] cache:evict_hold  KEYS[11] cache:workers

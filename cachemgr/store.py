@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from cachemgr import checks, listing, pins, scripts
+from cachemgr import checks, journal, listing, pins, scripts
 from cachemgr.errors import BeingDeleted
 from cachemgr.keys import Keys
 from cachemgr.paths import ancestors
@@ -50,9 +50,9 @@ class Store:
             )
             for template in (scripts.ACCESS, scripts.ACCESS_MANY)
         )
-        self._claim = client.register_script(self.policy.script(scripts.CLAIM))
-        self._finish = client.register_script(scripts.FINISH)
-        self._restore = client.register_script(self.policy.script(scripts.RESTORE))
+        self._claim = client.register_script(self.policy.script(journal.CLAIM))
+        self._finish = client.register_script(journal.FINISH)
+        self._restore = client.register_script(self.policy.script(journal.RESTORE))
         self._victims = client.register_script(listing.victims_snapshot(self.policy.victims))
         self._read_entries = client.register_script(listing.ENTRIES)
         self._settle = self.policy.settle and client.register_script(
@@ -133,7 +133,8 @@ class Store:
     def access(
         self, path: str, *, now: float | None = None, miss_bytes: int = 0, pipeline: Any = None
     ) -> Any:
-        """One round trip: 1 for a hit, 0 for a miss."""
+        """One round trip: 1 for a hit, 0 for a miss, 2 for a hit whose policy hook was not
+        this store's to run (scripts.STALE_HIT: read the policy again)."""
         checks.whole("miss_bytes", miss_bytes)  # here: the script counts the miss first
         return self._access(
             keys=[self.keys.entries],
@@ -399,5 +400,6 @@ class Store:
             yield from ((p, r) for p, r in zip(paths, recs, strict=True) if r is not None)
 
     def all_records(self, batch: int = 1000) -> dict[str, tuple[int, int, str, int]]:
-        """Every record (HSCAN): for reconcile and audits, never on a steady-state path."""
+        """Every record (ZSCAN of cache:lru, HMGET of the records): for reconcile and
+        audits, never on a steady-state path."""
         return {p: unpack(r) for p, r in self.scan_records(batch)}

@@ -11,7 +11,6 @@ import gzip
 import io
 import lzma
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -221,10 +220,6 @@ def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
     if float(trace.sizes.sum(dtype=np.float64)) > MAX_TOTAL_BYTES:
         raise TraceError(f"{p}: the requests' sizes add up past 2^63 - 1 bytes")
     return trace
-
-
-def iter_requests(trace: Trace) -> Iterator[tuple[int, int]]:
-    yield from zip(trace.ids.tolist(), trace.sizes.tolist(), strict=True)
 
 
 def next_access(ids: np.ndarray) -> np.ndarray:

@@ -995,3 +995,28 @@ def test_a_registration_is_one_round_trip_and_survives_a_script_not_loaded(cache
     assert done["status"] == "registered" and done["new"] is True
     assert cache.stats()["registrations"] == registrations + 1  # booked once, not twice
     assert cache.client.zscore(cache.keys.recent, "b") is not None
+
+
+def test_a_cleanup_dates_its_record_and_a_switch_by_the_caches_clock(
+    settings, redis_client, root
+):
+    """The cleanup's record, beat's run and a policy switch's event were dated by the host's
+    clock while the stats judge them by the cache's: a cache given another clock (a test's,
+    a replay's) saw its own cleanup as run hours ago or not yet."""
+    from cachemgr import events as event_log
+    from cachemgr.cleanup import cleanup
+
+    later = time.time() + 7200
+    make_tree(root, "album")
+    DiskCache(settings, redis_client).register("album")
+    cleanup(DiskCache(settings, redis_client))  # lru's structures built
+    fifo = DiskCache(
+        settings.with_(disk_cache_eviction_policy="fifo"), redis_client, clock=lambda: later
+    )
+    result = cleanup(fifo)
+    assert result["policy_rebuilt"] is True and result["duration_seconds"] < 60
+    last = fifo.stats()["last_cleanup"]
+    assert last["time"] == pytest.approx(later, abs=0.01)
+    assert 0 <= last["duration_seconds"] < 60
+    switched = [e for e in event_log.latest(fifo.store, 10) if e["event"] == "policy_switched"]
+    assert float(switched[0]["time"]) == pytest.approx(later, abs=0.01)

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from cachemgr import DiskCache, trash
-from cachemgr.cleanup import cleanup
+from cachemgr.cleanup import cleanup, enforce_quota
 from cachemgr.errors import BeingDeleted, DeleteFailed
-from cachemgr.reconcile import recover_unfinished
+from cachemgr.journal import recover_unfinished
 from tests.conftest import make_tree
 
 
@@ -204,7 +204,8 @@ def test_parent_swapped_before_the_check_keeps_the_books(cache, root, tmp_path):
     entry = cache.store.victims(1)[0]
     os.rename(root / "a", root / "a.real")  # e.g. the library being reorganised
     os.symlink(root / "a.real", root / "a")
-    cache.take(entry, "evicted")
+    with pytest.raises(DeleteFailed, match="a parent is a symlink"):
+        cache.take(entry, "evicted")
     assert (root / "a.real" / "x" / "track00.mp3").exists()  # nothing deleted, as promised
     assert cache.store.tracked(["a/x"]) == [True], "dropped from the books, files kept"
 
@@ -230,7 +231,12 @@ def test_a_directory_that_cannot_be_inspected_now_is_never_taken_for_gone(
 
     monkeypatch.setattr(paths_module.os, "lstat", refused)
     # It was untracked as "no longer a directory": off the books, its files left uncounted.
-    assert cache.take(cache.store.victims(1)[0], "evicted") == "unknown"
+    with pytest.raises(DeleteFailed, match="cannot inspect it now"):
+        cache.take(cache.store.victims(1)[0], "evicted")
+    # A quota pass counts it among what it could not delete: kept, and said.
+    cache.client.set(cache.keys.bytes, cache.settings.disk_cache_max_bytes + 1)
+    short = enforce_quota(cache)
+    assert short.removed == [] and short.errors and "could not delete 1" in short.short
     with pytest.raises(DeleteFailed):
         cache.remove("album", remove_files=True)
     report = reconcile(cache)

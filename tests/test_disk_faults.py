@@ -222,7 +222,7 @@ def test_a_directory_in_the_deletion_journal_blocks_its_parent(cache, root):
     # A crash in the middle of deleting a/b leaves it in the journal; registering `a` then
     # would count a/b twice once recovery puts it back.
     from cachemgr import Overlap
-    from cachemgr.reconcile import recover_unfinished
+    from cachemgr.journal import recover_unfinished
 
     make_tree(root, "a/b", files=2)
     cache.register("a/b")

@@ -358,6 +358,7 @@ def test_low_free_disk_shows_outside_the_warnings(settings, redis_client, cache,
      )],
 )  # fmt: skip
 def test_redis_error_replies_are_redis_unavailable(settings, redis_client, monkeypatch, exc):
+    import cachemgr.cluster
     import cachemgr.stats
 
     def boom(*a: Any, **k: Any) -> Any:
@@ -365,6 +366,7 @@ def test_redis_error_replies_are_redis_unavailable(settings, redis_client, monke
 
     client = app_for(settings, redis_client).test_client()
     monkeypatch.setattr(cachemgr.stats, "run", boom)
+    monkeypatch.setattr(cachemgr.cluster, "run", boom)  # /cache/stats, /metrics and / read it
     r, s, p = client.get("/metrics"), client.get("/cache/stats"), client.get("/")
     seen = {
         "/metrics": (r.status_code, "cachemgr_up 0.0" in r.get_data(as_text=True)),

@@ -375,7 +375,8 @@ def test_a_pipeline_host_whose_clock_is_behind_pins_by_redis_time(cache, root, m
         client.pin_now("album", 600, holder="stream-9")
         holders = cache.info("album").holders
         assert [h.holder for h in holders] == ["stream-9"]
-        assert 500 < holders[0].until - real() <= 600  # by Redis's clock, not an hour ago
+        # by Redis's clock, not an hour ago (the skew is measured to within a round trip)
+        assert 500 < holders[0].until - real() < 601
         booked = cache.client.zscore(cache.keys.lru, "album")
         assert client.access("album") is True
         assert cache.client.zscore(cache.keys.lru, "album") >= booked  # never back

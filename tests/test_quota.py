@@ -142,9 +142,9 @@ def test_a_cleanup_that_rebuilt_the_books_on_a_short_disk_frees_the_shortfall_on
         make_tree(root, f"album{i:02d}", files=4, size=4096)
     ensure_policy = migrations.ensure_policy
 
-    def lapse(store):  # the hold's key lapses between the rebuild and the quota pass
+    def lapse(store, now=None):  # the hold's key lapses between the rebuild and the quota pass
         redis_client.delete(cache.keys.evict_hold)
-        return ensure_policy(store)
+        return ensure_policy(store, now)
 
     monkeypatch.setattr(migrations, "ensure_policy", lapse)
     fixed_disk(monkeypatch, 10**12, 10**6)

@@ -7,7 +7,8 @@ import pytest
 
 from cachemgr import scanner
 from cachemgr.cleanup import cleanup
-from cachemgr.reconcile import reconcile, recover_unfinished
+from cachemgr.journal import recover_unfinished
+from cachemgr.reconcile import reconcile
 from tests.conftest import make_tree
 
 

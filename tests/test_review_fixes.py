@@ -9,7 +9,7 @@ import pytest
 
 from cachemgr import PathError
 from cachemgr.cleanup import enforce_quota
-from cachemgr.reconcile import recover_unfinished
+from cachemgr.journal import recover_unfinished
 from tests.conftest import make_tree
 
 

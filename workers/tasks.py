@@ -17,7 +17,7 @@ import redis
 from celery import Task
 
 from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect
-from cachemgr import cleanup as passes
+from cachemgr import cleanup as cleanups
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as reconcile_books
 from workers.app import WORKER, app
@@ -108,7 +108,7 @@ def _cleanup(
     owed: int | None = None,
     automatic: bool = False,
 ) -> Any:
-    result = passes.cleanup(
+    result = cleanups.cleanup(
         get_cache(),
         periodic=periodic,
         automatic=automatic,
@@ -118,7 +118,7 @@ def _cleanup(
         resume=resume,
         owed=owed,
     )
-    rest = passes.continuation(result, resume=resume, owed=owed)
+    rest = cleanups.continuation(result, resume=resume, owed=owed)
     if rest is not None:
         # Bounded pass (or a resumed one that met another cleanup): hand the rest to a fresh
         # task rather than hold this worker.

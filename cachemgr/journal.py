@@ -1,0 +1,170 @@
+"""The deletion journal (`cache:deleting`): a claim takes a directory off the books into it,
+FINISH counts it once its files are gone, RESTORE puts it back when they could not go; after
+a crash, recover_unfinished does whichever the disk says. Each step is one Lua script, so a
+directory is always either on the books or in the journal, never lost between them."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from cachemgr import paths
+from cachemgr.pins import LEASE_AROUND
+from cachemgr.scripts import PRELUDE
+
+if TYPE_CHECKING:
+    from cachemgr.cache import DiskCache
+
+log = logging.getLogger("cachemgr")
+
+_EVENT = """
+local function event(kind, path, size, deleted, now)
+  redis.call('XADD', KEYS[10], 'MAXLEN', trim(ARGV[9]), ARGV[9], '*', 'event', kind, 'path', path,
+    'size', size, 'files_deleted', deleted, 'time', now)
+end
+local counter = {evicted = 'evictions', expired = 'expirations', removed = 'removals',
+  vanished = 'vanished'}
+"""
+
+# Take one directory off the books, if it is still the one the caller chose.
+# ARGV[1] path  ARGV[2] reason: evicted | expired | removed | vanished  ARGV[3] now
+# ARGV[4] expected registration ('' = any)  ARGV[5] expected last access ('' = any)
+# ARGV[6] honour pins (1/0)  ARGV[7] files will be deleted (1/0)
+# ARGV[8] grace period after registration in seconds  ARGV[9] events stream cap
+# ARGV[10] lock token ('' = none held)
+# With files to delete, the entry moves to the journal cache:deleting (its record and last
+# access, so it can be put back) and is counted by FINISH once the files are gone; otherwise
+# it is counted now. Returns {'ok', size, files} or {why}: gone | changed | pinned | young |
+# lock_lost.
+CLAIM = (
+    PRELUDE
+    + _EVENT
+    + LEASE_AROUND
+    + """
+local path, reason, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if lock_lost(ARGV[10]) then return {'lock_lost'} end
+local rec, id = record(path)
+if not rec then return {'gone'} end
+local size, files, reg, hits = parse(rec)
+if ARGV[4] ~= '' and reg ~= ARGV[4] then return {'changed'} end
+local last = redis.call('ZSCORE', KEYS[2], path)
+if ARGV[5] ~= '' then
+  if (not last) or tonumber(last) ~= tonumber(ARGV[5]) then return {'changed'} end
+end
+local lease = ARGV[6] == '1' and lease_around(path)
+if lease and tonumber(lease) > now then
+  count('skipped_pinned', 1)
+  return {'pinned'}
+end
+if tonumber(ARGV[8]) > 0 and tonumber(reg) > now - tonumber(ARGV[8]) then return {'young'} end
+redis.call('HDEL', KEYS[1], id)
+redis.call('ZREM', KEYS[2], path)
+redis.call('DEL', KEYS[9])
+redis.call('DECRBY', KEYS[3], size)
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[7], path, rec .. ' ' .. (last or ARGV[3]) .. ' ' .. reason)
+else
+  count(counter[reason] or reason, 1)
+  event(reason, path, size, 0, ARGV[3])
+end
+--@on_remove
+return {'ok', size, files}
+"""
+)
+
+# The files of a claimed directory are gone: count it and close its journal entry. With
+# ARGV[3] '0' they were not deleted by us (no longer a directory under the root: a file or a
+# symlinked parent took its place): counted as vanished, no bytes freed.
+# ARGV[1] path  ARGV[2] now  ARGV[3] deleted (1/0)  ARGV[9] events stream cap (ARGV[4..8] unused)
+# Returns 1, or 0 when the journal had no such entry.
+FINISH = (
+    PRELUDE
+    + _EVENT
+    + """
+local path = ARGV[1]
+local entry = redis.call('HGET', KEYS[7], path)
+if not entry then return 0 end
+local size_s, files_s, reg, hits_s, last, reason = string.match(entry,
+  '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+if not size_s then
+  -- the journal's first format held the size alone, and no reason
+  size_s, reason = string.match(entry, '^(%d+)$'), 'removed'
+  if not size_s then return redis.error_reply('ERR unreadable journal entry for ' .. path) end
+end
+redis.call('HDEL', KEYS[7], path)
+if ARGV[3] == '0' then
+  count('vanished', 1)
+  event('vanished', path, size_s, 0, ARGV[2])
+  return 1
+end
+count(counter[reason] or reason, 1)
+count('bytes_freed', tonumber(size_s))
+event(reason, path, size_s, 1, ARGV[2])
+return 1
+"""
+)
+
+# Put a claimed directory back on the books exactly as it was: its deletion failed, or a
+# crash interrupted it before its files went. Skipped if the path was registered since.
+# ARGV[1] path  ARGV[2] now  ARGV[3] ttl seconds
+# Returns 1 when put back, 0 otherwise.
+RESTORE = (
+    PRELUDE
+    + """
+local path, now = ARGV[1], ARGV[2]
+local entry = redis.call('HGET', KEYS[7], path)
+redis.call('HDEL', KEYS[7], path)
+local id = rid(path)
+-- Registered again since (or, with ids colliding, another path holds the id): keep that.
+if not entry or redis.call('HEXISTS', KEYS[1], id) == 1 then return 0 end
+local size_s, files_s, reg, hits_s, last = string.match(entry,
+  '^(%S+) (%S+) (%S+) (%S+) (%S+) %S+$')
+-- The journal's first format held the size alone: too little to put the record back, so
+-- the directory (still on disk) waits for reconcile to register it again.
+if not size_s then return 0 end
+local size, hits = tonumber(size_s), tonumber(hits_s)
+redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. hits_s)
+redis.call('ZADD', KEYS[2], last, path)
+local left = math.floor(tonumber(last) + tonumber(ARGV[3]) - tonumber(now))
+if left > 0 then redis.call('SET', KEYS[9], seconds(reg), 'EX', left) end
+redis.call('INCRBY', KEYS[3], size_s)
+--@on_restore
+--@on_insert
+return 1
+"""
+)
+
+
+def recover_unfinished(cache: DiskCache) -> list[str]:
+    """Finish what a crash interrupted: directories claimed for deletion (cache:deleting).
+
+    One whose files are still there is put back on the books exactly as it was (the next pass
+    decides again, with fresh checks); one whose files are gone is counted as deleted. An entry
+    whose directory lock is still held (the crashed worker's, until it lapses) waits.
+    """
+    recovered = []
+    for path in cache.store.unfinished_deletions():
+        lock = cache.lock(path)
+        if not lock.acquire():
+            continue
+        try:
+            on_disk = paths.kind_at(cache.root, path)  # `unsafe`: a symlinked parent, kept
+            if on_disk == "unknown":  # cannot be told now (EACCES, EIO): next time
+                continue
+            if on_disk in ("dir", "unsafe"):
+                if cache.store.restore(path, now=cache.clock()):
+                    recovered.append(path)
+                    log.warning("deletion of %s interrupted (a crash?): back on the books", path)
+            else:
+                # Missing: its files went (into the trash, or gone). Anything else is not ours
+                # to count as freed: it vanished from the books.
+                deleted = on_disk == "missing"
+                cache.store.finish_deletion(path, now=cache.clock(), deleted=deleted)
+                log.warning(
+                    "deletion of %s interrupted (a crash?): finished, %s",
+                    path,
+                    "its files were gone" if deleted else f"counted as vanished ({on_disk})",
+                )
+        finally:
+            lock.release()
+    return recovered
