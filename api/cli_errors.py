@@ -21,7 +21,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3
 class Fail(click.ClickException):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
-        self.exit_code = code
+        self.exit_code = code  # type: ignore[misc]  # click reads it off the instance
 
 
 def friendly(func: Callable[..., Any]) -> Callable[..., Any]:

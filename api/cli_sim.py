@@ -42,7 +42,7 @@ class Refused(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it off the instance
 
 
 def _cache_size(text: str) -> CacheSize:

@@ -44,7 +44,8 @@ class FastJSONProvider(DefaultJSONProvider):
 
     def response(self, *args: Any, **kwargs: Any) -> Any:
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(self._encode(obj), mimetype=self.mimetype)
+        app: Flask = self._app  # type: ignore[assignment]  # a Flask app's provider
+        return app.response_class(self._encode(obj), mimetype=self.mimetype)
 
 
 class CacheExtension:

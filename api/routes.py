@@ -7,7 +7,7 @@ from urllib.parse import unquote_to_bytes
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
-from flask import Response, request, url_for
+from flask import request, url_for
 from flask.views import MethodView as FlaskMethodView
 
 from api.arguments import CacheBlueprint
@@ -84,7 +84,7 @@ def empty_path() -> Any:
     return body(400, "bad_path", f"empty path in {request.path!r}: name a directory under the root")
 
 
-def prepared(data: dict[str, Any]) -> Response:
+def prepared(data: dict[str, Any]) -> Any:
     """JSON of a dict the domain already shaped as its schema says, without the schema's dump:
     on the hottest reads that dump cost a quarter of the request. tests/test_schemathesis.py
     checks every reply against the OpenAPI schema."""

@@ -24,7 +24,8 @@ class ApiErrorSchema(Schema):
 ErrorSchema = ApiErrorSchema
 
 
-# The counters are named once, in cachemgr.stats.COUNTERS.
+# The counters are named once, in cachemgr.stats.COUNTERS: the schema is built from them, so
+# mypy sees a variable, not a class (hence the ignore where StatsSchema derives from it).
 SinceResetSchema = Schema.from_dict(
     {
         **{name: fields.Integer() for name in COUNTERS},
@@ -92,7 +93,7 @@ class LastCleanupSchema(Schema):
     )
 
 
-class StatsSchema(SinceResetSchema):
+class StatsSchema(SinceResetSchema):  # type: ignore[valid-type,misc]
     node = fields.String()
     enabled = fields.Boolean()
     total_bytes = fields.Integer(required=True)
