@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from cachemgr.nodes import node_queue
 from cachemgr.settings import parse_duration
 
 _redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -48,14 +49,12 @@ _node = os.environ.get("DISK_CACHE_NODE", "")
 
 # A named node's workers consume its own queue (and send continuations there); a single node
 # keeps Celery's default queue, so a plain client that knows only a task name reaches it.
-task_default_queue = os.environ.get("CACHEMGR_QUEUE") or (
-    f"cachemgr.{_node}" if _node else "celery"
-)
+task_default_queue = os.environ.get("CACHEMGR_QUEUE") or node_queue(_node)
 
 # One beat can drive several nodes: DISK_CACHE_NODES=a,b sends each node's periodic cleanup
 # to that node's queue. Without it, the cleanup goes to this process's default queue.
 _beat_nodes = [n for n in os.environ.get("DISK_CACHE_NODES", "").split(",") if n.strip()]
-_targets = {f"cachemgr.{n.strip()}": n.strip() for n in _beat_nodes} or {task_default_queue: ""}
+_targets = {node_queue(n.strip()): n.strip() for n in _beat_nodes} or {task_default_queue: ""}
 
 # Follows each node's published queue at every send (workers/beat.py).
 beat_scheduler = "workers.beat:NodeScheduler"

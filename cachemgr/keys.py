@@ -187,6 +187,12 @@ class Keys:
         return f"{self.prefix}cache:worker_settings"
 
     @staticmethod
+    def node_prefix(node: str) -> str:
+        """A named node's keys: `{node}:` (one hash tag: one Redis Cluster shard); an unnamed
+        single node's have none, the seed's names exactly."""
+        return f"{{{node}}}:" if node else ""
+
+    @staticmethod
     def nodes(cluster: str) -> str:
         """HASH node -> JSON of what its workers published; shared by the cluster's nodes
         (DISK_CACHE_CLUSTER), so never prefixed."""

@@ -106,9 +106,14 @@ return 1
 """)
 
 
+def node_queue(node: str) -> str:
+    """A named node's own queue; an unnamed single node uses Celery's default queue, so that a
+    plain client that knows only a task name reaches it."""
+    return f"cachemgr.{node}" if node else "celery"
+
+
 def queue_for(settings: Settings) -> str:
-    """A named node's own queue; an unnamed single node uses Celery's default queue."""
-    return f"cachemgr.{settings.disk_cache_node}" if settings.disk_cache_node else "celery"
+    return node_queue(settings.disk_cache_node)
 
 
 class NodeRegistry:

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cachemgr import units
+from cachemgr.keys import Keys
 
 GIB = 1024**3
 
@@ -191,7 +192,7 @@ class Settings:
         """The explicit prefix, else `{node}:` for a named node (one hash tag), else ""."""
         if self.disk_cache_key_prefix:
             return self.disk_cache_key_prefix
-        return f"{{{self.disk_cache_node}}}:" if self.disk_cache_node else ""
+        return Keys.node_prefix(self.disk_cache_node)
 
     @property
     def threshold_bytes(self) -> int:

@@ -26,7 +26,7 @@ from cachemgr.connection import connect
 from cachemgr.errors import PathError
 from cachemgr.keys import Keys
 from cachemgr.migrations import to_feed
-from cachemgr.nodes import CLOCK_SKEW_SECONDS, NodeRegistry, skew_of, skewed
+from cachemgr.nodes import CLOCK_SKEW_SECONDS, NodeRegistry, node_queue, skew_of, skewed
 from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
 from cachemgr.store import Store
@@ -133,9 +133,9 @@ class CacheClient:
                 # Not published yet (its workers have not started): asked again next time.
                 found = entry is not None
                 entry = entry or {}
-                queue = queue or entry.get("queue") or f"cachemgr.{self.node}"
+                queue = queue or entry.get("queue") or node_queue(self.node)
                 if prefix is None:
-                    prefix = entry.get("key_prefix", f"{{{self.node}}}:")
+                    prefix = entry.get("key_prefix", Keys.node_prefix(self.node))
             route = (queue, Keys(prefix or ""))
             if not found:
                 return route  # asked again next time, once Redis answers
