@@ -31,7 +31,7 @@ from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
 from api.cli_tables import entry_rows, kv, plan_table, stats_table
 from api.errors import raised_in
-from cachemgr import CacheError, DiskCache
+from cachemgr import CacheError, DiskCache, listing
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.pins import MAX_PIN_SECONDS
@@ -166,7 +166,7 @@ def ls(
     entries: list[Entry] = []
     cursor = None
     while True:
-        page, cursor = store.page(1000, cursor)
+        page, cursor = listing.page(store, 1000, cursor)
         entries += [
             e
             for e in page

@@ -33,7 +33,7 @@ from api.schemas import (
     UnpinArgs,
     WaitArgs,
 )
-from cachemgr import DiskCache, NotTracked, paths
+from cachemgr import DiskCache, NotTracked, listing, paths
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as cleanup_plan
 from cachemgr.nodes import queue_for
@@ -169,7 +169,7 @@ class Directories(MethodView):
         """Cached directories by last access, newest first, a page at a time."""
         try:
             store = node_cache(args).enforcing().store  # expiry by the workers' TTL
-            entries, cursor = store.page(args["limit"], args["cursor"])
+            entries, cursor = listing.page(store, args["limit"], args["cursor"])
         except ValueError as exc:
             return body(400, "bad_parameter", str(exc))
         return {"directories": [e.to_dict() for e in entries], "next_cursor": cursor}

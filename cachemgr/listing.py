@@ -146,6 +146,25 @@ def pairs(flat: list[Any]) -> dict[str, Any]:
 
 
 # A page's cursor: (last access, path) of its last entry, opaque to the client.
+def page(store: Store, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:
+    """Entries by last access, newest first; the cursor is (score, path) of the last one."""
+    lru = store.keys.lru
+    if cursor is None:
+        items = store.client.zrevrange(lru, 0, limit, withscores=True)
+    else:
+        score, member = decode_cursor(cursor)
+        ties = int(store.client.zcount(lru, score, score))
+        raw = store.client.zrevrangebyscore(
+            lru, score, "-inf", start=0, num=limit + ties + 1, withscores=True
+        )
+        # Ties at `score` come in descending member order; keep those after the cursor.
+        items = [(m, s) for m, s in raw if s < score or m < member]
+    more = len(items) > limit
+    items = items[:limit]
+    next_cursor = encode_cursor(items[-1][1], items[-1][0]) if more and items else None
+    return store.entries(items), next_cursor
+
+
 def encode_cursor(score: float, member: str) -> str:
     return base64.urlsafe_b64encode(f"{score!r}\n{member}".encode()).decode()
 

@@ -314,24 +314,6 @@ class Store:
         found = self.entries([(path, None)])
         return found[0] if found else None
 
-    def page(self, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:
-        """Entries by last access, newest first; the cursor is (score, path) of the last one."""
-        lru = self.keys.lru
-        if cursor is None:
-            items = self.client.zrevrange(lru, 0, limit, withscores=True)
-        else:
-            score, member = listing.decode_cursor(cursor)
-            ties = int(self.client.zcount(lru, score, score))
-            raw = self.client.zrevrangebyscore(
-                lru, score, "-inf", start=0, num=limit + ties + 1, withscores=True
-            )
-            # Ties at `score` come in descending member order; keep those after the cursor.
-            items = [(m, s) for m, s in raw if s < score or m < member]
-        more = len(items) > limit
-        items = items[:limit]
-        next_cursor = listing.encode_cursor(items[-1][1], items[-1][0]) if more and items else None
-        return self.entries(items), next_cursor
-
     def expired(self, cutoff: float, limit: int, offset: int = 0) -> list[Entry]:
         """Entries last accessed before `cutoff`, oldest first: O(log n + limit)."""
         items = self.client.zrangebyscore(

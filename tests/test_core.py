@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cachemgr import DiskCache, NotOnDisk, NotTracked, Overlap, connect
+from cachemgr import DiskCache, NotOnDisk, NotTracked, Overlap, connect, listing
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup, enforce_quota, sweep
 from cachemgr.keys import Keys
@@ -127,7 +127,7 @@ def test_paged_list_by_last_access_newest_first(cache, root):
     names = fill(cache, root, 7, clock)
     seen, cursor = [], None
     while True:
-        page, cursor = cache.store.page(3, cursor)
+        page, cursor = listing.page(cache.store, 3, cursor)
         seen += [e.path for e in page]
         if cursor is None:
             break
@@ -140,7 +140,7 @@ def test_paged_list_with_ties_loses_nothing(cache, root):
     names = fill(cache, root, 5)  # all at the same instant
     seen, cursor = [], None
     while True:
-        page, cursor = cache.store.page(2, cursor)
+        page, cursor = listing.page(cache.store, 2, cursor)
         seen += [e.path for e in page]
         if cursor is None:
             break
