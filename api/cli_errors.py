@@ -12,7 +12,7 @@ import click
 import redis
 from kombu.exceptions import OperationalError
 
-from api.errors import raised_in, redis_unavailable
+from api.errors import raised_in, redis_unavailable, wrong_database
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3, 4, 5
@@ -42,6 +42,8 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Fail(f"Redis cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
         except redis.RedisError as exc:  # out of memory, read-only, loading...: not a bug
+            if said := wrong_database(exc):
+                raise Fail(said, EXIT_CONFIG) from None
             if not redis_unavailable(exc):
                 raise
             raise Fail(f"Redis refuses it now: {exc}", EXIT_UNAVAILABLE) from None

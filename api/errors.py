@@ -41,9 +41,25 @@ UNAVAILABLE_REPLIES = (
 )  # fmt: skip
 
 
+# The database REDIS_URL names (its /N) is past the server's `databases`: every command fails.
+WRONG_DATABASE = "DB index is out of range"
+
+
+def wrong_database(exc: BaseException) -> str | None:
+    """What to say of a REDIS_URL whose database the server does not have; None otherwise."""
+    if isinstance(exc, redis.ResponseError) and WRONG_DATABASE in str(exc):
+        return (
+            "REDIS_URL names a database this Redis server does not have (DB index is out of "
+            "range): give a number below its `databases` setting (16 by default)"
+        )
+    return None
+
+
 def redis_unavailable(exc: BaseException) -> bool:
     """Whether a Redis error means the books cannot be read now (a 503), not a bug (a 500)."""
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return True
+    if wrong_database(exc):
         return True
     e = redis.exceptions
     if isinstance(exc, e.ReadOnlyError | e.TryAgainError | e.ClusterDownError | e.OutOfMemoryError):
@@ -99,8 +115,9 @@ def register_error_handlers(app: Flask) -> None:
     def redis_down(exc: Exception) -> tuple[Any, int]:
         if not redis_unavailable(exc):
             return unexpected(exc)
-        log.error("redis unreachable: %s", exc)
-        return body(503, "redis_unavailable", f"Redis cannot be reached: {exc}")
+        said = wrong_database(exc) or f"Redis cannot be reached: {exc}"
+        log.error("redis unreachable: %s", said)
+        return body(503, "redis_unavailable", said)
 
     @app.errorhandler(OperationalError)
     def broker_down(exc: Exception) -> tuple[Any, int]:

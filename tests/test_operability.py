@@ -525,3 +525,32 @@ def test_a_killed_workers_entries_go_after_two_ttls(settings, redis_client, cach
     cache.registry.heartbeat(cache.keys, "host:1", settings=cache.settings)
     assert redis_client.zrange(cache.keys.workers, 0, -1) == ["host:1"]
     assert redis_client.hkeys(cache.keys.worker_settings) == ["host:1"]
+
+
+def test_a_redis_url_naming_a_database_the_server_lacks_is_said_in_one_line(settings, tmp_path):
+    """`redis://host/99` on a server of 16 databases: the CLI printed a traceback and the
+    API's stats answered 500 "internal_error"; every command of such a URL fails."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cachemgr import connect
+
+    url = "redis://127.0.0.1:6379/99"
+    env = {**os.environ, "REDIS_URL": url, "DISK_CACHE_ROOT": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "stats"], cwd=Path(__file__).resolve().parents[1],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    err = done.stderr.strip()
+    assert done.returncode == 5 and "Traceback" not in err, err
+    assert err.splitlines() == [err] and "REDIS_URL names a database" in err
+    client = connect(url)
+    try:
+        reply = app_for(settings, client).test_client().get("/cache/stats")
+    finally:
+        client.close()
+    assert reply.status_code == 503
+    assert reply.get_json()["code"] == "redis_unavailable"
+    assert "REDIS_URL names a database" in reply.get_json()["message"]
