@@ -76,9 +76,10 @@ class RootMissing(CacheError):
     code = "root_missing"
 
 
-def root_missing(root: object) -> str:
-    """What a missing cache root means, said the same by a refused pass and by the stats."""
+def root_missing(root: object, refused: str = "no cleanup or reconcile runs") -> str:
+    """What a missing cache root means, said the same by a refused pass, a refused
+    registration and the stats."""
     return (
-        f"the cache root {str(root)!r} is not a directory (is the disk mounted?): "
-        "no cleanup or reconcile runs until it is back"
+        f"the cache root {str(root)!r} is not a directory (is the disk mounted?): {refused} "
+        "until it is back"
     )

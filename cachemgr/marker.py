@@ -98,7 +98,7 @@ def swapped(cache: DiskCache, token: str | None = None) -> str | None:
     cannot be told: no token, an unreadable marker). `token`: the books' own, when the
     caller read it already."""
     token = cache.client.get(cache.keys.root_mark) if token is None else token
-    if token is None:
+    if not token:
         return None
     if token.startswith(CUT_SHORT):
         return (
@@ -130,7 +130,10 @@ def check_registering(cache: DiskCache) -> None:
     if other and not fresh:  # an adoption may have ended since the token was read
         other = _refusal(cache, _read_token(cache))
     if other:
-        raise RootMissing(_not_theirs(cache, other, "no registration is booked"))
+        refused = "no registration is booked"
+        if not cache.root.is_dir():  # no marker, for there is no root at all: said so
+            raise RootMissing(root_missing(cache.root, refused))
+        raise RootMissing(_not_theirs(cache, other, refused))
 
 
 def _read_token(cache: DiskCache) -> str:
@@ -163,28 +166,48 @@ def check_root(cache: DiskCache, *, allow_empty: bool = False, force: bool = Fal
     mount point written to meanwhile. `allow_empty`: an empty root is no sign (a removal of the
     last download); `force` (reconcile --force) takes the root as it is. A root the worker
     may not read is refused too, by name (a PermissionError had failed every cleanup unsaid)."""
+    why = refusal(cache, allow_empty=allow_empty, force=force)
+    if why:
+        raise RootMissing(why)
+
+
+def refusal(
+    cache: DiskCache,
+    *,
+    allow_empty: bool = False,
+    force: bool = False,
+    token: str | None = None,
+    tracked: int | None = None,
+) -> str | None:
+    """Why check_root refuses the root (None: it does not). `token` and `tracked`: the books'
+    root token and directory count, when the caller read them already (the stats, which say
+    it at once rather than after the next cleanup failed)."""
     try:
-        _check_root(cache, allow_empty=allow_empty, force=force)
+        return _refusal_of(cache, allow_empty, force, token, tracked)
     except PermissionError as exc:
-        raise RootMissing(
+        return (
             f"the cache root {str(cache.root)!r} cannot be read by this process "
             f"({exc.strerror}: permissions?): no cleanup or reconcile runs until it can"
-        ) from None
+        )
 
 
-def _check_root(cache: DiskCache, *, allow_empty: bool, force: bool) -> None:
+def _refusal_of(
+    cache: DiskCache, allow_empty: bool, force: bool, token: str | None, tracked: int | None
+) -> str | None:
     if not cache.root.is_dir():
-        raise RootMissing(root_missing(cache.root))
-    other = None if force else swapped(cache)
+        return root_missing(cache.root)
+    other = None if force else swapped(cache, token)
     if other:
-        raise RootMissing(_not_theirs(cache, other, "no cleanup or reconcile runs"))
-    tracked = 0 if allow_empty or force else cache.store.count_entries()
+        return _not_theirs(cache, other, "no cleanup or reconcile runs")
+    if allow_empty or force:
+        return None
+    tracked = cache.store.count_entries() if tracked is None else tracked
     if not tracked:
-        return
+        return None
     with os.scandir(cache.root) as it:
         if any(e.name not in (paths.TRASH_DIR, paths.BOOKS_MARKER) for e in it):
-            return
-    raise RootMissing(
+            return None
+    return (
         f"the cache root {str(cache.root)!r} is empty while {tracked} "
         "directories are tracked (is the disk mounted?): no cleanup or reconcile runs; if "
         "the downloads were removed on purpose, run `cachemgr reconcile --force`"

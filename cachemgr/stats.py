@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from cachemgr import marker, migrations
 from cachemgr.connection import same_server
-from cachemgr.errors import root_missing
 from cachemgr.health import diagnose, periodic_overdue
 from cachemgr.nodes import (
     ALIVE_TTL_SECONDS,
@@ -142,6 +141,7 @@ def queue_snapshot(
     keys += [registry] if registry else []
     batch.script(SNAPSHOT, keys, [ALIVE_TTL_SECONDS], writes=False)
     batch.command("GET", k.policy_name, writes=False)
+    batch.command("GET", k.root_mark, writes=False)
 
     def read(replies: Iterator[Any]) -> dict[str, Any]:
         total, count, overall, base, last, initialized, scheduler, pinned, up, hold = (
@@ -149,6 +149,7 @@ def queue_snapshot(
         )[:10]
         nodes, live, own = reply[10:]
         built = migrations.built(next(replies))
+        root_mark = next(replies) or ""
         counts, recent = since_reset(pairs(overall), pairs(base))
         return {
             "total_bytes": int(total),
@@ -166,6 +167,7 @@ def queue_snapshot(
             "workers": (workers := NodeRegistry.parse_workers(live, own)),
             # While the live workers disagree, cleanups act by the policy in force.
             "policy_held": migrations.held(built, workers),
+            "root_mark": root_mark,  # the books' root token (marker.py)
         }
 
     return read
@@ -182,13 +184,12 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     entry = own_entry(snap.get("registry", {}), cache.settings)
     s = enforced(cache.settings, entry)
     total, counts, recent = snap["total_bytes"], snap["counters"], snap["since_reset"]
-    missing = False
     free = disk = None
     try:
         if cache.local:
             disk, _, free = shutil.disk_usage(cache.root)
     except OSError:
-        missing = not cache.root.is_dir()
+        pass  # no root: refused below
     floor = s.disk_cache_min_free_bytes
     status = "ok"
     if total > s.disk_cache_max_bytes:
@@ -236,8 +237,13 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         scheduler_since=snap.get("scheduler_started"),
     )
     stats["warnings"] = diagnose(stats, interval, now)
-    if missing:  # the seed's "check downloads directory exists", on the host that reads it
-        stats["warnings"].insert(0, f"cache not working: {root_missing(cache.root)}")
+    # The seed's "check downloads directory exists", on the host that reads it: said at once,
+    # as cleanups would refuse it (an unmounted disk's empty mount point, another disk).
+    refused = cache.local and marker.refusal(
+        cache, token=snap.get("root_mark"), tracked=stats["directory_count"]
+    )
+    if refused:
+        stats["warnings"].insert(0, f"cache not working: {refused}")
     if not snap["initialized"] and stats["directory_count"] and cache.local:
         # Books kept before (the root says so) and gone since: what was registered after the
         # loss is all they count until the next cleanup rebuilds them from the disk.

@@ -124,8 +124,15 @@ def test_a_registration_on_a_root_that_is_not_the_books_is_refused(settings, red
             with pytest.raises(RootMissing, match="not the directory these books were kept"):
                 cache.register("newalbum")
         assert sorted(worker.store.all_records()) == ["a"]  # nothing booked
+        # The stats say it at once: they had said nothing until the next cleanup failed.
+        said = worker.stats()["warnings"][0]
+        assert said.startswith("cache not working: ") and "marker .cachemgr-books is missing" in said
+        shutil.rmtree(root)  # no mount point at all: said so, not "its marker is missing"
+        with pytest.raises(RootMissing, match="is not a directory .*no registration is booked"):
+            later.register("newalbum")
     finally:
-        shutil.rmtree(root)
+        if root.exists():
+            shutil.rmtree(root)
         away.rename(root)
     make_tree(root, "b")
     assert worker.register("b")["status"] == "registered"  # its own disk back: booked
