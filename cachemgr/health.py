@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from cachemgr import audit
+from cachemgr.quota import ROOM_SHORT
 
 # After how many cleanup intervals without a periodic cleanup the stats, the status page and
 # the alert say beat or the workers are not running (one late run is no problem).
@@ -38,7 +39,7 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
         )
     short = (stats.get("last_cleanup") or {}).get("evict_short")
     above = stats["total_bytes"] > stats["threshold_bytes"]
-    if above and short:
+    if above and short and not short.startswith("the disk still"):  # the quota's, not the floor's
         problems.append(
             f"usage {stats['usage_percent']}% is above the eviction threshold and the last "
             f"quota pass could not bring it down (skipped: {short}): eviction cannot free more "
@@ -54,7 +55,13 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
     if floor and free is not None and free < floor:
         problems.append(
             f"the disk holding the cache has {free} bytes free, under DISK_CACHE_MIN_FREE_BYTES "
-            f"({floor}): the next cleanup evicts to make room"
+            f"({floor}): "
+            + (
+                f"the last cleanup could not make room (skipped: {short}): something other than "
+                "the cache fills that disk; free space there, or lower DISK_CACHE_MIN_FREE_BYTES"
+                if short and ROOM_SHORT in short
+                else "the next cleanup evicts to make room"
+            )
         )
     elif not floor and free is not None and disk and free < NEARLY_FULL_SHARE * disk:
         problems.append(

@@ -109,6 +109,10 @@ def _nearly_full_short(cache: DiskCache) -> int:
     return max(0, int(NEARLY_FULL * usage.total) - usage.free)
 
 
+# How a quota pass's `short` says the disk stayed short of its floor (health.py reads it).
+ROOM_SHORT = "bytes short of its free-space floor"
+
+
 def free_space_short(settings: Settings) -> int:
     """Bytes the filesystem lacks to keep DISK_CACHE_MIN_FREE_BYTES free (0: no floor, room
     enough, or the free space cannot be read)."""

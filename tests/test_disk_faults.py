@@ -126,7 +126,8 @@ def test_a_registration_on_a_root_that_is_not_the_books_is_refused(settings, red
         assert sorted(worker.store.all_records()) == ["a"]  # nothing booked
         # The stats say it at once: they had said nothing until the next cleanup failed.
         said = worker.stats()["warnings"][0]
-        assert said.startswith("cache not working: ") and "marker .cachemgr-books is missing" in said
+        assert said.startswith("cache not working: ")
+        assert "marker .cachemgr-books is missing" in said
         shutil.rmtree(root)  # no mount point at all: said so, not "its marker is missing"
         with pytest.raises(RootMissing, match="is not a directory .*no registration is booked"):
             later.register("newalbum")

@@ -49,6 +49,13 @@ def test_a_free_space_floor_deletions_cannot_lift_does_not_empty_the_cache(
     # One round sized by the floor (3 albums), not round after round until nothing is left.
     assert [r.path for r in result.removed] == ["album00", "album01", "album02"]
     assert sized.store.count_entries() == 7
+    # Still short: said, not left to a warning that promises the next cleanup makes room.
+    assert result.short.startswith(f"the disk still {3 * size} bytes short of its free-space")
+    warnings = DiskCache(low, redis_client, clock=clock).stats()["warnings"]
+    assert any("the next cleanup evicts to make room" in w for w in warnings)  # no cleanup yet
+    cleanup(DiskCache(low, redis_client, clock=clock), sweep_expired=False)
+    warnings = DiskCache(low, redis_client, clock=clock).stats()["warnings"]
+    assert any("could not make room" in w and "something other" in w for w in warnings)
 
 
 def test_a_floor_deletions_cannot_lift_takes_as_few_through_bounded_continuations(
@@ -151,9 +158,13 @@ def test_a_cleanup_that_rebuilt_the_books_on_a_short_disk_frees_the_shortfall_on
     result = cleanup(cache, sweep_expired=False)  # manual, but it rebuilt the books itself
     assert result["rebuilt"] is True and result["evict"]["count"] == 2
     assert result["evict_held_until"] > time.time()
-    # Stopped at the shortfall above the threshold by design: not a pass that fell short.
-    assert result["evict"]["short"] == ""
-    assert not any("could not bring it down" in w for w in cache.stats()["warnings"])
+    # Stopped at the shortfall above the threshold by design: not a quota pass that fell
+    # short. The disk stays short (deletions do not lift it here), and that is said.
+    short = result["evict"]["short"]
+    assert short.startswith("the disk still 20481 bytes short of its free-space floor"), short
+    warnings = cache.stats()["warnings"]
+    assert not any("could not bring it down" in w for w in warnings)
+    assert any("the last cleanup could not make room" in w for w in warnings), warnings
 
 
 def test_a_held_pass_cut_short_goes_on_held(settings, redis_client, root, monkeypatch):
