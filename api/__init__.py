@@ -60,10 +60,13 @@ def api_settings() -> dict[str, Any]:
         read_auth = parse_bool(raw)
     except ValueError as exc:
         raise SettingsError(f"DISK_CACHE_API_READ_AUTH={raw!r}: {exc}") from None
-    return {
-        "DISK_CACHE_API_TOKEN": os.environ.get("DISK_CACHE_API_TOKEN", ""),
-        "DISK_CACHE_API_READ_AUTH": read_auth,
-    }
+    token = os.environ.get("DISK_CACHE_API_TOKEN", "")
+    if read_auth and not token:  # asked for, and silently off: reads open to all
+        raise SettingsError(
+            f"DISK_CACHE_API_READ_AUTH={raw!r} needs DISK_CACHE_API_TOKEN: without a token no "
+            "read can be checked; set one (or set DISK_CACHE_API_READ_AUTH=false)"
+        )
+    return {"DISK_CACHE_API_TOKEN": token, "DISK_CACHE_API_READ_AUTH": read_auth}
 
 
 class AnyPath(PathConverter):

@@ -46,8 +46,12 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "while those stay; see `cachemgr events`"
         )
     elif above and stats["quota_status"] == "evicting":
+        # Stopped, the scheduler skips beat's cleanups and the registrations' quota passes.
+        who = "the next cleanup" if stats.get("scheduler_running", True) else (
+            "only a manual cleanup (`cachemgr cleanup`: the scheduler is stopped)"
+        )
         problems.append(
-            f"usage {stats['usage_percent']}% is above the eviction threshold: the next cleanup "
+            f"usage {stats['usage_percent']}% is above the eviction threshold: {who} "
             f"evicts by the {stats.get('eviction_policy', 'lru')} policy"
         )
     floor = stats.get("min_free_bytes") or 0
