@@ -9,7 +9,7 @@ import click
 import redis
 from flask.cli import FlaskGroup, ScriptInfo
 
-from api.cli_errors import EXIT_CONFIG, EXIT_UNAVAILABLE, Fail
+from api.cli_errors import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE, Fail
 from cachemgr.logs import configure_logging
 from cachemgr.settings import Settings, SettingsError, log_level
 
@@ -46,6 +46,16 @@ class CacheGroup(FlaskGroup):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.params = [p for p in self.params if p.name not in FLASK_ONLY]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """A command's bad usage in one line, as every other refusal is (click's own took three:
+        the usage, a hint, the error)."""
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            said = " ".join(exc.format_message().split())  # click's choices span lines
+            raise Fail(f"{said} (`{where} --help` says how)", EXIT_USAGE) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = set(self.commands)

@@ -516,3 +516,26 @@ def test_a_redis_out_of_memory_is_exit_4_in_one_line(runner, cache, root, monkey
         assert result.exit_code == 4 and "Traceback" not in result.output, result.output
         assert "Redis refuses it now" in result.output
         assert result.output.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    "args,said",
+    [
+        (["ls", "--sort", "bogus"], "Invalid value for '--sort'"),
+        (["events", "--limit", "0"], "Invalid value for '--limit'"),
+        (["scheduler"], "Missing argument '{start|stop}'. Choose from: start, stop"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+)
+def test_bad_usage_is_one_line_like_every_other_refusal(settings, monkeypatch, args, said):
+    """click's own usage errors took three lines (the usage, a hint, the error)."""
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    monkeypatch.setenv("DISK_CACHE_ROOT", str(settings.root))
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    result = CliRunner().invoke(main, args, prog_name="cachemgr")
+    out = result.output.strip()
+    assert result.exit_code == 2 and out.splitlines() == [out], out
+    assert out.startswith("Error: ") and said in out and "--help` says how" in out
