@@ -102,6 +102,10 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         self._stream = value
 
 
+# The bad DISK_CACHE_LOG_FORMAT values already warned of in this process.
+_SAID: set[str] = set()
+
+
 def log_format(environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     value = env.get("DISK_CACHE_LOG_FORMAT", "").strip().lower()
@@ -137,7 +141,8 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    if not fmt and asked and asked not in FORMATS:
+    if not fmt and asked and asked not in FORMATS and asked not in _SAID:
+        _SAID.add(asked)  # once a process: every entry point configures logging again
         logging.getLogger("cachemgr").warning(
             "DISK_CACHE_LOG_FORMAT=%r is not a log format (%s): logging as text",
             asked,

@@ -116,13 +116,21 @@ def test_unknown_format_is_refused(restore_root: None) -> None:
         configure_logging(fmt="xml")
 
 
-def test_an_unknown_format_in_the_environment_says_so_and_logs_text(restore_root: None) -> None:
+def test_an_unknown_format_in_the_environment_says_so_and_logs_text(
+    restore_root: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cachemgr import logs
+
+    monkeypatch.setattr(logs, "_SAID", set())  # not said yet in this process
     out = io.StringIO()
     configure_logging(stream=out, environ={"DISK_CACHE_LOG_FORMAT": "xml"})
     [line] = lines(out)
     assert "DISK_CACHE_LOG_FORMAT='xml' is not a log format (text or json)" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+    again = io.StringIO()  # the CLI configures logging twice (its app, then its own level)
+    configure_logging(stream=again, environ={"DISK_CACHE_LOG_FORMAT": "xml"})
+    assert lines(again) == []  # said once a process
 
 
 def test_without_a_stream_it_follows_sys_stderr(
