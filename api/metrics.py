@@ -95,7 +95,7 @@ class CacheCollector(Collector):
         up = GaugeMetricFamily("cachemgr_up", "1 if Redis answered this scrape, else 0.")
         try:
             stats = self.cache.cluster_stats()  # this node's, and whether every node is up
-            history = self._history()
+            samples = self._history()
             interval = int(stats["cleanup_interval_seconds"])  # the workers'
         except redis.RedisError as exc:
             if not redis_unavailable(exc):
@@ -107,7 +107,7 @@ class CacheCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from self._info(stats)
-        yield from self._gauges(stats, history, interval)
+        yield from self._gauges(stats, samples, interval)
         yield from self._nodes(stats)
         yield from self._counters(stats)
 
@@ -139,7 +139,7 @@ class CacheCollector(Collector):
         yield info
 
     def _gauges(
-        self, stats: dict[str, Any], history: list[dict[str, Any]], interval: int
+        self, stats: dict[str, Any], samples: list[dict[str, Any]], interval: int
     ) -> Iterator[Metric]:
         def gauge(name: str, doc: str, value: float | None) -> Metric | None:
             if value is None:
@@ -149,7 +149,9 @@ class CacheCollector(Collector):
             return g
 
         last = stats.get("last_cleanup") or {}
-        since = over_threshold_since(history, stats["total_bytes"], stats["threshold_bytes"])
+        since = history.over_threshold_since(
+            samples, stats["total_bytes"], stats["threshold_bytes"]
+        )
         found = [
             gauge("cachemgr_enabled", "1 if cache management is enabled.", stats["enabled"]),
             gauge(
@@ -268,31 +270,6 @@ class CacheCollector(Collector):
         for reason, field in SKIPS:
             skipped.add_metric([reason], float(stats[field]))
         yield skipped
-
-
-def over_threshold_since(
-    history: list[dict[str, Any]], total_bytes: int, threshold_bytes: int
-) -> float | None:
-    """The start of the run of newest history samples (newest first) above the threshold.
-
-    With no sample above it yet, the run starts now: None here. The history is capped, and
-    every quota pass a registration triggers pushes a sample, so a run as old as the history
-    reads as the oldest sample's time: a lower bound that slides forward, which is why the
-    alerts go by Prometheus' own record of usage (min_over_time), not by this gauge.
-    """
-    if total_bytes <= threshold_bytes:
-        return None
-    since = None
-    for sample in history:
-        try:
-            over = int(sample["total_bytes"]) > threshold_bytes
-            at = float(sample["time"])
-        except (KeyError, TypeError, ValueError):
-            break
-        if not over:
-            break
-        since = at
-    return since
 
 
 def label_value(value: Any) -> str:

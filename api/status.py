@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -115,31 +115,10 @@ def history(disk_cache: DiskCache) -> list[dict[str, Any]]:
     return cleanup_history.samples(disk_cache)
 
 
-def interval_ratios(samples: list[dict[str, Any]]) -> list[float | None]:
-    """The hit ratio between consecutive samples: what changed in each interval, not the mean
-    since the cache began, which hides a fall. None where nothing was accessed, or where the
-    counters went back (Redis lost them), as Prometheus' rate() treats a reset."""
-    out: list[float | None] = []
-    for before, after in zip(samples, samples[1:], strict=False):
-        hits = int(after.get("hits", 0)) - int(before.get("hits", 0))
-        misses = int(after.get("misses", 0)) - int(before.get("misses", 0))
-        out.append(hits / (hits + misses) if hits >= 0 and misses >= 0 and hits + misses else None)
-    return out
-
-
 # -- directories ----------------------------------------------------------------------------
 def largest(disk_cache: DiskCache, n: int = TOP) -> tuple[list[Entry], bool]:
     """The n largest tracked directories, and whether the scan was cut at SCAN_LIMIT."""
     return listing.largest(disk_cache.store, n, SCAN_LIMIT)
-
-
-def stalest(disk_cache: DiskCache, n: int = TOP, ttl: int | None = None) -> list[Entry]:
-    """Least recently accessed first: the next to expire, whatever the eviction policy.
-    `ttl`: the one the node's workers expire by (the stats'), when this process has another."""
-    entries = disk_cache.store.expired(math.inf, n)
-    if ttl is None:
-        return entries
-    return [replace(e, ttl_seconds=ttl) if e.ttl_seconds != ttl else e for e in entries]
 
 
 def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
@@ -148,7 +127,7 @@ def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
     s = disk_cache.settings
     samples = history(disk_cache)
     times = [float(x["time"]) for x in samples]
-    ratios = interval_ratios(samples)
+    ratios = cleanup_history.interval_ratios(samples)
     max_bytes = stats["max_bytes"]
     scale = max(max_bytes, stats["total_bytes"])  # over quota, the bar still fits
     # The samples, then usage now: the chart ends where the bar beside it stands.
@@ -205,7 +184,7 @@ def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
         "largest": big,
         "largest_cut": cut,
         "scan_limit": SCAN_LIMIT,
-        "stalest": stalest(disk_cache, ttl=int(stats["ttl_seconds"])),
+        "stalest": listing.stalest(disk_cache.store, TOP, ttl=int(stats["ttl_seconds"])),
         "events": events,
         # The same judgement as the stats' warning (cachemgr.health.overdue).
         "overdue": periodic_time is not None and bool(stats.get("periodic_overdue")),

@@ -1,6 +1,7 @@
 """The record of cleanups: the last one's outcome (`cache:last_cleanup`, which the stats, the
 status page and the alerts read) and a capped history of counter samples (`cache:history`, the
-page's charts)."""
+page's charts), and what the samples tell: the hit ratio of each interval, and since when usage
+has stood above the threshold (a metric)."""
 
 from __future__ import annotations
 
@@ -119,3 +120,40 @@ def samples(cache: DiskCache) -> list[dict[str, Any]]:
             continue
         found.append(sample)
     return found
+
+
+def interval_ratios(samples: list[dict[str, Any]]) -> list[float | None]:
+    """The hit ratio between consecutive samples: what changed in each interval, not the mean
+    since the cache began, which hides a fall. None where nothing was accessed, or where the
+    counters went back (Redis lost them), as Prometheus' rate() treats a reset."""
+    out: list[float | None] = []
+    for before, after in zip(samples, samples[1:], strict=False):
+        hits = int(after.get("hits", 0)) - int(before.get("hits", 0))
+        misses = int(after.get("misses", 0)) - int(before.get("misses", 0))
+        out.append(hits / (hits + misses) if hits >= 0 and misses >= 0 and hits + misses else None)
+    return out
+
+
+def over_threshold_since(
+    history: list[dict[str, Any]], total_bytes: int, threshold_bytes: int
+) -> float | None:
+    """The start of the run of newest history samples (newest first) above the threshold.
+
+    With no sample above it yet, the run starts now: None here. The history is capped, and
+    every quota pass a registration triggers pushes a sample, so a run as old as the history
+    reads as the oldest sample's time: a lower bound that slides forward, which is why the
+    alerts go by Prometheus' own record of usage (min_over_time), not by this gauge.
+    """
+    if total_bytes <= threshold_bytes:
+        return None
+    since = None
+    for sample in history:
+        try:
+            over = int(sample["total_bytes"]) > threshold_bytes
+            at = float(sample["time"])
+        except (KeyError, TypeError, ValueError):
+            break
+        if not over:
+            break
+        since = at
+    return since

@@ -8,6 +8,7 @@ import base64
 import heapq
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import pins
@@ -203,3 +204,12 @@ def largest(store: Store, n: int, scan_limit: int = 100_000) -> tuple[list[Entry
     scores = store.client.zmscore(store.keys.lru, paths)
     items = [(p, s) for p, s in zip(paths, scores, strict=True) if s is not None]
     return store.entries(items), cut
+
+
+def stalest(store: Store, n: int, ttl: int | None = None) -> list[Entry]:
+    """Least recently accessed first: the next to expire, whatever the eviction policy.
+    `ttl`: the one the node's workers expire by (the stats'), when this process has another."""
+    entries = store.expired(math.inf, n)
+    if ttl is None:
+        return entries
+    return [replace(e, ttl_seconds=ttl) if e.ttl_seconds != ttl else e for e in entries]

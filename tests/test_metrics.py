@@ -18,9 +18,10 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.metrics import REMOVALS, over_threshold_since
+from api.metrics import REMOVALS
 from cachemgr import DiskCache, NotOnDisk, Settings
 from cachemgr.cleanup import cleanup, sweep
+from cachemgr.history import over_threshold_since
 from tests.conftest import BROKER_URL, make_tree
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from api.status import chart, human_bytes, human_count, interval_ratios, percent
+from api.status import chart, human_bytes, human_count, percent
 from cachemgr import DiskCache, Settings
 from cachemgr.cleanup import cleanup
+from cachemgr.history import interval_ratios
 from cachemgr.records import iso
 from tests.conftest import BROKER_URL, make_tree
 
