@@ -18,10 +18,9 @@ from werkzeug.routing import PathConverter
 from api.errors import body, register_error_handlers
 from api.extensions import CacheExtension, state
 from api.schemas import ApiErrorSchema
-from cachemgr.errors import RootMissing
+from cachemgr.health import readiness
 from cachemgr.logs import configure_logging
 from cachemgr.settings import SettingsError, log_level, parse_bool
-from cachemgr.stats import disabled_where
 
 log = logging.getLogger("cachemgr.api")
 
@@ -174,37 +173,14 @@ def _health(app: Flask) -> None:
     @app.get("/readyz")
     def readyz() -> Any:
         """Redis and the broker answer, the root exists, management is enabled."""
-        checks: dict[str, str] = {}
         st = state()
-        try:
-            st.cache.client.ping()
-            checks["redis"] = "ok"
-        except Exception as exc:  # any failure here is a "not ready", said plainly
-            checks["redis"] = f"unreachable: {exc}"
+        checks = readiness(st.cache)
         try:
             with st.tasks.app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=2)
             checks["broker"] = "ok"
         except Exception as exc:
             checks["broker"] = f"unreachable: {exc}"
-        root = st.cache.root
-        checks["root"] = "ok" if root.is_dir() else f"downloads directory {root} does not exist"
-        if checks["root"] == "ok":
-            try:  # the empty mount point an unmounted disk leaves: every cleanup refuses it
-                st.cache.check_root()
-            except RootMissing as exc:
-                checks["root"] = str(exc)
-            except Exception:  # Redis away: said by the redis check already
-                pass
-        try:
-            off = disabled_where(st.cache)
-            checks["enabled"] = (
-                f"ENABLE_DISK_CACHE_MANAGEMENT is false {off}: the cache manages nothing"
-                if off
-                else "ok"
-            )
-        except Exception as exc:  # Redis away: said by the redis check already
-            checks["enabled"] = f"unknown: {exc}"
         ready = all(v == "ok" for v in checks.values())
         return jsonify({"status": "ok" if ready else "unavailable", "checks": checks}), (
             200 if ready else 503

@@ -8,10 +8,14 @@ cleanups that stopped coming (beat down) or failing.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cachemgr import audit
+from cachemgr import audit, marker
 from cachemgr.quota import ROOM_SHORT
+from cachemgr.switch import disabled_where
+
+if TYPE_CHECKING:
+    from cachemgr.cache import DiskCache
 
 # After how many cleanup intervals without a periodic cleanup the stats, the status page and
 # the alert say beat or the workers are not running (one late run is no problem).
@@ -166,3 +170,31 @@ def periodic_overdue(
     last = (stats.get("last_cleanup") or {}).get("periodic_time")
     due_from = max(last if last is not None else (workers_since or 0.0), scheduler_since or 0.0)
     return now - due_from > OVERDUE_INTERVALS * interval
+
+
+def readiness(cache: DiskCache) -> dict[str, str]:
+    """/readyz's checks of the books: Redis answers, the root is the books' and mounted (every
+    cleanup refuses it otherwise), management is on; each "ok" or what is wrong."""
+    checks: dict[str, str] = {}
+    try:
+        cache.client.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure here is a "not ready", said plainly
+        checks["redis"] = f"unreachable: {exc}"
+    if not cache.root.is_dir():
+        checks["root"] = f"downloads directory {cache.root} does not exist"
+    else:
+        try:  # the empty mount point an unmounted disk leaves: every cleanup refuses it
+            checks["root"] = marker.refusal(cache) or "ok"
+        except Exception:  # Redis away: said by the redis check already
+            checks["root"] = "ok"
+    try:
+        off = disabled_where(cache)
+        checks["enabled"] = (
+            f"ENABLE_DISK_CACHE_MANAGEMENT is false {off}: the cache manages nothing"
+            if off
+            else "ok"
+        )
+    except Exception as exc:  # Redis away: said by the redis check already
+        checks["enabled"] = f"unknown: {exc}"
+    return checks

@@ -291,15 +291,6 @@ def _started(scheduler: str) -> float | None:
         return None
 
 
-def disabled_where(cache: DiskCache) -> str | None:
-    """Where ENABLE_DISK_CACHE_MANAGEMENT is false, if it is: on the node's workers (whose
-    switch the tasks obey, once they published it), else in this process; None when on."""
-    entry = own_entry(cache.registry.entries(), cache.settings)
-    if "enabled" in entry:  # theirs decides: the API's own switch changes nothing they do
-        return None if entry["enabled"] else "on the node's workers"
-    return None if cache.settings.enable_disk_cache_management else "in this process"
-
-
 def _differences(here: Settings, workers: Settings) -> list[str]:
     """A process whose environment disagrees with the workers' says so: the stats show the
     workers' values, and a cleanup sent from here runs with theirs."""

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from cachemgr.nodes import own_entry
+
+if TYPE_CHECKING:
+    from cachemgr.cache import DiskCache
 
 # What such an operation answers.
 DISABLED: dict[str, str] = {"status": "disabled"}
@@ -23,3 +28,12 @@ def switched(operation: Operation) -> Operation:
         return operation(cache, *args, **kwargs)
 
     return run  # type: ignore[return-value]
+
+
+def disabled_where(cache: DiskCache) -> str | None:
+    """Where ENABLE_DISK_CACHE_MANAGEMENT is false, if it is: on the node's workers (whose
+    switch the tasks obey, once they published it), else in this process; None when on."""
+    entry = own_entry(cache.registry.entries(), cache.settings)
+    if "enabled" in entry:  # theirs decides: the API's own switch changes nothing they do
+        return None if entry["enabled"] else "on the node's workers"
+    return None if cache.settings.enable_disk_cache_management else "in this process"
