@@ -13,6 +13,7 @@ from flask import Flask, Request, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
 from cachemgr import DiskCache, Settings, connect
+from cachemgr.nodes import RedisClock
 from workers.client import CacheClient
 
 
@@ -68,7 +69,8 @@ class CacheExtension:
             backend=app.config.get("CELERY_RESULT_BACKEND"),
             cluster=settings.disk_cache_cluster,
         )
-        app.extensions["cachemgr"] = CacheState(DiskCache(settings, client), tasks)
+        cache = DiskCache(settings, client, clock=RedisClock(client))  # leases, plays: Redis's
+        app.extensions["cachemgr"] = CacheState(cache, tasks)
 
 
 def this_app() -> Flask:

@@ -60,6 +60,24 @@ def skew_of(before: float, after: float, reply: tuple[int, int]) -> float:
     return (before + after) / 2 - (seconds + micros / 1e6)
 
 
+class RedisClock:
+    """Now by Redis's clock, for a process that acts on the books (a worker, the API, the
+    CLI): this host's time less its skew, measured again every `every` seconds (one TIME). A
+    worker an hour behind granted a lease that had already run out, which the next pass
+    evicted through, and booked its plays and registrations an hour back."""
+
+    def __init__(self, client: Any, every: float = 10.0) -> None:
+        self.client, self.every = client, every
+        self.skew, self._due = 0.0, float("-inf")
+
+    def __call__(self) -> float:
+        tick = time.monotonic()
+        if tick >= self._due:
+            self._due = tick + self.every
+            self.skew = clock_skew(self.client)
+        return time.time() - self.skew
+
+
 def redis_now(client: Any) -> float:
     """Now by Redis's clock, which dates workers' beats (this host's when TIME is refused)."""
     return time.time() - clock_skew(client)
@@ -283,10 +301,10 @@ def skewed(who: str, skew: float) -> str:
     pipeline client's and the stats."""
     way = "ahead of" if skew > 0 else "behind"
     return (
-        f"the clock of {who} is {abs(skew):.0f} s {way} Redis's: registrations and expiry go "
-        "by the workers' own clocks (one behind books new downloads as older, one ahead "
-        "expires directories early; plays and leases are corrected); synchronise the clocks "
-        "(NTP)"
+        f"the clock of {who} is {abs(skew):.0f} s {way} Redis's: cachemgr books registrations, "
+        "plays, leases and expiry by Redis's clock, measured again every few seconds, but a "
+        "clock that jumps is followed late, and logs and beat's schedule go by the host's; "
+        "synchronise the clocks (NTP)"
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from cachemgr import DiskCache
@@ -383,3 +385,29 @@ def test_a_pipeline_host_whose_clock_is_behind_pins_by_redis_time(cache, root, m
         assert abs(cache.client.zscore(cache.keys.lru, "album") - real()) < 5
     finally:
         client.close()
+
+
+def test_a_worker_whose_clock_is_behind_books_leases_plays_and_registrations_by_redis_time(
+    settings, redis_client, root, monkeypatch
+):
+    """A worker two hours behind granted a pin that had already run out (the next pass
+    evicted the album through it), booked its plays two hours back, and a new download as
+    two hours old. Its cache's clock is Redis's (nodes.RedisClock), as the client's is."""
+    import time
+    import types
+
+    from cachemgr import nodes
+    from cachemgr.nodes import RedisClock
+
+    real = time.time
+    behind = types.SimpleNamespace(time=lambda: real() - 7200, monotonic=time.monotonic)
+    monkeypatch.setattr(nodes, "time", behind)  # this worker host's clock
+    worker = DiskCache(settings, redis_client, clock=RedisClock(redis_client))
+    make_tree(root, "album")
+    worker.register("album")
+    assert abs(redis_client.zscore(worker.keys.lru, "album") - real()) < 5
+    until = worker.pin("album", 600, holder="stream-1")["pinned_until"]
+    assert 590 < datetime.fromisoformat(until).timestamp() - real() < 601
+    redis_client.zadd(worker.keys.lru, {"album": real() - 60})  # played a minute ago
+    worker.access("album")
+    assert abs(redis_client.zscore(worker.keys.lru, "album") - real()) < 5

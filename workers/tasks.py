@@ -18,6 +18,7 @@ from celery import Task
 
 from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect
 from cachemgr import cleanup as cleanups
+from cachemgr.nodes import RedisClock
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as reconcile_books
 from workers.app import WORKER, app
@@ -48,7 +49,8 @@ def get_cache() -> DiskCache:
     global _cache
     if _cache is None:
         settings = Settings.from_env(require_root=False)
-        configure(DiskCache(settings, connect(settings.redis_url)))
+        client = connect(settings.redis_url)
+        configure(DiskCache(settings, client, clock=RedisClock(client)))
     assert _cache is not None
     return _cache
 
