@@ -25,6 +25,7 @@ STATUS = {
     errors.RecordCollision: 409,
     errors.BeingDeleted: 409,
     errors.NodeAlive: 409,
+    errors.StillLocked: 409,
     errors.DeleteFailed: 500,
     errors.RootMissing: 503,
     ReconcileBusy: 409,

@@ -4,6 +4,7 @@ or an absurd number is refused with a one-line message before anything changes. 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from cachemgr.errors import BadArgument
@@ -42,6 +43,13 @@ def seconds(name: str, value: Any, *, high: float, hint: str = "") -> float:
 # A pin holder's name: one per stream or job (two streams under one name end each other's
 # lease); what a log line can show.
 MAX_HOLDER = 200
+
+
+def many(name: str, values: Iterable[Any]) -> list[Any]:
+    """A batch as a list; one string is refused: iterated, it played each of its letters."""
+    if isinstance(values, str | bytes):
+        raise BadArgument(f"{name} must be a list, not one string: {values!r}")
+    return list(values)
 
 
 def holder(value: Any) -> str:

@@ -69,6 +69,12 @@ class DeleteFailed(CacheError):
     code = "delete_failed"
 
 
+class StillLocked(CacheError):
+    """A registration whose directory stayed locked by another through every retry: a 409."""
+
+    code = "locked"
+
+
 class RootMissing(CacheError):
     """The cache root is not a directory (an unmounted disk?): no pass runs, a 503. Passing
     over an empty root would untrack every directory as vanished."""

@@ -336,6 +336,8 @@ def _reconcile_one(
             # two race): it was on the books already.
             if done.get("status") == "registered" and done.get("new"):
                 report["registered"].append(path)
+            elif done.get("status") == "skipped":  # a lock (a worker killed mid-scan?): said
+                _said(report, "errors", path, error=f"not booked: {done['reason']}; next time")
             if done.get("unreadable"):
                 _said(report, "unreadable", path, example=done["unreadable"][0])
         return

@@ -684,3 +684,16 @@ def test_a_resize_lost_to_a_registration_meanwhile_is_not_reported_as_made(
         {"path": "album", "error": "changed by another meanwhile; left as it is now"}
     ]
     assert cache.store.all_records()["album"][:2] == (1234, 1)  # the registration stands
+
+
+def test_a_directory_reconcile_cannot_book_for_a_lock_is_said(cache, root, monkeypatch):
+    """A worker killed mid-registration leaves its lock: reconcile's registration of that
+    download was skipped, and its report said nothing of it."""
+    from cachemgr import registration
+
+    monkeypatch.setattr(registration, "REGISTER_WAITS", ())
+    make_tree(root, "huge1")
+    cache.client.set(cache.keys.lock("huge1"), "a-killed-worker", px=60_000)
+    report = reconcile(cache)
+    assert report["registered"] == []
+    assert report["errors"] == [{"path": "huge1", "error": "not booked: locked; next time"}]

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from cachemgr import DiskCache
+from cachemgr.errors import BadArgument
 from cachemgr.stats import counters
 from tests.conftest import make_tree
 
@@ -216,6 +217,10 @@ def test_direct_access_and_batch_use_the_same_books(pipeline, cache, root):
     cache.register("a")
     assert pipeline.access("a") is True
     assert pipeline.access_many(["a", "b", "a"]) == [True, False, True]
+    assert cache.info("a").hits == 3 and cache.stats()["misses"] == 1
+    # One string is no batch: iterated, it played each of its letters ("ab": a hit of `a`).
+    with pytest.raises(BadArgument, match="paths must be a list, not one string"):
+        pipeline.access_many("ab")
     assert cache.info("a").hits == 3 and cache.stats()["misses"] == 1
 
 
@@ -478,3 +483,40 @@ def test_a_cleanup_task_sent_a_wrong_argument_names_the_task():
         short = name.removeprefix("cachemgr.")
         with pytest.raises(TypeError, match=rf"^{short}\(\) got an unexpected keyword argument"):
             task.apply_async(kwargs={"bogus": 1})  # checked before it is sent
+
+
+def test_a_registration_redelivered_past_a_dead_workers_lock_is_booked_once_it_lapses(
+    pipeline, cache, root
+):
+    """A worker killed mid-scan leaves its directory lock until it lapses; Celery redelivers
+    the registration at once, which found the lock, answered "skipped" as a success, and the
+    download never reached the books. It is sent again until the lock lapses."""
+    make_tree(root, "huge1", files=3)
+    cache.client.set(cache.keys.lock("huge1"), "a-killed-worker", px=4000)
+    started = time.monotonic()
+    done = pipeline.send("register_directory", "huge1").get(timeout=60)
+    assert done["status"] == "registered", done
+    assert time.monotonic() - started >= 3.5  # booked after the lapse, not before
+    assert cache.store.tracked(["huge1"]) == [True]
+
+
+def test_a_registration_locked_through_every_retry_fails_rather_than_succeeds(
+    cache, root, monkeypatch
+):
+    from cachemgr import registration
+    from cachemgr.errors import StillLocked
+    from workers import tasks
+
+    monkeypatch.setattr(registration, "REGISTER_WAITS", ())
+    make_tree(root, "held")
+    cache.client.set(cache.keys.lock("held"), "someone", px=60_000)
+    tasks.configure(cache)
+    task = tasks.register_directory
+    task.push_request(retries=task.max_retries)  # the last try
+    try:
+        with pytest.raises(StillLocked, match="never free to register"):
+            task.run("held")
+    finally:
+        task.pop_request()
+        tasks.configure(None)
+    assert cache.store.tracked(["held"]) == [False]

@@ -288,8 +288,8 @@ class CacheClient:
 
     def access_many(self, paths: Iterable[str]) -> list[bool]:
         """Record a batch of accesses in one round trip."""
-        store = self.store
-        hits = store.access_many((normalize(p) for p in paths), now=self._now())
+        batch = [normalize(p) for p in checks.many("paths", paths)]
+        hits = self.store.access_many(batch, now=self._now())
         self._policy_check(hits)
         return [bool(hit) for hit in hits]
 

@@ -18,6 +18,7 @@ from celery import Task
 
 from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect
 from cachemgr import cleanup as cleanups
+from cachemgr.errors import StillLocked
 from cachemgr.nodes import RedisClock
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as reconcile_books
@@ -79,14 +80,31 @@ def _quota_pass_if_due(booked: dict[str, Any]) -> dict[str, Any]:
     return booked
 
 
-@app.task(name="cachemgr.register_directory", **IDEMPOTENT)
-def register_directory(path: str) -> dict[str, Any]:
-    return _quota_pass_if_due(get_cache().register(path))
+def _booked_or_later(task: Task, done: dict[str, Any]) -> dict[str, Any]:
+    """A registration skipped for a lock (the directory's, or one above it, or one lost during
+    the scan) is sent again later, until the lock lapses: its holder may be a worker killed
+    mid-scan, whose lock stands for DISK_CACHE_LOCK_TIMEOUT_SECONDS, and the redelivery that
+    answered "skipped" as a success lost the download from the books. Still locked after
+    every retry: a failure, said, not a success."""
+    if done.get("status") != "skipped":
+        return done
+    if task.request.retries >= task.max_retries:
+        raise StillLocked(
+            f"{done.get('path')!r} was never free to register ({done.get('reason')}) after "
+            f"{task.request.retries} retries: register it again, or run `cachemgr reconcile`"
+        )
+    log.info("registration of %s skipped (%s): again later", done.get("path"), done.get("reason"))
+    raise task.retry(countdown=min(60, 2**task.request.retries))
 
 
-@app.task(name="cachemgr.register_completed_download", **IDEMPOTENT)
-def register_completed_download() -> dict[str, Any]:
-    return _quota_pass_if_due(get_cache().register_latest())
+@app.task(name="cachemgr.register_directory", bind=True, **IDEMPOTENT)
+def register_directory(self: Task, path: str) -> dict[str, Any]:
+    return _quota_pass_if_due(_booked_or_later(self, get_cache().register(path)))
+
+
+@app.task(name="cachemgr.register_completed_download", bind=True, **IDEMPOTENT)
+def register_completed_download(self: Task) -> dict[str, Any]:
+    return _quota_pass_if_due(_booked_or_later(self, get_cache().register_latest()))
 
 
 @app.task(name="cachemgr.touch_directory", **RETRY)
