@@ -163,6 +163,31 @@ end
 STALE_HIT = 2
 
 
+# A hit, as ACCESS and ACCESS_MANY book it: one more hit in the record, the last access
+# (never moved back), the TTL key renewed (`dirkey`: the directory's dir: key), and the access
+# log's entry. Returns the locals the policies' on_hit reads: now, size, reg, hits (before).
+# `ttl` and `logcap` are the caller's ARGV, given.
+HIT = """
+local function log_access(logcap, now, path, size, hit)
+  if logcap > 0 then
+    redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
+      'size', size, 'hit', hit)
+  end
+end
+local function book_hit(path, id, rec, now, dirkey, ttl, logcap)
+  local size_s, files_s, reg, hits_s = raw(rec)
+  local hits = tonumber(hits_s)
+  now = not_before(path, now)
+  redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
+  redis.call('ZADD', KEYS[2], now, path)
+  if redis.call('EXPIRE', dirkey, ttl) == 0 then
+    redis.call('SET', dirkey, seconds(reg), 'EX', ttl)
+  end
+  log_access(logcap, now, path, size_s, 1)
+  return now, tonumber(size_s), reg, hits
+end
+"""
+
 # Record one access: a hit renews the TTL and moves the directory to the front.
 # Registered through with_baked_keys: KEYS[1] cache:entries, the others written in.
 # ARGV[1] path  ARGV[2] now  ARGV[3] ttl seconds  ARGV[4] bytes a miss had to fetch (0 unknown)
@@ -174,6 +199,7 @@ ACCESS = (
     + WITHIN_TRACKED
     + POLICY_IN_FORCE
     + NOT_BEFORE
+    + HIT
     + """
 local path, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local rec, id = record(path)
@@ -186,29 +212,14 @@ if not rec then
 end
 local logcap = tonumber(ARGV[5])
 if not rec then
-  local missed = tonumber(ARGV[4])
   count('misses', 1)
-  count('missed_bytes', missed)
-  if logcap > 0 then
-    redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
-      'size', ARGV[4], 'hit', 0)
-  end
+  count('missed_bytes', tonumber(ARGV[4]))
+  log_access(logcap, now, path, ARGV[4], 0)
   return 0
 end
-local size_s, files_s, reg, hits_s = raw(rec)
-local size, hits = tonumber(size_s), tonumber(hits_s)
-now = not_before(path, now)
-redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
-redis.call('ZADD', KEYS[2], now, path)
-if redis.call('EXPIRE', KEYS[9], ttl) == 0 then
-  redis.call('SET', KEYS[9], seconds(reg), 'EX', ttl)
-end
+local now, size, reg, hits = book_hit(path, id, rec, now, KEYS[9], ttl, logcap)
 count('hits', 1)
 count('hit_bytes', size)
-if logcap > 0 then
-  redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
-    'size', size_s, 'hit', 1)
-end
 if policy_stale() then return 2 end  -- STALE_HIT
 --@on_hit
 return 1
@@ -226,6 +237,7 @@ ACCESS_MANY = (
     + WITHIN_TRACKED
     + POLICY_IN_FORCE
     + NOT_BEFORE
+    + HIT
     + """
 local now, ttl, logcap = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local dir_prefix = KEYS[9]
@@ -237,30 +249,15 @@ for j = 5, #ARGV do
     local above, arec, aid = within_tracked(path)
     if above then path, rec, id = above, arec, aid end
   end
-  local dirkey = dir_prefix .. path
   if not rec then
     nmisses = nmisses + 1
     out[#out + 1] = 0
-    if logcap > 0 then
-      redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
-        'size', 0, 'hit', 0)
-    end
+    log_access(logcap, now, path, 0, 0)
   else
-    local size_s, files_s, reg, hits_s = raw(rec)
-    local size, hits = tonumber(size_s), tonumber(hits_s)
-    local now = not_before(path, now)
-    redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
-    redis.call('ZADD', KEYS[2], now, path)
-    if redis.call('EXPIRE', dirkey, ttl) == 0 then
-      redis.call('SET', dirkey, seconds(reg), 'EX', ttl)
-    end
+    local now, size, reg, hits = book_hit(path, id, rec, now, dir_prefix .. path, ttl, logcap)
     nhits = nhits + 1
     nbytes = nbytes + size
     out[#out + 1] = 1
-    if logcap > 0 then
-      redis.call('XADD', KEYS[11], 'MAXLEN', trim(logcap), logcap, '*', 't', now, 'path', path,
-        'size', size_s, 'hit', 1)
-    end
     if policy_stale() then
       out[#out] = 2  -- STALE_HIT
     else
