@@ -520,3 +520,26 @@ def test_a_registration_locked_through_every_retry_fails_rather_than_succeeds(
         task.pop_request()
         tasks.configure(None)
     assert cache.store.tracked(["held"]) == [False]
+
+
+def test_a_task_sent_arguments_it_does_not_take_is_a_bad_argument(pipeline, cache, caplog):
+    """Celery logged a wrong-arity task as a bug of ours, with a 12-line traceback."""
+    import logging
+
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    caplog.set_level(logging.INFO)
+    for args, kwargs, said in (
+        ((), {}, "missing a required argument: 'path'"),
+        (("x", "y"), {}, "too many positional arguments"),
+        (("x",), {"pth": 1}, "got an unexpected keyword argument 'pth'"),
+    ):
+        result = pipeline.app.send_task(
+            "cachemgr.register_directory", args=args, kwargs=kwargs, queue=pipeline.queue
+        )
+        with pytest.raises(Exception) as caught:
+            result.get(timeout=WAIT)
+        assert not isinstance(caught.value, CeleryTimeout)
+        assert type(caught.value).__name__ == "BadArgument", caught.value
+        assert str(caught.value) == f"cachemgr.register_directory: {said}"
+    assert "Traceback" not in caplog.text

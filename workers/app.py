@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import socket
 import threading
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import (
     celeryd_after_setup,
     setup_logging,
@@ -20,11 +21,30 @@ from celery.signals import (
 from celery.worker import state
 
 from cachemgr import migrations
+from cachemgr.errors import BadArgument
 from cachemgr.logs import configure_logging
 from cachemgr.records import RECORD_FORMAT
 from cachemgr.settings import Settings, SettingsError, log_level
 
-app = Celery("cachemgr", include=["workers.tasks"])
+
+class CacheTask(Task):
+    """A task sent arguments its function does not take (a pipeline's typo, a task of another
+    version) fails as a bad argument, said in one line: as a TypeError, Celery logged it
+    with a traceback, as a bug of ours."""
+
+    _signature: inspect.Signature | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._signature is None:
+            self._signature = inspect.signature(self.run)
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise BadArgument(f"{self.name}: {exc}") from None
+        return super().__call__(*args, **kwargs)
+
+
+app = Celery("cachemgr", include=["workers.tasks"], task_cls=CacheTask)
 app.config_from_object("celeryconfig")
 
 log = logging.getLogger("cachemgr.workers")
