@@ -44,13 +44,21 @@ end
 
 
 def remember_in_ghost(
-    *, ghost: int, sizes: int, meta: int, held: tuple[str, str], share: tuple[str, str]
+    *,
+    ghost: int,
+    sizes: int,
+    meta: int,
+    held: tuple[str, str],
+    share: tuple[str, str],
+    value: str = "psize",
+    size_of: str = "tonumber(g)",
 ) -> str:
     """Lua that remembers `path` (of `psize` bytes) in a byte-bounded ghost, oldest out first.
 
     The ghost keeps at most share[0]/share[1] of the bytes held (the sum of the two `held`
-    fields of AUX[meta]); AUX[ghost] is a zset by sequence, AUX[sizes] a hash of sizes.
-    Shared by S3-FIFO and 2Q, as models._Ghost is.
+    fields of AUX[meta]); AUX[ghost] is a zset by sequence, AUX[sizes] a hash of what each
+    remembers (`value`, a Lua expression; `size_of` reads the size back from it, as `g`).
+    Shared by the S3-FIFO family and 2Q, as models._Ghost is.
     """
     gn, gd = share
     return f"""      local m = redis.call('HMGET', AUX[{meta}], '{held[0]}', '{held[1]}', 'gb')
@@ -60,13 +68,14 @@ def remember_in_ghost(
         while {gd} * (gb + psize) > {gn} * t do
           local old = redis.call('ZRANGE', AUX[{ghost}], 0, 0)[1]
           if not old then break end
-          gb = gb - tonumber(redis.call('HGET', AUX[{sizes}], old) or '0')
+          local g = redis.call('HGET', AUX[{sizes}], old)
+          if g then gb = gb - {size_of} end
           redis.call('ZREM', AUX[{ghost}], old)
           redis.call('HDEL', AUX[{sizes}], old)
         end
         redis.call('ZADD', AUX[{ghost}], redis.call('HINCRBY', AUX[{meta}], 'seq', 1), path)
-        redis.call('HSET', AUX[{sizes}], path, psize)
-        redis.call('HSET', AUX[{meta}], 'gb', gb + psize)
+        redis.call('HSET', AUX[{sizes}], path, {value})
+        redis.call('HSET', AUX[{meta}], 'gb', string.format('%.0f', gb + psize))
       end
 """
 

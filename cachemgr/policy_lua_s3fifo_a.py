@@ -16,6 +16,7 @@ from cachemgr.policy_lua_parts import (
     CURSOR,
     filled,
     forget_in_ghost,
+    remember_in_ghost,
     settle_steps,
     victims_of,
 )
@@ -346,21 +347,17 @@ S3FIFO_A_ON_REMOVE = (
     if reason == 'evicted' then
       -- remembered, with its queue, in the ghost, which keeps the newest @GN@/@GD@ of the
       -- bytes held (a key bigger than that is not remembered)
-      local g = redis.call('HMGET', AUX[8], 'sb', 'mb', 'gb')
-      local t = tonumber(g[1] or '0') + tonumber(g[2] or '0')
-      local gb = tonumber(g[3] or '0')
-      if @GD@ * psize <= @GN@ * t then
-        while @GD@ * (gb + psize) > @GN@ * t do
-          local old = redis.call('ZRANGE', AUX[3], 0, 0)[1]
-          if not old then break end
-          gb = gb - tonumber(string.sub(redis.call('HGET', AUX[6], old) or 's0', 2))
-          redis.call('ZREM', AUX[3], old)
-          redis.call('HDEL', AUX[6], old)
-        end
-        redis.call('ZADD', AUX[3], redis.call('HINCRBY', AUX[8], 'seq', 1), path)
-        redis.call('HSET', AUX[6], path, (member and 'm' or 's') .. s3a_num(psize))
-        redis.call('HSET', AUX[8], 'gb', s3a_num(gb + psize))
-      end
+"""
+    + remember_in_ghost(
+        ghost=3,
+        sizes=6,
+        meta=8,
+        held=("sb", "mb"),
+        share=("@GN@", "@GD@"),
+        value="(member and 'm' or 's') .. s3a_num(psize)",
+        size_of=GHOST_SIZE,
+    )
+    + """
     end
   end
 end
