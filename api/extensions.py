@@ -13,7 +13,7 @@ from flask import Flask, Request, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
 from cachemgr import DiskCache, Settings, connect
-from cachemgr.nodes import RedisClock
+from cachemgr.clock import RedisClock
 from workers.client import CacheClient
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import paths, scanner
@@ -138,7 +139,8 @@ def report(cache: DiskCache) -> dict[str, Any]:
     download writes into files, which leaves its directory's time as it was), and `strays`
     (as `stray`), the files met on the way. A look that failed is `{"error": why}`: the
     counts before it stand, said to be old."""
-    since = cache.clock() - max(cache.settings.disk_cache_cleanup_interval, 3600)
+    # By this host's clock, as the file times it is compared with (the books' is Redis's).
+    since = time.time() - max(cache.settings.disk_cache_cleanup_interval, 3600)
     others: list[str] = []
     try:
         found = untracked(cache, older_than=since, others=others)

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from cachemgr.clock import CLOCK_SKEW_SECONDS, clock_skew, redis_now, skewed
 from cachemgr.errors import NodeAlive, NotTracked
 from cachemgr.keys import Keys
 from cachemgr.reads import Batch, Lua, Reader, call, run
@@ -24,12 +25,6 @@ from cachemgr.settings import Settings
 log = logging.getLogger("cachemgr")
 
 ALIVE_TTL_SECONDS = 30
-# A process whose clock is further than this from Redis's is said to be skewed: every time on
-# the books (a play, a registration, an expiry's cutoff) is the clock of the process that wrote
-# or read it.
-CLOCK_SKEW_SECONDS = 5.0
-
-
 # A warning repeated at every beat is said once in this many seconds (the stats say it always).
 REPEAT_SECONDS = 600.0
 _said_at: dict[str, float] = {}
@@ -41,46 +36,6 @@ def _due(what: str, now: float) -> bool:
     _said_at[what] = now
     return True
 
-
-def clock_skew(client: Any) -> float:
-    """How far this host's clock is ahead of Redis's (negative: behind), in seconds; the round
-    trip's half is allowed for. 0 when it cannot be read (a proxy without TIME): the check
-    must never cost a heartbeat or a play."""
-    before = time.time()
-    try:
-        reply = client.time()
-    except Exception:  # a cluster client's own errors too: no skew is said
-        return 0.0
-    return skew_of(before, time.time(), reply)
-
-
-def skew_of(before: float, after: float, reply: tuple[int, int]) -> float:
-    """The skew from a TIME reply read between `before` and `after` (this host's clock)."""
-    seconds, micros = reply
-    return (before + after) / 2 - (seconds + micros / 1e6)
-
-
-class RedisClock:
-    """Now by Redis's clock, for a process that acts on the books (a worker, the API, the
-    CLI): this host's time less its skew, measured again every `every` seconds (one TIME). A
-    worker an hour behind granted a lease that had already run out, which the next pass
-    evicted through, and booked its plays and registrations an hour back."""
-
-    def __init__(self, client: Any, every: float = 10.0) -> None:
-        self.client, self.every = client, every
-        self.skew, self._due = 0.0, float("-inf")
-
-    def __call__(self) -> float:
-        tick = time.monotonic()
-        if tick >= self._due:
-            self._due = tick + self.every
-            self.skew = clock_skew(self.client)
-        return time.time() - self.skew
-
-
-def redis_now(client: Any) -> float:
-    """Now by Redis's clock, which dates workers' beats (this host's when TIME is refused)."""
-    return time.time() - clock_skew(client)
 
 # A worker leaves its node: the node's flag goes with the last live worker.
 # KEYS[1] cache:workers  KEYS[2] cache:alive  KEYS[3] cache:worker_settings
@@ -294,18 +249,6 @@ ENFORCED = {
     "min_free_bytes": ("disk_cache_min_free_bytes", int),
     "enabled": ("enable_disk_cache_management", bool),
 }
-
-
-def skewed(who: str, skew: float) -> str:
-    """What a clock `skew` seconds off Redis's means, said the same by a worker's log, the
-    pipeline client's and the stats."""
-    way = "ahead of" if skew > 0 else "behind"
-    return (
-        f"the clock of {who} is {abs(skew):.0f} s {way} Redis's: cachemgr books registrations, "
-        "plays, leases and expiry by Redis's clock, measured again every few seconds, but a "
-        "clock that jumps is followed late, and logs and beat's schedule go by the host's; "
-        "synchronise the clocks (NTP)"
-    )
 
 
 def enforced_entry(settings: Settings) -> dict[str, Any]:

@@ -9,6 +9,7 @@ changes nothing. Reconcile is the only operation that marks the books as initial
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -269,7 +270,7 @@ def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
     registered or played since the books were lost (stamped `now`, they outranked those, and
     LRU evicted the pipeline's newest downloads first), oldest download (mtime) first, and no
     more than half a TTL back, so that none expires at once for having been found late."""
-    now = cache.clock()
+    now, books = cache.clock(), _on_the_books(cache)
     floor = now - cache.settings.disk_cache_ttl_seconds / 2
     oldest = cache.client.zrange(cache.keys.lru, 0, 0, withscores=True)
     since = min(oldest[0][1], now) if oldest else now  # the first booked since the loss
@@ -277,7 +278,7 @@ def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
 
     def mtime(path: str) -> float:
         try:
-            return (cache.root / path).stat().st_mtime
+            return books((cache.root / path).stat().st_mtime)
         except OSError:
             return 0.0
 
@@ -295,11 +296,21 @@ def _as_written(cache: DiskCache) -> Callable[[scanner.ScanResult], float]:
     weeks ago outranked the pipeline's newest downloads, which LRU then evicted first. No more
     than half a TTL back, so that none expires at once for having been found late."""
 
+    books = _on_the_books(cache)
+
     def at(found: scanner.ScanResult) -> float:
         now = cache.clock()
-        return min(now, max(found.changed, now - cache.settings.disk_cache_ttl_seconds / 2))
+        changed = books(found.changed)
+        return min(now, max(changed, now - cache.settings.disk_cache_ttl_seconds / 2))
 
     return at
+
+
+def _on_the_books(cache: DiskCache) -> Callable[[float], float]:
+    """A file time (this host's clock) as the books date it (Redis's: cache.clock): on a
+    worker an hour behind, a download written a minute ago was booked as an hour old."""
+    offset = cache.clock() - time.time()
+    return lambda t: t + offset
 
 
 def _reconcile_one(

@@ -9,17 +9,16 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import marker, migrations
+from cachemgr.clock import CLOCK_SKEW_SECONDS, skewed
 from cachemgr.connection import same_server
 from cachemgr.health import diagnose, periodic_overdue
 from cachemgr.nodes import (
     ALIVE_TTL_SECONDS,
-    CLOCK_SKEW_SECONDS,
     ENFORCED,
     NodeRegistry,
     differing,
     enforced,
     own_entry,
-    skewed,
     split,
 )
 from cachemgr.reads import Batch, Lua, Reader, call, run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import types
 
 from cachemgr import DiskCache, scanner
 from cachemgr.audit import strays, untracked
@@ -29,6 +30,15 @@ def unlistable(monkeypatch, name: str) -> None:
         return real(path)
 
     monkeypatch.setattr(scanner.os, "scandir", refuse)
+
+
+def host_later(monkeypatch, seconds: float = 2 * HOUR) -> None:
+    """This host's clock `seconds` on, as the audit reads it against file times (the books
+    go by Redis's clock, cache.clock): a file's ctime cannot be set back."""
+    from cachemgr import audit
+
+    real = time.time
+    monkeypatch.setattr(audit, "time", types.SimpleNamespace(time=lambda: real() + seconds))
 
 
 def aged(root, *names: str, seconds: float = 2 * HOUR) -> None:
@@ -96,7 +106,7 @@ def test_a_cleanup_stands_when_the_root_cannot_be_listed(settings, redis_client,
     assert not any("look for directories" in w for w in cache.stats()["warnings"])
 
 
-def test_metrics_count_what_is_not_on_the_books(client, cache, root):
+def test_metrics_count_what_is_not_on_the_books(client, cache, root, monkeypatch):
     make_tree(root, "booked", files=1)
     cache.register("booked")
     cleanup(cache)
@@ -104,6 +114,7 @@ def test_metrics_count_what_is_not_on_the_books(client, cache, root):
     aged(root, "lost")
     (root / "stray.flac").write_bytes(b"x")
     later = DiskCache(cache.settings, cache.client, clock=lambda: time.time() + 2 * HOUR)
+    host_later(monkeypatch)
     cleanup(later, periodic=True)
     text = client.get("/metrics").get_data(as_text=True)
     assert "cachemgr_untracked_directories 1.0" in text
@@ -140,13 +151,14 @@ def test_stray_files_outside_every_download_are_counted(settings, redis_client, 
 
 
 def test_beats_cleanup_warns_of_stray_files_that_fill_the_quota(
-    settings, redis_client, root, caplog
+    settings, redis_client, root, caplog, monkeypatch
 ):
     make_tree(root, "booked", files=1)
     (root / "cover.jpg").write_bytes(b"x" * 100)
     # A node of its own: the stats read the quota its workers published otherwise.
     settings = dataclasses.replace(settings, disk_cache_max_bytes=10 * 2**20, disk_cache_node="s")
     cache = DiskCache(settings, redis_client, clock=lambda: time.time() + 2 * HOUR)
+    host_later(monkeypatch)
     cache.register("booked")
     cleanup(cache, periodic=True)
     last = cache.stats()["last_cleanup"]
@@ -163,7 +175,7 @@ def test_beats_cleanup_warns_of_stray_files_that_fill_the_quota(
 
 
 def test_names_that_are_not_utf8_are_said_not_a_failed_cleanup(
-    settings, redis_client, root, caplog, client
+    settings, redis_client, root, caplog, client, monkeypatch
 ):
     """A stray `\xff-stray.flac` (a Latin-1 name) failed every periodic cleanup, after its
     deletions, with a UnicodeEncodeError: nothing was recorded, and beat looked down. Such a
@@ -176,6 +188,7 @@ def test_names_that_are_not_utf8_are_said_not_a_failed_cleanup(
     os.mkdir(bad_dir)
     os.utime(bad_dir, (1, 1))
     cache = DiskCache(settings, redis_client, clock=lambda: time.time() + 2 * HOUR)
+    host_later(monkeypatch)
     cache.register("booked")
     result = cleanup(cache, periodic=True)
     assert result["status"] == "done"
@@ -266,3 +279,18 @@ def test_register_latest_over_a_root_of_unbookable_names_says_why(cache, root):
     os.mkdir(os.path.join(os.fsencode(root), b"\xff-only"))
     with pytest.raises(NotOnDisk, match="has a name that is not UTF-8 and cannot be booked"):
         cache.register_latest()
+
+
+def test_a_worker_behind_redis_does_not_take_a_download_being_written_for_a_lost_one(
+    settings, redis_client, root
+):
+    """File times are this host's clock, the books' Redis's: a worker two hours behind
+    counted every download being written as untracked (a lost registration?), and its
+    files as strays."""
+    from cachemgr.audit import report
+
+    make_tree(root, "writing", files=1)
+    (root / "cover.jpg").write_bytes(b"x")
+    behind = DiskCache(settings, redis_client, clock=lambda: time.time() + 2 * HOUR)
+    found = report(behind)
+    assert found["count"] == 0 and found["stray"]["files"] == 0, found

@@ -457,22 +457,23 @@ def test_a_worker_whose_clock_is_off_is_said(
     ahead expired directories early, and nothing said so."""
     import types
 
-    from cachemgr import nodes
+    from cachemgr import clock, nodes
 
     now = time.time()
     behind = types.SimpleNamespace(time=lambda: (int(now - 3600), 0))
-    assert 3590 < nodes.clock_skew(behind) < 3610  # this host an hour ahead of that Redis
+    assert 3590 < clock.clock_skew(behind) < 3610  # this host an hour ahead of that Redis
 
     def broken():
         raise redis.ResponseError("unknown command 'TIME'")
 
-    assert nodes.clock_skew(types.SimpleNamespace(time=broken)) == 0.0  # never a failed beat
+    assert clock.clock_skew(types.SimpleNamespace(time=broken)) == 0.0  # never a failed beat
     healthy(cache, settings, root)
     cache.registry.heartbeat(cache.keys, "host-a:1", settings=cache.settings)
     assert not any("clock" in w for w in cache.stats()["warnings"])
     real = time.time
     with monkeypatch.context() as ahead:  # that worker's host an hour ahead
-        ahead.setattr(nodes, "time", types.SimpleNamespace(time=lambda: real() + 3600))
+        for module in (clock, nodes):
+            ahead.setattr(module, "time", types.SimpleNamespace(time=lambda: real() + 3600))
         cache.registry.heartbeat(cache.keys, "host-b:2", settings=cache.settings)
     # Its beat is dated by Redis's clock: alive, not an hour in the future (nor, behind,
     # an hour dead, its skew unsaid).
@@ -482,7 +483,8 @@ def test_a_worker_whose_clock_is_off_is_said(
     assert len(said) == 1 and "worker host-b:2 is 3600 s ahead of Redis's" in said[0]
     assert "worker host-b:2 is 3600 s ahead" in caplog.text  # the worker's log says it too
     with monkeypatch.context() as behind:
-        behind.setattr(nodes, "time", types.SimpleNamespace(time=lambda: real() - 3600))
+        for module in (clock, nodes):
+            behind.setattr(module, "time", types.SimpleNamespace(time=lambda: real() - 3600))
         cache.registry.heartbeat(cache.keys, "host-c:3", settings=cache.settings)
     assert "host-c:3" in cache.registry.live_workers(cache.keys)
     assert any("host-c:3 is 3600 s behind" in w for w in cache.stats()["warnings"])
@@ -554,3 +556,27 @@ def test_a_redis_url_naming_a_database_the_server_lacks_is_said_in_one_line(sett
     assert reply.status_code == 503
     assert reply.get_json()["code"] == "redis_unavailable"
     assert "REDIS_URL names a database" in reply.get_json()["message"]
+
+
+def test_a_redis_clock_keeps_its_last_skew_while_time_cannot_be_read(caplog):
+    """A failover (or an ACL without TIME) made RedisClock fall back to this host's clock
+    for 10 s: on a host two hours off, a lease granted then had already run out."""
+    import types
+
+    from cachemgr.clock import RedisClock
+
+    replies: list[Any] = [(int(time.time() - 7200), 0)]  # this host two hours ahead
+
+    def answer() -> Any:
+        reply = replies[-1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    clock = RedisClock(types.SimpleNamespace(time=answer), every=0.0)
+    assert abs(clock() - (time.time() - 7200)) < 2
+    replies.append(redis.ConnectionError("Redis is failing over"))
+    assert abs(clock() - (time.time() - 7200)) < 2  # the last skew stands
+    assert caplog.text.count("Redis's clock cannot be read") == 1
+    clock()
+    assert caplog.text.count("Redis's clock cannot be read") == 1  # said once

@@ -396,12 +396,12 @@ def test_a_worker_whose_clock_is_behind_books_leases_plays_and_registrations_by_
     import time
     import types
 
-    from cachemgr import nodes
-    from cachemgr.nodes import RedisClock
+    from cachemgr import clock
+    from cachemgr.clock import RedisClock
 
     real = time.time
     behind = types.SimpleNamespace(time=lambda: real() - 7200, monotonic=time.monotonic)
-    monkeypatch.setattr(nodes, "time", behind)  # this worker host's clock
+    monkeypatch.setattr(clock, "time", behind)  # this worker host's clock
     worker = DiskCache(settings, redis_client, clock=RedisClock(redis_client))
     make_tree(root, "album")
     worker.register("album")

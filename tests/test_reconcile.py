@@ -12,6 +12,17 @@ from cachemgr.reconcile import reconcile
 from tests.conftest import make_tree
 
 
+def host_later(monkeypatch, seconds: float) -> None:
+    """This host's clock `seconds` on, as reconcile reads it against file times (a ctime
+    cannot be set back): with a cache clock as far on, no skew between them."""
+    import types
+
+    from cachemgr import reconcile as module
+
+    real = time.time
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(time=lambda: real() + seconds))
+
+
 def test_reconcile_registers_untracks_resizes_and_recounts(cache, root):
     make_tree(root, "tracked", files=2)
     make_tree(root, "vanishes")
@@ -226,7 +237,9 @@ def test_a_new_installs_reconcile_books_what_it_finds_as_written_and_holds_nothi
     assert not cache.client.exists(cache.keys.evict_hold)
 
 
-def test_a_plain_reconcile_books_what_it_finds_when_it_was_written(cache, root, redis_client):
+def test_a_plain_reconcile_books_what_it_finds_when_it_was_written(
+    cache, root, redis_client, monkeypatch
+):
     """Booked as now, albums whose registrations were lost an hour earlier outranked the pipeline's
     downloads of the last hour, and the next quota pass evicted those first."""
     import os
@@ -241,6 +254,7 @@ def test_a_plain_reconcile_books_what_it_finds_when_it_was_written(cache, root, 
     written = {n: scanner.scan(root / n).changed for n in ("lost-1", "lost-2")}
     day = 3600.0  # an hour later, well within half the TTL
     later = DiskCache(cache.settings, cache.client, clock=lambda: time.time() + day)
+    host_later(monkeypatch, day)  # an hour on for the host as for Redis: no skew
     for name in ("new-1", "new-2"):
         make_tree(root, name)
         later.register(name)  # the pipeline an hour later, the lost ones not registered
@@ -252,7 +266,20 @@ def test_a_plain_reconcile_books_what_it_finds_when_it_was_written(cache, root, 
     assert not later.client.exists(later.keys.evict_hold)  # not a loss of the books
 
 
-def test_a_plain_reconcile_books_nothing_more_than_half_a_ttl_back(cache, root):
+def test_a_plain_reconcile_books_what_it_finds_by_redis_clock(cache, root, redis_client):
+    """A worker whose host is an hour behind Redis booked a download written a minute ago
+    as an hour old: file times are this host's, the books' Redis's."""
+    import time
+
+    from cachemgr.cache import DiskCache
+
+    make_tree(root, "lost")
+    behind = DiskCache(cache.settings, cache.client, clock=lambda: time.time() + 3600)
+    assert reconcile(behind)["registered"] == ["lost"]
+    assert behind.info("lost").last_access == pytest.approx(time.time() + 3600, abs=5)
+
+
+def test_a_plain_reconcile_books_nothing_more_than_half_a_ttl_back(cache, root, monkeypatch):
     """So that none expires at the next sweep for having been found late."""
     import time
 
@@ -264,6 +291,7 @@ def test_a_plain_reconcile_books_nothing_more_than_half_a_ttl_back(cache, root):
     make_tree(root, "lost")
     now = time.time() + 2 * ttl
     later = DiskCache(cache.settings, cache.client, clock=lambda: now)
+    host_later(monkeypatch, 2 * ttl)
     assert reconcile(later)["registered"] == ["lost"]
     assert later.info("lost").last_access == pytest.approx(now - ttl / 2)
     assert cleanup(later, dry_run=True)["sweep"]["paths"] == ["a"]
@@ -516,12 +544,14 @@ def test_a_root_lost_in_the_middle_of_a_cleanup_is_resolved_by_a_reconcile(
     cleanup(cache)
 
     def unmounted(*args, **kwargs):
+        time.sleep(0.05)  # some way into the pass
         raise RootMissing("the cache root is not a directory (is the disk mounted?)")
 
     monkeypatch.setattr(cleanup_module, "_sweep_or_nothing", unmounted)
     with pytest.raises(RootMissing):
         cleanup(cache)
-    assert cache.stats()["last_cleanup"]["status"] == "failed"
+    last = cache.stats()["last_cleanup"]
+    assert last["status"] == "failed" and last["duration_seconds"] >= 0.05  # as long as it ran
     monkeypatch.undo()
     reconcile(cache)
     assert cache.stats()["last_cleanup"]["status"] == "resolved"

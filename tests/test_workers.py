@@ -415,7 +415,7 @@ def test_a_fresh_worker_process_meets_a_root_gone_since_start_as_a_failed_cleanu
     # worker started, that build refused the root as a bad setting: the cleanup answered a
     # 500-like task failure and no failed pass was recorded (found by exploratory testing).
     from cachemgr import RootMissing
-    from cachemgr.nodes import RedisClock
+    from cachemgr.clock import RedisClock
     from workers import tasks
 
     monkeypatch.setenv("DISK_CACHE_ROOT", str(root))

@@ -22,11 +22,12 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from cachemgr import checks, pins
+from cachemgr.clock import CLOCK_SKEW_SECONDS, skew_of, skewed
 from cachemgr.connection import connect
 from cachemgr.errors import PathError
 from cachemgr.keys import Keys
 from cachemgr.migrations import to_feed
-from cachemgr.nodes import CLOCK_SKEW_SECONDS, NodeRegistry, node_queue, skew_of, skewed
+from cachemgr.nodes import NodeRegistry, node_queue
 from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
 from cachemgr.store import Store

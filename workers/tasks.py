@@ -18,8 +18,8 @@ from celery import Task
 
 from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect
 from cachemgr import cleanup as cleanups
+from cachemgr.clock import RedisClock
 from cachemgr.errors import StillLocked
-from cachemgr.nodes import RedisClock
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as reconcile_books
 from workers.app import WORKER, app

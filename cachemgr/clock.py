@@ -1,0 +1,81 @@
+"""Redis's clock: every time on the books (a play, a registration, a lease, an expiry's
+cutoff) is dated by it, whatever the clock of the host that writes or reads it; how far a
+host's clock is off it, and what that means."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger("cachemgr")
+
+# A host whose clock is further than this from Redis's is said to be skewed.
+CLOCK_SKEW_SECONDS = 5.0
+
+
+def measured_skew(client: Any) -> float | None:
+    """How far this host's clock is ahead of Redis's (negative: behind), in seconds; the round
+    trip's half is allowed for. None when it cannot be read (Redis away, a proxy or an ACL
+    without TIME)."""
+    before = time.time()
+    try:
+        reply = client.time()
+    except Exception:  # a cluster client's own errors too
+        return None
+    return skew_of(before, time.time(), reply)
+
+
+def clock_skew(client: Any) -> float:
+    """`measured_skew`, 0 when it cannot be read: the check must never cost a heartbeat."""
+    return measured_skew(client) or 0.0
+
+
+def skew_of(before: float, after: float, reply: tuple[int, int]) -> float:
+    """The skew from a TIME reply read between `before` and `after` (this host's clock)."""
+    seconds, micros = reply
+    return (before + after) / 2 - (seconds + micros / 1e6)
+
+
+class RedisClock:
+    """Now by Redis's clock, for a process that acts on the books (a worker, the API, the
+    CLI): this host's time less its skew, measured again every `every` seconds (one TIME). A
+    worker an hour behind granted a lease that had already run out, which the next pass
+    evicted through, and booked its plays and registrations an hour back."""
+
+    def __init__(self, client: Any, every: float = 10.0) -> None:
+        self.client, self.every = client, every
+        self.skew, self._due, self._refused = 0.0, float("-inf"), False
+
+    def __call__(self) -> float:
+        tick = time.monotonic()
+        if tick >= self._due:
+            measured = measured_skew(self.client)
+            if measured is None:
+                # Redis away (a failover) or TIME refused: the last skew stands, and is
+                # measured again soon; it had fallen back to this host's clock for 10 s.
+                self._due = tick + 1.0
+                if not self._refused:
+                    self._refused = True
+                    log.warning("Redis's clock cannot be read (TIME): booking by the last "
+                                "skew measured, %.1f s", self.skew)  # fmt: skip
+            else:
+                self._due, self.skew, self._refused = tick + self.every, measured, False
+        return time.time() - self.skew
+
+
+def redis_now(client: Any) -> float:
+    """Now by Redis's clock, which dates workers' beats (this host's when TIME is refused)."""
+    return time.time() - clock_skew(client)
+
+
+def skewed(who: str, skew: float) -> str:
+    """What a clock `skew` seconds off Redis's means, said the same by a worker's log, the
+    pipeline client's and the stats."""
+    way = "ahead of" if skew > 0 else "behind"
+    return (
+        f"the clock of {who} is {abs(skew):.0f} s {way} Redis's: cachemgr books registrations, "
+        "plays, leases and expiry by Redis's clock, measured again every few seconds, but a "
+        "clock that jumps is followed late, and logs and beat's schedule go by the host's; "
+        "synchronise the clocks (NTP)"
+    )
