@@ -349,10 +349,13 @@ def cleanup(
         )
     except Exception as exc:
         # The root gone mid-pass (deletion.take) is resolved by a reconcile, as a refusal is.
-        failed: dict[str, Any] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        failed["error_code"] = getattr(exc, "code", "")
-        failed["duration_seconds"] = round(time.monotonic() - began, 3)
-        history.record(cache, started, failed, periodic)
+        broke = {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "error_code": getattr(exc, "code", ""),
+            "duration_seconds": round(time.monotonic() - began, 3),
+        }
+        history.record(cache, started, broke, periodic)
         log.exception("cleanup failed", extra={"event": "cleanup_failed"})
         raise
     finally:
