@@ -35,7 +35,7 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
     # download still being written, so this one scans again once they are done.
     if not lock.acquire_within(REGISTER_WAITS):
         cache.store.count("skipped_locked")
-        return {"status": "skipped", "reason": "locked", "path": rel}
+        return _later(cache, rel, "locked", rel)
     try:
         if at is not None and cache.store.tracked([rel])[0]:
             at = None  # registered meanwhile (the pipeline, during a rebuild): now it is
@@ -51,12 +51,21 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
     finally:
         lock.release()
     if outcome[0] == "lock_lost":
-        # The scan outlived the lock and another worker may have acted meanwhile.
+        # The scan outlived the lock and another worker may have acted meanwhile: a scan as
+        # long again would lose it again, so it is not tried again of itself.
+        timeout = cache.settings.disk_cache_lock_timeout_seconds
+        log.warning(
+            "registration of %s: its scan outlived the directory's lock "
+            "(DISK_CACHE_LOCK_TIMEOUT_SECONDS=%d): not booked; raise it and register it again",
+            rel,
+            timeout,
+            extra={"event": "lock_lost", "path": rel},
+        )
         return {"status": "skipped", "reason": "lock lost during the scan", "path": rel}
     if outcome[0] == "busy":
         cache.store.count("skipped_locked")
         reason = f"{outcome[1]!r} above it is still being registered or deleted"
-        return {"status": "skipped", "reason": reason, "path": rel}
+        return _later(cache, rel, reason, outcome[1])
     if outcome[0] == "overlap":
         raise Overlap(f"{rel!r} overlaps {outcome[1]!r}, which is tracked on its own")
     if outcome[0] == "collision":
@@ -92,6 +101,15 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
     if found.unreadable:
         reply["unreadable"] = [paths.shown(name) for name in found.unreadable[:10]]
     return reply
+
+
+def _later(cache: DiskCache, rel: str, reason: str, holder: str) -> dict[str, Any]:
+    """A registration skipped for `holder`'s lock (the directory's own, or one above it), with
+    `retry_after`: the seconds until that lock lapses (its holder may be a worker killed
+    mid-scan), when a registration sent again finds it free."""
+    left = int(cache.client.pttl(cache.keys.lock(holder)))  # -2: gone since, -1: no expiry
+    after = max(left, 0) / 1000 if left != -1 else cache.settings.disk_cache_lock_timeout_seconds
+    return {"status": "skipped", "reason": reason, "path": rel, "retry_after": round(after, 3)}
 
 
 def _notes(cache: DiskCache, rel: str, found: scanner.ScanResult) -> list[tuple[str, str]]:

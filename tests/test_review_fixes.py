@@ -43,7 +43,7 @@ def test_a_symlinked_parent_inside_the_root_is_refused(cache, root):
 
 
 def test_a_lock_lost_during_the_scan_does_not_put_a_deleted_directory_back(
-    cache, root, monkeypatch
+    cache, root, monkeypatch, caplog
 ):
     from cachemgr import scanner
 
@@ -59,6 +59,9 @@ def test_a_lock_lost_during_the_scan_does_not_put_a_deleted_directory_back(
     result = cache.register("a")
     assert result["status"] == "skipped" and "lock" in result["reason"]
     assert cache.store.tracked(["a"]) == [False]
+    # Not sent again of itself (a scan as long would lose the lock again): said instead.
+    assert "retry_after" not in result
+    assert "raise it and register it again" in caplog.text
 
 
 def undeletable(cache, root) -> None:

@@ -543,3 +543,18 @@ def test_a_task_sent_arguments_it_does_not_take_is_a_bad_argument(pipeline, cach
         assert type(caught.value).__name__ == "BadArgument", caught.value
         assert str(caught.value) == f"cachemgr.register_directory: {said}"
     assert "Traceback" not in caplog.text
+
+
+def test_a_newest_download_skipped_for_a_lock_is_sent_again_by_its_path(pipeline, cache, root):
+    """Sent again as it was, `register_completed_download` would ask anew for the newest
+    download, and book another one that finished meanwhile instead of the one skipped."""
+    make_tree(root, "album-a", files=2)
+    cache.client.set(cache.keys.lock("album-a"), "a-killed-worker", px=4000)
+    done = pipeline.send("register_completed_download").get(timeout=WAIT)
+    assert done["status"] == "skipped" and done["sent_again"] is True and done["path"] == "album-a"
+    time.sleep(0.05)
+    make_tree(root, "album-b", files=1)  # newer, finished meanwhile
+    deadline = time.monotonic() + 30
+    while not cache.store.tracked(["album-a"])[0] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cache.store.tracked(["album-a", "album-b"]) == [True, False]

@@ -40,6 +40,8 @@ RETRY: dict[str, Any] = {
     "max_retries": 20,
 }
 IDEMPOTENT = {"acks_late": True, **RETRY}
+# The longest a registration waits for a lock to lapse before it is sent again.
+MAX_RETRY_SECONDS = 600.0
 
 
 def get_cache() -> DiskCache:
@@ -81,20 +83,35 @@ def _quota_pass_if_due(booked: dict[str, Any]) -> dict[str, Any]:
 
 
 def _booked_or_later(task: Task, done: dict[str, Any]) -> dict[str, Any]:
-    """A registration skipped for a lock (the directory's, or one above it, or one lost during
-    the scan) is sent again later, until the lock lapses: its holder may be a worker killed
-    mid-scan, whose lock stands for DISK_CACHE_LOCK_TIMEOUT_SECONDS, and the redelivery that
-    answered "skipped" as a success lost the download from the books. Still locked after
-    every retry: a failure, said, not a success."""
-    if done.get("status") != "skipped":
+    """A registration skipped for another's lock (the directory's, or one above it) is sent
+    again once that lock lapses (`retry_after`): its holder may be a worker killed mid-scan,
+    whose lock stands for DISK_CACHE_LOCK_TIMEOUT_SECONDS, and the redelivery that answered
+    "skipped" as a success lost the download from the books. The newest download is sent
+    again by its path: asked again, "the newest" may be another. Still locked after every
+    retry: a failure, said, not a success."""
+    if done.get("status") != "skipped" or "retry_after" not in done:
         return done
+    path, reason = done["path"], done["reason"]
     if task.request.retries >= task.max_retries:
-        raise StillLocked(
-            f"{done.get('path')!r} was never free to register ({done.get('reason')}) after "
-            f"{task.request.retries} retries: register it again, or run `cachemgr reconcile`"
+        said = (
+            f"{path!r} was never free to register ({reason}) after {task.request.retries} "
+            "retries: register it again, or run `cachemgr reconcile`"
         )
-    log.info("registration of %s skipped (%s): again later", done.get("path"), done.get("reason"))
-    raise task.retry(countdown=min(60, 2**task.request.retries))
+        log.error("%s", said, extra={"event": "registration_lost", "path": path})
+        raise StillLocked(said)
+    # Countdowns past a broker's visibility timeout (an hour on Redis) would be redelivered.
+    countdown = min(MAX_RETRY_SECONDS, float(done["retry_after"]) + 1)
+    log.info("registration of %s skipped (%s): again in %.0f s", path, reason, countdown)
+    if task.name != register_directory.name:
+        register_directory.apply_async((path,), countdown=countdown, queue=_queue_of(task))
+        return {**done, "sent_again": True}
+    raise task.retry(countdown=countdown)
+
+
+def _queue_of(task: Task) -> str:
+    """The queue the task came from: where the node's workers read (CACHEMGR_QUEUE)."""
+    info = task.request.delivery_info or {}
+    return str(info.get("routing_key") or app.conf.task_default_queue)
 
 
 @app.task(name="cachemgr.register_directory", bind=True, **IDEMPOTENT)
