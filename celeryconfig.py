@@ -32,6 +32,9 @@ broker_connection_retry_on_startup = True
 # minutes, well past a cleanup's time budget (60 s), not the hour a lost registration waited.
 # A reconcile that runs longer is delivered twice and the second refused (ReconcileBusy).
 broker_transport_options = {"visibility_timeout": 600}
+# A Redis broker that refuses a command for a while (out of memory, read-only after a
+# failover) is a channel error: retried as a lost connection is, not a worker stopped for good.
+broker_channel_error_retry = True
 worker_hijack_root_logger = False
 timezone = "UTC"
 

@@ -116,7 +116,10 @@ def register_error_handlers(app: Flask) -> None:
     def redis_down(exc: Exception) -> tuple[Any, int]:
         if not redis_unavailable(exc):
             return unexpected(exc)
-        said = wrong_database(exc) or f"Redis cannot be reached: {exc}"
+        reached = not isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+        said = wrong_database(exc) or (
+            f"Redis refuses it now: {exc}" if reached else f"Redis cannot be reached: {exc}"
+        )
         log.error("redis unreachable: %s", said)
         return body(503, "redis_unavailable", said)
 

@@ -181,6 +181,11 @@ def readiness(cache: DiskCache) -> dict[str, str]:
         checks["redis"] = "ok"
     except Exception as exc:  # any failure here is a "not ready", said plainly
         checks["redis"] = f"unreachable: {exc}"
+    else:
+        try:  # answering is not serving: every registration and play is a write
+            cache.client.set(cache.keys.probe, "1", px=1000)
+        except Exception as exc:
+            checks["redis"] = f"refuses writes: {exc}"
     if not cache.root.is_dir():
         checks["root"] = f"downloads directory {cache.root} does not exist"
     else:

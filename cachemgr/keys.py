@@ -162,6 +162,12 @@ class Keys:
         return f"{self.prefix}cache:format"
 
     @cached_property
+    def probe(self) -> str:
+        """String written for a second by /readyz: a Redis that answers PING may still refuse
+        writes (out of memory, a read-only replica after a failover)."""
+        return f"{self.prefix}cache:probe"
+
+    @cached_property
     def alive(self) -> str:
         """String with a short TTL that the node's workers renew: the node is up while it exists.
         Among the node's own keys, so that the stats script reads it in the same call."""

@@ -262,3 +262,43 @@ def test_redis_down_answers_503_and_recovers(settings, root, own_redis, monkeypa
         time.sleep(0.2)
     assert web.get("/cache/stats").status_code == 200
     assert web.post("/cache/register/a").status_code == 202
+
+
+def test_a_redis_out_of_memory_for_a_while_does_not_stop_the_worker(
+    settings, own_redis, monkeypatch
+):
+    """maxmemory reached (noeviction) for a few seconds with a task waiting for its ETA: the
+    worker's consumer met OOM on the broker and Celery stopped the worker for good
+    ("Unrecoverable error: OutOfMemoryError"); the node stayed down until a restart."""
+    from celery import Celery
+
+    from api import create_app
+
+    url = own_redis["url"]
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):  # they would win over `url`
+        monkeypatch.delenv(name, raising=False)
+    env = worker_env(settings)
+    env.update(REDIS_URL=url, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url)
+    proc = start_worker(env)
+    app = Celery(broker=url, backend=url)
+    try:
+        assert app.send_task("cachemgr.noop", queue=QUEUE).get(timeout=60) is None
+        app.send_task("cachemgr.noop", queue=QUEUE, countdown=3)  # held by the worker
+        client = connect(url)
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1")
+        # Meanwhile /readyz says so: PING answered, and it had said ready.
+        web = create_app({"CACHEMGR_SETTINGS": settings, "REDIS_CLIENT": client,
+                          "CELERY_BROKER_URL": url}).test_client()  # fmt: skip
+        ready = web.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.get_json()["checks"]["redis"].startswith("refuses writes: ")
+        time.sleep(6)
+        client.config_set("maxmemory", "0")
+        assert web.get("/readyz").get_json()["checks"]["redis"] == "ok"
+        time.sleep(2)
+        assert proc.poll() is None, "the worker stopped"
+        assert app.send_task("cachemgr.noop", queue=QUEUE).get(timeout=60) is None
+    finally:
+        app.close()
+        stop(proc)

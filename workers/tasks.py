@@ -40,8 +40,10 @@ RETRY: dict[str, Any] = {
     "max_retries": 20,
 }
 IDEMPOTENT = {"acks_late": True, **RETRY}
-# The longest a registration waits for a lock to lapse before it is sent again.
-MAX_RETRY_SECONDS = 600.0
+# The longest a registration waits for a lock to lapse before it is sent again: well under the
+# broker's visibility timeout (celeryconfig: 600 s), past which a Redis broker hands a task
+# held for its countdown to another worker as well.
+MAX_RETRY_SECONDS = 300.0
 
 
 def get_cache() -> DiskCache:
@@ -99,7 +101,6 @@ def _booked_or_later(task: Task, done: dict[str, Any]) -> dict[str, Any]:
         )
         log.error("%s", said, extra={"event": "registration_lost", "path": path})
         raise StillLocked(said)
-    # Countdowns past a broker's visibility timeout (an hour on Redis) would be redelivered.
     countdown = min(MAX_RETRY_SECONDS, float(done["retry_after"]) + 1)
     log.info("registration of %s skipped (%s): again in %.0f s", path, reason, countdown)
     if task.name != register_directory.name:
