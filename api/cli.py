@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -142,9 +141,10 @@ def stats(reset: bool, as_json: bool | None) -> None:
     """Usage against the quota, hit ratios and counters."""
     if reset:
         _state().cache.reset_stats()
-    s = _state().cache.stats()
-
-    emit(s, as_json, stats_table)
+    cache = _state().cache
+    s = cache.stats()
+    now = cache.clock()  # Redis's, as the books'
+    emit(s, as_json, lambda stats: stats_table(stats, now))
 
 
 @click.command("ls")
@@ -162,7 +162,8 @@ def ls(
     # '' is a value (an unset variable in a script), refused as one: not "no filter".
     min_size = None if larger_than is None else _option("--larger-than", larger_than, parse_size)
     idle = None if idle_for is None else _option("--idle-for", idle_for, parse_duration)
-    store, now = _state().cache.enforcing().store, time.time()  # the workers' TTL
+    acting = _state().cache.enforcing()  # the workers' TTL
+    store, now = acting.store, acting.clock()  # now by Redis's clock, as the books
     entries: list[Entry] = []
     cursor = None
     while True:
@@ -180,7 +181,7 @@ def ls(
     elif sort == "hits":
         entries.sort(key=lambda e: e.hits, reverse=True)
     entries = entries[:limit] if limit else entries
-    emit([e.to_dict() for e in entries], as_json, lambda _: entry_rows(entries))
+    emit([e.to_dict() for e in entries], as_json, lambda _: entry_rows(entries, now))
 
 
 @click.command()
@@ -324,7 +325,7 @@ def pin(path: str, ttl: str, holder: str | None, as_json: Any) -> None:
             "(a week: renew a pin rather than make it long)",
             EXIT_USAGE,
         )
-    result = _state().cache.pin(path, seconds, holder)
+    result = _acting().pin(path, seconds, holder)  # the workers' switch, as --now obeys
     _skipped(result, as_json)
     emit(result, as_json, kv)
 
@@ -337,7 +338,7 @@ def pin(path: str, ttl: str, holder: str | None, as_json: Any) -> None:
 @friendly
 def unpin(path: str, holder: str | None, as_json: Any) -> None:
     """End a holder's lease on a directory (--holder), or every lease on it."""
-    result = _state().cache.unpin(path, holder)
+    result = _acting().unpin(path, holder)
     _skipped(result, as_json)
     emit(result, as_json, kv)
 

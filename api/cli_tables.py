@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import click
@@ -35,8 +34,7 @@ def last_cleanup_rows(last: dict[str, Any] | None, now: float) -> list[tuple[str
     return rows
 
 
-def entry_rows(entries: list[Entry]) -> None:
-    now = time.time()
+def entry_rows(entries: list[Entry], now: float) -> None:
     click.echo(f"{'SIZE':>10}  {'FILES':>5}  {'HITS':>5}  {'IDLE':>6}  PATH")
     for e in entries:
         pin = "  (pinned)" if e.pinned(now) else ""
@@ -95,7 +93,7 @@ def plan_table(result: dict[str, Any]) -> None:
         click.echo("policy structures rebuilt from the records (see `cachemgr events`)")
 
 
-def stats_table(s: dict[str, Any]) -> None:
+def stats_table(s: dict[str, Any], now: float) -> None:
     """`cachemgr stats` at a terminal."""
     recent = s["since_reset"]
     rows = [
@@ -114,7 +112,7 @@ def stats_table(s: dict[str, Any]) -> None:
         ("pinned", s["pinned_count"]),
         ("policy", s["eviction_policy"]),
         ("scheduler", "running" if s["scheduler_running"] else "stopped"),
-        *last_cleanup_rows(s.get("last_cleanup"), time.time()),
+        *last_cleanup_rows(s.get("last_cleanup"), now),
     ]  # fmt: skip
     for label, value in rows:
         click.echo(f"{label:<20} {value}")

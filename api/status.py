@@ -10,7 +10,6 @@ refreshes the page in place.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,7 +227,7 @@ def _iso_filter(ts: float | None) -> str:
 
 @bp.app_template_global("ago")
 def _ago(ts: float | None, now: float | None = None) -> str:
-    return ago(ts, time.time() if now is None else now)
+    return ago(ts, cache().clock() if now is None else now)
 
 
 @bp.get("/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from cachemgr.cache import DiskCache
+from cachemgr.clock import RedisClock
 from cachemgr.connection import connect
 from cachemgr.errors import CacheError, NotOnDisk, NotTracked, Overlap, PathError, RootMissing
 from cachemgr.settings import Settings, SettingsError
@@ -31,4 +32,5 @@ __all__ = [
 def open_cache(settings: Settings | None = None, client: Any = None) -> DiskCache:
     """A DiskCache from the environment's settings, connected to REDIS_URL unless given a client."""
     settings = settings or Settings.from_env()
-    return DiskCache(settings, client if client is not None else connect(settings.redis_url))
+    client = client if client is not None else connect(settings.redis_url)
+    return DiskCache(settings, client, clock=RedisClock(client))  # the books go by Redis's

@@ -157,7 +157,7 @@ class DiskCache:
         """Let pipeline clients and the control plane, which read no settings, see this node
         (and `queue`, the one its workers consume); `worker`: the one publishing, whose
         settings stand until it stops (nodes.NodeRegistry.publisher_gone)."""
-        self.registry.publish(self.settings, queue=queue)
+        self.registry.publish(self.settings, now=self.clock(), queue=queue)
         s = self.settings
         self.client.hset(
             self.keys.config,

@@ -539,3 +539,46 @@ def test_bad_usage_is_one_line_like_every_other_refusal(settings, monkeypatch, a
     out = result.output.strip()
     assert result.exit_code == 2 and out.splitlines() == [out], out
     assert out.startswith("Error: ") and said in out and "--help` says how" in out
+
+
+def test_a_cli_host_whose_clock_is_ahead_reads_idle_times_by_redis_clock(
+    runner, cache, root, monkeypatch
+):
+    """`ls --idle-for 1h` on a host two hours ahead listed every directory just played, and
+    the table showed them idle for two hours and pins in force as lapsed."""
+    import time
+
+    from api import cli as cli_module
+    from cachemgr.cleanup import cleanup
+
+    make_tree(root, "fresh")
+    cache.register("fresh")
+    cache.pin("fresh", 1800)
+    cleanup(cache)  # the stats table says how long ago
+    real = time.time
+    with monkeypatch.context() as host:
+        host.setattr(time, "time", lambda: real() + 7200)  # this CLI host's clock
+        host.setattr(cli_module, "_json_wanted", lambda as_json: bool(as_json))  # tables
+        assert json.loads(run(runner, "ls", "--idle-for", "1h", "--json").stdout) == []
+        table = run(runner, "ls").stdout
+        stats = run(runner, "stats").stdout
+    assert "(pinned)" in table and "2.0h" not in table, table
+    assert "last cleanup" in stats and "2.0h ago" not in stats, stats
+
+
+def test_pin_and_unpin_obey_the_workers_switch_as_now_does(settings, redis_client, worker, root):
+    """The workers published ENABLE_DISK_CACHE_MANAGEMENT=false: `cleanup --now` answered
+    disabled, but `pin` and `unpin` from a shell without the variable went ahead."""
+    from api import create_app
+    from cachemgr import DiskCache
+
+    off = settings.with_(enable_disk_cache_management=False)
+    DiskCache(off, redis_client).registry.publish(off)  # the node's workers, switched off
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": settings, "REDIS_CLIENT": redis_client})
+    runner = app.test_cli_runner()
+    make_tree(root, "a")
+    for args in (("cleanup", "--now"), ("pin", "a"), ("unpin", "a")):
+        result = run(runner, *args, "--json")
+        assert result.exit_code == 1, args
+        assert json.loads(result.stdout) == {"status": "disabled"}, args
+    assert redis_client.zcard(app.extensions["cachemgr"].cache.keys.pins) == 0
