@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import audit, checks, events, history, marker, migrations, recheck, trash
+from cachemgr import audit, checks, history, marker, migrations, recheck, trash
 from cachemgr.cache import DiskCache
-from cachemgr.errors import DELETE_FAILED, RootMissing
+from cachemgr.errors import RootMissing
 from cachemgr.journal import recover_unfinished
 from cachemgr.locks import Keeper, Lock
 from cachemgr.passes import LOCK_LOST, run_pass
-from cachemgr.quota import ROOM_SHORT, Hold, Need, bytes_to_free, evict_held
+from cachemgr.quota import Hold, Need, bytes_to_free, evict_held, said_short
 from cachemgr.reconcile import ReconcileBusy, reconcile
 from cachemgr.records import PassResult
 from cachemgr.switch import DISABLED
@@ -156,52 +156,8 @@ def enforce_quota(
     # hard links, files held open) leave eviction with nothing it can do.
     room = cache.free_space_short() if for_room else 0
     if short or room:
-        _said_short(cache, result, short, room)
+        said_short(cache, result, short, room)
     return result
-
-
-def _said_short(cache: DiskCache, result: PassResult, quota: bool, room: int) -> None:
-    """Like kubelet's FreeDiskSpaceFailed: say loudly that the quota, or the free-space floor
-    (`room`: the bytes the disk still lacks), could not be met, and what stood in the way."""
-    why = {
-        "usage_after": result.usage_after,
-        "pinned": len(result.skipped_pinned),
-        "locked": len(result.skipped_locked),
-        "young": len(result.skipped_young),
-        # Chosen and not deletable (permissions, immutable files): said, not hidden behind
-        # the pins, which the message had blamed alone.
-        "undeletable": sum(e.startswith(DELETE_FAILED) for e in result.errors),
-        "disk_short": room,
-    }
-    skipped = (
-        "(skipped: pinned %(pinned)d, locked %(locked)d, young %(young)d, could not delete "
-        "%(undeletable)d)"
-    )
-    if quota:
-        log.warning(
-            "quota: could not free enough, still %(usage_after)d bytes used after eviction "
-            + skipped,
-            why,
-            extra={"event": "eviction_short"},
-        )
-    if room:
-        log.warning(
-            "free space: could not make enough room, the disk is still %(disk_short)d bytes "
-            "short of DISK_CACHE_MIN_FREE_BYTES with %(usage_after)d bytes left in the cache "
-            + skipped
-            + ": something other than the cache fills that disk",
-            why,
-            extra={"event": "eviction_short"},
-        )
-    skipped_said = (
-        f"pinned {why['pinned']}, locked {why['locked']}, young {why['young']}, "
-        f"could not delete {why['undeletable']}"
-    )
-    if quota:
-        result.short = skipped_said + (f"; the disk still {room} {ROOM_SHORT}" if room else "")
-    else:  # the quota met, the floor not: said first, which the quota's warning tells apart
-        result.short = f"the disk still {room} {ROOM_SHORT} ({skipped_said})"
-    events.add(cache.store, {"event": "eviction_short", "time": f"{cache.clock():.3f}", **why})
 
 
 def cleanup(

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import audit, marker
-from cachemgr.quota import ROOM_SHORT
+from cachemgr.quota import ROOM_ONLY, ROOM_SHORT
 from cachemgr.switch import disabled_where
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
         )
     short = (stats.get("last_cleanup") or {}).get("evict_short")
     above = stats["total_bytes"] > stats["threshold_bytes"]
-    if above and short and not short.startswith("the disk still"):  # the quota's, not the floor's
+    if above and short and not short.startswith(ROOM_ONLY):  # the quota's, not the floor's
         problems.append(
             f"usage {stats['usage_percent']}% is above the eviction threshold and the last "
             f"quota pass could not bring it down (skipped: {short}): eviction cannot free more "
@@ -65,8 +65,8 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             f"the disk holding the cache has {free} bytes free, under DISK_CACHE_MIN_FREE_BYTES "
             f"({floor}): "
             + (
-                f"the last cleanup could not make room (skipped: {short}): something other than "
-                "the cache fills that disk; free space there, or lower DISK_CACHE_MIN_FREE_BYTES"
+                f"the last cleanup could not make room ({short}): free space on that disk, "
+                "unpin what need not stay, or lower DISK_CACHE_MIN_FREE_BYTES"
                 if short and ROOM_SHORT in short
                 else "the next cleanup evicts to make room"
             )

@@ -7,8 +7,12 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cachemgr import events
+from cachemgr.errors import DELETE_FAILED
+
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
+    from cachemgr.records import PassResult
     from cachemgr.settings import Settings
 
 log = logging.getLogger("cachemgr")
@@ -109,10 +113,6 @@ def _nearly_full_short(cache: DiskCache) -> int:
     return max(0, int(NEARLY_FULL * usage.total) - usage.free)
 
 
-# How a quota pass's `short` says the disk stayed short of its floor (health.py reads it).
-ROOM_SHORT = "bytes short of its free-space floor"
-
-
 def free_space_short(settings: Settings) -> int:
     """Bytes the filesystem lacks to keep DISK_CACHE_MIN_FREE_BYTES free (0: no floor, room
     enough, or the free space cannot be read)."""
@@ -123,3 +123,55 @@ def free_space_short(settings: Settings) -> int:
         return max(0, floor - shutil.disk_usage(settings.root).free)
     except OSError:
         return 0
+
+
+# How a pass's `short` says the disk stayed short of its floor, and how it begins when the
+# quota was met and the floor alone was not (health.py reads both).
+ROOM_SHORT = "bytes short of its free-space floor"
+ROOM_ONLY = "the disk still"
+
+
+def said_short(cache: DiskCache, result: PassResult, quota: bool, room: int) -> None:
+    """Like kubelet's FreeDiskSpaceFailed: say loudly that the quota, or the free-space floor
+    (`room`: the bytes the disk still lacks after the pass), could not be met, and what stood
+    in the way: the directories skipped, else something the cache does not hold."""
+    why = {
+        "usage_after": result.usage_after,
+        "pinned": len(result.skipped_pinned),
+        "locked": len(result.skipped_locked),
+        "young": len(result.skipped_young),
+        # Chosen and not deletable (permissions, immutable files): said, not hidden behind
+        # the pins, which the message had blamed alone.
+        "undeletable": sum(e.startswith(DELETE_FAILED) for e in result.errors),
+        "disk_short": room,
+    }
+    skipped = (
+        f"pinned {why['pinned']}, locked {why['locked']}, young {why['young']}, "
+        f"could not delete {why['undeletable']}"
+    )
+    if quota:
+        log.warning(
+            "quota: could not free enough, still %d bytes used after eviction (skipped: %s)",
+            result.usage_after,
+            skipped,
+            extra={"event": "eviction_short"},
+        )
+    if room:
+        kept = why["pinned"] + why["locked"] + why["young"] + why["undeletable"]
+        log.warning(
+            "free space: could not make enough room, the disk is still %d bytes short of "
+            "DISK_CACHE_MIN_FREE_BYTES with %d bytes left in the cache (skipped: %s): %s",
+            room,
+            result.usage_after,
+            skipped,
+            "the directories skipped hold the rest"
+            if kept
+            else "nothing more the cache may evict: something else fills that disk (or the "
+            "space freed shows late, as on ZFS or btrfs)",
+            extra={"event": "eviction_short"},
+        )
+    if quota:
+        result.short = skipped + (f"; the disk still {room} {ROOM_SHORT}" if room else "")
+    else:  # the quota met, the floor not: said first, which the quota's warning tells apart
+        result.short = f"{ROOM_ONLY} {room} {ROOM_SHORT}; skipped: {skipped}"
+    events.add(cache.store, {"event": "eviction_short", "time": f"{cache.clock():.3f}", **why})

@@ -55,7 +55,27 @@ def test_a_free_space_floor_deletions_cannot_lift_does_not_empty_the_cache(
     assert any("the next cleanup evicts to make room" in w for w in warnings)  # no cleanup yet
     cleanup(DiskCache(low, redis_client, clock=clock), sweep_expired=False)
     warnings = DiskCache(low, redis_client, clock=clock).stats()["warnings"]
-    assert any("could not make room" in w and "something other" in w for w in warnings)
+    assert any("the last cleanup could not make room (the disk still" in w for w in warnings)
+
+
+def test_a_floor_the_pins_keep_unmet_blames_the_pins(
+    settings, redis_client, root, monkeypatch, caplog
+):
+    """The disk short of its floor with every download pinned: the warning blamed
+    "something other than the cache", which the pins were not."""
+    fixed_disk(monkeypatch, 10**12, 10**6)
+    cache = DiskCache(settings, redis_client)
+    for i in range(3):
+        make_tree(root, f"album{i}", files=1)
+        cache.register(f"album{i}")
+        cache.pin(f"album{i}", 3600)
+    low = settings.with_(disk_cache_min_free_bytes=2 * 10**6)
+    result = enforce_quota(DiskCache(low, redis_client))
+    assert result.removed == [] and result.skipped_pinned
+    assert result.short.startswith("the disk still 1000000 bytes short of its free-space floor")
+    assert "skipped: pinned 3" in result.short
+    assert "the directories skipped hold the rest" in caplog.text
+    assert "something else fills that disk" not in caplog.text
 
 
 def test_a_floor_deletions_cannot_lift_takes_as_few_through_bounded_continuations(
