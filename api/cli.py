@@ -7,13 +7,16 @@ line and an exit code (api/cli_errors.py), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import click
+from celery.exceptions import TimeoutError as CeleryTimeout
 from flask import current_app
 from flask.cli import with_appcontext
 from kombu.exceptions import OperationalError
@@ -71,6 +74,9 @@ json_option = click.option("--json", "as_json", is_flag=True, default=None, help
 now_option = click.option("--now", is_flag=True, help="Do it in this process, not via a worker.")
 
 
+TASK_WAIT_SECONDS = 120.0
+
+
 def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
     """Send a task to this node's workers and wait for its answer; none of them alive (no
     heartbeat) is said at once, and nothing is queued to run behind the user's back later."""
@@ -83,8 +89,8 @@ def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
         )
     result = _state().tasks.send(name, *args, **kwargs)
     try:
-        return result.get(timeout=120)
-    except CacheError:
+        return _answer(name, result)
+    except (CacheError, Fail):
         raise
     except RuntimeError as exc:
         if raised_in(exc, "celery.backends."):
@@ -96,6 +102,33 @@ def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
         if type(exc).__name__ == "PathError":
             raise Fail(str(exc), EXIT_USAGE) from None
         raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
+    finally:
+        # Let go of it now: at exit, its finaliser met a half torn-down interpreter and
+        # printed a traceback under the answer.
+        with contextlib.suppress(Exception):
+            result.backend.remove_pending_result(result)
+
+
+def _answer(name: str, result: Any, wait: float = TASK_WAIT_SECONDS) -> Any:
+    """The task's answer, within `wait` seconds. One the workers will send again (a
+    registration behind another's lock) is said at once, as queued, not waited out."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return result.get(timeout=1.0)
+        except CeleryTimeout:
+            if result.state == "RETRY":
+                raise Fail(
+                    f"{name} is waiting for another's lock and will run again once it lapses "
+                    f"(task {result.id}): nothing is lost; see `cachemgr info` later",
+                    EXIT_FAILED,
+                ) from None
+            if time.monotonic() >= deadline:
+                raise Fail(
+                    f"{name}: no answer within {wait:.0f} s (task {result.id}); it may still "
+                    "run: see `cachemgr events`",
+                    EXIT_FAILED,
+                ) from None
 
 
 def _acting() -> DiskCache:

@@ -582,3 +582,23 @@ def test_pin_and_unpin_obey_the_workers_switch_as_now_does(settings, redis_clien
         assert result.exit_code == 1, args
         assert json.loads(result.stdout) == {"status": "disabled"}, args
     assert redis_client.zcard(app.extensions["cachemgr"].cache.keys.pins) == 0
+
+
+def test_register_behind_another_lock_says_it_is_queued_at_once(runner, cache, root, worker):
+    """The task waits for the lock to lapse and is sent again: the CLI waited its full two
+    minutes for it, then said "failed: The operation timed out" (and printed a traceback at
+    exit), though the registration went on and was booked later."""
+    import time
+
+    make_tree(root, "a")
+    cache.client.set(cache.keys.lock("a"), "a-killed-worker", px=6000)
+    started = time.monotonic()
+    result = run(runner, "register", "a")
+    assert result.exit_code == 1 and time.monotonic() - started < 30
+    said = [line for line in result.output.splitlines() if " INFO " not in line]
+    assert len(said) == 1, result.output  # the session worker's own log lines aside
+    assert said[0].startswith("Error: register_directory is waiting for another's lock")
+    deadline = time.monotonic() + 30  # and it is booked once the lock lapses
+    while not cache.store.tracked(["a"])[0] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cache.store.tracked(["a"]) == [True]
