@@ -51,16 +51,17 @@ class CacheApi(Api):
     ERROR_SCHEMA = ApiErrorSchema  # our error body: {status, code, message, errors}
 
 
-def api_settings() -> dict[str, Any]:
+def api_settings(serving: bool = True) -> dict[str, Any]:
     """The API's own settings from the environment, checked like cachemgr's: a READ_AUTH of
-    `maybe` silently meant false, reads open to all."""
+    `maybe` silently meant false, reads open to all. `serving` False (the CLI, which checks
+    no token): a READ_AUTH without a token stops nothing."""
     raw = os.environ.get("DISK_CACHE_API_READ_AUTH") or "false"
     try:
         read_auth = parse_bool(raw)
     except ValueError as exc:
         raise SettingsError(f"DISK_CACHE_API_READ_AUTH={raw!r}: {exc}") from None
     token = os.environ.get("DISK_CACHE_API_TOKEN", "")
-    if read_auth and not token:  # asked for, and silently off: reads open to all
+    if read_auth and not token and serving:  # asked for, and silently off: reads open to all
         raise SettingsError(
             f"DISK_CACHE_API_READ_AUTH={raw!r} needs DISK_CACHE_API_TOKEN: without a token no "
             "read can be checked; set one (or set DISK_CACHE_API_READ_AUTH=false)"
@@ -90,7 +91,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="/swagger-ui/",  # served below: no outside network
-        **api_settings(),
+        **api_settings(serving=not (config or {}).get("CACHEMGR_CLI")),
         CELERY_BROKER_URL=None,
         CELERY_RESULT_BACKEND=None,
         # The status page's link: where the Procfile's (or `up --flower`'s) Flower listens.

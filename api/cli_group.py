@@ -24,10 +24,10 @@ def create_cli_app() -> Any:
     from api import create_app
 
     ctx = click.get_current_context(silent=True)
-    config = None
+    config: dict[str, Any] = {"CACHEMGR_CLI": True}  # a command: it serves nothing
     try:
         if ctx is not None and ctx.info_name in READS:
-            config = {"CACHEMGR_SETTINGS": Settings.from_env(require_root=False)}
+            config["CACHEMGR_SETTINGS"] = Settings.from_env(require_root=False)
         app = create_app(config)
         # A command's output is its answer: INFO lines only when asked for.
         configure_logging(level=log_level(default="WARNING"))

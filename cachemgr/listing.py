@@ -146,7 +146,6 @@ def pairs(flat: list[Any]) -> dict[str, Any]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-# A page's cursor: (last access, path) of its last entry, opaque to the client.
 def page(store: Store, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:
     """Entries by last access, newest first; the cursor is (score, path) of the last one."""
     lru = store.keys.lru
@@ -166,6 +165,7 @@ def page(store: Store, limit: int, cursor: str | None = None) -> tuple[list[Entr
     return store.entries(items), next_cursor
 
 
+# A page's cursor: (last access, path) of its last entry, opaque to the client.
 def encode_cursor(score: float, member: str) -> str:
     return base64.urlsafe_b64encode(f"{score!r}\n{member}".encode()).decode()
 

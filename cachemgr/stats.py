@@ -141,6 +141,7 @@ def queue_snapshot(
     batch.script(SNAPSHOT, keys, [ALIVE_TTL_SECONDS], writes=False)
     batch.command("GET", k.policy_name, writes=False)
     batch.command("GET", k.root_mark, writes=False)
+    batch.command("EXISTS", k.adopting, writes=False)
 
     def read(replies: Iterator[Any]) -> dict[str, Any]:
         total, count, overall, base, last, initialized, scheduler, pinned, up, hold = (
@@ -148,7 +149,7 @@ def queue_snapshot(
         )[:10]
         nodes, live, own = reply[10:]
         built = migrations.built(next(replies))
-        root_mark = next(replies) or ""
+        root_mark, adopting = next(replies) or "", bool(next(replies))
         counts, recent = since_reset(pairs(overall), pairs(base))
         return {
             "total_bytes": int(total),
@@ -167,6 +168,7 @@ def queue_snapshot(
             # While the live workers disagree, cleanups act by the policy in force.
             "policy_held": migrations.held(built, workers),
             "root_mark": root_mark,  # the books' root token (marker.py)
+            "adopting": adopting,  # a reconcile --force walks the root now
         }
 
     return read
@@ -238,7 +240,8 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     stats["warnings"] = diagnose(stats, interval, now)
     # The seed's "check downloads directory exists", on the host that reads it: said at once,
     # as cleanups would refuse it (an unmounted disk's empty mount point, another disk).
-    refused = cache.local and marker.refusal(
+    # Not while a reconcile --force adopts the root: its books are half rewritten on purpose.
+    refused = cache.local and not snap.get("adopting") and marker.refusal(
         cache, token=snap.get("root_mark"), tracked=stats["directory_count"]
     )
     if refused:

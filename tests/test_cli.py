@@ -602,3 +602,23 @@ def test_register_behind_another_lock_says_it_is_queued_at_once(runner, cache, r
     while not cache.store.tracked(["a"])[0] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert cache.store.tracked(["a"]) == [True]
+
+
+def test_read_auth_without_a_token_stops_the_api_not_the_cli(settings, monkeypatch):
+    """The CLI checks no token: a shell that has DISK_CACHE_API_READ_AUTH=true but not the
+    API's secret token got exit 5 on every command."""
+    from click.testing import CliRunner
+
+    from api import create_app
+    from api.cli import main
+    from cachemgr import SettingsError
+
+    monkeypatch.setenv("DISK_CACHE_ROOT", str(settings.root))
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("DISK_CACHE_KEY_PREFIX", settings.key_prefix)
+    monkeypatch.setenv("DISK_CACHE_API_READ_AUTH", "true")
+    monkeypatch.delenv("DISK_CACHE_API_TOKEN", raising=False)
+    result = CliRunner().invoke(main, ["stats", "--json"], prog_name="cachemgr")
+    assert result.exit_code == 0, result.output
+    with pytest.raises(SettingsError, match="needs DISK_CACHE_API_TOKEN"):
+        create_app()  # serving: refused

@@ -529,7 +529,9 @@ def test_a_killed_workers_entries_go_after_two_ttls(settings, redis_client, cach
     assert redis_client.hkeys(cache.keys.worker_settings) == ["host:1"]
 
 
-def test_a_redis_url_naming_a_database_the_server_lacks_is_said_in_one_line(settings, tmp_path):
+def test_a_redis_url_naming_a_database_the_server_lacks_is_said_in_one_line(
+    settings, redis_client, tmp_path
+):
     """`redis://host/99` on a server of 16 databases: the CLI printed a traceback and the
     API's stats answered 500 "internal_error"; every command of such a URL fails."""
     import os
@@ -538,8 +540,10 @@ def test_a_redis_url_naming_a_database_the_server_lacks_is_said_in_one_line(sett
     from pathlib import Path
 
     from cachemgr import connect
+    from tests.conftest import REDIS_URL
 
-    url = "redis://127.0.0.1:6379/99"
+    databases = int(redis_client.config_get("databases")["databases"])
+    url = f"{REDIS_URL.rsplit('/', 1)[0]}/{databases}"  # one past the last
     env = {**os.environ, "REDIS_URL": url, "DISK_CACHE_ROOT": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-m", "api.cli", "stats"], cwd=Path(__file__).resolve().parents[1],

@@ -496,13 +496,18 @@ def test_a_cleanup_during_a_forced_adoption_is_skipped_not_failed(cache, root):
     cache.client.set(cache.keys.adopting, "someone", px=5000)  # the forced reconcile's
     done = cleanup(cache, periodic=True)
     assert done["status"] == "skipped" and "reconcile is adopting the root" in done["reason"]
-    last = cache.stats()["last_cleanup"]
+    stats = cache.stats()
+    last = stats["last_cleanup"]
     assert last["status"] == "done" and last["periodic_time"]  # the last outcome; beat ran
+    # Nor do the stats call the root refused while the adoption runs (they said "cache not
+    # working ... run it again" for the whole walk).
+    assert not any("names other books" in w for w in stats["warnings"]), stats["warnings"]
     with pytest.raises(RootMissing, match="names other books"):
         cleanup(cache, dry_run=True)  # a plan records nothing: the refusal is said
     cache.client.delete(cache.keys.adopting)
     with pytest.raises(RootMissing, match="names other books"):
         cleanup(cache, periodic=True)  # none running: the root is refused, as before
+    assert any("names other books" in w for w in cache.stats()["warnings"])
 
 
 @pytest.mark.parametrize("marker_left", [True, False])
