@@ -38,6 +38,11 @@ def create_cli_app() -> Any:
     return app
 
 
+def _one_line(exc: click.UsageError, where: str) -> Fail:
+    said = " ".join(exc.format_message().split())  # click's choices span lines
+    return Fail(f"{said} (`{where} --help` says how)", EXIT_USAGE)
+
+
 class CacheGroup(FlaskGroup):
     """Flask's command group, without its own options, and without loading the app to list or
     find a command: a bad setting printed a traceback above `--help`, and `cachemgr nosuch`
@@ -47,15 +52,28 @@ class CacheGroup(FlaskGroup):
         super().__init__(**kwargs)
         self.params = [p for p in self.params if p.name not in FLASK_ONLY]
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        """`cachemgr --bogus`: one line too."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `cachemgr` alone: its help, as click shows it
+        except click.UsageError as exc:
+            raise _one_line(exc, exc.ctx.command_path if exc.ctx else "cachemgr") from None
+
     def invoke(self, ctx: click.Context) -> Any:
         """A command's bad usage in one line, as every other refusal is (click's own took three:
         the usage, a hint, the error)."""
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a group named alone (`cachemgr trace`): its help, as click shows it
         except click.UsageError as exc:
-            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
-            said = " ".join(exc.format_message().split())  # click's choices span lines
-            raise Fail(f"{said} (`{where} --help` says how)", EXIT_USAGE) from None
+            # Some parse errors carry no context: the command is the one being invoked.
+            where = exc.ctx.command_path if exc.ctx is not None else " ".join(
+                filter(None, [ctx.command_path, ctx.invoked_subcommand])
+            )
+            raise _one_line(exc, where) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = set(self.commands)

@@ -525,6 +525,8 @@ def test_a_redis_out_of_memory_is_exit_4_in_one_line(runner, cache, root, monkey
         (["events", "--limit", "0"], "Invalid value for '--limit'"),
         (["scheduler"], "Missing argument '{start|stop}'. Choose from: start, stop"),
         (["nosuch"], "No such command 'nosuch'"),
+        (["--bogus"], "No such option '--bogus'. (`cachemgr --help`"),
+        (["pin", "x", "--ttl"], "requires an argument. (`cachemgr pin --help`"),
     ],
 )
 def test_bad_usage_is_one_line_like_every_other_refusal(settings, monkeypatch, args, said):
@@ -622,3 +624,15 @@ def test_read_auth_without_a_token_stops_the_api_not_the_cli(settings, monkeypat
     assert result.exit_code == 0, result.output
     with pytest.raises(SettingsError, match="needs DISK_CACHE_API_TOKEN"):
         create_app()  # serving: refused
+
+
+def test_a_group_named_alone_shows_its_help(settings, monkeypatch):
+    """`cachemgr trace` printed its whole help squeezed into one `Error: Usage: ...` line."""
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    monkeypatch.setenv("DISK_CACHE_ROOT", str(settings.root))
+    result = CliRunner().invoke(main, ["trace"], prog_name="cachemgr")
+    assert result.output.startswith("Usage: cachemgr trace"), result.output
+    assert "Error:" not in result.output and "\n  export" in result.output
