@@ -255,9 +255,13 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
                 "since: usage is undercounted until the next cleanup rebuilds them from the "
                 "disk (`cachemgr cleanup` or reconcile now)"
             )
-    stats["warnings"] += _differences(cache.settings, s)
     workers = snap.get("workers") or {}
-    stats["warnings"] += _workers_apart(workers)
+    apart = split(workers)
+    # Where the live workers disagree, "the node's workers run with" one value was false:
+    # the warning below names each worker's.
+    disputed = {ENFORCED[key][0].upper() for key in apart}
+    stats["warnings"] += _differences(cache.settings, s, disputed)
+    stats["warnings"] += _workers_apart(apart)
     stats["warnings"] += [
         skewed(f"worker {name}", float(own["clock_skew"]))
         for name, own in sorted(workers.items())
@@ -266,10 +270,9 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     return stats
 
 
-def _workers_apart(workers: dict[str, dict[str, Any]]) -> list[str]:
+def _workers_apart(apart: dict[str, dict[Any, list[str]]]) -> list[str]:
     """Live workers of this node that enforce different settings (a rolling restart, or
-    one started with another environment): said, one line for them all."""
-    apart = split(workers)
+    one started with another environment; `apart`: nodes.split): one line for them all."""
     if not apart:
         return []
     said = "; ".join(
@@ -279,8 +282,9 @@ def _workers_apart(workers: dict[str, dict[str, Any]]) -> list[str]:
     )
     return [
         f"the node's live workers run different settings ({said}): each enforces its own; "
-        "cleanups keep the eviction policy in force while a worker of it is alive; give them "
-        "one environment (or finish the rolling restart)"
+        "cleanups keep the eviction policy in force while a worker of it is alive, and the "
+        "stats show the values published last; give them one environment (or finish the "
+        "rolling restart)"
     ]
 
 
@@ -293,14 +297,16 @@ def _started(scheduler: str) -> float | None:
         return None
 
 
-def _differences(here: Settings, workers: Settings) -> list[str]:
+def _differences(here: Settings, workers: Settings, disputed: set[str]) -> list[str]:
     """A process whose environment disagrees with the workers' says so: the stats show the
-    workers' values, and a cleanup sent from here runs with theirs."""
+    workers' values, and a cleanup sent from here runs with theirs. Not for the settings the
+    live workers themselves disagree on (`disputed`), which _workers_apart says."""
     return [
         f"this process has {name}={env_value(mine)} but the node's workers run with "
         f"{env_value(theirs)}: the stats show the workers' (they enforce it); give every "
         "process the same environment"
         for name, mine, theirs in differing(here, workers)
+        if name not in disputed
     ]
 
 
