@@ -11,12 +11,10 @@ import contextlib
 import functools
 import json
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import click
-from celery.exceptions import TimeoutError as CeleryTimeout
 from flask import current_app
 from flask.cli import with_appcontext
 from kombu.exceptions import OperationalError
@@ -33,6 +31,7 @@ from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
 from api.cli_tables import entry_rows, kv, plan_table, stats_table
 from api.errors import raised_in
+from api.extensions import answered
 from cachemgr import CacheError, DiskCache, listing
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as run_cleanup
@@ -112,23 +111,19 @@ def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
 def _answer(name: str, result: Any, wait: float = TASK_WAIT_SECONDS) -> Any:
     """The task's answer, within `wait` seconds. One the workers will send again (a
     registration behind another's lock) is said at once, as queued, not waited out."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            return result.get(timeout=1.0)
-        except CeleryTimeout:
-            if result.state == "RETRY":
-                raise Fail(
-                    f"{name} is waiting for another's lock and will run again once it lapses "
-                    f"(task {result.id}): nothing is lost; see `cachemgr info` later",
-                    EXIT_FAILED,
-                ) from None
-            if time.monotonic() >= deadline:
-                raise Fail(
-                    f"{name}: no answer within {wait:.0f} s (task {result.id}); it may still "
-                    "run: see `cachemgr events`",
-                    EXIT_FAILED,
-                ) from None
+    if answered(result, wait):
+        return result.get()
+    if result.state == "RETRY":
+        raise Fail(
+            f"{name} is waiting for another's lock and will run again once it lapses "
+            f"(task {result.id}): nothing is lost; see `cachemgr info` later",
+            EXIT_FAILED,
+        )
+    raise Fail(
+        f"{name}: no answer within {wait:.0f} s (task {result.id}); it may still run: see "
+        "`cachemgr events`",
+        EXIT_FAILED,
+    )
 
 
 def _acting() -> DiskCache:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from celery.exceptions import TimeoutError as CeleryTimeout
 from flask import Flask, Request, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
@@ -94,3 +96,17 @@ def state() -> CacheState:
 
 def cache() -> DiskCache:
     return state().cache
+
+
+def answered(result: Any, wait: float) -> bool:
+    """Whether a task's answer came within `wait` seconds. False at once when the workers
+    will send it again (RETRY: a registration behind another's lock): that is the answer for
+    now, not one to wait out."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            result.get(timeout=min(1.0, max(0.01, deadline - time.monotonic())), propagate=False)
+            return True
+        except (TimeoutError, CeleryTimeout):  # Celery raises its own class, not the builtin
+            if result.state == "RETRY" or time.monotonic() >= deadline:
+                return False

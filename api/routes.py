@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from flask import request, url_for
 from flask.views import MethodView as FlaskMethodView
 
 from api.arguments import CacheBlueprint
 from api.errors import STATUS_BY_NAME, body
-from api.extensions import cache, state, this_app, this_request
+from api.extensions import answered, cache, state, this_app, this_request
 from api.schemas import (
     DirectoryListSchema,
     DirectorySchema,
@@ -100,10 +99,10 @@ def task_reply(result: AsyncResult, wait: float) -> Any:
     }
     if wait <= 0:
         return reply, 202
-    try:
-        value = result.get(timeout=wait, propagate=False)
-    except (TimeoutError, CeleryTimeout):  # Celery raises its own class, not the builtin
+    if not answered(result, wait):
+        reply["state"] = result.state  # RETRY: behind another's lock, sent again once it lapses
         return reply, 202
+    value = result.get(propagate=False)
     reply["state"] = result.state
     if result.failed():
         error = result.result

@@ -635,3 +635,18 @@ def test_a_directory_named_with_a_newline_is_reached_by_every_route(client, cach
     assert client.delete("/cache/directories/a%0Ab/pin?wait=10").status_code == 200
     assert client.delete("/cache/directories/a%0Ab?wait=10").status_code == 200
     assert client.get("/cache/directories/a%0Ab").get_json()["code"] == "not_tracked"
+
+
+def test_a_registration_behind_another_lock_answers_202_retry_at_once(client, cache, root):
+    """?wait=10 waited its ten seconds, then answered 202 "PENDING" for a task the workers
+    had already set to run again once the lock lapses."""
+    make_tree(root, "held")
+    cache.client.set(cache.keys.lock("held"), "a-killed-worker", px=6000)
+    started = time.monotonic()
+    r = client.post("/cache/register/held?wait=10")
+    assert r.status_code == 202 and r.get_json()["state"] == "RETRY", r.get_json()
+    assert time.monotonic() - started < 8
+    deadline = time.monotonic() + 30  # booked once the lock lapses
+    while not cache.store.tracked(["held"])[0] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cache.store.tracked(["held"]) == [True]
