@@ -59,6 +59,9 @@ class DiskCache:
         self.before_delete: Callable[[str], None] | None = None
         # The books' root token as last read, and when to read it again (marker.py).
         self.root_token: tuple[str, float] = ("", float("-inf"))
+        # The stats' last look at the root: until when it stands, for what books, what it
+        # found (marker.refusal_seen).
+        self.root_seen: tuple[float, Any, str | None] = (float("-inf"), None, None)
 
     @property
     def registry(self) -> NodeRegistry:

@@ -191,6 +191,23 @@ def refusal(
         )
 
 
+# How long the stats trust their last look at the root (two stats, the marker's read, the
+# root's first entry): the API answers them by the thousand a second.
+SEEN_SECONDS = 1.0
+
+
+def refusal_seen(cache: DiskCache, token: str, tracked: int) -> str | None:
+    """`refusal` as the stats read it: looked at again at most every SEEN_SECONDS, and at
+    once when the books' token, or whether they track anything, changed."""
+    due, key, said = cache.root_seen
+    now = time.monotonic()
+    if key == (token, bool(tracked)) and now < due:
+        return said
+    said = refusal(cache, token=token, tracked=tracked)
+    cache.root_seen = (now + SEEN_SECONDS, (token, bool(tracked)), said)
+    return said
+
+
 def _refusal_of(
     cache: DiskCache, allow_empty: bool, force: bool, token: str | None, tracked: int | None
 ) -> str | None:

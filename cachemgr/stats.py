@@ -49,13 +49,15 @@ COUNTERS = (
     "vanished",
 )
 
-# Everything the stats show, in one call (a pipeline of eight reads costs the client more).
-# The five strings are read by one MGET: each redis.call costs Redis about 1.5 µs.
+# Everything the stats show, in one call (a pipeline of eight reads costs the client more:
+# three more GETs beside it cost the API a third of its stats rate).
+# The eight strings are read by one MGET: each redis.call costs Redis about 1.5 µs.
 # KEYS[1] cache:bytes  KEYS[2] cache:entries  KEYS[3] cache:stats  KEYS[4] cache:stats:baseline
 # KEYS[5] cache:last_cleanup  KEYS[6] cache:initialized  KEYS[7] cache:scheduler
 # KEYS[8] cache:pins  KEYS[9] cache:alive  KEYS[10] cache:evict_hold  KEYS[11] cache:workers
-# KEYS[12] cache:worker_settings
-# KEYS[13] (optional) the node registry, read here too when it lives on the same server
+# KEYS[12] cache:worker_settings  KEYS[13] cache:policy_name  KEYS[14] cache:root_mark
+# KEYS[15] cache:adopting
+# KEYS[16] (optional) the node registry, read here too when it lives on the same server
 # ARGV[1] how old a live worker's beat may be, in seconds. Now is Redis's clock (TIME), not
 # this host's: beats are dated by it (nodes.heartbeat), and pins in force are those ending later.
 SNAPSHOT = Lua("""
@@ -66,7 +68,8 @@ local live = redis.call('ZRANGEBYSCORE', KEYS[11], oldest, '+inf')
 local own = {}
 if #live > 0 then own = redis.call('HMGET', KEYS[12], unpack(live)) end
 for i = 1, #live do own[i] = own[i] or '' end
-local s = redis.call('MGET', KEYS[1], KEYS[6], KEYS[7], KEYS[9], KEYS[10])
+local s = redis.call('MGET', KEYS[1], KEYS[6], KEYS[7], KEYS[9], KEYS[10], KEYS[13], KEYS[14],
+  KEYS[15])
 return {
   s[1] or '0',
   redis.call('HLEN', KEYS[2]),
@@ -78,9 +81,12 @@ return {
   redis.call('ZCOUNT', KEYS[8], '(' .. now, '+inf'),
   s[4] and 1 or 0,
   s[5] or '',
-  KEYS[13] and redis.call('HGETALL', KEYS[13]) or {},
+  KEYS[16] and redis.call('HGETALL', KEYS[16]) or {},
   live,
   own,
+  s[6] or '',
+  s[7] or '',
+  s[8] and 1 or 0,
 }
 """)
 
@@ -137,19 +143,16 @@ def queue_snapshot(
     k = store.keys
     keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
     keys += [k.scheduler, k.pins, k.alive, k.evict_hold, k.workers, k.worker_settings]
+    keys += [k.policy_name, k.root_mark, k.adopting]
     keys += [registry] if registry else []
     batch.script(SNAPSHOT, keys, [ALIVE_TTL_SECONDS], writes=False)
-    batch.command("GET", k.policy_name, writes=False)
-    batch.command("GET", k.root_mark, writes=False)
-    batch.command("EXISTS", k.adopting, writes=False)
 
     def read(replies: Iterator[Any]) -> dict[str, Any]:
         total, count, overall, base, last, initialized, scheduler, pinned, up, hold = (
             reply := next(replies)
         )[:10]
-        nodes, live, own = reply[10:]
-        built = migrations.built(next(replies))
-        root_mark, adopting = next(replies) or "", bool(next(replies))
+        nodes, live, own, named, root_mark, adopting = reply[10:]
+        built = migrations.built(named or None)
         counts, recent = since_reset(pairs(overall), pairs(base))
         return {
             "total_bytes": int(total),
@@ -168,7 +171,7 @@ def queue_snapshot(
             # While the live workers disagree, cleanups act by the policy in force.
             "policy_held": migrations.held(built, workers),
             "root_mark": root_mark,  # the books' root token (marker.py)
-            "adopting": adopting,  # a reconcile --force walks the root now
+            "adopting": bool(adopting),  # a reconcile --force walks the root now
         }
 
     return read
@@ -241,8 +244,8 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     # The seed's "check downloads directory exists", on the host that reads it: said at once,
     # as cleanups would refuse it (an unmounted disk's empty mount point, another disk).
     # Not while a reconcile --force adopts the root: its books are half rewritten on purpose.
-    refused = cache.local and not snap.get("adopting") and marker.refusal(
-        cache, token=snap.get("root_mark"), tracked=stats["directory_count"]
+    refused = cache.local and not snap.get("adopting") and marker.refusal_seen(
+        cache, snap.get("root_mark", ""), stats["directory_count"]
     )
     if refused:
         stats["warnings"].insert(0, f"cache not working: {refused}")
