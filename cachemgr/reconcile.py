@@ -9,11 +9,10 @@ changes nothing. Reconcile is the only operation that marks the books as initial
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import checks, history, marker, migrations, paths, scanner, trash
+from cachemgr import checks, history, marker, migrations, paths, registration, scanner, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import CacheError
 from cachemgr.locks import Keeper, Lock
@@ -144,7 +143,7 @@ def _reconcile(
 
     # Books lost (books_were_lost: the root's marker, or books empty) being rebuilt from the
     # disk. A new install's reconcile, whose pipeline has been filling the books, is none:
-    # what it finds is booked when it was written (_as_written) and nothing is held.
+    # what it finds is booked when it was written (registration.as_written) and nothing is held.
     rebuilding = (
         not dry_run
         and not cache.client.exists(cache.keys.initialized)
@@ -152,7 +151,7 @@ def _reconcile(
     )
     report["rebuilt"] = False
     times: dict[str, float] = {}
-    as_written = _as_written(cache)
+    as_written = registration.as_written(cache)
 
     def one(done: int, path: str) -> None:
         if progress:
@@ -179,7 +178,7 @@ def _reconcile(
         untracked = _untracked(on_disk, tracked)
         total = len(records) + len(untracked)
     if rebuilding:
-        times = _found_again(cache, untracked)
+        times = registration.found_again(cache, untracked)
     for done, path in enumerate(untracked, len(records) + 1):
         one(done, path)
     if rebuilding and report["registered"]:
@@ -263,54 +262,6 @@ def _untrack_inside(cache: DiskCache, path: str, record: tuple[int, int, str, in
         return False
     log.warning("reconcile: %s untracked: it is inside a tracked directory", path)
     return True
-
-
-def _found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
-    """The access times to book for directories a rebuild finds on disk: older than anything
-    registered or played since the books were lost (stamped `now`, they outranked those, and
-    LRU evicted the pipeline's newest downloads first), oldest download (mtime) first, and no
-    more than half a TTL back, so that none expires at once for having been found late."""
-    now, books = cache.clock(), _on_the_books(cache)
-    floor = now - cache.settings.disk_cache_ttl_seconds / 2
-    oldest = cache.client.zrange(cache.keys.lru, 0, 0, withscores=True)
-    since = min(oldest[0][1], now) if oldest else now  # the first booked since the loss
-    start = max(since, floor)
-
-    def mtime(path: str) -> float:
-        try:
-            return books((cache.root / path).stat().st_mtime)
-        except OSError:
-            return 0.0
-
-    written = {path: mtime(path) for path in found}  # one stat each
-    # One written since (a download not registered yet) is booked as now; a second's slack
-    # for file systems whose clocks are coarse.
-    ordered = sorted((p for p in found if written[p] < since - 1), key=written.__getitem__)
-    n = len(ordered)
-    return {path: max(floor, start - 0.001 * (n - i)) for i, path in enumerate(ordered)}
-
-
-def _as_written(cache: DiskCache) -> Callable[[scanner.ScanResult], float]:
-    """The access time to book for a directory that a plain reconcile finds (its registration
-    lost, or never sent): when its tree was last written. Booked as now, an album downloaded
-    weeks ago outranked the pipeline's newest downloads, which LRU then evicted first. No more
-    than half a TTL back, so that none expires at once for having been found late."""
-
-    books = _on_the_books(cache)
-
-    def at(found: scanner.ScanResult) -> float:
-        now = cache.clock()
-        changed = books(found.changed)
-        return min(now, max(changed, now - cache.settings.disk_cache_ttl_seconds / 2))
-
-    return at
-
-
-def _on_the_books(cache: DiskCache) -> Callable[[float], float]:
-    """A file time (this host's clock) as the books date it (Redis's: cache.clock): on a
-    worker an hour behind, a download written a minute ago was booked as an hour old."""
-    offset = cache.clock() - time.time()
-    return lambda t: t + offset
 
 
 def _reconcile_one(

@@ -1,5 +1,6 @@
-"""Registration: a download's directory scanned and put on the books, and the seed's
-register_completed_download (the newest directory under the root)."""
+"""Registration: a download's directory scanned and put on the books, the seed's
+register_completed_download (the newest directory under the root), and the times a reconcile
+books for the directories it finds (as written, or older than what came since a loss)."""
 
 from __future__ import annotations
 
@@ -225,3 +226,51 @@ def register_latest(cache: DiskCache) -> dict[str, Any]:
     if notes:
         done["warning"] = "; ".join([*filter(None, [done.get("warning")]), *notes])
     return done
+
+
+def found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
+    """The access times to book for directories a rebuild finds on disk: older than anything
+    registered or played since the books were lost (stamped `now`, they outranked those, and
+    LRU evicted the pipeline's newest downloads first), oldest download (mtime) first, and no
+    more than half a TTL back, so that none expires at once for having been found late."""
+    now, books = cache.clock(), on_the_books(cache)
+    floor = now - cache.settings.disk_cache_ttl_seconds / 2
+    oldest = cache.client.zrange(cache.keys.lru, 0, 0, withscores=True)
+    since = min(oldest[0][1], now) if oldest else now  # the first booked since the loss
+    start = max(since, floor)
+
+    def mtime(path: str) -> float:
+        try:
+            return books((cache.root / path).stat().st_mtime)
+        except OSError:
+            return 0.0
+
+    written = {path: mtime(path) for path in found}  # one stat each
+    # One written since (a download not registered yet) is booked as now; a second's slack
+    # for file systems whose clocks are coarse.
+    ordered = sorted((p for p in found if written[p] < since - 1), key=written.__getitem__)
+    n = len(ordered)
+    return {path: max(floor, start - 0.001 * (n - i)) for i, path in enumerate(ordered)}
+
+
+def as_written(cache: DiskCache) -> Callable[[scanner.ScanResult], float]:
+    """The access time to book for a directory that a plain reconcile finds (its registration
+    lost, or never sent): when its tree was last written. Booked as now, an album downloaded
+    weeks ago outranked the pipeline's newest downloads, which LRU then evicted first. No more
+    than half a TTL back, so that none expires at once for having been found late."""
+
+    books = on_the_books(cache)
+
+    def at(found: scanner.ScanResult) -> float:
+        now = cache.clock()
+        changed = books(found.changed)
+        return min(now, max(changed, now - cache.settings.disk_cache_ttl_seconds / 2))
+
+    return at
+
+
+def on_the_books(cache: DiskCache) -> Callable[[float], float]:
+    """A file time (this host's clock) as the books date it (Redis's: cache.clock): on a
+    worker an hour behind, a download written a minute ago was booked as an hour old."""
+    offset = cache.clock() - time.time()
+    return lambda t: t + offset

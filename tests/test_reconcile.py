@@ -17,10 +17,13 @@ def host_later(monkeypatch, seconds: float) -> None:
     cannot be set back): with a cache clock as far on, no skew between them."""
     import types
 
-    from cachemgr import reconcile as module
+    from cachemgr import registration as module
 
     real = time.time
-    monkeypatch.setattr(module, "time", types.SimpleNamespace(time=lambda: real() + seconds))
+    later = types.SimpleNamespace(
+        time=lambda: real() + seconds, sleep=time.sleep, monotonic=time.monotonic
+    )
+    monkeypatch.setattr(module, "time", later)
 
 
 def test_reconcile_registers_untracks_resizes_and_recounts(cache, root):
