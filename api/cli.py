@@ -7,7 +7,6 @@ line and an exit code (api/cli_errors.py), never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import sys
@@ -31,7 +30,7 @@ from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
 from api.cli_tables import entry_rows, kv, plan_table, stats_table
 from api.errors import raised_in
-from api.extensions import answered
+from api.extensions import answered, behind_lock, let_go
 from cachemgr import CacheError, DiskCache, listing
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as run_cleanup
@@ -102,10 +101,7 @@ def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
             raise Fail(str(exc), EXIT_USAGE) from None
         raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
     finally:
-        # Let go of it now: at exit, its finaliser met a half torn-down interpreter and
-        # printed a traceback under the answer.
-        with contextlib.suppress(Exception):
-            result.backend.remove_pending_result(result)
+        let_go(result)  # now: at exit, its finaliser printed a traceback under the answer
 
 
 def _answer(name: str, result: Any, wait: float = TASK_WAIT_SECONDS) -> Any:
@@ -113,7 +109,7 @@ def _answer(name: str, result: Any, wait: float = TASK_WAIT_SECONDS) -> Any:
     registration behind another's lock) is said at once, as queued, not waited out."""
     if answered(result, wait):
         return result.get()
-    if result.state == "RETRY":
+    if behind_lock(result):
         raise Fail(
             f"{name} is waiting for another's lock and will run again once it lapses "
             f"(task {result.id}): nothing is lost; see `cachemgr info` later",

@@ -116,7 +116,10 @@ def register_error_handlers(app: Flask) -> None:
     def redis_down(exc: Exception) -> tuple[Any, int]:
         if not redis_unavailable(exc):
             return unexpected(exc)
-        reached = not isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+        # LOADING and a refused login are ConnectionErrors to redis-py, from a Redis reached.
+        reached = not isinstance(exc, redis.ConnectionError | redis.TimeoutError) or isinstance(
+            exc, redis.BusyLoadingError | redis.AuthenticationError
+        )
         said = wrong_database(exc) or (
             f"Redis refuses it now: {exc}" if reached else f"Redis cannot be reached: {exc}"
         )

@@ -3,6 +3,7 @@ client (writes, enqueued to the workers). Set up in init_app, as Flask's tutoria
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -100,13 +101,25 @@ def cache() -> DiskCache:
 
 def answered(result: Any, wait: float) -> bool:
     """Whether a task's answer came within `wait` seconds. False at once when the workers
-    will send it again (RETRY: a registration behind another's lock): that is the answer for
-    now, not one to wait out."""
+    will send it again once another's lock lapses (a registration behind it, `behind_lock`):
+    that is the answer for now, not one to wait out. A retry for a lost Redis is waited for."""
     deadline = time.monotonic() + wait
     while True:
         try:
             result.get(timeout=min(1.0, max(0.01, deadline - time.monotonic())), propagate=False)
             return True
         except (TimeoutError, CeleryTimeout):  # Celery raises its own class, not the builtin
-            if result.state == "RETRY" or time.monotonic() >= deadline:
-                return False
+            if behind_lock(result) or time.monotonic() >= deadline:
+                return result.ready()  # it may have come at the very last moment
+
+
+def behind_lock(result: Any) -> bool:
+    """Whether the task waits to run again once another's lock lapses (workers/tasks.py)."""
+    return bool(result.state == "RETRY" and type(result.info).__name__ == "StillLocked")
+
+
+def let_go(result: Any) -> None:
+    """Stop following a task not waited out: Celery keeps its pending result (and the
+    subscription to it) until the task ends, and its finaliser ran at exit."""
+    with contextlib.suppress(Exception):
+        result.backend.remove_pending_result(result)

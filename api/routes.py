@@ -11,7 +11,7 @@ from flask.views import MethodView as FlaskMethodView
 
 from api.arguments import CacheBlueprint
 from api.errors import STATUS_BY_NAME, body
-from api.extensions import answered, cache, state, this_app, this_request
+from api.extensions import answered, cache, let_go, state, this_app, this_request
 from api.schemas import (
     DirectoryListSchema,
     DirectorySchema,
@@ -101,6 +101,7 @@ def task_reply(result: AsyncResult, wait: float) -> Any:
         return reply, 202
     if not answered(result, wait):
         reply["state"] = result.state  # RETRY: behind another's lock, sent again once it lapses
+        let_go(result)
         return reply, 202
     value = result.get(propagate=False)
     reply["state"] = result.state

@@ -157,7 +157,10 @@ def said_short(cache: DiskCache, result: PassResult, quota: bool, room: int) -> 
             extra={"event": "eviction_short"},
         )
     if room:
+        # The directories skipped are to blame only if what the cache still holds could
+        # cover the shortfall; else the disk is filled by something else (or freed late).
         kept = why["pinned"] + why["locked"] + why["young"] + why["undeletable"]
+        kept = kept if result.usage_after >= room else 0
         log.warning(
             "free space: could not make enough room, the disk is still %d bytes short of "
             "DISK_CACHE_MIN_FREE_BYTES with %d bytes left in the cache (skipped: %s): %s",

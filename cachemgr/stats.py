@@ -262,7 +262,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     apart = split(workers)
     # Where the live workers disagree, "the node's workers run with" one value was false:
     # the warning below names each worker's.
-    disputed = {ENFORCED[key][0].upper() for key in apart}
+    disputed = {ENFORCED[key][0].upper(): set(values) for key, values in apart.items()}
     stats["warnings"] += _differences(cache.settings, s, disputed)
     stats["warnings"] += _workers_apart(apart)
     stats["warnings"] += [
@@ -300,16 +300,17 @@ def _started(scheduler: str) -> float | None:
         return None
 
 
-def _differences(here: Settings, workers: Settings, disputed: set[str]) -> list[str]:
+def _differences(here: Settings, workers: Settings, disputed: dict[str, set[Any]]) -> list[str]:
     """A process whose environment disagrees with the workers' says so: the stats show the
-    workers' values, and a cleanup sent from here runs with theirs. Not for the settings the
-    live workers themselves disagree on (`disputed`), which _workers_apart says."""
+    workers' values, and a cleanup sent from here runs with theirs. Not where the live
+    workers disagree among themselves (`disputed`: setting -> their values) and one of them
+    runs this process's value: _workers_apart says that."""
     return [
         f"this process has {name}={env_value(mine)} but the node's workers run with "
         f"{env_value(theirs)}: the stats show the workers' (they enforce it); give every "
         "process the same environment"
         for name, mine, theirs in differing(here, workers)
-        if name not in disputed
+        if mine not in disputed.get(name, ())
     ]
 
 

@@ -650,3 +650,22 @@ def test_a_registration_behind_another_lock_answers_202_retry_at_once(client, ca
     while not cache.store.tracked(["held"])[0] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert cache.store.tracked(["held"]) == [True]
+
+
+def test_only_a_retry_behind_a_lock_stops_the_wait():
+    """Every task retries a lost Redis too (LOADING after a restart is a ConnectionError):
+    that RETRY was taken for a registration behind a lock, and the CLI gave up on a cleanup
+    that finished a second later."""
+    import types
+
+    import redis
+
+    from api.extensions import behind_lock
+    from cachemgr.errors import StillLocked
+
+    def result(state, info):
+        return types.SimpleNamespace(state=state, info=info)
+
+    assert behind_lock(result("RETRY", StillLocked("locked")))
+    assert not behind_lock(result("RETRY", redis.BusyLoadingError("LOADING")))
+    assert not behind_lock(result("PENDING", None))

@@ -69,13 +69,16 @@ def test_a_floor_the_pins_keep_unmet_blames_the_pins(
         make_tree(root, f"album{i}", files=1)
         cache.register(f"album{i}")
         cache.pin(f"album{i}", 3600)
-    low = settings.with_(disk_cache_min_free_bytes=2 * 10**6)
+    low = settings.with_(disk_cache_min_free_bytes=10**6 + 10_000)  # the pins hold more
     result = enforce_quota(DiskCache(low, redis_client))
     assert result.removed == [] and result.skipped_pinned
-    assert result.short.startswith("the disk still 1000000 bytes short of its free-space floor")
+    assert result.short.startswith("the disk still 10000 bytes short of its free-space floor")
     assert "skipped: pinned 3" in result.short
     assert "the directories skipped hold the rest" in caplog.text
     assert "something else fills that disk" not in caplog.text
+    caplog.clear()  # short by more than the whole cache holds: not the pins' doing
+    enforce_quota(DiskCache(settings.with_(disk_cache_min_free_bytes=2 * 10**6), redis_client))
+    assert "something else fills that disk" in caplog.text
 
 
 def test_a_floor_deletions_cannot_lift_takes_as_few_through_bounded_continuations(

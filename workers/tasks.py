@@ -94,7 +94,10 @@ def _booked_or_later(task: Task, done: dict[str, Any]) -> dict[str, Any]:
     if done.get("status") != "skipped" or "retry_after" not in done:
         return done
     path, reason = done["path"], done["reason"]
-    if task.request.retries >= task.max_retries:
+    # Enough retries, each at most MAX_RETRY_SECONDS apart, to outlast the longest lock.
+    timeout = get_cache().settings.disk_cache_lock_timeout_seconds
+    limit = max(int(task.max_retries or 0), int(timeout // MAX_RETRY_SECONDS) + 3)
+    if task.request.retries >= limit:
         said = (
             f"{path!r} was never free to register ({reason}) after {task.request.retries} "
             "retries: register it again, or run `cachemgr reconcile`"
@@ -106,7 +109,8 @@ def _booked_or_later(task: Task, done: dict[str, Any]) -> dict[str, Any]:
     if task.name != register_directory.name:
         register_directory.apply_async((path,), countdown=countdown, queue=_queue_of(task))
         return {**done, "sent_again": True}
-    raise task.retry(countdown=countdown)
+    # The lock named as the retry's reason: a waiting caller tells it from a lost Redis.
+    raise task.retry(exc=StillLocked(reason), countdown=countdown, max_retries=limit)
 
 
 def _queue_of(task: Task) -> str:
