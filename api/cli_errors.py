@@ -12,7 +12,7 @@ import click
 import redis
 from kombu.exceptions import OperationalError
 
-from api.errors import raised_in, redis_unavailable, wrong_database
+from api.errors import broker_said, raised_in, redis_said, redis_unavailable, wrong_database
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3, 4, 5
@@ -39,16 +39,14 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
             raise Fail(str(exc), EXIT_USAGE) from None
         except CacheError as exc:
             raise Fail(str(exc), EXIT_FAILED) from None
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise Fail(f"Redis cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
-        except redis.RedisError as exc:  # out of memory, read-only, loading...: not a bug
+        except redis.RedisError as exc:  # away, out of memory, read-only, loading...: no bug
             if said := wrong_database(exc):
                 raise Fail(said, EXIT_CONFIG) from None
             if not redis_unavailable(exc):
                 raise
-            raise Fail(f"Redis refuses it now: {exc}", EXIT_UNAVAILABLE) from None
+            raise Fail(redis_said(exc), EXIT_UNAVAILABLE) from None
         except OperationalError as exc:
-            raise Fail(f"the Celery broker cannot be reached: {exc}", EXIT_UNAVAILABLE) from None
+            raise Fail(broker_said(exc), EXIT_UNAVAILABLE) from None
         except RuntimeError as exc:
             # Celery's Redis result backend gives up reconnecting with a bare RuntimeError.
             if not raised_in(exc, "celery.backends."):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import redis
@@ -54,6 +55,32 @@ def wrong_database(exc: BaseException) -> str | None:
             "range): give a number below its `databases` setting (16 by default)"
         )
     return None
+
+
+# A script's error names its SHA and Lua line: nothing a user can act on.
+SCRIPT_WHERE = re.compile(r"\s*script: [0-9a-f]{40}, on @user_script:\d+\.?")
+# What a Redis that refuses a write (out of memory) says, its code stripped by redis-py.
+REFUSED = ("used memory > 'maxmemory'", "READONLY", "You can't write against a read only")
+
+
+def redis_said(exc: BaseException) -> str:
+    """One line for a Redis that cannot serve now: reached and refusing, or not reached."""
+    # LOADING and a refused login are ConnectionErrors to redis-py, from a Redis reached.
+    reached = not isinstance(exc, redis.ConnectionError | redis.TimeoutError) or isinstance(
+        exc, redis.BusyLoadingError | redis.AuthenticationError
+    )
+    text = SCRIPT_WHERE.sub("", str(exc))
+    return wrong_database(exc) or (
+        f"Redis refuses it now: {text}" if reached else f"Redis cannot be reached: {text}"
+    )
+
+
+def broker_said(exc: BaseException) -> str:
+    """One line for a broker that cannot take a task: one out of memory was 'unreachable'."""
+    text = str(exc)
+    if any(mark in text for mark in REFUSED):
+        return f"the Celery broker refuses it now: {text}"
+    return f"the Celery broker cannot be reached: {text}"
 
 
 def redis_unavailable(exc: BaseException) -> bool:
@@ -116,20 +143,15 @@ def register_error_handlers(app: Flask) -> None:
     def redis_down(exc: Exception) -> tuple[Any, int]:
         if not redis_unavailable(exc):
             return unexpected(exc)
-        # LOADING and a refused login are ConnectionErrors to redis-py, from a Redis reached.
-        reached = not isinstance(exc, redis.ConnectionError | redis.TimeoutError) or isinstance(
-            exc, redis.BusyLoadingError | redis.AuthenticationError
-        )
-        said = wrong_database(exc) or (
-            f"Redis refuses it now: {exc}" if reached else f"Redis cannot be reached: {exc}"
-        )
+        said = redis_said(exc)
         log.error("redis unreachable: %s", said)
         return body(503, "redis_unavailable", said)
 
     @app.errorhandler(OperationalError)
     def broker_down(exc: Exception) -> tuple[Any, int]:
-        log.error("broker unreachable: %s", exc)
-        return body(503, "broker_unavailable", f"the Celery broker cannot be reached: {exc}")
+        said = broker_said(exc)
+        log.error("broker unavailable: %s", said)
+        return body(503, "broker_unavailable", said)
 
     @app.errorhandler(RuntimeError)
     def runtime_error(exc: RuntimeError) -> tuple[Any, int]:

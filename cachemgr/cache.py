@@ -26,7 +26,7 @@ from cachemgr.records import Entry
 from cachemgr.registration import Booking
 from cachemgr.settings import Settings
 from cachemgr.store import Store
-from cachemgr.switch import switched
+from cachemgr.switch import some_worker_on, switched
 
 log = logging.getLogger("cachemgr")
 
@@ -205,6 +205,10 @@ class DiskCache:
         the quota and the policy): a shell whose DISK_CACHE_TTL_SECONDS differs showed expiry
         times of its own. Itself when they agree or have published nothing."""
         theirs = enforced(self.settings, own_entry(self.registry.entries(), self.settings))
+        if not theirs.enable_disk_cache_management and some_worker_on(
+            self.registry.live_workers(self.keys)
+        ):
+            theirs = theirs.with_(enable_disk_cache_management=True)  # a worker still manages
         if theirs is self.settings:
             return self
         other = DiskCache(theirs, self.client, clock=self.clock)

@@ -66,7 +66,7 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             f"({floor}): "
             + (
                 f"the last cleanup could not make room ({short}): free space on that disk, "
-                "unpin what need not stay, or lower DISK_CACHE_MIN_FREE_BYTES"
+                "or lower DISK_CACHE_MIN_FREE_BYTES"
                 if short and ROOM_SHORT in short
                 else "the next cleanup evicts to make room"
             )

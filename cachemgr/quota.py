@@ -156,25 +156,29 @@ def said_short(cache: DiskCache, result: PassResult, quota: bool, room: int) -> 
             skipped,
             extra={"event": "eviction_short"},
         )
+    cause = ""
     if room:
         # The directories skipped are to blame only if what the cache still holds could
         # cover the shortfall; else the disk is filled by something else (or freed late).
         kept = why["pinned"] + why["locked"] + why["young"] + why["undeletable"]
-        kept = kept if result.usage_after >= room else 0
+        cause = (
+            "the directories skipped hold the rest"
+            if kept and result.usage_after >= room
+            else "something else fills that disk (or the space freed shows late, as on ZFS "
+            "or btrfs)"
+        )
         log.warning(
             "free space: could not make enough room, the disk is still %d bytes short of "
             "DISK_CACHE_MIN_FREE_BYTES with %d bytes left in the cache (skipped: %s): %s",
             room,
             result.usage_after,
             skipped,
-            "the directories skipped hold the rest"
-            if kept
-            else "nothing more the cache may evict: something else fills that disk (or the "
-            "space freed shows late, as on ZFS or btrfs)",
+            cause,
             extra={"event": "eviction_short"},
         )
+    floor = f"the disk still {room} {ROOM_SHORT}: {cause}"
     if quota:
-        result.short = skipped + (f"; the disk still {room} {ROOM_SHORT}" if room else "")
+        result.short = skipped + (f"; {floor}" if room else "")
     else:  # the quota met, the floor not: said first, which the quota's warning tells apart
-        result.short = f"{ROOM_ONLY} {room} {ROOM_SHORT}; skipped: {skipped}"
+        result.short = f"{floor}; skipped: {skipped}"
     events.add(cache.store, {"event": "eviction_short", "time": f"{cache.clock():.3f}", **why})

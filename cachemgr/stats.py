@@ -24,6 +24,7 @@ from cachemgr.nodes import (
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.records import iso, last_cleanup
 from cachemgr.settings import env_value
+from cachemgr.switch import some_worker_on
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -202,7 +203,8 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         status = "evicting"  # past the threshold, or short of the free-space floor
     stats = {
         "node": s.node,
-        "enabled": s.enable_disk_cache_management,  # the workers' switch, when published
+        # The workers' switch, when published; on while a live worker of it still manages.
+        "enabled": s.enable_disk_cache_management or some_worker_on(snap.get("workers") or {}),
         "total_bytes": total,
         "directory_count": snap["directory_count"],
         "max_bytes": s.disk_cache_max_bytes,
@@ -249,6 +251,14 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     )
     if refused:
         stats["warnings"].insert(0, f"cache not working: {refused}")
+    if refused or snap.get("adopting"):  # "run a manual cleanup" would be refused too
+        why = "no cleanup runs until the root is back (above)" if refused else (
+            "a reconcile --force is adopting the root: cleanups wait for it"
+        )
+        stats["warnings"] = [
+            f"{w.partition(';')[0]}; {why}" if w.startswith("over quota:") else w
+            for w in stats["warnings"]
+        ]
     if not snap["initialized"] and stats["directory_count"] and cache.local:
         # Books kept before (the root says so) and gone since: what was registered after the
         # loss is all they count until the next cleanup rebuilds them from the disk.

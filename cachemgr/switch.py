@@ -35,5 +35,13 @@ def disabled_where(cache: DiskCache) -> str | None:
     switch the tasks obey, once they published it), else in this process; None when on."""
     entry = own_entry(cache.registry.entries(), cache.settings)
     if "enabled" in entry:  # theirs decides: the API's own switch changes nothing they do
-        return None if entry["enabled"] else "on the node's workers"
+        on = entry["enabled"] or some_worker_on(cache.registry.live_workers(cache.keys))
+        return None if on else "on the node's workers"
     return None if cache.settings.enable_disk_cache_management else "in this process"
+
+
+def some_worker_on(live: dict[str, dict[str, Any]]) -> bool:
+    """Whether a live worker (NodeRegistry.live_workers) manages the cache, whatever the one
+    that published last said: in a rolling restart that turns it off, the node is not off
+    while one still manages it (its tasks are done), and "nothing is registered" was false."""
+    return any(entry.get("enabled") for entry in live.values())

@@ -125,9 +125,13 @@ def test_a_registration_on_a_root_that_is_not_the_books_is_refused(settings, red
                 cache.register("newalbum")
         assert sorted(worker.store.all_records()) == ["a"]  # nothing booked
         # The stats say it at once: they had said nothing until the next cleanup failed.
-        said = worker.stats()["warnings"][0]
-        assert said.startswith("cache not working: ")
-        assert "marker .cachemgr-books is missing" in said
+        worker.client.set(worker.keys.bytes, settings.disk_cache_max_bytes + 1)  # over quota
+        warnings = worker.stats()["warnings"]
+        assert warnings[0].startswith("cache not working: ")
+        assert "marker .cachemgr-books is missing" in warnings[0]
+        # Not "run a manual cleanup": it would be refused as well.
+        over = [w for w in warnings if w.startswith("over quota:")]
+        assert over and "no cleanup runs until the root is back" in over[0], over
         shutil.rmtree(root)  # no mount point at all: said so, not "its marker is missing"
         with pytest.raises(RootMissing, match="is not a directory .*no registration is booked"):
             later.register("newalbum")

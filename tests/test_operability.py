@@ -584,3 +584,55 @@ def test_a_redis_clock_keeps_its_last_skew_while_time_cannot_be_read(caplog):
     assert caplog.text.count("Redis's clock cannot be read") == 1
     clock()
     assert caplog.text.count("Redis's clock cannot be read") == 1  # said once
+
+
+def test_a_rolling_restart_that_turns_management_off_is_not_off_while_a_worker_manages(
+    settings, redis_client, cache, root
+):
+    """One worker on, one just started with ENABLE_DISK_CACHE_MANAGEMENT=false and published
+    last: the stats said "nothing is registered, cleaned or evicted", /readyz answered 503,
+    and the CLI's pin refused, while half the registrations went through."""
+    from cachemgr.switch import disabled_where
+
+    off = settings.with_(enable_disk_cache_management=False)
+    cache.registry.heartbeat(cache.keys, "host-a:1", settings=settings)
+    cache.registry.heartbeat(cache.keys, "host-b:2", settings=off)
+    DiskCache(off, redis_client).registry.publish(off)  # the last to publish
+    stats = cache.stats()
+    assert stats["enabled"] is True
+    assert not any("ENABLE_DISK_CACHE_MANAGEMENT is false" in w for w in stats["warnings"])
+    assert any("live workers run different settings" in w for w in stats["warnings"])
+    assert disabled_where(cache) is None
+    make_tree(root, "a")
+    assert cache.acting()[0].pin("a", 60)["pinned_until"] is not None
+    cache.registry.mark_down(cache.keys, "host-a:1")  # the last one on stops: off now
+    assert disabled_where(cache) == "on the node's workers"
+    assert cache.stats()["enabled"] is False
+
+
+def test_a_refusing_redis_or_broker_is_said_without_lua_internals_nor_unreachable():
+    """Under OOM, `cachemgr pin` printed the script's SHA and Lua line, and a broker out of
+    memory was "cannot be reached" though it answered."""
+    from kombu.exceptions import OperationalError
+
+    from api.errors import broker_said, redis_said
+
+    oom = redis.exceptions.OutOfMemoryError(
+        "command not allowed when used memory > 'maxmemory'. script: "
+        + "7969fb25d52abd3fe92edd9a18c6cfb03301c405, on @user_script:63."
+    )
+    assert redis_said(oom) == (
+        "Redis refuses it now: command not allowed when used memory > 'maxmemory'."
+    )
+    assert redis_said(redis.ConnectionError("Connection refused")).startswith(
+        "Redis cannot be reached"
+    )
+    assert redis_said(redis.BusyLoadingError("loading")).startswith("Redis refuses it now")
+    full = OperationalError(
+        "Command # 1 (LLEN celery) of pipeline caused error: command not allowed when used "
+        "memory > 'maxmemory'."
+    )
+    assert broker_said(full).startswith("the Celery broker refuses it now: ")
+    assert broker_said(OperationalError("Error 111 connecting")).startswith(
+        "the Celery broker cannot be reached"
+    )
