@@ -534,23 +534,16 @@ def test_a_redis_url_naming_a_database_the_server_lacks_is_said_in_one_line(
 ):
     """`redis://host/99` on a server of 16 databases: the CLI printed a traceback and the
     API's stats answered 500 "internal_error"; every command of such a URL fails."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from cachemgr import connect
     from tests.conftest import REDIS_URL
+    from tests.test_settings import _run
 
     databases = int(redis_client.config_get("databases")["databases"])
     url = f"{REDIS_URL.rsplit('/', 1)[0]}/{databases}"  # one past the last
-    env = {**os.environ, "REDIS_URL": url, "DISK_CACHE_ROOT": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "api.cli", "stats"], cwd=Path(__file__).resolve().parents[1],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    err = done.stderr.strip()
-    assert done.returncode == 5 and "Traceback" not in err, err
+    code, err = _run(
+        ["-m", "api.cli", "stats"], {"REDIS_URL": url, "DISK_CACHE_ROOT": str(tmp_path)}
+    )
+    assert code == 5 and "Traceback" not in err, err
     assert err.splitlines() == [err] and "REDIS_URL names a database" in err
     client = connect(url)
     try:
