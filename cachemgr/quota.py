@@ -176,7 +176,7 @@ def said_short(cache: DiskCache, result: PassResult, quota: bool, room: int) -> 
             cause,
             extra={"event": "eviction_short"},
         )
-    floor = f"the disk still {room} {ROOM_SHORT}: {cause}"
+    floor = f"{ROOM_ONLY} {room} {ROOM_SHORT}: {cause}"
     if quota:
         result.short = skipped + (f"; {floor}" if room else "")
     else:  # the quota met, the floor not: said first, which the quota's warning tells apart
