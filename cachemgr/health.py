@@ -26,9 +26,16 @@ OVERDUE_INTERVALS = 2
 NEARLY_FULL_SHARE = 0.02
 
 
-def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = None) -> list[str]:
+def diagnose(
+    stats: dict[str, Any],
+    cleanup_interval: int,
+    now: float | None = None,
+    cleanups_wait: str | None = None,
+) -> list[str]:
     """What an operator should look at; `stats["periodic_overdue"]` (stats.node_stats, by
-    `periodic_overdue` below) says whether beat's cleanups are late."""
+    `periodic_overdue` below) says whether beat's cleanups are late. `cleanups_wait`: why no
+    cleanup can run now (the root refused, or being adopted), which then stands in for the
+    advice to run one."""
     now = time.time() if now is None else now
     problems: list[str] = []
     if not stats.get("enabled", True):
@@ -37,9 +44,11 @@ def diagnose(stats: dict[str, Any], cleanup_interval: int, now: float | None = N
             "this process's until they publish theirs): nothing is registered, cleaned or evicted"
         )
     if stats["quota_status"] == "over_quota":
+        advice = cleanups_wait or (
+            "run a manual cleanup, lower DISK_CACHE_TTL_SECONDS, or check for pinned directories"
+        )
         problems.append(
-            f"over quota: {stats['total_bytes']} of {stats['max_bytes']} bytes used; run a manual "
-            "cleanup, lower DISK_CACHE_TTL_SECONDS, or check for pinned directories"
+            f"over quota: {stats['total_bytes']} of {stats['max_bytes']} bytes used; {advice}"
         )
     short = (stats.get("last_cleanup") or {}).get("evict_short")
     above = stats["total_bytes"] > stats["threshold_bytes"]

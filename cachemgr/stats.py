@@ -242,23 +242,22 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         workers_since=float(entry.get("published_at") or 0) or None,
         scheduler_since=snap.get("scheduler_started"),
     )
-    stats["warnings"] = diagnose(stats, interval, now)
     # The seed's "check downloads directory exists", on the host that reads it: said at once,
     # as cleanups would refuse it (an unmounted disk's empty mount point, another disk).
     # Not while a reconcile --force adopts the root: its books are half rewritten on purpose.
     refused = cache.local and not snap.get("adopting") and marker.refusal_seen(
         cache, snap.get("root_mark", ""), stats["directory_count"]
     )
+    wait = (  # "run a manual cleanup" would be refused too
+        "no cleanup runs until the root is back (above)"
+        if refused
+        else "a reconcile --force is adopting the root: cleanups wait for it"
+        if snap.get("adopting")
+        else None
+    )
+    stats["warnings"] = diagnose(stats, interval, now, cleanups_wait=wait)
     if refused:
         stats["warnings"].insert(0, f"cache not working: {refused}")
-    if refused or snap.get("adopting"):  # "run a manual cleanup" would be refused too
-        why = "no cleanup runs until the root is back (above)" if refused else (
-            "a reconcile --force is adopting the root: cleanups wait for it"
-        )
-        stats["warnings"] = [
-            f"{w.partition(';')[0]}; {why}" if w.startswith("over quota:") else w
-            for w in stats["warnings"]
-        ]
     if not snap["initialized"] and stats["directory_count"] and cache.local:
         # Books kept before (the root says so) and gone since: what was registered after the
         # loss is all they count until the next cleanup rebuilds them from the disk.
