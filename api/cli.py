@@ -14,13 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
-from kombu.exceptions import OperationalError
 
 from api.cli_errors import (
     EXIT_FAILED,
-    EXIT_NOT_FOUND,
     EXIT_USAGE,
     Fail,
     friendly,
@@ -29,16 +26,15 @@ from api.cli_group import CacheGroup, create_cli_app
 from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
 from api.cli_tables import entry_rows, kv, plan_table, stats_table
-from api.errors import raised_in
-from api.extensions import answered, behind_lock, let_go
-from cachemgr import CacheError, DiskCache, listing
+from api.cli_tasks import acting, send_quota_pass, state, wait_task
 from cachemgr import events as event_log
+from cachemgr import listing
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.pins import MAX_PIN_SECONDS
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry
-from cachemgr.settings import env_value, parse_duration, parse_size, quoted
+from cachemgr.settings import parse_duration, parse_size, quoted
 
 # The API's own limit for GET /cache/events; a COUNT past 2^63 was a Redis error's traceback.
 MAX_EVENTS = 10000
@@ -50,10 +46,6 @@ def _option(option: str, text: str, parse: Callable[[str], int]) -> int:
         return parse(text)
     except ValueError as exc:
         raise Fail(f"{option} {quoted(text)}: {exc}", EXIT_USAGE) from None
-
-
-def _state() -> Any:
-    return current_app.extensions["cachemgr"]
 
 
 def _json_wanted(as_json: bool | None) -> bool:
@@ -72,81 +64,11 @@ json_option = click.option("--json", "as_json", is_flag=True, default=None, help
 now_option = click.option("--now", is_flag=True, help="Do it in this process, not via a worker.")
 
 
-TASK_WAIT_SECONDS = 120.0
-
-
-def _wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Send a task to this node's workers and wait for its answer; none of them alive (no
-    heartbeat) is said at once, and nothing is queued to run behind the user's back later."""
-    cache = _state().cache
-    if not cache.registry.alive(cache.keys):
-        raise Fail(
-            f"no worker of node {cache.settings.node} is alive (no heartbeat): start one "
-            "(celery -A workers.app worker), or do it in this process with --now",
-            EXIT_FAILED,
-        )
-    result = _state().tasks.send(name, *args, **kwargs)
-    try:
-        return _answer(name, result)
-    except (CacheError, Fail):
-        raise
-    except RuntimeError as exc:
-        if raised_in(exc, "celery.backends."):
-            raise  # the result backend gave up: `friendly` says so (exit 4)
-        raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
-    except Exception as exc:
-        if type(exc).__name__ in ("NotTracked", "NotOnDisk"):
-            raise Fail(str(exc), EXIT_NOT_FOUND) from None
-        if type(exc).__name__ == "PathError":
-            raise Fail(str(exc), EXIT_USAGE) from None
-        raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
-    finally:
-        let_go(result)  # now: at exit, its finaliser printed a traceback under the answer
-
-
-def _answer(name: str, result: Any, wait: float = TASK_WAIT_SECONDS) -> Any:
-    """The task's answer, within `wait` seconds. One the workers will send again (a
-    registration behind another's lock) is said at once, as queued, not waited out."""
-    if answered(result, wait):
-        return result.get()
-    if behind_lock(result):
-        raise Fail(
-            f"{name} is waiting for another's lock and will run again once it lapses "
-            f"(task {result.id}): nothing is lost; see `cachemgr info` later",
-            EXIT_FAILED,
-        )
-    raise Fail(
-        f"{name}: no answer within {wait:.0f} s (task {result.id}); it may still run: see "
-        "`cachemgr events`",
-        EXIT_FAILED,
-    )
-
-
-def _acting() -> DiskCache:
-    """The cache a write done here (--now) acts on: with the quota, TTL and policy the node's
-    workers published (DiskCache.acting), each difference from this shell's said on stderr."""
-    cache = _state().cache
-    theirs, differences = cache.acting()
-    for name, mine, workers in differences:
-        click.echo(
-            f"note: the node's workers run with {name}={env_value(workers)} (this shell: "
-            f"{env_value(mine)}): done here with theirs",
-            err=True,
-        )
-    if differences and not cache.registry.alive(cache.keys):
-        click.echo(
-            "note: no worker of the node is alive; these are the settings its workers last "
-            f"published (`cachemgr forget-node {cache.settings.node}` drops them)",
-            err=True,
-        )
-    return theirs
-
-
 def _skipped(result: Any, as_json: bool | None) -> None:
-    """A skipped or disabled operation fails (exit 1), its result still printed as JSON when
-    JSON is wanted: a script reading stdout gets an answer."""
+    """A skipped, disabled or retried operation fails (exit 1), its result still printed as
+    JSON when JSON is wanted: a script reading stdout gets an answer."""
     status = result.get("status") if isinstance(result, dict) else None
-    if status not in ("skipped", "disabled"):
+    if status not in ("skipped", "disabled", "retry"):
         return
     if _json_wanted(as_json):
         click.echo(json.dumps(result, indent=2, default=str))
@@ -164,8 +86,8 @@ def _skipped(result: Any, as_json: bool | None) -> None:
 def stats(reset: bool, as_json: bool | None) -> None:
     """Usage against the quota, hit ratios and counters."""
     if reset:
-        _state().cache.reset_stats()
-    cache = _state().cache
+        state().cache.reset_stats()
+    cache = state().cache
     s = cache.stats()
     now = cache.clock()  # Redis's, as the books'
     emit(s, as_json, lambda stats: stats_table(stats, now))
@@ -186,7 +108,7 @@ def ls(
     # '' is a value (an unset variable in a script), refused as one: not "no filter".
     min_size = None if larger_than is None else _option("--larger-than", larger_than, parse_size)
     idle = None if idle_for is None else _option("--idle-for", idle_for, parse_duration)
-    acting = _state().cache.enforcing()  # the workers' TTL
+    acting = state().cache.enforcing()  # the workers' TTL
     store, now = acting.store, acting.clock()  # now by Redis's clock, as the books
     entries: list[Entry] = []
     cursor = None
@@ -215,7 +137,7 @@ def ls(
 @friendly
 def info(path: str, as_json: Any) -> None:
     """One cached directory."""
-    entry = _state().cache.info(path)  # expires_at by the workers' TTL
+    entry = state().cache.info(path)  # expires_at by the workers' TTL
 
     def lines(d: dict[str, Any]) -> None:
         for key, value in d.items():
@@ -230,19 +152,6 @@ def info(path: str, as_json: Any) -> None:
     emit(entry.to_dict(), as_json, lines)
 
 
-def _send_quota_pass(cache: DiskCache) -> None:
-    """Past the threshold: the workers evict, as after a task's registration. Best effort: the
-    directory is registered already, and a broker or worker away is said, not a failure."""
-    hint = "run `cachemgr cleanup --now` to evict here"
-    if not cache.registry.alive(cache.keys):
-        click.echo(f"past the threshold, and no worker of the node is alive: {hint}", err=True)
-        return
-    try:
-        _state().tasks.send("enforce_quota", automatic=True)
-    except OperationalError as exc:
-        click.echo(f"past the threshold; no quota pass could be sent ({exc}): {hint}", err=True)
-
-
 @click.command()
 @click.argument("path")
 @now_option
@@ -252,12 +161,12 @@ def _send_quota_pass(cache: DiskCache) -> None:
 def register(path: str, now: bool, as_json: Any) -> None:
     """Register a directory under the cache root."""
     if now:
-        cache = _acting()
+        cache = acting()
         result = cache.register(path)
         if quota_pass_due(result):
-            _send_quota_pass(cache)
+            send_quota_pass(cache)
     else:
-        result = _wait_task("register_directory", path)
+        result = wait_task("register_directory", path)
     _skipped(result, as_json)
     emit(result, as_json, kv)
 
@@ -272,10 +181,10 @@ def register(path: str, now: bool, as_json: Any) -> None:
 def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
     """Stop tracking a directory (and delete it with --files)."""
     if now:
-        result = _acting().remove(path, remove_files=files)
+        result = acting().remove(path, remove_files=files)
     else:
-        _state().cache.info(path)  # not tracked: said now, not after a worker's round trip
-        result = _wait_task("remove_directory", path, files)
+        state().cache.info(path)  # not tracked: said now, not after a worker's round trip
+        result = wait_task("remove_directory", path, files)
     _skipped(result, as_json)
     emit(result, as_json, kv)
 
@@ -289,9 +198,9 @@ def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
 def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
     """Sweep expired directories, then enforce the quota."""
     if now:
-        result = run_cleanup(_acting(), dry_run=dry_run)
+        result = run_cleanup(acting(), dry_run=dry_run)
     else:  # the worker plans too: with the settings and policy it enforces, not this shell's
-        result = _wait_task("cleanup", dry_run=dry_run)
+        result = wait_task("cleanup", dry_run=dry_run)
     _skipped(result, as_json)
     emit(result, as_json, plan_table)
 
@@ -308,9 +217,9 @@ def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
 def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
     """Compare the books with the disk and fix them."""
     if not now:  # the worker plans too: it sees the disk as it does (its user, its mount)
-        result = _wait_task("reconcile", dry_run=dry_run, force=force)
+        result = wait_task("reconcile", dry_run=dry_run, force=force)
     else:
-        cache = _acting()
+        cache = acting()
         if not sys.stderr.isatty():  # a bar is for a person: in a log it was a bare "walking"
             result = run_reconcile(cache, dry_run=dry_run, force=force)
         else:
@@ -322,7 +231,7 @@ def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
 
                 result = run_reconcile(cache, dry_run=dry_run, progress=progress, force=force)
         if quota_pass_due(result):
-            _send_quota_pass(cache)
+            send_quota_pass(cache)
     _skipped(result, as_json)
     emit(result, as_json, kv)
 
@@ -349,7 +258,7 @@ def pin(path: str, ttl: str, holder: str | None, as_json: Any) -> None:
             "(a week: renew a pin rather than make it long)",
             EXIT_USAGE,
         )
-    result = _acting().pin(path, seconds, holder)  # the workers' switch, as --now obeys
+    result = acting().pin(path, seconds, holder)  # the workers' switch, as --now obeys
     _skipped(result, as_json)
     emit(result, as_json, kv)
 
@@ -362,7 +271,7 @@ def pin(path: str, ttl: str, holder: str | None, as_json: Any) -> None:
 @friendly
 def unpin(path: str, holder: str | None, as_json: Any) -> None:
     """End a holder's lease on a directory (--holder), or every lease on it."""
-    result = _acting().unpin(path, holder)
+    result = acting().unpin(path, holder)
     _skipped(result, as_json)
     emit(result, as_json, kv)
 
@@ -375,7 +284,7 @@ def unpin(path: str, holder: str | None, as_json: Any) -> None:
 @friendly
 def events(limit: int, follow: bool, as_json: bool) -> None:
     """Evictions, expiries, removals and failed cleanups (JSON lines)."""
-    store = _state().cache.store
+    store = state().cache.store
     latest = list(reversed(event_log.latest(store, limit)))
     for event in latest:
         click.echo(json.dumps(event))
@@ -392,7 +301,7 @@ def events(limit: int, follow: bool, as_json: bool) -> None:
 @friendly
 def scheduler(action: str, as_json: Any) -> None:
     """Let periodic cleanups run (start), or make them skip (stop); manual ones still run."""
-    emit(_state().cache.set_scheduler(action == "start"), as_json, kv)
+    emit(state().cache.set_scheduler(action == "start"), as_json, kv)
 
 
 @click.command("forget-node")
@@ -402,7 +311,7 @@ def scheduler(action: str, as_json: Any) -> None:
 @friendly
 def forget_node(name: str, as_json: Any) -> None:
     """Forget a node taken out of service (its books stay in Redis); refused while it is up."""
-    emit(_state().cache.registry.forget(name), as_json, kv)
+    emit(state().cache.registry.forget(name), as_json, kv)
 
 
 COMMANDS = [

@@ -106,8 +106,8 @@ def test_reconcile_dry_run_and_now(runner, cache, root, monkeypatch):
 
     make_tree(root, "found")
     sent = []
-    real = api.cli._wait_task
-    monkeypatch.setattr(api.cli, "_wait_task", lambda *a, **k: sent.append(a) or real(*a, **k))
+    real = api.cli.wait_task
+    monkeypatch.setattr(api.cli, "wait_task", lambda *a, **k: sent.append(a) or real(*a, **k))
     plan = json.loads(run(runner, "reconcile", "--dry-run", "--json").stdout)
     assert plan["registered"] == ["found"] and cache.store.count_entries() == 0
     # Planned by the worker, which sees the disk as the real run does (its user, its mount):
@@ -388,7 +388,7 @@ def test_register_now_past_the_threshold_registers_even_when_no_pass_can_be_sent
     # is told how to evict by hand.
     from kombu.exceptions import OperationalError
 
-    from api.cli import _state
+    from api.cli_tasks import state as _state
 
     for i in range(10):
         make_tree(root, f"d{i:02d}", files=9)
@@ -415,7 +415,7 @@ def test_register_now_past_the_threshold_registers_even_when_no_pass_can_be_sent
 
 def test_a_result_backend_that_gives_up_is_exit_4(runner, cache, root, monkeypatch):
     # Celery's "Retry limit exceeded ... must be restarted" came out as exit 1 in its words.
-    from api.cli import _state
+    from api.cli_tasks import state as _state
 
     scope: dict = {"__name__": "celery.backends.asynchronous"}
     exec("def give_up(**kw):\n    raise RuntimeError('Retry limit exceeded')", scope)
@@ -595,11 +595,13 @@ def test_register_behind_another_lock_says_it_is_queued_at_once(runner, cache, r
     make_tree(root, "a")
     cache.client.set(cache.keys.lock("a"), "a-killed-worker", px=6000)
     started = time.monotonic()
-    result = run(runner, "register", "a")
+    result = run(runner, "register", "a", "--json")
     assert result.exit_code == 1 and time.monotonic() - started < 30
-    said = [line for line in result.output.splitlines() if " INFO " not in line]
-    assert len(said) == 1, result.output  # the session worker's own log lines aside
-    assert said[0].startswith("Error: register_directory is waiting for another's lock")
+    said = [line for line in result.stderr.splitlines() if " INFO " not in line]
+    assert len(said) == 1, result.stderr  # the session worker's own log lines aside
+    assert said[0].startswith("Error: retry: register_directory is waiting for another's lock")
+    answer = json.loads(result.stdout)  # a script reading the JSON gets an answer too
+    assert answer["status"] == "retry" and answer["task_id"] in said[0]
     deadline = time.monotonic() + 30  # and it is booked once the lock lapses
     while not cache.store.tracked(["a"])[0] and time.monotonic() < deadline:
         time.sleep(0.2)

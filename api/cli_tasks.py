@@ -1,0 +1,104 @@
+"""How the CLI has the node's workers do a write: send the task, wait for its answer, or act
+here (--now) with the settings the workers published."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from flask import current_app
+from kombu.exceptions import OperationalError
+
+from api.cli_errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail
+from api.errors import raised_in
+from api.extensions import answered, behind_lock, let_go
+from cachemgr import CacheError, DiskCache
+from cachemgr.settings import env_value
+
+TASK_WAIT_SECONDS = 120.0
+
+
+def state() -> Any:
+    return current_app.extensions["cachemgr"]
+
+
+def wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Send a task to this node's workers and wait for its answer; none of them alive (no
+    heartbeat) is said at once, and nothing is queued to run behind the user's back later."""
+    cache = state().cache
+    if not cache.registry.alive(cache.keys):
+        raise Fail(
+            f"no worker of node {cache.settings.node} is alive (no heartbeat): start one "
+            "(celery -A workers.app worker), or do it in this process with --now",
+            EXIT_FAILED,
+        )
+    result = state().tasks.send(name, *args, **kwargs)
+    try:
+        return answer(name, result)
+    except (CacheError, Fail):
+        raise
+    except RuntimeError as exc:
+        if raised_in(exc, "celery.backends."):
+            raise  # the result backend gave up: `friendly` says so (exit 4)
+        raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
+    except Exception as exc:
+        if type(exc).__name__ in ("NotTracked", "NotOnDisk"):
+            raise Fail(str(exc), EXIT_NOT_FOUND) from None
+        if type(exc).__name__ == "PathError":
+            raise Fail(str(exc), EXIT_USAGE) from None
+        raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
+    finally:
+        let_go(result)  # now: at exit, its finaliser printed a traceback under the answer
+
+
+def answer(name: str, result: Any, wait: float = TASK_WAIT_SECONDS) -> Any:
+    """The task's answer, within `wait` seconds. One the workers will send again (a
+    registration behind another's lock) is answered at once as status "retry", not waited
+    out: the command fails (exit 1) and a script reading its JSON still gets the task's id."""
+    if answered(result, wait):
+        return result.get()
+    if behind_lock(result):
+        return {
+            "status": "retry",
+            "task_id": result.id,
+            "reason": f"{name} is waiting for another's lock and will run again once it "
+            f"lapses (task {result.id}): nothing is lost; see `cachemgr info` later",
+        }
+    raise Fail(
+        f"{name}: no answer within {wait:.0f} s (task {result.id}); it may still run: see "
+        "`cachemgr events`",
+        EXIT_FAILED,
+    )
+
+
+def acting() -> DiskCache:
+    """The cache a write done here (--now) acts on: with the quota, TTL and policy the node's
+    workers published (DiskCache.acting), each difference from this shell's said on stderr."""
+    cache = state().cache
+    theirs, differences = cache.acting()
+    for name, mine, workers in differences:
+        click.echo(
+            f"note: the node's workers run with {name}={env_value(workers)} (this shell: "
+            f"{env_value(mine)}): done here with theirs",
+            err=True,
+        )
+    if differences and not cache.registry.alive(cache.keys):
+        click.echo(
+            "note: no worker of the node is alive; these are the settings its workers last "
+            f"published (`cachemgr forget-node {cache.settings.node}` drops them)",
+            err=True,
+        )
+    return theirs
+
+
+def send_quota_pass(cache: DiskCache) -> None:
+    """Past the threshold: the workers evict, as after a task's registration. Best effort: the
+    directory is registered already, and a broker or worker away is said, not a failure."""
+    hint = "run `cachemgr cleanup --now` to evict here"
+    if not cache.registry.alive(cache.keys):
+        click.echo(f"past the threshold, and no worker of the node is alive: {hint}", err=True)
+        return
+    try:
+        state().tasks.send("enforce_quota", automatic=True)
+    except OperationalError as exc:
+        click.echo(f"past the threshold; no quota pass could be sent ({exc}): {hint}", err=True)
