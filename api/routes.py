@@ -193,7 +193,9 @@ class Directory(MethodView):
     def delete(self, args: dict[str, Any], path: str) -> Any:
         """Remove a directory from tracking, and from disk with ?remove_files=true."""
         target = node_cache(args)
-        rel = checked(path, target)
+        # Untracking alone looks at no disk (DiskCache.remove): an entry whose parent became a
+        # symlink, which every cleanup fails to delete, could not be untracked here.
+        rel = checked(path, target) if args["remove_files"] else paths.normalize(path)
         if not target.store.tracked([rel])[0]:
             raise NotTracked(f"directory is not tracked: {rel!r}")
         return send(args, "remove_directory", rel, args["remove_files"])
@@ -215,7 +217,7 @@ class Pin(MethodView):
     @blp.alt_response(200, schema=TaskSchema)
     def delete(self, args: dict[str, Any], path: str) -> Any:
         """End a holder's lease on a directory (?holder=), or every lease on it."""
-        rel = checked(path, node_cache(args))
+        rel = paths.normalize(path)  # a lease is Redis's alone: no disk to look at
         return send(args, "unpin_directory", rel, **holder_kwargs(args.get("holder")))
 
 
@@ -242,8 +244,11 @@ class Cleanup(MethodView):
     def post(self, args: dict[str, Any]) -> Any:
         """Sweep expired directories, then enforce the quota. ?dry_run=true answers the plan."""
         if args["dry_run"]:
+            target = node_cache(args)
+            if not target.local:  # its disk is not here (nor, maybe, its root): its workers plan
+                return send(args, "cleanup", dry_run=True)
             # With the quota and policy the workers enforce, as the real run will.
-            plan = cleanup_plan(node_cache(args).acting()[0], dry_run=True)
+            plan = cleanup_plan(target.acting()[0], dry_run=True)
             return {"task_id": "", "state": "SUCCESS", "result": plan}, 200
         return send(args, "cleanup")
 

@@ -248,6 +248,14 @@ ENFORCED = {
     "policy": ("disk_cache_eviction_policy", str),
     "min_free_bytes": ("disk_cache_min_free_bytes", int),
     "enabled": ("enable_disk_cache_management", bool),
+    # How they act, too: a shell's `cleanup --now` with no DISK_CACHE_MIN_AGE_SECONDS of its
+    # own evicted directories the workers kept as too young.
+    "min_age_seconds": ("disk_cache_min_age_seconds", int),
+    "entry_depth": ("disk_cache_entry_depth", int),
+    "max_evictions_per_run": ("disk_cache_max_evictions_per_run", int),
+    "batch_size": ("disk_cache_batch_size", int),
+    "lock_timeout_seconds": ("disk_cache_lock_timeout_seconds", int),
+    "events_maxlen": ("disk_cache_events_maxlen", int),
 }
 
 
@@ -272,8 +280,8 @@ def split(workers: dict[str, dict[str, Any]]) -> dict[str, dict[Any, list[str]]]
 
 
 def enforced(base: Settings, entry: dict[str, Any]) -> Settings:
-    """`base` with the quota, TTL, interval and policy a node's workers published: what they
-    enforce, whatever another process's environment says."""
+    """`base` with the settings a node's workers published (ENFORCED): what they enforce and
+    how, whatever another process's environment says."""
     if all(key not in entry or entry[key] == getattr(base, f) for key, (f, _) in ENFORCED.items()):
         return base  # the usual case, on every stats read: the values as JSON gave them
     changes = {field: kind(entry[key]) for key, (field, kind) in ENFORCED.items() if key in entry}

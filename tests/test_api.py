@@ -669,3 +669,51 @@ def test_only_a_retry_behind_a_lock_stops_the_wait():
     assert behind_lock(result("RETRY", StillLocked("locked")))
     assert not behind_lock(result("RETRY", redis.BusyLoadingError("LOADING")))
     assert not behind_lock(result("PENDING", None))
+
+
+def test_an_entry_under_a_parent_turned_symlink_can_still_be_untracked(
+    client, settings, cache, root, tmp_path
+):
+    """Untracking looks at no disk, yet the API resolved the path first and answered 400, so
+    an entry every cleanup fails to delete (its parent now a symlink) stayed on the books."""
+    from cachemgr import DiskCache
+
+    deep = DiskCache(settings.with_(disk_cache_entry_depth=2), cache.client)
+    make_tree(root, "x/a")
+    deep.register("x/a")
+    deep.pin("x/a", 600, holder="player")
+    (root / "x").rename(tmp_path / "elsewhere")
+    (root / "x").symlink_to(tmp_path / "elsewhere")
+    r = client.delete("/cache/directories/x/a?remove_files=true")
+    assert r.status_code == 400 and "symlink" in r.get_json()["message"]  # files: refused
+    assert client.delete("/cache/directories/x/a/pin?holder=player&wait=10").status_code == 200
+    assert client.delete("/cache/directories/x/a?wait=10").status_code == 200
+    assert not cache.store.tracked(["x/a"])[0]
+    assert (tmp_path / "elsewhere" / "a").is_dir()  # nothing deleted through the link
+
+
+def test_a_plan_for_a_node_whose_disk_is_elsewhere_is_made_by_its_workers(
+    app, client, settings, redis_client, monkeypatch
+):
+    """The plan was made in the API process, which checked that node's root on this host's
+    disk: a 503 "is the disk mounted?" for every node but the API's own."""
+    from cachemgr.nodes import NodeRegistry
+
+    far = settings.with_(disk_cache_node="far", disk_cache_root="/nonexistent/far")
+    NodeRegistry(redis_client, settings.disk_cache_cluster).publish(far, queue="far-queue")
+    tasks = app.extensions["cachemgr"].tasks
+    sent: list[tuple] = []
+
+    class Sent:
+        id = "t-far"
+
+    def send_to(queue, name, *args, **kwargs):
+        sent.append((queue, name, args, kwargs))
+        return Sent()
+
+    monkeypatch.setattr(tasks, "send_to", send_to)
+    r = client.post("/cache/cleanup?dry_run=true&node=far")
+    assert r.status_code == 202, r.get_json()
+    assert r.get_json()["task_id"] == "t-far"
+    assert sent == [("far-queue", "cleanup", (), {"dry_run": True})]
+    assert client.post("/cache/cleanup?dry_run=true").status_code == 200  # its own: at once

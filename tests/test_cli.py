@@ -459,6 +459,32 @@ def test_inline_writes_use_the_workers_quota_and_policy(settings, redis_client, 
     assert "no worker of the node is alive" not in alive.stderr and "note:" in alive.stderr
 
 
+def test_inline_cleanup_spares_what_the_workers_keep_as_too_young(settings, redis_client, root):
+    """Only the quota, TTL and policy were taken from the workers: a shell with no
+    DISK_CACHE_MIN_AGE_SECONDS of its own evicted the albums they kept as too young, unsaid."""
+    from api import create_app
+    from cachemgr import DiskCache
+    from tests.conftest import BROKER_URL
+
+    workers = settings.with_(disk_cache_max_bytes=5 * 4096, disk_cache_min_age_seconds=3600)
+    theirs = DiskCache(workers, redis_client)
+    theirs.registry.publish(workers)
+    for name in ("a", "b", "c", "d"):
+        make_tree(root, name, files=4)
+        theirs.register(name)
+    shell = workers.with_(disk_cache_min_age_seconds=0, disk_cache_entry_depth=2)
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": shell, "REDIS_CLIENT": redis_client,
+                      "CELERY_BROKER_URL": BROKER_URL})  # fmt: skip
+    result = run(app.test_cli_runner(), "cleanup", "--now", "--json")
+    assert result.exit_code == 0, result.output
+    evict = json.loads(result.stdout)["evict"]
+    assert evict["count"] == 0 and sorted(evict["skipped_young"]) == ["a", "b", "c", "d"]
+    assert theirs.store.count_entries() == 4 and all((root / n).is_dir() for n in "abcd")
+    notes = result.stderr
+    assert "DISK_CACHE_MIN_AGE_SECONDS=3600 (this shell: 0)" in notes
+    assert "DISK_CACHE_ENTRY_DEPTH=1 (this shell: 2)" in notes
+
+
 def test_tables_show_the_since_reset_figures_and_a_pending_switch(
     runner, cache, root, monkeypatch
 ):
