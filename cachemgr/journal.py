@@ -128,6 +128,7 @@ redis.call('ZADD', KEYS[2], last, path)
 local left = math.floor(tonumber(last) + tonumber(ARGV[3]) - tonumber(now))
 if left > 0 then redis.call('SET', KEYS[9], seconds(reg), 'EX', left) end
 redis.call('INCRBY', KEYS[3], size_s)
+now = last  -- the hooks book its last access, not the restore's time (LFU's tie-break)
 --@on_restore
 --@on_insert
 return 1

@@ -436,6 +436,23 @@ def test_a_restored_victim_is_not_taken_for_a_return_from_the_ghost(redis_client
     assert {e.path for e in store.victims(20)} == _tracked(store)
 
 
+@pytest.mark.parametrize("name", ["lru", "fifo", "lfu"])
+def test_a_restored_victim_keeps_its_place_in_the_order(redis_client, prefix, name):
+    # LFU's hook scored the put-back directory by the restore's time: a directory whose
+    # deletion failed came back as the most recent of its frequency.
+    store = Store(redis_client, Keys(prefix), policy=name)
+    for i in range(6):
+        store.register(f"d{i}", 10, 1, now=T0 + i)
+    store.access("d0", now=T0 + 10)
+    order = [e.path for e in store.victims(6)]
+    scores = redis_client.zrange(store.keys.policy, 0, -1, withscores=True)
+    victim = order[0]
+    assert store.claim(victim, "evicted", deleting_files=True, now=T0 + 20)[0] == "ok"
+    assert store.restore(victim, now=T0 + 3600) is True
+    assert [e.path for e in store.victims(6)] == order
+    assert redis_client.zrange(store.keys.policy, 0, -1, withscores=True) == scores
+
+
 def test_enforce_quota_settles_the_warm_up_in_batches(settings, redis_client, root):
     cache = DiskCache(
         settings.with_(disk_cache_eviction_policy="s3fifo", disk_cache_batch_size=3), redis_client
