@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachemgr import pins
 from cachemgr.pins import LEASE_AROUND
-from cachemgr.reads import Batch, Lua, Reader, call, run
+from cachemgr.reads import Batch, Lua, Reader, call, pairs, run
 from cachemgr.records import Entry, Lease, unpack
 from cachemgr.scripts import PRELUDE
 
@@ -139,11 +139,6 @@ def directory(store: Store, path: str, now: float) -> Entry | None:
         leases += run(store.client, build)
     entry.holders = sorted(leases, key=lambda x: (-x.until, x.holder, x.path))
     return entry
-
-
-def pairs(flat: list[Any]) -> dict[str, Any]:
-    """A flat Lua reply [k1, v1, k2, v2...] as a dict."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def page(store: Store, limit: int, cursor: str | None = None) -> tuple[list[Entry], str | None]:

@@ -146,3 +146,8 @@ def call(client: Any, script: Lua, keys: Sequence[str], args: Sequence[Any]) -> 
         return next
 
     return run(client, build)
+
+
+def pairs(flat: list[Any]) -> dict[Any, Any]:
+    """A flat Lua reply [k1, v1, k2, v2...] (a hash as HGETALL inside Lua gives it) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))

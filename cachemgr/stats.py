@@ -21,7 +21,7 @@ from cachemgr.nodes import (
     own_entry,
     split,
 )
-from cachemgr.reads import Batch, Lua, Reader, call, run
+from cachemgr.reads import Batch, Lua, Reader, call, pairs, run
 from cachemgr.records import iso, last_cleanup
 from cachemgr.settings import env_value
 from cachemgr.switch import some_worker_on
@@ -100,11 +100,6 @@ if #now > 0 then redis.call('HSET', KEYS[2], unpack(now)) end
 redis.call('HSET', KEYS[2], 'reset_at', ARGV[1])
 return 1
 """)
-
-
-def pairs(flat: list[str]) -> dict[str, str]:
-    """A hash as HGETALL inside Lua returns it (a flat list), as a dict."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def since_reset(
