@@ -4,8 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 bash scripts/ensure-redis.sh
-bash scripts/ensure-chromium.sh  # the status page is tested in a real headless browser
-bash scripts/ensure-promtool.sh  # the alert rules' unit tests (promtool)
+bash scripts/ensure-debian.sh chromium chromium fonts-dejavu-core  # the status page, in a browser
+bash scripts/ensure-debian.sh promtool prometheus  # the alert rules' unit tests (no service run)
+bash scripts/ensure-debian.sh curl curl  # the seed's curl examples, run as written
 .venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -49,10 +49,12 @@ def test_removal_racing_a_trash_empty_is_counted_as_removed(cache, root, monkeyp
 
 def test_redis_blip_in_still_ours_puts_the_directory_back(cache, root, monkeypatch):
     """still_ours is the first Redis call between the move aside and the deletion: when it
-    raises (Redis away), the directory stays in an in-flight slot of the trash, off the books,
-    journal open; the next cleanup counts it vanished and empty() deletes it."""
+    raises (Redis away), the directory is moved back from the trash, its journal entry left
+    open; the next cleanup finds its files there and puts it back on the books as it was."""
+    from cachemgr.cleanup import cleanup
+
     make_tree(root, "album", files=2)
-    cache.register("album")
+    size = cache.register("album")["size_bytes"]
 
     def down(*a, **k):
         raise redis.ConnectionError("blip")
@@ -62,8 +64,12 @@ def test_redis_blip_in_still_ours_puts_the_directory_back(cache, root, monkeypat
         cache.remove("album", remove_files=True)
     monkeypatch.undo()
     slots = os.listdir(root / trash.TRASH_DIR)
-    print("trash:", slots, "journal:", cache.store.unfinished_deletions())
     assert (root / "album").is_dir(), f"left in the trash: {slots}"
+    assert cache.store.unfinished_deletions() == {"album": size}  # claimed, not yet finished
+    assert cache.store.tracked(["album"]) == [False]
+    cleanup(cache)
+    assert cache.store.tracked(["album"]) == [True] and cache.store.total_bytes() == size
+    assert cache.store.unfinished_deletions() == {} and (root / "album").is_dir()
 
 
 def test_reconcile_dry_run_with_management_off(settings, redis_client, root):
@@ -73,7 +79,9 @@ def test_reconcile_dry_run_with_management_off(settings, redis_client, root):
 
     off = DiskCache(dataclasses.replace(settings, enable_disk_cache_management=False), redis_client)
     make_tree(root, "album", files=1)
-    assert reconcile(off, dry_run=True).get("status") != "disabled"
+    report = reconcile(off, dry_run=True)
+    assert report.get("status") != "disabled" and report["registered"] == ["album"]
+    assert off.store.count_entries() == 0  # a plan: nothing booked
 
 
 def test_redis_unavailable_covers_readonly_and_tryagain():

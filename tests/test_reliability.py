@@ -142,6 +142,8 @@ def test_concurrency_soak(settings, redis_client, root, client_for_workers):
             except Exception as exc:
                 errors.append(f"task lost: {exc!r}")
                 continue
+            if result.failed() and not isinstance(value, CacheError):
+                errors.append(f"task failed: {value!r}")  # a refusal is a CacheError
             if name and isinstance(value, dict) and value.get("status") == "registered":
                 registered[name] += 1
         assert client.cleanup().get(timeout=60)["status"] in ("done", "skipped")

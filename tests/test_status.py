@@ -2,7 +2,7 @@
 
 The browser tests serve the app with werkzeug on 127.0.0.1 and let Debian's chromium load it,
 dump the DOM after the page's script ran, and take screenshots (desktop and phone). They are
-skipped only when chromium is absent; scripts/ensure-chromium.sh installs it.
+skipped only when chromium is absent; scripts/ensure-debian.sh installs it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tests.conftest import BROKER_URL, make_tree
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
-    reason="chromium is not installed: run scripts/ensure-chromium.sh (Debian package chromium)",
+    reason="chromium is not installed: run scripts/ensure-debian.sh chromium chromium",
 )
 FLOWER = "http://flower.example.invalid:5555/"
 

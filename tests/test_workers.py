@@ -107,13 +107,25 @@ def test_a_stopped_scheduler_also_stops_evictions_that_registrations_trigger(
     for i in range(19):
         make_tree(root, f"d{i:02d}", files=4)
         cache.register(f"d{i:02d}")
+    from celery.result import AsyncResult
+    from celery.signals import after_task_publish
+
     cache.set_scheduler(False)
     make_tree(root, "last", files=4)
-    result = pipeline.register("last").get(timeout=WAIT)
-    assert result["over_threshold"] is True
-    automatic = pipeline.send("enforce_quota", automatic=True).get(timeout=WAIT)
+    sent: list[str] = []
+
+    def published(sender=None, headers=None, **kwargs):
+        if sender == "cachemgr.enforce_quota":
+            sent.append(headers["id"])  # sent by the registration, in the session worker
+
+    after_task_publish.connect(published, weak=False)
+    try:
+        result = pipeline.register("last").get(timeout=WAIT)
+    finally:
+        after_task_publish.disconnect(published)
+    assert result["over_threshold"] is True and len(sent) == 1
+    automatic = AsyncResult(sent[0], app=pipeline.app).get(timeout=WAIT)
     assert automatic == {"status": "skipped", "reason": "scheduler stopped"}
-    time.sleep(0.5)  # the one the registration sent has run too
     assert cache.store.count_entries() == 20
 
 
