@@ -53,7 +53,7 @@ def remove(
             return {"status": "skipped", "reason": outcome[0], "path": rel}
         if deleting:
             try:
-                delete_files(cache, rel)
+                deleting = delete_files(cache, rel)  # False: gone meanwhile, none deleted here
             except trash.Kept as kept:
                 return {"status": "skipped", "reason": kept.why, "path": rel}
     finally:
@@ -69,8 +69,9 @@ def remove(
     return {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
 
 
-def delete_files(cache: DiskCache, rel: str) -> None:
-    """Delete a claimed directory's files. If it cannot be moved out of its place, put it
+def delete_files(cache: DiskCache, rel: str) -> bool:
+    """Delete a claimed directory's files: False when they were gone already (removed
+    meanwhile: counted as vanished). If it cannot be moved out of its place, put it
     back on the books; once moved into the trash it is gone from the cache, and what could
     not be deleted waits there for the next cleanup's `trash.empty`. Raises trash.Kept
     when, moved aside, it turned out no longer ours to delete (pinned since the claim:
@@ -96,7 +97,7 @@ def delete_files(cache: DiskCache, rel: str) -> None:
             # directory registered above it since would overlap the restored entry.
             cache.store.finish_deletion(rel, now=cache.clock(), deleted=False)
             log.warning("%s was gone before its deletion: counted as vanished", rel)
-            return
+            return False
         cache.store.restore(rel, now=cache.clock())
         log.error("could not delete %s, kept on the books: %s", rel, exc)
         raise DeleteFailed(f"{DELETE_FAILED} {rel!r}: {exc.strerror or exc}") from None
@@ -109,6 +110,7 @@ def delete_files(cache: DiskCache, rel: str) -> None:
             extra={"event": "trash_left", "path": rel},
         )
     cache.store.finish_deletion(rel, now=cache.clock())
+    return True
 
 
 def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 0) -> str:
@@ -148,7 +150,8 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             return str(outcome[0])
         if on_disk == "dir":
             try:
-                delete_files(cache, entry.path)
+                # Gone between the look and the move (the pipeline, by hand): nothing freed.
+                return "ok" if delete_files(cache, entry.path) else "vanished"
             except trash.Kept as kept:
                 return "pinned" if kept.why == "pinned" else "changed"
         else:
@@ -161,6 +164,5 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
                 extra={"event": "vanished", "path": entry.path},
             )
             return "vanished"
-        return "ok"
     finally:
         lock.release()

@@ -770,6 +770,30 @@ def test_one_deletion_longer_than_the_cleanup_lock_keeps_others_out(
     assert result["evict"]["count"] >= 1
 
 
+def test_a_victim_removed_by_hand_mid_eviction_is_vanished_not_freed(cache, root):
+    """Gone between the pass's look and the move into the trash: the pass listed it among
+    what it evicted and counted its bytes freed, while the stats counted it vanished."""
+    import shutil
+
+    clock = Clock()
+    cache.clock = clock
+    fill(cache, root, 20, clock)  # 20 units, threshold 18: the four oldest go down to 16
+    gone: list[str] = []
+
+    def by_hand(rel: str) -> None:
+        if not gone:
+            shutil.rmtree(root / rel)
+            gone.append(rel)
+
+    cache.before_delete = by_hand
+    result = enforce_quota(cache)
+    assert gone == ["album00"] and result.vanished == ["album00"]
+    assert "album00" not in [e.path for e in result.removed]
+    assert result.bytes_freed == sum(e.size_bytes for e in result.removed)
+    assert cache.stats()["vanished"] == 1
+    assert cache.store.total_bytes() <= cache.settings.target_bytes
+
+
 def test_cluster_totals_add_every_nodes_figures_and_keep_the_worst_status() -> None:
     from cachemgr.cluster import SUMMED, aggregate
     from cachemgr.stats import COUNTERS, since_reset

@@ -35,7 +35,9 @@ def test_restore_of_a_vanished_child_overlaps_its_registered_parent(settings, re
         assert w2.register("a")["status"] == "registered"
 
     w1.before_delete = meanwhile
-    assert w1.remove("a/b", remove_files=True)["status"] == "removed"
+    out = w1.remove("a/b", remove_files=True)
+    assert out["status"] == "removed" and out["files_deleted"] is False  # gone before the move
+    assert w1.stats()["vanished"] == 1
     w1.before_delete = None
     records = w1.store.all_records()
     assert _overlaps(records) == [], f"I4 right after: {_overlaps(records)}"
