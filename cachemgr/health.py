@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import audit, marker
+from cachemgr.errors import RootMissing
 from cachemgr.quota import ROOM_ONLY, ROOM_SHORT
 from cachemgr.switch import disabled_where
 
@@ -181,6 +182,18 @@ def periodic_overdue(
     return now - due_from > OVERDUE_INTERVALS * interval
 
 
+def _workers_refused(cache: DiskCache) -> str | None:
+    """The root as the workers saw it: one this process reads fine may be refused to them
+    (another user, another mount namespace); their last cleanup says so until one succeeds
+    or a reconcile checks the root again (history.root_mended)."""
+    status, code, error = cache.client.hmget(
+        cache.keys.last_cleanup, "status", "error_code", "error"
+    )
+    if status == "failed" and code == RootMissing.code:
+        return f"the workers' last cleanup was refused: {error}"
+    return None
+
+
 def readiness(cache: DiskCache) -> dict[str, str]:
     """/readyz's checks of the books: Redis answers, the root is the books' and mounted (every
     cleanup refuses it otherwise), management is on; each "ok" or what is wrong."""
@@ -199,7 +212,7 @@ def readiness(cache: DiskCache) -> dict[str, str]:
         checks["root"] = f"downloads directory {cache.root} does not exist"
     else:
         try:  # the empty mount point an unmounted disk leaves: every cleanup refuses it
-            checks["root"] = marker.refusal(cache) or "ok"
+            checks["root"] = marker.refusal(cache) or _workers_refused(cache) or "ok"
         except Exception:  # Redis away: said by the redis check already
             checks["root"] = "ok"
     try:

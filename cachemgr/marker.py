@@ -124,13 +124,16 @@ def check_registering(cache: DiskCache) -> None:
     the books once the disk was back, a download that does not exist there. One file read a
     registration; Redis only every TOKEN_SECONDS, or on a mismatch. Not while a forced
     adoption runs (its own registrations book the disk it adopts)."""
+    refused = "no registration is booked"
     token, due = cache.root_token
     fresh = time.monotonic() >= due
-    other = _refusal(cache, _read_token(cache) if fresh else token)
-    if other and not fresh:  # an adoption may have ended since the token was read
-        other = _refusal(cache, _read_token(cache))
+    try:
+        other = _refusal(cache, _read_token(cache) if fresh else token)
+        if other and not fresh:  # an adoption may have ended since the token was read
+            other = _refusal(cache, _read_token(cache))
+    except PermissionError as exc:  # the marker cannot be looked at: a traceback, unsaid
+        raise RootMissing(unreadable(cache, exc, refused)) from None
     if other:
-        refused = "no registration is booked"
         if not cache.root.is_dir():  # no marker, for there is no root at all: said so
             raise RootMissing(root_missing(cache.root, refused))
         raise RootMissing(_not_theirs(cache, other, refused))
@@ -185,10 +188,30 @@ def refusal(
     try:
         return _refusal_of(cache, allow_empty, force, token, tracked)
     except PermissionError as exc:
-        return (
-            f"the cache root {str(cache.root)!r} cannot be read by this process "
-            f"({exc.strerror}: permissions?): no cleanup or reconcile runs until it can"
-        )
+        return unreadable(cache, exc)
+
+
+def unreadable(
+    cache: DiskCache, exc: OSError, refused: str = "no cleanup or reconcile runs"
+) -> str:
+    """What a root this process may not read means, said the same by a pass and a
+    registration."""
+    return (
+        f"the cache root {str(cache.root)!r} cannot be read by this process "
+        f"({exc.strerror}: permissions?): {refused} until it can"
+    )
+
+
+def check_readable(cache: DiskCache, refused: str) -> None:
+    """Raise RootMissing when the root is not a directory this process may list: what a
+    search of it would otherwise take for "no download there"."""
+    try:
+        with os.scandir(cache.root):
+            pass
+    except (FileNotFoundError, NotADirectoryError):
+        raise RootMissing(root_missing(cache.root, refused)) from None
+    except PermissionError as exc:
+        raise RootMissing(unreadable(cache, exc, refused)) from None
 
 
 # How long the stats trust their last look at the root (two stats, the marker's read, the

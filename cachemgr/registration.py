@@ -201,6 +201,8 @@ def _scan_and_book(
 
 def register_latest(cache: DiskCache) -> dict[str, Any]:
     """The seed's DownloadService.register_completed_download(): the newest directory."""
+    # A root gone or unreadable holds no directory to find: said as such, not as "no download".
+    marker.check_readable(cache, "no registration is booked")
     blocked: list[str] = []
     passed: list[str] = []
     depth = cache.settings.disk_cache_entry_depth

@@ -196,6 +196,67 @@ def test_a_root_the_worker_may_not_read_fails_cleanups_by_name(
     assert cleanup(cache, periodic=True)["status"] == "done"  # readable again: it recovers
 
 
+def test_readyz_fails_while_the_workers_may_not_read_a_root_the_api_reads(
+    settings, redis_client, cache, root
+):
+    """The API and its workers run as different users: the workers' cleanups were refused
+    ("cannot be read by this process") while /readyz, looking with the API's own eyes, said
+    the root was ok."""
+    from cachemgr import history
+    from cachemgr.cleanup import cleanup
+
+    healthy(cache, settings, root)
+    client = app_for(settings, redis_client).test_client()
+    assert client.get("/readyz").status_code == 200
+    said = f"the cache root {str(root)!r} cannot be read by this process (Permission denied"
+    history.record(cache, time.time(), {"status": "failed", "error": said,
+                                        "error_code": "root_missing"}, periodic=True)  # fmt: skip
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.get_json()["checks"]["root"].startswith(
+        "the workers' last cleanup was refused: the cache root"
+    )
+    assert cleanup(cache)["status"] == "done"  # a cleanup that could read it: ready again
+    assert client.get("/readyz").status_code == 200
+
+
+def test_a_registration_on_a_root_it_may_not_read_is_refused_in_one_line(
+    cache, root, monkeypatch
+):
+    """A worker that may not read the root failed every registration with a bare
+    PermissionError and its traceback; register_completed_download said "no download"."""
+    import errno
+
+    from cachemgr import marker
+    from cachemgr.cleanup import cleanup
+    from cachemgr.errors import RootMissing
+
+    make_tree(root, "a")
+    cache.register("a")
+    cleanup(cache)  # the books' marker: registrations now check the root against it
+    cache.root_token = ("", 0.0)  # the books' token, read afresh (a worker rereads it in 10 s)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(root))
+
+    make_tree(root, "b")
+    monkeypatch.setattr(marker, "present", refused)
+    monkeypatch.setattr(marker.os, "scandir", refused)
+    for register in (lambda: cache.register("b"), cache.register_latest):
+        with pytest.raises(RootMissing, match=r"cannot be read by this process \(Permission "
+                           r"denied: permissions\?\): no registration is booked"):  # fmt: skip
+            register()
+    monkeypatch.undo()
+    assert cache.register_latest()["path"] == "b"
+
+
+def test_the_newest_download_of_a_root_that_is_gone_is_a_root_missing(cache, root):
+    from cachemgr.errors import RootMissing
+
+    root.rmdir()
+    with pytest.raises(RootMissing, match="is not a directory .is the disk mounted"):
+        cache.register_latest()
+
+
 # -- (e) no worker alive ---------------------------------------------------------------------
 def test_an_alert_watches_every_nodes_workers():
     assert any("cachemgr_node_up" in r["expr"] for r in alert_rules())
