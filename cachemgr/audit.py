@@ -2,7 +2,8 @@
 no registration booked (a task lost with its broker, a registration that failed), whose bytes
 fill the disk uncounted. Said, not booked: `cachemgr reconcile` books them (adopting them here
 could take a download still being written). Files met on the way, outside every download
-directory, are counted too: no pass deletes them."""
+directory, are counted too: no pass deletes them. And the other way round: directories on the
+books that are gone from the disk (deleted by hand) are untracked, counted as vanished."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import paths, scanner
+from cachemgr import deletion, paths, scanner
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -25,6 +26,9 @@ STRAY_SHARE = 0.01
 # How far below an untracked directory to look for tracked ones (a registration off the
 # entry depth books `artist/album` under an untracked `artist`: that one is accounted for).
 INSIDE_DEPTH = 3
+
+# At most this many gone directories are untracked by one look; the rest by the next.
+GONE_AT_MOST = 1000
 
 # What the look found, in one wording for the worker's log and the stats' warnings (health.py).
 # Examples are quoted, not repr'd: an escaped name's backslashes stay single.
@@ -195,3 +199,38 @@ def _holds_tracked(cache: DiskCache, path: str) -> bool:
         if any(_tracked(cache, inside)):
             return True
     return False
+
+
+def gone(cache: DiskCache, *, batch: int = 1000) -> dict[str, Any]:
+    """Tracked directories no longer on the disk (deleted by hand, outside cachemgr):
+    untracked as vanished, each under its lock and only if still as read (deletion.take,
+    which refuses a root that is not the books'). Left on the books, their bytes counted
+    against the quota: each had a real download evicted in its place. {count, examples}."""
+    missing: list[tuple[str, float | None]] = []
+    chunk: list[str] = []
+
+    def check() -> None:
+        missing.extend((p, None) for p in chunk if paths.kind_at(cache.root, p) == "missing")
+        chunk.clear()
+
+    for path, _ in cache.client.zscan_iter(cache.keys.lru, count=batch):
+        chunk.append(path)
+        if len(chunk) >= batch:
+            check()
+            if len(missing) >= GONE_AT_MOST:
+                break
+    check()
+    taken = [
+        entry.path
+        for entry in cache.store.entries(missing[:GONE_AT_MOST])
+        if deletion.take(cache, entry, "checked") == "vanished"
+    ]
+    if taken:
+        log.warning(
+            "%d tracked directory(ies) were gone from the disk, e.g. '%s' (deleted by hand?): "
+            "untracked, counted as vanished",
+            len(taken),
+            paths.shown(taken[0]),
+            extra={"event": "gone"},
+        )
+    return {"count": len(taken), "examples": [paths.shown(p) for p in taken[:EXAMPLES]]}

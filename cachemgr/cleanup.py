@@ -317,8 +317,9 @@ def cleanup(
     finally:
         keeper.stop()
         lock.release()
-    # Beat's, once an interval: downloads no registration booked, said.
-    unbooked = {"untracked": audit.report(cache)} if periodic else {}
+    # Beat's, once an interval: downloads no registration booked, said; directories the books
+    # have and the disk has not, untracked.
+    unbooked = {"untracked": audit.report(cache), "gone": _gone(cache)} if periodic else {}
     result = {
         "status": "done",
         "sweep": expired.to_dict(),
@@ -346,6 +347,16 @@ def cleanup(
         evicted.usage_after,
     )
     return result
+
+
+def _gone(cache: DiskCache) -> dict[str, Any]:
+    """audit.gone, after the cleanup's work: a look that fails (the root unmounted since, Redis
+    away) is said and does not fail the cleanup."""
+    try:
+        return audit.gone(cache)
+    except Exception as exc:
+        log.warning("could not look for tracked directories gone from the disk: %s", exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def continuation(

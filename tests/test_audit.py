@@ -294,3 +294,44 @@ def test_a_worker_behind_redis_does_not_take_a_download_being_written_for_a_lost
     behind = DiskCache(settings, redis_client, clock=lambda: time.time() + 2 * HOUR)
     found = report(behind)
     assert found["count"] == 0 and found["stray"]["files"] == 0, found
+
+
+def test_beats_cleanup_untracks_what_was_deleted_by_hand(cache, root, caplog):
+    """A tracked album removed with `rm -rf` stayed on the books through every cleanup, its
+    bytes counted against the quota (a real download evicted in its place), until someone
+    ran a reconcile."""
+    import logging
+    import shutil
+
+    from cachemgr import audit
+    from cachemgr import events as event_log
+
+    # Registered three intervals ago: past what beat rescans (recheck: the latest ones).
+    then = DiskCache(cache.settings, cache.client, clock=lambda: time.time() - 3 * HOUR)
+    for name in ("kept", "by-hand", "artist/gone-too", "writing"):
+        make_tree(root, name, files=2)
+        then.register(name)
+    kept = cache.store.info("kept").size_bytes
+    cleanup(cache)  # the books' first: it reconciles new books with the disk
+    shutil.rmtree(root / "by-hand")
+    shutil.rmtree(root / "artist")
+    shutil.rmtree(root / "writing")
+    lock = cache.lock("writing")  # its registration under way: not this look's to judge
+    assert lock.acquire()
+    try:
+        with caplog.at_level(logging.WARNING, logger="cachemgr"):
+            result = cleanup(cache, periodic=True)
+    finally:
+        lock.release()
+    assert result["gone"]["count"] == 2
+    assert sorted(result["gone"]["examples"]) == ["artist/gone-too", "by-hand"]
+    assert cache.store.tracked(["kept", "by-hand", "artist/gone-too", "writing"]) == [
+        True, False, False, True
+    ]  # fmt: skip
+    assert cache.stats()["vanished"] == 2
+    events = {e["path"]: e["event"] for e in event_log.latest(cache.store, 20)}
+    assert events["by-hand"] == events["artist/gone-too"] == "vanished"
+    assert "2 tracked directory(ies) were gone from the disk" in caplog.text
+    assert cleanup(cache)["status"] == "done" and "gone" not in cleanup(cache)  # beat's only
+    assert audit.gone(cache) == {"count": 1, "examples": ["writing"]}  # its lock let go
+    assert cache.store.total_bytes() == kept and (root / "kept").is_dir()
