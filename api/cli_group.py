@@ -25,12 +25,14 @@ def create_cli_app() -> Any:
 
     ctx = click.get_current_context(silent=True)
     config: dict[str, Any] = {"CACHEMGR_CLI": True}  # a command: it serves nothing
+    reading = ctx is not None and ctx.info_name in READS
     try:
-        if ctx is not None and ctx.info_name in READS:
+        if reading:
             config["CACHEMGR_SETTINGS"] = Settings.from_env(require_root=False)
         app = create_app(config)
-        # A command's output is its answer: INFO lines only when asked for.
-        configure_logging(level=log_level(default="WARNING"))
+        # A read's output is its answer: INFO lines only when asked for. A write (`--now`:
+        # registrations, evictions, removals) logs them as a worker does, on stderr.
+        configure_logging(level=log_level(default="WARNING" if reading else "INFO"))
     except (SettingsError, ValueError) as exc:
         raise Fail(str(exc), EXIT_CONFIG) from None
     except redis.ConnectionError as exc:  # a Redis Cluster's client asks for its nodes at once

@@ -176,7 +176,8 @@ class CacheCollector(Collector):
             ),
             gauge(
                 "cachemgr_pinned_directories",
-                "Directories with a lease that keeps them from eviction and expiry.",
+                "Paths with a live lease that keeps them from eviction and expiry (a pin made "
+                "ahead of its download included).",
                 stats["pinned_count"],
             ),
             gauge(

@@ -18,7 +18,7 @@ from cachemgr.errors import RootMissing
 from cachemgr.journal import recover_unfinished
 from cachemgr.locks import Keeper, Lock
 from cachemgr.passes import LOCK_LOST, run_pass
-from cachemgr.quota import Hold, Need, bytes_to_free, evict_held, said_short
+from cachemgr.quota import ROOM_SHORT, Hold, Need, bytes_to_free, evict_held, said_short
 from cachemgr.reconcile import ReconcileBusy, reconcile
 from cachemgr.records import PassResult
 from cachemgr.switch import DISABLED
@@ -108,9 +108,12 @@ def enforce_quota(
     for_room = need.disk > 0  # short of the free-space floor: said if it stays short
     if not dry_run:
         log.info(
-            "quota: %d bytes used, threshold %d: evicting %d bytes (%s)",
+            "quota: %d bytes used, threshold %d%s: evicting %d bytes (%s)",
             total,
             cache.settings.threshold_bytes,
+            # the free-space floor asks more than the quota (or alone): said, or the line
+            # read as a quota eviction far below the threshold
+            f", the disk {need.disk} {ROOM_SHORT}" if need.disk > need.books else "",
             need.total,
             cache.settings.disk_cache_eviction_policy,
         )

@@ -87,7 +87,7 @@ def diagnose(
             "DISK_CACHE_MIN_FREE_BYTES is not set: cleanups evict by the quota alone; set it "
             "(e.g. to 5% of the disk) so that they make room"
         )
-    if disk and stats["max_bytes"] > disk:
+    if disk and stats["max_bytes"] > disk and not floor:  # with a floor, cleanups make room
         problems.append(
             f"DISK_CACHE_MAX_BYTES ({stats['max_bytes']}) is larger than the filesystem holding "
             f"the cache ({disk} bytes): the disk fills before the quota is reached; set it "

@@ -675,3 +675,18 @@ def test_a_group_named_alone_shows_its_help(settings, monkeypatch):
     result = CliRunner().invoke(main, ["trace"], prog_name="cachemgr")
     assert result.output.startswith("Usage: cachemgr trace"), result.output
     assert "Error:" not in result.output and "\n  export" in result.output
+
+
+def test_a_write_done_here_is_logged_as_a_workers_would_be(settings, cache, root):
+    """The CLI logged at WARNING: a `cleanup --now` evicted, a `register --now` booked, and
+    no log line said so (README: the logs record each registration and eviction)."""
+    from tests.test_settings import _run
+
+    make_tree(root, "a")
+    env = {"DISK_CACHE_ROOT": str(root), "REDIS_URL": settings.redis_url,
+           "DISK_CACHE_KEY_PREFIX": settings.disk_cache_key_prefix,
+           "DISK_CACHE_CLUSTER": settings.disk_cache_cluster}  # fmt: skip
+    code, err = _run(["-m", "api.cli", "register", "a", "--now", "--json"], env)
+    assert code == 0 and " INFO cachemgr: registered a: " in err, err
+    code, err = _run(["-m", "api.cli", "stats", "--json"], env)
+    assert code == 0 and " INFO " not in err, err  # a read's answer is its output alone

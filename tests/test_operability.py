@@ -506,6 +506,7 @@ def test_a_disk_nearly_full_or_smaller_than_the_quota_is_said_without_a_floor(
     floored.registry.publish(floored.settings)  # the workers run with a floor
     warnings = floored.stats()["warnings"]  # the floor's own warning says it instead
     assert not any("nearly full" in w for w in warnings)
+    assert not any("larger than the filesystem" in w for w in warnings)  # advice followed
     assert any("under DISK_CACHE_MIN_FREE_BYTES" in w for w in warnings)
     client = app_for(settings, redis_client).test_client()
     assert client.get("/cache/stats").get_json()["disk_bytes"] == disk

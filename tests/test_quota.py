@@ -33,7 +33,7 @@ def held_books(cache: DiskCache, root, n: int) -> list[str]:
 
 
 def test_a_free_space_floor_deletions_cannot_lift_does_not_empty_the_cache(
-    settings, redis_client, root, monkeypatch
+    settings, redis_client, root, monkeypatch, caplog
 ):
     fixed_disk(monkeypatch, 10**12, 10**6)
     clock = Clock()
@@ -45,7 +45,10 @@ def test_a_free_space_floor_deletions_cannot_lift_does_not_empty_the_cache(
     size = sized.info("album00").size_bytes
     floor = 10**6 + 3 * size
     low = settings.with_(disk_cache_min_free_bytes=floor, disk_cache_max_bytes=100 * size)
-    result = enforce_quota(DiskCache(low, redis_client, clock=clock))
+    with caplog.at_level("INFO", logger="cachemgr"):
+        result = enforce_quota(DiskCache(low, redis_client, clock=clock))
+    # Far below the threshold: the line says what asks for the eviction (it read as the quota).
+    assert f"the disk {3 * size} bytes short of its free-space floor: evicting" in caplog.text
     # One round sized by the floor (3 albums), not round after round until nothing is left.
     assert [r.path for r in result.removed] == ["album00", "album01", "album02"]
     assert sized.store.count_entries() == 7
