@@ -29,7 +29,8 @@ def wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
     if not cache.registry.alive(cache.keys):
         raise Fail(
             f"no worker of node {cache.settings.node} is alive (no heartbeat): start one "
-            "(celery -A workers.app worker), or do it in this process with --now",
+            "(celery -A workers.app worker), or do it in this process with --now (workers "
+            "beat every 10 s: after a Redis restart or flush, try again in 10 s)",
             EXIT_FAILED,
         )
     result = state().tasks.send(name, *args, **kwargs)

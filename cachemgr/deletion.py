@@ -37,6 +37,7 @@ def remove(
         if on_disk == "unknown":
             raise DeleteFailed(f"cannot inspect {rel!r} now (permissions, I/O): kept")
         deleting = on_disk == "dir"
+        left: list[str] | None = []
         outcome = cache.store.claim(
             rel,
             "removed",
@@ -53,7 +54,8 @@ def remove(
             return {"status": "skipped", "reason": outcome[0], "path": rel}
         if deleting:
             try:
-                deleting = delete_files(cache, rel)  # False: gone meanwhile, none deleted here
+                left = delete_files(cache, rel)  # None: gone meanwhile, none deleted here
+                deleting = left is not None
             except trash.Kept as kept:
                 return {"status": "skipped", "reason": kept.why, "path": rel}
     finally:
@@ -66,12 +68,16 @@ def remove(
         deleting,
         extra={"event": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting},
     )
-    return {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
+    done = {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
+    if left:  # moved into the trash, some of it not deleted yet: the next cleanup retries
+        done["trash_left"] = len(left)
+    return done
 
 
-def delete_files(cache: DiskCache, rel: str) -> bool:
-    """Delete a claimed directory's files: False when they were gone already (removed
-    meanwhile: counted as vanished). If it cannot be moved out of its place, put it
+def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
+    """Delete a claimed directory's files: what the trash could not delete yet, or None when
+    they were gone already (removed meanwhile: counted as vanished). If it cannot be moved
+    out of its place, put it
     back on the books; once moved into the trash it is gone from the cache, and what could
     not be deleted waits there for the next cleanup's `trash.empty`. Raises trash.Kept
     when, moved aside, it turned out no longer ours to delete (pinned since the claim:
@@ -97,7 +103,7 @@ def delete_files(cache: DiskCache, rel: str) -> bool:
             # directory registered above it since would overlap the restored entry.
             cache.store.finish_deletion(rel, now=cache.clock(), deleted=False)
             log.warning("%s was gone before its deletion: counted as vanished", rel)
-            return False
+            return None
         cache.store.restore(rel, now=cache.clock())
         log.error("could not delete %s, kept on the books: %s", rel, exc)
         raise DeleteFailed(f"{DELETE_FAILED} {rel!r}: {exc.strerror or exc}") from None
@@ -110,7 +116,7 @@ def delete_files(cache: DiskCache, rel: str) -> bool:
             extra={"event": "trash_left", "path": rel},
         )
     cache.store.finish_deletion(rel, now=cache.clock())
-    return True
+    return left
 
 
 def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 0) -> str:
@@ -151,7 +157,7 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
         if on_disk == "dir":
             try:
                 # Gone between the look and the move (the pipeline, by hand): nothing freed.
-                return "ok" if delete_files(cache, entry.path) else "vanished"
+                return "vanished" if delete_files(cache, entry.path) is None else "ok"
             except trash.Kept as kept:
                 return "pinned" if kept.why == "pinned" else "changed"
         else:
