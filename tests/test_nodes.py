@@ -354,7 +354,7 @@ def test_a_worker_announces_its_node_once_redis_answers(settings, redis_client, 
 
 
 def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
-    settings, redis_client, monkeypatch, tmp_path
+    settings, redis_client, monkeypatch, tmp_path, caplog
 ):
     from celery import Celery
     from celery.beat import PersistentScheduler
@@ -379,7 +379,7 @@ def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
     monkeypatch.setattr(PersistentScheduler, "apply_async", send)
     app = Celery("beat-test")
     scheduler = NodeScheduler(app=app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
-    for node in ("far", "unknown"):
+    for node in ("far", "unknown", "unknown"):
         entry = scheduler.Entry(
             name=f"{NODE_ENTRY}{node}",
             task="cachemgr.cleanup",
@@ -388,8 +388,11 @@ def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
             app=app,
         )
         scheduler.apply_async(entry)
-    # A node not published yet keeps the configured queue.
-    assert sent == [{"queue": "far-queue"}, {"queue": "cachemgr.unknown"}]
+    # A node no worker published (a misspelt DISK_CACHE_NODES): not sent, said once an hour;
+    # its queue had filled with cleanups nobody read.
+    assert sent == [{"queue": "far-queue"}]
+    assert "no worker has published node unknown" in caplog.text
+    assert caplog.text.count("no worker has published node") == 1
     # One beat per node (DISK_CACHE_NODE, no CACHEMGR_QUEUE here): its own entry follows too.
     monkeypatch.setenv("DISK_CACHE_NODE", "far")
     monkeypatch.delenv("CACHEMGR_QUEUE", raising=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
@@ -18,13 +19,17 @@ log = logging.getLogger("cachemgr.workers")
 
 # celeryconfig's name for a node's periodic cleanup (DISK_CACHE_NODES); the suffix is the node.
 NODE_ENTRY = "cachemgr-periodic-cleanup-"
+# How often beat says again that a node it schedules has no worker (its cleanups not sent).
+UNKNOWN_NODE_SECONDS = 3600
 
 
 class NodeScheduler(PersistentScheduler):
     _registry: NodeRegistry | None = None
+    _unknown_said: dict[str, float] | None = None
 
     def published_queue(self, node: str) -> str | None:
-        """The queue `node`'s workers read, as they published it; None when unknown."""
+        """The queue `node`'s workers read, as they published it: "" when no worker of it
+        ever published the node, None when that cannot be told (Redis away, an old entry)."""
         try:
             if self._registry is None:
                 # Only where the registry lives: a bad setting beat does not use (a TTL) must
@@ -38,7 +43,9 @@ class NodeScheduler(PersistentScheduler):
         except Exception as exc:  # Redis away: the queue of the schedule, as configured
             log.warning("beat: cannot read node %s's queue (%s): sending as configured", node, exc)
             return None
-        return str(entry["queue"]) if entry and entry.get("queue") else None
+        if entry is None:
+            return ""
+        return str(entry["queue"]) if entry.get("queue") else None
 
     def node_of(self, name: str) -> str | None:
         """The node an entry's cleanup is for: named in it (DISK_CACHE_NODES), or this beat's
@@ -55,7 +62,24 @@ class NodeScheduler(PersistentScheduler):
         node = self.node_of(entry.name or "")
         if node:
             queue = self.published_queue(node)
+            if queue == "":  # a misspelt DISK_CACHE_NODES: a queue filled that nobody read
+                self._say_unknown(node, entry.options.get("queue"))
+                return None
             if queue and queue != entry.options.get("queue"):
                 log.info("beat: node %s's workers read %s: its cleanups go there", node, queue)
                 entry.options["queue"] = queue
         return super().apply_async(entry, producer, advance, **kwargs)
+
+    def _say_unknown(self, node: str, queue: Any) -> None:
+        said = self._unknown_said if self._unknown_said is not None else {}
+        self._unknown_said = said
+        now = time.monotonic()
+        if now - said.get(node, -UNKNOWN_NODE_SECONDS) >= UNKNOWN_NODE_SECONDS:
+            said[node] = now
+            log.warning(
+                "beat: no worker has published node %s (a misspelt DISK_CACHE_NODES, or its "
+                "workers never started?): its cleanups are not sent (to %s) until one does",
+                node,
+                queue,
+                extra={"event": "unknown_node", "node": node},
+            )
