@@ -162,6 +162,11 @@ class Keys:
         return f"{self.prefix}cache:format"
 
     @cached_property
+    def ttl_applied(self) -> str:
+        """String: the TTL (seconds) the dir: keys were last stamped with, to notice a change."""
+        return f"{self.prefix}cache:ttl_applied"
+
+    @cached_property
     def probe(self) -> str:
         """String written for a second by /readyz: a Redis that answers PING may still refuse
         writes (out of memory, a read-only replica after a failover)."""

@@ -1,7 +1,7 @@
-"""Carrying books over: into the structures of the policy chosen now, and from the layout of
-an older cachemgr (records by path, pins without their index). Each runs in batches; the
-rebuild and the refiling once (a marker key says they are done), the pin index at every
-cleanup (one command: leases are few)."""
+"""Carrying books over: into the structures of the policy chosen now, the seed's dir: keys to
+the TTL set now, and from the layout of an older cachemgr (records by path, pins without their
+index). Each runs in batches; the rebuild, the restamping and the refiling once (a marker key
+says they are done), the pin index at every cleanup (one command: leases are few)."""
 
 from __future__ import annotations
 
@@ -180,6 +180,52 @@ def ensure_record_ids(store: Store, batch: int = 1000) -> int:
         moved += int(call(store.client, REFILE, store.script_keys(), fields))
     store.client.set(store.keys.format, RECORD_FORMAT)
     return moved
+
+
+# Stamp a slice of the books' dir: keys with the TTL now in force: each expires TTL seconds
+# after its directory's last access, as if it had been written with it.
+# KEYS: COMMON_KEYS layout, KEYS[9] the bare `dir:` prefix  ARGV[1] now  ARGV[2] ttl seconds
+# ARGV[3] first rank  ARGV[4] last rank (of cache:lru). Returns the slice's length.
+RESTAMP = Lua(
+    PRELUDE
+    + """
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local slice = redis.call('ZRANGE', KEYS[2], ARGV[3], ARGV[4], 'WITHSCORES')
+for i = 1, #slice, 2 do
+  local path = slice[i]
+  local left = math.floor(tonumber(slice[i + 1]) + ttl - now)
+  local rec = record(path)
+  if left > 0 and rec then
+    local _, _, reg = parse(rec)
+    redis.call('SET', KEYS[9] .. path, seconds(reg), 'EX', left)
+  else
+    redis.call('DEL', KEYS[9] .. path)
+  end
+end
+return #slice / 2
+"""
+)
+
+
+def ensure_ttl(store: Store, now: float, batch: int = 1000) -> int:
+    """The seed's dir:{path} keys carry the TTL they were written with: after a change of
+    DISK_CACHE_TTL_SECONDS they vanished early, or outlived their directories' expiry, though
+    `redis-cli keys "dir:*"` is how the seed says to look. Stamp them all anew, in batches, once
+    per change (cache:ttl_applied). Returns how many entries were stamped."""
+    ttl = store.ttl_seconds
+    if store.client.get(store.keys.ttl_applied) == str(ttl):
+        return 0
+    done, start = 0, 0
+    while True:
+        args = [f"{now:.6f}", ttl, start, start + batch - 1]
+        got = int(call(store.client, RESTAMP, store.script_keys(""), args))
+        done, start = done + got, start + batch
+        if got < batch:
+            break
+    store.client.set(store.keys.ttl_applied, str(ttl))
+    if done:
+        log.info("dir: keys stamped with DISK_CACHE_TTL_SECONDS=%d (%d directories)", ttl, done)
+    return done
 
 
 def ensure_pin_index(store: Store) -> int:

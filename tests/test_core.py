@@ -1051,3 +1051,29 @@ def test_a_cleanup_dates_its_record_and_a_switch_by_the_caches_clock(
     assert 0 <= last["duration_seconds"] < 60
     switched = [e for e in event_log.latest(fifo.store, 10) if e["event"] == "policy_switched"]
     assert float(switched[0]["time"]) == pytest.approx(later, abs=0.01)
+
+
+def test_a_new_ttl_restamps_the_seeds_dir_keys(settings, redis_client, root):
+    """Workers restarted with a longer TTL: the seed's dir:{path} keys kept the TTL they were
+    written with and vanished within seconds, the directories still tracked."""
+    from cachemgr import migrations
+    from cachemgr.cleanup import cleanup
+
+    short = DiskCache(settings.with_(disk_cache_ttl_seconds=20), redis_client)
+    for name in ("a", "b", "c"):
+        make_tree(root, name)
+        short.register(name)
+    cleanup(short)
+    assert 0 < redis_client.ttl(short.keys.dir("a")) <= 20
+    long = DiskCache(settings.with_(disk_cache_ttl_seconds=600), redis_client)
+    cleanup(long)
+    for name in ("a", "b", "c"):
+        assert 590 < redis_client.ttl(long.keys.dir(name)) <= 600, name
+        assert redis_client.get(long.keys.dir(name)) == long.store.info(name).registered.split(
+            "."
+        )[0]  # the value stays the registration time
+    assert migrations.ensure_ttl(long.store, time.time()) == 0  # once a change
+    # A shorter TTL than an entry's age: its key goes at once (the sweep expires it).
+    later = DiskCache(settings.with_(disk_cache_ttl_seconds=1), redis_client)
+    assert migrations.ensure_ttl(later.store, time.time() + 5, batch=2) == 3
+    assert redis_client.exists(later.keys.dir("a")) == 0
