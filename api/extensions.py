@@ -60,7 +60,8 @@ class CacheExtension:
     def init_app(self, app: Flask) -> None:
         app.json = FastJSONProvider(app)
         settings: Settings = app.config.get("CACHEMGR_SETTINGS") or Settings.from_env()
-        client: Any = app.config.get("REDIS_CLIENT") or connect(settings.redis_url)
+        client: Any = app.config.get("REDIS_CLIENT")
+        client = client or connect(settings.redis_url, interactive=True)  # a person waits
         tasks = CacheClient(
             app.config.get("CELERY_BROKER_URL"),
             redis_url=settings.redis_url,

@@ -14,8 +14,15 @@ def same_server(client: Any) -> bool:
     return not isinstance(client, RedisCluster)
 
 
-def connect(url: str) -> Any:
+# A hung Redis (stopped, not gone: it still accepts connections) answers nothing: a worker
+# waits it out (10 s a try, one retry), a person or an HTTP client must hear so within seconds
+# (gunicorn killed the request at 30 s with an HTML 500, the CLI took 40 s).
+PATIENT_SECONDS, INTERACTIVE_SECONDS = 10, 5
+
+
+def connect(url: str, *, interactive: bool = False) -> Any:
     """A client as cachemgr needs it: str replies, bounded timeouts, keep-alive.
+    `interactive` (the API, the CLI): a shorter wait for a reply, not tried again.
 
     `redis+cluster://host:port` (or `rediss+cluster://`) connects to a Redis Cluster; every
     multi-key script then runs on one shard, since a node's keys share one hash tag.
@@ -45,8 +52,8 @@ def connect(url: str) -> Any:
     return redis.Redis.from_url(
         url,
         decode_responses=True,
-        socket_timeout=10,
+        socket_timeout=INTERACTIVE_SECONDS if interactive else PATIENT_SECONDS,
         socket_connect_timeout=5,
         health_check_interval=30,
-        retry_on_timeout=True,
+        retry_on_timeout=not interactive,
     )

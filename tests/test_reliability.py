@@ -304,3 +304,25 @@ def test_a_redis_out_of_memory_for_a_while_does_not_stop_the_worker(
     finally:
         app.close()
         stop(proc)
+
+
+def test_a_hung_redis_is_a_json_503_within_seconds(settings, own_redis):
+    """Redis stopped (SIGSTOP: it still accepts connections, answers nothing): the API's read
+    waited 10 s a try, tried again, and gunicorn killed it at 30 s with an HTML 500; the CLI
+    took 40 s. An interactive client waits 5 s, once."""
+    from api import create_app
+    from tests.conftest import BROKER_URL
+
+    hung = settings.with_(redis_url=own_redis["url"])
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": hung, "CELERY_BROKER_URL": BROKER_URL})
+    client = app.test_client()
+    assert client.get("/cache/stats").status_code == 200
+    own_redis["proc"].send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        r = client.get("/cache/stats")
+        waited = time.monotonic() - started
+    finally:
+        own_redis["proc"].send_signal(signal.SIGCONT)
+    assert r.status_code == 503 and r.get_json()["code"] == "redis_unavailable", r.data[:200]
+    assert waited < 15, waited  # not a speed figure: under gunicorn's 30 s, which killed it
