@@ -171,3 +171,20 @@ def test_the_web_process_logs_gunicorns_own_lines_as_json_when_asked(monkeypatch
         assert json.loads(line)["message"] == said
     monkeypatch.setenv("DISK_CACHE_LOG_FORMAT", "text")
     assert not CacheLogger(cfg).access_log.handlers[0].format(record).startswith("{")
+
+
+def test_celerys_expected_failure_line_leaves_its_traceback_out(restore_root: None) -> None:
+    """Each refused task (NotOnDisk...) logged, besides our one line, Celery's INFO "raised
+    expected" line with its `data` extra, traceback and all: 2 KB a task."""
+    for fmt in ("text", "json"):
+        out = io.StringIO()
+        configure_logging(stream=out, fmt=fmt)
+        trace = logging.getLogger("celery.app.trace")
+        data = {"id": "t1", "name": "cachemgr.register_directory", "exc": "NotOnDisk('x')",
+                "traceback": "Traceback (most recent call last):\n  File ...", "args": "('x',)"}
+        trace.info("Task %(name)s[%(id)s] raised expected: %(exc)s", data, extra={"data": data})
+        trace.error("Task %(name)s[%(id)s] raised unexpected: %(exc)s", data,
+                    extra={"data": data})  # fmt: skip
+        expected, unexpected = out.getvalue().splitlines()[:2]
+        assert "raised expected: NotOnDisk" in expected and "Traceback" not in expected, fmt
+        assert "Traceback" in unexpected, fmt  # a bug's traceback stays
