@@ -76,6 +76,8 @@ def skewed(who: str, skew: float) -> str:
     return (
         f"the clock of {who} is {abs(skew):.0f} s {way} Redis's: cachemgr books registrations, "
         "plays, leases and expiry by Redis's clock, measured again every few seconds, but a "
-        "clock that jumps is followed late, and logs and beat's schedule go by the host's; "
-        "synchronise the clocks (NTP)"
+        "clock that jumps is followed late, and logs, beat's schedule and Celery's task times "
+        "go by the host's (a worker ahead by more than the cleanup interval discards beat's "
+        "cleanups as expired, and holds back the quota passes it sends); synchronise the "
+        "clocks (NTP)"
     )
