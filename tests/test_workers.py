@@ -570,3 +570,32 @@ def test_a_newest_download_skipped_for_a_lock_is_sent_again_by_its_path(pipeline
     while not cache.store.tracked(["album-a"])[0] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert cache.store.tracked(["album-a", "album-b"]) == [True, False]
+
+
+@pytest.mark.parametrize(("name", "requeue"), [("register_directory", True),
+                                                ("touch_directory", False)])  # fmt: skip
+def test_a_retry_that_cannot_be_sent_puts_a_late_acked_task_back(monkeypatch, name, requeue):
+    """Redis went away mid-registration: the task's retry goes through the broker, that same
+    Redis, and Celery answered the failed send with Reject(requeue=False), dropping the task:
+    the download never reached the books."""
+    import redis
+    from celery.exceptions import Reject
+    from kombu.exceptions import OperationalError
+
+    from workers import tasks
+
+    task = getattr(tasks, name)._get_current_object()  # the task, not Celery's lazy proxy
+
+    class Unsendable:
+        def apply_async(self, *args, **kwargs):
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(type(task), "signature_from_request", lambda *a, **k: Unsendable())
+    task.push_request(id="t1", retries=0, is_eager=False, called_directly=False,
+                      args=("a",), kwargs={}, delivery_info={})  # fmt: skip
+    try:
+        with pytest.raises(Reject) as caught:
+            task.retry(exc=redis.ConnectionError("gone"), countdown=1)
+    finally:
+        task.pop_request()
+    assert caught.value.requeue is requeue  # only a late-acked task is still the broker's

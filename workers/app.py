@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.signals import (
     celeryd_after_setup,
     setup_logging,
@@ -42,6 +43,19 @@ class CacheTask(Task):
         except TypeError as exc:
             raise BadArgument(f"{self.name}: {exc}") from None
         return super().__call__(*args, **kwargs)
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """A retry that cannot be sent (the broker is the Redis that just went away) made
+        Celery drop the task (Reject, requeue=False): a registration running when Redis
+        restarted was lost. A task acknowledged late is put back instead, or, the broker
+        still away, handed out again after its visibility timeout."""
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as exc:
+            if not self.acks_late or exc.requeue:
+                raise
+            log.warning("%s: its retry could not be sent (%s): put back", self.name, exc.reason)
+            raise Reject(exc.reason, requeue=True) from None
 
 
 app = Celery("cachemgr", include=["workers.tasks"], task_cls=CacheTask)
