@@ -179,6 +179,7 @@ def up(flower: bool, nodes: int = 1) -> None:
         commands.append(
             ("flower", [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"], env)
         )
+    started = {name: (argv, penv) for name, argv, penv in commands}
     for name, argv, penv in commands:
         procs.append((name, subprocess.Popen(argv, env=penv, start_new_session=True)))
     click.echo(f"api     http://{host}:{port}/ (docs /docs, stats /cache/stats)")
@@ -198,15 +199,43 @@ def up(flower: bool, nodes: int = 1) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    restarts: dict[str, list[float]] = {}
     try:
         while not stopping:
-            for name, proc in procs:
-                if proc.poll() is not None:
-                    click.echo(f"{name} exited with {proc.returncode}; stopping", err=True)
-                    stopping = True
+            for i, (name, proc) in enumerate(procs):
+                if proc.poll() is None:
+                    continue
+                if _restartable(name, proc.returncode, restarts.setdefault(name, [])):
+                    # A worker holding a delayed task can die when Redis restarts (kombu's
+                    # Redis transport): started again, as a supervisor would, said each time.
+                    click.echo(f"{name} exited with {proc.returncode}; starting it again",
+                               err=True)  # fmt: skip
+                    argv, penv = started[name]
+                    procs[i] = (name, subprocess.Popen(argv, env=penv, start_new_session=True))
+                    continue
+                click.echo(f"{name} exited with {proc.returncode}; stopping", err=True)
+                stopping = True
             time.sleep(0.2)
     finally:
         _stop(procs)
+
+
+# A worker or beat that stops is started again, at most this many times in RESTART_WINDOW s;
+# one stopped by a bad setting (exit 5) is not: it would stop again at once.
+RESTARTS, RESTART_WINDOW, EXIT_BAD_SETTINGS = 5, 600.0, 5
+
+
+def _restartable(name: str, code: int, when: list[float]) -> bool:
+    """Whether `cachemgr up` starts a process that exited with `code` again (`when`: its
+    restarts so far, to which this one is added)."""
+    if not name.startswith(("worker", "beat")) or code in (0, EXIT_BAD_SETTINGS):
+        return False
+    now = time.monotonic()
+    when[:] = [t for t in when if now - t < RESTART_WINDOW]
+    if len(when) >= RESTARTS:
+        return False
+    when.append(now)
+    return True
 
 
 def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:

@@ -69,11 +69,12 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
         PORT="8080",
         HOME=str(tmp_path / "home"),
     )
+    log = tmp_path / "up.log"  # a file, not a pipe: a full pipe blocks every process on it
     up = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "up"],
         env=env,
         cwd=Path(__file__).parent.parent,
-        stdout=subprocess.PIPE,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -89,10 +90,7 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
             assert out.returncode == 0 and status in ("200", "202"), (example, out.stdout)
             assert "code" not in json.loads(reply), (example, reply)
 
-        from workers.client import CacheClient
-
-        broker = f"redis://127.0.0.1:{env['CACHEMGR_REDIS_PORT']}/0"
-        client = CacheClient(broker, redis_url=broker, backend=broker)
+        client = client_for(env)
         # The seed's examples include POST /cache/cleanup, whose reconcile registers "album"
         # too: a registration waits for its lock, at most 3 s, then is skipped: try again.
         for _ in range(20):
@@ -106,16 +104,40 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
         client.close()
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 4  # redis, web (+ its gunicorn workers), worker, beat
+        # A worker that dies (kombu's, on a Redis restart) is started again, not the end.
+        [worker] = [p for p in psutil.Process(up.pid).children()
+                    if "worker" in p.cmdline() and "celery" in " ".join(p.cmdline())]  # fmt: skip
+        os.killpg(worker.pid, signal.SIGKILL)  # a lock it held stays for its timeout
+        deadline = time.monotonic() + 30
+        # Sent at once, a task can go to the dead worker's BRPOP, which Redis serves until it
+        # sees the connection closed (a Redis broker's own way to lose a message).
+        while "starting it again" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (root / "after").mkdir()
+        (root / "after" / "t.mp3").write_bytes(b"x" * 100)
+        again = client_for(env)
+        assert again.register("after").get(timeout=60)["status"] == "registered"
+        again.close()
+        children = psutil.Process(up.pid).children(recursive=True)
         # gunicorn's control socket: shared by two `serve` on a host, unwritable for some.
         assert not (tmp_path / "home" / ".gunicorn").exists()
     finally:
-        output = interrupt(up)
+        interrupt(up)
+        output = log.read_text()
     assert up.returncode == 0, output
+    assert "exited with -9; starting it again" in output
     # The CLI in another shell finds the embedded Redis only through REDIS_URL: say it.
     assert f"export REDIS_URL=redis://127.0.0.1:{env['CACHEMGR_REDIS_PORT']}/0" in output
     time.sleep(0.5)
     alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], [p.cmdline() for p in alive]
+
+
+def client_for(env: dict[str, str]):
+    from workers.client import CacheClient
+
+    broker = f"redis://127.0.0.1:{env['CACHEMGR_REDIS_PORT']}/0"
+    return CacheClient(broker, redis_url=broker, backend=broker)
 
 
 def _free_port() -> int:
@@ -219,3 +241,14 @@ def test_procfile_runs_under_honcho(tmp_path: Path, monkeypatch):
     time.sleep(0.5)
     alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], output
+
+
+def test_up_starts_a_worker_again_but_not_forever_nor_one_with_bad_settings():
+    from api.stack import RESTARTS, _restartable
+
+    when: list[float] = []
+    assert [_restartable("worker", -9, when) for _ in range(RESTARTS + 1)] == [True] * RESTARTS + [
+        False
+    ]  # a worker that keeps dying stops `up`: said, not looped on
+    assert not _restartable("worker", 5, [])  # a bad setting: it would stop again at once
+    assert not _restartable("web", 1, []) and _restartable("beat", 1, [])
