@@ -584,13 +584,14 @@ def test_a_retry_that_cannot_be_sent_puts_a_late_acked_task_back(monkeypatch, na
 
     from workers import tasks
 
-    task = getattr(tasks, name)._get_current_object()  # the task, not Celery's lazy proxy
+    task = getattr(tasks, name)
+    task = getattr(task, "_get_current_object", lambda: task)()  # not Celery's lazy proxy
 
     class Unsendable:
         def apply_async(self, *args, **kwargs):
             raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr(type(task), "signature_from_request", lambda *a, **k: Unsendable())
+    monkeypatch.setattr(task, "signature_from_request", lambda *a, **k: Unsendable())
     task.push_request(id="t1", retries=0, is_eager=False, called_directly=False,
                       args=("a",), kwargs={}, delivery_info={})  # fmt: skip
     try:
