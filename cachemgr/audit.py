@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import deletion, paths, scanner
+from cachemgr import deletion, paths, scanner, trash
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -27,8 +28,10 @@ STRAY_SHARE = 0.01
 # entry depth books `artist/album` under an untracked `artist`: that one is accounted for).
 INSIDE_DEPTH = 3
 
-# At most this many gone directories are untracked by one look; the rest by the next.
-GONE_AT_MOST = 1000
+# At most this many gone directories are untracked by one look, in at most GONE_SECONDS;
+# the rest by the next. From GONE_SHARE_FLOOR missing, more than half of a look missing is
+# taken for a disk under the root not mounted, not for downloads deleted by hand.
+GONE_AT_MOST, GONE_SECONDS, GONE_SHARE_FLOOR = 1000, 10.0, 20
 
 # What the look found, in one wording for the worker's log and the stats' warnings (health.py).
 # Examples are quoted, not repr'd: an escaped name's backslashes stay single.
@@ -201,36 +204,77 @@ def _holds_tracked(cache: DiskCache, path: str) -> bool:
     return False
 
 
-def gone(cache: DiskCache, *, batch: int = 1000) -> dict[str, Any]:
+def gone(
+    cache: DiskCache, *, batch: int = 1000, budget: float = GONE_SECONDS
+) -> dict[str, Any]:
     """Tracked directories no longer on the disk (deleted by hand, outside cachemgr):
-    untracked as vanished, each under its lock and only if still as read (deletion.take,
-    which refuses a root that is not the books'). Left on the books, their bytes counted
-    against the quota: each had a real download evicted in its place. {count, examples}."""
-    missing: list[tuple[str, float | None]] = []
-    chunk: list[str] = []
-
-    def check() -> None:
-        missing.extend((p, None) for p in chunk if paths.kind_at(cache.root, p) == "missing")
-        chunk.clear()
-
-    for path, _ in cache.client.zscan_iter(cache.keys.lru, count=batch):
-        chunk.append(path)
-        if len(chunk) >= batch:
-            check()
-            if len(missing) >= GONE_AT_MOST:
-                break
-    check()
-    taken = [
-        entry.path
-        for entry in cache.store.entries(missing[:GONE_AT_MOST])
-        if deletion.take(cache, entry, "checked") == "vanished"
-    ]
+    untracked as vanished (deletion.untrack_gone: never deleting; still missing under the
+    lock, the root the books'), so that their bytes stop counting against the quota: each had
+    a real download evicted in its place. Bounded: `budget` seconds a look, resumed where it
+    stopped (cache:gone_cursor), at most GONE_AT_MOST untracked. Refused, said, when most of
+    a look is missing, or a missing one lies in a directory below the root that is a mount
+    point or empty (the bare mount point a disk under the root leaves when not mounted).
+    {count, examples} (and `refused`)."""
+    client, key = cache.client, cache.keys.gone_cursor
+    cursor = int(client.get(key) or 0)
+    deadline = time.monotonic() + budget
+    taken: list[str] = []
+    seen = missing = 0
+    while True:
+        cursor, items = client.zscan(cache.keys.lru, cursor, count=batch)
+        seen += len(items)
+        lost = [(p, None) for p, _ in items if paths.kind_at(cache.root, p) == "missing"]
+        missing += len(lost)
+        if lost and (refused := _unsafe_to_untrack(cache, [p for p, _ in lost], seen, missing)):
+            log.warning("%s", refused, extra={"event": "gone_refused"})
+            client.delete(key)
+            return {"count": len(taken), "examples": taken[:EXAMPLES], "refused": refused}
+        for entry in cache.store.entries(lost):  # each looked at again under its lock
+            if deletion.untrack_gone(cache, entry) == "vanished":
+                taken.append(paths.shown(entry.path))
+        if cursor == 0 or len(taken) >= GONE_AT_MOST or time.monotonic() >= deadline:
+            break
+    if cursor:
+        client.set(key, cursor)
+    else:
+        client.delete(key)
     if taken:
         log.warning(
             "%d tracked directory(ies) were gone from the disk, e.g. '%s' (deleted by hand?): "
             "untracked, counted as vanished",
             len(taken),
-            paths.shown(taken[0]),
+            taken[0],
             extra={"event": "gone"},
         )
-    return {"count": len(taken), "examples": [paths.shown(p) for p in taken[:EXAMPLES]]}
+    return {"count": len(taken), "examples": taken[:EXAMPLES]}
+
+
+def _unsafe_to_untrack(cache: DiskCache, lost: list[str], seen: int, missing: int) -> str | None:
+    """Why directories missing from the disk must not be untracked now, if they must not."""
+    if missing >= GONE_SHARE_FLOOR and missing * 2 > seen:
+        return (
+            f"{missing} of {seen} tracked directories looked at are missing from the disk: "
+            "taken for a disk not mounted, not untracked; if they were removed on purpose, "
+            "`cachemgr reconcile` untracks them"
+        )
+    root = os.path.realpath(cache.root)
+    # Mount points under the root, read once (st_dev cannot tell a bind mount of one disk).
+    mounts = set(trash.mount_points_under(Path(root))) - {root}
+    for path in lost:
+        above = os.path.dirname(os.path.join(root, path))
+        while above != root and not os.path.isdir(above):
+            above = os.path.dirname(above)
+        if above in mounts or (above != root and _empty(above)):
+            return (
+                f"'{paths.shown(path)}' is missing and {above!r} above it is a mount point or "
+                "empty (a disk under the root, not mounted?): nothing untracked"
+            )
+    return None
+
+
+def _empty(directory: str) -> bool:
+    try:
+        with os.scandir(directory) as it:
+            return next(it, None) is None
+    except OSError:
+        return True  # cannot be told: not taken for gone

@@ -289,7 +289,7 @@ def cleanup(
                 extra={"event": "policy_held"},
             )
         switched = migrations.ensure_policy(cache.store, cache.clock())
-        migrations.ensure_ttl(cache.store, cache.clock())
+        migrations.ensure_ttl(cache.store, cache.clock(), live)
         # Beat's: the sizes of directories registered lately, before the quota is weighed.
         window = 2 * cache.settings.disk_cache_cleanup_interval
         rechecked = recheck.recent(cache, window) if periodic else None

@@ -28,6 +28,7 @@ def connect(url: str, *, interactive: bool = False) -> Any:
     multi-key script then runs on one shard, since a node's keys share one hash tag.
     `redis+sentinel://host:port[,host:port]/master_name[/db]` asks Sentinel for the master.
     """
+    wait = INTERACTIVE_SECONDS if interactive else PATIENT_SECONDS
     if url.startswith("redis+sentinel://"):
         from redis.sentinel import Sentinel
 
@@ -35,14 +36,14 @@ def connect(url: str, *, interactive: bool = False) -> Any:
         master, _, db = rest.partition("/")
         sentinels = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts.split(",")]
         return Sentinel(sentinels, socket_timeout=5).master_for(
-            master or "mymaster", db=int(db or 0), decode_responses=True, socket_timeout=10
+            master or "mymaster", db=int(db or 0), decode_responses=True, socket_timeout=wait
         )
     if "+cluster://" in url:
         try:
             return RedisCluster.from_url(
                 url.replace("+cluster://", "://", 1),
                 decode_responses=True,
-                socket_timeout=10,
+                socket_timeout=wait,
                 socket_connect_timeout=5,
             )
         except RedisClusterException as exc:
@@ -52,7 +53,7 @@ def connect(url: str, *, interactive: bool = False) -> Any:
     return redis.Redis.from_url(
         url,
         decode_responses=True,
-        socket_timeout=INTERACTIVE_SECONDS if interactive else PATIENT_SECONDS,
+        socket_timeout=wait,
         socket_connect_timeout=5,
         health_check_interval=30,
         retry_on_timeout=not interactive,

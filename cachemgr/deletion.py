@@ -119,6 +119,38 @@ def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
     return left
 
 
+def untrack_gone(cache: DiskCache, entry: Entry) -> str:
+    """Untrack a directory found gone from the disk, counted as vanished; never deletes. Under
+    its lock it must still be missing (not downloaded again meanwhile: `changed`), the root
+    the books' (RootMissing otherwise), and the entry as read (`changed` otherwise)."""
+    lock = cache.lock(entry.path)
+    if not lock.acquire():
+        return "locked"
+    try:
+        if paths.kind_at(cache.root, entry.path) != "missing":
+            return "changed"
+        cache.check_root()  # an unmounted disk shows every directory missing
+        outcome = cache.store.claim(
+            entry.path,
+            "vanished",
+            now=cache.clock(),
+            expect_registered=entry.registered,
+            expect_last_access=entry.last_access,
+            deleting_files=False,
+            lock_token=lock.token,
+        )
+        if outcome[0] != "ok":
+            return str(outcome[0])
+        log.warning(
+            "vanished: %s was gone from the disk (deleted outside cachemgr?): untracked",
+            entry.path,
+            extra={"event": "vanished", "path": entry.path},
+        )
+        return "vanished"
+    finally:
+        lock.release()
+
+
 def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 0) -> str:
     """Delete a directory a cleanup chose if it is still what was chosen; `ok` or why not.
 

@@ -23,8 +23,9 @@ def latest(store: Store, limit: int = 100) -> list[dict[str, Any]]:
     return [{"id": ident, **fields} for ident, fields in items]
 
 
-def follow(store: Store, after: str = "$", block_ms: int = 5000) -> Iterator[dict[str, Any]]:
-    """Events appended after the id `after` ('$': from now on), as they come; never ends."""
+def follow(store: Store, after: str = "$", block_ms: int = 2000) -> Iterator[dict[str, Any]]:
+    """Events appended after the id `after` ('$': from now on), as they come; never ends.
+    Each wait is shorter than an interactive client's reply timeout (connection.py: 5 s)."""
     while True:
         for _, items in store.client.xread({store.keys.events: after}, block=block_ms) or []:
             for ident, fields in items:

@@ -186,10 +186,11 @@ def _workers_refused(cache: DiskCache) -> str | None:
     """The root as the workers saw it: one this process reads fine may be refused to them
     (another user, another mount namespace); their last cleanup says so until one succeeds
     or a reconcile checks the root again (history.root_mended)."""
-    status, code, error = cache.client.hmget(
-        cache.keys.last_cleanup, "status", "error_code", "error"
+    status, code, error, at, beat_at = cache.client.hmget(
+        cache.keys.last_cleanup, "status", "error_code", "error", "time", "periodic_time"
     )
-    if status == "failed" and code == RootMissing.code:
+    # Beat's own: a `cleanup --now` of a shell that may not read the root says nothing of them.
+    if status == "failed" and code == RootMissing.code and at == beat_at:
         return f"the workers' last cleanup was refused: {error}"
     return None
 

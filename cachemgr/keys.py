@@ -162,6 +162,11 @@ class Keys:
         return f"{self.prefix}cache:format"
 
     @cached_property
+    def gone_cursor(self) -> str:
+        """String: where beat's look for tracked directories gone from the disk goes on."""
+        return f"{self.prefix}cache:gone_cursor"
+
+    @cached_property
     def ttl_applied(self) -> str:
         """String: the TTL (seconds) the dir: keys were last stamped with, to notice a change."""
         return f"{self.prefix}cache:ttl_applied"

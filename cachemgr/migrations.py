@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import events
+from cachemgr.nodes import split
 from cachemgr.policies import POLICIES
 from cachemgr.reads import Lua, call
 from cachemgr.records import RECORD_FORMAT
@@ -182,50 +183,59 @@ def ensure_record_ids(store: Store, batch: int = 1000) -> int:
     return moved
 
 
-# Stamp a slice of the books' dir: keys with the TTL now in force: each expires TTL seconds
-# after its directory's last access, as if it had been written with it.
-# KEYS: COMMON_KEYS layout, KEYS[9] the bare `dir:` prefix  ARGV[1] now  ARGV[2] ttl seconds
-# ARGV[3] first rank  ARGV[4] last rank (of cache:lru). Returns the slice's length.
+# Stamp the dir: keys of some directories with the TTL now in force: each expires TTL seconds
+# after its directory's last access, as if it had been written with it; one no longer tracked
+# is left alone. KEYS: COMMON_KEYS layout, KEYS[9] the bare `dir:` prefix
+# ARGV[1] now  ARGV[2] ttl seconds  ARGV[3..] paths. Returns how many were stamped.
 RESTAMP = Lua(
     PRELUDE
     + """
-local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local slice = redis.call('ZRANGE', KEYS[2], ARGV[3], ARGV[4], 'WITHSCORES')
-for i = 1, #slice, 2 do
-  local path = slice[i]
-  local left = math.floor(tonumber(slice[i + 1]) + ttl - now)
-  local rec = record(path)
-  if left > 0 and rec then
-    local _, _, reg = parse(rec)
-    redis.call('SET', KEYS[9] .. path, seconds(reg), 'EX', left)
-  else
-    redis.call('DEL', KEYS[9] .. path)
+local now, ttl, stamped = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
+for i = 3, #ARGV do
+  local path = ARGV[i]
+  local last = redis.call('ZSCORE', KEYS[2], path)
+  local rec = last and record(path)
+  if rec then
+    local left = math.floor(tonumber(last) + ttl - now)
+    if left > 0 then
+      local _, _, reg = parse(rec)
+      redis.call('SET', KEYS[9] .. path, seconds(reg), 'EX', left)
+      stamped = stamped + 1
+    else
+      redis.call('DEL', KEYS[9] .. path)  -- expired by this TTL: the sweep takes it
+    end
   end
 end
-return #slice / 2
+return stamped
 """
 )
 
 
-def ensure_ttl(store: Store, now: float, batch: int = 1000) -> int:
+def ensure_ttl(store: Store, now: float, live: dict[str, dict[str, Any]] | None = None,
+               batch: int = 1000) -> int:  # fmt: skip
     """The seed's dir:{path} keys carry the TTL they were written with: after a change of
     DISK_CACHE_TTL_SECONDS they vanished early, or outlived their directories' expiry, though
-    `redis-cli keys "dir:*"` is how the seed says to look. Stamp them all anew, in batches, once
-    per change (cache:ttl_applied). Returns how many entries were stamped."""
+    `redis-cli keys "dir:*"` is how the seed says to look. Stamp them anew in batches (ZSCAN:
+    none skipped as plays reorder the books), once per change (cache:ttl_applied); not while
+    the live workers (`live`) disagree on the TTL, which would stamp the books to and fro.
+    Returns how many keys were stamped."""
     ttl = store.ttl_seconds
     if store.client.get(store.keys.ttl_applied) == str(ttl):
         return 0
-    done, start = 0, 0
-    while True:
-        args = [f"{now:.6f}", ttl, start, start + batch - 1]
-        got = int(call(store.client, RESTAMP, store.script_keys(""), args))
-        done, start = done + got, start + batch
-        if got < batch:
-            break
+    if "ttl_seconds" in split(live or {}):
+        return 0  # a rolling restart: the last one standing stamps
+    stamped, paths = 0, []
+    for path, _ in store.client.zscan_iter(store.keys.lru, count=batch):
+        paths.append(path)
+        if len(paths) >= batch:
+            stamped += int(call(store.client, RESTAMP, store.script_keys(""), [now, ttl, *paths]))
+            paths = []
+    if paths:
+        stamped += int(call(store.client, RESTAMP, store.script_keys(""), [now, ttl, *paths]))
     store.client.set(store.keys.ttl_applied, str(ttl))
-    if done:
-        log.info("dir: keys stamped with DISK_CACHE_TTL_SECONDS=%d (%d directories)", ttl, done)
-    return done
+    if stamped:
+        log.info("dir: keys stamped with DISK_CACHE_TTL_SECONDS=%d (%d directories)", ttl, stamped)
+    return stamped
 
 
 def ensure_pin_index(store: Store) -> int:

@@ -248,8 +248,11 @@ ENFORCED = {
     "policy": ("disk_cache_eviction_policy", str),
     "min_free_bytes": ("disk_cache_min_free_bytes", int),
     "enabled": ("enable_disk_cache_management", bool),
-    # How they act, too: a shell's `cleanup --now` with no DISK_CACHE_MIN_AGE_SECONDS of its
-    # own evicted directories the workers kept as too young.
+}
+# How they act, published too, and taken by a write or plan made elsewhere (a shell's
+# `cleanup --now` with no DISK_CACHE_MIN_AGE_SECONDS of its own evicted directories the workers
+# kept as too young); not said of in the stats when another process differs (a batch size).
+ACTING = {
     "min_age_seconds": ("disk_cache_min_age_seconds", int),
     "entry_depth": ("disk_cache_entry_depth", int),
     "max_evictions_per_run": ("disk_cache_max_evictions_per_run", int),
@@ -257,11 +260,13 @@ ENFORCED = {
     "lock_timeout_seconds": ("disk_cache_lock_timeout_seconds", int),
     "events_maxlen": ("disk_cache_events_maxlen", int),
 }
+PUBLISHED = {**ENFORCED, **ACTING}
 
 
 def enforced_entry(settings: Settings) -> dict[str, Any]:
-    """The settings a node's workers enforce, as they publish them (ENFORCED's names)."""
-    return {key: getattr(settings, field) for key, (field, _) in ENFORCED.items()}
+    """The settings a node's workers enforce and act by, as they publish them (PUBLISHED's
+    names)."""
+    return {key: getattr(settings, field) for key, (field, _) in PUBLISHED.items()}
 
 
 def split(workers: dict[str, dict[str, Any]]) -> dict[str, dict[Any, list[str]]]:
@@ -282,21 +287,24 @@ def split(workers: dict[str, dict[str, Any]]) -> dict[str, dict[Any, list[str]]]
 def enforced(base: Settings, entry: dict[str, Any]) -> Settings:
     """`base` with the settings a node's workers published (ENFORCED): what they enforce and
     how, whatever another process's environment says."""
-    if all(key not in entry or entry[key] == getattr(base, f) for key, (f, _) in ENFORCED.items()):
+    if all(key not in entry or entry[key] == getattr(base, f) for key, (f, _) in PUBLISHED.items()):
         return base  # the usual case, on every stats read: the values as JSON gave them
-    changes = {field: kind(entry[key]) for key, (field, kind) in ENFORCED.items() if key in entry}
+    changes = {field: kind(entry[key]) for key, (field, kind) in PUBLISHED.items() if key in entry}
     if all(getattr(base, field) == value for field, value in changes.items()):
         return base  # equal once converted (an older worker's "0.9" for 0.9)
     return replace(base, **changes)
 
 
-def differing(here: Settings, workers: Settings) -> list[tuple[str, Any, Any]]:
-    """(setting's environment name, this process's value, the workers') where they differ."""
+def differing(
+    here: Settings, workers: Settings, among: dict[str, tuple[str, Any]] = PUBLISHED
+) -> list[tuple[str, Any, Any]]:
+    """(setting's environment name, this process's value, the workers') where they differ,
+    among the published settings (`among`: ENFORCED alone, for the stats)."""
     if here is workers:  # `enforced` found nothing to change
         return []
     return [
         (field.upper(), getattr(here, field), getattr(workers, field))
-        for field, _ in ENFORCED.values()
+        for field, _ in among.values()
         if getattr(here, field) != getattr(workers, field)
     ]
 

@@ -313,7 +313,7 @@ def _differences(here: Settings, workers: Settings, disputed: dict[str, set[Any]
         f"this process has {name}={env_value(mine)} but the node's workers run with "
         f"{env_value(theirs)}: the stats show the workers' (they enforce it); give every "
         "process the same environment"
-        for name, mine, theirs in differing(here, workers)
+        for name, mine, theirs in differing(here, workers, ENFORCED)
         if mine not in disputed.get(name, ())
     ]
 

@@ -335,3 +335,83 @@ def test_beats_cleanup_untracks_what_was_deleted_by_hand(cache, root, caplog):
     assert cleanup(cache)["status"] == "done" and "gone" not in cleanup(cache)  # beat's only
     assert audit.gone(cache) == {"count": 1, "examples": ["writing"]}  # its lock let go
     assert cache.store.total_bytes() == kept and (root / "kept").is_dir()
+
+
+def test_a_gone_directory_downloaded_again_meanwhile_is_kept_not_deleted(cache, root, monkeypatch):
+    """The look saw it missing; before its untracking the pipeline wrote it again: the
+    untracking (deletion.take then) deleted the new download, counted as freed."""
+    import shutil
+
+    from cachemgr import audit
+
+    make_tree(root, "album", files=2)
+    cache.register("album")
+    shutil.rmtree(root / "album")
+    real = cache.store.entries
+
+    def written_again(items, *args, **kwargs):
+        make_tree(root, "album", files=3)  # the pipeline, between the look and the lock
+        return real(items, *args, **kwargs)
+
+    monkeypatch.setattr(cache.store, "entries", written_again)
+    assert audit.gone(cache)["count"] == 0
+    assert len(os.listdir(root / "album")) == 3 and cache.store.tracked(["album"]) == [True]
+    assert cache.stats()["bytes_freed"] == 0 and cache.stats()["vanished"] == 0
+
+
+def test_most_of_the_books_missing_is_taken_for_an_unmounted_disk(cache, root):
+    import shutil
+
+    from cachemgr import audit
+
+    for i in range(30):
+        make_tree(root, f"d{i:02d}")
+        cache.register(f"d{i:02d}")
+    for i in range(25):
+        shutil.rmtree(root / f"d{i:02d}")
+    found = audit.gone(cache)
+    assert found["count"] == 0 and "25 of 30 tracked directories" in found["refused"]
+    assert cache.store.count_entries() == 30  # reconcile decides, on purpose
+
+
+def test_the_look_for_gone_directories_is_bounded_and_resumes(cache, root):
+    """It walked every tracked directory in one go, after the cleanup, unbounded."""
+    import shutil
+
+    from cachemgr import audit
+
+    for i in range(300):
+        os.makedirs(root / f"d{i:03d}")
+        cache.store.register(f"d{i:03d}", 4096, 0)
+    for i in (3, 77, 150, 220, 299):
+        shutil.rmtree(root / f"d{i:03d}")
+    looks, untracked = 0, 0
+    while True:
+        found = audit.gone(cache, batch=50, budget=0)  # one batch a look
+        looks, untracked = looks + 1, untracked + found["count"]
+        if not cache.client.exists(cache.keys.gone_cursor):
+            break
+    assert looks > 1 and untracked == 5 and cache.store.count_entries() == 295
+
+
+def test_downloads_on_a_disk_under_the_root_unmounted_are_not_untracked(cache, root):
+    """root/disk2 a disk of its own, not mounted: its albums are missing, root/disk2 the bare
+    empty mount point, while the root's own marker is fine."""
+    import shutil
+
+    from cachemgr import audit
+
+    for i in range(3):
+        make_tree(root, f"mine{i}")
+        cache.register(f"mine{i}")
+    make_tree(root / "disk2", "artist/album")
+    cache.register("disk2/artist/album")
+    make_tree(root, "gone-by-hand")
+    cache.register("gone-by-hand")
+    shutil.rmtree(root / "disk2" / "artist")  # what the bare mount point shows of it
+    shutil.rmtree(root / "gone-by-hand")
+    found = audit.gone(cache)
+    assert found["count"] == 0 and "'disk2/artist/album' is missing" in found["refused"]
+    assert cache.store.tracked(["disk2/artist/album", "gone-by-hand"]) == [True, True]
+    (root / "disk2" / "other").mkdir()  # the disk back, or something written there: not empty
+    assert audit.gone(cache)["count"] == 2

@@ -494,6 +494,9 @@ def test_inline_cleanup_spares_what_the_workers_keep_as_too_young(settings, redi
     notes = result.stderr
     assert "DISK_CACHE_MIN_AGE_SECONDS=3600 (this shell: 0)" in notes
     assert "DISK_CACHE_ENTRY_DEPTH=1 (this shell: 2)" in notes
+    # How they act is taken, not warned of in the stats (as their quota and TTL are).
+    shell_stats = DiskCache(shell, redis_client).stats()["warnings"]
+    assert not any("MIN_AGE" in w or "ENTRY_DEPTH" in w for w in shell_stats), shell_stats
 
 
 def test_tables_show_the_since_reset_figures_and_a_pending_switch(

@@ -1073,7 +1073,25 @@ def test_a_new_ttl_restamps_the_seeds_dir_keys(settings, redis_client, root):
             "."
         )[0]  # the value stays the registration time
     assert migrations.ensure_ttl(long.store, time.time()) == 0  # once a change
+    # While the live workers disagree on the TTL (a rolling restart), nothing is stamped.
+    apart = {"w1": {"ttl_seconds": 600}, "w2": {"ttl_seconds": 60}}
+    sixty = DiskCache(settings.with_(disk_cache_ttl_seconds=60), redis_client)
+    assert migrations.ensure_ttl(sixty.store, time.time(), apart) == 0
+    assert redis_client.ttl(long.keys.dir("a")) > 60
+    # Plays between batches reorder the books: none is skipped (ZSCAN, not ranks).
+    real = migrations.call
+
+    def playing(*args, **kwargs):
+        long.access("c")
+        return real(*args, **kwargs)
+
+    migrations.call = playing
+    try:
+        assert migrations.ensure_ttl(sixty.store, time.time(), batch=1) == 3
+    finally:
+        migrations.call = real
+    assert all(0 < redis_client.ttl(long.keys.dir(n)) <= 60 for n in ("a", "b", "c"))
     # A shorter TTL than an entry's age: its key goes at once (the sweep expires it).
     later = DiskCache(settings.with_(disk_cache_ttl_seconds=1), redis_client)
-    assert migrations.ensure_ttl(later.store, time.time() + 5, batch=2) == 3
+    assert migrations.ensure_ttl(later.store, time.time() + 5, batch=2) == 0
     assert redis_client.exists(later.keys.dir("a")) == 0

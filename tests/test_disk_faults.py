@@ -390,3 +390,4 @@ def test_after_a_forced_adoption_cut_short_registrations_are_refused_as_cleanups
         assert DiskCache(settings, redis_client).register("b")["status"] == "registered"
     finally:
         redis_client.delete(worker.keys.adopting)
+

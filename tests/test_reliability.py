@@ -326,3 +326,18 @@ def test_a_hung_redis_is_a_json_503_within_seconds(settings, own_redis):
         own_redis["proc"].send_signal(signal.SIGCONT)
     assert r.status_code == 503 and r.get_json()["code"] == "redis_unavailable", r.data[:200]
     assert waited < 15, waited  # not a speed figure: under gunicorn's 30 s, which killed it
+
+
+def test_events_follow_outlasts_an_interactive_clients_reply_timeout(settings, root):
+    """`cachemgr events --follow` exited with "Redis cannot be reached" after 5 quiet seconds:
+    its XREAD blocked 5 s, as long as the CLI's client waits for a reply."""
+    from cachemgr.connection import INTERACTIVE_SECONDS
+
+    client = connect(settings.redis_url, interactive=True)
+    cache = DiskCache(settings, client)
+    make_tree(root, "a")
+    cache.register("a")
+    threading.Timer(INTERACTIVE_SECONDS + 1.5, lambda: cache.remove("a")).start()
+    event = next(event_log.follow(cache.store))  # quiet for longer than the reply timeout
+    assert event["event"] == "removed" and event["path"] == "a"
+    client.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import Task
+from kombu.exceptions import OperationalError
 
 from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect
 from cachemgr import cleanup as cleanups
@@ -31,7 +32,9 @@ _cache: DiskCache | None = None
 RETRY: dict[str, Any] = {
     # Expected refusals (bad path, not tracked...) are logged in one line, not as a traceback.
     "throws": (CacheError, SettingsError),
-    "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+    # OperationalError: the broker away when a task sends another (register_completed_download
+    # hands its directory to register_directory): it failed, and the registration was lost.
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError, OperationalError),
     "retry_backoff": True,
     "retry_backoff_max": 60,
     "retry_jitter": True,
