@@ -337,7 +337,9 @@ def test_events_follow_outlasts_an_interactive_clients_reply_timeout(settings, r
     cache = DiskCache(settings, client)
     make_tree(root, "a")
     cache.register("a")
-    threading.Timer(INTERACTIVE_SECONDS + 1.5, lambda: cache.remove("a")).start()
+    later = threading.Timer(INTERACTIVE_SECONDS + 1.5, lambda: cache.remove("a"))
+    later.start()
     event = next(event_log.follow(cache.store))  # quiet for longer than the reply timeout
+    later.join()  # its removal done before the client goes
     assert event["event"] == "removed" and event["path"] == "a"
     client.close()
