@@ -737,7 +737,9 @@ def test_a_directory_reconcile_cannot_book_for_a_lock_is_said(cache, root, monke
     assert report["errors"] == [{"path": "huge1", "error": "not booked: locked; next time"}]
 
 
-def test_the_recount_leaves_redis_free_and_loses_no_booking_made_meanwhile(cache, root, monkeypatch):
+def test_the_recount_leaves_redis_free_and_loses_no_booking_made_meanwhile(
+    cache, root, monkeypatch
+):
     """RECOUNT summed every record in one script: 1.2 s of Redis held at 10^6 entries. The
     count goes by HSCAN under WATCH now: a booking meanwhile makes it count again, and a node
     too busy for that gets the one script."""
