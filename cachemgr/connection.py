@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
 
 def same_server(client: Any) -> bool:
@@ -50,6 +52,9 @@ def connect(url: str, *, interactive: bool = False) -> Any:
             # redis-py asks the cluster for its nodes here, and says it with an exception of
             # its own that callers of a client (CLI, worker, API) do not take for Redis down.
             raise redis.ConnectionError(str(exc)) from exc
+    # Interactive: a closed connection is tried again (a Redis restarted since), a reply that
+    # does not come is not (the health check's PING, then the command, waited twice).
+    once = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
     return redis.Redis.from_url(
         url,
         decode_responses=True,
@@ -57,4 +62,5 @@ def connect(url: str, *, interactive: bool = False) -> Any:
         socket_connect_timeout=5,
         health_check_interval=30,
         retry_on_timeout=not interactive,
+        **({"retry": once} if interactive else {}),
     )

@@ -209,6 +209,11 @@ def readiness(cache: DiskCache) -> dict[str, str]:
             cache.client.set(cache.keys.probe, "1", px=1000)
         except Exception as exc:
             checks["redis"] = f"refuses writes: {exc}"
+    if checks["redis"] != "ok":  # each of the checks below would wait for it again
+        root = cache.root.is_dir()
+        checks["root"] = "ok" if root else f"downloads directory {cache.root} does not exist"
+        checks["enabled"] = "unknown: Redis does not answer"
+        return checks
     if not cache.root.is_dir():
         checks["root"] = f"downloads directory {cache.root} does not exist"
     else:

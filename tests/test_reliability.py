@@ -306,26 +306,33 @@ def test_a_redis_out_of_memory_for_a_while_does_not_stop_the_worker(
         stop(proc)
 
 
-def test_a_hung_redis_is_a_json_503_within_seconds(settings, own_redis):
+def test_a_hung_redis_is_a_json_503_within_seconds(settings, own_redis, monkeypatch):
     """Redis stopped (SIGSTOP: it still accepts connections, answers nothing): the API's read
     waited 10 s a try, tried again, and gunicorn killed it at 30 s with an HTML 500; the CLI
     took 40 s. An interactive client waits 5 s, once."""
     from api import create_app
-    from tests.conftest import BROKER_URL
 
     hung = settings.with_(redis_url=own_redis["url"])
-    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": hung, "CELERY_BROKER_URL": BROKER_URL})
+    monkeypatch.setenv("CELERY_BROKER_URL", own_redis["url"])  # the environment's wins
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": hung})
     client = app.test_client()
     assert client.get("/cache/stats").status_code == 200
+    assert client.get("/readyz").status_code == 200
     own_redis["proc"].send_signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
         r = client.get("/cache/stats")
         waited = time.monotonic() - started
+        started = time.monotonic()
+        ready = client.get("/readyz")  # Redis, and the broker on it, hung
+        ready_waited = time.monotonic() - started
     finally:
         own_redis["proc"].send_signal(signal.SIGCONT)
     assert r.status_code == 503 and r.get_json()["code"] == "redis_unavailable", r.data[:200]
     assert waited < 15, waited  # not a speed figure: under gunicorn's 30 s, which killed it
+    checks = ready.get_json()["checks"]
+    assert ready.status_code == 503 and checks["broker"] == "no answer within 3 s", checks
+    assert checks["redis"].startswith("unreachable") and ready_waited < 15, ready_waited
 
 
 def test_events_follow_outlasts_an_interactive_clients_reply_timeout(settings, root):
