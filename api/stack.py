@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -208,12 +209,13 @@ def up(flower: bool, nodes: int = 1) -> None:
                 if _restartable(name, proc.returncode, restarts.setdefault(name, [])):
                     # A worker holding a delayed task can die when Redis restarts (kombu's
                     # Redis transport): started again, as a supervisor would, said each time.
-                    click.echo(f"{name} exited with {proc.returncode}; starting it again",
+                    click.echo(f"{name} {_how_it_ended(proc.returncode)}; starting it again",
                                err=True)  # fmt: skip
                     argv, penv = started[name]
                     procs[i] = (name, subprocess.Popen(argv, env=penv, start_new_session=True))
                     continue
-                click.echo(f"{name} exited with {proc.returncode}; stopping", err=True)
+                ended = _how_it_ended(proc.returncode)
+                click.echo(f"{name} {ended}; stopping{_why_not(name, proc.returncode)}", err=True)
                 stopping = True
             time.sleep(0.2)
     finally:
@@ -223,6 +225,22 @@ def up(flower: bool, nodes: int = 1) -> None:
 # A worker or beat that stops is started again, at most this many times in RESTART_WINDOW s;
 # one stopped by a bad setting (exit 5) is not: it would stop again at once.
 RESTARTS, RESTART_WINDOW, EXIT_BAD_SETTINGS = 5, 600.0, 5
+
+
+def _how_it_ended(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"
+
+
+def _why_not(name: str, code: int) -> str:
+    """Why a worker or beat that ended is not started again (nothing for another process)."""
+    if not name.startswith(("worker", "beat")) or code == 0:
+        return ""
+    if code == EXIT_BAD_SETTINGS:
+        return " (a bad setting: it would stop again at once)"
+    return f" (it stopped {RESTARTS + 1} times in {RESTART_WINDOW / 60:.0f} min)"
 
 
 def _restartable(name: str, code: int, when: list[float]) -> bool:

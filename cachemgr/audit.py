@@ -207,30 +207,40 @@ def _holds_tracked(cache: DiskCache, path: str) -> bool:
 def gone(
     cache: DiskCache, *, batch: int = 1000, budget: float = GONE_SECONDS
 ) -> dict[str, Any]:
-    """Tracked directories no longer on the disk (deleted by hand, outside cachemgr):
-    untracked as vanished (deletion.untrack_gone: never deleting; still missing under the
-    lock, the root the books'), so that their bytes stop counting against the quota: each had
-    a real download evicted in its place. Bounded: `budget` seconds a look, resumed where it
-    stopped (cache:gone_cursor), at most GONE_AT_MOST untracked. Refused, said, when most of
-    a look is missing, or a missing one lies in a directory below the root that is a mount
-    point or empty (the bare mount point a disk under the root leaves when not mounted).
-    {count, examples} (and `refused`)."""
+    """Tracked directories no longer on the disk (deleted by hand, or a file or symlink put in
+    their place): untracked as vanished (deletion.untrack_gone: never deleting; still gone
+    under the lock, the root the books'), so that their bytes stop counting against the quota:
+    each had a real download evicted in its place. Bounded: `budget` seconds a look, resumed
+    where it stopped (cache:gone_cursor), at most GONE_AT_MOST untracked. Refused, said, when
+    most of a look is missing (a disk not mounted); one missing in a directory below the root
+    that is a mount point or empty (the bare mount point of a disk under the root, not
+    mounted; or an artist's last album deleted) is kept, said, for reconcile to decide.
+    {count, examples, kept, kept_example} (and `refused`)."""
     client, key = cache.client, cache.keys.gone_cursor
     cursor = int(client.get(key) or 0)
     deadline = time.monotonic() + budget
     taken: list[str] = []
+    kept: list[str] = []
     seen = missing = 0
     while True:
         cursor, items = client.zscan(cache.keys.lru, cursor, count=batch)
         seen += len(items)
-        lost = [(p, None) for p, _ in items if paths.kind_at(cache.root, p) == "missing"]
+        found = {p: paths.kind_at(cache.root, p) for p, _ in items}
+        lost = [p for p, kind in found.items() if kind in ("missing", "other")]
         missing += len(lost)
-        if lost and (refused := _unsafe_to_untrack(cache, [p for p, _ in lost], seen, missing)):
+        if missing >= GONE_SHARE_FLOOR and missing * 2 > seen:
+            refused = (
+                f"{missing} of {seen} tracked directories looked at are missing from the disk: "
+                "taken for a disk not mounted, not untracked; if they were removed on purpose, "
+                "`cachemgr reconcile` untracks them"
+            )
             log.warning("%s", refused, extra={"event": "gone_refused"})
             client.delete(key)
-            return {"count": len(taken), "examples": taken[:EXAMPLES], "refused": refused}
-        for entry in cache.store.entries(lost):  # each looked at again under its lock
-            if deletion.untrack_gone(cache, entry) == "vanished":
+            return _gone_found(taken, kept, refused)
+        doubtful = _under_bare_mount(cache, [p for p in lost if found[p] == "missing"])
+        kept += [paths.shown(p) for p in lost if p in doubtful]
+        for entry in cache.store.entries([(p, None) for p in lost if p not in doubtful]):
+            if deletion.untrack_gone(cache, entry) == "vanished":  # looked at again, locked
                 taken.append(paths.shown(entry.path))
         if cursor == 0 or len(taken) >= GONE_AT_MOST or time.monotonic() >= deadline:
             break
@@ -246,30 +256,41 @@ def gone(
             taken[0],
             extra={"event": "gone"},
         )
-    return {"count": len(taken), "examples": taken[:EXAMPLES]}
-
-
-def _unsafe_to_untrack(cache: DiskCache, lost: list[str], seen: int, missing: int) -> str | None:
-    """Why directories missing from the disk must not be untracked now, if they must not."""
-    if missing >= GONE_SHARE_FLOOR and missing * 2 > seen:
-        return (
-            f"{missing} of {seen} tracked directories looked at are missing from the disk: "
-            "taken for a disk not mounted, not untracked; if they were removed on purpose, "
-            "`cachemgr reconcile` untracks them"
+    if kept:
+        log.warning(
+            "%d tracked directory(ies) are missing in a directory that is empty or a mount "
+            "point, e.g. '%s' (a disk under the root not mounted? an artist's last album "
+            "deleted?): kept on the books; `cachemgr reconcile` untracks them if they were "
+            "removed on purpose",
+            len(kept),
+            kept[0],
+            extra={"event": "gone_kept"},
         )
+    return _gone_found(taken, kept)
+
+
+def _gone_found(taken: list[str], kept: list[str], refused: str = "") -> dict[str, Any]:
+    found: dict[str, Any] = {"count": len(taken), "examples": taken[:EXAMPLES]}
+    found |= {"kept": len(kept), "kept_example": kept[0] if kept else None}
+    return found | ({"refused": refused} if refused else {})
+
+
+def _under_bare_mount(cache: DiskCache, lost: list[str]) -> set[str]:
+    """Those of the missing directories whose nearest existing directory below the root is a
+    mount point or empty: what a disk under the root, not mounted, leaves."""
+    if not lost:
+        return set()
     root = os.path.realpath(cache.root)
     # Mount points under the root, read once (st_dev cannot tell a bind mount of one disk).
     mounts = set(trash.mount_points_under(Path(root))) - {root}
+    doubtful = set()
     for path in lost:
         above = os.path.dirname(os.path.join(root, path))
         while above != root and not os.path.isdir(above):
             above = os.path.dirname(above)
         if above in mounts or (above != root and _empty(above)):
-            return (
-                f"'{paths.shown(path)}' is missing and {above!r} above it is a mount point or "
-                "empty (a disk under the root, not mounted?): nothing untracked"
-            )
-    return None
+            doubtful.add(path)
+    return doubtful
 
 
 def _empty(directory: str) -> bool:

@@ -120,15 +120,16 @@ def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
 
 
 def untrack_gone(cache: DiskCache, entry: Entry) -> str:
-    """Untrack a directory found gone from the disk, counted as vanished; never deletes. Under
-    its lock it must still be missing (not downloaded again meanwhile: `changed`), the root
-    the books' (RootMissing otherwise), and the entry as read (`changed` otherwise)."""
+    """Untrack a directory found gone from the disk (or a file or symlink in its place),
+    counted as vanished; never deletes. Under its lock it must still be gone (not downloaded
+    again meanwhile: `changed`), the root the books' (RootMissing otherwise), and the entry as
+    read (`changed` otherwise)."""
     lock = cache.lock(entry.path)
     if not lock.acquire():
         return "locked"
     try:
-        if paths.kind_at(cache.root, entry.path) != "missing":
-            return "changed"
+        if paths.kind_at(cache.root, entry.path) not in ("missing", "other"):
+            return "changed"  # a directory again (downloaded meanwhile), or cannot be told
         cache.check_root()  # an unmounted disk shows every directory missing
         outcome = cache.store.claim(
             entry.path,
@@ -142,7 +143,8 @@ def untrack_gone(cache: DiskCache, entry: Entry) -> str:
         if outcome[0] != "ok":
             return str(outcome[0])
         log.warning(
-            "vanished: %s was gone from the disk (deleted outside cachemgr?): untracked",
+            "vanished: %s was gone from the disk, or is no directory now (deleted outside "
+            "cachemgr?): untracked",
             entry.path,
             extra={"event": "vanished", "path": entry.path},
         )

@@ -333,7 +333,8 @@ def test_beats_cleanup_untracks_what_was_deleted_by_hand(cache, root, caplog):
     assert events["by-hand"] == events["artist/gone-too"] == "vanished"
     assert "2 tracked directory(ies) were gone from the disk" in caplog.text
     assert cleanup(cache)["status"] == "done" and "gone" not in cleanup(cache)  # beat's only
-    assert audit.gone(cache) == {"count": 1, "examples": ["writing"]}  # its lock let go
+    assert audit.gone(cache) == {"count": 1, "examples": ["writing"], "kept": 0,
+                                 "kept_example": None}  # its lock let go
     assert cache.store.total_bytes() == kept and (root / "kept").is_dir()
 
 
@@ -410,8 +411,13 @@ def test_downloads_on_a_disk_under_the_root_unmounted_are_not_untracked(cache, r
     cache.register("gone-by-hand")
     shutil.rmtree(root / "disk2" / "artist")  # what the bare mount point shows of it
     shutil.rmtree(root / "gone-by-hand")
+    shutil.rmtree(root / "mine0")
+    (root / "mine0").write_text("a file where the album was")
     found = audit.gone(cache)
-    assert found["count"] == 0 and "'disk2/artist/album' is missing" in found["refused"]
-    assert cache.store.tracked(["disk2/artist/album", "gone-by-hand"]) == [True, True]
+    # Kept, said, for reconcile; the others go in the same look (one kept blocked them all).
+    assert (found["kept"], found["kept_example"]) == (1, "disk2/artist/album")
+    assert found["count"] == 2 and sorted(found["examples"]) == ["gone-by-hand", "mine0"]
+    assert cache.store.tracked(["disk2/artist/album", "gone-by-hand"]) == [True, False]
+    assert (root / "mine0").read_text() == "a file where the album was"  # untracked only
     (root / "disk2" / "other").mkdir()  # the disk back, or something written there: not empty
-    assert audit.gone(cache)["count"] == 2
+    assert audit.gone(cache)["count"] == 1

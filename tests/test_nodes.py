@@ -393,6 +393,10 @@ def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
     assert sent == [{"queue": "far-queue"}]
     assert "no worker has published node unknown" in caplog.text
     assert caplog.text.count("no worker has published node") == 1
+    caplog.clear()  # and as beat runs it, nothing said to be sent either
+    with caplog.at_level("INFO"):
+        scheduler.apply_entry(entry)
+    assert "Sending due task" not in caplog.text and sent == [{"queue": "far-queue"}]
     # One beat per node (DISK_CACHE_NODE, no CACHEMGR_QUEUE here): its own entry follows too.
     monkeypatch.setenv("DISK_CACHE_NODE", "far")
     monkeypatch.delenv("CACHEMGR_QUEUE", raising=False)

@@ -125,7 +125,7 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
         interrupt(up)
         output = log.read_text()
     assert up.returncode == 0, output
-    assert "exited with -9; starting it again" in output
+    assert "worker was killed by SIGKILL; starting it again" in output
     # The CLI in another shell finds the embedded Redis only through REDIS_URL: say it.
     assert f"export REDIS_URL=redis://127.0.0.1:{env['CACHEMGR_REDIS_PORT']}/0" in output
     time.sleep(0.5)
@@ -252,3 +252,8 @@ def test_up_starts_a_worker_again_but_not_forever_nor_one_with_bad_settings():
     ]  # a worker that keeps dying stops `up`: said, not looped on
     assert not _restartable("worker", 5, [])  # a bad setting: it would stop again at once
     assert not _restartable("web", 1, []) and _restartable("beat", 1, [])
+    from api.stack import _how_it_ended, _why_not
+
+    assert _how_it_ended(-9) == "was killed by SIGKILL" and _how_it_ended(1) == "exited with 1"
+    assert _why_not("worker", -9) == f" (it stopped {RESTARTS + 1} times in 10 min)"
+    assert "bad setting" in _why_not("worker", 5) and _why_not("web", 1) == ""

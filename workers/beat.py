@@ -56,6 +56,15 @@ class NodeScheduler(PersistentScheduler):
             return os.environ.get("DISK_CACHE_NODE") or None
         return None
 
+    def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
+        """Celery's, but a node no worker published is not sent to, nor said to be sent to
+        ("Sending due task" at every interval, while nothing went)."""
+        node = self.node_of(entry.name or "")
+        if node and self.published_queue(node) == "":  # a misspelt DISK_CACHE_NODES
+            self._say_unknown(node, entry.options.get("queue"))
+            return
+        super().apply_entry(entry, producer)
+
     def apply_async(
         self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any
     ) -> Any:
