@@ -387,7 +387,7 @@ def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
             options={"queue": f"cachemgr.{node}"},
             app=app,
         )
-        scheduler.apply_async(entry)
+        scheduler.apply_entry(entry)  # as beat sends it
     # A node no worker published (a misspelt DISK_CACHE_NODES): not sent, said once an hour;
     # its queue had filled with cleanups nobody read.
     assert sent == [{"queue": "far-queue"}]
@@ -404,7 +404,7 @@ def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
         name=NODE_ENTRY.rstrip("-"), task="cachemgr.cleanup", schedule=60.0,
         options={"queue": "cachemgr.far"}, app=app,
     )  # fmt: skip
-    scheduler.apply_async(own)
+    scheduler.apply_entry(own)
     assert sent[-1] == {"queue": "far-queue"}
 
 

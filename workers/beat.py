@@ -25,7 +25,6 @@ UNKNOWN_NODE_SECONDS = 3600
 
 class NodeScheduler(PersistentScheduler):
     _registry: NodeRegistry | None = None
-    _unknown_said: dict[str, float] | None = None
 
     def published_queue(self, node: str) -> str | None:
         """The queue `node`'s workers read, as they published it: "" when no worker of it
@@ -57,31 +56,22 @@ class NodeScheduler(PersistentScheduler):
         return None
 
     def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
-        """Celery's, but a node no worker published is not sent to, nor said to be sent to
-        ("Sending due task" at every interval, while nothing went)."""
-        node = self.node_of(entry.name or "")
-        if node and self.published_queue(node) == "":  # a misspelt DISK_CACHE_NODES
-            self._say_unknown(node, entry.options.get("queue"))
-            return
-        super().apply_entry(entry, producer)
-
-    def apply_async(
-        self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any
-    ) -> Any:
+        """Celery's, with a node's cleanup sent to the queue its workers published, read once
+        a send; a node no worker published is not sent to, nor said to be (a misspelt
+        DISK_CACHE_NODES filled a queue nobody read, "Sending due task" each interval)."""
         node = self.node_of(entry.name or "")
         if node:
             queue = self.published_queue(node)
-            if queue == "":  # a misspelt DISK_CACHE_NODES: a queue filled that nobody read
+            if queue == "":
                 self._say_unknown(node, entry.options.get("queue"))
-                return None
+                return
             if queue and queue != entry.options.get("queue"):
                 log.info("beat: node %s's workers read %s: its cleanups go there", node, queue)
                 entry.options["queue"] = queue
-        return super().apply_async(entry, producer, advance, **kwargs)
+        super().apply_entry(entry, producer)
 
     def _say_unknown(self, node: str, queue: Any) -> None:
-        said = self._unknown_said if self._unknown_said is not None else {}
-        self._unknown_said = said
+        said: dict[str, float] = self.__dict__.setdefault("_unknown_said", {})
         now = time.monotonic()
         if now - said.get(node, -UNKNOWN_NODE_SECONDS) >= UNKNOWN_NODE_SECONDS:
             said[node] = now
