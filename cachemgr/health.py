@@ -209,18 +209,19 @@ def readiness(cache: DiskCache) -> dict[str, str]:
             cache.client.set(cache.keys.probe, "1", px=1000)
         except Exception as exc:
             checks["redis"] = f"refuses writes: {exc}"
-    if checks["redis"] != "ok":  # each of the checks below would wait for it again
-        root = cache.root.is_dir()
-        checks["root"] = "ok" if root else f"downloads directory {cache.root} does not exist"
-        checks["enabled"] = "unknown: Redis does not answer"
-        return checks
+    answers = checks["redis"] == "ok"  # else each Redis check below would wait for it again
     if not cache.root.is_dir():
         checks["root"] = f"downloads directory {cache.root} does not exist"
+    elif not answers:
+        checks["root"] = "ok"
     else:
         try:  # the empty mount point an unmounted disk leaves: every cleanup refuses it
             checks["root"] = marker.refusal(cache) or _workers_refused(cache) or "ok"
         except Exception:  # Redis away: said by the redis check already
             checks["root"] = "ok"
+    if not answers:
+        checks["enabled"] = "unknown: Redis does not answer"
+        return checks
     try:
         off = disabled_where(cache)
         checks["enabled"] = (
