@@ -206,16 +206,16 @@ def up(flower: bool, nodes: int = 1) -> None:
             for i, (name, proc) in enumerate(procs):
                 if proc.poll() is None:
                     continue
-                if _restartable(name, proc.returncode, restarts.setdefault(name, [])):
+                ended = _how_it_ended(proc.returncode)
+                why_not = _not_restarted(name, proc.returncode, restarts.setdefault(name, []))
+                if why_not is None:
                     # A worker holding a delayed task can die when Redis restarts (kombu's
                     # Redis transport): started again, as a supervisor would, said each time.
-                    click.echo(f"{name} {_how_it_ended(proc.returncode)}; starting it again",
-                               err=True)  # fmt: skip
+                    click.echo(f"{name} {ended}; starting it again", err=True)
                     argv, penv = started[name]
                     procs[i] = (name, subprocess.Popen(argv, env=penv, start_new_session=True))
                     continue
-                ended = _how_it_ended(proc.returncode)
-                click.echo(f"{name} {ended}; stopping{_why_not(name, proc.returncode)}", err=True)
+                click.echo(f"{name} {ended}; stopping{why_not}", err=True)
                 stopping = True
             time.sleep(0.2)
     finally:
@@ -234,26 +234,20 @@ def _how_it_ended(code: int) -> str:
     return f"exited with {code}"
 
 
-def _why_not(name: str, code: int) -> str:
-    """Why a worker or beat that ended is not started again (nothing for another process)."""
+def _not_restarted(name: str, code: int, when: list[float]) -> str | None:
+    """None when `cachemgr up` starts a process that ended with `code` again (`when`: its
+    restarts so far, to which this one is added); else why not, as said after "stopping"
+    ("" for a process it does not start again, or one that ended well)."""
     if not name.startswith(("worker", "beat")) or code == 0:
         return ""
     if code == EXIT_BAD_SETTINGS:
         return " (a bad setting: it would stop again at once)"
-    return f" (it stopped {RESTARTS + 1} times in {RESTART_WINDOW / 60:.0f} min)"
-
-
-def _restartable(name: str, code: int, when: list[float]) -> bool:
-    """Whether `cachemgr up` starts a process that exited with `code` again (`when`: its
-    restarts so far, to which this one is added)."""
-    if not name.startswith(("worker", "beat")) or code in (0, EXIT_BAD_SETTINGS):
-        return False
     now = time.monotonic()
     when[:] = [t for t in when if now - t < RESTART_WINDOW]
     if len(when) >= RESTARTS:
-        return False
+        return f" (it stopped {RESTARTS + 1} times in {RESTART_WINDOW / 60:.0f} min)"
     when.append(now)
-    return True
+    return None
 
 
 def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
