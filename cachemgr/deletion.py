@@ -77,11 +77,10 @@ def remove(
 def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
     """Delete a claimed directory's files: what the trash could not delete yet, or None when
     they were gone already (removed meanwhile: counted as vanished). If it cannot be moved
-    out of its place, put it
-    back on the books; once moved into the trash it is gone from the cache, and what could
-    not be deleted waits there for the next cleanup's `trash.empty`. Raises trash.Kept
-    when, moved aside, it turned out no longer ours to delete (pinned since the claim:
-    put back on the books; put back by another: left to them)."""
+    out of its place, put it back on the books; once moved into the trash it is gone from the
+    cache, and what could not be deleted waits there for the next cleanup's `trash.empty`.
+    Raises trash.Kept when, moved aside, it turned out no longer ours to delete (pinned since
+    the claim: put back on the books; put back by another: left to them)."""
 
     def still_ours() -> str | None:
         why = cache.store.still_ours(rel, cache.clock())

@@ -285,7 +285,7 @@ def split(workers: dict[str, dict[str, Any]]) -> dict[str, dict[Any, list[str]]]
 
 
 def enforced(base: Settings, entry: dict[str, Any]) -> Settings:
-    """`base` with the settings a node's workers published (ENFORCED): what they enforce and
+    """`base` with the settings a node's workers published (PUBLISHED): what they enforce and
     how, whatever another process's environment says."""
     if all(key not in entry or entry[key] == getattr(base, f) for key, (f, _) in PUBLISHED.items()):
         return base  # the usual case, on every stats read: the values as JSON gave them
