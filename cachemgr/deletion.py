@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import checks, paths, trash
+from cachemgr import checks, journal, paths, trash
 from cachemgr.errors import DELETE_FAILED, DeleteFailed, NotTracked
 
 if TYPE_CHECKING:
@@ -31,21 +31,31 @@ def remove(
     lock = cache.lock(rel)
     if not lock.acquire():
         cache.store.count("skipped_locked")
-        return {"status": "skipped", "reason": "locked", "path": rel}
+        # retry_after: when the holder's lock lapses (the task is sent again then).
+        after = lock.lapses_in()
+        return {"status": "skipped", "reason": "locked", "path": rel, "retry_after": after}
     try:
         on_disk = paths.kind(location) if location is not None else None
         if on_disk == "unknown":
             raise DeleteFailed(f"cannot inspect {rel!r} now (permissions, I/O): kept")
         deleting = on_disk == "dir"
         left: list[str] | None = []
-        outcome = cache.store.claim(
-            rel,
-            "removed",
-            now=cache.clock(),
-            honour_pins=remove_files,
-            deleting_files=deleting,
-            lock_token=lock.token,
-        )
+        def claim() -> list[Any]:
+            return cache.store.claim(
+                rel,
+                "removed",
+                now=cache.clock(),
+                honour_pins=remove_files,
+                deleting_files=deleting,
+                lock_token=lock.token,
+            )
+
+        outcome = claim()
+        if outcome[0] == "gone" and journal.settle(cache, rel) == "restored":
+            # Claimed by a deletion that was interrupted (this removal before its redelivery,
+            # a Redis blip, a cleanup's crash): back on the books, it goes as asked now.
+            # Otherwise the next cleanup would put it back, the removal lost.
+            outcome = claim()
         if outcome[0] == "gone":
             if missing_ok:
                 return {"status": "not_tracked", "path": rel}

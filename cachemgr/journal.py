@@ -149,23 +149,33 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
         if not lock.acquire():
             continue
         try:
-            on_disk = paths.kind_at(cache.root, path)  # `unsafe`: a symlinked parent, kept
-            if on_disk == "unknown":  # cannot be told now (EACCES, EIO): next time
-                continue
-            if on_disk in ("dir", "unsafe"):
-                if cache.store.restore(path, now=cache.clock()):
-                    recovered.append(path)
-                    log.warning("deletion of %s interrupted (a crash?): back on the books", path)
-            else:
-                # Missing: its files went (into the trash, or gone). Anything else is not ours
-                # to count as freed: it vanished from the books.
-                deleted = on_disk == "missing"
-                cache.store.finish_deletion(path, now=cache.clock(), deleted=deleted)
-                log.warning(
-                    "deletion of %s interrupted (a crash?): finished, %s",
-                    path,
-                    "its files were gone" if deleted else f"counted as vanished ({on_disk})",
-                )
+            if settle(cache, path) == "restored":
+                recovered.append(path)
         finally:
             lock.release()
     return recovered
+
+
+def settle(cache: DiskCache, path: str) -> str | None:
+    """Settle one interrupted deletion as the disk says, its lock held by the caller:
+    `restored` (its files are still there), `finished` (they are gone), or None (cannot be
+    told now: EACCES, EIO; or not in the journal)."""
+    on_disk = paths.kind_at(cache.root, path)  # `unsafe`: a symlinked parent, kept
+    if on_disk == "unknown":
+        return None
+    if on_disk in ("dir", "unsafe"):
+        if not cache.store.restore(path, now=cache.clock()):
+            return None
+        log.warning("deletion of %s interrupted (a crash?): back on the books", path)
+        return "restored"
+    # Missing: its files went (into the trash, or gone). Anything else is not ours to count
+    # as freed: it vanished from the books.
+    deleted = on_disk == "missing"
+    if not cache.store.finish_deletion(path, now=cache.clock(), deleted=deleted):
+        return None
+    log.warning(
+        "deletion of %s interrupted (a crash?): finished, %s",
+        path,
+        "its files were gone" if deleted else f"counted as vanished ({on_disk})",
+    )
+    return "finished"

@@ -62,6 +62,12 @@ class Lock:
     def held(self) -> bool:
         return bool(self.client.get(self.key) == self.token)
 
+    def lapses_in(self) -> float:
+        """Seconds until whoever holds it now loses it (its holder may be a worker killed
+        mid-task, whose lock stands for its timeout): 0 when it is free."""
+        left = int(self.client.pttl(self.key))  # -2: free, -1: no expiry (not ours: SET by hand)
+        return round((self.timeout_ms if left == -1 else max(left, 0)) / 1000, 3)
+
     def __enter__(self) -> Lock:
         if not self.acquire():
             raise LockNotAcquired(self.key)

@@ -108,9 +108,8 @@ def _later(cache: DiskCache, rel: str, reason: str, holder: str) -> dict[str, An
     """A registration skipped for `holder`'s lock (the directory's own, or one above it), with
     `retry_after`: the seconds until that lock lapses (its holder may be a worker killed
     mid-scan), when a registration sent again finds it free."""
-    left = int(cache.client.pttl(cache.keys.lock(holder)))  # -2: gone since, -1: no expiry
-    after = max(left, 0) / 1000 if left != -1 else cache.settings.disk_cache_lock_timeout_seconds
-    return {"status": "skipped", "reason": reason, "path": rel, "retry_after": round(after, 3)}
+    after = cache.lock(holder).lapses_in()
+    return {"status": "skipped", "reason": reason, "path": rel, "retry_after": after}
 
 
 def _notes(cache: DiskCache, rel: str, found: scanner.ScanResult) -> list[tuple[str, str]]:

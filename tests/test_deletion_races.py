@@ -246,3 +246,65 @@ def test_a_directory_that_cannot_be_inspected_now_is_never_taken_for_gone(
     assert recover_unfinished(cache) == ["album"]
     assert cache.info("album").size_bytes == before.size_bytes
     _books_exact(cache)
+
+
+class _Killed(BaseException):
+    """A worker's SIGKILL at that point (BaseException: nothing on the way catches it)."""
+
+
+def test_a_removal_interrupted_then_redelivered_still_deletes(cache, root):
+    """Killed between its claim and the files' deletion, a remove_directory is redelivered
+    (acks_late): the entry waits in the journal, off the books. The redelivery deletes the
+    files; it had answered `not_tracked`, and the next cleanup put the directory back."""
+    make_tree(root, "album", files=3)
+    size = cache.register("album")["size_bytes"]
+
+    def killed(path: str) -> None:
+        raise _Killed
+
+    cache.before_delete = killed
+    with pytest.raises(_Killed):
+        cache.remove("album", remove_files=True)
+    cache.before_delete = None
+    assert cache.store.unfinished_deletions() == {"album": size}
+
+    again = cache.remove("album", remove_files=True, missing_ok=True)
+    removed = {"status": "removed", "path": "album", "size_bytes": size, "files_deleted": True}
+    assert again == removed
+    assert not (root / "album").exists()
+    assert cache.store.unfinished_deletions() == {}
+    cleanup(cache)
+    assert cache.store.tracked(["album"]) == [False]
+    assert cache.stats()["total_bytes"] == 0
+
+
+def test_a_removal_whose_check_met_a_redis_blip_is_retried_to_the_end(cache, root, monkeypatch):
+    """A Redis blip at the check after the move aside (Celery retries on ConnectionError):
+    the retry deletes the files, and an untrack-only removal meeting the journal untracks."""
+    import redis
+
+    make_tree(root, "album", files=2)
+    make_tree(root, "single", files=1)
+    for path in ("album", "single"):
+        cache.register(path)
+    cleanup(cache)  # books not new: no rebuild from the disk at the last cleanup
+    real = cache.store.still_ours
+    blips = iter([True])
+
+    def flaky(path: str, now: float) -> str:
+        if next(blips, False):
+            raise redis.ConnectionError("blip")
+        return real(path, now)
+
+    monkeypatch.setattr(cache.store, "still_ours", flaky)
+    with pytest.raises(redis.ConnectionError):
+        cache.remove("album", remove_files=True, missing_ok=True)
+    assert cache.remove("album", remove_files=True, missing_ok=True)["status"] == "removed"
+    assert not (root / "album").exists()
+
+    # A cleanup's eviction of `single` crashed after its claim: asked to untrack it only.
+    cache.store.claim("single", "evicted", now=cache.clock())
+    assert cache.remove("single")["status"] == "removed"
+    assert (root / "single").is_dir() and cache.store.unfinished_deletions() == {}
+    cleanup(cache)
+    assert cache.store.tracked(["album", "single"]) == [False, False]

@@ -512,6 +512,22 @@ def test_a_registration_redelivered_past_a_dead_workers_lock_is_booked_once_it_l
     assert cache.store.tracked(["huge1"]) == [True]
 
 
+def test_a_removal_redelivered_past_a_dead_workers_lock_removes_once_it_lapses(
+    pipeline, cache, root
+):
+    """A worker killed mid-deletion leaves the directory's lock until it lapses; the
+    redelivered removal answered "skipped: locked" as a success and the files stayed (the
+    journal's recovery put the directory back on the books). It is sent again until then."""
+    make_tree(root, "gone1", files=2)
+    cache.register("gone1")
+    cache.client.set(cache.keys.lock("gone1"), "a-killed-worker", px=3000)
+    started = time.monotonic()
+    done = pipeline.send("remove_directory", "gone1", remove_files=True).get(timeout=60)
+    assert done["status"] == "removed" and done["files_deleted"] is True, done
+    assert time.monotonic() - started >= 2.5  # after the lapse, not before
+    assert not (root / "gone1").exists() and cache.store.tracked(["gone1"]) == [False]
+
+
 def test_a_registration_locked_through_every_retry_fails_rather_than_succeeds(
     cache, root, monkeypatch
 ):
@@ -526,7 +542,8 @@ def test_a_registration_locked_through_every_retry_fails_rather_than_succeeds(
     task = tasks.register_directory
     task.push_request(retries=task.max_retries)  # the last try
     try:
-        with pytest.raises(StillLocked, match="never free to register"):
+        said = "never free for its registration .* send it again, or run"
+        with pytest.raises(StillLocked, match=said):
             task.run("held")
     finally:
         task.pop_request()

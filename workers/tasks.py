@@ -87,13 +87,16 @@ def _quota_pass_if_due(booked: dict[str, Any]) -> dict[str, Any]:
     return booked
 
 
-def _booked_or_later(task: Task, done: dict[str, Any]) -> dict[str, Any]:
-    """A registration skipped for another's lock (the directory's, or one above it) is sent
-    again once that lock lapses (`retry_after`): its holder may be a worker killed mid-scan,
-    whose lock stands for DISK_CACHE_LOCK_TIMEOUT_SECONDS, and the redelivery that answered
-    "skipped" as a success lost the download from the books. The newest download is sent
-    again by its path: asked again, "the newest" may be another. Still locked after every
-    retry: a failure, said, not a success."""
+def _done_or_later(
+    task: Task, done: dict[str, Any], what: str = "registration"
+) -> dict[str, Any]:
+    """A registration or removal skipped for another's lock (the directory's, or one above
+    it) is sent again once that lock lapses (`retry_after`): its holder may be a worker
+    killed mid-task, whose lock stands for DISK_CACHE_LOCK_TIMEOUT_SECONDS, and the
+    redelivery that answered "skipped" as a success lost the download from the books (a
+    removal: left it on the disk and the books). The newest download is sent again by its
+    path: asked again, "the newest" may be another. Still locked after every retry: a
+    failure, said, not a success."""
     if done.get("status") != "skipped" or "retry_after" not in done:
         return done
     path, reason = done["path"], done["reason"]
@@ -102,14 +105,15 @@ def _booked_or_later(task: Task, done: dict[str, Any]) -> dict[str, Any]:
     limit = max(int(task.max_retries or 0), int(timeout // MAX_RETRY_SECONDS) + 3)
     if task.request.retries >= limit:
         said = (
-            f"{path!r} was never free to register ({reason}) after {task.request.retries} "
-            "retries: register it again, or run `cachemgr reconcile`"
+            f"{path!r} was never free for its {what} ({reason}) after "
+            f"{task.request.retries} retries: send it again"
+            + (", or run `cachemgr reconcile`" if what == "registration" else "")
         )
-        log.error("%s", said, extra={"event": "registration_lost", "path": path})
+        log.error("%s", said, extra={"event": f"{what}_lost", "path": path})
         raise StillLocked(said)
     countdown = min(MAX_RETRY_SECONDS, float(done["retry_after"]) + 1)
-    log.info("registration of %s skipped (%s): again in %.0f s", path, reason, countdown)
-    if task.name != register_directory.name:
+    log.info("%s of %s skipped (%s): again in %.0f s", what, path, reason, countdown)
+    if task.name == register_completed_download.name:
         register_directory.apply_async((path,), countdown=countdown, queue=_queue_of(task))
         return {**done, "sent_again": True}
     # The lock named as the retry's reason: a waiting caller tells it from a lost Redis.
@@ -124,12 +128,12 @@ def _queue_of(task: Task) -> str:
 
 @app.task(name="cachemgr.register_directory", bind=True, **IDEMPOTENT)
 def register_directory(self: Task, path: str) -> dict[str, Any]:
-    return _quota_pass_if_due(_booked_or_later(self, get_cache().register(path)))
+    return _quota_pass_if_due(_done_or_later(self, get_cache().register(path)))
 
 
 @app.task(name="cachemgr.register_completed_download", bind=True, **IDEMPOTENT)
 def register_completed_download(self: Task) -> dict[str, Any]:
-    return _quota_pass_if_due(_booked_or_later(self, get_cache().register_latest()))
+    return _quota_pass_if_due(_done_or_later(self, get_cache().register_latest()))
 
 
 @app.task(name="cachemgr.touch_directory", **RETRY)
@@ -137,9 +141,10 @@ def touch_directory(path: str, miss_bytes: int = 0) -> dict[str, Any]:
     return get_cache().access(path, miss_bytes=miss_bytes)
 
 
-@app.task(name="cachemgr.remove_directory", **IDEMPOTENT)
-def remove_directory(path: str, remove_files: bool = False) -> dict[str, Any]:
-    return get_cache().remove(path, remove_files=remove_files, missing_ok=True)
+@app.task(name="cachemgr.remove_directory", bind=True, **IDEMPOTENT)
+def remove_directory(self: Task, path: str, remove_files: bool = False) -> dict[str, Any]:
+    done = get_cache().remove(path, remove_files=remove_files, missing_ok=True)
+    return _done_or_later(self, done, "removal")
 
 
 def _cleanup(
