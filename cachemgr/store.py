@@ -113,6 +113,7 @@ class Store:
             # lfu's share cache:policy, and an lfu that adopted fifo's read times as hits.
             self.client.set(self.keys.policy_name, self.policy.name, nx=True)
             self._named = True
+        _exact(path, size, files)
         keys = self.script_keys(path)
         args = [path, size, files, now_str(now), self.ttl_seconds, lock_token]
         args += must_not_be_tracked
@@ -279,6 +280,7 @@ class Store:
         """A rescan's size for a tracked directory; the byte delta, or None when untracked,
         changed since (`was`: the record the scan was of, size, files, registered) or locked
         by another (scripts.RESIZE)."""
+        _exact(path, size, files)
         args = [path, size, files, " ".join(map(str, was)) if was else "", lock_token]
         delta = self._resize(keys=self.script_keys(path), args=args)
         return None if delta is None else int(delta)
@@ -385,3 +387,11 @@ class Store:
         """Every record (ZSCAN of cache:lru, HMGET of the records): for reconcile and
         audits, never on a steady-state path."""
         return {p: unpack(r) for p, r in self.scan_records(batch)}
+
+
+def _exact(path: str, size: int, files: int) -> None:
+    """Refuse a size the scripts cannot book exactly (Lua's doubles: past 2^53, 9 PB in one
+    directory), before any write: a script that failed at its INCRBY had already booked the
+    record without its bytes."""
+    checks.whole(f"the size of {path!r}", size)
+    checks.whole(f"the file count of {path!r}", files)

@@ -1095,3 +1095,18 @@ def test_a_new_ttl_restamps_the_seeds_dir_keys(settings, redis_client, root):
     later = DiskCache(settings.with_(disk_cache_ttl_seconds=1), redis_client)
     assert migrations.ensure_ttl(later.store, time.time() + 5, batch=2) == 0
     assert redis_client.exists(later.keys.dir("a")) == 0
+
+
+def test_a_size_past_what_lua_counts_exactly_is_refused_before_any_write(cache, root):
+    """10^17 bytes reached REGISTER's INCRBY as "1e+17", which Redis refused after the record,
+    the cache:lru entry and the dir: key were written: tracked with its bytes uncounted."""
+    from cachemgr.errors import BadArgument
+
+    with pytest.raises(BadArgument, match=r"the size of 'big' must be a whole number"):
+        cache.store.register("big", 10**17, 1, now=cache.clock())
+    assert cache.store.tracked(["big"]) == [False] and cache.store.total_bytes() == 0
+    cache.store.register("big", 2**53, 1, now=cache.clock())  # the largest exact one
+    assert cache.store.total_bytes() == 2**53
+    with pytest.raises(BadArgument, match="the size of 'big'"):
+        cache.store.resize("big", 2**53 + 1, 1)
+    assert cache.store.total_bytes() == 2**53
