@@ -364,21 +364,29 @@ def _gone(cache: DiskCache) -> dict[str, Any]:
 
 
 def continuation(
-    result: dict[str, Any], *, resume: bool = False, owed: int | None = None
+    result: dict[str, Any],
+    *,
+    resume: bool = False,
+    owed: int | None = None,
+    scheduled: bool = False,
 ) -> dict[str, Any] | None:
     """The arguments of the cleanup that goes on where a bounded one stopped (None: done).
     Only an eviction cut short resumes, down to the target without passing the threshold
     again, and for no more than it still owed. A resumed one (`resume`, `owed`: its own
     arguments) that found another cleanup running tries again: that one starts only past the
-    threshold, and what was owed below it would never be freed."""
+    threshold, and what was owed below it would never be freed. The rest of a `scheduled`
+    one (beat's, or a registration's quota pass) honours the scheduler switch as an automatic
+    one; none is beat's own: each would walk the root for the audits again, every 2 s of a
+    long eviction, and keep a beat that stopped looking alive."""
+    scheduled_too = {"automatic": True} if scheduled else {}
     if result.get("status") == "skipped" and result.get("reason") == CLEANUP_BUSY and resume:
-        return {"resume": True, **({"owed": owed} if owed is not None else {})}
+        return {"resume": True, **({"owed": owed} if owed is not None else {}), **scheduled_too}
     if not result.get("more"):
         return None
     evict = result.get("evict", {})
     # Held (after a rebuild), the rest waits as well: as a quota pass, even if a manual
     # cleanup was held for having rebuilt the books itself.
-    held = {"automatic": True} if result.get("evict_held_until") is not None else {}
+    held = {"automatic": True} if result.get("evict_held_until") is not None else scheduled_too
     if not evict.get("more"):
         return {"resume": False, **held}
     return {"resume": True, "owed": int(evict.get("owed", 0)), **held}

@@ -749,6 +749,9 @@ def test_a_resumed_eviction_that_meets_another_cleanup_tries_again(cache, root):
     # only past the threshold.
     assert continuation(result, resume=True, owed=4096) == {"resume": True, "owed": 4096}
     assert continuation(result) is None  # beat's or a registration's: the holder does it
+    # The rest of beat's or a registration's pass stops with the scheduler, as they do.
+    rest = continuation(result, resume=True, owed=4096, scheduled=True)
+    assert rest == {"resume": True, "owed": 4096, "automatic": True}
 
 
 def test_one_deletion_longer_than_the_cleanup_lock_keeps_others_out(

@@ -109,6 +109,34 @@ def test_a_bounded_pass_continues_in_a_new_task(worker, pipeline, settings, redi
     assert cache.store.total_bytes() == cache.settings.target_bytes  # 4 evicted in two passes
 
 
+def test_the_rest_of_beats_cleanup_is_not_beats_own(
+    worker, pipeline, settings, redis_client, root, monkeypatch
+):
+    """Each continuation of beat's cleanup ran as beat's: the audits walked the root again
+    every 2 s of a long eviction, and `periodic_time` moved on as if beat were still there."""
+    from cachemgr import audit
+    from workers import tasks
+
+    cache = DiskCache(settings.with_(disk_cache_max_evictions_per_run=2), redis_client)
+    tasks.configure(cache)
+    for i in range(20):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    looks: list[str] = []
+    real = audit.report
+    monkeypatch.setattr(audit, "report", lambda c: looks.append("look") or real(c))
+    first = pipeline.send("cleanup", periodic=True).get(timeout=20)
+    assert first["continued"] and "untracked" in first
+    beat_at = cache.client.hget(cache.keys.last_cleanup, "periodic_time")
+    deadline = time.monotonic() + 20
+    while cache.store.total_bytes() > cache.settings.target_bytes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cache.store.total_bytes() == cache.settings.target_bytes  # the rest ran
+    last = cache.client.hgetall(cache.keys.last_cleanup)
+    assert looks == ["look"] and last["periodic_time"] == beat_at
+    assert float(last["time"]) > float(beat_at)
+
+
 def _evict_all(settings, redis_client) -> DiskCache:
     """A cache whose quota (1 byte) makes every tracked directory a victim."""
     tight = settings.with_(disk_cache_max_bytes=1)

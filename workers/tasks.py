@@ -168,13 +168,12 @@ def _cleanup(
         resume=resume,
         owed=owed,
     )
-    rest = cleanups.continuation(result, resume=resume, owed=owed)
+    scheduled = periodic or automatic
+    rest = cleanups.continuation(result, resume=resume, owed=owed, scheduled=scheduled)
     if rest is not None:
         # Bounded pass (or a resumed one that met another cleanup): hand the rest to a fresh
         # task rather than hold this worker.
-        task.apply_async(
-            kwargs={"periodic": periodic, "automatic": automatic, **rest}, countdown=2
-        )
+        task.apply_async(kwargs=rest, countdown=2)
         result["continued"] = True
     return result
 
