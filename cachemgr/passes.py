@@ -89,8 +89,10 @@ def run_pass(
             try:
                 outcome = _decide(cache, entry, reason, now, min_age_seconds, dry_run)
             except DeleteFailed as exc:  # kept on the books; the others still go
+                # Put back where its policy puts a restored entry: in its place (lru), or
+                # among the newest (sieve, 2q, gdsf), where the next candidate takes its
+                # place. As a changed one: where it stayed, it comes back and is passed over.
                 result.errors.append(str(exc))
-                offset += 1
                 continue
             if outcome == "ok":
                 freed += entry.size_bytes

@@ -10,6 +10,7 @@ import pytest
 
 from cachemgr import DiskCache
 from cachemgr.cleanup import cleanup, continuation, enforce_quota
+from cachemgr.policies import POLICIES
 from cachemgr.reconcile import reconcile
 from tests.conftest import make_tree
 from tests.test_core import UNIT, Clock, fill
@@ -280,3 +281,28 @@ def test_a_rescan_never_overwrites_a_newer_registration_nor_a_locked_directory(c
     finally:
         lock.release()
     assert cache.info("a").size_bytes == 10**6
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_a_failed_deletion_does_not_pass_over_the_next_candidate(
+    settings, redis_client, root, policy
+):
+    """Put back among the newest (sieve, 2q, gdsf), the failed one left its place to the next
+    candidate, which the pass stepped over: with one entry per batch, d1 stayed and d4 went."""
+    tight = settings.with_(
+        disk_cache_eviction_policy=policy, disk_cache_max_bytes=163840, disk_cache_batch_size=1
+    )
+    cache = DiskCache(tight, redis_client)
+    for name in ("d0", "d1", "d2", "d3", "d4"):
+        make_tree(root, name, files=10)
+        cache.register(name)
+
+    def refused(path: str) -> None:
+        if path == "d0":
+            raise PermissionError(13, "Permission denied")
+
+    cache.before_delete = refused
+    result = enforce_quota(cache)
+    assert [r.path for r in result.removed] == ["d1", "d2", "d3"]
+    assert result.errors == ["could not delete 'd0': Permission denied"]
+    assert cache.store.tracked(["d0", "d4"]) == [True, True]
