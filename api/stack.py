@@ -146,8 +146,10 @@ def up(flower: bool, nodes: int = 1) -> None:
         click.echo(f"redis   {env['REDIS_URL']} (embedded, data in {STATE_DIR}/)")
         # The CLI in another shell reads REDIS_URL; unset, it would ask 127.0.0.1:6379.
         click.echo(f"        in another shell: export REDIS_URL={env['REDIS_URL']}")
-    root = Path(env.setdefault("DISK_CACHE_ROOT", str(Path("downloads").resolve())))
-    root.mkdir(parents=True, exist_ok=True)
+    if not env.get("DISK_CACHE_ROOT"):  # the default, ./downloads, is made; one set is not
+        env["DISK_CACHE_ROOT"] = str(Path("downloads").resolve())  # (a disk not mounted,
+        Path(env["DISK_CACHE_ROOT"]).mkdir(exist_ok=True)  # a typo: refused, as serve does)
+    root = Path(env["DISK_CACHE_ROOT"])
     from cachemgr import Settings
 
     try:
@@ -165,8 +167,8 @@ def up(flower: bool, nodes: int = 1) -> None:
         else env
         for name in names
     }
-    for penv in node_env.values():
-        Path(penv["DISK_CACHE_ROOT"]).mkdir(parents=True, exist_ok=True)
+    for name in filter(None, names):  # each node's root, inside the one checked above
+        (root / name).mkdir(exist_ok=True)
     beat_env = {**env, "DISK_CACHE_NODES": ",".join(names)} if nodes > 1 else env
     commands = [("web", [sys.executable, "-m", "api.cli", "serve", "--workers", "2"],
                  node_env[names[0]])]  # fmt: skip

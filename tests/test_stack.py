@@ -151,6 +151,7 @@ def test_up_with_two_nodes(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "REDIS_URL"))}
+    (tmp_path / "downloads").mkdir()  # a root set is never made (a disk not mounted?)
     env.update(
         DISK_CACHE_ROOT=str(tmp_path / "downloads"),
         CACHEMGR_STATE_DIR=str(tmp_path / "state"),
@@ -254,3 +255,22 @@ def test_up_starts_a_worker_again_but_not_forever_nor_one_with_bad_settings():
     assert bad is not None and "bad setting" in bad
     assert _not_restarted("web", 1, []) == "" and _not_restarted("beat", 1, []) is None
     assert _how_it_ended(-9) == "was killed by SIGKILL" and _how_it_ended(1) == "exited with 1"
+
+
+def test_up_refuses_a_root_that_does_not_exist_rather_than_make_it(tmp_path: Path):
+    """`up` made a missing DISK_CACHE_ROOT: a disk not mounted yet, or a typo, got an empty
+    directory on the wrong filesystem, where `serve` and the worker refuse to start."""
+    missing = tmp_path / "not-mounted" / "downloads"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    env.update(
+        DISK_CACHE_ROOT=str(missing),
+        CACHEMGR_STATE_DIR=str(tmp_path / "state"),
+        PORT=str(_free_port()),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "up"], env=env, cwd=Path(__file__).parent.parent,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert f"DISK_CACHE_ROOT={str(missing)!r}: directory does not exist" in done.stderr
+    assert not missing.exists() and not missing.parent.exists()
