@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -55,7 +56,7 @@ def connect(url: str, *, interactive: bool = False) -> Any:
     # Interactive: a closed connection is tried again (a Redis restarted since), a reply that
     # does not come is not (the health check's PING, then the command, waited twice).
     once = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-    return redis.Redis.from_url(
+    client = redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=wait,
@@ -64,3 +65,35 @@ def connect(url: str, *, interactive: bool = False) -> Any:
         retry_on_timeout=not interactive,
         **({"retry": once} if interactive else {}),
     )
+    if interactive:
+        pool = client.connection_pool
+        pool.connection_class = _failing_fast(pool.connection_class, wait)
+    return client
+
+
+def _failing_fast(base: type, wait: float) -> type:
+    """`base` (a plain, TLS or Unix-socket connection) that, once a reply did not come within
+    `wait`, fails every command for as long again at once instead of waiting for each: a stats
+    read makes two calls, the status page three, and each waited (10 and 15 s, past
+    Prometheus' 10 s scrape timeout, so `cachemgr_up 0` never reached it). One pool's
+    connections share it: another request in that time hears at once too."""
+    hung = {"until": 0.0}
+
+    class FailingFast(base):  # type: ignore[valid-type,misc]
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            left = hung["until"] - time.monotonic()
+            if left > 0:
+                raise redis.TimeoutError(
+                    f"Redis did not answer within {wait:g} s a moment ago (not asked again "
+                    f"for {left:.1f} s)"
+                )
+            super().send_packed_command(command, check_health)
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().read_response(*args, **kwargs)
+            except redis.TimeoutError:
+                hung["until"] = time.monotonic() + wait
+                raise
+
+    return FailingFast

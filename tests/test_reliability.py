@@ -335,6 +335,45 @@ def test_a_hung_redis_is_a_json_503_within_seconds(settings, own_redis, monkeypa
     assert checks["redis"].startswith("unreachable") and ready_waited < 15, ready_waited
 
 
+def test_a_hung_redis_is_waited_for_once_per_request_not_once_per_read(
+    settings, own_redis, monkeypatch
+):
+    """The stats read makes two calls, the status page three, and each waited its 5 s: 10 s
+    for /metrics, as long as Prometheus' scrape timeout, so `cachemgr_up 0` never reached it;
+    15 s for the page. Once a reply did not come, the client fails at once for as long again
+    (each app here has its own client: its own wait)."""
+    from api import create_app
+    from cachemgr.connection import INTERACTIVE_SECONDS
+
+    hung = settings.with_(redis_url=own_redis["url"])
+    monkeypatch.setenv("CELERY_BROKER_URL", own_redis["url"])  # the environment's wins
+    apps = {
+        url: create_app({"TESTING": True, "CACHEMGR_SETTINGS": hung}).test_client()
+        for url in ("/cache/stats", "/metrics", "/")
+    }
+    for url, client in apps.items():
+        assert client.get(url).status_code == 200, url
+    own_redis["proc"].send_signal(signal.SIGSTOP)
+    replies, waits = {}, {}
+    try:
+        for url, client in apps.items():
+            started = time.monotonic()
+            replies[url] = client.get(url)
+            waits[url] = time.monotonic() - started
+        again = apps["/cache/stats"].get("/cache/stats")  # within the wait: at once
+    finally:
+        own_redis["proc"].send_signal(signal.SIGCONT)
+    # One wait each, not two or three (a count of waits, told apart by seconds).
+    assert all(w < 2 * INTERACTIVE_SECONDS - 1 for w in waits.values()), waits
+    assert replies["/cache/stats"].status_code == 503
+    assert "cachemgr_up 0" in replies["/metrics"].get_data(as_text=True)
+    assert replies["/"].status_code == 503
+    assert again.status_code == 503
+    assert "did not answer within 5 s a moment ago" in again.get_json()["message"]
+    time.sleep(INTERACTIVE_SECONDS)  # Redis answers again: so does the API
+    assert apps["/cache/stats"].get("/cache/stats").status_code == 200
+
+
 def test_events_follow_outlasts_an_interactive_clients_reply_timeout(settings, root):
     """`cachemgr events --follow` exited with "Redis cannot be reached" after 5 quiet seconds:
     its XREAD blocked 5 s, as long as the CLI's client waits for a reply."""
