@@ -35,6 +35,9 @@ CLEANUP_LOCK_SECONDS = 10
 CLEANUP_MAX_HOLD_SECONDS = 600
 
 CLEANUP_BUSY = "another cleanup is running"
+# How soon a quota pass that found another cleanup running is tried again (the workers' task
+# countdown): at most one of them waits in that time.
+AGAIN_SECONDS = 2
 RECONCILE_RUNNING = "a reconcile is adopting the root: the next cleanup checks it again"
 
 
@@ -245,7 +248,15 @@ def cleanup(
     if not lock.acquire():
         if periodic:  # another is cleaning (a chain of quota passes): beat is not overdue
             history.beat_ran(cache, cache.clock())
-        return {"status": "skipped", "reason": CLEANUP_BUSY}
+        busy: dict[str, Any] = {"status": "skipped", "reason": CLEANUP_BUSY}
+        # A registration's quota pass: the running cleanup weighed the usage before the
+        # bytes booked since (or its worker was killed, its lock standing until it lapses).
+        # Dropped, usage stayed over the quota until beat's next cleanup once the downloads
+        # stopped coming. One of them (the first in AGAIN_SECONDS) is sent again.
+        if automatic and enforce and not resume:
+            again_ms = int(AGAIN_SECONDS * 1000)
+            busy["again"] = bool(cache.client.set(cache.keys.quota_again, 1, nx=True, px=again_ms))
+        return busy
     started, began = cache.clock(), time.monotonic()  # when, by the cache's clock; how long
     # Renewed in the background too: one deletion longer than the lock let a second cleanup in.
     keeper = Keeper(lock, every=timeout / 3, at_most=CLEANUP_MAX_HOLD_SECONDS).start()
@@ -374,13 +385,17 @@ def continuation(
     Only an eviction cut short resumes, down to the target without passing the threshold
     again, and for no more than it still owed. A resumed one (`resume`, `owed`: its own
     arguments) that found another cleanup running tries again: that one starts only past the
-    threshold, and what was owed below it would never be freed. The rest of a `scheduled`
-    one (beat's, or a registration's quota pass) honours the scheduler switch as an automatic
-    one; none is beat's own: each would walk the root for the audits again, every 2 s of a
-    long eviction, and keep a beat that stopped looking alive."""
+    threshold, and what was owed below it would never be freed; a registration's quota pass
+    that found one running and was the first in AGAIN_SECONDS (`again`) too. The rest of a
+    `scheduled` one (beat's, or a registration's quota pass) honours the scheduler switch as
+    an automatic one; none is beat's own: each would walk the root for the audits again,
+    every 2 s of a long eviction, and keep a beat that stopped looking alive."""
     scheduled_too = {"automatic": True} if scheduled else {}
-    if result.get("status") == "skipped" and result.get("reason") == CLEANUP_BUSY and resume:
+    busy = result.get("status") == "skipped" and result.get("reason") == CLEANUP_BUSY
+    if busy and resume:
         return {"resume": True, **({"owed": owed} if owed is not None else {}), **scheduled_too}
+    if busy and result.get("again"):  # a registration's quota pass: once that one is done
+        return {"resume": False, "automatic": True}
     if not result.get("more"):
         return None
     evict = result.get("evict", {})

@@ -103,6 +103,13 @@ class Keys:
         return f"{self.prefix}lock:cache:cleanup"
 
     @cached_property
+    def quota_again(self) -> str:
+        """String, PX: a quota pass that found another cleanup running is sent again; the
+        first of them in that time sets it, and the others are not (a burst of registrations
+        sends one each)."""
+        return f"{self.prefix}cache:quota_again"
+
+    @cached_property
     def reconcile_lock(self) -> str:
         """String, held while a reconcile runs."""
         return f"{self.prefix}lock:cache:reconcile"

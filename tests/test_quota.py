@@ -306,3 +306,41 @@ def test_a_failed_deletion_does_not_pass_over_the_next_candidate(
     assert [r.path for r in result.removed] == ["d1", "d2", "d3"]
     assert result.errors == ["could not delete 'd0': Permission denied"]
     assert cache.store.tracked(["d0", "d4"]) == [True, True]
+
+
+def test_a_quota_pass_that_finds_a_cleanup_running_is_sent_again_once(cache, root):
+    """Dropped, the passes of the registrations booked during a cleanup (or while a killed
+    worker's cleanup lock stood) left usage over the quota until beat's next cleanup."""
+    from cachemgr.cleanup import CLEANUP_BUSY
+    from cachemgr.locks import Lock
+
+    held = Lock(cache.client, cache.keys.cleanup_lock, 5000)
+    assert held.acquire()
+    try:
+        first = cleanup(cache, automatic=True, sweep_expired=False)
+        second = cleanup(cache, automatic=True, sweep_expired=False)
+        manual = cleanup(cache, sweep_expired=False)
+    finally:
+        held.release()
+    assert first == {"status": "skipped", "reason": CLEANUP_BUSY, "again": True}
+    assert second["again"] is False and "again" not in manual
+    assert continuation(first, scheduled=True) == {"resume": False, "automatic": True}
+    assert continuation(second, scheduled=True) is None and continuation(manual) is None
+
+
+def test_a_quota_pass_behind_a_killed_workers_cleanup_lock_runs_once_it_lapses(
+    worker, pipeline, settings, redis_client, root
+):
+    from workers import tasks
+
+    cache = DiskCache(settings, redis_client)
+    tasks.configure(cache)
+    fill(cache, root, 30)  # past the threshold
+    assert cache.store.total_bytes() > cache.settings.threshold_bytes
+    cache.client.set(cache.keys.cleanup_lock, "a-killed-worker", px=3000)
+    first = pipeline.send("enforce_quota", automatic=True).get(timeout=20)
+    assert first["status"] == "skipped" and first["continued"], first
+    deadline = time.monotonic() + 20
+    while cache.store.total_bytes() > cache.settings.target_bytes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cache.store.total_bytes() <= cache.settings.target_bytes

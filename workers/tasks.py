@@ -171,9 +171,9 @@ def _cleanup(
     scheduled = periodic or automatic
     rest = cleanups.continuation(result, resume=resume, owed=owed, scheduled=scheduled)
     if rest is not None:
-        # Bounded pass (or a resumed one that met another cleanup): hand the rest to a fresh
-        # task rather than hold this worker.
-        task.apply_async(kwargs=rest, countdown=2)
+        # Bounded pass (or one that met another cleanup and must run after it): hand the
+        # rest to a fresh task rather than hold this worker.
+        task.apply_async(kwargs=rest, countdown=cleanups.AGAIN_SECONDS)
         result["continued"] = True
     return result
 
