@@ -12,18 +12,28 @@ log = logging.getLogger("cachemgr")
 
 # A host whose clock is further than this from Redis's is said to be skewed.
 CLOCK_SKEW_SECONDS = 5.0
+# A TIME reply that took longer than this to come was held up (Redis paused, a network
+# stall): it says nothing of the clocks. Taken, it read as half the stall of skew (8 s after
+# a 20 s pause of Redis, a false NTP warning and leases judged by a clock 8 s off).
+MAX_ROUND_TRIP_SECONDS = 0.5
 
 
 def measured_skew(client: Any) -> float | None:
     """How far this host's clock is ahead of Redis's (negative: behind), in seconds; the round
     trip's half is allowed for. None when it cannot be read (Redis away, a proxy or an ACL
-    without TIME)."""
+    without TIME) or the reply was held up."""
+    reading = read_time(client)
+    return None if reading is None else skew_of(*reading)
+
+
+def read_time(client: Any) -> tuple[float, float, tuple[int, int]] | None:
+    """(this host's time before, after, Redis's TIME reply); None when TIME fails."""
     before = time.time()
     try:
         reply = client.time()
     except Exception:  # a cluster client's own errors too
         return None
-    return skew_of(before, time.time(), reply)
+    return before, time.time(), reply
 
 
 def clock_skew(client: Any) -> float:
@@ -31,8 +41,11 @@ def clock_skew(client: Any) -> float:
     return measured_skew(client) or 0.0
 
 
-def skew_of(before: float, after: float, reply: tuple[int, int]) -> float:
-    """The skew from a TIME reply read between `before` and `after` (this host's clock)."""
+def skew_of(before: float, after: float, reply: tuple[int, int]) -> float | None:
+    """The skew from a TIME reply read between `before` and `after` (this host's clock); None
+    when it took longer than MAX_ROUND_TRIP_SECONDS."""
+    if after - before > MAX_ROUND_TRIP_SECONDS:
+        return None
     seconds, micros = reply
     return (before + after) / 2 - (seconds + micros / 1e6)
 
@@ -50,12 +63,14 @@ class RedisClock:
     def __call__(self) -> float:
         tick = time.monotonic()
         if tick >= self._due:
-            measured = measured_skew(self.client)
+            reading = read_time(self.client)
+            measured = None if reading is None else skew_of(*reading)
             if measured is None:
-                # Redis away (a failover) or TIME refused: the last skew stands, and is
-                # measured again soon; it had fallen back to this host's clock for 10 s.
+                # Redis away (a failover), TIME refused or its reply held up: the last skew
+                # stands, and is measured again soon; it had fallen back to this host's
+                # clock for 10 s.
                 self._due = tick + 1.0
-                if not self._refused:
+                if reading is None and not self._refused:
                     self._refused = True
                     log.warning("Redis's clock cannot be read (TIME): booking by the last "
                                 "skew measured, %.1f s", self.skew)  # fmt: skip

@@ -218,8 +218,10 @@ class CacheClient:
         # what the next read compares with.
         config = dict(published or self._config or {})
         config["policy"] = to_feed(config.get("policy"), named)
-        if not isinstance(clock, Exception):  # a proxy without TIME: no skew is said
-            self._skew = skew_of(before, after, clock)
+        # A proxy without TIME: no skew is said; a reply held up: the last skew stands.
+        measured = None if isinstance(clock, Exception) else skew_of(before, after, clock)
+        if measured is not None:
+            self._skew = measured
         if abs(self._skew) > CLOCK_SKEW_SECONDS and not self._skew_said:
             self._skew_said = True  # said once; the times it books are corrected all along
             log.warning("%s", skewed("this pipeline host", self._skew))
