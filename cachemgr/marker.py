@@ -37,15 +37,16 @@ def cut_short(cache: DiskCache) -> None:
 
 
 def remember(cache: DiskCache, anew: bool = False) -> None:
-    """Mark the root as the one these books are kept for (the token kept, if there is one;
-    `anew`: a root adopted on purpose gets its own, so that the one it replaced, should it
-    come back, is told apart)."""
-    token = None if anew else cache.client.get(cache.keys.root_mark)
+    """Mark the root as the one these books are kept for (the token kept, if there is one:
+    the books', else the marker's, so that books rebuilt after a loss take the root's own
+    and a copy of the books from before the loss, restored, still matches it; `anew`: a root
+    adopted on purpose gets its own, so that the one it replaced, should it come back, is
+    told apart)."""
+    token = None if anew else cache.client.get(cache.keys.root_mark) or _token_line(cache)
     token = token or secrets.token_hex(8)
-    if _token_line(cache) == token:
-        return
     try:
-        _write(cache, token)
+        if _token_line(cache) != token:
+            _write(cache, token)
     except OSError as exc:  # a read-only root: told apart by what the books hold instead
         log.debug("cannot mark the root as having books: %s", exc)
         if anew:  # adopted on purpose, and cannot say so: not refused for the old token
@@ -110,7 +111,11 @@ def swapped(cache: DiskCache, token: str | None = None) -> str | None:
     found = _token_line(cache)
     if found is None or found == token:  # an older version's marker: cannot tell
         return None
-    return f"its marker {paths.BOOKS_MARKER} names other books"
+    return (
+        f"its marker {paths.BOOKS_MARKER} names other books (or Redis holds an older copy of "
+        "the books than the one the root was marked with: a backup restored after they were "
+        "rebuilt)"
+    )
 
 
 # How long a worker trusts the books' token it read (a registration checks the root against

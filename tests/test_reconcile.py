@@ -451,6 +451,30 @@ def test_a_forced_adoption_tells_the_root_it_replaced_apart(cache, root):
     assert (root / paths.BOOKS_MARKER).is_file()
 
 
+def test_books_restored_from_before_a_loss_still_match_the_root(cache, root, prefix):
+    """Redis lost its data, the next cleanup rebuilt the books and marked the root with a new
+    token; Redis then restored from a copy of the old books (a backup, a replica behind)
+    named the old one, and every cleanup, reconcile and registration was refused as for an
+    unmounted disk. Books rebuilt after a loss take the root's own token."""
+    from cachemgr import marker
+    from tests.test_core import fill
+
+    fill(cache, root, 3)
+    cleanup(cache)
+    token = cache.client.get(cache.keys.root_mark)
+    saved = {k: cache.client.dump(k) for k in cache.client.scan_iter(f"{prefix}*")}
+    cache.client.delete(*saved)  # the loss
+    assert cleanup(cache)["rebuilt"] is True
+    assert cache.client.get(cache.keys.root_mark) == token
+    cache.client.delete(*cache.client.scan_iter(f"{prefix}*"))
+    for key, value in saved.items():  # the old copy, restored
+        cache.client.restore(key, 0, value)
+    assert marker.swapped(cache) is None
+    assert cleanup(cache)["status"] == "done"
+    make_tree(root, "after", files=1)
+    assert cache.register("after")["status"] == "registered"
+
+
 def test_remove_with_files_is_refused_on_a_root_that_is_not_the_books(cache, root):
     from cachemgr.errors import RootMissing
 
