@@ -64,8 +64,12 @@ def _write(cache: DiskCache, token: str) -> None:
     """Whole or not at all (a rename): a check reading it meanwhile sees the old or the new."""
     marker = cache.root / paths.BOOKS_MARKER
     aside = marker.with_name(f"{paths.BOOKS_MARKER}.{os.getpid()}.tmp")
-    aside.write_text(f"books: {cache.keys.prefix}cache:*\n{ROOT_LINE}{token}\n")
-    os.replace(aside, marker)
+    try:
+        aside.write_text(f"books: {cache.keys.prefix}cache:*\n{ROOT_LINE}{token}\n")
+        os.replace(aside, marker)
+    except OSError:  # a full disk: not left behind in the root (an untracked stray file)
+        aside.unlink(missing_ok=True)
+        raise
 
 
 def _token_line(cache: DiskCache) -> str | None:

@@ -430,6 +430,25 @@ def test_a_marker_an_older_version_rewrote_is_marked_again_not_refused(cache, ro
     assert not list(root.glob(f"{paths.BOOKS_MARKER}.*"))  # written aside, then renamed
 
 
+def test_a_marker_that_cannot_be_written_leaves_nothing_in_the_root(cache, root, monkeypatch):
+    """On a full disk the marker's temporary copy stayed in the root, a stray file."""
+    import errno
+    import pathlib
+
+    from cachemgr import marker, paths
+
+    def full(self, text, *args, **kwargs):
+        with open(self, "w") as f:  # created, then the disk is full
+            f.write("")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left"):
+        marker._write(cache, "token")
+    assert [p.name for p in root.iterdir()] == []
+    assert not (root / paths.BOOKS_MARKER).exists()
+
+
 def test_a_forced_adoption_tells_the_root_it_replaced_apart(cache, root):
     """reconcile --force kept the token: the disk it replaced, mounted again, was taken for
     the books' own, which now described the other disk."""
