@@ -8,12 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 from cachemgr import checks, journal, paths, trash
 from cachemgr.errors import DELETE_FAILED, DeleteFailed, NotTracked
+from cachemgr.logs import Repeats
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
     from cachemgr.records import Entry
 
 log = logging.getLogger("cachemgr")
+# A directory that cannot be deleted is said once in this many seconds (each cleanup's record
+# and the stats count every failure).
+DELETE_FAILED_REPEAT_SECONDS = 600.0
+_REPEATS = Repeats(DELETE_FAILED_REPEAT_SECONDS)
 
 
 def remove(
@@ -114,7 +119,9 @@ def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
             log.warning("%s was gone before its deletion: counted as vanished", rel)
             return None
         cache.store.restore(rel, now=cache.clock())
-        log.error("could not delete %s, kept on the books: %s", rel, exc)
+        # Every quota pass meets it first again: said once in a while, counted always.
+        level = logging.ERROR if _REPEATS.due(f"delete:{rel}") else logging.DEBUG
+        log.log(level, "could not delete %s, kept on the books: %s", rel, exc)
         raise DeleteFailed(f"{DELETE_FAILED} {rel!r}: {exc.strerror or exc}") from None
     if left:
         log.warning(
@@ -180,7 +187,8 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             # for gone. Kept on the books (reconcile decides), the pass goes on, and counts
             # it among what it could not delete (a short quota pass had blamed nothing).
             why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
-            log.warning("%s: %s kept on the books: %s", reason, entry.path, why)
+            level = logging.WARNING if _REPEATS.due(f"delete:{entry.path}") else logging.DEBUG
+            log.log(level, "%s: %s kept on the books: %s", reason, entry.path, why)
             raise DeleteFailed(f"{DELETE_FAILED} {entry.path!r}: {why}; kept on the books")
         gone = on_disk != "dir"  # its files went without us: vanished, nothing freed
         if on_disk == "missing":

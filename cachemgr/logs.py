@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -25,6 +26,26 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "asctime",
     "taskName",  # Python 3.12 adds it to every record; it is no extra field
 }
+
+
+class Repeats:
+    """When each of a process's repeated warnings was last said, so that one is said once in
+    `every` seconds (a directory that cannot be deleted is met by every quota pass: 479 ERROR
+    lines a minute); the stats and each cleanup's record say it always."""
+
+    def __init__(self, every: float, limit: int = 10_000) -> None:
+        self.every, self.limit = every, limit
+        self._at: dict[str, float] = {}
+
+    def due(self, what: str, now: float | None = None) -> bool:
+        """True (and remembered) when `what` was not said in the last `every` seconds."""
+        now = time.monotonic() if now is None else now
+        if now - self._at.get(what, float("-inf")) < self.every:
+            return False
+        if len(self._at) >= self.limit:  # bounded: a flood of different ones is said again
+            self._at.clear()
+        self._at[what] = now
+        return True
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:

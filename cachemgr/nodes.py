@@ -19,6 +19,7 @@ from typing import Any
 from cachemgr.clock import CLOCK_SKEW_SECONDS, clock_skew, redis_now, skewed
 from cachemgr.errors import NodeAlive, NotTracked
 from cachemgr.keys import Keys
+from cachemgr.logs import Repeats
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.settings import Settings
 
@@ -27,14 +28,7 @@ log = logging.getLogger("cachemgr")
 ALIVE_TTL_SECONDS = 30
 # A warning repeated at every beat is said once in this many seconds (the stats say it always).
 REPEAT_SECONDS = 600.0
-_said_at: dict[str, float] = {}
-
-
-def _due(what: str, now: float) -> bool:
-    if now - _said_at.get(what, float("-inf")) < REPEAT_SECONDS:
-        return False
-    _said_at[what] = now
-    return True
+_REPEATS = Repeats(REPEAT_SECONDS)
 
 
 # A worker leaves its node: the node's flag goes with the last live worker.
@@ -141,7 +135,7 @@ class NodeRegistry:
                 own = {**enforced_entry(settings), "clock_skew": round(skew, 1)}
                 pipe.hset(keys.worker_settings, worker, json.dumps(own, sort_keys=True))
                 pipe.expire(keys.worker_settings, 2 * ttl)
-                if abs(skew) > CLOCK_SKEW_SECONDS and _due(f"skew:{worker}", now):
+                if abs(skew) > CLOCK_SKEW_SECONDS and _REPEATS.due(f"skew:{worker}", now):
                     log.warning("%s", skewed(f"worker {worker}", skew))
         if node:
             pipe.hexists(self.nodes_key, node)

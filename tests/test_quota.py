@@ -344,3 +344,30 @@ def test_a_quota_pass_behind_a_killed_workers_cleanup_lock_runs_once_it_lapses(
     while cache.store.total_bytes() > cache.settings.target_bytes and time.monotonic() < deadline:
         time.sleep(0.1)
     assert cache.store.total_bytes() <= cache.settings.target_bytes
+
+
+def test_a_directory_that_cannot_be_deleted_is_said_once_in_a_while_and_counted_always(
+    cache, root, monkeypatch, caplog
+):
+    """A download with a mount point inside logged an ERROR at every quota pass, which each
+    met it first again: 479 lines a minute."""
+    import logging
+
+    from cachemgr import deletion
+    from cachemgr.logs import Repeats
+
+    monkeypatch.setattr(deletion, "_REPEATS", Repeats(deletion.DELETE_FAILED_REPEAT_SECONDS))
+    fill(cache, root, 30)
+
+    def busy(path: str) -> None:
+        if path == "album00":
+            raise OSError(16, "Device or resource busy")
+
+    cache.before_delete = busy
+    caplog.set_level(logging.INFO, logger="cachemgr")
+    for _ in range(3):
+        result = enforce_quota(cache)
+        assert result.errors == ["could not delete 'album00': Device or resource busy"]
+        fill(cache, root, 30)  # over the quota again
+    said = [r for r in caplog.records if r.getMessage().startswith("could not delete album00")]
+    assert [r.levelname for r in said] == ["ERROR"]

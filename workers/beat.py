@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
 
 from cachemgr.connection import connect
+from cachemgr.logs import Repeats
 from cachemgr.nodes import NodeRegistry
 from cachemgr.settings import Settings
 
@@ -71,10 +71,8 @@ class NodeScheduler(PersistentScheduler):
         super().apply_entry(entry, producer)
 
     def _say_unknown(self, node: str, queue: Any) -> None:
-        said: dict[str, float] = self.__dict__.setdefault("_unknown_said", {})
-        now = time.monotonic()
-        if now - said.get(node, -UNKNOWN_NODE_SECONDS) >= UNKNOWN_NODE_SECONDS:
-            said[node] = now
+        said: Repeats = self.__dict__.setdefault("_unknown_said", Repeats(UNKNOWN_NODE_SECONDS))
+        if said.due(node):
             log.warning(
                 "beat: no worker has published node %s (a misspelt DISK_CACHE_NODES, or its "
                 "workers never started?): its cleanups are not sent (to %s) until one does",
