@@ -149,18 +149,24 @@ def said_short(cache: DiskCache, result: PassResult, quota: bool, room: int) -> 
         f"pinned {why['pinned']}, locked {why['locked']}, young {why['young']}, "
         f"could not delete {why['undeletable']}"
     )
+    kept = why["pinned"] + why["locked"] + why["young"] + why["undeletable"]
     if quota:
+        blame, changed = "", len(result.skipped_changed)
+        if changed:
+            blame = f"; {changed} it chose were played or booked again meanwhile"
+        elif not kept:  # the usage grew while it ran (its rounds stop at one evicting none)
+            blame = "; downloads booked while it ran added the rest (a quota pass follows)"
         log.warning(
-            "quota: could not free enough, still %d bytes used after eviction (skipped: %s)",
+            "quota: could not free enough, still %d bytes used after eviction (skipped: %s)%s",
             result.usage_after,
             skipped,
+            blame,
             extra={"event": "eviction_short"},
         )
     cause = ""
     if room:
         # The directories skipped are to blame only if what the cache still holds could
         # cover the shortfall; else the disk is filled by something else (or freed late).
-        kept = why["pinned"] + why["locked"] + why["young"] + why["undeletable"]
         cause = (
             "the directories skipped hold the rest"
             if kept and result.usage_after >= room

@@ -371,3 +371,23 @@ def test_a_directory_that_cannot_be_deleted_is_said_once_in_a_while_and_counted_
         fill(cache, root, 30)  # over the quota again
     said = [r for r in caplog.records if r.getMessage().startswith("could not delete album00")]
     assert [r.levelname for r in said] == ["ERROR"]
+
+
+def test_a_quota_pass_short_with_nothing_skipped_names_the_cause(cache, caplog):
+    """It said "(skipped: pinned 0, locked 0, young 0, could not delete 0)" and no cause: the
+    usage had grown with downloads booked while it ran, or its choices had been played."""
+    import logging
+
+    from cachemgr.quota import said_short
+    from cachemgr.records import PassResult
+
+    caplog.set_level(logging.WARNING, logger="cachemgr")
+    said_short(cache, PassResult("evict", usage_after=10**9), True, 0)
+    said_short(cache, PassResult("evict", usage_after=10**9, skipped_changed=["a", "b"]), True, 0)
+    said_short(cache, PassResult("evict", usage_after=10**9, skipped_pinned=["p"]), True, 0)
+    lines = [r.getMessage() for r in caplog.records if "could not free enough" in r.getMessage()]
+    assert lines[0].endswith(
+        "could not delete 0); downloads booked while it ran added the rest (a quota pass follows)"
+    )
+    assert lines[1].endswith("; 2 it chose were played or booked again meanwhile")
+    assert lines[2].endswith("(skipped: pinned 1, locked 0, young 0, could not delete 0)")
