@@ -12,8 +12,9 @@ import click
 import redis
 from kombu.exceptions import OperationalError
 
-from api.errors import broker_said, raised_in, redis_said, redis_unavailable, wrong_database
+from api.errors import broker_said, redis_said, redis_unavailable, wrong_database
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
+from workers.client import ResultUnavailable, backend_gave_up
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3, 4, 5
 
@@ -47,9 +48,8 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
             raise Fail(redis_said(exc), EXIT_UNAVAILABLE) from None
         except OperationalError as exc:
             raise Fail(broker_said(exc), EXIT_UNAVAILABLE) from None
-        except RuntimeError as exc:
-            # Celery's Redis result backend gives up reconnecting with a bare RuntimeError.
-            if not raised_in(exc, "celery.backends."):
+        except (RuntimeError, ResultUnavailable) as exc:
+            if not backend_gave_up(exc):
                 raise
             raise Fail("the Celery result backend cannot be reached", EXIT_UNAVAILABLE) from None
 

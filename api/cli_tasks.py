@@ -10,10 +10,10 @@ from flask import current_app
 from kombu.exceptions import OperationalError
 
 from api.cli_errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail
-from api.errors import raised_in
 from api.extensions import answered, behind_lock, let_go
 from cachemgr import CacheError, DiskCache
 from cachemgr.settings import env_value
+from workers.client import ResultUnavailable, backend_gave_up
 
 TASK_WAIT_SECONDS = 120.0
 
@@ -38,8 +38,8 @@ def wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
         return answer(name, result)
     except (CacheError, Fail):
         raise
-    except RuntimeError as exc:
-        if raised_in(exc, "celery.backends."):
+    except (RuntimeError, ResultUnavailable) as exc:
+        if backend_gave_up(exc):
             raise  # the result backend gave up: `friendly` says so (exit 4)
         raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
     except Exception as exc:

@@ -7,13 +7,13 @@ import re
 from typing import Any
 
 import redis
-from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from flask import Flask, jsonify, request
 from kombu.exceptions import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from cachemgr import errors
 from cachemgr.reconcile import ReconcileBusy
+from workers.client import ResultUnavailable, backend_gave_up, quiet_backend_noise
 
 log = logging.getLogger("cachemgr.api")
 
@@ -110,30 +110,8 @@ def body(status: int, code: str, message: str, **extra: Any) -> tuple[Any, int]:
     return jsonify({"status": status, "code": code, "message": message, **extra}), status
 
 
-def raised_in(exc: BaseException, module_prefix: str) -> bool:
-    """Whether the innermost frame of the exception's traceback is in that module tree."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(module_prefix)
-
-
-class BackendRestartNoise(logging.Filter):
-    """Drops Celery's CRITICAL "The Celery application must be restarted" when its Redis result
-    backend gives up reconnecting: here the request that met it answers 503 (the CLI exits 4),
-    logged in our own words, and the next one reconnects; no restart is needed."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg is not E_RETRY_LIMIT_EXCEEDED
-
-
-BACKEND_NOISE = BackendRestartNoise()
-
-
 def register_error_handlers(app: Flask) -> None:
-    backend_log = logging.getLogger("celery.backends.asynchronous")
-    if BACKEND_NOISE not in backend_log.filters:
-        backend_log.addFilter(BACKEND_NOISE)
+    quiet_backend_noise()
 
     @app.errorhandler(errors.CacheError)
     def cache_error(exc: errors.CacheError) -> tuple[Any, int]:
@@ -154,10 +132,9 @@ def register_error_handlers(app: Flask) -> None:
         return body(503, "broker_unavailable", said)
 
     @app.errorhandler(RuntimeError)
-    def runtime_error(exc: RuntimeError) -> tuple[Any, int]:
-        # Celery's Redis result backend gives up reconnecting with a bare RuntimeError: tell it
-        # by where it was raised, not by its wording.
-        if raised_in(exc, "celery.backends."):
+    @app.errorhandler(ResultUnavailable)
+    def backend_down(exc: Exception) -> tuple[Any, int]:
+        if backend_gave_up(exc):
             log.error("Celery's result backend (Redis) cannot be reached: answered 503")
             return body(503, "backend_unavailable", "the Celery result backend cannot be reached")
         return unexpected(exc)

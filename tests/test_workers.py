@@ -617,3 +617,28 @@ def test_a_retry_that_cannot_be_sent_puts_a_late_acked_task_back(monkeypatch, na
     finally:
         task.pop_request()
     assert caught.value.requeue is requeue  # only a late-acked task is still the broker's
+
+
+def test_a_result_backend_that_gives_up_is_said_to_the_pipeline_in_our_words(
+    pipeline, monkeypatch, caplog
+):
+    """A Redis restart under `cache.register(path).get()`: Celery raised a bare RuntimeError,
+    "The Celery application must be restarted", which it need not be (the same client went on
+    registering once Redis was back), and logged it as CRITICAL."""
+    import logging
+
+    from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
+    from celery.result import AsyncResult
+
+    from workers.client import ResultUnavailable, TaskResult
+
+    scope: dict = {"__name__": "celery.backends.asynchronous", "log": logging.getLogger(
+        "celery.backends.asynchronous"), "said": E_RETRY_LIMIT_EXCEEDED}  # fmt: skip
+    exec("def give_up(*a, **kw):\n    log.critical(said)\n    raise RuntimeError(said)", scope)
+    monkeypatch.setattr(AsyncResult, "get", scope["give_up"])
+    sent = pipeline.send("noop")
+    assert isinstance(sent, TaskResult) and sent.app is pipeline.app
+    with pytest.raises(ResultUnavailable, match="send it again") as caught:
+        sent.get(timeout=1)
+    assert isinstance(caught.value, ConnectionError) and sent.id in str(caught.value)
+    assert "restarted" not in caplog.text
