@@ -172,10 +172,12 @@ class Settings:
 
     def check_root(self) -> Settings:
         """Refuse a root that does not exist: the seed's "downloads directory exists" check."""
-        if not Path(self.disk_cache_root).is_dir():
+        root = Path(self.disk_cache_root)
+        if not root.is_dir():
+            what = "is not a directory" if root.exists() else "directory does not exist"
             raise SettingsError(
-                f"DISK_CACHE_ROOT={self.disk_cache_root!r}: directory does not exist (a "
-                "disk not mounted, or a wrong setting?)"
+                f"DISK_CACHE_ROOT={self.disk_cache_root!r}: {what} (a disk not mounted, or a "
+                "wrong setting?)"
             )
         return self
 

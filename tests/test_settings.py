@@ -106,6 +106,9 @@ def test_bad_values_stop_with_one_line_naming_setting_and_value(tmp_path, env, n
 def test_missing_root_is_refused(tmp_path):
     with pytest.raises(SettingsError, match="DISK_CACHE_ROOT=.*does not exist"):
         Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path / "nope")})
+    (tmp_path / "a-file").write_text("")  # it said "does not exist" of a file
+    with pytest.raises(SettingsError, match=r"DISK_CACHE_ROOT=.*a-file': is not a directory \("):
+        Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path / "a-file")})
 
 
 def test_a_named_node_gets_one_hash_tag(tmp_path):
