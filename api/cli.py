@@ -30,6 +30,7 @@ from api.cli_tasks import acting, send_quota_pass, state, wait_task
 from cachemgr import events as event_log
 from cachemgr import listing
 from cachemgr.cleanup import cleanup as run_cleanup
+from cachemgr.logs import printable
 from cachemgr.pins import MAX_PIN_SECONDS
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as run_reconcile
@@ -141,12 +142,17 @@ def info(path: str, as_json: Any) -> None:
 
     def lines(d: dict[str, Any]) -> None:
         for key, value in d.items():
-            if key == "holders":
+            if key == "holders":  # one line each: a name or path escaped, never a newline
                 value = "\n".join(
-                    f"{'':<15}" * bool(i) + f"{h['holder'] or '(none named)'} until {h['until']}"
-                    + (f" on {h['path']}" if h["path"] != d["path"] else "")
+                    f"{'':<15}" * bool(i)
+                    + printable(
+                        f"{h['holder'] or '(none named)'} until {h['until']}"
+                        + (f" on {h['path']}" if h["path"] != d["path"] else "")
+                    )
                     for i, h in enumerate(value)
                 ) or "none"
+            else:
+                value = printable(str(value))
             click.echo(f"{key:<14} {value}")
 
     emit(entry.to_dict(), as_json, lines)

@@ -7,7 +7,14 @@ from typing import Any
 import click
 
 from api.humanize import counted, human_bytes, percent
+from cachemgr.logs import printable
 from cachemgr.records import Entry
+
+
+def line(text: str) -> None:
+    """One line of a table: a directory's name read off the disk (an escape sequence, a
+    newline) is shown escaped, not let loose on the terminal."""
+    click.echo(printable(text))
 
 
 def human_age(seconds: float) -> str:
@@ -35,10 +42,10 @@ def last_cleanup_rows(last: dict[str, Any] | None, now: float) -> list[tuple[str
 
 
 def entry_rows(entries: list[Entry], now: float) -> None:
-    click.echo(f"{'SIZE':>10}  {'FILES':>5}  {'HITS':>5}  {'IDLE':>6}  PATH")
+    line(f"{'SIZE':>10}  {'FILES':>5}  {'HITS':>5}  {'IDLE':>6}  PATH")
     for e in entries:
         pin = "  (pinned)" if e.pinned(now) else ""
-        click.echo(
+        line(
             f"{human_bytes(e.size_bytes):>10}  {e.file_count:>5}  {e.hits:>5}  "
             f"{human_age(now - e.last_access):>6}  {e.path}{pin}"
         )
@@ -46,7 +53,7 @@ def entry_rows(entries: list[Entry], now: float) -> None:
 
 def kv(data: dict[str, Any]) -> None:
     for k, v in data.items():
-        click.echo(f"{k:<14} {v}")
+        line(f"{k:<14} {v}")
 
 
 def hits_and_misses(c: dict[str, Any]) -> str:
@@ -62,35 +69,35 @@ def plan_table(result: dict[str, Any]) -> None:
     for part in ("sweep", "evict"):
         p = result.get(part) or {}
         verb = "would free" if p.get("dry_run") else "freed"
-        click.echo(
+        line(
             f"{part}: {counted(p.get('count', 0), 'directory')}, {verb} "
             f"{human_bytes(p.get('bytes_freed', 0))}, "
             f"usage {human_bytes(p.get('usage_before'))} -> "
             f"{human_bytes(p.get('usage_after'))}"
         )
         for r in p.get("plan", []):
-            click.echo(
+            line(
                 f"  {r['reason']:<8} {human_bytes(r['size_bytes']):>10}  "
                 f"-> {human_bytes(r['usage_after']):>10}  {r['path']}"
             )
         for why in ("pinned", "locked", "young", "changed"):
             if p.get(f"skipped_{why}"):
-                click.echo(f"  skipped ({why}): {', '.join(p[f'skipped_{why}'])}")
+                line(f"  skipped ({why}): {', '.join(p[f'skipped_{why}'])}")
         if p.get("vanished"):
-            click.echo(f"  gone from disk already, untracked: {', '.join(p['vanished'])}")
+            line(f"  gone from disk already, untracked: {', '.join(p['vanished'])}")
     if result.get("policy_switch_pending"):
-        click.echo(
+        line(
             "policy switch pending: this plan goes by the policy still in force; the next real "
             "cleanup switches first (the new policy's structures built from the records), and "
             "its evictions may differ"
         )
     if result.get("policy_held"):
-        click.echo(
+        line(
             f"the node's live workers run different eviction policies: cleanups act by "
             f"{result['policy_held']}, the one in force, until they agree"
         )
     if result.get("policy_rebuilt"):
-        click.echo("policy structures rebuilt from the records (see `cachemgr events`)")
+        line("policy structures rebuilt from the records (see `cachemgr events`)")
 
 
 def stats_table(s: dict[str, Any], now: float) -> None:
@@ -115,6 +122,6 @@ def stats_table(s: dict[str, Any], now: float) -> None:
         *last_cleanup_rows(s.get("last_cleanup"), now),
     ]  # fmt: skip
     for label, value in rows:
-        click.echo(f"{label:<20} {value}")
+        line(f"{label:<20} {value}")
     for warning in s.get("warnings", []):
-        click.secho(f"warning: {warning}", fg="yellow")
+        click.secho(printable(f"warning: {warning}"), fg="yellow")

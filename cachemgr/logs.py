@@ -81,6 +81,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+# Control characters (C0 but the tab, DEL, C1) as escapes: a name read off the disk must not
+# drive a terminal (colours, cursor moves) or split a line into a forged second one.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
+_ESCAPES |= {0x0A: "\\n", 0x0D: "\\r"}
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters as backslash escapes."""
+    return text.translate(_ESCAPES)
+
+
 class TextFormatter(logging.Formatter):
     """The usual one-line text, with extra fields appended so text loses nothing JSON has."""
 
@@ -90,8 +101,7 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         # One record, one line: a directory named with a newline split "evicted new\nline"
         # into two lines, the second a forged entry. A traceback still follows on its own.
-        line = super().formatMessage(record)
-        return line.replace("\r", "\\r").replace("\n", "\\n")
+        return printable(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -105,7 +115,8 @@ class TextFormatter(logging.Formatter):
 
 def _text_value(value: Any) -> str:
     text = str(value)
-    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+    quoted = not text or any(c.isspace() or c in '"=' or not c.isprintable() for c in text)
+    return json.dumps(text) if quoted else text
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]

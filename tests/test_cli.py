@@ -693,3 +693,30 @@ def test_a_write_done_here_is_logged_as_a_workers_would_be(settings, cache, root
     assert code == 0 and " INFO cachemgr: registered a: " in err, err
     code, err = _run(["-m", "api.cli", "stats", "--json"], env)
     assert code == 0 and " INFO " not in err, err  # a read's answer is its output alone
+
+
+def test_a_name_with_escapes_is_shown_escaped_in_tables_and_text_logs(
+    runner, cache, root, monkeypatch
+):
+    """A directory named with a colour escape and a newline reached the terminal as they are
+    (`cachemgr ls`, `info`, a worker's text log): colours, and a row split in two."""
+    import logging
+
+    import api.cli
+    from cachemgr.logs import TextFormatter
+
+    monkeypatch.setattr(api.cli, "_json_wanted", lambda as_json: bool(as_json))  # a terminal
+    name = "red\x1b[31mx\nfake row"
+    make_tree(root, name, files=1)
+    cache.register(name)
+    cache.pin(name, 3600, holder="player")  # a holder's name is printable (checks.holder)
+    for args in (["ls"], ["info", name]):
+        out = run(runner, *args)
+        assert out.exit_code == 0, out.output
+        assert "\x1b" not in out.stdout and "red\\x1b[31mx\\nfake row" in out.stdout
+    assert "player until" in run(runner, "info", name).stdout
+    record = logging.LogRecord("cachemgr", logging.INFO, "", 0, "evicted %s", (name,), None)
+    record.path = name
+    line = TextFormatter().format(record)
+    assert "\x1b" not in line and "\n" not in line
+    assert "evicted red\\x1b[31mx\\nfake row" in line and 'path="red\\u001b[31mx\\nfake' in line
