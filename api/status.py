@@ -16,9 +16,11 @@ from typing import Any
 import redis
 from flask import Blueprint, current_app, render_template
 
+from api.arguments import CacheBlueprint
 from api.errors import redis_unavailable
 from api.extensions import cache
 from api.humanize import human_bytes, human_count, human_duration, percent
+from api.schemas import NodeArgs
 from cachemgr import DiskCache, listing
 from cachemgr import events as event_log
 from cachemgr import history as cleanup_history
@@ -232,10 +234,12 @@ def _ago(ts: float | None, now: float | None = None) -> str:
 
 @bp.get("/")
 def index() -> Any:
-    """The status page."""
+    """The status page: this API's node, or `?node=`'s (a 404 for a node nobody published)."""
     flower = current_app.config.get("FLOWER_URL") or ""
+    parser = CacheBlueprint.ARGUMENTS_PARSER
+    args = parser.parse(NodeArgs(), location="query", error_status_code=400)
     try:
-        ctx = page_context(cache(), flower)
+        ctx = page_context(cache().for_node(args["node"]), flower)
     except redis.RedisError as exc:
         if not redis_unavailable(exc):
             raise

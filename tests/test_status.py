@@ -347,3 +347,19 @@ def test_durations_on_the_page_keep_their_seconds():
     assert human_duration(90) == "1m 30s"  # a 90 s TTL showed as "1m"
     assert human_duration(3600) == "1h" and human_duration(86400 + 3661) == "1d 1h"
     assert human_duration(12.5) == "12.5 s" and human_duration(0.25) == "250 ms"
+
+
+def test_the_page_shows_the_node_the_query_names(client, settings, redis_client, cache, root):
+    """Every endpoint takes `?node=`; the page ignored it and showed its own node."""
+    from cachemgr.nodes import NodeRegistry
+
+    far = settings.with_(disk_cache_node="far", disk_cache_root=str(root))
+    NodeRegistry(redis_client, settings.disk_cache_cluster).publish(far, queue="far-queue")
+    page = client.get("/?node=far")
+    assert page.status_code == 200, page.data[:300]
+    assert 'data-stat="node" data-value="far"' in page.get_data(as_text=True)
+    missing = client.get("/?node=nosuch")
+    assert missing.status_code == 404 and "nosuch" in missing.get_json()["message"]
+    bad = client.get("/?node=a b")
+    assert bad.status_code == 400 and bad.get_json()["code"] == "bad_parameter"
+    assert client.get("/?nod=far").status_code == 400  # a misspelt argument is no default
