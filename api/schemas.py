@@ -210,15 +210,13 @@ class EventListSchema(Schema):
     events = fields.List(fields.Nested(EventSchema), required=True)
 
 
-NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")  # a node's name, wherever ?node= is taken
+NODE_NAME = re.compile(f"^{checks.NODE_NAME.pattern}$")  # marshmallow's Regexp: match()
 
 
 class NodeArgs(Schema):
     node = fields.String(
         load_default=None,
-        validate=validate.Regexp(
-            NODE_NAME, error="a node's name: 1 to 100 of letters, digits, '_', '.' and '-'"
-        ),
+        validate=validate.Regexp(NODE_NAME, error=checks.NODE_NAME_RULE),
         metadata={"description": "the cache node (default: this API's own)"},
     )
 

@@ -4,6 +4,7 @@ or an absurd number is refused with a one-line message before anything changes. 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,6 +68,18 @@ def holder(value: Any) -> str:
             f"holder must be a name of at most {MAX_HOLDER} printable characters, "
             f"got {_shown(value)}"
         )
+    return value
+
+
+# A node's name, wherever one is asked for (`?node=`, `cachemgr forget-node`).
+NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+NODE_NAME_RULE = "a node's name: 1 to 100 of letters, digits, '_', '.' and '-'"
+
+
+def node_name(value: Any) -> str:
+    """`value` if it can be a node's name."""
+    if not isinstance(value, str) or not NODE_NAME.fullmatch(value):
+        raise BadArgument(f"{NODE_NAME_RULE}, got {_shown(value)}")
     return value
 
 

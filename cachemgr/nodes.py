@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from cachemgr import checks
 from cachemgr.clock import CLOCK_SKEW_SECONDS, clock_skew, redis_now, skewed
 from cachemgr.errors import NodeAlive, NotTracked
 from cachemgr.keys import Keys
@@ -176,6 +177,7 @@ class NodeRegistry:
         metrics and the alerts. Its books stay in Redis, and its workers, if they ever run
         again, publish it again. Refused while the node is up; an older entry of the same
         books (an unnamed node's previous host name) can go at any time."""
+        checks.node_name(node)
         unknown = NotTracked(f"unknown node {node!r}: it is not in {self.nodes_key}")
         entries = self.entries()
         entry = entries.get(node)

@@ -119,3 +119,6 @@ def test_the_cli_forgets_and_says_why_not(nodes, redis_client):
     assert r.exit_code == 3 and "unknown node 'b'" in r.output
     r = runner.invoke(args=["forget-node", "a"])
     assert r.exit_code == 1 and "is up" in r.output and "Traceback" not in r.output
+    for bad in ("", "a b"):  # no name a node can have: a usage error, as the API's 400
+        r = runner.invoke(args=["forget-node", bad])
+        assert r.exit_code == 2 and "a node's name: 1 to 100 of letters" in r.output, r.output
