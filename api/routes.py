@@ -32,7 +32,7 @@ from api.schemas import (
     UnpinArgs,
     WaitArgs,
 )
-from cachemgr import DiskCache, NotTracked, listing, paths
+from cachemgr import DiskCache, journal, listing, paths
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as cleanup_plan
 from cachemgr.nodes import queue_for
@@ -197,7 +197,7 @@ class Directory(MethodView):
         # symlink, which every cleanup fails to delete, could not be untracked here.
         rel = checked(path, target) if args["remove_files"] else paths.normalize(path)
         if not target.store.tracked([rel])[0]:
-            raise NotTracked(f"directory is not tracked: {rel!r}")
+            raise journal.not_tracked(target.store, rel)
         return send(args, "remove_directory", rel, args["remove_files"])
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from cachemgr import (
     cluster,
     deletion,
+    journal,
     listing,
     marker,
     paths,
@@ -147,7 +148,7 @@ class DiskCache:
         rel = paths.normalize(path)
         entry = listing.directory(self.store, rel, self.clock())
         if entry is None:
-            raise NotTracked(f"directory is not tracked: {rel!r}")
+            raise journal.not_tracked(self.store, rel)
         return entry
 
     def stats(self, snap: dict[str, Any] | None = None) -> dict[str, Any]:

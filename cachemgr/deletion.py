@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import checks, journal, paths, trash
-from cachemgr.errors import DELETE_FAILED, DeleteFailed, NotTracked
+from cachemgr.errors import DELETE_FAILED, DeleteFailed
 from cachemgr.logs import Repeats
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def remove(
         if outcome[0] == "gone":
             if missing_ok:
                 return {"status": "not_tracked", "path": rel}
-            raise NotTracked(f"directory is not tracked: {rel!r}")
+            raise journal.not_tracked(cache.store, rel)
         if outcome[0] != "ok":
             return {"status": "skipped", "reason": outcome[0], "path": rel}
         if deleting:

@@ -9,11 +9,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from cachemgr import paths
+from cachemgr.errors import NotTracked
 from cachemgr.pins import LEASE_AROUND
 from cachemgr.scripts import PRELUDE
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
+    from cachemgr.store import Store
 
 log = logging.getLogger("cachemgr")
 
@@ -134,6 +136,18 @@ now = last  -- the hooks book its last access, not the restore's time (LFU's tie
 return 1
 """
 )
+
+
+def not_tracked(store: Store, path: str) -> NotTracked:
+    """The error for a path off the books, saying so when a deletion holds it (in the
+    journal: deleted now, or interrupted by a crash and put back later)."""
+    said = f"directory is not tracked: {path!r}"
+    if store.client.hexists(store.keys.deleting, path):
+        said += (
+            " (it is being deleted; one interrupted by a crash is back on the books at the "
+            "first cleanup after its lock lapses)"
+        )
+    return NotTracked(said)
 
 
 def recover_unfinished(cache: DiskCache) -> list[str]:

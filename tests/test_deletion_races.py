@@ -12,7 +12,7 @@ import pytest
 
 from cachemgr import DiskCache, trash
 from cachemgr.cleanup import cleanup, enforce_quota
-from cachemgr.errors import BeingDeleted, DeleteFailed
+from cachemgr.errors import BeingDeleted, DeleteFailed, NotTracked
 from cachemgr.journal import recover_unfinished
 from tests.conftest import make_tree
 
@@ -267,6 +267,9 @@ def test_a_removal_interrupted_then_redelivered_still_deletes(cache, root):
         cache.remove("album", remove_files=True)
     cache.before_delete = None
     assert cache.store.unfinished_deletions() == {"album": size}
+    # Off the books meanwhile, said as such: `cachemgr info` said only "not tracked".
+    with pytest.raises(NotTracked, match=r"not tracked: 'album' \(it is being deleted; one"):
+        cache.info("album")
 
     again = cache.remove("album", remove_files=True, missing_ok=True)
     removed = {"status": "removed", "path": "album", "size_bytes": size, "files_deleted": True}
