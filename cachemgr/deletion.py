@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachemgr import checks, journal, paths, trash
 from cachemgr.errors import DELETE_FAILED, DeleteFailed
+from cachemgr.locks import HOLDER_WAITS
 from cachemgr.logs import Repeats
 
 if TYPE_CHECKING:
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from cachemgr.records import Entry
 
 log = logging.getLogger("cachemgr")
+# How long a removal waits for another's lock on the directory before it is sent again.
+REMOVE_WAITS = HOLDER_WAITS
 # A directory that cannot be deleted is said once in this many seconds (each cleanup's record
 # and the stats count every failure).
 DELETE_FAILED_REPEAT_SECONDS = 600.0
@@ -34,9 +37,10 @@ def remove(
         cache.check_root(allow_empty=True)
     location = paths.resolve(cache.root, rel) if remove_files else None
     lock = cache.lock(rel)
-    if not lock.acquire():
+    # A registration holds it for a scan (under a second), a cleanup for a deletion.
+    if not lock.acquire_within(REMOVE_WAITS):
         cache.store.count("skipped_locked")
-        # retry_after: when the holder's lock lapses (the task is sent again then).
+        # retry_after: when the holder's lock lapses (the task is sent again by then).
         after = lock.lapses_in()
         return {"status": "skipped", "reason": "locked", "path": rel, "retry_after": after}
     try:

@@ -26,6 +26,11 @@ return 0
 """
 
 
+# How long a worker waits, in steps, for another's lock on a directory before it gives up
+# and is sent again later: a scan of an album takes well under a second (3 s in all).
+HOLDER_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+
 class LockNotAcquired(RuntimeError):
     """Somebody else holds the lock; callers skip the work rather than wait."""
 

@@ -14,6 +14,7 @@ import redis
 
 from cachemgr import marker, paths, quota, recheck, scanner
 from cachemgr.errors import NotOnDisk, Overlap, RecordCollision
+from cachemgr.locks import HOLDER_WAITS
 from cachemgr.records import record_id
 
 if TYPE_CHECKING:
@@ -24,8 +25,8 @@ log = logging.getLogger("cachemgr")
 # The time a registration books: now (None), a given time, or one read off the scan.
 Booking = float | Callable[[scanner.ScanResult], float] | None
 # How long a registration waits, in steps, for its directory, or one above it, to be
-# registered or deleted: a scan of an album takes well under a second.
-REGISTER_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+# registered or deleted.
+REGISTER_WAITS = HOLDER_WAITS
 
 
 def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:

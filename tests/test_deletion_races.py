@@ -311,3 +311,19 @@ def test_a_removal_whose_check_met_a_redis_blip_is_retried_to_the_end(cache, roo
     assert (root / "single").is_dir() and cache.store.unfinished_deletions() == {}
     cleanup(cache)
     assert cache.store.tracked(["album", "single"]) == [False, False]
+
+
+def test_a_removal_waits_out_a_scan_rather_than_be_sent_again_minutes_later(cache, root):
+    """A removal meeting a registration's lock (a scan: under a second) answered "locked" at
+    once, and its task was sent again when that lock would lapse: 5 minutes later."""
+    make_tree(root, "album", files=2)
+    cache.register("album")
+    key = cache.keys.lock("album")
+    cache.client.set(key, "locked:a-scan", px=300_000)
+    done = threading.Timer(0.3, lambda: cache.client.delete(key))
+    done.start()
+    try:
+        removed = cache.remove("album", remove_files=True)
+    finally:
+        done.join()
+    assert removed["status"] == "removed" and not (root / "album").exists()

@@ -111,7 +111,10 @@ def _done_or_later(
         )
         log.error("%s", said, extra={"event": f"{what}_lost", "path": path})
         raise StillLocked(said)
-    countdown = min(MAX_RETRY_SECONDS, float(done["retry_after"]) + 1)
+    # By the lapse of a dead worker's lock at the latest; sooner, doubling, for a live
+    # holder's, which goes in seconds (waited out to its lapse, 5 min by default).
+    retries = task.request.retries
+    countdown = min(MAX_RETRY_SECONDS, float(done["retry_after"]) + 1, 2.0 * 2**retries)
     log.info("%s of %s skipped (%s): again in %.0f s", what, path, reason, countdown)
     if task.name == register_completed_download.name:
         register_directory.apply_async((path,), countdown=countdown, queue=_queue_of(task))
