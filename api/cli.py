@@ -28,7 +28,7 @@ from api.cli_stack import serve, up
 from api.cli_tables import entry_rows, kv, plan_table, stats_table
 from api.cli_tasks import acting, send_quota_pass, state, wait_task
 from cachemgr import events as event_log
-from cachemgr import listing
+from cachemgr import journal, listing, paths
 from cachemgr.cleanup import cleanup as run_cleanup
 from cachemgr.logs import printable
 from cachemgr.pins import MAX_PIN_SECONDS
@@ -189,7 +189,8 @@ def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
     if now:
         result = acting().remove(path, remove_files=files)
     else:
-        state().cache.info(path)  # not tracked: said now, not after a worker's round trip
+        # Not tracked: said now, not after a worker's round trip.
+        journal.check_removable(state().cache.store, paths.normalize(path))
         result = wait_task("remove_directory", path, files)
     _skipped(result, as_json)
     emit(result, as_json, kv)

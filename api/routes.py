@@ -196,8 +196,7 @@ class Directory(MethodView):
         # Untracking alone looks at no disk (DiskCache.remove): an entry whose parent became a
         # symlink, which every cleanup fails to delete, could not be untracked here.
         rel = checked(path, target) if args["remove_files"] else paths.normalize(path)
-        if not target.store.tracked([rel])[0]:
-            raise journal.not_tracked(target.store, rel)
+        journal.check_removable(target.store, rel)
         return send(args, "remove_directory", rel, args["remove_files"])
 
 

@@ -60,11 +60,14 @@ def remove(
             )
 
         outcome = claim()
-        if outcome[0] == "gone" and journal.settle(cache, rel) == "restored":
+        if outcome[0] == "gone" and journal.held(cache.store, rel):
             # Claimed by a deletion that was interrupted (this removal before its redelivery,
-            # a Redis blip, a cleanup's crash): back on the books, it goes as asked now.
-            # Otherwise the next cleanup would put it back, the removal lost.
-            outcome = claim()
+            # a Redis blip, a cleanup's crash): settled as the next cleanup would, it goes as
+            # asked now; otherwise that cleanup would put it back, the removal lost. Not on
+            # a root that is not the books' (an unmounted disk shows it missing: "deleted").
+            cache.check_root(allow_empty=True)
+            if journal.settle(cache, rel) == "restored":
+                outcome = claim()
         if outcome[0] == "gone":
             if missing_ok:
                 return {"status": "not_tracked", "path": rel}

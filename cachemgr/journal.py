@@ -138,16 +138,28 @@ return 1
 )
 
 
+def held(store: Store, path: str) -> bool:
+    """Whether a deletion holds the path (in the journal: now, or interrupted by a crash)."""
+    return bool(store.client.hexists(store.keys.deleting, path))
+
+
 def not_tracked(store: Store, path: str) -> NotTracked:
     """The error for a path off the books, saying so when a deletion holds it (in the
     journal: deleted now, or interrupted by a crash and put back later)."""
     said = f"directory is not tracked: {path!r}"
-    if store.client.hexists(store.keys.deleting, path):
+    if held(store, path):
         said += (
             " (it is being deleted; one interrupted by a crash is back on the books at the "
             "first cleanup after its lock lapses)"
         )
     return NotTracked(said)
+
+
+def check_removable(store: Store, path: str) -> None:
+    """Raise not_tracked unless the path is on the books or a deletion holds it (one
+    interrupted by a crash is the removal's to finish): said before a removal is sent."""
+    if not store.tracked([path])[0] and not held(store, path):
+        raise not_tracked(store, path)
 
 
 def recover_unfinished(cache: DiskCache) -> list[str]:

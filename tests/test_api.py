@@ -84,6 +84,23 @@ def test_delete_untracks_and_removes_files_when_asked(client, cache, root):
     assert client.delete("/cache/directories/gone").status_code == 404
 
 
+def test_a_removal_sent_again_after_a_crash_is_taken_not_refused(client, runner, cache, root):
+    """A removal interrupted after its claim left the directory in the journal: the API and
+    the CLI refused a second removal as "not tracked" where the task now finishes it."""
+    from cachemgr.cleanup import cleanup
+
+    registered(cache, root, "api-one", "cli-one")
+    cleanup(cache)  # books not new
+    for path in ("api-one", "cli-one"):
+        cache.store.claim(path, "removed", now=cache.clock())  # then the worker died
+    r = client.delete("/cache/directories/api-one?remove_files=true&wait=10")
+    assert r.status_code == 200 and r.get_json()["result"]["files_deleted"] is True, r.get_json()
+    done = runner.invoke(args=["rm", "cli-one", "--files", "--json"])
+    assert done.exit_code == 0 and json.loads(done.stdout)["files_deleted"] is True, done.output
+    assert not (root / "api-one").exists() and not (root / "cli-one").exists()
+    assert cache.store.unfinished_deletions() == {}
+
+
 def test_cleanup_and_dry_run(client, cache, root):
     registered(cache, root, *(f"d{i:02d}" for i in range(20)))
     plan = client.post("/cache/cleanup?dry_run=true").get_json()["result"]

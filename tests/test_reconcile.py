@@ -507,6 +507,26 @@ def test_remove_with_files_is_refused_on_a_root_that_is_not_the_books(cache, roo
     assert (root / "album").is_dir() and cache.store.tracked(["album"]) == [True]
 
 
+def test_an_interrupted_deletion_is_not_settled_by_a_removal_on_a_root_not_the_books(
+    cache, root
+):
+    """A worker killed mid-eviction left `album` in the journal; the disk then unmounted. An
+    untrack-only removal settled it as the recovery does, but with no look at the root: the
+    empty mount point showed it missing, and it was counted deleted, its files still there."""
+    from cachemgr.errors import RootMissing
+
+    make_tree(root, "album", files=1)
+    cache.register("album")
+    cleanup(cache)
+    cache.store.claim("album", "evicted", now=cache.clock())  # then the worker died
+    root.rename(root.with_name("downloads.unmounted"))
+    root.mkdir()  # the mount point
+    before = cache.stats()["evictions"]
+    with pytest.raises(RootMissing):
+        cache.remove("album", missing_ok=True)
+    assert cache.stats()["evictions"] == before and cache.store.unfinished_deletions()
+
+
 def test_reconcile_clears_the_untracked_warning_it_answers(cache, root):
     import os
     import time
