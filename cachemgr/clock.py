@@ -18,22 +18,23 @@ CLOCK_SKEW_SECONDS = 5.0
 MAX_ROUND_TRIP_SECONDS = 0.5
 
 
-def measured_skew(client: Any) -> float | None:
+def measured_skew(client: Any, tries: int = 3) -> float | None:
     """How far this host's clock is ahead of Redis's (negative: behind), in seconds; the round
-    trip's half is allowed for. None when it cannot be read (Redis away, a proxy or an ACL
-    without TIME) or the reply was held up."""
-    reading = read_time(client)
-    return None if reading is None else skew_of(*reading)
-
-
-def read_time(client: Any) -> tuple[float, float, tuple[int, int]] | None:
-    """(this host's time before, after, Redis's TIME reply); None when TIME fails."""
-    before = time.time()
-    try:
-        reply = client.time()
-    except Exception:  # a cluster client's own errors too
-        return None
-    return before, time.time(), reply
+    trip's half is allowed for. A reply held up (MAX_ROUND_TRIP_SECONDS: a pause of Redis,
+    over by the next) is read again, `tries` times in all; if each was, the last stands.
+    None when TIME cannot be read (Redis away, a proxy or an ACL without TIME)."""
+    skew = None
+    for _ in range(tries):
+        before = time.time()
+        try:
+            reply = client.time()
+        except Exception:  # a cluster client's own errors too
+            return skew
+        after = time.time()
+        skew = _skew(before, after, reply)
+        if after - before <= MAX_ROUND_TRIP_SECONDS:
+            break
+    return skew
 
 
 def clock_skew(client: Any) -> float:
@@ -44,8 +45,10 @@ def clock_skew(client: Any) -> float:
 def skew_of(before: float, after: float, reply: tuple[int, int]) -> float | None:
     """The skew from a TIME reply read between `before` and `after` (this host's clock); None
     when it took longer than MAX_ROUND_TRIP_SECONDS."""
-    if after - before > MAX_ROUND_TRIP_SECONDS:
-        return None
+    return None if after - before > MAX_ROUND_TRIP_SECONDS else _skew(before, after, reply)
+
+
+def _skew(before: float, after: float, reply: tuple[int, int]) -> float:
     seconds, micros = reply
     return (before + after) / 2 - (seconds + micros / 1e6)
 
@@ -63,14 +66,12 @@ class RedisClock:
     def __call__(self) -> float:
         tick = time.monotonic()
         if tick >= self._due:
-            reading = read_time(self.client)
-            measured = None if reading is None else skew_of(*reading)
+            measured = measured_skew(self.client)
             if measured is None:
-                # Redis away (a failover), TIME refused or its reply held up: the last skew
-                # stands, and is measured again soon; it had fallen back to this host's
-                # clock for 10 s.
+                # Redis away (a failover) or TIME refused: the last skew stands, and is
+                # measured again soon; it had fallen back to this host's clock for 10 s.
                 self._due = tick + 1.0
-                if reading is None and not self._refused:
+                if not self._refused:
                     self._refused = True
                     log.warning("Redis's clock cannot be read (TIME): booking by the last "
                                 "skew measured, %.1f s", self.skew)  # fmt: skip

@@ -647,27 +647,34 @@ def test_a_redis_clock_keeps_its_last_skew_while_time_cannot_be_read(caplog):
 def test_a_time_reply_held_up_by_a_pause_of_redis_is_no_measure_of_the_clocks(caplog):
     """Redis paused 20 s (SIGSTOP, a fork on a big dataset): the TIME reply that came after it
     read as 8 s of skew on a host with Redis's own clock; the worker warned to set up NTP and
-    dated plays, leases and the expiry's cutoff 8 s off for the next 10 s. (Here a pause of
-    0.8 s, which read as 0.4 s.)"""
+    dated plays, leases and the expiry's cutoff 8 s off for the next 10 s. It is read again
+    (here a pause of 0.8 s, which read as 0.4 s). Not taken as no skew either: a heartbeat
+    of a host an hour ahead, dated by its own clock, pruned every other live worker."""
     import types
 
     from cachemgr import clock as clocks
     from cachemgr.clock import RedisClock
 
-    paused = {"for": 0.0}
+    pauses: list[float] = []
 
-    def answer() -> tuple[int, int]:
-        at = time.time()  # Redis reads the same clock as this host
-        time.sleep(paused["for"])  # and its reply comes that much later
-        return int(at), int(at % 1 * 1e6)
+    def redis_time(offset: float) -> types.SimpleNamespace:
+        def answer() -> tuple[int, int]:
+            at = time.time() - offset  # Redis's clock: this host's less `offset`
+            time.sleep(pauses.pop() if pauses else 0.0)  # a reply held up that long
+            return int(at), int(at % 1 * 1e6)
 
-    redis_time = types.SimpleNamespace(time=answer)
-    clock = RedisClock(redis_time, every=0.0)
+        return types.SimpleNamespace(time=answer)
+
+    clock = RedisClock(redis_time(0.0), every=0.0)
     assert abs(clock() - time.time()) < 0.1  # no skew
-    paused["for"] = 0.8
+    pauses.append(0.8)
     assert abs(clock() - time.time()) < 0.1  # the held-up reply is not taken
-    assert clocks.measured_skew(redis_time) is None
-    assert clocks.clock_skew(redis_time) == 0.0  # a heartbeat says nothing of it
+    pauses.append(0.8)
+    assert abs(clocks.clock_skew(redis_time(0.0))) < 0.1
+    pauses.append(0.8)
+    assert abs(clocks.clock_skew(redis_time(3600.0)) - 3600) < 0.1  # nor taken as none
+    pauses.extend([0.8, 0.8, 0.8])  # held up each time it is read: the last stands
+    assert 0.3 < clocks.measured_skew(redis_time(0.0)) < 0.5
     assert "cannot be read" not in caplog.text  # TIME answered: nothing to say
 
 
