@@ -308,11 +308,18 @@ def _differences(here: Settings, workers: Settings, disputed: dict[str, set[Any]
     """A process whose environment disagrees with the workers' says so: the stats show the
     workers' values, and a cleanup sent from here runs with theirs. Not where the live
     workers disagree among themselves (`disputed`: setting -> their values) and one of them
-    runs this process's value: _workers_apart says that."""
+    runs this process's value: _workers_apart says that. Where they disagree and none runs
+    it, each of their values is named (the last to publish was named alone, against the
+    stats' own figure: the policy in force is the older workers')."""
     return [
         f"this process has {name}={env_value(mine)} but the node's workers run with "
-        f"{env_value(theirs)}: the stats show the workers' (they enforce it); give every "
-        "process the same environment"
+        + (
+            " or ".join(sorted(map(env_value, disputed[name])))
+            if name in disputed
+            else env_value(theirs)
+        )
+        + ": the stats show the workers' (they enforce it); give every process the same "
+        "environment"
         for name, mine, theirs in differing(here, workers, ENFORCED)
         if mine not in disputed.get(name, ())
     ]
