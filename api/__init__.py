@@ -14,11 +14,13 @@ from typing import Any
 import swagger_ui_bundle
 from flask import Flask, jsonify, request, send_from_directory
 from flask_smorest import Api
+from marshmallow import Schema
 from werkzeug.routing import PathConverter
 
+from api.arguments import query
 from api.errors import body, register_error_handlers
 from api.extensions import CacheExtension, state
-from api.schemas import ApiErrorSchema
+from api.schemas import ApiErrorSchema, NodeArgs
 from cachemgr.health import readiness
 from cachemgr.logs import configure_logging
 from cachemgr.settings import SettingsError, log_level, parse_bool
@@ -196,13 +198,15 @@ def _health(app: Flask) -> None:
     @app.get("/healthz")
     def healthz() -> Any:
         """The process is up."""
+        query(Schema())  # none taken: `?node=` is /readyz's
         return jsonify({"status": "ok"})
 
     @app.get("/readyz")
     def readyz() -> Any:
-        """Redis and the broker answer, the root exists, management is enabled."""
+        """Redis and the broker answer, the root exists, management is enabled; the API's own
+        node, or `?node=`'s."""
         st = state()
-        checks = readiness(st.cache)
+        checks = readiness(st.cache.for_node(query(NodeArgs())["node"]))
         checks["broker"] = _broker_answers(st.tasks.app)
         ready = all(v == "ok" for v in checks.values())
         return jsonify({"status": "ok" if ready else "unavailable", "checks": checks}), (

@@ -100,3 +100,13 @@ class CacheBlueprint(Blueprint):
 
 # What flask-smorest's `arguments`, `response` and `alt_response` leave in a view's doc.
 LEAN_DOC = {"arguments", "response", "success_status_codes"}
+
+
+def query(schema: ma.Schema) -> dict[str, Any]:
+    """The query arguments of a route outside the API's blueprint (the status page, /metrics,
+    the probes), parsed as the blueprint's are: an unknown or repeated one is a 400 naming
+    it."""
+    parsed: dict[str, Any] = CacheBlueprint.ARGUMENTS_PARSER.parse(
+        schema, location="query", error_status_code=400
+    )
+    return parsed

@@ -26,11 +26,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from api.arguments import query
 from api.errors import redis_unavailable
 from api.extensions import cache
-from api.schemas import NODE_NAME
+from api.schemas import NodeArgs
 from cachemgr import DiskCache, history
-from cachemgr.errors import BadArgument
 
 log = logging.getLogger("cachemgr.api")
 
@@ -296,8 +296,6 @@ def registry_for(disk_cache: DiskCache) -> CollectorRegistry:
 def metrics() -> Response:
     """Prometheus text format, or OpenMetrics when the scraper asks for it; `?node=NAME` for
     another node's figures, as every endpoint takes it."""
-    node = request.args.get("node") or None
-    if node is not None and not NODE_NAME.fullmatch(node):
-        raise BadArgument(f"node: not a node name: {node!r}")
+    node = query(NodeArgs())["node"]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encoder(registry_for(cache().for_node(node))), content_type=content_type)

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from flask import Blueprint, current_app, render_template
 
-from api.arguments import CacheBlueprint
+from api.arguments import query
 from api.errors import redis_unavailable
 from api.extensions import cache
 from api.humanize import human_bytes, human_count, human_duration, percent
@@ -236,10 +236,9 @@ def _ago(ts: float | None, now: float | None = None) -> str:
 def index() -> Any:
     """The status page: this API's node, or `?node=`'s (a 404 for a node nobody published)."""
     flower = current_app.config.get("FLOWER_URL") or ""
-    parser = CacheBlueprint.ARGUMENTS_PARSER
-    args = parser.parse(NodeArgs(), location="query", error_status_code=400)
+    node = query(NodeArgs())["node"]
     try:
-        ctx = page_context(cache().for_node(args["node"]), flower)
+        ctx = page_context(cache().for_node(node), flower)
     except redis.RedisError as exc:
         if not redis_unavailable(exc):
             raise

@@ -210,7 +210,9 @@ def readiness(cache: DiskCache) -> dict[str, str]:
         except Exception as exc:
             checks["redis"] = f"refuses writes: {exc}"
     answers = checks["redis"] == "ok"  # else each Redis check below would wait for it again
-    if not cache.root.is_dir():
+    if not cache.local:  # another host's root (?node=): as its workers' cleanups found it
+        checks["root"] = (_workers_refused(cache) if answers else None) or "ok"
+    elif not cache.root.is_dir():
         checks["root"] = f"downloads directory {cache.root} does not exist"
     elif not answers:
         checks["root"] = "ok"

@@ -363,3 +363,35 @@ def test_the_page_shows_the_node_the_query_names(client, settings, redis_client,
     bad = client.get("/?node=a b")
     assert bad.status_code == 400 and bad.get_json()["code"] == "bad_parameter"
     assert client.get("/?nod=far").status_code == 400  # a misspelt argument is no default
+
+
+def test_the_probes_and_metrics_take_node_and_refuse_what_they_do_not_take(
+    client, settings, redis_client, cache
+):
+    """/readyz answered for the API's own node whatever `?node=` said (200 for a node nobody
+    published, 200 for one whose cleanups were refused), and /healthz, /readyz and /metrics
+    took any argument, where README says an unknown one is a 400 that names it."""
+    from cachemgr import DiskCache, history
+    from cachemgr.nodes import NodeRegistry
+
+    far = settings.with_(
+        disk_cache_node="far",
+        disk_cache_root="/nonexistent/far",
+        disk_cache_key_prefix=f"{settings.disk_cache_key_prefix}far:",  # books of its own
+    )
+    NodeRegistry(redis_client, settings.disk_cache_cluster).publish(far, queue="far-queue")
+    ready = client.get("/readyz?node=far")  # its root is on its own host: not looked at here
+    assert ready.status_code == 200 and ready.get_json()["checks"]["root"] == "ok", ready.data
+    at = cache.clock()
+    refused = {"status": "failed", "error": "RootMissing: x", "error_code": "root_missing"}
+    history.record(DiskCache(far, redis_client), at, refused, periodic=True)
+    ready = client.get("/readyz?node=far")
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"]["root"].startswith("the workers' last cleanup was refused")
+    own = client.get("/readyz")
+    assert own.status_code == 200, own.get_json()  # the API's own node is fine
+    assert client.get("/readyz?node=nosuch").status_code == 404
+    for url in ("/healthz?foo=1", "/readyz?foo=1", "/metrics?foo=1", "/metrics?node=a b"):
+        r = client.get(url)
+        assert r.status_code == 400 and r.get_json()["code"] == "bad_parameter", url
+    assert "foo" in client.get("/healthz?foo=1").get_json()["message"]
