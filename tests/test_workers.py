@@ -642,3 +642,8 @@ def test_a_result_backend_that_gives_up_is_said_to_the_pipeline_in_our_words(
         sent.get(timeout=1)
     assert isinstance(caught.value, ConnectionError) and sent.id in str(caught.value)
     assert "restarted" not in caplog.text
+    import copy
+    import pickle
+
+    for again in (pickle.loads(pickle.dumps(sent)), copy.deepcopy(sent)):  # as Celery's were
+        assert isinstance(again, AsyncResult) and again.id == sent.id

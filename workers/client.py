@@ -170,7 +170,8 @@ class CacheClient:
             },
             redis_socket_connect_timeout=3,
         )
-        self._result_cls = self.app.subclass_with_self(TaskResult)
+        # Pickled (or deep-copied) as the app's own AsyncResult: the bound class is not importable.
+        self._result_cls = self.app.subclass_with_self(TaskResult, reverse="AsyncResult")
         quiet_backend_noise()
         self._redis: Any = None
         self._store: Store | None = None
