@@ -176,6 +176,7 @@ def cleanup(
     enforce: bool = True,
     resume: bool = False,
     owed: int | None = None,
+    again: bool = False,
     time_budget: float = DEFAULT_TIME_BUDGET,
 ) -> dict[str, Any]:
     """Sweep, then enforce the quota (either may be left out); one at a time across workers.
@@ -186,7 +187,7 @@ def cleanup(
     `resume` and `owed` continue an eviction a bound cut short (its result's `more`, `owed`).
     """
     flags = {"periodic": periodic, "automatic": automatic, "dry_run": dry_run}
-    flags |= {"sweep_expired": sweep_expired, "enforce": enforce, "resume": resume}
+    flags |= {"sweep_expired": sweep_expired, "enforce": enforce, "resume": resume, "again": again}
     for name, value in flags.items():
         checks.flag(name, value)
     if owed is not None:
@@ -254,9 +255,11 @@ def cleanup(
         # Dropped, usage stayed over the quota until beat's next cleanup once the downloads
         # stopped coming. One of them (the first in AGAIN_SECONDS) is sent again.
         if automatic and enforce and not resume:
-            again_ms = int(AGAIN_SECONDS * 1000)
-            busy["again"] = bool(cache.client.set(cache.keys.quota_again, 1, nx=True, px=again_ms))
+            busy["again"] = _wait_again(cache, again)
         return busy
+    # The usage is weighed from here on: a quota pass that finds this one running may wait
+    # for it again (cache:quota_again), even one of the chain that waited for the last.
+    cache.client.delete(cache.keys.quota_again)
     started, began = cache.clock(), time.monotonic()  # when, by the cache's clock; how long
     # Renewed in the background too: one deletion longer than the lock let a second cleanup in.
     keeper = Keeper(lock, every=timeout / 3, at_most=CLEANUP_MAX_HOLD_SECONDS).start()
@@ -374,6 +377,15 @@ def _gone(cache: DiskCache) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def _wait_again(cache: DiskCache, chained: bool) -> bool:
+    """Whether a registration's quota pass that found another cleanup running is sent again:
+    the first of them (cache:quota_again free) and, after it, each of its chain (`chained`),
+    which holds the key for two countdowns (one a worker's clock ran early would not find it
+    free, and the chain would end with its waiters dropped)."""
+    hold = int(2 * AGAIN_SECONDS * 1000)
+    return bool(cache.client.set(cache.keys.quota_again, 1, nx=not chained, px=hold))
+
+
 def continuation(
     result: dict[str, Any],
     *,
@@ -395,7 +407,7 @@ def continuation(
     if busy and resume:
         return {"resume": True, **({"owed": owed} if owed is not None else {}), **scheduled_too}
     if busy and result.get("again"):  # a registration's quota pass: once that one is done
-        return {"resume": False, "automatic": True}
+        return {"resume": False, "automatic": True, "again": True}
     if not result.get("more"):
         return None
     evict = result.get("evict", {})

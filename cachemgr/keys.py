@@ -105,8 +105,8 @@ class Keys:
     @cached_property
     def quota_again(self) -> str:
         """String, PX: a quota pass that found another cleanup running is sent again; the
-        first of them in that time sets it, and the others are not (a burst of registrations
-        sends one each)."""
+        first of them sets it, its retries renew it, and the others are not sent again (a
+        burst of registrations sends one each); a cleanup that takes the lock deletes it."""
         return f"{self.prefix}cache:quota_again"
 
     @cached_property

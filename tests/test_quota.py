@@ -320,12 +320,21 @@ def test_a_quota_pass_that_finds_a_cleanup_running_is_sent_again_once(cache, roo
         first = cleanup(cache, automatic=True, sweep_expired=False)
         second = cleanup(cache, automatic=True, sweep_expired=False)
         manual = cleanup(cache, sweep_expired=False)
+        # The first's, sent again, finds the key it set still there (held for two
+        # countdowns, a worker's clock early or not): it goes on waiting, the others not.
+        rest = continuation(first, scheduled=True)
+        assert rest == {"resume": False, "automatic": True, "again": True}
+        chained = cleanup(cache, sweep_expired=False, **rest)
+        third = cleanup(cache, automatic=True, sweep_expired=False)
     finally:
         held.release()
     assert first == {"status": "skipped", "reason": CLEANUP_BUSY, "again": True}
     assert second["again"] is False and "again" not in manual
-    assert continuation(first, scheduled=True) == {"resume": False, "automatic": True}
+    assert chained["again"] is True and third["again"] is False
     assert continuation(second, scheduled=True) is None and continuation(manual) is None
+    # A pass that runs weighs the usage from then on: the next that waits starts anew.
+    assert cleanup(cache, automatic=True, sweep_expired=False)["status"] == "done"
+    assert not cache.client.exists(cache.keys.quota_again)
 
 
 def test_a_quota_pass_behind_a_killed_workers_cleanup_lock_runs_once_it_lapses(

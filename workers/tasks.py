@@ -160,6 +160,7 @@ def _cleanup(
     resume: bool,
     owed: int | None = None,
     automatic: bool = False,
+    again: bool = False,
 ) -> Any:
     result = cleanups.cleanup(
         get_cache(),
@@ -170,6 +171,7 @@ def _cleanup(
         enforce=enforce,
         resume=resume,
         owed=owed,
+        again=again,
     )
     scheduled = periodic or automatic
     rest = cleanups.continuation(result, resume=resume, owed=owed, scheduled=scheduled)
@@ -191,6 +193,7 @@ def _pass_task(name: str, *, sweep: bool, enforce: bool) -> Task:
         resume: bool = False,
         automatic: bool = False,
         owed: int | None = None,
+        again: bool = False,
     ) -> Any:
         return _cleanup(
             self,
@@ -201,6 +204,7 @@ def _pass_task(name: str, *, sweep: bool, enforce: bool) -> Task:
             resume=resume,
             owed=owed,
             automatic=automatic,
+            again=again,
         )
 
     # Named in an argument error: "cachemgr.cleanup() got an unexpected keyword argument",
