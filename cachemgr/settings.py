@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from cachemgr import units
+from cachemgr import checks, units
 from cachemgr.keys import Keys
 
 GIB = 1024**3
@@ -163,8 +163,9 @@ class Settings:
             )
         if not re.fullmatch(r"[A-Za-z0-9_.{}:-]*", self.disk_cache_key_prefix):
             fail("disk_cache_key_prefix", self.disk_cache_key_prefix, "use letters, digits, _.:{}-")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]*", self.disk_cache_node):
-            fail("disk_cache_node", self.disk_cache_node, "use letters, digits, _.-")
+        if self.disk_cache_node and not checks.NODE_NAME.fullmatch(self.disk_cache_node):
+            # As `?node=` and forget-node take it: a node they could not name is refused.
+            fail("disk_cache_node", self.disk_cache_node, "1 to 100 of letters, digits, _.-")
         problem = redis_url_problem(self.redis_url)
         if problem:
             fail("redis_url", self.redis_url, problem)

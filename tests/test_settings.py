@@ -93,6 +93,9 @@ def test_a_threshold_set_alone_brings_the_target_along(tmp_path, threshold, targ
         ({"DISK_CACHE_MAX_BYTES": "10XB"}, "DISK_CACHE_MAX_BYTES='10XB'"),
         ({"ENABLE_DISK_CACHE_MANAGEMENT": "maybe"}, "ENABLE_DISK_CACHE_MANAGEMENT='maybe'"),
         ({"DISK_CACHE_EVICTION_POLICY": "random"}, "DISK_CACHE_EVICTION_POLICY='random'"),
+        # Longer than `?node=` and forget-node take: a node nothing could name.
+        ({"DISK_CACHE_NODE": "n" * 101}, "(101 characters): 1 to 100 of"),
+        ({"DISK_CACHE_NODE": "a b"}, "DISK_CACHE_NODE='a b': 1 to 100 of"),
     ],
 )
 def test_bad_values_stop_with_one_line_naming_setting_and_value(tmp_path, env, names):
