@@ -146,20 +146,12 @@ def up(flower: bool, nodes: int = 1) -> None:
         click.echo(f"redis   {env['REDIS_URL']} (embedded, data in {STATE_DIR}/)")
         # The CLI in another shell reads REDIS_URL; unset, it would ask 127.0.0.1:6379.
         click.echo(f"        in another shell: export REDIS_URL={env['REDIS_URL']}")
-    if not env.get("DISK_CACHE_ROOT"):  # the default, ./downloads, is made; one set is not
-        env["DISK_CACHE_ROOT"] = str(Path("downloads").resolve())  # (a disk not mounted,
-        Path(env["DISK_CACHE_ROOT"]).mkdir(exist_ok=True)  # a typo: refused, as serve does)
+    # The default root, ./downloads, is made; one set is not (a disk not mounted, a typo:
+    # refused, as serve does), and a file in the way of either is refused in its one line.
+    default_root = not env.get("DISK_CACHE_ROOT")
+    if default_root:
+        env["DISK_CACHE_ROOT"] = str(Path("downloads").resolve())
     root = Path(env["DISK_CACHE_ROOT"])
-    from cachemgr import Settings
-
-    try:
-        Settings.from_env(env)
-        web_bind()
-    except SettingsError:
-        _stop(procs)
-        raise  # the CLI's one line, with its exit code for bad settings
-    host, port, _ = web_bind()
-    celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
     names = [f"node{i}" for i in range(1, nodes + 1)] if nodes > 1 else [""]
     node_env = {
         name: {**env, "DISK_CACHE_NODE": name, "DISK_CACHE_ROOT": str(root / name)}
@@ -167,8 +159,22 @@ def up(flower: bool, nodes: int = 1) -> None:
         else env
         for name in names
     }
-    for name in filter(None, names):  # each node's root, inside the one checked above
-        (root / name).mkdir(exist_ok=True)
+    from cachemgr import Settings
+
+    try:
+        if default_root and not root.exists():
+            root.mkdir()
+        Settings.from_env(env)
+        for name in filter(None, names):  # each node's root, inside the one just checked
+            if not (root / name).exists():
+                (root / name).mkdir()
+            Settings.from_env(node_env[name])
+        web_bind()
+    except SettingsError:
+        _stop(procs)
+        raise  # the CLI's one line, with its exit code for bad settings
+    host, port, _ = web_bind()
+    celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
     beat_env = {**env, "DISK_CACHE_NODES": ",".join(names)} if nodes > 1 else env
     commands = [("web", [sys.executable, "-m", "api.cli", "serve", "--workers", "2"],
                  node_env[names[0]])]  # fmt: skip

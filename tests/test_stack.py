@@ -274,3 +274,21 @@ def test_up_refuses_a_root_that_does_not_exist_rather_than_make_it(tmp_path: Pat
     assert done.returncode == 5, done.stdout + done.stderr
     assert f"DISK_CACHE_ROOT={str(missing)!r}: directory does not exist" in done.stderr
     assert not missing.exists() and not missing.parent.exists()
+
+
+def test_up_refuses_a_file_where_its_default_root_would_be_in_one_line(tmp_path: Path):
+    """./downloads a file: `up` ended in a FileExistsError traceback (exit 1), its embedded
+    Redis left running."""
+    (tmp_path / "downloads").write_text("not a directory")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DISK_CACHE_"))}
+    env.update(
+        CACHEMGR_STATE_DIR=str(tmp_path / "state"),
+        PORT=str(_free_port()),
+        PYTHONPATH=str(Path(__file__).parent.parent),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "up"], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "downloads': is not a directory" in done.stderr and "Traceback" not in done.stderr
