@@ -155,7 +155,10 @@ def said_short(cache: DiskCache, result: PassResult, quota: bool, room: int) -> 
         if changed:
             blame = f"; {changed} it chose were played or booked again meanwhile"
         elif not kept:  # the usage grew while it ran (its rounds stop at one evicting none)
-            blame = "; downloads booked while it ran added the rest (a quota pass follows)"
+            blame = (
+                "; nothing was kept back: downloads booked while it ran (a quota pass "
+                "follows), or books that count more than they hold (`cachemgr reconcile`)"
+            )
         log.warning(
             "quota: could not free enough, still %d bytes used after eviction (skipped: %s)%s",
             result.usage_after,

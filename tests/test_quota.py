@@ -396,7 +396,8 @@ def test_a_quota_pass_short_with_nothing_skipped_names_the_cause(cache, caplog):
     said_short(cache, PassResult("evict", usage_after=10**9, skipped_pinned=["p"]), True, 0)
     lines = [r.getMessage() for r in caplog.records if "could not free enough" in r.getMessage()]
     assert lines[0].endswith(
-        "could not delete 0); downloads booked while it ran added the rest (a quota pass follows)"
+        "could not delete 0); nothing was kept back: downloads booked while it ran (a quota "
+        "pass follows), or books that count more than they hold (`cachemgr reconcile`)"
     )
     assert lines[1].endswith("; 2 it chose were played or booked again meanwhile")
     assert lines[2].endswith("(skipped: pinned 1, locked 0, young 0, could not delete 0)")
