@@ -314,6 +314,14 @@ def own_entry(entries: dict[str, dict[str, Any]], settings: Settings) -> dict[st
     return entry or {}
 
 
+def root_elsewhere(settings: Settings, entry: dict[str, Any]) -> str | None:
+    """The root the node's workers published, when it is not this process's (a shell with
+    no DISK_CACHE_ROOT, a container mounting the disk elsewhere): the root there is not
+    theirs to look at. None when it is the same, or not published."""
+    theirs = entry.get("root")
+    return str(theirs) if theirs and theirs != str(settings.root) else None
+
+
 def newest(entries: dict[str, dict[str, Any]], prefix: str) -> dict[str, Any] | None:
     """The entry published last for the books under `prefix`."""
     same = [e for e in entries.values() if e.get("key_prefix") == prefix]
