@@ -171,6 +171,8 @@ def read_csv(path: str | Path) -> Trace:
         try:
             for row in reader:
                 try:
+                    if not row["path"]:  # a row cut short, or a column shifted: no object
+                        raise ValueError("no path")
                     times.append(float(row["timestamp"]))
                     sizes.append(int(row["size"]))  # whole bytes, as in the text format
                 except (TypeError, ValueError):

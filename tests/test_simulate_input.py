@@ -55,6 +55,15 @@ def test_csv_with_an_overlong_field_is_a_one_line_error(tmp_path: Path):
     _one_line_exit_2(result)
 
 
+def test_a_csv_row_without_a_path_is_a_one_line_error(tmp_path: Path):
+    """`2,,10` was replayed as an object named '' (a row cut short, a column shifted)."""
+    p = tmp_path / "no-path.csv"
+    p.write_text("timestamp,path,size\n1,a,10\n2,,10\n")
+    result = sim(str(p), "--no-bounds", "--policy", "lru")
+    _one_line_exit_2(result)
+    assert "no-path.csv:3: bad row" in result.output
+
+
 def test_sizes_whose_sum_overflows_int64_are_refused_not_a_wrong_table(tmp_path: Path):
     p = tmp_path / "huge.txt"
     big = 5_000_000_000_000_000_000  # fits in int64; two of them do not
