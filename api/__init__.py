@@ -198,7 +198,7 @@ def _health(app: Flask) -> None:
     @app.get("/healthz")
     def healthz() -> Any:
         """The process is up."""
-        query(Schema())  # none taken: `?node=` is /readyz's
+        query(Schema)  # none taken: `?node=` is /readyz's
         return jsonify({"status": "ok"})
 
     @app.get("/readyz")
@@ -206,7 +206,7 @@ def _health(app: Flask) -> None:
         """Redis and the broker answer, the root exists, management is enabled; the API's own
         node, or `?node=`'s."""
         st = state()
-        checks = readiness(st.cache.for_node(query(NodeArgs())["node"]))
+        checks = readiness(st.cache.for_node(query(NodeArgs)["node"]))
         checks["broker"] = _broker_answers(st.tasks.app)
         ready = all(v == "ok" for v in checks.values())
         return jsonify({"status": "ok" if ready else "unavailable", "checks": checks}), (

@@ -33,7 +33,9 @@ class QueryParser(FlaskParser):
 
     def __init__(self) -> None:
         super().__init__()
-        self._defaults: dict[int, dict[str, Any]] = {}
+        # id -> (the schema, its defaults): the schema is kept, so that its id is never
+        # another's (a schema made per request, freed, gave its id to the next: a KeyError).
+        self._defaults: dict[int, tuple[ma.Schema, dict[str, Any]]] = {}
 
     def load_querystring(self, req: Any, schema: ma.Schema) -> Any:
         repeated = sorted(name for name, values in req.args.lists() if len(values) > 1)
@@ -51,14 +53,14 @@ class QueryParser(FlaskParser):
         )
         if not plain:
             return super().parse(argmap, req, **kwargs)
-        found = self._defaults.get(id(argmap))
-        if found is not None:
-            return dict(found)
+        kept = self._defaults.get(id(argmap))
+        if kept is not None and kept[0] is argmap:
+            return dict(kept[1])
         # Raises, and caches nothing, when the schema requires an argument.
         found = super().parse(argmap, req, **kwargs)
         if all(isinstance(v, IMMUTABLE) for v in found.values()):
             # A list or dict default is the view's to change: it is made anew every time.
-            self._defaults[id(argmap)] = dict(found)
+            self._defaults[id(argmap)] = (argmap, dict(found))
         return found
 
 
@@ -102,11 +104,17 @@ class CacheBlueprint(Blueprint):
 LEAN_DOC = {"arguments", "response", "success_status_codes"}
 
 
-def query(schema: ma.Schema) -> dict[str, Any]:
+def query(schema: type[ma.Schema]) -> dict[str, Any]:
     """The query arguments of a route outside the API's blueprint (the status page, /metrics,
     the probes), parsed as the blueprint's are: an unknown or repeated one is a 400 naming
-    it."""
+    it. One instance per schema class, as the blueprint's decorators make once."""
+    instance = _QUERY_SCHEMAS.get(schema)
+    if instance is None:
+        instance = _QUERY_SCHEMAS.setdefault(schema, schema())
     parsed: dict[str, Any] = CacheBlueprint.ARGUMENTS_PARSER.parse(
-        schema, location="query", error_status_code=400
+        instance, location="query", error_status_code=400
     )
     return parsed
+
+
+_QUERY_SCHEMAS: dict[type[ma.Schema], ma.Schema] = {}

@@ -296,6 +296,6 @@ def registry_for(disk_cache: DiskCache) -> CollectorRegistry:
 def metrics() -> Response:
     """Prometheus text format, or OpenMetrics when the scraper asks for it; `?node=NAME` for
     another node's figures, as every endpoint takes it."""
-    node = query(NodeArgs())["node"]
+    node = query(NodeArgs)["node"]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encoder(registry_for(cache().for_node(node))), content_type=content_type)

@@ -236,7 +236,7 @@ def _ago(ts: float | None, now: float | None = None) -> str:
 def index() -> Any:
     """The status page: this API's node, or `?node=`'s (a 404 for a node nobody published)."""
     flower = current_app.config.get("FLOWER_URL") or ""
-    node = query(NodeArgs())["node"]
+    node = query(NodeArgs)["node"]
     try:
         ctx = page_context(cache().for_node(node), flower)
     except redis.RedisError as exc:
