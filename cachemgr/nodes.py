@@ -306,10 +306,11 @@ def differing(
 
 
 def own_entry(entries: dict[str, dict[str, Any]], settings: Settings) -> dict[str, Any]:
-    """This node's entry: by its name, else the newest with its key prefix (an unnamed node's
-    workers publish under their own host name, which is not this process's)."""
+    """This node's entry: by its name if it keeps these books, else the newest with its key
+    prefix (an unnamed node's workers publish under their own host name, which is not this
+    process's; and workers of other books on this host publish under this one's)."""
     entry = entries.get(settings.node)
-    if entry is None:
+    if entry is None or entry.get("key_prefix", settings.key_prefix) != settings.key_prefix:
         entry = newest(entries, settings.key_prefix)
     return entry or {}
 

@@ -280,9 +280,6 @@ def test_reads_work_with_the_root_gone_and_the_stats_say_so(settings, root):
         "DISK_CACHE_ROOT": str(root / "unmounted"),
         "REDIS_URL": settings.redis_url,
         "DISK_CACHE_KEY_PREFIX": settings.key_prefix,
-        # A node no worker published: the session worker's (this host's name) has another
-        # root, and a root that is not the workers' is not looked at here.
-        "DISK_CACHE_NODE": "unmounted-test",
     }
     result = CliRunner().invoke(main, ["stats", "--json"], env=env)
     assert result.exit_code == 0, result.output

@@ -748,3 +748,25 @@ def test_a_process_whose_root_is_not_the_workers_does_not_call_the_cache_broken(
     assert said and f"the node's workers use {str(root)!r}" in said[0]
     assert readiness(shell)["root"] == "ok"
     assert not any("DISK_CACHE_ROOT" in w for w in cache.stats()["warnings"])  # the workers'
+
+
+def test_workers_of_other_books_on_this_host_are_not_taken_for_this_nodes(
+    settings, redis_client, root, tmp_path
+):
+    """Unnamed nodes are named after the host: workers of another key prefix publish under
+    that same name, and their root (and settings) were taken for this node's, which hid this
+    one's missing root ("not mounted") behind "the roots differ"."""
+    from cachemgr.health import readiness
+
+    other = settings.with_(
+        disk_cache_key_prefix=f"{settings.disk_cache_key_prefix}other:",
+        disk_cache_root=str(tmp_path),
+        disk_cache_max_bytes=10**12,
+    )
+    DiskCache(other, redis_client).registry.publish(other)  # the other books' workers
+    missing = DiskCache(settings.with_(disk_cache_root=str(root / "gone")), redis_client)
+    stats = missing.stats()
+    assert any("is the disk mounted" in w for w in stats["warnings"]), stats["warnings"]
+    assert not any("DISK_CACHE_ROOT" in w for w in stats["warnings"])
+    assert stats["max_bytes"] == settings.disk_cache_max_bytes  # not the other books' quota
+    assert "does not exist" in readiness(missing)["root"]
