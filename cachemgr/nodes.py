@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
 from dataclasses import replace
 from typing import Any
@@ -98,6 +99,9 @@ class NodeRegistry:
         entry = {
             "node": settings.node,
             "root": str(settings.root),
+            # As set, made absolute: the same setting resolves elsewhere once a symlink in it
+            # is on a disk not mounted (root_elsewhere).
+            "root_as_set": os.path.abspath(settings.disk_cache_root),
             "key_prefix": settings.key_prefix,
             "queue": queue or queue_for(settings),
             **enforced_entry(settings),
@@ -320,7 +324,11 @@ def root_elsewhere(settings: Settings, entry: dict[str, Any]) -> str | None:
     no DISK_CACHE_ROOT, a container mounting the disk elsewhere): the root there is not
     theirs to look at. None when it is the same, or not published."""
     theirs = entry.get("root")
-    return str(theirs) if theirs and theirs != str(settings.root) else None
+    if not theirs or theirs == str(settings.root):
+        return None
+    if entry.get("root_as_set") == os.path.abspath(settings.disk_cache_root):
+        return None  # set alike, resolved apart: a symlink in it on a disk not mounted now
+    return str(theirs)
 
 
 def newest(entries: dict[str, dict[str, Any]], prefix: str) -> dict[str, Any] | None:

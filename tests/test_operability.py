@@ -770,3 +770,21 @@ def test_workers_of_other_books_on_this_host_are_not_taken_for_this_nodes(
     assert not any("DISK_CACHE_ROOT" in w for w in stats["warnings"])
     assert stats["max_bytes"] == settings.disk_cache_max_bytes  # not the other books' quota
     assert "does not exist" in readiness(missing)["root"]
+
+
+def test_a_root_set_alike_is_the_workers_though_it_resolves_elsewhere_unmounted(
+    settings, redis_client, tmp_path
+):
+    """DISK_CACHE_ROOT=/mnt/disk/current, a symlink on the disk: mounted, the workers publish
+    where it leads; unmounted, it resolves to itself, and "the roots differ" hid "not
+    mounted"."""
+    disk = tmp_path / "disk"
+    (disk / "releases" / "v2").mkdir(parents=True)
+    (disk / "current").symlink_to(disk / "releases" / "v2")
+    alike = settings.with_(disk_cache_root=str(disk / "current"))
+    DiskCache(alike, redis_client).registry.publish(alike)  # the workers, mounted
+    (disk / "current").unlink()  # the disk gone, the symlink on it with it
+    (disk / "releases" / "v2").rmdir()
+    stats = DiskCache(alike, redis_client).stats()
+    assert any("is the disk mounted" in w for w in stats["warnings"]), stats["warnings"]
+    assert not any("DISK_CACHE_ROOT" in w for w in stats["warnings"])
