@@ -647,3 +647,14 @@ def test_a_result_backend_that_gives_up_is_said_to_the_pipeline_in_our_words(
 
     for again in (pickle.loads(pickle.dumps(sent)), copy.deepcopy(sent)):  # as Celery's were
         assert isinstance(again, AsyncResult) and again.id == sent.id
+
+
+@pytest.mark.parametrize("timeout", [1, 300, 3600, 6000, 86400])
+def test_the_retries_behind_a_lock_outlast_the_longest_lock(timeout):
+    """Their waits doubled from 2 s while their number assumed 300 s each: behind a dead
+    worker's lock of an hour or more, StillLocked came before the lock lapsed."""
+    from workers.tasks import retries_to_outlast, retry_wait
+
+    limit = max(20, retries_to_outlast(timeout))
+    assert sum(retry_wait(n) for n in range(limit - 3)) >= timeout
+    assert retry_wait(0) == 2 and retry_wait(100) == 300

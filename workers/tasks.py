@@ -100,9 +100,8 @@ def _done_or_later(
     if done.get("status") != "skipped" or "retry_after" not in done:
         return done
     path, reason = done["path"], done["reason"]
-    # Enough retries, each at most MAX_RETRY_SECONDS apart, to outlast the longest lock.
     timeout = get_cache().settings.disk_cache_lock_timeout_seconds
-    limit = max(int(task.max_retries or 0), int(timeout // MAX_RETRY_SECONDS) + 3)
+    limit = max(int(task.max_retries or 0), retries_to_outlast(timeout))
     if task.request.retries >= limit:
         said = (
             f"{path!r} was never free for its {what} ({reason}) after "
@@ -111,16 +110,30 @@ def _done_or_later(
         )
         log.error("%s", said, extra={"event": f"{what}_lost", "path": path})
         raise StillLocked(said)
-    # By the lapse of a dead worker's lock at the latest; sooner, doubling, for a live
-    # holder's, which goes in seconds (waited out to its lapse, 5 min by default).
-    retries = task.request.retries
-    countdown = min(MAX_RETRY_SECONDS, float(done["retry_after"]) + 1, 2.0 * 2**retries)
+    countdown = min(retry_wait(task.request.retries), float(done["retry_after"]) + 1)
     log.info("%s of %s skipped (%s): again in %.0f s", what, path, reason, countdown)
     if task.name == register_completed_download.name:
         register_directory.apply_async((path,), countdown=countdown, queue=_queue_of(task))
         return {**done, "sent_again": True}
     # The lock named as the retry's reason: a waiting caller tells it from a lost Redis.
     raise task.retry(exc=StillLocked(reason), countdown=countdown, max_retries=limit)
+
+
+def retry_wait(retries: int) -> float:
+    """The wait before a task skipped for another's lock runs again (by that lock's lapse at
+    the latest): 2 s, doubling to MAX_RETRY_SECONDS. A live holder's goes in seconds (waited
+    out to its lapse, 5 min by default); a dead worker's lapses."""
+    return min(MAX_RETRY_SECONDS, 2.0 * 2 ** min(retries, 16))
+
+
+def retries_to_outlast(timeout: float) -> int:
+    """How many retries, waiting retry_wait each, outlast a lock of `timeout` seconds (the
+    longest a dead worker's stands), with 3 to spare."""
+    n, waited = 0, 0.0
+    while waited < timeout:
+        waited += retry_wait(n)
+        n += 1
+    return n + 3
 
 
 def _queue_of(task: Task) -> str:
