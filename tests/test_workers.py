@@ -646,7 +646,9 @@ def test_a_result_backend_that_gives_up_is_said_to_the_pipeline_in_our_words(
     import pickle
 
     for again in (pickle.loads(pickle.dumps(sent)), copy.deepcopy(sent)):  # as Celery's were
-        assert isinstance(again, AsyncResult) and again.id == sent.id
+        assert isinstance(again, TaskResult) and again.id == sent.id  # and says it alike
+        with pytest.raises(ResultUnavailable):
+            again.get(timeout=1)
 
 
 @pytest.mark.parametrize("timeout", [1, 300, 3600, 6000, 86400])

@@ -90,6 +90,11 @@ class TaskResult(AsyncResult):
     """Celery's AsyncResult, whose get() raises ResultUnavailable, not Celery's RuntimeError,
     when the result backend cannot be reached (a Redis restart)."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A TaskResult again (of the current app, as Celery's own are): the client's class,
+        # bound to its app, is not importable.
+        return TaskResult, self.__reduce_args__()
+
     def get(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().get(*args, **kwargs)
@@ -170,8 +175,7 @@ class CacheClient:
             },
             redis_socket_connect_timeout=3,
         )
-        # Pickled (or deep-copied) as the app's own AsyncResult: the bound class is not importable.
-        self._result_cls = self.app.subclass_with_self(TaskResult, reverse="AsyncResult")
+        self._result_cls = self.app.subclass_with_self(TaskResult, keep_reduce=True)
         quiet_backend_noise()
         self._redis: Any = None
         self._store: Store | None = None
