@@ -36,7 +36,7 @@ CLEANUP_MAX_HOLD_SECONDS = 600
 
 CLEANUP_BUSY = "another cleanup is running"
 # How soon a quota pass that found another cleanup running is tried again (the workers' task
-# countdown): at most one of them waits in that time.
+# countdown); one chain of them waits at a time (_wait_again).
 AGAIN_SECONDS = 2
 RECONCILE_RUNNING = "a reconcile is adopting the root: the next cleanup checks it again"
 
@@ -253,7 +253,8 @@ def cleanup(
         # A registration's quota pass: the running cleanup weighed the usage before the
         # bytes booked since (or its worker was killed, its lock standing until it lapses).
         # Dropped, usage stayed over the quota until beat's next cleanup once the downloads
-        # stopped coming. One of them (the first in AGAIN_SECONDS) is sent again.
+        # stopped coming. One of them (the first to find cache:quota_again free) and its
+        # own retries are sent again.
         if automatic and enforce and not resume:
             busy["again"] = _wait_again(cache, again)
         return busy
@@ -398,10 +399,11 @@ def continuation(
     again, and for no more than it still owed. A resumed one (`resume`, `owed`: its own
     arguments) that found another cleanup running tries again: that one starts only past the
     threshold, and what was owed below it would never be freed; a registration's quota pass
-    that found one running and was the first in AGAIN_SECONDS (`again`) too. The rest of a
-    `scheduled` one (beat's, or a registration's quota pass) honours the scheduler switch as
-    an automatic one; none is beat's own: each would walk the root for the audits again,
-    every 2 s of a long eviction, and keep a beat that stopped looking alive."""
+    that found one running and waits for it (`again`: the first, then its retries) too.
+    The rest of a `scheduled` one (beat's, or a registration's quota pass) honours the
+    scheduler switch as an automatic one; none is beat's own: each would walk the root for
+    the audits again, every 2 s of a long eviction, and keep a beat that stopped looking
+    alive."""
     scheduled_too = {"automatic": True} if scheduled else {}
     busy = result.get("status") == "skipped" and result.get("reason") == CLEANUP_BUSY
     if busy and resume:

@@ -28,8 +28,8 @@ def measured_skew(client: Any, tries: int = 3) -> float | None:
         before = time.time()
         try:
             reply = client.time()
-        except Exception:  # a cluster client's own errors too
-            return skew
+        except Exception:  # a cluster client's own errors too; a held-up reading is none
+            return None
         after = time.time()
         skew = _skew(before, after, reply)
         if after - before <= MAX_ROUND_TRIP_SECONDS:

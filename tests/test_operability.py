@@ -676,6 +676,18 @@ def test_a_time_reply_held_up_by_a_pause_of_redis_is_no_measure_of_the_clocks(ca
     pauses.extend([0.8, 0.8, 0.8])  # held up each time it is read: the last stands
     assert 0.3 < clocks.measured_skew(redis_time(0.0)) < 0.5
     assert "cannot be read" not in caplog.text  # TIME answered: nothing to say
+    calls: list[str] = []
+
+    def held_up_then_failing_over() -> tuple[int, int]:
+        calls.append("TIME")
+        if len(calls) > 1:
+            raise redis.ConnectionError("failing over")
+        at = time.time()
+        time.sleep(0.8)
+        return int(at), int(at % 1 * 1e6)
+
+    # The held-up reading is no measure, the next failed: none (not 0.4 s taken as one).
+    assert clocks.measured_skew(types.SimpleNamespace(time=held_up_then_failing_over)) is None
 
 
 def test_a_rolling_restart_that_turns_management_off_is_not_off_while_a_worker_manages(
