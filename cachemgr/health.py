@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from cachemgr import audit, marker
 from cachemgr.errors import RootMissing
-from cachemgr.nodes import own_entry, root_elsewhere
 from cachemgr.quota import ROOM_ONLY, ROOM_SHORT
 from cachemgr.switch import disabled_where
 
@@ -196,14 +195,6 @@ def _workers_refused(cache: DiskCache) -> str | None:
     return None
 
 
-def _root_elsewhere(cache: DiskCache) -> bool:
-    try:
-        entry = own_entry(cache.registry.entries(), cache.settings)
-    except Exception:  # Redis away since: looked at here, as before it published
-        return False
-    return root_elsewhere(cache.settings, entry) is not None
-
-
 def readiness(cache: DiskCache) -> dict[str, str]:
     """/readyz's checks of the books: Redis answers, the root is the books' and mounted (every
     cleanup refuses it otherwise), management is on; each "ok" or what is wrong."""
@@ -219,9 +210,7 @@ def readiness(cache: DiskCache) -> dict[str, str]:
         except Exception as exc:
             checks["redis"] = f"refuses writes: {exc}"
     answers = checks["redis"] == "ok"  # else each Redis check below would wait for it again
-    if not cache.local or (answers and _root_elsewhere(cache)):
-        # Another host's root (?node=), or another directory than the workers' here: as
-        # their cleanups found it.
+    if not cache.local:  # another host's root (?node=): as its workers' cleanups found it
         checks["root"] = (_workers_refused(cache) if answers else None) or "ok"
     elif not cache.root.is_dir():
         checks["root"] = f"downloads directory {cache.root} does not exist"

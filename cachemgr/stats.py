@@ -185,13 +185,9 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     entry = own_entry(snap.get("registry", {}), cache.settings)
     s = enforced(cache.settings, entry)
     total, counts, recent = snap["total_bytes"], snap["counters"], snap["since_reset"]
-    # The root is looked at here only where it is the workers' (not another host's, nor a
-    # shell's default ./downloads, which was said to be "not mounted").
-    elsewhere = root_elsewhere(cache.settings, entry)
-    here = cache.local and elsewhere is None
     free = disk = None
     try:
-        if here:
+        if cache.local:
             disk, _, free = shutil.disk_usage(cache.root)
     except OSError:
         pass  # no root: refused below
@@ -245,7 +241,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     # The seed's "check downloads directory exists", on the host that reads it: said at once,
     # as cleanups would refuse it (an unmounted disk's empty mount point, another disk).
     # Not while a reconcile --force adopts the root: its books are half rewritten on purpose.
-    refused = here and not snap.get("adopting") and marker.refusal_seen(
+    refused = cache.local and not snap.get("adopting") and marker.refusal_seen(
         cache, snap.get("root_mark", ""), stats["directory_count"]
     )
     wait = (  # "run a manual cleanup" would be refused too
@@ -257,8 +253,16 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     )
     stats["warnings"] = diagnose(stats, interval, now, cleanups_wait=wait)
     if refused:
-        stats["warnings"].insert(0, f"cache not working: {refused}")
-    if not snap["initialized"] and stats["directory_count"] and here:
+        # A shell with no DISK_CACHE_ROOT looks at ./downloads while the workers evict on
+        # theirs: the warning names their root, so that is told from an unmounted disk.
+        elsewhere = root_elsewhere(cache.settings, entry)
+        hint = (
+            f" (or this process's DISK_CACHE_ROOT is not the workers': they use {elsewhere!r})"
+            if elsewhere
+            else ""
+        )
+        stats["warnings"].insert(0, f"cache not working: {refused}{hint}")
+    if not snap["initialized"] and stats["directory_count"] and cache.local:
         # Books kept before (the root says so) and gone since: what was registered after the
         # loss is all they count until the next cleanup rebuilds them from the disk.
         if marker.present(cache):
@@ -273,12 +277,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     # the warning below names each worker's.
     disputed = {ENFORCED[key][0].upper(): set(values) for key, values in apart.items()}
     stats["warnings"] += _differences(cache.settings, s, disputed)
-    if elsewhere and cache.local:
-        stats["warnings"].append(
-            f"this process has DISK_CACHE_ROOT={cache.settings.disk_cache_root!r} but the "
-            f"node's workers use {elsewhere!r}: the root is looked at by their cleanups alone, "
-            "not here (here it is another directory); give every process the same environment"
-        )
+
     stats["warnings"] += _workers_apart(apart)
     stats["warnings"] += [
         skewed(f"worker {name}", float(own["clock_skew"]))
