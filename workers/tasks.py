@@ -91,8 +91,9 @@ def _done_or_later(
     task: Task, done: dict[str, Any], what: str = "registration"
 ) -> dict[str, Any]:
     """A registration or removal skipped for another's lock (the directory's, or one above
-    it) is sent again once that lock lapses (`retry_after`): its holder may be a worker
-    killed mid-task, whose lock stands for DISK_CACHE_LOCK_TIMEOUT_SECONDS, and the
+    it) is sent again (retry_wait), by the time that lock lapses at the latest (`retry_after`):
+    its holder may be a worker killed mid-task, whose lock stands for
+    DISK_CACHE_LOCK_TIMEOUT_SECONDS, and the
     redelivery that answered "skipped" as a success lost the download from the books (a
     removal: left it on the disk and the books). The newest download is sent again by its
     path: asked again, "the newest" may be another. Still locked after every retry: a
