@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from cachemgr import DiskCache
 from cachemgr.errors import BadArgument
@@ -540,7 +541,8 @@ def test_a_registration_locked_through_every_retry_fails_rather_than_succeeds(
     cache.client.set(cache.keys.lock("held"), "someone", px=60_000)
     tasks.configure(cache)
     task = tasks.register_directory
-    task.push_request(retries=task.max_retries)  # the last try
+    last = max(task.max_retries, tasks.retries_to_outlast(300))
+    task.push_request(retries=last, headers={tasks.LOCK_RETRIES: last})  # the last try
     try:
         said = "never free for its registration .* send it again, or run"
         with pytest.raises(StillLocked, match=said):
@@ -660,3 +662,91 @@ def test_the_retries_behind_a_lock_outlast_the_longest_lock(timeout):
     limit = max(20, retries_to_outlast(timeout))
     assert sum(retry_wait(n) for n in range(limit - 3)) >= timeout
     assert retry_wait(0) == 2 and retry_wait(100) == 300
+
+
+def _registration_retried(cache, monkeypatch, path: str, *, retries: int, lock_retries: int):
+    """Runs register_directory(path) as a worker would on a redelivery with those counts, and
+    returns the options of the retry it sends (instead of a message to the broker)."""
+    from celery.exceptions import Retry
+
+    from workers import tasks
+
+    task = tasks.register_directory
+    task = getattr(task, "_get_current_object", lambda: task)()
+    sent: list[dict] = []
+
+    class Capture:
+        def __init__(self, options):
+            self.options = options
+
+        def apply_async(self, *args, **kwargs):
+            sent.append(self.options)
+
+    def signature_from_request(request=None, args=None, kwargs=None, queue=None, **options):
+        return Capture({**request.as_execution_options(), **options})  # as Celery's does
+
+    monkeypatch.setattr(task, "signature_from_request", signature_from_request)
+    tasks.configure(cache)
+    task.push_request(id="t1", retries=retries, headers={tasks.LOCK_RETRIES: lock_retries},
+                      is_eager=False, called_directly=False, args=(path,), kwargs={},
+                      delivery_info={})  # fmt: skip
+    try:
+        with pytest.raises(Retry):
+            task.run(path)
+    finally:
+        task.pop_request()
+        tasks.configure(None)
+    # Celery kept a given max_retries on the task, for every later request's autoretry.
+    assert "override_max_retries" not in task.__dict__
+    assert len(sent) == 1
+    return sent[0]
+
+
+def test_the_retries_behind_a_lock_do_not_spend_the_budget_for_a_lost_redis(
+    cache, root, monkeypatch
+):
+    """One counter for both: behind a lock of over an hour (more than 20 lock retries), a
+    Redis blip found the 20 Redis retries spent and failed the task, losing the download."""
+    from workers import tasks
+
+    def redis_away(path):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    monkeypatch.setattr(cache, "register", redis_away)
+    sent = _registration_retried(cache, monkeypatch, "a", retries=25, lock_retries=25)
+    assert sent["retries"] == 26 and sent["headers"][tasks.LOCK_RETRIES] == 25
+
+
+def test_the_retries_after_a_lost_redis_do_not_shorten_the_wait_behind_a_lock(
+    cache, root, monkeypatch
+):
+    """Redis retries counted as lock retries: a registration that had waited out a Redis
+    restart (20 retries) and then met a lock failed at once, "never free"."""
+    from cachemgr import registration
+    from workers import tasks
+
+    monkeypatch.setattr(registration, "REGISTER_WAITS", ())
+    make_tree(root, "held")
+    cache.client.set(cache.keys.lock("held"), "someone", px=60_000)
+    sent = _registration_retried(cache, monkeypatch, "held", retries=20, lock_retries=2)
+    assert sent["headers"][tasks.LOCK_RETRIES] == 3 and sent["retries"] == 21
+    assert sent["countdown"] == tasks.retry_wait(2)  # the third lock wait, not the 21st
+
+
+def test_the_count_of_lock_retries_rises_through_the_broker(pipeline, cache, root, monkeypatch):
+    """The count travels in the retry's headers: were it lost on the way (0 each time), a
+    task behind a lock that never lapses would be sent again forever, never said lost."""
+    from cachemgr import registration
+    from workers import tasks
+
+    monkeypatch.setattr(registration, "REGISTER_WAITS", ())
+    monkeypatch.setattr(tasks, "retry_wait", lambda retries: 0.2)
+    monkeypatch.setattr(tasks, "retries_to_outlast", lambda timeout: 3)
+    task = tasks.register_directory
+    task = getattr(task, "_get_current_object", lambda: task)()
+    monkeypatch.setattr(task, "max_retries", 2)
+    make_tree(root, "held")
+    cache.client.set(cache.keys.lock("held"), "someone", px=60_000)
+    with pytest.raises(Exception, match="never free for its registration .* after 3 retries"):
+        pipeline.send("register_directory", "held").get(timeout=30)
+    assert cache.store.tracked(["held"]) == [False]

@@ -27,6 +27,19 @@ from cachemgr.logs import configure_logging
 from cachemgr.records import RECORD_FORMAT
 from cachemgr.settings import Settings, SettingsError, log_level
 
+# The retries a task has made behind another's lock, counted in a header of their own: Celery's
+# one counter also counts the retries after a lost Redis, and behind a lock of over an hour a
+# Redis blip after the 20th lock retry found the Redis budget spent and failed the task.
+LOCK_RETRIES = "cachemgr_lock_retries"
+
+
+def lock_retries(task: Task, headers: dict[str, Any] | None = None) -> int:
+    """How many times this task has been sent again for another's lock."""
+    try:
+        return max(0, int((headers or task.request.headers or {}).get(LOCK_RETRIES) or 0))
+    except (TypeError, ValueError):  # another sender's header of that name
+        return 0
+
 
 class CacheTask(Task):
     """A task sent arguments its function does not take (a pipeline's typo, a task of another
@@ -44,18 +57,28 @@ class CacheTask(Task):
             raise BadArgument(f"{self.name}: {exc}") from None
         return super().__call__(*args, **kwargs)
 
-    def retry(self, *args: Any, **kwargs: Any) -> Any:
+    def retry(self, *args: Any, max_retries: int | None = None, **kwargs: Any) -> Any:
         """A retry that cannot be sent (the broker is the Redis that just went away) made
         Celery drop the task (Reject, requeue=False): a registration running when Redis
         restarted was lost. A task acknowledged late is put back instead, or, the broker
-        still away, handed out again after its visibility timeout."""
+        still away, handed out again after its visibility timeout.
+
+        The task's max_retries are for a lost Redis: they come on top of the retries behind
+        a lock (LOCK_RETRIES, from the headers this retry sends, else the request's)."""
+        if max_retries is None and self.max_retries is not None:
+            max_retries = self.max_retries + lock_retries(self, kwargs.get("headers"))
         try:
-            return super().retry(*args, **kwargs)
+            return super().retry(*args, max_retries=max_retries, **kwargs)
         except Reject as exc:
             if not self.acks_late or exc.requeue:
                 raise
             log.warning("%s: its retry could not be sent (%s): put back", self.name, exc.reason)
             raise Reject(exc.reason, requeue=True) from None
+        finally:
+            # Celery keeps a max_retries given to retry() on the task object, shared by every
+            # later request, as `override_max_retries`, and its autoretry uses that instead
+            # of the request's own budget.
+            self.__dict__.pop("override_max_retries", None)
 
 
 app = Celery("cachemgr", include=["workers.tasks"], task_cls=CacheTask)

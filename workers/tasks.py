@@ -23,7 +23,7 @@ from cachemgr.clock import RedisClock
 from cachemgr.errors import StillLocked
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as reconcile_books
-from workers.app import WORKER, app
+from workers.app import LOCK_RETRIES, WORKER, app, lock_retries
 
 log = logging.getLogger("cachemgr.workers")
 
@@ -103,21 +103,25 @@ def _done_or_later(
     path, reason = done["path"], done["reason"]
     timeout = get_cache().settings.disk_cache_lock_timeout_seconds
     limit = max(int(task.max_retries or 0), retries_to_outlast(timeout))
-    if task.request.retries >= limit:
+    waited = lock_retries(task)
+    if waited >= limit:
         said = (
             f"{path!r} was never free for its {what} ({reason}) after "
-            f"{task.request.retries} retries: send it again"
+            f"{waited} retries: send it again"
             + (", or run `cachemgr reconcile`" if what == "registration" else "")
         )
         log.error("%s", said, extra={"event": f"{what}_lost", "path": path})
         raise StillLocked(said)
-    countdown = min(retry_wait(task.request.retries), float(done["retry_after"]) + 1)
+    countdown = min(retry_wait(waited), float(done["retry_after"]) + 1)
     log.info("%s of %s skipped (%s): again in %.0f s", what, path, reason, countdown)
+    headers = {**(task.request.headers or {}), LOCK_RETRIES: waited + 1}
     if task.name == register_completed_download.name:
-        register_directory.apply_async((path,), countdown=countdown, queue=_queue_of(task))
+        register_directory.apply_async(
+            (path,), countdown=countdown, queue=_queue_of(task), headers=headers
+        )
         return {**done, "sent_again": True}
     # The lock named as the retry's reason: a waiting caller tells it from a lost Redis.
-    raise task.retry(exc=StillLocked(reason), countdown=countdown, max_retries=limit)
+    raise task.retry(exc=StillLocked(reason), countdown=countdown, headers=headers)
 
 
 def retry_wait(retries: int) -> float:
