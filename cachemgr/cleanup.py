@@ -245,6 +245,7 @@ def cleanup(
         }
     # Short timeout, renewed per batch: a crashed worker blocks the next cleanup only briefly.
     timeout = min(CLEANUP_LOCK_SECONDS, cache.settings.disk_cache_lock_timeout_seconds)
+    in_flight = cache.settings.disk_cache_lock_timeout_seconds  # a deletion's trash slot
     lock = Lock(cache.client, cache.keys.cleanup_lock, timeout * 1000)
     if not lock.acquire():
         if periodic:  # another is cleaning (a chain of quota passes): beat is not overdue
@@ -267,7 +268,7 @@ def cleanup(
     try:
         migrations.ensure_record_ids(cache.store)  # before anything reads a record
         recovered = recover_unfinished(cache)
-        emptied = trash.empty(cache.root)
+        emptied = trash.empty(cache.root, in_flight)
         rebuilt, rebuilt_until = False, None
         if not cache.client.exists(cache.keys.initialized):
             log.warning("cache books are empty or new: reconciling with the disk before evicting")
@@ -351,7 +352,7 @@ def cleanup(
         "rechecked": rechecked,  # beat's: directories registered lately, rescanned
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
-        "trash_left": trash.pending(cache.root),
+        "trash_left": trash.pending(cache.root, in_flight),
         "pins_lapsed": lapsed,
         "more": expired.more or evicted.more,
         "duration_seconds": round(time.monotonic() - began, 3),

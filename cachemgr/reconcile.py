@@ -229,10 +229,11 @@ def _reconcile(
         cache.client.set(cache.keys.evict_hold, f"{report['held_until']:.3f}", ex=hold)
         log.warning("books rebuilt from the disk: eviction waits %d s for pins to be renewed", hold)
     report["bytes_before"] = bytes_before
+    in_flight = cache.settings.disk_cache_lock_timeout_seconds  # a deletion's slot, its lock's
     if dry_run:
-        report["trash_items"] = trash.pending(cache.root)
+        report["trash_items"] = trash.pending(cache.root, in_flight)
     else:
-        report["trash_items"] = trash.empty(cache.root)
+        report["trash_items"] = trash.empty(cache.root, in_flight)
         report["bytes_after"] = recount(cache)
         # What it booked may pass the threshold, as a registration may: the caller sends the
         # quota pass (quota.quota_pass_due), or the disk stayed over it until beat's next run.

@@ -25,8 +25,10 @@ from cachemgr.paths import DIR_FLAGS, TRASH_DIR
 log = logging.getLogger("cachemgr")
 
 
-# A deletion's slot in the trash while it checks what it moved; one older than IN_FLIGHT_AGE
-# seconds is a crash's leftover, and goes like any other item.
+# A deletion's slot in the trash while it checks what it moved; one older than the lock
+# timeout (IN_FLIGHT_AGE at least) is a crash's leftover, and goes like any other item. Its
+# deleter holds the directory's lock until then: a minute, as it was, let another cleanup
+# empty the slot of a worker held up longer (counted vanished, not evicted; put back: gone).
 IN_FLIGHT = ".in-flight-"
 IN_FLIGHT_AGE = 60.0
 
@@ -216,7 +218,7 @@ def discard(root: Path, rel: str, still_ours: Callable[[], str | None] | None = 
         return _rmtree(name, trash_fd)
 
 
-def _in_flight(name: str, trash_fd: int) -> bool:
+def _in_flight(name: str, trash_fd: int, lock_timeout: float) -> bool:
     """A slot whose deletion is still checking what it moved (see `discard`)."""
     if not name.startswith(IN_FLIGHT):
         return False
@@ -224,10 +226,10 @@ def _in_flight(name: str, trash_fd: int) -> bool:
         st = os.stat(name, dir_fd=trash_fd, follow_symlinks=False)
     except FileNotFoundError:
         return True  # gone already: nothing to do
-    return time.time() - st.st_mtime < IN_FLIGHT_AGE
+    return time.time() - st.st_mtime < max(IN_FLIGHT_AGE, lock_timeout)
 
 
-def empty(root: Path) -> int:
+def empty(root: Path, lock_timeout: float = 0.0) -> int:
     """Delete whatever a crash or a failed deletion left in the trash; returns how many items
     went. An item that cannot go (or holds a mount point) is logged and left for next time:
     one stuck item must not stop every cleanup."""
@@ -243,7 +245,7 @@ def empty(root: Path) -> int:
                 log.error("trash %s not emptied: %s", trash_dir(root), exc.strerror)
                 return 0
             for name in os.listdir(trash_fd):
-                if _in_flight(name, trash_fd):
+                if _in_flight(name, trash_fd, lock_timeout):
                     continue
                 mounts = mount_points_under(trash_dir(root) / name, points)
                 try:
@@ -267,10 +269,11 @@ def empty(root: Path) -> int:
     return removed
 
 
-def pending(root: Path) -> int:
+def pending(root: Path, lock_timeout: float = 0.0) -> int:
     """Items `empty` would take: a deletion still checking what it moved is not one."""
     try:
         with _opened(root) as root_fd, _opened(TRASH_DIR, dir_fd=root_fd) as trash_fd:
-            return sum(1 for name in os.listdir(trash_fd) if not _in_flight(name, trash_fd))
+            names = os.listdir(trash_fd)
+            return sum(1 for name in names if not _in_flight(name, trash_fd, lock_timeout))
     except OSError:  # no trash, or a symlinked one (never followed)
         return 0

@@ -391,3 +391,23 @@ def test_after_a_forced_adoption_cut_short_registrations_are_refused_as_cleanups
     finally:
         redis_client.delete(worker.keys.adopting)
 
+
+
+def test_a_deletion_slot_is_left_alone_while_its_deleter_may_hold_the_lock(cache, root):
+    """A minute, whatever the lock timeout: a worker held up longer between moving a directory
+    into the trash and checking it was still to go had its slot emptied by another cleanup
+    (counted vanished, not evicted; one it was to put back, gone)."""
+    slot = trash.trash_dir(root) / f"{trash.IN_FLIGHT}held-up"
+    make_tree(root, f"{trash.TRASH_DIR}/{slot.name}/d")
+
+    def aged(seconds: float) -> None:
+        then = time.time() - seconds
+        os.utime(slot, (then, then))
+
+    assert cache.settings.disk_cache_lock_timeout_seconds == 300
+    aged(trash.IN_FLIGHT_AGE + 60)
+    done = cleanup(cache)
+    assert done["trash_emptied"] == 0 and done["trash_left"] == 0 and slot.exists()
+    assert reconcile(cache)["trash_items"] == 0 and slot.exists()
+    aged(301)  # its lock lapsed: a crash's leftover
+    assert cleanup(cache)["trash_emptied"] == 1 and not slot.exists()
