@@ -72,6 +72,7 @@ class CacheExtension:
             queue=app.config.get("CELERY_TASK_QUEUE") or os.environ.get("CACHEMGR_QUEUE"),
             backend=app.config.get("CELERY_RESULT_BACKEND"),
             cluster=settings.disk_cache_cluster,
+            redis=client,  # its reads (the node's route) fail fast too
         )
         cache = DiskCache(settings, client, clock=RedisClock(client))  # leases, plays: Redis's
         app.extensions["cachemgr"] = CacheState(cache, tasks)

@@ -121,6 +121,10 @@ def node_cache(args: dict[str, Any]) -> DiskCache:
 def send(args: dict[str, Any], name: str, *task_args: Any, **task_kwargs: Any) -> Any:
     """Enqueue a task on the queue of the node the request names."""
     tasks, own, node = state().tasks, cache(), args.get("node")
+    if tasks.shares_books_server:
+        # A hung Redis is said (503) in the 5 s the books' client waits: Celery's own
+        # connections to it waited 25 s, and gunicorn killed the request first (HTML 500).
+        own.client.ping()
     if not node or node == own.settings.node:
         queue = tasks.queue
     else:  # the queue the node's workers published (CACHEMGR_QUEUE may override its own)

@@ -382,6 +382,34 @@ def test_a_hung_redis_is_waited_for_once_per_request_not_once_per_read(
     assert apps["/cache/stats"].get("/cache/stats").status_code == 200
 
 
+def test_an_api_write_through_a_hung_redis_is_a_json_503_within_seconds(
+    settings, root, own_redis, monkeypatch
+):
+    """A write reads the node's route, then sends through Celery's connections to the same
+    Redis: the route's read waited without end (its own client), then Celery's backend 25 s,
+    and gunicorn killed the request at 30 s with an HTML 500."""
+    from api import create_app
+
+    hung = settings.with_(redis_url=own_redis["url"], disk_cache_node="hungnode")
+    monkeypatch.setenv("CELERY_BROKER_URL", own_redis["url"])  # the environment's wins
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", own_redis["url"])
+    client = create_app({"TESTING": True, "CACHEMGR_SETTINGS": hung}).test_client()
+    assert client.get("/cache/stats").status_code == 200
+    make_tree(root, "a")
+    own_redis["proc"].send_signal(signal.SIGSTOP)
+    replies, waits = [], []
+    try:
+        for url in ("/cache/register/a", "/cache/cleanup", "/cache/directories/a/pin"):
+            started = time.monotonic()
+            replies.append(client.post(url))
+            waits.append(time.monotonic() - started)
+    finally:
+        own_redis["proc"].send_signal(signal.SIGCONT)
+    for reply in replies:
+        assert reply.status_code == 503 and reply.get_json()["code"] == "redis_unavailable"
+    assert waits[0] < 10 and max(waits[1:]) < 2, waits  # once: under gunicorn's 30 s
+
+
 def test_events_follow_outlasts_an_interactive_clients_reply_timeout(settings, root):
     """`cachemgr events --follow` exited with "Redis cannot be reached" after 5 quiet seconds:
     its XREAD blocked 5 s, as long as the CLI's client waits for a reply."""

@@ -750,3 +750,30 @@ def test_the_count_of_lock_retries_rises_through_the_broker(pipeline, cache, roo
     with pytest.raises(Exception, match="never free for its registration .* after 3 retries"):
         pipeline.send("register_directory", "held").get(timeout=30)
     assert cache.store.tracked(["held"]) == [False]
+
+
+def test_the_one_url_a_pipeline_gives_its_client_wins_over_its_redis_url(
+    pipeline, cache, root, monkeypatch
+):
+    """A pipeline's own REDIS_URL (its own Redis) took the books: `CacheClient(url)` sent
+    its tasks to `url` but booked its pins and plays in the other Redis, where nothing read
+    them: a stream "pinned" was not protected, its plays were misses."""
+    from workers.client import CacheClient
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # the pipeline's own
+    url = cache.settings.redis_url
+    given = CacheClient(url, key_prefix=cache.keys.prefix)
+    elsewhere = CacheClient("amqp://guest@127.0.0.1//", key_prefix=cache.keys.prefix)
+    named = CacheClient(url, redis_url="redis://127.0.0.1:2/0", key_prefix=cache.keys.prefix)
+    try:
+        assert (given.redis_url, given.shares_books_server) == (url, True)
+        assert elsewhere.redis_url == "redis://127.0.0.1:1/0"  # RabbitMQ's: the environment's
+        assert not elsewhere.shares_books_server and named.redis_url == "redis://127.0.0.1:2/0"
+        make_tree(root, "streamed")
+        cache.register("streamed")
+        assert given.pin_now("streamed", 600, holder="stream-7")["pinned_until"]
+        assert given.access("streamed") is True
+        assert cache.info("streamed").pinned_until and cache.info("streamed").hits == 1
+    finally:
+        for client in (given, elsewhere, named):
+            client.close()

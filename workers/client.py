@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
@@ -114,6 +115,20 @@ def holder_kwargs(holder: str | None) -> dict[str, str]:
     return {} if holder is None else {"holder": checks.holder(holder)}
 
 
+# How long the client's sends and result reads wait for a reply from a Redis that hangs.
+HUNG_REDIS_SECONDS = 5
+
+
+def _server(url: str) -> tuple[str, int | str] | None:
+    """The Redis server a redis://, rediss:// or unix:// URL names (any database)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return ("unix", parts.path)
+    if parts.scheme in ("redis", "rediss"):
+        return (parts.hostname or "localhost", parts.port or 6379)
+    return None
+
+
 class CacheClient:
     def __init__(
         self,
@@ -125,16 +140,22 @@ class CacheClient:
         queue: str | None = None,
         backend: str | None = None,
         cluster: str | None = None,
+        redis: Any = None,
     ) -> None:
-        """`broker_url` defaults to CELERY_BROKER_URL, then REDIS_URL; `redis_url` (the books)
-        to REDIS_URL, then the broker's URL. A `node` routes disk tasks to the queue its workers
-        published and uses its keys (read from the registry on first use; `cachemgr.<node>`
-        and `{node}:` before any worker of it has started); `queue` and `key_prefix` override
-        them. With no `node` given, `node`, `queue` and `key_prefix` not given are read from
-        the environment the workers read them from (DISK_CACHE_NODE, CACHEMGR_QUEUE,
-        DISK_CACHE_KEY_PREFIX), and `cluster` from DISK_CACHE_CLUSTER: a pipeline run with the
-        workers' environment sends where they listen. Note Celery's own rule: a
-        CELERY_BROKER_URL (or CELERY_RESULT_BACKEND) in the environment wins over arguments."""
+        """`broker_url` defaults to CELERY_BROKER_URL, then REDIS_URL; `redis_url` (the
+        books) to the `broker_url` given (a Redis one), then REDIS_URL, then the broker's
+        URL: a URL given wins over the environment, where a pipeline's own REDIS_URL had the
+        pins and plays of a client given one URL booked in another Redis, protecting
+        nothing. A `node` routes disk tasks to the queue its workers published and uses its
+        keys (read from the registry on first use; `cachemgr.<node>` and `{node}:` before
+        any worker of it has started); `queue` and `key_prefix` override them. With no
+        `node` given, `node`, `queue` and `key_prefix` not given are read from the
+        environment the workers read them from (DISK_CACHE_NODE, CACHEMGR_QUEUE,
+        DISK_CACHE_KEY_PREFIX), and `cluster` from DISK_CACHE_CLUSTER: a pipeline run with
+        the workers' environment sends where they listen. Note Celery's own rule: a
+        CELERY_BROKER_URL (or CELERY_RESULT_BACKEND) in the environment wins over arguments.
+        `redis`: a client for the books to use instead of one of its own (the API's, which
+        fails fast when Redis hangs); its owner closes it."""
         env = os.environ
         if node is None:  # a node given routes by what it published, never by this shell's
             node = env.get("DISK_CACHE_NODE") or None
@@ -146,8 +167,9 @@ class CacheClient:
         cluster = cluster or env.get("DISK_CACHE_CLUSTER") or "cachemgr"
         default_redis = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         self.broker_url = broker_url or env.get("CELERY_BROKER_URL") or default_redis
-        self.redis_url = redis_url or env.get("REDIS_URL") or (
-            self.broker_url if self.broker_url.startswith("redis") else default_redis
+        given = broker_url if broker_url and _server(broker_url) else None
+        self.redis_url = redis_url or given or env.get("REDIS_URL") or (
+            self.broker_url if _server(self.broker_url) else default_redis
         )
         self.node = node
         self.cluster = cluster
@@ -174,10 +196,24 @@ class CacheClient:
                 "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
             },
             redis_socket_connect_timeout=3,
+            # And when it hangs (stopped, still accepting connections): Celery's own reads of
+            # a Redis broker and result backend waited 120 s, or for ever.
+            redis_socket_timeout=HUNG_REDIS_SECONDS,
+            broker_transport_options={
+                "socket_timeout": HUNG_REDIS_SECONDS,
+                "socket_connect_timeout": 3,
+            },
+        )
+        books = _server(self.redis_url)
+        # Celery's broker or result backend on the books' server: see `shares_books_server`.
+        self.shares_books_server = books is not None and books in (
+            _server(self.broker_url),
+            _server(str(self.app.conf.result_backend or "")),
         )
         self._result_cls = self.app.subclass_with_self(TaskResult, keep_reduce=True)
         quiet_backend_noise()
-        self._redis: Any = None
+        self._redis: Any = redis
+        self._owns_redis = redis is None
         self._store: Store | None = None
         self._config: dict[str, str] | None = None
         self._config_due = float("-inf")
@@ -390,6 +426,6 @@ class CacheClient:
         return pins.end(self.store, path, holder, self._now())
 
     def close(self) -> None:
-        if self._redis is not None:
+        if self._redis is not None and self._owns_redis:
             self._redis.close()
         self.app.close()
