@@ -74,18 +74,36 @@ def _remove(name: str, dir_fd: int) -> list[str]:
     return []
 
 
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
 def mount_points() -> list[str]:
-    """Every mount point of this process (/proc/self/mountinfo; none where it is missing)."""
+    """Every mount point of this process (/proc/self/mountinfo; none where it is missing),
+    named as os.path.realpath names them: a mount point anywhere on the host whose name is not
+    UTF-8 made every deletion fail with a UnicodeDecodeError."""
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        lines = MOUNTINFO.read_bytes().splitlines()
     except OSError:
         return []
     points = []
     for line in lines:
-        fields = line.split(" ")
+        fields = line.split(b" ")
         if len(fields) > 4:
-            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            points.append(os.fsdecode(point))
     return points
+
+
+def _mount_id(fd: int) -> int | None:
+    """The mount a descriptor is on (Linux's fdinfo; None where it cannot be read)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
+            for line in info:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def mount_points_under(path: Path, points: list[str] | None = None) -> list[str]:
@@ -104,7 +122,9 @@ def _rmtree(name: str, dir_fd: int) -> list[str]:
 
     Without recursion (shutil.rmtree recursed once per level: a tree a thousand levels deep
     raised RecursionError, which every handler let through), on descriptors opened without
-    following symlinks, never into another device."""
+    following symlinks, never into another device or mount: the mount points were looked for
+    before the rename, and one made since (a bind mount of the same filesystem: the same
+    st_dev) had what lives outside the root deleted."""
     problems: list[str] = []
     try:
         top = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
@@ -112,7 +132,10 @@ def _rmtree(name: str, dir_fd: int) -> list[str]:
         return []
     except OSError as exc:  # EMFILE...: left in the trash, said, not raised
         return [f"{name}: {exc}"]
-    device = os.fstat(top).st_dev
+    device, mount = os.fstat(top).st_dev, _mount_id(dir_fd)
+    if _mount_id(top) != mount:
+        os.close(top)
+        return [f"{name}: a mount point; not entered"]
     # Each level: its descriptor, its name in its parent, the parent's descriptor, and the
     # names in it that could not go (not tried again when the level is read again).
     stack: list[tuple[int, str, int, set[str]]] = [(top, name, dir_fd, set())]
@@ -128,7 +151,7 @@ def _rmtree(name: str, dir_fd: int) -> list[str]:
                         os.unlink(entry.name, dir_fd=fd)
                         continue
                     child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
-                    if os.fstat(child).st_dev != device:
+                    if os.fstat(child).st_dev != device or _mount_id(child) != mount:
                         os.close(child)
                         child = None
                         raise OSError(errno.EXDEV, "a mount point; not entered")

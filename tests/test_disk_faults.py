@@ -411,3 +411,42 @@ def test_a_deletion_slot_is_left_alone_while_its_deleter_may_hold_the_lock(cache
     assert reconcile(cache)["trash_items"] == 0 and slot.exists()
     aged(301)  # its lock lapsed: a crash's leftover
     assert cleanup(cache)["trash_emptied"] == 1 and not slot.exists()
+
+
+def test_a_mount_made_during_a_deletion_is_not_entered(cache, root, tmp_path, bind_mount):
+    """The mount points were looked for before the rename into the trash; a bind mount made
+    after (of the same filesystem: the same st_dev) had what lives outside the root deleted."""
+    outside = tmp_path / "outside-bait"
+    outside.mkdir()
+    for i in range(5):
+        (outside / f"b{i}").write_bytes(b"keep")
+    make_tree(root, "big", files=3)
+    (root / "big" / "e00").mkdir()
+    (root / "big" / "e00" / "own.bin").write_bytes(b"x")
+
+    def mount_meanwhile() -> None:
+        [moved] = (root / trash.TRASH_DIR).glob(f"{trash.IN_FLIGHT}*/d")
+        bind_mount(outside, moved / "e00")
+        return None
+
+    left = trash.discard(root, "big", still_ours=mount_meanwhile)
+    assert any("mount point" in problem for problem in left), left
+    assert sorted(p.name for p in outside.iterdir()) == [f"b{i}" for i in range(5)]
+    assert trash.empty(root) == 0 and len(list(outside.iterdir())) == 5  # nor by a later one
+
+
+def test_a_mount_point_whose_name_is_not_utf8_stops_no_deletion(cache, root, tmp_path, monkeypatch):
+    """A mount anywhere on the host named in another encoding: every cleanup and every
+    removal of files failed with a UnicodeDecodeError (and a traceback)."""
+    info = tmp_path / "mountinfo"
+    info.write_bytes(
+        b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        b"97 22 0:50 / /tmp/bad\xff rw - tmpfs none rw\n"
+        b"98 22 0:51 / /tmp/with\\040space rw - tmpfs none rw\n"
+    )
+    monkeypatch.setattr(trash, "MOUNTINFO", info)
+    assert trash.mount_points() == ["/", os.fsdecode(b"/tmp/bad\xff"), "/tmp/with space"]
+    make_tree(root, "a", files=2)
+    cache.register("a")
+    assert cache.remove("a", remove_files=True)["files_deleted"] is True
+    assert not (root / "a").exists()
