@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import deletion, paths, scanner, trash
+from cachemgr import deletion, marker, paths, scanner
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -237,7 +236,7 @@ def gone(
             log.warning("%s", refused, extra={"event": "gone_refused"})
             client.delete(key)
             return _gone_found(taken, kept, refused)
-        doubtful = _under_bare_mount(cache, [p for p in lost if found[p] == "missing"])
+        doubtful = marker.under_bare_mount(cache, [p for p in lost if found[p] == "missing"])
         kept += [paths.shown(p) for p in lost if p in doubtful]
         for entry in cache.store.entries([(p, None) for p in lost if p not in doubtful]):
             if deletion.untrack_gone(cache, entry) == "vanished":  # looked at again, locked
@@ -273,29 +272,3 @@ def _gone_found(taken: list[str], kept: list[str], refused: str = "") -> dict[st
     found: dict[str, Any] = {"count": len(taken), "examples": taken[:EXAMPLES]}
     found |= {"kept": len(kept), "kept_example": kept[0] if kept else None}
     return found | ({"refused": refused} if refused else {})
-
-
-def _under_bare_mount(cache: DiskCache, lost: list[str]) -> set[str]:
-    """Those of the missing directories whose nearest existing directory below the root is a
-    mount point or empty: what a disk under the root, not mounted, leaves."""
-    if not lost:
-        return set()
-    root = os.path.realpath(cache.root)
-    # Mount points under the root, read once (st_dev cannot tell a bind mount of one disk).
-    mounts = set(trash.mount_points_under(Path(root))) - {root}
-    doubtful = set()
-    for path in lost:
-        above = os.path.dirname(os.path.join(root, path))
-        while above != root and not os.path.isdir(above):
-            above = os.path.dirname(above)
-        if above in mounts or (above != root and _empty(above)):
-            doubtful.add(path)
-    return doubtful
-
-
-def _empty(directory: str) -> bool:
-    try:
-        with os.scandir(directory) as it:
-            return next(it, None) is None
-    except OSError:
-        return True  # cannot be told: not taken for gone

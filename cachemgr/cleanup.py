@@ -309,6 +309,10 @@ def cleanup(
         # Beat's: the sizes of directories registered lately, before the quota is weighed.
         window = 2 * cache.settings.disk_cache_cleanup_interval
         rechecked = recheck.recent(cache, window) if periodic else None
+        # Beat's, once an interval, before the quota is weighed too: directories the books
+        # have and the disk has not, untracked (after the passes, a real download had been
+        # evicted in the place of each).
+        gone = _gone(cache) if periodic else None
         expired = _sweep_or_nothing(
             cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
         )
@@ -337,9 +341,8 @@ def cleanup(
     finally:
         keeper.stop()
         lock.release()
-    # Beat's, once an interval: downloads no registration booked, said; directories the books
-    # have and the disk has not, untracked.
-    unbooked = {"untracked": audit.report(cache), "gone": _gone(cache)} if periodic else {}
+    # Beat's, once an interval: downloads no registration booked, said.
+    unbooked = {"untracked": audit.report(cache), "gone": gone} if periodic else {}
     result = {
         "status": "done",
         "sweep": expired.to_dict(),
@@ -370,8 +373,8 @@ def cleanup(
 
 
 def _gone(cache: DiskCache) -> dict[str, Any]:
-    """audit.gone, after the cleanup's work: a look that fails (the root unmounted since, Redis
-    away) is said and does not fail the cleanup."""
+    """audit.gone: a look that fails (the root unmounted since, Redis away) is said and does
+    not fail the cleanup."""
     try:
         return audit.gone(cache)
     except Exception as exc:

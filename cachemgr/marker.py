@@ -12,9 +12,10 @@ import logging
 import os
 import secrets
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cachemgr import paths
+from cachemgr import paths, trash
 from cachemgr.errors import RootMissing, root_missing
 
 if TYPE_CHECKING:
@@ -261,3 +262,29 @@ def _refusal_of(
         "directories are tracked (is the disk mounted?): no cleanup or reconcile runs; if "
         "the downloads were removed on purpose, run `cachemgr reconcile --force`"
     )
+
+
+def under_bare_mount(cache: DiskCache, lost: list[str]) -> set[str]:
+    """Those of the missing directories whose nearest existing directory below the root is a
+    mount point or empty: what a disk under the root, not mounted, leaves."""
+    if not lost:
+        return set()
+    root = os.path.realpath(cache.root)
+    # Mount points under the root, read once (st_dev cannot tell a bind mount of one disk).
+    mounts = set(trash.mount_points_under(Path(root))) - {root}
+    doubtful = set()
+    for path in lost:
+        above = os.path.dirname(os.path.join(root, path))
+        while above != root and not os.path.isdir(above):
+            above = os.path.dirname(above)
+        if above in mounts or (above != root and _empty(above)):
+            doubtful.add(path)
+    return doubtful
+
+
+def _empty(directory: str) -> bool:
+    try:
+        with os.scandir(directory) as it:
+            return next(it, None) is None
+    except OSError:
+        return True  # cannot be told: not taken for gone

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 import types
 
 from cachemgr import DiskCache, scanner
+from cachemgr import events as event_log
 from cachemgr.audit import strays, untracked
 from cachemgr.cleanup import cleanup
 from cachemgr.reconcile import reconcile
@@ -421,3 +423,48 @@ def test_downloads_on_a_disk_under_the_root_unmounted_are_not_untracked(cache, r
     assert (root / "mine0").read_text() == "a file where the album was"  # untracked only
     (root / "disk2" / "other").mkdir()  # the disk back, or something written there: not empty
     assert audit.gone(cache)["count"] == 1
+
+
+def _quota_of(cache: DiskCache, directories: int) -> DiskCache:
+    """The cache with a quota that holds `directories` of the size of those registered."""
+    each = cache.store.total_bytes() // cache.store.count_entries()
+    return DiskCache(cache.settings.with_(disk_cache_max_bytes=directories * each), cache.client)
+
+
+def test_beat_untracks_directories_gone_before_it_weighs_the_quota(cache, root):
+    """Beat's cleanup evicted real downloads in the place of directories deleted by hand,
+    then untracked those in the same run: the disk was under the threshold all along."""
+    cache.client.set(cache.keys.initialized, "1")  # books kept all along: no rebuild first
+    for i in range(5):
+        make_tree(root, f"d{i}")
+        cache.register(f"d{i}")
+    each = cache.store.total_bytes() // 5
+    cache = _quota_of(cache, 4)
+    for name in ("d3", "d4"):  # by hand: three directories left, under the threshold
+        shutil.rmtree(root / name)
+    result = cleanup(cache, periodic=True)
+    assert result["gone"]["count"] == 2 and result["evict"]["count"] == 0, result
+    assert cache.store.tracked([f"d{i}" for i in range(3)]) == [True] * 3
+    assert all((root / f"d{i}").is_dir() for i in range(3))
+    assert cache.store.total_bytes() == 3 * each
+
+
+def test_a_pass_keeps_what_is_missing_under_a_disk_not_mounted(cache, root):
+    """What beat's audit keeps on the books (missing under a bare mount point), a quota or
+    expiry pass untracked as vanished, counting its bytes as freed: back on the disk, the
+    download was off the books."""
+    cache.client.set(cache.keys.initialized, "1")
+    make_tree(root / "disk2", "artist/album")
+    cache.register("disk2/artist/album")  # the oldest: the first a pass takes
+    for i in range(3):
+        make_tree(root, f"mine{i}")
+        cache.register(f"mine{i}")
+    cache = _quota_of(cache, 3)
+    shutil.rmtree(root / "disk2" / "artist")  # what the bare mount point shows of it
+    result = cleanup(cache)
+    assert cache.store.tracked(["disk2/artist/album"]) == [True]
+    evict = result["evict"]
+    assert len(evict["errors"]) == 1 and "disk not mounted" in evict["errors"][0], evict
+    events = [e for e in event_log.latest(cache.store, 50) if e["event"] == "vanished"]
+    assert events == []
+    assert evict["count"] >= 1 and evict["vanished"] == []  # the pass went on to the next
