@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cachemgr import audit, marker
 from cachemgr.errors import RootMissing
 from cachemgr.quota import ROOM_ONLY, ROOM_SHORT
+from cachemgr.settings import floor_beyond
 from cachemgr.switch import disabled_where
 
 if TYPE_CHECKING:
@@ -70,7 +71,9 @@ def diagnose(
         )
     floor = stats.get("min_free_bytes") or 0
     free, disk = stats.get("free_disk_bytes"), stats.get("disk_bytes")
-    if floor and free is not None and free < floor:
+    if floor and disk and floor >= disk:
+        problems.append(f"DISK_CACHE_MIN_FREE_BYTES ({floor}) is ignored: {floor_beyond(disk)}")
+    elif floor and free is not None and free < floor:
         problems.append(
             f"the disk holding the cache has {free} bytes free, under DISK_CACHE_MIN_FREE_BYTES "
             f"({floor}): "

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from cachemgr import events
 from cachemgr.errors import DELETE_FAILED
+from cachemgr.logs import Repeats
+from cachemgr.settings import floor_beyond
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from cachemgr.settings import Settings
 
 log = logging.getLogger("cachemgr")
+_REPEATS = Repeats(600)  # a floor ignored: said once in 10 minutes, not at every pass
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,14 @@ def free_space_short(settings: Settings) -> int:
     enough, or the free space cannot be read)."""
     floor = settings.disk_cache_min_free_bytes
     if not floor:
+        return 0
+    disk = settings.disk_under_floor()
+    if disk is not None:  # the disk changed since start-up (a smaller one mounted)
+        if _REPEATS.due("floor"):
+            log.error(
+                "DISK_CACHE_MIN_FREE_BYTES=%d is ignored: %s", floor, floor_beyond(disk),
+                extra={"event": "floor_ignored"},
+            )
         return 0
     try:
         return max(0, floor - shutil.disk_usage(settings.root).free)

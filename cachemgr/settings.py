@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import re
+import shutil
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -171,8 +172,9 @@ class Settings:
             fail("redis_url", self.redis_url, problem)
         return self
 
-    def check_root(self) -> Settings:
-        """Refuse a root that does not exist: the seed's "downloads directory exists" check."""
+    def check_root(self, floor_typed: str | None = None) -> Settings:
+        """Refuse a root that does not exist: the seed's "downloads directory exists" check;
+        and a free-space floor its disk could never give."""
         root = Path(self.disk_cache_root)
         if not root.is_dir():
             what = "is not a directory" if root.exists() else "directory does not exist"
@@ -180,7 +182,24 @@ class Settings:
                 f"DISK_CACHE_ROOT={self.disk_cache_root!r}: {what} (a disk not mounted, or a "
                 "wrong setting?)"
             )
+        disk = self.disk_under_floor()
+        if disk is not None:
+            typed = floor_typed or str(self.disk_cache_min_free_bytes)
+            raise SettingsError(f"DISK_CACHE_MIN_FREE_BYTES={typed}: {floor_beyond(disk)}")
         return self
+
+    def disk_under_floor(self) -> int | None:
+        """The size of the disk holding the root, when DISK_CACHE_MIN_FREE_BYTES is not less
+        than it: a floor no eviction can reach (every cleanup emptied the cache, still short).
+        None otherwise, or when the disk cannot be read."""
+        floor = self.disk_cache_min_free_bytes
+        if not floor:
+            return None
+        try:
+            disk = shutil.disk_usage(self.disk_cache_root).total
+        except OSError:
+            return None
+        return disk if floor >= disk else None
 
     @property
     def root(self) -> Path:
@@ -230,7 +249,17 @@ class Settings:
                 target = threshold * 8 / 9
                 values["disk_cache_lru_eviction_target"] = round(target, 6) or target
         settings = cls(**values).validate(typed)
-        return settings.check_root() if require_root else settings
+        if not require_root:
+            return settings
+        return settings.check_root(typed.get("disk_cache_min_free_bytes"))
+
+
+def floor_beyond(disk: int) -> str:
+    """Why a free-space floor of at least the whole disk (`disk` bytes) is refused."""
+    return (
+        f"not less than the whole disk holding DISK_CACHE_ROOT ({disk} bytes): no eviction "
+        "could ever free that much, and every cleanup would empty the cache trying"
+    )
 
 
 _PARSERS: dict[str, Any] = {

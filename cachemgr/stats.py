@@ -192,6 +192,8 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     except OSError:
         pass  # no root: refused below
     floor = s.disk_cache_min_free_bytes
+    if disk is not None and floor >= disk:
+        floor = 0  # ignored by the workers (quota.free_space_short); the health says why
     status = "ok"
     if total > s.disk_cache_max_bytes:
         status = "over_quota"

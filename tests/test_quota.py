@@ -401,3 +401,31 @@ def test_a_quota_pass_short_with_nothing_skipped_names_the_cause(cache, caplog):
     )
     assert lines[1].endswith("; 2 it chose were played or booked again meanwhile")
     assert lines[2].endswith("(skipped: pinned 1, locked 0, young 0, could not delete 0)")
+
+
+def test_a_free_space_floor_of_the_whole_disk_is_refused_and_else_ignored(
+    settings, redis_client, root, monkeypatch, caplog
+):
+    """DISK_CACHE_MIN_FREE_BYTES=1PB on a 270 GB disk was taken: every cleanup evicted every
+    download, each new one right after its registration, blaming "something else fills that
+    disk"."""
+    from cachemgr.settings import Settings, SettingsError
+
+    fixed_disk(monkeypatch, 10**9, 10**8)
+    env = {"DISK_CACHE_ROOT": str(root), "DISK_CACHE_MIN_FREE_BYTES": "1GB"}
+    with pytest.raises(SettingsError, match=r"^DISK_CACHE_MIN_FREE_BYTES=1GB: not less than "
+                       r"the whole disk holding DISK_CACHE_ROOT \(1000000000 bytes\)"):  # fmt: skip
+        Settings.from_env(env)
+    assert Settings.from_env({**env, "DISK_CACHE_MIN_FREE_BYTES": "999MB"})  # under it: fine
+    # A worker running since a smaller disk was mounted: the floor is ignored, said.
+    for i in range(3):
+        make_tree(root, f"album{i}")
+        DiskCache(settings, redis_client).register(f"album{i}")
+    whole = DiskCache(settings.with_(disk_cache_min_free_bytes=10**9), redis_client)
+    with caplog.at_level("ERROR", logger="cachemgr"):
+        result = cleanup(whole)
+    assert result["evict"]["count"] == 0 and whole.store.count_entries() == 3
+    assert "DISK_CACHE_MIN_FREE_BYTES=1000000000 is ignored: not less than" in caplog.text
+    stats = whole.stats()
+    assert stats["quota_status"] == "ok"
+    assert any("DISK_CACHE_MIN_FREE_BYTES (1000000000) is ignored" in w for w in stats["warnings"])
