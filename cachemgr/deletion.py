@@ -93,6 +93,11 @@ def remove(
     done = {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
     if left:  # moved into the trash, some of it not deleted yet: the next cleanup retries
         done["trash_left"] = len(left)
+        # files_deleted says they left their place; what still fills the disk is said too.
+        done["warning"] = (
+            f"{len(left)} item(s) moved into the trash could not be deleted yet ({left[0]}): "
+            "their bytes fill the disk, off the books, until a cleanup deletes them"
+        )
     return done
 
 

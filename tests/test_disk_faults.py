@@ -39,6 +39,7 @@ def test_a_deletion_failing_after_the_rename_untracks_and_the_trash_retries(
     done = cache.remove("a", remove_files=True)
     # Said in the answer too: it reported files_deleted alone, and the trash only later.
     assert done["status"] == "removed" and done["trash_left"] == 1
+    assert "could not be deleted yet" in done["warning"]  # their bytes fill the disk
     assert "trash_left" not in cache.remove("b", remove_files=False)
     # Gone from its place and from the books (not put back at a path where it no longer is).
     assert not (root / "a").exists() and cache.store.info("a") is None
