@@ -307,8 +307,11 @@ def cleanup(
         switched = migrations.ensure_policy(cache.store, cache.clock())
         migrations.ensure_ttl(cache.store, cache.clock(), live)
         # Beat's: the sizes of directories registered lately, before the quota is weighed.
-        window = 2 * cache.settings.disk_cache_cleanup_interval
-        rechecked = recheck.recent(cache, window) if periodic else None
+        rechecked = None
+        if periodic:
+            interval = cache.settings.disk_cache_cleanup_interval
+            window = recheck.window(interval, history.last_beat(cache), cache.clock())
+            rechecked = recheck.recent(cache, window)
         # Beat's, once an interval, before the quota is weighed too: directories the books
         # have and the disk has not, untracked (after the passes, a real download had been
         # evicted in the place of each).

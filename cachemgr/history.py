@@ -78,6 +78,14 @@ def beat_ran(cache: DiskCache, started: float) -> None:
     cache.client.hset(cache.keys.last_cleanup, "periodic_time", f"{started:.3f}")
 
 
+def last_beat(cache: DiskCache) -> float | None:
+    """When beat's last cleanup started (`periodic_time`), None before its first."""
+    try:
+        return float(cache.client.hget(cache.keys.last_cleanup, "periodic_time") or "")
+    except ValueError:
+        return None
+
+
 def root_mended(cache: DiskCache) -> bool:
     """A reconcile has checked (or adopted) the root: a last cleanup refused for the root no
     longer reads as failed, which the stats and /readyz said for up to an interval more."""

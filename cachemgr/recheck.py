@@ -29,6 +29,13 @@ def remember(cache: DiskCache, path: str, booked: float, pipeline: Any) -> None:
     pipeline.zremrangebyrank(cache.keys.recent, 0, -RECENT_CAP - 1)
 
 
+def window(interval: float, last_beat: float | None, now: float) -> float:
+    """How far back beat rescans: two intervals, or since its last run with one to spare (a
+    download registered while beat was down, grown since, stayed booked at its first size)."""
+    since_last = now - last_beat + interval if last_beat is not None else 0.0
+    return max(2 * interval, since_last)
+
+
 def recent(cache: DiskCache, within: float, limit: int = RECHECK_LIMIT) -> dict[str, Any]:
     """Rescan the directories registered in the last `within` seconds (at most `limit`, the
     newest first) and book the size found; {"checked", "resized"}. One registered again,

@@ -429,3 +429,22 @@ def test_a_free_space_floor_of_the_whole_disk_is_refused_and_else_ignored(
     stats = whole.stats()
     assert stats["quota_status"] == "ok"
     assert any("DISK_CACHE_MIN_FREE_BYTES (1000000000) is ignored" in w for w in stats["warnings"])
+
+
+def test_beat_back_from_an_outage_rechecks_what_was_registered_while_it_was_down(
+    settings, redis_client, root
+):
+    """Its window was two intervals back from now: a download registered while beat was down
+    (longer than that), grown since, stayed booked at its first size until a reconcile."""
+    cache = DiskCache(settings.with_(disk_cache_max_bytes=10**9), redis_client)
+    interval = cache.settings.disk_cache_cleanup_interval
+    make_tree(root, "written-while-down", files=1)
+    cache.register("written-while-down")
+    cleanup(cache)  # the books are kept from now on
+    now = time.time()
+    cache.client.zadd(cache.keys.recent, {"written-while-down": now - 3 * interval})
+    cache.client.hset(cache.keys.last_cleanup, "periodic_time", f"{now - 5 * interval:.3f}")
+    first = cache.info("written-while-down").size_bytes
+    make_tree(root / "written-while-down", "disc2", files=3)
+    assert cleanup(cache, periodic=True)["rechecked"]["resized"] == 1
+    assert cache.info("written-while-down").size_bytes >= first + 3 * 4096
