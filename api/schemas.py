@@ -186,24 +186,31 @@ class SchedulerSchema(Schema):
     scheduler_running = fields.Boolean(required=True)
 
 
+def _typed(what: str) -> fields.Raw:
+    """An event's number or flag (events.typed), passed through: one written otherwise, by
+    an older version, stays the string it was rather than fail the whole list."""
+    return fields.Raw(metadata={"description": what})
+
+
 class EventSchema(Schema):
     id = fields.String()
     event = fields.String()
     path = fields.String()
-    size = fields.String()
-    time = fields.String()
-    files_deleted = fields.String()
+    size = _typed("bytes (an integer)")
+    time = _typed("epoch seconds (a number)")
+    files_deleted = _typed("whether its files were deleted (a boolean)")
     error = fields.String()
     # eviction_short: usage after the pass, and what it had to leave
-    usage_after = fields.String()
-    pinned = fields.String()
-    locked = fields.String()
-    young = fields.String()
-    undeletable = fields.String()
+    usage_after = _typed("bytes (an integer)")
+    pinned = _typed("an integer")
+    locked = _typed("an integer")
+    young = _typed("an integer")
+    undeletable = _typed("an integer")
+    disk_short = _typed("bytes the disk still lacked (an integer)")
     # policy_switched: the policy before, the one now, and how many directories it took over
     previous = fields.String()
     policy = fields.String()
-    carried = fields.String()
+    carried = _typed("an integer")
 
 
 class EventListSchema(Schema):

@@ -3,6 +3,8 @@ scripts append theirs in Lua (journal._EVENT); these are Python's, and the reade
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +19,33 @@ def add(store: Store, fields: dict[str, Any], pipeline: Any = None) -> Any:
     return client.xadd(store.keys.events, fields, maxlen=cap, approximate=cap >= 1000)
 
 
+# The fields events carry as numbers and flags (a stream holds strings), typed on the way out:
+# the API gave "size": "2101248" where every other answer gives numbers.
+_COUNTS = frozenset(
+    ("size", "usage_after", "pinned", "locked", "young", "undeletable", "disk_short", "carried")
+)
+
+
+def typed(ident: str, fields: dict[str, str]) -> dict[str, Any]:
+    """One event with its stream id, its counts as ints, `time` (epoch seconds) a float and
+    `files_deleted` a bool; a value that does not parse is kept as written."""
+    event: dict[str, Any] = {"id": ident, **fields}
+    for name, value in fields.items():
+        if name in _COUNTS and value.lstrip("-").isdigit():
+            event[name] = int(value)
+        elif name == "time":
+            with contextlib.suppress(ValueError):
+                at = float(value)
+                event[name] = at if math.isfinite(at) else value
+        elif name == "files_deleted" and value in ("0", "1"):
+            event[name] = value == "1"
+    return event
+
+
 def latest(store: Store, limit: int = 100) -> list[dict[str, Any]]:
     """The newest `limit` events, newest first, each with its stream id."""
     items = store.client.xrevrange(store.keys.events, count=limit)
-    return [{"id": ident, **fields} for ident, fields in items]
+    return [typed(ident, fields) for ident, fields in items]
 
 
 def follow(store: Store, after: str = "$", block_ms: int = 2000) -> Iterator[dict[str, Any]]:
@@ -30,4 +55,4 @@ def follow(store: Store, after: str = "$", block_ms: int = 2000) -> Iterator[dic
         for _, items in store.client.xread({store.keys.events: after}, block=block_ms) or []:
             for ident, fields in items:
                 after = ident
-                yield {"id": ident, **fields}
+                yield typed(ident, fields)

@@ -140,9 +140,17 @@ def test_reconcile_endpoint(client, cache, root):
 
 def test_events_list(client, cache, root):
     registered(cache, root, "a")
+    size = cache.info("a").size_bytes
     cache.remove("a", remove_files=True)
     events = client.get("/cache/events?limit=5").get_json()["events"]
     assert events[0]["event"] == "removed" and events[0]["path"] == "a"
+    # Numbers and flags as every other answer gives them ("size": "2101248" before).
+    assert events[0]["size"] == size and isinstance(events[0]["size"], int)
+    assert events[0]["files_deleted"] is True and isinstance(events[0]["time"], float)
+    from cachemgr import events as event_log
+
+    odd = event_log.typed("1-0", {"size": "1e+17", "time": "nan", "files_deleted": "yes"})
+    assert odd == {"id": "1-0", "size": "1e+17", "time": "nan", "files_deleted": "yes"}
 
 
 BAD_PATHS = [

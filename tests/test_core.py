@@ -675,7 +675,7 @@ def test_a_dry_run_right_after_a_policy_switch_changes_nothing_and_says_so(
     assert cleanup(after, dry_run=True)["policy_switch_pending"] is False
     # The switch is said (an event beside the log line) and 2q's own structures are gone.
     switch = [e for e in event_log.latest(after.store, 100) if e["event"] == "policy_switched"]
-    assert [(e["previous"], e["policy"], e["carried"]) for e in switch] == [("2q", "fifo", "12")]
+    assert [(e["previous"], e["policy"], e["carried"]) for e in switch] == [("2q", "fifo", 12)]
     assert not redis_client.keys(after.keys.policy_aux("2q:*"))
     assert cleanup(after)["policy_rebuilt"] is False
 
