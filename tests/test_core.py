@@ -259,7 +259,7 @@ def test_an_eviction_that_cannot_reach_the_target_says_so(cache, root):
     result = enforce_quota(cache)
     assert result.removed == [] and len(result.skipped_pinned) == 19
     event = event_log.latest(cache.store, 1)[0]
-    assert event["event"] == "eviction_short" and event["pinned"] == "19"
+    assert event["event"] == "eviction_short" and event["pinned"] == 19
 
 
 def test_pinned_directory_is_never_evicted_or_expired(settings, redis_client, root):
@@ -647,10 +647,11 @@ def test_registrations_during_a_quota_pass_are_evicted_by_that_pass(settings, re
 def test_a_registration_on_a_disk_short_of_free_space_asks_for_a_quota_pass(cache, root):
     import shutil
 
-    free = shutil.disk_usage(root).free
+    disk = shutil.disk_usage(root)
+    free = disk.free + (disk.total - disk.free) // 2  # short, and under the whole disk
     make_tree(root, "a")
     assert cache.register("a")["low_disk"] is False
-    short = DiskCache(cache.settings.with_(disk_cache_min_free_bytes=free * 2), cache.client)
+    short = DiskCache(cache.settings.with_(disk_cache_min_free_bytes=free), cache.client)
     result = short.register("a")
     assert result["low_disk"] is True and result["over_threshold"] is False
 

@@ -392,8 +392,9 @@ def test_eviction_short_event_keeps_its_reasons_in_the_api(settings, redis_clien
 # -- (i) low free disk ----------------------------------------------------------------------
 def test_low_free_disk_shows_outside_the_warnings(settings, redis_client, cache, root):
     healthy(cache, settings, root)
-    free = shutil.disk_usage(root).free
-    cache.registry.publish(settings.with_(disk_cache_min_free_bytes=free * 2))  # a worker setting
+    disk = shutil.disk_usage(root)
+    floor = disk.free + (disk.total - disk.free) // 2  # short, and under the whole disk
+    cache.registry.publish(settings.with_(disk_cache_min_free_bytes=floor))  # a worker setting
     client = app_for(settings, redis_client).test_client()
     stats = client.get("/cache/stats").get_json()
     assert any("DISK_CACHE_MIN_FREE_BYTES" in w and "free" in w for w in stats["warnings"])
