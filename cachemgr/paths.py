@@ -53,7 +53,7 @@ def normalize(path: str) -> str:
             raise PathError(f"path contains percent-encoded traversal: {path!r}")
         if len(part.encode("utf-8")) > MAX_NAME_BYTES:
             raise PathError(f"a path component is longer than {MAX_NAME_BYTES} bytes")
-    if parts[0] == TRASH_DIR:
+    if TRASH_DIR in parts:  # the root's, or that of a disk mounted below it
         raise PathError("path is inside cachemgr's trash folder")
     return stripped
 

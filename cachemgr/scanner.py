@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachemgr.paths import DIR_FLAGS, encodable
+from cachemgr.paths import DIR_FLAGS, TRASH_DIR, encodable
 
 
 class TooDeep(OSError):
@@ -208,8 +208,8 @@ def directories_at_depth(
                 continue
             with it:
                 for entry in it:
-                    if not rel and not_a_download(entry.name):
-                        continue
+                    if not rel and not_a_download(entry.name) or entry.name == TRASH_DIR:
+                        continue  # (a disk mounted below the root has a trash of its own)
                     if entry.is_dir(follow_symlinks=False):
                         below.append(f"{rel}/{entry.name}" if rel else entry.name)
                     elif others is not None:

@@ -66,6 +66,24 @@ def _trash_fd(root_fd: int) -> Iterator[int]:
         yield fd
 
 
+def _base(chain: list[int]) -> int:
+    """Where the trash goes for a directory in the last of `chain` (the root's descriptor,
+    then each level down to its parent): the root, or the mount point below it that the
+    directory's disk is mounted at (a rename cannot cross filesystems: a download on a disk
+    mounted at root/artist could never be deleted, EXDEV)."""
+    mount = _mount_id(chain[-1])
+    if mount is None:
+        return chain[0]
+    return next(fd for fd in chain if _mount_id(fd) == mount)
+
+
+def _bases(root: Path, points: list[str]) -> list[Path]:
+    """The root and the mount points below it: where a trash may be (see `_base`)."""
+    top = os.path.realpath(root)
+    below = [p for p in mount_points_under(Path(top), points) if p != top]
+    return [root] + [Path(p) for p in below if TRASH_DIR not in Path(p).parts]
+
+
 def _remove(name: str, dir_fd: int) -> list[str]:
     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     if stat.S_ISDIR(st.st_mode):
@@ -201,13 +219,14 @@ def discard(root: Path, rel: str, still_ours: Callable[[], str | None] | None = 
     parts = rel.split("/")
     with contextlib.ExitStack() as stack:
         root_fd = stack.enter_context(_opened(root))
-        parent_fd = root_fd
+        chain = [root_fd]
         for part in parts[:-1]:
-            parent_fd = stack.enter_context(_opened(part, dir_fd=parent_fd))
+            chain.append(stack.enter_context(_opened(part, dir_fd=chain[-1])))
+        parent_fd = chain[-1]
         st = os.stat(parts[-1], dir_fd=parent_fd, follow_symlinks=False)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectory(f"{rel!r} is no longer a directory")
-        trash_fd = stack.enter_context(_trash_fd(root_fd))
+        trash_fd = stack.enter_context(_trash_fd(_base(chain)))
         # Moved into a slot of its own that `empty` leaves alone while it is new: what was
         # moved is checked there first, and must still be there to be put back.
         slot = f"{IN_FLIGHT}{uuid.uuid4().hex}"
@@ -253,24 +272,29 @@ def _in_flight(name: str, trash_fd: int, lock_timeout: float) -> bool:
 
 
 def empty(root: Path, lock_timeout: float = 0.0) -> int:
-    """Delete whatever a crash or a failed deletion left in the trash; returns how many items
-    went. An item that cannot go (or holds a mount point) is logged and left for next time:
-    one stuck item must not stop every cleanup."""
+    """Delete whatever a crash or a failed deletion left in the trash (the root's, and those
+    of disks mounted below it); returns how many items went. An item that cannot go (or
+    holds a mount point) is logged and left for next time: one stuck item must not stop
+    every cleanup."""
+    points = mount_points()
+    return sum(_empty(base, points, lock_timeout) for base in _bases(root, points))
+
+
+def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
     removed = 0
     try:
-        with _opened(root) as root_fd, _opened(TRASH_DIR, dir_fd=root_fd) as trash_fd:
-            points = mount_points()
+        with _opened(base) as base_fd, _opened(TRASH_DIR, dir_fd=base_fd) as trash_fd:
             try:
-                _same_device(trash_fd, root_fd)
-                if os.path.realpath(trash_dir(root)) in points:  # a bind mount: same st_dev
+                _same_device(trash_fd, base_fd)
+                if os.path.realpath(trash_dir(base)) in points:  # a bind mount: same st_dev
                     raise OSError(errno.EXDEV, "the trash is a mount point; not used")
             except OSError as exc:
-                log.error("trash %s not emptied: %s", trash_dir(root), exc.strerror)
+                log.error("trash %s not emptied: %s", trash_dir(base), exc.strerror)
                 return 0
             for name in os.listdir(trash_fd):
                 if _in_flight(name, trash_fd, lock_timeout):
                     continue
-                mounts = mount_points_under(trash_dir(root) / name, points)
+                mounts = mount_points_under(trash_dir(base) / name, points)
                 try:
                     if mounts:
                         raise OSError(errno.EBUSY, f"a mount point is inside ({mounts[0]})")
@@ -294,8 +318,12 @@ def empty(root: Path, lock_timeout: float = 0.0) -> int:
 
 def pending(root: Path, lock_timeout: float = 0.0) -> int:
     """Items `empty` would take: a deletion still checking what it moved is not one."""
+    return sum(_pending(base, lock_timeout) for base in _bases(root, mount_points()))
+
+
+def _pending(base: Path, lock_timeout: float) -> int:
     try:
-        with _opened(root) as root_fd, _opened(TRASH_DIR, dir_fd=root_fd) as trash_fd:
+        with _opened(base) as base_fd, _opened(TRASH_DIR, dir_fd=base_fd) as trash_fd:
             names = os.listdir(trash_fd)
             return sum(1 for name in names if not _in_flight(name, trash_fd, lock_timeout))
     except OSError:  # no trash, or a symlinked one (never followed)

@@ -451,3 +451,37 @@ def test_a_mount_point_whose_name_is_not_utf8_stops_no_deletion(cache, root, tmp
     cache.register("a")
     assert cache.remove("a", remove_files=True)["files_deleted"] is True
     assert not (root / "a").exists()
+
+
+def test_a_download_on_a_disk_mounted_below_the_root_can_be_deleted(
+    settings, redis_client, root, tmp_path, bind_mount
+):
+    """root/artist a disk of its own (DISK_CACHE_ENTRY_DEPTH=2): the rename into the root's
+    trash crossed filesystems (EXDEV), so its albums could never be removed or evicted, and
+    usage stayed over the quota at every pass. That disk gets a trash of its own."""
+    disk = tmp_path / "disk2"
+    disk.mkdir()
+    bind_mount(disk, root / "artist")
+    cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+    for name in ("album1", "album2"):
+        make_tree(root, f"artist/{name}", files=2)
+        cache.register(f"artist/{name}")
+    done = cache.remove("artist/album1", remove_files=True)
+    assert done["status"] == "removed" and done["files_deleted"] is True
+    assert not (disk / "album1").exists() and (disk / "album2").is_dir()
+    assert (disk / trash.TRASH_DIR).is_dir()  # on that disk, left empty
+    assert list((disk / trash.TRASH_DIR).iterdir()) == []
+    # Its own trash is no download, and no path may name it.
+    assert reconcile(cache, dry_run=True)["registered"] == []
+    with pytest.raises(Exception, match="trash"):
+        cache.register(f"artist/{trash.TRASH_DIR}")
+    # What a crash left in it is emptied by a cleanup, as the root's is.
+    make_tree(disk / trash.TRASH_DIR, "left-by-a-crash", files=2)
+    assert trash.pending(root) == 1 and trash.empty(root) == 1
+    assert list((disk / trash.TRASH_DIR).iterdir()) == []
+    # And a quota pass evicts from it.
+    tiny = settings.with_(disk_cache_entry_depth=2, disk_cache_max_bytes=1)
+    small = DiskCache(tiny, redis_client)
+    small.client.set(small.keys.initialized, "1")
+    assert cleanup(small)["evict"]["paths"] == ["artist/album2"]
+    assert not (disk / "album2").exists()
