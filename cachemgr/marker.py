@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 
 from cachemgr import paths, trash
 from cachemgr.errors import RootMissing, root_missing
+from cachemgr.keys import Keys
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
 
 log = logging.getLogger("cachemgr")
 
-ROOT_LINE = "root: "
+ROOT_LINE, BOOKS_LINE = "root: ", "books: "
 # The books' token after a forced adoption was cut short: no marker holds it, so neither the
 # disk being adopted nor the one it replaced is taken for the books', which the walk had
 # half rewritten (the old disk's downloads untracked, the new one's partly booked).
@@ -43,10 +44,21 @@ def remember(cache: DiskCache, anew: bool = False) -> None:
     and a copy of the books from before the loss, restored, still matches it; `anew`: a root
     adopted on purpose gets its own, so that the one it replaced, should it come back, is
     told apart)."""
-    token = None if anew else cache.client.get(cache.keys.root_mark) or _token_line(cache)
+    books, marked_token = _lines(cache)
+    if books is not None and books != _books(cache.keys.prefix):
+        log.warning(
+            "the cache root %r was kept by other books (%s; DISK_CACHE_NODE or "
+            "DISK_CACHE_KEY_PREFIX changed?), whose workers are not alive: these (%s) take it "
+            "over; `cachemgr forget-node` drops the old node's",
+            str(cache.root),
+            books,
+            _books(cache.keys.prefix),
+            extra={"event": "root_taken_over"},
+        )
+    token = None if anew else cache.client.get(cache.keys.root_mark) or marked_token
     token = token or secrets.token_hex(8)
     try:
-        if _token_line(cache) != token:
+        if (books, marked_token) != (_books(cache.keys.prefix), token):
             _write(cache, token)
     except OSError as exc:  # a read-only root: told apart by what the books hold instead
         log.debug("cannot mark the root as having books: %s", exc)
@@ -66,21 +78,50 @@ def _write(cache: DiskCache, token: str) -> None:
     marker = cache.root / paths.BOOKS_MARKER
     aside = marker.with_name(f"{paths.BOOKS_MARKER}.{os.getpid()}.tmp")
     try:
-        aside.write_text(f"books: {cache.keys.prefix}cache:*\n{ROOT_LINE}{token}\n")
+        aside.write_text(f"{BOOKS_LINE}{_books(cache.keys.prefix)}\n{ROOT_LINE}{token}\n")
         os.replace(aside, marker)
     except OSError:  # a full disk: not left behind in the root (an untracked stray file)
         aside.unlink(missing_ok=True)
         raise
 
 
-def _token_line(cache: DiskCache) -> str | None:
-    """The token the marker holds; None when there is none (absent, unreadable, written by
-    a version from before tokens)."""
+def _books(prefix: str) -> str:
+    return f"{prefix}cache:*"
+
+
+def _lines(cache: DiskCache) -> tuple[str | None, str | None]:
+    """The books the marker names and the token it holds; None each where there is none
+    (absent, unreadable, written by a version from before tokens)."""
     try:
         lines = (cache.root / paths.BOOKS_MARKER).read_text().splitlines()
     except (OSError, UnicodeDecodeError):
+        return None, None
+    books = next((ln[len(BOOKS_LINE) :] for ln in lines if ln.startswith(BOOKS_LINE)), None)
+    token = next((ln[len(ROOT_LINE) :] for ln in lines if ln.startswith(ROOT_LINE)), None)
+    return books, token
+
+
+def _token_line(cache: DiskCache) -> str | None:
+    return _lines(cache)[1]
+
+
+ANOTHER_NODE = "names the books of another node"
+
+
+def _kept_by_another(cache: DiskCache, books: str | None) -> str | None:
+    """Why the root is not these books' to keep: its marker names the books of another node
+    (another DISK_CACHE_NODE or DISK_CACHE_KEY_PREFIX) whose workers are alive. Two nodes on
+    one root each booked the same downloads and evicted by their own books (a node renamed
+    while its old workers still ran, or two set alike by mistake)."""
+    if books is None or books == _books(cache.keys.prefix) or not books.endswith("cache:*"):
         return None
-    return next((ln[len(ROOT_LINE) :] for ln in lines if ln.startswith(ROOT_LINE)), None)
+    if not cache.registry.alive(Keys(books.removesuffix("cache:*"))):
+        return None  # a node renamed, its old workers stopped: these books take it over
+    return (
+        f"its marker {paths.BOOKS_MARKER} {ANOTHER_NODE} ({books}), whose "
+        "workers are alive: two nodes on one root would each evict what the other booked; "
+        "give each node its own DISK_CACHE_ROOT, or stop the other's workers"
+    )
 
 
 def marked(cache: DiskCache) -> bool:
@@ -104,8 +145,10 @@ def swapped(cache: DiskCache, token: str | None = None) -> str | None:
     cannot be told: no token, an unreadable marker). `token`: the books' own, when the
     caller read it already."""
     token = cache.client.get(cache.keys.root_mark) if token is None else token
-    if not token:
-        return None
+    books, found = _lines(cache)
+    other = _kept_by_another(cache, books)
+    if other or not token:
+        return other
     if token.startswith(CUT_SHORT):
         return (
             "a reconcile --force was cut short and left the books half rewritten (no disk "
@@ -113,7 +156,6 @@ def swapped(cache: DiskCache, token: str | None = None) -> str | None:
         )
     if not present(cache):
         return f"its marker {paths.BOOKS_MARKER} is missing"
-    found = _token_line(cache)
     if found is None or found == token:  # an older version's marker: cannot tell
         return None
     return (
@@ -160,10 +202,12 @@ def _refusal(cache: DiskCache, token: str) -> str | None:
     with no token, nor while a forced adoption walks the root now (its own registrations
     book the disk it adopts); one cut short refuses them, as cleanups are refused."""
     adopting = token.startswith(CUT_SHORT) and bool(cache.client.exists(cache.keys.adopting))
-    return None if not token or adopting else swapped(cache, token)
+    return None if adopting else swapped(cache, token)
 
 
 def _not_theirs(cache: DiskCache, why: str, refused: str) -> str:
+    if ANOTHER_NODE in why:  # mounted, and not to be adopted by force: another's
+        return f"the cache root {str(cache.root)!r} is not these books' to keep: {why}: {refused}"
     return (
         f"the cache root {str(cache.root)!r} is not the directory these books were kept "
         f"for: {why} (is the disk mounted?): {refused}; if it was replaced on purpose, run "

@@ -4,6 +4,7 @@ free-space floor, bounded passes that continue themselves."""
 from __future__ import annotations
 
 import os
+import re
 import time
 import unicodedata
 
@@ -85,7 +86,11 @@ def test_grace_period_spares_new_directories(settings, redis_client, root):
 
 
 def test_free_space_floor_starts_eviction_below_the_quota(settings, redis_client, root):
-    cache = DiskCache(settings.with_(disk_cache_min_free_bytes=2**62), redis_client)
+    import shutil
+
+    # More than is free, less than the whole disk (a floor not below that is ignored).
+    floor = shutil.disk_usage(root).free + 10**6
+    cache = DiskCache(settings.with_(disk_cache_min_free_bytes=floor), redis_client)
     make_tree(root, "a", files=4)
     cache.register("a")
     assert cache.store.total_bytes() < cache.settings.threshold_bytes
@@ -324,3 +329,38 @@ def test_a_dry_run_and_the_listing_see_the_pins_around_a_directory(settings, red
     done = cleanup(cache)["evict"]
     assert planned["paths"] == done["paths"] == ["b"]
     assert planned["skipped_pinned"] == done["skipped_pinned"] == ["a"]
+
+
+def test_two_nodes_on_one_root_are_refused_and_a_renamed_node_takes_it_over(
+    settings, redis_client, root, caplog
+):
+    """Another DISK_CACHE_NODE (or key prefix) on the same root rebuilt books of its own in
+    silence: with the old node's workers still alive, both booked the same downloads and each
+    evicted by its own books."""
+    from cachemgr import RootMissing, marker
+    from cachemgr.cleanup import cleanup
+
+    old = DiskCache(settings, redis_client)
+    make_tree(root, "album")
+    old.register("album")
+    cleanup(old)  # marks the root as the old books'
+    old.registry.heartbeat(old.keys, ttl=60)  # its workers are alive
+    # Under the old prefix: this test's keys, cleaned up with them.
+    renamed = DiskCache(settings.with_(disk_cache_key_prefix=old.keys.prefix + "new:"),
+                        redis_client)  # fmt: skip
+    with pytest.raises(RootMissing, match=r"names the books of another node .* alive"):
+        renamed.register("album")
+    with pytest.raises(RootMissing, match="names the books of another node") as refused:
+        cleanup(renamed)
+    assert "reconcile --force" not in str(refused.value)  # mounted, and another's: not to adopt
+    assert renamed.store.count_entries() == 0 and old.store.tracked(["album"]) == [True]
+    # Its old workers stopped: a rename, said; the new books take the root over.
+    redis_client.delete(old.keys.alive)
+    with caplog.at_level("WARNING", logger="cachemgr"):
+        assert cleanup(renamed)["status"] == "done"
+    assert "was kept by other books" in caplog.text and "take it over" in caplog.text
+    assert renamed.store.tracked(["album"]) == [True] and marker.marked(renamed)
+    # ...and the old node, started again, is refused in its turn while the new one runs.
+    renamed.registry.heartbeat(renamed.keys, ttl=60)
+    with pytest.raises(RootMissing, match=r"another node \(" + re.escape(renamed.keys.prefix)):
+        old.register("album")
