@@ -211,9 +211,9 @@ def gone(
     under the lock, the root the books'), so that their bytes stop counting against the quota:
     each had a real download evicted in its place. Bounded: `budget` seconds a look, resumed
     where it stopped (cache:gone_cursor), at most GONE_AT_MOST untracked. Refused, said, when
-    most of a look is missing (a disk not mounted); one missing in a directory below the root
-    that is a mount point or empty (the bare mount point of a disk under the root, not
-    mounted; or an artist's last album deleted) is kept, said, for reconcile to decide.
+    most of a look is missing (a disk not mounted); one missing under the bare mount point a
+    disk under the root leaves, not mounted (marker.under_bare_mount), is kept, said, for
+    reconcile to decide.
     {count, examples, kept, kept_example} (and `refused`)."""
     client, key = cache.client, cache.keys.gone_cursor
     cursor = int(client.get(key) or 0)
@@ -236,9 +236,13 @@ def gone(
             log.warning("%s", refused, extra={"event": "gone_refused"})
             client.delete(key)
             return _gone_found(taken, kept, refused)
-        doubtful = marker.under_bare_mount(cache, [p for p in lost if found[p] == "missing"])
+        entries = cache.store.entries([(p, None) for p in lost])
+        absent = [e for e in entries if found[e.path] == "missing"]
+        doubtful = marker.under_bare_mount(cache, absent)
         kept += [paths.shown(p) for p in lost if p in doubtful]
-        for entry in cache.store.entries([(p, None) for p in lost if p not in doubtful]):
+        for entry in entries:
+            if entry.path in doubtful:
+                continue
             if deletion.untrack_gone(cache, entry) == "vanished":  # looked at again, locked
                 taken.append(paths.shown(entry.path))
         if cursor == 0 or len(taken) >= GONE_AT_MOST or time.monotonic() >= deadline:
@@ -257,9 +261,9 @@ def gone(
         )
     if kept:
         log.warning(
-            "%d tracked directory(ies) are missing in a directory that is empty or a mount "
-            "point, e.g. '%s' (a disk under the root not mounted? an artist's last album "
-            "deleted?): kept on the books; `cachemgr reconcile` untracks them if they were "
+            "%d tracked directory(ies) are missing in a directory that is empty and "
+            "unchanged since they were booked, e.g. '%s' (a disk under the root not "
+            "mounted?): kept on the books; `cachemgr reconcile` untracks them if they were "
             "removed on purpose",
             len(kept),
             kept[0],

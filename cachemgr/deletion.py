@@ -205,10 +205,13 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
         gone = on_disk != "dir"  # its files went without us: vanished, nothing freed
         if on_disk == "missing":
             cache.check_root()  # an unmount since the pass began: RootMissing, nothing untracked
-            if marker.under_bare_mount(cache, [entry.path]):
+            if marker.under_bare_mount(cache, [entry]):
                 # What beat's audit keeps on the books (a disk under the root not mounted),
                 # a pass untracked as vanished: back on the disk, it was off the books.
-                why = "missing under an empty directory or a mount point (a disk not mounted?)"
+                why = (
+                    "missing under an empty directory unchanged since it was booked (a disk "
+                    "not mounted?)"
+                )
                 level = logging.WARNING if _REPEATS.due(f"delete:{entry.path}") else logging.DEBUG
                 log.log(level, "%s: %s kept on the books: %s", reason, entry.path, why)
                 raise DeleteFailed(f"{DELETE_FAILED} {entry.path!r}: {why}; kept on the books")

@@ -126,7 +126,8 @@ def diagnose(
         problems.append(
             f"the last cleanup could not delete {undeleted} directory(ies) it chose "
             f"({last.get('delete_failed_example')}): they stay on the books and on the disk, "
-            "and it tries again each time; see the worker log (permissions, immutable files)"
+            "and it tries again each time; see the worker log (permissions, immutable files, a "
+            "disk under the root not mounted)"
         )
     if last.get("status") == "failed":
         problems.append(f"the last cleanup failed: {last.get('error') or 'see the worker log'}")

@@ -12,15 +12,15 @@ import logging
 import os
 import secrets
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cachemgr import paths, trash
+from cachemgr import paths
 from cachemgr.errors import RootMissing, root_missing
 from cachemgr.keys import Keys
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
+    from cachemgr.records import Entry
 
 log = logging.getLogger("cachemgr")
 
@@ -308,27 +308,28 @@ def _refusal_of(
     )
 
 
-def under_bare_mount(cache: DiskCache, lost: list[str]) -> set[str]:
-    """Those of the missing directories whose nearest existing directory below the root is a
-    mount point or empty: what a disk under the root, not mounted, leaves."""
-    if not lost:
-        return set()
+def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
+    """Those of the tracked directories missing from the disk whose nearest existing
+    directory below the root is empty and unchanged since the download was booked: the bare
+    mount point a disk under the root leaves when it is not mounted (nothing is written
+    there while the disk is mounted over it). A directory emptied by hand (an artist's last
+    album deleted) changed then, and a mount point in use is not empty: theirs went for good."""
     root = os.path.realpath(cache.root)
-    # Mount points under the root, read once (st_dev cannot tell a bind mount of one disk).
-    mounts = set(trash.mount_points_under(Path(root))) - {root}
     doubtful = set()
-    for path in lost:
-        above = os.path.dirname(os.path.join(root, path))
+    for entry in lost:
+        above = os.path.dirname(os.path.join(root, entry.path))
         while above != root and not os.path.isdir(above):
             above = os.path.dirname(above)
-        if above in mounts or (above != root and _empty(above)):
-            doubtful.add(path)
+        if above != root and _bare(above, entry.registered_at):
+            doubtful.add(entry.path)
     return doubtful
 
 
-def _empty(directory: str) -> bool:
+def _bare(directory: str, booked: float) -> bool:
     try:
         with os.scandir(directory) as it:
-            return next(it, None) is None
+            if next(it, None) is not None:
+                return False
+        return os.stat(directory).st_mtime < booked
     except OSError:
         return True  # cannot be told: not taken for gone

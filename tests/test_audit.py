@@ -411,7 +411,8 @@ def test_downloads_on_a_disk_under_the_root_unmounted_are_not_untracked(cache, r
     cache.register("disk2/artist/album")
     make_tree(root, "gone-by-hand")
     cache.register("gone-by-hand")
-    shutil.rmtree(root / "disk2" / "artist")  # what the bare mount point shows of it
+    shutil.rmtree(root / "disk2" / "artist")  # what the bare mount point shows of it...
+    bare(root / "disk2")  # ...unchanged since before the disk was mounted over it
     shutil.rmtree(root / "gone-by-hand")
     shutil.rmtree(root / "mine0")
     (root / "mine0").write_text("a file where the album was")
@@ -461,6 +462,7 @@ def test_a_pass_keeps_what_is_missing_under_a_disk_not_mounted(cache, root):
         cache.register(f"mine{i}")
     cache = _quota_of(cache, 3)
     shutil.rmtree(root / "disk2" / "artist")  # what the bare mount point shows of it
+    bare(root / "disk2")
     result = cleanup(cache)
     assert cache.store.tracked(["disk2/artist/album"]) == [True]
     evict = result["evict"]
@@ -468,3 +470,30 @@ def test_a_pass_keeps_what_is_missing_under_a_disk_not_mounted(cache, root):
     events = [e for e in event_log.latest(cache.store, 50) if e["event"] == "vanished"]
     assert events == []
     assert evict["count"] >= 1 and evict["vanished"] == []  # the pass went on to the next
+
+
+def bare(directory) -> None:
+    """As the mount point a disk leaves when it is not mounted: unchanged since before it."""
+    then = time.time() - 3600
+    os.utime(directory, (then, then))
+
+
+def test_an_artists_last_album_deleted_by_hand_is_untracked_not_kept(cache, root):
+    """Kept as "a disk not mounted" whenever its artist's folder was left empty: beat's audit
+    kept it, then every quota pass kept it too, its bytes on the books for good, and real
+    downloads were evicted in its place. The folder changed when the album went."""
+    cache.client.set(cache.keys.initialized, "1")
+    for name in ("artist/album", "other/album"):
+        make_tree(root, name)
+        cache.register(name)
+    shutil.rmtree(root / "artist" / "album")  # by hand: artist/ empty, changed just now
+    result = cleanup(cache, periodic=True)
+    assert result["gone"]["count"] == 1 and result["gone"]["kept"] == 0
+    assert cache.store.tracked(["artist/album", "other/album"]) == [False, True]
+    make_tree(root, "third/album")
+    cache.register("third/album")
+    shutil.rmtree(root / "third" / "album")
+    small = _quota_of(cache, 1)  # a pass must take both left: untracked, not kept
+    evict = cleanup(small)["evict"]
+    assert evict["errors"] == [] and evict["vanished"] == ["third/album"], evict
+    assert cache.store.tracked(["third/album"]) == [False]
