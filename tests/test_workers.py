@@ -777,3 +777,31 @@ def test_the_one_url_a_pipeline_gives_its_client_wins_over_its_redis_url(
     finally:
         for client in (given, elsewhere, named):
             client.close()
+    # The mirror: the workers' REDIS_URL in the environment, a broker URL of its own given
+    # (a database where no worker published): the books stay where the workers keep them.
+    monkeypatch.setenv("REDIS_URL", url)
+    broker_only = url.rsplit("/", 1)[0] + "/13"
+    beside = CacheClient(broker_only, key_prefix=cache.keys.prefix)
+    try:
+        assert beside.redis_url == url and beside.pin_now("streamed", 60, holder="s-8")
+        assert {h.holder for h in cache.info("streamed").holders or []} >= {"s-8"}
+    finally:
+        beside.close()
+
+
+def test_a_worker_whose_floor_is_beyond_its_disk_stops_at_start(root, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from cachemgr.paths import BOOKS_MARKER
+    from workers import app as worker_app
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 9 * 10**8, 10**8))
+    monkeypatch.setenv("DISK_CACHE_ROOT", str(root))
+    monkeypatch.setenv("DISK_CACHE_MIN_FREE_BYTES", "1GB")
+    worker_app._settings_or_stop()  # the root not marked yet: maybe a disk not mounted
+    (root / BOOKS_MARKER).write_text("books: cache:*\n")
+    with pytest.raises(SystemExit) as stopped:
+        worker_app._settings_or_stop()
+    assert stopped.value.code == worker_app.EXIT_BAD_SETTINGS

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from celery import Celery
 from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from celery.result import AsyncResult
@@ -129,6 +130,33 @@ def _server(url: str) -> tuple[str, int | str] | None:
     return None
 
 
+def _books_url(candidates: list[str | None], cluster: str) -> str | None:
+    """The books' URL, of the URL given and REDIS_URL: the one where the workers published
+    the node registry when they differ (a pipeline's own REDIS_URL, or the workers' books
+    beside a broker URL given; either way the other had the pins and plays booked where no
+    worker reads them), else the first."""
+    urls = list(dict.fromkeys(url for url in candidates if url))
+    if len(urls) < 2:
+        return urls[0] if urls else None
+    for url in urls:
+        try:
+            probe = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                if probe.exists(Keys.nodes(cluster)):
+                    return url
+            finally:
+                probe.close()
+        except (redis.RedisError, ValueError):
+            continue
+    log.warning(
+        "CacheClient: no workers have published to %s yet: the books are taken to be at %s "
+        "(the URL given); pass redis_url= if they are elsewhere",
+        " or ".join(urls),
+        urls[0],
+    )
+    return urls[0]
+
+
 class CacheClient:
     def __init__(
         self,
@@ -143,19 +171,20 @@ class CacheClient:
         redis: Any = None,
     ) -> None:
         """`broker_url` defaults to CELERY_BROKER_URL, then REDIS_URL; `redis_url` (the
-        books) to the `broker_url` given (a Redis one), then REDIS_URL, then the broker's
-        URL: a URL given wins over the environment, where a pipeline's own REDIS_URL had the
-        pins and plays of a client given one URL booked in another Redis, protecting
-        nothing. A `node` routes disk tasks to the queue its workers published and uses its
-        keys (read from the registry on first use; `cachemgr.<node>` and `{node}:` before
-        any worker of it has started); `queue` and `key_prefix` override them. With no
-        `node` given, `node`, `queue` and `key_prefix` not given are read from the
-        environment the workers read them from (DISK_CACHE_NODE, CACHEMGR_QUEUE,
-        DISK_CACHE_KEY_PREFIX), and `cluster` from DISK_CACHE_CLUSTER: a pipeline run with
-        the workers' environment sends where they listen. Note Celery's own rule: a
-        CELERY_BROKER_URL (or CELERY_RESULT_BACKEND) in the environment wins over arguments.
-        `redis`: a client for the books to use instead of one of its own (the API's, which
-        fails fast when Redis hangs); its owner closes it."""
+        books) to the one, of the `broker_url` given (a Redis one) and REDIS_URL, where the
+        workers published their node registry (the URL given when neither or both: said in a
+        WARNING), then the broker's URL: a pipeline's own REDIS_URL had the pins and plays
+        of a client given one URL booked in another Redis, protecting nothing, and so had a
+        broker URL given beside the workers' REDIS_URL. A `node` routes disk tasks to the
+        queue its workers published and uses its keys (read from the registry on first use;
+        `cachemgr.<node>` and `{node}:` before any worker of it has started); `queue` and
+        `key_prefix` override them. With no `node` given, `node`, `queue` and `key_prefix`
+        not given are read from the environment the workers read them from (DISK_CACHE_NODE,
+        CACHEMGR_QUEUE, DISK_CACHE_KEY_PREFIX), and `cluster` from DISK_CACHE_CLUSTER: a
+        pipeline run with the workers' environment sends where they listen. Note Celery's
+        own rule: a CELERY_BROKER_URL (or CELERY_RESULT_BACKEND) in the environment wins
+        over arguments. `redis`: a client for the books to use instead of one of its own
+        (the API's, which fails fast when Redis hangs); its owner closes it."""
         env = os.environ
         if node is None:  # a node given routes by what it published, never by this shell's
             node = env.get("DISK_CACHE_NODE") or None
@@ -168,9 +197,9 @@ class CacheClient:
         default_redis = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         self.broker_url = broker_url or env.get("CELERY_BROKER_URL") or default_redis
         given = broker_url if broker_url and _server(broker_url) else None
-        self.redis_url = redis_url or given or env.get("REDIS_URL") or (
-            self.broker_url if _server(self.broker_url) else default_redis
-        )
+        self.redis_url = redis_url or _books_url(
+            [given, env.get("REDIS_URL")], cluster
+        ) or (self.broker_url if _server(self.broker_url) else default_redis)
         self.node = node
         self.cluster = cluster
         self.backend = backend
@@ -207,7 +236,7 @@ class CacheClient:
         books = _server(self.redis_url)
         # Celery's broker or result backend on the books' server: see `shares_books_server`.
         self.shares_books_server = books is not None and books in (
-            _server(self.broker_url),
+            _server(str(self.app.conf.broker_url or self.broker_url)),  # Celery's rule
             _server(str(self.app.conf.result_backend or "")),
         )
         self._result_cls = self.app.subclass_with_self(TaskResult, keep_reduce=True)
