@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from cachemgr import checks, units
 from cachemgr.keys import Keys
+from cachemgr.paths import BOOKS_MARKER
 
 GIB = 1024**3
 
@@ -172,9 +173,8 @@ class Settings:
             fail("redis_url", self.redis_url, problem)
         return self
 
-    def check_root(self, floor_typed: str | None = None) -> Settings:
-        """Refuse a root that does not exist: the seed's "downloads directory exists" check;
-        and a free-space floor its disk could never give."""
+    def check_root(self) -> Settings:
+        """Refuse a root that does not exist: the seed's "downloads directory exists" check."""
         root = Path(self.disk_cache_root)
         if not root.is_dir():
             what = "is not a directory" if root.exists() else "directory does not exist"
@@ -182,9 +182,18 @@ class Settings:
                 f"DISK_CACHE_ROOT={self.disk_cache_root!r}: {what} (a disk not mounted, or a "
                 "wrong setting?)"
             )
+        return self
+
+    def check_floor(self, typed: str | None = None) -> Settings:
+        """A worker's: refuse a free-space floor its disk could never give. Not before the
+        root was marked as the books' (it may be the bare mount point of a disk not mounted
+        yet, on a smaller one: the marker check says that); nor in the API or the CLI, which
+        show the workers' floor: the workers ignore one the disk changed under, said."""
+        if not (Path(self.disk_cache_root) / BOOKS_MARKER).is_file():
+            return self
         disk = self.disk_under_floor()
         if disk is not None:
-            typed = floor_typed or str(self.disk_cache_min_free_bytes)
+            typed = typed or str(self.disk_cache_min_free_bytes)
             raise SettingsError(f"DISK_CACHE_MIN_FREE_BYTES={typed}: {floor_beyond(disk)}")
         return self
 
@@ -249,9 +258,7 @@ class Settings:
                 target = threshold * 8 / 9
                 values["disk_cache_lru_eviction_target"] = round(target, 6) or target
         settings = cls(**values).validate(typed)
-        if not require_root:
-            return settings
-        return settings.check_root(typed.get("disk_cache_min_free_bytes"))
+        return settings.check_root() if require_root else settings
 
 
 def floor_beyond(disk: int) -> str:

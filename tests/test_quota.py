@@ -409,14 +409,20 @@ def test_a_free_space_floor_of_the_whole_disk_is_refused_and_else_ignored(
     """DISK_CACHE_MIN_FREE_BYTES=1PB on a 270 GB disk was taken: every cleanup evicted every
     download, each new one right after its registration, blaming "something else fills that
     disk"."""
+    from cachemgr.paths import BOOKS_MARKER
     from cachemgr.settings import Settings, SettingsError
 
     fixed_disk(monkeypatch, 10**9, 10**8)
     env = {"DISK_CACHE_ROOT": str(root), "DISK_CACHE_MIN_FREE_BYTES": "1GB"}
+    # Not before the root is marked: it may be the bare mount point of a disk not mounted.
+    assert Settings.from_env(env).check_floor("1GB")
+    (root / BOOKS_MARKER).write_text("books: cache:*\n")
     with pytest.raises(SettingsError, match=r"^DISK_CACHE_MIN_FREE_BYTES=1GB: not less than "
                        r"the whole disk holding DISK_CACHE_ROOT \(1000000000 bytes\)"):  # fmt: skip
-        Settings.from_env(env)
-    assert Settings.from_env({**env, "DISK_CACHE_MIN_FREE_BYTES": "999MB"})  # under it: fine
+        Settings.from_env(env).check_floor("1GB")  # a worker's start
+    assert Settings.from_env(env)  # the API's and the CLI's: they show the workers' floor
+    assert Settings.from_env({**env, "DISK_CACHE_MIN_FREE_BYTES": "999MB"}).check_floor()
+    (root / BOOKS_MARKER).unlink()
     # A worker running since a smaller disk was mounted: the floor is ignored, said.
     for i in range(3):
         make_tree(root, f"album{i}")

@@ -191,7 +191,7 @@ def _settings_or_stop(**_: Any) -> None:
     try:
         if _bad_settings:
             raise _bad_settings[0]
-        Settings.from_env()
+        Settings.from_env().check_floor(os.environ.get("DISK_CACHE_MIN_FREE_BYTES"))
     except SettingsError as exc:
         log.critical("worker stopping: %s", exc)
         raise SystemExit(EXIT_BAD_SETTINGS) from None
