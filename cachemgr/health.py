@@ -213,7 +213,9 @@ def readiness(cache: DiskCache) -> dict[str, str]:
             cache.client.set(cache.keys.probe, "1", px=1000)
         except Exception as exc:
             checks["redis"] = f"refuses writes: {exc}"
-    answers = checks["redis"] == "ok"  # else each Redis check below would wait for it again
+    # Reads still served by one that refuses writes (out of memory, a read-only replica);
+    # one unreachable would be waited for again by each check below.
+    answers = not checks["redis"].startswith("unreachable")
     if not cache.local:  # another host's root (?node=): as its workers' cleanups found it
         checks["root"] = (_workers_refused(cache) if answers else None) or "ok"
     elif not cache.root.is_dir():
