@@ -167,7 +167,7 @@ def info(path: str, as_json: Any) -> None:
 def register(path: str, now: bool, as_json: Any) -> None:
     """Register a directory under the cache root."""
     if now:
-        cache = acting()
+        cache = acting(disk=True)
         result = cache.register(path)
         if quota_pass_due(result):
             send_quota_pass(cache)
@@ -187,7 +187,7 @@ def register(path: str, now: bool, as_json: Any) -> None:
 def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
     """Stop tracking a directory (and delete it with --files)."""
     if now:
-        result = acting().remove(path, remove_files=files)
+        result = acting(disk=files).remove(path, remove_files=files)
     else:
         # Not tracked: said now, not after a worker's round trip.
         journal.check_removable(state().cache.store, paths.normalize(path))
@@ -205,7 +205,7 @@ def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
 def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
     """Sweep expired directories, then enforce the quota."""
     if now:
-        result = run_cleanup(acting(), dry_run=dry_run)
+        result = run_cleanup(acting(disk=True), dry_run=dry_run)
     else:  # the worker plans too: with the settings and policy it enforces, not this shell's
         result = wait_task("cleanup", dry_run=dry_run)
     _skipped(result, as_json)
@@ -226,7 +226,7 @@ def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
     if not now:  # the worker plans too: it sees the disk as it does (its user, its mount)
         result = wait_task("reconcile", dry_run=dry_run, force=force)
     else:
-        cache = acting()
+        cache = acting(disk=not force)  # --force adopts this shell's root on purpose
         if not sys.stderr.isatty():  # a bar is for a person: in a log it was a bare "walking"
             result = run_reconcile(cache, dry_run=dry_run, force=force)
         else:

@@ -9,9 +9,10 @@ import click
 from flask import current_app
 from kombu.exceptions import OperationalError
 
-from api.cli_errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail
+from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail
 from api.extensions import answered, behind_lock, let_go
-from cachemgr import CacheError, DiskCache
+from cachemgr import CacheError, DiskCache, marker
+from cachemgr.nodes import own_entry, root_elsewhere
 from cachemgr.settings import env_value
 from workers.client import ResultUnavailable, backend_gave_up
 
@@ -72,11 +73,14 @@ def answer(name: str, result: Any, wait: float = TASK_WAIT_SECONDS) -> Any:
     )
 
 
-def acting() -> DiskCache:
+def acting(disk: bool = False) -> DiskCache:
     """The cache a write done here (--now) acts on: with the quota, TTL and policy the node's
-    workers published (DiskCache.acting), each difference from this shell's said on stderr."""
+    workers published (DiskCache.acting), each difference from this shell's said on stderr.
+    `disk`: it looks at the root, which must then be the books' (see `_not_their_root`)."""
     cache = state().cache
     theirs, differences = cache.acting()
+    if disk:
+        _not_their_root(cache, theirs)
     for name, mine, workers in differences:
         click.echo(
             f"note: the node's workers run with {name}={env_value(workers)} (this shell: "
@@ -90,6 +94,21 @@ def acting() -> DiskCache:
             err=True,
         )
     return theirs
+
+
+def _not_their_root(cache: DiskCache, theirs: DiskCache) -> None:
+    """A shell whose DISK_CACHE_ROOT is not the workers' and not the books' (none set, a
+    typo): refused here in one line. Run, its cleanup was recorded as the node's, failed,
+    and the stats and /readyz said the cache was broken until the workers' next one."""
+    entry = own_entry(cache.registry.entries(), cache.settings)
+    elsewhere = root_elsewhere(cache.settings, entry)
+    why = marker.refusal(theirs) if elsewhere else None
+    if why:
+        raise Fail(
+            f"not done here: {why}; this shell's DISK_CACHE_ROOT ({cache.settings.root}) is "
+            f"not the one the node's workers use ({elsewhere}): set it so, or leave out --now",
+            EXIT_CONFIG,
+        )
 
 
 def send_quota_pass(cache: DiskCache) -> None:

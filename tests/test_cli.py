@@ -720,3 +720,35 @@ def test_a_name_with_escapes_is_shown_escaped_in_tables_and_text_logs(
     line = TextFormatter().format(record)
     assert "\x1b" not in line and "\n" not in line
     assert "evicted red\\x1b[31mx\\nfake row" in line and 'path="red\\u001b[31mx\\nfake' in line
+
+
+def test_now_from_a_shell_whose_root_is_not_the_workers_is_refused_unrecorded(
+    settings, redis_client, cache, root, tmp_path
+):
+    """`DISK_CACHE_ROOT=/wrong cachemgr cleanup --now`: the cleanup ran on the wrong
+    directory, was refused for its root, and was recorded as the node's: its last cleanup
+    "failed", a stats warning and a failing /readyz, while the workers were fine."""
+    from api import create_app
+    from cachemgr.cleanup import cleanup
+
+    make_tree(root, "a")
+    cache.register("a")
+    cleanup(cache)  # the root marked as the books'
+    cache.publish_config()  # the workers' root
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    make_tree(wrong, "other")
+    shell = settings.with_(disk_cache_root=str(wrong))
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": shell, "REDIS_CLIENT": redis_client})
+    runner = app.test_cli_runner()
+    before = redis_client.hgetall(cache.keys.last_cleanup)
+    for args in (["cleanup", "--now"], ["register", "other", "--now"], ["rm", "a", "--files",
+                                                                        "--now"]):  # fmt: skip
+        done = runner.invoke(args=args)
+        assert done.exit_code == 5, (args, done.output)
+        assert "is not the one the node's workers use" in done.output, done.output
+        assert str(root) in done.output
+    assert redis_client.hgetall(cache.keys.last_cleanup) == before
+    assert cache.store.tracked(["a", "other"]) == [True, False] and (root / "a").is_dir()
+    # Without --now the workers do it, on their root; untracking alone looks at no disk.
+    assert runner.invoke(args=["rm", "a", "--now"]).exit_code == 0
