@@ -61,9 +61,21 @@ def _same_device(fd: int, root_fd: int) -> None:
 def _trash_fd(root_fd: int) -> Iterator[int]:
     with contextlib.suppress(FileExistsError):
         os.mkdir(TRASH_DIR, dir_fd=root_fd)
-    with _opened(TRASH_DIR, dir_fd=root_fd) as fd:  # a symlinked trash fails here (ELOOP)
+    try:
+        fd = os.open(TRASH_DIR, DIR_FLAGS, dir_fd=root_fd)  # a symlink: ELOOP, never followed
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        # Said as what it is: "Not a directory" alone named the download, not the trash.
+        raise OSError(
+            exc.errno, f"the trash {TRASH_DIR} is a symlink or a file, not a directory: nothing "
+            "is deleted until it is removed"
+        ) from None
+    try:
         _same_device(fd, root_fd)
         yield fd
+    finally:
+        os.close(fd)
 
 
 def _base(chain: list[int]) -> int:

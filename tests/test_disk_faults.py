@@ -485,3 +485,22 @@ def test_a_download_on_a_disk_mounted_below_the_root_can_be_deleted(
     small.client.set(small.keys.initialized, "1")
     assert cleanup(small)["evict"]["paths"] == ["artist/album2"]
     assert not (disk / "album2").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+def test_a_trash_that_is_no_directory_is_named_in_the_error(cache, root, tmp_path, kind):
+    """"could not delete 'tr1': Not a directory" named the download, not the trash that a
+    symlink or a file had replaced; nothing is followed or deleted either way."""
+    outside = tmp_path / "outside-trash"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    if kind == "symlink":
+        (root / trash.TRASH_DIR).symlink_to(outside)
+    else:
+        (root / trash.TRASH_DIR).write_text("not a folder")
+    make_tree(root, "tr1")
+    cache.register("tr1")
+    with pytest.raises(Exception, match=r"the trash \.cachemgr-trash is a symlink or a file"):
+        cache.remove("tr1", remove_files=True)
+    assert (root / "tr1").is_dir() and cache.store.tracked(["tr1"]) == [True]
+    assert (outside / "keep").read_text() == "x" and trash.empty(root) == 0
