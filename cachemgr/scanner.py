@@ -114,6 +114,11 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
                 if exc.errno in UNREADABLE:  # said by the caller: its size is too small
                     unreadable.append(f"{rel}/{name}" if rel else name)
                 continue  # vanished, unreadable or replaced: count what we can see
+            if os.fstat(child).st_dev != st.st_dev:
+                # Another filesystem mounted inside (as `du -x`): its bytes are not the cache
+                # disk's, and a deletion would leave them (it refuses a tree holding a mount).
+                os.close(child)
+                continue
             read(child, f"{rel}/{name}" if rel else name)
     finally:
         for fd, _, _ in frames:

@@ -197,3 +197,23 @@ def test_the_newest_directory_is_never_one_that_cannot_be_booked(root):
     passed: list[str] = []
     assert scanner.newest_directory(root, passed_over=passed) == "album"
     assert [os.fsencode(p) for p in passed] == [b"\xff-x"]  # said by register_latest
+
+
+def test_a_filesystem_mounted_inside_a_download_is_not_counted(tmp_path):
+    """A tmpfs (or another disk) mounted inside a download was counted into its size: bytes
+    that are not on the cache's disk, and that no deletion frees."""
+    d = tmp_path / "m3"
+    (d / "inside").mkdir(parents=True)
+    (d / "own.bin").write_bytes(b"\x01" * 8192)
+    alone = scanner.scan(d)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "none", str(d / "inside")],
+                          capture_output=True)  # fmt: skip
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        (d / "inside" / "big.bin").write_bytes(b"\x01" * 1_000_000)
+        mounted = scanner.scan(d)
+    finally:
+        subprocess.run(["umount", str(d / "inside")], check=True)
+    assert mounted.file_count == alone.file_count == 1
+    assert mounted.size_bytes < alone.size_bytes + 100_000  # not the megabyte on the tmpfs
