@@ -63,6 +63,8 @@ class DiskCache:
         # The stats' last look at the root: until when it stands, for what books, what it
         # found (marker.refusal_seen).
         self.root_seen: tuple[float, Any, str | None] = (float("-inf"), None, None)
+        # The stats' last look at Redis's memory settings, and until when it stands (health).
+        self.memory_seen: tuple[float, str | None] = (float("-inf"), None)
 
     @property
     def registry(self) -> NodeRegistry:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from cachemgr import audit, marker
+from cachemgr.connection import same_server
 from cachemgr.errors import RootMissing
 from cachemgr.quota import ROOM_ONLY, ROOM_SHORT
 from cachemgr.settings import floor_beyond
@@ -240,3 +243,48 @@ def readiness(cache: DiskCache) -> dict[str, str]:
     except Exception as exc:  # Redis away: said by the redis check already
         checks["enabled"] = f"unknown: {exc}"
     return checks
+
+
+# Redis's memory settings are read again at most this often (an INFO call: not per request).
+MEMORY_SECONDS = 60.0
+NEAR_MAXMEMORY = 0.9
+
+
+def redis_memory_seen(cache: DiskCache) -> str | None:
+    """`redis_memory`, looked at again at most every MEMORY_SECONDS."""
+    due, said = cache.memory_seen
+    now = time.monotonic()
+    if now < due:
+        return said
+    said = redis_memory(cache.client)
+    cache.memory_seen = (now + MEMORY_SECONDS, said)
+    return said
+
+
+def redis_memory(client: Any) -> str | None:
+    """What Redis's memory settings put at risk: a maxmemory-policy that evicts keys (the
+    books' among them, in silence: tracked directories gone from the books, pins lost), or a
+    Redis near its maxmemory under noeviction (at it, every registration and play fails)."""
+    if not same_server(client):  # a Cluster's shards each have their own
+        return None
+    try:
+        info = client.info("memory")
+    except redis.RedisError:  # INFO refused (an ACL), or Redis away: said elsewhere
+        return None
+    limit, used = int(info.get("maxmemory") or 0), int(info.get("used_memory") or 0)
+    policy = str(info.get("maxmemory_policy") or "noeviction")
+    if not limit:
+        return None
+    if policy != "noeviction":
+        return (
+            f"Redis evicts keys when it reaches its maxmemory ({limit} bytes; maxmemory-policy "
+            f"{policy}), the books' among them: tracked directories would leave the books "
+            "unsaid; set maxmemory-policy noeviction (and a maxmemory the books fit in)"
+        )
+    if used >= NEAR_MAXMEMORY * limit:
+        return (
+            f"Redis uses {used} of its maxmemory of {limit} bytes "
+            f"({100 * used // limit}%): once full it refuses every write (registrations, "
+            "plays, cleanups); raise maxmemory"
+        )
+    return None

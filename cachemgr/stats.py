@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from cachemgr import marker, migrations
 from cachemgr.clock import CLOCK_SKEW_SECONDS, skewed
 from cachemgr.connection import same_server
-from cachemgr.health import diagnose, periodic_overdue
+from cachemgr.health import diagnose, periodic_overdue, redis_memory_seen
 from cachemgr.nodes import (
     ALIVE_TTL_SECONDS,
     ENFORCED,
@@ -264,6 +264,9 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
             else ""
         )
         stats["warnings"].insert(0, f"cache not working: {refused}{hint}")
+    memory = redis_memory_seen(cache)
+    if memory:
+        stats["warnings"].append(memory)
     if not snap["initialized"] and stats["directory_count"] and cache.local:
         # Books kept before (the root says so) and gone since: what was registered after the
         # loss is all they count until the next cleanup rebuilds them from the disk.

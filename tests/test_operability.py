@@ -800,3 +800,41 @@ def test_a_root_set_alike_is_the_workers_though_it_resolves_elsewhere_unmounted(
     stats = DiskCache(alike, redis_client).stats()
     assert any("is the disk mounted" in w for w in stats["warnings"]), stats["warnings"]
     assert not any("DISK_CACHE_ROOT" in w for w in stats["warnings"])
+
+
+class _InfoOnly:
+    """A Redis client whose INFO memory reads as given."""
+
+    def __init__(self, memory: dict | None = None) -> None:
+        self.memory = memory
+
+    def info(self, section: str) -> dict:
+        if self.memory is None:
+            raise redis.ResponseError("NOPERM this user has no permissions to run 'info'")
+        return self.memory
+
+
+def test_redis_memory_settings_that_put_the_books_at_risk_are_said():
+    """A maxmemory-policy that evicts keys took the books' keys in silence; a Redis at its
+    maxmemory under noeviction refused every registration and play, and the stats said
+    nothing."""
+    from cachemgr.health import redis_memory
+
+    evicting = {"maxmemory": 10**9, "used_memory": 10**6, "maxmemory_policy": "allkeys-lru"}
+    said = redis_memory(_InfoOnly(evicting))
+    assert said and "maxmemory-policy allkeys-lru" in said and "noeviction" in said
+    full = {"maxmemory": 10**9, "used_memory": 95 * 10**7, "maxmemory_policy": "noeviction"}
+    assert "(95%): once full it refuses every write" in redis_memory(_InfoOnly(full))
+    assert redis_memory(_InfoOnly({**full, "used_memory": 10**6})) is None
+    assert redis_memory(_InfoOnly({"maxmemory": 0, "maxmemory_policy": "allkeys-lru"})) is None
+    assert redis_memory(_InfoOnly(None)) is None  # INFO refused: nothing to say
+
+
+def test_the_stats_say_a_redis_that_evicts_keys(cache, monkeypatch):
+    from cachemgr import health
+
+    said = "Redis evicts keys when it reaches its maxmemory"
+    monkeypatch.setattr(health, "redis_memory", lambda client: said)
+    assert said in cache.stats()["warnings"]
+    monkeypatch.setattr(health, "redis_memory", lambda client: None)
+    assert said in cache.stats()["warnings"]  # read again only after MEMORY_SECONDS

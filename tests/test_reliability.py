@@ -306,6 +306,8 @@ def test_a_redis_out_of_memory_for_a_while_does_not_stop_the_worker(
         assert checks["redis"].startswith("refuses writes: ")
         # It still answers reads: the other checks are made, not "Redis does not answer".
         assert checks["enabled"] == "ok" and checks["root"] == "ok", checks
+        warnings = web.get("/cache/stats").get_json()["warnings"]  # said there too
+        assert any("of its maxmemory" in w and "refuses every write" in w for w in warnings)
         time.sleep(6)
         client.config_set("maxmemory", "0")
         assert web.get("/readyz").get_json()["checks"]["redis"] == "ok"
