@@ -246,6 +246,7 @@ def cleanup(
     # Short timeout, renewed per batch: a crashed worker blocks the next cleanup only briefly.
     timeout = min(CLEANUP_LOCK_SECONDS, cache.settings.disk_cache_lock_timeout_seconds)
     in_flight = cache.settings.disk_cache_lock_timeout_seconds  # a deletion's trash slot
+    depth = cache.settings.disk_cache_entry_depth  # the trashes of disks mounted above it
     lock = Lock(cache.client, cache.keys.cleanup_lock, timeout * 1000)
     if not lock.acquire():
         if periodic:  # another is cleaning (a chain of quota passes): beat is not overdue
@@ -268,7 +269,8 @@ def cleanup(
     try:
         migrations.ensure_record_ids(cache.store)  # before anything reads a record
         recovered = recover_unfinished(cache)
-        emptied = trash.empty(cache.root, in_flight)
+        emptied = trash.empty(cache.root, in_flight, depth)
+        marker.note_mounts(cache)  # the disks mounted below the root, for when one is not
         rebuilt, rebuilt_until = False, None
         if not cache.client.exists(cache.keys.initialized):
             log.warning("cache books are empty or new: reconciling with the disk before evicting")
@@ -358,7 +360,7 @@ def cleanup(
         "rechecked": rechecked,  # beat's: directories registered lately, rescanned
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
-        "trash_left": trash.pending(cache.root, in_flight),
+        "trash_left": trash.pending(cache.root, in_flight, depth),
         "pins_lapsed": lapsed,
         "more": expired.more or evicted.more,
         "duration_seconds": round(time.monotonic() - began, 3),

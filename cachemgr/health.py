@@ -227,7 +227,12 @@ def readiness(cache: DiskCache) -> dict[str, str]:
         checks["root"] = "ok"
     else:
         try:  # the empty mount point an unmounted disk leaves: every cleanup refuses it
-            checks["root"] = marker.refusal(cache) or _workers_refused(cache) or "ok"
+            why = marker.refusal(cache)
+            if why and marker.ANOTHER_NODE in why and not cache.registry.alive(cache.keys):
+                # This process names a node with no workers (a setting of its own that is
+                # not theirs): not the root's fault; the stats say so.
+                why = None
+            checks["root"] = why or _workers_refused(cache) or "ok"
         except Exception:  # Redis away: said by the redis check already
             checks["root"] = "ok"
     if not answers:

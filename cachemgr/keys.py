@@ -174,6 +174,12 @@ class Keys:
         return f"{self.prefix}cache:gone_cursor"
 
     @cached_property
+    def mounts(self) -> str:
+        """SET of the mount points below the root, above the entry depth, that cleanups have
+        seen mounted (relative paths): one found empty later is a disk not mounted (marker)."""
+        return f"{self.prefix}cache:mounts"
+
+    @cached_property
     def ttl_applied(self) -> str:
         """String: the TTL (seconds) the dir: keys were last stamped with, to notice a change."""
         return f"{self.prefix}cache:ttl_applied"

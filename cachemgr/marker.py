@@ -12,9 +12,10 @@ import logging
 import os
 import secrets
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cachemgr import paths
+from cachemgr import paths, trash
 from cachemgr.errors import RootMissing, root_missing
 from cachemgr.keys import Keys
 
@@ -48,7 +49,7 @@ def remember(cache: DiskCache, anew: bool = False) -> None:
     if books is not None and books != _books(cache.keys.prefix):
         log.warning(
             "the cache root %r was kept by other books (%s; DISK_CACHE_NODE or "
-            "DISK_CACHE_KEY_PREFIX changed?), whose workers are not alive: these (%s) take it "
+            "DISK_CACHE_KEY_PREFIX changed?), whose workers are gone: these (%s) take it "
             "over; `cachemgr forget-node` drops the old node's",
             str(cache.root),
             books,
@@ -290,7 +291,9 @@ def _refusal_of(
 ) -> str | None:
     if not cache.root.is_dir():
         return root_missing(cache.root)
-    other = None if force else swapped(cache, token)
+    # Forced, a root is adopted whatever its marker says; never one another node's live
+    # workers keep (it would be taken back and forth).
+    other = _kept_by_another(cache, _lines(cache)[0]) if force else swapped(cache, token)
     if other:
         return _not_theirs(cache, other, "no cleanup or reconcile runs")
     if allow_empty or force:
@@ -308,28 +311,62 @@ def _refusal_of(
     )
 
 
+# At most this many mount points below the root are remembered (note_mounts).
+MOUNTS_KEPT = 1000
+
+
+def note_mounts(cache: DiskCache, anew: bool = False) -> None:
+    """Remember the mount points below the root above the entry depth, as mounted now: one
+    found empty later is the bare mount point of a disk not mounted (under_bare_mount).
+    `anew`: a reconcile, which decides what is gone, forgets those no longer mounted."""
+    top = os.path.realpath(cache.root)
+    depth = cache.settings.disk_cache_entry_depth
+    found = []
+    for point in trash.mount_points_under(Path(top)):
+        rel = os.path.relpath(point, top)
+        if point != top and rel.count("/") + 1 < depth:
+            found.append(rel)
+    pipe = cache.client.pipeline(transaction=True)
+    if anew:
+        pipe.delete(cache.keys.mounts)
+    if found:
+        pipe.sadd(cache.keys.mounts, *found[:MOUNTS_KEPT])
+    pipe.execute()
+
+
 def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
     """Those of the tracked directories missing from the disk whose nearest existing
-    directory below the root is empty and unchanged since the download was booked: the bare
-    mount point a disk under the root leaves when it is not mounted (nothing is written
-    there while the disk is mounted over it). A directory emptied by hand (an artist's last
-    album deleted) changed then, and a mount point in use is not empty: theirs went for good."""
+    directory below the root is empty, and either a mount point cleanups saw mounted
+    (note_mounts) or unchanged since the download was booked: the bare mount point a disk
+    under the root leaves when it is not mounted (nothing is written there while the disk
+    is mounted over it). A directory emptied by hand (an artist's last album deleted)
+    changed then, and a mount point in use is not empty: theirs went for good."""
+    if not lost:
+        return set()
     root = os.path.realpath(cache.root)
+    seen = set(cache.client.smembers(cache.keys.mounts))
     doubtful = set()
     for entry in lost:
         above = os.path.dirname(os.path.join(root, entry.path))
         while above != root and not os.path.isdir(above):
             above = os.path.dirname(above)
-        if above != root and _bare(above, entry.registered_at):
+        if above == root or not _empty(above):
+            continue
+        if os.path.relpath(above, root) in seen or _unchanged(above, entry.registered_at):
             doubtful.add(entry.path)
     return doubtful
 
 
-def _bare(directory: str, booked: float) -> bool:
+def _empty(directory: str) -> bool:
     try:
         with os.scandir(directory) as it:
-            if next(it, None) is not None:
-                return False
+            return next(it, None) is None
+    except OSError:
+        return True  # cannot be told: not taken for gone
+
+
+def _unchanged(directory: str, booked: float) -> bool:
+    try:
         return os.stat(directory).st_mtime < booked
     except OSError:
         return True  # cannot be told: not taken for gone

@@ -231,9 +231,10 @@ def _reconcile(
     report["bytes_before"] = bytes_before
     in_flight = cache.settings.disk_cache_lock_timeout_seconds  # a deletion's slot, its lock's
     if dry_run:
-        report["trash_items"] = trash.pending(cache.root, in_flight)
+        report["trash_items"] = trash.pending(cache.root, in_flight, depth)
     else:
-        report["trash_items"] = trash.empty(cache.root, in_flight)
+        report["trash_items"] = trash.empty(cache.root, in_flight, depth)
+        marker.note_mounts(cache, anew=True)  # it decided what is gone: those mounted now
         report["bytes_after"] = recount(cache)
         # What it booked may pass the threshold, as a registration may: the caller sends the
         # quota pass (quota.quota_pass_due), or the disk stayed over it until beat's next run.

@@ -263,6 +263,11 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
             if elsewhere
             else ""
         )
+        if marker.ANOTHER_NODE in refused and not snap["up"]:
+            hint = (
+                " (or this process's DISK_CACHE_NODE or DISK_CACHE_KEY_PREFIX is not its "
+                "workers': no worker of this node is alive)"
+            )
         stats["warnings"].insert(0, f"cache not working: {refused}{hint}")
     memory = redis_memory_seen(cache)
     if memory:

@@ -89,11 +89,15 @@ def _base(chain: list[int]) -> int:
     return next(fd for fd in chain if _mount_id(fd) == mount)
 
 
-def _bases(root: Path, points: list[str]) -> list[Path]:
-    """The root and the mount points below it: where a trash may be (see `_base`)."""
+def _bases(root: Path, points: list[str], depth: int) -> list[Path]:
+    """The root and the mount points below it above the entry depth `depth`: where a
+    trash may be (see `_base`: a download's parent is above it). One inside a download (a
+    bind mount of a directory elsewhere) holds nothing of ours, whatever it names."""
     top = os.path.realpath(root)
-    below = [p for p in mount_points_under(Path(top), points) if p != top]
-    return [root] + [Path(p) for p in below if TRASH_DIR not in Path(p).parts]
+    below = [Path(p) for p in mount_points_under(Path(top), points) if p != top]
+    return [root] + [
+        p for p in below if len(p.relative_to(top).parts) < depth and TRASH_DIR not in p.parts
+    ]
 
 
 def _remove(name: str, dir_fd: int) -> list[str]:
@@ -283,13 +287,22 @@ def _in_flight(name: str, trash_fd: int, lock_timeout: float) -> bool:
     return time.time() - st.st_mtime < max(IN_FLIGHT_AGE, lock_timeout)
 
 
-def empty(root: Path, lock_timeout: float = 0.0) -> int:
+def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
     """Delete whatever a crash or a failed deletion left in the trash (the root's, and those
-    of disks mounted below it); returns how many items went. An item that cannot go (or
-    holds a mount point) is logged and left for next time: one stuck item must not stop
-    every cleanup."""
+    of disks mounted below it, above the entry depth `depth`); returns how many items went.
+    An item that cannot go (or holds a mount point) is logged and left for next time: one
+    stuck item must not stop every cleanup, nor one disk below the root that cannot be
+    read (a dead network mount: ENOTCONN, ESTALE)."""
     points = mount_points()
-    return sum(_empty(base, points, lock_timeout) for base in _bases(root, points))
+    removed = 0
+    for base in _bases(root, points, depth):
+        try:
+            removed += _empty(base, points, lock_timeout)
+        except OSError as exc:
+            if base == root:
+                raise
+            log.warning("trash of %s not emptied: %s", base, exc)
+    return removed
 
 
 def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
@@ -328,9 +341,9 @@ def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
     return removed
 
 
-def pending(root: Path, lock_timeout: float = 0.0) -> int:
+def pending(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
     """Items `empty` would take: a deletion still checking what it moved is not one."""
-    return sum(_pending(base, lock_timeout) for base in _bases(root, mount_points()))
+    return sum(_pending(base, lock_timeout) for base in _bases(root, mount_points(), depth))
 
 
 def _pending(base: Path, lock_timeout: float) -> int:

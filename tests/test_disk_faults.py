@@ -477,7 +477,7 @@ def test_a_download_on_a_disk_mounted_below_the_root_can_be_deleted(
         cache.register(f"artist/{trash.TRASH_DIR}")
     # What a crash left in it is emptied by a cleanup, as the root's is.
     make_tree(disk / trash.TRASH_DIR, "left-by-a-crash", files=2)
-    assert trash.pending(root) == 1 and trash.empty(root) == 1
+    assert trash.pending(root, depth=2) == 1 and trash.empty(root, depth=2) == 1
     assert list((disk / trash.TRASH_DIR).iterdir()) == []
     # And a quota pass evicts from it.
     tiny = settings.with_(disk_cache_entry_depth=2, disk_cache_max_bytes=1)
@@ -504,3 +504,62 @@ def test_a_trash_that_is_no_directory_is_named_in_the_error(cache, root, tmp_pat
         cache.remove("tr1", remove_files=True)
     assert (root / "tr1").is_dir() and cache.store.tracked(["tr1"]) == [True]
     assert (outside / "keep").read_text() == "x" and trash.empty(root) == 0
+
+
+def test_only_the_trashes_of_disks_mounted_above_the_entry_depth_are_emptied(
+    settings, redis_client, root, tmp_path, bind_mount, monkeypatch
+):
+    """Every mount point below the root had its `.cachemgr-trash` emptied: one inside a
+    download (a directory elsewhere bind-mounted there) had what lives outside deleted; and
+    one that could not be read (a dead network mount) failed every cleanup."""
+    import errno
+
+    outside = tmp_path / "outside"
+    (outside / trash.TRASH_DIR / "precious").mkdir(parents=True)
+    make_tree(root, "artist/album")
+    bind_mount(outside, root / "artist" / "album" / "sub")
+    assert trash.pending(root, depth=2) == 0 and trash.empty(root, depth=2) == 0
+    assert (outside / trash.TRASH_DIR / "precious").is_dir()
+    disk = tmp_path / "disk2"
+    (disk / trash.TRASH_DIR / "left").mkdir(parents=True)
+    bind_mount(disk, root / "other")
+    real = trash._empty
+
+    def dead_mount(base, points, lock_timeout):
+        if base != root:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        return real(base, points, lock_timeout)
+
+    monkeypatch.setattr(trash, "_empty", dead_mount)
+    (root / trash.TRASH_DIR / "ours").mkdir(parents=True)
+    assert trash.empty(root, depth=2) == 1  # the root's went; the dead disk's is skipped
+    monkeypatch.undo()
+    assert trash.empty(root, depth=2) == 1 and not (disk / trash.TRASH_DIR / "left").exists()
+
+
+def test_a_disk_seen_mounted_below_the_root_keeps_its_downloads_while_unmounted(
+    settings, redis_client, root, tmp_path, bind_mount
+):
+    """Kept only when the bare mount point was unchanged since the download was booked: a
+    reconcile books a download by its files' time, older than a mount point made later, and
+    the disk's downloads left the books once it was unmounted. Cleanups now remember the
+    disks they saw mounted."""
+    from cachemgr import audit
+
+    cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+    disk = tmp_path / "disk3"
+    make_tree(disk, "album", files=2)
+    bind_mount(disk, root / "disk3")
+    make_tree(root, "mine/album")
+    cache.register("mine/album")
+    cleanup(cache)  # rebuilds the new books from the disk, and sees disk3 mounted
+    assert cache.store.tracked(["disk3/album"]) == [True]
+    subprocess.run(["umount", str(root / "disk3")], check=True)
+    later = time.time() + 60  # the bare mount point looks changed since: its mtime says nothing
+    os.utime(root / "disk3", (later, later))
+    found = audit.gone(cache)
+    assert (found["count"], found["kept"]) == (0, 1), found
+    assert cache.store.tracked(["disk3/album"]) == [True]
+    # A reconcile decides (the disk retired): it untracks them and forgets the mount point.
+    assert reconcile(cache)["untracked"] == ["disk3/album"]
+    assert cache.client.smembers(cache.keys.mounts) == set()

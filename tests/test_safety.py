@@ -337,8 +337,9 @@ def test_two_nodes_on_one_root_are_refused_and_a_renamed_node_takes_it_over(
     """Another DISK_CACHE_NODE (or key prefix) on the same root rebuilt books of its own in
     silence: with the old node's workers still alive, both booked the same downloads and each
     evicted by its own books."""
-    from cachemgr import RootMissing, marker
+    from cachemgr import RootMissing, health, marker
     from cachemgr.cleanup import cleanup
+    from cachemgr.reconcile import reconcile
 
     old = DiskCache(settings, redis_client)
     make_tree(root, "album")
@@ -354,6 +355,13 @@ def test_two_nodes_on_one_root_are_refused_and_a_renamed_node_takes_it_over(
         cleanup(renamed)
     assert "reconcile --force" not in str(refused.value)  # mounted, and another's: not to adopt
     assert renamed.store.count_entries() == 0 and old.store.tracked(["album"]) == [True]
+    with pytest.raises(RootMissing, match="names the books of another node"):
+        reconcile(renamed, force=True)  # not even forced: it would be taken back and forth
+    # A process of that name with no workers of its own (an API set apart by mistake): its
+    # stats say which setting to look at, and its /readyz does not blame the root.
+    warned = [w for w in renamed.stats()["warnings"] if "another node" in w]
+    assert warned and "this process's DISK_CACHE_NODE or DISK_CACHE_KEY_PREFIX" in warned[0]
+    assert health.readiness(renamed)["root"] == "ok"
     # Its old workers stopped: a rename, said; the new books take the root over.
     redis_client.delete(old.keys.alive)
     with caplog.at_level("WARNING", logger="cachemgr"):

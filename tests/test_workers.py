@@ -781,7 +781,9 @@ def test_the_one_url_a_pipeline_gives_its_client_wins_over_its_redis_url(
     # (a database where no worker published): the books stay where the workers keep them.
     monkeypatch.setenv("REDIS_URL", url)
     broker_only = url.rsplit("/", 1)[0] + "/13"
-    beside = CacheClient(broker_only, key_prefix=cache.keys.prefix)
+    cluster = cache.settings.disk_cache_cluster
+    cache.registry.publish(cache.settings)  # as the workers do, in their cluster's registry
+    beside = CacheClient(broker_only, key_prefix=cache.keys.prefix, cluster=cluster)
     try:
         assert beside.redis_url == url and beside.pin_now("streamed", 60, holder="s-8")
         assert {h.holder for h in cache.info("streamed").holders or []} >= {"s-8"}
@@ -805,3 +807,12 @@ def test_a_worker_whose_floor_is_beyond_its_disk_stops_at_start(root, monkeypatc
     with pytest.raises(SystemExit) as stopped:
         worker_app._settings_or_stop()
     assert stopped.value.code == worker_app.EXIT_BAD_SETTINGS
+
+
+def test_a_books_url_that_cannot_be_asked_is_said_so(caplog):
+    from workers.client import _books_url
+
+    with caplog.at_level("WARNING", logger="cachemgr"):
+        got = _books_url(["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:2"], "nocluster")
+    assert got == "redis://127.0.0.1:1/0"  # the URL given, said
+    assert "could not be asked" in caplog.text and "127.0.0.1:2" in caplog.text
