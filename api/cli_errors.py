@@ -14,7 +14,7 @@ from kombu.exceptions import OperationalError
 
 from api.errors import broker_said, redis_said, redis_unavailable, wrong_database
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
-from workers.client import ResultUnavailable, backend_gave_up
+from workers.results import ResultUnavailable, backend_gave_up
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3, 4, 5
 

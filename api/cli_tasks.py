@@ -14,7 +14,7 @@ from api.extensions import answered, behind_lock, let_go
 from cachemgr import CacheError, DiskCache, marker
 from cachemgr.nodes import own_entry, root_elsewhere
 from cachemgr.settings import env_value
-from workers.client import ResultUnavailable, backend_gave_up
+from workers.results import ResultUnavailable, backend_gave_up
 
 TASK_WAIT_SECONDS = 120.0
 

@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from cachemgr import errors
 from cachemgr.reconcile import ReconcileBusy
-from workers.client import ResultUnavailable, backend_gave_up, quiet_backend_noise
+from workers.results import ResultUnavailable, backend_gave_up, quiet_backend_noise
 
 log = logging.getLogger("cachemgr.api")
 

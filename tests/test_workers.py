@@ -810,9 +810,9 @@ def test_a_worker_whose_floor_is_beyond_its_disk_stops_at_start(root, monkeypatc
 
 
 def test_a_books_url_that_cannot_be_asked_is_said_so(caplog):
-    from workers.client import _books_url
+    from workers.urls import books_url
 
     with caplog.at_level("WARNING", logger="cachemgr"):
-        got = _books_url(["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:2"], "nocluster")
+        got = books_url(["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:2"], "nocluster")
     assert got == "redis://127.0.0.1:1/0"  # the URL given, said
     assert "could not be asked" in caplog.text and "127.0.0.1:2" in caplog.text

@@ -17,11 +17,8 @@ import os
 import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
-import redis
 from celery import Celery
-from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from celery.result import AsyncResult
 
 from cachemgr import checks, pins
@@ -34,6 +31,9 @@ from cachemgr.nodes import NodeRegistry, node_queue
 from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
 from cachemgr.store import Store
+from workers.results import ResultUnavailable as ResultUnavailable  # the pipeline's to catch
+from workers.results import TaskResult, quiet_backend_noise
+from workers.urls import HUNG_REDIS_SECONDS, books_url, server
 
 log = logging.getLogger("cachemgr")
 
@@ -46,135 +46,11 @@ CONFIG_RETRY_SECONDS = 5.0
 CONFIG_REFRESH_SECONDS = 10.0
 
 
-class ResultUnavailable(ConnectionError):
-    """Celery's result backend (Redis) gave up reconnecting while a task's answer was awaited.
-    Celery says "The Celery application must be restarted", which it need not be (the next
-    call reconnects). The task was sent and may have run: every cachemgr task is idempotent,
-    so send it again."""
-
-
-def raised_in(exc: BaseException, module_prefix: str) -> bool:
-    """Whether the innermost frame of the exception's traceback is in that module tree."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(module_prefix)
-
-
-def backend_gave_up(exc: BaseException) -> bool:
-    """Celery's Redis result backend gave up reconnecting: a bare RuntimeError, told by where
-    it was raised (not by its wording), or ours for it."""
-    return isinstance(exc, ResultUnavailable) or (
-        isinstance(exc, RuntimeError) and raised_in(exc, "celery.backends.")
-    )
-
-
-class BackendRestartNoise(logging.Filter):
-    """Drops Celery's CRITICAL "The Celery application must be restarted" when its Redis result
-    backend gives up reconnecting: the call that met it says so in our words (the API answers
-    503, the CLI exits 4, the pipeline's get() raises ResultUnavailable), and the next one
-    reconnects; no restart is needed."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg is not E_RETRY_LIMIT_EXCEEDED
-
-
-BACKEND_NOISE = BackendRestartNoise()
-
-
-def quiet_backend_noise() -> None:
-    backend_log = logging.getLogger("celery.backends.asynchronous")
-    if BACKEND_NOISE not in backend_log.filters:
-        backend_log.addFilter(BACKEND_NOISE)
-
-
-class TaskResult(AsyncResult):
-    """Celery's AsyncResult, whose get() raises ResultUnavailable, not Celery's RuntimeError,
-    when the result backend cannot be reached (a Redis restart)."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # A TaskResult again (of the current app, as Celery's own are): the client's class,
-        # bound to its app, is not importable.
-        return TaskResult, self.__reduce_args__()
-
-    def get(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().get(*args, **kwargs)
-        except RuntimeError as exc:
-            if not backend_gave_up(exc):
-                raise
-            raise ResultUnavailable(
-                f"Celery's result backend (Redis) cannot be reached: task {self.id} was sent "
-                "and may have run; send it again (every cachemgr task is idempotent)"
-            ) from None
-
-
 def holder_kwargs(holder: str | None) -> dict[str, str]:
     """A task's `holder` argument, sent only when named: a worker from before holders takes
     a task that names none (one that names a holder it fails: upgrade the workers first).
     An empty name is refused here (sent as none, its unpin would end every lease)."""
     return {} if holder is None else {"holder": checks.holder(holder)}
-
-
-# How long the client's sends and result reads wait for a reply from a Redis that hangs.
-HUNG_REDIS_SECONDS = 5
-
-
-def _server(url: str) -> tuple[str, int | str] | None:
-    """The Redis server a redis://, rediss:// or unix:// URL names (any database)."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return ("unix", parts.path)
-    if parts.scheme in ("redis", "rediss"):
-        return (parts.hostname or "localhost", parts.port or 6379)
-    return None
-
-
-# The books' URL found for (the candidate URLs, the cluster): looked for once a process.
-_BOOKS_FOUND: dict[tuple[tuple[str, ...], str], str] = {}
-
-
-def _books_url(candidates: list[str | None], cluster: str) -> str | None:
-    """The books' URL, of the URL given and REDIS_URL: the one where the workers published
-    the node registry when they differ (a pipeline's own REDIS_URL, or the workers' books
-    beside a broker URL given; either way the other had the pins and plays booked where no
-    worker reads them), else the first."""
-    urls = tuple(dict.fromkeys(url for url in candidates if url))
-    if len(urls) < 2:
-        return urls[0] if urls else None
-    if (urls, cluster) in _BOOKS_FOUND:
-        return _BOOKS_FOUND[urls, cluster]
-    unreachable = []
-    for url in urls:
-        try:
-            if _publishes(url, cluster):
-                _BOOKS_FOUND[urls, cluster] = url
-                return url
-        except (redis.RedisError, ValueError, OSError):
-            unreachable.append(url)
-    log.warning(
-        "CacheClient: no workers have published to %s%s: the books are taken to be at %s "
-        "(the URL given); pass redis_url= if they are elsewhere",
-        " or ".join(u for u in urls if u not in unreachable) or "either",
-        f" ({', '.join(unreachable)} could not be asked)" if unreachable else "",
-        urls[0],
-    )
-    return urls[0]
-
-
-def _publishes(url: str, cluster: str) -> bool:
-    """Whether the node registry is at `url` (asked within a second or so)."""
-    plain = url.split("://", 1)[0] in ("redis", "rediss", "unix")
-    # A Cluster's or Sentinel's URL is cachemgr's own (connection.connect).
-    probe = (
-        redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        if plain
-        else connect(url, interactive=True)
-    )
-    try:
-        return bool(probe.exists(Keys.nodes(cluster)))
-    finally:
-        probe.close()
 
 
 class CacheClient:
@@ -216,10 +92,10 @@ class CacheClient:
         cluster = cluster or env.get("DISK_CACHE_CLUSTER") or "cachemgr"
         default_redis = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         self.broker_url = broker_url or env.get("CELERY_BROKER_URL") or default_redis
-        given = broker_url if broker_url and _server(broker_url) else None
-        self.redis_url = redis_url or _books_url(
+        given = broker_url if broker_url and server(broker_url) else None
+        self.redis_url = redis_url or books_url(
             [given, env.get("REDIS_URL")], cluster
-        ) or (self.broker_url if _server(self.broker_url) else default_redis)
+        ) or (self.broker_url if server(self.broker_url) else default_redis)
         self.node = node
         self.cluster = cluster
         self.backend = backend
@@ -253,11 +129,11 @@ class CacheClient:
                 "socket_connect_timeout": 3,
             },
         )
-        books = _server(self.redis_url)
+        books = server(self.redis_url)
         # Celery's broker or result backend on the books' server: see `shares_books_server`.
         self.shares_books_server = books is not None and books in (
-            _server(str(self.app.conf.broker_url or self.broker_url)),  # Celery's rule
-            _server(str(self.app.conf.result_backend or "")),
+            server(str(self.app.conf.broker_url or self.broker_url)),  # Celery's rule
+            server(str(self.app.conf.result_backend or "")),
         )
         self._result_cls = self.app.subclass_with_self(TaskResult, keep_reduce=True)
         quiet_backend_noise()

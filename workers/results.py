@@ -1,0 +1,72 @@
+"""Waiting for a task's answer: Celery's Redis result backend giving up, said in our words."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
+from celery.result import AsyncResult
+
+
+class ResultUnavailable(ConnectionError):
+    """Celery's result backend (Redis) gave up reconnecting while a task's answer was awaited.
+    Celery says "The Celery application must be restarted", which it need not be (the next
+    call reconnects). The task was sent and may have run: every cachemgr task is idempotent,
+    so send it again."""
+
+
+def raised_in(exc: BaseException, module_prefix: str) -> bool:
+    """Whether the innermost frame of the exception's traceback is in that module tree."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(module_prefix)
+
+
+def backend_gave_up(exc: BaseException) -> bool:
+    """Celery's Redis result backend gave up reconnecting: a bare RuntimeError, told by where
+    it was raised (not by its wording), or ours for it."""
+    return isinstance(exc, ResultUnavailable) or (
+        isinstance(exc, RuntimeError) and raised_in(exc, "celery.backends.")
+    )
+
+
+class BackendRestartNoise(logging.Filter):
+    """Drops Celery's CRITICAL "The Celery application must be restarted" when its Redis result
+    backend gives up reconnecting: the call that met it says so in our words (the API answers
+    503, the CLI exits 4, the pipeline's get() raises ResultUnavailable), and the next one
+    reconnects; no restart is needed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg is not E_RETRY_LIMIT_EXCEEDED
+
+
+BACKEND_NOISE = BackendRestartNoise()
+
+
+def quiet_backend_noise() -> None:
+    backend_log = logging.getLogger("celery.backends.asynchronous")
+    if BACKEND_NOISE not in backend_log.filters:
+        backend_log.addFilter(BACKEND_NOISE)
+
+
+class TaskResult(AsyncResult):
+    """Celery's AsyncResult, whose get() raises ResultUnavailable, not Celery's RuntimeError,
+    when the result backend cannot be reached (a Redis restart)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A TaskResult again (of the current app, as Celery's own are): the client's class,
+        # bound to its app, is not importable.
+        return TaskResult, self.__reduce_args__()
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get(*args, **kwargs)
+        except RuntimeError as exc:
+            if not backend_gave_up(exc):
+                raise
+            raise ResultUnavailable(
+                f"Celery's result backend (Redis) cannot be reached: task {self.id} was sent "
+                "and may have run; send it again (every cachemgr task is idempotent)"
+            ) from None
