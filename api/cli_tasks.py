@@ -73,14 +73,16 @@ def answer(name: str, result: Any, wait: float = TASK_WAIT_SECONDS) -> Any:
     )
 
 
-def acting(disk: bool = False) -> DiskCache:
+def acting(disk: bool = False, adopting: bool = False) -> DiskCache:
     """The cache a write done here (--now) acts on: with the quota, TTL and policy the node's
     workers published (DiskCache.acting), each difference from this shell's said on stderr.
-    `disk`: it looks at the root, which must then be the books' (see `_not_their_root`)."""
+    `disk`: it looks at the root, which must then be the books' (see `_not_their_root`);
+    `adopting` (reconcile --force): it makes this shell's root the books', which must then
+    be the workers'."""
     cache = state().cache
     theirs, differences = cache.acting()
-    if disk:
-        _not_their_root(cache, theirs)
+    if disk or adopting:
+        _not_their_root(cache, theirs, adopting)
     for name, mine, workers in differences:
         click.echo(
             f"note: the node's workers run with {name}={env_value(workers)} (this shell: "
@@ -96,19 +98,22 @@ def acting(disk: bool = False) -> DiskCache:
     return theirs
 
 
-def _not_their_root(cache: DiskCache, theirs: DiskCache) -> None:
+def _not_their_root(cache: DiskCache, theirs: DiskCache, adopting: bool) -> None:
     """A shell whose DISK_CACHE_ROOT is not the workers' and not the books' (none set, a
     typo): refused here in one line. Run, its cleanup was recorded as the node's, failed,
-    and the stats and /readyz said the cache was broken until the workers' next one."""
+    and the stats and /readyz said the cache was broken until the workers' next one; its
+    `reconcile --force` made that directory the books' root, untracking every download."""
     entry = own_entry(cache.registry.entries(), cache.settings)
     elsewhere = root_elsewhere(cache.settings, entry)
-    why = marker.refusal(theirs) if elsewhere else None
-    if why:
-        raise Fail(
-            f"not done here: {why}; this shell's DISK_CACHE_ROOT ({cache.settings.root}) is "
-            f"not the one the node's workers use ({elsewhere}): set it so, or leave out --now",
-            EXIT_CONFIG,
-        )
+    if not elsewhere or not adopting and marker.refusal(theirs) is None:
+        return  # theirs, or the same disk mounted elsewhere (a container): the books' root
+    raise Fail(
+        f"not done here: this shell's DISK_CACHE_ROOT ({cache.settings.root}) is not the one "
+        f"the node's workers use ({elsewhere})"
+        + (", and not the directory the books were kept for" if not adopting else "")
+        + f": set DISK_CACHE_ROOT={elsewhere}, or leave out --now (the workers do it there)",
+        EXIT_CONFIG,
+    )
 
 
 def send_quota_pass(cache: DiskCache) -> None:

@@ -742,12 +742,15 @@ def test_now_from_a_shell_whose_root_is_not_the_workers_is_refused_unrecorded(
     app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": shell, "REDIS_CLIENT": redis_client})
     runner = app.test_cli_runner()
     before = redis_client.hgetall(cache.keys.last_cleanup)
-    for args in (["cleanup", "--now"], ["register", "other", "--now"], ["rm", "a", "--files",
-                                                                        "--now"]):  # fmt: skip
+    for args in (["cleanup", "--now"], ["register", "other", "--now"],
+                 ["rm", "a", "--files", "--now"], ["reconcile", "--now"],
+                 ["reconcile", "--now", "--force"]):  # fmt: skip
         done = runner.invoke(args=args)
         assert done.exit_code == 5, (args, done.output)
         assert "is not the one the node's workers use" in done.output, done.output
         assert str(root) in done.output
+        # Not the advice that made this directory the books' root: --force, here.
+        assert "--force" not in done.output, done.output
     assert redis_client.hgetall(cache.keys.last_cleanup) == before
     assert cache.store.tracked(["a", "other"]) == [True, False] and (root / "a").is_dir()
     # Without --now the workers do it, on their root; untracking alone looks at no disk.
