@@ -62,6 +62,17 @@ class LastCleanupSchema(Schema):
         metadata={"description": "directories at the entry depth not on the books (beat's last)"}
     )
     untracked_example = _one_of_them()
+    gone_kept = fields.Integer(
+        metadata={
+            "description": "tracked directories missing under a disk below the root that is not "
+            "mounted, kept on the books (beat's last)"
+        }
+    )
+    gone_kept_example = _one_of_them()
+    gone_refused = fields.String(
+        allow_none=True,
+        metadata={"description": "why beat's last look untracked nothing (most were missing)"},
+    )
     stray_files = fields.Integer(
         metadata={
             "description": "files at or above the entry depth outside every download directory "

@@ -108,9 +108,19 @@ def diagnose(
     stuck = last.get("trash_left") or 0
     if stuck:
         problems.append(
-            f"{stuck} item(s) in the trash (.cachemgr-trash) could not be deleted: their bytes "
-            "still fill the disk but are no longer counted; see the worker log (permissions, "
+            f"{stuck} item(s) in the trash (.cachemgr-trash in the root, or in a disk mounted "
+            "below it) could not be deleted: their bytes still fill the disk but are no longer "
+            "counted; the worker log names them (`trash: ... left in place`: permissions, "
             "immutable files, mount points)"
+        )
+    if last.get("gone_refused"):
+        problems.append(f"beat's look for downloads gone from the disk: {last['gone_refused']}")
+    if last.get("gone_kept"):
+        problems.append(
+            f"{last['gone_kept']} tracked directory(ies) are missing under a directory below "
+            f"the root that looks like a disk not mounted (e.g. {last.get('gone_kept_example')}"
+            "): kept on the books; mount it, or run `cachemgr reconcile` if they were removed "
+            "on purpose"
         )
     if last.get("audit_error"):
         problems.append(
@@ -287,9 +297,10 @@ def redis_memory(client: Any) -> str | None:
             "unsaid; set maxmemory-policy noeviction (and a maxmemory the books fit in)"
         )
     if used >= NEAR_MAXMEMORY * limit:
+        when = "it refuses" if used >= limit else "once full it refuses"
         return (
             f"Redis uses {used} of its maxmemory of {limit} bytes "
-            f"({100 * used // limit}%): once full it refuses every write (registrations, "
-            "plays, cleanups); raise maxmemory"
+            f"({100 * used // limit}%): {when} every write (registrations, plays, cleanups); "
+            "raise maxmemory"
         )
     return None

@@ -61,6 +61,7 @@ def record(
             **({"periodic_time": f"{started:.3f}"} if periodic else {}),
             # Looked for by beat's cleanups only: the others leave the last count as it was.
             **_untracked(result.get("untracked")),
+            **_gone(result.get("gone")),
         },
     )
     pipe.lpush(cache.keys.history, json.dumps(sample))
@@ -90,6 +91,18 @@ def root_mended(cache: DiskCache) -> bool:
     """A reconcile has checked (or adopted) the root: a last cleanup refused for the root no
     longer reads as failed, which the stats and /readyz said for up to an interval more."""
     return bool(call(cache.client, RESOLVE, [cache.keys.last_cleanup], [RootMissing.code]))
+
+
+def _gone(found: dict[str, Any] | None) -> dict[str, str]:
+    """Beat's look for tracked directories gone from the disk: those it kept (under a disk
+    not mounted) and its refusal (most missing), for the stats to say, not the log alone."""
+    if not found or "error" in found:
+        return {}
+    return {
+        "gone_kept": str(found.get("kept", 0)),
+        "gone_kept_example": str(found.get("kept_example") or ""),
+        "gone_refused": str(found.get("refused") or ""),
+    }
 
 
 def _untracked(found: dict[str, Any] | None) -> dict[str, str]:

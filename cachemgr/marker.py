@@ -340,18 +340,19 @@ def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
     (note_mounts) or unchanged since the download was booked: the bare mount point a disk
     under the root leaves when it is not mounted (nothing is written there while the disk
     is mounted over it). A directory emptied by hand (an artist's last album deleted)
-    changed then, and a mount point in use is not empty: theirs went for good."""
+    changed then, and a mount point in use is mounted: theirs went for good."""
     if not lost:
         return set()
     root = os.path.realpath(cache.root)
     seen = set(cache.client.smembers(cache.keys.mounts))
+    mounted = set(trash.mount_points())
     doubtful = set()
     for entry in lost:
         above = os.path.dirname(os.path.join(root, entry.path))
         while above != root and not os.path.isdir(above):
             above = os.path.dirname(above)
-        if above == root or not _empty(above):
-            continue
+        if above == root or above in mounted or not _empty(above):
+            continue  # a disk mounted there now: what is missing from it went for good
         if os.path.relpath(above, root) in seen or _unchanged(above, entry.registered_at):
             doubtful.add(entry.path)
     return doubtful

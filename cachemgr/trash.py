@@ -58,7 +58,8 @@ def _same_device(fd: int, root_fd: int) -> None:
 
 
 @contextlib.contextmanager
-def _trash_fd(root_fd: int) -> Iterator[int]:
+def _trash_fd(root_fd: int, where: str = "") -> Iterator[int]:
+    """The trash in the directory `root_fd` (the root, or `where` below it), made if need be."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(TRASH_DIR, dir_fd=root_fd)
     try:
@@ -68,8 +69,8 @@ def _trash_fd(root_fd: int) -> Iterator[int]:
             raise
         # Said as what it is: "Not a directory" alone named the download, not the trash.
         raise OSError(
-            exc.errno, f"the trash {TRASH_DIR} is a symlink or a file, not a directory: nothing "
-            "is deleted until it is removed"
+            exc.errno, f"the trash {where + '/' if where else ''}{TRASH_DIR} is a symlink or a "
+            "file, not a directory: nothing is deleted until it is removed"
         ) from None
     try:
         _same_device(fd, root_fd)
@@ -80,13 +81,13 @@ def _trash_fd(root_fd: int) -> Iterator[int]:
 
 def _base(chain: list[int]) -> int:
     """Where the trash goes for a directory in the last of `chain` (the root's descriptor,
-    then each level down to its parent): the root, or the mount point below it that the
-    directory's disk is mounted at (a rename cannot cross filesystems: a download on a disk
-    mounted at root/artist could never be deleted, EXDEV)."""
+    then each level down to its parent): its index there, the root (0) or the mount point
+    below it that the directory's disk is mounted at (a rename cannot cross filesystems: a
+    download on a disk mounted at root/artist could never be deleted, EXDEV)."""
     mount = _mount_id(chain[-1])
     if mount is None:
-        return chain[0]
-    return next(fd for fd in chain if _mount_id(fd) == mount)
+        return 0
+    return next(i for i, fd in enumerate(chain) if _mount_id(fd) == mount)
 
 
 def _bases(root: Path, points: list[str], depth: int) -> list[Path]:
@@ -242,7 +243,8 @@ def discard(root: Path, rel: str, still_ours: Callable[[], str | None] | None = 
         st = os.stat(parts[-1], dir_fd=parent_fd, follow_symlinks=False)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectory(f"{rel!r} is no longer a directory")
-        trash_fd = stack.enter_context(_trash_fd(_base(chain)))
+        base = _base(chain)
+        trash_fd = stack.enter_context(_trash_fd(chain[base], "/".join(parts[:base])))
         # Moved into a slot of its own that `empty` leaves alone while it is new: what was
         # moved is checked there first, and must still be there to be put back.
         slot = f"{IN_FLIGHT}{uuid.uuid4().hex}"
@@ -329,7 +331,8 @@ def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
                 except OSError as exc:
                     problems = [str(exc)]
                 if problems:
-                    log.warning("trash: %s left in place: %s", name, "; ".join(problems[:3]))
+                    where = trash_dir(base) / name
+                    log.warning("trash: %s left in place: %s", where, "; ".join(problems[:3]))
                 else:
                     removed += 1
     except (FileNotFoundError, NotADirectoryError):

@@ -497,3 +497,16 @@ def test_an_artists_last_album_deleted_by_hand_is_untracked_not_kept(cache, root
     evict = cleanup(small)["evict"]
     assert evict["errors"] == [] and evict["vanished"] == ["third/album"], evict
     assert cache.store.tracked(["third/album"]) == [False]
+
+
+def test_a_look_that_finds_most_downloads_missing_is_said_in_the_stats(cache, root):
+    cache.client.set(cache.keys.initialized, "1")
+    for i in range(24):
+        make_tree(root, f"d{i:02d}")
+        cache.register(f"d{i:02d}")
+    for i in range(22):  # most of them: taken for a disk not mounted, nothing untracked
+        shutil.rmtree(root / f"d{i:02d}")
+    assert cleanup(cache, periodic=True)["gone"]["refused"]
+    said = [w for w in cache.stats()["warnings"] if "beat's look for downloads gone" in w]
+    assert said and "22 of 24" in said[0]
+    assert cache.store.count_entries() == 24

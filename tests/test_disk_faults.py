@@ -552,14 +552,41 @@ def test_a_disk_seen_mounted_below_the_root_keeps_its_downloads_while_unmounted(
     bind_mount(disk, root / "disk3")
     make_tree(root, "mine/album")
     cache.register("mine/album")
+    make_tree(disk, "by-hand")
     cleanup(cache)  # rebuilds the new books from the disk, and sees disk3 mounted
-    assert cache.store.tracked(["disk3/album"]) == [True]
+    assert cache.store.tracked(["disk3/album", "disk3/by-hand"]) == [True, True]
+    # Deleted by hand while the disk is mounted: gone for good, not kept.
+    shutil.rmtree(root / "disk3" / "by-hand")
+    shutil.rmtree(root / "disk3" / "album")
+    found = audit.gone(cache)
+    assert (found["count"], found["kept"]) == (2, 0), found
+    make_tree(disk, "album", files=2)
+    cache.register("disk3/album")
     subprocess.run(["umount", str(root / "disk3")], check=True)
     later = time.time() + 60  # the bare mount point looks changed since: its mtime says nothing
     os.utime(root / "disk3", (later, later))
     found = audit.gone(cache)
     assert (found["count"], found["kept"]) == (0, 1), found
     assert cache.store.tracked(["disk3/album"]) == [True]
+    # Said in the stats, not in the worker's log alone.
+    assert cleanup(cache, periodic=True)["gone"]["kept"] == 1
+    said = [w for w in cache.stats()["warnings"] if "looks like a disk not mounted" in w]
+    assert said and "disk3/album" in said[0], cache.stats()["warnings"]
     # A reconcile decides (the disk retired): it untracks them and forgets the mount point.
     assert reconcile(cache)["untracked"] == ["disk3/album"]
     assert cache.client.smembers(cache.keys.mounts) == set()
+
+
+def test_the_trash_of_a_disk_mounted_below_the_root_is_named_in_the_error(
+    settings, redis_client, root, tmp_path, bind_mount
+):
+    disk = tmp_path / "disk4"
+    disk.mkdir()
+    (disk / trash.TRASH_DIR).symlink_to(tmp_path)  # not followed, and named
+    bind_mount(disk, root / "artist")
+    cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+    make_tree(root, "artist/album")
+    cache.register("artist/album")
+    with pytest.raises(Exception, match=r"the trash artist/\.cachemgr-trash is a symlink"):
+        cache.remove("artist/album", remove_files=True)
+    assert (disk / "album").is_dir()

@@ -826,6 +826,8 @@ def test_redis_memory_settings_that_put_the_books_at_risk_are_said():
     full = {"maxmemory": 10**9, "used_memory": 95 * 10**7, "maxmemory_policy": "noeviction"}
     assert "(95%): once full it refuses every write" in redis_memory(_InfoOnly(full))
     assert redis_memory(_InfoOnly({**full, "used_memory": 10**6})) is None
+    over = redis_memory(_InfoOnly({**full, "used_memory": 2 * 10**9}))
+    assert over and "(200%): it refuses every write" in over  # full already, not "once full"
     assert redis_memory(_InfoOnly({"maxmemory": 0, "maxmemory_policy": "allkeys-lru"})) is None
     assert redis_memory(_InfoOnly(None)) is None  # INFO refused: nothing to say
 
