@@ -346,6 +346,7 @@ def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
     root = os.path.realpath(cache.root)
     seen = set(cache.client.smembers(cache.keys.mounts))
     mounted = set(trash.mount_points())
+    offset = cache.clock() - time.time()  # a file time as the books date it (Redis's clock)
     doubtful = set()
     for entry in lost:
         above = os.path.dirname(os.path.join(root, entry.path))
@@ -353,7 +354,7 @@ def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
             above = os.path.dirname(above)
         if above == root or above in mounted or not _empty(above):
             continue  # a disk mounted there now: what is missing from it went for good
-        if os.path.relpath(above, root) in seen or _unchanged(above, entry.registered_at):
+        if os.path.relpath(above, root) in seen or _unchanged(above, entry.registered_at - offset):
             doubtful.add(entry.path)
     return doubtful
 
