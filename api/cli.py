@@ -226,7 +226,7 @@ def reconcile(dry_run: bool, force: bool, now: bool, as_json: Any) -> None:
     if not now:  # the worker plans too: it sees the disk as it does (its user, its mount)
         result = wait_task("reconcile", dry_run=dry_run, force=force)
     else:
-        cache = acting(disk=True, adopting=force)
+        cache = acting(disk=True, adopting=force and not dry_run)
         if not sys.stderr.isatty():  # a bar is for a person: in a log it was a bare "walking"
             result = run_reconcile(cache, dry_run=dry_run, force=force)
         else:

@@ -105,15 +105,21 @@ def _not_their_root(cache: DiskCache, theirs: DiskCache, adopting: bool) -> None
     `reconcile --force` made that directory the books' root, untracking every download."""
     entry = own_entry(cache.registry.entries(), cache.settings)
     elsewhere = root_elsewhere(cache.settings, entry)
-    if not elsewhere or not adopting and marker.refusal(theirs) is None:
+    why = marker.refusal(theirs) if elsewhere else None
+    if not elsewhere or not adopting and why is None:
         return  # theirs, or the same disk mounted elsewhere (a container): the books' root
     raise Fail(
         f"not done here: this shell's DISK_CACHE_ROOT ({cache.settings.root}) is not the one "
         f"the node's workers use ({elsewhere})"
-        + (", and not the directory the books were kept for" if not adopting else "")
+        + (f", and {_without_advice(why)}" if why else ", and --force would make it theirs")
         + f": set DISK_CACHE_ROOT={elsewhere}, or leave out --now (the workers do it there)",
         EXIT_CONFIG,
     )
+
+
+def _without_advice(why: str) -> str:
+    """A root refusal's reason, without its advice to adopt the root by force (not here)."""
+    return why.split("; if it was replaced on purpose", 1)[0].split("; if the downloads", 1)[0]
 
 
 def send_quota_pass(cache: DiskCache) -> None:

@@ -248,6 +248,12 @@ def _reconcile(
         # (a record only where there is one: none before the first cleanup).
         if cache.client.hget(cache.keys.last_cleanup, "untracked") not in (None, "0"):
             cache.client.hset(cache.keys.last_cleanup, "untracked", "0")
+        # And what it kept or refused to untrack as gone: decided now (the warning said so).
+        if cache.client.exists(cache.keys.last_cleanup):
+            cache.client.hset(
+                cache.keys.last_cleanup,
+                mapping={"gone_kept": "0", "gone_kept_example": "", "gone_refused": ""},
+            )
         log.info(
             "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",
             len(report["registered"]),

@@ -69,7 +69,7 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     seen: set[tuple[int, int]] = set()
     # One frame per directory on the current path, with the names of its subdirectories not
     # yet walked: descriptors open = depth, not breadth.
-    frames: list[tuple[int, str, list[str]]] = []
+    frames: list[tuple[int, str, list[tuple[str, int]]]] = []
 
     def read(fd: int, rel: str) -> None:
         nonlocal blocks, files, changed
@@ -93,7 +93,7 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
         names = frames[-1][2]
         for name, blk in subs:
             blocks += blk
-            names.append(name)
+            names.append((name, blk))
             if collect_subdirs:
                 subdirs.append(f"{rel}/{name}" if rel else name)
         names.reverse()  # popped from the end: walked in directory order
@@ -106,7 +106,7 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
                 os.close(fd)
                 frames.pop()
                 continue
-            name = names.pop()
+            name, listed = names.pop()
             try:
                 child = os.open(name, DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
@@ -119,7 +119,7 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
                 # Another filesystem mounted inside (as `du -x`): its bytes are not the cache
                 # disk's, and a deletion would leave them (it refuses a tree holding a mount);
                 # nor its root's own blocks, which its parent's listing counted.
-                blocks -= mounted.st_blocks
+                blocks -= listed  # as the listing counted it (not what a mount since shows)
                 os.close(child)
                 continue
             read(child, f"{rel}/{name}" if rel else name)

@@ -749,8 +749,9 @@ def test_now_from_a_shell_whose_root_is_not_the_workers_is_refused_unrecorded(
         assert done.exit_code == 5, (args, done.output)
         assert "is not the one the node's workers use" in done.output, done.output
         assert str(root) in done.output
-        # Not the advice that made this directory the books' root: --force, here.
-        assert "--force" not in done.output, done.output
+        # Not the advice that made this directory the books' root: --force, here; but why.
+        assert "reconcile --force" not in done.output, done.output
+        assert "marker .cachemgr-books is missing" in done.output, done.output
     assert redis_client.hgetall(cache.keys.last_cleanup) == before
     assert cache.store.tracked(["a", "other"]) == [True, False] and (root / "a").is_dir()
     # Without --now the workers do it, on their root; untracking alone looks at no disk.

@@ -572,9 +572,11 @@ def test_a_disk_seen_mounted_below_the_root_keeps_its_downloads_while_unmounted(
     assert cleanup(cache, periodic=True)["gone"]["kept"] == 1
     said = [w for w in cache.stats()["warnings"] if "looks like a disk not mounted" in w]
     assert said and "disk3/album" in said[0], cache.stats()["warnings"]
-    # A reconcile decides (the disk retired): it untracks them and forgets the mount point.
+    # A reconcile decides (the disk retired): it untracks them and forgets the mount point,
+    # and the warning that asked for it goes.
     assert reconcile(cache)["untracked"] == ["disk3/album"]
     assert cache.client.smembers(cache.keys.mounts) == set()
+    assert not [w for w in cache.stats()["warnings"] if "looks like a disk not mounted" in w]
 
 
 def test_the_trash_of_a_disk_mounted_below_the_root_is_named_in_the_error(
