@@ -73,6 +73,10 @@ class LastCleanupSchema(Schema):
         allow_none=True,
         metadata={"description": "why beat's last look untracked nothing (most were missing)"},
     )
+    gone_error = fields.String(
+        allow_none=True,
+        metadata={"description": "why beat's last look for gone directories failed"},
+    )
     stray_files = fields.Integer(
         metadata={
             "description": "files at or above the entry depth outside every download directory "

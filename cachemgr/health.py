@@ -113,6 +113,12 @@ def diagnose(
             "counted; the worker log names them (`trash: ... left in place`: permissions, "
             "immutable files, mount points)"
         )
+    if last.get("gone_error"):
+        problems.append(
+            f"the last look for tracked directories gone from the disk failed "
+            f"({last['gone_error']}): what it kept or refused is from an earlier cleanup; see "
+            "the worker log"
+        )
     if last.get("gone_refused"):
         problems.append(f"beat's look for downloads gone from the disk: {last['gone_refused']}")
     if last.get("gone_kept"):

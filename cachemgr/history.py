@@ -96,9 +96,12 @@ def root_mended(cache: DiskCache) -> bool:
 def _gone(found: dict[str, Any] | None) -> dict[str, str]:
     """Beat's look for tracked directories gone from the disk: those it kept (under a disk
     not mounted) and its refusal (most missing), for the stats to say, not the log alone."""
-    if not found or "error" in found:
+    if not found:
         return {}
+    if "error" in found:  # the last look's counts stand, said to be old
+        return {"gone_error": str(found["error"])}
     return {
+        "gone_error": "",
         "gone_kept": str(found.get("kept", 0)),
         "gone_kept_example": str(found.get("kept_example") or ""),
         "gone_refused": str(found.get("refused") or ""),

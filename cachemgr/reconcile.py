@@ -252,7 +252,9 @@ def _reconcile(
         if cache.client.exists(cache.keys.last_cleanup):
             cache.client.hset(
                 cache.keys.last_cleanup,
-                mapping={"gone_kept": "0", "gone_kept_example": "", "gone_refused": ""},
+                mapping={
+                    "gone_kept": "0", "gone_kept_example": "", "gone_refused": "", "gone_error": ""
+                },
             )
         log.info(
             "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",

@@ -182,6 +182,7 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
         "gone_kept": int(number(raw.get("gone_kept")) or 0),
         "gone_kept_example": raw.get("gone_kept_example") or None,
         "gone_refused": raw.get("gone_refused") or None,
+        "gone_error": raw.get("gone_error") or None,
         "audit_error": raw.get("audit_error") or None,
         "evict_short": raw.get("evict_short") or None,
         "periodic_time": number(raw.get("periodic_time")),

@@ -510,3 +510,22 @@ def test_a_look_that_finds_most_downloads_missing_is_said_in_the_stats(cache, ro
     said = [w for w in cache.stats()["warnings"] if "beat's look for downloads gone" in w]
     assert said and "22 of 24" in said[0]
     assert cache.store.count_entries() == 24
+
+
+def test_a_failed_look_for_gone_downloads_says_its_counts_are_old(cache, root, monkeypatch):
+    from cachemgr import audit
+
+    cache.client.set(cache.keys.initialized, "1")
+    make_tree(root, "a")
+    cache.register("a")
+
+    def broken(cache, **kwargs):
+        raise OSError("the root cannot be listed")
+
+    monkeypatch.setattr(audit, "gone", broken)
+    assert "error" in cleanup(cache, periodic=True)["gone"]
+    said = [w for w in cache.stats()["warnings"] if "gone from the disk failed" in w]
+    assert said and "the root cannot be listed" in said[0]
+    monkeypatch.undo()
+    cleanup(cache, periodic=True)  # a look that works: the warning goes
+    assert not [w for w in cache.stats()["warnings"] if "gone from the disk failed" in w]
