@@ -111,15 +111,10 @@ def _not_their_root(cache: DiskCache, theirs: DiskCache, adopting: bool) -> None
     raise Fail(
         f"not done here: this shell's DISK_CACHE_ROOT ({cache.settings.root}) is not the one "
         f"the node's workers use ({elsewhere})"
-        + (f", and {_without_advice(why)}" if why else ", and --force would make it theirs")
+        + (f", and {marker.without_advice(why)}" if why else ", and --force would make it theirs")
         + f": set DISK_CACHE_ROOT={elsewhere}, or leave out --now (the workers do it there)",
         EXIT_CONFIG,
     )
-
-
-def _without_advice(why: str) -> str:
-    """A root refusal's reason, without its advice to adopt the root by force (not here)."""
-    return why.split("; if it was replaced on purpose", 1)[0].split("; if the downloads", 1)[0]
 
 
 def send_quota_pass(cache: DiskCache) -> None:

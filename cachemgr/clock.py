@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cachemgr.cache import DiskCache
 
 log = logging.getLogger("cachemgr")
 
@@ -97,3 +101,10 @@ def skewed(who: str, skew: float) -> str:
         "cleanups as expired, and holds back the quota passes it sends); synchronise the "
         "clocks (NTP)"
     )
+
+
+def on_the_books(cache: DiskCache) -> Callable[[float], float]:
+    """A file time (this host's clock) as the books date it (Redis's: cache.clock): on a
+    worker an hour behind, a download written a minute ago was booked as an hour old."""
+    offset = cache.clock() - time.time()
+    return lambda t: t + offset

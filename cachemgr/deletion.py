@@ -199,9 +199,7 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             # for gone. Kept on the books (reconcile decides), the pass goes on, and counts
             # it among what it could not delete (a short quota pass had blamed nothing).
             why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
-            level = logging.WARNING if _REPEATS.due(f"delete:{entry.path}") else logging.DEBUG
-            log.log(level, "%s: %s kept on the books: %s", reason, entry.path, why)
-            raise DeleteFailed(f"{DELETE_FAILED} {entry.path!r}: {why}; kept on the books")
+            raise _kept(entry.path, reason, why)
         gone = on_disk != "dir"  # its files went without us: vanished, nothing freed
         if on_disk == "missing":
             cache.check_root()  # an unmount since the pass began: RootMissing, nothing untracked
@@ -212,9 +210,7 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
                     "missing under an empty directory unchanged since it was booked (a disk "
                     "not mounted?)"
                 )
-                level = logging.WARNING if _REPEATS.due(f"delete:{entry.path}") else logging.DEBUG
-                log.log(level, "%s: %s kept on the books: %s", reason, entry.path, why)
-                raise DeleteFailed(f"{DELETE_FAILED} {entry.path!r}: {why}; kept on the books")
+                raise _kept(entry.path, reason, why)
         outcome = cache.store.claim(
             entry.path,
             "vanished" if gone else reason,
@@ -245,3 +241,11 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             return "vanished"
     finally:
         lock.release()
+
+
+def _kept(path: str, reason: str, why: str) -> DeleteFailed:
+    """A directory a pass chose and keeps on the books, not taken for gone (`why`): said (once
+    in a while: every pass meets it again) and counted among what it could not delete."""
+    level = logging.WARNING if _REPEATS.due(f"delete:{path}") else logging.DEBUG
+    log.log(level, "%s: %s kept on the books: %s", reason, path, why)
+    return DeleteFailed(f"{DELETE_FAILED} {path!r}: {why}; kept on the books")

@@ -93,6 +93,18 @@ def root_mended(cache: DiskCache) -> bool:
     return bool(call(cache.client, RESOLVE, [cache.keys.last_cleanup], [RootMissing.code]))
 
 
+def reconciled(cache: DiskCache) -> None:
+    """A reconcile booked what beat's last cleanup found untracked, and decided what it
+    kept or refused to untrack as gone: their warnings go (a record only where there is one:
+    none before the first cleanup)."""
+    if not cache.client.exists(cache.keys.last_cleanup):
+        return
+    decided = {"gone_kept": "0", "gone_kept_example": "", "gone_refused": "", "gone_error": ""}
+    if cache.client.hget(cache.keys.last_cleanup, "untracked") not in (None, "0"):
+        decided["untracked"] = "0"
+    cache.client.hset(cache.keys.last_cleanup, mapping=decided)
+
+
 def _gone(found: dict[str, Any] | None) -> dict[str, str]:
     """Beat's look for tracked directories gone from the disk: those it kept (under a disk
     not mounted) and its refusal (most missing), for the stats to say, not the log alone."""

@@ -12,10 +12,11 @@ import logging
 import os
 import secrets
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cachemgr import paths, trash
+from cachemgr.clock import on_the_books
 from cachemgr.errors import RootMissing, root_missing
 from cachemgr.keys import Keys
 
@@ -206,13 +207,23 @@ def _refusal(cache: DiskCache, token: str) -> str | None:
     return None if adopting else swapped(cache, token)
 
 
+# How a root refusal ends: the advice to adopt the root as it is.
+FORCE_ADVICE = "run `cachemgr reconcile --force`"
+
+
+def without_advice(why: str) -> str:
+    """A root refusal's reason without its closing advice (for a process whose root is not
+    the workers': adopting it would make the wrong directory the books')."""
+    return why.rpartition("; if ")[0] if why.endswith(FORCE_ADVICE) else why
+
+
 def _not_theirs(cache: DiskCache, why: str, refused: str) -> str:
     if ANOTHER_NODE in why:  # mounted, and not to be adopted by force: another's
         return f"the cache root {str(cache.root)!r} is not these books' to keep: {why}: {refused}"
     return (
         f"the cache root {str(cache.root)!r} is not the directory these books were kept "
-        f"for: {why} (is the disk mounted?): {refused}; if it was replaced on purpose, run "
-        "`cachemgr reconcile --force`"
+        f"for: {why} (is the disk mounted?): {refused}; if it was replaced on purpose, "
+        f"{FORCE_ADVICE}"
     )
 
 
@@ -307,7 +318,7 @@ def _refusal_of(
     return (
         f"the cache root {str(cache.root)!r} is empty while {tracked} "
         "directories are tracked (is the disk mounted?): no cleanup or reconcile runs; if "
-        "the downloads were removed on purpose, run `cachemgr reconcile --force`"
+        f"the downloads were removed on purpose, {FORCE_ADVICE}"
     )
 
 
@@ -320,12 +331,8 @@ def note_mounts(cache: DiskCache, anew: bool = False) -> None:
     found empty later is the bare mount point of a disk not mounted (under_bare_mount).
     `anew`: a reconcile, which decides what is gone, forgets those no longer mounted."""
     top = os.path.realpath(cache.root)
-    depth = cache.settings.disk_cache_entry_depth
-    found = []
-    for point in trash.mount_points_under(Path(top)):
-        rel = os.path.relpath(point, top)
-        if point != top and rel.count("/") + 1 < depth:
-            found.append(rel)
+    points = trash.mounts_above(cache.root, cache.settings.disk_cache_entry_depth)
+    found = [os.path.relpath(point, top) for point in points]
     pipe = cache.client.pipeline(transaction=True)
     if anew:
         pipe.delete(cache.keys.mounts)
@@ -346,7 +353,7 @@ def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
     root = os.path.realpath(cache.root)
     seen = set(cache.client.smembers(cache.keys.mounts))
     mounted = set(trash.mount_points())
-    offset = cache.clock() - time.time()  # a file time as the books date it (Redis's clock)
+    books = on_the_books(cache)  # a directory's time as the books date theirs
     doubtful = set()
     for entry in lost:
         above = os.path.dirname(os.path.join(root, entry.path))
@@ -354,7 +361,7 @@ def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
             above = os.path.dirname(above)
         if above == root or above in mounted or not _empty(above):
             continue  # a disk mounted there now: what is missing from it went for good
-        if os.path.relpath(above, root) in seen or _unchanged(above, entry.registered_at - offset):
+        if os.path.relpath(above, root) in seen or _unchanged(above, entry.registered_at, books):
             doubtful.add(entry.path)
     return doubtful
 
@@ -367,8 +374,8 @@ def _empty(directory: str) -> bool:
         return True  # cannot be told: not taken for gone
 
 
-def _unchanged(directory: str, booked: float) -> bool:
+def _unchanged(directory: str, booked: float, books: Callable[[float], float]) -> bool:
     try:
-        return os.stat(directory).st_mtime < booked
+        return books(os.stat(directory).st_mtime) < booked
     except OSError:
         return True  # cannot be told: not taken for gone

@@ -122,18 +122,18 @@ def free_space_short(settings: Settings) -> int:
     floor = settings.disk_cache_min_free_bytes
     if not floor:
         return 0
-    disk = settings.disk_under_floor()
-    if disk is not None:  # the disk changed since start-up (a smaller one mounted)
+    try:
+        usage = shutil.disk_usage(settings.root)
+    except OSError:
+        return 0
+    if floor >= usage.total:  # the disk changed since start-up (a smaller one mounted)
         if _REPEATS.due("floor"):
             log.error(
-                "DISK_CACHE_MIN_FREE_BYTES=%d is ignored: %s", floor, floor_beyond(disk),
+                "DISK_CACHE_MIN_FREE_BYTES=%d is ignored: %s", floor, floor_beyond(usage.total),
                 extra={"event": "floor_ignored"},
             )
         return 0
-    try:
-        return max(0, floor - shutil.disk_usage(settings.root).free)
-    except OSError:
-        return 0
+    return max(0, floor - usage.free)
 
 
 # How a pass's `short` says the disk stayed short of its floor, and how it begins when the

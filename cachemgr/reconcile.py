@@ -244,18 +244,7 @@ def _reconcile(
         marker.remember(cache, anew=force)
         if history.root_mended(cache):
             log.info("reconcile: the last cleanup's refusal (the cache root) is resolved")
-        # What beat's last cleanup found untracked is booked now: its warning goes with it
-        # (a record only where there is one: none before the first cleanup).
-        if cache.client.hget(cache.keys.last_cleanup, "untracked") not in (None, "0"):
-            cache.client.hset(cache.keys.last_cleanup, "untracked", "0")
-        # And what it kept or refused to untrack as gone: decided now (the warning said so).
-        if cache.client.exists(cache.keys.last_cleanup):
-            cache.client.hset(
-                cache.keys.last_cleanup,
-                mapping={
-                    "gone_kept": "0", "gone_kept_example": "", "gone_refused": "", "gone_error": ""
-                },
-            )
+        history.reconciled(cache)  # what beat's last cleanup asked a reconcile for is done
         log.info(
             "reconcile: %d registered, %d untracked, %d resized, cache:bytes %d -> %d",
             len(report["registered"]),

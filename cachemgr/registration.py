@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from cachemgr import marker, paths, quota, recheck, scanner
+from cachemgr.clock import on_the_books
 from cachemgr.errors import NotOnDisk, Overlap, RecordCollision
 from cachemgr.locks import HOLDER_WAITS
 from cachemgr.records import record_id
@@ -269,10 +270,3 @@ def as_written(cache: DiskCache) -> Callable[[scanner.ScanResult], float]:
         return min(now, max(changed, now - cache.settings.disk_cache_ttl_seconds / 2))
 
     return at
-
-
-def on_the_books(cache: DiskCache) -> Callable[[float], float]:
-    """A file time (this host's clock) as the books date it (Redis's: cache.clock): on a
-    worker an hour behind, a download written a minute ago was booked as an hour old."""
-    offset = cache.clock() - time.time()
-    return lambda t: t + offset

@@ -114,8 +114,7 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
                 if exc.errno in UNREADABLE:  # said by the caller: its size is too small
                     unreadable.append(f"{rel}/{name}" if rel else name)
                 continue  # vanished, unreadable or replaced: count what we can see
-            mounted = os.fstat(child)
-            if mounted.st_dev != st.st_dev:
+            if os.fstat(child).st_dev != st.st_dev:
                 # Another filesystem mounted inside (as `du -x`): its bytes are not the cache
                 # disk's, and a deletion would leave them (it refuses a tree holding a mount);
                 # nor its root's own blocks, which its parent's listing counted.

@@ -287,7 +287,6 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     # the warning below names each worker's.
     disputed = {ENFORCED[key][0].upper(): set(values) for key, values in apart.items()}
     stats["warnings"] += _differences(cache.settings, s, disputed)
-
     stats["warnings"] += _workers_apart(apart)
     stats["warnings"] += [
         skewed(f"worker {name}", float(own["clock_skew"]))

@@ -90,15 +90,21 @@ def _base(chain: list[int]) -> int:
     return next(i for i, fd in enumerate(chain) if _mount_id(fd) == mount)
 
 
-def _bases(root: Path, points: list[str], depth: int) -> list[Path]:
-    """The root and the mount points below it above the entry depth `depth`: where a
-    trash may be (see `_base`: a download's parent is above it). One inside a download (a
-    bind mount of a directory elsewhere) holds nothing of ours, whatever it names."""
+def mounts_above(root: Path, depth: int, points: list[str] | None = None) -> list[Path]:
+    """The mount points below the root above the entry depth `depth` (none in a trash), as
+    realpaths: the disks mounted there hold downloads, and a trash of their own (`_base`).
+    One inside a download (a bind mount of a directory elsewhere) holds nothing of ours."""
     top = os.path.realpath(root)
     below = [Path(p) for p in mount_points_under(Path(top), points) if p != top]
-    return [root] + [
+    return [
         p for p in below if len(p.relative_to(top).parts) < depth and TRASH_DIR not in p.parts
     ]
+
+
+def _bases(root: Path, points: list[str], depth: int) -> list[Path]:
+    """Where a trash may be: the root, and the disks mounted below it (a download's parent
+    is above the entry depth)."""
+    return [root, *mounts_above(root, depth, points)]
 
 
 def _remove(name: str, dir_fd: int) -> list[str]:

@@ -17,7 +17,7 @@ def host_later(monkeypatch, seconds: float) -> None:
     cannot be set back): with a cache clock as far on, no skew between them."""
     import types
 
-    from cachemgr import registration as module
+    from cachemgr import clock as module  # where clock.on_the_books reads the host's
 
     real = time.time
     later = types.SimpleNamespace(

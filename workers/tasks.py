@@ -93,11 +93,10 @@ def _done_or_later(
     """A registration or removal skipped for another's lock (the directory's, or one above
     it) is sent again (retry_wait), by the time that lock lapses at the latest (`retry_after`):
     its holder may be a worker killed mid-task, whose lock stands for
-    DISK_CACHE_LOCK_TIMEOUT_SECONDS, and the
-    redelivery that answered "skipped" as a success lost the download from the books (a
-    removal: left it on the disk and the books). The newest download is sent again by its
-    path: asked again, "the newest" may be another. Still locked after every retry: a
-    failure, said, not a success."""
+    DISK_CACHE_LOCK_TIMEOUT_SECONDS, and the redelivery that answered "skipped" as a success
+    lost the download from the books (a removal: left it on the disk and the books). The
+    newest download is sent again by its path: asked again, "the newest" may be another.
+    Still locked after every retry: a failure, said, not a success."""
     if done.get("status") != "skipped" or "retry_after" not in done:
         return done
     path, reason = done["path"], done["reason"]
