@@ -6,7 +6,6 @@ expected error is one line (click.ClickException), never a traceback.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -15,12 +14,13 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import click
 import redis
 
 from api.humanize import counted
+from cachemgr.access_log import Exported, export_rows
 from cachemgr.connection import connect
 from cachemgr.keys import Keys
 from cachemgr.models import MODELS
@@ -218,31 +218,6 @@ def _keys_and_client(redis_url: str | None, prefix: str | None) -> tuple[Keys, A
     return Keys(prefix), client
 
 
-def export_rows(client: Any, keys: Keys, out: TextIO, count: int | None = None) -> int:
-    """Write the stream as CSV `timestamp,path,size,hit`, oldest first; return rows written.
-    Lines end in \n; a path holding a \r or \n is quoted (with "\n" as the line terminator
-    the csv module quoted only \n, and a \r in a path split its row)."""
-    writer = csv.writer(out, lineterminator="\n")
-    carriage = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)  # rows with a \r
-    writer.writerow(["timestamp", "path", "size", "hit"])
-    written, start = 0, "-"
-    while count is None or written < count:
-        batch = 1000 if count is None else min(1000, count - written)
-        chunk = client.xrange(keys.accesses, min=start, max="+", count=batch)
-        if not chunk:
-            break
-        for _ident, fields in chunk:
-            path = fields.get("path", "")
-            (carriage if "\r" in path else writer).writerow(
-                [fields.get("t", ""), path, fields.get("size", "0"), fields.get("hit", "0")]
-            )
-        written += len(chunk)
-        start = "(" + chunk[-1][0]
-        if len(chunk) < batch:
-            break
-    return written
-
-
 def _file_mode(target: Path) -> int:
     """The mode the finished file gets: the old file's, else what open() would have given
     (mkstemp's own 0600 would hide an export the user meant to share)."""
@@ -254,7 +229,9 @@ def _file_mode(target: Path) -> int:
         return 0o666 & ~umask
 
 
-def _export_to_file(client: Any, keys: Keys, target: Path, count: int | None) -> int:
+def _export_to_file(
+    client: Any, keys: Keys, target: Path, count: int | None
+) -> Exported:
     """Written aside under a name of its own and renamed once complete: a failure leaves the
     old file as it was, and no file of the user's (`out.csv.part`) is ever overwritten. A
     symlink is followed (the file it names is replaced, not the link); what is not a regular
@@ -271,13 +248,13 @@ def _export_to_file(client: Any, keys: Keys, target: Path, count: int | None) ->
     part = Path(name)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            n = export_rows(client, keys, fh, count)
+            done = export_rows(client, keys, fh, count)
         part.chmod(_file_mode(target))
         part.replace(target)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    return n
+    return done
 
 
 @trace_group.command("export")
@@ -308,9 +285,9 @@ def export_command(
     try:
         if output == "-":
             # Standard output has nothing to keep safe: no file aside, none to clean up.
-            n = export_rows(client, keys, sys.stdout, count)
+            done = export_rows(client, keys, sys.stdout, count)
         else:
-            n = _export_to_file(client, keys, Path(output), count)
+            done = _export_to_file(client, keys, Path(output), count)
         maxlen = client.hget(keys.config, "access_log_maxlen")  # the workers' published one
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise Refused(f"Redis cannot be reached: {exc}", 4) from None
@@ -318,8 +295,19 @@ def export_command(
         raise click.ClickException(f"cannot read {keys.accesses}: {exc}") from None
     except OSError as exc:  # its strerror: the whole exception names the file written aside
         raise Refused(f"cannot write {output}: {exc.strerror or exc}") from None
+    n = done.rows
     if output != "-":
         click.echo(f"{counted(n, 'access')} written to {output}", err=True)
+    if done.folded:
+        click.echo(
+            f"{counted(done.folded, 'miss')} of a folder below a directory tracked "
+            "later written as that directory (one object for the simulator)",
+            err=True,
+        )
+    if done.escaped:
+        click.echo(
+            f"{counted(done.escaped, 'path')} not UTF-8: written with \\x escapes", err=True
+        )
     if n and maxlen == "0":
         click.echo("the access log is off now: these accesses were recorded before", err=True)
     if n == 0:  # a header alone said nothing of why
@@ -332,4 +320,4 @@ def export_command(
         )
 
 
-__all__ = ["export_rows", "simulate_command", "trace_group"]
+__all__ = ["simulate_command", "trace_group"]

@@ -160,15 +160,21 @@ def read_csv(path: str | Path) -> Trace:
     sizes: list[int] = []
     with _open_text(p) as fh:
         reader = csv.DictReader(fh)
-        found = list(reader.fieldnames or ())
-        reader.fieldnames = [name.strip().lower() for name in found]  # `Timestamp, Path`
-        missing = {"timestamp", "path", "size"} - set(reader.fieldnames)
-        if missing:
-            raise TraceError(
-                f"{p}: the CSV header lacks {', '.join(sorted(missing))} (its first line "
-                f"reads {','.join(found)!r}; it must name timestamp,path,size)"
-            )
         try:
+            # The header is read here: a stray quote on it reads as one huge field.
+            found = list(reader.fieldnames or ())
+            reader.fieldnames = [name.strip().lower() for name in found]  # `Timestamp, Path`
+            missing = {"timestamp", "path", "size"} - set(reader.fieldnames)
+            if missing:
+                first = ",".join(found)
+                quote = "\n" in first  # an unclosed quote read the lines below into it
+                first = first.split("\n", 1)[0][:80]
+                raise TraceError(
+                    f"{p}: the CSV header lacks {', '.join(sorted(missing))} (its first line "
+                    f"reads {first!r}"
+                    + (" and opens a quote it does not close" if quote else "")
+                    + "; it must name timestamp,path,size)"
+                )
             for row in reader:
                 try:
                     if not row["path"]:  # a row cut short, or a column shifted: no object
@@ -179,7 +185,7 @@ def read_csv(path: str | Path) -> Trace:
                     raise TraceError(f"{p}:{reader.line_num}: bad row {row!r}") from None
                 keys.append(row["path"])
         except csv.Error as exc:  # a field past the csv module's limit, a stray quote...
-            raise TraceError(f"{p}:{reader.line_num}: {exc}") from None
+            raise TraceError(f"{p}:{reader.line_num + 1}: {exc}") from None
     # The access log writes 0 for a miss whose size the pipeline did not know: take the
     # path's largest known size instead, so the miss costs what fetching it really costs.
     known: dict[str, int] = {}

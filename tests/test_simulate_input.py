@@ -161,3 +161,70 @@ def test_csv_reader_keeps_cr_and_lf_paths_apart(tmp_path):
 
     # it was: _open_text() has no newline='' so universal newlines turn '\r' / '\r\n' into '\n'
     assert json.loads(res.stdout)["objects"] == 3
+
+
+def test_a_header_opening_a_quote_past_the_field_limit_is_one_line(tmp_path: Path):
+    # it was: csv.Error read the header outside the reader's try, a traceback (exit 1)
+    p = tmp_path / "q.csv"
+    p.write_text('"timestamp,path,size\n' + "1,a,10\n" * 20000)
+    res = sim(str(p), "--no-bounds", "--policy", "lru")
+    _one_line_exit_2(res)
+    assert "field larger than field limit" in res.output
+
+
+def test_a_header_opening_a_quote_says_so_and_not_the_lines_it_swallowed(tmp_path: Path):
+    p = tmp_path / "q.csv"
+    p.write_text('"timestamp,path,size\n' + "x\n" * 500)
+    res = sim(str(p), "--no-bounds", "--policy", "lru")
+    _one_line_exit_2(res)
+    assert "opens a quote it does not close" in res.output and "x\\nx" not in res.output
+
+
+def test_trace_export_writes_a_path_that_is_not_utf8_escaped(redis_client, prefix, tmp_path):
+    # A pipeline not written in Python logs any bytes: the export must not die on them.
+    store = Store(redis_client, Keys(prefix), access_log_maxlen=100)
+    store.access("ok/one", now=1000.0, miss_bytes=10)
+    redis_client.xadd(
+        Keys(prefix).accesses, {"t": "1001", "path": b"bad/\xff\xfe", "size": "7", "hit": "0"}
+    )
+    out = tmp_path / "acc.csv"
+    result = CliRunner().invoke(
+        trace_group, ["export", "--redis-url", REDIS_URL, "--prefix", prefix, "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 path not UTF-8: written with \\x escapes" in result.stderr
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [r["path"] for r in rows] == ["ok/one", "bad/\\xff\\xfe"]
+    assert sim(str(out), "--no-bounds", "--policy", "lru").exit_code == 0
+
+
+def test_trace_export_names_a_folder_below_a_tracked_directory_as_that_directory(
+    redis_client, prefix, tmp_path
+):
+    """A miss of `artist/album/cd1` is logged under that name, the album's hits under the
+    album's: one directory, which the simulator must see as one object."""
+    store = Store(redis_client, Keys(prefix), access_log_maxlen=100)
+    store.access("artist/album/cd1", now=1000.0, miss_bytes=500)
+    store.register("artist/album", 500, 2, now=1001.0)
+    store.access("artist/album/cd1", now=1002.0)
+    store.access("artist/album/cd2", now=1003.0)
+    store.access("artist/albumx/cd1", now=1004.0, miss_bytes=9)  # a name that only starts alike
+    out = tmp_path / "acc.csv"
+    result = CliRunner().invoke(
+        trace_group, ["export", "--redis-url", REDIS_URL, "--prefix", prefix, "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 miss of a folder below a directory tracked later" in result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["path"], r["size"], r["hit"]) for r in rows] == [
+        ("artist/album", "500", "0"),
+        ("artist/album", "500", "1"),
+        ("artist/album", "500", "1"),
+        ("artist/albumx/cd1", "9", "0"),
+    ]
+    res = sim(str(out), "--no-bounds", "--policy", "lru", "--size", "1MiB", "--json")
+    assert res.exit_code == 0, res.output
+    import json
+
+    table = json.loads(res.output)
+    assert table["objects"] == 2 and table["results"][0]["misses"] == 2, table
