@@ -8,6 +8,7 @@ the beat schedule sends `cachemgr.cleanup` every DISK_CACHE_CLEANUP_INTERVAL sec
 from __future__ import annotations
 
 import os
+import sys
 
 from cachemgr.nodes import node_queue
 from cachemgr.settings import parse_duration
@@ -43,11 +44,14 @@ try:
     if _interval < 1:
         raise ValueError("must be at least 1 s")
 except ValueError as exc:
-    # One line, not a traceback (and no flood of cleanups from an interval of 0).
-    raise SystemExit(
-        f"cachemgr: DISK_CACHE_CLEANUP_INTERVAL="
-        f"{os.environ.get('DISK_CACHE_CLEANUP_INTERVAL')!r}: {exc}"
-    ) from None
+    # One line, not a traceback (and no flood of cleanups from an interval of 0), with the
+    # exit code of every other bad setting (5).
+    print(
+        f"cachemgr stopping: DISK_CACHE_CLEANUP_INTERVAL="
+        f"{os.environ.get('DISK_CACHE_CLEANUP_INTERVAL')!r}: {exc}",
+        file=sys.stderr,
+    )
+    raise SystemExit(5) from None
 _node = os.environ.get("DISK_CACHE_NODE", "")
 
 # A named node's workers consume its own queue (and send continuations there); a single node
@@ -68,7 +72,10 @@ beat_schedule = {
         "schedule": float(_interval),
         "kwargs": {"periodic": True},
         # A cleanup that waits longer than an interval is stale: the next one will come.
-        "options": {"expires": float(_interval), "queue": queue},
+        "options": {"expires": float(_interval), "queue": queue, "headers": {
+            # Beat's own interval, which the node's stats then judge its cleanups by.
+            "cachemgr_beat_interval": float(_interval),
+        }},
     }
     for queue, node in _targets.items()
 }

@@ -32,7 +32,7 @@ from api.schemas import (
     UnpinArgs,
     WaitArgs,
 )
-from cachemgr import DiskCache, journal, listing, paths
+from cachemgr import DiskCache, errors, journal, listing, marker, paths
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as cleanup_plan
 from cachemgr.nodes import queue_for
@@ -126,17 +126,24 @@ def send(args: dict[str, Any], name: str, *task_args: Any, **task_kwargs: Any) -
         # connections to it waited 25 s, and gunicorn killed the request first (HTML 500).
         own.client.ping()
     if not node or node == own.settings.node:
-        queue = tasks.queue
+        queue, target = tasks.queue, own
     else:  # the queue the node's workers published (CACHEMGR_QUEUE may override its own)
         entries = own.registry.entries()  # read once: for the node's settings and its queue
         target = own.for_node(node, entries)
         queue = entries[node].get("queue") or queue_for(target.settings)
+    if not target.registry.alive(target.keys):
+        # Queued, it would wait unanswered (202 PENDING) and run behind the user's back later.
+        raise errors.NoWorker(target.settings.node)
     return task_reply(tasks.send_to(queue, name, *task_args, **task_kwargs), args["wait"])
 
 
 def checked(path: str, target: DiskCache) -> str:
-    """Refuse a bad path with a 400 before anything is enqueued."""
+    """Refuse a bad path with a 400 before anything is enqueued: one that cannot be a
+    download's (the root's own lost+found, a trash) is neither registered nor deleted."""
     rel = paths.normalize(path)
+    own = paths.root_own(rel)
+    if own is not None:
+        raise paths.PathError(own)
     paths.resolve(target.root, rel)
     return rel
 
@@ -235,6 +242,8 @@ class Register(MethodView):
         target = node_cache(args)
         rel = checked(path, target)
         if target.root.is_dir():  # another host's root is checked by that node's worker
+            # A root this process may not list: said as the root's (a 503), not as a bad path.
+            marker.check_readable(target, "no registration is booked")
             paths.existing_directory(target.root, rel)
         return send(args, "register_directory", rel)
 

@@ -106,6 +106,10 @@ class LastCleanupSchema(Schema):
     periodic_time = fields.Float(
         allow_none=True, metadata={"description": "when beat's last periodic cleanup started"}
     )
+    beat_interval = fields.Float(
+        allow_none=True,
+        metadata={"description": "the interval beat sends the node's cleanups at (its own)"},
+    )
 
 
 class StatsSchema(SinceResetSchema):  # type: ignore[valid-type,misc]

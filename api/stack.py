@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -128,6 +129,24 @@ def _start_embedded_redis(state: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise click.ClickException(f"the embedded redis-server did not start on port {port}")
 
 
+def _alive_keys(redis_url: str, envs: list[dict[str, str]]) -> tuple[Any, list[str]] | None:
+    """A client and the keys each node's workers keep while alive (None if not to be had)."""
+    from cachemgr import Settings, connect
+    from cachemgr.keys import Keys
+
+    try:
+        return connect(redis_url), [Keys(Settings.from_env(e).key_prefix).alive for e in envs]
+    except Exception:  # checked before the processes started: not expected
+        return None
+
+
+def _all_alive(client: Any, keys: list[str]) -> bool:
+    try:
+        return bool(client.exists(*keys) == len(keys))
+    except Exception:  # Redis not up yet, or restarting: asked again
+        return False
+
+
 def up(flower: bool, nodes: int = 1) -> None:
     """Start Redis (when REDIS_URL is unset), the API, workers and beat; stop all on Ctrl-C.
 
@@ -179,7 +198,10 @@ def up(flower: bool, nodes: int = 1) -> None:
     commands = [("web", [sys.executable, "-m", "api.cli", "serve", "--workers", "2"],
                  node_env[names[0]])]  # fmt: skip
     for name in names:
-        worker = [*celery, "worker", "-l", "INFO", "-c", "2", "-n", f"cachemgr-{name or 'main'}@%h"]
+        # No gossip (worker-to-worker heartbeats; a node's liveness is its own key in Redis):
+        # it logged a 140-line traceback each time Redis went away (Celery's restart of it).
+        worker = [*celery, "worker", "-l", "INFO", "-c", "2", "-n", f"cachemgr-{name or 'main'}@%h",
+                  "--without-gossip"]  # fmt: skip
         commands.append((f"worker {name}".strip(), worker, node_env[name]))
     commands.append(
         ("beat", [*celery, "beat", "-l", "INFO", "-s", str(STATE_DIR / "beat-schedule")], beat_env)
@@ -200,6 +222,9 @@ def up(flower: bool, nodes: int = 1) -> None:
     if flower:
         click.echo(f"flower  http://127.0.0.1:{flower_port}/")
     click.echo("Ctrl-C stops everything.")
+    # Writes through the workers are refused (no_worker) until they announce themselves: said
+    # when they have, for a script that waits on this output.
+    awaited = _alive_keys(env["REDIS_URL"], [node_env[name] for name in names])
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -225,6 +250,9 @@ def up(flower: bool, nodes: int = 1) -> None:
                     continue
                 click.echo(f"{name} {ended}; stopping{why_not}", err=True)
                 stopping = True
+            if awaited is not None and _all_alive(*awaited):
+                click.echo("ready   every node's workers are up: writes are served")
+                awaited = None
             time.sleep(0.2)
     finally:
         _stop(procs)

@@ -21,7 +21,7 @@ from cachemgr.passes import LOCK_LOST, run_pass
 from cachemgr.quota import ROOM_SHORT, Hold, Need, bytes_to_free, evict_held, said_short
 from cachemgr.reconcile import ReconcileBusy, reconcile
 from cachemgr.records import PassResult
-from cachemgr.switch import DISABLED
+from cachemgr.switch import disabled
 
 log = logging.getLogger("cachemgr")
 
@@ -193,7 +193,7 @@ def cleanup(
     if owed is not None:
         checks.whole("owed", owed)
     if not cache.settings.enable_disk_cache_management:
-        return dict(DISABLED)
+        return disabled("cleanup")
     if (periodic or automatic) and not cache.scheduler_running():
         return {"status": "skipped", "reason": "scheduler stopped"}
     refused = _refused(cache)

@@ -113,6 +113,14 @@ def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
         why = cache.store.still_ours(rel, cache.clock())
         return None if why == "ok" else why
 
+    own = paths.root_own(rel)
+    if own is not None:  # booked by an older version, which registered such names
+        cache.store.restore(rel, now=cache.clock())
+        raise DeleteFailed(
+            f"{DELETE_FAILED} {rel!r}: {own}; kept on the books (untrack it: cachemgr rm "
+            "without --files)"
+        )
+
     try:
         if cache.before_delete is not None:
             cache.before_delete(rel)

@@ -79,6 +79,12 @@ def beat_ran(cache: DiskCache, started: float) -> None:
     cache.client.hset(cache.keys.last_cleanup, "periodic_time", f"{started:.3f}")
 
 
+def beat_every(cache: DiskCache, seconds: float) -> None:
+    """The interval beat sends the node's cleanups at (its own DISK_CACHE_CLEANUP_INTERVAL):
+    the overdue check follows it, and a beat set apart from the workers is said."""
+    cache.client.hset(cache.keys.last_cleanup, "beat_interval", f"{seconds:g}")
+
+
 def last_beat(cache: DiskCache) -> float | None:
     """When beat's last cleanup started (`periodic_time`), None before its first."""
     try:

@@ -21,6 +21,30 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_NAME_BYTES = 255
 
 
+# What a root holds that is no download: cachemgr's own (.cachemgr-trash, .cachemgr-books and
+# its temporaries), a desktop's trash (.Trash, .Trash-1000), and lost+found, in the root of
+# every ext2/3/4 file system.
+_NOT_DOWNLOADS = (".cachemgr-", ".Trash")
+LOST_FOUND = "lost+found"
+
+
+def not_a_download(name: str) -> bool:
+    """A name in the root that is the root's own, not a download."""
+    return name == LOST_FOUND or name.startswith(_NOT_DOWNLOADS)
+
+
+def root_own(rel: str) -> str | None:
+    """Why a normalized path is the root's own, not a download (registered, a quota pass
+    deleted a file system's lost+found); None for a download's."""
+    top = rel.split("/", 1)[0]
+    if not not_a_download(top):
+        return None
+    return (
+        f"{top!r} is the cache root's own (a file system's lost+found, a desktop's trash or "
+        "cachemgr's files), not a download"
+    )
+
+
 def normalize(path: str) -> str:
     """Check a relative path by its text alone (no disk access) and return its canonical form.
 

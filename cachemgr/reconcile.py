@@ -20,7 +20,7 @@ from cachemgr.errors import CacheError
 from cachemgr.locks import Keeper, Lock
 from cachemgr.reads import Lua, call
 from cachemgr.registration import Booking
-from cachemgr.switch import DISABLED
+from cachemgr.switch import disabled
 
 log = logging.getLogger("cachemgr")
 
@@ -94,7 +94,8 @@ def reconcile(
     checks.flag("dry_run", dry_run)
     checks.flag("force", force)
     if not dry_run and not cache.settings.enable_disk_cache_management:
-        return dict(DISABLED)  # a plan changes nothing: it is a read, and reads still work
+        # a plan changes nothing: it is a read, and reads still work
+        return disabled("reconcile")
     cache.check_root(force=force)
     timeout_ms = cache.settings.disk_cache_lock_timeout_seconds * 1000
     lock = Lock(cache.client, cache.keys.reconcile_lock, timeout_ms)

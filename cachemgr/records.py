@@ -186,4 +186,5 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
         "audit_error": raw.get("audit_error") or None,
         "evict_short": raw.get("evict_short") or None,
         "periodic_time": number(raw.get("periodic_time")),
+        "beat_interval": number(raw.get("beat_interval")),
     }

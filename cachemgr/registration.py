@@ -33,6 +33,9 @@ REGISTER_WAITS = HOLDER_WAITS
 def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
     """DiskCache.register: scan, book under the directory's lock, and say what is amiss."""
     rel = paths.normalize(path)
+    own = paths.root_own(rel)
+    if own is not None:
+        raise paths.PathError(own)
     lock = cache.lock(rel)
     # Held by a reconcile booking it, or a twin registration: theirs may be a scan of a
     # download still being written, so this one scans again once they are done.

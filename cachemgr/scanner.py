@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachemgr.paths import DIR_FLAGS, TRASH_DIR, encodable
+from cachemgr.paths import DIR_FLAGS, TRASH_DIR, encodable, not_a_download
 
 
 class TooDeep(OSError):
@@ -128,16 +128,6 @@ def scan(location: Path | str, *, collect_subdirs: bool = False) -> ScanResult:
     return ScanResult(blocks * 512, files, subdirs, unreadable, changed)
 
 
-# What a root holds that is no download: cachemgr's own (.cachemgr-trash, .cachemgr-books and
-# its temporaries), a desktop's trash (.Trash, .Trash-1000), and lost+found, in the root of
-# every ext2/3/4 file system.
-_NOT_DOWNLOADS = (".cachemgr-", ".Trash")
-LOST_FOUND = "lost+found"
-
-
-def not_a_download(name: str) -> bool:
-    """A name in the root that is the root's own, not a download."""
-    return name == LOST_FOUND or name.startswith(_NOT_DOWNLOADS)
 
 # Not vanished (ENOENT) nor replaced by a symlink (ELOOP): there, but its content not seen.
 UNREADABLE = (errno.EACCES, errno.EPERM, errno.EIO)

@@ -232,7 +232,10 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         "up": snap["up"],
         "evict_held_until": snap["evict_held_until"],
     }
-    interval, now = s.disk_cache_cleanup_interval, cache.clock()
+    # Beat's own interval where it said it (its cleanups carry it): a beat set to 600 s was
+    # called stopped by workers set to 20 s.
+    beat_every = (snap["last_cleanup"] or {}).get("beat_interval")
+    interval, now = int(beat_every or s.disk_cache_cleanup_interval), cache.clock()
     stats["periodic_overdue"] = periodic_overdue(
         stats,
         interval,
@@ -288,6 +291,12 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     disputed = {ENFORCED[key][0].upper(): set(values) for key, values in apart.items()}
     stats["warnings"] += _differences(cache.settings, s, disputed)
     stats["warnings"] += _workers_apart(apart)
+    if beat_every and int(beat_every) != s.disk_cache_cleanup_interval:
+        stats["warnings"].append(
+            f"celery beat sends the node's cleanups every {int(beat_every)} s, its workers' "
+            f"DISK_CACHE_CLEANUP_INTERVAL is {s.disk_cache_cleanup_interval} s: give beat and "
+            "the workers the same setting"
+        )
     stats["warnings"] += [
         skewed(f"worker {name}", float(own["clock_skew"]))
         for name, own in sorted(workers.items())

@@ -4,6 +4,7 @@ does nothing and says so, whoever asks (a task, the CLI's --now, a cleanup)."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,10 +13,23 @@ from cachemgr.nodes import own_entry
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
 
+log = logging.getLogger("cachemgr")
+
 # What such an operation answers.
 DISABLED: dict[str, str] = {"status": "disabled"}
 
 Operation = TypeVar("Operation", bound=Callable[..., dict[str, Any]])
+
+
+def disabled(operation: str) -> dict[str, str]:
+    """What an operation answers when off, said in the log: Celery logs the task's answer at
+    INFO, and an operator reading the log saw only success."""
+    log.warning(
+        "%s did nothing: ENABLE_DISK_CACHE_MANAGEMENT is false",
+        operation,
+        extra={"event": "disabled"},
+    )
+    return dict(DISABLED)
 
 
 def switched(operation: Operation) -> Operation:
@@ -24,7 +38,7 @@ def switched(operation: Operation) -> Operation:
     @functools.wraps(operation)
     def run(cache: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if not cache.settings.enable_disk_cache_management:
-            return dict(DISABLED)
+            return disabled(operation.__name__)
         return operation(cache, *args, **kwargs)
 
     return run  # type: ignore[return-value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -744,3 +745,73 @@ def test_a_plan_for_a_node_whose_disk_is_elsewhere_is_made_by_its_workers(
     assert r.get_json()["task_id"] == "t-far"
     assert sent == [("far-queue", "cleanup", (), {"dry_run": True})]
     assert client.post("/cache/cleanup?dry_run=true").status_code == 200  # its own: at once
+
+
+@pytest.mark.parametrize(
+    "method,url",
+    [("post", "/cache/cleanup?wait=5"), ("post", "/cache/register/a"),
+     ("delete", "/cache/directories/a"), ("post", "/cache/reconcile")],
+)  # fmt: skip
+def test_a_write_with_no_worker_alive_is_a_503_and_queues_nothing(
+    app, client, cache, root, method, url
+):
+    """The spec's `curl -X POST /cache/cleanup` answered 202 PENDING (after the whole wait)
+    and queued a cleanup to run whenever a worker came back; the CLI already refused."""
+    registered(cache, root, "a")
+    cache.client.delete(cache.keys.alive)
+    tasks = app.extensions["cachemgr"].tasks
+    sent: list[str] = []
+    real = tasks.send_to
+    tasks.send_to = lambda *a, **k: sent.append(a[1]) or real(*a, **k)
+    started = time.monotonic()
+    r = getattr(client, method)(url)
+    assert time.monotonic() - started < 2
+    assert r.status_code == 503 and r.get_json()["code"] == "no_worker", r.get_json()
+    assert f"no worker of node {cache.settings.node} is alive" in r.get_json()["message"]
+    assert "nothing was queued" in r.get_json()["message"] and sent == []
+
+
+def test_readyz_does_not_ask_the_books_redis_again_as_the_broker(settings, monkeypatch):
+    """The broker on the books' server: a hung one cost a probe 3 s more (8 s), and one that
+    refused writes (full) answered "broker": "ok" while it refused every task."""
+    from api import create_app
+    from cachemgr import connect
+
+    down = "redis://127.0.0.1:1/0"
+    monkeypatch.setenv("CELERY_BROKER_URL", down)  # it overrides the app's config
+    app = create_app(
+        {"CACHEMGR_SETTINGS": settings.with_(redis_url=down), "REDIS_CLIENT": connect(down),
+         "CELERY_BROKER_URL": down, "CELERY_RESULT_BACKEND": down}
+    )  # fmt: skip
+    asked: list[str] = []
+    import api as api_module
+
+    real = api_module._broker_answers
+    api_module._broker_answers = lambda celery_app: asked.append("broker") or real(celery_app)
+    try:
+        checks = app.test_client().get("/readyz").get_json()["checks"]
+    finally:
+        api_module._broker_answers = real
+    assert checks["redis"].startswith("unreachable")
+    assert checks["broker"] == f"the books' Redis server: {checks['redis']}" and asked == []
+
+
+def test_a_registration_under_a_root_the_api_may_not_list_is_the_roots_503(
+    client, root, monkeypatch
+):
+    """It was a 400 `bad_path` ("cannot inspect 'h2': Permission denied"), blaming the path,
+    where the CLI and the workers name the root."""
+    import errno
+
+    make_tree(root, "h2")
+    real = os.scandir
+
+    def refused(path=".", *a, **k):
+        if str(path) == str(root):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    r = client.post("/cache/register/h2?wait=10")
+    assert r.status_code == 503 and r.get_json()["code"] == "root_missing", r.get_json()
+    assert "cannot be read by this process (Permission denied" in r.get_json()["message"]

@@ -188,3 +188,21 @@ def test_celerys_expected_failure_line_leaves_its_traceback_out(restore_root: No
         expected, unexpected = out.getvalue().splitlines()[:2]
         assert "raised expected: NotOnDisk" in expected and "Traceback" not in expected, fmt
         assert "Traceback" in unexpected, fmt  # a bug's traceback stays
+
+
+def test_a_worker_with_management_off_says_so_in_its_log(settings, redis_client, root, caplog):
+    """The spec's first 'cache not working' cause: the worker's log showed only 'serving
+    node', then every task 'succeeded' (Celery's INFO line of the 'disabled' answer)."""
+    import logging
+
+    from cachemgr import DiskCache
+    from cachemgr.cleanup import cleanup
+    from workers.app import _announce
+
+    off = DiskCache(settings.with_(enable_disk_cache_management=False), redis_client)
+    with caplog.at_level(logging.INFO, logger="cachemgr"):
+        assert _announce(off) is True
+        assert cleanup(off) == {"status": "disabled"}
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ENABLE_DISK_CACHE_MANAGEMENT is false: this worker registers" in m for m in warned)
+    assert "cleanup did nothing: ENABLE_DISK_CACHE_MANAGEMENT is false" in warned

@@ -577,3 +577,19 @@ def test_a_long_lived_client_follows_the_workers_ttl_and_access_log(
         client.close()
         redis_client.delete(cache.keys.accesses)
         cache.publish_config()
+
+
+def test_beat_does_not_say_the_application_must_be_restarted(tmp_path):
+    """After a long Redis outage beat logged Celery's "The Celery application must be
+    restarted" (its result backend giving up), false: beat reconnects by itself."""
+    import logging
+
+    from celery import Celery
+
+    from workers.beat import NodeScheduler
+    from workers.results import BACKEND_NOISE
+
+    backend_log = logging.getLogger("celery.backends.asynchronous")
+    backend_log.removeFilter(BACKEND_NOISE)  # as in a beat process, where no client set it
+    NodeScheduler(app=Celery("beat-noise"), schedule_filename=str(tmp_path / "schedule"))
+    assert BACKEND_NOISE in backend_log.filters

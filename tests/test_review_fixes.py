@@ -132,3 +132,40 @@ def test_victims_come_with_their_own_snapshot(cache, root):
     assert entry.last_access == cache.info("a").last_access
     cache.access("a")  # played after the choice: the claim must refuse
     assert cache.take(entry, "evicted") == "changed" and (root / "a").is_dir()
+
+
+@pytest.mark.parametrize("name", ["lost+found", ".Trash-1000", ".Trash", ".cachemgr-other"])
+def test_the_roots_own_folders_are_never_registered(cache, root, pipeline, client, name):
+    """A registration of `lost+found` was booked, and the next quota pass deleted the folder
+    fsck needs with what it recovered: README counts them no downloads, as scans did."""
+    (root / name).mkdir(parents=True)
+    (root / name / "#12345").write_text("recovered")
+    with pytest.raises(PathError, match="the cache root's own"):
+        cache.register(name)
+    with pytest.raises(PathError, match="the cache root's own"):
+        cache.register(f"{name}/inside")
+    from urllib.parse import quote
+
+    r = client.post(f"/cache/register/{quote(name)}?wait=10")
+    assert r.status_code == 400 and "the cache root's own" in r.get_json()["message"]
+    r = client.delete(f"/cache/directories/{quote(name)}?remove_files=true")
+    assert r.status_code == 400 and "the cache root's own" in r.get_json()["message"]
+    with pytest.raises(Exception, match="the cache root's own"):
+        pipeline.register(name).get(timeout=20)
+    assert cache.store.count_entries() == 0
+    assert (root / name / "#12345").read_text() == "recovered"
+
+
+def test_a_roots_own_folder_booked_before_is_never_deleted(cache, root):
+    """Books of an older version may hold one: a quota pass keeps its files, says so, and
+    an untrack (no --files) still takes it off the books."""
+    (root / "lost+found").mkdir()
+    (root / "lost+found" / "#7").write_text("recovered")
+    cache.store.register("lost+found", 4096, 1, now=1.0)
+    entry = cache.store.victims(1)[0]
+    with pytest.raises(Exception, match="the cache root's own"):
+        cache.take(entry, "evicted")
+    assert (root / "lost+found" / "#7").read_text() == "recovered"
+    assert cache.store.tracked(["lost+found"]) == [True]
+    assert cache.remove("lost+found")["status"] == "removed"
+    assert (root / "lost+found" / "#7").exists() and cache.store.count_entries() == 0

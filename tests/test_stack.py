@@ -81,6 +81,12 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
     try:
         stats = wait_for("http://127.0.0.1:8080/cache/stats")
         assert stats["directory_count"] == 0
+        # Writes wait for the workers to announce themselves (503 no_worker until then):
+        # `up` says when they have.
+        deadline = time.monotonic() + 60
+        while "ready   every node's workers are up" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
         assert shutil.which("curl"), "curl: scripts/ensure-debian.sh curl curl installs it"
         for example in SEED_EXAMPLES:
             # As written, plus the status on a line of its own: curl exits 0 on a 500 too.

@@ -816,3 +816,40 @@ def test_a_books_url_that_cannot_be_asked_is_said_so(caplog):
         got = books_url(["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:2"], "nocluster")
     assert got == "redis://127.0.0.1:1/0"  # the URL given, said
     assert "could not be asked" in caplog.text and "127.0.0.1:2" in caplog.text
+
+
+def test_beat_at_another_interval_than_the_workers_is_said_not_called_stopped(
+    pipeline, cache, root
+):
+    """Beat at 600 s, workers at 20: the stats said beat was not running ("no periodic
+    cleanup for 62 s (interval 20 s)"). Beat's cleanups carry its interval; the overdue
+    check follows it, and the difference is a warning of its own."""
+    import celeryconfig
+
+    entry = next(iter(celeryconfig.beat_schedule.values()))
+    assert entry["options"]["headers"]["cachemgr_beat_interval"] == float(celeryconfig._interval)
+    make_tree(root, "a")
+    cache.register("a")
+    workers = cache.settings.disk_cache_cleanup_interval
+    beat = workers * 10
+    pipeline.app.send_task(
+        "cachemgr.cleanup",
+        kwargs={"periodic": True},
+        queue=pipeline.queue,
+        headers={"cachemgr_beat_interval": float(beat)},
+    ).get(timeout=WAIT)
+    cache.registry.publish(cache.settings)
+    # Three of the workers' intervals since beat's run: overdue by theirs, not by beat's.
+    later = time.time() + 3 * workers
+    cache.clock = lambda: later
+    stats = cache.stats()
+    assert stats["last_cleanup"]["beat_interval"] == beat
+    assert stats["periodic_overdue"] is False
+    assert not any("no periodic cleanup" in w for w in stats["warnings"]), stats["warnings"]
+    assert (
+        f"celery beat sends the node's cleanups every {beat} s, its workers' "
+        f"DISK_CACHE_CLEANUP_INTERVAL is {workers} s: give beat and the workers the same setting"
+    ) in stats["warnings"]
+    # Past three of beat's own, it is overdue.
+    later = time.time() + 3 * beat + 1
+    assert cache.stats()["periodic_overdue"] is True

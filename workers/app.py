@@ -33,6 +33,20 @@ from cachemgr.settings import Settings, SettingsError, log_level
 LOCK_RETRIES = "cachemgr_lock_retries"
 
 
+# The interval beat sends a node's cleanups at (its DISK_CACHE_CLEANUP_INTERVAL, which may not
+# be the workers'), in each periodic cleanup's headers (celeryconfig.beat_schedule).
+BEAT_INTERVAL = "cachemgr_beat_interval"
+
+
+def beat_interval(task: Task) -> float | None:
+    """The interval the beat that sent this task runs at; None when it did not say."""
+    try:
+        seconds = float((task.request.headers or {}).get(BEAT_INTERVAL) or 0)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds >= 1 else None
+
+
 def lock_retries(task: Task, headers: dict[str, Any] | None = None) -> int:
     """How many times this task has been sent again for another's lock."""
     try:
@@ -123,6 +137,11 @@ def _announce(cache: Any, flushed: bool = False) -> bool:
         log.error("worker cannot announce node %s yet: %s", cache.settings.node, exc)
         return False
     log.info("serving node %s (root %s)", cache.settings.node, cache.root)
+    if not cache.settings.enable_disk_cache_management:
+        log.warning(
+            "ENABLE_DISK_CACHE_MANAGEMENT is false: this worker registers, cleans and evicts "
+            "nothing (every task answers 'disabled'); set it true to manage the cache"
+        )
     return True
 
 

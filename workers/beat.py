@@ -14,6 +14,7 @@ from cachemgr.connection import connect
 from cachemgr.logs import Repeats
 from cachemgr.nodes import NodeRegistry
 from cachemgr.settings import Settings
+from workers.results import quiet_backend_noise
 
 log = logging.getLogger("cachemgr.workers")
 
@@ -25,6 +26,12 @@ UNKNOWN_NODE_SECONDS = 3600
 
 class NodeScheduler(PersistentScheduler):
     _registry: NodeRegistry | None = None
+
+    def setup_schedule(self) -> None:
+        # Beat sends through the result backend too: after a long Redis outage Celery logged
+        # "The Celery application must be restarted", false (beat reconnects by itself).
+        quiet_backend_noise()
+        super().setup_schedule()
 
     def published_queue(self, node: str) -> str | None:
         """The queue `node`'s workers read, as they published it: "" when no worker of it

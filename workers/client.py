@@ -131,9 +131,11 @@ class CacheClient:
         )
         books = server(self.redis_url)
         # Celery's broker or result backend on the books' server: see `shares_books_server`.
-        self.shares_books_server = books is not None and books in (
-            server(str(self.app.conf.broker_url or self.broker_url)),  # Celery's rule
-            server(str(self.app.conf.result_backend or "")),
+        self.broker_on_books_server = books is not None and books == server(
+            str(self.app.conf.broker_url or self.broker_url)  # Celery's rule
+        )
+        self.shares_books_server = self.broker_on_books_server or (
+            books is not None and books == server(str(self.app.conf.result_backend or ""))
         )
         self._result_cls = self.app.subclass_with_self(TaskResult, keep_reduce=True)
         quiet_backend_noise()

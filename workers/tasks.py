@@ -17,13 +17,13 @@ import redis
 from celery import Task
 from kombu.exceptions import OperationalError
 
-from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect
+from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect, history
 from cachemgr import cleanup as cleanups
 from cachemgr.clock import RedisClock
 from cachemgr.errors import StillLocked
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as reconcile_books
-from workers.app import LOCK_RETRIES, WORKER, app, lock_retries
+from workers.app import LOCK_RETRIES, WORKER, app, beat_interval, lock_retries
 
 log = logging.getLogger("cachemgr.workers")
 
@@ -179,8 +179,12 @@ def _cleanup(
     automatic: bool = False,
     again: bool = False,
 ) -> Any:
+    cache = get_cache()
+    every = beat_interval(task) if periodic else None
+    if every is not None:
+        history.beat_every(cache, every)
     result = cleanups.cleanup(
-        get_cache(),
+        cache,
         periodic=periodic,
         automatic=automatic,
         dry_run=dry_run,
