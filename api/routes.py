@@ -32,7 +32,7 @@ from api.schemas import (
     UnpinArgs,
     WaitArgs,
 )
-from cachemgr import DiskCache, errors, journal, listing, marker, paths
+from cachemgr import DiskCache, errors, journal, listing, marker, paths, trash
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as cleanup_plan
 from cachemgr.nodes import queue_for
@@ -141,7 +141,7 @@ def checked(path: str, target: DiskCache) -> str:
     """Refuse a bad path with a 400 before anything is enqueued: one that cannot be a
     download's (the root's own lost+found, a trash) is neither registered nor deleted."""
     rel = paths.normalize(path)
-    own = paths.root_own(rel)
+    own = trash.root_own(target.root, rel, target.settings.disk_cache_entry_depth)
     if own is not None:
         raise paths.PathError(own)
     paths.resolve(target.root, rel)

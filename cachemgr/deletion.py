@@ -113,7 +113,7 @@ def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
         why = cache.store.still_ours(rel, cache.clock())
         return None if why == "ok" else why
 
-    own = paths.root_own(rel)
+    own = trash.root_own(cache.root, rel, cache.settings.disk_cache_entry_depth)
     if own is not None:  # booked by an older version, which registered such names
         cache.store.restore(rel, now=cache.clock())
         raise DeleteFailed(

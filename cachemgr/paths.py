@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Container
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -33,16 +34,19 @@ def not_a_download(name: str) -> bool:
     return name == LOST_FOUND or name.startswith(_NOT_DOWNLOADS)
 
 
-def root_own(rel: str) -> str | None:
+def root_own(rel: str, mounted: Container[str] = ()) -> str | None:
     """Why a normalized path is the root's own, not a download (registered, a quota pass
-    deleted a file system's lost+found); None for a download's."""
-    top = rel.split("/", 1)[0]
-    if not not_a_download(top):
-        return None
-    return (
-        f"{top!r} is the cache root's own (a file system's lost+found, a desktop's trash or "
-        "cachemgr's files), not a download"
-    )
+    deleted a file system's lost+found); None for a download's. `mounted`: the disks mounted
+    below the root (relative paths, trash.mounted_below), whose own such folders they are too."""
+    parts = rel.split("/")
+    for i, name in enumerate(parts):
+        if not_a_download(name) and (i == 0 or "/".join(parts[:i]) in mounted):
+            where = "the cache root" if i == 0 else f"the disk mounted at {'/'.join(parts[:i])!r}"
+            return (
+                f"{'/'.join(parts[: i + 1])!r} is {where}'s own (a file system's lost+found, a "
+                "desktop's trash or cachemgr's files), not a download"
+            )
+    return None
 
 
 def normalize(path: str) -> str:

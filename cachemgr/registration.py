@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from cachemgr import marker, paths, quota, recheck, scanner
+from cachemgr import marker, paths, quota, recheck, scanner, trash
 from cachemgr.clock import on_the_books
 from cachemgr.errors import NotOnDisk, Overlap, RecordCollision
 from cachemgr.locks import HOLDER_WAITS
@@ -33,7 +33,7 @@ REGISTER_WAITS = HOLDER_WAITS
 def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
     """DiskCache.register: scan, book under the directory's lock, and say what is amiss."""
     rel = paths.normalize(path)
-    own = paths.root_own(rel)
+    own = trash.root_own(cache.root, rel, cache.settings.disk_cache_entry_depth)
     if own is not None:
         raise paths.PathError(own)
     lock = cache.lock(rel)

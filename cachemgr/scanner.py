@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cachemgr import trash
 from cachemgr.paths import DIR_FLAGS, TRASH_DIR, encodable, not_a_download
 
 
@@ -192,6 +193,8 @@ def directories_at_depth(
     `others`, when given, gets the entries on the way that are not directories (files,
     symlinks); `blocked`, the directories above the entry depth that could not be listed."""
     level = [""]
+    # The disks mounted below the root hold their own lost+found (and a desktop's trash).
+    mounted = trash.mounted_below(root, depth) if depth > 1 else set()
     for _ in range(depth):
         below: list[str] = []
         for rel in level:
@@ -205,8 +208,10 @@ def directories_at_depth(
                 continue
             with it:
                 for entry in it:
-                    if not rel and not_a_download(entry.name) or entry.name == TRASH_DIR:
-                        continue  # (a disk mounted below the root has a trash of its own)
+                    if (not rel or rel in mounted) and not_a_download(entry.name):
+                        continue
+                    if entry.name == TRASH_DIR:  # (a disk mounted below the root has one)
+                        continue
                     if entry.is_dir(follow_symlinks=False):
                         below.append(f"{rel}/{entry.name}" if rel else entry.name)
                     elif others is not None:

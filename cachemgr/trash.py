@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cachemgr.paths import DIR_FLAGS, TRASH_DIR
+from cachemgr.paths import DIR_FLAGS, TRASH_DIR, not_a_download
+from cachemgr.paths import root_own as paths_root_own
 
 log = logging.getLogger("cachemgr")
 
@@ -99,6 +100,21 @@ def mounts_above(root: Path, depth: int, points: list[str] | None = None) -> lis
     return [
         p for p in below if len(p.relative_to(top).parts) < depth and TRASH_DIR not in p.parts
     ]
+
+
+def mounted_below(root: Path, depth: int) -> set[str]:
+    """mounts_above, as paths relative to the root."""
+    top = Path(os.path.realpath(root))
+    return {str(p.relative_to(top)) for p in mounts_above(root, depth)}
+
+
+def root_own(root: Path, rel: str, depth: int) -> str | None:
+    """paths.root_own, with the disks mounted below the root: a disk mounted at root/disk1
+    holds its own lost+found, a download at depth 2. The mounts are read only for a path
+    that names such a folder below the root's top."""
+    if not any(not_a_download(name) for name in rel.split("/")[1:]):
+        return paths_root_own(rel)
+    return paths_root_own(rel, mounted_below(root, depth))
 
 
 def _bases(root: Path, points: list[str], depth: int) -> list[Path]:

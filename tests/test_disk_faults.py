@@ -592,3 +592,24 @@ def test_the_trash_of_a_disk_mounted_below_the_root_is_named_in_the_error(
     with pytest.raises(Exception, match=r"the trash artist/\.cachemgr-trash is a symlink"):
         cache.remove("artist/album", remove_files=True)
     assert (disk / "album").is_dir()
+
+
+def test_a_disk_mounted_below_the_root_keeps_its_lost_and_found(
+    settings, redis_client, root, tmp_path, bind_mount
+):
+    """Depth 2 with a disk mounted at root/artist: its own lost+found (and a desktop's trash
+    on it) sat at the entry depth, booked by a reconcile and evicted first."""
+    disk = tmp_path / "disk3"
+    for name in ("lost+found", ".Trash-1000", "album"):
+        make_tree(disk, name, files=2)
+    bind_mount(disk, root / "artist")
+    make_tree(root, "plain/lost+found", files=1)  # not a mount point: an album like any
+    cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+    assert sorted(reconcile(cache)["registered"]) == ["artist/album", "plain/lost+found"]
+    for own in ("artist/lost+found", "artist/.Trash-1000"):
+        with pytest.raises(Exception, match="is the disk mounted at 'artist''s own"):
+            cache.register(own)
+    cache.store.register("artist/lost+found", 4096, 1, now=1.0)  # as an older version did
+    with pytest.raises(Exception, match="the disk mounted at 'artist''s own"):
+        cache.take(cache.store.victims(1)[0], "evicted")
+    assert (disk / "lost+found").is_dir()
