@@ -12,8 +12,7 @@ from kombu.exceptions import OperationalError
 from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail
 from api.extensions import answered, behind_lock, let_go
 from cachemgr import CacheError, DiskCache, marker
-from cachemgr.errors import NoWorker
-from cachemgr.nodes import own_entry, root_elsewhere
+from cachemgr.nodes import no_worker, own_entry, root_elsewhere
 from cachemgr.settings import env_value
 from workers.results import ResultUnavailable, backend_gave_up
 
@@ -29,8 +28,12 @@ def wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
     heartbeat) is said at once, and nothing is queued to run behind the user's back later."""
     cache = state().cache
     if not cache.registry.alive(cache.keys):
-        said = str(NoWorker(cache.settings.node))
-        raise Fail(f"{said}; or do it in this process with --now", EXIT_FAILED)
+        raise Fail(
+            f"{no_worker(cache.settings.node)}: start one (celery -A workers.app worker), or do "
+            "it in this process with --now (workers beat every 10 s: after a Redis restart or "
+            "flush, try again in 10 s)",
+            EXIT_FAILED,
+        )
     result = state().tasks.send(name, *args, **kwargs)
     try:
         return answer(name, result)

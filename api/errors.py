@@ -29,7 +29,6 @@ STATUS = {
     errors.StillLocked: 409,
     errors.DeleteFailed: 500,
     errors.RootMissing: 503,
-    errors.NoWorker: 503,
     ReconcileBusy: 409,
 }
 # A task that failed in the worker comes back as an exception rebuilt from its class name.

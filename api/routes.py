@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import redis
 from celery.result import AsyncResult
 from flask import request, url_for
 from flask.views import MethodView as FlaskMethodView
@@ -32,10 +33,10 @@ from api.schemas import (
     UnpinArgs,
     WaitArgs,
 )
-from cachemgr import DiskCache, errors, journal, listing, marker, paths, trash
+from cachemgr import DiskCache, journal, listing, paths, trash
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as cleanup_plan
-from cachemgr.nodes import queue_for
+from cachemgr.nodes import no_worker, queue_for
 from workers.client import holder_kwargs
 
 
@@ -131,10 +132,22 @@ def send(args: dict[str, Any], name: str, *task_args: Any, **task_kwargs: Any) -
         entries = own.registry.entries()  # read once: for the node's settings and its queue
         target = own.for_node(node, entries)
         queue = entries[node].get("queue") or queue_for(target.settings)
-    if not target.registry.alive(target.keys):
-        # Queued, it would wait unanswered (202 PENDING) and run behind the user's back later.
-        raise errors.NoWorker(target.settings.node)
-    return task_reply(tasks.send_to(queue, name, *task_args, **task_kwargs), args["wait"])
+    try:
+        alive = target.registry.alive(target.keys)
+    except redis.RedisError:  # the books away, the broker not: queued, run once they answer
+        alive = True
+    result = tasks.send_to(queue, name, *task_args, **task_kwargs)
+    if alive:
+        return task_reply(result, args["wait"])
+    # Queued all the same (a worker restarting, the few seconds before one announces itself:
+    # refused, a fire-and-forget registration was lost), answered at once, and said: it had
+    # waited the whole ?wait, then answered 202 PENDING, as if a worker had it.
+    reply, status = task_reply(result, 0)
+    reply["warning"] = (
+        f"{no_worker(target.settings.node)}: the task waits in the queue and runs when one "
+        "starts (celery -A workers.app worker)"
+    )
+    return reply, status
 
 
 def checked(path: str, target: DiskCache) -> str:
@@ -241,9 +254,9 @@ class Register(MethodView):
         """Register a directory under the cache root."""
         target = node_cache(args)
         rel = checked(path, target)
-        if target.root.is_dir():  # another host's root is checked by that node's worker
-            # A root this process may not list: said as the root's (a 503), not as a bad path.
-            marker.check_readable(target, "no registration is booked")
+        # Another host's root is checked by that node's worker, and so is a directory this
+        # process may not inspect (a root of the workers' user): a 400 blamed the path.
+        if target.root.is_dir() and paths.kind_at(target.root, rel) != "unknown":
             paths.existing_directory(target.root, rel)
         return send(args, "register_directory", rel)
 

@@ -194,6 +194,7 @@ class TaskSchema(Schema):
     status_url = fields.String()
     result = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
+    warning = fields.String(metadata={"description": "no worker of the node is alive"})
 
 
 class ForgottenSchema(Schema):

@@ -222,8 +222,8 @@ def up(flower: bool, nodes: int = 1) -> None:
     if flower:
         click.echo(f"flower  http://127.0.0.1:{flower_port}/")
     click.echo("Ctrl-C stops everything.")
-    # Writes through the workers are refused (no_worker) until they announce themselves: said
-    # when they have, for a script that waits on this output.
+    # Writes sent before the workers announce themselves wait in the queue (answered with a
+    # warning): said when they have, for a script that waits on this output.
     awaited = _alive_keys(env["REDIS_URL"], [node_env[name] for name in names])
     stopping = False
 

@@ -116,6 +116,7 @@ def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
     own = trash.root_own(cache.root, rel, cache.settings.disk_cache_entry_depth)
     if own is not None:  # booked by an older version, which registered such names
         cache.store.restore(rel, now=cache.clock())
+        log.error("%s: its files are not deleted, kept on the books", own)
         raise DeleteFailed(
             f"{DELETE_FAILED} {rel!r}: {own}; kept on the books (untrack it: cachemgr rm "
             "without --files)"
@@ -208,7 +209,9 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             # it among what it could not delete (a short quota pass had blamed nothing).
             why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
             raise _kept(entry.path, reason, why)
-        gone = on_disk != "dir"  # its files went without us: vanished, nothing freed
+        # Booked by an older version, which registered such names: untracked, files kept.
+        own = trash.root_own(cache.root, entry.path, cache.settings.disk_cache_entry_depth)
+        gone = on_disk != "dir" or own is not None  # its files went without us: nothing freed
         if on_disk == "missing":
             cache.check_root()  # an unmount since the pass began: RootMissing, nothing untracked
             if marker.under_bare_mount(cache, [entry]):
@@ -225,18 +228,26 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             now=cache.clock(),
             expect_registered=entry.registered,
             expect_last_access=entry.last_access,
-            deleting_files=on_disk == "dir",
+            deleting_files=not gone,
             min_age_seconds=min_age_seconds,
             lock_token=lock.token,
         )
         if outcome[0] != "ok":
             return str(outcome[0])
-        if on_disk == "dir":
+        if not gone:
             try:
                 # Gone between the look and the move (the pipeline, by hand): nothing freed.
                 return "vanished" if delete_files(cache, entry.path) is None else "ok"
             except trash.Kept as kept:
                 return "pinned" if kept.why == "pinned" else "changed"
+        elif own is not None:
+            log.warning(
+                "%s: taken off the books, its files kept (it was to be %s)",
+                own,
+                reason,
+                extra={"event": "vanished", "path": entry.path},
+            )
+            return "vanished"
         else:
             log.warning(
                 "vanished: %s was no longer a directory (%s) when it was to be %s; untracked, "

@@ -82,20 +82,6 @@ class RootMissing(CacheError):
     code = "root_missing"
 
 
-class NoWorker(CacheError):
-    """No worker of the node beat within the heartbeat's TTL: a task sent now would wait
-    unanswered in the queue, the user told nothing (a 503)."""
-
-    code = "no_worker"
-
-    def __init__(self, node: str) -> None:
-        super().__init__(
-            f"no worker of node {node} is alive (no heartbeat): nothing was queued; start one "
-            "(celery -A workers.app worker) and try again (workers beat every 10 s: after a "
-            "Redis restart or flush, try again in 10 s)"
-        )
-
-
 def root_missing(root: object, refused: str = "no cleanup or reconcile runs") -> str:
     """What a missing cache root means, said the same by a refused pass, a refused
     registration and the stats."""

@@ -15,6 +15,7 @@ import redis
 from cachemgr import audit, marker
 from cachemgr.connection import same_server
 from cachemgr.errors import RootMissing
+from cachemgr.nodes import no_worker
 from cachemgr.quota import ROOM_ONLY, ROOM_SHORT
 from cachemgr.settings import floor_beyond
 from cachemgr.switch import disabled_where
@@ -152,9 +153,8 @@ def diagnose(
         problems.append(f"the last cleanup failed: {last.get('error') or 'see the worker log'}")
     if stats.get("up") is False:
         problems.append(
-            f"cache not working: no worker of node {stats.get('node') or '(unnamed)'} is alive "
-            "(no heartbeat): start one (celery -A workers.app worker); registrations and "
-            "cleanups wait in the queue"
+            f"cache not working: {no_worker(stats.get('node') or '')}: start one (celery -A "
+            "workers.app worker); registrations and cleanups sent wait in the queue"
         )
     # Beat's own runs: quota passes that registrations trigger must not hide a stopped beat.
     last_time = last.get("periodic_time")

@@ -75,6 +75,11 @@ return 1
 """)
 
 
+def no_worker(node: str) -> str:
+    """What no live worker of a node is, said the same by the stats, the API and the CLI."""
+    return f"no worker of node {node or '(unnamed)'} is alive (no heartbeat)"
+
+
 def node_queue(node: str) -> str:
     """A named node's own queue; an unnamed single node uses Celery's default queue, so that a
     plain client that knows only a task name reaches it."""

@@ -156,16 +156,19 @@ def test_the_roots_own_folders_are_never_registered(cache, root, pipeline, clien
     assert (root / name / "#12345").read_text() == "recovered"
 
 
-def test_a_roots_own_folder_booked_before_is_never_deleted(cache, root):
-    """Books of an older version may hold one: a quota pass keeps its files, says so, and
-    an untrack (no --files) still takes it off the books."""
+def test_a_roots_own_folder_booked_before_is_never_deleted(cache, root, caplog):
+    """Books of an older version may hold one: a pass that chooses it takes it off the books
+    and keeps its files (kept on the books, it stayed there for good, counted against the
+    quota); a removal with --files is refused, said in the log."""
     (root / "lost+found").mkdir()
     (root / "lost+found" / "#7").write_text("recovered")
     cache.store.register("lost+found", 4096, 1, now=1.0)
-    entry = cache.store.victims(1)[0]
     with pytest.raises(Exception, match="the cache root's own"):
-        cache.take(entry, "evicted")
-    assert (root / "lost+found" / "#7").read_text() == "recovered"
+        cache.remove("lost+found", remove_files=True)
+    assert "'lost+found' is the cache root's own" in caplog.text
     assert cache.store.tracked(["lost+found"]) == [True]
-    assert cache.remove("lost+found")["status"] == "removed"
-    assert (root / "lost+found" / "#7").exists() and cache.store.count_entries() == 0
+    entry = cache.store.victims(1)[0]
+    assert cache.take(entry, "evicted") == "vanished"
+    assert (root / "lost+found" / "#7").read_text() == "recovered"
+    assert cache.store.count_entries() == 0 and cache.store.total_bytes() == 0
+    assert "taken off the books, its files kept (it was to be evicted)" in caplog.text

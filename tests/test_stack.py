@@ -81,7 +81,7 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
     try:
         stats = wait_for("http://127.0.0.1:8080/cache/stats")
         assert stats["directory_count"] == 0
-        # Writes wait for the workers to announce themselves (503 no_worker until then):
+        # Writes sent before the workers announce themselves wait, answered with a warning:
         # `up` says when they have.
         deadline = time.monotonic() + 60
         while "ready   every node's workers are up" not in log.read_text():

@@ -407,3 +407,16 @@ def test_routes_outside_the_blueprint_parse_their_arguments_with_one_schema_each
     before = len(cached)
     codes = {client.get(url).status_code for _ in range(100) for url in ("/healthz", "/metrics")}
     assert codes == {200} and len(cached) <= before + 2
+
+
+def test_next_cleanup_goes_by_beats_own_interval(settings, redis_client, cache, root):
+    """Beat at 600 s, the workers at 3600: the next periodic run is beat's, as the stats'
+    overdue check now judges it (the page had shown it an hour after the last)."""
+    make_tree(root, "a")
+    cache.register("a")
+    now = time.time()
+    last_cleanup(cache, now - 60, now - 60)
+    cache.client.hset(cache.keys.last_cleanup, "beat_interval", "600")
+    page = Page(app_without_worker(settings, redis_client).test_client().get("/").text)
+    assert page.cleanup["interval"] == "600"
+    assert float(page.cleanup["next"]) == round(now - 60, 3) + 600
