@@ -105,9 +105,19 @@ def _not_their_root(cache: DiskCache, theirs: DiskCache, adopting: bool) -> None
     `reconcile --force` made that directory the books' root, untracking every download."""
     entry = own_entry(cache.registry.entries(), cache.settings)
     elsewhere = root_elsewhere(cache.settings, entry)
-    why = marker.refusal(theirs) if elsewhere else None
-    if not elsewhere or not adopting and why is None:
-        return  # theirs, or the same disk mounted elsewhere (a container): the books' root
+    if not elsewhere:
+        return  # theirs
+    why = marker.refusal(theirs)
+    # The same disk mounted elsewhere (a container) is the books' root only where its marker
+    # says so: before the node's first cleanup the books hold no mark to match, and a wrong
+    # root let through reconciled another directory into the books and evicted from it.
+    if not adopting and why is None and marker.marked(theirs):
+        return
+    if why is None and not adopting:
+        why = (
+            "the books hold no mark of their root yet to tell it is the same disk (the node's "
+            "first cleanup or reconcile by its workers writes one)"
+        )
     raise Fail(
         f"not done here: this shell's DISK_CACHE_ROOT ({cache.settings.root}) is not the one "
         f"the node's workers use ({elsewhere})"

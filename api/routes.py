@@ -154,7 +154,10 @@ def checked(path: str, target: DiskCache) -> str:
     """Refuse a bad path with a 400 before anything is enqueued: one that cannot be a
     download's (the root's own lost+found, a trash) is neither registered nor deleted."""
     rel = paths.normalize(path)
-    own = trash.root_own(target.root, rel, target.settings.disk_cache_entry_depth)
+    # By name alone here: the mounts and the node registry are the workers' to judge (this
+    # host's mounts say nothing of another's; the books may be away while the broker is not).
+    depth = target.settings.disk_cache_entry_depth
+    own = trash.root_own(target.root, rel, depth) if target.local else paths.root_own(rel)
     if own is not None:
         raise paths.PathError(own)
     paths.resolve(target.root, rel)
@@ -256,7 +259,7 @@ class Register(MethodView):
         rel = checked(path, target)
         # Another host's root is checked by that node's worker, and so is a directory this
         # process may not inspect (a root of the workers' user): a 400 blamed the path.
-        if target.root.is_dir() and paths.kind_at(target.root, rel) != "unknown":
+        if target.local and target.root.is_dir() and paths.kind_at(target.root, rel) != "unknown":
             paths.existing_directory(target.root, rel)
         return send(args, "register_directory", rel)
 

@@ -101,7 +101,10 @@ def untracked(
 
     depth = cache.settings.disk_cache_entry_depth
     blocked: list[str] = []
-    for path in scanner.directories_at_depth(cache.root, depth, others=others, blocked=blocked):
+    roots = cache.roots_below()
+    for path in scanner.directories_at_depth(
+        cache.root, depth, others=others, blocked=blocked, roots=roots
+    ):
         chunk.append(path)
         if len(chunk) >= batch:
             check()
@@ -195,7 +198,8 @@ def _settled(cache: DiskCache, path: str, older_than: float) -> bool:
 
 def _holds_tracked(cache: DiskCache, path: str) -> bool:
     for depth in range(1, INSIDE_DEPTH + 1):
-        inside = [f"{path}/{sub}" for sub in scanner.directories_at_depth(cache.root / path, depth)]
+        below = scanner.directories_at_depth(cache.root / path, depth, disk_tops=False)
+        inside = [f"{path}/{sub}" for sub in below]
         if not inside:
             return False
         if any(_tracked(cache, inside)):

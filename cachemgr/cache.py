@@ -18,11 +18,19 @@ from cachemgr import (
     quota,
     registration,
     stats,
+    trash,
 )
 from cachemgr.errors import NotTracked
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
-from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
+from cachemgr.nodes import (
+    NodeRegistry,
+    around_root,
+    differing,
+    enforced,
+    own_entry,
+    roots_below,
+)
 from cachemgr.records import Entry
 from cachemgr.registration import Booking
 from cachemgr.settings import Settings
@@ -69,6 +77,17 @@ class DiskCache:
     @property
     def registry(self) -> NodeRegistry:
         return NodeRegistry(self.client, self.settings.disk_cache_cluster)
+
+    def roots_below(self) -> set[str]:
+        """Other nodes' roots inside this one's (nodes.roots_below): none of its downloads."""
+        return roots_below(self.registry.entries(), self.keys.prefix, self.root)
+
+    def not_a_download(self, rel: str) -> str | None:
+        """Why a checked path can be no download of this cache (registered, it would be
+        evicted): the root's own folder, or a disk's below it, or another node's root, one
+        that holds one, or a path inside one; None for a download's."""
+        depth = self.settings.disk_cache_entry_depth
+        return trash.root_own(self.root, rel, depth) or around_root(rel, self.roots_below())
 
     def check_root(self, *, allow_empty: bool = False, force: bool = False) -> None:
         marker.check_root(self, allow_empty=allow_empty, force=force)

@@ -311,7 +311,7 @@ def cleanup(
         # Beat's: the sizes of directories registered lately, before the quota is weighed.
         rechecked = None
         if periodic:
-            interval = cache.settings.disk_cache_cleanup_interval
+            interval = history.beat_interval(cache)
             window = recheck.window(interval, history.last_beat(cache), cache.clock())
             rechecked = recheck.recent(cache, window)
         # Beat's, once an interval, before the quota is weighed too: directories the books

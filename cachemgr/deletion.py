@@ -113,7 +113,7 @@ def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
         why = cache.store.still_ours(rel, cache.clock())
         return None if why == "ok" else why
 
-    own = trash.root_own(cache.root, rel, cache.settings.disk_cache_entry_depth)
+    own = cache.not_a_download(rel)
     if own is not None:  # booked by an older version, which registered such names
         cache.store.restore(rel, now=cache.clock())
         log.error("%s: its files are not deleted, kept on the books", own)
@@ -210,7 +210,7 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
             raise _kept(entry.path, reason, why)
         # Booked by an older version, which registered such names: untracked, files kept.
-        own = trash.root_own(cache.root, entry.path, cache.settings.disk_cache_entry_depth)
+        own = cache.not_a_download(entry.path)
         gone = on_disk != "dir" or own is not None  # its files went without us: nothing freed
         if on_disk == "missing":
             cache.check_root()  # an unmount since the pass began: RootMissing, nothing untracked
@@ -224,7 +224,7 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
                 raise _kept(entry.path, reason, why)
         outcome = cache.store.claim(
             entry.path,
-            "vanished" if gone else reason,
+            "removed" if own is not None else "vanished" if gone else reason,
             now=cache.clock(),
             expect_registered=entry.registered,
             expect_last_access=entry.last_access,
@@ -245,7 +245,7 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
                 "%s: taken off the books, its files kept (it was to be %s)",
                 own,
                 reason,
-                extra={"event": "vanished", "path": entry.path},
+                extra={"event": "removed", "path": entry.path},
             )
             return "vanished"
         else:

@@ -85,6 +85,16 @@ def beat_every(cache: DiskCache, seconds: float) -> None:
     cache.client.hset(cache.keys.last_cleanup, "beat_interval", f"{seconds:g}")
 
 
+def beat_interval(cache: DiskCache) -> int:
+    """The interval beat sends the node's cleanups at, as its cleanups said it; else the
+    workers' DISK_CACHE_CLEANUP_INTERVAL."""
+    said = cache.client.hget(cache.keys.last_cleanup, "beat_interval")
+    try:
+        return max(1, int(float(said)))
+    except (TypeError, ValueError):
+        return cache.settings.disk_cache_cleanup_interval
+
+
 def last_beat(cache: DiskCache) -> float | None:
     """When beat's last cleanup started (`periodic_time`), None before its first."""
     try:

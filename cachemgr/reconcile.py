@@ -160,7 +160,9 @@ def _reconcile(
     records = store.all_records()
     blocked: list[str] = []
     depth = cache.settings.disk_cache_entry_depth
-    on_disk = list(scanner.directories_at_depth(cache.root, depth, blocked=blocked))
+    on_disk = list(
+        scanner.directories_at_depth(cache.root, depth, blocked=blocked, roots=cache.roots_below())
+    )
     report: dict[str, Any] = {
         "dry_run": dry_run,
         "registered": [],
@@ -222,7 +224,7 @@ def _reconcile(
         # Pins were lost with the books; their holders renew them within a lease: eviction
         # waits until just before the next periodic cleanup (beat's, an interval after the
         # one that began this), the quota passes that registrations send meanwhile too.
-        interval = cache.settings.disk_cache_cleanup_interval
+        interval = history.beat_interval(cache)
         until = started + interval - max(1, min(60, interval // 10))
         now = cache.clock()
         hold = max(1, int(until - now))

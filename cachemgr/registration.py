@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from cachemgr import marker, paths, quota, recheck, scanner, trash
+from cachemgr import marker, paths, quota, recheck, scanner
 from cachemgr.clock import on_the_books
 from cachemgr.errors import NotOnDisk, Overlap, RecordCollision
 from cachemgr.locks import HOLDER_WAITS
@@ -33,7 +33,7 @@ REGISTER_WAITS = HOLDER_WAITS
 def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
     """DiskCache.register: scan, book under the directory's lock, and say what is amiss."""
     rel = paths.normalize(path)
-    own = trash.root_own(cache.root, rel, cache.settings.disk_cache_entry_depth)
+    own = cache.not_a_download(rel)
     if own is not None:
         raise paths.PathError(own)
     lock = cache.lock(rel)
@@ -210,7 +210,9 @@ def register_latest(cache: DiskCache) -> dict[str, Any]:
     blocked: list[str] = []
     passed: list[str] = []
     depth = cache.settings.disk_cache_entry_depth
-    newest = scanner.newest_directory(cache.root, depth, blocked=blocked, passed_over=passed)
+    newest = scanner.newest_directory(
+        cache.root, depth, blocked=blocked, passed_over=passed, roots=cache.roots_below()
+    )
     notes = []
     if passed:  # an older one is booked again (as just played): said, not in silence
         notes.append(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,20 +184,30 @@ except ImportError:  # pragma: no cover - no C compiler, or not rebuilt since an
 
 
 def directories_at_depth(
-    root: Path, depth: int, *, others: list[str] | None = None, blocked: list[str] | None = None
+    root: Path,
+    depth: int,
+    *,
+    others: list[str] | None = None,
+    blocked: list[str] | None = None,
+    roots: Collection[str] = (),
+    disk_tops: bool = True,
 ) -> Iterator[str]:
     """Relative paths of the real directories `depth` levels below the root. The root's
     own (cachemgr's trash and marker, a desktop's `.Trash-1000`, a file system's
     `lost+found`) are no downloads: reconcile booked them, and evicted them first. Other
     names starting with a dot are downloads like any ("...And Justice for All").
     `others`, when given, gets the entries on the way that are not directories (files,
-    symlinks); `blocked`, the directories above the entry depth that could not be listed."""
+    symlinks); `blocked`, the directories above the entry depth that could not be listed;
+    `roots`, other nodes' roots inside this one (nodes.roots_below): passed over, with the
+    directories at the entry depth that hold one. `disk_tops`: pass over the own folders of
+    the disks mounted below the root too (False: of the root alone; no mount table read)."""
     level = [""]
     # The disks mounted below the root hold their own lost+found (and a desktop's trash).
-    mounted = trash.mounted_below(root, depth) if depth > 1 else set()
+    mounted = trash.mounted_below(root, depth) if depth > 1 and disk_tops else set()
     for _ in range(depth):
         below: list[str] = []
         for rel in level:
+            top = not rel or disk_tops and (rel in mounted or trash.other_device(root, rel))
             try:
                 it = os.scandir(root / rel if rel else root)
             except (FileNotFoundError, NotADirectoryError):
@@ -208,7 +218,7 @@ def directories_at_depth(
                 continue
             with it:
                 for entry in it:
-                    if (not rel or rel in mounted) and not_a_download(entry.name):
+                    if top and not_a_download(entry.name):
                         continue
                     if entry.name == TRASH_DIR:  # (a disk mounted below the root has one)
                         continue
@@ -216,7 +226,9 @@ def directories_at_depth(
                         below.append(f"{rel}/{entry.name}" if rel else entry.name)
                     elif others is not None:
                         others.append(f"{rel}/{entry.name}" if rel else entry.name)
-        level = below
+        level = [rel for rel in below if rel not in roots]
+    if roots:
+        level = [rel for rel in level if not any(r.startswith(rel + "/") for r in roots)]
     yield from sorted(level)
 
 
@@ -227,11 +239,12 @@ def newest_directory(
     key: Callable[[os.stat_result], float] | None = None,
     blocked: list[str] | None = None,
     passed_over: list[str] | None = None,
+    roots: Collection[str] = (),
 ) -> str | None:
     """The most recently created directory at the entry depth: the seed's "latest download".
     A name that is not UTF-8 is never it (it cannot be booked: picked, it failed every
     registration until something newer came); `passed_over` gets the newest such, if newer
-    than the one picked. `blocked` as in directories_at_depth.
+    than the one picked. `blocked` and `roots` as in directories_at_depth.
 
     Linux exposes no birth time through os.stat, so "created" is the newest st_ctime, which a
     directory gets when it is made and when its entries change, as a download writes it.
@@ -239,7 +252,7 @@ def newest_directory(
     pick = key or (lambda st: st.st_ctime)
     best: tuple[float, str] | None = None
     unbookable: tuple[float, str] | None = None
-    for rel in directories_at_depth(root, depth, blocked=blocked):
+    for rel in directories_at_depth(root, depth, blocked=blocked, roots=roots):
         try:
             when = pick(os.lstat(root / rel))
         except FileNotFoundError:

@@ -112,9 +112,22 @@ def root_own(root: Path, rel: str, depth: int) -> str | None:
     """paths.root_own, with the disks mounted below the root: a disk mounted at root/disk1
     holds its own lost+found, a download at depth 2. The mounts are read only for a path
     that names such a folder below the root's top."""
-    if not any(not_a_download(name) for name in rel.split("/")[1:]):
+    parts = rel.split("/")
+    above = ["/".join(parts[:i]) for i in range(1, len(parts)) if not_a_download(parts[i])]
+    if not above:
         return paths_root_own(rel)
-    return paths_root_own(rel, mounted_below(root, depth))
+    mounted = mounted_below(root, depth)
+    return paths_root_own(rel, {p for p in above if p in mounted or other_device(root, p)})
+
+
+def other_device(root: Path, rel: str) -> bool:
+    """Whether root/rel is on another device than the root: the top of a disk mounted there,
+    told without the mount table (one this process cannot read must not make the disk's own
+    lost+found a download again)."""
+    try:
+        return os.stat(root / rel).st_dev != os.stat(root).st_dev
+    except OSError:
+        return False
 
 
 def _bases(root: Path, points: list[str], depth: int) -> list[Path]:

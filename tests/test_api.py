@@ -844,3 +844,25 @@ def test_a_write_while_the_books_are_away_but_the_broker_is_not_is_queued(
     r = app.test_client().post("/cache/register/a")
     assert r.status_code == 202 and "warning" not in r.get_json(), r.get_json()
     assert sent == ["register_directory"]
+
+
+def test_a_registration_for_another_node_is_not_checked_on_this_hosts_disk(
+    app, client, cache, settings, monkeypatch
+):
+    """Hosts that mount their caches at the same path: `?node=far` looked for the directory
+    on the API's own disk, answered 404 not_on_disk, and sent nothing to far's worker."""
+    from cachemgr.nodes import NodeRegistry
+
+    far = settings.with_(disk_cache_node="far", disk_cache_key_prefix="far:")
+    registry = NodeRegistry(cache.client, settings.disk_cache_cluster)
+    registry.publish(far)  # the same root path as this API's, on another host
+    tasks = app.extensions["cachemgr"].tasks
+    sent: list[str] = []
+    result = tasks.app.AsyncResult("x")
+    monkeypatch.setattr(tasks, "send_to", lambda q, name, *a, **k: sent.append(a[0]) or result)
+    try:
+        r = client.post("/cache/register/only-on-far?node=far")
+        assert r.status_code == 202, r.get_json()
+        assert sent == ["only-on-far"]
+    finally:
+        cache.client.hdel(registry.nodes_key, "far")

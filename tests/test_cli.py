@@ -756,3 +756,29 @@ def test_now_from_a_shell_whose_root_is_not_the_workers_is_refused_unrecorded(
     assert cache.store.tracked(["a", "other"]) == [True, False] and (root / "a").is_dir()
     # Without --now the workers do it, on their root; untracking alone looks at no disk.
     assert runner.invoke(args=["rm", "a", "--now"]).exit_code == 0
+
+
+def test_now_from_a_wrong_root_is_refused_before_the_nodes_first_cleanup(
+    settings, redis_client, cache, root, tmp_path
+):
+    """Before the node's first cleanup the books hold no mark of their root: a shell with a
+    wrong DISK_CACHE_ROOT was let through, reconciled that directory into the books
+    (untracking the real downloads) and evicted from it, files outside the cache."""
+    from api import create_app
+
+    make_tree(root, "a")
+    cache.register("a")
+    cache.publish_config()  # the workers' root, published; no cleanup has run
+    assert not redis_client.exists(cache.keys.root_mark)
+    wrong = tmp_path / "elsewhere"
+    make_tree(wrong, "photos")
+    shell = settings.with_(disk_cache_root=str(wrong), disk_cache_max_bytes=1)
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": shell, "REDIS_CLIENT": redis_client})
+    runner = app.test_cli_runner()
+    for args in (["cleanup", "--now"], ["register", "photos", "--now"], ["reconcile", "--now"]):
+        done = runner.invoke(args=args)
+        assert done.exit_code == 5, (args, done.output)
+        assert "is not the one the node's workers use" in done.output
+        assert "the books hold no mark of their root yet" in done.output, done.output
+    assert (wrong / "photos").is_dir() and not (wrong / ".cachemgr-books").exists()
+    assert cache.store.tracked(["a", "photos"]) == [True, False]

@@ -612,3 +612,27 @@ def test_a_disk_mounted_below_the_root_keeps_its_lost_and_found(
     cache.store.register("artist/lost+found", 4096, 1, now=1.0)  # as an older version did
     assert cache.take(cache.store.victims(1)[0], "evicted") == "vanished"
     assert (disk / "lost+found").is_dir() and not cache.store.tracked(["artist/lost+found"])[0]
+
+
+def test_a_disks_lost_and_found_is_told_without_the_mount_table(
+    settings, redis_client, root, monkeypatch
+):
+    """/proc/self/mountinfo unreadable (a sandbox): the disk mounted at root/artist was not
+    seen, and its lost+found was a download again. Its own device says it is a disk's top."""
+    artist = root / "artist"
+    artist.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(artist)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        make_tree(root, "artist/lost+found", files=1)
+        make_tree(root, "artist/album", files=1)
+        monkeypatch.setattr(trash, "MOUNTINFO", root / "no-mountinfo")
+        assert trash.mounted_below(root, 2) == set()
+        cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+        assert reconcile(cache, dry_run=True)["registered"] == ["artist/album"]
+        with pytest.raises(Exception, match="the disk mounted at 'artist''s own"):
+            cache.register("artist/lost+found")
+    finally:
+        subprocess.run(["umount", "-l", str(artist)], capture_output=True)

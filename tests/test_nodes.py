@@ -593,3 +593,30 @@ def test_beat_does_not_say_the_application_must_be_restarted(tmp_path):
     backend_log.removeFilter(BACKEND_NOISE)  # as in a beat process, where no client set it
     NodeScheduler(app=Celery("beat-noise"), schedule_filename=str(tmp_path / "schedule"))
     assert BACKEND_NOISE in backend_log.filters
+
+
+def test_a_nodes_root_nested_in_anothers_is_none_of_its_downloads(
+    settings, redis_client, cache, root
+):
+    """`cachemgr up --nodes 2` puts node1's and node2's roots under the root of a node named
+    after the host: a cleanup there booked node1 as a download and evicted all its cache."""
+    from cachemgr.nodes import NodeRegistry
+    from cachemgr.reconcile import reconcile
+
+    make_tree(root, "inner/album", files=2)  # the inner node's download
+    make_tree(root, "outer-album", files=2)
+    inner = settings.with_(disk_cache_node=f"inner{os.getpid()}", disk_cache_key_prefix="in:",
+                           disk_cache_root=str(root / "inner"))  # fmt: skip
+    NodeRegistry(redis_client, settings.disk_cache_cluster).publish(inner)
+    try:
+        assert cache.roots_below() == {"inner"}
+        assert reconcile(cache)["registered"] == ["outer-album"]
+        for path in ("inner", "inner/album"):
+            with pytest.raises(Exception, match="the root of another node"):
+                cache.register(path)
+        cache.store.register("inner", 8192, 2, now=1.0)  # booked before this check
+        assert cache.take(cache.store.victims(1)[0], "evicted") == "vanished"
+        assert (root / "inner" / "album").is_dir() and not cache.store.tracked(["inner"])[0]
+    finally:
+        redis_client.hdel(NodeRegistry(redis_client, settings.disk_cache_cluster).nodes_key,
+                          inner.node)  # fmt: skip

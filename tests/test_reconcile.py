@@ -842,3 +842,21 @@ def test_the_recount_leaves_redis_free_and_loses_no_booking_made_meanwhile(
     cache.client.set(cache.keys.bytes, 1)
     assert rec.recount(cache) == sizes == cache.store.total_bytes()  # by the one script
     assert len(tries) == rec.RECOUNT_TRIES
+
+
+def test_the_hold_after_a_rebuild_lasts_until_beats_next_run_by_beats_interval(
+    cache, root, redis_client, prefix
+):
+    """Beat every 120 s, the workers' interval an hour: the hold after a rebuild lasted
+    almost an hour ("until just before the next periodic cleanup" was 2 min away)."""
+    from tests.conftest import cleanup_prefix
+    from tests.test_core import fill
+
+    fill(cache, root, 4)
+    cleanup(cache)
+    cleanup_prefix(redis_client, prefix)  # the books lost
+    cache.register("album00")
+    redis_client.hset(cache.keys.last_cleanup, "beat_interval", "120")  # beat's cleanup said it
+    assert cache.settings.disk_cache_cleanup_interval == 3600
+    assert cleanup(cache, periodic=True)["rebuilt"] is True
+    assert 0 < redis_client.ttl(cache.keys.evict_hold) <= 120
