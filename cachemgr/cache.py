@@ -38,6 +38,8 @@ from cachemgr.store import Store
 from cachemgr.switch import some_worker_on, switched
 
 log = logging.getLogger("cachemgr")
+# How long a registration or an eviction trusts the other nodes' roots it read (roots_below).
+ROOTS_SECONDS = 10.0
 
 
 class DiskCache:
@@ -71,6 +73,8 @@ class DiskCache:
         # The stats' last look at the root: until when it stands, for what books, what it
         # found (marker.refusal_seen).
         self.root_seen: tuple[float, Any, str | None] = (float("-inf"), None, None)
+        # Other nodes' roots inside this one, and until when they stand (roots_below).
+        self.roots_seen: tuple[float, set[str]] = (float("-inf"), set())
         # The stats' last look at Redis's memory settings, and until when it stands (health).
         self.memory_seen: tuple[float, str | None] = (float("-inf"), None)
 
@@ -78,16 +82,22 @@ class DiskCache:
     def registry(self) -> NodeRegistry:
         return NodeRegistry(self.client, self.settings.disk_cache_cluster)
 
-    def roots_below(self) -> set[str]:
-        """Other nodes' roots inside this one's (nodes.roots_below): none of its downloads."""
-        return roots_below(self.registry.entries(), self.keys.prefix, self.root)
+    def roots_below(self, fresh: bool = True) -> set[str]:
+        """Other nodes' roots inside this one's (nodes.roots_below): none of its downloads.
+        Not `fresh`: as read within ROOTS_SECONDS (a registration, an eviction: one round
+        trip more each; a node's root changes when its workers start)."""
+        until, seen = self.roots_seen
+        if fresh or time.monotonic() >= until:
+            seen = roots_below(self.registry.entries(), self.keys.prefix, self.root)
+            self.roots_seen = (time.monotonic() + ROOTS_SECONDS, seen)
+        return seen
 
     def not_a_download(self, rel: str) -> str | None:
         """Why a checked path can be no download of this cache (registered, it would be
         evicted): the root's own folder, or a disk's below it, or another node's root, one
         that holds one, or a path inside one; None for a download's."""
         depth = self.settings.disk_cache_entry_depth
-        return trash.root_own(self.root, rel, depth) or around_root(rel, self.roots_below())
+        return trash.root_own(self.root, rel, depth) or around_root(rel, self.roots_below(False))
 
     def check_root(self, *, allow_empty: bool = False, force: bool = False) -> None:
         marker.check_root(self, allow_empty=allow_empty, force=force)
