@@ -171,7 +171,7 @@ def test_the_pipeline_client_learns_the_node_from_the_path(two_nodes):
     client.close()
 
 
-def test_a_client_named_for_a_node_follows_what_its_workers_published(two_nodes):
+def test_a_client_named_for_a_node_follows_what_its_workers_published(two_nodes, caplog):
     from cachemgr import PathError
     from workers.client import CacheClient
 
@@ -182,6 +182,8 @@ def test_a_client_named_for_a_node_follows_what_its_workers_published(two_nodes)
     assert client.queue == "b-own-queue" and client.keys.prefix == b.keys.prefix
     unknown = CacheClient(REDIS_URL, redis_url=REDIS_URL, node="nobody", cluster=cluster)
     assert unknown.queue == "cachemgr.nobody" and unknown.keys.prefix == "{nobody}:"
+    # A misspelt node's tasks filled a queue nobody reads, unsaid: said once.
+    assert caplog.text.count("node nobody has not been published by any worker") == 1
     # Its workers publish later: followed from then on, not stuck on the default.
     b.registry.publish(b.settings.with_(disk_cache_node="nobody"), queue="nobody-queue")
     assert unknown.queue == "nobody-queue"
@@ -191,6 +193,7 @@ def test_a_client_named_for_a_node_follows_what_its_workers_published(two_nodes)
     # The books on a Redis Cluster that does not answer: tasks still go, by the defaults.
     away = CacheClient(REDIS_URL, redis_url="redis+cluster://127.0.0.1:1", node="n1")
     assert away.queue == "cachemgr.n1" and away.keys.prefix == "{n1}:"
+    assert "node n1 has not been published" not in caplog.text  # not known: not said
     away.close()
     # Two hosts that mount their caches at the same path: the path cannot name the node.
     a.registry.publish(a.settings.with_(disk_cache_root=str(b.root)))

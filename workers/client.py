@@ -149,17 +149,18 @@ class CacheClient:
         # client books (plays, leases) go by Redis's clock, as the workers' beats do.
         self._skew = 0.0
         self._skew_said = False
+        self._unknown_said = False
 
     # -- routing --------------------------------------------------------------------------
     def _routing(self) -> tuple[str | None, Keys]:
         if self._route is None:
             queue, prefix = self._queue, self._prefix
-            found = True
+            found = unpublished = True
             if self.node and (queue is None or prefix is None):
                 try:
                     entry = NodeRegistry(self._books(), self.cluster).entries().get(self.node)
                 except Exception:  # books away (a Cluster raises its own): the defaults
-                    entry = None
+                    entry, unpublished = None, False
                 # Not published yet (its workers have not started): asked again next time.
                 found = entry is not None
                 entry = entry or {}
@@ -168,6 +169,15 @@ class CacheClient:
                     prefix = entry.get("key_prefix", Keys.node_prefix(self.node))
             route = (queue, Keys(prefix or ""))
             if not found:
+                if unpublished and not self._unknown_said:
+                    # A misspelt node's tasks filled a queue nobody reads, unsaid.
+                    self._unknown_said = True
+                    log.warning(
+                        "node %s has not been published by any worker (not started yet, or a "
+                        "misspelt name?): its tasks wait in queue %s until one reads it",
+                        self.node,
+                        queue,
+                    )
                 return route  # asked again next time, once Redis answers
             self._route = route
         return self._route
