@@ -116,7 +116,7 @@ def _not_their_root(cache: DiskCache, theirs: DiskCache, adopting: bool) -> None
     if why is None and not adopting:
         why = (
             "the books hold no mark of their root yet to tell it is the same disk (the node's "
-            "first cleanup or reconcile by its workers writes one)"
+            "first cleanup writes one; on a read-only root none is ever written)"
         )
     raise Fail(
         f"not done here: this shell's DISK_CACHE_ROOT ({cache.settings.root}) is not the one "

@@ -101,9 +101,8 @@ def untracked(
 
     depth = cache.settings.disk_cache_entry_depth
     blocked: list[str] = []
-    roots = cache.roots_below()
     for path in scanner.directories_at_depth(
-        cache.root, depth, others=others, blocked=blocked, roots=roots
+        cache.root, depth, others=others, blocked=blocked, books=cache.keys.prefix
     ):
         chunk.append(path)
         if len(chunk) >= batch:

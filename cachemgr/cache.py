@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cachemgr import (
@@ -23,14 +23,8 @@ from cachemgr import (
 from cachemgr.errors import NotTracked
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
-from cachemgr.nodes import (
-    NodeRegistry,
-    around_root,
-    differing,
-    enforced,
-    own_entry,
-    roots_below,
-)
+from cachemgr.nested import nested_root
+from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
 from cachemgr.records import Entry
 from cachemgr.registration import Booking
 from cachemgr.settings import Settings
@@ -38,8 +32,6 @@ from cachemgr.store import Store
 from cachemgr.switch import some_worker_on, switched
 
 log = logging.getLogger("cachemgr")
-# How long a registration or an eviction trusts the other nodes' roots it read (roots_below).
-ROOTS_SECONDS = 10.0
 
 
 class DiskCache:
@@ -73,8 +65,6 @@ class DiskCache:
         # The stats' last look at the root: until when it stands, for what books, what it
         # found (marker.refusal_seen).
         self.root_seen: tuple[float, Any, str | None] = (float("-inf"), None, None)
-        # Other nodes' roots inside this one, and until when they stand (roots_below).
-        self.roots_seen: tuple[float, set[str]] = (float("-inf"), set())
         # The stats' last look at Redis's memory settings, and until when it stands (health).
         self.memory_seen: tuple[float, str | None] = (float("-inf"), None)
 
@@ -82,22 +72,16 @@ class DiskCache:
     def registry(self) -> NodeRegistry:
         return NodeRegistry(self.client, self.settings.disk_cache_cluster)
 
-    def roots_below(self, fresh: bool = True) -> set[str]:
-        """Other nodes' roots inside this one's (nodes.roots_below): none of its downloads.
-        Not `fresh`: as read within ROOTS_SECONDS (a registration, an eviction: one round
-        trip more each; a node's root changes when its workers start)."""
-        until, seen = self.roots_seen
-        if fresh or time.monotonic() >= until:
-            seen = roots_below(self.registry.entries(), self.keys.prefix, self.root)
-            self.roots_seen = (time.monotonic() + ROOTS_SECONDS, seen)
-        return seen
-
-    def not_a_download(self, rel: str) -> str | None:
+    def not_a_download(
+        self, rel: str, below: Iterable[str] = (), children: bool = False
+    ) -> str | None:
         """Why a checked path can be no download of this cache (registered, it would be
-        evicted): the root's own folder, or a disk's below it, or another node's root, one
-        that holds one, or a path inside one; None for a download's."""
+        evicted): the root's own folder, or a disk's below it, or another cache's root, a
+        path inside one, or one holding one (nested.nested_root); None for a download's."""
         depth = self.settings.disk_cache_entry_depth
-        return trash.root_own(self.root, rel, depth) or around_root(rel, self.roots_below(False))
+        return trash.root_own(self.root, rel, depth) or nested_root(
+            self.root, rel, self.keys.prefix, below, children
+        )
 
     def check_root(self, *, allow_empty: bool = False, force: bool = False) -> None:
         marker.check_root(self, allow_empty=allow_empty, force=force)

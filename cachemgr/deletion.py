@@ -113,7 +113,7 @@ def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
         why = cache.store.still_ours(rel, cache.clock())
         return None if why == "ok" else why
 
-    own = cache.not_a_download(rel)
+    own = cache.not_a_download(rel, children=True)
     if own is not None:  # booked by an older version, which registered such names
         cache.store.restore(rel, now=cache.clock())
         log.error("%s: its files are not deleted, kept on the books", own)
@@ -210,7 +210,7 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
             raise _kept(entry.path, reason, why)
         # Booked by an older version, which registered such names: untracked, files kept.
-        own = cache.not_a_download(entry.path)
+        own = cache.not_a_download(entry.path, children=True) if on_disk == "dir" else None
         gone = on_disk != "dir" or own is not None  # its files went without us: nothing freed
         if on_disk == "missing":
             cache.check_root()  # an unmount since the pass began: RootMissing, nothing untracked

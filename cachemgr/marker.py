@@ -47,20 +47,20 @@ def remember(cache: DiskCache, anew: bool = False) -> None:
     adopted on purpose gets its own, so that the one it replaced, should it come back, is
     told apart)."""
     books, marked_token = _lines(cache)
-    if books is not None and books != _books(cache.keys.prefix):
+    if books is not None and books != books_of(cache.keys.prefix):
         log.warning(
             "the cache root %r was kept by other books (%s; DISK_CACHE_NODE or "
             "DISK_CACHE_KEY_PREFIX changed?), whose workers are gone: these (%s) take it "
             "over; `cachemgr forget-node` drops the old node's",
             str(cache.root),
             books,
-            _books(cache.keys.prefix),
+            books_of(cache.keys.prefix),
             extra={"event": "root_taken_over"},
         )
     token = None if anew else cache.client.get(cache.keys.root_mark) or marked_token
     token = token or secrets.token_hex(8)
     try:
-        if (books, marked_token) != (_books(cache.keys.prefix), token):
+        if (books, marked_token) != (books_of(cache.keys.prefix), token):
             _write(cache, token)
     except OSError as exc:  # a read-only root: told apart by what the books hold instead
         log.debug("cannot mark the root as having books: %s", exc)
@@ -80,14 +80,14 @@ def _write(cache: DiskCache, token: str) -> None:
     marker = cache.root / paths.BOOKS_MARKER
     aside = marker.with_name(f"{paths.BOOKS_MARKER}.{os.getpid()}.tmp")
     try:
-        aside.write_text(f"{BOOKS_LINE}{_books(cache.keys.prefix)}\n{ROOT_LINE}{token}\n")
+        aside.write_text(f"{BOOKS_LINE}{books_of(cache.keys.prefix)}\n{ROOT_LINE}{token}\n")
         os.replace(aside, marker)
     except OSError:  # a full disk: not left behind in the root (an untracked stray file)
         aside.unlink(missing_ok=True)
         raise
 
 
-def _books(prefix: str) -> str:
+def books_of(prefix: str) -> str:
     return f"{prefix}cache:*"
 
 
@@ -115,7 +115,7 @@ def _kept_by_another(cache: DiskCache, books: str | None) -> str | None:
     (another DISK_CACHE_NODE or DISK_CACHE_KEY_PREFIX) whose workers are alive. Two nodes on
     one root each booked the same downloads and evicted by their own books (a node renamed
     while its old workers still ran, or two set alike by mistake)."""
-    if books is None or books == _books(cache.keys.prefix) or not books.endswith("cache:*"):
+    if books is None or books == books_of(cache.keys.prefix) or not books.endswith("cache:*"):
         return None
     if not cache.registry.alive(Keys(books.removesuffix("cache:*"))):
         return None  # a node renamed, its old workers stopped: these books take it over

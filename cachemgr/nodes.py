@@ -15,7 +15,6 @@ import logging
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from cachemgr import checks
@@ -74,29 +73,6 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2])
 return 1
 """)
-
-
-def roots_below(entries: dict[str, dict[str, Any]], prefix: str, root: Path) -> set[str]:
-    """The roots other nodes published below `root`, relative to it: a node's root nested in
-    another's (`cachemgr up --nodes 2` under the root of a node named after the host) was
-    booked by the outer node as a download, and evicted with all its cache."""
-    top = str(root).rstrip("/") + "/"
-    return {
-        str(entry["root"])[len(top) :]
-        for entry in entries.values()
-        if entry.get("key_prefix") != prefix and str(entry.get("root") or "").startswith(top)
-    }
-
-
-def around_root(rel: str, roots: set[str]) -> str | None:
-    """Why `rel` cannot be a download: it is, holds or lies in one of `roots` (roots_below)."""
-    for other in sorted(roots):
-        if rel == other or other.startswith(rel + "/") or rel.startswith(other + "/"):
-            return (
-                f"{rel!r} is, holds or lies in the root of another node ({other!r}): none of "
-                "this node's downloads"
-            )
-    return None
 
 
 def no_worker(node: str) -> str:

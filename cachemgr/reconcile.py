@@ -161,7 +161,7 @@ def _reconcile(
     blocked: list[str] = []
     depth = cache.settings.disk_cache_entry_depth
     on_disk = list(
-        scanner.directories_at_depth(cache.root, depth, blocked=blocked, roots=cache.roots_below())
+        scanner.directories_at_depth(cache.root, depth, blocked=blocked, books=cache.keys.prefix)
     )
     report: dict[str, Any] = {
         "dry_run": dry_run,
@@ -320,6 +320,13 @@ def _reconcile_one(
             raise
         # a parent became a symlink: the directory is gone from under the root, as take() says
         location, exists = None, False
+    own = cache.not_a_download(path) if record is not None and exists else None
+    if own is not None:
+        # Booked before it could be told (another cache's root, a disk's lost+found): taken
+        # off the books, its files kept; counted, it had the real downloads evicted first.
+        if not dry_run:
+            log.warning("%s: untracked, its files kept", own)
+        exists = False
     if record is None:
         if dry_run:
             try:  # the real run's scan opens it first: a plan must not book what it cannot

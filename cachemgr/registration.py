@@ -177,6 +177,9 @@ def _scan_and_book(
         raise paths.PathError(scanner.cannot_read(rel, exc)) from None
     except OSError as exc:  # replaced by a symlink or removed since the check
         raise paths.PathError(f"{rel!r} changed while it was scanned: {exc}") from None
+    held = cache.not_a_download(rel, below=found.subdirs)  # another cache's root inside it
+    if held is not None:
+        raise paths.PathError(held)
     # A subdirectory whose name is not UTF-8 can never be tracked (no Redis key names it):
     # it cannot overlap, and sending it would fail the registration.
     subdirs = [s for s in found.subdirs if paths.encodable(s)]
@@ -211,7 +214,7 @@ def register_latest(cache: DiskCache) -> dict[str, Any]:
     passed: list[str] = []
     depth = cache.settings.disk_cache_entry_depth
     newest = scanner.newest_directory(
-        cache.root, depth, blocked=blocked, passed_over=passed, roots=cache.roots_below()
+        cache.root, depth, blocked=blocked, passed_over=passed, books=cache.keys.prefix
     )
     notes = []
     if passed:  # an older one is booked again (as just played): said, not in silence

@@ -11,11 +11,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachemgr import trash
+from cachemgr import nested, trash
 from cachemgr.paths import DIR_FLAGS, TRASH_DIR, encodable, not_a_download
 
 
@@ -189,7 +189,7 @@ def directories_at_depth(
     *,
     others: list[str] | None = None,
     blocked: list[str] | None = None,
-    roots: Collection[str] = (),
+    books: str | None = None,
     disk_tops: bool = True,
 ) -> Iterator[str]:
     """Relative paths of the real directories `depth` levels below the root. The root's
@@ -198,9 +198,10 @@ def directories_at_depth(
     names starting with a dot are downloads like any ("...And Justice for All").
     `others`, when given, gets the entries on the way that are not directories (files,
     symlinks); `blocked`, the directories above the entry depth that could not be listed;
-    `roots`, other nodes' roots inside this one (nodes.roots_below): passed over, with the
-    directories at the entry depth that hold one. `disk_tops`: pass over the own folders of
-    the disks mounted below the root too (False: of the root alone; no mount table read)."""
+    `books`, this cache's key prefix: other caches' roots inside it (their marker names other
+    books: nested.other_books) are passed over, and not looked into. `disk_tops`: pass over
+    the own folders of the disks mounted below the root too (False: of the root alone; no
+    mount table read)."""
     level = [""]
     # The disks mounted below the root hold their own lost+found (and a desktop's trash).
     mounted = trash.mounted_below(root, depth) if depth > 1 and disk_tops else set()
@@ -226,9 +227,9 @@ def directories_at_depth(
                         below.append(f"{rel}/{entry.name}" if rel else entry.name)
                     elif others is not None:
                         others.append(f"{rel}/{entry.name}" if rel else entry.name)
-        level = [rel for rel in below if rel not in roots]
-    if roots:
-        level = [rel for rel in level if not any(r.startswith(rel + "/") for r in roots)]
+        if books is not None:
+            below = [rel for rel in below if not nested.other_books(root / rel, books)]
+        level = below
     yield from sorted(level)
 
 
@@ -239,12 +240,12 @@ def newest_directory(
     key: Callable[[os.stat_result], float] | None = None,
     blocked: list[str] | None = None,
     passed_over: list[str] | None = None,
-    roots: Collection[str] = (),
+    books: str | None = None,
 ) -> str | None:
     """The most recently created directory at the entry depth: the seed's "latest download".
     A name that is not UTF-8 is never it (it cannot be booked: picked, it failed every
     registration until something newer came); `passed_over` gets the newest such, if newer
-    than the one picked. `blocked` and `roots` as in directories_at_depth.
+    than the one picked. `blocked` and `books` as in directories_at_depth.
 
     Linux exposes no birth time through os.stat, so "created" is the newest st_ctime, which a
     directory gets when it is made and when its entries change, as a download writes it.
@@ -252,7 +253,7 @@ def newest_directory(
     pick = key or (lambda st: st.st_ctime)
     best: tuple[float, str] | None = None
     unbookable: tuple[float, str] | None = None
-    for rel in directories_at_depth(root, depth, blocked=blocked, roots=roots):
+    for rel in directories_at_depth(root, depth, blocked=blocked, books=books):
         try:
             when = pick(os.lstat(root / rel))
         except FileNotFoundError:

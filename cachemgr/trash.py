@@ -121,9 +121,11 @@ def root_own(root: Path, rel: str, depth: int) -> str | None:
 
 
 def other_device(root: Path, rel: str) -> bool:
-    """Whether root/rel is on another device than the root: the top of a disk mounted there,
-    told without the mount table (one this process cannot read must not make the disk's own
-    lost+found a download again)."""
+    """Where the mount table cannot be read (a sandbox): whether root/rel is on another
+    device than the root, the top of a disk mounted there (its own lost+found must not be a
+    download again). With the table, never: a btrfs subvolume has a device of its own too."""
+    if os.access(MOUNTINFO, os.R_OK):
+        return False
     try:
         return os.stat(root / rel).st_dev != os.stat(root).st_dev
     except OSError:

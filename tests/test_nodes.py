@@ -602,24 +602,31 @@ def test_a_nodes_root_nested_in_anothers_is_none_of_its_downloads(
     settings, redis_client, cache, root
 ):
     """`cachemgr up --nodes 2` puts node1's and node2's roots under the root of a node named
-    after the host: a cleanup there booked node1 as a download and evicted all its cache."""
-    from cachemgr.nodes import NodeRegistry
+    after the host: a cleanup there booked node1 as a download and evicted all its cache.
+    Told by the inner root's marker on the disk, whatever the registry holds (lost with
+    Redis, the inner node forgotten, or a shell with the disk mounted elsewhere)."""
     from cachemgr.reconcile import reconcile
 
-    make_tree(root, "inner/album", files=2)  # the inner node's download
+    make_tree(root, "inner/album", files=2)  # the inner cache's download
+    (root / "inner" / ".cachemgr-books").write_text("books: {inner}:cache:*\nroot: t\n")
     make_tree(root, "outer-album", files=2)
-    inner = settings.with_(disk_cache_node=f"inner{os.getpid()}", disk_cache_key_prefix="in:",
-                           disk_cache_root=str(root / "inner"))  # fmt: skip
-    NodeRegistry(redis_client, settings.disk_cache_cluster).publish(inner)
-    try:
-        assert cache.roots_below() == {"inner"}
-        assert reconcile(cache)["registered"] == ["outer-album"]
-        for path in ("inner", "inner/album"):
-            with pytest.raises(Exception, match="the root of another node"):
-                cache.register(path)
-        cache.store.register("inner", 8192, 2, now=1.0)  # booked before this check
-        assert cache.take(cache.store.victims(1)[0], "evicted") == "vanished"
-        assert (root / "inner" / "album").is_dir() and not cache.store.tracked(["inner"])[0]
-    finally:
-        redis_client.hdel(NodeRegistry(redis_client, settings.disk_cache_cluster).nodes_key,
-                          inner.node)  # fmt: skip
+    make_tree(root, "holder/x/album", files=1)  # another cache's root deeper in a directory
+    (root / "holder" / "x" / ".cachemgr-books").write_text("books: {x}:cache:*\n")
+    assert reconcile(cache, dry_run=True)["registered"] == ["holder", "outer-album"]
+    for path in ("inner", "inner/album"):
+        with pytest.raises(Exception, match="the root of another cache"):
+            cache.register(path)
+    with pytest.raises(Exception, match="'holder' holds the root of another cache"):
+        cache.register("holder")
+    # Booked before it could be told: a reconcile untracks it, its files kept (it had the
+    # outer node's real downloads evicted first), and so does a pass that chooses it.
+    cache.store.register("inner", 8192, 2, now=time.time())
+    assert "inner" in reconcile(cache)["untracked"]
+    assert (root / "inner" / "album").is_dir() and not cache.store.tracked(["inner"])[0]
+    cache.store.register("inner", 8192, 2, now=1.0)
+    victim = next(e for e in cache.store.victims(10) if e.path == "inner")
+    assert cache.take(victim, "evicted") == "vanished"
+    assert (root / "inner" / "album").is_dir() and not cache.store.tracked(["inner"])[0]
+    # A marker naming these very books (a root moved up a level) is no other cache's.
+    (root / "outer-album" / ".cachemgr-books").write_text(f"books: {cache.keys.prefix}cache:*\n")
+    assert cache.not_a_download("outer-album") is None
