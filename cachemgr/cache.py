@@ -72,15 +72,13 @@ class DiskCache:
     def registry(self) -> NodeRegistry:
         return NodeRegistry(self.client, self.settings.disk_cache_cluster)
 
-    def not_a_download(
-        self, rel: str, below: Iterable[str] = (), children: bool = False
-    ) -> str | None:
+    def not_a_download(self, rel: str, below: Iterable[str] = (), walk: bool = False) -> str | None:
         """Why a checked path can be no download of this cache (registered, it would be
         evicted): the root's own folder, or a disk's below it, or another cache's root, a
         path inside one, or one holding one (nested.nested_root); None for a download's."""
         depth = self.settings.disk_cache_entry_depth
         return trash.root_own(self.root, rel, depth) or nested_root(
-            self.root, rel, self.keys.prefix, below, children
+            self.root, rel, self.keys.prefix, below, walk
         )
 
     def check_root(self, *, allow_empty: bool = False, force: bool = False) -> None:

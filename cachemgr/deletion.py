@@ -76,7 +76,7 @@ def remove(
             return {"status": "skipped", "reason": outcome[0], "path": rel}
         if deleting:
             try:
-                left = delete_files(cache, rel)  # None: gone meanwhile, none deleted here
+                left = delete_files(cache, rel, walk=True)  # None: gone meanwhile
                 deleting = left is not None
             except trash.Kept as kept:
                 return {"status": "skipped", "reason": kept.why, "path": rel}
@@ -101,7 +101,7 @@ def remove(
     return done
 
 
-def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
+def delete_files(cache: DiskCache, rel: str, walk: bool = False) -> list[str] | None:
     """Delete a claimed directory's files: what the trash could not delete yet, or None when
     they were gone already (removed meanwhile: counted as vanished). If it cannot be moved
     out of its place, put it back on the books; once moved into the trash it is gone from the
@@ -113,7 +113,7 @@ def delete_files(cache: DiskCache, rel: str) -> list[str] | None:
         why = cache.store.still_ours(rel, cache.clock())
         return None if why == "ok" else why
 
-    own = cache.not_a_download(rel, children=True)
+    own = cache.not_a_download(rel, walk=walk)  # take() walked it already: not again
     if own is not None:  # booked by an older version, which registered such names
         cache.store.restore(rel, now=cache.clock())
         log.error("%s: its files are not deleted, kept on the books", own)
@@ -210,7 +210,7 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             why = "a parent is a symlink" if on_disk == "unsafe" else "cannot inspect it now"
             raise _kept(entry.path, reason, why)
         # Booked by an older version, which registered such names: untracked, files kept.
-        own = cache.not_a_download(entry.path, children=True) if on_disk == "dir" else None
+        own = cache.not_a_download(entry.path, walk=True) if on_disk == "dir" else None
         gone = on_disk != "dir" or own is not None  # its files went without us: nothing freed
         if on_disk == "missing":
             cache.check_root()  # an unmount since the pass began: RootMissing, nothing untracked

@@ -10,35 +10,45 @@ path matched the one published (not a shell with the same disk mounted elsewhere
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cachemgr.marker import BOOKS_LINE, books_of
 from cachemgr.paths import BOOKS_MARKER
 
 
-def other_books(directory: Path, prefix: str) -> str | None:
+def other_books(directory: Path | str, prefix: str) -> str | None:
     """The books the marker at the top of `directory` names, when they are not those under
-    `prefix`; None where there is no marker, or it names these books (a root moved up)."""
+    `prefix`; None where there is none, or it names these books (a root moved up), or it
+    cannot be read: only a marker read is evidence (an unreadable directory is not another
+    cache's; it is said as unreadable where it is met). Plain os calls: one per directory
+    every walk of the root makes."""
     try:
-        text = (directory / BOOKS_MARKER).read_text()
-    except (FileNotFoundError, NotADirectoryError):
+        fd = os.open(os.path.join(directory, BOOKS_MARKER), MARKER_FLAGS)
+    except OSError:
         return None
-    except (OSError, UnicodeDecodeError):
-        return "books it does not say (unreadable)"  # there: another cache's, to be safe
-    lines = text.splitlines()
+    try:
+        data = os.read(fd, 4096)
+    except OSError:  # a directory of that name
+        return None
+    finally:
+        os.close(fd)
+    lines = data.decode(errors="replace").splitlines()
     books = next((ln[len(BOOKS_LINE) :] for ln in lines if ln.startswith(BOOKS_LINE)), None)
     if books == books_of(prefix):
         return None
     return books or "books it does not name (an older version's marker)"
 
 
+MARKER_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def nested_root(
-    root: Path, rel: str, prefix: str, below: Iterable[str] = (), children: bool = False
+    root: Path, rel: str, prefix: str, below: Iterable[str] = (), walk: bool = False
 ) -> str | None:
     """Why `rel` is none of this cache's downloads: it is, or lies in, another cache's root;
-    or holds one in one of `below` (its subdirectories, relative to it), or with `children`
-    in a directory right inside it. None otherwise."""
+    or holds one in one of `below` (its subdirectories, relative to it, as a scan found
+    them), or with `walk` anywhere inside it (its directories walked). None otherwise."""
     parts = rel.split("/")
     for i in range(1, len(parts) + 1):
         top = "/".join(parts[:i])
@@ -46,18 +56,29 @@ def nested_root(
         if books:
             how = "is" if i == len(parts) else "lies in"
             return _said(rel, how, top, books)
-    inside = list(below)
-    if children:
-        try:
-            with os.scandir(root / rel) as it:
-                inside += [e.name for e in it if e.is_dir(follow_symlinks=False)]
-        except OSError:
-            pass  # gone or unreadable: the deletion that follows says so
-    for sub in inside:
+    for sub in _walked(root / rel) if walk else below:
         books = other_books(root / rel / sub, prefix)
         if books:
             return _said(rel, "holds", f"{rel}/{sub}", books)
     return None
+
+
+def _walked(top: Path) -> Iterator[str]:
+    """The directories inside `top`, relative to it (symlinks not followed; what cannot be
+    listed passed over: the deletion or the scan that follows says so)."""
+    stack = [""]
+    while stack:
+        sub = stack.pop()
+        try:
+            it = os.scandir(top / sub if sub else top)
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    found = f"{sub}/{entry.name}" if sub else entry.name
+                    yield found
+                    stack.append(found)
 
 
 def _said(rel: str, how: str, top: str, books: str) -> str:

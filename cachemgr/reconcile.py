@@ -320,19 +320,16 @@ def _reconcile_one(
             raise
         # a parent became a symlink: the directory is gone from under the root, as take() says
         location, exists = None, False
-    own = cache.not_a_download(path) if record is not None and exists else None
-    if own is not None:
-        # Booked before it could be told (another cache's root, a disk's lost+found): taken
-        # off the books, its files kept; counted, it had the real downloads evicted first.
-        if not dry_run:
-            log.warning("%s: untracked, its files kept", own)
-        exists = False
     if record is None:
         if dry_run:
             try:  # the real run's scan opens it first: a plan must not book what it cannot
                 scanner.check_readable(location)
             except OSError as exc:
                 _said(report, "errors", path, error=scanner.cannot_read(path, exc))
+                return
+            held = cache.not_a_download(path, walk=True)  # the real run's registration's
+            if held is not None:
+                _said(report, "errors", path, error=held)
                 return
             report["registered"].append(path)
         else:
@@ -347,20 +344,24 @@ def _reconcile_one(
                 _said(report, "unreadable", path, example=done["unreadable"][0])
         return
     if dry_run:
-        _report(report, path, record, _compare(path, location, exists, record, report))
+        _report(report, path, record, _compare(cache, path, location, exists, record, report))
         return
     lock = cache.lock(path)  # a registration or deletion of this path waits, and vice versa
     if not lock.acquire():
         _said(report, "errors", path, error="locked by another worker; next time")
         return
     try:
-        change = _compare(path, location, exists, record, report)
-        if change == "vanished":
+        change = _compare(cache, path, location, exists, record, report)
+        if change == "vanished" or isinstance(change, NotADownload):
             done = cache.store.claim(
-                path, "vanished", honour_pins=False, deleting_files=False,
-                expect_registered=record[2], lock_token=lock.token,
+                path, "vanished" if change == "vanished" else "removed", honour_pins=False,
+                deleting_files=False, expect_registered=record[2], lock_token=lock.token,
             )  # fmt: skip
             applied = done[0] == "ok"
+            if applied and isinstance(change, NotADownload):
+                # Booked before it could be told: counted, it had real downloads evicted.
+                log.warning("%s: untracked, its files kept", change,
+                            extra={"event": "removed", "path": path})  # fmt: skip
         elif isinstance(change, tuple):
             delta = cache.store.resize(path, *change, was=record[:3], lock_token=lock.token)
             applied = delta is not None
@@ -378,27 +379,37 @@ def _report(
     report: dict[str, Any], path: str, record: tuple[int, int, str, int], change: Change
 ) -> None:
     """A change made (or, in a plan, to be made) in the report."""
-    if change == "vanished":
+    if change == "vanished" or isinstance(change, NotADownload):
         report["untracked"].append(path)
     elif isinstance(change, tuple):
         report["resized"].append({"path": path, "old_bytes": record[0], "new_bytes": change[0]})
 
 
-# What differs between a record and its directory: gone from disk, a new size, or nothing.
+class NotADownload(str):
+    """Why a booked directory is none of this cache's downloads (DiskCache.not_a_download)."""
+
+
+# What differs between a record and its directory: gone from disk, none of the downloads, a
+# new size, or nothing.
 Change = str | tuple[int, int] | None
 
 
 def _compare(
+    cache: DiskCache,
     path: str,
     location: Any,
     exists: bool,
     record: tuple[int, int, str, int],
     report: dict[str, Any],
 ) -> Change:
-    """What differs between a record and its directory: `vanished`, (size, files) or None."""
+    """What differs between a record and its directory: `vanished`, NotADownload, (size,
+    files) or None."""
     if not exists:
         return "vanished"
-    found = scanner.scan(location)
+    found = scanner.scan(location, collect_subdirs=True)
+    own = cache.not_a_download(path, below=found.subdirs)
+    if own is not None:
+        return NotADownload(own)
     if found.unreadable:  # its size counts only what the worker can read: said, each time
         _said(report, "unreadable", path, example=found.unreadable[0])
     if (found.size_bytes, found.file_count) == (record[0], record[1]):

@@ -612,7 +612,10 @@ def test_a_nodes_root_nested_in_anothers_is_none_of_its_downloads(
     make_tree(root, "outer-album", files=2)
     make_tree(root, "holder/x/album", files=1)  # another cache's root deeper in a directory
     (root / "holder" / "x" / ".cachemgr-books").write_text("books: {x}:cache:*\n")
-    assert reconcile(cache, dry_run=True)["registered"] == ["holder", "outer-album"]
+    plan = reconcile(cache, dry_run=True)  # as the real run's registration finds it
+    assert plan["registered"] == ["outer-album"]
+    assert [e["path"] for e in plan["errors"]] == ["holder"]
+    assert "holds the root of another cache ('holder/x'" in plan["errors"][0]["error"]
     for path in ("inner", "inner/album"):
         with pytest.raises(Exception, match="the root of another cache"):
             cache.register(path)
@@ -630,3 +633,57 @@ def test_a_nodes_root_nested_in_anothers_is_none_of_its_downloads(
     # A marker naming these very books (a root moved up a level) is no other cache's.
     (root / "outer-album" / ".cachemgr-books").write_text(f"books: {cache.keys.prefix}cache:*\n")
     assert cache.not_a_download("outer-album") is None
+
+
+def test_only_a_marker_read_tells_another_caches_root(cache, root, monkeypatch):
+    """A marker that cannot be read (a directory the worker may not enter, EIO, a path past
+    PATH_MAX) made the directory another cache's root: an album with one unreadable folder
+    was refused, and a booked one untracked with its files left off the books."""
+    import errno
+
+    from cachemgr import nested
+
+    make_tree(root, "album/Scans", files=1)
+    real = os.open
+
+    def refused(path, *args, **kwargs):
+        if str(path).endswith(".cachemgr-books") and "album" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(nested.os, "open", refused)
+    assert cache.register("album")["status"] == "registered"
+    assert cache.not_a_download("album", walk=True) is None
+
+
+def test_a_root_nested_deeper_in_a_booked_directory_is_never_deleted(cache, root):
+    """Eviction looked one level down: `holder/a/b`, another cache's root, was deleted with
+    `holder` (booked by an older version); a reconcile resized it instead of untracking."""
+    from cachemgr.reconcile import reconcile
+
+    make_tree(root, "holder/a/b/album", files=2)
+    (root / "holder" / "a" / "b" / ".cachemgr-books").write_text("books: {b}:cache:*\n")
+    cache.store.register("holder", 4096, 1, now=1.0)
+    report = reconcile(cache)
+    assert report["untracked"] == ["holder"] and report["resized"] == []
+    cache.store.register("holder", 4096, 1, now=1.0)
+    assert cache.take(cache.store.victims(1)[0], "evicted") == "vanished"
+    assert (root / "holder" / "a" / "b" / "album").is_dir()
+    assert cache.store.count_entries() == 0
+
+
+def test_a_new_nodes_empty_root_is_marked_when_its_worker_starts(settings, redis_client, root):
+    """`cachemgr up --nodes 2` makes node1's root empty, and its marker came with the first
+    cleanup, an interval later: meanwhile the node whose root holds it took it for a
+    download. A root holding downloads waits for that cleanup (which books them first)."""
+    from cachemgr import DiskCache
+    from workers.app import _announce
+
+    cache = DiskCache(settings, redis_client)
+    assert _announce(cache) is True
+    assert (root / ".cachemgr-books").is_file() and redis_client.exists(cache.keys.root_mark)
+    (root / ".cachemgr-books").unlink()
+    redis_client.delete(cache.keys.root_mark)
+    make_tree(root, "album", files=1)
+    assert _announce(cache) is True
+    assert not (root / ".cachemgr-books").exists()
