@@ -23,8 +23,11 @@ def other_books(directory: Path | str, prefix: str) -> str | None:
     cannot be read: only a marker read is evidence (an unreadable directory is not another
     cache's; it is said as unreadable where it is met). Plain os calls: one per directory
     every walk of the root makes."""
+    path = f"{directory}/{BOOKS_MARKER}"
+    if not os.access(path, os.F_OK):  # no exception raised for the usual answer: a tenth
+        return None
     try:
-        fd = os.open(os.path.join(directory, BOOKS_MARKER), MARKER_FLAGS)
+        fd = os.open(path, MARKER_FLAGS)
     except OSError:
         return None
     try:

@@ -228,7 +228,8 @@ def directories_at_depth(
                     elif others is not None:
                         others.append(f"{rel}/{entry.name}" if rel else entry.name)
         if books is not None:
-            below = [rel for rel in below if not nested.other_books(root / rel, books)]
+            base = str(root)  # strings, not Paths: one look per directory
+            below = [rel for rel in below if not nested.other_books(f"{base}/{rel}", books)]
         level = below
     yield from sorted(level)
 
