@@ -129,6 +129,20 @@ def _start_embedded_redis(state: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise click.ClickException(f"the embedded redis-server did not start on port {port}")
 
 
+def _mark(settings: Any, redis_url: str) -> None:
+    """A node root `up` has just made, marked as its node's (a reconcile of an empty root, as
+    the node's first cleanup does an interval later): until marked, a node whose root holds
+    it (the parent's, named after the host) could not tell it from a download (nested.py)."""
+    from cachemgr import DiskCache, connect
+    from cachemgr.reconcile import reconcile
+
+    try:
+        reconcile(DiskCache(settings, connect(redis_url)))
+    except Exception as exc:  # best effort: the node's first cleanup marks it
+        click.echo(f"note: {settings.root} not marked yet ({exc}): its first cleanup marks it",
+                   err=True)  # fmt: skip
+
+
 def _alive_keys(redis_url: str, envs: list[dict[str, str]]) -> tuple[Any, list[str]] | None:
     """A client and the keys each node's workers keep while alive (None if not to be had)."""
     from cachemgr import Settings, connect
@@ -185,9 +199,12 @@ def up(flower: bool, nodes: int = 1) -> None:
             root.mkdir()
         Settings.from_env(env)
         for name in filter(None, names):  # each node's root, inside the one just checked
-            if not (root / name).exists():
+            made = not (root / name).exists()
+            if made:
                 (root / name).mkdir()
-            Settings.from_env(node_env[name])
+            node = Settings.from_env(node_env[name])
+            if made:  # marked as its books' now: the root it lies in is another node's
+                _mark(node, env["REDIS_URL"])
         web_bind()
     except SettingsError:
         _stop(procs)

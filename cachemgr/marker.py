@@ -75,21 +75,6 @@ def remember(cache: DiskCache, anew: bool = False) -> None:
             _write(cache, won)
 
 
-def mark_new(cache: DiskCache) -> None:
-    """A new node's root, empty and unmarked, marked when a worker starts rather than at the
-    first cleanup (an interval later): until then a node whose root holds this one could not
-    tell it from a download (nested.py). One holding downloads waits for the first cleanup,
-    which first books them (marked, they would be taken for books lost with Redis)."""
-    try:
-        with os.scandir(cache.root) as it:
-            if any(True for _ in it):
-                return
-    except OSError:  # not there, not readable: the first cleanup says so
-        return
-    if not cache.client.exists(cache.keys.root_mark):
-        remember(cache)
-
-
 def _write(cache: DiskCache, token: str) -> None:
     """Whole or not at all (a rename): a check reading it meanwhile sees the old or the new."""
     marker = cache.root / paths.BOOKS_MARKER

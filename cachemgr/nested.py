@@ -67,8 +67,13 @@ def nested_root(
 
 
 def _walked(top: Path) -> Iterator[str]:
-    """The directories inside `top`, relative to it (symlinks not followed; what cannot be
-    listed passed over: the deletion or the scan that follows says so)."""
+    """The directories inside `top`, relative to it (symlinks not followed, other filesystems
+    not entered: a mount inside a download, which the deletion refuses anyway, was walked
+    whole at every pass; what cannot be listed passed over: the deletion says so)."""
+    try:
+        device = os.lstat(top).st_dev
+    except OSError:
+        return
     stack = [""]
     while stack:
         sub = stack.pop()
@@ -81,7 +86,11 @@ def _walked(top: Path) -> Iterator[str]:
                 if entry.is_dir(follow_symlinks=False):
                     found = f"{sub}/{entry.name}" if sub else entry.name
                     yield found
-                    stack.append(found)
+                    try:
+                        if entry.stat(follow_symlinks=False).st_dev == device:
+                            stack.append(found)
+                    except OSError:
+                        pass
 
 
 def _said(rel: str, how: str, top: str, books: str) -> str:

@@ -644,6 +644,8 @@ def test_only_a_marker_read_tells_another_caches_root(cache, root, monkeypatch):
     from cachemgr import nested
 
     make_tree(root, "album/Scans", files=1)
+    # A marker there, naming other books, that cannot be read: no evidence.
+    (root / "album" / "Scans" / ".cachemgr-books").write_text("books: {x}:cache:*\n")
     real = os.open
 
     def refused(path, *args, **kwargs):
@@ -670,20 +672,3 @@ def test_a_root_nested_deeper_in_a_booked_directory_is_never_deleted(cache, root
     assert cache.take(cache.store.victims(1)[0], "evicted") == "vanished"
     assert (root / "holder" / "a" / "b" / "album").is_dir()
     assert cache.store.count_entries() == 0
-
-
-def test_a_new_nodes_empty_root_is_marked_when_its_worker_starts(settings, redis_client, root):
-    """`cachemgr up --nodes 2` makes node1's root empty, and its marker came with the first
-    cleanup, an interval later: meanwhile the node whose root holds it took it for a
-    download. A root holding downloads waits for that cleanup (which books them first)."""
-    from cachemgr import DiskCache
-    from workers.app import _announce
-
-    cache = DiskCache(settings, redis_client)
-    assert _announce(cache) is True
-    assert (root / ".cachemgr-books").is_file() and redis_client.exists(cache.keys.root_mark)
-    (root / ".cachemgr-books").unlink()
-    redis_client.delete(cache.keys.root_mark)
-    make_tree(root, "album", files=1)
-    assert _announce(cache) is True
-    assert not (root / ".cachemgr-books").exists()

@@ -184,6 +184,12 @@ def test_up_with_two_nodes(tmp_path: Path, monkeypatch):
                 pass
             time.sleep(0.5)
         assert [n["node"] for n in stats["nodes"] if n["up"]] == ["node1", "node2"]
+        # Each root it made is marked at once: a node over the parent root (named after the
+        # host, a shell in up's environment) must not take node1 for a download.
+        from cachemgr.nested import other_books
+
+        for name in ("node1", "node2"):
+            assert other_books(tmp_path / "downloads" / name, "{vm}:") == f"{{{name}}}:cache:*"
         album = tmp_path / "downloads" / "node2" / "album"
         album.mkdir()
         (album / "t.mp3").write_bytes(b"x" * 5000)

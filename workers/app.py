@@ -21,7 +21,7 @@ from celery.signals import (
 )
 from celery.worker import state
 
-from cachemgr import marker, migrations
+from cachemgr import migrations
 from cachemgr.errors import BadArgument
 from cachemgr.logs import configure_logging
 from cachemgr.records import RECORD_FORMAT
@@ -132,7 +132,6 @@ def _announce(cache: Any, flushed: bool = False) -> bool:
         else:
             migrations.ensure_record_ids(cache.store)  # older books: before any task runs
         migrations.ensure_pin_index(cache.store)
-        marker.mark_new(cache)  # a new root nested in another node's is told from a download
         cache.registry.heartbeat(cache.keys, WORKER, settings=cache.settings)
     except Exception as exc:  # Redis away: tried again at each heartbeat until it is back
         log.error("worker cannot announce node %s yet: %s", cache.settings.node, exc)
