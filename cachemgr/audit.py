@@ -94,6 +94,8 @@ def untracked(
                 continue
             if not _settled(cache, path, older_than) or _holds_tracked(cache, path):
                 continue
+            if cache.not_a_download(path, walk=True):  # holds another cache's root: no reconcile
+                continue  # books it (its real runs say so among their errors)
             count += 1
             if len(found) < EXAMPLES:
                 found.append(paths.shown(path))

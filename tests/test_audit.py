@@ -529,3 +529,13 @@ def test_a_failed_look_for_gone_downloads_says_its_counts_are_old(cache, root, m
     monkeypatch.undo()
     cleanup(cache, periodic=True)  # a look that works: the warning goes
     assert not [w for w in cache.stats()["warnings"] if "gone from the disk failed" in w]
+
+
+def test_a_directory_holding_another_caches_root_is_not_called_untracked(cache, root):
+    """`nodes/node1` another cache's root, the entry depth 1: beat's look said `nodes` was
+    not on the books at every pass, and no reconcile could book it (each refused it)."""
+    make_tree(root, "nodes/node1/album", files=1)
+    (root / "nodes" / "node1" / ".cachemgr-books").write_text("books: {node1}:cache:*\n")
+    make_tree(root, "lost-album", files=1)
+    found = untracked(cache, older_than=time.time() + 1)
+    assert found["count"] == 1 and found["examples"] == ["lost-album"]
