@@ -15,6 +15,9 @@ from cachemgr.reads import Lua, call
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
 
+# The longest interval a beat's header is believed for (another sender's `inf` failed every
+# cleanup that read it).
+MAX_BEAT_INTERVAL = 366 * 86400
 # One sample per cleanup, the quota passes that registrations trigger included.
 HISTORY_SAMPLES = 288
 
@@ -82,7 +85,7 @@ def beat_ran(cache: DiskCache, started: float) -> None:
 def beat_every(cache: DiskCache, seconds: float) -> None:
     """The interval beat sends the node's cleanups at (its own DISK_CACHE_CLEANUP_INTERVAL):
     the overdue check follows it, and a beat set apart from the workers is said."""
-    cache.client.hset(cache.keys.last_cleanup, "beat_interval", f"{seconds:g}")
+    cache.client.hset(cache.keys.last_cleanup, "beat_interval", str(round(seconds)))
 
 
 def beat_interval(cache: DiskCache) -> int:
@@ -90,9 +93,12 @@ def beat_interval(cache: DiskCache) -> int:
     workers' DISK_CACHE_CLEANUP_INTERVAL."""
     said = cache.client.hget(cache.keys.last_cleanup, "beat_interval")
     try:
-        return max(1, int(float(said)))
-    except (TypeError, ValueError):
-        return cache.settings.disk_cache_cleanup_interval
+        seconds = int(float(said))
+    except (TypeError, ValueError, OverflowError):
+        seconds = 0
+    if 1 <= seconds <= MAX_BEAT_INTERVAL:
+        return seconds
+    return cache.settings.disk_cache_cleanup_interval
 
 
 def last_beat(cache: DiskCache) -> float | None:

@@ -10,6 +10,7 @@ path matched the one published (not a shell with the same disk mounted elsewhere
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -31,8 +32,12 @@ def other_books(directory: Path | str, prefix: str) -> str | None:
     except OSError:
         return None
     try:
+        # A named pipe of that name (anyone who writes in the root can make one) held the
+        # worker for good on a blocking open; a directory or a device is no marker either.
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         data = os.read(fd, 4096)
-    except OSError:  # a directory of that name
+    except OSError:
         return None
     finally:
         os.close(fd)
@@ -43,7 +48,7 @@ def other_books(directory: Path | str, prefix: str) -> str | None:
     return books or "books it does not name (an older version's marker)"
 
 
-MARKER_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+MARKER_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def nested_root(

@@ -213,7 +213,9 @@ def _reconcile(
             report["untracked"].append(path)
             tracked.discard(path)
     if tracked != set(records):  # some vanished or were inside others: worked out again
-        untracked = _untracked(on_disk, tracked)
+        # Untracked and still there: none of the downloads (DiskCache.not_a_download), done.
+        done_with = set(report["untracked"]) & set(on_disk)
+        untracked = [p for p in _untracked(on_disk, tracked) if p not in done_with]
         total = len(records) + len(untracked)
     if rebuilding:
         times = registration.found_again(cache, untracked)

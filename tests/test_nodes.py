@@ -666,9 +666,27 @@ def test_a_root_nested_deeper_in_a_booked_directory_is_never_deleted(cache, root
     make_tree(root, "holder/a/b/album", files=2)
     (root / "holder" / "a" / "b" / ".cachemgr-books").write_text("books: {b}:cache:*\n")
     cache.store.register("holder", 4096, 1, now=1.0)
+    plan = reconcile(cache, dry_run=True)
+    assert plan["untracked"] == ["holder"] and plan["errors"] == []  # was listed twice
     report = reconcile(cache)
     assert report["untracked"] == ["holder"] and report["resized"] == []
+    assert report["errors"] == []  # "changed by another meanwhile": met again, stale
     cache.store.register("holder", 4096, 1, now=1.0)
     assert cache.take(cache.store.victims(1)[0], "evicted") == "vanished"
     assert (root / "holder" / "a" / "b" / "album").is_dir()
     assert cache.store.count_entries() == 0
+
+
+def test_a_named_pipe_called_like_a_marker_does_not_hold_the_worker(cache, root):
+    """Opened blocking, a FIFO named .cachemgr-books in a download held the registration (and
+    beat's look, reconcile, an eviction's walk) for good: a node of two workers stopped."""
+    import threading
+
+    make_tree(root, "album/cd1", files=1)
+    os.mkfifo(root / "album" / "cd1" / ".cachemgr-books")
+    done: list[dict] = []
+    worker = threading.Thread(target=lambda: done.append(cache.register("album")), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert done and done[0]["status"] == "registered", "the registration hung on the pipe"
+    assert cache.not_a_download("album", walk=True) is None

@@ -853,3 +853,21 @@ def test_beat_at_another_interval_than_the_workers_is_said_not_called_stopped(
     # Past three of beat's own, it is overdue.
     later = time.time() + 3 * beat + 1
     assert cache.stats()["periodic_overdue"] is True
+
+
+def test_a_beat_interval_out_of_bounds_is_not_believed(cache):
+    """Another sender's header of `inf` was stored and failed every periodic cleanup
+    (OverflowError); 1234567 came back as 1234570, a false 'beat and workers differ'."""
+    import types
+
+    from cachemgr import history
+    from workers.app import beat_interval
+
+    for bad in ("inf", "nan", "1e300", "0", "-5", "abc"):
+        task = types.SimpleNamespace(request=types.SimpleNamespace(headers={
+            "cachemgr_beat_interval": bad}))  # fmt: skip
+        assert beat_interval(task) is None, bad
+    cache.client.hset(cache.keys.last_cleanup, "beat_interval", "inf")
+    assert history.beat_interval(cache) == cache.settings.disk_cache_cleanup_interval
+    history.beat_every(cache, 1234567.0)
+    assert history.beat_interval(cache) == 1234567

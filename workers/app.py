@@ -23,6 +23,7 @@ from celery.worker import state
 
 from cachemgr import migrations
 from cachemgr.errors import BadArgument
+from cachemgr.history import MAX_BEAT_INTERVAL
 from cachemgr.logs import configure_logging
 from cachemgr.records import RECORD_FORMAT
 from cachemgr.settings import Settings, SettingsError, log_level
@@ -44,7 +45,7 @@ def beat_interval(task: Task) -> float | None:
         seconds = float((task.request.headers or {}).get(BEAT_INTERVAL) or 0)
     except (TypeError, ValueError):
         return None
-    return seconds if seconds >= 1 else None
+    return seconds if 1 <= seconds <= MAX_BEAT_INTERVAL else None  # (inf failed every cleanup)
 
 
 def lock_retries(task: Task, headers: dict[str, Any] | None = None) -> int:
