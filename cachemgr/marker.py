@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cachemgr import paths, trash
@@ -91,16 +93,40 @@ def books_of(prefix: str) -> str:
     return f"{prefix}cache:*"
 
 
-def _lines(cache: DiskCache) -> tuple[str | None, str | None]:
-    """The books the marker names and the token it holds; None each where there is none
-    (absent, unreadable, written by a version from before tokens)."""
+MARKER_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def read_lines(directory: Path | str) -> tuple[str | None, str | None] | None:
+    """The books a marker at the top of `directory` names and the token it holds (None each
+    where it holds none: an older version's), or None where there is no marker to read.
+    Plain os calls (cheap: one per directory every walk of the root makes), and regular
+    files only: a named pipe of that name, which anyone who writes in the root can make,
+    held the worker for good on a blocking open."""
+    path = f"{directory}/{paths.BOOKS_MARKER}"
+    if not os.access(path, os.F_OK):  # the usual answer, no exception raised: a tenth
+        return None
     try:
-        lines = (cache.root / paths.BOOKS_MARKER).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None, None
+        fd = os.open(path, MARKER_FLAGS)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    lines = data.decode(errors="replace").splitlines()
     books = next((ln[len(BOOKS_LINE) :] for ln in lines if ln.startswith(BOOKS_LINE)), None)
     token = next((ln[len(ROOT_LINE) :] for ln in lines if ln.startswith(ROOT_LINE)), None)
     return books, token
+
+
+def _lines(cache: DiskCache) -> tuple[str | None, str | None]:
+    """The books the root's marker names and the token it holds; None each where there is
+    none (absent, unreadable, written by a version from before tokens)."""
+    return read_lines(cache.root) or (None, None)
 
 
 def _token_line(cache: DiskCache) -> str | None:

@@ -10,11 +10,10 @@ path matched the one published (not a shell with the same disk mounted elsewhere
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from cachemgr.marker import BOOKS_LINE, books_of
+from cachemgr.marker import books_of, read_lines
 from cachemgr.paths import BOOKS_MARKER
 
 
@@ -22,33 +21,14 @@ def other_books(directory: Path | str, prefix: str) -> str | None:
     """The books the marker at the top of `directory` names, when they are not those under
     `prefix`; None where there is none, or it names these books (a root moved up), or it
     cannot be read: only a marker read is evidence (an unreadable directory is not another
-    cache's; it is said as unreadable where it is met). Plain os calls: one per directory
-    every walk of the root makes."""
-    path = f"{directory}/{BOOKS_MARKER}"
-    if not os.access(path, os.F_OK):  # no exception raised for the usual answer: a tenth
+    cache's; it is said as unreadable where it is met)."""
+    found = read_lines(directory)
+    if found is None:
         return None
-    try:
-        fd = os.open(path, MARKER_FLAGS)
-    except OSError:
-        return None
-    try:
-        # A named pipe of that name (anyone who writes in the root can make one) held the
-        # worker for good on a blocking open; a directory or a device is no marker either.
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    lines = data.decode(errors="replace").splitlines()
-    books = next((ln[len(BOOKS_LINE) :] for ln in lines if ln.startswith(BOOKS_LINE)), None)
+    books = found[0]
     if books == books_of(prefix):
         return None
     return books or "books it does not name (an older version's marker)"
-
-
-MARKER_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def nested_root(

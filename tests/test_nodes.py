@@ -690,3 +690,18 @@ def test_a_named_pipe_called_like_a_marker_does_not_hold_the_worker(cache, root)
     worker.join(20)
     assert done and done[0]["status"] == "registered", "the registration hung on the pipe"
     assert cache.not_a_download("album", walk=True) is None
+
+
+def test_a_named_pipe_as_the_roots_marker_does_not_hold_the_checks(cache, root):
+    """The root's marker was read blocking too: every cleanup, registration and stats read
+    checks it."""
+    import threading
+
+    from cachemgr import marker
+
+    os.mkfifo(root / ".cachemgr-books")
+    done: list[object] = []
+    reader = threading.Thread(target=lambda: done.append(marker.swapped(cache)), daemon=True)
+    reader.start()
+    reader.join(20)
+    assert done, "the root's check hung on the pipe"
