@@ -29,7 +29,7 @@ from api.cli_tables import entry_rows, kv, plan_table, stats_table
 from api.cli_tasks import acting, send_quota_pass, state, wait_task
 from cachemgr import events as event_log
 from cachemgr import journal, listing, paths
-from cachemgr.cleanup import cleanup as run_cleanup
+from cachemgr.cleanup import cleanup_through
 from cachemgr.logs import printable
 from cachemgr.pins import MAX_PIN_SECONDS
 from cachemgr.quota import quota_pass_due
@@ -205,7 +205,7 @@ def rm(path: str, files: bool, now: bool, as_json: Any) -> None:
 def cleanup(dry_run: bool, now: bool, as_json: Any) -> None:
     """Sweep expired directories, then enforce the quota."""
     if now:
-        result = run_cleanup(acting(disk=True), dry_run=dry_run)
+        result = cleanup_through(acting(disk=True), dry_run=dry_run)
     else:  # the worker plans too: with the settings and policy it enforces, not this shell's
         result = wait_task("cleanup", dry_run=dry_run)
     _skipped(result, as_json)

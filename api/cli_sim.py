@@ -19,6 +19,7 @@ from typing import Any
 import click
 import redis
 
+from api.errors import redis_said, redis_unavailable, wrong_database
 from api.humanize import counted
 from cachemgr.access_log import Exported, export_rows
 from cachemgr.connection import connect
@@ -209,12 +210,20 @@ def _keys_and_client(redis_url: str | None, prefix: str | None) -> tuple[Keys, A
         redis_url = redis_url or settings.redis_url
         prefix = settings.key_prefix if prefix is None else prefix  # a named node's {n}:
     try:
-        client = connect(redis_url)
+        prefix.encode()
+    except UnicodeEncodeError:
+        raise Refused(f"--prefix {prefix!r} is not valid UTF-8") from None
+    try:
+        client = connect(redis_url, interactive=True)  # 5 s for a hung one, as every command
         client.ping()  # before the output file is opened: a failure must not empty it
     except ValueError as exc:
         raise Refused(f"bad Redis URL {redis_url!r}: {exc}") from None
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise Refused(f"Redis cannot be reached: {exc}", 4) from None
+    except redis.RedisError as exc:
+        if said := wrong_database(exc):
+            raise Refused(said, 5) from None
+        if not redis_unavailable(exc):
+            raise
+        raise Refused(redis_said(exc), 4) from None
     return Keys(prefix), client
 
 

@@ -65,6 +65,8 @@ REFUSED = ("used memory > 'maxmemory'", "READONLY", "You can't write against a r
 
 def redis_said(exc: BaseException) -> str:
     """One line for a Redis that cannot serve now: reached and refusing, or not reached."""
+    if isinstance(exc, redis.exceptions.InvalidResponse):  # an HTTP server, another service
+        return f"what answers at the Redis URL does not speak Redis (a wrong port?): {exc}"
     # LOADING and a refused login are ConnectionErrors to redis-py, from a Redis reached.
     reached = not isinstance(exc, redis.ConnectionError | redis.TimeoutError) or isinstance(
         exc, redis.BusyLoadingError | redis.AuthenticationError
@@ -86,6 +88,8 @@ def broker_said(exc: BaseException) -> str:
 def redis_unavailable(exc: BaseException) -> bool:
     """Whether a Redis error means the books cannot be read now (a 503), not a bug (a 500)."""
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return True
+    if isinstance(exc, redis.exceptions.InvalidResponse):  # not Redis at that address
         return True
     if wrong_database(exc):
         return True

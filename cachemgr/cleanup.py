@@ -428,3 +428,36 @@ def continuation(
     if not evict.get("more"):
         return {"resume": False, **held}
     return {"resume": True, "owed": int(evict.get("owed", 0)), **held}
+
+
+def cleanup_through(cache: DiskCache, *, dry_run: bool = False) -> dict[str, Any]:
+    """A manual cleanup run here to its end (`cachemgr cleanup --now`): the passes a worker
+    hands to fresh tasks (continuation) run one after another, each bounded as ever, their
+    counts and paths summed into one result (`passes`). Run once, it stopped at
+    DISK_CACHE_MAX_EVICTIONS_PER_RUN with usage far above the quota, and nothing went on."""
+    result = cleanup(cache, dry_run=dry_run)
+    rest = None if dry_run else continuation(result)
+    passes = 1
+    while rest is not None:
+        if result.get("status") == "skipped" or rest.get("automatic"):
+            break  # another cleanup runs, or eviction is held: theirs to go on with
+        more = cleanup(cache, resume=rest["resume"], owed=rest.get("owed"))
+        passes += 1
+        for part in ("sweep", "evict"):
+            done, new = result.get(part), more.get(part)
+            if not done or not new:
+                continue
+            for key in ("count", "bytes_freed"):
+                done[key] += new[key]
+            for key in ("paths", "plan", "skipped_locked", "skipped_pinned", "skipped_changed",
+                        "skipped_young", "vanished", "errors"):  # fmt: skip
+                done[key] += new[key]
+            done.update({k: new[k] for k in ("usage_after", "more", "owed", "short")})
+        if more.get("status") == "skipped":  # another took the lock meanwhile: said, left
+            result["more"] = True
+            break
+        result["more"] = more.get("more", False)
+        rest = continuation(more, resume=rest["resume"], owed=rest.get("owed"))
+    if "evict" in result:  # a run (not one disabled or skipped, which answer as ever)
+        result["passes"] = passes
+    return result

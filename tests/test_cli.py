@@ -782,3 +782,58 @@ def test_now_from_a_wrong_root_is_refused_before_the_nodes_first_cleanup(
         assert "the books hold no mark of their root yet" in done.output, done.output
     assert (wrong / "photos").is_dir() and not (wrong / ".cachemgr-books").exists()
     assert cache.store.tracked(["a", "photos"]) == [True, False]
+
+
+def test_a_server_that_is_not_redis_is_said_in_one_line(settings, tmp_path):
+    """REDIS_URL at an HTTP server (a wrong port): every command ended in a 95-line traceback
+    (redis.exceptions.InvalidResponse)."""
+    import socket
+    import threading
+
+    from api import create_app
+    from cachemgr import connect
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": settings.with_(redis_url=url),
+                          "REDIS_CLIENT": connect(url, interactive=True)})  # fmt: skip
+        done = app.test_cli_runner().invoke(args=["stats"])
+        assert done.exit_code == 4, done.output
+        assert "does not speak Redis" in done.output and "Traceback" not in done.output
+        assert len(done.output.strip().splitlines()) == 1, done.output
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "args,code,said",
+    [(["--redis-url", "redis://127.0.0.1:6379/99", "--prefix", "x:"], 5, "does not have"),
+     (["--redis-url", "redis://[::1:6379/0", "--prefix", "x:"], 2, "bad Redis URL"),
+     (["--prefix", "bad\udcff"], 2, "not valid UTF-8")],
+)  # fmt: skip
+def test_trace_export_says_bad_redis_settings_in_one_line(args, code, said):
+    """A database the server does not have, a malformed URL, a prefix that is not UTF-8:
+    tracebacks where every other command says one line."""
+    from click.testing import CliRunner
+
+    from api.cli_sim import trace_group
+
+    done = CliRunner().invoke(trace_group, ["export", *args])
+    assert done.exit_code == code, done.output
+    assert said in done.output and "Traceback" not in done.output

@@ -372,3 +372,20 @@ def test_two_nodes_on_one_root_are_refused_and_a_renamed_node_takes_it_over(
     renamed.registry.heartbeat(renamed.keys, ttl=60)
     with pytest.raises(RootMissing, match=r"another node \(" + re.escape(renamed.keys.prefix)):
         old.register("album")
+
+
+def test_a_cleanup_run_here_goes_on_to_its_end(settings, redis_client, root):
+    """`cachemgr cleanup --now` stopped after DISK_CACHE_MAX_EVICTIONS_PER_RUN ("done", usage
+    far above the quota) and nothing went on, where the workers continue in new tasks."""
+    from cachemgr.cleanup import cleanup_through
+
+    cache = DiskCache(settings.with_(disk_cache_max_evictions_per_run=2), redis_client)
+    cache.client.set(cache.keys.initialized, "1")
+    for i in range(20):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    result = cleanup_through(cache)
+    assert result["passes"] >= 2 and result["more"] is False
+    assert result["evict"]["count"] == len(result["evict"]["paths"]) == 4
+    assert cache.store.total_bytes() == cache.settings.target_bytes
+    assert cleanup_through(cache, dry_run=True)["passes"] == 1
