@@ -457,6 +457,9 @@ def cleanup_through(cache: DiskCache, *, dry_run: bool = False) -> dict[str, Any
             result["more"] = True
             break
         result["more"] = more.get("more", False)
+        took = sum((more.get(part) or {}).get("count", 0) for part in ("sweep", "evict"))
+        if not took:  # a pass that took nothing would be met again at once: said, left
+            break
         rest = continuation(more, resume=rest["resume"], owed=rest.get("owed"))
     if "evict" in result:  # a run (not one disabled or skipped, which answer as ever)
         result["passes"] = passes
