@@ -400,8 +400,13 @@ def _empty(directory: str) -> bool:
         return True  # cannot be told: not taken for gone
 
 
+# A file system dates a change by a coarse clock (a tick of some milliseconds behind the
+# time): a folder emptied right after its album was booked read as unchanged since.
+MTIME_SLACK_SECONDS = 1.0
+
+
 def _unchanged(directory: str, booked: float, books: Callable[[float], float]) -> bool:
     try:
-        return books(os.stat(directory).st_mtime) < booked
+        return books(os.stat(directory).st_mtime) < booked - MTIME_SLACK_SECONDS
     except OSError:
         return True  # cannot be told: not taken for gone
