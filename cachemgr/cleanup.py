@@ -432,9 +432,10 @@ def continuation(
 
 def cleanup_through(cache: DiskCache, *, dry_run: bool = False) -> dict[str, Any]:
     """A manual cleanup run here to its end (`cachemgr cleanup --now`): the passes a worker
-    hands to fresh tasks (continuation) run one after another, each bounded as ever, their
-    counts and paths summed into one result (`passes`). Run once, it stopped at
-    DISK_CACHE_MAX_EVICTIONS_PER_RUN with usage far above the quota, and nothing went on."""
+    hands to fresh tasks (continuation) run one after another, each bounded as ever, the
+    sweep's and the eviction's counts and paths summed into one result (`passes`). Run
+    once, it stopped at DISK_CACHE_MAX_EVICTIONS_PER_RUN with usage far above the quota,
+    and nothing went on."""
     result = cleanup(cache, dry_run=dry_run)
     rest = None if dry_run else continuation(result)
     passes = 1
@@ -457,7 +458,10 @@ def cleanup_through(cache: DiskCache, *, dry_run: bool = False) -> dict[str, Any
             result["more"] = True
             break
         result["more"] = more.get("more", False)
-        took = sum((more.get(part) or {}).get("count", 0) for part in ("sweep", "evict"))
+        took = sum(
+            (more.get(part) or {}).get("count", 0) + len((more.get(part) or {}).get("vanished", []))
+            for part in ("sweep", "evict")
+        )
         if not took:  # a pass that took nothing would be met again at once: said, left
             break
         rest = continuation(more, resume=rest["resume"], owed=rest.get("owed"))

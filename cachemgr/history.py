@@ -11,13 +11,11 @@ from typing import TYPE_CHECKING, Any
 from cachemgr import events, stats
 from cachemgr.errors import DELETE_FAILED, RootMissing
 from cachemgr.reads import Lua, call
+from cachemgr.records import MAX_BEAT_INTERVAL
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
 
-# The longest interval a beat's header is believed for (another sender's `inf` failed every
-# cleanup that read it).
-MAX_BEAT_INTERVAL = 366 * 86400
 # One sample per cleanup, the quota passes that registrations trigger included.
 HISTORY_SAMPLES = 288
 

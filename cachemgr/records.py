@@ -147,6 +147,11 @@ class PassResult:
         }
 
 
+# The longest interval a beat's header is believed for (another sender's `inf` failed every
+# cleanup that read it).
+MAX_BEAT_INTERVAL = 366 * 86400
+
+
 def number(value: Any) -> float | None:
     """A number read back from Redis (where it is a string), or None when absent, unreadable,
     NaN or infinite (not JSON: `cachemgr stats --json | jq` would refuse the output)."""

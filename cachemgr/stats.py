@@ -23,7 +23,7 @@ from cachemgr.nodes import (
     split,
 )
 from cachemgr.reads import Batch, Lua, Reader, call, pairs, run
-from cachemgr.records import iso, last_cleanup
+from cachemgr.records import MAX_BEAT_INTERVAL, iso, last_cleanup
 from cachemgr.settings import env_value
 from cachemgr.switch import some_worker_on
 
@@ -235,6 +235,8 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     # Beat's own interval where it said it (its cleanups carry it): a beat set to 600 s was
     # called stopped by workers set to 20 s.
     beat_every = (snap["last_cleanup"] or {}).get("beat_interval")
+    if beat_every is not None and not 1 <= beat_every <= MAX_BEAT_INTERVAL:
+        beat_every = None  # an older version stored what any sender said
     interval, now = int(beat_every or s.disk_cache_cleanup_interval), cache.clock()
     stats["periodic_overdue"] = periodic_overdue(
         stats,

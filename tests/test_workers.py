@@ -871,3 +871,8 @@ def test_a_beat_interval_out_of_bounds_is_not_believed(cache):
     assert history.beat_interval(cache) == cache.settings.disk_cache_cleanup_interval
     history.beat_every(cache, 1234567.0)
     assert history.beat_interval(cache) == 1234567
+    # One an older version stored (any sender's 1e300) is not believed by the stats either.
+    cache.client.hset(cache.keys.last_cleanup, mapping={"beat_interval": "1e300",
+                                                        "periodic_time": "1"})  # fmt: skip
+    stats = cache.stats()
+    assert not any("celery beat sends" in w for w in stats["warnings"]), stats["warnings"]

@@ -23,9 +23,8 @@ from celery.worker import state
 
 from cachemgr import migrations
 from cachemgr.errors import BadArgument
-from cachemgr.history import MAX_BEAT_INTERVAL
 from cachemgr.logs import configure_logging
-from cachemgr.records import RECORD_FORMAT
+from cachemgr.records import MAX_BEAT_INTERVAL, RECORD_FORMAT
 from cachemgr.settings import Settings, SettingsError, log_level
 
 # The retries a task has made behind another's lock, counted in a header of their own: Celery's
