@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from cachemgr import events, stats
 from cachemgr.errors import DELETE_FAILED, RootMissing
 from cachemgr.reads import Lua, call
-from cachemgr.records import MAX_BEAT_INTERVAL
+from cachemgr.records import believed_interval
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -90,13 +90,7 @@ def beat_interval(cache: DiskCache) -> int:
     """The interval beat sends the node's cleanups at, as its cleanups said it; else the
     workers' DISK_CACHE_CLEANUP_INTERVAL."""
     said = cache.client.hget(cache.keys.last_cleanup, "beat_interval")
-    try:
-        seconds = int(float(said))
-    except (TypeError, ValueError, OverflowError):
-        seconds = 0
-    if 1 <= seconds <= MAX_BEAT_INTERVAL:
-        return seconds
-    return cache.settings.disk_cache_cleanup_interval
+    return believed_interval(said) or cache.settings.disk_cache_cleanup_interval
 
 
 def last_beat(cache: DiskCache) -> float | None:

@@ -152,6 +152,16 @@ class PassResult:
 MAX_BEAT_INTERVAL = 366 * 86400
 
 
+def believed_interval(value: Any) -> int | None:
+    """Beat's interval as a header or the books say it, in whole seconds; None where it is
+    none, or not to be believed (below a second, past MAX_BEAT_INTERVAL, not a number). The
+    one reading of it: the worker's, the stats', the status page's and the hold's."""
+    seconds = number(value)
+    if seconds is None or not 1 <= seconds <= MAX_BEAT_INTERVAL:
+        return None
+    return round(seconds)
+
+
 def number(value: Any) -> float | None:
     """A number read back from Redis (where it is a string), or None when absent, unreadable,
     NaN or infinite (not JSON: `cachemgr stats --json | jq` would refuse the output)."""
@@ -191,5 +201,5 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
         "audit_error": raw.get("audit_error") or None,
         "evict_short": raw.get("evict_short") or None,
         "periodic_time": number(raw.get("periodic_time")),
-        "beat_interval": number(raw.get("beat_interval")),
+        "beat_interval": believed_interval(raw.get("beat_interval")),
     }

@@ -23,7 +23,7 @@ from cachemgr.nodes import (
     split,
 )
 from cachemgr.reads import Batch, Lua, Reader, call, pairs, run
-from cachemgr.records import MAX_BEAT_INTERVAL, iso, last_cleanup
+from cachemgr.records import iso, last_cleanup
 from cachemgr.settings import env_value
 from cachemgr.switch import some_worker_on
 
@@ -234,10 +234,8 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     }
     # Beat's own interval where it said it (its cleanups carry it): a beat set to 600 s was
     # called stopped by workers set to 20 s.
-    beat_every = (snap["last_cleanup"] or {}).get("beat_interval")
-    if beat_every is not None and not 1 <= beat_every <= MAX_BEAT_INTERVAL:
-        beat_every = None  # an older version stored what any sender said
-    interval, now = int(beat_every or s.disk_cache_cleanup_interval), cache.clock()
+    beat_every = (snap["last_cleanup"] or {}).get("beat_interval")  # records.believed_interval
+    interval, now = beat_every or s.disk_cache_cleanup_interval, cache.clock()
     stats["periodic_overdue"] = periodic_overdue(
         stats,
         interval,
@@ -293,9 +291,9 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     disputed = {ENFORCED[key][0].upper(): set(values) for key, values in apart.items()}
     stats["warnings"] += _differences(cache.settings, s, disputed)
     stats["warnings"] += _workers_apart(apart)
-    if beat_every and int(beat_every) != s.disk_cache_cleanup_interval:
+    if beat_every and beat_every != s.disk_cache_cleanup_interval:
         stats["warnings"].append(
-            f"celery beat sends the node's cleanups every {int(beat_every)} s, its workers' "
+            f"celery beat sends the node's cleanups every {beat_every} s, its workers' "
             f"DISK_CACHE_CLEANUP_INTERVAL is {s.disk_cache_cleanup_interval} s: give beat and "
             "the workers the same setting"
         )

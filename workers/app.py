@@ -24,7 +24,7 @@ from celery.worker import state
 from cachemgr import migrations
 from cachemgr.errors import BadArgument
 from cachemgr.logs import configure_logging
-from cachemgr.records import MAX_BEAT_INTERVAL, RECORD_FORMAT
+from cachemgr.records import RECORD_FORMAT, believed_interval
 from cachemgr.settings import Settings, SettingsError, log_level
 
 # The retries a task has made behind another's lock, counted in a header of their own: Celery's
@@ -38,13 +38,10 @@ LOCK_RETRIES = "cachemgr_lock_retries"
 BEAT_INTERVAL = "cachemgr_beat_interval"
 
 
-def beat_interval(task: Task) -> float | None:
-    """The interval the beat that sent this task runs at; None when it did not say."""
-    try:
-        seconds = float((task.request.headers or {}).get(BEAT_INTERVAL) or 0)
-    except (TypeError, ValueError):
-        return None
-    return seconds if 1 <= seconds <= MAX_BEAT_INTERVAL else None  # (inf failed every cleanup)
+def beat_interval(task: Task) -> int | None:
+    """The interval the beat that sent this task runs at; None when it did not say (or said
+    what is not to be believed: records.believed_interval)."""
+    return believed_interval((task.request.headers or {}).get(BEAT_INTERVAL))
 
 
 def lock_retries(task: Task, headers: dict[str, Any] | None = None) -> int:
