@@ -11,12 +11,16 @@ import os
 import sys
 
 from cachemgr.nodes import node_queue
-from cachemgr.settings import parse_duration
+from cachemgr.settings import SettingsError, parse_duration, queue_override
+from workers.urls import celery_env_problem
 
 _redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url
 result_backend = os.environ.get("CELERY_RESULT_BACKEND") or _redis_url
+if _url_problem := celery_env_problem():
+    print(f"cachemgr stopping: {_url_problem}", file=sys.stderr)  # one line, exit 5 as below
+    raise SystemExit(5)
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
@@ -56,7 +60,11 @@ _node = os.environ.get("DISK_CACHE_NODE", "")
 
 # A named node's workers consume its own queue (and send continuations there); a single node
 # keeps Celery's default queue, so a plain client that knows only a task name reaches it.
-task_default_queue = os.environ.get("CACHEMGR_QUEUE") or node_queue(_node)
+try:
+    task_default_queue = queue_override() or node_queue(_node)
+except SettingsError as exc:
+    print(f"cachemgr stopping: {exc}", file=sys.stderr)
+    raise SystemExit(5) from None
 
 # One beat can drive several nodes: DISK_CACHE_NODES=a,b sends each node's periodic cleanup
 # to that node's queue. Without it, the cleanup goes to this process's default queue.

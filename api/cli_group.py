@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import traceback
 from typing import Any
 
 import click
 import redis
 from flask.cli import FlaskGroup, ScriptInfo
 
-from api.cli_errors import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE, Fail
+from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, Fail
 from cachemgr.logs import configure_logging
 from cachemgr.settings import Settings, SettingsError, log_level
 
@@ -45,6 +48,11 @@ def _one_line(exc: click.UsageError, where: str) -> Fail:
     return Fail(f"{said} (`{where} --help` says how)", EXIT_USAGE)
 
 
+def _in_echo(exc: BaseException) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].name == "echo"
+
+
 class CacheGroup(FlaskGroup):
     """Flask's command group, without its own options, and without loading the app to list or
     find a command: a bad setting printed a traceback above `--help`, and `cachemgr nosuch`
@@ -53,6 +61,22 @@ class CacheGroup(FlaskGroup):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.params = [p for p in self.params if p.name not in FLASK_ONLY]
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """An output that cannot be written (`> /dev/full`, a full disk) in one line too: click
+        itself says only a closed pipe, and every command printed a traceback."""
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:
+            said = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc)
+            if _in_echo(exc):
+                said = f"cannot write its output: {exc.strerror or exc}"
+                # What is still buffered would fail again as Python exits, in its own words.
+                with contextlib.suppress(OSError, ValueError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            with contextlib.suppress(OSError):
+                click.echo(f"Error: {said}", err=True)
+            sys.exit(EXIT_FAILED)
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         """`cachemgr --bogus`: one line too."""

@@ -9,6 +9,7 @@ import click
 from api import api_settings, stack
 from api.cli_errors import EXIT_CONFIG, Fail
 from cachemgr import Settings, SettingsError
+from workers.urls import celery_env_problem
 
 MAX_WEB_WORKERS = 1024
 
@@ -32,6 +33,8 @@ def serve(workers: int | None) -> None:
     try:
         Settings.from_env()  # each gunicorn worker would fail on it with a traceback
         api_settings()
+        if problem := celery_env_problem():
+            raise SettingsError(problem)
         argv = stack.serve_command(workers or _web_workers())
     except SettingsError as exc:
         raise Fail(str(exc), EXIT_CONFIG) from None

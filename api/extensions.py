@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from cachemgr import DiskCache, Settings, connect
 from cachemgr.clock import RedisClock
+from cachemgr.settings import queue_override
 from workers.client import CacheClient
 
 
@@ -69,7 +69,7 @@ class CacheExtension:
             # A named node's queue is the one its workers published (CACHEMGR_QUEUE there);
             # set here, CACHEMGR_QUEUE wins, as in celeryconfig.
             node=settings.disk_cache_node,
-            queue=app.config.get("CELERY_TASK_QUEUE") or os.environ.get("CACHEMGR_QUEUE"),
+            queue=app.config.get("CELERY_TASK_QUEUE") or queue_override(),
             backend=app.config.get("CELERY_RESULT_BACKEND"),
             cluster=settings.disk_cache_cluster,
             redis=client,  # its reads (the node's route) fail fast too

@@ -57,8 +57,10 @@ def check_free(host: str, port: int) -> None:
         found = socket.getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-    except socket.gaierror:
-        return  # a host that does not resolve: gunicorn's own error says so
+    except (socket.gaierror, UnicodeError) as exc:
+        # gunicorn's own said it five times a second apart, or in a traceback (not UTF-8).
+        said = exc.strerror if isinstance(exc, socket.gaierror) else "not a host name"
+        raise SettingsError(f"HOST={host!r}: cannot listen there ({said})") from None
     family, _, _, _, address = found[0]  # an IPv6 HOST (`::`) binds as gunicorn binds it
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds it

@@ -165,6 +165,10 @@ class Settings:
             )
         if not re.fullmatch(r"[A-Za-z0-9_.{}:-]*", self.disk_cache_key_prefix):
             fail("disk_cache_key_prefix", self.disk_cache_key_prefix, "use letters, digits, _.:{}-")
+        if not re.fullmatch(r"[A-Za-z0-9_.{}:-]{1,100}", self.disk_cache_cluster):
+            # It names the registry's keys; a name not UTF-8 failed each command in codec words.
+            said = "1 to 100 of letters, digits, _.:{}-"
+            fail("disk_cache_cluster", self.disk_cache_cluster, said)
         if self.disk_cache_node and not checks.NODE_NAME.fullmatch(self.disk_cache_node):
             # As `?node=` and forget-node take it: a node they could not name is refused.
             fail("disk_cache_node", self.disk_cache_node, "1 to 100 of letters, digits, _.-")
@@ -368,3 +372,12 @@ def log_level(environ: Mapping[str, str] | None = None, default: str = "INFO") -
         known = "DEBUG, INFO, WARNING, ERROR, CRITICAL"
         raise SettingsError(f"DISK_CACHE_LOG_LEVEL={raw!r}: not a log level ({known})")
     return level
+
+
+def queue_override(environ: Mapping[str, str] | None = None) -> str | None:
+    """CACHEMGR_QUEUE (the queue a node's workers consume instead of `cachemgr.<node>`),
+    checked: a name not UTF-8 stopped the worker in a codec traceback."""
+    raw = (os.environ if environ is None else environ).get("CACHEMGR_QUEUE") or ""
+    if raw and not re.fullmatch(r"[A-Za-z0-9_.:@{}-]{1,200}", raw):
+        raise SettingsError(f"CACHEMGR_QUEUE={raw!r}: 1 to 200 of letters, digits, _.:@{{}}-")
+    return raw or None

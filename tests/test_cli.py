@@ -189,6 +189,9 @@ def test_an_events_limit_past_what_redis_takes_is_a_usage_error(runner, cache, r
         ({"REDIS_URL": "redis://127.0.0.1:6379/abc"}, "REDIS_URL="),
         ({"REDIS_URL": "notaurl"}, "REDIS_URL='notaurl': not a Redis URL: it must start with"),
         ({"REDIS_URL": "foo://x"}, "redis+sentinel://, redis+cluster://"),
+        # Not UTF-8 (a shell's stray byte): each command failed in the codec's words.
+        ({"DISK_CACHE_CLUSTER": "a\udcffb"}, "DISK_CACHE_CLUSTER='a\\udcffb': 1 to 100 of"),
+        ({"CACHEMGR_QUEUE": "a\udcffb"}, "CACHEMGR_QUEUE='a\\udcffb': 1 to 200 of"),
     ],
 )
 def test_bad_settings_stop_every_command_in_one_line_with_exit_5(tmp_path, env, name):
@@ -837,3 +840,80 @@ def test_trace_export_says_bad_redis_settings_in_one_line(args, code, said):
     done = CliRunner().invoke(trace_group, ["export", *args])
     assert done.exit_code == code, done.output
     assert said in done.output and "Traceback" not in done.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["openapi", "write", "/dev/full"]])
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, args):
+    # `cachemgr stats > /dev/full` (a full disk under a redirect) printed a 40-line traceback.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "DISK_CACHE_ROOT": str(tmp_path)}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "api.cli", *args], cwd=Path(__file__).resolve().parents[1],
+            env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "Error: cannot write its output: No space left on device\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("CELERY_RESULT_BACKEND", "junk", "not a result backend Celery can use"),
+        ("CELERY_BROKER_URL", "junk://x", "not a broker Celery can use (No such transport"),
+    ],
+)
+def test_a_celery_url_celery_cannot_load_stops_everything_in_one_line(
+    tmp_path, monkeypatch, name, value, said
+):
+    # CELERY_RESULT_BACKEND=junk: the worker stopped in a 60-line traceback, each CLI write and
+    # each API write failed in one, and `serve` booted gunicorn workers that died in one.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    monkeypatch.setattr("api.cli_stack.os.execv", lambda *a: pytest.fail(f"gunicorn ran: {a}"))
+    env = {"DISK_CACHE_ROOT": str(tmp_path), name: value}
+    for args in (["register", "a"], ["serve"], ["stats"]):
+        result = CliRunner().invoke(main, args, env=env)
+        assert result.exit_code == 5 and "Traceback" not in result.output, (args, result.output)
+        assert result.output.startswith(f"Error: {name}={value!r}: {said}"), result.output
+        assert result.output.count("\n") == 1, result.output
+    # The worker, beat and Flower read it in celeryconfig.
+    done = subprocess.run(
+        [sys.executable, "-c", "import celeryconfig"], cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 5 and done.stderr.startswith(f"cachemgr stopping: {name}="), done
+    assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [("a\udcffb", "not a host name)"), ("nosuchhost.invalid", "")],  # the resolver's words
+)
+def test_serve_on_a_host_it_cannot_listen_on_is_one_line(tmp_path, monkeypatch, host, said):
+    # gunicorn said a host that does not resolve five times, a second apart, then exited 1;
+    # one not UTF-8 in a traceback.
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    def never(*args: object) -> None:
+        raise AssertionError(f"gunicorn started: {args}")
+
+    monkeypatch.setattr("api.cli_stack.os.execv", never)
+    env = {"DISK_CACHE_ROOT": str(tmp_path), "DISK_CACHE_API_TOKEN": "t", "HOST": host}
+    result = CliRunner().invoke(main, ["serve"], env=env)
+    assert result.exit_code == 5, result.output
+    assert result.output.startswith(f"Error: HOST={host!r}: cannot listen there ({said}")
+    assert result.output.count("\n") == 1, result.output

@@ -30,10 +30,11 @@ from cachemgr.migrations import to_feed
 from cachemgr.nodes import NodeRegistry, node_queue
 from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
+from cachemgr.settings import SettingsError, queue_override
 from cachemgr.store import Store
 from workers.results import ResultUnavailable as ResultUnavailable  # the pipeline's to catch
 from workers.results import TaskResult, quiet_backend_noise
-from workers.urls import HUNG_REDIS_SECONDS, books_url, server
+from workers.urls import HUNG_REDIS_SECONDS, books_url, celery_url_problem, server
 
 log = logging.getLogger("cachemgr")
 
@@ -85,7 +86,7 @@ class CacheClient:
         if node is None:  # a node given routes by what it published, never by this shell's
             node = env.get("DISK_CACHE_NODE") or None
             if queue is None:
-                queue = env.get("CACHEMGR_QUEUE") or None
+                queue = queue_override(env)
             if key_prefix is None:
                 key_prefix = env.get("DISK_CACHE_KEY_PREFIX") or None
         node = node or None
@@ -101,11 +102,10 @@ class CacheClient:
         self.backend = backend
         self._queue, self._prefix = queue, key_prefix
         self._route: tuple[str | None, Keys] | None = None
-        self.app = Celery(
-            "cachemgr-client",
-            broker=self.broker_url,
-            backend=backend or env.get("CELERY_RESULT_BACKEND") or self.redis_url,
-        )
+        backend_url = backend or env.get("CELERY_RESULT_BACKEND") or self.redis_url
+        if problem := celery_url_problem(self.broker_url, backend_url):
+            raise SettingsError(problem)
+        self.app = Celery("cachemgr-client", broker=self.broker_url, backend=backend_url)
         self.app.conf.update(
             task_serializer="json",
             accept_content=["json"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from urllib.parse import urlsplit
 
 import redis
@@ -72,3 +73,33 @@ def _publishes(url: str, cluster: str) -> bool:
         return bool(probe.exists(Keys.nodes(cluster)))
     finally:
         probe.close()
+
+
+def celery_url_problem(broker: str, backend: str) -> str | None:
+    """What is wrong with the broker's or the result backend's URL, in one line naming the
+    variable it came from; None when Celery knows both kinds. A backend Celery cannot load
+    (`CELERY_RESULT_BACKEND=junk`) stopped the worker, and failed each send, in a traceback."""
+    from celery.app.backends import by_url
+    from kombu import Connection
+
+    env = os.environ
+    for name, kind, url, load in (
+        ("CELERY_BROKER_URL", "broker", broker, lambda u: Connection(u).transport),
+        ("CELERY_RESULT_BACKEND", "result backend", backend, by_url),
+    ):
+        try:
+            load(url)
+        except (KeyError, ImportError, ValueError) as exc:
+            said = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            given = name if env.get(name) else "REDIS_URL"
+            return f"{given}={url!r}: not a {kind} Celery can use ({said})"
+    return None
+
+
+def celery_env_problem() -> str | None:
+    """celery_url_problem for the URLs the workers read from the environment (celeryconfig)."""
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    return celery_url_problem(
+        os.environ.get("CELERY_BROKER_URL") or redis_url,
+        os.environ.get("CELERY_RESULT_BACKEND") or redis_url,
+    )
