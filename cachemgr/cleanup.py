@@ -195,6 +195,7 @@ def cleanup(
     if not cache.settings.enable_disk_cache_management:
         return disabled("cleanup")
     if (periodic or automatic) and not cache.scheduler_running():
+        cache.client.delete(cache.keys.quota_sent)  # sent, then dropped: the next is sent
         return {"status": "skipped", "reason": "scheduler stopped"}
     refused = _refused(cache)
     if refused is not None and not dry_run:
@@ -261,8 +262,9 @@ def cleanup(
             busy["again"] = _wait_again(cache, again)
         return busy
     # The usage is weighed from here on: a quota pass that finds this one running may wait
-    # for it again (cache:quota_again), even one of the chain that waited for the last.
-    cache.client.delete(cache.keys.quota_again)
+    # for it again (cache:quota_again), even one of the chain that waited for the last, and
+    # the next registration past the threshold sends one (cache:quota_sent).
+    cache.client.delete(cache.keys.quota_again, cache.keys.quota_sent)
     started, began = cache.clock(), time.monotonic()  # when, by the cache's clock; how long
     # Renewed in the background too: one deletion longer than the lock let a second cleanup in.
     keeper = Keeper(lock, every=timeout / 3, at_most=CLEANUP_MAX_HOLD_SECONDS).start()

@@ -110,6 +110,13 @@ class Keys:
         return f"{self.prefix}cache:quota_again"
 
     @cached_property
+    def quota_sent(self) -> str:
+        """String, PX: a registration's quota pass is queued and has not yet weighed the usage;
+        the registrations booked meanwhile send none (a burst past the threshold sent one
+        each). A cleanup that takes the lock deletes it."""
+        return f"{self.prefix}cache:quota_sent"
+
+    @cached_property
     def reconcile_lock(self) -> str:
         """String, held while a reconcile runs."""
         return f"{self.prefix}lock:cache:reconcile"

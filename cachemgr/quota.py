@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,29 @@ def quota_pass_due(registered: dict[str, Any]) -> bool:
     """A registration past the threshold, or on a disk short of its free-space floor, wants a
     quota pass (the workers run it: a task, or the CLI's `register --now`, sends it)."""
     return bool(registered.get("over_threshold") or registered.get("low_disk"))
+
+
+# How long a sent quota pass stands for the registrations after it when none has started (a
+# pass lost with its broker, or skipped while the scheduler is stopped): then one is sent again.
+QUOTA_SENT_SECONDS = 30
+
+
+def send_quota_pass(
+    cache: DiskCache, registered: dict[str, Any], send: Callable[[], object]
+) -> bool:
+    """Send (`send`) a worker's registration's quota pass when one is due and none sent before
+    is still waiting to weigh the usage, which will count this one's bytes (the lock's holder
+    deletes cache:quota_sent before it weighs). Whether it was sent."""
+    if not quota_pass_due(registered):
+        return False
+    if not cache.client.set(cache.keys.quota_sent, 1, nx=True, px=QUOTA_SENT_SECONDS * 1000):
+        return False
+    try:
+        send()
+    except BaseException:
+        cache.client.delete(cache.keys.quota_sent)  # not sent: the next registration sends it
+        raise
+    return True
 
 
 @dataclass(frozen=True)

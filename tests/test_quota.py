@@ -454,3 +454,38 @@ def test_beat_back_from_an_outage_rechecks_what_was_registered_while_it_was_down
     make_tree(root / "written-while-down", "disc2", files=3)
     assert cleanup(cache, periodic=True)["rechecked"]["resized"] == 1
     assert cache.info("written-while-down").size_bytes >= first + 3 * 4096
+
+
+def test_a_burst_of_registrations_past_the_threshold_sends_one_quota_pass(cache):
+    """Each registration past the threshold sent a quota pass: a burst of a thousand queued a
+    thousand, each taking the lock in turn to find nothing to do. One waits to weigh the
+    usage; the registrations booked before it does are counted by it."""
+    from cachemgr.quota import send_quota_pass
+
+    due, sent = {"over_threshold": True}, []
+
+    def send() -> None:
+        sent.append(1)
+
+    assert send_quota_pass(cache, {"over_threshold": False}, send) is False and not sent
+    assert [send_quota_pass(cache, due, send) for _ in range(5)] == [True] + [False] * 4
+    assert len(sent) == 1
+    # The pass takes the lock and weighs the usage: the next registration past sends again.
+    assert cleanup(cache, automatic=True, sweep_expired=False)["status"] == "done"
+    assert send_quota_pass(cache, {"low_disk": True}, send) is True and len(sent) == 2
+    # Skipped with the scheduler stopped, it weighed nothing: the next one is sent.
+    cache.set_scheduler(False)
+    assert cleanup(cache, automatic=True, sweep_expired=False)["reason"] == "scheduler stopped"
+    cache.set_scheduler(True)
+    assert send_quota_pass(cache, due, send) is True and len(sent) == 3
+    # A send that failed (the broker away) stands for nothing.
+    cleanup(cache, automatic=True, sweep_expired=False)
+
+    def fails() -> None:
+        raise ConnectionError("broker away")
+
+    with pytest.raises(ConnectionError):
+        send_quota_pass(cache, due, fails)
+    assert send_quota_pass(cache, due, send) is True and len(sent) == 4
+    # One lost with its broker stands for QUOTA_SENT_SECONDS, no longer.
+    assert 0 < cache.client.pttl(cache.keys.quota_sent) <= 30_000

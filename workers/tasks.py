@@ -21,7 +21,7 @@ from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect, hi
 from cachemgr import cleanup as cleanups
 from cachemgr.clock import RedisClock
 from cachemgr.errors import StillLocked
-from cachemgr.quota import quota_pass_due
+from cachemgr.quota import send_quota_pass
 from cachemgr.reconcile import reconcile as reconcile_books
 from workers.app import LOCK_RETRIES, WORKER, app, beat_interval, lock_retries
 
@@ -82,8 +82,7 @@ def configure(cache: DiskCache | None) -> None:
 
 
 def _quota_pass_if_due(booked: dict[str, Any]) -> dict[str, Any]:
-    if quota_pass_due(booked):
-        enforce_quota.delay(automatic=True)
+    send_quota_pass(get_cache(), booked, lambda: enforce_quota.delay(automatic=True))
     return booked
 
 
