@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from api import create_app
+from api import create_app, gunicorn_errors
 
+gunicorn_errors.install()
 app = create_app()

@@ -385,3 +385,54 @@ def test_the_workers_published_settings_replace_this_processs_only_where_they_di
     theirs = enforced(base, {**published, "max_bytes": 5 * 2**30, "ttl_seconds": 60})
     assert theirs.disk_cache_max_bytes == 5 * 2**30 and theirs.disk_cache_ttl_seconds == 60
     assert theirs.disk_cache_root == base.disk_cache_root  # only what the workers enforce
+
+
+def test_requests_gunicorn_cannot_parse_are_answered_in_the_apis_json(tmp_path, prefix):
+    # A 9 KB request line (a long download name) was answered with gunicorn's HTML page.
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "DISK_CACHE_ROOT": str(tmp_path), "PORT": str(port),
+           "WEB_CONCURRENCY": "1", "DISK_CACHE_KEY_PREFIX": prefix}  # fmt: skip
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve"], cwd=Path(__file__).resolve().parents[1],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def ask(request: bytes) -> tuple[str, dict]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(request)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.decode().partition("\r\n\r\n")
+        return head, json.loads(body)
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and serve.poll() is None
+                time.sleep(0.2)
+        long = b"GET /cache/directories/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        head, said = ask(long)
+        assert head.startswith("HTTP/1.1 414 ") and "Content-Type: application/json" in head
+        assert said == {"status": 414, "code": "uri_too_long",
+                        "message": "Request Line is too large (9032 > 8190)"}  # fmt: skip
+        head, said = ask(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        assert head.startswith("HTTP/1.1 400 ") and said["code"] == "bad_request"
+        assert "Bad Header" in said["message"]
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
