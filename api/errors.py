@@ -72,6 +72,10 @@ def redis_said(exc: BaseException) -> str:
         exc, redis.BusyLoadingError | redis.AuthenticationError
     )
     text = SCRIPT_WHERE.sub("", str(exc))
+    if isinstance(exc, redis.sentinel.MasterNotFoundError):
+        # redis-py's own message ends in its client's repr: a 1 KB line
+        name = text.split(" : <", 1)[0]
+        text = f"{name} (no Sentinel at the URL answers, or none knows that name)"
     return wrong_database(exc) or (
         f"Redis refuses it now: {text}" if reached else f"Redis cannot be reached: {text}"
     )

@@ -917,3 +917,18 @@ def test_serve_on_a_host_it_cannot_listen_on_is_one_line(tmp_path, monkeypatch, 
     assert result.exit_code == 5, result.output
     assert result.output.startswith(f"Error: HOST={host!r}: cannot listen there ({said}")
     assert result.output.count("\n") == 1, result.output
+
+
+def test_a_sentinel_that_finds_no_master_is_said_in_a_short_line(tmp_path):
+    # redis-py's message carries its client's repr: a 1,100-character "one line".
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    env = {"DISK_CACHE_ROOT": str(tmp_path), "REDIS_URL": "redis+sentinel://127.0.0.1:1/gone"}
+    result = CliRunner().invoke(main, ["stats"], env=env)
+    assert result.exit_code == 4, result.output
+    assert result.output == (
+        "Error: Redis cannot be reached: No master found for 'gone' (no Sentinel at the URL "
+        "answers, or none knows that name)\n"
+    )
