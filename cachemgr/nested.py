@@ -21,14 +21,15 @@ def other_books(directory: Path | str, prefix: str) -> str | None:
     """The books the marker at the top of `directory` names, when they are not those under
     `prefix`; None where there is none, or it names these books (a root moved up), or it
     cannot be read: only a marker read is evidence (an unreadable directory is not another
-    cache's; it is said as unreadable where it is met)."""
+    cache's; it is said as unreadable where it is met). A file of that name without a books
+    line, which every version's marker has, is an album's own file, not a marker."""
     found = read_lines(directory)
-    if found is None:
+    if found is None or found[0] is None:
         return None
     books = found[0]
     if books == books_of(prefix):
         return None
-    return books or "books it does not name (an older version's marker)"
+    return books or "books it does not name"
 
 
 def nested_root(

@@ -633,6 +633,10 @@ def test_a_nodes_root_nested_in_anothers_is_none_of_its_downloads(
     # A marker naming these very books (a root moved up a level) is no other cache's.
     (root / "outer-album" / ".cachemgr-books").write_text(f"books: {cache.keys.prefix}cache:*\n")
     assert cache.not_a_download("outer-album") is None
+    # Nor is a file of that name with no books line (every marker has one): an album's own.
+    make_tree(root, "odd/CD1", files=1)
+    (root / "odd" / "CD1" / ".cachemgr-books").write_text("my notes\n")
+    assert cache.register("odd")["status"] == "registered"
 
 
 def test_only_a_marker_read_tells_another_caches_root(cache, root, monkeypatch):
