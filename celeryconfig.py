@@ -41,6 +41,8 @@ broker_transport_options = {"visibility_timeout": 600}
 # failover) is a channel error: retried as a lost connection is, not a worker stopped for good.
 broker_channel_error_retry = True
 worker_hijack_root_logger = False
+# Celery's consumer, surviving a restart of its Redis broker (celery 5.7 stopped the worker).
+worker_consumer = "workers.consumer:Consumer"
 timezone = "UTC"
 
 try:

@@ -261,8 +261,8 @@ def up(flower: bool, nodes: int = 1) -> None:
                 ended = _how_it_ended(proc.returncode)
                 why_not = _not_restarted(name, proc.returncode, restarts.setdefault(name, []))
                 if why_not is None:
-                    # A worker holding a delayed task can die when Redis restarts (kombu's
-                    # Redis transport): started again, as a supervisor would, said each time.
+                    # A worker that dies (killed, out of memory, a Celery bug on a broker
+                    # restart): started again, as a supervisor would, said each time.
                     click.echo(f"{name} {ended}; starting it again", err=True)
                     argv, penv = started[name]
                     procs[i] = (name, subprocess.Popen(argv, env=penv, start_new_session=True))

@@ -319,6 +319,42 @@ def test_a_redis_out_of_memory_for_a_while_does_not_stop_the_worker(
         stop(proc)
 
 
+@pytest.mark.parametrize("outage", [1, 8])
+def test_a_worker_holding_a_task_outlives_a_restart_of_its_redis(
+    settings, own_redis, monkeypatch, outage
+):
+    """Redis restarted while the worker held a task due later (a retry behind a lock, a
+    quota pass's continuation) or ran one acknowledged late (every registration): celery 5.7
+    closed the released connection again and the worker stopped for good, "Unrecoverable
+    error: AttributeError("'NoneType' object has no attribute 'hostname'")"."""
+    from celery import Celery
+
+    url = own_redis["url"]
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):  # they would win over `url`
+        monkeypatch.delenv(name, raising=False)
+    env = worker_env(settings)
+    env.update(REDIS_URL=url, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url)
+    proc = start_worker(env)
+    app = Celery(broker=url, backend=url)
+    try:
+        assert app.send_task("cachemgr.noop", queue=queue_of(settings)).get(timeout=60) is None
+        app.send_task("cachemgr.noop", queue=queue_of(settings), countdown=60)  # held
+        time.sleep(1)  # received: unacknowledged, in the worker's hands
+        own_redis["proc"].terminate()
+        own_redis["proc"].wait()
+        time.sleep(outage)
+        own_redis["proc"] = own_redis["start"]()
+        time.sleep(3)
+        assert proc.poll() is None, "the worker stopped"
+        app.close()
+        app = Celery(broker=url, backend=url)
+        done = app.send_task("cachemgr.noop", queue=queue_of(settings))
+        assert done.get(timeout=60) is None  # and it consumes again
+    finally:
+        app.close()
+        stop(proc)
+
+
 def test_a_hung_redis_is_a_json_503_within_seconds(settings, own_redis, monkeypatch):
     """Redis stopped (SIGSTOP: it still accepts connections, answers nothing): the API's read
     waited 10 s a try, tried again, and gunicorn killed it at 30 s with an HTML 500; the CLI

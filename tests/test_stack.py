@@ -110,7 +110,7 @@ def test_up_runs_the_whole_system_and_stops_cleanly(tmp_path: Path, monkeypatch)
         client.close()
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 4  # redis, web (+ its gunicorn workers), worker, beat
-        # A worker that dies (kombu's, on a Redis restart) is started again, not the end.
+        # A worker that dies (killed, out of memory) is started again, not the end.
         [worker] = [p for p in psutil.Process(up.pid).children()
                     if "worker" in p.cmdline() and "celery" in " ".join(p.cmdline())]  # fmt: skip
         os.killpg(worker.pid, signal.SIGKILL)  # a lock it held stays for its timeout
