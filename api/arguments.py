@@ -42,6 +42,14 @@ class QueryParser(FlaskParser):
         if repeated:
             # Raised here, inside webargs' parse: the 400 names each, as for any bad argument.
             raise ma.ValidationError({name: ["given more than once"] for name in repeated})
+        sent = body_arguments(req)
+        if sent:
+            # `curl -d dry_run=true` ran a real cleanup: the body was never read.
+            said = ", ".join(sent)
+            raise ma.ValidationError({"body": [
+                f"arguments are read from the query string only (?name=value), not the "
+                f"body, which holds {said}"
+            ]})  # fmt: skip
         return super().load_querystring(req, schema)
 
     def parse(self, argmap: Any, req: Any = None, **kwargs: Any) -> Any:
@@ -50,6 +58,7 @@ class QueryParser(FlaskParser):
             and not kwargs.get("validate")
             and isinstance(argmap, ma.Schema)
             and not this_request().query_string
+            and not has_body(this_request())
         )
         if not plain:
             return super().parse(argmap, req, **kwargs)
@@ -62,6 +71,27 @@ class QueryParser(FlaskParser):
             # A list or dict default is the view's to change: it is made anew every time.
             self._defaults[id(argmap)] = (argmap, dict(found))
         return found
+
+
+def has_body(req: Any) -> bool:
+    return bool(req.content_length) or "Transfer-Encoding" in req.headers
+
+
+def body_arguments(req: Any) -> list[str]:
+    """What a request's body holds, named, where a client may have meant arguments: a form's
+    or a JSON object's fields, or a body of another kind; nothing for none, or an empty one
+    (`{}`, which some clients send with every POST)."""
+    if not has_body(req):
+        return []
+    if req.is_json:
+        data = req.get_json(silent=True)
+        if isinstance(data, dict):
+            return [repr(name) for name in data]
+        return [] if data in ([], "") else ["a JSON body that is no object of arguments"]
+    names = [repr(name) for name in (*req.form.keys(), *req.files.keys())]
+    if names:
+        return names
+    return ["a body"] if req.get_data().strip() else []
 
 
 class CacheBlueprint(Blueprint):

@@ -389,6 +389,35 @@ def test_an_unknown_query_argument_is_refused_and_nothing_runs(client, cache, ro
     assert (root / "old").is_dir() and cache.store.info("old") is not None
 
 
+@pytest.mark.parametrize(
+    ("url", "body", "said"),
+    [("/cache/cleanup?wait=10", {"data": {"dry_run": "true"}}, "'dry_run'"),  # curl -d
+     ("/cache/cleanup", {"json": {"dry_run": True}}, "'dry_run'"),
+     ("/cache/directories/old/pin", {"data": {"ttl_seconds": "60"}}, "'ttl_seconds'"),
+     ("/cache/cleanup", {"data": "dry_run", "content_type": "text/plain"}, "a body"),
+     ("/cache/cleanup", {"data": "{", "content_type": "application/json"}, "a JSON body")],
+)  # fmt: skip
+def test_arguments_sent_in_the_body_are_refused_and_nothing_runs(client, cache, root, url, body,
+                                                                  said):
+    # `curl -X POST -d dry_run=true /cache/cleanup` ran a real cleanup: the body was not read.
+    make_tree(root, "old")
+    cache.register("old")
+    cache.store.register("old", 10**12, 1, now=1.0)  # far over the quota: a real run evicts
+    r = client.post(url, **body)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    reply = r.get_json()
+    assert reply["code"] == "bad_parameter" and "read from the query string only" in reply[
+        "message"] and said in reply["message"], reply  # fmt: skip
+    assert (root / "old").is_dir() and cache.store.info("old") is not None
+
+
+@pytest.mark.parametrize("body", [{}, {"json": {}}, {"data": b"", "content_type": "text/plain"}])
+def test_an_empty_body_is_no_argument(client, cache, body):
+    # Some clients send `{}` (or an empty body) with every POST.
+    r = client.post("/cache/cleanup?dry_run=true&wait=10", **body)
+    assert r.status_code == 200 and r.get_json()["result"]["status"] == "planned", r.get_json()
+
+
 @pytest.mark.parametrize("url", ["/cache/directories//etc", "/cache/directories/%2Fetc"])
 def test_an_absolute_path_is_refused_not_redirected_into_the_root(client, cache, root, url):
     # Merging the slashes answered a 308 to /cache/directories/etc: a client following it
