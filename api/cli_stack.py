@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -47,6 +48,8 @@ def serve(workers: int | None) -> None:
 def up(flower: bool, nodes: int) -> None:
     """Start the whole system here: Redis (embedded when REDIS_URL is unset), API, worker, beat."""
     try:
-        stack.up(flower=flower, nodes=nodes)
+        code = stack.up(flower=flower, nodes=nodes)
     except SettingsError as exc:
         raise Fail(str(exc), EXIT_CONFIG) from None
+    if code:
+        sys.exit(code)

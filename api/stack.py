@@ -163,8 +163,10 @@ def _all_alive(client: Any, keys: list[str]) -> bool:
         return False
 
 
-def up(flower: bool, nodes: int = 1) -> None:
+def up(flower: bool, nodes: int = 1) -> int:
     """Start Redis (when REDIS_URL is unset), the API, workers and beat; stop all on Ctrl-C.
+    The exit code: 0 stopped by a signal; else that of the process whose end stopped all, or
+    1 (a supervisor that restarts on failure took `up` stopping for a web that died as done).
 
     With `nodes` > 1, each node `node1..N` gets its own root under DISK_CACHE_ROOT, its own
     worker on its own queue, and one beat drives all of them; the API serves node1 by default.
@@ -253,6 +255,7 @@ def up(flower: bool, nodes: int = 1) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     restarts: dict[str, list[float]] = {}
+    code = 0
     try:
         while not stopping:
             for i, (name, proc) in enumerate(procs):
@@ -269,12 +272,14 @@ def up(flower: bool, nodes: int = 1) -> None:
                     continue
                 click.echo(f"{name} {ended}; stopping{why_not}", err=True)
                 stopping = True
+                code = code or (proc.returncode if proc.returncode > 0 else 1)
             if awaited is not None and _all_alive(*awaited):
                 click.echo("ready   every node's workers are up: writes are served")
                 awaited = None
             time.sleep(0.2)
     finally:
         _stop(procs)
+    return code
 
 
 # A worker or beat that stops is started again, at most this many times in RESTART_WINDOW s;

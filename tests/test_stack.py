@@ -304,3 +304,28 @@ def test_up_refuses_a_file_where_its_default_root_would_be_in_one_line(tmp_path:
     )  # fmt: skip
     assert done.returncode == 5, done.stdout + done.stderr
     assert "downloads': is not a directory" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_up_stopped_by_a_process_that_died_exits_with_its_code(tmp_path: Path):
+    """The web's port taken: `up` said "web exited with 5; stopping" and exited 0, and a
+    supervisor that restarts on failure (systemd's Restart=on-failure) left it stopped."""
+    import socket
+
+    root = tmp_path / "downloads"
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DISK_CACHE_"))}
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        env.update(
+            DISK_CACHE_ROOT=str(root),
+            CACHEMGR_STATE_DIR=str(tmp_path / "state"),
+            CACHEMGR_REDIS_PORT=str(_free_port()),
+            PORT=str(held.getsockname()[1]),
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "api.cli", "up"], env=env, cwd=Path(__file__).parent.parent,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert "web exited with 5; stopping" in done.stderr, done.stdout + done.stderr
+    assert done.returncode == 5, done.stdout + done.stderr
