@@ -12,7 +12,7 @@ from kombu.exceptions import OperationalError
 from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail
 from api.extensions import answered, behind_lock, let_go
 from cachemgr import CacheError, DiskCache, marker
-from cachemgr.nodes import no_worker, own_entry, root_elsewhere
+from cachemgr.nodes import no_worker
 from cachemgr.settings import env_value
 from workers.results import ResultUnavailable, backend_gave_up
 
@@ -103,8 +103,7 @@ def _not_their_root(cache: DiskCache, theirs: DiskCache, adopting: bool) -> None
     typo): refused here in one line. Run, its cleanup was recorded as the node's, failed,
     and the stats and /readyz said the cache was broken until the workers' next one; its
     `reconcile --force` made that directory the books' root, untracking every download."""
-    entry = own_entry(cache.registry.entries(), cache.settings)
-    elsewhere = root_elsewhere(cache.settings, entry)
+    elsewhere = cache.root_elsewhere()
     if not elsewhere:
         return  # theirs
     why = marker.refusal(theirs)

@@ -150,18 +150,26 @@ def send(args: dict[str, Any], name: str, *task_args: Any, **task_kwargs: Any) -
     return reply, status
 
 
-def checked(path: str, target: DiskCache) -> str:
+def checked(path: str, target: DiskCache) -> tuple[str, bool]:
     """Refuse a bad path with a 400 before anything is enqueued: one that cannot be a
-    download's (the root's own lost+found, a trash) is neither registered nor deleted."""
+    download's (the root's own lost+found, a trash) is neither registered nor deleted. With
+    whether this process's disk is the workers' own to look at (`here`)."""
     rel = paths.normalize(path)
+    # An API whose DISK_CACHE_ROOT is not the workers' answered 404 for their downloads.
+    try:
+        elsewhere = target.root_elsewhere()
+    except redis.RedisError:  # the books away, the broker not: judged here, and queued
+        elsewhere = None
+    here = target.local and elsewhere is None
     # By name alone here: the mounts and the node registry are the workers' to judge (this
     # host's mounts say nothing of another's; the books may be away while the broker is not).
     depth = target.settings.disk_cache_entry_depth
-    own = trash.root_own(target.root, rel, depth) if target.local else paths.root_own(rel)
+    own = trash.root_own(target.root, rel, depth) if here else paths.root_own(rel)
     if own is not None:
         raise paths.PathError(own)
-    paths.resolve(target.root, rel)
-    return rel
+    if elsewhere is None:
+        paths.resolve(target.root, rel)
+    return rel, here
 
 
 @blp.route("/stats")
@@ -222,7 +230,7 @@ class Directory(MethodView):
         target = node_cache(args)
         # Untracking alone looks at no disk (DiskCache.remove): an entry whose parent became a
         # symlink, which every cleanup fails to delete, could not be untracked here.
-        rel = checked(path, target) if args["remove_files"] else paths.normalize(path)
+        rel = checked(path, target)[0] if args["remove_files"] else paths.normalize(path)
         journal.check_removable(target.store, rel)
         return send(args, "remove_directory", rel, args["remove_files"])
 
@@ -234,7 +242,8 @@ class Pin(MethodView):
     @blp.alt_response(200, schema=TaskSchema)
     def post(self, args: dict[str, Any], path: str) -> Any:
         """Pin a directory for ttl_seconds: it is neither evicted nor expired meanwhile."""
-        rel = checked(path, node_cache(args))
+        # A file in a tracked album pins the album: the workers judge what is on the disk.
+        rel = checked(path, node_cache(args))[0]
         ttl, who = args["ttl_seconds"], holder_kwargs(args.get("holder"))
         return send(args, "pin_directory", rel, ttl, **who)
 
@@ -256,10 +265,10 @@ class Register(MethodView):
     def post(self, args: dict[str, Any], path: str) -> Any:
         """Register a directory under the cache root."""
         target = node_cache(args)
-        rel = checked(path, target)
+        rel, here = checked(path, target)
         # Another host's root is checked by that node's worker, and so is a directory this
         # process may not inspect (a root of the workers' user): a 400 blamed the path.
-        if target.local and target.root.is_dir() and paths.kind_at(target.root, rel) != "unknown":
+        if here and target.root.is_dir() and paths.kind_at(target.root, rel) != "unknown":
             paths.existing_directory(target.root, rel)
         return send(args, "register_directory", rel)
 

@@ -24,7 +24,7 @@ from cachemgr.errors import NotTracked
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.nested import nested_root
-from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry
+from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry, root_elsewhere
 from cachemgr.records import Entry
 from cachemgr.registration import Booking
 from cachemgr.settings import Settings
@@ -213,6 +213,15 @@ class DiskCache:
         )
         other.local, other.before_delete = self.local, self.before_delete
         return other
+
+    def root_elsewhere(self) -> str | None:
+        """The root this node's workers published, when this process's is another (a shell
+        with none set, a container mounting the disk elsewhere): what is on the disk here is
+        not theirs. None when it is the same or none is published, or for another node's
+        cache (its root is always theirs)."""
+        if not self.local:
+            return None
+        return root_elsewhere(self.settings, own_entry(self.registry.entries(), self.settings))
 
     def enforcing(self) -> DiskCache:
         """This node's cache with the settings its workers published (theirs decide expiry,

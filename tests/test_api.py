@@ -895,3 +895,27 @@ def test_a_registration_for_another_node_is_not_checked_on_this_hosts_disk(
         assert sent == ["only-on-far"]
     finally:
         cache.client.hdel(registry.nodes_key, "far")
+
+
+def test_an_api_whose_root_is_not_the_workers_leaves_the_path_to_them(
+    app, settings, cache, root, tmp_path
+):
+    """An API started with another DISK_CACHE_ROOT than its workers' (a container mounting
+    the disk elsewhere, a typo) answered 404 "directory not found under the cache root" for
+    a download the workers had: the path was judged on the wrong tree."""
+    from api import create_app
+
+    make_tree(root, "g1")
+    cache.registry.publish(settings)  # the workers, on `root`
+    elsewhere = tmp_path / "api-root"
+    elsewhere.mkdir()
+    config = {**app.config, "CACHEMGR_SETTINGS": settings.with_(disk_cache_root=str(elsewhere))}
+    apart = create_app(config).test_client()
+    r = apart.post("/cache/register/g1?wait=30")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["result"]["status"] == "registered"
+    assert cache.store.tracked(["g1"]) == [True]
+    # Nor is one missing here refused: the workers' root is not this process's to judge.
+    assert apart.post("/cache/register/nope").status_code == 202
+    # Where the roots agree, a missing one is still a 404 at once.
+    assert app.test_client().post("/cache/register/nope").status_code == 404
