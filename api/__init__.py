@@ -79,6 +79,9 @@ class AnyPath(PathConverter):
     regex = "[^/](?s:.*?)"
 
 
+BODY_LIMIT = 64 * 1024
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     configure_logging(level=log_level())
     app = CacheFlask(__name__)
@@ -97,6 +100,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         **api_settings(serving=not (config or {}).get("CACHEMGR_CLI")),
         CELERY_BROKER_URL=None,
         CELERY_RESULT_BACKEND=None,
+        # No route takes a body; one is read only to name what it holds (a 400): a 1 GB one
+        # held 1 GB of the web process, or of /tmp as an upload. Past this, a 413.
+        MAX_CONTENT_LENGTH=BODY_LIMIT,
         # The status page's link: where the Procfile's (or `up --flower`'s) Flower listens.
         FLOWER_URL=os.environ.get("FLOWER_URL")
         or f"http://127.0.0.1:{os.environ.get('FLOWER_PORT') or 5555}",

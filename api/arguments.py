@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import marshmallow as ma
 from flask import Response
@@ -79,19 +81,31 @@ def has_body(req: Any) -> bool:
 
 def body_arguments(req: Any) -> list[str]:
     """What a request's body holds, named, where a client may have meant arguments: a form's
-    or a JSON object's fields, or a body of another kind; nothing for none, or an empty one
-    (`{}`, which some clients send with every POST)."""
+    or a JSON object's fields, or a body of another kind; nothing for none, or one that holds
+    none (`{}`, `null`, blank, as some clients send with every POST, whatever its type)."""
     if not has_body(req):
         return []
-    if req.is_json:
-        data = req.get_json(silent=True)
-        if isinstance(data, dict):
-            return [repr(name) for name in data]
-        return [] if data in ([], "") else ["a JSON body that is no object of arguments"]
-    names = [repr(name) for name in (*req.form.keys(), *req.files.keys())]
-    if names:
-        return names
-    return ["a body"] if req.get_data().strip() else []
+    if req.mimetype == "multipart/form-data":
+        return [repr(name) for name in (*req.form.keys(), *req.files.keys())]
+    raw = req.get_data(cache=True).strip()  # at most MAX_CONTENT_LENGTH: past it, a 413
+    if raw in NO_ARGUMENTS:
+        return []
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = NOT_JSON
+    if isinstance(data, dict):
+        return [repr(name) for name in data]
+    if data is not NOT_JSON:
+        return ["a JSON body that is no object of arguments"]
+    if req.mimetype == "application/x-www-form-urlencoded":
+        names = [repr(name) for name, _ in parse_qsl(raw.decode(errors="replace"), True)]
+        return names or ["a body"]
+    return ["a body that is not JSON" if req.is_json else "a body"]
+
+
+NO_ARGUMENTS = (b"", b"{}", b"null", b"[]", b'""')
+NOT_JSON = object()
 
 
 class CacheBlueprint(Blueprint):
