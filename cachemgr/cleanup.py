@@ -192,10 +192,14 @@ def cleanup(
         checks.flag(name, value)
     if owed is not None:
         checks.whole("owed", owed)
+    if not dry_run:
+        # The next registration past the threshold sends a quota pass of its own: this one
+        # weighs the usage later, if at all (skipped below: off, the scheduler stopped, the
+        # root being adopted or refused; or behind another cleanup, whose retry weighs it).
+        cache.client.delete(cache.keys.quota_sent)
     if not cache.settings.enable_disk_cache_management:
         return disabled("cleanup")
     if (periodic or automatic) and not cache.scheduler_running():
-        cache.client.delete(cache.keys.quota_sent)  # sent, then dropped: the next is sent
         return {"status": "skipped", "reason": "scheduler stopped"}
     refused = _refused(cache)
     if refused is not None and not dry_run:
@@ -262,9 +266,8 @@ def cleanup(
             busy["again"] = _wait_again(cache, again)
         return busy
     # The usage is weighed from here on: a quota pass that finds this one running may wait
-    # for it again (cache:quota_again), even one of the chain that waited for the last, and
-    # the next registration past the threshold sends one (cache:quota_sent).
-    cache.client.delete(cache.keys.quota_again, cache.keys.quota_sent)
+    # for it again (cache:quota_again), even one of the chain that waited for the last.
+    cache.client.delete(cache.keys.quota_again)
     started, began = cache.clock(), time.monotonic()  # when, by the cache's clock; how long
     # Renewed in the background too: one deletion longer than the lock let a second cleanup in.
     keeper = Keeper(lock, every=timeout / 3, at_most=CLEANUP_MAX_HOLD_SECONDS).start()

@@ -111,9 +111,9 @@ class Keys:
 
     @cached_property
     def quota_sent(self) -> str:
-        """String, PX: a registration's quota pass is queued and has not yet weighed the usage;
-        the registrations booked meanwhile send none (a burst past the threshold sent one
-        each). A cleanup that takes the lock deletes it."""
+        """String, PX: a registration's quota pass is queued and has not yet started; the
+        registrations booked meanwhile send none (a burst past the threshold sent one each).
+        Every cleanup deletes it as it starts."""
         return f"{self.prefix}cache:quota_sent"
 
     @cached_property
