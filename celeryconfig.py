@@ -11,7 +11,7 @@ import os
 import sys
 
 from cachemgr.nodes import node_queue
-from cachemgr.settings import SettingsError, parse_duration, queue_override
+from cachemgr.settings import SettingsError, cluster_of, parse_duration, queue_override
 from workers.urls import celery_env_problem
 
 _redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -64,6 +64,7 @@ _node = os.environ.get("DISK_CACHE_NODE", "")
 # keeps Celery's default queue, so a plain client that knows only a task name reaches it.
 try:
     task_default_queue = queue_override() or node_queue(_node)
+    cluster_of()  # beat reads it alone (workers/beat.py): checked as every process starts
 except SettingsError as exc:
     print(f"cachemgr stopping: {exc}", file=sys.stderr)
     raise SystemExit(5) from None

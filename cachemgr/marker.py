@@ -82,7 +82,12 @@ def _write(cache: DiskCache, token: str) -> None:
     marker = cache.root / paths.BOOKS_MARKER
     aside = marker.with_name(f"{paths.BOOKS_MARKER}.{os.getpid()}.tmp")
     try:
-        aside.write_text(f"{BOOKS_LINE}{books_of(cache.keys.prefix)}\n{ROOT_LINE}{token}\n")
+        with open(aside, "w") as out:
+            out.write(f"{BOOKS_LINE}{books_of(cache.keys.prefix)}\n{ROOT_LINE}{token}\n")
+            out.flush()
+            # On the disk before the rename: a crash between them left the marker empty on
+            # some filesystems, an album's file to the node whose root holds this one.
+            os.fsync(out.fileno())
         os.replace(aside, marker)
     except OSError:  # a full disk: not left behind in the root (an untracked stray file)
         aside.unlink(missing_ok=True)

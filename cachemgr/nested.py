@@ -22,14 +22,24 @@ def other_books(directory: Path | str, prefix: str) -> str | None:
     `prefix`; None where there is none, or it names these books (a root moved up), or it
     cannot be read: only a marker read is evidence (an unreadable directory is not another
     cache's; it is said as unreadable where it is met). A file of that name without a books
-    line, which every version's marker has, is an album's own file, not a marker."""
+    line, which every version's marker has, is an album's own file, not a marker, unless it
+    is empty: a marker a crash left before its data reached the disk."""
     found = read_lines(directory)
-    if found is None or found[0] is None:
+    if found is None:
         return None
     books = found[0]
+    if books is None:
+        return "books a marker left empty does not name" if _empty(directory) else None
     if books == books_of(prefix):
         return None
     return books or "books it does not name"
+
+
+def _empty(directory: Path | str) -> bool:
+    try:
+        return os.stat(f"{directory}/{BOOKS_MARKER}", follow_symlinks=False).st_size == 0
+    except OSError:
+        return False
 
 
 def nested_root(

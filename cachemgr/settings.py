@@ -165,9 +165,8 @@ class Settings:
             )
         if not re.fullmatch(r"[A-Za-z0-9_.{}:-]*", self.disk_cache_key_prefix):
             fail("disk_cache_key_prefix", self.disk_cache_key_prefix, "use letters, digits, _.:{}-")
-        if not re.fullmatch(r"[A-Za-z0-9_.{}:-]{1,100}", self.disk_cache_cluster):
-            # It names the registry's keys; a name not UTF-8 failed each command in codec words.
-            said = "1 to 100 of letters, digits, _.:{}-"
+        said = name_problem(self.disk_cache_cluster)
+        if said:  # it names the registry's keys
             fail("disk_cache_cluster", self.disk_cache_cluster, said)
         if self.disk_cache_node and not checks.NODE_NAME.fullmatch(self.disk_cache_node):
             # As `?node=` and forget-node take it: a node they could not name is refused.
@@ -374,10 +373,37 @@ def log_level(environ: Mapping[str, str] | None = None, default: str = "INFO") -
     return level
 
 
+def name_problem(name: str) -> str | None:
+    """What is wrong with a name that goes into Redis keys or a queue's name (a cluster, a
+    queue), or None: one not UTF-8 (a stray byte in the environment) failed every command,
+    and stopped the worker, in the codec's words."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return "not UTF-8 (a stray byte in the environment?)"
+    if not 0 < len(name) <= MAX_NAME or not name.isprintable() or any(c.isspace() for c in name):
+        return f"1 to {MAX_NAME} printable characters, no spaces"
+    return None
+
+
+MAX_NAME = 200
+
+
 def queue_override(environ: Mapping[str, str] | None = None) -> str | None:
     """CACHEMGR_QUEUE (the queue a node's workers consume instead of `cachemgr.<node>`),
-    checked: a name not UTF-8 stopped the worker in a codec traceback."""
+    checked (name_problem)."""
     raw = (os.environ if environ is None else environ).get("CACHEMGR_QUEUE") or ""
-    if raw and not re.fullmatch(r"[A-Za-z0-9_.:@{}-]{1,200}", raw):
-        raise SettingsError(f"CACHEMGR_QUEUE={raw!r}: 1 to 200 of letters, digits, _.:@{{}}-")
+    said = raw and name_problem(raw)
+    if said:
+        raise SettingsError(f"CACHEMGR_QUEUE={raw!r}: {said}")
     return raw or None
+
+
+def cluster_of(environ: Mapping[str, str] | None = None) -> str:
+    """DISK_CACHE_CLUSTER as the workers read it (Settings), for the processes that read it
+    alone: beat, the pipeline client."""
+    raw = (os.environ if environ is None else environ).get("DISK_CACHE_CLUSTER") or ""
+    said = raw and name_problem(raw)
+    if said:
+        raise SettingsError(f"DISK_CACHE_CLUSTER={raw!r}: {said}")
+    return raw or Settings.disk_cache_cluster

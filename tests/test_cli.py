@@ -190,8 +190,9 @@ def test_an_events_limit_past_what_redis_takes_is_a_usage_error(runner, cache, r
         ({"REDIS_URL": "notaurl"}, "REDIS_URL='notaurl': not a Redis URL: it must start with"),
         ({"REDIS_URL": "foo://x"}, "redis+sentinel://, redis+cluster://"),
         # Not UTF-8 (a shell's stray byte): each command failed in the codec's words.
-        ({"DISK_CACHE_CLUSTER": "a\udcffb"}, "DISK_CACHE_CLUSTER='a\\udcffb': 1 to 100 of"),
-        ({"CACHEMGR_QUEUE": "a\udcffb"}, "CACHEMGR_QUEUE='a\\udcffb': 1 to 200 of"),
+        ({"DISK_CACHE_CLUSTER": "a\udcffb"}, "DISK_CACHE_CLUSTER='a\\udcffb': not UTF-8"),
+        ({"CACHEMGR_QUEUE": "a\udcffb"}, "CACHEMGR_QUEUE='a\\udcffb': not UTF-8"),
+        ({"DISK_CACHE_CLUSTER": "two words"}, "DISK_CACHE_CLUSTER='two words': 1 to 200"),
     ],
 )
 def test_bad_settings_stop_every_command_in_one_line_with_exit_5(tmp_path, env, name):
@@ -932,3 +933,23 @@ def test_a_sentinel_that_finds_no_master_is_said_in_a_short_line(tmp_path):
         "Error: Redis cannot be reached: No master found for 'gone' (no Sentinel at the URL "
         "answers, or none knows that name)\n"
     )
+
+
+def test_names_that_were_taken_before_are_still_taken(monkeypatch):
+    # The first check allowed letters, digits and _.:{}- alone: `media/prod`, `team@eu` and
+    # `café` stopped workers that had run with them.
+    from cachemgr.settings import Settings, cluster_of, queue_override
+
+    for name in ("media/prod", "team@eu", "café", "{eu}:media+1"):
+        assert Settings(disk_cache_cluster=name).validate().disk_cache_cluster == name
+        assert cluster_of({"DISK_CACHE_CLUSTER": name}) == name
+        assert queue_override({"CACHEMGR_QUEUE": name}) == name
+    assert cluster_of({}) == "cachemgr" and queue_override({}) is None
+
+
+def test_a_celery_url_refused_is_shown_without_its_password(monkeypatch):
+    from workers.urls import celery_url_problem
+
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", "junk://app:hunter2@db/x")
+    said = celery_url_problem("redis://127.0.0.1:6379/0", "junk://app:hunter2@db/x")
+    assert said is not None and "hunter2" not in said and "CELERY_RESULT_BACKEND=" in said

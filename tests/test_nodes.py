@@ -637,6 +637,11 @@ def test_a_nodes_root_nested_in_anothers_is_none_of_its_downloads(
     make_tree(root, "odd/CD1", files=1)
     (root / "odd" / "CD1" / ".cachemgr-books").write_text("my notes\n")
     assert cache.register("odd")["status"] == "registered"
+    # An empty one may be a marker a crash left before its data reached the disk: a root.
+    make_tree(root, "crashed/album", files=1)
+    (root / "crashed" / ".cachemgr-books").write_text("")
+    with pytest.raises(Exception, match="the root of another cache"):
+        cache.register("crashed")
 
 
 def test_only_a_marker_read_tells_another_caches_root(cache, root, monkeypatch):

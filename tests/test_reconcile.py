@@ -433,16 +433,13 @@ def test_a_marker_an_older_version_rewrote_is_marked_again_not_refused(cache, ro
 def test_a_marker_that_cannot_be_written_leaves_nothing_in_the_root(cache, root, monkeypatch):
     """On a full disk the marker's temporary copy stayed in the root, a stray file."""
     import errno
-    import pathlib
 
     from cachemgr import marker, paths
 
-    def full(self, text, *args, **kwargs):
-        with open(self, "w") as f:  # created, then the disk is full
-            f.write("")
+    def full(fd: int) -> None:  # created and written, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    monkeypatch.setattr(marker.os, "fsync", full)
     with pytest.raises(OSError, match="No space left"):
         marker._write(cache, "token")
     assert [p.name for p in root.iterdir()] == []

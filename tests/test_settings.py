@@ -135,6 +135,14 @@ def _run(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int
     return done.returncode, done.stderr.strip()
 
 
+@pytest.mark.parametrize("name", ["DISK_CACHE_CLUSTER", "CACHEMGR_QUEUE"])
+def test_beat_and_workers_refuse_a_bad_name_in_one_line(name):
+    # Beat read DISK_CACHE_CLUSTER alone, unchecked: a name the workers refuse.
+    code, err = _run(["-c", "import celeryconfig"], {name: "two words"})
+    assert code == 5 and "Traceback" not in err, err
+    assert err == f"cachemgr stopping: {name}='two words': 1 to 200 printable characters, no spaces"
+
+
 @pytest.mark.parametrize("value", ["abc", "-5", "0", "0.5"])
 def test_beat_refuses_a_bad_cleanup_interval_in_one_line(value):
     # celeryconfig is what beat (and every worker) loads: an interval of 0 flooded the queue.

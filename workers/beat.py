@@ -13,7 +13,7 @@ from celery.beat import PersistentScheduler, ScheduleEntry
 from cachemgr.connection import connect
 from cachemgr.logs import Repeats
 from cachemgr.nodes import NodeRegistry
-from cachemgr.settings import Settings
+from cachemgr.settings import Settings, cluster_of
 from workers.results import quiet_backend_noise
 
 log = logging.getLogger("cachemgr.workers")
@@ -43,7 +43,7 @@ class NodeScheduler(PersistentScheduler):
                 env, defaults = os.environ, Settings()
                 self._registry = NodeRegistry(
                     connect(env.get("REDIS_URL") or defaults.redis_url),
-                    env.get("DISK_CACHE_CLUSTER") or defaults.disk_cache_cluster,
+                    cluster_of(env),
                 )
             entry = self._registry.entries().get(node)
         except Exception as exc:  # Redis away: the queue of the schedule, as configured

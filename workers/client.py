@@ -30,7 +30,7 @@ from cachemgr.migrations import to_feed
 from cachemgr.nodes import NodeRegistry, node_queue
 from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
-from cachemgr.settings import SettingsError, queue_override
+from cachemgr.settings import SettingsError, cluster_of, queue_override
 from cachemgr.store import Store
 from workers.results import ResultUnavailable as ResultUnavailable  # the pipeline's to catch
 from workers.results import TaskResult, quiet_backend_noise
@@ -90,7 +90,7 @@ class CacheClient:
             if key_prefix is None:
                 key_prefix = env.get("DISK_CACHE_KEY_PREFIX") or None
         node = node or None
-        cluster = cluster or env.get("DISK_CACHE_CLUSTER") or "cachemgr"
+        cluster = cluster or cluster_of(env)
         default_redis = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         self.broker_url = broker_url or env.get("CELERY_BROKER_URL") or default_redis
         given = broker_url if broker_url and server(broker_url) else None
