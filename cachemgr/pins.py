@@ -53,9 +53,24 @@ def grant(
 
 
 def end(store: Store, path: str, holder: str | None, now: float) -> dict[str, Any]:
-    """`end_lease`, with its reply: the directory, whether a lease ended, the one in force."""
-    target, had, rest = end_lease(store, normalize(path), checks.holder(holder), now)
-    return {"path": target, "unpinned": had, "pinned_until": iso(rest)}
+    """`end_lease`, with its reply: the directory, whether a lease ended, the one in force;
+    and a `warning` where nothing ended and a lease that named no holder, made through this
+    path, stands on the tracked directory above it: it is not ended through a path inside
+    (it may be another's too), and a pipeline that pinned and unpinned the same path saw its
+    album kept until the lease lapsed, unsaid."""
+    rel, who = normalize(path), checks.holder(holder)
+    target, had, rest = end_lease(store, rel, who, now)
+    reply: dict[str, Any] = {"path": target, "unpinned": had, "pinned_until": iso(rest)}
+    if not had and not who and rest is not None:
+        above = store.covering(rel)
+        if above != rel:
+            reply["warning"] = (
+                f"nothing ended on {rel!r}, which lies in the tracked directory {above!r}: a "
+                f"pin made through it is on {above!r}, where an unpin naming no holder does "
+                f"not end it through a path inside (it may be another's too); unpin {above!r} "
+                "to end every lease on it, or pin and unpin with a holder of your own"
+            )
+    return reply
 
 
 def in_force(named: dict[str, Any], latest: Any, now: float) -> dict[str, float]:

@@ -411,3 +411,18 @@ def test_a_worker_whose_clock_is_behind_books_leases_plays_and_registrations_by_
     redis_client.zadd(worker.keys.lru, {"album": real() - 60})  # played a minute ago
     worker.access("album")
     assert abs(redis_client.zscore(worker.keys.lru, "album") - real()) < 5
+
+
+def test_an_unpin_of_the_path_pinned_through_says_why_the_album_stays_pinned(clocked, root):
+    """pin("alb/cd1") puts the lease on the album; unpin("alb/cd1") naming no holder ended
+    nothing and said nothing: the album stayed pinned until the lease lapsed (up to a week)."""
+    cache, now = clocked, clocked.clock.t
+    make_tree(root, "alb/cd1")
+    cache.register("alb")
+    assert cache.pin("alb/cd1", 600)["path"] == "alb"
+    done = cache.unpin("alb/cd1")
+    assert done["unpinned"] is False and done["pinned_until"] == iso(now + 600)
+    assert done["warning"].startswith("nothing ended on 'alb/cd1', which lies in the tracked "
+                                      "directory 'alb'") and "unpin 'alb'" in done["warning"]
+    assert cache.unpin("alb") == {"path": "alb", "unpinned": True, "pinned_until": None}
+    assert "warning" not in cache.unpin("alb/cd1")  # nothing stands: nothing to explain
