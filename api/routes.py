@@ -253,6 +253,14 @@ class Pin(MethodView):
     def delete(self, args: dict[str, Any], path: str) -> Any:
         """End a holder's lease on a directory (?holder=), or every lease on it."""
         rel = paths.normalize(path)  # a lease is Redis's alone: no disk to look at
+        if node_cache(args).store.tracked([f"{rel}/pin"])[0]:
+            # `DELETE .../Artist/pin`, meant to remove the album `pin`, ended every lease on
+            # `Artist` (a stream's among them) and answered 200.
+            raise paths.PathError(
+                f"ambiguous: {rel + '/pin'!r} is a tracked directory, and this URL also ends "
+                f"the leases on {rel!r}: DELETE /cache/directories/{rel}/pin/ (a trailing "
+                f"slash) removes the directory; `cachemgr unpin {rel}` ends the leases"
+            )
         return send(args, "unpin_directory", rel, **holder_kwargs(args.get("holder")))
 
 

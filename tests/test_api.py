@@ -943,3 +943,19 @@ def test_an_api_whose_root_is_not_the_workers_leaves_the_path_to_them(
     assert apart.post("/cache/register/nope").status_code == 202
     # Where the roots agree, a missing one is still a 404 at once.
     assert app.test_client().post("/cache/register/nope").status_code == 404
+
+
+def test_a_directory_named_pin_is_not_taken_for_an_unpin_of_its_parent(client, cache, root):
+    """DELETE /cache/directories/Artist/pin, meant to remove the album `pin`, ended every
+    lease on `Artist` and answered 200; with ?remove_files it was an unknown argument."""
+    make_tree(root, "Artist/pin")
+    cache.register("Artist/pin")
+    cache.pin("Artist", 600, "stream-1")
+    r = client.delete("/cache/directories/Artist/pin?wait=10")
+    assert r.status_code == 400 and r.get_json()["message"].startswith(
+        "ambiguous: 'Artist/pin' is a tracked directory"), r.get_json()  # fmt: skip
+    assert "/cache/directories/Artist/pin/ (a trailing slash)" in r.get_json()["message"]
+    assert cache.info("Artist/pin").pinned_until is not None  # the stream's lease stands
+    r = client.delete("/cache/directories/Artist/pin/?wait=10")  # as the message says
+    assert r.status_code == 200 and r.get_json()["result"]["status"] == "removed"
+    assert cache.store.tracked(["Artist/pin"]) == [False]
