@@ -238,6 +238,13 @@ def up(flower: bool, nodes: int = 1) -> int:
     for name in names:
         label = f"node {name}" if name else "root"
         click.echo(f"{label:<7} {node_env[name]['DISK_CACHE_ROOT']}")
+    if nodes > 1:
+        # The CLI in another shell acts on its DISK_CACHE_NODE's books: unset, on a node
+        # named after the host, which no worker serves ("cache not working: no worker").
+        click.echo(
+            f"cli     in another shell: export REDIS_URL={env['REDIS_URL']} "
+            f"DISK_CACHE_NODE={names[0]} (the node it acts on; the API takes ?node=)"
+        )
     interval = env.get("DISK_CACHE_CLEANUP_INTERVAL", "3600")
     click.echo(f"worker  2 processes for each of {len(names)} node(s); beat every {interval} s")
     if flower:

@@ -205,6 +205,9 @@ def test_up_with_two_nodes(tmp_path: Path, monkeypatch):
     finally:
         output = interrupt(up)
     assert up.returncode == 0, output
+    # The CLI in another shell, unset, acted on a node named after the host that no worker
+    # serves: `up` says which variable picks a node.
+    assert "in another shell: export REDIS_URL=" in output and " DISK_CACHE_NODE=node1 " in output
 
 
 def test_procfile_runs_under_honcho(tmp_path: Path, monkeypatch):
