@@ -14,7 +14,6 @@ order, as the Lua does with a sequence prefix on the member and as libCacheSim d
 from __future__ import annotations
 
 import heapq
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -44,12 +43,12 @@ class Model:
         self.low = int(capacity * target)
         self.sizes: dict[Key, int] = {}
         self.total = 0
-        self.clock = 0
+        self.clock: float = 0
         self.evicted: list[Key] | None = [] if record_evictions else None
 
     # -- the process shared by every policy -----------------------------------------------
     def request(self, key: Key, size: int, now: float | None = None) -> bool:
-        self.clock = self.clock + 1 if now is None else int(now)
+        self.clock = self.clock + 1 if now is None else now
         if key in self.sizes:
             self._hit(key)
             return True
@@ -162,7 +161,8 @@ class _Heap(Model):
 
 
 class LFU(_Heap):
-    """Fewest hits first, ties by least recent access (whole seconds), then by key."""
+    """Fewest hits first, ties by least recent access, then by key: one score, hits x 2^32 +
+    the time, as the Redis sorted set keeps it (a double)."""
 
     name = "lfu"
 
@@ -173,11 +173,11 @@ class LFU(_Heap):
     def _hit(self, key: Key) -> None:
         h = self.hits[key] + 1
         self.hits[key] = h
-        self._push(key, h, math.floor(self.clock))
+        self._push(key, float(h * 4294967296 + self.clock))
 
     def _insert(self, key: Key, size: int) -> None:
         self.hits[key] = 0
-        self._push(key, 0, math.floor(self.clock))
+        self._push(key, float(self.clock))
 
     def _evict(self) -> Key:
         key = self._pop()[-2]

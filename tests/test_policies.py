@@ -744,3 +744,16 @@ def test_the_pipeline_client_runs_the_policy_in_force_with_no_config_published(
         assert client.store.policy.name == "lfu"
     finally:
         client.close()
+
+
+def test_lfu_breaks_ties_within_a_second_by_recency_as_its_model_does(redis_client, prefix):
+    """The score kept whole seconds: two albums booked in one second tied, and Redis took the
+    one whose name sorts first, the newest download when its name did."""
+    store = Store(redis_client, Keys(prefix), policy="lfu")
+    model = make_model("lfu", 100, record_evictions=True)
+    for key, now in (("zz_old", T0 + 0.1), ("aa_new", T0 + 0.4)):
+        assert store.register(key, 40, 1, now=now)[0] == "ok"
+        model.request(key, 40, now=now)
+    assert [v.path for v in store.victims(2, 0)] == ["zz_old", "aa_new"]
+    model.request("third", 40, now=T0 + 0.9)  # past the capacity: the model evicts one
+    assert model.evicted == ["zz_old"]
