@@ -120,6 +120,8 @@ def stats_table(s: dict[str, Any], now: float) -> None:
         ("policy", s["eviction_policy"]),
         ("scheduler", "running" if s["scheduler_running"] else "stopped"),
         *last_cleanup_rows(s.get("last_cleanup"), now),
+        *([("nodes", ", ".join(f"{n['node']} {'up' if n['up'] else 'down'}" for n in nodes))]
+          if len(nodes := s.get("nodes") or []) > 1 else []),
     ]  # fmt: skip
     for label, value in rows:
         line(f"{label:<20} {value}")

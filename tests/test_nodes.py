@@ -714,3 +714,34 @@ def test_a_named_pipe_as_the_roots_marker_does_not_hold_the_checks(cache, root):
     reader.start()
     reader.join(20)
     assert done, "the root's check hung on the pipe"
+
+
+def test_cli_stats_show_every_node_and_take_one_by_name(two_nodes, capsys):
+    """`cachemgr stats` in a shell set for another node than the running ones (`up --nodes 2`
+    and a shell without DISK_CACHE_NODE) said only "no worker of node vm is alive"; the API's
+    stats had every node and their totals."""
+    import json as _json
+
+    from api import create_app
+
+    a, b = two_nodes["a"], two_nodes["b"]
+    for cache in (a, b):
+        cache.registry.publish(cache.settings)
+        cache.registry.heartbeat(cache.keys, ttl=60)
+    make_tree(b.root, "album")
+    b.register("album")
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": a.settings,
+                      "REDIS_CLIENT": a.client})  # fmt: skip
+    runner = app.test_cli_runner()
+    both = _json.loads(runner.invoke(args=["stats", "--json"]).stdout)
+    assert [n["node"] for n in both["nodes"]] == sorted([a.settings.node, b.settings.node])
+    assert both["cluster"]["directory_count"] == 1 and both["directory_count"] == 0
+    from api.cli_tables import stats_table
+
+    stats_table(both, a.clock())  # at a terminal
+    table = capsys.readouterr().out
+    assert f"{a.settings.node} up, {b.settings.node} up" in table, table
+    one = _json.loads(runner.invoke(args=["stats", "--node", b.settings.node, "--json"]).stdout)
+    assert one["node"] == b.settings.node and one["directory_count"] == 1 and "nodes" not in one
+    gone = runner.invoke(args=["stats", "--node", "nosuch"])
+    assert gone.exit_code == 3 and "unknown node 'nosuch'" in gone.output
