@@ -86,8 +86,14 @@ def body_arguments(req: Any) -> list[str]:
     if not has_body(req):
         return []
     if req.mimetype == "multipart/form-data":
-        return [repr(name) for name in (*req.form.keys(), *req.files.keys())]
-    raw = req.get_data(cache=True).strip()  # at most MAX_CONTENT_LENGTH: past it, a 413
+        names = [repr(name) for name in (*req.form.keys(), *req.files.keys())]
+        if names:
+            return names  # else not parsed (no boundary, a wrong one): read as it is
+    data = req.get_data(cache=True)  # at most MAX_CONTENT_LENGTH: past it, a 413
+    if req.content_length is None and len(data) >= (req.max_content_length or len(data) + 1):
+        # A chunked body is cut at the limit, not refused: what lies past it is unread.
+        return [f"a body of {len(data)} bytes or more"]
+    raw = data.strip()
     if raw in NO_ARGUMENTS:
         return []
     try:

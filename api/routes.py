@@ -253,15 +253,23 @@ class Pin(MethodView):
     def delete(self, args: dict[str, Any], path: str) -> Any:
         """End a holder's lease on a directory (?holder=), or every lease on it."""
         rel = paths.normalize(path)  # a lease is Redis's alone: no disk to look at
-        if node_cache(args).store.tracked([f"{rel}/pin"])[0]:
-            # `DELETE .../Artist/pin`, meant to remove the album `pin`, ended every lease on
-            # `Artist` (a stream's among them) and answered 200.
+        # `DELETE .../Artist/pin`, meant to remove the album `pin`, ended every lease on
+        # `Artist` (a stream's among them) and answered 200. With ?holder= it is an unpin.
+        if not args.get("holder") and _tracked(node_cache(args), f"{rel}/pin"):
             raise paths.PathError(
                 f"ambiguous: {rel + '/pin'!r} is a tracked directory, and this URL also ends "
-                f"the leases on {rel!r}: DELETE /cache/directories/{rel}/pin/ (a trailing "
-                f"slash) removes the directory; `cachemgr unpin {rel}` ends the leases"
+                f"every lease on {rel!r}: DELETE /cache/directories/{rel}/pin/ (a trailing "
+                f"slash) removes the directory; with ?holder= it ends that holder's lease on "
+                f"{rel!r}; `cachemgr unpin {rel}` ends every lease on it"
             )
         return send(args, "unpin_directory", rel, **holder_kwargs(args.get("holder")))
+
+
+def _tracked(target: DiskCache, path: str) -> bool:
+    try:
+        return target.store.tracked([path])[0]
+    except redis.RedisError:  # the books away, the broker not: the unpin is queued, as ever
+        return False
 
 
 @blp.route("/register/<path:path>")

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from cachemgr.logs import configure_logging
-from cachemgr.settings import SettingsError, parse_count
+from cachemgr.settings import SettingsError, parse_count, without_password
 
 STATE_DIR = Path(os.environ.get("CACHEMGR_STATE_DIR", ".cachemgr-state"))
 
@@ -242,7 +242,7 @@ def up(flower: bool, nodes: int = 1) -> int:
         # The CLI in another shell acts on its DISK_CACHE_NODE's books: unset, on a node
         # named after the host, which no worker serves ("cache not working: no worker").
         click.echo(
-            f"cli     in another shell: export REDIS_URL={env['REDIS_URL']} "
+            f"cli     in another shell: export REDIS_URL={without_password(env['REDIS_URL'])} "
             f"DISK_CACHE_NODE={names[0]} (the node it acts on; the API takes ?node=)"
         )
     interval = env.get("DISK_CACHE_CLEANUP_INTERVAL", "3600")

@@ -192,14 +192,11 @@ def cleanup(
         checks.flag(name, value)
     if owed is not None:
         checks.whole("owed", owed)
-    if not dry_run:
-        # The next registration past the threshold sends a quota pass of its own: this one
-        # weighs the usage later, if at all (skipped below: off, the scheduler stopped, the
-        # root being adopted or refused; or behind another cleanup, whose retry weighs it).
-        cache.client.delete(cache.keys.quota_sent)
     if not cache.settings.enable_disk_cache_management:
+        _weighs_nothing(cache, dry_run)
         return disabled("cleanup")
     if (periodic or automatic) and not cache.scheduler_running():
+        _weighs_nothing(cache, dry_run)
         return {"status": "skipped", "reason": "scheduler stopped"}
     refused = _refused(cache)
     if refused is not None and not dry_run:
@@ -210,9 +207,11 @@ def cleanup(
             log.info("cleanup skipped: a reconcile is adopting the root (%s)", refused)
             if periodic:  # beat ran: not overdue; the last cleanup's outcome stands
                 history.beat_ran(cache, cache.clock())
+            _weighs_nothing(cache, dry_run)  # the adopting reconcile's own pass is sent
             return {"status": "skipped", "reason": RECONCILE_RUNNING}
         refused = _refused(cache)
     if refused is not None:
+        _weighs_nothing(cache, dry_run)
         if not dry_run:
             failed = {"status": "failed", "error": str(refused), "error_code": refused.code}
             history.record(cache, cache.clock(), failed, periodic)
@@ -266,8 +265,11 @@ def cleanup(
             busy["again"] = _wait_again(cache, again)
         return busy
     # The usage is weighed from here on: a quota pass that finds this one running may wait
-    # for it again (cache:quota_again), even one of the chain that waited for the last.
-    cache.client.delete(cache.keys.quota_again)
+    # for it again (cache:quota_again), even one of the chain that waited for the last, and
+    # the next registration past the threshold sends one (cache:quota_sent). One that finds
+    # this one running leaves the key: its retry, or the chain's, weighs later (deleted
+    # then, every registration during a long eviction sent a pass of its own).
+    cache.client.delete(cache.keys.quota_again, cache.keys.quota_sent)
     started, began = cache.clock(), time.monotonic()  # when, by the cache's clock; how long
     # Renewed in the background too: one deletion longer than the lock let a second cleanup in.
     keeper = Keeper(lock, every=timeout / 3, at_most=CLEANUP_MAX_HOLD_SECONDS).start()
@@ -390,6 +392,15 @@ def _gone(cache: DiskCache) -> dict[str, Any]:
     except Exception as exc:
         log.warning("could not look for tracked directories gone from the disk: %s", exc)
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _weighs_nothing(cache: DiskCache, dry_run: bool) -> None:
+    """A pass that stops before it weighs the usage, with no retry to weigh it (switched off,
+    the scheduler stopped, the root refused or being adopted): the next registration past
+    the threshold sends a quota pass of its own (cache:quota_sent), rather than none for
+    QUOTA_SENT_SECONDS."""
+    if not dry_run:
+        cache.client.delete(cache.keys.quota_sent)
 
 
 def _wait_again(cache: DiskCache, chained: bool) -> bool:

@@ -33,7 +33,6 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
     A single node's are read in one call to Redis (the registry with them, unless a Redis
     Cluster keeps it on another shard); other nodes' in one more round trip."""
     registry, own = cache.registry, cache.settings.node
-    now = cache.clock()
     registry_key = registry.nodes_key if same_server(cache.client) else None
 
     def own_reads(batch: Batch) -> Reader[tuple[dict[str, Any], dict[str, Any]]]:
@@ -48,6 +47,9 @@ def cluster_stats(cache: DiskCache) -> dict[str, Any]:
         return read
 
     entries, own_snap = run(cache.client, own_reads)
+    # After the first read: a Redis that refuses it (a database it lacks) is said by that
+    # read's error alone, not first by the clock's warning.
+    now = cache.clock()
     own_snap["registry"] = entries
     # An entry with this node's key prefix is this node's books under another name: an
     # unnamed node's workers publish their own host name (another container's, or an

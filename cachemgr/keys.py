@@ -113,7 +113,8 @@ class Keys:
     def quota_sent(self) -> str:
         """String, PX: a registration's quota pass is queued and has not yet started; the
         registrations booked meanwhile send none (a burst past the threshold sent one each).
-        Every cleanup deletes it as it starts."""
+        A cleanup deletes it once it holds the lock, or as it stops before (off, the scheduler
+        stopped, the root refused or adopted); one behind another cleanup leaves it."""
         return f"{self.prefix}cache:quota_sent"
 
     @cached_property

@@ -48,7 +48,8 @@ class Model:
 
     # -- the process shared by every policy -----------------------------------------------
     def request(self, key: Key, size: int, now: float | None = None) -> bool:
-        self.clock = self.clock + 1 if now is None else now
+        # As Redis gets a time (now_str: to the microsecond); a numpy int32 would overflow.
+        self.clock = self.clock + 1 if now is None else float(f"{float(now):.6f}")
         if key in self.sizes:
             self._hit(key)
             return True

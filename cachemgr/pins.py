@@ -61,16 +61,23 @@ def end(store: Store, path: str, holder: str | None, now: float) -> dict[str, An
     rel, who = normalize(path), checks.holder(holder)
     target, had, rest = end_lease(store, rel, who, now)
     reply: dict[str, Any] = {"path": target, "unpinned": had, "pinned_until": iso(rest)}
-    if not had and not who and rest is not None:
-        above = store.covering(rel)
-        if above != rel:
-            reply["warning"] = (
-                f"nothing ended on {rel!r}, which lies in the tracked directory {above!r}: a "
-                f"pin made through it is on {above!r}, where an unpin naming no holder does "
-                f"not end it through a path inside (it may be another's too); unpin {above!r} "
-                "to end every lease on it, or pin and unpin with a holder of your own"
-            )
+    above = store.covering(rel) if not had and not who and rest is not None else rel
+    if above != rel and _anyones_on(store, above, now):
+        reply["warning"] = (
+            f"nothing ended on {rel!r}, which lies in the tracked directory {above!r}: a pin "
+            f"made through it naming no holder is on {above!r}, and is not ended through a "
+            f"path inside (it may be another's too); unpin {above!r} to end every lease on "
+            "it, or pin and unpin with a holder of your own"
+        )
     return reply
+
+
+def _anyones_on(store: Store, directory: str, now: float) -> bool:
+    """Whether a lease that named no holder is in force on `directory` itself: a named
+    holder's there, or one above or inside it, is not one to tell an unpin to end."""
+    named = store.client.hgetall(store.keys.pin_holders(directory))
+    latest = store.client.zscore(store.keys.pins, directory)
+    return "" in in_force(named, latest, now)
 
 
 def in_force(named: dict[str, Any], latest: Any, now: float) -> dict[str, float]:

@@ -74,8 +74,8 @@ def send_quota_pass(
     cache: DiskCache, registered: dict[str, Any], send: Callable[[], object]
 ) -> bool:
     """Send (`send`) a worker's registration's quota pass when one is due and none sent before
-    is still waiting to start, which will weigh this one's bytes too (a cleanup deletes
-    cache:quota_sent as it starts, before it weighs anything). Whether it was sent."""
+    is still waiting to weigh the usage, which will count this one's bytes too (a cleanup
+    deletes cache:quota_sent before it weighs, and as it stops without). Whether it was sent."""
     if not quota_pass_due(registered):
         return False
     if not cache.client.set(cache.keys.quota_sent, 1, nx=True, px=QUOTA_SENT_SECONDS * 1000):

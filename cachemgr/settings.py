@@ -119,7 +119,7 @@ class Settings:
         def fail(name: str, value: Any, why: str) -> None:
             shown = _shown(typed[name]) if typed and name in typed else repr(value)
             if name == "redis_url":  # its password must not reach a log or a terminal
-                shown = repr(_without_password(self.redis_url))
+                shown = repr(without_password(self.redis_url))
             raise SettingsError(f"{name.upper()}={shown}: {why}")
 
         # (name, low, high, how high reads): a value past `high` passed start-up, then broke
@@ -322,7 +322,7 @@ def _shown(text: str) -> str:
     return quoted(text)
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url

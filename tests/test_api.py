@@ -956,6 +956,27 @@ def test_a_directory_named_pin_is_not_taken_for_an_unpin_of_its_parent(client, c
         "ambiguous: 'Artist/pin' is a tracked directory"), r.get_json()  # fmt: skip
     assert "/cache/directories/Artist/pin/ (a trailing slash)" in r.get_json()["message"]
     assert cache.info("Artist/pin").pinned_until is not None  # the stream's lease stands
+    # A holder named: an unpin (the removal takes none), that holder's lease alone.
+    r = client.delete("/cache/directories/Artist/pin?holder=stream-1&wait=10")
+    assert r.status_code == 200 and r.get_json()["result"]["unpinned"] is True, r.get_json()
     r = client.delete("/cache/directories/Artist/pin/?wait=10")  # as the message says
     assert r.status_code == 200 and r.get_json()["result"]["status"] == "removed"
     assert cache.store.tracked(["Artist/pin"]) == [False]
+
+
+def test_a_body_the_form_parser_leaves_or_the_limit_cuts_is_still_refused(client, cache):
+    # multipart/form-data without a boundary parsed as no fields: its arguments were ignored,
+    # a 200; a chunked body is cut at the limit, not refused, and what lay past it went unread.
+    import io
+
+    from api import BODY_LIMIT
+
+    r = client.post("/cache/cleanup?dry_run=true", data="dry_run=false",
+                    content_type="multipart/form-data")  # fmt: skip
+    assert r.status_code == 400 and "a body" in r.get_json()["message"], r.get_json()
+    padded = b" " * (BODY_LIMIT + 10) + b'{"dry_run": false}'
+    r = client.post("/cache/cleanup?dry_run=true", input_stream=io.BytesIO(padded),
+                    headers={"Transfer-Encoding": "chunked"},
+                    environ_overrides={"wsgi.input_terminated": True})  # fmt: skip
+    assert r.status_code in (400, 413) and r.get_json()["code"] != "ok", r.get_json()
+    assert "result" not in r.get_json()

@@ -426,3 +426,12 @@ def test_an_unpin_of_the_path_pinned_through_says_why_the_album_stays_pinned(clo
                                       "directory 'alb'") and "unpin 'alb'" in done["warning"]
     assert cache.unpin("alb") == {"path": "alb", "unpinned": True, "pinned_until": None}
     assert "warning" not in cache.unpin("alb/cd1")  # nothing stands: nothing to explain
+    # A named holder's lease there (a stream's), or one above the album, is none to end.
+    cache.pin("alb", 600, "stream-7")
+    assert "warning" not in cache.unpin("alb/cd1")
+    cache.unpin("alb", "stream-7")
+    make_tree(root, "Artist/alb2/cd1")
+    cache.register("Artist/alb2")
+    cache.pin("Artist", 600)
+    done = cache.unpin("Artist/alb2/cd1")
+    assert done["pinned_until"] is not None and "warning" not in done

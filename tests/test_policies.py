@@ -757,3 +757,17 @@ def test_lfu_breaks_ties_within_a_second_by_recency_as_its_model_does(redis_clie
     assert [v.path for v in store.victims(2, 0)] == ["zz_old", "aa_new"]
     model.request("third", 40, now=T0 + 0.9)  # past the capacity: the model evicts one
     assert model.evicted == ["zz_old"]
+
+
+def test_lfu_model_takes_times_as_redis_gets_them(redis_client, prefix):
+    """Times 1e-7 s apart are one microsecond to Redis (now_str), and were two to the model:
+    the tie went to the name in Redis, to the time in the model."""
+    import numpy as np
+
+    store = Store(redis_client, Keys(prefix), policy="lfu")
+    model = make_model("lfu", 100, record_evictions=True)
+    for key, now in (("a", T0 + 0.1000004), ("b", T0 + 0.1000001)):
+        assert store.register(key, 40, 1, now=now)[0] == "ok"
+        model.request(key, 40, now=now)
+    model.request("c", 40, now=np.int32(T0 + 1))  # a numpy time: no overflow
+    assert model.evicted == [store.victims(1, 0)[0].path] == ["a"]

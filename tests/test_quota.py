@@ -482,6 +482,20 @@ def test_a_burst_of_registrations_past_the_threshold_sends_one_quota_pass(cache)
     off = DiskCache(cache.settings.with_(enable_disk_cache_management=False), cache.client)
     assert cleanup(off, automatic=True, sweep_expired=False)["status"] == "disabled"
     assert send_quota_pass(cache, due, send) is True and len(sent) == 4
+    # Behind a long cleanup, the passes that find it running leave the key: the chain's
+    # retry weighs later, and the registrations meanwhile send nothing more.
+    from cachemgr.cleanup import CLEANUP_BUSY
+    from cachemgr.locks import Lock
+
+    held = Lock(cache.client, cache.keys.cleanup_lock, 5000)
+    assert held.acquire()
+    try:
+        busy = [cleanup(cache, automatic=True, sweep_expired=False) for _ in range(3)]
+        assert {b["reason"] for b in busy} == {CLEANUP_BUSY}
+        assert [send_quota_pass(cache, due, send) for _ in range(3)] == [False] * 3
+    finally:
+        held.release()
+    assert len(sent) == 4
     # A send that failed (the broker away) stands for nothing.
     cleanup(cache, automatic=True, sweep_expired=False)
 

@@ -10,6 +10,7 @@ import redis
 
 from cachemgr.connection import connect
 from cachemgr.keys import Keys
+from cachemgr.settings import without_password
 
 log = logging.getLogger("cachemgr")
 
@@ -81,7 +82,6 @@ def celery_url_problem(broker: str, backend: str) -> str | None:
     (`CELERY_RESULT_BACKEND=junk`) stopped the worker, and failed each send, in a traceback."""
     from celery.app.backends import by_url
     from kombu import Connection
-    from kombu.utils.url import maybe_sanitize_url
 
     env = os.environ
     for name, kind, url, load in (
@@ -93,7 +93,7 @@ def celery_url_problem(broker: str, backend: str) -> str | None:
         except Exception as exc:  # a transport's own (qpid: RuntimeError) too
             said = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             given = name if env.get(name) else "REDIS_URL"
-            shown = maybe_sanitize_url(url) if "@" in url else url  # no password in the log
+            shown = without_password(url)  # not for the log
             return f"{given}={shown!r}: not a {kind} Celery can use ({said})"
     return None
 
