@@ -85,14 +85,16 @@ def body_arguments(req: Any) -> list[str]:
     none (`{}`, `null`, blank, as some clients send with every POST, whatever its type)."""
     if not has_body(req):
         return []
+    # Read first, kept: the form parser reads it from here (a multipart body it could not
+    # parse, a wrong boundary, would otherwise be read as none), at most MAX_CONTENT_LENGTH.
+    data = req.get_data(cache=True)
+    if req.content_length is None and len(data) >= (req.max_content_length or len(data) + 1):
+        # A chunked body is cut at the limit, not refused: what lies past it is unread.
+        return [f"a body of {len(data)} bytes or more"]
     if req.mimetype == "multipart/form-data":
         names = [repr(name) for name in (*req.form.keys(), *req.files.keys())]
         if names:
             return names  # else not parsed (no boundary, a wrong one): read as it is
-    data = req.get_data(cache=True)  # at most MAX_CONTENT_LENGTH: past it, a 413
-    if req.content_length is None and len(data) >= (req.max_content_length or len(data) + 1):
-        # A chunked body is cut at the limit, not refused: what lies past it is unread.
-        return [f"a body of {len(data)} bytes or more"]
     raw = data.strip()
     if raw in NO_ARGUMENTS:
         return []

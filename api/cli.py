@@ -92,6 +92,9 @@ def stats(reset: bool, node: str | None, as_json: bool | None) -> None:
     target = cache.for_node(node) if node else cache
     if reset:
         target.reset_stats()
+        # This node's alone (DISK_CACHE_NODE's, or --node's): the output shows every node's.
+        said = target.settings.node or "(unnamed)"
+        click.echo(f"reset: the since-reset figures of node {said} start afresh", err=True)
     # Every node's too: a shell whose DISK_CACHE_NODE names none that runs (`up --nodes 2`)
     # said only "no worker of node vm is alive", as if the cache were down.
     s = target.stats() if node else cache.cluster_stats()

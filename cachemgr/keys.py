@@ -111,8 +111,8 @@ class Keys:
 
     @cached_property
     def quota_sent(self) -> str:
-        """String, PX: a registration's quota pass is queued and has not yet started; the
-        registrations booked meanwhile send none (a burst past the threshold sent one each).
+        """String, PX: a registration's quota pass is queued and has not yet weighed the usage;
+        the registrations booked meanwhile send none (a burst past the threshold sent one each).
         A cleanup deletes it once it holds the lock, or as it stops before (off, the scheduler
         stopped, the root refused or adopted); one behind another cleanup leaves it."""
         return f"{self.prefix}cache:quota_sent"

@@ -65,8 +65,8 @@ def quota_pass_due(registered: dict[str, Any]) -> bool:
     return bool(registered.get("over_threshold") or registered.get("low_disk"))
 
 
-# How long a sent quota pass stands for the registrations after it when none has started (a
-# pass lost with its broker, or skipped while the scheduler is stopped): then one is sent again.
+# How long a sent quota pass stands for the registrations after it when it never runs (lost
+# with its broker, or with a worker killed holding it): then one is sent again.
 QUOTA_SENT_SECONDS = 10
 
 

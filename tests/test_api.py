@@ -974,6 +974,14 @@ def test_a_body_the_form_parser_leaves_or_the_limit_cuts_is_still_refused(client
     r = client.post("/cache/cleanup?dry_run=true", data="dry_run=false",
                     content_type="multipart/form-data")  # fmt: skip
     assert r.status_code == 400 and "a body" in r.get_json()["message"], r.get_json()
+    wrong = b'--ABC\r\nContent-Disposition: form-data; name="dry_run"\r\n\r\nfalse\r\n--ABC--\r\n'
+    r = client.post("/cache/cleanup?dry_run=true", data=wrong,
+                    content_type="multipart/form-data; boundary=XYZ")  # a wrong boundary
+    assert r.status_code == 400 and "a body" in r.get_json()["message"], r.get_json()
+    right = wrong.replace(b"ABC", b"XYZ")  # parsed: its fields named
+    r = client.post("/cache/cleanup?dry_run=true", data=right,
+                    content_type="multipart/form-data; boundary=XYZ")
+    assert r.status_code == 400 and "'dry_run'" in r.get_json()["message"], r.get_json()
     padded = b" " * (BODY_LIMIT + 10) + b'{"dry_run": false}'
     r = client.post("/cache/cleanup?dry_run=true", input_stream=io.BytesIO(padded),
                     headers={"Transfer-Encoding": "chunked"},

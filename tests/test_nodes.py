@@ -743,5 +743,8 @@ def test_cli_stats_show_every_node_and_take_one_by_name(two_nodes, capsys):
     assert f"{a.settings.node} up, {b.settings.node} up" in table, table
     one = _json.loads(runner.invoke(args=["stats", "--node", b.settings.node, "--json"]).stdout)
     assert one["node"] == b.settings.node and one["directory_count"] == 1 and "nodes" not in one
+    # A reset is one node's (this shell's, or --node's), whatever the output shows: said.
+    reset = runner.invoke(args=["stats", "--reset", "--json"])
+    assert f"the since-reset figures of node {a.settings.node} start afresh" in reset.stderr
     gone = runner.invoke(args=["stats", "--node", "nosuch"])
     assert gone.exit_code == 3 and "unknown node 'nosuch'" in gone.output
