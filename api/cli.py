@@ -27,6 +27,7 @@ from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
 from api.cli_tables import entry_rows, kv, plan_table, stats_table
 from api.cli_tasks import acting, send_quota_pass, state, wait_task
+from api.errors import redis_said
 from cachemgr import events as event_log
 from cachemgr import journal, listing, paths
 from cachemgr.cleanup import cleanup_through
@@ -305,7 +306,12 @@ def events(limit: int, follow: bool, as_json: bool) -> None:
         click.echo(json.dumps(event))
     if not follow:
         return
-    for event in event_log.follow(store, latest[-1]["id"] if latest else "$"):
+    def away(exc: BaseException | None) -> None:
+        # On stderr: stdout stays the events' JSON lines.
+        said = f"{redis_said(exc)}: following again once it answers" if exc else "following again"
+        click.echo(f"events: {said}", err=True)
+
+    for event in event_log.follow(store, latest[-1]["id"] if latest else "$", away=away):
         click.echo(json.dumps(event))
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+import redis
 
 if TYPE_CHECKING:
     from cachemgr.store import Store
@@ -48,11 +51,31 @@ def latest(store: Store, limit: int = 100) -> list[dict[str, Any]]:
     return [typed(ident, fields) for ident, fields in items]
 
 
-def follow(store: Store, after: str = "$", block_ms: int = 2000) -> Iterator[dict[str, Any]]:
+def follow(
+    store: Store,
+    after: str = "$",
+    block_ms: int = 2000,
+    away: Callable[[BaseException | None], None] | None = None,
+    retry_seconds: float = 1.0,
+) -> Iterator[dict[str, Any]]:
     """Events appended after the id `after` ('$': from now on), as they come; never ends.
-    Each wait is shorter than an interactive client's reply timeout (connection.py: 5 s)."""
+    Each wait is shorter than an interactive client's reply timeout (connection.py: 5 s).
+    Redis away (a restart) is waited out, from the last event seen: `away(exc)` is told when
+    it goes, `away(None)` when it answers again (it ended the follow, at the first blip)."""
+    gone = False
     while True:
-        for _, items in store.client.xread({store.keys.events: after}, block=block_ms) or []:
+        try:
+            found = store.client.xread({store.keys.events: after}, block=block_ms) or []
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if not gone and away is not None:
+                away(exc)
+            gone = True
+            time.sleep(retry_seconds)
+            continue
+        if gone and away is not None:
+            away(None)
+        gone = False
+        for _, items in found:
             for ident, fields in items:
                 after = ident
                 yield typed(ident, fields)

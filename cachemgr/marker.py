@@ -80,7 +80,10 @@ def remember(cache: DiskCache, anew: bool = False) -> None:
 def _write(cache: DiskCache, token: str) -> None:
     """Whole or not at all (a rename): a check reading it meanwhile sees the old or the new."""
     marker = cache.root / paths.BOOKS_MARKER
-    aside = marker.with_name(f"{paths.BOOKS_MARKER}.{os.getpid()}.tmp")
+    # One of its own per call: two first markings at once (a cleanup's and a reconcile's
+    # threads) wrote one file by the process's name, and the marker could end up with the
+    # token the books do not hold (the root refused), more often once the write was fsynced.
+    aside = marker.with_name(f"{paths.BOOKS_MARKER}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(aside, "w") as out:
             out.write(f"{BOOKS_LINE}{books_of(cache.keys.prefix)}\n{ROOT_LINE}{token}\n")

@@ -857,3 +857,33 @@ def test_the_hold_after_a_rebuild_lasts_until_beats_next_run_by_beats_interval(
     assert cache.settings.disk_cache_cleanup_interval == 3600
     assert cleanup(cache, periodic=True)["rebuilt"] is True
     assert 0 < redis_client.ttl(cache.keys.evict_hold) <= 120
+
+
+def test_two_markings_at_once_each_write_a_whole_marker(cache, root):
+    """A cleanup's and a reconcile's threads marking the root at once wrote one aside file by
+    the process's name: one renamed the other's half-written file, or found none to rename,
+    and the marker could hold a token the books did not (the root refused: a CI failure)."""
+    import threading
+
+    from cachemgr import marker, paths
+    from cachemgr.marker import BOOKS_LINE, ROOT_LINE, books_of
+
+    failed: list[BaseException] = []
+
+    def mark(token: str) -> None:
+        for _ in range(150):
+            try:
+                marker._write(cache, token)
+            except OSError as exc:
+                failed.append(exc)
+
+    threads = [threading.Thread(target=mark, args=(t,)) for t in ("a" * 16, "b" * 16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failed == []
+    text = (root / paths.BOOKS_MARKER).read_text()
+    assert text in {f"{BOOKS_LINE}{books_of(cache.keys.prefix)}\n{ROOT_LINE}{t * 16}\n"
+                    for t in "ab"}  # fmt: skip
+    assert not list(root.glob(f"{paths.BOOKS_MARKER}.*"))

@@ -471,3 +471,36 @@ def test_events_follow_outlasts_an_interactive_clients_reply_timeout(settings, r
     later.join()  # its removal done before the client goes
     assert event["event"] == "removed" and event["path"] == "a"
     client.close()
+
+
+def test_events_follow_waits_out_a_redis_restart(settings, root, own_redis):
+    """`cachemgr events --follow` ended at the first Redis blip ("Redis cannot be reached"):
+    an operator watching lost the stream, silently. It waits, says so, and goes on."""
+    client = connect(own_redis["url"], interactive=True)
+    cache = DiskCache(settings.with_(redis_url=own_redis["url"]), client)
+    said: list[str] = []
+    make_tree(root, "a")
+    cache.register("a")
+
+    def restart_then_remove() -> None:
+        own_redis["proc"].terminate()
+        own_redis["proc"].wait()
+        time.sleep(1.5)
+        own_redis["proc"] = own_redis["start"]()
+        time.sleep(6)  # past the client's fail-fast window
+        cache.store.register("b", 1, 1, now=time.time())
+        cache.remove("b")
+
+    stream = event_log.follow(
+        cache.store, block_ms=500, retry_seconds=0.2,
+        away=lambda exc: said.append("away" if exc else "back"),
+    )  # fmt: skip
+    later = threading.Timer(0.5, restart_then_remove)
+    later.start()
+    try:
+        event = next(stream)
+    finally:
+        later.join()  # its restart done (the fixture stops the Redis it started last)
+        client.close()
+    assert event["event"] == "removed" and event["path"] == "b", event
+    assert said == ["away", "back"]
