@@ -12,13 +12,10 @@ import sys
 
 from cachemgr.nodes import node_queue
 from cachemgr.settings import SettingsError, cluster_of, parse_duration, queue_override
-from workers.urls import celery_env_problem
+from workers.urls import celery_env_urls, celery_url_problem
 
-_redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url
-result_backend = os.environ.get("CELERY_RESULT_BACKEND") or _redis_url
-if _url_problem := celery_env_problem():
+broker_url, result_backend = celery_env_urls()
+if _url_problem := celery_url_problem(broker_url, result_backend):
     print(f"cachemgr stopping: {_url_problem}", file=sys.stderr)  # one line, exit 5 as below
     raise SystemExit(5)
 task_serializer = "json"

@@ -98,10 +98,16 @@ def celery_url_problem(broker: str, backend: str) -> str | None:
     return None
 
 
-def celery_env_problem() -> str | None:
-    """celery_url_problem for the URLs the workers read from the environment (celeryconfig)."""
+def celery_env_urls() -> tuple[str, str]:
+    """The broker's and the result backend's URLs as the workers read them (celeryconfig):
+    CELERY_BROKER_URL and CELERY_RESULT_BACKEND, each defaulting to REDIS_URL."""
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    return celery_url_problem(
+    return (
         os.environ.get("CELERY_BROKER_URL") or redis_url,
         os.environ.get("CELERY_RESULT_BACKEND") or redis_url,
     )
+
+
+def celery_env_problem() -> str | None:
+    """celery_url_problem for the URLs the workers read from the environment."""
+    return celery_url_problem(*celery_env_urls())
