@@ -392,18 +392,19 @@ MAX_NAME = 200
 def queue_override(environ: Mapping[str, str] | None = None) -> str | None:
     """CACHEMGR_QUEUE (the queue a node's workers consume instead of `cachemgr.<node>`),
     checked (name_problem)."""
-    raw = (os.environ if environ is None else environ).get("CACHEMGR_QUEUE") or ""
-    said = raw and name_problem(raw)
-    if said:
-        raise SettingsError(f"CACHEMGR_QUEUE={raw!r}: {said}")
-    return raw or None
+    return _env_name("CACHEMGR_QUEUE", environ)
 
 
 def cluster_of(environ: Mapping[str, str] | None = None) -> str:
     """DISK_CACHE_CLUSTER as the workers read it (Settings), for the processes that read it
     alone: beat, the pipeline client."""
-    raw = (os.environ if environ is None else environ).get("DISK_CACHE_CLUSTER") or ""
+    return _env_name("DISK_CACHE_CLUSTER", environ) or Settings.disk_cache_cluster
+
+
+def _env_name(variable: str, environ: Mapping[str, str] | None) -> str | None:
+    """A name read from the environment, checked (name_problem); None when unset or empty."""
+    raw = (os.environ if environ is None else environ).get(variable) or ""
     said = raw and name_problem(raw)
     if said:
-        raise SettingsError(f"DISK_CACHE_CLUSTER={raw!r}: {said}")
-    return raw or Settings.disk_cache_cluster
+        raise SettingsError(f"{variable}={raw!r}: {said}")
+    return raw or None
