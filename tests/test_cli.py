@@ -873,14 +873,10 @@ def test_a_celery_url_celery_cannot_load_stops_everything_in_one_line(
 ):
     # CELERY_RESULT_BACKEND=junk: the worker stopped in a 60-line traceback, each CLI write and
     # each API write failed in one, and `serve` booted gunicorn workers that died in one.
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from click.testing import CliRunner
 
     from api.cli import main
+    from tests.test_settings import _run
 
     monkeypatch.setattr("api.cli_stack.os.execv", lambda *a: pytest.fail(f"gunicorn ran: {a}"))
     env = {"DISK_CACHE_ROOT": str(tmp_path), name: value}
@@ -890,12 +886,9 @@ def test_a_celery_url_celery_cannot_load_stops_everything_in_one_line(
         assert result.output.startswith(f"Error: {name}={value!r}: {said}"), result.output
         assert result.output.count("\n") == 1, result.output
     # The worker, beat and Flower read it in celeryconfig.
-    done = subprocess.run(
-        [sys.executable, "-c", "import celeryconfig"], cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 5 and done.stderr.startswith(f"cachemgr stopping: {name}="), done
-    assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
+    code, err = _run(["-c", "import celeryconfig"], env)
+    assert code == 5 and err.startswith(f"cachemgr stopping: {name}="), err
+    assert err.count("\n") == 0 and said in err, err  # one line (_run strips its end)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,6 +198,26 @@ def test_worker_killed_mid_eviction(settings, redis_client, root, client_for_wor
     assert_books_match_disk(cache, root)
 
 
+def worker_on(url: str, settings, monkeypatch) -> tuple[subprocess.Popen[bytes], Any]:
+    """A worker of this test's node whose broker, results and books are all at `url`, and a
+    Celery app to send it tasks: its first one answered (it is ready)."""
+    from celery import Celery
+
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):  # they would win over `url`
+        monkeypatch.delenv(name, raising=False)
+    env = worker_env(settings)
+    env.update(REDIS_URL=url, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url)
+    proc = start_worker(env)
+    app = Celery(broker=url, backend=url)
+    try:
+        assert app.send_task("cachemgr.noop", queue=queue_of(settings)).get(timeout=60) is None
+    except BaseException:
+        app.close()
+        stop(proc)
+        raise
+    return proc, app
+
+
 @pytest.fixture
 def own_redis(tmp_path):
     """A redis-server of this test's own, without persistence, that the test may flush or stop."""
@@ -280,19 +301,11 @@ def test_a_redis_out_of_memory_for_a_while_does_not_stop_the_worker(
     """maxmemory reached (noeviction) for a few seconds with a task waiting for its ETA: the
     worker's consumer met OOM on the broker and Celery stopped the worker for good
     ("Unrecoverable error: OutOfMemoryError"); the node stayed down until a restart."""
-    from celery import Celery
-
     from api import create_app
 
     url = own_redis["url"]
-    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):  # they would win over `url`
-        monkeypatch.delenv(name, raising=False)
-    env = worker_env(settings)
-    env.update(REDIS_URL=url, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url)
-    proc = start_worker(env)
-    app = Celery(broker=url, backend=url)
+    proc, app = worker_on(url, settings, monkeypatch)
     try:
-        assert app.send_task("cachemgr.noop", queue=queue_of(settings)).get(timeout=60) is None
         app.send_task("cachemgr.noop", queue=queue_of(settings), countdown=3)  # held by the worker
         client = connect(url)
         client.config_set("maxmemory-policy", "noeviction")
@@ -330,14 +343,8 @@ def test_a_worker_holding_a_task_outlives_a_restart_of_its_redis(
     from celery import Celery
 
     url = own_redis["url"]
-    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):  # they would win over `url`
-        monkeypatch.delenv(name, raising=False)
-    env = worker_env(settings)
-    env.update(REDIS_URL=url, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url)
-    proc = start_worker(env)
-    app = Celery(broker=url, backend=url)
+    proc, app = worker_on(url, settings, monkeypatch)
     try:
-        assert app.send_task("cachemgr.noop", queue=queue_of(settings)).get(timeout=60) is None
         app.send_task("cachemgr.noop", queue=queue_of(settings), countdown=60)  # held
         time.sleep(1)  # received: unacknowledged, in the worker's hands
         own_redis["proc"].terminate()
