@@ -323,6 +323,9 @@ def _shown(text: str) -> str:
 
 
 def without_password(url: str) -> str:
+    # Celery's failover URLs are several, split by ';' (`sentinel://:pw@a;sentinel://:pw@b`).
+    if ";" in url:
+        return ";".join(without_password(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url

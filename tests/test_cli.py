@@ -946,3 +946,12 @@ def test_a_celery_url_refused_is_shown_without_its_password(monkeypatch):
     monkeypatch.setenv("CELERY_RESULT_BACKEND", "junk://app:hunter2@db/x")
     said = celery_url_problem("redis://127.0.0.1:6379/0", "junk://app:hunter2@db/x")
     assert said is not None and "hunter2" not in said and "CELERY_RESULT_BACKEND=" in said
+
+
+def test_every_password_of_a_failover_url_is_hidden():
+    # Celery's failover URLs are split by ';': the second URL's password was shown.
+    from cachemgr.settings import without_password
+
+    shown = without_password("junk://:one@a:26379/0;junk://u:two@b:26379/0")
+    assert shown == "junk://:***@a:26379/0;junk://u:***@b:26379/0"
+    assert without_password("redis://h:6379/0") == "redis://h:6379/0"
