@@ -13,8 +13,9 @@ import redis
 from flask.cli import FlaskGroup, ScriptInfo
 
 from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, Fail
+from cachemgr.checks import NODE_NAME, NODE_NAME_RULE
 from cachemgr.logs import configure_logging
-from cachemgr.settings import Settings, SettingsError, log_level
+from cachemgr.settings import Settings, SettingsError, log_level, quoted
 
 # Commands that only touch the books in Redis: a root gone since the workers started (an
 # unmounted disk) is for them to show (the stats warn), not a setting that stops them.
@@ -53,6 +54,15 @@ def _in_echo(exc: BaseException) -> bool:
     return bool(frames) and frames[-1].name == "echo"
 
 
+def _for_node(ctx: click.Context, param: click.Parameter, name: str | None) -> None:
+    """`cachemgr --node b ...`: the shell's DISK_CACHE_NODE for this command."""
+    if name is None:
+        return
+    if not NODE_NAME.fullmatch(name):
+        raise Fail(f"--node {quoted(name)}: not {NODE_NAME_RULE}", EXIT_USAGE)
+    os.environ["DISK_CACHE_NODE"] = name
+
+
 class CacheGroup(FlaskGroup):
     """Flask's command group, without its own options, and without loading the app to list or
     find a command: a bad setting printed a traceback above `--help`, and `cachemgr nosuch`
@@ -61,6 +71,16 @@ class CacheGroup(FlaskGroup):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.params = [p for p in self.params if p.name not in FLASK_ONLY]
+        self.params.append(
+            click.Option(
+                ["--node"],
+                metavar="NAME",
+                expose_value=False,
+                is_eager=True,  # before the app, which reads it, loads
+                callback=_for_node,
+                help="Act on that node of a cache of several (as DISK_CACHE_NODE=NAME).",
+            )
+        )
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """An output that cannot be written (`> /dev/full`, a full disk) in one line too: click

@@ -243,7 +243,8 @@ def up(flower: bool, nodes: int = 1) -> int:
         # named after the host, which no worker serves ("cache not working: no worker").
         click.echo(
             f"cli     in another shell: export REDIS_URL={without_password(env['REDIS_URL'])} "
-            f"DISK_CACHE_NODE={names[0]} (the node it acts on; the API takes ?node=)"
+            f"DISK_CACHE_NODE={names[0]} (the node it acts on, or `cachemgr --node NAME ...`; "
+            f"the API takes ?node=)"
         )
     interval = env.get("DISK_CACHE_CLEANUP_INTERVAL", "3600")
     click.echo(f"worker  2 processes for each of {len(names)} node(s); beat every {interval} s")

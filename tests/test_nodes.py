@@ -748,3 +748,29 @@ def test_cli_stats_show_every_node_and_take_one_by_name(two_nodes, capsys):
     assert f"the since-reset figures of node {a.settings.node} start afresh" in reset.stderr
     gone = runner.invoke(args=["stats", "--node", "nosuch"])
     assert gone.exit_code == 3 and "unknown node 'nosuch'" in gone.output
+
+
+def test_cli_acts_on_the_node_its_node_option_names(two_nodes):
+    """`cachemgr --node NAME ...` is DISK_CACHE_NODE=NAME for one command: the CLI had no way
+    but the environment to name a node (`up --nodes 2` printed which variable to export)."""
+    a, b = two_nodes["a"], two_nodes["b"]
+    make_tree(b.root, "album")
+    b.register("album")
+    env = {
+        **os.environ, "REDIS_URL": REDIS_URL, "DISK_CACHE_ROOT": str(a.root),
+        "DISK_CACHE_CLUSTER": a.settings.disk_cache_cluster, "DISK_CACHE_NODE": a.settings.node,
+    }  # fmt: skip
+
+    def cachemgr(*args: str) -> subprocess.CompletedProcess[str]:
+        code = "import sys; from api.cli import main; sys.argv[0] = 'cachemgr'; main()"
+        return subprocess.run([sys.executable, "-c", code, *args], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    named = cachemgr("--node", b.settings.node, "ls", "--json")
+    assert named.returncode == 0 and json.loads(named.stdout)[0]["path"] == "album", named
+    own = cachemgr("ls", "--json")
+    assert own.returncode == 0 and json.loads(own.stdout) == [], own
+    bad = cachemgr("--node", "a b", "ls")
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "Error: --node 'a b': not a node's name: 1 to 100 of letters, digits, '_', '.' and '-'"
+    )
