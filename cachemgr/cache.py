@@ -109,7 +109,10 @@ class DiskCache:
     @switched
     def access(self, path: str, *, miss_bytes: int = 0) -> dict[str, Any]:
         """A hit renews the directory; a miss counts `miss_bytes`, what the pipeline had to
-        fetch (0 when it does not know)."""
+        fetch (0 when it does not know). A STALE_HIT (a worker of another policy than the
+        books', in a rolling restart) is a hit: its record is booked, and the cleanups
+        rebuild the policy in force from the records while such workers run
+        (migrations.held), so there is nothing to read again here."""
         rel = paths.normalize(path)
         hit = bool(self.store.access(rel, now=self.clock(), miss_bytes=miss_bytes))
         return {"path": rel, "hit": hit}

@@ -56,7 +56,9 @@ def sweep(
     time_budget: float = DEFAULT_TIME_BUDGET,
     heartbeat: Callable[[], object] | None = None,
 ) -> PassResult:
-    """Delete every directory not accessed for DISK_CACHE_TTL_SECONDS (oldest first)."""
+    """Delete the directories not accessed for DISK_CACHE_TTL_SECONDS, oldest first, pinned
+    ones passed over, in one bounded pass (DISK_CACHE_MAX_EVICTIONS_PER_RUN, `time_budget`:
+    `more` says some are left); a dry run lists them and deletes nothing."""
     cutoff = cache.clock() - cache.settings.disk_cache_ttl_seconds
     result = PassResult("sweep", usage_before=cache.store.total_bytes(), dry_run=dry_run)
     return run_pass(
@@ -93,7 +95,9 @@ def enforce_quota(
     owed: int | None = None,
     held: Hold | None = None,
 ) -> PassResult:
-    """Evict by the active policy once usage passes threshold x max, down to target x max.
+    """Evict by the active policy what quota.bytes_to_free asks (usage past threshold x max
+    down to target x max, the free-space floor's shortfall, or down to the target again with
+    `resume`), in one bounded pass that goes round again for bytes booked meanwhile.
     `planned`: a dry run's sweep, whose directories this plan does not take again. `owed`:
     what the pass a bound interrupted still had to free (its `owed`), at most. `held`: eviction
     waits (quota.evict_held), but for the disk's shortfall of free space when it is short."""

@@ -107,7 +107,9 @@ def delete_files(cache: DiskCache, rel: str, walk: bool = False) -> list[str] | 
     out of its place, put it back on the books; once moved into the trash it is gone from the
     cache, and what could not be deleted waits there for the next cleanup's `trash.empty`.
     Raises trash.Kept when, moved aside, it turned out no longer ours to delete (pinned since
-    the claim: put back on the books; put back by another: left to them)."""
+    the claim: put back on the books; put back by another: left to them), and DeleteFailed,
+    put back on the books, when it is none of the downloads' or cannot be moved. `walk`:
+    look through its folders for another cache's root first (take() has walked it already)."""
 
     def still_ours() -> str | None:
         why = cache.store.still_ours(rel, cache.clock())

@@ -70,7 +70,8 @@ class DeleteFailed(CacheError):
 
 
 class StillLocked(CacheError):
-    """A registration whose directory stayed locked by another through every retry: a 409."""
+    """A registration's or removal's directory stayed locked by another through every retry
+    of its task: a 409."""
 
     code = "locked"
 

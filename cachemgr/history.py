@@ -36,8 +36,8 @@ def record(
     cache: DiskCache, started: float, result: dict[str, Any], periodic: bool = False
 ) -> None:
     """Keep the last outcome and a capped history of counter samples (the status page's).
-    `periodic_time` is the last one beat started: quota passes that registrations trigger
-    must not hide a beat that stopped."""
+    `periodic` (beat's cleanup) also sets `periodic_time`, the last one beat started: quota
+    passes that registrations trigger must not hide a beat that stopped."""
     counters, _ = stats.counters(cache.store)
     undeleted = [
         error

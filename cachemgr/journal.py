@@ -164,6 +164,7 @@ def check_removable(store: Store, path: str) -> None:
 
 def recover_unfinished(cache: DiskCache) -> list[str]:
     """Finish what a crash interrupted: directories claimed for deletion (cache:deleting).
+    Returns the paths put back on the books.
 
     One whose files are still there is put back on the books exactly as it was (the next pass
     decides again, with fresh checks); one whose files are gone is counted as deleted. An entry

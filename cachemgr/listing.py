@@ -25,7 +25,9 @@ def victims_snapshot(victims: str) -> str:
     """Wrap a policy's victims chunk so that each victim comes with its last access, record and
     pin, read in the same atomic call: an access after the choice then fails the claim's check.
 
-    Returns a flat list: path, last access, record, lease ('' for none: pins.LEASE_AROUND), ...
+    KEYS as scripts.COMMON_KEYS (KEYS[1] cache:entries, KEYS[2] cache:lru, and the policy's
+    own); ARGV[1] limit  ARGV[2] offset, as the policy's `victims` reads them. Returns a flat
+    list: path, last access, record, lease ('' for none: pins.LEASE_AROUND), ...
     """
     return (
         PRELUDE

@@ -32,7 +32,7 @@ HOLDER_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
 class LockNotAcquired(RuntimeError):
-    """Somebody else holds the lock; callers skip the work rather than wait."""
+    """`with Lock(...)` found somebody else holding it: the block does not run."""
 
 
 class Lock:

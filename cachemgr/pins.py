@@ -97,7 +97,8 @@ def in_force(named: dict[str, Any], latest: Any, now: float) -> dict[str, float]
 # ends every lease on the directory; a named holder's is its own to renew, shorten or end.
 # KEYS[1] cache:pins  KEYS[2] cache:pins:paths  KEYS[3] cache:deleting  KEYS[4] pin:{path}
 # ARGV[1] path  ARGV[2] lease expiry or 0  ARGV[3] holder or ''  ARGV[4] now
-# Returns the lease in force (its expiry, as a string); for an end, {1 or 0 (whether there
+# Returns the lease in force (its expiry, as a string; false when none is: one given lapsed
+# already); for an end, {1 or 0 (whether there
 # was one), the lease still in force or false}; or the path being deleted as {path}.
 PIN = """
 local path, holder, now = ARGV[1], ARGV[3], tonumber(ARGV[4])

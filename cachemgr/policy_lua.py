@@ -1,7 +1,8 @@
-"""The Lua of the sieve, 2q and gdsf policies (registered in policies.py; s3fifo has its own
-module, policy_lua_s3fifo.py).
+"""The Lua of the sieve, 2q and gdsf policies (registered in policies.py; s3fifo and s3fifo-a
+have their own modules, policy_lua_s3fifo.py and policy_lua_s3fifo_a.py).
 
-Each mirrors a reference model in models.py decision for decision. The `victims` script is
+Each mirrors a reference model (models.py; 2Q's and the S3-FIFOs' in models_s3fifo.py)
+decision for decision. The `victims` script is
 read-only: for policies whose eviction moves entries (SIEVE's hand, S3-FIFO's promotions) it
 works the process out on a copy and names the victims in order. The state change happens when
 a victim is claimed (the `--@on_remove` hook with reason `evicted`): the claim performs the

@@ -243,7 +243,9 @@ def found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
     """The access times to book for directories a rebuild finds on disk: older than anything
     registered or played since the books were lost (stamped `now`, they outranked those, and
     LRU evicted the pipeline's newest downloads first), oldest download (mtime) first, and no
-    more than half a TTL back, so that none expires at once for having been found late."""
+    more than half a TTL back, so that none expires at once for having been found late (that
+    bound wins where the two meet). Left out: those written since the first booking (a
+    download not registered yet), which the caller books as now."""
     now, books = cache.clock(), on_the_books(cache)
     floor = now - cache.settings.disk_cache_ttl_seconds / 2
     oldest = cache.client.zrange(cache.keys.lru, 0, 0, withscores=True)

@@ -23,8 +23,8 @@ from cachemgr.models import MODELS, make_model
 from cachemgr.settings import MAX_BYTES, quoted
 from cachemgr.traces import Trace, next_access
 
-BOUNDS = ("belady", "belady-size", "pfoo-l")
 CHUNK = 1 << 16
+
 
 @dataclass(frozen=True)
 class CacheSize:
@@ -178,6 +178,20 @@ def replay(
 # -- offline bounds ---------------------------------------------------------------------------
 
 
+def _pfoo_l_counts(trace: Trace, capacity: int, nxt: np.ndarray) -> tuple[int, int]:
+    objects, byte_ratio = pfoo_l(trace, capacity, nxt)
+    return round(objects * len(trace)), round(byte_ratio * int(trace.sizes.sum()))
+
+
+# A bound's name -> its misses and missed bytes (trace, capacity, next_access).
+BOUND_RUNS: dict[str, Callable[[Trace, int, np.ndarray], tuple[int, int]]] = {
+    "belady": belady,
+    "belady-size": belady_size,
+    "pfoo-l": _pfoo_l_counts,
+}
+BOUNDS = tuple(BOUND_RUNS)
+
+
 def bounds(
     trace: Trace, capacity: int, size_label: str = "", which: Iterable[str] = BOUNDS
 ) -> list[Result]:
@@ -186,15 +200,9 @@ def bounds(
     total = int(trace.sizes.sum())
     for name in which:
         started = time.perf_counter()
-        if name == "belady":
-            m, b = belady(trace, capacity, nxt)
-        elif name == "belady-size":
-            m, b = belady_size(trace, capacity, nxt)
-        elif name == "pfoo-l":
-            om, bm = pfoo_l(trace, capacity, nxt)
-            m, b = round(om * len(trace)), round(bm * total)
-        else:
+        if name not in BOUND_RUNS:
             raise ValueError(f"unknown bound {name!r} (known: {', '.join(BOUNDS)})")
+        m, b = BOUND_RUNS[name](trace, capacity, nxt)
         out.append(
             Result(
                 name,

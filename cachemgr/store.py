@@ -1,7 +1,9 @@
 """The books in Redis: every read and every atomic change of cachemgr's keys.
 
-Methods that change or read a single thing accept an optional `pipeline`, so that callers can
-batch many of them into one round trip; they then return the pipeline's pending result.
+The changes callers batch (register, access, claim, pin, count) accept an optional
+`pipeline` and then queue their command on it (register, access, claim and pin return its
+pending reply; a register still names a new policy first, in a round trip of its own); the
+rest run at once.
 """
 
 from __future__ import annotations
@@ -55,10 +57,12 @@ class Store:
         self._restore = client.register_script(self.policy.script(journal.RESTORE))
         self._victims = client.register_script(listing.victims_snapshot(self.policy.victims))
         self._read_entries = client.register_script(listing.ENTRIES)
+        # KEYS as scripts.COMMON_KEYS; ARGV[1] how many entries this step moves at most.
         self._settle = self.policy.settle and client.register_script(
             scripts.PRELUDE + self.policy.settle + "\nreturn settle_step(tonumber(ARGV[1]))"
         )
         self.pin_script = client.register_script(pins.PIN)
+        # pins.STILL_OURS's KEYS and ARGV.
         self._still_ours = client.register_script(
             scripts.PRELUDE + pins.LEASE_AROUND + pins.STILL_OURS
         )
@@ -356,8 +360,9 @@ class Store:
         return int(self.client.hlen(self.keys.entries))
 
     def covering(self, path: str) -> str:
-        """The tracked directory that holds `path` (itself, or a tracked ancestor): what a pin
-        on a path inside a tracked directory must name to protect it."""
+        """The tracked directory above `path` that holds it (the outermost), else `path`
+        itself, tracked or not: what a pin on a path inside a tracked directory must name to
+        protect it."""
         above = ancestors(path)
         found = [p for p, hit in zip(above, self.tracked(above), strict=True) if hit]
         return found[0] if found else path

@@ -12,8 +12,8 @@ from celery.result import AsyncResult
 class ResultUnavailable(ConnectionError):
     """Celery's result backend (Redis) gave up reconnecting while a task's answer was awaited.
     Celery says "The Celery application must be restarted", which it need not be (the next
-    call reconnects). The task was sent and may have run: every cachemgr task is idempotent,
-    so send it again."""
+    call reconnects). The task was sent and may have run: every cachemgr task but
+    touch_directory is idempotent, so send it again (an access sent again counts twice)."""
 
 
 def raised_in(exc: BaseException, module_prefix: str) -> bool:
@@ -68,5 +68,6 @@ class TaskResult(AsyncResult):
                 raise
             raise ResultUnavailable(
                 f"Celery's result backend (Redis) cannot be reached: task {self.id} was sent "
-                "and may have run; send it again (every cachemgr task is idempotent)"
+                "and may have run; send it again (every cachemgr task but touch_directory is "
+                "idempotent: an access sent again counts twice)"
             ) from None
