@@ -30,7 +30,7 @@ from api.cli_tasks import acting, send_quota_pass, state, wait_task
 from api.errors import redis_said
 from cachemgr import events as event_log
 from cachemgr import journal, listing, paths
-from cachemgr.cleanup import cleanup_through
+from cachemgr.continuation import cleanup_through
 from cachemgr.logs import printable
 from cachemgr.pins import MAX_PIN_SECONDS
 from cachemgr.quota import quota_pass_due

@@ -736,7 +736,8 @@ def test_a_dry_run_does_not_plan_an_expired_directory_twice(cache, root):
 
 
 def test_a_resumed_eviction_that_meets_another_cleanup_tries_again(cache, root):
-    from cachemgr.cleanup import CLEANUP_BUSY, continuation
+    from cachemgr.cleanup import CLEANUP_BUSY
+    from cachemgr.continuation import continuation
     from cachemgr.locks import Lock
 
     held = Lock(cache.client, cache.keys.cleanup_lock, 5000)

@@ -9,7 +9,8 @@ from collections import namedtuple
 import pytest
 
 from cachemgr import DiskCache
-from cachemgr.cleanup import cleanup, continuation, enforce_quota
+from cachemgr.cleanup import cleanup, enforce_quota
+from cachemgr.continuation import continuation
 from cachemgr.policies import POLICIES
 from cachemgr.reconcile import reconcile
 from tests.conftest import make_tree

@@ -377,7 +377,7 @@ def test_two_nodes_on_one_root_are_refused_and_a_renamed_node_takes_it_over(
 def test_a_cleanup_run_here_goes_on_to_its_end(settings, redis_client, root):
     """`cachemgr cleanup --now` stopped after DISK_CACHE_MAX_EVICTIONS_PER_RUN ("done", usage
     far above the quota) and nothing went on, where the workers continue in new tasks."""
-    from cachemgr.cleanup import cleanup_through
+    from cachemgr.continuation import cleanup_through
 
     cache = DiskCache(settings.with_(disk_cache_max_evictions_per_run=2), redis_client)
     cache.client.set(cache.keys.initialized, "1")

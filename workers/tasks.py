@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError
 from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect, history
 from cachemgr import cleanup as cleanups
 from cachemgr.clock import RedisClock
+from cachemgr.continuation import continuation
 from cachemgr.errors import StillLocked
 from cachemgr.quota import send_quota_pass
 from cachemgr.reconcile import reconcile as reconcile_books
@@ -194,7 +195,7 @@ def _cleanup(
         again=again,
     )
     scheduled = periodic or automatic
-    rest = cleanups.continuation(result, resume=resume, owed=owed, scheduled=scheduled)
+    rest = continuation(result, resume=resume, owed=owed, scheduled=scheduled)
     if rest is not None:
         # Bounded pass (or one that met another cleanup and must run after it): hand the
         # rest to a fresh task rather than hold this worker.
