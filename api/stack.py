@@ -15,8 +15,9 @@ from typing import Any
 
 import click
 
+from cachemgr.connection import without_password
 from cachemgr.logs import configure_logging
-from cachemgr.settings import SettingsError, parse_count, without_password
+from cachemgr.settings import SettingsError, parse_count
 
 STATE_DIR = Path(os.environ.get("CACHEMGR_STATE_DIR", ".cachemgr-state"))
 

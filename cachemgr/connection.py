@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -29,17 +30,21 @@ def connect(url: str, *, interactive: bool = False) -> Any:
 
     `redis+cluster://host:port` (or `rediss+cluster://`) connects to a Redis Cluster; every
     multi-key script then runs on one shard, since a node's keys share one hash tag.
-    `redis+sentinel://host:port[,host:port]/master_name[/db]` asks Sentinel for the master.
+    `redis+sentinel://[[user]:password@]host:port[,host:port]/master_name[/db]` asks Sentinel
+    for the master (the password is the master's; the sentinels are asked without one).
     """
     wait = INTERACTIVE_SECONDS if interactive else PATIENT_SECONDS
     if url.startswith("redis+sentinel://"):
         from redis.sentinel import Sentinel
 
-        hosts, _, rest = url.removeprefix("redis+sentinel://").partition("/")
-        master, _, db = rest.partition("/")
-        sentinels = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts.split(",")]
-        return Sentinel(sentinels, socket_timeout=5).master_for(
-            master or "mymaster", db=int(db or 0), decode_responses=True, socket_timeout=wait
+        found = sentinel_parts(url)
+        return Sentinel(found.sentinels, socket_timeout=5).master_for(
+            found.master,
+            db=int(found.db or 0),
+            username=found.username,
+            password=found.password,
+            decode_responses=True,
+            socket_timeout=wait,
         )
     if "+cluster://" in url:
         try:
@@ -97,3 +102,75 @@ def _failing_fast(base: type, wait: float) -> type:
                 raise
 
     return FailingFast
+
+
+class SentinelURL(NamedTuple):
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: str
+    username: str | None
+    password: str | None
+
+
+def sentinel_parts(url: str) -> SentinelURL:
+    """`redis+sentinel://[[user]:password@]h1:p1[,h2:p2]/master[/db]`, read (a password was
+    read as part of the first host's name); ValueError names what is wrong."""
+    rest = url.removeprefix("redis+sentinel://")
+    hosts, _, path = rest.partition("/")
+    login, at, hosts = hosts.rpartition("@")
+    user, _, password = login.partition(":")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        if not name or not port.isascii() or not port.isdigit():
+            raise ValueError(f"sentinel {host!r} needs a host and a numeric port (host:port)")
+        sentinels.append((name, int(port)))
+    master, _, db = path.partition("/")
+    return SentinelURL(
+        sentinels,
+        master or "mymaster",
+        db,
+        (unquote(user) or None) if at else None,
+        unquote(password) if at and password else None,
+    )
+
+
+def without_password(url: str) -> str:
+    # Celery's failover URLs are several, split by ';' (`sentinel://:pw@a;sentinel://:pw@b`).
+    if ";" in url:
+        return ";".join(without_password(part) for part in url.split(";"))
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+# What cachemgr.connection.connect understands (redis, rediss and unix are redis-py's own).
+REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster", "unix")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why redis-py would misread the URL, if it would: a database that is not a number
+    (`/abc`) is silently database 0 there, another node's books."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        known = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+        return f"not a Redis URL: it must start with one of {known}"
+    if parts.scheme == "redis+sentinel":
+        try:
+            db = sentinel_parts(url).db
+        except ValueError as exc:
+            return str(exc)
+    else:
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError as exc:
+            return f"not a Redis URL ({exc})"
+        db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    dbs = [db] if db else []
+    dbs += parse_qs(parts.query).get("db", [])
+    for value in dbs:
+        if not value.isascii() or not value.isdigit():
+            return f"the database {value!r} is not a number"
+    return None

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from cachemgr import checks, units
+from cachemgr.connection import redis_url_problem, without_password
 from cachemgr.keys import Keys
 from cachemgr.paths import BOOKS_MARKER
 
@@ -320,48 +320,6 @@ def _shown(text: str) -> str:
     if len(text) <= 40 and re.fullmatch(r"[0-9][0-9.]*[A-Za-z]*", text):
         return text
     return quoted(text)
-
-
-def without_password(url: str) -> str:
-    # Celery's failover URLs are several, split by ';' (`sentinel://:pw@a;sentinel://:pw@b`).
-    if ";" in url:
-        return ";".join(without_password(part) for part in url.split(";"))
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
-
-# What cachemgr.connection.connect understands (redis, rediss and unix are redis-py's own).
-REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster", "unix")
-
-
-def redis_url_problem(url: str) -> str | None:
-    """Why redis-py would misread the URL, if it would: a database that is not a number
-    (`/abc`) is silently database 0 there, another node's books."""
-    parts = urlsplit(url)
-    if parts.scheme not in REDIS_SCHEMES:
-        known = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
-        return f"not a Redis URL: it must start with one of {known}"
-    if parts.scheme == "redis+sentinel":
-        hosts, _, rest = url.removeprefix("redis+sentinel://").partition("/")
-        for host in hosts.split(","):
-            if not host.rpartition(":")[2].isdigit():
-                return f"sentinel {host!r} needs a numeric port (host:port)"
-        db = rest.partition("/")[2]
-    else:
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-        except ValueError as exc:
-            return f"not a Redis URL ({exc})"
-        db = parts.path.strip("/") if parts.scheme != "unix" else ""
-    dbs = [db] if db else []
-    dbs += parse_qs(parts.query).get("db", [])
-    for value in dbs:
-        if not value.isascii() or not value.isdigit():
-            return f"the database {value!r} is not a number"
-    return None
 
 
 def log_level(environ: Mapping[str, str] | None = None, default: str = "INFO") -> str:

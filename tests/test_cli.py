@@ -950,7 +950,7 @@ def test_a_celery_url_refused_is_shown_without_its_password(monkeypatch):
 
 def test_every_password_of_a_failover_url_is_hidden():
     # Celery's failover URLs are split by ';': the second URL's password was shown.
-    from cachemgr.settings import without_password
+    from cachemgr.connection import without_password
 
     shown = without_password("junk://:one@a:26379/0;junk://u:two@b:26379/0")
     assert shown == "junk://:***@a:26379/0;junk://u:***@b:26379/0"

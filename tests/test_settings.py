@@ -262,6 +262,8 @@ def test_a_count_must_be_written_in_digits(tmp_path, name, value):
         ("redis://127.0.0.1:6379/0?db=x", "the database 'x' is not a number"),
         ("redis://127.0.0.1:port/0", "not a Redis URL"),
         ("redis+sentinel://h:26379/mymaster/x", "the database 'x' is not a number"),
+        ("redis+sentinel://:secret@h:26379/mymaster/x", "the database 'x' is not a number"),
+        ("redis+sentinel://:secret@h/mymaster", "sentinel 'h' needs a host and a numeric port"),
         ("unix:///run/redis.sock?db=x", "the database 'x' is not a number"),
     ],
 )
@@ -283,6 +285,25 @@ def test_a_redis_url_whose_database_is_not_a_number_is_refused(tmp_path, url, wh
 )  # fmt: skip
 def test_good_redis_urls_are_taken(tmp_path, url):
     assert Settings.from_env({"DISK_CACHE_ROOT": str(tmp_path), "REDIS_URL": url}).redis_url == url
+
+
+def test_a_sentinel_url_with_a_password_gives_it_to_the_master():
+    # The password was read as part of the first sentinel's host name (':secret@a'): taken,
+    # then no sentinel could be reached.
+    from cachemgr.connection import connect, sentinel_parts
+
+    url = "redis+sentinel://app:s%40cret@a:26379,b:26380/media/2"
+    parts = sentinel_parts(url)
+    assert parts.sentinels == [("a", 26379), ("b", 26380)] and parts.master == "media"
+    assert (parts.db, parts.username, parts.password) == ("2", "app", "s@cret")
+    assert sentinel_parts("redis+sentinel://:pw@a:1/m").username is None
+    assert sentinel_parts("redis+sentinel://a:1").password is None
+    client = connect(url)  # master_for connects at its first command
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["password"], kwargs["username"], kwargs["db"]) == ("s@cret", "app", 2)
+    sentinel = client.connection_pool.sentinel_manager.sentinels[0].connection_pool
+    assert sentinel.connection_kwargs["host"] == "a"
+    assert sentinel.connection_kwargs.get("password") is None
 
 
 def test_a_bad_log_level_names_the_setting_and_the_levels():

@@ -8,9 +8,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from cachemgr.connection import connect
+from cachemgr.connection import connect, without_password
 from cachemgr.keys import Keys
-from cachemgr.settings import without_password
 
 log = logging.getLogger("cachemgr")
 
