@@ -32,7 +32,7 @@ from cachemgr import events as event_log
 from cachemgr import journal, listing, paths
 from cachemgr.continuation import cleanup_through
 from cachemgr.logs import printable
-from cachemgr.pins import MAX_PIN_SECONDS
+from cachemgr.pins import MAX_PIN_SECONDS, TTL_HINT
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as run_reconcile
 from cachemgr.records import Entry
@@ -270,8 +270,7 @@ def pin(path: str, ttl: str, holder: str | None, as_json: Any) -> None:
     if seconds > MAX_PIN_SECONDS:
         # Said here, with the text typed: the domain's own message would quote a 400-digit int.
         raise Fail(
-            f"--ttl {quoted(ttl)}: ttl_seconds must be at most {MAX_PIN_SECONDS} s "
-            "(a week: renew a pin rather than make it long)",
+            f"--ttl {quoted(ttl)}: ttl_seconds must be at most {MAX_PIN_SECONDS} s{TTL_HINT}",
             EXIT_USAGE,
         )
     result = acting().pin(path, seconds, holder)  # the workers' switch, as --now obeys

@@ -77,9 +77,9 @@ class Keys:
         """ZSET used by the active eviction policy (unused by lru, which orders by cache:lru)."""
         return f"{self.prefix}cache:policy"
 
-    def policy_aux(self, name: str) -> str:
-        """Extra structures a policy needs (queues, hands, ghosts), named by the policy."""
-        return f"{self.prefix}cache:policy:{name}"
+    def policy_aux(self, policy: str, name: str) -> str:
+        """Extra structures a policy needs (queues, hands, ghosts): `name` of `policy`'s."""
+        return f"{self.prefix}cache:policy:{policy}:{name}"
 
     @cached_property
     def policy_name(self) -> str:

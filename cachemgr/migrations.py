@@ -151,7 +151,7 @@ def ensure_policy(store: Store, now: float | None = None) -> bool:
     if recorded is None or recorded == new:  # new books, or a rebuild a crash cut short
         return False
     old = POLICIES.get(recorded)
-    stale = [store.keys.policy_aux(f"{recorded}:{name}") for name in (old.aux if old else ())]
+    stale = [store.keys.policy_aux(recorded, name) for name in (old.aux if old else ())]
     if stale:
         store.client.unlink(*stale)  # a ghost can be large: freed in the background
     log.info(

@@ -27,9 +27,12 @@ if TYPE_CHECKING:
 MAX_PIN_SECONDS = 7 * 86400
 
 
+# Why a pin is no longer than a week, wherever the bound is said.
+TTL_HINT = " (a week: renew a pin rather than make it long)"
+
+
 def check_ttl(ttl_seconds: float) -> None:
-    hint = " (a week: renew a pin rather than make it long)"
-    checks.seconds("ttl_seconds", ttl_seconds, high=MAX_PIN_SECONDS, hint=hint)
+    checks.seconds("ttl_seconds", ttl_seconds, high=MAX_PIN_SECONDS, hint=TTL_HINT)
 
 
 def grant(

@@ -93,7 +93,7 @@ class Store:
             k.events,
             k.accesses,
             k.lock(path) if path is not None else k.lock(""),
-            *(k.policy_aux(f"{self.policy.name}:{name}") for name in self.policy.aux),
+            *(k.policy_aux(self.policy.name, name) for name in self.policy.aux),
         ]
 
     # -- changes ------------------------------------------------------------------------

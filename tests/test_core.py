@@ -667,7 +667,7 @@ def test_a_dry_run_right_after_a_policy_switch_changes_nothing_and_says_so(
     cleanup(before)  # the 2q structures are the ones built
     tight = settings.with_(disk_cache_eviction_policy="fifo", disk_cache_max_bytes=10 * UNIT)
     after = DiskCache(tight, redis_client, clock=clock)
-    assert redis_client.keys(before.keys.policy_aux("2q:*"))  # 2q's own, to be dropped
+    assert redis_client.keys(before.keys.policy_aux("2q", "*"))  # 2q's own, to be dropped
     plan = cleanup(after, dry_run=True)
     assert plan["policy_switch_pending"] is True
     assert redis_client.get(after.keys.policy_name) == "2q"  # the plan rebuilt nothing
@@ -677,7 +677,7 @@ def test_a_dry_run_right_after_a_policy_switch_changes_nothing_and_says_so(
     # The switch is said (an event beside the log line) and 2q's own structures are gone.
     switch = [e for e in event_log.latest(after.store, 100) if e["event"] == "policy_switched"]
     assert [(e["previous"], e["policy"], e["carried"]) for e in switch] == [("2q", "fifo", 12)]
-    assert not redis_client.keys(after.keys.policy_aux("2q:*"))
+    assert not redis_client.keys(after.keys.policy_aux("2q", "*"))
     assert cleanup(after)["policy_rebuilt"] is False
 
 

@@ -261,11 +261,11 @@ SETTLED = [n for n in NAMES if POLICIES[n].settle]
 def _queues(redis_client, store: Store) -> tuple[list[str], list[str], dict[str, str]]:
     aux = store.keys.policy_aux
     name = store.policy.name
-    main = redis_client.zrange(aux(f"{name}:main"), 0, -1)
+    main = redis_client.zrange(aux(name, "main"), 0, -1)
     if name == "s3fifo-a":  # a member of main is its 16-digit sequence, then the path
         main = [m[16:] for m in main]
-    meta = redis_client.hgetall(aux(f"{name}:meta"))
-    return redis_client.zrange(aux(f"{name}:small"), 0, -1), main, meta
+    meta = redis_client.hgetall(aux(name, "meta"))
+    return redis_client.zrange(aux(name, "small"), 0, -1), main, meta
 
 
 def _warm(redis_client, prefix: str, name: str, n: int = 60) -> Store:
@@ -353,7 +353,7 @@ def test_a_stale_settle_state_beside_a_settled_one_is_dropped(redis_client, pref
     # An older cachemgr settling in one script sets `evicted` and knows nothing of st_*.
     store = _warm(redis_client, prefix, name)
     assert store.settle(3, step=lambda: False) == 1
-    meta_key = store.keys.policy_aux(f"{name}:meta")
+    meta_key = store.keys.policy_aux(name, "meta")
     redis_client.hset(meta_key, "evicted", 1)
     assert store.victims(1)  # not SETTLING
     assert store.settle(3) == 0
@@ -395,7 +395,7 @@ def test_a_resize_reaches_the_policy_books(redis_client, prefix, name):
         sizes[path] = size
     assert store.resize("nope", 5, 1) is None
     assert store.total_bytes() == sum(sizes.values())
-    meta = redis_client.hgetall(store.keys.policy_aux(f"{name}:meta"))
+    meta = redis_client.hgetall(store.keys.policy_aux(name, "meta"))
     held = [int(meta[f]) for f in ("sb", "ab", "mb") if f in meta]
     if held:
         assert sum(held) == store.total_bytes()
@@ -422,7 +422,7 @@ def test_a_restored_victim_is_not_taken_for_a_return_from_the_ghost(redis_client
     store.settle()
     victim = store.victims(1)[0]
     assert store.claim(victim.path, "evicted", deleting_files=True)[0] == "ok"
-    ghost_key, meta_key = (store.keys.policy_aux(f"{name}:{k}") for k in GHOSTED[name])
+    ghost_key, meta_key = (store.keys.policy_aux(name, k) for k in GHOSTED[name])
     assert redis_client.zscore(ghost_key, victim.path) is not None  # remembered as evicted
     meta_before = redis_client.hgetall(meta_key)
     assert store.restore(victim.path) is True
@@ -431,7 +431,7 @@ def test_a_restored_victim_is_not_taken_for_a_return_from_the_ghost(redis_client
     assert int(meta.get("gb", 0)) == int(meta_before.get("gb", 0)) - victim.size_bytes
     assert meta.get("T") == meta_before.get("T")
     small = "ain" if name == "2q" else "small"
-    assert redis_client.zscore(store.keys.policy_aux(f"{name}:{small}"), victim.path) is not None
+    assert redis_client.zscore(store.keys.policy_aux(name, small), victim.path) is not None
     assert store.total_bytes() == sum(10 + i for i in range(12))
     assert {e.path for e in store.victims(20)} == _tracked(store)
 
@@ -477,7 +477,7 @@ def test_enforce_quota_settles_the_warm_up_in_batches(settings, redis_client, ro
 
 # -- s3fifo-a's own mechanics ------------------------------------------------------------------
 def _s3a_meta(redis_client, store: Store) -> dict[str, str]:
-    return redis_client.hgetall(store.keys.policy_aux("s3fifo-a:meta"))
+    return redis_client.hgetall(store.keys.policy_aux("s3fifo-a", "meta"))
 
 
 def test_s3fifo_a_small_queue_target_follows_the_ghost(redis_client, prefix):
@@ -524,7 +524,7 @@ def test_s3fifo_a_main_is_ordered_by_hits_and_size(redis_client, prefix):
     assert [e.path for e in store.victims(10)] == ["f", "z", "w", "x", "y"]
     for key in ("f", "z", "w"):
         evict_one(key)
-    main = redis_client.zrange(store.keys.policy_aux("s3fifo-a:main"), 0, -1, withscores=True)
+    main = redis_client.zrange(store.keys.policy_aux("s3fifo-a", "main"), 0, -1, withscores=True)
     assert [(m[16:], int(p)) for m, p in main] == [("x", 3 * 1677721), ("y", 8388608)]
     # L is now w's score: a hit scores x again from there, 4 hits (8388605) stay under y, 5 not.
     assert int(_s3a_meta(redis_client, store)["L"]) == model.L == 1677721
@@ -541,8 +541,8 @@ def test_s3fifo_a_removal_that_is_not_an_eviction(redis_client, prefix):
     keys = [f"k{(i * 7) % 23:02d}" if i % 2 else f"k{i % 3:02d}" for i in range(80)]
     replay_store(store, [(k, 5 + int(k[1:]) % 17) for k in keys], 100, 2)
     meta = _s3a_meta(redis_client, store)
-    small = store.keys.policy_aux("s3fifo-a:small")
-    in_main = list(redis_client.hkeys(store.keys.policy_aux("s3fifo-a:members")))
+    small = store.keys.policy_aux("s3fifo-a", "small")
+    in_main = list(redis_client.hkeys(store.keys.policy_aux("s3fifo-a", "members")))
     in_small = redis_client.zrange(small, 0, -1)
     assert in_main and in_small
     for path, reason in ((in_main[0], "removed"), (in_small[-1], "expired")):
