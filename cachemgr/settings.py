@@ -165,6 +165,9 @@ class Settings:
             )
         if not re.fullmatch(r"[A-Za-z0-9_.{}:-]*", self.disk_cache_key_prefix):
             fail("disk_cache_key_prefix", self.disk_cache_key_prefix, "use letters, digits, _.:{}-")
+        said = root_problem(self.disk_cache_root)
+        if said:
+            fail("disk_cache_root", self.disk_cache_root, said)
         said = name_problem(self.disk_cache_cluster)
         if said:  # it names the registry's keys
             fail("disk_cache_cluster", self.disk_cache_cluster, said)
@@ -272,13 +275,21 @@ def floor_beyond(disk: int) -> str:
     )
 
 
+def parse_fraction(text: str) -> float:
+    """A plain decimal number (`0.9`, `.85`, `9e-1`): float() alone took other scripts' digits
+    (`١`, as 1.0) and `1_0`, which sizes and durations refuse."""
+    if not re.fullmatch(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", text):
+        raise ValueError("not a number (e.g. 0.9)")
+    return float(text)
+
+
 _PARSERS: dict[str, Any] = {
     "enable_disk_cache_management": parse_bool,
     "disk_cache_ttl_seconds": units.duration,
     "disk_cache_max_bytes": units.size,
     "disk_cache_cleanup_interval": units.duration,
-    "disk_cache_lru_eviction_threshold": float,
-    "disk_cache_lru_eviction_target": float,
+    "disk_cache_lru_eviction_threshold": parse_fraction,
+    "disk_cache_lru_eviction_target": parse_fraction,
     "disk_cache_min_age_seconds": units.duration,
     "disk_cache_min_free_bytes": units.size,
     "disk_cache_max_evictions_per_run": parse_count,
@@ -320,6 +331,32 @@ def _shown(text: str) -> str:
     if len(text) <= 40 and re.fullmatch(r"[0-9][0-9.]*[A-Za-z]*", text):
         return text
     return quoted(text)
+
+
+# Directories that are never a downloads directory of their own: as the root, every folder in
+# them (/etc, /usr, a user's files) is a download to book, expire and evict.
+SYSTEM_DIRS = frozenset(
+    "/ /bin /boot /dev /etc /home /lib /lib32 /lib64 /libx32 /media /mnt /opt /proc /root /run "
+    "/sbin /srv /sys /tmp /usr /usr/bin /usr/lib /usr/local /usr/share /var /var/cache /var/lib "
+    "/var/log /var/tmp /Users /System /Library /Applications /Volumes".split()
+)
+
+
+def root_problem(root: str) -> str | None:
+    """Why `root` cannot be a cache root: a system directory, or a home directory itself."""
+    try:
+        where = Path(root).resolve()
+        home = Path.home().resolve()
+    except (OSError, RuntimeError):  # no HOME, a loop of symlinks: the other checks say it
+        return None
+    if str(where) in SYSTEM_DIRS or where == home:
+        kind = "a home directory" if where == home else "a system directory"
+        return (
+            f"{kind} ({str(where)!r}), not a downloads directory of its own: every folder in it "
+            "would be a download to expire and evict; use a directory made for the downloads "
+            "(e.g. /var/cache/downloads)"
+        )
+    return None
 
 
 def log_level(environ: Mapping[str, str] | None = None, default: str = "INFO") -> str:

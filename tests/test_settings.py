@@ -86,6 +86,9 @@ def test_a_threshold_set_alone_brings_the_target_along(tmp_path, threshold, targ
         ({"DISK_CACHE_LRU_EVICTION_THRESHOLD": "1.5"}, "DISK_CACHE_LRU_EVICTION_THRESHOLD=1.5"),
         # The text as typed, not the converted 0.0.
         ({"DISK_CACHE_LRU_EVICTION_THRESHOLD": "0"}, "DISK_CACHE_LRU_EVICTION_THRESHOLD=0:"),
+        # float() took other scripts' digits: '١' was 1.0 (a size or a duration refused it).
+        ({"DISK_CACHE_LRU_EVICTION_THRESHOLD": "١"}, "THRESHOLD='١': not a number (e.g. 0.9)"),
+        ({"DISK_CACHE_LRU_EVICTION_TARGET": "8_5e-2"}, "TARGET='8_5e-2': not a number"),
         (
             {"DISK_CACHE_LRU_EVICTION_TARGET": "0.95"},
             "DISK_CACHE_LRU_EVICTION_TARGET=0.95",
@@ -465,3 +468,19 @@ def test_requests_gunicorn_cannot_parse_are_answered_in_the_apis_json(tmp_path, 
     finally:
         serve.terminate()
         serve.wait(timeout=30)
+
+
+@pytest.mark.parametrize("root", ["/", "/etc", "/usr/", "/var/lib/../lib", "HOME"])
+def test_a_system_or_home_directory_is_no_cache_root(root, monkeypatch, tmp_path):
+    # DISK_CACHE_ROOT=/ was taken: a reconcile's plan booked boot, etc, home, usr ... as
+    # downloads for the quota passes to evict.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    kind = "a home directory" if root == "HOME" else "a system directory"
+    root = str(tmp_path) if root == "HOME" else root
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"DISK_CACHE_ROOT": root}, require_root=False)
+    said = str(err.value)
+    assert said.startswith("DISK_CACHE_ROOT=") and f": {kind} (" in said, said
+    inside = tmp_path / "downloads"
+    inside.mkdir()
+    assert Settings.from_env({"DISK_CACHE_ROOT": str(inside)}).disk_cache_root == str(inside)
