@@ -44,9 +44,9 @@ SAID = {
     "unlisted": "{count} directory(ies) in the root cannot be listed, e.g. '{example}' "
     "(permissions?): the downloads inside them are neither counted nor cleaned; make them "
     "readable to the workers",
-    "unnamable": "{count} directory(ies) in the root have names that are not UTF-8, e.g. "
-    "'{example}': cachemgr cannot book them (no Redis key can name them), so their bytes are "
-    "never counted nor cleaned; rename them",
+    "unnamable": "{count} directory(ies) in the root have names cachemgr cannot book (not "
+    "UTF-8, or read as a path: a leading backslash, a percent-encoded '..'), e.g. "
+    "'{example}': their bytes are never counted nor cleaned; rename them",
 }
 
 
@@ -77,7 +77,7 @@ def untracked(
     written), that are not tracked, nor inside or around a tracked one: {count, examples}.
     `others` gets the files met on the way (scanner.directories_at_depth); `unlisted`, the
     directories above the entry depth that could not be listed, `unnamable`, those whose
-    names are not UTF-8, which no reconcile can book (each with one example)."""
+    names no reconcile can book (paths.unbookable), each with one example."""
     found: list[str] = []
     count = 0
     chunk: list[str] = []
@@ -89,7 +89,7 @@ def untracked(
         for path, tracked in zip(chunk, _tracked(cache, chunk), strict=True):
             if tracked or path in covered:
                 continue
-            if not paths.encodable(path):
+            if paths.unbookable(path):
                 unnamable.append(paths.shown(path))
                 continue
             if not _settled(cache, path, older_than) or _holds_tracked(cache, path):

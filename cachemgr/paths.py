@@ -60,8 +60,10 @@ def normalize(path: str) -> str:
         raise PathError("path must be a string")
     if "\x00" in path:
         raise PathError("path contains a NUL byte")
-    if path.startswith("/") or path.startswith("\\"):
+    if path.startswith("/"):
         raise PathError(f"path must be relative to the cache root, got absolute {path!r}")
+    if path.startswith("\\"):  # a Windows client's absolute path, or its UNC share
+        raise PathError(f"path starts with a backslash, as a Windows absolute path: {path!r}")
     stripped = path.rstrip("/")
     if stripped in ("", "."):
         raise PathError("path names the cache root itself")
@@ -102,6 +104,18 @@ def encodable(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def unbookable(name: str) -> str | None:
+    """Why a name read off the disk cannot be booked (not UTF-8, or one normalize refuses as
+    a path: a leading backslash, a percent-encoded `..`); None when it can."""
+    if not encodable(name):
+        return "not UTF-8"
+    try:
+        normalize(name)
+    except PathError as exc:
+        return str(exc)
+    return None
 
 
 def shown(name: str) -> str:

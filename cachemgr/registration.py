@@ -218,9 +218,10 @@ def register_latest(cache: DiskCache) -> dict[str, Any]:
     )
     notes = []
     if passed:  # an older one is booked again (as just played): said, not in silence
+        why = paths.unbookable(passed[0])
         notes.append(
-            f"the newest directory, '{paths.shown(passed[0])}', has a name that is not "
-            "UTF-8 and cannot be booked: rename it"
+            f"the newest directory, '{paths.shown(passed[0])}', has a name that cannot be "
+            f"booked ({why}): rename it"
         )
     if blocked:  # the newest may be in there
         notes.append(

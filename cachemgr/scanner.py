@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cachemgr import nested, trash
-from cachemgr.paths import DIR_FLAGS, TRASH_DIR, encodable, not_a_download
+from cachemgr.paths import DIR_FLAGS, TRASH_DIR, not_a_download, unbookable
 
 
 class TooDeep(OSError):
@@ -244,26 +244,26 @@ def newest_directory(
     books: str | None = None,
 ) -> str | None:
     """The most recently created directory at the entry depth: the seed's "latest download".
-    A name that is not UTF-8 is never it (it cannot be booked: picked, it failed every
-    registration until something newer came); `passed_over` gets the newest such, if newer
-    than the one picked. `blocked` and `books` as in directories_at_depth.
+    A name that cannot be booked (not UTF-8, a leading backslash: paths.unbookable) is never
+    it (picked, it failed every registration until something newer came); `passed_over` gets
+    the newest such, if newer than the one picked. `blocked` and `books` as in directories_at_depth.
 
     Linux exposes no birth time through os.stat, so "created" is the newest st_ctime, which a
     directory gets when it is made and when its entries change, as a download writes it.
     """
     pick = key or (lambda st: st.st_ctime)
     best: tuple[float, str] | None = None
-    unbookable: tuple[float, str] | None = None
+    unnamed: tuple[float, str] | None = None
     for rel in directories_at_depth(root, depth, blocked=blocked, books=books):
         try:
             when = pick(os.lstat(root / rel))
         except FileNotFoundError:
             continue
-        if not encodable(rel):
-            if unbookable is None or when > unbookable[0]:
-                unbookable = (when, rel)
+        if unbookable(rel):
+            if unnamed is None or when > unnamed[0]:
+                unnamed = (when, rel)
         elif best is None or when > best[0]:
             best = (when, rel)
-    if passed_over is not None and unbookable and (best is None or unbookable[0] > best[0]):
-        passed_over.append(unbookable[1])
+    if passed_over is not None and unnamed and (best is None or unnamed[0] > best[0]):
+        passed_over.append(unnamed[1])
     return best[1] if best else None

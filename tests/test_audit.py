@@ -196,7 +196,8 @@ def test_names_that_are_not_utf8_are_said_not_a_failed_cleanup(
     assert result["status"] == "done"
     assert result["untracked"]["count"] == 0
     assert result["untracked"]["unnamable"] == {"count": 1, "example": "\\xff-album"}
-    assert "names that are not UTF-8, e.g. '\\xff-album'" in caplog.text and "rename" in caplog.text
+    assert "cannot book (not UTF-8, or read as a path" in caplog.text
+    assert "e.g. '\\xff-album'" in caplog.text and "rename" in caplog.text
     said = [w for w in cache.stats()["warnings"] if "not UTF-8" in w]
     assert said and "e.g. '\\xff-album'" in said[0] and "rename them" in said[0]
     assert "cachemgr_unnamable_directories 1.0" in client.get("/metrics").get_data(as_text=True)
@@ -270,7 +271,8 @@ def test_register_latest_says_when_the_newest_may_be_where_it_cannot_look(
     os.mkdir(os.path.join(os.fsencode(root), b"new", ))
     os.mkdir(os.path.join(os.fsencode(root), b"new", b"\xff-x"))  # the newest, unbookable
     done = cache.register_latest()
-    assert "the newest directory, 'new/\\xff-x', has a name that is not UTF-8" in done["warning"]
+    said = "the newest directory, 'new/\\xff-x', has a name that cannot be booked (not UTF-8)"
+    assert said in done["warning"]
 
 
 def test_register_latest_over_a_root_of_unbookable_names_says_why(cache, root):
@@ -279,8 +281,33 @@ def test_register_latest_over_a_root_of_unbookable_names_says_why(cache, root):
     from cachemgr.errors import NotOnDisk
 
     os.mkdir(os.path.join(os.fsencode(root), b"\xff-only"))
-    with pytest.raises(NotOnDisk, match="has a name that is not UTF-8 and cannot be booked"):
+    with pytest.raises(NotOnDisk, match=r"has a name that cannot be booked \(not UTF-8\)"):
         cache.register_latest()
+
+
+def test_names_normalize_refuses_are_passed_over_and_said_as_unbookable(
+    settings, redis_client, root, monkeypatch, caplog
+):
+    """A directory named '\\evil' or '%2e%2e' (legal on the disk) was the newest download,
+    and register_completed_download failed on it while the real newest went unbooked; the
+    audit told to reconcile them, which refuses them."""
+    import logging
+
+    cache = DiskCache(settings, redis_client, clock=lambda: time.time() + 2 * HOUR)
+    make_tree(root, "dl2", files=1)
+    time.sleep(0.02)
+    for name in ("\\evil", "%2e%2e"):
+        make_tree(root, name, files=1)
+        os.utime(root / name, (1, 1))
+    done = cache.register_latest()
+    assert done["path"] == "dl2", done
+    assert "has a name that cannot be booked (path " in done["warning"]
+    host_later(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="cachemgr"):
+        result = cleanup(cache, periodic=True)
+    assert result["untracked"]["count"] == 0
+    assert result["untracked"]["unnamable"]["count"] == 2
+    assert "books them" not in caplog.text and "rename them" in caplog.text
 
 
 def test_a_worker_behind_redis_does_not_take_a_download_being_written_for_a_lost_one(
