@@ -92,7 +92,11 @@ def untracked(
             if paths.unbookable(path):
                 unnamable.append(paths.shown(path))
                 continue
-            if not _settled(cache, path, older_than) or _holds_tracked(cache, path):
+            if not _settled(cache, path, older_than):
+                continue
+            if _holds_tracked(cache, path):  # one registered below the entry depth
+                if others is not None:
+                    others.extend(_beside_tracked(cache, path))
                 continue
             if cache.not_a_download(path, walk=True):  # holds another cache's root: no reconcile
                 continue  # books it (its real runs say so among their errors)
@@ -117,7 +121,8 @@ def untracked(
 
 def strays(cache: DiskCache, found: list[str], *, older_than: float) -> dict[str, Any]:
     """Files and symlinks at or above the entry depth (`root/stray.flac`, a download's files
-    written beside its directory), outside every tracked directory and untouched since
+    written beside its directory) or beside a directory registered below it (`untracked`'s
+    `others`), outside every tracked directory and untouched since
     `older_than` (ctime too: a file being written): no pass counts or deletes them.
     {files, bytes (allocated), example}."""
     files = size = 0
@@ -206,6 +211,26 @@ def _holds_tracked(cache: DiskCache, path: str) -> bool:
         if any(_tracked(cache, inside)):
             return True
     return False
+
+
+def _beside_tracked(cache: DiskCache, path: str) -> list[str]:
+    """The files in `path` (at the entry depth, holding a directory registered below it) that
+    no tracked directory holds, INSIDE_DEPTH levels down: the download's own files beside the
+    part registered were on no books and in no warning."""
+    files: list[str] = []
+    level = [path]
+    for _ in range(INSIDE_DEPTH):
+        below: list[str] = []
+        for rel in level:
+            try:
+                with os.scandir(cache.root / rel) as entries:
+                    for entry in entries:
+                        into = below if entry.is_dir(follow_symlinks=False) else files
+                        into.append(f"{rel}/{entry.name}")
+            except OSError:  # gone or unreadable meanwhile: nothing to say of it here
+                continue
+        level = [d for d, hit in zip(below, _tracked(cache, below), strict=True) if not hit]
+    return files
 
 
 def gone(

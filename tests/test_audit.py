@@ -152,6 +152,25 @@ def test_stray_files_outside_every_download_are_counted(settings, redis_client, 
     assert later["example"] in others
 
 
+def test_files_beside_a_directory_registered_below_the_entry_depth_are_strays(cache, root):
+    """`dl2/sub` registered (off the entry depth): `dl2/top` was on no books and in no
+    warning, and stayed once `dl2/sub` was evicted."""
+    make_tree(root, "dl2/sub/inner", files=1)
+    make_tree(root, "dl2/extra", files=1)
+    (root / "dl2" / "top").write_bytes(b"x" * 9000)
+    (root / "dl2" / "extra" / "bonus.flac").write_bytes(b"x" * 5000)
+    cache.register("dl2/sub")
+    aged(root, "dl2")
+    others: list[str] = []
+    found = untracked(cache, older_than=time.time() - HOUR, others=others)
+    assert found["count"] == 0  # dl2 holds a tracked directory: not a download of its own
+    assert sorted(p for p in others if p.startswith("dl2/")) == [
+        "dl2/extra/bonus.flac", "dl2/extra/track00.mp3", "dl2/top"
+    ]  # fmt: skip
+    said = strays(cache, others, older_than=time.time() + 1)
+    assert said["files"] == 3 and said["bytes"] >= 9000 + 5000 + 4096
+
+
 def test_beats_cleanup_warns_of_stray_files_that_fill_the_quota(
     settings, redis_client, root, caplog, monkeypatch
 ):
