@@ -143,8 +143,10 @@ class DiskCache:
             # A pin may precede the directory (a download about to be written), but never
             # names a file or a symlink of its own; a track inside a tracked album pins the
             # album, as the pipeline client's pin_now does.
-            if target == rel and paths.kind(paths.resolve(self.root, rel)) == "other":
-                raise paths.PathError(f"path is not a directory: {rel!r}")
+            location = paths.resolve(self.root, rel)
+            if target == rel and paths.kind(location) == "other":
+                what = "a symlink" if location.is_symlink() else "a file"
+                raise paths.PathError(f"path is {what}, not a directory: {rel!r}")
 
         return pins.grant(self.store, path, ttl_seconds, holder, self.clock(), on_disk)
 

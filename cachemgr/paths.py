@@ -183,5 +183,5 @@ def existing_directory(root: Path, path: str) -> Path:
     if stat.S_ISLNK(st.st_mode):
         raise PathError(f"path is a symlink, not a directory: {path!r}")
     if not stat.S_ISDIR(st.st_mode):
-        raise PathError(f"path is not a directory: {path!r}")
+        raise PathError(f"path is a file, not a directory: {path!r}")
     return location

@@ -435,3 +435,18 @@ def test_an_unpin_of_the_path_pinned_through_says_why_the_album_stays_pinned(clo
     cache.pin("Artist", 600)
     done = cache.unpin("Artist/alb2/cd1")
     assert done["pinned_until"] is not None and "warning" not in done
+
+
+def test_a_pin_of_a_file_or_a_symlink_says_which_as_a_registration_does(cache, root, tmp_path):
+    # A registration said "a symlink, not a directory", a pin of the same "not a directory".
+    from cachemgr.paths import PathError
+
+    make_tree(root, "album")
+    (root / "single.flac").write_bytes(b"x")
+    (root / "link").symlink_to(root / "album")
+    for name, what in (("single.flac", "a file"), ("link", "a symlink")):
+        for act in (lambda n: cache.pin(n, 60), cache.register):
+            with pytest.raises(PathError, match=f"path is {what}, not a directory: '{name}'"):
+                act(name)
+    cache.register("album")
+    assert cache.pin("album/track00.mp3", 60)["path"] == "album"  # a track pins its album
