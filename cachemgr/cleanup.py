@@ -182,6 +182,7 @@ def cleanup(
     owed: int | None = None,
     again: bool = False,
     time_budget: float = DEFAULT_TIME_BUDGET,
+    from_beat: bool = True,
 ) -> dict[str, Any]:
     """Sweep, then enforce the quota (either may be left out); one at a time across workers.
 
@@ -189,11 +190,15 @@ def cleanup(
     threshold) honour the scheduler switch; a manual one does not. Before anything is
     evicted, books that Redis lost (a FLUSHALL, a restart without persistence) are rebuilt.
     `resume` and `owed` continue an eviction a bound cut short (its result's `more`, `owed`).
+    `from_beat`: False for a periodic one that beat did not send (a pipeline's): it does
+    beat's work, but does not count as beat's run, which would hide a beat that stopped.
     """
     flags = {"periodic": periodic, "automatic": automatic, "dry_run": dry_run}
+    flags |= {"from_beat": from_beat}
     flags |= {"sweep_expired": sweep_expired, "enforce": enforce, "resume": resume, "again": again}
     for name, value in flags.items():
         checks.flag(name, value)
+    as_beat = periodic and from_beat
     if owed is not None:
         checks.whole("owed", owed)
     if not cache.settings.enable_disk_cache_management:
@@ -209,7 +214,7 @@ def cleanup(
         # books' token is not yet written. One that ended meanwhile has its root read again.
         if cache.client.exists(cache.keys.adopting):
             log.info("cleanup skipped: a reconcile is adopting the root (%s)", refused)
-            if periodic:  # beat ran: not overdue; the last cleanup's outcome stands
+            if as_beat:  # not overdue; the last cleanup's outcome stands
                 history.beat_ran(cache, cache.clock())
             _weighs_nothing(cache, dry_run)  # the adopting reconcile's own pass is sent
             return {"status": "skipped", "reason": RECONCILE_RUNNING}
@@ -218,7 +223,7 @@ def cleanup(
         _weighs_nothing(cache, dry_run)
         if not dry_run:
             failed = {"status": "failed", "error": str(refused), "error_code": refused.code}
-            history.record(cache, cache.clock(), failed, periodic)
+            history.record(cache, cache.clock(), failed, as_beat)
         log.error("cleanup refused: %s", refused, extra={"event": "cleanup_failed"})
         raise refused
     if dry_run:
@@ -257,7 +262,7 @@ def cleanup(
     depth = cache.settings.disk_cache_entry_depth  # the trashes of disks mounted above it
     lock = Lock(cache.client, cache.keys.cleanup_lock, timeout * 1000)
     if not lock.acquire():
-        if periodic:  # another is cleaning (a chain of quota passes): beat is not overdue
+        if as_beat:  # another is cleaning (a chain of quota passes): beat is not overdue
             history.beat_ran(cache, cache.clock())
         busy: dict[str, Any] = {"status": "skipped", "reason": CLEANUP_BUSY}
         # A registration's quota pass: the running cleanup weighed the usage before the
@@ -351,7 +356,7 @@ def cleanup(
             "error_code": getattr(exc, "code", ""),
             "duration_seconds": round(time.monotonic() - began, 3),
         }
-        history.record(cache, started, broke, periodic)
+        history.record(cache, started, broke, as_beat)
         log.exception("cleanup failed", extra={"event": "cleanup_failed"})
         raise
     finally:
@@ -377,7 +382,7 @@ def cleanup(
         "duration_seconds": round(time.monotonic() - began, 3),
         **unbooked,
     }
-    history.record(cache, started, result, periodic)
+    history.record(cache, started, result, as_beat)
     log.info(
         "cleanup: %d expired, %d evicted, %d bytes freed, usage %d bytes",
         len(expired.removed),

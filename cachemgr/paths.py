@@ -60,19 +60,20 @@ def normalize(path: str) -> str:
         raise PathError("path must be a string")
     if "\x00" in path:
         raise PathError("path contains a NUL byte")
-    if path.startswith("/"):
-        raise PathError(f"path must be relative to the cache root, got absolute {path!r}")
-    if path.startswith("\\"):  # a Windows client's absolute path, or its UNC share
-        raise PathError(f"path starts with a backslash, as a Windows absolute path: {path!r}")
     stripped = path.rstrip("/")
-    if stripped in ("", "."):
-        raise PathError("path names the cache root itself")
     try:
         encoded = stripped.encode("utf-8")
     except UnicodeEncodeError:
         raise PathError("path is not valid UTF-8") from None
-    if len(encoded) > MAX_PATH_BYTES:
+    # Before any message quotes it: a 10 MB path was a 10 MB log line and a 20 MB result.
+    if len(encoded) > MAX_PATH_BYTES or len(path) > 2 * MAX_PATH_BYTES:  # or its slashes
         raise PathError(f"path is longer than {MAX_PATH_BYTES} bytes")
+    if path.startswith("/"):
+        raise PathError(f"path must be relative to the cache root, got absolute {path!r}")
+    if path.startswith("\\"):  # a Windows client's absolute path, or its UNC share
+        raise PathError(f"path starts with a backslash, as a Windows absolute path: {path!r}")
+    if stripped in ("", "."):
+        raise PathError("path names the cache root itself")
     parts = stripped.split("/")
     for part in parts:
         if part == "":

@@ -81,3 +81,11 @@ def test_unicode_names_in_both_normal_forms_are_distinct_entries(cache, root):
 def test_a_long_name_is_refused_clearly(cache):
     with pytest.raises(PathError, match="longer than"):
         cache.register("a" * 4096)
+
+
+def test_a_huge_path_is_not_quoted_whole_in_its_refusal():
+    # '/' + 10 MB was quoted whole as absolute: a 10 MB log line, a 20 MB task result.
+    for path in ("/" + "a" * 10_000_000, "\\" + "b" * 1_000_000, "/" * 100_000):
+        with pytest.raises(PathError) as err:
+            normalize(path)
+        assert str(err.value) == "path is longer than 4096 bytes"

@@ -362,6 +362,49 @@ def test_a_worker_holding_a_task_outlives_a_restart_of_its_redis(
         stop(proc)
 
 
+def test_a_malformed_task_message_is_refused_and_the_worker_goes_on(
+    settings, own_redis, monkeypatch
+):
+    """A body holding only the args list (a hand-written client's) raised ValueError in
+    Celery's request: "Unrecoverable error", the worker stopped, restored the message, and
+    every worker started after it stopped on it again. A pickled task waited forever."""
+    import uuid
+
+    from celery.result import AsyncResult
+    from kombu import Connection
+
+    url = own_redis["url"]
+    proc, app = worker_on(url, settings, monkeypatch)
+    try:
+        queue, sent = queue_of(settings), {}
+        with Connection(url) as conn:
+            producer = conn.Producer()
+            for label, body in (("args alone", ["artist/album"]), ("a mapping", {"not": 1}),
+                                ("kwargs a string", [["artist/album"], "x", {}])):  # fmt: skip
+                task_id = sent[label] = str(uuid.uuid4())
+                producer.publish(
+                    body, routing_key=queue, exchange="", serializer="json",
+                    headers={"lang": "py", "task": "cachemgr.register_directory", "id": task_id,
+                             "root_id": task_id, "parent_id": None, "retries": 0},
+                )  # fmt: skip
+        pickled = app.send_task("cachemgr.touch_directory", ["artist/album"], queue=queue,
+                                serializer="pickle")  # fmt: skip
+        assert app.send_task("cachemgr.noop", queue=queue).get(timeout=60) is None
+        assert proc.poll() is None, "the worker stopped"
+        for task_id in sent.values():
+            result = AsyncResult(task_id, app=app)
+            with pytest.raises(Exception, match=r"must be \[args, kwargs, embed\]"):
+                result.get(timeout=30)
+            assert result.state == "FAILURE"
+        with pytest.raises(Exception, match="pickle"):
+            pickled.get(timeout=30)
+        # Dropped, not restored for the next worker: the queue is empty.
+        assert connect(url).llen(queue) == 0
+    finally:
+        app.close()
+        stop(proc)
+
+
 def test_a_hung_redis_is_a_json_503_within_seconds(settings, own_redis, monkeypatch):
     """Redis stopped (SIGSTOP: it still accepts connections, answers nothing): the API's read
     waited 10 s a try, tried again, and gunicorn killed it at 30 s with an HTML 500; the CLI

@@ -130,7 +130,10 @@ def test_the_rest_of_beats_cleanup_is_not_beats_own(
     looks: list[str] = []
     real = audit.report
     monkeypatch.setattr(audit, "report", lambda c: looks.append("look") or real(c))
-    first = pipeline.send("cleanup", periodic=True).get(timeout=20)
+    first = pipeline.app.send_task(
+        "cachemgr.cleanup", kwargs={"periodic": True}, queue=pipeline.queue,
+        headers={"cachemgr_beat_interval": 3600.0},  # beat's, as celeryconfig sends it
+    ).get(timeout=20)  # fmt: skip
     assert first["continued"] and "untracked" in first
     beat_at = cache.client.hget(cache.keys.last_cleanup, "periodic_time")
 

@@ -818,6 +818,30 @@ def test_a_books_url_that_cannot_be_asked_is_said_so(caplog):
     assert "could not be asked" in caplog.text and "127.0.0.1:2" in caplog.text
 
 
+def test_a_periodic_cleanup_beat_did_not_send_does_not_hide_a_stopped_beat(
+    pipeline, cache, root
+):
+    """A pipeline's `cleanup(periodic=True)` cleared "no periodic cleanup for N s": beat's run
+    was stamped by whoever sent the argument. Beat's carry its header; others do beat's work
+    (the scheduler switch, the audits) without counting as its run."""
+    make_tree(root, "a")
+    cache.register("a")
+    cache.registry.publish(cache.settings)
+    long_ago = time.time() - 100 * cache.settings.disk_cache_cleanup_interval
+    cache.client.hset(cache.keys.last_cleanup, "periodic_time", f"{long_ago:.3f}")
+    assert cache.stats()["periodic_overdue"] is True
+    done = pipeline.send("cleanup", periodic=True).get(timeout=WAIT)
+    assert done["status"] == "done" and "untracked" in done  # beat's work, done
+    stats = cache.stats()
+    assert stats["periodic_overdue"] is True
+    assert any("no periodic cleanup" in w for w in stats["warnings"]), stats["warnings"]
+    pipeline.app.send_task(
+        "cachemgr.cleanup", kwargs={"periodic": True}, queue=pipeline.queue,
+        headers={"cachemgr_beat_interval": float(cache.settings.disk_cache_cleanup_interval)},
+    ).get(timeout=WAIT)  # fmt: skip
+    assert cache.stats()["periodic_overdue"] is False  # beat's own
+
+
 def test_beat_at_another_interval_than_the_workers_is_said_not_called_stopped(
     pipeline, cache, root
 ):

@@ -24,7 +24,7 @@ from cachemgr.continuation import continuation
 from cachemgr.errors import StillLocked
 from cachemgr.quota import send_quota_pass
 from cachemgr.reconcile import reconcile as reconcile_books
-from workers.app import LOCK_RETRIES, WORKER, app, beat_interval, lock_retries
+from workers.app import BEAT_INTERVAL, LOCK_RETRIES, WORKER, app, beat_interval, lock_retries
 
 log = logging.getLogger("cachemgr.workers")
 
@@ -183,9 +183,17 @@ def _cleanup(
     every = beat_interval(task) if periodic else None
     if every is not None:
         history.beat_every(cache, every)
+    elif periodic and not task.request.retries:
+        log.warning(
+            "a periodic cleanup not sent by beat (no %s header): done as beat's, not counted "
+            "as beat's run (periodic=True is beat's to send)",
+            BEAT_INTERVAL,
+            extra={"event": "not_beat"},
+        )
     result = cleanups.cleanup(
         cache,
         periodic=periodic,
+        from_beat=every is not None,
         automatic=automatic,
         dry_run=dry_run,
         sweep_expired=sweep,
