@@ -11,7 +11,7 @@ import redis
 from cachemgr import DiskCache
 from cachemgr.errors import BadArgument
 from cachemgr.stats import counters
-from tests.conftest import make_tree
+from tests.conftest import REDIS_URL, make_tree
 
 UNIT = 5 * 4096
 WAIT = 20
@@ -900,3 +900,24 @@ def test_a_beat_interval_out_of_bounds_is_not_believed(cache):
                                                         "periodic_time": "1"})  # fmt: skip
     stats = cache.stats()
     assert not any("celery beat sends" in w for w in stats["warnings"]), stats["warnings"]
+
+
+def test_a_broker_url_the_environment_overrides_is_said(monkeypatch, caplog):
+    """CELERY_BROKER_URL set, CacheClient("redis://...:18338/0") sent its tasks to the
+    environment's broker while its broker_url said 18338, unsaid (Celery's rule)."""
+    from workers.client import CacheClient
+
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://:pw1@127.0.0.1:6379/11")
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+    with caplog.at_level("WARNING", logger="cachemgr"):
+        client = CacheClient("redis://:pw2@127.0.0.1:1/0", redis_url=REDIS_URL)
+    assert client.broker_url == "redis://:pw1@127.0.0.1:6379/11"
+    said = [r.getMessage() for r in caplog.records if "wins over the URL given" in r.getMessage()]
+    assert said == [
+        "CELERY_BROKER_URL in the environment (redis://:***@127.0.0.1:6379/11) wins over the "
+        "URL given (redis://:***@127.0.0.1:1/0), by Celery's rule: it is the one used"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cachemgr"):
+        CacheClient("redis://:pw1@127.0.0.1:6379/11", redis_url=REDIS_URL)
+    assert "wins over" not in caplog.text  # the same URL: nothing to say

@@ -23,7 +23,7 @@ from celery.result import AsyncResult
 
 from cachemgr import checks, pins
 from cachemgr.clock import CLOCK_SKEW_SECONDS, skew_of, skewed
-from cachemgr.connection import connect
+from cachemgr.connection import connect, without_password
 from cachemgr.errors import PathError
 from cachemgr.keys import Keys
 from cachemgr.migrations import to_feed
@@ -80,7 +80,8 @@ class CacheClient:
         CACHEMGR_QUEUE, DISK_CACHE_KEY_PREFIX), and `cluster` from DISK_CACHE_CLUSTER: a
         pipeline run with the workers' environment sends where they listen. Note Celery's
         own rule: a CELERY_BROKER_URL (or CELERY_RESULT_BACKEND) in the environment wins
-        over arguments. `redis`: a client for the books to use instead of one of its own
+        over arguments (said in a WARNING; `broker_url` is then the environment's).
+        `redis`: a client for the books to use instead of one of its own
         (the API's, which fails fast when Redis hangs); its owner closes it."""
         env = os.environ
         if node is None:  # a node given routes by what it published, never by this shell's
@@ -106,6 +107,9 @@ class CacheClient:
         if problem := celery_url_problem(self.broker_url, backend_url):
             raise SettingsError(problem)
         self.app = Celery("cachemgr-client", broker=self.broker_url, backend=backend_url)
+        self._say_env_wins("CELERY_BROKER_URL", broker_url, str(self.app.conf.broker_url))
+        self._say_env_wins("CELERY_RESULT_BACKEND", backend, str(self.app.conf.result_backend))
+        self.broker_url = str(self.app.conf.broker_url)  # the one tasks go to
         self.app.conf.update(
             task_serializer="json",
             accept_content=["json"],
@@ -150,6 +154,20 @@ class CacheClient:
         self._skew = 0.0
         self._skew_said = False
         self._unknown_said = False
+
+    @staticmethod
+    def _say_env_wins(name: str, given: str | None, used: str) -> None:
+        """Celery's rule: the variable in the environment wins over the URL given. A pipeline
+        given one URL sent its tasks to the environment's broker, unsaid."""
+        if given and used != given:
+            log.warning(
+                "%s in the environment (%s) wins over the URL given (%s), by Celery's rule: "
+                "it is the one used",
+                name,
+                without_password(used),
+                without_password(given),
+                extra={"event": "env_wins"},
+            )
 
     # -- routing --------------------------------------------------------------------------
     def _routing(self) -> tuple[str | None, Keys]:
