@@ -866,6 +866,8 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path, args):
     [
         ("CELERY_RESULT_BACKEND", "junk", "not a result backend Celery can use"),
         ("CELERY_BROKER_URL", "junk://x", "not a broker Celery can use (No such transport"),
+        # kombu read a bare word as an AMQP host: the worker retried amqp://junk:5672// for ever
+        ("CELERY_BROKER_URL", "junk", "not a broker Celery can use (not a URL (scheme://"),
     ],
 )
 def test_a_celery_url_celery_cannot_load_stops_everything_in_one_line(

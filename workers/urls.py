@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -80,11 +81,10 @@ def celery_url_problem(broker: str, backend: str) -> str | None:
     variable it came from; None when Celery knows both kinds. A backend Celery cannot load
     (`CELERY_RESULT_BACKEND=junk`) stopped the worker, and failed each send, in a traceback."""
     from celery.app.backends import by_url
-    from kombu import Connection
 
     env = os.environ
     for name, kind, url, load in (
-        ("CELERY_BROKER_URL", "broker", broker, lambda u: Connection(u).transport),
+        ("CELERY_BROKER_URL", "broker", broker, _broker_transport),
         ("CELERY_RESULT_BACKEND", "result backend", backend, by_url),
     ):
         try:
@@ -95,6 +95,18 @@ def celery_url_problem(broker: str, backend: str) -> str | None:
             shown = without_password(url)  # not for the log
             return f"{given}={shown!r}: not a {kind} Celery can use ({said})"
     return None
+
+
+def _broker_transport(url: str) -> Any:
+    """kombu's transport for the URL; a bare word that names none (`junk`) is not read as
+    an AMQP host name, which kombu does: the worker retried `amqp://junk:5672//` for ever."""
+    from kombu import Connection
+    from kombu.transport import TRANSPORT_ALIASES
+
+    for part in url.split(";"):
+        if "://" not in part and part not in TRANSPORT_ALIASES:
+            raise ValueError(f"not a URL (scheme://host:port/...): {part!r}")
+    return Connection(url).transport
 
 
 def celery_env_urls() -> tuple[str, str]:
