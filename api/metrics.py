@@ -42,6 +42,7 @@ COUNTERS = (
     ("cachemgr_misses", "misses", "Accesses that did not find their directory in the cache."),
     ("cachemgr_hit_bytes", "hit_bytes", "Bytes served from the cache (size of each hit)."),
     ("cachemgr_missed_bytes", "missed_bytes", "Bytes that misses had to fetch, when reported."),
+    ("cachemgr_unsized_misses", "unsized_misses", "Misses reported without their size."),
     ("cachemgr_registrations", "registrations", "Directories registered (or re-registered)."),
     ("cachemgr_freed_bytes", "bytes_freed", "Bytes whose files were deleted from the disk."),
 )

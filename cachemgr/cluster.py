@@ -108,5 +108,5 @@ def summed(per_node: list[dict[str, Any]]) -> dict[str, Any]:
     order = ["ok", "evicting", "over_quota"]
     total["quota_status"] = max((s["quota_status"] for s in per_node), key=order.index)
     total["hit_ratio"] = ratio(total["hits"], total["misses"])
-    total["byte_hit_ratio"] = ratio(total["hit_bytes"], total["missed_bytes"])
+    total["byte_hit_ratio"] = stats.byte_ratio(total)
     return total

@@ -214,6 +214,7 @@ local logcap = tonumber(ARGV[5])
 if not rec then
   count('misses', 1)
   count('missed_bytes', tonumber(ARGV[4]))
+  if tonumber(ARGV[4]) == 0 then count('unsized_misses', 1) end
   log_access(logcap, now, path, ARGV[4], 0)
   return 0
 end
@@ -268,6 +269,7 @@ end
 count('hits', nhits)
 count('hit_bytes', nbytes)
 count('misses', nmisses)
+count('unsized_misses', nmisses)  -- a batch carries no sizes
 return out
 """
 )

@@ -41,6 +41,9 @@ COUNTERS = (
     "misses",
     "hit_bytes",
     "missed_bytes",
+    # Misses reported without the bytes they had to fetch: while there are any, the byte hit
+    # ratio is unknown (a pipeline that never says the size read 100 % of bytes served).
+    "unsized_misses",
     "registrations",
     "evictions",
     "expirations",
@@ -212,12 +215,12 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         "quota_status": status,
         **counts,
         "hit_ratio": ratio(counts["hits"], counts["misses"]),
-        "byte_hit_ratio": ratio(counts["hit_bytes"], counts["missed_bytes"]),
+        "byte_hit_ratio": byte_ratio(counts),
         "since_reset": {
             **recent,
             "reset_at": iso(recent["reset_at"]),
             "hit_ratio": ratio(recent["hits"], recent["misses"]),
-            "byte_hit_ratio": ratio(recent["hit_bytes"], recent["missed_bytes"]),
+            "byte_hit_ratio": byte_ratio(recent),
         },
         "pinned_count": snap["pinned_count"],
         "scheduler_running": snap["scheduler_running"],
@@ -362,3 +365,10 @@ def reset_stats(cache: DiskCache) -> dict[str, Any]:
 
 def ratio(good: int, bad: int) -> float | None:
     return round(good / (good + bad), 6) if good + bad else None
+
+
+def byte_ratio(counts: dict[str, Any]) -> float | None:
+    """The byte hit ratio; None while a miss came without its size (unsized_misses)."""
+    if counts.get("unsized_misses"):
+        return None
+    return ratio(counts["hit_bytes"], counts["missed_bytes"])

@@ -106,6 +106,30 @@ def test_access_counts_hits_and_misses_and_renews(cache, root):
     assert 86000 < cache.client.ttl(cache.keys.dir("a")) <= 86400
 
 
+def test_a_miss_without_its_size_makes_the_byte_hit_ratio_unknown(cache, root):
+    """One hit and three misses reported without their size read a byte hit ratio of 1.0
+    (100 % of bytes served) beside a hit ratio of 0.25: a pipeline that never passes
+    miss_bytes, as README's example did not, saw nothing but hits by bytes."""
+    make_tree(root, "a")
+    cache.register("a")
+    cache.reset_stats()
+    cache.access("a")
+    cache.access("gone", miss_bytes=500)
+    r = cache.stats()["since_reset"]
+    size = cache.info("a").size_bytes
+    assert r["byte_hit_ratio"] == round(size / (size + 500), 6) and r["unsized_misses"] == 0
+    cache.access("gone")
+    cache.store.access_many(["gone", "a"])  # a batch carries no sizes
+    s = cache.stats()
+    r = s["since_reset"]
+    assert (r["misses"], r["unsized_misses"], r["missed_bytes"]) == (3, 2, 500)
+    assert r["byte_hit_ratio"] is None and s["byte_hit_ratio"] is None
+    assert r["hit_ratio"] == round(2 / 5, 6)
+    cache.reset_stats()
+    cache.access("gone", miss_bytes=100)
+    assert cache.stats()["since_reset"]["byte_hit_ratio"] == 0.0  # known again
+
+
 def test_remove_untracks_and_optionally_deletes(cache, root):
     make_tree(root, "keep")
     make_tree(root, "gone")
