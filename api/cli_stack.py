@@ -43,7 +43,9 @@ def serve(workers: int | None) -> None:
 
 
 @click.command()
-@click.option("--flower", is_flag=True, help="Also start Flower on 127.0.0.1:5555.")
+@click.option(
+    "--flower", is_flag=True, help="Also start Flower on 127.0.0.1:$FLOWER_PORT (5555)."
+)
 @click.option("--nodes", type=click.IntRange(1, 16), default=1, help="Local cache nodes to run.")
 def up(flower: bool, nodes: int) -> None:
     """Start the whole system here: Redis (embedded when REDIS_URL is unset), API, worker, beat."""

@@ -17,7 +17,7 @@ import click
 
 from cachemgr.connection import without_password
 from cachemgr.logs import configure_logging
-from cachemgr.settings import SettingsError, parse_count
+from cachemgr.settings import SettingsError, parse_bool, parse_count
 
 STATE_DIR = Path(os.environ.get("CACHEMGR_STATE_DIR", ".cachemgr-state"))
 
@@ -164,6 +164,17 @@ def _all_alive(client: Any, keys: list[str]) -> bool:
         return False
 
 
+def _served(env: dict[str, str]) -> str:
+    """What the workers do with writes: `up` said they were served with the switch off."""
+    try:
+        on = parse_bool(env.get("ENABLE_DISK_CACHE_MANAGEMENT") or "true")
+    except ValueError:  # the workers' own check says it, and stops them
+        on = True
+    return "writes are served" if on else (
+        "ENABLE_DISK_CACHE_MANAGEMENT is false: every write answers disabled"
+    )
+
+
 def up(flower: bool, nodes: int = 1) -> int:
     """Start Redis (when REDIS_URL is unset), the API, workers and beat; stop all on Ctrl-C.
     The exit code: 0 stopped by a signal; else that of the process whose end stopped all, or
@@ -283,7 +294,7 @@ def up(flower: bool, nodes: int = 1) -> int:
                 stopping = True
                 code = code or (proc.returncode if proc.returncode > 0 else 1)
             if awaited is not None and _all_alive(*awaited):
-                click.echo("ready   every node's workers are up: writes are served")
+                click.echo(f"ready   every node's workers are up: {_served(env)}")
                 awaited = None
             time.sleep(0.2)
     finally:

@@ -332,3 +332,13 @@ def test_up_stopped_by_a_process_that_died_exits_with_its_code(tmp_path: Path):
         )  # fmt: skip
     assert "web exited with 5; stopping" in done.stderr, done.stdout + done.stderr
     assert done.returncode == 5, done.stdout + done.stderr
+
+
+def test_up_says_writes_are_answered_disabled_when_the_switch_is_off():
+    # `up` printed "writes are served" while every write answered {"status": "disabled"}.
+    from api.stack import _served
+
+    assert _served({}) == "writes are served"
+    assert _served({"ENABLE_DISK_CACHE_MANAGEMENT": "true"}) == "writes are served"
+    off = _served({"ENABLE_DISK_CACHE_MANAGEMENT": "false"})
+    assert off == "ENABLE_DISK_CACHE_MANAGEMENT is false: every write answers disabled"
