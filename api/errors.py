@@ -21,6 +21,7 @@ STATUS = {
     errors.PathError: 400,
     errors.BadArgument: 400,
     errors.NotTracked: 404,
+    errors.UnknownNode: 404,
     errors.NotOnDisk: 404,
     errors.Overlap: 409,
     errors.RecordCollision: 409,

@@ -20,7 +20,7 @@ from cachemgr import (
     stats,
     trash,
 )
-from cachemgr.errors import NotTracked
+from cachemgr.errors import UnknownNode
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.nested import nested_root
@@ -203,7 +203,7 @@ class DiskCache:
         other = self.registry.settings_for(node, self.settings, known)
         if other is None:
             names = ", ".join(repr(n) for n in sorted(known)) or "none"
-            raise NotTracked(
+            raise UnknownNode(
                 f"unknown node {node!r}: no worker of it has started, or it was forgotten "
                 f"(`cachemgr forget-node`); known nodes: {names}"
             )

@@ -27,6 +27,13 @@ class NotTracked(CacheError, LookupError):
     code = "not_tracked"
 
 
+class UnknownNode(NotTracked):
+    """A node no worker has published, or one forgotten: a 404 of its own code (a client
+    told it apart from an untracked directory by the message alone)."""
+
+    code = "unknown_node"
+
+
 class NotOnDisk(CacheError, LookupError):
     """The directory does not exist under the cache root: a 404."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from cachemgr import checks
 from cachemgr.clock import CLOCK_SKEW_SECONDS, clock_skew, redis_now, skewed
-from cachemgr.errors import NodeAlive, NotTracked
+from cachemgr.errors import NodeAlive, UnknownNode
 from cachemgr.keys import Keys
 from cachemgr.logs import Repeats
 from cachemgr.reads import Batch, Lua, Reader, call, run
@@ -187,7 +187,7 @@ class NodeRegistry:
         again, publish it again. Refused while the node is up; an older entry of the same
         books (an unnamed node's previous host name) can go at any time."""
         checks.node_name(node)
-        unknown = NotTracked(f"unknown node {node!r}: it is not in {self.nodes_key}")
+        unknown = UnknownNode(f"unknown node {node!r}: it is not in {self.nodes_key}")
         entries = self.entries()
         entry = entries.get(node)
         if entry is None:

@@ -87,7 +87,7 @@ def test_the_api_forgets_a_down_node(nodes, redis_client):
     assert names(client) == ["a"]
     assert not any("node=b" in k for k in metrics_of(client))  # CacheWorkerDown stops firing
     r = client.delete("/cache/nodes/b")
-    assert r.status_code == 404 and r.get_json()["code"] == "not_tracked"
+    assert r.status_code == 404 and r.get_json()["code"] == "unknown_node"  # not a directory's
     r = client.delete("/cache/nodes/a")
     assert r.status_code == 409 and r.get_json()["code"] == "node_alive"
     assert "stop its workers first" in r.get_json()["message"]
