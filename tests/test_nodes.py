@@ -411,6 +411,33 @@ def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
     assert sent[-1] == {"queue": "far-queue"}
 
 
+def test_beat_says_a_send_that_failed_in_one_line(tmp_path, monkeypatch, caplog):
+    """Redis down: each tick's failed send was Celery's "Message Error" with two tracebacks
+    (228 lines in 20 s)."""
+    from celery import Celery
+    from celery.beat import PersistentScheduler, SchedulingError
+
+    from workers.beat import NodeScheduler
+
+    def send(self, entry, producer=None, advance=True, **kwargs):
+        raise SchedulingError("Couldn't apply scheduled task x: Error 111 connecting")
+
+    monkeypatch.setattr(PersistentScheduler, "apply_async", send)
+    monkeypatch.delenv("DISK_CACHE_NODE", raising=False)
+    app = Celery("beat-fail")
+    scheduler = NodeScheduler(app=app, schedule_filename=str(tmp_path / "schedule"), lazy=True)
+    entry = scheduler.Entry(name="other", task="cachemgr.noop", schedule=60.0, app=app)
+    with caplog.at_level("INFO"):
+        scheduler.apply_entry(entry)
+    failed = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in failed] == [
+        "beat: could not send other (cachemgr.noop): Couldn't apply scheduled task x: Error 111 "
+        "connecting; it is sent again at its next time"
+    ]
+    assert failed[0].exc_info is None and "Traceback" not in caplog.text
+    assert "Sending due task other (cachemgr.noop)" in caplog.text
+
+
 def test_registry_entries_are_decoded_once_per_text_and_handed_out_as_copies():
     from cachemgr.nodes import NodeRegistry
 

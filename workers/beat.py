@@ -17,6 +17,7 @@ from cachemgr.settings import Settings, cluster_of
 from workers.results import quiet_backend_noise
 
 log = logging.getLogger("cachemgr.workers")
+celery_log = logging.getLogger("celery.beat")  # its "Sending due task" line, kept
 
 # celeryconfig's name for a node's periodic cleanup (DISK_CACHE_NODES); the suffix is the node.
 NODE_ENTRY = "cachemgr-periodic-cleanup-"
@@ -75,7 +76,19 @@ class NodeScheduler(PersistentScheduler):
             if queue and queue != entry.options.get("queue"):
                 log.info("beat: node %s's workers read %s: its cleanups go there", node, queue)
                 entry.options["queue"] = queue
-        super().apply_entry(entry, producer)
+        celery_log.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
+        try:
+            self.apply_async(entry, producer=producer, advance=False)
+        except Exception as exc:
+            # Celery's own said each failed send with two tracebacks (Redis down: 30 lines
+            # a tick); the next send is at the entry's next time, as before.
+            log.error(
+                "beat: could not send %s (%s): %s; it is sent again at its next time",
+                entry.name,
+                entry.task,
+                exc,
+                extra={"event": "beat_send_failed"},
+            )
 
     def _say_unknown(self, node: str, queue: Any) -> None:
         said: Repeats = self.__dict__.setdefault("_unknown_said", Repeats(UNKNOWN_NODE_SECONDS))
