@@ -151,10 +151,18 @@ def _notes(cache: DiskCache, rel: str, found: scanner.ScanResult) -> list[tuple[
 def _vanished(cache: DiskCache, rel: str, token: str) -> str:
     """A registration of a tracked directory gone from disk: the books counted it still
     (a hit for every access, bytes never there): off them now, as reconcile would, once
-    the root is known to be mounted (RootMissing otherwise: nothing is untracked)."""
+    the root is known to be mounted (RootMissing otherwise: nothing is untracked), and not
+    under the bare mount point of a disk below the root not mounted (kept, as beat's audit
+    and a pass keep it: re-registered then, its books went while its files were there)."""
     marker.check_root(cache)
     if paths.kind_at(cache.root, rel) != "missing":  # back already (a download replaced)
         return ""
+    entry = cache.store.info(rel)
+    if entry is not None and marker.under_bare_mount(cache, [entry]):
+        return (
+            "; it is tracked and kept on the books: missing under an empty directory "
+            "unchanged since it was booked (a disk not mounted?)"
+        )
     taken = cache.store.claim(
         rel, "vanished", now=cache.clock(), honour_pins=False, deleting_files=False,
         lock_token=token,

@@ -518,6 +518,26 @@ def test_a_pass_keeps_what_is_missing_under_a_disk_not_mounted(cache, root):
     assert evict["count"] >= 1 and evict["vanished"] == []  # the pass went on to the next
 
 
+def test_a_registration_keeps_what_is_missing_under_a_disk_not_mounted(cache, root):
+    """A pipeline re-registering a download on a disk under the root while that disk was not
+    mounted took it off the books (vanished), as beat's audit and a pass do not."""
+    import pytest
+
+    from cachemgr.errors import NotOnDisk
+
+    make_tree(root / "disk2", "artist/album")
+    cache.register("disk2/artist/album")
+    shutil.rmtree(root / "disk2" / "artist")
+    bare(root / "disk2")
+    with pytest.raises(NotOnDisk, match="kept on the books: missing under an empty directory"):
+        cache.register("disk2/artist/album")
+    assert cache.store.tracked(["disk2/artist/album"]) == [True]
+    os.utime(root / "disk2")  # emptied just now, by hand: gone for good
+    with pytest.raises(NotOnDisk, match="taken off the books"):
+        cache.register("disk2/artist/album")
+    assert cache.store.tracked(["disk2/artist/album"]) == [False]
+
+
 def bare(directory) -> None:
     """As the mount point a disk leaves when it is not mounted: unchanged since before it."""
     then = time.time() - 3600
