@@ -533,6 +533,30 @@ def test_for_path_takes_the_live_node_of_a_root_another_left(
         cleanup_prefix(redis_client, "{gone}:")
 
 
+def test_a_client_given_a_queue_no_worker_published_says_so(two_nodes, caplog):
+    """CacheClient(queue="celeryy") sent every task to a queue nobody reads, unsaid (a
+    misspelt node was said)."""
+    from workers.client import CacheClient
+
+    b = two_nodes["b"]
+    cluster = b.settings.disk_cache_cluster
+    b.registry.publish(b.settings, queue="b-queue")
+    typo = CacheClient(REDIS_URL, redis_url=REDIS_URL, queue="b-qeue", cluster=cluster)
+    right = CacheClient(REDIS_URL, redis_url=REDIS_URL, queue="b-queue", cluster=cluster)
+    try:
+        with caplog.at_level("WARNING", logger="cachemgr"):
+            assert typo.queue == "b-qeue" and right.queue == "b-queue"
+            typo.queue  # noqa: B018 - once a client: the route is kept
+        said = [r.getMessage() for r in caplog.records if "has published queue" in r.getMessage()]
+        assert said == [
+            "no worker has published queue b-qeue (the nodes' workers read b-queue): its tasks "
+            "wait there until one reads it (a misspelt queue?)"
+        ]
+    finally:
+        typo.close()
+        right.close()
+
+
 def test_a_client_given_nothing_routes_by_the_workers_environment(
     cache, root, monkeypatch, redis_client
 ):

@@ -186,6 +186,8 @@ class CacheClient:
                 if prefix is None:
                     prefix = entry.get("key_prefix", Keys.node_prefix(self.node))
             route = (queue, Keys(prefix or ""))
+            if self._queue is not None and found:
+                self._say_unread_queue(self._queue)
             if not found:
                 if unpublished and not self._unknown_said:
                     # A misspelt node's tasks filled a queue nobody reads, unsaid.
@@ -199,6 +201,23 @@ class CacheClient:
                 return route  # asked again next time, once Redis answers
             self._route = route
         return self._route
+
+    def _say_unread_queue(self, queue: str) -> None:
+        """A queue given (an argument, CACHEMGR_QUEUE) that no node's workers published: a
+        typo's tasks waited there for ever, unsaid (a misspelt node was said)."""
+        try:
+            entries = NodeRegistry(self._books(), self.cluster).entries()
+        except Exception:  # books away: nothing to tell it by
+            return
+        read = sorted({str(e["queue"]) for e in entries.values() if e.get("queue")})
+        if read and queue not in read:
+            log.warning(
+                "no worker has published queue %s (the nodes' workers read %s): its tasks "
+                "wait there until one reads it (a misspelt queue?)",
+                queue,
+                ", ".join(read),
+                extra={"event": "unread_queue"},
+            )
 
     @property
     def queue(self) -> str | None:
