@@ -61,7 +61,7 @@ def wrong_database(exc: BaseException) -> str | None:
 # A script's error names its SHA and Lua line: nothing a user can act on.
 SCRIPT_WHERE = re.compile(
     r"\s*script: [0-9a-f]{40}, on @user_script:\d+\.?"
-    # A redis.call's error inside a script, as Redis 7 words it for some commands.
+    # A redis.call's error inside a script, as Redis before 7 words it.
     r"|Error running script \(call to f_[0-9a-f]+\): @user_script:\d+: @user_script: \d+: -?"
 )
 # What a Redis that refuses a write (out of memory) says, its code stripped by redis-py.

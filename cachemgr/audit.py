@@ -214,23 +214,17 @@ def _holds_tracked(cache: DiskCache, path: str) -> bool:
 
 
 def _beside_tracked(cache: DiskCache, path: str) -> list[str]:
-    """The files in `path` (at the entry depth, holding a directory registered below it) that
-    no tracked directory holds, INSIDE_DEPTH levels down: the download's own files beside the
-    part registered were on no books and in no warning."""
-    files: list[str] = []
-    level = [path]
-    for _ in range(INSIDE_DEPTH):
-        below: list[str] = []
-        for rel in level:
-            try:
-                with os.scandir(cache.root / rel) as entries:
-                    for entry in entries:
-                        into = below if entry.is_dir(follow_symlinks=False) else files
-                        into.append(f"{rel}/{entry.name}")
-            except OSError:  # gone or unreadable meanwhile: nothing to say of it here
-                continue
-        level = [d for d, hit in zip(below, _tracked(cache, below), strict=True) if not hit]
-    return files
+    """The files in `path` (at the entry depth, holding a directory registered below it),
+    INSIDE_DEPTH levels down, passing over what a look at the root passes over (the trash, a
+    disk's own folders, another cache's root): the download's own files beside the part
+    registered were on no books and in no warning. Those inside a tracked directory are
+    among them, for `strays` to pass over (_covered), as it does the root's."""
+    found: list[str] = []
+    for _ in scanner.directories_at_depth(
+        cache.root / path, INSIDE_DEPTH, others=found, books=cache.keys.prefix
+    ):
+        pass
+    return [f"{path}/{rel}" for rel in found]
 
 
 def gone(

@@ -52,8 +52,7 @@ def diagnose(
     if stats["quota_status"] == "over_quota":
         advice = cleanups_wait or (
             "run a manual cleanup, lower DISK_CACHE_TTL_SECONDS, or check for pinned directories "
-            "and for ones younger than DISK_CACHE_MIN_AGE_SECONDS (a manual cleanup passes "
-            "over both)"
+            "and for ones still within their minimum age (a manual cleanup passes over both)"
         )
         problems.append(
             f"over quota: {stats['total_bytes']} of {stats['max_bytes']} bytes used; {advice}"

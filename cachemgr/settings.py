@@ -337,25 +337,29 @@ def _shown(text: str) -> str:
 # them (/etc, /usr, a user's files) is a download to book, expire and evict.
 SYSTEM_DIRS = frozenset(
     "/ /bin /boot /dev /etc /home /lib /lib32 /lib64 /libx32 /media /mnt /opt /proc /root /run "
-    "/sbin /srv /sys /tmp /usr /usr/bin /usr/lib /usr/local /usr/share /var /var/cache /var/lib "
-    "/var/log /var/tmp /Users /System /Library /Applications /Volumes".split()
+    "/sbin /srv /sys /tmp /usr /usr/bin /usr/lib /usr/lib32 /usr/lib64 /usr/local /usr/sbin "
+    "/usr/share /var /var/cache /var/lib /var/log /var/tmp /Users /System /Library "
+    "/Applications /Volumes /private /private/etc /private/tmp /private/var".split()
 )
+HOMES = ("/home", "/Users")  # whose folders are users' homes
 
 
 def root_problem(root: str) -> str | None:
-    """Why `root` cannot be a cache root: a system directory, or a home directory itself."""
+    """Why `root` cannot be a cache root: a system directory, or a home directory itself
+    (a folder of /home or /Users, or this user's), as written or as it resolves."""
     try:
-        where = Path(root).resolve()
-        home = Path.home().resolve()
-    except (OSError, RuntimeError):  # no HOME, a loop of symlinks: the other checks say it
-        return None
-    if str(where) in SYSTEM_DIRS or where == home:
-        kind = "a home directory" if where == home else "a system directory"
-        return (
-            f"{kind} ({str(where)!r}), not a downloads directory of its own: every folder in it "
-            "would be a download to expire and evict; use a directory made for the downloads "
-            "(e.g. /var/cache/downloads)"
-        )
+        home = str(Path.home().resolve())
+    except (OSError, RuntimeError):  # no HOME: the other checks stand
+        home = None
+    for where in dict.fromkeys((os.path.abspath(root), os.path.realpath(root))):
+        if where in SYSTEM_DIRS or where == home or os.path.dirname(where) in HOMES:
+            system = where in SYSTEM_DIRS
+            kind = "a system directory" if system else "a home directory"
+            return (
+                f"{kind} ({where!r}), not a downloads directory of its own: every folder in "
+                "it would be a download to expire and evict; use a directory made for the "
+                "downloads (e.g. /var/cache/downloads)"
+            )
     return None
 
 

@@ -159,15 +159,20 @@ def test_files_beside_a_directory_registered_below_the_entry_depth_are_strays(ca
     make_tree(root, "dl2/extra", files=1)
     (root / "dl2" / "top").write_bytes(b"x" * 9000)
     (root / "dl2" / "extra" / "bonus.flac").write_bytes(b"x" * 5000)
+    # What a look at the root passes over, there too: cachemgr's trash (a disk mounted at
+    # dl2 has its own), a file system's lost+found.
+    make_tree(root, "dl2/.cachemgr-trash/item-1", files=1)
+    make_tree(root, "dl2/lost+found", files=1)
     cache.register("dl2/sub")
     aged(root, "dl2")
     others: list[str] = []
     found = untracked(cache, older_than=time.time() - HOUR, others=others)
     assert found["count"] == 0  # dl2 holds a tracked directory: not a download of its own
-    assert sorted(p for p in others if p.startswith("dl2/")) == [
-        "dl2/extra/bonus.flac", "dl2/extra/track00.mp3", "dl2/top"
+    listed = sorted(p for p in others if p.startswith("dl2/"))
+    assert listed == [
+        "dl2/extra/bonus.flac", "dl2/extra/track00.mp3", "dl2/sub/inner/track00.mp3", "dl2/top"
     ]  # fmt: skip
-    said = strays(cache, others, older_than=time.time() + 1)
+    said = strays(cache, others, older_than=time.time() + 1)  # dl2/sub's own: not strays
     assert said["files"] == 3 and said["bytes"] >= 9000 + 5000 + 4096
 
 

@@ -470,12 +470,14 @@ def test_requests_gunicorn_cannot_parse_are_answered_in_the_apis_json(tmp_path, 
         serve.wait(timeout=30)
 
 
-@pytest.mark.parametrize("root", ["/", "/etc", "/usr/", "/var/lib/../lib", "HOME"])
+@pytest.mark.parametrize(
+    "root", ["/", "/etc", "/usr/", "/var/lib/../lib", "/sbin", "/home/alice", "HOME"]
+)
 def test_a_system_or_home_directory_is_no_cache_root(root, monkeypatch, tmp_path):
     # DISK_CACHE_ROOT=/ was taken: a reconcile's plan booked boot, etc, home, usr ... as
     # downloads for the quota passes to evict.
     monkeypatch.setenv("HOME", str(tmp_path))
-    kind = "a home directory" if root == "HOME" else "a system directory"
+    kind = "a home directory" if root in ("HOME", "/home/alice") else "a system directory"
     root = str(tmp_path) if root == "HOME" else root
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"DISK_CACHE_ROOT": root}, require_root=False)

@@ -60,6 +60,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         """Celery's logged the whole message with a traceback, and sent no result."""
         headers = message.headers or {}
+        if isinstance(body, dict):  # a protocol 1 message: its id and name are in its body
+            headers = {**body, **headers}
         task_id, name = headers.get("id"), headers.get("task")
         why = printable(str(exc))[:500]
         log.error(
@@ -79,8 +81,9 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
 
 def _checked(strategy: Callable[..., Any]) -> Callable[..., Any]:
-    """The task's strategy, refusing a body that is not [args, kwargs, embed] as an invalid
-    task (Celery's own refusals included: a serializer it does not accept)."""
+    """The task's strategy, refusing a body that is not [args, kwargs, embed] (nor a
+    protocol 1 body under protocol 2 headers, which Celery converts) as an invalid task
+    (Celery's own refusals included: a serializer it does not accept)."""
 
     def checked(message: Any, body: Any, *rest: Any, **kwargs: Any) -> Any:
         if body is None and "task" in (message.headers or {}):  # protocol 2: decoded here
@@ -90,7 +93,8 @@ def _checked(strategy: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             except Exception as exc:
                 raise InvalidTaskError(f"the message body cannot be decoded ({exc})") from exc
-            if not (
+            hybrid = isinstance(payload, dict) and "args" in payload  # Celery converts it
+            if not hybrid and not (
                 isinstance(payload, list | tuple)
                 and len(payload) == 3
                 and isinstance(payload[0], list | tuple)

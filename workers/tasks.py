@@ -183,7 +183,8 @@ def _cleanup(
     every = beat_interval(task) if periodic else None
     if every is not None:
         history.beat_every(cache, every)
-    elif periodic and not task.request.retries:
+    from_beat = BEAT_INTERVAL in (task.request.headers or {})  # its interval believed or not
+    if periodic and not from_beat and not task.request.retries:
         log.warning(
             "a periodic cleanup not sent by beat (no %s header): done as beat's, not counted "
             "as beat's run (periodic=True is beat's to send)",
@@ -193,7 +194,7 @@ def _cleanup(
     result = cleanups.cleanup(
         cache,
         periodic=periodic,
-        from_beat=every is not None,
+        from_beat=from_beat,
         automatic=automatic,
         dry_run=dry_run,
         sweep_expired=sweep,
