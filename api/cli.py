@@ -35,7 +35,6 @@ from cachemgr.logs import printable
 from cachemgr.pins import MAX_PIN_SECONDS, TTL_HINT
 from cachemgr.quota import quota_pass_due
 from cachemgr.reconcile import reconcile as run_reconcile
-from cachemgr.records import Entry
 from cachemgr.settings import parse_duration, parse_size, quoted
 
 # The API's own limit for GET /cache/events; a COUNT past 2^63 was a Redis error's traceback.
@@ -106,7 +105,7 @@ def stats(reset: bool, node: str | None, as_json: bool | None) -> None:
 @click.command("ls")
 @click.option("--larger-than", help="Only directories larger than this (e.g. 1GB).")
 @click.option("--idle-for", help="Only directories not accessed for this long (e.g. 7d).")
-@click.option("--sort", type=click.Choice(["last-access", "size", "hits"]), default="last-access")
+@click.option("--sort", type=click.Choice(list(listing.ORDERS)), default="last-access")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
 @json_option
 @with_appcontext
@@ -119,24 +118,10 @@ def ls(
     min_size = None if larger_than is None else _option("--larger-than", larger_than, parse_size)
     idle = None if idle_for is None else _option("--idle-for", idle_for, parse_duration)
     acting = state().cache.enforcing()  # the workers' TTL
-    store, now = acting.store, acting.clock()  # now by Redis's clock, as the books
-    entries: list[Entry] = []
-    cursor = None
-    while True:
-        page, cursor = listing.page(store, 1000, cursor)
-        entries += [
-            e
-            for e in page
-            if (min_size is None or e.size_bytes > min_size)
-            and (idle is None or now - e.last_access >= idle)
-        ]
-        if cursor is None:
-            break
-    if sort == "size":
-        entries.sort(key=lambda e: e.size_bytes, reverse=True)
-    elif sort == "hits":
-        entries.sort(key=lambda e: e.hits, reverse=True)
-    entries = entries[:limit] if limit else entries
+    now = acting.clock()  # by Redis's clock, as the books
+    entries = listing.select(
+        acting.store, now, larger_than=min_size, idle_for=idle, sort=sort, limit=limit
+    )
     emit([e.to_dict() for e in entries], as_json, lambda _: entry_rows(entries, now))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import heapq
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -160,6 +160,47 @@ def page(store: Store, limit: int, cursor: str | None = None) -> tuple[list[Entr
     items = items[:limit]
     next_cursor = encode_cursor(items[-1][1], items[-1][0]) if more and items else None
     return store.entries(items), next_cursor
+
+
+# How select() orders what it keeps (page's own order, newest access first, is the default).
+ORDERS: dict[str, Callable[[Entry], float] | None] = {
+    "last-access": None,
+    "size": lambda e: e.size_bytes,
+    "hits": lambda e: e.hits,
+}
+
+
+def select(
+    store: Store,
+    now: float,
+    *,
+    larger_than: int | None = None,
+    idle_for: float | None = None,
+    sort: str = "last-access",
+    limit: int | None = None,
+    batch: int = 1000,
+) -> list[Entry]:
+    """Every tracked directory larger than `larger_than` bytes and not accessed for
+    `idle_for` seconds (by `now`, the books' clock), ordered by `sort` (ORDERS: largest and
+    most played first), the first `limit` of them. Read a page at a time."""
+    if sort not in ORDERS:
+        raise ValueError(f"unknown order {sort!r} (known: {', '.join(ORDERS)})")
+    found: list[Entry] = []
+    cursor = None
+    while True:
+        entries, cursor = page(store, batch, cursor)
+        found += [
+            e
+            for e in entries
+            if (larger_than is None or e.size_bytes > larger_than)
+            and (idle_for is None or now - e.last_access >= idle_for)
+        ]
+        if cursor is None:
+            break
+    key = ORDERS[sort]
+    if key is not None:
+        found.sort(key=key, reverse=True)
+    return found[:limit] if limit else found
 
 
 # A page's cursor: (last access, path) of its last entry, opaque to the client.

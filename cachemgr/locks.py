@@ -119,3 +119,26 @@ class Keeper:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+# The longest a registration waits for a lock to lapse before it is sent again: well under the
+# broker's visibility timeout (celeryconfig: 600 s), past which a Redis broker hands a task
+# held for its countdown to another worker as well.
+MAX_RETRY_SECONDS = 300.0
+
+
+def retry_wait(retries: int) -> float:
+    """The wait before a task skipped for another's lock runs again (by that lock's lapse at
+    the latest): 2 s, doubling to MAX_RETRY_SECONDS. A live holder's goes in seconds (waited
+    out to its lapse, 5 min by default); a dead worker's lapses."""
+    return min(MAX_RETRY_SECONDS, 2.0 * 2 ** min(retries, 16))
+
+
+def retries_to_outlast(timeout: float) -> int:
+    """How many retries, waiting retry_wait each, outlast a lock of `timeout` seconds (the
+    longest a dead worker's stands), with 3 to spare."""
+    n, waited = 0, 0.0
+    while waited < timeout:
+        waited += retry_wait(n)
+        n += 1
+    return n + 3

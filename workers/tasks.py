@@ -22,6 +22,7 @@ from cachemgr import cleanup as cleanups
 from cachemgr.clock import RedisClock
 from cachemgr.continuation import continuation
 from cachemgr.errors import StillLocked
+from cachemgr.locks import retries_to_outlast, retry_wait
 from cachemgr.quota import send_quota_pass
 from cachemgr.reconcile import reconcile as reconcile_books
 from workers.app import BEAT_INTERVAL, LOCK_RETRIES, WORKER, app, beat_interval, lock_retries
@@ -44,10 +45,6 @@ RETRY: dict[str, Any] = {
     "max_retries": 20,
 }
 IDEMPOTENT = {"acks_late": True, **RETRY}
-# The longest a registration waits for a lock to lapse before it is sent again: well under the
-# broker's visibility timeout (celeryconfig: 600 s), past which a Redis broker hands a task
-# held for its countdown to another worker as well.
-MAX_RETRY_SECONDS = 300.0
 
 
 def get_cache() -> DiskCache:
@@ -121,23 +118,6 @@ def _done_or_later(
         return {**done, "sent_again": True}
     # The lock named as the retry's reason: a waiting caller tells it from a lost Redis.
     raise task.retry(exc=StillLocked(reason), countdown=countdown, headers=headers)
-
-
-def retry_wait(retries: int) -> float:
-    """The wait before a task skipped for another's lock runs again (by that lock's lapse at
-    the latest): 2 s, doubling to MAX_RETRY_SECONDS. A live holder's goes in seconds (waited
-    out to its lapse, 5 min by default); a dead worker's lapses."""
-    return min(MAX_RETRY_SECONDS, 2.0 * 2 ** min(retries, 16))
-
-
-def retries_to_outlast(timeout: float) -> int:
-    """How many retries, waiting retry_wait each, outlast a lock of `timeout` seconds (the
-    longest a dead worker's stands), with 3 to spare."""
-    n, waited = 0, 0.0
-    while waited < timeout:
-        waited += retry_wait(n)
-        n += 1
-    return n + 3
 
 
 def _queue_of(task: Task) -> str:
