@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from inspect import iscoroutinefunction
 from typing import Any
+from urllib.parse import urlsplit
 
 import swagger_ui_bundle
 from flask import Flask, jsonify, request, send_from_directory
@@ -69,7 +70,12 @@ def api_settings(serving: bool = True) -> dict[str, Any]:
             f"DISK_CACHE_API_READ_AUTH={raw!r} needs DISK_CACHE_API_TOKEN: without a token no "
             "read can be checked; set one (or set DISK_CACHE_API_READ_AUTH=false)"
         )
-    return {"DISK_CACHE_API_TOKEN": token, "DISK_CACHE_API_READ_AUTH": read_auth}
+    hosts = [h.strip().lower() for h in os.environ.get("DISK_CACHE_API_HOSTS", "").split(",")]
+    return {
+        "DISK_CACHE_API_TOKEN": token,
+        "DISK_CACHE_API_READ_AUTH": read_auth,
+        "DISK_CACHE_API_HOSTS": [h for h in hosts if h],
+    }
 
 
 class AnyPath(PathConverter):
@@ -132,6 +138,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     for command in COMMANDS:
         app.cli.add_command(command)
+    _browsers(app)
     _auth(app)
     _health(app)
 
@@ -153,6 +160,56 @@ def _presented_token(header: str) -> str:
         except (ValueError, UnicodeDecodeError):
             return ""
     return ""
+
+
+# The names a browser on this host reaches a loopback API by.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+PROBES = ("/healthz", "/readyz")
+
+
+def _browsers(app: Flask) -> None:
+    """Another site's page may send a write that needs no preflight (a form's POST, a no-cors
+    fetch): with no token, a loopback API did it (stop-scheduler: the disk then fills), and
+    with one, a browser sent its cached Basic password along. Refused when the browser says
+    the request comes from another origin. And a loopback API (no token) answers only to a
+    loopback Host or one of DISK_CACHE_API_HOSTS: another name resolving to 127.0.0.1 (DNS
+    rebinding) made another site's page same-origin with it."""
+
+    @app.before_request
+    def same_origin() -> Any:
+        if request.path in PROBES:
+            return None
+        host = (urlsplit(f"//{request.host}").hostname or "").lower()
+        if not app.config["DISK_CACHE_API_TOKEN"] and not _loopback(host) and (
+            host not in app.config.get("DISK_CACHE_API_HOSTS", ())
+        ):
+            return body(403, "host_not_allowed", (
+                f"Host {request.host!r} is not this loopback API's name (localhost, 127.0.0.1, "
+                "[::1]): another name resolving here lets another site's page in; add it to "
+                "DISK_CACHE_API_HOSTS if it is yours (a proxy's)"
+            ))  # fmt: skip
+        if request.method in WRITE_METHODS and _from_elsewhere(request):
+            origin = request.headers.get("Origin") or request.headers.get("Sec-Fetch-Site")
+            return body(403, "cross_origin", (
+                f"a write sent by a page of another origin ({origin}) is refused: another "
+                "site must not steer the cache; send it from a script, curl or this API's "
+                "own pages"
+            ))  # fmt: skip
+        return None
+
+
+def _from_elsewhere(req: Any) -> bool:
+    """What the browser says of a request's origin: Sec-Fetch-Site where it sends one (it
+    knows, behind any proxy), else an Origin whose host is not the request's."""
+    site = req.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("cross-site", "same-site")
+    origin = req.headers.get("Origin")
+    return bool(origin) and urlsplit(origin).netloc.lower() != req.host.lower()
+
+
+def _loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def _auth(app: Flask) -> None:

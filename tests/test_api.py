@@ -213,6 +213,39 @@ def test_writes_need_the_token_when_one_is_set(app, client, root):
     assert client.get("/", headers=wrong).status_code == 401
 
 
+def test_another_sites_page_cannot_steer_the_cache(app, client):
+    """A form POST or a no-cors fetch from another site needs no preflight: a loopback API
+    without a token stopped the scheduler for it (the disk then fills), and with a token a
+    browser sent its cached Basic password along. Another name resolving to 127.0.0.1 (DNS
+    rebinding) made that site same-origin with a loopback API."""
+    import base64
+
+    evil = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    refused = client.post("/cache/stop-scheduler", headers=evil)
+    assert refused.status_code == 403 and refused.get_json()["code"] == "cross_origin"
+    assert app.extensions["cachemgr"].cache.scheduler_running()
+    old_browser = client.post("/cache/stats/reset", headers={"Origin": "http://evil.example"})
+    assert old_browser.status_code == 403  # no Sec-Fetch-Site: the Origin says it
+    own = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}  # its own pages
+    assert client.post("/cache/stats/reset", headers=own).status_code == 200
+    assert client.post("/cache/stats/reset").status_code == 200  # curl, a script: no Origin
+    assert client.get("/cache/stats", headers=evil).status_code == 200  # reads: CORS keeps them
+    # DNS rebinding: a Host that is not loopback, on an API without a token.
+    rebound = client.get("/cache/stats", headers={"Host": "attacker.example:8080"})
+    assert rebound.status_code == 403 and rebound.get_json()["code"] == "host_not_allowed"
+    assert client.get("/healthz", headers={"Host": "attacker.example"}).status_code == 200
+    for host in ("127.0.0.1:8080", "[::1]:8080", "LOCALHOST"):
+        assert client.get("/cache/stats", headers={"Host": host}).status_code == 200, host
+    app.config["DISK_CACHE_API_HOSTS"] = ["cache.internal"]  # a proxy's name, allowed
+    assert client.get("/cache/stats", headers={"Host": "cache.internal"}).status_code == 200
+    # With a token the API listens beyond loopback (any Host), and Basic is no way around it.
+    app.config["DISK_CACHE_API_TOKEN"] = "s3cret"
+    assert client.get("/cache/stats", headers={"Host": "cache.example"}).status_code == 200
+    basic = {"Authorization": "Basic " + base64.b64encode(b":s3cret").decode()}
+    refused = client.post("/cache/stop-scheduler", headers={**evil, **basic})
+    assert refused.status_code == 403 and app.extensions["cachemgr"].cache.scheduler_running()
+
+
 def test_health_and_readiness(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz").get_json()
