@@ -99,6 +99,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         API_TITLE="cachemgr",
         API_VERSION="1.0",
         OPENAPI_VERSION="3.0.3",
+        # Swagger UI's Authorize sends the token only to operations that name a scheme; {}:
+        # none, as reads without DISK_CACHE_API_READ_AUTH and every call without a token.
+        API_SPEC_OPTIONS={"security": [{"bearer": []}, {"basic": []}, {}]},
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
@@ -118,6 +121,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     CacheExtension(app)
     api = CacheApi(app)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    api.spec.components.security_scheme("basic", {"type": "http", "scheme": "basic"})
     from api.routes import blp, empty_path
 
     api.register_blueprint(blp)
@@ -126,6 +130,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         "/cache/register": ["POST"],  # werkzeug sent it on to the rule below with a 308
         "/cache/register/": ["POST"],
         "/cache/directories/": ["GET", "DELETE"],
+        "/cache/directories": ["DELETE"],  # an HTML 308 to the rule above, Location from Host
     }
     for rule, methods in empty.items():
         app.add_url_rule(rule, f"empty_path:{rule}", empty_path, methods=methods)

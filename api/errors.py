@@ -171,7 +171,12 @@ def register_error_handlers(app: Flask) -> None:
             # `/cache/directories//etc` (or %2F): an absolute path, which no route takes
             return body(400, "bad_path", f"absolute path or empty segment in {request.path!r}")
         code = exc.name.lower().replace(" ", "_")
-        return body(status, code, message)
+        response, status = body(status, code, message)
+        # werkzeug's own headers: a 405's Allow (RFC 9110 asks for it), a 401's challenge.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> tuple[Any, int]:

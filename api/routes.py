@@ -204,7 +204,8 @@ class Directories(MethodView):
         """Cached directories by last access, newest first, a page at a time."""
         try:
             store = node_cache(args).enforcing().store  # expiry by the workers' TTL
-            entries, cursor = listing.page(store, args["limit"], args["cursor"])
+            # `?cursor=` (README's own first page) is none: the start
+            entries, cursor = listing.page(store, args["limit"], args["cursor"] or None)
         except ValueError as exc:
             return body(400, "bad_parameter", str(exc))
         return {"directories": [e.to_dict() for e in entries], "next_cursor": cursor}

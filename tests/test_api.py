@@ -46,6 +46,8 @@ def test_list_pages_with_a_cursor_newest_first(client, cache, root):
     second = client.get(f"/cache/directories?limit=2&cursor={first['next_cursor']}").get_json()
     assert [d["path"] for d in second["directories"]] == ["b"]
     assert second["next_cursor"] is None
+    # README's first page, `?cursor=` with nothing: the start (it was a 400 "invalid cursor").
+    assert client.get("/cache/directories?limit=2&cursor=").get_json() == first
     entry = first["directories"][0]
     assert set(entry) >= {"path", "size_bytes", "file_count", "registered_at", "last_access",
                           "expires_at"}
@@ -530,12 +532,28 @@ def test_a_repeated_query_argument_is_refused_and_nothing_runs(client, cache, ro
 
 @pytest.mark.parametrize(
     "method,url", [("post", "/cache/register/"), ("delete", "/cache/directories/"),
-                   ("get", "/cache/directories/"), ("post", "/cache/register")]
+                   ("get", "/cache/directories/"), ("post", "/cache/register"),
+                   ("delete", "/cache/directories")]  # an HTML 308, Location from the Host
 )  # fmt: skip
 def test_an_empty_path_is_a_bad_path_not_a_404(client, method, url):
     r = getattr(client, method)(url)
     assert r.status_code == 400 and r.get_json()["code"] == "bad_path", r.get_data(as_text=True)
     assert "empty path" in r.get_json()["message"]
+
+
+def test_the_openapi_document_names_the_token_so_its_ui_sends_it(client):
+    # Swagger UI's Authorize did nothing: no operation named a security scheme.
+    doc = client.get("/openapi.json").get_json()
+    assert {"bearer": []} in doc["security"] and {} in doc["security"]
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_a_method_a_route_does_not_take_is_a_json_405_with_allow(client):
+    # RFC 9110: a 405 names the methods the resource takes; the JSON body had dropped it.
+    r = client.put("/cache/stats")
+    assert r.status_code == 405 and r.get_json()["code"] == "method_not_allowed"
+    assert set(r.headers["Allow"].split(", ")) >= {"GET", "HEAD"}
+    assert r.content_type == "application/json"
 
 
 @pytest.mark.parametrize(
