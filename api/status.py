@@ -24,6 +24,7 @@ from api.schemas import NodeArgs
 from cachemgr import DiskCache, listing
 from cachemgr import events as event_log
 from cachemgr import history as cleanup_history
+from cachemgr.logs import printable
 from cachemgr.records import Entry, iso, number
 
 bp = Blueprint("status", __name__)
@@ -216,6 +217,13 @@ def _count_filter(n: float | None) -> str:
 @bp.app_template_filter("percent")
 def _percent_filter(ratio: float | None, digits: int = 1) -> str:
     return percent(ratio, digits)
+
+
+@bp.app_template_filter("shown")
+def _shown_filter(name: str | None) -> str:
+    """A name read off the disk: a newline or a bidirectional override (U+202E showed
+    "x\u202etxt.exe" as "xexe.txt") as an escape; autoescape takes care of the HTML."""
+    return printable(name or "")
 
 
 @bp.app_template_filter("duration")

@@ -85,6 +85,9 @@ class JsonFormatter(logging.Formatter):
 # drive a terminal (colours, cursor moves) or split a line into a forged second one.
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
 _ESCAPES |= {0x0A: "\\n", 0x0D: "\\r"}
+# And the bidirectional controls: U+202E in a name shows "...exe.txt" as "...txt.exe".
+_BIDI = (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_ESCAPES |= {c: f"\\u{c:04x}" for c in _BIDI}
 
 
 def printable(text: str) -> str:

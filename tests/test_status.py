@@ -155,6 +155,20 @@ def test_page_shows_what_cache_stats_shows(app, client, cache, root):
         assert client.get(asset).status_code == 200, asset
 
 
+def test_names_off_the_disk_are_shown_escaped_on_the_page(client, cache, root):
+    """A name with <script>, a newline or a bidirectional override (U+202E showed
+    "song\u202egnp.exe" as "songexe.png") is shown as text, its controls as escapes."""
+    for name in ("<script>alert(1)</script>", "new\nline", "song\u202egnp.exe"):
+        make_tree(root, name)
+        cache.register(name)
+    html = client.get("/").get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "new\\nline" in html and "new\nline" not in html
+    assert "song\\u202egnp.exe" in html and "\u202e" not in html
+    assert "<bdi>" in html
+
+
 def test_an_empty_cache_renders_with_empty_states(client):
     r = client.get("/")
     assert r.status_code == 200
