@@ -180,6 +180,8 @@ def _browsers(app: Flask) -> None:
     loopback Host or one of DISK_CACHE_API_HOSTS: another name resolving to 127.0.0.1 (DNS
     rebinding) made another site's page same-origin with it."""
 
+    app.after_request(_framed_by_none)
+
     @app.before_request
     def same_origin() -> Any:
         if request.path in PROBES:
@@ -201,6 +203,14 @@ def _browsers(app: Flask) -> None:
                 "own pages"
             ))  # fmt: skip
         return None
+
+
+def _framed_by_none(response: Any) -> Any:
+    """No page of another site may frame the status page or /docs (whose buttons write), nor
+    a browser take a reply for another type than it says."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
 
 
 def _from_elsewhere(req: Any) -> bool:

@@ -243,6 +243,10 @@ def test_another_sites_page_cannot_steer_the_cache(app, client):
     # With a token the API listens beyond loopback (any Host), and Basic is no way around it.
     app.config["DISK_CACHE_API_TOKEN"] = "s3cret"
     assert client.get("/cache/stats", headers={"Host": "cache.example"}).status_code == 200
+    for url in ("/", "/cache/stats", "/docs"):  # nor framed by its page, nor sniffed
+        headers = client.get(url, headers={"Authorization": "Bearer s3cret"}).headers
+        assert headers["X-Frame-Options"] == "DENY", url
+        assert headers["X-Content-Type-Options"] == "nosniff", url
     basic = {"Authorization": "Basic " + base64.b64encode(b":s3cret").decode()}
     refused = client.post("/cache/stop-scheduler", headers={**evil, **basic})
     assert refused.status_code == 403 and app.extensions["cachemgr"].cache.scheduler_running()
