@@ -5,6 +5,7 @@ client could not read as JSON."""
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util
@@ -12,6 +13,8 @@ from gunicorn import util
 
 def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn.util.write_error's contract (called as it is), with a JSON body."""
+    if status_int == HTTPStatus.NOT_IMPLEMENTED:  # gunicorn's reason for it: "Bad Request"
+        reason = HTTPStatus.NOT_IMPLEMENTED.phrase
     code = reason.lower().replace(" ", "_")
     payload = json.dumps({"status": status_int, "code": code, "message": mesg or reason})
     data = payload.encode()

@@ -465,6 +465,11 @@ def test_requests_gunicorn_cannot_parse_are_answered_in_the_apis_json(tmp_path, 
         head, said = ask(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
         assert head.startswith("HTTP/1.1 400 ") and said["code"] == "bad_request"
         assert "Bad Header" in said["message"]
+        # A transfer coding gunicorn does not take: a 501, said as one (it read "Bad Request").
+        head, said = ask(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Transfer-Encoding: foo\r\n\r\n")  # fmt: skip
+        assert head.startswith("HTTP/1.1 501 Not Implemented"), head
+        assert said["code"] == "not_implemented", said
     finally:
         serve.terminate()
         serve.wait(timeout=30)
