@@ -348,6 +348,10 @@ def cleanup(
             owed=owed,
             heartbeat=lock.extend,
         )
+        # Weighed: what is booked from here on is the next registration's to send a pass for,
+        # at once. Left standing, a pass that found this one running and waits its countdown
+        # kept every registration meanwhile from sending one: usage ran to twice the quota.
+        cache.client.delete(cache.keys.quota_sent)
     except Exception as exc:
         # The root gone mid-pass (deletion.take) is resolved by a reconcile, as a refusal is.
         broke = {

@@ -20,7 +20,7 @@ from kombu.exceptions import OperationalError
 from cachemgr import CacheError, DiskCache, Settings, SettingsError, connect, history
 from cachemgr import cleanup as cleanups
 from cachemgr.clock import RedisClock
-from cachemgr.continuation import continuation
+from cachemgr.continuation import continuation, delay
 from cachemgr.errors import StillLocked
 from cachemgr.locks import retries_to_outlast, retry_wait
 from cachemgr.quota import send_quota_pass
@@ -188,7 +188,7 @@ def _cleanup(
     if rest is not None:
         # Bounded pass (or one that met another cleanup and must run after it): hand the
         # rest to a fresh task rather than hold this worker.
-        task.apply_async(kwargs=rest, countdown=cleanups.AGAIN_SECONDS)
+        task.apply_async(kwargs=rest, countdown=delay(result))
         result["continued"] = True
     return result
 
