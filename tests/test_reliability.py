@@ -413,6 +413,32 @@ def test_a_malformed_task_message_is_refused_and_the_worker_goes_on(
         stop(proc)
 
 
+def test_a_send_while_redis_is_down_raises_what_readme_says(settings, own_redis, monkeypatch):
+    """Redis away: the second send raised Celery's bare RuntimeError ("Retry limit exceeded
+    ... The Celery application must be restarted"), which a pipeline catching kombu's
+    OperationalError, as README says a send raises, did not catch; the client worked again
+    once Redis was back."""
+    from kombu.exceptions import OperationalError
+
+    from workers.client import CacheClient
+
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    url = own_redis["url"]
+    client = CacheClient(url, redis_url=url, backend=url, queue="nobody-reads-this")
+    try:
+        client.send("noop")
+        own_redis["proc"].terminate()
+        own_redis["proc"].wait()
+        for _ in range(3):
+            with pytest.raises(OperationalError):
+                client.send("noop").get(timeout=5)
+        own_redis["proc"] = own_redis["start"]()
+        assert client.send("noop").id  # sent again: no restart needed
+    finally:
+        client.close()
+
+
 def test_a_hung_redis_is_a_json_503_within_seconds(settings, own_redis, monkeypatch):
     """Redis stopped (SIGSTOP: it still accepts connections, answers nothing): the API's read
     waited 10 s a try, tried again, and gunicorn killed it at 30 s with an HTML 500; the CLI

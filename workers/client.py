@@ -20,6 +20,7 @@ from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
 
 from cachemgr import checks, pins
 from cachemgr.clock import CLOCK_SKEW_SECONDS, skew_of, skewed
@@ -33,7 +34,7 @@ from cachemgr.scripts import STALE_HIT
 from cachemgr.settings import SettingsError, cluster_of, queue_override
 from cachemgr.store import Store
 from workers.results import ResultUnavailable as ResultUnavailable  # the pipeline's to catch
-from workers.results import TaskResult, quiet_backend_noise
+from workers.results import TaskResult, backend_gave_up, quiet_backend_noise
 from workers.urls import HUNG_REDIS_SECONDS, books_url, celery_url_problem, server
 
 log = logging.getLogger("cachemgr")
@@ -236,9 +237,20 @@ class CacheClient:
     def send_to(self, queue: str | None, name: str, *args: Any, **kwargs: Any) -> AsyncResult:
         """Send to a given queue (another node's): `cachemgr.<node>`."""
         options = {"queue": queue} if queue else {}
-        return self.app.send_task(
-            f"cachemgr.{name}", args=args, kwargs=kwargs, result_cls=self._result_cls, **options
-        )
+        try:
+            return self.app.send_task(
+                f"cachemgr.{name}", args=args, kwargs=kwargs, result_cls=self._result_cls,
+                **options,
+            )  # fmt: skip
+        except RuntimeError as exc:
+            if not backend_gave_up(exc):
+                raise
+            # Celery's "must be restarted" (it need not be): subscribing to the reply failed
+            # before the message went out, as a broker away is said.
+            raise OperationalError(
+                f"Celery's result backend (Redis) cannot be reached: cachemgr.{name} was not "
+                "sent; send it again once Redis answers"
+            ) from None
 
     def register(self, path: str) -> AsyncResult:
         return self.send("register_directory", normalize(path))
