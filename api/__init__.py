@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import logging
 import os
 import threading
@@ -167,8 +168,6 @@ def _presented_token(header: str) -> str:
     return ""
 
 
-# The names a browser on this host reaches a loopback API by.
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 PROBES = ("/healthz", "/readyz")
 
 
@@ -186,16 +185,15 @@ def _browsers(app: Flask) -> None:
     def same_origin() -> Any:
         if request.path in PROBES:
             return None
-        host = (urlsplit(f"//{request.host}").hostname or "").lower()
-        if not app.config["DISK_CACHE_API_TOKEN"] and not _loopback(host) and (
-            host not in app.config.get("DISK_CACHE_API_HOSTS", ())
-        ):
+        host = (urlsplit(f"//{request.host}").hostname or "").lower().removesuffix(".")
+        hosts = app.config.get("DISK_CACHE_API_HOSTS", ())
+        if not app.config["DISK_CACHE_API_TOKEN"] and not _loopback(host) and host not in hosts:
             return body(403, "host_not_allowed", (
                 f"Host {request.host!r} is not this loopback API's name (localhost, 127.0.0.1, "
                 "[::1]): another name resolving here lets another site's page in; add it to "
                 "DISK_CACHE_API_HOSTS if it is yours (a proxy's)"
             ))  # fmt: skip
-        if request.method in WRITE_METHODS and _from_elsewhere(request):
+        if request.method in WRITE_METHODS and _from_elsewhere(request, hosts):
             origin = request.headers.get("Origin") or request.headers.get("Sec-Fetch-Site")
             return body(403, "cross_origin", (
                 f"a write sent by a page of another origin ({origin}) is refused: another "
@@ -213,18 +211,32 @@ def _framed_by_none(response: Any) -> Any:
     return response
 
 
-def _from_elsewhere(req: Any) -> bool:
+def _from_elsewhere(req: Any, hosts: Any = ()) -> bool:
     """What the browser says of a request's origin: Sec-Fetch-Site where it sends one (it
-    knows, behind any proxy), else an Origin whose host is not the request's."""
+    knows, behind any proxy), else an Origin that is not the request's Host (default ports
+    as none), nor one of `hosts` (DISK_CACHE_API_HOSTS: a proxy that rewrites the Host)."""
     site = req.headers.get("Sec-Fetch-Site")
     if site is not None:
         return site in ("cross-site", "same-site")
     origin = req.headers.get("Origin")
-    return bool(origin) and urlsplit(origin).netloc.lower() != req.host.lower()
+    if not origin:
+        return False
+    theirs = urlsplit(origin.lower())
+    if (theirs.hostname or "") in hosts:
+        return False
+    default = {"http": 80, "https": 443}.get(theirs.scheme)
+    mine = urlsplit(f"//{req.host.lower()}")
+    return (theirs.hostname, theirs.port or default) != (mine.hostname, mine.port or default)
 
 
 def _loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """By the address, not the name's text: `127.x.attacker.example` rebinds as well."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _auth(app: Flask) -> None:

@@ -46,9 +46,11 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
             if not redis_unavailable(exc):
                 raise
             raise Fail(redis_said(exc), EXIT_UNAVAILABLE) from None
+        except ResultUnavailable:  # a send's too (BackendUnavailable), before the broker's
+            raise Fail("the Celery result backend cannot be reached", EXIT_UNAVAILABLE) from None
         except OperationalError as exc:
             raise Fail(broker_said(exc), EXIT_UNAVAILABLE) from None
-        except (RuntimeError, ResultUnavailable) as exc:
+        except RuntimeError as exc:
             if not backend_gave_up(exc):
                 raise
             raise Fail("the Celery result backend cannot be reached", EXIT_UNAVAILABLE) from None

@@ -273,12 +273,13 @@ def cleanup(
         if automatic and enforce and not resume:
             busy["again"] = _wait_again(cache, again)
         return busy
-    # The usage is weighed from here on: a quota pass that finds this one running may wait
-    # for it again (cache:quota_again), even one of the chain that waited for the last, and
-    # the next registration past the threshold sends one (cache:quota_sent). One that finds
-    # this one running leaves the key: its retry, or the chain's, weighs later (deleted
-    # then, every registration during a long eviction sent a pass of its own).
-    cache.client.delete(cache.keys.quota_again, cache.keys.quota_sent)
+    # The usage is weighed from here on: the next registration past the threshold sends a
+    # pass (cache:quota_sent). One that finds this one running leaves the key: its retry, or
+    # the chain's, weighs later (deleted then, every registration during a long eviction sent
+    # a pass of its own). The waiting chain's slot (cache:quota_again) is freed by the chain
+    # alone, as it runs: freed by every cleanup, each started a chain of its own, and a busy
+    # lock had hundreds of them polling at once.
+    cache.client.delete(cache.keys.quota_sent, *([cache.keys.quota_again] if again else []))
     started, began = cache.clock(), time.monotonic()  # when, by the cache's clock; how long
     # Renewed in the background too: one deletion longer than the lock let a second cleanup in.
     keeper = Keeper(lock, every=timeout / 3, at_most=CLEANUP_MAX_HOLD_SECONDS).start()

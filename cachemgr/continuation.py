@@ -24,7 +24,7 @@ def continuation(
     that found one running and waits for it (`again`: the first, then its retries) too.
     The rest of a `scheduled` one (beat's, or a registration's quota pass) honours the
     scheduler switch as an automatic one; none is beat's own: each would walk the root for
-    the audits again, every 2 s of a long eviction, and keep a beat that stopped looking
+    the audits again, at every pass of a long eviction, and keep a beat that stopped looking
     alive."""
     scheduled_too = {"automatic": True} if scheduled else {}
     busy = result.get("status") == "skipped" and result.get("reason") == CLEANUP_BUSY

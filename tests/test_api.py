@@ -236,10 +236,19 @@ def test_another_sites_page_cannot_steer_the_cache(app, client):
     rebound = client.get("/cache/stats", headers={"Host": "attacker.example:8080"})
     assert rebound.status_code == 403 and rebound.get_json()["code"] == "host_not_allowed"
     assert client.get("/healthz", headers={"Host": "attacker.example"}).status_code == 200
-    for host in ("127.0.0.1:8080", "[::1]:8080", "LOCALHOST"):
+    for host in ("127.0.0.1:8080", "[::1]:8080", "LOCALHOST", "localhost.", "127.0.0.2"):
         assert client.get("/cache/stats", headers={"Host": host}).status_code == 200, host
+    # A name is not an address: 127.x.attacker.example rebinds as well as any.
+    rebound = client.get("/cache/stats", headers={"Host": "127.0.0.1.attacker.example"})
+    assert rebound.status_code == 403
     app.config["DISK_CACHE_API_HOSTS"] = ["cache.internal"]  # a proxy's name, allowed
     assert client.get("/cache/stats", headers={"Host": "cache.internal"}).status_code == 200
+    # An older browser (no Sec-Fetch-Site) through a proxy that rewrites the Host, and one
+    # that names the default port: the API's own pages, not another site's.
+    proxied = {"Host": "127.0.0.1:8080", "Origin": "http://cache.internal"}
+    assert client.post("/cache/stats/reset", headers=proxied).status_code == 200
+    port = {"Host": "cache.internal", "Origin": "http://cache.internal:80"}
+    assert client.post("/cache/stats/reset", headers=port).status_code == 200
     # With a token the API listens beyond loopback (any Host), and Basic is no way around it.
     app.config["DISK_CACHE_API_TOKEN"] = "s3cret"
     assert client.get("/cache/stats", headers={"Host": "cache.example"}).status_code == 200

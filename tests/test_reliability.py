@@ -439,6 +439,26 @@ def test_a_send_while_redis_is_down_raises_what_readme_says(settings, own_redis,
         client.close()
 
 
+def test_a_write_with_only_the_result_backend_away_says_the_backend(
+    settings, own_redis, monkeypatch
+):
+    """The broker up, the result backend's Redis away: the API said the broker could not be
+    reached (503 broker_unavailable), and so did the CLI."""
+    import socket as _socket
+
+    from api import create_app
+
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):  # they would win
+        monkeypatch.delenv(name, raising=False)
+    with _socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"  # nothing listens there
+    config = {"CELERY_BROKER_URL": own_redis["url"], "CELERY_RESULT_BACKEND": dead}
+    app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": settings, **config})
+    said = app.test_client().post("/cache/cleanup").get_json()
+    assert said["status"] == 503 and said["code"] == "backend_unavailable", said
+
+
 def test_a_hung_redis_is_a_json_503_within_seconds(settings, own_redis, monkeypatch):
     """Redis stopped (SIGSTOP: it still accepts connections, answers nothing): the API's read
     waited 10 s a try, tried again, and gunicorn killed it at 30 s with an HTML 500; the CLI

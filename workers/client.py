@@ -20,7 +20,6 @@ from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
-from kombu.exceptions import OperationalError
 
 from cachemgr import checks, pins
 from cachemgr.clock import CLOCK_SKEW_SECONDS, skew_of, skewed
@@ -33,8 +32,8 @@ from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
 from cachemgr.settings import SettingsError, cluster_of, queue_override
 from cachemgr.store import Store
+from workers.results import BackendUnavailable, TaskResult, backend_gave_up, quiet_backend_noise
 from workers.results import ResultUnavailable as ResultUnavailable  # the pipeline's to catch
-from workers.results import TaskResult, backend_gave_up, quiet_backend_noise
 from workers.urls import HUNG_REDIS_SECONDS, books_url, celery_url_problem, server
 
 log = logging.getLogger("cachemgr")
@@ -247,7 +246,7 @@ class CacheClient:
                 raise
             # Celery's "must be restarted" (it need not be): subscribing to the reply failed
             # before the message went out, as a broker away is said.
-            raise OperationalError(
+            raise BackendUnavailable(
                 f"Celery's result backend (Redis) cannot be reached: cachemgr.{name} was not "
                 "sent; send it again once Redis answers"
             ) from None

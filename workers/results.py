@@ -7,6 +7,7 @@ from typing import Any
 
 from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
 
 
 class ResultUnavailable(ConnectionError):
@@ -14,6 +15,12 @@ class ResultUnavailable(ConnectionError):
     Celery says "The Celery application must be restarted", which it need not be (the next
     call reconnects). The task was sent and may have run: every cachemgr task but
     touch_directory is idempotent, so send it again (an access sent again counts twice)."""
+
+
+class BackendUnavailable(ResultUnavailable, OperationalError):
+    """A send that Celery's result backend (Redis) stopped before the message went out: the
+    task was not sent. An OperationalError, as a send with the broker away raises (what a
+    pipeline catches), and said as the backend's, not the broker's."""
 
 
 def raised_in(exc: BaseException, module_prefix: str) -> bool:
