@@ -167,6 +167,11 @@ def test_names_off_the_disk_are_shown_escaped_on_the_page(client, cache, root):
     assert "new\\nline" in html and "new\nline" not in html
     assert "song\\u202egnp.exe" in html and "\u202e" not in html
     assert "<bdi>" in html
+    # In a warning that names one too (a directory it could not delete).
+    cache.client.hset(cache.keys.last_cleanup, mapping={
+        "delete_failed": 1, "delete_failed_example": "song\u202egnp.exe"})  # fmt: skip
+    html = client.get("/").get_data(as_text=True)
+    assert "could not delete" in html and "\u202e" not in html
 
 
 def test_an_empty_cache_renders_with_empty_states(client):
