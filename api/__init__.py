@@ -226,7 +226,10 @@ def _from_elsewhere(req: Any, hosts: Any = ()) -> bool:
         return False
     default = {"http": 80, "https": 443}.get(theirs.scheme)
     mine = urlsplit(f"//{req.host.lower()}")
-    return (theirs.hostname, theirs.port or default) != (mine.hostname, mine.port or default)
+    try:
+        return (theirs.hostname, theirs.port or default) != (mine.hostname, mine.port or default)
+    except ValueError:  # a port that is no number: nobody's own page sent that
+        return True
 
 
 def _loopback(host: str) -> bool:

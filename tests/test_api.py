@@ -249,6 +249,8 @@ def test_another_sites_page_cannot_steer_the_cache(app, client):
     assert client.post("/cache/stats/reset", headers=proxied).status_code == 200
     port = {"Host": "cache.internal", "Origin": "http://cache.internal:80"}
     assert client.post("/cache/stats/reset", headers=port).status_code == 200
+    bad = {"Host": "cache.internal", "Origin": "http://elsewhere:port"}
+    assert client.post("/cache/stats/reset", headers=bad).status_code == 403  # not a 500
     # With a token the API listens beyond loopback (any Host), and Basic is no way around it.
     app.config["DISK_CACHE_API_TOKEN"] = "s3cret"
     assert client.get("/cache/stats", headers={"Host": "cache.example"}).status_code == 200
