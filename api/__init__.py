@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import ipaddress
 import logging
@@ -185,9 +186,9 @@ def _browsers(app: Flask) -> None:
     def same_origin() -> Any:
         if request.path in PROBES:
             return None
-        host = (urlsplit(f"//{request.host}").hostname or "").lower().removesuffix(".")
+        host, loopback = _host_of(request.host)
         hosts = app.config.get("DISK_CACHE_API_HOSTS", ())
-        if not app.config["DISK_CACHE_API_TOKEN"] and not _loopback(host) and host not in hosts:
+        if not app.config["DISK_CACHE_API_TOKEN"] and not loopback and host not in hosts:
             return body(403, "host_not_allowed", (
                 f"Host {request.host!r} is not this loopback API's name (localhost, 127.0.0.1, "
                 "[::1]): another name resolving here lets another site's page in; add it to "
@@ -230,6 +231,14 @@ def _from_elsewhere(req: Any, hosts: Any = ()) -> bool:
         return (theirs.hostname, theirs.port or default) != (mine.hostname, mine.port or default)
     except ValueError:  # a port that is no number: nobody's own page sent that
         return True
+
+
+@functools.lru_cache(maxsize=256)  # on every request: a few Host values, parsed once each
+def _host_of(raw: str) -> tuple[str, bool]:
+    """A Host header's name (lower case, no port, no trailing dot), and whether it is
+    loopback's."""
+    host = (urlsplit(f"//{raw}").hostname or "").lower().removesuffix(".")
+    return host, _loopback(host)
 
 
 def _loopback(host: str) -> bool:
