@@ -219,11 +219,7 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             if marker.under_bare_mount(cache, [entry]):
                 # What beat's audit keeps on the books (a disk under the root not mounted),
                 # a pass untracked as vanished: back on the disk, it was off the books.
-                why = (
-                    "missing under an empty directory unchanged since it was booked (a disk "
-                    "not mounted?)"
-                )
-                raise _kept(entry.path, reason, why)
+                raise _kept(entry.path, reason, marker.UNDER_BARE_MOUNT)
         outcome = cache.store.claim(
             entry.path,
             "removed" if own is not None else "vanished" if gone else reason,

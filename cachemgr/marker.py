@@ -375,6 +375,12 @@ def note_mounts(cache: DiskCache, anew: bool = False) -> None:
     pipe.execute()
 
 
+# Why one of them is kept on the books, wherever it is said.
+UNDER_BARE_MOUNT = (
+    "missing under an empty directory unchanged since it was booked (a disk not mounted?)"
+)
+
+
 def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
     """Those of the tracked directories missing from the disk whose nearest existing
     directory below the root is empty, and either a mount point cleanups saw mounted

@@ -159,10 +159,7 @@ def _vanished(cache: DiskCache, rel: str, token: str) -> str:
         return ""
     entry = cache.store.info(rel)
     if entry is not None and marker.under_bare_mount(cache, [entry]):
-        return (
-            "; it is tracked and kept on the books: missing under an empty directory "
-            "unchanged since it was booked (a disk not mounted?)"
-        )
+        return f"; it is tracked and kept on the books: {marker.UNDER_BARE_MOUNT}"
     taken = cache.store.claim(
         rel, "vanished", now=cache.clock(), honour_pins=False, deleting_files=False,
         lock_token=token,
