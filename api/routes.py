@@ -22,6 +22,7 @@ from api.schemas import (
     EventListSchema,
     ForgottenSchema,
     ListArgs,
+    NoArgs,
     NodeArgs,
     PinArgs,
     ReconcileArgs,
@@ -350,8 +351,9 @@ class Node(MethodView):
 
 @blp.route("/tasks/<task_id>")
 class Task(MethodView):
+    @blp.arguments(NoArgs(), **ARGS)
     @blp.response(200, TaskSchema)
-    def get(self, task_id: str) -> Any:
+    def get(self, _: dict[str, Any], task_id: str) -> Any:
         """A task's state and, once it is done, its result. Celery answers PENDING for an id
         it never saw, or whose result expired (after a day), as for a task still queued."""
         result = AsyncResult(task_id, app=state().tasks.app)

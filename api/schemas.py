@@ -240,6 +240,10 @@ class EventListSchema(Schema):
 NODE_NAME = re.compile(f"^{checks.NODE_NAME.pattern}$")  # marshmallow's Regexp: match()
 
 
+class NoArgs(Schema):
+    """A route that takes no argument: an unknown one is a 400 naming it, as elsewhere."""
+
+
 class NodeArgs(Schema):
     node = fields.String(
         load_default=None,

@@ -671,7 +671,8 @@ def test_lean_views_run_under_one_wrapper_with_their_doc_and_arguments(client, c
     own = cache.settings.node
     assert client.get(f"/cache/stats?node={own}").get_json()["node"] == own
     assert client.get(f"/cache/directories/a?node={own}").get_json()["path"] == "a"
-    for url in ("/cache/directories/a?nod=x", "/cache/stats?node=a&node=b"):
+    # A task's state took any argument and ignored it (a typo of `wait` said nothing).
+    for url in ("/cache/directories/a?nod=x", "/cache/stats?node=a&node=b", "/cache/tasks/x?w=1"):
         r = client.get(url)
         assert r.status_code == 400 and r.get_json()["code"] == "bad_parameter", url
 
