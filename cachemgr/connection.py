@@ -124,7 +124,7 @@ def sentinel_parts(url: str) -> SentinelURL:
         name, _, port = host.rpartition(":")
         if not name or not port.isascii() or not port.isdigit():
             raise ValueError(f"sentinel {host!r} needs a host and a numeric port (host:port)")
-        sentinels.append((name, int(port)))
+        sentinels.append((name.removeprefix("[").removesuffix("]"), int(port)))  # [::1]
     master, _, db = path.partition("/")
     return SentinelURL(
         sentinels,

@@ -301,6 +301,7 @@ def test_a_sentinel_url_with_a_password_gives_it_to_the_master():
     assert (parts.db, parts.username, parts.password) == ("2", "app", "s@cret")
     assert sentinel_parts("redis+sentinel://:pw@a:1/m").username is None
     assert sentinel_parts("redis+sentinel://a:1").password is None
+    assert sentinel_parts("redis+sentinel://[::1]:26379/m").sentinels == [("::1", 26379)]
     client = connect(url)  # master_for connects at its first command
     kwargs = client.connection_pool.connection_kwargs
     assert (kwargs["password"], kwargs["username"], kwargs["db"]) == ("s@cret", "app", 2)
