@@ -194,6 +194,11 @@ def test_a_failed_cleanup_and_a_stopped_scheduler_show(client, cache):
     assert page.stats["scheduler_running"] == "false"
     assert "Stopped" in page.text and "OSError: disk gone" in page.text
     assert "not while stopped" in page.text and "st-failed" in page.classes
+    # Past the threshold, nothing evicts by itself while stopped: the badge does not say so.
+    cache.client.set(cache.keys.bytes, cache.settings.threshold_bytes + 1)
+    page = Page(client.get("/").get_data(as_text=True))
+    assert page.stats["quota_status"] == "evicting"  # the API's word, as /cache/stats says
+    assert "Over threshold" in page.text and "Evicting" not in page.text
 
 
 def app_without_worker(settings: Settings, redis_client: Any) -> Any:
