@@ -18,15 +18,15 @@ MAX_EXACT = 2**53
 def flag(name: str, value: Any) -> bool:
     """`value` if it is a real boolean: "0", 0.5 and None are not."""
     if not isinstance(value, bool):
-        raise BadArgument(f"{name} must be true or false, got {_shown(value)}")
+        raise BadArgument(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
 def whole(name: str, value: Any, *, low: int = 0, high: int = MAX_EXACT) -> int:
     """`value` if it is a whole number (not a boolean) from `low` to `high`."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        shown = _shown(value)
-        raise BadArgument(f"{name} must be a whole number from {low} to {high}, got {shown}")
+        said = shown(value)
+        raise BadArgument(f"{name} must be a whole number from {low} to {high}, got {said}")
     return value
 
 
@@ -36,7 +36,7 @@ def seconds(name: str, value: Any, *, high: float, hint: str = "") -> float:
     if not ok or not 0 < value <= high:  # NaN fails the comparison too
         raise BadArgument(
             f"{name} must be a number of seconds more than 0 and at most {high:g}{hint}, "
-            f"got {_shown(value)}"
+            f"got {shown(value)}"
         )
     return float(value)
 
@@ -66,7 +66,7 @@ def holder(value: Any) -> str:
     ):
         raise BadArgument(
             f"holder must be a name of at most {MAX_HOLDER} printable characters, "
-            f"got {_shown(value)}"
+            f"got {shown(value)}"
         )
     return value
 
@@ -79,12 +79,13 @@ NODE_NAME_RULE = "a node's name: 1 to 100 of letters, digits, '_', '.' and '-'"
 def node_name(value: Any) -> str:
     """`value` if it can be a node's name."""
     if not isinstance(value, str) or not NODE_NAME.fullmatch(value):
-        raise BadArgument(f"{NODE_NAME_RULE}, got {_shown(value)}")
+        raise BadArgument(f"{NODE_NAME_RULE}, got {shown(value)}")
     return value
 
 
-def _shown(value: Any) -> str:
-    """The value in a one-line message: a 400-digit number by its start and its length."""
+def shown(value: Any, width: int = 40) -> str:
+    """The value in a one-line message: a 400-digit number by its start and its length
+    (past `width` characters, half of them)."""
     text = repr(value)
     size = len(value) if isinstance(value, str) else len(text)
-    return text if len(text) <= 40 else f"{text[:20]}... ({size} characters)"
+    return text if len(text) <= width else f"{text[: width // 2]}... ({size} characters)"

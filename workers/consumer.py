@@ -26,6 +26,7 @@ from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.exceptions import ContentDisallowed
 
+from cachemgr.checks import shown
 from cachemgr.errors import BadArgument
 from cachemgr.logs import printable
 
@@ -102,7 +103,7 @@ def _checked(strategy: Callable[..., Any]) -> Callable[..., Any]:
             ):
                 raise InvalidTaskError(
                     "the message body must be [args, kwargs, embed] (a list, a mapping, a "
-                    f"mapping), got {_shape(payload)}"
+                    f"mapping), got {shown(payload, 80)}"
                 )
         try:
             return strategy(message, body, *rest, **kwargs)
@@ -110,8 +111,3 @@ def _checked(strategy: Callable[..., Any]) -> Callable[..., Any]:
             raise InvalidTaskError(f"a malformed task message ({exc})") from exc
 
     return checked
-
-
-def _shape(payload: Any) -> str:
-    text = repr(payload)
-    return text if len(text) <= 80 else f"{text[:80]}... ({len(text)} characters)"
