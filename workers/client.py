@@ -174,9 +174,11 @@ class CacheClient:
         if self._route is None:
             queue, prefix = self._queue, self._prefix
             found = unpublished = True
+            entries = None  # the registry, once read
             if self.node and (queue is None or prefix is None):
                 try:
-                    entry = NodeRegistry(self._books(), self.cluster).entries().get(self.node)
+                    entries = NodeRegistry(self._books(), self.cluster).entries()
+                    entry = entries.get(self.node)
                 except Exception:  # books away (a Cluster raises its own): the defaults
                     entry, unpublished = None, False
                 # Not published yet (its workers have not started): asked again next time.
@@ -187,7 +189,7 @@ class CacheClient:
                     prefix = entry.get("key_prefix", Keys.node_prefix(self.node))
             route = (queue, Keys(prefix or ""))
             if self._queue is not None and found:
-                self._say_unread_queue(self._queue)
+                self._say_unread_queue(self._queue, entries)
             if not found:
                 if unpublished and not self._unknown_said:
                     # A misspelt node's tasks filled a queue nobody reads, unsaid.
@@ -202,11 +204,13 @@ class CacheClient:
             self._route = route
         return self._route
 
-    def _say_unread_queue(self, queue: str) -> None:
+    def _say_unread_queue(self, queue: str, entries: dict[str, Any] | None) -> None:
         """A queue given (an argument, CACHEMGR_QUEUE) that no node's workers published: a
-        typo's tasks waited there for ever, unsaid (a misspelt node was said)."""
+        typo's tasks waited there for ever, unsaid (a misspelt node was said). `entries`:
+        the registry, when the route read it already."""
         try:
-            entries = NodeRegistry(self._books(), self.cluster).entries()
+            if entries is None:
+                entries = NodeRegistry(self._books(), self.cluster).entries()
         except Exception:  # books away: nothing to tell it by
             return
         read = sorted({str(e["queue"]) for e in entries.values() if e.get("queue")})
