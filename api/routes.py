@@ -37,7 +37,7 @@ from api.schemas import (
 from cachemgr import DiskCache, journal, listing, paths, trash
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as cleanup_plan
-from cachemgr.nodes import no_worker, queue_for
+from cachemgr.nodes import no_worker, route_of
 from workers.client import holder_kwargs
 
 
@@ -132,7 +132,7 @@ def send(args: dict[str, Any], name: str, *task_args: Any, **task_kwargs: Any) -
     else:  # the queue the node's workers published (CACHEMGR_QUEUE may override its own)
         entries = own.registry.entries()  # read once: for the node's settings and its queue
         target = own.for_node(node, entries)
-        queue = entries[node].get("queue") or queue_for(target.settings)
+        queue = route_of(node, entries).queue
     try:
         alive = target.registry.alive(target.keys)
     except redis.RedisError:  # the books away, the broker not: queued, run once they answer

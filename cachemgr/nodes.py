@@ -14,14 +14,15 @@ import json
 import logging
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cachemgr import checks
 from cachemgr.clock import CLOCK_SKEW_SECONDS, clock_skew, redis_now, skewed
-from cachemgr.errors import NodeAlive, UnknownNode
+from cachemgr.errors import NodeAlive, PathError, UnknownNode
 from cachemgr.keys import Keys
 from cachemgr.logs import Repeats
+from cachemgr.paths import normalize
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.settings import Settings
 
@@ -88,6 +89,30 @@ def node_queue(node: str) -> str:
 
 def queue_for(settings: Settings) -> str:
     return node_queue(settings.disk_cache_node)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a node's tasks go and the prefix of its books: as its workers published them,
+    the defaults of its name before any has (`published` False)."""
+
+    queue: str
+    key_prefix: str
+    published: bool
+
+
+def route_of(node: str, entries: dict[str, dict[str, Any]]) -> Route:
+    entry = entries.get(node)
+    if entry is None:
+        return Route(node_queue(node), Keys.node_prefix(node), False)
+    # An entry from before queues were published: the queue its name gives.
+    queue = str(entry.get("queue") or node_queue(node))
+    return Route(queue, str(entry.get("key_prefix", Keys.node_prefix(node))), True)
+
+
+def published_queues(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """The queues the nodes' workers read."""
+    return sorted({str(e["queue"]) for e in entries.values() if e.get("queue")})
 
 
 class NodeRegistry:
@@ -226,6 +251,30 @@ class NodeRegistry:
         # Each entry decoded once per text (it changes when a worker publishes): every stats
         # read carries the registry, and decoding it was a tenth of the read's Python.
         return {node: dict(_decoded(entry)) for node, entry in raw.items()}
+
+    def holder(self, target: str, entries: dict[str, dict[str, Any]]) -> tuple[str, str]:
+        """The node whose root holds `target` (absolute, resolved) and its path under that
+        root; PathError when no root holds it, or several hosts mount theirs at that path."""
+        holding = {
+            node: entry["root"].rstrip("/")
+            for node, entry in entries.items()
+            if target.startswith(entry["root"].rstrip("/") + "/")
+        }
+        if not holding:
+            raise PathError(f"no cache node's root holds {target!r}")
+        root = max(holding.values(), key=len)  # nested roots: the innermost holds it
+        nodes = sorted(n for n, r in holding.items() if r == root)
+        if len(nodes) > 1:
+            # A node renamed or retired stays in the registry: the one alive there is it.
+            alive = [n for n in nodes if self.alive(Keys(entries[n]["key_prefix"]))]
+            nodes = alive if len(alive) == 1 else nodes
+        if len(nodes) > 1:
+            # Hosts that mount their caches at the same path: the path cannot say which.
+            raise PathError(
+                f"{target!r} is under the root of nodes {', '.join(nodes)} (the same "
+                "path on several hosts): use CacheClient(node=...)"
+            )
+        return nodes[0], normalize(target[len(root) + 1 :])
 
     def settings_for(
         self, node: str, base: Settings, entries: dict[str, dict[str, Any]] | None = None

@@ -450,6 +450,19 @@ def test_registry_entries_are_decoded_once_per_text_and_handed_out_as_copies():
     assert republished["a"]["max_bytes"] == 20
 
 
+def test_a_nodes_route_is_what_its_workers_published_else_its_names_defaults():
+    from cachemgr.nodes import Route, route_of
+
+    entries = {
+        "a": {"queue": "custom", "key_prefix": "pfx:"},
+        "old": {"key_prefix": "{old}:"},  # published before queues were
+    }
+    assert route_of("a", entries) == Route("custom", "pfx:", True)
+    assert route_of("old", entries) == Route("cachemgr.old", "{old}:", True)
+    assert route_of("b", entries) == Route("cachemgr.b", "{b}:", False)
+    assert route_of("", {}) == Route("celery", "", False)
+
+
 def test_a_client_used_before_its_node_was_published_follows_it_on_the_direct_path(
     settings, redis_client, root, prefix
 ):

@@ -12,7 +12,7 @@ from celery.beat import PersistentScheduler, ScheduleEntry
 
 from cachemgr.connection import connect
 from cachemgr.logs import Repeats
-from cachemgr.nodes import NodeRegistry
+from cachemgr.nodes import NodeRegistry, route_of
 from cachemgr.settings import Settings, cluster_of
 from workers.results import quiet_backend_noise
 
@@ -36,7 +36,7 @@ class NodeScheduler(PersistentScheduler):
 
     def published_queue(self, node: str) -> str | None:
         """The queue `node`'s workers read, as they published it: "" when no worker of it
-        ever published the node, None when that cannot be told (Redis away, an old entry)."""
+        ever published the node, None when that cannot be told (Redis away)."""
         try:
             if self._registry is None:
                 # Only where the registry lives: a bad setting beat does not use (a TTL) must
@@ -46,13 +46,11 @@ class NodeScheduler(PersistentScheduler):
                     connect(env.get("REDIS_URL") or defaults.redis_url),
                     cluster_of(env),
                 )
-            entry = self._registry.entries().get(node)
+            found = route_of(node, self._registry.entries())
         except Exception as exc:  # Redis away: the queue of the schedule, as configured
             log.warning("beat: cannot read node %s's queue (%s): sending as configured", node, exc)
             return None
-        if entry is None:
-            return ""
-        return str(entry["queue"]) if entry.get("queue") else None
+        return found.queue if found.published else ""
 
     def node_of(self, name: str) -> str | None:
         """The node an entry's cleanup is for: named in it (DISK_CACHE_NODES), or this beat's

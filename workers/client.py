@@ -24,10 +24,9 @@ from celery.result import AsyncResult
 from cachemgr import checks, pins
 from cachemgr.clock import CLOCK_SKEW_SECONDS, skew_of, skewed
 from cachemgr.connection import connect, without_password
-from cachemgr.errors import PathError
 from cachemgr.keys import Keys
 from cachemgr.migrations import to_feed
-from cachemgr.nodes import NodeRegistry, node_queue
+from cachemgr.nodes import NodeRegistry, published_queues, route_of
 from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
 from cachemgr.settings import SettingsError, cluster_of, queue_override
@@ -178,16 +177,14 @@ class CacheClient:
             if self.node and (queue is None or prefix is None):
                 try:
                     entries = NodeRegistry(self._books(), self.cluster).entries()
-                    entry = entries.get(self.node)
                 except Exception:  # books away (a Cluster raises its own): the defaults
-                    entry, unpublished = None, False
+                    entries, unpublished = {}, False
                 # Not published yet (its workers have not started): asked again next time.
-                found = entry is not None
-                entry = entry or {}
-                queue = queue or entry.get("queue") or node_queue(self.node)
-                if prefix is None:
-                    prefix = entry.get("key_prefix", Keys.node_prefix(self.node))
-            route = (queue, Keys(prefix or ""))
+                published = route_of(self.node, entries)
+                found = published.published
+                queue = queue or published.queue
+                prefix = published.key_prefix if prefix is None else prefix
+            chosen = (queue, Keys(prefix or ""))
             if self._queue is not None and found:
                 self._say_unread_queue(self._queue, entries)
             if not found:
@@ -200,8 +197,8 @@ class CacheClient:
                         self.node,
                         queue,
                     )
-                return route  # asked again next time, once Redis answers
-            self._route = route
+                return chosen  # asked again next time, once Redis answers
+            self._route = chosen
         return self._route
 
     def _say_unread_queue(self, queue: str, entries: dict[str, Any] | None) -> None:
@@ -213,7 +210,7 @@ class CacheClient:
                 entries = NodeRegistry(self._books(), self.cluster).entries()
         except Exception:  # books away: nothing to tell it by
             return
-        read = sorted({str(e["queue"]) for e in entries.values() if e.get("queue")})
+        read = published_queues(entries)
         if read and queue not in read:
             log.warning(
                 "no worker has published queue %s (the nodes' workers read %s): its tasks "
@@ -335,39 +332,20 @@ class CacheClient:
 
     def for_path(self, absolute_path: str) -> tuple[CacheClient, str]:
         """Learn the node from a path's root: a client for that node, and the relative path."""
-        target = os.path.realpath(absolute_path)
-        entries = NodeRegistry(self._books(), self.cluster).entries()
-        holding = {
-            node: entry["root"].rstrip("/")
-            for node, entry in entries.items()
-            if target.startswith(entry["root"].rstrip("/") + "/")
-        }
-        if not holding:
-            raise PathError(f"no cache node's root holds {absolute_path!r}")
-        root = max(holding.values(), key=len)  # nested roots: the innermost holds it
-        nodes = sorted(n for n, r in holding.items() if r == root)
-        if len(nodes) > 1:
-            # A node renamed or retired stays in the registry: the one alive there is it.
-            registry = NodeRegistry(self._books(), self.cluster)
-            alive = [n for n in nodes if registry.alive(Keys(entries[n]["key_prefix"]))]
-            nodes = alive if len(alive) == 1 else nodes
-        if len(nodes) > 1:
-            # Hosts that mount their caches at the same path: the path cannot say which.
-            raise PathError(
-                f"{absolute_path!r} is under the root of nodes {', '.join(nodes)} (the same "
-                "path on several hosts): use CacheClient(node=...)"
-            )
-        entry = entries[nodes[0]]
+        registry = NodeRegistry(self._books(), self.cluster)
+        entries = registry.entries()
+        node, relative = registry.holder(os.path.realpath(absolute_path), entries)
+        found = route_of(node, entries)
         client = CacheClient(
             self.broker_url,
             redis_url=self.redis_url,
-            key_prefix=entry["key_prefix"],
-            queue=entry["queue"],
+            key_prefix=found.key_prefix,
+            queue=found.queue,
             backend=self.backend,
             cluster=self.cluster,
         )
-        client.node = nodes[0]
-        return client, normalize(target[len(root) + 1 :])
+        client.node = node
+        return client, relative
 
     def refresh(self) -> None:
         """Re-read what the node's workers published: TTL, policy, queue and keys."""
