@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import os
@@ -21,10 +20,10 @@ from celery.signals import (
 )
 from celery.worker import state
 
-from cachemgr import migrations
+from cachemgr import presence
 from cachemgr.errors import BadArgument
 from cachemgr.logs import configure_logging
-from cachemgr.records import RECORD_FORMAT, believed_interval
+from cachemgr.records import believed_interval
 from cachemgr.settings import Settings, SettingsError, log_level
 
 # The retries a task has made behind another's lock, counted in a header of their own: Celery's
@@ -119,27 +118,7 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
 
 
 def _announce(cache: Any, flushed: bool = False) -> bool:
-    """Publish the node (its settings, the queue it reads), bring older books up to date and
-    say it is alive; False while Redis cannot be reached. `flushed`: the books were emptied
-    while this worker ran, so whatever they hold now is in this version's layout."""
-    try:
-        cache.publish_config(queue=app.conf.task_default_queue, worker=WORKER)
-        if flushed:  # marked, not walked: a steady-state worker never scans the books
-            cache.client.set(cache.keys.format, RECORD_FORMAT, nx=True)
-        else:
-            migrations.ensure_record_ids(cache.store)  # older books: before any task runs
-        migrations.ensure_pin_index(cache.store)
-        cache.registry.heartbeat(cache.keys, WORKER, settings=cache.settings)
-    except Exception as exc:  # Redis away: tried again at each heartbeat until it is back
-        log.error("worker cannot announce node %s yet: %s", cache.settings.node, exc)
-        return False
-    log.info("serving node %s (root %s)", cache.settings.node, cache.root)
-    if not cache.settings.enable_disk_cache_management:
-        log.warning(
-            "ENABLE_DISK_CACHE_MANAGEMENT is false: this worker registers, cleans and evicts "
-            "nothing (every task answers 'disabled'); set it true to manage the cache"
-        )
-    return True
+    return presence.announce(cache, WORKER, app.conf.task_default_queue, flushed)
 
 
 def _beat_forever(cache: Any, announced: bool) -> None:
@@ -161,29 +140,7 @@ def _beat_forever(cache: Any, announced: bool) -> None:
 
 
 def _beat_once(cache: Any, announced: bool) -> bool:
-    """One beat: announce the node until that works, then say it is alive; whether the node
-    stands announced after it."""
-    if not announced:
-        return _announce(cache)
-    try:
-        published = cache.registry.heartbeat(
-            cache.keys, WORKER, node=cache.settings.node, settings=cache.settings
-        )
-        gone = published and cache.registry.publisher_gone(cache.keys, WORKER)
-    except Exception as exc:  # Redis away: the node shows down until it is back
-        log.warning("node heartbeat failed: %s", exc)
-        return True
-    if gone:  # the settings standing were a stopped worker's: this one's stand now
-        with contextlib.suppress(Exception):  # tried again at the next beat
-            cache.publish_config(queue=app.conf.task_default_queue, worker=WORKER)
-            log.info("node %s: published this worker's settings (the publisher stopped)",
-                     cache.settings.node)  # fmt: skip
-    if published:
-        return True
-    # The books were flushed (FLUSHALL, a restart without persistence): the node's entry and
-    # config went with them, and clients route by them.
-    log.warning("node %s was no longer published: announcing it again", cache.settings.node)
-    return _announce(cache, flushed=True)
+    return presence.beat(cache, WORKER, app.conf.task_default_queue, announced)
 
 
 @task_failure.connect
@@ -247,7 +204,4 @@ def goodbye(**_: Any) -> None:
     cache = current_cache()
     if cache is not None:
         with _beating:  # a beat in flight lands first: it must not bring the node back up
-            try:
-                cache.registry.mark_down(cache.keys, WORKER)
-            except Exception as exc:
-                log.warning("could not mark node down: %s", exc)
+            presence.leave(cache, WORKER)
