@@ -134,6 +134,6 @@ def send_quota_pass(cache: DiskCache) -> None:
         click.echo(f"past the threshold, and no worker of the node is alive: {hint}", err=True)
         return
     try:
-        state().tasks.send("enforce_quota", automatic=True)
+        state().tasks.send("cleanup", automatic=True)  # sweep first, as a task's does
     except OperationalError as exc:
         click.echo(f"past the threshold; no quota pass could be sent ({exc}): {hint}", err=True)

@@ -420,7 +420,7 @@ def test_register_now_past_the_threshold_registers_even_when_no_pass_can_be_sent
     monkeypatch.setattr(tasks, "send", broker_down)
     result = run(runner, "register", "d09", "--now", "--json")
     assert result.exit_code == 0 and cache.store.info("d09") is not None, result.output
-    assert sent == ["enforce_quota"] and "cachemgr cleanup --now" in result.stderr
+    assert sent == ["cleanup"] and "cachemgr cleanup --now" in result.stderr
     cache.client.delete(cache.keys.alive)  # no worker: nothing is sent at all
     cache.remove("d09")
     sent.clear()

@@ -116,7 +116,7 @@ def test_a_stopped_scheduler_also_stops_evictions_that_registrations_trigger(
     sent: list[str] = []
 
     def published(sender=None, headers=None, **kwargs):
-        if sender == "cachemgr.enforce_quota":
+        if sender == "cachemgr.cleanup":
             sent.append(headers["id"])  # sent by the registration, in the session worker
 
     after_task_publish.connect(published, weak=False)
@@ -128,6 +128,39 @@ def test_a_stopped_scheduler_also_stops_evictions_that_registrations_trigger(
     automatic = AsyncResult(sent[0], app=pipeline.app).get(timeout=WAIT)
     assert automatic == {"status": "skipped", "reason": "scheduler stopped"}
     assert cache.store.count_entries() == 20
+
+
+def test_a_registrations_quota_pass_expires_what_outlived_its_ttl_before_it_evicts(
+    pipeline, cache, root
+):
+    """It sent a quota pass alone: the directories whose TTL had run out were evicted and
+    counted as evictions, and under a policy other than LRU live ones went while they stayed."""
+    from celery.result import AsyncResult
+    from celery.signals import after_task_publish
+
+    for i in range(19):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    outlived = cache.clock() - cache.settings.disk_cache_ttl_seconds - 60
+    cache.client.zadd(cache.keys.lru, {"d07": outlived, "d11": outlived})
+    make_tree(root, "last", files=4)
+    sent: list[str] = []
+
+    def published(sender=None, headers=None, **kwargs):
+        if sender == "cachemgr.cleanup":
+            sent.append(headers["id"])
+
+    after_task_publish.connect(published, weak=False)
+    try:
+        assert pipeline.register("last").get(timeout=WAIT)["over_threshold"] is True
+    finally:
+        after_task_publish.disconnect(published)
+    assert len(sent) == 1
+    done = AsyncResult(sent[0], app=pipeline.app).get(timeout=WAIT)
+    assert sorted(done["sweep"]["paths"]) == ["d07", "d11"], done
+    assert not {"d07", "d11"} & set(done["evict"]["paths"])
+    counters = cache.stats()
+    assert counters["expirations"] == 2 and counters["evictions"] == done["evict"]["count"]
 
 
 def test_manual_cleanup_ignores_the_scheduler_switch(pipeline, cache, root):

@@ -80,7 +80,10 @@ def configure(cache: DiskCache | None) -> None:
 
 
 def _quota_pass_if_due(booked: dict[str, Any]) -> dict[str, Any]:
-    send_quota_pass(get_cache(), booked, lambda: enforce_quota.delay(automatic=True))
+    # A cleanup, sweep first: a quota pass alone evicted (and counted as evictions) the
+    # directories whose TTL had run out, and under another policy than LRU evicted live
+    # ones while expired ones stayed.
+    send_quota_pass(get_cache(), booked, lambda: cleanup.delay(automatic=True))
     return booked
 
 
