@@ -8,7 +8,9 @@ over one directory's entries is in C (_scandir.c) when the install built it, els
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -234,6 +236,42 @@ def directories_at_depth(
     yield from sorted(level)
 
 
+class _Statx(ctypes.Structure):
+    # struct statx up to stx_btime (linux/stat.h); the rest of its 256 bytes is padding here.
+    _fields_ = [
+        ("mask", ctypes.c_uint32),
+        ("head", ctypes.c_uint8 * 76),
+        ("btime_sec", ctypes.c_int64),
+        ("btime_nsec", ctypes.c_uint32),
+        ("tail", ctypes.c_uint8 * 172),
+    ]
+
+
+_STATX_BTIME, _AT_SYMLINK_NOFOLLOW, _AT_FDCWD = 0x800, 0x100, -100
+
+
+@functools.cache
+def _statx() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).statx  # type: ignore[no-any-return]
+    except (AttributeError, OSError):  # a libc before glibc 2.28: no birth times
+        return None
+
+
+def birth_time(path: Path | str) -> float | None:
+    """When `path` was created (statx's stx_btime), not following a symlink; None where the
+    libc, the kernel or the filesystem does not keep it. Python 3.11's os.stat gives none."""
+    call = _statx()
+    if call is None:
+        return None
+    out = _Statx()
+    if call(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, ctypes.byref(out)):
+        return None
+    if not out.mask & _STATX_BTIME:
+        return None
+    return out.btime_sec + out.btime_nsec / 1e9
+
+
 def newest_directory(
     root: Path,
     depth: int = 1,
@@ -248,17 +286,26 @@ def newest_directory(
     it (picked, it failed every registration until something newer came); `passed_over` gets
     the newest such, if newer than the one picked. `blocked` and `books` as in directories_at_depth.
 
-    Linux exposes no birth time through os.stat, so "created" is the newest st_ctime, which a
-    directory gets when it is made and when its entries change, as a download writes it.
+    Created: the birth time, where the filesystem keeps one for every candidate (ext4, XFS,
+    btrfs, tmpfs); else the newest st_ctime, which a directory gets when it is made and when
+    its entries change (a cover added to an older download later made that one the newest).
+    `key`, when given, is what is compared instead.
     """
-    pick = key or (lambda st: st.st_ctime)
-    best: tuple[float, str] | None = None
-    unnamed: tuple[float, str] | None = None
+    found: list[tuple[str, float, float | None]] = []
     for rel in directories_at_depth(root, depth, blocked=blocked, books=books):
         try:
-            when = pick(os.lstat(root / rel))
+            st = os.lstat(root / rel)
         except FileNotFoundError:
             continue
+        if key is not None:
+            found.append((rel, key(st), None))
+        else:
+            found.append((rel, st.st_ctime, birth_time(root / rel)))
+    born = bool(found) and all(b is not None for _, _, b in found)
+    best: tuple[float, str] | None = None
+    unnamed: tuple[float, str] | None = None
+    for rel, changed, birth in found:
+        when = birth if born and birth is not None else changed
         if unbookable(rel):
             if unnamed is None or when > unnamed[0]:
                 unnamed = (when, rel)

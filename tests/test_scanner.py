@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +96,25 @@ def test_newest_directory_is_the_latest_download(root):
     make_tree(root, "new")
     os.utime(root / "old", (1, 1))
     assert scanner.newest_directory(root, key=lambda st: st.st_mtime) == "new"
+
+
+def test_the_newest_directory_is_the_last_created_not_the_last_changed(root, monkeypatch):
+    """A cover added to an older download made that one "the newest" (st_ctime), and
+    register_completed_download booked it again instead of the download just finished."""
+    (root / "older").mkdir()
+    time.sleep(0.02)
+    (root / "finished").mkdir()
+    time.sleep(0.02)
+    (root / "older" / "cover.jpg").write_bytes(b"x")
+    if scanner.birth_time(root / "older") is None:
+        pytest.skip("this filesystem keeps no birth times")
+    assert scanner.newest_directory(root) == "finished"
+    # Where a directory has no birth time, every one goes by st_ctime (never a mix).
+    real = scanner.birth_time
+    monkeypatch.setattr(
+        scanner, "birth_time", lambda p: None if Path(p).name == "finished" else real(p)
+    )
+    assert scanner.newest_directory(root) == "older"
 
 
 def test_directories_at_depth_skip_trash_and_files(root):
