@@ -206,6 +206,11 @@ def cleanup(
         return disabled("cleanup")
     if (periodic or automatic) and not cache.scheduler_running():
         _weighs_nothing(cache, dry_run)
+        log.info(
+            "%s skipped: the scheduler is stopped (`cachemgr scheduler start`)",
+            "periodic cleanup" if periodic else "a registration's quota pass",
+            extra={"event": "cleanup_skipped"},
+        )
         return {"status": "skipped", "reason": "scheduler stopped"}
     refused = _refused(cache)
     if refused is not None and not dry_run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections import namedtuple
@@ -461,7 +462,7 @@ def test_beat_back_from_an_outage_rechecks_what_was_registered_while_it_was_down
     assert cache.info("written-while-down").size_bytes >= first + 3 * 4096
 
 
-def test_a_burst_of_registrations_past_the_threshold_sends_one_quota_pass(cache):
+def test_a_burst_of_registrations_past_the_threshold_sends_one_quota_pass(cache, caplog):
     """Each registration past the threshold sent a quota pass: a burst of a thousand queued a
     thousand, each taking the lock in turn to find nothing to do. One waits to weigh the
     usage; the registrations booked before it does are counted by it."""
@@ -481,7 +482,13 @@ def test_a_burst_of_registrations_past_the_threshold_sends_one_quota_pass(cache)
     # Skipped (the scheduler stopped, a worker switched off, the root being adopted...), it
     # weighed nothing: the next one is sent (the reconcile's that adopted, among them).
     cache.set_scheduler(False)
-    assert cleanup(cache, automatic=True, sweep_expired=False)["reason"] == "scheduler stopped"
+    with caplog.at_level(logging.INFO, logger="cachemgr"):
+        assert cleanup(cache, automatic=True, sweep_expired=False)["reason"] == "scheduler stopped"
+        assert cleanup(cache, periodic=True)["reason"] == "scheduler stopped"
+    said = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "cleanup_skipped"]
+    why = "skipped: the scheduler is stopped (`cachemgr scheduler start`)"
+    # Celery's trace line alone said it
+    assert said == [f"a registration's quota pass {why}", f"periodic cleanup {why}"]
     cache.set_scheduler(True)
     assert send_quota_pass(cache, due, send) is True and len(sent) == 3
     off = DiskCache(cache.settings.with_(enable_disk_cache_management=False), cache.client)
