@@ -222,14 +222,14 @@ def _from_elsewhere(req: Any, hosts: Any = ()) -> bool:
     origin = req.headers.get("Origin")
     if not origin:
         return False
-    theirs = urlsplit(origin.lower())
-    if (theirs.hostname or "") in hosts:
-        return False
-    default = {"http": 80, "https": 443}.get(theirs.scheme)
-    mine = urlsplit(f"//{req.host.lower()}")
     try:
+        theirs = urlsplit(origin.lower())
+        if (theirs.hostname or "") in hosts:
+            return False
+        default = {"http": 80, "https": 443}.get(theirs.scheme)
+        mine = urlsplit(f"//{req.host.lower()}")
         return (theirs.hostname, theirs.port or default) != (mine.hostname, mine.port or default)
-    except ValueError:  # a port that is no number: nobody's own page sent that
+    except ValueError:  # a port that is no number, a bracket left open: no page sent that
         return True
 
 
@@ -237,7 +237,10 @@ def _from_elsewhere(req: Any, hosts: Any = ()) -> bool:
 def _host_of(raw: str) -> tuple[str, bool]:
     """A Host header's name (lower case, no port, no trailing dot), and whether it is
     loopback's."""
-    host = (urlsplit(f"//{raw}").hostname or "").lower().removesuffix(".")
+    try:
+        host = (urlsplit(f"//{raw}").hostname or "").lower().removesuffix(".")
+    except ValueError:  # a bracket left open ("[::1"): no name, loopback's least of all
+        return "", False
     return host, _loopback(host)
 
 

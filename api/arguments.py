@@ -13,6 +13,7 @@ import marshmallow as ma
 from flask import Response
 from flask_smorest import Blueprint
 from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import HTTPException
 
 from api.extensions import this_request
 
@@ -87,7 +88,13 @@ def body_arguments(req: Any) -> list[str]:
         return []
     # Read first, kept: the form parser reads it from here (a multipart body it could not
     # parse, a wrong boundary, would otherwise be read as none), at most MAX_CONTENT_LENGTH.
-    data = req.get_data(cache=True)
+    try:
+        data = req.get_data(cache=True)
+    except HTTPException:  # too large: its own 413
+        raise
+    except Exception as exc:  # the server's reader: a chunk size that is no number...
+        why = f"could not be read: {type(exc).__name__}: {exc}"
+        raise ma.ValidationError({"body": [why]}) from None
     if req.content_length is None and len(data) >= (req.max_content_length or len(data) + 1):
         # A chunked body is cut at the limit, not refused: what lies past it is unread.
         return [f"a body of {len(data)} bytes or more"]

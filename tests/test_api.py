@@ -251,6 +251,9 @@ def test_another_sites_page_cannot_steer_the_cache(app, client):
     assert client.post("/cache/stats/reset", headers=port).status_code == 200
     bad = {"Host": "cache.internal", "Origin": "http://elsewhere:port"}
     assert client.post("/cache/stats/reset", headers=bad).status_code == 403  # not a 500
+    unclosed = {"Host": "cache.internal", "Origin": "http://[::1"}  # urlsplit's ValueError
+    assert client.post("/cache/stats/reset", headers=unclosed).status_code == 403
+    assert client.get("/cache/stats", headers={"Host": "[::1"}).status_code == 403
     # With a token the API listens beyond loopback (any Host), and Basic is no way around it.
     app.config["DISK_CACHE_API_TOKEN"] = "s3cret"
     assert client.get("/cache/stats", headers={"Host": "cache.example"}).status_code == 200

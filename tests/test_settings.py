@@ -471,6 +471,13 @@ def test_requests_gunicorn_cannot_parse_are_answered_in_the_apis_json(tmp_path, 
                          b"Transfer-Encoding: foo\r\n\r\n")  # fmt: skip
         assert head.startswith("HTTP/1.1 501 Not Implemented"), head
         assert said["code"] == "not_implemented", said
+        # A chunked body gunicorn's reader cannot read, on any route: a 400, not a 500.
+        for chunks in (b"zz\r\n", b"2\r\nabXY"):  # a size that is no number, no terminator
+            head, said = ask(b"GET /cache/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                             + chunks)  # fmt: skip
+            assert head.startswith("HTTP/1.1 400 "), (head, said)
+            assert "body" in said["message"] and "could not be read" in said["message"], said
     finally:
         serve.terminate()
         serve.wait(timeout=30)
