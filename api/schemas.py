@@ -19,6 +19,8 @@ class ApiErrorSchema(Schema):
     message = fields.String(required=True)
     status = fields.Integer(required=True)
     errors = fields.Dict(metadata={"description": "per-parameter problems, when there are any"})
+    task_id = fields.String(metadata={"description": "a task that failed (code task_failed)"})
+    state = fields.String(metadata={"description": "that task's state: FAILURE"})
 
 
 ErrorSchema = ApiErrorSchema

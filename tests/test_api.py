@@ -78,6 +78,21 @@ def test_register_enqueues_and_wait_returns_the_result(client, cache, root):
     assert r.status_code == 200 and r.get_json()["result"]["status"] == "registered"
 
 
+def test_a_failed_tasks_reply_is_the_documented_error(client, cache, root):
+    """It carried task_id and state, which the error schema (no other fields) did not name."""
+    from api.schemas import ApiErrorSchema
+
+    registered(cache, root, "deep")
+    make_tree(root, "deep/sub")
+    r = client.post("/cache/register/deep/sub?wait=10")
+    said = r.get_json()
+    assert r.status_code == 409 and said["code"] == "task_failed", said
+    assert said["state"] == "FAILURE" and said["task_id"]
+    assert ApiErrorSchema().validate(said) == {}
+    documented = client.get("/openapi.json").get_json()["components"]["schemas"]["ApiError"]
+    assert {"task_id", "state"} <= set(documented["properties"])
+
+
 def test_delete_untracks_and_removes_files_when_asked(client, cache, root):
     registered(cache, root, "keep", "gone")
     r = client.delete("/cache/directories/keep?wait=10")
