@@ -213,13 +213,14 @@ def cleanup(
         )
         return {"status": "skipped", "reason": "scheduler stopped"}
     refused = _refused(cache)
-    if refused is not None and not dry_run:
+    if refused is not None:
         # A reconcile --force adopting the root: until its end the root has no marker (a new
         # disk), is empty (downloads removed on purpose), or has just been marked while the
         # books' token is not yet written. One that ended meanwhile has its root read again.
+        # A plan too: refused, it said the adoption had been cut short, and to run another.
         if cache.client.exists(cache.keys.adopting):
             log.info("cleanup skipped: a reconcile is adopting the root (%s)", refused)
-            if as_beat:  # not overdue; the last cleanup's outcome stands
+            if as_beat and not dry_run:  # not overdue; the last cleanup's outcome stands
                 history.beat_ran(cache, cache.clock())
             _weighs_nothing(cache, dry_run)  # the adopting reconcile's own pass is sent
             return {"status": "skipped", "reason": RECONCILE_RUNNING}

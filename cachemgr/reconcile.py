@@ -96,6 +96,10 @@ def reconcile(
     if not dry_run and not cache.settings.enable_disk_cache_management:
         # a plan changes nothing: it is a read, and reads still work
         return disabled("reconcile")
+    if not force and cache.client.exists(cache.keys.adopting):
+        # The root is refused until the adoption ends, as if one had been cut short: that
+        # said to run another.
+        raise ReconcileBusy("a reconcile --force is adopting the root: try again once it ends")
     cache.check_root(force=force)
     timeout_ms = cache.settings.disk_cache_lock_timeout_seconds * 1000
     lock = Lock(cache.client, cache.keys.reconcile_lock, timeout_ms)

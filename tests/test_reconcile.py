@@ -8,7 +8,7 @@ import pytest
 from cachemgr import scanner
 from cachemgr.cleanup import cleanup
 from cachemgr.journal import recover_unfinished
-from cachemgr.reconcile import reconcile
+from cachemgr.reconcile import ReconcileBusy, reconcile
 from tests.conftest import make_tree
 
 
@@ -565,9 +565,17 @@ def test_a_cleanup_during_a_forced_adoption_is_skipped_not_failed(cache, root):
     # Nor do the stats call the root refused while the adoption runs (they said "cache not
     # working ... run it again" for the whole walk).
     assert not any("names other books" in w for w in stats["warnings"]), stats["warnings"]
-    with pytest.raises(RootMissing, match="names other books"):
-        cleanup(cache, dry_run=True)  # a plan records nothing: the refusal is said
+    # Nor a plan, nor a reconcile's (they said the adoption had been cut short, and to run
+    # another), nor one not forced: until its end.
+    plan = cleanup(cache, dry_run=True)
+    assert plan["status"] == "skipped" and "reconcile is adopting the root" in plan["reason"]
+    for dry_run in (True, False):
+        with pytest.raises(ReconcileBusy, match="a reconcile --force is adopting the root"):
+            reconcile(cache, dry_run=dry_run)
     cache.client.delete(cache.keys.adopting)
+    with pytest.raises(RootMissing, match="names other books"):
+        cleanup(cache, dry_run=True)  # none running: a plan says the refusal
+    assert reconcile(cache, dry_run=True, force=True)["dry_run"] is True
     with pytest.raises(RootMissing, match="names other books"):
         cleanup(cache, periodic=True)  # none running: the root is refused, as before
     assert any("names other books" in w for w in cache.stats()["warnings"])
