@@ -14,6 +14,7 @@ from api.arguments import CacheBlueprint
 from api.errors import STATUS_BY_NAME, body
 from api.extensions import answered, cache, let_go, state, this_app, this_request
 from api.schemas import (
+    NODE_PARAMETER,
     DirectoryListSchema,
     DirectorySchema,
     DryRunArgs,
@@ -338,9 +339,10 @@ class StopScheduler(MethodView):
         return node_cache(args).set_scheduler(False)
 
 
-@blp.route("/nodes/<name>")
+@blp.route("/nodes/<name>", parameters=[NODE_PARAMETER])
 class Node(MethodView):
     @blp.response(200, ForgottenSchema)
+    @blp.alt_response(400, schema=ErrorSchema)
     @blp.alt_response(404, schema=ErrorSchema)
     @blp.alt_response(409, schema=ErrorSchema)
     def delete(self, name: str) -> Any:

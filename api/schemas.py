@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from marshmallow import Schema, ValidationError, fields, validate
 
 from cachemgr import checks
@@ -239,7 +237,19 @@ class EventListSchema(Schema):
     events = fields.List(fields.Nested(EventSchema), required=True)
 
 
-NODE_NAME = re.compile(f"^{checks.NODE_NAME.pattern}$")  # marshmallow's Regexp: match()
+def _node(value: str) -> None:
+    # Whole: marshmallow's Regexp matches with `$`, which took "vm\n" (then an unknown node).
+    if not checks.NODE_NAME.fullmatch(value):
+        raise ValidationError(checks.NODE_NAME_RULE)
+
+
+NODE_PATTERN = f"^{checks.NODE_NAME.pattern}$"  # as documented (JSON Schema's pattern)
+NODE_PARAMETER = {
+    "in": "path",
+    "name": "name",
+    "schema": {"type": "string", "pattern": NODE_PATTERN},
+    "description": "the node's name",
+}
 
 
 class NoArgs(Schema):
@@ -249,8 +259,11 @@ class NoArgs(Schema):
 class NodeArgs(Schema):
     node = fields.String(
         load_default=None,
-        validate=validate.Regexp(NODE_NAME, error=checks.NODE_NAME_RULE),
-        metadata={"description": "the cache node (default: this API's own)"},
+        validate=_node,
+        metadata={
+            "description": "the cache node (default: this API's own)",
+            "pattern": NODE_PATTERN,
+        },
     )
 
 
@@ -292,10 +305,11 @@ def _holder(value: str) -> None:
 
 class UnpinArgs(WaitArgs):
     holder = fields.String(
-        validate=_holder,
+        validate=[validate.Length(min=1, max=checks.MAX_HOLDER), _holder],
         metadata={
-            "description": "whose lease (a stream's id, 1-200 printable characters); "
-            "none: anyone's"
+            "description": f"whose lease (a stream's id, 1-{checks.MAX_HOLDER} printable "
+            "characters, not all blank); none: anyone's",
+            "pattern": r"\S",
         },
     )
 

@@ -93,6 +93,23 @@ def test_a_failed_tasks_reply_is_the_documented_error(client, cache, root):
     assert {"task_id", "state"} <= set(documented["properties"])
 
 
+def test_names_are_checked_whole_and_documented_as_checked(client):
+    """?node=vm%0A passed the pattern (marshmallow's Regexp matches with `$`, which takes a
+    final newline): a 404 for an unknown node. The holder's length and a node path's name
+    were checked but not documented: requests the document allows got a 400."""
+    r = client.get("/cache/stats?node=vm%0A")
+    assert r.status_code == 400 and r.get_json()["code"] == "bad_parameter", r.get_json()
+    assert client.delete("/cache/nodes/vm%0A").status_code == 400
+    spec = client.get("/openapi.json").get_json()["paths"]
+    pin = spec["/cache/directories/{path}/pin"]["post"]["parameters"]
+    params = {p["name"]: p["schema"] for p in pin}
+    assert params["holder"]["minLength"] == 1 and params["holder"]["maxLength"] == 200
+    assert params["node"]["pattern"] == "^[A-Za-z0-9_.-]{1,100}$"
+    forget = spec["/cache/nodes/{name}"]
+    assert forget["parameters"][0]["schema"]["pattern"] == params["node"]["pattern"]
+    assert "400" in forget["delete"]["responses"]
+
+
 def test_delete_untracks_and_removes_files_when_asked(client, cache, root):
     registered(cache, root, "keep", "gone")
     r = client.delete("/cache/directories/keep?wait=10")
