@@ -10,6 +10,8 @@ directory its path later hit in, so that a simulation sees one object, not two.
 from __future__ import annotations
 
 import csv
+import pickle
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -62,17 +64,6 @@ def _entries(client: Any, keys: Keys, count: int | None, last: bytes = b"+") -> 
             return
 
 
-def _tracked_names(client: Any, keys: Keys, count: int | None) -> tuple[set[bytes], bytes]:
-    """The paths hits were logged under (tracked directories), and the last entry's id."""
-    hits: set[bytes] = set()
-    last = b""
-    for ident, fields in _entries(client, keys, count):
-        last = ident
-        if fields.get(b"hit") == b"1":
-            hits.add(fields.get(b"path", b""))
-    return hits, last
-
-
 def _folded(path: bytes, tracked: set[bytes]) -> bytes:
     """`path`, or the tracked directory above it (tracked directories never nest)."""
     i = path.find(b"/")
@@ -84,30 +75,44 @@ def _folded(path: bytes, tracked: set[bytes]) -> bytes:
 
 
 def export_rows(client: Any, keys: Keys, out: TextIO, count: int | None = None) -> Exported:
-    """Write the stream as CSV `timestamp,path,size,hit`, oldest first: two reads of it, the
-    first for the tracked directories' names. Lines end in \\n; a path holding a \\r or \\n
-    is quoted (with "\\n" as the line terminator the csv module quoted only \\n, and a \\r in
-    a path split its row)."""
+    """Write the stream as CSV `timestamp,path,size,hit`, oldest first. It is read once, into
+    a spool file (a second read, for the rows, lost what the cap trimmed meanwhile: all of
+    them under a busy pipeline), then written with the tracked directories' names known.
+    Lines end in \\n; a path holding a \\r or \\n is quoted (with "\\n" as the line
+    terminator the csv module quoted only \\n, and a \\r in a path split its row)."""
     writer = csv.writer(out, lineterminator="\n")
     carriage = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)  # rows with a \r
     writer.writerow(["timestamp", "path", "size", "hit"])
     done = Exported()
-    tracked, last = _tracked_names(client, keys, count)
-    if not last:
+    tracked: set[bytes] = set()  # the paths hits were logged under: tracked directories
+    newest = client.execute_command(
+        "XREVRANGE", keys.accesses, "+", "-", "COUNT", 1, **{NEVER_DECODE: []}
+    )
+    if not newest:
         return done
-    # Up to the first read's last entry: what was logged since has not been looked at.
-    for _ident, fields in _entries(client, keys, count, last):
-        raw = fields.get(b"path", b"")
-        if fields.get(b"hit") != b"1":
-            folded = _folded(raw, tracked)
-            done.folded += folded != raw
-            raw = folded
-        path = _text(raw, "", done)
-        (carriage if "\r" in path else writer).writerow(
-            [_text(fields.get(b"t"), ""), path, _text(fields.get(b"size"), "0"),
-             _text(fields.get(b"hit"), "0")]
-        )  # fmt: skip
-        done.rows += 1
+    with tempfile.TemporaryFile() as spool:
+        read = 0
+        # Up to the newest entry now: a pipeline that logs faster than this reads is not
+        # followed for ever.
+        for _ident, fields in _entries(client, keys, count, newest[0][0]):
+            row = (fields.get(b"t"), fields.get(b"path", b""), fields.get(b"size"),
+                   fields.get(b"hit"))  # fmt: skip
+            if row[3] == b"1":
+                tracked.add(row[1])
+            pickle.dump(row, spool, protocol=pickle.HIGHEST_PROTOCOL)
+            read += 1
+        spool.seek(0)
+        for _ in range(read):
+            when, raw, size, hit = pickle.load(spool)
+            if hit != b"1":
+                folded = _folded(raw, tracked)
+                done.folded += folded != raw
+                raw = folded
+            path = _text(raw, "", done)
+            (carriage if "\r" in path else writer).writerow(
+                [_text(when, ""), path, _text(size, "0"), _text(hit, "0")]
+            )
+            done.rows += 1
     return done
 
 
