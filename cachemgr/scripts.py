@@ -24,6 +24,15 @@ local function count(field, n)
     redis.call('HINCRBY', KEYS[4], field, n)
   end
 end
+-- Bytes a pipeline reported (each at most 2^53) stop at 511 x 2^54, short of 2^63: HINCRBY
+-- past it failed the script after its other writes, and every sized miss after it, for good.
+local function count_reported(field, n)
+  if n > 0 and tonumber(redis.call('HGET', KEYS[4], field) or '0') + n > 511 * 2^54 then
+    redis.call('HSET', KEYS[4], field, '9205357638345293824')
+  else
+    count(field, n)
+  end
+end
 -- A record's field is not its path but the path's id (records.record_id): 12 base64
 -- characters of its SHA-1. A 40-character field costs Redis a 48-byte allocation per
 -- directory, the id a 16-byte one.
@@ -213,7 +222,7 @@ end
 local logcap = tonumber(ARGV[5])
 if not rec then
   count('misses', 1)
-  count('missed_bytes', tonumber(ARGV[4]))
+  count_reported('missed_bytes', tonumber(ARGV[4]))
   if tonumber(ARGV[4]) == 0 then count('unsized_misses', 1) end
   log_access(logcap, now, path, ARGV[4], 0)
   return 0

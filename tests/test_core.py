@@ -86,6 +86,17 @@ def test_register_latest_on_empty_root_says_so(cache):
         cache.register_latest()
 
 
+def test_reported_miss_bytes_stop_short_of_overflowing_the_counter(cache):
+    """Past 2^63 HINCRBY failed the script after it had counted the miss: every sized miss
+    after it failed, for good (a reset only moves the baseline)."""
+    cache.client.hset(cache.keys.stats, "missed_bytes", 2**63 - 2**55)
+    for i in range(3):
+        assert cache.access(f"huge{i}", miss_bytes=2**53)["hit"] is False
+    counts = cache.client.hgetall(cache.keys.stats)
+    assert int(counts["missed_bytes"]) == 511 * 2**54 and int(counts["misses"]) == 3
+    assert cache.stats()["byte_hit_ratio"] == 0.0
+
+
 def test_access_counts_hits_and_misses_and_renews(cache, root):
     clock = Clock()
     cache.clock = clock
