@@ -467,6 +467,7 @@ def test_a_fresh_worker_process_meets_a_root_gone_since_start_as_a_failed_cleanu
     monkeypatch.setenv("DISK_CACHE_ROOT", str(root))
     monkeypatch.setenv("REDIS_URL", settings.redis_url)
     monkeypatch.setenv("DISK_CACHE_KEY_PREFIX", settings.key_prefix)
+    monkeypatch.setenv("DISK_CACHE_CLUSTER", settings.disk_cache_cluster)  # its registry too
     away = root.with_name("unmounted")
     root.rename(away)
     tasks.configure(None)
