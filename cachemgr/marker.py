@@ -172,8 +172,19 @@ def present(cache: DiskCache) -> bool:
 
 
 def books_were_lost(cache: DiskCache) -> bool:
-    """Books not initialized that were kept before: the root says so, or they are empty."""
-    return present(cache) or cache.store.count_entries() == 0
+    """Books not initialized that were kept before: the root's marker says so, or they are
+    empty."""
+    return kept_before(cache) or cache.store.count_entries() == 0
+
+
+def kept_before(cache: DiskCache, token: str | None = None) -> bool:
+    """The root's marker holds a token the books do not (`token`: theirs, when the caller
+    read it): books were kept for it before these. A new install's first registration
+    marks its root with the books' own."""
+    if not present(cache):
+        return False
+    token = cache.client.get(cache.keys.root_mark) if token is None else token
+    return not token or _token_line(cache) != token
 
 
 def swapped(cache: DiskCache, token: str | None = None) -> str | None:
@@ -216,15 +227,24 @@ def check_registering(cache: DiskCache) -> None:
     token, due = cache.root_token
     fresh = time.monotonic() >= due
     try:
-        other = _refusal(cache, _read_token(cache) if fresh else token)
+        token = _read_token(cache) if fresh else token
+        other = _refusal(cache, token)
         if other and not fresh:  # an adoption may have ended since the token was read
-            other = _refusal(cache, _read_token(cache))
+            token = _read_token(cache)
+            other = _refusal(cache, token)
     except PermissionError as exc:  # the marker cannot be looked at: a traceback, unsaid
         raise RootMissing(unreadable(cache, exc, refused)) from None
     if other:
         if not cache.root.is_dir():  # no marker, for there is no root at all: said so
             raise RootMissing(root_missing(cache.root, refused))
         raise RootMissing(_not_theirs(cache, other, refused))
+    if fresh and not token and cache.root.is_dir() and not present(cache):
+        # A new install's books are marked by their first registration, not only by the
+        # node's first cleanup: until then a shell with another DISK_CACHE_ROOT was taken for
+        # the books' root, and its `rm --now --files` deleted there. (A marker with no token
+        # in the books: they were lost, and the cleanup rebuilds them before it marks.)
+        remember(cache)
+        _read_token(cache)
 
 
 def _read_token(cache: DiskCache) -> str:

@@ -281,7 +281,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     if not snap["initialized"] and stats["directory_count"] and cache.local:
         # Books kept before (the root says so) and gone since: what was registered after the
         # loss is all they count until the next cleanup rebuilds them from the disk.
-        if marker.present(cache):
+        if marker.kept_before(cache, snap.get("root_mark") or ""):
             stats["warnings"].append(
                 "the books were lost (Redis lost its data?) and hold only what was registered "
                 "since: usage is undercounted until the next cleanup rebuilds them from the "

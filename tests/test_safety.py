@@ -392,3 +392,30 @@ def test_a_cleanup_run_here_goes_on_to_its_end(settings, redis_client, root):
     assert result["evict"]["count"] == len(result["evict"]["paths"]) == 4
     assert cache.store.total_bytes() == cache.settings.target_bytes
     assert cleanup_through(cache, dry_run=True)["passes"] == 1
+
+
+def test_a_new_installs_first_registration_marks_its_root(settings, redis_client, root, tmp_path):
+    """Before the node's first cleanup the books held no mark of their root: a shell with
+    another DISK_CACHE_ROOT (no worker had published one) was taken for the books', and its
+    `rm --now --files` deleted a directory there, never booked, while the real one left the
+    books; its `cleanup --now` booked that root's directories and wrote its marker there."""
+    from cachemgr import RootMissing, paths
+    from cachemgr.cleanup import cleanup
+
+    cache = DiskCache(settings, redis_client)
+    for name in ("album1", "album2"):
+        make_tree(root, name)
+        cache.register(name)
+    assert (root / paths.BOOKS_MARKER).is_file()
+    other = tmp_path / "other"
+    make_tree(other, "album1")
+    make_tree(other, "stray")
+    shell = DiskCache(settings.with_(disk_cache_root=str(other)), redis_client)
+    with pytest.raises(RootMissing, match="not the directory these books were kept for"):
+        shell.remove("album1", remove_files=True)
+    with pytest.raises(RootMissing):
+        cleanup(shell)
+    assert (other / "album1").is_dir() and not (other / paths.BOOKS_MARKER).exists()
+    assert cache.store.tracked(["album1", "album2", "stray"]) == [True, True, False]
+    # The books are the new install's, not lost ones: its first cleanup rebuilds nothing.
+    assert cleanup(cache)["rebuilt"] is False
