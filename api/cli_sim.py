@@ -24,6 +24,7 @@ from api.humanize import counted
 from cachemgr.access_log import Exported, export_rows
 from cachemgr.connection import connect
 from cachemgr.keys import Keys
+from cachemgr.logs import printable
 from cachemgr.models import MODELS
 from cachemgr.settings import Settings, SettingsError
 from cachemgr.simulate import BOUNDS, CacheSize, format_table, parse_size, plot, simulate
@@ -134,9 +135,9 @@ def simulate_command(
         raise Refused("--plot needs a file name (e.g. --plot curves.png)")
     if plot_path and not Path(plot_path).suffix:
         plot_path += ".png"  # what matplotlib writes: the path said after is the one written
-    if plot_path and not Path(plot_path).absolute().parent.is_dir():
+    if plot_path:
         # Said before the replay, not after minutes of it (with --json, nothing was printed).
-        raise Refused(f"cannot write the plot {plot_path}: no directory {Path(plot_path).parent}")
+        _plot_writable(plot_path)
     if limit is not None and limit <= 0:
         raise Refused("--limit must be > 0")
     target = threshold if target is None else target
@@ -157,11 +158,45 @@ def simulate_command(
         threshold=threshold,
         target=target,
     )
+    _print_results(data, results, as_json)
     if plot_path:
         try:
             plot(results, plot_path, title=data.name)
-        except (OSError, ValueError) as exc:
-            raise Refused(f"cannot write the plot {plot_path}: {exc}") from None
+        except (OSError, ValueError) as exc:  # the results are out: the plot alone is lost
+            why = getattr(exc, "strerror", None) or exc
+            raise Refused(f"cannot write the plot {printable(plot_path)}: {why}") from None
+        if not as_json:
+            click.echo(f"plot written to {printable(plot_path)}")
+
+
+def _plot_writable(path: str) -> None:
+    """A plot --plot could not write, refused before the replay: a format matplotlib does not
+    write, a missing directory, a file that cannot be created there."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kind = Path(path).suffix.lstrip(".").lower()
+    known = FigureCanvasBase.get_supported_filetypes()
+    if kind not in known:
+        raise Refused(
+            f"--plot {printable(path)}: matplotlib writes no {kind!r} (it writes "
+            f"{', '.join(sorted(known))})"
+        )
+    if not Path(path).absolute().parent.is_dir():
+        raise Refused(f"cannot write the plot {printable(path)}: no directory {Path(path).parent}")
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise Refused(f"cannot write the plot {printable(path)}: {exc.strerror or exc}") from None
+    if not existed:
+        os.unlink(path)  # the check's: none is left behind should the replay fail
+
+
+def _print_results(data: Any, results: Any, as_json: bool) -> None:
     if as_json:
         click.echo(
             json.dumps(
@@ -191,8 +226,6 @@ def simulate_command(
             "object at its smallest size"
         )
     click.echo(format_table(results))
-    if plot_path:
-        click.echo(f"plot written to {plot_path}")
 
 
 @click.group("trace")
@@ -288,8 +321,11 @@ def export_command(
     """Write the access log as CSV timestamp,path,size,hit, for `cachemgr simulate`."""
     if count is not None and count <= 0:
         raise Refused("--count must be > 0")
+    if not output.strip():
+        raise Refused("-o needs a file name (or - for standard output)")
     if output != "-" and not Path(output).absolute().parent.is_dir():
-        raise Refused(f"cannot write {output}: no directory {Path(output).absolute().parent}")
+        parent = printable(str(Path(output).absolute().parent))
+        raise Refused(f"cannot write {printable(output)}: no directory {parent}")
     keys, client = _keys_and_client(redis_url, prefix)
     try:
         if output == "-":
@@ -303,10 +339,10 @@ def export_command(
     except redis.ResponseError as exc:
         raise click.ClickException(f"cannot read {keys.accesses}: {exc}") from None
     except OSError as exc:  # its strerror: the whole exception names the file written aside
-        raise Refused(f"cannot write {output}: {exc.strerror or exc}") from None
+        raise Refused(f"cannot write {printable(output)}: {exc.strerror or exc}") from None
     n = done.rows
     if output != "-":
-        click.echo(f"{counted(n, 'access')} written to {output}", err=True)
+        click.echo(f"{counted(n, 'access')} written to {printable(output)}", err=True)
     if done.folded:
         click.echo(
             f"{counted(done.folded, 'miss')} of a folder below a directory tracked "

@@ -17,6 +17,8 @@ from typing import IO, Any, cast
 
 import numpy as np
 
+from cachemgr.logs import printable
+
 ORACLE_GENERAL = np.dtype(
     [("time", "<u4"), ("id", "<u8"), ("size", "<u4"), ("next", "<i8")]
 )  # 24-byte little-endian records, as libCacheSim writes them
@@ -119,7 +121,7 @@ def read_oracle_general(path: str | Path) -> Trace:
         raw = fh.read()
     if len(raw) % ORACLE_GENERAL.itemsize:
         raise TraceError(
-            f"{p}: {len(raw)} bytes is not a whole number of 24-byte oracleGeneral records"
+            f"{_named(p)}: {len(raw)} bytes is not a whole number of 24-byte oracleGeneral records"
         )
     rec = np.frombuffer(raw, dtype=ORACLE_GENERAL)
     return Trace(
@@ -142,12 +144,14 @@ def read_text(path: str | Path) -> Trace:
             if not parts or parts[0].startswith("#"):
                 continue
             if len(parts) < 3:
-                raise TraceError(f"{p}:{lineno}: expected `time id size`, got {line.strip()!r}")
+                raise TraceError(
+                    f"{_named(p)}:{lineno}: expected `time id size`, got {line.strip()!r}"
+                )
             try:
                 times.append(float(parts[0]))
                 sizes.append(int(parts[2]))
             except ValueError:
-                raise TraceError(f"{p}:{lineno}: bad number in {line.strip()!r}") from None
+                raise TraceError(f"{_named(p)}:{lineno}: bad number in {line.strip()!r}") from None
             keys.append(parts[1])
     return _from_keys(p.name, times, keys, sizes)
 
@@ -170,7 +174,8 @@ def read_csv(path: str | Path) -> Trace:
                 quote = "\n" in first  # an unclosed quote read the lines below into it
                 first = first.split("\n", 1)[0][:80]
                 raise TraceError(
-                    f"{p}: the CSV header lacks {', '.join(sorted(missing))} (its first line "
+                    f"{_named(p)}: the CSV header lacks {', '.join(sorted(missing))} (its first "
+                    "line "
                     f"reads {first!r}"
                     + (" and opens a quote it does not close" if quote else "")
                     + "; it must name timestamp,path,size)"
@@ -182,10 +187,10 @@ def read_csv(path: str | Path) -> Trace:
                     times.append(float(row["timestamp"]))
                     sizes.append(int(row["size"]))  # whole bytes, as in the text format
                 except (TypeError, ValueError):
-                    raise TraceError(f"{p}:{reader.line_num}: bad row {row!r}") from None
+                    raise TraceError(f"{_named(p)}:{reader.line_num}: bad row {row!r}") from None
                 keys.append(row["path"])
         except csv.Error as exc:  # a field past the csv module's limit, a stray quote...
-            raise TraceError(f"{p}:{reader.line_num + 1}: {exc}") from None
+            raise TraceError(f"{_named(p)}:{reader.line_num + 1}: {exc}") from None
     # The access log writes 0 for a miss whose size the pipeline did not know: take the
     # path's largest known size instead, so the miss costs what fetching it really costs.
     known: dict[str, int] = {}
@@ -202,12 +207,19 @@ def _from_keys(name: str, times: list[float], keys: list[str], sizes: list[int])
     return Trace(name, np.asarray(times, dtype=np.float64), out, np.asarray(sizes, dtype=np.int64))
 
 
+def _named(p: Path) -> str:
+    """A file's name in a one-line message: a newline or a bidi control in it escaped."""
+    return printable(str(p))
+
+
 def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
+    if not str(path):
+        raise TraceError("no trace file named (an empty name)")
     p = Path(path)
     if not p.exists():
-        raise TraceError(f"{p}: no such file")
+        raise TraceError(f"{_named(p)}: no such file")
     if p.is_dir():
-        raise TraceError(f"{p}: is a directory, not a trace file")
+        raise TraceError(f"{_named(p)}: is a directory, not a trace file")
     fmt = fmt or detect_format(p)
     readers: dict[str, Any] = {"oracle": read_oracle_general, "text": read_text, "csv": read_csv}
     if fmt not in readers:
@@ -215,18 +227,20 @@ def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
     try:
         trace: Trace = readers[fmt](p)
     except (OSError, EOFError, lzma.LZMAError, zlib.error, UnicodeDecodeError) as exc:
-        raise TraceError(f"{p}: {exc}") from None
+        raise TraceError(f"{_named(p)}: {exc}") from None
     except OverflowError:
-        raise TraceError(f"{p}: a size or time out of range (sizes must fit in 63 bits)") from None
+        raise TraceError(
+            f"{_named(p)}: a size or time out of range (sizes must fit in 63 bits)"
+        ) from None
     if len(trace) == 0:
-        raise TraceError(f"{p}: no requests")
+        raise TraceError(f"{_named(p)}: no requests")
     negative = np.flatnonzero(trace.sizes < 0)
     if len(negative):
-        raise TraceError(f"{p}: negative size at request {int(negative[0]) + 1}")
+        raise TraceError(f"{_named(p)}: negative size at request {int(negative[0]) + 1}")
     # Every request's size summed (in doubles: a guard, fast): past 63 bits the replay's
     # int64 sums would wrap silently into a wrong table.
     if float(trace.sizes.sum(dtype=np.float64)) > MAX_TOTAL_BYTES:
-        raise TraceError(f"{p}: the requests' sizes add up past 2^63 - 1 bytes")
+        raise TraceError(f"{_named(p)}: the requests' sizes add up past 2^63 - 1 bytes")
     return trace
 
 

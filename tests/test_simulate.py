@@ -116,12 +116,19 @@ def test_the_three_formats_give_the_same_answer(tmp_path):
         (["{trace}", "--plot", "/nonexistent/curves.png", "--json"], "no directory"),
         (["{trace}", "--plot", ""], "--plot needs a file name"),
         (["{trace}", "--plot", " "], "--plot needs a file name"),
+        # Said after the whole replay, its results thrown away (minutes on a real trace).
+        (["{trace}", "--plot", "{tmp}/curves.txt", "--json"], "matplotlib writes no 'txt'"),
+        (["{trace}", "--plot", "/proc/curves.png"], "cannot write the plot /proc/curves.png: "),
+        # A name printed raw split the message, or turned it around (U+202E).
+        (["x\ny.bin"], "x\\ny.bin: no such file"),
+        (["x\u202ey.bin"], "x\\u202ey.bin: no such file"),
+        ([""], "no trace file named (an empty name)"),
     ],
 )
 def test_simulate_errors_are_one_line(text_trace, tmp_path, args, message):
     bad = tmp_path / "broken.bin"
     bad.write_bytes(b"\x00" * 25)
-    args = [a.format(trace=text_trace, bad=bad) for a in args]
+    args = [a.format(trace=text_trace, bad=bad, tmp=tmp_path) for a in args]
     code, out = run(*args)
     assert code == 2  # the main CLI's "bad usage or path"
     assert message in out and "Traceback" not in out
@@ -306,6 +313,8 @@ def test_trace_export_into_a_missing_directory_says_so(tmp_path):
     result = CliRunner().invoke(trace_group, ["export", "--redis-url", REDIS_URL, "-o", str(out)])
     assert result.exit_code == 2 and "no directory" in result.output
     assert ".part" not in result.output
+    empty = CliRunner().invoke(trace_group, ["export", "--redis-url", REDIS_URL, "-o", ""])
+    assert empty.exit_code == 2 and "-o needs a file name" in empty.output, empty.output
 
 
 def test_trace_export_when_redis_is_down_keeps_the_old_file(tmp_path):
