@@ -22,7 +22,7 @@ from api.cli_errors import (
     Fail,
     friendly,
 )
-from api.cli_group import CacheGroup, create_cli_app
+from api.cli_group import CacheGroup, create_cli_app, node_named
 from api.cli_sim import simulate_command, trace_group
 from api.cli_stack import serve, up
 from api.cli_tables import entry_rows, kv, plan_table, stats_table
@@ -81,7 +81,9 @@ def _skipped(result: Any, as_json: bool | None) -> None:
 
 @click.command()
 @click.option("--reset", is_flag=True, help="Start the since-reset figures afresh first.")
-@click.option("--node", default=None, help="That node's stats alone (see `nodes` otherwise).")
+@click.option(
+    "--node", default=None, callback=node_named, help="That node's stats alone (see `nodes`)."
+)
 @json_option
 @with_appcontext
 @friendly
@@ -89,7 +91,7 @@ def stats(reset: bool, node: str | None, as_json: bool | None) -> None:
     """Usage against the quota, hit ratios and counters: this node's, with every node's and
     their totals, as GET /cache/stats; --node: that node's alone."""
     cache = state().cache
-    target = cache.for_node(node) if node else cache
+    target = cache.for_node(node) if node is not None else cache
     if reset:
         target.reset_stats()
         # This node's alone (DISK_CACHE_NODE's, or --node's): the output shows every node's.
@@ -97,7 +99,7 @@ def stats(reset: bool, node: str | None, as_json: bool | None) -> None:
         click.echo(f"reset: the since-reset figures of node {said} start afresh", err=True)
     # Every node's too: a shell whose DISK_CACHE_NODE names none that runs (`up --nodes 2`)
     # said only "no worker of node vm is alive", as if the cache were down.
-    s = target.stats() if node else cache.cluster_stats()
+    s = target.stats() if node is not None else cache.cluster_stats()
     now = cache.clock()  # Redis's, as the books'
     emit(s, as_json, lambda stats: stats_table(stats, now))
 

@@ -54,13 +54,18 @@ def _in_echo(exc: BaseException) -> bool:
     return bool(frames) and frames[-1].name == "echo"
 
 
+def node_named(ctx: click.Context, param: click.Parameter, name: str | None) -> str | None:
+    """A --node option's value, refused in one line unless a node's name (an empty one, an
+    unset variable's, was taken for none)."""
+    if name is not None and not NODE_NAME.fullmatch(name):
+        raise Fail(f"--node {quoted(name)}: not {NODE_NAME_RULE}", EXIT_USAGE)
+    return name
+
+
 def _for_node(ctx: click.Context, param: click.Parameter, name: str | None) -> None:
     """`cachemgr --node b ...`: the shell's DISK_CACHE_NODE for this command."""
-    if name is None:
-        return
-    if not NODE_NAME.fullmatch(name):
-        raise Fail(f"--node {quoted(name)}: not {NODE_NAME_RULE}", EXIT_USAGE)
-    os.environ["DISK_CACHE_NODE"] = name
+    if node_named(ctx, param, name) is not None:
+        os.environ["DISK_CACHE_NODE"] = str(name)
 
 
 class CacheGroup(FlaskGroup):

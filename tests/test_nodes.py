@@ -812,6 +812,8 @@ def test_cli_stats_show_every_node_and_take_one_by_name(two_nodes, capsys):
     assert f"the since-reset figures of node {a.settings.node} start afresh" in reset.stderr
     gone = runner.invoke(args=["stats", "--node", "nosuch"])
     assert gone.exit_code == 3 and "unknown node 'nosuch'" in gone.output
+    unset = runner.invoke(args=["stats", "--node", ""])  # "$NODE" unset: not every node's
+    assert unset.exit_code == 2 and "--node '': not a node's name" in unset.output, unset.output
 
 
 def test_cli_acts_on_the_node_its_node_option_names(two_nodes):
