@@ -186,7 +186,10 @@ def up(flower: bool, nodes: int = 1) -> int:
     if not os.environ.get("REDIS_URL"):
         whole_env("CACHEMGR_REDIS_PORT", 0, 1, 65535)  # before anything is started or made
     flower_port = whole_env("FLOWER_PORT", 5555, 1, 65535)  # as the Procfile's flower line
-    STATE_DIR.mkdir(exist_ok=True)
+    try:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # said as a setting's: it was "Error: /x/y: No such file..."
+        raise SettingsError(f"CACHEMGR_STATE_DIR={str(STATE_DIR)!r}: {exc.strerror}") from None
     env = dict(os.environ)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     if not env.get("REDIS_URL"):

@@ -405,6 +405,17 @@ def test_up_refuses_a_bad_embedded_redis_port_in_one_line(tmp_path):
     assert done.returncode == 5 and "Traceback" not in err, err
     assert err.splitlines() == [err] and "CACHEMGR_REDIS_PORT='abc'" in err
     assert not (tmp_path / "state").exists()  # refused before anything was started or made
+    # A state directory that cannot be made: its setting named (it was "Error: /x/y: No
+    # such file or directory", exit 1); one a few levels deep is made whole.
+    (tmp_path / "a-file").write_text("")
+    env.update(CACHEMGR_REDIS_PORT="", CACHEMGR_STATE_DIR=str(tmp_path / "a-file" / "state"))
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "up"], cwd=Path(__file__).resolve().parents[1],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    err = done.stderr.strip()
+    assert done.returncode == 5 and err.splitlines() == [err], err
+    assert f"CACHEMGR_STATE_DIR='{tmp_path / 'a-file' / 'state'}': Not a directory" in err
 
 
 def test_the_workers_published_settings_replace_this_processs_only_where_they_differ():
