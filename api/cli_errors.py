@@ -49,7 +49,8 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         except ResultUnavailable:  # a send's too (BackendUnavailable), before the broker's
             raise Fail("the Celery result backend cannot be reached", EXIT_UNAVAILABLE) from None
         except OperationalError as exc:
-            raise Fail(broker_said(exc), EXIT_UNAVAILABLE) from None
+            code = EXIT_CONFIG if wrong_database(exc) else EXIT_UNAVAILABLE
+            raise Fail(broker_said(exc), code) from None
         except RuntimeError as exc:
             if not backend_gave_up(exc):
                 raise

@@ -49,13 +49,20 @@ WRONG_DATABASE = "DB index is out of range"
 
 
 def wrong_database(exc: BaseException) -> str | None:
-    """What to say of a REDIS_URL whose database the server does not have; None otherwise."""
-    if isinstance(exc, redis.ResponseError) and WRONG_DATABASE in str(exc):
-        return (
-            "REDIS_URL names a database this Redis server does not have (DB index is out of "
-            "range): give a number below its `databases` setting (16 by default)"
-        )
-    return None
+    """What to say of a URL whose database the Redis server does not have (REDIS_URL's, or
+    a Celery one's: it was said as a broker that cannot be reached); None otherwise."""
+    if WRONG_DATABASE not in str(exc):
+        return None
+    if isinstance(exc, redis.ResponseError):
+        named = "REDIS_URL names"
+    elif isinstance(exc, OperationalError):
+        named = "CELERY_BROKER_URL or CELERY_RESULT_BACKEND (REDIS_URL where unset) name"
+    else:
+        return None
+    return (
+        f"{named} a database this Redis server does not have (DB index is out of range): "
+        "give a number below its `databases` setting (16 by default)"
+    )
 
 
 # A script's error names its SHA and Lua line: nothing a user can act on.
@@ -89,6 +96,8 @@ def redis_said(exc: BaseException) -> str:
 def broker_said(exc: BaseException) -> str:
     """One line for a broker that cannot take a task: one out of memory was 'unreachable'."""
     text = str(exc)
+    if said := wrong_database(exc):
+        return said
     if any(mark in text for mark in REFUSED):
         return f"the Celery broker refuses it now: {text}"
     return f"the Celery broker cannot be reached: {text}"

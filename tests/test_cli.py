@@ -870,6 +870,9 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path, args):
         ("CELERY_BROKER_URL", "junk://x", "not a broker Celery can use (No such transport"),
         # kombu read a bare word as an AMQP host: the worker retried amqp://junk:5672// for ever
         ("CELERY_BROKER_URL", "junk", "not a broker Celery can use (not a URL (scheme://"),
+        # "Error: Port out of range 0-65535" (exit 2), naming no setting
+        ("CELERY_RESULT_BACKEND", "redis://127.0.0.1:99999/0",
+         "not a result backend Celery can use (Port out of range 0-65535)"),
     ],
 )
 def test_a_celery_url_celery_cannot_load_stops_everything_in_one_line(
@@ -893,6 +896,27 @@ def test_a_celery_url_celery_cannot_load_stops_everything_in_one_line(
     code, err = _run(["-c", "import celeryconfig"], env)
     assert code == 5 and err.startswith(f"cachemgr stopping: {name}="), err
     assert err.count("\n") == 0 and said in err, err  # one line (_run strips its end)
+
+
+def test_a_celery_url_naming_a_database_the_server_lacks_is_said_as_a_setting():
+    """It was "the Celery broker cannot be reached: DB index is out of range", exit 4."""
+    from kombu.exceptions import OperationalError
+
+    from api.cli_errors import EXIT_CONFIG, Fail, friendly
+    from api.errors import broker_said
+
+    exc = OperationalError("DB index is out of range")
+    said = broker_said(exc)
+    assert said.startswith("CELERY_BROKER_URL or CELERY_RESULT_BACKEND (REDIS_URL where unset) "
+                           "name a database this Redis server does not have"), said  # fmt: skip
+
+    @friendly
+    def send() -> None:
+        raise exc
+
+    with pytest.raises(Fail) as failed:
+        send()
+    assert failed.value.exit_code == EXIT_CONFIG and str(failed.value) == said
 
 
 @pytest.mark.parametrize(
