@@ -17,6 +17,7 @@ from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
 from workers.results import ResultUnavailable, backend_gave_up
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_CONFIG = 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell says it
 
 
 class Fail(click.ClickException):

@@ -12,7 +12,14 @@ import click
 import redis
 from flask.cli import FlaskGroup, ScriptInfo
 
-from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, Fail
+from api.cli_errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Fail,
+)
 from cachemgr.checks import NODE_NAME, NODE_NAME_RULE
 from cachemgr.logs import configure_logging
 from cachemgr.settings import Settings, SettingsError, log_level, quoted
@@ -117,6 +124,11 @@ class CacheGroup(FlaskGroup):
         the usage, a hint, the error)."""
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Ctrl-C: 130, as a shell reports SIGINT (click said "Aborted!" and exited 1, as
+            # for a failure; `up`, which stops its processes, exits 0).
+            click.echo("\ninterrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except click.exceptions.NoArgsIsHelpError:
             raise  # a group named alone (`cachemgr trace`): its help, as click shows it
         except click.UsageError as exc:

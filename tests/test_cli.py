@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import make_tree
+from tests.conftest import REDIS_URL, make_tree
 
 
 def run(runner, *args):
@@ -983,3 +983,30 @@ def test_every_password_of_a_failover_url_is_hidden():
     shown = without_password("junk://:one@a:26379/0;junk://u:two@b:26379/0")
     assert shown == "junk://:***@a:26379/0;junk://u:***@b:26379/0"
     assert without_password("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_ctrl_c_ends_a_command_with_130_in_one_line(tmp_path, prefix):
+    """Click said "Aborted!" and exited 1, as for a command that failed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    env = {**os.environ, "DISK_CACHE_ROOT": str(tmp_path), "REDIS_URL": REDIS_URL,
+           "DISK_CACHE_KEY_PREFIX": prefix}  # fmt: skip
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "events", "--follow"],
+        cwd=Path(__file__).resolve().parents[1], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(4)  # past its imports: following the stream
+        assert follow.poll() is None, follow.communicate()
+        follow.send_signal(signal.SIGINT)
+        _, err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    assert follow.returncode == 130, err
+    assert err.strip() == "interrupted", err
