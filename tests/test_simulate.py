@@ -470,6 +470,14 @@ def test_policy_names_in_any_case_and_sizes_in_exbibytes(text_trace):
     assert human(2**63 - 1) == "8.0EiB" and human(1536) == "1.5KiB"
 
 
+def test_pfoo_l_counts_no_hit_for_an_object_larger_than_the_cache():
+    """One 100-byte object asked four times of a 50-byte cache: every policy misses all four;
+    PFOO-L said 0.5 (its intervals priced as if part of it could be held)."""
+    trace = Trace("t", np.arange(4, dtype=float), np.zeros(4, dtype=np.int64), np.full(4, 100))
+    assert pfoo_l(trace, 50) == (1.0, 1.0)
+    assert pfoo_l(trace, 100) == (0.25, 0.25)  # held from its first request on
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_pfoo_l_stays_below_every_policy_when_objects_grow(seed):
     """An object that grows past the cache after it was admitted stays a hit at its admitted
