@@ -99,8 +99,12 @@ def sniff_format(path: str | Path) -> str:
 
 
 def _open_binary(path: Path) -> IO[bytes]:
-    """The file, decompressed when its name ends in .xz or .gz."""
+    """The file, decompressed when its name ends in .xz or .gz, or its first bytes say it is
+    (as standard input's: a compressed trace named otherwise failed as not UTF-8)."""
     suffix = path.suffix.lower()  # as detect_format: T.BIN.XZ is compressed too
+    if suffix not in MAGIC.values() and path.is_file():  # a pipe's first bytes are not kept
+        with path.open("rb") as fh:
+            suffix = compression_suffix(fh.read(8))
     if suffix == ".xz":
         return lzma.open(path, "rb")
     if suffix == ".gz":

@@ -101,6 +101,26 @@ def test_uppercase_xz_suffix_is_decompressed(tmp_path: Path):
     )
 
 
+def test_a_compressed_trace_named_without_its_suffix_is_decompressed(tmp_path: Path):
+    """Standard input was told by its first bytes; a file named `trace` or `t.csv` that was
+    xz or gzip failed as "'utf-8' codec can't decode byte 0xfd"."""
+    import json
+
+    text = "".join(f"{t} {t % 5} 100\n" for t in range(50)).encode()
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(text)
+    def misses(path: Path) -> list[tuple[int, int]]:
+        got = sim(str(path), "--no-bounds", "--policy", "lru", "--size", "40%", "--json")
+        assert got.exit_code == 0, got.output
+        return [(r["misses"], r["miss_bytes"]) for r in json.loads(got.stdout)["results"]]
+
+    want = misses(plain)
+    for name, packed in (("trace", lzma.compress(text)), ("t.txt", gzip.compress(text))):
+        p = tmp_path / name
+        p.write_bytes(packed)
+        assert misses(p) == want, name
+
+
 def test_trace_export_to_a_fifo_writes_into_it_not_over_it(redis_client, prefix, tmp_path):
     store = Store(redis_client, Keys(prefix), access_log_maxlen=100)
     store.access("a/b", now=1000.0)
