@@ -175,11 +175,13 @@ class DiskCache:
     def reset_stats(self) -> dict[str, Any]:
         return stats.reset_stats(self)
 
-    def publish_config(self, queue: str | None = None, worker: str = "") -> None:
+    def publish_config(
+        self, queue: str | None = None, worker: str = "", broker: str = ""
+    ) -> None:
         """Let pipeline clients and the control plane, which read no settings, see this node
-        (and `queue`, the one its workers consume); `worker`: the one publishing, whose
-        settings stand until it stops (nodes.NodeRegistry.publisher_gone)."""
-        self.registry.publish(self.settings, now=self.clock(), queue=queue)
+        (and `queue`, the one its workers consume, on `broker`); `worker`: the one publishing,
+        whose settings stand until it stops (nodes.NodeRegistry.publisher_gone)."""
+        self.registry.publish(self.settings, now=self.clock(), queue=queue, broker=broker)
         s = self.settings
         self.client.hset(
             self.keys.config,

@@ -174,3 +174,25 @@ def redis_url_problem(url: str) -> str | None:
         if not value.isascii() or not value.isdigit():
             return f"the database {value!r} is not a number"
     return None
+
+
+# A broker URL's port where it names none, by scheme (kombu's defaults).
+DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "pyamqp": 5672, "amqps": 5671}
+LOOPBACK_NAMES = {"localhost": "127.0.0.1", "::1": "127.0.0.1", "": "127.0.0.1"}
+
+
+def broker_id(url: str) -> str:
+    """Which broker a Celery URL reaches, to compare two by: no credentials, no options,
+    loopback's names as one, default ports and databases written out (`redis://localhost`
+    and `redis://127.0.0.1:6379/0` are one broker; failover URLs are several, in order)."""
+    if ";" in url:
+        return ";".join(broker_id(part) for part in url.split(";"))
+    try:
+        parts = urlsplit(url)
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # a port that is no number: compared as it is written
+        return url
+    host = (parts.hostname or "").lower()
+    host = LOOPBACK_NAMES.get(host, host)
+    where = parts.path.rstrip("/") or ("/0" if parts.scheme in ("redis", "rediss") else "/")
+    return f"{parts.scheme}://{host}:{port}{where}"

@@ -19,6 +19,7 @@ from typing import Any
 
 from cachemgr import checks
 from cachemgr.clock import CLOCK_SKEW_SECONDS, clock_skew, redis_now, skewed
+from cachemgr.connection import broker_id
 from cachemgr.errors import NodeAlive, PathError, UnknownNode
 from cachemgr.keys import Keys
 from cachemgr.logs import Repeats
@@ -115,6 +116,14 @@ def published_queues(entries: dict[str, dict[str, Any]]) -> list[str]:
     return sorted({str(e["queue"]) for e in entries.values() if e.get("queue")})
 
 
+def unread_broker(entries: dict[str, dict[str, Any]], url: str) -> list[str]:
+    """The brokers the nodes' workers read (connection.broker_id), when none is `url`'s:
+    tasks sent there wait for ever, unsaid (a CLI waited 120 s, then blamed the task). Empty
+    when one is, or no worker published its broker (an older version)."""
+    theirs = sorted({str(e["broker"]) for e in entries.values() if e.get("broker")})
+    return [] if not theirs or broker_id(url) in theirs else theirs
+
+
 class NodeRegistry:
     def __init__(self, client: Any, cluster: str = "cachemgr") -> None:
         self.client = client
@@ -122,10 +131,15 @@ class NodeRegistry:
         self.cluster = cluster
 
     def publish(
-        self, settings: Settings, now: float | None = None, queue: str | None = None
+        self,
+        settings: Settings,
+        now: float | None = None,
+        queue: str | None = None,
+        broker: str = "",
     ) -> None:
         """`queue`: the one the node's workers consume (CACHEMGR_QUEUE may override the
-        node's own), where every other process sends the node's tasks."""
+        node's own), where every other process sends the node's tasks; `broker`: the broker
+        they read it on (connection.broker_id)."""
         entry = {
             "node": settings.node,
             "root": str(settings.root),
@@ -134,6 +148,7 @@ class NodeRegistry:
             "root_as_set": os.path.abspath(settings.disk_cache_root),
             "key_prefix": settings.key_prefix,
             "queue": queue or queue_for(settings),
+            "broker": broker,  # connection.broker_id of the one they read
             **enforced_entry(settings),
             "named": bool(settings.disk_cache_node),
             "published_at": time.time() if now is None else now,

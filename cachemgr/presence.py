@@ -18,12 +18,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("cachemgr.workers")
 
 
-def announce(cache: DiskCache, worker: str, queue: str, flushed: bool = False) -> bool:
-    """Publish the node (its settings, the queue it reads), bring older books up to date and
-    say it is alive; False while Redis cannot be reached. `flushed`: the books were emptied
-    while this worker ran, so whatever they hold now is in this version's layout."""
+def announce(
+    cache: DiskCache, worker: str, queue: str, broker: str = "", flushed: bool = False
+) -> bool:
+    """Publish the node (its settings, the queue it reads on `broker`: connection.broker_id),
+    bring older books up to date and say it is alive; False while Redis cannot be reached.
+    `flushed`: the books were emptied while this worker ran, so whatever they hold now is in
+    this version's layout."""
     try:
-        cache.publish_config(queue=queue, worker=worker)
+        cache.publish_config(queue=queue, worker=worker, broker=broker)
         if flushed:  # marked, not walked: a steady-state worker never scans the books
             cache.client.set(cache.keys.format, RECORD_FORMAT, nx=True)
         else:
@@ -42,11 +45,11 @@ def announce(cache: DiskCache, worker: str, queue: str, flushed: bool = False) -
     return True
 
 
-def beat(cache: DiskCache, worker: str, queue: str, announced: bool) -> bool:
+def beat(cache: DiskCache, worker: str, queue: str, announced: bool, broker: str = "") -> bool:
     """One beat: announce the node until that works, then say it is alive; whether the node
     stands announced after it."""
     if not announced:
-        return announce(cache, worker, queue)
+        return announce(cache, worker, queue, broker)
     try:
         published = cache.registry.heartbeat(
             cache.keys, worker, node=cache.settings.node, settings=cache.settings
@@ -57,7 +60,7 @@ def beat(cache: DiskCache, worker: str, queue: str, announced: bool) -> bool:
         return True
     if gone:  # the settings standing were a stopped worker's: this one's stand now
         with contextlib.suppress(Exception):  # tried again at the next beat
-            cache.publish_config(queue=queue, worker=worker)
+            cache.publish_config(queue=queue, worker=worker, broker=broker)
             log.info("node %s: published this worker's settings (the publisher stopped)",
                      cache.settings.node)  # fmt: skip
     if published:
@@ -65,7 +68,7 @@ def beat(cache: DiskCache, worker: str, queue: str, announced: bool) -> bool:
     # The books were flushed (FLUSHALL, a restart without persistence): the node's entry and
     # config went with them, and clients route by them.
     log.warning("node %s was no longer published: announcing it again", cache.settings.node)
-    return announce(cache, worker, queue, flushed=True)
+    return announce(cache, worker, queue, broker, flushed=True)
 
 
 def leave(cache: DiskCache, worker: str) -> None:

@@ -570,6 +570,47 @@ def test_a_client_given_a_queue_no_worker_published_says_so(two_nodes, caplog):
         right.close()
 
 
+def test_a_client_sending_to_a_broker_no_worker_reads_says_so(two_nodes, caplog, monkeypatch):
+    """CELERY_BROKER_URL unset in a pipeline's shell (the default broker) or another's: its
+    tasks waited for ever on a broker nobody read; the CLI waited 120 s, then blamed the task."""
+    from cachemgr import connect
+    from cachemgr.connection import broker_id
+    from workers.client import CacheClient
+
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        monkeypatch.delenv(name, raising=False)  # the environment's would win
+    b = two_nodes["b"]
+    cluster, queue = b.settings.disk_cache_cluster, f"q-{uuid.uuid4().hex[:8]}"
+    theirs = "redis://127.0.0.1:6379/11"
+    assert broker_id("redis://:pw@LOCALHOST/11?x=1") == broker_id(theirs) != broker_id(
+        "redis://127.0.0.1:6379/12")  # fmt: skip
+    b.registry.publish(b.settings, queue=queue, broker=broker_id(theirs))
+    clients = {
+        db: CacheClient(f"redis://localhost:6379/{db}", redis_url=REDIS_URL, queue=queue,
+                        cluster=cluster)  # fmt: skip
+        for db in (11, 12)
+    }
+    try:
+        with caplog.at_level("WARNING", logger="cachemgr"):
+            for client in clients.values():
+                client.send("noop")
+                client.send("noop")  # said once a client
+        said = [
+            r.getMessage() for r in caplog.records if r.__dict__.get("event") == "unread_broker"
+        ]
+        assert said == [
+            "tasks go to broker redis://127.0.0.1:6379/12, which no node's workers read (they "
+            "read redis://127.0.0.1:6379/11): they wait there until one does "
+            "(CELERY_BROKER_URL is not the workers'?)"
+        ]
+    finally:
+        for db, client in clients.items():
+            client.close()
+            left = connect(f"redis://127.0.0.1:6379/{db}")
+            left.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+            left.close()
+
+
 def test_a_client_given_nothing_routes_by_the_workers_environment(
     cache, root, monkeypatch, redis_client
 ):

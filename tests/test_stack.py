@@ -228,6 +228,7 @@ def test_procfile_runs_under_honcho(tmp_path: Path, monkeypatch):
         CACHEMGR_QUEUE=f"honcho-{port}",
         DISK_CACHE_ROOT=str(root),
         DISK_CACHE_KEY_PREFIX=f"honcho{port}:",
+        DISK_CACHE_CLUSTER=f"honcho{port}",  # its registry too: honcho<port>:nodes
         CACHEMGR_STATE_DIR=str(tmp_path / "state"),
         FLOWER_PORT=str(_free_port()),
     )

@@ -21,6 +21,7 @@ from celery.signals import (
 from celery.worker import state
 
 from cachemgr import presence
+from cachemgr.connection import broker_id
 from cachemgr.errors import BadArgument
 from cachemgr.logs import configure_logging
 from cachemgr.records import believed_interval
@@ -118,7 +119,13 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
 
 
 def _announce(cache: Any, flushed: bool = False) -> bool:
-    return presence.announce(cache, WORKER, app.conf.task_default_queue, flushed)
+    queue = app.conf.task_default_queue
+    return presence.announce(cache, WORKER, queue, published_broker(), flushed)
+
+
+def published_broker() -> str:
+    """The broker this worker reads, as it publishes it (connection.broker_id)."""
+    return broker_id(str(app.conf.broker_url or ""))
 
 
 def _beat_forever(cache: Any, announced: bool) -> None:
@@ -140,7 +147,8 @@ def _beat_forever(cache: Any, announced: bool) -> None:
 
 
 def _beat_once(cache: Any, announced: bool) -> bool:
-    return presence.beat(cache, WORKER, app.conf.task_default_queue, announced)
+    queue = app.conf.task_default_queue
+    return presence.beat(cache, WORKER, queue, announced, published_broker())
 
 
 @task_failure.connect

@@ -23,10 +23,10 @@ from celery.result import AsyncResult
 
 from cachemgr import checks, pins
 from cachemgr.clock import CLOCK_SKEW_SECONDS, skew_of, skewed
-from cachemgr.connection import connect, without_password
+from cachemgr.connection import broker_id, connect, without_password
 from cachemgr.keys import Keys
 from cachemgr.migrations import to_feed
-from cachemgr.nodes import NodeRegistry, published_queues, route_of
+from cachemgr.nodes import NodeRegistry, published_queues, route_of, unread_broker
 from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
 from cachemgr.settings import SettingsError, cluster_of, queue_override
@@ -153,6 +153,7 @@ class CacheClient:
         self._skew = 0.0
         self._skew_said = False
         self._unknown_said = False
+        self._broker_checked = False
 
     @staticmethod
     def _say_env_wins(name: str, given: str | None, used: str) -> None:
@@ -220,6 +221,25 @@ class CacheClient:
                 extra={"event": "unread_queue"},
             )
 
+    def _say_unread_broker(self) -> None:
+        """Once a client, at its first send: a broker no node's workers read (another
+        CELERY_BROKER_URL than theirs, a default) kept its tasks for ever, unsaid."""
+        try:
+            entries = NodeRegistry(self._books(), self.cluster).entries()
+        except Exception:  # books away: nothing to tell it by (asked again at the next send)
+            return
+        # Asked again while no worker has published its broker (none started yet).
+        self._broker_checked = any(e.get("broker") for e in entries.values())
+        theirs = unread_broker(entries, self.broker_url)
+        if theirs:
+            log.warning(
+                "tasks go to broker %s, which no node's workers read (they read %s): they "
+                "wait there until one does (CELERY_BROKER_URL is not the workers'?)",
+                broker_id(self.broker_url),
+                ", ".join(theirs),
+                extra={"event": "unread_broker"},
+            )
+
     @property
     def queue(self) -> str | None:
         """Where this client's tasks go: the node's published queue, or Celery's default."""
@@ -237,6 +257,8 @@ class CacheClient:
     def send_to(self, queue: str | None, name: str, *args: Any, **kwargs: Any) -> AsyncResult:
         """Send to a given queue (another node's): `cachemgr.<node>`."""
         options = {"queue": queue} if queue else {}
+        if not self._broker_checked:
+            self._say_unread_broker()
         try:
             return self.app.send_task(
                 f"cachemgr.{name}", args=args, kwargs=kwargs, result_cls=self._result_cls,

@@ -25,7 +25,15 @@ from cachemgr.errors import StillLocked
 from cachemgr.locks import retries_to_outlast, retry_wait
 from cachemgr.quota import send_quota_pass
 from cachemgr.reconcile import reconcile as reconcile_books
-from workers.app import BEAT_INTERVAL, LOCK_RETRIES, WORKER, app, beat_interval, lock_retries
+from workers.app import (
+    BEAT_INTERVAL,
+    LOCK_RETRIES,
+    WORKER,
+    app,
+    beat_interval,
+    lock_retries,
+    published_broker,
+)
 
 log = logging.getLogger("cachemgr.workers")
 
@@ -76,7 +84,9 @@ def configure(cache: DiskCache | None) -> None:
     if pause:  # fault tests: hold a deletion open so the test can kill the worker there
         cache.before_delete = lambda path: time.sleep(float(pause))
     with contextlib.suppress(redis.RedisError):  # not yet: announced at each heartbeat
-        cache.publish_config(queue=app.conf.task_default_queue, worker=WORKER)
+        cache.publish_config(
+            queue=app.conf.task_default_queue, worker=WORKER, broker=published_broker()
+        )
 
 
 def _quota_pass_if_due(booked: dict[str, Any]) -> dict[str, Any]:
