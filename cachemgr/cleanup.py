@@ -14,7 +14,7 @@ from typing import Any
 
 from cachemgr import audit, checks, history, marker, migrations, recheck, trash
 from cachemgr.cache import DiskCache
-from cachemgr.errors import RootMissing
+from cachemgr.errors import RootMissing, logged
 from cachemgr.journal import recover_unfinished
 from cachemgr.locks import Keeper, Lock
 from cachemgr.passes import LOCK_LOST, run_pass
@@ -231,7 +231,7 @@ def cleanup(
             failed = {"status": "failed", "error": str(refused), "error_code": refused.code}
             history.record(cache, cache.clock(), failed, as_beat)
         log.error("cleanup refused: %s", refused, extra={"event": "cleanup_failed"})
-        raise refused
+        raise logged(refused)
     if dry_run:
         # A plan changes nothing, not even the policy's structures: right after a switch it
         # goes by the policy in force (the new one's are not built: it planned nothing), and
@@ -369,6 +369,7 @@ def cleanup(
         }
         history.record(cache, started, broke, as_beat)
         log.exception("cleanup failed", extra={"event": "cleanup_failed"})
+        logged(exc)
         raise
     finally:
         keeper.stop()

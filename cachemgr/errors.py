@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+# Set on an error the domain has logged already (a cleanup's failure): an adapter that logs
+# the errors of what it runs (the workers' failed tasks) leaves it out, one line a failure.
+LOGGED = "cachemgr_logged"
+
+
+def logged(exc: BaseException) -> BaseException:
+    setattr(exc, LOGGED, True)
+    return exc
+
 
 class CacheError(Exception):
     """Base of the errors an adapter turns into a clear answer (HTTP code, exit code)."""

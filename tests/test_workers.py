@@ -370,6 +370,34 @@ def test_the_node_is_published_with_the_queue_its_workers_consume(worker, cache)
     assert entry["queue"] == worker.conf.task_default_queue != "celery"
 
 
+def test_a_refused_cleanup_is_one_line_in_the_workers_log(pipeline, cache, root, tmp_path):
+    """The cleanup's ERROR line said it, then the failed task's WARNING said it again."""
+    import logging
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    make_tree(root, "a")
+    cache.register("a")
+    handler = Keep(level=logging.WARNING)
+    logger = logging.getLogger("cachemgr")
+    logger.addHandler(handler)
+    away = tmp_path / "unmounted"
+    root.rename(away)
+    try:
+        with pytest.raises(Exception, match="does not exist|mounted"):
+            pipeline.send("cleanup").get(timeout=WAIT)
+        time.sleep(0.3)  # the failure signal runs in the worker's thread
+    finally:
+        logger.removeHandler(handler)
+        away.rename(root)
+    said = [r.getMessage() for r in seen if r.name.startswith("cachemgr")]
+    assert len(said) == 1 and said[0].startswith("cleanup refused: "), said
+
+
 def test_a_failed_task_is_logged_as_a_warning_by_cachemgr(pipeline):
     import logging
 

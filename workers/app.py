@@ -22,7 +22,7 @@ from celery.worker import state
 
 from cachemgr import presence
 from cachemgr.connection import broker_id
-from cachemgr.errors import BadArgument
+from cachemgr.errors import LOGGED, BadArgument
 from cachemgr.logs import configure_logging
 from cachemgr.records import believed_interval
 from cachemgr.settings import Settings, SettingsError, log_level
@@ -155,6 +155,8 @@ def _beat_once(cache: Any, announced: bool) -> bool:
 def _refused(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
     """A failed task is an error condition the operator must see: Celery logs the refusals it
     expects (a bad path, not tracked...) at INFO only, under its own logger."""
+    if getattr(exception, LOGGED, False):  # said already, in its own line
+        return
     name = getattr(sender, "name", "?")
     log.warning(
         "task %s failed: %s: %s",
