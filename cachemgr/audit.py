@@ -12,7 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import deletion, marker, paths, scanner
+from cachemgr import deletion, mounts, paths, scanner
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -236,7 +236,7 @@ def gone(
     each had a real download evicted in its place. Bounded: `budget` seconds a look, resumed
     where it stopped (cache:gone_cursor), at most GONE_AT_MOST untracked. Refused, said, when
     most of a look is missing (a disk not mounted); one missing under the bare mount point a
-    disk under the root leaves, not mounted (marker.under_bare_mount), is kept, said, for
+    disk under the root leaves, not mounted (mounts.under_bare_mount), is kept, said, for
     reconcile to decide.
     {count, examples, kept, kept_example} (and `refused`)."""
     client, key = cache.client, cache.keys.gone_cursor
@@ -262,7 +262,7 @@ def gone(
             return _gone_found(taken, kept, refused)
         entries = cache.store.entries([(p, None) for p in lost])
         absent = [e for e in entries if found[e.path] == "missing"]
-        doubtful = marker.under_bare_mount(cache, absent)
+        doubtful = mounts.under_bare_mount(cache, absent)
         kept += [paths.shown(p) for p in lost if p in doubtful]
         for entry in entries:
             if entry.path in doubtful:

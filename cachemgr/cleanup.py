@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cachemgr import audit, checks, history, marker, migrations, recheck, trash
+from cachemgr import audit, checks, history, marker, migrations, mounts, recheck, trash
 from cachemgr.cache import DiskCache
 from cachemgr.errors import RootMissing, logged
 from cachemgr.journal import recover_unfinished
@@ -293,7 +293,7 @@ def cleanup(
         migrations.ensure_record_ids(cache.store)  # before anything reads a record
         recovered = recover_unfinished(cache)
         emptied = trash.empty(cache.root, in_flight, depth)
-        marker.note_mounts(cache)  # the disks mounted below the root, for when one is not
+        mounts.note_mounts(cache)  # the disks mounted below the root, for when one is not
         rebuilt, rebuilt_until = False, None
         if not cache.client.exists(cache.keys.initialized):
             log.warning("cache books are empty or new: reconciling with the disk before evicting")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import checks, journal, marker, paths, trash
+from cachemgr import checks, journal, mounts, paths, trash
 from cachemgr.errors import DELETE_FAILED, DeleteFailed
 from cachemgr.locks import HOLDER_WAITS
 from cachemgr.logs import Repeats
@@ -216,10 +216,10 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
         gone = on_disk != "dir" or own is not None  # its files went without us: nothing freed
         if on_disk == "missing":
             cache.check_root()  # an unmount since the pass began: RootMissing, nothing untracked
-            if marker.under_bare_mount(cache, [entry]):
+            if mounts.under_bare_mount(cache, [entry]):
                 # What beat's audit keeps on the books (a disk under the root not mounted),
                 # a pass untracked as vanished: back on the disk, it was off the books.
-                raise _kept(entry.path, reason, marker.UNDER_BARE_MOUNT)
+                raise _kept(entry.path, reason, mounts.UNDER_BARE_MOUNT)
         outcome = cache.store.claim(
             entry.path,
             "removed" if own is not None else "vanished" if gone else reason,

@@ -14,7 +14,17 @@ from typing import Any
 
 import redis
 
-from cachemgr import checks, history, marker, migrations, paths, registration, scanner, trash
+from cachemgr import (
+    checks,
+    history,
+    marker,
+    migrations,
+    mounts,
+    paths,
+    registration,
+    scanner,
+    trash,
+)
 from cachemgr.cache import DiskCache
 from cachemgr.errors import CacheError
 from cachemgr.locks import Keeper, Lock
@@ -243,7 +253,7 @@ def _reconcile(
         report["trash_items"] = trash.pending(cache.root, in_flight, depth)
     else:
         report["trash_items"] = trash.empty(cache.root, in_flight, depth)
-        marker.note_mounts(cache, anew=True)  # it decided what is gone: those mounted now
+        mounts.note_mounts(cache, anew=True)  # it decided what is gone: those mounted now
         report["bytes_after"] = recount(cache)
         # What it booked may pass the threshold, as a registration may: the caller sends the
         # quota pass (quota.quota_pass_due), or the disk stayed over it until beat's next run.

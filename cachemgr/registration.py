@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from cachemgr import marker, paths, quota, recheck, scanner
+from cachemgr import marker, mounts, paths, quota, recheck, scanner
 from cachemgr.clock import on_the_books
 from cachemgr.errors import NotOnDisk, Overlap, RecordCollision
 from cachemgr.locks import HOLDER_WAITS
@@ -158,8 +158,8 @@ def _vanished(cache: DiskCache, rel: str, token: str) -> str:
     if paths.kind_at(cache.root, rel) != "missing":  # back already (a download replaced)
         return ""
     entry = cache.store.info(rel)
-    if entry is not None and marker.under_bare_mount(cache, [entry]):
-        return f"; it is tracked and kept on the books: {marker.UNDER_BARE_MOUNT}"
+    if entry is not None and mounts.under_bare_mount(cache, [entry]):
+        return f"; it is tracked and kept on the books: {mounts.UNDER_BARE_MOUNT}"
     taken = cache.store.claim(
         rel, "vanished", now=cache.clock(), honour_pins=False, deleting_files=False,
         lock_token=token,
