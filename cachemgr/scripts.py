@@ -24,13 +24,15 @@ local function count(field, n)
     redis.call('HINCRBY', KEYS[4], field, n)
   end
 end
--- Bytes a pipeline reported (each at most 2^53) stop at 511 x 2^54, short of 2^63: HINCRBY
--- past it failed the script after its other writes, and every sized miss after it, for good.
-local function count_reported(field, n)
-  if n > 0 and tonumber(redis.call('HGET', KEYS[4], field) or '0') + n > 511 * 2^54 then
-    redis.call('HSET', KEYS[4], field, '9205357638345293824')
-  else
-    count(field, n)
+-- A byte counter stops at 511 x 2^54, short of 2^63: HINCRBY past it failed the script after
+-- its other writes (the hit or miss counted), and every access after it, for good. pcall:
+-- no read before each increment, on the hot path.
+local function count_bytes(field, n)
+  if n ~= 0 then
+    local done = redis.pcall('HINCRBY', KEYS[4], field, n)
+    if type(done) == 'table' and done.err then
+      redis.call('HSET', KEYS[4], field, '9205357638345293824')
+    end
   end
 end
 -- A record's field is not its path but the path's id (records.record_id): 12 base64
@@ -222,14 +224,14 @@ end
 local logcap = tonumber(ARGV[5])
 if not rec then
   count('misses', 1)
-  count_reported('missed_bytes', tonumber(ARGV[4]))
+  count_bytes('missed_bytes', tonumber(ARGV[4]))
   if tonumber(ARGV[4]) == 0 then count('unsized_misses', 1) end
   log_access(logcap, now, path, ARGV[4], 0)
   return 0
 end
 local now, size, reg, hits = book_hit(path, id, rec, now, KEYS[9], ttl, logcap)
 count('hits', 1)
-count('hit_bytes', size)
+count_bytes('hit_bytes', size)
 if policy_stale() then return 2 end  -- STALE_HIT
 --@on_hit
 return 1
@@ -276,7 +278,7 @@ for j = 5, #ARGV do
   end
 end
 count('hits', nhits)
-count('hit_bytes', nbytes)
+count_bytes('hit_bytes', nbytes)
 count('misses', nmisses)
 count('unsized_misses', nmisses)  -- a batch carries no sizes
 return out

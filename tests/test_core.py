@@ -86,15 +86,21 @@ def test_register_latest_on_empty_root_says_so(cache):
         cache.register_latest()
 
 
-def test_reported_miss_bytes_stop_short_of_overflowing_the_counter(cache):
-    """Past 2^63 HINCRBY failed the script after it had counted the miss: every sized miss
-    after it failed, for good (a reset only moves the baseline)."""
-    cache.client.hset(cache.keys.stats, "missed_bytes", 2**63 - 2**55)
+def test_byte_counters_stop_short_of_overflowing(cache, root):
+    """Past 2^63 HINCRBY failed the script after it had counted the hit or miss: every
+    access after it failed, for good (a reset only moves the baseline)."""
+    make_tree(root, "a")
+    cache.register("a")
+    near = 2**63 - 10
+    cache.client.hset(cache.keys.stats, mapping={"missed_bytes": near, "hit_bytes": near})
     for i in range(3):
         assert cache.access(f"huge{i}", miss_bytes=2**53)["hit"] is False
+    assert cache.access("a")["hit"] is True
+    assert cache.store.access_many(["a", "a/x"], now=cache.clock()) == [1, 1]
     counts = cache.client.hgetall(cache.keys.stats)
     assert int(counts["missed_bytes"]) == 511 * 2**54 and int(counts["misses"]) == 3
-    assert cache.stats()["byte_hit_ratio"] == 0.0
+    # Stopped there, then counted on (one that overflows again stops there again).
+    assert 511 * 2**54 <= int(counts["hit_bytes"]) < 2**63 and int(counts["hits"]) == 3
 
 
 def test_access_counts_hits_and_misses_and_renews(cache, root):
