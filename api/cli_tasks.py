@@ -108,14 +108,15 @@ def _not_their_root(cache: DiskCache, theirs: DiskCache, adopting: bool) -> None
         return  # theirs
     why = marker.refusal(theirs)
     # The same disk mounted elsewhere (a container) is the books' root only where its marker
-    # says so: before the node's first cleanup the books hold no mark to match, and a wrong
-    # root let through reconciled another directory into the books and evicted from it.
+    # says so: books with no mark to match (from a version that marked at the first cleanup,
+    # a read-only root) let a wrong root through, which reconciled another directory into
+    # the books and evicted from it.
     if not adopting and why is None and marker.marked(theirs):
         return
     if why is None and not adopting:
         why = (
             "the books hold no mark of their root yet to tell it is the same disk (the node's "
-            "first cleanup writes one; on a read-only root none is ever written)"
+            "next registration or cleanup writes one; on a read-only root none is ever written)"
         )
     raise Fail(
         f"not done here: this shell's DISK_CACHE_ROOT ({cache.settings.root}) is not the one "

@@ -123,6 +123,12 @@ class Keys:
         return f"{self.prefix}lock:cache:reconcile"
 
     @cached_property
+    def root_claim(self) -> str:
+        """String, PX 60 s: the token a root's first marking writes, proposed by the first of
+        the processes marking it at once, so that all of them write that one."""
+        return f"{self.prefix}cache:root_claim"
+
+    @cached_property
     def adopting(self) -> str:
         """String, a lock kept alive while a `reconcile --force` walks the root it adopts:
         cleanups meanwhile skip their root check's refusal instead of failing."""

@@ -57,6 +57,13 @@ def remember(cache: DiskCache, anew: bool = False) -> None:
             extra={"event": "root_taken_over"},
         )
     token = None if anew else cache.client.get(cache.keys.root_mark) or marked_token
+    if not token and not anew:
+        # Marked at once by several processes (a new install's first registrations): each
+        # wrote a token of its own over the others', and one that read the marker between a
+        # write and its correction refused the root ("names other books"). They take one.
+        proposed = secrets.token_hex(8)
+        cache.client.set(cache.keys.root_claim, proposed, nx=True, px=CLAIM_MS)
+        token = cache.client.get(cache.keys.root_claim)
     token = token or secrets.token_hex(8)
     try:
         if (books, marked_token) != (books_of(cache.keys.prefix), token):
@@ -72,6 +79,11 @@ def remember(cache: DiskCache, anew: bool = False) -> None:
         won = cache.client.get(cache.keys.root_mark)
         if won and won != token:
             _write(cache, won)
+
+
+# How long the token proposed for a first marking stands (remember): a marking takes a file
+# write and two commands.
+CLAIM_MS = 60_000
 
 
 def _write(cache: DiskCache, token: str) -> None:
@@ -177,11 +189,15 @@ def books_were_lost(cache: DiskCache) -> bool:
 def kept_before(cache: DiskCache, token: str | None = None) -> bool:
     """The root's marker holds a token the books do not (`token`: theirs, when the caller
     read it): books were kept for it before these. A new install's first registration
-    marks its root with the books' own."""
+    marks its root with the books' own (the marker written, the books' token not yet: the
+    token claimed for it, `cache:root_claim`, tells that apart)."""
     if not present(cache):
         return False
     token = cache.client.get(cache.keys.root_mark) if token is None else token
-    return not token or _token_line(cache) != token
+    found = _token_line(cache)
+    if not token:
+        return found is None or found != cache.client.get(cache.keys.root_claim)
+    return found != token
 
 
 def swapped(cache: DiskCache, token: str | None = None) -> str | None:

@@ -419,3 +419,51 @@ def test_a_new_installs_first_registration_marks_its_root(settings, redis_client
     assert cache.store.tracked(["album1", "album2", "stray"]) == [True, True, False]
     # The books are the new install's, not lost ones: its first cleanup rebuilds nothing.
     assert cleanup(cache)["rebuilt"] is False
+
+
+def _register_at_once(settings, name, barrier, said):  # a process of the test below
+    from cachemgr import connect
+
+    cache = DiskCache(settings, connect(settings.redis_url))
+    barrier.wait()
+    try:
+        cache.register(name)
+        said.put("ok")
+    except Exception as exc:
+        said.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_new_installs_first_registrations_at_once_agree_on_one_mark(settings, tmp_path):
+    """Each marked the root with a token of its own, written over the others' and then
+    corrected: one that read the marker in between refused the root ("names other books"),
+    and its download was lost (a third of the trials of eight processes)."""
+    import multiprocessing
+    import uuid
+
+    from cachemgr import connect
+
+    fork = multiprocessing.get_context("fork")
+    client = connect(settings.redis_url)
+    for trial in range(10):
+        root = tmp_path / f"t{trial}"
+        prefix = f"t{uuid.uuid4().hex[:10]}:"
+        mine = settings.with_(disk_cache_root=str(root), disk_cache_key_prefix=prefix)
+        for i in range(6):
+            make_tree(root, f"a{i}", files=1)
+        barrier, said = fork.Barrier(6), fork.Queue()
+        procs = [
+            fork.Process(target=_register_at_once, args=(mine, f"a{i}", barrier, said))
+            for i in range(6)
+        ]
+        try:
+            for p in procs:
+                p.start()
+            answers = [said.get(timeout=30) for _ in procs]
+            for p in procs:
+                p.join(10)
+            assert answers == ["ok"] * 6, answers
+            token = (root / ".cachemgr-books").read_text().split()[-1]
+            assert client.get(f"{prefix}cache:root_mark") == token
+        finally:
+            for key in client.scan_iter(match=f"{prefix}*"):
+                client.delete(key)
