@@ -349,6 +349,13 @@ def export_command(
             "later written as that directory (one object for the simulator)",
             err=True,
         )
+    if done.trimmed:
+        click.echo(
+            f"{counted(done.trimmed, 'access')} trimmed by the log's cap before the export "
+            "read them (the pipeline logged faster than it reads): not in the file; raise "
+            "DISK_CACHE_ACCESS_LOG_MAXLEN, or export when it is quieter",
+            err=True,
+        )
     if done.escaped:
         click.echo(
             f"{counted(done.escaped, 'path')} not UTF-8: written with \\x escapes", err=True

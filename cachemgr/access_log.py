@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import redis
 from redis.client import NEVER_DECODE
 
 from cachemgr.keys import Keys
@@ -31,6 +32,7 @@ class Exported:
     rows: int = 0
     folded: int = 0
     escaped: int = 0
+    trimmed: int = 0  # logged before the export began, trimmed by the cap before it read them
 
 
 def _text(raw: bytes | None, default: str, out: Exported | None = None) -> str:
@@ -85,16 +87,23 @@ def export_rows(client: Any, keys: Keys, out: TextIO, count: int | None = None) 
     writer.writerow(["timestamp", "path", "size", "hit"])
     done = Exported()
     tracked: set[bytes] = set()  # the paths hits were logged under: tracked directories
-    newest = client.execute_command(
-        "XREVRANGE", keys.accesses, "+", "-", "COUNT", 1, **{NEVER_DECODE: []}
-    )
+    # Its length and newest entry in one reply: what it held as the export began.
+    try:
+        info = client.execute_command("XINFO", "STREAM", keys.accesses, **{NEVER_DECODE: []})
+    except redis.ResponseError as exc:
+        if "no such key" not in str(exc):
+            raise
+        return done  # no access logged yet
+    if isinstance(info, list):
+        info = dict(zip(info[::2], info[1::2], strict=False))
+    newest, held = info.get(b"last-entry"), int(info.get(b"length") or 0)
     if not newest:
         return done
     with tempfile.TemporaryFile() as spool:
         read = 0
         # Up to the newest entry now: a pipeline that logs faster than this reads is not
         # followed for ever.
-        for _ident, fields in _entries(client, keys, count, newest[0][0]):
+        for _ident, fields in _entries(client, keys, count, newest[0]):
             row = (fields.get(b"t"), fields.get(b"path", b""), fields.get(b"size"),
                    fields.get(b"hit"))  # fmt: skip
             if row[3] == b"1":
@@ -113,6 +122,9 @@ def export_rows(client: Any, keys: Keys, out: TextIO, count: int | None = None) 
                 [_text(when, ""), path, _text(size, "0"), _text(hit, "0")]
             )
             done.rows += 1
+    # A pipeline that logs faster than this reads: the cap trimmed some before they were
+    # read (batch by batch, one read could not hold them all), said, not silently gone.
+    done.trimmed = max(0, min(held, count or held) - done.rows)
     return done
 
 

@@ -250,33 +250,40 @@ def test_trace_export_writes_the_access_log(redis_client, prefix, tmp_path):
     assert code == 0, text
 
 
-def test_an_export_keeps_what_it_read_while_the_cap_trims_the_log(redis_client, prefix):
+@pytest.mark.parametrize("cap", [200, 3000])
+def test_an_export_keeps_what_it_read_while_the_cap_trims_the_log(redis_client, prefix, cap):
     """It read the stream twice, names first, then rows: what the cap trimmed in between was
     lost (all of it under a busy pipeline, then said as "no accesses recorded yet"). Nor
-    does it follow a pipeline that logs faster than it reads."""
+    does it follow a pipeline that logs faster than it reads; what the cap trims between
+    its batches of 1000 is counted (it went unsaid)."""
     import io
 
     from cachemgr.access_log import export_rows
 
-    store = Store(redis_client, Keys(prefix), access_log_maxlen=200)
-    for i in range(200):
+    store = Store(redis_client, Keys(prefix), access_log_maxlen=cap)
+    for i in range(cap):
         store.access(f"old{i}", now=1.0 + i, miss_bytes=10)
     reads = []
 
-    class Busy:  # the pipeline logs 200 more after each of the export's reads
+    class Busy:  # the pipeline logs half the cap more after each of the export's reads
         def execute_command(self, *args, **kwargs):
             reply = redis_client.execute_command(*args, **kwargs)
             if args[0] == "XRANGE":
                 reads.append(len(reply))
-                for i in range(200):
-                    store.access(f"new{len(reads)}-{i}", now=1000.0 + i, miss_bytes=10)
+                batch = [f"new{len(reads)}-{i}" for i in range(max(200, cap // 2))]
+                store.access_many(batch, now=1000.0)
             return reply
 
     out = io.StringIO()
     done = export_rows(Busy(), Keys(prefix), out)
-    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
-    assert done.rows == len(rows) == 200 and reads[0] == 200, reads
-    assert [r["path"] for r in rows] == [f"old{i}" for i in range(200)]
+    paths = [r["path"] for r in csv.DictReader(io.StringIO(out.getvalue()))]
+    assert done.rows == len(paths) and done.rows + done.trimmed == cap, (done, reads)
+    assert all(p.startswith("old") for p in paths)
+    assert paths == sorted(paths, key=lambda p: int(p[3:]))  # oldest first, none twice
+    if cap == 200:  # read in one batch: nothing to lose
+        assert done.rows == 200 and done.trimmed == 0
+    else:
+        assert done.trimmed > 0
 
 
 def test_an_empty_export_says_whether_the_access_log_is_off(redis_client, prefix):
