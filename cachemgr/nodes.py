@@ -267,16 +267,18 @@ class NodeRegistry:
         # read carries the registry, and decoding it was a tenth of the read's Python.
         return {node: dict(_decoded(entry)) for node, entry in raw.items()}
 
-    def holder(self, target: str, entries: dict[str, dict[str, Any]]) -> tuple[str, str]:
-        """The node whose root holds `target` (absolute, resolved) and its path under that
-        root; PathError when no root holds it, or several hosts mount theirs at that path."""
+    def holder(self, path: str, entries: dict[str, dict[str, Any]]) -> tuple[str, str]:
+        """The node whose root holds `path` (absolute; resolved here) and its path under that
+        root; PathError, naming `path` as given, when no root holds it, or several hosts
+        mount theirs at that path."""
+        target = os.path.realpath(path)
         holding = {
             node: entry["root"].rstrip("/")
             for node, entry in entries.items()
             if target.startswith(entry["root"].rstrip("/") + "/")
         }
         if not holding:
-            raise PathError(f"no cache node's root holds {target!r}")
+            raise PathError(f"no cache node's root holds {path!r}")
         root = max(holding.values(), key=len)  # nested roots: the innermost holds it
         nodes = sorted(n for n, r in holding.items() if r == root)
         if len(nodes) > 1:
@@ -286,7 +288,7 @@ class NodeRegistry:
         if len(nodes) > 1:
             # Hosts that mount their caches at the same path: the path cannot say which.
             raise PathError(
-                f"{target!r} is under the root of nodes {', '.join(nodes)} (the same "
+                f"{path!r} is under the root of nodes {', '.join(nodes)} (the same "
                 "path on several hosts): use CacheClient(node=...)"
             )
         return nodes[0], normalize(target[len(root) + 1 :])

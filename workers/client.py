@@ -356,7 +356,7 @@ class CacheClient:
         """Learn the node from a path's root: a client for that node, and the relative path."""
         registry = NodeRegistry(self._books(), self.cluster)
         entries = registry.entries()
-        node, relative = registry.holder(os.path.realpath(absolute_path), entries)
+        node, relative = registry.holder(absolute_path, entries)
         found = route_of(node, entries)
         client = CacheClient(
             self.broker_url,
