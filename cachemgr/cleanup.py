@@ -74,6 +74,13 @@ def sweep(
     )
 
 
+def _sweeps(wanted: bool, automatic: bool, held: Hold | None) -> bool:
+    """A registration's pass leaves expiry to beat's while eviction is held after a rebuild:
+    the rebuilt books date each directory from the disk, and the pins went with the old
+    ones; beat's own cleanup, at the hold's end, sweeps (it swept sooner, pins unrenewed)."""
+    return wanted and not (automatic and held is not None and not held.short)
+
+
 def _sweep_or_nothing(cache: DiskCache, wanted: bool, **kwargs: Any) -> PassResult:
     if wanted:
         return sweep(cache, **kwargs)
@@ -244,8 +251,8 @@ def cleanup(
         pending = not kept and raw is not None and named != cache.store.policy.name
         if named and named != cache.store.policy.name:
             cache = cache.with_policy(named)
-        expired = _sweep_or_nothing(cache, sweep_expired, dry_run=True)
         held = evict_held(cache, scheduled=periodic or automatic)
+        expired = _sweep_or_nothing(cache, _sweeps(sweep_expired, automatic, held), dry_run=True)
         evicted = enforce_quota(
             cache,
             dry_run=True,
@@ -341,11 +348,14 @@ def cleanup(
         # have and the disk has not, untracked (after the passes, a real download had been
         # evicted in the place of each).
         gone = _gone(cache) if periodic else None
-        expired = _sweep_or_nothing(
-            cache, sweep_expired, time_budget=time_budget, heartbeat=lock.extend
-        )
         # A manual one evicts, unless it rebuilt the books itself.
         held = evict_held(cache, scheduled=periodic or automatic, rebuilt_until=rebuilt_until)
+        expired = _sweep_or_nothing(
+            cache,
+            _sweeps(sweep_expired, automatic, held),
+            time_budget=time_budget,
+            heartbeat=lock.extend,
+        )
         evicted = enforce_quota(
             cache,
             time_budget=time_budget,

@@ -148,6 +148,15 @@ def test_books_lost_then_one_registration_still_evict_nothing_at_the_rebuild(
     cache.register("album26")
     held = cleanup(cache, automatic=True, sweep_expired=False)
     assert held["evict"]["paths"] == [] and held["evict_held_until"] > cache.clock()
+    # Nor does it expire what the rebuilt books date from the disk as past its TTL (a quota
+    # pass is a cleanup now, sweep first): beat's cleanup does, at the hold's end.
+    outlived = cache.clock() - cache.settings.disk_cache_ttl_seconds - 60
+    redis_client.zadd(cache.keys.lru, {left[0]: outlived})
+    passed = cleanup(cache, automatic=True)
+    assert passed["sweep"]["paths"] == [] and (root / left[0]).is_dir()
+    plan = cleanup(cache, automatic=True, dry_run=True)
+    assert plan["sweep"]["paths"] == [] and plan["evict"]["paths"] == []
+    redis_client.zadd(cache.keys.lru, {left[0]: cache.clock()})
     # Until just before the next periodic cleanup, an interval after the rebuild started.
     ttl = redis_client.ttl(cache.keys.evict_hold)
     assert 0 < ttl < cache.settings.disk_cache_cleanup_interval
