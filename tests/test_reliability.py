@@ -43,6 +43,7 @@ def worker_env(settings, **extra: str) -> dict[str, str]:
         CELERY_RESULT_BACKEND=BROKER,
         DISK_CACHE_ROOT=settings.disk_cache_root,
         DISK_CACHE_KEY_PREFIX=settings.key_prefix,
+        DISK_CACHE_CLUSTER=settings.disk_cache_cluster,  # its registry too, cleaned with it
         DISK_CACHE_MAX_BYTES=str(settings.disk_cache_max_bytes),
         CACHEMGR_QUEUE=queue_of(settings),
         **extra,
