@@ -28,8 +28,7 @@ from bench.core import (
     timed,
 )
 from bench.infra import RedisServer, pipe_commands
-from cachemgr import DiskCache, Settings, connect
-from cachemgr import cleanup as passes
+from cachemgr import DiskCache, Settings, connect, passes
 from workers.client import CacheClient
 
 TTL = 86400

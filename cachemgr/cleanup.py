@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from cachemgr import audit, checks, history, marker, migrations, mounts, recheck, trash
@@ -17,15 +16,13 @@ from cachemgr.cache import DiskCache
 from cachemgr.errors import RootMissing, logged
 from cachemgr.journal import recover_unfinished
 from cachemgr.locks import Keeper, Lock
-from cachemgr.passes import LOCK_LOST, run_pass
-from cachemgr.quota import ROOM_SHORT, Hold, Need, bytes_to_free, evict_held, said_short
+from cachemgr.passes import DEFAULT_TIME_BUDGET, enforce_quota, sweep_or_nothing, sweeps
+from cachemgr.quota import evict_held
 from cachemgr.reconcile import ReconcileBusy, reconcile
-from cachemgr.records import PassResult
 from cachemgr.switch import disabled
 
 log = logging.getLogger("cachemgr")
 
-DEFAULT_TIME_BUDGET = 60.0
 # Renewed every third of it while the cleanup runs. A worker killed mid-cleanup holds it this
 # long, and the quota passes that registrations send meanwhile are skipped: the disk fills by
 # the ingest rate times this (30 s let a fault soak reach 155% of the quota).
@@ -47,134 +44,6 @@ def _refused(cache: DiskCache) -> RootMissing | None:
     except RootMissing as exc:
         return exc
     return None
-
-
-def sweep(
-    cache: DiskCache,
-    *,
-    dry_run: bool = False,
-    time_budget: float = DEFAULT_TIME_BUDGET,
-    heartbeat: Callable[[], object] | None = None,
-) -> PassResult:
-    """Delete the directories not accessed for DISK_CACHE_TTL_SECONDS, oldest first, pinned
-    ones passed over, in one bounded pass (DISK_CACHE_MAX_EVICTIONS_PER_RUN, `time_budget`:
-    `more` says some are left); a dry run lists them and deletes nothing."""
-    cutoff = cache.clock() - cache.settings.disk_cache_ttl_seconds
-    result = PassResult("sweep", usage_before=cache.store.total_bytes(), dry_run=dry_run)
-    return run_pass(
-        cache,
-        result,
-        lambda limit, offset: cache.store.expired(cutoff, limit, offset),
-        "expired",
-        bytes_needed=None,
-        dry_run=dry_run,
-        min_age_seconds=0,
-        time_budget=time_budget,
-        heartbeat=heartbeat,
-    )
-
-
-def _sweeps(wanted: bool, automatic: bool, held: Hold | None) -> bool:
-    """A registration's pass leaves expiry to beat's while eviction is held after a rebuild:
-    the rebuilt books date each directory from the disk, and the pins went with the old
-    ones; beat's own cleanup, at the hold's end, sweeps (it swept sooner, pins unrenewed)."""
-    return wanted and not (automatic and held is not None and not held.short)
-
-
-def _sweep_or_nothing(cache: DiskCache, wanted: bool, **kwargs: Any) -> PassResult:
-    if wanted:
-        return sweep(cache, **kwargs)
-    total = cache.store.total_bytes()
-    dry_run = bool(kwargs.get("dry_run", False))
-    return PassResult("sweep", usage_before=total, usage_after=total, dry_run=dry_run)
-
-
-def enforce_quota(
-    cache: DiskCache,
-    *,
-    dry_run: bool = False,
-    usage: int | None = None,
-    time_budget: float = DEFAULT_TIME_BUDGET,
-    skip: bool = False,
-    resume: bool = False,
-    heartbeat: Callable[[], object] | None = None,
-    planned: PassResult | None = None,
-    owed: int | None = None,
-    held: Hold | None = None,
-) -> PassResult:
-    """Evict by the active policy what quota.bytes_to_free asks (usage past threshold x max
-    down to target x max, the free-space floor's shortfall, or down to the target again with
-    `resume`), in one bounded pass that goes round again for bytes booked meanwhile.
-    `planned`: a dry run's sweep, whose directories this plan does not take again. `owed`:
-    what the pass a bound interrupted still had to free (its `owed`), at most. `held`: eviction
-    waits (quota.evict_held), but for the disk's shortfall of free space when it is short."""
-    total = cache.store.total_bytes() if usage is None else usage
-    result = PassResult("evict", usage_before=total, usage_after=total, dry_run=dry_run)
-    skip = skip or (held is not None and not held.short)
-    need = Need() if skip else bytes_to_free(cache, total, resume, floor_only=held is not None)
-    if owed is not None:
-        # Measured again, a free-space floor that deletions cannot lift (hard links, files
-        # held open) would ask each continuation for as much again, and a chain of them
-        # emptied the cache where one unbounded pass took a few.
-        need = need.at_most(owed)
-    if need.total <= 0:
-        return result
-    for_room = need.disk > 0  # short of the free-space floor: said if it stays short
-    if not dry_run:
-        log.info(
-            "quota: %d bytes used, threshold %d%s: evicting %d bytes (%s)",
-            total,
-            cache.settings.threshold_bytes,
-            # the free-space floor asks more than the quota (or alone): said, or the line
-            # read as a quota eviction far below the threshold
-            f", the disk {need.disk} {ROOM_SHORT}" if need.disk > need.books else "",
-            need.total,
-            cache.settings.disk_cache_eviction_policy,
-        )
-    if not dry_run:
-        # A warm-up the first eviction would settle in one long script: settle it in batches.
-        # (A dry run leaves it; but one that meets a settle half done helps finish it, which
-        # moves nothing off the books: Store.victims.)
-        cache.store.settle(cache.settings.disk_cache_batch_size, step=heartbeat)
-    started, usage = time.monotonic(), total
-    seen = {r.path for r in planned.removed} if planned else set[str]()
-    while True:
-        done, freed = len(result.removed), result.bytes_freed
-        run_pass(
-            cache,
-            result,
-            cache.store.victims,
-            "evicted",
-            bytes_needed=need,
-            dry_run=dry_run,
-            min_age_seconds=cache.settings.disk_cache_min_age_seconds,
-            time_budget=max(0.0, time_budget - (time.monotonic() - started)),
-            heartbeat=heartbeat,
-            usage=usage,
-            seen=seen,
-        )
-        if result.more:
-            result.owed = max(0, need.total - (result.bytes_freed - freed))
-        if dry_run or result.more or len(result.removed) == done or LOCK_LOST in result.errors:
-            break
-        # Registrations that came while this pass ran had their own quota passes skipped
-        # (this one held the lock): what they brought past the threshold goes too.
-        # Past the threshold only: a free-space floor that deletions do not lift (hard links,
-        # files held open, a disk filled by others) must not empty the cache round by round.
-        usage = cache.store.total_bytes()
-        if usage <= cache.settings.threshold_bytes or held is not None:
-            break
-        need = Need(usage - cache.settings.target_bytes)
-    # A held pass stops at the disk's shortfall, above the threshold by design.
-    short = result.usage_after > cache.settings.threshold_bytes and not result.more and not held
-    if dry_run or result.more or LOCK_LOST in result.errors:  # a lost lock is said already
-        return result
-    # The floor is measured again: deletions that do not lift it (the disk filled by others,
-    # hard links, files held open) leave eviction with nothing it can do.
-    room = cache.free_space_short() if for_room else 0
-    if short or room:
-        said_short(cache, result, short, room)
-    return result
 
 
 def cleanup(
@@ -252,7 +121,7 @@ def cleanup(
         if named and named != cache.store.policy.name:
             cache = cache.with_policy(named)
         held = evict_held(cache, scheduled=periodic or automatic)
-        expired = _sweep_or_nothing(cache, _sweeps(sweep_expired, automatic, held), dry_run=True)
+        expired = sweep_or_nothing(cache, sweeps(sweep_expired, automatic, held), dry_run=True)
         evicted = enforce_quota(
             cache,
             dry_run=True,
@@ -350,9 +219,9 @@ def cleanup(
         gone = _gone(cache) if periodic else None
         # A manual one evicts, unless it rebuilt the books itself.
         held = evict_held(cache, scheduled=periodic or automatic, rebuilt_until=rebuilt_until)
-        expired = _sweep_or_nothing(
+        expired = sweep_or_nothing(
             cache,
-            _sweeps(sweep_expired, automatic, held),
+            sweeps(sweep_expired, automatic, held),
             time_budget=time_budget,
             heartbeat=lock.extend,
         )

@@ -8,9 +8,10 @@ import pytest
 
 from cachemgr import DiskCache, NotOnDisk, NotTracked, Overlap, connect, listing
 from cachemgr import events as event_log
-from cachemgr.cleanup import cleanup, enforce_quota, sweep
+from cachemgr.cleanup import cleanup
 from cachemgr.keys import Keys
 from cachemgr.migrations import ensure_record_ids
+from cachemgr.passes import enforce_quota, sweep
 from cachemgr.paths import PathError
 from cachemgr.stats import counters
 from tests.conftest import REDIS_URL, make_tree
@@ -325,7 +326,7 @@ def test_compare_before_delete_skips_an_entry_accessed_since_it_was_chosen(cache
 def test_an_expired_entry_played_between_the_sweeps_read_and_its_claim_stays(
     settings, redis_client, root
 ):
-    from cachemgr.cleanup import sweep
+    from cachemgr.passes import sweep
 
     clock = Clock()
     cache = DiskCache(settings.with_(disk_cache_ttl_seconds=60), redis_client, clock=clock)

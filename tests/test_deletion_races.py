@@ -11,9 +11,10 @@ import time
 import pytest
 
 from cachemgr import DiskCache, trash
-from cachemgr.cleanup import cleanup, enforce_quota
+from cachemgr.cleanup import cleanup
 from cachemgr.errors import BeingDeleted, DeleteFailed, NotTracked
 from cachemgr.journal import recover_unfinished
+from cachemgr.passes import enforce_quota
 from tests.conftest import make_tree
 
 

@@ -216,7 +216,7 @@ def test_a_subdirectory_named_in_no_utf8_does_not_stop_a_registration(cache, roo
 def test_a_pass_renews_its_lock_before_each_deletion_and_stops_when_it_is_lost(cache, root):
     # A batch of slow deletions must not outlast the cleanup lock: a second cleanup could then
     # start and evict too much. The heartbeat runs before each deletion; False stops the pass.
-    from cachemgr.cleanup import enforce_quota
+    from cachemgr.passes import enforce_quota
 
     for i in range(20):
         make_tree(root, f"d{i:02d}", files=4)
@@ -253,7 +253,7 @@ def test_a_directory_in_the_deletion_journal_blocks_its_parent(cache, root):
 
 def test_a_pin_inside_a_tracked_directory_protects_that_directory(settings, redis_client, root):
     from cachemgr import DiskCache
-    from cachemgr.cleanup import sweep
+    from cachemgr.passes import sweep
 
     now = [1_800_000_000.0]
     cache = DiskCache(settings.with_(disk_cache_ttl_seconds=1), redis_client, clock=lambda: now[0])

@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import REMOVALS
 from cachemgr import DiskCache, NotOnDisk, Settings
-from cachemgr.cleanup import cleanup, sweep
+from cachemgr.cleanup import cleanup
 from cachemgr.history import over_threshold_since
+from cachemgr.passes import sweep
 from tests.conftest import BROKER_URL, make_tree
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cachemgr import DiskCache, Settings, connect
-from cachemgr.cleanup import enforce_quota
+from cachemgr.passes import enforce_quota
 from tests.conftest import REDIS_URL, cleanup_prefix, make_tree
 
 pytestmark = pytest.mark.slow
@@ -467,7 +467,7 @@ def test_a_nodes_route_is_what_its_workers_published_else_its_names_defaults():
 def test_a_client_used_before_its_node_was_published_follows_it_on_the_direct_path(
     settings, redis_client, root, prefix
 ):
-    from cachemgr.cleanup import enforce_quota as evict
+    from cachemgr.passes import enforce_quota as evict
     from workers.client import CacheClient
 
     node = f"late{uuid.uuid4().hex[:8]}"

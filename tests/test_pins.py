@@ -7,8 +7,8 @@ from datetime import datetime
 import pytest
 
 from cachemgr import DiskCache
-from cachemgr.cleanup import enforce_quota
 from cachemgr.errors import BadArgument
+from cachemgr.passes import enforce_quota
 from cachemgr.records import iso
 from tests.conftest import make_tree
 from tests.test_core import Clock, fill

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachemgr import DiskCache
-from cachemgr.cleanup import enforce_quota
 from cachemgr.keys import Keys
 from cachemgr.migrations import ensure_policy
 from cachemgr.models import MODELS, make_model
+from cachemgr.passes import enforce_quota
 from cachemgr.policies import POLICIES
 from cachemgr.scripts import COMMON_KEYS, STALE_HIT
 from cachemgr.stats import counters

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachemgr import CacheError, DiskCache, Settings
-from cachemgr.cleanup import cleanup, enforce_quota
+from cachemgr.cleanup import cleanup
+from cachemgr.passes import enforce_quota
 from cachemgr.reconcile import reconcile
 from tests.conftest import REDIS_URL, cleanup_prefix, make_tree
 

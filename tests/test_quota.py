@@ -10,8 +10,9 @@ from collections import namedtuple
 import pytest
 
 from cachemgr import DiskCache
-from cachemgr.cleanup import cleanup, enforce_quota
+from cachemgr.cleanup import cleanup
 from cachemgr.continuation import continuation
+from cachemgr.passes import enforce_quota
 from cachemgr.policies import POLICIES
 from cachemgr.reconcile import reconcile
 from tests.conftest import make_tree

@@ -632,7 +632,7 @@ def test_a_root_lost_in_the_middle_of_a_cleanup_is_resolved_by_a_reconcile(
         time.sleep(0.05)  # some way into the pass
         raise RootMissing("the cache root is not a directory (is the disk mounted?)")
 
-    monkeypatch.setattr(cleanup_module, "_sweep_or_nothing", unmounted)
+    monkeypatch.setattr(cleanup_module, "sweep_or_nothing", unmounted)
     with pytest.raises(RootMissing):
         cleanup(cache)
     last = cache.stats()["last_cleanup"]

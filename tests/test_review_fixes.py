@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from cachemgr import PathError
-from cachemgr.cleanup import enforce_quota
 from cachemgr.journal import recover_unfinished
+from cachemgr.passes import enforce_quota
 from tests.conftest import make_tree
 
 

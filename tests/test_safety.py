@@ -11,7 +11,7 @@ import unicodedata
 import pytest
 
 from cachemgr import DiskCache
-from cachemgr.cleanup import enforce_quota
+from cachemgr.passes import enforce_quota
 from tests.conftest import make_tree
 
 HOSTILE = [
@@ -286,7 +286,7 @@ def test_a_registration_that_waited_on_a_deletion_above_does_not_track_a_deleted
 
 
 def test_an_entry_that_comes_back_in_the_same_pass_is_decided_once(settings, redis_client, root):
-    from cachemgr.cleanup import enforce_quota
+    from cachemgr.passes import enforce_quota
 
     tight = settings.with_(
         disk_cache_max_bytes=10 * 5 * 4096,

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from cachemgr import CacheError, DiskCache, Settings
-from cachemgr.cleanup import cleanup, enforce_quota, sweep
+from cachemgr.cleanup import cleanup
+from cachemgr.passes import enforce_quota, sweep
 from cachemgr.reconcile import ReconcileBusy, reconcile
 from tests.conftest import REDIS_URL, cleanup_prefix, make_tree
 
