@@ -21,7 +21,9 @@ from api.cli_errors import (
     Fail,
 )
 from cachemgr.checks import NODE_NAME, NODE_NAME_RULE
+from cachemgr.connection import connect
 from cachemgr.logs import configure_logging
+from cachemgr.nodes import NodeRegistry, as_published
 from cachemgr.settings import Settings, SettingsError, log_level, quoted
 
 # Commands that only touch the books in Redis: a root gone since the workers started (an
@@ -40,6 +42,9 @@ def create_cli_app() -> Any:
     try:
         if reading:
             config["CACHEMGR_SETTINGS"] = Settings.from_env(require_root=False)
+        if ctx is not None and ctx.meta.get(NODE_GIVEN):
+            settings = config.get("CACHEMGR_SETTINGS") or Settings.from_env()
+            config["CACHEMGR_SETTINGS"] = _as_published(settings)
         app = create_app(config)
         # A read's output is its answer: INFO lines only when asked for. A write (`--now`:
         # registrations, evictions, removals) logs them as a worker does, on stderr.
@@ -69,10 +74,25 @@ def node_named(ctx: click.Context, param: click.Parameter, name: str | None) -> 
     return name
 
 
+NODE_GIVEN = "cachemgr.node_given"  # in the context's meta: `--node` was given
+
+
 def _for_node(ctx: click.Context, param: click.Parameter, name: str | None) -> None:
     """`cachemgr --node b ...`: the shell's DISK_CACHE_NODE for this command."""
     if node_named(ctx, param, name) is not None:
         os.environ["DISK_CACHE_NODE"] = str(name)
+        ctx.meta[NODE_GIVEN] = True
+
+
+def _as_published(settings: Settings) -> Settings:
+    """The node --node names, as its workers published it (nodes.as_published)."""
+    client = connect(settings.redis_url, interactive=True)
+    try:
+        return as_published(settings, NodeRegistry(client, settings.disk_cache_cluster).entries())
+    except redis.RedisError:  # the command says what is wrong with Redis, in its words
+        return settings
+    finally:
+        client.close()
 
 
 class CacheGroup(FlaskGroup):

@@ -111,6 +111,16 @@ def route_of(node: str, entries: dict[str, dict[str, Any]]) -> Route:
     return Route(queue, str(entry.get("key_prefix", Keys.node_prefix(node))), True)
 
 
+def as_published(settings: Settings, entries: dict[str, dict[str, Any]]) -> Settings:
+    """`settings` naming a node its workers run unnamed (DISK_CACHE_NODE unset there: the
+    node goes by its host's name, its keys by the seed's names) made unnamed too: named, a
+    shell's `--node vm` read and wrote the empty books under `{vm}:`."""
+    entry = entries.get(settings.disk_cache_node)
+    if settings.disk_cache_node and entry is not None and not entry.get("named", True):
+        return replace(settings, disk_cache_node="")
+    return settings
+
+
 def published_queues(entries: dict[str, dict[str, Any]]) -> list[str]:
     """The queues the nodes' workers read."""
     return sorted({str(e["queue"]) for e in entries.values() if e.get("queue")})

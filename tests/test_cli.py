@@ -1010,3 +1010,38 @@ def test_ctrl_c_ends_a_command_with_130_in_one_line(tmp_path, prefix):
         follow.kill()
     assert follow.returncode == 130, err
     assert err.strip() == "interrupted", err
+
+
+def test_node_option_naming_an_unnamed_node_reaches_its_books(settings, root):
+    """A node run without DISK_CACHE_NODE goes by its host's name and the seed's key names:
+    `cachemgr --node <that name> ls` read the empty books under `{name}:` (an empty list,
+    exit 0), and its `register` failed."""
+    import os
+    import subprocess
+    import sys
+
+    from cachemgr import DiskCache, connect
+
+    url = REDIS_URL.rsplit("/", 1)[0] + "/14"  # the seed's key names: a database of its own
+    client = connect(url)
+    client.flushdb()
+    try:
+        unnamed = settings.with_(disk_cache_key_prefix="", disk_cache_node="", redis_url=url)
+        cache = DiskCache(unnamed, client)
+        cache.publish_config()
+        make_tree(root, "artist/album")
+        cache.register("artist/album")
+        env = {**os.environ, "REDIS_URL": url, "DISK_CACHE_ROOT": str(root),
+               "DISK_CACHE_CLUSTER": unnamed.disk_cache_cluster}  # fmt: skip
+        env.pop("DISK_CACHE_NODE", None)
+        env.pop("DISK_CACHE_KEY_PREFIX", None)
+        code = "import sys; from api.cli import main; sys.argv[0] = 'cachemgr'; main()"
+        listed = subprocess.run(
+            [sys.executable, "-c", code, "--node", unnamed.node, "ls", "--json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert [e["path"] for e in json.loads(listed.stdout)] == ["artist/album"]
+    finally:
+        client.flushdb()
+        client.close()
