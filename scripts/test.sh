@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-bash scripts/ensure-redis.sh
+# The tests' server (CACHEMGR_TEST_REDIS_URL), not the one REDIS_URL may name for the app.
+REDIS_URL="${CACHEMGR_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}" bash scripts/ensure-redis.sh
 bash scripts/ensure-debian.sh chromium chromium fonts-dejavu-core  # the status page, in a browser
 bash scripts/ensure-debian.sh promtool prometheus  # the alert rules' unit tests (no service run)
 bash scripts/ensure-debian.sh curl curl  # the seed's curl examples, run as written

@@ -829,7 +829,7 @@ def test_a_server_that_is_not_redis_is_said_in_one_line(settings, tmp_path):
 
 @pytest.mark.parametrize(
     "args,code,said",
-    [(["--redis-url", "redis://127.0.0.1:6379/99", "--prefix", "x:"], 5, "does not have"),
+    [(["--redis-url", REDIS_URL.rsplit("/", 1)[0] + "/99", "--prefix", "x:"], 5, "does not have"),
      (["--redis-url", "redis://[::1:6379/0", "--prefix", "x:"], 2, "bad Redis URL"),
      (["--prefix", "bad\udcff"], 2, "not valid UTF-8")],
 )  # fmt: skip

@@ -582,12 +582,13 @@ def test_a_client_sending_to_a_broker_no_worker_reads_says_so(two_nodes, caplog,
         monkeypatch.delenv(name, raising=False)  # the environment's would win
     b = two_nodes["b"]
     cluster, queue = b.settings.disk_cache_cluster, f"q-{uuid.uuid4().hex[:8]}"
-    theirs = "redis://127.0.0.1:6379/11"
-    assert broker_id("redis://:pw@LOCALHOST/11?x=1") == broker_id(theirs) != broker_id(
-        "redis://127.0.0.1:6379/12")  # fmt: skip
-    b.registry.publish(b.settings, queue=queue, broker=broker_id(theirs))
+    assert broker_id("redis://:pw@LOCALHOST/11?x=1") == broker_id(
+        "redis://127.0.0.1:6379/11") != broker_id("redis://127.0.0.1:6379/12")  # fmt: skip
+    base = REDIS_URL.rsplit("/", 1)[0]  # the test server
+    theirs, mine = broker_id(f"{base}/11"), broker_id(f"{base}/12")
+    b.registry.publish(b.settings, queue=queue, broker=theirs)
     clients = {
-        db: CacheClient(f"redis://localhost:6379/{db}", redis_url=REDIS_URL, queue=queue,
+        db: CacheClient(f"{base}/{db}", redis_url=REDIS_URL, queue=queue,
                         cluster=cluster)  # fmt: skip
         for db in (11, 12)
     }
@@ -600,14 +601,13 @@ def test_a_client_sending_to_a_broker_no_worker_reads_says_so(two_nodes, caplog,
             r.getMessage() for r in caplog.records if r.__dict__.get("event") == "unread_broker"
         ]
         assert said == [
-            "tasks go to broker redis://127.0.0.1:6379/12, which no node's workers read (they "
-            "read redis://127.0.0.1:6379/11): they wait there until one does "
-            "(CELERY_BROKER_URL is not the workers'?)"
+            f"tasks go to broker {mine}, which no node's workers read (they read {theirs}): "
+            "they wait there until one does (CELERY_BROKER_URL is not the workers'?)"
         ]
     finally:
         for db, client in clients.items():
             client.close()
-            left = connect(f"redis://127.0.0.1:6379/{db}")
+            left = connect(f"{base}/{db}")
             left.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
             left.close()
 
