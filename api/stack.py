@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -256,10 +257,13 @@ def up(flower: bool, nodes: int = 1) -> int:
     if nodes > 1:
         # The CLI in another shell acts on its DISK_CACHE_NODE's books: unset, on a node
         # named after the host, which no worker serves ("cache not working: no worker").
+        # Its root too: with the shell's own, the CLI's stats said "cache not working: its
+        # marker .cachemgr-books is missing" of a cache that works.
+        first_root = shlex.quote(node_env[names[0]]["DISK_CACHE_ROOT"])
         click.echo(
             f"cli     in another shell: export REDIS_URL={without_password(env['REDIS_URL'])} "
-            f"DISK_CACHE_NODE={names[0]} (the node it acts on, or `cachemgr --node NAME ...`; "
-            f"the API takes ?node=)"
+            f"DISK_CACHE_NODE={names[0]} DISK_CACHE_ROOT={first_root} (the node it acts on, or "
+            f"`cachemgr --node NAME ...`; the API takes ?node=)"
         )
     interval = env.get("DISK_CACHE_CLEANUP_INTERVAL", "3600")
     click.echo(f"worker  2 processes for each of {len(names)} node(s); beat every {interval} s")

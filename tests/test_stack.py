@@ -208,6 +208,8 @@ def test_up_with_two_nodes(tmp_path: Path, monkeypatch):
     # The CLI in another shell, unset, acted on a node named after the host that no worker
     # serves: `up` says which variable picks a node.
     assert "in another shell: export REDIS_URL=" in output and " DISK_CACHE_NODE=node1 " in output
+    # and its root: with the shell's own, `cachemgr stats` said the cache was not working.
+    assert " DISK_CACHE_ROOT=" in output and "/node1 (the node it acts on" in output, output
 
 
 def test_procfile_runs_under_honcho(tmp_path: Path, monkeypatch):
