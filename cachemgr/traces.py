@@ -224,7 +224,8 @@ def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
         raise TraceError(f"{_named(p)}: no such file")
     if p.is_dir():
         raise TraceError(f"{_named(p)}: is a directory, not a trace file")
-    fmt = fmt or detect_format(p)
+    # A name that says nothing (an export saved as `accesses`): its first line does.
+    fmt = fmt or (detect_format(p) if detect_format(p) != "text" else sniff_format(p))
     readers: dict[str, Any] = {"oracle": read_oracle_general, "text": read_text, "csv": read_csv}
     if fmt not in readers:
         raise TraceError(f"unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")

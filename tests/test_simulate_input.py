@@ -121,6 +121,18 @@ def test_a_compressed_trace_named_without_its_suffix_is_decompressed(tmp_path: P
         assert misses(p) == want, name
 
 
+def test_a_csv_trace_named_without_its_suffix_is_told_by_its_header(tmp_path: Path):
+    """An export saved as `accesses` failed: "expected `time id size`, got 'timestamp,...'"
+    (standard input was told by its first line)."""
+    p = tmp_path / "accesses"
+    p.write_text("timestamp,path,size,hit\n1,a,10,0\n2,a,10,1\n3,b,5,0\n")
+    got = sim(str(p), "--no-bounds", "--policy", "lru", "--size", "100%", "--json")
+    assert got.exit_code == 0, got.output
+    import json
+
+    assert json.loads(got.stdout)["requests"] == 3
+
+
 def test_trace_export_to_a_fifo_writes_into_it_not_over_it(redis_client, prefix, tmp_path):
     store = Store(redis_client, Keys(prefix), access_log_maxlen=100)
     store.access("a/b", now=1000.0)
