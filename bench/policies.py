@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import numpy as np
 
 from cachemgr.models import MODELS
 from cachemgr.simulate import Result, bounds, human, plot, replay
-from cachemgr.traces import Trace, read_trace, write_oracle_general
+from cachemgr.traces import Trace, TraceError, read_trace, write_oracle_general
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 MIB = 2**20
@@ -416,8 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     cloud_path = args.traces / "cloudPhysicsIO.oracleGeneral.bin"
 
     started = time.time()
-    cloud = read_trace(cloud_path)
-    adapt = read_trace(args.traces / "adaptsize_request.trace.xz")
+    try:
+        cloud = read_trace(cloud_path)
+        adapt = read_trace(args.traces / "adaptsize_request.trace.xz")
+    except TraceError as exc:
+        print(
+            f"bench.policies: {exc} (the issue's two traces, cloudPhysics and adaptsize: "
+            f"--traces DIR names their folder, {TRACES} by default)",
+            file=sys.stderr,
+        )
+        return 2
     audio = audio_trace(requests=100_000 if args.quick else 300_000)
     cases = [Case(adapt, 0.01), Case(adapt, 0.05), Case(cloud, 0.01), Case(cloud, 0.10)]
     cases += [Case(audio, f) for f in (0.01, 0.02, 0.05, 0.10)]

@@ -112,3 +112,13 @@ def test_books_and_scan_figures_on_tiny_sizes(tmp_path: Path) -> None:
     # The run's own yardsticks, measured in this run: how fast the host was.
     zadd = found.details["access_rates"]["zadd"]
     assert f"one client's ZADD round trips {zadd:,.0f}/s" in text
+
+
+def test_bench_policies_without_the_traces_says_where_in_one_line(tmp_path, capsys):
+    """It ended in a traceback (a TraceError) when the shared traces were not there."""
+    from bench.policies import main
+
+    assert main(["--traces", str(tmp_path / "none"), "--docs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no such file" in err and "--traces DIR" in err, err
+    assert not (tmp_path / "policies.md").exists()
