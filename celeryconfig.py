@@ -11,7 +11,7 @@ import os
 import sys
 
 from cachemgr.nodes import node_queue
-from cachemgr.settings import SettingsError, cluster_of, parse_duration, queue_override
+from cachemgr.settings import Settings, SettingsError, cluster_of, queue_override
 from workers.urls import celery_env_urls, celery_url_problem
 
 broker_url, result_backend = celery_env_urls()
@@ -43,17 +43,14 @@ worker_consumer = "workers.consumer:Consumer"
 timezone = "UTC"
 
 try:
-    _interval = parse_duration(os.environ.get("DISK_CACHE_CLEANUP_INTERVAL") or "3600")
-    if _interval < 1:
-        raise ValueError("must be at least 1 s")
-except ValueError as exc:
+    # Read and bounded as the settings read it (worded alike; the rest of the environment is
+    # the workers' to check, not beat's).
+    _only = {"DISK_CACHE_CLEANUP_INTERVAL": os.environ.get("DISK_CACHE_CLEANUP_INTERVAL", "")}
+    _interval = Settings.from_env(_only, require_root=False).disk_cache_cleanup_interval
+except SettingsError as exc:
     # One line, not a traceback (and no flood of cleanups from an interval of 0), with the
     # exit code of every other bad setting (5).
-    print(
-        f"cachemgr stopping: DISK_CACHE_CLEANUP_INTERVAL="
-        f"{os.environ.get('DISK_CACHE_CLEANUP_INTERVAL')!r}: {exc}",
-        file=sys.stderr,
-    )
+    print(f"cachemgr stopping: {exc}", file=sys.stderr)
     raise SystemExit(5) from None
 _node = os.environ.get("DISK_CACHE_NODE", "")
 

@@ -152,6 +152,13 @@ def test_beat_refuses_a_bad_cleanup_interval_in_one_line(value):
     code, err = _run(["-c", "import celeryconfig"], {"DISK_CACHE_CLEANUP_INTERVAL": value})
     assert code == 5 and "Traceback" not in err, err
     assert err.splitlines() == [err] and "DISK_CACHE_CLEANUP_INTERVAL" in err and value in err
+    # Worded as the settings word it everywhere else (it said "'0': must be at least 1 s").
+    try:
+        Settings.from_env({"DISK_CACHE_CLEANUP_INTERVAL": value, "DISK_CACHE_ROOT": "/tmp"})
+    except SettingsError as exc:
+        assert err == f"cachemgr stopping: {exc}"
+    else:
+        pytest.fail(f"{value!r} was taken")
 
 
 @pytest.mark.parametrize(
