@@ -602,7 +602,8 @@ def test_a_client_sending_to_a_broker_no_worker_reads_says_so(two_nodes, caplog,
         ]
         assert said == [
             f"tasks go to broker {mine}, which no node's workers read (they read {theirs}): "
-            "they wait there until one does (CELERY_BROKER_URL is not the workers'?)"
+            "they wait there until one does (the broker URL given, or CELERY_BROKER_URL, is "
+            "not the workers'?)"
         ]
     finally:
         for db, client in clients.items():

@@ -234,7 +234,8 @@ class CacheClient:
         if theirs:
             log.warning(
                 "tasks go to broker %s, which no node's workers read (they read %s): they "
-                "wait there until one does (CELERY_BROKER_URL is not the workers'?)",
+                "wait there until one does (the broker URL given, or CELERY_BROKER_URL, is not "
+                "the workers'?)",
                 broker_id(self.broker_url),
                 ", ".join(theirs),
                 extra={"event": "unread_broker"},
