@@ -30,6 +30,8 @@ OVERDUE_INTERVALS = 2
 
 # With no free-space floor set, a disk with less than this share free is said to be nearly full.
 NEARLY_FULL_SHARE = 0.02
+# Where an operator finds the directories a pass had to leave.
+WHICH = "`cachemgr ls --sort size` marks the pinned ones; `cachemgr info PATH` says its age"
 
 
 def diagnose(
@@ -52,7 +54,8 @@ def diagnose(
     if stats["quota_status"] == "over_quota":
         advice = cleanups_wait or (
             "run a manual cleanup, lower DISK_CACHE_TTL_SECONDS, or check for pinned directories "
-            "and for ones still within their minimum age (a manual cleanup passes over both)"
+            "and for ones still within their minimum age, which a manual cleanup passes over "
+            f"too ({WHICH})"
         )
         problems.append(
             f"over quota: {stats['total_bytes']} of {stats['max_bytes']} bytes used; {advice}"
@@ -63,7 +66,7 @@ def diagnose(
         problems.append(
             f"usage {stats['usage_percent']}% is above the eviction threshold and the last "
             f"quota pass could not bring it down (skipped: {short}): eviction cannot free more "
-            "while those stay; see `cachemgr events`"
+            f"while those stay ({WHICH})"
         )
     elif above and stats["quota_status"] == "evicting":
         # Stopped, the scheduler skips beat's cleanups and the registrations' quota passes.
