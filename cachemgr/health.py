@@ -7,6 +7,7 @@ cleanups that stopped coming (beat down) or failing.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -176,7 +177,7 @@ def diagnose(
     held = stats.get("evict_held_until")
     if held and held > now:
         problems.append(
-            f"eviction is held for {int(held - now)} s more: the books were rebuilt from the "
+            f"eviction is held for {math.ceil(held - now)} s more: the books were rebuilt from the "
             "disk and pins lost with them are being renewed; periodic and automatic passes "
             "wait, a manual `cachemgr cleanup` evicts now"
         )

@@ -840,3 +840,13 @@ def test_the_stats_say_a_redis_that_evicts_keys(cache, monkeypatch):
     assert said in cache.stats()["warnings"]
     monkeypatch.setattr(health, "redis_memory", lambda client: None)
     assert said in cache.stats()["warnings"]  # read again only after MEMORY_SECONDS
+
+
+def test_a_hold_ending_within_the_second_is_not_said_as_zero_seconds():
+    """After a Redis restart the stats said "eviction is held for 0 s more"."""
+    from cachemgr.health import diagnose
+
+    stats = {"quota_status": "ok", "total_bytes": 0, "threshold_bytes": 9, "max_bytes": 10,
+             "usage_percent": 0.0, "evict_held_until": 1000.4}  # fmt: skip
+    said = [p for p in diagnose(stats, 3600, now=1000.0) if "eviction is held" in p]
+    assert len(said) == 1 and said[0].startswith("eviction is held for 1 s more"), said
