@@ -193,18 +193,24 @@ def up(flower: bool, nodes: int = 1) -> int:
         raise SettingsError(f"CACHEMGR_STATE_DIR={str(STATE_DIR)!r}: {exc.strerror}") from None
     env = dict(os.environ)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    # The default root, ./downloads, is made; one set is not (a disk not mounted, a typo:
+    # refused, as serve does), and a file in the way of either is refused in its one line:
+    # before anything is started (the embedded Redis was, then stopped again).
+    default_root = not env.get("DISK_CACHE_ROOT")
+    if default_root:
+        env["DISK_CACHE_ROOT"] = str(Path("downloads").resolve())
+    root = Path(env["DISK_CACHE_ROOT"])
+    from cachemgr import Settings
+
+    if default_root and not root.exists():
+        root.mkdir()
+    Settings.from_env(env)
     if not env.get("REDIS_URL"):
         redis_proc, env["REDIS_URL"] = _start_embedded_redis(STATE_DIR)
         procs.append(("redis", redis_proc))
         click.echo(f"redis   {env['REDIS_URL']} (embedded, data in {STATE_DIR}/)")
         # The CLI in another shell reads REDIS_URL; unset, it would ask 127.0.0.1:6379.
         click.echo(f"        in another shell: export REDIS_URL={env['REDIS_URL']}")
-    # The default root, ./downloads, is made; one set is not (a disk not mounted, a typo:
-    # refused, as serve does), and a file in the way of either is refused in its one line.
-    default_root = not env.get("DISK_CACHE_ROOT")
-    if default_root:
-        env["DISK_CACHE_ROOT"] = str(Path("downloads").resolve())
-    root = Path(env["DISK_CACHE_ROOT"])
     names = [f"node{i}" for i in range(1, nodes + 1)] if nodes > 1 else [""]
     node_env = {
         name: {**env, "DISK_CACHE_NODE": name, "DISK_CACHE_ROOT": str(root / name)}
@@ -212,12 +218,7 @@ def up(flower: bool, nodes: int = 1) -> int:
         else env
         for name in names
     }
-    from cachemgr import Settings
-
     try:
-        if default_root and not root.exists():
-            root.mkdir()
-        Settings.from_env(env)
         for name in filter(None, names):  # each node's root, inside the one just checked
             made = not (root / name).exists()
             if made:

@@ -279,7 +279,7 @@ def test_up_refuses_a_root_that_does_not_exist_rather_than_make_it(tmp_path: Pat
     """`up` made a missing DISK_CACHE_ROOT: a disk not mounted yet, or a typo, got an empty
     directory on the wrong filesystem, where `serve` and the worker refuse to start."""
     missing = tmp_path / "not-mounted" / "downloads"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_") and k != "REDIS_URL"}
     env.update(
         DISK_CACHE_ROOT=str(missing),
         CACHEMGR_STATE_DIR=str(tmp_path / "state"),
@@ -292,6 +292,7 @@ def test_up_refuses_a_root_that_does_not_exist_rather_than_make_it(tmp_path: Pat
     assert done.returncode == 5, done.stdout + done.stderr
     assert f"DISK_CACHE_ROOT={str(missing)!r}: directory does not exist" in done.stderr
     assert not missing.exists() and not missing.parent.exists()
+    assert "embedded" not in done.stdout  # refused before its Redis was started (and stopped)
 
 
 def test_up_refuses_a_file_where_its_default_root_would_be_in_one_line(tmp_path: Path):
