@@ -984,3 +984,20 @@ def test_a_broker_url_the_environment_overrides_is_said(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="cachemgr"):
         CacheClient("redis://:pw1@127.0.0.1:6379/11", redis_url=REDIS_URL)
     assert "wins over" not in caplog.text  # the same URL: nothing to say
+
+
+def test_celerys_cancel_warning_is_not_said_at_each_lost_broker_connection():
+    """Seven lines of CPendingDeprecationWarning in each worker's log at each Redis restart."""
+    import warnings
+
+    from celery.exceptions import CPendingDeprecationWarning
+    from celery.worker.consumer.consumer import CANCEL_TASKS_BY_DEFAULT
+
+    from workers.consumer import quiet_cancel_warning
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_cancel_warning()
+        warnings.warn(CANCEL_TASKS_BY_DEFAULT, CPendingDeprecationWarning, stacklevel=1)
+        warnings.warn("another of Celery's", CPendingDeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["another of Celery's"]
