@@ -49,12 +49,13 @@ def bytes_to_free(
 
     `resume` continues an eviction that a bound interrupted: down to the target even when
     usage is already back under the threshold. `floor_only`: eviction is held, but the disk
-    is short (evict_held): only the disk's shortfall goes.
+    is short, or usage past HOLD_CEILING times the quota (evict_held): only the disk's
+    shortfall and the excess go.
     """
     s = cache.settings
     short = cache.free_space_short()
     if floor_only:
-        return Need(0, max(short, _nearly_full_short(cache)))
+        return Need(_over_ceiling(cache, total), max(short, _nearly_full_short(cache)))
     started = total > s.threshold_bytes or (resume and total > s.target_bytes)
     return Need(total - s.target_bytes if started else 0, short)
 
@@ -105,8 +106,9 @@ def evict_held(
     manual cleanup is not held, and says so, unless it rebuilt the books itself
     (`rebuilt_until`: the hold it set, whose key may lapse before this reads it). On a disk
     short of its free-space floor, or, with none set, under 5% free, the hold gives way to the
-    shortfall (the disk must not fill), whatever the quota says (a budget: one interval over
-    it costs no data, a streamed album taken would)."""
+    shortfall (the disk must not fill), and past HOLD_CEILING times the quota to the excess:
+    below that the quota is a budget (one interval over it costs no data, a streamed album
+    taken would)."""
     stored = cache.client.get(cache.keys.evict_hold)
     until = float(stored) if stored is not None else rebuilt_until
     if until is None:
@@ -121,12 +123,29 @@ def evict_held(
             until,
         )
         return Hold(until, short=True)
+    over = _over_ceiling(cache, cache.store.total_bytes())
+    if over > 0:
+        log.warning(
+            "eviction held until %s after a rebuild, but usage is past %d times the quota: "
+            "evicting the %d bytes over it only",
+            until,
+            HOLD_CEILING,
+            over,
+        )
+        return Hold(until, short=True)
     log.info("eviction held until %s: the books were rebuilt from the disk", until)
     return Hold(until)
 
 
 # With no DISK_CACHE_MIN_FREE_BYTES set, the hold still gives way when the disk is this full.
 NEARLY_FULL = 0.05
+# Held, usage may pass the quota (a budget), but not this many times it: a busy pipeline grew
+# the cache to ten times its quota in a minute of the hold, which lasts up to an interval.
+HOLD_CEILING = 2
+
+
+def _over_ceiling(cache: DiskCache, total: int) -> int:
+    return max(0, total - HOLD_CEILING * cache.settings.disk_cache_max_bytes)
 
 
 def _nearly_full_short(cache: DiskCache) -> int:

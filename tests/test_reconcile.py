@@ -121,6 +121,28 @@ def test_an_interrupted_deletion_is_put_back_on_the_books(cache, root, caplog):
     assert cache.store.tracked(["a"]) == [True] and cache.store.unfinished_deletions() == {}
 
 
+def test_a_held_eviction_gives_way_past_twice_the_quota(cache, root, redis_client, prefix):
+    """Held after a rebuild, eviction waited up to an interval whatever the usage: a busy
+    pipeline grew the cache to ten times its quota in a minute (a helper's chaos run)."""
+    from cachemgr.quota import HOLD_CEILING
+    from tests.conftest import cleanup_prefix
+    from tests.test_core import UNIT, fill
+
+    fill(cache, root, 10)
+    cleanup(cache)  # the books kept and marked
+    cleanup_prefix(redis_client, prefix)  # lost
+    assert cleanup(cache)["rebuilt"] is True  # and eviction held
+    ceiling = HOLD_CEILING * cache.settings.disk_cache_max_bytes
+    for i in range(int(ceiling / UNIT) + 8):  # the pipeline goes on during the hold
+        make_tree(root, f"busy{i:03d}", files=4, size=4096)
+        cache.register(f"busy{i:03d}")
+    assert cache.store.total_bytes() > ceiling
+    done = cleanup(cache, automatic=True)
+    assert done["evict_held_until"] is not None and done["evict"]["count"] > 0
+    # The excess over the ceiling goes, not down to the target: below it the hold stands.
+    assert ceiling - UNIT < cache.store.total_bytes() <= ceiling
+
+
 def test_books_lost_then_one_registration_still_evict_nothing_at_the_rebuild(
     cache, root, redis_client, prefix
 ):
