@@ -42,6 +42,7 @@ def test_flower_sees_workers_and_tasks(settings, root, monkeypatch):
     env.update(
         CELERY_BROKER_URL=broker, CELERY_RESULT_BACKEND=broker, REDIS_URL=REDIS_URL,
         DISK_CACHE_ROOT=str(root), DISK_CACHE_KEY_PREFIX=settings.key_prefix,
+        DISK_CACHE_CLUSTER=settings.disk_cache_cluster,  # its registry is the test's too
         CACHEMGR_QUEUE=queue, FLOWER_UNAUTHENTICATED_API="true",
     )  # fmt: skip
     port = free_port()

@@ -256,6 +256,7 @@ def test_under_gunicorn_every_worker_answers_the_same(settings, cache, root, tmp
         "REDIS_URL": settings.redis_url,
         "DISK_CACHE_ROOT": str(root),
         "DISK_CACHE_KEY_PREFIX": settings.disk_cache_key_prefix,
+        "DISK_CACHE_CLUSTER": settings.disk_cache_cluster,
         "DISK_CACHE_MAX_BYTES": str(settings.disk_cache_max_bytes),
     }
     log = (tmp_path / "gunicorn.log").open("w")
