@@ -883,3 +883,39 @@ def test_cli_acts_on_the_node_its_node_option_names(two_nodes):
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "Error: --node 'a b': not a node's name: 1 to 100 of letters, digits, '_', '.' and '-'"
     )
+
+
+def test_a_client_asks_for_the_workers_broker_once_in_a_while_not_at_each_send(
+    two_nodes, monkeypatch
+):
+    """Workers of a version that published no broker: every send read the registry again."""
+    from workers import client as client_module
+    from workers.client import CacheClient
+
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    b = two_nodes["b"]
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    b.registry.publish(b.settings, queue=queue)  # no broker named
+    base = REDIS_URL.rsplit("/", 1)[0]
+    client = CacheClient(f"{base}/11", redis_url=REDIS_URL, queue=queue,
+                         cluster=b.settings.disk_cache_cluster)  # fmt: skip
+    reads = []
+    real = client_module.NodeRegistry.entries
+
+    def counted(self):
+        reads.append(1)
+        return real(self)
+
+    monkeypatch.setattr(client_module.NodeRegistry, "entries", counted)
+    try:
+        for _ in range(5):
+            client.send("noop")
+    finally:
+        client.close()
+        from cachemgr import connect
+
+        left = connect(f"{base}/11")
+        left.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        left.close()
+    assert len(reads) <= 2, reads  # the route's, and the broker's once

@@ -153,7 +153,7 @@ class CacheClient:
         self._skew = 0.0
         self._skew_said = False
         self._unknown_said = False
-        self._broker_checked = False
+        self._broker_checked, self._broker_due = False, 0.0
 
     @staticmethod
     def _say_env_wins(name: str, given: str | None, used: str) -> None:
@@ -223,12 +223,14 @@ class CacheClient:
 
     def _say_unread_broker(self) -> None:
         """Once a client, at its first send: a broker no node's workers read (another
-        CELERY_BROKER_URL than theirs, a default) kept its tasks for ever, unsaid."""
+        CELERY_BROKER_URL than theirs, a default) kept its tasks for ever, unsaid. Asked
+        again once in a while, not at each send, while it cannot be told (the books away, no
+        worker that published its broker: none started yet, or all of an older version)."""
+        self._broker_due = time.monotonic() + CONFIG_RETRY_SECONDS
         try:
             entries = NodeRegistry(self._books(), self.cluster).entries()
-        except Exception:  # books away: nothing to tell it by (asked again at the next send)
+        except Exception:  # books away: nothing to tell it by
             return
-        # Asked again while no worker has published its broker (none started yet).
         self._broker_checked = any(e.get("broker") for e in entries.values())
         theirs = unread_broker(entries, self.broker_url)
         if theirs:
@@ -258,7 +260,7 @@ class CacheClient:
     def send_to(self, queue: str | None, name: str, *args: Any, **kwargs: Any) -> AsyncResult:
         """Send to a given queue (another node's): `cachemgr.<node>`."""
         options = {"queue": queue} if queue else {}
-        if not self._broker_checked:
+        if not self._broker_checked and time.monotonic() >= self._broker_due:
             self._say_unread_broker()
         try:
             return self.app.send_task(
