@@ -32,9 +32,7 @@ from cachemgr.traces import (
     FORMATS,
     Trace,
     TraceError,
-    compression_suffix,
     read_trace,
-    sniff_format,
 )
 
 
@@ -58,16 +56,13 @@ def _cache_size(text: str) -> CacheSize:
 def _read_stdin(fmt: str | None) -> Trace:
     """`-`: the trace from standard input, through a file aside (every reader takes a path),
     compressed or not, CSV (an export piped in) or text unless --format says otherwise."""
-    stream = sys.stdin.buffer
-    head = stream.read(8)
-    with tempfile.NamedTemporaryFile(
-        prefix="cachemgr-trace-", suffix=compression_suffix(head)
-    ) as aside:
-        aside.write(head)
-        shutil.copyfileobj(stream, aside)
+    # read_trace tells it as it tells a file whose name says nothing: compression by its
+    # first bytes, CSV by its header line.
+    with tempfile.NamedTemporaryFile(prefix="cachemgr-trace-") as aside:
+        shutil.copyfileobj(sys.stdin.buffer, aside)
         aside.flush()
         try:
-            trace = read_trace(aside.name, fmt or sniff_format(aside.name))
+            trace = read_trace(aside.name, fmt)
         except TraceError as exc:  # named as the user knows it, not by the file aside
             raise TraceError(str(exc).replace(aside.name, "stdin")) from None
     return replace(trace, name="stdin")
@@ -93,7 +88,8 @@ def _read_stdin(fmt: str | None) -> Trace:
     "fmt",
     type=click.Choice(FORMATS),
     default=None,
-    help="Trace format (default: from the file name: .bin oracleGeneral, .csv, else text).",
+    help="Trace format (default: from the file name: .bin oracleGeneral, .csv; else CSV when "
+    "its first line names the columns, text otherwise).",
 )
 @click.option("--bounds/--no-bounds", default=True, help="Also compute Belady, BeladySize, PFOO-L.")
 @click.option("--limit", type=int, default=None, help="Replay only the first N requests.")

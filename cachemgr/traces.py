@@ -88,8 +88,8 @@ def compression_suffix(head: bytes) -> str:
 
 def sniff_format(path: str | Path) -> str:
     """`csv` when the first line names the CSV columns (cachemgr trace export), else `text`:
-    for a trace whose name says nothing (standard input). oracleGeneral is binary and has
-    no header to know it by: its file name, or --format, says so."""
+    for a trace whose name says nothing (standard input, a file `accesses`). oracleGeneral is
+    binary and has no header to know it by: its file name, or --format, says so."""
     try:
         with _open_text(Path(path)) as fh:
             first = fh.readline(4096).lower()
@@ -224,8 +224,10 @@ def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
         raise TraceError(f"{_named(p)}: no such file")
     if p.is_dir():
         raise TraceError(f"{_named(p)}: is a directory, not a trace file")
-    # A name that says nothing (an export saved as `accesses`): its first line does.
-    fmt = fmt or (detect_format(p) if detect_format(p) != "text" else sniff_format(p))
+    if fmt is None:
+        fmt = detect_format(p)
+        if fmt == "text":  # a name that says nothing (an export saved as `accesses`)
+            fmt = sniff_format(p)
     readers: dict[str, Any] = {"oracle": read_oracle_general, "text": read_text, "csv": read_csv}
     if fmt not in readers:
         raise TraceError(f"unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
