@@ -12,7 +12,7 @@ import click
 import redis
 from kombu.exceptions import OperationalError
 
-from api.errors import broker_said, redis_said, redis_unavailable, wrong_database
+from api.errors import BACKEND_AWAY, broker_said, redis_said, redis_unavailable, wrong_database
 from cachemgr import CacheError, NotOnDisk, NotTracked, PathError, SettingsError
 from workers.results import ResultUnavailable, backend_gave_up
 
@@ -48,13 +48,13 @@ def friendly(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             raise Fail(redis_said(exc), EXIT_UNAVAILABLE) from None
         except ResultUnavailable:  # a send's too (BackendUnavailable), before the broker's
-            raise Fail("the Celery result backend cannot be reached", EXIT_UNAVAILABLE) from None
+            raise Fail(BACKEND_AWAY, EXIT_UNAVAILABLE) from None
         except OperationalError as exc:
             code = EXIT_CONFIG if wrong_database(exc) else EXIT_UNAVAILABLE
             raise Fail(broker_said(exc), code) from None
         except RuntimeError as exc:
             if not backend_gave_up(exc):
                 raise
-            raise Fail("the Celery result backend cannot be reached", EXIT_UNAVAILABLE) from None
+            raise Fail(BACKEND_AWAY, EXIT_UNAVAILABLE) from None
 
     return wrapper

@@ -65,6 +65,9 @@ def wrong_database(exc: BaseException) -> str | None:
     )
 
 
+# What the API and the CLI say of a result backend away (a Redis restart).
+BACKEND_AWAY = "the Celery result backend cannot be reached"
+
 # A script's error names its SHA and Lua line: nothing a user can act on.
 SCRIPT_WHERE = re.compile(
     r"\s*script: [0-9a-f]{40}, on @user_script:\d+\.?"
@@ -158,7 +161,7 @@ def register_error_handlers(app: Flask) -> None:
     def backend_down(exc: Exception) -> tuple[Any, int]:
         if backend_gave_up(exc):
             log.error("Celery's result backend (Redis) cannot be reached: answered 503")
-            return body(503, "backend_unavailable", "the Celery result backend cannot be reached")
+            return body(503, "backend_unavailable", BACKEND_AWAY)
         return unexpected(exc)
 
     @app.errorhandler(HTTPException)
