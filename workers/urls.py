@@ -88,8 +88,9 @@ def celery_url_problem(broker: str, backend: str) -> str | None:
         ("CELERY_RESULT_BACKEND", "result backend", backend, by_url),
     ):
         try:
-            for part in url.split(";"):  # a port past 65535: "Error: Port out of range"
-                _ = urlsplit(part).port if "://" in part else None
+            for part in url.split(";"):
+                if "://" in part:  # a port past 65535 raises here (it was "Error: Port out...")
+                    urlsplit(part).port  # noqa: B018
             load(url)
         except Exception as exc:  # a transport's own (qpid: RuntimeError) too
             said = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
