@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable
+from heapq import heappop, heappush
 from typing import Any
 
 Key = Any  # str in the parity test (Redis members), int in the simulator
@@ -133,61 +134,84 @@ class FIFO(LRU):
         pass
 
 
-class _Heap(Model):
-    """A priority order with lazy deletion: (priority..., key, version) tuples."""
+class _LazyHeap(Model):
+    """A priority order in a heap with lazy deletion, lowest first, for policies that count
+    requests. Entries are (priority, tie, key, seq), tie being the key or, where equal
+    priorities go by update order, the seq. `live` maps a key to the seq of its one live
+    entry; older entries for it are stale: a hit pushes anew rather than reorder the heap.
+    Inlined rather than split into _hit/_insert/_evict: the simulator replays millions."""
+
+    first_count = 0  # a key's count at its first request
+    ties_by_update = False
 
     def __init__(self, capacity: int, **kw: Any) -> None:
         super().__init__(capacity, **kw)
+        self.counts: dict[Key, int] = {}
         self.heap: list[tuple[Any, ...]] = []
-        self.version: dict[Key, int] = {}
+        self.live: dict[Key, int] = {}
+        self.seq = 0
+        self.L = 0.0  # the priority of the last victim
 
-    def _push(self, key: Key, *priority: Any) -> None:
-        v = self.version.get(key, 0) + 1
-        self.version[key] = v
-        heap = self.heap
-        heapq.heappush(heap, (*priority, key, v))
-        if len(heap) > 4 * len(self.version) + 1024:
-            # Stale entries outnumber live ones: drop them, so pops stay cheap.
-            version = self.version
-            self.heap = [item for item in heap if version.get(item[-2]) == item[-1]]
+    def _priority(self, count: int, size: int, now: float | None) -> float:
+        raise NotImplementedError
+
+    def request(self, key: Key, size: int, now: float | None = None) -> bool:
+        counts = self.counts
+        n = counts.get(key)
+        if n is not None:
+            counts[key] = n = n + 1
+            size = self.sizes[key]
+        elif size > self.capacity and not self.admit_larger:
+            return False
+        else:
+            counts[key] = n = self.first_count
+            self.sizes[key] = size
+            self.total += size
+        priority = self._priority(n, size, now)
+        self.seq = seq = self.seq + 1
+        live, heap = self.live, self.heap
+        live[key] = seq
+        heappush(heap, (priority, seq if self.ties_by_update else key, key, seq))
+        if len(heap) > 4 * len(live) + 1024:
+            self.heap = [e for e in heap if live.get(e[2]) == e[3]]
             heapq.heapify(self.heap)
+        if n > self.first_count:
+            return True
+        if self.total > self.high:
+            self.evict_down_to(self.low)
+        return False
 
-    def _pop(self) -> tuple[Any, ...]:
-        heap, version = self.heap, self.version
-        while True:
-            item = heapq.heappop(heap)
-            if version.get(item[-2]) == item[-1]:
-                del version[item[-2]]
-                return item
+    def evict_down_to(self, low: int) -> None:
+        heap, live, counts, sizes = self.heap, self.live, self.counts, self.sizes
+        evicted = self.evicted
+        total, L = self.total, self.L
+        while total > low and sizes:
+            priority, _, key, seq = heappop(heap)
+            if live.get(key) != seq:
+                continue
+            del live[key], counts[key]
+            if priority > L:
+                L = priority
+            total -= sizes.pop(key)
+            if evicted is not None:
+                evicted.append(key)
+        self.total, self.L = total, L
 
 
-class LFU(_Heap):
+class LFU(_LazyHeap):
     """Fewest hits first, ties by least recent access, then by key: one score, hits x 2^32 +
     the time, as the Redis sorted set keeps it (a double)."""
 
     name = "lfu"
 
-    def __init__(self, capacity: int, **kw: Any) -> None:
-        super().__init__(capacity, **kw)
-        self.hits: dict[Key, int] = {}
-
-    def _hit(self, key: Key) -> None:
-        h = self.hits[key] + 1
-        self.hits[key] = h
-        self._push(key, float(h * 4294967296 + self.clock))
-
-    def _insert(self, key: Key, size: int) -> None:
-        self.hits[key] = 0
-        self._push(key, float(self.clock))
-
-    def _evict(self) -> Key:
-        key = self._pop()[-2]
-        del self.hits[key]
-        return key
+    def _priority(self, count: int, size: int, now: float | None) -> float:
+        self.clock = self.clock + 1 if now is None else float(f"{float(now):.6f}")
+        return float(count * 4294967296 + self.clock)
 
 
-class GDSF(_Heap):
-    """Greedy-Dual-Size-Frequency: priority L + frequency x cost / size, lowest first.
+class GDSF(_LazyHeap):
+    """Greedy-Dual-Size-Frequency: priority L + frequency x cost / size, lowest first, equal
+    priorities by update order.
 
     L is the priority of the last victim, so entries that stop being used age out. With cost 1
     (scaled by 1e6, as libCacheSim does) small objects are favoured: good for the object miss
@@ -195,39 +219,14 @@ class GDSF(_Heap):
     """
 
     name = "gdsf"
+    first_count = 1
+    ties_by_update = True
     cost_is_size = False
 
-    def __init__(self, capacity: int, **kw: Any) -> None:
-        super().__init__(capacity, **kw)
-        self.freq: dict[Key, int] = {}
-        self.pri: dict[Key, float] = {}
-        self.L = 0.0
-        self.seq = 0  # equal priorities: oldest update first
-
-    def _push_priority(self, key: Key, p: float) -> None:
-        self.seq += 1
-        self.pri[key] = p
-        self._push(key, p, self.seq)
-
-    def _priority(self, freq: int, size: int) -> float:
-        size = max(size, 1)
-        cost = float(size) if self.cost_is_size else 1.0e6
-        return self.L + freq * cost / size
-
-    def _hit(self, key: Key) -> None:
-        f = self.freq[key] + 1
-        self.freq[key] = f
-        self._push_priority(key, self._priority(f, self.sizes[key]))
-
-    def _insert(self, key: Key, size: int) -> None:
-        self.freq[key] = 1
-        self._push_priority(key, self._priority(1, size))
-
-    def _evict(self) -> Key:
-        p, _, key, _ = self._pop()
-        self.L = max(self.L, p)
-        del self.freq[key], self.pri[key]
-        return key
+    def _priority(self, count: int, size: int, now: float | None) -> float:
+        if self.cost_is_size:
+            return self.L + count
+        return self.L + count * 1.0e6 / (size if size > 0 else 1)
 
 
 class GDSFBytes(GDSF):
