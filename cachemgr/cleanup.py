@@ -18,7 +18,7 @@ from cachemgr.journal import recover_unfinished
 from cachemgr.locks import Keeper, Lock
 from cachemgr.logs import Repeats
 from cachemgr.passes import DEFAULT_TIME_BUDGET, enforce_quota, sweep_or_nothing, sweeps
-from cachemgr.quota import evict_held
+from cachemgr.quota import evict_held, stopped_hold
 from cachemgr.reconcile import ReconcileBusy, reconcile
 from cachemgr.switch import disabled
 
@@ -83,14 +83,20 @@ def cleanup(
     if not cache.settings.enable_disk_cache_management:
         _weighs_nothing(cache, dry_run)
         return disabled("cleanup")
+    stopped = None
     if (periodic or automatic) and not cache.scheduler_running():
-        _weighs_nothing(cache, dry_run)
-        log.info(
-            "%s skipped: the scheduler is stopped (`cachemgr scheduler start`)",
-            "periodic cleanup" if periodic else "a registration's quota pass",
-            extra={"event": "cleanup_skipped"},
-        )
-        return {"status": "skipped", "reason": "scheduler stopped"}
+        # Stopped, a scheduled pass still evicts what would fill the disk, as an automatic
+        # one: beat's audits and expiry wait for the scheduler with the rest of its work.
+        stopped = stopped_hold(cache)
+        if stopped is None:
+            _weighs_nothing(cache, dry_run)
+            log.info(
+                "%s skipped: the scheduler is stopped (`cachemgr scheduler start`)",
+                "periodic cleanup" if periodic else "a registration's quota pass",
+                extra={"event": "cleanup_skipped"},
+            )
+            return {"status": "skipped", "reason": "scheduler stopped"}
+        periodic, automatic, as_beat = False, True, False
     refused = _refused(cache)
     if refused is not None:
         # A reconcile --force adopting the root: until its end the root has no marker (a new
@@ -123,7 +129,7 @@ def cleanup(
         pending = not kept and raw is not None and named != cache.store.policy.name
         if named and named != cache.store.policy.name:
             cache = cache.with_policy(named)
-        held = evict_held(cache, scheduled=periodic or automatic)
+        held = stopped or evict_held(cache, scheduled=periodic or automatic)
         expired = sweep_or_nothing(cache, sweeps(sweep_expired, automatic, held), dry_run=True)
         evicted = enforce_quota(
             cache,
@@ -224,7 +230,9 @@ def cleanup(
         # evicted in the place of each).
         gone = _gone(cache) if periodic else None
         # A manual one evicts, unless it rebuilt the books itself.
-        held = evict_held(cache, scheduled=periodic or automatic, rebuilt_until=rebuilt_until)
+        held = stopped or evict_held(
+            cache, scheduled=periodic or automatic, rebuilt_until=rebuilt_until
+        )
         expired = sweep_or_nothing(
             cache,
             sweeps(sweep_expired, automatic, held),

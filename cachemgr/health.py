@@ -17,7 +17,7 @@ from cachemgr import audit, marker
 from cachemgr.connection import same_server
 from cachemgr.errors import RootMissing
 from cachemgr.nodes import no_worker
-from cachemgr.quota import ROOM_ONLY, ROOM_SHORT
+from cachemgr.quota import HOLD_CEILING, ROOM_ONLY, ROOM_SHORT
 from cachemgr.settings import floor_beyond
 from cachemgr.switch import disabled_where
 
@@ -70,9 +70,12 @@ def diagnose(
             f"while those stay ({WHICH})"
         )
     elif above and stats["quota_status"] == "evicting":
-        # Stopped, the scheduler skips beat's cleanups and the registrations' quota passes.
+        # Stopped, the scheduler skips beat's cleanups and the registrations' quota passes,
+        # but for what would fill the disk (quota.stopped_hold).
         who = "the next cleanup" if stats.get("scheduler_running", True) else (
-            "only a manual cleanup (`cachemgr cleanup`: the scheduler is stopped)"
+            "only a manual cleanup (`cachemgr cleanup`: the scheduler is stopped, and "
+            f"evicts on its own only past {HOLD_CEILING} times the quota or to keep the disk "
+            "from filling)"
         )
         problems.append(
             f"usage {stats['usage_percent']}% is above the eviction threshold: {who} "

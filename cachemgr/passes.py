@@ -178,7 +178,10 @@ def sweep(
 def sweeps(wanted: bool, automatic: bool, held: Hold | None) -> bool:
     """A registration's pass leaves expiry to beat's while eviction is held after a rebuild:
     the rebuilt books date each directory from the disk, and the pins went with the old
-    ones; beat's own cleanup, at the hold's end, sweeps (it swept sooner, pins unrenewed)."""
+    ones; beat's own cleanup, at the hold's end, sweeps (it swept sooner, pins unrenewed).
+    The scheduler stopped (a hold without end), nothing is swept: cleaning is what it stops."""
+    if held is not None and held.until is None:
+        return False
     return wanted and not (automatic and held is not None and not held.short)
 
 

@@ -91,24 +91,23 @@ def send_quota_pass(
 
 @dataclass(frozen=True)
 class Hold:
-    """Eviction waits after the books were rebuilt from the disk (pins went with the old
-    books), `until` just before the next periodic cleanup. `short`: the disk is short of its
-    floor, so its shortfall is evicted through the hold, and no more."""
+    """Scheduled eviction waits: after the books were rebuilt from the disk (pins went with the
+    old books), `until` just before the next periodic cleanup; or, `until` None, while the
+    scheduler is stopped. `short`: the disk is short of its floor, or usage past HOLD_CEILING
+    times the quota, so the shortfall and the excess are evicted through the hold, no more."""
 
-    until: float
+    until: float | None
     short: bool = False
 
 
 def evict_held(
     cache: DiskCache, scheduled: bool, rebuilt_until: float | None = None
 ) -> Hold | None:
-    """Whether periodic and automatic (`scheduled`) eviction waits (None: it does not). A
-    manual cleanup is not held, and says so, unless it rebuilt the books itself
-    (`rebuilt_until`: the hold it set, whose key may lapse before this reads it). On a disk
-    short of its free-space floor, or, with none set, under 5% free, the hold gives way to the
-    shortfall (the disk must not fill), and past HOLD_CEILING times the quota to the excess:
-    below that the quota is a budget (one interval over it costs no data, a streamed album
-    taken would)."""
+    """Whether periodic and automatic (`scheduled`) eviction waits after a rebuild (None: it
+    does not). A manual cleanup is not held, and says so, unless it rebuilt the books itself
+    (`rebuilt_until`: the hold it set, whose key may lapse before this reads it). The hold
+    gives way (gives_way) to the disk's shortfall and the excess past the ceiling: below that
+    the quota is a budget (one interval over it costs no data, a streamed album taken would)."""
     stored = cache.client.get(cache.keys.evict_hold)
     until = float(stored) if stored is not None else rebuilt_until
     if until is None:
@@ -116,31 +115,48 @@ def evict_held(
     if not scheduled and rebuilt_until is None:
         log.warning("manual cleanup: not held, though eviction is held after a rebuild")
         return None
-    if cache.free_space_short() > 0 or _nearly_full_short(cache) > 0:
-        log.warning(
-            "eviction held until %s after a rebuild, but the disk is short of free space: "
-            "evicting the shortfall only",
-            until,
-        )
-        return Hold(until, short=True)
-    over = _over_ceiling(cache, cache.store.total_bytes())
-    if over > 0:
-        log.warning(
-            "eviction held until %s after a rebuild, but usage is past %d times the quota: "
-            "evicting the %d bytes over it only",
-            until,
-            HOLD_CEILING,
-            over,
-        )
+    why = gives_way(cache)
+    if why:
+        log.warning("eviction held until %s after a rebuild, but %s", until, why)
         return Hold(until, short=True)
     log.info("eviction held until %s: the books were rebuilt from the disk", until)
     return Hold(until)
 
 
+def stopped_hold(cache: DiskCache) -> Hold | None:
+    """The scheduler stopped, a scheduled pass evicts nothing (the operator's switch), but for
+    what gives_way names (the disk must not fill): a Hold that lets that through, or None."""
+    why = gives_way(cache)
+    if not why:
+        return None
+    if _REPEATS.due("stopped"):
+        log.warning(
+            "the scheduler is stopped, but %s (`cachemgr scheduler start` for the rest)",
+            why,
+            extra={"event": "stopped_evicting"},
+        )
+    return Hold(None, short=True)
+
+
+def gives_way(cache: DiskCache) -> str | None:
+    """What a hold lets through, said (None: nothing): the disk short of its free-space floor,
+    or, with none set, under 5% free; usage past HOLD_CEILING times the quota."""
+    if cache.free_space_short() > 0 or _nearly_full_short(cache) > 0:
+        return "the disk is short of free space: evicting the shortfall only"
+    over = _over_ceiling(cache, cache.store.total_bytes())
+    if over > 0:
+        return (
+            f"usage is past {HOLD_CEILING} times the quota: evicting the {over} bytes over it "
+            "only"
+        )
+    return None
+
+
 # With no DISK_CACHE_MIN_FREE_BYTES set, the hold still gives way when the disk is this full.
 NEARLY_FULL = 0.05
 # Held, usage may pass the quota (a budget), but not this many times it: a busy pipeline grew
-# the cache to ten times its quota in a minute of the hold, which lasts up to an interval.
+# the cache to ten times its quota in a minute of a rebuild's hold, which lasts up to an
+# interval, and to eleven in 73 s of a stopped scheduler.
 HOLD_CEILING = 2
 
 

@@ -152,6 +152,7 @@ def test_scheduler_switch(client, cache):
     cache.client.set(cache.keys.bytes, cache.settings.threshold_bytes + 1)
     said = [w for w in client.get("/cache/stats").get_json()["warnings"] if "threshold" in w]
     assert said and "only a manual cleanup" in said[0], said
+    assert "evicts on its own only past 2 times the quota" in said[0]  # the disk's guard
     assert client.post("/cache/start-scheduler").get_json() == {"scheduler_running": True}
     said = [w for w in client.get("/cache/stats").get_json()["warnings"] if "threshold" in w]
     assert "the next cleanup evicts" in said[0], said

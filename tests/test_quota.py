@@ -197,6 +197,51 @@ def test_a_cleanup_that_rebuilt_the_books_on_a_short_disk_frees_the_shortfall_on
     assert any("the last cleanup could not make room" in w for w in warnings), warnings
 
 
+def test_a_stopped_scheduler_still_frees_a_disk_short_of_its_floor(
+    settings, redis_client, root, monkeypatch, caplog
+):
+    """Stopped, the scheduler let no automatic pass evict anything, the disk's shortfall
+    included: a chaos run filled the cache to 11 times its quota in 73 s."""
+    fixed_disk(monkeypatch, 10**12, 10**6)
+    cache = DiskCache(settings.with_(disk_cache_min_free_bytes=10**6 + UNIT + 1), redis_client)
+    reconcile(cache)
+    cache.clock = Clock()
+    names = fill(cache, root, 22, cache.clock)  # past the threshold: the quota would take six
+    cache.client.zadd(cache.keys.lru, {names[5]: 1.0})  # its TTL ran out long ago
+    cache.set_scheduler(False)
+    with caplog.at_level(logging.WARNING, logger="cachemgr"):
+        result = cleanup(cache, automatic=True)
+        assert cleanup(cache, automatic=True)["evict"]["count"] == 2  # still short: again
+    assert result["status"] == "done" and result["sweep"]["count"] == 0  # expiry waits
+    assert result["evict"]["paths"] == [names[5], names[0]]  # the shortfall, by the policy
+    assert result["evict_held_until"] is None and continuation(result, scheduled=True) is None
+    said = [r.getMessage() for r in caplog.records if r.__dict__.get("event") == "stopped_evicting"]
+    assert said == [
+        "the scheduler is stopped, but the disk is short of free space: evicting the shortfall "
+        "only (`cachemgr scheduler start` for the rest)"
+    ]  # once in a while, not at every pass
+    monkeypatch.undo()  # room again: nothing goes
+    assert cleanup(cache, periodic=True)["reason"] == "scheduler stopped"
+    assert cache.store.count_entries() == 18
+
+
+def test_a_stopped_scheduler_still_evicts_past_twice_the_quota(cache, root):
+    from cachemgr.quota import HOLD_CEILING
+
+    reconcile(cache)
+    cache.clock = Clock()
+    ceiling = HOLD_CEILING * cache.settings.disk_cache_max_bytes
+    names = fill(cache, root, ceiling // UNIT + 4, cache.clock)
+    cache.set_scheduler(False)
+    result = cleanup(cache, periodic=True)  # beat's, as a registration's: no audits
+    assert result["evict"]["paths"] == names[:4] and "untracked" not in result
+    assert cache.store.total_bytes() == ceiling - ceiling % UNIT
+    assert cache.stats()["last_cleanup"].get("periodic_time") is None  # not beat's run
+    assert cleanup(cache, automatic=True)["reason"] == "scheduler stopped"  # below: held
+    cache.set_scheduler(True)
+    assert cleanup(cache, automatic=True)["evict"]["count"] > 0  # down to the target
+
+
 def test_a_held_pass_cut_short_goes_on_held(settings, redis_client, root, monkeypatch):
     """The continuation of a manual cleanup held for its own rebuild ran as manual: not held,
     it went on towards the target after the disk had room again."""
