@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from cachemgr.settings import Settings
 
 log = logging.getLogger("cachemgr")
-_REPEATS = Repeats(600)  # a floor ignored: said once in 10 minutes, not at every pass
+# A floor ignored, a hold giving way: said once in 10 minutes, not at every pass.
+_REPEATS = Repeats(600)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,9 @@ def evict_held(
         return None
     why = gives_way(cache)
     if why:
-        log.warning("eviction held until %s after a rebuild, but %s", until, why)
+        # Once in a while, as stopped_hold's: each registration's quota pass meets it.
+        said = log.warning if _REPEATS.due("held " + why.split(":")[0]) else log.debug
+        said("eviction held until %s after a rebuild, but %s", until, why)
         return Hold(until, short=True)
     log.info("eviction held until %s: the books were rebuilt from the disk", until)
     return Hold(until)
@@ -129,7 +132,7 @@ def stopped_hold(cache: DiskCache) -> Hold | None:
     why = gives_way(cache)
     if not why:
         return None
-    if _REPEATS.due("stopped"):
+    if _REPEATS.due("stopped " + why.split(":")[0]):
         log.warning(
             "the scheduler is stopped, but %s (`cachemgr scheduler start` for the rest)",
             why,

@@ -9,9 +9,10 @@ from collections import namedtuple
 
 import pytest
 
-from cachemgr import DiskCache
+from cachemgr import DiskCache, quota
 from cachemgr.cleanup import cleanup
 from cachemgr.continuation import continuation
+from cachemgr.logs import Repeats
 from cachemgr.passes import enforce_quota
 from cachemgr.policies import POLICIES
 from cachemgr.reconcile import reconcile
@@ -154,6 +155,21 @@ def test_a_held_pass_on_a_disk_short_of_its_floor_frees_the_shortfall_only(
     assert cleanup(cache, sweep_expired=False)["evict"]["count"] == 20 - 16  # manual: target
 
 
+def test_a_hold_that_gives_way_says_so_once_in_a_while(
+    settings, redis_client, root, monkeypatch, caplog
+):
+    """Each registration's quota pass said it: a WARNING line per download while held."""
+    monkeypatch.setattr(quota, "_REPEATS", Repeats(600))
+    fixed_disk(monkeypatch, 10**12, 10**6)
+    cache = DiskCache(settings.with_(disk_cache_min_free_bytes=10**6 + UNIT + 1), redis_client)
+    held_books(cache, root, 22)
+    with caplog.at_level(logging.DEBUG, logger="cachemgr"):
+        for _ in range(3):
+            assert cleanup(cache, automatic=True, sweep_expired=False)["evict"]["count"] == 2
+    said = [r.levelname for r in caplog.records if "after a rebuild, but" in r.getMessage()]
+    assert said == ["WARNING", "DEBUG", "DEBUG"]
+
+
 def test_a_held_pass_with_no_floor_set_frees_up_to_five_percent(cache, root, monkeypatch):
     total = 10**9
     fixed_disk(monkeypatch, total, total // 20 - UNIT - UNIT // 2)  # 1.5 albums short of 5%
@@ -202,6 +218,7 @@ def test_a_stopped_scheduler_still_frees_a_disk_short_of_its_floor(
 ):
     """Stopped, the scheduler let no automatic pass evict anything, the disk's shortfall
     included: a chaos run filled the cache to 11 times its quota in 73 s."""
+    monkeypatch.setattr(quota, "_REPEATS", Repeats(600))  # said by none before this test
     fixed_disk(monkeypatch, 10**12, 10**6)
     cache = DiskCache(settings.with_(disk_cache_min_free_bytes=10**6 + UNIT + 1), redis_client)
     reconcile(cache)
