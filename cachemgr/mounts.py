@@ -42,12 +42,14 @@ UNDER_BARE_MOUNT = (
 
 
 def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
-    """Those of the tracked directories missing from the disk whose nearest existing
-    directory below the root is empty, and either a mount point cleanups saw mounted
-    (note_mounts) or unchanged since the download was booked: the bare mount point a disk
-    under the root leaves when it is not mounted (nothing is written there while the disk
-    is mounted over it). A directory emptied by hand (an artist's last album deleted)
-    changed then, and a mount point in use is mounted: theirs went for good."""
+    """Those of the tracked directories missing from the disk that lie under a mount point
+    cleanups saw mounted (note_mounts) and not mounted now, or whose nearest existing
+    directory below the root is empty and unchanged since the download was booked: the bare
+    mount point a disk under the root leaves when it is not mounted. Under a remembered one,
+    even when something was written there since (a pipeline's next download: the disk's
+    downloads left the books for one stray file). A directory emptied by hand (an artist's
+    last album deleted) changed then, and a mount point in use is mounted: theirs went for
+    good."""
     if not lost:
         return set()
     root = os.path.realpath(cache.root)
@@ -56,12 +58,17 @@ def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
     books = on_the_books(cache)  # a directory's time as the books date theirs
     doubtful = set()
     for entry in lost:
+        parts = entry.path.split("/")
+        above_it = ("/".join(parts[:i]) for i in range(1, len(parts)))
+        if any(a in seen and os.path.join(root, a) not in mounted for a in above_it):
+            doubtful.add(entry.path)
+            continue
         above = os.path.dirname(os.path.join(root, entry.path))
         while above != root and not os.path.isdir(above):
             above = os.path.dirname(above)
         if above == root or above in mounted or not _empty(above):
             continue  # a disk mounted there now: what is missing from it went for good
-        if os.path.relpath(above, root) in seen or _unchanged(above, entry.registered_at, books):
+        if _unchanged(above, entry.registered_at, books):
             doubtful.add(entry.path)
     return doubtful
 

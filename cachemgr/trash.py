@@ -51,11 +51,15 @@ def _opened(path: str | Path, dir_fd: int | None = None) -> Iterator[int]:
         os.close(fd)
 
 
-def _same_device(fd: int, root_fd: int) -> None:
-    """The trash must be the root's own folder: one that is a mount point (a bind mount of
-    something elsewhere) would have that emptied."""
-    if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev:
-        raise OSError(errno.EXDEV, "the trash is a mount point; not used")
+def _same_device(fd: int, root_fd: int, where: str = "") -> None:
+    """The trash must be the root's own folder: one that is a mount point (another disk, or a
+    bind mount of something elsewhere, which st_dev cannot tell) would have that emptied, and
+    a deletion's rename into it failed with a bare "Invalid cross-device link"."""
+    if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev or _mount_id(fd) != _mount_id(root_fd):
+        raise OSError(
+            errno.EXDEV, f"the trash {where + '/' if where else ''}{TRASH_DIR} is a mount point: "
+            "nothing is deleted through it until it is unmounted"
+        )
 
 
 @contextlib.contextmanager
@@ -74,7 +78,7 @@ def _trash_fd(root_fd: int, where: str = "") -> Iterator[int]:
             "file, not a directory: nothing is deleted until it is removed"
         ) from None
     try:
-        _same_device(fd, root_fd)
+        _same_device(fd, root_fd, where)
         yield fd
     finally:
         os.close(fd)
@@ -323,7 +327,9 @@ def _in_flight(name: str, trash_fd: int, lock_timeout: float) -> bool:
         st = os.stat(name, dir_fd=trash_fd, follow_symlinks=False)
     except FileNotFoundError:
         return True  # gone already: nothing to do
-    return time.time() - st.st_mtime < max(IN_FLIGHT_AGE, lock_timeout)
+    # Dated ahead (a clock set back, a network disk's own clock) by more than the wait, it is
+    # no deletion's: it stayed in the trash for good, uncounted.
+    return abs(time.time() - st.st_mtime) < max(IN_FLIGHT_AGE, lock_timeout)
 
 
 def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:

@@ -570,6 +570,11 @@ def test_a_disk_seen_mounted_below_the_root_keeps_its_downloads_while_unmounted(
     found = audit.gone(cache)
     assert (found["count"], found["kept"]) == (0, 1), found
     assert cache.store.tracked(["disk3/album"]) == [True]
+    # The pipeline writes its next download into the bare mount point: a stray directory
+    # there made the disk's downloads leave the books (audit: "deleted by hand?").
+    make_tree(root, "disk3/next")
+    assert audit.gone(cache)["kept"] == 1 and cache.store.tracked(["disk3/album"]) == [True]
+    shutil.rmtree(root / "disk3" / "next")
     # Said in the stats, not in the worker's log alone.
     assert cleanup(cache, periodic=True)["gone"]["kept"] == 1
     said = [w for w in cache.stats()["warnings"] if "looks like a disk not mounted" in w]
@@ -579,6 +584,36 @@ def test_a_disk_seen_mounted_below_the_root_keeps_its_downloads_while_unmounted(
     assert reconcile(cache)["untracked"] == ["disk3/album"]
     assert cache.client.smembers(cache.keys.mounts) == set()
     assert not [w for w in cache.stats()["warnings"] if "looks like a disk not mounted" in w]
+
+
+def test_a_deletion_through_a_trash_bind_mounted_from_the_same_disk_is_refused_in_words(
+    cache, root, tmp_path, bind_mount
+):
+    """The same filesystem bound on the trash: st_dev alike, so the rename was tried, failed
+    with a bare "Invalid cross-device link", and made its slot in the bound folder first."""
+    outside = root.parent / f"{root.name}-outside"  # the root's own filesystem
+    outside.mkdir()
+    bind_mount(outside, root / trash.TRASH_DIR)
+    make_tree(root, "album")
+    cache.register("album")
+    with pytest.raises(Exception, match=r"the trash \.cachemgr-trash is a mount point"):
+        cache.remove("album", remove_files=True)
+    assert (root / "album").is_dir() and cache.store.tracked(["album"]) == [True]
+    assert list(outside.iterdir()) == []  # nothing made there, not even for a moment
+
+
+def test_a_trash_slot_dated_ahead_is_emptied_not_kept_for_good(root):
+    """A slot dated far ahead (a clock set back) counted as a deletion in flight for ever:
+    its bytes stayed in the trash, uncounted (trash_left 0)."""
+    slot = trash.trash_dir(root) / f"{trash.IN_FLIGHT}ahead"
+    make_tree(root, f"{trash.TRASH_DIR}/{slot.name}/d")
+    ahead = time.time() + 10**6
+    os.utime(slot, (ahead, ahead))
+    assert trash.pending(root) == 1 and trash.empty(root) == 1 and not slot.exists()
+    make_tree(root, f"{trash.TRASH_DIR}/{slot.name}/d")
+    soon = time.time() + 5  # a network disk's clock a little ahead: still in flight
+    os.utime(slot, (soon, soon))
+    assert trash.pending(root) == 0 and trash.empty(root) == 0 and slot.exists()
 
 
 def test_the_trash_of_a_disk_mounted_below_the_root_is_named_in_the_error(
