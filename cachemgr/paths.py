@@ -178,7 +178,9 @@ def existing_directory(root: Path, path: str) -> Path:
     try:
         st = os.lstat(location)
     except FileNotFoundError:
-        raise NotOnDisk(f"directory not found under the cache root: {path!r}") from None
+        # The root named: a pipeline whose own root is not the workers' saw only the path.
+        where = f"the cache root {str(root)!r}"
+        raise NotOnDisk(f"directory not found under {where}: {path!r}") from None
     except OSError as exc:
         raise PathError(f"cannot inspect {path!r}: {exc.strerror}") from None
     if stat.S_ISLNK(st.st_mode):

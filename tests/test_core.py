@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -70,8 +71,10 @@ def test_overlapping_registrations_are_refused(cache, root):
         cache.register("x/y")
 
 
-def test_register_of_missing_directory_is_not_on_disk(cache):
-    with pytest.raises(NotOnDisk):
+def test_register_of_missing_directory_is_not_on_disk(cache, root):
+    # The root named: a pipeline whose own root was not the workers' saw the path alone.
+    said = f"under the cache root '{root}': 'nothing-here'"
+    with pytest.raises(NotOnDisk, match=re.escape(said)):
         cache.register("nothing-here")
 
 

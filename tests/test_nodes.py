@@ -613,6 +613,47 @@ def test_a_client_sending_to_a_broker_no_worker_reads_says_so(two_nodes, caplog,
             left.close()
 
 
+def test_a_client_whose_keys_no_node_uses_or_whose_node_has_no_worker_says_so(
+    two_nodes, prefix, caplog
+):
+    """A pipeline with another DISK_CACHE_KEY_PREFIX than the workers': pin_now answered a
+    lease in keys no worker reads, protecting nothing, and its plays were misses, unsaid. With
+    no worker of its node alive, a result's get() timed out in Celery's bare words."""
+    from cachemgr import connect
+    from workers.client import CacheClient
+
+    b = two_nodes["b"]
+    cluster = b.settings.disk_cache_cluster
+    b.registry.publish(b.settings)  # published, not alive: no heartbeat
+    wrong = CacheClient(redis_url=REDIS_URL, key_prefix=prefix, cluster=cluster)
+    right = CacheClient(redis_url=REDIS_URL, node=b.settings.node, cluster=cluster)
+    try:
+        with caplog.at_level("WARNING", logger="cachemgr"):
+            for client in (wrong, right):
+                assert client.access("album") is False
+                client.access("album")  # said once a client
+            right.send("noop")
+            right.send("noop")  # once in a while, not at each send
+        said = [r.getMessage() for r in caplog.records if r.__dict__.get("event") == "unread_keys"]
+        assert said == [
+            f"this client's books keys (prefix {prefix!r}) are no node's (their workers use "
+            f"{b.keys.prefix!r}): its pins protect nothing and its plays count nowhere "
+            "(DISK_CACHE_KEY_PREFIX, or key_prefix given, is not the workers'?)"
+        ]
+        idle = [r.getMessage() for r in caplog.records if r.__dict__.get("event") == "no_worker"]
+        assert idle == [
+            f"no worker of node {b.settings.node} is alive (no heartbeat): tasks sent to queue "
+            f"{right.queue} wait until one starts (a result's get() times out meanwhile)"
+        ]
+    finally:
+        queue = right.queue
+        for client in (wrong, right):
+            client.close()
+        left = connect(right.broker_url)
+        left.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        left.close()
+
+
 def test_a_client_given_nothing_routes_by_the_workers_environment(
     cache, root, monkeypatch, redis_client
 ):

@@ -561,6 +561,30 @@ def test_an_api_write_through_a_hung_redis_is_a_json_503_within_seconds(
     assert waits[0] < 10 and max(waits[1:]) < 2, waits  # once: under gunicorn's 30 s
 
 
+def test_a_pipelines_play_through_a_hung_redis_fails_within_seconds(own_redis, monkeypatch):
+    """The pipeline client's books were a worker's patient connection: each play (access) and
+    each pin_now through a hung Redis waited 20 s (10 s, tried again) before failing."""
+    import redis
+
+    from cachemgr.connection import INTERACTIVE_SECONDS
+    from workers.client import CacheClient
+
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    client = CacheClient(own_redis["url"], redis_url=own_redis["url"])
+    assert client.access("album") is False
+    own_redis["proc"].send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            client.access("album")
+        waited = time.monotonic() - started
+    finally:
+        own_redis["proc"].send_signal(signal.SIGCONT)
+        client.close()
+    assert waited < INTERACTIVE_SECONDS + 2, waited
+
+
 def test_events_follow_outlasts_an_interactive_clients_reply_timeout(settings, root):
     """`cachemgr events --follow` exited with "Redis cannot be reached" after 5 quiet seconds:
     its XREAD blocked 5 s, as long as the CLI's client waits for a reply."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -713,6 +714,59 @@ def test_a_result_backend_that_gives_up_is_said_to_the_pipeline_in_our_words(
         assert isinstance(again, TaskResult) and again.id == sent.id  # and says it alike
         with pytest.raises(ResultUnavailable):
             again.get(timeout=1)
+
+
+def test_a_client_used_before_a_fork_answers_in_every_process(pipeline, cache, root):
+    """Parent and children shared its result backend's connection: four children and the
+    parent waited for answers together, and five of them timed out though every task ran."""
+    names = [f"f{i}" for i in range(5)]
+    for name in names:
+        make_tree(root, name)
+    assert pipeline.register(names[0]).get(timeout=WAIT)["status"] == "registered"
+    children = []
+    for name in names[1:]:
+        pid = os.fork()
+        if pid == 0:  # the child: its answer, then out at once (no pytest teardown here)
+            try:
+                done = pipeline.register(name).get(timeout=WAIT)["status"] == "registered"
+            except BaseException:
+                done = False
+            os._exit(0 if done else 1)
+        children.append(pid)
+    mine = [pipeline.send("noop").get(timeout=WAIT) for _ in range(3)]
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    assert codes == [0, 0, 0, 0] and len(mine) == 3
+    assert cache.store.tracked(names) == [True] * 5
+
+
+def test_a_result_backend_refused_or_hung_is_said_to_the_pipeline_in_our_words(
+    pipeline, monkeypatch
+):
+    """Refused or hung before the wait, redis-py's ConnectionError or TimeoutError came out of
+    get() and state: neither the ConnectionError nor the OperationalError README names."""
+    import redis
+    from celery.result import AsyncResult
+
+    from workers.client import ResultUnavailable
+
+    sent = pipeline.send("noop")
+    for error in (redis.ConnectionError, redis.TimeoutError):
+        scope: dict = {"__name__": "redis.connection", "error": error}
+        exec("def away(*a, **kw):\n    raise error('Connection refused')", scope)
+        monkeypatch.setattr(AsyncResult, "get", scope["away"])
+        monkeypatch.setattr(AsyncResult, "_get_task_meta", scope["away"])
+        with pytest.raises(ResultUnavailable, match="send it again"):
+            sent.get(timeout=1)
+        with pytest.raises(ResultUnavailable, match="send it again"):
+            assert sent.state
+        with pytest.raises(ResultUnavailable):
+            sent.ready()
+    # A task's own error, re-raised by Celery, is the task's: not taken for the backend's.
+    scope = {"__name__": "celery.result", "error": redis.ConnectionError}
+    exec("def failed(*a, **kw):\n    raise error('the books away in the worker')", scope)
+    monkeypatch.setattr(AsyncResult, "get", scope["failed"])
+    with pytest.raises(redis.ConnectionError, match="books away in the worker"):
+        sent.get(timeout=1)
 
 
 @pytest.mark.parametrize("timeout", [1, 300, 3600, 6000, 86400])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,7 +27,7 @@ from cachemgr.clock import CLOCK_SKEW_SECONDS, skew_of, skewed
 from cachemgr.connection import broker_id, connect, without_password
 from cachemgr.keys import Keys
 from cachemgr.migrations import to_feed
-from cachemgr.nodes import NodeRegistry, published_queues, route_of, unread_broker
+from cachemgr.nodes import NodeRegistry, no_worker, published_queues, route_of, unread_broker
 from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
 from cachemgr.settings import SettingsError, cluster_of, queue_override
@@ -40,10 +41,31 @@ log = logging.getLogger("cachemgr")
 # How long a client that found no published config (no worker started yet) keeps the defaults
 # before it looks again: not on every access, the hot path.
 CONFIG_RETRY_SECONDS = 5.0
+# How often a client looks again, at a send, whether a worker of its node is alive.
+ALIVE_CHECK_SECONDS = 60.0
 # How long it keeps what the workers published (TTL, policy, access log) before it reads it
 # again: a worker restarted with another TTL or access-log cap is followed within this, by one
 # HGETALL, with no restart of the pipeline.
 CONFIG_REFRESH_SECONDS = 10.0
+
+
+# The clients of this process, for the child of a fork (_after_fork_in_child).
+_CLIENTS: weakref.WeakSet[CacheClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A client used before os.fork() shared its broker and result-backend connections with
+    the parent: parent and children read each other's answers, and their get() timed out
+    though every task ran. Celery resets them only in multiprocessing's children; the books'
+    client (redis-py) resets its own pool."""
+    for client in list(_CLIENTS):
+        client.app._after_fork()  # the broker's connection and producer pools
+        consumer = getattr(client.app.backend, "result_consumer", None)
+        if consumer is not None:
+            consumer._after_fork()  # the result backend's subscription and pool
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def holder_kwargs(holder: str | None) -> dict[str, str]:
@@ -153,7 +175,9 @@ class CacheClient:
         self._skew = 0.0
         self._skew_said = False
         self._unknown_said = False
-        self._broker_checked, self._broker_due = False, 0.0
+        self._unread_checked, self._unread_due = False, 0.0
+        self._alive_due = 0.0
+        _CLIENTS.add(self)
 
     @staticmethod
     def _say_env_wins(name: str, given: str | None, used: str) -> None:
@@ -194,9 +218,11 @@ class CacheClient:
                     self._unknown_said = True
                     log.warning(
                         "node %s has not been published by any worker (not started yet, or a "
-                        "misspelt name?): its tasks wait in queue %s until one reads it",
+                        "misspelt name?): its tasks wait in queue %s until one reads it, and "
+                        "its pins and plays go to keys %s that no worker reads",
                         self.node,
                         queue,
+                        prefix or "(none)",
                     )
                 return chosen  # asked again next time, once Redis answers
             self._route = chosen
@@ -221,17 +247,19 @@ class CacheClient:
                 extra={"event": "unread_queue"},
             )
 
-    def _say_unread_broker(self) -> None:
-        """Once a client, at its first send: a broker no node's workers read (another
-        CELERY_BROKER_URL than theirs, a default) kept its tasks for ever, unsaid. Asked
-        again once in a while, not at each send, while it cannot be told (the books away, no
-        worker that published its broker: none started yet, or all of an older version)."""
-        self._broker_due = time.monotonic() + CONFIG_RETRY_SECONDS
+    def _say_unread(self) -> None:
+        """Once a client, at its first send or direct use: a broker no node's workers read
+        (another CELERY_BROKER_URL than theirs, a default) kept its tasks for ever, unsaid;
+        books keys no node's workers use (another DISK_CACHE_KEY_PREFIX) made its pins
+        protect nothing and its plays count nowhere, unsaid. Asked again once in a while, not
+        at each call, while it cannot be told (the books away, no worker published yet)."""
+        self._unread_due = time.monotonic() + CONFIG_RETRY_SECONDS
         try:
             entries = NodeRegistry(self._books(), self.cluster).entries()
+            keys = self.keys
         except Exception:  # books away: nothing to tell it by
             return
-        self._broker_checked = any(e.get("broker") for e in entries.values())
+        self._unread_checked = bool(entries)
         theirs = unread_broker(entries, self.broker_url)
         if theirs:
             log.warning(
@@ -241,6 +269,34 @@ class CacheClient:
                 broker_id(self.broker_url),
                 ", ".join(theirs),
                 extra={"event": "unread_broker"},
+            )
+        used = sorted({str(e.get("key_prefix", "")) for e in entries.values()})
+        unpublished = self.node is not None and self.node not in entries  # said by _routing
+        if entries and keys.prefix not in used and not unpublished:
+            log.warning(
+                "this client's books keys (prefix %s) are no node's (their workers use %s): "
+                "its pins protect nothing and its plays count nowhere "
+                "(DISK_CACHE_KEY_PREFIX, or key_prefix given, is not the workers'?)",
+                repr(keys.prefix),
+                ", ".join(repr(u) for u in used),
+                extra={"event": "unread_keys"},
+            )
+
+    def _say_no_worker(self, queue: str | None) -> None:
+        """At a send, once in ALIVE_CHECK_SECONDS: no worker of the node alive, its tasks
+        wait, and a result's get() timed out in Celery's bare words."""
+        self._alive_due = time.monotonic() + ALIVE_CHECK_SECONDS
+        try:
+            alive = self._books().exists(self.keys.alive)
+        except Exception:  # books away: said where they are used
+            return
+        if not alive:
+            log.warning(
+                "%s: tasks sent to queue %s wait until one starts (a result's get() times "
+                "out meanwhile)",
+                no_worker(self.node or ""),
+                queue or "celery",
+                extra={"event": "no_worker"},
             )
 
     @property
@@ -260,8 +316,11 @@ class CacheClient:
     def send_to(self, queue: str | None, name: str, *args: Any, **kwargs: Any) -> AsyncResult:
         """Send to a given queue (another node's): `cachemgr.<node>`."""
         options = {"queue": queue} if queue else {}
-        if not self._broker_checked and time.monotonic() >= self._broker_due:
-            self._say_unread_broker()
+        now = time.monotonic()
+        if not self._unread_checked and now >= self._unread_due:
+            self._say_unread()
+        if now >= self._alive_due and queue == self.queue:  # not another node's
+            self._say_no_worker(queue)
         try:
             return self.app.send_task(
                 f"cachemgr.{name}", args=args, kwargs=kwargs, result_cls=self._result_cls,
@@ -304,7 +363,8 @@ class CacheClient:
     # -- the direct path ------------------------------------------------------------------
     def _books(self) -> Any:
         if self._redis is None:
-            self._redis = connect(self.redis_url)
+            # As the API's and the CLI's: a hung Redis held each play 20 s (5 s, tried again).
+            self._redis = connect(self.redis_url, interactive=True)
         return self._redis
 
     @property
@@ -351,6 +411,8 @@ class CacheClient:
             access_log_maxlen=int(config.get("access_log_maxlen", 0)),
         )
         self._config = config
+        if not self._unread_checked and now >= self._unread_due:
+            self._say_unread()
         if self._route is not None:  # kept once the route is settled: until the node's
             self._store = store  # workers publish it, its keys may not be the ones to use
         return store

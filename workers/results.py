@@ -8,6 +8,8 @@ from typing import Any
 from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class ResultUnavailable(ConnectionError):
@@ -32,11 +34,14 @@ def raised_in(exc: BaseException, module_prefix: str) -> bool:
 
 
 def backend_gave_up(exc: BaseException) -> bool:
-    """Celery's Redis result backend gave up reconnecting: a bare RuntimeError, told by where
-    it was raised (not by its wording), or ours for it."""
-    return isinstance(exc, ResultUnavailable) or (
-        isinstance(exc, RuntimeError) and raised_in(exc, "celery.backends.")
-    )
+    """Celery's Redis result backend gave up reconnecting (a bare RuntimeError, told by where
+    it was raised, not by its wording), or ours for it; or redis-py's own refusal or timeout
+    on the way (a backend refused or hung before the wait), not a task's error re-raised."""
+    if isinstance(exc, ResultUnavailable):
+        return True
+    if isinstance(exc, RuntimeError):
+        return raised_in(exc, "celery.backends.")
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError) and raised_in(exc, "redis.")
 
 
 class BackendRestartNoise(logging.Filter):
@@ -59,8 +64,9 @@ def quiet_backend_noise() -> None:
 
 
 class TaskResult(AsyncResult):
-    """Celery's AsyncResult, whose get() raises ResultUnavailable, not Celery's RuntimeError,
-    when the result backend cannot be reached (a Redis restart)."""
+    """Celery's AsyncResult, whose get() and state raise ResultUnavailable, not Celery's
+    RuntimeError nor redis-py's errors, when the result backend cannot be reached (a Redis
+    restarted, refused or hung)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A TaskResult again (of the current app, as Celery's own are): the client's class,
@@ -70,11 +76,26 @@ class TaskResult(AsyncResult):
     def get(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().get(*args, **kwargs)
-        except RuntimeError as exc:
+        except (RuntimeError, RedisConnectionError, RedisTimeoutError) as exc:
             if not backend_gave_up(exc):
                 raise
-            raise ResultUnavailable(
-                f"Celery's result backend (Redis) cannot be reached: task {self.id} was sent "
-                "and may have run; send it again (every cachemgr task but touch_directory is "
-                "idempotent: an access sent again counts twice)"
-            ) from None
+            raise self._unavailable() from None
+
+    @property
+    def state(self) -> str:
+        """As Celery's; ResultUnavailable when the backend cannot be read (ready() too)."""
+        try:
+            return str(super().state)
+        except (RuntimeError, RedisConnectionError, RedisTimeoutError) as exc:
+            if not backend_gave_up(exc):
+                raise
+            raise self._unavailable() from None
+
+    status = state
+
+    def _unavailable(self) -> ResultUnavailable:
+        return ResultUnavailable(
+            f"Celery's result backend (Redis) cannot be reached: task {self.id} was sent "
+            "and may have run; send it again (every cachemgr task but touch_directory is "
+            "idempotent: an access sent again counts twice)"
+        )
