@@ -87,7 +87,7 @@ def cleanup(
     if (periodic or automatic) and not cache.scheduler_running():
         # Stopped, a scheduled pass still evicts what would fill the disk, as an automatic
         # one: beat's audits and expiry wait for the scheduler with the rest of its work.
-        stopped = stopped_hold(cache)
+        stopped = stopped_hold(cache, say=not dry_run) if enforce else None
         if stopped is None:
             _weighs_nothing(cache, dry_run)
             log.info(

@@ -37,7 +37,8 @@ def note_mounts(cache: DiskCache, anew: bool = False) -> None:
 
 # Why one of them is kept on the books, wherever it is said.
 UNDER_BARE_MOUNT = (
-    "missing under an empty directory unchanged since it was booked (a disk not mounted?)"
+    "missing under a disk's mount point that is not mounted now, or under an empty directory "
+    "unchanged since it was booked (a disk not mounted?)"
 )
 
 

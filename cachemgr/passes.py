@@ -215,7 +215,7 @@ def enforce_quota(
     total = cache.store.total_bytes() if usage is None else usage
     result = PassResult("evict", usage_before=total, usage_after=total, dry_run=dry_run)
     skip = skip or (held is not None and not held.short)
-    need = Need() if skip else bytes_to_free(cache, total, resume, floor_only=held is not None)
+    need = Need() if skip else bytes_to_free(cache, total, resume, held=held)
     if owed is not None:
         # Measured again, a free-space floor that deletions cannot lift (hard links, files
         # held open) would ask each continuation for as much again, and a chain of them

@@ -44,19 +44,20 @@ class Need:
 
 
 def bytes_to_free(
-    cache: DiskCache, total: int, resume: bool = False, floor_only: bool = False
+    cache: DiskCache, total: int, resume: bool = False, held: Hold | None = None
 ) -> Need:
     """Above the threshold: down to the target. Below the free-space floor: up to the floor.
 
     `resume` continues an eviction that a bound interrupted: down to the target even when
-    usage is already back under the threshold. `floor_only`: eviction is held, but the disk
-    is short, or usage past HOLD_CEILING times the quota (evict_held): only the disk's
-    shortfall and the excess go.
+    usage is already back under the threshold. `held`: eviction is held, but the disk is
+    short, or usage past HOLD_CEILING times the quota (evict_held, stopped_hold): only the
+    disk's shortfall and the excess go.
     """
     s = cache.settings
     short = cache.free_space_short()
-    if floor_only:
-        return Need(_over_ceiling(cache, total), max(short, _nearly_full_short(cache)))
+    if held is not None:
+        nearly = _nearly_full_short(cache) if held.until is not None else 0
+        return Need(_over_ceiling(cache, total), max(short, nearly))
     started = total > s.threshold_bytes or (resume and total > s.target_bytes)
     return Need(total - s.target_bytes if started else 0, short)
 
@@ -126,13 +127,16 @@ def evict_held(
     return Hold(until)
 
 
-def stopped_hold(cache: DiskCache) -> Hold | None:
+def stopped_hold(cache: DiskCache, say: bool = True) -> Hold | None:
     """The scheduler stopped, a scheduled pass evicts nothing (the operator's switch), but for
-    what gives_way names (the disk must not fill): a Hold that lets that through, or None."""
-    why = gives_way(cache)
+    what gives_way names (the disk must not fill): a Hold that lets that through, or None.
+    Not the 5%-free rule a rebuild's hold adds where no floor is set: a running scheduler does
+    not apply it, and a disk filled by others drained the cache pass after pass. `say`: in
+    the log, once in a while (a plan says nothing)."""
+    why = gives_way(cache, nearly_full=False)
     if not why:
         return None
-    if _REPEATS.due("stopped " + why.split(":")[0]):
+    if say and _REPEATS.due("stopped " + why.split(":")[0]):
         log.warning(
             "the scheduler is stopped, but %s (`cachemgr scheduler start` for the rest)",
             why,
@@ -141,10 +145,11 @@ def stopped_hold(cache: DiskCache) -> Hold | None:
     return Hold(None, short=True)
 
 
-def gives_way(cache: DiskCache) -> str | None:
+def gives_way(cache: DiskCache, nearly_full: bool = True) -> str | None:
     """What a hold lets through, said (None: nothing): the disk short of its free-space floor,
-    or, with none set, under 5% free; usage past HOLD_CEILING times the quota."""
-    if cache.free_space_short() > 0 or _nearly_full_short(cache) > 0:
+    or, with none set and `nearly_full`, under 5% free; usage past HOLD_CEILING times the
+    quota."""
+    if cache.free_space_short() > 0 or (nearly_full and _nearly_full_short(cache) > 0):
         return "the disk is short of free space: evicting the shortfall only"
     over = _over_ceiling(cache, cache.store.total_bytes())
     if over > 0:

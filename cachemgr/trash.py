@@ -32,6 +32,7 @@ log = logging.getLogger("cachemgr")
 # empty the slot of a worker held up longer (counted vanished, not evicted; put back: gone).
 IN_FLIGHT = ".in-flight-"
 IN_FLIGHT_AGE = 60.0
+IN_FLIGHT_AHEAD = 86400.0
 
 
 class NotADirectory(OSError):
@@ -327,9 +328,10 @@ def _in_flight(name: str, trash_fd: int, lock_timeout: float) -> bool:
         st = os.stat(name, dir_fd=trash_fd, follow_symlinks=False)
     except FileNotFoundError:
         return True  # gone already: nothing to do
-    # Dated ahead (a clock set back, a network disk's own clock) by more than the wait, it is
-    # no deletion's: it stayed in the trash for good, uncounted.
-    return abs(time.time() - st.st_mtime) < max(IN_FLIGHT_AGE, lock_timeout)
+    # Dated ahead by a network disk's own clock, it may be a deletion's in flight; by more
+    # than a day (a clock set back), it is no deletion's: it stayed in the trash for good.
+    age = time.time() - st.st_mtime
+    return -IN_FLIGHT_AHEAD < age < max(IN_FLIGHT_AGE, lock_timeout)
 
 
 def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:

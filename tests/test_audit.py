@@ -534,7 +534,7 @@ def test_a_registration_keeps_what_is_missing_under_a_disk_not_mounted(cache, ro
     cache.register("disk2/artist/album")
     shutil.rmtree(root / "disk2" / "artist")
     bare(root / "disk2")
-    with pytest.raises(NotOnDisk, match="kept on the books: missing under an empty directory"):
+    with pytest.raises(NotOnDisk, match="kept on the books: missing under a disk.s mount point"):
         cache.register("disk2/artist/album")
     assert cache.store.tracked(["disk2/artist/album"]) == [True]
     os.utime(root / "disk2")  # emptied just now, by hand: gone for good

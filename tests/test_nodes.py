@@ -627,6 +627,9 @@ def test_a_client_whose_keys_no_node_uses_or_whose_node_has_no_worker_says_so(
     b.registry.publish(b.settings)  # published, not alive: no heartbeat
     wrong = CacheClient(redis_url=REDIS_URL, key_prefix=prefix, cluster=cluster)
     right = CacheClient(redis_url=REDIS_URL, node=b.settings.node, cluster=cluster)
+    # A queue given without its node's keys: whose workers it reaches, this client cannot
+    # tell (it warned that node b had none alive while they ran).
+    by_queue = CacheClient(redis_url=REDIS_URL, queue=right.queue, cluster=cluster)
     try:
         with caplog.at_level("WARNING", logger="cachemgr"):
             for client in (wrong, right):
@@ -634,11 +637,13 @@ def test_a_client_whose_keys_no_node_uses_or_whose_node_has_no_worker_says_so(
                 client.access("album")  # said once a client
             right.send("noop")
             right.send("noop")  # once in a while, not at each send
+            by_queue.send("noop")
         said = [r.getMessage() for r in caplog.records if r.__dict__.get("event") == "unread_keys"]
-        assert said == [
-            f"this client's books keys (prefix {prefix!r}) are no node's (their workers use "
+        assert said == [  # by_queue's keys are none of b's either: said too
+            f"this client's books keys (prefix {mine!r}) are no node's (their workers use "
             f"{b.keys.prefix!r}): its pins protect nothing and its plays count nowhere "
             "(DISK_CACHE_KEY_PREFIX, or key_prefix given, is not the workers'?)"
+            for mine in (prefix, "")
         ]
         idle = [r.getMessage() for r in caplog.records if r.__dict__.get("event") == "no_worker"]
         assert idle == [
@@ -647,7 +652,7 @@ def test_a_client_whose_keys_no_node_uses_or_whose_node_has_no_worker_says_so(
         ]
     finally:
         queue = right.queue
-        for client in (wrong, right):
+        for client in (wrong, right, by_queue):
             client.close()
         left = connect(right.broker_url)
         left.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")

@@ -227,6 +227,10 @@ def test_a_stopped_scheduler_still_frees_a_disk_short_of_its_floor(
     cache.client.zadd(cache.keys.lru, {names[5]: 1.0})  # its TTL ran out long ago
     cache.set_scheduler(False)
     with caplog.at_level(logging.WARNING, logger="cachemgr"):
+        plan = cleanup(cache, automatic=True, dry_run=True)  # says nothing in the log
+        assert plan["evict"]["paths"] == [names[5], names[0]]
+        # A sweep alone (enforce=False) has nothing to do for the disk: skipped, as before.
+        assert cleanup(cache, periodic=True, enforce=False)["reason"] == "scheduler stopped"
         result = cleanup(cache, automatic=True)
         assert cleanup(cache, automatic=True)["evict"]["count"] == 2  # still short: again
     assert result["status"] == "done" and result["sweep"]["count"] == 0  # expiry waits
@@ -240,6 +244,22 @@ def test_a_stopped_scheduler_still_frees_a_disk_short_of_its_floor(
     monkeypatch.undo()  # room again: nothing goes
     assert cleanup(cache, periodic=True)["reason"] == "scheduler stopped"
     assert cache.store.count_entries() == 18
+
+
+def test_a_stopped_scheduler_keeps_to_the_floor_set_as_a_running_one_does(
+    cache, root, monkeypatch
+):
+    """With no floor set, a stopped scheduler evicted for 5% free, which a running one never
+    does: on a disk filled by others, pass after pass, the whole cache went."""
+    total = 10**9
+    fixed_disk(monkeypatch, total, total // 50)  # 2% free: others' data
+    reconcile(cache)
+    fill(cache, root, 19, Clock())  # past the threshold, under twice the quota
+    assert cleanup(cache, automatic=True, dry_run=True)["evict"]["count"] == 3  # running
+    cache.set_scheduler(False)
+    assert cleanup(cache, periodic=True)["reason"] == "scheduler stopped"
+    assert cleanup(cache, automatic=True)["reason"] == "scheduler stopped"
+    assert cache.store.count_entries() == 19
 
 
 def test_a_stopped_scheduler_still_evicts_past_twice_the_quota(cache, root):

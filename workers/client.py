@@ -41,6 +41,8 @@ log = logging.getLogger("cachemgr")
 # How long a client that found no published config (no worker started yet) keeps the defaults
 # before it looks again: not on every access, the hot path.
 CONFIG_RETRY_SECONDS = 5.0
+# How long a read of the node registry serves the client's route and checks.
+REGISTRY_READ_SECONDS = 1.0
 # How often a client looks again, at a send, whether a worker of its node is alive.
 ALIVE_CHECK_SECONDS = 60.0
 # How long it keeps what the workers published (TTL, policy, access log) before it reads it
@@ -177,6 +179,7 @@ class CacheClient:
         self._unknown_said = False
         self._unread_checked, self._unread_due = False, 0.0
         self._alive_due = 0.0
+        self._registry_read: tuple[float, dict[str, dict[str, Any]]] | None = None
         _CLIENTS.add(self)
 
     @staticmethod
@@ -194,6 +197,16 @@ class CacheClient:
             )
 
     # -- routing --------------------------------------------------------------------------
+    def _registry(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
+        """The node registry; for the checks, a read of the last second will do: the route
+        and the checks at a first send share one read (each read it again). The route's own
+        (`fresh`) is always read anew: a node published a moment ago is followed at once."""
+        now = time.monotonic()
+        read = self._registry_read
+        if fresh or read is None or now - read[0] >= REGISTRY_READ_SECONDS:
+            read = self._registry_read = (now, NodeRegistry(self._books(), self.cluster).entries())
+        return read[1]
+
     def _routing(self) -> tuple[str | None, Keys]:
         if self._route is None:
             queue, prefix = self._queue, self._prefix
@@ -201,7 +214,7 @@ class CacheClient:
             entries = None  # the registry, once read
             if self.node and (queue is None or prefix is None):
                 try:
-                    entries = NodeRegistry(self._books(), self.cluster).entries()
+                    entries = self._registry(fresh=True)
                 except Exception:  # books away (a Cluster raises its own): the defaults
                     entries, unpublished = {}, False
                 # Not published yet (its workers have not started): asked again next time.
@@ -234,7 +247,7 @@ class CacheClient:
         the registry, when the route read it already."""
         try:
             if entries is None:
-                entries = NodeRegistry(self._books(), self.cluster).entries()
+                entries = self._registry()
         except Exception:  # books away: nothing to tell it by
             return
         read = published_queues(entries)
@@ -255,7 +268,7 @@ class CacheClient:
         at each call, while it cannot be told (the books away, no worker published yet)."""
         self._unread_due = time.monotonic() + CONFIG_RETRY_SECONDS
         try:
-            entries = NodeRegistry(self._books(), self.cluster).entries()
+            entries = self._registry()
             keys = self.keys
         except Exception:  # books away: nothing to tell it by
             return
@@ -270,7 +283,7 @@ class CacheClient:
                 ", ".join(theirs),
                 extra={"event": "unread_broker"},
             )
-        used = sorted({str(e.get("key_prefix", "")) for e in entries.values()})
+        used = sorted({route_of(name, entries).key_prefix for name in entries})
         unpublished = self.node is not None and self.node not in entries  # said by _routing
         if entries and keys.prefix not in used and not unpublished:
             log.warning(
@@ -284,10 +297,18 @@ class CacheClient:
 
     def _say_no_worker(self, queue: str | None) -> None:
         """At a send, once in ALIVE_CHECK_SECONDS: no worker of the node alive, its tasks
-        wait, and a result's get() timed out in Celery's bare words."""
+        wait, and a result's get() timed out in Celery's bare words. Only of a node the
+        registry names by this client's keys and queue (a queue given without its node's
+        prefix is some node's this client cannot tell)."""
         self._alive_due = time.monotonic() + ALIVE_CHECK_SECONDS
         try:
-            alive = self._books().exists(self.keys.alive)
+            books = self._books()
+            entries = self._registry()
+            keys = self.keys
+            routes = [route_of(name, entries) for name in entries]
+            sent_to = queue or self.app.conf.task_default_queue
+            ours = any(r.key_prefix == keys.prefix and r.queue == sent_to for r in routes)
+            alive = not ours or books.exists(keys.alive)
         except Exception:  # books away: said where they are used
             return
         if not alive:
@@ -295,7 +316,7 @@ class CacheClient:
                 "%s: tasks sent to queue %s wait until one starts (a result's get() times "
                 "out meanwhile)",
                 no_worker(self.node or ""),
-                queue or "celery",
+                queue or self.app.conf.task_default_queue,
                 extra={"event": "no_worker"},
             )
 
