@@ -117,6 +117,12 @@ class StatsSchema(SinceResetSchema):  # type: ignore[valid-type,misc]
     enabled = fields.Boolean()
     total_bytes = fields.Integer(required=True)
     directory_count = fields.Integer(required=True)
+    unrecorded = fields.Integer(
+        metadata={
+            "description": "paths on cache:lru with no record (the seed's books): the next "
+            "reconcile books them at their last access"
+        }
+    )
     max_bytes = fields.Integer(required=True)
     threshold_bytes = fields.Integer()
     target_bytes = fields.Integer()

@@ -184,7 +184,15 @@ def diagnose(
             "disk and pins lost with them are being renewed; periodic and automatic passes "
             "wait, a manual `cachemgr cleanup` evicts now"
         )
-    if not stats.get("initialized", True) and stats.get("directory_count") == 0:
+    unrecorded = stats.get("unrecorded") or 0
+    if unrecorded:
+        problems.append(
+            f"{unrecorded} directories are on cache:lru with no record (the seed's books, or a "
+            "seed process writing beside cachemgr): not counted, expired nor evicted until a "
+            "reconcile books them at their last access (the next cleanup's, on new books; "
+            "else `cachemgr reconcile`)"
+        )
+    elif not stats.get("initialized", True) and stats.get("directory_count") == 0:
         problems.append(
             "the books are empty: if the downloads directory holds data, run reconcile "
             "(the next cleanup does it first)"

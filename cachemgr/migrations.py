@@ -1,7 +1,8 @@
 """Carrying books over: into the structures of the policy chosen now, the seed's dir: keys to
-the TTL set now, and from the layout of an older cachemgr (records by path, pins without their
-index). Each runs in batches; the rebuild, the restamping and the refiling once (a marker key
-says they are done), the pin index at every cleanup (one command: leases are few)."""
+the TTL set now, the seed's own books (a cache:lru without records, locks that never lapse), and
+from the layout of an older cachemgr (records by path, pins without their index). Each runs in
+batches; the rebuild, the restamping and the refiling once (a marker key says they are done), the
+seed's books at each reconcile, the pin index at every cleanup (one command: leases are few)."""
 
 from __future__ import annotations
 
@@ -236,6 +237,70 @@ def ensure_ttl(store: Store, now: float, live: dict[str, dict[str, Any]] | None 
     if stamped:
         log.info("dir: keys stamped with DISK_CACHE_TTL_SECONDS=%d (%d directories)", ttl, stamped)
     return stamped
+
+
+# Take off cache:lru the paths that have no record: the seed's books (its cache:lru and dir:
+# keys, no cache:entries), or a seed process still writing beside cachemgr.
+# KEYS: COMMON_KEYS layout, KEYS[9] the bare `dir:` prefix  ARGV[1..] paths
+# Returns {path, last access, ...} of those taken off (a registration meanwhile books one).
+ADOPT = Lua(
+    PRELUDE
+    + """
+local out = {}
+for i = 1, #ARGV do
+  local p = ARGV[i]
+  local last = redis.call('ZSCORE', KEYS[2], p)
+  if last and not redis.call('HGET', KEYS[1], rid(p)) then
+    redis.call('ZREM', KEYS[2], p)
+    redis.call('DEL', KEYS[9] .. p)
+    out[#out + 1] = p
+    out[#out + 1] = last
+  end
+end
+return out
+"""
+)
+
+# What the seed's code writes in a directory's lock (cachemgr's: `locked:<token>`, with a TTL).
+SEED_LOCK = "locked"
+
+
+def adopt_seed_books(store: Store, lock_timeout: int, batch: int = 1000) -> dict[str, float]:
+    """The seed's books, read for reconcile to book: each path on cache:lru with no record,
+    taken off it, with its last access (returned). Booked as new, in the order the walk met
+    them, the albums played in the last hour were the first evicted, and a download registered
+    meanwhile went with them. And the seed's locks that never lapse (a crashed seed process's
+    `locked`, no TTL) are given the lock timeout: each kept its directory unbooked for ever.
+    O(n) (ZSCAN, SCAN), as the reconcile that runs it."""
+    found: dict[str, float] = {}
+    paths: list[str] = []
+
+    def adopt() -> None:
+        reply = call(store.client, ADOPT, store.script_keys(""), paths)
+        found.update(zip(reply[::2], map(float, reply[1::2]), strict=True))
+        paths.clear()
+
+    for path, _ in store.client.zscan_iter(store.keys.lru, count=batch):
+        paths.append(path)
+        if len(paths) >= batch:
+            adopt()
+    if paths:
+        adopt()
+    stale = 0
+    for key in store.client.scan_iter(match=store.keys.lock("*"), count=batch):
+        # Only a value the seed writes, with no TTL: cachemgr's own always lapse.
+        if store.client.get(key) == SEED_LOCK and store.client.ttl(key) == -1:
+            stale += int(store.client.expire(key, lock_timeout))
+    if found or stale:
+        log.warning(
+            "reconcile: adopted the seed's books: %d directories on cache:lru with no record "
+            "(booked again at their last access), %d locks that never lapsed (given %d s)",
+            len(found),
+            stale,
+            lock_timeout,
+            extra={"event": "seed_adopted"},
+        )
+    return found
 
 
 def ensure_pin_index(store: Store) -> int:

@@ -168,8 +168,10 @@ def _reconcile(
     cache: DiskCache, *, dry_run: bool, progress: Progress | None, started: float, force: bool
 ) -> dict[str, Any]:
     store = cache.store
+    seed: dict[str, float] = {}  # the seed's books: path -> its last access there
     if not dry_run:
         migrations.ensure_record_ids(store)
+        seed = migrations.adopt_seed_books(store, cache.settings.disk_cache_lock_timeout_seconds)
     bytes_before = store.total_bytes()  # what the books said before any fix, dry run or not
     records = store.all_records()
     blocked: list[str] = []
@@ -204,11 +206,16 @@ def _reconcile(
     report["rebuilt"] = False
     times: dict[str, float] = {}
     as_written = registration.as_written(cache)
+    seed = registration.last_accessed(cache, seed)
 
     def one(done: int, path: str) -> None:
         if progress:
             progress(done, total, path)
-        at = times.get(path) if rebuilding else as_written
+        # The seed's books are not lost: what they name is booked at its last access there,
+        # the rest when it was written.
+        at: Booking = seed.get(path)
+        if at is None:
+            at = times.get(path) if rebuilding and not seed else as_written
         try:
             _reconcile_one(cache, path, records.get(path), dry_run, report, at)
         except (CacheError, OSError) as exc:  # one unreadable directory stops nothing else

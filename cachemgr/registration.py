@@ -272,6 +272,18 @@ def found_again(cache: DiskCache, found: list[str]) -> dict[str, float]:
     return {path: max(floor, start - 0.001 * (n - i)) for i, path in enumerate(ordered)}
 
 
+def last_accessed(cache: DiskCache, seen: dict[str, float]) -> dict[str, float]:
+    """The access times to book for directories the seed's books name (`seen`: their last
+    access there): those, but no more than half a TTL back, as found_again bounds them, the
+    older ones kept in their order just above that bound (not tied there, in the walk's)."""
+    now = cache.clock()
+    floor = now - cache.settings.disk_cache_ttl_seconds / 2
+    times = {path: min(now, last) for path, last in seen.items() if last >= floor}
+    older = sorted((p for p, last in seen.items() if last < floor), key=seen.__getitem__)
+    times.update((path, floor + 0.001 * i) for i, path in enumerate(older))
+    return times
+
+
 def as_written(cache: DiskCache) -> Callable[[scanner.ScanResult], float]:
     """The access time to book for a directory that a plain reconcile finds (its registration
     lost, or never sent): when its tree was last written. Booked as now, an album downloaded

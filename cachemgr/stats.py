@@ -86,12 +86,13 @@ return {
   redis.call('ZCOUNT', KEYS[8], '(' .. now, '+inf'),
   s[4] and 1 or 0,
   s[5] or '',
-  KEYS[16] and redis.call('HGETALL', KEYS[16]) or {},
+  KEYS[17] and redis.call('HGETALL', KEYS[17]) or {},
   live,
   own,
   s[6] or '',
   s[7] or '',
   s[8] and 1 or 0,
+  redis.call('ZCARD', KEYS[16]),
 }
 """)
 
@@ -143,7 +144,7 @@ def queue_snapshot(
     k = store.keys
     keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
     keys += [k.scheduler, k.pins, k.alive, k.evict_hold, k.workers, k.worker_settings]
-    keys += [k.policy_name, k.root_mark, k.adopting]
+    keys += [k.policy_name, k.root_mark, k.adopting, k.lru]
     keys += [registry] if registry else []
     batch.script(SNAPSHOT, keys, [ALIVE_TTL_SECONDS], writes=False)
 
@@ -151,7 +152,7 @@ def queue_snapshot(
         total, count, overall, base, last, initialized, scheduler, pinned, up, hold = (
             reply := next(replies)
         )[:10]
-        nodes, live, own, named, root_mark, adopting = reply[10:]
+        nodes, live, own, named, root_mark, adopting, listed = reply[10:]
         built = migrations.built(named or None)
         counts, recent = since_reset(pairs(overall), pairs(base))
         return {
@@ -172,6 +173,8 @@ def queue_snapshot(
             "policy_held": migrations.held(built, workers),
             "root_mark": root_mark,  # the books' root token (marker.py)
             "adopting": bool(adopting),  # a reconcile --force walks the root now
+            # On cache:lru with no record: the seed's books (migrations.adopt_seed_books).
+            "unrecorded": max(0, int(listed) - int(count)),
         }
 
     return read
@@ -231,6 +234,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         "disk_bytes": disk,
         "min_free_bytes": s.disk_cache_min_free_bytes,
         "initialized": snap["initialized"],
+        "unrecorded": snap.get("unrecorded", 0),
         "last_cleanup": snap["last_cleanup"],
         "up": snap["up"],
         "evict_held_until": snap["evict_held_until"],

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -212,7 +213,6 @@ def test_directories_found_again_rank_older_than_what_came_since_the_loss(
 ):
     """Stamped with the rebuild's `now`, the directories found again on disk outranked the
     pipeline's downloads registered since the books were lost: LRU evicted those first."""
-    import os
 
     from tests.conftest import cleanup_prefix
 
@@ -276,7 +276,6 @@ def test_a_plain_reconcile_books_what_it_finds_when_it_was_written(
 ):
     """Booked as now, albums whose registrations were lost an hour earlier outranked the pipeline's
     downloads of the last hour, and the next quota pass evicted those first."""
-    import os
     import time
 
     from cachemgr.cache import DiskCache
@@ -334,7 +333,6 @@ def test_a_plain_reconcile_books_nothing_more_than_half_a_ttl_back(cache, root, 
 def test_the_rebuild_keeps_what_the_pipeline_registers_meanwhile_and_what_is_new(
     cache, root, redis_client, prefix
 ):
-    import os
 
     from tests.conftest import cleanup_prefix
 
@@ -556,7 +554,6 @@ def test_an_interrupted_deletion_is_not_settled_by_a_removal_on_a_root_not_the_b
 
 
 def test_reconcile_clears_the_untracked_warning_it_answers(cache, root):
-    import os
     import time
 
     make_tree(root, "booked", files=1)
@@ -926,3 +923,49 @@ def test_two_markings_at_once_each_write_a_whole_marker(cache, root):
     assert text in {f"{BOOKS_LINE}{books_of(cache.keys.prefix)}\n{ROOT_LINE}{t * 16}\n"
                     for t in "ab"}  # fmt: skip
     assert not list(root.glob(f"{paths.BOOKS_MARKER}.*"))
+
+
+def test_the_seeds_books_are_adopted_at_their_last_access(cache, root):
+    """Switching over from the seed's implementation, on its Redis: its cache:lru (no records)
+    was taken for tracked, each entry booked as new in the walk's order, and the albums played
+    in the last hour were the first evicted, a download registered since with them."""
+    now = time.time()
+    k = cache.keys
+    names = [f"a{i:02d}" for i in range(10)]
+    for name in [*names, "never-booked"]:
+        make_tree(root, name, files=4, size=4096)
+    recent = {n: now - 60 * (i + 1) for i, n in enumerate(names[:3])}  # first in the walk
+    old = {n: now - 3600 * (12 + i) for i, n in enumerate(names[3:])}
+    cache.client.zadd(k.lru, {**recent, **old, "gone": now - 7200})  # gone: deleted since
+    for name in names:
+        cache.client.set(f"{k.prefix}dir:{name}", int(now) - 86400, ex=3600)
+    cache.client.set(k.bytes, 12345)  # the seed's count, off
+    make_tree(root, "new")
+    assert cache.register("new")["new"] is True  # the pipeline, right after the switch
+    before = cache.stats()
+    assert before["unrecorded"] == 11  # said, not "the books are empty"
+    assert any(w.startswith("11 directories are on cache:lru with no record") for w in
+               before["warnings"]), before["warnings"]  # fmt: skip
+    report = reconcile(cache)
+    after = cache.stats()
+    assert after["unrecorded"] == 0 and not any("cache:lru" in w for w in after["warnings"])
+    assert sorted(report["registered"]) == sorted([*names, "never-booked"])
+    assert cache.store.tracked(["gone"]) == [False]
+    # Long unplayed first, oldest first; the hour's plays and the new download last (one
+    # never registered is booked when it was written: just now, by its ctime).
+    order = [e.path for e in cache.store.victims(20) if e.path != "never-booked"]
+    assert order == [*sorted({**old, **recent}, key={**old, **recent}.__getitem__), "new"]
+    assert cache.store.total_bytes() == sum(e.size_bytes for e in cache.store.victims(20))
+    assert reconcile(cache)["registered"] == []  # adopted once: nothing left to adopt
+
+
+def test_a_lock_the_seed_left_is_given_the_lock_timeout(cache, root):
+    """A crashed seed process's `lock:dir:` (value `locked`, no TTL) kept its directory off
+    the books for ever: every registration and reconcile said it would lapse, and it never did."""
+    from cachemgr import migrations
+
+    cache.client.set(cache.keys.lock("a"), "locked")
+    cache.client.set(cache.keys.lock("b"), "locked:ours", px=60_000)  # cachemgr's own
+    migrations.adopt_seed_books(cache.store, lock_timeout=30)
+    assert 0 < cache.client.ttl(cache.keys.lock("a")) <= 30
+    assert 30 < cache.client.ttl(cache.keys.lock("b")) <= 60
