@@ -74,6 +74,23 @@ def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
     return doubtful
 
 
+def not_mounted_above(cache: DiskCache, rel: str) -> str | None:
+    """The mount point above `rel` that cleanups saw mounted and that is not mounted now,
+    else None: what is written there goes on the bare mount point, hidden once the disk is
+    mounted again (booked, it then looked gone, and its bytes counted for nothing meanwhile).
+    One Redis read, and only for a path below the first level (none is remembered above)."""
+    parts = rel.split("/")
+    if len(parts) < 2:
+        return None
+    seen = cache.client.smembers(cache.keys.mounts)
+    above = [a for a in ("/".join(parts[:i]) for i in range(1, len(parts))) if a in seen]
+    if not above:
+        return None
+    root = os.path.realpath(cache.root)
+    mounted = set(trash.mount_points())
+    return next((a for a in above if os.path.join(root, a) not in mounted), None)
+
+
 def _empty(directory: str) -> bool:
     try:
         with os.scandir(directory) as it:

@@ -14,7 +14,7 @@ import redis
 
 from cachemgr import marker, mounts, paths, quota, recheck, scanner
 from cachemgr.clock import on_the_books
-from cachemgr.errors import NotOnDisk, Overlap, RecordCollision
+from cachemgr.errors import NotOnDisk, Overlap, RecordCollision, RootMissing
 from cachemgr.locks import HOLDER_WAITS
 from cachemgr.records import record_id
 
@@ -173,6 +173,13 @@ def _scan_and_book(
     cache: DiskCache, rel: str, token: str, at: Booking = None
 ) -> tuple[scanner.ScanResult, Any]:
     marker.check_registering(cache)
+    away = mounts.not_mounted_above(cache, rel)
+    if away is not None:
+        raise RootMissing(
+            f"{rel!r} is under {away!r}, where cleanups saw a disk mounted that is not mounted "
+            "now: not booked (what is written there is hidden once the disk is back); mount it, "
+            "then register again"
+        )
     location = paths.existing_directory(cache.root, rel)
     try:
         found = scanner.scan(location, collect_subdirs=True)
