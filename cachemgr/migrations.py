@@ -14,7 +14,7 @@ from cachemgr import events
 from cachemgr.nodes import split
 from cachemgr.policies import POLICIES
 from cachemgr.reads import Lua, call
-from cachemgr.records import RECORD_FORMAT
+from cachemgr.records import RECORD_FORMAT, record_id
 from cachemgr.scripts import COMMON_KEYS, PRELUDE
 
 if TYPE_CHECKING:
@@ -239,25 +239,23 @@ def ensure_ttl(store: Store, now: float, live: dict[str, dict[str, Any]] | None 
     return stamped
 
 
-# Take off cache:lru the paths that have no record: the seed's books (its cache:lru and dir:
-# keys, no cache:entries), or a seed process still writing beside cachemgr.
+# Take off cache:lru paths that have no record (the seed's books, migrations.seed_books), with
+# their dir: keys, once reconcile has booked what it could of them.
 # KEYS: COMMON_KEYS layout, KEYS[9] the bare `dir:` prefix  ARGV[1..] paths
-# Returns {path, last access, ...} of those taken off (a registration meanwhile books one).
-ADOPT = Lua(
+# Returns how many it took off (one booked meanwhile has its record: it stays).
+DROP_UNRECORDED = Lua(
     PRELUDE
     + """
-local out = {}
+local dropped = 0
 for i = 1, #ARGV do
   local p = ARGV[i]
-  local last = redis.call('ZSCORE', KEYS[2], p)
-  if last and not redis.call('HGET', KEYS[1], rid(p)) then
+  if redis.call('ZSCORE', KEYS[2], p) and not redis.call('HGET', KEYS[1], rid(p)) then
     redis.call('ZREM', KEYS[2], p)
     redis.call('DEL', KEYS[9] .. p)
-    out[#out + 1] = p
-    out[#out + 1] = last
+    dropped = dropped + 1
   end
 end
-return out
+return dropped
 """
 )
 
@@ -265,27 +263,28 @@ return out
 SEED_LOCK = "locked"
 
 
-def adopt_seed_books(store: Store, lock_timeout: int, batch: int = 1000) -> dict[str, float]:
-    """The seed's books, read for reconcile to book: each path on cache:lru with no record,
-    taken off it, with its last access (returned). Booked as new, in the order the walk met
-    them, the albums played in the last hour were the first evicted, and a download registered
-    meanwhile went with them. And the seed's locks that never lapse (a crashed seed process's
-    `locked`, no TTL) are given the lock timeout: each kept its directory unbooked for ever.
-    O(n) (ZSCAN, SCAN), as the reconcile that runs it."""
+def seed_books(store: Store, lock_timeout: int, batch: int = 1000) -> dict[str, float]:
+    """The seed's books, for reconcile to book: each path on cache:lru with no record (the
+    seed writes cache:lru and dir: keys alone), with its last access, read and left in place
+    (a walk cut short loses none: the next books them). Booked as new, in the order the walk
+    met them, the albums played in the last hour were the first evicted, and a download
+    registered meanwhile went with them. And the seed's locks that never lapse (a crashed
+    seed process's `locked`, no TTL) are given the lock timeout: each kept its directory
+    unbooked for ever. O(n) (ZSCAN, SCAN), as the reconcile that runs it."""
     found: dict[str, float] = {}
-    paths: list[str] = []
+    chunk: list[tuple[str, float]] = []
 
-    def adopt() -> None:
-        reply = call(store.client, ADOPT, store.script_keys(""), paths)
-        found.update(zip(reply[::2], map(float, reply[1::2]), strict=True))
-        paths.clear()
+    def unrecorded() -> None:
+        records = store.client.hmget(store.keys.entries, [record_id(p) for p, _ in chunk])
+        found.update((p, last) for (p, last), rec in zip(chunk, records, strict=True) if not rec)
+        chunk.clear()
 
-    for path, _ in store.client.zscan_iter(store.keys.lru, count=batch):
-        paths.append(path)
-        if len(paths) >= batch:
-            adopt()
-    if paths:
-        adopt()
+    for path, last in store.client.zscan_iter(store.keys.lru, count=batch):
+        chunk.append((path, float(last)))
+        if len(chunk) >= batch:
+            unrecorded()
+    if chunk:
+        unrecorded()
     stale = 0
     for key in store.client.scan_iter(match=store.keys.lock("*"), count=batch):
         # Only a value the seed writes, with no TTL: cachemgr's own always lapse.
@@ -293,14 +292,23 @@ def adopt_seed_books(store: Store, lock_timeout: int, batch: int = 1000) -> dict
             stale += int(store.client.expire(key, lock_timeout))
     if found or stale:
         log.warning(
-            "reconcile: adopted the seed's books: %d directories on cache:lru with no record "
-            "(booked again at their last access), %d locks that never lapsed (given %d s)",
+            "reconcile: the seed's books: %d directories on cache:lru with no record (booked "
+            "at their last access there), %d locks that never lapsed (given %d s)",
             len(found),
             stale,
             lock_timeout,
             extra={"event": "seed_adopted"},
         )
     return found
+
+
+def drop_unrecorded(store: Store, paths: list[str], batch: int = 1000) -> int:
+    """Take these paths off cache:lru where they still have no record (DROP_UNRECORDED)."""
+    dropped = 0
+    for i in range(0, len(paths), batch):
+        part = paths[i : i + batch]
+        dropped += int(call(store.client, DROP_UNRECORDED, store.script_keys(""), part))
+    return dropped
 
 
 def ensure_pin_index(store: Store) -> int:

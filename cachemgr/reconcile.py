@@ -151,6 +151,28 @@ def reconcile(
                 lock.release()
 
 
+def _carried(seed: dict[str, float], on_disk: list[str], depth: int) -> dict[str, float]:
+    """The seed's last accesses (`seed`) for the directories found at the entry depth: its
+    own, else the latest of those the seed booked inside it or above it (its paths at another
+    depth than the entry depth: lost, the albums played lately went first)."""
+    disk = set(on_disk)
+    out: dict[str, float] = {}
+    shallow: dict[str, float] = {}
+    for path, last in seed.items():
+        parts = path.split("/")
+        if len(parts) < depth:
+            shallow[path] = last
+            continue
+        top = "/".join(parts[:depth])
+        if top in disk:
+            out[top] = max(out.get(top, last), last)
+    for found in on_disk if shallow else ():
+        for above in paths.ancestors(found):
+            if above in shallow:
+                out[found] = max(out.get(found, shallow[above]), shallow[above])
+    return out
+
+
 def _untracked(on_disk: list[str], tracked: set[str]) -> list[str]:
     """Directories at the entry depth the books do not cover: neither tracked, nor holding a
     tracked entry, nor inside one."""
@@ -171,7 +193,7 @@ def _reconcile(
     seed: dict[str, float] = {}  # the seed's books: path -> its last access there
     if not dry_run:
         migrations.ensure_record_ids(store)
-        seed = migrations.adopt_seed_books(store, cache.settings.disk_cache_lock_timeout_seconds)
+        seed = migrations.seed_books(store, cache.settings.disk_cache_lock_timeout_seconds)
     bytes_before = store.total_bytes()  # what the books said before any fix, dry run or not
     records = store.all_records()
     blocked: list[str] = []
@@ -187,6 +209,12 @@ def _reconcile(
         "unreadable": [],
         "errors": [],
     }
+    carried = _carried(seed, on_disk, depth)
+    if seed and not dry_run:
+        # Booked by the seed at another depth than the entry depth: their times go to the
+        # directories at it (carried), and they leave cache:lru now, where REGISTER took them
+        # for tracked directories that those overlap.
+        migrations.drop_unrecorded(store, [p for p in seed if p.count("/") + 1 != depth])
     for path in blocked:  # what is inside is not seen: neither booked nor untracked
         error = "cannot be listed (permissions?): the downloads inside it are not seen"
         _said(report, "errors", path, error=error)
@@ -206,14 +234,14 @@ def _reconcile(
     report["rebuilt"] = False
     times: dict[str, float] = {}
     as_written = registration.as_written(cache)
-    seed = registration.last_accessed(cache, seed)
+    seed_times = registration.last_accessed(cache, carried)
 
     def one(done: int, path: str) -> None:
         if progress:
             progress(done, total, path)
         # The seed's books are not lost: what they name is booked at its last access there,
         # the rest when it was written.
-        at: Booking = seed.get(path)
+        at: Booking = seed_times.get(path)
         if at is None:
             at = times.get(path) if rebuilding and not seed else as_written
         try:
@@ -254,6 +282,9 @@ def _reconcile(
         report["held_until"] = now + hold
         cache.client.set(cache.keys.evict_hold, f"{report['held_until']:.3f}", ex=hold)
         log.warning("books rebuilt from the disk: eviction waits %d s for pins to be renewed", hold)
+    if seed and not dry_run:  # the seed's gone from disk; one not booked (locked) stays
+        present = set(on_disk)
+        migrations.drop_unrecorded(store, [p for p in seed if p not in present])
     report["bytes_before"] = bytes_before
     in_flight = cache.settings.disk_cache_lock_timeout_seconds  # a deletion's slot, its lock's
     if dry_run:

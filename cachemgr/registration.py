@@ -43,8 +43,10 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
         cache.store.count("skipped_locked")
         return _later(cache, rel, "locked", rel)
     try:
-        if at is not None and cache.store.tracked([rel])[0]:
-            at = None  # registered meanwhile (the pipeline, during a rebuild): now it is
+        if at is not None and cache.store.info(rel) is not None:
+            # Registered meanwhile (the pipeline, during a rebuild): now it is. By its record:
+            # the seed's books list it on cache:lru with none (migrations.seed_books).
+            at = None
         for pause in (*REGISTER_WAITS, None):
             # Scanned again after each wait: a deletion above may have taken it meanwhile.
             try:

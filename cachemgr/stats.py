@@ -61,8 +61,8 @@ COUNTERS = (
 # KEYS[5] cache:last_cleanup  KEYS[6] cache:initialized  KEYS[7] cache:scheduler
 # KEYS[8] cache:pins  KEYS[9] cache:alive  KEYS[10] cache:evict_hold  KEYS[11] cache:workers
 # KEYS[12] cache:worker_settings  KEYS[13] cache:policy_name  KEYS[14] cache:root_mark
-# KEYS[15] cache:adopting
-# KEYS[16] (optional) the node registry, read here too when it lives on the same server
+# KEYS[15] cache:adopting  KEYS[16] cache:lru (counted: records missing, the seed's books)
+# KEYS[17] (optional) the node registry, read here too when it lives on the same server
 # ARGV[1] how old a live worker's beat may be, in seconds. Now is Redis's clock (TIME), not
 # this host's: beats are dated by it (nodes.heartbeat), and pins in force are those ending later.
 SNAPSHOT = Lua("""
@@ -173,7 +173,7 @@ def queue_snapshot(
             "policy_held": migrations.held(built, workers),
             "root_mark": root_mark,  # the books' root token (marker.py)
             "adopting": bool(adopting),  # a reconcile --force walks the root now
-            # On cache:lru with no record: the seed's books (migrations.adopt_seed_books).
+            # On cache:lru with no record: the seed's books (migrations.seed_books).
             "unrecorded": max(0, int(listed) - int(count)),
         }
 

@@ -966,6 +966,55 @@ def test_a_lock_the_seed_left_is_given_the_lock_timeout(cache, root):
 
     cache.client.set(cache.keys.lock("a"), "locked")
     cache.client.set(cache.keys.lock("b"), "locked:ours", px=60_000)  # cachemgr's own
-    migrations.adopt_seed_books(cache.store, lock_timeout=30)
+    migrations.seed_books(cache.store, lock_timeout=30)
     assert 0 < cache.client.ttl(cache.keys.lock("a")) <= 30
     assert 30 < cache.client.ttl(cache.keys.lock("b")) <= 60
+
+
+def test_the_seeds_times_outlast_a_reconcile_cut_short_and_a_seed_lock(cache, root, monkeypatch):
+    """Taken off cache:lru before the walk, the seed's times lived in the reconcile alone: one
+    killed midway lost them for good (the next booked the hour's plays as written), and so
+    did a directory its seed lock kept unbooked, with nothing said."""
+    from cachemgr import registration
+
+    now = time.time()
+    played = {f"p{i}": now - 60 * (i + 1) for i in range(3)}
+    for name in played:
+        make_tree(root, name)
+    cache.client.zadd(cache.keys.lru, played)
+    cache.client.set(cache.keys.lock("p2"), "locked")  # a crashed seed process's
+    real, calls = registration.register, []
+
+    def killed(cache_, path, at=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("worker killed")
+        return real(cache_, path, at)
+
+    monkeypatch.setattr(registration, "register", killed)
+    with pytest.raises(RuntimeError):
+        reconcile(cache)
+    monkeypatch.undo()
+    assert cache.stats()["unrecorded"] == 2  # said still, and left for the next
+    report = reconcile(cache)  # p2's seed lock now lapses, but has not yet
+    assert report["registered"] == ["p1"] and "p2" in str(report["errors"])
+    assert cache.stats()["unrecorded"] == 1
+    cache.client.delete(cache.keys.lock("p2"))  # lapsed
+    assert reconcile(cache)["registered"] == ["p2"]
+    booked = dict(cache.client.zrange(cache.keys.lru, 0, -1, withscores=True))
+    assert booked == pytest.approx(played, abs=0.01)  # the seed's own times, each
+    assert cache.stats()["unrecorded"] == 0
+
+
+def test_the_seeds_times_follow_its_paths_to_the_entry_depth(cache, root):
+    """The seed booked artist/album where cachemgr books at depth 1: its times were dropped,
+    and its cache:lru members made REGISTER take `artist` for an overlap."""
+    now = time.time()
+    for name in ("old/album", "new/album", "new/other"):
+        make_tree(root, name)
+    cache.client.zadd(cache.keys.lru, {"old/album": now - 7200, "new/album": now - 60,
+                                       "new/other": now - 600})  # fmt: skip
+    report = reconcile(cache)
+    assert sorted(report["registered"]) == ["new", "old"] and not report["errors"]
+    booked = dict(cache.client.zrange(cache.keys.lru, 0, -1, withscores=True))
+    assert booked == pytest.approx({"old": now - 7200, "new": now - 60}, abs=0.01)

@@ -178,6 +178,7 @@ class CacheClient:
         self._skew_said = False
         self._unknown_said = False
         self._unread_checked, self._unread_due = False, 0.0
+        self._broker_told = self._keys_told = False
         self._alive_due = 0.0
         self._registry_read: tuple[float, dict[str, dict[str, Any]]] | None = None
         _CLIENTS.add(self)
@@ -272,8 +273,15 @@ class CacheClient:
             keys = self.keys
         except Exception:  # books away: nothing to tell it by
             return
-        self._unread_checked = bool(entries)
-        theirs = unread_broker(entries, self.broker_url)
+        # Each told once it can be: the broker once a worker published its own (an older
+        # one does not), the keys once the client's node (if named) is published.
+        unpublished = self.node is not None and self.node not in entries  # said by _routing
+        broker_told = not self._broker_told and any(e.get("broker") for e in entries.values())
+        keys_told = not self._keys_told and bool(entries) and not unpublished
+        self._broker_told |= broker_told
+        self._keys_told |= keys_told
+        self._unread_checked = self._broker_told and self._keys_told
+        theirs = unread_broker(entries, self.broker_url) if broker_told else []
         if theirs:
             log.warning(
                 "tasks go to broker %s, which no node's workers read (they read %s): they "
@@ -284,8 +292,7 @@ class CacheClient:
                 extra={"event": "unread_broker"},
             )
         used = sorted({route_of(name, entries).key_prefix for name in entries})
-        unpublished = self.node is not None and self.node not in entries  # said by _routing
-        if entries and keys.prefix not in used and not unpublished:
+        if keys_told and keys.prefix not in used:
             log.warning(
                 "this client's books keys (prefix %s) are no node's (their workers use %s): "
                 "its pins protect nothing and its plays count nowhere "
