@@ -81,6 +81,12 @@ LAST_CLEANUP_COUNTS = (
         "Directories whose names are not UTF-8, which cannot be booked (beat's last).",
     ),
     (
+        "cachemgr_unowned_directories",
+        "unowned",
+        "Directories holding a .cachemgr-books marker that names no node of the cluster "
+        "(counted and cleaned by no cache; beat's last).",
+    ),
+    (
         "cachemgr_delete_failed_directories",
         "delete_failed",
         "Directories the last cleanup chose and could not delete (kept on the books).",

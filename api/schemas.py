@@ -93,6 +93,13 @@ class LastCleanupSchema(Schema):
         metadata={"description": "directories whose names are not UTF-8 (cannot be booked)"}
     )
     unnamable_example = _one_of_them()
+    unowned = fields.Integer(
+        metadata={
+            "description": "directories holding a .cachemgr-books marker that names no node of "
+            "the cluster: counted and cleaned by no cache (beat's last)"
+        }
+    )
+    unowned_example = _one_of_them()
     audit_error = fields.String(
         allow_none=True,
         metadata={

@@ -12,7 +12,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import deletion, mounts, paths, scanner
+from cachemgr import deletion, mounts, nested, paths, scanner
+from cachemgr.marker import books_of
+from cachemgr.nodes import route_of
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -47,6 +49,10 @@ SAID = {
     "unnamable": "{count} directory(ies) in the root have names cachemgr cannot book (not "
     "UTF-8, or read as a path: a leading backslash, a percent-encoded '..'), e.g. "
     "'{example}': their bytes are never counted nor cleaned; rename them",
+    "unowned": "{count} directory(ies) in the root hold a .cachemgr-books marker naming no "
+    "node of this cluster, e.g. '{example}': taken for another cache's root, no cache counts "
+    "or cleans their bytes; remove the marker if it came with a download, or start that "
+    "cache's workers",
 }
 
 
@@ -82,6 +88,15 @@ def untracked(
     count = 0
     chunk: list[str] = []
     unnamable: list[str] = []
+    unowned: list[str] = []
+    kept: list[set[str]] = []
+
+    def owned() -> set[str]:
+        """The books the cluster's nodes keep, read once a look (only if a marker is met)."""
+        if not kept:
+            entries = cache.registry.entries()
+            kept.append({books_of(route_of(name, entries).key_prefix) for name in entries})
+        return kept[0]
 
     def check() -> None:
         nonlocal count
@@ -98,8 +113,14 @@ def untracked(
                 if others is not None:
                     others.extend(_beside_tracked(cache, path))
                 continue
-            if cache.not_a_download(path, walk=True):  # holds another cache's root: no reconcile
-                continue  # books it (its real runs say so among their errors)
+            # Holds another cache's root: no reconcile books it (its real runs say so among
+            # their errors). One no node of the cluster keeps (an empty marker, one that came
+            # with a download) is counted: its bytes were nobody's, unsaid.
+            other = nested.other_root(cache.root, path, cache.keys.prefix, walk=True)
+            if other is not None or cache.not_a_download(path):
+                if other is not None and other[2] not in owned():
+                    unowned.append(paths.shown(path))
+                continue
             count += 1
             if len(found) < EXAMPLES:
                 found.append(paths.shown(path))
@@ -116,7 +137,9 @@ def untracked(
     check()
     unlisted = {"count": len(blocked), "example": paths.shown(blocked[0]) if blocked else None}
     misnamed = {"count": len(unnamable), "example": unnamable[0] if unnamable else None}
-    return {"count": count, "examples": found, "unlisted": unlisted, "unnamable": misnamed}
+    nobody = {"count": len(unowned), "example": unowned[0] if unowned else None}
+    return {"count": count, "examples": found, "unlisted": unlisted, "unnamable": misnamed,
+            "unowned": nobody}  # fmt: skip
 
 
 def strays(cache: DiskCache, found: list[str], *, older_than: float) -> dict[str, Any]:
@@ -172,6 +195,7 @@ def report(cache: DiskCache) -> dict[str, Any]:
         "stray_files": (stray["files"], stray["example"]),
         "unlisted": (found["unlisted"]["count"], found["unlisted"]["example"]),
         "unnamable": (found["unnamable"]["count"], found["unnamable"]["example"]),
+        "unowned": (found["unowned"]["count"], found["unowned"]["example"]),
     }
     max_bytes = cache.settings.disk_cache_max_bytes
     for kind, message, loud in findings(counts, stray["bytes"], max_bytes):

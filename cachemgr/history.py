@@ -143,6 +143,7 @@ def _untracked(found: dict[str, Any] | None) -> dict[str, str]:
     stray = found.get("stray") or {"files": 0, "bytes": 0, "example": None}
     none: dict[str, Any] = {"count": 0, "example": None}
     unlisted, unnamable = found.get("unlisted") or none, found.get("unnamable") or none
+    unowned = found.get("unowned") or none
     return {
         "audit_error": "",
         "untracked": str(found["count"]),
@@ -154,6 +155,8 @@ def _untracked(found: dict[str, Any] | None) -> dict[str, str]:
         "unlisted_example": str(unlisted["example"] or ""),
         "unnamable": str(unnamable["count"]),
         "unnamable_example": str(unnamable["example"] or ""),
+        "unowned": str(unowned["count"]),
+        "unowned_example": str(unowned["example"] or ""),
     }
 
 

@@ -48,17 +48,25 @@ def nested_root(
     """Why `rel` is none of this cache's downloads: it is, or lies in, another cache's root;
     or holds one in one of `below` (its subdirectories, relative to it, as a scan found
     them), or with `walk` anywhere inside it (its directories walked). None otherwise."""
+    found = other_root(root, rel, prefix, below, walk)
+    return None if found is None else _said(rel, *found)
+
+
+def other_root(
+    root: Path, rel: str, prefix: str, below: Iterable[str] = (), walk: bool = False
+) -> tuple[str, str, str] | None:
+    """As nested_root, what it found: how `rel` stands to it ("is", "lies in", "holds"), the
+    other root's path, and the books its marker names."""
     parts = rel.split("/")
     for i in range(1, len(parts) + 1):
         top = "/".join(parts[:i])
         books = other_books(root / top, prefix)
         if books:
-            how = "is" if i == len(parts) else "lies in"
-            return _said(rel, how, top, books)
+            return ("is" if i == len(parts) else "lies in"), top, books
     for sub in _walked(root / rel) if walk else below:
         books = other_books(root / rel / sub, prefix)
         if books:
-            return _said(rel, "holds", f"{rel}/{sub}", books)
+            return "holds", f"{rel}/{sub}", books
     return None
 
 
@@ -96,4 +104,4 @@ def _said(rel: str, how: str, top: str, books: str) -> str:
     )
 
 
-__all__ = ["nested_root", "other_books"]
+__all__ = ["nested_root", "other_books", "other_root"]

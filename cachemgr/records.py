@@ -194,6 +194,8 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
         "unlisted_example": raw.get("unlisted_example") or None,
         "unnamable": int(number(raw.get("unnamable")) or 0),
         "unnamable_example": raw.get("unnamable_example") or None,
+        "unowned": int(number(raw.get("unowned")) or 0),
+        "unowned_example": raw.get("unowned_example") or None,
         "gone_kept": int(number(raw.get("gone_kept")) or 0),
         "gone_kept_example": raw.get("gone_kept_example") or None,
         "gone_refused": raw.get("gone_refused") or None,

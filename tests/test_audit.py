@@ -614,3 +614,29 @@ def test_a_directory_holding_another_caches_root_is_not_called_untracked(cache, 
     make_tree(root, "lost-album", files=1)
     found = untracked(cache, older_than=time.time() + 1)
     assert found["count"] == 1 and found["examples"] == ["lost-album"]
+    # No node of the cluster keeps those books (yet): nobody counts those bytes, said.
+    assert found["unowned"] == {"count": 1, "example": "nodes"}
+    cache.registry.publish(
+        cache.settings.with_(disk_cache_node="node1", disk_cache_key_prefix="{node1}:")
+    )
+    assert untracked(cache, older_than=time.time() + 1)["unowned"]["count"] == 0
+
+
+def test_a_marker_that_came_with_a_download_is_said_not_silently_passed_over(
+    cache, root, client
+):
+    """An empty `.cachemgr-books` inside an album (any archive can carry one) took the album
+    for another cache's root: untracked by the next pass, its files kept, then passed over by
+    every look for untracked directories without a count. Its bytes filled the disk unseen."""
+    make_tree(root, "album/disc1", files=2)
+    (root / "album" / "disc1" / ".cachemgr-books").write_bytes(b"")
+    later = time.time() + 2 * HOUR
+    found = untracked(cache, older_than=later)
+    assert found["count"] == 0 and found["unowned"] == {"count": 1, "example": "album"}
+    make_tree(root, "booked")
+    cache.register("booked")
+    cache.client.hset(cache.keys.last_cleanup, mapping={"unowned": "1", "unowned_example": "album"})
+    stats = cache.stats()
+    said = [w for w in stats["warnings"] if "naming no node of this cluster" in w]
+    assert said and "e.g. 'album'" in said[0] and "remove the marker" in said[0], stats
+    assert "cachemgr_unowned_directories 1.0" in client.get("/metrics").get_data(as_text=True)
