@@ -18,7 +18,7 @@ from cachemgr.journal import recover_unfinished
 from cachemgr.locks import Keeper, Lock
 from cachemgr.logs import Repeats
 from cachemgr.passes import DEFAULT_TIME_BUDGET, enforce_quota, sweep_or_nothing, sweeps
-from cachemgr.quota import evict_held, stopped_hold
+from cachemgr.quota import evict_held, scheduler_running_seen, stopped_hold
 from cachemgr.reconcile import ReconcileBusy, reconcile
 from cachemgr.switch import disabled
 
@@ -84,7 +84,10 @@ def cleanup(
         _weighs_nothing(cache, dry_run)
         return disabled("cleanup")
     stopped = None
-    if (periodic or automatic) and not cache.scheduler_running():
+    running = cache.scheduler_running() if periodic or automatic else True
+    if (periodic or automatic) and running:
+        scheduler_running_seen()
+    if not running:
         # Stopped, a scheduled pass still evicts what would fill the disk, as an automatic
         # one: beat's audits and expiry wait for the scheduler with the rest of its work.
         stopped = stopped_hold(cache, say=not dry_run) if enforce else None

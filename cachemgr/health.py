@@ -111,7 +111,8 @@ def diagnose(
     if not stats.get("scheduler_running", True):
         problems.append(
             "directories are not being cleaned: the scheduler is stopped "
-            "(`cachemgr scheduler start`, or POST /cache/start-scheduler)"
+            "(`cachemgr scheduler start`, or POST /cache/start-scheduler); only usage past "
+            f"{HOLD_CEILING} times the quota and the disk's free-space shortfall are evicted"
         )
     last = stats.get("last_cleanup") or {}
     stuck = last.get("trash_left") or 0

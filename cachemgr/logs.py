@@ -47,6 +47,11 @@ class Repeats:
         self._at[what] = now
         return True
 
+    def forget(self, prefix: str) -> None:
+        """Say those whose names begin with `prefix` again at once, when next due."""
+        for what in [w for w in self._at if w.startswith(prefix)]:
+            del self._at[what]
+
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     extras = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}

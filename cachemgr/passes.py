@@ -15,7 +15,7 @@ from typing import Any
 
 from cachemgr.cache import DiskCache
 from cachemgr.errors import DeleteFailed
-from cachemgr.quota import ROOM_SHORT, Hold, Need, bytes_to_free, said_short
+from cachemgr.quota import HOLD_CEILING, ROOM_SHORT, Hold, Need, bytes_to_free, said_short
 from cachemgr.records import Entry, PassResult, Removal
 
 log = logging.getLogger("cachemgr")
@@ -230,8 +230,11 @@ def enforce_quota(
             total,
             cache.settings.threshold_bytes,
             # the free-space floor asks more than the quota (or alone): said, or the line
-            # read as a quota eviction far below the threshold
-            f", the disk {need.disk} {ROOM_SHORT}" if need.disk > need.books else "",
+            # read as a quota eviction far below the threshold; held, what goes is the excess
+            f", the disk {need.disk} {ROOM_SHORT}" if need.disk > need.books else (
+                f", held: the bytes past {HOLD_CEILING} times the quota only"
+                if held is not None else ""
+            ),
             need.total,
             cache.settings.disk_cache_eviction_policy,
         )

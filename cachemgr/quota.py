@@ -145,6 +145,12 @@ def stopped_hold(cache: DiskCache, say: bool = True) -> Hold | None:
     return Hold(None, short=True)
 
 
+def scheduler_running_seen() -> None:
+    """A scheduled pass found the scheduler running: the next stop's first pass says what it
+    evicts again (a second stop within 10 minutes of the first said nothing)."""
+    _REPEATS.forget("stopped ")
+
+
 def gives_way(cache: DiskCache, nearly_full: bool = True) -> str | None:
     """What a hold lets through, said (None: nothing): the disk short of its free-space floor,
     or, with none set and `nearly_full`, under 5% free; usage past HOLD_CEILING times the

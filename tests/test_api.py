@@ -153,6 +153,9 @@ def test_scheduler_switch(client, cache):
     said = [w for w in client.get("/cache/stats").get_json()["warnings"] if "threshold" in w]
     assert said and "only a manual cleanup" in said[0], said
     assert "evicts on its own only past 2 times the quota" in said[0]  # the disk's guard
+    stopped = [w for w in client.get("/cache/stats").get_json()["warnings"] if "stopped" in w]
+    assert any("only usage past 2 times the quota and the disk's free-space shortfall" in w
+               for w in stopped), stopped  # fmt: skip
     assert client.post("/cache/start-scheduler").get_json() == {"scheduler_running": True}
     said = [w for w in client.get("/cache/stats").get_json()["warnings"] if "threshold" in w]
     assert "the next cleanup evicts" in said[0], said

@@ -241,9 +241,17 @@ def test_a_stopped_scheduler_still_frees_a_disk_short_of_its_floor(
         "the scheduler is stopped, but the disk is short of free space: evicting the shortfall "
         "only (`cachemgr scheduler start` for the rest)"
     ]  # once in a while, not at every pass
+    # Started, and stopped again within 10 minutes: the new stop says so too (it did not).
+    cache.set_scheduler(True)
+    cleanup(cache, automatic=True, dry_run=True)  # a scheduled pass sees it running
+    cache.set_scheduler(False)
+    with caplog.at_level(logging.WARNING, logger="cachemgr"):
+        assert cleanup(cache, automatic=True)["evict"]["count"] == 2
+    said = [r for r in caplog.records if r.__dict__.get("event") == "stopped_evicting"]
+    assert len(said) == 2
     monkeypatch.undo()  # room again: nothing goes
     assert cleanup(cache, periodic=True)["reason"] == "scheduler stopped"
-    assert cache.store.count_entries() == 18
+    assert cache.store.count_entries() == 16
 
 
 def test_a_stopped_scheduler_keeps_to_the_floor_set_as_a_running_one_does(
@@ -262,7 +270,7 @@ def test_a_stopped_scheduler_keeps_to_the_floor_set_as_a_running_one_does(
     assert cache.store.count_entries() == 19
 
 
-def test_a_stopped_scheduler_still_evicts_past_twice_the_quota(cache, root):
+def test_a_stopped_scheduler_still_evicts_past_twice_the_quota(cache, root, caplog):
     from cachemgr.quota import HOLD_CEILING
 
     reconcile(cache)
@@ -270,7 +278,10 @@ def test_a_stopped_scheduler_still_evicts_past_twice_the_quota(cache, root):
     ceiling = HOLD_CEILING * cache.settings.disk_cache_max_bytes
     names = fill(cache, root, ceiling // UNIT + 4, cache.clock)
     cache.set_scheduler(False)
-    result = cleanup(cache, periodic=True)  # beat's, as a registration's: no audits
+    with caplog.at_level(logging.INFO, logger="cachemgr"):
+        result = cleanup(cache, periodic=True)  # beat's, as a registration's: no audits
+    # Said as what it is, not as an eviction down to the target.
+    assert "held: the bytes past 2 times the quota only" in caplog.text
     assert result["evict"]["paths"] == names[:4] and "untracked" not in result
     assert cache.store.total_bytes() == ceiling - ceiling % UNIT
     assert cache.stats()["last_cleanup"].get("periodic_time") is None  # not beat's run
