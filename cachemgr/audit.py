@@ -128,13 +128,15 @@ def untracked(
 
     depth = cache.settings.disk_cache_entry_depth
     blocked: list[str] = []
+    roots: list[tuple[str, str]] = []  # other caches' roots at or above the entry depth
     for path in scanner.directories_at_depth(
-        cache.root, depth, others=others, blocked=blocked, books=cache.keys.prefix
+        cache.root, depth, others=others, blocked=blocked, books=cache.keys.prefix, roots=roots
     ):
         chunk.append(path)
         if len(chunk) >= batch:
             check()
     check()
+    unowned += [paths.shown(rel) for rel, theirs in roots if theirs not in owned()]
     unlisted = {"count": len(blocked), "example": paths.shown(blocked[0]) if blocked else None}
     misnamed = {"count": len(unnamable), "example": unnamable[0] if unnamable else None}
     nobody = {"count": len(unowned), "example": unowned[0] if unowned else None}

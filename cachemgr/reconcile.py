@@ -209,12 +209,9 @@ def _reconcile(
         "unreadable": [],
         "errors": [],
     }
+    # Booked by the seed at another depth than the entry depth: their times go to the
+    # directories at it; they leave cache:lru with the others, once the walk is done.
     carried = _carried(seed, on_disk, depth)
-    if seed and not dry_run:
-        # Booked by the seed at another depth than the entry depth: their times go to the
-        # directories at it (carried), and they leave cache:lru now, where REGISTER took them
-        # for tracked directories that those overlap.
-        migrations.drop_unrecorded(store, [p for p in seed if p.count("/") + 1 != depth])
     for path in blocked:  # what is inside is not seen: neither booked nor untracked
         error = "cannot be listed (permissions?): the downloads inside it are not seen"
         _said(report, "errors", path, error=error)
@@ -282,9 +279,11 @@ def _reconcile(
         report["held_until"] = now + hold
         cache.client.set(cache.keys.evict_hold, f"{report['held_until']:.3f}", ex=hold)
         log.warning("books rebuilt from the disk: eviction waits %d s for pins to be renewed", hold)
-    if seed and not dry_run:  # the seed's gone from disk; one not booked (locked) stays
-        present = set(on_disk)
-        migrations.drop_unrecorded(store, [p for p in seed if p not in present])
+    if seed and not dry_run:
+        # Booked now, or never to be (gone, covered by a tracked directory, refused): off
+        # cache:lru. One its lock kept from being booked ("next time") stays for the next.
+        later = {e["path"] for e in report["errors"] if str(e["error"]).endswith("next time")}
+        migrations.drop_unrecorded(store, [p for p in seed if paths.shown(p) not in later])
     report["bytes_before"] = bytes_before
     in_flight = cache.settings.disk_cache_lock_timeout_seconds  # a deletion's slot, its lock's
     if dry_run:

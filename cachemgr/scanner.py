@@ -193,6 +193,7 @@ def directories_at_depth(
     blocked: list[str] | None = None,
     books: str | None = None,
     disk_tops: bool = True,
+    roots: list[tuple[str, str]] | None = None,
 ) -> Iterator[str]:
     """Relative paths of the real directories `depth` levels below the root. The root's
     own (cachemgr's trash and marker, a desktop's `.Trash-1000`, a file system's
@@ -203,7 +204,8 @@ def directories_at_depth(
     `books`, this cache's key prefix: other caches' roots inside it (their marker names other
     books: nested.other_books) are passed over, and not looked into. `disk_tops`: pass over
     the own folders of the disks mounted below the root too (False: of the root alone; no
-    mount table read)."""
+    mount table read). `roots`, when given, gets those passed over, with the books their
+    marker names."""
     level = [""]
     # The disks mounted below the root hold their own lost+found (and a desktop's trash).
     mounted = trash.mounted_below(root, depth) if depth > 1 and disk_tops else set()
@@ -231,7 +233,14 @@ def directories_at_depth(
                         others.append(f"{rel}/{entry.name}" if rel else entry.name)
         if books is not None:
             base = str(root)  # strings, not Paths: one look per directory
-            below = [rel for rel in below if not nested.other_books(f"{base}/{rel}", books)]
+            kept = []
+            for rel in below:
+                theirs = nested.other_books(f"{base}/{rel}", books)
+                if not theirs:
+                    kept.append(rel)
+                elif roots is not None:
+                    roots.append((rel, theirs))
+            below = kept
         level = below
     yield from sorted(level)
 

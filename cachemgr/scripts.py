@@ -108,8 +108,9 @@ REGISTER = (
 local path, size, files, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 if lock_lost(ARGV[6]) then return {'lock_lost'} end
 for i = 7, #ARGV do
-  -- tracked, or claimed and not yet deleted (the journal): its recovery may put it back
-  if redis.call('ZSCORE', KEYS[2], ARGV[i]) or redis.call('HEXISTS', KEYS[7], ARGV[i]) == 1 then
+  -- tracked, or claimed and not yet deleted (the journal): its recovery may put it back.
+  -- Tracked is on cache:lru with a record: the seed's books list paths there with none.
+  if record(ARGV[i]) or redis.call('HEXISTS', KEYS[7], ARGV[i]) == 1 then
     return {'overlap', ARGV[i]}
   end
 end

@@ -633,6 +633,10 @@ def test_a_marker_that_came_with_a_download_is_said_not_silently_passed_over(
     later = time.time() + 2 * HOUR
     found = untracked(cache, older_than=later)
     assert found["count"] == 0 and found["unowned"] == {"count": 1, "example": "album"}
+    # One at the album's own top (the walk passes such a directory over before the look).
+    make_tree(root, "extracted", files=1)
+    (root / "extracted" / ".cachemgr-books").write_bytes(b"")
+    assert untracked(cache, older_than=later)["unowned"]["count"] == 2
     make_tree(root, "booked")
     cache.register("booked")
     cache.client.hset(cache.keys.last_cleanup, mapping={"unowned": "1", "unowned_example": "album"})

@@ -1006,15 +1006,38 @@ def test_the_seeds_times_outlast_a_reconcile_cut_short_and_a_seed_lock(cache, ro
     assert cache.stats()["unrecorded"] == 0
 
 
-def test_the_seeds_times_follow_its_paths_to_the_entry_depth(cache, root):
+def test_the_seeds_times_follow_its_paths_to_the_entry_depth(cache, root, monkeypatch):
     """The seed booked artist/album where cachemgr books at depth 1: its times were dropped,
-    and its cache:lru members made REGISTER take `artist` for an overlap."""
+    and its cache:lru members made REGISTER take `artist` for an overlap; then, taken off
+    before the walk, a reconcile cut short lost them."""
+    from cachemgr import registration
+
     now = time.time()
     for name in ("old/album", "new/album", "new/other"):
         make_tree(root, name)
     cache.client.zadd(cache.keys.lru, {"old/album": now - 7200, "new/album": now - 60,
                                        "new/other": now - 600})  # fmt: skip
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(registration, "register", killed)
+    with pytest.raises(RuntimeError):
+        reconcile(cache)
+    monkeypatch.undo()
+    assert cache.stats()["unrecorded"] == 3  # nothing lost, and said
     report = reconcile(cache)
     assert sorted(report["registered"]) == ["new", "old"] and not report["errors"]
     booked = dict(cache.client.zrange(cache.keys.lru, 0, -1, withscores=True))
     assert booked == pytest.approx({"old": now - 7200, "new": now - 60}, abs=0.01)
+
+
+def test_a_seed_entry_reconcile_cannot_book_leaves_and_blocks_nothing(cache, root):
+    """Kept on cache:lru (covered by a directory cachemgr tracks), a seed entry stayed for
+    good: the stats warned at every read, and REGISTER took it for an overlap of `a`."""
+    make_tree(root, "a/b")
+    cache.register("a")
+    cache.client.zadd(cache.keys.lru, {"a/b": time.time() - 60})  # the seed's, inside it
+    assert cache.register("a")["status"] == "registered"  # no overlap with a record-less one
+    reconcile(cache)
+    assert cache.stats()["unrecorded"] == 0 and cache.store.tracked(["a/b"]) == [False]
