@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from cachemgr import trash
 from cachemgr.clock import on_the_books
+from cachemgr.paths import ancestors
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -59,9 +60,7 @@ def under_bare_mount(cache: DiskCache, lost: list[Entry]) -> set[str]:
     books = on_the_books(cache)  # a directory's time as the books date theirs
     doubtful = set()
     for entry in lost:
-        parts = entry.path.split("/")
-        above_it = ("/".join(parts[:i]) for i in range(1, len(parts)))
-        if any(a in seen and os.path.join(root, a) not in mounted for a in above_it):
+        if _unmounted(entry.path, seen, root, mounted) is not None:
             doubtful.add(entry.path)
             continue
         above = os.path.dirname(os.path.join(root, entry.path))
@@ -79,16 +78,20 @@ def not_mounted_above(cache: DiskCache, rel: str) -> str | None:
     else None: what is written there goes on the bare mount point, hidden once the disk is
     mounted again (booked, it then looked gone, and its bytes counted for nothing meanwhile).
     One Redis read, and only for a path below the first level (none is remembered above)."""
-    parts = rel.split("/")
-    if len(parts) < 2:
+    if "/" not in rel:
         return None
     seen = cache.client.smembers(cache.keys.mounts)
-    above = [a for a in ("/".join(parts[:i]) for i in range(1, len(parts))) if a in seen]
-    if not above:
-        return None
-    root = os.path.realpath(cache.root)
-    mounted = set(trash.mount_points())
-    return next((a for a in above if os.path.join(root, a) not in mounted), None)
+    if not seen.intersection(ancestors(rel)):
+        return None  # the mount table is read only for a path under a remembered disk
+    return _unmounted(rel, seen, os.path.realpath(cache.root), set(trash.mount_points()))
+
+
+def _unmounted(rel: str, seen: set[str], root: str, mounted: set[str]) -> str | None:
+    """The first directory above `rel` among those cleanups saw mounted (`seen`) that is not
+    among the mount points now (`mounted`, under the real `root`)."""
+    return next(
+        (a for a in ancestors(rel) if a in seen and os.path.join(root, a) not in mounted), None
+    )
 
 
 def _empty(directory: str) -> bool:
