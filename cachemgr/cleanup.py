@@ -84,10 +84,9 @@ def cleanup(
         _weighs_nothing(cache, dry_run)
         return disabled("cleanup")
     stopped = None
-    running = cache.scheduler_running() if periodic or automatic else True
-    if (periodic or automatic) and running:
+    if (periodic or automatic) and cache.scheduler_running():
         scheduler_running_seen()
-    if not running:
+    elif periodic or automatic:
         # Stopped, a scheduled pass still evicts what would fill the disk, as an automatic
         # one: beat's audits and expiry wait for the scheduler with the rest of its work.
         stopped = stopped_hold(cache, say=not dry_run) if enforce else None
