@@ -177,7 +177,7 @@ class CacheClient:
         self._skew = 0.0
         self._skew_said = False
         self._unknown_said = False
-        self._unread_checked, self._unread_due = False, 0.0
+        self._unread_due = 0.0
         self._broker_told = self._keys_told = False
         self._alive_due = 0.0
         self._registry_read: tuple[float, dict[str, dict[str, Any]]] | None = None
@@ -267,7 +267,10 @@ class CacheClient:
         books keys no node's workers use (another DISK_CACHE_KEY_PREFIX) made its pins
         protect nothing and its plays count nowhere, unsaid. Asked again once in a while, not
         at each call, while it cannot be told (the books away, no worker published yet)."""
-        self._unread_due = time.monotonic() + CONFIG_RETRY_SECONDS
+        now = time.monotonic()
+        if (self._broker_told and self._keys_told) or now < self._unread_due:
+            return
+        self._unread_due = now + CONFIG_RETRY_SECONDS
         try:
             entries = self._registry()
             keys = self.keys
@@ -280,7 +283,6 @@ class CacheClient:
         keys_told = not self._keys_told and bool(entries) and not unpublished
         self._broker_told |= broker_told
         self._keys_told |= keys_told
-        self._unread_checked = self._broker_told and self._keys_told
         theirs = unread_broker(entries, self.broker_url) if broker_told else []
         if theirs:
             log.warning(
@@ -308,12 +310,12 @@ class CacheClient:
         registry names by this client's keys and queue (a queue given without its node's
         prefix is some node's this client cannot tell)."""
         self._alive_due = time.monotonic() + ALIVE_CHECK_SECONDS
+        sent_to = queue or self.app.conf.task_default_queue
         try:
             books = self._books()
             entries = self._registry()
             keys = self.keys
             routes = [route_of(name, entries) for name in entries]
-            sent_to = queue or self.app.conf.task_default_queue
             ours = any(r.key_prefix == keys.prefix and r.queue == sent_to for r in routes)
             alive = not ours or books.exists(keys.alive)
         except Exception:  # books away: said where they are used
@@ -323,7 +325,7 @@ class CacheClient:
                 "%s: tasks sent to queue %s wait until one starts (a result's get() times "
                 "out meanwhile)",
                 no_worker(self.node or ""),
-                queue or self.app.conf.task_default_queue,
+                sent_to,
                 extra={"event": "no_worker"},
             )
 
@@ -344,10 +346,8 @@ class CacheClient:
     def send_to(self, queue: str | None, name: str, *args: Any, **kwargs: Any) -> AsyncResult:
         """Send to a given queue (another node's): `cachemgr.<node>`."""
         options = {"queue": queue} if queue else {}
-        now = time.monotonic()
-        if not self._unread_checked and now >= self._unread_due:
-            self._say_unread()
-        if now >= self._alive_due and queue == self.queue:  # not another node's
+        self._say_unread()
+        if time.monotonic() >= self._alive_due and queue == self.queue:  # not another node's
             self._say_no_worker(queue)
         try:
             return self.app.send_task(
@@ -439,8 +439,7 @@ class CacheClient:
             access_log_maxlen=int(config.get("access_log_maxlen", 0)),
         )
         self._config = config
-        if not self._unread_checked and now >= self._unread_due:
-            self._say_unread()
+        self._say_unread()
         if self._route is not None:  # kept once the route is settled: until the node's
             self._store = store  # workers publish it, its keys may not be the ones to use
         return store
