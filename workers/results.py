@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
@@ -74,28 +76,27 @@ class TaskResult(AsyncResult):
         return TaskResult, self.__reduce_args__()
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with self._backend_said():
             return super().get(*args, **kwargs)
-        except (RuntimeError, RedisConnectionError, RedisTimeoutError) as exc:
-            if not backend_gave_up(exc):
-                raise
-            raise self._unavailable() from None
 
     @property
     def state(self) -> str:
         """As Celery's; ResultUnavailable when the backend cannot be read (ready() too)."""
-        try:
+        with self._backend_said():
             return str(super().state)
-        except (RuntimeError, RedisConnectionError, RedisTimeoutError) as exc:
-            if not backend_gave_up(exc):
-                raise
-            raise self._unavailable() from None
 
     status = state
 
-    def _unavailable(self) -> ResultUnavailable:
-        return ResultUnavailable(
-            f"Celery's result backend (Redis) cannot be reached: task {self.id} was sent "
-            "and may have run; send it again (every cachemgr task but touch_directory is "
-            "idempotent: an access sent again counts twice)"
-        )
+    @contextlib.contextmanager
+    def _backend_said(self) -> Iterator[None]:
+        """The result backend unreachable (backend_gave_up), said as ResultUnavailable."""
+        try:
+            yield
+        except (RuntimeError, RedisConnectionError, RedisTimeoutError) as exc:
+            if not backend_gave_up(exc):
+                raise
+            raise ResultUnavailable(
+                f"Celery's result backend (Redis) cannot be reached: task {self.id} was sent "
+                "and may have run; send it again (every cachemgr task but touch_directory is "
+                "idempotent: an access sent again counts twice)"
+            ) from None
