@@ -14,7 +14,7 @@ from cachemgr import events
 from cachemgr.nodes import split
 from cachemgr.policies import POLICIES
 from cachemgr.reads import Lua, call
-from cachemgr.records import RECORD_FORMAT, record_id
+from cachemgr.records import RECORD_FORMAT
 from cachemgr.scripts import COMMON_KEYS, PRELUDE
 
 if TYPE_CHECKING:
@@ -263,28 +263,14 @@ return dropped
 SEED_LOCK = "locked"
 
 
-def seed_books(store: Store, lock_timeout: int, batch: int = 1000) -> dict[str, float]:
-    """The seed's books, for reconcile to book: each path on cache:lru with no record (the
-    seed writes cache:lru and dir: keys alone), with its last access, read and left in place
-    (a walk cut short loses none: the next books them). Booked as new, in the order the walk
-    met them, the albums played in the last hour were the first evicted, and a download
-    registered meanwhile went with them. And the seed's locks that never lapse (a crashed
-    seed process's `locked`, no TTL) are given the lock timeout: each kept its directory
-    unbooked for ever. O(n) (ZSCAN, SCAN), as the reconcile that runs it."""
-    found: dict[str, float] = {}
-    chunk: list[tuple[str, float]] = []
-
-    def unrecorded() -> None:
-        records = store.client.hmget(store.keys.entries, [record_id(p) for p, _ in chunk])
-        found.update((p, last) for (p, last), rec in zip(chunk, records, strict=True) if not rec)
-        chunk.clear()
-
-    for path, last in store.client.zscan_iter(store.keys.lru, count=batch):
-        chunk.append((path, float(last)))
-        if len(chunk) >= batch:
-            unrecorded()
-    if chunk:
-        unrecorded()
+def seed_books(store: Store, found: dict[str, float], lock_timeout: int, batch: int = 1000) -> None:
+    """The seed's books, for reconcile to book: `found`, the paths on cache:lru with no record
+    and their last access (Store.all_records gathers them: the seed writes cache:lru and dir:
+    keys alone), left in place until booked (a walk cut short loses none). Booked as new, in
+    the order the walk met them, the albums played in the last hour were the first evicted,
+    and a download registered meanwhile went with them. And the seed's locks that never lapse
+    (a crashed seed process's `locked`, no TTL) are given the lock timeout: each kept its
+    directory unbooked for ever. O(n) (SCAN), as the reconcile that runs it."""
     stale = 0
     for key in store.client.scan_iter(match=store.keys.lock("*"), count=batch):
         # Only a value the seed writes, with no TTL: cachemgr's own always lapse.
@@ -299,7 +285,6 @@ def seed_books(store: Store, lock_timeout: int, batch: int = 1000) -> dict[str, 
             lock_timeout,
             extra={"event": "seed_adopted"},
         )
-    return found
 
 
 def drop_unrecorded(store: Store, paths: list[str], batch: int = 1000) -> int:

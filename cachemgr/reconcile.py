@@ -190,12 +190,14 @@ def _reconcile(
     cache: DiskCache, *, dry_run: bool, progress: Progress | None, started: float, force: bool
 ) -> dict[str, Any]:
     store = cache.store
-    seed: dict[str, float] = {}  # the seed's books: path -> its last access there
     if not dry_run:
         migrations.ensure_record_ids(store)
-        seed = migrations.seed_books(store, cache.settings.disk_cache_lock_timeout_seconds)
     bytes_before = store.total_bytes()  # what the books said before any fix, dry run or not
-    records = store.all_records()
+    unrecorded: dict[str, float] = {}
+    records = store.all_records(unrecorded=unrecorded)
+    seed = {} if dry_run else unrecorded  # the seed's books: path -> its last access there
+    if not dry_run:
+        migrations.seed_books(store, seed, cache.settings.disk_cache_lock_timeout_seconds)
     blocked: list[str] = []
     depth = cache.settings.disk_cache_entry_depth
     on_disk = list(

@@ -372,26 +372,39 @@ class Store:
             return []
         return [s is not None for s in self.client.zmscore(self.keys.lru, list(paths))]
 
-    def scan_records(self, batch: int = 1000) -> Iterator[tuple[str, str]]:
+    def scan_records(
+        self, batch: int = 1000, unrecorded: dict[str, float] | None = None
+    ) -> Iterator[tuple[str, str]]:
         """(path, record) of every tracked directory: ZSCAN of cache:lru, records by HMGET.
-        O(n), for reconcile and status pages, never a steady-state path."""
-        chunk: list[str] = []
-        for path, _ in self.client.zscan_iter(self.keys.lru, count=batch):
-            chunk.append(path)
+        O(n), for reconcile and status pages, never a steady-state path. `unrecorded`, when
+        given, gets the paths on cache:lru with no record (the seed's books) and their last
+        access."""
+        chunk: list[tuple[str, float]] = []
+        for path, last in self.client.zscan_iter(self.keys.lru, count=batch):
+            chunk.append((path, last))
             if len(chunk) == batch:
-                yield from self._with_records(chunk)
+                yield from self._with_records(chunk, unrecorded)
                 chunk = []
-        yield from self._with_records(chunk)
+        yield from self._with_records(chunk, unrecorded)
 
-    def _with_records(self, paths: list[str]) -> Iterator[tuple[str, str]]:
-        if paths:
-            recs = self.client.hmget(self.keys.entries, [record_id(p) for p in paths])
-            yield from ((p, r) for p, r in zip(paths, recs, strict=True) if r is not None)
+    def _with_records(
+        self, chunk: list[tuple[str, float]], unrecorded: dict[str, float] | None
+    ) -> Iterator[tuple[str, str]]:
+        if not chunk:
+            return
+        recs = self.client.hmget(self.keys.entries, [record_id(p) for p, _ in chunk])
+        for (path, last), rec in zip(chunk, recs, strict=True):
+            if rec is not None:
+                yield path, rec
+            elif unrecorded is not None:
+                unrecorded[path] = float(last)
 
-    def all_records(self, batch: int = 1000) -> dict[str, tuple[int, int, str, int]]:
+    def all_records(
+        self, batch: int = 1000, unrecorded: dict[str, float] | None = None
+    ) -> dict[str, tuple[int, int, str, int]]:
         """Every record (ZSCAN of cache:lru, HMGET of the records): for reconcile and
-        audits, never on a steady-state path."""
-        return {p: unpack(r) for p, r in self.scan_records(batch)}
+        audits, never on a steady-state path. `unrecorded`: as scan_records'."""
+        return {p: unpack(r) for p, r in self.scan_records(batch, unrecorded)}
 
 
 def _exact(path: str, size: int, files: int) -> None:

@@ -966,7 +966,7 @@ def test_a_lock_the_seed_left_is_given_the_lock_timeout(cache, root):
 
     cache.client.set(cache.keys.lock("a"), "locked")
     cache.client.set(cache.keys.lock("b"), "locked:ours", px=60_000)  # cachemgr's own
-    migrations.seed_books(cache.store, lock_timeout=30)
+    migrations.seed_books(cache.store, {}, lock_timeout=30)
     assert 0 < cache.client.ttl(cache.keys.lock("a")) <= 30
     assert 30 < cache.client.ttl(cache.keys.lock("b")) <= 60
 
