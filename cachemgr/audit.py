@@ -12,7 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import deletion, mounts, nested, paths, scanner
+from cachemgr import deletion, mounts, nested, paths, scanner, trash
 from cachemgr.marker import books_of
 from cachemgr.nodes import route_of
 
@@ -84,6 +84,7 @@ def untracked(
     `others` gets the files met on the way (scanner.directories_at_depth); `unlisted`, the
     directories above the entry depth that could not be listed, `unnamable`, those whose
     names no reconcile can book (paths.unbookable), each with one example."""
+    depth = cache.settings.disk_cache_entry_depth
     found: list[str] = []
     count = 0
     chunk: list[str] = []
@@ -117,7 +118,7 @@ def untracked(
             # their errors). One no node of the cluster keeps (an empty marker, one that came
             # with a download) is counted: its bytes were nobody's, unsaid.
             other = nested.other_root(cache.root, path, cache.keys.prefix, walk=True)
-            if other is not None or cache.not_a_download(path):
+            if other is not None or trash.root_own(cache.root, path, depth):
                 if other is not None and other[2] not in owned():
                     unowned.append(paths.shown(path))
                 continue
@@ -126,7 +127,6 @@ def untracked(
                 found.append(paths.shown(path))
         chunk.clear()
 
-    depth = cache.settings.disk_cache_entry_depth
     blocked: list[str] = []
     roots: list[tuple[str, str]] = []  # other caches' roots at or above the entry depth
     for path in scanner.directories_at_depth(
