@@ -53,13 +53,14 @@ local function rid(p)
     b64(f(y / 262144)), b64(f(y / 4096) % 64), b64(f(y / 64) % 64), b64(y % 64),
     b64(f(z / 262144)), b64(f(z / 4096) % 64), b64(f(z / 64) % 64), b64(z % 64))
 end
--- A tracked path's record and id. The record counts only while the path is in cache:lru
--- (KEYS[2]): two paths whose ids collide (72 bits) never read each other's.
+-- A tracked path's record, id and last access. The record counts only while the path is in
+-- cache:lru (KEYS[2]): two paths whose ids collide (72 bits) never read each other's.
 local function record(p)
   local id = rid(p)
   local rec = redis.call('HGET', KEYS[1], id)
-  if rec and not redis.call('ZSCORE', KEYS[2], p) then rec = false end
-  return rec, id
+  local last = rec and redis.call('ZSCORE', KEYS[2], p)
+  if not last then rec = false end
+  return rec, id, last
 end
 local function parse(rec)
   local size, files, reg, hits = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$')
@@ -87,8 +88,9 @@ end
 # A play, or a registration again, never moves a directory's last access back: a host whose
 # clock is behind booked it as an hour ago, and the next sweep expired the album just played.
 NOT_BEFORE = """
-local function not_before(path, now)
-  local last = redis.call('ZSCORE', KEYS[2], path)
+-- `last`: the path's score when the caller has read it (record), else nil.
+local function not_before(path, now, last)
+  if last == nil then last = redis.call('ZSCORE', KEYS[2], path) end
   if last and tonumber(last) > tonumber(now) then return last end
   return now
 end
@@ -123,13 +125,13 @@ while slash do
   if redis.call('EXISTS', lock_prefix .. above) == 1 then return {'busy', above} end
   slash = string.find(path, '/', slash + 1, true)
 end
-local old, id = record(path)
+local old, id, last = record(path)
 if not old and redis.call('HEXISTS', KEYS[1], id) == 1 then return {'collision'} end
 local hits, delta, new = 0, size, 1
 if old then
   local osize, ofiles, oreg, ohits = parse(old)
   hits, delta, new = ohits, size - osize, 0
-  now = not_before(path, now)
+  now = not_before(path, now, last)
 end
 redis.call('HSET', KEYS[1], id, ARGV[2] .. ' ' .. files .. ' ' .. now .. ' ' .. hits)
 redis.call('ZADD', KEYS[2], now, path)
@@ -144,14 +146,15 @@ return {'ok', new, delta, total_after}
 
 # A path inside a tracked directory is a play of that directory: the pipeline may name a disc
 # or a folder below the directory the cache tracks (DISK_CACHE_ENTRY_DEPTH), and the play must
-# keep that directory. Looked for on a miss only: (tracked path, record, id), or nil.
+# keep that directory. Looked for on a miss only: (tracked path, record, id, last access),
+# or nil.
 WITHIN_TRACKED = """
 local function within_tracked(path)
   local i = string.find(path, '/', 1, true)
   while i do
     local above = string.sub(path, 1, i - 1)
-    local rec, id = record(above)
-    if rec then return above, rec, id end
+    local rec, id, last = record(above)
+    if rec then return above, rec, id, last end
     i = string.find(path, '/', i + 1, true)
   end
   return nil
@@ -186,10 +189,10 @@ local function log_access(logcap, now, path, size, hit)
       'size', size, 'hit', hit)
   end
 end
-local function book_hit(path, id, rec, now, dirkey, ttl, logcap)
+local function book_hit(path, id, rec, last, now, dirkey, ttl, logcap)
   local size_s, files_s, reg, hits_s = raw(rec)
   local hits = tonumber(hits_s)
-  now = not_before(path, now)
+  now = not_before(path, now, last)
   redis.call('HSET', KEYS[1], id, size_s .. ' ' .. files_s .. ' ' .. reg .. ' ' .. (hits + 1))
   redis.call('ZADD', KEYS[2], now, path)
   if redis.call('EXPIRE', dirkey, ttl) == 0 then
@@ -214,12 +217,12 @@ ACCESS = (
     + HIT
     + """
 local path, now, ttl = ARGV[1], ARGV[2], ARGV[3]
-local rec, id = record(path)
+local rec, id, last = record(path)
 if not rec then
-  local above, arec, aid = within_tracked(path)
+  local above, arec, aid, alast = within_tracked(path)
   if above then
     KEYS[9] = string.sub(KEYS[9], 1, #KEYS[9] - #path) .. above
-    path, rec, id = above, arec, aid
+    path, rec, id, last = above, arec, aid, alast
   end
 end
 local logcap = tonumber(ARGV[5])
@@ -230,7 +233,7 @@ if not rec then
   log_access(logcap, now, path, ARGV[4], 0)
   return 0
 end
-local now, size, reg, hits = book_hit(path, id, rec, now, KEYS[9], ttl, logcap)
+local now, size, reg, hits = book_hit(path, id, rec, last, now, KEYS[9], ttl, logcap)
 count('hits', 1)
 count_bytes('hit_bytes', size)
 if policy_stale() then return 2 end  -- STALE_HIT
@@ -257,17 +260,17 @@ local dir_prefix = KEYS[9]
 local out, nhits, nbytes, nmisses = {}, 0, 0, 0
 for j = 5, #ARGV do
   local path = ARGV[j]
-  local rec, id = record(path)
+  local rec, id, last = record(path)
   if not rec then
-    local above, arec, aid = within_tracked(path)
-    if above then path, rec, id = above, arec, aid end
+    local above, arec, aid, alast = within_tracked(path)
+    if above then path, rec, id, last = above, arec, aid, alast end
   end
   if not rec then
     nmisses = nmisses + 1
     out[#out + 1] = 0
     log_access(logcap, now, path, 0, 0)
   else
-    local now, size, reg, hits = book_hit(path, id, rec, now, dir_prefix .. path, ttl, logcap)
+    local now, size, reg, hits = book_hit(path, id, rec, last, now, dir_prefix .. path, ttl, logcap)
     nhits = nhits + 1
     nbytes = nbytes + size
     out[#out + 1] = 1
