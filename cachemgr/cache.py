@@ -85,9 +85,10 @@ class DiskCache:
         marker.check_root(self, allow_empty=allow_empty, force=force)
 
     def lock(self, path: str) -> Lock:
-        return Lock(
-            self.client, self.keys.lock(path), self.settings.disk_cache_lock_timeout_seconds * 1000
-        )
+        """A directory's lock. A holder killed mid-work on this machine is not waited for
+        (5 minutes by default): its registration is done again, its deletion recovered."""
+        timeout_ms = self.settings.disk_cache_lock_timeout_seconds * 1000
+        return Lock(self.client, self.keys.lock(path), timeout_ms, from_dead=True)
 
     # -- registration (cachemgr/registration.py) ------------------------------------------
     @switched

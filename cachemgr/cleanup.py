@@ -24,8 +24,9 @@ from cachemgr.switch import disabled
 
 log = logging.getLogger("cachemgr")
 
-# Renewed every third of it while the cleanup runs. A worker killed mid-cleanup holds it this
-# long, and the quota passes that registrations send meanwhile are skipped: the disk fills by
+# Renewed every third of it while the cleanup runs. A worker killed mid-cleanup on another
+# machine holds it this long (on this one it is taken over: locks.holder_gone), and the quota
+# passes that registrations send meanwhile are skipped: the disk fills by
 # the ingest rate times this (30 s let a fault soak reach 155% of the quota).
 CLEANUP_LOCK_SECONDS = 10
 # How long a cleanup's lock is kept for it in the background (Keeper); a cleanup hung past
@@ -153,7 +154,8 @@ def cleanup(
     timeout = min(CLEANUP_LOCK_SECONDS, cache.settings.disk_cache_lock_timeout_seconds)
     in_flight = cache.settings.disk_cache_lock_timeout_seconds  # a deletion's trash slot
     depth = cache.settings.disk_cache_entry_depth  # the trashes of disks mounted above it
-    lock = Lock(cache.client, cache.keys.cleanup_lock, timeout * 1000)
+    # A worker killed mid-cleanup on this machine: its successor recovers what it left.
+    lock = Lock(cache.client, cache.keys.cleanup_lock, timeout * 1000, from_dead=True)
     if not lock.acquire():
         if as_beat:  # another is cleaning (a chain of quota passes): beat is not overdue
             history.beat_ran(cache, cache.clock())

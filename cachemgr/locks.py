@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
 import threading
 import time
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
+
+log = logging.getLogger("cachemgr")
 
 # KEYS[1] lock key; ARGV[1] owner token. Deletes the key only if we still own it.
 RELEASE_LUA = """
@@ -25,6 +29,69 @@ end
 return 0
 """
 
+# KEYS[1] lock key; ARGV[1] the token of a holder known dead, ARGV[2] ours, ARGV[3] timeout in
+# ms. Takes the lock over only if that dead holder still has it (not a live one since).
+TAKEOVER_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot), or None: no such process, or
+    one already dead and not yet reaped (a zombie)."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    # The name in parentheses may hold spaces and parentheses of its own.
+    fields = stat.rpartition(")")[2].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+_machine: tuple[int, str] | None = None  # (pid it was read in, the rest of the tag)
+
+
+def holder_tag() -> str:
+    """This process, as another on this machine can check it is still alive: boot, PID
+    namespace, user, PID and start time. Empty where /proc cannot tell (no Linux)."""
+    global _machine
+    pid = os.getpid()
+    if _machine is None or _machine[0] != pid:  # read again in a forked child
+        boot = _read("/proc/sys/kernel/random/boot_id")
+        try:
+            space = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+        except OSError:
+            space = ""
+        started = _started(pid)
+        ok = boot and space and started
+        _machine = (pid, f"{boot}/{space}/{os.getuid()}/{pid}/{started}" if ok else "")
+    return _machine[1]
+
+
+def holder_gone(token: str) -> int | None:
+    """The PID of the process that took a lock with `token`, when it is known dead: it ran on
+    this machine, in this PID namespace, as this user (whose processes /proc always shows),
+    and no process of that PID and start time runs now. None when alive or not knowable."""
+    theirs = token.rpartition("@")[2].split("/") if "@" in token else []
+    ours = holder_tag().split("/")
+    if len(theirs) != 5 or len(ours) != 5 or theirs[:3] != ours[:3] or not theirs[3].isdigit():
+        return None
+    pid = int(theirs[3])
+    return pid if _started(pid) != theirs[4] else None
+
 
 # How long a worker waits, in steps, for another's lock on a directory before it gives up
 # and is sent again later: a scan of an album takes well under a second (3 s in all).
@@ -36,18 +103,40 @@ class LockNotAcquired(RuntimeError):
 
 
 class Lock:
-    """`SET key token NX PX timeout`; the seed's value "locked" is kept as the token's prefix."""
+    """`SET key token NX PX timeout`; the seed's value "locked" is kept as the token's prefix.
 
-    def __init__(self, client: Any, key: str, timeout_ms: int) -> None:
+    `from_dead`: the token names this process (holder_tag), and a lock whose holder is known
+    dead (a worker killed mid-task on this machine) is taken over at once instead of standing
+    until its timeout. For work whose successor recovers what a dead one left half done."""
+
+    def __init__(self, client: Any, key: str, timeout_ms: int, *, from_dead: bool = False) -> None:
         self.client = client
         self.key = key
         self.timeout_ms = timeout_ms
-        self.token = f"locked:{secrets.token_hex(8)}"
+        tag = holder_tag() if from_dead else ""
+        self.token = f"locked:{secrets.token_hex(8)}" + (f"@{tag}" if tag else "")
+        self.from_dead = bool(tag)
         self._release = client.register_script(RELEASE_LUA)
         self._extend = client.register_script(EXTEND_LUA)
 
     def acquire(self) -> bool:
-        return bool(self.client.set(self.key, self.token, nx=True, px=self.timeout_ms))
+        if self.client.set(self.key, self.token, nx=True, px=self.timeout_ms):
+            return True
+        return self.from_dead and self._take_from_dead()
+
+    def _take_from_dead(self) -> bool:
+        theirs = self.client.get(self.key)
+        pid = holder_gone(theirs) if isinstance(theirs, str) else None
+        if pid is None:
+            return False
+        takeover = self.client.register_script(TAKEOVER_LUA)
+        if not takeover(keys=[self.key], args=[theirs, self.token, self.timeout_ms]):
+            return False  # freed or taken since: by the rules of a fresh SET NX, not ours
+        log.warning(
+            "%s: its holder (process %d on this machine) is dead: taken over, not waited "
+            "for until it lapses", self.key, pid,
+        )
+        return True
 
     def acquire_within(self, waits: Iterable[float]) -> bool:
         """Try again after each pause of `waits` before giving up."""

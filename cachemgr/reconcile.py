@@ -112,7 +112,7 @@ def reconcile(
         raise ReconcileBusy("a reconcile --force is adopting the root: try again once it ends")
     cache.check_root(force=force)
     timeout_ms = cache.settings.disk_cache_lock_timeout_seconds * 1000
-    lock = Lock(cache.client, cache.keys.reconcile_lock, timeout_ms)
+    lock = Lock(cache.client, cache.keys.reconcile_lock, timeout_ms, from_dead=True)
     if not dry_run and not lock.acquire():
         raise ReconcileBusy("a reconcile is already running")
 

@@ -421,6 +421,95 @@ def test_cleanup_runs_one_at_a_time(cache, root):
     assert cleanup(cache)["status"] == "done"
 
 
+HOLD_LOCK = """
+import sys, time
+from cachemgr import connect
+from cachemgr.locks import Lock
+lock = Lock(connect(sys.argv[1]), sys.argv[2], 60000, from_dead=True)
+assert lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def hold_in_a_process(key: str):
+    """A process on this machine that takes lock `key` (60 s) as a worker does, and waits."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, REDIS_URL, key], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_killed_workers_cleanup_lock_is_taken_over_at_once(cache, root, caplog):
+    """A worker killed mid-cleanup held the lock 10 s, and every quota pass meanwhile was
+    skipped (10x the quota at a high write rate): its holder is known dead on this machine."""
+    import logging
+    import signal
+
+    fill(cache, root, 30)  # over the quota
+    holder = hold_in_a_process(cache.keys.cleanup_lock)
+    try:
+        assert cleanup(cache)["reason"] == "another cleanup is running"  # alive: waited for
+        holder.send_signal(signal.SIGKILL)
+        # Not reaped yet: a zombie is dead too (Celery's parent reaps its child a moment later).
+        time.sleep(0.2)
+        caplog.set_level(logging.WARNING, logger="cachemgr")
+        result = cleanup(cache, sweep_expired=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result["status"] == "done" and result["evict"]["count"] > 0, result
+    assert cache.store.total_bytes() <= cache.settings.target_bytes
+    said = f"{cache.keys.cleanup_lock}: its holder (process {holder.pid} on this machine) is dead"
+    assert said in caplog.text
+    assert not cache.client.exists(cache.keys.cleanup_lock)  # released as its own
+
+
+def test_a_killed_workers_directory_lock_is_taken_over_not_waited_for(cache, root):
+    """A registration killed mid-scan held its directory's lock for the lock timeout (5
+    minutes): the download's registration was sent again and again meanwhile."""
+    make_tree(root, "album", files=2)
+    holder = hold_in_a_process(cache.keys.lock("album"))
+    try:
+        assert cache.register("album")["reason"] == "locked"  # alive: waited for (3 s)
+        holder.kill()
+        holder.wait()
+        assert cache.register("album")["status"] == "registered"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cache.store.count_entries() == 1 and not cache.client.exists(cache.keys.lock("album"))
+
+
+def test_a_lock_is_taken_from_a_holder_known_dead_only():
+    """Elsewhere (another machine, PID namespace or user), with a token of old (no holder
+    named) or a live process's: never taken; a PID used again by another process: taken."""
+    import os
+    import subprocess
+
+    from cachemgr.locks import holder_gone, holder_tag
+
+    boot, space, uid, pid, started = holder_tag().split("/")
+    assert pid == str(os.getpid()) and holder_gone(f"locked:ab@{holder_tag()}") is None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    here = f"{boot}/{space}/{uid}/{dead.pid}/1"
+    assert holder_gone(f"locked:ab@{here}") == dead.pid
+    assert holder_gone(f"locked:ab@{boot}/{space}/{uid}/{pid}/{int(started) + 1}") == int(pid)
+    for elsewhere in (
+        f"other-boot/{space}/{uid}/{dead.pid}/1",
+        f"{boot}/1/{uid}/{dead.pid}/1",
+        f"{boot}/{space}/{int(uid) + 1}/{dead.pid}/1",
+    ):
+        assert holder_gone(f"locked:ab@{elsewhere}") is None, elsewhere
+    for old in ("locked", "locked:ab", "a-killed-worker", f"locked:ab@{boot}/{space}"):
+        assert holder_gone(old) is None
+
+
 def test_dry_run_plan_equals_the_act(cache, root):
     clock = Clock()
     cache.clock = clock

@@ -170,12 +170,17 @@ def test_concurrency_soak(settings, redis_client, root, client_for_workers):
         assert n <= registered[path] + (path == "album00"), f"{path} deleted more often than made"
 
 
-def test_worker_killed_mid_eviction(settings, redis_client, root, client_for_workers):
-    cache = DiskCache(settings.with_(disk_cache_lock_timeout_seconds=2), redis_client)
+@pytest.mark.parametrize("lock_timeout", [2, 300])
+def test_worker_killed_mid_eviction(settings, redis_client, root, client_for_workers, lock_timeout):
+    """At 300 s (the default) the killed worker's cleanup lock stood 10 s (every quota pass
+    skipped meanwhile) and its directory's lock 5 minutes (the directory off the books, its
+    recovery waiting): the next worker on this machine takes both over at once. At 2 s they
+    lapse before it comes, as a dead worker's on another machine do."""
+    cache = DiskCache(settings.with_(disk_cache_lock_timeout_seconds=lock_timeout), redis_client)
     for i in range(20):
         make_tree(root, f"d{i:02d}", files=4)
         cache.register(f"d{i:02d}")
-    env = worker_env(cache.settings, DISK_CACHE_LOCK_TIMEOUT_SECONDS="2")
+    env = worker_env(cache.settings, DISK_CACHE_LOCK_TIMEOUT_SECONDS=str(lock_timeout))
     paused = start_worker({**env, "CACHEMGR_TEST_PAUSE_BEFORE_DELETE": "60"})
     try:
         client_for_workers.cleanup()
@@ -185,13 +190,16 @@ def test_worker_killed_mid_eviction(settings, redis_client, root, client_for_wor
         assert cache.store.unfinished_deletions(), "the worker never reached the deletion"
     finally:
         stop(paused, signal.SIGKILL)
-    time.sleep(2.5)  # the dead worker's locks lapse
+    if lock_timeout < 10:
+        time.sleep(lock_timeout + 0.5)  # the dead worker's locks lapse
+    else:
+        assert cache.client.exists(cache.keys.cleanup_lock)  # the dead worker's, standing
     fresh = start_worker(env)
     try:
         result = client_for_workers.cleanup().get(timeout=60)
     finally:
         stop(fresh)
-    assert result["status"] == "done"
+    assert result["status"] == "done", result
     assert result["recovered"]  # the interrupted directory was put back, then judged again
     assert cache.store.unfinished_deletions() == {}
     assert not any((root / ".cachemgr-trash").iterdir())
