@@ -256,6 +256,22 @@ def _rmtree(name: str, dir_fd: int) -> list[str]:
     return problems
 
 
+def _still_in_place(root: Path, parts: list[str], chain: list[int]) -> bool:
+    """Whether the folders opened on the way down (`chain`: the root, then each of `parts`
+    but the last) are each still where its name was, the root at its path."""
+    try:
+        here = [(os.stat(root), chain[0])]
+        here += [(os.stat(n, dir_fd=fd, follow_symlinks=False), c) for n, fd, c in
+                 zip(parts, chain, chain[1:], strict=False)]  # fmt: skip
+        return all(_same(st, os.fstat(fd)) for st, fd in here)
+    except OSError:  # gone, or no longer a folder we can look into
+        return False
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 class Kept(Exception):
     """The deletion was called off once the directory was moved aside (`still_ours` said
     why): it is back in its place."""
@@ -300,9 +316,13 @@ def discard(root: Path, rel: str, still_ours: Callable[[], str | None] | None = 
             moved = os.stat("d", dir_fd=slot_fd, follow_symlinks=False)
             # Why it goes back in its place, deleting nothing; None: it is ours to delete.
             refused: Exception | None = None
-            if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
+            if not _same(moved, st):
                 # Swapped between the check and the rename.
                 refused = NotADirectory(f"{rel!r} changed while it was being deleted")
+            elif not _still_in_place(root, parts, chain):
+                # A folder above it moved (out of the root, perhaps) before the rename: what
+                # was taken may have lain outside the root then.
+                refused = NotADirectory(f"a folder above {rel!r} moved while it was being deleted")
             elif still_ours is not None:
                 try:
                     why = still_ours()

@@ -438,6 +438,32 @@ def test_a_mount_made_during_a_deletion_is_not_entered(cache, root, tmp_path, bi
     assert trash.empty(root) == 0 and len(list(outside.iterdir())) == 5  # nor by a later one
 
 
+@pytest.mark.parametrize("moved", ["a", "a/b"])
+def test_a_folder_above_moved_out_of_the_root_mid_deletion_takes_nothing_from_outside(
+    root, tmp_path, monkeypatch, moved
+):
+    """The folders above were opened on the way down; one moved out of the root before the
+    rename had the directory taken from its new place outside the root, and deleted."""
+    import uuid
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    make_tree(root / "a" / "b", "album", files=3)
+    real = uuid.uuid4
+
+    def move_out_first() -> uuid.UUID:  # called between the walk down and the rename
+        (root / moved).rename(outside / Path(moved).name)
+        return real()
+
+    monkeypatch.setattr(trash.uuid, "uuid4", move_out_first)
+    with pytest.raises(trash.NotADirectory, match="a folder above 'a/b/album' moved"):
+        trash.discard(root, "a/b/album")
+    monkeypatch.undo()
+    album = outside / ("a/b/album" if moved == "a" else "b/album")
+    assert sorted(p.name for p in album.iterdir()) == [f"track{i:02d}.mp3" for i in range(3)]
+    assert not list((root / trash.TRASH_DIR).iterdir())  # its slot went too
+
+
 def test_a_mount_point_whose_name_is_not_utf8_stops_no_deletion(cache, root, tmp_path, monkeypatch):
     """A mount anywhere on the host named in another encoding: every cleanup and every
     removal of files failed with a UnicodeDecodeError (and a traceback)."""
