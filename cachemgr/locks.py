@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -41,56 +42,103 @@ return 0
 
 
 def _read(path: str) -> str | None:
+    """The file's text; None when there is no such file. Any other error (EACCES under an
+    LSM, EMFILE) is raised: it says nothing of whether a process lives."""
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             return f.read().strip()
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
 
 
 def _started(pid: int) -> str | None:
-    """When process `pid` started (clock ticks after boot), or None: no such process, or
-    one already dead and not yet reaped (a zombie)."""
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
+    """When process `pid` started (clock ticks after boot); "" when it is known dead (no such
+    process, or a zombie not yet reaped); None when that cannot be told."""
+    try:
+        stat = _read(f"/proc/{pid}/stat")
+    except OSError:
         return None
+    if stat is None:
+        return ""
     # The name in parentheses may hold spaces and parentheses of its own.
     fields = stat.rpartition(")")[2].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
+    if len(fields) < 20:
         return None
-    return fields[19]
+    return "" if fields[0] in ("Z", "X") else fields[19]
 
 
-_machine: tuple[int, str] | None = None  # (pid it was read in, the rest of the tag)
+def _namespace(kind: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/ns/{kind}").partition("[")[2].rstrip("]")
+    except OSError:
+        return ""
+
+
+def _proc_hides() -> bool:
+    """/proc mounted so that it hides processes (hidepid, subset=pid): there a missing
+    /proc/<pid> does not mean a dead one."""
+    try:
+        lines = (_read("/proc/self/mountinfo") or "").splitlines()
+    except OSError:
+        return True
+    hides = True  # no /proc mounted at /proc: nothing to go by
+    for line in lines:  # the last mount at /proc is the one seen
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/proc" and " - proc " in line:
+            options = line.rpartition(" ")[2].split(",")
+            hides = any(
+                o.startswith("subset=") or (o.startswith("hidepid=") and o[8:] not in ("0", "off"))
+                for o in options
+            )
+    return hides
+
+
+_machine: tuple[int, str] | None = None  # (pid it was read in, the tag)
 
 
 def holder_tag() -> str:
-    """This process, as another on this machine can check it is still alive: boot, PID
-    namespace, user, PID and start time. Empty where /proc cannot tell (no Linux)."""
+    """This process, as another on this machine can check it is still alive: boot id, host
+    name, PID and time namespaces, user, PID and start time. Empty where /proc cannot tell
+    (no Linux, a /proc that hides processes or is another PID namespace's)."""
     global _machine
     pid = os.getpid()
     if _machine is None or _machine[0] != pid:  # read again in a forked child
-        boot = _read("/proc/sys/kernel/random/boot_id")
-        try:
-            space = os.readlink("/proc/self/ns/pid").strip("pid:[]")
-        except OSError:
-            space = ""
-        started = _started(pid)
-        ok = boot and space and started
-        _machine = (pid, f"{boot}/{space}/{os.getuid()}/{pid}/{started}" if ok else "")
+        _machine = (pid, _tag(pid))
     return _machine[1]
+
+
+def _tag(pid: int) -> str:
+    try:
+        if os.readlink("/proc/self") != str(pid) or _proc_hides():
+            return ""
+        boot = _read("/proc/sys/kernel/random/boot_id")
+    except OSError:
+        return ""
+    started, space = _started(pid), _namespace("pid")
+    if not (boot and started and space):
+        return ""
+    return "/".join(
+        (boot, socket.gethostname(), space, _namespace("time"), str(os.getuid()), str(pid),
+         started)
+    )  # fmt: skip
+
+
+TAG_FIELDS = 7  # _tag's; the first five name where, the last two which process
 
 
 def holder_gone(token: str) -> int | None:
     """The PID of the process that took a lock with `token`, when it is known dead: it ran on
-    this machine, in this PID namespace, as this user (whose processes /proc always shows),
-    and no process of that PID and start time runs now. None when alive or not knowable."""
+    this machine, in these PID and time namespaces, as this user, and no process of that PID
+    and start time runs now. None when alive or not knowable."""
     theirs = token.rpartition("@")[2].split("/") if "@" in token else []
     ours = holder_tag().split("/")
-    if len(theirs) != 5 or len(ours) != 5 or theirs[:3] != ours[:3] or not theirs[3].isdigit():
+    if len(theirs) != TAG_FIELDS or len(ours) != TAG_FIELDS or theirs[:5] != ours[:5]:
         return None
-    pid = int(theirs[3])
-    return pid if _started(pid) != theirs[4] else None
+    if not theirs[5].isdigit():
+        return None
+    pid = int(theirs[5])
+    now = _started(pid)
+    return pid if now is not None and now != theirs[6] else None
 
 
 # How long a worker waits, in steps, for another's lock on a directory before it gives up
@@ -113,13 +161,19 @@ class Lock:
         self.client = client
         self.key = key
         self.timeout_ms = timeout_ms
-        tag = holder_tag() if from_dead else ""
-        self.token = f"locked:{secrets.token_hex(8)}" + (f"@{tag}" if tag else "")
-        self.from_dead = bool(tag)
+        self.wants_dead = from_dead
+        self._name()
         self._release = client.register_script(RELEASE_LUA)
         self._extend = client.register_script(EXTEND_LUA)
 
+    def _name(self) -> None:
+        tag = holder_tag() if self.wants_dead else ""
+        self.token = f"locked:{secrets.token_hex(8)}" + (f"@{tag}" if tag else "")
+        self.from_dead, self._pid = bool(tag), os.getpid()
+
     def acquire(self) -> bool:
+        if self._pid != os.getpid():  # made before a fork: the token must name this process
+            self._name()
         if self.client.set(self.key, self.token, nx=True, px=self.timeout_ms):
             return True
         return self.from_dead and self._take_from_dead()

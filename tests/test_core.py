@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -448,6 +449,7 @@ def test_a_killed_workers_cleanup_lock_is_taken_over_at_once(cache, root, caplog
     """A worker killed mid-cleanup held the lock 10 s, and every quota pass meanwhile was
     skipped (10x the quota at a high write rate): its holder is known dead on this machine."""
     import logging
+    import os
     import signal
 
     fill(cache, root, 30)  # over the quota
@@ -456,7 +458,7 @@ def test_a_killed_workers_cleanup_lock_is_taken_over_at_once(cache, root, caplog
         assert cleanup(cache)["reason"] == "another cleanup is running"  # alive: waited for
         holder.send_signal(signal.SIGKILL)
         # Not reaped yet: a zombie is dead too (Celery's parent reaps its child a moment later).
-        time.sleep(0.2)
+        os.waitid(os.P_PID, holder.pid, os.WEXITED | os.WNOWAIT)
         caplog.set_level(logging.WARNING, logger="cachemgr")
         result = cleanup(cache, sweep_expired=False)
     finally:
@@ -486,28 +488,76 @@ def test_a_killed_workers_directory_lock_is_taken_over_not_waited_for(cache, roo
 
 
 def test_a_lock_is_taken_from_a_holder_known_dead_only():
-    """Elsewhere (another machine, PID namespace or user), with a token of old (no holder
-    named) or a live process's: never taken; a PID used again by another process: taken."""
+    """Elsewhere (another machine, host name, PID or time namespace, user), with a token of
+    old (no holder named) or a live process's: never taken; a PID used again: taken."""
     import os
     import subprocess
 
     from cachemgr.locks import holder_gone, holder_tag
 
-    boot, space, uid, pid, started = holder_tag().split("/")
-    assert pid == str(os.getpid()) and holder_gone(f"locked:ab@{holder_tag()}") is None
+    ours = holder_tag().split("/")
+    assert len(ours) == 7 and ours[5] == str(os.getpid())
+    assert holder_gone(f"locked:ab@{holder_tag()}") is None
     dead = subprocess.Popen(["true"])
     dead.wait()
-    here = f"{boot}/{space}/{uid}/{dead.pid}/1"
-    assert holder_gone(f"locked:ab@{here}") == dead.pid
-    assert holder_gone(f"locked:ab@{boot}/{space}/{uid}/{pid}/{int(started) + 1}") == int(pid)
-    for elsewhere in (
-        f"other-boot/{space}/{uid}/{dead.pid}/1",
-        f"{boot}/1/{uid}/{dead.pid}/1",
-        f"{boot}/{space}/{int(uid) + 1}/{dead.pid}/1",
-    ):
-        assert holder_gone(f"locked:ab@{elsewhere}") is None, elsewhere
-    for old in ("locked", "locked:ab", "a-killed-worker", f"locked:ab@{boot}/{space}"):
+
+    def tag(**changed: str) -> str:
+        names = ["boot", "host", "pidns", "timens", "uid", "pid", "start"]
+        fields = dict(zip(names, ours, strict=True))
+        return "/".join({**fields, "pid": str(dead.pid), "start": "1", **changed}.values())
+
+    assert holder_gone(f"locked:ab@{tag()}") == dead.pid
+    assert holder_gone(f"locked:ab@{tag(pid=ours[5], start=str(int(ours[6]) + 1))}") == int(
+        ours[5]
+    )
+    for elsewhere in ("boot", "host", "pidns", "timens"):
+        assert holder_gone(f"locked:ab@{tag(**{elsewhere: 'other'})}") is None, elsewhere
+    assert holder_gone(f"locked:ab@{tag(uid=str(int(ours[4]) + 1))}") is None
+    for old in ("locked", "locked:ab", "a-killed-worker", f"locked:ab@{ours[0]}/{ours[1]}"):
         assert holder_gone(old) is None
+
+
+@pytest.mark.parametrize("error", [PermissionError, OSError])
+def test_a_holder_whose_process_cannot_be_looked_at_is_waited_for(monkeypatch, error):
+    """/proc/<pid>/stat refused (an LSM's EACCES, this process out of descriptors): the live
+    holder was taken for dead, and two workers held one directory's lock."""
+    import subprocess
+
+    from cachemgr import locks
+
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        tag = locks.holder_tag().split("/")
+        theirs = "/".join([*tag[:5], str(alive.pid), locks._started(alive.pid) or "?"])
+        assert locks.holder_gone(f"locked:ab@{theirs}") is None  # alive, and seen to be
+        def refused(path: str, *args: Any, **kwargs: Any) -> Any:
+            if path == f"/proc/{alive.pid}/stat":
+                raise error(24, "refused")
+            return open(path, *args, **kwargs)
+
+        monkeypatch.setattr(locks, "open", refused, raising=False)
+        assert locks.holder_gone(f"locked:ab@{theirs}") is None
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_no_lock_is_taken_over_where_proc_hides_processes(monkeypatch):
+    """Under hidepid (or subset=pid) another user's live process is missing from /proc: no
+    holder is judged dead there, and this process's locks name none."""
+    from cachemgr import locks
+
+    real = locks._read
+    line = "25 1 0:22 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc rw,{}"
+    for options, hides in (("hidepid=invisible", True), ("subset=pid", True),
+                           ("hidepid=0", False), ("gid=5", False)):  # fmt: skip
+        mounted = line.format(options)
+        monkeypatch.setattr(
+            locks, "_read", lambda p, m=mounted: m if p == "/proc/self/mountinfo" else real(p)
+        )
+        monkeypatch.setattr(locks, "_machine", None)
+        assert locks._proc_hides() is hides, options
+        assert (locks.holder_tag() == "") is hides, options
 
 
 def test_dry_run_plan_equals_the_act(cache, root):
