@@ -452,7 +452,8 @@ def test_a_write_with_only_the_result_backend_away_says_the_backend(
     settings, own_redis, monkeypatch
 ):
     """The broker up, the result backend's Redis away: the API said the broker could not be
-    reached (503 broker_unavailable), and so did the CLI."""
+    reached (503 broker_unavailable), and so did the CLI. The write is queued (its answer is
+    subscribed to when awaited, not as it is sent): only a wait for it meets the backend."""
     import socket as _socket
 
     from api import create_app
@@ -464,7 +465,11 @@ def test_a_write_with_only_the_result_backend_away_says_the_backend(
         dead = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"  # nothing listens there
     config = {"CELERY_BROKER_URL": own_redis["url"], "CELERY_RESULT_BACKEND": dead}
     app = create_app({"TESTING": True, "CACHEMGR_SETTINGS": settings, **config})
-    said = app.test_client().post("/cache/cleanup").get_json()
+    books = DiskCache(settings, connect(settings.redis_url))
+    books.registry.heartbeat(books.keys, ttl=60)  # a worker alive: a write may be waited for
+    queued = app.test_client().post("/cache/cleanup")
+    assert queued.status_code == 202 and queued.get_json()["state"] == "PENDING"
+    said = app.test_client().post("/cache/cleanup?wait=5").get_json()
     assert said["status"] == 503 and said["code"] == "backend_unavailable", said
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -27,6 +29,46 @@ def test_register_and_touch_by_name(pipeline, cache, root):
     assert pipeline.touch("nope", 99).get(timeout=WAIT)["hit"] is False
     stats = cache.stats()
     assert stats["hits"] == 1 and stats["misses"] == 1 and stats["missed_bytes"] == 99
+
+
+def test_tasks_sent_and_not_waited_for_leave_nothing_to_read(pipeline, cache, root):
+    """Celery subscribed to each result's channel as the task was sent: a pipeline that
+    never waited (touches, pins) had every result and unsubscription pile up unread in its
+    client (28 MB after 180,000 sends, then a 5 s stall). Subscribed when awaited, none is
+    missed: the answers of tasks long done are still there."""
+    from workers.app import app
+    from workers.results import AwaitedRedisBackend
+
+    make_tree(root, "album")
+    cache.register("album")
+    sent = [pipeline.touch("album") for _ in range(20)]
+    consumer = pipeline.app.backend.result_consumer
+    assert not getattr(consumer, "subscribed_to", None)  # nothing subscribed, nothing to read
+    assert isinstance(pipeline.app.backend, AwaitedRedisBackend)
+    deadline = time.monotonic() + WAIT
+    while cache.stats()["hits"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)  # every one done before anyone waits
+    assert [r.get(timeout=WAIT)["hit"] for r in sent] == [True] * 20
+    assert isinstance(app.backend, AwaitedRedisBackend)  # beat's and the API's sends too
+
+
+def test_the_results_no_one_reads_are_not_stored(cache, root, monkeypatch):
+    """Beat's cleanups and the registrations' quota passes stored a result each (5.7 KB) for
+    a day, read by none: their outcome is the books'."""
+    import celeryconfig
+    from workers import tasks
+
+    [entry] = celeryconfig.beat_schedule.values()
+    assert entry["options"]["ignore_result"] is True
+    sent: list[dict] = []
+    monkeypatch.setattr(tasks.cleanup, "apply_async", lambda **options: sent.append(options))
+    tasks.configure(cache)
+    try:
+        tasks._quota_pass_if_due({"over_threshold": True, "low_disk": False})
+    finally:
+        tasks.configure(None)
+    assert sent == [{"kwargs": {"automatic": True}, "ignore_result": True}]
+    assert celeryconfig.result_expires == 3600
 
 
 def test_register_completed_download(pipeline, cache, root):
@@ -103,30 +145,52 @@ def test_stop_scheduler_then_periodic_cleanup_deletes_nothing(pipeline, cache, r
     assert pipeline.send("cleanup", periodic=True).get(timeout=WAIT)["evict"]["count"] == 4
 
 
+@contextlib.contextmanager
+def quota_passes() -> Iterator[list[dict]]:
+    """The quota passes the session worker runs meanwhile, each's return value as it ends (they
+    store no result: read by none but tests)."""
+    from celery.signals import after_task_publish, task_postrun
+
+    sent: set[str] = set()
+    done: list[dict] = []
+
+    def published(sender=None, headers=None, **_: object) -> None:
+        if sender == "cachemgr.cleanup":
+            sent.add(headers["id"])  # sent by this test's registration, in the session worker
+
+    def ran(task_id=None, retval=None, **_: object) -> None:
+        if task_id in sent:
+            done.append(retval)
+
+    after_task_publish.connect(published, weak=False)
+    task_postrun.connect(ran, weak=False)
+    try:
+        yield done
+    finally:
+        after_task_publish.disconnect(published)
+        task_postrun.disconnect(ran)
+
+
+def first_of(done: list[dict]) -> dict:
+    deadline = time.monotonic() + WAIT
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert done, "no quota pass ran"
+    return done[0]
+
+
 def test_a_stopped_scheduler_also_stops_evictions_that_registrations_trigger(
     pipeline, cache, root
 ):
     for i in range(19):
         make_tree(root, f"d{i:02d}", files=4)
         cache.register(f"d{i:02d}")
-    from celery.result import AsyncResult
-    from celery.signals import after_task_publish
-
     cache.set_scheduler(False)
     make_tree(root, "last", files=4)
-    sent: list[str] = []
-
-    def published(sender=None, headers=None, **kwargs):
-        if sender == "cachemgr.cleanup":
-            sent.append(headers["id"])  # sent by the registration, in the session worker
-
-    after_task_publish.connect(published, weak=False)
-    try:
+    with quota_passes() as done:
         result = pipeline.register("last").get(timeout=WAIT)
-    finally:
-        after_task_publish.disconnect(published)
-    assert result["over_threshold"] is True and len(sent) == 1
-    automatic = AsyncResult(sent[0], app=pipeline.app).get(timeout=WAIT)
+        assert result["over_threshold"] is True
+        automatic = first_of(done)
     assert automatic == {"status": "skipped", "reason": "scheduler stopped"}
     assert cache.store.count_entries() == 20
 
@@ -136,28 +200,15 @@ def test_a_registrations_quota_pass_expires_what_outlived_its_ttl_before_it_evic
 ):
     """It sent a quota pass alone: the directories whose TTL had run out were evicted and
     counted as evictions, and under a policy other than LRU live ones went while they stayed."""
-    from celery.result import AsyncResult
-    from celery.signals import after_task_publish
-
     for i in range(19):
         make_tree(root, f"d{i:02d}", files=4)
         cache.register(f"d{i:02d}")
     outlived = cache.clock() - cache.settings.disk_cache_ttl_seconds - 60
     cache.client.zadd(cache.keys.lru, {"d07": outlived, "d11": outlived})
     make_tree(root, "last", files=4)
-    sent: list[str] = []
-
-    def published(sender=None, headers=None, **kwargs):
-        if sender == "cachemgr.cleanup":
-            sent.append(headers["id"])
-
-    after_task_publish.connect(published, weak=False)
-    try:
+    with quota_passes() as passes:
         assert pipeline.register("last").get(timeout=WAIT)["over_threshold"] is True
-    finally:
-        after_task_publish.disconnect(published)
-    assert len(sent) == 1
-    done = AsyncResult(sent[0], app=pipeline.app).get(timeout=WAIT)
+        done = first_of(passes)
     assert sorted(done["sweep"]["paths"]) == ["d07", "d11"], done
     assert not {"d07", "d11"} & set(done["evict"]["paths"])
     counters = cache.stats()

@@ -26,6 +26,7 @@ from cachemgr.errors import LOGGED, BadArgument
 from cachemgr.logs import configure_logging
 from cachemgr.records import believed_interval
 from cachemgr.settings import Settings, SettingsError, log_level
+from workers.results import subscribe_when_awaited
 
 # The retries a task has made behind another's lock, counted in a header of their own: Celery's
 # one counter also counts the retries after a lost Redis, and behind a lock of over an hour a
@@ -94,6 +95,7 @@ class CacheTask(Task):
 
 app = Celery("cachemgr", include=["workers.tasks"], task_cls=CacheTask)
 app.config_from_object("celeryconfig")
+subscribe_when_awaited(app)
 
 log = logging.getLogger("cachemgr.workers")
 HEARTBEAT_SECONDS = 10

@@ -32,7 +32,13 @@ from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
 from cachemgr.settings import SettingsError, cluster_of, queue_override
 from cachemgr.store import Store
-from workers.results import BackendUnavailable, TaskResult, backend_gave_up, quiet_backend_noise
+from workers.results import (
+    BackendUnavailable,
+    TaskResult,
+    backend_gave_up,
+    quiet_backend_noise,
+    subscribe_when_awaited,
+)
 from workers.results import ResultUnavailable as ResultUnavailable  # the pipeline's to catch
 from workers.urls import HUNG_REDIS_SECONDS, books_url, celery_url_problem, server
 
@@ -130,6 +136,7 @@ class CacheClient:
         if problem := celery_url_problem(self.broker_url, backend_url):
             raise SettingsError(problem)
         self.app = Celery("cachemgr-client", broker=self.broker_url, backend=backend_url)
+        subscribe_when_awaited(self.app)
         self._say_env_wins("CELERY_BROKER_URL", broker_url, str(self.app.conf.broker_url))
         self._say_env_wins("CELERY_RESULT_BACKEND", backend, str(self.app.conf.result_backend))
         self.broker_url = str(self.app.conf.broker_url)  # the one tasks go to

@@ -7,7 +7,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from celery import Celery
 from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,7 +24,8 @@ class ResultUnavailable(ConnectionError):
 
 
 class BackendUnavailable(ResultUnavailable, OperationalError):
-    """A send that Celery's result backend (Redis) stopped before the message went out: the
+    """A send that Celery's result backend stopped before the message went out (one that
+    subscribes as a task is sent: not the Redis one here, see subscribe_when_awaited): the
     task was not sent. An OperationalError, as a send with the broker away raises (what a
     pipeline catches), and said as the backend's, not the broker's."""
 
@@ -100,3 +103,31 @@ class TaskResult(AsyncResult):
                 "and may have run; send it again (every cachemgr task but touch_directory is "
                 "idempotent: an access sent again counts twice)"
             ) from None
+
+
+class _SubscribeWhenAwaited:
+    """Celery's Redis result backend subscribed to every task's result channel as it was
+    sent; a sender that never waits (the pipeline's fire-and-forget touches and pins, beat's
+    cleanups, the API's queued writes) never read what came on it: 169 bytes per send piled
+    up in the socket and in redis-py's channel sets, 28 MB after 180,000 sends, until a 5 s
+    stall reconnected (celery#6963). This one subscribes when an answer is awaited: get()
+    subscribes first, then reads the stored result, so none is missed."""
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+
+class AwaitedRedisBackend(_SubscribeWhenAwaited, RedisBackend):
+    pass
+
+
+class AwaitedSentinelBackend(_SubscribeWhenAwaited, SentinelBackend):
+    pass
+
+
+def subscribe_when_awaited(app: Celery) -> None:
+    """Make `app`'s Redis result backend the one above (its URL and settings unchanged)."""
+    awaited = f"{__name__}:AwaitedRedisBackend"
+    app.loader.override_backends = {
+        "redis": awaited, "rediss": awaited, "sentinel": f"{__name__}:AwaitedSentinelBackend",
+    }  # fmt: skip
