@@ -32,6 +32,10 @@ log = logging.getLogger("cachemgr")
 ALIVE_TTL_SECONDS = 30
 # A warning repeated at every beat is said once in this many seconds (the stats say it always).
 REPEAT_SECONDS = 600.0
+# An unnamed node's entry (named after its host) that another of the same books has followed
+# by this long is dropped as the newer one publishes: recreated containers, each with a host
+# name of its own, left one entry each for good, read by every stats request.
+SUPERSEDED_SECONDS = 86400.0
 _REPEATS = Repeats(REPEAT_SECONDS)
 
 
@@ -164,6 +168,22 @@ class NodeRegistry:
             "published_at": time.time() if now is None else now,
         }
         self.client.hset(self.nodes_key, settings.node, json.dumps(entry))
+        if not entry["named"]:
+            self._drop_superseded(entry)
+
+    def _drop_superseded(self, newest: dict[str, Any]) -> None:
+        """Drop the unnamed entries of the same books published a day or more before this
+        one. None was shown (the stats show the newest of a key prefix's); a worker of one
+        still running publishes it again at its next heartbeat."""
+        cutoff = float(newest["published_at"]) - SUPERSEDED_SECONDS
+        gone = [
+            node for node, e in self.entries().items()
+            if node != newest["node"] and not e.get("named", True)
+            and e.get("key_prefix") == newest["key_prefix"]
+            and float(e.get("published_at", cutoff)) < cutoff
+        ]  # fmt: skip
+        if gone:
+            self.client.hdel(self.nodes_key, *gone)
 
     def alive(self, keys: Keys) -> bool:
         """Whether a worker of the node with these keys beat within the heartbeat's TTL."""

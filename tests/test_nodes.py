@@ -451,6 +451,31 @@ def test_registry_entries_are_decoded_once_per_text_and_handed_out_as_copies():
     assert republished["a"]["max_bytes"] == 20
 
 
+def test_unnamed_nodes_superseded_for_a_day_leave_the_registry(settings, redis_client):
+    """Containers recreated, each with a host name of its own (no DISK_CACHE_NODE): one entry
+    each stayed for good, read by every stats request."""
+    from cachemgr.nodes import SUPERSEDED_SECONDS, NodeRegistry
+
+    registry = NodeRegistry(redis_client, settings.disk_cache_cluster)
+    now = time.time()
+    unnamed = settings.with_(disk_cache_node="", disk_cache_key_prefix=settings.key_prefix)
+    day_ago = now - SUPERSEDED_SECONDS - 60
+    registry.publish(unnamed.with_(disk_cache_node="pod-old"), now=day_ago)
+    registry.publish(settings.with_(disk_cache_node="kept-named"), now=day_ago)
+    registry.publish(unnamed.with_(disk_cache_node="pod-recent"), now=now - 3600)
+    other = unnamed.with_(disk_cache_key_prefix="other-books:")
+    registry.publish(other.with_(disk_cache_node="pod-other-books"), now=day_ago)
+    for name in ("pod-old", "pod-recent", "pod-other-books"):  # as their host names named them
+        entry = json.loads(redis_client.hget(registry.nodes_key, name))
+        redis_client.hset(registry.nodes_key, name, json.dumps({**entry, "named": False}))
+    try:
+        registry.publish(unnamed, now=now)  # this host's, unnamed
+        left = set(registry.entries())
+    finally:
+        redis_client.delete(registry.nodes_key)
+    assert left == {unnamed.node, "kept-named", "pod-recent", "pod-other-books"}
+
+
 def test_a_nodes_route_is_what_its_workers_published_else_its_names_defaults():
     from cachemgr.nodes import Route, route_of
 
