@@ -31,6 +31,9 @@ log = logging.getLogger("cachemgr")
 # deleter holds the directory's lock until then: a minute, as it was, let another cleanup
 # empty the slot of a worker held up longer (counted vanished, not evicted; put back: gone).
 IN_FLIGHT = ".in-flight-"
+# A directory a deletion called off and could not put back (its place gone or taken): kept
+# whole under this name, which no emptying deletes, for the operator to move back.
+KEPT = ".kept-"
 IN_FLIGHT_AGE = 60.0
 IN_FLIGHT_AHEAD = 86400.0
 
@@ -268,6 +271,29 @@ def _still_in_place(root: Path, parts: list[str], chain: list[int]) -> bool:
         return False
 
 
+def _put_back(
+    slot: str, slot_fd: int, trash_fd: int, name: str, parent_fd: int, rel: str, why: Exception
+) -> None:
+    """Move a called-off deletion's directory back where it was taken from; where that
+    cannot be (its folder gone, read-only, or the name taken: a rename would replace an
+    empty folder there), keep it whole in the trash under KEPT and raise `why`."""
+    try:
+        try:
+            os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename("d", name, src_dir_fd=slot_fd, dst_dir_fd=parent_fd)
+            return
+        raise FileExistsError(errno.EEXIST, "its name is taken there now")
+    except OSError as exc:
+        kept = f"{KEPT}{slot.removeprefix(IN_FLIGHT)}"
+        os.rename(slot, kept, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
+        log.error(
+            "deletion of %s called off (%s) and it could not be put back (%s): kept whole as "
+            "%s/d in the trash; move it back by hand", rel, why, exc.strerror or exc, kept,
+        )
+        raise why from exc
+
+
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
@@ -331,7 +357,7 @@ def discard(root: Path, rel: str, still_ours: Callable[[], str | None] | None = 
                 else:  # pinned, or put back on the books by another, since the claim
                     refused = Kept(why) if why else None
             if refused is not None:
-                os.rename("d", parts[-1], src_dir_fd=slot_fd, dst_dir_fd=parent_fd)
+                _put_back(slot, slot_fd, trash_fd, parts[-1], parent_fd, rel, refused)
                 os.rmdir(slot, dir_fd=trash_fd)
                 raise refused
         # Checked: from here it is trash like any other, which any `empty` may finish.
@@ -384,7 +410,7 @@ def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
                 log.error("trash %s not emptied: %s", trash_dir(base), exc.strerror)
                 return 0
             for name in os.listdir(trash_fd):
-                if _in_flight(name, trash_fd, lock_timeout):
+                if name.startswith(KEPT) or _in_flight(name, trash_fd, lock_timeout):
                     continue
                 mounts = mount_points_under(trash_dir(base) / name, points)
                 try:

@@ -464,6 +464,47 @@ def test_a_folder_above_moved_out_of_the_root_mid_deletion_takes_nothing_from_ou
     assert not list((root / trash.TRASH_DIR).iterdir())  # its slot went too
 
 
+@pytest.mark.parametrize("then", ["removed", "taken"])
+def test_a_called_off_deletion_that_cannot_be_put_back_is_kept_whole(
+    root, tmp_path, monkeypatch, caplog, then
+):
+    """Its folder moved out of the root, then removed there (or its name taken by a new empty
+    folder, which the rename back replaced): the put-back failed, the directory stayed in an
+    in-flight slot, and the next emptying of the trash deleted what had lain outside."""
+    import logging
+    import shutil
+    import uuid
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    make_tree(root / "a", "album", files=3)
+    real_uuid, real_check = uuid.uuid4, trash._still_in_place
+
+    def move_out_first() -> uuid.UUID:
+        (root / "a").rename(outside / "a")
+        return real_uuid()
+
+    def then_its_place_goes(*args: object) -> bool:
+        if then == "removed":
+            shutil.rmtree(outside / "a")
+        else:
+            (outside / "a" / "album").mkdir()
+        return real_check(*args)
+
+    monkeypatch.setattr(trash.uuid, "uuid4", move_out_first)
+    monkeypatch.setattr(trash, "_still_in_place", then_its_place_goes)
+    caplog.set_level(logging.ERROR, logger="cachemgr")
+    with pytest.raises(trash.NotADirectory, match="moved while it was being deleted"):
+        trash.discard(root, "a/album")
+    monkeypatch.undo()
+    [kept] = (root / trash.TRASH_DIR).iterdir()
+    assert kept.name.startswith(trash.KEPT) and "kept whole as" in caplog.text
+    assert trash.empty(root, lock_timeout=0) == 0
+    assert sorted(p.name for p in (kept / "d").iterdir()) == [
+        f"track{i:02d}.mp3" for i in range(3)
+    ]
+
+
 def test_a_mount_point_whose_name_is_not_utf8_stops_no_deletion(cache, root, tmp_path, monkeypatch):
     """A mount anywhere on the host named in another encoding: every cleanup and every
     removal of files failed with a UnicodeDecodeError (and a traceback)."""
