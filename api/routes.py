@@ -357,7 +357,7 @@ class Task(MethodView):
     @blp.response(200, TaskSchema)
     def get(self, _: dict[str, Any], task_id: str) -> Any:
         """A task's state and, once it is done, its result. Celery answers PENDING for an id
-        it never saw, or whose result expired (after a day), as for a task still queued."""
+        it never saw, or whose result expired (after an hour), as for a task still queued."""
         result = AsyncResult(task_id, app=state().tasks.app)
         reply: dict[str, Any] = {"task_id": task_id, "state": result.state}
         if result.failed():

@@ -32,10 +32,11 @@ log = logging.getLogger("cachemgr")
 ALIVE_TTL_SECONDS = 30
 # A warning repeated at every beat is said once in this many seconds (the stats say it always).
 REPEAT_SECONDS = 600.0
-# An unnamed node's entry (named after its host) that another of the same books has followed
-# by this long is dropped as the newer one publishes: recreated containers, each with a host
-# name of its own, left one entry each for good, read by every stats request.
-SUPERSEDED_SECONDS = 86400.0
+# An unnamed node's entry (named after its host) whose host has had no live worker of the
+# books for this long since it published is dropped by a live worker of the same books:
+# recreated containers, each with a host name of its own, left one entry each for good,
+# read by every stats request (and two of them on one root made a path's node ambiguous).
+DEPARTED_SECONDS = 600.0
 _REPEATS = Repeats(REPEAT_SECONDS)
 
 
@@ -168,22 +169,22 @@ class NodeRegistry:
             "published_at": time.time() if now is None else now,
         }
         self.client.hset(self.nodes_key, settings.node, json.dumps(entry))
-        if not entry["named"]:
-            self._drop_superseded(entry)
 
-    def _drop_superseded(self, newest: dict[str, Any]) -> None:
-        """Drop the unnamed entries of the same books published a day or more before this
-        one. None was shown (the stats show the newest of a key prefix's); a worker of one
-        still running publishes it again at its next heartbeat."""
-        cutoff = float(newest["published_at"]) - SUPERSEDED_SECONDS
+    def drop_departed(self, settings: Settings, keys: Keys, now: float | None = None) -> list[str]:
+        """Drop the entries of unnamed nodes of these books (`settings.key_prefix`) whose host
+        runs no live worker of them and which were published over DEPARTED_SECONDS ago: the
+        hosts of replaced containers. Their books are these ones, which stay. Returns them."""
+        now = time.time() if now is None else now
+        hosts = {worker.rpartition(":")[0] for worker in self.live_workers(keys)}
         gone = [
             node for node, e in self.entries().items()
-            if node != newest["node"] and not e.get("named", True)
-            and e.get("key_prefix") == newest["key_prefix"]
-            and float(e.get("published_at", cutoff)) < cutoff
+            if node != settings.node and not e.get("named", True) and node not in hosts
+            and e.get("key_prefix") == settings.key_prefix
+            and float(e.get("published_at", now)) < now - DEPARTED_SECONDS
         ]  # fmt: skip
         if gone:
             self.client.hdel(self.nodes_key, *gone)
+        return gone
 
     def alive(self, keys: Keys) -> bool:
         """Whether a worker of the node with these keys beat within the heartbeat's TTL."""
@@ -311,6 +312,10 @@ class NodeRegistry:
             raise PathError(f"no cache node's root holds {path!r}")
         root = max(holding.values(), key=len)  # nested roots: the innermost holds it
         nodes = sorted(n for n, r in holding.items() if r == root)
+        if len(nodes) > 1 and len({entries[n]["key_prefix"] for n in nodes}) == 1:
+            # One set of books (unnamed workers on several hosts, or a host replaced): one
+            # node, routed as its newest entry says.
+            nodes = [max(nodes, key=lambda n: float(entries[n].get("published_at", 0)))]
         if len(nodes) > 1:
             # A node renamed or retired stays in the registry: the one alive there is it.
             alive = [n for n in nodes if self.alive(Keys(entries[n]["key_prefix"]))]

@@ -64,6 +64,10 @@ def beat(cache: DiskCache, worker: str, queue: str, announced: bool, broker: str
             log.info("node %s: published this worker's settings (the publisher stopped)",
                      cache.settings.node)  # fmt: skip
     if published:
+        if not cache.settings.disk_cache_node:  # named after its host: hosts come and go
+            with contextlib.suppress(Exception):  # tried again at the next beat
+                for node in cache.registry.drop_departed(cache.settings, cache.keys):
+                    log.info("node %s: dropped from the registry (no worker there)", node)
         return True
     # The books were flushed (FLUSHALL, a restart without persistence): the node's entry and
     # config went with them, and clients route by them.

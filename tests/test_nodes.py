@@ -451,29 +451,37 @@ def test_registry_entries_are_decoded_once_per_text_and_handed_out_as_copies():
     assert republished["a"]["max_bytes"] == 20
 
 
-def test_unnamed_nodes_superseded_for_a_day_leave_the_registry(settings, redis_client):
+def test_unnamed_nodes_whose_host_runs_no_worker_leave_the_registry(settings, redis_client, root):
     """Containers recreated, each with a host name of its own (no DISK_CACHE_NODE): one entry
-    each stayed for good, read by every stats request."""
-    from cachemgr.nodes import SUPERSEDED_SECONDS, NodeRegistry
+    each stayed for good, read by every stats request, and two on one root made a path's
+    node ambiguous to the pipeline's client."""
+    from cachemgr import presence
+    from cachemgr.nodes import DEPARTED_SECONDS
 
-    registry = NodeRegistry(redis_client, settings.disk_cache_cluster)
-    now = time.time()
     unnamed = settings.with_(disk_cache_node="", disk_cache_key_prefix=settings.key_prefix)
-    day_ago = now - SUPERSEDED_SECONDS - 60
-    registry.publish(unnamed.with_(disk_cache_node="pod-old"), now=day_ago)
-    registry.publish(settings.with_(disk_cache_node="kept-named"), now=day_ago)
-    registry.publish(unnamed.with_(disk_cache_node="pod-recent"), now=now - 3600)
-    other = unnamed.with_(disk_cache_key_prefix="other-books:")
-    registry.publish(other.with_(disk_cache_node="pod-other-books"), now=day_ago)
-    for name in ("pod-old", "pod-recent", "pod-other-books"):  # as their host names named them
+    cache = DiskCache(unnamed, redis_client)
+    registry, now = cache.registry, time.time()
+    long_ago = now - DEPARTED_SECONDS - 60
+    for name, when in (("pod-gone", long_ago), ("pod-alive", long_ago), ("pod-new", now - 60),
+                       ("kept-named", long_ago)):  # fmt: skip
+        registry.publish(unnamed.with_(disk_cache_node=name), now=when)
+    other = unnamed.with_(disk_cache_key_prefix="other-books:", disk_cache_node="pod-other")
+    registry.publish(other, now=long_ago)
+    for name in ("pod-gone", "pod-alive", "pod-new", "pod-other"):  # named after their hosts
         entry = json.loads(redis_client.hget(registry.nodes_key, name))
         redis_client.hset(registry.nodes_key, name, json.dumps({**entry, "named": False}))
     try:
-        registry.publish(unnamed, now=now)  # this host's, unnamed
+        cache.publish_config(queue="celery", worker=f"{unnamed.node}:7")  # this host's, unnamed
+        # Before: one root, one set of books, several entries: the path's node was ambiguous.
+        same_books = {n: e for n, e in registry.entries().items() if n not in ("pod-other",
+                                                                              "kept-named")}
+        assert registry.holder(str(root / "album"), same_books) == (unnamed.node, "album")
+        registry.heartbeat(cache.keys, "pod-alive:41")  # a worker of that host beats
+        assert presence.beat(cache, f"{unnamed.node}:7", "celery", announced=True)
         left = set(registry.entries())
     finally:
         redis_client.delete(registry.nodes_key)
-    assert left == {unnamed.node, "kept-named", "pod-recent", "pod-other-books"}
+    assert left == {unnamed.node, "pod-alive", "pod-new", "kept-named", "pod-other"}
 
 
 def test_a_nodes_route_is_what_its_workers_published_else_its_names_defaults():

@@ -52,6 +52,31 @@ def test_tasks_sent_and_not_waited_for_leave_nothing_to_read(pipeline, cache, ro
     assert isinstance(app.backend, AwaitedRedisBackend)  # beat's and the API's sends too
 
 
+def test_an_answer_whose_subscription_came_late_is_still_got(pipeline, cache, root, monkeypatch):
+    """get() subscribes, then reads the stored answer, and redis-py does not wait for the
+    subscription to take: one that reached Redis after the answer was published (a slow
+    link) left get() waiting for ever, the answer stored."""
+    make_tree(root, "album")
+    cache.register("album")
+    sent = pipeline.touch("album")
+    backend = pipeline.app.backend
+    deadline = time.monotonic() + WAIT
+    while backend.get_task_meta(sent.id, cache=False)["status"] != "SUCCESS":
+        assert time.monotonic() < deadline, "the touch never ran"
+        time.sleep(0.05)
+    monkeypatch.setattr(backend.result_consumer, "consume_from", lambda task_id: None)
+    read = backend._get_task_meta_for
+    reads: list[str] = []
+
+    def first_before_the_answer(task_id: str) -> dict:
+        reads.append(task_id)
+        return {"status": "PENDING", "result": None} if len(reads) == 1 else read(task_id)
+
+    monkeypatch.setattr(backend, "_get_task_meta_for", first_before_the_answer)
+    assert sent.get(timeout=WAIT) == {"path": "album", "hit": True}
+    assert len(reads) >= 2
+
+
 def test_the_results_no_one_reads_are_not_stored(cache, root, monkeypatch):
     """Beat's cleanups and the registrations' quota passes stored a result each (5.7 KB) for
     a day, read by none: their outcome is the books'."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery
 from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
 from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -68,6 +70,9 @@ def quiet_backend_noise() -> None:
         backend_log.addFilter(BACKEND_NOISE)
 
 
+RECHECK_SECONDS = 1.0
+
+
 class TaskResult(AsyncResult):
     """Celery's AsyncResult, whose get() and state raise ResultUnavailable, not Celery's
     RuntimeError nor redis-py's errors, when the result backend cannot be reached (a Redis
@@ -78,9 +83,20 @@ class TaskResult(AsyncResult):
         # bound to its app, is not importable.
         return TaskResult, self.__reduce_args__()
 
-    def get(self, *args: Any, **kwargs: Any) -> Any:
+    def get(self, timeout: float | None = None, *args: Any, **kwargs: Any) -> Any:
+        """As Celery's, reading the stored result again every RECHECK_SECONDS: a get()
+        subscribes to the answer, then reads it (subscribe_when_awaited), and redis-py does
+        not wait for the subscription to take: one that came after the answer waited for it
+        for ever."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._backend_said():
-            return super().get(*args, **kwargs)
+            while True:
+                left = RECHECK_SECONDS if deadline is None else deadline - time.monotonic()
+                try:
+                    return super().get(max(0.0, min(RECHECK_SECONDS, left)), *args, **kwargs)
+                except CeleryTimeout:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
 
     @property
     def state(self) -> str:
