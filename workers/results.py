@@ -127,7 +127,8 @@ class _SubscribeWhenAwaited:
     cleanups, the API's queued writes) never read what came on it: 169 bytes per send piled
     up in the socket and in redis-py's channel sets, 28 MB after 180,000 sends, until a 5 s
     stall reconnected (celery#6963). This one subscribes when an answer is awaited: get()
-    subscribes first, then reads the stored result, so none is missed."""
+    subscribes, then reads the stored result (TaskResult.get again every second, as the
+    API's waits do), so none is missed."""
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
