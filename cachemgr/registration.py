@@ -55,6 +55,7 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
                 raise NotOnDisk(f"{exc}{_vanished(cache, rel, lock.token)}") from None
             if outcome[0] != "busy" or pause is None:
                 break
+            _free_if_dead(cache, outcome[1])
             time.sleep(pause)  # a directory above is being registered or deleted
     finally:
         lock.release()
@@ -109,6 +110,15 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
     if found.unreadable:
         reply["unreadable"] = [paths.shown(name) for name in found.unreadable[:10]]
     return reply
+
+
+def _free_if_dead(cache: DiskCache, path: str) -> None:
+    """The lock of a directory above, held by a process known dead (locks.holder_gone): let
+    go, not waited out for the lock timeout (5 minutes by default). Its holder's work is
+    done again or recovered, as when the lock lapses."""
+    lock = cache.lock(path)
+    if lock.acquire():  # free by now, or taken over from the dead
+        lock.release()
 
 
 def _later(cache: DiskCache, rel: str, reason: str, holder: str) -> dict[str, Any]:

@@ -487,6 +487,17 @@ def test_a_killed_workers_directory_lock_is_taken_over_not_waited_for(cache, roo
     assert cache.store.count_entries() == 1 and not cache.client.exists(cache.keys.lock("album"))
 
 
+def test_a_killed_workers_lock_above_is_not_waited_for(cache, root):
+    """A registration killed mid-scan of `artist` held its lock: one of `artist/album` found
+    a directory above being registered, and was skipped until that lock lapsed (5 minutes)."""
+    make_tree(root, "artist/album", files=2)
+    holder = hold_in_a_process(cache.keys.lock("artist"))
+    holder.kill()
+    holder.wait()
+    assert cache.register("artist/album")["status"] == "registered"
+    assert not cache.client.exists(cache.keys.lock("artist"))
+
+
 def test_a_lock_is_taken_from_a_holder_known_dead_only():
     """Elsewhere (another machine, host name, PID or time namespace, user), with a token of
     old (no holder named) or a live process's: never taken; a PID used again: taken."""
