@@ -179,16 +179,28 @@ class Lock:
         return self.from_dead and self._take_from_dead()
 
     def _take_from_dead(self) -> bool:
+        return self._from_dead("taken over")
+
+    def clear_if_dead(self) -> bool:
+        """Delete the lock if its holder is known dead (a lock only in someone's way, not
+        wanted by the caller); a free one, or a live holder's, is left alone."""
+        return self.from_dead and self._from_dead("let go")
+
+    def _from_dead(self, done: str) -> bool:
         theirs = self.client.get(self.key)
         pid = holder_gone(theirs) if isinstance(theirs, str) else None
         if pid is None:
             return False
-        takeover = self.client.register_script(TAKEOVER_LUA)
-        if not takeover(keys=[self.key], args=[theirs, self.token, self.timeout_ms]):
+        if done == "let go":  # compare-and-delete: only that dead holder's token
+            changed = self._release(keys=[self.key], args=[theirs])
+        else:
+            takeover = self.client.register_script(TAKEOVER_LUA)
+            changed = takeover(keys=[self.key], args=[theirs, self.token, self.timeout_ms])
+        if not changed:
             return False  # freed or taken since: by the rules of a fresh SET NX, not ours
         log.warning(
-            "%s: its holder (process %d on this machine) is dead: taken over, not waited "
-            "for until it lapses", self.key, pid,
+            "%s: its holder (process %d on this machine) is dead: %s, not waited for until "
+            "it lapses", self.key, pid, done,
         )
         return True
 

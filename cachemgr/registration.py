@@ -116,9 +116,7 @@ def _free_if_dead(cache: DiskCache, path: str) -> None:
     """The lock of a directory above, held by a process known dead (locks.holder_gone): let
     go, not waited out for the lock timeout (5 minutes by default). Its holder's work is
     done again or recovered, as when the lock lapses."""
-    lock = cache.lock(path)
-    if lock.acquire():  # free by now, or taken over from the dead
-        lock.release()
+    cache.lock(path).clear_if_dead()
 
 
 def _later(cache: DiskCache, rel: str, reason: str, holder: str) -> dict[str, Any]:

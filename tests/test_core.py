@@ -491,7 +491,9 @@ def test_a_killed_workers_lock_above_is_not_waited_for(cache, root):
     """A registration killed mid-scan of `artist` held its lock: one of `artist/album` found
     a directory above being registered, and was skipped until that lock lapsed (5 minutes)."""
     make_tree(root, "artist/album", files=2)
+    assert not cache.lock("artist").clear_if_dead()  # free: left alone, not taken a moment
     holder = hold_in_a_process(cache.keys.lock("artist"))
+    assert not cache.lock("artist").clear_if_dead()  # alive: left alone
     holder.kill()
     holder.wait()
     assert cache.register("artist/album")["status"] == "registered"

@@ -95,8 +95,8 @@ class TaskResult(AsyncResult):
                 try:
                     return super().get(max(0.0, min(RECHECK_SECONDS, left)), *args, **kwargs)
                 except CeleryTimeout:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise
+                    if self._cache or deadline is not None and time.monotonic() >= deadline:
+                        raise  # the task's own TimeoutError, or the caller's time is up
 
     @property
     def state(self) -> str:
