@@ -134,8 +134,10 @@ def test_concurrency_soak(settings, redis_client, root, client_for_workers):
                 else:
                     with lock:
                         pending.append(("", client.cleanup()))
-            except (CacheError, FileNotFoundError):
-                pass  # refusals, and our own make_tree racing with a deletion
+            except (CacheError, FileNotFoundError, FileExistsError):
+                # Refusals, and our own make_tree racing with a deletion (pathlib's mkdir with
+                # exist_ok raises EEXIST when the folder went between its mkdir and is_dir).
+                pass
             except Exception as exc:  # anything else is a defect the test must show
                 errors.append(repr(exc))
             time.sleep(rnd.random() * 0.02)
