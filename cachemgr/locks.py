@@ -8,7 +8,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -179,25 +179,27 @@ class Lock:
         return self.from_dead and self._take_from_dead()
 
     def _take_from_dead(self) -> bool:
-        return self._from_dead("taken over")
+        takeover = self.client.register_script(TAKEOVER_LUA)
+
+        def swap(dead: str) -> Any:
+            return takeover(keys=[self.key], args=[dead, self.token, self.timeout_ms])
+
+        return self._from_dead("taken over", swap)
 
     def clear_if_dead(self) -> bool:
         """Delete the lock if its holder is known dead (a lock only in someone's way, not
         wanted by the caller); a free one, or a live holder's, is left alone."""
-        return self.from_dead and self._from_dead("let go")
+        # RELEASE_LUA with the dead holder's token: compare-and-delete.
+        return self.from_dead and self._from_dead(
+            "let go", lambda dead: self._release(keys=[self.key], args=[dead])
+        )
 
-    def _from_dead(self, done: str) -> bool:
+    def _from_dead(self, done: str, swap: Callable[[str], Any]) -> bool:
+        """`swap` the token of a holder known dead, if it still holds the lock; said."""
         theirs = self.client.get(self.key)
         pid = holder_gone(theirs) if isinstance(theirs, str) else None
-        if pid is None:
-            return False
-        if done == "let go":  # compare-and-delete: only that dead holder's token
-            changed = self._release(keys=[self.key], args=[theirs])
-        else:
-            takeover = self.client.register_script(TAKEOVER_LUA)
-            changed = takeover(keys=[self.key], args=[theirs, self.token, self.timeout_ms])
-        if not changed:
-            return False  # freed or taken since: by the rules of a fresh SET NX, not ours
+        if pid is None or not swap(theirs):
+            return False  # alive; or freed or taken since: by the rules of SET NX, not ours
         log.warning(
             "%s: its holder (process %d on this machine) is dead: %s, not waited for until "
             "it lapses", self.key, pid, done,

@@ -55,7 +55,9 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
                 raise NotOnDisk(f"{exc}{_vanished(cache, rel, lock.token)}") from None
             if outcome[0] != "busy" or pause is None:
                 break
-            _free_if_dead(cache, outcome[1])
+            # The lock above held by a process known dead: let go, not waited out for the
+            # lock timeout; its holder's work is done again or recovered, as at a lapse.
+            cache.lock(outcome[1]).clear_if_dead()
             time.sleep(pause)  # a directory above is being registered or deleted
     finally:
         lock.release()
@@ -110,13 +112,6 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
     if found.unreadable:
         reply["unreadable"] = [paths.shown(name) for name in found.unreadable[:10]]
     return reply
-
-
-def _free_if_dead(cache: DiskCache, path: str) -> None:
-    """The lock of a directory above, held by a process known dead (locks.holder_gone): let
-    go, not waited out for the lock timeout (5 minutes by default). Its holder's work is
-    done again or recovered, as when the lock lapses."""
-    cache.lock(path).clear_if_dead()
 
 
 def _later(cache: DiskCache, rel: str, reason: str, holder: str) -> dict[str, Any]:
