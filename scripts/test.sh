@@ -10,4 +10,7 @@ bash scripts/ensure-debian.sh promtool prometheus  # the alert rules' unit tests
 bash scripts/ensure-debian.sh curl curl  # the seed's curl examples, run as written
 .venv/bin/ruff check .
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# Two processes: most of the suite's time is spent waiting (timeouts, restarts, workers), and
+# each process has a Celery worker and Redis databases of its own (tests/conftest.py).
+# CACHEMGR_TEST_PROCESSES=0 runs it in this one process.
+exec .venv/bin/python -m pytest -n "${CACHEMGR_TEST_PROCESSES:-2}" --dist worksteal "$@"

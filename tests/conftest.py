@@ -13,10 +13,25 @@ import pytest
 from cachemgr import DiskCache, Settings, connect
 
 REDIS_URL = os.environ.get("CACHEMGR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# scripts/test.sh runs the suite in two processes (pytest-xdist): each takes databases of its
+# own for Celery and the seed's unprefixed key names (one FLUSHDB must not empty the other's),
+# 11-14 in the first or a serial run, 7-10 in the second, 3-6 in a third.
+_PROCESS = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+if _PROCESS > 2:
+    raise pytest.UsageError("the suite runs in at most 3 processes (-n 3): Redis has 16 databases")
+
+
+def side_db(n: int) -> str:
+    """The URL of database `n` (11-14) as this test process numbers it."""
+    if not 11 <= n <= 14:
+        raise ValueError(f"side databases are 11-14, not {n}")
+    return f"{REDIS_URL.rsplit('/', 1)[0]}/{n - 4 * _PROCESS}"
+
+
 # The test worker's broker and results live in a database of their own. Set before celeryconfig
 # is imported: CELERY_BROKER_URL in the environment wins over conf.update().
-BROKER_URL = os.environ.setdefault("CELERY_BROKER_URL", REDIS_URL.rsplit("/", 1)[0] + "/11")
-os.environ.setdefault("CELERY_RESULT_BACKEND", REDIS_URL.rsplit("/", 1)[0] + "/11")
+BROKER_URL = os.environ.setdefault("CELERY_BROKER_URL", side_db(11))
+os.environ.setdefault("CELERY_RESULT_BACKEND", side_db(11))
 os.environ.pop("DISK_CACHE_NODE", None)
 # A queue of this session's own: concurrent test runs on one machine share the broker database,
 # and must never consume each other's tasks.

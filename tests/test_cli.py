@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import REDIS_URL, make_tree
+from tests.conftest import REDIS_URL, make_tree, side_db
 
 
 def run(runner, *args):
@@ -1022,7 +1022,7 @@ def test_node_option_naming_an_unnamed_node_reaches_its_books(settings, root):
 
     from cachemgr import DiskCache, connect
 
-    url = REDIS_URL.rsplit("/", 1)[0] + "/14"  # the seed's key names: a database of its own
+    url = side_db(14)  # the seed's key names: a database of its own
     client = connect(url)
     client.flushdb()
     try:

@@ -16,7 +16,7 @@ from cachemgr.migrations import ensure_record_ids
 from cachemgr.passes import enforce_quota, sweep
 from cachemgr.paths import PathError
 from cachemgr.stats import counters
-from tests.conftest import REDIS_URL, make_tree
+from tests.conftest import REDIS_URL, make_tree, side_db
 
 UNIT = 5 * 4096  # four 4 KiB files and the directory's own block
 
@@ -584,7 +584,7 @@ def test_dry_run_plan_equals_the_act(cache, root):
 
 
 def test_seed_key_names_with_an_empty_prefix(settings, root):
-    client = connect(REDIS_URL.rsplit("/", 1)[0] + "/14")
+    client = connect(side_db(14))
     client.flushdb()
     try:
         cache = DiskCache(settings.with_(disk_cache_key_prefix="", disk_cache_node=""), client)

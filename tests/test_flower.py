@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REDIS_URL, make_tree
+from tests.conftest import REDIS_URL, make_tree, side_db
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).parent.parent
@@ -36,7 +36,7 @@ def get_json(url: str) -> object:
 def test_flower_sees_workers_and_tasks(settings, root, monkeypatch):
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
-    broker = REDIS_URL.rsplit("/", 1)[0] + "/12"
+    broker = side_db(12)
     queue = f"flower-{uuid.uuid4().hex[:6]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DISK_CACHE_"))}
     env.update(

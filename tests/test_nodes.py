@@ -19,7 +19,7 @@ import pytest
 
 from cachemgr import DiskCache, Settings, connect
 from cachemgr.passes import enforce_quota
-from tests.conftest import REDIS_URL, cleanup_prefix, make_tree
+from tests.conftest import REDIS_URL, cleanup_prefix, make_tree, side_db
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).parent.parent
@@ -43,7 +43,7 @@ def node_worker(node: str, root: Path, cluster: str, broker: str) -> subprocess.
     env.update(
         REDIS_URL=REDIS_URL,
         CELERY_BROKER_URL=broker,
-        CELERY_RESULT_BACKEND=REDIS_URL.rsplit("/", 1)[0] + "/12",
+        CELERY_RESULT_BACKEND=side_db(12),
         DISK_CACHE_NODE=node,
         DISK_CACHE_CLUSTER=cluster,
         DISK_CACHE_ROOT=str(root),
@@ -93,7 +93,7 @@ def run_two_node_flow(nodes: dict[str, DiskCache], broker: str) -> None:
 
     a, b = nodes["a"], nodes["b"]
     cluster = a.settings.disk_cache_cluster
-    backend = REDIS_URL.rsplit("/", 1)[0] + "/12"
+    backend = side_db(12)
     workers = {n: node_worker(c.settings.node, c.root, cluster, broker) for n, c in nodes.items()}
     try:
         app = create_app(
@@ -152,7 +152,7 @@ def run_two_node_flow(nodes: dict[str, DiskCache], broker: str) -> None:
 
 
 def test_two_nodes_on_one_machine(two_nodes):
-    run_two_node_flow(two_nodes, REDIS_URL.rsplit("/", 1)[0] + "/12")
+    run_two_node_flow(two_nodes, side_db(12))
 
 
 def test_the_pipeline_client_learns_the_node_from_the_path(two_nodes):
@@ -976,8 +976,7 @@ def test_a_client_asks_for_the_workers_broker_once_in_a_while_not_at_each_send(
     b = two_nodes["b"]
     queue = f"q-{uuid.uuid4().hex[:8]}"
     b.registry.publish(b.settings, queue=queue)  # no broker named
-    base = REDIS_URL.rsplit("/", 1)[0]
-    client = CacheClient(f"{base}/11", redis_url=REDIS_URL, queue=queue,
+    client = CacheClient(side_db(11), redis_url=REDIS_URL, queue=queue,
                          cluster=b.settings.disk_cache_cluster)  # fmt: skip
     reads = []
     real = client_module.NodeRegistry.entries
@@ -994,7 +993,7 @@ def test_a_client_asks_for_the_workers_broker_once_in_a_while_not_at_each_send(
         client.close()
         from cachemgr import connect
 
-        left = connect(f"{base}/11")
+        left = connect(side_db(11))
         left.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
         left.close()
     assert len(reads) <= 2, reads  # the route's, and the broker's once

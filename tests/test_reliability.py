@@ -20,11 +20,11 @@ import pytest
 from cachemgr import CacheError, DiskCache, connect, scanner
 from cachemgr import events as event_log
 from cachemgr.reconcile import reconcile
-from tests.conftest import REDIS_URL, make_tree
+from tests.conftest import REDIS_URL, make_tree, side_db
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).parent.parent
-BROKER = REDIS_URL.rsplit("/", 1)[0] + "/12"  # a broker of their own: not the session worker's
+BROKER = side_db(12)  # a broker of their own: not the session worker's
 QUEUE = f"reliability-{os.getpid()}"  # and a queue of their own, in case two runs share a machine
 
 

@@ -216,7 +216,7 @@ def test_procfile_runs_under_honcho(tmp_path: Path, monkeypatch):
     """Every Procfile process starts (web answers on $PORT) and honcho stops them all."""
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
-    from tests.conftest import REDIS_URL
+    from tests.conftest import REDIS_URL, side_db
 
     root = tmp_path / "downloads"
     root.mkdir()
@@ -226,7 +226,7 @@ def test_procfile_runs_under_honcho(tmp_path: Path, monkeypatch):
     env.update(
         PATH=f"{venv_bin}:{env.get('PATH', '')}",
         REDIS_URL=REDIS_URL,
-        CELERY_BROKER_URL=REDIS_URL.rsplit("/", 1)[0] + "/12",
+        CELERY_BROKER_URL=side_db(12),
         CACHEMGR_QUEUE=f"honcho-{port}",
         DISK_CACHE_ROOT=str(root),
         DISK_CACHE_KEY_PREFIX=f"honcho{port}:",

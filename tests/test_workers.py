@@ -14,7 +14,7 @@ import redis
 from cachemgr import DiskCache
 from cachemgr.errors import BadArgument
 from cachemgr.stats import counters
-from tests.conftest import REDIS_URL, make_tree
+from tests.conftest import REDIS_URL, make_tree, side_db
 
 UNIT = 5 * 4096
 WAIT = 20
@@ -173,8 +173,9 @@ def test_stop_scheduler_then_periodic_cleanup_deletes_nothing(pipeline, cache, r
 @contextlib.contextmanager
 def quota_passes() -> Iterator[list[dict]]:
     """The quota passes the session worker runs meanwhile, each's return value as it ends (they
-    store no result: read by none but tests)."""
-    from celery.signals import after_task_publish, task_postrun
+    store no result: read by none but tests). Its id is taken before it is sent: another
+    thread of the worker may run it to its end before the sender's after_task_publish."""
+    from celery.signals import before_task_publish, task_postrun
 
     sent: set[str] = set()
     done: list[dict] = []
@@ -187,12 +188,12 @@ def quota_passes() -> Iterator[list[dict]]:
         if task_id in sent:
             done.append(retval)
 
-    after_task_publish.connect(published, weak=False)
+    before_task_publish.connect(published, weak=False)
     task_postrun.connect(ran, weak=False)
     try:
         yield done
     finally:
-        after_task_publish.disconnect(published)
+        before_task_publish.disconnect(published)
         task_postrun.disconnect(ran)
 
 
@@ -972,7 +973,7 @@ def test_the_one_url_a_pipeline_gives_its_client_wins_over_its_redis_url(
     # The mirror: the workers' REDIS_URL in the environment, a broker URL of its own given
     # (a database where no worker published): the books stay where the workers keep them.
     monkeypatch.setenv("REDIS_URL", url)
-    broker_only = url.rsplit("/", 1)[0] + "/13"
+    broker_only = side_db(13)
     cluster = cache.settings.disk_cache_cluster
     cache.registry.publish(cache.settings)  # as the workers do, in their cluster's registry
     beside = CacheClient(broker_only, key_prefix=cache.keys.prefix, cluster=cluster)
