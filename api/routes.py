@@ -35,7 +35,7 @@ from api.schemas import (
     UnpinArgs,
     WaitArgs,
 )
-from cachemgr import DiskCache, journal, listing, paths, trash
+from cachemgr import DiskCache, journal, listing, mounts, paths
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as cleanup_plan
 from cachemgr.nodes import no_worker, route_of
@@ -166,7 +166,7 @@ def checked(path: str, target: DiskCache) -> tuple[str, bool]:
     # By name alone here: the mounts and the node registry are the workers' to judge (this
     # host's mounts say nothing of another's; the books may be away while the broker is not).
     depth = target.settings.disk_cache_entry_depth
-    own = trash.root_own(target.root, rel, depth) if here else paths.root_own(rel)
+    own = mounts.root_own(target.root, rel, depth) if here else paths.root_own(rel)
     if own is not None:
         raise paths.PathError(own)
     if elsewhere is None:

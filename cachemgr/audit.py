@@ -12,7 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from cachemgr import deletion, mounts, nested, paths, scanner, trash
+from cachemgr import deletion, mounts, nested, paths, scanner
 from cachemgr.marker import books_of
 from cachemgr.nodes import route_of
 
@@ -118,7 +118,7 @@ def untracked(
             # their errors). One no node of the cluster keeps (an empty marker, one that came
             # with a download) is counted: its bytes were nobody's, unsaid.
             other = nested.other_root(cache.root, path, cache.keys.prefix, walk=True)
-            if other is not None or trash.root_own(cache.root, path, depth):
+            if other is not None or mounts.root_own(cache.root, path, depth):
                 if other is not None and other[2] not in owned():
                     unowned.append(paths.shown(path))
                 continue

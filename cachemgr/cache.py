@@ -13,18 +13,19 @@ from cachemgr import (
     journal,
     listing,
     marker,
+    mounts,
     paths,
     pins,
     quota,
     registration,
     stats,
-    trash,
 )
 from cachemgr.errors import UnknownNode
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.nested import nested_root
-from cachemgr.nodes import NodeRegistry, differing, enforced, own_entry, root_elsewhere
+from cachemgr.nodes import NodeRegistry
+from cachemgr.published import differing, enforced, own_entry, root_elsewhere
 from cachemgr.records import Entry
 from cachemgr.registration import Booking
 from cachemgr.settings import Settings
@@ -77,7 +78,7 @@ class DiskCache:
         evicted): the root's own folder, or a disk's below it, or another cache's root, a
         path inside one, or one holding one (nested.nested_root); None for a download's."""
         depth = self.settings.disk_cache_entry_depth
-        return trash.root_own(self.root, rel, depth) or nested_root(
+        return mounts.root_own(self.root, rel, depth) or nested_root(
             self.root, rel, self.keys.prefix, below, walk
         )
 
@@ -248,7 +249,7 @@ class DiskCache:
 
     def acting(self) -> tuple[DiskCache, list[tuple[str, Any, Any]]]:
         """The cache a write or plan made in this process acts on, and where this process's
-        settings differ from the workers' ones it takes (`nodes.differing`). Switched off
+        settings differ from the workers' ones it takes (`published.differing`). Switched off
         here, nothing is done here, whatever the workers say: itself."""
         if not self.settings.enable_disk_cache_management:
             return self, []

@@ -224,7 +224,7 @@ class Keys:
 
     @cached_property
     def worker_settings(self) -> str:
-        """HASH worker (host:pid) -> the settings it enforces (JSON, nodes.ENFORCED), renewed
+        """HASH worker (host:pid) -> the settings it enforces (JSON, published.ENFORCED), renewed
         with its heartbeat: workers of one node that disagree are said, and a cleanup does not
         switch the policy away from one a live worker runs."""
         return f"{self.prefix}cache:worker_settings"

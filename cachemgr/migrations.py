@@ -11,8 +11,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import events
-from cachemgr.nodes import split
 from cachemgr.policies import POLICIES
+from cachemgr.published import split
 from cachemgr.reads import Lua, call
 from cachemgr.records import RECORD_FORMAT
 from cachemgr.scripts import COMMON_KEYS, PRELUDE

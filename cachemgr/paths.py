@@ -37,7 +37,7 @@ def not_a_download(name: str) -> bool:
 def root_own(rel: str, mounted: Container[str] = ()) -> str | None:
     """Why a normalized path is the root's own, not a download (registered, a quota pass
     deleted a file system's lost+found); None for a download's. `mounted`: the disks mounted
-    below the root (relative paths, trash.mounted_below), whose own such folders they are too."""
+    below the root (relative paths, mounts.mounted_below), whose own such folders they are too."""
     parts = rel.split("/")
     for i, name in enumerate(parts):
         if not_a_download(name) and (i == 0 or "/".join(parts[:i]) in mounted):

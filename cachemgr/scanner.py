@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachemgr import nested, trash
+from cachemgr import mounts, nested
 from cachemgr.paths import DIR_FLAGS, TRASH_DIR, not_a_download, unbookable
 
 
@@ -208,11 +208,11 @@ def directories_at_depth(
     marker names."""
     level = [""]
     # The disks mounted below the root hold their own lost+found (and a desktop's trash).
-    mounted = trash.mounted_below(root, depth) if depth > 1 and disk_tops else set()
+    mounted = mounts.mounted_below(root, depth) if depth > 1 and disk_tops else set()
     for _ in range(depth):
         below: list[str] = []
         for rel in level:
-            top = not rel or disk_tops and (rel in mounted or trash.other_device(root, rel))
+            top = not rel or disk_tops and (rel in mounted or mounts.other_device(root, rel))
             try:
                 it = os.scandir(root / rel if rel else root)
             except (FileNotFoundError, NotADirectoryError):

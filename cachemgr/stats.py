@@ -12,16 +12,8 @@ from cachemgr import marker, migrations
 from cachemgr.clock import CLOCK_SKEW_SECONDS, skewed
 from cachemgr.connection import same_server
 from cachemgr.health import diagnose, periodic_overdue, redis_memory_seen
-from cachemgr.nodes import (
-    ALIVE_TTL_SECONDS,
-    ENFORCED,
-    NodeRegistry,
-    differing,
-    enforced,
-    own_entry,
-    root_elsewhere,
-    split,
-)
+from cachemgr.nodes import ALIVE_TTL_SECONDS, NodeRegistry
+from cachemgr.published import ENFORCED, differing, enforced, own_entry, root_elsewhere, split
 from cachemgr.reads import Batch, Lua, Reader, call, pairs, run
 from cachemgr.records import iso, last_cleanup
 from cachemgr.settings import env_value
@@ -314,7 +306,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
 
 def _workers_apart(apart: dict[str, dict[Any, list[str]]]) -> list[str]:
     """Live workers of this node that enforce different settings (a rolling restart, or
-    one started with another environment; `apart`: nodes.split): one line for them all."""
+    one started with another environment; `apart`: published.split): one line for them all."""
     if not apart:
         return []
     said = "; ".join(

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cachemgr.nodes import own_entry
+from cachemgr.published import own_entry
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache

@@ -13,15 +13,14 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cachemgr.paths import DIR_FLAGS, TRASH_DIR, not_a_download
-from cachemgr.paths import root_own as paths_root_own
+from cachemgr.mounts import mount_id, mount_points, mount_points_under, mounts_above
+from cachemgr.paths import DIR_FLAGS, TRASH_DIR
 
 log = logging.getLogger("cachemgr")
 
@@ -59,7 +58,7 @@ def _same_device(fd: int, root_fd: int, where: str = "") -> None:
     """The trash must be the root's own folder: one that is a mount point (another disk, or a
     bind mount of something elsewhere, which st_dev cannot tell) would have that emptied, and
     a deletion's rename into it failed with a bare "Invalid cross-device link"."""
-    if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev or _mount_id(fd) != _mount_id(root_fd):
+    if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev or mount_id(fd) != mount_id(root_fd):
         raise OSError(
             errno.EXDEV, f"the trash {where + '/' if where else ''}{TRASH_DIR} is a mount point: "
             "nothing is deleted through it until it is unmounted"
@@ -93,51 +92,10 @@ def _base(chain: list[int]) -> int:
     then each level down to its parent): its index there, the root (0) or the mount point
     below it that the directory's disk is mounted at (a rename cannot cross filesystems: a
     download on a disk mounted at root/artist could never be deleted, EXDEV)."""
-    mount = _mount_id(chain[-1])
+    mount = mount_id(chain[-1])
     if mount is None:
         return 0
-    return next(i for i, fd in enumerate(chain) if _mount_id(fd) == mount)
-
-
-def mounts_above(root: Path, depth: int, points: list[str] | None = None) -> list[Path]:
-    """The mount points below the root above the entry depth `depth` (none in a trash), as
-    realpaths: the disks mounted there hold downloads, and a trash of their own (`_base`).
-    One inside a download (a bind mount of a directory elsewhere) holds nothing of ours."""
-    top = os.path.realpath(root)
-    below = [Path(p) for p in mount_points_under(Path(top), points) if p != top]
-    return [
-        p for p in below if len(p.relative_to(top).parts) < depth and TRASH_DIR not in p.parts
-    ]
-
-
-def mounted_below(root: Path, depth: int) -> set[str]:
-    """mounts_above, as paths relative to the root."""
-    top = Path(os.path.realpath(root))
-    return {str(p.relative_to(top)) for p in mounts_above(root, depth)}
-
-
-def root_own(root: Path, rel: str, depth: int) -> str | None:
-    """paths.root_own, with the disks mounted below the root: a disk mounted at root/disk1
-    holds its own lost+found, a download at depth 2. The mounts are read only for a path
-    that names such a folder below the root's top."""
-    parts = rel.split("/")
-    above = ["/".join(parts[:i]) for i in range(1, len(parts)) if not_a_download(parts[i])]
-    if not above:
-        return paths_root_own(rel)
-    mounted = mounted_below(root, depth)
-    return paths_root_own(rel, {p for p in above if p in mounted or other_device(root, p)})
-
-
-def other_device(root: Path, rel: str) -> bool:
-    """Where the mount table cannot be read (a sandbox): whether root/rel is on another
-    device than the root, the top of a disk mounted there (its own lost+found must not be a
-    download again). With the table, never: a btrfs subvolume has a device of its own too."""
-    if os.access(MOUNTINFO, os.R_OK):
-        return False
-    try:
-        return os.stat(root / rel).st_dev != os.stat(root).st_dev
-    except OSError:
-        return False
+    return next(i for i, fd in enumerate(chain) if mount_id(fd) == mount)
 
 
 def _bases(root: Path, points: list[str], depth: int) -> list[Path]:
@@ -152,48 +110,6 @@ def _remove(name: str, dir_fd: int) -> list[str]:
         return _rmtree(name, dir_fd)
     os.unlink(name, dir_fd=dir_fd)
     return []
-
-
-MOUNTINFO = Path("/proc/self/mountinfo")
-
-
-def mount_points() -> list[str]:
-    """Every mount point of this process (/proc/self/mountinfo; none where it is missing),
-    named as os.path.realpath names them: a mount point anywhere on the host whose name is not
-    UTF-8 made every deletion fail with a UnicodeDecodeError."""
-    try:
-        lines = MOUNTINFO.read_bytes().splitlines()
-    except OSError:
-        return []
-    points = []
-    for line in lines:
-        fields = line.split(b" ")
-        if len(fields) > 4:
-            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
-            points.append(os.fsdecode(point))
-    return points
-
-
-def _mount_id(fd: int) -> int | None:
-    """The mount a descriptor is on (Linux's fdinfo; None where it cannot be read)."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
-            for line in info:
-                if line.startswith(b"mnt_id:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def mount_points_under(path: Path, points: list[str] | None = None) -> list[str]:
-    """Mount points at or below `path`. `rmtree` would go down into a bind mount and delete
-    what it shows, which lives outside the root; st_dev cannot tell a bind mount of the same
-    filesystem. `points`: mount_points(), when the caller checks many paths."""
-    top = os.path.realpath(path)
-    inside = top.rstrip("/") + "/"
-    return [p for p in (mount_points() if points is None else points)
-            if p == top or p.startswith(inside)]  # fmt: skip
 
 
 def _rmtree(name: str, dir_fd: int) -> list[str]:
@@ -212,8 +128,8 @@ def _rmtree(name: str, dir_fd: int) -> list[str]:
         return []
     except OSError as exc:  # EMFILE...: left in the trash, said, not raised
         return [f"{name}: {exc}"]
-    device, mount = os.fstat(top).st_dev, _mount_id(dir_fd)
-    if _mount_id(top) != mount:
+    device, mount = os.fstat(top).st_dev, mount_id(dir_fd)
+    if mount_id(top) != mount:
         os.close(top)
         return [f"{name}: a mount point; not entered"]
     # Each level: its descriptor, its name in its parent, the parent's descriptor, and the
@@ -231,7 +147,7 @@ def _rmtree(name: str, dir_fd: int) -> list[str]:
                         os.unlink(entry.name, dir_fd=fd)
                         continue
                     child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
-                    if os.fstat(child).st_dev != device or _mount_id(child) != mount:
+                    if os.fstat(child).st_dev != device or mount_id(child) != mount:
                         os.close(child)
                         child = None
                         raise OSError(errno.EXDEV, "a mount point; not entered")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cachemgr import DiskCache, RootMissing, trash
+from cachemgr import DiskCache, RootMissing, mounts, trash
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup
 from cachemgr.reconcile import reconcile
@@ -66,7 +66,7 @@ def bind_mount(tmp_path: Path):
 
     yield mount
     # wherever they ended up (a rename moves a mount point along)
-    for target in sorted(trash.mount_points_under(tmp_path), reverse=True):
+    for target in sorted(mounts.mount_points_under(tmp_path), reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True)
 
 
@@ -514,8 +514,8 @@ def test_a_mount_point_whose_name_is_not_utf8_stops_no_deletion(cache, root, tmp
         b"97 22 0:50 / /tmp/bad\xff rw - tmpfs none rw\n"
         b"98 22 0:51 / /tmp/with\\040space rw - tmpfs none rw\n"
     )
-    monkeypatch.setattr(trash, "MOUNTINFO", info)
-    assert trash.mount_points() == ["/", os.fsdecode(b"/tmp/bad\xff"), "/tmp/with space"]
+    monkeypatch.setattr(mounts, "MOUNTINFO", info)
+    assert mounts.mount_points() == ["/", os.fsdecode(b"/tmp/bad\xff"), "/tmp/with space"]
     make_tree(root, "a", files=2)
     cache.register("a")
     assert cache.remove("a", remove_files=True)["files_deleted"] is True
@@ -736,9 +736,9 @@ def test_a_disks_lost_and_found_is_told_without_the_mount_table(
         make_tree(root, "artist/lost+found", files=1)
         make_tree(root, "artist/album", files=1)
         # With the table, the device is not asked (a btrfs subvolume has one of its own).
-        assert trash.other_device(root, "artist") is False
-        monkeypatch.setattr(trash, "MOUNTINFO", root / "no-mountinfo")
-        assert trash.mounted_below(root, 2) == set()
+        assert mounts.other_device(root, "artist") is False
+        monkeypatch.setattr(mounts, "MOUNTINFO", root / "no-mountinfo")
+        assert mounts.mounted_below(root, 2) == set()
         cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
         assert reconcile(cache, dry_run=True)["registered"] == ["artist/album"]
         with pytest.raises(Exception, match="the disk mounted at 'artist''s own"):

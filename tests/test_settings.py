@@ -426,7 +426,7 @@ def test_up_refuses_a_bad_embedded_redis_port_in_one_line(tmp_path):
 
 
 def test_the_workers_published_settings_replace_this_processs_only_where_they_differ():
-    from cachemgr.nodes import enforced
+    from cachemgr.published import enforced
 
     base = Settings(disk_cache_root="/tmp")
     published = {"max_bytes": base.disk_cache_max_bytes, "threshold": 0.9, "policy": "lru",
