@@ -30,12 +30,12 @@ def whole(name: str, value: Any, *, low: int = 0, high: int = MAX_EXACT) -> int:
     return value
 
 
-def seconds(name: str, value: Any, *, high: float, hint: str = "") -> float:
-    """`value` if it is a number of seconds more than 0 and at most `high`."""
+def seconds(name: str, value: Any, *, low: float, high: float, hint: str = "") -> float:
+    """`value` if it is a number of seconds from `low` to `high`."""
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not 0 < value <= high:  # NaN fails the comparison too
+    if not ok or not low <= value <= high:  # NaN fails the comparison too
         raise BadArgument(
-            f"{name} must be a number of seconds more than 0 and at most {high:g}{hint}, "
+            f"{name} must be a number of seconds from {low:g} to {high:g}{hint}, "
             f"got {shown(value)}"
         )
     return float(value)

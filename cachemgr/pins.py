@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 # A pin is a lease its holder renews while it needs the directory: a week at most, so that a
 # forgotten pin cannot keep a directory (and its bytes) forever.
 MAX_PIN_SECONDS = 7 * 86400
+# The pin script keeps time to the microsecond: a shorter lease read as lapsed at once, and
+# its caller met a TypeError for an answer.
+MIN_PIN_SECONDS = 0.001
 
 
 # Why a pin is no longer than a week, wherever the bound is said.
@@ -32,7 +35,8 @@ TTL_HINT = " (a week: renew a pin rather than make it long)"
 
 
 def check_ttl(ttl_seconds: float) -> None:
-    checks.seconds("ttl_seconds", ttl_seconds, high=MAX_PIN_SECONDS, hint=TTL_HINT)
+    checks.seconds("ttl_seconds", ttl_seconds, low=MIN_PIN_SECONDS, high=MAX_PIN_SECONDS,
+                   hint=TTL_HINT)  # fmt: skip
 
 
 def grant(

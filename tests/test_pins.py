@@ -450,3 +450,18 @@ def test_a_pin_of_a_file_or_a_symlink_says_which_as_a_registration_does(cache, r
                 act(name)
     cache.register("album")
     assert cache.pin("album/track00.mp3", 60)["path"] == "album"  # a track pins its album
+
+
+def test_a_lease_too_short_for_the_pin_scripts_clock_is_refused_in_one_line(
+    cache, root, pipeline
+):
+    """A ttl under the microsecond the script keeps read as lapsed at once: pin, pin_now and
+    the task raised a TypeError instead of naming the argument."""
+    make_tree(root, "a")
+    cache.register("a")
+    for pin in (cache.pin, pipeline.pin_now):
+        for ttl in (1e-7, 0.0005):
+            with pytest.raises(BadArgument, match="ttl_seconds must be a number of seconds from"):
+                pin("a", ttl)
+    assert cache.info("a").pinned_until is None
+    assert cache.pin("a", 0.001)["pinned_until"] is not None  # the shortest taken

@@ -316,7 +316,7 @@ def test_reconcile_refuses_a_force_that_is_not_a_boolean(pipeline, cache, root):
     assert cache.store.tracked(["x"]) == [True]  # the books were not emptied
 
 
-@pytest.mark.parametrize("ttl", ["10", None, True, float("nan"), 0, 8 * 86400])
+@pytest.mark.parametrize("ttl", ["10", None, True, float("nan"), 0, 1e-7, 8 * 86400])
 def test_a_bad_pin_ttl_is_refused_in_one_line(pipeline, cache, root, ttl):
     make_tree(root, "a")
     cache.register("a")
