@@ -959,6 +959,29 @@ def test_the_seeds_books_are_adopted_at_their_last_access(cache, root):
     assert reconcile(cache)["registered"] == []  # adopted once: nothing left to adopt
 
 
+@pytest.mark.parametrize("ttl", [86400, 4])
+def test_the_seeds_long_unplayed_rank_below_every_directory_played_since(cache, ttl):
+    """Booked a millisecond apart above the half-TTL bound, 5,000 long-unplayed seed entries
+    outranked one played 2 s after it: LRU evicted that one first. Below it, in their order,
+    and (a TTL of 4 s) none so far back that it would expire at once."""
+    from cachemgr import DiskCache, registration
+
+    adopting = DiskCache(cache.settings.with_(disk_cache_ttl_seconds=ttl), cache.client)
+    now = 1_800_000_000.0
+    adopting.clock = lambda: now
+    floor = now - ttl / 2
+    seen = {f"old{i:04d}": now - 3 * 86400 - i for i in range(5000)}
+    seen["played"] = floor + 2 if ttl > 4 else floor + 0.5
+    times = registration.last_accessed(adopting, seen)
+    assert set(times) == set(seen)
+    assert all(t < times["played"] for p, t in times.items() if p != "played")
+    oldest_first = sorted((p for p in seen if p != "played"), key=seen.__getitem__)
+    booked = [times[p] for p in oldest_first]
+    if ttl > 4:  # a millisecond apart: the seed's order kept, no ties
+        assert all(a < b for a, b in zip(booked, booked[1:], strict=False))
+    assert min(booked) >= now - ttl * 3 / 4 and max(booked) < floor
+
+
 def test_a_lock_the_seed_left_is_given_the_lock_timeout(cache, root):
     """A crashed seed process's `lock:dir:` (value `locked`, no TTL) kept its directory off
     the books for ever: every registration and reconcile said it would lapse, and it never did."""
