@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import traceback
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -16,6 +17,7 @@ from api.cli_errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     Fail,
@@ -23,7 +25,7 @@ from api.cli_errors import (
 from cachemgr.checks import NODE_NAME, NODE_NAME_RULE
 from cachemgr.connection import connect
 from cachemgr.logs import configure_logging
-from cachemgr.nodes import NodeRegistry, as_published
+from cachemgr.nodes import NodeRegistry, as_published, unknown_node
 from cachemgr.settings import Settings, SettingsError, log_level, quoted
 
 # Commands that only touch the books in Redis: a root gone since the workers started (an
@@ -44,7 +46,7 @@ def create_cli_app() -> Any:
             config["CACHEMGR_SETTINGS"] = Settings.from_env(require_root=False)
         if ctx is not None and ctx.meta.get(NODE_GIVEN):
             settings = config.get("CACHEMGR_SETTINGS") or Settings.from_env()
-            config["CACHEMGR_SETTINGS"] = _as_published(settings)
+            config["CACHEMGR_SETTINGS"] = _as_published(settings, ctx.meta.get(OWN_NODE, ""))
         app = create_app(config)
         # A read's output is its answer: INFO lines only when asked for. A write (`--now`:
         # registrations, evictions, removals) logs them as a worker does, on stderr.
@@ -74,25 +76,34 @@ def node_named(ctx: click.Context, param: click.Parameter, name: str | None) -> 
     return name
 
 
-NODE_GIVEN = "cachemgr.node_given"  # in the context's meta: `--node` was given
+# In the context's meta: `--node` was given, and the shell's own DISK_CACHE_NODE before it.
+NODE_GIVEN, OWN_NODE = "cachemgr.node_given", "cachemgr.own_node"
 
 
 def _for_node(ctx: click.Context, param: click.Parameter, name: str | None) -> None:
     """`cachemgr --node b ...`: the shell's DISK_CACHE_NODE for this command."""
     if node_named(ctx, param, name) is not None:
+        ctx.meta[OWN_NODE] = os.environ.get("DISK_CACHE_NODE", "")
         os.environ["DISK_CACHE_NODE"] = str(name)
         ctx.meta[NODE_GIVEN] = True
 
 
-def _as_published(settings: Settings) -> Settings:
-    """The node --node names, as its workers published it (nodes.as_published)."""
+def _as_published(settings: Settings, own: str) -> Settings:
+    """The node --node names, as its workers published it (nodes.as_published). One no
+    worker published, unless the shell's own (`own`, its DISK_CACHE_NODE), is refused as
+    the API's `?node=` is: a misspelt name's `ls` listed empty books and its `pin` leased a
+    directory in keys no worker reads, each exiting 0."""
     client = connect(settings.redis_url, interactive=True)
     try:
-        return as_published(settings, NodeRegistry(client, settings.disk_cache_cluster).entries())
+        entries = NodeRegistry(client, settings.disk_cache_cluster).entries()
     except redis.RedisError:  # the command says what is wrong with Redis, in its words
         return settings
     finally:
         client.close()
+    node = settings.disk_cache_node
+    if node not in entries and node != replace(settings, disk_cache_node=own).node:
+        raise Fail(str(unknown_node(node, entries)), EXIT_NOT_FOUND)
+    return as_published(settings, entries)
 
 
 class CacheGroup(FlaskGroup):

@@ -20,11 +20,10 @@ from cachemgr import (
     registration,
     stats,
 )
-from cachemgr.errors import UnknownNode
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
 from cachemgr.nested import nested_root
-from cachemgr.nodes import NodeRegistry
+from cachemgr.nodes import NodeRegistry, unknown_node
 from cachemgr.published import differing, enforced, own_entry, root_elsewhere
 from cachemgr.records import Entry
 from cachemgr.registration import Booking
@@ -206,11 +205,7 @@ class DiskCache:
         known = self.registry.entries() if entries is None else entries
         other = self.registry.settings_for(node, self.settings, known)
         if other is None:
-            names = ", ".join(repr(n) for n in sorted(known)) or "none"
-            raise UnknownNode(
-                f"unknown node {node!r}: no worker of it has started, or it was forgotten "
-                f"(`cachemgr forget-node`); known nodes: {names}"
-            )
+            raise unknown_node(node, known)
         remote = DiskCache(other, self.client, clock=self.clock)
         remote.local = False
         return remote

@@ -117,6 +117,15 @@ def route_of(node: str, entries: dict[str, dict[str, Any]]) -> Route:
     return Route(queue, str(entry.get("key_prefix", Keys.node_prefix(node))), True)
 
 
+def unknown_node(node: str, entries: dict[str, dict[str, Any]]) -> UnknownNode:
+    """A node none of `entries` (the registry) names, said with those it does."""
+    names = ", ".join(repr(n) for n in sorted(entries)) or "none"
+    return UnknownNode(
+        f"unknown node {node!r}: no worker of it has started, or it was forgotten "
+        f"(`cachemgr forget-node`); known nodes: {names}"
+    )
+
+
 def as_published(settings: Settings, entries: dict[str, dict[str, Any]]) -> Settings:
     """`settings` naming a node its workers run unnamed (DISK_CACHE_NODE unset there: the
     node goes by its host's name, its keys by the seed's names) made unnamed too: named, a

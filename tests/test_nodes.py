@@ -942,6 +942,7 @@ def test_cli_acts_on_the_node_its_node_option_names(two_nodes):
     """`cachemgr --node NAME ...` is DISK_CACHE_NODE=NAME for one command: the CLI had no way
     but the environment to name a node (`up --nodes 2` printed which variable to export)."""
     a, b = two_nodes["a"], two_nodes["b"]
+    b.registry.publish(b.settings)  # as its workers do
     make_tree(b.root, "album")
     b.register("album")
     env = {
@@ -962,6 +963,21 @@ def test_cli_acts_on_the_node_its_node_option_names(two_nodes):
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "Error: --node 'a b': not a node's name: 1 to 100 of letters, digits, '_', '.' and '-'"
     )
+    # A node no worker published: `ls` listed empty books and `pin` leased in keys no worker
+    # reads, each exiting 0 (the API's ?node= answers 404). The shell's own node is its own.
+    client = connect(REDIS_URL)
+    try:
+        for args in (["ls"], ["pin", "album", "--ttl", "60"], ["scheduler", "stop"]):
+            misspelt = cachemgr("--node", "nosuch", *args)
+            assert misspelt.returncode == 3, misspelt
+            assert misspelt.stderr.startswith("Error: unknown node 'nosuch': no worker"), misspelt
+            assert repr(b.settings.node) in misspelt.stderr  # the known ones, named
+        assert not list(client.scan_iter(match="{nosuch}*"))
+        assert a.settings.node not in a.registry.entries()  # not published (yet): its own
+        own = cachemgr("--node", a.settings.node, "ls", "--json")
+        assert own.returncode == 0 and json.loads(own.stdout) == [], own
+    finally:
+        client.close()
 
 
 def test_a_client_asks_for_the_workers_broker_once_in_a_while_not_at_each_send(
