@@ -3,18 +3,27 @@ here (--now) with the settings the workers published."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
 from flask import current_app
 from kombu.exceptions import OperationalError
 
-from api.cli_errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_USAGE, Fail
+from api.cli_errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Fail,
+)
+from api.errors import BACKEND_AWAY
 from api.extensions import answered, behind_lock, let_go
 from cachemgr import CacheError, DiskCache, marker
 from cachemgr.nodes import no_worker
 from cachemgr.settings import env_value
-from workers.results import ResultUnavailable, backend_gave_up
+from workers.results import backend_gave_up
 
 TASK_WAIT_SECONDS = 120.0
 
@@ -36,14 +45,19 @@ def wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
         )
     result = state().tasks.send(name, *args, **kwargs)
     try:
-        return answer(name, result)
+        return answer(name, result, alive=lambda: cache.registry.alive(cache.keys))
     except (CacheError, Fail):
         raise
-    except (RuntimeError, ResultUnavailable) as exc:
-        if backend_gave_up(exc):
-            raise  # the result backend gave up: `friendly` says so (exit 4)
-        raise Fail(f"{name} failed: {exc}", EXIT_FAILED) from None
     except Exception as exc:
+        if backend_gave_up(exc):
+            # Sent: only its answer cannot be read. "Cannot be reached", exit 4, alone read
+            # as nothing done, while the registration or cleanup had run.
+            raise Fail(
+                f"{name} was sent (task {result.id}), but {BACKEND_AWAY}: its answer cannot be "
+                "read, and it may have run; see `cachemgr info` or `cachemgr events` once it "
+                "answers (sent again, a write does no harm)",
+                EXIT_UNAVAILABLE,
+            ) from None
         if type(exc).__name__ in ("NotTracked", "NotOnDisk"):
             raise Fail(str(exc), EXIT_NOT_FOUND) from None
         if type(exc).__name__ == "PathError":
@@ -53,11 +67,18 @@ def wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
         let_go(result)  # now: at exit, its finaliser printed a traceback under the answer
 
 
-def answer(name: str, result: Any, wait: float = TASK_WAIT_SECONDS) -> Any:
+def answer(
+    name: str,
+    result: Any,
+    wait: float = TASK_WAIT_SECONDS,
+    alive: Callable[[], bool] | None = None,
+) -> Any:
     """The task's answer, within `wait` seconds. One the workers will send again (a
     registration behind another's lock) is answered at once as status "retry", not waited
-    out: the command fails (exit 1) and a script reading its JSON still gets the task's id."""
-    if answered(result, wait):
+    out: the command fails (exit 1) and a script reading its JSON still gets the task's id.
+    `alive`: whether a worker of the node is still alive; once none is (its heartbeat
+    lapsed: killed mid-wait), said then, not after the whole wait in bare words."""
+    if answered(result, wait, alive):
         return result.get()
     if behind_lock(result):
         return {
@@ -66,6 +87,13 @@ def answer(name: str, result: Any, wait: float = TASK_WAIT_SECONDS) -> Any:
             "reason": f"{name} is waiting for another's lock and will run again once it "
             f"lapses (task {result.id}): nothing is lost; see `cachemgr info` later",
         }
+    if alive is not None and not alive():
+        node = state().cache.settings.node
+        raise Fail(
+            f"{name}: {no_worker(node)}: the last one stopped while this waited; the task "
+            f"({result.id}) runs once one starts: start one, or do it here with --now",
+            EXIT_FAILED,
+        )
     raise Fail(
         f"{name}: no answer within {wait:.0f} s (task {result.id}); it may still run: see "
         "`cachemgr events`",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,17 +102,19 @@ def cache() -> DiskCache:
     return state().cache
 
 
-def answered(result: Any, wait: float) -> bool:
+def answered(result: Any, wait: float, alive: Callable[[], bool] | None = None) -> bool:
     """Whether a task's answer came within `wait` seconds. False at once when the workers
     will send it again once another's lock lapses (a registration behind it, `behind_lock`):
-    that is the answer for now, not one to wait out. A retry for a lost Redis is waited for."""
+    that is the answer for now, not one to wait out. A retry for a lost Redis is waited for.
+    `alive`: asked about once a second, False once no worker is left to answer."""
     deadline = time.monotonic() + wait
     while True:
         try:
             result.get(timeout=min(1.0, max(0.01, deadline - time.monotonic())), propagate=False)
             return True
         except (TimeoutError, CeleryTimeout):  # Celery raises its own class, not the builtin
-            if behind_lock(result) or time.monotonic() >= deadline:
+            gone = alive is not None and not alive()
+            if gone or behind_lock(result) or time.monotonic() >= deadline:
                 return result.ready()  # it may have come at the very last moment
 
 

@@ -340,6 +340,40 @@ def test_a_write_through_the_workers_fails_at_once_when_none_is_alive(runner, ca
     assert run(runner, "register", "a", "--now").exit_code == 0
 
 
+def test_a_write_whose_last_worker_stops_meanwhile_says_so_not_after_two_minutes(
+    runner, cache, root, monkeypatch
+):
+    """The node's only worker killed just after the send: the CLI waited its whole 120 s,
+    then said only "no answer". Once the node's heartbeat lapses, it says no worker is left."""
+    import threading
+    import time
+
+    from api.cli_tasks import state as _state
+    from cachemgr import connect
+
+    make_tree(root, "a")
+    with runner.app.app_context():
+        tasks = _state().tasks
+    nobody = f"nobody-{cache.keys.prefix.rstrip(':')}"  # a queue no worker reads: never run
+    monkeypatch.setattr(tasks, "send", lambda name, *a, **k: tasks.send_to(nobody, name, *a, **k))
+    lapse = threading.Timer(1.0, cache.client.delete, [cache.keys.alive])  # its heartbeat
+    lapse.start()
+    started = time.monotonic()
+    try:
+        result = run(runner, "register", "a")
+    finally:
+        lapse.cancel()
+        left = connect(tasks.broker_url)
+        left.delete(nobody, f"_kombu.binding.{nobody}", f"_kombu.binding_permanent.{nobody}")
+        left.close()
+    assert result.exit_code == 1 and time.monotonic() - started < 10, result.output
+    assert result.output.startswith(
+        f"Error: register_directory: no worker of node {cache.settings.node} is alive (no "
+        "heartbeat): the last one stopped while this waited; the task ("
+    ), result.output
+    assert "start one, or do it here with --now" in result.output
+
+
 def test_scheduler_stop_and_start_from_the_cli(runner, cache):
     # The stats' warning for a stopped scheduler names a command the CLI did not have.
     stopped = run(runner, "scheduler", "stop", "--json")
@@ -436,6 +470,7 @@ def test_a_result_backend_that_gives_up_is_exit_4(runner, cache, root, monkeypat
     exec("def give_up(**kw):\n    raise RuntimeError('Retry limit exceeded')", scope)
 
     class Result:
+        id = "task-1"
         get = staticmethod(scope["give_up"])
 
     with runner.app.app_context():
@@ -444,6 +479,9 @@ def test_a_result_backend_that_gives_up_is_exit_4(runner, cache, root, monkeypat
     result = run(runner, "register", "a")
     assert result.exit_code == 4 and "result backend cannot be reached" in result.output
     assert "restarted" not in result.output
+    # Sent: it may have run (it had: read as a failure, nothing done).
+    assert "register_directory was sent (task task-1)" in result.output, result.output
+    assert "may have run" in result.output
 
 
 def test_inline_writes_use_the_workers_quota_and_policy(settings, redis_client, root):
