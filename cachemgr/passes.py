@@ -58,7 +58,15 @@ def run_pass(
         nonlocal stopped
         if not stopped and heartbeat is not None and heartbeat() is False:
             # The cleanup lock lapsed: another cleanup may be running; stop rather than race.
+            # Said in the log too: the result alone said "done", and no line told why the
+            # usage stayed above the target.
             result.errors.append(LOCK_LOST)
+            log.warning(
+                "%s (Redis or this worker held up past the lock's life): another cleanup may "
+                "be running; the next one goes on",
+                LOCK_LOST,
+                extra={"event": "cleanup_lock_lost"},
+            )
             stopped = True
         return stopped
 

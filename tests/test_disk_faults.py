@@ -213,7 +213,9 @@ def test_a_subdirectory_named_in_no_utf8_does_not_stop_a_registration(cache, roo
     assert cache.register("a")["status"] == "registered"
 
 
-def test_a_pass_renews_its_lock_before_each_deletion_and_stops_when_it_is_lost(cache, root):
+def test_a_pass_renews_its_lock_before_each_deletion_and_stops_when_it_is_lost(
+    cache, root, caplog
+):
     # A batch of slow deletions must not outlast the cleanup lock: a second cleanup could then
     # start and evict too much. The heartbeat runs before each deletion; False stops the pass.
     from cachemgr.passes import enforce_quota
@@ -227,8 +229,11 @@ def test_a_pass_renews_its_lock_before_each_deletion_and_stops_when_it_is_lost(c
         beats.append(cache.store.count_entries())
         return len(beats) < 3  # the lock lapses at the third renewal
 
-    result = enforce_quota(cache, heartbeat=heartbeat)
+    with caplog.at_level("WARNING", logger="cachemgr"):
+        result = enforce_quota(cache, heartbeat=heartbeat)
     assert result.errors == ["cleanup lock lost: stopped early"]
+    said = [r for r in caplog.records if getattr(r, "event", None) == "cleanup_lock_lost"]
+    assert len(said) == 1 and said[0].levelname == "WARNING"  # the result alone said "done"
     # one renewal before the batch, one before the first deletion, lost before the second
     assert len(result.removed) == 1 and beats == [20, 20, 19]
     assert cache.store.count_entries() == 19
