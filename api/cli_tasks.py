@@ -3,10 +3,12 @@ here (--now) with the settings the workers published."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import click
+import redis
 from flask import current_app
 from kombu.exceptions import OperationalError
 
@@ -26,6 +28,10 @@ from cachemgr.settings import env_value
 from workers.results import backend_gave_up
 
 TASK_WAIT_SECONDS = 120.0
+# How long no worker of the node must be seen alive before a waiting write stops waiting: a
+# worker stopped by SIGTERM takes its heartbeat down at once and still finishes the task it
+# runs, and one restarted is back within seconds (a killed one's heartbeat lapses in 30 s).
+GONE_SECONDS = 30.0
 
 
 def state() -> Any:
@@ -45,7 +51,7 @@ def wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
         )
     result = state().tasks.send(name, *args, **kwargs)
     try:
-        return answer(name, result, alive=lambda: cache.registry.alive(cache.keys))
+        return answer(name, result, alive=worker_watch(cache))
     except (CacheError, Fail):
         raise
     except Exception as exc:
@@ -67,6 +73,24 @@ def wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
         let_go(result)  # now: at exit, its finaliser printed a traceback under the answer
 
 
+def worker_watch(cache: DiskCache) -> Callable[[], bool]:
+    """Whether the node may still answer: False once no worker of it has been alive for
+    GONE_SECONDS. A Redis that does not answer meanwhile tells nothing: the wait goes on."""
+    seen = time.monotonic()
+
+    def alive() -> bool:
+        nonlocal seen
+        try:
+            up = cache.registry.alive(cache.keys)
+        except redis.RedisError:
+            return True
+        if up:
+            seen = time.monotonic()
+        return up or time.monotonic() - seen < GONE_SECONDS
+
+    return alive
+
+
 def answer(
     name: str,
     result: Any,
@@ -76,8 +100,8 @@ def answer(
     """The task's answer, within `wait` seconds. One the workers will send again (a
     registration behind another's lock) is answered at once as status "retry", not waited
     out: the command fails (exit 1) and a script reading its JSON still gets the task's id.
-    `alive`: whether a worker of the node is still alive; once none is (its heartbeat
-    lapsed: killed mid-wait), said then, not after the whole wait in bare words."""
+    `alive`: whether a worker of the node may still answer (worker_watch); once none can
+    (killed mid-wait), said then, not after the whole wait in bare words."""
     if answered(result, wait, alive):
         return result.get()
     if behind_lock(result):
@@ -90,8 +114,9 @@ def answer(
     if alive is not None and not alive():
         node = state().cache.settings.node
         raise Fail(
-            f"{name}: {no_worker(node)}: the last one stopped while this waited; the task "
-            f"({result.id}) runs once one starts: start one, or do it here with --now",
+            f"{name}: {no_worker(node)} for {GONE_SECONDS:.0f} s while this waited: the task "
+            f"({result.id}) runs once one starts (one that stopped meanwhile may have done it: "
+            "see `cachemgr events` before doing it here with --now)",
             EXIT_FAILED,
         )
     raise Fail(

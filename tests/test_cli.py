@@ -344,13 +344,16 @@ def test_a_write_whose_last_worker_stops_meanwhile_says_so_not_after_two_minutes
     runner, cache, root, monkeypatch
 ):
     """The node's only worker killed just after the send: the CLI waited its whole 120 s,
-    then said only "no answer". Once the node's heartbeat lapses, it says no worker is left."""
+    then said only "no answer". Once no worker has been alive for GONE_SECONDS (30 s; 1 here),
+    it says so."""
     import threading
     import time
 
+    from api import cli_tasks
     from api.cli_tasks import state as _state
     from cachemgr import connect
 
+    monkeypatch.setattr(cli_tasks, "GONE_SECONDS", 1.0)
     make_tree(root, "a")
     with runner.app.app_context():
         tasks = _state().tasks
@@ -369,9 +372,34 @@ def test_a_write_whose_last_worker_stops_meanwhile_says_so_not_after_two_minutes
     assert result.exit_code == 1 and time.monotonic() - started < 10, result.output
     assert result.output.startswith(
         f"Error: register_directory: no worker of node {cache.settings.node} is alive (no "
-        "heartbeat): the last one stopped while this waited; the task ("
+        "heartbeat) for 1 s while this waited: the task ("
     ), result.output
-    assert "start one, or do it here with --now" in result.output
+    assert "see `cachemgr events` before doing it here with --now" in result.output
+
+
+def test_a_write_waits_out_a_worker_that_stops_cleanly_while_it_finishes_the_task(
+    runner, cache, root, monkeypatch
+):
+    """A worker stopped by SIGTERM takes the node's heartbeat down at once and finishes the
+    task it runs: the write stopped within a second, told to do again with --now what was
+    being done. Its answer, a moment later, is the command's."""
+    import threading
+
+    from api.cli_tasks import state as _state
+
+    make_tree(root, "a")
+    with runner.app.app_context():
+        app = _state().tasks.app
+    real = app.send_task
+    monkeypatch.setattr(app, "send_task", lambda *a, **k: real(*a, countdown=2, **k))
+    lapse = threading.Timer(0.3, cache.client.delete, [cache.keys.alive])  # its goodbye
+    lapse.start()
+    try:
+        result = run(runner, "register", "a", "--json")
+    finally:
+        lapse.cancel()
+    assert result.exit_code == 0, result.output
+    assert cache.store.info("a") is not None
 
 
 def test_scheduler_stop_and_start_from_the_cli(runner, cache):
@@ -1083,3 +1111,23 @@ def test_node_option_naming_an_unnamed_node_reaches_its_books(settings, root):
     finally:
         client.flushdb()
         client.close()
+
+
+def test_a_writes_wait_goes_on_while_the_books_redis_does_not_answer(cache, worker, monkeypatch):
+    """The watch on the node's workers asks Redis each second: a Redis away a moment made the
+    write stop with exit 4, blaming the result backend, where the answer came after."""
+    import redis
+
+    from api import cli_tasks
+
+    monkeypatch.setattr(cli_tasks, "GONE_SECONDS", 0.0)
+    watch = cli_tasks.worker_watch(cache)
+    assert watch() is True  # the fixture's worker: alive
+
+    def away(*_: object) -> bool:
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(type(cache.registry), "alive", away)
+    assert watch() is True  # not known gone: waited on
+    monkeypatch.setattr(type(cache.registry), "alive", lambda *_: False)
+    assert watch() is False  # known gone (past GONE_SECONDS, 0 here)
