@@ -6,7 +6,6 @@ import contextlib
 import os
 import sys
 import traceback
-from dataclasses import replace
 from typing import Any
 
 import click
@@ -46,7 +45,7 @@ def create_cli_app() -> Any:
             config["CACHEMGR_SETTINGS"] = Settings.from_env(require_root=False)
         if ctx is not None and ctx.meta.get(NODE_GIVEN):
             settings = config.get("CACHEMGR_SETTINGS") or Settings.from_env()
-            config["CACHEMGR_SETTINGS"] = _as_published(settings, ctx.meta.get(OWN_NODE, ""))
+            config["CACHEMGR_SETTINGS"] = node_settings(settings)
         app = create_app(config)
         # A read's output is its answer: INFO lines only when asked for. A write (`--now`:
         # registrations, evictions, removals) logs them as a worker does, on stderr.
@@ -88,11 +87,21 @@ def _for_node(ctx: click.Context, param: click.Parameter, name: str | None) -> N
         ctx.meta[NODE_GIVEN] = True
 
 
+def node_settings(settings: Settings) -> Settings:
+    """`settings` (the environment's, DISK_CACHE_NODE set by --node) for the node the
+    command's --node names, as its workers published it (nodes.as_published); as they are
+    with no --node."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not ctx.meta.get(NODE_GIVEN):
+        return settings
+    return _as_published(settings, ctx.meta.get(OWN_NODE, ""))
+
+
 def _as_published(settings: Settings, own: str) -> Settings:
-    """The node --node names, as its workers published it (nodes.as_published). One no
-    worker published, unless the shell's own (`own`, its DISK_CACHE_NODE), is refused as
-    the API's `?node=` is: a misspelt name's `ls` listed empty books and its `pin` leased a
-    directory in keys no worker reads, each exiting 0."""
+    """The node --node names, as its workers published it. One no worker published is
+    refused, as the API's `?node=` is (a misspelt name's `ls` listed empty books and its `pin`
+    leased a directory in keys no worker reads, each exiting 0), unless it is the shell's own
+    DISK_CACHE_NODE (`own`; a shell with none is the unnamed node, not its host's name)."""
     client = connect(settings.redis_url, interactive=True)
     try:
         entries = NodeRegistry(client, settings.disk_cache_cluster).entries()
@@ -101,7 +110,7 @@ def _as_published(settings: Settings, own: str) -> Settings:
     finally:
         client.close()
     node = settings.disk_cache_node
-    if node not in entries and node != replace(settings, disk_cache_node=own).node:
+    if node not in entries and node != own:
         raise Fail(str(unknown_node(node, entries)), EXIT_NOT_FOUND)
     return as_published(settings, entries)
 

@@ -19,6 +19,7 @@ from typing import Any
 import click
 import redis
 
+from api.cli_group import node_settings
 from api.errors import redis_said, redis_unavailable, wrong_database
 from api.humanize import counted
 from cachemgr.access_log import Exported, export_rows
@@ -233,7 +234,7 @@ def trace_group() -> None:
 def _keys_and_client(redis_url: str | None, prefix: str | None) -> tuple[Keys, Any]:
     if redis_url is None or prefix is None:
         try:
-            settings = Settings.from_env(require_root=False)
+            settings = node_settings(Settings.from_env(require_root=False))
         except SettingsError as exc:
             raise Refused(str(exc), 5) from None
         redis_url = redis_url or settings.redis_url

@@ -967,7 +967,9 @@ def test_cli_acts_on_the_node_its_node_option_names(two_nodes):
     # reads, each exiting 0 (the API's ?node= answers 404). The shell's own node is its own.
     client = connect(REDIS_URL)
     try:
-        for args in (["ls"], ["pin", "album", "--ttl", "60"], ["scheduler", "stop"]):
+        export = str(b.root.parent / "accesses.csv")
+        for args in (["ls"], ["pin", "album", "--ttl", "60"], ["scheduler", "stop"],
+                     ["trace", "export", "-o", export]):  # fmt: skip
             misspelt = cachemgr("--node", "nosuch", *args)
             assert misspelt.returncode == 3, misspelt
             assert misspelt.stderr.startswith("Error: unknown node 'nosuch': no worker"), misspelt
@@ -976,6 +978,12 @@ def test_cli_acts_on_the_node_its_node_option_names(two_nodes):
         assert a.settings.node not in a.registry.entries()  # not published (yet): its own
         own = cachemgr("--node", a.settings.node, "ls", "--json")
         assert own.returncode == 0 and json.loads(own.stdout) == [], own
+        # A shell with no DISK_CACHE_NODE is the unnamed node, not one named after its host:
+        # `--node <host>` leased in `{host}:` keys, which no worker reads.
+        host = Settings(disk_cache_root=str(a.root)).node
+        del env["DISK_CACHE_NODE"]
+        hosts = cachemgr("--node", host, "pin", "album", "--ttl", "60")
+        assert hosts.returncode == 3 and "unknown node" in hosts.stderr, hosts
     finally:
         client.close()
 
