@@ -17,7 +17,13 @@ from cachemgr.errors import RootMissing, logged
 from cachemgr.journal import recover_unfinished
 from cachemgr.locks import Keeper, Lock
 from cachemgr.logs import Repeats
-from cachemgr.passes import DEFAULT_TIME_BUDGET, enforce_quota, sweep_or_nothing, sweeps
+from cachemgr.passes import (
+    DEFAULT_TIME_BUDGET,
+    LOCK_LOST,
+    enforce_quota,
+    sweep_or_nothing,
+    sweeps,
+)
 from cachemgr.quota import evict_held, scheduler_running_seen, stopped_hold
 from cachemgr.reconcile import ReconcileBusy, reconcile
 from cachemgr.switch import disabled
@@ -246,7 +252,8 @@ def cleanup(
         evicted = enforce_quota(
             cache,
             time_budget=time_budget,
-            skip=not enforce,
+            # The lock lost in the sweep (said there): another cleanup may run; no pass.
+            skip=not enforce or LOCK_LOST in expired.errors,
             held=held,
             resume=resume,
             owed=owed,

@@ -750,3 +750,32 @@ def test_a_disks_lost_and_found_is_told_without_the_mount_table(
             cache.register("artist/lost+found")
     finally:
         subprocess.run(["umount", "-l", str(artist)], capture_output=True)
+
+
+def test_a_cleanup_that_loses_its_lock_in_the_sweep_says_so_once_and_evicts_nothing(
+    cache, root, caplog, monkeypatch
+):
+    """The sweep and the quota pass renew the same lock: once lost in the sweep, the quota
+    pass started all the same, found it lost at its first renewal and said so again."""
+    from cachemgr import locks
+    from cachemgr.cleanup import cleanup
+
+    for i in range(30):
+        make_tree(root, f"d{i:02d}", files=4)
+        cache.register(f"d{i:02d}")
+    old = cache.clock() - cache.settings.disk_cache_ttl_seconds - 100
+    cache.client.zadd(cache.keys.lru, {f"d{i:02d}": old for i in range(10)})  # expired
+    renewals: list[int] = []
+    real = locks.Lock.extend
+
+    def extend(self, *args, **kwargs):
+        renewals.append(1)
+        return real(self, *args, **kwargs) if len(renewals) == 1 else False  # lapsed
+
+    monkeypatch.setattr(locks.Lock, "extend", extend)
+    with caplog.at_level("WARNING", logger="cachemgr"):
+        result = cleanup(cache)
+    said = [r for r in caplog.records if getattr(r, "event", None) == "cleanup_lock_lost"]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert "cleanup lock lost: stopped early" in result["sweep"]["errors"]
+    assert result["evict"]["count"] == 0 and result["evict"]["errors"] == []
