@@ -252,7 +252,7 @@ class CacheClient(ClientChecks):
         """Send to a given queue (another node's): `cachemgr.<node>`."""
         options = {"queue": queue} if queue else {}
         self._say_unread()
-        if time.monotonic() >= self._alive_due and queue == self.queue:  # not another node's
+        if self._alive_check_due() and queue == self.queue:  # not another node's
             self._say_no_worker(queue)
         try:
             return self.app.send_task(

@@ -122,6 +122,9 @@ class ClientChecks:
                 extra={"event": "unread_keys"},
             )
 
+    def _alive_check_due(self) -> bool:
+        return time.monotonic() >= self._alive_due
+
     def _say_no_worker(self, queue: str | None) -> None:
         """At a send, once in ALIVE_CHECK_SECONDS: no worker of the node alive, its tasks
         wait, and a result's get() timed out in Celery's bare words. Only of a node the
