@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,6 +20,11 @@ REDIS_URL = os.environ.get("CACHEMGR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 _PROCESS = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 if _PROCESS > 2:
     raise pytest.UsageError("the suite runs in at most 3 processes (-n 3): Redis has 16 databases")
+if 3 <= int(urlsplit(REDIS_URL).path.strip("/") or 0) <= 14:  # one FLUSHDB would empty it
+    raise pytest.UsageError(
+        f"CACHEMGR_TEST_REDIS_URL={REDIS_URL}: databases 3-14 are the test processes' own for "
+        "Celery and the seed's keys; give it 0-2 or 15"
+    )
 
 
 def side_db(n: int) -> str:
