@@ -124,7 +124,7 @@ def ls(
     entries = listing.select(
         acting.store, now, larger_than=min_size, idle_for=idle, sort=sort, limit=limit
     )
-    emit([e.to_dict() for e in entries], as_json, lambda _: entry_rows(entries, now))
+    emit([e.to_dict(now) for e in entries], as_json, lambda _: entry_rows(entries, now))
 
 
 @click.command()

@@ -205,12 +205,13 @@ class Directories(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """Cached directories by last access, newest first, a page at a time."""
         try:
-            store = node_cache(args).enforcing().store  # expiry by the workers' TTL
+            acting = node_cache(args).enforcing()  # expiry by the workers' TTL
             # `?cursor=` (README's own first page) is none: the start
-            entries, cursor = listing.page(store, args["limit"], args["cursor"] or None)
+            entries, cursor = listing.page(acting.store, args["limit"], args["cursor"] or None)
         except ValueError as exc:
             return body(400, "bad_parameter", str(exc))
-        return {"directories": [e.to_dict() for e in entries], "next_cursor": cursor}
+        now = acting.clock()
+        return {"directories": [e.to_dict(now) for e in entries], "next_cursor": cursor}
 
 
 @blp.route("/directories/<path:path>")

@@ -117,7 +117,8 @@ def directory(store: Store, path: str, now: float) -> Entry | None:
         return None
     last, rec, ttl, own, named, around = reply
     leased = pairs(around)
-    protecting = max([float(t) for t in [own, *leased.values()] if t], default=None)
+    protecting = max([float(t) for t in [own, *leased.values()] if t and float(t) > now],
+                     default=None)  # fmt: skip
     entry = store.entry(path, last, rec, protecting)
     if ttl:
         entry.ttl_seconds = int(ttl)

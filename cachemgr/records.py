@@ -68,7 +68,10 @@ class Entry:
     def pinned(self, now: float) -> bool:
         return self.pinned_until is not None and self.pinned_until > now
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        """`now`: a lease ended by then is shown as none (the books keep it until a cleanup
+        prunes it: a lapsed one read as a pin in force)."""
+        lapsed = now is not None and not self.pinned(now)
         return {
             "path": self.path,
             "size_bytes": self.size_bytes,
@@ -77,7 +80,7 @@ class Entry:
             "last_access": iso(self.last_access),
             "expires_at": iso(self.expires_at),
             "hits": self.hits,
-            "pinned_until": iso(self.pinned_until),
+            "pinned_until": None if lapsed else iso(self.pinned_until),
             **({} if self.holders is None else {"holders": self._holders()}),
         }
 

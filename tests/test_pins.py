@@ -465,3 +465,23 @@ def test_a_lease_too_short_for_the_pin_scripts_clock_is_refused_in_one_line(
                 pin("a", ttl)
     assert cache.info("a").pinned_until is None
     assert cache.pin("a", 0.001)["pinned_until"] is not None  # the shortest taken
+
+
+def test_a_lapsed_lease_reads_as_none_though_the_books_keep_it_until_a_cleanup(
+    cache, root, client
+):
+    """A lease that ended was shown as `pinned_until` (in the past, beside `holders: []`) in
+    the API, `cachemgr info` and `ls --json`, until a cleanup pruned it."""
+    import time
+
+    make_tree(root, "a")
+    cache.register("a")
+    assert cache.pin("a", 0.5, "stream-1")["pinned_until"] is not None
+    listed = client.get("/cache/directories").get_json()["directories"]
+    assert listed[0]["pinned_until"] is not None  # in force: shown
+    time.sleep(0.7)
+    assert cache.store.info("a").pinned_until is not None  # still on the books
+    one = client.get("/cache/directories/a").get_json()
+    listed = client.get("/cache/directories").get_json()["directories"]
+    assert one["pinned_until"] is None and one["holders"] == [], one
+    assert listed[0]["path"] == "a" and listed[0]["pinned_until"] is None, listed
