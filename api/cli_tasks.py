@@ -23,7 +23,8 @@ from api.cli_errors import (
 from api.errors import BACKEND_AWAY
 from api.extensions import answered, behind_lock, let_go
 from cachemgr import CacheError, DiskCache, marker
-from cachemgr.nodes import no_worker
+from cachemgr.connection import broker_id
+from cachemgr.nodes import no_worker, unread_broker
 from cachemgr.settings import env_value
 from workers.results import backend_gave_up
 
@@ -49,7 +50,17 @@ def wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
             "flush, try again in 10 s)",
             EXIT_FAILED,
         )
-    result = state().tasks.send(name, *args, **kwargs)
+    tasks = state().tasks
+    theirs = unread_broker(cache.registry.entries(), tasks.broker_url)
+    if theirs:
+        # Sent, it waited 120 s for an answer that could not come, and blamed the task.
+        raise Fail(
+            f"not sent: tasks would go to broker {broker_id(tasks.broker_url)}, which no "
+            f"node's workers read (they read {', '.join(theirs)}): set CELERY_BROKER_URL "
+            "to theirs, or do it in this process with --now",
+            EXIT_CONFIG,
+        )
+    result = tasks.send(name, *args, **kwargs)
     try:
         return answer(name, result, alive=worker_watch(cache))
     except (CacheError, Fail):

@@ -402,6 +402,35 @@ def test_a_write_waits_out_a_worker_that_stops_cleanly_while_it_finishes_the_tas
     assert cache.store.info("a") is not None
 
 
+def test_a_write_to_a_broker_no_worker_reads_is_refused_not_waited_for(runner, cache, root):
+    """A shell whose CELERY_BROKER_URL is not the workers' (`up`'s export line without it): the
+    client warned, then the CLI waited 120 s for an answer that could not come."""
+    import time
+
+    from celery.signals import after_task_publish
+
+    from cachemgr.connection import broker_id
+
+    make_tree(root, "a")
+    theirs = broker_id(side_db(13))
+    cache.registry.publish(cache.settings, broker=theirs)  # the workers read another broker
+    sent: list[str] = []
+
+    def published(sender=None, **kwargs):
+        sent.append(sender)
+
+    after_task_publish.connect(published, weak=False)
+    try:
+        started = time.monotonic()
+        result = run(runner, "register", "a")
+    finally:
+        after_task_publish.disconnect(published)
+    assert result.exit_code == 5 and time.monotonic() - started < 5, result.output
+    assert result.output.startswith("Error: not sent: tasks would go to broker "), result.output
+    assert f"(they read {theirs})" in result.output and sent == []
+    assert run(runner, "register", "a", "--now").exit_code == 0  # here, as it says
+
+
 def test_scheduler_stop_and_start_from_the_cli(runner, cache):
     # The stats' warning for a stopped scheduler names a command the CLI did not have.
     stopped = run(runner, "scheduler", "stop", "--json")
