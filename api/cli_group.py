@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import traceback
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -46,6 +47,7 @@ def create_cli_app() -> Any:
         if ctx is not None and ctx.meta.get(NODE_GIVEN):
             settings = config.get("CACHEMGR_SETTINGS") or Settings.from_env()
             config["CACHEMGR_SETTINGS"] = node_settings(settings)
+            config["CACHEMGR_LOCAL"] = not ctx.meta.get(ELSEWHERE)
         app = create_app(config)
         # A read's output is its answer: INFO lines only when asked for. A write (`--now`:
         # registrations, evictions, removals) logs them as a worker does, on stderr.
@@ -75,8 +77,9 @@ def node_named(ctx: click.Context, param: click.Parameter, name: str | None) -> 
     return name
 
 
-# In the context's meta: `--node` was given, and the shell's own DISK_CACHE_NODE before it.
-NODE_GIVEN, OWN_NODE = "cachemgr.node_given", "cachemgr.own_node"
+# In the context's meta: `--node` was given, the shell's own DISK_CACHE_NODE before it, and
+# whether the node it names keeps its root on another host (its disk not looked at here).
+NODE_GIVEN, OWN_NODE, ELSEWHERE = "cachemgr.node_given", "cachemgr.own_node", "cachemgr.elsewhere"
 
 
 def _for_node(ctx: click.Context, param: click.Parameter, name: str | None) -> None:
@@ -112,6 +115,15 @@ def _as_published(settings: Settings, own: str) -> Settings:
     node = settings.disk_cache_node
     if node not in entries and node != own:
         raise Fail(str(unknown_node(node, entries)), EXIT_NOT_FOUND)
+    root = entries.get(node, {}).get("root")
+    if node != own and root:
+        # Another node's root is the one its workers published, not this shell's: with the
+        # shell's (`up --nodes 2`'s export line, node1's), `--node node2 stats` said node2's
+        # cache was not working. On another host it is not looked at here.
+        settings = replace(settings, disk_cache_root=str(root))
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:
+            ctx.meta[ELSEWHERE] = not os.path.isdir(root)
     return as_published(settings, entries)
 
 

@@ -957,6 +957,11 @@ def test_cli_acts_on_the_node_its_node_option_names(two_nodes):
 
     named = cachemgr("--node", b.settings.node, "ls", "--json")
     assert named.returncode == 0 and json.loads(named.stdout)[0]["path"] == "album", named
+    # This shell's root is a's: b's is the one b's workers published (`up --nodes 2`'s
+    # export line names node1's; `--node node2 stats` said node2's cache was not working).
+    theirs = cachemgr("--node", b.settings.node, "stats", "--json")
+    said = json.loads(theirs.stdout)["warnings"]
+    assert theirs.returncode == 0 and not any("cache root" in w for w in said), said
     own = cachemgr("ls", "--json")
     assert own.returncode == 0 and json.loads(own.stdout) == [], own
     bad = cachemgr("--node", "a b", "ls")
