@@ -23,6 +23,16 @@ from cachemgr.settings import SettingsError, parse_bool, parse_count
 STATE_DIR = Path(os.environ.get("CACHEMGR_STATE_DIR", ".cachemgr-state"))
 
 
+def _celery(env: dict[str, str]) -> str:
+    """The broker and result backend `up` was given, for the export line: without them, the
+    CLI in another shell sent its writes to a broker no worker read."""
+    return "".join(
+        f" {name}={shlex.quote(without_password(env[name]))}"
+        for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+        if env.get(name)
+    )
+
+
 def web_bind() -> tuple[str, int, str | None]:
     """Loopback only unless a token protects the writes; the note says so at start-up."""
     try:
@@ -210,7 +220,7 @@ def up(flower: bool, nodes: int = 1) -> int:
         procs.append(("redis", redis_proc))
         click.echo(f"redis   {env['REDIS_URL']} (embedded, data in {STATE_DIR}/)")
         # The CLI in another shell reads REDIS_URL; unset, it would ask 127.0.0.1:6379.
-        click.echo(f"        in another shell: export REDIS_URL={env['REDIS_URL']}")
+        click.echo(f"        in another shell: export REDIS_URL={env['REDIS_URL']}{_celery(env)}")
     names = [f"node{i}" for i in range(1, nodes + 1)] if nodes > 1 else [""]
     node_env = {
         name: {**env, "DISK_CACHE_NODE": name, "DISK_CACHE_ROOT": str(root / name)}
@@ -262,9 +272,9 @@ def up(flower: bool, nodes: int = 1) -> int:
         # marker .cachemgr-books is missing" of a cache that works.
         first_root = shlex.quote(node_env[names[0]]["DISK_CACHE_ROOT"])
         click.echo(
-            f"cli     in another shell: export REDIS_URL={without_password(env['REDIS_URL'])} "
-            f"DISK_CACHE_NODE={names[0]} DISK_CACHE_ROOT={first_root} (the node it acts on, or "
-            f"`cachemgr --node NAME ...`; the API takes ?node=)"
+            f"cli     in another shell: export REDIS_URL={without_password(env['REDIS_URL'])}"
+            f"{_celery(env)} DISK_CACHE_NODE={names[0]} DISK_CACHE_ROOT={first_root} (the node "
+            "it acts on, or `cachemgr --node NAME ...`; the API takes ?node=)"
         )
     interval = env.get("DISK_CACHE_CLEANUP_INTERVAL", "3600")
     click.echo(f"worker  2 processes for each of {len(names)} node(s); beat every {interval} s")

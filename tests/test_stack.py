@@ -158,11 +158,15 @@ def test_up_with_two_nodes(tmp_path: Path, monkeypatch):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "REDIS_URL"))}
     (tmp_path / "downloads").mkdir()  # a root set is never made (a disk not mounted?)
+    redis_port = _free_port()
+    broker = f"redis://127.0.0.1:{redis_port}/1"  # the embedded Redis's: given to `up`
     env.update(
         DISK_CACHE_ROOT=str(tmp_path / "downloads"),
         CACHEMGR_STATE_DIR=str(tmp_path / "state"),
-        CACHEMGR_REDIS_PORT=str(_free_port()),
+        CACHEMGR_REDIS_PORT=str(redis_port),
         PORT=str(port),
+        CELERY_BROKER_URL=broker,
+        CELERY_RESULT_BACKEND=broker,
     )
     up = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "up", "--nodes", "2"],
@@ -208,6 +212,8 @@ def test_up_with_two_nodes(tmp_path: Path, monkeypatch):
     # The CLI in another shell, unset, acted on a node named after the host that no worker
     # serves: `up` says which variable picks a node.
     assert "in another shell: export REDIS_URL=" in output and " DISK_CACHE_NODE=node1 " in output
+    # and the broker `up` was given: without it, the shell's writes went to one no worker read
+    assert f" CELERY_BROKER_URL={broker} CELERY_RESULT_BACKEND={broker} " in output, output
     # and its root: with the shell's own, `cachemgr stats` said the cache was not working.
     assert " DISK_CACHE_ROOT=" in output and "/node1 (the node it acts on" in output, output
 
