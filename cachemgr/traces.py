@@ -87,15 +87,19 @@ def compression_suffix(head: bytes) -> str:
 
 
 def sniff_format(path: str | Path) -> str:
-    """`csv` when the first line names the CSV columns (cachemgr trace export), else `text`:
-    for a trace whose name says nothing (standard input, a file `accesses`). oracleGeneral is
-    binary and has no header to know it by: its file name, or --format, says so."""
+    """For a trace whose name says nothing (standard input, a file `accesses`): `oracle` when
+    its first bytes hold a NUL, which no text trace has and every oracleGeneral one does (its
+    24-byte records start with a 32-bit time; it was read as text, "can't decode byte 0xff"),
+    `csv` when the first line names the CSV columns (cachemgr trace export), else `text`."""
     try:
-        with _open_text(Path(path)) as fh:
-            first = fh.readline(4096).lower()
-    except (OSError, EOFError, lzma.LZMAError, zlib.error, UnicodeDecodeError):
+        with _open_binary(Path(path)) as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error):
         return "text"  # read_trace then says what is wrong with it
-    return "csv" if "," in first and "timestamp" in first else "text"
+    if b"\x00" in head:
+        return "oracle"
+    first = head.split(b"\n", 1)[0].lower()
+    return "csv" if b"," in first and b"timestamp" in first else "text"
 
 
 def _open_binary(path: Path) -> IO[bytes]:

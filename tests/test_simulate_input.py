@@ -133,6 +133,33 @@ def test_a_csv_trace_named_without_its_suffix_is_told_by_its_header(tmp_path: Pa
     assert json.loads(got.stdout)["requests"] == 3
 
 
+def test_an_oracle_general_trace_named_without_its_suffix_is_told_by_its_bytes(tmp_path: Path):
+    """README: formats are told by the name or the first bytes. A `.bin` file copied to
+    `trace.dat`, gzipped as `t.gz`, or piped in failed as "'utf-8' codec can't decode byte
+    0xff"; --format oracle read it."""
+    import json
+
+    from cachemgr.traces import Trace, write_oracle_general
+
+    n = 60
+    times = np.arange(n, dtype=np.int64)
+    trace = Trace("t", times, times % 7, np.full(n, 0xFF00FF, dtype=np.int64))
+    named = tmp_path / "syn.bin"
+    write_oracle_general(trace, named)
+
+    def misses(*args: str) -> list[tuple[int, int]]:
+        got = sim(*args, "--no-bounds", "--policy", "lru", "--size", "40%", "--json")
+        assert got.exit_code == 0, got.output
+        return [(r["misses"], r["miss_bytes"]) for r in json.loads(got.stdout)["results"]]
+
+    want = misses(str(named))
+    plain, packed = tmp_path / "trace.dat", tmp_path / "t.gz"
+    plain.write_bytes(named.read_bytes())
+    packed.write_bytes(gzip.compress(named.read_bytes()))
+    assert misses(str(plain)) == want and misses(str(packed)) == want
+    assert misses(str(plain), "--format", "oracle") == want
+
+
 def test_trace_export_to_a_fifo_writes_into_it_not_over_it(redis_client, prefix, tmp_path):
     store = Store(redis_client, Keys(prefix), access_log_maxlen=100)
     store.access("a/b", now=1000.0)
