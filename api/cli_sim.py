@@ -330,7 +330,8 @@ def export_command(
             done = export_rows(client, keys, sys.stdout, count)
         else:
             done = _export_to_file(client, keys, Path(output), count)
-        maxlen = client.hget(keys.config, "access_log_maxlen")  # the workers' published one
+        published = client.hgetall(keys.config)  # the workers' settings, as they published them
+        maxlen = published.get("access_log_maxlen")
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise Refused(f"Redis cannot be reached: {exc}", 4) from None
     except redis.ResponseError as exc:
@@ -361,8 +362,13 @@ def export_command(
         click.echo("the access log is off now: these accesses were recorded before", err=True)
     if n == 0:  # a header alone said nothing of why
         click.echo(
-            "no accesses: the access log is off (DISK_CACHE_ACCESS_LOG_MAXLEN is 0 for the "
-            "node's workers; set it there to record them)"
+            # No config published under these keys: no node's workers keep these books (the
+            # log was said to be off for a --prefix of none of them).
+            f"no accesses: no node's workers keep books under key prefix {keys.prefix!r} "
+            "(a wrong --prefix, DISK_CACHE_KEY_PREFIX or DISK_CACHE_NODE?)"
+            if not published
+            else "no accesses: the access log is off (DISK_CACHE_ACCESS_LOG_MAXLEN is 0 for "
+            "the node's workers; set it there to record them)"
             if maxlen in (None, "0")
             else "no accesses recorded yet",
             err=True,

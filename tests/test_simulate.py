@@ -289,10 +289,14 @@ def test_an_export_keeps_what_it_read_while_the_cap_trims_the_log(redis_client, 
 def test_an_empty_export_says_whether_the_access_log_is_off(redis_client, prefix):
     # A header alone, with the log off, left the user to guess why.
     args = ["export", "--redis-url", REDIS_URL, "--prefix", prefix]
+    nobodys = CliRunner().invoke(trace_group, args)  # no workers publish under the prefix
+    assert nobodys.exit_code == 0 and nobodys.stdout == "timestamp,path,size,hit\n"
+    assert f"no node's workers keep books under key prefix {prefix!r}" in nobodys.stderr
+    assert "access log is off" not in nobodys.stderr  # it was blamed
+    redis_client.hset(f"{prefix}cache:config", "access_log_maxlen", "0")  # the workers' own
     off = CliRunner().invoke(trace_group, args)
-    assert off.exit_code == 0 and off.stdout == "timestamp,path,size,hit\n"
     assert "the access log is off (DISK_CACHE_ACCESS_LOG_MAXLEN" in off.stderr
-    redis_client.hset(f"{prefix}cache:config", "access_log_maxlen", "1000")  # the workers' own
+    redis_client.hset(f"{prefix}cache:config", "access_log_maxlen", "1000")
     on = CliRunner().invoke(trace_group, args)
     assert on.exit_code == 0 and "no accesses recorded yet" in on.stderr
 
