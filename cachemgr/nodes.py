@@ -24,7 +24,7 @@ from cachemgr.errors import NodeAlive, PathError, UnknownNode
 from cachemgr.keys import Keys
 from cachemgr.logs import Repeats
 from cachemgr.paths import normalize
-from cachemgr.published import enforced, enforced_entry, newest
+from cachemgr.published import disk_seen, enforced, enforced_entry, newest
 from cachemgr.reads import Batch, Lua, Reader, call, run
 from cachemgr.settings import Settings
 
@@ -223,7 +223,11 @@ class NodeRegistry:
             pipe.eval(PRUNE, 2, keys.workers, keys.worker_settings, cutoff)
             pipe.expire(keys.workers, 2 * ttl)
             if settings is not None:
-                own = {**enforced_entry(settings), "clock_skew": round(skew, 1)}
+                own = {
+                    **enforced_entry(settings),
+                    "clock_skew": round(skew, 1),
+                    **disk_seen(settings.root),
+                }
                 pipe.hset(keys.worker_settings, worker, json.dumps(own, sort_keys=True))
                 pipe.expire(keys.worker_settings, 2 * ttl)
                 if abs(skew) > CLOCK_SKEW_SECONDS and _REPEATS.due(f"skew:{worker}", now):

@@ -6,6 +6,7 @@ environment's, and where they differ the stats say so.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import replace
 from typing import Any
 
@@ -108,3 +109,28 @@ def newest(entries: dict[str, dict[str, Any]], prefix: str) -> dict[str, Any] | 
     """The entry published last for the books under `prefix`."""
     same = [e for e in entries.values() if e.get("key_prefix") == prefix]
     return max(same, key=lambda e: float(e.get("published_at", 0)), default=None)
+
+
+def disk_seen(root: os.PathLike[str] | str) -> dict[str, int]:
+    """The root's disk as a worker sees it, published with its settings at each beat: the
+    API on another host cannot look at it (its stats said free space unknown, no floor
+    warning, and no alert on `cachemgr_free_disk_bytes` could fire for that node)."""
+    try:
+        total, _, free = shutil.disk_usage(root)
+    except OSError:
+        return {}
+    return {"disk_bytes": total, "free_disk_bytes": free}
+
+
+def disk_of(workers: dict[str, dict[str, Any]]) -> tuple[int | None, int | None]:
+    """(disk size, free bytes) of a node's root as its live workers saw it at their last beat
+    (the least free of them), or (None, None) where none said."""
+    seen = [
+        (w["free_disk_bytes"], w["disk_bytes"])
+        for w in workers.values()
+        if isinstance(w.get("free_disk_bytes"), int) and isinstance(w.get("disk_bytes"), int)
+    ]
+    if not seen:
+        return None, None
+    free, disk = min(seen)
+    return disk, free

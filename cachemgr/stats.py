@@ -13,7 +13,15 @@ from cachemgr.clock import CLOCK_SKEW_SECONDS, skewed
 from cachemgr.connection import same_server
 from cachemgr.health import diagnose, periodic_overdue, redis_memory_seen
 from cachemgr.nodes import ALIVE_TTL_SECONDS, NodeRegistry
-from cachemgr.published import ENFORCED, differing, enforced, own_entry, root_elsewhere, split
+from cachemgr.published import (
+    ENFORCED,
+    differing,
+    disk_of,
+    enforced,
+    own_entry,
+    root_elsewhere,
+    split,
+)
 from cachemgr.reads import Batch, Lua, Reader, call, pairs, run
 from cachemgr.records import iso, last_cleanup
 from cachemgr.settings import env_value
@@ -187,6 +195,8 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     try:
         if cache.local:
             disk, _, free = shutil.disk_usage(cache.root)
+        else:  # another host's disk: as its workers saw it at their last beat
+            disk, free = disk_of(snap.get("workers") or {})
     except OSError:
         pass  # no root: refused below
     floor = s.disk_cache_min_free_bytes

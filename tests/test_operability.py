@@ -124,6 +124,32 @@ def test_metrics_honours_node_query(two_nodes):
     assert m["cachemgr_worker_up"] == 0
 
 
+def test_another_hosts_node_shows_its_disk_as_its_workers_saw_it(
+    settings, redis_client, tmp_path, prefix
+):
+    """The API cannot look at another host's disk: that node's stats said free space unknown
+    and no floor warning, its page "Free on disk -", and `cachemgr_free_disk_bytes` was not
+    exported, so CacheLowDiskSpace could never fire for it. Its workers now say at each beat."""
+    far_root = tmp_path / "far"
+    far_root.mkdir()
+    disk, _, free = shutil.disk_usage(far_root)
+    floor = min(free + 2**30, disk - 1)  # more than is free: the disk is short of its floor
+    theirs = settings.with_(
+        disk_cache_node="far", disk_cache_key_prefix=f"{prefix}far:",
+        disk_cache_root=str(far_root), disk_cache_min_free_bytes=floor,
+    )  # fmt: skip
+    far = DiskCache(theirs, redis_client)
+    far.registry.publish(theirs)
+    far.registry.heartbeat(far.keys, worker="w1@far", settings=theirs)  # a worker's beat
+    client = app_for(settings, redis_client).test_client()
+    node = client.get("/cache/stats?node=far").get_json()
+    assert node["free_disk_bytes"] is not None and node["disk_bytes"] == disk, node
+    assert abs(node["free_disk_bytes"] - free) < 2**30  # as seen at the beat
+    assert any("under DISK_CACHE_MIN_FREE_BYTES" in w for w in node["warnings"]), node
+    metrics = metrics_of(client, "/metrics?node=far")
+    assert metrics.get("cachemgr_free_disk_bytes") == node["free_disk_bytes"], sorted(metrics)
+
+
 def test_last_cleanup_reads_back_typed(settings, redis_client, cache, root):
     """Redis keeps the outcome as strings; /cache/stats gives numbers and nulls
     for what is absent or unreadable, as its schema says."""
