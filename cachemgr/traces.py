@@ -175,6 +175,8 @@ def read_csv(path: str | Path) -> Trace:
         try:
             # The header is read here: a stray quote on it reads as one huge field.
             found = list(reader.fieldnames or ())
+            if not found:  # an empty file, as an empty text or binary one: no requests
+                raise TraceError(f"{_named(p)}: no requests")
             reader.fieldnames = [name.strip().lower() for name in found]  # `Timestamp, Path`
             missing = {"timestamp", "path", "size"} - set(reader.fieldnames)
             if missing:

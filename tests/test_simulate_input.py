@@ -287,3 +287,14 @@ def test_trace_export_names_a_folder_below_a_tracked_directory_as_that_directory
 
     table = json.loads(res.output)
     assert table["objects"] == 2 and table["results"][0]["misses"] == 2, table
+
+
+def test_an_empty_trace_says_no_requests_whatever_its_format(tmp_path: Path):
+    """An empty CSV said "the CSV header lacks path, size, timestamp (its first line reads
+    '')", an empty text or binary file "no requests"."""
+    for name in ("empty.csv", "empty.txt", "empty.bin"):
+        p = tmp_path / name
+        p.write_bytes(b"")
+        got = sim(str(p), "--policy", "lru", "--size", "10%")
+        _one_line_exit_2(got)
+        assert got.output.strip().endswith(f"{name}: no requests"), got.output
