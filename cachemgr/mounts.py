@@ -161,7 +161,7 @@ def mount_points_under(path: Path, points: list[str] | None = None) -> list[str]
 
 def mounts_above(root: Path, depth: int, points: list[str] | None = None) -> list[Path]:
     """The mount points below the root above the entry depth `depth` (none in a trash), as
-    realpaths: the disks mounted there hold downloads, and a trash of their own (`_base`).
+    realpaths: the disks mounted there hold downloads, and a trash of their own (`trash._base`).
     One inside a download (a bind mount of a directory elsewhere) holds nothing of ours."""
     top = os.path.realpath(root)
     below = [Path(p) for p in mount_points_under(Path(top), points) if p != top]
