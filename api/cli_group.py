@@ -6,7 +6,6 @@ import contextlib
 import os
 import sys
 import traceback
-from dataclasses import replace
 from typing import Any
 
 import click
@@ -47,7 +46,7 @@ def create_cli_app() -> Any:
         if ctx is not None and ctx.meta.get(NODE_GIVEN):
             settings = config.get("CACHEMGR_SETTINGS") or Settings.from_env()
             config["CACHEMGR_SETTINGS"] = node_settings(settings)
-            config["CACHEMGR_LOCAL"] = not ctx.meta.get(ELSEWHERE)
+            config["CACHEMGR_LOCAL"] = not (reading and ctx.meta.get(ELSEWHERE))
         app = create_app(config)
         # A read's output is its answer: INFO lines only when asked for. A write (`--now`:
         # registrations, evictions, removals) logs them as a worker does, on stderr.
@@ -78,7 +77,7 @@ def node_named(ctx: click.Context, param: click.Parameter, name: str | None) -> 
 
 
 # In the context's meta: `--node` was given, the shell's own DISK_CACHE_NODE before it, and
-# whether the node it names keeps its root on another host (its disk not looked at here).
+# whether the node it names is another whose root is not this shell's (its disk not read).
 NODE_GIVEN, OWN_NODE, ELSEWHERE = "cachemgr.node_given", "cachemgr.own_node", "cachemgr.elsewhere"
 
 
@@ -116,14 +115,13 @@ def _as_published(settings: Settings, own: str) -> Settings:
     if node not in entries and node != own:
         raise Fail(str(unknown_node(node, entries)), EXIT_NOT_FOUND)
     root = entries.get(node, {}).get("root")
-    if node != own and root:
-        # Another node's root is the one its workers published, not this shell's: with the
-        # shell's (`up --nodes 2`'s export line, node1's), `--node node2 stats` said node2's
-        # cache was not working. On another host it is not looked at here.
-        settings = replace(settings, disk_cache_root=str(root))
-        ctx = click.get_current_context(silent=True)
-        if ctx is not None:
-            ctx.meta[ELSEWHERE] = not os.path.isdir(root)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and node != own and root:
+        # Another node whose root is not this shell's: a read looks at its books only, as
+        # the API's ?node= does (with the shell's root, `--node node2 stats` from node1's
+        # shell said node2's cache was not working). A write done here still needs this
+        # shell's root to be the node's (cli_tasks.acting refuses it otherwise).
+        ctx.meta[ELSEWHERE] = str(root) != os.path.realpath(settings.disk_cache_root)
     return as_published(settings, entries)
 
 

@@ -76,7 +76,8 @@ class CacheExtension:
             redis=client,  # its reads (the node's route) fail fast too
         )
         cache = DiskCache(settings, client, clock=RedisClock(client))  # leases, plays: Redis's
-        # The CLI's `--node` of a node whose root is on another host: its disk is not here.
+        # The CLI's read of another node whose root is not its shell's: the books alone, as
+        # the API's ?node= reads them (cli_group.ELSEWHERE).
         cache.local = bool(app.config.get("CACHEMGR_LOCAL", True))
         app.extensions["cachemgr"] = CacheState(cache, tasks)
 

@@ -962,6 +962,12 @@ def test_cli_acts_on_the_node_its_node_option_names(two_nodes):
     theirs = cachemgr("--node", b.settings.node, "stats", "--json")
     said = json.loads(theirs.stdout)["warnings"]
     assert theirs.returncode == 0 and not any("cache root" in w for w in said), said
+    # A write done here still needs this shell's root to be that node's: refused, nothing
+    # recorded in b's books (a first fix took b's root for the shell's, and a reconcile
+    # --force of an empty folder of that name here untracked b's downloads).
+    here = cachemgr("--node", b.settings.node, "cleanup", "--now")
+    assert here.returncode == 5 and "not done here" in here.stderr, here
+    assert not b.client.exists(b.keys.last_cleanup)
     own = cachemgr("ls", "--json")
     assert own.returncode == 0 and json.loads(own.stdout) == [], own
     bad = cachemgr("--node", "a b", "ls")
