@@ -24,7 +24,8 @@ from api.errors import BACKEND_AWAY
 from api.extensions import answered, behind_lock, let_go
 from cachemgr import CacheError, DiskCache, marker
 from cachemgr.connection import broker_id
-from cachemgr.nodes import no_worker, unread_broker
+from cachemgr.nodes import no_worker
+from cachemgr.published import own_entry
 from cachemgr.settings import env_value
 from workers.results import backend_gave_up
 
@@ -50,19 +51,9 @@ def wait_task(name: str, *args: Any, **kwargs: Any) -> Any:
             "flush, try again in 10 s)",
             EXIT_FAILED,
         )
-    tasks = state().tasks
-    theirs = unread_broker(cache.registry.entries(), tasks.broker_url)
-    if theirs:
-        # Sent, it waited 120 s for an answer that could not come, and blamed the task.
-        raise Fail(
-            f"not sent: tasks would go to broker {broker_id(tasks.broker_url)}, which no "
-            f"node's workers read (they read {', '.join(theirs)}): set CELERY_BROKER_URL "
-            "to theirs, or do it in this process with --now",
-            EXIT_CONFIG,
-        )
-    result = tasks.send(name, *args, **kwargs)
+    result = state().tasks.send(name, *args, **kwargs)
     try:
-        return answer(name, result, alive=worker_watch(cache))
+        return answer(name, result, TASK_WAIT_SECONDS, alive=worker_watch(cache))
     except (CacheError, Fail):
         raise
     except Exception as exc:
@@ -132,8 +123,26 @@ def answer(
         )
     raise Fail(
         f"{name}: no answer within {wait:.0f} s (task {result.id}); it may still run: see "
-        "`cachemgr events`",
+        f"`cachemgr events`{_unread_broker()}",
         EXIT_FAILED,
+    )
+
+
+def _unread_broker() -> str:
+    """Why no answer came, when the node's workers published a broker that is not the one
+    the task went to (the client warned at the send; a name of the same server its workers
+    know by another, `redis` in a container, is not refused for it). Best effort."""
+    st = state()
+    try:
+        entry = own_entry(st.cache.registry.entries(), st.cache.settings)
+    except redis.RedisError:
+        return ""
+    theirs, mine = entry.get("broker"), broker_id(st.tasks.broker_url)
+    if not theirs or theirs == mine:
+        return ""
+    return (
+        f"; it went to broker {mine}, and the node's workers read {theirs}: set "
+        "CELERY_BROKER_URL to theirs (or do it in this process with --now)"
     )
 
 
