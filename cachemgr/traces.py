@@ -88,18 +88,31 @@ def compression_suffix(head: bytes) -> str:
 
 def sniff_format(path: str | Path) -> str:
     """For a trace whose name says nothing (standard input, a file `accesses`): `oracle` when
-    its first bytes hold a NUL, which no text trace has and every oracleGeneral one does (its
-    24-byte records start with a 32-bit time; it was read as text, "can't decode byte 0xff"),
-    `csv` when the first line names the CSV columns (cachemgr trace export), else `text`."""
+    its first records read as oracleGeneral ones (it was read as text, "can't decode byte
+    0xff"), `csv` when the first line names the CSV columns (cachemgr trace export), else
+    `text`."""
     try:
         with _open_binary(Path(path)) as fh:
-            head = fh.read(4096)
+            head = fh.read(ORACLE_GENERAL.itemsize * 64)
     except (OSError, EOFError, lzma.LZMAError, zlib.error):
         return "text"  # read_trace then says what is wrong with it
-    if b"\x00" in head:
+    if _oracle_records(head):
         return "oracle"
     first = head.split(b"\n", 1)[0].lower()
     return "csv" if b"," in first and b"timestamp" in first else "text"
+
+
+def _oracle_records(head: bytes) -> bool:
+    """Whether these first bytes are oracleGeneral records: a NUL (no text trace in UTF-8
+    has one), and each record's next access is -1 or a later request, within 2^40 (UTF-16
+    text, which has NULs too, reads as next accesses of 10^15 and more)."""
+    n = len(head) // ORACLE_GENERAL.itemsize
+    if b"\x00" not in head or n == 0:
+        return False
+    nxt = np.frombuffer(head[: n * ORACLE_GENERAL.itemsize], dtype=ORACLE_GENERAL)["next"]
+    index = np.arange(n)
+    never = (nxt == -1) | (nxt == np.iinfo(np.int64).max)  # libCacheSim's "no next access"
+    return bool(np.all(never | ((nxt > index) & (nxt < 2**40))))
 
 
 def _open_binary(path: Path) -> IO[bytes]:
