@@ -139,20 +139,50 @@ def cache(settings: Settings, redis_client) -> DiskCache:
 
 
 @pytest.fixture(scope="session")
-def worker_app():
+def parked(tmp_path_factory, redis_client) -> DiskCache:
+    """What the session worker serves between tests: books of its own, swept at the end.
+    Unconfigured, a task still in flight when its test ended (a registration's quota pass)
+    built a cache from the environment, which published the default books' config and node
+    entry (`cache:config`, `cachemgr:nodes`) in the tests' Redis, left there for good."""
+    p = f"t{uuid.uuid4().hex[:10]}:"
+    USED_PREFIXES.append(p)
+    settings = Settings(
+        disk_cache_root=str(tmp_path_factory.mktemp("parked")),
+        redis_url=REDIS_URL,
+        disk_cache_key_prefix=p,
+        disk_cache_cluster=p.rstrip(":"),
+    ).validate()
+    PARKED.append(DiskCache(settings, redis_client))
+    return PARKED[-1]
+
+
+PARKED: list[DiskCache] = []
+
+
+def park() -> None:
+    """Leave the session worker serving the parked books (what a test configured goes)."""
+    from workers import tasks
+
+    tasks.configure(PARKED[-1] if PARKED else None)
+
+
+@pytest.fixture(scope="session")
+def worker_app(parked):
     """A real Celery worker in this process (threads pool), for the whole session."""
     import celery.contrib.testing.tasks  # noqa: F401  (start_worker's ping task)
     from celery.contrib.testing.worker import start_worker
 
+    from workers import tasks
     from workers.app import app
 
     app.conf.task_default_queue = TEST_QUEUE  # also where continuations are sent
+    tasks.configure(parked)  # what it announces as it starts, and beats for
     with start_worker(app, pool="threads", concurrency=4, loglevel="WARNING", shutdown_timeout=30):
         yield app
 
 
 @pytest.fixture
-def worker(worker_app, cache):
+def worker(worker_app, cache, parked):
     """The session worker, serving this test's cache (root, key prefix)."""
     from workers import tasks
 
@@ -161,7 +191,7 @@ def worker(worker_app, cache):
     cache.registry.heartbeat(cache.keys, ttl=3600)
     yield worker_app
     worker_app.control.purge()  # what this test enqueued and never waited for
-    tasks.configure(None)
+    tasks.configure(parked)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import redis
 from cachemgr import DiskCache
 from cachemgr.errors import BadArgument
 from cachemgr.stats import counters
-from tests.conftest import REDIS_URL, make_tree, side_db
+from tests.conftest import REDIS_URL, make_tree, park, side_db
 
 UNIT = 5 * 4096
 WAIT = 20
@@ -91,7 +91,7 @@ def test_the_results_no_one_reads_are_not_stored(cache, root, monkeypatch):
     try:
         tasks._quota_pass_if_due({"over_threshold": True, "low_disk": False})
     finally:
-        tasks.configure(None)
+        park()
     assert sent == [{"kwargs": {"automatic": True}, "ignore_result": True}]
     assert celeryconfig.result_expires == 3600
 
@@ -585,7 +585,7 @@ def test_a_fresh_worker_process_meets_a_root_gone_since_start_as_a_failed_cleanu
         # A worker's cache books by Redis's clock (its host's may be hours off).
         assert isinstance(cache.clock, RedisClock)
     finally:
-        tasks.configure(None)
+        park()
         away.rename(root)
 
 
@@ -689,7 +689,7 @@ def test_a_registration_locked_through_every_retry_fails_rather_than_succeeds(
             task.run("held")
     finally:
         task.pop_request()
-        tasks.configure(None)
+        park()
     assert cache.store.tracked(["held"]) == [False]
 
 
@@ -888,7 +888,7 @@ def _registration_retried(cache, monkeypatch, path: str, *, retries: int, lock_r
             task.run(path)
     finally:
         task.pop_request()
-        tasks.configure(None)
+        park()
     # Celery kept a given max_retries on the task, for every later request's autoretry.
     assert "override_max_retries" not in task.__dict__
     assert len(sent) == 1
