@@ -135,7 +135,7 @@ def _unread_broker() -> str:
     st = state()
     try:
         entry = own_entry(st.cache.registry.entries(), st.cache.settings)
-    except redis.RedisError:
+    except Exception:  # Redis away, an entry unreadable: the message stands without it
         return ""
     theirs, mine = entry.get("broker"), broker_id(st.tasks.broker_url)
     if not theirs or theirs == mine:

@@ -424,6 +424,10 @@ def test_a_write_to_a_broker_the_nodes_workers_do_not_read_says_so_when_it_gives
     monkeypatch.setattr(tasks, "send", lambda name, *a, **k: tasks.send_to(nobody, name, *a, **k))
     try:
         result = run(runner, "register", "a")
+        # Another node's entry unreadable: the hint is best effort, the message stands (it
+        # said "register_directory failed: Expecting value").
+        cache.client.hset(cache.registry.nodes_key, "garbled", "not json")
+        garbled = run(runner, "register", "a")
     finally:
         left = connect(tasks.broker_url)
         left.delete(nobody, f"_kombu.binding.{nobody}", f"_kombu.binding_permanent.{nobody}")
@@ -431,6 +435,7 @@ def test_a_write_to_a_broker_the_nodes_workers_do_not_read_says_so_when_it_gives
     assert result.exit_code == 1, result.output
     assert "no answer within 1 s" in result.output, result.output
     assert f"and the node's workers read {theirs}: set CELERY_BROKER_URL" in result.output
+    assert garbled.exit_code == 1 and "no answer within 1 s" in garbled.output, garbled.output
 
 
 def test_scheduler_stop_and_start_from_the_cli(runner, cache):
