@@ -46,7 +46,9 @@ def create_cli_app() -> Any:
         if ctx is not None and ctx.meta.get(NODE_GIVEN):
             settings = config.get("CACHEMGR_SETTINGS") or Settings.from_env()
             config["CACHEMGR_SETTINGS"] = node_settings(settings)
-            config["CACHEMGR_LOCAL"] = not (reading and ctx.meta.get(ELSEWHERE))
+            # A pin touches the books alone: its path check looked at this shell's root.
+            books_only = reading or ctx.info_name in ("pin", "unpin")
+            config["CACHEMGR_LOCAL"] = not (books_only and ctx.meta.get(ELSEWHERE))
         app = create_app(config)
         # A read's output is its answer: INFO lines only when asked for. A write (`--now`:
         # registrations, evictions, removals) logs them as a worker does, on stderr.

@@ -144,6 +144,8 @@ class DiskCache:
             # A pin may precede the directory (a download about to be written), but never
             # names a file or a symlink of its own; a track inside a tracked album pins the
             # album, as the pipeline client's pin_now does.
+            if not self.local:  # another host's disk (?node=, --node): not looked at here
+                return
             location = paths.resolve(self.root, rel)
             if target == rel and paths.kind(location) == "other":
                 what = "a symlink" if location.is_symlink() else "a file"

@@ -965,6 +965,9 @@ def test_cli_acts_on_the_node_its_node_option_names(two_nodes):
     # A write done here still needs this shell's root to be that node's: refused, nothing
     # recorded in b's books (a first fix took b's root for the shell's, and a reconcile
     # --force of an empty folder of that name here untracked b's downloads).
+    (a.root / "album").write_bytes(b"x")  # a file of that name in this shell's root
+    pinned = cachemgr("--node", b.settings.node, "pin", "album", "--ttl", "60")
+    assert pinned.returncode == 0, pinned  # b's album: "path is a file" was of a's root
     here = cachemgr("--node", b.settings.node, "cleanup", "--now")
     assert here.returncode == 5 and "not done here" in here.stderr, here
     assert not b.client.exists(b.keys.last_cleanup)
