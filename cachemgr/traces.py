@@ -252,7 +252,12 @@ def read_trace(path: str | Path, fmt: str | None = None) -> Trace:
         raise TraceError(f"unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
     try:
         trace: Trace = readers[fmt](p)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # read as text: binary, or another encoding
+        raise TraceError(
+            f"{_named(p)}: not UTF-8 text ({exc.reason} at byte {exc.start}): if it is "
+            "libCacheSim's oracleGeneral binary, give --format oracle"
+        ) from None
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
         raise TraceError(f"{_named(p)}: {exc}") from None
     except OverflowError:
         raise TraceError(

@@ -163,7 +163,9 @@ def test_an_oracle_general_trace_named_without_its_suffix_is_told_by_its_bytes(t
     wide = tmp_path / "wide"
     text = "".join(f"{t} {t % 7} 100\n" for t in range(200)).encode("utf-16")
     wide.write_bytes(text + b" \x00" * ((-len(text) % 24) // 2))
-    _one_line_exit_2(sim(str(wide), "--policy", "lru", "--size", "40%"))
+    refused = sim(str(wide), "--policy", "lru", "--size", "40%")
+    _one_line_exit_2(refused)
+    assert "not UTF-8 text" in refused.output and "--format oracle" in refused.output
 
 
 def test_trace_export_to_a_fifo_writes_into_it_not_over_it(redis_client, prefix, tmp_path):
