@@ -25,7 +25,6 @@ from api.extensions import answered, behind_lock, let_go
 from cachemgr import CacheError, DiskCache, marker
 from cachemgr.connection import broker_id
 from cachemgr.nodes import no_worker
-from cachemgr.published import own_entry
 from cachemgr.settings import env_value
 from workers.results import backend_gave_up
 
@@ -134,7 +133,7 @@ def _unread_broker() -> str:
     know by another, `redis` in a container, is not refused for it). Best effort."""
     st = state()
     try:
-        entry = own_entry(st.cache.registry.entries(), st.cache.settings)
+        entry = st.cache.published_entry()
     except Exception:  # Redis away, an entry unreadable: the message stands without it
         return ""
     theirs, mine = entry.get("broker"), broker_id(st.tasks.broker_url)

@@ -220,6 +220,10 @@ class DiskCache:
         other.local, other.before_delete = self.local, self.before_delete
         return other
 
+    def published_entry(self) -> dict[str, Any]:
+        """This node's registry entry, as its workers published it ({} for none yet)."""
+        return own_entry(self.registry.entries(), self.settings)
+
     def root_elsewhere(self) -> str | None:
         """The root this node's workers published, when this process's is another (a shell
         with none set, a container mounting the disk elsewhere): what is on the disk here is
@@ -227,13 +231,13 @@ class DiskCache:
         cache (its root is always theirs)."""
         if not self.local:
             return None
-        return root_elsewhere(self.settings, own_entry(self.registry.entries(), self.settings))
+        return root_elsewhere(self.settings, self.published_entry())
 
     def enforcing(self) -> DiskCache:
         """This node's cache with the settings its workers published (theirs decide expiry,
         the quota and the policy): a shell whose DISK_CACHE_TTL_SECONDS differs showed expiry
         times of its own. Itself when they agree or have published nothing."""
-        theirs = enforced(self.settings, own_entry(self.registry.entries(), self.settings))
+        theirs = enforced(self.settings, self.published_entry())
         if not theirs.enable_disk_cache_management and some_worker_on(
             self.registry.live_workers(self.keys)
         ):

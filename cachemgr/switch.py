@@ -8,8 +8,6 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cachemgr.published import own_entry
-
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
 
@@ -47,7 +45,7 @@ def switched(operation: Operation) -> Operation:
 def disabled_where(cache: DiskCache) -> str | None:
     """Where ENABLE_DISK_CACHE_MANAGEMENT is false, if it is: on the node's workers (whose
     switch the tasks obey, once they published it), else in this process; None when on."""
-    entry = own_entry(cache.registry.entries(), cache.settings)
+    entry = cache.published_entry()
     if "enabled" in entry:  # theirs decides: the API's own switch changes nothing they do
         on = entry["enabled"] or some_worker_on(cache.registry.live_workers(cache.keys))
         return None if on else "on the node's workers"
