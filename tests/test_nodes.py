@@ -617,13 +617,11 @@ def test_a_client_sending_to_a_broker_no_worker_reads_says_so(two_nodes, caplog,
     cluster, queue = b.settings.disk_cache_cluster, f"q-{uuid.uuid4().hex[:8]}"
     assert broker_id("redis://:pw@LOCALHOST/11?x=1") == broker_id(
         "redis://127.0.0.1:6379/11") != broker_id("redis://127.0.0.1:6379/12")  # fmt: skip
-    base = REDIS_URL.rsplit("/", 1)[0]  # the test server
-    theirs, mine = broker_id(f"{base}/11"), broker_id(f"{base}/12")
+    urls = [side_db(11), side_db(12)]  # this test process's own databases
+    theirs, mine = broker_id(urls[0]), broker_id(urls[1])
     b.registry.publish(b.settings, queue=queue, broker=theirs)
     clients = {
-        db: CacheClient(f"{base}/{db}", redis_url=REDIS_URL, queue=queue,
-                        cluster=cluster)  # fmt: skip
-        for db in (11, 12)
+        url: CacheClient(url, redis_url=REDIS_URL, queue=queue, cluster=cluster) for url in urls
     }
     try:
         with caplog.at_level("WARNING", logger="cachemgr"):
@@ -639,9 +637,9 @@ def test_a_client_sending_to_a_broker_no_worker_reads_says_so(two_nodes, caplog,
             "not the workers'?)"
         ]
     finally:
-        for db, client in clients.items():
+        for url, client in clients.items():
             client.close()
-            left = connect(f"{base}/{db}")
+            left = connect(url)
             left.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
             left.close()
 
