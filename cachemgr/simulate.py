@@ -94,7 +94,8 @@ class Result:
 
     @property
     def byte_miss_ratio(self) -> float:
-        return self.miss_bytes / self.total_bytes if self.total_bytes else 0.0
+        """NaN when the trace's sizes are all 0: no byte was asked for, none missed or hit."""
+        return self.miss_bytes / self.total_bytes if self.total_bytes else math.nan
 
     @property
     def requests_per_second(self) -> float:
@@ -104,7 +105,7 @@ class Result:
         d = asdict(self)
         d.update(
             object_miss_ratio=round(self.object_miss_ratio, 6),
-            byte_miss_ratio=round(self.byte_miss_ratio, 6),
+            byte_miss_ratio=round(self.byte_miss_ratio, 6) if self.total_bytes else None,
             requests_per_second=round(self.requests_per_second),
         )
         return d
@@ -271,9 +272,10 @@ def format_table(results: Sequence[Result], baseline: str = "lru") -> str:
         if ref and ref.miss_bytes:
             delta = f"{(r.miss_bytes - ref.miss_bytes) / ref.miss_bytes:+.1%}"
         rate = "" if r.policy in BOUNDS else f"{r.requests_per_second:,.0f}"
+        byte = f"{r.byte_miss_ratio:9.4f}" if r.total_bytes else f"{'n/a':>9}"
         lines.append(
             f"{r.size:>{w}} {human(r.capacity):>12} {r.policy:<12} {r.object_miss_ratio:8.4f} "
-            f"{r.byte_miss_ratio:9.4f} {delta:>12} {rate:>10}"
+            f"{byte} {delta:>12} {rate:>10}"
         )
     return "\n".join(lines)
 

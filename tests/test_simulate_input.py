@@ -306,3 +306,20 @@ def test_an_empty_trace_says_no_requests_whatever_its_format(tmp_path: Path):
         got = sim(str(p), "--policy", "lru", "--size", "10%")
         _one_line_exit_2(got)
         assert got.output.strip().endswith(f"{name}: no requests"), got.output
+
+
+def test_a_trace_whose_sizes_are_all_zero_has_no_byte_miss_ratio(tmp_path: Path):
+    """Every size 0: no byte was asked for, yet the table said byte miss ratio 0.0000 (all hit)
+    and `--json` gave 0.0."""
+    import json
+
+    p = tmp_path / "zero.txt"
+    p.write_text("".join(f"{i} {i % 7} 0\n" for i in range(50)))
+    table = sim(str(p), "--policy", "lru", "--size", "100B")
+    assert table.exit_code == 0, table.output
+    row = table.output.splitlines()[-1]
+    assert row.split()[3:5] == ["0.1400", "n/a"], row  # 7 first requests of 50 miss
+    got = json.loads(sim(str(p), "--policy", "lru", "--size", "100B", "--json").output)
+    assert {(r["object_miss_ratio"], r["byte_miss_ratio"]) for r in got["results"]} == {
+        (0.14, None)  # lru and the bounds alike
+    }
