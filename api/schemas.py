@@ -54,6 +54,9 @@ class LastCleanupSchema(Schema):
     duration_seconds = fields.Float(allow_none=True)
     error = fields.String(allow_none=True)
     trash_left = fields.Integer(metadata={"description": "trash items it could not delete"})
+    trash_kept = fields.Integer(
+        metadata={"description": "directories a called-off deletion kept whole in the trash"}
+    )
     delete_failed = fields.Integer(
         metadata={"description": "directories it chose and could not delete (kept on the books)"}
     )

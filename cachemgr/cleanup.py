@@ -293,6 +293,8 @@ def cleanup(
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
         "trash_left": trash.pending(cache.root, in_flight, depth),
+        # called-off deletions that could not be put back: the operator moves them (a warning)
+        "trash_kept": trash.kept(cache.root, depth),
         "pins_lapsed": lapsed,
         "more": expired.more or evicted.more,
         "duration_seconds": round(time.monotonic() - began, 3),

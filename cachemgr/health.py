@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from cachemgr import audit, marker
+from cachemgr import audit, marker, trash
 from cachemgr.connection import same_server
 from cachemgr.errors import RootMissing
 from cachemgr.nodes import no_worker
@@ -122,6 +122,12 @@ def diagnose(
             "below it) could not be deleted: their bytes still fill the disk but are no longer "
             "counted; the worker log names them (`trash: ... left in place`: permissions, "
             "immutable files, mount points)"
+        )
+    if kept := last.get("trash_kept") or 0:
+        problems.append(
+            f"{kept} directory(ies) kept whole in the trash (.cachemgr-trash/{trash.KEPT}*): a "
+            "deletion called off could not put them back where they were; move each one's `d` "
+            "back by hand (the worker log says where it was: `kept whole as`)"
         )
     if last.get("gone_error"):
         problems.append(

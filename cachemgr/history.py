@@ -56,6 +56,7 @@ def record(
             "error": str(result.get("error", "")),
             "error_code": str(result.get("error_code", "")),
             "trash_left": str(result.get("trash_left", 0)),
+            "trash_kept": str(result.get("trash_kept", 0)),
             "delete_failed": str(len(undeleted)),
             "delete_failed_example": undeleted[0] if undeleted else "",
             "evict_short": str((result.get("evict") or {}).get("short", "")),

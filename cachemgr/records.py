@@ -186,6 +186,7 @@ def last_cleanup(raw: dict[str, str]) -> dict[str, Any] | None:
         "duration_seconds": number(raw.get("duration_seconds")),
         "error": raw.get("error") or None,
         "trash_left": int(number(raw.get("trash_left")) or 0),
+        "trash_kept": int(number(raw.get("trash_kept")) or 0),
         "delete_failed": int(number(raw.get("delete_failed")) or 0),
         "delete_failed_example": raw.get("delete_failed_example") or None,
         "untracked": int(number(raw.get("untracked")) or 0),

@@ -352,14 +352,26 @@ def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
 
 
 def pending(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
-    """Items `empty` would take: a deletion still checking what it moved is not one."""
-    return sum(_pending(base, lock_timeout) for base in _bases(root, mount_points(), depth))
+    """Items `empty` would take: a deletion still checking what it moved is not one, nor a
+    directory kept whole for the operator (they were said to be stuck, with the wrong cure)."""
+
+    def taken(name: str, trash_fd: int) -> bool:
+        return not name.startswith(KEPT) and not _in_flight(name, trash_fd, lock_timeout)
+
+    return sum(_count(base, taken) for base in _bases(root, mount_points(), depth))
 
 
-def _pending(base: Path, lock_timeout: float) -> int:
+def kept(root: Path, depth: int = 1) -> int:
+    """Directories a called-off deletion kept whole in the trash, to be moved back by hand."""
+    return sum(
+        _count(base, lambda name, _: name.startswith(KEPT))
+        for base in _bases(root, mount_points(), depth)
+    )
+
+
+def _count(base: Path, counted: Callable[[str, int], bool]) -> int:
     try:
         with _opened(base) as base_fd, _opened(TRASH_DIR, dir_fd=base_fd) as trash_fd:
-            names = os.listdir(trash_fd)
-            return sum(1 for name in names if not _in_flight(name, trash_fd, lock_timeout))
+            return sum(1 for name in os.listdir(trash_fd) if counted(name, trash_fd))
     except OSError:  # no trash, or a symlinked one (never followed)
         return 0

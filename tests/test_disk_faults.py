@@ -505,6 +505,7 @@ def test_a_called_off_deletion_that_cannot_be_put_back_is_kept_whole(
     [kept] = (root / trash.TRASH_DIR).iterdir()
     assert kept.name.startswith(trash.KEPT) and "kept whole as" in caplog.text
     assert trash.empty(root, lock_timeout=0) == 0
+    assert (trash.pending(root), trash.kept(root)) == (0, 1)  # not an item emptying retries
     assert sorted(p.name for p in (kept / "d").iterdir()) == [
         f"track{i:02d}.mp3" for i in range(3)
     ]
@@ -779,3 +780,17 @@ def test_a_cleanup_that_loses_its_lock_in_the_sweep_says_so_once_and_evicts_noth
     assert len(said) == 1, [r.getMessage() for r in said]
     assert "cleanup lock lost: stopped early" in result["sweep"]["errors"]
     assert result["evict"]["count"] == 0 and result["evict"]["errors"] == []
+
+
+def test_a_directory_kept_whole_in_the_trash_is_said_as_such(cache, root):
+    """A called-off deletion's directory kept whole for the operator counted as a trash item
+    that "could not be deleted" (permissions, immutable files...), which no cleanup ever
+    retries, and no warning said to move it back."""
+    make_tree(root / trash.TRASH_DIR / f"{trash.KEPT}0123", "d", files=2)
+    done = cleanup(cache)
+    assert (done["trash_left"], done["trash_kept"]) == (0, 1)
+    stats = cache.stats()
+    assert (stats["last_cleanup"]["trash_left"], stats["last_cleanup"]["trash_kept"]) == (0, 1)
+    [said] = [w for w in stats["warnings"] if "trash" in w]
+    assert said.startswith("1 directory(ies) kept whole in the trash") and "by hand" in said
+    assert (root / trash.TRASH_DIR / f"{trash.KEPT}0123" / "d" / "track01.mp3").exists()
