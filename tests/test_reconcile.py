@@ -841,7 +841,7 @@ def test_the_recount_leaves_redis_free_and_loses_no_booking_made_meanwhile(
     too busy for that gets the one script."""
     import redis.client
 
-    from cachemgr import reconcile as rec
+    from cachemgr import recount as rec
 
     for name in ("a", "b", "c"):
         make_tree(root, name, files=2)
