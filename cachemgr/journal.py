@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from cachemgr import paths
+from cachemgr import mounts, paths
 from cachemgr.errors import NotTracked
+from cachemgr.logs import Repeats
 from cachemgr.pins import LEASE_AROUND
+from cachemgr.records import Entry
 from cachemgr.scripts import PRELUDE
 
 if TYPE_CHECKING:
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from cachemgr.store import Store
 
 log = logging.getLogger("cachemgr")
+_REPEATS = Repeats(600)  # a deletion under a disk not mounted, said once in ten minutes
 
 _EVENT = """
 local function event(kind, path, size, deleted, now)
@@ -138,6 +141,14 @@ return 1
 )
 
 
+def _claimed(store: Store, path: str) -> Entry:
+    """The journal's entry for `path`, as the record it was taken off the books with (an
+    entry of the first format, its size alone, as registered at 0)."""
+    raw = store.client.hget(store.keys.deleting, path) or "0"
+    size, files, registered, hits, last, *_ = (raw.split(" ") + ["0"] * 5)[:6]
+    return Entry(path, int(size), int(files), registered, float(last), int(hits), 0)
+
+
 def held(store: Store, path: str) -> bool:
     """Whether a deletion holds the path (in the journal: now, or interrupted by a crash)."""
     return bool(store.client.hexists(store.keys.deleting, path))
@@ -198,6 +209,13 @@ def settle(cache: DiskCache, path: str) -> str | None:
     # Missing: its files went (into the trash, or gone). Anything else is not ours to count
     # as freed: it vanished from the books.
     deleted = on_disk == "missing"
+    if deleted and mounts.under_bare_mount(cache, [_claimed(cache.store, path)]):
+        # Missing as a pass's victim under a disk not mounted is (deletion.take): it was
+        # counted as freed and, the disk back, lay there untracked. Kept for a later cleanup.
+        level = logging.WARNING if _REPEATS.due(path) else logging.DEBUG
+        log.log(level, "deletion of %s interrupted (a crash?): %s; left for later", path,
+                mounts.UNDER_BARE_MOUNT)  # fmt: skip
+        return None
     if not cache.store.finish_deletion(path, now=cache.clock(), deleted=deleted):
         return None
     log.warning(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cachemgr import DiskCache, RootMissing, mounts, trash
+from cachemgr import DiskCache, RootMissing, journal, mounts, trash
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup
 from cachemgr.reconcile import reconcile
@@ -794,3 +794,34 @@ def test_a_directory_kept_whole_in_the_trash_is_said_as_such(cache, root):
     [said] = [w for w in stats["warnings"] if "trash" in w]
     assert said.startswith("1 directory(ies) kept whole in the trash") and "by hand" in said
     assert (root / trash.TRASH_DIR / f"{trash.KEPT}0123" / "d" / "track01.mp3").exists()
+
+
+def test_an_interrupted_deletion_under_a_disk_not_mounted_now_waits_for_it(
+    settings, redis_client, root, tmp_path, bind_mount
+):
+    """A worker killed after claiming disk1/album, then disk1 unmounted: the next cleanup's
+    recovery took it for deleted (freed bytes, a `removed` event) and, the disk back, the
+    album lay there untracked. A pass's victim missing there is kept (deletion.take)."""
+    cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+    disk = tmp_path / "disk1"
+    make_tree(disk, "album", files=3)
+    bind_mount(disk, root / "disk1")
+    make_tree(root, "other/x")
+    cleanup(cache)  # books the disk and sees disk1 mounted
+    assert cache.store.tracked(["disk1/album"]) == [True]
+
+    def killed(rel: str) -> None:
+        raise KeyboardInterrupt("the worker killed before its rename")
+
+    cache.before_delete = killed
+    with pytest.raises(KeyboardInterrupt):
+        cache.remove("disk1/album", remove_files=True)
+    cache.before_delete = None
+    cache.client.delete(cache.keys.lock("disk1/album"))  # as a lapsed lock is
+    subprocess.run(["umount", str(root / "disk1")], check=True)
+    assert cleanup(cache)["recovered"] == []
+    assert journal.held(cache.store, "disk1/album")  # still claimed: nothing counted
+    assert not cache.client.hget(cache.keys.stats, "bytes_freed")
+    bind_mount(disk, root / "disk1")
+    assert cleanup(cache)["recovered"] == ["disk1/album"]
+    assert cache.store.tracked(["disk1/album"]) == [True] and (disk / "album").is_dir()
