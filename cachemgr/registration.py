@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from cachemgr import marker, mounts, paths, quota, recheck, scanner
+from cachemgr import journal, marker, mounts, paths, quota, recheck, scanner
 from cachemgr.clock import on_the_books
 from cachemgr.errors import NotOnDisk, Overlap, RecordCollision, RootMissing
 from cachemgr.locks import HOLDER_WAITS
@@ -47,12 +47,19 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
             # Registered meanwhile (the pipeline, during a rebuild): now it is. By its record:
             # the seed's books list it on cache:lru with none (migrations.seed_books).
             at = None
+        settled = False
         for pause in (*REGISTER_WAITS, None):
             # Scanned again after each wait: a deletion above may have taken it meanwhile.
             try:
                 found, outcome = _scan_and_book(cache, rel, lock.token, at)
             except NotOnDisk as exc:
                 raise NotOnDisk(f"{exc}{_vanished(cache, rel, lock.token)}") from None
+            if outcome[0] == "claimed" and not settled:
+                # A deletion of it interrupted (its worker killed, its lock lapsed), settled
+                # as the next cleanup would, under this lock: then booked, or not there.
+                journal.settle(cache, rel)
+                settled = True
+                continue
             if outcome[0] != "busy" or pause is None:
                 break
             # The lock above held by a process known dead: let go, not waited out for the
@@ -73,6 +80,9 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
             extra={"event": "lock_lost", "path": rel},
         )
         return {"status": "skipped", "reason": "lock lost during the scan", "path": rel}
+    if outcome[0] == "claimed":  # not settled: the disk cannot be looked at now (EACCES, EIO)
+        reason = "a deletion of it was interrupted; the next cleanup settles it"
+        return {"status": "skipped", "reason": reason, "path": rel}
     if outcome[0] == "busy":
         cache.store.count("skipped_locked")
         reason = f"{outcome[1]!r} above it is still being registered or deleted"

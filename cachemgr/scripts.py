@@ -101,14 +101,17 @@ end
 # ARGV[6] lock token ('' = none held)
 # ARGV[7..] paths that must not be tracked (ancestors and subdirectories: no double counting)
 # Returns {'overlap', other}, {'lock_lost'}, {'busy', above} (a directory above holds its lock),
-# {'collision'} (the path's record id is another tracked path's: records.record_id) or
-# {'ok', new (1/0), byte delta, cache:bytes after}.
+# {'collision'} (the path's record id is another tracked path's: records.record_id),
+# {'claimed'} (a deletion of it was interrupted: the caller settles it first, journal.settle)
+# or {'ok', new (1/0), byte delta, cache:bytes after}.
 REGISTER = (
     PRELUDE
     + NOT_BEFORE
     + """
 local path, size, files, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 if lock_lost(ARGV[6]) then return {'lock_lost'} end
+-- Booked over, its journal entry went with it, and the removal was never counted.
+if redis.call('HEXISTS', KEYS[7], path) == 1 then return {'claimed'} end
 for i = 7, #ARGV do
   -- tracked, or claimed and not yet deleted (the journal): its recovery may put it back.
   -- Tracked is on cache:lru with a record: the seed's books list paths there with none.
@@ -137,7 +140,6 @@ redis.call('HSET', KEYS[1], id, ARGV[2] .. ' ' .. files .. ' ' .. now .. ' ' .. 
 redis.call('ZADD', KEYS[2], now, path)
 redis.call('SET', KEYS[9], seconds(now), 'EX', ttl)
 local total_after = redis.call('INCRBY', KEYS[3], delta)
-redis.call('HDEL', KEYS[7], path)
 count('registrations', 1)
 --@on_insert
 return {'ok', new, delta, total_after}

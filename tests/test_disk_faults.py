@@ -825,3 +825,68 @@ def test_an_interrupted_deletion_under_a_disk_not_mounted_now_waits_for_it(
     bind_mount(disk, root / "disk1")
     assert cleanup(cache)["recovered"] == ["disk1/album"]
     assert cache.store.tracked(["disk1/album"]) == [True] and (disk / "album").is_dir()
+
+
+def _killed_in(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The worker killed mid-deletion: in the trash's removal (its files moved out of their
+    place), or before the move."""
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt(f"the worker killed in {where}")
+
+    monkeypatch.setattr(trash, where, killed)
+
+
+@pytest.mark.parametrize("where", ["_rmtree", "discard"])
+def test_a_registration_over_an_interrupted_deletion_settles_it_first(
+    cache, root, monkeypatch, where
+):
+    """Killed in its trash's removal, then the album downloaded again and registered: the
+    registration dropped the journal entry, and the removal was never counted (no bytes
+    freed, no event) nor recovered. Killed before the move, the same directory is put back
+    and booked again: nothing was freed."""
+    make_tree(root, "album", files=3)
+    cache.register("album")
+    size = cache.info("album").size_bytes
+    _killed_in(monkeypatch, where)
+    with pytest.raises(KeyboardInterrupt):
+        cache.remove("album", remove_files=True)
+    monkeypatch.undo()
+    assert journal.held(cache.store, "album")
+    moved = where == "_rmtree"
+    assert (root / "album").exists() is not moved
+    make_tree(root, "album", files=1)  # downloaded again (or the same, files still there)
+    done = cache.register("album")
+    assert done["status"] == "registered" and not journal.held(cache.store, "album")
+    stats = cache.client.hgetall(cache.keys.stats)
+    if moved:
+        assert (stats.get("removals"), stats.get("bytes_freed")) == ("1", str(size))
+        [event] = [e for _, e in cache.client.xrange(cache.keys.events) if e["event"] == "removed"]
+        assert event["path"] == "album" and event["files_deleted"] == "1"
+    else:
+        assert "removals" not in stats and "bytes_freed" not in stats
+    assert cache.store.total_bytes() == cache.info("album").size_bytes
+    assert cleanup(cache)["recovered"] == []  # nothing left to settle
+
+
+def test_a_cleanup_does_not_put_an_interrupted_deletions_record_back_over_another_directory(
+    cache, root, monkeypatch
+):
+    """Killed in its trash's removal, the album downloaded again before the next cleanup:
+    the recovery put the old record back for the new files (their size, their age) and
+    never counted the removal."""
+    make_tree(root, "album", files=3)
+    cache.register("album")
+    size = cache.info("album").size_bytes
+    _killed_in(monkeypatch, "_rmtree")
+    with pytest.raises(KeyboardInterrupt):
+        cache.remove("album", remove_files=True)
+    monkeypatch.undo()
+    cache.client.delete(cache.keys.lock("album"))  # as a lapsed lock is
+    make_tree(root, "album", files=1)
+    assert cleanup(cache)["recovered"] == []
+    stats = cache.client.hgetall(cache.keys.stats)
+    assert (stats.get("removals"), stats.get("bytes_freed")) == ("1", str(size))
+    assert not journal.held(cache.store, "album")
+    new = cache.info("album")  # booked by the cleanup's reconcile (new books), as it is
+    assert new.file_count == 1 and cache.store.total_bytes() == new.size_bytes < size
