@@ -131,11 +131,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     empty = {
         "/cache/register": ["POST"],  # werkzeug sent it on to the rule below with a 308
         "/cache/register/": ["POST"],
-        "/cache/directories/": ["GET", "DELETE"],
+        "/cache/directories/": ["DELETE"],
         "/cache/directories": ["DELETE"],  # an HTML 308 to the rule above, Location from Host
     }
     for rule, methods in empty.items():
         app.add_url_rule(rule, f"empty_path:{rule}", empty_path, methods=methods)
+    # The listing with a trailing slash, as a shell completes it: it was a 400 "empty path".
+    listing = app.view_functions[f"{blp.name}.Directories"]
+    app.add_url_rule("/cache/directories/", "directories_slash", listing, methods=["GET"])
     from api import metrics, status
 
     app.register_blueprint(metrics.bp)

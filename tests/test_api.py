@@ -586,13 +586,24 @@ def test_a_repeated_query_argument_is_refused_and_nothing_runs(client, cache, ro
 
 @pytest.mark.parametrize(
     "method,url", [("post", "/cache/register/"), ("delete", "/cache/directories/"),
-                   ("get", "/cache/directories/"), ("post", "/cache/register"),
+                   ("post", "/cache/register"),
                    ("delete", "/cache/directories")]  # an HTML 308, Location from the Host
 )  # fmt: skip
 def test_an_empty_path_is_a_bad_path_not_a_404(client, method, url):
     r = getattr(client, method)(url)
     assert r.status_code == 400 and r.get_json()["code"] == "bad_path", r.get_data(as_text=True)
     assert "empty path" in r.get_json()["message"]
+
+
+def test_the_listing_with_a_trailing_slash_is_the_listing(client, cache, root):
+    """`GET /cache/directories/` (a shell's completion) answered 400 "empty path"."""
+    for name in ("a", "b", "c"):
+        make_tree(root, name)
+        cache.register(name)
+    plain = client.get("/cache/directories?limit=2").get_json()
+    slash = client.get("/cache/directories/?limit=2")
+    assert slash.status_code == 200 and slash.get_json() == plain and len(plain["directories"]) == 2
+    assert client.get("/cache/directories/?limit=x").get_json()["code"] == "bad_parameter"
 
 
 def test_the_openapi_document_names_the_token_so_its_ui_sends_it(client):
