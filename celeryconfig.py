@@ -73,6 +73,8 @@ _targets = {node_queue(n.strip()): n.strip() for n in _beat_nodes} or {task_defa
 
 # Follows each node's published queue at every send (workers/beat.py).
 beat_scheduler = "workers.beat:NodeScheduler"
+# Beat wakes at least this often, and renews its key in the books then (nodes.beat_alive).
+beat_max_loop_interval = 30
 
 beat_schedule = {
     f"cachemgr-periodic-cleanup{'-' + node if node else ''}": {

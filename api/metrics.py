@@ -230,6 +230,12 @@ class CacheCollector(Collector):
                 stats.get("periodic_overdue"),
             ),
             gauge(
+                "cachemgr_beat_up",
+                "1 while a celery beat says it sends this node's periodic cleanups (within "
+                "90 s), 0 when none does.",
+                stats.get("beat_alive"),
+            ),
+            gauge(
                 "cachemgr_worker_up",
                 "1 while a worker of this node sends heartbeats, 0 when none does.",
                 stats.get("up"),

@@ -146,6 +146,12 @@ class StatsSchema(SinceResetSchema):  # type: ignore[valid-type,misc]
     periodic_overdue = fields.Boolean(
         metadata={"description": "beat's cleanups are late (two intervals without one)"}
     )
+    beat_alive = fields.Boolean(
+        metadata={"description": "a celery beat said within 90 s that it sends these cleanups"}
+    )
+    beat_missing = fields.Boolean(
+        metadata={"description": "none did while they are due (the workers up for over 90 s)"}
+    )
     eviction_policy = fields.String(
         metadata={
             "description": "the policy cleanups evict by: the workers', or while the node's "

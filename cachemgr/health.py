@@ -16,7 +16,7 @@ import redis
 from cachemgr import audit, marker, trash
 from cachemgr.connection import same_server
 from cachemgr.errors import RootMissing
-from cachemgr.nodes import no_worker
+from cachemgr.nodes import BEAT_ALIVE_SECONDS, no_worker
 from cachemgr.quota import HOLD_CEILING, ROOM_ONLY, ROOM_SHORT
 from cachemgr.settings import floor_beyond
 from cachemgr.switch import disabled_where
@@ -184,6 +184,12 @@ def diagnose(
                 "s): directories are not being cleaned; check that celery beat and a worker "
                 "are running"
             )
+    if stats.get("beat_missing"):
+        problems.append(
+            f"no celery beat has said in {BEAT_ALIVE_SECONDS} s that it sends this node's "
+            "periodic cleanups: expiry and the quota wait for registrations' passes and manual "
+            "cleanups; start one (celery -A workers.app beat; `cachemgr up` runs one)"
+        )
     held = stats.get("evict_held_until")
     if held and held > now:
         problems.append(
@@ -205,6 +211,24 @@ def diagnose(
             "(the next cleanup does it first)"
         )
     return problems
+
+
+def beat_missing(stats: dict[str, Any], now: float, workers_since: float | None) -> bool:
+    """No celery beat says it sends the node's periodic cleanups (nodes.beat_alive) while they
+    are due: management on, the scheduler running, something tracked, and the node's workers
+    up for over BEAT_ALIVE_SECONDS (time for a beat started with them to say so). Said before
+    periodic_overdue can be: that takes two cleanup intervals, two hours by default. A
+    periodic cleanup run within that time says it too (a beat of a version with no key)."""
+    if stats.get("beat_alive") or stats.get("periodic_overdue"):
+        return False
+    ran = (stats.get("last_cleanup") or {}).get("periodic_time")
+    if ran is not None and now - ran < BEAT_ALIVE_SECONDS:
+        return False
+    if not (stats.get("enabled", True) and stats.get("scheduler_running", True)):
+        return False
+    if not stats.get("directory_count") or workers_since is None:
+        return False
+    return now - workers_since > BEAT_ALIVE_SECONDS
 
 
 def periodic_overdue(

@@ -211,6 +211,12 @@ class Keys:
         return f"{self.prefix}cache:alive"
 
     @cached_property
+    def beat(self) -> str:
+        """String with a short TTL that a celery beat sending the node's periodic cleanups
+        renews (nodes.beat_alive): beat is up while it exists. Its value names the beat."""
+        return f"{self.prefix}cache:beat"
+
+    @cached_property
     def workers(self) -> str:
         """ZSET worker (host:pid) -> its last heartbeat: the last of them to stop takes the
         node down at once; one of several stopping does not."""

@@ -31,6 +31,9 @@ from cachemgr.settings import Settings
 log = logging.getLogger("cachemgr")
 
 ALIVE_TTL_SECONDS = 30
+# A beat renews its key at each of its ticks, which come at least every 30 s
+# (celeryconfig.beat_max_loop_interval): gone for three, it is taken for stopped.
+BEAT_ALIVE_SECONDS = 90
 # A warning repeated at every beat is said once in this many seconds (the stats say it always).
 REPEAT_SECONDS = 600.0
 # An unnamed node's entry (named after its host) whose host has had no live worker of the
@@ -363,3 +366,13 @@ def _decoded(entry: str) -> dict[str, Any]:
     """A published entry's JSON, decoded; callers get a copy (the values are scalars)."""
     found: dict[str, Any] = json.loads(entry)
     return found
+
+
+def beat_alive(client: Any, prefixes: list[str], beat: str) -> None:
+    """A celery beat says it sends the periodic cleanups of the books under each of
+    `prefixes` (its key lasts BEAT_ALIVE_SECONDS): with the default interval of an hour, a
+    beat that never started was said only two hours later (health.periodic_overdue)."""
+    pipe = client.pipeline(transaction=False)
+    for prefix in dict.fromkeys(prefixes):
+        pipe.set(Keys(prefix).beat, beat, ex=BEAT_ALIVE_SECONDS)
+    pipe.execute()

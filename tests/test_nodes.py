@@ -413,6 +413,41 @@ def test_beat_sends_a_nodes_cleanup_to_the_queue_its_workers_published(
     assert sent[-1] == {"queue": "far-queue"}
 
 
+def test_beat_says_it_is_alive_in_the_books_of_each_node_it_sends_cleanups_to(
+    settings, redis_client, monkeypatch, tmp_path
+):
+    from celery import Celery
+
+    from cachemgr.keys import Keys
+    from cachemgr.nodes import NodeRegistry
+    from tests.conftest import REDIS_URL
+    from workers.beat import NODE_ENTRY, NodeScheduler
+
+    far = settings.with_(disk_cache_node="far", disk_cache_key_prefix="")
+    NodeRegistry(redis_client, settings.disk_cache_cluster).publish(
+        far.with_(disk_cache_key_prefix=f"{settings.key_prefix}far:")
+    )
+    monkeypatch.setenv("REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("DISK_CACHE_CLUSTER", settings.disk_cache_cluster)
+    monkeypatch.setenv("DISK_CACHE_KEY_PREFIX", f"{settings.key_prefix}own:")
+    monkeypatch.delenv("DISK_CACHE_NODE", raising=False)
+    monkeypatch.setenv("CACHEMGR_QUEUE", "its-own")  # the default entry: this environment's
+    app = Celery("beat-alive")
+    every = {"task": "cachemgr.cleanup", "schedule": 3600.0}
+    app.conf.beat_schedule = {f"{NODE_ENTRY}far": every, NODE_ENTRY.rstrip("-"): every,
+                              "something-else": every}  # fmt: skip
+    scheduler = NodeScheduler(app=app, schedule_filename=str(tmp_path / "schedule"))
+    keys = [Keys(f"{settings.key_prefix}far:").beat, Keys(f"{settings.key_prefix}own:").beat]
+    try:
+        scheduler.tick()  # sends nothing yet (an hour's interval), says it is alive
+        for key in keys:
+            assert redis_client.get(key) and 0 < redis_client.ttl(key) <= 90, key
+        assert redis_client.get(keys[0]).endswith(f":{os.getpid()}")
+    finally:
+        redis_client.delete(*keys)
+        scheduler.close()
+
+
 def test_beat_says_a_send_that_failed_in_one_line(tmp_path, monkeypatch, caplog):
     """Redis down: each tick's failed send was Celery's "Message Error" with two tracebacks
     (228 lines in 20 s)."""

@@ -339,6 +339,36 @@ def test_one_overdue_judgement_across_page_warnings_metrics_and_alert(
     assert "cachemgr_periodic_overdue" in rule["expr"]
 
 
+def test_a_node_no_beat_sends_cleanups_to_is_told_so_in_minutes_not_intervals(
+    settings, redis_client, cache, root
+):
+    """No celery beat running: `start-scheduler` answered running and the stats said nothing
+    until two cleanup intervals had gone by (two hours by default)."""
+    from cachemgr.nodes import beat_alive
+
+    cache.registry.publish(settings, now=time.time() - 120)  # its workers up for 2 minutes
+    cache.registry.heartbeat(cache.keys)
+    make_tree(root, "a")
+    cache.register("a")
+    client = app_for(settings, redis_client).test_client()
+    stats = client.get("/cache/stats").get_json()
+    assert (stats["beat_alive"], stats["beat_missing"], stats["periodic_overdue"]) == (
+        False, True, False,
+    )  # fmt: skip
+    [said] = [w for w in stats["warnings"] if "celery beat" in w]
+    assert said.startswith("no celery beat has said in 90 s that it sends this node's"), said
+    assert metrics_of(client)["cachemgr_beat_up"] == 0.0
+    beat_alive(redis_client, [cache.keys.prefix], "beat-host:1")
+    stats = client.get("/cache/stats").get_json()
+    assert (stats["beat_alive"], stats["beat_missing"]) == (True, False)
+    assert not any("celery beat" in w for w in stats["warnings"]), stats["warnings"]
+    assert metrics_of(client)["cachemgr_beat_up"] == 1.0
+    assert 0 < redis_client.ttl(cache.keys.beat) <= 90
+    redis_client.delete(cache.keys.beat)
+    cache.set_scheduler(False)  # its cleanups are not due: nothing to say
+    assert client.get("/cache/stats").get_json()["beat_missing"] is False
+
+
 def test_a_fresh_node_is_not_told_beat_is_missing_before_one_interval(
     settings, redis_client, cache, root
 ):

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
 
 from cachemgr.connection import connect
 from cachemgr.logs import Repeats
-from cachemgr.nodes import NodeRegistry, route_of
+from cachemgr.nodes import NodeRegistry, beat_alive, route_of
 from cachemgr.settings import Settings, cluster_of
 from workers.results import quiet_backend_noise
 
@@ -23,10 +25,52 @@ celery_log = logging.getLogger("celery.beat")  # its "Sending due task" line, ke
 NODE_ENTRY = "cachemgr-periodic-cleanup-"
 # How often beat says again that a node it schedules has no worker (its cleanups not sent).
 UNKNOWN_NODE_SECONDS = 3600
+# How often, at most, beat renews its key in the books it sends cleanups to (nodes.beat_alive).
+ALIVE_EVERY_SECONDS = 10.0
 
 
 class NodeScheduler(PersistentScheduler):
     _registry: NodeRegistry | None = None
+    _said_alive = 0.0
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Celery's, and beat's key renewed in the books it sends cleanups to, so that the
+        stats can say at once when no beat runs (they said so two intervals late)."""
+        wait = float(super().tick(*args, **kwargs))
+        if time.monotonic() - self._said_alive >= ALIVE_EVERY_SECONDS:
+            self._said_alive = time.monotonic()
+            self.say_alive()
+        return wait
+
+    def say_alive(self) -> None:
+        try:
+            registry = self.registry()
+            prefixes = self.books(registry.entries())
+            beat_alive(registry.client, prefixes, f"{socket.gethostname()}:{os.getpid()}")
+        except Exception as exc:  # Redis away, a bad setting: the cleanups are sent still
+            log.debug("beat: cannot say it is alive (%s)", exc)
+
+    def books(self, entries: dict[str, dict[str, Any]]) -> list[str]:
+        """The key prefixes of the books whose periodic cleanups this beat sends."""
+        prefixes = []
+        for name in self.schedule:
+            if not name.startswith(NODE_ENTRY.rstrip("-")):
+                continue
+            node = self.node_of(name)
+            if node is None:  # the unnamed node, or CACHEMGR_QUEUE's: this environment's
+                prefixes.append(Settings.from_env(require_root=False).key_prefix)
+            else:
+                prefixes.append(route_of(node, entries).key_prefix)
+        return prefixes
+
+    def registry(self) -> NodeRegistry:
+        """The node registry, where it lives: a bad setting beat does not use (a TTL) must
+        not send every node's cleanup to a queue nobody reads."""
+        if self._registry is None:
+            env, defaults = os.environ, Settings()
+            client = connect(env.get("REDIS_URL") or defaults.redis_url)
+            self._registry = NodeRegistry(client, cluster_of(env))
+        return self._registry
 
     def setup_schedule(self) -> None:
         # Beat sends through the result backend too: after a long Redis outage Celery logged
@@ -38,15 +82,7 @@ class NodeScheduler(PersistentScheduler):
         """The queue `node`'s workers read, as they published it: "" when no worker of it
         ever published the node, None when that cannot be told (Redis away)."""
         try:
-            if self._registry is None:
-                # Only where the registry lives: a bad setting beat does not use (a TTL) must
-                # not send every node's cleanup to a queue nobody reads.
-                env, defaults = os.environ, Settings()
-                self._registry = NodeRegistry(
-                    connect(env.get("REDIS_URL") or defaults.redis_url),
-                    cluster_of(env),
-                )
-            found = route_of(node, self._registry.entries())
+            found = route_of(node, self.registry().entries())
         except Exception as exc:  # Redis away: the queue of the schedule, as configured
             log.warning("beat: cannot read node %s's queue (%s): sending as configured", node, exc)
             return None
