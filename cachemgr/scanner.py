@@ -298,7 +298,8 @@ def newest_directory(
     Created: the birth time, where the filesystem keeps one for every candidate (ext4, XFS,
     btrfs, tmpfs); else the newest st_ctime, which a directory gets when it is made and when
     its entries change (a cover added to an older download later made that one the newest).
-    `key`, when given, is what is compared instead.
+    `key`, when given, is what is compared instead. Ties (birth times are coarse on some
+    filesystems: downloads begun together tie) go by st_ctime, then by the later name.
     """
     found: list[tuple[str, float, float | None]] = []
     for rel in directories_at_depth(root, depth, blocked=blocked, books=books):
@@ -311,10 +312,10 @@ def newest_directory(
         else:
             found.append((rel, st.st_ctime, birth_time(root / rel)))
     born = bool(found) and all(b is not None for _, _, b in found)
-    best: tuple[float, str] | None = None
-    unnamed: tuple[float, str] | None = None
+    best: tuple[tuple[float, float, str], str] | None = None
+    unnamed: tuple[tuple[float, float, str], str] | None = None
     for rel, changed, birth in found:
-        when = birth if born and birth is not None else changed
+        when = (birth if born and birth is not None else changed, changed, rel)
         if unbookable(rel):
             if unnamed is None or when > unnamed[0]:
                 unnamed = (when, rel)

@@ -117,6 +117,17 @@ def test_the_newest_directory_is_the_last_created_not_the_last_changed(root, mon
     assert scanner.newest_directory(root) == "older"
 
 
+def test_downloads_born_in_one_tick_go_by_their_change_time_then_name(root, monkeypatch):
+    """ext4 keeps birth times a jiffy apart: three albums begun together tied, and the first
+    listed was taken for the newest whichever was made last."""
+    for name in ("b", "c", "a"):  # `a` made last
+        (root / name).mkdir()
+        time.sleep(0.01)
+    monkeypatch.setattr(scanner, "birth_time", lambda p: 1000.0)
+    assert scanner.newest_directory(root) == "a"
+    assert scanner.newest_directory(root, key=lambda st: 5.0) == "c"  # all tied: the last name
+
+
 def test_directories_at_depth_skip_trash_and_files(root):
     make_tree(root, "a/x")
     make_tree(root, "b")
