@@ -26,7 +26,7 @@ from cachemgr.connection import connect
 from cachemgr.logs import configure_logging
 from cachemgr.nodes import NodeRegistry, as_published, unknown_node
 from cachemgr.published import root_elsewhere
-from cachemgr.settings import Settings, SettingsError, log_level, quoted
+from cachemgr.settings import Settings, SettingsError, log_level, quoted, unknown_names
 
 # Commands that only touch the books in Redis: a root gone since the workers started (an
 # unmounted disk) is for them to show (the stats warn), not a setting that stops them.
@@ -51,6 +51,8 @@ def create_cli_app() -> Any:
             books_only = reading or ctx.info_name in ("pin", "unpin")
             config["CACHEMGR_LOCAL"] = not (books_only and ctx.meta.get(ELSEWHERE))
         app = create_app(config)
+        for said in unknown_names():  # a misspelt quota's name left it at 10 GiB, unsaid
+            click.echo(f"note: {said}: ignored", err=True)
         # A read's output is its answer: INFO lines only when asked for. A write (`--now`:
         # registrations, evictions, removals) logs them as a worker does, on stderr.
         configure_logging(level=log_level(default="WARNING" if reading else "INFO"))

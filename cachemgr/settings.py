@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import os
@@ -265,6 +266,34 @@ class Settings:
                 values["disk_cache_lru_eviction_target"] = round(target, 6) or target
         settings = cls(**values).validate(typed)
         return settings.check_root() if require_root else settings
+
+
+# Settings read outside Settings: by the API (api/extensions.py), logging, beat and the stack.
+OTHER_NAMES = (
+    "DISK_CACHE_API_HOSTS", "DISK_CACHE_API_READ_AUTH", "DISK_CACHE_API_TOKEN",
+    "DISK_CACHE_LOG_FORMAT", "DISK_CACHE_LOG_LEVEL", "DISK_CACHE_NODES",
+)  # fmt: skip
+
+
+def unknown_names(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The environment's DISK_CACHE_* (and ENABLE_DISK_CACHE*) variables that name no
+    setting, each said with the one it may have meant: a misspelt DISK_CACHE_MAX_BYTE left
+    the quota at its default of 10 GiB, unsaid."""
+    env = os.environ if environ is None else environ
+    known = {f.name.upper() for f in fields(Settings)} | set(OTHER_NAMES)
+    said = []
+    for name in sorted(env):
+        if name in known or not name.startswith(("DISK_CACHE_", "ENABLE_DISK_CACHE")):
+            continue
+        # Matched past the shared DISK_CACHE_, which made any name look like every other.
+        tails = {n.removeprefix("DISK_CACHE_"): n for n in known}
+        tail = name.removeprefix("DISK_CACHE_")
+        close = difflib.get_close_matches(tail, tails, 1, 0.75) or sorted(
+            t for t in tails if t.startswith(f"{tail}_")  # DISK_CACHE_TTL: its unit left out
+        )
+        meant = f" ({tails[close[0]]}?)" if close else ""
+        said.append(f"{name} is no setting of cachemgr{meant}")
+    return said
 
 
 def floor_beyond(disk: int) -> str:

@@ -774,6 +774,36 @@ def test_read_auth_without_a_token_stops_the_api_not_the_cli(settings, monkeypat
         create_app()  # serving: refused
 
 
+def test_a_misspelt_settings_name_is_said_not_ignored_unsaid(settings, monkeypatch, caplog):
+    """DISK_CACHE_MAX_BYTE=1MB left the quota at its default 10 GiB, without a word from the
+    worker, the CLI or the stats."""
+    from click.testing import CliRunner
+
+    from api.cli import main
+    from cachemgr.settings import unknown_names
+    from workers import app as worker_app
+
+    monkeypatch.setenv("DISK_CACHE_ROOT", str(settings.root))
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("DISK_CACHE_KEY_PREFIX", settings.key_prefix)
+    monkeypatch.setenv("DISK_CACHE_MAX_BYTE", "1MB")
+    monkeypatch.setenv("DISK_CACHE_FOO", "1")
+    assert unknown_names() == [
+        "DISK_CACHE_FOO is no setting of cachemgr",
+        "DISK_CACHE_MAX_BYTE is no setting of cachemgr (DISK_CACHE_MAX_BYTES?)",
+    ]
+    result = CliRunner().invoke(main, ["stats", "--json"], prog_name="cachemgr")
+    assert result.exit_code == 0, result.output
+    assert "note: DISK_CACHE_MAX_BYTE is no setting of cachemgr (DISK_CACHE_MAX_BYTES?): " \
+        "ignored" in result.stderr  # fmt: skip
+    with caplog.at_level("WARNING", logger="cachemgr"):
+        worker_app._settings_or_stop()  # as a worker starts
+    assert "DISK_CACHE_FOO is no setting of cachemgr: ignored" in caplog.text
+    monkeypatch.delenv("DISK_CACHE_FOO")
+    monkeypatch.delenv("DISK_CACHE_MAX_BYTE")
+    assert unknown_names() == []  # the names the API, logging and beat read are known
+
+
 def test_a_group_named_alone_shows_its_help(settings, monkeypatch):
     """`cachemgr trace` printed its whole help squeezed into one `Error: Usage: ...` line."""
     from click.testing import CliRunner

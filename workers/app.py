@@ -25,7 +25,7 @@ from cachemgr.connection import broker_id
 from cachemgr.errors import LOGGED, BadArgument
 from cachemgr.logs import configure_logging
 from cachemgr.records import believed_interval
-from cachemgr.settings import Settings, SettingsError, log_level
+from cachemgr.settings import Settings, SettingsError, log_level, unknown_names
 from workers.results import subscribe_when_awaited
 
 # The retries a task has made behind another's lock, counted in a header of their own: Celery's
@@ -180,6 +180,8 @@ def _settings_or_stop(**_: Any) -> None:
     except SettingsError as exc:
         log.critical("worker stopping: %s", exc)
         raise SystemExit(EXIT_BAD_SETTINGS) from None
+    for said in unknown_names():
+        log.warning("%s: ignored", said, extra={"event": "unknown_setting"})
 
 
 @worker_ready.connect
