@@ -202,6 +202,7 @@ def _print_results(data: Any, results: Any, as_json: bool) -> None:
                     "requests": len(data),
                     "objects": data.objects,
                     "resized_requests": data.resized(),
+                    "unsized_requests": data.unsized(),
                     "working_set_bytes": data.working_set_bytes(),
                     "results": [r.to_dict() for r in results],
                 },
@@ -221,6 +222,13 @@ def _print_results(data: Any, results: Any, as_json: bool) -> None:
             "last request: as in libCacheSim, a hit counts the request's bytes while the "
             "cached copy keeps the size it was admitted at, and the PFOO-L bound prices each "
             "object at its smallest size"
+        )
+    unsized = data.unsized()
+    if unsized and data.working_set_bytes():  # all 0: the table says n/a
+        click.echo(
+            f"note: {counted(unsized, 'request')} of size 0 (in an exported access log: misses "
+            "sent without their size, of a path never seen with one): the byte ratios count "
+            "them as free; a pipeline that sends a miss's size makes them count"
         )
     click.echo(format_table(results))
 

@@ -57,6 +57,11 @@ class Trace:
         ids, sizes = self.ids[order], self.sizes[order]
         return int(((ids[1:] == ids[:-1]) & (sizes[1:] != sizes[:-1])).sum())
 
+    def unsized(self) -> int:
+        """Requests of size 0: in an exported access log, misses whose size the pipeline did
+        not send, of a path never seen with one. Byte ratios count them as free."""
+        return int((self.sizes == 0).sum())
+
     def head(self, n: int) -> Trace:
         return Trace(self.name, self.times[:n], self.ids[:n], self.sizes[:n])
 

@@ -323,3 +323,18 @@ def test_a_trace_whose_sizes_are_all_zero_has_no_byte_miss_ratio(tmp_path: Path)
     assert {(r["object_miss_ratio"], r["byte_miss_ratio"]) for r in got["results"]} == {
         (0.14, None)  # lru and the bounds alike
     }
+
+
+def test_requests_of_size_0_beside_sized_ones_are_counted_and_said(tmp_path: Path):
+    """An exported access log's misses sent without their size (a path never seen with one)
+    replayed as free objects, lowering the byte miss ratio, unsaid."""
+    import json
+
+    p = tmp_path / "accesses.csv"
+    rows = ["timestamp,path,size"] + [f"{i},a{i % 3},{1000 if i % 3 else 0}" for i in range(30)]
+    p.write_text("\n".join(rows) + "\n")
+    got = sim(str(p), "--policy", "lru", "--size", "100%")
+    assert got.exit_code == 0, got.output
+    assert "note: 10 requests of size 0 (in an exported access log" in got.output
+    out = json.loads(sim(str(p), "--policy", "lru", "--size", "100%", "--json").output)
+    assert out["unsized_requests"] == 10
