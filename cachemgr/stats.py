@@ -333,9 +333,9 @@ def _workers_apart(apart: dict[str, dict[Any, list[str]]]) -> list[str]:
     )
     return [
         f"the node's live workers run different settings ({said}): each enforces its own; "
-        "cleanups keep the eviction policy in force while a worker of it is alive, and the "
-        "stats show the values published last; give them one environment (or finish the "
-        "rolling restart)"
+        "cleanups keep the eviction policy in force while a worker of it is alive (the "
+        "stats show that one), and the stats show the other values as published last; give "
+        "them one environment (or finish the rolling restart)"
     ]
 
 

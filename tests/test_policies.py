@@ -698,6 +698,8 @@ def test_workers_of_two_policies_hold_the_one_in_force_rather_than_switch_back_a
     assert any("this process has DISK_CACHE_EVICTION_POLICY=lru but the node's workers run "
                "with lfu or sieve:" in w for w in neither.stats()["warnings"])  # fmt: skip
     assert "DISK_CACHE_EVICTION_POLICY: lfu (host-a:1), sieve (host-b:2)" in said[0]
+    # It said the stats show the values published last, which the policy's is not.
+    assert "policy in force while a worker of it is alive (the stats show that one)" in said[0]
     # The stats name the policy cleanups act by, not the one published last.
     assert sieve.stats()["eviction_policy"] == "lfu"
     # A rebuild cut short (lfu>lfu) still holds: it is not taken for a switch under way.
