@@ -151,7 +151,18 @@ class DiskCache:
                 what = "a symlink" if location.is_symlink() else "a file"
                 raise paths.PathError(f"path is {what}, not a directory: {rel!r}")
 
-        return pins.grant(self.store, path, ttl_seconds, holder, self.clock(), on_disk)
+        reply = pins.grant(self.store, path, ttl_seconds, holder, self.clock(), on_disk)
+        target = reply["path"]
+        if self.local and not self.store.tracked([target])[0]:
+            # A lease may precede its download; a misspelt path's lease protects nothing, and
+            # said nothing: exit 0, counted among the pinned, listed nowhere.
+            if paths.kind(paths.resolve(self.root, target)) == "missing":
+                reply["warning"] = (
+                    f"{target!r} is neither tracked nor on the disk: the lease keeps a "
+                    "download of that name once it is registered (a misspelt path? `cachemgr "
+                    "unpin` ends it)"
+                )
+        return reply
 
     @switched
     def unpin(self, path: str, holder: str | None = None) -> dict[str, Any]:

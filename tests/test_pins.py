@@ -485,3 +485,16 @@ def test_a_lapsed_lease_reads_as_none_though_the_books_keep_it_until_a_cleanup(
     listed = client.get("/cache/directories").get_json()["directories"]
     assert one["pinned_until"] is None and one["holders"] == [], one
     assert listed[0]["path"] == "a" and listed[0]["pinned_until"] is None, listed
+
+
+def test_a_lease_on_a_path_neither_tracked_nor_on_disk_says_so(cache, root, runner):
+    """`cachemgr pin nonexistent` (a typo) exited 0 with a lease that protects nothing, then
+    counted among the pinned and listed nowhere, unsaid."""
+    typo = cache.pin("albmu", 600)
+    assert typo["path"] == "albmu" and "neither tracked nor on the disk" in typo["warning"]
+    make_tree(root, "coming")  # being written: a lease before its registration, as meant
+    assert "warning" not in cache.pin("coming", 600)
+    cache.register("coming")
+    assert "warning" not in cache.pin("coming/track00.mp3", 600)  # the album's
+    said = runner.invoke(args=["pin", "other-typo", "--ttl", "10m"])
+    assert said.exit_code == 0 and "neither tracked nor on the disk" in said.output, said.output
