@@ -704,6 +704,9 @@ def test_a_task_sent_arguments_it_does_not_take_is_a_bad_argument(pipeline, cach
         ((), {}, "missing a required argument: 'path'"),
         (("x", "y"), {}, "too many positional arguments"),
         (("x",), {"pth": 1}, "got an unexpected keyword argument 'pth'"),
+        # A misspelt required one: said as `path` missing alone.
+        ((), {"pth": "x"}, "missing a required argument: 'path'; unexpected keyword "
+                           "argument(s): 'pth'"),
     ):
         result = pipeline.app.send_task(
             "cachemgr.register_directory", args=args, kwargs=kwargs, queue=pipeline.queue

@@ -66,7 +66,12 @@ class CacheTask(Task):
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise BadArgument(f"{self.name}: {exc}") from None
+            # A misspelt required one (`pth`) was said as `path` missing alone.
+            unknown = [repr(k) for k in kwargs if k not in self._signature.parameters]
+            extra = "" if not unknown or "unexpected" in str(exc) else (
+                f"; unexpected keyword argument(s): {', '.join(unknown)}"
+            )  # fmt: skip
+            raise BadArgument(f"{self.name}: {exc}{extra}") from None
         return super().__call__(*args, **kwargs)
 
     def retry(self, *args: Any, max_retries: int | None = None, **kwargs: Any) -> Any:
