@@ -25,7 +25,6 @@ from cachemgr.checks import NODE_NAME, NODE_NAME_RULE
 from cachemgr.connection import connect
 from cachemgr.logs import configure_logging
 from cachemgr.nodes import NodeRegistry, as_published, unknown_node
-from cachemgr.published import root_elsewhere
 from cachemgr.settings import Settings, SettingsError, log_level, quoted, unknown_names
 
 # Commands that only touch the books in Redis: a root gone since the workers started (an
@@ -119,13 +118,16 @@ def _as_published(settings: Settings, own: str) -> Settings:
     node = settings.disk_cache_node
     if node not in entries and node != own:
         raise Fail(str(unknown_node(node, entries)), EXIT_NOT_FOUND)
+    root = entries.get(node, {}).get("root")
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and node != own:
+    if ctx is not None and node != own and root:
         # Another node whose root is not this shell's: a read looks at its books only, as
         # the API's ?node= does (with the shell's root, `--node node2 stats` from node1's
         # shell said node2's cache was not working). A write done here still needs this
-        # shell's root to be the node's, by the same rule (cli_tasks refuses it otherwise).
-        ctx.meta[ELSEWHERE] = root_elsewhere(settings, entries.get(node, {})) is not None
+        # shell's root to be the node's (cli_tasks.acting refuses it otherwise). Not by
+        # published.root_elsewhere's rule: for another node, a root set alike and resolved
+        # apart is most often another host's (/srv/cache on each), whose disk this is not.
+        ctx.meta[ELSEWHERE] = str(root) != os.path.realpath(settings.disk_cache_root)
     return as_published(settings, entries)
 
 
