@@ -57,7 +57,6 @@ def remove(
                 honour_pins=remove_files,
                 deleting_files=deleting,
                 lock_token=lock.token,
-                identity=paths.identity(cache.root, rel) if deleting else "",
             )
 
         outcome = claim()
@@ -230,7 +229,6 @@ def take(cache: DiskCache, entry: Entry, reason: str, *, min_age_seconds: int = 
             deleting_files=not gone,
             min_age_seconds=min_age_seconds,
             lock_token=lock.token,
-            identity="" if gone else paths.identity(cache.root, entry.path),
         )
         if outcome[0] != "ok":
             return str(outcome[0])

@@ -36,7 +36,7 @@ local counter = {evicted = 'evictions', expired = 'expirations', removed = 'remo
 # ARGV[4] expected registration ('' = any)  ARGV[5] expected last access ('' = any)
 # ARGV[6] honour pins (1/0)  ARGV[7] files will be deleted (1/0)
 # ARGV[8] grace period after registration in seconds  ARGV[9] events stream cap
-# ARGV[10] lock token ('' = none held)  ARGV[11] the directory's identity on disk ('' = none)
+# ARGV[10] lock token ('' = none held)
 # With files to delete, the entry moves to the journal cache:deleting (its record and last
 # access, so it can be put back) and is counted by FINISH once the files are gone; otherwise
 # it is counted now. Returns {'ok', size, files} or {why}: gone | changed | pinned | young |
@@ -67,8 +67,7 @@ redis.call('ZREM', KEYS[2], path)
 redis.call('DEL', KEYS[9])
 redis.call('DECRBY', KEYS[3], size)
 if ARGV[7] == '1' then
-  local identity = ARGV[11] ~= '' and (' ' .. ARGV[11]) or ''
-  redis.call('HSET', KEYS[7], path, rec .. ' ' .. (last or ARGV[3]) .. ' ' .. reason .. identity)
+  redis.call('HSET', KEYS[7], path, rec .. ' ' .. (last or ARGV[3]) .. ' ' .. reason)
 else
   count(counter[reason] or reason, 1)
   event(reason, path, size, 0, ARGV[3])
@@ -91,7 +90,7 @@ local path = ARGV[1]
 local entry = redis.call('HGET', KEYS[7], path)
 if not entry then return 0 end
 local size_s, files_s, reg, hits_s, last, reason = string.match(entry,
-  '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)')
+  '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
 if not size_s then
   -- the journal's first format held the size alone, and no reason
   size_s, reason = string.match(entry, '^(%d+)$'), 'removed'
@@ -124,7 +123,7 @@ local id = rid(path)
 -- Registered again since (or, with ids colliding, another path holds the id): keep that.
 if not entry or redis.call('HEXISTS', KEYS[1], id) == 1 then return 0 end
 local size_s, files_s, reg, hits_s, last = string.match(entry,
-  '^(%S+) (%S+) (%S+) (%S+) (%S+) %S+')
+  '^(%S+) (%S+) (%S+) (%S+) (%S+) %S+$')
 -- The journal's first format held the size alone: too little to put the record back, so
 -- the directory (still on disk) waits for reconcile to register it again.
 if not size_s then return 0 end
@@ -142,14 +141,12 @@ return 1
 )
 
 
-def _claimed(store: Store, path: str) -> tuple[Entry, str]:
-    """The journal's entry for `path`: the record it was taken off the books with (an entry
-    of the first format, its size alone, as registered at 0) and the directory's identity
-    (paths.identity; "" when the claim had none)."""
-    fields = (store.client.hget(store.keys.deleting, path) or "0").split(" ")
-    size, files, registered, hits, last = (fields + ["0"] * 5)[:5]
-    identity = fields[6] if len(fields) > 6 else ""
-    return Entry(path, int(size), int(files), registered, float(last), int(hits), 0), identity
+def _claimed(store: Store, path: str) -> Entry:
+    """The journal's entry for `path`, as the record it was taken off the books with (an
+    entry of the first format, its size alone, as registered at 0)."""
+    raw = store.client.hget(store.keys.deleting, path) or "0"
+    size, files, registered, hits, last, *_ = (raw.split(" ") + ["0"] * 5)[:6]
+    return Entry(path, int(size), int(files), registered, float(last), int(hits), 0)
 
 
 def held(store: Store, path: str) -> bool:
@@ -199,25 +196,20 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
 
 def settle(cache: DiskCache, path: str) -> str | None:
     """Settle one interrupted deletion as the disk says, its lock held by the caller:
-    `restored` (its files are still there), `finished` (they are gone, or another directory
-    took their place), or None (cannot be told now: EACCES, EIO; or not in the journal)."""
+    `restored` (its files are still there), `finished` (they are gone), or None (cannot be
+    told now: EACCES, EIO; or not in the journal)."""
     on_disk = paths.kind_at(cache.root, path)  # `unsafe`: a symlinked parent, kept
     if on_disk == "unknown":
         return None
-    claimed, identity = _claimed(cache.store, path)
-    # Another directory at its path (downloaded again): the claimed one went into the trash.
-    # Put back, its record stood for the new files and its removal went uncounted.
-    here = paths.identity(cache.root, path) if on_disk == "dir" and identity else ""
-    replaced = bool(here) and here != identity
-    if on_disk in ("dir", "unsafe") and not replaced:
+    if on_disk in ("dir", "unsafe"):
         if not cache.store.restore(path, now=cache.clock()):
             return None
         log.warning("deletion of %s interrupted (a crash?): back on the books", path)
         return "restored"
     # Missing: its files went (into the trash, or gone). Anything else is not ours to count
     # as freed: it vanished from the books.
-    deleted = on_disk == "missing" or replaced
-    if on_disk == "missing" and mounts.under_bare_mount(cache, [claimed]):
+    deleted = on_disk == "missing"
+    if deleted and mounts.under_bare_mount(cache, [_claimed(cache.store, path)]):
         # Missing as a pass's victim under a disk not mounted is (deletion.take): it was
         # counted as freed and, the disk back, lay there untracked. Kept for a later cleanup.
         level = logging.WARNING if _REPEATS.due(path) else logging.DEBUG
@@ -229,7 +221,6 @@ def settle(cache: DiskCache, path: str) -> str | None:
     log.warning(
         "deletion of %s interrupted (a crash?): finished, %s",
         path,
-        "its files were gone (the directory there now is another)" if replaced
-        else "its files were gone" if deleted else f"counted as vanished ({on_disk})",
+        "its files were gone" if deleted else f"counted as vanished ({on_disk})",
     )
     return "finished"

@@ -172,17 +172,6 @@ def kind_at(root: Path, path: str) -> str:
         return "unsafe"
 
 
-def identity(root: Path, path: str) -> str:
-    """The inode of the directory at a checked path under the root, "" when it cannot be
-    told: what tells it from another put at its path since. Not the device: a worker on
-    another host mounting the same disk sees another st_dev, and would take the directory
-    for another."""
-    try:
-        return str(os.lstat(resolve(root, path)).st_ino)
-    except (PathError, OSError):
-        return ""
-
-
 def existing_directory(root: Path, path: str) -> Path:
     """Resolve a path that must be a real directory now (not a symlink, not a file)."""
     location = resolve(root, path)

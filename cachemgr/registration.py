@@ -47,19 +47,17 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
             # Registered meanwhile (the pipeline, during a rebuild): now it is. By its record:
             # the seed's books list it on cache:lru with none (migrations.seed_books).
             at = None
-        settled = False
         for pause in (*REGISTER_WAITS, None):
             # Scanned again after each wait: a deletion above may have taken it meanwhile.
             try:
                 found, outcome = _scan_and_book(cache, rel, lock.token, at)
+                if outcome[0] == "claimed":
+                    # A deletion of it interrupted (its worker killed, its lock lapsed):
+                    # settled as the next cleanup would, under this lock, then booked.
+                    journal.settle(cache, rel)
+                    found, outcome = _scan_and_book(cache, rel, lock.token, at)
             except NotOnDisk as exc:
                 raise NotOnDisk(f"{exc}{_vanished(cache, rel, lock.token)}") from None
-            if outcome[0] == "claimed" and not settled:
-                # A deletion of it interrupted (its worker killed, its lock lapsed), settled
-                # as the next cleanup would, under this lock: then booked, or not there.
-                journal.settle(cache, rel)
-                settled = True
-                continue
             if outcome[0] != "busy" or pause is None:
                 break
             # The lock above held by a process known dead: let go, not waited out for the

@@ -110,7 +110,7 @@ REGISTER = (
     + """
 local path, size, files, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 if lock_lost(ARGV[6]) then return {'lock_lost'} end
--- Booked over, its journal entry went with it, and the removal was never counted.
+-- Booked over, its journal entry went with it, unsaid: neither put back nor counted.
 if redis.call('HEXISTS', KEYS[7], path) == 1 then return {'claimed'} end
 for i = 7, #ARGV do
   -- tracked, or claimed and not yet deleted (the journal): its recovery may put it back.

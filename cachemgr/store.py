@@ -182,14 +182,12 @@ class Store:
         deleting_files: bool = True,
         min_age_seconds: int = 0,
         lock_token: str = "",
-        identity: str = "",
         pipeline: Any = None,
     ) -> Any:
         """Take a directory off the books if it is unchanged: ['ok', size, files] or [why].
 
         With `deleting_files`, the entry waits in the journal until `finish_deletion` (its
-        files are gone) or `restore` (they could not be deleted), with the directory's
-        `identity` (paths.identity) to tell it from another put at its path since.
+        files are gone) or `restore` (they could not be deleted).
         """
         return self._claim(
             keys=self.script_keys(path),
@@ -204,7 +202,6 @@ class Store:
                 min_age_seconds,
                 self.events_maxlen,
                 lock_token,
-                identity,
             ],
             client=pipeline or self.client,
         )
