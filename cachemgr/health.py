@@ -213,16 +213,19 @@ def diagnose(
     return problems
 
 
-def beat_missing(stats: dict[str, Any], now: float, workers_since: float | None) -> bool:
+def beat_missing(
+    stats: dict[str, Any], now: float, workers_since: float | None, seen: bool = True
+) -> bool:
     """No celery beat says it sends the node's periodic cleanups (nodes.beat_alive) while they
     are due: management on, the scheduler running, something tracked, and the node's workers
     up for over BEAT_ALIVE_SECONDS (time for a beat started with them to say so). Said before
-    periodic_overdue can be: that takes two cleanup intervals, two hours by default. A
-    periodic cleanup run within that time says it too (a beat of a version with no key)."""
+    periodic_overdue can be: that takes two cleanup intervals, two hours by default.
+    `seen`: a beat that says so ever ran for the node. Periodic cleanups that came with none
+    ever seen are a beat's of a version that says nothing: periodic_overdue judges it."""
     if stats.get("beat_alive") or stats.get("periodic_overdue"):
         return False
     ran = (stats.get("last_cleanup") or {}).get("periodic_time")
-    if ran is not None and now - ran < BEAT_ALIVE_SECONDS:
+    if ran is not None and (not seen or now - ran < BEAT_ALIVE_SECONDS):
         return False
     if not (stats.get("enabled", True) and stats.get("scheduler_running", True)):
         return False

@@ -217,6 +217,12 @@ class Keys:
         return f"{self.prefix}cache:beat"
 
     @cached_property
+    def beat_seen(self) -> str:
+        """String, no TTL: a beat that says it is alive (cache:beat) has run for the node.
+        Without it, one of a version that says nothing may send the cleanups."""
+        return f"{self.prefix}cache:beat_seen"
+
+    @cached_property
     def workers(self) -> str:
         """ZSET worker (host:pid) -> its last heartbeat: the last of them to stop takes the
         node down at once; one of several stopping does not."""

@@ -374,5 +374,7 @@ def beat_alive(client: Any, prefixes: list[str], beat: str) -> None:
     beat that never started was said only two hours later (health.periodic_overdue)."""
     pipe = client.pipeline(transaction=False)
     for prefix in dict.fromkeys(prefixes):
-        pipe.set(Keys(prefix).beat, beat, ex=BEAT_ALIVE_SECONDS)
+        keys = Keys(prefix)
+        pipe.set(keys.beat, beat, ex=BEAT_ALIVE_SECONDS)
+        pipe.set(keys.beat_seen, beat)
     pipe.execute()

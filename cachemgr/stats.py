@@ -62,8 +62,8 @@ COUNTERS = (
 # KEYS[8] cache:pins  KEYS[9] cache:alive  KEYS[10] cache:evict_hold  KEYS[11] cache:workers
 # KEYS[12] cache:worker_settings  KEYS[13] cache:policy_name  KEYS[14] cache:root_mark
 # KEYS[15] cache:adopting  KEYS[16] cache:lru (counted: records missing, the seed's books)
-# KEYS[17] cache:beat  KEYS[18] (optional) the node registry, read here too when it lives on
-# the same server
+# KEYS[17] cache:beat  KEYS[18] cache:beat_seen  KEYS[19] (optional) the node registry, read
+# here too when it lives on the same server
 # ARGV[1] how old a live worker's beat may be, in seconds. Now is Redis's clock (TIME), not
 # this host's: beats are dated by it (nodes.heartbeat), and pins in force are those ending later.
 SNAPSHOT = Lua("""
@@ -75,7 +75,7 @@ local own = {}
 if #live > 0 then own = redis.call('HMGET', KEYS[12], unpack(live)) end
 for i = 1, #live do own[i] = own[i] or '' end
 local s = redis.call('MGET', KEYS[1], KEYS[6], KEYS[7], KEYS[9], KEYS[10], KEYS[13], KEYS[14],
-  KEYS[15], KEYS[17])
+  KEYS[15], KEYS[17], KEYS[18])
 return {
   s[1] or '0',
   redis.call('HLEN', KEYS[2]),
@@ -87,7 +87,7 @@ return {
   redis.call('ZCOUNT', KEYS[8], '(' .. now, '+inf'),
   s[4] and 1 or 0,
   s[5] or '',
-  KEYS[18] and redis.call('HGETALL', KEYS[18]) or {},
+  KEYS[19] and redis.call('HGETALL', KEYS[19]) or {},
   live,
   own,
   s[6] or '',
@@ -95,6 +95,7 @@ return {
   s[8] and 1 or 0,
   redis.call('ZCARD', KEYS[16]),
   s[9] and 1 or 0,
+  s[10] and 1 or 0,
 }
 """)
 
@@ -146,7 +147,7 @@ def queue_snapshot(
     k = store.keys
     keys = [k.bytes, k.entries, k.stats, k.stats_baseline, k.last_cleanup, k.initialized]
     keys += [k.scheduler, k.pins, k.alive, k.evict_hold, k.workers, k.worker_settings]
-    keys += [k.policy_name, k.root_mark, k.adopting, k.lru, k.beat]
+    keys += [k.policy_name, k.root_mark, k.adopting, k.lru, k.beat, k.beat_seen]
     keys += [registry] if registry else []
     batch.script(SNAPSHOT, keys, [ALIVE_TTL_SECONDS], writes=False)
 
@@ -154,7 +155,7 @@ def queue_snapshot(
         total, count, overall, base, last, initialized, scheduler, pinned, up, hold = (
             reply := next(replies)
         )[:10]
-        nodes, live, own, named, root_mark, adopting, listed, beat = reply[10:]
+        nodes, live, own, named, root_mark, adopting, listed, beat, seen = reply[10:]
         built = migrations.built(named or None)
         counts, recent = since_reset(pairs(overall), pairs(base))
         return {
@@ -178,6 +179,7 @@ def queue_snapshot(
             # On cache:lru with no record: the seed's books (migrations.seed_books).
             "unrecorded": max(0, int(listed) - int(count)),
             "beat_alive": bool(beat),  # a celery beat sends its periodic cleanups
+            "beat_seen": bool(seen),  # one that says so has run for the node
         }
 
     return read
@@ -257,7 +259,10 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     )
     stats["beat_alive"] = snap.get("beat_alive", False)
     stats["beat_missing"] = beat_missing(
-        stats, now, workers_since=float(entry.get("published_at") or 0) or None
+        stats,
+        now,
+        workers_since=float(entry.get("published_at") or 0) or None,
+        seen=snap.get("beat_seen", False),
     )
     # The seed's "check downloads directory exists", on the host that reads it: said at once,
     # as cleanups would refuse it (an unmounted disk's empty mount point, another disk).

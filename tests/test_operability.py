@@ -364,7 +364,16 @@ def test_a_node_no_beat_sends_cleanups_to_is_told_so_in_minutes_not_intervals(
     assert not any("celery beat" in w for w in stats["warnings"]), stats["warnings"]
     assert metrics_of(client)["cachemgr_beat_up"] == 1.0
     assert 0 < redis_client.ttl(cache.keys.beat) <= 90
-    redis_client.delete(cache.keys.beat)
+    redis_client.delete(cache.keys.beat)  # that beat stopped
+    assert client.get("/cache/stats").get_json()["beat_missing"] is True
+    # A beat of a version that says nothing: its cleanups come, none ever said it is alive.
+    redis_client.delete(cache.keys.beat_seen)
+    now = time.time()
+    last_cleanup(cache, now - 600, now - 600)
+    assert client.get("/cache/stats").get_json()["beat_missing"] is False
+    beat_alive(redis_client, [cache.keys.prefix], "beat-host:1")
+    redis_client.delete(cache.keys.beat)  # a beat that says so ran, and stopped: said
+    assert client.get("/cache/stats").get_json()["beat_missing"] is True
     cache.set_scheduler(False)  # its cleanups are not due: nothing to say
     assert client.get("/cache/stats").get_json()["beat_missing"] is False
 
