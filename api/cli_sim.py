@@ -224,7 +224,7 @@ def _print_results(data: Any, results: Any, as_json: bool) -> None:
             "object at its smallest size"
         )
     unsized = data.unsized()
-    if unsized and data.working_set_bytes():  # all 0: the table says n/a
+    if unsized < len(data) and unsized:  # all 0: the table says n/a
         click.echo(
             f"note: {counted(unsized, 'request')} of size 0 (in an exported access log: misses "
             "sent without their size, of a path never seen with one): the byte ratios count "
