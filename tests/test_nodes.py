@@ -434,14 +434,17 @@ def test_beat_says_it_is_alive_in_the_books_of_each_node_it_sends_cleanups_to(
     app = Celery("beat-alive")
     every = {"task": "cachemgr.cleanup", "schedule": 3600.0}
     app.conf.beat_schedule = {f"{NODE_ENTRY}far": every, NODE_ENTRY.rstrip("-"): every,
-                              "something-else": every}  # fmt: skip
+                              f"{NODE_ENTRY}nosuch": every, "something-else": every}  # fmt: skip
     scheduler = NodeScheduler(app=app, schedule_filename=str(tmp_path / "schedule"))
-    keys = [Keys(f"{settings.key_prefix}far:").beat, Keys(f"{settings.key_prefix}own:").beat]
+    books = [Keys(f"{settings.key_prefix}far:"), Keys(f"{settings.key_prefix}own:")]
+    keys = [k.beat for k in books] + [k.beat_seen for k in books]
     try:
         scheduler.tick()  # sends nothing yet (an hour's interval), says it is alive
-        for key in keys:
-            assert redis_client.get(key) and 0 < redis_client.ttl(key) <= 90, key
+        for k in books:
+            assert redis_client.get(k.beat) and 0 < redis_client.ttl(k.beat) <= 90, k
+            assert redis_client.get(k.beat_seen) and redis_client.ttl(k.beat_seen) == -1, k
         assert redis_client.get(keys[0]).endswith(f":{os.getpid()}")
+        assert not redis_client.exists(Keys("{nosuch}:").beat_seen)  # no worker published it
     finally:
         redis_client.delete(*keys)
         scheduler.close()

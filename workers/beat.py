@@ -59,8 +59,8 @@ class NodeScheduler(PersistentScheduler):
             node = self.node_of(name)
             if node is None:  # the unnamed node, or CACHEMGR_QUEUE's: this environment's
                 prefixes.append(Settings.from_env(require_root=False).key_prefix)
-            else:
-                prefixes.append(route_of(node, entries).key_prefix)
+            elif (route := route_of(node, entries)).published:  # not a misspelt one's keys
+                prefixes.append(route.key_prefix)
         return prefixes
 
     def registry(self) -> NodeRegistry:
