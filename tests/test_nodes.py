@@ -446,7 +446,7 @@ def test_beat_says_it_is_alive_in_the_books_of_each_node_it_sends_cleanups_to(
         assert redis_client.get(keys[0]).endswith(f":{os.getpid()}")
         assert not redis_client.exists(Keys("{nosuch}:").beat_seen)  # no worker published it
     finally:
-        redis_client.delete(*keys)
+        redis_client.delete(*keys, Keys("{nosuch}:").beat, Keys("{nosuch}:").beat_seen)
         scheduler.close()
 
 
