@@ -127,7 +127,7 @@ def delete_files(cache: DiskCache, rel: str, walk: bool = False) -> list[str] | 
     try:
         if cache.before_delete is not None:
             cache.before_delete(rel)
-        left = trash.discard(cache.root, rel, still_ours)
+        left = trash.discard(cache.root, rel, still_ours, cache.settings.disk_cache_entry_depth)
     except trash.Kept as kept:
         if kept.why == "pinned":
             cache.store.restore(rel, now=cache.clock())

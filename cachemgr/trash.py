@@ -223,13 +223,19 @@ class Kept(Exception):
         self.why = why
 
 
-def discard(root: Path, rel: str, still_ours: Callable[[], str | None] | None = None) -> list[str]:
+def discard(
+    root: Path,
+    rel: str,
+    still_ours: Callable[[], str | None] | None = None,
+    depth: int | None = None,
+) -> list[str]:
     """Rename `root/rel` into the trash, then delete it. Raises OSError, leaving everything in
     place, when the rename cannot be made (NotADirectory when `rel` is no longer a directory,
-    EBUSY when a mount point is inside). `still_ours`, asked once the directory is moved aside
-    and before anything is deleted, may call it off (a reason: Kept, and it is put back). Once
-    renamed, the directory is gone from the root: what the deletion could not remove stays in
-    the trash and is returned (for the log)."""
+    EBUSY when a mount point is inside, EXDEV when its disk is mounted at or below the entry
+    `depth`, whose trash no emptying visits). `still_ours`, asked once the directory is moved
+    aside and before anything is deleted, may call it off (a reason: Kept, and it is put
+    back). Once renamed, the directory is gone from the root: what the deletion could not
+    remove stays in the trash and is returned (for the log)."""
     mounts = mount_points_under(root / rel)
     if mounts:
         raise OSError(errno.EBUSY, f"a mount point is inside ({mounts[0]}); not deleted")
@@ -244,6 +250,13 @@ def discard(root: Path, rel: str, still_ours: Callable[[], str | None] | None = 
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectory(f"{rel!r} is no longer a directory")
         base = _base(chain)
+        if depth is not None and base >= depth:
+            # A directory registered below the entry depth, on a disk mounted there: what it
+            # left in that trash was never emptied, nor counted in trash_left.
+            raise OSError(
+                errno.EXDEV, f"its disk is mounted at {'/'.join(parts[:base])!r}, at or below "
+                f"the entry depth ({depth}), where no cleanup empties a trash: not deleted"
+            )  # fmt: skip
         trash_fd = stack.enter_context(_trash_fd(chain[base], "/".join(parts[:base])))
         # Moved into a slot of its own that `empty` leaves alone while it is new: what was
         # moved is checked there first, and must still be there to be put back.

@@ -14,6 +14,7 @@ import pytest
 from cachemgr import DiskCache, RootMissing, journal, mounts, trash
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup
+from cachemgr.errors import DeleteFailed
 from cachemgr.reconcile import reconcile
 from tests.conftest import make_tree
 
@@ -858,3 +859,19 @@ def test_a_registration_over_an_interrupted_deletion_settles_it_first(
     stats = cache.client.hgetall(cache.keys.stats)
     assert "removals" not in stats and "bytes_freed" not in stats
     assert cleanup(cache)["recovered"] == []  # nothing left to settle
+
+
+def test_a_deletion_through_a_trash_no_emptying_visits_is_refused(
+    cache, root, tmp_path, bind_mount
+):
+    """A download registered below the entry depth on a disk mounted at it: its deletion used
+    that disk's trash, which no cleanup empties nor counts in trash_left (its bytes filled the
+    disk, counted as freed, and a reconcile then booked the mount point as a download)."""
+    disk = tmp_path / "artist-disk"
+    make_tree(disk, "album", files=3)
+    bind_mount(disk, root / "artist")  # at the entry depth, 1
+    cache.register("artist/album")  # below it: accepted, with a warning
+    with pytest.raises(DeleteFailed, match="mounted at 'artist', at or below the entry depth"):
+        cache.remove("artist/album", remove_files=True)
+    assert cache.store.tracked(["artist/album"]) == [True]
+    assert len(list((disk / "album").iterdir())) == 3 and not (disk / trash.TRASH_DIR).exists()
