@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from cachemgr import mounts, paths
+from cachemgr import mounts, paths, scanner
 from cachemgr.errors import NotTracked
 from cachemgr.logs import Repeats
 from cachemgr.pins import LEASE_AROUND
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cachemgr")
 _REPEATS = Repeats(600)  # a deletion under a disk not mounted, said once in ten minutes
+# Past the claimed directory's last access, a directory at its path born this much later is
+# another: the margin covers a network disk's clock ahead of Redis's.
+MADE_SINCE_SECONDS = 60.0
 
 _EVENT = """
 local function event(kind, path, size, deleted, now)
@@ -149,6 +152,14 @@ def _claimed(store: Store, path: str) -> Entry:
     return Entry(path, int(size), int(files), registered, float(last), int(hits), 0)
 
 
+def _made_since(cache: DiskCache, path: str) -> bool:
+    """Whether the directory at `path` was made (its birth time, where the filesystem keeps
+    one) over MADE_SINCE_SECONDS after the claimed one's last access: another directory."""
+    last = _claimed(cache.store, path).last_access
+    born = scanner.birth_time(paths.resolve(cache.root, path))
+    return last > 0 and born is not None and born > last + MADE_SINCE_SECONDS
+
+
 def held(store: Store, path: str) -> bool:
     """Whether a deletion holds the path (in the journal: now, or interrupted by a crash)."""
     return bool(store.client.hexists(store.keys.deleting, path))
@@ -194,13 +205,24 @@ def recover_unfinished(cache: DiskCache) -> list[str]:
     return recovered
 
 
-def settle(cache: DiskCache, path: str) -> str | None:
+def settle(cache: DiskCache, path: str, registering: bool = False) -> str | None:
     """Settle one interrupted deletion as the disk says, its lock held by the caller:
     `restored` (its files are still there), `finished` (they are gone), or None (cannot be
-    told now: EACCES, EIO; or not in the journal)."""
+    told now: EACCES, EIO; or not in the journal). `registering`: a registration of the path
+    asks, which takes a directory made since the claimed one was last used for another."""
     on_disk = paths.kind_at(cache.root, path)  # `unsafe`: a symlinked parent, kept
     if on_disk == "unknown":
         return None
+    if registering and on_disk == "dir" and _made_since(cache, path):
+        # Downloaded again after the claimed one went into the trash: put back, the old
+        # record (its hits, its age) stood for the new files and the removal went uncounted.
+        # Not for a cleanup's recovery: taken wrongly, a directory on disk would leave the
+        # books; here the registration books it at once.
+        if not cache.store.finish_deletion(path, now=cache.clock()):
+            return None
+        log.warning("deletion of %s interrupted (a crash?): finished, a directory made "
+                    "since is there now", path)  # fmt: skip
+        return "finished"
     if on_disk in ("dir", "unsafe"):
         if not cache.store.restore(path, now=cache.clock()):
             return None

@@ -54,7 +54,7 @@ def register(cache: DiskCache, path: str, at: Booking = None) -> dict[str, Any]:
                 if outcome[0] == "claimed":
                     # A deletion of it interrupted (its worker killed, its lock lapsed):
                     # settled as the next cleanup would, under this lock, then booked.
-                    journal.settle(cache, rel)
+                    journal.settle(cache, rel, registering=True)
                     found, outcome = _scan_and_book(cache, rel, lock.token, at)
             except NotOnDisk as exc:
                 raise NotOnDisk(f"{exc}{_vanished(cache, rel, lock.token)}") from None

@@ -110,6 +110,7 @@ class Store:
         queued: Any = None,
     ) -> Any:
         """Returns ['ok', new, delta, total], ['overlap', other_path], ['busy', above],
+        ['claimed'] (a deletion of it interrupted: journal.settle first),
         ['collision'] or ['lock_lost']; with `pipeline` or `queued` (a pipeline, the script by
         its SHA alone) the pending reply."""
         if not self._named:

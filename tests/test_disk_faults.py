@@ -875,3 +875,31 @@ def test_a_deletion_through_a_trash_no_emptying_visits_is_refused(
         cache.remove("artist/album", remove_files=True)
     assert cache.store.tracked(["artist/album"]) == [True]
     assert len(list((disk / "album").iterdir())) == 3 and not (disk / trash.TRASH_DIR).exists()
+
+
+def test_a_download_made_again_over_an_interrupted_deletion_is_booked_as_new(
+    cache, root, monkeypatch
+):
+    """Killed in its trash's removal, the album then downloaded again and registered: the
+    old record was put back for the new files (its hits, as `new: False`), the removal never
+    counted, and "back on the books" said of a directory that had gone."""
+    from cachemgr import scanner
+
+    make_tree(root, "album", files=3)
+    cache.register("album")
+    size = cache.info("album").size_bytes
+    cache.access("album")
+    cache.access("album")
+    _killed_in(monkeypatch, "_rmtree")
+    with pytest.raises(KeyboardInterrupt):
+        cache.remove("album", remove_files=True)
+    monkeypatch.undo()
+    make_tree(root, "album", files=1)
+    # Made well after the old one's last access (a real download comes minutes later).
+    monkeypatch.setattr(scanner, "birth_time", lambda path: time.time() + 2 * 60)
+    done = cache.register("album")
+    assert done["status"] == "registered" and done["new"] is True, done
+    assert cache.info("album").hits == 0 and not journal.held(cache.store, "album")
+    stats = cache.client.hgetall(cache.keys.stats)
+    assert (stats.get("removals"), stats.get("bytes_freed")) == ("1", str(size))
+    assert cache.store.total_bytes() == done["size_bytes"]
