@@ -150,7 +150,10 @@ class StatsSchema(SinceResetSchema):  # type: ignore[valid-type,misc]
         metadata={"description": "a celery beat said within 90 s that it sends these cleanups"}
     )
     beat_missing = fields.Boolean(
-        metadata={"description": "none did while they are due (the workers up for over 90 s)"}
+        metadata={
+            "description": "none did while they are due (the workers up for over 90 s; "
+            "cleanups that come from a beat that never said so are judged by their lateness)"
+        }
     )
     eviction_policy = fields.String(
         metadata={

@@ -218,8 +218,9 @@ class Keys:
 
     @cached_property
     def beat_seen(self) -> str:
-        """String, no TTL: a beat that says it is alive (cache:beat) has run for the node.
-        Without it, one of a version that says nothing may send the cleanups."""
+        """String with a day's TTL at least (nodes.beat_alive): a beat that says it is alive
+        (cache:beat) ran for the node lately. Without it, one of a version that says nothing
+        may send the cleanups."""
         return f"{self.prefix}cache:beat_seen"
 
     @cached_property

@@ -34,6 +34,9 @@ ALIVE_TTL_SECONDS = 30
 # A beat renews its key at each of its ticks, which come at least every 30 s
 # (celeryconfig.beat_max_loop_interval): gone for three, it is taken for stopped.
 BEAT_ALIVE_SECONDS = 90
+# How long a node is known to have had such a beat (cache:beat_seen) after its last word, at
+# the least: past it, an older beat (one that says nothing) is judged by its cleanups alone.
+BEAT_SEEN_SECONDS = 86400
 # A warning repeated at every beat is said once in this many seconds (the stats say it always).
 REPEAT_SECONDS = 600.0
 # An unnamed node's entry (named after its host) whose host has had no live worker of the
@@ -368,13 +371,17 @@ def _decoded(entry: str) -> dict[str, Any]:
     return found
 
 
-def beat_alive(client: Any, prefixes: list[str], beat: str) -> None:
+def beat_alive(client: Any, prefixes: list[str], beat: str, interval: float = 0) -> None:
     """A celery beat says it sends the periodic cleanups of the books under each of
     `prefixes` (its key lasts BEAT_ALIVE_SECONDS): with the default interval of an hour, a
-    beat that never started was said only two hours later (health.periodic_overdue)."""
+    beat that never started was said only two hours later (health.periodic_overdue). That
+    such a beat ran (cache:beat_seen) is kept BEAT_SEEN_SECONDS, or three of its `interval`s
+    if longer: by then a stopped beat's cleanups are overdue and said so anyway, and a node
+    rolled back to an older beat is no longer judged by this one's key for good."""
+    seen_for = int(max(BEAT_SEEN_SECONDS, 3 * interval))
     pipe = client.pipeline(transaction=False)
     for prefix in dict.fromkeys(prefixes):
         keys = Keys(prefix)
         pipe.set(keys.beat, beat, ex=BEAT_ALIVE_SECONDS)
-        pipe.set(keys.beat_seen, beat)
+        pipe.set(keys.beat_seen, beat, ex=seen_for)
     pipe.execute()

@@ -46,7 +46,13 @@ class NodeScheduler(PersistentScheduler):
         try:
             registry = self.registry()
             prefixes = self.books(registry.entries())
-            beat_alive(registry.client, prefixes, f"{socket.gethostname()}:{os.getpid()}")
+            every = [
+                entry.schedule.run_every.total_seconds()
+                for entry in self.schedule.values()
+                if hasattr(entry.schedule, "run_every")
+            ]
+            beat = f"{socket.gethostname()}:{os.getpid()}"
+            beat_alive(registry.client, prefixes, beat, max(every, default=0))
         except Exception as exc:  # Redis away, a bad setting: the cleanups are sent still
             log.debug("beat: cannot say it is alive (%s)", exc)
 
