@@ -186,6 +186,33 @@ def _served(env: dict[str, str]) -> str:
     )
 
 
+# What every node of `up --nodes N` must have of its own, and what sharing one did.
+PER_NODE = {
+    "CACHEMGR_QUEUE": "read one queue, and a task for one node would run on another's books "
+    "and disk (a removal deleted another node's directory); each node reads cachemgr.<node>",
+    "DISK_CACHE_KEY_PREFIX": "keep one set of books (the second could register nothing, its "
+    "stats were the first's); each node's keys are {<node>}:...",
+}
+
+
+def _beat_env(env: dict[str, str], names: list[str]) -> dict[str, str]:
+    """Beat's environment: every node's cleanups; for one node, its own, not those of the
+    nodes a DISK_CACHE_NODES left in the shell names (it sent none to the local node)."""
+    if len(names) > 1:
+        return {**env, "DISK_CACHE_NODES": ",".join(names)}
+    return {k: v for k, v in env.items() if k != "DISK_CACHE_NODES"}
+
+
+def _one_per_node(env: dict[str, str], nodes: int) -> None:
+    """Refuse, for several nodes, a setting that would make them share what is each one's."""
+    for name, shared in PER_NODE.items():
+        if nodes > 1 and env.get(name):
+            raise SettingsError(
+                f"{name}={env[name]!r} with --nodes {nodes}: every node would {shared}; "
+                "unset it"
+            )
+
+
 def up(flower: bool, nodes: int = 1) -> int:
     """Start Redis (when REDIS_URL is unset), the API, workers and beat; stop all on Ctrl-C.
     The exit code: 0 stopped by a signal; else that of the process whose end stopped all, or
@@ -214,7 +241,8 @@ def up(flower: bool, nodes: int = 1) -> int:
 
     if default_root and not root.exists():
         root.mkdir()
-    Settings.from_env(env)
+    settings = Settings.from_env(env)
+    _one_per_node(env, nodes)
     if not env.get("REDIS_URL"):
         redis_proc, env["REDIS_URL"] = _start_embedded_redis(STATE_DIR)
         procs.append(("redis", redis_proc))
@@ -242,7 +270,7 @@ def up(flower: bool, nodes: int = 1) -> int:
         raise  # the CLI's one line, with its exit code for bad settings
     host, port, _ = web_bind()
     celery = [sys.executable, "-m", "celery", "-A", "workers.app"]
-    beat_env = {**env, "DISK_CACHE_NODES": ",".join(names)} if nodes > 1 else env
+    beat_env = _beat_env(env, names)
     commands = [("web", [sys.executable, "-m", "api.cli", "serve", "--workers", "2"],
                  node_env[names[0]])]  # fmt: skip
     for name in names:
@@ -276,7 +304,7 @@ def up(flower: bool, nodes: int = 1) -> int:
             f"{_celery(env)} DISK_CACHE_NODE={names[0]} DISK_CACHE_ROOT={first_root} (the node "
             "it acts on, or `cachemgr --node NAME ...`; the API takes ?node=)"
         )
-    interval = env.get("DISK_CACHE_CLEANUP_INTERVAL", "3600")
+    interval = settings.disk_cache_cleanup_interval  # 1.5m was said as "every 1.5m s"
     click.echo(f"worker  2 processes for each of {len(names)} node(s); beat every {interval} s")
     if flower:
         click.echo(f"flower  http://127.0.0.1:{flower_port}/")

@@ -281,6 +281,33 @@ def test_up_starts_a_worker_again_but_not_forever_nor_one_with_bad_settings():
     assert _how_it_ended(-9) == "was killed by SIGKILL" and _how_it_ended(1) == "exited with 1"
 
 
+@pytest.mark.parametrize("name", ["CACHEMGR_QUEUE", "DISK_CACHE_KEY_PREFIX"])
+def test_up_with_several_nodes_refuses_what_would_make_them_share(tmp_path: Path, name):
+    """CACHEMGR_QUEUE set: both nodes' workers read one queue, and a removal sent for node2
+    deleted node1's directory. DISK_CACHE_KEY_PREFIX set: both kept one set of books."""
+    (tmp_path / "downloads").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_") and k != "REDIS_URL"}
+    env.update({
+        "DISK_CACHE_ROOT": str(tmp_path / "downloads"), name: "shared",
+        "CACHEMGR_STATE_DIR": str(tmp_path / "state"), "PORT": str(_free_port()),
+    })  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "up", "--nodes", "2"], env=env,
+        cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert done.stderr.startswith(f"Error: {name}='shared' with --nodes 2: every node would")
+    assert len(done.stderr.strip().splitlines()) == 1 and "embedded" not in done.stdout
+
+
+def test_ups_beat_sends_its_own_nodes_cleanups_whatever_the_shell_says():
+    from api.stack import _beat_env
+
+    shell = {"DISK_CACHE_NODES": "far,away", "REDIS_URL": "redis://x"}
+    assert _beat_env(shell, [""]) == {"REDIS_URL": "redis://x"}  # the local node's
+    assert _beat_env(shell, ["node1", "node2"])["DISK_CACHE_NODES"] == "node1,node2"
+
+
 def test_up_refuses_a_root_that_does_not_exist_rather_than_make_it(tmp_path: Path):
     """`up` made a missing DISK_CACHE_ROOT: a disk not mounted yet, or a typo, got an empty
     directory on the wrong filesystem, where `serve` and the worker refuse to start."""
