@@ -305,6 +305,30 @@ class NodeRegistry:
         )
         return {"node": node, "forgotten": True}
 
+    def shared_with(self, settings: Settings, queue: str) -> str | None:
+        """Why this node's workers must not start: another named node, alive, reads `queue`
+        too (a task for one ran on the other's books and disk: a removal deleted the other
+        node's directory) or keeps the same books. None when no live one does."""
+        for name, entry in self.entries().items():
+            named = entry.get("named", True) and settings.disk_cache_node
+            if name == settings.node or not named:
+                continue  # an unnamed node's other host names are itself
+            prefix = str(entry.get("key_prefix", ""))
+            shared = (
+                f"reads queue {queue!r} too (set CACHEMGR_QUEUE apart, or unset it)"
+                if entry.get("queue") == queue
+                else f"keeps the same books, prefix {prefix!r} (set DISK_CACHE_KEY_PREFIX "
+                "apart, or unset it)"
+                if prefix == settings.key_prefix
+                else None
+            )
+            if shared and self.client.exists(Keys(prefix).alive):
+                return (
+                    f"node {name!r}, alive, {shared}: a task for one node would run on the "
+                    "other's books and disk"
+                )
+        return None
+
     def entries(self) -> dict[str, dict[str, Any]]:
         return run(self.client, self.queue_entries)
 

@@ -1071,3 +1071,30 @@ def test_a_client_asks_for_the_workers_broker_once_in_a_while_not_at_each_send(
         left.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
         left.close()
     assert len(reads) <= 2, reads  # the route's, and the broker's once
+
+
+def test_a_worker_refuses_a_node_whose_queue_or_books_another_live_node_uses(
+    two_nodes, monkeypatch
+):
+    """Two nodes' workers on one CACHEMGR_QUEUE: a removal sent for node2 ran on node1's
+    worker and deleted node1's directory of that name."""
+    from cachemgr.settings import SettingsError
+    from workers import app as worker_app
+
+    a, b = two_nodes["a"], two_nodes["b"]
+    a.registry.publish(a.settings, queue="shared")
+    assert b.registry.shared_with(b.settings, "shared") is None  # a's workers are not alive
+    a.registry.heartbeat(a.keys)
+    said = b.registry.shared_with(b.settings, "shared")
+    assert said == (
+        f"node {a.settings.node!r}, alive, reads queue 'shared' too (set CACHEMGR_QUEUE apart, "
+        "or unset it): a task for one node would run on the other's books and disk"
+    )
+    assert b.registry.shared_with(b.settings, f"cachemgr.{b.settings.node}") is None
+    same_books = b.settings.with_(disk_cache_key_prefix=a.keys.prefix)
+    assert "keeps the same books" in str(b.registry.shared_with(same_books, "its-own"))
+    unnamed = b.settings.with_(disk_cache_node="")  # its other host names are itself
+    assert b.registry.shared_with(unnamed, "shared") is None
+    monkeypatch.setitem(worker_app.app.conf, "task_default_queue", "shared")
+    with pytest.raises(SettingsError, match=f"node {b.settings.node!r}: node"):
+        worker_app._not_shared(b)  # as it starts: it stops, exit 5

@@ -189,6 +189,16 @@ def _settings_or_stop(**_: Any) -> None:
         log.warning("%s: ignored", said, extra={"event": "unknown_setting"})
 
 
+def _not_shared(cache: Any) -> None:
+    """Refuse to serve a node whose queue or books another live node's workers use."""
+    try:
+        shared = cache.registry.shared_with(cache.settings, app.conf.task_default_queue)
+    except Exception:  # Redis away: announced once it is back, unchecked
+        return
+    if shared:
+        raise SettingsError(f"node {cache.settings.node!r}: {shared}")
+
+
 @worker_ready.connect
 def announce(**_: Any) -> None:
     """Say which node this worker serves, and keep saying it is alive. A worker whose settings
@@ -199,6 +209,7 @@ def announce(**_: Any) -> None:
         if _bad_settings:
             raise _bad_settings[0]
         cache = get_cache()
+        _not_shared(cache)
     except SettingsError as exc:
         log.critical("worker stopping: %s", exc)
         state.should_stop = EXIT_BAD_SETTINGS  # the worker's exit code, as the CLI's
