@@ -342,11 +342,13 @@ class StopScheduler(MethodView):
 
 @blp.route("/nodes/<name>", parameters=[NODE_PARAMETER])
 class Node(MethodView):
+    # No arguments: `?dry_run=true` forgot the node, as every unknown one was taken.
+    @blp.arguments(NoArgs(), **ARGS)
     @blp.response(200, ForgottenSchema)
     @blp.alt_response(400, schema=ErrorSchema)
     @blp.alt_response(404, schema=ErrorSchema)
     @blp.alt_response(409, schema=ErrorSchema)
-    def delete(self, name: str) -> Any:
+    def delete(self, _: dict[str, Any], name: str) -> Any:
         """Forget a node taken out of service: it leaves the stats, metrics and alerts; its
         books stay in Redis. Refused (409) while a worker of it is up."""
         return cache().registry.forget(name)

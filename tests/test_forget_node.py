@@ -82,6 +82,10 @@ def test_the_api_forgets_a_down_node(nodes, redis_client):
     client = app_for(nodes["a"].settings, redis_client).test_client()
     assert sorted(names(client)) == ["a", "b"]
     assert any("node=b" in k for k in metrics_of(client))
+    # An unknown argument is a 400 naming it: `?dry_run=true` forgot the node.
+    r = client.delete("/cache/nodes/b?dry_run=true")
+    assert r.status_code == 400 and "dry_run" in r.get_data(as_text=True), r.get_data(True)
+    assert sorted(names(client)) == ["a", "b"]
     r = client.delete("/cache/nodes/b")
     assert r.status_code == 200 and r.get_json() == {"node": "b", "forgotten": True}
     assert names(client) == ["a"]
