@@ -254,4 +254,5 @@ def index() -> Any:
         # A person gets a page that says what is wrong, not the API's JSON error body.
         page = render_template("status_down.html", error=str(exc), flower_url=flower)
         return page, 503
-    return render_template("status.html", **ctx)
+    # Its figures' links name the node too: they opened this API's own node's.
+    return render_template("status.html", **ctx, node_args={"node": node} if node else {})

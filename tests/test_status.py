@@ -382,6 +382,10 @@ def test_the_page_shows_the_node_the_query_names(client, settings, redis_client,
     page = client.get("/?node=far")
     assert page.status_code == 200, page.data[:300]
     assert 'data-stat="node" data-value="far"' in page.get_data(as_text=True)
+    # Its links to the figures name it too: they opened this API's own node's.
+    html = page.get_data(as_text=True)
+    assert 'href="/cache/stats?node=far"' in html and 'href="/metrics?node=far"' in html
+    assert 'href="/cache/stats"' in client.get("/").get_data(as_text=True)
     missing = client.get("/?node=nosuch")
     assert missing.status_code == 404 and "nosuch" in missing.get_json()["message"]
     bad = client.get("/?node=a b")
