@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from cachemgr import events, stats
 from cachemgr.errors import DELETE_FAILED, RootMissing
 from cachemgr.reads import Lua, call
-from cachemgr.records import believed_interval
+from cachemgr.records import beat_said, believed_interval
 
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
@@ -88,10 +88,15 @@ def beat_every(cache: DiskCache, seconds: float) -> None:
 
 
 def beat_interval(cache: DiskCache) -> int:
-    """The interval beat sends the node's cleanups at, as its cleanups said it; else the
-    workers' DISK_CACHE_CLEANUP_INTERVAL."""
-    said = cache.client.hget(cache.keys.last_cleanup, "beat_interval")
-    return believed_interval(said) or cache.settings.disk_cache_cleanup_interval
+    """The interval beat sends the node's cleanups at, as a live beat says it (cache:beat) or
+    else its cleanups did; else the workers' DISK_CACHE_CLEANUP_INTERVAL."""
+    pipe = cache.client.pipeline(transaction=False)
+    pipe.get(cache.keys.beat)
+    pipe.hget(cache.keys.last_cleanup, "beat_interval")
+    live, said = pipe.execute()
+    return (
+        beat_said(live) or believed_interval(said) or cache.settings.disk_cache_cleanup_interval
+    )
 
 
 def last_beat(cache: DiskCache) -> float | None:

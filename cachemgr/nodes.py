@@ -395,17 +395,18 @@ def _decoded(entry: str) -> dict[str, Any]:
     return found
 
 
-def beat_alive(client: Any, prefixes: list[str], beat: str, interval: float = 0) -> None:
-    """A celery beat says it sends the periodic cleanups of the books under each of
-    `prefixes` (its key lasts BEAT_ALIVE_SECONDS): with the default interval of an hour, a
-    beat that never started was said only two hours later (health.periodic_overdue). That
-    such a beat ran (cache:beat_seen) is kept BEAT_SEEN_SECONDS, or three of its `interval`s
-    if longer: by then a stopped beat's cleanups are overdue and said so anyway, and a node
-    rolled back to an older beat is no longer judged by this one's key for good."""
-    seen_for = int(max(BEAT_SEEN_SECONDS, 3 * interval))
+def beat_alive(client: Any, books: dict[str, float], beat: str) -> None:
+    """A celery beat says it sends the periodic cleanups of the books under each prefix of
+    `books`, at its interval (cache:beat, `<beat> <seconds>`, for BEAT_ALIVE_SECONDS): with
+    the default interval of an hour, a beat that never started was said only two hours later
+    (health.periodic_overdue), and a beat restarted at another interval was judged by its
+    last cleanup's until the next came. That such a beat ran (cache:beat_seen) is kept
+    BEAT_SEEN_SECONDS, or three intervals if longer: by then a stopped beat's cleanups are
+    overdue and said so anyway, and a node rolled back to an older beat is no longer judged
+    by this one's key for good."""
     pipe = client.pipeline(transaction=False)
-    for prefix in dict.fromkeys(prefixes):
+    for prefix, interval in books.items():
         keys = Keys(prefix)
-        pipe.set(keys.beat, beat, ex=BEAT_ALIVE_SECONDS)
-        pipe.set(keys.beat_seen, beat, ex=seen_for)
+        pipe.set(keys.beat, f"{beat} {interval:g}", ex=BEAT_ALIVE_SECONDS)
+        pipe.set(keys.beat_seen, beat, ex=int(max(BEAT_SEEN_SECONDS, 3 * interval)))
     pipe.execute()

@@ -165,6 +165,12 @@ def believed_interval(value: Any) -> int | None:
     return round(seconds)
 
 
+def beat_said(value: Any) -> int | None:
+    """The interval a live beat says it sends the node's cleanups at (cache:beat: `<beat>
+    <seconds>`, nodes.beat_alive), as believed_interval reads it."""
+    return believed_interval(str(value).rpartition(" ")[2]) if value else None
+
+
 def number(value: Any) -> float | None:
     """A number read back from Redis (where it is a string), or None when absent, unreadable,
     NaN or infinite (not JSON: `cachemgr stats --json | jq` would refuse the output)."""

@@ -23,7 +23,7 @@ from cachemgr.published import (
     split,
 )
 from cachemgr.reads import Batch, Lua, Reader, call, pairs, run
-from cachemgr.records import iso, last_cleanup
+from cachemgr.records import beat_said, iso, last_cleanup
 from cachemgr.settings import env_value
 from cachemgr.switch import some_worker_on
 
@@ -94,7 +94,7 @@ return {
   s[7] or '',
   s[8] and 1 or 0,
   redis.call('ZCARD', KEYS[16]),
-  s[9] and 1 or 0,
+  s[9] or '',
   s[10] and 1 or 0,
 }
 """)
@@ -179,6 +179,7 @@ def queue_snapshot(
             # On cache:lru with no record: the seed's books (migrations.seed_books).
             "unrecorded": max(0, int(listed) - int(count)),
             "beat_alive": bool(beat),  # a celery beat sends its periodic cleanups
+            "beat_every": beat_said(beat),  # at this interval, as it says
             "beat_seen": bool(seen),  # one that says so has run for the node
         }
 
@@ -248,7 +249,9 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     }
     # Beat's own interval where it said it (its cleanups carry it): a beat set to 600 s was
     # called stopped by workers set to 20 s.
-    beat_every = (snap["last_cleanup"] or {}).get("beat_interval")  # records.believed_interval
+    # The live beat's word first: restarted at another interval, the last cleanup's was
+    # stale for a whole new interval (an overdue beat, a mismatch, both false).
+    beat_every = snap.get("beat_every") or (snap["last_cleanup"] or {}).get("beat_interval")
     interval, now = beat_every or s.disk_cache_cleanup_interval, cache.clock()
     stats["periodic_overdue"] = periodic_overdue(
         stats,

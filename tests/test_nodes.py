@@ -443,7 +443,7 @@ def test_beat_says_it_is_alive_in_the_books_of_each_node_it_sends_cleanups_to(
         for k in books:
             assert redis_client.get(k.beat) and 0 < redis_client.ttl(k.beat) <= 90, k
             assert redis_client.get(k.beat_seen) and 86000 < redis_client.ttl(k.beat_seen), k
-        assert redis_client.get(keys[0]).endswith(f":{os.getpid()}")
+        assert redis_client.get(keys[0]) == f"{socket.gethostname()}:{os.getpid()} 3600"
         assert not redis_client.exists(Keys("{nosuch}:").beat_seen)  # no worker published it
     finally:
         redis_client.delete(*keys, Keys("{nosuch}:").beat, Keys("{nosuch}:").beat_seen)

@@ -358,7 +358,7 @@ def test_a_node_no_beat_sends_cleanups_to_is_told_so_in_minutes_not_intervals(
     [said] = [w for w in stats["warnings"] if "celery beat" in w]
     assert said.startswith("no celery beat has said in 90 s that it sends this node's"), said
     assert metrics_of(client)["cachemgr_beat_up"] == 0.0
-    beat_alive(redis_client, [cache.keys.prefix], "beat-host:1")
+    beat_alive(redis_client, {cache.keys.prefix: 3600}, "beat-host:1")
     stats = client.get("/cache/stats").get_json()
     assert (stats["beat_alive"], stats["beat_missing"]) == (True, False)
     assert not any("celery beat" in w for w in stats["warnings"]), stats["warnings"]
@@ -371,11 +371,34 @@ def test_a_node_no_beat_sends_cleanups_to_is_told_so_in_minutes_not_intervals(
     now = time.time()
     last_cleanup(cache, now - 600, now - 600)
     assert client.get("/cache/stats").get_json()["beat_missing"] is False
-    beat_alive(redis_client, [cache.keys.prefix], "beat-host:1")
+    beat_alive(redis_client, {cache.keys.prefix: 3600}, "beat-host:1")
     redis_client.delete(cache.keys.beat)  # a beat that says so ran, and stopped: said
     assert client.get("/cache/stats").get_json()["beat_missing"] is True
     cache.set_scheduler(False)  # its cleanups are not due: nothing to say
     assert client.get("/cache/stats").get_json()["beat_missing"] is False
+
+
+def test_a_beat_restarted_at_another_interval_is_judged_by_its_own_word(
+    settings, redis_client, cache, root
+):
+    """Beat and workers restarted from 60 s to an hour: until the next periodic cleanup, the
+    stats judged by the last one's 60 s: `no periodic cleanup for 620 s (interval 60 s)` and
+    `celery beat sends the node's cleanups every 60 s`, both false, with beat alive."""
+    from cachemgr.history import beat_interval
+    from cachemgr.nodes import beat_alive
+
+    healthy(cache, settings, root)
+    now = time.time()
+    last_cleanup(cache, now - 620, now - 620)
+    cache.client.hset(cache.keys.last_cleanup, "beat_interval", "60")
+    client = app_for(settings, redis_client).test_client()
+    assert client.get("/cache/stats").get_json()["periodic_overdue"] is True  # by the 60 s
+    beat_alive(redis_client, {cache.keys.prefix: 3600}, "beat-host:1")
+    stats = client.get("/cache/stats").get_json()
+    assert stats["periodic_overdue"] is False, stats["warnings"]
+    assert not any("celery beat" in w for w in stats["warnings"]), stats["warnings"]
+    assert metrics_of(client)["cachemgr_periodic_overdue"] == 0.0
+    assert beat_interval(cache) == 3600  # the hold after a rebuild, by the live beat's too
 
 
 def test_a_fresh_node_is_not_told_beat_is_missing_before_one_interval(

@@ -45,29 +45,26 @@ class NodeScheduler(PersistentScheduler):
     def say_alive(self) -> None:
         try:
             registry = self.registry()
-            prefixes = self.books(registry.entries())
-            every = [
-                entry.schedule.run_every.total_seconds()
-                for entry in self.schedule.values()
-                if hasattr(entry.schedule, "run_every")
-            ]
-            beat = f"{socket.gethostname()}:{os.getpid()}"
-            beat_alive(registry.client, prefixes, beat, max(every, default=0))
+            books = self.books(registry.entries())
+            beat_alive(registry.client, books, f"{socket.gethostname()}:{os.getpid()}")
         except Exception as exc:  # Redis away, a bad setting: the cleanups are sent still
             log.debug("beat: cannot say it is alive (%s)", exc)
 
-    def books(self, entries: dict[str, dict[str, Any]]) -> list[str]:
-        """The key prefixes of the books whose periodic cleanups this beat sends."""
-        prefixes = []
-        for name in self.schedule:
+    def books(self, entries: dict[str, dict[str, Any]]) -> dict[str, float]:
+        """The key prefixes of the books whose periodic cleanups this beat sends, each with
+        the interval it sends them at."""
+        books = {}
+        for name, entry in self.schedule.items():
             if not name.startswith(NODE_ENTRY.rstrip("-")):
                 continue
+            every = getattr(entry.schedule, "run_every", None)
+            seconds = every.total_seconds() if every is not None else 0.0
             node = self.node_of(name)
             if node is None:  # the unnamed node, or CACHEMGR_QUEUE's: this environment's
-                prefixes.append(Settings.from_env(require_root=False).key_prefix)
+                books[Settings.from_env(require_root=False).key_prefix] = seconds
             elif (route := route_of(node, entries)).published:  # not a misspelt one's keys
-                prefixes.append(route.key_prefix)
-        return prefixes
+                books[route.key_prefix] = seconds
+        return books
 
     def registry(self) -> NodeRegistry:
         """The node registry, where it lives: a bad setting beat does not use (a TTL) must
