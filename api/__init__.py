@@ -24,6 +24,7 @@ from api.arguments import query
 from api.errors import body, register_error_handlers
 from api.extensions import CacheExtension, state
 from api.schemas import ApiErrorSchema, NodeArgs
+from api.stack import api_token
 from cachemgr.health import readiness
 from cachemgr.logs import configure_logging
 from cachemgr.settings import SettingsError, log_level, parse_bool
@@ -66,7 +67,7 @@ def api_settings(serving: bool = True) -> dict[str, Any]:
         read_auth = parse_bool(raw)
     except ValueError as exc:
         raise SettingsError(f"DISK_CACHE_API_READ_AUTH={raw!r}: {exc}") from None
-    token = os.environ.get("DISK_CACHE_API_TOKEN", "")
+    token = api_token() if serving else os.environ.get("DISK_CACHE_API_TOKEN", "")
     if read_auth and not token and serving:  # asked for, and silently off: reads open to all
         raise SettingsError(
             f"DISK_CACHE_API_READ_AUTH={raw!r} needs DISK_CACHE_API_TOKEN: without a token no "

@@ -33,6 +33,19 @@ def _celery(env: dict[str, str]) -> str:
     )
 
 
+def api_token() -> str:
+    """DISK_CACHE_API_TOKEN, refused with blanks at an end: no client sends them in a header
+    (servers strip them), so a token of spaces let the API listen on every address while no
+    write could ever be made."""
+    token = os.environ.get("DISK_CACHE_API_TOKEN", "")
+    if token != token.strip():
+        raise SettingsError(
+            "DISK_CACHE_API_TOKEN has blanks at an end (or is only blanks): no client can send "
+            "them; set it without"
+        )
+    return token
+
+
 def web_bind() -> tuple[str, int, str | None]:
     """Loopback only unless a token protects the writes; the note says so at start-up."""
     try:
@@ -41,7 +54,7 @@ def web_bind() -> tuple[str, int, str | None]:
             raise ValueError
     except ValueError:
         raise SettingsError(f"PORT={os.environ.get('PORT')!r}: not a port number") from None
-    if os.environ.get("DISK_CACHE_API_TOKEN"):
+    if api_token():
         return os.environ.get("HOST", "0.0.0.0"), port, None
     note = "DISK_CACHE_API_TOKEN is not set: the API listens on 127.0.0.1 only"
     return "127.0.0.1", port, note

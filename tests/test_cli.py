@@ -774,6 +774,31 @@ def test_read_auth_without_a_token_stops_the_api_not_the_cli(settings, monkeypat
         create_app()  # serving: refused
 
 
+def test_a_token_of_blanks_stops_the_api_not_the_cli(settings, monkeypatch):
+    """DISK_CACHE_API_TOKEN=" " made the API listen on every address while no client could
+    send a token of spaces (servers strip them): no write could ever be made."""
+    from click.testing import CliRunner
+
+    from api import create_app
+    from api.cli import main
+    from api.stack import web_bind
+    from cachemgr import SettingsError
+
+    monkeypatch.setenv("DISK_CACHE_ROOT", str(settings.root))
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("DISK_CACHE_KEY_PREFIX", settings.key_prefix)
+    for token in (" ", "secret "):
+        monkeypatch.setenv("DISK_CACHE_API_TOKEN", token)
+        with pytest.raises(SettingsError, match="DISK_CACHE_API_TOKEN has blanks at an end"):
+            web_bind()
+        with pytest.raises(SettingsError, match="DISK_CACHE_API_TOKEN has blanks at an end"):
+            create_app()
+        result = CliRunner().invoke(main, ["stats", "--json"], prog_name="cachemgr")
+        assert result.exit_code == 0, result.output  # the CLI sends no token
+    monkeypatch.setenv("DISK_CACHE_API_TOKEN", "secret")
+    assert web_bind()[0] == "0.0.0.0"
+
+
 def test_a_misspelt_settings_name_is_said_not_ignored_unsaid(settings, monkeypatch, caplog):
     """DISK_CACHE_MAX_BYTE=1MB left the quota at its default 10 GiB, without a word from the
     worker, the CLI or the stats."""
