@@ -321,6 +321,19 @@ def test_disabled_on_the_api_only_does_not_say_nothing_is_tracked(
 
 
 # -- (c) beat not running; (b) scheduler stopped ------------------------------------------------
+def test_every_metric_exported_is_in_the_metrics_table(settings, redis_client, cache, root):
+    """cachemgr_beat_up and cachemgr_unowned_directories were exported and described nowhere
+    an operator writing alerts would look."""
+    healthy(cache, settings, root)
+    client = app_for(settings, redis_client).test_client()
+    text = client.get("/metrics").get_data(as_text=True)
+    families = {f.name for f in text_string_to_metric_families(text)}
+    table = (ALERTS.parent / "README.md").read_text()
+    assert len(families) > 30
+    # A counter's family is named without its _total, as the table names the sample.
+    assert [f for f in sorted(families) if f"`{f}" not in table] == []
+
+
 def test_one_overdue_judgement_across_page_warnings_metrics_and_alert(
     settings, redis_client, cache, root
 ):
