@@ -160,11 +160,14 @@ def _mark(settings: Any, redis_url: str) -> None:
     """A node root `up` has just made, marked as its node's (a reconcile of an empty root, as
     the node's first cleanup does an interval later): until marked, a node whose root holds
     it (the parent's, named after the host) could not tell it from a download (nested.py)."""
-    from cachemgr import DiskCache, connect
+    from cachemgr import DiskCache, RootMissing, connect
     from cachemgr.reconcile import reconcile
 
     try:
         reconcile(DiskCache(settings, connect(redis_url)))
+    except RootMissing as exc:  # the node's books kept for another root: its cleanups too
+        click.echo(f"note: {settings.root} not marked ({exc}): until it is, the node's "
+                   "registrations and cleanups are refused the same", err=True)  # fmt: skip
     except Exception as exc:  # best effort: the node's first cleanup marks it
         click.echo(f"note: {settings.root} not marked yet ({exc}): its first cleanup marks it",
                    err=True)  # fmt: skip

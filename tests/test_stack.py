@@ -300,6 +300,26 @@ def test_up_with_several_nodes_refuses_what_would_make_them_share(tmp_path: Path
     assert len(done.stderr.strip().splitlines()) == 1 and "embedded" not in done.stdout
 
 
+def test_up_says_a_new_node_root_its_books_refuse_will_stay_refused(
+    settings, cache, root, tmp_path, capsys
+):
+    """`up --nodes 2` at a new root over books kept for another: "its first cleanup marks
+    it", then "ready", while every registration and cleanup was refused for that reason."""
+    from api.stack import _mark
+    from cachemgr.cleanup import cleanup
+    from tests.conftest import make_tree
+
+    make_tree(root, "album")
+    cache.register("album")
+    cleanup(cache)  # the books' root marked: this one
+    elsewhere = tmp_path / "new-root"
+    elsewhere.mkdir()
+    _mark(settings.with_(disk_cache_root=str(elsewhere)), settings.redis_url)
+    said = capsys.readouterr().err
+    assert "registrations and cleanups are refused the same" in said, said
+    assert "its first cleanup marks it" not in said
+
+
 def test_ups_beat_sends_its_own_nodes_cleanups_whatever_the_shell_says():
     from api.stack import _beat_env
 
