@@ -146,6 +146,13 @@ class StatsSchema(SinceResetSchema):  # type: ignore[valid-type,misc]
     periodic_overdue = fields.Boolean(
         metadata={"description": "beat's cleanups are late (two intervals without one)"}
     )
+    beat_interval_seconds = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "the interval beat sends the cleanups at, as a live beat or its "
+            "last cleanup said it (null: unknown; the workers' then stands)"
+        },
+    )
     beat_alive = fields.Boolean(
         metadata={"description": "a celery beat said within 90 s that it sends these cleanups"}
     )

@@ -212,10 +212,19 @@ PER_NODE = {
 
 
 def _beat_env(env: dict[str, str], names: list[str]) -> dict[str, str]:
-    """Beat's environment: every node's cleanups; for one node, its own, not those of the
-    nodes a DISK_CACHE_NODES left in the shell names (it sent none to the local node)."""
+    """Beat's environment: every node's cleanups. For one node, a DISK_CACHE_NODES that does
+    not name it (left in the shell) is dropped, said: its beat sent the local node nothing.
+    One that names it (the host that runs beat for every node) stands."""
     if len(names) > 1:
         return {**env, "DISK_CACHE_NODES": ",".join(names)}
+    listed = [n.strip() for n in env.get("DISK_CACHE_NODES", "").split(",") if n.strip()]
+    if not listed or env.get("DISK_CACHE_NODE") in listed:
+        return env
+    click.echo(
+        f"note: DISK_CACHE_NODES={env['DISK_CACHE_NODES']!r} does not name this node: its "
+        "beat sends this node's cleanups only",
+        err=True,
+    )
     return {k: v for k, v in env.items() if k != "DISK_CACHE_NODES"}
 
 

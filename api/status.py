@@ -142,8 +142,8 @@ def page_context(disk_cache: DiskCache, flower_url: str) -> dict[str, Any]:
     # Beat's schedule runs from its own last run: the quota passes that registrations trigger
     # also record `time`, and would push "next" ever later while beat stays down.
     periodic_time = last.get("periodic_time")
-    # Beat's own, where its cleanups said it (it may not be the workers'), as the overdue check.
-    interval = int(last.get("beat_interval") or stats["cleanup_interval_seconds"])
+    # Beat's own, where it says it (it may not be the workers'), as the overdue check.
+    interval = int(stats.get("beat_interval_seconds") or stats["cleanup_interval_seconds"])
     running = bool(stats["scheduler_running"])
     events = event_log.latest(disk_cache.store, EVENTS)
     for event in events:

@@ -308,24 +308,19 @@ class NodeRegistry:
     def shared_with(self, settings: Settings, queue: str) -> str | None:
         """Why this node's workers must not start: another named node, alive, reads `queue`
         too (a task for one ran on the other's books and disk: a removal deleted the other
-        node's directory) or keeps the same books. None when no live one does."""
+        node's directory). None when no live one does. Not asked of books shared: their
+        liveness key is this node's own too (a node renamed keeps its books)."""
         for name, entry in self.entries().items():
             named = entry.get("named", True) and settings.disk_cache_node
-            if name == settings.node or not named:
+            if name == settings.node or not named or entry.get("queue") != queue:
                 continue  # an unnamed node's other host names are itself
             prefix = str(entry.get("key_prefix", ""))
-            shared = (
-                f"reads queue {queue!r} too (set CACHEMGR_QUEUE apart, or unset it)"
-                if entry.get("queue") == queue
-                else f"keeps the same books, prefix {prefix!r} (set DISK_CACHE_KEY_PREFIX "
-                "apart, or unset it)"
-                if prefix == settings.key_prefix
-                else None
-            )
-            if shared and self.client.exists(Keys(prefix).alive):
+            if prefix != settings.key_prefix and self.client.exists(Keys(prefix).alive):
                 return (
-                    f"node {name!r}, alive, {shared}: a task for one node would run on the "
-                    "other's books and disk"
+                    f"node {name!r}, alive, reads queue {queue!r} too (set CACHEMGR_QUEUE "
+                    "apart, or unset it): a task for one node would run on the other's books "
+                    f"and disk (a node gone for good: `cachemgr forget-node {name}` once its "
+                    f"workers have been gone {ALIVE_TTL_SECONDS} s)"
                 )
         return None
 
@@ -407,6 +402,6 @@ def beat_alive(client: Any, books: dict[str, float], beat: str) -> None:
     pipe = client.pipeline(transaction=False)
     for prefix, interval in books.items():
         keys = Keys(prefix)
-        pipe.set(keys.beat, f"{beat} {interval:g}", ex=BEAT_ALIVE_SECONDS)
+        pipe.set(keys.beat, f"{beat} {round(interval)}", ex=BEAT_ALIVE_SECONDS)
         pipe.set(keys.beat_seen, beat, ex=int(max(BEAT_SEEN_SECONDS, 3 * interval)))
     pipe.execute()

@@ -253,6 +253,7 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     # stale for a whole new interval (an overdue beat, a mismatch, both false).
     beat_every = snap.get("beat_every") or (snap["last_cleanup"] or {}).get("beat_interval")
     interval, now = beat_every or s.disk_cache_cleanup_interval, cache.clock()
+    stats["beat_interval_seconds"] = beat_every  # the one the overdue judgement goes by
     stats["periodic_overdue"] = periodic_overdue(
         stats,
         interval,

@@ -1073,7 +1073,7 @@ def test_a_client_asks_for_the_workers_broker_once_in_a_while_not_at_each_send(
     assert len(reads) <= 2, reads  # the route's, and the broker's once
 
 
-def test_a_worker_refuses_a_node_whose_queue_or_books_another_live_node_uses(
+def test_a_worker_refuses_a_node_whose_queue_another_live_node_reads(
     two_nodes, monkeypatch
 ):
     """Two nodes' workers on one CACHEMGR_QUEUE: a removal sent for node2 ran on node1's
@@ -1088,11 +1088,14 @@ def test_a_worker_refuses_a_node_whose_queue_or_books_another_live_node_uses(
     said = b.registry.shared_with(b.settings, "shared")
     assert said == (
         f"node {a.settings.node!r}, alive, reads queue 'shared' too (set CACHEMGR_QUEUE apart, "
-        "or unset it): a task for one node would run on the other's books and disk"
+        "or unset it): a task for one node would run on the other's books and disk (a node "
+        f"gone for good: `cachemgr forget-node {a.settings.node}` once its workers have been "
+        "gone 30 s)"
     )
     assert b.registry.shared_with(b.settings, f"cachemgr.{b.settings.node}") is None
-    same_books = b.settings.with_(disk_cache_key_prefix=a.keys.prefix)
-    assert "keeps the same books" in str(b.registry.shared_with(same_books, "its-own"))
+    # A node renamed keeps its books (and its queue): their liveness is its own, not another's.
+    renamed = b.settings.with_(disk_cache_key_prefix=a.keys.prefix)
+    assert b.registry.shared_with(renamed, "shared") is None
     unnamed = b.settings.with_(disk_cache_node="")  # its other host names are itself
     assert b.registry.shared_with(unnamed, "shared") is None
     monkeypatch.setitem(worker_app.app.conf, "task_default_queue", "shared")

@@ -411,7 +411,12 @@ def test_a_beat_restarted_at_another_interval_is_judged_by_its_own_word(
     assert stats["periodic_overdue"] is False, stats["warnings"]
     assert not any("celery beat" in w for w in stats["warnings"]), stats["warnings"]
     assert metrics_of(client)["cachemgr_periodic_overdue"] == 0.0
+    assert stats["beat_interval_seconds"] == 3600
+    html = client.get("/").get_data(as_text=True)  # the page's "Every" and "Next" too
+    assert 'data-cleanup="interval" data-value="3600"' in html and "overdue" not in html
     assert beat_interval(cache) == 3600  # the hold after a rebuild, by the live beat's too
+    beat_alive(redis_client, {cache.keys.prefix: 1234567.0}, "beat-host:1")  # in full
+    assert redis_client.get(cache.keys.beat) == "beat-host:1 1234567"
 
 
 def test_a_fresh_node_is_not_told_beat_is_missing_before_one_interval(

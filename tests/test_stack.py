@@ -320,12 +320,16 @@ def test_up_says_a_new_node_root_its_books_refuse_will_stay_refused(
     assert "its first cleanup marks it" not in said
 
 
-def test_ups_beat_sends_its_own_nodes_cleanups_whatever_the_shell_says():
+def test_ups_beat_sends_its_own_nodes_cleanups_whatever_the_shell_says(capsys):
     from api.stack import _beat_env
 
     shell = {"DISK_CACHE_NODES": "far,away", "REDIS_URL": "redis://x"}
     assert _beat_env(shell, [""]) == {"REDIS_URL": "redis://x"}  # the local node's
+    assert "does not name this node" in capsys.readouterr().err
     assert _beat_env(shell, ["node1", "node2"])["DISK_CACHE_NODES"] == "node1,node2"
+    # The host that runs beat for every node, this one among them: its list stands.
+    every = {**shell, "DISK_CACHE_NODE": "away"}
+    assert _beat_env(every, [""]) == every
 
 
 def test_up_refuses_a_root_that_does_not_exist_rather_than_make_it(tmp_path: Path):

@@ -190,7 +190,7 @@ def _settings_or_stop(**_: Any) -> None:
 
 
 def _not_shared(cache: Any) -> None:
-    """Refuse to serve a node whose queue or books another live node's workers use."""
+    """Refuse to serve a node whose queue another live node's workers read."""
     try:
         shared = cache.registry.shared_with(cache.settings, app.conf.task_default_queue)
     except Exception:  # Redis away: announced once it is back, unchecked
