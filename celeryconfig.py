@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
+from cachemgr.environment import cluster_of, queue_override
 from cachemgr.nodes import node_queue
-from cachemgr.settings import Settings, SettingsError, cluster_of, queue_override
+from cachemgr.settings import Settings, SettingsError
 from workers.urls import celery_env_urls, celery_url_problem
 
 broker_url, result_backend = celery_env_urls()

@@ -25,9 +25,10 @@ from api.errors import body, register_error_handlers
 from api.extensions import CacheExtension, state
 from api.schemas import ApiErrorSchema, NodeArgs
 from api.stack import api_token
+from cachemgr.environment import log_level
 from cachemgr.health import readiness
 from cachemgr.logs import configure_logging
-from cachemgr.settings import SettingsError, log_level, parse_bool
+from cachemgr.settings import SettingsError, parse_bool
 
 log = logging.getLogger("cachemgr.api")
 

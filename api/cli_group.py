@@ -23,9 +23,10 @@ from api.cli_errors import (
 )
 from cachemgr.checks import NODE_NAME, NODE_NAME_RULE
 from cachemgr.connection import connect
+from cachemgr.environment import log_level, unknown_names
 from cachemgr.logs import configure_logging
 from cachemgr.nodes import NodeRegistry, as_published, unknown_node
-from cachemgr.settings import Settings, SettingsError, log_level, quoted, unknown_names
+from cachemgr.settings import Settings, SettingsError, quoted
 
 # Commands that only touch the books in Redis: a root gone since the workers started (an
 # unmounted disk) is for them to show (the stats warn), not a setting that stops them.

@@ -17,7 +17,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from cachemgr import DiskCache, Settings, connect
 from cachemgr.clock import RedisClock
-from cachemgr.settings import queue_override
+from cachemgr.environment import queue_override
 from workers.client import CacheClient
 
 

@@ -805,7 +805,7 @@ def test_a_misspelt_settings_name_is_said_not_ignored_unsaid(settings, monkeypat
     from click.testing import CliRunner
 
     from api.cli import main
-    from cachemgr.settings import unknown_names
+    from cachemgr.environment import unknown_names
     from workers import app as worker_app
 
     monkeypatch.setenv("DISK_CACHE_ROOT", str(settings.root))
@@ -1116,7 +1116,8 @@ def test_a_sentinel_that_finds_no_master_is_said_in_a_short_line(tmp_path):
 def test_names_that_were_taken_before_are_still_taken(monkeypatch):
     # The first check allowed letters, digits and _.:{}- alone: `media/prod`, `team@eu` and
     # `café` stopped workers that had run with them.
-    from cachemgr.settings import Settings, cluster_of, queue_override
+    from cachemgr.environment import cluster_of, queue_override
+    from cachemgr.settings import Settings
 
     for name in ("media/prod", "team@eu", "café", "{eu}:media+1"):
         assert Settings(disk_cache_cluster=name).validate().disk_cache_cluster == name

@@ -318,7 +318,7 @@ def test_a_sentinel_url_with_a_password_gives_it_to_the_master():
 
 
 def test_a_bad_log_level_names_the_setting_and_the_levels():
-    from cachemgr.settings import log_level
+    from cachemgr.environment import log_level
 
     assert log_level({"DISK_CACHE_LOG_LEVEL": "debug"}) == "DEBUG"
     assert log_level({}, default="WARNING") == "WARNING"

@@ -22,10 +22,11 @@ from celery.worker import state
 
 from cachemgr import presence
 from cachemgr.connection import broker_id
+from cachemgr.environment import log_level, unknown_names
 from cachemgr.errors import LOGGED, BadArgument
 from cachemgr.logs import configure_logging
 from cachemgr.records import believed_interval
-from cachemgr.settings import Settings, SettingsError, log_level, unknown_names
+from cachemgr.settings import Settings, SettingsError
 from workers.results import subscribe_when_awaited
 
 # The retries a task has made behind another's lock, counted in a header of their own: Celery's

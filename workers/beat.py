@@ -13,9 +13,10 @@ from typing import Any
 from celery.beat import PersistentScheduler, ScheduleEntry
 
 from cachemgr.connection import connect
+from cachemgr.environment import cluster_of
 from cachemgr.logs import Repeats
 from cachemgr.nodes import NodeRegistry, beat_alive, route_of
-from cachemgr.settings import Settings, cluster_of
+from cachemgr.settings import Settings
 from workers.results import quiet_backend_noise
 
 log = logging.getLogger("cachemgr.workers")

@@ -25,12 +25,13 @@ from celery.result import AsyncResult
 from cachemgr import checks, pins
 from cachemgr.clock import CLOCK_SKEW_SECONDS, skew_of, skewed
 from cachemgr.connection import connect
+from cachemgr.environment import cluster_of, queue_override
 from cachemgr.keys import Keys
 from cachemgr.migrations import to_feed
 from cachemgr.nodes import NodeRegistry, route_of
 from cachemgr.paths import normalize
 from cachemgr.scripts import STALE_HIT
-from cachemgr.settings import SettingsError, cluster_of, queue_override
+from cachemgr.settings import SettingsError
 from cachemgr.store import Store
 from workers.client_checks import ClientChecks
 from workers.results import (
