@@ -50,6 +50,11 @@ def create_cli_app() -> Any:
             # A pin touches the books alone: its path check looked at this shell's root.
             books_only = reading or ctx.info_name in ("pin", "unpin")
             config["CACHEMGR_LOCAL"] = not (books_only and ctx.meta.get(ELSEWHERE))
+        elif os.environ.get("DISK_CACHE_NODE") and not os.environ.get("DISK_CACHE_KEY_PREFIX"):
+            # The shell's own node, read where its workers keep its books (a prefix set
+            # there: `ls` listed the empty books under `{node}:`, exit 0).
+            settings = config.get("CACHEMGR_SETTINGS") or Settings.from_env()
+            config["CACHEMGR_SETTINGS"] = _as_published(settings, settings.disk_cache_node)
         app = create_app(config)
         for said in unknown_names():  # a misspelt quota's name left it at 10 GiB, unsaid
             click.echo(f"note: {said}: ignored", err=True)

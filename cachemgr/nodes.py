@@ -133,13 +133,21 @@ def unknown_node(node: str, entries: dict[str, dict[str, Any]]) -> UnknownNode:
 
 
 def as_published(settings: Settings, entries: dict[str, dict[str, Any]]) -> Settings:
-    """`settings` naming a node its workers run unnamed (DISK_CACHE_NODE unset there: the
-    node goes by its host's name, its keys by the seed's names) made unnamed too: named, a
-    shell's `--node vm` read and wrote the empty books under `{vm}:`."""
+    """`settings` for the node they name as its workers published it: their key prefix (one
+    set by DISK_CACHE_KEY_PREFIX there: `--node n2 ls` listed the empty books under `{n2}:`,
+    and its pin leased in keys no worker reads), and unnamed where they run unnamed
+    (DISK_CACHE_NODE unset there: the node goes by its host's name, its keys by the seed's
+    names; a shell's `--node vm` read and wrote the empty books under `{vm}:`)."""
     entry = entries.get(settings.disk_cache_node)
-    if settings.disk_cache_node and entry is not None and not entry.get("named", True):
-        return replace(settings, disk_cache_node="")
-    return settings
+    if not settings.disk_cache_node or entry is None:
+        return settings
+    node = settings.disk_cache_node if entry.get("named", True) else ""
+    prefix = entry.get("key_prefix")
+    return replace(
+        settings,
+        disk_cache_node=node,
+        disk_cache_key_prefix=settings.disk_cache_key_prefix if prefix is None else str(prefix),
+    )
 
 
 def published_queues(entries: dict[str, dict[str, Any]]) -> list[str]:

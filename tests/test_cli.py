@@ -1170,6 +1170,45 @@ def test_ctrl_c_ends_a_command_with_130_in_one_line(tmp_path, prefix):
     assert err.strip() == "interrupted", err
 
 
+def test_node_option_takes_the_key_prefix_its_workers_published(
+    settings, root, redis_client, monkeypatch
+):
+    """Workers run with DISK_CACHE_KEY_PREFIX: `cachemgr --node n2 ls` listed the empty books
+    under `{n2}:` (exit 0), and its pin leased in keys no worker reads."""
+    import uuid
+
+    from click.testing import CliRunner
+
+    from api.cli import main
+    from cachemgr import DiskCache
+
+    named = settings.with_(disk_cache_node=f"n2-{uuid.uuid4().hex[:6]}")  # prefix: the test's
+    cache = DiskCache(named, redis_client)
+    cache.publish_config()
+    make_tree(root, "album")
+    cache.register("album")
+    monkeypatch.setenv("REDIS_URL", named.redis_url)
+    monkeypatch.setenv("DISK_CACHE_ROOT", str(root))
+    monkeypatch.setenv("DISK_CACHE_CLUSTER", named.disk_cache_cluster)
+    for name in ("DISK_CACHE_NODE", "DISK_CACHE_KEY_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+
+    def cachemgr(*args: str):
+        return CliRunner().invoke(main, ["--node", named.node, *args], prog_name="cachemgr")
+
+    listed = cachemgr("ls", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [e["path"] for e in json.loads(listed.stdout)] == ["album"]
+    pinned = cachemgr("pin", "album", "--ttl", "1h")
+    assert pinned.exit_code == 0, pinned.output
+    assert redis_client.zscore(cache.keys.pins, "album") is not None  # the workers' keys
+    # The shell's own node, named by DISK_CACHE_NODE with no prefix set: the same.
+    monkeypatch.setenv("DISK_CACHE_NODE", named.node)
+    own = CliRunner().invoke(main, ["ls", "--json"], prog_name="cachemgr")
+    assert [e["path"] for e in json.loads(own.stdout)] == ["album"], own.output
+    assert not list(redis_client.scan_iter(match=f"{{{named.node}}}:*"))
+
+
 def test_node_option_naming_an_unnamed_node_reaches_its_books(settings, root):
     """A node run without DISK_CACHE_NODE goes by its host's name and the seed's key names:
     `cachemgr --node <that name> ls` read the empty books under `{name}:` (an empty list,
