@@ -1014,6 +1014,34 @@ def test_a_books_url_that_cannot_be_asked_is_said_so(caplog):
     assert "could not be asked" in caplog.text and "127.0.0.1:2" in caplog.text
 
 
+def test_a_client_given_a_broker_url_alone_where_no_worker_published_says_so(
+    cache, caplog, monkeypatch
+):
+    """Workers with their books at db 0 and their broker at db 1; a pipeline given the broker's
+    URL alone (no REDIS_URL in its environment): its plays and pins went to db 1, no worker
+    reading them, and nothing was said."""
+    from workers.client import CacheClient
+
+    broker = side_db(13)  # a database no registry is in
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    cache.registry.publish(cache.settings)  # at the books' URL, not the broker's
+    cluster = cache.settings.disk_cache_cluster
+    with caplog.at_level("WARNING", logger="cachemgr"):
+        client = CacheClient(broker, cluster=cluster, key_prefix=cache.keys.prefix)
+        try:
+            client.access("album")  # a miss, counted where no worker reads
+        finally:
+            stray = client.store.client
+            if left := list(stray.scan_iter(match=f"{cache.keys.prefix}*")):
+                stray.delete(*left)
+            client.close()
+        again = CacheClient(broker, cluster=cluster, key_prefix=cache.keys.prefix)
+        again.close()
+    said = [r.getMessage() for r in caplog.records if "no workers have published" in r.getMessage()]
+    assert len(said) == 1 and f"the books are taken to be at {broker}" in said[0], said
+    assert "pass redis_url= (or set REDIS_URL)" in said[0]
+
+
 def test_a_periodic_cleanup_beat_did_not_send_does_not_hide_a_stopped_beat(
     pipeline, cache, root
 ):

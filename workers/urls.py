@@ -37,10 +37,11 @@ def books_url(candidates: list[str | None], cluster: str) -> str | None:
     """The books' URL, of the URL given and REDIS_URL: the one where the workers published
     the node registry when they differ (a pipeline's own REDIS_URL, or the workers' books
     beside a broker URL given; either way the other had the pins and plays booked where no
-    worker reads them), else the first."""
+    worker reads them), else the first, said when no worker published there either (a broker
+    URL given alone: plays and pins went to its database, no worker reading them, unsaid)."""
     urls = tuple(dict.fromkeys(url for url in candidates if url))
-    if len(urls) < 2:
-        return urls[0] if urls else None
+    if not urls:
+        return None
     if (urls, cluster) in _BOOKS_FOUND:
         return _BOOKS_FOUND[urls, cluster]
     unreachable = []
@@ -51,10 +52,14 @@ def books_url(candidates: list[str | None], cluster: str) -> str | None:
                 return url
         except (redis.RedisError, ValueError, OSError):
             unreachable.append(url)
+    if len(urls) == 1:  # its books are there whatever it finds: probed, and said, once
+        _BOOKS_FOUND[urls, cluster] = urls[0]
+        if unreachable:  # Redis away: the client's first call says so
+            return urls[0]
     log.warning(
         "CacheClient: no workers have published to %s%s: the books are taken to be at %s "
-        "(the URL given); pass redis_url= if they are elsewhere",
-        " or ".join(u for u in urls if u not in unreachable) or "either",
+        "(the URL given); pass redis_url= (or set REDIS_URL) if they are elsewhere",
+        " or ".join(u for u in urls if u not in unreachable) or "any",
         f" ({', '.join(unreachable)} could not be asked)" if unreachable else "",
         urls[0],
     )
