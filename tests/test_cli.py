@@ -1191,7 +1191,10 @@ def test_node_option_takes_the_key_prefix_its_workers_published(
     monkeypatch.setenv("DISK_CACHE_ROOT", str(root))
     monkeypatch.setenv("DISK_CACHE_CLUSTER", named.disk_cache_cluster)
     for name in ("DISK_CACHE_NODE", "DISK_CACHE_KEY_PREFIX"):
-        monkeypatch.delenv(name, raising=False)
+        # Set, then unset: restored after, whatever --node writes into os.environ (the next
+        # tests of this process took this node for theirs).
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
     def cachemgr(*args: str):
         return CliRunner().invoke(main, ["--node", named.node, *args], prog_name="cachemgr")
