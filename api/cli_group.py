@@ -50,9 +50,6 @@ def create_cli_app() -> Any:
             # A pin touches the books alone: its path check looked at this shell's root.
             books_only = reading or ctx.info_name in ("pin", "unpin")
             config["CACHEMGR_LOCAL"] = not (books_only and ctx.meta.get(ELSEWHERE))
-        elif os.environ.get("DISK_CACHE_NODE"):
-            settings = config.get("CACHEMGR_SETTINGS") or Settings.from_env()
-            config["CACHEMGR_SETTINGS"] = node_settings(settings)
         app = create_app(config)
         for said in unknown_names():  # a misspelt quota's name left it at 10 GiB, unsaid
             click.echo(f"note: {said}: ignored", err=True)
@@ -99,16 +96,13 @@ def _for_node(ctx: click.Context, param: click.Parameter, name: str | None) -> N
 
 def node_settings(settings: Settings) -> Settings:
     """`settings` (the environment's, DISK_CACHE_NODE set by --node) for the node the
-    command's --node names, or the shell's DISK_CACHE_NODE with no DISK_CACHE_KEY_PREFIX
-    set, as its workers published it (nodes.as_published); else as they are."""
+    command's --node names, as its workers published it (nodes.as_published); as they are
+    with no --node (a shell's own node is as its environment says: every command would
+    otherwise read the registry first, a hung Redis's timeout twice)."""
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.meta.get(NODE_GIVEN):
-        return _as_published(settings, ctx.meta.get(OWN_NODE, ""))
-    if settings.disk_cache_node and not os.environ.get("DISK_CACHE_KEY_PREFIX"):
-        # The shell's own node, read where its workers keep its books (a prefix set there:
-        # `ls` listed the empty books under `{node}:`, exit 0; `trace export` found none).
-        return _as_published(settings, settings.disk_cache_node)
-    return settings
+    if ctx is None or not ctx.meta.get(NODE_GIVEN):
+        return settings
+    return _as_published(settings, ctx.meta.get(OWN_NODE, ""))
 
 
 def _as_published(settings: Settings, own: str) -> Settings:
@@ -116,10 +110,14 @@ def _as_published(settings: Settings, own: str) -> Settings:
     refused, as the API's `?node=` is (a misspelt name's `ls` listed empty books and its `pin`
     leased a directory in keys no worker reads, each exiting 0), unless it is the shell's own
     DISK_CACHE_NODE (`own`; a shell with none is the unnamed node, not its host's name)."""
-    client = connect(settings.redis_url, interactive=True)
+    try:
+        # A Redis Cluster's client asks for its nodes as it is made: inside the try too.
+        client = connect(settings.redis_url, interactive=True)
+    except redis.RedisError:  # the command says what is wrong with Redis, in its words
+        return settings
     try:
         entries = NodeRegistry(client, settings.disk_cache_cluster).entries()
-    except redis.RedisError:  # the command says what is wrong with Redis, in its words
+    except redis.RedisError:
         return settings
     finally:
         client.close()

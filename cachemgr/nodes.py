@@ -142,12 +142,9 @@ def as_published(settings: Settings, entries: dict[str, dict[str, Any]]) -> Sett
     if not settings.disk_cache_node or entry is None:
         return settings
     node = settings.disk_cache_node if entry.get("named", True) else ""
-    prefix = entry.get("key_prefix")
-    return replace(
-        settings,
-        disk_cache_node=node,
-        disk_cache_key_prefix=settings.disk_cache_key_prefix if prefix is None else str(prefix),
-    )
+    # An entry of a version that published no prefix: the node's own, not the shell's.
+    prefix = str(entry.get("key_prefix", Keys.node_prefix(node)))
+    return replace(settings, disk_cache_node=node, disk_cache_key_prefix=prefix)
 
 
 def published_queues(entries: dict[str, dict[str, Any]]) -> list[str]:

@@ -1009,9 +1009,10 @@ def test_a_books_url_that_cannot_be_asked_is_said_so(caplog):
     from workers.urls import books_url
 
     with caplog.at_level("WARNING", logger="cachemgr"):
-        got = books_url(["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:2"], "nocluster")
-    assert got == "redis://127.0.0.1:1/0"  # the URL given, said
+        got = books_url(["redis://:pw@127.0.0.1:1/0", "redis+cluster://127.0.0.1:2"], "nocluster")
+    assert got == "redis://:pw@127.0.0.1:1/0"  # the URL given, said
     assert "could not be asked" in caplog.text and "127.0.0.1:2" in caplog.text
+    assert ":pw@" not in caplog.text  # its password masked
 
 
 def test_a_client_given_a_broker_url_alone_where_no_worker_published_says_so(
@@ -1037,6 +1038,10 @@ def test_a_client_given_a_broker_url_alone_where_no_worker_published_says_so(
             client.close()
         again = CacheClient(broker, cluster=cluster, key_prefix=cache.keys.prefix)
         again.close()
+        # REDIS_URL set (the workers' environment), the URL alone is it: nothing to say, nor
+        # asked (a fresh install's pipeline, started before the workers published).
+        monkeypatch.setenv("REDIS_URL", broker)
+        CacheClient(broker, cluster=f"{cluster}x", key_prefix=cache.keys.prefix).close()
     said = [r.getMessage() for r in caplog.records if "no workers have published" in r.getMessage()]
     assert len(said) == 1 and f"the books are taken to be at {broker}" in said[0], said
     assert "pass redis_url= (or set REDIS_URL)" in said[0]

@@ -33,15 +33,23 @@ def server(url: str) -> tuple[str, int | str] | None:
 _BOOKS_FOUND: dict[tuple[tuple[str, ...], str], str] = {}
 
 
+# URL schemes redis-py reads itself: a Cluster's or Sentinel's is cachemgr's own (connect).
+PLAIN = ("redis", "rediss", "unix")
+
+
 def books_url(candidates: list[str | None], cluster: str) -> str | None:
-    """The books' URL, of the URL given and REDIS_URL: the one where the workers published
-    the node registry when they differ (a pipeline's own REDIS_URL, or the workers' books
-    beside a broker URL given; either way the other had the pins and plays booked where no
-    worker reads them), else the first, said when no worker published there either (a broker
-    URL given alone: plays and pins went to its database, no worker reading them, unsaid)."""
+    """The books' URL, of the URL given and REDIS_URL (`candidates`, in that order): the one
+    where the workers published the node registry when they differ (a pipeline's own
+    REDIS_URL, or the workers' books beside a broker URL given; either way the other had the
+    pins and plays booked where no worker reads them), else the first, said. A URL given
+    alone, REDIS_URL unset, is said too when no worker published there (a broker's database
+    apart from the books' took the plays and pins unsaid), once a process."""
     urls = tuple(dict.fromkeys(url for url in candidates if url))
     if not urls:
         return None
+    alone = len(urls) == 1
+    if alone and (candidates[-1] or urlsplit(urls[0]).scheme not in PLAIN):
+        return urls[0]  # REDIS_URL's, as the workers read it; or cachemgr's own kind of URL
     if (urls, cluster) in _BOOKS_FOUND:
         return _BOOKS_FOUND[urls, cluster]
     unreachable = []
@@ -52,23 +60,26 @@ def books_url(candidates: list[str | None], cluster: str) -> str | None:
                 return url
         except (redis.RedisError, ValueError, OSError):
             unreachable.append(url)
-    if len(urls) == 1:  # its books are there whatever it finds: probed, and said, once
-        _BOOKS_FOUND[urls, cluster] = urls[0]
-        if unreachable:  # Redis away: the client's first call says so
+    if alone:
+        if unreachable:  # Redis away: the client's first call says so; asked again next time
             return urls[0]
+        _BOOKS_FOUND[urls, cluster] = urls[0]  # said once
     log.warning(
         "CacheClient: no workers have published to %s%s: the books are taken to be at %s "
-        "(the URL given); pass redis_url= (or set REDIS_URL) if they are elsewhere",
-        " or ".join(u for u in urls if u not in unreachable) or "any",
-        f" ({', '.join(unreachable)} could not be asked)" if unreachable else "",
-        urls[0],
+        "(the URL given); pass redis_url=%s if they are elsewhere",
+        " or ".join(without_password(u) for u in urls if u not in unreachable) or "either",
+        f" ({', '.join(map(without_password, unreachable))} could not be asked)"
+        if unreachable
+        else "",
+        without_password(urls[0]),
+        " (or set REDIS_URL)" if alone else "",
     )
     return urls[0]
 
 
 def _publishes(url: str, cluster: str) -> bool:
     """Whether the node registry is at `url` (asked within a second or so)."""
-    plain = url.split("://", 1)[0] in ("redis", "rediss", "unix")
+    plain = url.split("://", 1)[0] in PLAIN
     # A Cluster's or Sentinel's URL is cachemgr's own (connection.connect).
     probe = (
         redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
