@@ -220,8 +220,9 @@ def beat_missing(
     are due: management on, the scheduler running, something tracked, and the node's workers
     up for over BEAT_ALIVE_SECONDS (time for a beat started with them to say so). Said before
     periodic_overdue can be: that takes two cleanup intervals, two hours by default.
-    `seen`: a beat that says so ever ran for the node. Periodic cleanups that came with none
-    ever seen are a beat's of a version that says nothing: periodic_overdue judges it."""
+    `seen`: a beat that says so ran for the node lately (cache:beat_seen). Periodic cleanups
+    that came with none seen are a beat's of a version that says nothing: periodic_overdue
+    judges it."""
     if stats.get("beat_alive") or stats.get("periodic_overdue"):
         return False
     ran = (stats.get("last_cleanup") or {}).get("periodic_time")
