@@ -280,6 +280,7 @@ def cleanup(
         lock.release()
     # Beat's, once an interval: downloads no registration booked, said.
     unbooked = {"untracked": audit.report(cache), "gone": gone} if periodic else {}
+    trash_left, trash_kept = trash.tally(cache.root, in_flight, depth)
     result = {
         "status": "done",
         "sweep": expired.to_dict(),
@@ -292,9 +293,9 @@ def cleanup(
         "rechecked": rechecked,  # beat's: directories registered lately, rescanned
         "trash_emptied": emptied,
         # what could not be deleted there: its bytes fill the disk, uncounted (a warning)
-        "trash_left": trash.pending(cache.root, in_flight, depth),
+        "trash_left": trash_left,
         # called-off deletions that could not be put back: the operator moves them (a warning)
-        "trash_kept": trash.kept(cache.root, depth),
+        "trash_kept": trash_kept,
         "pins_lapsed": lapsed,
         "more": expired.more or evicted.more,
         "duration_seconds": round(time.monotonic() - began, 3),

@@ -364,27 +364,29 @@ def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
     return removed
 
 
+def tally(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> tuple[int, int]:
+    """(pending, kept) in one look at each trash: items `empty` would take (a deletion still
+    checking what it moved is not one), and directories a called-off deletion kept whole for
+    the operator to move back (they were said to be stuck, with the wrong cure)."""
+    pending = kept = 0
+    for base in _bases(root, mount_points(), depth):
+        try:
+            with _opened(base) as base_fd, _opened(TRASH_DIR, dir_fd=base_fd) as trash_fd:
+                for name in os.listdir(trash_fd):
+                    if name.startswith(KEPT):
+                        kept += 1
+                    elif not _in_flight(name, trash_fd, lock_timeout):
+                        pending += 1
+        except OSError:  # no trash, or a symlinked one (never followed)
+            continue
+    return pending, kept
+
+
 def pending(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
-    """Items `empty` would take: a deletion still checking what it moved is not one, nor a
-    directory kept whole for the operator (they were said to be stuck, with the wrong cure)."""
-
-    def taken(name: str, trash_fd: int) -> bool:
-        return not name.startswith(KEPT) and not _in_flight(name, trash_fd, lock_timeout)
-
-    return sum(_count(base, taken) for base in _bases(root, mount_points(), depth))
+    """Items `empty` would take (tally)."""
+    return tally(root, lock_timeout, depth)[0]
 
 
 def kept(root: Path, depth: int = 1) -> int:
-    """Directories a called-off deletion kept whole in the trash, to be moved back by hand."""
-    return sum(
-        _count(base, lambda name, _: name.startswith(KEPT))
-        for base in _bases(root, mount_points(), depth)
-    )
-
-
-def _count(base: Path, counted: Callable[[str, int], bool]) -> int:
-    try:
-        with _opened(base) as base_fd, _opened(TRASH_DIR, dir_fd=base_fd) as trash_fd:
-            return sum(1 for name in os.listdir(trash_fd) if counted(name, trash_fd))
-    except OSError:  # no trash, or a symlinked one (never followed)
-        return 0
+    """Directories a called-off deletion kept whole in the trash (tally)."""
+    return tally(root, 0.0, depth)[1]
