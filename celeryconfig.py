@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from cachemgr.environment import cluster_of, queue_override
+from cachemgr.environment import beat_nodes, cluster_of, queue_override
 from cachemgr.nodes import node_queue
 from cachemgr.settings import Settings, SettingsError
 from workers.urls import celery_env_urls, celery_url_problem
@@ -69,8 +69,7 @@ except SettingsError as exc:
 
 # One beat can drive several nodes: DISK_CACHE_NODES=a,b sends each node's periodic cleanup
 # to that node's queue. Without it, the cleanup goes to this process's default queue.
-_beat_nodes = [n for n in os.environ.get("DISK_CACHE_NODES", "").split(",") if n.strip()]
-_targets = {node_queue(n.strip()): n.strip() for n in _beat_nodes} or {task_default_queue: ""}
+_targets = {node_queue(n): n for n in beat_nodes()} or {task_default_queue: ""}
 
 # Follows each node's published queue at every send (workers/beat.py).
 beat_scheduler = "workers.beat:NodeScheduler"

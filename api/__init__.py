@@ -24,8 +24,7 @@ from api.arguments import query
 from api.errors import body, register_error_handlers
 from api.extensions import CacheExtension, state
 from api.schemas import ApiErrorSchema, NodeArgs
-from api.stack import api_token
-from cachemgr.environment import log_level
+from cachemgr.environment import api_token, log_level
 from cachemgr.health import readiness
 from cachemgr.logs import configure_logging
 from cachemgr.settings import SettingsError, parse_bool

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from cachemgr.connection import without_password
+from cachemgr.environment import api_token, beat_nodes
 from cachemgr.logs import configure_logging
 from cachemgr.settings import SettingsError, parse_bool, parse_count
 
@@ -31,19 +32,6 @@ def _celery(env: dict[str, str]) -> str:
         for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
         if env.get(name)
     )
-
-
-def api_token() -> str:
-    """DISK_CACHE_API_TOKEN, refused with blanks at an end: no client sends them in a header
-    (servers strip them), so a token of spaces let the API listen on every address while no
-    write could ever be made."""
-    token = os.environ.get("DISK_CACHE_API_TOKEN", "")
-    if token != token.strip():
-        raise SettingsError(
-            "DISK_CACHE_API_TOKEN has blanks at an end (or is only blanks): no client can send "
-            "them; set it without"
-        )
-    return token
 
 
 def web_bind() -> tuple[str, int, str | None]:
@@ -217,7 +205,7 @@ def _beat_env(env: dict[str, str], names: list[str]) -> dict[str, str]:
     One that names it (the host that runs beat for every node) stands."""
     if len(names) > 1:
         return {**env, "DISK_CACHE_NODES": ",".join(names)}
-    listed = [n.strip() for n in env.get("DISK_CACHE_NODES", "").split(",") if n.strip()]
+    listed = beat_nodes(env)
     if not listed or env.get("DISK_CACHE_NODE") in listed:
         return env
     click.echo(

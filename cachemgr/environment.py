@@ -1,5 +1,6 @@
 """The settings read from the environment outside Settings, by the processes that read one
-alone (beat, the pipeline client, logging), and the names that are no setting at all."""
+alone (beat and its DISK_CACHE_NODES, the pipeline client, logging, the API's token), and the
+names that are no setting at all."""
 
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ def unknown_names(environ: Mapping[str, str] | None = None) -> list[str]:
     the quota at its default of 10 GiB, unsaid."""
     env = os.environ if environ is None else environ
     known = {f.name.upper() for f in fields(Settings)} | set(OTHER_NAMES)
+    # Matched past the shared DISK_CACHE_, which made any name look like every other.
+    tails = {n.removeprefix("DISK_CACHE_"): n for n in known}
     said = []
     for name in sorted(env):
         if name in known or not name.startswith(("DISK_CACHE_", "ENABLE_DISK_CACHE")):
             continue
-        # Matched past the shared DISK_CACHE_, which made any name look like every other.
-        tails = {n.removeprefix("DISK_CACHE_"): n for n in known}
         tail = name.removeprefix("DISK_CACHE_")
         close = difflib.get_close_matches(tail, tails, 1, 0.75) or sorted(
             t for t in tails if t.startswith(f"{tail}_")  # DISK_CACHE_TTL: its unit left out
@@ -70,3 +71,22 @@ def _env_name(variable: str, environ: Mapping[str, str] | None) -> str | None:
     if said:
         raise SettingsError(f"{variable}={raw!r}: {said}")
     return raw or None
+
+
+def beat_nodes(environ: Mapping[str, str] | None = None) -> list[str]:
+    """DISK_CACHE_NODES: the nodes one beat sends periodic cleanups to (celeryconfig)."""
+    raw = (os.environ if environ is None else environ).get("DISK_CACHE_NODES", "")
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def api_token(environ: Mapping[str, str] | None = None) -> str:
+    """DISK_CACHE_API_TOKEN, refused with blanks at an end: no client sends them in a header
+    (servers strip them), so a token of spaces let the API listen on every address while no
+    write could ever be made."""
+    token = (os.environ if environ is None else environ).get("DISK_CACHE_API_TOKEN", "")
+    if token != token.strip():
+        raise SettingsError(
+            "DISK_CACHE_API_TOKEN has blanks at an end (or is only blanks): no client can send "
+            "them; set it without"
+        )
+    return token
