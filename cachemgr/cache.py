@@ -140,28 +140,33 @@ class DiskCache:
         a tracked directory pins that directory (`path` in the reply names it). A `holder`
         that names itself renews, shortens and ends its own lease only (pins.PIN)."""
 
+        missing = False  # the path itself (no tracked directory holds it) is not on the disk
+
         def on_disk(rel: str, target: str) -> None:
             # A pin may precede the directory (a download about to be written), but never
             # names a file or a symlink of its own; a track inside a tracked album pins the
             # album, as the pipeline client's pin_now does.
+            nonlocal missing
             if not self.local:  # another host's disk (?node=, --node): not looked at here
                 return
             location = paths.resolve(self.root, rel)
-            if target == rel and paths.kind(location) == "other":
+            if target != rel:
+                return
+            kind = paths.kind(location)
+            if kind == "other":
                 what = "a symlink" if location.is_symlink() else "a file"
                 raise paths.PathError(f"path is {what}, not a directory: {rel!r}")
+            missing = kind == "missing"
 
         reply = pins.grant(self.store, path, ttl_seconds, holder, self.clock(), on_disk)
         target = reply["path"]
-        if self.local and not self.store.tracked([target])[0]:
-            # A lease may precede its download; a misspelt path's lease protects nothing, and
-            # said nothing: exit 0, counted among the pinned, listed nowhere.
-            if paths.kind(paths.resolve(self.root, target)) == "missing":
-                reply["warning"] = (
-                    f"{target!r} is neither tracked nor on the disk: the lease keeps a "
-                    "download of that name once it is registered (a misspelt path? `cachemgr "
-                    "unpin` ends it)"
-                )
+        # A lease may precede its download; a misspelt path's lease protects nothing, and said
+        # nothing: exit 0, counted among the pinned, listed nowhere. Looked up only then.
+        if missing and not self.store.tracked([target])[0]:
+            reply["warning"] = (
+                f"{target!r} is neither tracked nor on the disk: the lease keeps a download of "
+                "that name once it is registered (a misspelt path? `cachemgr unpin` ends it)"
+            )
         return reply
 
     @switched
