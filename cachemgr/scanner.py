@@ -312,15 +312,15 @@ def newest_directory(
         else:
             found.append((rel, st.st_ctime, birth_time(root / rel)))
     born = bool(found) and all(b is not None for _, _, b in found)
-    best: tuple[tuple[float, float, str], str] | None = None
-    unnamed: tuple[tuple[float, float, str], str] | None = None
+    # (created, changed, name): the newest is the greatest, its name last.
+    best: tuple[float, float, str] | None = None
+    unnamed: tuple[float, float, str] | None = None
     for rel, changed, birth in found:
         when = (birth if born and birth is not None else changed, changed, rel)
         if unbookable(rel):
-            if unnamed is None or when > unnamed[0]:
-                unnamed = (when, rel)
-        elif best is None or when > best[0]:
-            best = (when, rel)
-    if passed_over is not None and unnamed and (best is None or unnamed[0] > best[0]):
-        passed_over.append(unnamed[1])
-    return best[1] if best else None
+            unnamed = max(unnamed or when, when)
+        else:
+            best = max(best or when, when)
+    if passed_over is not None and unnamed and (best is None or unnamed > best):
+        passed_over.append(unnamed[2])
+    return best[2] if best else None
