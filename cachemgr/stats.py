@@ -254,19 +254,17 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     beat_every = snap.get("beat_every") or (snap["last_cleanup"] or {}).get("beat_interval")
     interval, now = beat_every or s.disk_cache_cleanup_interval, cache.clock()
     stats["beat_interval_seconds"] = beat_every  # the one the overdue judgement goes by
+    workers_since = float(entry.get("published_at") or 0) or None
     stats["periodic_overdue"] = periodic_overdue(
         stats,
         interval,
         now,
-        workers_since=float(entry.get("published_at") or 0) or None,
+        workers_since=workers_since,
         scheduler_since=snap.get("scheduler_started"),
     )
     stats["beat_alive"] = snap.get("beat_alive", False)
     stats["beat_missing"] = beat_missing(
-        stats,
-        now,
-        workers_since=float(entry.get("published_at") or 0) or None,
-        seen=snap.get("beat_seen", False),
+        stats, now, workers_since=workers_since, seen=snap.get("beat_seen", False)
     )
     # The seed's "check downloads directory exists", on the host that reads it: said at once,
     # as cleanups would refuse it (an unmounted disk's empty mount point, another disk).
