@@ -55,12 +55,15 @@ def audio_trace(
     phases: int = 12,
     releases_per_phase: int = 400,
     seed: int = 2026,
+    popularity: list[tuple[int, np.ndarray, np.ndarray]] | None = None,
 ) -> Trace:
     """A seeded synthetic trace that looks like an audio library's downloads.
 
     Albums (directories) have log-normal sizes from a few MB to a few GB; popularity is Zipf
     over the catalogue; new releases arrive over time and enter near the top of the chart
     (drift); and a share of requests are one-hit wonders, albums asked for once and never again.
+    A list given as `popularity` receives each phase's first request number, chart (album ids
+    by rank) and each rank's chance per request: the truth no online policy is told.
     """
     rng = np.random.default_rng(seed)
     total_objects = catalogue + phases * releases_per_phase + requests
@@ -84,6 +87,8 @@ def audio_trace(
         n = per_phase if phase < phases - 1 else requests - pos
         weights = ranks[: len(chart)] ** -alpha
         cdf = np.cumsum(weights / weights.sum())
+        if popularity is not None:
+            popularity.append((pos, chart, weights / weights.sum() * (1 - one_hit_share)))
         picks = chart[np.minimum(np.searchsorted(cdf, rng.random(n)), len(chart) - 1)]
         once = rng.random(n) < one_hit_share
         fresh = np.arange(next_id, next_id + int(once.sum()), dtype=np.int64)
