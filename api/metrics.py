@@ -54,6 +54,7 @@ REMOVALS = (
     ("vanished", "vanished"),
 )
 SKIPS = (("locked", "skipped_locked"), ("pinned", "skipped_pinned"))
+NODE = ["node"]
 # What the last cleanup counted (cache:last_cleanup), as gauges: name, field, help.
 LAST_CLEANUP_COUNTS = (
     (
@@ -114,9 +115,13 @@ class CacheCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from self._info(stats)
-        yield from self._gauges(stats, samples, interval)
+        # A named node's figures carry its name, so that one API scraped once per node
+        # (`?node=NAME`) gives series that do not collide; a lone unnamed node's stay as they
+        # were, without a label.
+        node = [label_value(stats["node"])] if self.cache.settings.disk_cache_node else []
+        yield from self._gauges(stats, samples, interval, node)
         yield from self._nodes(stats)
-        yield from self._counters(stats)
+        yield from self._counters(stats, node)
 
     def _nodes(self, stats: dict[str, Any]) -> Iterator[Metric]:
         g = GaugeMetricFamily(
@@ -146,13 +151,13 @@ class CacheCollector(Collector):
         yield info
 
     def _gauges(
-        self, stats: dict[str, Any], samples: list[dict[str, Any]], interval: int
+        self, stats: dict[str, Any], samples: list[dict[str, Any]], interval: int, node: list[str]
     ) -> Iterator[Metric]:
         def gauge(name: str, doc: str, value: float | None) -> Metric | None:
             if value is None:
                 return None
-            g = GaugeMetricFamily(name, doc)
-            g.add_metric([], float(value))
+            g = GaugeMetricFamily(name, doc, labels=NODE[: len(node)])
+            g.add_metric(node, float(value))
             return g
 
         last = stats.get("last_cleanup") or {}
@@ -262,27 +267,28 @@ class CacheCollector(Collector):
         ]
         yield from (g for g in found if g is not None)
 
-    def _counters(self, stats: dict[str, Any]) -> Iterator[Metric]:
+    def _counters(self, stats: dict[str, Any], node: list[str]) -> Iterator[Metric]:
+        labels = NODE[: len(node)]
         for name, field, doc in COUNTERS:
-            c = CounterMetricFamily(name, doc)
-            c.add_metric([], float(stats[field]))
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric(node, float(stats[field]))
             yield c
         removed = CounterMetricFamily(
             "cachemgr_directories_removed",
             "Directories taken off the books: evicted (quota), expired (TTL), removed (asked), "
             "vanished (found gone from disk: nothing freed).",
-            labels=["reason"],
+            labels=[*labels, "reason"],
         )
         for reason, field in REMOVALS:
-            removed.add_metric([reason], float(stats[field]))
+            removed.add_metric([*node, reason], float(stats[field]))
         yield removed
         skipped = CounterMetricFamily(
             "cachemgr_skipped",
             "Directories a cleanup or removal left alone: locked by another worker, or pinned.",
-            labels=["reason"],
+            labels=[*labels, "reason"],
         )
         for reason, field in SKIPS:
-            skipped.add_metric([reason], float(stats[field]))
+            skipped.add_metric([*node, reason], float(stats[field]))
         yield skipped
 
 

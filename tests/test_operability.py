@@ -121,7 +121,23 @@ def test_metrics_honours_node_query(two_nodes):
     m = metrics_of(two_nodes, "/metrics?node=b")
     info = [k for k in m if k.startswith("cachemgr_cache_info")]
     assert info and "node=b" in info[0], info
-    assert m["cachemgr_worker_up"] == 0
+    assert m["cachemgr_worker_up{node=b}"] == 0
+
+
+def test_one_api_scraped_once_per_node_gives_series_that_do_not_collide(two_nodes):
+    """deploy/README: `?node=NAME` gives another node's figures. Scraped from one API for
+    each node, the gauges and counters carried no node label: the two scrapes wrote the same
+    series, and every alert rule read whichever came last."""
+    a, b = metrics_of(two_nodes, "/metrics?node=a"), metrics_of(two_nodes, "/metrics?node=b")
+    cluster_wide = {"cachemgr_up"} | {k for k in a if k.startswith("cachemgr_node_up{")}
+    assert cluster_wide <= set(b)
+    assert set(a) & set(b) == cluster_wide
+    for node, m in (("a", a), ("b", b)):
+        stats = two_nodes.get(f"/cache/stats?node={node}").get_json()
+        assert m[f"cachemgr_usage_bytes{{node={node}}}"] == stats["total_bytes"]
+    assert (a["cachemgr_worker_up{node=a}"], b["cachemgr_worker_up{node=b}"]) == (1, 0)
+    assert "cachemgr_directories_removed_total{node=b,reason=evicted}" in b
+    assert "cachemgr_hits_total{node=a}" in a
 
 
 def test_another_hosts_node_shows_its_disk_as_its_workers_saw_it(
@@ -147,7 +163,8 @@ def test_another_hosts_node_shows_its_disk_as_its_workers_saw_it(
     assert abs(node["free_disk_bytes"] - free) < 2**30  # as seen at the beat
     assert any("under DISK_CACHE_MIN_FREE_BYTES" in w for w in node["warnings"]), node
     metrics = metrics_of(client, "/metrics?node=far")
-    assert metrics.get("cachemgr_free_disk_bytes") == node["free_disk_bytes"], sorted(metrics)
+    free_disk = metrics.get("cachemgr_free_disk_bytes{node=far}")
+    assert free_disk == node["free_disk_bytes"], sorted(metrics)
 
 
 def test_last_cleanup_reads_back_typed(settings, redis_client, cache, root):
