@@ -35,6 +35,10 @@ IN_FLIGHT = ".in-flight-"
 KEPT = ".kept-"
 IN_FLIGHT_AGE = 60.0
 IN_FLIGHT_AHEAD = 86400.0
+# An empty slot made ahead while there is room: on a disk so full that no directory can be
+# made (ENOSPC), a deletion's slot is this one renamed, which takes no new block; without it
+# no eviction could free the disk that most needed it. `empty` leaves it alone.
+SPARE = ".spare-slot"
 
 
 class NotADirectory(OSError):
@@ -260,8 +264,7 @@ def discard(
         trash_fd = stack.enter_context(_trash_fd(chain[base], "/".join(parts[:base])))
         # Moved into a slot of its own that `empty` leaves alone while it is new: what was
         # moved is checked there first, and must still be there to be put back.
-        slot = f"{IN_FLIGHT}{uuid.uuid4().hex}"
-        os.mkdir(slot, dir_fd=trash_fd)
+        slot = _new_slot(trash_fd)
         with _opened(slot, dir_fd=trash_fd) as slot_fd:
             try:
                 os.rename(parts[-1], "d", src_dir_fd=parent_fd, dst_dir_fd=slot_fd)
@@ -295,6 +298,29 @@ def discard(
         return _rmtree(name, trash_fd)
 
 
+def _new_slot(trash_fd: int) -> str:
+    slot = f"{IN_FLIGHT}{uuid.uuid4().hex}"
+    try:
+        os.mkdir(slot, dir_fd=trash_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        try:  # another deletion may have taken it: then this one waits for room, as before
+            os.rename(SPARE, slot, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
+        except FileNotFoundError:
+            raise exc from None
+        # Dated when it was made, `empty` would take it for a crash's leftover.
+        os.utime(slot, dir_fd=trash_fd)
+        return slot
+    _keep_spare(trash_fd)
+    return slot
+
+
+def _keep_spare(trash_fd: int) -> None:
+    with contextlib.suppress(OSError):  # there already, or no room: the next deletion tries
+        os.mkdir(SPARE, dir_fd=trash_fd)
+
+
 def _in_flight(name: str, trash_fd: int, lock_timeout: float) -> bool:
     """A slot whose deletion is still checking what it moved (see `discard`)."""
     if not name.startswith(IN_FLIGHT):
@@ -317,6 +343,8 @@ def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
     read (a dead network mount: ENOTCONN, ESTALE)."""
     points = mount_points()
     removed = 0
+    with contextlib.suppress(OSError):  # made ahead, with its SPARE, while there is room
+        os.mkdir(trash_dir(root))
     for base in _bases(root, points, depth):
         try:
             removed += _empty(base, points, lock_timeout)
@@ -338,8 +366,11 @@ def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
             except OSError as exc:
                 log.error("trash %s not emptied: %s", trash_dir(base), exc.strerror)
                 return 0
+            _keep_spare(trash_fd)
             for name in os.listdir(trash_fd):
-                if name.startswith(KEPT) or _in_flight(name, trash_fd, lock_timeout):
+                if name == SPARE or name.startswith(KEPT):
+                    continue
+                if _in_flight(name, trash_fd, lock_timeout):
                     continue
                 mounts = mount_points_under(trash_dir(base) / name, points)
                 try:
@@ -375,7 +406,7 @@ def tally(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> tuple[int, i
                 for name in os.listdir(trash_fd):
                     if name.startswith(KEPT):
                         kept += 1
-                    elif not _in_flight(name, trash_fd, lock_timeout):
+                    elif name != SPARE and not _in_flight(name, trash_fd, lock_timeout):
                         pending += 1
         except OSError:  # no trash, or a symlinked one (never followed)
             continue

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cachemgr import DiskCache, Settings, connect
+from cachemgr import DiskCache, Settings, connect, trash
 
 REDIS_URL = os.environ.get("CACHEMGR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # scripts/test.sh runs the suite in two processes (pytest-xdist): each takes databases of its
@@ -42,6 +42,11 @@ os.environ.pop("DISK_CACHE_NODE", None)
 # A queue of this session's own: concurrent test runs on one machine share the broker database,
 # and must never consume each other's tasks.
 TEST_QUEUE = f"cachemgr-test-{uuid.uuid4().hex[:8]}"
+
+
+def trash_items(base: Path) -> list[Path]:
+    """What the trash at `base` holds, its spare slot (made ahead, see trash.SPARE) aside."""
+    return sorted(p for p in (base / trash.TRASH_DIR).iterdir() if p.name != trash.SPARE)
 
 
 def make_tree(root: Path, rel: str, files: int = 1, size: int = 4096) -> Path:

@@ -16,7 +16,7 @@ from cachemgr.migrations import ensure_record_ids
 from cachemgr.passes import enforce_quota, sweep
 from cachemgr.paths import PathError
 from cachemgr.stats import counters
-from tests.conftest import REDIS_URL, make_tree, side_db
+from tests.conftest import REDIS_URL, make_tree, side_db, trash_items
 
 UNIT = 5 * 4096  # four 4 KiB files and the directory's own block
 
@@ -164,7 +164,7 @@ def test_remove_untracks_and_optionally_deletes(cache, root):
     assert cache.store.total_bytes() == 0
     with pytest.raises(NotTracked):
         cache.remove("gone")
-    assert not any((root / ".cachemgr-trash").iterdir())
+    assert not trash_items(root)
 
 
 def test_paged_list_by_last_access_newest_first(cache, root):

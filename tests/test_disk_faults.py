@@ -3,6 +3,7 @@ missing root, unreadable or odd directories. Real Redis, real directories."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup
 from cachemgr.errors import DeleteFailed
 from cachemgr.reconcile import reconcile
-from tests.conftest import make_tree
+from tests.conftest import make_tree, trash_items
 
 
 def _fail_rmtree(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -467,7 +468,7 @@ def test_a_folder_above_moved_out_of_the_root_mid_deletion_takes_nothing_from_ou
     monkeypatch.undo()
     album = outside / ("a/b/album" if moved == "a" else "b/album")
     assert sorted(p.name for p in album.iterdir()) == [f"track{i:02d}.mp3" for i in range(3)]
-    assert not list((root / trash.TRASH_DIR).iterdir())  # its slot went too
+    assert not trash_items(root)  # its slot went too
 
 
 @pytest.mark.parametrize("then", ["removed", "taken"])
@@ -503,7 +504,7 @@ def test_a_called_off_deletion_that_cannot_be_put_back_is_kept_whole(
     with pytest.raises(trash.NotADirectory, match="moved while it was being deleted"):
         trash.discard(root, "a/album")
     monkeypatch.undo()
-    [kept] = (root / trash.TRASH_DIR).iterdir()
+    [kept] = trash_items(root)
     assert kept.name.startswith(trash.KEPT) and "kept whole as" in caplog.text
     assert trash.empty(root, lock_timeout=0) == 0
     assert (trash.pending(root), trash.kept(root)) == (0, 1)  # not an item emptying retries
@@ -546,7 +547,7 @@ def test_a_download_on_a_disk_mounted_below_the_root_can_be_deleted(
     assert done["status"] == "removed" and done["files_deleted"] is True
     assert not (disk / "album1").exists() and (disk / "album2").is_dir()
     assert (disk / trash.TRASH_DIR).is_dir()  # on that disk, left empty
-    assert list((disk / trash.TRASH_DIR).iterdir()) == []
+    assert trash_items(disk) == []
     # Its own trash is no download, and no path may name it.
     assert reconcile(cache, dry_run=True)["registered"] == []
     with pytest.raises(Exception, match="trash"):
@@ -554,7 +555,7 @@ def test_a_download_on_a_disk_mounted_below_the_root_can_be_deleted(
     # What a crash left in it is emptied by a cleanup, as the root's is.
     make_tree(disk / trash.TRASH_DIR, "left-by-a-crash", files=2)
     assert trash.pending(root, depth=2) == 1 and trash.empty(root, depth=2) == 1
-    assert list((disk / trash.TRASH_DIR).iterdir()) == []
+    assert trash_items(disk) == []
     # And a quota pass evicts from it.
     tiny = settings.with_(disk_cache_entry_depth=2, disk_cache_max_bytes=1)
     small = DiskCache(tiny, redis_client)
@@ -903,3 +904,41 @@ def test_a_download_made_again_over_an_interrupted_deletion_is_booked_as_new(
     stats = cache.client.hgetall(cache.keys.stats)
     assert (stats.get("removals"), stats.get("bytes_freed")) == ("1", str(size))
     assert cache.store.total_bytes() == done["size_bytes"]
+
+
+def test_a_disk_with_no_room_for_a_directory_still_evicts(settings, redis_client, tmp_path):
+    """Every deletion made its slot in the trash (mkdir) first: on a disk so full that no
+    directory could be made (ENOSPC: no block, or no inode left) no eviction nor removal could
+    free it. A slot made ahead, while there was room, is renamed instead."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=64", "tmpfs",
+                           str(disk)], capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        cache = DiskCache(settings.with_(disk_cache_root=str(disk)), redis_client)
+        for name in ("a1", "a2", "a3"):
+            make_tree(disk, name, files=2)
+            cache.register(name)
+        assert cleanup(cache)["status"] == "done"  # made the trash and its spare slot
+        filler = 0
+        with pytest.raises(OSError) as full:
+            while True:  # every inode taken: no directory can be made now
+                (disk / f"filler{filler}").touch()
+                filler += 1
+        assert full.value.errno == errno.ENOSPC
+        with pytest.raises(OSError):
+            (disk / "probe").mkdir()
+        assert cache.remove("a1", remove_files=True)["status"] == "removed"
+        assert not (disk / "a1").exists() and cache.store.info("a1") is None
+        assert not (disk / trash.TRASH_DIR / trash.SPARE).exists()  # used
+        for i in range(filler):
+            (disk / f"filler{i}").unlink()
+        cleanup(cache)  # room again: the spare is made ahead once more
+        assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
+        assert trash.tally(disk) == (0, 0)  # the spare is no trash item
+        assert cache.remove("a2", remove_files=True)["status"] == "removed"
+        assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
