@@ -22,7 +22,7 @@ from cachemgr import (
 )
 from cachemgr.keys import Keys
 from cachemgr.locks import Lock
-from cachemgr.nested import nested_root
+from cachemgr.nested import nested_root, this_root
 from cachemgr.nodes import NodeRegistry, unknown_node
 from cachemgr.published import differing, enforced, own_entry, root_elsewhere
 from cachemgr.records import Entry
@@ -75,10 +75,13 @@ class DiskCache:
     def not_a_download(self, rel: str, below: Iterable[str] = (), walk: bool = False) -> str | None:
         """Why a checked path can be no download of this cache (registered, it would be
         evicted): the root's own folder, or a disk's below it, or another cache's root, a
-        path inside one, or one holding one (nested.nested_root); None for a download's."""
+        path inside one, or one holding one (nested.nested_root), or this root seen again
+        through a mount (nested.this_root); None for a download's."""
         depth = self.settings.disk_cache_entry_depth
-        return mounts.root_own(self.root, rel, depth) or nested_root(
-            self.root, rel, self.keys.prefix, below, walk
+        return (
+            mounts.root_own(self.root, rel, depth)
+            or nested_root(self.root, rel, self.keys.prefix, below, walk)
+            or this_root(self.root, rel)
         )
 
     def check_root(self, *, allow_empty: bool = False, force: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""Other caches' roots inside this one's: none of its downloads.
+"""Other caches' roots inside this one's, and this one's own seen again: none of its downloads.
 
 `cachemgr up --nodes 2` puts node1's and node2's roots under the root a node named after the
 host would have; booked by that node, node1 was evicted with all its cache. A root is told by
@@ -97,6 +97,26 @@ def _walked(top: Path) -> Iterator[str]:
                         pass
 
 
+def this_root(root: Path, rel: str) -> str | None:
+    """Why root/rel is this cache's own root, or a folder above it, reached again through a
+    mount below the root (the root's parent bind-mounted into it): booked, the whole cache
+    counted as one download, and its deletion moved the root out of itself. None otherwise."""
+    try:
+        st = os.stat(root / rel, follow_symlinks=False)
+    except OSError:
+        return None
+    top = Path(os.path.realpath(root))
+    for above in (top, *top.parents):
+        try:
+            seen = os.stat(above)
+        except OSError:
+            continue
+        if (seen.st_dev, seen.st_ino) == (st.st_dev, st.st_ino):
+            what = "the cache root itself" if above == top else f"{str(above)!r}, above the root"
+            return f"{rel!r} is {what}, seen again through a mount below the root: no download"
+    return None
+
+
 def _said(rel: str, how: str, top: str, books: str) -> str:
     return (
         f"{rel!r} {how} the root of another cache ({top!r}: its marker {BOOKS_MARKER} names "
@@ -104,4 +124,4 @@ def _said(rel: str, how: str, top: str, books: str) -> str:
     )
 
 
-__all__ = ["nested_root", "other_books", "other_root"]
+__all__ = ["nested_root", "other_books", "other_root", "this_root"]

@@ -15,7 +15,7 @@ import pytest
 from cachemgr import DiskCache, RootMissing, journal, mounts, trash
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup
-from cachemgr.errors import DeleteFailed
+from cachemgr.errors import DeleteFailed, PathError
 from cachemgr.reconcile import reconcile
 from tests.conftest import make_tree, trash_items
 
@@ -942,3 +942,28 @@ def test_a_disk_with_no_room_for_a_directory_still_evicts(settings, redis_client
         assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_the_root_seen_again_through_a_mount_below_it_is_no_download(
+    settings, redis_client, root, tmp_path, bind_mount
+):
+    """The root's parent bind-mounted at root/mnt (entry depth 2): mnt/downloads is the root
+    itself. Registered, the whole cache was one download counted twice; removed with its
+    files, the root was renamed into the parent's trash, outside the root, until a check put
+    it back (a worker killed between the two left the whole cache there)."""
+    cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+    make_tree(root, "artist/album", files=2)
+    cache.register("artist/album")
+    bind_mount(tmp_path, root / "mnt")
+    bind_mount(tmp_path.parent, root / "up")
+    with pytest.raises(PathError, match="is the cache root itself, seen again through a mount"):
+        cache.register("mnt/downloads")
+    with pytest.raises(PathError, match="above the root, seen again through a mount"):
+        cache.register(f"up/{tmp_path.name}")
+    assert "mnt/downloads" not in reconcile(cache, dry_run=True)["registered"]
+    # Booked by a version before this check: kept on the books, the root left where it is.
+    cache.store.register("mnt/downloads", 8192, 2, now=cache.clock())
+    with pytest.raises(DeleteFailed, match="the cache root itself"):
+        cache.remove("mnt/downloads", remove_files=True)
+    assert (root / "artist/album").is_dir() and cache.store.tracked(["mnt/downloads"]) == [True]
+    assert not (tmp_path / trash.TRASH_DIR).exists()
