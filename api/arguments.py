@@ -109,6 +109,8 @@ def body_arguments(req: Any) -> list[str]:
         data = json.loads(raw)
     except ValueError:
         data = NOT_JSON
+    except RecursionError:  # `[[[[...` a few thousand deep: a 500 from any endpoint
+        return ["a JSON body nested too deep to read"]
     if isinstance(data, dict):
         return [repr(name) for name in data]
     if data is not NOT_JSON:
