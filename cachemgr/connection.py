@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -139,7 +140,10 @@ def without_password(url: str) -> str:
     # Celery's failover URLs are several, split by ';' (`sentinel://:pw@a;sentinel://:pw@b`).
     if ";" in url:
         return ";".join(without_password(part) for part in url.split(";"))
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # no URL to parse (`redis://:pw@[zz]`): any user:password@ masked
+        return re.sub(r"(://[^/@]*?):[^/@]*@", r"\1:***@", url)
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
@@ -153,7 +157,10 @@ REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+c
 def redis_url_problem(url: str) -> str | None:
     """Why redis-py would misread the URL, if it would: a database that is not a number
     (`/abc`) is silently database 0 there, another node's books."""
-    parts = urlsplit(url)
+    try:  # a bracketed host that is no address: `redis://[::1`, `redis://[zz]`
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"not a Redis URL ({exc})"
     if parts.scheme not in REDIS_SCHEMES:
         known = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
         return f"not a Redis URL: it must start with one of {known}"
@@ -173,6 +180,11 @@ def redis_url_problem(url: str) -> str | None:
     for value in dbs:
         if not value.isascii() or not value.isdigit():
             return f"the database {value!r} is not a number"
+    if parts.scheme in ("redis", "rediss", "unix"):
+        try:  # an option it cannot read (`?socket_timeout=abc`) failed every connection
+            redis.connection.parse_url(url)
+        except ValueError as exc:
+            return f"not a Redis URL ({exc})"
     return None
 
 

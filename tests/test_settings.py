@@ -275,6 +275,10 @@ def test_a_count_must_be_written_in_digits(tmp_path, name, value):
         ("redis+sentinel://:secret@h:26379/mymaster/x", "the database 'x' is not a number"),
         ("redis+sentinel://:secret@h/mymaster", "sentinel 'h' needs a host and a numeric port"),
         ("unix:///run/redis.sock?db=x", "the database 'x' is not a number"),
+        # A traceback from `cachemgr serve` and `up`; a worker that never stopped.
+        ("redis://[::1", "not a Redis URL (Invalid IPv6 URL)"),
+        ("redis://:secret@[zz]:6379/0", "not a Redis URL"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
     ],
 )
 def test_a_redis_url_whose_database_is_not_a_number_is_refused(tmp_path, url, why):
