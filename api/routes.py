@@ -40,6 +40,7 @@ from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup as cleanup_plan
 from cachemgr.nodes import no_worker, route_of
 from workers.client import holder_kwargs
+from workers.results import TaskResult
 
 
 class MethodView(FlaskMethodView):
@@ -361,7 +362,9 @@ class Task(MethodView):
     def get(self, _: dict[str, Any], task_id: str) -> Any:
         """A task's state and, once it is done, its result. Celery answers PENDING for an id
         it never saw, or whose result expired (after an hour), as for a task still queued."""
-        result = AsyncResult(task_id, app=state().tasks.app)
+        # Ours, not Celery's: a result backend away is said as such (503 backend_unavailable),
+        # not as the books' Redis.
+        result = TaskResult(task_id, app=state().tasks.app)
         reply: dict[str, Any] = {"task_id": task_id, "state": result.state}
         if result.failed():
             reply["error"] = str(result.result)

@@ -473,6 +473,9 @@ def test_a_write_with_only_the_result_backend_away_says_the_backend(
     assert queued.status_code == 202 and queued.get_json()["state"] == "PENDING"
     said = app.test_client().post("/cache/cleanup?wait=5").get_json()
     assert said["status"] == 503 and said["code"] == "backend_unavailable", said
+    # The status URL too (README): it said the books' Redis could not be reached.
+    said = app.test_client().get(queued.get_json()["status_url"]).get_json()
+    assert said["status"] == 503 and said["code"] == "backend_unavailable", said
 
 
 def test_a_hung_redis_is_a_json_503_within_seconds(settings, own_redis, monkeypatch):
