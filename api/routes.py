@@ -11,7 +11,7 @@ from flask import request, url_for
 from flask.views import MethodView as FlaskMethodView
 
 from api.arguments import CacheBlueprint
-from api.errors import STATUS_BY_NAME, body
+from api.errors import STATUS_BY_NAME, body, redis_unavailable
 from api.extensions import answered, cache, let_go, state, this_app, this_request
 from api.schemas import (
     NODE_PARAMETER,
@@ -236,7 +236,13 @@ class Directory(MethodView):
         # Untracking alone looks at no disk (DiskCache.remove): an entry whose parent became a
         # symlink, which every cleanup fails to delete, could not be untracked here.
         rel = checked(path, target)[0] if args["remove_files"] else paths.normalize(path)
-        journal.check_removable(target.store, rel)
+        try:
+            journal.check_removable(target.store, rel)
+        except redis.RedisError as exc:
+            if not redis_unavailable(exc):
+                raise
+            # The books away, the broker not: queued as every other write is (it was the one
+            # 503), for the worker to judge once Redis is back.
         return send(args, "remove_directory", rel, args["remove_files"])
 
 
