@@ -27,6 +27,7 @@ from cachemgr.environment import log_level, unknown_names
 from cachemgr.logs import configure_logging
 from cachemgr.nodes import NodeRegistry, as_published, unknown_node
 from cachemgr.settings import Settings, SettingsError, quoted
+from workers.results import quiet_backend_noise
 
 # Commands that only touch the books in Redis: a root gone since the workers started (an
 # unmounted disk) is for them to show (the stats warn), not a setting that stops them.
@@ -56,6 +57,7 @@ def create_cli_app() -> Any:
         # A read's output is its answer: INFO lines only when asked for. A write (`--now`:
         # registrations, evictions, removals) logs them as a worker does, on stderr.
         configure_logging(level=log_level(default="WARNING" if reading else "INFO"))
+        quiet_backend_noise(retries=True)  # its error is said in one line
     except (SettingsError, ValueError) as exc:
         raise Fail(str(exc), EXIT_CONFIG) from None
     except redis.ConnectionError as exc:  # a Redis Cluster's client asks for its nodes at once

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 if TYPE_CHECKING:
     from cachemgr.cache import DiskCache
 
@@ -27,13 +29,16 @@ def measured_skew(client: Any, tries: int = 3) -> float | None:
     trip's half is allowed for. A reply held up (MAX_ROUND_TRIP_SECONDS: a pause of Redis,
     over by the next) is read again, `tries` times in all; if each was, the last stands.
     None when TIME cannot be read (Redis away, a proxy or an ACL without TIME)."""
-    skew = None
+    try:
+        return _measured(client, tries)
+    except Exception:  # a cluster client's own errors too; a held-up reading is none
+        return None
+
+
+def _measured(client: Any, tries: int) -> float:
     for _ in range(tries):
         before = time.time()
-        try:
-            reply = client.time()
-        except Exception:  # a cluster client's own errors too; a held-up reading is none
-            return None
+        reply = client.time()
         after = time.time()
         skew = _skew(before, after, reply)
         if after - before <= MAX_ROUND_TRIP_SECONDS:
@@ -70,12 +75,15 @@ class RedisClock:
     def __call__(self) -> float:
         tick = time.monotonic()
         if tick >= self._due:
-            measured = measured_skew(self.client)
-            if measured is None:
+            try:
+                measured = _measured(self.client, 3)
+            except Exception as exc:
                 # Redis away (a failover) or TIME refused: the last skew stands, and is
                 # measured again soon; it had fallen back to this host's clock for 10 s.
                 self._due = tick + 1.0
-                if not self._refused:
+                # Unreachable, the call that follows says so (the CLI's one line was two).
+                away = isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+                if not self._refused and not away:
                     self._refused = True
                     log.warning("Redis's clock cannot be read (TIME): booking by the last "
                                 "skew measured, %.1f s", self.skew)  # fmt: skip

@@ -189,6 +189,7 @@ def test_an_events_limit_past_what_redis_takes_is_a_usage_error(runner, cache, r
         ({"REDIS_URL": "redis://127.0.0.1:6379/abc"}, "REDIS_URL="),
         ({"REDIS_URL": "notaurl"}, "REDIS_URL='notaurl': not a Redis URL: it must start with"),
         ({"REDIS_URL": "foo://x"}, "redis+sentinel://, redis+cluster://"),
+        ({"REDIS_URL": "redis://[::1"}, "REDIS_URL='redis://[::1': not a Redis URL"),
         # Not UTF-8 (a shell's stray byte): each command failed in the codec's words.
         ({"DISK_CACHE_CLUSTER": "a\udcffb"}, "DISK_CACHE_CLUSTER='a\\udcffb': not UTF-8"),
         ({"CACHEMGR_QUEUE": "a\udcffb"}, "CACHEMGR_QUEUE='a\\udcffb': not UTF-8"),
@@ -204,6 +205,26 @@ def test_bad_settings_stop_every_command_in_one_line_with_exit_5(tmp_path, env, 
     result = CliRunner().invoke(main, ["stats"], env=full)
     assert result.exit_code == 5 and "Traceback" not in result.output, result.output
     assert result.output.strip().count("\n") == 0 and name in result.output
+
+
+def test_a_commands_error_is_not_preceded_by_celerys_retry_lines(tmp_path, caplog):
+    """The result backend away: `cachemgr register` printed Celery's "Connection to Redis
+    lost: Retry (0/2) now." twice before its own one-line error, which says the same."""
+    import logging
+
+    from celery.backends.redis import E_LOST
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    env = {"DISK_CACHE_ROOT": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = CliRunner().invoke(main, ["stats"], env=env)
+    assert result.exit_code == 4 and result.output.count("\n") == 1, result.output
+    backend = logging.getLogger("celery.backends.redis")
+    with caplog.at_level(logging.ERROR, logger="celery.backends.redis"):
+        backend.error(E_LOST.strip(), 0, 2, "now")
+        backend.error("something else the backend says")
+    assert [r.getMessage() for r in caplog.records] == ["something else the backend says"]
 
 
 def test_management_off_stops_the_inline_writes_too(settings, redis_client, worker, root):

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 from celery.backends.asynchronous import E_RETRY_LIMIT_EXCEEDED
-from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.backends.redis import E_LOST, RedisBackend, SentinelBackend
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
@@ -61,13 +61,27 @@ class BackendRestartNoise(logging.Filter):
         return record.msg is not E_RETRY_LIMIT_EXCEEDED
 
 
+class BackendRetryNoise(logging.Filter):
+    """Drops Celery's "Connection to Redis lost: Retry (0/2) now." for a one-shot command,
+    whose own one-line error says the result backend cannot be reached."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != E_LOST.strip()
+
+
 BACKEND_NOISE = BackendRestartNoise()
+RETRY_NOISE = BackendRetryNoise()
 
 
-def quiet_backend_noise() -> None:
-    backend_log = logging.getLogger("celery.backends.asynchronous")
-    if BACKEND_NOISE not in backend_log.filters:
-        backend_log.addFilter(BACKEND_NOISE)
+def quiet_backend_noise(retries: bool = False) -> None:
+    """Celery's result backend's restart advice dropped; with `retries`, its retries too."""
+    for name, noise, wanted in (
+        ("celery.backends.asynchronous", BACKEND_NOISE, True),
+        ("celery.backends.redis", RETRY_NOISE, retries),
+    ):
+        logger = logging.getLogger(name)
+        if wanted and noise not in logger.filters:
+            logger.addFilter(noise)
 
 
 RECHECK_SECONDS = 1.0
