@@ -152,6 +152,9 @@ class DiskCache:
             nonlocal missing
             if not self.local:  # another host's disk (?node=, --node): not looked at here
                 return
+            own = mounts.root_own(self.root, rel, self.settings.disk_cache_entry_depth)
+            if own is not None:  # a disk's own lost+found below the root
+                raise paths.PathError(own)
             location = paths.resolve(self.root, rel)
             if target != rel:
                 return

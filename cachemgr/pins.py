@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import checks
-from cachemgr.paths import ancestors, normalize
+from cachemgr.paths import PathError, ancestors, normalize, root_own
 from cachemgr.reads import Batch, Lua, Reader, run
 from cachemgr.records import iso
 
@@ -52,6 +52,11 @@ def grant(
     one stands). `check(path, directory)` may refuse it first."""
     check_ttl(ttl_seconds)
     rel, who = normalize(path), checks.holder(holder)
+    # By name, as the API refuses it: a lease on lost+found said it would keep a download
+    # of that name once registered, which no registration ever is.
+    own = root_own(rel)
+    if own is not None:
+        raise PathError(own)
     target = store.covering(rel)
     if check is not None:
         check(rel, target)

@@ -967,3 +967,21 @@ def test_the_root_seen_again_through_a_mount_below_it_is_no_download(
         cache.remove("mnt/downloads", remove_files=True)
     assert (root / "artist/album").is_dir() and cache.store.tracked(["mnt/downloads"]) == [True]
     assert not (tmp_path / trash.TRASH_DIR).exists()
+
+
+def test_a_disks_own_lost_and_found_below_the_root_is_never_pinned(settings, redis_client, root):
+    """Registering root/artist/lost+found of a disk mounted at root/artist was refused; a pin
+    of it was granted, and said it would keep a download that no registration ever books."""
+    artist = root / "artist"
+    artist.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(artist)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+        with pytest.raises(PathError, match="the disk mounted at 'artist''s own"):
+            cache.pin("artist/lost+found", 60)
+        assert cache.pin("artist/album", 60)["path"] == "artist/album"  # a download's: granted
+    finally:
+        subprocess.run(["umount", "-l", str(artist)], capture_output=True)

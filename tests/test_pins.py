@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from cachemgr import DiskCache
-from cachemgr.errors import BadArgument
+from cachemgr.errors import BadArgument, PathError
 from cachemgr.passes import enforce_quota
 from cachemgr.records import iso
 from tests.conftest import make_tree
@@ -498,3 +498,17 @@ def test_a_lease_on_a_path_neither_tracked_nor_on_disk_says_so(cache, root, runn
     assert "warning" not in cache.pin("coming/track00.mp3", 600)  # the album's
     said = runner.invoke(args=["pin", "other-typo", "--ttl", "10m"])
     assert said.exit_code == 0 and "neither tracked nor on the disk" in said.output, said.output
+
+
+@pytest.mark.parametrize("name", ["lost+found", ".cachemgr-books", ".Trash-1000"])
+def test_the_roots_own_folders_are_never_pinned_whatever_the_way(cache, pipeline, name):
+    """The API refused `lost+found` (the root's own); the CLI, the task and pin_now granted a
+    lease, saying it "keeps a download of that name once it is registered", which no
+    registration of it ever is."""
+    with pytest.raises(PathError, match="the cache root's own"):
+        cache.pin(name, 60)
+    with pytest.raises(PathError, match="the cache root's own"):
+        pipeline.pin_now(name, 60)
+    with pytest.raises(Exception, match="the cache root's own"):
+        pipeline.pin(name, 60).get(timeout=10)
+    assert cache.stats()["pinned_count"] == 0
