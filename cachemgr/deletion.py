@@ -91,6 +91,13 @@ def remove(
         extra={"event": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting},
     )
     done = {"status": "removed", "path": rel, "size_bytes": size, "files_deleted": deleting}
+    if on_disk == "other":  # said: files_deleted false read as "not asked" or "gone already"
+        what = "a symlink" if location is not None and location.is_symlink() else "a file"
+        done["warning"] = (
+            f"{rel!r} is {what} now, not the directory booked: untracked, nothing deleted "
+            "(what is there is left where it is; nothing behind a symlink is followed)"
+        )
+        log.warning("removal of %s: %s", rel, done["warning"])
     if left:  # moved into the trash, some of it not deleted yet: the next cleanup retries
         done["trash_left"] = len(left)
         # files_deleted says they left their place; what still fills the disk is said too.

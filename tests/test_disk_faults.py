@@ -985,3 +985,23 @@ def test_a_disks_own_lost_and_found_below_the_root_is_never_pinned(settings, red
         assert cache.pin("artist/album", 60)["path"] == "artist/album"  # a download's: granted
     finally:
         subprocess.run(["umount", "-l", str(artist)], capture_output=True)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+def test_a_removal_with_files_of_a_directory_now_a_symlink_says_nothing_was_deleted(
+    cache, root, canary, kind
+):
+    """`rm --files` answered {"status": "removed", "files_deleted": false} and exit 0, unsaid
+    why: read as "gone already" while a symlink (or a file) stood in the directory's place."""
+    make_tree(root, "album", files=2)
+    cache.register("album")
+    shutil.rmtree(root / "album")
+    if kind == "symlink":
+        (root / "album").symlink_to(canary)  # outside the root
+    else:
+        (root / "album").write_bytes(b"x")
+    done = cache.remove("album", remove_files=True)
+    assert done["status"] == "removed" and done["files_deleted"] is False
+    assert f"'album' is a {kind} now, not the directory booked" in done["warning"]
+    assert (canary / "nested" / "keep.bin").exists() and os.path.lexists(root / "album")
+    assert cache.store.info("album") is None
