@@ -190,6 +190,9 @@ def _browsers(app: Flask) -> None:
     def same_origin() -> Any:
         if request.path in PROBES:
             return None
+        sent = request.headers.get("Host", "")
+        if sent and not request.host:  # werkzeug's reading of one it cannot parse: ''
+            return body(400, "bad_host", f"Host {sent[:100]!r} is no host name and port")
         host, loopback = _host_of(request.host)
         hosts = app.config.get("DISK_CACHE_API_HOSTS", ())
         if not app.config["DISK_CACHE_API_TOKEN"] and not loopback and host not in hosts:
