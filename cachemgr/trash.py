@@ -295,7 +295,9 @@ def discard(
         # Checked: from here it is trash like any other, which any `empty` may finish.
         name = slot.removeprefix(IN_FLIGHT)
         os.rename(slot, name, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
-        return _rmtree(name, trash_fd)
+        left = _rmtree(name, trash_fd)
+        _keep_spare(trash_fd)  # the room just freed: ready before the disk fills again
+        return left
 
 
 def _new_slot(trash_fd: int) -> str:

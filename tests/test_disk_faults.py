@@ -922,23 +922,30 @@ def test_a_disk_with_no_room_for_a_directory_still_evicts(settings, redis_client
             make_tree(disk, name, files=2)
             cache.register(name)
         assert cleanup(cache)["status"] == "done"  # made the trash and its spare slot
-        filler = 0
-        with pytest.raises(OSError) as full:
-            while True:  # every inode taken: no directory can be made now
-                (disk / f"filler{filler}").touch()
-                filler += 1
-        assert full.value.errno == errno.ENOSPC
-        with pytest.raises(OSError):
-            (disk / "probe").mkdir()
+        fillers: list[Path] = []
+
+        def fill() -> None:  # every inode taken: no directory can be made now
+            with pytest.raises(OSError) as full:
+                while True:
+                    fillers.append(disk / f"filler{len(fillers)}")
+                    fillers[-1].touch()
+            assert full.value.errno == errno.ENOSPC
+            with pytest.raises(OSError):
+                (disk / "probe").mkdir()
+
+        fill()
         assert cache.remove("a1", remove_files=True)["status"] == "removed"
         assert not (disk / "a1").exists() and cache.store.info("a1") is None
-        assert not (disk / trash.TRASH_DIR / trash.SPARE).exists()  # used
-        for i in range(filler):
-            (disk / f"filler{i}").unlink()
-        cleanup(cache)  # room again: the spare is made ahead once more
+        # The spare, used, is made again from the room the deletion freed: ready for the
+        # next time the disk fills, before any cleanup comes.
         assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
+        fill()
+        over = DiskCache(settings.with_(disk_cache_root=str(disk), disk_cache_max_bytes=4096),
+                         redis_client)  # fmt: skip
+        evicted = cleanup(over)["evict"]
+        assert evicted["count"] == 2 and evicted["errors"] == [], evicted
+        assert cache.store.total_bytes() == 0 and not (disk / "a2").exists()
         assert trash.tally(disk) == (0, 0)  # the spare is no trash item
-        assert cache.remove("a2", remove_files=True)["status"] == "removed"
         assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
