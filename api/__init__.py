@@ -190,14 +190,16 @@ def _browsers(app: Flask) -> None:
     def same_origin() -> Any:
         if request.path in PROBES:
             return None
+        # The header as sent: werkzeug reads one it cannot parse (`[::1`, a Docker service's
+        # `cache_api` with its underscore) as '', which was said as "Host ''".
         sent = request.headers.get("Host", "")
-        if sent and not request.host:  # werkzeug's reading of one it cannot parse: ''
+        host, loopback = _host_of(sent)
+        if sent and not host:
             return body(400, "bad_host", f"Host {sent[:100]!r} is no host name and port")
-        host, loopback = _host_of(request.host)
         hosts = app.config.get("DISK_CACHE_API_HOSTS", ())
         if not app.config["DISK_CACHE_API_TOKEN"] and not loopback and host not in hosts:
             return body(403, "host_not_allowed", (
-                f"Host {request.host!r} is not this loopback API's name (localhost, 127.0.0.1, "
+                f"Host {sent[:100]!r} is not this loopback API's name (localhost, 127.0.0.1, "
                 "[::1]): another name resolving here lets another site's page in; add it to "
                 "DISK_CACHE_API_HOSTS if it is yours (a proxy's)"
             ))  # fmt: skip

@@ -269,7 +269,7 @@ def discard(
             try:
                 os.rename(parts[-1], "d", src_dir_fd=parent_fd, dst_dir_fd=slot_fd)
             except OSError:
-                os.rmdir(slot, dir_fd=trash_fd)
+                _release(slot, trash_fd)
                 raise
             moved = os.stat("d", dir_fd=slot_fd, follow_symlinks=False)
             # Why it goes back in its place, deleting nothing; None: it is ours to delete.
@@ -290,7 +290,7 @@ def discard(
                     refused = Kept(why) if why else None
             if refused is not None:
                 _put_back(slot, slot_fd, trash_fd, parts[-1], parent_fd, rel, refused)
-                os.rmdir(slot, dir_fd=trash_fd)
+                _release(slot, trash_fd)
                 raise refused
         # Checked: from here it is trash like any other, which any `empty` may finish.
         name = slot.removeprefix(IN_FLIGHT)
@@ -308,14 +308,24 @@ def _new_slot(trash_fd: int) -> str:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         try:  # another deletion may have taken it: then this one waits for room, as before
+            # Dated now first: dated when it was made, an `empty` between the rename and the
+            # move would take the slot for a crash's leftover and delete what it holds.
+            os.utime(SPARE, dir_fd=trash_fd, follow_symlinks=False)
             os.rename(SPARE, slot, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
         except FileNotFoundError:
             raise exc from None
-        # Dated when it was made, `empty` would take it for a crash's leftover.
-        os.utime(slot, dir_fd=trash_fd)
         return slot
     _keep_spare(trash_fd)
     return slot
+
+
+def _release(slot: str, trash_fd: int) -> None:
+    """A slot a deletion did not use (called off, or nothing to move): kept as the spare,
+    whose room a full disk's writer would otherwise take first."""
+    try:
+        os.rename(slot, SPARE, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
+    except OSError:
+        os.rmdir(slot, dir_fd=trash_fd)
 
 
 def _keep_spare(trash_fd: int) -> None:
@@ -345,9 +355,9 @@ def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
     read (a dead network mount: ENOTCONN, ESTALE)."""
     points = mount_points()
     removed = 0
-    with contextlib.suppress(OSError):  # made ahead, with its SPARE, while there is room
-        os.mkdir(trash_dir(root))
     for base in _bases(root, points, depth):
+        with contextlib.suppress(OSError):  # made ahead, with its SPARE, while there is room
+            os.mkdir(trash_dir(base))
         try:
             removed += _empty(base, points, lock_timeout)
         except OSError as exc:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +71,26 @@ def bind_mount(tmp_path: Path):
     # wherever they ended up (a rename moves a mount point along)
     for target in sorted(mounts.mount_points_under(tmp_path), reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+@pytest.fixture
+def tmpfs():
+    """Mount a tmpfs at a directory (made if need be), unmounted after the test; skipped
+    where mounting is not allowed."""
+    mounted: list[Path] = []
+
+    def mount(target: Path, options: str = "size=1m") -> Path:
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+                              capture_output=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
 def test_a_directory_holding_a_mount_point_is_not_deleted(cache, root, tmp_path, bind_mount):
@@ -730,29 +751,21 @@ def test_a_disk_mounted_below_the_root_keeps_its_lost_and_found(
 
 
 def test_a_disks_lost_and_found_is_told_without_the_mount_table(
-    settings, redis_client, root, monkeypatch
+    settings, redis_client, root, monkeypatch, tmpfs
 ):
     """/proc/self/mountinfo unreadable (a sandbox): the disk mounted at root/artist was not
     seen, and its lost+found was a download again. Its own device says it is a disk's top."""
-    artist = root / "artist"
-    artist.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(artist)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        make_tree(root, "artist/lost+found", files=1)
-        make_tree(root, "artist/album", files=1)
-        # With the table, the device is not asked (a btrfs subvolume has one of its own).
-        assert mounts.other_device(root, "artist") is False
-        monkeypatch.setattr(mounts, "MOUNTINFO", root / "no-mountinfo")
-        assert mounts.mounted_below(root, 2) == set()
-        cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
-        assert reconcile(cache, dry_run=True)["registered"] == ["artist/album"]
-        with pytest.raises(Exception, match="the disk mounted at 'artist''s own"):
-            cache.register("artist/lost+found")
-    finally:
-        subprocess.run(["umount", "-l", str(artist)], capture_output=True)
+    tmpfs(root / "artist")
+    make_tree(root, "artist/lost+found", files=1)
+    make_tree(root, "artist/album", files=1)
+    # With the table, the device is not asked (a btrfs subvolume has one of its own).
+    assert mounts.other_device(root, "artist") is False
+    monkeypatch.setattr(mounts, "MOUNTINFO", root / "no-mountinfo")
+    assert mounts.mounted_below(root, 2) == set()
+    cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+    assert reconcile(cache, dry_run=True)["registered"] == ["artist/album"]
+    with pytest.raises(Exception, match="the disk mounted at 'artist''s own"):
+        cache.register("artist/lost+found")
 
 
 def test_a_cleanup_that_loses_its_lock_in_the_sweep_says_so_once_and_evicts_nothing(
@@ -906,49 +919,93 @@ def test_a_download_made_again_over_an_interrupted_deletion_is_booked_as_new(
     assert cache.store.total_bytes() == done["size_bytes"]
 
 
-def test_a_disk_with_no_room_for_a_directory_still_evicts(settings, redis_client, tmp_path):
+@pytest.fixture
+def small_disk(tmp_path: Path, tmpfs: Any):
+    """A tmpfs of 64 inodes, and a function that takes every one left (ENOSPC on mkdir)."""
+    disk = tmpfs(tmp_path / "disk", "size=4m,nr_inodes=64")
+    fillers: list[Path] = []
+
+    def fill() -> None:
+        with pytest.raises(OSError) as full:
+            while True:
+                fillers.append(disk / f"filler{len(fillers)}")
+                fillers[-1].touch()
+        assert full.value.errno == errno.ENOSPC
+        with pytest.raises(OSError):
+            (disk / "probe").mkdir()
+
+    return disk, fill
+
+
+def test_a_disk_with_no_room_for_a_directory_still_evicts(settings, redis_client, small_disk):
     """Every deletion made its slot in the trash (mkdir) first: on a disk so full that no
     directory could be made (ENOSPC: no block, or no inode left) no eviction nor removal could
     free it. A slot made ahead, while there was room, is renamed instead."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=64", "tmpfs",
-                           str(disk)], capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        cache = DiskCache(settings.with_(disk_cache_root=str(disk)), redis_client)
-        for name in ("a1", "a2", "a3"):
-            make_tree(disk, name, files=2)
-            cache.register(name)
-        assert cleanup(cache)["status"] == "done"  # made the trash and its spare slot
-        fillers: list[Path] = []
+    disk, fill = small_disk
+    cache = DiskCache(settings.with_(disk_cache_root=str(disk)), redis_client)
+    for name in ("a1", "a2", "a3"):
+        make_tree(disk, name, files=2)
+        cache.register(name)
+    assert cleanup(cache)["status"] == "done"  # made the trash and its spare slot
+    fill()
+    assert cache.remove("a1", remove_files=True)["status"] == "removed"
+    assert not (disk / "a1").exists() and cache.store.info("a1") is None
+    # The spare, used, is made again from the room the deletion freed: ready for the next
+    # time the disk fills, before any cleanup comes.
+    assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
+    fill()
+    over = DiskCache(settings.with_(disk_cache_root=str(disk), disk_cache_max_bytes=4096),
+                     redis_client)  # fmt: skip
+    evicted = cleanup(over)["evict"]
+    assert evicted["count"] == 2 and evicted["errors"] == [], evicted
+    assert cache.store.total_bytes() == 0 and not (disk / "a2").exists()
+    assert trash.tally(disk) == (0, 0)  # the spare is no trash item
+    assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
 
-        def fill() -> None:  # every inode taken: no directory can be made now
-            with pytest.raises(OSError) as full:
-                while True:
-                    fillers.append(disk / f"filler{len(fillers)}")
-                    fillers[-1].touch()
-            assert full.value.errno == errno.ENOSPC
-            with pytest.raises(OSError):
-                (disk / "probe").mkdir()
 
-        fill()
-        assert cache.remove("a1", remove_files=True)["status"] == "removed"
-        assert not (disk / "a1").exists() and cache.store.info("a1") is None
-        # The spare, used, is made again from the room the deletion freed: ready for the
-        # next time the disk fills, before any cleanup comes.
-        assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
-        fill()
-        over = DiskCache(settings.with_(disk_cache_root=str(disk), disk_cache_max_bytes=4096),
-                         redis_client)  # fmt: skip
-        evicted = cleanup(over)["evict"]
-        assert evicted["count"] == 2 and evicted["errors"] == [], evicted
-        assert cache.store.total_bytes() == 0 and not (disk / "a2").exists()
-        assert trash.tally(disk) == (0, 0)  # the spare is no trash item
-        assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+def test_the_spare_slot_is_dated_before_it_is_named_in_flight(small_disk, monkeypatch):
+    """Renamed first, then dated: for two syscalls the slot bore the spare's own date (hours
+    back), and an `empty` then took it for a crash's leftover and deleted what it held,
+    unchecked (a download pinned since its claim among them)."""
+    disk, fill = small_disk
+    make_tree(disk, "album", files=1)
+    assert trash.empty(disk) == 0  # the trash and its spare, made ahead
+    spare = disk / trash.TRASH_DIR / trash.SPARE
+    os.utime(spare, (time.time() - 3600,) * 2)
+    fill()
+    seen: list[bool] = []
+    real = os.rename
+
+    def rename(src: Any, dst: Any, **kw: Any) -> None:
+        real(src, dst, **kw)
+        if src == trash.SPARE:  # what an `empty` listing the trash now would judge
+            seen.append(trash._in_flight(dst, kw["dst_dir_fd"], 60.0))
+
+    monkeypatch.setattr(trash.os, "rename", rename)
+    assert trash.discard(disk, "album") == []
+    assert seen == [True]
+
+
+def test_a_called_off_deletion_gives_the_spare_back(small_disk):
+    """Called off (pinned since its claim), a deletion removed its slot: the spare it had
+    taken on a full disk was gone, its room handed to whatever filled the disk."""
+    disk, fill = small_disk
+    make_tree(disk, "album", files=1)
+    trash.empty(disk)
+    fill()
+    with pytest.raises(trash.Kept):
+        trash.discard(disk, "album", still_ours=lambda: "pinned")
+    assert (disk / "album").is_dir() and trash_items(disk) == []
+    assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
+
+
+def test_a_disk_mounted_below_the_root_gets_its_spare_ahead(root, tmpfs):
+    """Only the root's trash was made ahead: a disk mounted at root/artist that filled first
+    could not even make its trash, and nothing on it could be evicted."""
+    artist = tmpfs(root / "artist")
+    trash.empty(root, depth=2)
+    assert (artist / trash.TRASH_DIR / trash.SPARE).is_dir()
+    assert (root / trash.TRASH_DIR / trash.SPARE).is_dir()
 
 
 def test_the_root_seen_again_through_a_mount_below_it_is_no_download(
@@ -976,22 +1033,16 @@ def test_the_root_seen_again_through_a_mount_below_it_is_no_download(
     assert not (tmp_path / trash.TRASH_DIR).exists()
 
 
-def test_a_disks_own_lost_and_found_below_the_root_is_never_pinned(settings, redis_client, root):
+def test_a_disks_own_lost_and_found_below_the_root_is_never_pinned(
+    settings, redis_client, root, tmpfs
+):
     """Registering root/artist/lost+found of a disk mounted at root/artist was refused; a pin
     of it was granted, and said it would keep a download that no registration ever books."""
-    artist = root / "artist"
-    artist.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(artist)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
-        with pytest.raises(PathError, match="the disk mounted at 'artist''s own"):
-            cache.pin("artist/lost+found", 60)
-        assert cache.pin("artist/album", 60)["path"] == "artist/album"  # a download's: granted
-    finally:
-        subprocess.run(["umount", "-l", str(artist)], capture_output=True)
+    tmpfs(root / "artist")
+    cache = DiskCache(settings.with_(disk_cache_entry_depth=2), redis_client)
+    with pytest.raises(PathError, match="the disk mounted at 'artist''s own"):
+        cache.pin("artist/lost+found", 60)
+    assert cache.pin("artist/album", 60)["path"] == "artist/album"  # a download's: granted
 
 
 @pytest.mark.parametrize("kind", ["symlink", "file"])
