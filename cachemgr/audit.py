@@ -118,7 +118,8 @@ def untracked(
             # their errors). One no node of the cluster keeps (an empty marker, one that came
             # with a download) is counted: its bytes were nobody's, unsaid.
             other = nested.other_root(cache.root, path, cache.keys.prefix, walk=True)
-            if other is not None or mounts.root_own(cache.root, path, depth):
+            own = mounts.root_own(cache.root, path, depth) or nested.this_root(cache.root, path)
+            if other is not None or own:
                 if other is not None and other[2] not in owned():
                     unowned.append(paths.shown(path))
                 continue

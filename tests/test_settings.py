@@ -279,6 +279,8 @@ def test_a_count_must_be_written_in_digits(tmp_path, name, value):
         ("redis://[::1", "not a Redis URL (Invalid IPv6 URL)"),
         ("redis://:secret@[zz]:6379/0", "not a Redis URL"),
         ("redis://127.0.0.1:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+        ("redis+cluster://h:7000/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+        ("redis://:p@secret@[zz]:6379/0", "not a Redis URL"),  # masked to the last @
     ],
 )
 def test_a_redis_url_whose_database_is_not_a_number_is_refused(tmp_path, url, why):
