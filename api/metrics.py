@@ -96,11 +96,21 @@ LAST_CLEANUP_COUNTS = (
 
 
 class CacheCollector(Collector):
-    def __init__(self, disk_cache: DiskCache) -> None:
-        self.cache = disk_cache
+    """`cluster_wide`: with every node's cachemgr_node_up (the scrape without ?node=; one
+    scraped once per node would give those series once per target)."""
+
+    def __init__(self, disk_cache: DiskCache, cluster_wide: bool = True) -> None:
+        self.cache, self.cluster_wide = disk_cache, cluster_wide
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("cachemgr_up", "1 if Redis answered this scrape, else 0.")
+        # A named node's figures carry its name, so that one API scraped once per node
+        # (`?node=NAME`) gives series that do not collide; a lone unnamed node's stay as they
+        # were, without a label.
+        name = self.cache.settings.disk_cache_node
+        node = [label_value(name)] if name else []
+        up = GaugeMetricFamily(
+            "cachemgr_up", "1 if Redis answered this scrape, else 0.", labels=NODE[: len(node)]
+        )
         try:
             stats = self.cache.cluster_stats()  # this node's, and whether every node is up
             samples = self._history()
@@ -109,18 +119,15 @@ class CacheCollector(Collector):
             if not redis_unavailable(exc):
                 raise
             log.warning("metrics: Redis unreachable: %s", exc)
-            up.add_metric([], 0)
+            up.add_metric(node, 0)
             yield up
             return
-        up.add_metric([], 1)
+        up.add_metric(node, 1)
         yield up
         yield from self._info(stats)
-        # A named node's figures carry its name, so that one API scraped once per node
-        # (`?node=NAME`) gives series that do not collide; a lone unnamed node's stay as they
-        # were, without a label.
-        node = [label_value(stats["node"])] if self.cache.settings.disk_cache_node else []
         yield from self._gauges(stats, samples, interval, node)
-        yield from self._nodes(stats)
+        if self.cluster_wide:
+            yield from self._nodes(stats)
         yield from self._counters(stats, node)
 
     def _nodes(self, stats: dict[str, Any]) -> Iterator[Metric]:
@@ -305,9 +312,9 @@ def label_value(value: Any) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def registry_for(disk_cache: DiskCache) -> CollectorRegistry:
+def registry_for(disk_cache: DiskCache, cluster_wide: bool = True) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(CacheCollector(disk_cache))
+    registry.register(CacheCollector(disk_cache, cluster_wide))
     return registry
 
 
@@ -317,4 +324,5 @@ def metrics() -> Response:
     another node's figures, as every endpoint takes it."""
     node = query(NodeArgs)["node"]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encoder(registry_for(cache().for_node(node))), content_type=content_type)
+    registry = registry_for(cache().for_node(node), cluster_wide=node is None)
+    return Response(encoder(registry), content_type=content_type)
