@@ -14,31 +14,22 @@ import errno
 import logging
 import os
 import stat
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cachemgr.mounts import mount_id, mount_points, mount_points_under, mounts_above
 from cachemgr.paths import DIR_FLAGS, TRASH_DIR
+from cachemgr.slots import (
+    IN_FLIGHT,
+    KEPT,
+    SPARE,
+    in_flight,
+    keep_spare,
+    new_slot,
+    release,
+)
 
 log = logging.getLogger("cachemgr")
-
-
-# A deletion's slot in the trash while it checks what it moved; one older than the lock
-# timeout (IN_FLIGHT_AGE at least) is a crash's leftover, and goes like any other item. Its
-# deleter holds the directory's lock until then: a minute, as it was, let another cleanup
-# empty the slot of a worker held up longer (counted vanished, not evicted; put back: gone).
-IN_FLIGHT = ".in-flight-"
-# A directory a deletion called off and could not put back (its place gone or taken): kept
-# whole under this name, which no emptying deletes, for the operator to move back.
-KEPT = ".kept-"
-IN_FLIGHT_AGE = 60.0
-IN_FLIGHT_AHEAD = 86400.0
-# An empty slot made ahead while there is room: on a disk so full that no directory can be
-# made (ENOSPC), a deletion's slot is this one renamed, which takes no new block; without it
-# no eviction could free the disk that most needed it. `empty` leaves it alone.
-SPARE = ".spare-slot"
 
 
 class NotADirectory(OSError):
@@ -64,8 +55,9 @@ def _same_device(fd: int, root_fd: int, where: str = "") -> None:
     a deletion's rename into it failed with a bare "Invalid cross-device link"."""
     if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev or mount_id(fd) != mount_id(root_fd):
         raise OSError(
-            errno.EXDEV, f"the trash {where + '/' if where else ''}{TRASH_DIR} is a mount point: "
-            "nothing is deleted through it until it is unmounted"
+            errno.EXDEV,
+            f"the trash {where + '/' if where else ''}{TRASH_DIR} is a mount point: "
+            "nothing is deleted through it until it is unmounted",
         )
 
 
@@ -81,8 +73,9 @@ def _trash_fd(root_fd: int, where: str = "") -> Iterator[int]:
             raise
         # Said as what it is: "Not a directory" alone named the download, not the trash.
         raise OSError(
-            exc.errno, f"the trash {where + '/' if where else ''}{TRASH_DIR} is a symlink or a "
-            "file, not a directory: nothing is deleted until it is removed"
+            exc.errno,
+            f"the trash {where + '/' if where else ''}{TRASH_DIR} is a symlink or a "
+            "file, not a directory: nothing is deleted until it is removed",
         ) from None
     try:
         _same_device(fd, root_fd, where)
@@ -209,7 +202,11 @@ def _put_back(
         os.rename(slot, kept, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
         log.error(
             "deletion of %s called off (%s) and it could not be put back (%s): kept whole as "
-            "%s/d in the trash; move it back by hand", rel, why, exc.strerror or exc, kept,
+            "%s/d in the trash; move it back by hand",
+            rel,
+            why,
+            exc.strerror or exc,
+            kept,
         )
         raise why from exc
 
@@ -264,12 +261,12 @@ def discard(
         trash_fd = stack.enter_context(_trash_fd(chain[base], "/".join(parts[:base])))
         # Moved into a slot of its own that `empty` leaves alone while it is new: what was
         # moved is checked there first, and must still be there to be put back.
-        slot = _new_slot(trash_fd)
+        slot = new_slot(trash_fd)
         with _opened(slot, dir_fd=trash_fd) as slot_fd:
             try:
                 os.rename(parts[-1], "d", src_dir_fd=parent_fd, dst_dir_fd=slot_fd)
             except OSError:
-                _release(slot, trash_fd)
+                release(slot, trash_fd)
                 raise
             moved = os.stat("d", dir_fd=slot_fd, follow_symlinks=False)
             # Why it goes back in its place, deleting nothing; None: it is ours to delete.
@@ -290,61 +287,14 @@ def discard(
                     refused = Kept(why) if why else None
             if refused is not None:
                 _put_back(slot, slot_fd, trash_fd, parts[-1], parent_fd, rel, refused)
-                _release(slot, trash_fd)
+                release(slot, trash_fd)
                 raise refused
         # Checked: from here it is trash like any other, which any `empty` may finish.
         name = slot.removeprefix(IN_FLIGHT)
         os.rename(slot, name, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
         left = _rmtree(name, trash_fd)
-        _keep_spare(trash_fd)  # the room just freed: ready before the disk fills again
+        keep_spare(trash_fd)  # the room just freed: ready before the disk fills again
         return left
-
-
-def _new_slot(trash_fd: int) -> str:
-    slot = f"{IN_FLIGHT}{uuid.uuid4().hex}"
-    try:
-        os.mkdir(slot, dir_fd=trash_fd)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        try:  # another deletion may have taken it: then this one waits for room, as before
-            # Dated now first: dated when it was made, an `empty` between the rename and the
-            # move would take the slot for a crash's leftover and delete what it holds.
-            os.utime(SPARE, dir_fd=trash_fd, follow_symlinks=False)
-            os.rename(SPARE, slot, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
-        except FileNotFoundError:
-            raise exc from None
-        return slot
-    _keep_spare(trash_fd)
-    return slot
-
-
-def _release(slot: str, trash_fd: int) -> None:
-    """A slot a deletion did not use (called off, or nothing to move): kept as the spare,
-    whose room a full disk's writer would otherwise take first."""
-    try:
-        os.rename(slot, SPARE, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
-    except OSError:
-        os.rmdir(slot, dir_fd=trash_fd)
-
-
-def _keep_spare(trash_fd: int) -> None:
-    with contextlib.suppress(OSError):  # there already, or no room: the next deletion tries
-        os.mkdir(SPARE, dir_fd=trash_fd)
-
-
-def _in_flight(name: str, trash_fd: int, lock_timeout: float) -> bool:
-    """A slot whose deletion is still checking what it moved (see `discard`)."""
-    if not name.startswith(IN_FLIGHT):
-        return False
-    try:
-        st = os.stat(name, dir_fd=trash_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return True  # gone already: nothing to do
-    # Dated ahead by a network disk's own clock, it may be a deletion's in flight; by more
-    # than a day (a clock set back), it is no deletion's: it stayed in the trash for good.
-    age = time.time() - st.st_mtime
-    return -IN_FLIGHT_AHEAD < age < max(IN_FLIGHT_AGE, lock_timeout)
 
 
 def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
@@ -378,11 +328,11 @@ def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
             except OSError as exc:
                 log.error("trash %s not emptied: %s", trash_dir(base), exc.strerror)
                 return 0
-            _keep_spare(trash_fd)
+            keep_spare(trash_fd)
             for name in os.listdir(trash_fd):
                 if name == SPARE or name.startswith(KEPT):
                     continue
-                if _in_flight(name, trash_fd, lock_timeout):
+                if in_flight(name, trash_fd, lock_timeout):
                     continue
                 mounts = mount_points_under(trash_dir(base) / name, points)
                 try:
@@ -418,7 +368,7 @@ def tally(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> tuple[int, i
                 for name in os.listdir(trash_fd):
                     if name.startswith(KEPT):
                         kept += 1
-                    elif name != SPARE and not _in_flight(name, trash_fd, lock_timeout):
+                    elif name != SPARE and not in_flight(name, trash_fd, lock_timeout):
                         pending += 1
         except OSError:  # no trash, or a symlinked one (never followed)
             continue

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cachemgr import DiskCache, RootMissing, audit, journal, mounts, trash
+from cachemgr import DiskCache, RootMissing, audit, journal, mounts, slots, trash
 from cachemgr import events as event_log
 from cachemgr.cleanup import cleanup
 from cachemgr.errors import DeleteFailed, PathError
@@ -350,7 +350,7 @@ def test_a_directory_swapped_in_while_another_cleanup_empties_the_trash_is_kept(
     slot = trash.trash_dir(root) / f"{trash.IN_FLIGHT}leftover"
     make_tree(root, f"{trash.TRASH_DIR}/{slot.name}/d")
     assert trash.empty(root) == 0 and slot.exists()
-    old = time.time() - trash.IN_FLIGHT_AGE - 1
+    old = time.time() - slots.IN_FLIGHT_AGE - 1
     os.utime(slot, (old, old))
     assert trash.empty(root) == 1 and not slot.exists()
 
@@ -436,7 +436,7 @@ def test_a_deletion_slot_is_left_alone_while_its_deleter_may_hold_the_lock(cache
         os.utime(slot, (then, then))
 
     assert cache.settings.disk_cache_lock_timeout_seconds == 300
-    aged(trash.IN_FLIGHT_AGE + 60)
+    aged(slots.IN_FLIGHT_AGE + 60)
     done = cleanup(cache)
     assert done["trash_emptied"] == 0 and done["trash_left"] == 0 and slot.exists()
     assert reconcile(cache)["trash_items"] == 0 and slot.exists()
@@ -483,7 +483,7 @@ def test_a_folder_above_moved_out_of_the_root_mid_deletion_takes_nothing_from_ou
         (root / moved).rename(outside / Path(moved).name)
         return real()
 
-    monkeypatch.setattr(trash.uuid, "uuid4", move_out_first)
+    monkeypatch.setattr(uuid, "uuid4", move_out_first)
     with pytest.raises(trash.NotADirectory, match="a folder above 'a/b/album' moved"):
         trash.discard(root, "a/b/album")
     monkeypatch.undo()
@@ -519,7 +519,7 @@ def test_a_called_off_deletion_that_cannot_be_put_back_is_kept_whole(
             (outside / "a" / "album").mkdir()
         return real_check(*args)
 
-    monkeypatch.setattr(trash.uuid, "uuid4", move_out_first)
+    monkeypatch.setattr(uuid, "uuid4", move_out_first)
     monkeypatch.setattr(trash, "_still_in_place", then_its_place_goes)
     caplog.set_level(logging.ERROR, logger="cachemgr")
     with pytest.raises(trash.NotADirectory, match="moved while it was being deleted"):
@@ -979,7 +979,7 @@ def test_the_spare_slot_is_dated_before_it_is_named_in_flight(small_disk, monkey
     def rename(src: Any, dst: Any, **kw: Any) -> None:
         real(src, dst, **kw)
         if src == trash.SPARE:  # what an `empty` listing the trash now would judge
-            seen.append(trash._in_flight(dst, kw["dst_dir_fd"], 60.0))
+            seen.append(trash.in_flight(dst, kw["dst_dir_fd"], 60.0))
 
     monkeypatch.setattr(trash.os, "rename", rename)
     assert trash.discard(disk, "album") == []
