@@ -19,15 +19,7 @@ from pathlib import Path
 
 from cachemgr.mounts import mount_id, mount_points, mount_points_under, mounts_above
 from cachemgr.paths import DIR_FLAGS, TRASH_DIR
-from cachemgr.slots import (
-    IN_FLIGHT,
-    KEPT,
-    SPARE,
-    in_flight,
-    keep_spare,
-    new_slot,
-    release,
-)
+from cachemgr.slots import IN_FLIGHT, KEPT, SPARE, in_flight, keep_spare, new_slot, release
 
 log = logging.getLogger("cachemgr")
 
@@ -55,9 +47,8 @@ def _same_device(fd: int, root_fd: int, where: str = "") -> None:
     a deletion's rename into it failed with a bare "Invalid cross-device link"."""
     if os.fstat(fd).st_dev != os.fstat(root_fd).st_dev or mount_id(fd) != mount_id(root_fd):
         raise OSError(
-            errno.EXDEV,
-            f"the trash {where + '/' if where else ''}{TRASH_DIR} is a mount point: "
-            "nothing is deleted through it until it is unmounted",
+            errno.EXDEV, f"the trash {where + '/' if where else ''}{TRASH_DIR} is a mount point: "
+            "nothing is deleted through it until it is unmounted"
         )
 
 
@@ -73,9 +64,8 @@ def _trash_fd(root_fd: int, where: str = "") -> Iterator[int]:
             raise
         # Said as what it is: "Not a directory" alone named the download, not the trash.
         raise OSError(
-            exc.errno,
-            f"the trash {where + '/' if where else ''}{TRASH_DIR} is a symlink or a "
-            "file, not a directory: nothing is deleted until it is removed",
+            exc.errno, f"the trash {where + '/' if where else ''}{TRASH_DIR} is a symlink or a "
+            "file, not a directory: nothing is deleted until it is removed"
         ) from None
     try:
         _same_device(fd, root_fd, where)
@@ -202,11 +192,7 @@ def _put_back(
         os.rename(slot, kept, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
         log.error(
             "deletion of %s called off (%s) and it could not be put back (%s): kept whole as "
-            "%s/d in the trash; move it back by hand",
-            rel,
-            why,
-            exc.strerror or exc,
-            kept,
+            "%s/d in the trash; move it back by hand", rel, why, exc.strerror or exc, kept,
         )
         raise why from exc
 
