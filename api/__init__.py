@@ -190,9 +190,7 @@ def _browsers(app: Flask) -> None:
     def same_origin() -> Any:
         if request.path in PROBES:
             return None
-        # The header as sent: werkzeug reads one it cannot parse (`[::1`, a Docker service's
-        # `cache_api` with its underscore) as '', which was said as "Host ''".
-        sent = request.headers.get("Host", "")
+        sent = _host_sent(request)
         host, loopback = _host_of(sent)
         if sent and not host:
             return body(400, "bad_host", f"Host {sent[:100]!r} is no host name and port")
@@ -236,20 +234,34 @@ def _from_elsewhere(req: Any, hosts: Any = ()) -> bool:
         if (theirs.hostname or "") in hosts:
             return False
         default = {"http": 80, "https": 443}.get(theirs.scheme)
-        mine = urlsplit(f"//{req.host.lower()}")
+        mine = urlsplit(f"//{_host_sent(req).lower()}")
         return (theirs.hostname, theirs.port or default) != (mine.hostname, mine.port or default)
     except ValueError:  # a port that is no number, a bracket left open: no page sent that
         return True
 
 
+def _host_sent(req: Any) -> str:
+    """The Host header as sent (werkzeug reads one it cannot parse, a Docker service's
+    `cache_api` with its underscore, as ''), or werkzeug's server name when none was sent
+    (HTTP/1.0)."""
+    return str(req.headers.get("Host") or req.host)
+
+
 @functools.lru_cache(maxsize=256)  # on every request: a few Host values, parsed once each
 def _host_of(raw: str) -> tuple[str, bool]:
     """A Host header's name (lower case, no port, no trailing dot), and whether it is
-    loopback's."""
+    loopback's; no name for one that is no host and port (`localhost:abc`, `a@localhost`)."""
     try:
-        host = (urlsplit(f"//{raw}").hostname or "").lower().removesuffix(".")
+        parts = urlsplit(f"//{raw}")
+        port = parts.port  # raises ValueError on a port that is no number
     except ValueError:  # a bracket left open ("[::1"): no name, loopback's least of all
         return "", False
+    name = parts.hostname or ""
+    # Nothing but a name and a port: `a@localhost`, `localhost/x`, `[::1]x` are none.
+    rebuilt = (f"[{name}]" if ":" in name else name) + ("" if port is None else f":{port}")
+    if rebuilt != parts.netloc.lower() or parts.path or parts.query or parts.fragment:
+        return "", False
+    host = name.removesuffix(".")
     return host, _loopback(host)
 
 

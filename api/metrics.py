@@ -324,5 +324,9 @@ def metrics() -> Response:
     another node's figures, as every endpoint takes it."""
     node = query(NodeArgs)["node"]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    registry = registry_for(cache().for_node(node), cluster_wide=node is None)
+    # Every node's liveness with the API's own node's figures, ?node= naming it or not: a
+    # job that scrapes each node by name, its own included (as deploy/README once said),
+    # still has cachemgr_node_up, and CacheWorkerDown.
+    own = node is None or node == cache().settings.node
+    registry = registry_for(cache().for_node(node), cluster_wide=own)
     return Response(encoder(registry), content_type=content_type)

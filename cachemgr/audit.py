@@ -117,8 +117,10 @@ def untracked(
             # Holds another cache's root: no reconcile books it (its real runs say so among
             # their errors). One no node of the cluster keeps (an empty marker, one that came
             # with a download) is counted: its bytes were nobody's, unsaid.
-            other = nested.other_root(cache.root, path, cache.keys.prefix, walk=True)
             own = mounts.root_own(cache.root, path, depth) or nested.this_root(cache.root, path)
+            other = None
+            if not own:  # the walk last: it reads a marker in every folder
+                other = nested.other_root(cache.root, path, cache.keys.prefix, walk=True)
             if other is not None or own:
                 if other is not None and other[2] not in owned():
                     unowned.append(paths.shown(path))

@@ -143,7 +143,7 @@ def without_password(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:  # no URL to parse (`redis://:pw@[zz]`): any user:password@ masked
-        return re.sub(r"(://[^/:@]*):.*@", r"\1:***@", url)
+        return re.sub(r"(://[^/:@]*):[^/?#]*@", r"\1:***@", url)
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
@@ -180,6 +180,9 @@ def redis_url_problem(url: str) -> str | None:
     for value in dbs:
         if not value.isascii() or not value.isdigit():
             return f"the database {value!r} is not a number"
+        if parts.scheme.endswith("+cluster") and int(value):
+            # redis-py refuses it at each connection, which said Redis could not be reached
+            return f"a Redis Cluster has database 0 alone, not {value}"
     if parts.scheme != "redis+sentinel":
         try:  # an option it cannot read (`?socket_timeout=abc`) failed every connection
             redis.connection.parse_url(url.replace("+cluster://", "://", 1))

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cachemgr.mounts import mount_id, mount_points, mount_points_under, mounts_above
-from cachemgr.paths import DIR_FLAGS, TRASH_DIR
+from cachemgr.nested import this_root
+from cachemgr.paths import BOOKS_MARKER, DIR_FLAGS, TRASH_DIR
 from cachemgr.slots import IN_FLIGHT, KEPT, SPARE, in_flight, keep_spare, new_slot, release
 
 log = logging.getLogger("cachemgr")
@@ -292,8 +293,9 @@ def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
     points = mount_points()
     removed = 0
     for base in _bases(root, points, depth):
-        with contextlib.suppress(OSError):  # made ahead, with its SPARE, while there is room
-            os.mkdir(trash_dir(base))
+        if base == root or _a_disk_of_ours(root, base):
+            with contextlib.suppress(OSError):  # made ahead, with its SPARE, while there's room
+                os.mkdir(trash_dir(base))
         try:
             removed += _empty(base, points, lock_timeout)
         except OSError as exc:
@@ -301,6 +303,14 @@ def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
                 raise
             log.warning("trash of %s not emptied: %s", base, exc)
     return removed
+
+
+def _a_disk_of_ours(root: Path, base: Path) -> bool:
+    """A mount below the root that is a disk of downloads, not a cache's root (another's, or
+    this one or a folder above it seen again): no trash is made in those ahead of need."""
+    if os.path.lexists(base / BOOKS_MARKER):
+        return False
+    return this_root(root, os.path.relpath(base, os.path.realpath(root))) is None
 
 
 def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
@@ -334,6 +344,7 @@ def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
                     log.warning("trash: %s left in place: %s", where, "; ".join(problems[:3]))
                 else:
                     removed += 1
+            keep_spare(trash_fd)  # again: a crash's leftover slot gone may have made room
     except (FileNotFoundError, NotADirectoryError):
         return removed
     except OSError as exc:  # a symlinked trash (ELOOP) is never followed

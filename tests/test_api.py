@@ -273,9 +273,10 @@ def test_another_sites_page_cannot_steer_the_cache(app, client):
     assert rebound.status_code == 403 and rebound.get_json()["code"] == "host_not_allowed"
     assert client.get("/healthz", headers={"Host": "attacker.example"}).status_code == 200
     # One werkzeug cannot parse was refused as "Host ''": the header as sent is named.
-    bad = client.get("/cache/stats", headers={"Host": "[::1"})
-    assert bad.status_code == 400 and bad.get_json()["message"] == (
-        "Host '[::1' is no host name and port"), bad.get_json()  # fmt: skip
+    for host in ("[::1", "localhost:abc", "evil@localhost", "localhost/x", "[::1]x"):
+        bad = client.get("/cache/stats", headers={"Host": host})
+        assert bad.status_code == 400 and bad.get_json()["message"] == (
+            f"Host {host!r} is no host name and port"), bad.get_json()  # fmt: skip
     underscore = client.get("/cache/stats", headers={"Host": "cache_api:8080"})  # Compose's
     assert underscore.status_code == 403 and "Host 'cache_api:8080'" in underscore.get_json()[
         "message"]  # fmt: skip
@@ -302,6 +303,13 @@ def test_another_sites_page_cannot_steer_the_cache(app, client):
     app.config["DISK_CACHE_API_TOKEN"] = "s3cret"
     assert client.get("/cache/stats", headers={"Host": "cache.example"}).status_code == 200
     assert client.get("/cache/stats", headers={"Host": "cache_api"}).status_code == 200
+    # Its own page's write (a browser sends Origin, no Sec-Fetch-Site, to plain http): the
+    # Origin was compared with werkzeug's '' and refused.
+    bearer = {"Authorization": "Bearer s3cret"}
+    own_page = {"Host": "cache_api:8080", "Origin": "http://cache_api:8080", **bearer}
+    assert client.post("/cache/stats/reset", headers=own_page).status_code == 200
+    elsewhere = {"Host": "cache_api:8080", "Origin": "http://evil.example", **bearer}
+    assert client.post("/cache/stats/reset", headers=elsewhere).status_code == 403
     for url in ("/", "/cache/stats", "/docs"):  # nor framed by its page, nor sniffed
         headers = client.get(url, headers={"Authorization": "Bearer s3cret"}).headers
         assert headers["X-Frame-Options"] == "DENY", url

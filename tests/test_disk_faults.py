@@ -986,6 +986,20 @@ def test_the_spare_slot_is_dated_before_it_is_named_in_flight(small_disk, monkey
     assert seen == [True]
 
 
+def test_a_crash_leftover_slot_gone_makes_room_for_the_spare(small_disk):
+    """A crash just after the spare became a deletion's slot left that slot, and no spare: on
+    a full disk, `empty` tried to make the spare before it took the leftover, and did not
+    use the room the leftover left."""
+    disk, fill = small_disk
+    trash.empty(disk)
+    spare = disk / trash.TRASH_DIR / trash.SPARE
+    leftover = spare.rename(spare.with_name(f"{trash.IN_FLIGHT}crashed"))
+    os.utime(leftover, (time.time() - 3600,) * 2)
+    fill()
+    assert trash.empty(disk) == 1 and not leftover.exists()
+    assert spare.is_dir()
+
+
 def test_a_called_off_deletion_gives_the_spare_back(small_disk):
     """Called off (pinned since its claim), a deletion removed its slot: the spare it had
     taken on a full disk was gone, its room handed to whatever filled the disk."""
@@ -1033,7 +1047,10 @@ def test_the_root_seen_again_through_a_mount_below_it_is_no_download(
     with pytest.raises(DeleteFailed, match="the cache root itself"):
         cache.remove("mnt/downloads", remove_files=True)
     assert (root / "artist/album").is_dir() and cache.store.tracked(["mnt/downloads"]) == [True]
+    # Nor is a trash made ahead there (a folder above the root), as on a disk below it.
+    trash.empty(root, depth=2)
     assert not (tmp_path / trash.TRASH_DIR).exists()
+    assert not (tmp_path.parent / trash.TRASH_DIR).exists()
 
 
 def test_a_disks_own_lost_and_found_below_the_root_is_never_pinned(

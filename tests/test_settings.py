@@ -281,6 +281,10 @@ def test_a_count_must_be_written_in_digits(tmp_path, name, value):
         ("redis://127.0.0.1:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
         ("redis+cluster://h:7000/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
         ("redis://:p@secret@[zz]:6379/0", "not a Redis URL"),  # masked to the last @
+        ("redis://:secret@[zz]:6379/0?x=a@b", "'redis://:***@[zz]:6379/0?x=a@b'"),  # not past
+        # redis-py refused it at every connection, said as Redis unreachable
+        ("redis+cluster://h:7000/1", "a Redis Cluster has database 0 alone, not 1"),
+        ("redis+cluster://h:7000?db=2", "a Redis Cluster has database 0 alone, not 2"),
     ],
 )
 def test_a_redis_url_whose_database_is_not_a_number_is_refused(tmp_path, url, why):
