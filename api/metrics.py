@@ -205,6 +205,12 @@ class CacheCollector(Collector):
                 stats.get("free_disk_bytes"),
             ),
             gauge(
+                "cachemgr_free_inodes",
+                "Free inodes on the file system of the cache root (absent where it has no "
+                "fixed number): none left, no file can be written.",
+                stats.get("free_inodes"),
+            ),
+            gauge(
                 "cachemgr_min_free_bytes",
                 "DISK_CACHE_MIN_FREE_BYTES of the node's workers (0: no floor).",
                 stats.get("min_free_bytes") or 0,

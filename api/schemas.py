@@ -175,6 +175,12 @@ class StatsSchema(SinceResetSchema):  # type: ignore[valid-type,misc]
         allow_none=True,
         metadata={"description": "the size of the filesystem holding the cache (this host's)"},
     )
+    free_inodes = fields.Integer(allow_none=True)
+    inodes = fields.Integer(
+        allow_none=True,
+        metadata={"description": "inodes of the filesystem holding the cache (none: no fixed "
+                  "number, or another host's)"},
+    )
     min_free_bytes = fields.Integer()
     initialized = fields.Boolean()
     last_cleanup = fields.Nested(LastCleanupSchema, allow_none=True)

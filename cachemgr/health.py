@@ -102,6 +102,14 @@ def diagnose(
             "DISK_CACHE_MIN_FREE_BYTES is not set: cleanups evict by the quota alone; set it "
             "(e.g. to 5% of the disk) so that they make room"
         )
+    inodes, free_inodes = stats.get("inodes"), stats.get("free_inodes")
+    if inodes and free_inodes is not None and free_inodes < NEARLY_FULL_SHARE * inodes:
+        problems.append(
+            f"the disk holding the cache has {free_inodes} of {inodes} inodes free: with none "
+            "left no file can be written there, whatever its free bytes, and cleanups evict "
+            "by bytes alone: lower DISK_CACHE_MAX_BYTES (many small files use them up), or "
+            "give that filesystem more inodes"
+        )
     if disk and stats["max_bytes"] > disk and not floor:  # with a floor, cleanups make room
         problems.append(
             f"DISK_CACHE_MAX_BYTES ({stats['max_bytes']}) is larger than the filesystem holding "

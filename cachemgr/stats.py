@@ -4,8 +4,10 @@ from Redis in one round trip (cluster.py: every node's)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cachemgr import marker, migrations
@@ -186,6 +188,14 @@ def queue_snapshot(
     return read
 
 
+def inodes_of(root: Path) -> tuple[int | None, int | None]:
+    """(inodes, free ones) of the filesystem holding the root; (None, None) for one that has
+    no fixed number (btrfs, ZFS say 0): a disk out of inodes takes no new file, whatever its
+    free bytes."""
+    st = os.statvfs(root)
+    return (st.f_files, st.f_favail) if st.f_files else (None, None)
+
+
 def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str, Any]:
     """One node's stats; `snap` is its snapshot when the caller already read it."""
     if snap is None:
@@ -197,10 +207,11 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
     entry = own_entry(snap.get("registry", {}), cache.settings)
     s = enforced(cache.settings, entry)
     total, counts, recent = snap["total_bytes"], snap["counters"], snap["since_reset"]
-    free = disk = None
+    free = disk = inodes = free_inodes = None
     try:
         if cache.local:
             disk, _, free = shutil.disk_usage(cache.root)
+            inodes, free_inodes = inodes_of(cache.root)
         else:  # another host's disk: as its workers saw it at their last beat
             disk, free = disk_of(snap.get("workers") or {})
     except OSError:
@@ -240,6 +251,8 @@ def node_stats(cache: DiskCache, snap: dict[str, Any] | None = None) -> dict[str
         "cleanup_interval_seconds": s.disk_cache_cleanup_interval,
         "free_disk_bytes": free,
         "disk_bytes": disk,
+        "free_inodes": free_inodes,
+        "inodes": inodes,
         "min_free_bytes": s.disk_cache_min_free_bytes,
         "initialized": snap["initialized"],
         "unrecorded": snap.get("unrecorded", 0),

@@ -1121,3 +1121,22 @@ def test_a_removal_with_files_of_a_directory_now_a_symlink_says_nothing_was_dele
     assert f"'album' is a {kind} now, not the directory booked" in done["warning"]
     assert (canary / "nested" / "keep.bin").exists() and os.path.lexists(root / "album")
     assert cache.store.info("album") is None
+
+
+def test_a_disk_out_of_inodes_is_said(settings, redis_client, small_disk):
+    """Downloads of many small files used every inode: `touch` failed in the root while the
+    stats said quota ok, no warning, free bytes aplenty, and /metrics had nothing to alert on."""
+    disk, fill = small_disk
+    cache = DiskCache(settings.with_(disk_cache_root=str(disk)), redis_client)
+    stats = cache.stats()
+    assert stats["inodes"] == 64 and 0 < stats["free_inodes"] <= 64
+    assert not any("inodes free" in w for w in stats["warnings"])
+    fill()
+    stats = cache.stats()
+    assert stats["free_inodes"] == 0 and stats["free_disk_bytes"] > 2**20
+    said = [w for w in stats["warnings"] if "inodes free" in w]
+    assert said and said[0].startswith("the disk holding the cache has 0 of 64 inodes free")
+    from api.metrics import CacheCollector
+
+    gauges = {m.name: m.samples[0].value for m in CacheCollector(cache).collect() if m.samples}
+    assert gauges["cachemgr_free_inodes"] == 0
