@@ -20,16 +20,7 @@ from pathlib import Path
 from cachemgr.mounts import mount_id, mount_points, mount_points_under, mounts_above
 from cachemgr.nested import this_root
 from cachemgr.paths import BOOKS_MARKER, DIR_FLAGS, TRASH_DIR
-from cachemgr.slots import (
-    IN_FLIGHT,
-    KEPT,
-    NO_ROOM,
-    SPARE,
-    in_flight,
-    keep_spare,
-    new_slot,
-    release,
-)
+from cachemgr.slots import IN_FLIGHT, KEPT, SPARE, in_flight, keep_spare, new_slot, release
 
 log = logging.getLogger("cachemgr")
 
@@ -232,8 +223,7 @@ def discard(
     `depth`, whose trash no emptying visits). `still_ours`, asked once the directory is moved
     aside and before anything is deleted, may call it off (a reason: Kept, and it is put
     back). Once renamed, the directory is gone from the root: what the deletion could not
-    remove stays in the trash and is returned (for the log). With no room on the disk for a
-    slot, it is deleted where it is (`_in_place`)."""
+    remove stays in the trash and is returned (for the log)."""
     mounts = mount_points_under(root / rel)
     if mounts:
         raise OSError(errno.EBUSY, f"a mount point is inside ({mounts[0]}); not deleted")
@@ -255,15 +245,10 @@ def discard(
                 errno.EXDEV, f"its disk is mounted at {'/'.join(parts[:base])!r}, at or below "
                 f"the entry depth ({depth}), where no cleanup empties a trash: not deleted"
             )  # fmt: skip
-        try:
-            trash_fd = stack.enter_context(_trash_fd(chain[base], "/".join(parts[:base])))
-            # Moved into a slot of its own that `empty` leaves alone while it is new: what
-            # was moved is checked there first, and must still be there to be put back.
-            slot = new_slot(trash_fd)
-        except OSError as exc:
-            if exc.errno not in NO_ROOM:
-                raise
-            return _in_place(root, parts, chain, st, still_ours)
+        trash_fd = stack.enter_context(_trash_fd(chain[base], "/".join(parts[:base])))
+        # Moved into a slot of its own that `empty` leaves alone while it is new: what was
+        # moved is checked there first, and must still be there to be put back.
+        slot = new_slot(trash_fd)
         with _opened(slot, dir_fd=trash_fd) as slot_fd:
             try:
                 os.rename(parts[-1], "d", src_dir_fd=parent_fd, dst_dir_fd=slot_fd)
@@ -297,37 +282,6 @@ def discard(
         left = _rmtree(name, trash_fd)
         keep_spare(trash_fd)  # the room just freed: ready before the disk fills again
         return left
-
-
-def _in_place(
-    root: Path,
-    parts: list[str],
-    chain: list[int],
-    st: os.stat_result,
-    still_ours: Callable[[], str | None] | None,
-) -> list[str]:
-    """No room for the trash nor a slot in it (a disk full to its last block or inode, the
-    spare taken by a deletion a crash or an undeletable file left there): deleted where it
-    is, once the same checks pass, rather than never. Nobody can write on such a disk, a
-    re-download at that path least of all; the walk down holds the directory by descriptor,
-    so what it deletes is that directory's own, wherever a folder above it goes. What could
-    not go is an OSError: it stays on the books, in place."""
-    rel, parent_fd = "/".join(parts), chain[-1]
-    if not _same(os.stat(parts[-1], dir_fd=parent_fd, follow_symlinks=False), st):
-        raise NotADirectory(f"{rel!r} changed while it was being deleted")
-    if not _still_in_place(root, parts, chain):
-        raise NotADirectory(f"a folder above {rel!r} moved while it was being deleted")
-    why = still_ours() if still_ours is not None else None
-    if why:
-        raise Kept(why)
-    log.warning("no room on the disk for a slot in the trash: %s deleted where it is", rel)
-    left = _rmtree(parts[-1], parent_fd)
-    if left:
-        raise OSError(
-            errno.ENOSPC, f"no room for the trash: deleted in part where it is, {len(left)} "
-            f"item(s) left ({left[0]})"
-        )  # fmt: skip
-    return []
 
 
 def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:

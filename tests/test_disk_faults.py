@@ -1000,44 +1000,6 @@ def test_a_crash_leftover_slot_gone_makes_room_for_the_spare(small_disk):
     assert spare.is_dir()
 
 
-@pytest.mark.parametrize("had", ["no trash", "no spare"])
-def test_a_full_disk_with_no_slot_to_be_had_deletes_in_place(
-    settings, redis_client, small_disk, had
-):
-    """A disk full before the first cleanup (no trash could be made), or whose spare a crash's
-    leftover or an undeletable file held: every eviction failed with ENOSPC, for good."""
-    disk, fill = small_disk
-    cache = DiskCache(settings.with_(disk_cache_root=str(disk)), redis_client)
-    for name in ("a1", "a2"):
-        make_tree(disk, name, files=2)
-        cache.register(name)
-    if had == "no spare":
-        trash.empty(disk)
-        (disk / trash.TRASH_DIR / trash.SPARE).rmdir()
-    fill()
-    # Pinned since its claim: called off, nothing deleted.
-    with pytest.raises(trash.Kept):
-        trash.discard(disk, "a1", still_ours=lambda: "pinned")
-    assert len(list((disk / "a1").iterdir())) == 2
-    assert cache.remove("a1", remove_files=True)["status"] == "removed"
-    assert not (disk / "a1").exists() and cache.store.info("a1") is None
-    assert (disk / "a2").is_dir()
-
-
-def test_a_deletion_in_place_that_leaves_files_keeps_the_directory_booked(
-    settings, redis_client, small_disk, monkeypatch
-):
-    disk, fill = small_disk
-    cache = DiskCache(settings.with_(disk_cache_root=str(disk)), redis_client)
-    make_tree(disk, "a1", files=2)
-    cache.register("a1")
-    fill()
-    monkeypatch.setattr(trash, "_rmtree", lambda name, fd: [f"{name}/track: [Errno 1] ..."])
-    with pytest.raises(DeleteFailed, match="deleted in part where it is, 1 item"):
-        cache.remove("a1", remove_files=True)
-    assert cache.store.info("a1") is not None  # on the books, where its files still are
-
-
 def test_a_called_off_deletion_gives_the_spare_back(small_disk):
     """Called off (pinned since its claim), a deletion removed its slot: the spare it had
     taken on a full disk was gone, its room handed to whatever filled the disk."""
