@@ -24,6 +24,8 @@ IN_FLIGHT_AHEAD = 86400.0
 # made (ENOSPC), a deletion's slot is this one renamed, which takes no new block; without it
 # no eviction could free the disk that most needed it. `empty` leaves it alone.
 SPARE = ".spare-slot"
+# What a full disk answers a new directory: no block, or no inode, left (or a quota reached).
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
 def new_slot(trash_fd: int) -> str:
@@ -31,7 +33,7 @@ def new_slot(trash_fd: int) -> str:
     try:
         os.mkdir(slot, dir_fd=trash_fd)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in NO_ROOM:
             raise
         try:  # another deletion may have taken it: then this one waits for room, as before
             # Dated now first: dated when it was made, an `empty` between the rename and the

@@ -14,13 +14,23 @@ import errno
 import logging
 import os
 import stat
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cachemgr.mounts import mount_id, mount_points, mount_points_under, mounts_above
 from cachemgr.nested import this_root
 from cachemgr.paths import BOOKS_MARKER, DIR_FLAGS, TRASH_DIR
-from cachemgr.slots import IN_FLIGHT, KEPT, SPARE, in_flight, keep_spare, new_slot, release
+from cachemgr.slots import (
+    IN_FLIGHT,
+    KEPT,
+    NO_ROOM,
+    SPARE,
+    in_flight,
+    keep_spare,
+    new_slot,
+    release,
+)
 
 log = logging.getLogger("cachemgr")
 
@@ -176,26 +186,62 @@ def _still_in_place(root: Path, parts: list[str], chain: list[int]) -> bool:
 
 
 def _put_back(
-    slot: str, slot_fd: int, trash_fd: int, name: str, parent_fd: int, rel: str, why: Exception
+    moved: tuple[int, str], slot: str, trash_fd: int, name: str, parent_fd: int, rel: str,
+    why: Exception,
 ) -> None:
-    """Move a called-off deletion's directory back where it was taken from; where that
-    cannot be (its folder gone, read-only, or the name taken: a rename would replace an
-    empty folder there), keep it whole in the trash under KEPT and raise `why`."""
+    """Move a called-off deletion's directory (`moved`: where it lies, `d` in its slot or the
+    slot itself) back where it was taken from; where that cannot be (its folder gone,
+    read-only, or the name taken: a rename would replace an empty folder there), keep it
+    whole in the trash under KEPT and raise `why`."""
     try:
         try:
             os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
-            os.rename("d", name, src_dir_fd=slot_fd, dst_dir_fd=parent_fd)
+            os.rename(moved[1], name, src_dir_fd=moved[0], dst_dir_fd=parent_fd)
             return
         raise FileExistsError(errno.EEXIST, "its name is taken there now")
     except OSError as exc:
         kept = f"{KEPT}{slot.removeprefix(IN_FLIGHT)}"
         os.rename(slot, kept, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
+        whole = kept if moved[1] == slot else f"{kept}/d"
         log.error(
             "deletion of %s called off (%s) and it could not be put back (%s): kept whole as "
-            "%s/d in the trash; move it back by hand", rel, why, exc.strerror or exc, kept,
+            "%s in the trash; move it back by hand", rel, why, exc.strerror or exc, whole,
         )
         raise why from exc
+
+
+def _refusal(
+    moved: os.stat_result,
+    st: os.stat_result,
+    root: Path,
+    parts: list[str],
+    chain: list[int],
+    still_ours: Callable[[], str | None] | None,
+) -> Exception | None:
+    """Why a directory moved aside goes back in its place, deleting nothing; None: it is
+    ours to delete."""
+    rel = "/".join(parts)
+    if not _same(moved, st):  # swapped between the check and the rename
+        return NotADirectory(f"{rel!r} changed while it was being deleted")
+    if not _still_in_place(root, parts, chain):
+        # A folder above it moved (out of the root, perhaps) before the rename: what was
+        # taken may have lain outside the root then.
+        return NotADirectory(f"a folder above {rel!r} moved while it was being deleted")
+    if still_ours is None:
+        return None
+    try:
+        why = still_ours()
+    except Exception as exc:  # Redis away: the journal keeps it for recovery
+        return exc
+    return Kept(why) if why else None  # pinned, or put back on the books, since the claim
+
+
+def _dated_back(name: str, parent_fd: int, st: os.stat_result) -> None:
+    """A directory dated now to be its own slot, back in its place: its own times again."""
+    with contextlib.suppress(OSError):
+        os.utime(name, dir_fd=parent_fd, follow_symlinks=False,
+                 ns=(st.st_atime_ns, st.st_mtime_ns))  # fmt: skip
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
@@ -248,34 +294,40 @@ def discard(
         trash_fd = stack.enter_context(_trash_fd(chain[base], "/".join(parts[:base])))
         # Moved into a slot of its own that `empty` leaves alone while it is new: what was
         # moved is checked there first, and must still be there to be put back.
-        slot = new_slot(trash_fd)
-        with _opened(slot, dir_fd=trash_fd) as slot_fd:
-            try:
-                os.rename(parts[-1], "d", src_dir_fd=parent_fd, dst_dir_fd=slot_fd)
-            except OSError:
-                release(slot, trash_fd)
+        try:
+            slot = new_slot(trash_fd)
+        except OSError as exc:
+            if exc.errno not in NO_ROOM:
                 raise
-            moved = os.stat("d", dir_fd=slot_fd, follow_symlinks=False)
-            # Why it goes back in its place, deleting nothing; None: it is ours to delete.
-            refused: Exception | None = None
-            if not _same(moved, st):
-                # Swapped between the check and the rename.
-                refused = NotADirectory(f"{rel!r} changed while it was being deleted")
-            elif not _still_in_place(root, parts, chain):
-                # A folder above it moved (out of the root, perhaps) before the rename: what
-                # was taken may have lain outside the root then.
-                refused = NotADirectory(f"a folder above {rel!r} moved while it was being deleted")
-            elif still_ours is not None:
-                try:
-                    why = still_ours()
-                except Exception as exc:  # Redis away: the journal keeps it for recovery
-                    refused = exc
-                else:  # pinned, or put back on the books by another, since the claim
-                    refused = Kept(why) if why else None
+            # No room for a slot, and no spare (a crash's leftover slot, an undeletable file
+            # hold it): the directory is its own slot, dated now as a new slot is, so that
+            # `empty` leaves it alone while it is checked. A rename takes no room.
+            slot = f"{IN_FLIGHT}{uuid.uuid4().hex}"
+            os.utime(parts[-1], dir_fd=parent_fd, follow_symlinks=False)
+            try:
+                os.rename(parts[-1], slot, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
+            except OSError:
+                _dated_back(parts[-1], parent_fd, st)
+                raise
+            refused = _refusal(os.stat(slot, dir_fd=trash_fd, follow_symlinks=False), st,
+                               root, parts, chain, still_ours)  # fmt: skip
             if refused is not None:
-                _put_back(slot, slot_fd, trash_fd, parts[-1], parent_fd, rel, refused)
-                release(slot, trash_fd)
-                raise refused
+                _put_back((trash_fd, slot), slot, trash_fd, parts[-1], parent_fd, rel, refused)
+                _dated_back(parts[-1], parent_fd, st)
+                raise refused from None
+        else:
+            with _opened(slot, dir_fd=trash_fd) as slot_fd:
+                try:
+                    os.rename(parts[-1], "d", src_dir_fd=parent_fd, dst_dir_fd=slot_fd)
+                except OSError:
+                    release(slot, trash_fd)
+                    raise
+                moved = os.stat("d", dir_fd=slot_fd, follow_symlinks=False)
+                refused = _refusal(moved, st, root, parts, chain, still_ours)
+                if refused is not None:
+                    _put_back((slot_fd, "d"), slot, trash_fd, parts[-1], parent_fd, rel, refused)
+                    release(slot, trash_fd)
+                    raise refused
         # Checked: from here it is trash like any other, which any `empty` may finish.
         name = slot.removeprefix(IN_FLIGHT)
         os.rename(slot, name, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)

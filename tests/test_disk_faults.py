@@ -1000,6 +1000,66 @@ def test_a_crash_leftover_slot_gone_makes_room_for_the_spare(small_disk):
     assert spare.is_dir()
 
 
+def _no_slot_to_be_had(disk: Path, fill: Any) -> None:
+    """The trash there, its spare gone (a crash's leftover slot or an undeletable file held
+    it), the disk full to its last inode."""
+    trash.empty(disk)
+    (disk / trash.TRASH_DIR / trash.SPARE).rmdir()
+    fill()
+
+
+def test_with_no_slot_to_be_had_the_directory_is_its_own(
+    settings, redis_client, small_disk, monkeypatch
+):
+    """Every eviction failed with ENOSPC while the spare was held, for good where an
+    undeletable file held it. The directory goes into the trash as its own slot (a rename
+    takes no room), dated now first so that an `empty` leaves it alone while it is checked."""
+    disk, fill = small_disk
+    cache = DiskCache(settings.with_(disk_cache_root=str(disk)), redis_client)
+    for name in ("a1", "a2"):
+        make_tree(disk, name, files=2)
+        cache.register(name)
+    os.utime(disk / "a1", (time.time() - 3600,) * 2)
+    _no_slot_to_be_had(disk, fill)
+    seen: list[bool] = []
+    real = os.rename
+
+    def rename(src: Any, dst: Any, **kw: Any) -> None:
+        real(src, dst, **kw)
+        if src == "a1":  # what an `empty` listing the trash now would judge
+            seen.append(trash.in_flight(dst, kw["dst_dir_fd"], 60.0))
+
+    monkeypatch.setattr(trash.os, "rename", rename)
+    assert cache.remove("a1", remove_files=True)["status"] == "removed"
+    monkeypatch.undo()
+    assert seen == [True]
+    assert not (disk / "a1").exists() and cache.store.info("a1") is None
+    assert trash_items(disk) == [] and (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
+    assert (disk / "a2").is_dir()
+
+
+def test_a_called_off_deletion_of_a_directory_its_own_slot_is_put_back_as_it_was(small_disk):
+    disk, fill = small_disk
+    make_tree(disk, "album", files=2)
+    when = time.time() - 3600
+    os.utime(disk / "album", (when, when))
+    _no_slot_to_be_had(disk, fill)
+    with pytest.raises(trash.Kept):
+        trash.discard(disk, "album", still_ours=lambda: "pinned")
+    assert len(list((disk / "album").iterdir())) == 2 and trash_items(disk) == []
+    assert abs((disk / "album").stat().st_mtime - when) < 1  # its own time again
+    # Its place taken meanwhile: kept whole in the trash, the directory itself.
+    def taken() -> str:
+        (disk / "filler0").rename(disk / "album")  # a file where it was
+        return "pinned"
+
+    with pytest.raises(trash.Kept):
+        trash.discard(disk, "album", still_ours=taken)
+    [kept] = trash_items(disk)
+    assert kept.name.startswith(trash.KEPT) and len(list(kept.iterdir())) == 2
+    assert trash.tally(disk) == (0, 1)
+
+
 def test_a_called_off_deletion_gives_the_spare_back(small_disk):
     """Called off (pinned since its claim), a deletion removed its slot: the spare it had
     taken on a full disk was gone, its room handed to whatever filled the disk."""
