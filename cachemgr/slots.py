@@ -71,5 +71,7 @@ def in_flight(name: str, trash_fd: int, lock_timeout: float) -> bool:
         return True  # gone already: nothing to do
     # Dated ahead by a network disk's own clock, it may be a deletion's in flight; by more
     # than a day (a clock set back), it is no deletion's: it stayed in the trash for good.
-    age = time.time() - st.st_mtime
+    # By its change time too, which the move into the trash sets and no utime sets back: a
+    # directory that is its own slot keeps its own mtime, hours old for a download.
+    age = time.time() - max(st.st_mtime, st.st_ctime)
     return -IN_FLIGHT_AHEAD < age < max(IN_FLIGHT_AGE, lock_timeout)

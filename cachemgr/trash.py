@@ -237,13 +237,6 @@ def _refusal(
     return Kept(why) if why else None  # pinned, or put back on the books, since the claim
 
 
-def _dated_back(name: str, parent_fd: int, st: os.stat_result) -> None:
-    """A directory dated now to be its own slot, back in its place: its own times again."""
-    with contextlib.suppress(OSError):
-        os.utime(name, dir_fd=parent_fd, follow_symlinks=False,
-                 ns=(st.st_atime_ns, st.st_mtime_ns))  # fmt: skip
-
-
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
@@ -300,20 +293,14 @@ def discard(
             if exc.errno not in NO_ROOM:
                 raise
             # No room for a slot, and no spare (a crash's leftover slot, an undeletable file
-            # hold it): the directory is its own slot, dated now as a new slot is, so that
-            # `empty` leaves it alone while it is checked. A rename takes no room.
+            # hold it): the directory is its own slot (a rename takes no room), which `empty`
+            # leaves alone while it is checked by the change time the move gives it.
             slot = f"{IN_FLIGHT}{uuid.uuid4().hex}"
-            os.utime(parts[-1], dir_fd=parent_fd, follow_symlinks=False)
-            try:
-                os.rename(parts[-1], slot, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
-            except OSError:
-                _dated_back(parts[-1], parent_fd, st)
-                raise
+            os.rename(parts[-1], slot, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
             refused = _refusal(os.stat(slot, dir_fd=trash_fd, follow_symlinks=False), st,
                                root, parts, chain, still_ours)  # fmt: skip
             if refused is not None:
                 _put_back((trash_fd, slot), slot, trash_fd, parts[-1], parent_fd, rel, refused)
-                _dated_back(parts[-1], parent_fd, st)
                 raise refused from None
         else:
             with _opened(slot, dir_fd=trash_fd) as slot_fd:

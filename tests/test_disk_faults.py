@@ -74,6 +74,19 @@ def bind_mount(tmp_path: Path):
 
 
 @pytest.fixture
+def later(monkeypatch):
+    """Move the clock the trash judges a slot's age by forward (a slot's change time cannot
+    be set back: it is what the age goes by)."""
+    import types
+
+    def move(seconds: float) -> None:
+        ahead = types.SimpleNamespace(time=lambda: time.time() + seconds)
+        monkeypatch.setattr(slots, "time", ahead)
+
+    return move
+
+
+@pytest.fixture
 def tmpfs():
     """Mount a tmpfs at a directory (made if need be), unmounted after the test; skipped
     where mounting is not allowed."""
@@ -324,7 +337,7 @@ def test_an_empty_mount_point_is_taken_for_an_unmounted_disk_unless_forced(cache
 
 
 def test_a_directory_swapped_in_while_another_cleanup_empties_the_trash_is_kept(
-    root, monkeypatch
+    root, monkeypatch, later
 ):
     """The swap guard holds even when a concurrent `empty` runs right after the rename."""
     make_tree(root, "x", files=2)
@@ -350,8 +363,7 @@ def test_a_directory_swapped_in_while_another_cleanup_empties_the_trash_is_kept(
     slot = trash.trash_dir(root) / f"{trash.IN_FLIGHT}leftover"
     make_tree(root, f"{trash.TRASH_DIR}/{slot.name}/d")
     assert trash.empty(root) == 0 and slot.exists()
-    old = time.time() - slots.IN_FLIGHT_AGE - 1
-    os.utime(slot, (old, old))
+    later(slots.IN_FLIGHT_AGE + 1)
     assert trash.empty(root) == 1 and not slot.exists()
 
 
@@ -424,17 +436,13 @@ def test_after_a_forced_adoption_cut_short_registrations_are_refused_as_cleanups
 
 
 
-def test_a_deletion_slot_is_left_alone_while_its_deleter_may_hold_the_lock(cache, root):
+def test_a_deletion_slot_is_left_alone_while_its_deleter_may_hold_the_lock(cache, root, later):
     """A minute, whatever the lock timeout: a worker held up longer between moving a directory
     into the trash and checking it was still to go had its slot emptied by another cleanup
     (counted vanished, not evicted; one it was to put back, gone)."""
     slot = trash.trash_dir(root) / f"{trash.IN_FLIGHT}held-up"
     make_tree(root, f"{trash.TRASH_DIR}/{slot.name}/d")
-
-    def aged(seconds: float) -> None:
-        then = time.time() - seconds
-        os.utime(slot, (then, then))
-
+    aged = later
     assert cache.settings.disk_cache_lock_timeout_seconds == 300
     aged(slots.IN_FLIGHT_AGE + 60)
     done = cleanup(cache)
@@ -986,7 +994,7 @@ def test_the_spare_slot_is_dated_before_it_is_named_in_flight(small_disk, monkey
     assert seen == [True]
 
 
-def test_a_crash_leftover_slot_gone_makes_room_for_the_spare(small_disk):
+def test_a_crash_leftover_slot_gone_makes_room_for_the_spare(small_disk, later):
     """A crash just after the spare became a deletion's slot left that slot, and no spare: on
     a full disk, `empty` tried to make the spare before it took the leftover, and did not
     use the room the leftover left."""
@@ -994,8 +1002,8 @@ def test_a_crash_leftover_slot_gone_makes_room_for_the_spare(small_disk):
     trash.empty(disk)
     spare = disk / trash.TRASH_DIR / trash.SPARE
     leftover = spare.rename(spare.with_name(f"{trash.IN_FLIGHT}crashed"))
-    os.utime(leftover, (time.time() - 3600,) * 2)
     fill()
+    later(3600)
     assert trash.empty(disk) == 1 and not leftover.exists()
     assert spare.is_dir()
 
@@ -1036,6 +1044,36 @@ def test_with_no_slot_to_be_had_the_directory_is_its_own(
     assert not (disk / "a1").exists() and cache.store.info("a1") is None
     assert trash_items(disk) == [] and (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
     assert (disk / "a2").is_dir()
+
+
+def test_an_old_directory_swapped_in_as_its_own_slot_outlives_another_cleanup(
+    small_disk, monkeypatch
+):
+    """The directory as its own slot was first dated now, then renamed: one swapped in between
+    (a copy keeping its old times: cp -a, tar x), or dated back while in the trash, bore its
+    own old time there, and another worker's `empty` deleted it unchecked."""
+    disk, fill = small_disk
+    make_tree(disk, "x", files=1)
+    make_tree(disk, "new", files=2)
+    os.utime(disk / "new", (1e9, 1e9))  # 2001: a re-download with its source's times
+    _no_slot_to_be_had(disk, fill)
+    real = os.rename
+
+    def swap_then_empty(src: Any, dst: Any, **kw: Any) -> None:
+        if src == "x":  # discard's move of x into the trash: `new` takes its place first
+            real(disk / "x", disk / "x-old")
+            real(disk / "new", disk / "x")
+            real(src, dst, **kw)
+            os.utime(dst, (1e9, 1e9), dir_fd=kw["dst_dir_fd"])  # dated back in the trash
+            trash.empty(disk, 300.0)  # another worker's cleanup
+            return
+        real(src, dst, **kw)
+
+    monkeypatch.setattr(trash.os, "rename", swap_then_empty)
+    with pytest.raises(trash.NotADirectory, match="changed while it was being deleted"):
+        trash.discard(disk, "x")
+    monkeypatch.undo()
+    assert len(list((disk / "x").iterdir())) == 2  # the new download, put back whole
 
 
 def test_a_called_off_deletion_of_a_directory_its_own_slot_is_put_back_as_it_was(small_disk):
