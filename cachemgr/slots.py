@@ -35,7 +35,7 @@ def new_slot(trash_fd: int) -> str:
     except OSError as exc:
         if exc.errno not in NO_ROOM:
             raise
-        try:  # another deletion may have taken it: then this one waits for room, as before
+        try:  # another deletion may have taken it: then the directory is its own slot
             # Dated now first: dated when it was made, an `empty` between the rename and the
             # move would take the slot for a crash's leftover and delete what it holds.
             os.utime(SPARE, dir_fd=trash_fd, follow_symlinks=False)
@@ -71,7 +71,8 @@ def in_flight(name: str, trash_fd: int, lock_timeout: float) -> bool:
         return True  # gone already: nothing to do
     # Dated ahead by a network disk's own clock, it may be a deletion's in flight; by more
     # than a day (a clock set back), it is no deletion's: it stayed in the trash for good.
-    # By its change time too, which the move into the trash sets and no utime sets back: a
-    # directory that is its own slot keeps its own mtime, hours old for a download.
-    age = time.time() - max(st.st_mtime, st.st_ctime)
+    # By its change time, which making a slot or moving into one sets and no utime sets back:
+    # a directory that is its own slot keeps its own mtime, whatever its content dated it
+    # (hours back, or days ahead: `tar x` from a host with a bad clock).
+    age = time.time() - st.st_ctime
     return -IN_FLIGHT_AHEAD < age < max(IN_FLIGHT_AGE, lock_timeout)

@@ -202,13 +202,34 @@ def _put_back(
         raise FileExistsError(errno.EEXIST, "its name is taken there now")
     except OSError as exc:
         kept = f"{KEPT}{slot.removeprefix(IN_FLIGHT)}"
-        os.rename(slot, kept, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
+        try:
+            _rename_kept(slot, kept, trash_fd)
+        except OSError as lost:  # left under its slot's name, a cleanup would empty it
+            log.critical(
+                "deletion of %s called off (%s): it could be neither put back (%s) nor kept "
+                "(%s), and lies in the trash as %s, which a cleanup empties once it is older "
+                "than the lock timeout: move it back by hand now", rel, why,
+                exc.strerror or exc, lost.strerror or lost, slot,
+            )  # fmt: skip
+            raise why from lost
         whole = kept if moved[1] == slot else f"{kept}/d"
         log.error(
             "deletion of %s called off (%s) and it could not be put back (%s): kept whole as "
             "%s in the trash; move it back by hand", rel, why, exc.strerror or exc, whole,
         )
         raise why from exc
+
+
+def _rename_kept(slot: str, kept: str, trash_fd: int) -> None:
+    try:
+        os.rename(slot, kept, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            raise
+        # The trash's folder must grow for the new name (ext4): the spare's room first.
+        with contextlib.suppress(OSError):
+            os.rmdir(SPARE, dir_fd=trash_fd)
+        os.rename(slot, kept, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
 
 
 def _refusal(
@@ -332,9 +353,10 @@ def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
     points = mount_points()
     removed = 0
     for base in _bases(root, points, depth):
-        if base == root or _a_disk_of_ours(root, base):
-            with contextlib.suppress(OSError):  # made ahead, with its SPARE, while there's room
-                os.mkdir(trash_dir(base))
+        if base != root and not _a_disk_of_ours(root, base):
+            continue  # another cache's trash, or this one's seen twice: not this one's to judge
+        with contextlib.suppress(OSError):  # made ahead, with its SPARE, while there is room
+            os.mkdir(trash_dir(base))
         try:
             removed += _empty(base, points, lock_timeout)
         except OSError as exc:
@@ -399,6 +421,8 @@ def tally(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> tuple[int, i
     the operator to move back (they were said to be stuck, with the wrong cure)."""
     pending = kept = 0
     for base in _bases(root, mount_points(), depth):
+        if base != root and not _a_disk_of_ours(root, base):
+            continue  # as `empty`
         try:
             with _opened(base) as base_fd, _opened(TRASH_DIR, dir_fd=base_fd) as trash_fd:
                 for name in os.listdir(trash_fd):

@@ -709,17 +709,15 @@ def test_a_deletion_through_a_trash_bind_mounted_from_the_same_disk_is_refused_i
     assert list(outside.iterdir()) == []  # nothing made there, not even for a moment
 
 
-def test_a_trash_slot_dated_ahead_is_emptied_not_kept_for_good(root):
+def test_a_trash_slot_dated_ahead_is_emptied_not_kept_for_good(root, later):
     """A slot dated far ahead (a clock set back) counted as a deletion in flight for ever:
     its bytes stayed in the trash, uncounted (trash_left 0)."""
     slot = trash.trash_dir(root) / f"{trash.IN_FLIGHT}ahead"
     make_tree(root, f"{trash.TRASH_DIR}/{slot.name}/d")
-    ahead = time.time() + 10**6
-    os.utime(slot, (ahead, ahead))
+    later(-(10**6))  # this host's clock set back, far behind the disk's
     assert trash.pending(root) == 1 and trash.empty(root) == 1 and not slot.exists()
     make_tree(root, f"{trash.TRASH_DIR}/{slot.name}/d")
-    soon = time.time() + 3600  # a network disk's clock well ahead: still in flight
-    os.utime(slot, (soon, soon))
+    later(-3600)  # a network disk's clock well ahead: still in flight
     assert trash.pending(root) == 0 and trash.empty(root) == 0 and slot.exists()
 
 
@@ -1016,8 +1014,9 @@ def _no_slot_to_be_had(disk: Path, fill: Any) -> None:
     fill()
 
 
+@pytest.mark.parametrize("dated", [-3600, 3 * 86400])  # a download's own time: back or ahead
 def test_with_no_slot_to_be_had_the_directory_is_its_own(
-    settings, redis_client, small_disk, monkeypatch
+    settings, redis_client, small_disk, monkeypatch, dated
 ):
     """Every eviction failed with ENOSPC while the spare was held, for good where an
     undeletable file held it. The directory goes into the trash as its own slot (a rename
@@ -1027,7 +1026,7 @@ def test_with_no_slot_to_be_had_the_directory_is_its_own(
     for name in ("a1", "a2"):
         make_tree(disk, name, files=2)
         cache.register(name)
-    os.utime(disk / "a1", (time.time() - 3600,) * 2)
+    os.utime(disk / "a1", (time.time() + dated,) * 2)  # unzip, tar x: its source's dates
     _no_slot_to_be_had(disk, fill)
     seen: list[bool] = []
     real = os.rename
@@ -1096,6 +1095,60 @@ def test_a_called_off_deletion_of_a_directory_its_own_slot_is_put_back_as_it_was
     [kept] = trash_items(disk)
     assert kept.name.startswith(trash.KEPT) and len(list(kept.iterdir())) == 2
     assert trash.tally(disk) == (0, 1)
+
+
+@pytest.mark.parametrize("refused", [1, 2])
+def test_a_called_off_deletion_that_cannot_be_kept_under_its_name_says_so_and_why(
+    small_disk, monkeypatch, caplog, refused
+):
+    """Put back refused (its name taken) and the rename to .kept- refused too (ENOSPC: the
+    trash's folder had to grow): the slot kept its in-flight name, and a cleanup emptied it
+    once old, the pinned directory in it; the deletion said neither, nor why it stopped."""
+    disk, fill = small_disk
+    make_tree(disk, "album", files=1)
+    trash.empty(disk)
+    fill()
+    real, refusals = os.rename, [1] * refused
+
+    def rename(src: Any, dst: Any, **kw: Any) -> None:
+        if str(dst).startswith(trash.KEPT) and refusals:
+            refusals.pop()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(src, dst, **kw)
+
+    def taken() -> str:
+        (disk / "filler0").rename(disk / "album")  # a file in its place
+        return "pinned"
+
+    monkeypatch.setattr(trash.os, "rename", rename)
+    with pytest.raises(trash.Kept):  # the reason, not the rename's error
+        trash.discard(disk, "album", still_ours=taken)
+    [item] = trash_items(disk)
+    if refused == 1:  # tried again once the spare's room was given up: kept
+        assert item.name.startswith(trash.KEPT) and (item / "d").is_dir()
+    else:
+        assert item.name.startswith(trash.IN_FLIGHT) and "could be neither put back" in (
+            caplog.text)  # fmt: skip
+
+
+@pytest.mark.parametrize("whose", ["another cache's", "this root seen again"])
+def test_the_trash_of_a_root_not_ours_below_ours_is_left_alone(
+    root, tmp_path, tmpfs, bind_mount, later, whose
+):
+    """`empty` judged the in-flight slots of another cache's root mounted below ours by this
+    cache's lock timeout (mid-check, if its own is longer), and made a spare there."""
+    if whose == "another cache's":
+        other = tmpfs(root / "artist")
+        (other / ".cachemgr-books").write_text("books: other:\n")
+    else:
+        bind_mount(tmp_path, root / "artist")
+        other = root / "artist"
+    slot = other / trash.TRASH_DIR / f"{trash.IN_FLIGHT}theirs"
+    make_tree(other, f"{trash.TRASH_DIR}/{slot.name}/d")
+    later(120)
+    assert trash.empty(root, 60.0, depth=2) == 0 and slot.exists()
+    assert not (other / trash.TRASH_DIR / trash.SPARE).exists()
+    assert trash.tally(root, 60.0, depth=2) == (0, 0)
 
 
 def test_a_called_off_deletion_gives_the_spare_back(small_disk):
