@@ -283,7 +283,8 @@ def discard(
     `depth`, whose trash no emptying visits). `still_ours`, asked once the directory is moved
     aside and before anything is deleted, may call it off (a reason: Kept, and it is put
     back). Once renamed, the directory is gone from the root: what the deletion could not
-    remove stays in the trash and is returned (for the log)."""
+    remove stays in the trash and is returned (for the log). On a disk with no room for a
+    slot, nor a spare, the directory is moved in as its own slot."""
     mounts = mount_points_under(root / rel)
     if mounts:
         raise OSError(errno.EBUSY, f"a mount point is inside ({mounts[0]}); not deleted")
