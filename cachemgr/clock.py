@@ -35,7 +35,7 @@ def measured_skew(client: Any, tries: int = 3) -> float | None:
         return None
 
 
-def _measured(client: Any, tries: int) -> float:
+def _measured(client: Any, tries: int = 3) -> float:
     for _ in range(tries):
         before = time.time()
         reply = client.time()
@@ -76,7 +76,7 @@ class RedisClock:
         tick = time.monotonic()
         if tick >= self._due:
             try:
-                measured = _measured(self.client, 3)
+                measured = _measured(self.client)
             except Exception as exc:
                 # Redis away (a failover) or TIME refused: the last skew stands, and is
                 # measured again soon; it had fallen back to this host's clock for 10 s.

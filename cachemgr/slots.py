@@ -36,14 +36,11 @@ def new_slot(trash_fd: int) -> str:
         if exc.errno not in NO_ROOM:
             raise
         try:  # another deletion may have taken it: then the directory is its own slot
-            # Dated now first: dated when it was made, an `empty` between the rename and the
-            # move would take the slot for a crash's leftover and delete what it holds.
-            os.utime(SPARE, dir_fd=trash_fd, follow_symlinks=False)
+            # New from here on: the rename sets its change time, which `in_flight` goes by.
             os.rename(SPARE, slot, src_dir_fd=trash_fd, dst_dir_fd=trash_fd)
         except FileNotFoundError:
             raise exc from None
-        return slot
-    keep_spare(trash_fd)
+    # The spare is made again after the deletion (trash.discard), or is this slot given back.
     return slot
 
 

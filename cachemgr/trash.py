@@ -98,8 +98,9 @@ def _base(chain: list[int]) -> int:
 
 def _bases(root: Path, points: list[str], depth: int) -> list[Path]:
     """Where a trash may be: the root, and the disks mounted below it (a download's parent
-    is above the entry depth)."""
-    return [root, *mounts_above(root, depth, points)]
+    is above the entry depth) that are no cache's root: another cache's trash, or this one's
+    seen twice, is not this one's to judge."""
+    return [root, *(p for p in mounts_above(root, depth, points) if _a_disk_of_ours(root, p))]
 
 
 def _remove(name: str, dir_fd: int) -> list[str]:
@@ -354,8 +355,6 @@ def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
     points = mount_points()
     removed = 0
     for base in _bases(root, points, depth):
-        if base != root and not _a_disk_of_ours(root, base):
-            continue  # another cache's trash, or this one's seen twice: not this one's to judge
         with contextlib.suppress(OSError):  # made ahead, with its SPARE, while there is room
             os.mkdir(trash_dir(base))
         try:
@@ -369,7 +368,7 @@ def empty(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> int:
 
 def _a_disk_of_ours(root: Path, base: Path) -> bool:
     """A mount below the root that is a disk of downloads, not a cache's root (another's, or
-    this one or a folder above it seen again): no trash is made in those ahead of need."""
+    this one or a folder above it seen again)."""
     if os.path.lexists(base / BOOKS_MARKER):
         return False
     return this_root(root, os.path.relpath(base, os.path.realpath(root))) is None
@@ -386,7 +385,6 @@ def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
             except OSError as exc:
                 log.error("trash %s not emptied: %s", trash_dir(base), exc.strerror)
                 return 0
-            keep_spare(trash_fd)
             for name in os.listdir(trash_fd):
                 if name == SPARE or name.startswith(KEPT):
                     continue
@@ -406,7 +404,7 @@ def _empty(base: Path, points: list[str], lock_timeout: float) -> int:
                     log.warning("trash: %s left in place: %s", where, "; ".join(problems[:3]))
                 else:
                     removed += 1
-            keep_spare(trash_fd)  # again: a crash's leftover slot gone may have made room
+            keep_spare(trash_fd)  # after: a crash's leftover slot gone may have made room
     except (FileNotFoundError, NotADirectoryError):
         return removed
     except OSError as exc:  # a symlinked trash (ELOOP) is never followed
@@ -422,8 +420,6 @@ def tally(root: Path, lock_timeout: float = 0.0, depth: int = 1) -> tuple[int, i
     the operator to move back (they were said to be stuck, with the wrong cure)."""
     pending = kept = 0
     for base in _bases(root, mount_points(), depth):
-        if base != root and not _a_disk_of_ours(root, base):
-            continue  # as `empty`
         try:
             with _opened(base) as base_fd, _opened(TRASH_DIR, dir_fd=base_fd) as trash_fd:
                 for name in os.listdir(trash_fd):

@@ -969,10 +969,11 @@ def test_a_disk_with_no_room_for_a_directory_still_evicts(settings, redis_client
     assert (disk / trash.TRASH_DIR / trash.SPARE).is_dir()
 
 
-def test_the_spare_slot_is_dated_before_it_is_named_in_flight(small_disk, monkeypatch):
+def test_the_spare_slot_is_new_the_moment_it_is_named_in_flight(small_disk, monkeypatch):
     """Renamed first, then dated: for two syscalls the slot bore the spare's own date (hours
     back), and an `empty` then took it for a crash's leftover and deleted what it held,
-    unchecked (a download pinned since its claim among them)."""
+    unchecked (a download pinned since its claim among them). Its age now goes by the change
+    time the rename itself sets."""
     disk, fill = small_disk
     make_tree(disk, "album", files=1)
     assert trash.empty(disk) == 0  # the trash and its spare, made ahead
